@@ -1,0 +1,183 @@
+//! Workload certificates (leaf + chain + key, with the identity they carry) and mesh trust roots.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor};
+
+use crate::identity::{Identity, IdentityError};
+use crate::tls::provider;
+
+/// Why certificate material could not be loaded or used.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// PEM text held no certificate.
+    #[error("no certificate found in PEM input")]
+    NoCertificate,
+    /// PEM text could not be decoded.
+    #[error("malformed PEM: {0}")]
+    Pem(#[from] rustls_pki_types::pem::Error),
+    /// The private key is unusable (unsupported algorithm or corrupt).
+    #[error("private key rejected: {0}")]
+    Key(#[source] rustls::Error),
+    /// The private key does not belong to the leaf certificate.
+    #[error("private key does not match the certificate's public key")]
+    KeyMismatch,
+    /// The DER of a certificate does not parse.
+    #[error("certificate does not parse: {0}")]
+    Parse(String),
+    /// The leaf has no `spiffe://` URI SAN, or more than one URI SAN.
+    #[error("certificate must carry exactly one URI SAN; found {0}")]
+    UriSanCount(usize),
+    /// The URI SAN is not a valid mesh identity.
+    #[error("certificate URI SAN: {0}")]
+    Identity(#[from] IdentityError),
+    /// A trust root cannot be used as a trust anchor.
+    #[error("trust root rejected: {0}")]
+    Anchor(String),
+}
+
+/// A workload's certificate chain and private key, ready for TLS, with the identity it proves.
+#[derive(Debug)]
+pub struct WorkloadCert {
+    identity: Identity,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    key: Arc<CertifiedKey>,
+}
+
+impl WorkloadCert {
+    /// Builds from a PEM chain (leaf first, then intermediates) and a PEM private key.
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, CertError> {
+        let chain = CertificateDer::pem_slice_iter(chain_pem).collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem)?;
+        Self::from_der(chain, key)
+    }
+
+    /// Builds from a DER chain (leaf first) and a DER private key.
+    pub fn from_der(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Self, CertError> {
+        let leaf = chain.first().ok_or(CertError::NoCertificate)?;
+        let info = LeafInfo::parse(leaf)?;
+        let signer = provider().key_provider.load_private_key(key).map_err(CertError::Key)?;
+        let certified = CertifiedKey::new(chain, signer);
+        certified.keys_match().map_err(|_| CertError::KeyMismatch)?;
+        Ok(WorkloadCert {
+            identity: info.identity,
+            not_before: info.not_before,
+            not_after: info.not_after,
+            key: Arc::new(certified),
+        })
+    }
+
+    /// The identity this certificate proves.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Start of validity.
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+
+    /// End of validity.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// Time left until expiry (zero when already expired).
+    pub fn remaining(&self, now: SystemTime) -> Duration {
+        self.not_after.duration_since(now).unwrap_or_default()
+    }
+
+    /// The chain and signing key in the form rustls presents.
+    pub fn certified_key(&self) -> &Arc<CertifiedKey> {
+        &self.key
+    }
+}
+
+/// What the mesh needs from a leaf certificate.
+pub(crate) struct LeafInfo {
+    pub(crate) identity: Identity,
+    pub(crate) not_before: SystemTime,
+    pub(crate) not_after: SystemTime,
+}
+
+impl LeafInfo {
+    /// Parses a leaf certificate and extracts its one SPIFFE URI SAN and validity.
+    pub(crate) fn parse(der: &CertificateDer<'_>) -> Result<Self, CertError> {
+        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::Parse(e.to_string()))?;
+        let mut uris = Vec::new();
+        if let Some(san) = cert.subject_alternative_name().map_err(|e| CertError::Parse(e.to_string()))? {
+            uris.extend(san.value.general_names.iter().filter_map(|n| match n {
+                GeneralName::URI(u) => Some(*u),
+                _ => None,
+            }));
+        }
+        let [uri] = uris[..] else {
+            return Err(CertError::UriSanCount(uris.len()));
+        };
+        let to_time = |t: x509_parser::time::ASN1Time| {
+            let secs = t.timestamp();
+            if secs >= 0 { UNIX_EPOCH + Duration::from_secs(secs as u64) } else { UNIX_EPOCH }
+        };
+        Ok(LeafInfo {
+            identity: uri.parse()?,
+            not_before: to_time(cert.validity().not_before),
+            not_after: to_time(cert.validity().not_after),
+        })
+    }
+}
+
+/// The set of CA certificates the mesh trusts. Holding several lets old and new roots overlap
+/// during a root rotation.
+#[derive(Debug, Clone)]
+pub struct TrustRoots {
+    certs: Vec<CertificateDer<'static>>,
+    anchors: Vec<TrustAnchor<'static>>,
+}
+
+impl TrustRoots {
+    /// Loads every certificate in a PEM bundle as a root.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, CertError> {
+        let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()?;
+        Self::from_der(certs)
+    }
+
+    /// Uses the given DER certificates as roots.
+    pub fn from_der(certs: Vec<CertificateDer<'static>>) -> Result<Self, CertError> {
+        if certs.is_empty() {
+            return Err(CertError::NoCertificate);
+        }
+        let anchors = certs
+            .iter()
+            .map(|c| {
+                webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()).map_err(|e| CertError::Anchor(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TrustRoots { certs, anchors })
+    }
+
+    /// These roots plus `other`'s, for an overlap during root rotation.
+    pub fn merged(&self, other: &TrustRoots) -> TrustRoots {
+        let mut out = self.clone();
+        for (c, a) in other.certs.iter().zip(&other.anchors) {
+            if !out.certs.contains(c) {
+                out.certs.push(c.clone());
+                out.anchors.push(a.clone());
+            }
+        }
+        out
+    }
+
+    /// The roots as DER certificates.
+    pub fn certificates(&self) -> &[CertificateDer<'static>] {
+        &self.certs
+    }
+
+    pub(crate) fn anchors(&self) -> &[TrustAnchor<'static>] {
+        &self.anchors
+    }
+}

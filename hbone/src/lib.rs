@@ -1,0 +1,22 @@
+//! Mesh TLS identity and the HBONE tunnel.
+//!
+//! - [`identity`]: SPIFFE IDs, strictly parsed.
+//! - [`certs`], [`store`]: workload certificates, trust roots, and the swappable store both
+//!   ends of every handshake read.
+//! - [`tls`]: TLS 1.3 contexts whose verifiers check chains against the mesh roots and
+//!   identities against what the caller expects.
+//! - [`tunnel`]: HTTP/2 CONNECT client pool, server, and the byte pump between a tunnel stream
+//!   and a TCP socket.
+#![forbid(unsafe_code)]
+
+pub mod certs;
+pub mod identity;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod tls;
+pub mod tunnel;
+
+pub use certs::{CertError, TrustRoots, WorkloadCert};
+pub use identity::{DEFAULT_TRUST_DOMAIN, Identity, IdentityError};
+pub use store::CertStore;

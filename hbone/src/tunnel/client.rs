@@ -1,0 +1,199 @@
+//! Opening tunnels: mesh TLS + HTTP/2 handshake towards a peer, and CONNECT requests on it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{HeaderMap, Method, Request, StatusCode};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::identity::Identity;
+use crate::tls::PeerIdentityError;
+
+use super::H2Settings;
+use super::headers::{FORWARDED, forwarded_for};
+use super::stream::H2Stream;
+
+/// What to ask the far end to connect to.
+#[derive(Debug, Clone)]
+pub struct ConnectTarget {
+    /// `:authority` of the CONNECT: the destination workload's `ip:port` (or a service
+    /// `VIP:port` when the far end is a waypoint).
+    pub authority: SocketAddr,
+    /// The original client, sent as `forwarded: for="ip:port"`.
+    pub forwarded_for: Option<SocketAddr>,
+    /// Further headers (`baggage`, `traceparent`, ...).
+    pub headers: HeaderMap,
+}
+
+impl ConnectTarget {
+    /// A target with no extra headers.
+    pub fn new(authority: SocketAddr, forwarded_for: Option<SocketAddr>) -> Self {
+        ConnectTarget { authority, forwarded_for, headers: HeaderMap::new() }
+    }
+}
+
+/// Why a tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// There is no certificate for the identity the tunnel should be opened as.
+    #[error("no certificate for source identity {0}")]
+    NoCertificate(Identity),
+    /// The TCP connection to the peer failed.
+    #[error("TCP connect to {addr}: {source}")]
+    Tcp {
+        /// The peer.
+        addr: SocketAddr,
+        /// The socket error.
+        #[source]
+        source: io::Error,
+    },
+    /// TLS failed, including when the peer's certificate was refused.
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        /// The peer.
+        addr: SocketAddr,
+        /// The handshake error; [`ConnectError::peer_identity_error`] digs out identity refusals.
+        #[source]
+        source: io::Error,
+    },
+    /// TCP, TLS and the HTTP/2 preface did not finish in time.
+    #[error("handshake with {0} timed out")]
+    HandshakeTimeout(SocketAddr),
+    /// The HTTP/2 connection could not be set up, or failed under the request.
+    #[error("HTTP/2 with {addr}: {source}")]
+    Http2 {
+        /// The peer.
+        addr: SocketAddr,
+        /// The protocol error.
+        #[source]
+        source: h2::Error,
+    },
+    /// The peer answered the CONNECT with something other than 200.
+    #[error("CONNECT {authority} via {addr} refused: {status} {reason}")]
+    Refused {
+        /// The peer.
+        addr: SocketAddr,
+        /// What was asked for.
+        authority: SocketAddr,
+        /// The peer's status: 400 malformed, 401 denied by policy, 503 unreachable, ...
+        status: StatusCode,
+        /// The peer's explanation, if it gave one.
+        reason: String,
+    },
+}
+
+impl ConnectError {
+    /// The identity refusal behind a TLS failure, if that is what it was.
+    pub fn peer_identity_error(&self) -> Option<&PeerIdentityError> {
+        self.rustls_error().and_then(|e| match e {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o)) => o.0.downcast_ref(),
+            _ => None,
+        })
+    }
+
+    /// The rustls error behind a TLS failure.
+    pub fn rustls_error(&self) -> Option<&rustls::Error> {
+        match self {
+            ConnectError::Tls { source, .. } => source.get_ref().and_then(|e| e.downcast_ref()),
+            _ => None,
+        }
+    }
+
+    /// True when the failure belongs to the connection rather than to this request, so the
+    /// same request may be retried on another connection.
+    pub(crate) fn connection_failed(&self) -> bool {
+        match self {
+            ConnectError::Http2 { source, .. } => {
+                source.is_go_away() || source.is_io() || source.reason() == Some(h2::Reason::REFUSED_STREAM)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Connects TLS and HTTP/2 over `tcp` and spawns the connection's driver task, which ends
+/// (calling `on_close`) when the connection does.
+pub(crate) async fn handshake(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    settings: &H2Settings,
+    on_close: impl FnOnce() + Send + 'static,
+) -> Result<SendRequest<Bytes>, ConnectError> {
+    let _ = tcp.set_nodelay(true);
+    let tls = TlsConnector::from(tls)
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .map_err(|source| ConnectError::Tls { addr, source })?;
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(settings.stream_window)
+        .initial_connection_window_size(settings.connection_window)
+        .max_frame_size(settings.max_frame_size)
+        .max_send_buffer_size(settings.max_send_buffer)
+        .enable_push(false)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .map_err(|source| ConnectError::Http2 { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(peer = %addr, error = %e, "HBONE connection ended with an error");
+        }
+        on_close();
+    });
+    Ok(send)
+}
+
+/// Sends one CONNECT on `send` and waits for the answer.
+pub(crate) async fn connect_stream(
+    send: &SendRequest<Bytes>,
+    addr: SocketAddr,
+    target: &ConnectTarget,
+) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), ConnectError> {
+    let h2err = |source| ConnectError::Http2 { addr, source };
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(target.authority.to_string())
+        .body(())
+        .expect("an ip:port is a valid authority");
+    *req.headers_mut() = target.headers.clone();
+    if let Some(client) = target.forwarded_for {
+        req.headers_mut().insert(FORWARDED, forwarded_for(client));
+    }
+    let mut send = send.clone().ready().await.map_err(h2err)?;
+    let (response, stream) = send.send_request(req, false).map_err(h2err)?;
+    let response = response.await.map_err(h2err)?;
+    let (parts, mut body) = response.into_parts();
+    if parts.status == StatusCode::OK {
+        return Ok((stream, body));
+    }
+    // A refusal carries a short text reason in its body; read a bounded amount of it.
+    let mut reason = Vec::new();
+    let read = async {
+        while let Some(Ok(chunk)) = body.data().await {
+            reason.extend_from_slice(&chunk[..chunk.len().min(1024 - reason.len())]);
+            if reason.len() >= 1024 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), read).await;
+    Err(ConnectError::Refused {
+        addr,
+        authority: target.authority,
+        status: parts.status,
+        reason: String::from_utf8_lossy(&reason).into_owned(),
+    })
+}
+
+/// Wraps the halves of an accepted CONNECT as a stream.
+pub(crate) fn into_stream(
+    halves: (h2::SendStream<Bytes>, h2::RecvStream),
+    guard: Option<Arc<super::pool::StreamGuard>>,
+) -> H2Stream {
+    H2Stream::new(halves.0, halves.1, guard)
+}

@@ -1,0 +1,49 @@
+//! The HBONE tunnel: HTTP/2 `CONNECT` streams over mesh TLS.
+//!
+//! Data path: [`pool`] hands out streams on pooled connections, [`server`] accepts them,
+//! [`copy`] moves bytes between a stream and a TCP socket.
+
+pub mod client;
+pub mod copy;
+pub mod headers;
+pub mod pool;
+pub mod server;
+pub mod stream;
+
+use std::time::Duration;
+
+/// Port every HBONE endpoint listens on.
+pub const HBONE_PORT: u16 = 15008;
+
+/// HTTP/2 tuning shared by both ends of a tunnel.
+///
+/// Windows are sized for throughput on a single stream: with the defaults (64 KiB) one
+/// stream would stall every round trip on a fast link.
+#[derive(Debug, Clone)]
+pub struct H2Settings {
+    /// Flow-control window of each stream.
+    pub stream_window: u32,
+    /// Flow-control window of the whole connection.
+    pub connection_window: u32,
+    /// Largest DATA frame accepted.
+    pub max_frame_size: u32,
+    /// Bytes h2 may queue per stream before a writer waits.
+    pub max_send_buffer: usize,
+    /// Streams the server lets a client open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Time allowed for TCP connect (client), TLS and the HTTP/2 preface (both ends).
+    pub handshake_timeout: Duration,
+}
+
+impl Default for H2Settings {
+    fn default() -> Self {
+        H2Settings {
+            stream_window: 4 * 1024 * 1024,
+            connection_window: 16 * 1024 * 1024,
+            max_frame_size: 1024 * 1024,
+            max_send_buffer: 1024 * 1024,
+            max_concurrent_streams: 100,
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Accepting tunnels: mesh TLS with a mandatory client certificate, HTTP/2, CONNECT streams
+//! handed to a handler with the verified peer identity.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{HeaderMap, Method, Response, StatusCode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::identity::Identity;
+use crate::tls::{PeerIdentityError, peer_identity};
+
+use super::H2Settings;
+use super::headers::{FORWARDED, parse_forwarded_for};
+use super::stream::H2Stream;
+
+/// Why an inbound connection was dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// TLS failed: not TLS at all, a refused certificate, or a broken connection.
+    #[error("TLS handshake from {peer}: {source}")]
+    Tls {
+        /// The client's address.
+        peer: SocketAddr,
+        /// The handshake error.
+        #[source]
+        source: io::Error,
+    },
+    /// TLS and the HTTP/2 preface did not finish in time.
+    #[error("handshake from {0} timed out")]
+    HandshakeTimeout(SocketAddr),
+    /// The verified certificate carries no usable identity.
+    #[error("peer {peer}: {source}")]
+    Identity {
+        /// The client's address.
+        peer: SocketAddr,
+        /// What was wrong with it.
+        #[source]
+        source: PeerIdentityError,
+    },
+    /// HTTP/2 failed on the connection.
+    #[error("HTTP/2 from {peer}: {source}")]
+    Http2 {
+        /// The client's address.
+        peer: SocketAddr,
+        /// The protocol error.
+        #[source]
+        source: h2::Error,
+    },
+}
+
+/// Decides what to do with each CONNECT stream. Runs on its own task per stream.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one request: accept it (and move bytes) or refuse it.
+    fn handle(&self, request: InboundConnect) -> impl Future<Output = ()> + Send;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(InboundConnect) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    fn handle(&self, request: InboundConnect) -> impl Future<Output = ()> + Send {
+        self(request)
+    }
+}
+
+/// One CONNECT request from a verified peer, not yet answered.
+///
+/// Answer with [`accept`](Self::accept) or [`refuse`](Self::refuse); dropping it unanswered
+/// refuses with 503.
+#[derive(Debug)]
+pub struct InboundConnect {
+    peer_identity: Identity,
+    peer_addr: SocketAddr,
+    authority: SocketAddr,
+    headers: HeaderMap,
+    recv: Option<RecvStream>,
+    respond: Option<SendResponse<Bytes>>,
+}
+
+impl InboundConnect {
+    /// The identity the peer's certificate proves.
+    pub fn peer_identity(&self) -> &Identity {
+        &self.peer_identity
+    }
+
+    /// The TCP address the tunnel connection came from (the peer proxy).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// The `ip:port` the peer asks to reach.
+    pub fn authority(&self) -> SocketAddr {
+        self.authority
+    }
+
+    /// The request headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The original client address from the `forwarded` header, if present and well formed.
+    pub fn forwarded_for(&self) -> Option<SocketAddr> {
+        self.headers.get(FORWARDED).and_then(parse_forwarded_for)
+    }
+
+    /// Answers 200 and returns the stream.
+    pub fn accept(mut self) -> Result<H2Stream, h2::Error> {
+        let mut respond = self.respond.take().expect("answered only once");
+        let recv = self.recv.take().expect("answered only once");
+        let send = respond.send_response(Response::new(()), false)?;
+        Ok(H2Stream::new(send, recv, None))
+    }
+
+    /// Answers `status` with `reason` as the body.
+    pub fn refuse(mut self, status: StatusCode, reason: &str) {
+        if let Some(respond) = self.respond.take() {
+            send_refusal(respond, status, reason);
+        }
+    }
+}
+
+impl Drop for InboundConnect {
+    fn drop(&mut self) {
+        if let Some(respond) = self.respond.take() {
+            send_refusal(respond, StatusCode::SERVICE_UNAVAILABLE, "request was not handled");
+        }
+    }
+}
+
+fn send_refusal(mut respond: SendResponse<Bytes>, status: StatusCode, reason: &str) {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    if let Ok(mut body) = respond.send_response(response, reason.is_empty())
+        && !reason.is_empty()
+    {
+        let _ = body.send_data(Bytes::copy_from_slice(reason.as_bytes()), true);
+    }
+}
+
+/// An HBONE server: a TLS context and a handler.
+pub struct Server<H> {
+    tls: TlsAcceptor,
+    settings: H2Settings,
+    handler: Arc<H>,
+}
+
+impl<H> Clone for Server<H> {
+    fn clone(&self) -> Self {
+        Server { tls: self.tls.clone(), settings: self.settings.clone(), handler: self.handler.clone() }
+    }
+}
+
+impl<H: Handler> Server<H> {
+    /// A server presenting the certificate `tls` resolves (see [`crate::tls::server_config`]).
+    pub fn new(tls: Arc<rustls::ServerConfig>, settings: H2Settings, handler: H) -> Self {
+        Server { tls: TlsAcceptor::from(tls), settings, handler: Arc::new(handler) }
+    }
+
+    /// Accepts connections forever, each on its own task. Only a failing listener ends it.
+    pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(a) => a,
+                // Out of file descriptors and the like: back off instead of spinning.
+                Err(e) if is_transient_accept_error(&e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let server = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = server.serve_connection(tcp, peer).await {
+                    tracing::info!(error = %e, "HBONE connection refused or failed");
+                }
+            });
+        }
+    }
+
+    /// Serves one accepted TCP connection until the client closes it.
+    pub async fn serve_connection(&self, tcp: TcpStream, peer: SocketAddr) -> Result<(), ServeError> {
+        let _ = tcp.set_nodelay(true);
+        let setup = async {
+            let tls = self.tls.accept(tcp).await.map_err(|source| ServeError::Tls { peer, source })?;
+            let identity = peer_identity(tls.get_ref().1).map_err(|source| ServeError::Identity { peer, source })?;
+            let conn = h2::server::Builder::new()
+                .initial_window_size(self.settings.stream_window)
+                .initial_connection_window_size(self.settings.connection_window)
+                .max_frame_size(self.settings.max_frame_size)
+                .max_send_buffer_size(self.settings.max_send_buffer)
+                .max_concurrent_streams(self.settings.max_concurrent_streams)
+                .handshake::<_, Bytes>(tls)
+                .await
+                .map_err(|source| ServeError::Http2 { peer, source })?;
+            Ok((identity, conn))
+        };
+        let (identity, mut conn) = tokio::time::timeout(self.settings.handshake_timeout, setup)
+            .await
+            .map_err(|_| ServeError::HandshakeTimeout(peer))??;
+        while let Some(next) = conn.accept().await {
+            let (request, respond) = next.map_err(|source| ServeError::Http2 { peer, source })?;
+            let (parts, recv) = request.into_parts();
+            let authority = match validate(&parts) {
+                Ok(a) => a,
+                Err(reason) => {
+                    tracing::debug!(%peer, %reason, "malformed CONNECT");
+                    send_refusal(respond, StatusCode::BAD_REQUEST, reason);
+                    continue;
+                }
+            };
+            let request = InboundConnect {
+                peer_identity: identity.clone(),
+                peer_addr: peer,
+                authority,
+                headers: parts.headers,
+                recv: Some(recv),
+                respond: Some(respond),
+            };
+            let handler = self.handler.clone();
+            tokio::spawn(async move { handler.handle(request).await });
+        }
+        Ok(())
+    }
+}
+
+/// A CONNECT to `ip:port`, nothing else.
+fn validate(parts: &http::request::Parts) -> Result<SocketAddr, &'static str> {
+    if parts.method != Method::CONNECT {
+        return Err("only CONNECT is served on the HBONE port");
+    }
+    if parts.extensions.get::<h2::ext::Protocol>().is_some() {
+        return Err("extended CONNECT is not supported");
+    }
+    let authority = parts.uri.authority().ok_or("CONNECT without :authority")?;
+    authority.as_str().parse().map_err(|_| ":authority must be <ip>:<port>")
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    !matches!(e.kind(), io::ErrorKind::InvalidInput | io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported)
+}

@@ -1,0 +1,405 @@
+//! The tunnel end to end on loopback: app → pump → pool → TLS/HTTP/2 → server → pump → backend.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use hbone::tunnel::client::{ConnectError, ConnectTarget};
+use hbone::tunnel::pool::{Pool, PoolConfig};
+use hbone::tunnel::server::InboundConnect;
+use hbone::{CertStore, tls::PeerIdentityError};
+use http::StatusCode;
+use rand::{Rng, SeedableRng};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+async fn topology(mesh: &Mesh, backend: SocketAddr) -> (TestServer, SocketAddr, mpsc::UnboundedReceiver<Seen>) {
+    let (tx, seen) = mpsc::unbounded_channel();
+    let server = TestServer::start(&mesh.server_store, mesh.server.clone(), forwarder(Some(tx))).await;
+    let app_port = outbound(mesh.pool(), mesh.key(server.addr), backend).await;
+    (server, app_port, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_arrive_intact_both_ways() {
+    let mesh = Mesh::new();
+    let backend = echo_backend().await;
+    let (_server, app_port, mut seen) = topology(&mesh, backend).await;
+    for len in [1u64, 64 * 1024, 100 * 1024 * 1024] {
+        let tcp = TcpStream::connect(app_port).await.unwrap();
+        let client_addr = tcp.local_addr().unwrap();
+        assert_eq!(echo_check(tcp, len).await, len, "echo of {len} bytes");
+        let s = seen.recv().await.unwrap();
+        assert_eq!(s.peer, mesh.client, "server sees the client's verified identity");
+        assert_eq!(s.authority, backend);
+        assert_eq!(s.forwarded_for, Some(client_addr), "forwarded header carries the original client");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_half_close_reaches_backend_and_reply_still_flows() {
+    let mesh = Mesh::new();
+    // Backend: read until EOF, then answer with the byte count and close.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut all = Vec::new();
+        tcp.read_to_end(&mut all).await.unwrap();
+        tcp.write_all(format!("got {}", all.len()).as_bytes()).await.unwrap();
+        tcp.shutdown().await.unwrap();
+    });
+    let (_server, app_port, _seen) = topology(&mesh, backend).await;
+    let mut tcp = TcpStream::connect(app_port).await.unwrap();
+    tcp.write_all(&[7u8; 5000]).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(5 * SECOND, tcp.read_to_string(&mut reply)).await.unwrap().unwrap();
+    assert_eq!(reply, "got 5000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_half_close_reaches_client_and_requests_still_flow() {
+    let mesh = Mesh::new();
+    // Backend: greet and close its side first, then keep reading what the client sends.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        tcp.write_all(b"hello").await.unwrap();
+        tcp.shutdown().await.unwrap();
+        let mut all = Vec::new();
+        tcp.read_to_end(&mut all).await.unwrap();
+        done_tx.send(all).unwrap();
+    });
+    let (_server, app_port, _seen) = topology(&mesh, backend).await;
+    let mut tcp = TcpStream::connect(app_port).await.unwrap();
+    let mut greeting = Vec::new();
+    tokio::time::timeout(5 * SECOND, tcp.read_to_end(&mut greeting)).await.unwrap().unwrap();
+    assert_eq!(greeting, b"hello", "EOF from the backend arrives as EOF");
+    tcp.write_all(b"after your FIN").await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let got = tokio::time::timeout(5 * SECOND, done_rx).await.unwrap().unwrap();
+    assert_eq!(got, b"after your FIN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_are_carried_both_ways() {
+    let mesh = Mesh::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (tx, mut backend_reads) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                tcp.read_exact(&mut first).await.unwrap();
+                if first[0] == b'R' {
+                    // Asked to abort: RST towards the client.
+                    tcp.set_zero_linger().unwrap();
+                    drop(tcp);
+                    return;
+                }
+                let mut rest = Vec::new();
+                let _ = tx.send(tcp.read_to_end(&mut rest).await.map_err(|e| e.kind()));
+            });
+        }
+    });
+    let (_server, app_port, _seen) = topology(&mesh, backend).await;
+
+    // Client aborts: the backend must see a reset, not a clean end.
+    let mut tcp = TcpStream::connect(app_port).await.unwrap();
+    tcp.write_all(b"x").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tcp.set_zero_linger().unwrap();
+    drop(tcp);
+    let r = tokio::time::timeout(5 * SECOND, backend_reads.recv()).await.unwrap().unwrap();
+    assert_eq!(r, Err(std::io::ErrorKind::ConnectionReset), "client RST reaches the backend as RST");
+
+    // Backend aborts: the client must see a reset.
+    let mut tcp = TcpStream::connect(app_port).await.unwrap();
+    tcp.write_all(b"R").await.unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(5 * SECOND, tcp.read_to_end(&mut buf)).await.unwrap();
+    assert_eq!(
+        r.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "backend RST reaches the client as RST"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_refuses_server_with_another_identity() {
+    let mesh = Mesh::new();
+    let impostor = id("backend", "impostor");
+    mesh.server_store.insert(mesh.ca.issue(&impostor, DAY));
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let server = TestServer::start(&mesh.server_store, impostor.clone(), forwarder(Some(tx))).await;
+    let err = mesh
+        .pool()
+        .connect(&mesh.key(server.addr), &ConnectTarget::new("127.0.0.1:1".parse().unwrap(), None))
+        .await
+        .unwrap_err();
+    match err.peer_identity_error() {
+        Some(PeerIdentityError::Mismatch { expected, got }) => {
+            assert_eq!(got, &impostor);
+            assert_eq!(expected.0, vec![mesh.server.clone()]);
+        }
+        other => panic!("expected an identity mismatch, got {other:?} from {err}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_refuses_client_certificate_from_foreign_ca() {
+    let mesh = Mesh::new();
+    let foreign = TestCa::new("foreign root");
+    // The client trusts the mesh (so it accepts the server) but presents a foreign certificate.
+    let client_store = CertStore::new(mesh.ca.roots());
+    client_store.insert(foreign.issue(&mesh.client, DAY));
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let mut server = TestServer::start(&mesh.server_store, mesh.server.clone(), forwarder(Some(tx))).await;
+    let pool = Pool::new(PoolConfig::default(), client_store, None);
+    let res = pool.connect(&mesh.key(server.addr), &ConnectTarget::new(echo_backend().await, None)).await;
+    assert!(res.is_err(), "a foreign client certificate must not get a stream");
+    let outcome = server.next_outcome(5 * SECOND).await.unwrap_err();
+    let text = format!("{outcome}");
+    assert!(text.contains("UnknownIssuer"), "server names the reason: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_certificates_are_refused_on_both_ends() {
+    let mesh = Mesh::new();
+    let now = SystemTime::now();
+    let long_ago = now - 2 * DAY;
+    let yesterday = now - DAY;
+
+    // Expired client certificate: the server refuses.
+    let client_store = CertStore::new(mesh.ca.roots());
+    client_store.insert(mesh.ca.issue_between(&mesh.client, long_ago, yesterday));
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let mut server = TestServer::start(&mesh.server_store, mesh.server.clone(), forwarder(Some(tx))).await;
+    let pool = Pool::new(PoolConfig::default(), client_store, None);
+    let target = ConnectTarget::new(echo_backend().await, None);
+    assert!(pool.connect(&mesh.key(server.addr), &target).await.is_err());
+    let text = server.next_outcome(5 * SECOND).await.unwrap_err().to_string();
+    assert!(text.contains("Expired"), "server names the expiry: {text}");
+
+    // Expired server certificate: the client refuses.
+    let server_store = CertStore::new(mesh.ca.roots());
+    server_store.insert(mesh.ca.issue_between(&mesh.server, long_ago, yesterday));
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let server = TestServer::start(&server_store, mesh.server.clone(), forwarder(Some(tx))).await;
+    let err = mesh.pool().connect(&mesh.key(server.addr), &target).await.unwrap_err();
+    assert!(
+        matches!(err.rustls_error(), Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired))),
+        "client names the expiry: {err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_port_is_refused_quickly_and_tunnels_keep_working() {
+    let mesh = Mesh::new();
+    let backend = echo_backend().await;
+    let (server, app_port, _seen) = topology(&mesh, backend).await;
+
+    // A tunnel that stays open through the garbage.
+    let mut open = TcpStream::connect(app_port).await.unwrap();
+    open.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    open.read_exact(&mut buf).await.unwrap();
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(15008);
+    let mut random = vec![0u8; 4096];
+    rng.fill(&mut random[..]);
+    random[0] = 0x47; // Not a TLS record type, as nearly all random input is not.
+    let plaintext = b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n".to_vec();
+    for garbage in [plaintext, random] {
+        let started = tokio::time::Instant::now();
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        let _ = tcp.write_all(&garbage).await;
+        let mut sink = Vec::new();
+        let closed = tokio::time::timeout(SECOND, tcp.read_to_end(&mut sink)).await;
+        assert!(closed.is_ok(), "garbage connection closed within a second");
+        assert!(!sink.starts_with(b"HTTP/"), "no HTTP answer to garbage");
+        assert!(started.elapsed() < SECOND);
+    }
+
+    open.write_all(b"after!").await.unwrap();
+    open.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"after!", "the open tunnel still works");
+    let fresh = TcpStream::connect(app_port).await.unwrap();
+    assert_eq!(echo_check(fresh, 10_000).await, 10_000, "a new tunnel works");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_streams_share_two_connections() {
+    let mesh = Mesh::new();
+    let backend = echo_backend().await;
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let server = TestServer::start(&mesh.server_store, mesh.server.clone(), forwarder(Some(tx))).await;
+    let pool = mesh.pool();
+    let key = mesh.key(server.addr);
+    let mut tasks = Vec::new();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(200));
+    for i in 0..200u32 {
+        let (pool, key, barrier) = (pool.clone(), key.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = pool.connect(&key, &ConnectTarget::new(backend, None)).await.unwrap();
+            // Hold every stream open until all 200 are, so they really are concurrent.
+            barrier.wait().await;
+            s.write_all(&i.to_be_bytes()).await.unwrap();
+            let mut back = [0u8; 4];
+            s.read_exact(&mut back).await.unwrap();
+            assert_eq!(u32::from_be_bytes(back), i);
+            s.shutdown().await.unwrap();
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(20 * SECOND, t).await.unwrap().unwrap();
+    }
+    let conns = server.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=2).contains(&conns), "200 streams used {conns} TCP connections");
+    assert_eq!(pool.connection_count(), conns);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_swap_keeps_open_streams_and_new_connections_see_it() {
+    let mesh = Mesh::new();
+    let backend = echo_backend().await;
+    let (server, app_port, _seen) = topology(&mesh, backend).await;
+    let mut open = TcpStream::connect(app_port).await.unwrap();
+    open.write_all(b"one").await.unwrap();
+    let mut buf = [0u8; 3];
+    open.read_exact(&mut buf).await.unwrap();
+
+    let old = mesh.server_store.get(&mesh.server).unwrap();
+    mesh.server_store.insert(mesh.ca.issue(&mesh.server, 2 * DAY));
+    let new = mesh.server_store.get(&mesh.server).unwrap();
+    assert_ne!(old.certified_key().cert[0], new.certified_key().cert[0]);
+
+    open.write_all(b"two").await.unwrap();
+    open.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"two", "a stream opened before the swap keeps working");
+
+    // A new connection is handed the new certificate.
+    let cfg = hbone::tls::client_config(
+        &mesh.client_store,
+        mesh.client_store.get(&mesh.client).unwrap(),
+        vec![mesh.server.clone()],
+    );
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(rustls_pki_types::ServerName::IpAddress(server.addr.ip().into()), tcp)
+        .await
+        .unwrap();
+    let presented = &tls.get_ref().1.peer_certificates().unwrap()[0];
+    assert_eq!(presented, &new.certified_key().cert[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_pooled_connection_does_not_strand_requests() {
+    let mesh = Mesh::new();
+    let backend = echo_backend().await;
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let server = TestServer::start(&mesh.server_store, mesh.server.clone(), forwarder(Some(tx))).await;
+    let pool = mesh.pool();
+    let key = mesh.key(server.addr);
+    for round in 0..10 {
+        let mut s = pool.connect(&key, &ConnectTarget::new(backend, None)).await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).await.unwrap();
+        drop(s);
+        // Kill the server side of the pooled connection and ask again at once.
+        server.kill_connections();
+        let mut s = tokio::time::timeout(5 * SECOND, pool.connect(&key, &ConnectTarget::new(backend, None)))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        s.write_all(b"pong").await.unwrap();
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"pong");
+    }
+    assert!(server.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed() {
+    let mesh = Mesh::new();
+    let backend = echo_backend().await;
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let mut server = TestServer::start(&mesh.server_store, mesh.server.clone(), forwarder(Some(tx))).await;
+    let cfg = PoolConfig { idle_timeout: Duration::from_millis(200), ..PoolConfig::default() };
+    let pool = Pool::new(cfg, mesh.client_store.clone(), None);
+    let mut s = pool.connect(&mesh.key(server.addr), &ConnectTarget::new(backend, None)).await.unwrap();
+    s.write_all(b"x").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(pool.connection_count(), 1);
+    drop(s);
+    // The server sees the client close the connection once it has idled out.
+    server.next_outcome(5 * SECOND).await.unwrap();
+    assert_eq!(pool.connection_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_carry_status_and_reason() {
+    let mesh = Mesh::new();
+    let server = TestServer::start(&mesh.server_store, mesh.server.clone(), |req: InboundConnect| async move {
+        if req.authority().port() == 1 {
+            req.refuse(StatusCode::UNAUTHORIZED, "denied by policy ns/deny-all");
+        }
+        // Other requests are dropped unanswered: 503.
+    })
+    .await;
+    let pool = mesh.pool();
+    let key = mesh.key(server.addr);
+    for (port, status, reason) in [
+        (1, StatusCode::UNAUTHORIZED, "denied by policy ns/deny-all"),
+        (2, StatusCode::SERVICE_UNAVAILABLE, "request was not handled"),
+    ] {
+        let target = ConnectTarget::new(SocketAddr::from(([10, 0, 0, 1], port)), None);
+        match pool.connect(&key, &target).await.unwrap_err() {
+            ConnectError::Refused { status: s, reason: r, authority, .. } => {
+                assert_eq!((s, r.as_str(), authority), (status, reason, target.authority));
+            }
+            other => panic!("expected a refusal, got {other}"),
+        }
+    }
+    assert_eq!(pool.connection_count(), 1, "refusals do not cost the connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_400() {
+    let mesh = Mesh::new();
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let server = TestServer::start(&mesh.server_store, mesh.server.clone(), forwarder(Some(tx))).await;
+    let cfg = hbone::tls::client_config(
+        &mesh.client_store,
+        mesh.client_store.get(&mesh.client).unwrap(),
+        vec![mesh.server.clone()],
+    );
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(rustls_pki_types::ServerName::IpAddress(server.addr.ip().into()), tcp)
+        .await
+        .unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    for (method, uri) in [("CONNECT", "backend.example:80"), ("GET", "http://10.0.0.1:80/")] {
+        let req = http::Request::builder().method(method).uri(uri).body(()).unwrap();
+        let mut send = send.clone().ready().await.unwrap();
+        let (resp, _) = send.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{method} {uri}");
+    }
+}
