@@ -1,0 +1,3 @@
+//! ztunnel: the per-node L4 proxy of the mesh.
+//!
+//! - `state`: workloads, services and authorization policies, and the sources that feed them.
