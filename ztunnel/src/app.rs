@@ -1,0 +1,192 @@
+//! Wiring: state, certificates, admin endpoints, the ZDS client and the pods' proxies.
+//!
+//! The data plane runs on the runtime `start` is called on; admin, metrics, readiness and
+//! reloads run on the separate admin runtime whose handle is passed in.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hbone::CertStore;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use crate::admin::{self, Reply, Routes};
+use crate::config::Config;
+use crate::drain::Drain;
+use crate::logging::LogHandle;
+use crate::metrics::{self, Metrics};
+use crate::netns::Netns;
+use crate::proxy::pods::Pods;
+use crate::proxy::{ProxyConfig, ProxyInputs};
+use crate::readiness::Ready;
+use crate::state::{self, StateHandle};
+
+/// Why ztunnel could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state file is unusable at start (later bad edits keep the last good state).
+    #[error("state file: {0}")]
+    State(#[source] state::file::FileError),
+    /// The certificate directory is unusable at start.
+    #[error("certificate directory: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Certs(Vec<crate::certs::CertDirError>),
+    /// An endpoint could not be bound.
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        /// Which endpoint.
+        what: &'static str,
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// ztunnel's own network namespace cannot be opened.
+    #[error("opening ztunnel's network namespace: {0}")]
+    Netns(#[source] std::io::Error),
+}
+
+/// A started ztunnel.
+pub struct Running {
+    /// Where the admin endpoint really listens.
+    pub admin_addr: SocketAddr,
+    /// Where metrics really listen.
+    pub metrics_addr: SocketAddr,
+    /// Where readiness really listens.
+    pub readiness_addr: SocketAddr,
+    pods: Arc<Pods>,
+    drain: Drain,
+    zds: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops taking pods and connections, then waits up to the deadline for open
+    /// connections to finish; returns how many were cut.
+    pub async fn shutdown(self, deadline: std::time::Duration) -> usize {
+        self.zds.abort();
+        self.pods.stop_all();
+        let left = self.drain.wait(deadline).await;
+        tracing::info!(left, "drained");
+        left
+    }
+}
+
+/// Starts ztunnel. Must be called on the data-plane runtime.
+pub async fn start(cfg: Config, admin_rt: tokio::runtime::Handle, log: Option<LogHandle>) -> Result<Running, StartError> {
+    let ready = Ready::default();
+    let starting = ready.register("startup");
+
+    let state = StateHandle::new(state::file::load(&cfg.state_file, &cfg.root_namespace).map_err(StartError::State)?);
+    admin_rt.spawn(state::file::watch(cfg.state_file.clone(), cfg.root_namespace.clone(), state.clone()));
+
+    let (roots, certs) = crate::certs::read_dir(&cfg.cert_dir, &cfg.trust_domain).map_err(StartError::Certs)?;
+    let store = CertStore::new(roots);
+    for c in certs {
+        store.insert(c);
+    }
+    admin_rt.spawn(crate::certs::watch(
+        store.clone(),
+        cfg.cert_dir.clone(),
+        cfg.trust_domain.clone(),
+        std::time::Duration::from_millis(500),
+    ));
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let registry = Arc::new(registry);
+    let drain = Drain::default();
+    let proxy_cfg = ProxyConfig { transparent_inbound: !cfg.no_transparent, ..ProxyConfig::default() };
+    let inputs = ProxyInputs {
+        state: state.clone(),
+        certs: store.clone(),
+        metrics,
+        cfg: Arc::new(proxy_cfg),
+        drain: drain.clone(),
+    };
+    let host = Netns::current().map_err(StartError::Netns)?;
+    let pods = Arc::new(Pods::new(inputs, cfg.trust_domain.clone(), host));
+
+    let bind = |what, addr| async move {
+        admin::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+    };
+    let (admin_l, admin_addr) = bind("admin", cfg.admin_addr).await?;
+    let (metrics_l, metrics_addr) = bind("metrics", cfg.metrics_addr).await?;
+    let (ready_l, readiness_addr) = bind("readiness", cfg.readiness_addr).await?;
+    // Listeners were bound on this runtime; move them to the admin runtime's reactor.
+    let to_std = |l: tokio::net::TcpListener| l.into_std().expect("a bound listener converts");
+    let (admin_l, metrics_l, ready_l) = (to_std(admin_l), to_std(metrics_l), to_std(ready_l));
+    let dump = admin_routes(&cfg, state, store, pods.clone(), log);
+    let metrics_routes: Routes = Arc::new(move |call| match call.path {
+        "/metrics" | "/stats/prometheus" => Reply::text(metrics::encode(&registry)),
+        _ => Reply::error(http::StatusCode::NOT_FOUND, "see /metrics"),
+    });
+    let ready_check = ready.clone();
+    let ready_routes: Routes = Arc::new(move |call| match call.path {
+        "/healthz/ready" => {
+            let pending = ready_check.pending();
+            if pending.is_empty() {
+                Reply::text("ready\n")
+            } else {
+                Reply::error(http::StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", pending.join(", ")))
+            }
+        }
+        _ => Reply::error(http::StatusCode::NOT_FOUND, "see /healthz/ready"),
+    });
+    admin_rt.spawn(async move {
+        let l = |s: std::net::TcpListener| tokio::net::TcpListener::from_std(s).expect("listener registers");
+        tokio::join!(
+            admin::serve(l(admin_l), dump),
+            admin::serve(l(metrics_l), metrics_routes),
+            admin::serve(l(ready_l), ready_routes),
+        );
+    });
+
+    let zds = tokio::spawn(crate::inpod::zds::run_client(cfg.zds_socket.clone(), pods.clone()));
+    drop(starting);
+    tracing::info!(%admin_addr, %metrics_addr, %readiness_addr, node = %cfg.node_name, "ztunnel started");
+    Ok(Running { admin_addr, metrics_addr, readiness_addr, pods, drain, zds })
+}
+
+fn admin_routes(cfg: &Config, state: StateHandle, certs: CertStore, pods: Arc<Pods>, log: Option<LogHandle>) -> Routes {
+    let config = serde_json::to_value(cfg).unwrap_or_default();
+    Arc::new(move |call| match call.path {
+        "/config_dump" => {
+            let now = std::time::SystemTime::now();
+            let certificates: Vec<_> = certs
+                .snapshot()
+                .iter()
+                .map(|c| {
+                    json!({
+                        "identity": c.identity().to_string(),
+                        "expiresInSeconds": c.remaining(now).as_secs(),
+                        "notAfter": c.not_after().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                    })
+                })
+                .collect();
+            let pods: Vec<_> = pods
+                .list()
+                .into_iter()
+                .map(|(uid, a)| json!({"uid": uid, "outbound": a.outbound, "inboundPlaintext": a.inbound_plain, "hbone": a.hbone}))
+                .collect();
+            let state = state.load();
+            Reply::json(&json!({
+                "config": config,
+                "workloads": state.workloads_json(),
+                "services": state.services_json(),
+                "policies": state.policies_json(),
+                "certificates": certificates,
+                "pods": pods,
+            }))
+        }
+        "/logging" => match (&log, call.param("level")) {
+            (Some(h), Some(level)) => match h.set(level) {
+                Ok(()) => Reply::text(format!("log level set to {}\n", h.current())),
+                Err(e) => Reply::error(http::StatusCode::BAD_REQUEST, format!("{e}\n")),
+            },
+            (Some(h), None) => Reply::text(format!("current: {}\nset with /logging?level=<filter>\n", h.current())),
+            (None, _) => Reply::error(http::StatusCode::NOT_IMPLEMENTED, "logging is not managed by this process\n"),
+        },
+        "/" => Reply::text("/config_dump\n/logging?level=<filter>\n"),
+        _ => Reply::error(http::StatusCode::NOT_FOUND, "see /\n"),
+    })
+}

@@ -1,0 +1,106 @@
+//! ztunnel's configuration: one typed struct from flags and environment, validated at start
+//! and logged (there are no secrets in it: keys live in files it points to).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::logging::LogFormat;
+
+/// Everything ztunnel needs to start.
+#[derive(Debug, Clone, clap::Parser, serde::Serialize)]
+#[command(name = "ztunnel", about = "The mesh's node proxy")]
+pub struct Config {
+    /// Name of the node this ztunnel serves.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Local state file (workloads, services, policies); the offline alternative to xDS.
+    #[arg(long, env = "ZTUNNEL_STATE_FILE")]
+    pub state_file: PathBuf,
+    /// Directory of workload certificates and the mesh roots (see `certs` module docs).
+    #[arg(long, env = "ZTUNNEL_CERT_DIR")]
+    pub cert_dir: PathBuf,
+    /// Node agent's ZDS socket, through which pods arrive.
+    #[arg(long, env = "ZTUNNEL_ZDS_SOCKET", default_value = "/var/run/ztunnel/ztunnel.sock")]
+    pub zds_socket: PathBuf,
+    /// Admin endpoint (config dump, log level). Keep it on localhost.
+    #[arg(long, env = "ZTUNNEL_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    /// Prometheus metrics endpoint.
+    #[arg(long, env = "ZTUNNEL_METRICS_ADDR", default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+    /// Readiness endpoint.
+    #[arg(long, env = "ZTUNNEL_READINESS_ADDR", default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
+    /// Log format (access logs included).
+    #[arg(long, env = "ZTUNNEL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `info,access=off`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Trust domain of workload identities.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = hbone::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Namespace whose policies apply mesh-wide.
+    #[arg(long, env = "ROOT_NAMESPACE", default_value = "istio-system")]
+    pub root_namespace: String,
+    /// On SIGTERM, how long open connections may take to finish, in seconds.
+    #[arg(long, env = "ZTUNNEL_DRAIN_SECONDS", default_value_t = 5)]
+    pub drain_seconds: u64,
+    /// Threads of the data-plane runtime.
+    #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
+    /// Connect to local workloads from ztunnel's own address instead of the client's.
+    #[arg(long, env = "ZTUNNEL_NO_TRANSPARENT")]
+    pub no_transparent: bool,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A path that must exist does not.
+    #[error("{flag}: {path} does not exist")]
+    Missing {
+        /// The flag naming it.
+        flag: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+    /// A value out of range.
+    #[error("{flag}: {why}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl Config {
+    /// Checks what can be checked before starting anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.state_file.exists() {
+            return Err(ConfigError::Missing { flag: "--state-file", path: self.state_file.clone() });
+        }
+        if !self.cert_dir.join("root-cert.pem").exists() {
+            return Err(ConfigError::Missing { flag: "--cert-dir", path: self.cert_dir.join("root-cert.pem") });
+        }
+        if self.worker_threads == 0 {
+            return Err(ConfigError::Invalid { flag: "--worker-threads", why: "must be at least 1".into() });
+        }
+        if !self.admin_addr.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                flag: "--admin-addr",
+                why: format!("{} is not a loopback address; the admin port changes log levels", self.admin_addr),
+            });
+        }
+        hbone::Identity::new(&self.trust_domain, "ns", "sa")
+            .map_err(|e| ConfigError::Invalid { flag: "--trust-domain", why: e.to_string() })?;
+        Ok(())
+    }
+
+    /// The drain deadline.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
+    }
+}

@@ -1,0 +1,98 @@
+//! Inbound HBONE (15008): tunnels from other proxies. The peer is verified by mesh TLS; each
+//! CONNECT is authorized against the destination workload's policies, then delivered to the
+//! pod from inside its namespace, from the original client's address.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hbone::tunnel::copy::copy_bidirectional;
+use hbone::tunnel::server::{InboundConnect, Server};
+use http::StatusCode;
+use tokio::net::TcpListener;
+
+use crate::metrics::{ConnMetrics, Reporter, SecurityPolicy};
+use crate::state::ConnInfo;
+
+use super::telemetry::Ends;
+use super::{Pod, PodSockets};
+
+/// Serves HBONE for the pod until the task is dropped.
+pub(crate) async fn serve<S: PodSockets>(pod: Arc<Pod<S>>, listener: TcpListener) {
+    let tls = hbone::tls::server_config(&pod.inputs.certs, pod.identity.clone());
+    let h2 = pod.inputs.cfg.pool.h2.clone();
+    let handler_pod = pod.clone();
+    let server = Server::new(tls, h2, move |req: InboundConnect| {
+        let pod = handler_pod.clone();
+        let live = pod.inputs.drain.track();
+        async move {
+            handle(&pod, req).await;
+            drop(live);
+        }
+    });
+    if let Err(e) = server.serve(listener).await {
+        tracing::error!(pod = %pod.uid, error = %e, "HBONE listener failed");
+    }
+}
+
+async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
+    let started = Instant::now();
+    let metrics = &pod.inputs.metrics;
+    let state = pod.inputs.state.load();
+    let peer = req.peer_identity().clone();
+    let client = req.forwarded_for().unwrap_or(req.peer_addr());
+    let authority = req.authority();
+    let dst_identity = pod.identity.clone();
+    let src = state.workload_by_ip(client.ip()).cloned();
+    let Some(me) = state.workload_by_uid(&pod.uid).cloned() else {
+        metrics.denied(Reporter::Destination, "unknown_destination_workload");
+        tracing::warn!(pod = %pod.uid, %peer, "refusing tunnel: this pod is not in the state yet");
+        req.refuse(StatusCode::SERVICE_UNAVAILABLE, "destination workload unknown to its proxy");
+        return;
+    };
+    let mut ends = Ends {
+        src_addr: Some(client),
+        src: src.as_deref(),
+        src_identity: Some(&peer),
+        dst_addr: Some(authority),
+        dst: Some(&me),
+        dst_identity: Some(&dst_identity),
+        service: None,
+    };
+    if !me.addresses.contains(&authority.ip()) {
+        metrics.denied(Reporter::Destination, "wrong_destination");
+        let why = format!("{authority} is not an address of {}/{}", me.namespace(), me.name);
+        ends.log("inbound", None, 0, 0, started.elapsed(), Some(&why));
+        req.refuse(StatusCode::BAD_REQUEST, &why);
+        return;
+    }
+    let verdict = state.authorize(&ConnInfo {
+        src_identity: Some(&peer),
+        src_ip: client.ip(),
+        dst_workload: &me,
+        dst_ip: authority.ip(),
+        dst_port: authority.port(),
+    });
+    if !verdict.allowed {
+        metrics.denied(Reporter::Destination, "policy");
+        ends.log("inbound", Some(&verdict), 0, 0, started.elapsed(), None);
+        req.refuse(StatusCode::UNAUTHORIZED, &verdict.to_string());
+        return;
+    }
+    let source = pod.inputs.cfg.transparent_inbound.then_some(client.ip());
+    let app = match pod.connect(authority, source).await {
+        Ok(t) => t,
+        Err(e) => {
+            metrics.denied(Reporter::Destination, "workload_unreachable");
+            ends.log("inbound", Some(&verdict), 0, 0, started.elapsed(), Some(&e));
+            req.refuse(StatusCode::SERVICE_UNAVAILABLE, &format!("connect to {authority}: {e}"));
+            return;
+        }
+    };
+    let Ok(stream) = req.accept() else { return };
+    let conn = ConnMetrics::open(metrics, &ends.labels(Reporter::Destination, SecurityPolicy::MutualTls));
+    // For the destination, "received" is what came from the tunnel (the client's bytes).
+    let outcome = copy_bidirectional(app, stream).await;
+    conn.close(outcome.from_tunnel, outcome.to_tunnel);
+    let err = outcome.result.as_ref().err().map(|e| e as &dyn std::fmt::Display);
+    ends.log("inbound", Some(&verdict), outcome.from_tunnel, outcome.to_tunnel, started.elapsed(), err);
+}

@@ -1,0 +1,94 @@
+//! Inbound plaintext (15006): connections to the pod from outside the mesh. They carry no
+//! identity, so policy sees none: `PeerAuthentication` STRICT (translated by the control
+//! plane into a DENY of connections without a principal) refuses them, PERMISSIVE lets
+//! them through.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::metrics::{ConnMetrics, Reporter, SecurityPolicy};
+use crate::state::ConnInfo;
+
+use super::outbound::{abort, copy_plain};
+use super::sockets::original_dst;
+use super::telemetry::Ends;
+use super::{Pod, PodSockets};
+
+/// Accepts the pod's captured plaintext inbound connections until the task is dropped.
+pub(crate) async fn serve<S: PodSockets>(pod: Arc<Pod<S>>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, client)) => {
+                let pod = pod.clone();
+                let live = pod.inputs.drain.track();
+                tokio::spawn(async move {
+                    handle(&pod, tcp, client).await;
+                    drop(live);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod.uid, error = %e, "inbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: SocketAddr) {
+    let started = Instant::now();
+    let metrics = &pod.inputs.metrics;
+    let dst = match original_dst(&tcp) {
+        Ok(d) => d,
+        Err(e) => {
+            metrics.denied(Reporter::Destination, "no_original_destination");
+            tracing::warn!(pod = %pod.uid, %client, error = %e, "inbound connection without an original destination");
+            return;
+        }
+    };
+    let state = pod.inputs.state.load();
+    let src = state.workload_by_ip(client.ip()).cloned();
+    let Some(me) = state.workload_by_uid(&pod.uid).cloned() else {
+        metrics.denied(Reporter::Destination, "unknown_destination_workload");
+        abort(tcp);
+        return;
+    };
+    let ends = Ends {
+        src_addr: Some(client),
+        src: src.as_deref(),
+        src_identity: None,
+        dst_addr: Some(dst),
+        dst: Some(&me),
+        dst_identity: Some(&pod.identity),
+        service: None,
+    };
+    let verdict = state.authorize(&ConnInfo {
+        src_identity: None,
+        src_ip: client.ip(),
+        dst_workload: &me,
+        dst_ip: dst.ip(),
+        dst_port: dst.port(),
+    });
+    if !verdict.allowed {
+        metrics.denied(Reporter::Destination, "policy");
+        ends.log("inbound_plaintext", Some(&verdict), 0, 0, started.elapsed(), None);
+        abort(tcp);
+        return;
+    }
+    let source = pod.inputs.cfg.transparent_inbound.then_some(client.ip());
+    let app = match pod.connect(dst, source).await {
+        Ok(t) => t,
+        Err(e) => {
+            metrics.denied(Reporter::Destination, "workload_unreachable");
+            ends.log("inbound_plaintext", Some(&verdict), 0, 0, started.elapsed(), Some(&e));
+            abort(tcp);
+            return;
+        }
+    };
+    let conn = ConnMetrics::open(metrics, &ends.labels(Reporter::Destination, SecurityPolicy::None));
+    let (received, sent, err) = copy_plain(tcp, app).await;
+    conn.close(received, sent);
+    ends.log("inbound_plaintext", Some(&verdict), received, sent, started.elapsed(), err.as_ref().map(|e| e as _));
+}

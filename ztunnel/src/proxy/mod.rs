@@ -1,0 +1,190 @@
+//! The data path: per-pod listeners and what happens to each connection.
+//!
+//! - [`outbound`] (15001): a pod's outgoing connections, tunnelled over HBONE or passed through.
+//! - [`inbound`] (15008): HBONE from other proxies, authorized, delivered to the pod.
+//! - [`inbound_plain`] (15006): plaintext from outside the mesh, authorized as such.
+//! - [`route`]: the outbound routing decision, free of I/O.
+//!
+//! Every pod gets its own listeners, bound inside its network namespace, and its own HBONE
+//! pool whose sockets are also created there (so tunnels leave from the pod's address).
+
+pub mod inbound;
+pub mod inbound_plain;
+pub mod outbound;
+pub mod route;
+pub mod sockets;
+mod telemetry;
+pub mod netns_sockets;
+pub mod pods;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone::{CertStore, Identity};
+use hbone::tunnel::H2Settings;
+use hbone::tunnel::pool::{Connector, Pool, PoolConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use crate::metrics::Metrics;
+use crate::state::StateHandle;
+
+/// Data-path settings, part of the program's config.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Mark on ztunnel's own sockets (None where there is no redirection, e.g. tests).
+    pub mark: Option<u32>,
+    /// Connect to local workloads from the client's own address (needs the in-pod rules).
+    pub transparent_inbound: bool,
+    /// Outbound capture port.
+    pub outbound_port: u16,
+    /// Inbound plaintext capture port.
+    pub inbound_plain_port: u16,
+    /// HBONE port.
+    pub hbone_port: u16,
+    /// Time allowed to connect to a workload or passthrough destination.
+    pub connect_timeout: Duration,
+    /// HBONE pool and HTTP/2 tuning.
+    pub pool: PoolConfig,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            mark: Some(sockets::ZTUNNEL_MARK),
+            transparent_inbound: true,
+            outbound_port: 15001,
+            inbound_plain_port: 15006,
+            hbone_port: hbone::tunnel::HBONE_PORT,
+            connect_timeout: Duration::from_secs(10),
+            pool: PoolConfig::default(),
+        }
+    }
+}
+
+/// What every pod's proxy shares.
+#[derive(Clone)]
+pub struct ProxyInputs {
+    /// Workloads, services, policies.
+    pub state: StateHandle,
+    /// Certificates of local workloads and the mesh roots.
+    pub certs: CertStore,
+    /// Metric families.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub cfg: Arc<ProxyConfig>,
+    /// Live connections, for graceful shutdown.
+    pub drain: crate::drain::Drain,
+}
+
+/// Where a pod's sockets are made. In a node, inside the pod's network namespace; in tests
+/// on loopback, right here.
+pub trait PodSockets: Clone + Send + Sync + 'static {
+    /// Runs `f` where the pod's sockets must be created.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T>;
+}
+
+/// Sockets in the current network namespace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostSockets;
+
+impl PodSockets for HostSockets {
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+        Ok(f())
+    }
+}
+
+/// One pod as the proxy sees it.
+pub(crate) struct Pod<S> {
+    pub(crate) uid: String,
+    pub(crate) identity: Identity,
+    pub(crate) sockets: S,
+    pub(crate) inputs: ProxyInputs,
+    pub(crate) pool: Pool,
+}
+
+impl<S: PodSockets> Pod<S> {
+    /// Connects to `dst` from inside the pod, marked, optionally from `source` (transparent).
+    pub(crate) async fn connect(&self, dst: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+        let mark = self.inputs.cfg.mark;
+        let socket = self.sockets.run(move || -> io::Result<_> {
+            let s = sockets::marked_socket(dst.ip(), mark)?;
+            if let Some(src) = source {
+                sockets::bind_transparent(&s, src)?;
+            }
+            Ok(s)
+        })??;
+        tokio::time::timeout(self.inputs.cfg.connect_timeout, socket.connect(dst))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {dst} timed out")))?
+    }
+}
+
+/// The listeners of one pod, and the tasks serving them. Dropping it stops accepting;
+/// connections already accepted finish on their own.
+pub struct PodProxy {
+    tasks: JoinSet<()>,
+    /// Addresses actually bound (outbound, inbound plaintext, HBONE).
+    pub addrs: PodAddrs,
+}
+
+/// The addresses a pod's listeners really bound (port 0 in tests becomes a real port).
+#[derive(Debug, Clone, Copy)]
+pub struct PodAddrs {
+    /// Outbound capture.
+    pub outbound: SocketAddr,
+    /// Inbound plaintext capture.
+    pub inbound_plain: SocketAddr,
+    /// HBONE.
+    pub hbone: SocketAddr,
+}
+
+impl PodProxy {
+    /// Binds the pod's three listeners inside it (all addresses; SO_REUSEPORT so a new
+    /// ztunnel can bind beside an old one) and starts serving as `identity`.
+    pub fn start<S: PodSockets>(uid: String, identity: Identity, sockets: S, inputs: ProxyInputs) -> io::Result<Self> {
+        let cfg = inputs.cfg.clone();
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let ports = [cfg.outbound_port, cfg.inbound_plain_port, cfg.hbone_port];
+        let bound = sockets.run(move || -> io::Result<Vec<std::net::TcpListener>> {
+            ports.iter().map(|p| sockets::reuseport_listener(SocketAddr::new(any, *p))).collect()
+        })??;
+        let mut listeners = bound.into_iter().map(TcpListener::from_std).collect::<io::Result<Vec<_>>>()?;
+        let addrs = PodAddrs {
+            outbound: listeners[0].local_addr()?,
+            inbound_plain: listeners[1].local_addr()?,
+            hbone: listeners[2].local_addr()?,
+        };
+        let (hbone_listener, plain_listener, outbound_listener) = (
+            listeners.pop().expect("three listeners"),
+            listeners.pop().expect("three listeners"),
+            listeners.pop().expect("three listeners"),
+        );
+        let pool = Pool::new(cfg.pool.clone(), inputs.certs.clone(), Some(pod_connector(sockets.clone(), &cfg)));
+        let pod = Arc::new(Pod { uid, identity, sockets, inputs, pool });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(outbound::serve(pod.clone(), outbound_listener));
+        tasks.spawn(inbound_plain::serve(pod.clone(), plain_listener));
+        tasks.spawn(inbound::serve(pod, hbone_listener));
+        Ok(PodProxy { tasks, addrs })
+    }
+
+    /// Stops accepting new connections.
+    pub fn stop(mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// Tunnel connections leave from inside the pod, marked so they are not captured again.
+fn pod_connector<S: PodSockets>(sockets: S, cfg: &ProxyConfig) -> Connector {
+    let mark = cfg.mark;
+    Arc::new(move |addr: SocketAddr| {
+        let sockets = sockets.clone();
+        Box::pin(async move {
+            let socket = sockets.run(move || sockets::marked_socket(addr.ip(), mark))??;
+            socket.connect(addr).await
+        })
+    })
+}

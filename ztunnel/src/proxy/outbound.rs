@@ -1,0 +1,137 @@
+//! Outbound (15001): connections a pod makes, found by their original destination, carried
+//! over HBONE with the pod's identity or passed through when the destination is not meshed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hbone::tunnel::client::ConnectTarget;
+use hbone::tunnel::copy::copy_bidirectional;
+use hbone::tunnel::pool::PoolKey;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::metrics::{ConnMetrics, Reporter, SecurityPolicy};
+
+use super::route::{Route, route};
+use super::sockets::original_dst;
+use super::telemetry::Ends;
+use super::{Pod, PodSockets};
+
+/// Accepts the pod's captured outbound connections until the task is dropped.
+pub(crate) async fn serve<S: PodSockets>(pod: Arc<Pod<S>>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, client)) => {
+                let pod = pod.clone();
+                let live = pod.inputs.drain.track();
+                tokio::spawn(async move {
+                    handle(&pod, tcp, client).await;
+                    drop(live);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod.uid, error = %e, "outbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: std::net::SocketAddr) {
+    let started = Instant::now();
+    let metrics = &pod.inputs.metrics;
+    let dst = match original_dst(&tcp) {
+        Ok(d) => d,
+        Err(e) => {
+            metrics.denied(Reporter::Source, "no_original_destination");
+            tracing::warn!(pod = %pod.uid, %client, error = %e, "outbound connection without an original destination");
+            return;
+        }
+    };
+    let state = pod.inputs.state.load();
+    let src = state.workload_by_uid(&pod.uid).cloned();
+    let mut ends = Ends {
+        src_addr: Some(client),
+        src: src.as_deref(),
+        src_identity: Some(&pod.identity),
+        dst_addr: Some(dst),
+        ..Ends::default()
+    };
+    match route(&state, dst, pod.inputs.cfg.hbone_port) {
+        Route::Hbone { workload, service, target, peer } => {
+            let dst_identity = workload.identity().clone();
+            ends.dst = Some(&workload);
+            ends.dst_identity = Some(&dst_identity);
+            ends.service = service.as_deref();
+            ends.dst_addr = Some(target);
+            let key = PoolKey { src: pod.identity.clone(), dst: dst_identity.clone(), addr: peer };
+            let stream = match pod.pool.connect(&key, &ConnectTarget::new(target, Some(client))).await {
+                Ok(s) => s,
+                Err(e) => {
+                    metrics.denied(Reporter::Source, refusal_reason(&e));
+                    ends.log("outbound", None, 0, 0, started.elapsed(), Some(&e));
+                    abort(tcp);
+                    return;
+                }
+            };
+            let conn = ConnMetrics::open(metrics, &ends.labels(Reporter::Source, SecurityPolicy::MutualTls));
+            let outcome = copy_bidirectional(tcp, stream).await;
+            conn.close(outcome.to_tunnel, outcome.from_tunnel);
+            let err = outcome.result.as_ref().err().map(|e| e as &dyn std::fmt::Display);
+            ends.log("outbound", None, outcome.to_tunnel, outcome.from_tunnel, started.elapsed(), err);
+        }
+        Route::Passthrough { dst, workload, service } => {
+            ends.dst = workload.as_deref();
+            ends.service = service.as_deref();
+            ends.dst_addr = Some(dst);
+            let upstream = match pod.connect(dst, None).await {
+                Ok(u) => u,
+                Err(e) => {
+                    metrics.denied(Reporter::Source, "passthrough_connect_failed");
+                    ends.log("passthrough", None, 0, 0, started.elapsed(), Some(&e));
+                    abort(tcp);
+                    return;
+                }
+            };
+            let conn = ConnMetrics::open(metrics, &ends.labels(Reporter::Source, SecurityPolicy::None));
+            let (sent, received, err) = copy_plain(tcp, upstream).await;
+            conn.close(sent, received);
+            ends.log("passthrough", None, sent, received, started.elapsed(), err.as_ref().map(|e| e as _));
+        }
+        Route::NoEndpoint { service } => {
+            metrics.denied(Reporter::Source, "no_healthy_endpoint");
+            ends.service = Some(&service);
+            let why = format!("service {} has no healthy endpoint for port {}", service.hostname, dst.port());
+            ends.log("outbound", None, 0, 0, started.elapsed(), Some(&why));
+            abort(tcp);
+        }
+    }
+}
+
+/// TCP to TCP, half-close carried both ways; returns bytes each way and the error, if any.
+pub(crate) async fn copy_plain(mut a: TcpStream, mut b: TcpStream) -> (u64, u64, Option<std::io::Error>) {
+    match tokio::io::copy_bidirectional(&mut a, &mut b).await {
+        Ok((ab, ba)) => (ab, ba, None),
+        Err(e) => {
+            let _ = a.set_zero_linger();
+            let _ = b.set_zero_linger();
+            (0, 0, Some(e))
+        }
+    }
+}
+
+/// Refuses a captured connection the way a failed connect looks to the application: RST.
+pub(crate) fn abort(tcp: TcpStream) {
+    let _ = tcp.set_zero_linger();
+}
+
+fn refusal_reason(e: &hbone::tunnel::client::ConnectError) -> &'static str {
+    use hbone::tunnel::client::ConnectError as E;
+    match e {
+        E::Refused { status, .. } if status.as_u16() == 401 => "denied_by_destination_policy",
+        E::Refused { .. } => "refused_by_destination",
+        E::NoCertificate(_) => "no_certificate",
+        E::Tls { .. } => "tls_failed",
+        E::Tcp { .. } | E::HandshakeTimeout(_) => "connect_failed",
+        E::Http2 { .. } => "http2_failed",
+    }
+}

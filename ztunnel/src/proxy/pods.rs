@@ -1,0 +1,87 @@
+//! The pods this ztunnel serves: started when the node agent hands one over, stopped when
+//! it is deleted or missing from the agent's snapshot after a reconnect.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use hbone::Identity;
+
+use crate::inpod::zds::{PodHandler, WorkloadInfo};
+use crate::netns::Netns;
+
+use super::netns_sockets::InPodSockets;
+use super::{PodAddrs, PodProxy, ProxyInputs};
+
+/// Every pod with listeners on this node.
+pub struct Pods {
+    inputs: ProxyInputs,
+    trust_domain: String,
+    host: Arc<Netns>,
+    running: Mutex<HashMap<String, PodProxy>>,
+}
+
+impl Pods {
+    /// No pods yet; `host` is ztunnel's own network namespace, returned to after each
+    /// socket made inside a pod.
+    pub fn new(inputs: ProxyInputs, trust_domain: String, host: Netns) -> Self {
+        Pods { inputs, trust_domain, host: Arc::new(host), running: Mutex::default() }
+    }
+
+    /// UIDs and bound addresses of the pods served, for the admin dump.
+    pub fn list(&self) -> Vec<(String, PodAddrs)> {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut v: Vec<_> = running.iter().map(|(k, p)| (k.clone(), p.addrs)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Stops accepting on every pod (graceful shutdown); open connections continue.
+    pub fn stop_all(&self) {
+        let drained: Vec<_> = self.running.lock().unwrap_or_else(PoisonError::into_inner).drain().collect();
+        for (_, p) in drained {
+            p.stop();
+        }
+    }
+}
+
+impl PodHandler for Pods {
+    async fn add(&self, uid: String, info: Option<WorkloadInfo>, netns: Netns) -> Result<(), String> {
+        let Some(info) = info else {
+            return Err(format!("pod {uid}: no workload info; cannot tell its identity"));
+        };
+        let identity = Identity::new(&self.trust_domain, &info.namespace, &info.service_account)
+            .map_err(|e| format!("pod {uid} ({}/{}): {e}", info.namespace, info.name))?;
+        if self.running.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&uid) {
+            // Replayed after a reconnect: the listeners are still there.
+            return Ok(());
+        }
+        if self.inputs.certs.get(&identity).is_none() {
+            tracing::warn!(%uid, %identity, "no certificate for pod identity yet; its tunnels fail until one arrives");
+        }
+        let sockets = InPodSockets::new(Arc::new(netns), self.host.clone());
+        let proxy = PodProxy::start(uid.clone(), identity.clone(), sockets, self.inputs.clone())
+            .map_err(|e| format!("pod {uid}: binding listeners in its network namespace: {e}"))?;
+        tracing::info!(%uid, pod = %format!("{}/{}", info.namespace, info.name), %identity, "serving pod");
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(uid, proxy);
+        Ok(())
+    }
+
+    async fn del(&self, uid: &str) {
+        let removed = self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(uid);
+        if let Some(p) = removed {
+            p.stop();
+            tracing::info!(%uid, "stopped serving pod");
+        }
+    }
+
+    async fn snapshot_done(&self, uids: HashSet<String>) {
+        let stale: Vec<PodProxy> = {
+            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            let gone: Vec<String> = running.keys().filter(|k| !uids.contains(*k)).cloned().collect();
+            gone.iter().filter_map(|k| running.remove(k)).collect()
+        };
+        for p in stale {
+            p.stop();
+        }
+    }
+}
