@@ -56,15 +56,20 @@ impl Netns {
     /// Adopts a file descriptor (for instance one received over ZDS), checking
     /// that it really refers to a network namespace.
     pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
-        // The kernel names namespace files "net:[<inode>]"; reading the magic
-        // link is a safe way to learn the type without an ioctl.
+        // A descriptor from /proc/<pid>/ns/net or SCM_RIGHTS reads as
+        // "net:[<inode>]"; one opened through a bind mount (/var/run/netns/x)
+        // shows the mount path instead. Then entering it from a throwaway
+        // thread is the safe way to learn its type (setns checks it).
         let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
         let link = link.to_string_lossy();
         if !link.starts_with("net:[") {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("file descriptor is not a network namespace (it is {link})"),
-            ));
+            let probe = std::thread::scope(|s| s.spawn(|| setns(&fd, CloneFlags::CLONE_NEWNET)).join());
+            if !matches!(probe, Ok(Ok(()))) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("file descriptor is not a network namespace (it is {link})"),
+                ));
+            }
         }
         let meta = File::from(fd.try_clone()?).metadata()?;
         Ok(Self { fd, id: NetnsId { dev: meta.dev(), ino: meta.ino() } })
