@@ -101,10 +101,10 @@ table inet {TABLE} {{
 \t\tip saddr {PROBE_SOURCE_V4} return
 \t\tip6 saddr {PROBE_SOURCE_V6} return
 \t\ttcp dport {HBONE_PORT} return
-\t\tredirect to :{INBOUND_PORT}
+\t\tmeta l4proto tcp redirect to :{INBOUND_PORT}
 \t}}
 \tchain output_nat {{
-\t\ttype nat hook output priority dstnat; policy accept;
+\t\ttype nat hook output priority -100; policy accept;
 \t\t{mark} return
 \t\toifname \"lo\" return
 \t\tip daddr 127.0.0.0/8 return
