@@ -144,18 +144,42 @@ impl CniError {
 }
 
 /// Our keys of the network configuration; the others are ignored.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug)]
 struct NetConf {
     cni_version: String,
-    #[serde(default)]
     agent_socket: Option<String>,
-    #[serde(default)]
     agent_timeout_seconds: Option<u64>,
-    #[serde(default)]
     exclude_namespaces: Option<Vec<String>>,
-    #[serde(default)]
     prev_result: Option<Value>,
+}
+
+impl NetConf {
+    /// Reads our keys one by one, so a wrong value names its field.
+    fn parse(stdin: &[u8]) -> Result<Self, CniError> {
+        let value: Value = serde_json::from_slice(stdin).map_err(CniError::Decode)?;
+        let Value::Object(mut map) = value else {
+            return Err(CniError::InvalidConfig { field: "(top level)", reason: "must be a JSON object".into() });
+        };
+        fn field<T: for<'de> Deserialize<'de>>(
+            map: &mut serde_json::Map<String, Value>,
+            name: &'static str,
+        ) -> Result<Option<T>, CniError> {
+            match map.remove(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => serde_json::from_value(v)
+                    .map(Some)
+                    .map_err(|e| CniError::InvalidConfig { field: name, reason: e.to_string() }),
+            }
+        }
+        Ok(Self {
+            cni_version: field(&mut map, "cniVersion")?
+                .ok_or(CniError::InvalidConfig { field: "cniVersion", reason: "is required".into() })?,
+            agent_socket: field(&mut map, "agentSocket")?,
+            agent_timeout_seconds: field(&mut map, "agentTimeoutSeconds")?,
+            exclude_namespaces: field(&mut map, "excludeNamespaces")?,
+            prev_result: field(&mut map, "prevResult")?,
+        })
+    }
 }
 
 /// Runs one plugin invocation. On success returns what to print on stdout;
@@ -171,7 +195,7 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Value, (CniError, String)> {
             .unwrap_or_else(fallback);
         return Ok(json!({ "cniVersion": version, "supportedVersions": SUPPORTED_VERSIONS }));
     }
-    let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| (CniError::Decode(e), fallback()))?;
+    let conf = NetConf::parse(stdin).map_err(|e| (e, fallback()))?;
     let version = conf.cni_version.clone();
     run_with(env, &conf).map_err(|e| {
         let v = if SUPPORTED_VERSIONS.contains(&version.as_str()) { version.clone() } else { fallback() };
@@ -297,8 +321,10 @@ mod tests {
         let (e, _) = run(&env("ADD"), br#"{"cniVersion":"9.9.9"}"#).unwrap_err();
         assert_eq!(e.code(), 1);
         let (e, _) = run(&env("ADD"), br#"{"cniVersion":"1.0.0","agentSocket":7}"#).unwrap_err();
-        assert_eq!(e.code(), 6);
-        assert!(e.to_json("1.0.0")["details"].as_str().unwrap().contains("invalid type"));
+        assert_eq!(e.code(), 7);
+        assert!(e.to_json("1.0.0")["msg"].as_str().unwrap().contains("agentSocket: invalid type"));
+        assert_eq!(run(&env("ADD"), br#"{"name":"x"}"#).unwrap_err().0.code(), 7);
+        assert_eq!(run(&env("ADD"), b"[1]").unwrap_err().0.code(), 7);
         let mut no_netns = env("ADD");
         no_netns.netns.clear();
         let (e, _) = run(&no_netns, br#"{"cniVersion":"1.0.0"}"#).unwrap_err();
