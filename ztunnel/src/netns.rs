@@ -44,7 +44,8 @@ impl Netns {
     /// `/proc/<pid>/ns/net` or a CNI_NETNS path.
     pub fn open(path: impl AsRef<Path>) -> io::Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("opening netns {}: {e}", path.display())))?;
+        let file =
+            File::open(path).map_err(|e| io::Error::new(e.kind(), format!("opening netns {}: {e}", path.display())))?;
         Self::from_fd(file.into())
     }
 
@@ -91,9 +92,8 @@ impl Netns {
     /// cannot enter the namespace; a panic in `f` is resumed in the caller.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> io::Result<T> {
         std::thread::scope(|scope| {
-            let handle = std::thread::Builder::new()
-                .name(format!("netns-{}", self.id.ino))
-                .spawn_scoped(scope, || {
+            let handle =
+                std::thread::Builder::new().name(format!("netns-{}", self.id.ino)).spawn_scoped(scope, || {
                     setns(&self.fd, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
                     Ok(f())
                 })?;

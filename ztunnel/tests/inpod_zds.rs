@@ -97,7 +97,12 @@ fn scratch(test: &str) -> ScratchNetns {
 }
 
 fn info(name: &str) -> Option<WorkloadInfo> {
-    Some(WorkloadInfo { name: name.into(), namespace: "ns".into(), service_account: "sa".into(), windows_namespace: None })
+    Some(WorkloadInfo {
+        name: name.into(),
+        namespace: "ns".into(),
+        service_account: "sa".into(),
+        windows_namespace: None,
+    })
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
@@ -199,8 +204,10 @@ async fn ask(conn: &SeqPacket, bytes: &[u8], fds: &[i32]) -> String {
 }
 
 fn add(uid: &str) -> Vec<u8> {
-    WorkloadRequest { payload: Some(workload_request::Payload::Add(AddWorkload { uid: uid.into(), workload_info: info(uid) })) }
-        .encode_to_vec()
+    WorkloadRequest {
+        payload: Some(workload_request::Payload::Add(AddWorkload { uid: uid.into(), workload_info: info(uid) })),
+    }
+    .encode_to_vec()
 }
 
 #[tokio::test]
@@ -226,7 +233,8 @@ async fn client_acks_garbage_with_errors_and_keeps_going() {
     assert!(ask(&conn, &add(""), &[netfd]).await.contains("uid is empty"));
     let big = add(&"x".repeat(20_000));
     assert!(ask(&conn, &big, &[netfd]).await.contains("larger than"));
-    let snap = WorkloadRequest { payload: Some(workload_request::Payload::SnapshotSent(SnapshotSent {})) }.encode_to_vec();
+    let snap =
+        WorkloadRequest { payload: Some(workload_request::Payload::SnapshotSent(SnapshotSent {})) }.encode_to_vec();
     let del_with_fd = WorkloadRequest {
         payload: Some(workload_request::Payload::Del(proto::istio::workload::zds::DelWorkload { uid: "p1".into() })),
     }

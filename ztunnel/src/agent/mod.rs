@@ -88,6 +88,8 @@ pub struct Agent {
     zds: Arc<ZdsServer>,
     /// By container id. The lock also serializes pod events.
     pods: Mutex<HashMap<String, Enrolled>>,
+    /// The serving tasks, stopped by [`Agent::shutdown`].
+    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Agent {
@@ -104,13 +106,24 @@ impl Agent {
             state: StateDir::open(&config.state_dir)?,
             zds: ZdsServer::new(Duration::from_millis(config.zds_timeout_ms)),
             pods: Mutex::default(),
+            tasks: std::sync::Mutex::default(),
             config,
         });
         agent.restore().await;
-        tokio::spawn(agent.zds.clone().serve(zds_listener));
-        tokio::spawn(cni_server::serve(cni_listener, agent.clone()));
+        let zds_task = tokio::spawn(agent.zds.clone().serve(zds_listener));
+        let cni_task = tokio::spawn(cni_server::serve(cni_listener, agent.clone()));
+        agent.tasks.lock().unwrap().extend([zds_task.abort_handle(), cni_task.abort_handle()]);
         tracing::info!(config = ?agent.config, "node agent started");
         Ok(agent)
+    }
+
+    /// Stops listening and drops the ztunnel connection. Pods keep their
+    /// redirection and records, for the next agent to re-adopt.
+    pub async fn shutdown(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+        self.zds.disconnect().await;
     }
 
     /// The ZDS side, for inspection.

@@ -55,8 +55,10 @@ impl StateDir {
     fn file(&self, container_id: &str) -> PathBuf {
         // Container ids are hex from the runtime, but never trust a name
         // that becomes a path.
-        let safe: String =
-            container_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+        let safe: String = container_id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .collect();
         self.dir.join(format!("{safe}.json"))
     }
 
@@ -90,7 +92,10 @@ impl StateDir {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
                 Ok(record) => out.push(record),
                 Err(error) => {
                     tracing::warn!(path = %path.display(), %error, "discarding unreadable pod record");

@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use proto::istio::workload::zds::{
     AddWorkload, DelWorkload, SnapshotSent, Version, WorkloadInfo, WorkloadRequest, WorkloadResponse, ZdsHello,
     workload_request, workload_response,
 };
-use prost::Message;
 use tokio::sync::Mutex;
 
 use crate::inpod::seqpacket::{SeqPacket, SeqPacketListener};
@@ -154,7 +154,8 @@ impl ZdsServer {
     pub async fn del(&self, uid: &str) -> bool {
         let mut inner = self.inner.lock().await;
         let known = inner.pods.remove(uid).is_some();
-        let req = WorkloadRequest { payload: Some(workload_request::Payload::Del(DelWorkload { uid: uid.to_owned() })) };
+        let req =
+            WorkloadRequest { payload: Some(workload_request::Payload::Del(DelWorkload { uid: uid.to_owned() })) };
         let outcome = match &inner.conn {
             Some(conn) => Some(self.request(conn, req, None).await),
             None => None,
@@ -170,6 +171,11 @@ impl ZdsServer {
             }
         }
         known
+    }
+
+    /// Closes the connection to ztunnel, if any (it will reconnect).
+    pub async fn disconnect(&self) {
+        self.inner.lock().await.conn = None;
     }
 
     /// Whether a ztunnel is connected and has had its snapshot.

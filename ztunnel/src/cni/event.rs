@@ -87,7 +87,10 @@ pub fn read_line<T: for<'de> Deserialize<'de>>(r: impl BufRead) -> io::Result<T>
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a message"));
     }
     if line.last() != Some(&b'\n') {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("message longer than {MAX_LINE} bytes or unterminated")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message longer than {MAX_LINE} bytes or unterminated"),
+        ));
     }
     serde_json::from_slice(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

@@ -217,14 +217,12 @@ fn run_with(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
             CniCommand::Check
         }
         "" => return Err(CniError::MissingEnv { name: "CNI_COMMAND", command: "any command".into() }),
-        other => return Err(CniError::InvalidEnv { name: "CNI_COMMAND", reason: format!("unknown command {other:?}") }),
+        other => {
+            return Err(CniError::InvalidEnv { name: "CNI_COMMAND", reason: format!("unknown command {other:?}") });
+        }
     };
     let required = |name: &'static str, value: &str| {
-        if value.is_empty() {
-            Err(CniError::MissingEnv { name, command: env.command.clone() })
-        } else {
-            Ok(())
-        }
+        if value.is_empty() { Err(CniError::MissingEnv { name, command: env.command.clone() }) } else { Ok(()) }
     };
     required("CNI_CONTAINERID", &env.container_id)?;
     required("CNI_IFNAME", &env.ifname)?;

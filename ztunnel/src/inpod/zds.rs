@@ -12,10 +12,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use proto::istio::workload::zds::{
     Ack, Version, WorkloadInfo, WorkloadRequest, WorkloadResponse, ZdsHello, workload_request, workload_response,
 };
-use prost::Message;
 
 use super::seqpacket::SeqPacket;
 use crate::netns::Netns;
@@ -30,7 +30,12 @@ pub trait PodHandler: Send + Sync + 'static {
     /// Start serving pod `uid` from inside `netns`. Called again for a pod
     /// already served (after a reconnect); the handler should then keep or
     /// refresh it. An `Err` is sent back to the agent.
-    fn add(&self, uid: String, info: Option<WorkloadInfo>, netns: Netns) -> impl Future<Output = Result<(), String>> + Send;
+    fn add(
+        &self,
+        uid: String,
+        info: Option<WorkloadInfo>,
+        netns: Netns,
+    ) -> impl Future<Output = Result<(), String>> + Send;
 
     /// Stop serving pod `uid` (no-op if unknown).
     fn del(&self, uid: &str) -> impl Future<Output = ()> + Send;
