@@ -129,10 +129,17 @@ impl ScratchNetns {
     /// Creates `/var/run/netns/<name>` with its loopback up.
     pub fn create(name: &str) -> io::Result<Self> {
         run_cmd(Command::new("ip").args(["netns", "add", name]))?;
-        // From here on, Drop cleans up even if the rest fails.
-        let mut guard = Self { name: name.to_owned(), netns: Netns::current()? };
-        guard.netns = Netns::open(guard.path())?;
-        run_cmd(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]))?;
+        let path = format!("/var/run/netns/{name}");
+        let netns = match Netns::open(&path) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = run_cmd(Command::new("ip").args(["netns", "del", name]));
+                return Err(e);
+            }
+        };
+        // From here on, Drop cleans up whatever fails next.
+        let guard = Self { name: name.to_owned(), netns };
+        guard.ip(&["link", "set", "lo", "up"])?;
         Ok(guard)
     }
 

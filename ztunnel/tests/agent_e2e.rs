@@ -247,3 +247,50 @@ async fn cni_add_enrolls_pod_and_hands_it_to_ztunnel() {
     assert_eq!(std::fs::read_dir(config.state_dir.join("pods")).unwrap().count(), 0);
     agent.shutdown().await;
 }
+
+#[tokio::test]
+async fn agent_survives_garbage_and_refuses_on_broken_enrollment() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir(std::env::temp_dir().join(format!("agent-bad-{}-{}", std::process::id(), rand::random::<u32>())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let enrollment = dir.0.join("cluster.yaml");
+    std::fs::write(&enrollment, "kind: Namespace\nmetadata:\n  name: mesh\n  labels: [not, a, map]\n").unwrap();
+    let config = AgentConfig {
+        zds_socket: dir.0.join("ztunnel.sock"),
+        cni_socket: dir.0.join("cni.sock"),
+        enrollment,
+        state_dir: dir.0.join("state"),
+        capture_dns: false,
+        zds_timeout_ms: 1000,
+    };
+    let agent = Agent::start(config.clone()).await.unwrap();
+    let sock = config.cni_socket.clone();
+    let exchange = move |bytes: Vec<u8>| {
+        let sock = sock.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            s.write_all(&bytes).unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            serde_json::from_str::<serde_json::Value>(&line).unwrap()
+        })
+    };
+    let reply = exchange(b"{\"command\": 42}\n".to_vec()).await.unwrap();
+    assert_eq!(reply["ok"], false);
+    assert!(reply["error"].as_str().unwrap().contains("malformed CNI event"), "{reply}");
+    let mut huge = vec![b'x'; 70 * 1024];
+    huge.push(b'\n');
+    let reply = exchange(huge).await.unwrap();
+    assert!(reply["error"].as_str().unwrap().contains("longer than"), "{reply}");
+
+    // Enrollment cannot be decided: the pod is refused, naming file and field.
+    let pod = scratch("e2e-bad");
+    let out = cni("ADD", "sandbox-bad", &pod.path(), "web", "uid-bad", &config.cni_socket).await;
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let msg = err["msg"].as_str().unwrap();
+    assert!(msg.contains("cluster.yaml") && msg.contains("labels"), "{msg}");
+    assert!(!redirect::installed(pod.netns()).unwrap());
+    agent.shutdown().await;
+}

@@ -190,3 +190,58 @@ fn dns_capture_is_opt_in() {
     assert_eq!(original_dst(&got).unwrap(), addr(PEER_IP, 53));
     assert!(idle(&out));
 }
+
+#[test]
+fn ipv6_is_redirected_too() {
+    const POD6: &str = "fd00:77::2";
+    const PEER6: &str = "fd00:77::1";
+    let w = world("redir-v6");
+    w.pod.ip(&["-6", "addr", "add", &format!("{POD6}/64"), "dev", "eth0", "nodad"]).unwrap();
+    w.peer.ip(&["-6", "addr", "add", &format!("{PEER6}/64"), "dev", "eth0", "nodad"]).unwrap();
+    redirect::install(w.pod.netns(), &RedirectConfig::default()).unwrap();
+    let v6 = |ip: &str, port: u16| -> SocketAddr { format!("[{ip}]:{port}").parse().unwrap() };
+    let connect6 = |ns: &ScratchNetns, to: SocketAddr, mark: Option<u32>, bind: Option<SocketAddr>| {
+        ns.netns()
+            .run(move || {
+                let s = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+                if let Some(m) = mark {
+                    s.set_mark(m)?;
+                }
+                if let Some(b) = bind {
+                    s.set_ip_transparent_v6(true)?;
+                    s.bind(&SockAddr::from(b))?;
+                }
+                s.connect_timeout(&SockAddr::from(to), WAIT)?;
+                Ok::<_, std::io::Error>(s)
+            })
+            .unwrap()
+    };
+    // Dual-stack listeners, as ztunnel would bind them.
+    let out = listen(&w.pod, v6("::", redirect::OUTBOUND_PORT));
+    let inbound = listen(&w.pod, v6("::", redirect::INBOUND_PORT));
+    let app = listen(&w.pod, v6("::", 8080));
+
+    let _c = connect6(&w.pod, v6(PEER6, 80), None, None).unwrap();
+    let got = accepted(&out).expect("v6 outbound captured");
+    assert_eq!(original_dst(&got).unwrap(), v6(PEER6, 80));
+    // A v4 connection on the dual-stack listener still reports its v4 destination.
+    let _c = connect(&w.pod, addr(PEER_IP, 81), None, None).unwrap();
+    let got = accepted(&out).expect("v4 outbound captured on the dual-stack listener");
+    assert_eq!(original_dst(&got).unwrap(), addr(PEER_IP, 81));
+
+    let _c = connect6(&w.peer, v6(POD6, 8080), None, None).unwrap();
+    let got = accepted(&inbound).expect("v6 inbound captured");
+    assert_eq!(original_dst(&got).unwrap(), v6(POD6, 8080));
+    assert!(idle(&app));
+
+    // Transparent v6 connection from ztunnel to the app: replies come back.
+    let client = v6(PEER6, 40000);
+    let zt = connect6(&w.pod, v6(POD6, 8080), Some(ZTUNNEL_MARK), Some(client)).expect("v6 reply routing");
+    let served = accepted(&app).unwrap();
+    assert_eq!(served.peer_addr().unwrap(), client);
+    drop((zt, served));
+
+    redirect::remove(w.pod.netns()).unwrap();
+    let rules = Command::new("ip").args(["-n", w.pod.name(), "-6", "rule", "show"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&rules.stdout).contains("lookup 133"));
+}
