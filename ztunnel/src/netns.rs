@@ -90,6 +90,9 @@ impl Netns {
     /// its result. Sockets created by `f` belong to this namespace; so do child
     /// processes it spawns. Errors only if the thread cannot be started or
     /// cannot enter the namespace; a panic in `f` is resumed in the caller.
+    /// Each call costs a thread spawn and blocks the caller until `f` is done:
+    /// create all of a pod's sockets in one call, and from async code call it
+    /// through `spawn_blocking` when `f` may take long.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> io::Result<T> {
         std::thread::scope(|scope| {
             let handle =

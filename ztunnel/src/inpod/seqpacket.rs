@@ -66,12 +66,6 @@ impl SeqPacket {
         Self::from_socket(sock)
     }
 
-    /// A connected pair, for tests.
-    pub fn pair() -> io::Result<(Self, Self)> {
-        let (a, b) = Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
-        Ok((Self::from_socket(a)?, Self::from_socket(b)?))
-    }
-
     fn from_socket(sock: Socket) -> io::Result<Self> {
         sock.set_nonblocking(true)?;
         Ok(Self { inner: register(sock)? })
