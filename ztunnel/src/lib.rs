@@ -1,14 +1,29 @@
-//! ztunnel: the per-node L4 proxy of the mesh.
+//! ztunnel: the per-node L4 proxy of the mesh, its node agent and its CNI plugin.
+//!
+//! - [`proxy`]: the data path (per-pod listeners, outbound, inbound, routing).
+//! - `state`: workloads, services and authorization policies, and the sources that feed them.
+//! - [`netns`], [`socket`]: network namespaces and the socket options of the in-pod data path.
+//! - [`inpod`]: receiving pods from the node agent over ZDS.
+//! - [`agent`]: the node agent: enrollment, in-pod redirection, the ZDS server.
+//! - [`cni`]: the CNI plugin that reports pod events to the agent.
+//! - [`admin`], [`metrics`], [`readiness`], [`logging`], [`drain`], [`certs`], [`config`],
+//!   [`app`]: the admin side and the wiring.
 //!
 //! See `ARCHITECTURE.md` for the runtime split and the port table.
-#![forbid(unsafe_code)]
+// Only the socket module that receives descriptors over SCM_RIGHTS may use `unsafe`.
+#![deny(unsafe_code)]
 
 pub mod admin;
+pub mod agent;
 pub mod app;
 pub mod certs;
+pub mod cni;
 pub mod config;
 pub mod drain;
+pub mod inpod;
 pub mod logging;
 pub mod metrics;
+pub mod netns;
 pub mod proxy;
 pub mod readiness;
+pub mod socket;

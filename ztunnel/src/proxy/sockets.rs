@@ -1,21 +1,13 @@
-//! Socket options the data path needs: the original destination of a redirected connection,
-//! ztunnel's own packet mark (so redirection skips its sockets), and transparent binds that
-//! keep the client's address when connecting to a local workload.
+//! Sockets the data path makes: marked outbound sockets, transparent binds that keep the
+//! client's address when connecting to a local workload, and SO_REUSEPORT listeners.
+//! (The original destination and the mark itself live in [`crate::socket`].)
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 
-/// The mark on every socket ztunnel opens; redirection rules let marked packets pass.
-pub const ZTUNNEL_MARK: u32 = 0x539;
-
-/// Where a connection redirected by NAT was originally going.
-pub fn original_dst(tcp: &TcpStream) -> io::Result<SocketAddr> {
-    let sock = socket2::SockRef::from(tcp);
-    let raw = if tcp.local_addr()?.is_ipv4() { sock.original_dst_v4()? } else { sock.original_dst_v6()? };
-    raw.as_socket().ok_or_else(|| io::Error::other("original destination is not an IP address"))
-}
+pub use crate::socket::{ZTUNNEL_MARK, original_dst};
 
 /// A new TCP socket for `family_of`, marked so that redirection does not capture it again.
 pub fn marked_socket(family_of: IpAddr, mark: Option<u32>) -> io::Result<TcpSocket> {

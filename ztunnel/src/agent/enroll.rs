@@ -1,0 +1,259 @@
+//! Which pods are enrolled: read from ordinary Kubernetes YAML, the same
+//! files the local control plane reads (a file, or a directory of `*.yaml` /
+//! `*.yml` files with `---`-separated documents).
+//!
+//! Only `Namespace` and `Pod` documents matter; others are skipped (but must
+//! still have a well-formed `metadata`). A pod is
+//! enrolled when its label `istio.io/dataplane-mode` is `ambient`, or when its
+//! namespace's label is `ambient` and the pod's is not `none`. The source is
+//! read afresh for every decision, so edits apply to the next pod without a
+//! restart. A source that cannot be read or parsed refuses the decision (the
+//! pod does not start) rather than guessing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The enrollment label.
+pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+
+/// Errors reading the enrollment source.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// A file or directory could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A document is not valid YAML or its fields have the wrong shape.
+    #[error("{path}, document {doc}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based index of the document in the file.
+        doc: usize,
+        /// The parser's message (it names the field).
+        #[source]
+        source: serde_yaml::Error,
+    },
+}
+
+/// What the agent knows about a pod from the enrollment source.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodFacts {
+    /// Whether the pod is enrolled.
+    pub enrolled: bool,
+    /// `spec.serviceAccountName` (default `default`).
+    pub service_account: String,
+    /// `metadata.uid`, if the document has one.
+    pub uid: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodSpec {
+    #[serde(default)]
+    service_account_name: Option<String>,
+}
+
+/// Any Kubernetes object, read straight from its document so that parse
+/// errors carry the path of the offending field.
+#[derive(Debug, Deserialize)]
+struct Object {
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    metadata: Meta,
+    #[serde(default)]
+    spec: Option<PodSpec>,
+}
+
+/// The enrollment source.
+#[derive(Clone, Debug)]
+pub struct Enrollment {
+    path: PathBuf,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    namespaces: BTreeMap<String, Meta>,
+    pods: BTreeMap<(String, String), (Meta, PodSpec)>,
+}
+
+impl Enrollment {
+    /// Reads from `path` (a file or a directory).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// Decides for the pod `namespace/name`.
+    pub fn pod(&self, namespace: &str, name: &str) -> Result<PodFacts, EnrollError> {
+        let snap = self.load()?;
+        let ns_mode = snap.namespaces.get(namespace).and_then(|m| m.labels.get(DATAPLANE_MODE_LABEL));
+        let pod = snap.pods.get(&(namespace.to_owned(), name.to_owned()));
+        let pod_mode = pod.and_then(|(m, _)| m.labels.get(DATAPLANE_MODE_LABEL));
+        let enrolled = match pod_mode.map(String::as_str) {
+            Some("ambient") => true,
+            Some("none") => false,
+            _ => ns_mode.map(String::as_str) == Some("ambient"),
+        };
+        Ok(PodFacts {
+            enrolled,
+            service_account: pod
+                .and_then(|(_, s)| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".to_owned()),
+            uid: pod.and_then(|(m, _)| m.uid.clone()),
+        })
+    }
+
+    fn load(&self) -> Result<Snapshot, EnrollError> {
+        let read_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| EnrollError::Read { path, source }
+        };
+        let mut files = Vec::new();
+        if self.path.is_dir() {
+            for entry in std::fs::read_dir(&self.path).map_err(read_err(&self.path))? {
+                let p = entry.map_err(read_err(&self.path))?.path();
+                if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                    files.push(p);
+                }
+            }
+            files.sort();
+        } else {
+            files.push(self.path.clone());
+        }
+        let mut snap = Snapshot::default();
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(read_err(&file))?;
+            for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+                let parse_err = |source| EnrollError::Parse { path: file.clone(), doc: i + 1, source };
+                let Some(obj) = Option::<Object>::deserialize(doc).map_err(parse_err)? else {
+                    continue; // an empty document
+                };
+                match obj.kind.as_str() {
+                    "Namespace" => {
+                        snap.namespaces.insert(obj.metadata.name.clone(), obj.metadata);
+                    }
+                    "Pod" => {
+                        let ns = obj.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned());
+                        snap.pods.insert((ns, obj.metadata.name.clone()), (obj.metadata, obj.spec.unwrap_or_default()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(text: &str) -> (tempdir::Dir, Enrollment) {
+        let dir = tempdir::Dir::new();
+        std::fs::write(dir.0.join("cluster.yaml"), text).unwrap();
+        std::fs::write(dir.0.join("ignored.txt"), "not: [yaml").unwrap();
+        let e = Enrollment::new(&dir.0);
+        (dir, e)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                let p = std::env::temp_dir().join(format!("enroll-{}-{}", std::process::id(), rand::random::<u32>()));
+                std::fs::create_dir_all(&p).unwrap();
+                Self(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    const CLUSTER: &str = "
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: mesh
+  labels:
+    istio.io/dataplane-mode: ambient
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: mesh
+  uid: 1234-abcd
+spec:
+  serviceAccountName: web-sa
+  containers: [{name: c, image: x}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: opted-out
+  namespace: mesh
+  labels:
+    istio.io/dataplane-mode: none
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: lone
+  namespace: plain
+  labels:
+    istio.io/dataplane-mode: ambient
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: mesh
+spec: {ports: [{port: 80}]}
+";
+
+    #[test]
+    fn namespace_and_pod_labels_decide() {
+        let (_d, e) = source(CLUSTER);
+        let web = e.pod("mesh", "web").unwrap();
+        assert_eq!(web, PodFacts { enrolled: true, service_account: "web-sa".into(), uid: Some("1234-abcd".into()) });
+        assert!(!e.pod("mesh", "opted-out").unwrap().enrolled);
+        assert!(e.pod("mesh", "not-listed").unwrap().enrolled);
+        assert!(e.pod("plain", "lone").unwrap().enrolled);
+        assert!(!e.pod("plain", "other").unwrap().enrolled);
+        assert!(!e.pod("nowhere", "x").unwrap().enrolled);
+    }
+
+    #[test]
+    fn bad_yaml_names_file_and_field() {
+        let (_d, e) = source("kind: Pod\nmetadata:\n  name: p\n  labels: [oops]\n");
+        let err = e.pod("default", "p").unwrap_err().to_string();
+        assert!(err.contains("cluster.yaml, document 1"), "{err}");
+        assert!(err.contains("labels"), "{err}");
+        let (_d, e) = source("kind: Pod\nmetadata: {name: [\n");
+        assert!(e.pod("default", "p").is_err());
+    }
+}

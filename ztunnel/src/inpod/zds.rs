@@ -1,0 +1,187 @@
+//! The ztunnel end of ZDS: connect to the node agent, say hello, then turn
+//! each `WorkloadRequest` into a call on a [`PodHandler`] and acknowledge it.
+//!
+//! The agent sends one request at a time and waits for our ack, so requests
+//! are handled strictly in order. A request we cannot make sense of (garbage,
+//! oversize, missing or extra descriptors) is answered with an error ack and
+//! the connection carries on: the agent decides what to do about it.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use proto::istio::workload::zds::{
+    Ack, Version, WorkloadInfo, WorkloadRequest, WorkloadResponse, ZdsHello, workload_request, workload_response,
+};
+
+use super::seqpacket::SeqPacket;
+use crate::netns::Netns;
+
+/// Largest request we accept. Real requests are a few hundred bytes.
+const MAX_MESSAGE: usize = 16 * 1024;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What ztunnel does with the pods the agent hands over.
+pub trait PodHandler: Send + Sync + 'static {
+    /// Start serving pod `uid` from inside `netns`. Called again for a pod
+    /// already served (after a reconnect); the handler should then keep or
+    /// refresh it. An `Err` is sent back to the agent.
+    fn add(
+        &self,
+        uid: String,
+        info: Option<WorkloadInfo>,
+        netns: Netns,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Stop serving pod `uid` (no-op if unknown).
+    fn del(&self, uid: &str) -> impl Future<Output = ()> + Send;
+
+    /// The replay after a (re)connect is over: `uids` is every pod added or
+    /// kept since the connection began. The handler must stop serving any
+    /// other pod it still has.
+    fn snapshot_done(&self, uids: HashSet<String>) -> impl Future<Output = ()> + Send;
+}
+
+/// Why a ZDS connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ZdsClientError {
+    /// Connecting to the agent's socket failed.
+    #[error("connecting to the node agent at {path}: {source}")]
+    Connect {
+        /// The socket path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Sending or receiving on an established connection failed.
+    #[error("ZDS connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The agent closed the connection.
+    #[error("node agent closed the ZDS connection")]
+    Closed,
+}
+
+/// Keeps a ZDS session with the agent at `path` for as long as the returned
+/// future is polled: reconnects with exponential backoff (100 ms to 5 s) when
+/// the agent is away or the connection breaks.
+pub async fn run_client<H: PodHandler>(path: impl AsRef<Path>, handler: Arc<H>) {
+    let path = path.as_ref();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let mut session = Session::default();
+        let result = session.run(path, &*handler).await;
+        if session.hello_sent {
+            backoff = BACKOFF_MIN;
+        }
+        match result {
+            Err(e @ ZdsClientError::Connect { .. }) => tracing::debug!(error = %e, "node agent not reachable yet"),
+            Err(e) => tracing::warn!(error = %e, "ZDS connection lost; reconnecting"),
+            Ok(()) => {}
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// State of one connection.
+#[derive(Default)]
+struct Session {
+    hello_sent: bool,
+    snapshot_done: bool,
+    seen: HashSet<String>,
+}
+
+impl Session {
+    async fn run<H: PodHandler>(&mut self, path: &Path, handler: &H) -> Result<(), ZdsClientError> {
+        let conn = SeqPacket::connect(path)
+            .await
+            .map_err(|source| ZdsClientError::Connect { path: path.display().to_string(), source })?;
+        let hello = ZdsHello { version: Version::V1 as i32 };
+        conn.send(&hello.encode_to_vec(), None).await?;
+        self.hello_sent = true;
+        tracing::info!(path = %path.display(), "connected to node agent");
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            let msg = conn.recv(&mut buf).await?;
+            if msg.len == 0 && !msg.truncated {
+                return Err(ZdsClientError::Closed);
+            }
+            let error = match self.handle(&buf[..msg.len], msg.truncated, msg.fds, handler).await {
+                Ok(()) => String::new(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "rejected ZDS request");
+                    e
+                }
+            };
+            let ack = WorkloadResponse { payload: Some(workload_response::Payload::Ack(Ack { error })) };
+            conn.send(&ack.encode_to_vec(), None).await?;
+        }
+    }
+
+    async fn handle<H: PodHandler>(
+        &mut self,
+        bytes: &[u8],
+        truncated: bool,
+        mut fds: Vec<std::os::fd::OwnedFd>,
+        handler: &H,
+    ) -> Result<(), String> {
+        use workload_request::Payload;
+        if truncated {
+            return Err(format!("request larger than {MAX_MESSAGE} bytes"));
+        }
+        let req = WorkloadRequest::decode(bytes).map_err(|e| format!("undecodable WorkloadRequest: {e}"))?;
+        let payload = req.payload.ok_or("WorkloadRequest without payload")?;
+        if !matches!(payload, Payload::Add(_)) && !fds.is_empty() {
+            return Err("unexpected file descriptor on a request other than add".into());
+        }
+        match payload {
+            Payload::Add(add) => {
+                if add.uid.is_empty() {
+                    return Err("AddWorkload.uid is empty".into());
+                }
+                if fds.len() != 1 {
+                    return Err(format!(
+                        "AddWorkload for {} carries {} file descriptors, expected exactly 1 (the netns)",
+                        add.uid,
+                        fds.len()
+                    ));
+                }
+                let netns = Netns::from_fd(fds.pop().unwrap())
+                    .map_err(|e| format!("AddWorkload for {}: bad netns descriptor: {e}", add.uid))?;
+                tracing::info!(uid = %add.uid, netns = %netns.id(), "pod added");
+                handler.add(add.uid.clone(), add.workload_info, netns).await?;
+                if !self.snapshot_done {
+                    self.seen.insert(add.uid);
+                }
+                Ok(())
+            }
+            Payload::Keep(keep) => {
+                if self.snapshot_done {
+                    return Err(format!("KeepWorkload for {} after SnapshotSent", keep.uid));
+                }
+                self.seen.insert(keep.uid);
+                Ok(())
+            }
+            Payload::Del(del) => {
+                tracing::info!(uid = %del.uid, "pod removed");
+                handler.del(&del.uid).await;
+                self.seen.remove(&del.uid);
+                Ok(())
+            }
+            Payload::SnapshotSent(_) => {
+                if self.snapshot_done {
+                    return Err("second SnapshotSent on one connection".into());
+                }
+                self.snapshot_done = true;
+                tracing::info!(pods = self.seen.len(), "snapshot from node agent complete");
+                handler.snapshot_done(std::mem::take(&mut self.seen)).await;
+                Ok(())
+            }
+        }
+    }
+}

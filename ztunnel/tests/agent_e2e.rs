@@ -1,0 +1,296 @@
+//! The node agent end to end: the real `ztunnel-cni` binary reports a pod,
+//! the agent decides from Kubernetes YAML, installs the redirection in the
+//! pod's namespace and hands the namespace to a ZDS client (`run_client`)
+//! that binds ztunnel's outbound listener in it; then CHECK, agent restart
+//! with re-adoption, and DEL. Needs root.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proto::istio::workload::zds::WorkloadInfo;
+use tokio::sync::mpsc;
+use ztunnel::agent::redirect;
+use ztunnel::agent::{Agent, AgentConfig};
+use ztunnel::inpod::{PodHandler, run_client};
+use ztunnel::netns::{Netns, NetnsId, ScratchNetns};
+use ztunnel::socket::original_dst;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Add { uid: String, name: String, namespace: String, service_account: String, netns: NetnsId },
+    Del(String),
+    Snapshot(HashSet<String>),
+}
+
+/// Plays ztunnel: records calls and binds the outbound listener in each pod.
+struct FakeZtunnel {
+    tx: mpsc::UnboundedSender<Seen>,
+    listeners: Mutex<Vec<(String, TcpListener)>>,
+}
+
+impl PodHandler for FakeZtunnel {
+    async fn add(&self, uid: String, info: Option<WorkloadInfo>, netns: Netns) -> Result<(), String> {
+        let info = info.unwrap_or_default();
+        let seen = Seen::Add {
+            uid: uid.clone(),
+            name: info.name,
+            namespace: info.namespace,
+            service_account: info.service_account,
+            netns: netns.id(),
+        };
+        // A pod already served (replayed after a reconnect) keeps its listener.
+        if self.listeners.lock().unwrap().iter().any(|(u, _)| u == &uid) {
+            self.tx.send(seen).unwrap();
+            return Ok(());
+        }
+        let listener = netns
+            .run(|| TcpListener::bind(("0.0.0.0", redirect::OUTBOUND_PORT)))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        self.listeners.lock().unwrap().push((uid, listener));
+        self.tx.send(seen).unwrap();
+        Ok(())
+    }
+
+    async fn del(&self, uid: &str) {
+        self.listeners.lock().unwrap().retain(|(u, _)| u != uid);
+        self.tx.send(Seen::Del(uid.to_owned())).unwrap();
+    }
+
+    async fn snapshot_done(&self, uids: HashSet<String>) {
+        self.listeners.lock().unwrap().retain(|(u, _)| uids.contains(u));
+        self.tx.send(Seen::Snapshot(uids)).unwrap();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+const CLUSTER: &str = "
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: mesh
+  labels:
+    istio.io/dataplane-mode: ambient
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: mesh
+spec:
+  serviceAccountName: web-sa
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: legacy
+  namespace: mesh
+  labels:
+    istio.io/dataplane-mode: none
+";
+
+async fn cni(command: &str, container: &str, netns: &str, pod: &str, uid: &str, socket: &Path) -> Output {
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "pods", "type": "ztunnel-cni", "agentSocket": socket,
+        "prevResult": {"cniVersion": "1.0.0", "ips": []}
+    });
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ztunnel-cni"))
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env("CNI_ARGS", format!("K8S_POD_NAMESPACE=mesh;K8S_POD_NAME={pod};K8S_POD_UID={uid}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, conf.to_string().as_bytes()).await.unwrap();
+    drop(stdin);
+    tokio::time::timeout(WAIT * 2, child.wait_with_output()).await.expect("plugin finishes").unwrap()
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(WAIT, rx.recv()).await.expect("ztunnel hears in time").unwrap()
+}
+
+fn scratch(test: &str) -> ScratchNetns {
+    ScratchNetns::create(&format!("{test}-{}-{}", std::process::id(), rand::random::<u16>())).unwrap()
+}
+
+/// Gives a scratch pod an interface and a default route so that it can try
+/// to reach the outside.
+fn wire(pod: &ScratchNetns) {
+    // No dummy driver everywhere: a veth pair with both ends in the pod.
+    pod.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]).unwrap();
+    pod.ip(&["addr", "add", "10.9.0.2/24", "dev", "d0"]).unwrap();
+    pod.ip(&["link", "set", "d1", "up"]).unwrap();
+    pod.ip(&["link", "set", "d0", "up"]).unwrap();
+    pod.ip(&["route", "add", "default", "dev", "d0"]).unwrap();
+}
+
+/// Connects from inside the pod to an outside address; returns where the
+/// fake ztunnel's listener for `uid` says it was going.
+fn captured(z: &FakeZtunnel, uid: &str, pod: &Netns) -> Option<SocketAddr> {
+    let target: SocketAddr = "10.9.9.9:80".parse().unwrap();
+    let _conn = pod.run(move || TcpStream::connect_timeout(&target, Duration::from_secs(2))).unwrap().ok()?;
+    let listeners = z.listeners.lock().unwrap();
+    let (_, l) = listeners.iter().find(|(u, _)| u == uid)?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match l.accept() {
+            Ok((s, _)) => return original_dst(&s).ok(),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cni_add_enrolls_pod_and_hands_it_to_ztunnel() {
+    let dir = TempDir(std::env::temp_dir().join(format!("agent-e2e-{}-{}", std::process::id(), rand::random::<u32>())));
+    std::fs::create_dir_all(dir.0.join("cluster")).unwrap();
+    std::fs::File::create(dir.0.join("cluster/pods.yaml")).unwrap().write_all(CLUSTER.as_bytes()).unwrap();
+    let config = AgentConfig {
+        zds_socket: dir.0.join("ztunnel.sock"),
+        cni_socket: dir.0.join("cni.sock"),
+        enrollment: dir.0.join("cluster"),
+        state_dir: dir.0.join("state"),
+        capture_dns: false,
+        zds_timeout_ms: 5000,
+    };
+    let agent = Agent::start(config.clone()).await.unwrap();
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let ztunnel = Arc::new(FakeZtunnel { tx, listeners: Mutex::default() });
+    let _client = Task(tokio::spawn(run_client(config.zds_socket.clone(), ztunnel.clone())));
+    assert_eq!(next(&mut rx).await, Seen::Snapshot(HashSet::new()));
+
+    let web = scratch("e2e-web");
+    wire(&web);
+    let out = cni("ADD", "sandbox-web", &web.path(), "web", "uid-web", &config.cni_socket).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        next(&mut rx).await,
+        Seen::Add {
+            uid: "uid-web".into(),
+            name: "web".into(),
+            namespace: "mesh".into(),
+            service_account: "web-sa".into(),
+            netns: web.netns().id(),
+        }
+    );
+    assert!(redirect::installed(web.netns()).unwrap());
+    // The namespace ztunnel received is the pod's: its listener there gets
+    // the pod's outbound connection, with the original destination.
+    let z = ztunnel.clone();
+    let web_ns = web.netns().try_clone().unwrap();
+    let dst = tokio::task::spawn_blocking(move || captured(&z, "uid-web", &web_ns)).await.unwrap();
+    assert_eq!(dst, Some("10.9.9.9:80".parse().unwrap()));
+
+    let out = cni("CHECK", "sandbox-web", &web.path(), "web", "uid-web", &config.cni_socket).await;
+    assert!(out.status.success(), "{out:?}");
+
+    // An opted-out pod: ADD succeeds, nothing is installed or handed over.
+    let legacy = scratch("e2e-legacy");
+    let out = cni("ADD", "sandbox-legacy", &legacy.path(), "legacy", "uid-legacy", &config.cni_socket).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(!redirect::installed(legacy.netns()).unwrap());
+
+    // The agent restarts: the new one re-adopts the recorded pod, and the
+    // reconnecting ztunnel gets it in the snapshot.
+    agent.shutdown().await;
+    drop(agent);
+    let agent = Agent::start(config.clone()).await.unwrap();
+    assert_eq!(agent.zds().pods().await, vec!["uid-web".to_owned()]);
+    let seen = next(&mut rx).await;
+    assert!(matches!(&seen, Seen::Add { uid, .. } if uid == "uid-web"), "{seen:?}");
+    assert_eq!(next(&mut rx).await, Seen::Snapshot(HashSet::from(["uid-web".to_owned()])));
+    assert!(redirect::installed(web.netns()).unwrap());
+    let (z, web_ns) = (ztunnel.clone(), web.netns().try_clone().unwrap());
+    let dst = tokio::task::spawn_blocking(move || captured(&z, "uid-web", &web_ns)).await.unwrap();
+    assert_eq!(dst, Some("10.9.9.9:80".parse().unwrap()), "capture still works after the agent restart");
+
+    // DEL: ztunnel is told, the rules go, the record goes.
+    let out = cni("DEL", "sandbox-web", &web.path(), "web", "uid-web", &config.cni_socket).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(next(&mut rx).await, Seen::Del("uid-web".into()));
+    assert!(!redirect::installed(web.netns()).unwrap());
+    assert!(agent.zds().pods().await.is_empty());
+    assert_eq!(std::fs::read_dir(config.state_dir.join("pods")).unwrap().count(), 0);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn agent_survives_garbage_and_refuses_on_broken_enrollment() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir(std::env::temp_dir().join(format!("agent-bad-{}-{}", std::process::id(), rand::random::<u32>())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let enrollment = dir.0.join("cluster.yaml");
+    std::fs::write(&enrollment, "kind: Namespace\nmetadata:\n  name: mesh\n  labels: [not, a, map]\n").unwrap();
+    let config = AgentConfig {
+        zds_socket: dir.0.join("ztunnel.sock"),
+        cni_socket: dir.0.join("cni.sock"),
+        enrollment,
+        state_dir: dir.0.join("state"),
+        capture_dns: false,
+        zds_timeout_ms: 1000,
+    };
+    let agent = Agent::start(config.clone()).await.unwrap();
+    let sock = config.cni_socket.clone();
+    let exchange = move |bytes: Vec<u8>| {
+        let sock = sock.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            s.write_all(&bytes).unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            serde_json::from_str::<serde_json::Value>(&line).unwrap()
+        })
+    };
+    let reply = exchange(b"{\"command\": 42}\n".to_vec()).await.unwrap();
+    assert_eq!(reply["ok"], false);
+    assert!(reply["error"].as_str().unwrap().contains("malformed CNI event"), "{reply}");
+    let mut huge = vec![b'x'; 70 * 1024];
+    huge.push(b'\n');
+    let reply = exchange(huge).await.unwrap();
+    assert!(reply["error"].as_str().unwrap().contains("longer than"), "{reply}");
+
+    // Enrollment cannot be decided: the pod is refused, naming file and field.
+    let pod = scratch("e2e-bad");
+    let out = cni("ADD", "sandbox-bad", &pod.path(), "web", "uid-bad", &config.cni_socket).await;
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let msg = err["msg"].as_str().unwrap();
+    assert!(msg.contains("cluster.yaml") && msg.contains("labels"), "{msg}");
+    assert!(!redirect::installed(pod.netns()).unwrap());
+    agent.shutdown().await;
+}

@@ -1,0 +1,254 @@
+//! ZDS end to end: the agent's server and ztunnel's client over a real unix
+//! seqpacket socket, with real namespace descriptors; plus a misbehaving
+//! agent to prove the client answers garbage with error acks. Needs root (for
+//! the scratch namespaces).
+
+use std::collections::HashSet;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prost::Message;
+use proto::istio::workload::zds::{
+    AddWorkload, KeepWorkload, SnapshotSent, WorkloadInfo, WorkloadRequest, WorkloadResponse, ZdsHello,
+    workload_request, workload_response,
+};
+use tokio::sync::mpsc;
+use ztunnel::agent::zds_server::{ZdsServer, ZdsServerError};
+use ztunnel::inpod::seqpacket::{SeqPacket, SeqPacketListener};
+use ztunnel::inpod::{PodHandler, run_client};
+use ztunnel::netns::{Netns, NetnsId, ScratchNetns};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, PartialEq)]
+enum Seen {
+    /// uid, pod name, namespace the fd refers to, namespace a socket made in it lives in.
+    Add(String, String, NetnsId, NetnsId),
+    Del(String),
+    Snapshot(HashSet<String>),
+}
+
+struct Recorder {
+    tx: mpsc::UnboundedSender<Seen>,
+    refuse: Mutex<HashSet<String>>,
+}
+
+impl PodHandler for Recorder {
+    async fn add(&self, uid: String, info: Option<WorkloadInfo>, netns: Netns) -> Result<(), String> {
+        if self.refuse.lock().unwrap().contains(&uid) {
+            return Err(format!("no room for {uid}"));
+        }
+        // Prove the descriptor works: create a socket in it and ask which
+        // namespace that socket's thread was in.
+        let inside = netns
+            .run(|| {
+                let _l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                Netns::current().unwrap().id()
+            })
+            .map_err(|e| e.to_string())?;
+        let name = info.map(|i| i.name).unwrap_or_default();
+        self.tx.send(Seen::Add(uid, name, netns.id(), inside)).unwrap();
+        Ok(())
+    }
+
+    async fn del(&self, uid: &str) {
+        self.tx.send(Seen::Del(uid.to_owned())).unwrap();
+    }
+
+    async fn snapshot_done(&self, uids: HashSet<String>) {
+        self.tx.send(Seen::Snapshot(uids)).unwrap();
+    }
+}
+
+fn recorder() -> (Arc<Recorder>, mpsc::UnboundedReceiver<Seen>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Arc::new(Recorder { tx, refuse: Mutex::default() }), rx)
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("{test}-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Aborts a spawned task when dropped, so no client outlives its test.
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn scratch(test: &str) -> ScratchNetns {
+    ScratchNetns::create(&format!("{test}-{}-{}", std::process::id(), rand::random::<u16>())).unwrap()
+}
+
+fn info(name: &str) -> Option<WorkloadInfo> {
+    Some(WorkloadInfo {
+        name: name.into(),
+        namespace: "ns".into(),
+        service_account: "sa".into(),
+        windows_namespace: None,
+    })
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(WAIT, rx.recv()).await.expect("handler call in time").unwrap()
+}
+
+async fn wait_connected(server: &ZdsServer) {
+    tokio::time::timeout(WAIT, async {
+        while !server.connected().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("ztunnel connects");
+}
+
+#[tokio::test]
+async fn snapshot_then_live_changes_then_snapshot_again() {
+    let dir = TempDir::new("zds-flow");
+    let path = dir.0.join("ztunnel.sock");
+    let server = ZdsServer::new(WAIT);
+    let _serve = Task(tokio::spawn(server.clone().serve(SeqPacketListener::bind(&path).unwrap())));
+    let a = scratch("zds-a");
+    let b = scratch("zds-b");
+
+    // Enrolled before ztunnel connects: goes out in the snapshot.
+    server.add("uid-a".into(), info("a"), a.netns().try_clone().unwrap()).await.unwrap();
+    let (handler, mut rx) = recorder();
+    let client = Task(tokio::spawn(run_client(path.clone(), handler.clone())));
+    assert_eq!(next(&mut rx).await, Seen::Add("uid-a".into(), "a".into(), a.netns().id(), a.netns().id()));
+    assert_eq!(next(&mut rx).await, Seen::Snapshot(HashSet::from(["uid-a".to_owned()])));
+    wait_connected(&server).await;
+
+    // Live add and delete, each acknowledged before `add`/`del` return.
+    server.add("uid-b".into(), info("b"), b.netns().try_clone().unwrap()).await.unwrap();
+    assert_eq!(next(&mut rx).await, Seen::Add("uid-b".into(), "b".into(), b.netns().id(), b.netns().id()));
+    assert!(server.del("uid-a").await);
+    assert_eq!(next(&mut rx).await, Seen::Del("uid-a".into()));
+    assert!(!server.del("uid-a").await, "second delete finds nothing");
+    assert_eq!(next(&mut rx).await, Seen::Del("uid-a".into()));
+
+    // A refused pod is reported to the caller and not kept.
+    handler.refuse.lock().unwrap().insert("uid-c".into());
+    let c = scratch("zds-c");
+    let err = server.add("uid-c".into(), info("c"), c.netns().try_clone().unwrap()).await.unwrap_err();
+    assert!(matches!(&err, ZdsServerError::Refused { uid, error } if uid == "uid-c" && error.contains("no room")));
+    assert_eq!(server.pods().await, vec!["uid-b".to_owned()]);
+
+    // ztunnel restarts: the new one gets the current set and SnapshotSent.
+    drop(client);
+    let (handler2, mut rx2) = recorder();
+    let _client2 = Task(tokio::spawn(run_client(path.clone(), handler2)));
+    assert_eq!(next(&mut rx2).await, Seen::Add("uid-b".into(), "b".into(), b.netns().id(), b.netns().id()));
+    assert_eq!(next(&mut rx2).await, Seen::Snapshot(HashSet::from(["uid-b".to_owned()])));
+}
+
+#[tokio::test]
+async fn client_reconnects_when_agent_starts_late() {
+    let dir = TempDir::new("zds-late");
+    let path = dir.0.join("ztunnel.sock");
+    let (handler, mut rx) = recorder();
+    let _client = Task(tokio::spawn(run_client(path.clone(), handler)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let server = ZdsServer::new(WAIT);
+    let _serve = Task(tokio::spawn(server.clone().serve(SeqPacketListener::bind(&path).unwrap())));
+    assert_eq!(next(&mut rx).await, Seen::Snapshot(HashSet::new()));
+}
+
+#[tokio::test]
+async fn server_drops_a_ztunnel_that_never_acks() {
+    let dir = TempDir::new("zds-mute");
+    let path = dir.0.join("ztunnel.sock");
+    let server = ZdsServer::new(Duration::from_millis(300));
+    let _serve = Task(tokio::spawn(server.clone().serve(SeqPacketListener::bind(&path).unwrap())));
+    let mute = SeqPacket::connect(&path).await.unwrap();
+    mute.send(&ZdsHello { version: 1 }.encode_to_vec(), None).await.unwrap();
+    let mut buf = [0u8; 256];
+    let got = tokio::time::timeout(WAIT, mute.recv(&mut buf)).await.unwrap().unwrap();
+    let req = WorkloadRequest::decode(&buf[..got.len]).unwrap();
+    assert!(matches!(req.payload, Some(workload_request::Payload::SnapshotSent(_))));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!server.connected().await, "unacknowledged snapshot: not a live connection");
+    // A pod added meanwhile is kept for the next ztunnel.
+    let a = scratch("zds-mute");
+    server.add("uid-a".into(), info("a"), a.netns().try_clone().unwrap()).await.unwrap();
+    assert_eq!(server.pods().await, vec!["uid-a".to_owned()]);
+}
+
+/// Sends one request and returns the ack's error text.
+async fn ask(conn: &SeqPacket, bytes: &[u8], fds: &[i32]) -> String {
+    conn.send_fds(bytes, fds).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let got = tokio::time::timeout(WAIT, conn.recv(&mut buf)).await.expect("ack in time").unwrap();
+    assert!(got.fds.is_empty());
+    match WorkloadResponse::decode(&buf[..got.len]).unwrap().payload {
+        Some(workload_response::Payload::Ack(ack)) => ack.error,
+        None => panic!("empty response"),
+    }
+}
+
+fn add(uid: &str) -> Vec<u8> {
+    WorkloadRequest {
+        payload: Some(workload_request::Payload::Add(AddWorkload { uid: uid.into(), workload_info: info(uid) })),
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test]
+async fn client_acks_garbage_with_errors_and_keeps_going() {
+    let dir = TempDir::new("zds-garbage");
+    let path = dir.0.join("ztunnel.sock");
+    let listener = SeqPacketListener::bind(&path).unwrap();
+    let (handler, mut rx) = recorder();
+    let _client = Task(tokio::spawn(run_client(path.clone(), handler)));
+    let conn = tokio::time::timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+    let mut buf = [0u8; 64];
+    let hello = conn.recv(&mut buf).await.unwrap();
+    assert_eq!(ZdsHello::decode(&buf[..hello.len]).unwrap().version, 1);
+
+    let pod = scratch("zds-garbage");
+    let netfd = pod.netns().as_fd().as_raw_fd();
+    let devnull = std::fs::File::open("/dev/null").unwrap();
+
+    assert!(ask(&conn, b"\xff\xff\xff\xff garbage", &[]).await.contains("undecodable"));
+    assert!(ask(&conn, &add("p1"), &[]).await.contains("expected exactly 1"));
+    assert!(ask(&conn, &add("p1"), &[netfd, netfd]).await.contains("2 file descriptors"));
+    assert!(ask(&conn, &add("p1"), &[devnull.as_raw_fd()]).await.contains("not a network namespace"));
+    assert!(ask(&conn, &add(""), &[netfd]).await.contains("uid is empty"));
+    let big = add(&"x".repeat(20_000));
+    assert!(ask(&conn, &big, &[netfd]).await.contains("larger than"));
+    let snap =
+        WorkloadRequest { payload: Some(workload_request::Payload::SnapshotSent(SnapshotSent {})) }.encode_to_vec();
+    let del_with_fd = WorkloadRequest {
+        payload: Some(workload_request::Payload::Del(proto::istio::workload::zds::DelWorkload { uid: "p1".into() })),
+    }
+    .encode_to_vec();
+    assert!(ask(&conn, &del_with_fd, &[netfd]).await.contains("unexpected file descriptor"));
+
+    // After all that, the session still works.
+    assert_eq!(ask(&conn, &add("p1"), &[netfd]).await, "");
+    assert_eq!(next(&mut rx).await, Seen::Add("p1".into(), "p1".into(), pod.netns().id(), pod.netns().id()));
+    let keep = WorkloadRequest { payload: Some(workload_request::Payload::Keep(KeepWorkload { uid: "p0".into() })) }
+        .encode_to_vec();
+    assert_eq!(ask(&conn, &keep, &[]).await, "");
+    assert_eq!(ask(&conn, &snap, &[]).await, "");
+    assert_eq!(next(&mut rx).await, Seen::Snapshot(HashSet::from(["p0".to_owned(), "p1".to_owned()])));
+    assert!(ask(&conn, &keep, &[]).await.contains("after SnapshotSent"));
+    assert!(ask(&conn, &snap, &[]).await.contains("second SnapshotSent"));
+}
