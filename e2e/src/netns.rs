@@ -172,6 +172,28 @@ impl Netns {
         })
     }
 
+    /// Starts a named thread that enters this namespace and runs `f` there. Threads it spawns
+    /// (a tokio runtime's workers, say) start in this namespace too, so a whole in-process
+    /// component can live in a node's or pod's network. The thread keeps the namespace alive
+    /// until it returns: end it before the topology is torn down.
+    pub fn spawn_thread<T, F>(&self, name: &str, f: F) -> Result<thread::JoinHandle<Result<T, Error>>, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let handle =
+            File::open(self.path()).map_err(|source| Error::Io { action: "open", path: self.path(), source })?;
+        let netns = self.name.clone();
+        thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                setns(&handle, CloneFlags::CLONE_NEWNET).map_err(|source| Error::Setns { netns, source })?;
+                drop(handle);
+                Ok(f())
+            })
+            .map_err(|source| Error::Spawn { command: format!("thread {name} in {}", self.name), source })
+    }
+
     /// Sets a network sysctl (`net.ipv4.ip_forward`, ...) in this namespace.
     pub fn set_sysctl(&self, key: &str, value: &str) -> Result<(), Error> {
         let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));

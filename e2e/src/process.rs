@@ -62,47 +62,91 @@ pub(crate) fn display(cmd: &Command) -> String {
 }
 
 /// Runs `cmd` to completion, feeding it `stdin`, killing it after `timeout`.
-pub(crate) fn run_bounded(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output, Error> {
-    let command = display(&cmd);
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| Error::Spawn { command: command.clone(), source })?;
-    let input = stdin.map(<[u8]>::to_vec);
-    let writer = child.stdin.take().map(|mut pipe| {
-        thread::spawn(move || {
-            // A plugin may exit without reading its input; the broken pipe is then not our error.
-            let _ = pipe.write_all(input.as_deref().unwrap_or_default());
-        })
-    });
-    let out = child.stdout.take().map(drain);
-    let err = child.stderr.take().map(drain);
-
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => {
-                thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(20));
-            }
-            Err(source) => return Err(Error::Spawn { command, source }),
-        }
-    };
-    if let Some(w) = writer {
-        let _ = w.join();
+pub(crate) fn run_bounded(cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output, Error> {
+    let mut child = Supervised::start(cmd, stdin)?;
+    let status = child.wait_until(Instant::now() + timeout)?;
+    if status.is_none() {
+        child.kill();
     }
-    let stdout = out.map(join_text).unwrap_or_default();
-    let stderr = err.map(join_text).unwrap_or_default();
+    let (command, stdout, stderr) = child.finish();
     match status {
         Some(status) => Ok(Output { command, status, stdout, stderr }),
         None => Err(Error::Timeout { command, after: timeout, stdout, stderr }),
+    }
+}
+
+/// A child whose stdout and stderr are being collected, waited for with a deadline or killed.
+pub(crate) struct Supervised {
+    command: String,
+    child: Child,
+    writer: Option<thread::JoinHandle<()>>,
+    out: Option<thread::JoinHandle<Vec<u8>>>,
+    err: Option<thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Supervised {
+    /// Starts `cmd` with piped output, writing `stdin` to it from a thread.
+    pub(crate) fn start(mut cmd: Command, stdin: Option<&[u8]>) -> Result<Supervised, Error> {
+        let command = display(&cmd);
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn { command: command.clone(), source })?;
+        let input = stdin.map(<[u8]>::to_vec);
+        let writer = child.stdin.take().map(|mut pipe| {
+            thread::spawn(move || {
+                // A plugin may exit without reading its input; the broken pipe is then not our error.
+                let _ = pipe.write_all(input.as_deref().unwrap_or_default());
+            })
+        });
+        let out = child.stdout.take().map(drain);
+        let err = child.stderr.take().map(drain);
+        Ok(Supervised { command, child, writer, out, err })
+    }
+
+    /// Process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the child to exit, up to `deadline`; `None` if it is still running then.
+    pub(crate) fn wait_until(&mut self, deadline: Instant) -> Result<Option<ExitStatus>, Error> {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ok(Some(status)),
+                Ok(None) if Instant::now() >= deadline => return Ok(None),
+                Ok(None) => {
+                    thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err(source) => return Err(Error::Spawn { command: self.command.clone(), source }),
+            }
+        }
+    }
+
+    /// SIGKILLs the child and reaps it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Collects the command line and output; call after the child has exited or been killed.
+    pub(crate) fn finish(mut self) -> (String, String, String) {
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        let stdout = self.out.take().map(join_text).unwrap_or_default();
+        let stderr = self.err.take().map(join_text).unwrap_or_default();
+        (std::mem::take(&mut self.command), stdout, stderr)
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
     }
 }
 

@@ -14,13 +14,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::mount::{MsFlags, mount};
 
 use crate::Error;
 use crate::netns::{NETNS_DIR, ip};
-use crate::process::run_bounded;
+use crate::process::Supervised;
 
 /// Set in the child's environment: the test it must run (and that it is the sandbox).
 const ENV_TEST: &str = "E2E_SANDBOX_TEST";
@@ -103,7 +103,7 @@ pub struct SandboxRun {
 /// How a sandboxed child ended.
 #[derive(Debug, Clone)]
 pub struct SandboxOutcome {
-    /// Exit status, `None` if it overran its time and was killed.
+    /// Exit status, `None` if it was killed (at its time limit or by [`RunningSandbox::kill`]).
     pub status: Option<ExitStatus>,
     /// Its stdout then stderr.
     pub output: String,
@@ -144,6 +144,11 @@ impl SandboxRun {
 
     /// Starts the child and waits for it (or kills it at the time limit).
     pub fn run(self) -> Result<SandboxOutcome, Error> {
+        self.spawn()?.wait()
+    }
+
+    /// Starts the child and returns at once; [`RunningSandbox::wait`] collects it.
+    pub fn spawn(self) -> Result<RunningSandbox, Error> {
         let fail = |reason: String| Error::Sandbox { test: self.test.clone(), reason };
         let exe = std::env::current_exe().map_err(|e| fail(format!("cannot find the test binary: {e}")))?;
         let net = ns_inode("net").map_err(|e| fail(format!("cannot read own network namespace: {e}")))?;
@@ -159,11 +164,42 @@ impl SandboxRun {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        match run_bounded(cmd, None, self.timeout) {
-            Ok(out) => Ok(SandboxOutcome { status: Some(out.status), output: out.stdout + &out.stderr }),
-            Err(Error::Timeout { stdout, stderr, .. }) => Ok(SandboxOutcome { status: None, output: stdout + &stderr }),
-            Err(e) => Err(e),
+        let child = Supervised::start(cmd, None)?;
+        Ok(RunningSandbox { child, deadline: Instant::now() + self.timeout })
+    }
+}
+
+/// A sandboxed child that is running; killed (with everything in it) if dropped.
+pub struct RunningSandbox {
+    child: Supervised,
+    deadline: Instant,
+}
+
+impl RunningSandbox {
+    /// Pid of the outermost process of the sandbox (`setpriv`/`unshare`), as seen from here.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Kills the sandbox now: `unshare` dies, its death signal kills the sandbox's pid 1, and
+    /// the kernel kills the rest of the pid namespace.
+    pub fn kill(mut self) -> SandboxOutcome {
+        self.child.kill();
+        self.finish(None)
+    }
+
+    /// Waits for the child to finish, killing it at its time limit.
+    pub fn wait(mut self) -> Result<SandboxOutcome, Error> {
+        let status = self.child.wait_until(self.deadline)?;
+        if status.is_none() {
+            self.child.kill();
         }
+        Ok(self.finish(status))
+    }
+
+    fn finish(self, status: Option<ExitStatus>) -> SandboxOutcome {
+        let (_, stdout, stderr) = self.child.finish();
+        SandboxOutcome { status, output: stdout + &stderr }
     }
 }
 

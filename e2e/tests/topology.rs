@@ -49,6 +49,21 @@ fn pods_reach_each_other_on_one_node_and_across_nodes() {
         assert_eq!(web_peers, [IpAddr::V4(client.ip), IpAddr::V4(probe.ip)]);
         assert_eq!(api_srv.requests(), 1);
 
+        // In-process code on a thread inside a pod uses the pod's network.
+        let api_addr = std::net::SocketAddr::from((api.ip, HTTP_PORT));
+        let in_pod = client.netns.spawn_thread("in-pod-client", move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect_timeout(&api_addr, Duration::from_secs(3))?;
+            s.write_all(b"GET /thread HTTP/1.1\r\nHost: api\r\n\r\n")?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply)?;
+            Ok::<_, std::io::Error>((s.local_addr()?, reply))
+        })?;
+        let (local, reply) = in_pod.join().unwrap()?.expect("thread in the client pod reaches api");
+        assert_eq!(local.ip(), IpAddr::V4(client.ip));
+        assert!(reply.contains(&format!("peer {local}")), "{reply}");
+        assert_eq!(api_srv.requests(), 2);
+
         // A port nobody listens on is refused, not silently answered.
         let refused = client.netns.curl(&format!("http://{}:9/", api.ip), &[], Duration::from_secs(3))?;
         assert!(!refused.success(), "connection to a closed port succeeded: {}", refused.stdout);
@@ -241,16 +256,16 @@ fn a_test_dying_midway_leaves_nothing_on_the_host() {
 
     // Killed from outside: the helper's processes are visible from here while it runs (so the
     // trace check can see them), and gone once the sandbox is killed.
-    let killed = thread::spawn(move || run("hang", 8));
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while host_traces(PREFIX).len() < 2 && Instant::now() < deadline {
+    let hanging = SandboxRun::new(HELPER).env("E2E_DIE", "hang").timeout(Duration::from_secs(30)).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let up = |t: &Vec<String>| t.iter().filter(|t| t.starts_with("process")).count() >= 2;
+    while !up(&host_traces(PREFIX)) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
     let visible = host_traces(PREFIX);
-    assert!(visible.iter().filter(|t| t.starts_with("process")).count() >= 2, "helper never came up: {visible:?}");
-    let killed = killed.join().unwrap();
-    assert_eq!(killed.status, None, "helper should have been killed at its limit:\n{}", killed.output);
-    assert!(killed.output.contains("is up"), "{}", killed.output);
+    let killed = hanging.kill();
+    assert!(up(&visible), "helper never came up: {visible:?}\n{}", killed.output);
+    assert_eq!(killed.status, None, "{}", killed.output);
     assert_no_traces(PREFIX, "after kill");
 
     for (how, expect) in [("panic", "deliberate panic"), ("exit", "is up")] {
