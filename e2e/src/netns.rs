@@ -75,9 +75,16 @@ impl Netns {
     pub(crate) fn create(name: String, ctx: Arc<Context>) -> Result<Netns, Error> {
         ip(&["netns", "add", &name])?;
         let ns = Netns { name, ctx };
-        ns.set_sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-        ns.set_sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
-        Ok(ns)
+        let quiet = ns
+            .set_sysctl("net.ipv6.conf.all.disable_ipv6", "1")
+            .and_then(|()| ns.set_sysctl("net.ipv6.conf.default.disable_ipv6", "1"));
+        match quiet {
+            Ok(()) => Ok(ns),
+            Err(e) => {
+                let _ = ns.delete();
+                Err(e)
+            }
+        }
     }
 
     /// Removes the name; the kernel frees the namespace when nothing else holds it.

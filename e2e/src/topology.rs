@@ -24,7 +24,7 @@ pub const WIRE_BRIDGE: &str = "wire0";
 /// Where topologies keep their files (configs, IPAM state, logs); inside the sandbox's private `/run`.
 pub const STATE_ROOT: &str = "/run/e2e";
 
-/// Most nodes a topology may have (node IPs are 172.31.0.<n>, pod CIDRs 10.244.<n>.0/24).
+/// Most nodes a topology may have (node IPs are `172.31.0.<n>`, pod CIDRs `10.244.<n>.0/24`).
 pub const MAX_NODES: usize = 200;
 
 /// An IPv4 prefix such as `10.244.1.0/24`.
@@ -320,6 +320,16 @@ impl Topology {
             netns,
             name,
         };
+        match Self::configure_node(&node, wire, chained) {
+            Ok(()) => Ok(node),
+            Err(e) => {
+                let _ = node.netns.delete();
+                Err(e)
+            }
+        }
+    }
+
+    fn configure_node(node: &Node, wire: &Netns, chained: &[ChainedPlugin]) -> Result<(), Error> {
         let ns = &node.netns;
         ns.ip(&["link", "set", "lo", "up"])?;
         ns.set_sysctl("net.ipv4.ip_forward", "1")?;
@@ -347,8 +357,7 @@ impl Topology {
         let list = cni::node_conflist(&node.pod_cidr.to_string(), &node.ipam_dir(), chained)?;
         let path = node.cni_conf_dir().join(cni::CONFLIST_FILE);
         let text = serde_json::to_vec_pretty(&list).unwrap_or_default();
-        std::fs::write(&path, text).map_err(|source| Error::Io { action: "write", path, source })?;
-        Ok(node)
+        std::fs::write(&path, text).map_err(|source| Error::Io { action: "write", path, source })
     }
 
     fn attach(&self, a: &mut Attached) -> Result<(), Error> {

@@ -109,6 +109,15 @@ fn node_link_capture_sees_cross_node_traffic_only() {
 #[test]
 fn chained_plugin_runs_after_bridge_and_rolls_back_on_failure() {
     sandboxed(|| -> Result<(), Error> {
+        // A chained plugin that is not there fails the build, and the half-built topology goes.
+        let missing = ChainedPlugin::new("/nonexistent/ztunnel-cni", json!({ "log_level": "debug" }));
+        let err = Topology::builder().chain_plugin(missing).build().unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ztunnel-cni"), "{err}");
+        let bad = ChainedPlugin::new("/usr/lib/cni/tuning", json!(["not", "an", "object"]));
+        let err = Topology::builder().chain_plugin(bad).build().unwrap_err();
+        assert!(matches!(&err, Error::CniConfig { reason, .. } if reason.contains("JSON object")), "{err}");
+        assert!(inventory()?.is_clean(), "{:?}", inventory()?);
+
         // Debian's `tuning` plugin only works on a prevResult: it finds the pod interface there.
         let tuning = ChainedPlugin::new("/usr/lib/cni/tuning", json!({ "mtu": 1400 }));
         let topo = Topology::builder().nodes(1).chain_plugin(tuning).build()?;
