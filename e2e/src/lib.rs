@@ -5,9 +5,10 @@
 //!
 //! Every test that builds a topology wraps its body in [`sandboxed`]. The test re-runs itself
 //! (same binary, `--exact <its name>`) in a child process under `unshare --net --mount --pid`
-//! with a private tmpfs on `/run`; the child is pid 1 of its own pid namespace. Everything the
-//! harness creates lives in that child: named namespaces (`/run/netns`), CNI configuration and
-//! `host-local` IPAM state, logs, pcap files, and every process it starts. When the child ends,
+//! with private tmpfs mounts on `/run` and `/tmp`; the child is pid 1 of its own pid
+//! namespace. Everything the harness creates lives in that child: named namespaces
+//! (`/run/netns`), CNI configuration and `host-local` IPAM state, logs, pcap files, and every
+//! process it starts. When the child ends,
 //! however it ends (success, panic, `SIGKILL`, its parent test process dying), the kernel kills
 //! the pid namespace, frees the mount namespace with its namespace handles, and with them every
 //! veth and bridge. Nothing is ever created in the machine's own network namespace or `/run`,
@@ -33,7 +34,16 @@
 //! any [`ChainedPlugin`]s after them, each invoked with `CNI_COMMAND`, `CNI_CONTAINERID`,
 //! `CNI_NETNS`, `CNI_IFNAME`, `CNI_PATH`, `CNI_ARGS` (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, ...)
 //! and its configuration plus `prevResult` on stdin. Deleting a pod runs DEL through the chain
-//! in reverse with the cached result. This is how the mesh's own CNI plugin gets exercised.
+//! in reverse with the cached result. This is how the mesh's own CNI plugin gets exercised
+//! (the `cni-recorder` binary of this crate is a chained plugin that records what it is given).
+//!
+//! # Limits
+//!
+//! IPv4 only (IPv6 is switched off in every namespace to keep captures free of its chatter).
+//! The sandbox's pid 1 is the test process, which reaps only its own children: a program that
+//! orphans grandchildren leaves zombies until the sandbox ends (and [`inventory`] lists them).
+//! Inside the sandbox `/run` is empty, so nothing there from the host (DNS stub sockets, ...)
+//! is reachable; tests use addresses, not names.
 //!
 //! # Running things
 //!

@@ -5,7 +5,7 @@
 //! `setpriv --pdeathsig KILL -- unshare --net --mount --pid --fork --kill-child --mount-proc
 //! --propagation private -- <test binary> <test> --exact --include-ignored --nocapture --test-threads=1`.
 //! The child, pid 1 of its pid namespace, mounts a tmpfs on `/run` (so `/run/netns`, IPAM state
-//! and logs are private), brings its loopback up and runs the test body. The kill chain:
+//! and logs are private) and on `/tmp`, brings its loopback up and runs the test body. The kill chain:
 //! the test thread dies → `setpriv`'s death signal kills `unshare` → `--kill-child` kills pid 1
 //! → the kernel kills every process in the pid namespace → the private mount namespace and
 //! every named network namespace in it (and so every veth and bridge) are freed.
@@ -217,8 +217,11 @@ fn enter(test: &str) -> Result<(), Error> {
     if std::process::id() != 1 {
         return Err(fail("not pid 1 of a private pid namespace; refusing to run".into()));
     }
-    mount(Some("tmpfs"), "/run", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))
-        .map_err(|e| fail(format!("cannot mount a private /run: {e}")))?;
+    // /run holds the namespace handles and harness state; /tmp whatever a test writes there.
+    for (dir, mode) in [("/run", "mode=0755"), ("/tmp", "mode=1777")] {
+        mount(Some("tmpfs"), dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(mode))
+            .map_err(|e| fail(format!("cannot mount a private {dir}: {e}")))?;
+    }
     ip(&["link", "set", "lo", "up"])?;
     SANDBOXED.store(true, Ordering::Release);
     Ok(())

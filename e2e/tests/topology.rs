@@ -153,6 +153,42 @@ fn chained_plugin_runs_after_bridge_and_rolls_back_on_failure() {
 }
 
 #[test]
+fn chained_plugins_get_what_a_runtime_passes() {
+    sandboxed(|| -> Result<(), Error> {
+        let record_dir = Path::new("/run/recorder");
+        std::fs::create_dir_all(record_dir).unwrap();
+        let bin = env!("CARGO_BIN_EXE_cni-recorder");
+        let first = ChainedPlugin::new(bin, json!({ "record_dir": record_dir, "tag": "first" }));
+        let second =
+            ChainedPlugin::new(bin, json!({ "type": "recorder-2", "record_dir": record_dir, "tag": "second" }));
+        let topo = Topology::builder().nodes(1).chain_plugin(first).chain_plugin(second).build()?;
+        let node = topo.node(1);
+        let pod = topo.add_pod(node, "shop", "web")?;
+        topo.remove_pod(&pod)?;
+
+        let text = std::fs::read_to_string(record_dir.join("calls.jsonl")).unwrap();
+        let calls: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let order: Vec<(&str, &str)> =
+            calls.iter().map(|c| (c["command"].as_str().unwrap(), c["config"]["tag"].as_str().unwrap())).collect();
+        assert_eq!(order, [("ADD", "first"), ("ADD", "second"), ("DEL", "second"), ("DEL", "first")]);
+        let pod_ip = format!("{}/24", pod.ip);
+        for c in &calls {
+            assert_eq!(c["containerId"], pod.container_id.as_str(), "{c}");
+            assert_eq!(c["netns"], pod.netns.path().to_str().unwrap(), "{c}");
+            assert_eq!(c["ifname"], "eth0", "{c}");
+            let args = c["args"].as_str().unwrap();
+            assert!(args.contains("K8S_POD_NAMESPACE=shop;") && args.contains("K8S_POD_NAME=web;"), "{args}");
+            assert!(c["path"].as_str().unwrap().starts_with(node.cni_bin_dir().to_str().unwrap()), "{c}");
+            assert_eq!((&c["config"]["name"], &c["config"]["cniVersion"]), (&json!("e2e-pods"), &json!("1.0.0")));
+            // ADD and DEL both carry the bridge's result with the pod's address.
+            let ips = c["config"]["prevResult"]["ips"].as_array().unwrap();
+            assert!(ips.iter().any(|ip| ip["address"] == pod_ip.as_str()), "{c}");
+        }
+        topo.teardown()
+    });
+}
+
+#[test]
 fn teardown_leaves_nothing() {
     sandboxed(|| -> Result<(), Error> {
         let topo = Topology::builder().nodes(2).build()?;
