@@ -64,6 +64,14 @@ fn pods_reach_each_other_on_one_node_and_across_nodes() {
         assert!(reply.contains(&format!("peer {local}")), "{reply}");
         assert_eq!(api_srv.requests(), 2);
 
+        client.netns.wait_for_tcp(api_addr, Duration::from_secs(5))?;
+        let conn = client.netns.tcp_connect(api_addr, Duration::from_secs(3))?;
+        assert_eq!(conn.local_addr().unwrap().ip(), IpAddr::V4(client.ip));
+        drop(conn);
+        let closed = std::net::SocketAddr::from((api.ip, 9));
+        let err = client.netns.wait_for_tcp(closed, Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(err, Error::NotReady { .. }), "{err}");
+
         // A port nobody listens on is refused, not silently answered.
         let refused = client.netns.curl(&format!("http://{}:9/", api.ip), &[], Duration::from_secs(3))?;
         assert!(!refused.success(), "connection to a closed port succeeded: {}", refused.stdout);
