@@ -1,0 +1,291 @@
+//! The sandbox: a test re-runs itself in a child process with private network, mount and pid
+//! namespaces and a private `/run`, so whatever it builds vanishes with that child.
+//!
+//! The parent (the normal test thread) runs
+//! `setpriv --pdeathsig KILL -- unshare --net --mount --pid --fork --kill-child --mount-proc
+//! --propagation private -- <test binary> <test> --exact --include-ignored --nocapture --test-threads=1`.
+//! The child, pid 1 of its pid namespace, mounts a tmpfs on `/run` (so `/run/netns`, IPAM state
+//! and logs are private) and on `/tmp`, brings its loopback up and runs the test body. The kill chain:
+//! the test thread dies → `setpriv`'s death signal kills `unshare` → `--kill-child` kills pid 1
+//! → the kernel kills every process in the pid namespace → the private mount namespace and
+//! every named network namespace in it (and so every veth and bridge) are freed.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::mount::{MsFlags, mount};
+
+use crate::Error;
+use crate::netns::{NETNS_DIR, ip};
+use crate::process::Supervised;
+
+/// Set in the child's environment: the test it must run (and that it is the sandbox).
+const ENV_TEST: &str = "E2E_SANDBOX_TEST";
+/// The parent's network and mount namespace inodes, so the child can prove it is elsewhere.
+const ENV_HOST_NET: &str = "E2E_HOST_NETNS";
+const ENV_HOST_MNT: &str = "E2E_HOST_MNTNS";
+
+/// How long a sandboxed test may run by default before it is killed.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+static SANDBOXED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process is a prepared sandbox (topologies may only be built here).
+pub fn is_sandboxed() -> bool {
+    SANDBOXED.load(Ordering::Acquire)
+}
+
+/// The running test's full name (libtest names each test's thread after it).
+pub fn current_test_name() -> Option<String> {
+    std::thread::current().name().filter(|n| *n != "main").map(str::to_owned)
+}
+
+/// Runs `body` inside a fresh sandbox, failing the test if it fails, panics or overruns
+/// [`DEFAULT_TIMEOUT`]. Call it as the whole body of a `#[test]`:
+///
+/// ```no_run
+/// #[test]
+/// fn pods_talk() {
+///     e2e::sandboxed(|| {
+///         let topo = e2e::Topology::builder().nodes(2).build()?;
+///         // ...
+///         topo.teardown()
+///     });
+/// }
+/// ```
+pub fn sandboxed<F, E>(body: F)
+where
+    F: FnOnce() -> Result<(), E>,
+    E: std::fmt::Debug,
+{
+    sandboxed_with(DEFAULT_TIMEOUT, body)
+}
+
+/// [`sandboxed`] with a different time limit.
+pub fn sandboxed_with<F, E>(timeout: Duration, body: F)
+where
+    F: FnOnce() -> Result<(), E>,
+    E: std::fmt::Debug,
+{
+    let Some(test) = current_test_name() else {
+        panic!("e2e::sandboxed must be called from a #[test] thread (libtest names it after the test)");
+    };
+    match std::env::var(ENV_TEST) {
+        Ok(target) if target == test => {
+            if let Err(e) = enter(&test) {
+                panic!("{e}");
+            }
+            if let Err(e) = body() {
+                panic!("{test} failed inside its sandbox: {e:?}");
+            }
+        }
+        Ok(target) => panic!("sandbox for {target:?} is running {test:?}; nested sandboxes are not supported"),
+        Err(_) => {
+            let outcome = SandboxRun::new(&test).timeout(timeout).run().unwrap_or_else(|e| panic!("{e}"));
+            print!("{}", outcome.output);
+            assert!(outcome.passed(), "sandboxed test {test} failed ({}); its output is above", outcome.describe());
+        }
+    }
+}
+
+/// Runs one test of the current test binary in a fresh sandbox and reports how it ended
+/// (for tests about the sandbox itself, e.g. that a crashing test leaves nothing behind).
+#[derive(Debug, Clone)]
+pub struct SandboxRun {
+    test: String,
+    timeout: Duration,
+    env: Vec<(String, String)>,
+}
+
+/// How a sandboxed child ended.
+#[derive(Debug, Clone)]
+pub struct SandboxOutcome {
+    /// Exit status, `None` if it was killed (at its time limit or by [`RunningSandbox::kill`]).
+    pub status: Option<ExitStatus>,
+    /// Its stdout then stderr.
+    pub output: String,
+}
+
+impl SandboxOutcome {
+    /// Whether the child ran exactly the one test and it passed.
+    pub fn passed(&self) -> bool {
+        self.status.is_some_and(|s| s.success()) && self.output.contains("test result: ok. 1 passed")
+    }
+
+    fn describe(&self) -> String {
+        match self.status {
+            Some(s) if s.success() => "the test did not run: is the name exact?".into(),
+            Some(s) => s.to_string(),
+            None => "timed out and was killed".into(),
+        }
+    }
+}
+
+impl SandboxRun {
+    /// Runs the test named `test` (full libtest name; `#[ignore]`d tests run too).
+    pub fn new(test: &str) -> SandboxRun {
+        SandboxRun { test: test.to_owned(), timeout: DEFAULT_TIMEOUT, env: Vec::new() }
+    }
+
+    /// Kills the whole sandbox after `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Adds an environment variable for the child.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Starts the child and waits for it (or kills it at the time limit).
+    pub fn run(self) -> Result<SandboxOutcome, Error> {
+        self.spawn()?.wait()
+    }
+
+    /// Starts the child and returns at once; [`RunningSandbox::wait`] collects it.
+    pub fn spawn(self) -> Result<RunningSandbox, Error> {
+        let fail = |reason: String| Error::Sandbox { test: self.test.clone(), reason };
+        let exe = std::env::current_exe().map_err(|e| fail(format!("cannot find the test binary: {e}")))?;
+        let net = ns_inode("net").map_err(|e| fail(format!("cannot read own network namespace: {e}")))?;
+        let mnt = ns_inode("mnt").map_err(|e| fail(format!("cannot read own mount namespace: {e}")))?;
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--", "unshare", "--net", "--mount", "--pid", "--fork"])
+            .args(["--kill-child", "--mount-proc", "--propagation", "private", "--"])
+            .arg(exe)
+            .args([&self.test, "--exact", "--include-ignored", "--nocapture", "--test-threads=1"])
+            .env(ENV_TEST, &self.test)
+            .env(ENV_HOST_NET, net.to_string())
+            .env(ENV_HOST_MNT, mnt.to_string());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = Supervised::start(cmd, None)?;
+        Ok(RunningSandbox { child, deadline: Instant::now() + self.timeout })
+    }
+}
+
+/// A sandboxed child that is running; killed (with everything in it) if dropped.
+pub struct RunningSandbox {
+    child: Supervised,
+    deadline: Instant,
+}
+
+impl RunningSandbox {
+    /// Pid of the outermost process of the sandbox (`setpriv`/`unshare`), as seen from here.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Kills the sandbox now: `unshare` dies, its death signal kills the sandbox's pid 1, and
+    /// the kernel kills the rest of the pid namespace.
+    pub fn kill(mut self) -> SandboxOutcome {
+        self.child.kill();
+        self.finish(None)
+    }
+
+    /// Waits for the child to finish, killing it at its time limit.
+    pub fn wait(mut self) -> Result<SandboxOutcome, Error> {
+        let status = self.child.wait_until(self.deadline)?;
+        if status.is_none() {
+            self.child.kill();
+        }
+        Ok(self.finish(status))
+    }
+
+    fn finish(self, status: Option<ExitStatus>) -> SandboxOutcome {
+        let (_, stdout, stderr) = self.child.finish();
+        SandboxOutcome { status, output: stdout + &stderr }
+    }
+}
+
+/// Prepares the child: proves it is isolated, then makes `/run` private.
+fn enter(test: &str) -> Result<(), Error> {
+    let fail = |reason: String| Error::Sandbox { test: test.to_owned(), reason };
+    for (kind, var) in [("net", ENV_HOST_NET), ("mnt", ENV_HOST_MNT)] {
+        let host: u64 =
+            std::env::var(var).ok().and_then(|v| v.parse().ok()).ok_or_else(|| fail(format!("{var} not set")))?;
+        let own = ns_inode(kind).map_err(|e| fail(format!("cannot read own {kind} namespace: {e}")))?;
+        if own == host {
+            return Err(fail(format!("still in the host's {kind} namespace; refusing to run")));
+        }
+    }
+    if std::process::id() != 1 {
+        return Err(fail("not pid 1 of a private pid namespace; refusing to run".into()));
+    }
+    // /run holds the namespace handles and harness state; /tmp whatever a test writes there.
+    for (dir, mode) in [("/run", "mode=0755"), ("/tmp", "mode=1777")] {
+        mount(Some("tmpfs"), dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(mode))
+            .map_err(|e| fail(format!("cannot mount a private {dir}: {e}")))?;
+    }
+    ip(&["link", "set", "lo", "up"])?;
+    SANDBOXED.store(true, Ordering::Release);
+    Ok(())
+}
+
+fn ns_inode(kind: &str) -> std::io::Result<u64> {
+    std::fs::metadata(format!("/proc/self/ns/{kind}")).map(|m| m.ino())
+}
+
+/// What exists in the sandbox besides the test process itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    /// Named network namespaces.
+    pub netns: Vec<String>,
+    /// Interfaces in the sandbox's own namespace other than `lo`.
+    pub links: Vec<String>,
+    /// Other processes (pid and command line), zombies included.
+    pub processes: Vec<String>,
+}
+
+impl Inventory {
+    /// Nothing left.
+    pub fn is_clean(&self) -> bool {
+        self.netns.is_empty() && self.links.is_empty() && self.processes.is_empty()
+    }
+}
+
+/// Lists what is left in the sandbox: after every topology is dropped it should be clean.
+pub fn inventory() -> Result<Inventory, Error> {
+    if !is_sandboxed() {
+        return Err(Error::NotSandboxed);
+    }
+    let mut inv = Inventory::default();
+    if let Ok(entries) = std::fs::read_dir(NETNS_DIR) {
+        inv.netns = entries.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect();
+    }
+    let links = ip(&["-o", "link", "show"])?;
+    inv.links = links
+        .stdout
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or_default().to_owned())
+        .filter(|n| n != "lo")
+        .collect();
+    let me = std::process::id().to_string();
+    let entries =
+        std::fs::read_dir("/proc").map_err(|source| Error::Io { action: "read", path: "/proc".into(), source })?;
+    for e in entries.flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        inv.processes.push(format!("{pid} {}", describe_process(&e.path())));
+    }
+    inv.netns.sort();
+    inv.processes.sort();
+    Ok(inv)
+}
+
+fn describe_process(dir: &Path) -> String {
+    let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+    if cmdline.is_empty() {
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        return format!("[{}]", stat.split(' ').take(3).collect::<Vec<_>>().join(" "));
+    }
+    String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().to_owned()
+}
