@@ -53,7 +53,7 @@ pub enum Problem {
     #[error("address has {0} bytes; want 4 (IPv4) or 16 (IPv6)")]
     AddressLength(usize),
     /// The namespace, service account and trust domain do not form a valid identity.
-    #[error("not a valid identity part")]
+    #[error("not a valid identity part: {0}")]
     Identity(#[source] IdentityError),
     /// An enum value this proxy does not know.
     #[error("unknown enum value {0}")]
@@ -65,7 +65,7 @@ pub enum Problem {
     #[error("port {0} is out of range 1-65535")]
     Port(u32),
     /// A CIDR whose prefix is longer than its address.
-    #[error("invalid CIDR")]
+    #[error("invalid CIDR: {0}")]
     Cidr(#[source] CidrError),
     /// A reference that should be `namespace/name`.
     #[error("{0:?} is not of the form namespace/name")]
@@ -156,9 +156,9 @@ fn identity(cx: &Ctx, td: &str, ns: &str, sa: &str) -> Result<Identity, ConvertE
         let field = match &e {
             IdentityError::BadSegment { what: "namespace", .. } => "namespace",
             IdentityError::BadPath(_) if ns.contains('/') => "namespace",
-            IdentityError::MissingScheme(_) | IdentityError::EmptyTrustDomain(_) | IdentityError::TrustDomainChar { .. } => {
-                "trustDomain"
-            }
+            IdentityError::MissingScheme(_)
+            | IdentityError::EmptyTrustDomain(_)
+            | IdentityError::TrustDomainChar { .. } => "trustDomain",
             _ => "serviceAccount",
         };
         cx.err(field, Problem::Identity(e))
@@ -406,20 +406,8 @@ fn convert_policy(a: pbs::Authorization) -> Result<(Policy, Option<ConvertError>
             Vec::new()
         }
     };
-    let unusable = defect.as_ref().map(|e| format!("field `{}`: {}", e.field, problem_chain(&e.problem)).into());
+    let unusable = defect.as_ref().map(|e| format!("field `{}`: {}", e.field, e.problem).into());
     Ok((Policy { name, namespace, scope, action, dry_run: a.dry_run, groups, unusable }, defect))
-}
-
-/// The problem and its sources, on one line.
-fn problem_chain(p: &Problem) -> String {
-    let mut s = p.to_string();
-    let mut src = std::error::Error::source(p);
-    while let Some(e) = src {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        src = e.source();
-    }
-    s
 }
 
 impl TryFrom<pbs::Authorization> for Policy {

@@ -90,9 +90,9 @@ pub enum DocError {
     Item {
         /// The item, e.g. `workloads[2] (default/productpage-v1)`.
         item: String,
-        /// What is wrong with it.
+        /// What is wrong with it (boxed: keeps `Result`s small).
         #[source]
-        source: ConvertError,
+        source: Box<ConvertError>,
     },
     /// The items do not form a state (e.g. duplicate names).
     #[error("{0}")]
@@ -143,7 +143,7 @@ fn syntax_message(text: &str, e: &serde_yaml::Error) -> String {
         let Ok(i) = idx.parse::<usize>() else { continue };
         let doc: Option<serde_yaml::Value> = serde_yaml::from_str(text).ok();
         let label = item_label(doc.as_ref(), section, i);
-        let rest = rest.strip_prefix('.').unwrap_or(rest);
+        let rest = rest.strip_prefix('.').or_else(|| rest.strip_prefix(": ")).unwrap_or(rest);
         return format!("{label}: {rest}");
     }
     msg
@@ -164,7 +164,7 @@ pub fn parse(text: &str, config: StateConfig) -> Result<State, DocError> {
         .enumerate()
         .map(|(i, w)| {
             let item = label("workloads", i, &w.namespace, &w.name);
-            Workload::try_from(w.into_proto()).map_err(|source| DocError::Item { item, source })
+            Workload::try_from(w.into_proto()).map_err(|source| DocError::Item { item, source: Box::new(source) })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let services = doc
@@ -173,7 +173,7 @@ pub fn parse(text: &str, config: StateConfig) -> Result<State, DocError> {
         .enumerate()
         .map(|(i, s)| {
             let item = label("services", i, &s.namespace, &s.name);
-            Service::try_from(s.into_proto()).map_err(|source| DocError::Item { item, source })
+            Service::try_from(s.into_proto()).map_err(|source| DocError::Item { item, source: Box::new(source) })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let policies = doc
@@ -182,7 +182,7 @@ pub fn parse(text: &str, config: StateConfig) -> Result<State, DocError> {
         .enumerate()
         .map(|(i, p)| {
             let item = label("policies", i, &p.namespace, &p.name);
-            Policy::try_from(p.into_proto()).map_err(|source| DocError::Item { item, source })
+            Policy::try_from(p.into_proto()).map_err(|source| DocError::Item { item, source: Box::new(source) })
         })
         .collect::<Result<Vec<_>, _>>()?;
     State::new(config, workloads, services, policies).map_err(DocError::State)

@@ -391,7 +391,11 @@ impl StateHandle {
         initial.version = 0;
         let (changed, _) = watch::channel(0);
         StateHandle {
-            inner: Arc::new(HandleInner { current: ArcSwap::from_pointee(initial), store_lock: Mutex::new(0), changed }),
+            inner: Arc::new(HandleInner {
+                current: ArcSwap::from_pointee(initial),
+                store_lock: Mutex::new(0),
+                changed,
+            }),
         }
     }
 

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use proto::istio::security as pbs;
 use proto::istio::workload as pbw;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::state::convert::ip_to_bytes;
 
@@ -150,9 +150,25 @@ pub(super) struct GatewayRaw {
 }
 
 /// A validated waypoint, already in proto form.
-#[derive(Deserialize)]
-#[serde(try_from = "GatewayRaw")]
 pub(super) struct GatewayYaml(pbw::GatewayAddress);
+
+impl<'de> Deserialize<'de> for GatewayYaml {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Validated inside the visitor so the error carries the field's path (`waypoint`).
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = GatewayYaml;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("{hostname: {namespace, hostname}} or {address: ..}, with an optional hboneMtlsPort")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<GatewayYaml, A::Error> {
+                let raw = GatewayRaw::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                GatewayYaml::try_from(raw).map_err(de::Error::custom)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
 
 impl TryFrom<GatewayRaw> for GatewayYaml {
     type Error = &'static str;
@@ -297,19 +313,30 @@ pub(super) struct CidrYaml {
 
 impl<'de> Deserialize<'de> for CidrYaml {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let bad = || de::Error::custom(format_args!("invalid CIDR {s:?}: want <address>/<prefix length>"));
-        let (addr, len) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (s.as_str(), None),
-        };
-        let address: IpAddr = addr.parse().map_err(|_| bad())?;
-        let full = if address.is_ipv4() { 32 } else { 128 };
-        let length = match len {
-            None => full,
-            Some(l) => l.parse::<u32>().ok().filter(|l| *l <= full).ok_or_else(bad)?,
-        };
-        Ok(CidrYaml { address, length })
+        // A visitor rather than String-then-parse: errors raised inside the visitor carry the
+        // element's own path (`sourceIps[1]`), not the list's.
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = CidrYaml;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a CIDR such as 10.0.0.0/8, or an IP address")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<CidrYaml, E> {
+                let bad = || E::custom(format_args!("invalid CIDR {s:?}: want <address>/<prefix length>"));
+                let (addr, len) = match s.split_once('/') {
+                    Some((a, l)) => (a, Some(l)),
+                    None => (s, None),
+                };
+                let address: IpAddr = addr.parse().map_err(|_| bad())?;
+                let full = if address.is_ipv4() { 32 } else { 128 };
+                let length = match len {
+                    None => full,
+                    Some(l) => l.parse::<u32>().ok().filter(|l| *l <= full).ok_or_else(bad)?,
+                };
+                Ok(CidrYaml { address, length })
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -321,9 +348,25 @@ pub(super) struct ServiceAccountYaml {
 }
 
 /// A validated string match, already in proto form.
-#[derive(Deserialize)]
-#[serde(try_from = "StringMatchRaw")]
 pub(super) struct StringMatchYaml(pbs::StringMatch);
+
+impl<'de> Deserialize<'de> for StringMatchYaml {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Validated inside the visitor so the error carries the element's path (`principals[0]`).
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StringMatchYaml;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("one of {exact: ..}, {prefix: ..}, {suffix: ..}, {presence: {}}")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<StringMatchYaml, A::Error> {
+                let raw = StringMatchRaw::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                StringMatchYaml::try_from(raw).map_err(de::Error::custom)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
 
 impl TryFrom<StringMatchRaw> for StringMatchYaml {
     type Error = &'static str;

@@ -43,46 +43,313 @@ fn each_field_and_its_negation() {
     let other = id("other", "sa");
     let none = None;
     // (case, match, source identity, source ip, destination port, allowed?)
-    let cases: Vec<(&str, Match, Option<&hbone::Identity>, &str, u16, bool)> = vec![
+    type Case<'a> = (&'a str, Match, Option<&'a hbone::Identity>, &'a str, u16, bool);
+    let cases: Vec<Case<'_>> = vec![
         ("no conditions", Match::default(), none, "1.1.1.1", 80, true),
-        ("namespace hit", Match { namespaces: vec![exact("foo")], ..Default::default() }, Some(&foo_bar), "1.1.1.1", 80, true),
-        ("namespace miss", Match { namespaces: vec![exact("foo")], ..Default::default() }, Some(&other), "1.1.1.1", 80, false),
-        ("namespace plaintext", Match { namespaces: vec![exact("foo")], ..Default::default() }, none, "1.1.1.1", 80, false),
-        ("namespaces OR", Match { namespaces: vec![exact("x"), exact("other")], ..Default::default() }, Some(&other), "1.1.1.1", 80, true),
-        ("not namespace hit", Match { not_namespaces: vec![exact("foo")], ..Default::default() }, Some(&foo_bar), "1.1.1.1", 80, false),
-        ("not namespace miss", Match { not_namespaces: vec![exact("foo")], ..Default::default() }, Some(&other), "1.1.1.1", 80, true),
-        ("not namespace plaintext", Match { not_namespaces: vec![exact("foo")], ..Default::default() }, none, "1.1.1.1", 80, true),
-        ("principal exact", Match { principals: vec![exact("cluster.local/ns/foo/sa/bar")], ..Default::default() }, Some(&foo_bar), "1.1.1.1", 80, true),
-        ("principal has no scheme", Match { principals: vec![exact("spiffe://cluster.local/ns/foo/sa/bar")], ..Default::default() }, Some(&foo_bar), "1.1.1.1", 80, false),
-        ("principal prefix", Match { principals: vec![StringMatch::Prefix("cluster.local/ns/foo/".into())], ..Default::default() }, Some(&foo_bar), "1.1.1.1", 80, true),
-        ("principal prefix miss", Match { principals: vec![StringMatch::Prefix("cluster.local/ns/foo/".into())], ..Default::default() }, Some(&other), "1.1.1.1", 80, false),
-        ("principal suffix", Match { principals: vec![StringMatch::Suffix("/sa/bar".into())], ..Default::default() }, Some(&foo_bar), "1.1.1.1", 80, true),
-        ("principal suffix miss", Match { principals: vec![StringMatch::Suffix("/sa/bar".into())], ..Default::default() }, Some(&other), "1.1.1.1", 80, false),
-        ("principal presence mtls", Match { principals: vec![StringMatch::Presence], ..Default::default() }, Some(&other), "1.1.1.1", 80, true),
-        ("principal presence plaintext", Match { principals: vec![StringMatch::Presence], ..Default::default() }, none, "1.1.1.1", 80, false),
-        ("not principal hit", Match { not_principals: vec![exact("cluster.local/ns/foo/sa/bar")], ..Default::default() }, Some(&foo_bar), "1.1.1.1", 80, false),
-        ("not principal miss", Match { not_principals: vec![exact("cluster.local/ns/foo/sa/bar")], ..Default::default() }, Some(&other), "1.1.1.1", 80, true),
-        ("not principal presence plaintext", Match { not_principals: vec![StringMatch::Presence], ..Default::default() }, none, "1.1.1.1", 80, true),
-        ("not principal presence mtls", Match { not_principals: vec![StringMatch::Presence], ..Default::default() }, Some(&other), "1.1.1.1", 80, false),
-        ("service account", Match { service_accounts: vec![sa("foo", "bar")], ..Default::default() }, Some(&foo_bar), "1.1.1.1", 80, true),
-        ("service account other ns", Match { service_accounts: vec![sa("other", "bar")], ..Default::default() }, Some(&foo_bar), "1.1.1.1", 80, false),
-        ("service account plaintext", Match { service_accounts: vec![sa("foo", "bar")], ..Default::default() }, none, "1.1.1.1", 80, false),
-        ("not service account hit", Match { not_service_accounts: vec![sa("foo", "bar")], ..Default::default() }, Some(&foo_bar), "1.1.1.1", 80, false),
-        ("not service account miss", Match { not_service_accounts: vec![sa("foo", "bar")], ..Default::default() }, Some(&other), "1.1.1.1", 80, true),
-        ("not service account plaintext", Match { not_service_accounts: vec![sa("foo", "bar")], ..Default::default() }, none, "1.1.1.1", 80, true),
-        ("source ip in", Match { source_ips: vec![cidr("10.0.0.0/8")], ..Default::default() }, none, "10.9.8.7", 80, true),
-        ("source ip out", Match { source_ips: vec![cidr("10.0.0.0/8")], ..Default::default() }, none, "11.0.0.1", 80, false),
-        ("source ip v4-mapped", Match { source_ips: vec![cidr("10.0.0.0/8")], ..Default::default() }, none, "::ffff:10.1.1.1", 80, true),
-        ("source ip other family", Match { source_ips: vec![cidr("10.0.0.0/8")], ..Default::default() }, none, "fd00::1", 80, false),
-        ("source ip v6", Match { source_ips: vec![cidr("fd00::/64")], ..Default::default() }, none, "fd00::1:2", 80, true),
-        ("source ip host bits masked", Match { source_ips: vec![cidr("10.1.2.3/16")], ..Default::default() }, none, "10.1.200.1", 80, true),
-        ("source ip /0", Match { source_ips: vec![cidr("0.0.0.0/0")], ..Default::default() }, none, "203.0.113.9", 80, true),
-        ("not source ip in", Match { not_source_ips: vec![cidr("10.0.0.0/8")], ..Default::default() }, none, "10.9.8.7", 80, false),
-        ("not source ip out", Match { not_source_ips: vec![cidr("10.0.0.0/8")], ..Default::default() }, none, "11.0.0.1", 80, true),
-        ("destination ip", Match { destination_ips: vec![cidr("10.0.0.2/32")], ..Default::default() }, none, "1.1.1.1", 80, true),
-        ("destination ip miss", Match { destination_ips: vec![cidr("10.0.0.3/32")], ..Default::default() }, none, "1.1.1.1", 80, false),
-        ("not destination ip hit", Match { not_destination_ips: vec![cidr("10.0.0.0/24")], ..Default::default() }, none, "1.1.1.1", 80, false),
-        ("not destination ip miss", Match { not_destination_ips: vec![cidr("10.0.1.0/24")], ..Default::default() }, none, "1.1.1.1", 80, true),
+        (
+            "namespace hit",
+            Match { namespaces: vec![exact("foo")], ..Default::default() },
+            Some(&foo_bar),
+            "1.1.1.1",
+            80,
+            true,
+        ),
+        (
+            "namespace miss",
+            Match { namespaces: vec![exact("foo")], ..Default::default() },
+            Some(&other),
+            "1.1.1.1",
+            80,
+            false,
+        ),
+        (
+            "namespace plaintext",
+            Match { namespaces: vec![exact("foo")], ..Default::default() },
+            none,
+            "1.1.1.1",
+            80,
+            false,
+        ),
+        (
+            "namespaces OR",
+            Match { namespaces: vec![exact("x"), exact("other")], ..Default::default() },
+            Some(&other),
+            "1.1.1.1",
+            80,
+            true,
+        ),
+        (
+            "not namespace hit",
+            Match { not_namespaces: vec![exact("foo")], ..Default::default() },
+            Some(&foo_bar),
+            "1.1.1.1",
+            80,
+            false,
+        ),
+        (
+            "not namespace miss",
+            Match { not_namespaces: vec![exact("foo")], ..Default::default() },
+            Some(&other),
+            "1.1.1.1",
+            80,
+            true,
+        ),
+        (
+            "not namespace plaintext",
+            Match { not_namespaces: vec![exact("foo")], ..Default::default() },
+            none,
+            "1.1.1.1",
+            80,
+            true,
+        ),
+        (
+            "principal exact",
+            Match { principals: vec![exact("cluster.local/ns/foo/sa/bar")], ..Default::default() },
+            Some(&foo_bar),
+            "1.1.1.1",
+            80,
+            true,
+        ),
+        (
+            "principal has no scheme",
+            Match { principals: vec![exact("spiffe://cluster.local/ns/foo/sa/bar")], ..Default::default() },
+            Some(&foo_bar),
+            "1.1.1.1",
+            80,
+            false,
+        ),
+        (
+            "principal prefix",
+            Match { principals: vec![StringMatch::Prefix("cluster.local/ns/foo/".into())], ..Default::default() },
+            Some(&foo_bar),
+            "1.1.1.1",
+            80,
+            true,
+        ),
+        (
+            "principal prefix miss",
+            Match { principals: vec![StringMatch::Prefix("cluster.local/ns/foo/".into())], ..Default::default() },
+            Some(&other),
+            "1.1.1.1",
+            80,
+            false,
+        ),
+        (
+            "principal suffix",
+            Match { principals: vec![StringMatch::Suffix("/sa/bar".into())], ..Default::default() },
+            Some(&foo_bar),
+            "1.1.1.1",
+            80,
+            true,
+        ),
+        (
+            "principal suffix miss",
+            Match { principals: vec![StringMatch::Suffix("/sa/bar".into())], ..Default::default() },
+            Some(&other),
+            "1.1.1.1",
+            80,
+            false,
+        ),
+        (
+            "principal presence mtls",
+            Match { principals: vec![StringMatch::Presence], ..Default::default() },
+            Some(&other),
+            "1.1.1.1",
+            80,
+            true,
+        ),
+        (
+            "principal presence plaintext",
+            Match { principals: vec![StringMatch::Presence], ..Default::default() },
+            none,
+            "1.1.1.1",
+            80,
+            false,
+        ),
+        (
+            "not principal hit",
+            Match { not_principals: vec![exact("cluster.local/ns/foo/sa/bar")], ..Default::default() },
+            Some(&foo_bar),
+            "1.1.1.1",
+            80,
+            false,
+        ),
+        (
+            "not principal miss",
+            Match { not_principals: vec![exact("cluster.local/ns/foo/sa/bar")], ..Default::default() },
+            Some(&other),
+            "1.1.1.1",
+            80,
+            true,
+        ),
+        (
+            "not principal presence plaintext",
+            Match { not_principals: vec![StringMatch::Presence], ..Default::default() },
+            none,
+            "1.1.1.1",
+            80,
+            true,
+        ),
+        (
+            "not principal presence mtls",
+            Match { not_principals: vec![StringMatch::Presence], ..Default::default() },
+            Some(&other),
+            "1.1.1.1",
+            80,
+            false,
+        ),
+        (
+            "service account",
+            Match { service_accounts: vec![sa("foo", "bar")], ..Default::default() },
+            Some(&foo_bar),
+            "1.1.1.1",
+            80,
+            true,
+        ),
+        (
+            "service account other ns",
+            Match { service_accounts: vec![sa("other", "bar")], ..Default::default() },
+            Some(&foo_bar),
+            "1.1.1.1",
+            80,
+            false,
+        ),
+        (
+            "service account plaintext",
+            Match { service_accounts: vec![sa("foo", "bar")], ..Default::default() },
+            none,
+            "1.1.1.1",
+            80,
+            false,
+        ),
+        (
+            "not service account hit",
+            Match { not_service_accounts: vec![sa("foo", "bar")], ..Default::default() },
+            Some(&foo_bar),
+            "1.1.1.1",
+            80,
+            false,
+        ),
+        (
+            "not service account miss",
+            Match { not_service_accounts: vec![sa("foo", "bar")], ..Default::default() },
+            Some(&other),
+            "1.1.1.1",
+            80,
+            true,
+        ),
+        (
+            "not service account plaintext",
+            Match { not_service_accounts: vec![sa("foo", "bar")], ..Default::default() },
+            none,
+            "1.1.1.1",
+            80,
+            true,
+        ),
+        (
+            "source ip in",
+            Match { source_ips: vec![cidr("10.0.0.0/8")], ..Default::default() },
+            none,
+            "10.9.8.7",
+            80,
+            true,
+        ),
+        (
+            "source ip out",
+            Match { source_ips: vec![cidr("10.0.0.0/8")], ..Default::default() },
+            none,
+            "11.0.0.1",
+            80,
+            false,
+        ),
+        (
+            "source ip v4-mapped",
+            Match { source_ips: vec![cidr("10.0.0.0/8")], ..Default::default() },
+            none,
+            "::ffff:10.1.1.1",
+            80,
+            true,
+        ),
+        (
+            "source ip other family",
+            Match { source_ips: vec![cidr("10.0.0.0/8")], ..Default::default() },
+            none,
+            "fd00::1",
+            80,
+            false,
+        ),
+        (
+            "source ip v6",
+            Match { source_ips: vec![cidr("fd00::/64")], ..Default::default() },
+            none,
+            "fd00::1:2",
+            80,
+            true,
+        ),
+        (
+            "source ip host bits masked",
+            Match { source_ips: vec![cidr("10.1.2.3/16")], ..Default::default() },
+            none,
+            "10.1.200.1",
+            80,
+            true,
+        ),
+        (
+            "source ip /0",
+            Match { source_ips: vec![cidr("0.0.0.0/0")], ..Default::default() },
+            none,
+            "203.0.113.9",
+            80,
+            true,
+        ),
+        (
+            "not source ip in",
+            Match { not_source_ips: vec![cidr("10.0.0.0/8")], ..Default::default() },
+            none,
+            "10.9.8.7",
+            80,
+            false,
+        ),
+        (
+            "not source ip out",
+            Match { not_source_ips: vec![cidr("10.0.0.0/8")], ..Default::default() },
+            none,
+            "11.0.0.1",
+            80,
+            true,
+        ),
+        (
+            "destination ip",
+            Match { destination_ips: vec![cidr("10.0.0.2/32")], ..Default::default() },
+            none,
+            "1.1.1.1",
+            80,
+            true,
+        ),
+        (
+            "destination ip miss",
+            Match { destination_ips: vec![cidr("10.0.0.3/32")], ..Default::default() },
+            none,
+            "1.1.1.1",
+            80,
+            false,
+        ),
+        (
+            "not destination ip hit",
+            Match { not_destination_ips: vec![cidr("10.0.0.0/24")], ..Default::default() },
+            none,
+            "1.1.1.1",
+            80,
+            false,
+        ),
+        (
+            "not destination ip miss",
+            Match { not_destination_ips: vec![cidr("10.0.1.0/24")], ..Default::default() },
+            none,
+            "1.1.1.1",
+            80,
+            true,
+        ),
         ("port", Match { destination_ports: vec![443, 80], ..Default::default() }, none, "1.1.1.1", 80, true),
         ("port miss", Match { destination_ports: vec![443], ..Default::default() }, none, "1.1.1.1", 80, false),
         ("not port hit", Match { not_destination_ports: vec![80], ..Default::default() }, none, "1.1.1.1", 80, false),
@@ -97,7 +364,11 @@ fn each_field_and_its_negation() {
         ),
         (
             "field and negation",
-            Match { namespaces: vec![StringMatch::Prefix("f".into())], not_principals: vec![StringMatch::Suffix("/bar".into())], ..Default::default() },
+            Match {
+                namespaces: vec![StringMatch::Prefix("f".into())],
+                not_principals: vec![StringMatch::Suffix("/bar".into())],
+                ..Default::default()
+            },
             Some(&foo_bar),
             "1.1.1.1",
             80,
@@ -138,7 +409,8 @@ fn groups_rules_and_matches_combine_as_in_istio() {
     assert_eq!(v.to_string(), "allowed by policy default/p rule 1");
 
     // `rules: [{}]` in Istio becomes a group without rules: matches everything.
-    let s = state(vec![d.clone()], vec![policy("default", "all", Scope::Namespace, Action::Allow, vec![Group::default()])]);
+    let s =
+        state(vec![d.clone()], vec![policy("default", "all", Scope::Namespace, Action::Allow, vec![Group::default()])]);
     assert!(s.authorize(&conn(None, "1.1.1.1", &d, 9)).allowed);
     // An ALLOW with no groups is Istio's allow-nothing.
     let s = state(vec![d.clone()], vec![policy("default", "nothing", Scope::Namespace, Action::Allow, vec![])]);
@@ -168,7 +440,10 @@ fn deny_wins_over_allow_and_allow_is_required_once_present() {
     let v = s.authorize(&conn(Some(&bad), "1.1.1.1", &d, 80));
     assert!(!v.allowed);
     assert_eq!(v.reason, Reason::DeniedByPolicy);
-    assert_eq!((v.decided_by.as_ref().unwrap().name(), v.decided_by.as_ref().unwrap().action()), ("deny-bad", Action::Deny));
+    assert_eq!(
+        (v.decided_by.as_ref().unwrap().name(), v.decided_by.as_ref().unwrap().action()),
+        ("deny-bad", Action::Deny)
+    );
     assert_eq!(v.to_string(), "denied by policy default/deny-bad rule 0");
     let v = s.authorize(&conn(Some(&good), "1.1.1.1", &d, 80));
     assert!(v.allowed, "{v}");
@@ -211,7 +486,8 @@ fn scopes_select_the_right_workloads() {
     let elsewhere = workload("c", "other", "c", "10.0.0.4");
     let deny_all = |ns: &str, name: &str, scope| policy(ns, name, scope, Action::Deny, vec![Group::default()]);
     let all = vec![in_default.clone(), selected.clone(), elsewhere.clone()];
-    let denied = |s: &State| -> Vec<bool> { all.iter().map(|w| !s.authorize(&conn(None, "1.1.1.1", w, 80)).allowed).collect() };
+    let denied =
+        |s: &State| -> Vec<bool> { all.iter().map(|w| !s.authorize(&conn(None, "1.1.1.1", w, 80)).allowed).collect() };
 
     // `b` names `default/only-b`; give it a harmless one (a DENY that matches nothing) where the
     // case is about something else, so the missing-policy rule does not decide for it.
@@ -231,7 +507,8 @@ fn scopes_select_the_right_workloads() {
 
     // A configured root namespace replaces istio-system.
     let config = StateConfig { root_namespace: "mesh-root".into(), ..Default::default() };
-    let s = State::new(config, all.clone(), vec![], vec![noop(), deny_all("mesh-root", "r", Scope::Namespace)]).unwrap();
+    let s =
+        State::new(config, all.clone(), vec![], vec![noop(), deny_all("mesh-root", "r", Scope::Namespace)]).unwrap();
     assert_eq!(denied(&s), [true, true, true], "custom root namespace");
     let config = StateConfig { root_namespace: "mesh-root".into(), ..Default::default() };
     let s =
@@ -301,7 +578,10 @@ fn unusable_policies_fail_closed() {
     assert!(!v.allowed);
     let Reason::PolicyUnusable { why } = &v.reason else { panic!("{v}") };
     assert!(why.contains("groups[0].rules[0].matches[0].sourceIps[0].length"), "{why}");
-    assert!(v.to_string().starts_with("denied: policy default/bad-deny (DENY) cannot be evaluated: field `groups[0]"), "{v}");
+    assert!(
+        v.to_string().starts_with("denied: policy default/bad-deny (DENY) cannot be evaluated: field `groups[0]"),
+        "{v}"
+    );
     assert!(s.authorize(&conn(None, "1.1.1.1", &b, 80)).allowed, "other namespaces are untouched");
 
     // A broken ALLOW matches nothing but still makes ALLOW required; another ALLOW can still allow.
@@ -361,17 +641,23 @@ fn a_selected_policy_that_is_missing_denies() {
     assert!(s.warnings().iter().any(|w| w.contains("default/not-yet")));
     let v = s.authorize(&conn(Some(&id("x", "y")), "1.1.1.1", &a, 80));
     assert!(!v.allowed);
-    assert!(v.to_string().contains("default/not-yet (DENY) cannot be evaluated: selects this workload but is not known"), "{v}");
+    assert!(
+        v.to_string().contains("default/not-yet (DENY) cannot be evaluated: selects this workload but is not known"),
+        "{v}"
+    );
 
     // A workload from a newer snapshot naming a policy this snapshot never saw: same answer.
     let older = state(vec![], vec![]);
     let v = older.authorize(&conn(None, "1.1.1.1", &a, 80));
     assert!(!v.allowed, "{v}");
-    assert_eq!(v.decided_by.unwrap().policy, Arc::new(Policy::unusable(
-        "default",
-        "not-yet",
-        Scope::WorkloadSelector,
-        Action::Deny,
-        "selects this workload but is not known (yet)"
-    )));
+    assert_eq!(
+        v.decided_by.unwrap().policy,
+        Arc::new(Policy::unusable(
+            "default",
+            "not-yet",
+            Scope::WorkloadSelector,
+            Action::Deny,
+            "selects this workload but is not known (yet)"
+        ))
+    );
 }

@@ -52,15 +52,7 @@ pub fn service(ns: &str, name: &str, vip: &str, ports: &[(u16, u16)]) -> Service
 }
 
 pub fn policy(ns: &str, name: &str, scope: Scope, action: Action, groups: Vec<Group>) -> Policy {
-    Policy {
-        name: name.to_owned(),
-        namespace: ns.to_owned(),
-        scope,
-        action,
-        dry_run: false,
-        groups,
-        unusable: None,
-    }
+    Policy { name: name.to_owned(), namespace: ns.to_owned(), scope, action, dry_run: false, groups, unusable: None }
 }
 
 /// One group with one rule whose alternatives are `matches`.
