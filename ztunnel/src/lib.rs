@@ -2,6 +2,4 @@
 //!
 //! - `state`: workloads, services and authorization policies, and the sources that feed them.
 
-#![forbid(unsafe_code)]
-
 pub mod state;

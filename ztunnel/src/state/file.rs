@@ -213,8 +213,9 @@ pub struct WatchStatus {
     pub last_error: Option<Arc<FileError>>,
 }
 
-/// Watches the file: polls it every [`POLL_INTERVAL`] and, when its content changes (compared
-/// by hash, so touching it without change does nothing), reloads it. A good file replaces the
+/// Watches the file: every [`POLL_INTERVAL`] it compares the file's mtime and length, reads it
+/// when they changed (and every few seconds regardless), and reloads it when the content's hash
+/// changed (so touching it without change does nothing). A good file replaces the
 /// handle's state; a bad one is logged and reported in the status, and the last good state stays.
 /// The first poll loads the file, so the watcher alone is enough to start from it.
 ///
@@ -229,14 +230,27 @@ pub fn watch(
     (rx, run(path, handle, config, tx))
 }
 
+/// Polls between forced reads: a safety net for edits that keep both size and mtime (coarse
+/// timestamps on some filesystems); every other poll costs one `stat`.
+const FORCED_READ_EVERY: u32 = 20;
+
 async fn run(path: PathBuf, handle: StateHandle, config: StateConfig, status: watch::Sender<WatchStatus>) {
     // Hash of the content last tried, good or bad, so a bad file is reported once, not per poll.
     let mut last: Option<u64> = None;
+    let mut last_meta: Option<(Option<std::time::SystemTime>, u64)> = None;
+    let mut polls_since_read = 0u32;
     let mut read_failed = false;
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        let meta = tokio::fs::metadata(&path).await.ok().map(|m| (m.modified().ok(), m.len()));
+        polls_since_read += 1;
+        if meta.is_some() && meta == last_meta && polls_since_read < FORCED_READ_EVERY {
+            continue;
+        }
+        polls_since_read = 0;
+        last_meta = meta;
         let text = match tokio::fs::read_to_string(&path).await {
             Ok(t) => t,
             Err(source) => {
@@ -251,6 +265,7 @@ async fn run(path: PathBuf, handle: StateHandle, config: StateConfig, status: wa
                 read_failed = true;
                 // Reload when it comes back, even with the same content.
                 last = None;
+                last_meta = None;
                 continue;
             }
         };

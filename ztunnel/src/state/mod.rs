@@ -10,9 +10,12 @@
 //! - [`convert`]: validated conversion from the Istio protos.
 //! - [`file`]: the YAML state file and its watcher.
 
+#![forbid(unsafe_code)]
+
 pub mod authorize;
 pub mod convert;
 pub mod file;
+mod handle;
 pub mod policy;
 pub mod service;
 pub mod workload;
@@ -24,13 +27,12 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use serde::Serialize;
-use tokio::sync::watch;
 
 pub use authorize::{ConnInfo, DryRunResult, PolicyRule, Reason, Verdict};
+pub use handle::StateHandle;
 pub use policy::{Action, Policy, Scope};
 pub use service::{Endpoint, Service};
 pub use workload::{GatewayAddress, GatewayDestination, NetworkAddress, TunnelProtocol, Workload, WorkloadType};
@@ -90,7 +92,8 @@ impl fmt::Display for Counts {
 /// An immutable snapshot of the mesh, indexed for the connection path.
 #[derive(Debug, Default)]
 pub struct State {
-    version: u64,
+    /// Set by [`StateHandle::store`].
+    pub(super) version: u64,
     config: StateConfig,
     /// Sorted by uid (dumps are stable).
     workloads: Vec<Arc<Workload>>,
@@ -133,7 +136,13 @@ fn placement(p: &Policy, root_namespace: &str) -> Placement {
 
 fn missing_policy(key: &str) -> Policy {
     let (ns, name) = key.split_once('/').unwrap_or(("", key));
-    Policy::unusable(ns, name, Scope::WorkloadSelector, Action::Deny, "selects this workload but is not known (yet)")
+    Policy::new_unusable(
+        ns,
+        name,
+        Scope::WorkloadSelector,
+        Action::Deny,
+        "selects this workload but is not known (yet)",
+    )
 }
 
 impl State {
@@ -362,70 +371,5 @@ impl Serialize for State {
             warnings: &self.warnings,
         }
         .serialize(s)
-    }
-}
-
-/// A shared, swappable pointer to the current snapshot. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct StateHandle {
-    inner: Arc<HandleInner>,
-}
-
-#[derive(Debug)]
-struct HandleInner {
-    current: ArcSwap<State>,
-    /// Serializes stores so versions are published in order.
-    store_lock: Mutex<u64>,
-    changed: watch::Sender<u64>,
-}
-
-impl Default for StateHandle {
-    fn default() -> Self {
-        StateHandle::new(State::empty())
-    }
-}
-
-impl StateHandle {
-    /// A handle whose current snapshot is `initial` (at version 0).
-    pub fn new(mut initial: State) -> StateHandle {
-        initial.version = 0;
-        let (changed, _) = watch::channel(0);
-        StateHandle {
-            inner: Arc::new(HandleInner {
-                current: ArcSwap::from_pointee(initial),
-                store_lock: Mutex::new(0),
-                changed,
-            }),
-        }
-    }
-
-    /// The current snapshot, for a short look (no reference count traffic).
-    pub fn load(&self) -> arc_swap::Guard<Arc<State>> {
-        self.inner.current.load()
-    }
-
-    /// The current snapshot, to hold for a while (e.g. a connection's lifetime).
-    pub fn snapshot(&self) -> Arc<State> {
-        self.inner.current.load_full()
-    }
-
-    /// Publishes a new snapshot and returns the version assigned to it (one more than the last).
-    pub fn store(&self, mut state: State) -> u64 {
-        let mut last = self.inner.store_lock.lock().unwrap_or_else(|e| e.into_inner());
-        *last += 1;
-        state.version = *last;
-        self.inner.current.store(Arc::new(state));
-        self.inner.changed.send_replace(*last);
-        *last
-    }
-
-    /// Version of the current snapshot (0 until the first store).
-    pub fn version(&self) -> u64 {
-        self.inner.current.load().version
-    }
-
-    /// A receiver that sees the version of each stored snapshot.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.changed.subscribe()
     }
 }

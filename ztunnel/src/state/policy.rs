@@ -301,7 +301,7 @@ impl Policy {
 
     /// A policy that stands in for one that cannot be evaluated: it keeps the name, applies with
     /// the given scope and action, and fails closed (see [`Policy::unusable`]).
-    pub fn unusable(namespace: &str, name: &str, scope: Scope, action: Action, why: impl Into<Arc<str>>) -> Policy {
+    pub fn new_unusable(namespace: &str, name: &str, scope: Scope, action: Action, why: impl Into<Arc<str>>) -> Policy {
         Policy {
             name: name.to_owned(),
             namespace: namespace.to_owned(),

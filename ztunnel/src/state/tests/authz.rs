@@ -652,7 +652,7 @@ fn a_selected_policy_that_is_missing_denies() {
     assert!(!v.allowed, "{v}");
     assert_eq!(
         v.decided_by.unwrap().policy,
-        Arc::new(Policy::unusable(
+        Arc::new(Policy::new_unusable(
             "default",
             "not-yet",
             Scope::WorkloadSelector,
