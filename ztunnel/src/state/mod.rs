@@ -1,14 +1,14 @@
 //! The node proxy's view of the mesh: workloads, services and L4 authorization policies.
 //!
 //! A [`State`] is an immutable snapshot with the indexes the connection path needs (one hash
-//! lookup per question, no allocation). Sources (the local YAML file in [`file`], later xDS)
+//! lookup per question, no allocation). Sources (the local YAML file in [`file`](mod@file), later xDS)
 //! build a whole new snapshot on each change and publish it through a [`StateHandle`]; readers
 //! keep whatever snapshot they loaded for the life of a connection.
 //!
 //! - [`workload`], [`service`], [`policy`]: the model.
 //! - [`authorize`]: the decision for one connection ([`State::authorize`]).
 //! - [`convert`]: validated conversion from the Istio protos.
-//! - [`file`]: the YAML state file and its watcher.
+//! - [`file`](mod@file): the YAML state file and its watcher.
 
 #![forbid(unsafe_code)]
 
@@ -303,16 +303,16 @@ impl State {
         self.endpoints.count(svc)
     }
 
-    /// Selector-scoped policies `w` names, skipping ones already applied by scope, with their
-    /// names. `None` when a name is in neither this snapshot's policies nor its stand-ins (`w`
-    /// comes from another snapshot).
+    /// The selector-scoped policies `w` names, with their names. A name that resolves to a
+    /// policy of another scope is skipped: that policy applies by its scope or not at all. `None`
+    /// when a name is in neither this snapshot's policies nor its stand-ins (`w` comes from
+    /// another snapshot).
     fn selected<'a>(&'a self, w: &'a Workload) -> impl Iterator<Item = (&'a str, Option<&'a Arc<Policy>>)> + 'a {
         w.authorization_policies.iter().filter_map(move |key| match self.policy_by_key.get(key.as_str()) {
-            Some(p) => match placement(p, &self.config.root_namespace) {
-                Placement::Selector => Some((key.as_str(), Some(p))),
-                Placement::Namespace if p.namespace != w.namespace() => Some((key.as_str(), Some(p))),
-                _ => None,
-            },
+            Some(p) if placement(p, &self.config.root_namespace) == Placement::Selector => {
+                Some((key.as_str(), Some(p)))
+            }
+            Some(_) => None,
             None => Some((key.as_str(), self.missing_policies.get(key.as_str()))),
         })
     }
