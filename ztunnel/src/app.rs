@@ -19,7 +19,7 @@ use crate::netns::Netns;
 use crate::proxy::pods::Pods;
 use crate::proxy::{ProxyConfig, ProxyInputs};
 use crate::readiness::Ready;
-use crate::state::{self, StateHandle};
+use crate::state::{self, StateConfig, StateHandle};
 
 /// Why ztunnel could not start.
 #[derive(Debug, thiserror::Error)]
@@ -72,12 +72,19 @@ impl Running {
 }
 
 /// Starts ztunnel. Must be called on the data-plane runtime.
-pub async fn start(cfg: Config, admin_rt: tokio::runtime::Handle, log: Option<LogHandle>) -> Result<Running, StartError> {
+pub async fn start(
+    cfg: Config,
+    admin_rt: tokio::runtime::Handle,
+    log: Option<LogHandle>,
+) -> Result<Running, StartError> {
     let ready = Ready::default();
     let starting = ready.register("startup");
 
-    let state = StateHandle::new(state::file::load(&cfg.state_file, &cfg.root_namespace).map_err(StartError::State)?);
-    admin_rt.spawn(state::file::watch(cfg.state_file.clone(), cfg.root_namespace.clone(), state.clone()));
+    let state_cfg = StateConfig { root_namespace: cfg.root_namespace.clone(), ..StateConfig::default() };
+    let state =
+        StateHandle::new(state::file::load_with(&cfg.state_file, state_cfg.clone()).map_err(StartError::State)?);
+    let (_status, watcher) = state::file::watch(cfg.state_file.clone(), state.clone(), state_cfg);
+    admin_rt.spawn(watcher);
 
     let (roots, certs) = crate::certs::read_dir(&cfg.cert_dir, &cfg.trust_domain).map_err(StartError::Certs)?;
     let store = CertStore::new(roots);
@@ -106,9 +113,8 @@ pub async fn start(cfg: Config, admin_rt: tokio::runtime::Handle, log: Option<Lo
     let host = Netns::current().map_err(StartError::Netns)?;
     let pods = Arc::new(Pods::new(inputs, cfg.trust_domain.clone(), host));
 
-    let bind = |what, addr| async move {
-        admin::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
-    };
+    let bind =
+        |what, addr| async move { admin::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source }) };
     let (admin_l, admin_addr) = bind("admin", cfg.admin_addr).await?;
     let (metrics_l, metrics_addr) = bind("metrics", cfg.metrics_addr).await?;
     let (ready_l, readiness_addr) = bind("readiness", cfg.readiness_addr).await?;
@@ -171,9 +177,7 @@ fn admin_routes(cfg: &Config, state: StateHandle, certs: CertStore, pods: Arc<Po
             let state = state.load();
             Reply::json(&json!({
                 "config": config,
-                "workloads": state.workloads_json(),
-                "services": state.services_json(),
-                "policies": state.policies_json(),
+                "state": serde_json::to_value(&**state).unwrap_or_default(),
                 "certificates": certificates,
                 "pods": pods,
             }))

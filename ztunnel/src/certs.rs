@@ -69,8 +69,12 @@ pub fn read_dir(dir: &Path, trust_domain: &str) -> Result<(TrustRoots, Vec<Workl
     for ns in namespaces.flatten().filter(|e| e.path().is_dir()) {
         let Ok(accounts) = std::fs::read_dir(ns.path()) else { continue };
         for sa in accounts.flatten().filter(|e| e.path().is_dir()) {
-            match read_one(&sa.path(), trust_domain, &ns.file_name().to_string_lossy(), &sa.file_name().to_string_lossy())
-            {
+            match read_one(
+                &sa.path(),
+                trust_domain,
+                &ns.file_name().to_string_lossy(),
+                &sa.file_name().to_string_lossy(),
+            ) {
                 Ok(c) => certs.push(c),
                 Err(e) => errors.push(e),
             }
@@ -91,7 +95,8 @@ fn read_one(dir: &Path, td: &str, ns: &str, sa: &str) -> Result<WorkloadCert, Ce
     let key_path = dir.join("key.pem");
     let chain = std::fs::read(&chain_path).map_err(io_err(&chain_path))?;
     let key = std::fs::read(&key_path).map_err(io_err(&key_path))?;
-    let cert = WorkloadCert::from_pem(&chain, &key).map_err(|source| CertDirError::Cert { path: chain_path.clone(), source })?;
+    let cert = WorkloadCert::from_pem(&chain, &key)
+        .map_err(|source| CertDirError::Cert { path: chain_path.clone(), source })?;
     let expected = format!("spiffe://{td}/ns/{ns}/sa/{sa}");
     if cert.identity().as_str() != expected {
         return Err(CertDirError::WrongIdentity { path: chain_path, expected, found: cert.identity().clone() });

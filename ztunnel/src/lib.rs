@@ -27,3 +27,4 @@ pub mod netns;
 pub mod proxy;
 pub mod readiness;
 pub mod socket;
+pub mod state;

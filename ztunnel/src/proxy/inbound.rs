@@ -49,7 +49,7 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
         req.refuse(StatusCode::SERVICE_UNAVAILABLE, "destination workload unknown to its proxy");
         return;
     };
-    let mut ends = Ends {
+    let ends = Ends {
         src_addr: Some(client),
         src: src.as_deref(),
         src_identity: Some(&peer),

@@ -10,21 +10,20 @@
 
 pub mod inbound;
 pub mod inbound_plain;
+pub mod netns_sockets;
 pub mod outbound;
+pub mod pods;
 pub mod route;
 pub mod sockets;
 mod telemetry;
-pub mod netns_sockets;
-pub mod pods;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hbone::{CertStore, Identity};
-use hbone::tunnel::H2Settings;
 use hbone::tunnel::pool::{Connector, Pool, PoolConfig};
+use hbone::{CertStore, Identity};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 

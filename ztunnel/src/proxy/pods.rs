@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use hbone::Identity;
 
-use crate::inpod::zds::{PodHandler, WorkloadInfo};
+use proto::istio::workload::zds::WorkloadInfo;
+
+use crate::inpod::zds::PodHandler;
 use crate::netns::Netns;
 
 use super::netns_sockets::InPodSockets;

@@ -34,12 +34,8 @@ impl Ends<'_> {
     /// Istio's labels for this connection.
     pub(crate) fn labels(&self, reporter: Reporter, security: SecurityPolicy) -> TcpLabels {
         let ns = |w: Option<&Workload>| w.map_or_else(|| "unknown".to_owned(), |w| or_unknown(w.namespace()));
-        let canon = |w: Option<&Workload>| {
-            w.map_or_else(|| "unknown".to_owned(), |w| or_unknown(&w.canonical_name))
-        };
-        let rev = |w: Option<&Workload>| {
-            w.map_or_else(|| "unknown".to_owned(), |w| or_unknown(&w.canonical_revision))
-        };
+        let canon = |w: Option<&Workload>| w.map_or_else(|| "unknown".to_owned(), |w| or_unknown(&w.canonical_name));
+        let rev = |w: Option<&Workload>| w.map_or_else(|| "unknown".to_owned(), |w| or_unknown(&w.canonical_revision));
         let cluster = |w: Option<&Workload>| w.map_or_else(|| "unknown".to_owned(), |w| or_unknown(&w.cluster_id));
         let principal = |i: Option<&Identity>| i.map_or_else(|| "unknown".to_owned(), |i| i.to_string());
         TcpLabels {

@@ -1,0 +1,158 @@
+//! Lookups, endpoint picking, the handle and the config dump.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::support::*;
+use crate::state::{State, StateConfig, StateError, StateHandle, Workload};
+
+const SVC_KEY: &str = "default/reviews.default.svc.cluster.local";
+
+/// A backend of `default/reviews` whose own port map is `ports`.
+fn backend(name: &str, addr: &str, ports: &[(u16, u16)]) -> Workload {
+    let mut w = workload(name, "default", "reviews", addr);
+    w.services.insert(SVC_KEY.into(), ports.iter().copied().collect());
+    w
+}
+
+#[test]
+fn lookups_by_ip_uid_vip_and_key() {
+    let a = workload("a", "default", "a", "10.0.0.2");
+    let mut v6 = workload("v6", "default", "a", "fd00::2");
+    v6.addresses.push(ip("10.0.0.6"));
+    let mut remote = workload("remote", "default", "a", "10.0.0.3");
+    remote.network = "west".into();
+    let svc = service("default", "reviews", "10.96.0.10", &[(80, 8080)]);
+    let s = State::new(StateConfig::default(), vec![a, v6, remote], vec![svc.clone()], vec![]).unwrap();
+
+    assert_eq!(s.workload_by_ip(ip("10.0.0.2")).unwrap().uid, "a");
+    assert_eq!(s.workload_by_ip(ip("::ffff:10.0.0.2")).unwrap().uid, "a", "v4-mapped finds the v4 entry");
+    assert_eq!(s.workload_by_ip(ip("fd00::2")).unwrap().uid, "v6");
+    assert_eq!(s.workload_by_ip(ip("10.0.0.6")).unwrap().uid, "v6");
+    assert!(s.workload_by_ip(ip("10.0.0.3")).is_none(), "other networks are not indexed by IP");
+    assert_eq!(s.workload_by_uid("remote").unwrap().network, "west");
+    assert!(s.workload_by_uid("nope").is_none());
+    assert_eq!(**s.service_by_vip(ip("10.96.0.10")).unwrap(), svc);
+    assert!(s.service_by_vip(ip("10.96.0.11")).is_none());
+    assert_eq!(s.service_by_key(SVC_KEY).unwrap().name, "reviews");
+    assert_eq!(s.counts().to_string(), "3 workloads, 1 services, 0 policies");
+    assert_eq!(s.workloads().map(|w| w.uid.as_str()).collect::<Vec<_>>(), ["a", "remote", "v6"]);
+
+    // A workload on the configured network is indexed instead.
+    let config = StateConfig { network: "west".into(), ..Default::default() };
+    let mut remote = workload("remote", "default", "a", "10.0.0.3");
+    remote.network = "west".into();
+    let s = State::new(config, vec![remote], vec![], vec![]).unwrap();
+    assert_eq!(s.workload_by_ip(ip("10.0.0.3")).unwrap().uid, "remote");
+}
+
+#[test]
+fn duplicates_are_errors_and_shared_addresses_warnings() {
+    let a = workload("a", "default", "a", "10.0.0.2");
+    let err = State::new(StateConfig::default(), vec![a.clone(), a.clone()], vec![], vec![]).unwrap_err();
+    assert_eq!(err, StateError::DuplicateWorkload("a".into()));
+    let svc = service("default", "reviews", "10.96.0.10", &[]);
+    let err = State::new(StateConfig::default(), vec![], vec![svc.clone(), svc], vec![]).unwrap_err();
+    assert_eq!(err.to_string(), format!("duplicate service {SVC_KEY:?}"));
+
+    let b = workload("b", "default", "b", "10.0.0.2");
+    let s = State::new(StateConfig::default(), vec![b, a], vec![], vec![]).unwrap();
+    assert_eq!(s.workload_by_ip(ip("10.0.0.2")).unwrap().uid, "a", "lower uid wins");
+    assert_eq!(s.warnings(), ["address 10.0.0.2 of workload b is also a's"]);
+}
+
+#[test]
+fn endpoints_are_healthy_backends_with_mapped_ports() {
+    let svc = service("default", "reviews", "10.96.0.10", &[(80, 8080), (90, 0)]);
+    let mapped = backend("mapped", "10.0.0.2", &[(80, 9080), (90, 9090)]);
+    let mut sick = backend("sick", "10.0.0.3", &[]);
+    sick.healthy = false;
+    let unrelated = workload("unrelated", "default", "x", "10.0.0.4");
+    let s = State::new(StateConfig::default(), vec![mapped, sick, unrelated], vec![svc.clone()], vec![]).unwrap();
+    assert_eq!(s.endpoint_count(&svc), 1);
+    for _ in 0..5 {
+        let e = s.pick_endpoint(&svc, 80).unwrap();
+        assert_eq!((e.workload.uid.as_str(), e.port), ("mapped", 9080), "the workload's own mapping wins");
+    }
+    assert_eq!(s.pick_endpoint(&svc, 90).unwrap().port, 9090, "named port resolved by the workload");
+
+    // Without a workload mapping: the service's target port, else the port itself.
+    let plain = backend("plain", "10.0.0.5", &[]);
+    let s = State::new(StateConfig::default(), vec![plain], vec![svc.clone()], vec![]).unwrap();
+    assert_eq!(s.pick_endpoint(&svc, 80).unwrap().port, 8080);
+    assert_eq!(s.pick_endpoint(&svc, 7000).unwrap().port, 7000);
+    assert!(s.pick_endpoint(&svc, 90).is_none(), "a named port the workload does not resolve");
+
+    // No healthy endpoint: nothing.
+    let mut sick = backend("sick", "10.0.0.3", &[]);
+    sick.healthy = false;
+    let s = State::new(StateConfig::default(), vec![sick], vec![svc.clone()], vec![]).unwrap();
+    assert!(s.pick_endpoint(&svc, 80).is_none());
+    assert_eq!(s.endpoint_count(&svc), 0);
+}
+
+#[test]
+fn picking_spreads_over_all_endpoints() {
+    let svc = service("default", "reviews", "10.96.0.10", &[(80, 8080)]);
+    let backends = (1..=3).map(|i| backend(&format!("r{i}"), &format!("10.0.0.{i}"), &[])).collect();
+    let s = State::new(StateConfig::default(), backends, vec![svc.clone()], vec![]).unwrap();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..300 {
+        *seen.entry(s.pick_endpoint(&svc, 80).unwrap().workload.uid.clone()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.values().all(|&n| n == 100), "round robin is even: {seen:?}");
+
+    // An endpoint that cannot serve the port is skipped without breaking the rotation.
+    let svc = service("default", "reviews", "10.96.0.10", &[(90, 0)]);
+    let backends = vec![
+        backend("r1", "10.0.0.1", &[(90, 9001)]),
+        backend("r2", "10.0.0.2", &[]),
+        backend("r3", "10.0.0.3", &[(90, 9003)]),
+    ];
+    let s = State::new(StateConfig::default(), backends, vec![svc.clone()], vec![]).unwrap();
+    let ports: Vec<u16> = (0..4).map(|_| s.pick_endpoint(&svc, 90).unwrap().port).collect();
+    assert!(ports.contains(&9001) && ports.contains(&9003), "{ports:?}");
+}
+
+#[tokio::test]
+async fn handle_swaps_snapshots_with_versions() {
+    let h = StateHandle::default();
+    assert_eq!((h.version(), h.load().counts().workloads), (0, 0));
+    let mut rx = h.subscribe();
+    let clone = h.clone();
+    let held = h.snapshot();
+    let s =
+        State::new(StateConfig::default(), vec![workload("a", "default", "a", "10.0.0.2")], vec![], vec![]).unwrap();
+    assert_eq!(clone.store(s), 1);
+    tokio::time::timeout(Duration::from_secs(5), rx.changed()).await.unwrap().unwrap();
+    assert_eq!(*rx.borrow(), 1);
+    assert_eq!(h.version(), 1);
+    assert_eq!(h.load().version(), 1);
+    assert!(h.load().workload_by_ip(ip("10.0.0.2")).is_some());
+    assert_eq!(held.counts().workloads, 0, "a held snapshot does not change under its reader");
+    assert_eq!(h.store(State::empty()), 2);
+}
+
+#[test]
+fn dump_is_json_with_every_object() {
+    let mut a = backend("a", "10.0.0.2", &[(80, 9080)]);
+    a.authorization_policies.push("default/p".into());
+    let svc = service("default", "reviews", "10.96.0.10", &[(80, 8080)]);
+    let p = policy("default", "p", crate::state::Scope::WorkloadSelector, crate::state::Action::Allow, vec![]);
+    let s = State::new(StateConfig::default(), vec![a], vec![svc], vec![p]).unwrap();
+    let v = serde_json::to_value(&s).unwrap();
+    let w = &v["workloads"][0];
+    assert_eq!(w["identity"], "spiffe://cluster.local/ns/default/sa/reviews");
+    assert_eq!(w["namespace"], "default");
+    assert_eq!(w["serviceAccount"], "reviews");
+    assert_eq!(w["protocol"], "HBONE");
+    assert_eq!(w["addresses"][0], "10.0.0.2");
+    assert_eq!(w["services"][SVC_KEY]["80"], 9080);
+    assert_eq!(v["services"][0]["vips"][0]["address"], "10.96.0.10");
+    assert_eq!(v["services"][0]["ports"]["80"], 8080);
+    assert_eq!(v["policies"][0]["scope"], "WORKLOAD_SELECTOR");
+    assert_eq!(v["policies"][0]["action"], "ALLOW");
+    assert_eq!(v["policies"][0]["unusable"], serde_json::Value::Null);
+    assert_eq!(v["config"]["rootNamespace"], "istio-system");
+}
