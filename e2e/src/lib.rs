@@ -58,6 +58,7 @@ pub mod capture;
 pub mod cni;
 mod error;
 pub mod http;
+pub mod mesh;
 pub mod netns;
 pub mod pcap;
 pub mod process;

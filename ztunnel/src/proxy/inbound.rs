@@ -58,6 +58,11 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
         dst_identity: Some(&dst_identity),
         service: None,
     };
+    if pod.inputs.cfg.is_own_port(authority.port()) {
+        metrics.denied(Reporter::Destination, "destination_is_ztunnel");
+        req.refuse(StatusCode::BAD_REQUEST, "the destination port is one of ztunnel's own");
+        return;
+    }
     if !me.addresses.contains(&authority.ip()) {
         metrics.denied(Reporter::Destination, "wrong_destination");
         let why = format!("{authority} is not an address of {}/{}", me.namespace(), me.name);

@@ -48,6 +48,11 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: SocketAddr)
             return;
         }
     };
+    if pod.inputs.cfg.is_own_port(dst.port()) {
+        metrics.denied(Reporter::Destination, "destination_is_ztunnel");
+        abort(tcp);
+        return;
+    }
     let state = pod.inputs.state.load();
     let src = state.workload_by_ip(client.ip()).cloned();
     let Some(me) = state.workload_by_uid(&pod.uid).cloned() else {

@@ -49,6 +49,14 @@ pub struct ProxyConfig {
     pub pool: PoolConfig,
 }
 
+impl ProxyConfig {
+    /// Whether `port` is one of ztunnel's own pod ports. Such a destination would make
+    /// ztunnel connect to itself, over and over: it is refused wherever it appears.
+    pub fn is_own_port(&self, port: u16) -> bool {
+        port == self.outbound_port || port == self.inbound_plain_port || port == self.hbone_port
+    }
+}
+
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {

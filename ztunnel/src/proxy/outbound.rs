@@ -47,6 +47,13 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: std::net::S
             return;
         }
     };
+    if pod.inputs.cfg.is_own_port(dst.port()) {
+        // Not redirected (a direct connection to the capture port) or aimed at ztunnel itself.
+        metrics.denied(Reporter::Source, "destination_is_ztunnel");
+        tracing::info!(pod = %pod.uid, %client, %dst, "refusing connection addressed to a ztunnel port");
+        abort(tcp);
+        return;
+    }
     let state = pod.inputs.state.load();
     let src = state.workload_by_uid(&pod.uid).cloned();
     let mut ends = Ends {

@@ -1,0 +1,401 @@
+//! The mesh on top of a topology: a node agent and a ztunnel per node, our CNI plugin chained
+//! after the standard ones, certificates from a throwaway CA, and one state file.
+//!
+//! What a node runs, as real processes inside the node's namespace:
+//! `ztunnel-agent` (enrollment from [`MeshSpec`], redirection, ZDS server) and `ztunnel`
+//! (state file, certificates for the node's pods, admin on 127.0.0.1:15000 and metrics and
+//! readiness on the node address). Pods are added through the real CNI chain, so enrolled
+//! pods are captured exactly as on a cluster.
+//!
+//! The binaries come from the build directory (`target/<profile>/`), or from `MESH_BIN_DIR`.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use hbone::testing::TestCa;
+use serde_json::{Value, json};
+
+use crate::{ChainedPlugin, Error, Pod, Process, Topology};
+
+/// Why the mesh could not be set up or queried.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// The harness failed.
+    #[error(transparent)]
+    Harness(#[from] Error),
+    /// A file of the mesh's configuration could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A program of the mesh is not built.
+    #[error("{0} not found: build the mesh first (`cargo build -p ztunnel --bins`) or set MESH_BIN_DIR")]
+    MissingBinary(PathBuf),
+    /// Something did not happen in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+}
+
+/// A pod to create.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    /// 1-based node number.
+    pub node: usize,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Service account (its identity is `spiffe://cluster.local/ns/<namespace>/sa/<sa>`).
+    pub service_account: String,
+    /// `none` on the pod opts it out even in an enrolled namespace.
+    pub opt_out: bool,
+}
+
+impl PodSpec {
+    /// A pod on `node` in `namespace`, running as service account `name`.
+    pub fn new(node: usize, namespace: &str, name: &str) -> Self {
+        PodSpec { node, namespace: namespace.into(), name: name.into(), service_account: name.into(), opt_out: false }
+    }
+}
+
+/// A service with a VIP, backed by pods by name.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Virtual IP.
+    pub vip: IpAddr,
+    /// Service port.
+    pub port: u16,
+    /// Port on the pods.
+    pub target_port: u16,
+    /// `namespace/name` of the backing pods.
+    pub endpoints: Vec<String>,
+}
+
+/// The mesh's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct MeshSpec {
+    /// Nodes (2 or more for cross-node paths).
+    pub nodes: usize,
+    /// Namespaces labelled `istio.io/dataplane-mode=ambient`.
+    pub ambient_namespaces: Vec<String>,
+    /// Pods.
+    pub pods: Vec<PodSpec>,
+    /// Services.
+    pub services: Vec<ServiceSpec>,
+    /// The `policies:` list of the state file, as YAML (indented as list items).
+    pub policies_yaml: String,
+}
+
+/// A running mesh.
+pub struct Mesh {
+    /// The network.
+    pub topo: Topology,
+    /// Pods by spec order.
+    pub pods: Vec<Pod>,
+    spec: MeshSpec,
+    ca: TestCa,
+    dir: PathBuf,
+    agents: Vec<Process>,
+    ztunnels: Vec<Option<Process>>,
+}
+
+/// Where the mesh's programs are.
+pub fn bin(name: &str) -> Result<PathBuf, MeshError> {
+    let dir = match std::env::var_os("MESH_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            // target/<profile>/deps/<test binary> → target/<profile>
+            let exe = std::env::current_exe().map_err(|source| MeshError::Io { path: "current_exe".into(), source })?;
+            exe.parent().and_then(Path::parent).map(Path::to_owned).unwrap_or_default()
+        }
+    };
+    let path = dir.join(name);
+    if path.is_file() { Ok(path) } else { Err(MeshError::MissingBinary(path)) }
+}
+
+fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), MeshError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| MeshError::Io { path: parent.to_owned(), source })?;
+    }
+    // Write then rename, so a watcher never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).map_err(|source| MeshError::Io { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, path).map_err(|source| MeshError::Io { path: path.to_owned(), source })
+}
+
+/// The uid a pod has in enrollment, ZDS and state alike.
+pub fn pod_uid(namespace: &str, name: &str) -> String {
+    format!("Kubernetes//Pod/{namespace}/{name}")
+}
+
+impl Mesh {
+    /// Builds the topology, starts agents, adds pods through CNI, writes state and
+    /// certificates, starts ztunnels, and waits until every enrolled pod is served.
+    pub fn start(spec: MeshSpec) -> Result<Mesh, MeshError> {
+        let (cni, agent, ztunnel) = (bin("ztunnel-cni")?, bin("ztunnel-agent")?, bin("ztunnel")?);
+        let topo = Topology::builder()
+            .nodes(spec.nodes)
+            .chain_plugin(ChainedPlugin::new(&cni, json!({"agentSocket": "/nonexistent"})))
+            .build()?;
+        let dir = topo.state_dir().join("mesh");
+        let ca = TestCa::new("e2e mesh root");
+        let mut mesh = Mesh { topo, pods: Vec::new(), spec, ca, dir, agents: Vec::new(), ztunnels: Vec::new() };
+        mesh.write_enrollment()?;
+        for n in 1..=mesh.spec.nodes {
+            mesh.point_cni_at_agent(n)?;
+            let node = mesh.topo.node(n);
+            let run = mesh.node_dir(n);
+            let p = node.netns.spawn([
+                agent.to_string_lossy().as_ref(),
+                "--zds-socket",
+                &run.join("zds.sock").to_string_lossy(),
+                "--cni-socket",
+                &run.join("cni.sock").to_string_lossy(),
+                "--enrollment",
+                &mesh.dir.join("cluster.yaml").to_string_lossy(),
+                "--state-dir",
+                &run.join("agent").to_string_lossy(),
+            ])?;
+            wait_for(|| run.join("cni.sock").exists(), "node agent socket", Duration::from_secs(10))?;
+            mesh.agents.push(p);
+        }
+        for spec in mesh.spec.pods.clone() {
+            let pod = mesh.topo.add_pod(mesh.topo.node(spec.node), &spec.namespace, &spec.name)?;
+            mesh.pods.push(pod);
+        }
+        mesh.write_state()?;
+        for n in 1..=mesh.spec.nodes {
+            mesh.write_certs(n)?;
+            mesh.ztunnels.push(None);
+            mesh.start_ztunnel(n, &ztunnel)?;
+        }
+        Ok(mesh)
+    }
+
+    fn node_dir(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("node{n}"))
+    }
+
+    /// The pod made from spec `namespace/name`.
+    pub fn pod(&self, namespace: &str, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+            .unwrap_or_else(|| panic!("no pod {namespace}/{name}"))
+    }
+
+    fn enrolled(&self, p: &PodSpec) -> bool {
+        self.spec.ambient_namespaces.contains(&p.namespace) && !p.opt_out
+    }
+
+    fn write_enrollment(&self) -> Result<(), MeshError> {
+        let mut y = String::new();
+        let mut namespaces: Vec<&String> = self.spec.pods.iter().map(|p| &p.namespace).collect();
+        namespaces.sort();
+        namespaces.dedup();
+        for ns in namespaces {
+            let label = if self.spec.ambient_namespaces.contains(ns) { "ambient" } else { "none" };
+            let _ = write!(
+                y,
+                "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    istio.io/dataplane-mode: {label}\n"
+            );
+        }
+        for p in &self.spec.pods {
+            let labels = if p.opt_out { "  labels:\n    istio.io/dataplane-mode: none\n" } else { "" };
+            let _ = write!(
+                y,
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: \"{}\"\n{labels}spec:\n  serviceAccountName: {}\n",
+                p.name,
+                p.namespace,
+                pod_uid(&p.namespace, &p.name),
+                p.service_account
+            );
+        }
+        write(&self.dir.join("cluster.yaml"), y)
+    }
+
+    /// Our plugin must talk to its own node's agent: rewrite the node's CNI list.
+    fn point_cni_at_agent(&self, n: usize) -> Result<(), MeshError> {
+        let path = self.topo.node(n).cni_conf_dir().join(crate::cni::CONFLIST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| MeshError::Io { path: path.clone(), source })?;
+        let mut list: Value = serde_json::from_str(&text)
+            .map_err(|e| MeshError::Io { path: path.clone(), source: std::io::Error::other(e) })?;
+        if let Some(last) = list["plugins"].as_array_mut().and_then(|p| p.last_mut()) {
+            last["agentSocket"] = json!(self.node_dir(n).join("cni.sock"));
+        }
+        write(&path, serde_json::to_vec_pretty(&list).unwrap_or_default())
+    }
+
+    /// Rewrites the state file (workloads from the pods, services, policies).
+    pub fn write_state(&self) -> Result<(), MeshError> {
+        let mut y = String::from("workloads:\n");
+        for (spec, pod) in self.spec.pods.iter().zip(&self.pods) {
+            let protocol = if self.enrolled(spec) { "HBONE" } else { "NONE" };
+            let mut services = String::new();
+            for s in
+                self.spec.services.iter().filter(|s| s.endpoints.contains(&format!("{}/{}", spec.namespace, spec.name)))
+            {
+                let _ = writeln!(
+                    services,
+                    "    {}/{}.{}.svc.cluster.local: {{{}: {}}}",
+                    s.namespace, s.name, s.namespace, s.port, s.target_port
+                );
+            }
+            let services =
+                if services.is_empty() { "  services: {}\n".to_owned() } else { format!("  services:\n{services}") };
+            let _ = write!(
+                y,
+                "- name: {}\n  namespace: {}\n  uid: \"{}\"\n  serviceAccount: {}\n  addresses: [\"{}\"]\n  node: node{}\n  protocol: {protocol}\n  workloadName: {}\n  canonicalName: {}\n{services}",
+                spec.name,
+                spec.namespace,
+                pod_uid(&spec.namespace, &spec.name),
+                spec.service_account,
+                pod.ip,
+                spec.node,
+                spec.name,
+                spec.name
+            );
+        }
+        y.push_str("services:\n");
+        for s in &self.spec.services {
+            let _ = write!(
+                y,
+                "- name: {}\n  namespace: {}\n  hostname: {}.{}.svc.cluster.local\n  addresses: [\"{}\"]\n  ports: [{{servicePort: {}, targetPort: {}}}]\n",
+                s.name, s.namespace, s.name, s.namespace, s.vip, s.port, s.target_port
+            );
+        }
+        y.push_str("policies:\n");
+        y.push_str(&self.spec.policies_yaml);
+        write(&self.dir.join("state.yaml"), y)
+    }
+
+    /// Replaces the policies and rewrites the state file.
+    pub fn set_policies(&mut self, policies_yaml: &str) -> Result<(), MeshError> {
+        self.spec.policies_yaml = policies_yaml.to_owned();
+        self.write_state()
+    }
+
+    fn write_certs(&self, n: usize) -> Result<(), MeshError> {
+        let dir = self.node_dir(n).join("certs");
+        write(&dir.join("root-cert.pem"), self.ca.root_pem())?;
+        let now = SystemTime::now();
+        for spec in self.spec.pods.iter().filter(|p| p.node == n && self.enrolled(p)) {
+            let id = hbone::Identity::new("cluster.local", &spec.namespace, &spec.service_account)
+                .map_err(|e| MeshError::Io { path: dir.clone(), source: std::io::Error::other(e) })?;
+            let (chain, key) = self.ca.issue_pem(&id, now - Duration::from_secs(60), now + Duration::from_secs(86400));
+            let d = dir.join(&spec.namespace).join(&spec.service_account);
+            write(&d.join("cert-chain.pem"), chain)?;
+            write(&d.join("key.pem"), key)?;
+        }
+        Ok(())
+    }
+
+    fn start_ztunnel(&mut self, n: usize, binary: &Path) -> Result<(), MeshError> {
+        let node = self.topo.node(n);
+        let run = self.node_dir(n);
+        let ip = node.ip;
+        let p = node.netns.spawn([
+            binary.to_string_lossy().as_ref(),
+            "--node-name",
+            &node.name,
+            "--state-file",
+            &self.dir.join("state.yaml").to_string_lossy(),
+            "--cert-dir",
+            &run.join("certs").to_string_lossy(),
+            "--zds-socket",
+            &run.join("zds.sock").to_string_lossy(),
+            "--metrics-addr",
+            &format!("{ip}:15020"),
+            "--readiness-addr",
+            &format!("{ip}:15021"),
+            "--drain-seconds",
+            "2",
+        ])?;
+        self.ztunnels[n - 1] = Some(p);
+        let want = self.spec.pods.iter().filter(|p| p.node == n && self.enrolled(p)).count();
+        self.wait_pods_served(n, want)
+    }
+
+    /// Waits until ztunnel on node `n` serves `count` pods.
+    pub fn wait_pods_served(&self, n: usize, count: usize) -> Result<(), MeshError> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(dump) = self.config_dump(n)
+                && dump["pods"].as_array().map(|a| a.len()) == Some(count)
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = self.ztunnels[n - 1].as_ref().map(|p| p.log()).unwrap_or_default();
+                return Err(MeshError::Timeout(format!("node{n} ztunnel to serve {count} pods; log:\n{log}")));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops ztunnel on node `n` (SIGTERM, then drain) and starts a new one.
+    pub fn restart_ztunnel(&mut self, n: usize) -> Result<(), MeshError> {
+        if let Some(p) = self.ztunnels[n - 1].take() {
+            p.stop();
+        }
+        self.start_ztunnel(n, &bin("ztunnel")?)
+    }
+
+    /// Starts a second ztunnel on node `n` beside the running one, then stops the old one:
+    /// a rolling restart.
+    pub fn roll_ztunnel(&mut self, n: usize) -> Result<(), MeshError> {
+        let old = self.ztunnels[n - 1].take();
+        // The admin port is per process; the new one must not collide while both run.
+        let res = self.start_ztunnel(n, &bin("ztunnel")?);
+        if let Some(p) = old {
+            p.stop();
+        }
+        res
+    }
+
+    /// The ztunnel log of node `n`.
+    pub fn ztunnel_log(&self, n: usize) -> String {
+        self.ztunnels[n - 1].as_ref().map(|p| p.log()).unwrap_or_default()
+    }
+
+    /// ztunnel's admin config dump on node `n`.
+    pub fn config_dump(&self, n: usize) -> Result<Value, MeshError> {
+        let out =
+            self.topo.node(n).netns.curl("http://127.0.0.1:15000/config_dump", &["--fail"], Duration::from_secs(3))?;
+        let out = out.ok()?;
+        serde_json::from_str(&out.stdout)
+            .map_err(|e| MeshError::Io { path: "config_dump".into(), source: std::io::Error::other(e) })
+    }
+
+    /// ztunnel's Prometheus text on node `n`.
+    pub fn metrics(&self, n: usize) -> Result<String, MeshError> {
+        let url = format!("http://{}:15020/metrics", self.topo.node(n).ip);
+        Ok(self.topo.node(n).netns.curl(&url, &["--fail"], Duration::from_secs(3))?.ok()?.stdout)
+    }
+
+    /// The HBONE address of a pod.
+    pub fn hbone_addr(pod: &Pod) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(pod.ip), 15008)
+    }
+}
+
+fn wait_for(mut f: impl FnMut() -> bool, what: &str, limit: Duration) -> Result<(), MeshError> {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        if Instant::now() > deadline {
+            return Err(MeshError::Timeout(what.into()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
