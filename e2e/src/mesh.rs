@@ -343,6 +343,42 @@ impl Mesh {
         }
     }
 
+    /// Deletes pod `namespace/name` through the runtime (CNI DEL, namespace removed).
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) -> Result<(), MeshError> {
+        let i = self.pod_index(namespace, name);
+        let pod = self.pods[i].clone();
+        self.topo.remove_pod(&pod)?;
+        Ok(())
+    }
+
+    /// Creates pod `namespace/name` again from its spec (it may get a new address) and
+    /// updates the state file with it.
+    pub fn recreate_pod(&mut self, namespace: &str, name: &str) -> Result<&Pod, MeshError> {
+        let i = self.pod_index(namespace, name);
+        let node = self.spec.pods[i].node;
+        self.pods[i] = self.topo.add_pod(self.topo.node(node), namespace, name)?;
+        self.write_state()?;
+        Ok(&self.pods[i])
+    }
+
+    fn pod_index(&self, namespace: &str, name: &str) -> usize {
+        self.spec
+            .pods
+            .iter()
+            .position(|p| p.namespace == namespace && p.name == name)
+            .unwrap_or_else(|| panic!("no pod {namespace}/{name}"))
+    }
+
+    /// Waits until ztunnel on node `n` has loaded a state that mentions `text` (an address,
+    /// a policy name): the file watcher polls, so edits take effect a moment later.
+    pub fn wait_state_mentions(&self, n: usize, text: &str) -> Result<(), MeshError> {
+        wait_for(
+            || self.config_dump(n).is_ok_and(|d| d["state"].to_string().contains(text)),
+            &format!("node{n} ztunnel to load a state mentioning {text}"),
+            Duration::from_secs(5),
+        )
+    }
+
     /// Stops ztunnel on node `n` (SIGTERM, then drain) and starts a new one.
     pub fn restart_ztunnel(&mut self, n: usize) -> Result<(), MeshError> {
         if let Some(p) = self.ztunnels[n - 1].take() {

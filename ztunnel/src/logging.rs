@@ -61,7 +61,11 @@ pub fn init(format: LogFormat, filter: &str) -> Result<LogHandle, LogError> {
     let (filter, handle) = reload::Layer::new(parsed);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_target(true)).init(),
+        LogFormat::Text => {
+            // Colour only for people: log files and collectors get plain text.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            registry.with(tracing_subscriber::fmt::layer().with_target(true).with_ansi(ansi)).init()
+        }
         LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true)).init(),
     }
     Ok(LogHandle(handle))
