@@ -372,9 +372,14 @@ impl Mesh {
     /// Waits until ztunnel on node `n` has loaded a state that mentions `text` (an address,
     /// a policy name): the file watcher polls, so edits take effect a moment later.
     pub fn wait_state_mentions(&self, n: usize, text: &str) -> Result<(), MeshError> {
+        self.wait_state(n, &format!("a state mentioning {text}"), |s| s.contains(text))
+    }
+
+    /// Waits until ztunnel on node `n` has loaded a state (as JSON text) for which `ok` holds.
+    pub fn wait_state(&self, n: usize, what: &str, ok: impl Fn(&str) -> bool) -> Result<(), MeshError> {
         wait_for(
-            || self.config_dump(n).is_ok_and(|d| d["state"].to_string().contains(text)),
-            &format!("node{n} ztunnel to load a state mentioning {text}"),
+            || self.config_dump(n).is_ok_and(|d| ok(&d["state"].to_string())),
+            &format!("node{n} ztunnel to load {what}"),
             Duration::from_secs(5),
         )
     }

@@ -19,22 +19,10 @@ use super::{Pod, PodSockets};
 
 /// Accepts the pod's captured plaintext inbound connections until the task is dropped.
 pub(crate) async fn serve<S: PodSockets>(pod: Arc<Pod<S>>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, client)) => {
-                let pod = pod.clone();
-                let live = pod.inputs.drain.track();
-                tokio::spawn(async move {
-                    handle(&pod, tcp, client).await;
-                    drop(live);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(pod = %pod.uid, error = %e, "inbound accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
-    }
+    super::accept_loop(pod, listener, "inbound plaintext", |pod, tcp, client| async move {
+        handle(&pod, tcp, client).await
+    })
+    .await;
 }
 
 async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: SocketAddr) {

@@ -17,6 +17,7 @@ pub mod route;
 pub mod sockets;
 mod telemetry;
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -181,6 +182,33 @@ impl PodProxy {
     /// Stops accepting new connections.
     pub fn stop(mut self) {
         self.tasks.abort_all();
+    }
+}
+
+/// Accepts plain TCP connections on a pod listener until the task is dropped, handling each
+/// on its own task while counting it for graceful shutdown.
+pub(crate) async fn accept_loop<S, F, Fut>(pod: Arc<Pod<S>>, listener: TcpListener, what: &'static str, handle: F)
+where
+    S: PodSockets,
+    F: Fn(Arc<Pod<S>>, TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((tcp, client)) => {
+                let live = pod.inputs.drain.track();
+                let conn = handle(pod.clone(), tcp, client);
+                tokio::spawn(async move {
+                    conn.await;
+                    drop(live);
+                });
+            }
+            Err(e) => {
+                // Typically out of descriptors: back off rather than spin.
+                tracing::warn!(pod = %pod.uid, listener = what, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 }
 
