@@ -83,6 +83,7 @@ fn cross_node_traffic_is_mtls_and_services_spread() {
         );
         assert!(!wire.contains(b"hello from"), "the response body never crosses the link in clear");
         assert!(!wire.contains(b"GET / HTTP"), "the request never crosses the link in clear");
+        assert!(wire.contains(&[0x17, 0x03, 0x03]), "TLS application-data records cross the link");
 
         // Through the service VIP: both endpoints, on both nodes, get connections.
         let mut seen = std::collections::BTreeSet::new();
@@ -110,6 +111,17 @@ fn cross_node_traffic_is_mtls_and_services_spread() {
         ];
         assert!(metric_sum(&m, "istio_tcp_connections_opened_total", &labels) >= 2.0, "{m}");
         assert!(metric_sum(&m, "istio_tcp_received_bytes_total", &labels) > 1_000_000.0, "iperf3 bytes counted:\n{m}");
+        // Readiness and the admin endpoint answer; the log level changes at run time.
+        let node2 = &mesh.topo.node(2).netns;
+        let ready = node2.curl(&format!("http://{}:15021/healthz/ready", mesh.topo.node(2).ip), &["--fail"], T)?;
+        assert!(ready.ok()?.stdout.contains("ready"));
+        let level = node2.curl("http://127.0.0.1:15000/logging?level=debug", &["--fail"], T)?.ok()?.stdout;
+        assert!(level.contains("log level set to debug"), "{level}");
+        let bad = node2.curl("http://127.0.0.1:15000/logging?level=no[such", &["-g"], T)?;
+        assert!(bad.stdout.contains("invalid log filter"), "a bad filter is refused with a reason: {}", bad.stdout);
+        let dump = mesh.config_dump(2)?;
+        assert!(dump["certificates"].to_string().contains("spiffe://cluster.local/ns/shop/sa/web-2"), "{dump}");
+        assert!(dump["certificates"][0]["expiresInSeconds"].as_u64().unwrap_or(0) > 3600, "{dump}");
         let src = mesh.metrics(1)?;
         let src_labels = [
             "reporter=\"source\"",
