@@ -94,6 +94,8 @@ pub struct MeshSpec {
     pub services: Vec<ServiceSpec>,
     /// The `policies:` list of the state file, as YAML (indented as list items).
     pub policies_yaml: String,
+    /// ztunnel's log format (`text` when empty).
+    pub log_format: String,
 }
 
 /// A running mesh.
@@ -320,6 +322,8 @@ impl Mesh {
             &format!("{ip}:15021"),
             "--drain-seconds",
             "2",
+            "--log-format",
+            if self.spec.log_format.is_empty() { "text" } else { &self.spec.log_format },
         ])?;
         self.ztunnels[n - 1] = Some(p);
         let want = self.spec.pods.iter().filter(|p| p.node == n && self.enrolled(p)).count();

@@ -39,6 +39,7 @@ fn spec(policies: &str) -> MeshSpec {
             endpoints: vec!["shop/web-1".into(), "shop/web-2".into()],
         }],
         policies_yaml: policies.into(),
+        log_format: String::new(),
     }
 }
 
@@ -164,7 +165,7 @@ const POLICIES: &str = r#"- name: allow-client
 #[test]
 fn allow_by_principal_deny_by_namespace_and_dry_run() {
     e2e::sandboxed_with(Duration::from_secs(90), || -> Res {
-        let mut mesh = Mesh::start(spec(POLICIES))?;
+        let mut mesh = Mesh::start(MeshSpec { log_format: "json".into(), ..spec(POLICIES) })?;
         let web2 = mesh.pod("shop", "web-2").clone();
         let _app = web2.netns.http_server(8080, "shop/web-2")?;
         let _admin = web2.netns.http_server(9090, "shop/web-2 admin")?;
@@ -186,6 +187,18 @@ fn allow_by_principal_deny_by_namespace_and_dry_run() {
         assert!(log.contains("dry-run DENY shop/audit-everything"), "dry-run verdicts are logged:\n{log}");
         let m = mesh.metrics(2)?;
         assert!(metric_sum(&m, "ztunnel_connections_denied_total", &["reason=\"policy\""]) >= 2.0, "{m}");
+        // JSON logs: every line is an object; access lines carry the connection's facts.
+        let access: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .filter(|v| v["target"] == "access")
+            .collect();
+        let denial = access
+            .iter()
+            .find(|v| v["src.identity"] == "spiffe://cluster.local/ns/tools/sa/nosy")
+            .unwrap_or_else(|| panic!("an access line for nosy: {access:?}"));
+        assert_eq!(denial["dst.workload"], "shop/web-2");
+        assert!(denial["verdict"].as_str().is_some_and(|v| v.starts_with("denied")), "{denial}");
 
         // Editing the state file changes the verdict without a restart.
         mesh.set_policies("")?;
