@@ -20,13 +20,21 @@ pub struct Pods {
     trust_domain: String,
     host: Arc<Netns>,
     running: Mutex<HashMap<String, PodProxy>>,
+    /// Blocks readiness until the node agent's first snapshot has been applied.
+    first_snapshot: Mutex<Option<crate::readiness::BlockReady>>,
 }
 
 impl Pods {
     /// No pods yet; `host` is ztunnel's own network namespace, returned to after each
     /// socket made inside a pod.
-    pub fn new(inputs: ProxyInputs, trust_domain: String, host: Netns) -> Self {
-        Pods { inputs, trust_domain, host: Arc::new(host), running: Mutex::default() }
+    pub fn new(inputs: ProxyInputs, trust_domain: String, host: Netns, ready: &crate::readiness::Ready) -> Self {
+        Pods {
+            inputs,
+            trust_domain,
+            host: Arc::new(host),
+            running: Mutex::default(),
+            first_snapshot: Mutex::new(Some(ready.register("first pod snapshot from the node agent"))),
+        }
     }
 
     /// UIDs and bound addresses of the pods served, for the admin dump.
@@ -85,5 +93,6 @@ impl PodHandler for Pods {
         for p in stale {
             p.stop();
         }
+        self.first_snapshot.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 }
