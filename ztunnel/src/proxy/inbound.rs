@@ -77,6 +77,8 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
         dst_ip: authority.ip(),
         dst_port: authority.port(),
     });
+    // Decided: the connection keeps only what it uses, not the whole snapshot.
+    drop(state);
     if !verdict.allowed {
         metrics.denied(Reporter::Destination, "policy");
         ends.log("inbound", Some(&verdict), 0, 0, started.elapsed(), None);

@@ -64,6 +64,8 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: SocketAddr)
         dst_ip: dst.ip(),
         dst_port: dst.port(),
     });
+    // Decided: the connection keeps only what it uses, not the whole snapshot.
+    drop(state);
     if !verdict.allowed {
         metrics.denied(Reporter::Destination, "policy");
         ends.log("inbound_plaintext", Some(&verdict), 0, 0, started.elapsed(), None);

@@ -49,7 +49,10 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: std::net::S
         dst_addr: Some(dst),
         ..Ends::default()
     };
-    match route(&state, dst, pod.inputs.cfg.hbone_port) {
+    let decision = route(&state, dst, pod.inputs.cfg.hbone_port);
+    // Decided: the connection keeps only what it uses, not the whole snapshot.
+    drop(state);
+    match decision {
         Route::Hbone { workload, service, target, peer } => {
             let dst_identity = workload.identity().clone();
             ends.dst = Some(&workload);
