@@ -1,0 +1,363 @@
+//! The delta ADS client: subscribes to type URLs, hands decoded resources to
+//! a handler per type, ACKs or NACKs each push, and reconnects with backoff,
+//! resuming from the versions it already holds.
+
+mod handler;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use proto::envoy::config::core::v3::Node;
+use proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use proto::google::rpc::Status as RpcStatus;
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+pub use handler::{Cache, CacheHandler, ResourceHandler, Update, cache_handler};
+use handler::ErasedHandler;
+
+/// `google.rpc.Code.INVALID_ARGUMENT`, the code of every NACK we send.
+const INVALID_ARGUMENT: i32 = 3;
+
+/// Which resources of a type to receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Names {
+    /// Every resource of the type.
+    Wildcard,
+    /// Only these names.
+    Explicit(BTreeSet<String>),
+}
+
+impl Names {
+    /// Only the given names.
+    pub fn explicit<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
+        Self::Explicit(names.into_iter().map(Into::into).collect())
+    }
+}
+
+/// Reconnection delays: doubling from `initial` up to `max`, each randomized
+/// to between half and all of its value so clients do not reconnect in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// First delay after a failure.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Why a stream ended; kept as text in [`ClientStatus::last_error`].
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The server could not be reached.
+    #[error("connecting to the xDS server failed")]
+    Connect(#[source] tonic::transport::Error),
+    /// The server refused or ended the stream with an error.
+    #[error("xDS stream failed: {0}")]
+    Rpc(#[source] tonic::Status),
+    /// The server ended the stream without an error.
+    #[error("xDS server closed the stream")]
+    Closed,
+}
+
+/// What the client holds and has done, per type URL.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ClientStatus {
+    /// A stream is open.
+    pub connected: bool,
+    /// Streams opened so far.
+    pub streams: u64,
+    /// Why the last stream ended.
+    pub last_error: Option<String>,
+    /// Per type URL.
+    pub types: BTreeMap<String, ClientTypeStatus>,
+}
+
+/// One type URL on the client.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ClientTypeStatus {
+    /// A push has been answered (the state is as complete as the server's
+    /// first answer made it).
+    pub synced: bool,
+    /// Versions of the resources applied, by name.
+    pub versions: BTreeMap<String, String>,
+    /// `initial_resource_versions` sent on the last stream.
+    pub resumed_with: usize,
+    /// Pushes received.
+    pub pushes: u64,
+    /// Resources received, over all pushes.
+    pub resources_received: u64,
+    /// Removals received, over all pushes.
+    pub removals_received: u64,
+    /// Pushes accepted.
+    pub acks: u64,
+    /// Pushes rejected.
+    pub nacks: u64,
+    /// Message of the last rejection.
+    pub last_nack: Option<String>,
+}
+
+struct Subscription {
+    type_url: String,
+    names: Names,
+    handler: Box<dyn ErasedHandler>,
+}
+
+/// A delta ADS client under construction; [`Client::spawn`] starts it.
+pub struct Client {
+    node: Node,
+    backoff: Backoff,
+    subscriptions: Vec<Subscription>,
+}
+
+impl Client {
+    /// A client that identifies itself as `node` in each stream's first request.
+    pub fn new(node: Node) -> Self {
+        Self {
+            node,
+            backoff: Backoff::default(),
+            subscriptions: Vec::new(),
+        }
+    }
+
+    /// Replaces the reconnection backoff.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Subscribes to `names` of `type_url`, delivered to `handler`.
+    pub fn subscribe<H: ResourceHandler>(
+        mut self,
+        type_url: impl Into<String>,
+        names: Names,
+        handler: H,
+    ) -> Self {
+        self.subscriptions.push(Subscription {
+            type_url: type_url.into(),
+            names,
+            handler: Box::new(handler),
+        });
+        self
+    }
+
+    /// Starts the client on the current tokio runtime, connecting to
+    /// `endpoint` and reconnecting whenever the stream ends.
+    pub fn spawn(self, endpoint: Endpoint) -> ClientHandle {
+        let initial = ClientStatus {
+            types: self
+                .subscriptions
+                .iter()
+                .map(|s| (s.type_url.clone(), ClientTypeStatus::default()))
+                .collect(),
+            ..ClientStatus::default()
+        };
+        let (status_tx, status) = watch::channel(initial);
+        let task = tokio::spawn(self.run(endpoint, status_tx));
+        ClientHandle { status, task }
+    }
+
+    async fn run(mut self, endpoint: Endpoint, status: watch::Sender<ClientStatus>) {
+        let mut delay = self.backoff.initial;
+        loop {
+            let mut progressed = false;
+            let error = self.stream_once(&endpoint, &status, &mut progressed).await;
+            tracing::warn!(error = %error, "xDS stream ended; reconnecting");
+            status.send_modify(|s| {
+                s.connected = false;
+                s.last_error = Some(error_chain(&error));
+            });
+            if progressed {
+                delay = self.backoff.initial;
+            }
+            let jitter = rand::rng().random_range(0.5..=1.0);
+            tokio::time::sleep(delay.mul_f64(jitter)).await;
+            delay = (delay * 2).min(self.backoff.max);
+        }
+    }
+
+    /// Runs one stream to its end. `progressed` is set once the server has
+    /// answered, which resets the backoff.
+    async fn stream_once(
+        &mut self,
+        endpoint: &Endpoint,
+        status: &watch::Sender<ClientStatus>,
+        progressed: &mut bool,
+    ) -> StreamError {
+        let channel = match endpoint.connect().await {
+            Ok(channel) => channel,
+            Err(e) => return StreamError::Connect(e),
+        };
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        // One request per type is the most ever queued: the first
+        // subscriptions, then at most one answer per push received.
+        let (requests, outbound) = mpsc::channel(self.subscriptions.len() + 1);
+        for (i, sub) in self.subscriptions.iter().enumerate() {
+            let initial_resource_versions: std::collections::HashMap<_, _> = status
+                .borrow()
+                .types
+                .get(&sub.type_url)
+                .map(|t| t.versions.clone().into_iter().collect())
+                .unwrap_or_default();
+            let resumed_with = initial_resource_versions.len();
+            status.send_modify(|s| {
+                s.types.entry(sub.type_url.clone()).or_default().resumed_with = resumed_with;
+            });
+            let request = DeltaDiscoveryRequest {
+                node: (i == 0).then(|| self.node.clone()),
+                type_url: sub.type_url.clone(),
+                // An empty first subscription is the wildcard every server understands.
+                resource_names_subscribe: match &sub.names {
+                    Names::Wildcard => Vec::new(),
+                    Names::Explicit(names) => names.iter().cloned().collect(),
+                },
+                initial_resource_versions,
+                ..Default::default()
+            };
+            // Cannot fail: the receiver is alive and the channel has room.
+            let _ = requests.try_send(request);
+        }
+        let mut responses = match client
+            .delta_aggregated_resources(ReceiverStream::new(outbound))
+            .await
+        {
+            Ok(response) => response.into_inner(),
+            Err(e) => return StreamError::Rpc(e),
+        };
+        status.send_modify(|s| {
+            s.connected = true;
+            s.streams += 1;
+        });
+        loop {
+            let response = match responses.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => return StreamError::Closed,
+                Err(e) => return StreamError::Rpc(e),
+            };
+            *progressed = true;
+            let answer = self.handle(response, status);
+            if requests.send(answer).await.is_err() {
+                return StreamError::Closed;
+            }
+        }
+    }
+
+    /// Applies one push and builds its ACK or NACK.
+    fn handle(
+        &mut self,
+        response: DeltaDiscoveryResponse,
+        status: &watch::Sender<ClientStatus>,
+    ) -> DeltaDiscoveryRequest {
+        let DeltaDiscoveryResponse {
+            resources,
+            type_url,
+            nonce,
+            mut removed_resources,
+            removed_resource_names,
+            ..
+        } = response;
+        removed_resources.extend(removed_resource_names.into_iter().map(|r| r.name));
+        let applied: Vec<(String, String)> = resources
+            .iter()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect();
+        let received = (resources.len() as u64, removed_resources.len() as u64);
+        let result = match self
+            .subscriptions
+            .iter_mut()
+            .find(|s| s.type_url == type_url)
+        {
+            Some(sub) => sub
+                .handler
+                .apply_raw(&type_url, resources, removed_resources.clone()),
+            None => Err(format!("not subscribed to {type_url:?}")),
+        };
+        status.send_modify(|s| {
+            let t = s.types.entry(type_url.clone()).or_default();
+            t.pushes += 1;
+            t.resources_received += received.0;
+            t.removals_received += received.1;
+            t.synced = true;
+            match &result {
+                Ok(()) => {
+                    t.acks += 1;
+                    for name in &removed_resources {
+                        t.versions.remove(name);
+                    }
+                    t.versions.extend(applied);
+                }
+                Err(message) => {
+                    t.nacks += 1;
+                    t.last_nack = Some(message.clone());
+                }
+            }
+        });
+        let error_detail = result.err().map(|message| {
+            tracing::warn!(%type_url, %nonce, error = %message, "rejecting xDS push");
+            RpcStatus {
+                code: INVALID_ARGUMENT,
+                message,
+                details: Vec::new(),
+            }
+        });
+        DeltaDiscoveryRequest {
+            type_url,
+            response_nonce: nonce,
+            error_detail,
+            ..Default::default()
+        }
+    }
+}
+
+/// Renders an error with its sources, for a status line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
+/// A running client. Dropping it stops the client.
+#[derive(Debug)]
+pub struct ClientHandle {
+    status: watch::Receiver<ClientStatus>,
+    task: JoinHandle<()>,
+}
+
+impl ClientHandle {
+    /// The client's status now.
+    pub fn status(&self) -> ClientStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of every status change.
+    pub fn watch(&self) -> watch::Receiver<ClientStatus> {
+        self.status.clone()
+    }
+
+    /// Stops the client.
+    pub fn stop(self) {}
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
