@@ -19,8 +19,8 @@ pub mod server;
 pub mod store;
 
 pub use client::{
-    Backoff, Cache, CacheHandler, Client, ClientHandle, ClientStatus, ClientTypeStatus, Names,
-    ResourceHandler, StreamError, Update, cache_handler,
+    Backoff, Cache, CacheHandler, Client, ClientHandle, ClientStatus, ClientTypeStatus, Names, ResourceHandler,
+    StreamError, Update, cache_handler,
 };
 pub use server::{ConnectionStatus, NackStatus, ServeError, ServerStats, TypeStatus, XdsServer};
 pub use store::{ResourceStore, StoredResource};

@@ -62,12 +62,7 @@ impl ResourceStore {
     /// An empty store at revision 0.
     pub fn new() -> Self {
         let (revision, _) = watch::channel(0);
-        Self {
-            inner: Arc::new(Inner {
-                state: RwLock::new(StoreState::default()),
-                revision,
-            }),
-        }
+        Self { inner: Arc::new(Inner { state: RwLock::new(StoreState::default()), revision }) }
     }
 
     /// Inserts or replaces `name` under `type_url`. Returns the resource's
@@ -76,17 +71,10 @@ impl ResourceStore {
         let version = content_version(&body);
         let changed = self.apply(|state, revision| {
             let entries = state.types.entry(type_url.to_owned()).or_default();
-            if entries
-                .resources
-                .get(name)
-                .is_some_and(|r| r.version == version)
-            {
+            if entries.resources.get(name).is_some_and(|r| r.version == version) {
                 return false;
             }
-            let resource = StoredResource {
-                version: version.clone(),
-                body,
-            };
+            let resource = StoredResource { version: version.clone(), body };
             entries.resources.insert(name.to_owned(), resource);
             entries.revision = revision;
             true
@@ -116,24 +104,15 @@ impl ResourceStore {
         updates: impl IntoIterator<Item = (String, Any)>,
         removals: impl IntoIterator<Item = String>,
     ) -> bool {
-        let updates: Vec<_> = updates
-            .into_iter()
-            .map(|(name, body)| (name, content_version(&body), body))
-            .collect();
+        let updates: Vec<_> = updates.into_iter().map(|(name, body)| (name, content_version(&body), body)).collect();
         self.apply(|state, revision| {
             let entries = state.types.entry(type_url.to_owned()).or_default();
             let mut changed = false;
             for (name, version, body) in updates {
-                if entries
-                    .resources
-                    .get(&name)
-                    .is_some_and(|r| r.version == version)
-                {
+                if entries.resources.get(&name).is_some_and(|r| r.version == version) {
                     continue;
                 }
-                entries
-                    .resources
-                    .insert(name, StoredResource { version, body });
+                entries.resources.insert(name, StoredResource { version, body });
                 changed = true;
             }
             for name in removals {
@@ -148,11 +127,7 @@ impl ResourceStore {
 
     /// The resource `name` under `type_url`, if present.
     pub fn get(&self, type_url: &str, name: &str) -> Option<StoredResource> {
-        self.read()
-            .types
-            .get(type_url)
-            .and_then(|t| t.resources.get(name))
-            .cloned()
+        self.read().types.get(type_url).and_then(|t| t.resources.get(name)).cloned()
     }
 
     /// Names and versions of every resource under `type_url`.
@@ -160,12 +135,7 @@ impl ResourceStore {
         self.read()
             .types
             .get(type_url)
-            .map(|t| {
-                t.resources
-                    .iter()
-                    .map(|(n, r)| (n.clone(), r.version.clone()))
-                    .collect()
-            })
+            .map(|t| t.resources.iter().map(|(n, r)| (n.clone(), r.version.clone())).collect())
             .unwrap_or_default()
     }
 
@@ -182,20 +152,13 @@ impl ResourceStore {
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, StoreState> {
         // A writer that panicked mid-change left at worst one type partly
         // updated; serving that beats taking every stream down.
-        self.inner
-            .state
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `change` under the write lock with the next revision; publishes
     /// that revision if `change` reports a change.
     fn apply(&self, change: impl FnOnce(&mut StoreState, u64) -> bool) -> bool {
-        let mut state = self
-            .inner
-            .state
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self.inner.state.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Revisions are only bumped under the state lock, so they are ordered
         // with the changes they announce.
         let next = *self.inner.revision.borrow() + 1;
@@ -237,10 +200,7 @@ mod tests {
     use super::*;
 
     fn any(value: &[u8]) -> Any {
-        Any {
-            type_url: "type.googleapis.com/t".into(),
-            value: value.to_vec(),
-        }
+        Any { type_url: "type.googleapis.com/t".into(), value: value.to_vec() }
     }
 
     #[test]

@@ -55,10 +55,7 @@ async fn ack_flow_fills_cache_and_server_records_versions() {
     assert_eq!(status.types[ADDRESS].versions["default/a"], version(&store, "default/a"));
     until("server sees the second ACK", || server.server.stats().acks == 2).await;
     assert_eq!(server.server.stats().resources_sent, 3);
-    assert_eq!(
-        server.server.connections()[0].types[ADDRESS].acked["default/a"],
-        version(&store, "default/a")
-    );
+    assert_eq!(server.server.connections()[0].types[ADDRESS].acked["default/a"], version(&store, "default/a"));
 }
 
 #[tokio::test]
@@ -98,10 +95,7 @@ async fn nack_keeps_last_good_state_and_is_not_resent_until_changed() {
     store.set(ADDRESS, "default/a", workload("default/a", [10, 0, 0, 3]));
     client_until(&client, "fix acked", |s| s.types[ADDRESS].acks == 2).await;
     assert_eq!(cache.get("default/a").unwrap().ip, vec![10, 0, 0, 3]);
-    until("server clears the NACK", || {
-        server.server.connections()[0].types[ADDRESS].last_nack.is_none()
-    })
-    .await;
+    until("server clears the NACK", || server.server.connections()[0].types[ADDRESS].last_nack.is_none()).await;
 }
 
 #[tokio::test]
@@ -111,19 +105,13 @@ async fn undecodable_body_is_nacked_with_the_resource_name() {
     let (client, cache) = address_client(server.endpoint(), Names::Wildcard);
     client_until(&client, "first push acked", |s| s.types[ADDRESS].acks == 1).await;
 
-    let garbage = prost_types::Any {
-        type_url: ADDRESS.to_owned(),
-        value: vec![0xff, 0xff, 0xff],
-    };
+    let garbage = prost_types::Any { type_url: ADDRESS.to_owned(), value: vec![0xff, 0xff, 0xff] };
     store.set(ADDRESS, "default/bad", garbage);
     let status = client_until(&client, "NACK", |s| s.types[ADDRESS].nacks == 1).await;
     let message = status.types[ADDRESS].last_nack.clone().unwrap();
     assert!(message.contains("default/bad"), "{message}");
 
-    let wrong_type = prost_types::Any {
-        type_url: proto::AUTHORIZATION_TYPE_URL.to_owned(),
-        value: Vec::new(),
-    };
+    let wrong_type = prost_types::Any { type_url: proto::AUTHORIZATION_TYPE_URL.to_owned(), value: Vec::new() };
     store.set(ADDRESS, "default/bad", wrong_type);
     let status = client_until(&client, "second NACK", |s| s.types[ADDRESS].nacks == 2).await;
     let message = status.types[ADDRESS].last_nack.clone().unwrap();
@@ -152,14 +140,9 @@ async fn removal_reaches_client() {
 
 #[tokio::test]
 async fn explicit_names_receive_only_those() {
-    let store = store_with(&[
-        ("default/a", [10, 0, 0, 1]),
-        ("default/b", [10, 0, 0, 2]),
-        ("default/c", [10, 0, 0, 3]),
-    ]);
+    let store = store_with(&[("default/a", [10, 0, 0, 1]), ("default/b", [10, 0, 0, 2]), ("default/c", [10, 0, 0, 3])]);
     let server = RunningServer::any_port(store.clone()).await;
-    let (client, cache) =
-        address_client(server.endpoint(), Names::explicit(["default/a", "default/c", "default/z"]));
+    let (client, cache) = address_client(server.endpoint(), Names::explicit(["default/a", "default/c", "default/z"]));
     client_until(&client, "first push acked", |s| s.types[ADDRESS].acks == 1).await;
     let names: Vec<_> = cache.snapshot().into_keys().collect();
     assert_eq!(names, ["default/a", "default/c"]);
@@ -205,10 +188,8 @@ async fn subscription_changes_on_a_raw_stream() {
         ..Default::default()
     })
     .await;
-    until("server applies the unsubscribe", || {
-        server.server.connections()[0].types[ADDRESS].names == ["default/b"]
-    })
-    .await;
+    until("server applies the unsubscribe", || server.server.connections()[0].types[ADDRESS].names == ["default/b"])
+        .await;
     store.remove(ADDRESS, "default/a");
     raw.quiet().await;
 
@@ -277,11 +258,7 @@ async fn raw_nack_is_recorded_and_not_resent_until_something_changes() {
     raw.send(DeltaDiscoveryRequest {
         type_url: ADDRESS.to_owned(),
         response_nonce: first.nonce.clone(),
-        error_detail: Some(RpcStatus {
-            code: 3,
-            message: "bad workload".to_owned(),
-            details: Vec::new(),
-        }),
+        error_detail: Some(RpcStatus { code: 3, message: "bad workload".to_owned(), details: Vec::new() }),
         ..Default::default()
     })
     .await;
@@ -301,11 +278,7 @@ async fn raw_nack_is_recorded_and_not_resent_until_something_changes() {
 
 #[tokio::test]
 async fn reconnect_after_server_restart_resumes_with_initial_versions() {
-    let store = store_with(&[
-        ("default/a", [10, 0, 0, 1]),
-        ("default/b", [10, 0, 0, 2]),
-        ("default/c", [10, 0, 0, 3]),
-    ]);
+    let store = store_with(&[("default/a", [10, 0, 0, 1]), ("default/b", [10, 0, 0, 2]), ("default/c", [10, 0, 0, 3])]);
     let first = RunningServer::any_port(store.clone()).await;
     let addr = first.addr;
     let (client, cache) = address_client(first.endpoint(), Names::Wildcard);
@@ -315,16 +288,10 @@ async fn reconnect_after_server_restart_resumes_with_initial_versions() {
 
     // The restarted control plane rebuilds its store: a unchanged, b changed,
     // c gone, d new.
-    let rebuilt = store_with(&[
-        ("default/a", [10, 0, 0, 1]),
-        ("default/b", [10, 0, 0, 22]),
-        ("default/d", [10, 0, 0, 4]),
-    ]);
+    let rebuilt =
+        store_with(&[("default/a", [10, 0, 0, 1]), ("default/b", [10, 0, 0, 22]), ("default/d", [10, 0, 0, 4])]);
     let second = RunningServer::start(rebuilt.clone(), addr).await;
-    let status = client_until(&client, "resumed push acked", |s| {
-        s.streams == 2 && s.types[ADDRESS].acks == 2
-    })
-    .await;
+    let status = client_until(&client, "resumed push acked", |s| s.streams == 2 && s.types[ADDRESS].acks == 2).await;
     assert_eq!(status.types[ADDRESS].resumed_with, 3);
 
     // Only what changed crossed the wire.
@@ -338,11 +305,8 @@ async fn reconnect_after_server_restart_resumes_with_initial_versions() {
     let names: Vec<_> = cache.snapshot().into_keys().collect();
     assert_eq!(names, ["default/a", "default/b", "default/d"]);
     assert_eq!(cache.get("default/b").unwrap().ip, vec![10, 0, 0, 22]);
-    let expected: std::collections::BTreeMap<_, _> = rebuilt
-        .versions(ADDRESS)
-        .into_iter()
-        .map(|(n, v)| (n, v.to_string()))
-        .collect();
+    let expected: std::collections::BTreeMap<_, _> =
+        rebuilt.versions(ADDRESS).into_iter().map(|(n, v)| (n, v.to_string())).collect();
     assert_eq!(t.versions, expected);
 }
 
@@ -355,10 +319,7 @@ async fn reconnect_after_stream_drop_sends_nothing_unchanged() {
     until("server sees the ACK", || server.server.stats().acks == 1).await;
 
     server.server.disconnect_all();
-    let status = client_until(&client, "resumed", |s| {
-        s.streams == 2 && s.types[ADDRESS].acks == 2
-    })
-    .await;
+    let status = client_until(&client, "resumed", |s| s.streams == 2 && s.types[ADDRESS].acks == 2).await;
     assert!(status.last_error.unwrap().contains("closed the stream"));
     assert_eq!(status.types[ADDRESS].resumed_with, 2);
     // The resumed stream's first answer is empty: nothing changed.
@@ -396,10 +357,7 @@ async fn request_without_type_url_ends_only_that_stream() {
     let store = store_with(&[("default/a", [10, 0, 0, 1])]);
     let server = RunningServer::any_port(store.clone()).await;
     let mut bad = RawStream::open(server.addr, subscribe("", &[])).await;
-    let err = tokio::time::timeout(WAIT, bad.responses.message())
-        .await
-        .unwrap()
-        .expect_err("stream refused");
+    let err = tokio::time::timeout(WAIT, bad.responses.message()).await.unwrap().expect_err("stream refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("type_url"), "{}", err.message());
 

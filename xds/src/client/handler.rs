@@ -27,30 +27,16 @@ pub trait ResourceHandler: Send + 'static {
     type Message: prost::Message + Default;
 
     /// Applies one push: `updates` to add or replace, `removals` to drop.
-    fn apply(
-        &mut self,
-        updates: Vec<Update<Self::Message>>,
-        removals: Vec<String>,
-    ) -> Result<(), String>;
+    fn apply(&mut self, updates: Vec<Update<Self::Message>>, removals: Vec<String>) -> Result<(), String>;
 }
 
 /// A handler with its message type erased, so one client holds many types.
 pub(crate) trait ErasedHandler: Send {
-    fn apply_raw(
-        &mut self,
-        type_url: &str,
-        resources: Vec<Resource>,
-        removals: Vec<String>,
-    ) -> Result<(), String>;
+    fn apply_raw(&mut self, type_url: &str, resources: Vec<Resource>, removals: Vec<String>) -> Result<(), String>;
 }
 
 impl<H: ResourceHandler> ErasedHandler for H {
-    fn apply_raw(
-        &mut self,
-        type_url: &str,
-        resources: Vec<Resource>,
-        removals: Vec<String>,
-    ) -> Result<(), String> {
+    fn apply_raw(&mut self, type_url: &str, resources: Vec<Resource>, removals: Vec<String>) -> Result<(), String> {
         let mut updates = Vec::with_capacity(resources.len());
         for resource in resources {
             let Some(body) = resource.resource else {
@@ -64,11 +50,7 @@ impl<H: ResourceHandler> ErasedHandler for H {
             }
             let decoded = <H::Message as prost::Message>::decode(body.value.as_slice())
                 .map_err(|e| format!("resource {:?}: {e}", resource.name))?;
-            updates.push(Update {
-                name: resource.name,
-                version: resource.version,
-                resource: decoded,
-            });
+            updates.push(Update { name: resource.name, version: resource.version, resource: decoded });
         }
         self.apply(updates, removals)
     }
@@ -83,19 +65,13 @@ pub struct Cache<V> {
 
 impl<V> Clone for Cache<V> {
     fn clone(&self) -> Self {
-        Self {
-            entries: self.entries.clone(),
-            generation: self.generation.clone(),
-        }
+        Self { entries: self.entries.clone(), generation: self.generation.clone() }
     }
 }
 
 impl<V> Default for Cache<V> {
     fn default() -> Self {
-        Self {
-            entries: Arc::default(),
-            generation: Arc::new(watch::channel(0).0),
-        }
+        Self { entries: Arc::default(), generation: Arc::new(watch::channel(0).0) }
     }
 }
 
@@ -145,11 +121,7 @@ where
     F: FnMut(&str, M) -> Result<V, String>,
 {
     let cache = Cache::default();
-    let handler = CacheHandler {
-        cache: cache.clone(),
-        convert,
-        _message: std::marker::PhantomData,
-    };
+    let handler = CacheHandler { cache: cache.clone(), convert, _message: std::marker::PhantomData };
     (cache, handler)
 }
 

@@ -5,6 +5,7 @@
 mod handler;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::time::Duration;
 
 use proto::envoy::config::core::v3::Node;
@@ -16,10 +17,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
-pub use handler::{Cache, CacheHandler, ResourceHandler, Update, cache_handler};
 use handler::ErasedHandler;
+pub use handler::{Cache, CacheHandler, ResourceHandler, Update, cache_handler};
 
 /// `google.rpc.Code.INVALID_ARGUMENT`, the code of every NACK we send.
 const INVALID_ARGUMENT: i32 = 3;
@@ -29,7 +30,8 @@ const INVALID_ARGUMENT: i32 = 3;
 pub enum Names {
     /// Every resource of the type.
     Wildcard,
-    /// Only these names.
+    /// Only these names. An empty set subscribes to nothing: no request is
+    /// sent for the type.
     Explicit(BTreeSet<String>),
 }
 
@@ -52,10 +54,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(15),
-        }
+        Self { initial: Duration::from_millis(100), max: Duration::from_secs(15) }
     }
 }
 
@@ -126,11 +125,7 @@ pub struct Client {
 impl Client {
     /// A client that identifies itself as `node` in each stream's first request.
     pub fn new(node: Node) -> Self {
-        Self {
-            node,
-            backoff: Backoff::default(),
-            subscriptions: Vec::new(),
-        }
+        Self { node, backoff: Backoff::default(), subscriptions: Vec::new() }
     }
 
     /// Replaces the reconnection backoff.
@@ -140,41 +135,49 @@ impl Client {
     }
 
     /// Subscribes to `names` of `type_url`, delivered to `handler`.
-    pub fn subscribe<H: ResourceHandler>(
-        mut self,
-        type_url: impl Into<String>,
-        names: Names,
-        handler: H,
-    ) -> Self {
-        self.subscriptions.push(Subscription {
-            type_url: type_url.into(),
-            names,
-            handler: Box::new(handler),
-        });
+    pub fn subscribe<H: ResourceHandler>(mut self, type_url: impl Into<String>, names: Names, handler: H) -> Self {
+        self.subscriptions.push(Subscription { type_url: type_url.into(), names, handler: Box::new(handler) });
         self
     }
 
     /// Starts the client on the current tokio runtime, connecting to
-    /// `endpoint` and reconnecting whenever the stream ends.
+    /// `endpoint` in plaintext and reconnecting whenever the stream ends.
     pub fn spawn(self, endpoint: Endpoint) -> ClientHandle {
+        self.spawn_with(move || {
+            let endpoint = endpoint.clone();
+            async move { endpoint.connect().await }
+        })
+    }
+
+    /// Starts the client on the current tokio runtime, opening each stream on
+    /// a channel from `connect` (for example
+    /// `endpoint.connect_with_connector(tls_connector)` for TLS).
+    pub fn spawn_with<C, F>(self, connect: C) -> ClientHandle
+    where
+        C: FnMut() -> F + Send + 'static,
+        F: Future<Output = Result<Channel, tonic::transport::Error>> + Send + 'static,
+    {
         let initial = ClientStatus {
-            types: self
-                .subscriptions
-                .iter()
-                .map(|s| (s.type_url.clone(), ClientTypeStatus::default()))
-                .collect(),
+            types: self.subscriptions.iter().map(|s| (s.type_url.clone(), ClientTypeStatus::default())).collect(),
             ..ClientStatus::default()
         };
         let (status_tx, status) = watch::channel(initial);
-        let task = tokio::spawn(self.run(endpoint, status_tx));
+        let task = tokio::spawn(self.run(connect, status_tx));
         ClientHandle { status, task }
     }
 
-    async fn run(mut self, endpoint: Endpoint, status: watch::Sender<ClientStatus>) {
+    async fn run<C, F>(mut self, mut connect: C, status: watch::Sender<ClientStatus>)
+    where
+        C: FnMut() -> F + Send,
+        F: Future<Output = Result<Channel, tonic::transport::Error>> + Send,
+    {
         let mut delay = self.backoff.initial;
         loop {
             let mut progressed = false;
-            let error = self.stream_once(&endpoint, &status, &mut progressed).await;
+            let error = match connect().await {
+                Ok(channel) => self.stream_once(channel, &status, &mut progressed).await,
+                Err(e) => StreamError::Connect(e),
+            };
             tracing::warn!(error = %error, "xDS stream ended; reconnecting");
             status.send_modify(|s| {
                 s.connected = false;
@@ -193,19 +196,20 @@ impl Client {
     /// answered, which resets the backoff.
     async fn stream_once(
         &mut self,
-        endpoint: &Endpoint,
+        channel: Channel,
         status: &watch::Sender<ClientStatus>,
         progressed: &mut bool,
     ) -> StreamError {
-        let channel = match endpoint.connect().await {
-            Ok(channel) => channel,
-            Err(e) => return StreamError::Connect(e),
-        };
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
         // One request per type is the most ever queued: the first
         // subscriptions, then at most one answer per push received.
         let (requests, outbound) = mpsc::channel(self.subscriptions.len() + 1);
-        for (i, sub) in self.subscriptions.iter().enumerate() {
+        let mut first = true;
+        for sub in &self.subscriptions {
+            if matches!(&sub.names, Names::Explicit(names) if names.is_empty()) {
+                // On the wire an empty first subscription means wildcard.
+                continue;
+            }
             let initial_resource_versions: std::collections::HashMap<_, _> = status
                 .borrow()
                 .types
@@ -217,7 +221,7 @@ impl Client {
                 s.types.entry(sub.type_url.clone()).or_default().resumed_with = resumed_with;
             });
             let request = DeltaDiscoveryRequest {
-                node: (i == 0).then(|| self.node.clone()),
+                node: std::mem::take(&mut first).then(|| self.node.clone()),
                 type_url: sub.type_url.clone(),
                 // An empty first subscription is the wildcard every server understands.
                 resource_names_subscribe: match &sub.names {
@@ -230,10 +234,7 @@ impl Client {
             // Cannot fail: the receiver is alive and the channel has room.
             let _ = requests.try_send(request);
         }
-        let mut responses = match client
-            .delta_aggregated_resources(ReceiverStream::new(outbound))
-            .await
-        {
+        let mut responses = match client.delta_aggregated_resources(ReceiverStream::new(outbound)).await {
             Ok(response) => response.into_inner(),
             Err(e) => return StreamError::Rpc(e),
         };
@@ -262,27 +263,13 @@ impl Client {
         status: &watch::Sender<ClientStatus>,
     ) -> DeltaDiscoveryRequest {
         let DeltaDiscoveryResponse {
-            resources,
-            type_url,
-            nonce,
-            mut removed_resources,
-            removed_resource_names,
-            ..
+            resources, type_url, nonce, mut removed_resources, removed_resource_names, ..
         } = response;
         removed_resources.extend(removed_resource_names.into_iter().map(|r| r.name));
-        let applied: Vec<(String, String)> = resources
-            .iter()
-            .map(|r| (r.name.clone(), r.version.clone()))
-            .collect();
+        let applied: Vec<(String, String)> = resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
         let received = (resources.len() as u64, removed_resources.len() as u64);
-        let result = match self
-            .subscriptions
-            .iter_mut()
-            .find(|s| s.type_url == type_url)
-        {
-            Some(sub) => sub
-                .handler
-                .apply_raw(&type_url, resources, removed_resources.clone()),
+        let result = match self.subscriptions.iter_mut().find(|s| s.type_url == type_url) {
+            Some(sub) => sub.handler.apply_raw(&type_url, resources, removed_resources.clone()),
             None => Err(format!("not subscribed to {type_url:?}")),
         };
         status.send_modify(|s| {
@@ -307,18 +294,9 @@ impl Client {
         });
         let error_detail = result.err().map(|message| {
             tracing::warn!(%type_url, %nonce, error = %message, "rejecting xDS push");
-            RpcStatus {
-                code: INVALID_ARGUMENT,
-                message,
-                details: Vec::new(),
-            }
+            RpcStatus { code: INVALID_ARGUMENT, message, details: Vec::new() }
         });
-        DeltaDiscoveryRequest {
-            type_url,
-            response_nonce: nonce,
-            error_detail,
-            ..Default::default()
-        }
+        DeltaDiscoveryRequest { type_url, response_nonce: nonce, error_detail, ..Default::default() }
     }
 }
 

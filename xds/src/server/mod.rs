@@ -18,10 +18,11 @@ use proto::envoy::service::discovery::v3::{
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
-pub use status::{ConnectionStatus, NackStatus, ServerStats, TypeStatus};
 use status::Counters;
+pub use status::{ConnectionStatus, NackStatus, ServerStats, TypeStatus};
 use stream::StreamState;
 
 use crate::store::ResourceStore;
@@ -64,11 +65,7 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.shared
-            .streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+        self.shared.streams.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
     }
 }
 
@@ -99,11 +96,22 @@ impl XdsServer {
 
     /// Serves plaintext HTTP/2 on `listener` until `shutdown` completes, then
     /// closes every stream and waits for connections to finish.
-    pub async fn serve(
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        self.serve_incoming(TcpListenerStream::new(listener), shutdown).await
+    }
+
+    /// Like [`XdsServer::serve`], over connections the caller accepts (for
+    /// example TLS streams).
+    pub async fn serve_incoming<I, IO, IE>(
         &self,
-        listener: TcpListener,
+        incoming: I,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), ServeError> {
+    ) -> Result<(), ServeError>
+    where
+        I: tokio_stream::Stream<Item = Result<IO, IE>>,
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let this = self.clone();
         let signal = async move {
             shutdown.await;
@@ -112,11 +120,7 @@ impl XdsServer {
             this.disconnect_all();
         };
         tonic::transport::Server::builder()
-            .serve_with_incoming_shutdown(
-                self.service(),
-                TcpListenerStream::new(listener),
-                signal,
-            )
+            .serve_with_incoming_shutdown(self.service(), incoming, signal)
             .await
             .map_err(ServeError::Transport)
     }
@@ -128,14 +132,7 @@ impl XdsServer {
 
     /// Status of every open stream, ordered by stream id.
     pub fn connections(&self) -> Vec<ConnectionStatus> {
-        let streams: Vec<_> = self
-            .shared
-            .streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let streams: Vec<_> = self.shared.streams.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         let mut out: Vec<_> = streams.iter().map(|s| stream::lock(s).status()).collect();
         out.sort_by_key(|c| c.id);
         out
@@ -155,9 +152,7 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         _request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "state-of-the-world ADS is not served; use DeltaAggregatedResources",
-        ))
+        Err(Status::unimplemented("state-of-the-world ADS is not served; use DeltaAggregatedResources"))
     }
 
     type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
@@ -169,16 +164,9 @@ impl AggregatedDiscoveryService for XdsServer {
         let shared = &self.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(Mutex::new(StreamState::new(id, request.remote_addr())));
-        shared
-            .streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, state.clone());
+        shared.streams.lock().unwrap_or_else(|p| p.into_inner()).insert(id, state.clone());
         Counters::add(&shared.counters.streams, 1);
-        let registration = Registration {
-            shared: shared.clone(),
-            id,
-        };
+        let registration = Registration { shared: shared.clone(), id };
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let store = shared.store.clone();
         let counters = shared.counters.clone();

@@ -9,9 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use proto::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
@@ -20,6 +18,10 @@ use crate::store::{ResourceStore, StoreState, TypeEntries};
 
 /// The subscription name that means "every resource of the type".
 pub(crate) const WILDCARD: &str = "*";
+
+/// Type URLs one stream may subscribe to: a client cannot make the server
+/// keep state for arbitrarily many.
+const MAX_TYPES: usize = 64;
 
 /// A push sent and not yet answered.
 #[derive(Debug)]
@@ -62,11 +64,7 @@ impl TypeState {
     }
 
     fn status(&self) -> TypeStatus {
-        let mut acked: Vec<_> = self
-            .acked
-            .iter()
-            .map(|(n, v)| (n.clone(), v.to_string()))
-            .collect();
+        let mut acked: Vec<_> = self.acked.iter().map(|(n, v)| (n.clone(), v.to_string())).collect();
         acked.sort();
         TypeStatus {
             wildcard: self.wildcard,
@@ -161,21 +159,13 @@ impl StreamState {
             peer: self.peer,
             node_id: self.node_id.clone(),
             node_cluster: self.node_cluster.clone(),
-            types: self
-                .types
-                .iter()
-                .map(|(t, s)| (t.clone(), s.status()))
-                .collect(),
+            types: self.types.iter().map(|(t, s)| (t.clone(), s.status())).collect(),
         }
     }
 
     /// Applies one client request: subscription changes, resume versions,
     /// and the ACK or NACK of the outstanding push.
-    pub(crate) fn handle_request(
-        &mut self,
-        request: DeltaDiscoveryRequest,
-        counters: &Counters,
-    ) -> Result<(), Status> {
+    pub(crate) fn handle_request(&mut self, request: DeltaDiscoveryRequest, counters: &Counters) -> Result<(), Status> {
         if !self.seen_request {
             self.seen_request = true;
             if let Some(node) = &request.node {
@@ -184,12 +174,16 @@ impl StreamState {
             }
         }
         if request.type_url.is_empty() {
-            return Err(Status::invalid_argument(
-                "DeltaDiscoveryRequest.type_url is empty",
-            ));
+            return Err(Status::invalid_argument("DeltaDiscoveryRequest.type_url is empty"));
         }
         let stream_id = self.id;
         let first = !self.types.contains_key(&request.type_url);
+        if first && self.types.len() >= MAX_TYPES {
+            return Err(Status::resource_exhausted(format!(
+                "DeltaDiscoveryRequest.type_url {:?}: more than {MAX_TYPES} types on one stream",
+                request.type_url
+            )));
+        }
         let state = self.types.entry(request.type_url.clone()).or_default();
         state.clean_at = None;
         if first {
@@ -224,13 +218,7 @@ impl StreamState {
             }
             // The client drops what it unsubscribed from by itself; no
             // removal is owed for it.
-            let TypeState {
-                acked,
-                nacked,
-                wildcard,
-                names,
-                ..
-            } = state;
+            let TypeState { acked, nacked, wildcard, names, .. } = state;
             let keep = |n: &String| *wildcard || names.contains(n);
             acked.retain(|n, _| keep(n));
             nacked.retain(|n, _| keep(n));
@@ -238,10 +226,7 @@ impl StreamState {
         if request.response_nonce.is_empty() {
             return Ok(());
         }
-        let Some(pending) = state
-            .pending
-            .take_if(|p| p.nonce == request.response_nonce)
-        else {
+        let Some(pending) = state.pending.take_if(|p| p.nonce == request.response_nonce) else {
             tracing::debug!(
                 stream = stream_id,
                 type_url = %request.type_url,
@@ -330,10 +315,7 @@ impl StreamState {
             Counters::add(&counters.removals_sent, removals.len() as u64);
             state.pending = Some(Pending {
                 nonce: nonce.clone(),
-                sent: resources
-                    .iter()
-                    .map(|r| (r.name.clone(), r.version.as_str().into()))
-                    .collect(),
+                sent: resources.iter().map(|r| (r.name.clone(), r.version.as_str().into())).collect(),
                 removed: removals.clone(),
             });
             out.push(DeltaDiscoveryResponse {

@@ -17,8 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Endpoint;
 use xds::{
-    Backoff, Cache, Client, ClientHandle, ClientStatus, Names, ResourceStore, ServeError,
-    XdsServer, cache_handler,
+    Backoff, Cache, Client, ClientHandle, ClientStatus, Names, ResourceStore, ServeError, XdsServer, cache_handler,
 };
 
 /// Upper bound for anything a test waits for.
@@ -51,12 +50,7 @@ impl RunningServer {
                 })
                 .await
         });
-        Self {
-            server,
-            addr,
-            stop: Some(stop),
-            task,
-        }
+        Self { server, addr, stop: Some(stop), task }
     }
 
     pub async fn any_port(store: ResourceStore) -> Self {
@@ -87,17 +81,11 @@ impl Drop for RunningServer {
 }
 
 pub fn endpoint(addr: SocketAddr) -> Endpoint {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
+    Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_secs(2))
 }
 
 pub fn node(id: &str) -> Node {
-    Node {
-        id: id.to_owned(),
-        cluster: "Kubernetes".to_owned(),
-        ..Default::default()
-    }
+    Node { id: id.to_owned(), cluster: "Kubernetes".to_owned(), ..Default::default() }
 }
 
 /// An `Address` holding a workload with `uid` and one IPv4 address.
@@ -134,35 +122,23 @@ pub fn convert(name: &str, address: Address) -> Result<CachedWorkload, String> {
     let Some(ip) = w.addresses.first() else {
         return Err("workload.addresses is empty".to_owned());
     };
-    Ok(CachedWorkload {
-        uid: w.uid,
-        ip: ip.to_vec(),
-    })
+    Ok(CachedWorkload { uid: w.uid, ip: ip.to_vec() })
 }
 
 pub fn fast_backoff() -> Backoff {
-    Backoff {
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(200),
-    }
+    Backoff { initial: Duration::from_millis(20), max: Duration::from_millis(200) }
 }
 
 /// A client subscribed to `names` of `Address`, with its cache.
 pub fn address_client(endpoint: Endpoint, names: Names) -> (ClientHandle, Cache<CachedWorkload>) {
     let (cache, handler) = cache_handler(convert);
-    let handle = Client::new(node("node-a~10.0.0.1"))
-        .backoff(fast_backoff())
-        .subscribe(ADDRESS, names, handler)
-        .spawn(endpoint);
+    let handle =
+        Client::new(node("node-a~10.0.0.1")).backoff(fast_backoff()).subscribe(ADDRESS, names, handler).spawn(endpoint);
     (handle, cache)
 }
 
 /// Waits until the client's status satisfies `ready`.
-pub async fn client_until(
-    handle: &ClientHandle,
-    what: &str,
-    ready: impl FnMut(&ClientStatus) -> bool,
-) -> ClientStatus {
+pub async fn client_until(handle: &ClientHandle, what: &str, ready: impl FnMut(&ClientStatus) -> bool) -> ClientStatus {
     let mut rx = handle.watch();
     match tokio::time::timeout(WAIT, rx.wait_for(ready)).await {
         Ok(Ok(status)) => status.clone(),
@@ -192,15 +168,9 @@ impl RawStream {
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let (requests, rx) = mpsc::channel(16);
         requests.send(first).await.unwrap();
-        let responses = client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .expect("stream opens")
-            .into_inner();
-        Self {
-            requests,
-            responses,
-        }
+        let responses =
+            client.delta_aggregated_resources(ReceiverStream::new(rx)).await.expect("stream opens").into_inner();
+        Self { requests, responses }
     }
 
     pub async fn send(&self, request: DeltaDiscoveryRequest) {
