@@ -3,6 +3,8 @@
 
 mod status;
 mod stream;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::future::Future;
