@@ -36,6 +36,8 @@ async fn ack_flow_fills_cache_and_server_records_versions() {
     let conn = &connections[0];
     assert_eq!(conn.node_id, "node-a~10.0.0.1");
     assert_eq!(conn.node_cluster, "Kubernetes");
+    let metadata = &conn.node.as_ref().unwrap().metadata.as_ref().unwrap().fields;
+    assert_eq!(metadata["NODE_NAME"].kind, Some(prost_types::value::Kind::StringValue("node-a".to_owned())));
     assert!(conn.peer.unwrap().ip().is_loopback());
     let t = &conn.types[ADDRESS];
     assert!(t.wildcard);

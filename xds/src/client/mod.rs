@@ -58,6 +58,18 @@ impl Default for Backoff {
     }
 }
 
+impl Backoff {
+    /// The delay after `delay`: doubled, at most `max`.
+    pub fn next(&self, delay: Duration) -> Duration {
+        delay.saturating_mul(2).min(self.max)
+    }
+
+    /// `delay` scaled by a random factor in [0.5, 1].
+    pub fn jittered(&self, delay: Duration) -> Duration {
+        delay.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
 /// Why a stream ended; kept as text in [`ClientStatus::last_error`].
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -186,9 +198,8 @@ impl Client {
             if progressed {
                 delay = self.backoff.initial;
             }
-            let jitter = rand::rng().random_range(0.5..=1.0);
-            tokio::time::sleep(delay.mul_f64(jitter)).await;
-            delay = (delay * 2).min(self.backoff.max);
+            tokio::time::sleep(self.backoff.jittered(delay)).await;
+            delay = self.backoff.next(delay);
         }
     }
 
@@ -337,5 +348,26 @@ impl ClientHandle {
 impl Drop for ClientHandle {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_max_with_bounded_jitter() {
+        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_millis(700) };
+        let mut delay = backoff.initial;
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.push(delay.as_millis());
+            delay = backoff.next(delay);
+        }
+        assert_eq!(seen, [100, 200, 400, 700, 700]);
+        for _ in 0..100 {
+            let j = backoff.jittered(Duration::from_millis(400));
+            assert!(j >= Duration::from_millis(200) && j <= Duration::from_millis(400));
+        }
     }
 }

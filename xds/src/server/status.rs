@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use proto::envoy::config::core::v3::Node;
 use serde::Serialize;
 
 /// What one connected client (one ADS stream) has and is waiting for.
@@ -17,6 +18,10 @@ pub struct ConnectionStatus {
     pub node_id: String,
     /// `node.cluster` from the first request.
     pub node_cluster: String,
+    /// The whole `node` of the first request (metadata included); left out
+    /// of the JSON form.
+    #[serde(skip)]
+    pub node: Option<Node>,
     /// Per type URL.
     pub types: BTreeMap<String, TypeStatus>,
 }

@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use proto::envoy::config::core::v3::Node;
 use proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
@@ -133,8 +134,7 @@ impl TypeState {
 pub(crate) struct StreamState {
     id: u64,
     peer: Option<SocketAddr>,
-    node_id: String,
-    node_cluster: String,
+    node: Option<Node>,
     seen_request: bool,
     types: HashMap<String, TypeState>,
     next_nonce: u64,
@@ -142,36 +142,30 @@ pub(crate) struct StreamState {
 
 impl StreamState {
     pub(crate) fn new(id: u64, peer: Option<SocketAddr>) -> Self {
-        Self {
-            id,
-            peer,
-            node_id: String::new(),
-            node_cluster: String::new(),
-            seen_request: false,
-            types: HashMap::new(),
-            next_nonce: 0,
-        }
+        Self { id, peer, node: None, seen_request: false, types: HashMap::new(), next_nonce: 0 }
     }
 
     pub(crate) fn status(&self) -> ConnectionStatus {
         ConnectionStatus {
             id: self.id,
             peer: self.peer,
-            node_id: self.node_id.clone(),
-            node_cluster: self.node_cluster.clone(),
+            node_id: self.node.as_ref().map(|n| n.id.clone()).unwrap_or_default(),
+            node_cluster: self.node.as_ref().map(|n| n.cluster.clone()).unwrap_or_default(),
+            node: self.node.clone(),
             types: self.types.iter().map(|(t, s)| (t.clone(), s.status())).collect(),
         }
     }
 
     /// Applies one client request: subscription changes, resume versions,
     /// and the ACK or NACK of the outstanding push.
-    pub(crate) fn handle_request(&mut self, request: DeltaDiscoveryRequest, counters: &Counters) -> Result<(), Status> {
+    pub(crate) fn handle_request(
+        &mut self,
+        mut request: DeltaDiscoveryRequest,
+        counters: &Counters,
+    ) -> Result<(), Status> {
         if !self.seen_request {
             self.seen_request = true;
-            if let Some(node) = &request.node {
-                self.node_id.clone_from(&node.id);
-                self.node_cluster.clone_from(&node.cluster);
-            }
+            self.node = request.node.take();
         }
         if request.type_url.is_empty() {
             return Err(Status::invalid_argument("DeltaDiscoveryRequest.type_url is empty"));
@@ -239,7 +233,7 @@ impl StreamState {
             Some(error) => {
                 tracing::warn!(
                     stream = stream_id,
-                    node = %self.node_id,
+                    node = %self.node.as_ref().map_or("", |n| n.id.as_str()),
                     type_url = %request.type_url,
                     nonce = %pending.nonce,
                     error = %error.message,

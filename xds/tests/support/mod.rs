@@ -85,7 +85,13 @@ pub fn endpoint(addr: SocketAddr) -> Endpoint {
 }
 
 pub fn node(id: &str) -> Node {
-    Node { id: id.to_owned(), cluster: "Kubernetes".to_owned(), ..Default::default() }
+    let name = prost_types::Value { kind: Some(prost_types::value::Kind::StringValue("node-a".to_owned())) };
+    Node {
+        id: id.to_owned(),
+        cluster: "Kubernetes".to_owned(),
+        metadata: Some(prost_types::Struct { fields: [("NODE_NAME".to_owned(), name)].into() }),
+        ..Default::default()
+    }
 }
 
 /// An `Address` holding a workload with `uid` and one IPv4 address.
