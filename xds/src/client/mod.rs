@@ -22,6 +22,13 @@ use tonic::transport::{Channel, Endpoint};
 use handler::ErasedHandler;
 pub use handler::{Cache, CacheHandler, ResourceHandler, Update, cache_handler};
 
+/// HTTP/2 ping interval on the client's connections.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server may take to answer a stream's opening.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// `google.rpc.Code.INVALID_ARGUMENT`, the code of every NACK we send.
 const INVALID_ARGUMENT: i32 = 3;
 
@@ -79,6 +86,9 @@ pub enum StreamError {
     /// The server refused or ended the stream with an error.
     #[error("xDS stream failed: {0}")]
     Rpc(#[source] tonic::Status),
+    /// The server did not answer the stream's opening in time.
+    #[error("xDS server did not open the stream within {0:?}")]
+    OpenTimeout(Duration),
     /// The server ended the stream without an error.
     #[error("xDS server closed the stream")]
     Closed,
@@ -154,7 +164,13 @@ impl Client {
 
     /// Starts the client on the current tokio runtime, connecting to
     /// `endpoint` in plaintext and reconnecting whenever the stream ends.
+    /// HTTP/2 keepalive pings are turned on (every 30 s, 10 s to answer) so a
+    /// server that vanished without closing the connection is noticed.
     pub fn spawn(self, endpoint: Endpoint) -> ClientHandle {
+        let endpoint = endpoint
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         self.spawn_with(move || {
             let endpoint = endpoint.clone();
             async move { endpoint.connect().await }
@@ -245,9 +261,11 @@ impl Client {
             // Cannot fail: the receiver is alive and the channel has room.
             let _ = requests.try_send(request);
         }
-        let mut responses = match client.delta_aggregated_resources(ReceiverStream::new(outbound)).await {
-            Ok(response) => response.into_inner(),
-            Err(e) => return StreamError::Rpc(e),
+        let open = client.delta_aggregated_resources(ReceiverStream::new(outbound));
+        let mut responses = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(e)) => return StreamError::Rpc(e),
+            Err(_) => return StreamError::OpenTimeout(OPEN_TIMEOUT),
         };
         status.send_modify(|s| {
             s.connected = true;

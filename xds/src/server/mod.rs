@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -32,6 +33,11 @@ use crate::store::ResourceStore;
 /// Responses queued per stream. One push per type is outstanding at a time,
 /// so this only needs to cover the number of subscribed types.
 const RESPONSE_QUEUE: usize = 16;
+
+/// HTTP/2 ping interval on served connections.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors from [`XdsServer::serve`].
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +128,9 @@ impl XdsServer {
             this.disconnect_all();
         };
         tonic::transport::Server::builder()
+            // Pings find clients that vanished without closing the connection.
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .serve_with_incoming_shutdown(self.service(), incoming, signal)
             .await
             .map_err(ServeError::Transport)
