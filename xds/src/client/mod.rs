@@ -359,7 +359,8 @@ impl ClientHandle {
         self.status.clone()
     }
 
-    /// Stops the client.
+    /// Stops the client, as dropping the handle does; the cache it filled
+    /// keeps its last state.
     pub fn stop(self) {}
 }
 
