@@ -1,0 +1,392 @@
+//! The delta ADS client: subscribes to type URLs, hands decoded resources to
+//! a handler per type, ACKs or NACKs each push, and reconnects with backoff,
+//! resuming from the versions it already holds.
+
+mod handler;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+
+use proto::envoy::config::core::v3::Node;
+use proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use proto::google::rpc::Status as RpcStatus;
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use handler::ErasedHandler;
+pub use handler::{Cache, CacheHandler, ResourceHandler, Update, cache_handler};
+
+/// HTTP/2 ping interval on the client's connections.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server may take to answer a stream's opening.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `google.rpc.Code.INVALID_ARGUMENT`, the code of every NACK we send.
+const INVALID_ARGUMENT: i32 = 3;
+
+/// Which resources of a type to receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Names {
+    /// Every resource of the type.
+    Wildcard,
+    /// Only these names. An empty set subscribes to nothing: no request is
+    /// sent for the type.
+    Explicit(BTreeSet<String>),
+}
+
+impl Names {
+    /// Only the given names.
+    pub fn explicit<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
+        Self::Explicit(names.into_iter().map(Into::into).collect())
+    }
+}
+
+/// Reconnection delays: doubling from `initial` up to `max`, each randomized
+/// to between half and all of its value so clients do not reconnect in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// First delay after a failure.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { initial: Duration::from_millis(100), max: Duration::from_secs(15) }
+    }
+}
+
+impl Backoff {
+    /// The delay after `delay`: doubled, at most `max`.
+    pub fn next(&self, delay: Duration) -> Duration {
+        delay.saturating_mul(2).min(self.max)
+    }
+
+    /// `delay` scaled by a random factor in [0.5, 1].
+    pub fn jittered(&self, delay: Duration) -> Duration {
+        delay.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
+/// Why a stream ended; kept as text in [`ClientStatus::last_error`].
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The server could not be reached.
+    #[error("connecting to the xDS server failed")]
+    Connect(#[source] tonic::transport::Error),
+    /// The server refused or ended the stream with an error.
+    #[error("xDS stream failed: {0}")]
+    Rpc(#[source] tonic::Status),
+    /// The server did not answer the stream's opening in time.
+    #[error("xDS server did not open the stream within {0:?}")]
+    OpenTimeout(Duration),
+    /// The server ended the stream without an error.
+    #[error("xDS server closed the stream")]
+    Closed,
+}
+
+/// What the client holds and has done, per type URL.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ClientStatus {
+    /// A stream is open.
+    pub connected: bool,
+    /// Streams opened so far.
+    pub streams: u64,
+    /// Why the last stream ended.
+    pub last_error: Option<String>,
+    /// Per type URL.
+    pub types: BTreeMap<String, ClientTypeStatus>,
+}
+
+/// One type URL on the client.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ClientTypeStatus {
+    /// A push has been answered (the state is as complete as the server's
+    /// first answer made it).
+    pub synced: bool,
+    /// Versions of the resources applied, by name.
+    pub versions: BTreeMap<String, String>,
+    /// `initial_resource_versions` sent on the last stream.
+    pub resumed_with: usize,
+    /// Pushes received.
+    pub pushes: u64,
+    /// Resources received, over all pushes.
+    pub resources_received: u64,
+    /// Removals received, over all pushes.
+    pub removals_received: u64,
+    /// Pushes accepted.
+    pub acks: u64,
+    /// Pushes rejected.
+    pub nacks: u64,
+    /// Message of the last rejection.
+    pub last_nack: Option<String>,
+}
+
+struct Subscription {
+    type_url: String,
+    names: Names,
+    handler: Box<dyn ErasedHandler>,
+}
+
+/// A delta ADS client under construction; [`Client::spawn`] starts it.
+pub struct Client {
+    node: Node,
+    backoff: Backoff,
+    subscriptions: Vec<Subscription>,
+}
+
+impl Client {
+    /// A client that identifies itself as `node` in each stream's first request.
+    pub fn new(node: Node) -> Self {
+        Self { node, backoff: Backoff::default(), subscriptions: Vec::new() }
+    }
+
+    /// Replaces the reconnection backoff.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Subscribes to `names` of `type_url`, delivered to `handler`.
+    pub fn subscribe<H: ResourceHandler>(mut self, type_url: impl Into<String>, names: Names, handler: H) -> Self {
+        self.subscriptions.push(Subscription { type_url: type_url.into(), names, handler: Box::new(handler) });
+        self
+    }
+
+    /// Starts the client on the current tokio runtime, connecting to
+    /// `endpoint` in plaintext and reconnecting whenever the stream ends.
+    /// HTTP/2 keepalive pings are turned on (every 30 s, 10 s to answer) so a
+    /// server that vanished without closing the connection is noticed.
+    pub fn spawn(self, endpoint: Endpoint) -> ClientHandle {
+        let endpoint = endpoint
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        self.spawn_with(move || {
+            let endpoint = endpoint.clone();
+            async move { endpoint.connect().await }
+        })
+    }
+
+    /// Starts the client on the current tokio runtime, opening each stream on
+    /// a channel from `connect` (for example
+    /// `endpoint.connect_with_connector(tls_connector)` for TLS).
+    pub fn spawn_with<C, F>(self, connect: C) -> ClientHandle
+    where
+        C: FnMut() -> F + Send + 'static,
+        F: Future<Output = Result<Channel, tonic::transport::Error>> + Send + 'static,
+    {
+        let initial = ClientStatus {
+            types: self.subscriptions.iter().map(|s| (s.type_url.clone(), ClientTypeStatus::default())).collect(),
+            ..ClientStatus::default()
+        };
+        let (status_tx, status) = watch::channel(initial);
+        let task = tokio::spawn(self.run(connect, status_tx));
+        ClientHandle { status, task }
+    }
+
+    async fn run<C, F>(mut self, mut connect: C, status: watch::Sender<ClientStatus>)
+    where
+        C: FnMut() -> F + Send,
+        F: Future<Output = Result<Channel, tonic::transport::Error>> + Send,
+    {
+        let mut delay = self.backoff.initial;
+        loop {
+            let mut progressed = false;
+            let error = match connect().await {
+                Ok(channel) => self.stream_once(channel, &status, &mut progressed).await,
+                Err(e) => StreamError::Connect(e),
+            };
+            tracing::warn!(error = %error, "xDS stream ended; reconnecting");
+            status.send_modify(|s| {
+                s.connected = false;
+                s.last_error = Some(error_chain(&error));
+            });
+            if progressed {
+                delay = self.backoff.initial;
+            }
+            tokio::time::sleep(self.backoff.jittered(delay)).await;
+            delay = self.backoff.next(delay);
+        }
+    }
+
+    /// Runs one stream to its end. `progressed` is set once the server has
+    /// answered, which resets the backoff.
+    async fn stream_once(
+        &mut self,
+        channel: Channel,
+        status: &watch::Sender<ClientStatus>,
+        progressed: &mut bool,
+    ) -> StreamError {
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        // One request per type is the most ever queued: the first
+        // subscriptions, then at most one answer per push received.
+        let (requests, outbound) = mpsc::channel(self.subscriptions.len() + 1);
+        let mut first = true;
+        for sub in &self.subscriptions {
+            if matches!(&sub.names, Names::Explicit(names) if names.is_empty()) {
+                // On the wire an empty first subscription means wildcard.
+                continue;
+            }
+            let initial_resource_versions: std::collections::HashMap<_, _> = status
+                .borrow()
+                .types
+                .get(&sub.type_url)
+                .map(|t| t.versions.clone().into_iter().collect())
+                .unwrap_or_default();
+            let resumed_with = initial_resource_versions.len();
+            status.send_modify(|s| {
+                s.types.entry(sub.type_url.clone()).or_default().resumed_with = resumed_with;
+            });
+            let request = DeltaDiscoveryRequest {
+                node: std::mem::take(&mut first).then(|| self.node.clone()),
+                type_url: sub.type_url.clone(),
+                // An empty first subscription is the wildcard every server understands.
+                resource_names_subscribe: match &sub.names {
+                    Names::Wildcard => Vec::new(),
+                    Names::Explicit(names) => names.iter().cloned().collect(),
+                },
+                initial_resource_versions,
+                ..Default::default()
+            };
+            // Cannot fail: the receiver is alive and the channel has room.
+            let _ = requests.try_send(request);
+        }
+        let open = client.delta_aggregated_resources(ReceiverStream::new(outbound));
+        let mut responses = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(e)) => return StreamError::Rpc(e),
+            Err(_) => return StreamError::OpenTimeout(OPEN_TIMEOUT),
+        };
+        status.send_modify(|s| {
+            s.connected = true;
+            s.streams += 1;
+        });
+        loop {
+            let response = match responses.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => return StreamError::Closed,
+                Err(e) => return StreamError::Rpc(e),
+            };
+            *progressed = true;
+            let answer = self.handle(response, status);
+            if requests.send(answer).await.is_err() {
+                return StreamError::Closed;
+            }
+        }
+    }
+
+    /// Applies one push and builds its ACK or NACK.
+    fn handle(
+        &mut self,
+        response: DeltaDiscoveryResponse,
+        status: &watch::Sender<ClientStatus>,
+    ) -> DeltaDiscoveryRequest {
+        let DeltaDiscoveryResponse {
+            resources, type_url, nonce, mut removed_resources, removed_resource_names, ..
+        } = response;
+        removed_resources.extend(removed_resource_names.into_iter().map(|r| r.name));
+        let applied: Vec<(String, String)> = resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
+        let received = (resources.len() as u64, removed_resources.len() as u64);
+        let result = match self.subscriptions.iter_mut().find(|s| s.type_url == type_url) {
+            Some(sub) => sub.handler.apply_raw(&type_url, resources, removed_resources.clone()),
+            None => Err(format!("not subscribed to {type_url:?}")),
+        };
+        status.send_modify(|s| {
+            let t = s.types.entry(type_url.clone()).or_default();
+            t.pushes += 1;
+            t.resources_received += received.0;
+            t.removals_received += received.1;
+            t.synced = true;
+            match &result {
+                Ok(()) => {
+                    t.acks += 1;
+                    for name in &removed_resources {
+                        t.versions.remove(name);
+                    }
+                    t.versions.extend(applied);
+                }
+                Err(message) => {
+                    t.nacks += 1;
+                    t.last_nack = Some(message.clone());
+                }
+            }
+        });
+        let error_detail = result.err().map(|message| {
+            tracing::warn!(%type_url, %nonce, error = %message, "rejecting xDS push");
+            RpcStatus { code: INVALID_ARGUMENT, message, details: Vec::new() }
+        });
+        DeltaDiscoveryRequest { type_url, response_nonce: nonce, error_detail, ..Default::default() }
+    }
+}
+
+/// Renders an error with its sources, for a status line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
+/// A running client. Dropping it stops the client.
+#[derive(Debug)]
+pub struct ClientHandle {
+    status: watch::Receiver<ClientStatus>,
+    task: JoinHandle<()>,
+}
+
+impl ClientHandle {
+    /// The client's status now.
+    pub fn status(&self) -> ClientStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of every status change.
+    pub fn watch(&self) -> watch::Receiver<ClientStatus> {
+        self.status.clone()
+    }
+
+    /// Stops the client, as dropping the handle does; the cache it filled
+    /// keeps its last state.
+    pub fn stop(self) {}
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_max_with_bounded_jitter() {
+        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_millis(700) };
+        let mut delay = backoff.initial;
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.push(delay.as_millis());
+            delay = backoff.next(delay);
+        }
+        assert_eq!(seen, [100, 200, 400, 700, 700]);
+        for _ in 0..100 {
+            let j = backoff.jittered(Duration::from_millis(400));
+            assert!(j >= Duration::from_millis(200) && j <= Duration::from_millis(400));
+        }
+    }
+}

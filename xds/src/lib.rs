@@ -1,0 +1,26 @@
+//! Delta xDS over ADS (`envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources`)
+//! for any protobuf message type.
+//!
+//! - [`store::ResourceStore`]: versioned resources per type URL, filled by
+//!   the control plane; every change wakes the server's streams.
+//! - [`server::XdsServer`]: one task per stream tracks the client's
+//!   subscriptions (wildcard or by name), the versions it acknowledged or
+//!   declared on resume, and the one outstanding push per type; it sends only
+//!   what changed, plus removals, and never resends a rejected push unchanged.
+//! - [`client::Client`]: subscribes by type URL, decodes each push into a
+//!   [`client::ResourceHandler`], ACKs or NACKs it (the handler keeps its last
+//!   good state on a NACK), and reconnects with backoff, resuming with
+//!   `initial_resource_versions`.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod server;
+pub mod store;
+
+pub use client::{
+    Backoff, Cache, CacheHandler, Client, ClientHandle, ClientStatus, ClientTypeStatus, Names, ResourceHandler,
+    StreamError, Update, cache_handler,
+};
+pub use server::{ConnectionStatus, NackStatus, ServeError, ServerStats, TypeStatus, XdsServer};
+pub use store::{ResourceStore, StoredResource};

@@ -1,0 +1,191 @@
+//! The delta ADS server: serves a [`ResourceStore`] to every connected
+//! client, each on its own stream with its own subscriptions and ACK state.
+
+mod status;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::server::Connected;
+use tonic::{Request, Response, Status, Streaming};
+
+use status::Counters;
+pub use status::{ConnectionStatus, NackStatus, ServerStats, TypeStatus};
+use stream::StreamState;
+
+use crate::store::ResourceStore;
+
+/// Responses queued per stream. One push per type is outstanding at a time,
+/// so this only needs to cover the number of subscribed types.
+const RESPONSE_QUEUE: usize = 16;
+
+/// HTTP/2 ping interval on served connections.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors from [`XdsServer::serve`].
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The HTTP/2 transport failed.
+    #[error("xDS server transport failed")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+/// Server-wide state shared by every stream.
+#[derive(Debug)]
+struct Shared {
+    store: ResourceStore,
+    counters: Arc<Counters>,
+    streams: Mutex<HashMap<u64, Arc<Mutex<StreamState>>>>,
+    next_id: AtomicU64,
+    /// Bumped to close every open stream.
+    disconnect: watch::Sender<u64>,
+}
+
+/// A delta ADS server over one [`ResourceStore`]. Cheap to clone; clones
+/// share streams and counters.
+#[derive(Debug, Clone)]
+pub struct XdsServer {
+    shared: Arc<Shared>,
+}
+
+/// Removes a stream from the registry when its task ends, however it ends.
+struct Registration {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared.streams.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
+impl XdsServer {
+    /// A server streaming from `store`.
+    pub fn new(store: ResourceStore) -> Self {
+        let (disconnect, _) = watch::channel(0);
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                counters: Arc::default(),
+                streams: Mutex::default(),
+                next_id: AtomicU64::new(1),
+                disconnect,
+            }),
+        }
+    }
+
+    /// The store this server streams from.
+    pub fn store(&self) -> &ResourceStore {
+        &self.shared.store
+    }
+
+    /// The tonic service, to mount beside others on one server.
+    pub fn service(&self) -> AggregatedDiscoveryServiceServer<XdsServer> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+    }
+
+    /// Serves plaintext HTTP/2 on `listener` until `shutdown` completes, then
+    /// closes every stream and waits for connections to finish.
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        self.serve_incoming(TcpListenerStream::new(listener), shutdown).await
+    }
+
+    /// Like [`XdsServer::serve`], over connections the caller accepts (for
+    /// example TLS streams).
+    pub async fn serve_incoming<I, IO, IE>(
+        &self,
+        incoming: I,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError>
+    where
+        I: tokio_stream::Stream<Item = Result<IO, IE>>,
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let this = self.clone();
+        let signal = async move {
+            shutdown.await;
+            // Streams never end on their own; without this the graceful
+            // shutdown below would wait forever.
+            this.disconnect_all();
+        };
+        tonic::transport::Server::builder()
+            // Pings find clients that vanished without closing the connection.
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .serve_with_incoming_shutdown(self.service(), incoming, signal)
+            .await
+            .map_err(ServeError::Transport)
+    }
+
+    /// Ends every open stream with `UNAVAILABLE`; clients reconnect and resume.
+    pub fn disconnect_all(&self) {
+        self.shared.disconnect.send_modify(|n| *n += 1);
+    }
+
+    /// Status of every open stream, ordered by stream id.
+    pub fn connections(&self) -> Vec<ConnectionStatus> {
+        let streams: Vec<_> = self.shared.streams.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut out: Vec<_> = streams.iter().map(|s| stream::lock(s).status()).collect();
+        out.sort_by_key(|c| c.id);
+        out
+    }
+
+    /// Totals since the server was created.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.counters.snapshot()
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented("state-of-the-world ADS is not served; use DeltaAggregatedResources"))
+    }
+
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let shared = &self.shared;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(Mutex::new(StreamState::new(id, request.remote_addr())));
+        shared.streams.lock().unwrap_or_else(|p| p.into_inner()).insert(id, state.clone());
+        Counters::add(&shared.counters.streams, 1);
+        let registration = Registration { shared: shared.clone(), id };
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let store = shared.store.clone();
+        let counters = shared.counters.clone();
+        let disconnect = shared.disconnect.subscribe();
+        tokio::spawn(async move {
+            let _registration = registration;
+            stream::run(state, store, counters, request.into_inner(), tx, disconnect).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

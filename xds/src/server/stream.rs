@@ -1,0 +1,387 @@
+//! One ADS stream: what the client subscribed to, what it has acknowledged,
+//! the push awaiting its answer, and the task that drives it.
+//!
+//! Per type URL at most one push is outstanding; changes that arrive while
+//! it is unanswered are folded into the next push, which is computed from
+//! the store as it is once the answer arrives.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use proto::envoy::config::core::v3::Node;
+use proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
+
+use super::status::{ConnectionStatus, Counters, NackStatus, TypeStatus};
+use crate::store::{ResourceStore, StoreState, TypeEntries};
+
+/// The subscription name that means "every resource of the type".
+pub(crate) const WILDCARD: &str = "*";
+
+/// Type URLs one stream may subscribe to: a client cannot make the server
+/// keep state for arbitrarily many.
+const MAX_TYPES: usize = 64;
+
+/// A push sent and not yet answered.
+#[derive(Debug)]
+struct Pending {
+    nonce: String,
+    /// Name and version of each resource carried.
+    sent: Vec<(String, Arc<str>)>,
+    /// Names whose removal was carried.
+    removed: Vec<String>,
+}
+
+/// One type URL on one stream.
+#[derive(Debug, Default)]
+struct TypeState {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the client holds: acknowledged, or declared on resume.
+    acked: HashMap<String, Arc<str>>,
+    /// Versions (None: removal) of the last rejected push; not pushed again
+    /// unless something else in the type changes.
+    nacked: HashMap<String, Option<Arc<str>>>,
+    pending: Option<Pending>,
+    /// The first push for a type is sent even when empty, so the client
+    /// knows it is in sync.
+    first_sent: bool,
+    /// Type revision at which nothing was left to push; `None` after any
+    /// request that may change the answer.
+    clean_at: Option<u64>,
+    last_acked_nonce: Option<String>,
+    last_nack: Option<NackStatus>,
+    pushes: u64,
+    resources_sent: u64,
+    removals_sent: u64,
+    nacks: u64,
+}
+
+impl TypeState {
+    fn subscribed(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    fn status(&self) -> TypeStatus {
+        let mut acked: Vec<_> = self.acked.iter().map(|(n, v)| (n.clone(), v.to_string())).collect();
+        acked.sort();
+        TypeStatus {
+            wildcard: self.wildcard,
+            names: self.names.iter().cloned().collect(),
+            acked: acked.into_iter().collect(),
+            pending_nonce: self.pending.as_ref().map(|p| p.nonce.clone()),
+            last_acked_nonce: self.last_acked_nonce.clone(),
+            last_nack: self.last_nack.clone(),
+            pushes: self.pushes,
+            resources_sent: self.resources_sent,
+            removals_sent: self.removals_sent,
+            nacks: self.nacks,
+        }
+    }
+
+    /// The resources and removals the client lacks, or `None` when there
+    /// is nothing worth sending.
+    fn diff(&self, entries: Option<&TypeEntries>) -> Option<(Vec<Resource>, Vec<String>)> {
+        let mut resources = Vec::new();
+        let mut removals = Vec::new();
+        // Whether anything differs from the last rejected push: if not,
+        // resending it would only be rejected again.
+        let mut news = false;
+        let mut consider = |name: &String, stored: &crate::store::StoredResource| {
+            if self.acked.get(name) == Some(&stored.version) {
+                return;
+            }
+            news |= self.nacked.get(name) != Some(&Some(stored.version.clone()));
+            resources.push(Resource {
+                name: name.clone(),
+                version: stored.version.to_string(),
+                resource: Some(stored.body.clone()),
+                ..Default::default()
+            });
+        };
+        match entries {
+            Some(entries) if self.wildcard => {
+                for (name, stored) in &entries.resources {
+                    consider(name, stored);
+                }
+            }
+            Some(entries) => {
+                for name in &self.names {
+                    if let Some(stored) = entries.resources.get(name) {
+                        consider(name, stored);
+                    }
+                }
+            }
+            None => {}
+        }
+        for name in self.acked.keys() {
+            if entries.is_some_and(|e| e.resources.contains_key(name)) {
+                continue;
+            }
+            news |= self.nacked.get(name) != Some(&None);
+            removals.push(name.clone());
+        }
+        let first = !self.first_sent;
+        (first || news).then_some((resources, removals))
+    }
+}
+
+/// Everything known about one stream; shared with the server's registry so
+/// debug reads see it live.
+#[derive(Debug)]
+pub(crate) struct StreamState {
+    id: u64,
+    peer: Option<SocketAddr>,
+    node: Option<Node>,
+    seen_request: bool,
+    types: HashMap<String, TypeState>,
+    next_nonce: u64,
+}
+
+impl StreamState {
+    pub(crate) fn new(id: u64, peer: Option<SocketAddr>) -> Self {
+        Self { id, peer, node: None, seen_request: false, types: HashMap::new(), next_nonce: 0 }
+    }
+
+    pub(crate) fn status(&self) -> ConnectionStatus {
+        ConnectionStatus {
+            id: self.id,
+            peer: self.peer,
+            node_id: self.node.as_ref().map(|n| n.id.clone()).unwrap_or_default(),
+            node_cluster: self.node.as_ref().map(|n| n.cluster.clone()).unwrap_or_default(),
+            node: self.node.clone(),
+            types: self.types.iter().map(|(t, s)| (t.clone(), s.status())).collect(),
+        }
+    }
+
+    /// Applies one client request: subscription changes, resume versions,
+    /// and the ACK or NACK of the outstanding push.
+    pub(crate) fn handle_request(
+        &mut self,
+        mut request: DeltaDiscoveryRequest,
+        counters: &Counters,
+    ) -> Result<(), Status> {
+        if !self.seen_request {
+            self.seen_request = true;
+            self.node = request.node.take();
+        }
+        if request.type_url.is_empty() {
+            return Err(Status::invalid_argument("DeltaDiscoveryRequest.type_url is empty"));
+        }
+        let stream_id = self.id;
+        let first = !self.types.contains_key(&request.type_url);
+        if first && self.types.len() >= MAX_TYPES {
+            return Err(Status::resource_exhausted(format!(
+                "DeltaDiscoveryRequest.type_url {:?}: more than {MAX_TYPES} types on one stream",
+                request.type_url
+            )));
+        }
+        let state = self.types.entry(request.type_url.clone()).or_default();
+        state.clean_at = None;
+        if first {
+            // An empty first subscription is the legacy spelling of wildcard.
+            state.wildcard = request.resource_names_subscribe.is_empty();
+            for name in request.resource_names_subscribe {
+                if name == WILDCARD {
+                    state.wildcard = true;
+                } else {
+                    state.names.insert(name);
+                }
+            }
+            for (name, version) in request.initial_resource_versions {
+                if state.subscribed(&name) {
+                    state.acked.insert(name, version.into());
+                }
+            }
+        } else {
+            for name in request.resource_names_subscribe {
+                if name == WILDCARD {
+                    state.wildcard = true;
+                } else {
+                    state.names.insert(name);
+                }
+            }
+            for name in request.resource_names_unsubscribe {
+                if name == WILDCARD {
+                    state.wildcard = false;
+                } else {
+                    state.names.remove(&name);
+                }
+            }
+            // The client drops what it unsubscribed from by itself; no
+            // removal is owed for it.
+            let TypeState { acked, nacked, wildcard, names, .. } = state;
+            let keep = |n: &String| *wildcard || names.contains(n);
+            acked.retain(|n, _| keep(n));
+            nacked.retain(|n, _| keep(n));
+        }
+        if request.response_nonce.is_empty() {
+            return Ok(());
+        }
+        let Some(pending) = state.pending.take_if(|p| p.nonce == request.response_nonce) else {
+            tracing::debug!(
+                stream = stream_id,
+                type_url = %request.type_url,
+                nonce = %request.response_nonce,
+                "answer to a push that is not outstanding; ignored"
+            );
+            return Ok(());
+        };
+        match request.error_detail {
+            Some(error) => {
+                tracing::warn!(
+                    stream = stream_id,
+                    node = %self.node.as_ref().map_or("", |n| n.id.as_str()),
+                    type_url = %request.type_url,
+                    nonce = %pending.nonce,
+                    error = %error.message,
+                    "client rejected push"
+                );
+                Counters::add(&counters.nacks, 1);
+                state.nacks += 1;
+                state.nacked = pending
+                    .sent
+                    .iter()
+                    .map(|(n, v)| (n.clone(), Some(v.clone())))
+                    .chain(pending.removed.iter().map(|n| (n.clone(), None)))
+                    .collect();
+                state.last_nack = Some(NackStatus {
+                    nonce: pending.nonce,
+                    message: error.message,
+                    rejected: pending
+                        .sent
+                        .into_iter()
+                        .map(|(n, v)| (n, v.to_string()))
+                        .chain(pending.removed.into_iter().map(|n| (n, String::new())))
+                        .collect(),
+                });
+            }
+            None => {
+                Counters::add(&counters.acks, 1);
+                for (name, version) in pending.sent {
+                    if state.subscribed(&name) {
+                        state.acked.insert(name, version);
+                    }
+                }
+                for name in pending.removed {
+                    state.acked.remove(&name);
+                }
+                state.nacked.clear();
+                state.last_nack = None;
+                state.last_acked_nonce = Some(pending.nonce);
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the pushes due now: one per type with no push outstanding and
+    /// something the client lacks.
+    pub(crate) fn collect_pushes(
+        &mut self,
+        store: &StoreState,
+        system_version: u64,
+        counters: &Counters,
+    ) -> Vec<DeltaDiscoveryResponse> {
+        let mut out = Vec::new();
+        for (type_url, state) in &mut self.types {
+            if state.pending.is_some() {
+                continue;
+            }
+            let entries = store.types.get(type_url);
+            let revision = entries.map_or(0, |e| e.revision);
+            if state.clean_at == Some(revision) {
+                continue;
+            }
+            let Some((resources, removals)) = state.diff(entries) else {
+                state.clean_at = Some(revision);
+                continue;
+            };
+            self.next_nonce += 1;
+            let nonce = format!("{}-{}", self.id, self.next_nonce);
+            state.first_sent = true;
+            state.pushes += 1;
+            state.resources_sent += resources.len() as u64;
+            state.removals_sent += removals.len() as u64;
+            Counters::add(&counters.pushes, 1);
+            Counters::add(&counters.resources_sent, resources.len() as u64);
+            Counters::add(&counters.removals_sent, removals.len() as u64);
+            state.pending = Some(Pending {
+                nonce: nonce.clone(),
+                sent: resources.iter().map(|r| (r.name.clone(), r.version.as_str().into())).collect(),
+                removed: removals.clone(),
+            });
+            out.push(DeltaDiscoveryResponse {
+                system_version_info: system_version.to_string(),
+                resources,
+                type_url: type_url.clone(),
+                nonce,
+                removed_resources: removals,
+                ..Default::default()
+            });
+        }
+        out
+    }
+}
+
+/// Drives one stream until the client leaves, the transport fails, or the
+/// server asks every stream to close.
+pub(crate) async fn run(
+    state: Arc<Mutex<StreamState>>,
+    store: ResourceStore,
+    counters: Arc<Counters>,
+    mut requests: Streaming<DeltaDiscoveryRequest>,
+    responses: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    mut disconnect: watch::Receiver<u64>,
+) {
+    let mut revisions = store.subscribe();
+    loop {
+        let pushes = {
+            let mut state = lock(&state);
+            let snapshot = store.read();
+            let revision = *revisions.borrow_and_update();
+            state.collect_pushes(&snapshot, revision, &counters)
+        };
+        for push in pushes {
+            if responses.send(Ok(push)).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            request = requests.message() => match request {
+                Ok(Some(request)) => {
+                    let result = lock(&state).handle_request(request, &counters);
+                    if let Err(status) = result {
+                        // Best effort: the client may already be gone.
+                        let _ = responses.send(Err(status)).await;
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(status) => {
+                    tracing::debug!(error = %status, "ADS stream ended");
+                    return;
+                }
+            },
+            changed = revisions.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = disconnect.changed() => {
+                let _ = responses
+                    .send(Err(Status::unavailable("xDS server closed the stream")))
+                    .await;
+                return;
+            }
+            () = responses.closed() => return,
+        }
+    }
+}
+
+/// Locks a stream's state; a panic elsewhere cannot leave it half-updated in
+/// a way worse than dropping the stream would.
+pub(crate) fn lock(state: &Mutex<StreamState>) -> std::sync::MutexGuard<'_, StreamState> {
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

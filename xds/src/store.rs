@@ -1,0 +1,238 @@
+//! The resource source a server streams from: a versioned in-memory store per
+//! type URL that wakes every stream when anything changes.
+//!
+//! A resource's version is a digest of its encoded body, so a store rebuilt
+//! with the same content (for example after a control-plane restart) yields
+//! the same versions and a resuming client is sent only what really changed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use prost_types::Any;
+use tokio::sync::watch;
+
+/// One stored resource: its content-derived version and its body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResource {
+    /// Version string sent to clients (hex digest of type URL and body).
+    pub version: Arc<str>,
+    /// The resource body.
+    pub body: Any,
+}
+
+/// The resources of one type URL.
+#[derive(Debug, Default)]
+pub(crate) struct TypeEntries {
+    /// Store revision of the last change to this type.
+    pub(crate) revision: u64,
+    /// Resources by name.
+    pub(crate) resources: BTreeMap<String, StoredResource>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct StoreState {
+    pub(crate) types: HashMap<String, TypeEntries>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: RwLock<StoreState>,
+    /// Carries the store revision; bumped by every effective change.
+    revision: watch::Sender<u64>,
+}
+
+/// A versioned in-memory resource store, shared by cloning.
+///
+/// Writers call [`ResourceStore::set`] and [`ResourceStore::remove`]; every
+/// server stream watches [`ResourceStore::subscribe`] and pushes the
+/// differences to its client. Setting a resource to the content it already
+/// has changes nothing and wakes no one.
+#[derive(Debug, Clone)]
+pub struct ResourceStore {
+    inner: Arc<Inner>,
+}
+
+impl Default for ResourceStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ResourceStore {
+    /// An empty store at revision 0.
+    pub fn new() -> Self {
+        let (revision, _) = watch::channel(0);
+        Self { inner: Arc::new(Inner { state: RwLock::new(StoreState::default()), revision }) }
+    }
+
+    /// Inserts or replaces `name` under `type_url`. Returns the resource's
+    /// version, and whether anything changed.
+    pub fn set(&self, type_url: &str, name: &str, body: Any) -> (Arc<str>, bool) {
+        let version = content_version(&body);
+        let changed = self.apply(|state, revision| {
+            let entries = state.types.entry(type_url.to_owned()).or_default();
+            if entries.resources.get(name).is_some_and(|r| r.version == version) {
+                return false;
+            }
+            let resource = StoredResource { version: version.clone(), body };
+            entries.resources.insert(name.to_owned(), resource);
+            entries.revision = revision;
+            true
+        });
+        (version, changed)
+    }
+
+    /// Removes `name` under `type_url`. Returns whether it existed.
+    pub fn remove(&self, type_url: &str, name: &str) -> bool {
+        self.apply(|state, revision| {
+            let Some(entries) = state.types.get_mut(type_url) else {
+                return false;
+            };
+            if entries.resources.remove(name).is_none() {
+                return false;
+            }
+            entries.revision = revision;
+            true
+        })
+    }
+
+    /// Applies several changes to one type URL as one revision, so streams
+    /// see them together: `updates` are set, `removals` removed.
+    pub fn update(
+        &self,
+        type_url: &str,
+        updates: impl IntoIterator<Item = (String, Any)>,
+        removals: impl IntoIterator<Item = String>,
+    ) -> bool {
+        let updates: Vec<_> = updates.into_iter().map(|(name, body)| (name, content_version(&body), body)).collect();
+        self.apply(|state, revision| {
+            let entries = state.types.entry(type_url.to_owned()).or_default();
+            let mut changed = false;
+            for (name, version, body) in updates {
+                if entries.resources.get(&name).is_some_and(|r| r.version == version) {
+                    continue;
+                }
+                entries.resources.insert(name, StoredResource { version, body });
+                changed = true;
+            }
+            for name in removals {
+                changed |= entries.resources.remove(&name).is_some();
+            }
+            if changed {
+                entries.revision = revision;
+            }
+            changed
+        })
+    }
+
+    /// The resource `name` under `type_url`, if present.
+    pub fn get(&self, type_url: &str, name: &str) -> Option<StoredResource> {
+        self.read().types.get(type_url).and_then(|t| t.resources.get(name)).cloned()
+    }
+
+    /// Names and versions of every resource under `type_url`.
+    pub fn versions(&self, type_url: &str) -> BTreeMap<String, Arc<str>> {
+        self.read()
+            .types
+            .get(type_url)
+            .map(|t| t.resources.iter().map(|(n, r)| (n.clone(), r.version.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The current store revision (0 for a store never changed).
+    pub fn revision(&self) -> u64 {
+        *self.inner.revision.borrow()
+    }
+
+    /// A receiver woken after every effective change; its value is the revision.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.revision.subscribe()
+    }
+
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, StoreState> {
+        // A writer that panicked mid-change left at worst one type partly
+        // updated; serving that beats taking every stream down.
+        self.inner.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `change` under the write lock with the next revision; publishes
+    /// that revision if `change` reports a change.
+    fn apply(&self, change: impl FnOnce(&mut StoreState, u64) -> bool) -> bool {
+        let mut state = self.inner.state.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Revisions are only bumped under the state lock, so they are ordered
+        // with the changes they announce.
+        let next = *self.inner.revision.borrow() + 1;
+        let changed = change(&mut state, next);
+        if changed {
+            self.inner.revision.send_replace(next);
+        }
+        changed
+    }
+}
+
+/// Hex of the first 128 bits of SHA-256 over the type URL and body.
+///
+/// A cryptographic digest so that no crafted resource can keep the version
+/// of an older one and have its change silently skipped.
+pub fn content_version(body: &Any) -> Arc<str> {
+    let suite = rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    let hash = suite.tls13().map(|s| s.common.hash_provider);
+    let mut input = Vec::with_capacity(body.type_url.len() + 1 + body.value.len());
+    input.extend_from_slice(body.type_url.as_bytes());
+    // The separator keeps ("ab", "c") and ("a", "bc") apart: type URLs never contain NUL.
+    input.push(0);
+    input.extend_from_slice(&body.value);
+    let digest = match hash {
+        Some(h) => h.hash(&input),
+        // The constant above is a TLS 1.3 suite; this arm cannot be reached.
+        None => unreachable!("TLS13_AES_128_GCM_SHA256 is a TLS 1.3 suite"),
+    };
+    let mut out = String::with_capacity(32);
+    for byte in &digest.as_ref()[..16] {
+        out.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
+        out.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
+    }
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(value: &[u8]) -> Any {
+        Any { type_url: "type.googleapis.com/t".into(), value: value.to_vec() }
+    }
+
+    #[test]
+    fn same_content_same_version_and_no_wakeup() {
+        let store = ResourceStore::new();
+        let rx = store.subscribe();
+        let (v1, changed) = store.set("t", "a", any(b"1"));
+        assert!(changed);
+        assert_eq!(store.revision(), 1);
+        let (v2, changed) = store.set("t", "a", any(b"1"));
+        assert!(!changed);
+        assert_eq!(v1, v2);
+        assert_eq!(store.revision(), 1);
+        assert!(rx.has_changed().unwrap());
+        let (v3, _) = store.set("t", "a", any(b"2"));
+        assert_ne!(v1, v3);
+        assert_eq!(v1.len(), 32);
+        // A second store with the same content agrees on versions.
+        let other = ResourceStore::new();
+        assert_eq!(other.set("t", "a", any(b"2")).0, v3);
+    }
+
+    #[test]
+    fn remove_and_batch_update() {
+        let store = ResourceStore::new();
+        assert!(!store.remove("t", "a"));
+        store.set("t", "a", any(b"1"));
+        assert!(store.update("t", [("b".to_owned(), any(b"2"))], ["a".to_owned()]));
+        assert_eq!(store.revision(), 2);
+        assert!(store.get("t", "a").is_none());
+        assert_eq!(store.versions("t").len(), 1);
+        assert!(!store.update("t", [("b".to_owned(), any(b"2"))], ["zz".to_owned()]));
+        assert_eq!(store.revision(), 2);
+    }
+}

@@ -1,0 +1,368 @@
+//! Delta ADS between our client and server over loopback, and raw streams
+//! against the server, asserting on what crosses the wire.
+
+mod support;
+
+use proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use proto::google::rpc::Status as RpcStatus;
+use support::*;
+use xds::{Names, ResourceStore};
+
+fn store_with(entries: &[(&str, [u8; 4])]) -> ResourceStore {
+    let store = ResourceStore::new();
+    for (uid, ip) in entries {
+        store.set(ADDRESS, uid, workload(uid, *ip));
+    }
+    store
+}
+
+fn version(store: &ResourceStore, name: &str) -> String {
+    store.get(ADDRESS, name).unwrap().version.to_string()
+}
+
+#[tokio::test]
+async fn ack_flow_fills_cache_and_server_records_versions() {
+    let store = store_with(&[("default/a", [10, 0, 0, 1]), ("default/b", [10, 0, 0, 2])]);
+    let server = RunningServer::any_port(store.clone()).await;
+    let (client, cache) = address_client(server.endpoint(), Names::Wildcard);
+
+    client_until(&client, "first push acked", |s| s.types[ADDRESS].acks == 1).await;
+    assert_eq!(cache.len(), 2);
+    assert_eq!(cache.get("default/b").unwrap().ip, vec![10, 0, 0, 2]);
+
+    until("server sees the ACK", || server.server.stats().acks == 1).await;
+    let connections = server.server.connections();
+    assert_eq!(connections.len(), 1);
+    let conn = &connections[0];
+    assert_eq!(conn.node_id, "node-a~10.0.0.1");
+    assert_eq!(conn.node_cluster, "Kubernetes");
+    let metadata = &conn.node.as_ref().unwrap().metadata.as_ref().unwrap().fields;
+    assert_eq!(metadata["NODE_NAME"].kind, Some(prost_types::value::Kind::StringValue("node-a".to_owned())));
+    assert!(conn.peer.unwrap().ip().is_loopback());
+    let t = &conn.types[ADDRESS];
+    assert!(t.wildcard);
+    assert_eq!(t.pending_nonce, None);
+    assert!(t.last_acked_nonce.is_some());
+    assert_eq!(t.acked["default/a"], version(&store, "default/a"));
+    assert_eq!(t.acked["default/b"], version(&store, "default/b"));
+    // Debug output is JSON-serializable.
+    let json = serde_json::to_value(&connections).unwrap();
+    assert_eq!(json[0]["node_id"], "node-a~10.0.0.1");
+
+    // One change: exactly one resource crosses the wire.
+    store.set(ADDRESS, "default/a", workload("default/a", [10, 0, 0, 9]));
+    let status = client_until(&client, "update acked", |s| s.types[ADDRESS].acks == 2).await;
+    assert_eq!(status.types[ADDRESS].resources_received, 3);
+    assert_eq!(cache.get("default/a").unwrap().ip, vec![10, 0, 0, 9]);
+    assert_eq!(status.types[ADDRESS].versions["default/a"], version(&store, "default/a"));
+    until("server sees the second ACK", || server.server.stats().acks == 2).await;
+    assert_eq!(server.server.stats().resources_sent, 3);
+    assert_eq!(server.server.connections()[0].types[ADDRESS].acked["default/a"], version(&store, "default/a"));
+}
+
+#[tokio::test]
+async fn nack_keeps_last_good_state_and_is_not_resent_until_changed() {
+    let store = store_with(&[("default/a", [10, 0, 0, 1])]);
+    let server = RunningServer::any_port(store.clone()).await;
+    let (client, cache) = address_client(server.endpoint(), Names::Wildcard);
+    client_until(&client, "first push acked", |s| s.types[ADDRESS].acks == 1).await;
+    let good_version = version(&store, "default/a");
+
+    // A workload whose uid is not its resource name: the handler rejects it.
+    store.set(ADDRESS, "default/a", workload("default/other", [10, 0, 0, 2]));
+    let status = client_until(&client, "NACK", |s| s.types[ADDRESS].nacks == 1).await;
+    let message = status.types[ADDRESS].last_nack.clone().unwrap();
+    assert!(message.contains("default/a"), "{message}");
+    assert!(message.contains("not the resource name"), "{message}");
+    // Last good state kept, in the cache and in the versions resumed from.
+    assert_eq!(cache.get("default/a").unwrap().ip, vec![10, 0, 0, 1]);
+    assert_eq!(status.types[ADDRESS].versions["default/a"], good_version);
+
+    until("server records the NACK", || server.server.stats().nacks == 1).await;
+    let t = server.server.connections()[0].types[ADDRESS].clone();
+    let nack = t.last_nack.expect("NACK recorded");
+    assert!(nack.message.contains("not the resource name"));
+    assert_eq!(nack.rejected["default/a"], version(&store, "default/a"));
+    assert_eq!(t.acked["default/a"], good_version);
+    assert_eq!(t.pending_nonce, None);
+
+    // Setting the same bad content again is no change: nothing is resent.
+    let pushes = server.server.stats().pushes;
+    store.set(ADDRESS, "default/a", workload("default/other", [10, 0, 0, 2]));
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(server.server.stats().pushes, pushes);
+    assert_eq!(client.status().types[ADDRESS].pushes, 2);
+
+    // A fix is pushed and accepted.
+    store.set(ADDRESS, "default/a", workload("default/a", [10, 0, 0, 3]));
+    client_until(&client, "fix acked", |s| s.types[ADDRESS].acks == 2).await;
+    assert_eq!(cache.get("default/a").unwrap().ip, vec![10, 0, 0, 3]);
+    until("server clears the NACK", || server.server.connections()[0].types[ADDRESS].last_nack.is_none()).await;
+}
+
+#[tokio::test]
+async fn undecodable_body_is_nacked_with_the_resource_name() {
+    let store = store_with(&[("default/a", [10, 0, 0, 1])]);
+    let server = RunningServer::any_port(store.clone()).await;
+    let (client, cache) = address_client(server.endpoint(), Names::Wildcard);
+    client_until(&client, "first push acked", |s| s.types[ADDRESS].acks == 1).await;
+
+    let garbage = prost_types::Any { type_url: ADDRESS.to_owned(), value: vec![0xff, 0xff, 0xff] };
+    store.set(ADDRESS, "default/bad", garbage);
+    let status = client_until(&client, "NACK", |s| s.types[ADDRESS].nacks == 1).await;
+    let message = status.types[ADDRESS].last_nack.clone().unwrap();
+    assert!(message.contains("default/bad"), "{message}");
+
+    let wrong_type = prost_types::Any { type_url: proto::AUTHORIZATION_TYPE_URL.to_owned(), value: Vec::new() };
+    store.set(ADDRESS, "default/bad", wrong_type);
+    let status = client_until(&client, "second NACK", |s| s.types[ADDRESS].nacks == 2).await;
+    let message = status.types[ADDRESS].last_nack.clone().unwrap();
+    assert!(message.contains("istio.security.Authorization"), "{message}");
+    assert_eq!(cache.len(), 1);
+}
+
+#[tokio::test]
+async fn removal_reaches_client() {
+    let store = store_with(&[("default/a", [10, 0, 0, 1]), ("default/b", [10, 0, 0, 2])]);
+    let server = RunningServer::any_port(store.clone()).await;
+    let (client, cache) = address_client(server.endpoint(), Names::Wildcard);
+    client_until(&client, "first push acked", |s| s.types[ADDRESS].acks == 1).await;
+    assert_eq!(cache.len(), 2);
+
+    assert!(store.remove(ADDRESS, "default/a"));
+    let status = client_until(&client, "removal acked", |s| s.types[ADDRESS].acks == 2).await;
+    assert_eq!(status.types[ADDRESS].removals_received, 1);
+    assert!(cache.get("default/a").is_none());
+    assert_eq!(cache.len(), 1);
+    assert!(!status.types[ADDRESS].versions.contains_key("default/a"));
+    until("server sees the ACK", || server.server.stats().acks == 2).await;
+    assert_eq!(server.server.stats().removals_sent, 1);
+    assert!(!server.server.connections()[0].types[ADDRESS].acked.contains_key("default/a"));
+}
+
+#[tokio::test]
+async fn explicit_names_receive_only_those() {
+    let store = store_with(&[("default/a", [10, 0, 0, 1]), ("default/b", [10, 0, 0, 2]), ("default/c", [10, 0, 0, 3])]);
+    let server = RunningServer::any_port(store.clone()).await;
+    let (client, cache) = address_client(server.endpoint(), Names::explicit(["default/a", "default/c", "default/z"]));
+    client_until(&client, "first push acked", |s| s.types[ADDRESS].acks == 1).await;
+    let names: Vec<_> = cache.snapshot().into_keys().collect();
+    assert_eq!(names, ["default/a", "default/c"]);
+
+    // A change to an unsubscribed name sends nothing.
+    until("server sees the ACK", || server.server.stats().acks == 1).await;
+    store.set(ADDRESS, "default/b", workload("default/b", [10, 0, 1, 2]));
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(server.server.stats().pushes, 1);
+
+    // A subscribed name appearing later is sent.
+    store.set(ADDRESS, "default/z", workload("default/z", [10, 0, 0, 26]));
+    client_until(&client, "z acked", |s| s.types[ADDRESS].acks == 2).await;
+    assert_eq!(cache.len(), 3);
+    assert_eq!(client.status().types[ADDRESS].resources_received, 3);
+}
+
+#[tokio::test]
+async fn subscription_changes_on_a_raw_stream() {
+    let store = store_with(&[("default/a", [10, 0, 0, 1]), ("default/b", [10, 0, 0, 2])]);
+    let server = RunningServer::any_port(store.clone()).await;
+    let mut raw = RawStream::open(server.addr, subscribe(ADDRESS, &["default/a"])).await;
+    let first = raw.recv().await;
+    assert_eq!(names(&first), ["default/a"]);
+    raw.ack(&first).await;
+    raw.quiet().await;
+
+    // Subscribe to b: only b is sent.
+    raw.send(DeltaDiscoveryRequest {
+        type_url: ADDRESS.to_owned(),
+        resource_names_subscribe: vec!["default/b".to_owned()],
+        ..Default::default()
+    })
+    .await;
+    let second = raw.recv().await;
+    assert_eq!(names(&second), ["default/b"]);
+    raw.ack(&second).await;
+
+    // Unsubscribe from a: its later removal is not the client's business.
+    raw.send(DeltaDiscoveryRequest {
+        type_url: ADDRESS.to_owned(),
+        resource_names_unsubscribe: vec!["default/a".to_owned()],
+        ..Default::default()
+    })
+    .await;
+    until("server applies the unsubscribe", || server.server.connections()[0].types[ADDRESS].names == ["default/b"])
+        .await;
+    store.remove(ADDRESS, "default/a");
+    raw.quiet().await;
+
+    // Switching to wildcard with "*" brings every other resource.
+    store.set(ADDRESS, "default/c", workload("default/c", [10, 0, 0, 3]));
+    raw.send(DeltaDiscoveryRequest {
+        type_url: ADDRESS.to_owned(),
+        resource_names_subscribe: vec!["*".to_owned()],
+        ..Default::default()
+    })
+    .await;
+    let third = raw.recv().await;
+    assert_eq!(names(&third), ["default/c"]);
+    assert!(third.removed_resources.is_empty());
+}
+
+#[tokio::test]
+async fn one_push_in_flight_per_type_and_updates_coalesce() {
+    let store = store_with(&[("default/a", [10, 0, 0, 1])]);
+    let server = RunningServer::any_port(store.clone()).await;
+    let mut raw = RawStream::open(server.addr, subscribe(ADDRESS, &[])).await;
+    let first = raw.recv().await;
+    assert_eq!(names(&first), ["default/a"]);
+
+    // A slow client: many changes while the first push is unanswered.
+    for i in 2..=6 {
+        store.set(ADDRESS, "default/a", workload("default/a", [10, 0, 0, i]));
+    }
+    store.set(ADDRESS, "default/b", workload("default/b", [10, 0, 1, 1]));
+    store.set(ADDRESS, "default/gone", workload("default/gone", [10, 0, 1, 2]));
+    store.remove(ADDRESS, "default/gone");
+    raw.quiet().await;
+    let t = server.server.connections()[0].types[ADDRESS].clone();
+    assert_eq!(t.pending_nonce.as_deref(), Some(first.nonce.as_str()));
+    assert_eq!(server.server.stats().pushes, 1);
+
+    // The ACK releases one push with the latest state only.
+    raw.ack(&first).await;
+    let second = raw.recv().await;
+    assert_eq!(names(&second), ["default/a", "default/b"]);
+    let a = second.resources.iter().find(|r| r.name == "default/a").unwrap();
+    assert_eq!(a.version, version(&store, "default/a"));
+    assert_eq!(a.resource.as_ref().unwrap(), &workload("default/a", [10, 0, 0, 6]));
+    assert!(second.removed_resources.is_empty());
+    raw.ack(&second).await;
+    raw.quiet().await;
+    assert_eq!(server.server.stats().resources_sent, 3);
+
+    // A stale or unknown nonce releases nothing.
+    store.set(ADDRESS, "default/b", workload("default/b", [10, 0, 1, 9]));
+    let third = raw.recv().await;
+    store.set(ADDRESS, "default/b", workload("default/b", [10, 0, 1, 10]));
+    raw.ack(&second).await;
+    raw.quiet().await;
+    raw.ack(&third).await;
+    let fourth = raw.recv().await;
+    assert_eq!(names(&fourth), ["default/b"]);
+}
+
+#[tokio::test]
+async fn raw_nack_is_recorded_and_not_resent_until_something_changes() {
+    let store = store_with(&[("default/a", [10, 0, 0, 1])]);
+    let server = RunningServer::any_port(store.clone()).await;
+    let mut raw = RawStream::open(server.addr, subscribe(ADDRESS, &[])).await;
+    let first = raw.recv().await;
+    raw.send(DeltaDiscoveryRequest {
+        type_url: ADDRESS.to_owned(),
+        response_nonce: first.nonce.clone(),
+        error_detail: Some(RpcStatus { code: 3, message: "bad workload".to_owned(), details: Vec::new() }),
+        ..Default::default()
+    })
+    .await;
+    raw.quiet().await;
+    let t = server.server.connections()[0].types[ADDRESS].clone();
+    assert_eq!(t.nacks, 1);
+    assert_eq!(t.last_nack.as_ref().unwrap().message, "bad workload");
+    assert_eq!(t.last_nack.as_ref().unwrap().nonce, first.nonce);
+    assert!(t.acked.is_empty());
+    assert_eq!(server.server.stats().pushes, 1);
+
+    // A change resends everything the client lacks, the rejected one included.
+    store.set(ADDRESS, "default/b", workload("default/b", [10, 0, 0, 2]));
+    let second = raw.recv().await;
+    assert_eq!(names(&second), ["default/a", "default/b"]);
+}
+
+#[tokio::test]
+async fn reconnect_after_server_restart_resumes_with_initial_versions() {
+    let store = store_with(&[("default/a", [10, 0, 0, 1]), ("default/b", [10, 0, 0, 2]), ("default/c", [10, 0, 0, 3])]);
+    let first = RunningServer::any_port(store.clone()).await;
+    let addr = first.addr;
+    let (client, cache) = address_client(first.endpoint(), Names::Wildcard);
+    client_until(&client, "first push acked", |s| s.types[ADDRESS].acks == 1).await;
+    first.stop().await;
+    client_until(&client, "disconnect noticed", |s| !s.connected).await;
+
+    // The restarted control plane rebuilds its store: a unchanged, b changed,
+    // c gone, d new.
+    let rebuilt =
+        store_with(&[("default/a", [10, 0, 0, 1]), ("default/b", [10, 0, 0, 22]), ("default/d", [10, 0, 0, 4])]);
+    let second = RunningServer::start(rebuilt.clone(), addr).await;
+    let status = client_until(&client, "resumed push acked", |s| s.streams == 2 && s.types[ADDRESS].acks == 2).await;
+    assert_eq!(status.types[ADDRESS].resumed_with, 3);
+
+    // Only what changed crossed the wire.
+    let stats = second.server.stats();
+    assert_eq!(stats.streams, 1);
+    assert_eq!(stats.resources_sent, 2);
+    assert_eq!(stats.removals_sent, 1);
+    let t = &status.types[ADDRESS];
+    assert_eq!(t.resources_received, 3 + 2);
+    assert_eq!(t.removals_received, 1);
+    let names: Vec<_> = cache.snapshot().into_keys().collect();
+    assert_eq!(names, ["default/a", "default/b", "default/d"]);
+    assert_eq!(cache.get("default/b").unwrap().ip, vec![10, 0, 0, 22]);
+    let expected: std::collections::BTreeMap<_, _> =
+        rebuilt.versions(ADDRESS).into_iter().map(|(n, v)| (n, v.to_string())).collect();
+    assert_eq!(t.versions, expected);
+}
+
+#[tokio::test]
+async fn reconnect_after_stream_drop_sends_nothing_unchanged() {
+    let store = store_with(&[("default/a", [10, 0, 0, 1]), ("default/b", [10, 0, 0, 2])]);
+    let server = RunningServer::any_port(store.clone()).await;
+    let (client, cache) = address_client(server.endpoint(), Names::Wildcard);
+    client_until(&client, "first push acked", |s| s.types[ADDRESS].acks == 1).await;
+    until("server sees the ACK", || server.server.stats().acks == 1).await;
+
+    server.server.disconnect_all();
+    let status = client_until(&client, "resumed", |s| s.streams == 2 && s.types[ADDRESS].acks == 2).await;
+    assert!(status.last_error.unwrap().contains("closed the stream"));
+    assert_eq!(status.types[ADDRESS].resumed_with, 2);
+    // The resumed stream's first answer is empty: nothing changed.
+    assert_eq!(status.types[ADDRESS].resources_received, 2);
+    assert_eq!(server.server.stats().resources_sent, 2);
+    assert_eq!(server.server.stats().streams, 2);
+    until("one stream left", || server.server.connections().len() == 1).await;
+
+    store.set(ADDRESS, "default/b", workload("default/b", [10, 0, 0, 9]));
+    client_until(&client, "update acked", |s| s.types[ADDRESS].acks == 3).await;
+    assert_eq!(server.server.stats().resources_sent, 3);
+    assert_eq!(cache.get("default/b").unwrap().ip, vec![10, 0, 0, 9]);
+}
+
+#[tokio::test]
+async fn client_backs_off_while_server_is_down_then_connects() {
+    // Reserve a port, then free it: nothing listens there yet.
+    let addr = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let (client, cache) = address_client(endpoint(addr), Names::Wildcard);
+    let status = client_until(&client, "a failed attempt", |s| s.last_error.is_some()).await;
+    assert!(!status.connected);
+    assert!(status.last_error.unwrap().contains("connecting"));
+
+    let store = store_with(&[("default/a", [10, 0, 0, 1])]);
+    let _server = RunningServer::start(store, addr).await;
+    client_until(&client, "synced", |s| s.types[ADDRESS].acks == 1).await;
+    assert_eq!(cache.len(), 1);
+}
+
+#[tokio::test]
+async fn request_without_type_url_ends_only_that_stream() {
+    let store = store_with(&[("default/a", [10, 0, 0, 1])]);
+    let server = RunningServer::any_port(store.clone()).await;
+    let mut bad = RawStream::open(server.addr, subscribe("", &[])).await;
+    let err = tokio::time::timeout(WAIT, bad.responses.message()).await.unwrap().expect_err("stream refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("type_url"), "{}", err.message());
+
+    let (client, _cache) = address_client(server.endpoint(), Names::Wildcard);
+    client_until(&client, "synced", |s| s.types[ADDRESS].acks == 1).await;
+}
