@@ -41,6 +41,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The xDS source cannot be set up.
+    #[error("xDS: {0}")]
+    Xds(String),
     /// ztunnel's own network namespace cannot be opened.
     #[error("opening ztunnel's network namespace: {0}")]
     Netns(#[source] std::io::Error),
@@ -57,6 +60,7 @@ pub struct Running {
     pods: Arc<Pods>,
     drain: Drain,
     zds: tokio::task::JoinHandle<()>,
+    _xds: Option<state::xds::XdsSource>,
 }
 
 impl Running {
@@ -81,10 +85,29 @@ pub async fn start(
     let starting = ready.register("startup");
 
     let state_cfg = StateConfig { root_namespace: cfg.root_namespace.clone(), ..StateConfig::default() };
-    let state =
-        StateHandle::new(state::file::load_with(&cfg.state_file, state_cfg.clone()).map_err(StartError::State)?);
-    let (_status, watcher) = state::file::watch(cfg.state_file.clone(), state.clone(), state_cfg);
-    admin_rt.spawn(watcher);
+    let (state, xds) = match (&cfg.state_file, &cfg.xds_address) {
+        (Some(file), _) => {
+            let state = StateHandle::new(state::file::load_with(file, state_cfg.clone()).map_err(StartError::State)?);
+            let (_status, watcher) = state::file::watch(file.clone(), state.clone(), state_cfg);
+            admin_rt.spawn(watcher);
+            (state, None)
+        }
+        (None, Some(addr)) => {
+            let endpoint = tonic::transport::Endpoint::from_shared(addr.clone())
+                .map_err(|e| StartError::Xds(format!("--xds-address {addr:?}: {e}")))?;
+            let state = StateHandle::default();
+            let first = ready.register("first state from xDS");
+            let mut changes = state.subscribe();
+            admin_rt.spawn(async move {
+                let _ = changes.changed().await;
+                drop(first);
+            });
+            let _on_admin = admin_rt.enter();
+            let source = state::xds::start(endpoint, xds_node(&cfg), state.clone(), state_cfg);
+            (state, Some(source))
+        }
+        (None, None) => return Err(StartError::Xds("neither a state file nor an xDS address".into())),
+    };
 
     let (roots, certs) = crate::certs::read_dir(&cfg.cert_dir, &cfg.trust_domain).map_err(StartError::Certs)?;
     let store = CertStore::new(roots);
@@ -150,7 +173,7 @@ pub async fn start(
     let zds = tokio::spawn(crate::inpod::zds::run_client(cfg.zds_socket.clone(), pods.clone()));
     drop(starting);
     tracing::info!(%admin_addr, %metrics_addr, %readiness_addr, node = %cfg.node_name, "ztunnel started");
-    Ok(Running { admin_addr, metrics_addr, readiness_addr, pods, drain, zds })
+    Ok(Running { admin_addr, metrics_addr, readiness_addr, pods, drain, zds, _xds: xds })
 }
 
 fn admin_routes(cfg: &Config, state: StateHandle, certs: CertStore, pods: Arc<Pods>, log: Option<LogHandle>) -> Routes {
@@ -193,4 +216,19 @@ fn admin_routes(cfg: &Config, state: StateHandle, certs: CertStore, pods: Arc<Po
         "/" => Reply::text("/config_dump\n/logging?level=<filter>\n"),
         _ => Reply::error(http::StatusCode::NOT_FOUND, "see /\n"),
     })
+}
+
+/// How this ztunnel introduces itself to the control plane.
+fn xds_node(cfg: &Config) -> proto::envoy::config::core::v3::Node {
+    use prost_types::{Struct, Value, value::Kind};
+    let field = |v: &str| Value { kind: Some(Kind::StringValue(v.to_owned())) };
+    proto::envoy::config::core::v3::Node {
+        id: format!("ztunnel~{}", cfg.node_name),
+        metadata: Some(Struct {
+            fields: [("NODE_NAME".to_owned(), field(&cfg.node_name)), ("CLUSTER_ID".to_owned(), field("Kubernetes"))]
+                .into_iter()
+                .collect(),
+        }),
+        ..Default::default()
+    }
 }

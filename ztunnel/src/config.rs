@@ -15,8 +15,11 @@ pub struct Config {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
     /// Local state file (workloads, services, policies); the offline alternative to xDS.
-    #[arg(long, env = "ZTUNNEL_STATE_FILE")]
-    pub state_file: PathBuf,
+    #[arg(long, env = "ZTUNNEL_STATE_FILE", required_unless_present = "xds_address", conflicts_with = "xds_address")]
+    pub state_file: Option<PathBuf>,
+    /// Control plane's delta xDS endpoint, e.g. `http://istiod:15010`; state then comes from it.
+    #[arg(long, env = "XDS_ADDRESS")]
+    pub xds_address: Option<String>,
     /// Directory of workload certificates and the mesh roots (see `certs` module docs).
     #[arg(long, env = "ZTUNNEL_CERT_DIR")]
     pub cert_dir: PathBuf,
@@ -79,8 +82,15 @@ pub enum ConfigError {
 impl Config {
     /// Checks what can be checked before starting anything.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.state_file.exists() {
-            return Err(ConfigError::Missing { flag: "--state-file", path: self.state_file.clone() });
+        match (&self.state_file, &self.xds_address) {
+            (Some(f), _) if !f.exists() => return Err(ConfigError::Missing { flag: "--state-file", path: f.clone() }),
+            (None, None) => {
+                return Err(ConfigError::Invalid { flag: "--state-file", why: "or --xds-address is required".into() });
+            }
+            (_, Some(a)) if tonic::transport::Endpoint::from_shared(a.clone()).is_err() => {
+                return Err(ConfigError::Invalid { flag: "--xds-address", why: format!("{a:?} is not a URI") });
+            }
+            _ => {}
         }
         if !self.cert_dir.join("root-cert.pem").exists() {
             return Err(ConfigError::Missing { flag: "--cert-dir", path: self.cert_dir.join("root-cert.pem") });

@@ -19,6 +19,7 @@ mod handle;
 pub mod policy;
 pub mod service;
 pub mod workload;
+pub mod xds;
 
 #[cfg(test)]
 mod tests;

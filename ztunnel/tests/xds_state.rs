@@ -1,0 +1,122 @@
+//! ztunnel's state from a real delta xDS server on loopback: workloads, services and policies
+//! arrive converted, bad resources are refused without losing the good state, removals apply.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use prost::Message;
+use proto::istio::security as pbs;
+use proto::istio::workload as pbw;
+use xds::{ResourceStore, XdsServer};
+use ztunnel::state::{StateConfig, StateHandle};
+
+fn any<M: Message>(type_url: &str, m: &M) -> prost_types::Any {
+    prost_types::Any { type_url: type_url.to_owned(), value: m.encode_to_vec() }
+}
+
+fn workload(name: &str, ip: [u8; 4]) -> pbw::Address {
+    pbw::Address {
+        r#type: Some(pbw::address::Type::Workload(pbw::Workload {
+            uid: format!("Kubernetes//Pod/shop/{name}"),
+            name: name.into(),
+            namespace: "shop".into(),
+            service_account: "web".into(),
+            addresses: vec![ip.to_vec().into()],
+            node: "node1".into(),
+            tunnel_protocol: pbw::TunnelProtocol::Hbone as i32,
+            ..Default::default()
+        })),
+    }
+}
+
+fn deny_all(name: &str) -> pbs::Authorization {
+    pbs::Authorization {
+        name: name.into(),
+        namespace: "shop".into(),
+        scope: pbs::Scope::Namespace as i32,
+        action: pbs::Action::Deny as i32,
+        groups: vec![pbs::Group { rules: vec![pbs::Rules { matches: vec![pbs::Match::default()] }] }],
+        ..Default::default()
+    }
+}
+
+/// A workload whose address is 3 bytes long: neither IPv4 nor IPv6.
+fn three_byte_address() -> pbw::Address {
+    let mut a = workload("bad", [10, 0, 0, 3]);
+    if let Some(pbw::address::Type::Workload(w)) = &mut a.r#type {
+        w.addresses = vec![vec![10, 0, 0].into()];
+    }
+    a
+}
+
+async fn eventually(handle: &StateHandle, what: &str, ok: impl Fn(&ztunnel::state::State) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ok(&handle.snapshot()) {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_follows_the_control_plane() {
+    let store = ResourceStore::new();
+    store.set(
+        proto::ADDRESS_TYPE_URL,
+        "Kubernetes//Pod/shop/web-1",
+        any(proto::ADDRESS_TYPE_URL, &workload("web-1", [10, 0, 0, 1])),
+    );
+    store.set(
+        proto::AUTHORIZATION_TYPE_URL,
+        "shop/deny-all",
+        any(proto::AUTHORIZATION_TYPE_URL, &deny_all("deny-all")),
+    );
+    let server = XdsServer::new(store.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = server.clone();
+    tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+
+    let handle = StateHandle::default();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let _source = ztunnel::state::xds::start(endpoint, Default::default(), handle.clone(), StateConfig::default());
+
+    let ip1 = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    eventually(&handle, "the first workload and policy", |s| {
+        s.workload_by_ip(ip1).is_some() && s.policy_by_key("shop/deny-all").is_some()
+    })
+    .await;
+
+    // A second workload arrives; the first stays.
+    store.set(
+        proto::ADDRESS_TYPE_URL,
+        "Kubernetes//Pod/shop/web-2",
+        any(proto::ADDRESS_TYPE_URL, &workload("web-2", [10, 0, 0, 2])),
+    );
+    eventually(&handle, "the second workload", |s| s.workload_by_ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))).is_some())
+        .await;
+
+    // A malformed workload (a 3-byte address) is refused; the good state stays.
+    let version = handle.version();
+    store.set(proto::ADDRESS_TYPE_URL, "Kubernetes//Pod/shop/bad", any(proto::ADDRESS_TYPE_URL, &three_byte_address()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let nacked = server.connections().iter().any(|c| {
+            c.types
+                .get(proto::ADDRESS_TYPE_URL)
+                .and_then(|t| t.last_nack.as_ref())
+                .is_some_and(|n| n.message.contains("addresses"))
+        });
+        if nacked {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the bad workload is NACKed naming the field");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(handle.version(), version, "a refused update does not change the state");
+    assert!(handle.snapshot().workload_by_ip(ip1).is_some());
+
+    // Removal of the policy reaches the state.
+    store.remove(proto::ADDRESS_TYPE_URL, "Kubernetes//Pod/shop/bad");
+    store.remove(proto::AUTHORIZATION_TYPE_URL, "shop/deny-all");
+    eventually(&handle, "the policy removal", |s| s.policy_by_key("shop/deny-all").is_none()).await;
+}
