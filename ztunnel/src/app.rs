@@ -41,6 +41,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The CA client cannot be set up.
+    #[error("CA: {0}")]
+    Ca(String),
     /// The xDS source cannot be set up.
     #[error("xDS: {0}")]
     Xds(String),
@@ -109,17 +112,39 @@ pub async fn start(
         (None, None) => return Err(StartError::Xds("neither a state file nor an xDS address".into())),
     };
 
-    let (roots, certs) = crate::certs::read_dir(&cfg.cert_dir, &cfg.trust_domain).map_err(StartError::Certs)?;
-    let store = CertStore::new(roots);
-    for c in certs {
-        store.insert(c);
-    }
-    admin_rt.spawn(crate::certs::watch(
-        store.clone(),
-        cfg.cert_dir.clone(),
-        cfg.trust_domain.clone(),
-        std::time::Duration::from_millis(500),
-    ));
+    let (store, ca) = match (&cfg.cert_dir, &cfg.ca_address) {
+        (Some(dir), _) => {
+            let (roots, certs) = crate::certs::read_dir(dir, &cfg.trust_domain).map_err(StartError::Certs)?;
+            let store = CertStore::new(roots);
+            for c in certs {
+                store.insert(c);
+            }
+            admin_rt.spawn(crate::certs::watch(
+                store.clone(),
+                dir.clone(),
+                cfg.trust_domain.clone(),
+                std::time::Duration::from_millis(500),
+            ));
+            (store, None)
+        }
+        (None, Some(addr)) => {
+            let read = |p: &Option<std::path::PathBuf>, what: &str| {
+                let p = p.as_ref().ok_or_else(|| StartError::Ca(format!("{what} is required with --ca-address")))?;
+                std::fs::read(p).map_err(|e| StartError::Ca(format!("{}: {e}", p.display())))
+            };
+            let roots = hbone::TrustRoots::from_pem(&read(&cfg.ca_root_file, "--ca-root-file")?)
+                .map_err(|e| StartError::Ca(format!("--ca-root-file: {e}")))?;
+            let token = String::from_utf8_lossy(&read(&cfg.ca_token_file, "--ca-token-file")?).trim().to_owned();
+            let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+                .map_err(|e| StartError::Ca(format!("--ca-address {addr:?}: {e}")))?
+                .connect_lazy();
+            let store = CertStore::new(roots);
+            let ttl = std::time::Duration::from_secs(cfg.cert_ttl_seconds);
+            let ca = crate::ca_client::CaClient::new(channel, &token, store.clone(), ttl);
+            (store, Some(ca))
+        }
+        (None, None) => return Err(StartError::Ca("neither a certificate directory nor a CA address".into())),
+    };
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -134,7 +159,7 @@ pub async fn start(
         drain: drain.clone(),
     };
     let host = Netns::current().map_err(StartError::Netns)?;
-    let pods = Arc::new(Pods::new(inputs, cfg.trust_domain.clone(), host, &ready));
+    let pods = Arc::new(Pods::new(inputs, cfg.trust_domain.clone(), host, &ready, ca));
 
     let bind =
         |what, addr| async move { admin::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source }) };

@@ -20,9 +20,22 @@ pub struct Config {
     /// Control plane's delta xDS endpoint, e.g. `http://istiod:15010`; state then comes from it.
     #[arg(long, env = "XDS_ADDRESS")]
     pub xds_address: Option<String>,
-    /// Directory of workload certificates and the mesh roots (see `certs` module docs).
-    #[arg(long, env = "ZTUNNEL_CERT_DIR")]
-    pub cert_dir: PathBuf,
+    /// Directory of workload certificates and the mesh roots (see `certs` module docs); the
+    /// offline alternative to the CA.
+    #[arg(long, env = "ZTUNNEL_CERT_DIR", required_unless_present = "ca_address", conflicts_with = "ca_address")]
+    pub cert_dir: Option<PathBuf>,
+    /// The mesh CA's endpoint, e.g. `http://istiod:15010`; certificates then come from it.
+    #[arg(long, env = "CA_ADDRESS", requires_all = ["ca_token_file", "ca_root_file"])]
+    pub ca_address: Option<String>,
+    /// File holding this node's bootstrap token for the CA.
+    #[arg(long, env = "CA_TOKEN_FILE")]
+    pub ca_token_file: Option<PathBuf>,
+    /// The mesh root certificate(s), PEM, trusted before the CA has answered.
+    #[arg(long, env = "CA_ROOT_FILE")]
+    pub ca_root_file: Option<PathBuf>,
+    /// Validity asked of the CA for workload certificates, in seconds.
+    #[arg(long, env = "CERT_TTL_SECONDS", default_value_t = 86400)]
+    pub cert_ttl_seconds: u64,
     /// Node agent's ZDS socket, through which pods arrive.
     #[arg(long, env = "ZTUNNEL_ZDS_SOCKET", default_value = "/var/run/ztunnel/ztunnel.sock")]
     pub zds_socket: PathBuf,
@@ -92,8 +105,23 @@ impl Config {
             }
             _ => {}
         }
-        if !self.cert_dir.join("root-cert.pem").exists() {
-            return Err(ConfigError::Missing { flag: "--cert-dir", path: self.cert_dir.join("root-cert.pem") });
+        if let Some(dir) = &self.cert_dir
+            && !dir.join("root-cert.pem").exists()
+        {
+            return Err(ConfigError::Missing { flag: "--cert-dir", path: dir.join("root-cert.pem") });
+        }
+        for (flag, path) in [("--ca-token-file", &self.ca_token_file), ("--ca-root-file", &self.ca_root_file)] {
+            if let Some(p) = path
+                && !p.exists()
+            {
+                return Err(ConfigError::Missing { flag, path: p.clone() });
+            }
+        }
+        if self.cert_dir.is_none() && self.ca_address.is_none() {
+            return Err(ConfigError::Invalid { flag: "--cert-dir", why: "or --ca-address is required".into() });
+        }
+        if self.cert_ttl_seconds < 60 {
+            return Err(ConfigError::Invalid { flag: "--cert-ttl-seconds", why: "must be at least 60".into() });
         }
         if self.worker_threads == 0 {
             return Err(ConfigError::Invalid { flag: "--worker-threads", why: "must be at least 1".into() });

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod agent;
 pub mod app;
+pub mod ca_client;
 pub mod certs;
 pub mod cni;
 pub mod config;

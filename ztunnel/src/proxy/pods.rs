@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use hbone::Identity;
 
@@ -19,7 +20,9 @@ pub struct Pods {
     inputs: ProxyInputs,
     trust_domain: String,
     host: Arc<Netns>,
-    running: Mutex<HashMap<String, PodProxy>>,
+    running: Mutex<HashMap<String, (Identity, PodProxy)>>,
+    /// Where certificates come from when not from files.
+    ca: Option<crate::ca_client::CaClient>,
     /// Blocks readiness until the node agent's first snapshot has been applied.
     first_snapshot: Mutex<Option<crate::readiness::BlockReady>>,
 }
@@ -27,8 +30,15 @@ pub struct Pods {
 impl Pods {
     /// No pods yet; `host` is ztunnel's own network namespace, returned to after each
     /// socket made inside a pod.
-    pub fn new(inputs: ProxyInputs, trust_domain: String, host: Netns, ready: &crate::readiness::Ready) -> Self {
+    pub fn new(
+        inputs: ProxyInputs,
+        trust_domain: String,
+        host: Netns,
+        ready: &crate::readiness::Ready,
+        ca: Option<crate::ca_client::CaClient>,
+    ) -> Self {
         Pods {
+            ca,
             inputs,
             trust_domain,
             host: Arc::new(host),
@@ -40,15 +50,23 @@ impl Pods {
     /// UIDs and bound addresses of the pods served, for the admin dump.
     pub fn list(&self) -> Vec<(String, PodAddrs)> {
         let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut v: Vec<_> = running.iter().map(|(k, p)| (k.clone(), p.addrs)).collect();
+        let mut v: Vec<_> = running.iter().map(|(k, (_, p))| (k.clone(), p.addrs)).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// Stops renewing `identity`'s certificate once no pod here runs as it.
+    fn release(&self, identity: &Identity) {
+        let in_use = self.running.lock().unwrap_or_else(PoisonError::into_inner).values().any(|(i, _)| i == identity);
+        if let (Some(ca), false) = (&self.ca, in_use) {
+            ca.forget(identity);
+        }
     }
 
     /// Stops accepting on every pod (graceful shutdown); open connections continue.
     pub fn stop_all(&self) {
         let drained: Vec<_> = self.running.lock().unwrap_or_else(PoisonError::into_inner).drain().collect();
-        for (_, p) in drained {
+        for (_, (_, p)) in drained {
             p.stop();
         }
     }
@@ -65,33 +83,47 @@ impl PodHandler for Pods {
             // Replayed after a reconnect: the listeners are still there.
             return Ok(());
         }
-        if self.inputs.certs.get(&identity).is_none() {
+        if let Some(ca) = &self.ca {
+            // Fetched in the background: the pod's listeners come up now, and its tunnels
+            // work as soon as the certificate arrives.
+            let (ca, id) = (ca.clone(), identity.clone());
+            tokio::spawn(async move {
+                let mut wait = Duration::from_millis(100);
+                while let Err(e) = ca.ensure(&id).await {
+                    tracing::warn!(identity = %id, error = %e, "no certificate yet; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+            });
+        } else if self.inputs.certs.get(&identity).is_none() {
             tracing::warn!(%uid, %identity, "no certificate for pod identity yet; its tunnels fail until one arrives");
         }
         let sockets = InPodSockets::new(Arc::new(netns), self.host.clone());
         let proxy = PodProxy::start(uid.clone(), identity.clone(), sockets, self.inputs.clone())
             .map_err(|e| format!("pod {uid}: binding listeners in its network namespace: {e}"))?;
         tracing::info!(%uid, pod = %format!("{}/{}", info.namespace, info.name), %identity, "serving pod");
-        self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(uid, proxy);
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(uid, (identity, proxy));
         Ok(())
     }
 
     async fn del(&self, uid: &str) {
         let removed = self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(uid);
-        if let Some(p) = removed {
+        if let Some((identity, p)) = removed {
             p.stop();
+            self.release(&identity);
             tracing::info!(%uid, "stopped serving pod");
         }
     }
 
     async fn snapshot_done(&self, uids: HashSet<String>) {
-        let stale: Vec<PodProxy> = {
+        let stale: Vec<(Identity, PodProxy)> = {
             let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
             let gone: Vec<String> = running.keys().filter(|k| !uids.contains(*k)).cloned().collect();
             gone.iter().filter_map(|k| running.remove(k)).collect()
         };
-        for p in stale {
+        for (identity, p) in stale {
             p.stop();
+            self.release(&identity);
         }
         self.first_snapshot.lock().unwrap_or_else(PoisonError::into_inner).take();
     }

@@ -1,0 +1,180 @@
+//! Workload certificates from the mesh CA (`istio.v1.auth.IstioCertificateService`), asked for
+//! on behalf of the pods on this node, and renewed at about half their life.
+//!
+//! Keys are generated here and never leave the process; the CA sees only a CSR. The identity
+//! is named in the request metadata (`ImpersonatedIdentity`), and the call is authenticated
+//! with this node's bootstrap token. The root that comes back with each chain is added to the
+//! trusted roots, so during a root rotation old and new roots are both trusted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use hbone::{CertStore, Identity, TrustRoots, WorkloadCert};
+use proto::istio::v1::auth::IstioCertificateRequest;
+use proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
+use rand::Rng;
+use tonic::transport::Channel;
+
+/// Why a certificate could not be obtained.
+#[derive(Debug, thiserror::Error)]
+pub enum CaClientError {
+    /// Key or CSR generation failed.
+    #[error("CSR for {identity}: {why}")]
+    Csr {
+        /// For whom.
+        identity: Identity,
+        /// Why.
+        why: String,
+    },
+    /// The CA refused or could not be reached.
+    #[error("CA refused {identity}: {status}")]
+    Refused {
+        /// For whom.
+        identity: Identity,
+        /// The CA's answer.
+        status: tonic::Status,
+    },
+    /// The CA's answer is not a usable certificate for the identity.
+    #[error("CA answer for {identity} unusable: {why}")]
+    BadAnswer {
+        /// For whom.
+        identity: Identity,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Asks the CA for certificates and keeps them fresh in the store.
+#[derive(Clone)]
+pub struct CaClient {
+    client: IstioCertificateServiceClient<Channel>,
+    token: Arc<str>,
+    store: CertStore,
+    ttl: Duration,
+    renewing: Arc<Mutex<HashMap<Identity, tokio::task::AbortHandle>>>,
+}
+
+impl std::fmt::Debug for CaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaClient").field("ttl", &self.ttl).finish_non_exhaustive()
+    }
+}
+
+impl CaClient {
+    /// A client of the CA at `channel`, authenticating with `token`, filling `store`.
+    pub fn new(channel: Channel, token: &str, store: CertStore, ttl: Duration) -> Self {
+        CaClient {
+            client: IstioCertificateServiceClient::new(channel),
+            token: token.into(),
+            store,
+            ttl,
+            renewing: Arc::default(),
+        }
+    }
+
+    /// One CSR round trip for `identity`; installs and returns the certificate.
+    pub async fn fetch(&self, identity: &Identity) -> Result<Arc<WorkloadCert>, CaClientError> {
+        let csr_err = |why: String| CaClientError::Csr { identity: identity.clone(), why };
+        let key = rcgen::KeyPair::generate().map_err(|e| csr_err(e.to_string()))?;
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names =
+            vec![rcgen::SanType::URI(identity.as_str().try_into().map_err(|e: rcgen::Error| csr_err(e.to_string()))?)];
+        let csr = params.serialize_request(&key).and_then(|c| c.pem()).map_err(|e| csr_err(e.to_string()))?;
+        let metadata = prost_types::Struct {
+            fields: [(
+                "ImpersonatedIdentity".to_owned(),
+                prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(identity.to_string())) },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let mut req = tonic::Request::new(IstioCertificateRequest {
+            csr,
+            validity_duration: self.ttl.as_secs() as i64,
+            metadata: Some(metadata),
+        });
+        let bearer = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| csr_err("bootstrap token is not valid header text".into()))?;
+        req.metadata_mut().insert("authorization", bearer);
+        let chain = self
+            .client
+            .clone()
+            .create_certificate(req)
+            .await
+            .map_err(|status| CaClientError::Refused { identity: identity.clone(), status })?
+            .into_inner()
+            .cert_chain;
+        let bad = |why: String| CaClientError::BadAnswer { identity: identity.clone(), why };
+        let root = chain.last().ok_or_else(|| bad("empty chain".into()))?;
+        let roots = TrustRoots::from_pem(root.as_bytes()).map_err(|e| bad(format!("root: {e}")))?;
+        let cert = WorkloadCert::from_pem(chain.concat().as_bytes(), key.serialize_pem().as_bytes())
+            .map_err(|e| bad(e.to_string()))?;
+        if cert.identity() != identity {
+            return Err(bad(format!("certificate is for {}", cert.identity())));
+        }
+        // Trust the root that signed it in addition to those already trusted (rotation overlap).
+        let current = self.store.roots();
+        if !roots.certificates().iter().all(|r| current.certificates().contains(r)) {
+            self.store.set_roots(current.merged(&roots));
+            tracing::info!(roots = current.certificates().len() + 1, "trusting a new mesh root");
+        }
+        self.store.insert(cert);
+        Ok(self.store.get(identity).expect("just inserted"))
+    }
+
+    /// Makes sure `identity` has a certificate and keeps renewing it until [`Self::forget`].
+    pub async fn ensure(&self, identity: &Identity) -> Result<(), CaClientError> {
+        if self.renewing.lock().unwrap_or_else(PoisonError::into_inner).contains_key(identity) {
+            return Ok(());
+        }
+        let cert = self.fetch(identity).await?;
+        let me = self.clone();
+        let id = identity.clone();
+        let task = tokio::spawn(async move { me.renew_forever(id, cert).await });
+        let old =
+            self.renewing.lock().unwrap_or_else(PoisonError::into_inner).insert(identity.clone(), task.abort_handle());
+        if let Some(old) = old {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// Stops renewing `identity` and drops its certificate (no pod of it is left here).
+    pub fn forget(&self, identity: &Identity) {
+        if let Some(t) = self.renewing.lock().unwrap_or_else(PoisonError::into_inner).remove(identity) {
+            t.abort();
+        }
+        self.store.remove(identity);
+    }
+
+    async fn renew_forever(self, identity: Identity, mut cert: Arc<WorkloadCert>) {
+        let mut retry = Duration::from_millis(200);
+        loop {
+            tokio::time::sleep(renew_after(&cert, SystemTime::now())).await;
+            match self.fetch(&identity).await {
+                Ok(c) => {
+                    tracing::info!(%identity, "certificate renewed");
+                    cert = c;
+                    retry = Duration::from_millis(200);
+                }
+                Err(e) => {
+                    // Keep the current certificate; try again soon, more slowly each time.
+                    tracing::warn!(%identity, error = %e, "renewal failed; retrying");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+/// When to renew: at half the certificate's life, with up to 10% of it as jitter so that the
+/// pods of a node do not all ask at once.
+fn renew_after(cert: &WorkloadCert, now: SystemTime) -> Duration {
+    let life = cert.not_after().duration_since(cert.not_before()).unwrap_or_default();
+    let half = cert.not_before() + life / 2;
+    let jitter = life.mul_f64(rand::rng().random_range(0.0..0.1));
+    (half + jitter).duration_since(now).unwrap_or_default()
+}
