@@ -1,0 +1,230 @@
+//! Hitless ztunnel upgrade: a second ztunnel starts beside the first on a node (its pod
+//! listeners join the first one's SO_REUSEPORT groups), then the old one gets SIGTERM and
+//! drains, all under steady cross-node traffic. No connection attempt may fail and a
+//! connection opened before the roll ends cleanly. Needs root and the mesh binaries
+//! (`cargo build -p ztunnel --bins`).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use e2e::mesh::{Mesh, MeshSpec, PodSpec};
+
+type Res = Result<(), Box<dyn std::error::Error>>;
+
+/// Upper bounds of the traffic loop, whatever happens to the roll.
+const MAX_ATTEMPTS: usize = 20_000;
+const MAX_TRAFFIC_TIME: Duration = Duration::from_secs(60);
+/// Time allowed to each step of one request.
+const STEP: Duration = Duration::from_secs(3);
+const HTTP_PORT: u16 = 8080;
+const ECHO_PORT: u16 = 9000;
+
+fn spec() -> MeshSpec {
+    MeshSpec {
+        nodes: 2,
+        ambient_namespaces: vec!["shop".into(), "tools".into()],
+        pods: vec![PodSpec::new(2, "shop", "web-2"), PodSpec::new(1, "tools", "client-1")],
+        ..MeshSpec::default()
+    }
+}
+
+/// What the steady client saw.
+#[derive(Debug, Default)]
+struct Traffic {
+    ok: usize,
+    /// When (since the loop began) and why each failed attempt failed.
+    failures: Vec<(Duration, String)>,
+}
+
+/// One short connection: connect, GET, read the whole answer, check it.
+fn one_request(to: SocketAddr) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&to, STEP).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(STEP)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(STEP)).map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: web-2\r\nConnection: close\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).map_err(|e| format!("read after {} bytes: {e}", answer.len()))?;
+    let text = String::from_utf8_lossy(&answer);
+    if text.starts_with("HTTP/1.1 200") && text.contains("hello from shop/web-2") {
+        Ok(())
+    } else {
+        Err(format!("bad answer: {text:?}"))
+    }
+}
+
+/// Back-to-back requests until `stop` (or the bounds), from the calling thread's namespace.
+fn steady(to: SocketAddr, stop: &AtomicBool) -> Traffic {
+    let start = Instant::now();
+    let mut t = Traffic::default();
+    while !stop.load(Ordering::Acquire) && t.ok + t.failures.len() < MAX_ATTEMPTS && start.elapsed() < MAX_TRAFFIC_TIME
+    {
+        match one_request(to) {
+            Ok(()) => t.ok += 1,
+            Err(e) => t.failures.push((start.elapsed(), e)),
+        }
+    }
+    t
+}
+
+/// Echoes one connection line by line until the client closes it; returns the lines.
+fn echo_once(listener: TcpListener) -> std::io::Result<usize> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + MAX_TRAFFIC_TIME;
+    let mut conn = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(MAX_TRAFFIC_TIME))?;
+    let mut buf = [0u8; 256];
+    let mut bytes = 0;
+    loop {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            conn.shutdown(Shutdown::Write)?;
+            return Ok(bytes);
+        }
+        conn.write_all(&buf[..n])?;
+        bytes += n;
+    }
+}
+
+/// One round trip on the long-lived connection.
+fn ping(conn: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    conn.write_all(msg)?;
+    let mut back = vec![0u8; msg.len()];
+    conn.read_exact(&mut back)?;
+    if back == msg {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("echo garbled: {:?}", String::from_utf8_lossy(&back))))
+    }
+}
+
+/// `log` without terminal colour codes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Log lines other than successful access records.
+fn notable(log: &str) -> String {
+    log.lines().filter(|l| !(l.contains("connection complete") && !l.contains("error"))).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn rolling_ztunnel_restart_refuses_no_connection() {
+    e2e::sandboxed_with(Duration::from_secs(150), || -> Res {
+        let mut mesh = Mesh::start(spec())?;
+        let web = mesh.pod("shop", "web-2").clone();
+        let client = mesh.pod("tools", "client-1").clone();
+        let _http = web.netns.http_server(HTTP_PORT, "shop/web-2")?;
+        let echo_listener =
+            web.netns.tcp_listener(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ECHO_PORT)))?;
+        let echo = thread::spawn(move || echo_once(echo_listener));
+        let http_to = SocketAddr::V4(SocketAddrV4::new(web.ip, HTTP_PORT));
+        let echo_to = SocketAddr::V4(SocketAddrV4::new(web.ip, ECHO_PORT));
+
+        // A long-lived connection through the old ztunnel, opened before the roll.
+        let mut long = client.netns.tcp_connect(echo_to, STEP)?;
+        long.set_read_timeout(Some(STEP))?;
+        ping(&mut long, b"before the roll\n")?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let traffic_stop = stop.clone();
+        let traffic = client.netns.spawn_thread("steady-traffic", move || steady(http_to, &traffic_stop))?;
+        // Steady state first: traffic flows through the old ztunnel.
+        let warm = Instant::now();
+        while mesh.metrics(2).map(|m| !m.contains("istio_tcp_connections_opened_total")).unwrap_or(true) {
+            if warm.elapsed() > Duration::from_secs(10) {
+                stop.store(true, Ordering::Release);
+                return Err("no traffic through node 2's ztunnel before the roll".into());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        thread::sleep(Duration::from_millis(500));
+
+        let mut old_log = String::new();
+        let rolled = (|| -> Res {
+            mesh.start_ztunnel_beside(2)?;
+            // Both serve the pod now; let traffic run through both for a moment.
+            thread::sleep(Duration::from_millis(500));
+            ping(&mut long, b"both ztunnels up\n")?;
+            // The long-lived connection finishes while the old ztunnel drains.
+            let finisher = thread::spawn(move || -> std::io::Result<()> {
+                thread::sleep(Duration::from_millis(300));
+                ping(&mut long, b"during the drain\n")?;
+                long.shutdown(Shutdown::Write)?;
+                let mut rest = Vec::new();
+                long.read_to_end(&mut rest)?;
+                if rest.is_empty() { Ok(()) } else { Err(std::io::Error::other("unexpected bytes after close")) }
+            });
+            let exited = mesh.stop_old_ztunnel(2).ok_or("no old ztunnel")?;
+            old_log = exited.log.clone();
+            finisher.join().map_err(|_| "long-lived connection thread panicked")??;
+            assert!(
+                exited.status.is_some_and(|s| s.success()),
+                "old ztunnel drained and exited by itself: {:?}\n{}",
+                exited.status,
+                exited.log
+            );
+            // Traffic now only through the new ztunnel.
+            thread::sleep(Duration::from_millis(1000));
+            Ok(())
+        })();
+        stop.store(true, Ordering::Release);
+        let traffic = traffic.join().map_err(|_| "traffic thread panicked")??;
+        rolled?;
+        let echoed = echo.join().map_err(|_| "echo thread panicked")??;
+
+        if !traffic.failures.is_empty() {
+            eprintln!("old ztunnel (node 2):\n{}", notable(&old_log));
+            eprintln!("new ztunnel (node 2):\n{}", notable(&mesh.ztunnel_log(2)));
+            eprintln!("ztunnel (node 1):\n{}", notable(&mesh.ztunnel_log(1)));
+        }
+        eprintln!("roll: {} requests ok, {} failed: {:?}", traffic.ok, traffic.failures.len(), traffic.failures);
+        assert!(traffic.ok >= 20, "steady traffic ran during the roll: {traffic:?}");
+        assert!(
+            traffic.failures.is_empty(),
+            "{} of {} connection attempts failed during the roll: {:?}",
+            traffic.failures.len(),
+            traffic.ok + traffic.failures.len(),
+            traffic.failures,
+        );
+        let old_log = plain(&old_log);
+        eprintln!("{}", old_log.lines().filter(|l| l.contains("drain")).collect::<Vec<_>>().join("\n"));
+        assert!(
+            old_log.contains("drained left=0"),
+            "the old ztunnel's connections all ended before its drain deadline:\n{}",
+            notable(&old_log)
+        );
+        let all = b"before the roll\nboth ztunnels up\nduring the drain\n".len();
+        assert_eq!(echoed, all, "every byte of the long-lived connection was echoed");
+        // The new ztunnel is the one serving now.
+        let m = mesh.metrics(2)?;
+        assert!(m.contains("istio_tcp_connections_opened_total"), "the new ztunnel carried traffic:\n{m}");
+        Ok(())
+    });
+}
