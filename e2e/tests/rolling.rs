@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use e2e::Pod;
 use e2e::mesh::{Mesh, MeshSpec, PodSpec};
 
 type Res = Result<(), Box<dyn std::error::Error>>;
@@ -70,32 +71,37 @@ fn steady(to: SocketAddr, stop: &AtomicBool) -> Traffic {
     t
 }
 
-/// Echoes one connection line by line until the client closes it; returns the lines.
-fn echo_once(listener: TcpListener) -> std::io::Result<usize> {
+/// Echoes `count` connections, one after the other, until each client closes; returns the
+/// bytes echoed on each.
+fn echo_each(listener: TcpListener, count: usize) -> std::io::Result<Vec<usize>> {
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + MAX_TRAFFIC_TIME;
-    let mut conn = loop {
-        match listener.accept() {
-            Ok((c, _)) => break c,
+    let mut echoed = Vec::new();
+    while echoed.len() < count {
+        let mut conn = match listener.accept() {
+            Ok((c, _)) => c,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                thread::sleep(Duration::from_millis(10))
+                thread::sleep(Duration::from_millis(10));
+                continue;
             }
             Err(e) => return Err(e),
+        };
+        conn.set_nonblocking(false)?;
+        conn.set_read_timeout(Some(MAX_TRAFFIC_TIME))?;
+        let mut buf = [0u8; 256];
+        let mut bytes = 0;
+        loop {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                conn.shutdown(Shutdown::Write)?;
+                break;
+            }
+            conn.write_all(&buf[..n])?;
+            bytes += n;
         }
-    };
-    conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(MAX_TRAFFIC_TIME))?;
-    let mut buf = [0u8; 256];
-    let mut bytes = 0;
-    loop {
-        let n = conn.read(&mut buf)?;
-        if n == 0 {
-            conn.shutdown(Shutdown::Write)?;
-            return Ok(bytes);
-        }
-        conn.write_all(&buf[..n])?;
-        bytes += n;
+        echoed.push(bytes);
     }
+    Ok(echoed)
 }
 
 /// One round trip on the long-lived connection.
@@ -134,6 +140,48 @@ fn notable(log: &str) -> String {
     log.lines().filter(|l| !l.contains("connection complete") || l.contains("error")).collect::<Vec<_>>().join("\n")
 }
 
+/// What a long-lived connection says, in three round trips, across one roll.
+const LONG_MESSAGES: [&[u8]; 3] = [b"before the roll\n", b"both ztunnels up\n", b"during the drain\n"];
+
+/// Rolls node `n`'s ztunnel while a long-lived connection from `client` to `echo_to`, opened
+/// before, finishes during the drain. Returns the old ztunnel's log (colourless).
+fn roll(mesh: &mut Mesh, n: usize, client: &Pod, echo_to: SocketAddr) -> Result<String, Box<dyn std::error::Error>> {
+    let mut long = client.netns.tcp_connect(echo_to, STEP)?;
+    long.set_read_timeout(Some(STEP))?;
+    ping(&mut long, LONG_MESSAGES[0])?;
+    mesh.start_ztunnel_beside(n)?;
+    // Both serve the pods now; let traffic run through both for a moment.
+    thread::sleep(Duration::from_millis(500));
+    ping(&mut long, LONG_MESSAGES[1])?;
+    let finisher = thread::spawn(move || -> std::io::Result<()> {
+        thread::sleep(Duration::from_millis(300));
+        ping(&mut long, LONG_MESSAGES[2])?;
+        long.shutdown(Shutdown::Write)?;
+        let mut rest = Vec::new();
+        long.read_to_end(&mut rest)?;
+        if rest.is_empty() { Ok(()) } else { Err(std::io::Error::other("unexpected bytes after close")) }
+    });
+    let exited = mesh.stop_old_ztunnel(n).ok_or("no old ztunnel")?;
+    finisher.join().map_err(|_| "long-lived connection thread panicked")??;
+    let log = plain(&exited.log);
+    if !exited.status.is_some_and(|s| s.success()) {
+        return Err(
+            format!("node {n}: old ztunnel did not exit by itself: {:?}\n{}", exited.status, notable(&log)).into()
+        );
+    }
+    eprintln!("node {n}: {}", log.lines().filter(|l| l.contains("drained")).collect::<Vec<_>>().join("\n"));
+    if !log.contains("drained left=0") {
+        return Err(
+            format!("node {n}: the old ztunnel cut connections at its drain deadline:\n{}", notable(&log)).into()
+        );
+    }
+    // Traffic now only through the new ztunnel.
+    thread::sleep(Duration::from_millis(500));
+    Ok(log)
+}
+
+/// Rolls the destination's node (inbound HBONE listener, pooled tunnels from node 1), then
+/// the client's node (outbound listener, which takes every new connection of the client).
 #[test]
 fn rolling_ztunnel_restart_refuses_no_connection() {
     e2e::sandboxed_with(Duration::from_secs(150), || -> Res {
@@ -143,19 +191,15 @@ fn rolling_ztunnel_restart_refuses_no_connection() {
         let _http = web.netns.http_server(HTTP_PORT, "shop/web-2")?;
         let echo_listener =
             web.netns.tcp_listener(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ECHO_PORT)))?;
-        let echo = thread::spawn(move || echo_once(echo_listener));
+        let rolls = [2, 1];
+        let echo = thread::spawn(move || echo_each(echo_listener, rolls.len()));
         let http_to = SocketAddr::V4(SocketAddrV4::new(web.ip, HTTP_PORT));
         let echo_to = SocketAddr::V4(SocketAddrV4::new(web.ip, ECHO_PORT));
-
-        // A long-lived connection through the old ztunnel, opened before the roll.
-        let mut long = client.netns.tcp_connect(echo_to, STEP)?;
-        long.set_read_timeout(Some(STEP))?;
-        ping(&mut long, b"before the roll\n")?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let traffic_stop = stop.clone();
         let traffic = client.netns.spawn_thread("steady-traffic", move || steady(http_to, &traffic_stop))?;
-        // Steady state first: traffic flows through the old ztunnel.
+        // Steady state first: traffic flows through the old ztunnels.
         let warm = Instant::now();
         while mesh.metrics(2).map(|m| !m.contains("istio_tcp_connections_opened_total")).unwrap_or(true) {
             if warm.elapsed() > Duration::from_secs(10) {
@@ -166,65 +210,46 @@ fn rolling_ztunnel_restart_refuses_no_connection() {
         }
         thread::sleep(Duration::from_millis(500));
 
-        let mut old_log = String::new();
-        let rolled = (|| -> Res {
-            mesh.start_ztunnel_beside(2)?;
-            // Both serve the pod now; let traffic run through both for a moment.
-            thread::sleep(Duration::from_millis(500));
-            ping(&mut long, b"both ztunnels up\n")?;
-            // The long-lived connection finishes while the old ztunnel drains.
-            let finisher = thread::spawn(move || -> std::io::Result<()> {
-                thread::sleep(Duration::from_millis(300));
-                ping(&mut long, b"during the drain\n")?;
-                long.shutdown(Shutdown::Write)?;
-                let mut rest = Vec::new();
-                long.read_to_end(&mut rest)?;
-                if rest.is_empty() { Ok(()) } else { Err(std::io::Error::other("unexpected bytes after close")) }
-            });
-            let exited = mesh.stop_old_ztunnel(2).ok_or("no old ztunnel")?;
-            old_log = exited.log.clone();
-            finisher.join().map_err(|_| "long-lived connection thread panicked")??;
-            assert!(
-                exited.status.is_some_and(|s| s.success()),
-                "old ztunnel drained and exited by itself: {:?}\n{}",
-                exited.status,
-                exited.log
-            );
-            // Traffic now only through the new ztunnel.
-            thread::sleep(Duration::from_millis(1000));
-            Ok(())
-        })();
+        let mut old_logs = Vec::new();
+        let mut rolled = Ok(());
+        for n in rolls {
+            match roll(&mut mesh, n, &client, echo_to) {
+                Ok(log) => old_logs.push((n, log)),
+                Err(e) => {
+                    rolled = Err(e);
+                    break;
+                }
+            }
+        }
         stop.store(true, Ordering::Release);
         let traffic = traffic.join().map_err(|_| "traffic thread panicked")??;
         rolled?;
         let echoed = echo.join().map_err(|_| "echo thread panicked")??;
 
         if !traffic.failures.is_empty() {
-            eprintln!("old ztunnel (node 2):\n{}", notable(&old_log));
-            eprintln!("new ztunnel (node 2):\n{}", notable(&mesh.ztunnel_log(2)));
-            eprintln!("ztunnel (node 1):\n{}", notable(&mesh.ztunnel_log(1)));
+            for (n, log) in &old_logs {
+                eprintln!("old ztunnel (node {n}):\n{}", notable(log));
+            }
+            for n in rolls {
+                eprintln!("new ztunnel (node {n}):\n{}", notable(&plain(&mesh.ztunnel_log(n))));
+            }
         }
-        eprintln!("roll: {} requests ok, {} failed: {:?}", traffic.ok, traffic.failures.len(), traffic.failures);
-        assert!(traffic.ok >= 20, "steady traffic ran during the roll: {traffic:?}");
+        eprintln!("rolls: {} requests ok, {} failed: {:?}", traffic.ok, traffic.failures.len(), traffic.failures);
+        assert!(traffic.ok >= 20, "steady traffic ran during the rolls: {traffic:?}");
         assert!(
             traffic.failures.is_empty(),
-            "{} of {} connection attempts failed during the roll: {:?}",
+            "{} of {} connection attempts failed during the rolls: {:?}",
             traffic.failures.len(),
             traffic.ok + traffic.failures.len(),
             traffic.failures,
         );
-        let old_log = plain(&old_log);
-        eprintln!("{}", old_log.lines().filter(|l| l.contains("drain")).collect::<Vec<_>>().join("\n"));
-        assert!(
-            old_log.contains("drained left=0"),
-            "the old ztunnel's connections all ended before its drain deadline:\n{}",
-            notable(&old_log)
-        );
-        let all = b"before the roll\nboth ztunnels up\nduring the drain\n".len();
-        assert_eq!(echoed, all, "every byte of the long-lived connection was echoed");
-        // The new ztunnel is the one serving now.
-        let m = mesh.metrics(2)?;
-        assert!(m.contains("istio_tcp_connections_opened_total"), "the new ztunnel carried traffic:\n{m}");
+        let all: usize = LONG_MESSAGES.iter().map(|m| m.len()).sum();
+        assert_eq!(echoed, vec![all; rolls.len()], "every byte of each long-lived connection was echoed");
+        // The new ztunnels are the ones serving now.
+        for n in rolls {
+            let m = mesh.metrics(n)?;
+            assert!(m.contains("istio_tcp_connections_opened_total"), "node {n}'s new ztunnel carried traffic:\n{m}");
+        }
         Ok(())
     });
 }
