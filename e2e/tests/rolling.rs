@@ -1,7 +1,11 @@
-//! Hitless ztunnel upgrade: a second ztunnel starts beside the first on a node (its pod
-//! listeners join the first one's SO_REUSEPORT groups), then the old one gets SIGTERM and
-//! drains, all under steady cross-node traffic. No connection attempt may fail and a
-//! connection opened before the roll ends cleanly. Needs root and the mesh binaries
+//! Hitless ztunnel upgrade: on each node in turn, a second ztunnel starts beside the first (its
+//! pod listeners join the first one's SO_REUSEPORT groups), then the old one gets SIGTERM and
+//! drains, all under steady cross-node traffic. No connection attempt may fail, and a
+//! connection opened before each roll ends cleanly. Two mechanisms make it so, and this test
+//! fails without either: the draining ztunnel sends HTTP/2 GOAWAY on its inbound HBONE
+//! connections (so peers' pooled tunnels move to the new one), and the node agent turns on
+//! `tcp_migrate_req` in each pod (so connections queued on a closing listener move to the
+//! new one instead of being reset). Needs root and the mesh binaries
 //! (`cargo build -p ztunnel --bins`).
 
 use std::io::{Read, Write};
@@ -16,8 +20,10 @@ use e2e::mesh::{Mesh, MeshSpec, PodSpec};
 
 type Res = Result<(), Box<dyn std::error::Error>>;
 
-/// Upper bounds of the traffic loop, whatever happens to the roll.
+/// Upper bounds of each client's loop, whatever happens to the rolls.
 const MAX_ATTEMPTS: usize = 20_000;
+/// Concurrent steady clients.
+const CLIENTS: usize = 4;
 const MAX_TRAFFIC_TIME: Duration = Duration::from_secs(60);
 /// Time allowed to each step of one request.
 const STEP: Duration = Duration::from_secs(3);
@@ -197,8 +203,14 @@ fn rolling_ztunnel_restart_refuses_no_connection() {
         let echo_to = SocketAddr::V4(SocketAddrV4::new(web.ip, ECHO_PORT));
 
         let stop = Arc::new(AtomicBool::new(false));
-        let traffic_stop = stop.clone();
-        let traffic = client.netns.spawn_thread("steady-traffic", move || steady(http_to, &traffic_stop))?;
+        // Several clients at once, so that connections are often in flight (queued, half
+        // open) at the moment an old listener closes.
+        let clients = (0..CLIENTS)
+            .map(|i| {
+                let stop = stop.clone();
+                client.netns.spawn_thread(&format!("steady-traffic-{i}"), move || steady(http_to, &stop))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // Steady state first: traffic flows through the old ztunnels.
         let warm = Instant::now();
         while mesh.metrics(2).map(|m| !m.contains("istio_tcp_connections_opened_total")).unwrap_or(true) {
@@ -222,7 +234,12 @@ fn rolling_ztunnel_restart_refuses_no_connection() {
             }
         }
         stop.store(true, Ordering::Release);
-        let traffic = traffic.join().map_err(|_| "traffic thread panicked")??;
+        let mut traffic = Traffic::default();
+        for c in clients {
+            let t = c.join().map_err(|_| "traffic thread panicked")??;
+            traffic.ok += t.ok;
+            traffic.failures.extend(t.failures);
+        }
         rolled?;
         let echoed = echo.join().map_err(|_| "echo thread panicked")??;
 
