@@ -1,8 +1,9 @@
 //! Hitless ztunnel upgrade: on each node in turn, a second ztunnel starts beside the first (its
 //! pod listeners join the first one's SO_REUSEPORT groups), then the old one gets SIGTERM and
 //! drains, all under steady cross-node traffic. No connection attempt may fail, and a
-//! connection opened before each roll ends cleanly. Two mechanisms make it so: the draining ztunnel sends HTTP/2 GOAWAY on its inbound HBONE
-//! connections (so peers' pooled tunnels move to the new one), and the node agent turns on
+//! connection opened before each roll ends cleanly. Two mechanisms make it so: the draining
+//! ztunnel sends HTTP/2 GOAWAY on its inbound HBONE connections (so peers' pooled tunnels
+//! move to the new one), and the node agent turns on
 //! `tcp_migrate_req` in each pod (so connections queued on a closing listener move to the
 //! new one instead of being reset). Without the first this test always fails; without the
 //! second it fails often (a reset when a listener closes with a connection queued; the
