@@ -109,6 +109,29 @@ pub struct Mesh {
     dir: PathBuf,
     agents: Vec<Process>,
     ztunnels: Vec<Option<Process>>,
+    /// Per node: the ztunnel being replaced during a roll (see [`Mesh::start_ztunnel_beside`]).
+    old_ztunnels: Vec<Option<Process>>,
+    /// Per node: the current ztunnel uses the second set of ports ([`ZtunnelPorts`]).
+    alt_ports: Vec<bool>,
+}
+
+/// Local ports of one ztunnel instance. Two instances run side by side on a node during a
+/// roll, so the second uses a second set (the pod ports are shared through SO_REUSEPORT).
+#[derive(Debug, Clone, Copy)]
+struct ZtunnelPorts {
+    admin: u16,
+    metrics: u16,
+    readiness: u16,
+}
+
+impl ZtunnelPorts {
+    fn of(alt: bool) -> Self {
+        if alt {
+            ZtunnelPorts { admin: 15100, metrics: 15120, readiness: 15121 }
+        } else {
+            ZtunnelPorts { admin: 15000, metrics: 15020, readiness: 15021 }
+        }
+    }
 }
 
 /// Where the mesh's programs are.
@@ -151,7 +174,17 @@ impl Mesh {
             .build()?;
         let dir = topo.state_dir().join("mesh");
         let ca = TestCa::new("e2e mesh root");
-        let mut mesh = Mesh { topo, pods: Vec::new(), spec, ca, dir, agents: Vec::new(), ztunnels: Vec::new() };
+        let mut mesh = Mesh {
+            topo,
+            pods: Vec::new(),
+            spec,
+            ca,
+            dir,
+            agents: Vec::new(),
+            ztunnels: Vec::new(),
+            old_ztunnels: Vec::new(),
+            alt_ports: Vec::new(),
+        };
         mesh.write_enrollment()?;
         for n in 1..=mesh.spec.nodes {
             mesh.point_cni_at_agent(n)?;
@@ -179,6 +212,8 @@ impl Mesh {
         for n in 1..=mesh.spec.nodes {
             mesh.write_certs(n)?;
             mesh.ztunnels.push(None);
+            mesh.old_ztunnels.push(None);
+            mesh.alt_ports.push(false);
             mesh.start_ztunnel(n, &ztunnel)?;
         }
         Ok(mesh)
@@ -306,6 +341,7 @@ impl Mesh {
         let node = self.topo.node(n);
         let run = self.node_dir(n);
         let ip = node.ip;
+        let ports = ZtunnelPorts::of(self.alt_ports[n - 1]);
         let p = node.netns.spawn([
             binary.to_string_lossy().as_ref(),
             "--node-name",
@@ -316,10 +352,12 @@ impl Mesh {
             &run.join("certs").to_string_lossy(),
             "--zds-socket",
             &run.join("zds.sock").to_string_lossy(),
+            "--admin-addr",
+            &format!("127.0.0.1:{}", ports.admin),
             "--metrics-addr",
-            &format!("{ip}:15020"),
+            &format!("{ip}:{}", ports.metrics),
             "--readiness-addr",
-            &format!("{ip}:15021"),
+            &format!("{ip}:{}", ports.readiness),
             "--drain-seconds",
             "2",
             "--log-format",
@@ -399,13 +437,26 @@ impl Mesh {
     /// Starts a second ztunnel on node `n` beside the running one, then stops the old one:
     /// a rolling restart.
     pub fn roll_ztunnel(&mut self, n: usize) -> Result<(), MeshError> {
-        let old = self.ztunnels[n - 1].take();
-        // The admin port is per process; the new one must not collide while both run.
-        let res = self.start_ztunnel(n, &bin("ztunnel")?);
-        if let Some(p) = old {
-            p.stop();
-        }
-        res
+        self.start_ztunnel_beside(n)?;
+        self.stop_old_ztunnel(n);
+        Ok(())
+    }
+
+    /// First half of a roll: starts a new ztunnel on node `n` beside the running one (on the
+    /// other set of admin, metrics and readiness ports) and waits until it serves the node's
+    /// pods. From then on [`config_dump`](Self::config_dump) and [`metrics`](Self::metrics)
+    /// query the new one.
+    pub fn start_ztunnel_beside(&mut self, n: usize) -> Result<(), MeshError> {
+        let binary = bin("ztunnel")?;
+        self.old_ztunnels[n - 1] = self.ztunnels[n - 1].take();
+        self.alt_ports[n - 1] = !self.alt_ports[n - 1];
+        self.start_ztunnel(n, &binary)
+    }
+
+    /// Second half of a roll: SIGTERM to the ztunnel replaced by
+    /// [`start_ztunnel_beside`](Self::start_ztunnel_beside); returns once it exited.
+    pub fn stop_old_ztunnel(&mut self, n: usize) -> Option<crate::Exited> {
+        self.old_ztunnels[n - 1].take().map(Process::stop)
     }
 
     /// The ztunnel log of node `n`.
@@ -415,8 +466,8 @@ impl Mesh {
 
     /// ztunnel's admin config dump on node `n`.
     pub fn config_dump(&self, n: usize) -> Result<Value, MeshError> {
-        let out =
-            self.topo.node(n).netns.curl("http://127.0.0.1:15000/config_dump", &["--fail"], Duration::from_secs(3))?;
+        let url = format!("http://127.0.0.1:{}/config_dump", ZtunnelPorts::of(self.alt_ports[n - 1]).admin);
+        let out = self.topo.node(n).netns.curl(&url, &["--fail"], Duration::from_secs(3))?;
         let out = out.ok()?;
         serde_json::from_str(&out.stdout)
             .map_err(|e| MeshError::Io { path: "config_dump".into(), source: std::io::Error::other(e) })
@@ -424,7 +475,8 @@ impl Mesh {
 
     /// ztunnel's Prometheus text on node `n`.
     pub fn metrics(&self, n: usize) -> Result<String, MeshError> {
-        let url = format!("http://{}:15020/metrics", self.topo.node(n).ip);
+        let url =
+            format!("http://{}:{}/metrics", self.topo.node(n).ip, ZtunnelPorts::of(self.alt_ports[n - 1]).metrics);
         Ok(self.topo.node(n).netns.curl(&url, &["--fail"], Duration::from_secs(3))?.ok()?.stdout)
     }
 

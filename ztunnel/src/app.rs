@@ -72,6 +72,9 @@ impl Running {
     pub async fn shutdown(self, deadline: std::time::Duration) -> usize {
         self.zds.abort();
         self.pods.stop_all();
+        // Then inbound HBONE connections send GOAWAY, so peers open new ones (to a new
+        // ztunnel beside this one) instead of sending new streams here.
+        self.drain.start();
         let left = self.drain.wait(deadline).await;
         tracing::info!(left, "drained");
         left

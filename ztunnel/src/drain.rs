@@ -1,5 +1,8 @@
 //! Graceful shutdown: stop accepting, let open connections finish, up to a deadline.
+//! Long-lived multiplexed connections (inbound HBONE) also watch for the start of the
+//! drain, to tell their clients to go elsewhere.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -16,6 +19,8 @@ pub struct Drain {
 struct Inner {
     live: AtomicUsize,
     idle: Notify,
+    /// Set once, when shutdown begins.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 /// Held by each connection while it lives.
@@ -27,6 +32,20 @@ impl Drain {
     pub fn track(&self) -> ConnGuard {
         self.inner.live.fetch_add(1, Ordering::AcqRel);
         ConnGuard(self.clone())
+    }
+
+    /// Shutdown has begun: wakes every [`started`](Self::started).
+    pub fn start(&self) {
+        self.inner.draining.send_replace(true);
+    }
+
+    /// Completes once [`start`](Self::start) has been called (at once if it already was).
+    pub fn started(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.draining.subscribe();
+        async move {
+            // Err only if the sender is gone, i.e. the whole drain is: nothing to wait for.
+            let _ = rx.wait_for(|draining| *draining).await;
+        }
     }
 
     /// Connections still open.
@@ -74,5 +93,17 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), 0);
         let _g = d.track();
         assert_eq!(d.wait(Duration::from_millis(50)).await, 1);
+    }
+
+    #[tokio::test]
+    async fn started_completes_once_shutdown_begins() {
+        let d = Drain::default();
+        let early = tokio::spawn(d.started());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!early.is_finished());
+        d.start();
+        tokio::time::timeout(Duration::from_secs(5), early).await.unwrap().unwrap();
+        // Asked after the start: done at once.
+        tokio::time::timeout(Duration::from_secs(5), d.started()).await.unwrap();
     }
 }

@@ -245,3 +245,54 @@ fn ipv6_is_redirected_too() {
     let rules = Command::new("ip").args(["-n", w.pod.name(), "-6", "rule", "show"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&rules.stdout).contains("lookup 133"));
 }
+
+#[test]
+fn queued_connections_move_to_the_new_listener_when_the_old_closes() {
+    let w = world("redir-handover");
+    redirect::install(w.pod.netns(), &RedirectConfig::default()).unwrap();
+    let migrate = w.pod.netns().run(|| std::fs::read_to_string(redirect::MIGRATE_SYSCTL)).unwrap().unwrap();
+    assert_eq!(migrate.trim(), "1", "connection migration is on in the pod");
+
+    // Old and new ztunnel's HBONE listeners, side by side in the pod.
+    let hbone = addr("0.0.0.0", redirect::HBONE_PORT);
+    let (old, new) = w
+        .pod
+        .netns()
+        .run(move || {
+            (ztunnel::proxy::sockets::reuseport_listener(hbone), ztunnel::proxy::sockets::reuseport_listener(hbone))
+        })
+        .unwrap();
+    let (old, new) = (old.unwrap(), new.unwrap());
+
+    // Connections the kernel spread over both queues; nobody has accepted any yet.
+    const N: usize = 32;
+    let clients: Vec<Socket> = (0..N)
+        .map(|i| {
+            let s = connect(&w.peer, addr(POD_IP, redirect::HBONE_PORT), None, None).unwrap();
+            s.send(&[i as u8]).unwrap();
+            s
+        })
+        .collect();
+    // The old ztunnel closes its listener with its queue still full.
+    drop(old);
+
+    // Every connection, including those queued on the old listener, reaches the new one intact.
+    let mut seen = Vec::new();
+    for _ in 0..N {
+        let mut s = accepted(&new).unwrap_or_else(|| panic!("only {} of {N} connections handed over", seen.len()));
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        s.write_all(&b).unwrap();
+        seen.push(b[0]);
+    }
+    seen.sort();
+    assert_eq!(seen, (0..N as u8).collect::<Vec<_>>());
+    for (i, c) in clients.iter().enumerate() {
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        let mut b = [0u8; 1];
+        (&*c).read_exact(&mut b).expect("answered, not reset");
+        assert_eq!(b[0], i as u8);
+    }
+}

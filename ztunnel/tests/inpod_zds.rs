@@ -252,3 +252,114 @@ async fn client_acks_garbage_with_errors_and_keeps_going() {
     assert!(ask(&conn, &keep, &[]).await.contains("after SnapshotSent"));
     assert!(ask(&conn, &snap, &[]).await.contains("second SnapshotSent"));
 }
+
+async fn wait_connections(server: &ZdsServer, want: usize) {
+    tokio::time::timeout(WAIT, async {
+        while server.connections().await != want {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{want} ztunnels connected"));
+}
+
+/// Nothing more arrives on `rx` for a while (a flapping client would replay).
+async fn quiet(rx: &mut mpsc::UnboundedReceiver<Seen>) {
+    if let Ok(Some(seen)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+        panic!("unexpected handler call {seen:?}");
+    }
+}
+
+#[tokio::test]
+async fn two_ztunnels_are_served_at_once() {
+    let dir = TempDir::new("zds-two");
+    let path = dir.0.join("ztunnel.sock");
+    let server = ZdsServer::new(WAIT);
+    let _serve = Task(tokio::spawn(server.clone().serve(SeqPacketListener::bind(&path).unwrap())));
+    let a = scratch("zds-two-a");
+    let b = scratch("zds-two-b");
+    server.add("uid-a".into(), info("a"), a.netns().try_clone().unwrap()).await.unwrap();
+
+    // The old ztunnel, then the new one beside it: both get the full snapshot.
+    let (old, mut old_rx) = recorder();
+    let old_client = Task(tokio::spawn(run_client(path.clone(), old.clone())));
+    assert_eq!(next(&mut old_rx).await, Seen::Add("uid-a".into(), "a".into(), a.netns().id(), a.netns().id()));
+    assert_eq!(next(&mut old_rx).await, Seen::Snapshot(HashSet::from(["uid-a".to_owned()])));
+    wait_connections(&server, 1).await;
+    let (new, mut new_rx) = recorder();
+    let _new_client = Task(tokio::spawn(run_client(path.clone(), new.clone())));
+    assert_eq!(next(&mut new_rx).await, Seen::Add("uid-a".into(), "a".into(), a.netns().id(), a.netns().id()));
+    assert_eq!(next(&mut new_rx).await, Seen::Snapshot(HashSet::from(["uid-a".to_owned()])));
+    wait_connections(&server, 2).await;
+    // The old one was neither replaced nor made to reconnect.
+    quiet(&mut old_rx).await;
+
+    // Live changes reach both, acknowledged by both before add/del return.
+    server.add("uid-b".into(), info("b"), b.netns().try_clone().unwrap()).await.unwrap();
+    for rx in [&mut old_rx, &mut new_rx] {
+        assert_eq!(rx.try_recv().unwrap(), Seen::Add("uid-b".into(), "b".into(), b.netns().id(), b.netns().id()));
+    }
+    assert!(server.del("uid-a").await);
+    for rx in [&mut old_rx, &mut new_rx] {
+        assert_eq!(rx.try_recv().unwrap(), Seen::Del("uid-a".into()));
+    }
+
+    // One refusal is enough to refuse the pod; the one that took it is told to drop it.
+    new.refuse.lock().unwrap().insert("uid-c".into());
+    let c = scratch("zds-two-c");
+    let err = server.add("uid-c".into(), info("c"), c.netns().try_clone().unwrap()).await.unwrap_err();
+    assert!(matches!(&err, ZdsServerError::Refused { uid, .. } if uid == "uid-c"), "{err}");
+    assert_eq!(next(&mut old_rx).await, Seen::Add("uid-c".into(), "c".into(), c.netns().id(), c.netns().id()));
+    assert_eq!(next(&mut old_rx).await, Seen::Del("uid-c".into()));
+    assert_eq!(next(&mut new_rx).await, Seen::Del("uid-c".into()));
+    assert_eq!(server.pods().await, vec!["uid-b".to_owned()]);
+    assert_eq!(server.connections().await, 2, "a refusal does not end a connection");
+
+    // The old ztunnel goes away: noticed at once, and the new one is undisturbed.
+    drop(old_client);
+    wait_connections(&server, 1).await;
+    let d = scratch("zds-two-d");
+    server.add("uid-d".into(), info("d"), d.netns().try_clone().unwrap()).await.unwrap();
+    assert_eq!(next(&mut new_rx).await, Seen::Add("uid-d".into(), "d".into(), d.netns().id(), d.netns().id()));
+    quiet(&mut new_rx).await;
+    assert!(old_rx.try_recv().is_err(), "the departed ztunnel hears nothing");
+    assert_eq!(server.connections().await, 1);
+}
+
+#[tokio::test]
+async fn a_ztunnel_that_stops_acking_is_dropped_alone() {
+    let dir = TempDir::new("zds-stall");
+    let path = dir.0.join("ztunnel.sock");
+    let server = ZdsServer::new(Duration::from_millis(300));
+    let _serve = Task(tokio::spawn(server.clone().serve(SeqPacketListener::bind(&path).unwrap())));
+    let (handler, mut rx) = recorder();
+    let _client = Task(tokio::spawn(run_client(path.clone(), handler)));
+    assert_eq!(next(&mut rx).await, Seen::Snapshot(HashSet::new()));
+
+    // A second ztunnel that acknowledges its snapshot, then goes silent.
+    let stall = SeqPacket::connect(&path).await.unwrap();
+    stall.send(&ZdsHello { version: 1 }.encode_to_vec(), None).await.unwrap();
+    let mut buf = [0u8; 256];
+    let got = tokio::time::timeout(WAIT, stall.recv(&mut buf)).await.unwrap().unwrap();
+    let req = WorkloadRequest::decode(&buf[..got.len]).unwrap();
+    assert!(matches!(req.payload, Some(workload_request::Payload::SnapshotSent(_))));
+    let ack = WorkloadResponse { payload: Some(workload_response::Payload::Ack(Default::default())) };
+    stall.send(&ack.encode_to_vec(), None).await.unwrap();
+    wait_connections(&server, 2).await;
+
+    let a = scratch("zds-stall");
+    let started = std::time::Instant::now();
+    server.add("uid-a".into(), info("a"), a.netns().try_clone().unwrap()).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "bounded by the ack timeout: {:?}", started.elapsed());
+    assert_eq!(next(&mut rx).await, Seen::Add("uid-a".into(), "a".into(), a.netns().id(), a.netns().id()));
+    assert_eq!(server.connections().await, 1, "the silent ztunnel is dropped");
+    // It did get the request (with the namespace), then the agent hung up.
+    let got = tokio::time::timeout(WAIT, stall.recv(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(got.fds.len(), 1);
+    let closed = tokio::time::timeout(WAIT, stall.recv(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(closed.len, 0, "connection closed by the agent");
+
+    // The other one carries on.
+    assert!(server.del("uid-a").await);
+    assert_eq!(next(&mut rx).await, Seen::Del("uid-a".into()));
+}

@@ -188,6 +188,19 @@ impl<H: Handler> Server<H> {
 
     /// Serves one accepted TCP connection until the client closes it.
     pub async fn serve_connection(&self, tcp: TcpStream, peer: SocketAddr) -> Result<(), ServeError> {
+        self.serve_connection_until(tcp, peer, std::future::pending()).await
+    }
+
+    /// Like [`serve_connection`](Self::serve_connection), and once `shutdown` completes, ends
+    /// the connection gracefully: HTTP/2 GOAWAY tells the client to open new streams
+    /// elsewhere (a peer listening beside this one, during an upgrade), streams already
+    /// started run to completion, and the call returns when the last one has ended.
+    pub async fn serve_connection_until(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
         let _ = tcp.set_nodelay(true);
         let setup = async {
             let tls = self.tls.accept(tcp).await.map_err(|source| ServeError::Tls { peer, source })?;
@@ -206,7 +219,18 @@ impl<H: Handler> Server<H> {
         let (identity, mut conn) = tokio::time::timeout(self.settings.handshake_timeout, setup)
             .await
             .map_err(|_| ServeError::HandshakeTimeout(peer))??;
-        while let Some(next) = conn.accept().await {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut going_away = false;
+        loop {
+            let next = tokio::select! {
+                next = conn.accept() => next,
+                () = &mut shutdown, if !going_away => {
+                    going_away = true;
+                    conn.graceful_shutdown();
+                    continue;
+                }
+            };
+            let Some(next) = next else { break };
             let (request, respond) = next.map_err(|source| ServeError::Http2 { peer, source })?;
             let (parts, recv) = request.into_parts();
             let authority = match validate(&parts) {

@@ -6,10 +6,13 @@
 //! installs the [`redirect`]ion in the pod's namespace, keeps a handle to that
 //! namespace and gives it to ztunnel over ZDS ([`zds_server`]), then records
 //! the pod in its [`state`] directory. ADD fails, and the redirection is
-//! removed again, if ztunnel refuses the pod. With no ztunnel connected, ADD
-//! succeeds: the pod's traffic is captured (and refused, nothing listens yet)
-//! until ztunnel connects and receives it in its snapshot. DEL undoes all of
-//! it.
+//! removed again, if a connected ztunnel refuses the pod. With no ztunnel
+//! connected, ADD succeeds: the pod's traffic is captured (and refused,
+//! nothing listens yet) until ztunnel connects and receives it in its
+//! snapshot. DEL undoes all of it.
+//!
+//! During a ztunnel upgrade two ztunnels are connected at once and both get
+//! every pod; the old one leaves when it drains.
 
 pub mod cni_server;
 pub mod enroll;

@@ -19,6 +19,15 @@
 //!
 //! Everything lives in our own table `inet ztunnel`, replaced atomically on
 //! each install and deleted on removal; the pod's other rules are not touched.
+//!
+//! Install also turns on `net.ipv4.tcp_migrate_req` in the pod (Linux 5.14+,
+//! per namespace): ztunnel's listeners in the pod are SO_REUSEPORT groups, and
+//! when an old ztunnel closes its listeners during a rolling upgrade, the
+//! kernel would otherwise reset the connections still waiting in their accept
+//! queues (and the half-open ones). With it on, they move to the new ztunnel's
+//! listener of the same group. Only members of a reuseport group are affected,
+//! so the pod's own ordinary listeners see no difference. It stays on after
+//! removal: it changes nothing without reuseport listeners.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -47,6 +56,9 @@ pub const MARK_MASK: u32 = 0xfff;
 pub const ROUTE_TABLE: u32 = 133;
 /// Our nftables table (family `inet`).
 pub const TABLE: &str = "ztunnel";
+/// Sysctl (per network namespace) that hands a closing SO_REUSEPORT
+/// listener's queued connections to another listener of its group.
+pub const MIGRATE_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
 
 /// Options of the redirection.
 #[derive(Clone, Debug, Default)]
@@ -138,6 +150,12 @@ pub fn installed(netns: &Netns) -> Result<bool, RedirectError> {
 
 fn install_here(script: &str) -> Result<(), RedirectError> {
     nft(script).map_err(|source| RedirectError::Command { step: "loading nftables rules", source })?;
+    // This thread is in the pod's namespace, so /proc/sys/net is the pod's.
+    // Older kernels lack it: upgrades then may reset a few queued connections,
+    // which is no reason to leave the pod unenrolled.
+    if let Err(e) = std::fs::write(MIGRATE_SYSCTL, "1") {
+        tracing::warn!(error = %e, "cannot enable {MIGRATE_SYSCTL}; ztunnel upgrades may reset queued connections");
+    }
     for family in ["-4", "-6"] {
         let result = replace_rule(family).and_then(|()| {
             let any = if family == "-4" { "0.0.0.0/0" } else { "::/0" };

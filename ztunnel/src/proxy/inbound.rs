@@ -29,8 +29,27 @@ pub(crate) async fn serve<S: PodSockets>(pod: Arc<Pod<S>>, listener: TcpListener
             drop(live);
         }
     });
-    if let Err(e) = server.serve(listener).await {
-        tracing::error!(pod = %pod.uid, error = %e, "HBONE listener failed");
+    // Each connection is counted by the drain as well as each stream: when shutdown starts
+    // it sends GOAWAY, and the process stays until the client has moved on (or the drain
+    // deadline), so no stream the client sent before it saw the GOAWAY is cut.
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(pod = %pod.uid, error = %e, "HBONE accept failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let server = server.clone();
+        let live = pod.inputs.drain.track();
+        let shutdown = pod.inputs.drain.started();
+        tokio::spawn(async move {
+            if let Err(e) = server.serve_connection_until(tcp, peer, shutdown).await {
+                tracing::info!(error = %e, "HBONE connection refused or failed");
+            }
+            drop(live);
+        });
     }
 }
 
