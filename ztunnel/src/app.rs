@@ -162,7 +162,7 @@ pub async fn start(
         drain: drain.clone(),
     };
     let host = Netns::current().map_err(StartError::Netns)?;
-    let pods = Arc::new(Pods::new(inputs, cfg.trust_domain.clone(), host, &ready, ca));
+    let pods = Arc::new(Pods::new(inputs, cfg.trust_domain.clone(), cfg.cluster_id.clone(), host, &ready, ca));
 
     let bind =
         |what, addr| async move { admin::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source }) };

@@ -57,6 +57,9 @@ pub struct Config {
     /// Trust domain of workload identities.
     #[arg(long, env = "TRUST_DOMAIN", default_value = hbone::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
+    /// Cluster name: the first part of workload uids (`<cluster>//Pod/<namespace>/<name>`).
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
     /// Namespace whose policies apply mesh-wide.
     #[arg(long, env = "ROOT_NAMESPACE", default_value = "istio-system")]
     pub root_namespace: String,

@@ -19,6 +19,7 @@ use super::{PodAddrs, PodProxy, ProxyInputs};
 pub struct Pods {
     inputs: ProxyInputs,
     trust_domain: String,
+    cluster_id: String,
     host: Arc<Netns>,
     running: Mutex<HashMap<String, (Identity, PodProxy)>>,
     /// Where certificates come from when not from files.
@@ -33,6 +34,7 @@ impl Pods {
     pub fn new(
         inputs: ProxyInputs,
         trust_domain: String,
+        cluster_id: String,
         host: Netns,
         ready: &crate::readiness::Ready,
         ca: Option<crate::ca_client::CaClient>,
@@ -41,6 +43,7 @@ impl Pods {
             ca,
             inputs,
             trust_domain,
+            cluster_id,
             host: Arc::new(host),
             running: Mutex::default(),
             first_snapshot: Mutex::new(Some(ready.register("first pod snapshot from the node agent"))),
@@ -99,7 +102,10 @@ impl PodHandler for Pods {
             tracing::warn!(%uid, %identity, "no certificate for pod identity yet; its tunnels fail until one arrives");
         }
         let sockets = InPodSockets::new(Arc::new(netns), self.host.clone());
-        let proxy = PodProxy::start(uid.clone(), identity.clone(), sockets, self.inputs.clone())
+        // The node agent's uid is the runtime's; the control plane names workloads
+        // `<cluster>//Pod/<namespace>/<name>`, which is what the state is keyed by.
+        let workload_uid = format!("{}//Pod/{}/{}", self.cluster_id, info.namespace, info.name);
+        let proxy = PodProxy::start(workload_uid, identity.clone(), sockets, self.inputs.clone())
             .map_err(|e| format!("pod {uid}: binding listeners in its network namespace: {e}"))?;
         tracing::info!(%uid, pod = %format!("{}/{}", info.namespace, info.name), %identity, "serving pod");
         self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(uid, (identity, proxy));
