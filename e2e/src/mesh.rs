@@ -96,6 +96,14 @@ pub struct MeshSpec {
     pub policies_yaml: String,
     /// ztunnel's log format (`text` when empty).
     pub log_format: String,
+    /// Run istiod-lite (on node 1) and take state from xDS and certificates from its CA, with
+    /// the cluster described as Kubernetes YAML in its config directory; otherwise a state
+    /// file and certificate files.
+    pub control_plane: bool,
+    /// With `control_plane`: `AuthorizationPolicy`/`PeerAuthentication` documents.
+    pub k8s_policies_yaml: String,
+    /// With `control_plane`: validity of workload certificates, in seconds (default 1 day).
+    pub cert_ttl_seconds: u64,
 }
 
 /// A running mesh.
@@ -113,6 +121,8 @@ pub struct Mesh {
     old_ztunnels: Vec<Option<Process>>,
     /// Per node: the current ztunnel uses the second set of ports ([`ZtunnelPorts`]).
     alt_ports: Vec<bool>,
+    /// The control plane, when [`MeshSpec::control_plane`].
+    istiod: Option<Process>,
 }
 
 /// Local ports of one ztunnel instance. Two instances run side by side on a node during a
@@ -184,8 +194,15 @@ impl Mesh {
             ztunnels: Vec::new(),
             old_ztunnels: Vec::new(),
             alt_ports: Vec::new(),
+            istiod: None,
         };
-        mesh.write_enrollment()?;
+        if mesh.spec.control_plane {
+            mesh.write_k8s()?;
+            mesh.write_tokens()?;
+            mesh.start_istiod()?;
+        } else {
+            mesh.write_enrollment()?;
+        }
         for n in 1..=mesh.spec.nodes {
             mesh.point_cni_at_agent(n)?;
             let node = mesh.topo.node(n);
@@ -197,7 +214,7 @@ impl Mesh {
                 "--cni-socket",
                 &run.join("cni.sock").to_string_lossy(),
                 "--enrollment",
-                &mesh.dir.join("cluster.yaml").to_string_lossy(),
+                &mesh.enrollment_path().to_string_lossy(),
                 "--state-dir",
                 &run.join("agent").to_string_lossy(),
             ])?;
@@ -208,6 +225,10 @@ impl Mesh {
             let pod = mesh.topo.add_pod(mesh.topo.node(spec.node), &spec.namespace, &spec.name)?;
             mesh.pods.push(pod);
         }
+        if mesh.spec.control_plane {
+            // Now that pods have addresses, the cluster's YAML says so.
+            mesh.write_k8s()?;
+        }
         mesh.write_state()?;
         for n in 1..=mesh.spec.nodes {
             mesh.write_certs(n)?;
@@ -217,6 +238,116 @@ impl Mesh {
             mesh.start_ztunnel(n, &ztunnel)?;
         }
         Ok(mesh)
+    }
+
+    fn enrollment_path(&self) -> PathBuf {
+        if self.spec.control_plane { self.dir.join("config") } else { self.dir.join("cluster.yaml") }
+    }
+
+    /// The cluster as Kubernetes YAML in istiod-lite's config directory: namespaces, pods (with
+    /// their addresses once they have them), services, policies. The node agents read the
+    /// same directory for enrollment.
+    pub fn write_k8s(&self) -> Result<(), MeshError> {
+        let mut y = String::new();
+        let mut namespaces: Vec<&String> = self.spec.pods.iter().map(|p| &p.namespace).collect();
+        namespaces.sort();
+        namespaces.dedup();
+        for ns in namespaces {
+            let label = if self.spec.ambient_namespaces.contains(ns) { "ambient" } else { "none" };
+            let _ = write!(
+                y,
+                "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    istio.io/dataplane-mode: {label}\n"
+            );
+        }
+        for (i, p) in self.spec.pods.iter().enumerate() {
+            let mut labels = format!("    app: {}\n", p.name);
+            if p.opt_out {
+                labels.push_str("    istio.io/dataplane-mode: none\n");
+            }
+            for s in self.spec.services.iter().filter(|s| s.endpoints.contains(&format!("{}/{}", p.namespace, p.name)))
+            {
+                let _ = writeln!(labels, "    backs-{}: \"true\"", s.name);
+            }
+            let status = match self.pods.get(i) {
+                Some(pod) => format!(
+                    "status:\n  podIP: {ip}\n  podIPs: [{{ip: {ip}}}]\n  conditions: [{{type: Ready, status: \"True\"}}]\n",
+                    ip = pod.ip
+                ),
+                None => String::new(),
+            };
+            let _ = write!(
+                y,
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: \"{}\"\n  labels:\n{labels}spec:\n  nodeName: node{}\n  serviceAccountName: {}\n  containers: [{{name: app, image: app}}]\n{status}",
+                p.name,
+                p.namespace,
+                pod_uid(&p.namespace, &p.name),
+                p.node,
+                p.service_account
+            );
+        }
+        for s in &self.spec.services {
+            let _ = write!(
+                y,
+                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n  clusterIP: {}\n  selector:\n    backs-{}: \"true\"\n  ports:\n  - port: {}\n    targetPort: {}\n",
+                s.name, s.namespace, s.vip, s.name, s.port, s.target_port
+            );
+        }
+        write(&self.dir.join("config/cluster.yaml"), y)?;
+        write(&self.dir.join("config/policies.yaml"), &self.spec.k8s_policies_yaml)
+    }
+
+    /// Replaces the Kubernetes policy documents in the config directory.
+    pub fn set_k8s_policies(&mut self, yaml: &str) -> Result<(), MeshError> {
+        self.spec.k8s_policies_yaml = yaml.to_owned();
+        write(&self.dir.join("config/policies.yaml"), yaml)
+    }
+
+    fn write_tokens(&self) -> Result<(), MeshError> {
+        let mut y = String::new();
+        for n in 1..=self.spec.nodes {
+            let token = format!("bootstrap-token-of-node{n}-{}", self.topo.id());
+            let _ = writeln!(y, "node{n}: {token}");
+            write(&self.node_dir(n).join("token"), &token)?;
+        }
+        write(&self.dir.join("bootstrap-tokens.yaml"), y)
+    }
+
+    fn start_istiod(&mut self) -> Result<(), MeshError> {
+        let binary = bin("istiod-lite")?;
+        let node = self.topo.node(1);
+        let p = node.netns.spawn([
+            binary.to_string_lossy().as_ref(),
+            "--config-dir",
+            &self.dir.join("config").to_string_lossy(),
+            "--ca-dir",
+            &self.dir.join("ca").to_string_lossy(),
+            "--bootstrap-tokens",
+            &self.dir.join("bootstrap-tokens.yaml").to_string_lossy(),
+            "--plaintext-addr",
+            &format!("{}:15010", node.ip),
+        ])?;
+        let addr = SocketAddr::new(IpAddr::V4(node.ip), 15010);
+        node.netns.wait_for_tcp(addr, Duration::from_secs(10))?;
+        self.istiod = Some(p);
+        Ok(())
+    }
+
+    /// Stops istiod-lite (the data plane keeps its last configuration and certificates).
+    pub fn stop_istiod(&mut self) {
+        if let Some(p) = self.istiod.take() {
+            p.stop();
+        }
+    }
+
+    /// Starts istiod-lite again.
+    pub fn restart_istiod(&mut self) -> Result<(), MeshError> {
+        self.stop_istiod();
+        self.start_istiod()
+    }
+
+    /// istiod-lite's log.
+    pub fn istiod_log(&self) -> String {
+        self.istiod.as_ref().map(|p| p.log()).unwrap_or_default()
     }
 
     fn node_dir(&self, n: usize) -> PathBuf {
@@ -323,6 +454,9 @@ impl Mesh {
     }
 
     fn write_certs(&self, n: usize) -> Result<(), MeshError> {
+        if self.spec.control_plane {
+            return Ok(());
+        }
         let dir = self.node_dir(n).join("certs");
         write(&dir.join("root-cert.pem"), self.ca.root_pem())?;
         let now = SystemTime::now();
@@ -342,14 +476,28 @@ impl Mesh {
         let run = self.node_dir(n);
         let ip = node.ip;
         let ports = ZtunnelPorts::of(self.alt_ports[n - 1]);
-        let p = node.netns.spawn([
-            binary.to_string_lossy().as_ref(),
-            "--node-name",
-            &node.name,
-            "--state-file",
-            &self.dir.join("state.yaml").to_string_lossy(),
-            "--cert-dir",
-            &run.join("certs").to_string_lossy(),
+        let mut argv: Vec<String> =
+            vec![binary.to_string_lossy().into_owned(), "--node-name".into(), node.name.clone()];
+        if self.spec.control_plane {
+            let istiod = format!("http://{}:15010", self.topo.node(1).ip);
+            let ttl = if self.spec.cert_ttl_seconds == 0 { 86400 } else { self.spec.cert_ttl_seconds };
+            for (flag, value) in [
+                ("--xds-address", istiod.clone()),
+                ("--ca-address", istiod),
+                ("--ca-token-file", run.join("token").to_string_lossy().into_owned()),
+                ("--ca-root-file", self.dir.join("ca/root-cert.pem").to_string_lossy().into_owned()),
+                ("--cert-ttl-seconds", ttl.to_string()),
+            ] {
+                argv.push(flag.into());
+                argv.push(value);
+            }
+        } else {
+            argv.push("--state-file".into());
+            argv.push(self.dir.join("state.yaml").to_string_lossy().into_owned());
+            argv.push("--cert-dir".into());
+            argv.push(run.join("certs").to_string_lossy().into_owned());
+        }
+        let p = node.netns.spawn(argv.iter().map(String::as_str).chain([
             "--zds-socket",
             &run.join("zds.sock").to_string_lossy(),
             "--admin-addr",
@@ -362,7 +510,7 @@ impl Mesh {
             "2",
             "--log-format",
             if self.spec.log_format.is_empty() { "text" } else { &self.spec.log_format },
-        ])?;
+        ]))?;
         self.ztunnels[n - 1] = Some(p);
         let want = self.spec.pods.iter().filter(|p| p.node == n && self.enrolled(p)).count();
         self.wait_pods_served(n, want)
@@ -399,7 +547,11 @@ impl Mesh {
         let i = self.pod_index(namespace, name);
         let node = self.spec.pods[i].node;
         self.pods[i] = self.topo.add_pod(self.topo.node(node), namespace, name)?;
-        self.write_state()?;
+        if self.spec.control_plane {
+            self.write_k8s()?
+        } else {
+            self.write_state()?
+        }
         Ok(&self.pods[i])
     }
 

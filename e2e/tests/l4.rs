@@ -40,6 +40,7 @@ fn spec(policies: &str) -> MeshSpec {
         }],
         policies_yaml: policies.into(),
         log_format: String::new(),
+        ..MeshSpec::default()
     }
 }
 
