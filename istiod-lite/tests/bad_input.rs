@@ -8,10 +8,13 @@ use istiod_lite::{Kind, ObjectKey};
 use support::TempDir;
 
 const GOOD_BEFORE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n";
-const GOOD_AFTER: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: shop\nstatus:\n  podIP: 10.0.0.1\n";
+const GOOD_AFTER: &str =
+    "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: shop\nstatus:\n  podIP: 10.0.0.1\n";
 
-const AP: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: ap\n  namespace: shop\n";
-const PA: &str = "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: pa\n  namespace: shop\n";
+const AP: &str =
+    "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: ap\n  namespace: shop\n";
+const PA: &str =
+    "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: pa\n  namespace: shop\n";
 
 /// (case, bad document, object label expected in the message or "", message fragments)
 fn cases() -> Vec<(&'static str, String, &'static str, Vec<&'static str>)> {
@@ -204,13 +207,18 @@ fn each_bad_document_is_reported_and_the_rest_applies() {
 fn duplicates_are_reported_and_the_first_wins() {
     let dir = TempDir::new("dup");
     let a = dir.write("a.yaml", GOOD_AFTER);
-    let b = dir.write("b.yaml", &format!("# comment\n---\n{GOOD_BEFORE}---\n{}", GOOD_AFTER.replace("10.0.0.1", "10.0.0.2")));
+    let b = dir
+        .write("b.yaml", &format!("# comment\n---\n{GOOD_BEFORE}---\n{}", GOOD_AFTER.replace("10.0.0.1", "10.0.0.2")));
     let snap = Loader::new(dir.path()).load().unwrap();
     assert_eq!(snap.errors.len(), 1);
     let msg = snap.errors[0].to_string();
     assert_eq!(
         msg,
-        format!("{} document 2 (Pod shop/web): duplicate object: already defined in {} document 1", b.display(), a.display())
+        format!(
+            "{} document 2 (Pod shop/web): duplicate object: already defined in {} document 1",
+            b.display(),
+            a.display()
+        )
     );
     assert_eq!(snap.objects.len(), 2);
 }

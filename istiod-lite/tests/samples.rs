@@ -6,10 +6,10 @@ use std::collections::HashMap;
 
 use istiod_lite::source::dir::Loader;
 use istiod_lite::{MeshConfig, Object, Translator};
-use proto::istio::security::{
-    Action, Authorization, Group, Match, Rules, Scope, StringMatch, string_match::MatchType,
+use proto::istio::security::{Action, Authorization, Group, Match, Rules, Scope, StringMatch, string_match::MatchType};
+use proto::istio::workload::{
+    NetworkAddress, Port, PortList, Service, TunnelProtocol, Workload, WorkloadStatus, WorkloadType,
 };
-use proto::istio::workload::{NetworkAddress, Port, PortList, Service, TunnelProtocol, Workload, WorkloadStatus, WorkloadType};
 use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use support::*;
 
@@ -147,7 +147,10 @@ fn samples_translate_to_the_expected_resources() {
                 rules: vec![
                     Rules { matches: vec![Match { destination_ports: vec![8080], ..Default::default() }] },
                     Rules {
-                        matches: vec![Match { principals: vec![exact("cluster.local/ns/tools/sa/curl")], ..Default::default() }]
+                        matches: vec![Match {
+                            principals: vec![exact("cluster.local/ns/tools/sa/curl")],
+                            ..Default::default()
+                        }]
                     },
                 ]
             }],

@@ -13,6 +13,10 @@
 //!   The workload then lists that policy instead of the static one.
 //! - PERMISSIVE and DISABLE add nothing (HBONE is always mTLS). Of several policies at one
 //!   level, the oldest (`creationTimestamp`, then name) wins.
+//! - One deliberate difference: under an inherited STRICT mode, a workload policy with mode
+//!   UNSET and a DISABLE port lists its converted policy exactly as for a PERMISSIVE port (Istio
+//!   checks only PERMISSIVE there, so the exemption it computes is never referenced). The
+//!   converted policy carries the inherited denial, so nothing is widened beyond that port.
 
 use proto::istio::security::{Action, Authorization, Group, Match, Rules, Scope, StringMatch, string_match};
 
@@ -114,7 +118,7 @@ pub fn workload_policies(cfg: &MeshConfig, model: &Model, ns: &str, labels: &Lab
                     strict = false;
                 }
                 MtlsMode::Permissive | MtlsMode::Disable if any(|m| m == MtlsMode::Strict) => port_policy = Some(key),
-                MtlsMode::Unset if strict && any(|m| m == MtlsMode::Permissive) => {
+                MtlsMode::Unset if strict && any(lax) => {
                     port_policy = Some(key);
                     strict = false;
                 }
