@@ -170,11 +170,9 @@ impl CaClient {
     }
 }
 
-/// When to renew: at half the certificate's life, with up to 10% of it as jitter so that the
-/// pods of a node do not all ask at once.
+/// When to renew: at about half of what is left of the certificate's life (CAs backdate
+/// `not_before` for clock skew, so the nominal life would overstate what we have), plus up to
+/// 10% as jitter so that the pods of a node do not all ask at once.
 fn renew_after(cert: &WorkloadCert, now: SystemTime) -> Duration {
-    let life = cert.not_after().duration_since(cert.not_before()).unwrap_or_default();
-    let half = cert.not_before() + life / 2;
-    let jitter = life.mul_f64(rand::rng().random_range(0.0..0.1));
-    (half + jitter).duration_since(now).unwrap_or_default()
+    cert.remaining(now).mul_f64(0.5 + rand::rng().random_range(0.0..0.1))
 }

@@ -123,8 +123,8 @@ impl Config {
         if self.cert_dir.is_none() && self.ca_address.is_none() {
             return Err(ConfigError::Invalid { flag: "--cert-dir", why: "or --ca-address is required".into() });
         }
-        if self.cert_ttl_seconds < 60 {
-            return Err(ConfigError::Invalid { flag: "--cert-ttl-seconds", why: "must be at least 60".into() });
+        if self.cert_ttl_seconds < 5 {
+            return Err(ConfigError::Invalid { flag: "--cert-ttl-seconds", why: "must be at least 5".into() });
         }
         if self.worker_threads == 0 {
             return Err(ConfigError::Invalid { flag: "--worker-threads", why: "must be at least 1".into() });

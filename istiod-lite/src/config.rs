@@ -1,0 +1,80 @@
+//! istiod-lite's configuration: one typed struct from flags and environment, validated at start.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything istiod-lite needs to start.
+#[derive(Debug, Clone, clap::Parser, serde::Serialize)]
+#[command(name = "istiod-lite", about = "The mesh's control plane and CA")]
+pub struct Config {
+    /// Directory of Kubernetes YAML (Namespaces, Pods, Services, policies, ...), watched.
+    #[arg(long, env = "CONFIG_DIR")]
+    pub config_dir: PathBuf,
+    /// Where the mesh root lives (generated there on first start).
+    #[arg(long, env = "CA_DIR")]
+    pub ca_dir: PathBuf,
+    /// YAML map of node name to bootstrap token: how node proxies authenticate to the CA.
+    #[arg(long, env = "BOOTSTRAP_TOKENS")]
+    pub bootstrap_tokens: PathBuf,
+    /// Plaintext xDS and CA (local use only).
+    #[arg(long, env = "PLAINTEXT_ADDR", default_value = "127.0.0.1:15010")]
+    pub plaintext_addr: SocketAddr,
+    /// Istio's root namespace.
+    #[arg(long, env = "ROOT_NAMESPACE", default_value = "istio-system")]
+    pub root_namespace: String,
+    /// Trust domain.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Log filter.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A path that must exist does not.
+    #[error("{flag}: {path} does not exist")]
+    Missing {
+        /// The flag.
+        flag: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+    /// The bootstrap token file is unusable.
+    #[error("--bootstrap-tokens {path}: {why}")]
+    Tokens {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl Config {
+    /// Checks what can be checked before starting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.config_dir.is_dir() {
+            return Err(ConfigError::Missing { flag: "--config-dir", path: self.config_dir.clone() });
+        }
+        self.tokens().map(|_| ())
+    }
+
+    /// The bootstrap tokens as token → node.
+    pub fn tokens(&self) -> Result<HashMap<String, String>, ConfigError> {
+        let bad = |why: String| ConfigError::Tokens { path: self.bootstrap_tokens.clone(), why };
+        let text = std::fs::read_to_string(&self.bootstrap_tokens).map_err(|e| bad(e.to_string()))?;
+        let by_node: HashMap<String, String> = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut by_token = HashMap::new();
+        for (node, token) in by_node {
+            if token.len() < 16 {
+                return Err(bad(format!("the token of node {node} is shorter than 16 characters")));
+            }
+            if let Some(other) = by_token.insert(token, node.clone()) {
+                return Err(bad(format!("nodes {other} and {node} share a token")));
+            }
+        }
+        Ok(by_token)
+    }
+}

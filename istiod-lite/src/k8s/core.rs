@@ -1,0 +1,212 @@
+//! Core Kubernetes kinds: `Namespace`, `Pod`, `Service`, `EndpointSlice` (fields we use only).
+
+use serde::Deserialize;
+
+use super::ObjectMeta;
+
+/// `v1/Namespace`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Namespace {
+    /// Metadata; the labels enroll the namespace and pick its waypoint.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+}
+
+/// `v1/Pod`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Pod {
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Spec.
+    #[serde(default)]
+    pub spec: PodSpec,
+    /// Status.
+    #[serde(default)]
+    pub status: PodStatus,
+}
+
+/// `Pod.spec`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    /// The node the pod runs on (set by hand in file mode: there is no scheduler).
+    #[serde(default)]
+    pub node_name: String,
+    /// Service account; Kubernetes' default is `default`.
+    #[serde(default)]
+    pub service_account_name: Option<String>,
+    /// Pods on the host network are not workloads of the mesh.
+    #[serde(default)]
+    pub host_network: bool,
+    /// Containers, for their named ports.
+    #[serde(default)]
+    pub containers: Vec<Container>,
+}
+
+/// `Pod.spec.containers[]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    /// Declared ports.
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+}
+
+/// `Pod.spec.containers[].ports[]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    /// Name that a Service `targetPort` may refer to.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The port number.
+    pub container_port: u16,
+}
+
+/// `Pod.status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    /// `Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`.
+    #[serde(default)]
+    pub phase: Option<String>,
+    /// Primary IP.
+    #[serde(default, rename = "podIP")]
+    pub pod_ip: Option<String>,
+    /// All IPs (dual stack).
+    #[serde(default, rename = "podIPs")]
+    pub pod_ips: Vec<PodIp>,
+    /// Conditions; `Ready` decides the workload's health.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// `Pod.status.podIPs[]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct PodIp {
+    /// The address.
+    pub ip: String,
+}
+
+/// `Pod.status.conditions[]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Condition {
+    /// Condition type, e.g. `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+}
+
+/// `v1/Service`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Service {
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Spec.
+    #[serde(default)]
+    pub spec: ServiceSpec,
+}
+
+/// `Service.spec`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// The primary VIP, or `None` for a headless service.
+    #[serde(default, rename = "clusterIP")]
+    pub cluster_ip: Option<String>,
+    /// All VIPs (dual stack), the primary first.
+    #[serde(default, rename = "clusterIPs")]
+    pub cluster_ips: Vec<String>,
+    /// Ports.
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// Pods selected as endpoints; absent means endpoints come from EndpointSlices.
+    #[serde(default)]
+    pub selector: Option<super::Labels>,
+}
+
+/// `Service.spec.ports[]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// Port name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The service port.
+    pub port: u16,
+    /// The pod port: a number or a container port name; absent means `port` (as the API
+    /// server defaults it).
+    #[serde(default)]
+    pub target_port: Option<IntOrString>,
+    /// `TCP` (default), `UDP`, `SCTP`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// A Kubernetes `IntOrString`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum IntOrString {
+    /// A number.
+    Int(u16),
+    /// A name.
+    String(String),
+}
+
+/// `discovery.k8s.io/v1` `EndpointSlice`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSlice {
+    /// Metadata; label `kubernetes.io/service-name` names the Service.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// `IPv4`, `IPv6` or `FQDN`.
+    #[serde(default)]
+    pub address_type: String,
+    /// Endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// Ports of every endpoint.
+    #[serde(default)]
+    pub ports: Vec<EndpointPort>,
+}
+
+/// `EndpointSlice.endpoints[]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Addresses.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// The object behind the endpoint (a Pod, usually).
+    #[serde(default)]
+    pub target_ref: Option<ObjectReference>,
+}
+
+/// `EndpointSlice.endpoints[].targetRef`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct ObjectReference {
+    /// Kind.
+    #[serde(default)]
+    pub kind: String,
+    /// Name.
+    #[serde(default)]
+    pub name: String,
+    /// Namespace.
+    #[serde(default)]
+    pub namespace: String,
+}
+
+/// `EndpointSlice.ports[]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct EndpointPort {
+    /// The Service port name this port serves.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The endpoint's port.
+    #[serde(default)]
+    pub port: Option<u16>,
+}

@@ -1,0 +1,221 @@
+//! A directory of Kubernetes YAML (`*.yaml`, `*.yml`, subdirectories included, in path order):
+//! loading, and a watcher that reloads on change and feeds a [`Translator`].
+//!
+//! Every good object applies; each bad document is reported with file, document number,
+//! object and field. A security object (`AuthorizationPolicy`, `PeerAuthentication`) that
+//! becomes invalid keeps its last good version, as a rejected `kubectl apply` would leave the
+//! old object in place; one never valid is absent, as if the apply had been refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+
+use super::{Located, parse_file};
+use crate::error::{ConfigError, Location, ObjectError};
+use crate::model::{Kind, Object, ObjectKey};
+use crate::translator::{Delta, Translator};
+
+/// How often the watcher looks at the directory.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Why the directory could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    /// Listing or reading failed.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The directory or file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One load of the directory.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Objects that apply (duplicates removed; last good versions of rejected security objects kept).
+    pub objects: Vec<Located>,
+    /// Bad documents and objects.
+    pub errors: Vec<ConfigError>,
+    /// Documents of kinds we do not read.
+    pub ignored: Vec<String>,
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DirError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| DirError::Read { path: dir.to_owned(), source })?;
+    for e in rd {
+        let e = e.map_err(|source| DirError::Read { path: dir.to_owned(), source })?;
+        let p = e.path();
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue; // editors' swap and temporary files
+        }
+        if p.is_dir() {
+            yaml_files(&p, out)?;
+        } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// The directory's YAML files with their modification time and length (a cheap change check).
+fn fingerprint(dir: &Path) -> Result<Vec<(PathBuf, Option<SystemTime>, u64)>, DirError> {
+    let mut files = Vec::new();
+    yaml_files(dir, &mut files)?;
+    files.sort();
+    Ok(files
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p).ok();
+            let (t, l) = (m.as_ref().and_then(|m| m.modified().ok()), m.map(|m| m.len()).unwrap_or(0));
+            (p, t, l)
+        })
+        .collect())
+}
+
+fn is_security(k: &ObjectKey) -> bool {
+    matches!(k.kind, Kind::AuthorizationPolicy | Kind::PeerAuthentication)
+}
+
+/// Loads a directory, keeping state between loads (the last good security objects).
+#[derive(Debug, Default)]
+pub struct Loader {
+    dir: PathBuf,
+    last_good: BTreeMap<ObjectKey, Located>,
+}
+
+impl Loader {
+    /// A loader for `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Loader {
+        Loader { dir: dir.into(), last_good: BTreeMap::new() }
+    }
+
+    /// Reads and parses every file.
+    pub fn load(&mut self) -> Result<Snapshot, DirError> {
+        let mut files = Vec::new();
+        yaml_files(&self.dir, &mut files)?;
+        files.sort();
+        let mut snap = Snapshot::default();
+        let mut seen: BTreeMap<ObjectKey, Location> = BTreeMap::new();
+        for f in files {
+            let text = match std::fs::read_to_string(&f) {
+                Ok(t) => t,
+                Err(source) => {
+                    snap.errors.push(ConfigError {
+                        location: Location { file: f.clone(), document: 0 },
+                        object: None,
+                        error: ObjectError::Io { source },
+                    });
+                    continue;
+                }
+            };
+            let parsed = parse_file(&f, &text);
+            snap.errors.extend(parsed.errors);
+            snap.ignored.extend(parsed.ignored);
+            for o in parsed.objects {
+                let key = o.object.key();
+                if let Some(first) = seen.get(&key) {
+                    snap.errors.push(ConfigError {
+                        location: o.location,
+                        object: Some(key),
+                        error: ObjectError::Duplicate { first: first.to_string() },
+                    });
+                    continue;
+                }
+                seen.insert(key, o.location.clone());
+                snap.objects.push(o);
+            }
+        }
+        let rejected: BTreeSet<ObjectKey> =
+            snap.errors.iter().filter_map(|e| e.object.clone()).filter(is_security).collect();
+        for k in rejected {
+            if !seen.contains_key(&k)
+                && let Some(old) = self.last_good.get(&k)
+            {
+                tracing::warn!(object = %k, "invalid; keeping its last good version");
+                snap.objects.push(old.clone());
+            }
+        }
+        self.last_good =
+            snap.objects.iter().filter(|o| is_security(&o.object.key())).map(|o| (o.object.key(), o.clone())).collect();
+        Ok(snap)
+    }
+}
+
+/// What the watcher has done so far.
+#[derive(Clone, Debug, Default)]
+pub struct WatchStatus {
+    /// Loads applied.
+    pub loads: u64,
+    /// Errors of the last load (empty if it was clean).
+    pub errors: Vec<Arc<ConfigError>>,
+    /// A directory-level failure of the last attempt, if any (the last model stays).
+    pub failure: Option<Arc<DirError>>,
+}
+
+/// Watches `dir`: every [`POLL_INTERVAL`] it checks the YAML files' names, times and sizes;
+/// on any change (and on the first poll) it reloads the directory, applies it to `translator`
+/// with [`Translator::replace_all`], and sends the non-empty delta. Returns the status
+/// receiver, the delta receiver and the future to spawn (it runs until dropped).
+pub fn watch(
+    dir: impl Into<PathBuf>,
+    translator: Arc<Mutex<Translator>>,
+) -> (watch::Receiver<WatchStatus>, mpsc::UnboundedReceiver<Delta>, impl Future<Output = ()> + Send + 'static) {
+    let dir = dir.into();
+    let (status_tx, status_rx) = watch::channel(WatchStatus::default());
+    let (delta_tx, delta_rx) = mpsc::unbounded_channel();
+    let fut = async move {
+        let mut loader = Loader::new(dir.clone());
+        let mut last = None;
+        let mut ticker = tokio::time::interval(POLL_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let fp = match fingerprint(&dir) {
+                Ok(fp) => fp,
+                Err(e) => {
+                    if last.is_some() || status_tx.borrow().failure.is_none() {
+                        tracing::error!(error = %e, "config directory unreadable; keeping the last model");
+                        status_tx.send_modify(|s| s.failure = Some(Arc::new(e)));
+                    }
+                    last = None;
+                    continue;
+                }
+            };
+            if last.as_ref() == Some(&fp) {
+                continue;
+            }
+            last = Some(fp);
+            let snap = match loader.load() {
+                Ok(s) => s,
+                Err(e) => {
+                    status_tx.send_modify(|s| s.failure = Some(Arc::new(e)));
+                    last = None;
+                    continue;
+                }
+            };
+            for e in &snap.errors {
+                tracing::error!("config: {e}");
+            }
+            let objects: Vec<Object> = snap.objects.into_iter().map(|o| o.object).collect();
+            let delta = translator.lock().expect("translator lock").replace_all(objects);
+            status_tx.send_modify(|s| {
+                s.loads += 1;
+                s.failure = None;
+                s.errors = snap.errors.into_iter().map(Arc::new).collect();
+            });
+            if !delta.is_empty() && delta_tx.send(delta).is_err() {
+                return;
+            }
+        }
+    };
+    (status_rx, delta_rx, fut)
+}

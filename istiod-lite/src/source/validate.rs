@@ -1,0 +1,200 @@
+//! Checks on values the schema cannot express (addresses, ports, condition keys, field
+//! combinations), so a bad object is rejected whole with the field named, as Istio's
+//! validating webhook would reject it at `kubectl apply`.
+
+use std::net::IpAddr;
+
+use crate::error::ObjectError;
+use crate::k8s::core::{Pod, Service};
+use crate::k8s::security::{AuthorizationPolicy, PeerAuthentication, PolicyAction, StrOrNum};
+use crate::model::Object;
+
+/// `a.b.c.d`, `a.b.c.d/n`, `x::y` or `x::y/n` → address and prefix length.
+pub fn parse_cidr(s: &str) -> Option<(IpAddr, u32)> {
+    match s.split_once('/') {
+        Some((a, n)) => {
+            let a: IpAddr = a.parse().ok()?;
+            let n: u32 = n.parse().ok()?;
+            let max = if a.is_ipv4() { 32 } else { 128 };
+            (n <= max).then_some((a, n))
+        }
+        None => {
+            let a: IpAddr = s.parse().ok()?;
+            Some((a, if a.is_ipv4() { 32 } else { 128 }))
+        }
+    }
+}
+
+/// A port 1..=65535 written as a number or a decimal string.
+pub fn parse_port(v: &StrOrNum) -> Option<u32> {
+    let n = match v {
+        StrOrNum::Num(n) => *n,
+        StrOrNum::Str(s) => s.parse().ok()?,
+    };
+    (1..=65535).contains(&n).then_some(n as u32)
+}
+
+/// `when` keys ztunnel can enforce.
+pub const L4_WHEN_KEYS: [&str; 5] =
+    ["source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"];
+
+/// Whether `key` is a condition key Istio knows (L4 or L7).
+fn known_when_key(key: &str) -> bool {
+    const L7_EXACT: [&str; 7] = [
+        "remote.ip",
+        "request.auth.principal",
+        "request.auth.audiences",
+        "request.auth.presenter",
+        "connection.sni",
+        "source.serviceAccount",
+        "request.regex.headers",
+    ];
+    const L7_PREFIX: [&str; 4] =
+        ["request.headers[", "request.auth.claims[", "request.experimental.", "experimental.envoy.filters."];
+    L4_WHEN_KEYS.contains(&key) || L7_EXACT.contains(&key) || L7_PREFIX.iter().any(|p| key.starts_with(p))
+}
+
+fn invalid(field: String, reason: impl Into<String>) -> ObjectError {
+    ObjectError::Invalid { field, reason: reason.into() }
+}
+
+/// Validates one parsed object.
+pub(super) fn object(o: &Object) -> Result<(), ObjectError> {
+    match o {
+        Object::Pod(p) => pod(p),
+        Object::Service(s) => service(s),
+        Object::AuthorizationPolicy(p) => authorization_policy(p),
+        Object::PeerAuthentication(p) => peer_authentication(p),
+        _ => Ok(()),
+    }
+}
+
+fn ip(field: String, s: &str) -> Result<(), ObjectError> {
+    s.parse::<IpAddr>().map(|_| ()).map_err(|_| invalid(field, format!("{s:?} is not an IP address")))
+}
+
+fn pod(p: &Pod) -> Result<(), ObjectError> {
+    if let Some(a) = &p.status.pod_ip {
+        ip("status.podIP".into(), a)?;
+    }
+    for (i, a) in p.status.pod_ips.iter().enumerate() {
+        ip(format!("status.podIPs[{i}].ip"), &a.ip)?;
+    }
+    Ok(())
+}
+
+fn service(s: &Service) -> Result<(), ObjectError> {
+    let vip = |field: String, a: &str| if a == "None" || a.is_empty() { Ok(()) } else { ip(field, a) };
+    if let Some(a) = &s.spec.cluster_ip {
+        vip("spec.clusterIP".into(), a)?;
+    }
+    for (i, a) in s.spec.cluster_ips.iter().enumerate() {
+        vip(format!("spec.clusterIPs[{i}]"), a)?;
+    }
+    Ok(())
+}
+
+fn ports(field: &str, v: &[StrOrNum]) -> Result<(), ObjectError> {
+    for (i, p) in v.iter().enumerate() {
+        if parse_port(p).is_none() {
+            return Err(invalid(format!("{field}[{i}]"), format!("{:?} is not a port (1-65535)", p.as_string())));
+        }
+    }
+    Ok(())
+}
+
+fn cidrs(field: &str, v: &[String]) -> Result<(), ObjectError> {
+    for (i, s) in v.iter().enumerate() {
+        if parse_cidr(s).is_none() {
+            return Err(invalid(format!("{field}[{i}]"), format!("{s:?} is not an IP address or CIDR")));
+        }
+    }
+    Ok(())
+}
+
+fn non_empty(field: &str, v: &[String]) -> Result<(), ObjectError> {
+    match v.iter().position(|s| s.is_empty()) {
+        Some(i) => Err(invalid(format!("{field}[{i}]"), "empty value")),
+        None => Ok(()),
+    }
+}
+
+fn authorization_policy(p: &AuthorizationPolicy) -> Result<(), ObjectError> {
+    let s = &p.spec;
+    if s.target_ref.is_some() && !s.target_refs.is_empty() {
+        return Err(invalid("spec.targetRef".into(), "cannot be used together with spec.targetRefs"));
+    }
+    if s.selector.is_some() && (s.target_ref.is_some() || !s.target_refs.is_empty()) {
+        return Err(invalid("spec.selector".into(), "cannot be used together with spec.targetRefs"));
+    }
+    match (s.action, &s.provider) {
+        (PolicyAction::Custom, None) => {
+            return Err(invalid("spec.provider".into(), "required when action is CUSTOM"));
+        }
+        (a, Some(_)) if a != PolicyAction::Custom => {
+            return Err(invalid("spec.provider".into(), "only allowed when action is CUSTOM"));
+        }
+        _ => {}
+    }
+    for (r, rule) in s.rules.iter().enumerate() {
+        for (f, from) in rule.from.iter().enumerate() {
+            let base = format!("spec.rules[{r}].from[{f}].source");
+            let src = &from.source;
+            cidrs(&format!("{base}.ipBlocks"), &src.ip_blocks)?;
+            cidrs(&format!("{base}.notIpBlocks"), &src.not_ip_blocks)?;
+            cidrs(&format!("{base}.remoteIpBlocks"), &src.remote_ip_blocks)?;
+            cidrs(&format!("{base}.notRemoteIpBlocks"), &src.not_remote_ip_blocks)?;
+            for (name, v) in [
+                ("principals", &src.principals),
+                ("notPrincipals", &src.not_principals),
+                ("namespaces", &src.namespaces),
+                ("notNamespaces", &src.not_namespaces),
+                ("serviceAccounts", &src.service_accounts),
+                ("notServiceAccounts", &src.not_service_accounts),
+            ] {
+                non_empty(&format!("{base}.{name}"), v)?;
+            }
+        }
+        for (t, to) in rule.to.iter().enumerate() {
+            let base = format!("spec.rules[{r}].to[{t}].operation");
+            ports(&format!("{base}.ports"), &to.operation.ports)?;
+            ports(&format!("{base}.notPorts"), &to.operation.not_ports)?;
+        }
+        for (w, when) in rule.when.iter().enumerate() {
+            let base = format!("spec.rules[{r}].when[{w}]");
+            if !known_when_key(&when.key) {
+                return Err(invalid(format!("{base}.key"), format!("unknown attribute {:?}", when.key)));
+            }
+            if when.values.is_empty() && when.not_values.is_empty() {
+                return Err(invalid(base, "needs values or notValues"));
+            }
+            match when.key.as_str() {
+                "destination.port" => {
+                    ports(&format!("{base}.values"), &when.values)?;
+                    ports(&format!("{base}.notValues"), &when.not_values)?;
+                }
+                "source.ip" | "destination.ip" | "remote.ip" => {
+                    let strs = |v: &[StrOrNum]| v.iter().map(StrOrNum::as_string).collect::<Vec<_>>();
+                    cidrs(&format!("{base}.values"), &strs(&when.values))?;
+                    cidrs(&format!("{base}.notValues"), &strs(&when.not_values))?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn peer_authentication(p: &PeerAuthentication) -> Result<(), ObjectError> {
+    let s = &p.spec;
+    for k in s.port_level_mtls.keys() {
+        if parse_port(k).is_none() {
+            return Err(invalid(format!("spec.portLevelMtls[{}]", k.as_string()), "key is not a port (1-65535)"));
+        }
+    }
+    let has_labels = s.selector.as_ref().is_some_and(|sel| !sel.match_labels.is_empty());
+    if !s.port_level_mtls.is_empty() && !has_labels {
+        return Err(invalid("spec.portLevelMtls".into(), "requires a spec.selector with matchLabels"));
+    }
+    Ok(())
+}

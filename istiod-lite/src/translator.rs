@@ -1,0 +1,355 @@
+//! Incremental translation: applies one change to the model, recomputes only the resources
+//! that depend on it, and returns what changed per type URL, for the xDS server to push.
+//!
+//! Dependencies: a pod → its workload; a service → itself and the workloads of its namespace
+//! (their `services` maps); an EndpointSlice → the workloads of its namespace; a namespace →
+//! its workloads and services; an AuthorizationPolicy → itself and the workloads it may select
+//! (its namespace, or all for the root namespace); a PeerAuthentication → the converted policies
+//! and workloads of its namespace (all for the root namespace) and the static STRICT policy;
+//! a Gateway → every workload and service (waypoint labels may point across namespaces).
+//! Recomputed resources equal to what was sent are left out of the delta.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost::Message;
+use prost_types::Any;
+use proto::istio::security::Authorization;
+use proto::istio::workload::{Address, address};
+use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+
+use crate::error::Warning;
+use crate::model::{Kind, Model, NsName, Object, ObjectKey, in_namespace};
+use crate::translate::{MeshConfig, authz, peer_authn, service, workload};
+
+/// One change to the model.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// Create or replace an object.
+    Upsert(Object),
+    /// Delete an object.
+    Delete(ObjectKey),
+}
+
+/// What changed for one type URL.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResourceDelta {
+    /// Resources created or changed: name and encoded resource.
+    pub upserts: Vec<(String, Any)>,
+    /// Names of resources removed.
+    pub removals: Vec<String>,
+}
+
+impl ResourceDelta {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.removals.is_empty()
+    }
+}
+
+/// What changed, per type URL ([`ADDRESS_TYPE_URL`], [`AUTHORIZATION_TYPE_URL`]); types with
+/// no change are absent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Delta {
+    /// Changes by type URL.
+    pub types: BTreeMap<&'static str, ResourceDelta>,
+}
+
+impl Delta {
+    /// The changes of one type (empty if none).
+    pub fn of(&self, type_url: &str) -> ResourceDelta {
+        self.types.get(type_url).cloned().unwrap_or_default()
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.types.values().all(ResourceDelta::is_empty)
+    }
+
+    fn merge(&mut self, other: Delta) {
+        for (t, d) in other.types {
+            let e = self.types.entry(t).or_default();
+            for (name, any) in d.upserts {
+                e.removals.retain(|n| *n != name);
+                e.upserts.retain(|(n, _)| *n != name);
+                e.upserts.push((name, any));
+            }
+            for name in d.removals {
+                e.upserts.retain(|(n, _)| *n != name);
+                if !e.removals.contains(&name) {
+                    e.removals.push(name);
+                }
+            }
+        }
+        self.types.retain(|_, d| !d.is_empty());
+    }
+}
+
+/// The model and the resources last computed from it.
+#[derive(Debug, Default)]
+pub struct Translator {
+    cfg: MeshConfig,
+    model: Model,
+    addresses: BTreeMap<String, Address>,
+    authorizations: BTreeMap<String, Authorization>,
+    warnings: BTreeMap<ObjectKey, Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Dirty {
+    Pod(NsName),
+    Service(NsName),
+    Policy(NsName),
+    PeerAuthns(String),
+    StaticStrict,
+}
+
+fn encode<M: Message>(type_url: &str, m: &M) -> Any {
+    Any { type_url: type_url.to_owned(), value: m.encode_to_vec() }
+}
+
+impl Translator {
+    /// An empty translator.
+    pub fn new(cfg: MeshConfig) -> Translator {
+        Translator { cfg, ..Default::default() }
+    }
+
+    /// The mesh settings.
+    pub fn config(&self) -> &MeshConfig {
+        &self.cfg
+    }
+
+    /// The current model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Every current `istio.workload.Address`, by resource name.
+    pub fn addresses(&self) -> &BTreeMap<String, Address> {
+        &self.addresses
+    }
+
+    /// Every current `istio.security.Authorization`, by resource name.
+    pub fn authorizations(&self) -> &BTreeMap<String, Authorization> {
+        &self.authorizations
+    }
+
+    /// Every current resource of a type URL, encoded, by name (for a new subscriber).
+    pub fn snapshot(&self, type_url: &str) -> Vec<(String, Any)> {
+        match type_url {
+            ADDRESS_TYPE_URL => self.addresses.iter().map(|(n, a)| (n.clone(), encode(ADDRESS_TYPE_URL, a))).collect(),
+            AUTHORIZATION_TYPE_URL => {
+                self.authorizations.iter().map(|(n, a)| (n.clone(), encode(AUTHORIZATION_TYPE_URL, a))).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Current translation warnings (L7 rules left out, dangling waypoints, ...).
+    pub fn warnings(&self) -> Vec<Warning> {
+        self.warnings
+            .iter()
+            .flat_map(|(k, ws)| ws.iter().map(|m| Warning { object: k.clone(), message: m.clone() }))
+            .collect()
+    }
+
+    /// Applies one change.
+    pub fn apply(&mut self, change: Change) -> Delta {
+        let key = match &change {
+            Change::Upsert(o) => o.key(),
+            Change::Delete(k) => k.clone(),
+        };
+        // The old object's dependents too: a service whose selector changed leaves pods.
+        let changed = match change {
+            Change::Upsert(o) => self.model.upsert(o),
+            Change::Delete(k) => self.model.remove(&k),
+        };
+        if !changed {
+            return Delta::default();
+        }
+        let dirty = self.dependents(&key);
+        self.recompute(dirty)
+    }
+
+    /// Applies several changes; the delta is their sum.
+    pub fn apply_all(&mut self, changes: impl IntoIterator<Item = Change>) -> Delta {
+        let mut d = Delta::default();
+        for c in changes {
+            d.merge(self.apply(c));
+        }
+        d
+    }
+
+    /// Makes the model exactly `objects`: upserts them and deletes every object not among them.
+    pub fn replace_all(&mut self, objects: Vec<Object>) -> Delta {
+        let keep: BTreeSet<ObjectKey> = objects.iter().map(Object::key).collect();
+        let gone: Vec<Change> =
+            self.model.keys().into_iter().filter(|k| !keep.contains(k)).map(Change::Delete).collect();
+        let mut d = self.apply_all(gone);
+        d.merge(self.apply_all(objects.into_iter().map(Change::Upsert)));
+        d
+    }
+
+    fn pods_in(&self, ns: Option<&str>, out: &mut BTreeSet<Dirty>) {
+        let pods: Box<dyn Iterator<Item = &NsName>> = match ns {
+            Some(ns) => Box::new(in_namespace(&self.model.pods, ns).map(|(k, _)| k)),
+            None => Box::new(self.model.pods.keys()),
+        };
+        out.extend(pods.cloned().map(Dirty::Pod));
+        // Workloads already sent whose pods are gone are handled by their own Delete.
+    }
+
+    fn dependents(&self, key: &ObjectKey) -> BTreeSet<Dirty> {
+        let mut d = BTreeSet::new();
+        let nn = (key.namespace.clone(), key.name.clone());
+        let root = self.cfg.root_namespace.as_str();
+        match key.kind {
+            Kind::Pod => {
+                d.insert(Dirty::Pod(nn));
+            }
+            Kind::Service => {
+                d.insert(Dirty::Service(nn));
+                self.pods_in(Some(&key.namespace), &mut d);
+            }
+            Kind::EndpointSlice => self.pods_in(Some(&key.namespace), &mut d),
+            Kind::Namespace => {
+                self.pods_in(Some(&key.name), &mut d);
+                d.extend(in_namespace(&self.model.services, &key.name).map(|(k, _)| Dirty::Service(k.clone())));
+            }
+            Kind::AuthorizationPolicy => {
+                d.insert(Dirty::Policy(nn));
+                self.pods_in((key.namespace != root).then_some(key.namespace.as_str()), &mut d);
+            }
+            Kind::PeerAuthentication => {
+                d.insert(Dirty::StaticStrict);
+                if key.namespace == root {
+                    let all: BTreeSet<String> =
+                        self.model.peer_authentications.keys().map(|(ns, _)| ns.clone()).collect();
+                    d.extend(all.into_iter().map(Dirty::PeerAuthns));
+                    self.pods_in(None, &mut d);
+                } else {
+                    d.insert(Dirty::PeerAuthns(key.namespace.clone()));
+                    self.pods_in(Some(&key.namespace), &mut d);
+                }
+            }
+            Kind::Gateway => {
+                self.pods_in(None, &mut d);
+                d.extend(self.model.services.keys().cloned().map(Dirty::Service));
+            }
+            Kind::HttpRoute | Kind::GrpcRoute => {}
+        }
+        d
+    }
+
+    fn set_warnings(&mut self, key: ObjectKey, ws: Vec<String>) {
+        for w in &ws {
+            tracing::warn!(object = %key, "{w}");
+        }
+        if ws.is_empty() {
+            self.warnings.remove(&key);
+        } else {
+            self.warnings.insert(key, ws);
+        }
+    }
+
+    fn put_address(&mut self, d: &mut ResourceDelta, name: String, new: Option<Address>) {
+        match new {
+            Some(a) if self.addresses.get(&name) != Some(&a) => {
+                d.upserts.push((name.clone(), encode(ADDRESS_TYPE_URL, &a)));
+                self.addresses.insert(name, a);
+            }
+            None if self.addresses.remove(&name).is_some() => d.removals.push(name),
+            _ => {}
+        }
+    }
+
+    fn put_authz(&mut self, d: &mut ResourceDelta, name: String, new: Option<Authorization>) {
+        match new {
+            Some(a) if self.authorizations.get(&name) != Some(&a) => {
+                d.upserts.push((name.clone(), encode(AUTHORIZATION_TYPE_URL, &a)));
+                self.authorizations.insert(name, a);
+            }
+            None if self.authorizations.remove(&name).is_some() => d.removals.push(name),
+            _ => {}
+        }
+    }
+
+    fn recompute(&mut self, dirty: BTreeSet<Dirty>) -> Delta {
+        let mut addr = ResourceDelta::default();
+        let mut auth = ResourceDelta::default();
+        let cfg = self.cfg.clone();
+        for item in dirty {
+            match item {
+                Dirty::Pod((ns, name)) => {
+                    let key = ObjectKey::new(Kind::Pod, ns.clone(), name.clone());
+                    let out = self
+                        .model
+                        .pods
+                        .get(&(ns.clone(), name.clone()))
+                        .and_then(|p| workload::translate(&cfg, &self.model, p));
+                    let (w, ws) = match out {
+                        Some((w, ws)) => (Some(Address { r#type: Some(address::Type::Workload(w)) }), ws),
+                        None => (None, Vec::new()),
+                    };
+                    self.set_warnings(key, ws);
+                    self.put_address(&mut addr, cfg.pod_uid(&ns, &name), w);
+                }
+                Dirty::Service((ns, name)) => {
+                    let key = ObjectKey::new(Kind::Service, ns.clone(), name.clone());
+                    let out = self
+                        .model
+                        .services
+                        .get(&(ns.clone(), name.clone()))
+                        .map(|s| service::translate(&cfg, &self.model, s));
+                    let (s, ws) = match out {
+                        Some((s, w)) => {
+                            (Some(Address { r#type: Some(address::Type::Service(s)) }), w.into_iter().collect())
+                        }
+                        None => (None, Vec::new()),
+                    };
+                    self.set_warnings(key, ws);
+                    self.put_address(&mut addr, service::resource_name(&cfg, &ns, &name), s);
+                }
+                Dirty::Policy((ns, name)) => {
+                    let key = ObjectKey::new(Kind::AuthorizationPolicy, ns.clone(), name.clone());
+                    let out = self
+                        .model
+                        .authorization_policies
+                        .get(&(ns.clone(), name.clone()))
+                        .map(|p| authz::translate(&cfg, p))
+                        .unwrap_or_default();
+                    self.set_warnings(key, out.warnings);
+                    self.put_authz(&mut auth, format!("{ns}/{name}"), out.authorization);
+                }
+                Dirty::PeerAuthns(ns) => {
+                    let prefix = format!("{ns}/{}", peer_authn::CONVERTED_PREFIX);
+                    let mut names: BTreeSet<String> =
+                        self.authorizations.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+                    let mut new = BTreeMap::new();
+                    for (_, pa) in in_namespace(&self.model.peer_authentications, &ns) {
+                        if let Some(a) = peer_authn::convert(&cfg, &self.model, pa) {
+                            new.insert(format!("{ns}/{}", a.name), a);
+                        }
+                    }
+                    names.extend(new.keys().cloned());
+                    for n in names {
+                        let a = new.remove(&n);
+                        self.put_authz(&mut auth, n, a);
+                    }
+                }
+                Dirty::StaticStrict => {
+                    let a = (!self.model.peer_authentications.is_empty()).then(|| peer_authn::static_strict(&cfg));
+                    let name = format!("{}/{}", cfg.root_namespace, peer_authn::STATIC_STRICT_NAME);
+                    self.put_authz(&mut auth, name, a);
+                }
+            }
+        }
+        let mut delta = Delta::default();
+        if !addr.is_empty() {
+            delta.types.insert(ADDRESS_TYPE_URL, addr);
+        }
+        if !auth.is_empty() {
+            delta.types.insert(AUTHORIZATION_TYPE_URL, auth);
+        }
+        delta
+    }
+}
