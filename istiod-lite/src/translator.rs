@@ -22,6 +22,8 @@ use crate::model::{Kind, Model, NsName, Object, ObjectKey, in_namespace};
 use crate::translate::{MeshConfig, authz, peer_authn, service, workload};
 
 /// One change to the model.
+// A change lives only until it is moved into the model: boxing would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Change {
     /// Create or replace an object.

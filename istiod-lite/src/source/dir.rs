@@ -2,9 +2,11 @@
 //! loading, and a watcher that reloads on change and feeds a [`Translator`].
 //!
 //! Every good object applies; each bad document is reported with file, document number,
-//! object and field. A security object (`AuthorizationPolicy`, `PeerAuthentication`) that
-//! becomes invalid keeps its last good version, as a rejected `kubectl apply` would leave the
-//! old object in place; one never valid is absent, as if the apply had been refused.
+//! object and field (line numbers in parser messages count from the document's first line).
+//! A security object (`AuthorizationPolicy`, `PeerAuthentication`) that becomes invalid keeps
+//! its last good version, as a rejected `kubectl apply` would leave the old object in place;
+//! one never valid is replaced by its fail-closed stand-in ([`super::fail_closed`]: deny all,
+//! or STRICT, for what it selects), so a broken policy never leaves its workloads more open.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -105,6 +107,7 @@ impl Loader {
         files.sort();
         let mut snap = Snapshot::default();
         let mut seen: BTreeMap<ObjectKey, Location> = BTreeMap::new();
+        let mut stand_ins: Vec<Located> = Vec::new();
         for f in files {
             let text = match std::fs::read_to_string(&f) {
                 Ok(t) => t,
@@ -120,6 +123,7 @@ impl Loader {
             let parsed = parse_file(&f, &text);
             snap.errors.extend(parsed.errors);
             snap.ignored.extend(parsed.ignored);
+            stand_ins.extend(parsed.fail_closed);
             for o in parsed.objects {
                 let key = o.object.key();
                 if let Some(first) = seen.get(&key) {
@@ -136,16 +140,23 @@ impl Loader {
         }
         let rejected: BTreeSet<ObjectKey> =
             snap.errors.iter().filter_map(|e| e.object.clone()).filter(is_security).collect();
+        // Only objects that really parsed become last good; stand-ins never do.
+        let mut last_good: BTreeMap<ObjectKey, Located> =
+            snap.objects.iter().filter(|o| is_security(&o.object.key())).map(|o| (o.object.key(), o.clone())).collect();
         for k in rejected {
-            if !seen.contains_key(&k)
-                && let Some(old) = self.last_good.get(&k)
-            {
+            if seen.contains_key(&k) {
+                continue; // a valid definition elsewhere wins; the bad one is just reported
+            }
+            if let Some(old) = self.last_good.get(&k) {
                 tracing::warn!(object = %k, "invalid; keeping its last good version");
                 snap.objects.push(old.clone());
+                last_good.insert(k, old.clone());
+            } else if let Some(s) = stand_ins.iter().find(|s| s.object.key() == k) {
+                tracing::warn!(object = %k, "invalid and never valid; enforcing its fail-closed stand-in");
+                snap.objects.push(s.clone());
             }
         }
-        self.last_good =
-            snap.objects.iter().filter(|o| is_security(&o.object.key())).map(|o| (o.object.key(), o.clone())).collect();
+        self.last_good = last_good;
         Ok(snap)
     }
 }
