@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use super::{Located, parse_file};
-use crate::error::{ConfigError, Location, ObjectError};
+use crate::error::{ConfigError, Location, ObjectError, Warning};
 use crate::model::{Kind, Object, ObjectKey};
 use crate::translator::{Delta, Translator};
 
@@ -57,9 +57,12 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DirError> {
         let p = e.path();
         let name = e.file_name();
         if name.to_string_lossy().starts_with('.') {
-            continue; // editors' swap and temporary files
+            // Editors' swap files; and a mounted ConfigMap's `..data` links, whose files are
+            // also linked at the top level.
+            continue;
         }
-        if p.is_dir() {
+        // Real directories only: a symlinked directory could loop back to a parent.
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
             yaml_files(&p, out)?;
         } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
             out.push(p);
@@ -170,6 +173,8 @@ pub struct WatchStatus {
     pub errors: Vec<Arc<ConfigError>>,
     /// A directory-level failure of the last attempt, if any (the last model stays).
     pub failure: Option<Arc<DirError>>,
+    /// Translation warnings after the last load (HTTP rules left out, dangling waypoints, ...).
+    pub warnings: Vec<Warning>,
 }
 
 /// Watches `dir`: every [`POLL_INTERVAL`] it checks the YAML files' names, times and sizes;
@@ -184,15 +189,17 @@ pub fn watch(
     let (status_tx, status_rx) = watch::channel(WatchStatus::default());
     let (delta_tx, delta_rx) = mpsc::unbounded_channel();
     let fut = async move {
-        let mut loader = Loader::new(dir.clone());
+        // Listing and reading run on the blocking pool: the runtime also serves xDS.
+        let mut loader = Some(Loader::new(dir.clone()));
         let mut last = None;
         let mut ticker = tokio::time::interval(POLL_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let fp = match fingerprint(&dir) {
-                Ok(fp) => fp,
-                Err(e) => {
+            let d = dir.clone();
+            let fp = match tokio::task::spawn_blocking(move || fingerprint(&d)).await {
+                Ok(Ok(fp)) => fp,
+                Ok(Err(e)) => {
                     if last.is_some() || status_tx.borrow().failure.is_none() {
                         tracing::error!(error = %e, "config directory unreadable; keeping the last model");
                         status_tx.send_modify(|s| s.failure = Some(Arc::new(e)));
@@ -200,14 +207,26 @@ pub fn watch(
                     last = None;
                     continue;
                 }
+                Err(_) => return, // the runtime is shutting down
             };
             if last.as_ref() == Some(&fp) {
                 continue;
             }
             last = Some(fp);
-            let snap = match loader.load() {
+            let mut l = loader.take().expect("loader is put back after each load");
+            let Ok((l, result)) = tokio::task::spawn_blocking(move || {
+                let r = l.load();
+                (l, r)
+            })
+            .await
+            else {
+                return;
+            };
+            loader = Some(l);
+            let snap = match result {
                 Ok(s) => s,
                 Err(e) => {
+                    tracing::error!(error = %e, "config directory unreadable; keeping the last model");
                     status_tx.send_modify(|s| s.failure = Some(Arc::new(e)));
                     last = None;
                     continue;
@@ -217,11 +236,16 @@ pub fn watch(
                 tracing::error!("config: {e}");
             }
             let objects: Vec<Object> = snap.objects.into_iter().map(|o| o.object).collect();
-            let delta = translator.lock().expect("translator lock").replace_all(objects);
+            let (delta, warnings) = {
+                let mut t = translator.lock().expect("translator lock");
+                let d = t.replace_all(objects);
+                (d, t.warnings())
+            };
             status_tx.send_modify(|s| {
                 s.loads += 1;
                 s.failure = None;
                 s.errors = snap.errors.into_iter().map(Arc::new).collect();
+                s.warnings = warnings;
             });
             if !delta.is_empty() && delta_tx.send(delta).is_err() {
                 return;
