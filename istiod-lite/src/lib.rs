@@ -1,15 +1,34 @@
 //! istiod-lite: the mesh's control plane.
 //!
 //! - [`k8s`]: the Kubernetes, Istio and Gateway API object shapes we read.
-//! - [`source`]: where objects come from (a directory of YAML, watched).
-//! - [`model`]: every object, by kind and name.
-//! - [`translate`]: pure functions from the model to Istio's `istio.workload.Address` and
-//!   `istio.security.Authorization`.
-//! - [`translator`]: incremental translation: one change in, the resources it changed out.
-//! - [`error`]: configuration errors, located by file, document, object and field.
+//! - [`source`]: where objects come from: a directory of YAML, loaded and watched
+//!   ([`source::dir`]); each bad document is a [`ConfigError`] naming file, document, object
+//!   and field, and every other object still applies.
+//! - [`model`]: every object, by kind and `namespace/name`.
+//! - [`translate`]: pure functions from the model to Istio's `istio.workload.Address`
+//!   (workloads and services) and `istio.security.Authorization`.
+//! - [`translator`]: incremental translation: changes in, the resources they changed out, per
+//!   type URL, named as Istio names them (workload uid, `<ns>/<hostname>`, `<ns>/<name>`).
+//! - [`error`]: configuration errors and translation warnings.
 //! - [`ca`]: the mesh CA (root, CSR signing, who may have which identity).
 //! - [`serve`], [`config`], [`placement`]: running it all: directory → translator → xDS store,
 //!   xDS and the CA on one port.
+//!
+//! # Decisions
+//!
+//! - Every pod with an IP, not on the host network and not finished, is a workload (as in
+//!   Istio); `istio.io/dataplane-mode=ambient` on the pod or its namespace sets HBONE, `none`
+//!   on the pod opts out. Health is the `Ready` condition: a pod without it is UNHEALTHY.
+//! - A Service's endpoints are the pods its selector matches (as Istio builds workloads); a
+//!   Service without a selector takes them from EndpointSlices whose endpoints name the pod in
+//!   `targetRef`. Named target ports resolve per pod; a pod without the name leaves the port out.
+//!   A missing `targetPort` means `port`, as the API server defaults it.
+//! - Security objects never lose a setting: unknown fields and values are errors. A rejected
+//!   one keeps its last good version, or, if it never had one, is enforced as a fail-closed
+//!   stand-in (see [`source::fail_closed`]).
+//! - Authorization semantics follow Istio's ztunnel conversion; see [`translate::authz`] and
+//!   [`translate::peer_authn`] for the rules and the few deliberate differences (CUSTOM is
+//!   enforced as DENY instead of being dropped).
 
 #![forbid(unsafe_code)]
 

@@ -22,6 +22,8 @@ use crate::model::{Kind, Model, NsName, Object, ObjectKey, in_namespace};
 use crate::translate::{MeshConfig, authz, peer_authn, service, workload};
 
 /// One change to the model.
+// A change lives only until it is moved into the model: boxing would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Change {
     /// Create or replace an object.
@@ -63,24 +65,6 @@ impl Delta {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
         self.types.values().all(ResourceDelta::is_empty)
-    }
-
-    fn merge(&mut self, other: Delta) {
-        for (t, d) in other.types {
-            let e = self.types.entry(t).or_default();
-            for (name, any) in d.upserts {
-                e.removals.retain(|n| *n != name);
-                e.upserts.retain(|(n, _)| *n != name);
-                e.upserts.push((name, any));
-            }
-            for name in d.removals {
-                e.upserts.retain(|(n, _)| *n != name);
-                if !e.removals.contains(&name) {
-                    e.removals.push(name);
-                }
-            }
-        }
-        self.types.retain(|_, d| !d.is_empty());
     }
 }
 
@@ -154,29 +138,27 @@ impl Translator {
 
     /// Applies one change.
     pub fn apply(&mut self, change: Change) -> Delta {
-        let key = match &change {
-            Change::Upsert(o) => o.key(),
-            Change::Delete(k) => k.clone(),
-        };
-        // The old object's dependents too: a service whose selector changed leaves pods.
-        let changed = match change {
-            Change::Upsert(o) => self.model.upsert(o),
-            Change::Delete(k) => self.model.remove(&k),
-        };
-        if !changed {
-            return Delta::default();
-        }
-        let dirty = self.dependents(&key);
-        self.recompute(dirty)
+        self.apply_all([change])
     }
 
-    /// Applies several changes; the delta is their sum.
+    /// Applies several changes, then recomputes what any of them affects, once.
     pub fn apply_all(&mut self, changes: impl IntoIterator<Item = Change>) -> Delta {
-        let mut d = Delta::default();
-        for c in changes {
-            d.merge(self.apply(c));
+        let mut dirty = BTreeSet::new();
+        for change in changes {
+            let (key, changed) = match change {
+                Change::Upsert(o) => (o.key(), self.model.upsert(o)),
+                Change::Delete(k) => {
+                    let changed = self.model.remove(&k);
+                    (k, changed)
+                }
+            };
+            // Dependents are looked up in the model after the change; what the object used to
+            // affect is covered too: its dependents are found by namespace, not by content.
+            if changed {
+                dirty.extend(self.dependents(&key));
+            }
         }
-        d
+        self.recompute(dirty)
     }
 
     /// Makes the model exactly `objects`: upserts them and deletes every object not among them.
@@ -184,9 +166,7 @@ impl Translator {
         let keep: BTreeSet<ObjectKey> = objects.iter().map(Object::key).collect();
         let gone: Vec<Change> =
             self.model.keys().into_iter().filter(|k| !keep.contains(k)).map(Change::Delete).collect();
-        let mut d = self.apply_all(gone);
-        d.merge(self.apply_all(objects.into_iter().map(Change::Upsert)));
-        d
+        self.apply_all(gone.into_iter().chain(objects.into_iter().map(Change::Upsert)))
     }
 
     fn pods_in(&self, ns: Option<&str>, out: &mut BTreeSet<Dirty>) {

@@ -195,11 +195,15 @@ fn each_bad_document_is_reported_and_the_rest_applies() {
             assert!(msg.contains(f), "{case}: {msg:?} lacks {f:?}");
         }
         let keys: Vec<ObjectKey> = snap.objects.iter().map(|o| o.object.key()).collect();
-        assert_eq!(
-            keys,
-            [ObjectKey::new(Kind::Namespace, "", "shop"), ObjectKey::new(Kind::Pod, "shop", "web")],
-            "{case}: the good documents apply"
-        );
+        let mut expected = vec![ObjectKey::new(Kind::Namespace, "", "shop"), ObjectKey::new(Kind::Pod, "shop", "web")];
+        // A rejected security object is enforced as its fail-closed stand-in.
+        if object == "(AuthorizationPolicy shop/ap)" {
+            expected.push(ObjectKey::new(Kind::AuthorizationPolicy, "shop", "ap"));
+        }
+        if object == "(PeerAuthentication shop/pa)" {
+            expected.push(ObjectKey::new(Kind::PeerAuthentication, "shop", "pa"));
+        }
+        assert_eq!(keys, expected, "{case}: the good documents apply");
     }
 }
 
@@ -238,4 +242,35 @@ fn unknown_core_kinds_and_fields_are_ignored() {
     assert_eq!(snap.ignored, ["Deployment web"]);
     assert_eq!(snap.objects.len(), 1);
     assert_eq!(snap.objects[0].object.key(), ObjectKey::new(Kind::Pod, "default", "web"));
+}
+
+#[test]
+fn a_never_valid_security_object_fails_closed() {
+    use istiod_lite::{MeshConfig, Translator};
+    use proto::istio::security::{Action, Group, Scope};
+    let dir = TempDir::new("fail-closed");
+    dir.write(
+        "p.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: shop\n  labels: {app: web}\nstatus:\n  podIP: 10.0.0.1\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata:\n  name: db\n  namespace: shop\n  labels: {app: db}\nstatus:\n  podIP: 10.0.0.2\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: web-only\n  namespace: shop\nspec:\n  \
+         selector:\n    matchLabels: {app: web}\n  rules:\n  - to:\n    - operation:\n        ports: [\"web\"]\n---\n\
+         apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: shop\nspec:\n  mtls:\n    mode: strict\n",
+    );
+    let snap = Loader::new(dir.path()).load().unwrap();
+    assert_eq!(snap.errors.len(), 2, "{:?}", snap.errors);
+    let mut t = Translator::new(MeshConfig::default());
+    t.replace_all(snap.objects.into_iter().map(|o| o.object).collect());
+    // The broken ALLOW becomes a DENY of everything, for the workloads it selected only.
+    let a = &t.authorizations()["shop/web-only"];
+    assert_eq!(a.action, Action::Deny as i32);
+    assert_eq!(a.scope, Scope::WorkloadSelector as i32);
+    assert_eq!(a.groups, vec![Group { rules: vec![] }]);
+    let policies = |uid: &str| match &t.addresses()[uid].r#type {
+        Some(proto::istio::workload::address::Type::Workload(w)) => w.authorization_policies.clone(),
+        _ => panic!("not a workload"),
+    };
+    // The broken PeerAuthentication (lowercase mode) is enforced as STRICT.
+    assert_eq!(policies("Kubernetes//Pod/shop/web"), ["shop/web-only", "istio-system/istio_converted_static_strict"]);
+    assert_eq!(policies("Kubernetes//Pod/shop/db"), ["istio-system/istio_converted_static_strict"]);
 }

@@ -2,9 +2,11 @@
 //! loading, and a watcher that reloads on change and feeds a [`Translator`].
 //!
 //! Every good object applies; each bad document is reported with file, document number,
-//! object and field. A security object (`AuthorizationPolicy`, `PeerAuthentication`) that
-//! becomes invalid keeps its last good version, as a rejected `kubectl apply` would leave the
-//! old object in place; one never valid is absent, as if the apply had been refused.
+//! object and field (line numbers in parser messages count from the document's first line).
+//! A security object (`AuthorizationPolicy`, `PeerAuthentication`) that becomes invalid keeps
+//! its last good version, as a rejected `kubectl apply` would leave the old object in place;
+//! one never valid is replaced by its fail-closed stand-in ([`super::fail_closed`]: deny all,
+//! or STRICT, for what it selects), so a broken policy never leaves its workloads more open.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -16,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use super::{Located, parse_file};
-use crate::error::{ConfigError, Location, ObjectError};
+use crate::error::{ConfigError, Location, ObjectError, Warning};
 use crate::model::{Kind, Object, ObjectKey};
 use crate::translator::{Delta, Translator};
 
@@ -55,9 +57,12 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DirError> {
         let p = e.path();
         let name = e.file_name();
         if name.to_string_lossy().starts_with('.') {
-            continue; // editors' swap and temporary files
+            // Editors' swap files; and a mounted ConfigMap's `..data` links, whose files are
+            // also linked at the top level.
+            continue;
         }
-        if p.is_dir() {
+        // Real directories only: a symlinked directory could loop back to a parent.
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
             yaml_files(&p, out)?;
         } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
             out.push(p);
@@ -105,6 +110,7 @@ impl Loader {
         files.sort();
         let mut snap = Snapshot::default();
         let mut seen: BTreeMap<ObjectKey, Location> = BTreeMap::new();
+        let mut stand_ins: Vec<Located> = Vec::new();
         for f in files {
             let text = match std::fs::read_to_string(&f) {
                 Ok(t) => t,
@@ -120,6 +126,7 @@ impl Loader {
             let parsed = parse_file(&f, &text);
             snap.errors.extend(parsed.errors);
             snap.ignored.extend(parsed.ignored);
+            stand_ins.extend(parsed.fail_closed);
             for o in parsed.objects {
                 let key = o.object.key();
                 if let Some(first) = seen.get(&key) {
@@ -136,16 +143,23 @@ impl Loader {
         }
         let rejected: BTreeSet<ObjectKey> =
             snap.errors.iter().filter_map(|e| e.object.clone()).filter(is_security).collect();
+        // Only objects that really parsed become last good; stand-ins never do.
+        let mut last_good: BTreeMap<ObjectKey, Located> =
+            snap.objects.iter().filter(|o| is_security(&o.object.key())).map(|o| (o.object.key(), o.clone())).collect();
         for k in rejected {
-            if !seen.contains_key(&k)
-                && let Some(old) = self.last_good.get(&k)
-            {
+            if seen.contains_key(&k) {
+                continue; // a valid definition elsewhere wins; the bad one is just reported
+            }
+            if let Some(old) = self.last_good.get(&k) {
                 tracing::warn!(object = %k, "invalid; keeping its last good version");
                 snap.objects.push(old.clone());
+                last_good.insert(k, old.clone());
+            } else if let Some(s) = stand_ins.iter().find(|s| s.object.key() == k) {
+                tracing::warn!(object = %k, "invalid and never valid; enforcing its fail-closed stand-in");
+                snap.objects.push(s.clone());
             }
         }
-        self.last_good =
-            snap.objects.iter().filter(|o| is_security(&o.object.key())).map(|o| (o.object.key(), o.clone())).collect();
+        self.last_good = last_good;
         Ok(snap)
     }
 }
@@ -159,6 +173,8 @@ pub struct WatchStatus {
     pub errors: Vec<Arc<ConfigError>>,
     /// A directory-level failure of the last attempt, if any (the last model stays).
     pub failure: Option<Arc<DirError>>,
+    /// Translation warnings after the last load (HTTP rules left out, dangling waypoints, ...).
+    pub warnings: Vec<Warning>,
 }
 
 /// Watches `dir`: every [`POLL_INTERVAL`] it checks the YAML files' names, times and sizes;
@@ -173,15 +189,17 @@ pub fn watch(
     let (status_tx, status_rx) = watch::channel(WatchStatus::default());
     let (delta_tx, delta_rx) = mpsc::unbounded_channel();
     let fut = async move {
-        let mut loader = Loader::new(dir.clone());
+        // Listing and reading run on the blocking pool: the runtime also serves xDS.
+        let mut loader = Some(Loader::new(dir.clone()));
         let mut last = None;
         let mut ticker = tokio::time::interval(POLL_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let fp = match fingerprint(&dir) {
-                Ok(fp) => fp,
-                Err(e) => {
+            let d = dir.clone();
+            let fp = match tokio::task::spawn_blocking(move || fingerprint(&d)).await {
+                Ok(Ok(fp)) => fp,
+                Ok(Err(e)) => {
                     if last.is_some() || status_tx.borrow().failure.is_none() {
                         tracing::error!(error = %e, "config directory unreadable; keeping the last model");
                         status_tx.send_modify(|s| s.failure = Some(Arc::new(e)));
@@ -189,14 +207,26 @@ pub fn watch(
                     last = None;
                     continue;
                 }
+                Err(_) => return, // the runtime is shutting down
             };
             if last.as_ref() == Some(&fp) {
                 continue;
             }
             last = Some(fp);
-            let snap = match loader.load() {
+            let mut l = loader.take().expect("loader is put back after each load");
+            let Ok((l, result)) = tokio::task::spawn_blocking(move || {
+                let r = l.load();
+                (l, r)
+            })
+            .await
+            else {
+                return;
+            };
+            loader = Some(l);
+            let snap = match result {
                 Ok(s) => s,
                 Err(e) => {
+                    tracing::error!(error = %e, "config directory unreadable; keeping the last model");
                     status_tx.send_modify(|s| s.failure = Some(Arc::new(e)));
                     last = None;
                     continue;
@@ -206,11 +236,16 @@ pub fn watch(
                 tracing::error!("config: {e}");
             }
             let objects: Vec<Object> = snap.objects.into_iter().map(|o| o.object).collect();
-            let delta = translator.lock().expect("translator lock").replace_all(objects);
+            let (delta, warnings) = {
+                let mut t = translator.lock().expect("translator lock");
+                let d = t.replace_all(objects);
+                (d, t.warnings())
+            };
             status_tx.send_modify(|s| {
                 s.loads += 1;
                 s.failure = None;
                 s.errors = snap.errors.into_iter().map(Arc::new).collect();
+                s.warnings = warnings;
             });
             if !delta.is_empty() && delta_tx.send(delta).is_err() {
                 return;

@@ -33,6 +33,9 @@ pub struct Parsed {
     pub errors: Vec<ConfigError>,
     /// Documents of kinds we do not read (a `Deployment`, a `ConfigMap`): `kind/name`, skipped.
     pub ignored: Vec<String>,
+    /// For each rejected security object: the fail-closed stand-in to enforce if no valid
+    /// version of it was ever seen (see [`fail_closed`]).
+    pub fail_closed: Vec<Located>,
 }
 
 /// Splits on `---` lines. A blank prologue before the first separator is not a document;
@@ -69,10 +72,62 @@ pub fn parse_file(file: &Path, text: &str) -> Parsed {
                 let name = v.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("");
                 out.ignored.push(format!("{} {}", s("kind"), name));
             }
-            Err((object, error)) => out.errors.push(ConfigError { location, object, error }),
+            Err((object, error)) => {
+                if let Some(stand_in) = object.as_ref().and_then(|k| fail_closed(k, &doc)) {
+                    out.fail_closed.push(Located { location: location.clone(), object: stand_in });
+                }
+                out.errors.push(ConfigError { location, object, error })
+            }
         }
     }
     out
+}
+
+/// The stand-in for a rejected security object: the strictest object of its kind with the same
+/// name and, when `spec.selector.matchLabels` is readable, the same selector (else the whole
+/// namespace). An `AuthorizationPolicy` becomes a DENY of everything; a `PeerAuthentication`
+/// becomes STRICT. A policy the user meant to add is never silently absent: its workloads are
+/// refused until it is fixed, and ztunnel's denials name it.
+pub fn fail_closed(key: &ObjectKey, doc: &str) -> Option<Object> {
+    use crate::k8s::security::{
+        AuthorizationPolicySpec, MtlsMode, MutualTls, PeerAuthenticationSpec, PolicyAction, Rule,
+    };
+    use crate::k8s::{ObjectMeta, WorkloadSelector};
+    let v: Value = serde_yaml::from_str(doc).ok()?;
+    let selector = v.get("spec").and_then(|s| s.get("selector")).map(|sel| {
+        let labels = sel.get("matchLabels").and_then(|m| serde_yaml::from_value::<crate::k8s::Labels>(m.clone()).ok());
+        // An unreadable selector selects the whole namespace: wider, never narrower.
+        labels.filter(|l| !l.is_empty()).map(|match_labels| WorkloadSelector { match_labels })
+    });
+    let selector = selector.flatten();
+    let metadata = ObjectMeta { name: key.name.clone(), namespace: key.namespace.clone(), ..Default::default() };
+    let api_version = str_at(&v, "apiVersion").unwrap_or("security.istio.io/v1").to_owned();
+    match key.kind {
+        Kind::AuthorizationPolicy => Some(Object::AuthorizationPolicy(crate::k8s::security::AuthorizationPolicy {
+            api_version,
+            kind: "AuthorizationPolicy".into(),
+            metadata,
+            spec: AuthorizationPolicySpec {
+                selector,
+                action: PolicyAction::Deny,
+                rules: vec![Rule::default()],
+                ..Default::default()
+            },
+            status: None,
+        })),
+        Kind::PeerAuthentication => Some(Object::PeerAuthentication(crate::k8s::security::PeerAuthentication {
+            api_version,
+            kind: "PeerAuthentication".into(),
+            metadata,
+            spec: PeerAuthenticationSpec {
+                selector,
+                mtls: Some(MutualTls { mode: MtlsMode::Strict }),
+                ..Default::default()
+            },
+            status: None,
+        })),
+        _ => None,
+    }
 }
 
 type DocError = (Option<ObjectKey>, ObjectError);

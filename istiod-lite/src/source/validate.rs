@@ -40,17 +40,10 @@ pub const L4_WHEN_KEYS: [&str; 5] =
 
 /// Whether `key` is a condition key Istio knows (L4 or L7).
 fn known_when_key(key: &str) -> bool {
-    const L7_EXACT: [&str; 7] = [
-        "remote.ip",
-        "request.auth.principal",
-        "request.auth.audiences",
-        "request.auth.presenter",
-        "connection.sni",
-        "source.serviceAccount",
-        "request.regex.headers",
-    ];
-    const L7_PREFIX: [&str; 4] =
-        ["request.headers[", "request.auth.claims[", "request.experimental.", "experimental.envoy.filters."];
+    // The condition keys Istio documents (istio.io "Authorization Policy Conditions").
+    const L7_EXACT: [&str; 5] =
+        ["remote.ip", "request.auth.principal", "request.auth.audiences", "request.auth.presenter", "connection.sni"];
+    const L7_PREFIX: [&str; 3] = ["request.headers[", "request.auth.claims[", "experimental.envoy.filters."];
     L4_WHEN_KEYS.contains(&key) || L7_EXACT.contains(&key) || L7_PREFIX.iter().any(|p| key.starts_with(p))
 }
 

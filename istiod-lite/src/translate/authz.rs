@@ -76,13 +76,14 @@ pub fn translate(cfg: &MeshConfig, p: &AuthorizationPolicy) -> Outcome {
     let mut groups = Vec::new();
     for rule in &p.spec.rules {
         let (rules, found) = rule_to_rules(ns, rule);
+        // An ALLOW rule ztunnel cannot check in full would allow more than written: drop it.
+        if action != Action::Allow || found.is_empty() {
+            groups.push(Group { rules });
+        }
         for f in found {
             if !l7.contains(&f) {
                 l7.push(f);
             }
-        }
-        if !(action == Action::Allow && rule_has_l7(rule)) {
-            groups.push(Group { rules });
         }
     }
     if !l7.is_empty() {
@@ -106,10 +107,6 @@ pub fn translate(cfg: &MeshConfig, p: &AuthorizationPolicy) -> Outcome {
         dry_run: false,
     });
     out
-}
-
-fn rule_has_l7(rule: &Rule) -> bool {
-    !rule_to_rules("", rule).1.is_empty()
 }
 
 /// The `Rules` of one rule, and the L7 attributes it uses.
