@@ -512,8 +512,21 @@ impl Mesh {
             if self.spec.log_format.is_empty() { "text" } else { &self.spec.log_format },
         ]))?;
         self.ztunnels[n - 1] = Some(p);
-        let want = self.spec.pods.iter().filter(|p| p.node == n && self.enrolled(p)).count();
-        self.wait_pods_served(n, want)
+        let local: Vec<&PodSpec> = self.spec.pods.iter().filter(|p| p.node == n && self.enrolled(p)).collect();
+        self.wait_pods_served(n, local.len())?;
+        // From the CA, certificates arrive a moment after the pods: wait for every identity.
+        let ids: Vec<String> = local
+            .iter()
+            .map(|p| format!("spiffe://cluster.local/ns/{}/sa/{}", p.namespace, p.service_account))
+            .collect();
+        wait_for(
+            || {
+                self.config_dump(n)
+                    .is_ok_and(|d| ids.iter().all(|id| d["certificates"].to_string().contains(id.as_str())))
+            },
+            &format!("node{n} ztunnel to hold certificates for {ids:?}"),
+            Duration::from_secs(10),
+        )
     }
 
     /// Waits until ztunnel on node `n` serves `count` pods.

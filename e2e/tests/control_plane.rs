@@ -61,7 +61,14 @@ fn mesh_runs_from_the_control_plane() {
         let url2 = format!("http://{}:8080/", web2.ip);
 
         // Traffic flows with CA-issued certificates (there are no certificate files here).
-        assert!(get(&mesh, ("tools", "client-1"), &url2)?.contains("hello from shop/web-2"));
+        let first = get(&mesh, ("tools", "client-1"), &url2);
+        assert!(
+            first.as_ref().is_ok_and(|b| b.contains("hello from shop/web-2")),
+            "{first:?}\n--- node1 ---\n{}\n--- node2 ---\n{}\n--- istiod ---\n{}",
+            mesh.ztunnel_log(1),
+            mesh.ztunnel_log(2),
+            mesh.istiod_log()
+        );
         let dump = mesh.config_dump(2)?;
         assert!(dump["certificates"].to_string().contains("spiffe://cluster.local/ns/shop/sa/web-2"), "{dump}");
         assert!(mesh.istiod_log().contains("certificate issued"), "{}", mesh.istiod_log());
@@ -114,7 +121,13 @@ fn short_certificates_rotate_under_steady_traffic() {
                 Err(e) => failed.push(e),
             }
         }
-        assert!(failed.is_empty(), "{} of {} connections failed: {:?}", failed.len(), ok + failed.len(), failed.first());
+        assert!(
+            failed.is_empty(),
+            "{} of {} connections failed: {:?}",
+            failed.len(),
+            ok + failed.len(),
+            failed.first()
+        );
         for n in [1, 2] {
             let renewals = mesh.ztunnel_log(n).matches("certificate renewed").count();
             assert!(renewals >= 2, "node{n}: {renewals} renewals in 10 s of 6 s certificates");

@@ -81,7 +81,8 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let listener = tokio::net::TcpListener::bind(cfg.plaintext_addr)
         .await
         .map_err(|source| StartError::Bind { addr: cfg.plaintext_addr, source })?;
-    let plaintext_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.plaintext_addr, source })?;
+    let plaintext_addr =
+        listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.plaintext_addr, source })?;
     let router = tonic::transport::Server::builder().add_service(xds.service()).add_service(ca.into_server());
     tasks.push(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

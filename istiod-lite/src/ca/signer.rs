@@ -128,9 +128,8 @@ impl CaSigner {
         }
         let ttl = ttl.unwrap_or(self.default_ttl).min(self.max_ttl);
         let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(
-            identity.as_str().try_into().map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(identity.as_str().try_into().map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?)];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let now = SystemTime::now();
@@ -192,7 +191,10 @@ mod tests {
         assert!(e.contains("sa/admin") && e.contains("sa/web"), "{e}");
 
         // Garbage: refused.
-        assert!(matches!(ca.sign("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", &id, None), Err(CaError::Csr(_))));
+        assert!(matches!(
+            ca.sign("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", &id, None),
+            Err(CaError::Csr(_))
+        ));
 
         // TTL is capped.
         let (req, key) = csr(None);
