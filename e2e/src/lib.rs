@@ -72,6 +72,8 @@ pub use error::Error;
 pub use http::HttpServer;
 pub use netns::Netns;
 pub use process::{Exited, Output, Process};
-pub use sandbox::{Inventory, RunningSandbox, SandboxOutcome, SandboxRun, inventory, sandboxed, sandboxed_with};
+pub use sandbox::{
+    Inventory, RunningSandbox, SandboxOutcome, SandboxRun, inventory, run_program_sandboxed, sandboxed, sandboxed_with,
+};
 pub use tools::IperfReport;
 pub use topology::{Ipv4Cidr, Node, Pod, Topology, TopologyBuilder};

@@ -55,12 +55,21 @@ pub struct PodSpec {
     pub service_account: String,
     /// `none` on the pod opts it out even in an enrolled namespace.
     pub opt_out: bool,
+    /// Its `app` label (what policies' selectors match); the pod's name when empty.
+    pub app: String,
 }
 
 impl PodSpec {
     /// A pod on `node` in `namespace`, running as service account `name`.
     pub fn new(node: usize, namespace: &str, name: &str) -> Self {
-        PodSpec { node, namespace: namespace.into(), name: name.into(), service_account: name.into(), opt_out: false }
+        PodSpec {
+            node,
+            namespace: namespace.into(),
+            name: name.into(),
+            service_account: name.into(),
+            opt_out: false,
+            app: String::new(),
+        }
     }
 }
 
@@ -146,16 +155,18 @@ impl ZtunnelPorts {
 
 /// Where the mesh's programs are.
 pub fn bin(name: &str) -> Result<PathBuf, MeshError> {
-    let dir = match std::env::var_os("MESH_BIN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            // target/<profile>/deps/<test binary> → target/<profile>
-            let exe = std::env::current_exe().map_err(|source| MeshError::Io { path: "current_exe".into(), source })?;
-            exe.parent().and_then(Path::parent).map(Path::to_owned).unwrap_or_default()
-        }
-    };
-    let path = dir.join(name);
-    if path.is_file() { Ok(path) } else { Err(MeshError::MissingBinary(path)) }
+    if let Some(d) = std::env::var_os("MESH_BIN_DIR") {
+        let path = PathBuf::from(d).join(name);
+        return if path.is_file() { Ok(path) } else { Err(MeshError::MissingBinary(path)) };
+    }
+    // Beside this program (target/<profile>/playground), or one up from a test binary
+    // (target/<profile>/deps/<test>).
+    let exe = std::env::current_exe().map_err(|source| MeshError::Io { path: "current_exe".into(), source })?;
+    let dirs = exe.ancestors().skip(1).take(2).map(Path::to_owned).collect::<Vec<_>>();
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| MeshError::MissingBinary(dirs.last().cloned().unwrap_or_default().join(name)))
 }
 
 fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), MeshError> {
@@ -260,7 +271,7 @@ impl Mesh {
             );
         }
         for (i, p) in self.spec.pods.iter().enumerate() {
-            let mut labels = format!("    app: {}\n", p.name);
+            let mut labels = format!("    app: {}\n", if p.app.is_empty() { &p.name } else { &p.app });
             if p.opt_out {
                 labels.push_str("    istio.io/dataplane-mode: none\n");
             }

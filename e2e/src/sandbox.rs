@@ -169,6 +169,34 @@ impl SandboxRun {
     }
 }
 
+/// Runs the current program in a sandbox, for programs rather than tests (the playground).
+///
+/// Called first thing in `main`: outside a sandbox it starts this same program, with the same
+/// arguments, inside a fresh one (stdio passed through) and returns `Ok(Some(status))` once it
+/// ends, for `main` to exit with; inside, it prepares the sandbox and returns `Ok(None)` for
+/// `main` to go on. Everything the program creates lives and dies with the sandbox.
+pub fn run_program_sandboxed(name: &str) -> Result<Option<ExitStatus>, Error> {
+    if std::env::var(ENV_TEST).as_deref() == Ok(name) {
+        enter(name)?;
+        return Ok(None);
+    }
+    let fail = |reason: String| Error::Sandbox { test: name.to_owned(), reason };
+    let exe = std::env::current_exe().map_err(|e| fail(format!("cannot find this program: {e}")))?;
+    let net = ns_inode("net").map_err(|e| fail(format!("cannot read own network namespace: {e}")))?;
+    let mnt = ns_inode("mnt").map_err(|e| fail(format!("cannot read own mount namespace: {e}")))?;
+    let status = Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--", "unshare", "--net", "--mount", "--pid", "--fork"])
+        .args(["--kill-child", "--mount-proc", "--propagation", "private", "--"])
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env(ENV_TEST, name)
+        .env(ENV_HOST_NET, net.to_string())
+        .env(ENV_HOST_MNT, mnt.to_string())
+        .status()
+        .map_err(|e| fail(format!("cannot start the sandbox (setpriv, unshare): {e}")))?;
+    Ok(Some(status))
+}
+
 /// A sandboxed child that is running; killed (with everything in it) if dropped.
 pub struct RunningSandbox {
     child: Supervised,
