@@ -307,6 +307,11 @@ impl Mesh {
         write(&self.dir.join("config/policies.yaml"), &self.spec.k8s_policies_yaml)
     }
 
+    /// istiod-lite's config directory (with [`MeshSpec::control_plane`]).
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+
     /// Replaces the Kubernetes policy documents in the config directory.
     pub fn set_k8s_policies(&mut self, yaml: &str) -> Result<(), MeshError> {
         self.spec.k8s_policies_yaml = yaml.to_owned();

@@ -19,6 +19,8 @@ fn playground_once_shows_identities_and_verdicts() {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
     assert!(!text.contains("UNEXPECTED"), "{text}");
+    assert_eq!(text.matches("agrees").count(), 3, "meshctl explain agrees with every observed verdict:\n{text}");
+    assert!(!text.contains("DISAGREES"), "{text}");
     // Nothing is left on the host: everything lived in the playground's sandbox.
     let netns = Command::new("ip").args(["netns", "list"]).output().expect("ip runs");
     assert!(!String::from_utf8_lossy(&netns.stdout).contains("catalog"), "no pod namespace left behind");

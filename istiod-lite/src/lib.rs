@@ -10,6 +10,7 @@
 //! - [`translator`]: incremental translation: changes in, the resources they changed out, per
 //!   type URL, named as Istio names them (workload uid, `<ns>/<hostname>`, `<ns>/<name>`).
 //! - [`error`]: configuration errors and translation warnings.
+//! - [`explain`]: what `meshctl explain` answers, computed by the code the mesh runs.
 //! - [`ca`]: the mesh CA (root, CSR signing, who may have which identity).
 //! - [`serve`], [`config`], [`placement`]: running it all: directory → translator → xDS store,
 //!   xDS and the CA on one port.
@@ -35,6 +36,7 @@
 pub mod ca;
 pub mod config;
 pub mod error;
+pub mod explain;
 pub mod k8s;
 pub mod model;
 pub mod placement;

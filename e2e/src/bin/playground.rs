@@ -21,7 +21,26 @@ struct Flow {
     what: &'static str,
     from: (&'static str, &'static str),
     url: String,
+    /// The destination as `meshctl explain` names it.
+    explain_as: &'static str,
     expect_allowed: bool,
+}
+
+/// What `meshctl explain` says of a flow: allowed or not, and the verdict as the proxy words it.
+fn explain(mesh: &Mesh, f: &Flow) -> Result<(bool, String), Box<dyn std::error::Error>> {
+    let meshctl = e2e::mesh::bin("meshctl")?;
+    let src = format!("{}/{}", f.from.0, f.from.1);
+    let out = std::process::Command::new(meshctl)
+        .arg("--config-dir")
+        .arg(mesh.config_dir())
+        .args(["explain", &src, f.explain_as, "-o", "json"])
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("meshctl explain {src} {}: {}", f.explain_as, String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let allowed = v["allowed"].as_bool().ok_or("meshctl explain: no verdict")?;
+    Ok((allowed, v["verdict"].as_str().unwrap_or_default().to_owned()))
 }
 
 fn spec(policies: String) -> MeshSpec {
@@ -87,24 +106,27 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             what: "curl → catalog service",
             from: ("tools", "curl"),
             url: format!("http://{CATALOG_VIP}/"),
+            explain_as: "shop/catalog:80",
             expect_allowed: true,
         },
         Flow {
             what: "curl → catalog-2 :9090",
             from: ("tools", "curl"),
             url: format!("http://{}:9090/", c2.ip),
+            explain_as: "shop/catalog-2:9090",
             expect_allowed: false,
         },
         Flow {
             what: "debug (no mesh) → catalog-1",
             from: ("tools", "debug"),
             url: format!("http://{}:8080/", c1.ip),
+            explain_as: "shop/catalog-1:8080",
             expect_allowed: false,
         },
     ];
     println!();
     println!(
-        "{:<30} {:<44} {:<42} {:<5} {:<70} {:>6} {:>8}  ok",
+        "{:<30} {:<44} {:<42} {:<5} {:<70} {:>6} {:>8}  ok  meshctl explain",
         "flow", "source identity", "destination identity", "mTLS", "verdict", "bytes", "latency"
     );
     let mut all_ok = true;
@@ -123,9 +145,12 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         let verdict = line["verdict"].as_str().unwrap_or(if allowed { "allowed" } else { "refused" }).to_owned();
         let bytes = line["bytes_sent"].as_u64().unwrap_or(0) + line["bytes_recv"].as_u64().unwrap_or(0);
         let ok = allowed == f.expect_allowed;
-        all_ok &= ok;
+        // meshctl must predict both the outcome and the reason the proxy gave.
+        let (explained, why) = explain(&mesh, f)?;
+        let agrees = explained == allowed && why == verdict;
+        all_ok &= ok && agrees;
         println!(
-            "{:<30} {:<44} {:<42} {:<5} {:<70} {:>6} {:>6.1}ms  {}",
+            "{:<30} {:<44} {:<42} {:<5} {:<70} {:>6} {:>6.1}ms  {}   {}",
             f.what,
             src,
             dst,
@@ -133,7 +158,8 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             verdict.chars().take(70).collect::<String>(),
             bytes,
             latency * 1000.0,
-            if ok { "✓" } else { "✗ UNEXPECTED" }
+            if ok { "✓" } else { "✗ UNEXPECTED" },
+            if agrees { "agrees".to_owned() } else { format!("DISAGREES: {why}") }
         );
     }
     println!();

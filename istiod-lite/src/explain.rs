@@ -1,0 +1,171 @@
+//! `meshctl explain`: the path a connection would take and the verdict it would get, computed
+//! by the same code the mesh runs: the model is translated as for xDS, converted as ztunnel
+//! converts it, routed as ztunnel routes, and authorized by ztunnel's evaluator.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+use ztunnel::state::convert::{self, Address};
+use ztunnel::state::{ConnInfo, State, StateConfig, TunnelProtocol, Workload};
+
+use crate::translator::Translator;
+
+/// Why a question cannot be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// No pod of that name.
+    #[error("no pod {0}")]
+    NoSource(String),
+    /// Neither a pod nor a service of that name.
+    #[error("no pod or service {0}")]
+    NoDestination(String),
+    /// The service has no such port, or none at all.
+    #[error("service {service} has no port {port}")]
+    NoPort {
+        /// The service.
+        service: String,
+        /// The port asked for.
+        port: u16,
+    },
+    /// A destination pod without an address cannot be reached.
+    #[error("pod {0} has no address")]
+    NoAddress(String),
+    /// The translated resources do not form a state (a bug, or a broken config).
+    #[error("translated resources do not convert: {0}")]
+    State(String),
+}
+
+/// The answer.
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    /// `namespace/name` of the source pod.
+    pub source: String,
+    /// The source's identity, or `None` when it is not in the mesh (plaintext).
+    pub source_identity: Option<String>,
+    /// What was asked for, `namespace/name` of a pod or service.
+    pub destination: String,
+    /// The service, if the destination is one.
+    pub service: Option<String>,
+    /// The workload the connection lands on.
+    pub endpoint: String,
+    /// Address and port on that workload.
+    pub endpoint_addr: SocketAddr,
+    /// Its identity.
+    pub destination_identity: String,
+    /// `hbone` (mTLS tunnel), `plaintext-to-mesh` (captured on arrival, authorized without an
+    /// identity) or `passthrough` (neither end in the mesh: no policy applies).
+    pub path: &'static str,
+    /// Whether the bytes travel inside mutual TLS.
+    pub mtls: bool,
+    /// Whether the connection would be allowed.
+    pub allowed: bool,
+    /// The verdict as the proxy logs it.
+    pub verdict: String,
+    /// `namespace/name` of the deciding policy, if one decided.
+    pub policy: Option<String>,
+    /// Index of the deciding rule in it.
+    pub rule: Option<usize>,
+}
+
+/// Builds ztunnel's view of the mesh from the translator's current resources.
+pub fn state_of(t: &Translator) -> Result<State, ExplainError> {
+    let mut workloads = Vec::new();
+    let mut services = Vec::new();
+    for (name, a) in t.addresses() {
+        match Address::try_from(a.clone()).map_err(|e| ExplainError::State(format!("{name}: {e}")))? {
+            Address::Workload(w) => workloads.push(w),
+            Address::Service(s) => services.push(s),
+        }
+    }
+    let policies = t
+        .authorizations()
+        .iter()
+        .map(|(name, a)| {
+            convert::policy_fail_closed(a.clone()).map_err(|e| ExplainError::State(format!("{name}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let cfg = StateConfig { root_namespace: t.config().root_namespace.clone(), ..StateConfig::default() };
+    State::new(cfg, workloads, services, policies).map_err(|e| ExplainError::State(e.to_string()))
+}
+
+fn pod<'a>(state: &'a State, key: &str) -> Option<&'a Arc<Workload>> {
+    let (ns, name) = key.split_once('/')?;
+    state.workloads().find(|w| w.namespace() == ns && w.name == name)
+}
+
+/// Explains a connection from pod `source` (`ns/name`) to `destination` (`ns/name` of a pod or
+/// a service) on `port` (a service's first port when omitted for a service).
+pub fn explain(
+    t: &Translator,
+    source: &str,
+    destination: &str,
+    port: Option<u16>,
+) -> Result<Explanation, ExplainError> {
+    let state = state_of(t)?;
+    let src = pod(&state, source).ok_or_else(|| ExplainError::NoSource(source.to_owned()))?.clone();
+    let src_in_mesh = src.protocol == TunnelProtocol::Hbone;
+    let (dst, dst_addr, service) = match pod(&state, destination) {
+        Some(w) => {
+            let ip = *w.addresses.first().ok_or_else(|| ExplainError::NoAddress(destination.to_owned()))?;
+            (w.clone(), SocketAddr::new(ip, port.unwrap_or(80)), None)
+        }
+        None => {
+            let (ns, name) =
+                destination.split_once('/').ok_or_else(|| ExplainError::NoDestination(destination.into()))?;
+            let svc = state
+                .services()
+                .find(|s| s.namespace == ns && s.name == name)
+                .ok_or_else(|| ExplainError::NoDestination(destination.to_owned()))?
+                .clone();
+            let service_port = match port {
+                Some(p) => p,
+                None => {
+                    *svc.ports.keys().next().ok_or(ExplainError::NoPort { service: destination.into(), port: 0 })?
+                }
+            };
+            let ep = state
+                .pick_endpoint(&svc, service_port)
+                .ok_or_else(|| ExplainError::NoPort { service: destination.to_owned(), port: service_port })?;
+            let ip = *ep.workload.addresses.first().ok_or_else(|| ExplainError::NoAddress(destination.to_owned()))?;
+            (ep.workload, SocketAddr::new(ip, ep.port), Some(svc.hostname.clone()))
+        }
+    };
+    let dst_in_mesh = dst.protocol == TunnelProtocol::Hbone;
+    let src_identity = src_in_mesh.then(|| src.identity().clone());
+    let path = match (src_in_mesh, dst_in_mesh) {
+        (true, true) => "hbone",
+        (_, true) => "plaintext-to-mesh",
+        (_, false) => "passthrough",
+    };
+    let (allowed, verdict, policy, rule) = if dst_in_mesh {
+        let src_ip = *src.addresses.first().ok_or_else(|| ExplainError::NoAddress(source.to_owned()))?;
+        let v = state.authorize(&ConnInfo {
+            src_identity: src_identity.as_ref(),
+            src_ip,
+            dst_workload: &dst,
+            dst_ip: dst_addr.ip(),
+            dst_port: dst_addr.port(),
+        });
+        let policy = v.decided_by.as_ref().map(|r| format!("{}/{}", r.namespace(), r.name()));
+        let rule = v.decided_by.as_ref().and_then(|r| r.group);
+        (v.allowed, v.to_string(), policy, rule)
+    } else {
+        (true, "allowed: destination is not in the mesh; no policy applies".to_owned(), None, None)
+    };
+    Ok(Explanation {
+        source: source.to_owned(),
+        source_identity: src_identity.map(|i| i.to_string()),
+        destination: destination.to_owned(),
+        service,
+        endpoint: format!("{}/{}", dst.namespace(), dst.name),
+        endpoint_addr: dst_addr,
+        destination_identity: dst.identity().to_string(),
+        path,
+        mtls: path == "hbone",
+        allowed,
+        verdict,
+        policy,
+        rule,
+    })
+}
