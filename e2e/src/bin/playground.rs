@@ -172,6 +172,16 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         "  sudo nsenter -t $(pgrep -f 'playground' | tail -1) -m -n -- ip netns exec {} sh",
         mesh.pod("tools", "curl").netns.name()
     );
+    let enter = "sudo nsenter -t $(pgrep -f 'playground' | tail -1) -m";
+    println!(
+        "  edit the mesh's config (istiod-lite watches it): {enter} -- vi {}/policies.yaml",
+        mesh.config_dir().display()
+    );
+    let meshctl = e2e::mesh::bin("meshctl").map(|p| p.display().to_string()).unwrap_or_else(|_| "meshctl".into());
+    println!(
+        "  ask the mesh: {enter} -- {meshctl} --config-dir {} explain tools/curl shop/catalog",
+        mesh.config_dir().display()
+    );
     println!(
         "Pods: {}",
         mesh.pods.iter().map(|p| format!("{}/{} {}", p.namespace, p.name, p.ip)).collect::<Vec<_>>().join(", ")
