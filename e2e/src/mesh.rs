@@ -251,15 +251,8 @@ impl Mesh {
         Ok(mesh)
     }
 
-    fn enrollment_path(&self) -> PathBuf {
-        if self.spec.control_plane { self.dir.join("config") } else { self.dir.join("cluster.yaml") }
-    }
-
-    /// The cluster as Kubernetes YAML in istiod-lite's config directory: namespaces, pods (with
-    /// their addresses once they have them), services, policies. The node agents read the
-    /// same directory for enrollment.
-    pub fn write_k8s(&self) -> Result<(), MeshError> {
-        let mut y = String::new();
+    /// The pods' namespaces as Namespace documents, labelled for enrollment.
+    fn namespaces_yaml(&self, y: &mut String) {
         let mut namespaces: Vec<&String> = self.spec.pods.iter().map(|p| &p.namespace).collect();
         namespaces.sort();
         namespaces.dedup();
@@ -270,6 +263,25 @@ impl Mesh {
                 "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    istio.io/dataplane-mode: {label}\n"
             );
         }
+    }
+
+    /// `curl --fail` from pod `namespace/name` to `url`: the body, or why it failed.
+    pub fn get(&self, from: (&str, &str), url: &str) -> Result<String, String> {
+        let out =
+            self.pod(from.0, from.1).netns.curl(url, &["--fail"], Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        if out.success() { Ok(out.stdout) } else { Err(format!("curl exit {:?}: {}", out.status.code(), out.stderr)) }
+    }
+
+    fn enrollment_path(&self) -> PathBuf {
+        if self.spec.control_plane { self.dir.join("config") } else { self.dir.join("cluster.yaml") }
+    }
+
+    /// The cluster as Kubernetes YAML in istiod-lite's config directory: namespaces, pods (with
+    /// their addresses once they have them), services, policies. The node agents read the
+    /// same directory for enrollment.
+    pub fn write_k8s(&self) -> Result<(), MeshError> {
+        let mut y = String::new();
+        self.namespaces_yaml(&mut y);
         for (i, p) in self.spec.pods.iter().enumerate() {
             let mut labels = format!("    app: {}\n", if p.app.is_empty() { &p.name } else { &p.app });
             if p.opt_out {
@@ -384,16 +396,7 @@ impl Mesh {
 
     fn write_enrollment(&self) -> Result<(), MeshError> {
         let mut y = String::new();
-        let mut namespaces: Vec<&String> = self.spec.pods.iter().map(|p| &p.namespace).collect();
-        namespaces.sort();
-        namespaces.dedup();
-        for ns in namespaces {
-            let label = if self.spec.ambient_namespaces.contains(ns) { "ambient" } else { "none" };
-            let _ = write!(
-                y,
-                "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    istio.io/dataplane-mode: {label}\n"
-            );
-        }
+        self.namespaces_yaml(&mut y);
         for p in &self.spec.pods {
             let labels = if p.opt_out { "  labels:\n    istio.io/dataplane-mode: none\n" } else { "" };
             let _ = write!(

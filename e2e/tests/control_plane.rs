@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec};
 
 type Res = Result<(), Box<dyn std::error::Error>>;
-const T: Duration = Duration::from_secs(5);
 
 fn spec(ttl: u64) -> MeshSpec {
     MeshSpec {
@@ -34,11 +33,6 @@ fn spec(ttl: u64) -> MeshSpec {
     }
 }
 
-fn get(mesh: &Mesh, from: (&str, &str), url: &str) -> Result<String, String> {
-    let out = mesh.pod(from.0, from.1).netns.curl(url, &["--fail"], T).map_err(|e| e.to_string())?;
-    if out.success() { Ok(out.stdout) } else { Err(format!("curl exit {:?}: {}", out.status.code(), out.stderr)) }
-}
-
 const DENY_CLIENT_1: &str = r#"apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata:
@@ -61,7 +55,7 @@ fn mesh_runs_from_the_control_plane() {
         let url2 = format!("http://{}:8080/", web2.ip);
 
         // Traffic flows with CA-issued certificates (there are no certificate files here).
-        let first = get(&mesh, ("tools", "client-1"), &url2);
+        let first = mesh.get(("tools", "client-1"), &url2);
         assert!(
             first.as_ref().is_ok_and(|b| b.contains("hello from shop/web-2")),
             "{first:?}\n--- node1 ---\n{}\n--- node2 ---\n{}\n--- istiod ---\n{}",
@@ -81,25 +75,25 @@ fn mesh_runs_from_the_control_plane() {
         let converged = edited.elapsed();
         eprintln!("policy file change → applied by every ztunnel: {converged:?}");
         assert!(converged < Duration::from_secs(1), "policy change took {converged:?}");
-        assert!(get(&mesh, ("tools", "client-1"), &url2).is_err(), "client-1 is now denied");
-        assert!(get(&mesh, ("tools", "client-2"), &url2)?.contains("hello"), "client-2 is not");
+        assert!(mesh.get(("tools", "client-1"), &url2).is_err(), "client-1 is now denied");
+        assert!(mesh.get(("tools", "client-2"), &url2)?.contains("hello"), "client-2 is not");
 
         // A (re)added pod becomes reachable through the mesh.
         mesh.delete_pod("shop", "web-1")?;
         let web1 = mesh.recreate_pod("shop", "web-1")?.clone();
         let _s1 = web1.netns.http_server(8080, "shop/web-1")?;
         mesh.wait_state_mentions(2, &web1.ip.to_string())?;
-        assert!(get(&mesh, ("tools", "client-2"), &format!("http://{}:8080/", web1.ip))?.contains("shop/web-1"));
+        assert!(mesh.get(("tools", "client-2"), &format!("http://{}:8080/", web1.ip))?.contains("shop/web-1"));
 
         // Without the control plane, traffic keeps flowing on the last configuration.
         mesh.stop_istiod();
-        assert!(get(&mesh, ("tools", "client-2"), &url2)?.contains("hello"));
-        assert!(get(&mesh, ("tools", "client-1"), &url2).is_err(), "the last policy still applies");
+        assert!(mesh.get(("tools", "client-2"), &url2)?.contains("hello"));
+        assert!(mesh.get(("tools", "client-1"), &url2).is_err(), "the last policy still applies");
         // Changes made while it is down apply once it is back.
         mesh.set_k8s_policies("")?;
         mesh.restart_istiod()?;
         mesh.wait_state(2, "no policies", |s| !s.contains("deny-client-1"))?;
-        assert!(get(&mesh, ("tools", "client-1"), &url2)?.contains("hello"), "converged after restart");
+        assert!(mesh.get(("tools", "client-1"), &url2)?.contains("hello"), "converged after restart");
         Ok(())
     });
 }
@@ -116,7 +110,7 @@ fn short_certificates_rotate_under_steady_traffic() {
         let started = Instant::now();
         let (mut ok, mut failed) = (0, Vec::new());
         while started.elapsed() < Duration::from_secs(10) && ok + failed.len() < 2000 {
-            match get(&mesh, ("tools", "client-1"), &url2) {
+            match mesh.get(("tools", "client-1"), &url2) {
                 Ok(_) => ok += 1,
                 Err(e) => failed.push(e),
             }

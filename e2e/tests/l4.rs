@@ -49,11 +49,6 @@ fn url(ip: impl std::fmt::Display, port: u16) -> String {
 }
 
 /// `curl` from `pod` to `url`: the body, or the failure.
-fn get(mesh: &Mesh, from: (&str, &str), url: &str) -> Result<String, String> {
-    let out = mesh.pod(from.0, from.1).netns.curl(url, &["--fail"], T).map_err(|e| e.to_string())?;
-    if out.success() { Ok(out.stdout) } else { Err(format!("curl exit {:?}: {}", out.status.code(), out.stderr)) }
-}
-
 fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && must_contain.iter().all(|m| l.contains(m)))
@@ -72,7 +67,7 @@ fn cross_node_traffic_is_mtls_and_services_spread() {
         let s2 = web2.netns.http_server(8080, "shop/web-2")?;
 
         let cap = mesh.topo.wire().capture(WIRE_BRIDGE, "tcp")?;
-        let body = get(&mesh, ("tools", "client-1"), &url(web2.ip, 8080))?;
+        let body = mesh.get(("tools", "client-1"), &url(web2.ip, 8080))?;
         assert!(body.contains("hello from shop/web-2"), "{body}");
         // The server sees the real client address: ztunnel connects transparently.
         assert_eq!(s2.peers().last().map(|p| p.ip()), Some(IpAddr::V4(client.ip)), "client address preserved");
@@ -90,7 +85,7 @@ fn cross_node_traffic_is_mtls_and_services_spread() {
         // Through the service VIP: both endpoints, on both nodes, get connections.
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..20 {
-            let body = get(&mesh, ("tools", "client-1"), &url(VIP, 80))?;
+            let body = mesh.get(("tools", "client-1"), &url(VIP, 80))?;
             seen.insert(body.lines().next().unwrap_or_default().to_owned());
         }
         assert_eq!(seen.len(), 2, "connections spread over both endpoints: {seen:?}");
@@ -173,13 +168,13 @@ fn allow_by_principal_deny_by_namespace_and_dry_run() {
 
         // ALLOW by principal: client-1 (other node) and client-2 (same node) pass; the
         // dry-run DENY on 8080 changes nothing.
-        assert!(get(&mesh, ("tools", "client-1"), &url(web2.ip, 8080))?.contains("hello"));
-        assert!(get(&mesh, ("tools", "client-2"), &url(web2.ip, 8080))?.contains("hello"));
+        assert!(mesh.get(("tools", "client-1"), &url(web2.ip, 8080))?.contains("hello"));
+        assert!(mesh.get(("tools", "client-2"), &url(web2.ip, 8080))?.contains("hello"));
         // nosy has a mesh identity, but no ALLOW policy names it.
-        let denied = get(&mesh, ("tools", "nosy"), &url(web2.ip, 8080));
+        let denied = mesh.get(("tools", "nosy"), &url(web2.ip, 8080));
         assert!(denied.is_err(), "nosy must be refused: {denied:?}");
         // DENY by namespace on the admin port beats the ALLOW.
-        let denied = get(&mesh, ("tools", "client-1"), &url(web2.ip, 9090));
+        let denied = mesh.get(("tools", "client-1"), &url(web2.ip, 9090));
         assert!(denied.is_err(), "tools → 9090 must be refused: {denied:?}");
 
         let log = mesh.ztunnel_log(2);
@@ -204,7 +199,7 @@ fn allow_by_principal_deny_by_namespace_and_dry_run() {
         // Editing the state file changes the verdict without a restart.
         mesh.set_policies("")?;
         mesh.wait_state(2, "no policies", |s| !s.contains("allow-client"))?;
-        assert!(get(&mesh, ("tools", "nosy"), &url(web2.ip, 8080))?.contains("hello"), "no policy, no denial");
+        assert!(mesh.get(("tools", "nosy"), &url(web2.ip, 8080))?.contains("hello"), "no policy, no denial");
         Ok(())
     });
 }
@@ -235,18 +230,18 @@ fn strict_refuses_plaintext_and_unenrolled_pods_are_untouched() {
         assert!(enrolled_tables.contains("ztunnel"), "enrolled pod has redirection: {enrolled_tables}");
 
         // PERMISSIVE: plaintext from outside the mesh is accepted on 15006.
-        assert!(get(&mesh, ("legacy", "outsider"), &url(web1.ip, 8080))?.contains("hello from shop/web-1"));
+        assert!(mesh.get(("legacy", "outsider"), &url(web1.ip, 8080))?.contains("hello from shop/web-1"));
         // Traffic to the unenrolled pod is untouched: plain HTTP on the link.
         let cap = mesh.topo.wire().capture(WIRE_BRIDGE, "tcp port 8080")?;
-        assert!(get(&mesh, ("shop", "web-2"), &url(outsider.ip, 8080))?.contains("legacy/outsider"));
+        assert!(mesh.get(("shop", "web-2"), &url(outsider.ip, 8080))?.contains("legacy/outsider"));
         assert!(cap.stop()?.contains(b"hello from legacy/outsider"), "plaintext to an unenrolled pod stays plaintext");
 
         // STRICT: the same plaintext connection is refused; mTLS clients still pass.
         mesh.set_policies(STRICT)?;
         mesh.wait_state_mentions(1, "strict")?;
-        let refused = get(&mesh, ("legacy", "outsider"), &url(web1.ip, 8080));
+        let refused = mesh.get(("legacy", "outsider"), &url(web1.ip, 8080));
         assert!(refused.is_err(), "STRICT refuses plaintext: {refused:?}");
-        assert!(get(&mesh, ("tools", "client-1"), &url(web1.ip, 8080))?.contains("hello"));
+        assert!(mesh.get(("tools", "client-1"), &url(web1.ip, 8080))?.contains("hello"));
         let log = mesh.ztunnel_log(1);
         assert!(log.contains("denied by policy shop/strict"), "{log}");
         Ok(())
@@ -285,7 +280,7 @@ fn pod_lifecycle_restart_and_garbage() {
             assert!(!answer.starts_with(b"HTTP"), "{to}: no answer to garbage");
             assert!(started.elapsed() < Duration::from_secs(2), "{to}: refused quickly");
         }
-        assert!(get(&mesh, ("tools", "client-1"), &url(web2.ip, 8080))?.contains("hello"), "others unaffected");
+        assert!(mesh.get(("tools", "client-1"), &url(web2.ip, 8080))?.contains("hello"), "others unaffected");
 
         // A connection open through node 2's ztunnel before the restart...
         let mut open = client.netns.tcp_connect(SocketAddr::new(IpAddr::V4(web2.ip), 8080), T)?;
@@ -301,7 +296,7 @@ fn pod_lifecycle_restart_and_garbage() {
         }
         let started = Instant::now();
         loop {
-            match get(&mesh, ("tools", "client-1"), &url(web2.ip, 8080)) {
+            match mesh.get(("tools", "client-1"), &url(web2.ip, 8080)) {
                 Ok(body) if body.contains("hello") => break,
                 other => assert!(started.elapsed() < Duration::from_secs(1), "after restart: {other:?}"),
             }
@@ -324,7 +319,7 @@ fn pod_lifecycle_restart_and_garbage() {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             // The state file names web-1's new address once ztunnel reloads it.
-            match get(&mesh, ("tools", "client-2"), &url(web1.ip, 8080)) {
+            match mesh.get(("tools", "client-2"), &url(web1.ip, 8080)) {
                 Ok(body) if body.contains("hello from shop/web-1") => break,
                 other => assert!(Instant::now() < deadline, "recreated pod reachable: {other:?}"),
             }
