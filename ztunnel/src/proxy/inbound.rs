@@ -58,7 +58,17 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
     let metrics = &pod.inputs.metrics;
     let state = pod.inputs.state.load();
     let peer = req.peer_identity().clone();
-    let client = req.forwarded_for().unwrap_or(req.peer_addr());
+    // The original client as the peer states it in `forwarded`, believed only when it is the
+    // address the tunnel comes from: a peer must not pick the source address that IP-based
+    // policy sees and that we connect from (a source port is all it may add).
+    let client = match req.forwarded_for() {
+        Some(f) if f.ip() == req.peer_addr().ip() => f,
+        Some(f) => {
+            tracing::debug!(peer = %req.peer_addr(), claimed = %f, "ignoring a forwarded address that is not the peer's");
+            req.peer_addr()
+        }
+        None => req.peer_addr(),
+    };
     let authority = req.authority();
     let dst_identity = pod.identity.clone();
     let src = state.workload_by_ip(client.ip()).cloned();
@@ -104,7 +114,7 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
         req.refuse(StatusCode::UNAUTHORIZED, &verdict.to_string());
         return;
     }
-    let source = pod.inputs.cfg.transparent_inbound.then_some(client.ip());
+    let source = (pod.inputs.cfg.transparent_inbound && !client.ip().is_loopback()).then_some(client.ip());
     let app = match pod.connect(authority, source).await {
         Ok(t) => t,
         Err(e) => {

@@ -1,0 +1,91 @@
+//! A pod's HBONE listener on loopback (no namespaces): policy decides on the address the
+//! tunnel really comes from, never on one a peer claims in `forwarded`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone::CertStore;
+use hbone::testing::{DAY, TestCa, echo_backend, id};
+use hbone::tunnel::client::{ConnectError, ConnectTarget};
+use hbone::tunnel::pool::{Pool, PoolConfig, PoolKey};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ztunnel::metrics::Metrics;
+use ztunnel::proxy::{HostSockets, PodProxy, ProxyConfig, ProxyInputs};
+use ztunnel::state::{StateConfig, StateHandle, file};
+
+fn state(allowed_source: &str) -> ztunnel::state::State {
+    let yaml = format!(
+        r#"
+workloads:
+- name: web
+  namespace: shop
+  serviceAccount: web
+  addresses: ["127.0.0.1"]
+  protocol: HBONE
+policies:
+- name: only-from
+  namespace: shop
+  scope: NAMESPACE
+  action: ALLOW
+  groups:
+  - rules:
+    - matches:
+      - sourceIps: ["{allowed_source}/32"]
+"#
+    );
+    file::parse(&yaml, StateConfig::default()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_sees_the_real_source_not_the_claimed_one() {
+    let ca = TestCa::new("loopback");
+    let (web, client) = (id("shop", "web"), id("tools", "client"));
+    let certs = CertStore::new(ca.roots());
+    certs.insert(ca.issue(&web, DAY));
+    certs.insert(ca.issue(&client, DAY));
+    let handle = StateHandle::new(state("10.1.2.3"));
+    let mut registry = Registry::default();
+    let inputs = ProxyInputs {
+        state: handle.clone(),
+        certs: certs.clone(),
+        metrics: Metrics::register(&mut registry),
+        cfg: Arc::new(ProxyConfig {
+            mark: None,
+            transparent_inbound: false,
+            outbound_port: 0,
+            inbound_plain_port: 0,
+            hbone_port: 0,
+            ..ProxyConfig::default()
+        }),
+        drain: Default::default(),
+    };
+    let pod = PodProxy::start("Kubernetes//Pod/shop/web".into(), web.clone(), HostSockets, inputs).unwrap();
+    let backend = echo_backend().await;
+    let pool = Pool::new(PoolConfig::default(), certs, None);
+    let key = PoolKey { src: client, dst: web, addr: pod.addrs.hbone };
+
+    // Claiming to be the allowed address does not help: the tunnel comes from 127.0.0.1.
+    let spoofed = ConnectTarget::new(backend, Some("10.1.2.3:4000".parse().unwrap()));
+    match pool.connect(&key, &spoofed).await {
+        Err(ConnectError::Refused { status, reason, .. }) => {
+            assert_eq!(status.as_u16(), 401);
+            assert!(reason.contains("shop/only-from"), "{reason}");
+        }
+        Ok(_) => panic!("a claimed source address must not pass an IP-based policy"),
+        Err(e) => panic!("unexpected: {e}"),
+    }
+
+    // Allowing the real source lets the same tunnel through, and bytes flow.
+    handle.store(state("127.0.0.1"));
+    let mut s = pool.connect(&key, &ConnectTarget::new(backend, None)).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b)).await.unwrap().unwrap();
+    assert_eq!(&b, b"ping");
+    let metrics = ztunnel::metrics::encode(&registry);
+    assert!(
+        metrics.contains("ztunnel_connections_denied_total{reporter=\"destination\",reason=\"policy\"} 1"),
+        "{metrics}"
+    );
+}
