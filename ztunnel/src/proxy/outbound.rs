@@ -93,6 +93,12 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: std::net::S
             conn.close(sent, received);
             ends.log("passthrough", None, sent, received, started.elapsed(), err.as_ref().map(|e| e as _));
         }
+        Route::WaypointRequired { destination } => {
+            metrics.denied(Reporter::Source, "waypoint_not_supported");
+            let why = format!("{destination} must be reached through its waypoint, which this ztunnel cannot do yet");
+            ends.log("outbound", None, 0, 0, started.elapsed(), Some(&why));
+            abort(tcp);
+        }
         Route::NoEndpoint { service } => {
             metrics.denied(Reporter::Source, "no_healthy_endpoint");
             ends.service = Some(&service);
