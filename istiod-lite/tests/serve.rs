@@ -198,8 +198,11 @@ async fn ask_ca(channel: Channel, token: &str, identity: &str) -> Result<Vec<Str
         .into_iter()
         .collect(),
     };
-    let mut req =
-        tonic::Request::new(IstioCertificateRequest { csr: csr(identity), validity_duration: 3600, metadata: Some(metadata) });
+    let mut req = tonic::Request::new(IstioCertificateRequest {
+        csr: csr(identity),
+        validity_duration: 3600,
+        metadata: Some(metadata),
+    });
     req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     IstioCertificateServiceClient::new(channel).create_certificate(req).await.map(|r| r.into_inner().cert_chain)
 }
@@ -266,7 +269,8 @@ async fn xds_and_ca_over_tls_with_a_certificate_from_the_mesh_root() {
     // The CA over the same channel: a pod of node-a's is granted, with the mesh root last.
     let issued = ask_ca(channel.clone(), TOKEN, "spiffe://cluster.local/ns/shop/sa/catalog").await.unwrap();
     assert_eq!(issued.last().unwrap(), &root);
-    let refused = ask_ca(channel.clone(), "not-a-token", "spiffe://cluster.local/ns/shop/sa/catalog").await.unwrap_err();
+    let refused =
+        ask_ca(channel.clone(), "not-a-token", "spiffe://cluster.local/ns/shop/sa/catalog").await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 }
 
@@ -382,11 +386,13 @@ async fn monitoring_port_shows_pushes_nacks_proxies_and_errors() {
     let addresses = &v["resources"][proto::ADDRESS_TYPE_URL];
     assert_eq!(addresses["count"], running.translator.lock().unwrap().addresses().len());
     assert!(addresses["names"].as_array().unwrap().iter().any(|n| n == "Kubernetes//Pod/shop/extra"));
-    assert!(v["resources"][proto::AUTHORIZATION_TYPE_URL]["names"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|n| n == "shop/catalog-allow-curl"));
+    assert!(
+        v["resources"][proto::AUTHORIZATION_TYPE_URL]["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "shop/catalog-allow-curl")
+    );
 
     // The last config errors, naming file, object and field.
     let (_, body) = http_get(mon, "/debug/errors").await;

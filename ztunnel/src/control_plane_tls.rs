@@ -40,13 +40,20 @@ pub enum SetupError {
 }
 
 /// istiod's certificate chains to the mesh roots but names none of the expected names.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error("istiod's certificate is not valid for {expected}; it names {presented}")]
 pub struct NameMismatch {
     /// The names that were acceptable, joined with " or ".
     pub expected: String,
     /// The DNS/IP names the certificate carries.
     pub presented: String,
+}
+
+// rustls shows a custom certificate error with `Debug`: make that the readable message.
+impl std::fmt::Debug for NameMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// Connects to the control plane over TLS; a tonic connector
@@ -141,8 +148,9 @@ impl ServerCertVerifier for IstiodVerifier {
             match self.webpki.verify_server_cert(end_entity, intermediates, name, ocsp, now) {
                 Ok(v) => return Ok(v),
                 Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
-                    presented: p, ..
-                })) => presented = p,
+                    presented: p,
+                    ..
+                })) => presented = p.iter().map(|n| readable_name(n)).collect(),
                 Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)) => {}
                 Err(other) => return Err(other),
             }
@@ -176,6 +184,20 @@ impl ServerCertVerifier for IstiodVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.webpki.supported_verify_schemes()
     }
+}
+
+/// `DnsName("istiod.istio-system.svc")` (as rustls lists a certificate's names) as
+/// `DNS:istiod.istio-system.svc`.
+fn readable_name(n: &str) -> String {
+    let Some((kind, rest)) = n.split_once("(\"") else { return n.to_owned() };
+    let value = rest.trim_end_matches("\")");
+    let kind = match kind {
+        "DnsName" => "DNS",
+        "IpAddress" => "IP",
+        "UniformResourceIdentifier" => "URI",
+        other => other,
+    };
+    format!("{kind}:{value}")
 }
 
 /// The error and its sources in one line, for logs that must say why a connection failed.

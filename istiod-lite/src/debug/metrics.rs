@@ -76,7 +76,11 @@ impl Metrics {
             m.convergence.clone(),
         );
         p.register("certificates_issued", "Workload certificates signed", m.certificates_issued.clone());
-        p.register("certificates_refused", "Certificate requests refused, by gRPC code", m.certificates_refused.clone());
+        p.register(
+            "certificates_refused",
+            "Certificate requests refused, by gRPC code",
+            m.certificates_refused.clone(),
+        );
         registry.register_collector(Box::new(XdsCollector { xds, status }));
         m
     }
@@ -115,12 +119,8 @@ impl Collector for XdsCollector {
         counter(&mut e, "istiod_lite_xds_streams", "xDS streams opened", s.streams)?;
         gauge(&mut e, "istiod_lite_xds_connected_proxies", "Open xDS streams", self.xds.connections().len() as i64)?;
         let g = ConstGauge::<i64>::new(0);
-        let mut family = e.encode_descriptor(
-            "istiod_lite_xds_resources",
-            "Resources served, by type URL",
-            None,
-            g.metric_type(),
-        )?;
+        let mut family =
+            e.encode_descriptor("istiod_lite_xds_resources", "Resources served, by type URL", None, g.metric_type())?;
         for type_url in [proto::ADDRESS_TYPE_URL, proto::AUTHORIZATION_TYPE_URL] {
             let n = self.xds.store().versions(type_url).len() as i64;
             ConstGauge::new(n).encode(family.encode_family(&TypeLabel { type_url: type_url.to_owned() })?)?;
@@ -129,7 +129,12 @@ impl Collector for XdsCollector {
             let st = self.status.borrow();
             (st.errors.len() + usize::from(st.failure.is_some()), st.warnings.len())
         };
-        gauge(&mut e, "istiod_lite_config_errors", "Bad objects (or directory failure) in the last load", errors as i64)?;
+        gauge(
+            &mut e,
+            "istiod_lite_config_errors",
+            "Bad objects (or directory failure) in the last load",
+            errors as i64,
+        )?;
         gauge(&mut e, "istiod_lite_translation_warnings", "Translation warnings now", warnings as i64)
     }
 }
@@ -160,7 +165,10 @@ impl<S: IstioCertificateService> IstioCertificateService for CountedCa<S> {
                 self.metrics.certificates_issued.inc();
             }
             Err(s) => {
-                self.metrics.certificates_refused.get_or_create(&RefusalLabels { reason: format!("{:?}", s.code()) }).inc();
+                self.metrics
+                    .certificates_refused
+                    .get_or_create(&RefusalLabels { reason: format!("{:?}", s.code()) })
+                    .inc();
             }
         }
         answer
