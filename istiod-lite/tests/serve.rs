@@ -282,6 +282,11 @@ async fn plaintext_only_when_asked() {
     let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     let issued = ask_ca(channel, TOKEN, "spiffe://cluster.local/ns/shop/sa/catalog").await.unwrap();
     assert_eq!(issued.len(), 2);
+
+    // Stopping releases every port.
+    let ports = [addr, running.tls_addr, running.monitoring_addr];
+    drop(running);
+    until("the ports to close", || ports.iter().all(|p| std::net::TcpStream::connect(p).is_err())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
