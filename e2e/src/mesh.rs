@@ -351,10 +351,12 @@ impl Mesh {
             &self.dir.join("ca").to_string_lossy(),
             "--bootstrap-tokens",
             &self.dir.join("bootstrap-tokens.yaml").to_string_lossy(),
-            "--plaintext-addr",
-            &format!("{}:15010", node.ip),
+            "--tls-addr",
+            &format!("{}:15012", node.ip),
+            "--monitoring-addr",
+            &format!("{}:15014", node.ip),
         ])?;
-        let addr = SocketAddr::new(IpAddr::V4(node.ip), 15010);
+        let addr = SocketAddr::new(IpAddr::V4(node.ip), 15012);
         node.netns.wait_for_tcp(addr, Duration::from_secs(10))?;
         self.istiod = Some(p);
         Ok(())
@@ -498,11 +500,14 @@ impl Mesh {
         let mut argv: Vec<String> =
             vec![binary.to_string_lossy().into_owned(), "--node-name".into(), node.name.clone()];
         if self.spec.control_plane {
-            let istiod = format!("http://{}:15010", self.topo.node(1).ip);
+            // TLS to istiod by IP; its certificate names the service, as in a cluster.
+            let istiod = format!("https://{}:15012", self.topo.node(1).ip);
             let ttl = if self.spec.cert_ttl_seconds == 0 { 86400 } else { self.spec.cert_ttl_seconds };
             for (flag, value) in [
                 ("--xds-address", istiod.clone()),
                 ("--ca-address", istiod),
+                ("--alt-xds-hostname", "istiod.istio-system.svc".into()),
+                ("--alt-ca-hostname", "istiod.istio-system.svc".into()),
                 ("--ca-token-file", run.join("token").to_string_lossy().into_owned()),
                 ("--ca-root-file", self.dir.join("ca/root-cert.pem").to_string_lossy().into_owned()),
                 ("--cert-ttl-seconds", ttl.to_string()),

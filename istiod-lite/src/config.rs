@@ -17,9 +17,22 @@ pub struct Config {
     /// YAML map of node name to bootstrap token: how node proxies authenticate to the CA.
     #[arg(long, env = "BOOTSTRAP_TOKENS")]
     pub bootstrap_tokens: PathBuf,
-    /// Plaintext xDS and CA (local use only).
-    #[arg(long, env = "PLAINTEXT_ADDR", default_value = "127.0.0.1:15010")]
-    pub plaintext_addr: SocketAddr,
+    /// xDS and CA over TLS 1.3, with a certificate issued from the mesh root.
+    #[arg(long, env = "TLS_ADDR", default_value = "0.0.0.0:15012")]
+    pub tls_addr: SocketAddr,
+    /// Extra names (DNS names or IP addresses) in the serving certificate, beyond
+    /// `istiod.istio-system.svc` and `istiod-lite`; repeat or separate with commas.
+    #[arg(long, env = "TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// Validity of the serving certificate in seconds; it is renewed at half of it.
+    #[arg(long, env = "TLS_CERT_TTL_SECONDS", default_value_t = 86400)]
+    pub tls_cert_ttl_seconds: u64,
+    /// Plaintext xDS and CA, off unless given (local use only, e.g. `127.0.0.1:15010`).
+    #[arg(long, env = "PLAINTEXT_ADDR")]
+    pub plaintext_addr: Option<SocketAddr>,
+    /// Prometheus metrics (`/metrics`) and debug JSON (`/debug/...`).
+    #[arg(long, env = "MONITORING_ADDR", default_value = "0.0.0.0:15014")]
+    pub monitoring_addr: SocketAddr,
     /// Istio's root namespace.
     #[arg(long, env = "ROOT_NAMESPACE", default_value = "istio-system")]
     pub root_namespace: String,
@@ -42,6 +55,14 @@ pub enum ConfigError {
         /// The path.
         path: PathBuf,
     },
+    /// A value out of range.
+    #[error("{flag}: {why}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        why: String,
+    },
     /// The bootstrap token file is unusable.
     #[error("--bootstrap-tokens {path}: {why}")]
     Tokens {
@@ -57,6 +78,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.config_dir.is_dir() {
             return Err(ConfigError::Missing { flag: "--config-dir", path: self.config_dir.clone() });
+        }
+        if self.tls_cert_ttl_seconds < 10 {
+            return Err(ConfigError::Invalid { flag: "--tls-cert-ttl-seconds", why: "must be at least 10".into() });
         }
         self.tokens().map(|_| ())
     }

@@ -13,7 +13,8 @@
 //! - [`explain`]: what `meshctl explain` answers, computed by the code the mesh runs.
 //! - [`ca`]: the mesh CA (root, CSR signing, who may have which identity).
 //! - [`serve`], [`config`], [`placement`]: running it all: directory → translator → xDS store,
-//!   xDS and the CA on one port.
+//!   xDS and the CA over TLS on 15012 ([`tls`]; plaintext 15010 on request), metrics and debug
+//!   JSON on 15014 ([`debug`]).
 //!
 //! # Decisions
 //!
@@ -35,6 +36,7 @@
 
 pub mod ca;
 pub mod config;
+pub mod debug;
 pub mod error;
 pub mod explain;
 pub mod k8s;
@@ -42,6 +44,7 @@ pub mod model;
 pub mod placement;
 pub mod serve;
 pub mod source;
+pub mod tls;
 pub mod translate;
 pub mod translator;
 

@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let running = istiod_lite::serve::start(&cfg).await.context("starting istiod-lite")?;
-    tracing::info!(addr = %running.plaintext_addr, "ready");
+    tracing::info!(tls = %running.tls_addr, plaintext = ?running.plaintext_addr, monitoring = %running.monitoring_addr, "ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}

@@ -1,13 +1,19 @@
 //! Running the control plane: the watched config directory feeds the translator, whose
-//! deltas feed the xDS store; xDS and the CA are served together on one HTTP/2 port.
+//! deltas feed the xDS store; xDS and the CA are served together over TLS on 15012 (with a
+//! certificate from the mesh root, see [`crate::tls`]), and in plaintext on 15010 only when
+//! asked; metrics and debug JSON on 15014 (see [`crate::debug`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer;
 use xds::{ResourceStore, XdsServer};
 
 use crate::ca::{CaService, CaSigner, NodeTokens};
 use crate::config::Config;
+use crate::debug::convergence::{Changed, Convergence};
+use crate::debug::metrics::{CountedCa, Metrics};
+use crate::debug::{self, DebugState};
 use crate::placement::ModelPlacement;
 use crate::source::dir;
 use crate::translate::MeshConfig;
@@ -22,6 +28,9 @@ pub enum StartError {
     /// The CA root is unusable.
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
+    /// The serving certificate cannot be issued.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A port could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -35,8 +44,14 @@ pub enum StartError {
 
 /// A running control plane.
 pub struct Running {
-    /// Where xDS and the CA are served (plaintext).
-    pub plaintext_addr: SocketAddr,
+    /// Where xDS and the CA are served over TLS.
+    pub tls_addr: SocketAddr,
+    /// Where xDS and the CA are served in plaintext, if asked.
+    pub plaintext_addr: Option<SocketAddr>,
+    /// Where metrics and debug JSON are served.
+    pub monitoring_addr: SocketAddr,
+    /// The serving certificate of the TLS port.
+    pub serving_cert: crate::tls::ServingCert,
     /// The xDS server, for status.
     pub xds: XdsServer,
     /// The translator, for debug.
@@ -52,7 +67,14 @@ impl Drop for Running {
     }
 }
 
-/// Starts everything; returns once the port is bound.
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let bind = |source| StartError::Bind { addr, source };
+    let l = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
+    let a = l.local_addr().map_err(bind)?;
+    Ok((l, a))
+}
+
+/// Starts everything; returns once every port is bound.
 pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     cfg.validate()?;
     let mesh = MeshConfig {
@@ -62,34 +84,92 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     };
     let translator = Arc::new(Mutex::new(Translator::new(mesh)));
     let store = ResourceStore::new();
-    let (_status, mut deltas, watcher) = dir::watch(cfg.config_dir.clone(), translator.clone());
-    let mut tasks = vec![tokio::spawn(watcher)];
-    let feed = store.clone();
+    let xds = XdsServer::new(store.clone());
+    let (status, mut deltas, watcher) = dir::watch(cfg.config_dir.clone(), translator.clone());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::register(&mut registry, xds.clone(), status.clone());
+    let convergence = Arc::new(Convergence::default());
+    let mut tasks = vec![tokio::spawn(watcher), tokio::spawn(convergence.clone().run(xds.clone(), metrics.clone()))];
+    let (feed, fed) = (store.clone(), metrics.clone());
     tasks.push(tokio::spawn(async move {
         while let Some(delta) = deltas.recv().await {
+            let mut changed = Vec::new();
             for (type_url, d) in delta.types {
                 let (n, r) = (d.upserts.len(), d.removals.len());
+                let names: Vec<String> = d.upserts.iter().map(|(name, _)| name.clone()).collect();
+                changed.extend(d.removals.iter().map(|name| Changed {
+                    type_url: type_url.to_owned(),
+                    name: name.clone(),
+                    version: None,
+                }));
                 feed.update(type_url, d.upserts, d.removals);
+                changed.extend(names.into_iter().map(|name| Changed {
+                    type_url: type_url.to_owned(),
+                    version: feed.get(type_url, &name).map(|r| r.version),
+                    name,
+                }));
                 tracing::info!(type_url, upserts = n, removals = r, "pushed configuration change");
             }
+            fed.config_changes.inc();
+            convergence.changed(changed);
         }
     }));
 
     let signer = Arc::new(CaSigner::load_or_generate(&cfg.ca_dir, &cfg.trust_domain)?);
-    let ca = CaService::new(signer, NodeTokens(cfg.tokens()?), Arc::new(ModelPlacement::new(translator.clone())));
-    let xds = XdsServer::new(store);
-    let listener = tokio::net::TcpListener::bind(cfg.plaintext_addr)
-        .await
-        .map_err(|source| StartError::Bind { addr: cfg.plaintext_addr, source })?;
-    let plaintext_addr =
-        listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.plaintext_addr, source })?;
-    let router = tonic::transport::Server::builder().add_service(xds.service()).add_service(ca.into_server());
+    let identity = hbone::Identity::new(&cfg.trust_domain, &cfg.root_namespace, "istiod")
+        .map_err(|e| crate::tls::TlsError::Issue(format!("istiod's identity: {e}")))?;
+    let serving_cert = crate::tls::ServingCert::issue(
+        &cfg.ca_dir,
+        crate::tls::ServingCertSpec {
+            identity,
+            extra_names: cfg.tls_san.clone(),
+            ttl: std::time::Duration::from_secs(cfg.tls_cert_ttl_seconds),
+        },
+    )?;
+    tasks.push(tokio::spawn(serving_cert.clone().renew_forever()));
+    let tokens = NodeTokens(cfg.tokens()?);
+    let placement = Arc::new(ModelPlacement::new(translator.clone()));
+    let ca = Arc::new(CountedCa::new(CaService::new(signer, tokens, placement), metrics));
+    // One router per port over the same services, so both ports see one state.
+    let router = || {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            .add_service(xds.service())
+            .add_service(IstioCertificateServiceServer::from_arc(ca.clone()))
+    };
+
+    let (tls_listener, tls_addr) = bind(cfg.tls_addr).await?;
+    let incoming = crate::tls::incoming(tls_listener, serving_cert.server_config());
+    let served = router();
     tasks.push(tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        if let Err(e) = router.serve_with_incoming(incoming).await {
-            tracing::error!(error = %e, "xDS/CA server failed");
+        if let Err(e) = served.serve_with_incoming(incoming).await {
+            tracing::error!(error = %e, "xDS/CA TLS server failed");
         }
     }));
-    tracing::info!(%plaintext_addr, config_dir = %cfg.config_dir.display(), "istiod-lite serving xDS and the CA");
-    Ok(Running { plaintext_addr, xds, translator, tasks })
+    let plaintext_addr = match cfg.plaintext_addr {
+        Some(addr) => {
+            let (listener, addr) = bind(addr).await?;
+            let served = router();
+            tasks.push(tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                if let Err(e) = served.serve_with_incoming(incoming).await {
+                    tracing::error!(error = %e, "xDS/CA plaintext server failed");
+                }
+            }));
+            Some(addr)
+        }
+        None => None,
+    };
+    let (monitoring, monitoring_addr) = bind(cfg.monitoring_addr).await?;
+    let state = Arc::new(DebugState { xds: xds.clone(), translator: translator.clone(), status, registry });
+    tasks.push(tokio::spawn(debug::serve(monitoring, state)));
+    tracing::info!(
+        %tls_addr,
+        plaintext_addr = ?plaintext_addr,
+        %monitoring_addr,
+        config_dir = %cfg.config_dir.display(),
+        "istiod-lite serving xDS and the CA"
+    );
+    Ok(Running { tls_addr, plaintext_addr, monitoring_addr, serving_cert, xds, translator, tasks })
 }

@@ -99,8 +99,10 @@ pub async fn start(
             (state, None)
         }
         (None, Some(addr)) => {
-            let endpoint = tonic::transport::Endpoint::from_shared(addr.clone())
+            let roots = read_roots(&cfg).map_err(StartError::Xds)?;
+            let endpoint = control_plane(addr, cfg.alt_xds_hostname.as_deref(), roots.as_ref())
                 .map_err(|e| StartError::Xds(format!("--xds-address {addr:?}: {e}")))?;
+            let endpoint = state::xds::XdsEndpoint { endpoint: endpoint.0, tls: endpoint.1 };
             let state = StateHandle::default();
             let first = ready.register("first state from xDS");
             let mut changes = state.subscribe();
@@ -135,12 +137,16 @@ pub async fn start(
                 let p = p.as_ref().ok_or_else(|| StartError::Ca(format!("{what} is required with --ca-address")))?;
                 std::fs::read(p).map_err(|e| StartError::Ca(format!("{}: {e}", p.display())))
             };
-            let roots = hbone::TrustRoots::from_pem(&read(&cfg.ca_root_file, "--ca-root-file")?)
-                .map_err(|e| StartError::Ca(format!("--ca-root-file: {e}")))?;
+            let roots = read_roots(&cfg)
+                .map_err(StartError::Ca)?
+                .ok_or_else(|| StartError::Ca("--ca-root-file is required with --ca-address".into()))?;
             let token = String::from_utf8_lossy(&read(&cfg.ca_token_file, "--ca-token-file")?).trim().to_owned();
-            let channel = tonic::transport::Endpoint::from_shared(addr.clone())
-                .map_err(|e| StartError::Ca(format!("--ca-address {addr:?}: {e}")))?
-                .connect_lazy();
+            let (endpoint, tls) = control_plane(addr, cfg.alt_ca_hostname.as_deref(), Some(&roots))
+                .map_err(|e| StartError::Ca(format!("--ca-address {addr:?}: {e}")))?;
+            let channel = match tls {
+                Some(tls) => endpoint.connect_with_connector_lazy(tls),
+                None => endpoint.connect_lazy(),
+            };
             let store = CertStore::new(roots);
             let ttl = std::time::Duration::from_secs(cfg.cert_ttl_seconds);
             let ca = crate::ca_client::CaClient::new(channel, &token, store.clone(), ttl);
@@ -244,6 +250,29 @@ fn admin_routes(cfg: &Config, state: StateHandle, certs: CertStore, pods: Arc<Po
         "/" => Reply::text("/config_dump\n/logging?level=<filter>\n"),
         _ => Reply::error(http::StatusCode::NOT_FOUND, "see /\n"),
     })
+}
+
+/// The mesh roots of `--ca-root-file`, if given.
+fn read_roots(cfg: &Config) -> Result<Option<hbone::TrustRoots>, String> {
+    let Some(p) = &cfg.ca_root_file else { return Ok(None) };
+    let pem = std::fs::read(p).map_err(|e| format!("--ca-root-file {}: {e}", p.display()))?;
+    hbone::TrustRoots::from_pem(&pem).map(Some).map_err(|e| format!("--ca-root-file {}: {e}", p.display()))
+}
+
+/// The endpoint of a control-plane address, with a TLS connector for `https://` (verifying
+/// istiod's certificate against `roots`, for the host or `alt_hostname`).
+fn control_plane(
+    addr: &str,
+    alt_hostname: Option<&str>,
+    roots: Option<&hbone::TrustRoots>,
+) -> Result<(tonic::transport::Endpoint, Option<crate::control_plane_tls::Connector>), String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned()).map_err(|e| e.to_string())?;
+    if !addr.starts_with("https://") {
+        return Ok((endpoint, None));
+    }
+    let roots = roots.ok_or("an https:// address needs --ca-root-file to verify istiod")?;
+    let tls = crate::control_plane_tls::Connector::new(addr, alt_hostname, roots).map_err(|e| e.to_string())?;
+    Ok((endpoint, Some(tls)))
 }
 
 /// How this ztunnel introduces itself to the control plane.

@@ -17,20 +17,30 @@ pub struct Config {
     /// Local state file (workloads, services, policies); the offline alternative to xDS.
     #[arg(long, env = "ZTUNNEL_STATE_FILE", required_unless_present = "xds_address", conflicts_with = "xds_address")]
     pub state_file: Option<PathBuf>,
-    /// Control plane's delta xDS endpoint, e.g. `http://istiod:15010`; state then comes from it.
+    /// Control plane's delta xDS endpoint, e.g. `https://istiod.istio-system.svc:15012` (TLS,
+    /// verified against `--ca-root-file`) or `http://127.0.0.1:15010`; state then comes from it.
     #[arg(long, env = "XDS_ADDRESS")]
     pub xds_address: Option<String>,
+    /// Name istiod's certificate may carry instead of the xDS address's host (e.g.
+    /// `istiod.istio-system.svc` when the address is an IP).
+    #[arg(long, env = "ALT_XDS_HOSTNAME")]
+    pub alt_xds_hostname: Option<String>,
     /// Directory of workload certificates and the mesh roots (see `certs` module docs); the
     /// offline alternative to the CA.
     #[arg(long, env = "ZTUNNEL_CERT_DIR", required_unless_present = "ca_address", conflicts_with = "ca_address")]
     pub cert_dir: Option<PathBuf>,
-    /// The mesh CA's endpoint, e.g. `http://istiod:15010`; certificates then come from it.
+    /// The mesh CA's endpoint, e.g. `https://istiod.istio-system.svc:15012`; certificates then
+    /// come from it.
     #[arg(long, env = "CA_ADDRESS", requires_all = ["ca_token_file", "ca_root_file"])]
     pub ca_address: Option<String>,
+    /// Name istiod's certificate may carry instead of the CA address's host.
+    #[arg(long, env = "ALT_CA_HOSTNAME")]
+    pub alt_ca_hostname: Option<String>,
     /// File holding this node's bootstrap token for the CA.
     #[arg(long, env = "CA_TOKEN_FILE")]
     pub ca_token_file: Option<PathBuf>,
-    /// The mesh root certificate(s), PEM, trusted before the CA has answered.
+    /// The mesh root certificate(s), PEM, trusted before the CA has answered; also what
+    /// istiod's certificate is verified against on `https://` addresses.
     #[arg(long, env = "CA_ROOT_FILE")]
     pub ca_root_file: Option<PathBuf>,
     /// Validity asked of the CA for workload certificates, in seconds.
@@ -119,6 +129,15 @@ impl Config {
             {
                 return Err(ConfigError::Missing { flag, path: p.clone() });
             }
+        }
+        if let Some(a) = &self.xds_address
+            && a.starts_with("https://")
+            && self.ca_root_file.is_none()
+        {
+            return Err(ConfigError::Invalid {
+                flag: "--xds-address",
+                why: "an https:// address needs --ca-root-file to verify istiod".into(),
+            });
         }
         if self.cert_dir.is_none() && self.ca_address.is_none() {
             return Err(ConfigError::Invalid { flag: "--cert-dir", why: "or --ca-address is required".into() });

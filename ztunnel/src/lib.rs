@@ -6,6 +6,7 @@
 //! - [`inpod`]: receiving pods from the node agent over ZDS.
 //! - [`agent`]: the node agent: enrollment, in-pod redirection, the ZDS server.
 //! - [`cni`]: the CNI plugin that reports pod events to the agent.
+//! - [`control_plane_tls`]: TLS to istiod for xDS and the CA.
 //! - [`admin`], [`metrics`], [`readiness`], [`logging`], [`drain`], [`certs`], [`config`],
 //!   [`app`]: the admin side and the wiring.
 //!
@@ -20,6 +21,7 @@ pub mod ca_client;
 pub mod certs;
 pub mod cni;
 pub mod config;
+pub mod control_plane_tls;
 pub mod drain;
 pub mod inpod;
 pub mod logging;

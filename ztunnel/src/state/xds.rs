@@ -29,9 +29,47 @@ impl Drop for XdsSource {
     }
 }
 
+/// How to reach the control plane's xDS.
+#[derive(Clone, Debug)]
+pub struct XdsEndpoint {
+    /// The address, with HTTP/2 settings.
+    pub endpoint: tonic::transport::Endpoint,
+    /// TLS to istiod (`https://`); `None` for plaintext.
+    pub tls: Option<crate::control_plane_tls::Connector>,
+}
+
+impl From<tonic::transport::Endpoint> for XdsEndpoint {
+    fn from(endpoint: tonic::transport::Endpoint) -> Self {
+        XdsEndpoint { endpoint, tls: None }
+    }
+}
+
+impl XdsEndpoint {
+    /// Opens a channel; a failure is logged with its whole cause (a certificate that names
+    /// the wrong host must say so in the log, not only "transport error").
+    async fn connect(self) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        let uri = self.endpoint.uri().clone();
+        let r = match self.tls {
+            Some(tls) => self.endpoint.connect_with_connector(tls).await,
+            None => self.endpoint.connect().await,
+        };
+        if let Err(e) = &r {
+            tracing::warn!(%uri, error = %crate::control_plane_tls::error_chain(e), "connecting to xDS failed");
+        }
+        r
+    }
+}
+
 /// Subscribes to workloads, services and policies at `endpoint` as `node`, and keeps `handle`
 /// current. Must be called inside a tokio runtime.
-pub fn start(endpoint: tonic::transport::Endpoint, node: Node, handle: StateHandle, config: StateConfig) -> XdsSource {
+pub fn start(endpoint: impl Into<XdsEndpoint>, node: Node, handle: StateHandle, config: StateConfig) -> XdsSource {
+    let mut endpoint = endpoint.into();
+    // Pings notice an istiod that vanished without closing the connection.
+    endpoint.endpoint = endpoint
+        .endpoint
+        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_timeout(std::time::Duration::from_secs(10))
+        .keep_alive_while_idle(true);
     let (addresses, address_handler) =
         cache_handler(|_name: &str, a: PbAddress| Address::try_from(a).map_err(|e| e.to_string()));
     let (policies, policy_handler) =
@@ -39,7 +77,7 @@ pub fn start(endpoint: tonic::transport::Endpoint, node: Node, handle: StateHand
     let client = Client::new(node)
         .subscribe(proto::ADDRESS_TYPE_URL, Names::Wildcard, address_handler)
         .subscribe(proto::AUTHORIZATION_TYPE_URL, Names::Wildcard, policy_handler)
-        .spawn(endpoint);
+        .spawn_with(move || endpoint.clone().connect());
     let task = tokio::spawn(fold(addresses, policies, handle, config));
     XdsSource { client, task }
 }
