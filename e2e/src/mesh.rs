@@ -375,6 +375,30 @@ impl Mesh {
         self.start_istiod()
     }
 
+    /// istiod-lite's debug JSON at `path` on its monitoring port (15014), e.g. `/debug/connections`.
+    pub fn istiod_debug(&self, path: &str) -> Result<Value, MeshError> {
+        let node = self.topo.node(1);
+        let out =
+            node.netns.curl(&format!("http://{}:15014{path}", node.ip), &["--fail"], Duration::from_secs(3))?.ok()?;
+        serde_json::from_str(&out.stdout)
+            .map_err(|e| MeshError::Io { path: path.into(), source: std::io::Error::other(e) })
+    }
+
+    /// Waits until every proxy connected to istiod-lite has acknowledged resource `name` of
+    /// `type_url` (in whatever version is current).
+    pub fn wait_all_acked(&self, type_url: &str, name: &str, proxies: usize) -> Result<(), MeshError> {
+        wait_for(
+            || {
+                self.istiod_debug("/debug/connections").is_ok_and(|d| {
+                    let conns = d["connections"].as_array().cloned().unwrap_or_default();
+                    conns.len() >= proxies && conns.iter().all(|c| c["types"][type_url]["acked"].get(name).is_some())
+                })
+            },
+            &format!("{proxies} proxies to acknowledge {name}"),
+            Duration::from_secs(10),
+        )
+    }
+
     /// istiod-lite's log.
     pub fn istiod_log(&self) -> String {
         self.istiod.as_ref().map(|p| p.log()).unwrap_or_default()

@@ -70,10 +70,15 @@ fn mesh_runs_from_the_control_plane() {
         // Editing a policy file changes the verdict; measure until both ztunnels have it.
         let edited = Instant::now();
         mesh.set_k8s_policies(DENY_CLIENT_1)?;
+        // Acknowledged by both ztunnels, as istiod-lite's debug endpoint reports it.
+        mesh.wait_all_acked("type.googleapis.com/istio.security.Authorization", "shop/deny-client-1", 2)?;
+        let acked = edited.elapsed();
         mesh.wait_state_mentions(1, "deny-client-1")?;
         mesh.wait_state_mentions(2, "deny-client-1")?;
         let converged = edited.elapsed();
-        eprintln!("policy file change → applied by every ztunnel: {converged:?}");
+        eprintln!(
+            "policy file change → ACKed by every ztunnel: {acked:?}; applied (seen in both dumps): {converged:?}"
+        );
         assert!(converged < Duration::from_secs(1), "policy change took {converged:?}");
         assert!(mesh.get(("tools", "client-1"), &url2).is_err(), "client-1 is now denied");
         assert!(mesh.get(("tools", "client-2"), &url2)?.contains("hello"), "client-2 is not");
