@@ -1,5 +1,6 @@
-//! Running the control plane: the watched config directory feeds the translator, whose
-//! deltas feed the xDS store; xDS and the CA are served together on one HTTP/2 port.
+//! Running the control plane: the watched config directory (or the Kubernetes API) feeds the
+//! translator, whose deltas feed the xDS store; xDS and the CA are served together on one
+//! HTTP/2 port.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -7,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use xds::{ResourceStore, XdsServer};
 
 use crate::ca::{CaService, CaSigner, NodeTokens};
-use crate::config::Config;
+use crate::config::{Config, ConfigError, Source};
 use crate::placement::ModelPlacement;
-use crate::source::dir;
+use crate::source::{dir, kube};
 use crate::translate::MeshConfig;
 use crate::translator::Translator;
 
@@ -18,7 +19,10 @@ use crate::translator::Translator;
 pub enum StartError {
     /// The configuration is unusable.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] ConfigError),
+    /// The Kubernetes API cannot be reached with the configuration given.
+    #[error(transparent)]
+    Kube(#[from] kube::KubeError),
     /// The CA root is unusable.
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
@@ -62,8 +66,20 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     };
     let translator = Arc::new(Mutex::new(Translator::new(mesh)));
     let store = ResourceStore::new();
-    let (_status, mut deltas, watcher) = dir::watch(cfg.config_dir.clone(), translator.clone());
-    let mut tasks = vec![tokio::spawn(watcher)];
+    let (mut deltas, watcher) = match cfg.source {
+        Source::Dir => {
+            let dir =
+                cfg.config_dir.clone().ok_or(ConfigError::Required { flag: "--config-dir", mode: "--source dir" })?;
+            let (_status, deltas, watcher) = dir::watch(dir, translator.clone());
+            (deltas, tokio::spawn(watcher))
+        }
+        Source::Kube => {
+            let client = kube::client(cfg.kubeconfig.as_deref()).await?;
+            let (_status, deltas, watcher) = kube::watch(client, translator.clone());
+            (deltas, tokio::spawn(watcher))
+        }
+    };
+    let mut tasks = vec![watcher];
     let feed = store.clone();
     tasks.push(tokio::spawn(async move {
         while let Some(delta) = deltas.recv().await {
@@ -90,6 +106,6 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             tracing::error!(error = %e, "xDS/CA server failed");
         }
     }));
-    tracing::info!(%plaintext_addr, config_dir = %cfg.config_dir.display(), "istiod-lite serving xDS and the CA");
+    tracing::info!(%plaintext_addr, source = ?cfg.source, config_dir = ?cfg.config_dir, "istiod-lite serving xDS and the CA");
     Ok(Running { plaintext_addr, xds, translator, tasks })
 }

@@ -316,3 +316,45 @@ async fn relist_after_an_expired_watch_drops_objects_deleted_meanwhile() {
     assert_eq!((pod_watches.len(), mock.lists(PODS).len()), (2, 2));
     assert_eq!(pod_watches[1].query.get("resourceVersion").map(String::as_str), Some("48790"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istiod_lite_with_source_kube_reads_the_cluster_through_a_kubeconfig() {
+    use clap::Parser;
+    let mock = MockApi::start().await;
+    mock.cluster();
+    let dir = TempDir::new("kube-serve");
+    let kubeconfig = dir.write(
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: {}\n\
+             contexts:\n- name: mock\n  context:\n    cluster: mock\n    user: mock\n\
+             current-context: mock\nusers:\n- name: mock\n  user: {{}}\n",
+            mock.url()
+        ),
+    );
+    let tokens = dir.write("tokens.yaml", "node-a: 0123456789abcdef0123\n");
+    std::fs::create_dir(dir.path().join("ca")).unwrap();
+    let cfg = istiod_lite::config::Config::try_parse_from([
+        "istiod-lite".as_ref(),
+        "--source".as_ref(),
+        "kube".as_ref(),
+        "--kubeconfig".as_ref(),
+        kubeconfig.as_os_str(),
+        "--ca-dir".as_ref(),
+        dir.path().join("ca").as_os_str(),
+        "--bootstrap-tokens".as_ref(),
+        tokens.as_os_str(),
+        "--plaintext-addr".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ])
+    .unwrap();
+    let running = istiod_lite::serve::start(&cfg).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !running.translator.lock().unwrap().addresses().contains_key(CATALOG_K2X9P) {
+        assert!(tokio::time::Instant::now() < deadline, "the cluster never reached the translator");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mock.lists(PODS).len(), 1);
+    let authz: Vec<String> = running.translator.lock().unwrap().authorizations().keys().cloned().collect();
+    assert_eq!(authz, dir_translator().authorizations().keys().cloned().collect::<Vec<_>>());
+}

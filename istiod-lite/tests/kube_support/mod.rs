@@ -158,9 +158,14 @@ impl MockApi {
         MockApi { addr, state, task }
     }
 
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// A client of this server, as a kubeconfig naming `http://127.0.0.1:<port>` would give.
     pub fn client(&self) -> kube::Client {
-        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        let config = kube::Config::new(self.url().parse().unwrap());
         kube::Client::try_from(config).unwrap()
     }
 
