@@ -63,3 +63,56 @@ pub(super) fn convert(w: &Watched, obj: &DynamicObject) -> Result<Object, Reject
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::source::kube::WATCHED;
+
+    fn watched(kind: Kind) -> &'static Watched {
+        WATCHED.iter().find(|w| w.kind == kind).unwrap()
+    }
+
+    fn dynamic(v: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn list_items_without_type_fields_take_them_from_the_watch() {
+        let o = dynamic(json!({
+            "metadata": {"name": "web-0", "namespace": "shop", "resourceVersion": "7"},
+            "spec": {"nodeName": "node-a"},
+            "status": {"podIP": "10.244.1.7"}
+        }));
+        let Ok(Object::Pod(p)) = convert(watched(Kind::Pod), &o) else { panic!("not a pod") };
+        assert_eq!((p.metadata.namespace.as_str(), p.spec.node_name.as_str()), ("shop", "node-a"));
+    }
+
+    #[test]
+    fn another_version_than_the_one_watched_is_rejected() {
+        let o = dynamic(json!({
+            "apiVersion": "security.istio.io/v1beta1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "p", "namespace": "shop"}, "spec": {}
+        }));
+        let r = convert(watched(Kind::AuthorizationPolicy), &o).unwrap_err();
+        assert_eq!(r.key, ObjectKey::new(Kind::AuthorizationPolicy, "shop", "p"));
+        assert!(r.error.to_string().starts_with("apiVersion: "), "{}", r.error);
+    }
+
+    #[test]
+    fn unknown_security_field_is_rejected_by_path_with_a_fail_closed_stand_in() {
+        let o = dynamic(json!({
+            "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "rules": [{"from": [{"source": {"principal": ["x"]}}]}]}
+        }));
+        let r = convert(watched(Kind::AuthorizationPolicy), &o).unwrap_err();
+        let msg = r.error.to_string();
+        assert!(msg.contains("spec.rules[0].from[0].source") && msg.contains("unknown field `principal`"), "{msg}");
+        let Some(Object::AuthorizationPolicy(stand_in)) = r.stand_in.as_deref() else { panic!("no stand-in") };
+        assert_eq!(stand_in.spec.action, crate::k8s::security::PolicyAction::Deny);
+        assert_eq!(stand_in.spec.selector.as_ref().unwrap().match_labels["app"], "web");
+    }
+}

@@ -2,16 +2,22 @@
 //! [`Translator`] as [`super::dir::watch`] does, with the same output.
 //!
 //! - Objects are read as [`DynamicObject`]s and converted through the directory source's
-//!   parser and validation ([`convert`]), so one model and one set of error messages serve
+//!   parser and validation (module `convert`), so one model and one set of error messages serve
 //!   both sources.
 //! - Each kind's initial list (and every re-list after the watch fell too far behind) replaces
 //!   that kind in the model: objects deleted while we were not watching disappear.
 //! - A bad object is reported ([`RejectedObject`]: kind, namespace, name, field) and the rest
 //!   apply; security objects keep their last good version or are enforced fail-closed, as in
-//!   the directory source ([`apply`]).
+//!   the directory source (module `apply`).
 //! - A kind the server does not serve (404: the Gateway API or Istio CRDs not installed) is
 //!   reported once; its watch keeps retrying with backoff, so installing the CRDs later works,
 //!   and every other kind works meanwhile.
+//!
+//! The identity it runs as needs `list` and `watch`, cluster-wide, on `namespaces`, `pods`,
+//! `services`, `endpointslices.discovery.k8s.io`, `authorizationpolicies` and
+//! `peerauthentications.security.istio.io`, and `gateways`, `httproutes` and `grpcroutes`
+//! `.gateway.networking.k8s.io`. A kind it may not read (403) is reported like any failing
+//! watch and retried; the model is not complete until it can.
 
 mod apply;
 mod convert;
