@@ -114,16 +114,21 @@ impl KindState {
         out
     }
 
-    /// An object was added or modified.
-    pub fn apply(&mut self, w: &Watched, obj: &DynamicObject, model: &Model) -> Outcome {
+    /// An object was added or modified (`converted` by [`convert`]).
+    pub fn apply(
+        &mut self,
+        converted: Result<Object, Rejected>,
+        resource_version: Option<String>,
+        model: &Model,
+    ) -> Outcome {
         let mut out = Outcome::default();
-        match convert(w, obj) {
+        match converted {
             Ok(o) => {
                 out.cleared.push(o.key());
                 out.changes.push(Change::Upsert(o));
             }
             Err(r) => {
-                let (report, change) = rejected(model, r, obj.metadata.resource_version.clone());
+                let (report, change) = rejected(model, r, resource_version);
                 out.rejected.push(report);
                 out.changes.extend(change);
             }

@@ -231,22 +231,29 @@ impl Source {
             }
         };
         let state = self.kinds.entry(w.kind).or_default();
+        // Conversion (render and parse) happens before the lock: the CA reads the model too.
+        let converted = match &event {
+            // `Init` comes before the list request: it says nothing about the server yet.
+            Event::Init => {
+                state.init();
+                return true;
+            }
+            // List items wait for the end of the list, to replace the kind at once.
+            Event::InitApply(o) => {
+                state.init_apply(w, o);
+                return true;
+            }
+            Event::Apply(o) => Some(convert::convert(w, o)),
+            Event::InitDone | Event::Delete(_) => None,
+        };
         let (outcome, delta, warnings) = {
             // One lock for reading the model and changing it: nothing else writes between.
             let mut t = self.translator.lock().expect("translator lock");
-            let outcome = match &event {
-                // `Init` comes before the list request: it says nothing about the server yet.
-                Event::Init => {
-                    state.init();
-                    return true;
-                }
-                Event::InitApply(o) => {
-                    state.init_apply(w, o);
-                    return true;
-                }
-                Event::InitDone => state.init_done(w, t.model()),
-                Event::Apply(o) => state.apply(w, o, t.model()),
-                Event::Delete(o) => state.delete(w, o),
+            let outcome = match (&event, converted) {
+                (Event::Apply(o), Some(c)) => state.apply(c, o.metadata.resource_version.clone(), t.model()),
+                (Event::Delete(o), _) => state.delete(w, o),
+                // `InitDone`; the other events returned above.
+                _ => state.init_done(w, t.model()),
             };
             let delta = t.apply_all(outcome.changes.iter().cloned());
             (outcome, delta, t.warnings())
