@@ -24,6 +24,8 @@ use crate::process::Supervised;
 
 /// Set in the child's environment: the test it must run (and that it is the sandbox).
 const ENV_TEST: &str = "E2E_SANDBOX_TEST";
+/// Temporary files inside a sandbox (TMPDIR points here), gone with it.
+pub const SANDBOX_TMP: &str = "/run/tmp";
 /// The parent's network and mount namespace inodes, so the child can prove it is elsewhere.
 const ENV_HOST_NET: &str = "E2E_HOST_NETNS";
 const ENV_HOST_MNT: &str = "E2E_HOST_MNTNS";
@@ -159,6 +161,7 @@ impl SandboxRun {
             .arg(exe)
             .args([&self.test, "--exact", "--include-ignored", "--nocapture", "--test-threads=1"])
             .env(ENV_TEST, &self.test)
+            .env("TMPDIR", SANDBOX_TMP)
             .env(ENV_HOST_NET, net.to_string())
             .env(ENV_HOST_MNT, mnt.to_string());
         for (k, v) in &self.env {
@@ -190,6 +193,7 @@ pub fn run_program_sandboxed(name: &str) -> Result<Option<ExitStatus>, Error> {
         .arg(exe)
         .args(std::env::args_os().skip(1))
         .env(ENV_TEST, name)
+        .env("TMPDIR", SANDBOX_TMP)
         .env(ENV_HOST_NET, net.to_string())
         .env(ENV_HOST_MNT, mnt.to_string())
         .status()
@@ -245,11 +249,12 @@ fn enter(test: &str) -> Result<(), Error> {
     if std::process::id() != 1 {
         return Err(fail("not pid 1 of a private pid namespace; refusing to run".into()));
     }
-    // /run holds the namespace handles and harness state; /tmp whatever a test writes there.
-    for (dir, mode) in [("/run", "mode=0755"), ("/tmp", "mode=1777")] {
-        mount(Some("tmpfs"), dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(mode))
-            .map_err(|e| fail(format!("cannot mount a private {dir}: {e}")))?;
-    }
+    // /run holds the namespace handles and harness state. /tmp stays the host's: the build
+    // (and so the binaries under test) may live there; temporary files go to SANDBOX_TMP,
+    // inside the private /run, through TMPDIR set by the parent.
+    mount(Some("tmpfs"), "/run", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))
+        .map_err(|e| fail(format!("cannot mount a private /run: {e}")))?;
+    std::fs::create_dir_all(SANDBOX_TMP).map_err(|e| fail(format!("cannot create {SANDBOX_TMP}: {e}")))?;
     ip(&["link", "set", "lo", "up"])?;
     SANDBOXED.store(true, Ordering::Release);
     Ok(())

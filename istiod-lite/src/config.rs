@@ -8,9 +8,17 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, clap::Parser, serde::Serialize)]
 #[command(name = "istiod-lite", about = "The mesh's control plane and CA")]
 pub struct Config {
-    /// Directory of Kubernetes YAML (Namespaces, Pods, Services, policies, ...), watched.
+    /// Where objects come from: a directory of YAML (`dir`) or the Kubernetes API (`kube`).
+    #[arg(long, env = "SOURCE", value_enum, default_value_t = Source::Dir)]
+    pub source: Source,
+    /// Directory of Kubernetes YAML (Namespaces, Pods, Services, policies, ...), watched
+    /// (required with `--source dir`).
     #[arg(long, env = "CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    pub config_dir: Option<PathBuf>,
+    /// Kubeconfig file for `--source kube`; without it, the in-cluster service account, else
+    /// `$KUBECONFIG` or `~/.kube/config`.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// Where the mesh root lives (generated there on first start).
     #[arg(long, env = "CA_DIR")]
     pub ca_dir: PathBuf,
@@ -44,6 +52,16 @@ pub struct Config {
     pub log_level: String,
 }
 
+/// Where objects come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A watched directory of Kubernetes YAML.
+    Dir,
+    /// The Kubernetes API.
+    Kube,
+}
+
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -63,6 +81,14 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// A flag the chosen mode needs is absent.
+    #[error("{flag} is required with {mode}")]
+    Required {
+        /// The flag.
+        flag: &'static str,
+        /// The mode that needs it.
+        mode: &'static str,
+    },
     /// The bootstrap token file is unusable.
     #[error("--bootstrap-tokens {path}: {why}")]
     Tokens {
@@ -76,8 +102,12 @@ pub enum ConfigError {
 impl Config {
     /// Checks what can be checked before starting.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.config_dir.is_dir() {
-            return Err(ConfigError::Missing { flag: "--config-dir", path: self.config_dir.clone() });
+        if self.source == Source::Dir {
+            let dir =
+                self.config_dir.as_ref().ok_or(ConfigError::Required { flag: "--config-dir", mode: "--source dir" })?;
+            if !dir.is_dir() {
+                return Err(ConfigError::Missing { flag: "--config-dir", path: dir.clone() });
+            }
         }
         if self.tls_cert_ttl_seconds < 10 {
             return Err(ConfigError::Invalid { flag: "--tls-cert-ttl-seconds", why: "must be at least 10".into() });

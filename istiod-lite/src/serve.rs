@@ -1,7 +1,7 @@
-//! Running the control plane: the watched config directory feeds the translator, whose
-//! deltas feed the xDS store; xDS and the CA are served together over TLS on 15012 (with a
-//! certificate from the mesh root, see [`crate::tls`]), and in plaintext on 15010 only when
-//! asked; metrics and debug JSON on 15014 (see [`crate::debug`]).
+//! Running the control plane: the watched config directory (or the Kubernetes API) feeds the
+//! translator, whose deltas feed the xDS store; xDS and the CA are served together over TLS on
+//! 15012 (with a certificate from the mesh root, see [`crate::tls`]), and in plaintext on 15010
+//! only when asked; metrics and debug JSON on 15014 (see [`crate::debug`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -10,12 +10,12 @@ use proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateSe
 use xds::{ResourceStore, XdsServer};
 
 use crate::ca::{CaService, CaSigner, NodeTokens};
-use crate::config::Config;
+use crate::config::{Config, ConfigError, Source};
 use crate::debug::convergence::{Changed, Convergence};
 use crate::debug::metrics::{CountedCa, Metrics};
 use crate::debug::{self, DebugState};
 use crate::placement::ModelPlacement;
-use crate::source::dir;
+use crate::source::{dir, kube};
 use crate::translate::MeshConfig;
 use crate::translator::Translator;
 
@@ -24,7 +24,10 @@ use crate::translator::Translator;
 pub enum StartError {
     /// The configuration is unusable.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] ConfigError),
+    /// The Kubernetes API cannot be reached with the configuration given.
+    #[error(transparent)]
+    Kube(#[from] kube::KubeError),
     /// The CA root is unusable.
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
@@ -85,11 +88,11 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let translator = Arc::new(Mutex::new(Translator::new(mesh)));
     let store = ResourceStore::new();
     let xds = XdsServer::new(store.clone());
-    let (status, mut deltas, watcher) = dir::watch(cfg.config_dir.clone(), translator.clone());
+    let (status, mut deltas, watcher) = start_source(cfg, translator.clone()).await?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry, xds.clone(), status.clone());
     let convergence = Arc::new(Convergence::default());
-    let mut tasks = vec![tokio::spawn(watcher), tokio::spawn(convergence.clone().run(xds.clone(), metrics.clone()))];
+    let mut tasks = vec![watcher, tokio::spawn(convergence.clone().run(xds.clone(), metrics.clone()))];
     let (feed, fed) = (store.clone(), metrics.clone());
     tasks.push(tokio::spawn(async move {
         while let Some(delta) = deltas.recv().await {
@@ -168,8 +171,68 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         %tls_addr,
         plaintext_addr = ?plaintext_addr,
         %monitoring_addr,
-        config_dir = %cfg.config_dir.display(),
+        source = ?cfg.source,
+        config_dir = ?cfg.config_dir,
         "istiod-lite serving xDS and the CA"
     );
     Ok(Running { tls_addr, plaintext_addr, monitoring_addr, serving_cert, xds, translator, tasks })
+}
+
+/// Where the model comes from: a watched directory, or the Kubernetes API. Both report into
+/// the same status, which metrics and the debug pages read.
+async fn start_source(
+    cfg: &Config,
+    translator: Arc<Mutex<Translator>>,
+) -> Result<
+    (
+        tokio::sync::watch::Receiver<dir::WatchStatus>,
+        tokio::sync::mpsc::UnboundedReceiver<crate::translator::Delta>,
+        tokio::task::JoinHandle<()>,
+    ),
+    StartError,
+> {
+    match cfg.source {
+        Source::Dir => {
+            let path =
+                cfg.config_dir.clone().ok_or(ConfigError::Required { flag: "--config-dir", mode: "--source dir" })?;
+            let (status, deltas, watcher) = dir::watch(path, translator);
+            Ok((status, deltas, tokio::spawn(watcher)))
+        }
+        Source::Kube => {
+            let client = kube::client(cfg.kubeconfig.as_deref()).await?;
+            let (mut kube_status, deltas, watcher) = kube::watch(client, translator);
+            let (tx, status) = tokio::sync::watch::channel(dir::WatchStatus::default());
+            let watcher = tokio::spawn(async move {
+                let mirror = async move {
+                    while kube_status.changed().await.is_ok() {
+                        let k = kube_status.borrow_and_update().clone();
+                        tx.send_replace(dir::WatchStatus {
+                            loads: k.events,
+                            errors: k
+                                .rejected
+                                .values()
+                                .map(|r| {
+                                    Arc::new(crate::error::ConfigError {
+                                        location: crate::error::Location {
+                                            file: format!("kubernetes:{}", r.object.kind.as_str()).into(),
+                                            document: 0,
+                                        },
+                                        object: Some(r.object.clone()),
+                                        error: crate::error::ObjectError::Invalid {
+                                            field: String::new(),
+                                            reason: r.error.to_string(),
+                                        },
+                                    })
+                                })
+                                .collect(),
+                            failure: None,
+                            warnings: k.warnings.clone(),
+                        });
+                    }
+                };
+                tokio::join!(watcher, mirror);
+            });
+            Ok((status, deltas, watcher))
+        }
+    }
 }

@@ -1,8 +1,9 @@
-//! Sources of objects: a directory of Kubernetes YAML ([`dir`]); [`parse_file`] turns one
-//! file's text into objects and located errors, one document at a time, so a bad document
-//! never hides the good ones around it.
+//! Sources of objects: a directory of Kubernetes YAML ([`dir`]) or the Kubernetes API
+//! ([`kube`]); [`parse_file`] turns one file's text into objects and located errors, one
+//! document at a time, so a bad document never hides the good ones around it.
 
 pub mod dir;
+pub mod kube;
 mod validate;
 
 use std::path::Path;

@@ -1,0 +1,118 @@
+//! One API object → one model [`Object`], through the same parser and validation as a YAML
+//! document of the directory source, so both sources accept, reject and word errors alike.
+
+use kube::api::DynamicObject;
+
+use super::Watched;
+use crate::error::ObjectError;
+use crate::model::{Kind, Object, ObjectKey};
+
+/// An object the source cannot apply.
+#[derive(Debug)]
+pub(super) struct Rejected {
+    /// Which object.
+    pub key: ObjectKey,
+    /// What is wrong.
+    pub error: ObjectError,
+    /// The fail-closed stand-in of a rejected security object ([`crate::source::fail_closed`]).
+    /// Boxed: rejections are rare and `Object` is large.
+    pub stand_in: Option<Box<Object>>,
+}
+
+/// The key of an object as the API names it, without parsing it.
+pub(super) fn key_of(w: &Watched, obj: &DynamicObject) -> ObjectKey {
+    let ns = match w.kind {
+        Kind::Namespace => String::new(),
+        _ => obj.metadata.namespace.clone().unwrap_or_default(),
+    };
+    ObjectKey::new(w.kind, ns, obj.metadata.name.clone().unwrap_or_default())
+}
+
+/// Converts one object of kind `w`.
+///
+/// Items of a list response carry no `apiVersion`/`kind` for built-in kinds: both are filled in
+/// from `w`. The object is rendered as indented JSON (a YAML document) and parsed by the
+/// directory source's parser, so a schema error's line and column count in that rendering.
+pub(super) fn convert(w: &Watched, obj: &DynamicObject) -> Result<Object, Rejected> {
+    let reject = |error| Rejected { key: key_of(w, obj), error, stand_in: None };
+    let mut v = serde_json::to_value(obj)
+        .map_err(|e| reject(ObjectError::Invalid { field: "(object)".into(), reason: e.to_string() }))?;
+    let Some(map) = v.as_object_mut() else {
+        return Err(reject(ObjectError::Invalid { field: "(object)".into(), reason: "not a JSON object".into() }));
+    };
+    let api_version = w.api_version();
+    let listed_as = map.get("apiVersion").and_then(|a| a.as_str()).filter(|a| !a.is_empty()).map(str::to_owned);
+    if listed_as.as_deref().is_some_and(|a| a != api_version) {
+        // The API server converts to the version asked for; anything else is not this kind.
+        return Err(reject(ObjectError::Invalid {
+            field: "apiVersion".into(),
+            reason: format!("{:?} in a watch of {api_version}", listed_as.unwrap_or_default()),
+        }));
+    }
+    map.insert("apiVersion".into(), api_version.clone().into());
+    map.insert("kind".into(), w.kind.as_str().into());
+    let text = serde_json::to_string_pretty(&v)
+        .map_err(|e| reject(ObjectError::Invalid { field: "(object)".into(), reason: e.to_string() }))?;
+    match super::super::parse_document(&text) {
+        Ok(Some(object)) if object.key().kind == w.kind => Ok(object),
+        Ok(_) => Err(reject(ObjectError::UnsupportedKind { api_version, kind: w.kind.as_str().into() })),
+        Err((key, error)) => {
+            let key = key.unwrap_or_else(|| key_of(w, obj));
+            let stand_in = super::super::fail_closed(&key, &text).map(Box::new);
+            Err(Rejected { key, error, stand_in })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::source::kube::WATCHED;
+
+    fn watched(kind: Kind) -> &'static Watched {
+        WATCHED.iter().find(|w| w.kind == kind).unwrap()
+    }
+
+    fn dynamic(v: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn list_items_without_type_fields_take_them_from_the_watch() {
+        let o = dynamic(json!({
+            "metadata": {"name": "web-0", "namespace": "shop", "resourceVersion": "7"},
+            "spec": {"nodeName": "node-a"},
+            "status": {"podIP": "10.244.1.7"}
+        }));
+        let Ok(Object::Pod(p)) = convert(watched(Kind::Pod), &o) else { panic!("not a pod") };
+        assert_eq!((p.metadata.namespace.as_str(), p.spec.node_name.as_str()), ("shop", "node-a"));
+    }
+
+    #[test]
+    fn another_version_than_the_one_watched_is_rejected() {
+        let o = dynamic(json!({
+            "apiVersion": "security.istio.io/v1beta1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "p", "namespace": "shop"}, "spec": {}
+        }));
+        let r = convert(watched(Kind::AuthorizationPolicy), &o).unwrap_err();
+        assert_eq!(r.key, ObjectKey::new(Kind::AuthorizationPolicy, "shop", "p"));
+        assert!(r.error.to_string().starts_with("apiVersion: "), "{}", r.error);
+    }
+
+    #[test]
+    fn unknown_security_field_is_rejected_by_path_with_a_fail_closed_stand_in() {
+        let o = dynamic(json!({
+            "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "rules": [{"from": [{"source": {"principal": ["x"]}}]}]}
+        }));
+        let r = convert(watched(Kind::AuthorizationPolicy), &o).unwrap_err();
+        let msg = r.error.to_string();
+        assert!(msg.contains("spec.rules[0].from[0].source") && msg.contains("unknown field `principal`"), "{msg}");
+        let Some(Object::AuthorizationPolicy(stand_in)) = r.stand_in.as_deref() else { panic!("no stand-in") };
+        assert_eq!(stand_in.spec.action, crate::k8s::security::PolicyAction::Deny);
+        assert_eq!(stand_in.spec.selector.as_ref().unwrap().match_labels["app"], "web");
+    }
+}

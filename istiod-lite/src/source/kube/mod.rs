@@ -1,0 +1,335 @@
+//! The Kubernetes API source: kube-rs watchers of every kind the model holds, feeding a
+//! [`Translator`] as [`super::dir::watch`] does, with the same output.
+//!
+//! - Objects are read as [`DynamicObject`]s and converted through the directory source's
+//!   parser and validation (module `convert`), so one model and one set of error messages serve
+//!   both sources.
+//! - Each kind's initial list (and every re-list after the watch fell too far behind) replaces
+//!   that kind in the model: objects deleted while we were not watching disappear.
+//! - A bad object is reported ([`RejectedObject`]: kind, namespace, name, field) and the rest
+//!   apply; security objects keep their last good version or are enforced fail-closed, as in
+//!   the directory source (module `apply`).
+//! - A kind the server does not serve (404: the Gateway API or Istio CRDs not installed) is
+//!   reported once; its watch keeps retrying with backoff, so installing the CRDs later works,
+//!   and every other kind works meanwhile.
+//!
+//! The identity it runs as needs `list` and `watch`, cluster-wide, on `namespaces`, `pods`,
+//! `services`, `endpointslices.discovery.k8s.io`, `authorizationpolicies` and
+//! `peerauthentications.security.istio.io`, and `gateways`, `httproutes` and `grpcroutes`
+//! `.gateway.networking.k8s.io`. A kind it may not read (403) is reported like any failing
+//! watch and retried; the model is not complete until it can.
+
+mod apply;
+mod convert;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::{mpsc, watch};
+
+use crate::error::{ObjectError, Warning};
+use crate::model::{Kind, ObjectKey};
+use crate::translator::{Delta, Translator};
+
+/// Where the API serves one kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watched {
+    /// The kind.
+    pub kind: Kind,
+    /// API group (empty for core).
+    pub group: &'static str,
+    /// Version.
+    pub version: &'static str,
+    /// Resource (plural) name in URLs.
+    pub plural: &'static str,
+}
+
+impl Watched {
+    /// `group/version`, or `version` for the core group.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() { self.version.to_owned() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    /// The resource as kube-rs addresses it.
+    pub fn api_resource(&self) -> ApiResource {
+        ApiResource {
+            group: self.group.to_owned(),
+            version: self.version.to_owned(),
+            api_version: self.api_version(),
+            kind: self.kind.as_str().to_owned(),
+            plural: self.plural.to_owned(),
+        }
+    }
+}
+
+/// Every kind watched, cluster-wide, at the version read (the API server converts stored
+/// objects of other versions, e.g. `v1beta1` policies, to it).
+pub const WATCHED: [Watched; 9] = [
+    Watched { kind: Kind::Namespace, group: "", version: "v1", plural: "namespaces" },
+    Watched { kind: Kind::Pod, group: "", version: "v1", plural: "pods" },
+    Watched { kind: Kind::Service, group: "", version: "v1", plural: "services" },
+    Watched { kind: Kind::EndpointSlice, group: "discovery.k8s.io", version: "v1", plural: "endpointslices" },
+    Watched {
+        kind: Kind::AuthorizationPolicy,
+        group: "security.istio.io",
+        version: "v1",
+        plural: "authorizationpolicies",
+    },
+    Watched {
+        kind: Kind::PeerAuthentication,
+        group: "security.istio.io",
+        version: "v1",
+        plural: "peerauthentications",
+    },
+    Watched { kind: Kind::Gateway, group: "gateway.networking.k8s.io", version: "v1", plural: "gateways" },
+    Watched { kind: Kind::HttpRoute, group: "gateway.networking.k8s.io", version: "v1", plural: "httproutes" },
+    Watched { kind: Kind::GrpcRoute, group: "gateway.networking.k8s.io", version: "v1", plural: "grpcroutes" },
+];
+
+/// An object from the API that cannot be applied.
+#[derive(Debug, thiserror::Error)]
+#[error("{object}{}: {error}", rv_suffix(.resource_version))]
+pub struct RejectedObject {
+    /// Which object.
+    pub object: ObjectKey,
+    /// Its `metadata.resourceVersion`, to match the report to `kubectl get -o yaml`.
+    pub resource_version: Option<String>,
+    /// What is wrong (the field is named in it).
+    #[source]
+    pub error: ObjectError,
+}
+
+fn rv_suffix(rv: &Option<String>) -> String {
+    rv.as_ref().map(|rv| format!(" (resourceVersion {rv})")).unwrap_or_default()
+}
+
+/// Why the source cannot reach or read the API.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// The kubeconfig file named cannot be read or used.
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// Neither in-cluster settings nor a default kubeconfig were found.
+    #[error("no Kubernetes configuration: {source}")]
+    Infer {
+        /// Why.
+        #[source]
+        source: kube::config::InferConfigError,
+    },
+    /// The client could not be built from the configuration.
+    #[error("Kubernetes client: {source}")]
+    Client {
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// The server does not serve this kind (its CRD is not installed); retried with backoff.
+    #[error("{api_version} {kind} is not served by the API server (CRD not installed?); watching for it")]
+    NotInstalled {
+        /// The `apiVersion` asked for.
+        api_version: String,
+        /// The kind.
+        kind: &'static str,
+    },
+    /// A list or watch of one kind failed; retried with backoff, the last model stays.
+    #[error("watching {kind}: {source}")]
+    Watch {
+        /// The kind.
+        kind: &'static str,
+        /// Why.
+        #[source]
+        source: watcher::Error,
+    },
+}
+
+/// Builds a client from a kubeconfig file, or, without one, from the in-cluster service
+/// account or the default kubeconfig (`$KUBECONFIG`, `~/.kube/config`).
+pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, KubeError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let bad = |source| KubeError::Kubeconfig { path: path.to_owned(), source };
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(bad)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.map_err(bad)?
+        }
+        None => kube::Config::infer().await.map_err(|source| KubeError::Infer { source })?,
+    };
+    kube::Client::try_from(config).map_err(|source| KubeError::Client { source })
+}
+
+/// What the source has done so far.
+#[derive(Clone, Debug, Default)]
+pub struct KubeStatus {
+    /// Kinds whose list has been applied at least once.
+    pub synced: BTreeSet<Kind>,
+    /// The current problem of each kind whose list or watch is failing (cleared by its next
+    /// good event).
+    pub failing: BTreeMap<Kind, Arc<KubeError>>,
+    /// Problems reported so far: a kind's problem is reported when it starts or changes, not
+    /// on every retry.
+    pub reports: u64,
+    /// Objects rejected now, by key.
+    pub rejected: BTreeMap<ObjectKey, Arc<RejectedObject>>,
+    /// Watch events applied (list items count as one event per list).
+    pub events: u64,
+    /// Translation warnings after the last event.
+    pub warnings: Vec<Warning>,
+}
+
+impl KubeStatus {
+    /// Whether every kind is either synced or not installed: the model is as complete as the
+    /// cluster allows.
+    pub fn ready(&self) -> bool {
+        WATCHED.iter().all(|w| {
+            self.synced.contains(&w.kind)
+                || matches!(self.failing.get(&w.kind).map(|e| &**e), Some(KubeError::NotInstalled { .. }))
+        })
+    }
+}
+
+fn is_not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        watcher::Error::WatchError(s) => s.code == 404,
+        _ => false,
+    }
+}
+
+fn is_expired(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchError(s) if s.code == 410)
+}
+
+/// The per-kind state and the shared outputs of the event loop.
+struct Source {
+    translator: Arc<Mutex<Translator>>,
+    status: watch::Sender<KubeStatus>,
+    deltas: mpsc::UnboundedSender<Delta>,
+    kinds: BTreeMap<Kind, apply::KindState>,
+}
+
+impl Source {
+    /// Handles one event; returns false once nobody takes deltas any more.
+    fn handle(&mut self, w: &Watched, event: Result<Event<DynamicObject>, watcher::Error>) -> bool {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                self.failed(w, e);
+                return true;
+            }
+        };
+        let state = self.kinds.entry(w.kind).or_default();
+        // Conversion (render and parse) happens before the lock: the CA reads the model too.
+        let converted = match &event {
+            // `Init` comes before the list request: it says nothing about the server yet.
+            Event::Init => {
+                state.init();
+                return true;
+            }
+            // List items wait for the end of the list, to replace the kind at once.
+            Event::InitApply(o) => {
+                state.init_apply(w, o);
+                return true;
+            }
+            Event::Apply(o) => Some(convert::convert(w, o)),
+            Event::InitDone | Event::Delete(_) => None,
+        };
+        let (outcome, delta, warnings) = {
+            // One lock for reading the model and changing it: nothing else writes between.
+            let mut t = self.translator.lock().expect("translator lock");
+            let outcome = match (&event, converted) {
+                (Event::Apply(o), Some(c)) => state.apply(c, o.metadata.resource_version.clone(), t.model()),
+                (Event::Delete(o), _) => state.delete(w, o),
+                // `InitDone`; the other events returned above.
+                _ => state.init_done(w, t.model()),
+            };
+            let delta = t.apply_all(outcome.changes.iter().cloned());
+            (outcome, delta, t.warnings())
+        };
+        for r in &outcome.rejected {
+            tracing::error!("kubernetes: {r}");
+        }
+        // The delta goes out before the status says the kind is synced, so a reader that saw
+        // the status finds the delta already queued.
+        let open = delta.is_empty() || self.deltas.send(delta).is_ok();
+        self.status.send_modify(|s| {
+            if s.failing.remove(&w.kind).is_some() {
+                tracing::info!(kind = w.kind.as_str(), "watch recovered");
+            }
+            if matches!(event, Event::InitDone) {
+                s.synced.insert(w.kind);
+            }
+            s.events += 1;
+            apply::update_rejected(&mut s.rejected, w.kind, &outcome);
+            s.warnings = warnings;
+        });
+        open
+    }
+
+    fn failed(&mut self, w: &Watched, e: watcher::Error) {
+        if is_expired(&e) {
+            // The server dropped our resource version: the watcher re-lists, and the list
+            // replaces the kind. Nothing is wrong.
+            tracing::debug!(kind = w.kind.as_str(), "watch expired; re-listing");
+            return;
+        }
+        let error = if is_not_found(&e) {
+            KubeError::NotInstalled { api_version: w.api_version(), kind: w.kind.as_str() }
+        } else {
+            KubeError::Watch { kind: w.kind.as_str(), source: e }
+        };
+        self.status.send_modify(|s| {
+            // Report a problem when it starts or changes kind, not on every retry.
+            let same = s
+                .failing
+                .get(&w.kind)
+                .is_some_and(|old| std::mem::discriminant(&**old) == std::mem::discriminant(&error));
+            if !same {
+                match &error {
+                    KubeError::NotInstalled { .. } => tracing::warn!("kubernetes: {error}"),
+                    _ => tracing::error!("kubernetes: {error}; retrying, the last model stays"),
+                }
+                s.reports += 1;
+            }
+            s.failing.insert(w.kind, Arc::new(error));
+        });
+    }
+}
+
+/// Watches every kind in [`WATCHED`] through `client`, applies each event to `translator`,
+/// and sends every non-empty delta. Returns the status receiver, the delta receiver and the
+/// future to spawn (it runs until dropped or until the delta receiver is dropped).
+pub fn watch(
+    client: kube::Client,
+    translator: Arc<Mutex<Translator>>,
+) -> (watch::Receiver<KubeStatus>, mpsc::UnboundedReceiver<Delta>, impl Future<Output = ()> + Send + 'static) {
+    let (status_tx, status_rx) = watch::channel(KubeStatus::default());
+    let (delta_tx, delta_rx) = mpsc::unbounded_channel();
+    let streams = WATCHED.iter().map(|w| {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &w.api_resource());
+        // Backoff between failed attempts keeps a missing CRD from turning into a busy loop.
+        watcher::watcher(api, watcher::Config::default()).default_backoff().map(move |e| (w, e)).boxed()
+    });
+    let mut events = futures::stream::select_all(streams);
+    let mut source = Source { translator, status: status_tx, deltas: delta_tx, kinds: BTreeMap::new() };
+    let fut = async move {
+        while let Some((w, event)) = events.next().await {
+            if !source.handle(w, event) {
+                return;
+            }
+        }
+    };
+    (status_rx, delta_rx, fut)
+}

@@ -1,0 +1,251 @@
+//! A mock Kubernetes API server on loopback that answers from recorded responses
+//! (`tests/fixtures/kube/`): list requests get the recorded list (or error status) of their
+//! path, watch requests (`?watch=true`) get a held-open chunked stream of the recorded watch
+//! event lines the test pushes. Every request is logged for assertions.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::StreamExt as _;
+
+/// The fixtures directory.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kube")
+}
+
+fn read(fixture: &str) -> Bytes {
+    let p = fixtures().join(fixture);
+    Bytes::from(std::fs::read(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display())))
+}
+
+/// One request as the server saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// The path.
+    pub path: String,
+    /// The query parameters.
+    pub query: BTreeMap<String, String>,
+}
+
+impl Seen {
+    /// Whether it was a watch.
+    pub fn is_watch(&self) -> bool {
+        self.query.get("watch").is_some_and(|v| v == "true" || v == "1")
+    }
+}
+
+#[derive(Default)]
+struct WatchFeed {
+    /// Lines pushed while no watch was open: sent to the next one.
+    pending: Vec<Bytes>,
+    /// The open watch, if any.
+    live: Option<mpsc::UnboundedSender<Bytes>>,
+}
+
+#[derive(Default)]
+struct Route {
+    /// Recorded list responses, served in order; the last one repeats.
+    lists: VecDeque<(StatusCode, Bytes)>,
+    watch: WatchFeed,
+}
+
+#[derive(Default)]
+struct State {
+    routes: Mutex<HashMap<String, Route>>,
+    seen: Mutex<Vec<Seen>>,
+    changed: Notify,
+}
+
+/// The running mock; stops when dropped.
+pub struct MockApi {
+    addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn parse_query(q: Option<&str>) -> BTreeMap<String, String> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn json(status: StatusCode, body: Bytes) -> Response<Body> {
+    Response::builder().status(status).header("content-type", "application/json").body(Full::new(body).boxed()).unwrap()
+}
+
+fn handle(state: &State, req: &Request<Incoming>) -> Response<Body> {
+    let seen = Seen { path: req.uri().path().to_owned(), query: parse_query(req.uri().query()) };
+    let watch = seen.is_watch();
+    let path = seen.path.clone();
+    state.seen.lock().unwrap().push(seen);
+    state.changed.notify_waiters();
+    let mut routes = state.routes.lock().unwrap();
+    let Some(route) = routes.get_mut(&path) else {
+        return json(StatusCode::NOT_FOUND, read("status/not-found.json"));
+    };
+    if watch {
+        if route.lists.front().is_some_and(|(s, _)| !s.is_success()) {
+            let (s, b) = route.lists.front().cloned().unwrap();
+            return json(s, b);
+        }
+        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        for line in route.watch.pending.drain(..) {
+            let _ = tx.send(line);
+        }
+        route.watch.live = Some(tx);
+        let stream =
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .unwrap();
+    }
+    let (status, body) = if route.lists.len() > 1 {
+        route.lists.pop_front().unwrap()
+    } else {
+        route.lists.front().cloned().unwrap_or((StatusCode::NOT_FOUND, read("status/not-found.json")))
+    };
+    json(status, body)
+}
+
+impl MockApi {
+    /// Starts the server on an ephemeral loopback port.
+    pub async fn start() -> MockApi {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State::default());
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let st = st.clone();
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let resp = handle(&st, &req);
+                        async move { Ok::<_, Infallible>(resp) }
+                    });
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        MockApi { addr, state, task }
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A client of this server, as a kubeconfig naming `http://127.0.0.1:<port>` would give.
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(self.url().parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// Adds a recorded list response for `path` (served after those added before).
+    pub fn list(&self, path: &str, fixture: &str) -> &Self {
+        self.respond(path, StatusCode::OK, fixture)
+    }
+
+    /// Adds a recorded response with another status (an API `Status` body).
+    pub fn respond(&self, path: &str, status: StatusCode, fixture: &str) -> &Self {
+        self.state.routes.lock().unwrap().entry(path.to_owned()).or_default().lists.push_back((status, read(fixture)));
+        self
+    }
+
+    /// The cluster of the fixtures (every kind listed, Gateway API installed), for every path
+    /// that has no recorded response yet.
+    pub fn cluster(&self) -> &Self {
+        for (path, fixture) in [
+            ("/api/v1/namespaces", "list/namespaces.json"),
+            ("/api/v1/pods", "list/pods.json"),
+            ("/api/v1/services", "list/services.json"),
+            ("/apis/discovery.k8s.io/v1/endpointslices", "list/endpointslices.json"),
+            ("/apis/security.istio.io/v1/authorizationpolicies", "list/authorizationpolicies.json"),
+            ("/apis/security.istio.io/v1/peerauthentications", "list/peerauthentications.json"),
+            ("/apis/gateway.networking.k8s.io/v1/gateways", "list/gateways.json"),
+            ("/apis/gateway.networking.k8s.io/v1/httproutes", "list/httproutes.json"),
+            ("/apis/gateway.networking.k8s.io/v1/grpcroutes", "list/grpcroutes.json"),
+        ] {
+            if !self.state.routes.lock().unwrap().contains_key(path) {
+                self.list(path, fixture);
+            }
+        }
+        self
+    }
+
+    /// Sends the recorded watch event lines of `fixture` on the watch of `path` (or the next
+    /// one, if none is open).
+    pub fn push_watch(&self, path: &str, fixture: &str) {
+        let text = read(fixture);
+        let mut routes = self.state.routes.lock().unwrap();
+        let feed = &mut routes.entry(path.to_owned()).or_default().watch;
+        for line in text.split_inclusive(|b| *b == b'\n') {
+            let line = Bytes::copy_from_slice(line);
+            let undelivered = match &feed.live {
+                Some(tx) => tx.send(line).err().map(|e| e.0),
+                None => Some(line),
+            };
+            if let Some(line) = undelivered {
+                feed.live = None;
+                feed.pending.push(line);
+            }
+        }
+    }
+
+    /// Every request so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until the requests seen satisfy `pred`; panics after `timeout`.
+    pub async fn wait_seen(&self, what: &str, timeout: Duration, pred: impl Fn(&[Seen]) -> bool) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state.changed.notified();
+            if pred(&self.state.seen.lock().unwrap()) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("timed out waiting for {what}; requests: {:#?}", self.seen());
+            }
+        }
+    }
+
+    /// Watch requests of `path` so far.
+    pub fn watches(&self, path: &str) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| s.path == path && s.is_watch()).collect()
+    }
+
+    /// List requests of `path` so far.
+    pub fn lists(&self, path: &str) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| s.path == path && !s.is_watch()).collect()
+    }
+}
