@@ -2,8 +2,9 @@
 //!
 //! - [`k8s`]: the Kubernetes, Istio and Gateway API object shapes we read.
 //! - [`source`]: where objects come from: a directory of YAML, loaded and watched
-//!   ([`source::dir`]), or the Kubernetes API through kube-rs watchers ([`source::kube`]); each bad document is a [`ConfigError`] naming file, document, object
-//!   and field, and every other object still applies.
+//!   ([`source::dir`]), or the Kubernetes API through kube-rs watchers ([`source::kube`]);
+//!   each bad document or object is a [`ConfigError`] naming where it is, the object and the
+//!   field, and every other object still applies.
 //! - [`model`]: every object, by kind and `namespace/name`.
 //! - [`translate`]: pure functions from the model to Istio's `istio.workload.Address`
 //!   (workloads and services) and `istio.security.Authorization`.
