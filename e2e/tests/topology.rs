@@ -313,10 +313,15 @@ fn a_test_dying_midway_leaves_nothing_on_the_host() {
     let hanging = SandboxRun::new(HELPER).env("E2E_DIE", "hang").timeout(Duration::from_secs(90)).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let up = |t: &Vec<String>| t.iter().filter(|t| t.starts_with("process")).count() >= 2;
-    while !up(&host_traces(PREFIX)) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
+    // Short-lived commands of the set-up (ip, curl) carry the marker too: wait until two
+    // scans in a row see the helper's processes, and keep what they saw.
+    let mut visible = Vec::new();
+    let mut seen_up = 0;
+    while seen_up < 2 && Instant::now() < deadline {
+        visible = host_traces(PREFIX);
+        seen_up = if up(&visible) { seen_up + 1 } else { 0 };
+        thread::sleep(Duration::from_millis(50));
     }
-    let visible = host_traces(PREFIX);
     let killed = hanging.kill();
     assert!(up(&visible), "helper never came up: {visible:?}\n{}", killed.output);
     assert_eq!(killed.status, None, "{}", killed.output);
