@@ -574,7 +574,11 @@ impl Mesh {
             },
             &format!("node{n} ztunnel to hold certificates for {ids:?}"),
             Duration::from_secs(10),
-        )
+        )?;
+        // Pods, certificates and state arrive on separate paths (agent, CA, xDS): traffic
+        // before the state knows every pod would be refused as "unknown workload".
+        let ips: Vec<String> = self.pods.iter().map(|p| format!("\"{}\"", p.ip)).collect();
+        self.wait_state(n, "a state with every pod's address", |s| ips.iter().all(|ip| s.contains(ip.as_str())))
     }
 
     /// Waits until ztunnel on node `n` serves `count` pods.

@@ -120,12 +120,21 @@ fn short_certificates_rotate_under_steady_traffic() {
                 Err(e) => failed.push(e),
             }
         }
+        let errors = |n| {
+            mesh.ztunnel_log(n)
+                .lines()
+                .filter(|l| l.contains("error=") || l.contains("xDS") || l.contains("WARN"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
         assert!(
             failed.is_empty(),
-            "{} of {} connections failed: {:?}",
+            "{} of {} connections failed: {:?}\nnode1 errors:\n{}\nnode2 errors:\n{}",
             failed.len(),
             ok + failed.len(),
-            failed.first()
+            failed.first(),
+            errors(1),
+            errors(2)
         );
         for n in [1, 2] {
             let renewals = mesh.ztunnel_log(n).matches("certificate renewed").count();
