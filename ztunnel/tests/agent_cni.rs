@@ -2,31 +2,19 @@
 //! configuration on stdin, result or CNI error object on stdout, against a
 //! stand-in agent socket that records what the plugin reports.
 
+mod support;
+
+use support::TempDir;
+
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread::JoinHandle;
 
 use serde_json::{Value, json};
 use ztunnel::cni::event::{read_line, write_line};
 use ztunnel::cni::{CniCommand, CniEvent, CniReply};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("{test}-{}-{}", std::process::id(), rand::random::<u32>()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Accepts one plugin connection, answers `reply`, returns the event.
 fn agent_once(path: &Path, reply: CniReply) -> JoinHandle<CniEvent> {

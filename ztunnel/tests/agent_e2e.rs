@@ -4,10 +4,14 @@
 //! that binds ztunnel's outbound listener in it; then CHECK, agent restart
 //! with re-adoption, and DEL. Needs root.
 
+mod support;
+
+use support::{Task, TempDir};
+
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,22 +72,6 @@ impl PodHandler for FakeZtunnel {
     async fn snapshot_done(&self, uids: HashSet<String>) {
         self.listeners.lock().unwrap().retain(|(u, _)| uids.contains(u));
         self.tx.send(Seen::Snapshot(uids)).unwrap();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Task(tokio::task::JoinHandle<()>);
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

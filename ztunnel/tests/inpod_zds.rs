@@ -3,9 +3,12 @@
 //! agent to prove the client answers garbage with error acks. Needs root (for
 //! the scratch namespaces).
 
+mod support;
+
+use support::{Task, TempDir};
+
 use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,31 +68,6 @@ impl PodHandler for Recorder {
 fn recorder() -> (Arc<Recorder>, mpsc::UnboundedReceiver<Seen>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (Arc::new(Recorder { tx, refuse: Mutex::default() }), rx)
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("{test}-{}-{}", std::process::id(), rand::random::<u32>()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Aborts a spawned task when dropped, so no client outlives its test.
-struct Task(tokio::task::JoinHandle<()>);
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 fn scratch(test: &str) -> ScratchNetns {

@@ -1,0 +1,32 @@
+//! Guards the ztunnel integration tests share: a scratch directory and a task, both removed
+//! when the test ends, also when it fails.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// A directory under the system temp dir, unique to this run, deleted on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh directory named after `test`.
+    pub fn new(test: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("{test}-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Aborts a spawned task when dropped, so nothing outlives its test.
+pub struct Task(pub tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
