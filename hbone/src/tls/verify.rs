@@ -100,6 +100,24 @@ pub fn peer_identity(conn: &rustls::CommonState) -> Result<Identity, PeerIdentit
     LeafInfo::parse(leaf).map(|l| l.identity).map_err(|e| PeerIdentityError::NoIdentity(e.to_string()))
 }
 
+/// Mesh TLS is 1.3 only; a 1.2 handshake cannot reach signature checks.
+fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+}
+
+/// TLS 1.3 handshake signatures, with the mesh provider's algorithms (both verifiers).
+fn verify_tls13(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+}
+
+fn schemes() -> Vec<SignatureScheme> {
+    provider().signature_verification_algorithms.supported_schemes()
+}
+
 /// Client side: the server must chain to a mesh root and prove one of the expected identities.
 #[derive(Debug)]
 pub(crate) struct ServerVerifier {
@@ -130,8 +148,7 @@ impl ServerCertVerifier for ServerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Mesh TLS is 1.3 only; a 1.2 handshake cannot reach here.
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -140,11 +157,11 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+        verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        schemes()
     }
 }
 
@@ -176,7 +193,7 @@ impl ClientCertVerifier for ClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -185,10 +202,10 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+        verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        schemes()
     }
 }
