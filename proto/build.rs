@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "envoy/config/core/v3/base.proto",
     "envoy/service/discovery/v3/discovery.proto",
     "envoy/service/discovery/v3/ads.proto",
+    "mesh/waypoint/v1/waypoint.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

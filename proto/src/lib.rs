@@ -10,6 +10,8 @@
 //! - [`istio::workload::zds`]: ZDS, the pod hand-off from node agent to
 //!   ztunnel.
 //! - [`istio::v1::auth`]: the Istio CA (`IstioCertificateService`).
+//! - [`mesh::waypoint::v1`]: our own waypoint configuration (routes, L7
+//!   policy, load balancing), served over the same delta xDS stream.
 //! - [`envoy::service::discovery::v3`]: the aggregated discovery service and
 //!   its (delta) request and response messages, with the parts of
 //!   [`envoy::config::core::v3`] and [`google::rpc`] they use.
@@ -26,6 +28,15 @@ pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 
 /// Type URL of `istio.security.Authorization`, the L4 policy resource.
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+
+/// Type URL of `mesh.waypoint.v1.Route`, an HTTPRoute or GRPCRoute for waypoints.
+pub const WAYPOINT_ROUTE_TYPE_URL: &str = "type.googleapis.com/mesh.waypoint.v1.Route";
+
+/// Type URL of `mesh.waypoint.v1.L7Policy`, an AuthorizationPolicy enforced by waypoints.
+pub const WAYPOINT_POLICY_TYPE_URL: &str = "type.googleapis.com/mesh.waypoint.v1.L7Policy";
+
+/// Type URL of `mesh.waypoint.v1.BackendPolicy`, how a waypoint balances a service.
+pub const WAYPOINT_BACKEND_TYPE_URL: &str = "type.googleapis.com/mesh.waypoint.v1.BackendPolicy";
 
 /// Includes the code generated for one protobuf package.
 macro_rules! generated {
@@ -59,6 +70,18 @@ pub mod istio {
         #[allow(missing_docs, unused_qualifications, rust_2018_idioms, clippy::all, clippy::pedantic)]
         pub mod auth {
             generated!("istio.v1.auth");
+        }
+    }
+}
+
+/// Our own APIs.
+pub mod mesh {
+    /// Package `mesh.waypoint`.
+    pub mod waypoint {
+        /// Waypoint configuration (routes, L7 policy, load balancing): package `mesh.waypoint.v1`.
+        #[allow(missing_docs, unused_qualifications, rust_2018_idioms, clippy::all, clippy::pedantic)]
+        pub mod v1 {
+            generated!("mesh.waypoint.v1");
         }
     }
 }
