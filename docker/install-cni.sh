@@ -28,7 +28,8 @@ TYPE=ztunnel-cni
 log() { echo "install-cni: $*" >&2; }
 
 # The configuration list the runtime uses: the first file by name among *.conf, *.conflist
-# and *.json. A single-plugin *.conf cannot be chained; say so rather than guess.
+# and *.json. Status 1: none yet; 2: a single-plugin file that cannot be chained (said so
+# rather than guessed around).
 find_conflist() {
     first=$(find "$CNI_NET_DIR" -maxdepth 1 -type f \( -name '*.conf' -o -name '*.conflist' -o -name '*.json' \) \
         | LC_ALL=C sort | head -n 1)
@@ -37,7 +38,7 @@ find_conflist() {
         *.conflist) echo "$first" ;;
         *)
             log "$first is the runtime's first CNI configuration but not a *.conflist; cannot chain $TYPE into it"
-            exit 2
+            return 2
             ;;
     esac
 }
@@ -56,7 +57,11 @@ install() {
     mkdir -p "$CNI_BIN_DIR"
     replace "$CNI_BIN_DIR/$TYPE" 0755 <"$CNI_PLUGIN"
     waited=0
-    until conflist=$(find_conflist); do
+    while :; do
+        found=0
+        conflist=$(find_conflist) || found=$?
+        [ "$found" -eq 0 ] && break
+        [ "$found" -eq 2 ] && exit 2
         if [ "$WAIT_SECONDS" -ne 0 ] && [ "$waited" -ge "$WAIT_SECONDS" ]; then
             log "no *.conflist in $CNI_NET_DIR after ${WAIT_SECONDS}s"
             exit 3

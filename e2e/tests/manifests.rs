@@ -133,7 +133,8 @@ fn validate(files: &[PathBuf]) -> (Vec<Report>, Vec<String>) {
     for file in files {
         let parsed = istiod_lite::source::parse_file(file, &std::fs::read_to_string(file).unwrap());
         for e in &parsed.errors {
-            let schema_checked_elsewhere = matches!(&e.error, ObjectError::UnsupportedKind { kind, .. } if kind == "GatewayClass");
+            let schema_checked_elsewhere =
+                matches!(&e.error, ObjectError::UnsupportedKind { kind, .. } if kind == "GatewayClass");
             if !schema_checked_elsewhere {
                 problems.push(format!("istiod-lite: {e}"));
             }
@@ -181,7 +182,12 @@ fn every_manifest_document_is_valid() {
             .iter()
             .map(|x| (x["name"].as_str().unwrap(), x["served"].as_bool().unwrap(), x["storage"].as_bool().unwrap()))
             .collect();
-        assert_eq!(summary, [("v1", true, true), ("v1beta1", true, false)], "{}", v["metadata"]["name"].as_str().unwrap());
+        assert_eq!(
+            summary,
+            [("v1", true, true), ("v1beta1", true, false)],
+            "{}",
+            v["metadata"]["name"].as_str().unwrap()
+        );
         assert_eq!(versions[0]["schema"], versions[1]["schema"]);
     }
     assert_eq!(crds, 2);
@@ -201,9 +207,17 @@ fn broken_manifests_are_reported_by_object_and_field() {
     copy_tree(&repo().join("manifests"), &dir);
     let install = dir.join("install.yaml");
     // A number as a string, an unknown field, a CRD that is not structural.
-    mutate(&install, "- name: grpc-xds-tls\n              containerPort: 15012", "- name: grpc-xds-tls\n              containerPort: \"15012\"");
+    mutate(
+        &install,
+        "- name: grpc-xds-tls\n              containerPort: 15012",
+        "- name: grpc-xds-tls\n              containerPort: \"15012\"",
+    );
     mutate(&install, "priorityClassName: system-node-critical", "priorityClassNam: system-node-critical");
-    mutate(&install, "openAPIV3Schema:\n          type: object\n          description: Whether", "openAPIV3Schema:\n          description: Whether");
+    mutate(
+        &install,
+        "openAPIV3Schema:\n          type: object\n          description: Whether",
+        "openAPIV3Schema:\n          description: Whether",
+    );
     // A value outside the enum, a field Istio does not have, in custom resources.
     let policies = dir.join("samples/policies.yaml");
     mutate(&policies, "action: ALLOW", "action: PERMIT");
@@ -252,15 +266,18 @@ fn parse_dockerfile(path: &Path) -> Dockerfile {
     let mut d = Dockerfile::default();
     for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
         if let Some(at) = line.find("cargo build") {
-            let words: Vec<&str> = line[at..].split_whitespace().collect();
-            let arg = |flag: &str| words.windows(2).filter(|w| w[0] == flag).map(|w| w[1].to_owned()).collect::<Vec<_>>();
+            let command = line[at..].split("&&").next().unwrap();
+            let words: Vec<&str> = command.split_whitespace().collect();
+            let arg =
+                |flag: &str| words.windows(2).filter(|w| w[0] == flag).map(|w| w[1].to_owned()).collect::<Vec<_>>();
             let packages = arg("-p");
             assert_eq!(packages.len(), 1, "{}: one -p per cargo build: {line}", path.display());
             let bins = arg("--bin");
             assert!(!bins.is_empty(), "{}: cargo build names no --bin: {line}", path.display());
             d.builds.extend(bins.into_iter().map(|b| (packages[0].clone(), b)));
         } else if let Some(ports) = line.strip_prefix("EXPOSE ") {
-            d.exposed.extend(ports.split_whitespace().map(|p| p.parse::<u16>().unwrap_or_else(|_| panic!("EXPOSE {p}"))));
+            d.exposed
+                .extend(ports.split_whitespace().map(|p| p.parse::<u16>().unwrap_or_else(|_| panic!("EXPOSE {p}"))));
         } else if let Some(ep) = line.strip_prefix("ENTRYPOINT ") {
             let argv: Vec<String> = serde_json::from_str(ep).expect("ENTRYPOINT in exec form");
             d.entrypoint = Path::new(&argv[0]).file_name().unwrap().to_string_lossy().into_owned();
@@ -295,8 +312,9 @@ fn workspace_bins() -> BTreeMap<String, BTreeSet<String>> {
 
 /// A program's `--help` (built by `cargo test --workspace` or `cargo build --bins`).
 fn help(bin: &str) -> String {
-    let path = e2e::mesh::bin(bin)
-        .unwrap_or_else(|e| panic!("{e}: build it first (cargo build --bins -p <its package>; cargo test --workspace does)"));
+    let path = e2e::mesh::bin(bin).unwrap_or_else(|e| {
+        panic!("{e}: build it first (cargo build --bins -p <its package>; cargo test --workspace does)")
+    });
     let out = Command::new(&path).arg("--help").output().unwrap();
     assert!(out.status.success(), "{} --help: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
@@ -361,9 +379,14 @@ fn install_yaml_uses_real_flags_and_ports() {
             continue;
         }
         let pod = &v["spec"]["template"]["spec"];
-        let all = pod["containers"].as_sequence().unwrap().iter().chain(pod["initContainers"].as_sequence().into_iter().flatten());
+        let all = pod["containers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .chain(pod["initContainers"].as_sequence().into_iter().flatten());
         for c in all {
-            let name = format!("{kind} {} container {}", v["metadata"]["name"].as_str().unwrap(), c["name"].as_str().unwrap());
+            let name =
+                format!("{kind} {} container {}", v["metadata"]["name"].as_str().unwrap(), c["name"].as_str().unwrap());
             let image = c["image"].as_str().unwrap();
             let image_name = image.rsplit('/').next().unwrap().split(':').next().unwrap();
             let dockerfile = parse_dockerfile(&repo().join(format!("docker/{image_name}.Dockerfile")));
@@ -374,7 +397,10 @@ fn install_yaml_uses_real_flags_and_ports() {
             if program == "install-cni" {
                 // A script, tested below; its image must ship it.
                 let text = std::fs::read_to_string(repo().join(format!("docker/{image_name}.Dockerfile"))).unwrap();
-                assert!(text.contains("docker/install-cni.sh /usr/local/bin/install-cni"), "{name}: image lacks install-cni");
+                assert!(
+                    text.contains("docker/install-cni.sh /usr/local/bin/install-cni"),
+                    "{name}: image lacks install-cni"
+                );
                 continue;
             }
             assert!(dockerfile.builds.iter().any(|(_, b)| *b == program), "{name}: {image} does not contain {program}");
@@ -424,7 +450,10 @@ fn install_cni(root: &Path, action: &str) -> std::process::Output {
 
 #[test]
 fn install_cni_chains_the_plugin_last_once_and_uninstalls() {
-    assert!(Command::new("jq").arg("--version").output().is_ok_and(|o| o.status.success()), "jq is needed (.ci/run installs it)");
+    assert!(
+        Command::new("jq").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "jq is needed (.ci/run installs it)"
+    );
     let scratch = Scratch::new("install_cni");
     let root = &scratch.0;
     std::fs::create_dir_all(root.join("net.d")).unwrap();
