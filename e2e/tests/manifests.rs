@@ -13,6 +13,8 @@
 //! - Each Dockerfile builds real workspace binaries and exposes exactly the ports its program
 //!   listens on by default (from the program's own `--help`); every flag `install.yaml` passes
 //!   to a container exists in that container's program.
+//! - istiod-lite's ClusterRole lists and watches exactly what its Kubernetes source watches.
+//! - The CNI install script chains the plugin last, once, and leaves unreadable lists alone.
 //!
 //! Needs `python3` with `kubernetes-validate` (installed by `.ci/run`) and `jq`.
 
@@ -501,4 +503,42 @@ fn install_cni_chains_the_plugin_last_once_and_uninstalls() {
     let out = install_cni(root, "install");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("05-single.conf"));
+}
+
+/// The `(apiGroup, resource)` pairs a ClusterRole grants `verb` on.
+fn granted(role: &Value, verb: &str) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_sequence().unwrap() {
+        let has = |k: &str, v: &str| rule[k].as_sequence().unwrap().iter().any(|x| x.as_str() == Some(v));
+        if !has("verbs", verb) {
+            continue;
+        }
+        for g in rule["apiGroups"].as_sequence().unwrap() {
+            for r in rule["resources"].as_sequence().unwrap() {
+                out.insert((g.as_str().unwrap().to_owned(), r.as_str().unwrap().to_owned()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn istiod_role_grants_exactly_what_the_kube_source_watches() {
+    let install = std::fs::read_to_string(repo().join("manifests/install.yaml")).unwrap();
+    let role = serde_yaml::Deserializer::from_str(&install)
+        .map(|d| Value::deserialize(d).unwrap())
+        .find(|v| v["kind"] == "ClusterRole" && v["metadata"]["name"] == "istiod-lite")
+        .expect("ClusterRole istiod-lite");
+    let watched: BTreeSet<(String, String)> =
+        istiod_lite::source::kube::WATCHED.iter().map(|w| (w.group.to_owned(), w.plural.to_owned())).collect();
+    for verb in ["list", "watch"] {
+        assert_eq!(granted(&role, verb), watched, "{verb}: least privilege is exactly what is watched");
+    }
+    assert!(granted(&role, "get").is_empty(), "no get: watchers list");
+    assert!(granted(&role, "delete").is_empty());
+    assert!(!granted(&role, "list").iter().chain(&granted(&role, "create")).any(|(_, r)| r == "secrets"));
+    assert_eq!(
+        granted(&role, "create").iter().filter(|(g, r)| g == "authentication.k8s.io" && r == "tokenreviews").count(),
+        1
+    );
 }
