@@ -6,7 +6,10 @@
 //! its workloads and services; an AuthorizationPolicy → itself and the workloads it may select
 //! (its namespace, or all for the root namespace); a PeerAuthentication → the converted policies
 //! and workloads of its namespace (all for the root namespace) and the static STRICT policy;
-//! a Gateway → every workload and service (waypoint labels may point across namespaces).
+//! a Gateway → every workload and service (waypoint labels may point across namespaces), every
+//! route and every waypoint policy. For waypoints: a route → itself; a Service → its backend
+//! policy and every route (parents and backends resolve against Services); a namespace →
+//! every route (whether its parents use a waypoint); an AuthorizationPolicy → its L7 policy.
 //! Recomputed resources equal to what was sent are left out of the delta.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,11 +18,16 @@ use prost::Message;
 use prost_types::Any;
 use proto::istio::security::Authorization;
 use proto::istio::workload::{Address, address};
-use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use proto::mesh::waypoint::v1::{BackendPolicy, L7Policy, Route};
+use proto::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_BACKEND_TYPE_URL, WAYPOINT_POLICY_TYPE_URL,
+    WAYPOINT_ROUTE_TYPE_URL,
+};
 
 use crate::error::Warning;
 use crate::model::{Kind, Model, NsName, Object, ObjectKey, in_namespace};
-use crate::translate::{MeshConfig, authz, peer_authn, service, workload};
+use crate::translate::route::ParentStatus;
+use crate::translate::{MeshConfig, authz, backend_policy, l7_policy, peer_authn, route, service, workload};
 
 /// One change to the model.
 // A change lives only until it is moved into the model: boxing would cost an allocation for nothing.
@@ -48,8 +56,8 @@ impl ResourceDelta {
     }
 }
 
-/// What changed, per type URL ([`ADDRESS_TYPE_URL`], [`AUTHORIZATION_TYPE_URL`]); types with
-/// no change are absent.
+/// What changed, per type URL ([`ADDRESS_TYPE_URL`], [`AUTHORIZATION_TYPE_URL`] and the three
+/// waypoint types); types with no change are absent.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Delta {
     /// Changes by type URL.
@@ -75,6 +83,10 @@ pub struct Translator {
     model: Model,
     addresses: BTreeMap<String, Address>,
     authorizations: BTreeMap<String, Authorization>,
+    routes: BTreeMap<String, Route>,
+    l7_policies: BTreeMap<String, L7Policy>,
+    backend_policies: BTreeMap<String, BackendPolicy>,
+    route_status: BTreeMap<ObjectKey, Vec<ParentStatus>>,
     warnings: BTreeMap<ObjectKey, Vec<String>>,
 }
 
@@ -85,6 +97,10 @@ enum Dirty {
     Policy(NsName),
     PeerAuthns(String),
     StaticStrict,
+    /// `grpc`, namespace/name.
+    Route(bool, NsName),
+    L7Policy(NsName),
+    Backend(NsName),
 }
 
 fn encode<M: Message>(type_url: &str, m: &M) -> Any {
@@ -117,9 +133,35 @@ impl Translator {
         &self.authorizations
     }
 
+    /// Every current `mesh.waypoint.v1.Route`, by resource name.
+    pub fn routes(&self) -> &BTreeMap<String, Route> {
+        &self.routes
+    }
+
+    /// Every current `mesh.waypoint.v1.L7Policy`, by resource name.
+    pub fn l7_policies(&self) -> &BTreeMap<String, L7Policy> {
+        &self.l7_policies
+    }
+
+    /// Every current `mesh.waypoint.v1.BackendPolicy`, by service hostname.
+    pub fn backend_policies(&self) -> &BTreeMap<String, BackendPolicy> {
+        &self.backend_policies
+    }
+
+    /// Gateway API status of every route (`status.parents`), by route.
+    pub fn route_status(&self) -> &BTreeMap<ObjectKey, Vec<ParentStatus>> {
+        &self.route_status
+    }
+
     /// Every current resource of a type URL, encoded, by name (for a new subscriber).
     pub fn snapshot(&self, type_url: &str) -> Vec<(String, Any)> {
+        fn all<M: Message>(type_url: &str, m: &BTreeMap<String, M>) -> Vec<(String, Any)> {
+            m.iter().map(|(n, r)| (n.clone(), encode(type_url, r))).collect()
+        }
         match type_url {
+            WAYPOINT_ROUTE_TYPE_URL => all(type_url, &self.routes),
+            WAYPOINT_POLICY_TYPE_URL => all(type_url, &self.l7_policies),
+            WAYPOINT_BACKEND_TYPE_URL => all(type_url, &self.backend_policies),
             ADDRESS_TYPE_URL => self.addresses.iter().map(|(n, a)| (n.clone(), encode(ADDRESS_TYPE_URL, a))).collect(),
             AUTHORIZATION_TYPE_URL => {
                 self.authorizations.iter().map(|(n, a)| (n.clone(), encode(AUTHORIZATION_TYPE_URL, a))).collect()
@@ -178,6 +220,12 @@ impl Translator {
         // Workloads already sent whose pods are gone are handled by their own Delete.
     }
 
+    fn all_routes(&self, out: &mut BTreeSet<Dirty>) {
+        out.extend(self.model.http_routes.keys().cloned().map(|k| Dirty::Route(false, k)));
+        out.extend(self.model.grpc_routes.keys().cloned().map(|k| Dirty::Route(true, k)));
+        // Routes already sent whose objects are gone are handled by their own Delete.
+    }
+
     fn dependents(&self, key: &ObjectKey) -> BTreeSet<Dirty> {
         let mut d = BTreeSet::new();
         let nn = (key.namespace.clone(), key.name.clone());
@@ -187,16 +235,20 @@ impl Translator {
                 d.insert(Dirty::Pod(nn));
             }
             Kind::Service => {
-                d.insert(Dirty::Service(nn));
+                d.insert(Dirty::Service(nn.clone()));
+                d.insert(Dirty::Backend(nn));
                 self.pods_in(Some(&key.namespace), &mut d);
+                self.all_routes(&mut d);
             }
             Kind::EndpointSlice => self.pods_in(Some(&key.namespace), &mut d),
             Kind::Namespace => {
                 self.pods_in(Some(&key.name), &mut d);
+                self.all_routes(&mut d);
                 d.extend(in_namespace(&self.model.services, &key.name).map(|(k, _)| Dirty::Service(k.clone())));
             }
             Kind::AuthorizationPolicy => {
-                d.insert(Dirty::Policy(nn));
+                d.insert(Dirty::Policy(nn.clone()));
+                d.insert(Dirty::L7Policy(nn));
                 self.pods_in((key.namespace != root).then_some(key.namespace.as_str()), &mut d);
             }
             Kind::PeerAuthentication => {
@@ -214,8 +266,15 @@ impl Translator {
             Kind::Gateway => {
                 self.pods_in(None, &mut d);
                 d.extend(self.model.services.keys().cloned().map(Dirty::Service));
+                self.all_routes(&mut d);
+                d.extend(self.model.authorization_policies.keys().cloned().map(Dirty::L7Policy));
             }
-            Kind::HttpRoute | Kind::GrpcRoute => {}
+            Kind::HttpRoute => {
+                d.insert(Dirty::Route(false, nn));
+            }
+            Kind::GrpcRoute => {
+                d.insert(Dirty::Route(true, nn));
+            }
         }
         d
     }
@@ -256,6 +315,9 @@ impl Translator {
     fn recompute(&mut self, dirty: BTreeSet<Dirty>) -> Delta {
         let mut addr = ResourceDelta::default();
         let mut auth = ResourceDelta::default();
+        let mut routes = ResourceDelta::default();
+        let mut l7 = ResourceDelta::default();
+        let mut backends = ResourceDelta::default();
         let cfg = self.cfg.clone();
         for item in dirty {
             match item {
@@ -321,6 +383,52 @@ impl Translator {
                     let name = format!("{}/{}", cfg.root_namespace, peer_authn::STATIC_STRICT_NAME);
                     self.put_authz(&mut auth, name, a);
                 }
+                Dirty::Route(grpc, (ns, name)) => {
+                    let kind = if grpc { Kind::GrpcRoute } else { Kind::HttpRoute };
+                    let key = ObjectKey::new(kind, ns.clone(), name.clone());
+                    let map = if grpc { &self.model.grpc_routes } else { &self.model.http_routes };
+                    let out = map.get(&(ns.clone(), name.clone())).map(|r| route::translate(&cfg, &self.model, grpc, r));
+                    let (r, ws) = match out {
+                        Some(o) => {
+                            self.route_status.insert(key.clone(), o.parents);
+                            (o.route, o.warnings)
+                        }
+                        None => {
+                            self.route_status.remove(&key);
+                            (None, Vec::new())
+                        }
+                    };
+                    // Routes share the object key space with policies only by kind: no clash.
+                    self.set_warnings(key, ws);
+                    put(&mut self.routes, WAYPOINT_ROUTE_TYPE_URL, &mut routes, route::resource_name(&ns, grpc, &name), r);
+                }
+                Dirty::L7Policy((ns, name)) => {
+                    let out = self
+                        .model
+                        .authorization_policies
+                        .get(&(ns.clone(), name.clone()))
+                        .map(|p| l7_policy::translate(&cfg, &self.model, p))
+                        .unwrap_or_default();
+                    if !out.warnings.is_empty() {
+                        // The ztunnel translation of the same policy already set this object's
+                        // warnings (it ran first: Policy sorts before L7Policy); add to them.
+                        let key = ObjectKey::new(Kind::AuthorizationPolicy, ns.clone(), name.clone());
+                        let mut ws = self.warnings.get(&key).cloned().unwrap_or_default();
+                        ws.extend(out.warnings);
+                        self.set_warnings(key, ws);
+                    }
+                    put(&mut self.l7_policies, WAYPOINT_POLICY_TYPE_URL, &mut l7, format!("{ns}/{name}"), out.policy);
+                }
+                Dirty::Backend((ns, name)) => {
+                    let hostname = cfg.hostname(&ns, &name);
+                    // Bad annotations were refused when the Service was read.
+                    let p = self
+                        .model
+                        .services
+                        .get(&(ns.clone(), name.clone()))
+                        .and_then(|s| backend_policy::from_annotations(&hostname, &s.metadata.annotations).ok().flatten());
+                    put(&mut self.backend_policies, WAYPOINT_BACKEND_TYPE_URL, &mut backends, hostname, p);
+                }
             }
         }
         let mut delta = Delta::default();
@@ -330,6 +438,31 @@ impl Translator {
         if !auth.is_empty() {
             delta.types.insert(AUTHORIZATION_TYPE_URL, auth);
         }
+        for (type_url, d) in
+            [(WAYPOINT_ROUTE_TYPE_URL, routes), (WAYPOINT_POLICY_TYPE_URL, l7), (WAYPOINT_BACKEND_TYPE_URL, backends)]
+        {
+            if !d.is_empty() {
+                delta.types.insert(type_url, d);
+            }
+        }
         delta
+    }
+}
+
+/// Stores `new` under `name` in `map`, recording the change (if any) in `d`.
+fn put<M: Message + PartialEq>(
+    map: &mut BTreeMap<String, M>,
+    type_url: &str,
+    d: &mut ResourceDelta,
+    name: String,
+    new: Option<M>,
+) {
+    match new {
+        Some(m) if map.get(&name) != Some(&m) => {
+            d.upserts.push((name.clone(), encode(type_url, &m)));
+            map.insert(name, m);
+        }
+        None if map.remove(&name).is_some() => d.removals.push(name),
+        _ => {}
     }
 }

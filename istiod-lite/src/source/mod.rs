@@ -5,6 +5,7 @@
 pub mod dir;
 pub mod kube;
 mod validate;
+mod validate_route;
 
 use std::path::Path;
 
@@ -15,6 +16,7 @@ use crate::error::{ConfigError, Location, ObjectError};
 use crate::model::{Kind, Object, ObjectKey};
 
 pub use validate::{L4_WHEN_KEYS, parse_cidr, parse_port};
+pub use validate_route::check_regex;
 
 /// A parsed object and where it came from.
 #[derive(Clone, Debug)]
