@@ -387,7 +387,8 @@ impl Translator {
                     let kind = if grpc { Kind::GrpcRoute } else { Kind::HttpRoute };
                     let key = ObjectKey::new(kind, ns.clone(), name.clone());
                     let map = if grpc { &self.model.grpc_routes } else { &self.model.http_routes };
-                    let out = map.get(&(ns.clone(), name.clone())).map(|r| route::translate(&cfg, &self.model, grpc, r));
+                    let out =
+                        map.get(&(ns.clone(), name.clone())).map(|r| route::translate(&cfg, &self.model, grpc, r));
                     let (r, ws) = match out {
                         Some(o) => {
                             self.route_status.insert(key.clone(), o.parents);
@@ -400,7 +401,13 @@ impl Translator {
                     };
                     // Routes share the object key space with policies only by kind: no clash.
                     self.set_warnings(key, ws);
-                    put(&mut self.routes, WAYPOINT_ROUTE_TYPE_URL, &mut routes, route::resource_name(&ns, grpc, &name), r);
+                    put(
+                        &mut self.routes,
+                        WAYPOINT_ROUTE_TYPE_URL,
+                        &mut routes,
+                        route::resource_name(&ns, grpc, &name),
+                        r,
+                    );
                 }
                 Dirty::L7Policy((ns, name)) => {
                     let out = self
@@ -422,11 +429,9 @@ impl Translator {
                 Dirty::Backend((ns, name)) => {
                     let hostname = cfg.hostname(&ns, &name);
                     // Bad annotations were refused when the Service was read.
-                    let p = self
-                        .model
-                        .services
-                        .get(&(ns.clone(), name.clone()))
-                        .and_then(|s| backend_policy::from_annotations(&hostname, &s.metadata.annotations).ok().flatten());
+                    let p = self.model.services.get(&(ns.clone(), name.clone())).and_then(|s| {
+                        backend_policy::from_annotations(&hostname, &s.metadata.annotations).ok().flatten()
+                    });
                     put(&mut self.backend_policies, WAYPOINT_BACKEND_TYPE_URL, &mut backends, hostname, p);
                 }
             }

@@ -46,7 +46,11 @@ fn expected_http_route() -> Route {
                 name: "beta-users".into(),
                 matches: vec![Match {
                     path: path(MatchType::PathPrefix, "/api"),
-                    headers: vec![HeaderMatch { name: "x-beta".into(), r#type: MatchType::Exact as i32, value: "true".into() }],
+                    headers: vec![HeaderMatch {
+                        name: "x-beta".into(),
+                        r#type: MatchType::Exact as i32,
+                        value: "true".into(),
+                    }],
                     query_params: vec![],
                     method: "GET".into(),
                     grpc: None,
@@ -164,7 +168,10 @@ fn waypoint_samples_translate_to_the_expected_resources() {
             targets: vec![Target { kind: Some(target::Kind::Service(svc("ledger"))) }],
             action: l7_policy::Action::Allow as i32,
             rules: vec![PolicyRule {
-                from: vec![Source { principals: vec!["cluster.local/ns/bank/sa/accounts".into()], ..Default::default() }],
+                from: vec![Source {
+                    principals: vec!["cluster.local/ns/bank/sa/accounts".into()],
+                    ..Default::default()
+                }],
                 to: vec![Operation {
                     methods: vec!["GET".into(), "POST".into()],
                     paths: vec!["/bank.Ledger/Balance".into()],
@@ -242,7 +249,9 @@ fn the_waypoint_gets_a_synthesized_service_that_services_point_at() {
     let gw = accounts.waypoint.expect("accounts uses the waypoint");
     assert_eq!(gw.hbone_mtls_port, 15008);
     match gw.destination {
-        Some(Destination::Hostname(h)) => assert_eq!((h.namespace.as_str(), h.hostname.as_str()), ("bank", "waypoint.bank.svc.cluster.local")),
+        Some(Destination::Hostname(h)) => {
+            assert_eq!((h.namespace.as_str(), h.hostname.as_str()), ("bank", "waypoint.bank.svc.cluster.local"))
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -60,7 +60,8 @@ fn rule(base: &str, rule: &RouteRule, grpc: bool) -> Result<(), ObjectError> {
         if b.name.is_empty() {
             return Err(invalid(format!("{field}.name"), "required"));
         }
-        let is_service = b.group.as_deref().unwrap_or("").is_empty() && b.kind.as_deref().unwrap_or("Service") == "Service";
+        let is_service =
+            b.group.as_deref().unwrap_or("").is_empty() && b.kind.as_deref().unwrap_or("Service") == "Service";
         if is_service && b.port.is_none_or(|p| p == 0) {
             return Err(invalid(format!("{field}.port"), "required (1-65535) when the backend is a Service"));
         }
@@ -93,7 +94,10 @@ fn rule(base: &str, rule: &RouteRule, grpc: bool) -> Result<(), ObjectError> {
         }
         for (k, c) in r.codes.iter().enumerate() {
             if !(400..=599).contains(c) {
-                return Err(invalid(format!("{base}.retry.codes[{k}]"), format!("{c} is not an HTTP error code (400-599)")));
+                return Err(invalid(
+                    format!("{base}.retry.codes[{k}]"),
+                    format!("{c} is not an HTTP error code (400-599)"),
+                ));
             }
         }
         if r.attempts.is_some_and(|a| a > 100) {
@@ -105,8 +109,10 @@ fn rule(base: &str, rule: &RouteRule, grpc: bool) -> Result<(), ObjectError> {
 }
 
 fn duration(field: &str, v: Option<&str>) -> Result<Option<std::time::Duration>, ObjectError> {
-    v.map(|s| parse_duration(s).ok_or_else(|| invalid(field, format!("{s:?} is not a duration (e.g. 10s, 1m30s, 500ms)"))))
-        .transpose()
+    v.map(|s| {
+        parse_duration(s).ok_or_else(|| invalid(field, format!("{s:?} is not a duration (e.g. 10s, 1m30s, 500ms)")))
+    })
+    .transpose()
 }
 
 fn match_type<'a>(field: &str, t: Option<&'a str>, default: &'a str, allowed: &[&str]) -> Result<&'a str, ObjectError> {
@@ -154,10 +160,18 @@ fn route_match(base: &str, m: &RouteMatch, grpc: bool) -> Result<(), ObjectError
         match &m.method {
             None => {}
             Some(MethodMatch::Http(s)) => {
-                return Err(invalid(format!("{base}.method"), format!("{s:?}: a GRPCRoute method is {{type, service, method}}")));
+                return Err(invalid(
+                    format!("{base}.method"),
+                    format!("{s:?}: a GRPCRoute method is {{type, service, method}}"),
+                ));
             }
             Some(MethodMatch::Grpc(g)) => {
-                let t = match_type(&format!("{base}.method.type"), g.type_.as_deref(), "Exact", &["Exact", "RegularExpression"])?;
+                let t = match_type(
+                    &format!("{base}.method.type"),
+                    g.type_.as_deref(),
+                    "Exact",
+                    &["Exact", "RegularExpression"],
+                )?;
                 if g.service.as_deref().unwrap_or("").is_empty() && g.method.as_deref().unwrap_or("").is_empty() {
                     return Err(invalid(format!("{base}.method"), "needs a service or a method"));
                 }
@@ -177,7 +191,12 @@ fn route_match(base: &str, m: &RouteMatch, grpc: bool) -> Result<(), ObjectError
     value_matches(base, "queryParams", &m.query_params, false)?;
     if let Some(p) = &m.path {
         let field = format!("{base}.path");
-        let t = match_type(&format!("{field}.type"), p.type_.as_deref(), "PathPrefix", &["Exact", "PathPrefix", "RegularExpression"])?;
+        let t = match_type(
+            &format!("{field}.type"),
+            p.type_.as_deref(),
+            "PathPrefix",
+            &["Exact", "PathPrefix", "RegularExpression"],
+        )?;
         let v = p.value.as_deref().unwrap_or("/");
         if t == "RegularExpression" {
             check_regex(&format!("{field}.value"), v)?;
@@ -194,7 +213,9 @@ fn route_match(base: &str, m: &RouteMatch, grpc: bool) -> Result<(), ObjectError
             format!("{base}.method"),
             format!("unsupported value {s:?} (supported: {})", HTTP_METHODS.join(", ")),
         )),
-        Some(MethodMatch::Grpc(_)) => Err(invalid(format!("{base}.method"), "an HTTPRoute method is a method name, e.g. GET")),
+        Some(MethodMatch::Grpc(_)) => {
+            Err(invalid(format!("{base}.method"), "an HTTPRoute method is a method name, e.g. GET"))
+        }
     }
 }
 
@@ -243,16 +264,18 @@ fn filter(field: &str, f: &RouteFilter, rule: &RouteRule, grpc: bool) -> Result<
             return Err(invalid(format!("{field}.{member}"), format!("not allowed when type is {}", f.type_)));
         }
     }
-    for (member, m) in [
-        ("requestHeaderModifier", &f.request_header_modifier),
-        ("responseHeaderModifier", &f.response_header_modifier),
-    ] {
+    for (member, m) in
+        [("requestHeaderModifier", &f.request_header_modifier), ("responseHeaderModifier", &f.response_header_modifier)]
+    {
         let Some(m) = m else { continue };
         let base = format!("{field}.{member}");
         for (what, hs) in [("set", &m.set), ("add", &m.add)] {
             for (i, h) in hs.iter().enumerate() {
                 if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
-                    return Err(invalid(format!("{base}.{what}[{i}].name"), format!("{:?} is not a header name", h.name)));
+                    return Err(invalid(
+                        format!("{base}.{what}[{i}].name"),
+                        format!("{:?} is not a header name", h.name),
+                    ));
                 }
                 if http::HeaderValue::from_str(&h.value).is_err() {
                     return Err(invalid(format!("{base}.{what}[{i}].value"), "not a valid header value"));
@@ -269,12 +292,18 @@ fn filter(field: &str, f: &RouteFilter, rule: &RouteRule, grpc: bool) -> Result<
         let base = format!("{field}.requestRedirect");
         if let Some(s) = r.scheme.as_deref() {
             if s != "http" && s != "https" {
-                return Err(invalid(format!("{base}.scheme"), format!("unsupported value {s:?} (supported: http, https)")));
+                return Err(invalid(
+                    format!("{base}.scheme"),
+                    format!("unsupported value {s:?} (supported: http, https)"),
+                ));
             }
         }
         if let Some(c) = r.status_code {
             if c != 301 && c != 302 {
-                return Err(invalid(format!("{base}.statusCode"), format!("unsupported value {c} (supported: 301, 302)")));
+                return Err(invalid(
+                    format!("{base}.statusCode"),
+                    format!("unsupported value {c} (supported: 301, 302)"),
+                ));
             }
         }
         if r.port == Some(0) {
@@ -339,11 +368,15 @@ fn path_modifier(field: &str, p: &PathModifier, rule: &RouteRule) -> Result<(), 
             if !p.replace_prefix_match.as_deref().is_some_and(|v| v.starts_with('/')) {
                 return Err(invalid(format!("{field}.replacePrefixMatch"), "required, and must start with '/'"));
             }
-            let prefix_only = rule.matches.iter().all(|m| {
-                m.path.as_ref().is_none_or(|p| p.type_.as_deref().unwrap_or("PathPrefix") == "PathPrefix")
-            });
+            let prefix_only = rule
+                .matches
+                .iter()
+                .all(|m| m.path.as_ref().is_none_or(|p| p.type_.as_deref().unwrap_or("PathPrefix") == "PathPrefix"));
             if !prefix_only {
-                return Err(invalid(field, "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match"));
+                return Err(invalid(
+                    field,
+                    "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match",
+                ));
             }
         }
         t => {

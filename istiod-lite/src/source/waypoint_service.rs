@@ -14,9 +14,8 @@ pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// Services for the waypoint Gateways in `objects` that have none, located at their Gateway.
 pub fn synthesize(objects: &[Located]) -> Vec<Located> {
-    let has_service = |ns: &str, name: &str| {
-        objects.iter().any(|o| o.object.key() == ObjectKey::new(Kind::Service, ns, name))
-    };
+    let has_service =
+        |ns: &str, name: &str| objects.iter().any(|o| o.object.key() == ObjectKey::new(Kind::Service, ns, name));
     let mut out = Vec::new();
     for o in objects {
         let Object::Gateway(gw) = &o.object else { continue };

@@ -195,7 +195,9 @@ fn policy_rule(cfg: &MeshConfig, ns: &str, rule: &Rule) -> (pb::PolicyRule, Vec<
     let mut when = Vec::new();
     for c in &rule.when {
         let supported = WAYPOINT_WHEN_KEYS.contains(&c.key.as_str())
-            || (c.key.starts_with("request.headers[") && c.key.ends_with(']') && c.key.len() > "request.headers[]".len());
+            || (c.key.starts_with("request.headers[")
+                && c.key.ends_with(']')
+                && c.key.len() > "request.headers[]".len());
         if !supported {
             found.push(c.key.clone());
             continue;

@@ -24,7 +24,9 @@ use serde::Serialize;
 
 use super::MeshConfig;
 use super::waypoint::{For, resolve};
-use crate::k8s::gateway::{BackendObjectRef, MethodMatch, ParentReference, PathModifier, Route, RouteFilter, parse_duration};
+use crate::k8s::gateway::{
+    BackendObjectRef, MethodMatch, ParentReference, PathModifier, Route, RouteFilter, parse_duration,
+};
 use crate::model::Model;
 
 /// `<namespace>/<HTTPRoute|GRPCRoute>/<name>`, the resource name.
@@ -100,7 +102,15 @@ impl Cx<'_> {
     }
 
     /// FQDN of a Service backend, or "" (and a ResolvedRefs failure) when it does not resolve.
-    fn backend(&mut self, field: &str, group: Option<&str>, kind: Option<&str>, name: &str, ns: Option<&str>, port: Option<u16>) -> String {
+    fn backend(
+        &mut self,
+        field: &str,
+        group: Option<&str>,
+        kind: Option<&str>,
+        name: &str,
+        ns: Option<&str>,
+        port: Option<u16>,
+    ) -> String {
         let is_service = group.unwrap_or("").is_empty() && kind.unwrap_or("Service") == "Service";
         if !is_service {
             self.unresolved(
@@ -131,15 +141,24 @@ impl Cx<'_> {
     }
 
     fn mirror_backend(&mut self, field: &str, b: &BackendObjectRef) -> pb::Backend {
-        let hostname = self.backend(field, b.group.as_deref(), b.kind.as_deref(), &b.name, b.namespace.as_deref(), b.port);
+        let hostname =
+            self.backend(field, b.group.as_deref(), b.kind.as_deref(), &b.name, b.namespace.as_deref(), b.port);
         pb::Backend { hostname, port: u32::from(b.port.unwrap_or(0)), weight: 1, filters: Vec::new() }
     }
 
     fn filter(&mut self, field: &str, f: &RouteFilter) -> Option<pb::Filter> {
         use pb::filter::Kind as K;
         let headers = |m: &crate::k8s::gateway::HeaderModifier| pb::HeaderModifier {
-            set: m.set.iter().map(|h| pb::Header { name: h.name.to_ascii_lowercase(), value: h.value.clone() }).collect(),
-            add: m.add.iter().map(|h| pb::Header { name: h.name.to_ascii_lowercase(), value: h.value.clone() }).collect(),
+            set: m
+                .set
+                .iter()
+                .map(|h| pb::Header { name: h.name.to_ascii_lowercase(), value: h.value.clone() })
+                .collect(),
+            add: m
+                .add
+                .iter()
+                .map(|h| pb::Header { name: h.name.to_ascii_lowercase(), value: h.value.clone() })
+                .collect(),
             remove: m.remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
         };
         let kind = match f.type_.as_str() {
@@ -255,10 +274,14 @@ pub fn translate(cfg: &MeshConfig, model: &Model, grpc: bool, r: &Route) -> Outc
         let verdict: Option<(&'static str, String)> = match (group, kind) {
             ("" | "core", "Service") if pns != ns => refused(
                 "UnsupportedValue",
-                format!("spec.parentRefs[{i}]: routes for Services of another namespace (consumer routes) are not supported"),
+                format!(
+                    "spec.parentRefs[{i}]: routes for Services of another namespace (consumer routes) are not supported"
+                ),
             ),
             ("" | "core", "Service") => match model.services.get(&(pns.to_owned(), p.name.clone())) {
-                None => refused("NoMatchingParent", format!("spec.parentRefs[{i}]: Service {pns}/{} not found", p.name)),
+                None => {
+                    refused("NoMatchingParent", format!("spec.parentRefs[{i}]: Service {pns}/{} not found", p.name))
+                }
                 Some(svc) if p.port.is_some_and(|port| !svc.spec.ports.iter().any(|sp| sp.port == port)) => refused(
                     "NoMatchingParent",
                     format!("spec.parentRefs[{i}]: Service {pns}/{} has no port {}", p.name, p.port.unwrap_or(0)),
@@ -287,7 +310,9 @@ pub fn translate(cfg: &MeshConfig, model: &Model, grpc: bool, r: &Route) -> Outc
                 ),
                 // Another controller's Gateway: its status is not ours to write.
                 Some(_) => continue,
-                None => refused("NoMatchingParent", format!("spec.parentRefs[{i}]: Gateway {pns}/{} not found", p.name)),
+                None => {
+                    refused("NoMatchingParent", format!("spec.parentRefs[{i}]: Gateway {pns}/{} not found", p.name))
+                }
             },
             _ => refused("InvalidKind", format!("spec.parentRefs[{i}]: {group}/{kind} cannot be a route parent")),
         };
@@ -298,7 +323,10 @@ pub fn translate(cfg: &MeshConfig, model: &Model, grpc: bool, r: &Route) -> Outc
                 Condition { type_: "Accepted", status: false, reason, message }
             }
         };
-        parents.push(ParentStatus { parent_ref: describe_parent(ns, p), conditions: vec![accepted_cond, resolved.clone()] });
+        parents.push(ParentStatus {
+            parent_ref: describe_parent(ns, p),
+            conditions: vec![accepted_cond, resolved.clone()],
+        });
     }
     let route = (!accepted.is_empty()).then(|| pb::Route {
         namespace: ns.to_owned(),
@@ -333,8 +361,12 @@ fn rules(cx: &mut Cx<'_>, grpc: bool, r: &Route) -> Vec<pb::Rule> {
             let field = format!("{base}.backendRefs[{k}]");
             let hostname =
                 cx.backend(&field, b.group.as_deref(), b.kind.as_deref(), &b.name, b.namespace.as_deref(), b.port);
-            let filters =
-                b.filters.iter().enumerate().filter_map(|(j, f)| cx.filter(&format!("{field}.filters[{j}]"), f)).collect();
+            let filters = b
+                .filters
+                .iter()
+                .enumerate()
+                .filter_map(|(j, f)| cx.filter(&format!("{field}.filters[{j}]"), f))
+                .collect();
             backends.push(pb::Backend {
                 hostname,
                 port: u32::from(b.port.unwrap_or(0)),
@@ -349,7 +381,9 @@ fn rules(cx: &mut Cx<'_>, grpc: bool, r: &Route) -> Vec<pb::Rule> {
         let retry = rule.retry.as_ref().map(|rt| pb::Retry {
             attempts: rt.attempts.unwrap_or(2),
             codes: rt.codes.clone(),
-            backoff: Some(duration(rt.backoff.as_deref()).unwrap_or(prost_types::Duration { seconds: 0, nanos: 25_000_000 })),
+            backoff: Some(
+                duration(rt.backoff.as_deref()).unwrap_or(prost_types::Duration { seconds: 0, nanos: 25_000_000 }),
+            ),
         });
         out.push(pb::Rule { name: rule.name.clone().unwrap_or_default(), matches, filters, backends, timeouts, retry });
     }
