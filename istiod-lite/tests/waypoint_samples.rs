@@ -255,3 +255,15 @@ fn the_waypoint_gets_a_synthesized_service_that_services_point_at() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn explain_names_the_waypoint_on_the_path() {
+    let (t, _) = load();
+    let e = istiod_lite::explain::explain(&t, "bank/accounts-v1-0", "bank/ledger", Some(9000)).unwrap();
+    assert_eq!(e.waypoint.as_deref(), Some("bank/waypoint-0"));
+    assert_eq!(e.path, "hbone via waypoint bank/waypoint-0 (spiffe://cluster.local/ns/bank/sa/waypoint)");
+    assert!(e.mtls && e.allowed, "{e:?}");
+    // The waypoint's own traffic goes direct.
+    let e = istiod_lite::explain::explain(&t, "bank/waypoint-0", "bank/ledger", Some(9000)).unwrap();
+    assert_eq!(e.waypoint, None, "{e:?}");
+}
