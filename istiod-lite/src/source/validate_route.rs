@@ -79,13 +79,11 @@ fn rule(base: &str, rule: &RouteRule, grpc: bool) -> Result<(), ObjectError> {
         }
         let request = duration(&format!("{base}.timeouts.request"), t.request.as_deref())?;
         let backend = duration(&format!("{base}.timeouts.backendRequest"), t.backend_request.as_deref())?;
-        if let (Some(r), Some(b)) = (request, backend) {
-            if !r.is_zero() && (b > r || b.is_zero()) {
-                return Err(invalid(
-                    format!("{base}.timeouts.backendRequest"),
-                    "must not be longer than timeouts.request",
-                ));
-            }
+        if let (Some(r), Some(b)) = (request, backend)
+            && !r.is_zero()
+            && (b > r || b.is_zero())
+        {
+            return Err(invalid(format!("{base}.timeouts.backendRequest"), "must not be longer than timeouts.request"));
         }
     }
     if let Some(r) = &rule.retry {
@@ -290,21 +288,17 @@ fn filter(field: &str, f: &RouteFilter, rule: &RouteRule, grpc: bool) -> Result<
     }
     if let Some(r) = &f.request_redirect {
         let base = format!("{field}.requestRedirect");
-        if let Some(s) = r.scheme.as_deref() {
-            if s != "http" && s != "https" {
-                return Err(invalid(
-                    format!("{base}.scheme"),
-                    format!("unsupported value {s:?} (supported: http, https)"),
-                ));
-            }
+        if let Some(s) = r.scheme.as_deref()
+            && s != "http"
+            && s != "https"
+        {
+            return Err(invalid(format!("{base}.scheme"), format!("unsupported value {s:?} (supported: http, https)")));
         }
-        if let Some(c) = r.status_code {
-            if c != 301 && c != 302 {
-                return Err(invalid(
-                    format!("{base}.statusCode"),
-                    format!("unsupported value {c} (supported: 301, 302)"),
-                ));
-            }
+        if let Some(c) = r.status_code
+            && c != 301
+            && c != 302
+        {
+            return Err(invalid(format!("{base}.statusCode"), format!("unsupported value {c} (supported: 301, 302)")));
         }
         if r.port == Some(0) {
             return Err(invalid(format!("{base}.port"), "must be 1-65535"));
@@ -313,10 +307,8 @@ fn filter(field: &str, f: &RouteFilter, rule: &RouteRule, grpc: bool) -> Result<
             path_modifier(&format!("{base}.path"), p, rule)?;
         }
     }
-    if let Some(u) = &f.url_rewrite {
-        if let Some(p) = &u.path {
-            path_modifier(&format!("{field}.urlRewrite.path"), p, rule)?;
-        }
+    if let Some(p) = f.url_rewrite.as_ref().and_then(|u| u.path.as_ref()) {
+        path_modifier(&format!("{field}.urlRewrite.path"), p, rule)?;
     }
     if let Some(m) = &f.request_mirror {
         let base = format!("{field}.requestMirror");

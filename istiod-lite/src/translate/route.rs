@@ -131,11 +131,11 @@ impl Cx<'_> {
             self.unresolved("BackendNotFound", format!("{field}: Service {ns}/{name} not found"));
             return String::new();
         };
-        if let Some(p) = port {
-            if !svc.spec.ports.iter().any(|sp| sp.port == p) {
-                self.unresolved("BackendNotFound", format!("{field}: Service {ns}/{name} has no port {p}"));
-                return String::new();
-            }
+        if let Some(p) = port
+            && !svc.spec.ports.iter().any(|sp| sp.port == p)
+        {
+            self.unresolved("BackendNotFound", format!("{field}: Service {ns}/{name} has no port {p}"));
+            return String::new();
         }
         self.cfg.hostname(ns, name)
     }

@@ -81,16 +81,14 @@ pub fn route(state: &State, src: Option<&Workload>, dst: SocketAddr, hbone_port:
         };
         let ip = ep.workload.addresses.first().copied().unwrap_or(dst.ip());
         let target = SocketAddr::new(ip, ep.port);
-        if service.waypoint.is_none() {
-            if let Some(gw) = &ep.workload.waypoint {
-                // Reached through a service without a waypoint, to a workload with one: the
-                // workload's waypoint still sees the connection, addressed to the pod.
-                let destination = || format!("{}/{}", ep.workload.namespace(), ep.workload.name);
-                match via_waypoint(state, gw, src, Some(&ep.workload), None, target, destination) {
-                    Ok(Some(r)) => return r,
-                    Ok(None) => {}
-                    Err(r) => return r,
-                }
+        if let (None, Some(gw)) = (&service.waypoint, &ep.workload.waypoint) {
+            // Reached through a service without a waypoint, to a workload with one: the
+            // workload's waypoint still sees the connection, addressed to the pod.
+            let destination = || format!("{}/{}", ep.workload.namespace(), ep.workload.name);
+            match via_waypoint(state, gw, src, Some(&ep.workload), None, target, destination) {
+                Ok(Some(r)) => return r,
+                Ok(None) => {}
+                Err(r) => return r,
             }
         }
         return to_workload(ep.workload, Some(service.clone()), target, hbone_port);
@@ -126,15 +124,8 @@ fn via_waypoint(
     let unavailable = |why| Route::WaypointUnavailable { destination: destination(), waypoint: describe(gw), why };
     // Loop guards come first: a waypoint forwarding to its backends, or traffic to a waypoint
     // pod, must go direct whatever the pick below would be.
-    if let Some(s) = src {
-        if is_waypoint(state, gw, s) {
-            return Ok(None);
-        }
-    }
-    if let Some(w) = workload {
-        if is_waypoint(state, gw, w) {
-            return Ok(None);
-        }
+    if src.is_some_and(|s| is_waypoint(state, gw, s)) || workload.is_some_and(|w| is_waypoint(state, gw, w)) {
+        return Ok(None);
     }
     if service.is_some_and(|svc| is_waypoint_service(gw, svc)) {
         return Ok(None);
@@ -164,15 +155,8 @@ fn via_waypoint(
             }
         }
     };
-    if let Some(s) = src {
-        if s.uid == waypoint.uid {
-            return Ok(None);
-        }
-    }
-    if let Some(w) = workload {
-        if w.uid == waypoint.uid {
-            return Ok(None);
-        }
+    if src.is_some_and(|s| s.uid == waypoint.uid) || workload.is_some_and(|w| w.uid == waypoint.uid) {
+        return Ok(None);
     }
     if !waypoint.healthy {
         return Err(unavailable("waypoint pod is not ready"));
