@@ -559,6 +559,22 @@ impl Mesh {
         )
     }
 
+    /// Waits until at least `proxies` proxies connected to istiod-lite have acknowledged
+    /// resource `name` of `type_url` (e.g. the waypoints, for the waypoint-only types that
+    /// ztunnels do not subscribe to).
+    pub fn wait_acked_by(&self, type_url: &str, name: &str, proxies: usize) -> Result<(), MeshError> {
+        wait_for(
+            || {
+                self.istiod_debug("/debug/connections").is_ok_and(|d| {
+                    let conns = d["connections"].as_array().cloned().unwrap_or_default();
+                    conns.iter().filter(|c| c["types"][type_url]["acked"].get(name).is_some()).count() >= proxies
+                })
+            },
+            &format!("{proxies} proxies to acknowledge {name}"),
+            Duration::from_secs(10),
+        )
+    }
+
     /// istiod-lite's log.
     pub fn istiod_log(&self) -> String {
         self.istiod.as_ref().map(|p| p.log()).unwrap_or_default()
