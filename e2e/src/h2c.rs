@@ -35,7 +35,8 @@ impl H2cServer {
     /// Starts a server on `port` (all addresses) inside `netns`, answering as `label`.
     pub fn start(netns: &Netns, port: u16, label: &str) -> Result<H2cServer, Error> {
         let listener = netns.tcp_listener(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)))?;
-        let socket_err = |action: &str, source| Error::Socket { action: action.into(), netns: netns.name().into(), source };
+        let socket_err =
+            |action: &str, source| Error::Socket { action: action.into(), netns: netns.name().into(), source };
         let addr = listener.local_addr().map_err(|e| socket_err("read listener address", e))?;
         listener.set_nonblocking(true).map_err(|e| socket_err("make listener non-blocking", e))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -49,11 +50,7 @@ impl H2cServer {
             .name(format!("h2c-{label}"))
             .spawn(move || runtime.block_on(accept_loop(listener, label_owned, count, stop_rx)))
             .map_err(|source| Error::Spawn { command: format!("h2c server thread for {label}"), source })?;
-        let inner = Arc::new(Inner {
-            requests,
-            stop: Mutex::new(Some(stop_tx)),
-            thread: Mutex::new(Some(thread)),
-        });
+        let inner = Arc::new(Inner { requests, stop: Mutex::new(Some(stop_tx)), thread: Mutex::new(Some(thread)) });
         let as_stop: Weak<dyn Stop> = Arc::<Inner>::downgrade(&inner);
         netns.context().reaper.track(as_stop);
         Ok(H2cServer { inner, addr })
@@ -119,7 +116,8 @@ async fn answer(
     label: Arc<str>,
     requests: Arc<AtomicU64>,
 ) {
-    let grpc = req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let grpc =
+        req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let path = req.uri().path().to_owned();
     let mut body = req.into_body();
     while let Some(Ok(chunk)) = body.data().await {

@@ -39,8 +39,7 @@ fn service(name: &str, last: u8, port: u16, target: u16, endpoints: &[&str], way
 /// `shop/waypoint` runs on node 2.
 fn spec(routes: &str, policies: &str) -> MeshSpec {
     let pods = ["reviews-v1", "reviews-v2", "ratings", "grpc-1", "slow-1", "flaky-1"];
-    let mut all: Vec<PodSpec> =
-        pods.iter().enumerate().map(|(i, p)| PodSpec::new(1 + i % 2, "shop", p)).collect();
+    let mut all: Vec<PodSpec> = pods.iter().enumerate().map(|(i, p)| PodSpec::new(1 + i % 2, "shop", p)).collect();
     all.push(PodSpec::new(1, "tools", "client"));
     MeshSpec {
         nodes: 2,
@@ -108,7 +107,11 @@ fn only_services_that_use_the_waypoint_go_through_it() {
         let m = mesh.waypoint_metrics("shop", "waypoint")?;
         let through = requests_total(
             &m,
-            &["reporter=\"waypoint\"", "destination_service=\"reviews.shop.svc.cluster.local\"", "response_code=\"200\""],
+            &[
+                "reporter=\"waypoint\"",
+                "destination_service=\"reviews.shop.svc.cluster.local\"",
+                "response_code=\"200\"",
+            ],
         );
         assert_eq!(through, 4, "the waypoint counted every request to reviews:\n{m}");
         assert!(m.contains("source_principal=\"spiffe://cluster.local/ns/tools/sa/client\""), "{m}");
@@ -251,7 +254,15 @@ fn grpc_and_http2_go_through_the_waypoint() {
         let (code, body) = curl(
             &mesh,
             &url,
-            &["--http2-prior-knowledge", "-X", "POST", "-H", "content-type: application/grpc", "--data-binary", "\0\0\0\0\0"],
+            &[
+                "--http2-prior-knowledge",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/grpc",
+                "--data-binary",
+                "\0\0\0\0\0",
+            ],
         )?;
         assert_eq!(code, 200, "{body:?}\n{}", logs(&mesh));
         assert!(body.contains("grpc-1 /shop.Echo/Say"), "{body:?}");
@@ -259,7 +270,15 @@ fn grpc_and_http2_go_through_the_waypoint() {
         let (code, _) = curl(
             &mesh,
             &format!("http://{}:9000/shop.Echo/Other", vip(40)),
-            &["--http2-prior-knowledge", "-X", "POST", "-H", "content-type: application/grpc", "--data-binary", "\0\0\0\0\0"],
+            &[
+                "--http2-prior-knowledge",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/grpc",
+                "--data-binary",
+                "\0\0\0\0\0",
+            ],
         )?;
         assert_eq!(code, 404);
 
