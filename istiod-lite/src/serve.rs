@@ -200,6 +200,10 @@ async fn start_source(
         }
         Source::Kube => {
             let client = kube::client(cfg.kubeconfig.as_deref()).await?;
+            let deployer = cfg.waypoint_image.as_deref().map(|image| {
+                let deploy = crate::deploy::DeployConfig::new(image, &cfg.root_namespace, &cfg.trust_domain);
+                crate::deploy::controller(client.clone(), deploy)
+            });
             let (mut kube_status, deltas, watcher) = kube::watch(client, translator);
             let (tx, status) = tokio::sync::watch::channel(dir::WatchStatus::default());
             let watcher = tokio::spawn(async move {
@@ -230,7 +234,12 @@ async fn start_source(
                         });
                     }
                 };
-                tokio::join!(watcher, mirror);
+                let deployer = async move {
+                    if let Some(d) = deployer {
+                        d.await;
+                    }
+                };
+                tokio::join!(watcher, mirror, deployer);
             });
             Ok((status, deltas, watcher))
         }
