@@ -204,7 +204,8 @@ async fn start_source(
                 let deploy = crate::deploy::DeployConfig::new(image, &cfg.root_namespace, &cfg.trust_domain);
                 crate::deploy::controller(client.clone(), deploy)
             });
-            let (mut kube_status, deltas, watcher) = kube::watch(client, translator);
+            let (mut kube_status, deltas, watcher) = kube::watch(client.clone(), translator.clone());
+            let status_writer = crate::deploy::route_status::writer(client, translator, kube_status.clone());
             let (tx, status) = tokio::sync::watch::channel(dir::WatchStatus::default());
             let watcher = tokio::spawn(async move {
                 let mirror = async move {
@@ -239,7 +240,7 @@ async fn start_source(
                         d.await;
                     }
                 };
-                tokio::join!(watcher, mirror, deployer);
+                tokio::join!(watcher, mirror, deployer, status_writer);
             });
             Ok((status, deltas, watcher))
         }

@@ -76,3 +76,43 @@ async fn a_refused_apply_is_an_error_naming_the_object() {
     // Nothing after the refused object was attempted.
     assert_eq!(mock.writes().len(), 1);
 }
+
+#[tokio::test]
+async fn route_status_is_written_once_per_change() {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use istiod_lite::deploy::route_status::sync;
+    use istiod_lite::source::dir::Loader;
+    use istiod_lite::{MeshConfig, Translator};
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/waypoint-samples");
+    let snap = Loader::new(dir).load().unwrap();
+    let mut t = Translator::new(MeshConfig::default());
+    t.replace_all(snap.objects.into_iter().map(|o| o.object).collect());
+    let t = Arc::new(Mutex::new(t));
+    let mock = MockApi::start().await;
+    let mut written = BTreeMap::new();
+    assert_eq!(sync(&mock.client(), &t, &mut written).await, 2);
+    let writes = mock.writes();
+    let paths: Vec<&str> = writes.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/apis/gateway.networking.k8s.io/v1/namespaces/bank/httproutes/accounts/status",
+            "/apis/gateway.networking.k8s.io/v1/namespaces/bank/grpcroutes/ledger/status",
+        ]
+    );
+    let body = writes[0].body.clone().unwrap();
+    let parent = &body["status"]["parents"][0];
+    assert_eq!(
+        parent["parentRef"],
+        serde_json::json!({"group": "", "kind": "Service", "namespace": "bank", "name": "accounts", "port": 80})
+    );
+    assert_eq!(parent["conditions"][0]["type"], "Accepted");
+    assert_eq!(parent["conditions"][0]["status"], "True");
+    assert_eq!(parent["conditions"][1]["reason"], "ResolvedRefs");
+    // Nothing changed: nothing written.
+    assert_eq!(sync(&mock.client(), &t, &mut written).await, 0);
+    assert_eq!(mock.writes().len(), 2);
+}

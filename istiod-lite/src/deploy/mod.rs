@@ -7,6 +7,7 @@
 //! address. [`controller`] watches Gateways and reconciles each waypoint one on every change.
 //!
 //! - [`manifests`]: the three objects, a pure function of the Gateway and [`DeployConfig`].
+//! - [`route_status`]: the Gateway API status of routes, written back to them.
 //! - The waypoint runs as service account `<name>` (identity
 //!   `spiffe://<td>/ns/<ns>/sa/<name>`), opted out of capture, with the contract's flags; its
 //!   CA token is a projected service-account token with audience `istio-ca`, the mesh root
@@ -218,6 +219,7 @@ pub fn gateway_status(gw: &GatewayRef, cluster_ip: Option<&str>, now: &str) -> V
 }
 
 mod reconcile;
+pub mod route_status;
 
 pub use reconcile::{DeployError, controller, reconcile};
 

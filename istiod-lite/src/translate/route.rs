@@ -54,6 +54,16 @@ pub struct Condition {
 pub struct ParentStatus {
     /// The parent as written: `Service shop/reviews`, with `:port` when set.
     pub parent_ref: String,
+    /// `parentRef.group` with its default applied.
+    pub group: String,
+    /// `parentRef.kind` with its default applied.
+    pub kind: String,
+    /// `parentRef.namespace` with its default (the route's) applied.
+    pub namespace: String,
+    /// `parentRef.name`.
+    pub name: String,
+    /// `parentRef.port`.
+    pub port: Option<u16>,
     /// `Accepted` then `ResolvedRefs`.
     pub conditions: Vec<Condition>,
 }
@@ -325,6 +335,11 @@ pub fn translate(cfg: &MeshConfig, model: &Model, grpc: bool, r: &Route) -> Outc
         };
         parents.push(ParentStatus {
             parent_ref: describe_parent(ns, p),
+            group: group.to_owned(),
+            kind: kind.to_owned(),
+            namespace: pns.to_owned(),
+            name: p.name.clone(),
+            port: p.port,
             conditions: vec![accepted_cond, resolved.clone()],
         });
     }
