@@ -7,7 +7,8 @@
 //!   field, and every other object still applies.
 //! - [`model`]: every object, by kind and `namespace/name`.
 //! - [`translate`]: pure functions from the model to Istio's `istio.workload.Address`
-//!   (workloads and services) and `istio.security.Authorization`.
+//!   (workloads and services) and `istio.security.Authorization`, and to the waypoint's
+//!   `mesh.waypoint.v1` `Route`, `L7Policy` and `BackendPolicy` (with route status).
 //! - [`translator`]: incremental translation: changes in, the resources they changed out, per
 //!   type URL, named as Istio names them (workload uid, `<ns>/<hostname>`, `<ns>/<name>`).
 //! - [`error`]: configuration errors and translation warnings.
