@@ -410,19 +410,13 @@ impl Translator {
                     );
                 }
                 Dirty::L7Policy((ns, name)) => {
-                    let out = self
-                        .model
-                        .authorization_policies
-                        .get(&(ns.clone(), name.clone()))
-                        .map(|p| l7_policy::translate(&cfg, &self.model, p))
-                        .unwrap_or_default();
-                    if !out.warnings.is_empty() {
-                        // The ztunnel translation of the same policy already set this object's
-                        // warnings (it ran first: Policy sorts before L7Policy); add to them.
+                    let policy = self.model.authorization_policies.get(&(ns.clone(), name.clone()));
+                    let out = policy.map(|p| l7_policy::translate(&cfg, &self.model, p)).unwrap_or_default();
+                    // A policy is either ztunnel's (its warnings come from `authz`) or the
+                    // waypoints' (from here), never both: each side owns the warnings of its own.
+                    if policy.is_some_and(l7_policy::is_waypoint_policy) {
                         let key = ObjectKey::new(Kind::AuthorizationPolicy, ns.clone(), name.clone());
-                        let mut ws = self.warnings.get(&key).cloned().unwrap_or_default();
-                        ws.extend(out.warnings);
-                        self.set_warnings(key, ws);
+                        self.set_warnings(key, out.warnings);
                     }
                     put(&mut self.l7_policies, WAYPOINT_POLICY_TYPE_URL, &mut l7, format!("{ns}/{name}"), out.policy);
                 }

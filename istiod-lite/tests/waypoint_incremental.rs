@@ -146,4 +146,11 @@ fn waypoint_policies_fail_closed_on_what_a_waypoint_cannot_check() {
     assert!(deny.rules[1].when.is_empty(), "the unsupported condition is dropped (denies more)");
     let ws: Vec<String> = t.warnings().iter().map(|w| w.to_string()).collect();
     assert!(ws.iter().any(|w| w.contains("jwt-deny") && w.contains("requestPrincipals")), "{ws:?}");
+    // A Gateway change recomputes waypoint policies: their warnings are replaced, not piled up.
+    let gw = t.model().gateways[&("bank".to_string(), "waypoint".to_string())].clone();
+    let mut changed = gw.clone();
+    changed.metadata.labels.insert("x".into(), "y".into());
+    t.apply(Change::Upsert(Object::Gateway(changed)));
+    let again: Vec<String> = t.warnings().iter().map(|w| w.to_string()).collect();
+    assert_eq!(again.iter().filter(|w| w.contains("jwt-deny")).count(), 1, "{again:?}");
 }
