@@ -8,8 +8,9 @@
 //! and workloads of its namespace (all for the root namespace) and the static STRICT policy;
 //! a Gateway → every workload and service (waypoint labels may point across namespaces), every
 //! route and every waypoint policy. For waypoints: a route → itself; a Service → its backend
-//! policy and every route (parents and backends resolve against Services); a namespace →
-//! every route (whether its parents use a waypoint); an AuthorizationPolicy → its L7 policy.
+//! policy and its namespace's routes (parents and backends resolve against Services of the
+//! route's namespace only); a namespace → its routes (whether their parents use a waypoint);
+//! an AuthorizationPolicy → its L7 policy.
 //! Recomputed resources equal to what was sent are left out of the delta.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -220,9 +221,17 @@ impl Translator {
         // Workloads already sent whose pods are gone are handled by their own Delete.
     }
 
-    fn all_routes(&self, out: &mut BTreeSet<Dirty>) {
-        out.extend(self.model.http_routes.keys().cloned().map(|k| Dirty::Route(false, k)));
-        out.extend(self.model.grpc_routes.keys().cloned().map(|k| Dirty::Route(true, k)));
+    /// The routes of `ns` (all with `None`). Routes resolve parents and backends only in their
+    /// own namespace (other namespaces are refused without a lookup), so a Service or
+    /// Namespace change touches only its namespace's routes.
+    fn routes_in(&self, ns: Option<&str>, out: &mut BTreeSet<Dirty>) {
+        for (grpc, map) in [(false, &self.model.http_routes), (true, &self.model.grpc_routes)] {
+            let keys: Box<dyn Iterator<Item = &NsName>> = match ns {
+                Some(ns) => Box::new(in_namespace(map, ns).map(|(k, _)| k)),
+                None => Box::new(map.keys()),
+            };
+            out.extend(keys.cloned().map(|k| Dirty::Route(grpc, k)));
+        }
         // Routes already sent whose objects are gone are handled by their own Delete.
     }
 
@@ -238,12 +247,12 @@ impl Translator {
                 d.insert(Dirty::Service(nn.clone()));
                 d.insert(Dirty::Backend(nn));
                 self.pods_in(Some(&key.namespace), &mut d);
-                self.all_routes(&mut d);
+                self.routes_in(Some(&key.namespace), &mut d);
             }
             Kind::EndpointSlice => self.pods_in(Some(&key.namespace), &mut d),
             Kind::Namespace => {
                 self.pods_in(Some(&key.name), &mut d);
-                self.all_routes(&mut d);
+                self.routes_in(Some(&key.name), &mut d);
                 d.extend(in_namespace(&self.model.services, &key.name).map(|(k, _)| Dirty::Service(k.clone())));
             }
             Kind::AuthorizationPolicy => {
@@ -266,7 +275,7 @@ impl Translator {
             Kind::Gateway => {
                 self.pods_in(None, &mut d);
                 d.extend(self.model.services.keys().cloned().map(Dirty::Service));
-                self.all_routes(&mut d);
+                self.routes_in(None, &mut d);
                 d.extend(self.model.authorization_policies.keys().cloned().map(Dirty::L7Policy));
             }
             Kind::HttpRoute => {
