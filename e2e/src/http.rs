@@ -29,8 +29,21 @@ pub struct HttpServer {
     addr: SocketAddr,
 }
 
+/// How a server answers, beyond the default (`200` at once, a two-line body).
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// Wait this long before answering (a slow backend, for timeouts).
+    pub delay: Duration,
+    /// Answer `503` to this many requests first (a flaky backend, for retries).
+    pub fail_first: u64,
+    /// Append the request head (request line and headers) to the body, so a test sees what a
+    /// proxy forwarded (rewritten paths, added headers).
+    pub echo_head: bool,
+}
+
 struct Inner {
     label: String,
+    behaviour: Behaviour,
     stopping: AtomicBool,
     /// Taken (and so closed) on stop, so a stopped server holds nothing in the namespace.
     listener: Mutex<Option<Arc<TcpListener>>>,
@@ -44,6 +57,11 @@ impl HttpServer {
     /// Starts a server on `port` (all addresses) inside `netns`; it answers
     /// `hello from <label>\npeer <ip:port>\n`. Port 0 picks a free port.
     pub fn start(netns: &Netns, port: u16, label: &str) -> Result<HttpServer, Error> {
+        HttpServer::start_with(netns, port, label, Behaviour::default())
+    }
+
+    /// As [`start`](Self::start), answering as `behaviour` says.
+    pub fn start_with(netns: &Netns, port: u16, label: &str, behaviour: Behaviour) -> Result<HttpServer, Error> {
         let listener = netns.tcp_listener(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)))?;
         let addr = listener.local_addr().map_err(|source| Error::Socket {
             action: "read listener address".into(),
@@ -52,6 +70,7 @@ impl HttpServer {
         })?;
         let inner = Arc::new(Inner {
             label: label.to_owned(),
+            behaviour,
             stopping: AtomicBool::new(false),
             listener: Mutex::new(None),
             acceptor: Mutex::new(None),
@@ -162,13 +181,24 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, inner: &Inner) {
             return;
         }
     }
-    let body = format!("hello from {}\npeer {peer}\n", inner.label);
+    let b = &inner.behaviour;
+    if !b.delay.is_zero() {
+        thread::sleep(b.delay);
+    }
+    let mut body = format!("hello from {}\npeer {peer}\n", inner.label);
+    if b.echo_head {
+        let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(head.len());
+        body.push_str(&String::from_utf8_lossy(&head[..end]).replace("\r\n", "\n"));
+        body.push('\n');
+    }
+    // Counted before answering, so a retried request's first try is already counted.
+    let n = inner.requests.fetch_add(1, Ordering::Relaxed);
+    let status = if n < b.fail_first { "503 Service Unavailable" } else { "200 OK" };
     let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     if stream.write_all(response.as_bytes()).is_ok() {
-        inner.requests.fetch_add(1, Ordering::Relaxed);
         inner.peers.lock().unwrap_or_else(|e| e.into_inner()).push(peer);
     }
     let _ = stream.shutdown(Shutdown::Write);

@@ -50,13 +50,14 @@
 //! [`Netns::exec`] runs a program to completion with a time limit, [`Netns::spawn`] starts one
 //! in the background behind a [`Process`] guard, [`Netns::run_in`] runs Rust code on a thread
 //! inside the namespace (bind sockets there, serve them anywhere). On top: [`Netns::curl`],
-//! [`Netns::http_server`], [`Netns::iperf3_server`], [`Netns::iperf3_client`] and
+//! [`Netns::http_server`], [`Netns::h2c_server`], [`Netns::iperf3_server`], [`Netns::iperf3_client`] and
 //! [`Netns::capture`] (tcpdump into a pcap file the harness parses).
 #![forbid(unsafe_code)]
 
 pub mod capture;
 pub mod cni;
 mod error;
+pub mod h2c;
 pub mod http;
 pub mod mesh;
 pub mod netns;

@@ -7,6 +7,12 @@
 //! readiness on the node address). Pods are added through the real CNI chain, so enrolled
 //! pods are captured exactly as on a cluster.
 //!
+//! With the control plane, a [`WaypointSpec`] adds a waypoint: a `Gateway` of class
+//! `istio-waypoint` in the config directory, an opted-out pod on its node, and `waypoint`
+//! running in that pod's namespace with its identity from the CA (the node's bootstrap token).
+//! Services and namespaces opt in with `istio.io/use-waypoint` ([`ServiceSpec::use_waypoint`],
+//! [`MeshSpec::namespace_waypoints`]); routes go in [`MeshSpec::k8s_routes_yaml`].
+//!
 //! The binaries come from the build directory (`target/<profile>/`), or from `MESH_BIN_DIR`.
 
 use std::fmt::Write as _;
@@ -40,6 +46,9 @@ pub enum MeshError {
     /// Something did not happen in time.
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    /// The spec asks for something the harness cannot set up.
+    #[error("unsupported mesh spec: {0}")]
+    Spec(&'static str),
 }
 
 /// A pod to create.
@@ -88,7 +97,37 @@ pub struct ServiceSpec {
     pub target_port: u16,
     /// `namespace/name` of the backing pods.
     pub endpoints: Vec<String>,
+    /// `istio.io/use-waypoint` on the Service: the name of a waypoint in its namespace.
+    pub use_waypoint: Option<String>,
 }
+
+/// A waypoint (with [`MeshSpec::control_plane`]): Gateway `namespace/name`, one pod on `node`.
+#[derive(Debug, Clone)]
+pub struct WaypointSpec {
+    /// 1-based node number of its pod.
+    pub node: usize,
+    /// Namespace.
+    pub namespace: String,
+    /// Gateway name (also the pod's service account, as Istio names it).
+    pub name: String,
+    /// `istio.io/waypoint-for`: `service`, `workload` or `all`.
+    pub for_: String,
+}
+
+impl WaypointSpec {
+    /// A waypoint for services.
+    pub fn new(node: usize, namespace: &str, name: &str) -> Self {
+        WaypointSpec { node, namespace: namespace.into(), name: name.into(), for_: "service".into() }
+    }
+
+    /// Name of its pod.
+    pub fn pod_name(&self) -> String {
+        format!("{}-0", self.name)
+    }
+}
+
+/// The label a waypoint's pods carry (the Gateway API's).
+const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// The mesh's configuration.
 #[derive(Debug, Clone, Default)]
@@ -113,6 +152,12 @@ pub struct MeshSpec {
     pub k8s_policies_yaml: String,
     /// With `control_plane`: validity of workload certificates, in seconds (default 1 day).
     pub cert_ttl_seconds: u64,
+    /// With `control_plane`: waypoints to run.
+    pub waypoints: Vec<WaypointSpec>,
+    /// With `control_plane`: `istio.io/use-waypoint` on namespaces, as (namespace, waypoint).
+    pub namespace_waypoints: Vec<(String, String)>,
+    /// With `control_plane`: `HTTPRoute`/`GRPCRoute` documents.
+    pub k8s_routes_yaml: String,
 }
 
 /// A running mesh.
@@ -132,6 +177,8 @@ pub struct Mesh {
     alt_ports: Vec<bool>,
     /// The control plane, when [`MeshSpec::control_plane`].
     istiod: Option<Process>,
+    /// Waypoint processes, in [`MeshSpec::waypoints`] order.
+    waypoints: Vec<Process>,
 }
 
 /// Local ports of one ztunnel instance. Two instances run side by side on a node during a
@@ -188,6 +235,10 @@ impl Mesh {
     /// Builds the topology, starts agents, adds pods through CNI, writes state and
     /// certificates, starts ztunnels, and waits until every enrolled pod is served.
     pub fn start(spec: MeshSpec) -> Result<Mesh, MeshError> {
+        if !spec.waypoints.is_empty() && !spec.control_plane {
+            // A waypoint takes its configuration over xDS: there is no file mode for it.
+            return Err(MeshError::Spec("waypoints need control_plane"));
+        }
         let (cni, agent, ztunnel) = (bin("ztunnel-cni")?, bin("ztunnel-agent")?, bin("ztunnel")?);
         let topo = Topology::builder()
             .nodes(spec.nodes)
@@ -206,7 +257,15 @@ impl Mesh {
             old_ztunnels: Vec::new(),
             alt_ports: Vec::new(),
             istiod: None,
+            waypoints: Vec::new(),
         };
+        // A waypoint's pod is a pod like any other, opted out of capture.
+        for w in mesh.spec.waypoints.clone() {
+            let mut pod = PodSpec::new(w.node, &w.namespace, &w.pod_name());
+            pod.service_account = w.name.clone();
+            pod.opt_out = true;
+            mesh.spec.pods.push(pod);
+        }
         if mesh.spec.control_plane {
             mesh.write_k8s()?;
             mesh.write_tokens()?;
@@ -248,7 +307,90 @@ impl Mesh {
             mesh.alt_ports.push(false);
             mesh.start_ztunnel(n, &ztunnel)?;
         }
+        if !mesh.spec.waypoints.is_empty() {
+            let binary = bin("waypoint")?;
+            for i in 0..mesh.spec.waypoints.len() {
+                mesh.start_waypoint(i, &binary)?;
+            }
+        }
         Ok(mesh)
+    }
+
+    /// Starts waypoint `i` of the spec in its pod and waits until it is ready.
+    fn start_waypoint(&mut self, i: usize, binary: &Path) -> Result<(), MeshError> {
+        let w = self.spec.waypoints[i].clone();
+        let pod = self.pod(&w.namespace, &w.pod_name()).clone();
+        let istiod = format!("https://{}:15012", self.topo.node(1).ip);
+        let argv: Vec<String> = vec![
+            binary.to_string_lossy().into_owned(),
+            "--gateway".into(),
+            format!("{}/{}", w.namespace, w.name),
+            "--service-account".into(),
+            w.name.clone(),
+            "--node-name".into(),
+            format!("node{}", w.node),
+            "--xds-address".into(),
+            istiod.clone(),
+            "--alt-xds-hostname".into(),
+            "istiod.istio-system.svc".into(),
+            "--ca-address".into(),
+            istiod,
+            "--ca-token-file".into(),
+            self.node_dir(w.node).join("token").to_string_lossy().into_owned(),
+            "--ca-root-file".into(),
+            self.dir.join("ca/root-cert.pem").to_string_lossy().into_owned(),
+            "--hbone-addr".into(),
+            format!("{}:15008", pod.ip),
+            "--metrics-addr".into(),
+            format!("{}:15020", pod.ip),
+            "--readiness-addr".into(),
+            format!("{}:15021", pod.ip),
+            "--admin-addr".into(),
+            "127.0.0.1:15000".into(),
+            "--log-format".into(),
+            if self.spec.log_format.is_empty() { "text".into() } else { self.spec.log_format.clone() },
+        ];
+        let p = pod.netns.spawn(argv.iter().map(String::as_str))?;
+        self.waypoints.push(p);
+        let url = format!("http://{}:15021/healthz/ready", pod.ip);
+        let ready = wait_for(
+            || pod.netns.curl(&url, &["--fail"], Duration::from_secs(2)).is_ok_and(|o| o.success()),
+            &format!("waypoint {}/{} to be ready", w.namespace, w.name),
+            Duration::from_secs(20),
+        );
+        ready.map_err(|e| MeshError::Timeout(format!("{e}; log:\n{}", self.waypoint_log(&w.namespace, &w.name))))
+    }
+
+    fn waypoint_index(&self, namespace: &str, name: &str) -> usize {
+        self.spec
+            .waypoints
+            .iter()
+            .position(|w| w.namespace == namespace && w.name == name)
+            .unwrap_or_else(|| panic!("no waypoint {namespace}/{name}"))
+    }
+
+    /// The pod of waypoint `namespace/name`.
+    pub fn waypoint_pod(&self, namespace: &str, name: &str) -> &Pod {
+        let w = &self.spec.waypoints[self.waypoint_index(namespace, name)];
+        self.pod(namespace, &w.pod_name())
+    }
+
+    /// The log of waypoint `namespace/name` (empty before it started).
+    pub fn waypoint_log(&self, namespace: &str, name: &str) -> String {
+        self.waypoints.get(self.waypoint_index(namespace, name)).map(|p| p.log()).unwrap_or_default()
+    }
+
+    /// The Prometheus text of waypoint `namespace/name` (port 15020 on its pod).
+    pub fn waypoint_metrics(&self, namespace: &str, name: &str) -> Result<String, MeshError> {
+        let pod = self.waypoint_pod(namespace, name);
+        let url = format!("http://{}:15020/metrics", pod.ip);
+        Ok(pod.netns.curl(&url, &["--fail"], Duration::from_secs(3))?.ok()?.stdout)
+    }
+
+    /// Replaces the route documents in the config directory.
+    pub fn set_k8s_routes(&mut self, yaml: &str) -> Result<(), MeshError> {
+        self.spec.k8s_routes_yaml = yaml.to_owned();
+        write(&self.dir.join("config/routes.yaml"), yaml)
     }
 
     /// The pods' namespaces as Namespace documents, labelled for enrollment.
@@ -262,6 +404,9 @@ impl Mesh {
                 y,
                 "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    istio.io/dataplane-mode: {label}\n"
             );
+            for (_, wp) in self.spec.namespace_waypoints.iter().filter(|(n, _)| n == ns) {
+                let _ = writeln!(y, "    istio.io/use-waypoint: {wp}");
+            }
         }
     }
 
@@ -287,6 +432,9 @@ impl Mesh {
             if p.opt_out {
                 labels.push_str("    istio.io/dataplane-mode: none\n");
             }
+            for w in self.spec.waypoints.iter().filter(|w| w.namespace == p.namespace && w.pod_name() == p.name) {
+                let _ = writeln!(labels, "    {GATEWAY_NAME_LABEL}: {}", w.name);
+            }
             for s in self.spec.services.iter().filter(|s| s.endpoints.contains(&format!("{}/{}", p.namespace, p.name)))
             {
                 let _ = writeln!(labels, "    backs-{}: \"true\"", s.name);
@@ -309,14 +457,26 @@ impl Mesh {
             );
         }
         for s in &self.spec.services {
+            let labels = match &s.use_waypoint {
+                Some(wp) => format!("  labels:\n    istio.io/use-waypoint: {wp}\n"),
+                None => String::new(),
+            };
             let _ = write!(
                 y,
-                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n  clusterIP: {}\n  selector:\n    backs-{}: \"true\"\n  ports:\n  - port: {}\n    targetPort: {}\n",
+                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\n{labels}spec:\n  clusterIP: {}\n  selector:\n    backs-{}: \"true\"\n  ports:\n  - port: {}\n    targetPort: {}\n",
                 s.name, s.namespace, s.vip, s.name, s.port, s.target_port
             );
         }
+        for w in &self.spec.waypoints {
+            let _ = write!(
+                y,
+                "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n    istio.io/waypoint-for: {}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners:\n  - {{name: mesh, port: 15008, protocol: HBONE}}\n",
+                w.name, w.namespace, w.for_
+            );
+        }
         write(&self.dir.join("config/cluster.yaml"), y)?;
-        write(&self.dir.join("config/policies.yaml"), &self.spec.k8s_policies_yaml)
+        write(&self.dir.join("config/policies.yaml"), &self.spec.k8s_policies_yaml)?;
+        write(&self.dir.join("config/routes.yaml"), &self.spec.k8s_routes_yaml)
     }
 
     /// istiod-lite's config directory (with [`MeshSpec::control_plane`]).
@@ -392,6 +552,22 @@ impl Mesh {
                 self.istiod_debug("/debug/connections").is_ok_and(|d| {
                     let conns = d["connections"].as_array().cloned().unwrap_or_default();
                     conns.len() >= proxies && conns.iter().all(|c| c["types"][type_url]["acked"].get(name).is_some())
+                })
+            },
+            &format!("{proxies} proxies to acknowledge {name}"),
+            Duration::from_secs(10),
+        )
+    }
+
+    /// Waits until at least `proxies` proxies connected to istiod-lite have acknowledged
+    /// resource `name` of `type_url` (e.g. the waypoints, for the waypoint-only types that
+    /// ztunnels do not subscribe to).
+    pub fn wait_acked_by(&self, type_url: &str, name: &str, proxies: usize) -> Result<(), MeshError> {
+        wait_for(
+            || {
+                self.istiod_debug("/debug/connections").is_ok_and(|d| {
+                    let conns = d["connections"].as_array().cloned().unwrap_or_default();
+                    conns.iter().filter(|c| c["types"][type_url]["acked"].get(name).is_some()).count() >= proxies
                 })
             },
             &format!("{proxies} proxies to acknowledge {name}"),

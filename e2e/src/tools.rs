@@ -49,6 +49,11 @@ impl Netns {
         HttpServer::start(self, port, label)
     }
 
+    /// Starts the harness's HTTP/2 cleartext server here (see [`crate::h2c::H2cServer`]).
+    pub fn h2c_server(&self, port: u16, label: &str) -> Result<crate::h2c::H2cServer, Error> {
+        crate::h2c::H2cServer::start(self, port, label)
+    }
+
     /// Starts `iperf3 -s -p <port>` here and waits until it listens.
     pub fn iperf3_server(&self, port: u16) -> Result<Process, Error> {
         let port = port.to_string();

@@ -26,6 +26,7 @@ fn spec(ttl: u64) -> MeshSpec {
             port: 80,
             target_port: 8080,
             endpoints: vec!["shop/web-1".into(), "shop/web-2".into()],
+            use_waypoint: None,
         }],
         control_plane: true,
         cert_ttl_seconds: ttl,

@@ -37,6 +37,7 @@ fn spec(policies: &str) -> MeshSpec {
             port: 80,
             target_port: 8080,
             endpoints: vec!["shop/web-1".into(), "shop/web-2".into()],
+            use_waypoint: None,
         }],
         policies_yaml: policies.into(),
         log_format: String::new(),

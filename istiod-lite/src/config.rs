@@ -50,6 +50,10 @@ pub struct Config {
     /// Log filter.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_level: String,
+    /// `--source kube`: image of the waypoint Deployments created for `istio-waypoint`
+    /// Gateways; without it waypoints are not deployed (someone else runs them).
+    #[arg(long, env = "WAYPOINT_IMAGE")]
+    pub waypoint_image: Option<String>,
 }
 
 /// Where objects come from.

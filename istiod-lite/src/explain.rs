@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::Serialize;
+use ztunnel::proxy::route::{Route, route};
 use ztunnel::state::convert::{self, Address};
 use ztunnel::state::{ConnInfo, State, StateConfig, TunnelProtocol, Workload};
 
@@ -53,9 +54,13 @@ pub struct Explanation {
     pub endpoint_addr: SocketAddr,
     /// Its identity.
     pub destination_identity: String,
-    /// `hbone` (mTLS tunnel), `plaintext-to-mesh` (captured on arrival, authorized without an
-    /// identity) or `passthrough` (neither end in the mesh: no policy applies).
-    pub path: &'static str,
+    /// `hbone` (mTLS tunnel), `hbone via waypoint <ns>/<pod> (<identity>)` (the destination
+    /// names a waypoint: the tunnel goes to it, and it forwards under its own identity),
+    /// `plaintext-to-mesh` (captured on arrival, authorized without an identity) or
+    /// `passthrough` (neither end in the mesh: no policy applies).
+    pub path: String,
+    /// `namespace/name` of the waypoint pod the connection goes through, if any.
+    pub waypoint: Option<String>,
     /// Whether the bytes travel inside mutual TLS.
     pub mtls: bool,
     /// Whether the connection would be allowed.
@@ -133,16 +138,51 @@ pub fn explain(
     };
     let dst_in_mesh = dst.protocol == TunnelProtocol::Hbone;
     let src_identity = src_in_mesh.then(|| src.identity().clone());
-    let path = match (src_in_mesh, dst_in_mesh) {
+    let mut path = match (src_in_mesh, dst_in_mesh) {
         (true, true) => "hbone",
         (_, true) => "plaintext-to-mesh",
         (_, false) => "passthrough",
+    }
+    .to_owned();
+    // What the source's ztunnel does with the address the application dials (the service VIP,
+    // or the pod): only captured sources go through ztunnel's routing, waypoints included.
+    let dialed = match &service {
+        Some(_) => state
+            .services()
+            .find(|s| Some(&s.hostname) == service.as_ref())
+            .and_then(|s| s.vips.first().map(|v| SocketAddr::new(v.address, port.unwrap_or(dst_addr.port())))),
+        None => Some(dst_addr),
     };
-    let (allowed, verdict, policy, rule) = if dst_in_mesh {
+    let via = match dialed.filter(|_| src_in_mesh) {
+        Some(d) => match route(&state, Some(&src), d, 15008) {
+            Route::Waypoint { waypoint, .. } => Some(Ok(waypoint)),
+            Route::WaypointUnavailable { waypoint, why, .. } => {
+                Some(Err(format!("waypoint {waypoint} is unusable: {why}")))
+            }
+            _ => None,
+        },
+        None => None,
+    };
+    let waypoint = match &via {
+        Some(Ok(w)) => {
+            path = format!("hbone via waypoint {}/{} ({})", w.namespace(), w.name, w.identity());
+            Some(format!("{}/{}", w.namespace(), w.name))
+        }
+        _ => None,
+    };
+    let (allowed, verdict, policy, rule) = if let Some(Err(why)) = via {
+        (false, format!("denied: {why}; ztunnel refuses rather than bypass it"), None, None)
+    } else if dst_in_mesh {
         let src_ip = *src.addresses.first().ok_or_else(|| ExplainError::NoAddress(source.to_owned()))?;
+        // Through a waypoint, the destination's ztunnel sees the waypoint as the peer; its L7
+        // policy (not evaluated here) comes first.
+        let (peer_identity, peer_ip) = match &via {
+            Some(Ok(w)) => (Some(w.identity().clone()), w.addresses.first().copied().unwrap_or(src_ip)),
+            _ => (src_identity.clone(), src_ip),
+        };
         let v = state.authorize(&ConnInfo {
-            src_identity: src_identity.as_ref(),
-            src_ip,
+            src_identity: peer_identity.as_ref(),
+            src_ip: peer_ip,
             dst_workload: &dst,
             dst_ip: dst_addr.ip(),
             dst_port: dst_addr.port(),
@@ -153,6 +193,7 @@ pub fn explain(
     } else {
         (true, "allowed: destination is not in the mesh; no policy applies".to_owned(), None, None)
     };
+    let mtls = path.starts_with("hbone");
     Ok(Explanation {
         source: source.to_owned(),
         source_identity: src_identity.map(|i| i.to_string()),
@@ -162,7 +203,8 @@ pub fn explain(
         endpoint_addr: dst_addr,
         destination_identity: dst.identity().to_string(),
         path,
-        mtls: path == "hbone",
+        waypoint,
+        mtls,
         allowed,
         verdict,
         policy,

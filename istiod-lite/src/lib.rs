@@ -7,11 +7,14 @@
 //!   field, and every other object still applies.
 //! - [`model`]: every object, by kind and `namespace/name`.
 //! - [`translate`]: pure functions from the model to Istio's `istio.workload.Address`
-//!   (workloads and services) and `istio.security.Authorization`.
+//!   (workloads and services) and `istio.security.Authorization`, and to the waypoint's
+//!   `mesh.waypoint.v1` `Route`, `L7Policy` and `BackendPolicy` (with route status).
 //! - [`translator`]: incremental translation: changes in, the resources they changed out, per
 //!   type URL, named as Istio names them (workload uid, `<ns>/<hostname>`, `<ns>/<name>`).
 //! - [`error`]: configuration errors and translation warnings.
 //! - [`explain`]: what `meshctl explain` answers, computed by the code the mesh runs.
+//! - [`deploy`]: Kubernetes mode: a Deployment, Service and ServiceAccount for every waypoint
+//!   Gateway, and the Gateway's status.
 //! - [`ca`]: the mesh CA (root, CSR signing, who may have which identity).
 //! - [`serve`], [`config`], [`placement`]: running it all: directory → translator → xDS store,
 //!   xDS and the CA over TLS on 15012 ([`tls`]; plaintext 15010 on request), metrics and debug
@@ -38,6 +41,7 @@
 pub mod ca;
 pub mod config;
 pub mod debug;
+pub mod deploy;
 pub mod error;
 pub mod explain;
 pub mod k8s;

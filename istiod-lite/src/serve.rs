@@ -200,7 +200,12 @@ async fn start_source(
         }
         Source::Kube => {
             let client = kube::client(cfg.kubeconfig.as_deref()).await?;
-            let (mut kube_status, deltas, watcher) = kube::watch(client, translator);
+            let deployer = cfg.waypoint_image.as_deref().map(|image| {
+                let deploy = crate::deploy::DeployConfig::new(image, &cfg.root_namespace, &cfg.trust_domain);
+                crate::deploy::controller(client.clone(), deploy)
+            });
+            let (mut kube_status, deltas, watcher) = kube::watch(client.clone(), translator.clone());
+            let status_writer = crate::deploy::route_status::writer(client, translator, kube_status.clone());
             let (tx, status) = tokio::sync::watch::channel(dir::WatchStatus::default());
             let watcher = tokio::spawn(async move {
                 let mirror = async move {
@@ -230,7 +235,12 @@ async fn start_source(
                         });
                     }
                 };
-                tokio::join!(watcher, mirror);
+                let deployer = async move {
+                    if let Some(d) = deployer {
+                        d.await;
+                    }
+                };
+                tokio::join!(watcher, mirror, deployer, status_writer);
             });
             Ok((status, deltas, watcher))
         }

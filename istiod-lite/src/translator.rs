@@ -6,7 +6,11 @@
 //! its workloads and services; an AuthorizationPolicy → itself and the workloads it may select
 //! (its namespace, or all for the root namespace); a PeerAuthentication → the converted policies
 //! and workloads of its namespace (all for the root namespace) and the static STRICT policy;
-//! a Gateway → every workload and service (waypoint labels may point across namespaces).
+//! a Gateway → every workload and service (waypoint labels may point across namespaces), every
+//! route and every waypoint policy. For waypoints: a route → itself; a Service → its backend
+//! policy and its namespace's routes (parents and backends resolve against Services of the
+//! route's namespace only); a namespace → its routes (whether their parents use a waypoint);
+//! an AuthorizationPolicy → its L7 policy.
 //! Recomputed resources equal to what was sent are left out of the delta.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,11 +19,16 @@ use prost::Message;
 use prost_types::Any;
 use proto::istio::security::Authorization;
 use proto::istio::workload::{Address, address};
-use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use proto::mesh::waypoint::v1::{BackendPolicy, L7Policy, Route};
+use proto::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_BACKEND_TYPE_URL, WAYPOINT_POLICY_TYPE_URL,
+    WAYPOINT_ROUTE_TYPE_URL,
+};
 
 use crate::error::Warning;
 use crate::model::{Kind, Model, NsName, Object, ObjectKey, in_namespace};
-use crate::translate::{MeshConfig, authz, peer_authn, service, workload};
+use crate::translate::route::ParentStatus;
+use crate::translate::{MeshConfig, authz, backend_policy, l7_policy, peer_authn, route, service, workload};
 
 /// One change to the model.
 // A change lives only until it is moved into the model: boxing would cost an allocation for nothing.
@@ -48,8 +57,8 @@ impl ResourceDelta {
     }
 }
 
-/// What changed, per type URL ([`ADDRESS_TYPE_URL`], [`AUTHORIZATION_TYPE_URL`]); types with
-/// no change are absent.
+/// What changed, per type URL ([`ADDRESS_TYPE_URL`], [`AUTHORIZATION_TYPE_URL`] and the three
+/// waypoint types); types with no change are absent.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Delta {
     /// Changes by type URL.
@@ -75,6 +84,10 @@ pub struct Translator {
     model: Model,
     addresses: BTreeMap<String, Address>,
     authorizations: BTreeMap<String, Authorization>,
+    routes: BTreeMap<String, Route>,
+    l7_policies: BTreeMap<String, L7Policy>,
+    backend_policies: BTreeMap<String, BackendPolicy>,
+    route_status: BTreeMap<ObjectKey, Vec<ParentStatus>>,
     warnings: BTreeMap<ObjectKey, Vec<String>>,
 }
 
@@ -85,6 +98,10 @@ enum Dirty {
     Policy(NsName),
     PeerAuthns(String),
     StaticStrict,
+    /// `grpc`, namespace/name.
+    Route(bool, NsName),
+    L7Policy(NsName),
+    Backend(NsName),
 }
 
 fn encode<M: Message>(type_url: &str, m: &M) -> Any {
@@ -117,9 +134,35 @@ impl Translator {
         &self.authorizations
     }
 
+    /// Every current `mesh.waypoint.v1.Route`, by resource name.
+    pub fn routes(&self) -> &BTreeMap<String, Route> {
+        &self.routes
+    }
+
+    /// Every current `mesh.waypoint.v1.L7Policy`, by resource name.
+    pub fn l7_policies(&self) -> &BTreeMap<String, L7Policy> {
+        &self.l7_policies
+    }
+
+    /// Every current `mesh.waypoint.v1.BackendPolicy`, by service hostname.
+    pub fn backend_policies(&self) -> &BTreeMap<String, BackendPolicy> {
+        &self.backend_policies
+    }
+
+    /// Gateway API status of every route (`status.parents`), by route.
+    pub fn route_status(&self) -> &BTreeMap<ObjectKey, Vec<ParentStatus>> {
+        &self.route_status
+    }
+
     /// Every current resource of a type URL, encoded, by name (for a new subscriber).
     pub fn snapshot(&self, type_url: &str) -> Vec<(String, Any)> {
+        fn all<M: Message>(type_url: &str, m: &BTreeMap<String, M>) -> Vec<(String, Any)> {
+            m.iter().map(|(n, r)| (n.clone(), encode(type_url, r))).collect()
+        }
         match type_url {
+            WAYPOINT_ROUTE_TYPE_URL => all(type_url, &self.routes),
+            WAYPOINT_POLICY_TYPE_URL => all(type_url, &self.l7_policies),
+            WAYPOINT_BACKEND_TYPE_URL => all(type_url, &self.backend_policies),
             ADDRESS_TYPE_URL => self.addresses.iter().map(|(n, a)| (n.clone(), encode(ADDRESS_TYPE_URL, a))).collect(),
             AUTHORIZATION_TYPE_URL => {
                 self.authorizations.iter().map(|(n, a)| (n.clone(), encode(AUTHORIZATION_TYPE_URL, a))).collect()
@@ -178,6 +221,20 @@ impl Translator {
         // Workloads already sent whose pods are gone are handled by their own Delete.
     }
 
+    /// The routes of `ns` (all with `None`). Routes resolve parents and backends only in their
+    /// own namespace (other namespaces are refused without a lookup), so a Service or
+    /// Namespace change touches only its namespace's routes.
+    fn routes_in(&self, ns: Option<&str>, out: &mut BTreeSet<Dirty>) {
+        for (grpc, map) in [(false, &self.model.http_routes), (true, &self.model.grpc_routes)] {
+            let keys: Box<dyn Iterator<Item = &NsName>> = match ns {
+                Some(ns) => Box::new(in_namespace(map, ns).map(|(k, _)| k)),
+                None => Box::new(map.keys()),
+            };
+            out.extend(keys.cloned().map(|k| Dirty::Route(grpc, k)));
+        }
+        // Routes already sent whose objects are gone are handled by their own Delete.
+    }
+
     fn dependents(&self, key: &ObjectKey) -> BTreeSet<Dirty> {
         let mut d = BTreeSet::new();
         let nn = (key.namespace.clone(), key.name.clone());
@@ -187,16 +244,20 @@ impl Translator {
                 d.insert(Dirty::Pod(nn));
             }
             Kind::Service => {
-                d.insert(Dirty::Service(nn));
+                d.insert(Dirty::Service(nn.clone()));
+                d.insert(Dirty::Backend(nn));
                 self.pods_in(Some(&key.namespace), &mut d);
+                self.routes_in(Some(&key.namespace), &mut d);
             }
             Kind::EndpointSlice => self.pods_in(Some(&key.namespace), &mut d),
             Kind::Namespace => {
                 self.pods_in(Some(&key.name), &mut d);
+                self.routes_in(Some(&key.name), &mut d);
                 d.extend(in_namespace(&self.model.services, &key.name).map(|(k, _)| Dirty::Service(k.clone())));
             }
             Kind::AuthorizationPolicy => {
-                d.insert(Dirty::Policy(nn));
+                d.insert(Dirty::Policy(nn.clone()));
+                d.insert(Dirty::L7Policy(nn));
                 self.pods_in((key.namespace != root).then_some(key.namespace.as_str()), &mut d);
             }
             Kind::PeerAuthentication => {
@@ -214,8 +275,15 @@ impl Translator {
             Kind::Gateway => {
                 self.pods_in(None, &mut d);
                 d.extend(self.model.services.keys().cloned().map(Dirty::Service));
+                self.routes_in(None, &mut d);
+                d.extend(self.model.authorization_policies.keys().cloned().map(Dirty::L7Policy));
             }
-            Kind::HttpRoute | Kind::GrpcRoute => {}
+            Kind::HttpRoute => {
+                d.insert(Dirty::Route(false, nn));
+            }
+            Kind::GrpcRoute => {
+                d.insert(Dirty::Route(true, nn));
+            }
         }
         d
     }
@@ -256,6 +324,9 @@ impl Translator {
     fn recompute(&mut self, dirty: BTreeSet<Dirty>) -> Delta {
         let mut addr = ResourceDelta::default();
         let mut auth = ResourceDelta::default();
+        let mut routes = ResourceDelta::default();
+        let mut l7 = ResourceDelta::default();
+        let mut backends = ResourceDelta::default();
         let cfg = self.cfg.clone();
         for item in dirty {
             match item {
@@ -321,6 +392,51 @@ impl Translator {
                     let name = format!("{}/{}", cfg.root_namespace, peer_authn::STATIC_STRICT_NAME);
                     self.put_authz(&mut auth, name, a);
                 }
+                Dirty::Route(grpc, (ns, name)) => {
+                    let kind = if grpc { Kind::GrpcRoute } else { Kind::HttpRoute };
+                    let key = ObjectKey::new(kind, ns.clone(), name.clone());
+                    let map = if grpc { &self.model.grpc_routes } else { &self.model.http_routes };
+                    let out =
+                        map.get(&(ns.clone(), name.clone())).map(|r| route::translate(&cfg, &self.model, grpc, r));
+                    let (r, ws) = match out {
+                        Some(o) => {
+                            self.route_status.insert(key.clone(), o.parents);
+                            (o.route, o.warnings)
+                        }
+                        None => {
+                            self.route_status.remove(&key);
+                            (None, Vec::new())
+                        }
+                    };
+                    // Routes share the object key space with policies only by kind: no clash.
+                    self.set_warnings(key, ws);
+                    put(
+                        &mut self.routes,
+                        WAYPOINT_ROUTE_TYPE_URL,
+                        &mut routes,
+                        route::resource_name(&ns, grpc, &name),
+                        r,
+                    );
+                }
+                Dirty::L7Policy((ns, name)) => {
+                    let policy = self.model.authorization_policies.get(&(ns.clone(), name.clone()));
+                    let out = policy.map(|p| l7_policy::translate(&cfg, &self.model, p)).unwrap_or_default();
+                    // A policy is either ztunnel's (its warnings come from `authz`) or the
+                    // waypoints' (from here), never both: each side owns the warnings of its own.
+                    if policy.is_some_and(l7_policy::is_waypoint_policy) {
+                        let key = ObjectKey::new(Kind::AuthorizationPolicy, ns.clone(), name.clone());
+                        self.set_warnings(key, out.warnings);
+                    }
+                    put(&mut self.l7_policies, WAYPOINT_POLICY_TYPE_URL, &mut l7, format!("{ns}/{name}"), out.policy);
+                }
+                Dirty::Backend((ns, name)) => {
+                    let hostname = cfg.hostname(&ns, &name);
+                    // Bad annotations were refused when the Service was read.
+                    let p = self.model.services.get(&(ns.clone(), name.clone())).and_then(|s| {
+                        backend_policy::from_annotations(&hostname, &s.metadata.annotations).ok().flatten()
+                    });
+                    put(&mut self.backend_policies, WAYPOINT_BACKEND_TYPE_URL, &mut backends, hostname, p);
+                }
             }
         }
         let mut delta = Delta::default();
@@ -330,6 +446,31 @@ impl Translator {
         if !auth.is_empty() {
             delta.types.insert(AUTHORIZATION_TYPE_URL, auth);
         }
+        for (type_url, d) in
+            [(WAYPOINT_ROUTE_TYPE_URL, routes), (WAYPOINT_POLICY_TYPE_URL, l7), (WAYPOINT_BACKEND_TYPE_URL, backends)]
+        {
+            if !d.is_empty() {
+                delta.types.insert(type_url, d);
+            }
+        }
         delta
+    }
+}
+
+/// Stores `new` under `name` in `map`, recording the change (if any) in `d`.
+fn put<M: Message + PartialEq>(
+    map: &mut BTreeMap<String, M>,
+    type_url: &str,
+    d: &mut ResourceDelta,
+    name: String,
+    new: Option<M>,
+) {
+    match new {
+        Some(m) if map.get(&name) != Some(&m) => {
+            d.upserts.push((name.clone(), encode(type_url, &m)));
+            map.insert(name, m);
+        }
+        None if map.remove(&name).is_some() => d.removals.push(name),
+        _ => {}
     }
 }

@@ -67,6 +67,7 @@ fn spec(policies: String) -> MeshSpec {
             port: 80,
             target_port: 8080,
             endpoints: vec!["shop/catalog-1".into(), "shop/catalog-2".into()],
+            use_waypoint: None,
         }],
         control_plane: true,
         k8s_policies_yaml: policies,

@@ -121,7 +121,13 @@ impl Collector for XdsCollector {
         let g = ConstGauge::<i64>::new(0);
         let mut family =
             e.encode_descriptor("istiod_lite_xds_resources", "Resources served, by type URL", None, g.metric_type())?;
-        for type_url in [proto::ADDRESS_TYPE_URL, proto::AUTHORIZATION_TYPE_URL] {
+        for type_url in [
+            proto::ADDRESS_TYPE_URL,
+            proto::AUTHORIZATION_TYPE_URL,
+            proto::WAYPOINT_ROUTE_TYPE_URL,
+            proto::WAYPOINT_POLICY_TYPE_URL,
+            proto::WAYPOINT_BACKEND_TYPE_URL,
+        ] {
             let n = self.xds.store().versions(type_url).len() as i64;
             ConstGauge::new(n).encode(family.encode_family(&TypeLabel { type_url: type_url.to_owned() })?)?;
         }

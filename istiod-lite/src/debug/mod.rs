@@ -74,7 +74,16 @@ impl DebugState {
                     "resources": {
                         proto::ADDRESS_TYPE_URL: names(&mut t.addresses().keys().cloned()),
                         proto::AUTHORIZATION_TYPE_URL: names(&mut t.authorizations().keys().cloned()),
+                        proto::WAYPOINT_ROUTE_TYPE_URL: names(&mut t.routes().keys().cloned()),
+                        proto::WAYPOINT_POLICY_TYPE_URL: names(&mut t.l7_policies().keys().cloned()),
+                        proto::WAYPOINT_BACKEND_TYPE_URL: names(&mut t.backend_policies().keys().cloned()),
                     },
+                    // Gateway API status of each route, as `status.parents` would carry it.
+                    "routeStatus": t
+                        .route_status()
+                        .iter()
+                        .map(|(k, parents)| (k.to_string(), json!(parents)))
+                        .collect::<serde_json::Map<String, Value>>(),
                 }))
             }
             "/debug/errors" => {

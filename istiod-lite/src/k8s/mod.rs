@@ -28,6 +28,12 @@ pub struct ObjectMeta {
     /// `metadata.labels`.
     #[serde(default)]
     pub labels: Labels,
+    /// `metadata.generation` (route status reports which generation it describes).
+    #[serde(default)]
+    pub generation: Option<i64>,
+    /// `metadata.annotations` (Service annotations carry waypoint load-balancing settings).
+    #[serde(default)]
+    pub annotations: Labels,
     /// `metadata.creationTimestamp` (RFC 3339), used only to order conflicting policies.
     #[serde(default)]
     pub creation_timestamp: Option<String>,

@@ -160,6 +160,8 @@ impl Loader {
             }
         }
         self.last_good = last_good;
+        let synthesized = super::waypoint_service::synthesize(&snap.objects);
+        snap.objects.extend(synthesized);
         Ok(snap)
     }
 }

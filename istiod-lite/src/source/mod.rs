@@ -5,6 +5,8 @@
 pub mod dir;
 pub mod kube;
 mod validate;
+mod validate_route;
+pub mod waypoint_service;
 
 use std::path::Path;
 
@@ -15,6 +17,7 @@ use crate::error::{ConfigError, Location, ObjectError};
 use crate::model::{Kind, Object, ObjectKey};
 
 pub use validate::{L4_WHEN_KEYS, parse_cidr, parse_port};
+pub use validate_route::check_regex;
 
 /// A parsed object and where it came from.
 #[derive(Clone, Debug)]
@@ -108,11 +111,20 @@ pub fn fail_closed(key: &ObjectKey, doc: &str) -> Option<Object> {
             api_version,
             kind: "AuthorizationPolicy".into(),
             metadata,
-            spec: AuthorizationPolicySpec {
-                selector,
-                action: PolicyAction::Deny,
-                rules: vec![Rule::default()],
-                ..Default::default()
+            spec: match target_refs(&v) {
+                // A policy for waypoints stays one: a DENY of everything at its targets.
+                Some(target_refs) => AuthorizationPolicySpec {
+                    target_refs,
+                    action: PolicyAction::Deny,
+                    rules: vec![Rule::default()],
+                    ..Default::default()
+                },
+                None => AuthorizationPolicySpec {
+                    selector,
+                    action: PolicyAction::Deny,
+                    rules: vec![Rule::default()],
+                    ..Default::default()
+                },
             },
             status: None,
         })),
@@ -129,6 +141,25 @@ pub fn fail_closed(key: &ObjectKey, doc: &str) -> Option<Object> {
         })),
         _ => None,
     }
+}
+
+/// `spec.targetRefs` (or `targetRef`) when readable, non-empty and all of kinds waypoints
+/// enforce; otherwise the stand-in falls back to a ztunnel policy (wider, never narrower).
+fn target_refs(v: &Value) -> Option<Vec<crate::k8s::security::PolicyTargetReference>> {
+    use crate::k8s::security::PolicyTargetReference;
+    let spec = v.get("spec")?;
+    let refs: Vec<PolicyTargetReference> = match (spec.get("targetRefs"), spec.get("targetRef")) {
+        (Some(r), None) => serde_yaml::from_value(r.clone()).ok()?,
+        (None, Some(r)) => vec![serde_yaml::from_value(r.clone()).ok()?],
+        _ => return None,
+    };
+    let ok = |t: &PolicyTargetReference| {
+        matches!(
+            (t.group.as_deref().unwrap_or(""), t.kind.as_str()),
+            ("gateway.networking.k8s.io", "Gateway") | ("" | "core", "Service")
+        )
+    };
+    (!refs.is_empty() && refs.iter().all(ok)).then_some(refs)
 }
 
 type DocError = (Option<ObjectKey>, ObjectError);

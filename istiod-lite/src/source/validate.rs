@@ -58,6 +58,8 @@ pub(super) fn object(o: &Object) -> Result<(), ObjectError> {
         Object::Service(s) => service(s),
         Object::AuthorizationPolicy(p) => authorization_policy(p),
         Object::PeerAuthentication(p) => peer_authentication(p),
+        Object::HttpRoute(r) => super::validate_route::route(r, false),
+        Object::GrpcRoute(r) => super::validate_route::route(r, true),
         _ => Ok(()),
     }
 }
@@ -84,7 +86,9 @@ fn service(s: &Service) -> Result<(), ObjectError> {
     for (i, a) in s.spec.cluster_ips.iter().enumerate() {
         vip(format!("spec.clusterIPs[{i}]"), a)?;
     }
-    Ok(())
+    crate::translate::backend_policy::from_annotations("", &s.metadata.annotations)
+        .map(|_| ())
+        .map_err(|e| invalid(format!("metadata.annotations[{}]", e.annotation), e.reason))
 }
 
 fn ports(field: &str, v: &[StrOrNum]) -> Result<(), ObjectError> {
@@ -119,6 +123,31 @@ fn authorization_policy(p: &AuthorizationPolicy) -> Result<(), ObjectError> {
     }
     if s.selector.is_some() && (s.target_ref.is_some() || !s.target_refs.is_empty()) {
         return Err(invalid("spec.selector".into(), "cannot be used together with spec.targetRefs"));
+    }
+    let has_targets = s.target_ref.is_some() || !s.target_refs.is_empty();
+    if has_targets && s.action == PolicyAction::Custom {
+        return Err(invalid(
+            "spec.action".into(),
+            "CUSTOM (an external authorizer) is not supported for policies with targetRefs (enforced by waypoints)",
+        ));
+    }
+    let targets = s.target_ref.iter().map(|t| ("spec.targetRef".to_owned(), t));
+    let targets = targets.chain(s.target_refs.iter().enumerate().map(|(i, t)| (format!("spec.targetRefs[{i}]"), t)));
+    for (field, t) in targets {
+        let ok = matches!(
+            (t.group.as_deref().unwrap_or(""), t.kind.as_str()),
+            ("gateway.networking.k8s.io", "Gateway") | ("" | "core", "Service")
+        );
+        if !ok {
+            return Err(invalid(
+                format!("{field}.kind"),
+                format!(
+                    "unsupported target {}/{} (supported: gateway.networking.k8s.io/Gateway, core Service)",
+                    t.group.as_deref().unwrap_or(""),
+                    t.kind
+                ),
+            ));
+        }
     }
     match (s.action, &s.provider) {
         (PolicyAction::Custom, None) => {

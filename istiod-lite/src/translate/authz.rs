@@ -53,7 +53,7 @@ fn scope(cfg: &MeshConfig, p: &AuthorizationPolicy) -> Option<Scope> {
 pub fn translate(cfg: &MeshConfig, p: &AuthorizationPolicy) -> Outcome {
     let mut out = Outcome::default();
     let Some(scope) = scope(cfg, p) else {
-        out.warnings.push("has targetRefs: enforced by waypoints, not sent to ztunnel".into());
+        // Enforced by waypoints: see `l7_policy`.
         return out;
     };
     let action = match p.spec.action {

@@ -1,9 +1,14 @@
 //! Pure translation of the [`Model`](crate::model::Model) into Istio's xDS resources:
 //! [`workload`] and [`service`] give `istio.workload.Address`, [`authz`] and [`peer_authn`] give
-//! `istio.security.Authorization`, [`waypoint`] resolves `istio.io/use-waypoint`.
+//! `istio.security.Authorization`, [`waypoint`] resolves `istio.io/use-waypoint`; for
+//! waypoints, [`route`] gives `mesh.waypoint.v1.Route` (with Gateway API route status),
+//! [`l7_policy`] `mesh.waypoint.v1.L7Policy`, [`backend_policy`] `mesh.waypoint.v1.BackendPolicy`.
 
 pub mod authz;
+pub mod backend_policy;
+pub mod l7_policy;
 pub mod peer_authn;
+pub mod route;
 pub mod service;
 pub mod waypoint;
 pub mod workload;

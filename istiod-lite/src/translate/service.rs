@@ -34,7 +34,9 @@ pub fn vips(svc: &core::Service) -> Vec<IpAddr> {
 /// Translates a service; the second value is a warning (a dangling waypoint label).
 pub fn translate(cfg: &MeshConfig, model: &Model, svc: &core::Service) -> (Service, Option<String>) {
     let m = &svc.metadata;
-    let (waypoint, warning) = match waypoint::resolve(cfg, model, &m.namespace, &m.labels, For::Service, None) {
+    // A Service named like the waypoint it would use is that waypoint's own: never itself.
+    let own = Some(m.name.as_str());
+    let (waypoint, warning) = match waypoint::resolve(cfg, model, &m.namespace, &m.labels, For::Service, own) {
         Ok(w) => (w, None),
         Err(w) => (None, Some(w)),
     };

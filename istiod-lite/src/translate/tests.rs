@@ -250,8 +250,12 @@ fn target_refs_policies_are_for_waypoints() {
         "  targetRefs:\n  - kind: Gateway\n    group: gateway.networking.k8s.io\n    name: waypoint\n  rules: [{}]\n",
     ));
     let out = authz::translate(&cfg(), &policy(&m, "shop", "p"));
-    assert!(out.authorization.is_none());
-    assert!(out.warnings[0].contains("targetRefs"));
+    assert!(out.authorization.is_none(), "a waypoint policy must not reach ztunnel");
+    assert!(out.warnings.is_empty());
+    let l7 = l7_policy::translate(&cfg(), &m, &policy(&m, "shop", "p"));
+    let p = l7.policy.expect("an L7 policy for the waypoint");
+    assert_eq!(p.targets.len(), 1);
+    assert_eq!(p.rules.len(), 1);
 }
 
 #[test]

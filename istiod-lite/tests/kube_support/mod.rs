@@ -1,7 +1,9 @@
 //! A mock Kubernetes API server on loopback that answers from recorded responses
 //! (`tests/fixtures/kube/`): list requests get the recorded list (or error status) of their
 //! path, watch requests (`?watch=true`) get a held-open chunked stream of the recorded watch
-//! event lines the test pushes. Every request is logged for assertions.
+//! event lines the test pushes; writes (PATCH, POST, PUT) get their recorded response, or
+//! their own body back (as a server-side apply of a new object would). Every request is
+//! logged, with its method and body, for assertions.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -32,10 +34,14 @@ fn read(fixture: &str) -> Bytes {
 /// One request as the server saw it.
 #[derive(Clone, Debug)]
 pub struct Seen {
+    /// The method.
+    pub method: String,
     /// The path.
     pub path: String,
     /// The query parameters.
     pub query: BTreeMap<String, String>,
+    /// The body of a write, as JSON.
+    pub body: Option<serde_json::Value>,
 }
 
 impl Seen {
@@ -63,6 +69,8 @@ struct Route {
 #[derive(Default)]
 struct State {
     routes: Mutex<HashMap<String, Route>>,
+    /// Recorded answers to writes, by path.
+    writes: Mutex<HashMap<String, (StatusCode, Bytes)>>,
     seen: Mutex<Vec<Seen>>,
     changed: Notify,
 }
@@ -97,8 +105,21 @@ fn json(status: StatusCode, body: Bytes) -> Response<Body> {
     Response::builder().status(status).header("content-type", "application/json").body(Full::new(body).boxed()).unwrap()
 }
 
-fn handle(state: &State, req: &Request<Incoming>) -> Response<Body> {
-    let seen = Seen { path: req.uri().path().to_owned(), query: parse_query(req.uri().query()) };
+fn handle(state: &State, req: &http::request::Parts, body: Bytes) -> Response<Body> {
+    let write = req.method != hyper::Method::GET;
+    let seen = Seen {
+        method: req.method.to_string(),
+        path: req.uri.path().to_owned(),
+        query: parse_query(req.uri.query()),
+        body: if write { serde_json::from_slice(&body).ok() } else { None },
+    };
+    if write {
+        let path = seen.path.clone();
+        state.seen.lock().unwrap().push(seen);
+        state.changed.notify_waiters();
+        let (status, answer) = state.writes.lock().unwrap().get(&path).cloned().unwrap_or((StatusCode::OK, body));
+        return json(status, answer);
+    }
     let watch = seen.is_watch();
     let path = seen.path.clone();
     state.seen.lock().unwrap().push(seen);
@@ -147,8 +168,12 @@ impl MockApi {
                 let st = st.clone();
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let resp = handle(&st, &req);
-                        async move { Ok::<_, Infallible>(resp) }
+                        let st = st.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            Ok::<_, Infallible>(handle(&st, &parts, body))
+                        }
                     });
                     let _ =
                         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
@@ -172,6 +197,22 @@ impl MockApi {
     /// Adds a recorded list response for `path` (served after those added before).
     pub fn list(&self, path: &str, fixture: &str) -> &Self {
         self.respond(path, StatusCode::OK, fixture)
+    }
+
+    /// Answers writes to `path` with a recorded object (e.g. a Service with its cluster IP).
+    pub fn on_write(&self, path: &str, fixture: &str) -> &Self {
+        self.on_write_status(path, StatusCode::OK, fixture)
+    }
+
+    /// Answers writes to `path` with `status` and a recorded body (an API `Status` for errors).
+    pub fn on_write_status(&self, path: &str, status: StatusCode, fixture: &str) -> &Self {
+        self.state.writes.lock().unwrap().insert(path.to_owned(), (status, read(fixture)));
+        self
+    }
+
+    /// Writes so far (PATCH, POST, PUT).
+    pub fn writes(&self) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| s.method != "GET").collect()
     }
 
     /// Adds a recorded response with another status (an API `Status` body).
@@ -241,11 +282,11 @@ impl MockApi {
 
     /// Watch requests of `path` so far.
     pub fn watches(&self, path: &str) -> Vec<Seen> {
-        self.seen().into_iter().filter(|s| s.path == path && s.is_watch()).collect()
+        self.seen().into_iter().filter(|s| s.path == path && s.method == "GET" && s.is_watch()).collect()
     }
 
     /// List requests of `path` so far.
     pub fn lists(&self, path: &str) -> Vec<Seen> {
-        self.seen().into_iter().filter(|s| s.path == path && !s.is_watch()).collect()
+        self.seen().into_iter().filter(|s| s.path == path && s.method == "GET" && !s.is_watch()).collect()
     }
 }

@@ -49,31 +49,25 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: std::net::S
         dst_addr: Some(dst),
         ..Ends::default()
     };
-    let decision = route(&state, dst, pod.inputs.cfg.hbone_port);
+    let decision = route(&state, src.as_deref(), dst, pod.inputs.cfg.hbone_port);
     // Decided: the connection keeps only what it uses, not the whole snapshot.
     drop(state);
     match decision {
         Route::Hbone { workload, service, target, peer } => {
             let dst_identity = workload.identity().clone();
             ends.dst = Some(&workload);
-            ends.dst_identity = Some(&dst_identity);
             ends.service = service.as_deref();
             ends.dst_addr = Some(target);
-            let key = PoolKey { src: pod.identity.clone(), dst: dst_identity.clone(), addr: peer };
-            let stream = match pod.pool.connect(&key, &ConnectTarget::new(target, Some(client))).await {
-                Ok(s) => s,
-                Err(e) => {
-                    metrics.denied(Reporter::Source, refusal_reason(&e));
-                    ends.log("outbound", None, 0, 0, started.elapsed(), Some(&e));
-                    abort(tcp);
-                    return;
-                }
-            };
-            let conn = ConnMetrics::open(metrics, &ends.labels(Reporter::Source, SecurityPolicy::MutualTls));
-            let outcome = copy_bidirectional(tcp, stream).await;
-            conn.close(outcome.to_tunnel, outcome.from_tunnel);
-            let err = outcome.result.as_ref().err().map(|e| e as &dyn std::fmt::Display);
-            ends.log("outbound", None, outcome.to_tunnel, outcome.from_tunnel, started.elapsed(), err);
+            tunnel(pod, tcp, client, &mut ends, &dst_identity, target, peer, "outbound", started).await;
+        }
+        Route::Waypoint { waypoint, service, workload, target, peer } => {
+            // The tunnel's peer (and expected identity) is the waypoint; the labels keep naming
+            // what the application addressed, with the waypoint as the principal it reached.
+            let dst_identity = waypoint.identity().clone();
+            ends.dst = Some(workload.as_deref().unwrap_or(&waypoint));
+            ends.service = service.as_deref();
+            ends.dst_addr = Some(target);
+            tunnel(pod, tcp, client, &mut ends, &dst_identity, target, peer, "outbound_waypoint", started).await;
         }
         Route::Passthrough { dst, workload, service } => {
             ends.dst = workload.as_deref();
@@ -93,9 +87,9 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: std::net::S
             conn.close(sent, received);
             ends.log("passthrough", None, sent, received, started.elapsed(), err.as_ref().map(|e| e as _));
         }
-        Route::WaypointRequired { destination } => {
-            metrics.denied(Reporter::Source, "waypoint_not_supported");
-            let why = format!("{destination} must be reached through its waypoint, which this ztunnel cannot do yet");
+        Route::WaypointUnavailable { destination, waypoint, why } => {
+            metrics.denied(Reporter::Source, "waypoint_unavailable");
+            let why = format!("{destination} must be reached through waypoint {waypoint}, which is unusable: {why}");
             ends.log("outbound", None, 0, 0, started.elapsed(), Some(&why));
             abort(tcp);
         }
@@ -107,6 +101,39 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: std::net::S
             abort(tcp);
         }
     }
+}
+
+/// HBONE from the pod's identity to `peer` (expected to be `dst_identity`), `:authority` =
+/// `target`, then bytes both ways with metrics and an access-log line.
+#[allow(clippy::too_many_arguments)]
+async fn tunnel<'a, S: PodSockets>(
+    pod: &Pod<S>,
+    tcp: TcpStream,
+    client: std::net::SocketAddr,
+    ends: &mut Ends<'a>,
+    dst_identity: &'a hbone::Identity,
+    target: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+    direction: &'static str,
+    started: Instant,
+) {
+    let metrics = &pod.inputs.metrics;
+    ends.dst_identity = Some(dst_identity);
+    let key = PoolKey { src: pod.identity.clone(), dst: dst_identity.clone(), addr: peer };
+    let stream = match pod.pool.connect(&key, &ConnectTarget::new(target, Some(client))).await {
+        Ok(s) => s,
+        Err(e) => {
+            metrics.denied(Reporter::Source, refusal_reason(&e));
+            ends.log(direction, None, 0, 0, started.elapsed(), Some(&e));
+            abort(tcp);
+            return;
+        }
+    };
+    let conn = ConnMetrics::open(metrics, &ends.labels(Reporter::Source, SecurityPolicy::MutualTls));
+    let outcome = copy_bidirectional(tcp, stream).await;
+    conn.close(outcome.to_tunnel, outcome.from_tunnel);
+    let err = outcome.result.as_ref().err().map(|e| e as &dyn std::fmt::Display);
+    ends.log(direction, None, outcome.to_tunnel, outcome.from_tunnel, started.elapsed(), err);
 }
 
 /// TCP to TCP, half-close carried both ways; returns bytes each way and the error, if any.

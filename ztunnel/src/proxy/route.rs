@@ -1,9 +1,15 @@
 //! Where an outbound connection goes, decided from the state alone.
+//!
+//! A destination that names a waypoint (the service's, else the chosen workload's) is sent to
+//! that waypoint over HBONE, never around it: if the waypoint cannot be resolved the connection
+//! is refused, because going direct would skip the waypoint's L7 policy. The two exceptions
+//! keep traffic from looping: the waypoint's own connections, and connections to the waypoint's
+//! own pods.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::state::{Service, State, TunnelProtocol, Workload};
+use crate::state::{GatewayAddress, GatewayDestination, Service, State, TunnelProtocol, Workload};
 
 /// The outbound decision for one connection.
 #[derive(Debug)]
@@ -17,6 +23,19 @@ pub enum Route {
         /// `:authority`: the workload's address and target port.
         target: SocketAddr,
         /// Where the tunnel goes: the workload's address on the HBONE port.
+        peer: SocketAddr,
+    },
+    /// Through HBONE to the waypoint the destination names.
+    Waypoint {
+        /// The waypoint pod chosen; its identity is the one the tunnel expects.
+        waypoint: Arc<Workload>,
+        /// The service the connection was addressed to, if any.
+        service: Option<Arc<Service>>,
+        /// The workload the connection was addressed to (workload-addressed traffic only).
+        workload: Option<Arc<Workload>>,
+        /// `:authority`: the original destination (service VIP and port, or pod IP and port).
+        target: SocketAddr,
+        /// Where the tunnel goes: the waypoint pod's address on its HBONE port.
         peer: SocketAddr,
     },
     /// Plain TCP to a destination the mesh does not manage (or a workload not in the mesh).
@@ -33,36 +52,157 @@ pub enum Route {
         /// The service.
         service: Arc<Service>,
     },
-    /// The destination must be reached through a waypoint, and this ztunnel does not send
-    /// traffic to waypoints yet: going direct would skip the waypoint's L7 policy, so refuse.
-    WaypointRequired {
+    /// The destination names a waypoint that this snapshot cannot resolve to a running pod:
+    /// refuse (fail closed) rather than skip the waypoint's policy.
+    WaypointUnavailable {
         /// `namespace/name` of the service or workload that names the waypoint.
         destination: String,
+        /// The waypoint as named (`namespace/hostname` or an address).
+        waypoint: String,
+        /// Why it could not be used.
+        why: &'static str,
     },
 }
 
-/// Routes a connection to `dst` (the original destination) leaving a local pod.
-pub fn route(state: &State, dst: SocketAddr, hbone_port: u16) -> Route {
+/// Routes a connection to `dst` (the original destination) leaving a local pod, `src` (the
+/// source workload, when known; used so a waypoint's own traffic is never sent back to it).
+pub fn route(state: &State, src: Option<&Workload>, dst: SocketAddr, hbone_port: u16) -> Route {
     if let Some(service) = state.service_by_vip(dst.ip()) {
-        if service.waypoint.is_some() {
-            return Route::WaypointRequired { destination: format!("{}/{}", service.namespace, service.name) };
+        if let Some(gw) = &service.waypoint {
+            let destination = || format!("{}/{}", service.namespace, service.name);
+            match via_waypoint(state, gw, src, None, Some(service), dst, destination) {
+                Ok(Some(r)) => return r,
+                Ok(None) => {}
+                Err(r) => return r,
+            }
         }
         let Some(ep) = state.pick_endpoint(service, dst.port()) else {
             return Route::NoEndpoint { service: service.clone() };
         };
         let ip = ep.workload.addresses.first().copied().unwrap_or(dst.ip());
-        return to_workload(ep.workload, Some(service.clone()), SocketAddr::new(ip, ep.port), hbone_port);
+        let target = SocketAddr::new(ip, ep.port);
+        if let (None, Some(gw)) = (&service.waypoint, &ep.workload.waypoint) {
+            // Reached through a service without a waypoint, to a workload with one: the
+            // workload's waypoint still sees the connection, addressed to the pod.
+            let destination = || format!("{}/{}", ep.workload.namespace(), ep.workload.name);
+            match via_waypoint(state, gw, src, Some(&ep.workload), None, target, destination) {
+                Ok(Some(r)) => return r,
+                Ok(None) => {}
+                Err(r) => return r,
+            }
+        }
+        return to_workload(ep.workload, Some(service.clone()), target, hbone_port);
     }
     match state.workload_by_ip(dst.ip()) {
-        Some(w) => to_workload(w.clone(), None, dst, hbone_port),
+        Some(w) => {
+            if let Some(gw) = &w.waypoint {
+                let destination = || format!("{}/{}", w.namespace(), w.name);
+                match via_waypoint(state, gw, src, Some(w), None, dst, destination) {
+                    Ok(Some(r)) => return r,
+                    Ok(None) => {}
+                    Err(r) => return r,
+                }
+            }
+            to_workload(w.clone(), None, dst, hbone_port)
+        }
         None => Route::Passthrough { dst, workload: None, service: None },
     }
 }
 
-fn to_workload(workload: Arc<Workload>, service: Option<Arc<Service>>, target: SocketAddr, hbone_port: u16) -> Route {
-    if workload.waypoint.is_some() {
-        return Route::WaypointRequired { destination: format!("{}/{}", workload.namespace(), workload.name) };
+/// The route through waypoint `gw`: `Ok(None)` when the waypoint must not be used for this
+/// connection (it is the source, or the destination is the waypoint itself), `Err` when it
+/// cannot be resolved.
+fn via_waypoint(
+    state: &State,
+    gw: &GatewayAddress,
+    src: Option<&Workload>,
+    workload: Option<&Arc<Workload>>,
+    service: Option<&Arc<Service>>,
+    target: SocketAddr,
+    destination: impl Fn() -> String,
+) -> Result<Option<Route>, Route> {
+    let unavailable = |why| Route::WaypointUnavailable { destination: destination(), waypoint: describe(gw), why };
+    // Loop guards come first: a waypoint forwarding to its backends, or traffic to a waypoint
+    // pod, must go direct whatever the pick below would be.
+    if src.is_some_and(|s| is_waypoint(state, gw, s)) || workload.is_some_and(|w| is_waypoint(state, gw, w)) {
+        return Ok(None);
     }
+    if service.is_some_and(|svc| is_waypoint_service(gw, svc)) {
+        return Ok(None);
+    }
+    let (waypoint, port) = match &gw.destination {
+        GatewayDestination::Address(a) if a.network != state.config().network => {
+            return Err(unavailable("waypoint address is on another network"));
+        }
+        GatewayDestination::Address(a) => match state.workload_by_ip(a.address) {
+            Some(w) => (w.clone(), gw.hbone_mtls_port),
+            // The address may be the waypoint Service's VIP rather than a pod's.
+            None => match state.service_by_vip(a.address) {
+                Some(svc) => match state.pick_endpoint(svc, gw.hbone_mtls_port) {
+                    Some(ep) => (ep.workload, ep.port),
+                    None => return Err(unavailable("waypoint service has no healthy endpoint")),
+                },
+                None => return Err(unavailable("no workload or service has the waypoint's address")),
+            },
+        },
+        GatewayDestination::Hostname { namespace, hostname } => {
+            let Some(svc) = state.service_by_key(&format!("{namespace}/{hostname}")) else {
+                return Err(unavailable("waypoint service is not known"));
+            };
+            match state.pick_endpoint(svc, gw.hbone_mtls_port) {
+                Some(ep) => (ep.workload, ep.port),
+                None => return Err(unavailable("waypoint service has no healthy endpoint")),
+            }
+        }
+    };
+    if src.is_some_and(|s| s.uid == waypoint.uid) || workload.is_some_and(|w| w.uid == waypoint.uid) {
+        return Ok(None);
+    }
+    if !waypoint.healthy {
+        return Err(unavailable("waypoint pod is not ready"));
+    }
+    let Some(&ip) = waypoint.addresses.first() else {
+        return Err(unavailable("waypoint pod has no address"));
+    };
+    let peer = SocketAddr::new(ip, port);
+    Ok(Some(Route::Waypoint { waypoint, service: service.cloned(), workload: workload.cloned(), target, peer }))
+}
+
+/// Whether `w` is (one of the pods of) the waypoint `gw` names.
+fn is_waypoint(state: &State, gw: &GatewayAddress, w: &Workload) -> bool {
+    match &gw.destination {
+        GatewayDestination::Address(a) => {
+            w.addresses.contains(&a.address)
+                || state.service_by_vip(a.address).is_some_and(|svc| backs(w, &svc.namespace, &svc.hostname))
+        }
+        GatewayDestination::Hostname { namespace, hostname } => backs(w, namespace, hostname),
+    }
+}
+
+/// Whether `svc` is the waypoint's own Service (a namespace-wide use-waypoint label also
+/// lands on it).
+fn is_waypoint_service(gw: &GatewayAddress, svc: &Service) -> bool {
+    match &gw.destination {
+        GatewayDestination::Address(a) => svc.vips.iter().any(|v| v.address == a.address),
+        GatewayDestination::Hostname { namespace, hostname } => {
+            svc.namespace == *namespace && svc.hostname == *hostname
+        }
+    }
+}
+
+/// Whether `w` backs the service `namespace/hostname` (keys are `namespace/hostname`).
+fn backs(w: &Workload, namespace: &str, hostname: &str) -> bool {
+    w.services.keys().any(|k| k.split_once('/') == Some((namespace, hostname)))
+}
+
+fn describe(gw: &GatewayAddress) -> String {
+    match &gw.destination {
+        GatewayDestination::Address(a) => format!("{}:{}", a.address, gw.hbone_mtls_port),
+        GatewayDestination::Hostname { namespace, hostname } => format!("{namespace}/{hostname}"),
+    }
+}
+
+fn to_workload(workload: Arc<Workload>, service: Option<Arc<Service>>, target: SocketAddr, hbone_port: u16) -> Route {
     if workload.protocol == TunnelProtocol::Hbone {
         let peer = SocketAddr::new(target.ip(), hbone_port);
         Route::Hbone { workload, service, target, peer }
@@ -72,62 +212,4 @@ fn to_workload(workload: Arc<Workload>, service: Option<Arc<Service>>, target: S
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::{StateConfig, file};
-
-    fn state(waypoint: &str) -> State {
-        let yaml = format!(
-            r#"
-workloads:
-- name: web
-  namespace: shop
-  addresses: ["10.0.0.5"]
-  protocol: HBONE
-  services: {{"shop/web.shop.svc.cluster.local": {{80: 8080}}}}
-- name: legacy
-  namespace: shop
-  addresses: ["10.0.0.6"]
-services:
-- name: web
-  namespace: shop
-  hostname: web.shop.svc.cluster.local
-  addresses: ["10.96.0.5"]
-  ports: [{{servicePort: 80, targetPort: 8080}}]
-{waypoint}
-"#
-        );
-        file::parse(&yaml, StateConfig::default()).unwrap()
-    }
-
-    #[test]
-    fn routes_by_destination_kind() {
-        let s = state("");
-        match route(&s, "10.96.0.5:80".parse().unwrap(), 15008) {
-            Route::Hbone { target, peer, service, .. } => {
-                assert_eq!(target, "10.0.0.5:8080".parse().unwrap());
-                assert_eq!(peer, "10.0.0.5:15008".parse().unwrap());
-                assert!(service.is_some());
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(route(&s, "10.0.0.5:9000".parse().unwrap(), 15008), Route::Hbone { .. }));
-        assert!(matches!(
-            route(&s, "10.0.0.6:80".parse().unwrap(), 15008),
-            Route::Passthrough { workload: Some(_), .. }
-        ));
-        assert!(matches!(
-            route(&s, "192.0.2.1:443".parse().unwrap(), 15008),
-            Route::Passthrough { workload: None, .. }
-        ));
-    }
-
-    #[test]
-    fn a_waypoint_is_never_bypassed() {
-        let s = state("  waypoint: {address: \"10.0.9.9\"}");
-        match route(&s, "10.96.0.5:80".parse().unwrap(), 15008) {
-            Route::WaypointRequired { destination } => assert_eq!(destination, "shop/web"),
-            other => panic!("traffic for a service with a waypoint went {other:?}"),
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,132 @@
+//! Kubernetes mode: route status (`status.parents`, as [`crate::translate::route`] computes
+//! it) written back to each `HTTPRoute` / `GRPCRoute` with a server-side apply of the status
+//! subresource, whenever it changes.
+//!
+//! The apply replaces `status.parents` as a whole (the list is atomic in the Gateway API
+//! schema): on a route that is also attached to another controller's Gateway, that
+//! controller's entry is rewritten on its next reconcile. Routes written by no one else (mesh
+//! routes to Services) are the common case.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use super::FIELD_MANAGER;
+use crate::model::{Kind, ObjectKey};
+use crate::translate::route::ParentStatus;
+use crate::translator::Translator;
+
+/// `controllerName` of our entries (Istio's, so tooling that looks for it finds them).
+pub const CONTROLLER_NAME: &str = "istio.io/gateway-controller";
+
+/// The server-side apply body of a route's status.
+pub fn status_body(route: &ObjectKey, parents: &[ParentStatus], generation: i64, now: &str) -> Value {
+    let parents: Vec<Value> = parents
+        .iter()
+        .map(|p| {
+            let mut parent_ref = json!({"group": p.group, "kind": p.kind, "namespace": p.namespace, "name": p.name});
+            if let Some(port) = p.port {
+                parent_ref["port"] = json!(port);
+            }
+            let conditions: Vec<Value> = p
+                .conditions
+                .iter()
+                .map(|c| {
+                    json!({
+                        "type": c.type_,
+                        "status": if c.status { "True" } else { "False" },
+                        "reason": c.reason,
+                        "message": c.message,
+                        "observedGeneration": generation,
+                        "lastTransitionTime": now,
+                    })
+                })
+                .collect();
+            json!({"parentRef": parent_ref, "controllerName": CONTROLLER_NAME, "conditions": conditions})
+        })
+        .collect();
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": route.kind.as_str(),
+        "metadata": {"name": route.name, "namespace": route.namespace},
+        "status": {"parents": parents},
+    })
+}
+
+fn plural(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::HttpRoute => Some("httproutes"),
+        Kind::GrpcRoute => Some("grpcroutes"),
+        _ => None,
+    }
+}
+
+/// Writes the status of every route whose status differs from `written` (what this writer
+/// last wrote), and records what it wrote. A failed write is logged and retried next time.
+pub async fn sync(
+    client: &kube::Client,
+    translator: &Arc<Mutex<Translator>>,
+    written: &mut BTreeMap<ObjectKey, Vec<ParentStatus>>,
+) -> usize {
+    let current: BTreeMap<ObjectKey, (Vec<ParentStatus>, i64)> = {
+        let t = translator.lock().unwrap_or_else(|p| p.into_inner());
+        let model = t.model();
+        t.route_status()
+            .iter()
+            .map(|(k, parents)| {
+                let nn = (k.namespace.clone(), k.name.clone());
+                let route =
+                    if k.kind == Kind::GrpcRoute { model.grpc_routes.get(&nn) } else { model.http_routes.get(&nn) };
+                let generation = route.and_then(|r| r.metadata.generation).unwrap_or(0);
+                (k.clone(), (parents.clone(), generation))
+            })
+            .collect()
+    };
+    written.retain(|k, _| current.contains_key(k));
+    let now =
+        k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).unwrap_or_default().to_string();
+    let mut n = 0;
+    for (key, (parents, generation)) in current {
+        let Some(plural) = plural(key.kind) else { continue };
+        if parents.is_empty() || written.get(&key) == Some(&parents) {
+            continue;
+        }
+        let ar = ApiResource {
+            group: "gateway.networking.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "gateway.networking.k8s.io/v1".into(),
+            kind: key.kind.as_str().into(),
+            plural: plural.into(),
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &key.namespace, &ar);
+        let body = status_body(&key, &parents, generation, &now);
+        match api.patch_status(&key.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
+            Ok(_) => {
+                written.insert(key, parents);
+                n += 1;
+            }
+            Err(e) => {
+                tracing::warn!(route = %key, error = %e, "writing route status failed; retried on the next change")
+            }
+        }
+    }
+    n
+}
+
+/// Writes route status after every change the source reports on `changes`, until the sender
+/// is gone.
+pub async fn writer<T>(
+    client: kube::Client,
+    translator: Arc<Mutex<Translator>>,
+    mut changes: tokio::sync::watch::Receiver<T>,
+) {
+    let mut written = BTreeMap::new();
+    while changes.changed().await.is_ok() {
+        // Changes come in bursts (a list is many events): let a burst settle into one pass.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        changes.mark_unchanged();
+        sync(&client, &translator, &mut written).await;
+    }
+}

@@ -1,0 +1,62 @@
+//! The waypoint's objects and status, as applied.
+
+use super::*;
+
+fn gw() -> GatewayRef {
+    GatewayRef { namespace: "bank".into(), name: "waypoint".into(), uid: "u-1".into(), generation: 3 }
+}
+
+#[test]
+fn manifests_follow_the_contract() {
+    let cfg = DeployConfig::new("ghcr.io/example/waypoint:1", "istio-system", "cluster.local");
+    let m = manifests(&cfg, &gw());
+    for o in [&m.service_account, &m.deployment, &m.service] {
+        assert_eq!(o["metadata"]["name"], "waypoint");
+        assert_eq!(o["metadata"]["namespace"], "bank");
+        let owner = &o["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["kind"].as_str(), owner["uid"].as_str(), owner["controller"].as_bool()),
+            (Some("Gateway"), Some("u-1"), Some(true))
+        );
+    }
+    let pod = &m.deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "waypoint", "its identity is spiffe://cluster.local/ns/bank/sa/waypoint");
+    let labels = &m.deployment["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(labels["istio.io/dataplane-mode"], "none", "opted out of capture");
+    assert_eq!(labels[GATEWAY_NAME_LABEL], "waypoint");
+    let c = &pod["containers"][0];
+    assert_eq!(c["image"], "ghcr.io/example/waypoint:1");
+    let args: Vec<&str> = c["args"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for pair in [
+        ["--gateway", "bank/waypoint"],
+        ["--service-account", "waypoint"],
+        ["--node-name", "$(NODE_NAME)"],
+        ["--xds-address", "https://istiod.istio-system.svc:15012"],
+        ["--ca-address", "https://istiod.istio-system.svc:15012"],
+        ["--ca-token-file", "/var/run/secrets/tokens/istio-token"],
+    ] {
+        assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
+    }
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], 15021);
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz/ready");
+    assert!(c["resources"]["requests"]["cpu"].is_string());
+    let ports: Vec<u64> =
+        m.service["spec"]["ports"].as_array().unwrap().iter().filter_map(|p| p["port"].as_u64()).collect();
+    assert_eq!(ports, [15008, 15020, 15021]);
+    assert_eq!(m.service["spec"]["selector"][GATEWAY_NAME_LABEL], "waypoint");
+}
+
+#[test]
+fn status_reports_the_address_once_there_is_one() {
+    let s = gateway_status(&gw(), Some("10.96.5.5"), "2026-01-01T00:00:00Z");
+    let conds = s["status"]["conditions"].as_array().unwrap();
+    assert_eq!(
+        conds.iter().map(|c| (c["type"].as_str().unwrap(), c["status"].as_str().unwrap())).collect::<Vec<_>>(),
+        [("Accepted", "True"), ("Programmed", "True")]
+    );
+    assert_eq!(conds[0]["observedGeneration"], 3);
+    assert_eq!(s["status"]["addresses"][0]["value"], "10.96.5.5");
+    let s = gateway_status(&gw(), None, "2026-01-01T00:00:00Z");
+    assert_eq!(s["status"]["conditions"][1]["status"], "False");
+    assert!(s["status"]["addresses"].as_array().unwrap().is_empty());
+}

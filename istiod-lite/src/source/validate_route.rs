@@ -1,0 +1,382 @@
+//! Checks on `HTTPRoute` and `GRPCRoute` values the schema cannot express (match types, regexes,
+//! filter combinations, durations), so a bad route is rejected whole with the field named, as
+//! the Gateway API's CRD validation would reject it at `kubectl apply`. Route translation relies
+//! on what is checked here.
+
+use crate::error::ObjectError;
+use crate::k8s::gateway::{
+    BackendObjectRef, MethodMatch, PathModifier, Route, RouteFilter, RouteMatch, RouteRule, ValueMatch, parse_duration,
+};
+
+/// HTTP methods an `HTTPRouteMatch` may name (the API's enum).
+const HTTP_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ObjectError {
+    ObjectError::Invalid { field: field.into(), reason: reason.into() }
+}
+
+/// Compiles `value` as a whole-value regular expression.
+pub fn check_regex(field: &str, value: &str) -> Result<(), ObjectError> {
+    regex::Regex::new(value).map(|_| ()).map_err(|e| invalid(field, format!("not a valid regular expression: {e}")))
+}
+
+/// Validates one route; `grpc` for a `GRPCRoute`.
+pub(super) fn route(r: &Route, grpc: bool) -> Result<(), ObjectError> {
+    for (i, p) in r.spec.parent_refs.iter().enumerate() {
+        if p.name.is_empty() {
+            return Err(invalid(format!("spec.parentRefs[{i}].name"), "required"));
+        }
+        if p.port == Some(0) {
+            return Err(invalid(format!("spec.parentRefs[{i}].port"), "must be 1-65535"));
+        }
+    }
+    for (i, h) in r.spec.hostnames.iter().enumerate() {
+        let ok = !h.is_empty()
+            && h.len() <= 253
+            && h.trim_start_matches("*.").split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-')
+            });
+        if !ok {
+            return Err(invalid(format!("spec.hostnames[{i}]"), format!("{h:?} is not a hostname")));
+        }
+    }
+    for (i, rule) in r.spec.rules.iter().enumerate() {
+        self::rule(&format!("spec.rules[{i}]"), rule, grpc)?;
+    }
+    Ok(())
+}
+
+fn rule(base: &str, rule: &RouteRule, grpc: bool) -> Result<(), ObjectError> {
+    for (j, m) in rule.matches.iter().enumerate() {
+        route_match(&format!("{base}.matches[{j}]"), m, grpc)?;
+    }
+    filters(&format!("{base}.filters"), &rule.filters, rule, grpc)?;
+    let redirects = rule.filters.iter().any(|f| f.type_ == "RequestRedirect");
+    if redirects && !rule.backend_refs.is_empty() {
+        return Err(invalid(format!("{base}.backendRefs"), "cannot be used with a RequestRedirect filter"));
+    }
+    for (k, b) in rule.backend_refs.iter().enumerate() {
+        let field = format!("{base}.backendRefs[{k}]");
+        if b.name.is_empty() {
+            return Err(invalid(format!("{field}.name"), "required"));
+        }
+        let is_service =
+            b.group.as_deref().unwrap_or("").is_empty() && b.kind.as_deref().unwrap_or("Service") == "Service";
+        if is_service && b.port.is_none_or(|p| p == 0) {
+            return Err(invalid(format!("{field}.port"), "required (1-65535) when the backend is a Service"));
+        }
+        if b.weight.is_some_and(|w| w > 1_000_000) {
+            return Err(invalid(format!("{field}.weight"), "must be 0-1000000"));
+        }
+        filters(&format!("{field}.filters"), &b.filters, rule, grpc)?;
+        if b.filters.iter().any(|f| f.type_ == "RequestRedirect") {
+            return Err(invalid(format!("{field}.filters"), "RequestRedirect is a rule filter, not a backend filter"));
+        }
+    }
+    if let Some(t) = &rule.timeouts {
+        if grpc {
+            return Err(invalid(format!("{base}.timeouts"), "not a GRPCRoute field"));
+        }
+        let request = duration(&format!("{base}.timeouts.request"), t.request.as_deref())?;
+        let backend = duration(&format!("{base}.timeouts.backendRequest"), t.backend_request.as_deref())?;
+        if let (Some(r), Some(b)) = (request, backend)
+            && !r.is_zero()
+            && (b > r || b.is_zero())
+        {
+            return Err(invalid(format!("{base}.timeouts.backendRequest"), "must not be longer than timeouts.request"));
+        }
+    }
+    if let Some(r) = &rule.retry {
+        if grpc {
+            return Err(invalid(format!("{base}.retry"), "not a GRPCRoute field"));
+        }
+        for (k, c) in r.codes.iter().enumerate() {
+            if !(400..=599).contains(c) {
+                return Err(invalid(
+                    format!("{base}.retry.codes[{k}]"),
+                    format!("{c} is not an HTTP error code (400-599)"),
+                ));
+            }
+        }
+        if r.attempts.is_some_and(|a| a > 100) {
+            return Err(invalid(format!("{base}.retry.attempts"), "more than 100 retries"));
+        }
+        duration(&format!("{base}.retry.backoff"), r.backoff.as_deref())?;
+    }
+    Ok(())
+}
+
+fn duration(field: &str, v: Option<&str>) -> Result<Option<std::time::Duration>, ObjectError> {
+    v.map(|s| {
+        parse_duration(s).ok_or_else(|| invalid(field, format!("{s:?} is not a duration (e.g. 10s, 1m30s, 500ms)")))
+    })
+    .transpose()
+}
+
+fn match_type<'a>(field: &str, t: Option<&'a str>, default: &'a str, allowed: &[&str]) -> Result<&'a str, ObjectError> {
+    let t = t.unwrap_or(default);
+    if allowed.contains(&t) {
+        Ok(t)
+    } else {
+        Err(invalid(field, format!("unsupported value {t:?} (supported: {})", allowed.join(", "))))
+    }
+}
+
+fn value_matches(base: &str, what: &str, v: &[ValueMatch], header: bool) -> Result<(), ObjectError> {
+    let mut seen: Vec<String> = Vec::new();
+    for (k, h) in v.iter().enumerate() {
+        let field = format!("{base}.{what}[{k}]");
+        if h.name.is_empty() {
+            return Err(invalid(format!("{field}.name"), "required"));
+        }
+        if header && http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+            return Err(invalid(format!("{field}.name"), format!("{:?} is not a header name", h.name)));
+        }
+        let key = if header { h.name.to_ascii_lowercase() } else { h.name.clone() };
+        if seen.contains(&key) {
+            return Err(invalid(format!("{field}.name"), format!("{:?} is matched twice", h.name)));
+        }
+        seen.push(key);
+        if match_type(&format!("{field}.type"), h.type_.as_deref(), "Exact", &["Exact", "RegularExpression"])?
+            == "RegularExpression"
+        {
+            check_regex(&format!("{field}.value"), &h.value)?;
+        }
+    }
+    Ok(())
+}
+
+fn route_match(base: &str, m: &RouteMatch, grpc: bool) -> Result<(), ObjectError> {
+    value_matches(base, "headers", &m.headers, true)?;
+    if grpc {
+        if m.path.is_some() {
+            return Err(invalid(format!("{base}.path"), "not a GRPCRoute field (match the method instead)"));
+        }
+        if !m.query_params.is_empty() {
+            return Err(invalid(format!("{base}.queryParams"), "not a GRPCRoute field"));
+        }
+        match &m.method {
+            None => {}
+            Some(MethodMatch::Http(s)) => {
+                return Err(invalid(
+                    format!("{base}.method"),
+                    format!("{s:?}: a GRPCRoute method is {{type, service, method}}"),
+                ));
+            }
+            Some(MethodMatch::Grpc(g)) => {
+                let t = match_type(
+                    &format!("{base}.method.type"),
+                    g.type_.as_deref(),
+                    "Exact",
+                    &["Exact", "RegularExpression"],
+                )?;
+                if g.service.as_deref().unwrap_or("").is_empty() && g.method.as_deref().unwrap_or("").is_empty() {
+                    return Err(invalid(format!("{base}.method"), "needs a service or a method"));
+                }
+                for (name, v) in [("service", &g.service), ("method", &g.method)] {
+                    let Some(v) = v.as_deref().filter(|v| !v.is_empty()) else { continue };
+                    let field = format!("{base}.method.{name}");
+                    if t == "RegularExpression" {
+                        check_regex(&field, v)?;
+                    } else if v.contains('/') {
+                        return Err(invalid(field, format!("{v:?} contains '/'")));
+                    }
+                }
+            }
+        }
+        return Ok(());
+    }
+    value_matches(base, "queryParams", &m.query_params, false)?;
+    if let Some(p) = &m.path {
+        let field = format!("{base}.path");
+        let t = match_type(
+            &format!("{field}.type"),
+            p.type_.as_deref(),
+            "PathPrefix",
+            &["Exact", "PathPrefix", "RegularExpression"],
+        )?;
+        let v = p.value.as_deref().unwrap_or("/");
+        if t == "RegularExpression" {
+            check_regex(&format!("{field}.value"), v)?;
+        } else if !v.starts_with('/') {
+            return Err(invalid(format!("{field}.value"), format!("{v:?} must start with '/'")));
+        } else if v.contains("//") || v.split('/').any(|seg| seg == "." || seg == "..") {
+            return Err(invalid(format!("{field}.value"), format!("{v:?} is not a normalized path")));
+        }
+    }
+    match &m.method {
+        None => Ok(()),
+        Some(MethodMatch::Http(s)) if HTTP_METHODS.contains(&s.as_str()) => Ok(()),
+        Some(MethodMatch::Http(s)) => Err(invalid(
+            format!("{base}.method"),
+            format!("unsupported value {s:?} (supported: {})", HTTP_METHODS.join(", ")),
+        )),
+        Some(MethodMatch::Grpc(_)) => {
+            Err(invalid(format!("{base}.method"), "an HTTPRoute method is a method name, e.g. GET"))
+        }
+    }
+}
+
+fn filters(base: &str, fs: &[RouteFilter], rule: &RouteRule, grpc: bool) -> Result<(), ObjectError> {
+    let mut seen: Vec<&str> = Vec::new();
+    for (k, f) in fs.iter().enumerate() {
+        let field = format!("{base}[{k}]");
+        filter(&field, f, rule, grpc)?;
+        if f.type_ != "RequestMirror" && seen.contains(&f.type_.as_str()) {
+            return Err(invalid(format!("{field}.type"), format!("{} appears twice", f.type_)));
+        }
+        seen.push(&f.type_);
+    }
+    if seen.contains(&"RequestRedirect") && seen.contains(&"URLRewrite") {
+        return Err(invalid(base, "RequestRedirect and URLRewrite cannot be used together"));
+    }
+    Ok(())
+}
+
+fn filter(field: &str, f: &RouteFilter, rule: &RouteRule, grpc: bool) -> Result<(), ObjectError> {
+    let supported: &[&str] = if grpc {
+        &["RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror"]
+    } else {
+        &["RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite", "RequestMirror"]
+    };
+    if !supported.contains(&f.type_.as_str()) {
+        return Err(invalid(
+            format!("{field}.type"),
+            format!("unsupported value {:?} (supported: {})", f.type_, supported.join(", ")),
+        ));
+    }
+    // Exactly the member the type names, as the API's CEL rules require.
+    let members = [
+        ("RequestHeaderModifier", "requestHeaderModifier", f.request_header_modifier.is_some()),
+        ("ResponseHeaderModifier", "responseHeaderModifier", f.response_header_modifier.is_some()),
+        ("RequestRedirect", "requestRedirect", f.request_redirect.is_some()),
+        ("URLRewrite", "urlRewrite", f.url_rewrite.is_some()),
+        ("RequestMirror", "requestMirror", f.request_mirror.is_some()),
+        ("ExtensionRef", "extensionRef", f.extension_ref.is_some()),
+    ];
+    for (t, member, present) in members {
+        if t == f.type_ && !present {
+            return Err(invalid(format!("{field}.{member}"), format!("required when type is {t}")));
+        }
+        if t != f.type_ && present {
+            return Err(invalid(format!("{field}.{member}"), format!("not allowed when type is {}", f.type_)));
+        }
+    }
+    for (member, m) in
+        [("requestHeaderModifier", &f.request_header_modifier), ("responseHeaderModifier", &f.response_header_modifier)]
+    {
+        let Some(m) = m else { continue };
+        let base = format!("{field}.{member}");
+        for (what, hs) in [("set", &m.set), ("add", &m.add)] {
+            for (i, h) in hs.iter().enumerate() {
+                if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                    return Err(invalid(
+                        format!("{base}.{what}[{i}].name"),
+                        format!("{:?} is not a header name", h.name),
+                    ));
+                }
+                if http::HeaderValue::from_str(&h.value).is_err() {
+                    return Err(invalid(format!("{base}.{what}[{i}].value"), "not a valid header value"));
+                }
+            }
+        }
+        for (i, n) in m.remove.iter().enumerate() {
+            if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                return Err(invalid(format!("{base}.remove[{i}]"), format!("{n:?} is not a header name")));
+            }
+        }
+    }
+    if let Some(r) = &f.request_redirect {
+        let base = format!("{field}.requestRedirect");
+        if let Some(s) = r.scheme.as_deref()
+            && s != "http"
+            && s != "https"
+        {
+            return Err(invalid(format!("{base}.scheme"), format!("unsupported value {s:?} (supported: http, https)")));
+        }
+        if let Some(c) = r.status_code
+            && c != 301
+            && c != 302
+        {
+            return Err(invalid(format!("{base}.statusCode"), format!("unsupported value {c} (supported: 301, 302)")));
+        }
+        if r.port == Some(0) {
+            return Err(invalid(format!("{base}.port"), "must be 1-65535"));
+        }
+        if let Some(p) = &r.path {
+            path_modifier(&format!("{base}.path"), p, rule)?;
+        }
+    }
+    if let Some(p) = f.url_rewrite.as_ref().and_then(|u| u.path.as_ref()) {
+        path_modifier(&format!("{field}.urlRewrite.path"), p, rule)?;
+    }
+    if let Some(m) = &f.request_mirror {
+        let base = format!("{field}.requestMirror");
+        backend_object(&format!("{base}.backendRef"), &m.backend_ref)?;
+        if m.percent.is_some() && m.fraction.is_some() {
+            return Err(invalid(base, "percent and fraction cannot be used together"));
+        }
+        if m.percent.is_some_and(|p| p > 100) {
+            return Err(invalid(format!("{base}.percent"), "must be 0-100"));
+        }
+        if let Some(fr) = &m.fraction {
+            let d = fr.denominator.unwrap_or(100);
+            if d == 0 {
+                return Err(invalid(format!("{base}.fraction.denominator"), "must be greater than 0"));
+            }
+            if fr.numerator > d {
+                return Err(invalid(format!("{base}.fraction.numerator"), "must not exceed the denominator"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn backend_object(field: &str, b: &BackendObjectRef) -> Result<(), ObjectError> {
+    let is_service = b.group.as_deref().unwrap_or("").is_empty() && b.kind.as_deref().unwrap_or("Service") == "Service";
+    if !is_service {
+        return Err(invalid(format!("{field}.kind"), "unsupported value (only core Services can be mirrored to)"));
+    }
+    if b.port.is_none_or(|p| p == 0) {
+        return Err(invalid(format!("{field}.port"), "required (1-65535) when the backend is a Service"));
+    }
+    Ok(())
+}
+
+fn path_modifier(field: &str, p: &PathModifier, rule: &RouteRule) -> Result<(), ObjectError> {
+    match p.type_.as_str() {
+        "ReplaceFullPath" => {
+            if p.replace_prefix_match.is_some() {
+                return Err(invalid(format!("{field}.replacePrefixMatch"), "not allowed when type is ReplaceFullPath"));
+            }
+            if !p.replace_full_path.as_deref().is_some_and(|v| v.starts_with('/')) {
+                return Err(invalid(format!("{field}.replaceFullPath"), "required, and must start with '/'"));
+            }
+        }
+        "ReplacePrefixMatch" => {
+            if p.replace_full_path.is_some() {
+                return Err(invalid(format!("{field}.replaceFullPath"), "not allowed when type is ReplacePrefixMatch"));
+            }
+            if !p.replace_prefix_match.as_deref().is_some_and(|v| v.starts_with('/')) {
+                return Err(invalid(format!("{field}.replacePrefixMatch"), "required, and must start with '/'"));
+            }
+            let prefix_only = rule
+                .matches
+                .iter()
+                .all(|m| m.path.as_ref().is_none_or(|p| p.type_.as_deref().unwrap_or("PathPrefix") == "PathPrefix"));
+            if !prefix_only {
+                return Err(invalid(
+                    field,
+                    "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match",
+                ));
+            }
+        }
+        t => {
+            return Err(invalid(
+                format!("{field}.type"),
+                format!("unsupported value {t:?} (supported: ReplaceFullPath, ReplacePrefixMatch)"),
+            ));
+        }
+    }
+    Ok(())
+}

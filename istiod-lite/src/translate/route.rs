@@ -1,0 +1,445 @@
+//! `HTTPRoute` / `GRPCRoute` with `parentRefs` to Services → `mesh.waypoint.v1.Route`, and the
+//! route's Gateway API status (per parent: `Accepted`, `ResolvedRefs`).
+//!
+//! - Parents: a core `Service` in the route's namespace (port optional) is accepted; an unknown
+//!   Service or a port it lacks is `NoMatchingParent`; a waypoint `Gateway` is
+//!   `NotAllowedByListeners` (mesh routes attach to Services); another kind is `InvalidKind`;
+//!   a Service in another namespace (a "consumer" route) is `UnsupportedValue`. Parents that
+//!   are Gateways of another class belong to another controller and are skipped. A route with
+//!   no accepted parent sends nothing.
+//! - Backends: Services resolve to their FQDN. A reference that does not resolve (unknown
+//!   Service or port: `BackendNotFound`; another kind: `InvalidKind`; another namespace, as no
+//!   ReferenceGrant is read: `RefNotPermitted`) keeps its weight with an empty hostname, so the
+//!   waypoint answers 500 for its share of requests, as the Gateway API requires.
+//! - Defaults as the API server applies them: path match `PathPrefix /`, header and query
+//!   matches `Exact`, weight 1, redirect status 302, mirror percent 100; `0s` timeouts mean
+//!   none; a retry without `attempts` tries twice more (Istio's default); backoff 25 ms.
+//!
+//! Input was validated when read ([`crate::source`]): values here are known to be good.
+
+use std::fmt;
+
+use proto::mesh::waypoint::v1 as pb;
+use serde::Serialize;
+
+use super::MeshConfig;
+use super::waypoint::{For, resolve};
+use crate::k8s::gateway::{
+    BackendObjectRef, MethodMatch, ParentReference, PathModifier, Route, RouteFilter, parse_duration,
+};
+use crate::model::Model;
+
+/// `<namespace>/<HTTPRoute|GRPCRoute>/<name>`, the resource name.
+pub fn resource_name(namespace: &str, grpc: bool, name: &str) -> String {
+    format!("{namespace}/{}/{name}", if grpc { "GRPCRoute" } else { "HTTPRoute" })
+}
+
+/// One status condition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Condition {
+    /// `Accepted` or `ResolvedRefs`.
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+    /// `True` / `False`.
+    pub status: bool,
+    /// Gateway API reason (`Accepted`, `NoMatchingParent`, `BackendNotFound`, ...).
+    pub reason: &'static str,
+    /// For people.
+    pub message: String,
+}
+
+/// The status of a route for one of its parents (`status.parents[]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentStatus {
+    /// The parent as written: `Service shop/reviews`, with `:port` when set.
+    pub parent_ref: String,
+    /// `parentRef.group` with its default applied.
+    pub group: String,
+    /// `parentRef.kind` with its default applied.
+    pub kind: String,
+    /// `parentRef.namespace` with its default (the route's) applied.
+    pub namespace: String,
+    /// `parentRef.name`.
+    pub name: String,
+    /// `parentRef.port`.
+    pub port: Option<u16>,
+    /// `Accepted` then `ResolvedRefs`.
+    pub conditions: Vec<Condition>,
+}
+
+impl fmt::Display for ParentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.parent_ref)?;
+        for c in &self.conditions {
+            write!(f, " {}={} ({})", c.type_, if c.status { "True" } else { "False" }, c.reason)?;
+        }
+        Ok(())
+    }
+}
+
+/// What translating one route gave.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// The resource, when at least one parent accepted the route.
+    pub route: Option<pb::Route>,
+    /// `status.parents`.
+    pub parents: Vec<ParentStatus>,
+    /// Problems worth a warning (unresolved references, parents without a waypoint).
+    pub warnings: Vec<String>,
+}
+
+/// The first unresolved reference of a route.
+struct Unresolved {
+    reason: &'static str,
+    message: String,
+}
+
+struct Cx<'a> {
+    cfg: &'a MeshConfig,
+    model: &'a Model,
+    ns: &'a str,
+    unresolved: Option<Unresolved>,
+    warnings: Vec<String>,
+}
+
+impl Cx<'_> {
+    fn unresolved(&mut self, reason: &'static str, message: String) {
+        self.warnings.push(message.clone());
+        if self.unresolved.is_none() {
+            self.unresolved = Some(Unresolved { reason, message });
+        }
+    }
+
+    /// FQDN of a Service backend, or "" (and a ResolvedRefs failure) when it does not resolve.
+    fn backend(
+        &mut self,
+        field: &str,
+        group: Option<&str>,
+        kind: Option<&str>,
+        name: &str,
+        ns: Option<&str>,
+        port: Option<u16>,
+    ) -> String {
+        let is_service = group.unwrap_or("").is_empty() && kind.unwrap_or("Service") == "Service";
+        if !is_service {
+            self.unresolved(
+                "InvalidKind",
+                format!("{field}: {}/{} is not a Service", group.unwrap_or(""), kind.unwrap_or("")),
+            );
+            return String::new();
+        }
+        let ns = ns.unwrap_or(self.ns);
+        if ns != self.ns {
+            self.unresolved(
+                "RefNotPermitted",
+                format!("{field}: Service {ns}/{name} is in another namespace (ReferenceGrant is not supported)"),
+            );
+            return String::new();
+        }
+        let Some(svc) = self.model.services.get(&(ns.to_owned(), name.to_owned())) else {
+            self.unresolved("BackendNotFound", format!("{field}: Service {ns}/{name} not found"));
+            return String::new();
+        };
+        if let Some(p) = port
+            && !svc.spec.ports.iter().any(|sp| sp.port == p)
+        {
+            self.unresolved("BackendNotFound", format!("{field}: Service {ns}/{name} has no port {p}"));
+            return String::new();
+        }
+        self.cfg.hostname(ns, name)
+    }
+
+    fn mirror_backend(&mut self, field: &str, b: &BackendObjectRef) -> pb::Backend {
+        let hostname =
+            self.backend(field, b.group.as_deref(), b.kind.as_deref(), &b.name, b.namespace.as_deref(), b.port);
+        pb::Backend { hostname, port: u32::from(b.port.unwrap_or(0)), weight: 1, filters: Vec::new() }
+    }
+
+    fn filter(&mut self, field: &str, f: &RouteFilter) -> Option<pb::Filter> {
+        use pb::filter::Kind as K;
+        let headers = |m: &crate::k8s::gateway::HeaderModifier| pb::HeaderModifier {
+            set: m
+                .set
+                .iter()
+                .map(|h| pb::Header { name: h.name.to_ascii_lowercase(), value: h.value.clone() })
+                .collect(),
+            add: m
+                .add
+                .iter()
+                .map(|h| pb::Header { name: h.name.to_ascii_lowercase(), value: h.value.clone() })
+                .collect(),
+            remove: m.remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
+        };
+        let kind = match f.type_.as_str() {
+            "RequestHeaderModifier" => K::RequestHeaderModifier(headers(f.request_header_modifier.as_ref()?)),
+            "ResponseHeaderModifier" => K::ResponseHeaderModifier(headers(f.response_header_modifier.as_ref()?)),
+            "RequestRedirect" => {
+                let r = f.request_redirect.as_ref()?;
+                K::RequestRedirect(pb::RequestRedirect {
+                    scheme: r.scheme.clone().unwrap_or_default(),
+                    hostname: r.hostname.clone().unwrap_or_default(),
+                    path: r.path.as_ref().map(path_modifier),
+                    port: u32::from(r.port.unwrap_or(0)),
+                    status_code: r.status_code.unwrap_or(302),
+                })
+            }
+            "URLRewrite" => {
+                let u = f.url_rewrite.as_ref()?;
+                K::UrlRewrite(pb::UrlRewrite {
+                    hostname: u.hostname.clone().unwrap_or_default(),
+                    path: u.path.as_ref().map(path_modifier),
+                })
+            }
+            "RequestMirror" => {
+                let m = f.request_mirror.as_ref()?;
+                let percent = match (&m.percent, &m.fraction) {
+                    (Some(p), _) => *p,
+                    // Rounded down: never mirror more than asked.
+                    (None, Some(fr)) => {
+                        (u64::from(fr.numerator) * 100 / u64::from(fr.denominator.unwrap_or(100).max(1))) as u32
+                    }
+                    (None, None) => 100,
+                };
+                let backend = self.mirror_backend(&format!("{field}.requestMirror.backendRef"), &m.backend_ref);
+                K::RequestMirror(pb::RequestMirror { backend: Some(backend), percent })
+            }
+            _ => return None,
+        };
+        Some(pb::Filter { kind: Some(kind) })
+    }
+}
+
+fn path_modifier(p: &PathModifier) -> pb::PathModifier {
+    use pb::path_modifier::Kind as K;
+    let kind = match p.type_.as_str() {
+        "ReplacePrefixMatch" => K::ReplacePrefixMatch(p.replace_prefix_match.clone().unwrap_or_default()),
+        _ => K::ReplaceFullPath(p.replace_full_path.clone().unwrap_or_default()),
+    };
+    pb::PathModifier { kind: Some(kind) }
+}
+
+fn match_type(t: Option<&str>, default: pb::MatchType) -> pb::MatchType {
+    match t {
+        Some("Exact") => pb::MatchType::Exact,
+        Some("PathPrefix") => pb::MatchType::PathPrefix,
+        Some("RegularExpression") => pb::MatchType::RegularExpression,
+        _ => default,
+    }
+}
+
+fn duration(s: Option<&str>) -> Option<prost_types::Duration> {
+    let d = parse_duration(s?)?;
+    // Gateway API: a zero duration disables the timeout.
+    (!d.is_zero()).then(|| prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 })
+}
+
+fn describe_parent(route_ns: &str, p: &ParentReference) -> String {
+    let kind = p.kind.as_deref().unwrap_or("Gateway");
+    let ns = p.namespace.as_deref().unwrap_or(route_ns);
+    match p.port {
+        Some(port) => format!("{kind} {ns}/{}:{port}", p.name),
+        None => format!("{kind} {ns}/{}", p.name),
+    }
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC timestamp (`2024-05-01T10:00:00Z`), 0 if unreadable.
+pub fn epoch_seconds(ts: &str) -> i64 {
+    let parse = || -> Option<i64> {
+        let (date, time) = ts.split_once('T')?;
+        let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+        let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+        let time = time.trim_end_matches('Z');
+        let time = time.split(['+', '.']).next()?;
+        let mut t = time.split(':').map(|x| x.parse::<i64>().ok());
+        let (h, min, s) = (t.next()??, t.next()??, t.next()??);
+        // Days from civil (proleptic Gregorian), Howard Hinnant's well-known formula.
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = if y >= 0 { y } else { y - 399 } / 400;
+        let yoe = y - era * 400;
+        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        Some(days * 86_400 + h * 3600 + min * 60 + s)
+    };
+    parse().unwrap_or(0)
+}
+
+/// Translates one route; `grpc` for a `GRPCRoute`.
+pub fn translate(cfg: &MeshConfig, model: &Model, grpc: bool, r: &Route) -> Outcome {
+    let ns = r.metadata.namespace.as_str();
+    let mut cx = Cx { cfg, model, ns, unresolved: None, warnings: Vec::new() };
+    let rules = rules(&mut cx, grpc, r);
+    let resolved = match cx.unresolved.take() {
+        None => Condition { type_: "ResolvedRefs", status: true, reason: "ResolvedRefs", message: String::new() },
+        Some(u) => Condition { type_: "ResolvedRefs", status: false, reason: u.reason, message: u.message },
+    };
+    let mut parents = Vec::new();
+    let mut accepted = Vec::new();
+    for (i, p) in r.spec.parent_refs.iter().enumerate() {
+        let group = p.group.as_deref().unwrap_or("gateway.networking.k8s.io");
+        let kind = p.kind.as_deref().unwrap_or("Gateway");
+        let pns = p.namespace.as_deref().unwrap_or(ns);
+        let refused = |reason: &'static str, message: String| Some((reason, message));
+        let verdict: Option<(&'static str, String)> = match (group, kind) {
+            ("" | "core", "Service") if pns != ns => refused(
+                "UnsupportedValue",
+                format!(
+                    "spec.parentRefs[{i}]: routes for Services of another namespace (consumer routes) are not supported"
+                ),
+            ),
+            ("" | "core", "Service") => match model.services.get(&(pns.to_owned(), p.name.clone())) {
+                None => {
+                    refused("NoMatchingParent", format!("spec.parentRefs[{i}]: Service {pns}/{} not found", p.name))
+                }
+                Some(svc) if p.port.is_some_and(|port| !svc.spec.ports.iter().any(|sp| sp.port == port)) => refused(
+                    "NoMatchingParent",
+                    format!("spec.parentRefs[{i}]: Service {pns}/{} has no port {}", p.name, p.port.unwrap_or(0)),
+                ),
+                Some(svc) => {
+                    if !matches!(resolve(cfg, model, pns, &svc.metadata.labels, For::Service, None), Ok(Some(_))) {
+                        cx.warnings.push(format!(
+                            "spec.parentRefs[{i}]: Service {pns}/{} does not use a waypoint; the route has no effect until it does",
+                            p.name
+                        ));
+                    }
+                    accepted.push(pb::ParentService {
+                        hostname: cfg.hostname(pns, &p.name),
+                        port: u32::from(p.port.unwrap_or(0)),
+                    });
+                    None
+                }
+            },
+            ("gateway.networking.k8s.io", "Gateway") => match model.gateways.get(&(pns.to_owned(), p.name.clone())) {
+                Some(gw) if gw.spec.gateway_class_name == super::WAYPOINT_CLASS => refused(
+                    "NotAllowedByListeners",
+                    format!(
+                        "spec.parentRefs[{i}]: routes attach to the Services that use waypoint {pns}/{}, not to the waypoint Gateway",
+                        p.name
+                    ),
+                ),
+                // Another controller's Gateway: its status is not ours to write.
+                Some(_) => continue,
+                None => {
+                    refused("NoMatchingParent", format!("spec.parentRefs[{i}]: Gateway {pns}/{} not found", p.name))
+                }
+            },
+            _ => refused("InvalidKind", format!("spec.parentRefs[{i}]: {group}/{kind} cannot be a route parent")),
+        };
+        let accepted_cond = match verdict {
+            None => Condition { type_: "Accepted", status: true, reason: "Accepted", message: String::new() },
+            Some((reason, message)) => {
+                cx.warnings.push(message.clone());
+                Condition { type_: "Accepted", status: false, reason, message }
+            }
+        };
+        parents.push(ParentStatus {
+            parent_ref: describe_parent(ns, p),
+            group: group.to_owned(),
+            kind: kind.to_owned(),
+            namespace: pns.to_owned(),
+            name: p.name.clone(),
+            port: p.port,
+            conditions: vec![accepted_cond, resolved.clone()],
+        });
+    }
+    let route = (!accepted.is_empty()).then(|| pb::Route {
+        namespace: ns.to_owned(),
+        name: r.metadata.name.clone(),
+        kind: if grpc { pb::route::Kind::Grpc } else { pb::route::Kind::Http } as i32,
+        parents: accepted,
+        hostnames: r.spec.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        rules,
+        creation_timestamp: r.metadata.creation_timestamp.as_deref().map_or(0, epoch_seconds),
+    });
+    Outcome { route, parents, warnings: cx.warnings }
+}
+
+fn rules(cx: &mut Cx<'_>, grpc: bool, r: &Route) -> Vec<pb::Rule> {
+    let default_rule = [crate::k8s::gateway::RouteRule::default()];
+    let written = if r.spec.rules.is_empty() { &default_rule[..] } else { &r.spec.rules[..] };
+    let mut out = Vec::new();
+    for (i, rule) in written.iter().enumerate() {
+        let base = format!("spec.rules[{i}]");
+        let mut matches: Vec<pb::Match> = rule.matches.iter().map(|m| route_match(grpc, m)).collect();
+        if matches.is_empty() && !grpc {
+            matches.push(pb::Match { path: Some(prefix_root()), ..Default::default() });
+        }
+        let filters = rule
+            .filters
+            .iter()
+            .enumerate()
+            .filter_map(|(k, f)| cx.filter(&format!("{base}.filters[{k}]"), f))
+            .collect();
+        let mut backends = Vec::new();
+        for (k, b) in rule.backend_refs.iter().enumerate() {
+            let field = format!("{base}.backendRefs[{k}]");
+            let hostname =
+                cx.backend(&field, b.group.as_deref(), b.kind.as_deref(), &b.name, b.namespace.as_deref(), b.port);
+            let filters = b
+                .filters
+                .iter()
+                .enumerate()
+                .filter_map(|(j, f)| cx.filter(&format!("{field}.filters[{j}]"), f))
+                .collect();
+            backends.push(pb::Backend {
+                hostname,
+                port: u32::from(b.port.unwrap_or(0)),
+                weight: b.weight.unwrap_or(1),
+                filters,
+            });
+        }
+        let timeouts = rule.timeouts.as_ref().map(|t| pb::Timeouts {
+            request: duration(t.request.as_deref()),
+            backend_request: duration(t.backend_request.as_deref()),
+        });
+        let retry = rule.retry.as_ref().map(|rt| pb::Retry {
+            attempts: rt.attempts.unwrap_or(2),
+            codes: rt.codes.clone(),
+            backoff: Some(
+                duration(rt.backoff.as_deref()).unwrap_or(prost_types::Duration { seconds: 0, nanos: 25_000_000 }),
+            ),
+        });
+        out.push(pb::Rule { name: rule.name.clone().unwrap_or_default(), matches, filters, backends, timeouts, retry });
+    }
+    out
+}
+
+fn prefix_root() -> pb::PathMatch {
+    pb::PathMatch { r#type: pb::MatchType::PathPrefix as i32, value: "/".into() }
+}
+
+fn route_match(grpc: bool, m: &crate::k8s::gateway::RouteMatch) -> pb::Match {
+    let values = |v: &[crate::k8s::gateway::ValueMatch], lower: bool| -> Vec<pb::HeaderMatch> {
+        v.iter()
+            .map(|h| pb::HeaderMatch {
+                name: if lower { h.name.to_ascii_lowercase() } else { h.name.clone() },
+                r#type: match_type(h.type_.as_deref(), pb::MatchType::Exact) as i32,
+                value: h.value.clone(),
+            })
+            .collect()
+    };
+    let mut out = pb::Match { headers: values(&m.headers, true), ..Default::default() };
+    if grpc {
+        if let Some(MethodMatch::Grpc(g)) = &m.method {
+            out.grpc = Some(pb::GrpcMethodMatch {
+                r#type: match_type(g.type_.as_deref(), pb::MatchType::Exact) as i32,
+                service: g.service.clone().unwrap_or_default(),
+                method: g.method.clone().unwrap_or_default(),
+            });
+        }
+        return out;
+    }
+    out.query_params = values(&m.query_params, false);
+    out.path = Some(match &m.path {
+        Some(p) => pb::PathMatch {
+            r#type: match_type(p.type_.as_deref(), pb::MatchType::PathPrefix) as i32,
+            value: p.value.clone().unwrap_or_else(|| "/".into()),
+        },
+        None => prefix_root(),
+    });
+    if let Some(MethodMatch::Http(method)) = &m.method {
+        out.method = method.clone();
+    }
+    out
+}

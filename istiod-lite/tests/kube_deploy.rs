@@ -1,0 +1,118 @@
+//! Kubernetes mode deploys waypoints: for a Gateway of class `istio-waypoint` (from the
+//! recorded cluster), istiod-lite server-side applies the ServiceAccount, Deployment and
+//! Service, then writes the Gateway's status with the Service's address, against the mock API.
+
+mod kube_support;
+
+use std::time::Duration;
+
+use istiod_lite::deploy::{DeployConfig, GatewayRef, controller, reconcile};
+use kube_support::{MockApi, Seen};
+
+const SA: &str = "/api/v1/namespaces/shop/serviceaccounts/waypoint";
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/shop/deployments/waypoint";
+const SERVICE: &str = "/api/v1/namespaces/shop/services/waypoint";
+const STATUS: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/gateways/waypoint/status";
+
+fn cfg() -> DeployConfig {
+    DeployConfig::new("ghcr.io/example/waypoint:1", "istio-system", "cluster.local")
+}
+
+fn check_writes(writes: &[Seen]) {
+    let paths: Vec<&str> = writes.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(paths, [SA, DEPLOYMENT, SERVICE, STATUS], "{writes:#?}");
+    for w in writes {
+        assert_eq!(w.method, "PATCH", "server-side apply is a PATCH: {w:?}");
+        assert_eq!(w.query.get("fieldManager").map(String::as_str), Some("istiod-lite"), "{w:?}");
+        assert_eq!(w.query.get("force").map(String::as_str), Some("true"), "{w:?}");
+    }
+    let body = |i: usize| writes[i].body.clone().expect("a JSON body");
+    let dep = body(1);
+    assert_eq!(dep["kind"], "Deployment");
+    assert_eq!(dep["metadata"]["ownerReferences"][0]["uid"], "9b3d5f7a-1c2e-4a4b-8f6c-8d0f2a4b6d01");
+    assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["image"], "ghcr.io/example/waypoint:1");
+    let status = body(3);
+    assert_eq!(status["status"]["addresses"][0]["value"], "10.96.0.50", "the address is the Service's cluster IP");
+    assert_eq!(status["status"]["conditions"][1]["type"], "Programmed");
+    assert_eq!(status["status"]["conditions"][1]["status"], "True");
+}
+
+#[tokio::test]
+async fn a_waypoint_gateway_gets_its_objects_and_status() {
+    let mock = MockApi::start().await;
+    mock.on_write(SERVICE, "apply/service-waypoint.json");
+    let gw = GatewayRef {
+        namespace: "shop".into(),
+        name: "waypoint".into(),
+        uid: "9b3d5f7a-1c2e-4a4b-8f6c-8d0f2a4b6d01".into(),
+        generation: 1,
+    };
+    let ip = reconcile(&mock.client(), &cfg(), &gw).await.unwrap();
+    assert_eq!(ip.as_deref(), Some("10.96.0.50"));
+    check_writes(&mock.writes());
+}
+
+#[tokio::test]
+async fn the_controller_reconciles_waypoint_gateways_it_watches() {
+    let mock = MockApi::start().await;
+    mock.cluster();
+    mock.on_write(SERVICE, "apply/service-waypoint.json");
+    let task = tokio::spawn(controller(mock.client(), cfg()));
+    mock.wait_seen("the Gateway status write", Duration::from_secs(10), |seen| seen.iter().any(|s| s.path == STATUS))
+        .await;
+    task.abort();
+    check_writes(&mock.writes());
+}
+
+#[tokio::test]
+async fn a_refused_apply_is_an_error_naming_the_object() {
+    let mock = MockApi::start().await;
+    mock.on_write_status(SA, hyper::StatusCode::NOT_FOUND, "status/not-found.json");
+    let gw = GatewayRef { namespace: "shop".into(), name: "waypoint".into(), uid: "u".into(), generation: 1 };
+    match reconcile(&mock.client(), &cfg(), &gw).await {
+        Err(e) => assert!(e.to_string().starts_with("applying ServiceAccount shop/waypoint"), "{e}"),
+        Ok(ip) => panic!("succeeded: {ip:?}"),
+    }
+    // Nothing after the refused object was attempted.
+    assert_eq!(mock.writes().len(), 1);
+}
+
+#[tokio::test]
+async fn route_status_is_written_once_per_change() {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use istiod_lite::deploy::route_status::sync;
+    use istiod_lite::source::dir::Loader;
+    use istiod_lite::{MeshConfig, Translator};
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/waypoint-samples");
+    let snap = Loader::new(dir).load().unwrap();
+    let mut t = Translator::new(MeshConfig::default());
+    t.replace_all(snap.objects.into_iter().map(|o| o.object).collect());
+    let t = Arc::new(Mutex::new(t));
+    let mock = MockApi::start().await;
+    let mut written = BTreeMap::new();
+    assert_eq!(sync(&mock.client(), &t, &mut written).await, 2);
+    let writes = mock.writes();
+    let paths: Vec<&str> = writes.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/apis/gateway.networking.k8s.io/v1/namespaces/bank/httproutes/accounts/status",
+            "/apis/gateway.networking.k8s.io/v1/namespaces/bank/grpcroutes/ledger/status",
+        ]
+    );
+    let body = writes[0].body.clone().unwrap();
+    let parent = &body["status"]["parents"][0];
+    assert_eq!(
+        parent["parentRef"],
+        serde_json::json!({"group": "", "kind": "Service", "namespace": "bank", "name": "accounts", "port": 80})
+    );
+    assert_eq!(parent["conditions"][0]["type"], "Accepted");
+    assert_eq!(parent["conditions"][0]["status"], "True");
+    assert_eq!(parent["conditions"][1]["reason"], "ResolvedRefs");
+    // Nothing changed: nothing written.
+    assert_eq!(sync(&mock.client(), &t, &mut written).await, 0);
+    assert_eq!(mock.writes().len(), 2);
+}

@@ -1,0 +1,201 @@
+//! Route selection: direct, passthrough, and through waypoints (never around them).
+
+use super::*;
+use crate::state::{StateConfig, file};
+
+/// `web` (service 10.96.0.5:80 -> 8080) behind whatever `svc_waypoint` names; `db` a pod with
+/// `pod_waypoint`; `wp` the waypoint pod (10.0.9.9) behind Service `wp` (10.96.0.99:15008).
+fn state(svc_waypoint: &str, pod_waypoint: &str, wp_status: &str) -> State {
+    let yaml = format!(
+        r#"
+workloads:
+- name: web
+  namespace: shop
+  serviceAccount: web
+  addresses: ["10.0.0.5"]
+  protocol: HBONE
+  services: {{"shop/web.shop.svc.cluster.local": {{80: 8080}}}}
+- name: legacy
+  namespace: shop
+  addresses: ["10.0.0.6"]
+- name: db
+  namespace: shop
+  serviceAccount: db
+  addresses: ["10.0.0.7"]
+  protocol: HBONE
+{pod_waypoint}
+- name: wp
+  namespace: shop
+  serviceAccount: wp
+  addresses: ["10.0.9.9"]
+  status: {wp_status}
+  services: {{"shop/wp.shop.svc.cluster.local": {{15008: 15008}}}}
+services:
+- name: web
+  namespace: shop
+  hostname: web.shop.svc.cluster.local
+  addresses: ["10.96.0.5"]
+  ports: [{{servicePort: 80, targetPort: 8080}}]
+{svc_waypoint}
+- name: wp
+  namespace: shop
+  hostname: wp.shop.svc.cluster.local
+  addresses: ["10.96.0.99"]
+  ports: [{{servicePort: 15008, targetPort: 15008}}]
+"#
+    );
+    file::parse(&yaml, StateConfig::default()).unwrap()
+}
+
+const BY_HOSTNAME: &str = "  waypoint: {hostname: {namespace: shop, hostname: wp.shop.svc.cluster.local}}";
+const BY_POD_IP: &str = "  waypoint: {address: \"10.0.9.9\"}";
+const BY_VIP: &str = "  waypoint: {address: \"10.96.0.99\"}";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn routes_by_destination_kind() {
+    let s = state("", "", "HEALTHY");
+    match route(&s, None, addr("10.96.0.5:80"), 15008) {
+        Route::Hbone { target, peer, service, .. } => {
+            assert_eq!(target, addr("10.0.0.5:8080"));
+            assert_eq!(peer, addr("10.0.0.5:15008"));
+            assert!(service.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(route(&s, None, addr("10.0.0.5:9000"), 15008), Route::Hbone { .. }));
+    assert!(matches!(route(&s, None, addr("10.0.0.6:80"), 15008), Route::Passthrough { workload: Some(_), .. }));
+    assert!(matches!(route(&s, None, addr("192.0.2.1:443"), 15008), Route::Passthrough { workload: None, .. }));
+}
+
+#[test]
+fn a_service_with_a_waypoint_goes_to_the_waypoint_pod_with_the_vip_as_authority() {
+    for how in [BY_HOSTNAME, BY_POD_IP, BY_VIP] {
+        let s = state(how, "", "HEALTHY");
+        match route(&s, None, addr("10.96.0.5:80"), 15008) {
+            Route::Waypoint { waypoint, service, workload, target, peer } => {
+                assert_eq!(waypoint.name, "wp", "{how}");
+                assert_eq!(waypoint.identity().as_str(), "spiffe://cluster.local/ns/shop/sa/wp");
+                assert_eq!(service.unwrap().name, "web");
+                assert!(workload.is_none());
+                assert_eq!(target, addr("10.96.0.5:80"), "{how}: authority is the service VIP:port");
+                assert_eq!(peer, addr("10.0.9.9:15008"), "{how}");
+            }
+            other => panic!("{how}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_pod_with_a_waypoint_goes_to_the_waypoint_with_the_pod_address_as_authority() {
+    let s = state("", BY_HOSTNAME, "HEALTHY");
+    match route(&s, None, addr("10.0.0.7:5432"), 15008) {
+        Route::Waypoint { waypoint, workload, service, target, peer } => {
+            assert_eq!(waypoint.name, "wp");
+            assert_eq!(workload.unwrap().name, "db");
+            assert!(service.is_none());
+            assert_eq!(target, addr("10.0.0.7:5432"));
+            assert_eq!(peer, addr("10.0.9.9:15008"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_waypoints_own_traffic_goes_direct() {
+    let s = state(BY_HOSTNAME, BY_POD_IP, "HEALTHY");
+    let wp = s.workload_by_ip("10.0.9.9".parse().unwrap()).unwrap().clone();
+    match route(&s, Some(&wp), addr("10.96.0.5:80"), 15008) {
+        Route::Hbone { workload, target, .. } => {
+            assert_eq!(workload.name, "web");
+            assert_eq!(target, addr("10.0.0.5:8080"));
+        }
+        other => panic!("the waypoint's connection looped: {other:?}"),
+    }
+    assert!(matches!(route(&s, Some(&wp), addr("10.0.0.7:5432"), 15008), Route::Hbone { .. }));
+    // Anyone else still goes through it.
+    let web = s.workload_by_ip("10.0.0.5".parse().unwrap()).unwrap().clone();
+    assert!(matches!(route(&s, Some(&web), addr("10.0.0.7:5432"), 15008), Route::Waypoint { .. }));
+}
+
+#[test]
+fn the_waypoints_own_pods_and_service_are_not_redirected_to_it() {
+    // As if a namespace-wide use-waypoint label landed on the waypoint's pod and service too.
+    let yaml = r#"
+workloads:
+- name: wp
+  namespace: shop
+  serviceAccount: wp
+  addresses: ["10.0.9.9"]
+  waypoint: {address: "10.0.9.9"}
+  services: {"shop/wp.shop.svc.cluster.local": {15008: 15008}}
+services:
+- name: wp
+  namespace: shop
+  hostname: wp.shop.svc.cluster.local
+  addresses: ["10.96.0.99"]
+  ports: [{servicePort: 15008, targetPort: 15008}]
+  waypoint: {address: "10.96.0.99"}
+"#;
+    let s = file::parse(yaml, StateConfig::default()).unwrap();
+    for dst in ["10.0.9.9:15008", "10.96.0.99:15008"] {
+        assert!(matches!(route(&s, None, addr(dst), 15008), Route::Passthrough { .. }), "{dst}");
+    }
+}
+
+#[test]
+fn an_unresolvable_waypoint_refuses_and_never_bypasses() {
+    let cases = [
+        ("  waypoint: {hostname: {namespace: shop, hostname: nope.shop.svc.cluster.local}}", "HEALTHY", "not known"),
+        ("  waypoint: {address: \"10.0.99.1\"}", "HEALTHY", "no workload or service"),
+        (BY_POD_IP, "UNHEALTHY", "not ready"),
+        // Unhealthy pods are not endpoints, so the service has none.
+        (BY_HOSTNAME, "UNHEALTHY", "no healthy endpoint"),
+        ("  waypoint: {address: {network: far, address: \"10.0.9.9\"}}", "HEALTHY", "another network"),
+    ];
+    for (how, status, expect) in cases {
+        let s = state(how, "", status);
+        match route(&s, None, addr("10.96.0.5:80"), 15008) {
+            Route::WaypointUnavailable { destination, why, .. } => {
+                assert_eq!(destination, "shop/web");
+                assert!(why.contains(expect), "{how}: {why}");
+            }
+            other => panic!("{how}/{status}: traffic for a service with a waypoint went {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_workload_waypoint_is_honoured_behind_a_service_without_one() {
+    let yaml = r#"
+workloads:
+- name: web
+  namespace: shop
+  addresses: ["10.0.0.5"]
+  protocol: HBONE
+  services: {"shop/web.shop.svc.cluster.local": {80: 8080}}
+  waypoint: {address: "10.0.9.9"}
+- name: wp
+  namespace: shop
+  serviceAccount: wp
+  addresses: ["10.0.9.9"]
+services:
+- name: web
+  namespace: shop
+  hostname: web.shop.svc.cluster.local
+  addresses: ["10.96.0.5"]
+  ports: [{servicePort: 80, targetPort: 8080}]
+"#;
+    let s = file::parse(yaml, StateConfig::default()).unwrap();
+    match route(&s, None, addr("10.96.0.5:80"), 15008) {
+        Route::Waypoint { target, peer, workload, .. } => {
+            assert_eq!(target, addr("10.0.0.5:8080"));
+            assert_eq!(peer, addr("10.0.9.9:15008"));
+            assert_eq!(workload.unwrap().name, "web");
+        }
+        other => panic!("{other:?}"),
+    }
+}
