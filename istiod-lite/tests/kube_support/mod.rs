@@ -1,7 +1,8 @@
 //! A mock Kubernetes API server on loopback that answers from recorded responses
 //! (`tests/fixtures/kube/`): list requests get the recorded list (or error status) of their
 //! path, watch requests (`?watch=true`) get a held-open chunked stream of the recorded watch
-//! event lines the test pushes. Every request is logged for assertions.
+//! event lines the test pushes. TokenReview POSTs are answered by the recorded review of
+//! their token. Every request is logged for assertions.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -60,9 +61,16 @@ struct Route {
     watch: WatchFeed,
 }
 
+/// Where TokenReviews are posted.
+pub const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
 #[derive(Default)]
 struct State {
     routes: Mutex<HashMap<String, Route>>,
+    /// Recorded TokenReview answers by token.
+    reviews: Mutex<HashMap<String, (StatusCode, Bytes)>>,
+    /// TokenReview request bodies received.
+    review_requests: Mutex<Vec<serde_json::Value>>,
     seen: Mutex<Vec<Seen>>,
     changed: Notify,
 }
@@ -95,6 +103,17 @@ type Body = BoxBody<Bytes, Infallible>;
 
 fn json(status: StatusCode, body: Bytes) -> Response<Body> {
     Response::builder().status(status).header("content-type", "application/json").body(Full::new(body).boxed()).unwrap()
+}
+
+/// Answers a TokenReview POST with the recorded review of its token (500 if none).
+fn review(state: &State, body: &[u8]) -> Response<Body> {
+    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let token = request["spec"]["token"].as_str().unwrap_or("").to_owned();
+    state.review_requests.lock().unwrap().push(request);
+    match state.reviews.lock().unwrap().get(&token) {
+        Some((status, body)) => json(*status, body.clone()),
+        None => json(StatusCode::INTERNAL_SERVER_ERROR, Bytes::from_static(b"{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\",\"message\":\"no recorded review for this token\",\"code\":500}")),
+    }
 }
 
 fn handle(state: &State, req: &Request<Incoming>) -> Response<Body> {
@@ -147,8 +166,18 @@ impl MockApi {
                 let st = st.clone();
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let resp = handle(&st, &req);
-                        async move { Ok::<_, Infallible>(resp) }
+                        let st = st.clone();
+                        async move {
+                            if req.method() == hyper::Method::POST && req.uri().path() == TOKEN_REVIEWS {
+                                st.seen.lock().unwrap().push(Seen {
+                                    path: TOKEN_REVIEWS.to_owned(),
+                                    query: parse_query(req.uri().query()),
+                                });
+                                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                return Ok::<_, Infallible>(review(&st, &body));
+                            }
+                            Ok::<_, Infallible>(handle(&st, &req))
+                        }
                     });
                     let _ =
                         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
@@ -218,6 +247,17 @@ impl MockApi {
                 feed.pending.push(line);
             }
         }
+    }
+
+    /// Answers TokenReviews of `token` with the recorded `fixture` (status `status`).
+    pub fn token_review(&self, token: &str, status: StatusCode, fixture: &str) -> &Self {
+        self.state.reviews.lock().unwrap().insert(token.to_owned(), (status, read(fixture)));
+        self
+    }
+
+    /// The TokenReview request bodies received so far.
+    pub fn review_requests(&self) -> Vec<serde_json::Value> {
+        self.state.review_requests.lock().unwrap().clone()
     }
 
     /// Every request so far.
