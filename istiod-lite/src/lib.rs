@@ -12,6 +12,7 @@
 //!   type URL, named as Istio names them (workload uid, `<ns>/<hostname>`, `<ns>/<name>`).
 //! - [`error`]: configuration errors and translation warnings.
 //! - [`explain`]: what `meshctl explain` answers, computed by the code the mesh runs.
+//! - [`meshctl`]: what `meshctl proxy-status`, `certs` and `check` ask running components.
 //! - [`ca`]: the mesh CA (root, CSR signing, who may have which identity).
 //! - [`serve`], [`config`], [`placement`]: running it all: directory → translator → xDS store,
 //!   xDS and the CA over TLS on 15012 ([`tls`]; plaintext 15010 on request), metrics and debug
@@ -41,6 +42,7 @@ pub mod debug;
 pub mod error;
 pub mod explain;
 pub mod k8s;
+pub mod meshctl;
 pub mod model;
 pub mod placement;
 pub mod serve;
