@@ -160,11 +160,15 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             if cfg.bootstrap_tokens.is_some() {
                 tracing::warn!("--bootstrap-tokens is ignored with --source kube: the CA uses TokenReview");
             }
-            Authenticator::Kube(KubeAuth {
-                reviewer: TokenReviewer::new(client, cfg.token_audience.clone(), crate::ca::tokenreview::DEFAULT_CACHE_TTL),
+            Authenticator::Kube(Box::new(KubeAuth {
+                reviewer: TokenReviewer::new(
+                    client,
+                    cfg.token_audience.clone(),
+                    crate::ca::tokenreview::DEFAULT_CACHE_TTL,
+                ),
                 node_proxy: cfg.node_proxy_account()?,
                 trust_domain: cfg.trust_domain.clone(),
-            })
+            }))
         }
         None => Authenticator::NodeTokens(NodeTokens(cfg.tokens()?)),
     };
@@ -224,20 +228,21 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     Ok(Running { tls_addr, plaintext_addr, monitoring_addr, serving_cert, xds, translator, tasks })
 }
 
-/// Where the model comes from: a watched directory, or the Kubernetes API. Both report into
-/// the same status, which metrics and the debug pages read.
+/// A running source: its status, its deltas, its task.
+type SourceParts = (
+    tokio::sync::watch::Receiver<dir::WatchStatus>,
+    tokio::sync::mpsc::UnboundedReceiver<crate::translator::Delta>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Where the model comes from: a watched directory, or the Kubernetes API (through `client`,
+/// made by the caller, who shares it with the CA). Both report into the same status, which
+/// metrics and the debug pages read.
 fn start_source(
     cfg: &Config,
     client: Option<::kube::Client>,
     translator: Arc<Mutex<Translator>>,
-) -> Result<
-    (
-        tokio::sync::watch::Receiver<dir::WatchStatus>,
-        tokio::sync::mpsc::UnboundedReceiver<crate::translator::Delta>,
-        tokio::task::JoinHandle<()>,
-    ),
-    StartError,
-> {
+) -> Result<SourceParts, ConfigError> {
     match cfg.source {
         Source::Dir => {
             let path =

@@ -32,9 +32,9 @@ struct Pods(HashMap<(&'static str, &'static str), (&'static str, &'static str)>)
 
 impl Placement for Pods {
     fn runs_on(&self, identity: &Identity, node: &str) -> bool {
-        self.0.iter().any(|((ns, _), (sa, n))| {
-            *ns == identity.namespace() && *sa == identity.service_account() && *n == node
-        })
+        self.0
+            .iter()
+            .any(|((ns, _), (sa, n))| *ns == identity.namespace() && *sa == identity.service_account() && *n == node)
     }
 
     fn pod_node(&self, namespace: &str, name: &str) -> Option<String> {
@@ -53,11 +53,11 @@ fn pods() -> Pods {
 
 fn ca(dir: &TempDir, client: kube::Client) -> CaService<Pods> {
     let signer = Arc::new(CaSigner::load_or_generate(&dir.path().join("ca"), "cluster.local").unwrap());
-    let auth = Authenticator::Kube(KubeAuth {
+    let auth = Authenticator::Kube(Box::new(KubeAuth {
         reviewer: TokenReviewer::new(client, DEFAULT_AUDIENCE, DEFAULT_CACHE_TTL),
         node_proxy: ("istio-system".into(), "ztunnel".into()),
         trust_domain: "cluster.local".into(),
-    });
+    }));
     CaService::with_auth(signer, auth, Arc::new(pods()))
 }
 

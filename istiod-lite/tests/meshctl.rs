@@ -199,7 +199,9 @@ async fn certs_lists_what_a_ztunnel_holds() {
     // ztunnel's admin server, answering /certs as ztunnel's admin routes do.
     let (listener, addr) = ztunnel::admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let routes: ztunnel::admin::Routes = Arc::new(move |call| match call.path {
-        "/certs" => ztunnel::admin::Reply::json(&ztunnel::cert_report::certs_json(&store, std::time::SystemTime::now())),
+        "/certs" => {
+            ztunnel::admin::Reply::json(&ztunnel::cert_report::certs_json(&store, std::time::SystemTime::now()))
+        }
         _ => ztunnel::admin::Reply::error(http::StatusCode::NOT_FOUND, "no\n"),
     });
     let server = tokio::spawn(ztunnel::admin::serve(listener, routes));
@@ -226,7 +228,9 @@ async fn certs_lists_what_a_ztunnel_holds() {
     assert_eq!(u.root_fingerprint.as_deref(), Some(ztunnel::cert_report::sha256_hex(&other.root_der()).as_str()));
 
     // The binary, over two "ztunnels" (the same one twice): a row per certificate each.
-    let (code, out) = meshctl(vec!["certs".into(), "--ztunnel-admin".into(), admin.clone(), "--ztunnel-admin".into(), admin.clone()]).await;
+    let (code, out) =
+        meshctl(vec!["certs".into(), "--ztunnel-admin".into(), admin.clone(), "--ztunnel-admin".into(), admin.clone()])
+            .await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.lines().filter(|l| l.contains("sa/catalog") && l.contains(&catalog_serial)).count(), 2, "{out}");
     assert!(out.lines().next().unwrap().starts_with("ZTUNNEL"));
@@ -361,7 +365,10 @@ async fn check_binary_reports_each_check_and_fails_on_a_failure() {
     assert_eq!(row("cni chain")[2], "ok", "{out}");
     assert_eq!(row(&format!("port {free_port}"))[2..], ["ok", "free"], "{out}");
     assert_eq!(row(&format!("port {held_port}"))[2], "fail", "{out}");
-    assert!(row(&format!("port {held_port}")).join(" ").contains(&format!("(pid {}), not ztunnel", std::process::id())), "{out}");
+    assert!(
+        row(&format!("port {held_port}")).join(" ").contains(&format!("(pid {}), not ztunnel", std::process::id())),
+        "{out}"
+    );
     assert_eq!(row("istiod-lite")[1], "ok", "{out}");
     // bad.yaml is one config error.
     let config = row("istiod-lite config");
@@ -393,7 +400,8 @@ async fn check_binary_reports_each_check_and_fails_on_a_failure() {
     assert_eq!(code, i32::from(!fails.is_empty()), "{out}");
     // istiod-lite gone: fails, naming the address.
     drop(running);
-    let (code, out) = meshctl(vec!["check".into(), "--ports".into(), format!("{free_port}"), "--istiod".into(), base.clone()]).await;
+    let (code, out) =
+        meshctl(vec!["check".into(), "--ports".into(), format!("{free_port}"), "--istiod".into(), base.clone()]).await;
     assert_eq!(code, 1);
     assert!(out.lines().any(|l| l.starts_with("istiod-lite") && l.contains("fail") && l.contains(&base)), "{out}");
 }

@@ -30,17 +30,27 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
 }
 
-/// Subject and issuer (DER of the names), for matching a chain's top to a trusted root.
-fn names(der: &CertificateDer<'_>) -> Option<(Vec<u8>, Vec<u8>, String)> {
+/// A certificate's names: subject and issuer as DER (for matching a chain's top to the root
+/// that issued it), and the subject as text.
+struct Names {
+    subject: Vec<u8>,
+    issuer: Vec<u8>,
+    subject_text: String,
+}
+
+fn names(der: &CertificateDer<'_>) -> Option<Names> {
     let (_, c) = X509Certificate::from_der(der).ok()?;
-    Some((c.subject().as_raw().to_vec(), c.issuer().as_raw().to_vec(), c.subject().to_string()))
+    Some(Names {
+        subject: c.subject().as_raw().to_vec(),
+        issuer: c.issuer().as_raw().to_vec(),
+        subject_text: c.subject().to_string(),
+    })
 }
 
 /// The `/certs` document for `store` at `now`.
 pub fn certs_json(store: &CertStore, now: SystemTime) -> Value {
     let roots = store.roots();
-    let roots: Vec<(String, Option<(Vec<u8>, Vec<u8>, String)>)> =
-        roots.certificates().iter().map(|r| (sha256_hex(r), names(r))).collect();
+    let roots: Vec<(String, Option<Names>)> = roots.certificates().iter().map(|r| (sha256_hex(r), names(r))).collect();
     let certificates: Vec<Value> = store
         .snapshot()
         .iter()
@@ -50,11 +60,14 @@ pub fn certs_json(store: &CertStore, now: SystemTime) -> Value {
             let serial = leaf.as_ref().map(|l| l.raw_serial_as_string().replace(':', ""));
             // The root: the chain's top if it signed itself, else the trusted root that issued it.
             let root = chain.last().and_then(|top| {
-                let (subject, issuer, _) = names(top)?;
-                if chain.len() > 1 && subject == issuer {
+                let top_names = names(top)?;
+                if chain.len() > 1 && top_names.subject == top_names.issuer {
                     return Some(sha256_hex(top));
                 }
-                roots.iter().find(|(_, n)| n.as_ref().is_some_and(|n| n.0 == issuer)).map(|(f, _)| f.clone())
+                roots
+                    .iter()
+                    .find(|(_, n)| n.as_ref().is_some_and(|n| n.subject == top_names.issuer))
+                    .map(|(f, _)| f.clone())
             });
             json!({
                 "identity": c.identity().to_string(),
@@ -71,7 +84,7 @@ pub fn certs_json(store: &CertStore, now: SystemTime) -> Value {
         "certificates": certificates,
         "roots": roots
             .iter()
-            .map(|(f, n)| json!({"fingerprintSha256": f, "subject": n.as_ref().map(|n| n.2.clone())}))
+            .map(|(f, n)| json!({"fingerprintSha256": f, "subject": n.as_ref().map(|n| n.subject_text.clone())}))
             .collect::<Vec<_>>(),
     })
 }

@@ -80,7 +80,7 @@ pub enum Authenticator {
     /// Per-node bootstrap tokens (file mode).
     NodeTokens(NodeTokens),
     /// TokenReview of service-account tokens (Kubernetes mode).
-    Kube(KubeAuth),
+    Kube(Box<KubeAuth>),
 }
 
 /// Who is asking, once authenticated.
@@ -117,9 +117,10 @@ impl<P: Placement> CaService<P> {
 
     async fn authenticate(&self, token: &str) -> Result<Caller, Status> {
         match &self.auth {
-            Authenticator::NodeTokens(tokens) => {
-                tokens.node(token).map(|n| Caller::Node(n.to_owned())).ok_or_else(|| Status::unauthenticated("unknown token"))
-            }
+            Authenticator::NodeTokens(tokens) => tokens
+                .node(token)
+                .map(|n| Caller::Node(n.to_owned()))
+                .ok_or_else(|| Status::unauthenticated("unknown token")),
             Authenticator::Kube(kube) => {
                 let who = kube.reviewer.review(token).await.map_err(|e| match e {
                     // The API server being unreachable is not the caller's fault, but it is
@@ -133,7 +134,8 @@ impl<P: Placement> CaService<P> {
     }
 
     fn kube_caller(&self, kube: &KubeAuth, who: ServiceAccountToken) -> Result<Caller, Status> {
-        if (who.namespace.as_str(), who.service_account.as_str()) == (kube.node_proxy.0.as_str(), kube.node_proxy.1.as_str())
+        if (who.namespace.as_str(), who.service_account.as_str())
+            == (kube.node_proxy.0.as_str(), kube.node_proxy.1.as_str())
         {
             let node = match (&who.node_name, &who.pod_name) {
                 (Some(node), _) => node.clone(),
@@ -152,9 +154,9 @@ impl<P: Placement> CaService<P> {
             };
             return Ok(Caller::Node(node));
         }
-        Identity::new(&kube.trust_domain, &who.namespace, &who.service_account)
-            .map(Caller::Workload)
-            .map_err(|e| Status::permission_denied(format!("service account {}/{}: {e}", who.namespace, who.service_account)))
+        Identity::new(&kube.trust_domain, &who.namespace, &who.service_account).map(Caller::Workload).map_err(|e| {
+            Status::permission_denied(format!("service account {}/{}: {e}", who.namespace, who.service_account))
+        })
     }
 
     async fn decide(&self, req: &Request<IstioCertificateRequest>) -> Result<(Identity, String), Status> {
@@ -166,19 +168,15 @@ impl<P: Placement> CaService<P> {
             .ok_or_else(|| Status::unauthenticated("no bearer token"))?;
         let caller = self.authenticate(token).await?;
         let body = req.get_ref();
-        let wanted = body
-            .metadata
-            .as_ref()
-            .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
-            .and_then(|v| match &v.kind {
+        let wanted =
+            body.metadata.as_ref().and_then(|m| m.fields.get(IMPERSONATED_IDENTITY)).and_then(|v| match &v.kind {
                 Some(prost_types::value::Kind::StringValue(s)) => Some(s.as_str()),
                 _ => None,
             });
         match caller {
             Caller::Node(node) => {
-                let wanted = wanted.ok_or_else(|| {
-                    Status::invalid_argument(format!("metadata.{IMPERSONATED_IDENTITY} is required"))
-                })?;
+                let wanted = wanted
+                    .ok_or_else(|| Status::invalid_argument(format!("metadata.{IMPERSONATED_IDENTITY} is required")))?;
                 let identity: Identity = wanted
                     .parse()
                     .map_err(|e| Status::invalid_argument(format!("metadata.{IMPERSONATED_IDENTITY}: {e}")))?;
@@ -191,9 +189,7 @@ impl<P: Placement> CaService<P> {
                 if let Some(w) = wanted
                     && w != own.as_str()
                 {
-                    return Err(Status::permission_denied(format!(
-                        "{own} may only have its own identity, not {w}"
-                    )));
+                    return Err(Status::permission_denied(format!("{own} may only have its own identity, not {w}")));
                 }
                 Ok((own, "-".to_owned()))
             }

@@ -75,7 +75,10 @@ pub struct TokenReviewer {
 
 impl std::fmt::Debug for TokenReviewer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenReviewer").field("audience", &self.audience).field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("TokenReviewer")
+            .field("audience", &self.audience)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
@@ -125,7 +128,7 @@ impl TokenReviewer {
         // An API server that ignores spec.audiences returns none: then the token was checked
         // only for the API server's own audience, which is not ours.
         let audiences = status.audiences.unwrap_or_default();
-        if !audiences.iter().any(|a| *a == self.audience) {
+        if !audiences.contains(&self.audience) {
             return Err(ReviewError::Audience { expected: self.audience.clone(), got: audiences });
         }
         let user = status.user.unwrap_or_default();

@@ -50,7 +50,11 @@ pub enum CertsError {
 /// Reads the `/certs` document of the ztunnel at `admin`.
 pub fn parse(admin: &str, doc: &Value) -> Result<Vec<HeldCert>, CertsError> {
     let url = fetch::join(admin, "/certs");
-    let list = doc["certificates"].as_array().ok_or(CertsError::Shape { url: url.clone(), index: 0, field: "certificates" })?;
+    let list = doc["certificates"].as_array().ok_or(CertsError::Shape {
+        url: url.clone(),
+        index: 0,
+        field: "certificates",
+    })?;
     list.iter()
         .enumerate()
         .map(|(index, c)| {

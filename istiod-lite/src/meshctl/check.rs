@@ -115,7 +115,11 @@ pub fn ip_forward(path: &Path) -> Check {
         Ok(v) => Check::new(
             name,
             Level::Warn,
-            format!("{} is {}: pod traffic is not forwarded by this host (Kubernetes nodes enable it)", path.display(), v.trim()),
+            format!(
+                "{} is {}: pod traffic is not forwarded by this host (Kubernetes nodes enable it)",
+                path.display(),
+                v.trim()
+            ),
         ),
         Err(e) => Check::new(name, Level::Fail, format!("{}: {e}", path.display())),
     }
@@ -129,8 +133,10 @@ pub fn cni_chain(dir: &Path, plugin: &str) -> Check {
         Ok(e) => e,
         Err(e) => return Check::new(name, Level::Fail, format!("{}: {e}", dir.display())),
     };
-    let mut lists: Vec<_> =
-        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "conflist")).collect();
+    let mut lists: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "conflist"))
+        .collect();
     lists.sort();
     let Some(path) = lists.into_iter().next() else {
         return Check::new(name, Level::Fail, format!("{}: no *.conflist file", dir.display()));
@@ -148,7 +154,10 @@ pub fn cni_chain(dir: &Path, plugin: &str) -> Check {
         Some(0) => Check::new(
             name,
             Level::Fail,
-            format!("{}: {plugin} is first in {types:?}; it must be chained after the interface plugin", path.display()),
+            format!(
+                "{}: {plugin} is first in {types:?}; it must be chained after the interface plugin",
+                path.display()
+            ),
         ),
         Some(_) => Check::new(name, Level::Ok, format!("{}: {}", path.display(), types.join(" → "))),
         None => Check::new(name, Level::Fail, format!("{}: {plugin} is not chained ({types:?})", path.display())),
@@ -200,7 +209,9 @@ pub fn port(port: u16, allowed_owner: &str) -> Check {
             Check::new(name, Level::Ok, format!("in use by {comm} (pid {pid})"))
         }
         Some((0, _)) => Check::new(name, Level::Fail, "in use by a process this user cannot see"),
-        Some((pid, comm)) => Check::new(name, Level::Fail, format!("in use by {comm} (pid {pid}), not {allowed_owner}")),
+        Some((pid, comm)) => {
+            Check::new(name, Level::Fail, format!("in use by {comm} (pid {pid}), not {allowed_owner}"))
+        }
         None => match std::net::TcpListener::bind(("0.0.0.0", port)) {
             Ok(_) => Check::new(name, Level::Ok, "free"),
             Err(e) => Check::new(name, Level::Fail, format!("cannot bind: {e}")),

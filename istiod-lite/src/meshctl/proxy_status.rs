@@ -141,7 +141,10 @@ pub fn table(rows: &[TypeSync]) -> String {
             ]
         })
         .collect();
-    super::table::render(&["PROXY", "PEER", "TYPE", "STATUS", "ACKED/SERVED", "BEHIND", "PENDING NONCE", "LAST NACK"], &cells)
+    super::table::render(
+        &["PROXY", "PEER", "TYPE", "STATUS", "ACKED/SERVED", "BEHIND", "PENDING NONCE", "LAST NACK"],
+        &cells,
+    )
 }
 
 #[cfg(test)]
