@@ -13,10 +13,13 @@
 //! - [`error`]: configuration errors and translation warnings.
 //! - [`explain`]: what `meshctl explain` answers, computed by the code the mesh runs.
 //! - [`meshctl`]: what `meshctl proxy-status`, `certs` and `check` ask running components.
-//! - [`ca`]: the mesh CA (root, CSR signing, who may have which identity).
+//! - [`ca`]: the mesh CA (root, CSR signing, who may have which identity: node bootstrap
+//!   tokens from a file, or in Kubernetes mode a TokenReview of the caller's service-account
+//!   token).
 //! - [`serve`], [`config`], [`placement`]: running it all: directory → translator → xDS store,
 //!   xDS and the CA over TLS on 15012 ([`tls`]; plaintext 15010 on request), metrics and debug
-//!   JSON on 15014 ([`debug`]).
+//!   JSON on 15014 ([`debug`]). 15012 serves once the first model is loaded (a proxy never
+//!   sees an empty mesh, and the CA never refuses a pod for not knowing it yet).
 //!
 //! # Decisions
 //!

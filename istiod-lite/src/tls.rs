@@ -8,8 +8,10 @@
 //! identities rather than names. It is renewed at half its life; every handshake reads the
 //! current one, so renewal needs no restart and drops no connection.
 //!
-//! Clients are not asked for certificates: proxies authenticate to the CA with their bootstrap
-//! tokens (and would, in Kubernetes, with service-account tokens), as with Istio's 15012.
+//! The certificate is signed through the CA's own [`crate::ca::CaSigner`], so it always chains
+//! to the root the CA issues from. Clients are not asked for certificates: proxies
+//! authenticate to the CA with their bootstrap tokens or, in Kubernetes, their service-account
+//! tokens, as with Istio's 15012.
 
 use std::net::IpAddr;
 use std::pin::Pin;

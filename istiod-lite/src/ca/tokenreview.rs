@@ -6,6 +6,10 @@
 //! pod-bound tokens, which pod (and, from Kubernetes 1.30, which node) it was issued for.
 //! Positive answers are cached briefly, keyed by the token's SHA-256, so a burst of CSRs
 //! costs one API call; refusals are never cached, so a fixed token works at once.
+//!
+//! istiod-lite's service account needs `create` on `tokenreviews.authentication.k8s.io`
+//! (cluster scope, as `system:auth-delegator` grants); without it every review is refused
+//! with the API server's 403 message.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
