@@ -22,9 +22,17 @@ pub struct Config {
     /// Where the mesh root lives (generated there on first start).
     #[arg(long, env = "CA_DIR")]
     pub ca_dir: PathBuf,
-    /// YAML map of node name to bootstrap token: how node proxies authenticate to the CA.
+    /// YAML map of node name to bootstrap token: how node proxies authenticate to the CA with
+    /// `--source dir` (required there). With `--source kube` the CA uses TokenReview instead.
     #[arg(long, env = "BOOTSTRAP_TOKENS")]
-    pub bootstrap_tokens: PathBuf,
+    pub bootstrap_tokens: Option<PathBuf>,
+    /// With `--source kube`: the audience the CA's callers' service-account tokens must carry.
+    #[arg(long, env = "TOKEN_AUDIENCE", default_value = crate::ca::tokenreview::DEFAULT_AUDIENCE)]
+    pub token_audience: String,
+    /// With `--source kube`: the node proxies' service account, `namespace/name`; its tokens
+    /// may obtain the identities of pods on the node of the pod the token is bound to.
+    #[arg(long, env = "ZTUNNEL_SERVICE_ACCOUNT", default_value = "istio-system/ztunnel")]
+    pub ztunnel_service_account: String,
     /// xDS and CA over TLS 1.3, with a certificate issued from the mesh root.
     #[arg(long, env = "TLS_ADDR", default_value = "0.0.0.0:15012")]
     pub tls_addr: SocketAddr,
@@ -116,13 +124,37 @@ impl Config {
         if self.tls_cert_ttl_seconds < 10 {
             return Err(ConfigError::Invalid { flag: "--tls-cert-ttl-seconds", why: "must be at least 10".into() });
         }
+        if self.source == Source::Kube {
+            self.node_proxy_account()?;
+            if self.token_audience.is_empty() {
+                return Err(ConfigError::Invalid { flag: "--token-audience", why: "must not be empty".into() });
+            }
+            return Ok(());
+        }
         self.tokens().map(|_| ())
+    }
+
+    /// `--ztunnel-service-account` as `(namespace, name)`.
+    pub fn node_proxy_account(&self) -> Result<(String, String), ConfigError> {
+        match self.ztunnel_service_account.split_once('/') {
+            Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() && !sa.contains('/') => {
+                Ok((ns.to_owned(), sa.to_owned()))
+            }
+            _ => Err(ConfigError::Invalid {
+                flag: "--ztunnel-service-account",
+                why: format!("{:?} is not namespace/name", self.ztunnel_service_account),
+            }),
+        }
     }
 
     /// The bootstrap tokens as token → node.
     pub fn tokens(&self) -> Result<HashMap<String, String>, ConfigError> {
-        let bad = |why: String| ConfigError::Tokens { path: self.bootstrap_tokens.clone(), why };
-        let text = std::fs::read_to_string(&self.bootstrap_tokens).map_err(|e| bad(e.to_string()))?;
+        let path = self
+            .bootstrap_tokens
+            .clone()
+            .ok_or(ConfigError::Required { flag: "--bootstrap-tokens", mode: "--source dir" })?;
+        let bad = |why: String| ConfigError::Tokens { path: path.clone(), why };
+        let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
         let by_node: HashMap<String, String> = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let mut by_token = HashMap::new();
         for (node, token) in by_node {

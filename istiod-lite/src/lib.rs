@@ -15,10 +15,14 @@
 //! - [`explain`]: what `meshctl explain` answers, computed by the code the mesh runs.
 //! - [`deploy`]: Kubernetes mode: a Deployment, Service and ServiceAccount for every waypoint
 //!   Gateway, and the Gateway's status.
-//! - [`ca`]: the mesh CA (root, CSR signing, who may have which identity).
+//! - [`meshctl`]: what `meshctl proxy-status`, `certs` and `check` ask running components.
+//! - [`ca`]: the mesh CA (root, CSR signing, who may have which identity: node bootstrap
+//!   tokens from a file, or in Kubernetes mode a TokenReview of the caller's service-account
+//!   token).
 //! - [`serve`], [`config`], [`placement`]: running it all: directory → translator → xDS store,
 //!   xDS and the CA over TLS on 15012 ([`tls`]; plaintext 15010 on request), metrics and debug
-//!   JSON on 15014 ([`debug`]).
+//!   JSON on 15014 ([`debug`]). 15012 serves once the first model is loaded (a proxy never
+//!   sees an empty mesh, and the CA never refuses a pod for not knowing it yet).
 //!
 //! # Decisions
 //!
@@ -45,6 +49,7 @@ pub mod deploy;
 pub mod error;
 pub mod explain;
 pub mod k8s;
+pub mod meshctl;
 pub mod model;
 pub mod placement;
 pub mod serve;

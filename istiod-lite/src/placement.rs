@@ -32,4 +32,13 @@ impl Placement for ModelPlacement {
                 && pod.spec.service_account_name.as_deref().unwrap_or("default") == identity.service_account()
         })
     }
+
+    fn pod_node(&self, namespace: &str, name: &str) -> Option<String> {
+        let t = self.translator.lock().unwrap_or_else(PoisonError::into_inner);
+        t.model()
+            .pods
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|p| p.spec.node_name.clone())
+            .filter(|n| !n.is_empty())
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer;
 use xds::{ResourceStore, XdsServer};
 
-use crate::ca::{CaService, CaSigner, NodeTokens};
+use crate::ca::{Authenticator, CaService, CaSigner, KubeAuth, NodeTokens, TokenReviewer};
 use crate::config::{Config, ConfigError, Source};
 use crate::debug::convergence::{Changed, Convergence};
 use crate::debug::metrics::{CountedCa, Metrics};
@@ -88,14 +88,22 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let translator = Arc::new(Mutex::new(Translator::new(mesh)));
     let store = ResourceStore::new();
     let xds = XdsServer::new(store.clone());
-    let (status, mut deltas, watcher) = start_source(cfg, translator.clone()).await?;
+    let kube_client = match cfg.source {
+        Source::Kube => Some(kube::client(cfg.kubeconfig.as_deref()).await?),
+        Source::Dir => None,
+    };
+    let (status, mut deltas, watcher) = start_source(cfg, kube_client.clone(), translator.clone())?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry, xds.clone(), status.clone());
     let convergence = Arc::new(Convergence::default());
     let mut tasks = vec![watcher, tokio::spawn(convergence.clone().run(xds.clone(), metrics.clone()))];
     let (feed, fed) = (store.clone(), metrics.clone());
+    // 15012 serves only once the first model is in the store: a proxy connecting earlier
+    // would otherwise be told the mesh is empty, and the CA would refuse every pod.
+    let (loaded_tx, loaded) = tokio::sync::watch::channel(false);
+    let mut first_load = status.clone();
     tasks.push(tokio::spawn(async move {
-        while let Some(delta) = deltas.recv().await {
+        let apply = |delta: crate::translator::Delta| {
             let mut changed = Vec::new();
             for (type_url, d) in delta.types {
                 let (n, r) = (d.upserts.len(), d.removals.len());
@@ -115,6 +123,23 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
             }
             fed.config_changes.inc();
             convergence.changed(changed);
+        };
+        loop {
+            tokio::select! {
+                delta = deltas.recv() => match delta {
+                    Some(d) => apply(d),
+                    None => return,
+                },
+                // Sources send a load's delta before counting the load, so once the status
+                // shows it, the delta is already queued: drain, then open the port.
+                true = async { first_load.wait_for(|s| s.loads > 0).await.is_ok() }, if !*loaded_tx.borrow() => {
+                    while let Ok(d) = deltas.try_recv() {
+                        apply(d);
+                    }
+                    loaded_tx.send_replace(true);
+                    tracing::info!("first configuration loaded; serving xDS and the CA");
+                }
+            }
         }
     }));
 
@@ -122,7 +147,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let identity = hbone::Identity::new(&cfg.trust_domain, &cfg.root_namespace, "istiod")
         .map_err(|e| crate::tls::TlsError::Issue(format!("istiod's identity: {e}")))?;
     let serving_cert = crate::tls::ServingCert::issue(
-        &cfg.ca_dir,
+        signer.clone(),
         crate::tls::ServingCertSpec {
             identity,
             extra_names: cfg.tls_san.clone(),
@@ -130,9 +155,25 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         },
     )?;
     tasks.push(tokio::spawn(serving_cert.clone().renew_forever()));
-    let tokens = NodeTokens(cfg.tokens()?);
+    let auth = match kube_client {
+        Some(client) => {
+            if cfg.bootstrap_tokens.is_some() {
+                tracing::warn!("--bootstrap-tokens is ignored with --source kube: the CA uses TokenReview");
+            }
+            Authenticator::Kube(Box::new(KubeAuth {
+                reviewer: TokenReviewer::new(
+                    client,
+                    cfg.token_audience.clone(),
+                    crate::ca::tokenreview::DEFAULT_CACHE_TTL,
+                ),
+                node_proxy: cfg.node_proxy_account()?,
+                trust_domain: cfg.trust_domain.clone(),
+            }))
+        }
+        None => Authenticator::NodeTokens(NodeTokens(cfg.tokens()?)),
+    };
     let placement = Arc::new(ModelPlacement::new(translator.clone()));
-    let ca = Arc::new(CountedCa::new(CaService::new(signer, tokens, placement), metrics));
+    let ca = Arc::new(CountedCa::new(CaService::with_auth(signer, auth, placement), metrics));
     // One router per port over the same services, so both ports see one state.
     let router = || {
         tonic::transport::Server::builder()
@@ -143,9 +184,14 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     };
 
     let (tls_listener, tls_addr) = bind(cfg.tls_addr).await?;
-    let incoming = crate::tls::incoming(tls_listener, serving_cert.server_config());
     let served = router();
+    let (server_config, mut ready) = (serving_cert.server_config(), loaded.clone());
     tasks.push(tokio::spawn(async move {
+        // Bound now, so the port is ours; connections wait in the backlog until the model is.
+        if ready.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        let incoming = crate::tls::incoming(tls_listener, server_config);
         if let Err(e) = served.serve_with_incoming(incoming).await {
             tracing::error!(error = %e, "xDS/CA TLS server failed");
         }
@@ -154,7 +200,11 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         Some(addr) => {
             let (listener, addr) = bind(addr).await?;
             let served = router();
+            let mut ready = loaded.clone();
             tasks.push(tokio::spawn(async move {
+                if ready.wait_for(|l| *l).await.is_err() {
+                    return;
+                }
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
                 if let Err(e) = served.serve_with_incoming(incoming).await {
                     tracing::error!(error = %e, "xDS/CA plaintext server failed");
@@ -178,19 +228,21 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     Ok(Running { tls_addr, plaintext_addr, monitoring_addr, serving_cert, xds, translator, tasks })
 }
 
-/// Where the model comes from: a watched directory, or the Kubernetes API. Both report into
-/// the same status, which metrics and the debug pages read.
-async fn start_source(
+/// A running source: its status, its deltas, its task.
+type SourceParts = (
+    tokio::sync::watch::Receiver<dir::WatchStatus>,
+    tokio::sync::mpsc::UnboundedReceiver<crate::translator::Delta>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Where the model comes from: a watched directory, or the Kubernetes API (through `client`,
+/// made by the caller, who shares it with the CA). Both report into the same status, which
+/// metrics and the debug pages read.
+fn start_source(
     cfg: &Config,
+    client: Option<::kube::Client>,
     translator: Arc<Mutex<Translator>>,
-) -> Result<
-    (
-        tokio::sync::watch::Receiver<dir::WatchStatus>,
-        tokio::sync::mpsc::UnboundedReceiver<crate::translator::Delta>,
-        tokio::task::JoinHandle<()>,
-    ),
-    StartError,
-> {
+) -> Result<SourceParts, ConfigError> {
     match cfg.source {
         Source::Dir => {
             let path =
@@ -199,7 +251,7 @@ async fn start_source(
             Ok((status, deltas, tokio::spawn(watcher)))
         }
         Source::Kube => {
-            let client = kube::client(cfg.kubeconfig.as_deref()).await?;
+            let client = client.ok_or(ConfigError::Required { flag: "a Kubernetes client", mode: "--source kube" })?;
             let deployer = cfg.waypoint_image.as_deref().map(|image| {
                 let deploy = crate::deploy::DeployConfig::new(image, &cfg.root_namespace, &cfg.trust_domain);
                 crate::deploy::controller(client.clone(), deploy)
@@ -212,7 +264,9 @@ async fn start_source(
                     while kube_status.changed().await.is_ok() {
                         let k = kube_status.borrow_and_update().clone();
                         tx.send_replace(dir::WatchStatus {
-                            loads: k.events,
+                            // A "load" is complete once every kind is synced (or absent);
+                            // until then the model is partial and 15012 waits.
+                            loads: if k.ready() { k.events.max(1) } else { 0 },
                             errors: k
                                 .rejected
                                 .values()

@@ -8,21 +8,21 @@
 //! identities rather than names. It is renewed at half its life; every handshake reads the
 //! current one, so renewal needs no restart and drops no connection.
 //!
-//! Clients are not asked for certificates: proxies authenticate to the CA with their bootstrap
-//! tokens (and would, in Kubernetes, with service-account tokens), as with Istio's 15012.
+//! The certificate is signed through the CA's own [`crate::ca::CaSigner`], so it always chains
+//! to the root the CA issues from. Clients are not asked for certificates: proxies
+//! authenticate to the CA with their bootstrap tokens or, in Kubernetes, their service-account
+//! tokens, as with Istio's 15012.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType};
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,23 +38,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the serving certificate could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A root file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The mesh root cannot sign (key or certificate unusable).
-    #[error("mesh root in {dir}: {why}")]
-    Root {
-        /// The CA directory.
-        dir: PathBuf,
-        /// What is wrong.
-        why: String,
-    },
+    /// The mesh root cannot sign or its certificate is unusable.
+    #[error("mesh root: {0}")]
+    Root(#[source] crate::ca::CaError),
     /// A `--tls-san` entry is neither an IP address nor a DNS name.
     #[error("--tls-san {name:?}: {why}")]
     San {
@@ -86,7 +72,7 @@ pub struct ServingCert {
 }
 
 struct Inner {
-    issuer: Issuer<'static, KeyPair>,
+    signer: Arc<crate::ca::CaSigner>,
     root_der: CertificateDer<'static>,
     spec: ServingCertSpec,
     current: RwLock<Current>,
@@ -106,31 +92,21 @@ struct Current {
 }
 
 impl ServingCert {
-    /// Issues the first certificate from the root in `ca_dir` (`root-cert.pem`, `root-key.pem`,
-    /// as [`crate::ca::CaSigner`] keeps them).
-    pub fn issue(ca_dir: &Path, spec: ServingCertSpec) -> Result<ServingCert, TlsError> {
-        let read = |name: &str| {
-            let path = ca_dir.join(name);
-            std::fs::read_to_string(&path).map_err(|source| TlsError::Io { path, source })
-        };
-        let root = |why: String| TlsError::Root { dir: ca_dir.to_owned(), why };
-        let cert_pem = read("root-cert.pem")?;
-        let key = KeyPair::from_pem(&read("root-key.pem")?).map_err(|e| root(format!("root-key.pem: {e}")))?;
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| root(format!("root-cert.pem: {e}")))?;
-        let root_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|e| root(format!("root-cert.pem: {e}")))?
-            .into_owned();
+    /// Issues the first certificate through the mesh CA's `signer` (the same root and key the
+    /// CA signs workload certificates with).
+    pub fn issue(signer: Arc<crate::ca::CaSigner>, spec: ServingCertSpec) -> Result<ServingCert, TlsError> {
+        let root_der = signer.root_der();
         for name in &spec.extra_names {
             san(name)?;
         }
-        let first = make(&issuer, &root_der, &spec, 1)?;
-        Ok(ServingCert { inner: Arc::new(Inner { issuer, root_der, spec, current: RwLock::new(first) }) })
+        let first = make(&signer, &root_der, &spec, 1)?;
+        Ok(ServingCert { inner: Arc::new(Inner { signer, root_der, spec, current: RwLock::new(first) }) })
     }
 
     /// Issues a fresh certificate and serves it from the next handshake on.
     pub fn renew(&self) -> Result<(), TlsError> {
         let serial = self.read().serial + 1;
-        let next = make(&self.inner.issuer, &self.inner.root_der, &self.inner.spec, serial)?;
+        let next = make(&self.inner.signer, &self.inner.root_der, &self.inner.spec, serial)?;
         *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
     }
@@ -191,7 +167,7 @@ fn san(name: &str) -> Result<SanType, TlsError> {
 }
 
 fn make(
-    issuer: &Issuer<'static, KeyPair>,
+    signer: &crate::ca::CaSigner,
     root: &CertificateDer<'static>,
     spec: &ServingCertSpec,
     serial: u64,
@@ -213,7 +189,7 @@ fn make(
     let not_after = now + spec.ttl;
     params.not_before = (now - Duration::from_secs(60)).into();
     params.not_after = not_after.into();
-    let leaf = params.signed_by(&key, issuer).map_err(err)?;
+    let leaf = signer.sign_params(params, &key).map_err(TlsError::Root)?;
     let signer = hbone::tls::provider()
         .key_provider
         .load_private_key(PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| TlsError::Issue(e.to_owned()))?)

@@ -1,5 +1,6 @@
-//! The admin side of ztunnel: config dump and log level on localhost:15000, Prometheus
-//! metrics on 15020, readiness on 15021. Runs on the admin runtime, away from the data path.
+//! The admin side of ztunnel: config dump, held certificates (`/certs`, see
+//! [`crate::cert_report`]) and log level on localhost:15000, Prometheus metrics on 15020,
+//! readiness on 15021. Runs on the admin runtime, away from the data path.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

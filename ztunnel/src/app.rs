@@ -239,6 +239,7 @@ fn admin_routes(cfg: &Config, state: StateHandle, certs: CertStore, pods: Arc<Po
                 "pods": pods,
             }))
         }
+        "/certs" => Reply::json(&crate::cert_report::certs_json(&certs, std::time::SystemTime::now())),
         "/logging" => match (&log, call.param("level")) {
             (Some(h), Some(level)) => match h.set(level) {
                 Ok(()) => Reply::text(format!("log level set to {}\n", h.current())),
@@ -247,7 +248,7 @@ fn admin_routes(cfg: &Config, state: StateHandle, certs: CertStore, pods: Arc<Po
             (Some(h), None) => Reply::text(format!("current: {}\nset with /logging?level=<filter>\n", h.current())),
             (None, _) => Reply::error(http::StatusCode::NOT_IMPLEMENTED, "logging is not managed by this process\n"),
         },
-        "/" => Reply::text("/config_dump\n/logging?level=<filter>\n"),
+        "/" => Reply::text("/config_dump\n/certs\n/logging?level=<filter>\n"),
         _ => Reply::error(http::StatusCode::NOT_FOUND, "see /\n"),
     })
 }

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod agent;
 pub mod app;
 pub mod ca_client;
+pub mod cert_report;
 pub mod certs;
 pub mod cni;
 pub mod config;

@@ -1,15 +1,18 @@
 //! meshctl: ask the mesh questions.
 //!
-//! Today it reads the same directory of Kubernetes YAML istiod-lite serves (`--config-dir`,
-//! default `manifests/samples`) and answers from the same code the mesh runs: `explain`
-//! (path, identities, verdict with the deciding policy and rule), `workloads`, `services`,
-//! `policies`. Tables by default, JSON with `-o json`.
+//! From the same directory of Kubernetes YAML istiod-lite serves (`--config-dir`, default
+//! `manifests/samples`), answered by the same code the mesh runs: `explain` (path,
+//! identities, verdict with the deciding policy and rule), `workloads`, `services`,
+//! `policies`. From running components (see [`istiod_lite::meshctl`]): `proxy-status`
+//! (istiod-lite's 15014), `certs` (ztunnel's admin 15000), `check` (this host and the
+//! components' health; exits 1 on any failed check). Tables by default, JSON with `-o json`.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use istiod_lite::explain::{explain, state_of};
+use istiod_lite::meshctl::{certs, check, fetch, proxy_status};
 use istiod_lite::source::dir::Loader;
 use istiod_lite::{MeshConfig, Translator};
 use serde_json::json;
@@ -48,10 +51,105 @@ enum Cmd {
     Services,
     /// Authorization policies as the node proxies enforce them.
     Policies,
+    /// Every proxy connected to istiod-lite: per type, acknowledged versus served resources,
+    /// how many it is behind, the pending nonce and the last NACK.
+    ProxyStatus {
+        /// istiod-lite's monitoring address.
+        #[arg(long, default_value = proxy_status::DEFAULT_ISTIOD)]
+        istiod: String,
+    },
+    /// The certificates ztunnels hold: identity, serial, validity, time left, root.
+    Certs {
+        /// A ztunnel's admin address; repeat for several.
+        #[arg(long = "ztunnel-admin", default_value = certs::DEFAULT_ZTUNNEL_ADMIN)]
+        ztunnel_admin: Vec<String>,
+    },
+    /// Preflight of this host and health of the mesh's components; exits 1 on any failure.
+    Check {
+        /// CNI configuration directory whose configuration list must chain our plugin.
+        #[arg(long)]
+        cni_conf_dir: Option<PathBuf>,
+        /// Our plugin's `type` in the configuration list.
+        #[arg(long, default_value = check::CNI_PLUGIN_TYPE)]
+        cni_plugin: String,
+        /// Ports that must be free or ztunnel's.
+        #[arg(long, value_delimiter = ',', default_values_t = check::ZTUNNEL_PORTS)]
+        ports: Vec<u16>,
+        /// The command name of the process allowed to hold those ports.
+        #[arg(long, default_value = "ztunnel")]
+        port_owner: String,
+        /// istiod-lite's monitoring address.
+        #[arg(long, default_value = proxy_status::DEFAULT_ISTIOD)]
+        istiod: String,
+        /// Do not check istiod-lite.
+        #[arg(long)]
+        skip_istiod: bool,
+        /// A ztunnel's readiness address (`http://<node>:15021`); repeat for several.
+        #[arg(long = "ztunnel-ready")]
+        ztunnel_ready: Vec<String>,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    match cli.command {
+        Cmd::ProxyStatus { istiod } => {
+            let doc = fetch::get_json(&fetch::join(&istiod, "/debug/connections")).await?;
+            let rows = proxy_status::proxy_status(&doc)?;
+            if cli.output == Output::Json {
+                print_json(&rows)?;
+            } else {
+                print!("{}", proxy_status::table(&rows));
+            }
+            return Ok(());
+        }
+        Cmd::Certs { ztunnel_admin } => {
+            let mut rows = Vec::new();
+            for admin in &ztunnel_admin {
+                rows.extend(certs::fetch(admin).await?);
+            }
+            if cli.output == Output::Json {
+                print_json(&rows)?;
+            } else {
+                print!("{}", certs::table(&rows));
+            }
+            return Ok(());
+        }
+        Cmd::Check { cni_conf_dir, cni_plugin, ports, port_owner, istiod, skip_istiod, ztunnel_ready } => {
+            let mut checks = vec![
+                check::nftables(),
+                check::iptables_nft(),
+                check::netns(std::path::Path::new("/proc")),
+                check::ip_forward(std::path::Path::new("/proc/sys/net/ipv4/ip_forward")),
+            ];
+            if let Some(dir) = &cni_conf_dir {
+                checks.push(check::cni_chain(dir, &cni_plugin));
+            }
+            checks.extend(ports.iter().map(|p| check::port(*p, &port_owner)));
+            if !skip_istiod {
+                checks.extend(check::istiod(&istiod).await);
+            }
+            for z in &ztunnel_ready {
+                checks.push(check::ztunnel_ready(z).await);
+            }
+            if cli.output == Output::Json {
+                print_json(&checks)?;
+            } else {
+                print!("{}", check::table(&checks));
+            }
+            if check::failed(&checks) {
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     let snapshot =
         Loader::new(&cli.config_dir).load().with_context(|| format!("reading {}", cli.config_dir.display()))?;
     for e in &snapshot.errors {
@@ -97,6 +195,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::ProxyStatus { .. } | Cmd::Certs { .. } | Cmd::Check { .. } => unreachable!("answered above"),
         Cmd::Workloads | Cmd::Services | Cmd::Policies => {
             let state = state_of(&t)?;
             let dump = serde_json::to_value(&state)?;

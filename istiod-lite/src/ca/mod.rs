@@ -1,7 +1,10 @@
-//! The mesh CA: a persisted root ([`signer`]) and the Istio CA service ([`service`]).
+//! The mesh CA: a persisted root ([`signer`]), the Istio CA service ([`service`]) and, in
+//! Kubernetes mode, TokenReview of its callers ([`tokenreview`]).
 
 pub mod service;
 pub mod signer;
+pub mod tokenreview;
 
-pub use service::{CaService, IMPERSONATED_IDENTITY, NodeTokens, Placement};
+pub use service::{Authenticator, CaService, IMPERSONATED_IDENTITY, KubeAuth, NodeTokens, Placement};
 pub use signer::{CaError, CaSigner};
+pub use tokenreview::{ReviewError, ServiceAccountToken, TokenReviewer};

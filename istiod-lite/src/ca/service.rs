@@ -1,10 +1,18 @@
 //! `istio.v1.auth.IstioCertificateService/CreateCertificate`: who may get which certificate.
 //!
-//! File mode authenticates callers by per-node bootstrap tokens (`authorization: Bearer
-//! <token>`), each naming the node it belongs to. A node proxy asks on behalf of its pods,
-//! naming the identity in the request metadata's `ImpersonatedIdentity` (as Istio's ztunnel
-//! does); the identity is granted only if a pod with that service account runs on the
-//! caller's node. Every refusal says why, and is logged.
+//! Callers present `authorization: Bearer <token>`. How the token is judged is the
+//! [`Authenticator`]:
+//!
+//! - File mode: per-node bootstrap tokens, each naming the node it belongs to; every holder
+//!   is a node proxy.
+//! - Kubernetes mode: a TokenReview of the caller's projected service-account token (see
+//!   [`super::tokenreview`]). The node proxies' service account (`istio-system/ztunnel` by
+//!   default) is a node proxy for the node of the pod its token is bound to; any other service
+//!   account (a waypoint, say) may only have its own identity.
+//!
+//! A node proxy asks on behalf of its pods, naming the identity in the request metadata's
+//! `ImpersonatedIdentity` (as Istio's ztunnel does); the identity is granted only if a pod with
+//! that service account runs on the caller's node. Every refusal says why, and is logged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +26,7 @@ use proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
 use tonic::{Request, Response, Status};
 
 use super::signer::{CaError, CaSigner};
+use super::tokenreview::{ReviewError, ServiceAccountToken, TokenReviewer};
 
 /// The metadata key naming the identity a node proxy asks for.
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
@@ -26,6 +35,12 @@ pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 pub trait Placement: Send + Sync + 'static {
     /// Whether a pod running as `identity` is scheduled on `node`.
     fn runs_on(&self, identity: &Identity, node: &str) -> bool;
+
+    /// The node of pod `namespace/name`, if known (for tokens that name their pod but not its
+    /// node). Unknown by default.
+    fn pod_node(&self, _namespace: &str, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 impl<F> Placement for F
@@ -48,17 +63,51 @@ impl NodeTokens {
     }
 }
 
+/// Kubernetes mode: TokenReview, and which service account is the node proxies'.
+#[derive(Debug)]
+pub struct KubeAuth {
+    /// Reviews bearer tokens.
+    pub reviewer: TokenReviewer,
+    /// The node proxies' service account, `(namespace, name)`.
+    pub node_proxy: (String, String),
+    /// The trust domain of the identities issued to other service accounts.
+    pub trust_domain: String,
+}
+
+/// How callers are authenticated.
+#[derive(Debug)]
+pub enum Authenticator {
+    /// Per-node bootstrap tokens (file mode).
+    NodeTokens(NodeTokens),
+    /// TokenReview of service-account tokens (Kubernetes mode).
+    Kube(Box<KubeAuth>),
+}
+
+/// Who is asking, once authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Caller {
+    /// A node proxy: may have the identity of any pod on its node.
+    Node(String),
+    /// Any other workload: may have only its own identity.
+    Workload(Identity),
+}
+
 /// The CA service.
 pub struct CaService<P> {
     signer: Arc<CaSigner>,
-    tokens: NodeTokens,
+    auth: Authenticator,
     placement: Arc<P>,
 }
 
 impl<P: Placement> CaService<P> {
     /// A CA signing with `signer` for callers holding `tokens`, checking pods with `placement`.
     pub fn new(signer: Arc<CaSigner>, tokens: NodeTokens, placement: Arc<P>) -> Self {
-        CaService { signer, tokens, placement }
+        Self::with_auth(signer, Authenticator::NodeTokens(tokens), placement)
+    }
+
+    /// A CA signing with `signer` for callers `auth` accepts, checking pods with `placement`.
+    pub fn with_auth(signer: Arc<CaSigner>, auth: Authenticator, placement: Arc<P>) -> Self {
+        CaService { signer, auth, placement }
     }
 
     /// The tonic service to mount.
@@ -66,30 +115,85 @@ impl<P: Placement> CaService<P> {
         IstioCertificateServiceServer::new(self)
     }
 
-    fn decide(&self, req: &Request<IstioCertificateRequest>) -> Result<(Identity, String), Status> {
+    async fn authenticate(&self, token: &str) -> Result<Caller, Status> {
+        match &self.auth {
+            Authenticator::NodeTokens(tokens) => tokens
+                .node(token)
+                .map(|n| Caller::Node(n.to_owned()))
+                .ok_or_else(|| Status::unauthenticated("unknown token")),
+            Authenticator::Kube(kube) => {
+                let who = kube.reviewer.review(token).await.map_err(|e| match e {
+                    // The API server being unreachable is not the caller's fault, but it is
+                    // still no proof of who they are.
+                    ReviewError::Api(_) => Status::unauthenticated(format!("cannot authenticate the token: {e}")),
+                    _ => Status::unauthenticated(e.to_string()),
+                })?;
+                self.kube_caller(kube, who)
+            }
+        }
+    }
+
+    fn kube_caller(&self, kube: &KubeAuth, who: ServiceAccountToken) -> Result<Caller, Status> {
+        if (who.namespace.as_str(), who.service_account.as_str())
+            == (kube.node_proxy.0.as_str(), kube.node_proxy.1.as_str())
+        {
+            let node = match (&who.node_name, &who.pod_name) {
+                (Some(node), _) => node.clone(),
+                (None, Some(pod)) => self.placement.pod_node(&who.namespace, pod).ok_or_else(|| {
+                    Status::permission_denied(format!(
+                        "the token is bound to pod {}/{pod}, which is not (yet) known to run on any node",
+                        who.namespace
+                    ))
+                })?,
+                (None, None) => {
+                    return Err(Status::permission_denied(format!(
+                        "a token of {}/{} must be bound to a pod (a projected token) to name its node",
+                        who.namespace, who.service_account
+                    )));
+                }
+            };
+            return Ok(Caller::Node(node));
+        }
+        Identity::new(&kube.trust_domain, &who.namespace, &who.service_account).map(Caller::Workload).map_err(|e| {
+            Status::permission_denied(format!("service account {}/{}: {e}", who.namespace, who.service_account))
+        })
+    }
+
+    async fn decide(&self, req: &Request<IstioCertificateRequest>) -> Result<(Identity, String), Status> {
         let token = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("no bearer token"))?;
-        let node = self.tokens.node(token).ok_or_else(|| Status::unauthenticated("unknown token"))?.to_owned();
+        let caller = self.authenticate(token).await?;
         let body = req.get_ref();
-        let wanted = body
-            .metadata
-            .as_ref()
-            .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
-            .and_then(|v| match &v.kind {
+        let wanted =
+            body.metadata.as_ref().and_then(|m| m.fields.get(IMPERSONATED_IDENTITY)).and_then(|v| match &v.kind {
                 Some(prost_types::value::Kind::StringValue(s)) => Some(s.as_str()),
                 _ => None,
-            })
-            .ok_or_else(|| Status::invalid_argument(format!("metadata.{IMPERSONATED_IDENTITY} is required")))?;
-        let identity: Identity =
-            wanted.parse().map_err(|e| Status::invalid_argument(format!("metadata.{IMPERSONATED_IDENTITY}: {e}")))?;
-        if !self.placement.runs_on(&identity, &node) {
-            return Err(Status::permission_denied(format!("no pod running as {identity} is on node {node}")));
+            });
+        match caller {
+            Caller::Node(node) => {
+                let wanted = wanted
+                    .ok_or_else(|| Status::invalid_argument(format!("metadata.{IMPERSONATED_IDENTITY} is required")))?;
+                let identity: Identity = wanted
+                    .parse()
+                    .map_err(|e| Status::invalid_argument(format!("metadata.{IMPERSONATED_IDENTITY}: {e}")))?;
+                if !self.placement.runs_on(&identity, &node) {
+                    return Err(Status::permission_denied(format!("no pod running as {identity} is on node {node}")));
+                }
+                Ok((identity, node))
+            }
+            Caller::Workload(own) => {
+                if let Some(w) = wanted
+                    && w != own.as_str()
+                {
+                    return Err(Status::permission_denied(format!("{own} may only have its own identity, not {w}")));
+                }
+                Ok((own, "-".to_owned()))
+            }
         }
-        Ok((identity, node))
     }
 }
 
@@ -99,7 +203,7 @@ impl<P: Placement> IstioCertificateService for CaService<P> {
         &self,
         req: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let (identity, node) = self.decide(&req).inspect_err(|s| {
+        let (identity, node) = self.decide(&req).await.inspect_err(|s| {
             tracing::warn!(code = ?s.code(), reason = s.message(), "certificate refused");
         })?;
         let body = req.into_inner();

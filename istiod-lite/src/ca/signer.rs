@@ -112,6 +112,24 @@ impl CaSigner {
         &self.root_pem
     }
 
+    /// The root certificate, DER.
+    pub fn root_der(&self) -> rustls_pki_types::CertificateDer<'static> {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_slice(self.root_pem.as_bytes())
+            .expect("the root PEM parsed when the signer was made")
+            .into_owned()
+    }
+
+    /// Signs a certificate described by `params` for `public_key` with the root (for
+    /// istiod-lite's own serving certificate; workload certificates go through [`Self::sign`]).
+    pub fn sign_params(
+        &self,
+        params: CertificateParams,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<rcgen::Certificate, CaError> {
+        params.signed_by(public_key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))
+    }
+
     /// Signs `csr_pem` for `identity` for `ttl` (capped); returns the chain, leaf first, in PEM.
     pub fn sign(&self, csr_pem: &str, identity: &Identity, ttl: Option<Duration>) -> Result<Vec<String>, CaError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::Csr(e.to_string()))?;

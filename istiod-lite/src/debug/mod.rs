@@ -3,7 +3,7 @@
 //! | path | what |
 //! |---|---|
 //! | `/metrics` (`/stats/prometheus`) | Prometheus text |
-//! | `/debug/connections` | connected proxies: node, peer, per type the subscriptions, the versions each acknowledged, pending nonce, last NACK; and xDS totals |
+//! | `/debug/connections` | connected proxies: node, peer, per type the subscriptions, the versions each acknowledged, pending nonce, last NACK; xDS totals; and `served`: per type URL, name → version served now |
 //! | `/debug/config` | the current model (count and `namespace/name`s per kind) and the served resources (count and names per type URL) |
 //! | `/debug/errors` | the last load's config errors and directory failure, and current translation warnings |
 
@@ -59,10 +59,21 @@ impl DebugState {
                     Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding metrics: {e}\n")),
                 }
             }
-            "/debug/connections" => json_reply(&json!({
-                "stats": self.xds.stats(),
-                "connections": self.xds.connections(),
-            })),
+            "/debug/connections" => {
+                let connections = self.xds.connections();
+                // What is served now, per type URL, so acknowledged versions can be compared
+                // (`meshctl proxy-status`).
+                let mut types: std::collections::BTreeSet<String> =
+                    [proto::ADDRESS_TYPE_URL, proto::AUTHORIZATION_TYPE_URL].map(str::to_owned).into();
+                types.extend(connections.iter().flat_map(|c| c.types.keys().cloned()));
+                let served: serde_json::Map<String, Value> =
+                    types.into_iter().map(|t| (t.clone(), versions_json(&self.xds, &t))).collect();
+                json_reply(&json!({
+                    "stats": self.xds.stats(),
+                    "connections": connections,
+                    "served": served,
+                }))
+            }
             "/debug/config" => {
                 let t = self.translator.lock().unwrap_or_else(|p| p.into_inner());
                 let names = |it: &mut dyn Iterator<Item = String>| {
@@ -101,6 +112,11 @@ impl DebugState {
             _ => (StatusCode::NOT_FOUND, "text/plain", "see /debug\n".into()),
         }
     }
+}
+
+fn versions_json(xds: &XdsServer, type_url: &str) -> Value {
+    let versions = xds.store().versions(type_url);
+    Value::Object(versions.into_iter().map(|(name, v)| (name, Value::String(v.to_string()))).collect())
 }
 
 fn model_json(m: &Model) -> Value {

@@ -243,15 +243,17 @@ pub fn watch(
                 let d = t.replace_all(objects);
                 (d, t.warnings())
             };
+            // The delta goes out before the load is counted: whoever sees the count can rely
+            // on the delta being queued (serve opens 15012 on that).
+            if !delta.is_empty() && delta_tx.send(delta).is_err() {
+                return;
+            }
             status_tx.send_modify(|s| {
                 s.loads += 1;
                 s.failure = None;
                 s.errors = snap.errors.into_iter().map(Arc::new).collect();
                 s.warnings = warnings;
             });
-            if !delta.is_empty() && delta_tx.send(delta).is_err() {
-                return;
-            }
         }
     };
     (status_rx, delta_rx, fut)

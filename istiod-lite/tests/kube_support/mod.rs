@@ -3,7 +3,8 @@
 //! path, watch requests (`?watch=true`) get a held-open chunked stream of the recorded watch
 //! event lines the test pushes; writes (PATCH, POST, PUT) get their recorded response, or
 //! their own body back (as a server-side apply of a new object would). Every request is
-//! logged, with its method and body, for assertions.
+//! logged, with its method and body, for assertions. TokenReview POSTs are answered by
+//! the recorded review of their token.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -66,11 +67,18 @@ struct Route {
     watch: WatchFeed,
 }
 
+/// Where TokenReviews are posted.
+pub const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
 #[derive(Default)]
 struct State {
     routes: Mutex<HashMap<String, Route>>,
     /// Recorded answers to writes, by path.
     writes: Mutex<HashMap<String, (StatusCode, Bytes)>>,
+    /// Recorded TokenReview answers by token.
+    reviews: Mutex<HashMap<String, (StatusCode, Bytes)>>,
+    /// TokenReview request bodies received.
+    review_requests: Mutex<Vec<serde_json::Value>>,
     seen: Mutex<Vec<Seen>>,
     changed: Notify,
 }
@@ -103,6 +111,17 @@ type Body = BoxBody<Bytes, Infallible>;
 
 fn json(status: StatusCode, body: Bytes) -> Response<Body> {
     Response::builder().status(status).header("content-type", "application/json").body(Full::new(body).boxed()).unwrap()
+}
+
+/// Answers a TokenReview POST with the recorded review of its token (500 if none).
+fn review(state: &State, body: &[u8]) -> Response<Body> {
+    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let token = request["spec"]["token"].as_str().unwrap_or("").to_owned();
+    state.review_requests.lock().unwrap().push(request);
+    match state.reviews.lock().unwrap().get(&token) {
+        Some((status, body)) => json(*status, body.clone()),
+        None => json(StatusCode::INTERNAL_SERVER_ERROR, Bytes::from_static(b"{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\",\"message\":\"no recorded review for this token\",\"code\":500}")),
+    }
 }
 
 fn handle(state: &State, req: &http::request::Parts, body: Bytes) -> Response<Body> {
@@ -170,6 +189,17 @@ impl MockApi {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let st = st.clone();
                         async move {
+                            if req.method() == hyper::Method::POST && req.uri().path() == TOKEN_REVIEWS {
+                                let query = parse_query(req.uri().query());
+                                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                st.seen.lock().unwrap().push(Seen {
+                                    method: "POST".to_owned(),
+                                    path: TOKEN_REVIEWS.to_owned(),
+                                    query,
+                                    body: serde_json::from_slice(&body).ok(),
+                                });
+                                return Ok::<_, Infallible>(review(&st, &body));
+                            }
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             Ok::<_, Infallible>(handle(&st, &parts, body))
@@ -259,6 +289,17 @@ impl MockApi {
                 feed.pending.push(line);
             }
         }
+    }
+
+    /// Answers TokenReviews of `token` with the recorded `fixture` (status `status`).
+    pub fn token_review(&self, token: &str, status: StatusCode, fixture: &str) -> &Self {
+        self.state.reviews.lock().unwrap().insert(token.to_owned(), (status, read(fixture)));
+        self
+    }
+
+    /// The TokenReview request bodies received so far.
+    pub fn review_requests(&self) -> Vec<serde_json::Value> {
+        self.state.review_requests.lock().unwrap().clone()
     }
 
     /// Every request so far.

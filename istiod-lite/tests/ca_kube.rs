@@ -1,0 +1,259 @@
+//! The CA in Kubernetes mode: callers authenticated by TokenReview against the mock API server
+//! (recorded `authentication.k8s.io/v1` answers over real HTTP, through a real kube client),
+//! authorized by the token's service account and pod binding. Also istiod-lite run with
+//! `--source kube`: certificates over its port, refusals counted by reason, and 15012 waiting
+//! for the first model.
+
+mod kube_support;
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone::Identity;
+use hyper::StatusCode;
+use istiod_lite::ca::tokenreview::{DEFAULT_AUDIENCE, DEFAULT_CACHE_TTL};
+use istiod_lite::ca::{Authenticator, CaService, CaSigner, IMPERSONATED_IDENTITY, KubeAuth, Placement, TokenReviewer};
+use kube_support::{MockApi, TOKEN_REVIEWS};
+use proto::istio::v1::auth::IstioCertificateRequest;
+use proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
+use proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateService;
+use support::TempDir;
+use tonic::{Code, Request};
+
+const WAIT: Duration = Duration::from_secs(15);
+const CATALOG: &str = "spiffe://cluster.local/ns/shop/sa/catalog";
+const DEBUG: &str = "spiffe://cluster.local/ns/tools/sa/default";
+const WAYPOINT: &str = "spiffe://cluster.local/ns/shop/sa/waypoint";
+
+/// Pods by `(namespace, name)`: service account and node.
+struct Pods(HashMap<(&'static str, &'static str), (&'static str, &'static str)>);
+
+impl Placement for Pods {
+    fn runs_on(&self, identity: &Identity, node: &str) -> bool {
+        self.0
+            .iter()
+            .any(|((ns, _), (sa, n))| *ns == identity.namespace() && *sa == identity.service_account() && *n == node)
+    }
+
+    fn pod_node(&self, namespace: &str, name: &str) -> Option<String> {
+        self.0.iter().find(|((ns, n), _)| *ns == namespace && *n == name).map(|(_, (_, node))| node.to_string())
+    }
+}
+
+fn pods() -> Pods {
+    Pods(HashMap::from([
+        (("shop", "catalog-1"), ("catalog", "node-a")),
+        (("tools", "debug"), ("default", "node-b")),
+        (("istio-system", "ztunnel-x7k2p"), ("ztunnel", "node-a")),
+        (("istio-system", "ztunnel-m4q8r"), ("ztunnel", "node-b")),
+    ]))
+}
+
+fn ca(dir: &TempDir, client: kube::Client) -> CaService<Pods> {
+    let signer = Arc::new(CaSigner::load_or_generate(&dir.path().join("ca"), "cluster.local").unwrap());
+    let auth = Authenticator::Kube(Box::new(KubeAuth {
+        reviewer: TokenReviewer::new(client, DEFAULT_AUDIENCE, DEFAULT_CACHE_TTL),
+        node_proxy: ("istio-system".into(), "ztunnel".into()),
+        trust_domain: "cluster.local".into(),
+    }));
+    CaService::with_auth(signer, auth, Arc::new(pods()))
+}
+
+/// A CSR for `san` and its key, PEM.
+fn csr(san: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.subject_alt_names = vec![rcgen::SanType::URI(san.try_into().unwrap())];
+    (p.serialize_request(&key).unwrap().pem().unwrap(), key.serialize_pem())
+}
+
+/// A request, and the key of its CSR.
+fn request(token: &str, impersonate: Option<&str>, san: &str) -> (Request<IstioCertificateRequest>, String) {
+    let metadata = impersonate.map(|id| prost_types::Struct {
+        fields: [(
+            IMPERSONATED_IDENTITY.to_owned(),
+            prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(id.to_owned())) },
+        )]
+        .into_iter()
+        .collect(),
+    });
+    let (csr, key) = csr(san);
+    let mut r = Request::new(IstioCertificateRequest { csr, validity_duration: 3600, metadata });
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    (r, key)
+}
+
+/// The identity a usable certificate from the issued chain (with the CSR's key) proves.
+fn issued_identity(chain: &[String], key: &str) -> String {
+    hbone::WorkloadCert::from_pem(chain.join("").as_bytes(), key.as_bytes()).unwrap().identity().to_string()
+}
+
+async fn ask(ca: &CaService<Pods>, token: &str, impersonate: Option<&str>, san: &str) -> Result<String, tonic::Status> {
+    let (req, key) = request(token, impersonate, san);
+    let r = tokio::time::timeout(WAIT, ca.create_certificate(req)).await.unwrap();
+    r.map(|r| issued_identity(&r.into_inner().cert_chain, &key))
+}
+
+fn refused(r: Result<String, tonic::Status>, code: Code, says: &str) {
+    let s = r.expect_err("must be refused");
+    assert_eq!(s.code(), code, "{s:?}");
+    assert!(s.message().contains(says), "message {:?} should say {says:?}", s.message());
+}
+
+#[tokio::test]
+async fn ztunnel_token_gets_pods_on_its_node_only() {
+    let mock = MockApi::start().await;
+    mock.token_review("ztunnel-a", StatusCode::CREATED, "tokenreview/ztunnel-node-a.json");
+    let dir = TempDir::new("ca-kube-ztunnel");
+    let ca = ca(&dir, mock.client());
+
+    assert_eq!(ask(&ca, "ztunnel-a", Some(CATALOG), CATALOG).await.unwrap(), CATALOG);
+    // tools/default runs on node-b only.
+    refused(ask(&ca, "ztunnel-a", Some(DEBUG), DEBUG).await, Code::PermissionDenied, "on node node-a");
+    // A node proxy must say whom it asks for.
+    refused(ask(&ca, "ztunnel-a", None, CATALOG).await, Code::InvalidArgument, IMPERSONATED_IDENTITY);
+
+    // The review asked for the CA's audience, with the caller's token; and positive answers
+    // were cached: three CSRs, one review.
+    let reviews = mock.review_requests();
+    assert_eq!(reviews.len(), 1, "{reviews:#?}");
+    assert_eq!(reviews[0]["spec"]["token"], "ztunnel-a");
+    assert_eq!(reviews[0]["spec"]["audiences"], serde_json::json!(["istio-ca"]));
+    assert_eq!(reviews[0]["kind"], "TokenReview");
+}
+
+#[tokio::test]
+async fn ztunnel_token_without_node_extra_finds_its_node_through_its_pod() {
+    let mock = MockApi::start().await;
+    mock.token_review("ztunnel-b", StatusCode::CREATED, "tokenreview/ztunnel-pod-binding-only.json");
+    mock.token_review("ztunnel-unbound", StatusCode::CREATED, "tokenreview/ztunnel-unbound.json");
+    let dir = TempDir::new("ca-kube-podbinding");
+    let ca = ca(&dir, mock.client());
+    // The token names pod istio-system/ztunnel-m4q8r, which runs on node-b.
+    assert_eq!(ask(&ca, "ztunnel-b", Some(DEBUG), DEBUG).await.unwrap(), DEBUG);
+    refused(ask(&ca, "ztunnel-b", Some(CATALOG), CATALOG).await, Code::PermissionDenied, "on node node-b");
+    // A token of the node proxies' account not bound to any pod names no node.
+    refused(ask(&ca, "ztunnel-unbound", Some(CATALOG), CATALOG).await, Code::PermissionDenied, "bound to a pod");
+}
+
+#[tokio::test]
+async fn waypoint_token_gets_its_own_identity_only() {
+    let mock = MockApi::start().await;
+    mock.token_review("waypoint", StatusCode::CREATED, "tokenreview/waypoint.json");
+    let dir = TempDir::new("ca-kube-waypoint");
+    let ca = ca(&dir, mock.client());
+    assert_eq!(ask(&ca, "waypoint", None, WAYPOINT).await.unwrap(), WAYPOINT);
+    assert_eq!(ask(&ca, "waypoint", Some(WAYPOINT), WAYPOINT).await.unwrap(), WAYPOINT);
+    // Not the identity of a pod on its node, nor any other.
+    refused(ask(&ca, "waypoint", Some(CATALOG), CATALOG).await, Code::PermissionDenied, "only have its own identity");
+    // Nor another identity smuggled into the CSR.
+    refused(ask(&ca, "waypoint", None, CATALOG).await, Code::PermissionDenied, "authorized for");
+}
+
+#[tokio::test]
+async fn bad_tokens_wrong_audiences_and_api_errors_are_unauthenticated() {
+    let mock = MockApi::start().await;
+    mock.token_review("garbage", StatusCode::CREATED, "tokenreview/not-authenticated.json")
+        .token_review("for-the-api-server", StatusCode::CREATED, "tokenreview/wrong-audience.json")
+        .token_review("audience-ignored", StatusCode::CREATED, "tokenreview/audience-ignored.json")
+        .token_review("forbidden", StatusCode::FORBIDDEN, "status/forbidden-tokenreviews.json");
+    let dir = TempDir::new("ca-kube-refusals");
+    let ca = ca(&dir, mock.client());
+    refused(ask(&ca, "garbage", Some(CATALOG), CATALOG).await, Code::Unauthenticated, "invalid bearer token");
+    refused(
+        ask(&ca, "for-the-api-server", Some(CATALOG), CATALOG).await,
+        Code::Unauthenticated,
+        "invalid for the target audiences",
+    );
+    refused(ask(&ca, "audience-ignored", None, WAYPOINT).await, Code::Unauthenticated, "not for audience istio-ca");
+    refused(ask(&ca, "forbidden", Some(CATALOG), CATALOG).await, Code::Unauthenticated, "cannot create resource");
+    // Refusals are not cached: asking again reviews again.
+    refused(ask(&ca, "garbage", Some(CATALOG), CATALOG).await, Code::Unauthenticated, "invalid bearer token");
+    assert_eq!(mock.review_requests().len(), 5);
+    let no_token = {
+        let (mut r, _) = request("x", Some(CATALOG), CATALOG);
+        r.metadata_mut().remove("authorization");
+        ca.create_certificate(r).await
+    };
+    assert_eq!(no_token.unwrap_err().code(), Code::Unauthenticated);
+
+    // The API server gone: refused, saying the token could not be checked.
+    drop(mock);
+    refused(ask(&ca, "garbage", Some(CATALOG), CATALOG).await, Code::Unauthenticated, "cannot authenticate the token");
+}
+
+fn kubeconfig(dir: &TempDir, mock: &MockApi) -> std::path::PathBuf {
+    dir.write(
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: {}\n\
+             contexts:\n- name: mock\n  context:\n    cluster: mock\n    user: mock\n\
+             current-context: mock\nusers:\n- name: mock\n  user: {{}}\n",
+            mock.url()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istiod_lite_in_kube_mode_serves_the_ca_by_tokenreview_once_the_model_is_loaded() {
+    use clap::Parser;
+    let mock = MockApi::start().await;
+    // The first pod list fails: the model stays incomplete until the source's retry.
+    mock.respond("/api/v1/pods", StatusCode::INTERNAL_SERVER_ERROR, "status/internal-error.json");
+    mock.list("/api/v1/pods", "list/pods.json");
+    mock.cluster();
+    mock.token_review("ztunnel-a", StatusCode::CREATED, "tokenreview/ztunnel-node-a.json");
+    mock.token_review("garbage", StatusCode::CREATED, "tokenreview/not-authenticated.json");
+    let dir = TempDir::new("ca-kube-serve");
+    let kubeconfig = kubeconfig(&dir, &mock);
+    let cfg = istiod_lite::config::Config::try_parse_from([
+        "istiod-lite".as_ref(),
+        "--source".as_ref(),
+        "kube".as_ref(),
+        "--kubeconfig".as_ref(),
+        kubeconfig.as_os_str(),
+        "--ca-dir".as_ref(),
+        dir.path().join("ca").as_os_str(),
+        "--plaintext-addr".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--tls-addr".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--monitoring-addr".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ])
+    .unwrap();
+    let running = istiod_lite::serve::start(&cfg).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.plaintext_addr.unwrap()))
+        .unwrap()
+        .connect_lazy();
+    let mut client = IstioCertificateServiceClient::new(channel);
+    // Asked at once: answered only once the pods are known, so the pod on node-a is found.
+    let (req, key) = request("ztunnel-a", Some(CATALOG), CATALOG);
+    let granted =
+        tokio::time::timeout(WAIT, client.create_certificate(req)).await.expect("answered in time").expect("granted");
+    assert_eq!(issued_identity(&granted.into_inner().cert_chain, &key), CATALOG);
+    assert!(mock.lists("/api/v1/pods").len() >= 2, "the failed list was retried before the CA answered");
+
+    let refused = client.create_certificate(request("garbage", Some(CATALOG), CATALOG).0).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(mock.seen().iter().any(|s| s.path == TOKEN_REVIEWS));
+
+    // 15014 counts the refusal by its reason.
+    let metrics = http_get(running.monitoring_addr, "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l == "istiod_lite_certificates_refused_total{reason=\"Unauthenticated\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.lines().any(|l| l == "istiod_lite_certificates_issued_total 1"), "{metrics}");
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: istiod\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out)).await.unwrap().unwrap();
+    out.split_once("\r\n\r\n").unwrap().1.to_owned()
+}

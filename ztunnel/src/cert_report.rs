@@ -1,0 +1,90 @@
+//! What ztunnel's admin `/certs` lists: each workload certificate it holds (identity, serial,
+//! validity, time left, the fingerprint of the root it chains to) and the roots it trusts.
+//! Never private keys: only the public certificates are read.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hbone::CertStore;
+use rustls_pki_types::CertificateDer;
+use serde_json::{Value, json};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// SHA-256 of `data`, lowercase hex, through the mesh's crypto provider.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let hash = hbone::tls::provider()
+        .cipher_suites
+        .iter()
+        .find_map(|s| match s {
+            rustls::SupportedCipherSuite::Tls13(t)
+                if t.common.hash_provider.algorithm() == rustls::crypto::hash::HashAlgorithm::SHA256 =>
+            {
+                Some(t.common.hash_provider)
+            }
+            _ => None,
+        })
+        .expect("the mesh provider has a SHA-256 TLS 1.3 suite");
+    hash.hash(data).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
+}
+
+/// A certificate's names: subject and issuer as DER (for matching a chain's top to the root
+/// that issued it), and the subject as text.
+struct Names {
+    subject: Vec<u8>,
+    issuer: Vec<u8>,
+    subject_text: String,
+}
+
+fn names(der: &CertificateDer<'_>) -> Option<Names> {
+    let (_, c) = X509Certificate::from_der(der).ok()?;
+    Some(Names {
+        subject: c.subject().as_raw().to_vec(),
+        issuer: c.issuer().as_raw().to_vec(),
+        subject_text: c.subject().to_string(),
+    })
+}
+
+/// The `/certs` document for `store` at `now`.
+pub fn certs_json(store: &CertStore, now: SystemTime) -> Value {
+    let roots = store.roots();
+    let roots: Vec<(String, Option<Names>)> = roots.certificates().iter().map(|r| (sha256_hex(r), names(r))).collect();
+    let certificates: Vec<Value> = store
+        .snapshot()
+        .iter()
+        .map(|c| {
+            let chain = &c.certified_key().cert;
+            let leaf = chain.first().and_then(|d| X509Certificate::from_der(d).ok().map(|(_, x)| x));
+            let serial = leaf.as_ref().map(|l| l.raw_serial_as_string().replace(':', ""));
+            // The root: the chain's top if it signed itself, else the trusted root that issued it.
+            let root = chain.last().and_then(|top| {
+                let top_names = names(top)?;
+                if chain.len() > 1 && top_names.subject == top_names.issuer {
+                    return Some(sha256_hex(top));
+                }
+                roots
+                    .iter()
+                    .find(|(_, n)| n.as_ref().is_some_and(|n| n.subject == top_names.issuer))
+                    .map(|(f, _)| f.clone())
+            });
+            json!({
+                "identity": c.identity().to_string(),
+                "serial": serial,
+                "notBefore": unix(c.not_before()),
+                "notAfter": unix(c.not_after()),
+                "expiresInSeconds": c.remaining(now).as_secs(),
+                "chainLength": chain.len(),
+                "rootFingerprintSha256": root,
+            })
+        })
+        .collect();
+    json!({
+        "certificates": certificates,
+        "roots": roots
+            .iter()
+            .map(|(f, n)| json!({"fingerprintSha256": f, "subject": n.as_ref().map(|n| n.subject_text.clone())}))
+            .collect::<Vec<_>>(),
+    })
+}
