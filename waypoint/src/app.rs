@@ -95,7 +95,12 @@ impl Drop for Running {
     }
 }
 
-fn endpoint(flag: &'static str, address: &str, alt: Option<&str>, roots: &hbone::TrustRoots) -> Result<XdsEndpoint, StartError> {
+fn endpoint(
+    flag: &'static str,
+    address: &str,
+    alt: Option<&str>,
+    roots: &hbone::TrustRoots,
+) -> Result<XdsEndpoint, StartError> {
     let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
         .map_err(|_| StartError::Uri { flag, address: address.to_owned() })?;
     let tls = if address.starts_with("https://") {
@@ -128,12 +133,17 @@ fn xds_node(cfg: &Config) -> proto::envoy::config::core::v3::Node {
 }
 
 /// Starts the waypoint. Must be called on the data-plane runtime.
-pub async fn start(cfg: Config, admin_rt: tokio::runtime::Handle, log: Option<LogHandle>) -> Result<Running, StartError> {
+pub async fn start(
+    cfg: Config,
+    admin_rt: tokio::runtime::Handle,
+    log: Option<LogHandle>,
+) -> Result<Running, StartError> {
     cfg.validate()?;
     let identity = cfg.identity()?;
     let ready = Ready::default();
     let file_err = |flag, path: &std::path::Path, why: String| StartError::File { flag, path: path.to_owned(), why };
-    let root_pem = std::fs::read(&cfg.ca_root_file).map_err(|e| file_err("--ca-root-file", &cfg.ca_root_file, e.to_string()))?;
+    let root_pem =
+        std::fs::read(&cfg.ca_root_file).map_err(|e| file_err("--ca-root-file", &cfg.ca_root_file, e.to_string()))?;
     let roots = hbone::TrustRoots::from_pem(&root_pem)
         .map_err(|e| file_err("--ca-root-file", &cfg.ca_root_file, e.to_string()))?;
     let token = std::fs::read_to_string(&cfg.ca_token_file)
@@ -155,7 +165,8 @@ pub async fn start(cfg: Config, admin_rt: tokio::runtime::Handle, log: Option<Lo
             None => ca_ep.endpoint.connect_lazy(),
         }
     };
-    let ca = ztunnel::ca_client::CaClient::new(channel, &token, store.clone(), Duration::from_secs(cfg.cert_ttl_seconds));
+    let ca =
+        ztunnel::ca_client::CaClient::new(channel, &token, store.clone(), Duration::from_secs(cfg.cert_ttl_seconds));
     let cert_ready = ready.register("certificate");
     let cert_id = identity.clone();
     let cert_task = admin_rt.spawn(async move {
@@ -205,9 +216,8 @@ pub async fn start(cfg: Config, admin_rt: tokio::runtime::Handle, log: Option<Lo
         hbone_port: hbone::tunnel::HBONE_PORT,
         detect_timeout: Duration::from_millis(500),
     });
-    let bind = |what, addr| async move {
-        admin::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
-    };
+    let bind =
+        |what, addr| async move { admin::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source }) };
     let (hbone_l, hbone_addr) = bind("HBONE", cfg.hbone_addr).await?;
     let (admin_l, admin_addr) = bind("admin", cfg.admin_addr).await?;
     let (metrics_l, metrics_addr) = bind("metrics", cfg.metrics_addr).await?;

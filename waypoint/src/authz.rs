@@ -233,7 +233,10 @@ impl TryFrom<pb::L7Policy> for Policy {
             v.iter()
                 .enumerate()
                 .map(|(i, &p)| {
-                    u16::try_from(p).ok().filter(|&p| p != 0).ok_or_else(|| err(format!("{field}[{i}]"), format!("port {p} out of range")))
+                    u16::try_from(p)
+                        .ok()
+                        .filter(|&p| p != 0)
+                        .ok_or_else(|| err(format!("{field}[{i}]"), format!("port {p} out of range")))
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
@@ -377,7 +380,9 @@ pub fn evaluate<'p>(policies: impl Iterator<Item = &'p Policy> + Clone, f: &Fact
         .filter(|p| p.action == Action::Audit && p.rules.iter().any(|r| rule_matches(r, f, Action::Audit)))
         .map(|p| p.key.clone())
         .collect();
-    if let Some(p) = policies.clone().find(|p| p.action == Action::Deny && p.rules.iter().any(|r| rule_matches(r, f, Action::Deny))) {
+    if let Some(p) =
+        policies.clone().find(|p| p.action == Action::Deny && p.rules.iter().any(|r| rule_matches(r, f, Action::Deny)))
+    {
         return Decision { allowed: false, reason: Reason::DeniedBy(p.key.clone()), audited };
     }
     let mut any_allow = false;

@@ -59,8 +59,7 @@ pub fn normalize(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            let (Some(h), Some(l)) =
-                (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
+            let (Some(h), Some(l)) = (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
             else {
                 return Err(PathError::BadEscape(i));
             };
@@ -73,7 +72,11 @@ pub fn normalize(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
             } else if v == b'/' || v == b'\\' {
                 decoded.push(b'/');
             } else {
-                decoded.extend_from_slice(&[b'%', bytes[i + 1].to_ascii_uppercase(), bytes[i + 2].to_ascii_uppercase()]);
+                decoded.extend_from_slice(&[
+                    b'%',
+                    bytes[i + 1].to_ascii_uppercase(),
+                    bytes[i + 2].to_ascii_uppercase(),
+                ]);
             }
             i += 3;
         } else {
@@ -120,7 +123,9 @@ pub fn normalize(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
     }
     // Only ASCII bytes were rewritten and escapes stay escapes, so UTF-8 validity is kept;
     // the input was a &str.
-    Ok(std::borrow::Cow::Owned(String::from_utf8(result).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())))
+    Ok(std::borrow::Cow::Owned(
+        String::from_utf8(result).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    ))
 }
 
 /// True when nothing would change: no escapes, backslashes, `//`, dot segments or control bytes.
@@ -194,7 +199,9 @@ mod tests {
     fn fuzz_normalizer() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
-        let alphabet: &[&str] = &["/", ".", "..", "%2e", "%2E", "%2f", "%5C", "\\", "a", "B", "%", "%4", "%41", "%zz", "~", "%00", "é", "%25"];
+        let alphabet: &[&str] = &[
+            "/", ".", "..", "%2e", "%2E", "%2f", "%5C", "\\", "a", "B", "%", "%4", "%41", "%zz", "~", "%00", "é", "%25",
+        ];
         for _ in 0..20_000 {
             let mut p = String::from("/");
             for _ in 0..rng.random_range(0..12) {

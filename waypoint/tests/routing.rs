@@ -56,10 +56,15 @@ async fn default_route_and_matches_over_h1_and_h2() {
     let mut exact = pb::Match { path: path(pb::MatchType::Exact, "/exact"), ..Default::default() };
     exact.method = String::new();
     let header = pb::Match {
-        headers: vec![pb::HeaderMatch { name: "x-version".into(), r#type: pb::MatchType::Exact as i32, value: "v3".into() }],
+        headers: vec![pb::HeaderMatch {
+            name: "x-version".into(),
+            r#type: pb::MatchType::Exact as i32,
+            value: "v3".into(),
+        }],
         ..Default::default()
     };
-    let method = pb::Match { method: "POST".into(), path: path(pb::MatchType::PathPrefix, "/api"), ..Default::default() };
+    let method =
+        pb::Match { method: "POST".into(), path: path(pb::MatchType::PathPrefix, "/api"), ..Default::default() };
     let query = pb::Match {
         query_params: vec![pb::HeaderMatch {
             name: "canary".into(),
@@ -75,7 +80,10 @@ async fn default_route_and_matches_over_h1_and_h2() {
             rule(vec![exact], vec![backend_ref("reviews-v2", 1)]),
             rule(vec![header, query], vec![backend_ref("reviews-v3", 1)]),
             rule(vec![method], vec![backend_ref("reviews-v2", 1)]),
-            rule(vec![pb::Match { path: path(pb::MatchType::PathPrefix, "/"), ..Default::default() }], vec![backend_ref("reviews", 1)]),
+            rule(
+                vec![pb::Match { path: path(pb::MatchType::PathPrefix, "/"), ..Default::default() }],
+                vec![backend_ref("reviews", 1)],
+            ),
         ],
     ));
     w.settle().await;
@@ -163,7 +171,14 @@ async fn filters_headers_rewrite_redirect_mirror() {
 
     for mut c in [w.h1(w.vip(1)).await, w.h2(w.vip(1)).await] {
         let r = c
-            .send(get("/headers").header("x-add", "a1").header("x-remove", "gone").header("x-set", "old").body(empty()).unwrap())
+            .send(
+                get("/headers")
+                    .header("x-add", "a1")
+                    .header("x-remove", "gone")
+                    .header("x-set", "old")
+                    .body(empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(r.status, 200);

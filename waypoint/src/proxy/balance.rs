@@ -106,10 +106,8 @@ impl Balancer {
         avoid: Option<SocketAddr>,
     ) -> Option<Picked> {
         let now = self.now_ms();
-        let all: Vec<(&Endpoint, SocketAddr, Arc<EndpointStats>)> = endpoints
-            .iter()
-            .filter_map(|e| endpoint_addr(e).map(|a| (e, a, self.stats(a))))
-            .collect();
+        let all: Vec<(&Endpoint, SocketAddr, Arc<EndpointStats>)> =
+            endpoints.iter().filter_map(|e| endpoint_addr(e).map(|a| (e, a, self.stats(a)))).collect();
         if all.is_empty() {
             return None;
         }

@@ -38,7 +38,9 @@ pub async fn buffer(mut body: Body, limit: usize) -> Result<Buffered, Body> {
             None => return Ok(b),
             Some(Err(e)) => {
                 // Replays the error to whoever reads the body next.
-                return Err(Prefixed { head: b.data.into(), rest: Some(Box::pin(ErrBody(Some(e)))), tail: None }.boxed_unsync());
+                return Err(
+                    Prefixed { head: b.data.into(), rest: Some(Box::pin(ErrBody(Some(e)))), tail: None }.boxed_unsync()
+                );
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(d) => {

@@ -151,8 +151,20 @@ mod tests {
     fn fuzz_detector() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let pieces: &[&[u8]] =
-            &[b"GET", b" ", b"/", b"HTTP/1.1", b"\r\n", b"PRI * HTTP/2.0", b"\x00", b"\xff", b"abc", b"A", b"\n", H2_PREFACE];
+        let pieces: &[&[u8]] = &[
+            b"GET",
+            b" ",
+            b"/",
+            b"HTTP/1.1",
+            b"\r\n",
+            b"PRI * HTTP/2.0",
+            b"\x00",
+            b"\xff",
+            b"abc",
+            b"A",
+            b"\n",
+            H2_PREFACE,
+        ];
         for _ in 0..20_000 {
             let mut buf = Vec::new();
             for _ in 0..rng.random_range(1..10) {

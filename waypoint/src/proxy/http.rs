@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use ::http::{Method, Request, Response, StatusCode, Uri};
+use ::http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng;
@@ -146,7 +146,15 @@ struct Plan {
 }
 
 /// Location for a redirect (Gateway API HTTPRequestRedirectFilter).
-fn location(r: &Redirect, scheme: &str, host: &str, port: u16, path: &str, prefix: Option<&str>, query: Option<&str>) -> String {
+fn location(
+    r: &Redirect,
+    scheme: &str,
+    host: &str,
+    port: u16,
+    path: &str,
+    prefix: Option<&str>,
+    query: Option<&str>,
+) -> String {
     let scheme_out = r.scheme.as_deref().unwrap_or(scheme);
     let host_out = r.hostname.as_deref().unwrap_or(host);
     let well_known = |s: &str| match s {
@@ -276,7 +284,13 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
     }
 
     // Routing.
-    let view = RequestView { method: &parts.method, path: &path, query: query.as_deref(), headers: &parts.headers, host: &host };
+    let view = RequestView {
+        method: &parts.method,
+        path: &path,
+        query: query.as_deref(),
+        headers: &parts.headers,
+        host: &host,
+    };
     let mut ctx = Ctx { snapshot: &snapshot, down: &down, labels: account.labels.clone() };
     let entry = match &down.dest {
         Destination::Service(s, port) => match snapshot.routes(&s.hostname.to_ascii_lowercase(), *port) {
@@ -366,15 +380,17 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
     };
     account.path = new_path.clone();
     let uri = match version {
-        Version::H2 => Uri::builder().scheme("http").authority(new_authority.as_str()).path_and_query(pq.as_str()).build(),
+        Version::H2 => {
+            Uri::builder().scheme("http").authority(new_authority.as_str()).path_and_query(pq.as_str()).build()
+        }
         Version::H1 => Uri::builder().path_and_query(pq.as_str()).build(),
     };
     let Ok(uri) = uri else { return reply(account, StatusCode::BAD_REQUEST, "bad request target\n", "-") };
     parts.uri = uri;
-    if version == Version::H1 || parts.headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&new_authority) {
-            parts.headers.insert(header::HOST, v);
-        }
+    if (version == Version::H1 || parts.headers.contains_key(header::HOST))
+        && let Ok(v) = HeaderValue::from_str(&new_authority)
+    {
+        parts.headers.insert(header::HOST, v);
     }
     parts.version = match version {
         Version::H1 => ::http::Version::HTTP_11,
@@ -441,7 +457,8 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
         last = Some(picked.addr);
         let w = &picked.endpoint.workload;
         account.upstream = picked.addr.to_string();
-        account.labels.destination_workload = if w.workload_name.is_empty() { w.name.clone() } else { w.workload_name.clone() };
+        account.labels.destination_workload =
+            if w.workload_name.is_empty() { w.name.clone() } else { w.workload_name.clone() };
         account.labels.destination_workload_namespace = w.namespace().to_owned();
         account.labels.destination_principal = w.identity.to_string();
         let dest = Dest { addr: picked.addr, identity: &w.identity, version, client: Some(down.client) };
@@ -525,14 +542,24 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
                 account.labels.grpc_response_status = s.to_owned();
             }
             let _ = &ctx;
-            Response::from_parts(p, Counted::new(body::boxed(b), Arc::default(), Some(Box::new(account))).boxed_unsync_compat())
+            Response::from_parts(
+                p,
+                Counted::new(body::boxed(b), Arc::default(), Some(Box::new(account))).boxed_unsync_compat(),
+            )
         }
     }
 }
 
 /// Sends a copy of the request to an endpoint of the mirror backend; the answer is read and
 /// dropped, failures only logged.
-fn spawn_mirror(proxy: &Arc<Proxy>, ctx: &Ctx<'_>, backend: &route::Backend, parts: &::http::request::Parts, body: Buffered, version: Version) {
+fn spawn_mirror(
+    proxy: &Arc<Proxy>,
+    ctx: &Ctx<'_>,
+    backend: &route::Backend,
+    parts: &::http::request::Parts,
+    body: Buffered,
+    version: Version,
+) {
     let Some(svc) = ctx.snapshot.service_by_host(&backend.hostname.to_ascii_lowercase()) else {
         tracing::debug!(backend = backend.hostname, "mirror backend unknown");
         return;
@@ -575,6 +602,3 @@ where
         http_body_util::BodyExt::boxed_unsync(self)
     }
 }
-
-#[allow(dead_code)]
-fn _method_is_used(_: &Method) {}

@@ -18,11 +18,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::http::StatusCode;
 use bytes::Bytes;
 use hbone::tunnel::pool::{Connector, Pool, PoolConfig};
 use hbone::tunnel::server::{Handler, InboundConnect, Server};
 use hbone::{CertStore, Identity};
-use ::http::StatusCode;
 use ztunnel::state::{Service, Workload};
 
 use crate::state::SnapshotHandle;

@@ -206,8 +206,11 @@ impl Upstreams {
     }
 
     async fn tunnel(&self, d: &Dest<'_>) -> Result<hbone::tunnel::stream::H2Stream, UpstreamError> {
-        let key =
-            PoolKey { src: self.src.clone(), dst: d.identity.clone(), addr: SocketAddr::new(d.addr.ip(), self.hbone_port) };
+        let key = PoolKey {
+            src: self.src.clone(),
+            dst: d.identity.clone(),
+            addr: SocketAddr::new(d.addr.ip(), self.hbone_port),
+        };
         self.pool
             .connect(&key, &ConnectTarget::new(d.addr, d.client))
             .await

@@ -260,7 +260,10 @@ pub struct SnapshotHandle {
 
 impl Default for SnapshotHandle {
     fn default() -> Self {
-        SnapshotHandle { current: Arc::new(ArcSwap::from_pointee(Snapshot::default())), version: Arc::new(watch::channel(0).0) }
+        SnapshotHandle {
+            current: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+            version: Arc::new(watch::channel(0).0),
+        }
     }
 }
 

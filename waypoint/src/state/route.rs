@@ -159,7 +159,8 @@ impl Match {
             if svc.is_empty() || method.is_empty() || method.contains('/') {
                 return false;
             }
-            if g.service.as_ref().is_some_and(|m| !m.matches(svc)) || g.method.as_ref().is_some_and(|m| !m.matches(method))
+            if g.service.as_ref().is_some_and(|m| !m.matches(svc))
+                || g.method.as_ref().is_some_and(|m| !m.matches(method))
             {
                 return false;
             }
@@ -380,7 +381,11 @@ impl Entry {
     pub fn host_ok(&self, host: &str) -> bool {
         self.hostnames.is_empty()
             || self.hostnames.iter().any(|h| match h.strip_prefix("*.") {
-                Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(suffix) && host.as_bytes()[host.len() - suffix.len() - 1] == b'.',
+                Some(suffix) => {
+                    host.len() > suffix.len() + 1
+                        && host.ends_with(suffix)
+                        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                }
                 None => h == host,
             })
     }
@@ -465,14 +470,17 @@ impl Cx<'_> {
 
     fn regex(&self, field: String, re: &str) -> Result<Regex, RouteError> {
         // Whole-value semantics: anchor the user's expression.
-        Regex::new(&format!("^(?:{re})$")).map_err(|e| self.err(field, format!("invalid regular expression {re:?}: {e}")))
+        Regex::new(&format!("^(?:{re})$"))
+            .map_err(|e| self.err(field, format!("invalid regular expression {re:?}: {e}")))
     }
 
     fn str_match(&self, field: String, t: i32, v: &str) -> Result<StrMatch, RouteError> {
         match pb::MatchType::try_from(t) {
             Ok(pb::MatchType::Exact) => Ok(StrMatch::Exact(v.to_owned())),
             Ok(pb::MatchType::RegularExpression) => Ok(StrMatch::Regex(self.regex(format!("{field}.value"), v)?)),
-            Ok(pb::MatchType::PathPrefix) => Err(self.err(format!("{field}.type"), "PATH_PREFIX applies to paths only")),
+            Ok(pb::MatchType::PathPrefix) => {
+                Err(self.err(format!("{field}.type"), "PATH_PREFIX applies to paths only"))
+            }
             Err(_) => Err(self.err(format!("{field}.type"), format!("unknown match type {t}"))),
         }
     }
@@ -628,9 +636,17 @@ impl TryFrom<pb::Route> for CompiledRoute {
                         Ok(pb::MatchType::PathPrefix) if p.value.starts_with('/') => {
                             PathMatch::Prefix(p.value.trim_end_matches('/').to_owned())
                         }
-                        Ok(pb::MatchType::RegularExpression) => PathMatch::Regex(cx.regex(format!("{mf}.path.value"), &p.value)?),
-                        Ok(_) => return Err(cx.err(format!("{mf}.path.value"), format!("{:?} does not start with '/'", p.value))),
-                        Err(_) => return Err(cx.err(format!("{mf}.path.type"), format!("unknown match type {}", p.r#type))),
+                        Ok(pb::MatchType::RegularExpression) => {
+                            PathMatch::Regex(cx.regex(format!("{mf}.path.value"), &p.value)?)
+                        }
+                        Ok(_) => {
+                            return Err(
+                                cx.err(format!("{mf}.path.value"), format!("{:?} does not start with '/'", p.value))
+                            );
+                        }
+                        Err(_) => {
+                            return Err(cx.err(format!("{mf}.path.type"), format!("unknown match type {}", p.r#type)));
+                        }
                     }),
                 };
                 let headers = m
@@ -646,11 +662,16 @@ impl TryFrom<pb::Route> for CompiledRoute {
                     .query_params
                     .iter()
                     .enumerate()
-                    .map(|(i, q)| Ok((q.name.clone(), cx.str_match(format!("{mf}.query_params[{i}]"), q.r#type, &q.value)?)))
+                    .map(|(i, q)| {
+                        Ok((q.name.clone(), cx.str_match(format!("{mf}.query_params[{i}]"), q.r#type, &q.value)?))
+                    })
                     .collect::<Result<Vec<_>, RouteError>>()?;
                 let method = match m.method.as_str() {
                     "" => None,
-                    s => Some(Method::from_bytes(s.as_bytes()).map_err(|_| cx.err(format!("{mf}.method"), format!("{s:?} is not a method")))?),
+                    s => Some(
+                        Method::from_bytes(s.as_bytes())
+                            .map_err(|_| cx.err(format!("{mf}.method"), format!("{s:?} is not a method")))?,
+                    ),
                 };
                 let grpc_m = match &m.grpc {
                     None => None,
@@ -696,16 +717,15 @@ impl TryFrom<pb::Route> for CompiledRoute {
                         .iter()
                         .enumerate()
                         .map(|(i, &c)| {
-                            u16::try_from(c)
-                                .ok()
-                                .filter(|c| (100..600).contains(c))
-                                .ok_or_else(|| cx.err(format!("{rf}.retry.codes[{i}]"), format!("{c} is not an HTTP status")))
+                            u16::try_from(c).ok().filter(|c| (100..600).contains(c)).ok_or_else(|| {
+                                cx.err(format!("{rf}.retry.codes[{i}]"), format!("{c} is not an HTTP status"))
+                            })
                         })
                         .collect::<Result<_, _>>()?,
                     backoff: duration(&x.backoff).unwrap_or(Duration::from_millis(25)),
                 })
             });
-            let timeouts = rule.timeouts.clone().unwrap_or_default();
+            let timeouts = rule.timeouts.unwrap_or_default();
             let id = if rule.name.is_empty() { format!("{name}#{ri}") } else { format!("{name}#{}", rule.name) };
             rules.push((
                 Arc::new(Rule {

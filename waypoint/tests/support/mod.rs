@@ -126,7 +126,8 @@ impl World {
             hbone_port: 15008,
             detect_timeout: Duration::from_millis(200),
         });
-        let wl = TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, net[0], net[1], 1)), 0)).await.unwrap();
+        let wl =
+            TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, net[0], net[1], 1)), 0)).await.unwrap();
         let waypoint_addr = wl.local_addr().unwrap();
         let server = proxy.server();
         let t2 = Task(tokio::spawn(async move {
@@ -229,7 +230,13 @@ impl World {
                 if names.contains(&b.name) {
                     map.insert(
                         format!("shop/{h}"),
-                        pbw::PortList { ports: vec![pbw::Port { service_port: 80, target_port: u32::from(b.http_port), ..Default::default() }] },
+                        pbw::PortList {
+                            ports: vec![pbw::Port {
+                                service_port: 80,
+                                target_port: u32::from(b.http_port),
+                                ..Default::default()
+                            }],
+                        },
                     );
                 }
             }
@@ -314,7 +321,8 @@ impl World {
         self.xds_server.connections().iter().all(|c| {
             c.types.iter().all(|(url, t)| {
                 let want = self.xds.versions(url);
-                (t.acked.len() == want.len() && want.iter().all(|(name, v)| t.acked.get(name).is_some_and(|a| a.as_str() == &**v)))
+                (t.acked.len() == want.len()
+                    && want.iter().all(|(name, v)| t.acked.get(name).is_some_and(|a| a.as_str() == &**v)))
                     || t.last_nack.is_some()
             })
         })
@@ -465,7 +473,8 @@ async fn http_server(l: TcpListener, name: String, b: Arc<Behaviour>) {
             });
             match proto {
                 waypoint::proxy::detect::Protocol::Http2 => {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await;
+                    let _ =
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await;
                 }
                 _ => {
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
@@ -488,7 +497,7 @@ async fn app(req: Request<Incoming>, name: &str, b: &Behaviour, counter: &Atomic
     if b.fail.load(Ordering::Relaxed) {
         status = StatusCode::INTERNAL_SERVER_ERROR;
     } else if path.starts_with("/fail-every-other") {
-        if counter.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+        if counter.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
             status = StatusCode::SERVICE_UNAVAILABLE;
         }
     } else if path.starts_with("/slow") {
@@ -521,7 +530,10 @@ async fn app(req: Request<Incoming>, name: &str, b: &Behaviour, counter: &Atomic
         });
         let mut rx = rx;
         let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        return builder.header("content-type", "application/grpc").body(StreamBody::new(stream).boxed_unsync()).unwrap();
+        return builder
+            .header("content-type", "application/grpc")
+            .body(StreamBody::new(stream).boxed_unsync())
+            .unwrap();
     }
     let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     text.push_str(&format!("body-bytes: {}\n", body.len()));
