@@ -182,7 +182,6 @@ fn location(
 struct Ctx<'a> {
     snapshot: &'a Snapshot,
     down: &'a Downstream,
-    labels: RequestLabels,
 }
 
 #[allow(clippy::too_many_lines)]
@@ -291,9 +290,9 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
         headers: &parts.headers,
         host: &host,
     };
-    let mut ctx = Ctx { snapshot: &snapshot, down: &down, labels: account.labels.clone() };
+    let ctx = Ctx { snapshot: &snapshot, down: &down };
     let entry = match &down.dest {
-        Destination::Service(s, port) => match snapshot.routes(&s.hostname.to_ascii_lowercase(), *port) {
+        Destination::Service(s, port) => match snapshot.routes(&s.hostname, *port) {
             Some(table) => match route::find(table, &view) {
                 Some(e) => Some(e),
                 None => return reply(account, StatusCode::NOT_FOUND, "no route matched\n", "NR"),
@@ -401,7 +400,9 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
     let (endpoints, backend_host) = match &plan.backend {
         Some((h, port)) => match snapshot.service_by_host(h) {
             Some(s) => {
-                ctx.labels.destination_service = s.hostname.clone();
+                account.labels.destination_service.clone_from(&s.hostname);
+                account.labels.destination_service_name.clone_from(&s.name);
+                account.labels.destination_service_namespace.clone_from(&s.namespace);
                 (snapshot.mesh.endpoints(s, *port), h.clone())
             }
             None => return reply(account, StatusCode::INTERNAL_SERVER_ERROR, "unknown backend service\n", "NR"),
@@ -411,7 +412,6 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
             Destination::Service(..) => (Vec::new(), String::new()),
         },
     };
-    account.labels.destination_service = ctx.labels.destination_service.clone();
 
     // Bodies are buffered only when something may replay them.
     let replay_needed = plan.retry.is_some() || !plan.mirrors.is_empty();
@@ -541,7 +541,6 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
             if let Some(s) = p.headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
                 account.labels.grpc_response_status = s.to_owned();
             }
-            let _ = &ctx;
             Response::from_parts(
                 p,
                 Counted::new(body::boxed(b), Arc::default(), Some(Box::new(account))).boxed_unsync_compat(),

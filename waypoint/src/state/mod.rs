@@ -146,7 +146,7 @@ pub struct Snapshot {
     pub mesh: MeshState,
     /// Routes per `(service hostname, port)`; port 0 holds routes for every port.
     #[serde(serialize_with = "ser_routes")]
-    routes: HashMap<(String, u16), RouteTable>,
+    routes: HashMap<String, HashMap<u16, RouteTable>>,
     /// Policies targeting this waypoint's Gateway.
     #[serde(serialize_with = "route::ser_arcs")]
     gateway_policies: Vec<Arc<Policy>>,
@@ -160,9 +160,9 @@ pub struct Snapshot {
     services_by_host: HashMap<String, Arc<Service>>,
 }
 
-fn ser_routes<S: serde::Serializer>(r: &HashMap<(String, u16), RouteTable>, s: S) -> Result<S::Ok, S::Error> {
+fn ser_routes<S: serde::Serializer>(r: &HashMap<String, HashMap<u16, RouteTable>>, s: S) -> Result<S::Ok, S::Error> {
     let sorted: std::collections::BTreeMap<String, &[Entry]> =
-        r.iter().map(|((h, p), t)| (format!("{h}:{p}"), &t[..])).collect();
+        r.iter().flat_map(|(h, m)| m.iter().map(move |(p, t)| (format!("{h}:{p}"), &t[..]))).collect();
     sorted.serialize(s)
 }
 
@@ -195,13 +195,11 @@ impl Snapshot {
         }
         // Port-specific tables also hold the every-port routes (already added above for
         // declared ports); sort each by precedence.
-        let routes = tables
-            .into_iter()
-            .map(|(k, mut v)| {
-                route::sort(&mut v);
-                (k, RouteTable::from(v))
-            })
-            .collect();
+        let mut routes: HashMap<String, HashMap<u16, RouteTable>> = HashMap::new();
+        for ((host, port), mut v) in tables {
+            route::sort(&mut v);
+            routes.entry(host).or_default().insert(port, RouteTable::from(v));
+        }
         let mut gateway_policies = Vec::new();
         let mut service_policies: HashMap<String, Vec<Arc<Policy>>> = HashMap::new();
         for p in policies {
@@ -224,9 +222,13 @@ impl Snapshot {
 
     /// The route table for a service port (falling back to the every-port table).
     pub fn routes(&self, host: &str, port: u16) -> Option<&RouteTable> {
-        // Lookups by borrowed key would need a custom key type; services are few per waypoint
-        // and this is one hash of a short string.
-        self.routes.get(&(host.to_owned(), port)).or_else(|| self.routes.get(&(host.to_owned(), 0)))
+        let ports = match self.routes.get(host) {
+            Some(p) => p,
+            // Hostnames are lower case in Kubernetes; tolerate others without allocating
+            // on the common path.
+            None => self.routes.get(&host.to_ascii_lowercase())?,
+        };
+        ports.get(&port).or_else(|| ports.get(&0))
     }
 
     /// Policies applying to requests for `service` (FQDN), gateway-wide first.
