@@ -98,6 +98,19 @@ async fn default_route_and_matches_over_h1_and_h2() {
         assert_eq!(c.get("/apix").await.backend(), "v1", "prefixes are element-wise");
     }
 
+    // Upstream connections are reused: sequential requests over one downstream connection
+    // of each version need one application connection per version.
+    let c2 = w.h2(w.vip(2)).await;
+    let c1 = w.h1(w.vip(2)).await;
+    let before = v2.behaviour.connections.load(std::sync::atomic::Ordering::Relaxed);
+    for mut c in [c1, c2] {
+        for _ in 0..20 {
+            assert_eq!(c.get("/").await.backend(), "v2");
+        }
+    }
+    let opened = v2.behaviour.connections.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(opened <= 2, "{opened} connections for 40 requests");
+
     // Every request was accounted with Istio's labels.
     let m = w.metrics();
     assert!(m.contains("istio_requests_total{reporter=\"waypoint\""), "{m}");

@@ -58,6 +58,8 @@ pub struct Behaviour {
     pub fail: AtomicBool,
     /// Requests seen.
     pub seen: AtomicU64,
+    /// TCP connections accepted by the application.
+    pub connections: AtomicU64,
 }
 
 pub struct Backend {
@@ -461,6 +463,7 @@ async fn http_server(l: TcpListener, name: String, b: Arc<Behaviour>) {
     loop {
         let Ok((tcp, _)) = l.accept().await else { return };
         let (name, b, counter) = (name.clone(), b.clone(), counter.clone());
+        b.connections.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let mut tcp = tcp;
             let Ok((proto, seen)) = waypoint::proxy::detect::detect(&mut tcp, Duration::from_secs(5)).await else {
