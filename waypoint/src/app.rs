@@ -61,6 +61,9 @@ pub enum StartError {
         #[source]
         source: ztunnel::control_plane_tls::SetupError,
     },
+    /// The OTLP endpoint is not usable.
+    #[error("--otlp-endpoint: {0}")]
+    Otlp(#[from] crate::telemetry::otlp::OtlpError),
     /// The address is not a URI.
     #[error("{flag} {address:?} is not a URI")]
     Uri {
@@ -150,9 +153,14 @@ pub async fn start(
         .map_err(|e| file_err("--ca-token-file", &cfg.ca_token_file, e.to_string()))?
         .trim()
         .to_owned();
-    if cfg.otlp_endpoint.is_some() {
-        tracing::warn!("--otlp-endpoint is accepted but OTLP export is not implemented; traces are only propagated");
-    }
+    let spans = match &cfg.otlp_endpoint {
+        Some(e) => Some(crate::telemetry::otlp::Exporter::start(
+            e,
+            format!("{}.{}", cfg.service_account(), identity.namespace()),
+            &admin_rt,
+        )?),
+        None => None,
+    };
 
     // Certificates.
     let store = CertStore::new(roots.clone());
@@ -215,6 +223,7 @@ pub async fn start(
         connector: None,
         hbone_port: hbone::tunnel::HBONE_PORT,
         detect_timeout: Duration::from_millis(500),
+        spans,
     });
     let bind =
         |what, addr| async move { admin::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source }) };

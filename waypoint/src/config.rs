@@ -61,7 +61,7 @@ pub struct Config {
     /// Log filter, e.g. `info` or `info,access=off`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_level: String,
-    /// OTLP/HTTP collector (not implemented yet: accepted and logged).
+    /// OTLP/HTTP collector, `http://host:port` (JSON to `/v1/traces`); unset: no export.
     #[arg(long, env = "OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
     /// Threads of the data-plane runtime.

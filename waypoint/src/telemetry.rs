@@ -1,6 +1,8 @@
 //! Request telemetry: Istio's four request metrics (reporter `waypoint`), the access log
 //! (events on the `access` target, so they follow the log format), authorization denials by
-//! policy, and W3C trace context propagation.
+//! policy, W3C trace context propagation, and OTLP span export ([`otlp`]).
+
+pub mod otlp;
 
 use std::sync::Arc;
 

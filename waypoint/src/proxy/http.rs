@@ -67,6 +67,10 @@ struct Account {
     allowed: bool,
     upstream: String,
     trace_id: u128,
+    span_id: u64,
+    parent_span: Option<u64>,
+    started: std::time::SystemTime,
+    spans: Option<crate::telemetry::otlp::Exporter>,
 }
 
 impl OnEnd for Account {
@@ -75,6 +79,24 @@ impl OnEnd for Account {
             self.labels.grpc_response_status = s.to_owned();
         }
         let millis = self.start.elapsed().as_secs_f64() * 1000.0;
+        if let Some(x) = &self.spans {
+            x.record(crate::telemetry::otlp::Span {
+                trace_id: self.trace_id,
+                span_id: self.span_id,
+                parent: self.parent_span,
+                name: format!("{} {}", self.method, self.labels.destination_service),
+                start: self.started,
+                end: self.started + self.start.elapsed(),
+                attributes: vec![
+                    ("http.request.method", self.method.clone()),
+                    ("url.path", self.path.clone()),
+                    ("http.response.status_code", self.labels.response_code.to_string()),
+                    ("upstream", self.upstream.clone()),
+                    ("source.principal", self.src.clone()),
+                ],
+                error: self.labels.response_code >= 500,
+            });
+        }
         let req_bytes = self.request_bytes.load(std::sync::atomic::Ordering::Relaxed);
         self.metrics.record(&self.labels, millis, req_bytes, bytes);
         AccessLog {
@@ -235,6 +257,15 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
         allowed: true,
         upstream: "-".into(),
         trace_id: trace.trace_id,
+        span_id: trace.span_id,
+        parent_span: parts
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse)
+            .map(|p| p.span_id),
+        started: std::time::SystemTime::now(),
+        spans: proxy.inputs.spans.clone(),
     };
     let reply = |mut account: Account, status: StatusCode, text: &'static str, flags: &'static str| {
         account.labels.response_code = status.as_u16();

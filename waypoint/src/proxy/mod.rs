@@ -50,6 +50,8 @@ pub struct Inputs {
     pub connector: Option<Connector>,
     /// Endpoints' HBONE port.
     pub hbone_port: u16,
+    /// Span export, when an OTLP endpoint is configured.
+    pub spans: Option<crate::telemetry::otlp::Exporter>,
     /// How long protocol detection waits for a first byte before deciding TCP.
     pub detect_timeout: Duration,
 }

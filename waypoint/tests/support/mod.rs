@@ -93,6 +93,11 @@ pub struct World {
 impl World {
     /// `net` picks the 127.net0.net1.x addresses of this test.
     pub async fn new(net: [u8; 2]) -> Arc<World> {
+        World::with_spans(net, None).await
+    }
+
+    /// Like [`World::new`], exporting spans through `spans`.
+    pub async fn with_spans(net: [u8; 2], spans: Option<waypoint::telemetry::otlp::Exporter>) -> Arc<World> {
         let ca = TestCa::new("mesh");
         let xds = ResourceStore::new();
         let xds_server = XdsServer::new(xds.clone());
@@ -127,6 +132,7 @@ impl World {
             connector: Some(connector),
             hbone_port: 15008,
             detect_timeout: Duration::from_millis(200),
+            spans,
         });
         let wl =
             TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, net[0], net[1], 1)), 0)).await.unwrap();
