@@ -135,3 +135,43 @@ async fn least_request_and_consistent_hash() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_retried_only_with_a_retry() {
+    let w = World::new([2, 4]).await;
+    let good = w.backend("good").await;
+    let dead = w.dead_backend("dead");
+    w.service("svc", 1, &[&good, &dead]);
+    w.backend_policy(&pb::BackendPolicy {
+        hostname: host("svc"),
+        load_balancer: pb::backend_policy::LoadBalancer::RoundRobin as i32,
+        // High enough that ejection does not hide the retries.
+        outlier_consecutive_errors: 1000,
+        ..Default::default()
+    });
+    let mut retried = prefix_rule("/retried", "svc");
+    retried.retry = Some(pb::Retry { attempts: 1, codes: vec![], backoff: dur(1) });
+    w.route(&pb::Route {
+        namespace: "shop".into(),
+        name: "r".into(),
+        parents: vec![pb::ParentService { hostname: host("svc"), port: 0 }],
+        rules: vec![retried, prefix_rule("/plain", "svc")],
+        ..Default::default()
+    });
+    w.until_endpoints("svc", 2).await;
+    w.settle().await;
+    let mut c = w.h1(w.vip(1)).await;
+    for _ in 0..10 {
+        let r = c.send(get("/retried").method("POST").body(full("x".repeat(100))).unwrap()).await.unwrap();
+        assert_eq!((r.status.as_u16(), r.backend()), (200, "good"), "{r:?}");
+    }
+    let mut failed = 0;
+    for _ in 0..10 {
+        let r = c.get("/plain").await;
+        if r.status == 503 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 5, "round robin sends every other request to the dead endpoint");
+    assert!(w.metrics().contains("response_flags=\"UF\""));
+}

@@ -209,6 +209,14 @@ impl World {
         b
     }
 
+    /// A workload with nothing listening: its HBONE connect is refused.
+    pub fn dead_backend(&self, name: &str) -> Arc<Backend> {
+        let ip = self.ip(250);
+        let b = Arc::new(Backend { name: name.to_owned(), ip, http_port: 9, behaviour: Arc::default() });
+        self.backends.lock().unwrap().insert(name.to_owned(), b.clone());
+        b
+    }
+
     /// Publishes service `name` (`<name>.shop.svc.cluster.local`, VIP number `n`, port 80)
     /// backed by `backends`.
     pub fn service(&self, name: &str, n: u8, backends: &[&Arc<Backend>]) {
