@@ -20,8 +20,8 @@ use ztunnel::state::Endpoint;
 
 use super::body::{self, Buffered, Counted, OnEnd};
 use super::detect::Protocol;
-use super::upstream::{Dest, UpstreamError, Version};
-use super::{Body, Destination, Downstream, Proxy};
+use super::upstream::{Dest, Version};
+use super::{Body, Destination, Downstream, Proxy, forward};
 use crate::authz::{self, Facts, HttpFacts};
 use crate::normalize::normalize;
 use crate::state::Snapshot;
@@ -446,7 +446,7 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
 
     // Bodies are buffered only when something may replay them.
     let replay_needed = plan.retry.is_some() || !plan.mirrors.is_empty();
-    let (replay, mut stream_body) = if replay_needed {
+    let (replay, stream_body) = if replay_needed {
         match body::buffer(req_body, MAX_REPLAY_BODY).await {
             Ok(b) => (Some(b), None),
             Err(b) => (None, Some(b)),
@@ -464,104 +464,32 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
     }
 
     let policy = snapshot.backend_policy(&backend_host).clone();
-    let hash_value = policy.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(|v| v.as_bytes().to_vec());
-    let attempts = 1 + plan.retry.as_ref().map_or(0, |r| r.attempts);
-    let deadline = plan.request_timeout.map(|t| start + t);
-    let mut last: Option<SocketAddr> = None;
-    let mut outcome: Result<Response<Incoming>, (StatusCode, &'static str, &'static str)> =
-        Err((StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n", "UH"));
-    for attempt in 0..attempts {
-        if attempt > 0 {
-            let base = plan.retry.as_ref().map_or(Duration::from_millis(25), |r| r.backoff);
-            let exp = base.saturating_mul(1 << (attempt - 1).min(10));
-            let wait = exp.mul_f64(rand::rng().random_range(0.5..1.0));
-            if deadline.is_some_and(|d| Instant::now() + wait >= d) {
-                outcome = Err((StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n", "UT"));
-                break;
-            }
-            tokio::time::sleep(wait).await;
-        }
-        let Some(picked) = proxy.balancer.pick(&backend_host, &endpoints, &policy, hash_value.as_deref(), last) else {
-            outcome = Err((StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n", "UH"));
-            break;
-        };
-        last = Some(picked.addr);
+    let attempt = forward::Attempt {
+        proxy: &proxy,
+        parts: &parts,
+        replay: replay.as_ref(),
+        stream_body,
+        endpoints: &endpoints,
+        backend_host: &backend_host,
+        policy: &policy,
+        retry: plan.retry.as_ref(),
+        backend_timeout: plan.backend_timeout,
+        deadline: plan.request_timeout.map(|t| start + t),
+        version,
+        client: down.client,
+    };
+    let outcome = forward::forward(attempt, |picked| {
         let w = &picked.endpoint.workload;
         account.upstream = picked.addr.to_string();
         account.labels.destination_workload =
             if w.workload_name.is_empty() { w.name.clone() } else { w.workload_name.clone() };
         account.labels.destination_workload_namespace = w.namespace().to_owned();
         account.labels.destination_principal = w.identity.to_string();
-        let dest = Dest { addr: picked.addr, identity: &w.identity, version, client: Some(down.client) };
-        let retriable = plan.retry.is_some() && attempt + 1 < attempts;
-        let try_once = async {
-            let sender = proxy.upstreams.sender(dest).await?;
-            let body = match (&replay, stream_body.take()) {
-                (Some(b), _) => b.replay(),
-                (None, Some(b)) => b,
-                (None, None) => body::full(""),
-            };
-            let mut req = Request::from_parts(parts.clone(), body);
-            *req.extensions_mut() = ::http::Extensions::new();
-            sender.send(req).await
-        };
-        let per_try = async {
-            match plan.backend_timeout {
-                Some(t) => tokio::time::timeout(t, try_once).await.ok(),
-                None => Some(try_once.await),
-            }
-        };
-        let r = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, per_try).await {
-                Ok(r) => r,
-                Err(_) => {
-                    proxy.balancer.outcome(&picked, false, &policy, &endpoints);
-                    outcome = Err((StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n", "UT"));
-                    break;
-                }
-            },
-            None => per_try.await,
-        };
-        match r {
-            None => {
-                // One try timed out.
-                proxy.balancer.outcome(&picked, true, &policy, &endpoints);
-                outcome = Err((StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n", "UT"));
-                let retry_504 = plan.retry.as_ref().is_some_and(|r| r.codes.contains(&504));
-                if retriable && retry_504 && replay.is_some() {
-                    continue;
-                }
-                break;
-            }
-            Some(Ok(resp)) => {
-                let code = resp.status().as_u16();
-                proxy.balancer.outcome(&picked, code >= 500, &policy, &endpoints);
-                let retry_code = plan.retry.as_ref().is_some_and(|r| r.codes.contains(&code));
-                if retriable && retry_code && replay.is_some() {
-                    tracing::debug!(attempt, code, endpoint = %picked.addr, "retrying");
-                    outcome = Ok(resp);
-                    continue;
-                }
-                outcome = Ok(resp);
-                break;
-            }
-            Some(Err(e)) => {
-                proxy.balancer.outcome(&picked, true, &policy, &endpoints);
-                tracing::info!(error = %e, attempt, "upstream request failed");
-                let flags = if matches!(e, UpstreamError::Request { .. }) { "UC" } else { "UF" };
-                outcome = Err((StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n", flags));
-                // A body that was streamed is gone unless the failure came before sending it.
-                let body_ok = replay.is_some() || stream_body.is_some();
-                if retriable && body_ok && (e.before_request() || replay.is_some()) {
-                    continue;
-                }
-                break;
-            }
-        }
-    }
+    })
+    .await;
 
     match outcome {
-        Err((status, text, flags)) => reply(account, status, text, flags),
+        Err(forward::Failure { status, text, flags }) => reply(account, status, text, flags),
         Ok(resp) => {
             let (mut p, b) = resp.into_parts();
             strip_hop_by_hop(&mut p.headers);

@@ -2,7 +2,8 @@
 //! included) or opaque TCP for a service (by VIP) or a workload (by IP).
 //!
 //! - [`detect`]: which protocol the first bytes speak.
-//! - [`http`](mod@http): route → filters → authorization → backend → endpoint → upstream.
+//! - [`http`](mod@http): normalization → authorization → route → filters → backend.
+//! - [`forward`]: endpoint per try, timeouts, retries; [`body`]: buffering and accounting.
 //! - [`tcp`]: L4 authorization, then bytes both ways to a chosen endpoint.
 //! - [`balance`]: endpoint choice and outlier ejection; [`upstream`]: reused HTTP
 //!   connections over pooled HBONE.
@@ -10,6 +11,7 @@
 pub mod balance;
 pub mod body;
 pub mod detect;
+pub mod forward;
 pub mod http;
 pub mod tcp;
 pub mod upstream;
