@@ -299,6 +299,12 @@ impl State {
         self.endpoints.pick(svc, service_port)
     }
 
+    /// Every healthy endpoint of `svc` for `service_port`, in uid order (for proxies that balance
+    /// by their own policy, like the waypoint).
+    pub fn endpoints(&self, svc: &Service, service_port: u16) -> Vec<Endpoint> {
+        self.endpoints.all(svc, service_port)
+    }
+
     /// Number of healthy endpoints of `svc`.
     pub fn endpoint_count(&self, svc: &Service) -> usize {
         self.endpoints.count(svc)

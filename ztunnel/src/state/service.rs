@@ -92,6 +92,17 @@ impl EndpointIndex {
         self.by_namespace.get(svc.namespace.as_str())?.get(svc.hostname.as_str())
     }
 
+    /// Every healthy endpoint of `svc` whose target port for `service_port` resolves.
+    pub(super) fn all(&self, svc: &Service, service_port: u16) -> Vec<Endpoint> {
+        let Some(set) = self.set(svc) else { return Vec::new() };
+        set.workloads
+            .iter()
+            .filter_map(|w| {
+                target_port(w, &set.key, svc, service_port).map(|port| Endpoint { workload: w.clone(), port })
+            })
+            .collect()
+    }
+
     /// Picks a healthy endpoint of `svc` for `service_port`, rotating round robin.
     ///
     /// Round robin (an atomic cursor per service) rather than random: it spreads evenly even over

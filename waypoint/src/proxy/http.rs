@@ -1,0 +1,562 @@
+//! The HTTP path for one request: normalize the path, authorize (L7 policy), match a route
+//! (none: the destination service itself), apply filters, pick a backend by weight and an
+//! endpoint by the backend policy, forward over HBONE with timeouts and retries, and
+//! account for it (metrics, access log) when the response body ends.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ::http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::Rng;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use ztunnel::state::Endpoint;
+
+use super::body::{self, Buffered, Counted, OnEnd};
+use super::detect::Protocol;
+use super::upstream::{Dest, Version};
+use super::{Body, Destination, Downstream, Proxy, forward};
+use crate::authz::{self, Facts, HttpFacts};
+use crate::normalize::normalize;
+use crate::state::Snapshot;
+use crate::state::route::{self, Filter, HeaderModifier, Redirect, RequestView, Retry};
+use crate::telemetry::{AccessLog, Metrics, RequestLabels, TraceParent};
+
+/// Request bodies up to this size are buffered when a retry or mirror may replay them.
+pub const MAX_REPLAY_BODY: usize = 64 * 1024;
+
+/// Serves HTTP on one tunnelled stream until the client closes it.
+pub async fn serve<S>(proxy: Arc<Proxy>, down: Arc<Downstream>, io: S, proto: Protocol)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let version = if proto == Protocol::Http2 { Version::H2 } else { Version::H1 };
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (proxy, down) = (proxy.clone(), down.clone());
+        async move { Ok::<_, Infallible>(handle(proxy, down, req, version).await) }
+    });
+    let r = match version {
+        Version::H1 => hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).await,
+        Version::H2 => {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), svc).await
+        }
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
+    }
+}
+
+/// Everything accounted for a request, recorded once when its response is done.
+struct Account {
+    metrics: Arc<Metrics>,
+    labels: RequestLabels,
+    start: Instant,
+    request_bytes: Arc<AtomicU64>,
+    src: String,
+    client: SocketAddr,
+    method: String,
+    path: String,
+    route: String,
+    policy: String,
+    allowed: bool,
+    upstream: String,
+    trace_id: u128,
+    span_id: u64,
+    parent_span: Option<u64>,
+    started: std::time::SystemTime,
+    spans: Option<crate::telemetry::otlp::Exporter>,
+}
+
+impl OnEnd for Account {
+    fn done(mut self: Box<Self>, bytes: u64, trailers: Option<&HeaderMap>) {
+        if let Some(s) = trailers.and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok()) {
+            self.labels.grpc_response_status = s.to_owned();
+        }
+        let millis = self.start.elapsed().as_secs_f64() * 1000.0;
+        if let Some(x) = &self.spans {
+            x.record(crate::telemetry::otlp::Span {
+                trace_id: self.trace_id,
+                span_id: self.span_id,
+                parent: self.parent_span,
+                name: format!("{} {}", self.method, self.labels.destination_service),
+                start: self.started,
+                end: self.started + self.start.elapsed(),
+                attributes: vec![
+                    ("http.request.method", self.method.clone()),
+                    ("url.path", self.path.clone()),
+                    ("http.response.status_code", self.labels.response_code.to_string()),
+                    ("upstream", self.upstream.clone()),
+                    ("source.principal", self.src.clone()),
+                ],
+                error: self.labels.response_code >= 500,
+            });
+        }
+        let req_bytes = self.request_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        self.metrics.record(&self.labels, millis, req_bytes, bytes);
+        AccessLog {
+            src: &self.src,
+            client: Some(self.client),
+            method: &self.method,
+            path: &self.path,
+            status: self.labels.response_code,
+            route: &self.route,
+            policy: &self.policy,
+            allowed: self.allowed,
+            upstream: &self.upstream,
+            service: &self.labels.destination_service,
+            flags: self.labels.response_flags,
+            millis,
+            trace_id: self.trace_id,
+        }
+        .emit();
+    }
+}
+
+fn local(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(body::full(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// Connection-specific headers never forwarded (RFC 9110 7.6.1).
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+        h.remove(n);
+    }
+    if h.get(header::TE).is_some_and(|v| v != "trailers") {
+        h.remove(header::TE);
+    }
+}
+
+/// Host without port, lower case.
+fn bare_host(authority: &str) -> String {
+    let h = if authority.starts_with('[') {
+        authority.split_once(']').map_or(authority, |(h, _)| &h[1..])
+    } else {
+        authority.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(authority, |(h, _)| h)
+    };
+    h.to_ascii_lowercase()
+}
+
+/// Where a request goes after routing.
+struct Plan {
+    /// Backend service FQDN and port; `None` forwards to the destination workload.
+    backend: Option<(String, u16)>,
+    response_mods: Vec<HeaderModifier>,
+    mirrors: Vec<(route::Backend, u32)>,
+    retry: Option<Retry>,
+    request_timeout: Option<Duration>,
+    backend_timeout: Option<Duration>,
+    route: String,
+}
+
+/// Location for a redirect (Gateway API HTTPRequestRedirectFilter).
+fn location(
+    r: &Redirect,
+    scheme: &str,
+    host: &str,
+    port: u16,
+    path: &str,
+    prefix: Option<&str>,
+    query: Option<&str>,
+) -> String {
+    let scheme_out = r.scheme.as_deref().unwrap_or(scheme);
+    let host_out = r.hostname.as_deref().unwrap_or(host);
+    let well_known = |s: &str| match s {
+        "https" => 443,
+        _ => 80,
+    };
+    let port_out = match (r.port, &r.scheme) {
+        (Some(p), _) => p,
+        (None, Some(s)) => well_known(s),
+        (None, None) => port,
+    };
+    let path_out = r.path.as_ref().map_or_else(|| path.to_owned(), |m| m.apply(path, prefix));
+    let mut loc = format!("{scheme_out}://{host_out}");
+    if port_out != well_known(scheme_out) {
+        loc.push_str(&format!(":{port_out}"));
+    }
+    loc.push_str(&path_out);
+    if let Some(q) = query {
+        loc.push('?');
+        loc.push_str(q);
+    }
+    loc
+}
+
+struct Ctx<'a> {
+    snapshot: &'a Snapshot,
+    down: &'a Downstream,
+}
+
+#[allow(clippy::too_many_lines)]
+async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>, version: Version) -> Response<Body> {
+    let start = Instant::now();
+    let snapshot = proxy.inputs.state.load();
+    let (mut parts, incoming) = req.into_parts();
+    let request_bytes = Arc::new(AtomicU64::new(0));
+    let req_body: Body = Counted::new(body::boxed(incoming), request_bytes.clone(), None).boxed_unsync_compat();
+
+    let svc = down.dest.service().cloned();
+    let grpc = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let mut labels = RequestLabels {
+        reporter: "waypoint",
+        source_workload: down.peer.service_account().to_owned(),
+        source_workload_namespace: down.peer.namespace().to_owned(),
+        source_principal: down.peer.to_string(),
+        destination_service: svc.as_ref().map_or_else(|| "unknown".to_owned(), |s| s.hostname.clone()),
+        destination_service_name: svc.as_ref().map_or_else(|| "unknown".to_owned(), |s| s.name.clone()),
+        destination_service_namespace: svc.as_ref().map_or_else(|| "unknown".to_owned(), |s| s.namespace.clone()),
+        destination_workload: "unknown".into(),
+        destination_workload_namespace: "unknown".into(),
+        destination_principal: "unknown".into(),
+        request_protocol: if grpc { "grpc" } else { "http" },
+        response_code: 0,
+        grpc_response_status: "-".into(),
+        connection_security_policy: "mutual_tls",
+        response_flags: "-",
+    };
+    if let Some(w) = snapshot.mesh.workload_by_ip(down.client.ip())
+        && w.identity == down.peer
+    {
+        labels.source_workload = if w.workload_name.is_empty() { w.name.clone() } else { w.workload_name.clone() };
+    }
+    let trace = TraceParent::child_of(parts.headers.get("traceparent"));
+    let mut account = Account {
+        metrics: proxy.inputs.metrics.clone(),
+        labels,
+        start,
+        request_bytes: request_bytes.clone(),
+        src: down.peer.to_string(),
+        client: down.client,
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        route: "-".into(),
+        policy: "-".into(),
+        allowed: true,
+        upstream: "-".into(),
+        trace_id: trace.trace_id,
+        span_id: trace.span_id,
+        parent_span: parts
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse)
+            .map(|p| p.span_id),
+        started: std::time::SystemTime::now(),
+        spans: proxy.inputs.spans.clone(),
+    };
+    let reply = |mut account: Account, status: StatusCode, text: &'static str, flags: &'static str| {
+        account.labels.response_code = status.as_u16();
+        account.labels.response_flags = flags;
+        let r = local(status, text);
+        let (p, b) = r.into_parts();
+        Response::from_parts(p, Counted::new(b, Arc::default(), Some(Box::new(account))).boxed_unsync_compat())
+    };
+
+    // Path normalization: policy, routing and the backend all see the normalized path.
+    let path = match normalize(parts.uri.path()) {
+        Ok(p) => p.into_owned(),
+        Err(e) => {
+            tracing::debug!(path = parts.uri.path(), error = %e, "refusing request path");
+            return reply(account, StatusCode::BAD_REQUEST, "bad request path\n", "-");
+        }
+    };
+    account.path = path.clone();
+    let query = parts.uri.query().map(str::to_owned);
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or_default();
+    let host = bare_host(&authority);
+
+    // Authorization.
+    let principal = down.peer.as_str().strip_prefix("spiffe://");
+    let facts = Facts {
+        principal,
+        namespace: Some(down.peer.namespace()),
+        source_ip: Some(down.client.ip()),
+        port: down.dest.port(),
+        http: Some(HttpFacts { host: &authority, method: parts.method.as_str(), path: &path, headers: &parts.headers }),
+    };
+    let decision = authz::evaluate(snapshot.policies_for(svc.as_ref().map(|s| s.hostname.as_str())), &facts);
+    for a in &decision.audited {
+        tracing::info!(target: "access", audit_policy = %a, method = %parts.method, path, "AUDIT policy matched");
+    }
+    account.policy = decision.policy().to_owned();
+    if !decision.allowed {
+        proxy.inputs.metrics.denied(decision.policy());
+        account.allowed = false;
+        return reply(account, StatusCode::FORBIDDEN, "RBAC: access denied", "-");
+    }
+
+    // Routing.
+    let view = RequestView {
+        method: &parts.method,
+        path: &path,
+        query: query.as_deref(),
+        headers: &parts.headers,
+        host: &host,
+    };
+    let ctx = Ctx { snapshot: &snapshot, down: &down };
+    let entry = match &down.dest {
+        Destination::Service(s, port) => match snapshot.routes(&s.hostname, *port) {
+            Some(table) => match route::find(table, &view) {
+                Some(e) => Some(e),
+                None => return reply(account, StatusCode::NOT_FOUND, "no route matched\n", "NR"),
+            },
+            None => None,
+        },
+        Destination::Workload(..) => None,
+    };
+    let mut new_path = path.clone();
+    let mut new_authority = authority.clone();
+    let mut plan = Plan {
+        backend: down.dest.service().map(|s| (s.hostname.to_ascii_lowercase(), down.dest.port())),
+        response_mods: Vec::new(),
+        mirrors: Vec::new(),
+        retry: None,
+        request_timeout: None,
+        backend_timeout: None,
+        route: "-".into(),
+    };
+    if let Some(e) = entry {
+        let rule = &e.rule;
+        plan.route = rule.id.clone();
+        account.route = rule.id.clone();
+        plan.retry = rule.retry.clone();
+        plan.request_timeout = rule.request_timeout;
+        plan.backend_timeout = rule.backend_timeout;
+        let backend = if rule.backends.is_empty() || rule.total_weight == 0 {
+            None
+        } else {
+            let mut x = rand::rng().random_range(0..rule.total_weight);
+            rule.backends.iter().find(|b| {
+                if x < u64::from(b.weight) {
+                    true
+                } else {
+                    x -= u64::from(b.weight);
+                    false
+                }
+            })
+        };
+        let filters = rule.filters.iter().chain(backend.into_iter().flat_map(|b| b.filters.iter()));
+        for f in filters {
+            match f {
+                Filter::RequestHeaders(m) => m.apply(&mut parts.headers),
+                Filter::ResponseHeaders(m) => plan.response_mods.push(m.clone()),
+                Filter::Redirect(r) => {
+                    let scheme = parts.uri.scheme_str().unwrap_or("http");
+                    let loc = location(r, scheme, &host, down.dest.port(), &path, e.matcher.prefix(), query.as_deref());
+                    account.labels.response_code = r.status.as_u16();
+                    let mut resp = local(r.status, "");
+                    if let Ok(v) = HeaderValue::from_str(&loc) {
+                        resp.headers_mut().insert(header::LOCATION, v);
+                    }
+                    let (p, b) = resp.into_parts();
+                    return Response::from_parts(
+                        p,
+                        Counted::new(b, Arc::default(), Some(Box::new(account))).boxed_unsync_compat(),
+                    );
+                }
+                Filter::Rewrite(r) => {
+                    if let Some(h) = &r.hostname {
+                        new_authority = h.clone();
+                    }
+                    if let Some(m) = &r.path {
+                        new_path = m.apply(&path, e.matcher.prefix());
+                    }
+                }
+                Filter::Mirror { backend, percent } => plan.mirrors.push((backend.clone(), *percent)),
+            }
+        }
+        match backend {
+            Some(b) => plan.backend = Some((b.hostname.to_ascii_lowercase(), b.port)),
+            None => return reply(account, StatusCode::INTERNAL_SERVER_ERROR, "no backend\n", "NR"),
+        }
+    }
+
+    // The upstream request.
+    strip_hop_by_hop(&mut parts.headers);
+    if let Ok(v) = HeaderValue::from_str(&trace.to_header()) {
+        parts.headers.insert("traceparent", v);
+    }
+    let pq = match &query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path.clone(),
+    };
+    account.path = new_path.clone();
+    let uri = match version {
+        Version::H2 => {
+            Uri::builder().scheme("http").authority(new_authority.as_str()).path_and_query(pq.as_str()).build()
+        }
+        Version::H1 => Uri::builder().path_and_query(pq.as_str()).build(),
+    };
+    let Ok(uri) = uri else { return reply(account, StatusCode::BAD_REQUEST, "bad request target\n", "-") };
+    parts.uri = uri;
+    if (version == Version::H1 || parts.headers.contains_key(header::HOST))
+        && let Ok(v) = HeaderValue::from_str(&new_authority)
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    parts.version = match version {
+        Version::H1 => ::http::Version::HTTP_11,
+        Version::H2 => ::http::Version::HTTP_2,
+    };
+
+    // Endpoints.
+    let (endpoints, backend_host) = match &plan.backend {
+        Some((h, port)) => match snapshot.service_by_host(h) {
+            Some(s) => {
+                account.labels.destination_service.clone_from(&s.hostname);
+                account.labels.destination_service_name.clone_from(&s.name);
+                account.labels.destination_service_namespace.clone_from(&s.namespace);
+                (snapshot.mesh.endpoints(s, *port), h.clone())
+            }
+            None => return reply(account, StatusCode::INTERNAL_SERVER_ERROR, "unknown backend service\n", "NR"),
+        },
+        None => match &down.dest {
+            Destination::Workload(w, port) => (vec![Endpoint { workload: w.clone(), port: *port }], String::new()),
+            Destination::Service(..) => (Vec::new(), String::new()),
+        },
+    };
+
+    // Bodies are buffered only when something may replay them.
+    let replay_needed = plan.retry.is_some() || !plan.mirrors.is_empty();
+    let (replay, stream_body) = if replay_needed {
+        match body::buffer(req_body, MAX_REPLAY_BODY).await {
+            Ok(b) => (Some(b), None),
+            Err(b) => (None, Some(b)),
+        }
+    } else {
+        (None, Some(req_body))
+    };
+
+    for (m, percent) in &plan.mirrors {
+        if let Some(b) = &replay
+            && rand::rng().random_range(0..100) < *percent
+        {
+            spawn_mirror(&proxy, &ctx, m, &parts, b.clone(), version);
+        }
+    }
+
+    let policy = snapshot.backend_policy(&backend_host).clone();
+    let attempt = forward::Attempt {
+        proxy: &proxy,
+        parts: &parts,
+        replay: replay.as_ref(),
+        stream_body,
+        endpoints: &endpoints,
+        backend_host: &backend_host,
+        policy: &policy,
+        retry: plan.retry.as_ref(),
+        backend_timeout: plan.backend_timeout,
+        deadline: plan.request_timeout.map(|t| start + t),
+        version,
+        client: down.client,
+    };
+    let outcome = forward::forward(attempt, |picked| {
+        let w = &picked.endpoint.workload;
+        account.upstream = picked.addr.to_string();
+        account.labels.destination_workload =
+            if w.workload_name.is_empty() { w.name.clone() } else { w.workload_name.clone() };
+        account.labels.destination_workload_namespace = w.namespace().to_owned();
+        account.labels.destination_principal = w.identity.to_string();
+    })
+    .await;
+
+    match outcome {
+        Err(forward::Failure { status, text, flags }) => reply(account, status, text, flags),
+        Ok(resp) => {
+            let (mut p, b) = resp.into_parts();
+            strip_hop_by_hop(&mut p.headers);
+            for m in &plan.response_mods {
+                m.apply(&mut p.headers);
+            }
+            account.labels.response_code = p.status.as_u16();
+            if let Some(s) = p.headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
+                account.labels.grpc_response_status = s.to_owned();
+            }
+            Response::from_parts(
+                p,
+                Counted::new(body::boxed(b), Arc::default(), Some(Box::new(account))).boxed_unsync_compat(),
+            )
+        }
+    }
+}
+
+/// Sends a copy of the request to an endpoint of the mirror backend; the answer is read and
+/// dropped, failures only logged.
+fn spawn_mirror(
+    proxy: &Arc<Proxy>,
+    ctx: &Ctx<'_>,
+    backend: &route::Backend,
+    parts: &::http::request::Parts,
+    body: Buffered,
+    version: Version,
+) {
+    let Some(svc) = ctx.snapshot.service_by_host(&backend.hostname.to_ascii_lowercase()) else {
+        tracing::debug!(backend = backend.hostname, "mirror backend unknown");
+        return;
+    };
+    let endpoints = ctx.snapshot.mesh.endpoints(svc, backend.port);
+    let policy = ctx.snapshot.backend_policy(&svc.hostname).clone();
+    let proxy = proxy.clone();
+    let host = svc.hostname.clone();
+    let client = ctx.down.client;
+    let mut parts = parts.clone();
+    parts.extensions = ::http::Extensions::new();
+    tokio::spawn(async move {
+        let Some(picked) = proxy.balancer.pick(&host, &endpoints, &policy, None, None) else { return };
+        let identity = picked.endpoint.workload.identity.clone();
+        let dest = Dest { addr: picked.addr, identity: &identity, version, client: Some(client) };
+        let r = async {
+            let s = proxy.upstreams.sender(dest).await?;
+            s.send(Request::from_parts(parts, body.replay())).await
+        }
+        .await;
+        match r {
+            Ok(resp) => {
+                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "mirror request failed"),
+        }
+    });
+}
+
+/// `boxed_unsync` for our own body types.
+trait BoxedCompat {
+    fn boxed_unsync_compat(self) -> Body;
+}
+
+impl<B> BoxedCompat for B
+where
+    B: hyper::body::Body<Data = bytes::Bytes, Error = super::BoxError> + Send + 'static,
+{
+    fn boxed_unsync_compat(self) -> Body {
+        http_body_util::BodyExt::boxed_unsync(self)
+    }
+}

@@ -1,0 +1,168 @@
+//! The data path: an HBONE server whose CONNECT streams carry HTTP/1.1, HTTP/2 (gRPC
+//! included) or opaque TCP for a service (by VIP) or a workload (by IP).
+//!
+//! - [`detect`]: which protocol the first bytes speak.
+//! - [`http`](mod@http): normalization → authorization → route → filters → backend.
+//! - [`forward`]: endpoint per try, timeouts, retries; [`body`]: buffering and accounting.
+//! - [`tcp`]: L4 authorization, then bytes both ways to a chosen endpoint.
+//! - [`balance`]: endpoint choice and outlier ejection; [`upstream`]: reused HTTP
+//!   connections over pooled HBONE.
+
+pub mod balance;
+pub mod body;
+pub mod detect;
+pub mod forward;
+pub mod http;
+pub mod tcp;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::http::StatusCode;
+use bytes::Bytes;
+use hbone::tunnel::pool::{Connector, Pool, PoolConfig};
+use hbone::tunnel::server::{Handler, InboundConnect, Server};
+use hbone::{CertStore, Identity};
+use ztunnel::state::{Service, Workload};
+
+use crate::state::SnapshotHandle;
+use crate::telemetry::Metrics;
+
+/// Body type used on both sides.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Errors carried by bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the waypoint's data path needs.
+#[derive(Clone)]
+pub struct Inputs {
+    /// The waypoint's identity (its certificate must be in `certs`).
+    pub identity: Identity,
+    /// Certificates and mesh roots.
+    pub certs: CertStore,
+    /// The current configuration.
+    pub state: SnapshotHandle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// How tunnels to endpoints open their TCP connection (tests map addresses; default:
+    /// plain connect).
+    pub connector: Option<Connector>,
+    /// Endpoints' HBONE port.
+    pub hbone_port: u16,
+    /// Span export, when an OTLP endpoint is configured.
+    pub spans: Option<crate::telemetry::otlp::Exporter>,
+    /// How long protocol detection waits for a first byte before deciding TCP.
+    pub detect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Inputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inputs").field("identity", &self.identity).finish_non_exhaustive()
+    }
+}
+
+/// The shared data-path context.
+#[derive(Debug)]
+pub struct Proxy {
+    /// Inputs.
+    pub inputs: Inputs,
+    /// Endpoint choice and outlier state.
+    pub balancer: balance::Balancer,
+    /// Upstream connections.
+    pub upstreams: upstream::Upstreams,
+}
+
+/// Where a CONNECT is going.
+#[derive(Clone, Debug)]
+pub enum Destination {
+    /// A service VIP and port.
+    Service(Arc<Service>, u16),
+    /// A workload IP and port.
+    Workload(Arc<Workload>, u16),
+}
+
+impl Destination {
+    /// The service, for service-addressed traffic.
+    pub fn service(&self) -> Option<&Arc<Service>> {
+        match self {
+            Destination::Service(s, _) => Some(s),
+            Destination::Workload(..) => None,
+        }
+    }
+
+    /// The port asked for.
+    pub fn port(&self) -> u16 {
+        match self {
+            Destination::Service(_, p) | Destination::Workload(_, p) => *p,
+        }
+    }
+}
+
+/// One accepted tunnel: who, from where, to what.
+#[derive(Debug)]
+pub struct Downstream {
+    /// The peer's verified identity.
+    pub peer: Identity,
+    /// The original client (from `forwarded`, trusted because the peer is a mesh proxy we
+    /// just authenticated), else the peer's address.
+    pub client: SocketAddr,
+    /// The destination.
+    pub dest: Destination,
+}
+
+impl Proxy {
+    /// The data path over `inputs`.
+    pub fn new(inputs: Inputs) -> Arc<Proxy> {
+        let pool = Pool::new(PoolConfig::default(), inputs.certs.clone(), inputs.connector.clone());
+        let upstreams = upstream::Upstreams::new(pool, inputs.identity.clone(), inputs.hbone_port);
+        Arc::new(Proxy { inputs, balancer: balance::Balancer::default(), upstreams })
+    }
+
+    /// The HBONE server presenting the waypoint's certificate.
+    pub fn server(self: &Arc<Self>) -> Server<impl Handler> {
+        let tls = hbone::tls::server_config(&self.inputs.certs, self.inputs.identity.clone());
+        let me = self.clone();
+        Server::new(tls, hbone::tunnel::H2Settings::default(), move |req: InboundConnect| {
+            let me = me.clone();
+            async move { me.handle(req).await }
+        })
+    }
+
+    async fn handle(self: Arc<Self>, req: InboundConnect) {
+        let snapshot = self.inputs.state.load();
+        let authority = req.authority();
+        let ip = authority.ip().to_canonical();
+        let dest = if let Some(s) = snapshot.service_by_vip(ip) {
+            Destination::Service(s.clone(), authority.port())
+        } else if let Some(w) = snapshot.mesh.workload_by_ip(ip) {
+            Destination::Workload(w.clone(), authority.port())
+        } else {
+            tracing::info!(%authority, peer = %req.peer_identity(), "CONNECT to an unknown destination");
+            req.refuse(StatusCode::BAD_REQUEST, "unknown destination");
+            return;
+        };
+        drop(snapshot);
+        let down = Downstream {
+            peer: req.peer_identity().clone(),
+            client: req.forwarded_for().unwrap_or(req.peer_addr()),
+            dest,
+        };
+        let Ok(mut stream) = req.accept() else { return };
+        let (proto, seen) = match detect::detect(&mut stream, self.inputs.detect_timeout).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "tunnel closed during protocol detection");
+                return;
+            }
+        };
+        let io = detect::Rewind::new(seen, stream);
+        let down = Arc::new(down);
+        match proto {
+            detect::Protocol::Http1 | detect::Protocol::Http2 => http::serve(self, down, io, proto).await,
+            detect::Protocol::Tcp => tcp::forward(self, down, io).await,
+        }
+    }
+}

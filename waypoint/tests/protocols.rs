@@ -1,0 +1,159 @@
+//! Protocols through the waypoint: gRPC-shaped HTTP/2 routed by method with streaming
+//! bodies and trailers, opaque TCP forwarded to an endpoint, and garbage that closes only its
+//! own connection.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use proto::mesh::waypoint::v1 as pb;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_routed_by_method_and_streamed() {
+    let w = World::new([4, 1]).await;
+    let a = w.backend("a").await;
+    let b = w.backend("b").await;
+    w.service("greeter", 1, &[&a]);
+    w.service("greeter-b", 2, &[&b]);
+    let grpc = |svc: &str, method: &str| pb::Match {
+        grpc: Some(pb::GrpcMethodMatch {
+            r#type: pb::MatchType::Exact as i32,
+            service: svc.into(),
+            method: method.into(),
+        }),
+        ..Default::default()
+    };
+    w.route(&pb::Route {
+        namespace: "shop".into(),
+        name: "greeter".into(),
+        kind: pb::route::Kind::Grpc as i32,
+        parents: vec![pb::ParentService { hostname: host("greeter"), port: 80 }],
+        rules: vec![
+            pb::Rule {
+                matches: vec![grpc("helloworld.Greeter", "SayHelloStream")],
+                backends: vec![pb::Backend { hostname: host("greeter-b"), port: 80, weight: 1, filters: vec![] }],
+                ..Default::default()
+            },
+            pb::Rule {
+                matches: vec![grpc("helloworld.Greeter", "")],
+                backends: vec![pb::Backend { hostname: host("greeter"), port: 80, weight: 1, filters: vec![] }],
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    });
+    w.until_endpoints("greeter-b", 1).await;
+    w.settle().await;
+
+    let Client::H2(mut s, _t) = w.h2(w.vip(1)).await else { unreachable!() };
+    let call = |path: &str, body: ReqBody| {
+        http::Request::builder()
+            .method("POST")
+            .uri(format!("http://greeter{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(body)
+            .unwrap()
+    };
+    let r = s.send_request(call("/helloworld.Greeter/SayHello", full("unary"))).await.unwrap();
+    assert_eq!(r.headers().get("x-backend").unwrap(), "a");
+    let c = r.into_body().collect().await.unwrap();
+    assert_eq!(c.trailers().unwrap().get("grpc-status").unwrap(), "0", "trailers are forwarded");
+
+    // Streaming: each message comes back before the next is sent.
+    let (tx, body) = channel_body();
+    let r = s.send_request(call("/helloworld.Greeter/SayHelloStream", body)).await.unwrap();
+    assert_eq!(r.headers().get("x-backend").unwrap(), "b");
+    let mut resp: Incoming = r.into_body();
+    for i in 0..5 {
+        let msg = Bytes::from(format!("msg-{i}"));
+        tx.send(msg.clone()).await.unwrap();
+        let frame =
+            tokio::time::timeout(Duration::from_secs(5), resp.frame()).await.expect("echo arrives while streaming");
+        assert_eq!(frame.unwrap().unwrap().into_data().unwrap(), msg);
+    }
+    drop(tx);
+    let rest = resp.collect().await.unwrap();
+    assert_eq!(rest.trailers().unwrap().get("grpc-status").unwrap(), "0");
+
+    // A non-gRPC path on a GRPCRoute service matches nothing.
+    let r = s.send_request(call("/not-grpc", full(""))).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let m = w.metrics();
+    assert!(m.contains("request_protocol=\"grpc\""), "{m}");
+    assert!(m.contains("grpc_response_status=\"0\""), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_forwarded_and_garbage_contained() {
+    let w = World::new([4, 2]).await;
+    let a = w.backend("a").await;
+    w.service("svc", 1, &[&a]);
+    w.until_endpoints("svc", 1).await;
+
+    // Opaque bytes: the backend's HTTP server answers 400 to them, which proves the bytes
+    // reached it through the waypoint untouched.
+    let mut t = w.tunnel(w.vip(1)).await;
+    t.write_all(b"\x00\x01binary hello\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 400"), "the backend got the raw bytes: {text:?}");
+
+    // L4 policy applies to TCP: a DENY on a path (L7 field) matches opaque TCP (fail closed).
+    w.policy(&pb::L7Policy {
+        namespace: "shop".into(),
+        name: "deny-path".into(),
+        targets: vec![pb::Target { kind: Some(pb::target::Kind::Gateway(GATEWAY.into())) }],
+        action: pb::l7_policy::Action::Deny as i32,
+        rules: vec![pb::PolicyRule {
+            to: vec![pb::Operation { paths: vec!["/secret".into()], ..Default::default() }],
+            ..Default::default()
+        }],
+    });
+    w.settle().await;
+    let mut t = w.tunnel(w.vip(1)).await;
+    t.write_all(b"\x00\x01binary hello\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut buf)).await;
+    assert!(buf.is_empty(), "denied TCP gets nothing: {:?}", String::from_utf8_lossy(&buf));
+    // HTTP to other paths is still allowed.
+    let mut ok = w.h1(w.vip(1)).await;
+    assert_eq!(ok.get("/fine").await.status, 200);
+
+    // Garbage: not TLS at all on the HBONE port; a malformed HTTP request inside a tunnel.
+    let mut raw = tokio::net::TcpStream::connect(w.waypoint_addr).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n garbage \x00\xff").await.unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut buf)).await;
+    assert!(n.is_ok(), "the waypoint closes a non-TLS connection");
+    let mut t = w.tunnel(w.vip(1)).await;
+    t.write_all(b"GET / HTTP/1.1\r\nbad header line\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut buf)).await;
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&buf));
+    // Others are unharmed: the client opened before the garbage still works.
+    assert_eq!(ok.get("/still-fine").await.status, 200);
+
+    // CONNECT to an address the waypoint does not know is refused.
+    let key =
+        hbone::tunnel::pool::PoolKey { src: w.client_id.clone(), dst: w.waypoint_id.clone(), addr: w.waypoint_addr };
+    let pool = hbone::tunnel::pool::Pool::new(
+        Default::default(),
+        {
+            let s = hbone::CertStore::new(w.ca.roots());
+            s.insert(w.ca.issue(&w.client_id, hbone::testing::DAY));
+            s
+        },
+        None,
+    );
+    let unknown: SocketAddr = "10.255.255.1:80".parse().unwrap();
+    let e = pool.connect(&key, &hbone::tunnel::client::ConnectTarget::new(unknown, None)).await.unwrap_err();
+    assert!(e.to_string().contains("400"), "{e}");
+}

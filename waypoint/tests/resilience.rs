@@ -1,0 +1,177 @@
+//! Timeouts, retries and passive outlier ejection through the waypoint.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use proto::mesh::waypoint::v1 as pb;
+use support::*;
+
+fn dur(ms: u64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 })
+}
+
+fn prefix_rule(p: &str, backend: &str) -> pb::Rule {
+    pb::Rule {
+        matches: vec![pb::Match {
+            path: Some(pb::PathMatch { r#type: pb::MatchType::PathPrefix as i32, value: p.into() }),
+            ..Default::default()
+        }],
+        backends: vec![pb::Backend { hostname: host(backend), port: 80, weight: 1, filters: vec![] }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_and_retries() {
+    let w = World::new([2, 1]).await;
+    let a = w.backend("a").await;
+    w.service("svc", 1, &[&a]);
+    let mut slow = prefix_rule("/slow", "svc");
+    slow.timeouts = Some(pb::Timeouts { request: dur(300), backend_request: None });
+    let mut retried = prefix_rule("/fail-every-other/retried", "svc");
+    retried.retry = Some(pb::Retry { attempts: 2, codes: vec![503], backoff: dur(5) });
+    let plain = prefix_rule("/fail-every-other/plain", "svc");
+    w.route(&pb::Route {
+        namespace: "shop".into(),
+        name: "r".into(),
+        parents: vec![pb::ParentService { hostname: host("svc"), port: 80 }],
+        rules: vec![slow, retried, plain],
+        ..Default::default()
+    });
+    w.until_endpoints("svc", 1).await;
+    w.settle().await;
+
+    let mut c = w.h1(w.vip(1)).await;
+    let t = tokio::time::Instant::now();
+    let r = c.get("/slow").await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(t.elapsed() < Duration::from_millis(1500), "answered at the timeout, not when the backend did");
+
+    // The backend fails every other request: with a Retry every request succeeds, and a
+    // POST body is replayed on the retry.
+    let mut c = w.h2(w.vip(1)).await;
+    for i in 0..10 {
+        let r =
+            c.send(get("/fail-every-other/retried").method("POST").body(full("0123456789")).unwrap()).await.unwrap();
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.seen_header("body-bytes"), Some("10"), "the body reached the backend on the retry");
+    }
+    // Without the Retry field, half of the requests fail.
+    let mut failures = 0;
+    for _ in 0..10 {
+        if c.get("/fail-every-other/plain").await.status == 503 {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 5, "no retries without a Retry");
+    let m = w.metrics();
+    assert!(m.contains("response_code=\"504\""), "{m}");
+    assert!(m.contains("response_flags=\"UT\""), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_ejection_moves_traffic_off_a_failing_endpoint() {
+    let w = World::new([2, 2]).await;
+    let good = w.backend("good").await;
+    let bad = w.backend("bad").await;
+    w.service("svc", 1, &[&good, &bad]);
+    w.backend_policy(&pb::BackendPolicy {
+        hostname: host("svc"),
+        load_balancer: pb::backend_policy::LoadBalancer::RoundRobin as i32,
+        outlier_consecutive_errors: 3,
+        outlier_ejection: dur(60_000),
+        ..Default::default()
+    });
+    w.until_endpoints("svc", 2).await;
+    w.settle().await;
+    bad.behaviour.fail.store(true, Ordering::Relaxed);
+    let mut c = w.h1(w.vip(1)).await;
+    let mut counts: HashMap<u16, u32> = HashMap::new();
+    for _ in 0..10 {
+        *counts.entry(c.get("/").await.status.as_u16()).or_default() += 1;
+    }
+    assert_eq!(counts.get(&500).copied(), Some(3), "exactly 3 failures before ejection: {counts:?}");
+    for _ in 0..20 {
+        let r = c.get("/").await;
+        assert_eq!((r.status.as_u16(), r.backend()), (200, "good"), "ejected endpoint gets nothing");
+    }
+    // The last endpoint is never ejected: with "good" failing too, traffic still flows to it.
+    good.behaviour.fail.store(true, Ordering::Relaxed);
+    for _ in 0..10 {
+        assert_eq!(c.get("/").await.backend(), "good");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_and_consistent_hash() {
+    let w = World::new([2, 3]).await;
+    let b1 = w.backend("b1").await;
+    let b2 = w.backend("b2").await;
+    let b3 = w.backend("b3").await;
+    w.service("svc", 1, &[&b1, &b2, &b3]);
+    w.until_endpoints("svc", 3).await;
+    // Default: least request; all three get traffic.
+    let mut c = w.h2(w.vip(1)).await;
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for _ in 0..60 {
+        *seen.entry(c.get("/").await.backend().to_owned()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    w.backend_policy(&pb::BackendPolicy {
+        hostname: host("svc"),
+        load_balancer: pb::backend_policy::LoadBalancer::ConsistentHash as i32,
+        hash_header: "x-user".into(),
+        ..Default::default()
+    });
+    w.settle().await;
+    for user in ["alice", "bob", "carol", "dave"] {
+        let first = c.send(get("/").header("x-user", user).body(empty()).unwrap()).await.unwrap().backend().to_owned();
+        for _ in 0..10 {
+            let r = c.send(get("/").header("x-user", user).body(empty()).unwrap()).await.unwrap();
+            assert_eq!(r.backend(), first, "{user} sticks to one endpoint");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_retried_only_with_a_retry() {
+    let w = World::new([2, 4]).await;
+    let good = w.backend("good").await;
+    let dead = w.dead_backend("dead");
+    w.service("svc", 1, &[&good, &dead]);
+    w.backend_policy(&pb::BackendPolicy {
+        hostname: host("svc"),
+        load_balancer: pb::backend_policy::LoadBalancer::RoundRobin as i32,
+        // High enough that ejection does not hide the retries.
+        outlier_consecutive_errors: 1000,
+        ..Default::default()
+    });
+    let mut retried = prefix_rule("/retried", "svc");
+    retried.retry = Some(pb::Retry { attempts: 1, codes: vec![], backoff: dur(1) });
+    w.route(&pb::Route {
+        namespace: "shop".into(),
+        name: "r".into(),
+        parents: vec![pb::ParentService { hostname: host("svc"), port: 0 }],
+        rules: vec![retried, prefix_rule("/plain", "svc")],
+        ..Default::default()
+    });
+    w.until_endpoints("svc", 2).await;
+    w.settle().await;
+    let mut c = w.h1(w.vip(1)).await;
+    for _ in 0..10 {
+        let r = c.send(get("/retried").method("POST").body(full("x".repeat(100))).unwrap()).await.unwrap();
+        assert_eq!((r.status.as_u16(), r.backend()), (200, "good"), "{r:?}");
+    }
+    let mut failed = 0;
+    for _ in 0..10 {
+        let r = c.get("/plain").await;
+        if r.status == 503 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 5, "round robin sends every other request to the dead endpoint");
+    assert!(w.metrics().contains("response_flags=\"UF\""));
+}

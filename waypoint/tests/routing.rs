@@ -1,0 +1,230 @@
+//! HTTP routing through the waypoint over real HBONE, with routes from a real xDS server:
+//! default routing to the service, matches on path/header/method/query, weighted splits,
+//! filters, HTTP/1.1 and HTTP/2.
+
+mod support;
+
+use std::collections::HashMap;
+
+use proto::mesh::waypoint::v1 as pb;
+use support::*;
+
+fn backend_ref(name: &str, weight: u32) -> pb::Backend {
+    pb::Backend { hostname: host(name), port: 80, weight, filters: vec![] }
+}
+
+fn rule(matches: Vec<pb::Match>, backends: Vec<pb::Backend>) -> pb::Rule {
+    pb::Rule { matches, backends, ..Default::default() }
+}
+
+fn path(t: pb::MatchType, v: &str) -> Option<pb::PathMatch> {
+    Some(pb::PathMatch { r#type: t as i32, value: v.into() })
+}
+
+fn route(name: &str, parent: &str, rules: Vec<pb::Rule>) -> pb::Route {
+    pb::Route {
+        namespace: "shop".into(),
+        name: name.into(),
+        kind: pb::route::Kind::Http as i32,
+        parents: vec![pb::ParentService { hostname: host(parent), port: 0 }],
+        rules,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_route_and_matches_over_h1_and_h2() {
+    let w = World::new([1, 1]).await;
+    let v1 = w.backend("v1").await;
+    let v2 = w.backend("v2").await;
+    let v3 = w.backend("v3").await;
+    w.service("reviews", 1, &[&v1]);
+    w.service("reviews-v2", 2, &[&v2]);
+    w.service("reviews-v3", 3, &[&v3]);
+    w.until_endpoints("reviews", 1).await;
+    w.until_endpoints("reviews-v3", 1).await;
+
+    // No route: the service itself.
+    for mut c in [w.h1(w.vip(1)).await, w.h2(w.vip(1)).await] {
+        let a = c.get("/hello?x=1").await;
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(a.backend(), "v1");
+        assert_eq!(a.seen_path(), "/hello?x=1");
+        assert!(a.seen_header("traceparent").is_some(), "a trace is started: {}", a.body);
+    }
+
+    let mut exact = pb::Match { path: path(pb::MatchType::Exact, "/exact"), ..Default::default() };
+    exact.method = String::new();
+    let header = pb::Match {
+        headers: vec![pb::HeaderMatch {
+            name: "x-version".into(),
+            r#type: pb::MatchType::Exact as i32,
+            value: "v3".into(),
+        }],
+        ..Default::default()
+    };
+    let method =
+        pb::Match { method: "POST".into(), path: path(pb::MatchType::PathPrefix, "/api"), ..Default::default() };
+    let query = pb::Match {
+        query_params: vec![pb::HeaderMatch {
+            name: "canary".into(),
+            r#type: pb::MatchType::RegularExpression as i32,
+            value: "yes|true".into(),
+        }],
+        ..Default::default()
+    };
+    w.route(&route(
+        "reviews",
+        "reviews",
+        vec![
+            rule(vec![exact], vec![backend_ref("reviews-v2", 1)]),
+            rule(vec![header, query], vec![backend_ref("reviews-v3", 1)]),
+            rule(vec![method], vec![backend_ref("reviews-v2", 1)]),
+            rule(
+                vec![pb::Match { path: path(pb::MatchType::PathPrefix, "/"), ..Default::default() }],
+                vec![backend_ref("reviews", 1)],
+            ),
+        ],
+    ));
+    w.settle().await;
+    for mut c in [w.h1(w.vip(1)).await, w.h2(w.vip(1)).await] {
+        assert_eq!(c.get("/exact").await.backend(), "v2");
+        assert_eq!(c.get("/exact/more").await.backend(), "v1", "exact is exact");
+        assert_eq!(c.send(get("/any").header("x-version", "v3").body(empty()).unwrap()).await.unwrap().backend(), "v3");
+        assert_eq!(c.get("/any?canary=true").await.backend(), "v3");
+        assert_eq!(c.get("/any?canary=maybe").await.backend(), "v1");
+        assert_eq!(c.send(get("/api/x").method("POST").body(empty()).unwrap()).await.unwrap().backend(), "v2");
+        assert_eq!(c.get("/api/x").await.backend(), "v1", "GET does not match the POST rule");
+        assert_eq!(c.get("/apix").await.backend(), "v1", "prefixes are element-wise");
+    }
+
+    // Upstream connections are reused: sequential requests over one downstream connection
+    // of each version need one application connection per version.
+    let c2 = w.h2(w.vip(2)).await;
+    let c1 = w.h1(w.vip(2)).await;
+    let before = v2.behaviour.connections.load(std::sync::atomic::Ordering::Relaxed);
+    for mut c in [c1, c2] {
+        for _ in 0..20 {
+            assert_eq!(c.get("/").await.backend(), "v2");
+        }
+    }
+    let opened = v2.behaviour.connections.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(opened <= 2, "{opened} connections for 40 requests");
+
+    // Every request was accounted with Istio's labels.
+    let m = w.metrics();
+    assert!(m.contains("istio_requests_total{reporter=\"waypoint\""), "{m}");
+    assert!(m.contains("destination_service=\"reviews-v3.shop.svc.cluster.local\""), "{m}");
+    assert!(m.contains("source_principal=\"spiffe://cluster.local/ns/frontend/sa/web\""), "{m}");
+    assert!(m.contains("destination_workload=\"v2\""), "{m}");
+    assert!(m.contains("connection_security_policy=\"mutual_tls\""), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_split_90_10() {
+    let w = World::new([1, 2]).await;
+    let a = w.backend("a").await;
+    let b = w.backend("b").await;
+    w.service("front", 1, &[&a]);
+    w.service("a", 2, &[&a]);
+    w.service("b", 3, &[&b]);
+    w.route(&route("split", "front", vec![rule(vec![], vec![backend_ref("a", 90), backend_ref("b", 10)])]));
+    w.until_endpoints("b", 1).await;
+    w.settle().await;
+    let mut c = w.h2(w.vip(1)).await;
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for _ in 0..1000 {
+        *counts.entry(c.get("/").await.backend().to_owned()).or_default() += 1;
+    }
+    let share_b = f64::from(counts.get("b").copied().unwrap_or(0)) / 10.0;
+    assert!((6.0..=14.0).contains(&share_b), "b got {share_b}% (want 10 ± 4): {counts:?}");
+    assert_eq!(counts.values().sum::<u32>(), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_headers_rewrite_redirect_mirror() {
+    let w = World::new([1, 3]).await;
+    let a = w.backend("a").await;
+    let m = w.backend("mirror").await;
+    w.service("svc", 1, &[&a]);
+    w.service("shadow", 2, &[&m]);
+    use pb::filter::Kind;
+    let hm = |set: &[(&str, &str)], add: &[(&str, &str)], remove: &[&str]| pb::HeaderModifier {
+        set: set.iter().map(|(n, v)| pb::Header { name: (*n).into(), value: (*v).into() }).collect(),
+        add: add.iter().map(|(n, v)| pb::Header { name: (*n).into(), value: (*v).into() }).collect(),
+        remove: remove.iter().map(|s| (*s).into()).collect(),
+    };
+    let prefix = |p: &str| pb::Match { path: path(pb::MatchType::PathPrefix, p), ..Default::default() };
+    let filter = |k: Kind| pb::Filter { kind: Some(k) };
+    let mut headers_rule = rule(vec![prefix("/headers")], vec![backend_ref("svc", 1)]);
+    headers_rule.filters = vec![
+        filter(Kind::RequestHeaderModifier(hm(&[("x-set", "s")], &[("x-add", "a2")], &["x-remove"]))),
+        filter(Kind::ResponseHeaderModifier(hm(&[("x-resp", "r")], &[], &["x-path"]))),
+    ];
+    let mut rewrite_rule = rule(vec![prefix("/old")], vec![backend_ref("svc", 1)]);
+    rewrite_rule.filters = vec![filter(Kind::UrlRewrite(pb::UrlRewrite {
+        hostname: "rewritten.example".into(),
+        path: Some(pb::PathModifier { kind: Some(pb::path_modifier::Kind::ReplacePrefixMatch("/new".into())) }),
+    }))];
+    let mut redirect_rule = rule(vec![prefix("/moved")], vec![]);
+    redirect_rule.filters = vec![filter(Kind::RequestRedirect(pb::RequestRedirect {
+        scheme: "https".into(),
+        hostname: "elsewhere.example".into(),
+        path: Some(pb::PathModifier { kind: Some(pb::path_modifier::Kind::ReplaceFullPath("/landing".into())) }),
+        port: 0,
+        status_code: 301,
+    }))];
+    let mut mirror_rule = rule(vec![prefix("/mirror")], vec![backend_ref("svc", 1)]);
+    mirror_rule.filters =
+        vec![filter(Kind::RequestMirror(pb::RequestMirror { backend: Some(backend_ref("shadow", 1)), percent: 100 }))];
+    let no_backend = rule(vec![prefix("/nobackend")], vec![]);
+    w.route(&route("filters", "svc", vec![headers_rule, rewrite_rule, redirect_rule, mirror_rule, no_backend]));
+    w.until_endpoints("shadow", 1).await;
+    w.settle().await;
+
+    for mut c in [w.h1(w.vip(1)).await, w.h2(w.vip(1)).await] {
+        let r = c
+            .send(
+                get("/headers")
+                    .header("x-add", "a1")
+                    .header("x-remove", "gone")
+                    .header("x-set", "old")
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.seen_header("x-set"), Some("s"), "{}", r.body);
+        assert_eq!(r.body.matches("x-add: ").count(), 2, "{}", r.body);
+        assert!(r.seen_header("x-remove").is_none(), "{}", r.body);
+        assert_eq!(r.headers.get("x-resp").unwrap(), "r");
+        assert!(r.headers.get("x-path").is_none(), "response header removed");
+
+        let r = c.get("/old/page?q=1").await;
+        assert_eq!(r.seen_path(), "/new/page?q=1");
+        let host = r.seen_header("host").or(r.body.lines().find(|l| l.starts_with("host")).map(|_| "?"));
+        // HTTP/2 carries the authority as :authority; the backend's hyper shows it in the URI.
+        if matches!(c, Client::H1(..)) {
+            assert_eq!(host, Some("rewritten.example"), "{}", r.body);
+        }
+        let r = c.get("/old").await;
+        assert_eq!(r.seen_path(), "/new");
+
+        let r = c.get("/moved/x?y=2").await;
+        assert_eq!(r.status, 301);
+        assert_eq!(r.headers.get("location").unwrap(), "https://elsewhere.example/landing?y=2");
+
+        assert_eq!(c.get("/nobackend").await.status, 500);
+    }
+
+    let before = m.behaviour.seen.load(std::sync::atomic::Ordering::Relaxed);
+    let mut c = w.h1(w.vip(1)).await;
+    let r = c.send(get("/mirror").method("POST").body(full("payload")).unwrap()).await.unwrap();
+    assert_eq!(r.backend(), "a");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while m.behaviour.seen.load(std::sync::atomic::Ordering::Relaxed) == before {
+        assert!(tokio::time::Instant::now() < deadline, "the mirror got a copy");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,558 @@
+//! A loopback world for waypoint tests: a real xDS server, a throwaway mesh CA, backends
+//! (real HTTP servers behind real HBONE servers, each on its own 127.x.y.z address), the
+//! waypoint's data path, and HBONE clients speaking HTTP/1.1 or HTTP/2 through it.
+//!
+//! Each test picks its own second/third address octets, so parallel tests never share an
+//! address; every task is aborted when the world is dropped.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hbone::testing::{DAY, TestCa};
+use hbone::tunnel::client::ConnectTarget;
+use hbone::tunnel::pool::{Connector, Pool, PoolConfig, PoolKey};
+use hbone::{CertStore, Identity};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
+use proto::istio::workload as pbw;
+use proto::mesh::waypoint::v1 as pb;
+use tokio::net::TcpListener;
+use waypoint::proxy::{Inputs, Proxy};
+use waypoint::state::SnapshotHandle;
+use waypoint::telemetry::Metrics;
+use xds::{ResourceStore, XdsServer};
+
+pub const GATEWAY: &str = "shop/wp";
+
+/// Aborts a task on drop.
+pub struct Task(pub tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub fn any<M: Message>(type_url: &str, m: &M) -> prost_types::Any {
+    prost_types::Any { type_url: type_url.to_owned(), value: m.encode_to_vec() }
+}
+
+pub fn id(ns: &str, sa: &str) -> Identity {
+    Identity::new("cluster.local", ns, sa).unwrap()
+}
+
+/// What a backend does; switchable at run time.
+#[derive(Default)]
+pub struct Behaviour {
+    /// Every request answers 500.
+    pub fail: AtomicBool,
+    /// Requests seen.
+    pub seen: AtomicU64,
+    /// TCP connections accepted by the application.
+    pub connections: AtomicU64,
+}
+
+pub struct Backend {
+    pub name: String,
+    pub ip: IpAddr,
+    pub http_port: u16,
+    pub behaviour: Arc<Behaviour>,
+}
+
+pub struct World {
+    pub ca: TestCa,
+    pub xds: ResourceStore,
+    pub xds_server: XdsServer,
+    pub state: SnapshotHandle,
+    pub proxy: Arc<Proxy>,
+    pub waypoint_addr: SocketAddr,
+    pub waypoint_id: Identity,
+    pub registry: Arc<prometheus_client::registry::Registry>,
+    pub net: [u8; 2],
+    next_host: Mutex<u8>,
+    map: Arc<Mutex<HashMap<IpAddr, u16>>>,
+    pub backends: Mutex<HashMap<String, Arc<Backend>>>,
+    services: Mutex<HashMap<String, (Vec<String>, u8)>>,
+    client_store: CertStore,
+    pub client_id: Identity,
+    pool: Pool,
+    _xds_source: waypoint::state::xds::XdsSource,
+    tasks: Mutex<Vec<Task>>,
+}
+
+impl World {
+    /// `net` picks the 127.net0.net1.x addresses of this test.
+    pub async fn new(net: [u8; 2]) -> Arc<World> {
+        World::with_spans(net, None).await
+    }
+
+    /// Like [`World::new`], exporting spans through `spans`.
+    pub async fn with_spans(net: [u8; 2], spans: Option<waypoint::telemetry::otlp::Exporter>) -> Arc<World> {
+        let ca = TestCa::new("mesh");
+        let xds = ResourceStore::new();
+        let xds_server = XdsServer::new(xds.clone());
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let xds_addr = l.local_addr().unwrap();
+        let s = xds_server.clone();
+        let t1 = Task(tokio::spawn(async move {
+            let _ = s.serve(l, std::future::pending()).await;
+        }));
+        let state = SnapshotHandle::default();
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{xds_addr}")).unwrap();
+        let source = waypoint::state::xds::start(endpoint.into(), Default::default(), state.clone(), GATEWAY.into());
+
+        let waypoint_id = id("shop", "wp");
+        let certs = CertStore::new(ca.roots());
+        certs.insert(ca.issue(&waypoint_id, DAY));
+        let map: Arc<Mutex<HashMap<IpAddr, u16>>> = Arc::default();
+        let m = map.clone();
+        // Endpoints "listen" for HBONE on 15008 of their own address; on loopback each HBONE
+        // server has its own port, so the connector maps the address to it.
+        let connector: Connector = Arc::new(move |addr: SocketAddr| {
+            let port = m.lock().unwrap().get(&addr.ip()).copied().unwrap_or(addr.port());
+            Box::pin(tokio::net::TcpStream::connect(SocketAddr::new(addr.ip(), port)))
+        });
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let proxy = Proxy::new(Inputs {
+            identity: waypoint_id.clone(),
+            certs,
+            state: state.clone(),
+            metrics,
+            connector: Some(connector),
+            hbone_port: 15008,
+            detect_timeout: Duration::from_millis(200),
+            spans,
+        });
+        let wl =
+            TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, net[0], net[1], 1)), 0)).await.unwrap();
+        let waypoint_addr = wl.local_addr().unwrap();
+        let server = proxy.server();
+        let t2 = Task(tokio::spawn(async move {
+            let _ = server.serve(wl).await;
+        }));
+        let client_id = id("frontend", "web");
+        let client_store = CertStore::new(ca.roots());
+        client_store.insert(ca.issue(&client_id, DAY));
+        let pool = Pool::new(PoolConfig::default(), client_store.clone(), None);
+        Arc::new(World {
+            ca,
+            xds,
+            xds_server,
+            state,
+            proxy,
+            waypoint_addr,
+            waypoint_id,
+            registry: Arc::new(registry),
+            net,
+            next_host: Mutex::new(10),
+            map,
+            backends: Mutex::default(),
+            services: Mutex::default(),
+            client_store,
+            client_id,
+            pool,
+            _xds_source: source,
+            tasks: Mutex::new(vec![t1, t2]),
+        })
+    }
+
+    fn ip(&self, host: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, self.net[0], self.net[1], host))
+    }
+
+    /// The VIP of service number `n` (never routed: only the waypoint looks it up).
+    pub fn vip(&self, n: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, self.net[0], self.net[1], n))
+    }
+
+    /// Starts a backend workload `name` (service account `name`, namespace `shop`): an HTTP
+    /// server (HTTP/1.1 and HTTP/2) behind an HBONE server that only admits the waypoint.
+    pub async fn backend(&self, name: &str) -> Arc<Backend> {
+        let host = {
+            let mut n = self.next_host.lock().unwrap();
+            *n += 1;
+            *n
+        };
+        let ip = self.ip(host);
+        let behaviour = Arc::new(Behaviour::default());
+        let http_l = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
+        let http_port = http_l.local_addr().unwrap().port();
+        let (n, b) = (name.to_owned(), behaviour.clone());
+        let t1 = Task(tokio::spawn(http_server(http_l, n, b)));
+        let bid = id("shop", name);
+        let store = CertStore::new(self.ca.roots());
+        store.insert(self.ca.issue(&bid, DAY));
+        let hl = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
+        self.map.lock().unwrap().insert(ip, hl.local_addr().unwrap().port());
+        let server = hbone::tunnel::server::Server::new(
+            hbone::tls::server_config(&store, bid),
+            hbone::tunnel::H2Settings::default(),
+            hbone::testing::forwarder(None),
+        );
+        let t2 = Task(tokio::spawn(async move {
+            let _ = server.serve(hl).await;
+        }));
+        self.tasks.lock().unwrap().extend([t1, t2]);
+        let b = Arc::new(Backend { name: name.to_owned(), ip, http_port, behaviour });
+        self.backends.lock().unwrap().insert(name.to_owned(), b.clone());
+        b
+    }
+
+    /// A workload with nothing listening: its HBONE connect is refused.
+    pub fn dead_backend(&self, name: &str) -> Arc<Backend> {
+        let ip = self.ip(250);
+        let b = Arc::new(Backend { name: name.to_owned(), ip, http_port: 9, behaviour: Arc::default() });
+        self.backends.lock().unwrap().insert(name.to_owned(), b.clone());
+        b
+    }
+
+    /// Publishes service `name` (`<name>.shop.svc.cluster.local`, VIP number `n`, port 80)
+    /// backed by `backends`.
+    pub fn service(&self, name: &str, n: u8, backends: &[&Arc<Backend>]) {
+        let hostname = host(name);
+        let svc = pbw::Service {
+            name: name.into(),
+            namespace: "shop".into(),
+            hostname: hostname.clone(),
+            addresses: vec![pbw::NetworkAddress { network: String::new(), address: octets(self.vip(n)) }],
+            ports: vec![pbw::Port { service_port: 80, target_port: 0, ..Default::default() }],
+            ..Default::default()
+        };
+        self.xds.set(
+            proto::ADDRESS_TYPE_URL,
+            &format!("shop/{hostname}"),
+            any(proto::ADDRESS_TYPE_URL, &pbw::Address { r#type: Some(pbw::address::Type::Service(svc)) }),
+        );
+        self.services.lock().unwrap().insert(hostname.clone(), (backends.iter().map(|b| b.name.clone()).collect(), n));
+        self.publish_workloads();
+    }
+
+    fn publish_workloads(&self) {
+        let services = self.services.lock().unwrap();
+        for b in self.backends.lock().unwrap().values() {
+            let mut map = HashMap::new();
+            for (h, (names, _)) in services.iter() {
+                if names.contains(&b.name) {
+                    map.insert(
+                        format!("shop/{h}"),
+                        pbw::PortList {
+                            ports: vec![pbw::Port {
+                                service_port: 80,
+                                target_port: u32::from(b.http_port),
+                                ..Default::default()
+                            }],
+                        },
+                    );
+                }
+            }
+            let w = pbw::Workload {
+                uid: format!("Kubernetes//Pod/shop/{}", b.name),
+                name: b.name.clone(),
+                namespace: "shop".into(),
+                service_account: b.name.clone(),
+                workload_name: b.name.clone(),
+                addresses: vec![octets(b.ip)],
+                node: "node1".into(),
+                tunnel_protocol: pbw::TunnelProtocol::Hbone as i32,
+                services: map,
+                ..Default::default()
+            };
+            self.xds.set(
+                proto::ADDRESS_TYPE_URL,
+                &w.uid.clone(),
+                any(proto::ADDRESS_TYPE_URL, &pbw::Address { r#type: Some(pbw::address::Type::Workload(w)) }),
+            );
+        }
+    }
+
+    pub fn route(&self, r: &pb::Route) {
+        let kind = if r.kind == pb::route::Kind::Grpc as i32 { "GRPCRoute" } else { "HTTPRoute" };
+        self.xds.set(
+            proto::WAYPOINT_ROUTE_TYPE_URL,
+            &format!("{}/{kind}/{}", r.namespace, r.name),
+            any(proto::WAYPOINT_ROUTE_TYPE_URL, r),
+        );
+    }
+
+    pub fn policy(&self, p: &pb::L7Policy) {
+        self.xds.set(
+            proto::WAYPOINT_POLICY_TYPE_URL,
+            &format!("{}/{}", p.namespace, p.name),
+            any(proto::WAYPOINT_POLICY_TYPE_URL, p),
+        );
+    }
+
+    pub fn remove_policy(&self, key: &str) {
+        self.xds.remove(proto::WAYPOINT_POLICY_TYPE_URL, key);
+    }
+
+    pub fn backend_policy(&self, p: &pb::BackendPolicy) {
+        self.xds.set(proto::WAYPOINT_BACKEND_TYPE_URL, &p.hostname, any(proto::WAYPOINT_BACKEND_TYPE_URL, p));
+    }
+
+    /// Waits until the waypoint's snapshot satisfies `ok`.
+    pub async fn until(&self, what: &str, ok: impl Fn(&waypoint::state::Snapshot) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !ok(&self.state.load()) {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the waypoint knows service `name` with `n` endpoints.
+    pub async fn until_endpoints(&self, name: &str, n: usize) {
+        let h = host(name);
+        self.until(&format!("{n} endpoints of {h}"), |s| {
+            s.service_by_host(&h).is_some_and(|svc| s.mesh.endpoints(svc, 80).len() == n)
+        })
+        .await;
+    }
+
+    /// Waits for the xDS client to have ACKed the current store (route/policy changes).
+    pub async fn settle(&self) {
+        let target = self.xds.revision();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.state.version();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.state.version() == v && self.xds.revision() == target && self.acked() {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "xDS did not settle");
+        }
+    }
+
+    fn acked(&self) -> bool {
+        self.xds_server.connections().iter().all(|c| {
+            c.types.iter().all(|(url, t)| {
+                let want = self.xds.versions(url);
+                (t.acked.len() == want.len()
+                    && want.iter().all(|(name, v)| t.acked.get(name).is_some_and(|a| a.as_str() == &**v)))
+                    || t.last_nack.is_some()
+            })
+        })
+    }
+
+    /// A tunnel from the client workload to the waypoint for `vip:80`.
+    pub async fn tunnel(&self, vip: IpAddr) -> hbone::tunnel::stream::H2Stream {
+        let key = PoolKey { src: self.client_id.clone(), dst: self.waypoint_id.clone(), addr: self.waypoint_addr };
+        let client = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 99, 0, 7)), 40000);
+        self.pool.connect(&key, &ConnectTarget::new(SocketAddr::new(vip, 80), Some(client))).await.unwrap()
+    }
+
+    pub async fn h1(&self, vip: IpAddr) -> Client {
+        let io = self.tunnel(vip).await;
+        let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
+        let t = Task(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        Client::H1(s, t)
+    }
+
+    pub async fn h2(&self, vip: IpAddr) -> Client {
+        let io = self.tunnel(vip).await;
+        let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await.unwrap();
+        let t = Task(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        Client::H2(s, t)
+    }
+
+    pub fn metrics(&self) -> String {
+        ztunnel::metrics::encode(&self.registry)
+    }
+}
+
+pub fn host(name: &str) -> String {
+    format!("{name}.shop.svc.cluster.local")
+}
+
+fn octets(ip: IpAddr) -> Bytes {
+    match ip {
+        IpAddr::V4(a) => Bytes::copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => Bytes::copy_from_slice(&a.octets()),
+    }
+}
+
+pub type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+pub enum Client {
+    H1(hyper::client::conn::http1::SendRequest<ReqBody>, Task),
+    H2(hyper::client::conn::http2::SendRequest<ReqBody>, Task),
+}
+
+/// What came back.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+    pub trailers: Option<http::HeaderMap>,
+}
+
+impl Answer {
+    /// The backend that answered (first word of the echo body).
+    pub fn backend(&self) -> &str {
+        self.headers.get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    /// A request header as the backend saw it.
+    pub fn seen_header(&self, name: &str) -> Option<&str> {
+        self.body.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")))
+    }
+
+    /// The path the backend saw.
+    pub fn seen_path(&self) -> &str {
+        self.headers.get("x-path").and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+pub fn get(uri: &str) -> http::request::Builder {
+    Request::builder().uri(uri).header("host", "svc.example")
+}
+
+impl Client {
+    pub async fn send(&mut self, req: Request<ReqBody>) -> Result<Answer, hyper::Error> {
+        let resp = match self {
+            Client::H1(s, _) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+            Client::H2(s, _) => {
+                let (mut p, b) = req.into_parts();
+                let pq = p.uri.path_and_query().map(|x| x.as_str().to_owned()).unwrap_or_else(|| "/".into());
+                p.uri = format!("http://svc.example{pq}").parse().unwrap();
+                p.headers.remove("host");
+                s.send_request(Request::from_parts(p, b)).await?
+            }
+        };
+        let (p, b) = resp.into_parts();
+        let collected = b.collect().await?;
+        let trailers = collected.trailers().cloned();
+        Ok(Answer {
+            status: p.status,
+            headers: p.headers,
+            body: String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+            trailers,
+        })
+    }
+
+    pub async fn get(&mut self, uri: &str) -> Answer {
+        self.send(get(uri).body(empty()).unwrap()).await.unwrap()
+    }
+}
+
+pub fn empty() -> ReqBody {
+    Full::new(Bytes::new()).boxed_unsync()
+}
+
+pub fn full(b: impl Into<Bytes>) -> ReqBody {
+    Full::new(b.into()).boxed_unsync()
+}
+
+/// A body sent in pieces from a channel (for streaming tests).
+pub fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, ReqBody) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))));
+    (tx, StreamBody::new(stream).boxed_unsync())
+}
+
+/// The backend application: HTTP/1.1 or HTTP/2 (by preface), answering who it is and what it
+/// saw. Paths: `/fail-every-other/...` fails every second request with 503; `/slow` waits
+/// 2 s; `/status/<n>` answers n; gRPC requests (`application/grpc`) are echoed back frame by
+/// frame with `grpc-status: 0` trailers.
+async fn http_server(l: TcpListener, name: String, b: Arc<Behaviour>) {
+    let counter = Arc::new(AtomicU64::new(0));
+    loop {
+        let Ok((tcp, _)) = l.accept().await else { return };
+        let (name, b, counter) = (name.clone(), b.clone(), counter.clone());
+        b.connections.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let mut tcp = tcp;
+            let Ok((proto, seen)) = waypoint::proxy::detect::detect(&mut tcp, Duration::from_secs(5)).await else {
+                return;
+            };
+            let io = TokioIo::new(waypoint::proxy::detect::Rewind::new(seen, tcp));
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (name, b, counter) = (name.clone(), b.clone(), counter.clone());
+                async move { Ok::<_, Infallible>(app(req, &name, &b, &counter).await) }
+            });
+            match proto {
+                waypoint::proxy::detect::Protocol::Http2 => {
+                    let _ =
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await;
+                }
+                _ => {
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                }
+            }
+        });
+    }
+}
+
+type AppBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+
+async fn app(req: Request<Incoming>, name: &str, b: &Behaviour, counter: &AtomicU64) -> Response<AppBody> {
+    b.seen.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let mut text = format!("{name} {} {path} {:?}\n", req.method(), req.version());
+    for (k, v) in req.headers() {
+        text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+    }
+    let mut status = StatusCode::OK;
+    if b.fail.load(Ordering::Relaxed) {
+        status = StatusCode::INTERNAL_SERVER_ERROR;
+    } else if path.starts_with("/fail-every-other") {
+        if counter.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
+            status = StatusCode::SERVICE_UNAVAILABLE;
+        }
+    } else if path.starts_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        status = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let grpc = req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let builder = Response::builder().status(status).header("x-backend", name).header("x-path", path.clone());
+    if grpc {
+        // Echo each request frame as it arrives, then trailers.
+        let mut body = req.into_body();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(4);
+        tokio::spawn(async move {
+            while let Some(f) = body.frame().await {
+                match f {
+                    Ok(f) => {
+                        if let Ok(d) = f.into_data()
+                            && tx.send(Ok(Frame::data(d))).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+            let mut t = http::HeaderMap::new();
+            t.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let _ = tx.send(Ok(Frame::trailers(t))).await;
+        });
+        let mut rx = rx;
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        return builder
+            .header("content-type", "application/grpc")
+            .body(StreamBody::new(stream).boxed_unsync())
+            .unwrap();
+    }
+    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    text.push_str(&format!("body-bytes: {}\n", body.len()));
+    builder.body(Full::new(Bytes::from(text)).map_err(|n| match n {}).boxed_unsync()).unwrap()
+}
