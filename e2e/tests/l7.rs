@@ -250,6 +250,11 @@ fn grpc_and_http2_go_through_the_waypoint() {
         mesh.wait_acked_by(WAYPOINT_ROUTE, "shop/GRPCRoute/grpc", 1)?;
         let server = mesh.pod("shop", "grpc-1").netns.h2c_server(9000, "grpc-1")?;
         let url = format!("http://{}:9000/shop.Echo/Say", vip(40));
+        // One empty gRPC message (flag 0, length 0); curl reads it from a file because a
+        // command-line argument cannot carry NUL bytes.
+        let frame = std::env::temp_dir().join("grpc-empty-message");
+        std::fs::write(&frame, [0u8; 5])?;
+        let data = format!("@{}", frame.display());
         // A gRPC-shaped call: POST, h2 prior knowledge, content-type application/grpc.
         let (code, body) = curl(
             &mesh,
@@ -261,7 +266,7 @@ fn grpc_and_http2_go_through_the_waypoint() {
                 "-H",
                 "content-type: application/grpc",
                 "--data-binary",
-                "\0\0\0\0\0",
+                &data,
             ],
         )?;
         assert_eq!(code, 200, "{body:?}\n{}", logs(&mesh));
@@ -277,7 +282,7 @@ fn grpc_and_http2_go_through_the_waypoint() {
                 "-H",
                 "content-type: application/grpc",
                 "--data-binary",
-                "\0\0\0\0\0",
+                &data,
             ],
         )?;
         assert_eq!(code, 404);
