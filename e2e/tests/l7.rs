@@ -259,15 +259,7 @@ fn grpc_and_http2_go_through_the_waypoint() {
         let (code, body) = curl(
             &mesh,
             &url,
-            &[
-                "--http2-prior-knowledge",
-                "-X",
-                "POST",
-                "-H",
-                "content-type: application/grpc",
-                "--data-binary",
-                &data,
-            ],
+            &["--http2-prior-knowledge", "-X", "POST", "-H", "content-type: application/grpc", "--data-binary", &data],
         )?;
         assert_eq!(code, 200, "{body:?}\n{}", logs(&mesh));
         assert!(body.contains("grpc-1 /shop.Echo/Say"), "{body:?}");
@@ -275,15 +267,7 @@ fn grpc_and_http2_go_through_the_waypoint() {
         let (code, _) = curl(
             &mesh,
             &format!("http://{}:9000/shop.Echo/Other", vip(40)),
-            &[
-                "--http2-prior-knowledge",
-                "-X",
-                "POST",
-                "-H",
-                "content-type: application/grpc",
-                "--data-binary",
-                &data,
-            ],
+            &["--http2-prior-knowledge", "-X", "POST", "-H", "content-type: application/grpc", "--data-binary", &data],
         )?;
         assert_eq!(code, 404);
 
