@@ -326,7 +326,9 @@ fn help(bin: &str) -> String {
 fn default_listen_ports(help: &str) -> BTreeSet<u16> {
     help.split("[default: ")
         .skip(1)
-        .filter_map(|rest| rest.split(']').next())
+        // The value runs to the end of its line (clap prints `[default: …]` last), so an IPv6
+        // default such as `[::]:15008` keeps its own brackets.
+        .filter_map(|rest| rest.lines().next()?.trim_end().strip_suffix(']'))
         .filter_map(|v| v.parse::<SocketAddr>().ok())
         .filter(|a| !a.ip().is_loopback())
         .map(|a| a.port())
