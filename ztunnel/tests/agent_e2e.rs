@@ -177,6 +177,7 @@ async fn cni_add_enrolls_pod_and_hands_it_to_ztunnel() {
         node_name: None,
         kubeconfig: None,
         no_probe_snat: true,
+        host_netns: None,
     };
     let agent = Agent::start(config.clone()).await.unwrap();
 
@@ -258,6 +259,7 @@ async fn agent_survives_garbage_and_refuses_on_broken_enrollment() {
         node_name: None,
         kubeconfig: None,
         no_probe_snat: true,
+        host_netns: None,
     };
     let agent = Agent::start(config.clone()).await.unwrap();
     let sock = config.cni_socket.clone();

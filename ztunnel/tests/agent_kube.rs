@@ -94,7 +94,8 @@ async fn decides_from_watches_and_fetches_what_is_missing() {
 async fn unreachable_api_refuses() {
     // A port nothing listens on (bound, then closed).
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let client = kube::Client::try_from(kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap())).unwrap();
+    let client =
+        kube::Client::try_from(kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap())).unwrap();
     let kube = KubeEnrollment::start(client, "node-a");
     let err = kube.pod("mesh", "web").await.unwrap_err();
     assert!(matches!(err, KubeEnrollError::Get { .. }), "{err:?}");
@@ -139,6 +140,7 @@ async fn agent_enrolls_and_unenrolls_running_pods_on_label_changes() {
         kubeconfig: Some(dir.0.join("kubeconfig")),
         // The test's own namespace is the host's: leave its rules alone.
         no_probe_snat: true,
+        host_netns: None,
     };
     let agent = Agent::start(config).await.unwrap();
     let web = scratch("kube-web");

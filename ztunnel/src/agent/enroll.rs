@@ -26,7 +26,10 @@ pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 /// The rule, given the labels of the pod's namespace and of the pod (`None`: not known, which
 /// counts as no labels): the pod's label `ambient` enrolls and `none` opts out; otherwise the
 /// namespace's label `ambient` enrolls.
-pub fn decide(namespace_labels: Option<&BTreeMap<String, String>>, pod_labels: Option<&BTreeMap<String, String>>) -> bool {
+pub fn decide(
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    pod_labels: Option<&BTreeMap<String, String>>,
+) -> bool {
     match pod_labels.and_then(|l| l.get(DATAPLANE_MODE_LABEL)).map(String::as_str) {
         Some("ambient") => true,
         Some("none") => false,

@@ -129,7 +129,9 @@ impl KubeEnrollment {
                 let labels = ns.metadata.labels.unwrap_or_default();
                 c.namespaces.insert(ns.metadata.name.unwrap_or_default(), labels.clone()) != Some(labels)
             },
-            |c: &mut Cache, ns: &Namespace| c.namespaces.remove(ns.metadata.name.as_deref().unwrap_or_default()).is_some(),
+            |c: &mut Cache, ns: &Namespace| {
+                c.namespaces.remove(ns.metadata.name.as_deref().unwrap_or_default()).is_some()
+            },
             |c: &mut Cache, fresh: Cache| c.namespaces = fresh.namespaces,
         ));
         let pod_task = tokio::spawn(watch_kind(
@@ -143,7 +145,8 @@ impl KubeEnrollment {
                 c.pods.insert(key, meta.clone()) != Some(meta)
             },
             |c: &mut Cache, pod: &Pod| {
-                let key = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
+                let key =
+                    (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
                 c.pods.remove(&key).is_some()
             },
             |c: &mut Cache, fresh: Cache| c.pods = fresh.pods,
@@ -175,7 +178,10 @@ impl KubeEnrollment {
     pub async fn pod(&self, namespace: &str, name: &str) -> Result<PodFacts, KubeEnrollError> {
         let (pod, ns) = {
             let cache = lock(&self.cache);
-            (cache.pods.get(&(namespace.to_owned(), name.to_owned())).cloned(), cache.namespaces.get(namespace).cloned())
+            (
+                cache.pods.get(&(namespace.to_owned(), name.to_owned())).cloned(),
+                cache.namespaces.get(namespace).cloned(),
+            )
         };
         let pod = match pod {
             Some(p) => p,

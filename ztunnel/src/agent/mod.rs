@@ -80,6 +80,11 @@ pub struct AgentConfig {
     /// enrolled pods (kubelet's probes) the link-local probe source.
     #[arg(long, env = "NO_PROBE_SNAT", default_value_t = false)]
     pub no_probe_snat: bool,
+    /// The node's network namespace, where the probe table goes (e.g.
+    /// `/host/proc/1/ns/net` when the agent's pod is not on the host
+    /// network); default: the agent's own.
+    #[arg(long, env = "HOST_NETNS")]
+    pub host_netns: Option<PathBuf>,
     /// Directory where enrolled pods are recorded across agent restarts.
     #[arg(long, env = "AGENT_STATE_DIR", default_value = "/var/run/ztunnel/agent")]
     pub state_dir: PathBuf,
@@ -182,7 +187,11 @@ impl Agent {
         let host = if config.no_probe_snat {
             None
         } else {
-            let host = Netns::current().map_err(AgentError::HostNetns)?;
+            let host = match &config.host_netns {
+                Some(path) => Netns::open(path),
+                None => Netns::current(),
+            }
+            .map_err(AgentError::HostNetns)?;
             let for_rules = host.try_clone().map_err(AgentError::HostNetns)?;
             tokio::task::spawn_blocking(move || probe_snat::install(&for_rules))
                 .await
@@ -466,7 +475,8 @@ async fn remove_rules(netns: &Netns) {
 async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, AgentError> {
     let config = match kubeconfig {
         Some(path) => {
-            let bad = |e: kube::config::KubeconfigError| AgentError::Kube(format!("kubeconfig {}: {e}", path.display()));
+            let bad =
+                |e: kube::config::KubeconfigError| AgentError::Kube(format!("kubeconfig {}: {e}", path.display()));
             let kc = kube::config::Kubeconfig::read_from(path).map_err(bad)?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.map_err(bad)?
         }

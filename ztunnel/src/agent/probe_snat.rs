@@ -58,10 +58,9 @@ table inet {HOST_TABLE} {{
 /// Installs the table in `host` (replacing an earlier one, with empty sets).
 pub fn install(host: &Netns) -> Result<(), ProbeSnatError> {
     let script = ruleset();
-    host.run(move || nft_script(&script)).map_err(ProbeSnatError::Enter)?.map_err(|source| ProbeSnatError::Nft {
-        step: "loading the host probe rules",
-        source,
-    })
+    host.run(move || nft_script(&script))
+        .map_err(ProbeSnatError::Enter)?
+        .map_err(|source| ProbeSnatError::Nft { step: "loading the host probe rules", source })
 }
 
 /// Deletes the table from `host`; a missing table is fine.
