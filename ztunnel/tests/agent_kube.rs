@@ -185,3 +185,27 @@ async fn agent_enrolls_and_unenrolls_running_pods_on_label_changes() {
     assert!(!installed(other.netns()));
     agent.shutdown().await;
 }
+
+#[tokio::test]
+async fn api_source_needs_a_node_and_a_usable_kubeconfig() {
+    let dir = TempDir::new("agent-kube-config");
+    let mut config = AgentConfig {
+        zds_socket: dir.0.join("ztunnel.sock"),
+        cni_socket: dir.0.join("cni.sock"),
+        enrollment: dir.0.join("unused"),
+        state_dir: dir.0.join("state"),
+        capture_dns: false,
+        zds_timeout_ms: 1000,
+        enrollment_source: EnrollmentSource::Kube,
+        node_name: None,
+        kubeconfig: Some(dir.0.join("kubeconfig")),
+        no_probe_snat: true,
+        host_netns: None,
+    };
+    let err = Agent::start(config.clone()).await.err().expect("no node name");
+    assert!(err.to_string().contains("--node-name"), "{err}");
+    config.node_name = Some("node-a".into());
+    std::fs::write(dir.0.join("kubeconfig"), "clusters: [oops").unwrap();
+    let err = Agent::start(config).await.err().expect("broken kubeconfig");
+    assert!(err.to_string().contains(&dir.0.join("kubeconfig").display().to_string()), "{err}");
+}

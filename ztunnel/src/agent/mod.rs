@@ -123,9 +123,21 @@ pub enum AgentError {
     /// `--enrollment-source kube` without `--node-name`.
     #[error("--enrollment-source kube needs --node-name (or NODE_NAME)")]
     NoNodeName,
-    /// The Kubernetes client could not be configured.
+    /// The kubeconfig named by `--kubeconfig` cannot be read or used.
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// Neither in-cluster settings nor a default kubeconfig were found.
+    #[error("no Kubernetes configuration (in-cluster or kubeconfig): {0}")]
+    KubeInfer(#[source] kube::config::InferConfigError),
+    /// The Kubernetes client could not be built from its configuration.
     #[error("Kubernetes client: {0}")]
-    Kube(String),
+    KubeClient(#[source] kube::Error),
     /// The host's probe table could not be installed.
     #[error("host probe rules (disable with --no-probe-snat): {0}")]
     ProbeSnat(#[from] probe_snat::ProbeSnatError),
@@ -475,12 +487,11 @@ async fn remove_rules(netns: &Netns) {
 async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, AgentError> {
     let config = match kubeconfig {
         Some(path) => {
-            let bad =
-                |e: kube::config::KubeconfigError| AgentError::Kube(format!("kubeconfig {}: {e}", path.display()));
+            let bad = |source| AgentError::Kubeconfig { path: path.to_owned(), source };
             let kc = kube::config::Kubeconfig::read_from(path).map_err(bad)?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.map_err(bad)?
         }
-        None => kube::Config::infer().await.map_err(|e| AgentError::Kube(e.to_string()))?,
+        None => kube::Config::infer().await.map_err(AgentError::KubeInfer)?,
     };
-    kube::Client::try_from(config).map_err(|e| AgentError::Kube(e.to_string()))
+    kube::Client::try_from(config).map_err(AgentError::KubeClient)
 }
