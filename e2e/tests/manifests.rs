@@ -544,3 +544,39 @@ fn istiod_role_grants_exactly_what_the_kube_source_watches() {
         1
     );
 }
+
+#[test]
+fn ztunnel_agent_role_grants_only_what_enrollment_reads() {
+    let install = std::fs::read_to_string(repo().join("manifests/install.yaml")).unwrap();
+    let docs: Vec<Value> =
+        serde_yaml::Deserializer::from_str(&install).map(|d| Value::deserialize(d).unwrap()).collect();
+    let role = docs
+        .iter()
+        .find(|v| v["kind"] == "ClusterRole" && v["metadata"]["name"] == "ztunnel-agent")
+        .expect("ClusterRole ztunnel-agent");
+    let read: BTreeSet<(String, String)> =
+        [("", "namespaces"), ("", "pods")].iter().map(|(g, r)| (g.to_string(), r.to_string())).collect();
+    for verb in ["get", "list", "watch"] {
+        assert_eq!(granted(role, verb), read, "{verb}");
+    }
+    for verb in ["create", "update", "patch", "delete"] {
+        assert!(granted(role, verb).is_empty(), "{verb}: the agent only reads");
+    }
+    let binding = docs
+        .iter()
+        .find(|v| v["kind"] == "ClusterRoleBinding" && v["roleRef"]["name"] == "ztunnel-agent")
+        .expect("a binding of ztunnel-agent");
+    assert_eq!(binding["subjects"][0]["name"], "ztunnel");
+    assert_eq!(binding["subjects"][0]["namespace"], "istio-system");
+    // The agent uses the API source, for its own node.
+    let ds = docs.iter().find(|v| v["kind"] == "DaemonSet" && v["metadata"]["name"] == "ztunnel").unwrap();
+    let agent = ds["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "agent")
+        .expect("agent container");
+    let args: Vec<&str> = agent["args"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(args.windows(2).any(|w| w == ["--enrollment-source", "kube"]), "{args:?}");
+    assert!(args.windows(2).any(|w| w == ["--node-name", "$(NODE_NAME)"]), "{args:?}");
+}

@@ -140,7 +140,10 @@ pub async fn start(
             let roots = read_roots(&cfg)
                 .map_err(StartError::Ca)?
                 .ok_or_else(|| StartError::Ca("--ca-root-file is required with --ca-address".into()))?;
-            let token = String::from_utf8_lossy(&read(&cfg.ca_token_file, "--ca-token-file")?).trim().to_owned();
+            // Read once now only to fail at start on a missing file; the client reads it again
+            // for every request, as the token rotates.
+            read(&cfg.ca_token_file, "--ca-token-file")?;
+            let token_file = cfg.ca_token_file.clone().expect("checked by read");
             let (endpoint, tls) = control_plane(addr, cfg.alt_ca_hostname.as_deref(), Some(&roots))
                 .map_err(|e| StartError::Ca(format!("--ca-address {addr:?}: {e}")))?;
             let channel = match tls {
@@ -149,7 +152,7 @@ pub async fn start(
             };
             let store = CertStore::new(roots);
             let ttl = std::time::Duration::from_secs(cfg.cert_ttl_seconds);
-            let ca = crate::ca_client::CaClient::new(channel, &token, store.clone(), ttl);
+            let ca = crate::ca_client::CaClient::with_token_file(channel, &token_file, store.clone(), ttl);
             (store, Some(ca))
         }
         (None, None) => return Err(StartError::Ca("neither a certificate directory nor a CA address".into())),

@@ -3,10 +3,13 @@
 //!
 //! Keys are generated here and never leave the process; the CA sees only a CSR. The identity
 //! is named in the request metadata (`ImpersonatedIdentity`), and the call is authenticated
-//! with this node's bootstrap token. The root that comes back with each chain is added to the
+//! with this node's bootstrap token. A token given as a file is read again for every request:
+//! kubelet rewrites a projected service-account token well before it expires, and a renewal
+//! hours after start must present the current one, not the one we started with. The root that comes back with each chain is added to the
 //! trusted roots, so during a root rotation old and new roots are both trusted.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -35,6 +38,17 @@ pub enum CaClientError {
         /// The CA's answer.
         status: tonic::Status,
     },
+    /// The token file could not be read, or holds nothing.
+    #[error("CA token file {path} for {identity}: {source}")]
+    Token {
+        /// For whom the request was.
+        identity: Identity,
+        /// The token file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The CA's answer is not a usable certificate for the identity.
     #[error("CA answer for {identity} unusable: {why}")]
     BadAnswer {
@@ -45,11 +59,39 @@ pub enum CaClientError {
     },
 }
 
+/// Where the bearer token comes from.
+#[derive(Clone, Debug)]
+enum Token {
+    /// Fixed for the life of the client.
+    Fixed(Arc<str>),
+    /// Read from this file for each request (it is small; the read is far cheaper than the
+    /// signing it authorizes).
+    File(PathBuf),
+}
+
+impl Token {
+    async fn current(&self, identity: &Identity) -> Result<Arc<str>, CaClientError> {
+        match self {
+            Token::Fixed(t) => Ok(t.clone()),
+            Token::File(path) => {
+                let err = |source| CaClientError::Token { identity: identity.clone(), path: path.clone(), source };
+                let text = tokio::fs::read_to_string(path).await.map_err(err)?;
+                let token = text.trim();
+                if token.is_empty() {
+                    // Caught mid-rewrite, or a broken mount: say so rather than send no token.
+                    return Err(err(std::io::Error::new(std::io::ErrorKind::InvalidData, "empty")));
+                }
+                Ok(token.into())
+            }
+        }
+    }
+}
+
 /// Asks the CA for certificates and keeps them fresh in the store.
 #[derive(Clone)]
 pub struct CaClient {
     client: IstioCertificateServiceClient<Channel>,
-    token: Arc<str>,
+    token: Token,
     store: CertStore,
     ttl: Duration,
     renewing: Arc<Mutex<HashMap<Identity, tokio::task::AbortHandle>>>,
@@ -66,11 +108,19 @@ impl CaClient {
     pub fn new(channel: Channel, token: &str, store: CertStore, ttl: Duration) -> Self {
         CaClient {
             client: IstioCertificateServiceClient::new(channel),
-            token: token.into(),
+            token: Token::Fixed(token.into()),
             store,
             ttl,
             renewing: Arc::default(),
         }
+    }
+
+    /// Like [`Self::new`], but the token is read from `token_file` for every request, so a
+    /// rotated token (kubelet's projected service-account tokens) is used from the next request
+    /// on. The file is not checked here; a request fails with [`CaClientError::Token`] when it
+    /// cannot be read.
+    pub fn with_token_file(channel: Channel, token_file: &Path, store: CertStore, ttl: Duration) -> Self {
+        CaClient { token: Token::File(token_file.to_owned()), ..Self::new(channel, "", store, ttl) }
     }
 
     /// One CSR round trip for `identity`; installs and returns the certificate.
@@ -94,7 +144,8 @@ impl CaClient {
             validity_duration: self.ttl.as_secs() as i64,
             metadata: Some(metadata),
         });
-        let bearer = format!("Bearer {}", self.token)
+        let token = self.token.current(identity).await?;
+        let bearer = format!("Bearer {token}")
             .parse()
             .map_err(|_| csr_err("bootstrap token is not valid header text".into()))?;
         req.metadata_mut().insert("authorization", bearer);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use proto::istio::workload::zds::WorkloadInfo;
 use tokio::sync::mpsc;
 use ztunnel::agent::redirect;
-use ztunnel::agent::{Agent, AgentConfig};
+use ztunnel::agent::{Agent, AgentConfig, EnrollmentSource};
 use ztunnel::inpod::{PodHandler, run_client};
 use ztunnel::netns::{Netns, NetnsId, ScratchNetns};
 use ztunnel::socket::original_dst;
@@ -173,6 +173,11 @@ async fn cni_add_enrolls_pod_and_hands_it_to_ztunnel() {
         state_dir: dir.0.join("state"),
         capture_dns: false,
         zds_timeout_ms: 5000,
+        enrollment_source: EnrollmentSource::Files,
+        node_name: None,
+        kubeconfig: None,
+        no_probe_snat: true,
+        host_netns: None,
     };
     let agent = Agent::start(config.clone()).await.unwrap();
 
@@ -250,6 +255,11 @@ async fn agent_survives_garbage_and_refuses_on_broken_enrollment() {
         state_dir: dir.0.join("state"),
         capture_dns: false,
         zds_timeout_ms: 1000,
+        enrollment_source: EnrollmentSource::Files,
+        node_name: None,
+        kubeconfig: None,
+        no_probe_snat: true,
+        host_netns: None,
     };
     let agent = Agent::start(config.clone()).await.unwrap();
     let sock = config.cni_socket.clone();

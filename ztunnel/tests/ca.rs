@@ -11,7 +11,10 @@ use ztunnel::ca_client::{CaClient, CaClientError};
 
 async fn start_ca(dir: &std::path::Path) -> (String, Arc<CaSigner>) {
     let signer = Arc::new(CaSigner::load_or_generate(dir, "cluster.local").unwrap());
-    let tokens = NodeTokens(HashMap::from([("node1-token".to_owned(), "node1".to_owned())]));
+    let tokens = NodeTokens(HashMap::from([
+        ("node1-token".to_owned(), "node1".to_owned()),
+        ("node1-rotated-token".to_owned(), "node1".to_owned()),
+    ]));
     // Only shop/web runs on node1.
     let placement =
         |id: &Identity, node: &str| node == "node1" && id.namespace() == "shop" && id.service_account() == "web";
@@ -76,5 +79,43 @@ async fn issues_renews_and_refuses() {
     }
     ca.forget(&web);
     assert!(store.get(&web).is_none());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A token file rewritten under a running client (kubelet rotating a projected token): the
+/// next request uses what the file holds then, not what it held at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_file_is_read_per_request() {
+    let dir = std::env::temp_dir().join(format!("ztunnel-ca-token-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (url, signer) = start_ca(&dir.join("ca")).await;
+    let web = Identity::new("cluster.local", "shop", "web").unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "node1-token\n").unwrap();
+    let roots = hbone::TrustRoots::from_pem(signer.root_pem().as_bytes()).unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect_lazy();
+    let ca = CaClient::with_token_file(channel, &token_file, CertStore::new(roots), Duration::from_secs(60));
+    ca.fetch(&web).await.unwrap();
+
+    // Rewritten to a token the CA does not know: the next request presents it and is refused.
+    std::fs::write(&token_file, "expired-token").unwrap();
+    match ca.fetch(&web).await {
+        Err(CaClientError::Refused { status, .. }) => assert_eq!(status.code(), tonic::Code::Unauthenticated),
+        other => panic!("expected the new (unknown) token to be refused, got {other:?}"),
+    }
+    // Rotated the way kubelet does it (new file renamed over the old): accepted again.
+    std::fs::write(dir.join("token.new"), "node1-rotated-token").unwrap();
+    std::fs::rename(dir.join("token.new"), &token_file).unwrap();
+    ca.fetch(&web).await.unwrap();
+
+    // An empty or missing file fails the request, naming the file, instead of sending no token.
+    std::fs::write(&token_file, "  \n").unwrap();
+    match ca.fetch(&web).await {
+        Err(e @ CaClientError::Token { .. }) => assert!(e.to_string().contains("token"), "{e}"),
+        other => panic!("expected a token error, got {other:?}"),
+    }
+    std::fs::remove_file(&token_file).unwrap();
+    assert!(matches!(ca.fetch(&web).await, Err(CaClientError::Token { .. })));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,4 +1,5 @@
-//! Which pods are enrolled: read from ordinary Kubernetes YAML, the same
+//! Which pods are enrolled: the rule ([`decide`]), the [`Source`] the agent asks, and the
+//! file source, read from ordinary Kubernetes YAML, the same
 //! files the local control plane reads (a file, or a directory of `*.yaml` /
 //! `*.yml` files with `---`-separated documents).
 //!
@@ -12,11 +13,76 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::kube_enroll::{KubeEnrollError, KubeEnrollment};
 
 /// The enrollment label.
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+
+/// The rule, given the labels of the pod's namespace and of the pod (`None`: not known, which
+/// counts as no labels): the pod's label `ambient` enrolls and `none` opts out; otherwise the
+/// namespace's label `ambient` enrolls.
+pub fn decide(
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    pod_labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    match pod_labels.and_then(|l| l.get(DATAPLANE_MODE_LABEL)).map(String::as_str) {
+        Some("ambient") => true,
+        Some("none") => false,
+        _ => namespace_labels.and_then(|l| l.get(DATAPLANE_MODE_LABEL)).map(String::as_str) == Some("ambient"),
+    }
+}
+
+/// Where the agent learns enrollment.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// Kubernetes YAML files, read for each decision.
+    Files(Enrollment),
+    /// The Kubernetes API, watched.
+    Kube(Arc<KubeEnrollment>),
+}
+
+/// Why a source could not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// From the file source.
+    #[error(transparent)]
+    Files(#[from] EnrollError),
+    /// From the API source.
+    #[error(transparent)]
+    Kube(#[from] KubeEnrollError),
+}
+
+impl Source {
+    /// Decides for the pod `namespace/name`.
+    pub async fn pod(&self, namespace: &str, name: &str) -> Result<PodFacts, SourceError> {
+        match self {
+            Source::Files(e) => Ok(e.pod(namespace, name)?),
+            Source::Kube(k) => Ok(k.pod(namespace, name).await?),
+        }
+    }
+
+    /// Notifications of changes that may alter decisions for running pods; `None` for a
+    /// source that does not watch (files are read at each pod event only).
+    pub fn changes(&self) -> Option<watch::Receiver<u64>> {
+        match self {
+            Source::Files(_) => None,
+            Source::Kube(k) => Some(k.changes()),
+        }
+    }
+
+    /// The current decision without any I/O, if the source has the facts at hand.
+    pub fn cached(&self, namespace: &str, name: &str) -> Option<PodFacts> {
+        match self {
+            Source::Files(_) => None,
+            Source::Kube(k) => k.cached(namespace, name),
+        }
+    }
+}
 
 /// Errors reading the enrollment source.
 #[derive(Debug, thiserror::Error)]
@@ -107,14 +173,8 @@ impl Enrollment {
     /// Decides for the pod `namespace/name`.
     pub fn pod(&self, namespace: &str, name: &str) -> Result<PodFacts, EnrollError> {
         let snap = self.load()?;
-        let ns_mode = snap.namespaces.get(namespace).and_then(|m| m.labels.get(DATAPLANE_MODE_LABEL));
         let pod = snap.pods.get(&(namespace.to_owned(), name.to_owned()));
-        let pod_mode = pod.and_then(|(m, _)| m.labels.get(DATAPLANE_MODE_LABEL));
-        let enrolled = match pod_mode.map(String::as_str) {
-            Some("ambient") => true,
-            Some("none") => false,
-            _ => ns_mode.map(String::as_str) == Some("ambient"),
-        };
+        let enrolled = decide(snap.namespaces.get(namespace).map(|m| &m.labels), pod.map(|(m, _)| &m.labels));
         Ok(PodFacts {
             enrolled,
             service_account: pod

@@ -13,14 +13,29 @@
 //!
 //! During a ztunnel upgrade two ztunnels are connected at once and both get
 //! every pod; the old one leaves when it drains.
+//!
+//! Enrollment comes from YAML files or from the Kubernetes API
+//! ([`kube_enroll`]). With the API, a label change on a namespace or pod
+//! re-decides for the running pods the agent has seen an ADD for (enrolled or
+//! not, since this agent started): newly enrolled ones get their redirection and
+//! go to ztunnel, no longer enrolled ones lose both. Pods whose ADD came before
+//! this agent started and that were not enrolled then are not known to it (their
+//! network namespace is not recorded) and stay as they are until recreated.
+//!
+//! Unless disabled, the agent also keeps a table on the host ([`probe_snat`])
+//! that gives the node's own connections to enrolled pods (kubelet's probes) the
+//! link-local source the pods' redirection lets through; it is removed on exit.
 
 pub mod cni_server;
 pub mod enroll;
+pub mod kube_enroll;
+pub mod probe_snat;
 pub mod redirect;
 pub mod state;
 pub mod zds_server;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +46,7 @@ use tokio::sync::Mutex;
 use crate::cni::{CniCommand, CniEvent, CniReply};
 use crate::inpod::seqpacket::SeqPacketListener;
 use crate::netns::Netns;
-use enroll::Enrollment;
+use enroll::{Enrollment, Source};
 use redirect::RedirectConfig;
 use state::{PodRecord, StateDir};
 use zds_server::ZdsServer;
@@ -45,10 +60,31 @@ pub struct AgentConfig {
     /// Unix socket where the CNI plugin reports pod events.
     #[arg(long, env = "CNI_EVENT_SOCKET", default_value = crate::cni::DEFAULT_AGENT_SOCKET)]
     pub cni_socket: PathBuf,
+    /// Where enrollment is decided: `files` (`--enrollment`) or `kube` (the
+    /// Kubernetes API, watched).
+    #[arg(long, env = "ENROLLMENT_SOURCE", value_enum, default_value_t = EnrollmentSource::Files)]
+    pub enrollment_source: EnrollmentSource,
     /// Kubernetes YAML (file or directory) with the Namespaces and Pods that
-    /// decide enrollment.
+    /// decide enrollment (source `files`).
     #[arg(long, env = "ENROLLMENT_PATH", default_value = "/etc/ztunnel/cluster")]
     pub enrollment: PathBuf,
+    /// This node's name: the agent watches the pods with `spec.nodeName` equal
+    /// to it (source `kube`; required there).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Kubeconfig for the API (source `kube`); without it the in-cluster
+    /// service account, else `$KUBECONFIG` or `~/.kube/config`.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Do not install the host table that gives the node's connections to
+    /// enrolled pods (kubelet's probes) the link-local probe source.
+    #[arg(long, env = "NO_PROBE_SNAT", default_value_t = false)]
+    pub no_probe_snat: bool,
+    /// The node's network namespace, where the probe table goes (e.g.
+    /// `/host/proc/1/ns/net` when the agent's pod is not on the host
+    /// network); default: the agent's own.
+    #[arg(long, env = "HOST_NETNS")]
+    pub host_netns: Option<PathBuf>,
     /// Directory where enrolled pods are recorded across agent restarts.
     #[arg(long, env = "AGENT_STATE_DIR", default_value = "/var/run/ztunnel/agent")]
     pub state_dir: PathBuf,
@@ -58,6 +94,15 @@ pub struct AgentConfig {
     /// How long to wait for ztunnel's hello and each ack, in milliseconds.
     #[arg(long, env = "ZDS_TIMEOUT_MS", default_value_t = 5000)]
     pub zds_timeout_ms: u64,
+}
+
+/// Where enrollment is decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EnrollmentSource {
+    /// Kubernetes YAML files.
+    Files,
+    /// The Kubernetes API.
+    Kube,
 }
 
 /// Errors starting the agent.
@@ -75,22 +120,59 @@ pub enum AgentError {
     /// The state directory is unusable.
     #[error(transparent)]
     State(#[from] state::StateError),
+    /// `--enrollment-source kube` without `--node-name`.
+    #[error("--enrollment-source kube needs --node-name (or NODE_NAME)")]
+    NoNodeName,
+    /// The kubeconfig named by `--kubeconfig` cannot be read or used.
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// Neither in-cluster settings nor a default kubeconfig were found.
+    #[error("no Kubernetes configuration (in-cluster or kubeconfig): {0}")]
+    KubeInfer(#[source] kube::config::InferConfigError),
+    /// The Kubernetes client could not be built from its configuration.
+    #[error("Kubernetes client: {0}")]
+    KubeClient(#[source] kube::Error),
+    /// The host's probe table could not be installed.
+    #[error("host probe rules (disable with --no-probe-snat): {0}")]
+    ProbeSnat(#[from] probe_snat::ProbeSnatError),
+    /// The agent's own network namespace cannot be opened.
+    #[error("opening the host network namespace: {0}")]
+    HostNetns(#[source] std::io::Error),
 }
 
 /// An enrolled pod, as the agent holds it.
 struct Enrolled {
     record: PodRecord,
     netns: Netns,
+    /// Its addresses in the host probe table.
+    ips: Vec<IpAddr>,
+}
+
+/// The pods the agent knows, by container id.
+#[derive(Default)]
+struct Pods {
+    enrolled: HashMap<String, Enrolled>,
+    /// Pods seen at ADD but not enrolled, kept so that a later label change can
+    /// enroll them (not persisted).
+    others: HashMap<String, PodRecord>,
 }
 
 /// The running agent.
 pub struct Agent {
     config: AgentConfig,
-    enrollment: Enrollment,
+    enrollment: Source,
     state: StateDir,
     zds: Arc<ZdsServer>,
-    /// By container id. The lock also serializes pod events.
-    pods: Mutex<HashMap<String, Enrolled>>,
+    /// The host namespace, for the probe table; `None` when disabled.
+    host: Option<Netns>,
+    /// The lock also serializes pod events and reconciliation.
+    pods: Mutex<Pods>,
     /// The serving tasks, stopped by [`Agent::shutdown`].
     tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -100,13 +182,42 @@ impl Agent {
     /// exists, and starts serving. The tasks run on the current runtime until
     /// it shuts down.
     pub async fn start(config: AgentConfig) -> Result<Arc<Self>, AgentError> {
+        let source = match config.enrollment_source {
+            EnrollmentSource::Files => Source::Files(Enrollment::new(config.enrollment.clone())),
+            EnrollmentSource::Kube => {
+                let node = config.node_name.as_deref().ok_or(AgentError::NoNodeName)?;
+                let client = kube_client(config.kubeconfig.as_deref()).await?;
+                Source::Kube(kube_enroll::KubeEnrollment::start(client, node))
+            }
+        };
+        Self::start_with(config, source).await
+    }
+
+    /// Like [`Self::start`], with the enrollment source given (`config`'s
+    /// source settings are ignored).
+    pub async fn start_with(config: AgentConfig, source: Source) -> Result<Arc<Self>, AgentError> {
+        let host = if config.no_probe_snat {
+            None
+        } else {
+            let host = match &config.host_netns {
+                Some(path) => Netns::open(path),
+                None => Netns::current(),
+            }
+            .map_err(AgentError::HostNetns)?;
+            let for_rules = host.try_clone().map_err(AgentError::HostNetns)?;
+            tokio::task::spawn_blocking(move || probe_snat::install(&for_rules))
+                .await
+                .map_err(|e| AgentError::HostNetns(std::io::Error::other(e)))??;
+            Some(host)
+        };
         let zds_listener = SeqPacketListener::bind(&config.zds_socket)
             .map_err(|source| AgentError::Listen { path: config.zds_socket.clone(), source })?;
         let cni_listener = cni_server::bind(&config.cni_socket)
             .map_err(|source| AgentError::Listen { path: config.cni_socket.clone(), source })?;
         let agent = Arc::new(Self {
-            enrollment: Enrollment::new(config.enrollment.clone()),
+            enrollment: source,
             state: StateDir::open(&config.state_dir)?,
+            host,
             zds: ZdsServer::new(Duration::from_millis(config.zds_timeout_ms)),
             pods: Mutex::default(),
             tasks: std::sync::Mutex::default(),
@@ -116,17 +227,98 @@ impl Agent {
         let zds_task = tokio::spawn(agent.zds.clone().serve(zds_listener));
         let cni_task = tokio::spawn(cni_server::serve(cni_listener, agent.clone()));
         agent.tasks.lock().unwrap().extend([zds_task.abort_handle(), cni_task.abort_handle()]);
+        if let Some(mut changes) = agent.enrollment.changes() {
+            // Weak: the task must not keep a shut-down agent alive.
+            let weak = Arc::downgrade(&agent);
+            let task = tokio::spawn(async move {
+                while changes.changed().await.is_ok() {
+                    let Some(agent) = weak.upgrade() else { return };
+                    agent.reconcile().await;
+                }
+            });
+            agent.tasks.lock().unwrap().push(task.abort_handle());
+        }
         tracing::info!(config = ?agent.config, "node agent started");
         Ok(agent)
     }
 
-    /// Stops listening and drops the ztunnel connection. Pods keep their
-    /// redirection and records, for the next agent to re-adopt.
+    /// Stops listening and drops the ztunnel connection, and removes the host
+    /// probe table. Pods keep their redirection and records, for the next
+    /// agent to re-adopt.
     pub async fn shutdown(&self) {
         for task in self.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
         self.zds.disconnect().await;
+        if let Some(host) = self.host.as_ref().and_then(|h| h.try_clone().ok()) {
+            match tokio::task::spawn_blocking(move || probe_snat::remove(&host)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "removing host probe rules"),
+                Err(e) => tracing::warn!(error = %e, "removing host probe rules"),
+            }
+        }
+    }
+
+    /// Re-decides for every pod the agent knows, from what the source has at
+    /// hand: enrolls the pods that now are, unenrolls those that no longer are.
+    pub async fn reconcile(&self) {
+        let mut pods = self.pods.lock().await;
+        let decided = |r: &PodRecord| self.enrollment.cached(&r.namespace, &r.name);
+        let leaving: Vec<String> = pods
+            .enrolled
+            .iter()
+            .filter(|(_, p)| decided(&p.record).is_some_and(|f| !f.enrolled))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in leaving {
+            let pod = pods.enrolled.remove(&id).expect("listed above");
+            self.unenroll(&pod).await;
+            tracing::info!(pod = %pod.record.name, namespace = %pod.record.namespace, "pod no longer enrolled");
+            pods.others.insert(id, pod.record);
+        }
+        let joining: Vec<(String, enroll::PodFacts)> = pods
+            .others
+            .iter()
+            .filter_map(|(id, r)| decided(r).filter(|f| f.enrolled).map(|f| (id.clone(), f)))
+            .collect();
+        for (id, facts) in joining {
+            let mut record = pods.others.remove(&id).expect("listed above");
+            record.service_account = facts.service_account;
+            match self.adopt(&record).await {
+                Ok((netns, ips)) => {
+                    if let Err(e) = self.state.save(&record) {
+                        tracing::warn!(error = %e, "pod enrolled but not recorded");
+                    }
+                    tracing::info!(pod = %record.name, namespace = %record.namespace, "running pod enrolled");
+                    pods.enrolled.insert(id, Enrolled { record, netns, ips });
+                }
+                Err(e) => {
+                    // Stays a candidate: the next change retries it.
+                    tracing::warn!(pod = %record.name, namespace = %record.namespace, error = %e, "cannot enroll running pod");
+                    pods.others.insert(id, record);
+                }
+            }
+        }
+    }
+
+    /// Undoes [`Self::adopt`] and forgets the record.
+    async fn unenroll(&self, pod: &Enrolled) {
+        self.zds.del(&pod.record.uid).await;
+        remove_rules(&pod.netns).await;
+        self.set_probe_ips(&pod.ips, false).await;
+        if let Err(e) = self.state.remove(&pod.record.container_id) {
+            tracing::warn!(error = %e, "could not delete pod record");
+        }
+    }
+
+    async fn set_probe_ips(&self, ips: &[IpAddr], add: bool) {
+        let Some(host) = self.host.as_ref().and_then(|h| h.try_clone().ok()) else { return };
+        let ips = ips.to_vec();
+        match tokio::task::spawn_blocking(move || probe_snat::set_pod(&host, &ips, add)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "host probe addresses"),
+            Err(e) => tracing::warn!(error = %e, "host probe addresses"),
+        }
     }
 
     /// The ZDS side, for inspection.
@@ -145,9 +337,9 @@ impl Agent {
         let mut pods = self.pods.lock().await;
         for record in records {
             match self.adopt(&record).await {
-                Ok(netns) => {
+                Ok((netns, ips)) => {
                     tracing::info!(pod = %record.name, namespace = %record.namespace, "re-adopted recorded pod");
-                    pods.insert(record.container_id.clone(), Enrolled { record, netns });
+                    pods.enrolled.insert(record.container_id.clone(), Enrolled { record, netns, ips });
                 }
                 Err(reason) => {
                     tracing::info!(pod = %record.name, %reason, "forgetting recorded pod");
@@ -157,9 +349,21 @@ impl Agent {
         }
     }
 
-    /// Redirection plus ZDS for one pod; returns the agent's own handle.
-    async fn adopt(&self, record: &PodRecord) -> Result<Netns, String> {
+    /// Redirection, probe addresses and ZDS for one pod; returns the agent's
+    /// own handle and the pod's addresses.
+    async fn adopt(&self, record: &PodRecord) -> Result<(Netns, Vec<IpAddr>), String> {
         let netns = Netns::open(&record.netns).map_err(|e| e.to_string())?;
+        let ips = if self.host.is_some() {
+            let for_ips = netns.try_clone().map_err(|e| e.to_string())?;
+            let ips = tokio::task::spawn_blocking(move || probe_snat::pod_addresses(&for_ips))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("reading the pod's addresses: {e}"))?;
+            self.set_probe_ips(&ips, true).await;
+            ips
+        } else {
+            Vec::new()
+        };
         let for_rules = netns.try_clone().map_err(|e| e.to_string())?;
         let config = RedirectConfig { capture_dns: self.config.capture_dns };
         tokio::task::spawn_blocking(move || redirect::install(&for_rules, &config))
@@ -175,9 +379,10 @@ impl Agent {
         let for_zds = netns.try_clone().map_err(|e| e.to_string())?;
         if let Err(e) = self.zds.add(record.uid.clone(), Some(info), for_zds).await {
             remove_rules(&netns).await;
+            self.set_probe_ips(&ips, false).await;
             return Err(e.to_string());
         }
-        Ok(netns)
+        Ok((netns, ips))
     }
 
     /// Handles one event from the CNI plugin.
@@ -194,13 +399,10 @@ impl Agent {
             // Not a Kubernetes pod: nothing to decide on.
             return CniReply::ok(false);
         };
-        let facts = match self.enrollment.pod(&namespace, &name) {
+        let facts = match self.enrollment.pod(&namespace, &name).await {
             Ok(f) => f,
             Err(e) => return CniReply::refused(format!("cannot decide enrollment of {namespace}/{name}: {e}")),
         };
-        if !facts.enrolled {
-            return CniReply::ok(false);
-        }
         let record = PodRecord {
             uid: event.pod_uid.clone().or(facts.uid).unwrap_or_else(|| event.container_id.clone()),
             container_id: event.container_id.clone(),
@@ -210,7 +412,14 @@ impl Agent {
             service_account: facts.service_account,
         };
         let mut pods = self.pods.lock().await;
-        let netns = match self.adopt(&record).await {
+        if !facts.enrolled {
+            // Kept only where a later label change can enroll it.
+            if self.enrollment.changes().is_some() {
+                pods.others.insert(record.container_id.clone(), record);
+            }
+            return CniReply::ok(false);
+        }
+        let (netns, ips) = match self.adopt(&record).await {
             Ok(n) => n,
             Err(e) => return CniReply::refused(format!("pod {}/{}: {e}", record.namespace, record.name)),
         };
@@ -218,29 +427,26 @@ impl Agent {
             tracing::warn!(error = %e, "pod enrolled but not recorded; an agent restart will not re-adopt it");
         }
         tracing::info!(pod = %record.name, namespace = %record.namespace, uid = %record.uid, "pod enrolled");
-        pods.insert(record.container_id.clone(), Enrolled { record, netns });
+        pods.enrolled.insert(record.container_id.clone(), Enrolled { record, netns, ips });
         CniReply::ok(true)
     }
 
     async fn del(&self, event: CniEvent) -> CniReply {
         let mut pods = self.pods.lock().await;
-        let Some(pod) = pods.remove(&event.container_id) else {
+        pods.others.remove(&event.container_id);
+        let Some(pod) = pods.enrolled.remove(&event.container_id) else {
             return CniReply::ok(false);
         };
-        self.zds.del(&pod.record.uid).await;
-        remove_rules(&pod.netns).await;
-        if let Err(e) = self.state.remove(&pod.record.container_id) {
-            tracing::warn!(error = %e, "could not delete pod record");
-        }
+        self.unenroll(&pod).await;
         tracing::info!(pod = %pod.record.name, namespace = %pod.record.namespace, "pod removed");
         CniReply::ok(true)
     }
 
     async fn check(&self, event: CniEvent) -> CniReply {
         let pods = self.pods.lock().await;
-        let Some(pod) = pods.get(&event.container_id) else {
+        let Some(pod) = pods.enrolled.get(&event.container_id) else {
             let enrolled = match (&event.pod_namespace, &event.pod_name) {
-                (Some(ns), Some(name)) => self.enrollment.pod(ns, name).map(|f| f.enrolled),
+                (Some(ns), Some(name)) => self.enrollment.pod(ns, name).await.map(|f| f.enrolled),
                 _ => Ok(false),
             };
             return match enrolled {
@@ -275,4 +481,17 @@ async fn remove_rules(netns: &Netns) {
         Ok(Err(e)) => tracing::warn!(error = %e, "removing redirection"),
         Err(e) => tracing::warn!(error = %e, "removing redirection"),
     }
+}
+
+/// A client from a kubeconfig file, or else in-cluster / default kubeconfig.
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, AgentError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let bad = |source| AgentError::Kubeconfig { path: path.to_owned(), source };
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(bad)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.map_err(bad)?
+        }
+        None => kube::Config::infer().await.map_err(AgentError::KubeInfer)?,
+    };
+    kube::Client::try_from(config).map_err(AgentError::KubeClient)
 }

@@ -193,7 +193,8 @@ fn remove_here() -> Result<(), RedirectError> {
     Ok(())
 }
 
-fn nft(script: &str) -> std::io::Result<()> {
+/// Loads an nftables script with `nft -f -`; the error carries nft's stderr.
+pub(super) fn nft(script: &str) -> std::io::Result<()> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())

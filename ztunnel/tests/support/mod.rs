@@ -30,3 +30,5 @@ impl Drop for Task {
         self.0.abort();
     }
 }
+
+pub mod fake_api;
