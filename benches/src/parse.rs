@@ -117,13 +117,17 @@ pub struct Oha {
     pub p999: f64,
 }
 
+/// How `oha` reports the requests still in flight at the end of a timed run.
+const OHA_DEADLINE: &str = "aborted due to deadline";
+
 /// Parses `oha --output-format json`. Any error or any status other than 200 fails the run.
 pub fn oha(json: &str) -> Result<Oha, ParseError> {
     const T: &str = "oha";
     let v: Value = serde_json::from_str(json).map_err(|e| malformed(T, format!("not JSON: {e}")))?;
     let num = |ptr: &str| v.pointer(ptr).and_then(Value::as_f64).ok_or_else(|| malformed(T, format!("no {ptr}")));
     let errors: Vec<String> = match v.get("errorDistribution").and_then(Value::as_object) {
-        Some(m) => m.iter().map(|(k, n)| format!("{n} × {k}")).collect(),
+        // Requests in flight when `-z` runs out are cut off, not failed.
+        Some(m) => m.iter().filter(|(k, _)| *k != OHA_DEADLINE).map(|(k, n)| format!("{n} × {k}")).collect(),
         None => return Err(malformed(T, "no errorDistribution")),
     };
     let codes = v
