@@ -212,7 +212,7 @@ pub fn run(settings: &Settings, quick: bool) -> anyhow::Result<Report> {
     let config = dir.join("config");
     let c = settings.cluster;
     generate::write_all(&c, &config).context("generating the cluster")?;
-    let tokens: String = (1..=c.nodes).map(|n| format!("node-{n}: token-of-node-{n}\n")).collect();
+    let tokens: String = (1..=c.nodes).map(|n| format!("node-{n}: bootstrap-token-of-node-{n}\n")).collect();
     std::fs::write(dir.join("tokens.yaml"), tokens)?;
     let binary = e2e::mesh::bin("istiod-lite")?;
     let node = topo.node(1);
@@ -233,7 +233,9 @@ pub fn run(settings: &Settings, quick: bool) -> anyhow::Result<Report> {
         MONITORING.into(),
     ])?;
     let pid = istiod.pid();
-    node.netns.wait_for_tcp(PLAINTEXT.parse()?, Duration::from_secs(30))?;
+    node.netns
+        .wait_for_tcp(PLAINTEXT.parse()?, Duration::from_secs(30))
+        .with_context(|| format!("istiod-lite not serving; its log:\n{}", istiod.log()))?;
     eprintln!("istiod-lite up ({} pods, {} services) in {:.1?}", c.pods, c.services, started.elapsed());
 
     let s = settings.clone();
