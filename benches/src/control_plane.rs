@@ -94,7 +94,9 @@ impl<M: prost::Message + Default + 'static> ResourceHandler for ProbeOf<M> {
         let watch = p.watch.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen = p.seen.lock().unwrap_or_else(|e| e.into_inner());
         let hit = watch.name.as_ref().is_some_and(|w| {
-            updates.iter().any(|u| u.name == *w || (u.name.ends_with(w.as_str()) && u.name[..u.name.len() - w.len()].ends_with('/')))
+            updates.iter().any(|u| {
+                u.name == *w || (u.name.ends_with(w.as_str()) && u.name[..u.name.len() - w.len()].ends_with('/'))
+            })
         });
         let set = if p.policies { &mut seen.policies } else { &mut seen.addresses };
         for r in removals {
@@ -126,9 +128,12 @@ fn node(n: usize) -> Node {
     Node {
         id: format!("ztunnel~bench-node-{n}"),
         metadata: Some(Struct {
-            fields: [("NODE_NAME".to_owned(), field(&format!("node-{n}"))), ("CLUSTER_ID".to_owned(), field("Kubernetes"))]
-                .into_iter()
-                .collect(),
+            fields: [
+                ("NODE_NAME".to_owned(), field(&format!("node-{n}"))),
+                ("CLUSTER_ID".to_owned(), field("Kubernetes")),
+            ]
+            .into_iter()
+            .collect(),
         }),
         ..Default::default()
     }
@@ -183,9 +188,11 @@ impl Sim {
             }
             if Instant::now() > deadline {
                 let waiting = times.iter().filter(|t| t.is_none()).count();
-                let errors: Vec<String> =
-                    self.handles.iter().filter_map(|h| h.status().last_error).take(3).collect();
-                bail!("{waiting} of {} clients still waiting for {what} after {limit:?}; errors: {errors:?}", self.seen.len());
+                let errors: Vec<String> = self.handles.iter().filter_map(|h| h.status().last_error).take(3).collect();
+                bail!(
+                    "{waiting} of {} clients still waiting for {what} after {limit:?}; errors: {errors:?}",
+                    self.seen.len()
+                );
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -321,7 +328,10 @@ async fn measure(s: &Settings, config: &Path, pid: u32) -> anyhow::Result<Measur
             break (seen.addresses.len(), seen.policies.len());
         }
         if Instant::now() > deadline {
-            bail!("a single client holds {a} addresses and {p} policies after 60 s; expected {expected} and {}", c.policies);
+            bail!(
+                "a single client holds {a} addresses and {p} policies after 60 s; expected {expected} and {}",
+                c.policies
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -360,7 +370,12 @@ async fn measure(s: &Settings, config: &Path, pid: u32) -> anyhow::Result<Measur
         let yaml = generate::policies_yaml(&c, round + 1);
         let took = sim.time_change(generate::edited_policy(&c), || generate::write_atomic(&file, &yaml)).await?;
         policy_changes.push(took.as_secs_f64() * 1000.0);
-        eprintln!("change round {}: pod {:.0} ms, policy {:.0} ms", round + 1, pod_changes[round], policy_changes[round]);
+        eprintln!(
+            "change round {}: pod {:.0} ms, policy {:.0} ms",
+            round + 1,
+            pod_changes[round],
+            policy_changes[round]
+        );
     }
     Ok(Measured { addresses, policies, first_sync, sync_cpu, pod_changes, policy_changes })
 }

@@ -188,7 +188,8 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
         settings.rate
     ));
     report.notes.push(
-        "ztunnel_peak_rss_mb: VmHWM of each ztunnel over the open-loop run (reset through clear_refs just before)".into(),
+        "ztunnel_peak_rss_mb: VmHWM of each ztunnel over the open-loop run (reset through clear_refs just before)"
+            .into(),
     );
     report.targets = targets();
     report.settings.insert("elapsed_secs".into(), json!(started.elapsed().as_secs()));
@@ -234,12 +235,7 @@ fn start_servers(mesh: &Mesh, sides: &[Side]) -> anyhow::Result<Vec<Process>> {
         let ns = if s.name == "mesh" { MESH_NS } else { DIRECT_NS };
         let pod = mesh.pod(ns, "server");
         servers.push(pod.netns.iperf3_server(IPERF_PORT)?);
-        let http = pod.netns.spawn([
-            exe.to_string_lossy().as_ref(),
-            "serve-http",
-            "--port",
-            &HTTP_PORT.to_string(),
-        ])?;
+        let http = pod.netns.spawn([exe.to_string_lossy().as_ref(), "serve-http", "--port", &HTTP_PORT.to_string()])?;
         http.wait_for_log("serving", Duration::from_secs(5))?;
         servers.push(http);
     }
@@ -356,7 +352,12 @@ fn measure(
                 for (i, pid) in pids.iter().enumerate() {
                     let cpu = procfs::cpu_time(*pid)?.saturating_sub(before[i]).as_secs_f64();
                     let node = i + 1;
-                    push(samples, side.name, &format!("ztunnel_cpu_s_per_1k_req_node{node}"), cpu / (r.requests as f64 / 1000.0));
+                    push(
+                        samples,
+                        side.name,
+                        &format!("ztunnel_cpu_s_per_1k_req_node{node}"),
+                        cpu / (r.requests as f64 / 1000.0),
+                    );
                     let peak = procfs::memory(*pid)?.peak;
                     push(samples, side.name, &format!("ztunnel_peak_rss_mb_node{node}"), mib(peak));
                 }

@@ -9,7 +9,8 @@ use anyhow::{Context, bail};
 
 /// Where a program is on `PATH` (or in cargo's bin directory), if anywhere.
 pub fn which(program: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     if let Some(home) = std::env::var_os("CARGO_HOME") {
         dirs.push(Path::new(&home).join("bin"));
     }
@@ -70,7 +71,10 @@ impl OhaInstall {
             if !status.success() {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                bail!("cargo install oha failed ({status}):\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                bail!(
+                    "cargo install oha failed ({status}):\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
         }
         which("oha").context("oha is installed but not found on PATH or in ~/.cargo/bin")

@@ -104,9 +104,9 @@ pub fn find(needles: &[&str]) -> Result<u32, ProcError> {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let matches = needles.iter().all(|n| {
-            args.iter().any(|a| *a == n.as_bytes() || a.rsplit(|b| *b == b'/').next() == Some(n.as_bytes()))
-        });
+        let matches = needles
+            .iter()
+            .all(|n| args.iter().any(|a| *a == n.as_bytes() || a.rsplit(|b| *b == b'/').next() == Some(n.as_bytes())));
         if matches {
             return Ok(pid);
         }

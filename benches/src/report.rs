@@ -174,13 +174,7 @@ impl Report {
     /// The human table: one line per metric, then one per target.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{} ({} rounds{})",
-            self.scenario,
-            self.rounds,
-            if self.quick { ", quick" } else { "" }
-        );
+        let _ = writeln!(out, "{} ({} rounds{})", self.scenario, self.rounds, if self.quick { ", quick" } else { "" });
         let _ = writeln!(
             out,
             "{:<34} {:>10} {:>8} {:>10} {:>8} {:>7}  unit",
@@ -191,7 +185,8 @@ impl Report {
                 Some(b) => (fmt_num(b.median), format!("{:.0}%", b.spread * 100.0)),
                 None => ("-".into(), String::new()),
             };
-            let r = m.baseline.as_ref().and_then(|b| ratio(&m.mesh, b)).map(|r| format!("{r:.2}")).unwrap_or("-".into());
+            let r =
+                m.baseline.as_ref().and_then(|b| ratio(&m.mesh, b)).map(|r| format!("{r:.2}")).unwrap_or("-".into());
             let _ = writeln!(
                 out,
                 "{name:<34} {b:>10} {bs:>8} {:>10} {:>8} {r:>7}  {}",
@@ -242,7 +237,12 @@ mod tests {
 
     fn report() -> Report {
         let mut r = Report::new("l4", true, 3);
-        r.compare("rate", "req/s", Summary::of(&[100.0, 110.0, 90.0]).unwrap(), Summary::of(&[40.0, 30.0, 50.0]).unwrap());
+        r.compare(
+            "rate",
+            "req/s",
+            Summary::of(&[100.0, 110.0, 90.0]).unwrap(),
+            Summary::of(&[40.0, 30.0, 50.0]).unwrap(),
+        );
         r.cost("rss", "MB", Summary::of(&[11.0, 13.0, 12.5]).unwrap());
         r.targets = vec![
             Target { metric: "rate", against: Against::Ratio, bound: Bound::AtLeast, target: 0.35, label: "rate" },

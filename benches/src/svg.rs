@@ -66,7 +66,8 @@ pub fn chart(title: &str, outcomes: &[Outcome]) -> String {
                 );
             }
             None => {
-                let _ = writeln!(s, r#"<text x="{LABEL_W}" y="{}" fill="{color}">not measured (MISS)</text>"#, y + 18.0);
+                let _ =
+                    writeln!(s, r#"<text x="{LABEL_W}" y="{}" fill="{color}">not measured (MISS)</text>"#, y + 18.0);
             }
         }
     }

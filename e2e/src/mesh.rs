@@ -634,9 +634,14 @@ impl Mesh {
             self.write_certs(node)?;
         }
         let last = self.spec.pods.len() - 1;
-        let pod = self.topo.add_pod(self.topo.node(node), &self.spec.pods[last].namespace, &self.spec.pods[last].name)?;
+        let pod =
+            self.topo.add_pod(self.topo.node(node), &self.spec.pods[last].namespace, &self.spec.pods[last].name)?;
         self.pods.push(pod);
-        if self.spec.control_plane { self.write_k8s()? } else { self.write_state()? }
+        if self.spec.control_plane {
+            self.write_k8s()?
+        } else {
+            self.write_state()?
+        }
         Ok(&self.pods[last])
     }
 
