@@ -137,11 +137,9 @@ impl Loader {
             };
             let parsed = match self.clean.get(&f) {
                 // Same bytes, same objects: parsing is a pure function of the text.
-                Some(c) if c.text == text => Parsed {
-                    objects: c.objects.clone(),
-                    ignored: c.ignored.clone(),
-                    ..Parsed::default()
-                },
+                Some(c) if c.text == text => {
+                    Parsed { objects: c.objects.clone(), ignored: c.ignored.clone(), ..Parsed::default() }
+                }
                 _ => {
                     let parsed = parse_file(&f, &text);
                     if parsed.errors.is_empty() && parsed.fail_closed.is_empty() {
