@@ -796,6 +796,31 @@ impl Mesh {
         Ok(&self.pods[i])
     }
 
+    /// Adds a pod to the running mesh, as a runtime would: the cluster learns of it first (so
+    /// the node agent can decide enrollment), it is created through the CNI chain, then its
+    /// address is published (and, without the control plane, its certificate written).
+    /// Does not wait for ztunnel: see [`wait_pods_served`](Self::wait_pods_served).
+    pub fn add_pod(&mut self, spec: PodSpec) -> Result<&Pod, MeshError> {
+        let node = spec.node;
+        self.spec.pods.push(spec);
+        if self.spec.control_plane {
+            self.write_k8s()?;
+        } else {
+            self.write_enrollment()?;
+            self.write_certs(node)?;
+        }
+        let last = self.spec.pods.len() - 1;
+        let pod =
+            self.topo.add_pod(self.topo.node(node), &self.spec.pods[last].namespace, &self.spec.pods[last].name)?;
+        self.pods.push(pod);
+        if self.spec.control_plane {
+            self.write_k8s()?
+        } else {
+            self.write_state()?
+        }
+        Ok(&self.pods[last])
+    }
+
     fn pod_index(&self, namespace: &str, name: &str) -> usize {
         self.spec
             .pods

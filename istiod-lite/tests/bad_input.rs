@@ -274,3 +274,35 @@ fn a_never_valid_security_object_fails_closed() {
     assert_eq!(policies("Kubernetes//Pod/shop/web"), ["shop/web-only", "istio-system/istio_converted_static_strict"]);
     assert_eq!(policies("Kubernetes//Pod/shop/db"), ["istio-system/istio_converted_static_strict"]);
 }
+
+/// One loader across reloads (as the watcher uses it): clean files are reused from their last
+/// parse, but only while their bytes are the same, and a bad file is reported on every load.
+#[test]
+fn a_reused_loader_sees_every_edit_and_keeps_reporting_bad_files() {
+    let dir = TempDir::new("loader-reuse");
+    dir.write("a.yaml", GOOD_BEFORE);
+    dir.write("b.yaml", GOOD_AFTER);
+    let mut loader = Loader::new(dir.path());
+    let pod_ip = |snap: &istiod_lite::source::dir::Snapshot| {
+        snap.objects.iter().find(|o| o.object.key().kind == Kind::Pod).map(|o| format!("{:?}", o.object))
+    };
+    let first = loader.load().unwrap();
+    assert_eq!(first.objects.len(), 2);
+    assert!(pod_ip(&first).unwrap().contains("10.0.0.1"));
+    // Same length, other bytes: a size-and-time check could miss it, the loader must not.
+    dir.write("b.yaml", &GOOD_AFTER.replace("10.0.0.1", "10.0.0.2"));
+    let second = loader.load().unwrap();
+    assert!(pod_ip(&second).unwrap().contains("10.0.0.2"), "{:?}", pod_ip(&second));
+    assert_eq!(second.objects.len(), 2);
+    // A bad file: reported now and on the next load too, never served from a stale parse.
+    dir.write("b.yaml", "apiVersion: v1\nkind: Pod\nmetadata: [not, a, map]\n");
+    for _ in 0..2 {
+        let snap = loader.load().unwrap();
+        assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+        assert!(pod_ip(&snap).is_none());
+    }
+    std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+    let gone = loader.load().unwrap();
+    assert_eq!(gone.objects.len(), 1);
+    assert!(gone.errors.is_empty());
+}

@@ -117,7 +117,7 @@ impl Collector for XdsCollector {
         counter(&mut e, "istiod_lite_xds_acks", "Pushes acknowledged by proxies", s.acks)?;
         counter(&mut e, "istiod_lite_xds_nacks", "Pushes rejected by proxies", s.nacks)?;
         counter(&mut e, "istiod_lite_xds_streams", "xDS streams opened", s.streams)?;
-        gauge(&mut e, "istiod_lite_xds_connected_proxies", "Open xDS streams", self.xds.connections().len() as i64)?;
+        gauge(&mut e, "istiod_lite_xds_connected_proxies", "Open xDS streams", self.xds.connection_count() as i64)?;
         let g = ConstGauge::<i64>::new(0);
         let mut family =
             e.encode_descriptor("istiod_lite_xds_resources", "Resources served, by type URL", None, g.metric_type())?;

@@ -141,6 +141,27 @@ impl XdsServer {
         self.shared.disconnect.send_modify(|n| *n += 1);
     }
 
+    /// Number of open streams (without building their status).
+    pub fn connection_count(&self) -> usize {
+        self.shared.streams.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// For every open stream, its id and whether it holds every resource of `changes` in
+    /// the given version (`None`: removed), counting resources it does not subscribe to as
+    /// held. Answers from the streams' state directly: unlike
+    /// [`connections`](Self::connections) it copies no status, so it is cheap to poll while
+    /// pushes are in flight.
+    pub fn acknowledged(&self, changes: &[(&str, &str, Option<&str>)]) -> Vec<(u64, bool)> {
+        let streams: Vec<_> = self.shared.streams.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        streams
+            .iter()
+            .map(|s| {
+                let s = stream::lock(s);
+                (s.id(), changes.iter().all(|(t, n, v)| s.holds(t, n, *v)))
+            })
+            .collect()
+    }
+
     /// Status of every open stream, ordered by stream id.
     pub fn connections(&self) -> Vec<ConnectionStatus> {
         let streams: Vec<_> = self.shared.streams.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();

@@ -145,6 +145,20 @@ impl StreamState {
         Self { id, peer, node: None, seen_request: false, types: HashMap::new(), next_nonce: 0 }
     }
 
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the client holds `name` of `type_url` at `version` (`None`: not at all), or
+    /// does not subscribe to it.
+    pub(crate) fn holds(&self, type_url: &str, name: &str, version: Option<&str>) -> bool {
+        match self.types.get(type_url) {
+            None => true,
+            Some(t) if !t.subscribed(name) => true,
+            Some(t) => t.acked.get(name).map(|v| &**v) == version,
+        }
+    }
+
     pub(crate) fn status(&self) -> ConnectionStatus {
         ConnectionStatus {
             id: self.id,

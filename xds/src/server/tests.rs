@@ -107,3 +107,21 @@ fn bad_requests_are_refused_with_the_field() {
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.message().contains(T), "{}", err.message());
 }
+
+#[test]
+fn holds_answers_what_status_says_without_building_it() {
+    let store = store();
+    let counters = Counters::default();
+    let mut state = StreamState::new(1, None);
+    state.handle_request(request(&["a", "b"], &[]), &counters).unwrap();
+    let pushes = push(&mut state, &store);
+    let va = store.get(T, "a").unwrap().version;
+    assert!(!state.holds(T, "a", Some(&va)), "pushed but not yet acknowledged");
+    state.handle_request(ack(&pushes[0].2), &counters).unwrap();
+    assert!(state.holds(T, "a", Some(&va)));
+    assert!(!state.holds(T, "a", Some("another-version")));
+    assert!(!state.holds(T, "a", None), "held, so not removed");
+    assert!(state.holds(T, "c", Some("any")), "not subscribed: nothing to wait for");
+    assert!(state.holds("type.googleapis.com/other", "a", None), "type not subscribed");
+    assert_eq!(state.status().types[T].acked["a"], &*va);
+}

@@ -1,0 +1,377 @@
+//! The `l4` scenario: a client pod on node 1, a server pod on node 2, measured twice in the
+//! same topology — once in a namespace that is not enrolled (the baseline: no redirection,
+//! no ztunnel in the path) and once in an ambient namespace (client ztunnel → HBONE →
+//! server ztunnel) — with the two sides interleaved metric by metric, their order swapped
+//! every round so slow drift of a shared machine hits both alike.
+//!
+//! Per round and side: `iperf3` with one stream and with 8, `wrk` closed-loop over 10
+//! keep-alive connections, `oha` open-loop at a fixed rate with coordinated-omission
+//! correction, and `wrk` with `Connection: close` for new connections per second. During
+//! the mesh's open-loop phase each ztunnel's CPU time (utime + stime) and peak RSS (VmHWM,
+//! reset just before) are read from `/proc`. Before any load, 100 idle pods are enrolled on
+//! node 2 and its ztunnel's RSS growth is divided among them (those pods stay enrolled for
+//! the rest of the run, so the load figures include their state).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use e2e::mesh::{Mesh, MeshSpec, PodSpec};
+use e2e::{Pod, Process};
+use serde_json::json;
+
+use crate::parse;
+use crate::procfs;
+use crate::report::{Against, Bound, Report, Target};
+use crate::stats::Summary;
+
+const IPERF_PORT: u16 = 5201;
+const HTTP_PORT: u16 = 8080;
+/// Namespaces: the baseline's pods are not enrolled, the mesh's are.
+const DIRECT_NS: &str = "direct";
+const MESH_NS: &str = "mesh";
+const IDLE_NS: &str = "idle";
+
+/// How long and how often.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Rounds per side.
+    pub rounds: usize,
+    /// Seconds of each throughput, closed-loop and new-connection run.
+    pub run_secs: u32,
+    /// Seconds of each open-loop run.
+    pub open_loop_secs: u32,
+    /// Open-loop rate, requests per second.
+    pub rate: u32,
+    /// Connections of the HTTP load generators.
+    pub connections: u32,
+    /// Idle pods enrolled to measure the per-pod memory cost.
+    pub idle_pods: usize,
+}
+
+impl Settings {
+    /// The full run (`README.md`'s numbers).
+    pub fn full() -> Settings {
+        Settings { rounds: 5, run_secs: 10, open_loop_secs: 15, rate: 1000, connections: 10, idle_pods: 100 }
+    }
+
+    /// `--quick`: fewer, shorter rounds (well under 5 minutes in all).
+    pub fn quick() -> Settings {
+        Settings { rounds: 3, run_secs: 3, open_loop_secs: 5, rate: 1000, connections: 10, idle_pods: 100 }
+    }
+}
+
+/// One side of the comparison.
+struct Side {
+    name: &'static str,
+    client: Pod,
+    server: Ipv4Addr,
+}
+
+/// The measurements, in the order they run within a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Test {
+    OneStream,
+    EightStreams,
+    ClosedLoop,
+    OpenLoop,
+    NewConnections,
+}
+
+const TESTS: [Test; 5] = [Test::OneStream, Test::EightStreams, Test::ClosedLoop, Test::OpenLoop, Test::NewConnections];
+
+/// Samples by `side/metric`.
+type Samples = BTreeMap<String, Vec<f64>>;
+
+fn push(samples: &mut Samples, side: &str, metric: &str, v: f64) {
+    samples.entry(format!("{side}/{metric}")).or_default().push(v);
+}
+
+/// Runs the scenario (inside the sandbox).
+pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let spec = MeshSpec {
+        nodes: 2,
+        ambient_namespaces: vec![MESH_NS.into(), IDLE_NS.into()],
+        pods: vec![
+            PodSpec::new(1, DIRECT_NS, "client"),
+            PodSpec::new(2, DIRECT_NS, "server"),
+            PodSpec::new(1, MESH_NS, "client"),
+            PodSpec::new(2, MESH_NS, "server"),
+        ],
+        control_plane: true,
+        ..MeshSpec::default()
+    };
+    let mut mesh = Mesh::start(spec).context("starting the mesh")?;
+    eprintln!("mesh up in {:.1?}", started.elapsed());
+    let ztunnels = [ztunnel_pid(&mesh, 1)?, ztunnel_pid(&mesh, 2)?];
+
+    let mut report = Report::new("l4", quick, settings.rounds);
+    report.settings = [
+        ("run_secs", json!(settings.run_secs)),
+        ("open_loop_secs", json!(settings.open_loop_secs)),
+        ("open_loop_rate", json!(settings.rate)),
+        ("http_connections", json!(settings.connections)),
+        ("idle_pods", json!(settings.idle_pods)),
+        ("response_bytes", json!(crate::serve::BODY_BYTES)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+
+    // Per-pod memory first, on fresh ztunnels: after load, freed memory waiting in the
+    // allocator would absorb the new pods and flatter the figure.
+    let per_pod = idle_pod_cost(&mut mesh, settings.idle_pods, ztunnels[1])?;
+    report.cost("rss_per_idle_pod_kb", "KiB", Summary::of(&[per_pod])?);
+    report.notes.push(format!(
+        "rss_per_idle_pod_kb: VmRSS growth of node 2's ztunnel after enrolling {} idle pods (CNI ADD, ZDS, workload state over xDS, one certificate each), ÷ {}",
+        settings.idle_pods, settings.idle_pods
+    ));
+
+    let sides = [side(&mesh, "baseline", DIRECT_NS)?, side(&mesh, "mesh", MESH_NS)?];
+    let _servers = start_servers(&mesh, &sides)?;
+    for s in &sides {
+        // A first request through each path (the mesh's sets up its HBONE connection).
+        let url = format!("http://{}:{HTTP_PORT}/", s.server);
+        s.client.netns.http_get(&url).with_context(|| format!("{} warm-up request to {url}", s.name))?;
+    }
+
+    let mut samples = Samples::new();
+    for round in 0..settings.rounds {
+        let order: Vec<&Side> = if round % 2 == 0 { vec![&sides[0], &sides[1]] } else { vec![&sides[1], &sides[0]] };
+        for test in TESTS {
+            for s in &order {
+                let ztunnels = (s.name == "mesh").then_some(&ztunnels);
+                if let Err(e) = measure(settings, oha, s, test, ztunnels, &mut samples) {
+                    eprintln!("round {round}, {}, {test:?}: {e:#}", s.name);
+                    report.notes.push(format!("round {round}, {}, {test:?} failed: {e:#}", s.name));
+                }
+            }
+        }
+        eprintln!("round {} of {} done at {:.0?}", round + 1, settings.rounds, started.elapsed());
+    }
+    for (i, pid) in ztunnels.iter().enumerate() {
+        let m = procfs::memory(*pid)?;
+        report.cost(&format!("ztunnel_lifetime_peak_rss_mb_node{}", i + 1), "MiB", Summary::of(&[mib(m.peak)])?);
+    }
+
+    let compared = [
+        ("throughput_1_stream_gbps", "Gbit/s"),
+        ("throughput_8_streams_gbps", "Gbit/s"),
+        ("closed_loop_rps", "req/s"),
+        ("latency_p50_ms", "ms"),
+        ("latency_p90_ms", "ms"),
+        ("latency_p99_ms", "ms"),
+        ("latency_p99_9_ms", "ms"),
+        ("new_connections_per_s", "conn/s"),
+    ];
+    for (metric, unit) in compared {
+        match (samples.get(&format!("baseline/{metric}")), samples.get(&format!("mesh/{metric}"))) {
+            (Some(b), Some(m)) => report.compare(metric, unit, Summary::of(b)?, Summary::of(m)?),
+            _ => report.notes.push(format!("{metric}: no successful run on one side")),
+        }
+    }
+    for (metric, unit) in [
+        ("ztunnel_cpu_s_per_1k_req_node1", "CPU s"),
+        ("ztunnel_cpu_s_per_1k_req_node2", "CPU s"),
+        ("ztunnel_peak_rss_mb_node1", "MiB"),
+        ("ztunnel_peak_rss_mb_node2", "MiB"),
+    ] {
+        if let Some(m) = samples.get(&format!("mesh/{metric}")) {
+            report.cost(metric, unit, Summary::of(m)?);
+        }
+    }
+    report.notes.push(format!(
+        "ztunnel_cpu_s_per_1k_req: utime+stime delta of each ztunnel over the mesh's open-loop run ÷ (responses / 1000); at {} req/s this equals vCPU per 1,000 req/s",
+        settings.rate
+    ));
+    report.notes.push(
+        "ztunnel_peak_rss_mb: VmHWM of each ztunnel over the open-loop run (reset through clear_refs just before)"
+            .into(),
+    );
+    report.targets = targets();
+    report.settings.insert("elapsed_secs".into(), json!(started.elapsed().as_secs()));
+    drop(_servers);
+    mesh.topo.teardown().context("tearing the topology down")?;
+    Ok(report)
+}
+
+/// Issue 6's data-plane targets; never relaxed here.
+pub fn targets() -> Vec<Target> {
+    let t = |metric, against, bound, target, label| Target { metric, against, bound, target, label };
+    vec![
+        t("throughput_1_stream_gbps", Against::Ratio, Bound::AtLeast, 0.35, "one-stream throughput, mesh ÷ direct"),
+        t("closed_loop_rps", Against::Ratio, Bound::AtLeast, 0.35, "closed-loop request rate, mesh ÷ direct"),
+        t("latency_p50_ms", Against::Ratio, Bound::AtMost, 2.0, "p50 at 1,000 req/s, mesh ÷ direct"),
+        t("latency_p99_ms", Against::Ratio, Bound::AtMost, 1.6, "p99 at 1,000 req/s, mesh ÷ direct"),
+        t("ztunnel_cpu_s_per_1k_req_node1", Against::Mesh, Bound::AtMost, 0.06, "vCPU per 1k req/s, client ztunnel"),
+        t("ztunnel_cpu_s_per_1k_req_node2", Against::Mesh, Bound::AtMost, 0.06, "vCPU per 1k req/s, server ztunnel"),
+        t("ztunnel_peak_rss_mb_node1", Against::Mesh, Bound::AtMost, 12.0, "peak RSS MiB under load, client ztunnel"),
+        t("ztunnel_peak_rss_mb_node2", Against::Mesh, Bound::AtMost, 12.0, "peak RSS MiB under load, server ztunnel"),
+        t("rss_per_idle_pod_kb", Against::Mesh, Bound::AtMost, 50.0, "RSS KiB per enrolled idle pod"),
+    ]
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
+fn ztunnel_pid(mesh: &Mesh, n: usize) -> anyhow::Result<u32> {
+    let node = &mesh.topo.node(n).name;
+    procfs::find(&["ztunnel", "--node-name", node]).with_context(|| format!("finding node {n}'s ztunnel"))
+}
+
+fn side(mesh: &Mesh, name: &'static str, namespace: &str) -> anyhow::Result<Side> {
+    Ok(Side { name, client: mesh.pod(namespace, "client").clone(), server: mesh.pod(namespace, "server").ip })
+}
+
+/// iperf3 and HTTP servers in both server pods; killed when dropped.
+fn start_servers(mesh: &Mesh, sides: &[Side]) -> anyhow::Result<Vec<Process>> {
+    let exe: PathBuf = std::env::current_exe().context("finding this program")?;
+    let mut servers = Vec::new();
+    for s in sides {
+        let ns = if s.name == "mesh" { MESH_NS } else { DIRECT_NS };
+        let pod = mesh.pod(ns, "server");
+        servers.push(pod.netns.iperf3_server(IPERF_PORT)?);
+        let http = pod.netns.spawn([exe.to_string_lossy().as_ref(), "serve-http", "--port", &HTTP_PORT.to_string()])?;
+        http.wait_for_log("serving", Duration::from_secs(5))?;
+        servers.push(http);
+    }
+    Ok(servers)
+}
+
+/// Enrolls `count` idle pods on node 2 and returns node 2's ztunnel RSS growth per pod, KiB.
+fn idle_pod_cost(mesh: &mut Mesh, count: usize, pid: u32) -> anyhow::Result<f64> {
+    let settle = Duration::from_secs(2);
+    std::thread::sleep(settle);
+    let before = procfs::memory(pid)?.rss;
+    let t = Instant::now();
+    for i in 0..count {
+        mesh.add_pod(PodSpec::new(2, IDLE_NS, &format!("idle-{i}"))).with_context(|| format!("adding idle pod {i}"))?;
+    }
+    // mesh/server plus the idle pods.
+    mesh.wait_pods_served(2, count + 1)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dump = mesh.config_dump(2)?;
+        let certs = dump["certificates"].as_array().map(|c| c.len()).unwrap_or(0);
+        if certs > count {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("node 2's ztunnel holds {certs} certificates, expected {}", count + 1);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(settle);
+    let after = procfs::memory(pid)?.rss;
+    eprintln!(
+        "{count} idle pods enrolled in {:.1?}: node 2 ztunnel RSS {:.1} → {:.1} MiB",
+        t.elapsed(),
+        mib(before),
+        mib(after)
+    );
+    Ok(after.saturating_sub(before) as f64 / 1024.0 / count as f64)
+}
+
+fn measure(
+    settings: &Settings,
+    oha: &Path,
+    side: &Side,
+    test: Test,
+    ztunnels: Option<&[u32; 2]>,
+    samples: &mut Samples,
+) -> anyhow::Result<()> {
+    let ns = &side.client.netns;
+    let server = side.server.to_string();
+    let url = format!("http://{server}:{HTTP_PORT}/");
+    let secs = settings.run_secs.to_string();
+    let limit = Duration::from_secs(u64::from(settings.run_secs.max(settings.open_loop_secs)) + 30);
+    let conns = settings.connections.to_string();
+    match test {
+        Test::OneStream | Test::EightStreams => {
+            let streams = if test == Test::OneStream { "1" } else { "8" };
+            let port = IPERF_PORT.to_string();
+            let out = ns.exec(["iperf3", "-c", &server, "-p", &port, "-t", &secs, "-P", streams, "-J"], limit)?;
+            let r = parse::iperf3(&out.stdout)?;
+            let metric = if test == Test::OneStream { "throughput_1_stream_gbps" } else { "throughput_8_streams_gbps" };
+            push(samples, side.name, metric, r.bits_per_second / 1e9);
+        }
+        Test::ClosedLoop | Test::NewConnections => {
+            let dur = format!("{secs}s");
+            let mut argv = vec!["wrk", "-t", "2", "-c", &conns, "-d", &dur, "--timeout", "5s"];
+            if test == Test::NewConnections {
+                argv.extend(["-H", "Connection: close"]);
+            }
+            argv.push(&url);
+            let out = ns.exec(argv, limit)?;
+            if !out.success() {
+                bail!("wrk failed: {}{}", out.stdout, out.stderr);
+            }
+            let r = parse::wrk(&out.stdout)?;
+            let metric = if test == Test::ClosedLoop { "closed_loop_rps" } else { "new_connections_per_s" };
+            push(samples, side.name, metric, r.requests_per_second);
+        }
+        Test::OpenLoop => {
+            if let Some(pids) = ztunnels {
+                for pid in pids {
+                    procfs::reset_peak(*pid)?;
+                }
+            }
+            let cpu_before = match ztunnels {
+                Some(pids) => Some([procfs::cpu_time(pids[0])?, procfs::cpu_time(pids[1])?]),
+                None => None,
+            };
+            let dur = format!("{}s", settings.open_loop_secs);
+            let rate = settings.rate.to_string();
+            let oha = oha.to_string_lossy();
+            let out = ns.exec(
+                [
+                    oha.as_ref(),
+                    "-z",
+                    &dur,
+                    "-q",
+                    &rate,
+                    "-c",
+                    &conns,
+                    "--latency-correction",
+                    "--no-tui",
+                    "--output-format",
+                    "json",
+                    &url,
+                ],
+                limit,
+            )?;
+            if !out.success() {
+                bail!("oha failed: {}{}", out.stdout, out.stderr);
+            }
+            let r = parse::oha(&out.stdout)?;
+            if let (Some(pids), Some(before)) = (ztunnels, cpu_before) {
+                for (i, pid) in pids.iter().enumerate() {
+                    let cpu = procfs::cpu_time(*pid)?.saturating_sub(before[i]).as_secs_f64();
+                    let node = i + 1;
+                    push(
+                        samples,
+                        side.name,
+                        &format!("ztunnel_cpu_s_per_1k_req_node{node}"),
+                        cpu / (r.requests as f64 / 1000.0),
+                    );
+                    let peak = procfs::memory(*pid)?.peak;
+                    push(samples, side.name, &format!("ztunnel_peak_rss_mb_node{node}"), mib(peak));
+                }
+            }
+            for (metric, v) in [
+                ("latency_p50_ms", r.p50),
+                ("latency_p90_ms", r.p90),
+                ("latency_p99_ms", r.p99),
+                ("latency_p99_9_ms", r.p999),
+            ] {
+                push(samples, side.name, metric, v * 1000.0);
+            }
+            push(samples, side.name, "open_loop_achieved_rps", r.requests_per_second);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The mesh's benchmark harness: `benches <scenario> [--quick] [--json PATH]`.
+//!
+//! Outside the sandbox it gets ready (load generators installed, the mesh built in release
+//! mode); then it re-runs itself inside an `e2e` sandbox (private network, mount and pid
+//! namespaces), where the scenario builds its topology with `e2e`, measures the baseline and
+//! the mesh interleaved, and writes a JSON report and an SVG chart. `serve-http` is the
+//! HTTP server it starts inside server pods.
+#![forbid(unsafe_code)]
+
+mod control_plane;
+mod generate;
+mod l4;
+mod meta;
+mod parse;
+mod prep;
+mod procfs;
+mod report;
+mod serve;
+mod stats;
+mod svg;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "benches", about = "The mesh against no mesh, side by side in one run")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Data plane: throughput, request rates, latency, ztunnel CPU and memory.
+    L4(RunArgs),
+    /// Control plane: 50 xDS clients against istiod-lite with 10,000 pods.
+    ControlPlane(RunArgs),
+    /// The benchmark HTTP server (started by `l4` inside server pods).
+    #[command(hide = true)]
+    ServeHttp {
+        /// Port.
+        #[arg(long)]
+        port: u16,
+        /// Runtime worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct RunArgs {
+    /// Fewer, shorter rounds (under 5 minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the JSON report (default `benches/results/<scenario>[-quick].json`);
+    /// the SVG chart goes beside it with the `.svg` extension.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+const SANDBOX_NAME: &str = "benches";
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (scenario, args) = match cli.command {
+        Command::ServeHttp { port, threads } => return Ok(serve::serve(port, threads)?),
+        Command::L4(a) => ("l4", a),
+        Command::ControlPlane(a) => ("control-plane", a),
+    };
+    // The sandboxed copy of this program is pid 1 of its own pid namespace; the outer one
+    // never is. Only the outer one has a network to install and build with.
+    let inside = std::process::id() == 1;
+    let mut oha = None;
+    if !inside {
+        let logs = prep::workspace_root().join("target/benches");
+        let install = if scenario == "l4" { Some(prep::start_oha_install(&logs)?) } else { None };
+        if scenario == "l4" {
+            prep::apt_tools(&[("iperf3", "iperf3"), ("wrk", "wrk"), ("curl", "curl")])?;
+        }
+        prep::build_mesh()?;
+        if let Some(i) = install {
+            oha = Some(i.wait()?);
+        }
+        if let Some(status) = e2e::run_program_sandboxed(SANDBOX_NAME)? {
+            std::process::exit(status.code().unwrap_or(1));
+        }
+    } else if e2e::run_program_sandboxed(SANDBOX_NAME)?.is_some() {
+        anyhow::bail!("pid 1 but not in this program's sandbox");
+    }
+    let oha = oha.or_else(|| prep::which("oha"));
+
+    let meta = meta::collect();
+    let report = match scenario {
+        "l4" => {
+            let oha = oha.context("oha not found (the outer run installs it)")?;
+            let settings = if args.quick { l4::Settings::quick() } else { l4::Settings::full() };
+            l4::run(&settings, &oha, args.quick)?
+        }
+        _ => {
+            let settings = if args.quick { control_plane::Settings::quick() } else { control_plane::Settings::full() };
+            control_plane::run(&settings, args.quick)?
+        }
+    };
+    let json_path = args.json.unwrap_or_else(|| {
+        let name = if args.quick { format!("{scenario}-quick.json") } else { format!("{scenario}.json") };
+        prep::workspace_root().join("benches/results").join(name)
+    });
+    if let Some(dir) = json_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let doc = report.to_json(&meta);
+    std::fs::write(&json_path, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let svg_path = json_path.with_extension("svg");
+    let title = format!(
+        "{scenario}{}: {} ({})",
+        if args.quick { " --quick" } else { "" },
+        meta["date"].as_str().unwrap_or_default(),
+        meta["commit"].as_str().unwrap_or_default()
+    );
+    std::fs::write(&svg_path, svg::chart(&title, &report.outcomes()))
+        .with_context(|| format!("writing {}", svg_path.display()))?;
+    println!("{}", report.table());
+    println!("wrote {} and {}", json_path.display(), svg_path.display());
+    Ok(())
+}
