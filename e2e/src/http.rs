@@ -196,11 +196,8 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, inner: &Inner) {
     }
     // Counted before answering, so a retried request's first try is already counted.
     let n = inner.requests.fetch_add(1, Ordering::Relaxed);
-    let status = if n < b.fail_first || b.failing.load(Ordering::Relaxed) {
-        "503 Service Unavailable"
-    } else {
-        "200 OK"
-    };
+    let status =
+        if n < b.fail_first || b.failing.load(Ordering::Relaxed) { "503 Service Unavailable" } else { "200 OK" };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

@@ -169,10 +169,10 @@ fn routes_split_by_weight_and_match_headers_paths_and_methods() {
         std::fs::write(&config, format!("url = \"{url}\"\n").repeat(1000))?;
         let config = config.display().to_string();
         let started = Instant::now();
-        let out = mesh
-            .pod("tools", "client")
-            .netns
-            .exec(["curl", "-sS", "--max-time", "5", "-w", "code %{http_code}\n", "-K", &config], Duration::from_secs(60))?;
+        let out = mesh.pod("tools", "client").netns.exec(
+            ["curl", "-sS", "--max-time", "5", "-w", "code %{http_code}\n", "-K", &config],
+            Duration::from_secs(60),
+        )?;
         let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
         for line in out.stdout.lines().filter(|l| l.starts_with("hello from ") || l.starts_with("code ")) {
             *seen.entry(line).or_default() += 1;
@@ -287,11 +287,16 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// made in the client's namespace): sends each of `messages` on one stream and waits for its
 /// echo before sending the next (so a proxy that buffered the request would stall), then ends
 /// the stream. Returns every message received and the `grpc-status` trailer.
-fn grpc_stream(mesh: &Mesh, addr: std::net::SocketAddr, path: &str, messages: &[&str]) -> Result<(Vec<String>, String), BoxError> {
+fn grpc_stream(
+    mesh: &Mesh,
+    addr: std::net::SocketAddr,
+    path: &str,
+    messages: &[&str],
+) -> Result<(Vec<String>, String), BoxError> {
     let tcp = mesh.pod("tools", "client").netns.tcp_connect(addr, T)?;
     tcp.set_nonblocking(true)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(tokio::time::timeout(T, async move {
+    let call = async move {
         let (mut client, conn) = h2::client::handshake(tokio::net::TcpStream::from_std(tcp)?).await?;
         tokio::spawn(conn);
         let req = http::Request::post(format!("http://{addr}{path}"))
@@ -336,7 +341,9 @@ fn grpc_stream(mesh: &Mesh, addr: std::net::SocketAddr, path: &str, messages: &[
             .and_then(|t| t.get("grpc-status").and_then(|v| v.to_str().ok().map(str::to_owned)))
             .unwrap_or_default();
         Ok::<_, BoxError>((got, status))
-    }))?
+    };
+    // The timer needs the runtime, so the timeout is made inside it.
+    rt.block_on(async { tokio::time::timeout(T, call).await })?
 }
 
 #[test]
@@ -373,15 +380,7 @@ fn grpc_and_http2_go_through_the_waypoint() {
         let (code, body) = curl(
             &mesh,
             &url,
-            &[
-                "--http2-prior-knowledge",
-                "-X",
-                "POST",
-                "-H",
-                "content-type: application/grpc",
-                "--data-binary",
-                &data,
-            ],
+            &["--http2-prior-knowledge", "-X", "POST", "-H", "content-type: application/grpc", "--data-binary", &data],
         )?;
         assert_eq!(code, 200, "{body:?}\n{}", logs(&mesh));
         assert!(body.contains("grpc-1 /shop.Echo/Say"), "{body:?}");
@@ -389,15 +388,7 @@ fn grpc_and_http2_go_through_the_waypoint() {
         let (code, _) = curl(
             &mesh,
             &format!("http://{}:9000/shop.Echo/Other", vip(40)),
-            &[
-                "--http2-prior-knowledge",
-                "-X",
-                "POST",
-                "-H",
-                "content-type: application/grpc",
-                "--data-binary",
-                &data,
-            ],
+            &["--http2-prior-knowledge", "-X", "POST", "-H", "content-type: application/grpc", "--data-binary", &data],
         )?;
         assert_eq!(code, 404);
 
@@ -726,8 +717,10 @@ fn l7_allow_deny_and_audit_by_method_principal_and_header() {
         assert!(log.contains("AUDIT policy matched") && log.contains("audit-reports"), "{log}");
         let m = mesh.waypoint_metrics("shop", "waypoint")?;
         assert!(
-            requests_total(&m, &["response_code=\"403\"", "source_principal=\"spiffe://cluster.local/ns/tools/sa/other\""])
-                >= 2,
+            requests_total(
+                &m,
+                &["response_code=\"403\"", "source_principal=\"spiffe://cluster.local/ns/tools/sa/other\""]
+            ) >= 2,
             "{m}"
         );
         Ok(())
