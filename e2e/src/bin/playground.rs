@@ -185,10 +185,10 @@ fn waypoint_access_line(mesh: &Mesh, gateway: &(String, String), client: Ipv4Add
     let prefix = format!("{client}:");
     mesh.waypoint_log(&gateway.0, &gateway.1)
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["target"] == "access" && log_field(v, "method") == method)
-        .filter(|v| log_field(v, "src_addr").as_str().is_some_and(|a| a.contains(&prefix)))
-        .last()
+        .find(|v| log_field(v, "src_addr").as_str().is_some_and(|a| a.contains(&prefix)))
 }
 
 fn run() -> Result<bool, Box<dyn std::error::Error>> {
