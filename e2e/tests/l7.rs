@@ -120,6 +120,15 @@ fn only_services_that_use_the_waypoint_go_through_it() {
         );
         assert_eq!(through, 4, "the waypoint counted every request to reviews:\n{m}");
         assert!(m.contains("source_principal=\"spiffe://cluster.local/ns/tools/sa/client\""), "{m}");
+        // One access line per request, naming the service and the answer.
+        let log = mesh.waypoint_log("shop", "waypoint");
+        let lines = log
+            .lines()
+            .filter(|l| {
+                l.contains("access") && l.contains("reviews.shop.svc.cluster.local") && l.contains("status=200")
+            })
+            .count();
+        assert_eq!(lines, 4, "one access line per request:\n{log}");
 
         let (code, body) = curl(&mesh, &format!("http://{}/", vip(30)), &[])?;
         assert_eq!((code, body.contains("hello from ratings")), (200, true), "{body}");
@@ -670,6 +679,19 @@ spec:
   rules:
   - to:
     - operation: {paths: ["/reports/*"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: slow-public
+  namespace: shop
+spec:
+  targetRefs:
+  - {group: "", kind: Service, name: slow}
+  action: ALLOW
+  rules:
+  - to:
+    - operation: {paths: ["/public/*"], notMethods: [PUT]}
 "#;
 
 #[test]
@@ -678,18 +700,24 @@ fn l7_allow_deny_and_audit_by_method_principal_and_header() {
         let mut s = spec("", L7_AUTHZ);
         s.pods.push(PodSpec::new(1, "tools", "other"));
         let mesh = Mesh::start(s)?;
-        for p in ["shop/no-delete", "shop/blocked-header", "shop/reviews-access", "shop/audit-reports"] {
+        for p in
+            ["shop/no-delete", "shop/blocked-header", "shop/reviews-access", "shop/audit-reports", "shop/slow-public"]
+        {
             mesh.wait_acked_by(WAYPOINT_POLICY, p, 1)?;
         }
         let _v1 = mesh.pod("shop", "reviews-v1").netns.http_server(8080, "reviews-v1")?;
         let _v2 = mesh.pod("shop", "reviews-v2").netns.http_server(8080, "reviews-v2")?;
         let _flaky = mesh.pod("shop", "flaky-1").netns.http_server(8080, "flaky-1")?;
+        let _slow = mesh.pod("shop", "slow-1").netns.http_server(8080, "slow-1")?;
         let reviews = format!("http://{}/", vip(20));
         let flaky = format!("http://{}/", vip(60));
+        let slow_public = format!("http://{}/public/page", vip(50));
+        let slow_private = format!("http://{}/private", vip(50));
 
         let post = ["-X", "POST", "-d", "x"];
         let delete = ["-X", "DELETE"];
-        let cases: [(&str, &str, &[&str], u16, &str); 11] = [
+        let put = ["-X", "PUT", "-d", "x"];
+        let cases: [(&str, &str, &[&str], u16, &str); 14] = [
             ("client", &reviews, &[], 200, "client is allowed everything"),
             ("client", &reviews, &post, 200, "client is allowed POST"),
             ("client", &reviews, &delete, 403, "DELETE is denied for all"),
@@ -702,6 +730,10 @@ fn l7_allow_deny_and_audit_by_method_principal_and_header() {
             ("other", &flaky, &post, 200, "other may POST to a service without ALLOW policies"),
             ("other", &flaky, &delete, 403, "the Gateway-wide DENY applies to flaky too"),
             ("client", &format!("{reviews}reports/q1"), &[], 200, "AUDIT never denies"),
+            // ALLOW by path with a `notMethods` form (slow has its own ALLOW policy).
+            ("other", &slow_public, &[], 200, "GET under /public is allowed"),
+            ("client", &slow_private, &[], 403, "outside /public nothing is allowed"),
+            ("client", &slow_public, &put, 403, "PUT is excluded by notMethods"),
         ];
         for (pod, url, extra, want, why) in cases {
             let (code, body) = curl_from(&mesh, pod, url, extra)?;
