@@ -1,7 +1,10 @@
 //! Waypoints end to end: services labelled `istio.io/use-waypoint` are reached through the
-//! waypoint (its metrics count them), others are not; routes (weights, header/path/method
-//! matches, timeouts, retries, gRPC) and L7 policy (path DENY that normalization cannot dodge)
-//! apply there. Needs root and the mesh binaries, the `waypoint` one included
+//! waypoint (its metrics and access log count them), others are not; routes (a 90/10 split
+//! over 1,000 requests, header/path/method matches, redirect, rewrite, header modifiers,
+//! mirroring, timeouts, retries only where a rule allows them, gRPC unary and bidirectional
+//! streaming routed by method), passive outlier ejection, and L7 policy (ALLOW/DENY/AUDIT by
+//! path, method, principal and header; a path DENY that normalization cannot dodge) apply
+//! there. Needs root and the mesh binaries, the `waypoint` one included
 //! (`cargo build -p ztunnel -p istiod-lite -p waypoint --bins`).
 
 use std::collections::BTreeMap;
