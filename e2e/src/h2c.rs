@@ -1,7 +1,8 @@
 //! A tiny HTTP/2 cleartext (prior knowledge) server living in a pod, for the waypoint's
 //! HTTP/2 and gRPC paths: it answers every request with who it is and the path it got; a
-//! request with `content-type: application/grpc` gets a gRPC-shaped answer (one
-//! length-prefixed message holding the label, then `grpc-status: 0` in trailers).
+//! request with `content-type: application/grpc` gets a gRPC-shaped, streaming answer (each
+//! request body chunk echoed back as it arrives, then one length-prefixed message holding the
+//! label and path, then `grpc-status: 0` in trailers).
 //!
 //! The listening socket is bound inside the pod's namespace; serving runs on a
 //! single-threaded runtime on its own thread. Stopping ends the runtime (dropping every
@@ -120,32 +121,61 @@ async fn answer(
         req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let path = req.uri().path().to_owned();
     let mut body = req.into_body();
+    if grpc {
+        answer_grpc(&mut body, respond, &label, &path, &requests).await;
+        return;
+    }
     while let Some(Ok(chunk)) = body.data().await {
         let _ = body.flow_control().release_capacity(chunk.len());
     }
     requests.fetch_add(1, Ordering::Relaxed);
-    let content_type = if grpc { "application/grpc" } else { "text/plain" };
     let Ok(head) = http::Response::builder()
         .status(200)
-        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_TYPE, "text/plain")
         .header("x-served-by", label.as_ref())
         .body(())
     else {
         return;
     };
     let Ok(mut send) = respond.send_response(head, false) else { return };
-    if grpc {
-        // One uncompressed message: flag 0, 4-byte big-endian length, payload.
-        let payload = format!("{label} {path}");
-        let mut frame = BytesMut::with_capacity(5 + payload.len());
-        frame.put_u8(0);
-        frame.put_u32(payload.len() as u32);
-        frame.put_slice(payload.as_bytes());
-        let _ = send.send_data(frame.freeze(), false);
-        let mut trailers = http::HeaderMap::new();
-        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-        let _ = send.send_trailers(trailers);
-    } else {
-        let _ = send.send_data(Bytes::from(format!("hello from {label} (h2)\npath {path}\n")), true);
+    let _ = send.send_data(Bytes::from(format!("hello from {label} (h2)\npath {path}\n")), true);
+}
+
+/// A gRPC-shaped answer that streams: the response head goes out at once, every request body
+/// chunk is echoed back as it arrives (so length-prefixed messages come back as the same
+/// messages, before the client has finished sending), then one message holding the label and
+/// path, then `grpc-status: 0` in trailers.
+async fn answer_grpc(
+    body: &mut h2::RecvStream,
+    mut respond: h2::server::SendResponse<Bytes>,
+    label: &str,
+    path: &str,
+    requests: &AtomicU64,
+) {
+    let Ok(head) = http::Response::builder()
+        .status(200)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header("x-served-by", label)
+        .body(())
+    else {
+        return;
+    };
+    let Ok(mut send) = respond.send_response(head, false) else { return };
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if send.send_data(chunk, false).is_err() {
+            return;
+        }
     }
+    requests.fetch_add(1, Ordering::Relaxed);
+    // One uncompressed message: flag 0, 4-byte big-endian length, payload.
+    let payload = format!("{label} {path}");
+    let mut frame = BytesMut::with_capacity(5 + payload.len());
+    frame.put_u8(0);
+    frame.put_u32(payload.len() as u32);
+    frame.put_slice(payload.as_bytes());
+    let _ = send.send_data(frame.freeze(), false);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let _ = send.send_trailers(trailers);
 }

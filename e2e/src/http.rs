@@ -39,6 +39,9 @@ pub struct Behaviour {
     /// Append the request head (request line and headers) to the body, so a test sees what a
     /// proxy forwarded (rewritten paths, added headers).
     pub echo_head: bool,
+    /// While set, answer `503` to every request (a backend that starts failing, for outlier
+    /// ejection); the test keeps a clone and flips it.
+    pub failing: Arc<AtomicBool>,
 }
 
 struct Inner {
@@ -193,7 +196,8 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, inner: &Inner) {
     }
     // Counted before answering, so a retried request's first try is already counted.
     let n = inner.requests.fetch_add(1, Ordering::Relaxed);
-    let status = if n < b.fail_first { "503 Service Unavailable" } else { "200 OK" };
+    let status =
+        if n < b.fail_first || b.failing.load(Ordering::Relaxed) { "503 Service Unavailable" } else { "200 OK" };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

@@ -1,7 +1,10 @@
 //! Waypoints end to end: services labelled `istio.io/use-waypoint` are reached through the
-//! waypoint (its metrics count them), others are not; routes (weights, header/path/method
-//! matches, timeouts, retries, gRPC) and L7 policy (path DENY that normalization cannot dodge)
-//! apply there. Needs root and the mesh binaries, the `waypoint` one included
+//! waypoint (its metrics and access log count them), others are not; routes (a 90/10 split
+//! over 1,000 requests, header/path/method matches, redirect, rewrite, header modifiers,
+//! mirroring, timeouts, retries only where a rule allows them, gRPC unary and bidirectional
+//! streaming routed by method), passive outlier ejection, and L7 policy (ALLOW/DENY/AUDIT by
+//! path, method, principal and header; a path DENY that normalization cannot dodge) apply
+//! there. Needs root and the mesh binaries, the `waypoint` one included
 //! (`cargo build -p ztunnel -p istiod-lite -p waypoint --bins`).
 
 use std::collections::BTreeMap;
@@ -64,9 +67,14 @@ fn spec(routes: &str, policies: &str) -> MeshSpec {
 
 /// `curl` from tools/client: (HTTP status, body). `extra` are curl arguments.
 fn curl(mesh: &Mesh, url: &str, extra: &[&str]) -> Result<(u16, String), Box<dyn std::error::Error>> {
+    curl_from(mesh, "client", url, extra)
+}
+
+/// `curl` from pod `tools/<pod>`: (HTTP status, body).
+fn curl_from(mesh: &Mesh, pod: &str, url: &str, extra: &[&str]) -> Result<(u16, String), Box<dyn std::error::Error>> {
     let mut args = vec!["-w", "\n%{http_code}"];
     args.extend_from_slice(extra);
-    let out = mesh.pod("tools", "client").netns.curl(url, &args, T)?;
+    let out = mesh.pod("tools", pod).netns.curl(url, &args, T)?;
     let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", out.stdout.as_str()));
     let code: u16 = code.trim().parse().map_err(|_| format!("curl {url}: no status; stderr {}", out.stderr))?;
     Ok((code, body.to_owned()))
@@ -115,6 +123,15 @@ fn only_services_that_use_the_waypoint_go_through_it() {
         );
         assert_eq!(through, 4, "the waypoint counted every request to reviews:\n{m}");
         assert!(m.contains("source_principal=\"spiffe://cluster.local/ns/tools/sa/client\""), "{m}");
+        // One access line per request, naming the service and the answer.
+        let log = mesh.waypoint_log("shop", "waypoint");
+        let lines = log
+            .lines()
+            .filter(|l| {
+                l.contains("access") && l.contains("reviews.shop.svc.cluster.local") && l.contains("status=200")
+            })
+            .count();
+        assert_eq!(lines, 4, "one access line per request:\n{log}");
 
         let (code, body) = curl(&mesh, &format!("http://{}/", vip(30)), &[])?;
         assert_eq!((code, body.contains("hello from ratings")), (200, true), "{body}");
@@ -159,17 +176,27 @@ fn routes_split_by_weight_and_match_headers_paths_and_methods() {
         let _v2 = mesh.pod("shop", "reviews-v2").netns.http_server(8080, "reviews-v2")?;
         let url = format!("http://{}/", vip(20));
 
-        let mut seen: BTreeMap<String, u32> = BTreeMap::new();
-        for _ in 0..100 {
-            let (code, body) = curl(&mesh, &url, &[])?;
-            assert_eq!(code, 200, "{body}\n{}", logs(&mesh));
-            *seen.entry(body.lines().next().unwrap_or_default().to_owned()).or_default() += 1;
+        // 1,000 requests from one curl process: a config file with one `url` line per request.
+        let config = mesh.config_dir().join("split-1000.curlrc");
+        std::fs::write(&config, format!("url = \"{url}\"\n").repeat(1000))?;
+        let config = config.display().to_string();
+        let started = Instant::now();
+        let out = mesh.pod("tools", "client").netns.exec(
+            ["curl", "-sS", "--max-time", "5", "-w", "code %{http_code}\n", "-K", &config],
+            Duration::from_secs(60),
+        )?;
+        let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
+        for line in out.stdout.lines().filter(|l| l.starts_with("hello from ") || l.starts_with("code ")) {
+            *seen.entry(line).or_default() += 1;
         }
+        let ok = seen.get("code 200").copied().unwrap_or(0);
+        assert_eq!(ok, 1000, "every request answered 200 ({:?}): {seen:?}\n{}", started.elapsed(), out.stderr);
         let v1 = seen.get("hello from reviews-v1").copied().unwrap_or(0);
         let v2 = seen.get("hello from reviews-v2").copied().unwrap_or(0);
-        assert_eq!(v1 + v2, 100, "{seen:?}");
-        // 90/10 over 100 requests: far outside these bounds means the weights are ignored.
-        assert!((75..=98).contains(&v1) && v2 >= 2, "90/10 split gave {seen:?}");
+        assert_eq!(v1 + v2, 1000, "{seen:?}");
+        // 90/10 within ±4 points (binomial σ ≈ 0.95 points, so this only fails when the weights
+        // are not applied).
+        assert!((860..=940).contains(&v1), "90/10 split over 1,000 requests gave {seen:?}");
 
         for _ in 0..5 {
             let (_, body) = curl(&mesh, &url, &["-H", "X-Version: v2"])?;
@@ -241,14 +268,120 @@ spec:
   - matches:
     - method: {service: shop.Echo, method: Say}
     backendRefs: [{name: grpc, port: 9000}]
+  - matches:
+    - method: {service: shop.Echo, method: Chat}
+    backendRefs: [{name: grpc-2, port: 9000}]
 "#;
+
+/// One gRPC message: flag 0 (uncompressed), 4-byte big-endian length, payload.
+fn grpc_frame(payload: &str) -> bytes::Bytes {
+    let mut f = Vec::with_capacity(5 + payload.len());
+    f.push(0);
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload.as_bytes());
+    f.into()
+}
+
+/// Takes one complete gRPC message off the front of `buf`.
+fn take_grpc_message(buf: &mut Vec<u8>) -> Option<String> {
+    let len = u32::from_be_bytes(buf.get(1..5)?.try_into().ok()?) as usize;
+    if buf.len() < 5 + len {
+        return None;
+    }
+    let msg = String::from_utf8_lossy(&buf[5..5 + len]).into_owned();
+    buf.drain(..5 + len);
+    Some(msg)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A bidirectional gRPC stream from tools/client to `addr` (h2 prior knowledge over a socket
+/// made in the client's namespace): sends each of `messages` on one stream and waits for its
+/// echo before sending the next (so a proxy that buffered the request would stall), then ends
+/// the stream. Returns every message received and the `grpc-status` trailer.
+fn grpc_stream(
+    mesh: &Mesh,
+    addr: std::net::SocketAddr,
+    path: &str,
+    messages: &[&str],
+) -> Result<(Vec<String>, String), BoxError> {
+    let tcp = mesh.pod("tools", "client").netns.tcp_connect(addr, T)?;
+    tcp.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let call = async move {
+        let (mut client, conn) = h2::client::handshake(tokio::net::TcpStream::from_std(tcp)?).await?;
+        tokio::spawn(conn);
+        let req = http::Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())?;
+        let (response, mut send) = client.send_request(req, false)?;
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        send.send_data(grpc_frame(messages.first().copied().unwrap_or_default()), false)?;
+        let response = response.await?;
+        if response.status() != 200 {
+            return Err(format!("status {}", response.status()).into());
+        }
+        let mut body = response.into_body();
+        for (i, m) in messages.iter().enumerate() {
+            if i > 0 {
+                send.send_data(grpc_frame(m), false)?;
+            }
+            let echoed = loop {
+                if let Some(msg) = take_grpc_message(&mut buf) {
+                    break msg;
+                }
+                let chunk = body.data().await.ok_or_else(|| format!("stream ended before the echo of {m:?}"))??;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                buf.extend_from_slice(&chunk);
+            };
+            got.push(echoed);
+        }
+        send.send_data(bytes::Bytes::new(), true)?;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            buf.extend_from_slice(&chunk);
+        }
+        while let Some(msg) = take_grpc_message(&mut buf) {
+            got.push(msg);
+        }
+        let status = body
+            .trailers()
+            .await?
+            .and_then(|t| t.get("grpc-status").and_then(|v| v.to_str().ok().map(str::to_owned)))
+            .unwrap_or_default();
+        Ok::<_, BoxError>((got, status))
+    };
+    // The timer needs the runtime, so the timeout is made inside it.
+    rt.block_on(async { tokio::time::timeout(T, call).await })?
+}
 
 #[test]
 fn grpc_and_http2_go_through_the_waypoint() {
     e2e::sandboxed_with(Duration::from_secs(120), || -> Res {
-        let mesh = Mesh::start(spec(GRPC_ROUTE, ""))?;
+        let mut s = spec(GRPC_ROUTE, "");
+        s.pods.push(PodSpec::new(2, "shop", "grpc-2"));
+        s.services.push(service("grpc-2", 41, 9000, 9000, &["grpc-2"], false));
+        let mesh = Mesh::start(s)?;
         mesh.wait_acked_by(WAYPOINT_ROUTE, "shop/GRPCRoute/grpc", 1)?;
         let server = mesh.pod("shop", "grpc-1").netns.h2c_server(9000, "grpc-1")?;
+        let server2 = mesh.pod("shop", "grpc-2").netns.h2c_server(9000, "grpc-2")?;
+
+        // Streaming calls, routed by method: Say to grpc-1, Chat to grpc-2; each message comes
+        // back before the next is sent.
+        let grpc_addr = std::net::SocketAddr::new(vip(40), 9000);
+        let msgs = ["one", "two", "three", "four"];
+        for (method, label) in [("Say", "grpc-1"), ("Chat", "grpc-2")] {
+            let path = format!("/shop.Echo/{method}");
+            let (got, status) = grpc_stream(&mesh, grpc_addr, &path, &msgs)
+                .map_err(|e| format!("{method} stream: {e}\n{}", logs(&mesh)))?;
+            let mut want: Vec<String> = msgs.iter().map(|m| (*m).to_owned()).collect();
+            want.push(format!("{label} {path}"));
+            assert_eq!((got, status.as_str()), (want, "0"), "{method} stream");
+        }
+        assert_eq!((server.requests(), server2.requests()), (1, 1), "one stream each");
         let url = format!("http://{}:9000/shop.Echo/Say", vip(40));
         // One empty gRPC message (flag 0, length 0); curl reads it from a file because a
         // command-line argument cannot carry NUL bytes.
@@ -328,6 +461,303 @@ fn timeouts_cut_slow_backends_and_retries_hide_flaky_ones() {
         let (code, body) = curl(&mesh, &format!("http://{}/", vip(60)), &[])?;
         assert_eq!(code, 200, "a retried 503 is hidden: {body}");
         assert_eq!(flaky.requests(), 2, "one failed try and one retry");
+        Ok(())
+    })
+}
+
+const FILTER_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: reviews
+  namespace: shop
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: reviews, port: 80}
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect:
+        hostname: new.example
+        path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}
+        statusCode: 301
+  - matches: [{path: {type: PathPrefix, value: /rw}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite:
+        hostname: rewritten.example
+        path: {type: ReplacePrefixMatch, replacePrefixMatch: /inner}
+    backendRefs: [{name: reviews-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /hdr}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: x-set, value: by-route}]
+        add: [{name: x-added, value: added}]
+        remove: [x-drop]
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        add: [{name: x-resp, value: from-route}]
+        remove: [content-type]
+    backendRefs: [{name: reviews-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /mirror}}]
+    filters:
+    - type: RequestMirror
+      requestMirror:
+        backendRef: {name: reviews-v2, port: 80}
+    backendRefs: [{name: reviews-v1, port: 80}]
+"#;
+
+/// The response head (lower-cased) and body of a `curl -D -` answer.
+fn split_head(body: &str) -> (String, &str) {
+    let (head, rest) = body.split_once("\r\n\r\n").unwrap_or((body, ""));
+    (head.to_ascii_lowercase(), rest)
+}
+
+#[test]
+fn filters_redirect_rewrite_modify_headers_and_mirror() {
+    e2e::sandboxed_with(Duration::from_secs(120), || -> Res {
+        let mesh = Mesh::start(spec(FILTER_ROUTE, ""))?;
+        mesh.wait_acked_by(WAYPOINT_ROUTE, "shop/HTTPRoute/reviews", 1)?;
+        let echo = Behaviour { echo_head: true, ..Behaviour::default() };
+        let v1 = e2e::http::HttpServer::start_with(&mesh.pod("shop", "reviews-v1").netns, 8080, "reviews-v1", echo)?;
+        let v2 = mesh.pod("shop", "reviews-v2").netns.http_server(8080, "reviews-v2")?;
+        let base = format!("http://{}", vip(20));
+
+        // RequestRedirect: the waypoint answers itself; no backend sees the request.
+        let (code, body) = curl(&mesh, &format!("{base}/old/page?q=1"), &["-D", "-"])?;
+        let (head, _) = split_head(&body);
+        assert_eq!(code, 301, "{body}\n{}", logs(&mesh));
+        assert!(head.contains("\r\nlocation: http://new.example/new/page?q=1"), "{head}");
+        assert_eq!(v1.requests() + v2.requests(), 0, "a redirect is not forwarded");
+
+        // URLRewrite: the backend sees the rewritten path and host.
+        let (code, body) = curl(&mesh, &format!("{base}/rw/x?y=2"), &[])?;
+        assert_eq!(code, 200, "{body}");
+        let seen = body.to_ascii_lowercase();
+        assert!(seen.contains("get /inner/x?y=2 http/1.1"), "rewritten path: {body}");
+        assert!(seen.contains("\nhost: rewritten.example"), "rewritten host: {body}");
+
+        // Header modifiers: set replaces, add adds, remove removes; on the response too.
+        let (code, body) =
+            curl(&mesh, &format!("{base}/hdr"), &["-D", "-", "-H", "x-set: from-client", "-H", "x-drop: 1"])?;
+        assert_eq!(code, 200, "{body}");
+        let (head, rest) = split_head(&body);
+        let seen = rest.to_ascii_lowercase();
+        assert!(seen.contains("\nx-set: by-route"), "{rest}");
+        assert!(!seen.contains("from-client"), "set replaces the client's value: {rest}");
+        assert!(seen.contains("\nx-added: added"), "{rest}");
+        assert!(!seen.contains("x-drop"), "removed header reached the backend: {rest}");
+        assert!(head.contains("\r\nx-resp: from-route"), "{head}");
+        assert!(!head.contains("content-type"), "removed response header reached the client: {head}");
+
+        // RequestMirror: the client gets v1's answer; v2 gets a copy (sent in the background).
+        let before = v1.requests();
+        let (code, body) = curl(&mesh, &format!("{base}/mirror/m"), &[])?;
+        assert_eq!((code, body.starts_with("hello from reviews-v1")), (200, true), "{body}");
+        assert_eq!(v1.requests(), before + 1);
+        let deadline = Instant::now() + T;
+        while v2.requests() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(v2.requests(), 1, "the mirror got one copy\n{}", logs(&mesh));
+        Ok(())
+    })
+}
+
+const NO_RETRY_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: flaky
+  namespace: shop
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: flaky}
+  rules:
+  - backendRefs: [{name: flaky, port: 80}]
+"#;
+
+#[test]
+fn failures_are_not_retried_without_a_retry_rule_and_failing_endpoints_are_ejected() {
+    e2e::sandboxed_with(Duration::from_secs(120), || -> Res {
+        let mesh = Mesh::start(spec(NO_RETRY_ROUTE, ""))?;
+        mesh.wait_acked_by(WAYPOINT_ROUTE, "shop/HTTPRoute/flaky", 1)?;
+
+        // No retry rule: the first 503 reaches the client and the backend saw one try.
+        let flaky = Behaviour { fail_first: 1, ..Behaviour::default() };
+        let flaky = e2e::http::HttpServer::start_with(&mesh.pod("shop", "flaky-1").netns, 8080, "flaky-1", flaky)?;
+        let (code, body) = curl(&mesh, &format!("http://{}/", vip(60)), &[])?;
+        assert_eq!(code, 503, "the failure is not retried: {body}\n{}", logs(&mesh));
+        assert_eq!(flaky.requests(), 1, "one try only");
+        let (code, _) = curl(&mesh, &format!("http://{}/", vip(60)), &[])?;
+        assert_eq!((code, flaky.requests()), (200, 2));
+
+        // Outlier ejection: reviews has two endpoints; v2 starts failing.
+        let _v1 = mesh.pod("shop", "reviews-v1").netns.http_server(8080, "reviews-v1")?;
+        let failing = Behaviour::default();
+        let switch = failing.failing.clone();
+        let v2 = e2e::http::HttpServer::start_with(&mesh.pod("shop", "reviews-v2").netns, 8080, "reviews-v2", failing)?;
+        let url = format!("http://{}/", vip(20));
+        for _ in 0..20 {
+            let (code, body) = curl(&mesh, &url, &[])?;
+            assert_eq!(code, 200, "{body}");
+        }
+        assert!(v2.requests() > 0, "both endpoints serve while healthy");
+
+        switch.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut failures = 0;
+        for _ in 0..40 {
+            let (code, body) = curl(&mesh, &url, &[])?;
+            match code {
+                200 => assert!(body.starts_with("hello from reviews-v1"), "{body}"),
+                503 => failures += 1,
+                other => panic!("unexpected {other}: {body}"),
+            }
+        }
+        // The default is 5 failures in a row before ejection.
+        assert!((1..=5).contains(&failures), "{failures} failures reached the client\n{}", logs(&mesh));
+        let v2_seen = v2.requests();
+        for _ in 0..20 {
+            let (code, body) = curl(&mesh, &url, &[])?;
+            assert_eq!((code, body.starts_with("hello from reviews-v1")), (200, true), "{body}");
+        }
+        assert_eq!(v2.requests(), v2_seen, "the ejected endpoint got no more traffic");
+        Ok(())
+    })
+}
+
+const L7_AUTHZ: &str = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: no-delete
+  namespace: shop
+spec:
+  targetRefs:
+  - {group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}
+  action: DENY
+  rules:
+  - to:
+    - operation: {methods: [DELETE]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: blocked-header
+  namespace: shop
+spec:
+  targetRefs:
+  - {group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}
+  action: DENY
+  rules:
+  - when:
+    - key: request.headers[x-block]
+      values: ["yes"]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: reviews-access
+  namespace: shop
+spec:
+  targetRefs:
+  - {group: "", kind: Service, name: reviews}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/tools/sa/client"]}
+  - from:
+    - source: {principals: ["cluster.local/ns/tools/sa/other"]}
+    to:
+    - operation: {methods: [GET]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: audit-reports
+  namespace: shop
+spec:
+  targetRefs:
+  - {group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}
+  action: AUDIT
+  rules:
+  - to:
+    - operation: {paths: ["/reports/*"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: slow-public
+  namespace: shop
+spec:
+  targetRefs:
+  - {group: "", kind: Service, name: slow}
+  action: ALLOW
+  rules:
+  - to:
+    - operation: {paths: ["/public/*"], notMethods: [PUT]}
+"#;
+
+#[test]
+fn l7_allow_deny_and_audit_by_method_principal_and_header() {
+    e2e::sandboxed_with(Duration::from_secs(120), || -> Res {
+        let mut s = spec("", L7_AUTHZ);
+        s.pods.push(PodSpec::new(1, "tools", "other"));
+        let mesh = Mesh::start(s)?;
+        for p in
+            ["shop/no-delete", "shop/blocked-header", "shop/reviews-access", "shop/audit-reports", "shop/slow-public"]
+        {
+            mesh.wait_acked_by(WAYPOINT_POLICY, p, 1)?;
+        }
+        let _v1 = mesh.pod("shop", "reviews-v1").netns.http_server(8080, "reviews-v1")?;
+        let _v2 = mesh.pod("shop", "reviews-v2").netns.http_server(8080, "reviews-v2")?;
+        let _flaky = mesh.pod("shop", "flaky-1").netns.http_server(8080, "flaky-1")?;
+        let _slow = mesh.pod("shop", "slow-1").netns.http_server(8080, "slow-1")?;
+        let reviews = format!("http://{}/", vip(20));
+        let flaky = format!("http://{}/", vip(60));
+        let slow_public = format!("http://{}/public/page", vip(50));
+        let slow_private = format!("http://{}/private", vip(50));
+
+        let post = ["-X", "POST", "-d", "x"];
+        let delete = ["-X", "DELETE"];
+        let put = ["-X", "PUT", "-d", "x"];
+        let cases: [(&str, &str, &[&str], u16, &str); 14] = [
+            ("client", &reviews, &[], 200, "client is allowed everything"),
+            ("client", &reviews, &post, 200, "client is allowed POST"),
+            ("client", &reviews, &delete, 403, "DELETE is denied for all"),
+            ("client", &reviews, &["-H", "x-block: yes"], 403, "the x-block header is denied"),
+            ("client", &reviews, &["-H", "x-block: no"], 200, "another x-block value is not"),
+            ("other", &reviews, &[], 200, "other is allowed GET"),
+            ("other", &reviews, &post, 403, "other is not allowed POST"),
+            ("other", &reviews, &delete, 403, "DELETE is denied for all"),
+            // The ALLOW policy targets reviews only: flaky has no ALLOW policy.
+            ("other", &flaky, &post, 200, "other may POST to a service without ALLOW policies"),
+            ("other", &flaky, &delete, 403, "the Gateway-wide DENY applies to flaky too"),
+            ("client", &format!("{reviews}reports/q1"), &[], 200, "AUDIT never denies"),
+            // ALLOW by path with a `notMethods` form (slow has its own ALLOW policy).
+            ("other", &slow_public, &[], 200, "GET under /public is allowed"),
+            ("client", &slow_private, &[], 403, "outside /public nothing is allowed"),
+            ("client", &slow_public, &put, 403, "PUT is excluded by notMethods"),
+        ];
+        for (pod, url, extra, want, why) in cases {
+            let (code, body) = curl_from(&mesh, pod, url, extra)?;
+            assert_eq!(code, want, "{why}: {pod} {url} {extra:?}: {body}\n{}", logs(&mesh));
+            if want == 403 {
+                assert_eq!(body, "RBAC: access denied", "{why}");
+            }
+        }
+        // AUDIT is logged, and it does not turn a DENY into an allow.
+        let (code, _) = curl(&mesh, &format!("{reviews}reports/q2"), &["-X", "DELETE"])?;
+        assert_eq!(code, 403);
+        let log = mesh.waypoint_log("shop", "waypoint");
+        assert!(log.contains("AUDIT policy matched") && log.contains("audit-reports"), "{log}");
+        let m = mesh.waypoint_metrics("shop", "waypoint")?;
+        assert!(
+            requests_total(
+                &m,
+                &["response_code=\"403\"", "source_principal=\"spiffe://cluster.local/ns/tools/sa/other\""]
+            ) >= 2,
+            "{m}"
+        );
         Ok(())
     })
 }
