@@ -42,6 +42,8 @@ pub struct Behaviour {
     /// While set, answer `503` to every request (a backend that starts failing, for outlier
     /// ejection); the test keeps a clone and flips it.
     pub failing: Arc<AtomicBool>,
+    /// Answer `503` to every other request (the 1st, 3rd, 5th, ...), for retries.
+    pub fail_every_other: bool,
 }
 
 struct Inner {
@@ -196,8 +198,11 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, inner: &Inner) {
     }
     // Counted before answering, so a retried request's first try is already counted.
     let n = inner.requests.fetch_add(1, Ordering::Relaxed);
-    let status =
-        if n < b.fail_first || b.failing.load(Ordering::Relaxed) { "503 Service Unavailable" } else { "200 OK" };
+    let status = if n < b.fail_first || b.failing.load(Ordering::Relaxed) || (b.fail_every_other && n % 2 == 0) {
+        "503 Service Unavailable"
+    } else {
+        "200 OK"
+    };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

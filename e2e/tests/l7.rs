@@ -449,7 +449,7 @@ fn timeouts_cut_slow_backends_and_retries_hide_flaky_ones() {
         mesh.wait_acked_by(WAYPOINT_ROUTE, "shop/HTTPRoute/flaky", 1)?;
         let slow = Behaviour { delay: Duration::from_secs(4), ..Behaviour::default() };
         let _slow = e2e::http::HttpServer::start_with(&mesh.pod("shop", "slow-1").netns, 8080, "slow-1", slow)?;
-        let flaky = Behaviour { fail_first: 1, ..Behaviour::default() };
+        let flaky = Behaviour { fail_every_other: true, ..Behaviour::default() };
         let flaky = e2e::http::HttpServer::start_with(&mesh.pod("shop", "flaky-1").netns, 8080, "flaky-1", flaky)?;
 
         let started = Instant::now();
@@ -458,9 +458,13 @@ fn timeouts_cut_slow_backends_and_retries_hide_flaky_ones() {
         assert_eq!(code, 504, "{body}\n{}", logs(&mesh));
         assert!(took < Duration::from_secs(3), "the 1s request timeout took {took:?}");
 
-        let (code, body) = curl(&mesh, &format!("http://{}/", vip(60)), &[])?;
-        assert_eq!(code, 200, "a retried 503 is hidden: {body}");
-        assert_eq!(flaky.requests(), 2, "one failed try and one retry");
+        // The backend fails every other request: each client request's first try fails and
+        // its retry succeeds, so all 20 succeed after exactly 40 tries.
+        for i in 0..20 {
+            let (code, body) = curl(&mesh, &format!("http://{}/", vip(60)), &[])?;
+            assert_eq!(code, 200, "request {i}: a retried 503 is hidden: {body}\n{}", logs(&mesh));
+        }
+        assert_eq!(flaky.requests(), 40, "one failed try and one retry per request");
         Ok(())
     })
 }
