@@ -8,7 +8,7 @@
 //! - [`cni`]: the CNI plugin that reports pod events to the agent.
 //! - [`control_plane_tls`]: TLS to istiod for xDS and the CA.
 //! - [`admin`], [`metrics`], [`readiness`], [`logging`], [`drain`], [`certs`], [`config`],
-//!   [`app`]: the admin side and the wiring.
+//!   [`app`], [`runtimes`]: the admin side and the wiring (the waypoint shares the last).
 //!
 //! See `ARCHITECTURE.md` for the runtime split and the port table.
 // Only the socket module that receives descriptors over SCM_RIGHTS may use `unsafe`.
@@ -30,5 +30,6 @@ pub mod metrics;
 pub mod netns;
 pub mod proxy;
 pub mod readiness;
+pub mod runtimes;
 pub mod socket;
 pub mod state;

@@ -11,35 +11,16 @@ fn main() -> anyhow::Result<()> {
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "starting");
 
     // Admin work on its own single thread, so it never competes with the data path.
-    let admin_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let admin_handle = admin_rt.handle().clone();
-    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin_thread = std::thread::Builder::new().name("admin".into()).spawn(move || {
-        admin_rt.block_on(async {
-            let _ = admin_stopped.await;
-        })
-    })?;
-
-    let data_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.worker_threads)
-        .thread_name("data")
-        .enable_all()
-        .build()?;
-    let result = data_rt.block_on(async {
+    let runtimes = ztunnel::runtimes::Runtimes::start(cfg.worker_threads)?;
+    let admin = runtimes.admin();
+    runtimes.run(async {
         let drain = cfg.drain();
-        let running = ztunnel::app::start(cfg, admin_handle, Some(log)).await?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
-        }
+        let running = ztunnel::app::start(cfg, admin, Some(log)).await?;
+        ztunnel::runtimes::terminated("draining").await?;
         let cut = running.shutdown(drain).await;
         if cut > 0 {
             tracing::warn!(cut, "connections still open at the drain deadline were closed");
         }
         anyhow::Ok(())
-    });
-    let _ = stop_admin.send(());
-    let _ = admin_thread.join();
-    result
+    })
 }

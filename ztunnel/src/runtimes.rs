@@ -1,0 +1,59 @@
+//! The two runtimes every proxy binary runs: a multi-threaded one for the data path and a
+//! single admin thread (xDS, CA, admin, metrics) that never competes with it for workers.
+
+use std::future::Future;
+use std::thread::JoinHandle;
+
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::oneshot;
+
+/// The data-path runtime and the admin thread, stopped together by [`Runtimes::run`].
+pub struct Runtimes {
+    data: Runtime,
+    admin: Handle,
+    stop_admin: oneshot::Sender<()>,
+    admin_thread: JoinHandle<()>,
+}
+
+impl Runtimes {
+    /// Starts the admin thread and builds the data runtime with `workers` threads.
+    pub fn start(workers: usize) -> std::io::Result<Self> {
+        let admin_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let admin = admin_rt.handle().clone();
+        let (stop_admin, admin_stopped) = oneshot::channel::<()>();
+        let admin_thread = std::thread::Builder::new().name("admin".into()).spawn(move || {
+            admin_rt.block_on(async {
+                let _ = admin_stopped.await;
+            })
+        })?;
+        let data = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("data")
+            .enable_all()
+            .build()?;
+        Ok(Self { data, admin, stop_admin, admin_thread })
+    }
+
+    /// The admin runtime's handle, for control-plane and admin tasks.
+    pub fn admin(&self) -> Handle {
+        self.admin.clone()
+    }
+
+    /// Runs `main` on the data runtime, then stops the admin thread and waits for it.
+    pub fn run<T>(self, main: impl Future<Output = T>) -> T {
+        let result = self.data.block_on(main);
+        let _ = self.stop_admin.send(());
+        let _ = self.admin_thread.join();
+        result
+    }
+}
+
+/// Waits for SIGTERM or Ctrl-C and logs which, with `then` ("draining", "stopping").
+pub async fn terminated(then: &str) -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: {then}"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: {then}"),
+    }
+    Ok(())
+}
