@@ -10,6 +10,7 @@
 mod control_plane;
 mod generate;
 mod l4;
+mod l7;
 mod meta;
 mod parse;
 mod prep;
@@ -35,6 +36,8 @@ struct Cli {
 enum Command {
     /// Data plane: throughput, request rates, latency, ztunnel CPU and memory.
     L4(RunArgs),
+    /// Waypoint: HTTP through a waypoint against no mesh (and ztunnel alone); its CPU and memory.
+    L7(RunArgs),
     /// Control plane: 50 xDS clients against istiod-lite with 10,000 pods.
     ControlPlane(RunArgs),
     /// The benchmark HTTP server (started by `l4` inside server pods).
@@ -67,6 +70,7 @@ fn main() -> anyhow::Result<()> {
     let (scenario, args) = match cli.command {
         Command::ServeHttp { port, threads } => return Ok(serve::serve(port, threads)?),
         Command::L4(a) => ("l4", a),
+        Command::L7(a) => ("l7", a),
         Command::ControlPlane(a) => ("control-plane", a),
     };
     // The sandboxed copy of this program is pid 1 of its own pid namespace; the outer one
@@ -75,9 +79,12 @@ fn main() -> anyhow::Result<()> {
     let mut oha = None;
     if !inside {
         let logs = prep::workspace_root().join("target/benches");
-        let install = if scenario == "l4" { Some(prep::start_oha_install(&logs)?) } else { None };
+        let data_plane = scenario != "control-plane";
+        let install = if data_plane { Some(prep::start_oha_install(&logs)?) } else { None };
         if scenario == "l4" {
             prep::apt_tools(&[("iperf3", "iperf3"), ("wrk", "wrk"), ("curl", "curl")])?;
+        } else if data_plane {
+            prep::apt_tools(&[("wrk", "wrk"), ("curl", "curl")])?;
         }
         prep::build_mesh()?;
         if let Some(i) = install {
@@ -97,6 +104,11 @@ fn main() -> anyhow::Result<()> {
             let oha = oha.context("oha not found (the outer run installs it)")?;
             let settings = if args.quick { l4::Settings::quick() } else { l4::Settings::full() };
             l4::run(&settings, &oha, args.quick)?
+        }
+        "l7" => {
+            let oha = oha.context("oha not found (the outer run installs it)")?;
+            let settings = if args.quick { l7::Settings::quick() } else { l7::Settings::full() };
+            l7::run(&settings, &oha, args.quick)?
         }
         _ => {
             let settings = if args.quick { control_plane::Settings::quick() } else { control_plane::Settings::full() };

@@ -91,10 +91,10 @@ pub fn build_mesh() -> anyhow::Result<()> {
     if std::env::var_os("MESH_BIN_DIR").is_some() {
         return Ok(());
     }
-    eprintln!("building the mesh (cargo build --release -p ztunnel -p istiod-lite --bins)");
+    eprintln!("building the mesh (cargo build --release -p ztunnel -p istiod-lite -p waypoint --bins)");
     let status = Command::new("cargo")
         .current_dir(workspace_root())
-        .args(["build", "--release", "-p", "ztunnel", "-p", "istiod-lite", "--bins"])
+        .args(["build", "--release", "-p", "ztunnel", "-p", "istiod-lite", "-p", "waypoint", "--bins"])
         .status()
         .context("running cargo build")?;
     if !status.success() {

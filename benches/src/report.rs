@@ -31,7 +31,7 @@ pub enum Against {
     Mesh,
 }
 
-/// One target of issue 6.
+/// One target of an issue (6: ztunnel and control plane, 7: waypoint).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Target {
     /// Metric name (a key of `baseline`/`mesh`).
@@ -97,12 +97,14 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Settings of the run (durations, rates, sizes).
     pub settings: BTreeMap<String, Value>,
+    /// The issue whose targets these are.
+    pub issue: u32,
 }
 
 impl Report {
     /// An empty report.
     pub fn new(scenario: &str, quick: bool, rounds: usize) -> Report {
-        Report { scenario: scenario.into(), quick, rounds, ..Report::default() }
+        Report { scenario: scenario.into(), quick, rounds, issue: 6, ..Report::default() }
     }
 
     /// Adds a metric measured on both sides.
@@ -167,6 +169,7 @@ impl Report {
             "mesh": mesh,
             "ratio": ratios,
             "targets": self.outcomes(),
+            "targets_issue": self.issue,
             "notes": self.notes,
         })
     }
@@ -195,7 +198,7 @@ impl Report {
                 m.unit
             );
         }
-        let _ = writeln!(out, "\ntargets (issue 6):");
+        let _ = writeln!(out, "\ntargets (issue {}):", self.issue);
         for o in self.outcomes() {
             let v = o.value.map(fmt_num).unwrap_or_else(|| "missing".into());
             let op = match o.target.bound {
@@ -282,5 +285,10 @@ mod tests {
         assert!(t.contains("pass rate"), "{t}");
         assert!(t.contains("MISS rss"), "{t}");
         assert!(t.contains("0.40"), "{t}");
+        assert!(t.contains("targets (issue 6)"), "{t}");
+        let mut r = report();
+        r.issue = 7;
+        assert!(r.table().contains("targets (issue 7)"));
+        assert_eq!(r.to_json(&Value::Null)["targets_issue"], 7);
     }
 }

@@ -1,0 +1,414 @@
+//! The `l7` scenario: HTTP requests through a waypoint against the same server reached
+//! without the mesh, in one topology: client pods on node 1, server pods and the waypoint on
+//! node 2. Three paths, interleaved per round with their order rotated every round:
+//!
+//! - `baseline`: `direct/client` → `direct/server` (namespace not enrolled: no ztunnel, no
+//!   waypoint; the `l4` scenario's baseline);
+//! - `mesh`: `mesh/client` → the `server-wp` service VIP, labelled `istio.io/use-waypoint`:
+//!   client ztunnel → HBONE → waypoint (HTTP parsed, routed, policy-checked) → HBONE → server
+//!   ztunnel → `mesh/server`;
+//! - `l4`: `mesh/client` → the `server-l4` service VIP (same pod, no waypoint): plain ztunnel
+//!   HBONE, the second comparison (reported as `<metric>_no_waypoint`).
+//!
+//! Per round and path: `wrk` closed-loop over 10 keep-alive connections and `oha` open-loop
+//! at 1,000 req/s with coordinated-omission correction. During the waypoint path's open-loop
+//! run the waypoint's CPU time and peak RSS (VmHWM, reset just before) are read from `/proc`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec};
+use e2e::{Pod, Process};
+use serde_json::json;
+
+use crate::parse;
+use crate::procfs;
+use crate::report::{Against, Bound, Report, Target};
+use crate::stats::Summary;
+
+const HTTP_PORT: u16 = 8080;
+const SERVICE_PORT: u16 = 80;
+const DIRECT_NS: &str = "direct";
+const MESH_NS: &str = "mesh";
+const WAYPOINT: &str = "waypoint";
+/// VIPs of the service through the waypoint and of the one without.
+const VIP_WAYPOINT: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const VIP_L4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
+/// Suffix of the metrics of the mesh-without-waypoint path.
+const NO_WAYPOINT: &str = "_no_waypoint";
+
+/// How long and how often.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Rounds per path.
+    pub rounds: usize,
+    /// Seconds of each closed-loop run.
+    pub run_secs: u32,
+    /// Seconds of each open-loop run.
+    pub open_loop_secs: u32,
+    /// Open-loop rate, requests per second.
+    pub rate: u32,
+    /// Connections of the HTTP load generators.
+    pub connections: u32,
+}
+
+impl Settings {
+    /// The full run.
+    pub fn full() -> Settings {
+        Settings { rounds: 5, run_secs: 10, open_loop_secs: 15, rate: 1000, connections: 10 }
+    }
+
+    /// `--quick`: fewer, shorter rounds (about 2 minutes).
+    pub fn quick() -> Settings {
+        Settings { rounds: 3, run_secs: 3, open_loop_secs: 5, rate: 1000, connections: 10 }
+    }
+}
+
+/// Which way a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path3 {
+    Baseline,
+    Waypoint,
+    L4,
+}
+
+const PATHS: [Path3; 3] = [Path3::Baseline, Path3::Waypoint, Path3::L4];
+
+impl Path3 {
+    fn name(self) -> &'static str {
+        match self {
+            Path3::Baseline => "baseline",
+            Path3::Waypoint => "mesh",
+            Path3::L4 => "l4",
+        }
+    }
+}
+
+/// The paths of round `round`: the three rotated by one every round, so each runs first,
+/// second and last equally often and a drift of the shared machine hits all alike.
+fn round_order<T>(items: &[T], round: usize) -> Vec<&T> {
+    let n = items.len();
+    (0..n).map(|i| &items[(i + round) % n]).collect()
+}
+
+/// CPU seconds per 1,000 responses (at 1,000 req/s: vCPU); `None` without responses.
+pub fn cpu_s_per_1k(cpu: Duration, responses: u64) -> Option<f64> {
+    (responses > 0).then(|| cpu.as_secs_f64() / (responses as f64 / 1000.0))
+}
+
+/// The metric key of `metric` on the mesh-without-waypoint path.
+fn no_waypoint(metric: &str) -> String {
+    format!("{metric}{NO_WAYPOINT}")
+}
+
+type Samples = BTreeMap<String, Vec<f64>>;
+
+fn push(samples: &mut Samples, path: Path3, metric: &str, v: f64) {
+    samples.entry(format!("{}/{metric}", path.name())).or_default().push(v);
+}
+
+fn service(name: &str, vip: Ipv4Addr, waypoint: bool) -> ServiceSpec {
+    ServiceSpec {
+        namespace: MESH_NS.into(),
+        name: name.into(),
+        vip: IpAddr::V4(vip),
+        port: SERVICE_PORT,
+        target_port: HTTP_PORT,
+        endpoints: vec![format!("{MESH_NS}/server")],
+        use_waypoint: waypoint.then(|| WAYPOINT.into()),
+    }
+}
+
+/// Runs the scenario (inside the sandbox).
+pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let spec = MeshSpec {
+        nodes: 2,
+        ambient_namespaces: vec![MESH_NS.into()],
+        pods: vec![
+            PodSpec::new(1, DIRECT_NS, "client"),
+            PodSpec::new(2, DIRECT_NS, "server"),
+            PodSpec::new(1, MESH_NS, "client"),
+            PodSpec::new(2, MESH_NS, "server"),
+        ],
+        services: vec![service("server-wp", VIP_WAYPOINT, true), service("server-l4", VIP_L4, false)],
+        control_plane: true,
+        waypoints: vec![WaypointSpec::new(2, MESH_NS, WAYPOINT)],
+        ..MeshSpec::default()
+    };
+    let mesh = Mesh::start(spec).context("starting the mesh")?;
+    eprintln!("mesh with waypoint up in {:.1?}", started.elapsed());
+    let waypoint = procfs::find(&["waypoint", "--gateway", &format!("{MESH_NS}/{WAYPOINT}")])
+        .context("finding the waypoint process")?;
+
+    let mut report = Report::new("l7", quick, settings.rounds);
+    report.issue = 7;
+    report.settings = [
+        ("run_secs", json!(settings.run_secs)),
+        ("open_loop_secs", json!(settings.open_loop_secs)),
+        ("open_loop_rate", json!(settings.rate)),
+        ("http_connections", json!(settings.connections)),
+        ("response_bytes", json!(crate::serve::BODY_BYTES)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+
+    let _servers = start_servers(&mesh)?;
+    let client = |p: Path3| mesh.pod(if p == Path3::Baseline { DIRECT_NS } else { MESH_NS }, "client").clone();
+    let urls: Vec<(Path3, Pod, String)> = PATHS
+        .iter()
+        .map(|&p| {
+            let target = match p {
+                Path3::Baseline => format!("{}:{HTTP_PORT}", mesh.pod(DIRECT_NS, "server").ip),
+                Path3::Waypoint => format!("{VIP_WAYPOINT}:{SERVICE_PORT}"),
+                Path3::L4 => format!("{VIP_L4}:{SERVICE_PORT}"),
+            };
+            (p, client(p), format!("http://{target}/"))
+        })
+        .collect();
+    for (p, pod, url) in &urls {
+        warm_up(pod, url).with_context(|| format!("{} warm-up request to {url}", p.name()))?;
+    }
+    // The figures only mean something if the waypoint really is in the path.
+    let through_before = waypoint_requests(&mesh)?;
+    if through_before == 0 {
+        bail!("the waypoint counted no request after the warm-up: not in the path");
+    }
+
+    let mut samples = Samples::new();
+    let mut waypoint_responses = 0u64;
+    for round in 0..settings.rounds {
+        for (p, pod, url) in round_order(&urls, round).into_iter().map(|(p, pod, url)| (*p, pod, url)) {
+            for open_loop in [false, true] {
+                let watched = (p == Path3::Waypoint && open_loop).then_some(waypoint);
+                match measure(settings, oha, pod, url, open_loop, watched) {
+                    Ok(m) => {
+                        if p == Path3::Waypoint {
+                            waypoint_responses += m.responses;
+                        }
+                        for (metric, v) in m.values {
+                            push(&mut samples, p, metric, v);
+                        }
+                    }
+                    Err(e) => {
+                        let test = if open_loop { "open loop" } else { "closed loop" };
+                        eprintln!("round {round}, {}, {test}: {e:#}", p.name());
+                        report.notes.push(format!("round {round}, {}, {test} failed: {e:#}", p.name()));
+                    }
+                }
+            }
+        }
+        eprintln!("round {} of {} done at {:.0?}", round + 1, settings.rounds, started.elapsed());
+    }
+    // A request is counted when its response ends; give the last ones a moment.
+    std::thread::sleep(Duration::from_secs(1));
+    let counted = waypoint_requests(&mesh)?.saturating_sub(through_before);
+    report.notes.push(format!(
+        "the waypoint's istio_requests_total for server-wp grew by {counted} during the rounds; the load generators got {waypoint_responses} responses on that path"
+    ));
+    if counted < waypoint_responses / 2 {
+        bail!("the waypoint counted {counted} requests but the clients got {waypoint_responses} responses through it");
+    }
+    if counted < waypoint_responses {
+        report.notes.push(format!("WARNING: {} responses the waypoint did not count", waypoint_responses - counted));
+    }
+    let life = procfs::memory(waypoint)?;
+    report.cost("waypoint_lifetime_peak_rss_mb", "MiB", Summary::of(&[mib(life.peak)])?);
+
+    let compared = [
+        ("closed_loop_rps", "req/s"),
+        ("latency_p50_ms", "ms"),
+        ("latency_p90_ms", "ms"),
+        ("latency_p99_ms", "ms"),
+        ("latency_p99_9_ms", "ms"),
+    ];
+    for via in [Path3::Waypoint, Path3::L4] {
+        for (metric, unit) in compared {
+            let key = if via == Path3::L4 { no_waypoint(metric) } else { metric.to_owned() };
+            let base = samples.get(&format!("baseline/{metric}"));
+            match (base, samples.get(&format!("{}/{metric}", via.name()))) {
+                (Some(b), Some(m)) => report.compare(&key, unit, Summary::of(b)?, Summary::of(m)?),
+                _ => report.notes.push(format!("{key}: no successful run on one side")),
+            }
+        }
+    }
+    for (metric, unit) in [("waypoint_cpu_s_per_1k_req", "CPU s"), ("waypoint_peak_rss_mb", "MiB")] {
+        if let Some(m) = samples.get(&format!("mesh/{metric}")) {
+            report.cost(metric, unit, Summary::of(m)?);
+        }
+    }
+    report.notes.push(format!(
+        "mesh = through the waypoint (client ztunnel → HBONE → waypoint → HBONE → server ztunnel); *{NO_WAYPOINT} = the same server pod through a service without waypoint (ztunnel L4 only); no mesh = a pod pair in a namespace that is not enrolled"
+    ));
+    report.notes.push(format!(
+        "waypoint_cpu_s_per_1k_req: utime+stime delta of the waypoint over its open-loop run ÷ (responses / 1000); at {} req/s this equals vCPU per 1,000 req/s",
+        settings.rate
+    ));
+    report.notes.push(
+        "waypoint_peak_rss_mb: the waypoint's VmHWM over its open-loop run (reset through clear_refs just before); waypoint_lifetime_peak_rss_mb: VmHWM at the end, closed-loop runs included".into(),
+    );
+    report.targets = targets();
+    report.settings.insert("elapsed_secs".into(), json!(started.elapsed().as_secs()));
+    drop(_servers);
+    mesh.topo.teardown().context("tearing the topology down")?;
+    Ok(report)
+}
+
+/// Issue 7's waypoint targets; never relaxed here.
+pub fn targets() -> Vec<Target> {
+    let t = |metric, against, bound, target, label| Target { metric, against, bound, target, label };
+    vec![
+        t("latency_p99_ms", Against::Ratio, Bound::AtMost, 2.5, "p99 at 1,000 req/s, waypoint ÷ direct"),
+        t("waypoint_cpu_s_per_1k_req", Against::Mesh, Bound::AtMost, 0.15, "vCPU per 1k req/s, waypoint"),
+        t("waypoint_peak_rss_mb", Against::Mesh, Bound::AtMost, 25.0, "peak RSS MiB at 1,000 req/s, waypoint"),
+    ]
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
+/// The HTTP server in both server pods; killed when dropped.
+fn start_servers(mesh: &Mesh) -> anyhow::Result<Vec<Process>> {
+    let exe: PathBuf = std::env::current_exe().context("finding this program")?;
+    let mut servers = Vec::new();
+    for ns in [DIRECT_NS, MESH_NS] {
+        let pod = mesh.pod(ns, "server");
+        let http = pod.netns.spawn([exe.to_string_lossy().as_ref(), "serve-http", "--port", &HTTP_PORT.to_string()])?;
+        http.wait_for_log("serving", Duration::from_secs(5))?;
+        servers.push(http);
+    }
+    Ok(servers)
+}
+
+/// A first successful request (the mesh paths set up their HBONE connections; a service's
+/// VIP may reach the client's ztunnel a moment after the mesh is up).
+fn warm_up(pod: &Pod, url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match pod.netns.http_get(url) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+}
+
+/// Requests to `server-wp` the waypoint has counted (its `istio_requests_total`).
+fn waypoint_requests(mesh: &Mesh) -> anyhow::Result<u64> {
+    let metrics = mesh.waypoint_metrics(MESH_NS, WAYPOINT)?;
+    Ok(requests_total(&metrics, &format!("destination_service=\"server-wp.{MESH_NS}.svc.cluster.local\"")))
+}
+
+/// Sum of the `istio_requests_total` samples whose labels contain `label`.
+pub fn requests_total(prometheus: &str, label: &str) -> u64 {
+    prometheus
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{") && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// What one run measured.
+struct Measured {
+    responses: u64,
+    values: Vec<(&'static str, f64)>,
+}
+
+/// One closed-loop (`wrk`) or open-loop (`oha`) run from `pod` to `url`; with `waypoint`,
+/// that process's CPU time and peak RSS over the run as well.
+fn measure(
+    settings: &Settings,
+    oha: &Path,
+    pod: &Pod,
+    url: &str,
+    open_loop: bool,
+    waypoint: Option<u32>,
+) -> anyhow::Result<Measured> {
+    let ns = &pod.netns;
+    let limit = Duration::from_secs(u64::from(settings.run_secs.max(settings.open_loop_secs)) + 30);
+    let conns = settings.connections.to_string();
+    if !open_loop {
+        let dur = format!("{}s", settings.run_secs);
+        let out = ns.exec(["wrk", "-t", "2", "-c", &conns, "-d", &dur, "--timeout", "5s", url], limit)?;
+        if !out.success() {
+            bail!("wrk failed: {}{}", out.stdout, out.stderr);
+        }
+        let r = parse::wrk(&out.stdout)?;
+        return Ok(Measured { responses: r.requests, values: vec![("closed_loop_rps", r.requests_per_second)] });
+    }
+    if let Some(pid) = waypoint {
+        procfs::reset_peak(pid)?;
+    }
+    let cpu_before = waypoint.map(procfs::cpu_time).transpose()?;
+    let dur = format!("{}s", settings.open_loop_secs);
+    let rate = settings.rate.to_string();
+    let oha = oha.to_string_lossy();
+    let argv =
+        [oha.as_ref(), "-z", &dur, "-q", &rate, "-c", &conns, "--latency-correction", "--no-tui", "--output-format"];
+    let out = ns.exec(argv.into_iter().chain(["json", url]), limit)?;
+    if !out.success() {
+        bail!("oha failed: {}{}", out.stdout, out.stderr);
+    }
+    let r = parse::oha(&out.stdout)?;
+    let mut values = vec![
+        ("latency_p50_ms", r.p50 * 1000.0),
+        ("latency_p90_ms", r.p90 * 1000.0),
+        ("latency_p99_ms", r.p99 * 1000.0),
+        ("latency_p99_9_ms", r.p999 * 1000.0),
+        ("open_loop_achieved_rps", r.requests_per_second),
+    ];
+    if let (Some(pid), Some(before)) = (waypoint, cpu_before) {
+        let cpu = procfs::cpu_time(pid)?.saturating_sub(before);
+        values.push(("waypoint_cpu_s_per_1k_req", cpu_s_per_1k(cpu, r.requests).context("no responses")?));
+        values.push(("waypoint_peak_rss_mb", mib(procfs::memory(pid)?.peak)));
+    }
+    Ok(Measured { responses: r.requests, values })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_takes_every_position_across_rounds() {
+        assert_eq!(round_order(&[1, 2, 3], 0), vec![&1, &2, &3]);
+        assert_eq!(round_order(&[1, 2, 3], 1), vec![&2, &3, &1]);
+        assert_eq!(round_order(&[1, 2, 3], 2), vec![&3, &1, &2]);
+        assert_eq!(round_order(&[1, 2, 3], 3), vec![&1, &2, &3]);
+        assert!(round_order::<u8>(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn cpu_per_thousand_responses() {
+        assert_eq!(cpu_s_per_1k(Duration::from_millis(600), 5000), Some(0.12));
+        assert_eq!(cpu_s_per_1k(Duration::from_secs(1), 0), None);
+    }
+
+    #[test]
+    fn counts_only_the_requested_service() {
+        let m = "# HELP istio_requests_total x\n\
+            istio_requests_total{reporter=\"waypoint\",destination_service=\"server-wp.mesh.svc.cluster.local\",response_code=\"200\"} 1500\n\
+            istio_requests_total{reporter=\"waypoint\",destination_service=\"server-wp.mesh.svc.cluster.local\",response_code=\"503\"} 2\n\
+            istio_requests_total{reporter=\"waypoint\",destination_service=\"other.mesh.svc.cluster.local\",response_code=\"200\"} 7\n\
+            istio_request_bytes_count{destination_service=\"server-wp.mesh.svc.cluster.local\"} 99\n";
+        assert_eq!(requests_total(m, "destination_service=\"server-wp.mesh.svc.cluster.local\""), 1502);
+        assert_eq!(requests_total(m, "destination_service=\"none\""), 0);
+    }
+
+    #[test]
+    fn targets_are_issue_7s() {
+        let t = targets();
+        let p99 = t.iter().find(|t| t.metric == "latency_p99_ms").unwrap();
+        assert_eq!((p99.against, p99.bound, p99.target), (Against::Ratio, Bound::AtMost, 2.5));
+        let cpu = t.iter().find(|t| t.metric == "waypoint_cpu_s_per_1k_req").unwrap();
+        assert_eq!((cpu.against, cpu.target), (Against::Mesh, 0.15));
+        let rss = t.iter().find(|t| t.metric == "waypoint_peak_rss_mb").unwrap();
+        assert_eq!((rss.against, rss.target), (Against::Mesh, 25.0));
+        assert_eq!(no_waypoint("latency_p99_ms"), "latency_p99_ms_no_waypoint");
+    }
+}
