@@ -198,7 +198,8 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, inner: &Inner) {
     }
     // Counted before answering, so a retried request's first try is already counted.
     let n = inner.requests.fetch_add(1, Ordering::Relaxed);
-    let status = if n < b.fail_first || b.failing.load(Ordering::Relaxed) || (b.fail_every_other && n % 2 == 0) {
+    let status = if n < b.fail_first || b.failing.load(Ordering::Relaxed) || (b.fail_every_other && n.is_multiple_of(2))
+    {
         "503 Service Unavailable"
     } else {
         "200 OK"

@@ -5,7 +5,7 @@
 //! with the same content (for example after a control-plane restart) yields
 //! the same versions and a resuming client is sent only what really changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use prost_types::Any;
@@ -20,6 +20,10 @@ pub struct StoredResource {
     pub body: Any,
 }
 
+/// Changes kept per type URL by default: a stream that fell further behind
+/// than this (or a bulk load larger than it) falls back to a full diff.
+pub const DEFAULT_CHANGE_LOG: usize = 4096;
+
 /// The resources of one type URL.
 #[derive(Debug, Default)]
 pub(crate) struct TypeEntries {
@@ -27,10 +31,39 @@ pub(crate) struct TypeEntries {
     pub(crate) revision: u64,
     /// Resources by name.
     pub(crate) resources: BTreeMap<String, StoredResource>,
+    /// (store revision, name) of recent changes, oldest first.
+    log: VecDeque<(u64, String)>,
+    /// Highest revision with changes dropped from `log`: changes after any
+    /// revision at or above it are all still in the log.
+    trimmed_to: u64,
+}
+
+impl TypeEntries {
+    /// Names changed after store revision `since` (repeats possible), or
+    /// `None` when the log no longer reaches back that far.
+    pub(crate) fn changed_since(&self, since: u64) -> Option<impl Iterator<Item = &str>> {
+        if since < self.trimmed_to {
+            return None;
+        }
+        let start = self.log.partition_point(|(revision, _)| *revision <= since);
+        Some(self.log.range(start..).map(|(_, name)| name.as_str()))
+    }
+
+    fn record(&mut self, revision: u64, name: &str, capacity: usize) {
+        self.revision = revision;
+        self.log.push_back((revision, name.to_owned()));
+        while self.log.len() > capacity {
+            if let Some((dropped, _)) = self.log.pop_front() {
+                self.trimmed_to = dropped;
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct StoreState {
+    /// The store revision this state is at.
+    pub(crate) revision: u64,
     pub(crate) types: HashMap<String, TypeEntries>,
 }
 
@@ -39,6 +72,8 @@ struct Inner {
     state: RwLock<StoreState>,
     /// Carries the store revision; bumped by every effective change.
     revision: watch::Sender<u64>,
+    /// Changes kept per type URL.
+    log_capacity: usize,
 }
 
 /// A versioned in-memory resource store, shared by cloning.
@@ -59,16 +94,26 @@ impl Default for ResourceStore {
 }
 
 impl ResourceStore {
-    /// An empty store at revision 0.
+    /// An empty store at revision 0 that remembers the last
+    /// [`DEFAULT_CHANGE_LOG`] changes per type URL.
     pub fn new() -> Self {
+        Self::with_change_log(DEFAULT_CHANGE_LOG)
+    }
+
+    /// An empty store remembering the last `capacity` changes per type URL,
+    /// so streams push only what changed since they last looked; a stream
+    /// further behind compares every resource instead.
+    pub fn with_change_log(capacity: usize) -> Self {
         let (revision, _) = watch::channel(0);
-        Self { inner: Arc::new(Inner { state: RwLock::new(StoreState::default()), revision }) }
+        let state = RwLock::new(StoreState::default());
+        Self { inner: Arc::new(Inner { state, revision, log_capacity: capacity }) }
     }
 
     /// Inserts or replaces `name` under `type_url`. Returns the resource's
     /// version, and whether anything changed.
     pub fn set(&self, type_url: &str, name: &str, body: Any) -> (Arc<str>, bool) {
         let version = content_version(&body);
+        let capacity = self.inner.log_capacity;
         let changed = self.apply(|state, revision| {
             let entries = state.types.entry(type_url.to_owned()).or_default();
             if entries.resources.get(name).is_some_and(|r| r.version == version) {
@@ -76,7 +121,7 @@ impl ResourceStore {
             }
             let resource = StoredResource { version: version.clone(), body };
             entries.resources.insert(name.to_owned(), resource);
-            entries.revision = revision;
+            entries.record(revision, name, capacity);
             true
         });
         (version, changed)
@@ -84,6 +129,7 @@ impl ResourceStore {
 
     /// Removes `name` under `type_url`. Returns whether it existed.
     pub fn remove(&self, type_url: &str, name: &str) -> bool {
+        let capacity = self.inner.log_capacity;
         self.apply(|state, revision| {
             let Some(entries) = state.types.get_mut(type_url) else {
                 return false;
@@ -91,7 +137,7 @@ impl ResourceStore {
             if entries.resources.remove(name).is_none() {
                 return false;
             }
-            entries.revision = revision;
+            entries.record(revision, name, capacity);
             true
         })
     }
@@ -105,6 +151,7 @@ impl ResourceStore {
         removals: impl IntoIterator<Item = String>,
     ) -> bool {
         let updates: Vec<_> = updates.into_iter().map(|(name, body)| (name, content_version(&body), body)).collect();
+        let capacity = self.inner.log_capacity;
         self.apply(|state, revision| {
             let entries = state.types.entry(type_url.to_owned()).or_default();
             let mut changed = false;
@@ -112,14 +159,15 @@ impl ResourceStore {
                 if entries.resources.get(&name).is_some_and(|r| r.version == version) {
                     continue;
                 }
+                entries.record(revision, &name, capacity);
                 entries.resources.insert(name, StoredResource { version, body });
                 changed = true;
             }
             for name in removals {
-                changed |= entries.resources.remove(&name).is_some();
-            }
-            if changed {
-                entries.revision = revision;
+                if entries.resources.remove(&name).is_some() {
+                    entries.record(revision, &name, capacity);
+                    changed = true;
+                }
             }
             changed
         })
@@ -164,6 +212,7 @@ impl ResourceStore {
         let next = *self.inner.revision.borrow() + 1;
         let changed = change(&mut state, next);
         if changed {
+            state.revision = next;
             self.inner.revision.send_replace(next);
         }
         changed
@@ -234,5 +283,29 @@ mod tests {
         assert_eq!(store.versions("t").len(), 1);
         assert!(!store.update("t", [("b".to_owned(), any(b"2"))], ["zz".to_owned()]));
         assert_eq!(store.revision(), 2);
+    }
+
+    fn changed(store: &ResourceStore, since: u64) -> Option<Vec<String>> {
+        let state = store.read();
+        state.types["t"].changed_since(since).map(|names| names.map(str::to_owned).collect())
+    }
+
+    #[test]
+    fn change_log_lists_names_after_a_revision_until_trimmed() {
+        let store = ResourceStore::with_change_log(3);
+        store.set("t", "a", any(b"1"));
+        store.set("t", "a", any(b"1"));
+        store.update("t", [("b".to_owned(), any(b"1")), ("c".to_owned(), any(b"1"))], ["a".to_owned()]);
+        assert_eq!(store.revision(), 2);
+        assert_eq!(store.read().revision, 2);
+        // Four changes in a log of three: a's first set is gone, so only
+        // revision 1 and later can still be answered.
+        assert_eq!(changed(&store, 0), None);
+        assert_eq!(changed(&store, 1).unwrap(), ["b", "c", "a"]);
+        assert!(changed(&store, 2).unwrap().is_empty());
+        store.remove("t", "b");
+        assert_eq!(changed(&store, 1), None, "revision 2's change of b was dropped");
+        assert_eq!(changed(&store, 2).unwrap(), ["b"]);
+        assert!(changed(&store, 3).unwrap().is_empty());
     }
 }

@@ -22,8 +22,10 @@ use crate::error::{ConfigError, Location, ObjectError, Warning};
 use crate::model::{Kind, Object, ObjectKey};
 use crate::translator::{Delta, Translator};
 
-/// How often the watcher looks at the directory.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the watcher looks at the directory. A look is a listing and one `stat` per file
+/// (unchanged files are not read), so a short interval is cheap and bounds how long an edit
+/// waits before it reaches the xDS streams.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Why the directory could not be read at all.
 #[derive(Debug, thiserror::Error)]

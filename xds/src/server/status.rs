@@ -49,6 +49,10 @@ pub struct TypeStatus {
     pub removals_sent: u64,
     /// Rejections received.
     pub nacks: u64,
+    /// Diffs that compared every resource of the type rather than only those
+    /// changed since the last one: the first, after a subscription change or
+    /// resume, and when the store's change log no longer reached back.
+    pub full_diffs: u64,
 }
 
 /// A push the client rejected.

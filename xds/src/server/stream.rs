@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
 use super::status::{ConnectionStatus, Counters, NackStatus, TypeStatus};
-use crate::store::{ResourceStore, StoreState, TypeEntries};
+use crate::store::{ResourceStore, StoreState, StoredResource, TypeEntries};
 
 /// The subscription name that means "every resource of the type".
 pub(crate) const WILDCARD: &str = "*";
@@ -51,12 +51,18 @@ struct TypeState {
     /// Type revision at which nothing was left to push; `None` after any
     /// request that may change the answer.
     clean_at: Option<u64>,
+    /// Store revision of the last diff. Every name the client lacks then is
+    /// in `pending` or `nacked`, so the next diff need only look at those
+    /// and at names changed since. `None` (a full diff is due) after a
+    /// subscription change or resume, which can change any name's answer.
+    synced: Option<u64>,
     last_acked_nonce: Option<String>,
     last_nack: Option<NackStatus>,
     pushes: u64,
     resources_sent: u64,
     removals_sent: u64,
     nacks: u64,
+    full_diffs: u64,
 }
 
 impl TypeState {
@@ -78,53 +84,96 @@ impl TypeState {
             resources_sent: self.resources_sent,
             removals_sent: self.removals_sent,
             nacks: self.nacks,
+            full_diffs: self.full_diffs,
         }
     }
 
     /// The resources and removals the client lacks, or `None` when there
-    /// is nothing worth sending.
-    fn diff(&self, entries: Option<&TypeEntries>) -> Option<(Vec<Resource>, Vec<String>)> {
-        let mut resources = Vec::new();
-        let mut removals = Vec::new();
-        // Whether anything differs from the last rejected push: if not,
-        // resending it would only be rejected again.
-        let mut news = false;
-        let mut consider = |name: &String, stored: &crate::store::StoredResource| {
-            if self.acked.get(name) == Some(&stored.version) {
-                return;
-            }
-            news |= self.nacked.get(name) != Some(&Some(stored.version.clone()));
-            resources.push(Resource {
-                name: name.clone(),
-                version: stored.version.to_string(),
-                resource: Some(stored.body.clone()),
-                ..Default::default()
-            });
+    /// is nothing worth sending. Looks only at names changed since the last
+    /// diff when the store's change log still reaches back to it.
+    fn diff(&mut self, entries: Option<&TypeEntries>) -> Option<(Vec<Resource>, Vec<String>)> {
+        let changed: Option<BTreeSet<&str>> = match (self.synced, entries) {
+            (Some(since), Some(entries)) => entries.changed_since(since).map(|names| names.collect()),
+            (Some(_), None) => Some(BTreeSet::new()),
+            (None, _) => None,
         };
-        match entries {
-            Some(entries) if self.wildcard => {
-                for (name, stored) in &entries.resources {
-                    consider(name, stored);
-                }
-            }
-            Some(entries) => {
-                for name in &self.names {
-                    if let Some(stored) = entries.resources.get(name) {
-                        consider(name, stored);
+        if changed.is_none() {
+            self.full_diffs += 1;
+        }
+        let mut diff = Diff { state: self, resources: Vec::new(), removals: Vec::new(), news: false };
+        match changed {
+            Some(mut names) => {
+                // Rejected names still differ although unchanged in the store.
+                names.extend(self.nacked.keys().map(String::as_str));
+                for name in names {
+                    match entries.and_then(|e| e.resources.get(name)) {
+                        Some(stored) if self.subscribed(name) => diff.present(name, stored),
+                        Some(_) => {}
+                        None => diff.absent(name),
                     }
                 }
             }
-            None => {}
-        }
-        for name in self.acked.keys() {
-            if entries.is_some_and(|e| e.resources.contains_key(name)) {
-                continue;
+            None => {
+                match entries {
+                    Some(entries) if self.wildcard => {
+                        for (name, stored) in &entries.resources {
+                            diff.present(name, stored);
+                        }
+                    }
+                    Some(entries) => {
+                        for name in &self.names {
+                            if let Some(stored) = entries.resources.get(name) {
+                                diff.present(name, stored);
+                            }
+                        }
+                    }
+                    None => {}
+                }
+                for name in self.acked.keys() {
+                    if !entries.is_some_and(|e| e.resources.contains_key(name)) {
+                        diff.absent(name);
+                    }
+                }
             }
-            news |= self.nacked.get(name) != Some(&None);
-            removals.push(name.clone());
         }
+        let Diff { resources, removals, news, .. } = diff;
         let first = !self.first_sent;
         (first || news).then_some((resources, removals))
+    }
+}
+
+/// A push being computed for one type on one stream.
+struct Diff<'a> {
+    state: &'a TypeState,
+    resources: Vec<Resource>,
+    removals: Vec<String>,
+    /// Whether anything differs from the last rejected push: if not,
+    /// resending it would only be rejected again.
+    news: bool,
+}
+
+impl Diff<'_> {
+    /// `name` is subscribed and stored as `stored`.
+    fn present(&mut self, name: &str, stored: &StoredResource) {
+        if self.state.acked.get(name) == Some(&stored.version) {
+            return;
+        }
+        self.news |= self.state.nacked.get(name) != Some(&Some(stored.version.clone()));
+        self.resources.push(Resource {
+            name: name.to_owned(),
+            version: stored.version.to_string(),
+            resource: Some(stored.body.clone()),
+            ..Default::default()
+        });
+    }
+
+    /// `name` is not in the store: a removal is owed if the client holds it.
+    fn absent(&mut self, name: &str) {
+        if !self.state.acked.contains_key(name) {
+            return;
+        }
+        self.news |= self.state.nacked.get(name) != Some(&None);
+        self.removals.push(name.to_owned());
     }
 }
 
@@ -194,6 +243,14 @@ impl StreamState {
         }
         let state = self.types.entry(request.type_url.clone()).or_default();
         state.clean_at = None;
+        // A bare ACK or NACK leaves every unchanged name's answer as it was.
+        let answer_only = !first
+            && request.resource_names_subscribe.is_empty()
+            && request.resource_names_unsubscribe.is_empty()
+            && request.initial_resource_versions.is_empty();
+        if !answer_only {
+            state.synced = None;
+        }
         if first {
             // An empty first subscription is the legacy spelling of wildcard.
             state.wildcard = request.resource_names_subscribe.is_empty();
@@ -308,7 +365,9 @@ impl StreamState {
             if state.clean_at == Some(revision) {
                 continue;
             }
-            let Some((resources, removals)) = state.diff(entries) else {
+            let diffed = state.diff(entries);
+            state.synced = Some(store.revision);
+            let Some((resources, removals)) = diffed else {
                 state.clean_at = Some(revision);
                 continue;
             };

@@ -125,3 +125,195 @@ fn holds_answers_what_status_says_without_building_it() {
     assert!(state.holds("type.googleapis.com/other", "a", None), "type not subscribed");
     assert_eq!(state.status().types[T].acked["a"], &*va);
 }
+
+fn nack(nonce: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        error_detail: Some(proto::google::rpc::Status { code: 3, message: "bad".to_owned(), details: Vec::new() }),
+        ..ack(nonce)
+    }
+}
+
+fn full_diffs(state: &StreamState) -> u64 {
+    state.status().types[T].full_diffs
+}
+
+/// A wildcard stream that has acknowledged everything in `store`.
+fn synced(store: &ResourceStore, counters: &Counters) -> StreamState {
+    let mut state = StreamState::new(1, None);
+    state.handle_request(request(&["*"], &[]), counters).unwrap();
+    let pushes = push(&mut state, store);
+    assert_eq!(pushes.len(), 1);
+    state.handle_request(ack(&pushes[0].2), counters).unwrap();
+    state
+}
+
+fn many(n: usize) -> ResourceStore {
+    let store = ResourceStore::new();
+    store.update(T, (0..n).map(|i| (format!("r{i:05}"), body(format!("{i}").as_bytes()))), []);
+    store
+}
+
+#[test]
+fn a_change_after_many_resources_pushes_that_resource_from_the_change_log() {
+    let store = many(3000);
+    let counters = Counters::default();
+    let mut state = synced(&store, &counters);
+    assert_eq!(state.status().types[T].acked.len(), 3000);
+    assert_eq!(full_diffs(&state), 1);
+    store.set(T, "r01234", body(b"new"));
+    let pushes = push(&mut state, &store);
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].0, ["r01234"]);
+    assert!(pushes[0].1.is_empty());
+    state.handle_request(ack(&pushes[0].2), &counters).unwrap();
+    assert!(state.holds(T, "r01234", Some(&store.get(T, "r01234").unwrap().version)));
+    // A new resource among the many, then nothing more to send.
+    store.set(T, "r99999", body(b"added"));
+    assert_eq!(push(&mut state, &store)[0].0, ["r99999"]);
+    assert_eq!(full_diffs(&state), 1, "both pushes came from the change log");
+}
+
+#[test]
+fn a_removal_from_the_change_log_is_pushed_once() {
+    let store = many(100);
+    let counters = Counters::default();
+    let mut state = synced(&store, &counters);
+    store.remove(T, "r00042");
+    let pushes = push(&mut state, &store);
+    assert_eq!(pushes.len(), 1);
+    assert!(pushes[0].0.is_empty());
+    assert_eq!(pushes[0].1, ["r00042"]);
+    state.handle_request(ack(&pushes[0].2), &counters).unwrap();
+    assert!(state.holds(T, "r00042", None));
+    assert!(push(&mut state, &store).is_empty());
+    // Removed and added back with the content the client had dropped: it is owed again.
+    store.set(T, "r00042", body(b"42"));
+    assert_eq!(push(&mut state, &store)[0].0, ["r00042"]);
+    assert_eq!(full_diffs(&state), 1);
+}
+
+#[test]
+fn a_trimmed_change_log_falls_back_to_a_full_diff_that_is_still_exact() {
+    let store = ResourceStore::with_change_log(2);
+    store.update(T, (0..50).map(|i| (format!("r{i:02}"), body(&[i]))), []);
+    let counters = Counters::default();
+    let mut state = synced(&store, &counters);
+    store.set(T, "r07", body(b"x"));
+    store.set(T, "r08", body(b"x"));
+    store.remove(T, "r09");
+    let pushes = push(&mut state, &store);
+    assert_eq!(full_diffs(&state), 2, "three changes in a log of two");
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].0, ["r07", "r08"]);
+    assert_eq!(pushes[0].1, ["r09"]);
+    state.handle_request(ack(&pushes[0].2), &counters).unwrap();
+    // Within the log's reach again.
+    store.set(T, "r10", body(b"x"));
+    assert_eq!(push(&mut state, &store)[0].0, ["r10"]);
+    assert_eq!(full_diffs(&state), 2);
+}
+
+#[test]
+fn changes_during_an_outstanding_push_are_coalesced_into_the_next() {
+    let store = many(100);
+    let counters = Counters::default();
+    let mut state = synced(&store, &counters);
+    // Two changes before the stream looks: one push with both.
+    store.set(T, "r00001", body(b"one"));
+    store.set(T, "r00002", body(b"two"));
+    let pushes = push(&mut state, &store);
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].0, ["r00001", "r00002"]);
+    // While that push is unanswered: nothing more is sent.
+    store.set(T, "r00002", body(b"two again"));
+    store.set(T, "r00003", body(b"three"));
+    store.remove(T, "r00004");
+    assert!(push(&mut state, &store).is_empty());
+    state.handle_request(ack(&pushes[0].2), &counters).unwrap();
+    let pushes = push(&mut state, &store);
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].0, ["r00002", "r00003"], "r00001 was acknowledged as it is");
+    assert_eq!(pushes[0].1, ["r00004"]);
+    state.handle_request(ack(&pushes[0].2), &counters).unwrap();
+    assert!(push(&mut state, &store).is_empty());
+    let acked = &state.status().types[T].acked;
+    let stored: std::collections::BTreeMap<String, String> =
+        store.versions(T).into_iter().map(|(n, v)| (n, v.to_string())).collect();
+    assert_eq!(acked, &stored);
+    assert_eq!(full_diffs(&state), 1);
+}
+
+#[test]
+fn a_rejected_push_is_not_resent_alone_but_rides_along_with_the_next_change() {
+    let store = many(100);
+    let counters = Counters::default();
+    let mut state = synced(&store, &counters);
+    store.set(T, "r00010", body(b"bad"));
+    store.remove(T, "r00011");
+    let pushes = push(&mut state, &store);
+    state.handle_request(nack(&pushes[0].2), &counters).unwrap();
+    assert!(push(&mut state, &store).is_empty(), "resending the rejected push would be rejected again");
+    let old = store.get(T, "r00012").unwrap().version;
+    store.set(T, "r00012", body(b"other"));
+    let pushes = push(&mut state, &store);
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].0, ["r00010", "r00012"], "the rejected resource is still owed");
+    assert_eq!(pushes[0].1, ["r00011"], "so is the rejected removal");
+    state.handle_request(nack(&pushes[0].2), &counters).unwrap();
+    assert!(state.holds(T, "r00012", Some(&old)), "a NACK leaves the client's versions");
+    // A new version of a rejected resource is news by itself.
+    store.set(T, "r00010", body(b"fixed"));
+    let pushes = push(&mut state, &store);
+    assert_eq!(pushes[0].0, ["r00010", "r00012"]);
+    assert_eq!(pushes[0].1, ["r00011"]);
+    state.handle_request(ack(&pushes[0].2), &counters).unwrap();
+    assert!(push(&mut state, &store).is_empty());
+    assert!(state.holds(T, "r00011", None));
+    assert_eq!(state.status().types[T].nacks, 2);
+    assert_eq!(full_diffs(&state), 1);
+}
+
+#[test]
+fn incremental_diffs_agree_with_the_store_over_random_changes() {
+    // Small log so some rounds fall back to the full diff; a fixed LCG so a
+    // failure reproduces.
+    let store = ResourceStore::with_change_log(8);
+    store.update(T, (0..40).map(|i| (format!("r{i:02}"), body(&[i]))), []);
+    let counters = Counters::default();
+    let mut state = StreamState::new(1, None);
+    state.handle_request(request(&["*"], &[]), &counters).unwrap();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |bound: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % bound
+    };
+    let stored = |store: &ResourceStore| -> std::collections::BTreeMap<String, String> {
+        store.versions(T).into_iter().map(|(n, v)| (n, v.to_string())).collect()
+    };
+    for round in 0..400 {
+        // Now and then a burst longer than the log.
+        let changes = if next(10) == 0 { 12 } else { next(4) };
+        for _ in 0..changes {
+            let name = format!("r{:02}", next(48));
+            if next(4) == 0 {
+                store.remove(T, &name);
+            } else {
+                store.set(T, &name, body(&[u8::try_from(next(3)).unwrap()]));
+            }
+        }
+        for (_, _, nonce) in push(&mut state, &store) {
+            let answer = if next(5) == 0 { nack(&nonce) } else { ack(&nonce) };
+            state.handle_request(answer, &counters).unwrap();
+        }
+        // Acknowledge until nothing is owed: the client then holds the store exactly.
+        if round % 10 == 9 {
+            store.set(T, "sync", body(&round.to_string().into_bytes()));
+            while let Some((_, _, nonce)) = push(&mut state, &store).pop() {
+                state.handle_request(ack(&nonce), &counters).unwrap();
+            }
+            assert_eq!(state.status().types[T].acked, stored(&store), "round {round}");
+        }
+    }
+    let full = full_diffs(&state);
+    assert!(full > 1 && full < 200, "{full} full diffs: the log should serve most rounds");
+}
