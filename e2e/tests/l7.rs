@@ -397,12 +397,23 @@ fn grpc_and_http2_go_through_the_waypoint() {
         assert_eq!(code, 200, "{body:?}\n{}", logs(&mesh));
         assert!(body.contains("grpc-1 /shop.Echo/Say"), "{body:?}");
         // A method the route does not match: no rule, so the waypoint answers 404.
-        let (code, _) = curl(
-            &mesh,
+        let out = mesh.pod("tools", "client").netns.curl(
             &format!("http://{}:9000/shop.Echo/Other", vip(40)),
-            &["--http2-prior-knowledge", "-X", "POST", "-H", "content-type: application/grpc", "--data-binary", &data],
+            &[
+                "-w",
+                "\n%{http_code}",
+                "-v",
+                "--http2-prior-knowledge",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/grpc",
+                "--data-binary",
+                &data,
+            ],
+            T,
         )?;
-        assert_eq!(code, 404);
+        assert!(out.stdout.ends_with("404"), "{}\n{}", out.stdout, out.stderr);
 
         // Many streams over few connections.
         let client = mesh.pod("tools", "client");

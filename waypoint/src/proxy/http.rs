@@ -31,6 +31,22 @@ use crate::telemetry::{AccessLog, Metrics, RequestLabels, TraceParent};
 /// Request bodies up to this size are buffered when a retry or mirror may replay them.
 pub const MAX_REPLAY_BODY: usize = 64 * 1024;
 
+/// How long the unread body of a request answered locally (403, 404, ...) is read off.
+const LOCAL_REPLY_DRAIN: Duration = Duration::from_secs(1);
+
+/// Returns `reply` after setting the unread request body to be read off in the background.
+///
+/// A local reply (403, 404, ...) leaves the request body unread; dropping it would make the
+/// HTTP/2 server reset the stream, and a client still sending (curl, gRPC stubs) may then report
+/// the reset instead of the answer. Reading what is left (bounded in size and time) lets the
+/// stream close cleanly.
+fn drained<T>(req_body: Body, reply: T) -> T {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(LOCAL_REPLY_DRAIN, body::buffer(req_body, MAX_REPLAY_BODY)).await;
+    });
+    reply
+}
+
 /// Serves HTTP on one tunnelled stream until the client closes it.
 pub async fn serve<S>(proxy: Arc<Proxy>, down: Arc<Downstream>, io: S, proto: Protocol)
 where
@@ -280,7 +296,7 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
         Ok(p) => p.into_owned(),
         Err(e) => {
             tracing::debug!(path = parts.uri.path(), error = %e, "refusing request path");
-            return reply(account, StatusCode::BAD_REQUEST, "bad request path\n", "-");
+            return drained(req_body, reply(account, StatusCode::BAD_REQUEST, "bad request path\n", "-"));
         }
     };
     account.path = path.clone();
@@ -310,7 +326,7 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
     if !decision.allowed {
         proxy.inputs.metrics.denied(decision.policy());
         account.allowed = false;
-        return reply(account, StatusCode::FORBIDDEN, "RBAC: access denied", "-");
+        return drained(req_body, reply(account, StatusCode::FORBIDDEN, "RBAC: access denied", "-"));
     }
 
     // Routing.
@@ -326,7 +342,7 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
         Destination::Service(s, port) => match snapshot.routes(&s.hostname, *port) {
             Some(table) => match route::find(table, &view) {
                 Some(e) => Some(e),
-                None => return reply(account, StatusCode::NOT_FOUND, "no route matched\n", "NR"),
+                None => return drained(req_body, reply(account, StatusCode::NOT_FOUND, "no route matched\n", "NR")),
             },
             None => None,
         },
@@ -377,9 +393,12 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
                         resp.headers_mut().insert(header::LOCATION, v);
                     }
                     let (p, b) = resp.into_parts();
-                    return Response::from_parts(
-                        p,
-                        Counted::new(b, Arc::default(), Some(Box::new(account))).boxed_unsync_compat(),
+                    return drained(
+                        req_body,
+                        Response::from_parts(
+                            p,
+                            Counted::new(b, Arc::default(), Some(Box::new(account))).boxed_unsync_compat(),
+                        ),
                     );
                 }
                 Filter::Rewrite(r) => {
@@ -395,7 +414,7 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
         }
         match backend {
             Some(b) => plan.backend = Some((b.hostname.to_ascii_lowercase(), b.port)),
-            None => return reply(account, StatusCode::INTERNAL_SERVER_ERROR, "no backend\n", "NR"),
+            None => return drained(req_body, reply(account, StatusCode::INTERNAL_SERVER_ERROR, "no backend\n", "NR")),
         }
     }
 
@@ -415,7 +434,9 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
         }
         Version::H1 => Uri::builder().path_and_query(pq.as_str()).build(),
     };
-    let Ok(uri) = uri else { return reply(account, StatusCode::BAD_REQUEST, "bad request target\n", "-") };
+    let Ok(uri) = uri else {
+        return drained(req_body, reply(account, StatusCode::BAD_REQUEST, "bad request target\n", "-"));
+    };
     parts.uri = uri;
     if (version == Version::H1 || parts.headers.contains_key(header::HOST))
         && let Ok(v) = HeaderValue::from_str(&new_authority)
@@ -436,7 +457,12 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
                 account.labels.destination_service_namespace.clone_from(&s.namespace);
                 (snapshot.mesh.endpoints(s, *port), h.clone())
             }
-            None => return reply(account, StatusCode::INTERNAL_SERVER_ERROR, "unknown backend service\n", "NR"),
+            None => {
+                return drained(
+                    req_body,
+                    reply(account, StatusCode::INTERNAL_SERVER_ERROR, "unknown backend service\n", "NR"),
+                );
+            }
         },
         None => match &down.dest {
             Destination::Workload(w, port) => (vec![Endpoint { workload: w.clone(), port: *port }], String::new()),
