@@ -49,17 +49,35 @@ pub struct Settings {
     pub connections: u32,
     /// Idle pods enrolled to measure the per-pod memory cost.
     pub idle_pods: usize,
+    /// Run only these measurements (all when empty).
+    pub only: Vec<Test>,
 }
 
 impl Settings {
     /// The full run (`README.md`'s numbers).
     pub fn full() -> Settings {
-        Settings { rounds: 5, run_secs: 10, open_loop_secs: 15, rate: 1000, connections: 10, idle_pods: 100 }
+        Settings {
+            rounds: 5,
+            run_secs: 10,
+            open_loop_secs: 15,
+            rate: 1000,
+            connections: 10,
+            idle_pods: 100,
+            only: Vec::new(),
+        }
     }
 
     /// `--quick`: fewer, shorter rounds (well under 5 minutes in all).
     pub fn quick() -> Settings {
-        Settings { rounds: 3, run_secs: 3, open_loop_secs: 5, rate: 1000, connections: 10, idle_pods: 100 }
+        Settings {
+            rounds: 3,
+            run_secs: 3,
+            open_loop_secs: 5,
+            rate: 1000,
+            connections: 10,
+            idle_pods: 100,
+            only: Vec::new(),
+        }
     }
 }
 
@@ -72,12 +90,28 @@ struct Side {
 
 /// The measurements, in the order they run within a round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Test {
+pub enum Test {
     OneStream,
     EightStreams,
     ClosedLoop,
     OpenLoop,
     NewConnections,
+}
+
+impl Test {
+    /// Parses a `--only` name.
+    pub fn from_name(name: &str) -> anyhow::Result<Test> {
+        Ok(match name {
+            "one-stream" => Test::OneStream,
+            "eight-streams" => Test::EightStreams,
+            "closed-loop" => Test::ClosedLoop,
+            "open-loop" => Test::OpenLoop,
+            "new-connections" => Test::NewConnections,
+            other => bail!(
+                "--only: unknown measurement {other:?} (one-stream, eight-streams, closed-loop, open-loop, new-connections)"
+            ),
+        })
+    }
 }
 
 const TESTS: [Test; 5] = [Test::OneStream, Test::EightStreams, Test::ClosedLoop, Test::OpenLoop, Test::NewConnections];
@@ -141,7 +175,7 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     let mut samples = Samples::new();
     for round in 0..settings.rounds {
         let order: Vec<&Side> = if round % 2 == 0 { vec![&sides[0], &sides[1]] } else { vec![&sides[1], &sides[0]] };
-        for test in TESTS {
+        for test in TESTS.into_iter().filter(|t| settings.only.is_empty() || settings.only.contains(t)) {
             for s in &order {
                 let ztunnels = (s.name == "mesh").then_some(&ztunnels);
                 if let Err(e) = measure(settings, oha, s, test, ztunnels, &mut samples) {

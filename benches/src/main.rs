@@ -61,6 +61,10 @@ struct RunArgs {
     /// the SVG chart goes beside it with the `.svg` extension.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// `l4` only: run just these measurements (comma-separated: one-stream, eight-streams,
+    /// closed-loop, open-loop, new-connections), e.g. to profile one of them.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 const SANDBOX_NAME: &str = "benches";
@@ -102,7 +106,8 @@ fn main() -> anyhow::Result<()> {
     let report = match scenario {
         "l4" => {
             let oha = oha.context("oha not found (the outer run installs it)")?;
-            let settings = if args.quick { l4::Settings::quick() } else { l4::Settings::full() };
+            let mut settings = if args.quick { l4::Settings::quick() } else { l4::Settings::full() };
+            settings.only = args.only.iter().map(|n| l4::Test::from_name(n)).collect::<Result<_, _>>()?;
             l4::run(&settings, &oha, args.quick)?
         }
         "l7" => {
