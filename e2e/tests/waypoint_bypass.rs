@@ -74,7 +74,8 @@ fn a_client_that_skips_the_waypoint_is_refused_by_the_destination() {
 
         // Through the Service, from a mesh client: its ztunnel sends it to the waypoint, which
         // reaches reviews-1 with its own identity, and the destination lets that in.
-        let body = mesh.get(("tools", "client"), &format!("http://{VIP}/")).map_err(|e| format!("{e}\n{}", logs(&mesh)))?;
+        let body =
+            mesh.get(("tools", "client"), &format!("http://{VIP}/")).map_err(|e| format!("{e}\n{}", logs(&mesh)))?;
         assert!(body.contains("hello from reviews-1"), "{body}");
         let waypoint_ip = IpAddr::V4(mesh.waypoint_pod("shop", "waypoint").ip);
         assert_eq!(app.peers().last().map(|p| p.ip()), Some(waypoint_ip), "reviews-1 was reached by the waypoint");
@@ -94,7 +95,8 @@ fn a_client_that_skips_the_waypoint_is_refused_by_the_destination() {
         assert_eq!(denied(&m, "bypassed_waypoint"), 1, "{m}");
         let log = mesh.ztunnel_log(1);
         assert!(
-            log.lines().any(|l| l.contains(&format!("bypassed waypoint {WAYPOINT}")) && l.contains(&outsider.ip.to_string())),
+            log.lines()
+                .any(|l| l.contains(&format!("bypassed waypoint {WAYPOINT}")) && l.contains(&outsider.ip.to_string())),
             "one line says who bypassed which waypoint:\n{log}"
         );
 

@@ -293,7 +293,7 @@ impl State {
     /// the waypoint is concerned (no waypoint, or `w` is one of its waypoint's own pods);
     /// otherwise only the waypoint. One map lookup, no allocation.
     pub fn waypoint_gate(&self, w: &Workload) -> Option<&WaypointGate> {
-        self.waypoint_gates.get(w.uid.as_str()).map(|g| &**g)
+        self.waypoint_gates.get(w.uid.as_str()).map(Arc::as_ref)
     }
 
     /// The policy with this `namespace/name`.

@@ -4,9 +4,7 @@
 use http::StatusCode;
 
 use super::support::*;
-use crate::state::{
-    GatewayAddress, GatewayDestination, NetworkAddress, State, StateConfig, WaypointDenial, Workload,
-};
+use crate::state::{GatewayAddress, GatewayDestination, NetworkAddress, State, StateConfig, WaypointDenial, Workload};
 
 const WP_KEY: &str = "shop/waypoint.shop.svc.cluster.local";
 
@@ -98,7 +96,8 @@ fn a_waypoint_that_does_not_resolve_refuses_everyone() {
         ("remote", by_addr("10.0.0.20", "west"), "waypoint address is on another network"),
         ("no-pods", empty_svc, "waypoint service has no pods"),
     ];
-    let workloads = cases.iter().enumerate().map(|(i, (n, gw, _))| with_waypoint(n, &format!("10.0.1.{i}"), gw.clone()));
+    let workloads =
+        cases.iter().enumerate().map(|(i, (n, gw, _))| with_waypoint(n, &format!("10.0.1.{i}"), gw.clone()));
     let mut s = state(workloads.collect());
     // `empty` exists but nothing backs it.
     let mut services: Vec<_> = s.services().map(|x| (**x).clone()).collect();
@@ -130,8 +129,8 @@ fn not_gated_without_a_waypoint_of_its_own_or_when_it_is_the_waypoint() {
     let s = state(vec![wp_self, plain, svc_only]);
     let mut services: Vec<_> = s.services().map(|x| (**x).clone()).collect();
     services.push(reviews);
-    let s = State::new(StateConfig::default(), s.workloads().map(|w| (**w).clone()).collect(), services, vec![])
-        .unwrap();
+    let s =
+        State::new(StateConfig::default(), s.workloads().map(|w| (**w).clone()).collect(), services, vec![]).unwrap();
     for name in ["wp-2", "plain", "svc-only", "wp-0"] {
         assert!(s.waypoint_gate(s.workload_by_uid(name).unwrap()).is_none(), "{name} must not be gated");
     }
