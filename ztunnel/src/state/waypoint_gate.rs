@@ -107,7 +107,7 @@ impl WaypointGate {
     /// waypoint's. Allocation-free.
     pub fn admit(&self, peer: Option<&Identity>) -> Result<(), WaypointDenial<'_>> {
         match &self.resolved {
-            Err(why) => Err(WaypointDenial::Unresolved { waypoint: &self.name, why: *why }),
+            Err(why) => Err(WaypointDenial::Unresolved { waypoint: &self.name, why }),
             Ok(ids) if peer.is_some_and(|p| ids.contains(p)) => Ok(()),
             Ok(_) => Err(WaypointDenial::Bypassed { waypoint: &self.name }),
         }
