@@ -1,6 +1,7 @@
-//! Inbound HBONE (15008): tunnels from other proxies. The peer is verified by mesh TLS; each
-//! CONNECT is authorized against the destination workload's policies, then delivered to the
-//! pod from inside its namespace, from the original client's address.
+//! Inbound HBONE (15008): tunnels from other proxies. The peer is verified by mesh TLS; a
+//! workload with a waypoint admits only the waypoint's identity; each CONNECT is authorized
+//! against the destination workload's policies, then delivered to the pod from inside its
+//! namespace, from the original client's address.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -97,6 +98,14 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
         let why = format!("{authority} is not an address of {}/{}", me.namespace(), me.name);
         ends.log("inbound", None, 0, 0, started.elapsed(), Some(&why));
         req.refuse(StatusCode::BAD_REQUEST, &why);
+        return;
+    }
+    // Before policy: a workload behind a waypoint is reached only through it (see
+    // `state::waypoint_gate` for who counts as the waypoint, and why).
+    if let Some(Err(denial)) = state.waypoint_gate(&me).map(|g| g.admit(Some(&peer))) {
+        metrics.denied(Reporter::Destination, denial.reason());
+        ends.log("inbound", Some(&denial), 0, 0, started.elapsed(), None);
+        req.refuse(denial.status(), &denial.to_string());
         return;
     }
     let verdict = state.authorize(&ConnInfo {

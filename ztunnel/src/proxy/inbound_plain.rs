@@ -1,7 +1,8 @@
 //! Inbound plaintext (15006): connections to the pod from outside the mesh. They carry no
 //! identity, so policy sees none: `PeerAuthentication` STRICT (translated by the control
 //! plane into a DENY of connections without a principal) refuses them, PERMISSIVE lets
-//! them through.
+//! them through. A workload that has a waypoint refuses them all: they cannot have come
+//! through it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,6 +58,14 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: SocketAddr)
         dst_identity: Some(&pod.identity),
         service: None,
     };
+    // Plaintext has no identity, so it is never the waypoint: a workload behind one refuses it,
+    // also from clients outside the mesh (see `state::waypoint_gate`).
+    if let Some(Err(denial)) = state.waypoint_gate(&me).map(|g| g.admit(None)) {
+        metrics.denied(Reporter::Destination, denial.reason());
+        ends.log("inbound_plaintext", Some(&denial), 0, 0, started.elapsed(), None);
+        abort(tcp);
+        return;
+    }
     let verdict = state.authorize(&ConnInfo {
         src_identity: None,
         src_ip: client.ip(),

@@ -146,7 +146,7 @@ fn via_waypoint(
             },
         },
         GatewayDestination::Hostname { namespace, hostname } => {
-            let Some(svc) = state.service_by_key(&format!("{namespace}/{hostname}")) else {
+            let Some(svc) = state.service_by_host(namespace, hostname) else {
                 return Err(unavailable("waypoint service is not known"));
             };
             match state.pick_endpoint(svc, gw.hbone_mtls_port) {

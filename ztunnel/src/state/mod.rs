@@ -7,6 +7,7 @@
 //!
 //! - [`workload`], [`service`], [`policy`]: the model.
 //! - [`authorize`]: the decision for one connection ([`State::authorize`]).
+//! - [`waypoint_gate`]: who may connect to a workload that has a waypoint ([`State::waypoint_gate`]).
 //! - [`convert`]: validated conversion from the Istio protos.
 //! - [`file`](mod@file): the YAML state file and its watcher.
 
@@ -18,6 +19,7 @@ pub mod file;
 mod handle;
 pub mod policy;
 pub mod service;
+pub mod waypoint_gate;
 pub mod workload;
 pub mod xds;
 
@@ -36,6 +38,7 @@ pub use authorize::{ConnInfo, DryRunResult, PolicyRule, Reason, Verdict};
 pub use handle::StateHandle;
 pub use policy::{Action, Policy, Scope};
 pub use service::{Endpoint, Service};
+pub use waypoint_gate::{WaypointDenial, WaypointGate};
 pub use workload::{GatewayAddress, GatewayDestination, NetworkAddress, TunnelProtocol, Workload, WorkloadType};
 
 use service::EndpointIndex;
@@ -103,6 +106,8 @@ pub struct State {
     /// Sorted by `namespace/hostname`.
     services: Vec<Arc<Service>>,
     service_by_key: HashMap<String, Arc<Service>>,
+    /// The same services by namespace, then hostname: looked up from borrowed parts.
+    service_by_host: HashMap<String, HashMap<String, Arc<Service>>>,
     service_by_vip: HashMap<IpAddr, Arc<Service>>,
     endpoints: EndpointIndex,
     /// Sorted by `namespace/name`.
@@ -114,6 +119,8 @@ pub struct State {
     namespace_policies: HashMap<String, Vec<Arc<Policy>>>,
     /// Fail-closed stand-ins for policies that workloads name but this snapshot lacks.
     missing_policies: HashMap<String, Arc<Policy>>,
+    /// For each workload (by uid) that must be reached through a waypoint, who may connect.
+    waypoint_gates: HashMap<String, Arc<WaypointGate>>,
     /// Inconsistencies tolerated while indexing (e.g. two workloads on one IP).
     warnings: Vec<String>,
 }
@@ -192,6 +199,8 @@ impl State {
             if s.service_by_key.insert(key.clone(), svc.clone()).is_some() {
                 return Err(StateError::DuplicateService(key.clone()));
             }
+            let by_host = s.service_by_host.entry(svc.namespace.clone()).or_default();
+            by_host.insert(svc.hostname.clone(), svc.clone());
             for vip in svc.vips.iter().filter(|v| v.network == s.config.network) {
                 match s.service_by_vip.entry(vip.address.to_canonical()) {
                     Entry::Vacant(e) => {
@@ -208,6 +217,7 @@ impl State {
         }
         s.services = services.into_iter().map(|(_, svc)| svc).collect();
         s.endpoints = EndpointIndex::build(workloads.iter());
+        s.waypoint_gates = waypoint_gate::build(&s, &workloads);
 
         let mut policies: Vec<(String, Arc<Policy>)> = policies.into_iter().map(|p| (p.key(), Arc::new(p))).collect();
         policies.sort_by(|a, b| a.0.cmp(&b.0));
@@ -271,6 +281,19 @@ impl State {
     /// The service with this `namespace/hostname`.
     pub fn service_by_key(&self, key: &str) -> Option<&Arc<Service>> {
         self.service_by_key.get(key)
+    }
+
+    /// The service `hostname` in `namespace`; like [`State::service_by_key`] without formatting
+    /// the key.
+    pub fn service_by_host(&self, namespace: &str, hostname: &str) -> Option<&Arc<Service>> {
+        self.service_by_host.get(namespace)?.get(hostname)
+    }
+
+    /// Who may connect to `w` (a workload of this snapshot): `None` when anyone may, as far as
+    /// the waypoint is concerned (no waypoint, or `w` is one of its waypoint's own pods);
+    /// otherwise only the waypoint. One map lookup, no allocation.
+    pub fn waypoint_gate(&self, w: &Workload) -> Option<&WaypointGate> {
+        self.waypoint_gates.get(w.uid.as_str()).map(Arc::as_ref)
     }
 
     /// The policy with this `namespace/name`.

@@ -6,3 +6,4 @@ mod convert;
 mod file;
 mod lookup;
 mod support;
+mod waypoint_gate;
