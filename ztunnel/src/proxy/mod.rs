@@ -196,6 +196,9 @@ where
     loop {
         match listener.accept().await {
             Ok((tcp, client)) => {
+                // Bytes from the tunnel go to the application as they arrive; Nagle would
+                // hold a reply back behind an unacknowledged one.
+                let _ = tcp.set_nodelay(true);
                 let live = pod.inputs.drain.track();
                 let conn = handle(pod.clone(), tcp, client);
                 tokio::spawn(async move {
