@@ -1,17 +1,16 @@
 //! A pod's HBONE listener on loopback (no namespaces): policy decides on the address the
 //! tunnel really comes from, never on one a peer claims in `forwarded`.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
 use hbone::CertStore;
 use hbone::testing::{DAY, TestCa, echo_backend, id};
 use hbone::tunnel::client::{ConnectError, ConnectTarget};
 use hbone::tunnel::pool::{Pool, PoolConfig, PoolKey};
-use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ztunnel::metrics::Metrics;
-use ztunnel::proxy::{HostSockets, PodProxy, ProxyConfig, ProxyInputs};
+use ztunnel::proxy::{HostSockets, PodProxy};
 use ztunnel::state::{StateConfig, StateHandle, file};
 
 fn state(allowed_source: &str) -> ztunnel::state::State {
@@ -45,21 +44,7 @@ async fn policy_sees_the_real_source_not_the_claimed_one() {
     certs.insert(ca.issue(&web, DAY));
     certs.insert(ca.issue(&client, DAY));
     let handle = StateHandle::new(state("10.1.2.3"));
-    let mut registry = Registry::default();
-    let inputs = ProxyInputs {
-        state: handle.clone(),
-        certs: certs.clone(),
-        metrics: Metrics::register(&mut registry),
-        cfg: Arc::new(ProxyConfig {
-            mark: None,
-            transparent_inbound: false,
-            outbound_port: 0,
-            inbound_plain_port: 0,
-            hbone_port: 0,
-            ..ProxyConfig::default()
-        }),
-        drain: Default::default(),
-    };
+    let (inputs, registry) = support::loopback_inputs(handle.clone(), certs.clone());
     let pod = PodProxy::start("Kubernetes//Pod/shop/web".into(), web.clone(), HostSockets, inputs).unwrap();
     let backend = echo_backend().await;
     let pool = Pool::new(PoolConfig::default(), certs, None);

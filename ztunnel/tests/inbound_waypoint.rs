@@ -110,21 +110,7 @@ async fn hbone_to_a_workload_behind_a_waypoint_must_come_from_the_waypoint() {
         certs.insert(ca.issue(who, DAY));
     }
     let handle = StateHandle::new(state("127.0.0.1", Waypoint::Host(WAYPOINT_HOST)));
-    let mut registry = Registry::default();
-    let inputs = ProxyInputs {
-        state: handle.clone(),
-        certs: certs.clone(),
-        metrics: Metrics::register(&mut registry),
-        cfg: Arc::new(ProxyConfig {
-            mark: None,
-            transparent_inbound: false,
-            outbound_port: 0,
-            inbound_plain_port: 0,
-            hbone_port: 0,
-            ..ProxyConfig::default()
-        }),
-        drain: Default::default(),
-    };
+    let (inputs, registry) = support::loopback_inputs(handle.clone(), certs.clone());
     let pod = PodProxy::start("Kubernetes//Pod/shop/web".into(), web.clone(), HostSockets, inputs).unwrap();
     let backend = echo_backend().await;
     let pool = Pool::new(PoolConfig::default(), certs, None);

@@ -32,3 +32,28 @@ impl Drop for Task {
 }
 
 pub mod fake_api;
+
+/// Inputs of a pod proxy for loopback tests: kernel-chosen ports, no socket mark, delivery
+/// from ztunnel's own address; the registry holds its metrics.
+pub fn loopback_inputs(
+    state: ztunnel::state::StateHandle,
+    certs: hbone::CertStore,
+) -> (ztunnel::proxy::ProxyInputs, prometheus_client::registry::Registry) {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let cfg = ztunnel::proxy::ProxyConfig {
+        mark: None,
+        transparent_inbound: false,
+        outbound_port: 0,
+        inbound_plain_port: 0,
+        hbone_port: 0,
+        ..ztunnel::proxy::ProxyConfig::default()
+    };
+    let inputs = ztunnel::proxy::ProxyInputs {
+        state,
+        certs,
+        metrics: ztunnel::metrics::Metrics::register(&mut registry),
+        cfg: std::sync::Arc::new(cfg),
+        drain: Default::default(),
+    };
+    (inputs, registry)
+}
