@@ -286,6 +286,7 @@ fn start_source(
                                 .collect(),
                             failure: None,
                             warnings: k.warnings.clone(),
+                            inotify: false,
                         });
                     }
                 };

@@ -22,10 +22,28 @@ use crate::error::{ConfigError, Location, ObjectError, Warning};
 use crate::model::{Kind, Object, ObjectKey};
 use crate::translator::{Delta, Translator};
 
+mod notify;
+
 /// How often the watcher looks at the directory. A look is a listing and one `stat` per file
-/// (unchanged files are not read), so a short interval is cheap and bounds how long an edit
-/// waits before it reaches the xDS streams.
+/// (unchanged files are not read), so a short interval is cheap. inotify wakes the watcher as
+/// soon as a file is written; the poll bounds the wait where inotify does not see the change.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How the watcher notices changes.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchOptions {
+    /// Interval of the poll (names, times and sizes of the YAML files), which always runs.
+    pub poll_interval: Duration,
+    /// Also look as soon as inotify reports a change in the directory or a subdirectory.
+    /// If inotify cannot be set up (or fails later) the poll alone continues.
+    pub inotify: bool,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions { poll_interval: POLL_INTERVAL, inotify: true }
+    }
+}
 
 /// Why the directory could not be read at all.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +70,10 @@ pub struct Snapshot {
     pub ignored: Vec<String>,
 }
 
-fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DirError> {
+/// Collects the YAML files under `dir` into `out` and the directories read (`dir` included)
+/// into `dirs`.
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>, dirs: &mut Vec<PathBuf>) -> Result<(), DirError> {
+    dirs.push(dir.to_owned());
     let rd = std::fs::read_dir(dir).map_err(|source| DirError::Read { path: dir.to_owned(), source })?;
     for e in rd {
         let e = e.map_err(|source| DirError::Read { path: dir.to_owned(), source })?;
@@ -65,7 +86,7 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DirError> {
         }
         // Real directories only: a symlinked directory could loop back to a parent.
         if e.file_type().is_ok_and(|t| t.is_dir()) {
-            yaml_files(&p, out)?;
+            yaml_files(&p, out, dirs)?;
         } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
             out.push(p);
         }
@@ -73,19 +94,24 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DirError> {
     Ok(())
 }
 
-/// The directory's YAML files with their modification time and length (a cheap change check).
-fn fingerprint(dir: &Path) -> Result<Vec<(PathBuf, Option<SystemTime>, u64)>, DirError> {
-    let mut files = Vec::new();
-    yaml_files(dir, &mut files)?;
+/// The YAML files of a directory with their modification time and length.
+type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
+
+/// The directory's YAML files with their modification time and length (a cheap change check),
+/// and the directories listed.
+fn fingerprint(dir: &Path) -> Result<(Fingerprint, Vec<PathBuf>), DirError> {
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
+    yaml_files(dir, &mut files, &mut dirs)?;
     files.sort();
-    Ok(files
+    let files = files
         .into_iter()
         .map(|p| {
             let m = std::fs::metadata(&p).ok();
             let (t, l) = (m.as_ref().and_then(|m| m.modified().ok()), m.map(|m| m.len()).unwrap_or(0));
             (p, t, l)
         })
-        .collect())
+        .collect();
+    Ok((files, dirs))
 }
 
 fn is_security(k: &ObjectKey) -> bool {
@@ -119,7 +145,7 @@ impl Loader {
     /// Reads and parses every file.
     pub fn load(&mut self) -> Result<Snapshot, DirError> {
         let mut files = Vec::new();
-        yaml_files(&self.dir, &mut files)?;
+        yaml_files(&self.dir, &mut files, &mut Vec::new())?;
         files.sort();
         let mut snap = Snapshot::default();
         let mut seen: BTreeMap<ObjectKey, Location> = BTreeMap::new();
@@ -209,15 +235,27 @@ pub struct WatchStatus {
     pub failure: Option<Arc<DirError>>,
     /// Translation warnings after the last load (HTTP rules left out, dangling waypoints, ...).
     pub warnings: Vec<Warning>,
+    /// Whether inotify wakes the watcher (false: it polls only).
+    pub inotify: bool,
 }
 
-/// Watches `dir`: every [`POLL_INTERVAL`] it checks the YAML files' names, times and sizes;
-/// on any change (and on the first poll) it reloads the directory, applies it to `translator`
-/// with [`Translator::replace_all`], and sends the non-empty delta. Returns the status
-/// receiver, the delta receiver and the future to spawn (it runs until dropped).
+/// [`watch_with`] with the default options: inotify, and a poll every [`POLL_INTERVAL`].
 pub fn watch(
     dir: impl Into<PathBuf>,
     translator: Arc<Mutex<Translator>>,
+) -> (watch::Receiver<WatchStatus>, mpsc::UnboundedReceiver<Delta>, impl Future<Output = ()> + Send + 'static) {
+    watch_with(dir, translator, WatchOptions::default())
+}
+
+/// Watches `dir`: on every inotify event (if enabled and available) and every poll interval it
+/// checks the YAML files' names, times and sizes; on any change (and at the start) it reloads
+/// the directory, applies it to `translator` with [`Translator::replace_all`], and sends the
+/// non-empty delta. Returns the status receiver, the delta receiver and the future to spawn
+/// (it runs until dropped; it needs a Tokio runtime with I/O and time enabled).
+pub fn watch_with(
+    dir: impl Into<PathBuf>,
+    translator: Arc<Mutex<Translator>>,
+    options: WatchOptions,
 ) -> (watch::Receiver<WatchStatus>, mpsc::UnboundedReceiver<Delta>, impl Future<Output = ()> + Send + 'static) {
     let dir = dir.into();
     let (status_tx, status_rx) = watch::channel(WatchStatus::default());
@@ -226,13 +264,39 @@ pub fn watch(
         // Listing and reading run on the blocking pool: the runtime also serves xDS.
         let mut loader = Some(Loader::new(dir.clone()));
         let mut last = None;
-        let mut ticker = tokio::time::interval(POLL_INTERVAL);
+        let mut ticker = tokio::time::interval(options.poll_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut notifier = options.inotify.then(notify::Notifier::new).and_then(|n| {
+            n.inspect_err(|e| tracing::warn!(error = %e, "inotify unavailable; polling the config directory only"))
+                .ok()
+        });
+        status_tx.send_modify(|s| s.inotify = notifier.is_some());
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                woke = async {
+                    match notifier.as_mut() {
+                        Some(n) => n.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Err(e) = woke {
+                        tracing::warn!(error = %e, "inotify failed; polling the config directory only");
+                        notifier = None;
+                        status_tx.send_modify(|s| s.inotify = false);
+                    }
+                }
+            }
             let d = dir.clone();
             let fp = match tokio::task::spawn_blocking(move || fingerprint(&d)).await {
-                Ok(Ok(fp)) => fp,
+                Ok(Ok((fp, dirs))) => {
+                    // Directories appear and go between looks; a change in one created since
+                    // the last look and before this watch is left to the poll.
+                    if let Some(n) = notifier.as_mut() {
+                        n.watch_dirs(&dirs);
+                    }
+                    fp
+                }
                 Ok(Err(e)) => {
                     if last.is_some() || status_tx.borrow().failure.is_none() {
                         tracing::error!(error = %e, "config directory unreadable; keeping the last model");
