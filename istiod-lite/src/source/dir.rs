@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 
-use super::{Located, Parsed, parse_file};
+use super::{Located, parse_file};
 use crate::error::{ConfigError, Location, ObjectError, Warning};
 use crate::model::{Kind, ObjectKey};
 use crate::translator::{Change, Delta, Translator};

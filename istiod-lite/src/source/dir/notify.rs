@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
@@ -49,7 +49,12 @@ impl Notifier {
     /// A new inotify instance with no watches. Must run inside a Tokio runtime with I/O enabled.
     pub(super) fn new() -> io::Result<Notifier> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(io::Error::from)?;
-        Ok(Notifier { fd: AsyncFd::new(Fd(inotify))?, by_path: BTreeMap::new(), by_wd: HashMap::new() })
+        // Deprecated for types whose `as_raw_fd` could change or close under the reactor; `Fd`
+        // owns its descriptor for as long as the `AsyncFd` lives and always returns that one,
+        // which is what the unsafe replacement (`register`) asks, without `unsafe` here.
+        #[allow(deprecated)]
+        let fd = AsyncFd::new(Fd(inotify))?;
+        Ok(Notifier { fd, by_path: BTreeMap::new(), by_wd: HashMap::new() })
     }
 
     /// Makes the watched set exactly `dirs` (the last listing's directories): new ones are
@@ -75,12 +80,6 @@ impl Notifier {
                 Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch with inotify; polling only"),
             }
         }
-    }
-
-    /// Number of directories watched.
-    #[cfg(test)]
-    pub(super) fn watched(&self) -> usize {
-        self.by_path.len()
     }
 
     /// Waits for an event worth a look, draining every one queued. An error means the
