@@ -224,12 +224,8 @@ impl Loader {
         let rejected: BTreeSet<ObjectKey> =
             snap.errors.iter().filter_map(|e| e.object.clone()).filter(is_security).collect();
         // Only objects that really parsed become last good; stand-ins never do.
-        let mut last_good: BTreeMap<ObjectKey, Arc<Located>> = snap
-            .objects
-            .iter()
-            .filter(|o| is_security(&o.object.key()))
-            .map(|o| (o.object.key(), o.clone()))
-            .collect();
+        let mut last_good: BTreeMap<ObjectKey, Arc<Located>> =
+            snap.objects.iter().filter(|o| is_security(&o.object.key())).map(|o| (o.object.key(), o.clone())).collect();
         for k in rejected {
             if seen.contains_key(&k) {
                 continue; // a valid definition elsewhere wins; the bad one is just reported
@@ -254,8 +250,7 @@ impl Loader {
 /// objects that are new or differ are upserted, objects gone are deleted. An object shared
 /// with `before` (from a file that did not change) is skipped without being compared.
 fn changes(before: &BTreeMap<ObjectKey, Arc<Located>>, after: &BTreeMap<ObjectKey, Arc<Located>>) -> Vec<Change> {
-    let mut out: Vec<Change> =
-        before.keys().filter(|k| !after.contains_key(*k)).cloned().map(Change::Delete).collect();
+    let mut out: Vec<Change> = before.keys().filter(|k| !after.contains_key(*k)).cloned().map(Change::Delete).collect();
     for (k, o) in after {
         match before.get(k) {
             Some(b) if Arc::ptr_eq(b, o) || b.object == o.object => {}
@@ -312,8 +307,7 @@ pub fn watch_with(
         let mut ticker = tokio::time::interval(options.poll_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut notifier = options.inotify.then(notify::Notifier::new).and_then(|n| {
-            n.inspect_err(|e| tracing::warn!(error = %e, "inotify unavailable; polling the config directory only"))
-                .ok()
+            n.inspect_err(|e| tracing::warn!(error = %e, "inotify unavailable; polling the config directory only")).ok()
         });
         status_tx.send_modify(|s| s.inotify = notifier.is_some());
         loop {
@@ -440,7 +434,10 @@ mod tests {
         let before = objects(&(ns("a", "1") + &ns("b", "1") + &ns("c", "1")));
         let mut after = objects(&(ns("b", "1") + &ns("c", "2") + &ns("d", "1")));
         // `b` is equal but parsed again (not shared): compared, and skipped.
-        assert_eq!(described(changes(&before, &after)), ["delete Namespace a", "upsert Namespace c", "upsert Namespace d"]);
+        assert_eq!(
+            described(changes(&before, &after)),
+            ["delete Namespace a", "upsert Namespace c", "upsert Namespace d"]
+        );
         // Shared objects are skipped without a look; from nothing, everything is new.
         after.insert(before.keys().next().unwrap().clone(), before.values().next().unwrap().clone());
         assert_eq!(described(changes(&before, &after)), ["upsert Namespace c", "upsert Namespace d"]);

@@ -23,8 +23,8 @@ use tonic::transport::server::Connected;
 use tonic::{Status, Streaming};
 
 pub use ads::AdsService;
-use budget::PushBudget;
 pub use budget::DEFAULT_PUSH_BUDGET;
+use budget::PushBudget;
 use push::Push;
 use status::Counters;
 pub use status::{ConnectionStatus, NackStatus, ServerStats, TypeStatus};

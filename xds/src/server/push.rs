@@ -6,8 +6,8 @@
 use bytes::{BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType, bytes as pb_bytes, skip_field, string};
 use prost::{DecodeError, Message};
-use proto::envoy::service::discovery::v3::Resource;
 use prost_types::Any;
+use proto::envoy::service::discovery::v3::Resource;
 
 /// Field numbers of `DeltaDiscoveryResponse`.
 const SYSTEM_VERSION_INFO: u32 = 1;
@@ -18,8 +18,12 @@ const REMOVED_RESOURCES: u32 = 6;
 
 /// The encoded `Resource` of a stored resource: name, version and body.
 pub(crate) fn encode_resource(name: &str, version: &str, body: &Any) -> Bytes {
-    let resource =
-        Resource { name: name.to_owned(), version: version.to_owned(), resource: Some(body.clone()), ..Default::default() };
+    let resource = Resource {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        resource: Some(body.clone()),
+        ..Default::default()
+    };
     resource.encode_to_vec().into()
 }
 

@@ -9,9 +9,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use proto::envoy::config::core::v3::Node;
 use bytes::Bytes;
 use prost::Message;
+use proto::envoy::config::core::v3::Node;
 use proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
@@ -367,12 +367,7 @@ impl StreamState {
 
     /// Builds the pushes due now: one per type with no push outstanding and
     /// something the client lacks.
-    pub(crate) fn collect_pushes(
-        &mut self,
-        store: &StoreState,
-        system_version: u64,
-        counters: &Counters,
-    ) -> Vec<Push> {
+    pub(crate) fn collect_pushes(&mut self, store: &StoreState, system_version: u64, counters: &Counters) -> Vec<Push> {
         let mut out = Vec::new();
         for (type_url, state) in &mut self.types {
             if state.pending.is_some() {
