@@ -3,7 +3,7 @@
 //! (network mounts, files changed from another mount namespace of an overlay) and can run out
 //! of watches or instances, and then the poll alone keeps the model current.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::PathBuf;
@@ -43,6 +43,9 @@ pub(super) struct Notifier {
     /// Directories watched, by path and by watch descriptor (events name the descriptor).
     by_path: BTreeMap<PathBuf, WatchDescriptor>,
     by_wd: HashMap<WatchDescriptor, PathBuf>,
+    /// Directories inotify refused (out of watches, say): left to the poll, not retried (nor
+    /// warned about) at every look while they exist.
+    refused: BTreeSet<PathBuf>,
 }
 
 impl Notifier {
@@ -54,12 +57,13 @@ impl Notifier {
         // which is what the unsafe replacement (`register`) asks, without `unsafe` here.
         #[allow(deprecated)]
         let fd = AsyncFd::new(Fd(inotify))?;
-        Ok(Notifier { fd, by_path: BTreeMap::new(), by_wd: HashMap::new() })
+        Ok(Notifier { fd, by_path: BTreeMap::new(), by_wd: HashMap::new(), refused: BTreeSet::new() })
     }
 
     /// Makes the watched set exactly `dirs` (the last listing's directories): new ones are
     /// added, vanished ones dropped. A directory that cannot be watched is left to the poll.
     pub(super) fn watch_dirs(&mut self, dirs: &[PathBuf]) {
+        self.refused.retain(|p| dirs.contains(p));
         let stale: Vec<PathBuf> = self.by_path.keys().filter(|p| !dirs.contains(p)).cloned().collect();
         for path in stale {
             if let Some(wd) = self.by_path.remove(&path) {
@@ -69,7 +73,7 @@ impl Notifier {
             }
         }
         for dir in dirs {
-            if self.by_path.contains_key(dir) {
+            if self.by_path.contains_key(dir) || self.refused.contains(dir) {
                 continue;
             }
             match self.fd.get_ref().0.add_watch(dir.as_path(), interesting()) {
@@ -77,7 +81,10 @@ impl Notifier {
                     self.by_path.insert(dir.clone(), wd);
                     self.by_wd.insert(wd, dir.clone());
                 }
-                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch with inotify; polling only"),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch with inotify; polling it only");
+                    self.refused.insert(dir.clone());
+                }
             }
         }
     }
