@@ -278,7 +278,7 @@ pub fn run(settings: &Settings, quick: bool) -> anyhow::Result<Report> {
     report.cost("istiod_cpu_s_first_sync", "CPU s", Summary::of(&[measured.sync_cpu])?);
     report.cost("istiod_cpu_s_total", "CPU s", Summary::of(&[cpu_total])?);
     report.notes.push(format!(
-        "changes are timed from the file's rename to the last of {} clients applying the changed resource (each ACKs right after); istiod-lite's directory watcher polls every 50 ms, so up to 50 ms of each is the wait for the next poll",
+        "changes are timed from the file's rename to the last of {} clients applying the changed resource (each ACKs right after); istiod-lite's directory watcher wakes on inotify events (its 50 ms poll is only the fallback)",
         settings.clients
     ));
     report.notes.push("no baseline: the control plane has no no-mesh counterpart; its targets are absolute".into());

@@ -116,7 +116,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
                 feed.update(type_url, d.upserts, d.removals);
                 changed.extend(names.into_iter().map(|name| Changed {
                     type_url: type_url.to_owned(),
-                    version: feed.get(type_url, &name).map(|r| r.version),
+                    version: feed.version(type_url, &name),
                     name,
                 }));
                 tracing::info!(type_url, upserts = n, removals = r, "pushed configuration change");
@@ -286,6 +286,7 @@ fn start_source(
                                 .collect(),
                             failure: None,
                             warnings: k.warnings.clone(),
+                            inotify: false,
                         });
                     }
                 };

@@ -22,5 +22,7 @@ pub use client::{
     Backoff, Cache, CacheHandler, Client, ClientHandle, ClientStatus, ClientTypeStatus, Names, ResourceHandler,
     StreamError, Update, cache_handler,
 };
-pub use server::{ConnectionStatus, NackStatus, ServeError, ServerStats, TypeStatus, XdsServer};
+pub use server::{
+    AdsService, ConnectionStatus, DEFAULT_PUSH_BUDGET, NackStatus, ServeError, ServerStats, TypeStatus, XdsServer,
+};
 pub use store::{ResourceStore, StoredResource};

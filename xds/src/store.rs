@@ -8,8 +8,11 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
+use bytes::Bytes;
 use prost_types::Any;
 use tokio::sync::watch;
+
+use crate::server::push::encode_resource;
 
 /// One stored resource: its content-derived version and its body.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +21,9 @@ pub struct StoredResource {
     pub version: Arc<str>,
     /// The resource body.
     pub body: Any,
+    /// The `envoy.service.discovery.v3.Resource` carrying name, version and body, encoded
+    /// once here and sent as is by every stream.
+    pub(crate) encoded: Bytes,
 }
 
 /// Changes kept per type URL by default: a stream that fell further behind
@@ -29,10 +35,11 @@ pub const DEFAULT_CHANGE_LOG: usize = 4096;
 pub(crate) struct TypeEntries {
     /// Store revision of the last change to this type.
     pub(crate) revision: u64,
-    /// Resources by name.
-    pub(crate) resources: BTreeMap<String, StoredResource>,
+    /// Resources by name. Streams keep these `Arc`s for the names they track, so each name
+    /// is held once however many streams hold the resource.
+    pub(crate) resources: BTreeMap<Arc<str>, StoredResource>,
     /// (store revision, name) of recent changes, oldest first.
-    log: VecDeque<(u64, String)>,
+    log: VecDeque<(u64, Arc<str>)>,
     /// Highest revision with changes dropped from `log`: changes after any
     /// revision at or above it are all still in the log.
     trimmed_to: u64,
@@ -41,17 +48,25 @@ pub(crate) struct TypeEntries {
 impl TypeEntries {
     /// Names changed after store revision `since` (repeats possible), or
     /// `None` when the log no longer reaches back that far.
-    pub(crate) fn changed_since(&self, since: u64) -> Option<impl Iterator<Item = &str>> {
+    pub(crate) fn changed_since(&self, since: u64) -> Option<impl Iterator<Item = &Arc<str>>> {
         if since < self.trimmed_to {
             return None;
         }
         let start = self.log.partition_point(|(revision, _)| *revision <= since);
-        Some(self.log.range(start..).map(|(_, name)| name.as_str()))
+        Some(self.log.range(start..).map(|(_, name)| name))
     }
 
-    fn record(&mut self, revision: u64, name: &str, capacity: usize) {
+    /// The stored name equal to `name`, shared, or a new one.
+    fn intern(&self, name: &str) -> Arc<str> {
+        match self.resources.get_key_value(name) {
+            Some((stored, _)) => stored.clone(),
+            None => name.into(),
+        }
+    }
+
+    fn record(&mut self, revision: u64, name: Arc<str>, capacity: usize) {
         self.revision = revision;
-        self.log.push_back((revision, name.to_owned()));
+        self.log.push_back((revision, name));
         while self.log.len() > capacity {
             if let Some((dropped, _)) = self.log.pop_front() {
                 self.trimmed_to = dropped;
@@ -113,14 +128,16 @@ impl ResourceStore {
     /// version, and whether anything changed.
     pub fn set(&self, type_url: &str, name: &str, body: Any) -> (Arc<str>, bool) {
         let version = content_version(&body);
+        let encoded = encode_resource(name, &version, &body);
         let capacity = self.inner.log_capacity;
         let changed = self.apply(|state, revision| {
             let entries = state.types.entry(type_url.to_owned()).or_default();
             if entries.resources.get(name).is_some_and(|r| r.version == version) {
                 return false;
             }
-            let resource = StoredResource { version: version.clone(), body };
-            entries.resources.insert(name.to_owned(), resource);
+            let resource = StoredResource { version: version.clone(), body, encoded };
+            let name = entries.intern(name);
+            entries.resources.insert(name.clone(), resource);
             entries.record(revision, name, capacity);
             true
         });
@@ -134,9 +151,9 @@ impl ResourceStore {
             let Some(entries) = state.types.get_mut(type_url) else {
                 return false;
             };
-            if entries.resources.remove(name).is_none() {
+            let Some((name, _)) = entries.resources.remove_entry(name) else {
                 return false;
-            }
+            };
             entries.record(revision, name, capacity);
             true
         })
@@ -150,22 +167,31 @@ impl ResourceStore {
         updates: impl IntoIterator<Item = (String, Any)>,
         removals: impl IntoIterator<Item = String>,
     ) -> bool {
-        let updates: Vec<_> = updates.into_iter().map(|(name, body)| (name, content_version(&body), body)).collect();
+        // Digests and encodings are computed before the write lock: streams read meanwhile.
+        let updates: Vec<_> = updates
+            .into_iter()
+            .map(|(name, body)| {
+                let version = content_version(&body);
+                let encoded = encode_resource(&name, &version, &body);
+                (name, version, body, encoded)
+            })
+            .collect();
         let capacity = self.inner.log_capacity;
         self.apply(|state, revision| {
             let entries = state.types.entry(type_url.to_owned()).or_default();
             let mut changed = false;
-            for (name, version, body) in updates {
-                if entries.resources.get(&name).is_some_and(|r| r.version == version) {
+            for (name, version, body, encoded) in updates {
+                if entries.resources.get(name.as_str()).is_some_and(|r| r.version == version) {
                     continue;
                 }
-                entries.record(revision, &name, capacity);
-                entries.resources.insert(name, StoredResource { version, body });
+                let name = entries.intern(&name);
+                entries.record(revision, name.clone(), capacity);
+                entries.resources.insert(name, StoredResource { version, body, encoded });
                 changed = true;
             }
             for name in removals {
-                if entries.resources.remove(&name).is_some() {
-                    entries.record(revision, &name, capacity);
+                if let Some((name, _)) = entries.resources.remove_entry(name.as_str()) {
+                    entries.record(revision, name, capacity);
                     changed = true;
                 }
             }
@@ -178,13 +204,23 @@ impl ResourceStore {
         self.read().types.get(type_url).and_then(|t| t.resources.get(name)).cloned()
     }
 
+    /// The version of `name` under `type_url`, if present.
+    pub fn version(&self, type_url: &str, name: &str) -> Option<Arc<str>> {
+        self.read().types.get(type_url).and_then(|t| t.resources.get(name)).map(|r| r.version.clone())
+    }
+
     /// Names and versions of every resource under `type_url`.
     pub fn versions(&self, type_url: &str) -> BTreeMap<String, Arc<str>> {
         self.read()
             .types
             .get(type_url)
-            .map(|t| t.resources.iter().map(|(n, r)| (n.clone(), r.version.clone())).collect())
+            .map(|t| t.resources.iter().map(|(n, r)| (n.to_string(), r.version.clone())).collect())
             .unwrap_or_default()
+    }
+
+    /// Number of resources under `type_url`.
+    pub fn count(&self, type_url: &str) -> usize {
+        self.read().types.get(type_url).map_or(0, |t| t.resources.len())
     }
 
     /// The current store revision (0 for a store never changed).
@@ -287,7 +323,7 @@ mod tests {
 
     fn changed(store: &ResourceStore, since: u64) -> Option<Vec<String>> {
         let state = store.read();
-        state.types["t"].changed_since(since).map(|names| names.map(str::to_owned).collect())
+        state.types["t"].changed_since(since).map(|names| names.map(|n| n.to_string()).collect())
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl Collector for XdsCollector {
             proto::WAYPOINT_POLICY_TYPE_URL,
             proto::WAYPOINT_BACKEND_TYPE_URL,
         ] {
-            let n = self.xds.store().versions(type_url).len() as i64;
+            let n = self.xds.store().count(type_url) as i64;
             ConstGauge::new(n).encode(family.encode_family(&TypeLabel { type_url: type_url.to_owned() })?)?;
         }
         let (errors, warnings) = {

@@ -13,11 +13,12 @@ use super::Located;
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// Services for the waypoint Gateways in `objects` that have none, located at their Gateway.
-pub fn synthesize(objects: &[Located]) -> Vec<Located> {
+pub fn synthesize<L: std::borrow::Borrow<Located>>(objects: &[L]) -> Vec<Located> {
+    let objects = || objects.iter().map(|o| o.borrow());
     let has_service =
-        |ns: &str, name: &str| objects.iter().any(|o| o.object.key() == ObjectKey::new(Kind::Service, ns, name));
+        |ns: &str, name: &str| objects().any(|o| o.object.key() == ObjectKey::new(Kind::Service, ns, name));
     let mut out = Vec::new();
-    for o in objects {
+    for o in objects() {
         let Object::Gateway(gw) = &o.object else { continue };
         let (ns, name) = (gw.metadata.namespace.as_str(), gw.metadata.name.as_str());
         if gw.spec.gateway_class_name != WAYPOINT_CLASS || has_service(ns, name) {

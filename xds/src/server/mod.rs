@@ -1,6 +1,9 @@
 //! The delta ADS server: serves a [`ResourceStore`] to every connected
 //! client, each on its own stream with its own subscriptions and ACK state.
 
+mod ads;
+mod budget;
+pub(crate) mod push;
 mod status;
 mod stream;
 #[cfg(test)]
@@ -12,18 +15,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use proto::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::server::Connected;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 
+pub use ads::AdsService;
+pub use budget::DEFAULT_PUSH_BUDGET;
+use budget::PushBudget;
+use push::Push;
 use status::Counters;
 pub use status::{ConnectionStatus, NackStatus, ServerStats, TypeStatus};
 use stream::StreamState;
@@ -56,6 +58,7 @@ struct Shared {
     next_id: AtomicU64,
     /// Bumped to close every open stream.
     disconnect: watch::Sender<u64>,
+    budget: PushBudget,
 }
 
 /// A delta ADS server over one [`ResourceStore`]. Cheap to clone; clones
@@ -78,8 +81,16 @@ impl Drop for Registration {
 }
 
 impl XdsServer {
-    /// A server streaming from `store`.
+    /// A server streaming from `store`, with [`DEFAULT_PUSH_BUDGET`].
     pub fn new(store: ResourceStore) -> Self {
+        Self::with_push_budget(store, DEFAULT_PUSH_BUDGET)
+    }
+
+    /// A server streaming from `store` that keeps at most about `bytes` of large pushes
+    /// (over 64 KiB encoded: full syncs) unanswered at a time across all streams; others wait
+    /// their turn. A push answered, or unanswered for 2 s, gives its share back. Everyday
+    /// changes are small and never wait.
+    pub fn with_push_budget(store: ResourceStore, bytes: usize) -> Self {
         let (disconnect, _) = watch::channel(0);
         Self {
             shared: Arc::new(Shared {
@@ -88,6 +99,7 @@ impl XdsServer {
                 streams: Mutex::default(),
                 next_id: AtomicU64::new(1),
                 disconnect,
+                budget: PushBudget::new(bytes),
             }),
         }
     }
@@ -97,9 +109,33 @@ impl XdsServer {
         &self.shared.store
     }
 
-    /// The tonic service, to mount beside others on one server.
-    pub fn service(&self) -> AggregatedDiscoveryServiceServer<XdsServer> {
-        AggregatedDiscoveryServiceServer::new(self.clone())
+    /// The ADS service, to mount beside others on one tonic server.
+    pub fn service(&self) -> AdsService {
+        AdsService::new(self.clone())
+    }
+
+    /// Registers a new stream from `peer` and starts its task; the receiver carries its pushes.
+    fn open_stream(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        requests: Streaming<DeltaDiscoveryRequest>,
+    ) -> ReceiverStream<Result<Push, Status>> {
+        let shared = &self.shared;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(Mutex::new(StreamState::new(id, peer)));
+        shared.streams.lock().unwrap_or_else(|p| p.into_inner()).insert(id, state.clone());
+        Counters::add(&shared.counters.streams, 1);
+        let registration = Registration { shared: shared.clone(), id };
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let store = shared.store.clone();
+        let counters = shared.counters.clone();
+        let disconnect = shared.disconnect.subscribe();
+        let budget = shared.budget.clone();
+        tokio::spawn(async move {
+            let _registration = registration;
+            stream::run(state, store, counters, budget, requests, tx, disconnect).await;
+        });
+        ReceiverStream::new(rx)
     }
 
     /// Serves plaintext HTTP/2 on `listener` until `shutdown` completes, then
@@ -173,40 +209,5 @@ impl XdsServer {
     /// Totals since the server was created.
     pub fn stats(&self) -> ServerStats {
         self.shared.counters.snapshot()
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        _request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("state-of-the-world ADS is not served; use DeltaAggregatedResources"))
-    }
-
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let shared = &self.shared;
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(Mutex::new(StreamState::new(id, request.remote_addr())));
-        shared.streams.lock().unwrap_or_else(|p| p.into_inner()).insert(id, state.clone());
-        Counters::add(&shared.counters.streams, 1);
-        let registration = Registration { shared: shared.clone(), id };
-        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
-        let store = shared.store.clone();
-        let counters = shared.counters.clone();
-        let disconnect = shared.disconnect.subscribe();
-        tokio::spawn(async move {
-            let _registration = registration;
-            stream::run(state, store, counters, request.into_inner(), tx, disconnect).await;
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

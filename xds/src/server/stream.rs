@@ -9,11 +9,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use prost::Message;
 use proto::envoy::config::core::v3::Node;
-use proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
+use super::budget::{Held, PushBudget};
+use super::push::Push;
 use super::status::{ConnectionStatus, Counters, NackStatus, TypeStatus};
 use crate::store::{ResourceStore, StoreState, StoredResource, TypeEntries};
 
@@ -29,9 +33,9 @@ const MAX_TYPES: usize = 64;
 struct Pending {
     nonce: String,
     /// Name and version of each resource carried.
-    sent: Vec<(String, Arc<str>)>,
+    sent: Vec<(Arc<str>, Arc<str>)>,
     /// Names whose removal was carried.
-    removed: Vec<String>,
+    removed: Vec<Arc<str>>,
 }
 
 /// One type URL on one stream.
@@ -39,11 +43,13 @@ struct Pending {
 struct TypeState {
     wildcard: bool,
     names: BTreeSet<String>,
-    /// What the client holds: acknowledged, or declared on resume.
-    acked: HashMap<String, Arc<str>>,
+    /// What the client holds: acknowledged, or declared on resume. Names
+    /// (and versions) are the store's own `Arc`s where the store has them,
+    /// so a stream adds only map entries, not strings.
+    acked: HashMap<Arc<str>, Arc<str>>,
     /// Versions (None: removal) of the last rejected push; not pushed again
     /// unless something else in the type changes.
-    nacked: HashMap<String, Option<Arc<str>>>,
+    nacked: HashMap<Arc<str>, Option<Arc<str>>>,
     pending: Option<Pending>,
     /// The first push for a type is sent even when empty, so the client
     /// knows it is in sync.
@@ -71,7 +77,7 @@ impl TypeState {
     }
 
     fn status(&self) -> TypeStatus {
-        let mut acked: Vec<_> = self.acked.iter().map(|(n, v)| (n.clone(), v.to_string())).collect();
+        let mut acked: Vec<_> = self.acked.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
         acked.sort();
         TypeStatus {
             wildcard: self.wildcard,
@@ -91,8 +97,8 @@ impl TypeState {
     /// The resources and removals the client lacks, or `None` when there
     /// is nothing worth sending. Looks only at names changed since the last
     /// diff when the store's change log still reaches back to it.
-    fn diff(&mut self, entries: Option<&TypeEntries>) -> Option<(Vec<Resource>, Vec<String>)> {
-        let changed: Option<BTreeSet<&str>> = match (self.synced, entries) {
+    fn diff(&mut self, entries: Option<&TypeEntries>) -> Option<Owed> {
+        let changed: Option<BTreeSet<&Arc<str>>> = match (self.synced, entries) {
             (Some(since), Some(entries)) => entries.changed_since(since).map(|names| names.collect()),
             (Some(_), None) => Some(BTreeSet::new()),
             (None, _) => None,
@@ -100,14 +106,14 @@ impl TypeState {
         if changed.is_none() {
             self.full_diffs += 1;
         }
-        let mut diff = Diff { state: self, resources: Vec::new(), removals: Vec::new(), news: false };
+        let mut diff = Diff { state: self, resources: Vec::new(), sent: Vec::new(), removals: Vec::new(), news: false };
         match changed {
             Some(mut names) => {
                 // Rejected names still differ although unchanged in the store.
-                names.extend(self.nacked.keys().map(String::as_str));
+                names.extend(self.nacked.keys());
                 for name in names {
-                    match entries.and_then(|e| e.resources.get(name)) {
-                        Some(stored) if self.subscribed(name) => diff.present(name, stored),
+                    match entries.and_then(|e| e.resources.get_key_value(&**name)) {
+                        Some((name, stored)) if self.subscribed(name) => diff.present(name, stored),
                         Some(_) => {}
                         None => diff.absent(name),
                     }
@@ -122,7 +128,7 @@ impl TypeState {
                     }
                     Some(entries) => {
                         for name in &self.names {
-                            if let Some(stored) = entries.resources.get(name) {
+                            if let Some((name, stored)) = entries.resources.get_key_value(name.as_str()) {
                                 diff.present(name, stored);
                             }
                         }
@@ -130,23 +136,34 @@ impl TypeState {
                     None => {}
                 }
                 for name in self.acked.keys() {
-                    if !entries.is_some_and(|e| e.resources.contains_key(name)) {
+                    if !entries.is_some_and(|e| e.resources.contains_key(&**name)) {
                         diff.absent(name);
                     }
                 }
             }
         }
-        let Diff { resources, removals, news, .. } = diff;
+        let Diff { resources, sent, removals, news, .. } = diff;
         let first = !self.first_sent;
-        (first || news).then_some((resources, removals))
+        (first || news).then_some(Owed { resources, sent, removals })
     }
+}
+
+/// What one push carries.
+struct Owed {
+    resources: Vec<Bytes>,
+    /// Name and version of each of `resources`.
+    sent: Vec<(Arc<str>, Arc<str>)>,
+    removals: Vec<Arc<str>>,
 }
 
 /// A push being computed for one type on one stream.
 struct Diff<'a> {
     state: &'a TypeState,
-    resources: Vec<Resource>,
-    removals: Vec<String>,
+    /// Encoded `Resource`s, shared with the store.
+    resources: Vec<Bytes>,
+    /// Name and version of each resource in `resources`.
+    sent: Vec<(Arc<str>, Arc<str>)>,
+    removals: Vec<Arc<str>>,
     /// Whether anything differs from the last rejected push: if not,
     /// resending it would only be rejected again.
     news: bool,
@@ -154,26 +171,22 @@ struct Diff<'a> {
 
 impl Diff<'_> {
     /// `name` is subscribed and stored as `stored`.
-    fn present(&mut self, name: &str, stored: &StoredResource) {
+    fn present(&mut self, name: &Arc<str>, stored: &StoredResource) {
         if self.state.acked.get(name) == Some(&stored.version) {
             return;
         }
         self.news |= self.state.nacked.get(name) != Some(&Some(stored.version.clone()));
-        self.resources.push(Resource {
-            name: name.to_owned(),
-            version: stored.version.to_string(),
-            resource: Some(stored.body.clone()),
-            ..Default::default()
-        });
+        self.resources.push(stored.encoded.clone());
+        self.sent.push((name.clone(), stored.version.clone()));
     }
 
     /// `name` is not in the store: a removal is owed if the client holds it.
-    fn absent(&mut self, name: &str) {
+    fn absent(&mut self, name: &Arc<str>) {
         if !self.state.acked.contains_key(name) {
             return;
         }
         self.news |= self.state.nacked.get(name) != Some(&None);
-        self.removals.push(name.to_owned());
+        self.removals.push(name.clone());
     }
 }
 
@@ -196,6 +209,11 @@ impl StreamState {
 
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether push `nonce` of `type_url` still awaits its answer.
+    pub(crate) fn outstanding(&self, type_url: &str, nonce: &str) -> bool {
+        self.types.get(type_url).and_then(|t| t.pending.as_ref()).is_some_and(|p| p.nonce == nonce)
     }
 
     /// Whether the client holds `name` of `type_url` at `version` (`None`: not at all), or
@@ -263,7 +281,7 @@ impl StreamState {
             }
             for (name, version) in request.initial_resource_versions {
                 if state.subscribed(&name) {
-                    state.acked.insert(name, version.into());
+                    state.acked.insert(name.into(), version.into());
                 }
             }
         } else {
@@ -284,7 +302,7 @@ impl StreamState {
             // The client drops what it unsubscribed from by itself; no
             // removal is owed for it.
             let TypeState { acked, nacked, wildcard, names, .. } = state;
-            let keep = |n: &String| *wildcard || names.contains(n);
+            let keep = |n: &Arc<str>| *wildcard || names.contains(&**n);
             acked.retain(|n, _| keep(n));
             nacked.retain(|n, _| keep(n));
         }
@@ -324,8 +342,8 @@ impl StreamState {
                     rejected: pending
                         .sent
                         .into_iter()
-                        .map(|(n, v)| (n, v.to_string()))
-                        .chain(pending.removed.into_iter().map(|n| (n, String::new())))
+                        .map(|(n, v)| (n.to_string(), v.to_string()))
+                        .chain(pending.removed.into_iter().map(|n| (n.to_string(), String::new())))
                         .collect(),
                 });
             }
@@ -349,12 +367,7 @@ impl StreamState {
 
     /// Builds the pushes due now: one per type with no push outstanding and
     /// something the client lacks.
-    pub(crate) fn collect_pushes(
-        &mut self,
-        store: &StoreState,
-        system_version: u64,
-        counters: &Counters,
-    ) -> Vec<DeltaDiscoveryResponse> {
+    pub(crate) fn collect_pushes(&mut self, store: &StoreState, system_version: u64, counters: &Counters) -> Vec<Push> {
         let mut out = Vec::new();
         for (type_url, state) in &mut self.types {
             if state.pending.is_some() {
@@ -367,7 +380,7 @@ impl StreamState {
             }
             let diffed = state.diff(entries);
             state.synced = Some(store.revision);
-            let Some((resources, removals)) = diffed else {
+            let Some(Owed { resources, sent, removals }) = diffed else {
                 state.clean_at = Some(revision);
                 continue;
             };
@@ -380,18 +393,14 @@ impl StreamState {
             Counters::add(&counters.pushes, 1);
             Counters::add(&counters.resources_sent, resources.len() as u64);
             Counters::add(&counters.removals_sent, removals.len() as u64);
-            state.pending = Some(Pending {
-                nonce: nonce.clone(),
-                sent: resources.iter().map(|r| (r.name.clone(), r.version.as_str().into())).collect(),
-                removed: removals.clone(),
-            });
-            out.push(DeltaDiscoveryResponse {
+            let removed_resources = removals.iter().map(|n| n.to_string()).collect();
+            state.pending = Some(Pending { nonce: nonce.clone(), sent, removed: removals });
+            out.push(Push {
                 system_version_info: system_version.to_string(),
                 resources,
                 type_url: type_url.clone(),
                 nonce,
-                removed_resources: removals,
-                ..Default::default()
+                removed_resources,
             });
         }
         out
@@ -404,11 +413,13 @@ pub(crate) async fn run(
     state: Arc<Mutex<StreamState>>,
     store: ResourceStore,
     counters: Arc<Counters>,
+    budget: PushBudget,
     mut requests: Streaming<DeltaDiscoveryRequest>,
-    responses: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    responses: mpsc::Sender<Result<Push, Status>>,
     mut disconnect: watch::Receiver<u64>,
 ) {
     let mut revisions = store.subscribe();
+    let mut held = Held::default();
     loop {
         let pushes = {
             let mut state = lock(&state);
@@ -417,14 +428,28 @@ pub(crate) async fn run(
             state.collect_pushes(&snapshot, revision, &counters)
         };
         for push in pushes {
+            let reserved = tokio::select! {
+                reserved = budget.reserve(push.encoded_len()) => reserved,
+                () = responses.closed() => return,
+            };
+            let (type_url, nonce) = (push.type_url.clone(), push.nonce.clone());
             if responses.send(Ok(push)).await.is_err() {
                 return;
             }
+            if let Some(permit) = reserved {
+                held.hold(type_url, nonce, permit);
+            }
         }
+        let lapse = held.next_lapse();
         tokio::select! {
             request = requests.message() => match request {
                 Ok(Some(request)) => {
-                    let result = lock(&state).handle_request(request, &counters);
+                    let result = {
+                        let mut state = lock(&state);
+                        let result = state.handle_request(request, &counters);
+                        held.answered(|type_url, nonce| state.outstanding(type_url, nonce));
+                        result
+                    };
                     if let Err(status) = result {
                         // Best effort: the client may already be gone.
                         let _ = responses.send(Err(status)).await;
@@ -449,6 +474,9 @@ pub(crate) async fn run(
                 return;
             }
             () = responses.closed() => return,
+            () = tokio::time::sleep_until(lapse.unwrap_or_else(tokio::time::Instant::now)), if lapse.is_some() => {
+                held.lapse(tokio::time::Instant::now());
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The per-stream state machine without a transport.
 
-use proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use prost::Message;
+use proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use tonic::Code;
 
 use super::status::Counters;
@@ -32,7 +33,9 @@ fn push(state: &mut StreamState, store: &ResourceStore) -> Vec<(Vec<String>, Vec
     state
         .collect_pushes(&store.read(), store.revision(), &counters)
         .into_iter()
-        .map(|r| {
+        .map(|push| {
+            // Decoded as a client would: the encoding is under test too.
+            let r = DeltaDiscoveryResponse::decode(push.encode_to_vec().as_slice()).unwrap();
             let mut names: Vec<_> = r.resources.into_iter().map(|r| r.name).collect();
             names.sort();
             (names, r.removed_resources, r.nonce)
