@@ -146,8 +146,13 @@ impl TraceParent {
     /// The context for the upstream request: the incoming trace with a new span id, or a new
     /// sampled trace.
     pub fn child_of(incoming: Option<&http::HeaderValue>) -> TraceParent {
+        TraceParent::child_of_parsed(incoming.and_then(|v| v.to_str().ok()).and_then(TraceParent::parse))
+    }
+
+    /// [`child_of`](Self::child_of) for a header already parsed.
+    pub fn child_of_parsed(incoming: Option<TraceParent>) -> TraceParent {
         let span_id = rand::random::<u64>().max(1);
-        match incoming.and_then(|v| v.to_str().ok()).and_then(TraceParent::parse) {
+        match incoming {
             Some(p) => TraceParent { span_id, ..p },
             None => TraceParent { trace_id: rand::random::<u128>().max(1), span_id, flags: 1 },
         }
@@ -173,8 +178,8 @@ pub struct AccessLog<'a> {
     pub policy: &'a str,
     /// Allowed.
     pub allowed: bool,
-    /// Endpoint `ip:port` or `-`.
-    pub upstream: &'a str,
+    /// Endpoint `ip:port` (`-` when none was picked).
+    pub upstream: Option<std::net::SocketAddr>,
     /// Service FQDN.
     pub service: &'a str,
     /// Flags.
@@ -188,6 +193,17 @@ pub struct AccessLog<'a> {
 impl AccessLog<'_> {
     /// Emits the line on the `access` target.
     pub fn emit(&self) {
+        // Formatted on the stack: the line is written once per request.
+        let mut buf = [0u8; 64];
+        let upstream = match self.upstream {
+            Some(a) => {
+                let mut w = &mut buf[..];
+                let _ = std::io::Write::write_fmt(&mut w, format_args!("{a}"));
+                let n = 64 - w.len();
+                std::str::from_utf8(&buf[..n]).unwrap_or("-")
+            }
+            None => "-",
+        };
         tracing::info!(
             target: "access",
             src_identity = self.src,
@@ -198,7 +214,7 @@ impl AccessLog<'_> {
             route = self.route,
             policy = self.policy,
             allowed = self.allowed,
-            upstream = self.upstream,
+            upstream,
             service = self.service,
             flags = self.flags,
             duration_ms = self.millis,

@@ -18,11 +18,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use ztunnel::state::Endpoint;
 
+use super::balance::Picked;
 use super::body::{self, Buffered, Counted, OnEnd};
 use super::detect::Protocol;
 use super::upstream::{Dest, Version};
 use super::{Body, Destination, Downstream, Proxy, forward};
-use crate::authz::{self, Facts, HttpFacts};
+use crate::authz::{self, Decision, Facts, HttpFacts};
 use crate::normalize::normalize;
 use crate::state::Snapshot;
 use crate::state::route::{self, Filter, HeaderModifier, Redirect, RequestView, Retry};
@@ -74,19 +75,95 @@ struct Account {
     labels: RequestLabels,
     start: Instant,
     request_bytes: Arc<AtomicU64>,
-    src: String,
     client: SocketAddr,
-    method: String,
+    method: ::http::Method,
     path: String,
-    route: String,
-    policy: String,
-    allowed: bool,
-    upstream: String,
-    trace_id: u128,
-    span_id: u64,
+    /// The rule that routed the request.
+    route: Option<Arc<route::Rule>>,
+    /// The authorization decision.
+    decision: Option<Decision>,
+    upstream: Option<SocketAddr>,
+    /// The context sent upstream (the caller's trace, this request's span).
+    trace: TraceParent,
     parent_span: Option<u64>,
     started: std::time::SystemTime,
     spans: Option<crate::telemetry::otlp::Exporter>,
+}
+
+impl Account {
+    /// The accounting of a request as it arrives: labels for the source and the CONNECT's
+    /// destination; route, endpoint and status are filled in as they become known.
+    fn new(
+        proxy: &Proxy,
+        down: &Downstream,
+        snapshot: &Snapshot,
+        parts: &::http::request::Parts,
+        start: Instant,
+    ) -> Self {
+        let svc = down.dest.service();
+        let grpc = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        let unknown = || "unknown".to_owned();
+        let mut labels = RequestLabels {
+            reporter: "waypoint",
+            source_workload: down.peer.service_account().to_owned(),
+            source_workload_namespace: down.peer.namespace().to_owned(),
+            source_principal: down.peer.to_string(),
+            destination_service: svc.map_or_else(unknown, |s| s.hostname.clone()),
+            destination_service_name: svc.map_or_else(unknown, |s| s.name.clone()),
+            destination_service_namespace: svc.map_or_else(unknown, |s| s.namespace.clone()),
+            destination_workload: unknown(),
+            destination_workload_namespace: unknown(),
+            destination_principal: unknown(),
+            request_protocol: if grpc { "grpc" } else { "http" },
+            response_code: 0,
+            grpc_response_status: "-".into(),
+            connection_security_policy: "mutual_tls",
+            response_flags: "-",
+        };
+        if let Some(w) = snapshot.mesh.workload_by_ip(down.client.ip())
+            && w.identity == down.peer
+        {
+            labels.source_workload = if w.workload_name.is_empty() { w.name.clone() } else { w.workload_name.clone() };
+        }
+        let parent = parts.headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
+        let trace = TraceParent::child_of_parsed(parent);
+        Account {
+            metrics: proxy.inputs.metrics.clone(),
+            labels,
+            start,
+            request_bytes: Arc::new(AtomicU64::new(0)),
+            client: down.client,
+            method: parts.method.clone(),
+            path: String::new(),
+            route: None,
+            decision: None,
+            upstream: None,
+            trace,
+            parent_span: parent.map(|p| p.span_id),
+            started: std::time::SystemTime::now(),
+            spans: proxy.inputs.spans.clone(),
+        }
+    }
+
+    /// The labels of the endpoint a try was sent to.
+    fn picked(&mut self, picked: &Picked) {
+        let w = &picked.endpoint.workload;
+        self.upstream = Some(picked.addr);
+        self.labels.destination_workload =
+            if w.workload_name.is_empty() { w.name.clone() } else { w.workload_name.clone() };
+        self.labels.destination_workload_namespace = w.namespace().to_owned();
+        self.labels.destination_principal = w.identity.to_string();
+    }
+
+    /// A response body carrying this accounting: it is recorded when the body ends.
+    fn attach(self, r: Response<Body>) -> Response<Body> {
+        let (p, b) = r.into_parts();
+        Response::from_parts(p, Counted::new(b, Arc::default(), Some(Box::new(self))).boxed_unsync_compat())
+    }
 }
 
 impl OnEnd for Account {
@@ -94,21 +171,22 @@ impl OnEnd for Account {
         if let Some(s) = trailers.and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok()) {
             self.labels.grpc_response_status = s.to_owned();
         }
-        let millis = self.start.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = self.start.elapsed();
+        let millis = elapsed.as_secs_f64() * 1000.0;
         if let Some(x) = &self.spans {
             x.record(crate::telemetry::otlp::Span {
-                trace_id: self.trace_id,
-                span_id: self.span_id,
+                trace_id: self.trace.trace_id,
+                span_id: self.trace.span_id,
                 parent: self.parent_span,
                 name: format!("{} {}", self.method, self.labels.destination_service),
                 start: self.started,
-                end: self.started + self.start.elapsed(),
+                end: self.started + elapsed,
                 attributes: vec![
-                    ("http.request.method", self.method.clone()),
+                    ("http.request.method", self.method.to_string()),
                     ("url.path", self.path.clone()),
                     ("http.response.status_code", self.labels.response_code.to_string()),
-                    ("upstream", self.upstream.clone()),
-                    ("source.principal", self.src.clone()),
+                    ("upstream", self.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string())),
+                    ("source.principal", self.labels.source_principal.clone()),
                 ],
                 error: self.labels.response_code >= 500,
             });
@@ -116,19 +194,19 @@ impl OnEnd for Account {
         let req_bytes = self.request_bytes.load(std::sync::atomic::Ordering::Relaxed);
         self.metrics.record(&self.labels, millis, req_bytes, bytes);
         AccessLog {
-            src: &self.src,
+            src: &self.labels.source_principal,
             client: Some(self.client),
-            method: &self.method,
+            method: self.method.as_str(),
             path: &self.path,
             status: self.labels.response_code,
-            route: &self.route,
-            policy: &self.policy,
-            allowed: self.allowed,
-            upstream: &self.upstream,
+            route: self.route.as_ref().map_or("-", |r| r.id.as_str()),
+            policy: self.decision.as_ref().map_or("-", Decision::policy),
+            allowed: self.decision.as_ref().is_none_or(|d| d.allowed),
+            upstream: self.upstream,
             service: &self.labels.destination_service,
             flags: self.labels.response_flags,
             millis,
-            trace_id: self.trace_id,
+            trace_id: self.trace.trace_id,
         }
         .emit();
     }
@@ -180,7 +258,9 @@ struct Plan {
     retry: Option<Retry>,
     request_timeout: Option<Duration>,
     backend_timeout: Option<Duration>,
-    route: String,
+    /// Path and authority sent upstream (after URL rewrites).
+    path: String,
+    authority: String,
 }
 
 /// Location for a redirect (Gateway API HTTPRequestRedirectFilter).
@@ -222,252 +302,55 @@ struct Ctx<'a> {
     down: &'a Downstream,
 }
 
-#[allow(clippy::too_many_lines)]
+/// An answer the waypoint gives itself instead of forwarding.
+enum Local {
+    /// Status, body text, response flags.
+    Reply(StatusCode, &'static str, &'static str),
+    /// A redirect to this `Location`.
+    Redirect(StatusCode, String),
+}
+
+impl Local {
+    fn respond(self, mut account: Account) -> Response<Body> {
+        let resp = match self {
+            Local::Reply(status, text, flags) => {
+                account.labels.response_flags = flags;
+                local(status, text)
+            }
+            Local::Redirect(status, loc) => {
+                let mut resp = local(status, "");
+                if let Ok(v) = HeaderValue::from_str(&loc) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                resp
+            }
+        };
+        account.labels.response_code = resp.status().as_u16();
+        account.attach(resp)
+    }
+}
+
+/// The request's target as the client sent it, path normalized.
+struct Target {
+    path: String,
+    query: Option<String>,
+    /// Authority (or `Host`) as sent.
+    authority: String,
+    /// Host without port, lower case.
+    host: String,
+}
+
 async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>, version: Version) -> Response<Body> {
     let start = Instant::now();
     let snapshot = proxy.inputs.state.load();
     let (mut parts, incoming) = req.into_parts();
-    let request_bytes = Arc::new(AtomicU64::new(0));
-    let req_body: Body = Counted::new(body::boxed(incoming), request_bytes.clone(), None).boxed_unsync_compat();
-
-    let svc = down.dest.service().cloned();
-    let grpc = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    let mut labels = RequestLabels {
-        reporter: "waypoint",
-        source_workload: down.peer.service_account().to_owned(),
-        source_workload_namespace: down.peer.namespace().to_owned(),
-        source_principal: down.peer.to_string(),
-        destination_service: svc.as_ref().map_or_else(|| "unknown".to_owned(), |s| s.hostname.clone()),
-        destination_service_name: svc.as_ref().map_or_else(|| "unknown".to_owned(), |s| s.name.clone()),
-        destination_service_namespace: svc.as_ref().map_or_else(|| "unknown".to_owned(), |s| s.namespace.clone()),
-        destination_workload: "unknown".into(),
-        destination_workload_namespace: "unknown".into(),
-        destination_principal: "unknown".into(),
-        request_protocol: if grpc { "grpc" } else { "http" },
-        response_code: 0,
-        grpc_response_status: "-".into(),
-        connection_security_policy: "mutual_tls",
-        response_flags: "-",
-    };
-    if let Some(w) = snapshot.mesh.workload_by_ip(down.client.ip())
-        && w.identity == down.peer
-    {
-        labels.source_workload = if w.workload_name.is_empty() { w.name.clone() } else { w.workload_name.clone() };
-    }
-    let trace = TraceParent::child_of(parts.headers.get("traceparent"));
-    let mut account = Account {
-        metrics: proxy.inputs.metrics.clone(),
-        labels,
-        start,
-        request_bytes: request_bytes.clone(),
-        src: down.peer.to_string(),
-        client: down.client,
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
-        route: "-".into(),
-        policy: "-".into(),
-        allowed: true,
-        upstream: "-".into(),
-        trace_id: trace.trace_id,
-        span_id: trace.span_id,
-        parent_span: parts
-            .headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(TraceParent::parse)
-            .map(|p| p.span_id),
-        started: std::time::SystemTime::now(),
-        spans: proxy.inputs.spans.clone(),
-    };
-    let reply = |mut account: Account, status: StatusCode, text: &'static str, flags: &'static str| {
-        account.labels.response_code = status.as_u16();
-        account.labels.response_flags = flags;
-        let r = local(status, text);
-        let (p, b) = r.into_parts();
-        Response::from_parts(p, Counted::new(b, Arc::default(), Some(Box::new(account))).boxed_unsync_compat())
-    };
-
-    // Path normalization: policy, routing and the backend all see the normalized path.
-    let path = match normalize(parts.uri.path()) {
-        Ok(p) => p.into_owned(),
-        Err(e) => {
-            tracing::debug!(path = parts.uri.path(), error = %e, "refusing request path");
-            return drained(req_body, reply(account, StatusCode::BAD_REQUEST, "bad request path\n", "-"));
-        }
-    };
-    account.path = path.clone();
-    let query = parts.uri.query().map(str::to_owned);
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
-        .unwrap_or_default();
-    let host = bare_host(&authority);
-
-    // Authorization.
-    let principal = down.peer.as_str().strip_prefix("spiffe://");
-    let facts = Facts {
-        principal,
-        namespace: Some(down.peer.namespace()),
-        source_ip: Some(down.client.ip()),
-        port: down.dest.port(),
-        http: Some(HttpFacts { host: &authority, method: parts.method.as_str(), path: &path, headers: &parts.headers }),
-    };
-    let decision = authz::evaluate(snapshot.policies_for(svc.as_ref().map(|s| s.hostname.as_str())), &facts);
-    for a in &decision.audited {
-        tracing::info!(target: "access", audit_policy = %a, method = %parts.method, path, "AUDIT policy matched");
-    }
-    account.policy = decision.policy().to_owned();
-    if !decision.allowed {
-        proxy.inputs.metrics.denied(decision.policy());
-        account.allowed = false;
-        return drained(req_body, reply(account, StatusCode::FORBIDDEN, "RBAC: access denied", "-"));
-    }
-
-    // Routing.
-    let view = RequestView {
-        method: &parts.method,
-        path: &path,
-        query: query.as_deref(),
-        headers: &parts.headers,
-        host: &host,
-    };
+    let mut account = Account::new(&proxy, &down, &snapshot, &parts, start);
+    let req_body: Body = Counted::new(body::boxed(incoming), account.request_bytes.clone(), None).boxed_unsync_compat();
     let ctx = Ctx { snapshot: &snapshot, down: &down };
-    let entry = match &down.dest {
-        Destination::Service(s, port) => match snapshot.routes(&s.hostname, *port) {
-            Some(table) => match route::find(table, &view) {
-                Some(e) => Some(e),
-                None => return drained(req_body, reply(account, StatusCode::NOT_FOUND, "no route matched\n", "NR")),
-            },
-            None => None,
-        },
-        Destination::Workload(..) => None,
-    };
-    let mut new_path = path.clone();
-    let mut new_authority = authority.clone();
-    let mut plan = Plan {
-        backend: down.dest.service().map(|s| (s.hostname.to_ascii_lowercase(), down.dest.port())),
-        response_mods: Vec::new(),
-        mirrors: Vec::new(),
-        retry: None,
-        request_timeout: None,
-        backend_timeout: None,
-        route: "-".into(),
-    };
-    if let Some(e) = entry {
-        let rule = &e.rule;
-        plan.route = rule.id.clone();
-        account.route = rule.id.clone();
-        plan.retry = rule.retry.clone();
-        plan.request_timeout = rule.request_timeout;
-        plan.backend_timeout = rule.backend_timeout;
-        let backend = if rule.backends.is_empty() || rule.total_weight == 0 {
-            None
-        } else {
-            let mut x = rand::rng().random_range(0..rule.total_weight);
-            rule.backends.iter().find(|b| {
-                if x < u64::from(b.weight) {
-                    true
-                } else {
-                    x -= u64::from(b.weight);
-                    false
-                }
-            })
-        };
-        let filters = rule.filters.iter().chain(backend.into_iter().flat_map(|b| b.filters.iter()));
-        for f in filters {
-            match f {
-                Filter::RequestHeaders(m) => m.apply(&mut parts.headers),
-                Filter::ResponseHeaders(m) => plan.response_mods.push(m.clone()),
-                Filter::Redirect(r) => {
-                    let scheme = parts.uri.scheme_str().unwrap_or("http");
-                    let loc = location(r, scheme, &host, down.dest.port(), &path, e.matcher.prefix(), query.as_deref());
-                    account.labels.response_code = r.status.as_u16();
-                    let mut resp = local(r.status, "");
-                    if let Ok(v) = HeaderValue::from_str(&loc) {
-                        resp.headers_mut().insert(header::LOCATION, v);
-                    }
-                    let (p, b) = resp.into_parts();
-                    return drained(
-                        req_body,
-                        Response::from_parts(
-                            p,
-                            Counted::new(b, Arc::default(), Some(Box::new(account))).boxed_unsync_compat(),
-                        ),
-                    );
-                }
-                Filter::Rewrite(r) => {
-                    if let Some(h) = &r.hostname {
-                        new_authority = h.clone();
-                    }
-                    if let Some(m) = &r.path {
-                        new_path = m.apply(&path, e.matcher.prefix());
-                    }
-                }
-                Filter::Mirror { backend, percent } => plan.mirrors.push((backend.clone(), *percent)),
-            }
-        }
-        match backend {
-            Some(b) => plan.backend = Some((b.hostname.to_ascii_lowercase(), b.port)),
-            None => return drained(req_body, reply(account, StatusCode::INTERNAL_SERVER_ERROR, "no backend\n", "NR")),
-        }
-    }
-
-    // The upstream request.
-    strip_hop_by_hop(&mut parts.headers);
-    if let Ok(v) = HeaderValue::from_str(&trace.to_header()) {
-        parts.headers.insert("traceparent", v);
-    }
-    let pq = match &query {
-        Some(q) => format!("{new_path}?{q}"),
-        None => new_path.clone(),
-    };
-    account.path = new_path.clone();
-    let uri = match version {
-        Version::H2 => {
-            Uri::builder().scheme("http").authority(new_authority.as_str()).path_and_query(pq.as_str()).build()
-        }
-        Version::H1 => Uri::builder().path_and_query(pq.as_str()).build(),
-    };
-    let Ok(uri) = uri else {
-        return drained(req_body, reply(account, StatusCode::BAD_REQUEST, "bad request target\n", "-"));
-    };
-    parts.uri = uri;
-    if (version == Version::H1 || parts.headers.contains_key(header::HOST))
-        && let Ok(v) = HeaderValue::from_str(&new_authority)
-    {
-        parts.headers.insert(header::HOST, v);
-    }
-    parts.version = match version {
-        Version::H1 => ::http::Version::HTTP_11,
-        Version::H2 => ::http::Version::HTTP_2,
-    };
-
-    // Endpoints.
-    let (endpoints, backend_host) = match &plan.backend {
-        Some((h, port)) => match snapshot.service_by_host(h) {
-            Some(s) => {
-                account.labels.destination_service.clone_from(&s.hostname);
-                account.labels.destination_service_name.clone_from(&s.name);
-                account.labels.destination_service_namespace.clone_from(&s.namespace);
-                (snapshot.mesh.endpoints(s, *port), h.clone())
-            }
-            None => {
-                return drained(
-                    req_body,
-                    reply(account, StatusCode::INTERNAL_SERVER_ERROR, "unknown backend service\n", "NR"),
-                );
-            }
-        },
-        None => match &down.dest {
-            Destination::Workload(w, port) => (vec![Endpoint { workload: w.clone(), port: *port }], String::new()),
-            Destination::Service(..) => (Vec::new(), String::new()),
-        },
+    let prepared = prepare(&proxy, &ctx, &mut parts, &mut account, version);
+    let (plan, endpoints, backend_host) = match prepared {
+        Ok(p) => p,
+        Err(local) => return drained(req_body, local.respond(account)),
     };
 
     // Bodies are buffered only when something may replay them.
@@ -480,7 +363,6 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
     } else {
         (None, Some(req_body))
     };
-
     for (m, percent) in &plan.mirrors {
         if let Some(b) = &replay
             && rand::rng().random_range(0..100) < *percent
@@ -489,7 +371,6 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
         }
     }
 
-    let policy = snapshot.backend_policy(&backend_host).clone();
     let attempt = forward::Attempt {
         proxy: &proxy,
         parts: &parts,
@@ -497,25 +378,16 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
         stream_body,
         endpoints: &endpoints,
         backend_host: &backend_host,
-        policy: &policy,
+        policy: snapshot.backend_policy(&backend_host),
         retry: plan.retry.as_ref(),
         backend_timeout: plan.backend_timeout,
         deadline: plan.request_timeout.map(|t| start + t),
         version,
         client: down.client,
     };
-    let outcome = forward::forward(attempt, |picked| {
-        let w = &picked.endpoint.workload;
-        account.upstream = picked.addr.to_string();
-        account.labels.destination_workload =
-            if w.workload_name.is_empty() { w.name.clone() } else { w.workload_name.clone() };
-        account.labels.destination_workload_namespace = w.namespace().to_owned();
-        account.labels.destination_principal = w.identity.to_string();
-    })
-    .await;
-
+    let outcome = forward::forward(attempt, |picked| account.picked(picked)).await;
     match outcome {
-        Err(forward::Failure { status, text, flags }) => reply(account, status, text, flags),
+        Err(forward::Failure { status, text, flags }) => Local::Reply(status, text, flags).respond(account),
         Ok(resp) => {
             let (mut p, b) = resp.into_parts();
             strip_hop_by_hop(&mut p.headers);
@@ -526,11 +398,217 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
             if let Some(s) = p.headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
                 account.labels.grpc_response_status = s.to_owned();
             }
-            Response::from_parts(
-                p,
-                Counted::new(body::boxed(b), Arc::default(), Some(Box::new(account))).boxed_unsync_compat(),
-            )
+            account.attach(Response::from_parts(p, body::boxed(b)))
         }
+    }
+}
+
+/// Everything decided before the body is touched: normalized target, authorization, route,
+/// filters, the upstream request head, and the endpoints. `Err`: answer locally.
+fn prepare(
+    proxy: &Proxy,
+    ctx: &Ctx<'_>,
+    parts: &mut ::http::request::Parts,
+    account: &mut Account,
+    version: Version,
+) -> Result<(Plan, Vec<Endpoint>, String), Local> {
+    // Path normalization: policy, routing and the backend all see the normalized path.
+    let path = match normalize(parts.uri.path()) {
+        Ok(p) => p.into_owned(),
+        Err(e) => {
+            tracing::debug!(path = parts.uri.path(), error = %e, "refusing request path");
+            account.path = parts.uri.path().to_owned();
+            return Err(Local::Reply(StatusCode::BAD_REQUEST, "bad request path\n", "-"));
+        }
+    };
+    account.path.clone_from(&path);
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or_default();
+    let target = Target { path, query: parts.uri.query().map(str::to_owned), host: bare_host(&authority), authority };
+
+    authorize(proxy, ctx, parts, &target, account)?;
+    let plan = route_plan(ctx, parts, &target, account)?;
+    upstream_head(parts, &plan, &target, account, version)?;
+    let (endpoints, backend_host) = endpoints(ctx, &plan, account)?;
+    Ok((plan, endpoints, backend_host))
+}
+
+/// L7 authorization; a denial is counted per policy.
+fn authorize(
+    proxy: &Proxy,
+    ctx: &Ctx<'_>,
+    parts: &::http::request::Parts,
+    t: &Target,
+    account: &mut Account,
+) -> Result<(), Local> {
+    let down = ctx.down;
+    let facts = Facts {
+        principal: down.peer.as_str().strip_prefix("spiffe://"),
+        namespace: Some(down.peer.namespace()),
+        source_ip: Some(down.client.ip()),
+        port: down.dest.port(),
+        http: Some(HttpFacts {
+            host: &t.authority,
+            method: parts.method.as_str(),
+            path: &t.path,
+            headers: &parts.headers,
+        }),
+    };
+    let svc = down.dest.service().map(|s| s.hostname.as_str());
+    let decision = authz::evaluate(ctx.snapshot.policies_for(svc), &facts);
+    for a in &decision.audited {
+        tracing::info!(target: "access", audit_policy = %a, method = %parts.method, path = t.path, "AUDIT policy matched");
+    }
+    let allowed = decision.allowed;
+    if !allowed {
+        proxy.inputs.metrics.denied(decision.policy());
+    }
+    account.decision = Some(decision);
+    if allowed { Ok(()) } else { Err(Local::Reply(StatusCode::FORBIDDEN, "RBAC: access denied", "-")) }
+}
+
+/// Route lookup, backend by weight and the filters (request headers are modified in place).
+fn route_plan(
+    ctx: &Ctx<'_>,
+    parts: &mut ::http::request::Parts,
+    t: &Target,
+    account: &mut Account,
+) -> Result<Plan, Local> {
+    let down = ctx.down;
+    let view = RequestView {
+        method: &parts.method,
+        path: &t.path,
+        query: t.query.as_deref(),
+        headers: &parts.headers,
+        host: &t.host,
+    };
+    let entry = match &down.dest {
+        Destination::Service(s, port) => match ctx.snapshot.routes(&s.hostname, *port) {
+            Some(table) => match route::find(table, &view) {
+                Some(e) => Some(e),
+                None => return Err(Local::Reply(StatusCode::NOT_FOUND, "no route matched\n", "NR")),
+            },
+            None => None,
+        },
+        Destination::Workload(..) => None,
+    };
+    let mut plan = Plan {
+        backend: down.dest.service().map(|s| (s.hostname.to_ascii_lowercase(), down.dest.port())),
+        response_mods: Vec::new(),
+        mirrors: Vec::new(),
+        retry: None,
+        request_timeout: None,
+        backend_timeout: None,
+        path: t.path.clone(),
+        authority: t.authority.clone(),
+    };
+    let Some(e) = entry else { return Ok(plan) };
+    let rule = &e.rule;
+    account.route = Some(rule.clone());
+    plan.retry = rule.retry.clone();
+    plan.request_timeout = rule.request_timeout;
+    plan.backend_timeout = rule.backend_timeout;
+    let backend = if rule.backends.is_empty() || rule.total_weight == 0 {
+        None
+    } else {
+        let mut x = rand::rng().random_range(0..rule.total_weight);
+        rule.backends.iter().find(|b| {
+            if x < u64::from(b.weight) {
+                true
+            } else {
+                x -= u64::from(b.weight);
+                false
+            }
+        })
+    };
+    let filters = rule.filters.iter().chain(backend.into_iter().flat_map(|b| b.filters.iter()));
+    for f in filters {
+        match f {
+            Filter::RequestHeaders(m) => m.apply(&mut parts.headers),
+            Filter::ResponseHeaders(m) => plan.response_mods.push(m.clone()),
+            Filter::Redirect(r) => {
+                let scheme = parts.uri.scheme_str().unwrap_or("http");
+                let prefix = e.matcher.prefix();
+                let loc = location(r, scheme, &t.host, down.dest.port(), &t.path, prefix, t.query.as_deref());
+                return Err(Local::Redirect(r.status, loc));
+            }
+            Filter::Rewrite(r) => {
+                if let Some(h) = &r.hostname {
+                    plan.authority.clone_from(h);
+                }
+                if let Some(m) = &r.path {
+                    plan.path = m.apply(&t.path, e.matcher.prefix());
+                }
+            }
+            Filter::Mirror { backend, percent } => plan.mirrors.push((backend.clone(), *percent)),
+        }
+    }
+    match backend {
+        Some(b) => plan.backend = Some((b.hostname.to_ascii_lowercase(), b.port)),
+        None => return Err(Local::Reply(StatusCode::INTERNAL_SERVER_ERROR, "no backend\n", "NR")),
+    }
+    Ok(plan)
+}
+
+/// The head of the upstream request: hop-by-hop headers gone, trace context, rewritten
+/// target and `Host`, the version spoken to the application.
+fn upstream_head(
+    parts: &mut ::http::request::Parts,
+    plan: &Plan,
+    t: &Target,
+    account: &mut Account,
+    version: Version,
+) -> Result<(), Local> {
+    strip_hop_by_hop(&mut parts.headers);
+    if let Ok(v) = HeaderValue::from_str(&account.trace.to_header()) {
+        parts.headers.insert("traceparent", v);
+    }
+    let pq = match &t.query {
+        Some(q) => format!("{}?{q}", plan.path),
+        None => plan.path.clone(),
+    };
+    account.path.clone_from(&plan.path);
+    let uri = match version {
+        Version::H2 => Uri::builder().scheme("http").authority(plan.authority.as_str()).path_and_query(pq).build(),
+        Version::H1 => Uri::builder().path_and_query(pq).build(),
+    };
+    let Ok(uri) = uri else {
+        return Err(Local::Reply(StatusCode::BAD_REQUEST, "bad request target\n", "-"));
+    };
+    parts.uri = uri;
+    if (version == Version::H1 || parts.headers.contains_key(header::HOST))
+        && let Ok(v) = HeaderValue::from_str(&plan.authority)
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    parts.version = match version {
+        Version::H1 => ::http::Version::HTTP_11,
+        Version::H2 => ::http::Version::HTTP_2,
+    };
+    Ok(())
+}
+
+/// The endpoints of the planned backend (the destination workload when not routed to a
+/// service) and the backend's hostname (balancer and backend-policy key).
+fn endpoints(ctx: &Ctx<'_>, plan: &Plan, account: &mut Account) -> Result<(Vec<Endpoint>, String), Local> {
+    match &plan.backend {
+        Some((h, port)) => match ctx.snapshot.service_by_host(h) {
+            Some(s) => {
+                account.labels.destination_service.clone_from(&s.hostname);
+                account.labels.destination_service_name.clone_from(&s.name);
+                account.labels.destination_service_namespace.clone_from(&s.namespace);
+                Ok((ctx.snapshot.mesh.endpoints(s, *port), h.clone()))
+            }
+            None => Err(Local::Reply(StatusCode::INTERNAL_SERVER_ERROR, "unknown backend service\n", "NR")),
+        },
+        None => match &ctx.down.dest {
+            Destination::Workload(w, port) => Ok((vec![Endpoint { workload: w.clone(), port: *port }], String::new())),
+            Destination::Service(..) => Ok((Vec::new(), String::new())),
+        },
     }
 }
 
