@@ -1,15 +1,27 @@
 //! The gRPC service `envoy.service.discovery.v3.AggregatedDiscoveryService`, written out rather
 //! than generated: the generated one would make every push a `DeltaDiscoveryResponse` owning
 //! its resources, while [`Push`] sends the store's encoded bytes (see [`super::push`]).
+//!
+//! Responses are framed here too ([`PushBody`]): tonic's encoder writes every message of a
+//! stream into one buffer that it keeps for the stream's life at the size of the largest
+//! message, so 50 proxies that each had a 3 MB first sync would pin 50 × 4 MiB for good. Here
+//! each push gets a buffer of its own, freed once h2 has written it.
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::Frame;
+use prost::Message;
 use proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::Codec;
 use tonic::codegen::{BoxFuture, Service, StdError, http};
+use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 use tonic_prost::ProstCodec;
 
 use super::XdsServer;
@@ -50,10 +62,20 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         match request.uri().path() {
             DELTA => {
-                let delta = Delta(self.server.clone());
+                let server = self.server.clone();
                 Box::pin(async move {
-                    let mut grpc = tonic::server::Grpc::new(ProstCodec::<Push, DeltaDiscoveryRequest>::default());
-                    Ok(grpc.streaming(delta, request).await)
+                    let (parts, body) = request.into_parts();
+                    let decoder = ProstCodec::<Push, DeltaDiscoveryRequest>::default().decoder();
+                    let requests = Streaming::new_request(decoder, body, None, None);
+                    // The peer address travels in the connection's extensions, where tonic's
+                    // `Request` knows how to find it (plain TCP or TLS).
+                    let peer = Request::from_parts(MetadataMap::new(), parts.extensions, ()).remote_addr();
+                    let body = PushBody { pushes: server.open_stream(peer, requests), done: false };
+                    let mut response = http::Response::new(tonic::body::Body::new(body));
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+                    Ok(response)
                 })
             }
             STATE_OF_THE_WORLD => Box::pin(async {
@@ -68,20 +90,101 @@ where
     }
 }
 
-/// One `DeltaAggregatedResources` call.
-struct Delta(XdsServer);
+/// The response body of one `DeltaAggregatedResources` call: each push as one gRPC message
+/// (uncompressed), then the stream's status as trailers.
+struct PushBody {
+    pushes: ReceiverStream<Result<Push, Status>>,
+    done: bool,
+}
 
-impl Service<Request<Streaming<DeltaDiscoveryRequest>>> for Delta {
-    type Response = Response<ReceiverStream<Result<Push, Status>>>;
+impl http_body::Body for PushBody {
+    type Data = Bytes;
     type Error = Status;
-    type Future = std::future::Ready<Result<Self::Response, Status>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let status = match ready!(Pin::new(&mut self.pushes).poll_next(cx)) {
+            Some(Ok(push)) => match grpc_message(&push) {
+                Some(message) => return Poll::Ready(Some(Ok(Frame::data(message)))),
+                None => Status::resource_exhausted("xDS push larger than a gRPC message can be"),
+            },
+            Some(Err(status)) => status,
+            None => Status::ok(""),
+        };
+        self.done = true;
+        let mut trailers = http::HeaderMap::new();
+        if let Err(unencodable) = status.add_header(&mut trailers) {
+            // Only a message that cannot be a header value gets here; the code still can.
+            trailers.clear();
+            let _ = Status::new(status.code(), "").add_header(&mut trailers);
+            tracing::debug!(error = %unencodable, "xDS stream status message dropped from trailers");
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
     }
 
-    fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let peer = request.remote_addr();
-        std::future::ready(Ok(Response::new(self.0.open_stream(peer, request.into_inner()))))
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// A push framed as a gRPC message: the uncompressed flag, the length, then the bytes; `None`
+/// if it is too long for the 32-bit length.
+fn grpc_message(push: &Push) -> Option<Bytes> {
+    let len = push.encoded_len();
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).ok()?);
+    push.encode_raw(&mut buf);
+    Some(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use http_body::Body;
+    use proto::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    async fn next(body: &mut PushBody) -> Option<Frame<Bytes>> {
+        poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await.map(|f| f.unwrap())
+    }
+
+    fn body() -> (mpsc::Sender<Result<Push, Status>>, PushBody) {
+        let (tx, rx) = mpsc::channel(4);
+        (tx, PushBody { pushes: ReceiverStream::new(rx), done: false })
+    }
+
+    #[tokio::test]
+    async fn pushes_are_grpc_messages_and_the_end_is_an_ok_status() {
+        let (tx, mut body) = body();
+        let push = Push { type_url: "t".into(), nonce: "1".into(), ..Default::default() };
+        tx.send(Ok(push.clone())).await.unwrap();
+        drop(tx);
+        let data = next(&mut body).await.unwrap().into_data().unwrap();
+        assert_eq!(data[0], 0, "not compressed");
+        let len = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len, data.len() - 5);
+        let decoded = DeltaDiscoveryResponse::decode(&data[5..]).unwrap();
+        assert_eq!((decoded.type_url.as_str(), decoded.nonce.as_str()), ("t", "1"));
+        let trailers = next(&mut body).await.unwrap().into_trailers().unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        assert!(body.is_end_stream());
+        assert!(next(&mut body).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_error_ends_the_stream_with_its_status() {
+        let (tx, mut body) = body();
+        tx.send(Err(Status::invalid_argument("no type_url"))).await.unwrap();
+        tx.send(Ok(Push::default())).await.unwrap();
+        let trailers = next(&mut body).await.unwrap().into_trailers().unwrap();
+        assert_eq!(trailers["grpc-status"], (tonic::Code::InvalidArgument as i32).to_string().as_str());
+        assert_eq!(trailers["grpc-message"], "no%20type_url");
+        assert!(next(&mut body).await.is_none(), "nothing after the status");
     }
 }
