@@ -188,7 +188,11 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     }
     for (i, pid) in ztunnels.iter().enumerate() {
         let m = procfs::memory(*pid)?;
-        report.cost(&format!("ztunnel_lifetime_peak_rss_mb_node{}", i + 1), "MiB", Summary::of(&[mib(m.peak)])?);
+        report.cost(
+            &format!("ztunnel_lifetime_peak_rss_mb_node{}", i + 1),
+            "MiB",
+            Summary::of(&[procfs::mib(m.peak)])?,
+        );
     }
 
     let compared = [
@@ -202,10 +206,12 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
         ("new_connections_per_s", "conn/s"),
     ];
     for (metric, unit) in compared {
-        match (samples.get(&format!("baseline/{metric}")), samples.get(&format!("mesh/{metric}"))) {
-            (Some(b), Some(m)) => report.compare(metric, unit, Summary::of(b)?, Summary::of(m)?),
-            _ => report.notes.push(format!("{metric}: no successful run on one side")),
-        }
+        report.compare_samples(
+            metric,
+            unit,
+            samples.get(&format!("baseline/{metric}")),
+            samples.get(&format!("mesh/{metric}")),
+        )?;
     }
     for (metric, unit) in [
         ("ztunnel_cpu_s_per_1k_req_node1", "CPU s"),
@@ -246,10 +252,6 @@ pub fn targets() -> Vec<Target> {
         t("ztunnel_peak_rss_mb_node2", Against::Mesh, Bound::AtMost, 12.0, "peak RSS MiB under load, server ztunnel"),
         t("rss_per_idle_pod_kb", Against::Mesh, Bound::AtMost, 50.0, "RSS KiB per enrolled idle pod"),
     ]
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / 1048576.0
 }
 
 fn ztunnel_pid(mesh: &Mesh, n: usize) -> anyhow::Result<u32> {
@@ -304,8 +306,8 @@ fn idle_pod_cost(mesh: &mut Mesh, count: usize, pid: u32) -> anyhow::Result<f64>
     eprintln!(
         "{count} idle pods enrolled in {:.1?}: node 2 ztunnel RSS {:.1} → {:.1} MiB",
         t.elapsed(),
-        mib(before),
-        mib(after)
+        procfs::mib(before),
+        procfs::mib(after)
     );
     Ok(after.saturating_sub(before) as f64 / 1024.0 / count as f64)
 }
@@ -393,7 +395,7 @@ fn measure(
                         cpu / (r.requests as f64 / 1000.0),
                     );
                     let peak = procfs::memory(*pid)?.peak;
-                    push(samples, side.name, &format!("ztunnel_peak_rss_mb_node{node}"), mib(peak));
+                    push(samples, side.name, &format!("ztunnel_peak_rss_mb_node{node}"), procfs::mib(peak));
                 }
             }
             for (metric, v) in [

@@ -217,7 +217,7 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
         report.notes.push(format!("WARNING: {} responses the waypoint did not count", waypoint_responses - counted));
     }
     let life = procfs::memory(waypoint)?;
-    report.cost("waypoint_lifetime_peak_rss_mb", "MiB", Summary::of(&[mib(life.peak)])?);
+    report.cost("waypoint_lifetime_peak_rss_mb", "MiB", Summary::of(&[procfs::mib(life.peak)])?);
 
     let compared = [
         ("closed_loop_rps", "req/s"),
@@ -230,10 +230,7 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
         for (metric, unit) in compared {
             let key = if via == Path3::L4 { no_waypoint(metric) } else { metric.to_owned() };
             let base = samples.get(&format!("baseline/{metric}"));
-            match (base, samples.get(&format!("{}/{metric}", via.name()))) {
-                (Some(b), Some(m)) => report.compare(&key, unit, Summary::of(b)?, Summary::of(m)?),
-                _ => report.notes.push(format!("{key}: no successful run on one side")),
-            }
+            report.compare_samples(&key, unit, base, samples.get(&format!("{}/{metric}", via.name())))?;
         }
     }
     for (metric, unit) in [("waypoint_cpu_s_per_1k_req", "CPU s"), ("waypoint_peak_rss_mb", "MiB")] {
@@ -266,10 +263,6 @@ pub fn targets() -> Vec<Target> {
         t("waypoint_cpu_s_per_1k_req", Against::Mesh, Bound::AtMost, 0.15, "vCPU per 1k req/s, waypoint"),
         t("waypoint_peak_rss_mb", Against::Mesh, Bound::AtMost, 25.0, "peak RSS MiB at 1,000 req/s, waypoint"),
     ]
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / 1048576.0
 }
 
 /// The HTTP server in both server pods; killed when dropped.
@@ -365,7 +358,7 @@ fn measure(
     if let (Some(pid), Some(before)) = (waypoint, cpu_before) {
         let cpu = procfs::cpu_time(pid)?.saturating_sub(before);
         values.push(("waypoint_cpu_s_per_1k_req", cpu_s_per_1k(cpu, r.requests).context("no responses")?));
-        values.push(("waypoint_peak_rss_mb", mib(procfs::memory(pid)?.peak)));
+        values.push(("waypoint_peak_rss_mb", procfs::mib(procfs::memory(pid)?.peak)));
     }
     Ok(Measured { responses: r.requests, values })
 }

@@ -73,6 +73,12 @@ pub struct Memory {
 }
 
 /// Current and peak resident memory of `pid`.
+/// Bytes as MiB, the unit the reports use for memory.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
+/// Resident memory of `pid` now and at its peak.
 pub fn memory(pid: u32) -> Result<Memory, ProcError> {
     let (text, path) = read(PathBuf::from(format!("/proc/{pid}/status")))?;
     status_memory(&text).ok_or_else(|| ProcError::Format { path, reason: "no VmRSS/VmHWM".into() })

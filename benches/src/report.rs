@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::stats::{Summary, ratio};
+use crate::stats::{StatsError, Summary, ratio};
 
 /// Which way a target points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -110,6 +110,22 @@ impl Report {
     /// Adds a metric measured on both sides.
     pub fn compare(&mut self, name: &str, unit: &'static str, baseline: Summary, mesh: Summary) {
         self.metrics.push((name.into(), Metric { unit, baseline: Some(baseline), mesh }));
+    }
+
+    /// Adds `key` from the rounds' samples of both sides, or a note when one side has none
+    /// (every run of it failed).
+    pub fn compare_samples(
+        &mut self,
+        key: &str,
+        unit: &'static str,
+        baseline: Option<&Vec<f64>>,
+        mesh: Option<&Vec<f64>>,
+    ) -> Result<(), StatsError> {
+        match (baseline, mesh) {
+            (Some(b), Some(m)) => self.compare(key, unit, Summary::of(b)?, Summary::of(m)?),
+            _ => self.notes.push(format!("{key}: no successful run on one side")),
+        }
+        Ok(())
     }
 
     /// Adds a mesh-only metric.
@@ -253,6 +269,18 @@ mod tests {
             Target { metric: "gone", against: Against::Mesh, bound: Bound::AtMost, target: 1.0, label: "gone" },
         ];
         r
+    }
+
+    #[test]
+    fn samples_missing_on_one_side_become_a_note_not_a_metric() {
+        let mut r = Report::new("l4", true, 3);
+        let (b, m) = (vec![100.0, 120.0], vec![30.0, 30.0]);
+        r.compare_samples("rate", "req/s", Some(&b), Some(&m)).unwrap();
+        r.compare_samples("p99", "ms", Some(&b), None).unwrap();
+        assert_eq!(r.ratio("rate"), Some(30.0 / 110.0));
+        assert_eq!(r.ratio("p99"), None);
+        assert_eq!(r.notes, vec!["p99: no successful run on one side".to_owned()]);
+        assert!(r.compare_samples("bad", "ms", Some(&vec![]), Some(&m)).is_err(), "an empty side is an error");
     }
 
     #[test]
