@@ -86,9 +86,14 @@ fn mesh_runs_from_the_control_plane() {
 
         // A (re)added pod becomes reachable through the mesh.
         mesh.delete_pod("shop", "web-1")?;
+        mesh.wait_pods_served(1, 1)?;
         let web1 = mesh.recreate_pod("shop", "web-1")?.clone();
         let _s1 = web1.netns.http_server(8080, "shop/web-1")?;
+        // The client's node must know the new address, and web-1's own node must serve the new
+        // pod again (its ztunnel gets the pod from the node agent, not from xDS): with the
+        // directory watcher on inotify, xDS can now be first by tens of milliseconds.
         mesh.wait_state_mentions(2, &web1.ip.to_string())?;
+        mesh.wait_pods_served(1, 2)?;
         assert!(mesh.get(("tools", "client-2"), &format!("http://{}:8080/", web1.ip))?.contains("shop/web-1"));
 
         // Without the control plane, traffic keeps flowing on the last configuration.
