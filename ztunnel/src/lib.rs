@@ -8,10 +8,12 @@
 //! - [`cni`]: the CNI plugin that reports pod events to the agent.
 //! - [`control_plane_tls`]: TLS to istiod for xDS and the CA.
 //! - [`admin`], [`metrics`], [`readiness`], [`logging`], [`drain`], [`certs`], [`config`],
-//!   [`app`], [`runtimes`]: the admin side and the wiring (the waypoint shares the last).
+//!   [`app`], [`runtimes`], [`malloc`]: the admin side and the wiring (the waypoint shares the
+//!   last two).
 //!
 //! See `ARCHITECTURE.md` for the runtime split and the port table.
-// Only the socket module that receives descriptors over SCM_RIGHTS may use `unsafe`.
+// Only the socket module that receives descriptors over SCM_RIGHTS, and the malloc settings
+// (glibc's C interface), may use `unsafe`.
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -26,6 +28,7 @@ pub mod control_plane_tls;
 pub mod drain;
 pub mod inpod;
 pub mod logging;
+pub mod malloc;
 pub mod metrics;
 pub mod netns;
 pub mod proxy;

@@ -16,10 +16,14 @@ pub struct Runtimes {
 }
 
 impl Runtimes {
-    /// Starts the admin thread and builds the data runtime with `workers` threads.
+    /// Tunes malloc for the proxy (before any other thread exists, see [`crate::malloc`]),
+    /// starts the admin thread, which also hands free memory back periodically, and builds the
+    /// data runtime with `workers` threads.
     pub fn start(workers: usize) -> std::io::Result<Self> {
+        crate::malloc::tune();
         let admin_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let admin = admin_rt.handle().clone();
+        admin.spawn(crate::malloc::trim_periodically());
         let (stop_admin, admin_stopped) = oneshot::channel::<()>();
         let admin_thread = std::thread::Builder::new().name("admin".into()).spawn(move || {
             admin_rt.block_on(async {
