@@ -204,7 +204,9 @@ impl CaClient {
         let mut retry = Duration::from_millis(200);
         loop {
             tokio::time::sleep(renew_after(&cert, SystemTime::now())).await;
-            match self.fetch(&identity).await {
+            // Boxed: inline, the gRPC call's state (about 3 KiB) would be part of this task for
+            // its whole life, once per identity on the node, though it sleeps almost always.
+            match Box::pin(self.fetch(&identity)).await {
                 Ok(c) => {
                     tracing::info!(%identity, "certificate renewed");
                     cert = c;
