@@ -5,6 +5,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::certs::{TrustRoots, WorkloadCert};
 use crate::identity::Identity;
@@ -19,12 +22,20 @@ pub struct CertStore {
 struct Inner {
     roots: RwLock<Arc<TrustRoots>>,
     certs: RwLock<HashMap<Identity, Arc<WorkloadCert>>>,
+    /// Woken by every insert, for handshakes waiting on a certificate still being issued.
+    inserted: Notify,
 }
 
 impl CertStore {
     /// A store trusting `roots`, holding no workload certificates yet.
     pub fn new(roots: TrustRoots) -> Self {
-        CertStore { inner: Arc::new(Inner { roots: RwLock::new(Arc::new(roots)), certs: RwLock::default() }) }
+        CertStore {
+            inner: Arc::new(Inner {
+                roots: RwLock::new(Arc::new(roots)),
+                certs: RwLock::default(),
+                inserted: Notify::new(),
+            }),
+        }
     }
 
     /// The roots handshakes verify against right now.
@@ -45,7 +56,26 @@ impl CertStore {
     /// Installs (or replaces) the certificate for the identity it carries; returns the previous one.
     pub fn insert(&self, cert: WorkloadCert) -> Option<Arc<WorkloadCert>> {
         let id = cert.identity().clone();
-        self.inner.certs.write().unwrap_or_else(PoisonError::into_inner).insert(id, Arc::new(cert))
+        let previous = self.inner.certs.write().unwrap_or_else(PoisonError::into_inner).insert(id, Arc::new(cert));
+        self.inner.inserted.notify_waiters();
+        previous
+    }
+
+    /// The certificate for `id`, waiting up to `limit` for one to be inserted. A pod's
+    /// listeners come up while its first certificate is still being issued; a handshake in
+    /// that window waits for it instead of failing. `None` once `limit` has passed without one.
+    pub async fn wait_for(&self, id: &Identity, limit: Duration) -> Option<Arc<WorkloadCert>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Registered before the look-up, so an insert between the two is not missed.
+            let inserted = self.inner.inserted.notified();
+            if let Some(cert) = self.get(id) {
+                return Some(cert);
+            }
+            if tokio::time::timeout_at(deadline, inserted).await.is_err() {
+                return self.get(id);
+            }
+        }
     }
 
     /// Forgets the certificate of `id` (the workload left this node).
@@ -58,5 +88,39 @@ impl CertStore {
         let mut v: Vec<_> = self.inner.certs.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
         v.sort_by(|a, b| a.identity().cmp(b.identity()));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{DAY, TestCa, id};
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_for_returns_a_certificate_inserted_while_waiting() {
+        let ca = TestCa::new("store");
+        let store = CertStore::new(ca.roots());
+        let web = id("shop", "web");
+        let waiting = tokio::spawn({
+            let (store, web) = (store.clone(), web.clone());
+            async move { store.wait_for(&web, Duration::from_secs(5)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Another identity's certificate does not end the wait.
+        store.insert(ca.issue(&id("shop", "other"), DAY));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiting.is_finished(), "only web's certificate ends the wait");
+        store.insert(ca.issue(&web, DAY));
+        let got = waiting.await.unwrap().expect("web's certificate, inserted while waiting");
+        assert_eq!(got.identity(), &web);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_for_gives_up_at_its_limit() {
+        let ca = TestCa::new("store");
+        let store = CertStore::new(ca.roots());
+        let started = tokio::time::Instant::now();
+        assert!(store.wait_for(&id("shop", "web"), Duration::from_secs(2)).await.is_none());
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
     }
 }

@@ -74,3 +74,31 @@ async fn policy_sees_the_real_source_not_the_claimed_one() {
         "{metrics}"
     );
 }
+
+/// A pod's listeners are up before its first certificate arrives (it is fetched in the
+/// background): a tunnel opened in that window waits for the certificate, then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_opened_before_the_pods_certificate_waits_for_it() {
+    let ca = TestCa::new("loopback");
+    let (web, client) = (id("shop", "web"), id("tools", "client"));
+    let certs = CertStore::new(ca.roots());
+    certs.insert(ca.issue(&client, DAY));
+    let (inputs, _registry) = support::loopback_inputs(StateHandle::new(state("127.0.0.1")), certs.clone());
+    let pod = PodProxy::start("Kubernetes//Pod/shop/web".into(), web.clone(), HostSockets, inputs).unwrap();
+    let backend = echo_backend().await;
+    let pool = Pool::new(PoolConfig::default(), certs.clone(), None);
+    let key = PoolKey { src: client, dst: web.clone(), addr: pod.addrs.hbone };
+    let connect = tokio::spawn(async move { pool.connect(&key, &ConnectTarget::new(backend, None)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!connect.is_finished(), "the handshake waits for the pod's certificate: {:?}", connect);
+    certs.insert(ca.issue(&web, DAY));
+    let mut s = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .expect("the tunnel opens once the certificate is there")
+        .unwrap()
+        .unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b)).await.unwrap().unwrap();
+    assert_eq!(&b, b"ping");
+}

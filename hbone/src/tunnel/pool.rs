@@ -184,7 +184,12 @@ impl Pool {
     async fn open_connection(&self, key: &PoolKey) -> Result<Arc<Conn>, ConnectError> {
         self.start_sweeper();
         let inner = &self.inner;
-        let cert = inner.store.get(&key.src).ok_or_else(|| ConnectError::NoCertificate(key.src.clone()))?;
+        // A pod that connects out right after it starts may not have its certificate yet.
+        let cert = inner
+            .store
+            .wait_for(&key.src, inner.cfg.h2.handshake_timeout)
+            .await
+            .ok_or_else(|| ConnectError::NoCertificate(key.src.clone()))?;
         let tls = client_config(&inner.store, cert, vec![key.dst.clone()]);
         let closed = Arc::new(AtomicBool::new(false));
         let on_close = {

@@ -45,7 +45,14 @@ pub(crate) async fn serve<S: PodSockets>(pod: Arc<Pod<S>>, listener: TcpListener
         let server = server.clone();
         let live = pod.inputs.drain.track();
         let shutdown = pod.inputs.drain.started();
+        let pod = pod.clone();
         tokio::spawn(async move {
+            // A pod's listeners come up while its first certificate is still being issued (and
+            // again when it is recreated): a peer that connects in that window waits for the
+            // certificate instead of having its handshake refused. Without one by the
+            // handshake deadline, the handshake refuses and logs why.
+            let limit = pod.inputs.cfg.pool.h2.handshake_timeout;
+            let _ = pod.inputs.certs.wait_for(&pod.identity, limit).await;
             if let Err(e) = server.serve_connection_until(tcp, peer, shutdown).await {
                 tracing::info!(error = %e, "HBONE connection refused or failed");
             }
