@@ -33,8 +33,8 @@ pub const MMAP_THRESHOLD: i32 = 4 * 1024 * 1024;
 /// How often free memory is handed back.
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Applies the settings above. Call first thing in `main`, before other threads start: glibc
-/// reads `M_ARENA_MAX` when a thread first allocates.
+/// Applies the settings above. [`crate::runtimes::Runtimes::start`] calls it before it starts
+/// any thread: glibc reads `M_ARENA_MAX` when a thread first allocates.
 pub fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     for (param, value) in [

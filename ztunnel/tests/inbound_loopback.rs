@@ -36,19 +36,42 @@ policies:
     file::parse(&yaml, StateConfig::default()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn policy_sees_the_real_source_not_the_claimed_one() {
+/// The pod `shop/web` on loopback, allowing `allowed_source`, and a client pool as
+/// `tools/client` aimed at its HBONE listener. The client's certificate is in the store; the
+/// pod's only when `web_cert` says so.
+struct Loopback {
+    ca: TestCa,
+    web: hbone::Identity,
+    certs: CertStore,
+    handle: StateHandle,
+    registry: prometheus_client::registry::Registry,
+    /// Serving while held.
+    _pod: PodProxy,
+    backend: std::net::SocketAddr,
+    pool: Pool,
+    key: PoolKey,
+}
+
+async fn loopback(allowed_source: &str, web_cert: bool) -> Loopback {
     let ca = TestCa::new("loopback");
     let (web, client) = (id("shop", "web"), id("tools", "client"));
     let certs = CertStore::new(ca.roots());
-    certs.insert(ca.issue(&web, DAY));
+    if web_cert {
+        certs.insert(ca.issue(&web, DAY));
+    }
     certs.insert(ca.issue(&client, DAY));
-    let handle = StateHandle::new(state("10.1.2.3"));
+    let handle = StateHandle::new(state(allowed_source));
     let (inputs, registry) = support::loopback_inputs(handle.clone(), certs.clone());
     let pod = PodProxy::start("Kubernetes//Pod/shop/web".into(), web.clone(), HostSockets, inputs).unwrap();
     let backend = echo_backend().await;
-    let pool = Pool::new(PoolConfig::default(), certs, None);
-    let key = PoolKey { src: client, dst: web, addr: pod.addrs.hbone };
+    let pool = Pool::new(PoolConfig::default(), certs.clone(), None);
+    let key = PoolKey { src: client, dst: web.clone(), addr: pod.addrs.hbone };
+    Loopback { ca, web, certs, handle, registry, _pod: pod, backend, pool, key }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_sees_the_real_source_not_the_claimed_one() {
+    let Loopback { handle, registry, backend, pool, key, _pod, .. } = loopback("10.1.2.3", true).await;
 
     // Claiming to be the allowed address does not help: the tunnel comes from 127.0.0.1.
     let spoofed = ConnectTarget::new(backend, Some("10.1.2.3:4000".parse().unwrap()));
@@ -79,15 +102,7 @@ async fn policy_sees_the_real_source_not_the_claimed_one() {
 /// background): a tunnel opened in that window waits for the certificate, then works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_opened_before_the_pods_certificate_waits_for_it() {
-    let ca = TestCa::new("loopback");
-    let (web, client) = (id("shop", "web"), id("tools", "client"));
-    let certs = CertStore::new(ca.roots());
-    certs.insert(ca.issue(&client, DAY));
-    let (inputs, _registry) = support::loopback_inputs(StateHandle::new(state("127.0.0.1")), certs.clone());
-    let pod = PodProxy::start("Kubernetes//Pod/shop/web".into(), web.clone(), HostSockets, inputs).unwrap();
-    let backend = echo_backend().await;
-    let pool = Pool::new(PoolConfig::default(), certs.clone(), None);
-    let key = PoolKey { src: client, dst: web.clone(), addr: pod.addrs.hbone };
+    let Loopback { ca, web, certs, backend, pool, key, _pod, .. } = loopback("127.0.0.1", false).await;
     let connect = tokio::spawn(async move { pool.connect(&key, &ConnectTarget::new(backend, None)).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!connect.is_finished(), "the handshake waits for the pod's certificate: {:?}", connect);
