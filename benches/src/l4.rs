@@ -13,7 +13,7 @@
 //! the rest of the run, so the load figures include their state).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,11 @@ use crate::stats::Summary;
 
 const IPERF_PORT: u16 = 5201;
 const HTTP_PORT: u16 = 8080;
+/// Where the floor's relays listen (in both pods of the baseline path) for each server.
+const RELAY_IPERF_PORT: u16 = 15201;
+const RELAY_HTTP_PORT: u16 = 18080;
+/// Suffix of the floor's metrics, compared with the same baseline.
+const FLOOR: &str = "_relay_floor";
 /// Namespaces: the baseline's pods are not enrolled, the mesh's are.
 const DIRECT_NS: &str = "direct";
 const MESH_NS: &str = "mesh";
@@ -51,6 +56,8 @@ pub struct Settings {
     pub idle_pods: usize,
     /// Run only these measurements (all when empty).
     pub only: Vec<Test>,
+    /// Also measure the floor: a plain TCP relay in each pod of the baseline path.
+    pub floor: bool,
 }
 
 impl Settings {
@@ -64,6 +71,7 @@ impl Settings {
             connections: 10,
             idle_pods: 100,
             only: Vec::new(),
+            floor: false,
         }
     }
 
@@ -77,15 +85,25 @@ impl Settings {
             connections: 10,
             idle_pods: 100,
             only: Vec::new(),
+            floor: false,
         }
     }
 }
 
-/// One side of the comparison.
+/// One side of the comparison: where its load generators run and what they address.
 struct Side {
     name: &'static str,
     client: Pod,
-    server: Ipv4Addr,
+    http: SocketAddr,
+    iperf: SocketAddr,
+}
+
+/// The processes whose CPU and memory a side's open-loop run charges: a ztunnel or a relay
+/// per node.
+struct Proxies<'a> {
+    /// Metric prefix: `ztunnel` or `relay`.
+    kind: &'static str,
+    pids: &'a [u32; 2],
 }
 
 /// The measurements, in the order they run within a round.
@@ -164,21 +182,35 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
         settings.idle_pods, settings.idle_pods
     ));
 
-    let sides = [side(&mesh, "baseline", DIRECT_NS)?, side(&mesh, "mesh", MESH_NS)?];
-    let _servers = start_servers(&mesh, &sides)?;
+    let mut sides = vec![side(&mesh, "baseline", DIRECT_NS)?, side(&mesh, "mesh", MESH_NS)?];
+    let _servers = start_servers(&mesh)?;
+    let relays = if settings.floor {
+        let (relays, floor) = start_relays(&mesh)?;
+        sides.push(floor);
+        Some(relays)
+    } else {
+        None
+    };
+    let relay_pids = relays.as_ref().map(|r| [r[0].pid(), r[1].pid()]);
     for s in &sides {
         // A first request through each path (the mesh's sets up its HBONE connection).
-        let url = format!("http://{}:{HTTP_PORT}/", s.server);
+        let url = format!("http://{}/", s.http);
         s.client.netns.http_get(&url).with_context(|| format!("{} warm-up request to {url}", s.name))?;
     }
 
     let mut samples = Samples::new();
     for round in 0..settings.rounds {
-        let order: Vec<&Side> = if round % 2 == 0 { vec![&sides[0], &sides[1]] } else { vec![&sides[1], &sides[0]] };
+        // Rotated every round, so slow drift of the machine hits every side alike.
+        let mut order: Vec<&Side> = sides.iter().collect();
+        order.rotate_left(round % sides.len());
         for test in TESTS.into_iter().filter(|t| settings.only.is_empty() || settings.only.contains(t)) {
             for s in &order {
-                let ztunnels = (s.name == "mesh").then_some(&ztunnels);
-                if let Err(e) = measure(settings, oha, s, test, ztunnels, &mut samples) {
+                let proxies = match s.name {
+                    "mesh" => Some(Proxies { kind: "ztunnel", pids: &ztunnels }),
+                    "relay" => relay_pids.as_ref().map(|pids| Proxies { kind: "relay", pids }),
+                    _ => None,
+                };
+                if let Err(e) = measure(settings, oha, s, test, proxies, &mut samples) {
                     eprintln!("round {round}, {}, {test:?}: {e:#}", s.name);
                     report.notes.push(format!("round {round}, {}, {test:?} failed: {e:#}", s.name));
                 }
@@ -213,15 +245,32 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
             samples.get(&format!("mesh/{metric}")),
         )?;
     }
-    for (metric, unit) in [
-        ("ztunnel_cpu_s_per_1k_req_node1", "CPU s"),
-        ("ztunnel_cpu_s_per_1k_req_node2", "CPU s"),
-        ("ztunnel_peak_rss_mb_node1", "MiB"),
-        ("ztunnel_peak_rss_mb_node2", "MiB"),
-    ] {
-        if let Some(m) = samples.get(&format!("mesh/{metric}")) {
-            report.cost(metric, unit, Summary::of(m)?);
+    if settings.floor {
+        for (metric, unit) in compared {
+            report.compare_samples(
+                &format!("{metric}{FLOOR}"),
+                unit,
+                samples.get(&format!("baseline/{metric}")),
+                samples.get(&format!("relay/{metric}")),
+            )?;
         }
+    }
+    let costed: &[(&str, &str)] =
+        if settings.floor { &[("mesh", "ztunnel"), ("relay", "relay")] } else { &[("mesh", "ztunnel")] };
+    for (side, kind) in costed {
+        for (what, unit) in [("cpu_s_per_1k_req", "CPU s"), ("peak_rss_mb", "MiB")] {
+            for node in 1..=2 {
+                let metric = format!("{kind}_{what}_node{node}");
+                if let Some(m) = samples.get(&format!("{side}/{metric}")) {
+                    report.cost(&metric, unit, Summary::of(m)?);
+                }
+            }
+        }
+    }
+    if settings.floor {
+        report.notes.push(format!(
+            "*{FLOOR} and relay_*: the floor, not a target — the baseline's pods with a plain TCP relay (`benches relay`: accept, connect, copy; no TLS, no HTTP/2, one upstream connection per client connection, 2 tokio workers) in each, where ztunnel's sockets sit on the mesh path; the same hops as the mesh with nothing done in them"
+        ));
     }
     report.notes.push(format!(
         "ztunnel_cpu_s_per_1k_req: utime+stime delta of each ztunnel over the mesh's open-loop run ÷ (responses / 1000); at {} req/s this equals vCPU per 1,000 req/s",
@@ -233,6 +282,7 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     );
     report.targets = targets();
     report.settings.insert("elapsed_secs".into(), json!(started.elapsed().as_secs()));
+    drop(relays);
     drop(_servers);
     mesh.topo.teardown().context("tearing the topology down")?;
     Ok(report)
@@ -260,15 +310,20 @@ fn ztunnel_pid(mesh: &Mesh, n: usize) -> anyhow::Result<u32> {
 }
 
 fn side(mesh: &Mesh, name: &'static str, namespace: &str) -> anyhow::Result<Side> {
-    Ok(Side { name, client: mesh.pod(namespace, "client").clone(), server: mesh.pod(namespace, "server").ip })
+    let server = mesh.pod(namespace, "server").ip;
+    Ok(Side {
+        name,
+        client: mesh.pod(namespace, "client").clone(),
+        http: SocketAddr::from((server, HTTP_PORT)),
+        iperf: SocketAddr::from((server, IPERF_PORT)),
+    })
 }
 
 /// iperf3 and HTTP servers in both server pods; killed when dropped.
-fn start_servers(mesh: &Mesh, sides: &[Side]) -> anyhow::Result<Vec<Process>> {
+fn start_servers(mesh: &Mesh) -> anyhow::Result<Vec<Process>> {
     let exe: PathBuf = std::env::current_exe().context("finding this program")?;
     let mut servers = Vec::new();
-    for s in sides {
-        let ns = if s.name == "mesh" { MESH_NS } else { DIRECT_NS };
+    for ns in [DIRECT_NS, MESH_NS] {
         let pod = mesh.pod(ns, "server");
         servers.push(pod.netns.iperf3_server(IPERF_PORT)?);
         let http = pod.netns.spawn([exe.to_string_lossy().as_ref(), "serve-http", "--port", &HTTP_PORT.to_string()])?;
@@ -276,6 +331,38 @@ fn start_servers(mesh: &Mesh, sides: &[Side]) -> anyhow::Result<Vec<Process>> {
         servers.push(http);
     }
     Ok(servers)
+}
+
+/// The floor's relays, in the baseline's client pod (on loopback, where ztunnel's outbound
+/// listener would take the application's connection) and server pod (on the pod's address,
+/// where ztunnel's inbound listener would be), in that order; and the side that uses them.
+fn start_relays(mesh: &Mesh) -> anyhow::Result<([Process; 2], Side)> {
+    let exe: PathBuf = std::env::current_exe().context("finding this program")?;
+    let exe = exe.to_string_lossy();
+    let client = mesh.pod(DIRECT_NS, "client");
+    let server = mesh.pod(DIRECT_NS, "server");
+    let map = |listen: SocketAddr, target: SocketAddr| format!("{listen}={target}");
+    let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let remote = |port| SocketAddr::from((server.ip, port));
+    let start = |pod: &Pod, maps: [String; 2]| -> anyhow::Result<Process> {
+        let p = pod.netns.spawn([exe.as_ref(), "relay", "--map", &maps[0], "--map", &maps[1]])?;
+        p.wait_for_log("relaying", Duration::from_secs(5))?;
+        Ok(p)
+    };
+    let server_relay = start(
+        server,
+        [
+            map(SocketAddr::from((Ipv4Addr::UNSPECIFIED, RELAY_HTTP_PORT)), local(HTTP_PORT)),
+            map(SocketAddr::from((Ipv4Addr::UNSPECIFIED, RELAY_IPERF_PORT)), local(IPERF_PORT)),
+        ],
+    )?;
+    let client_relay = start(
+        client,
+        [map(local(RELAY_HTTP_PORT), remote(RELAY_HTTP_PORT)), map(local(RELAY_IPERF_PORT), remote(RELAY_IPERF_PORT))],
+    )?;
+    let side =
+        Side { name: "relay", client: client.clone(), http: local(RELAY_HTTP_PORT), iperf: local(RELAY_IPERF_PORT) };
+    Ok(([client_relay, server_relay], side))
 }
 
 /// Enrolls `count` idle pods on node 2 and returns node 2's ztunnel RSS growth per pod, KiB.
@@ -317,19 +404,19 @@ fn measure(
     oha: &Path,
     side: &Side,
     test: Test,
-    ztunnels: Option<&[u32; 2]>,
+    proxies: Option<Proxies<'_>>,
     samples: &mut Samples,
 ) -> anyhow::Result<()> {
     let ns = &side.client.netns;
-    let server = side.server.to_string();
-    let url = format!("http://{server}:{HTTP_PORT}/");
+    let url = format!("http://{}/", side.http);
     let secs = settings.run_secs.to_string();
     let limit = Duration::from_secs(u64::from(settings.run_secs.max(settings.open_loop_secs)) + 30);
     let conns = settings.connections.to_string();
     match test {
         Test::OneStream | Test::EightStreams => {
             let streams = if test == Test::OneStream { "1" } else { "8" };
-            let port = IPERF_PORT.to_string();
+            let server = side.iperf.ip().to_string();
+            let port = side.iperf.port().to_string();
             let out = ns.exec(["iperf3", "-c", &server, "-p", &port, "-t", &secs, "-P", streams, "-J"], limit)?;
             let r = parse::iperf3(&out.stdout)?;
             let metric = if test == Test::OneStream { "throughput_1_stream_gbps" } else { "throughput_8_streams_gbps" };
@@ -351,13 +438,13 @@ fn measure(
             push(samples, side.name, metric, r.requests_per_second);
         }
         Test::OpenLoop => {
-            if let Some(pids) = ztunnels {
-                for pid in pids {
+            if let Some(p) = &proxies {
+                for pid in p.pids {
                     procfs::reset_peak(*pid)?;
                 }
             }
-            let cpu_before = match ztunnels {
-                Some(pids) => Some([procfs::cpu_time(pids[0])?, procfs::cpu_time(pids[1])?]),
+            let cpu_before = match &proxies {
+                Some(p) => Some([procfs::cpu_time(p.pids[0])?, procfs::cpu_time(p.pids[1])?]),
                 None => None,
             };
             let dur = format!("{}s", settings.open_loop_secs);
@@ -384,18 +471,18 @@ fn measure(
                 bail!("oha failed: {}{}", out.stdout, out.stderr);
             }
             let r = parse::oha(&out.stdout)?;
-            if let (Some(pids), Some(before)) = (ztunnels, cpu_before) {
-                for (i, pid) in pids.iter().enumerate() {
+            if let (Some(p), Some(before)) = (&proxies, cpu_before) {
+                for (i, pid) in p.pids.iter().enumerate() {
                     let cpu = procfs::cpu_time(*pid)?.saturating_sub(before[i]).as_secs_f64();
-                    let node = i + 1;
+                    let (kind, node) = (p.kind, i + 1);
                     push(
                         samples,
                         side.name,
-                        &format!("ztunnel_cpu_s_per_1k_req_node{node}"),
+                        &format!("{kind}_cpu_s_per_1k_req_node{node}"),
                         cpu / (r.requests as f64 / 1000.0),
                     );
                     let peak = procfs::memory(*pid)?.peak;
-                    push(samples, side.name, &format!("ztunnel_peak_rss_mb_node{node}"), procfs::mib(peak));
+                    push(samples, side.name, &format!("{kind}_peak_rss_mb_node{node}"), procfs::mib(peak));
                 }
             }
             for (metric, v) in [

@@ -4,7 +4,7 @@
 //! mode); then it re-runs itself inside an `e2e` sandbox (private network, mount and pid
 //! namespaces), where the scenario builds its topology with `e2e`, measures the baseline and
 //! the mesh interleaved, and writes a JSON report and an SVG chart. `serve-http` is the
-//! HTTP server it starts inside server pods.
+//! HTTP server it starts inside server pods, `relay` the plain TCP relay of `l4 --floor`.
 #![forbid(unsafe_code)]
 
 mod control_plane;
@@ -15,6 +15,7 @@ mod meta;
 mod parse;
 mod prep;
 mod procfs;
+mod relay;
 mod report;
 mod serve;
 mod stats;
@@ -50,6 +51,16 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// A plain TCP relay (started by `l4 --floor` inside the baseline's pods).
+    #[command(hide = true)]
+    Relay {
+        /// `LISTEN=TARGET` socket addresses, repeatable.
+        #[arg(long = "map", required = true)]
+        maps: Vec<relay::Mapping>,
+        /// Runtime worker threads (ztunnel's default).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -65,6 +76,10 @@ struct RunArgs {
     /// closed-loop, open-loop, new-connections), e.g. to profile one of them.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// `l4` only: also measure the floor, a plain TCP relay (no TLS, no HTTP/2) in each pod of
+    /// the baseline path where ztunnel's sockets would be, reported as `<metric>_relay_floor`.
+    #[arg(long)]
+    floor: bool,
 }
 
 const SANDBOX_NAME: &str = "benches";
@@ -73,6 +88,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (scenario, args) = match cli.command {
         Command::ServeHttp { port, threads } => return Ok(serve::serve(port, threads)?),
+        Command::Relay { maps, threads } => return Ok(relay::relay(&maps, threads)?),
         Command::L4(a) => ("l4", a),
         Command::L7(a) => ("l7", a),
         Command::ControlPlane(a) => ("control-plane", a),
@@ -108,6 +124,7 @@ fn main() -> anyhow::Result<()> {
             let oha = oha.context("oha not found (the outer run installs it)")?;
             let mut settings = if args.quick { l4::Settings::quick() } else { l4::Settings::full() };
             settings.only = args.only.iter().map(|n| l4::Test::from_name(n)).collect::<Result<_, _>>()?;
+            settings.floor = args.floor;
             l4::run(&settings, &oha, args.quick)?
         }
         "l7" => {
