@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use proto::mesh::waypoint::v1 as pb;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -156,4 +158,120 @@ async fn tcp_forwarded_and_garbage_contained() {
     let unknown: SocketAddr = "10.255.255.1:80".parse().unwrap();
     let e = pool.connect(&key, &hbone::tunnel::client::ConnectTarget::new(unknown, None)).await.unwrap_err();
     assert!(e.to_string().contains("400"), "{e}");
+}
+
+/// The sum of a histogram's samples whose labels contain `needle`.
+fn histogram_sum(metrics: &str, name: &str, needle: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_sum{{")) && l.contains(needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_routed_authorized_and_spliced() {
+    let w = World::new([4, 3]).await;
+    let a = w.backend("a").await;
+    let b = w.backend("b").await;
+    w.service("chat", 1, &[&a]);
+    w.service("chat-b", 2, &[&b]);
+    let prefix = |p: &str| pb::Match {
+        path: Some(pb::PathMatch { r#type: pb::MatchType::PathPrefix as i32, value: p.into() }),
+        ..Default::default()
+    };
+    w.route(&pb::Route {
+        namespace: "shop".into(),
+        name: "chat".into(),
+        kind: pb::route::Kind::Http as i32,
+        parents: vec![pb::ParentService { hostname: host("chat"), port: 80 }],
+        rules: vec![
+            pb::Rule {
+                matches: vec![prefix("/ws")],
+                backends: vec![pb::Backend { hostname: host("chat-b"), port: 80, weight: 1, filters: vec![] }],
+                ..Default::default()
+            },
+            pb::Rule {
+                matches: vec![prefix("/")],
+                backends: vec![pb::Backend { hostname: host("chat"), port: 80, weight: 1, filters: vec![] }],
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    });
+    w.policy(&pb::L7Policy {
+        namespace: "shop".into(),
+        name: "deny-ws-admin".into(),
+        targets: vec![pb::Target { kind: Some(pb::target::Kind::Gateway(GATEWAY.into())) }],
+        action: pb::l7_policy::Action::Deny as i32,
+        rules: vec![pb::PolicyRule {
+            to: vec![pb::Operation { paths: vec!["/ws/admin".into()], ..Default::default() }],
+            ..Default::default()
+        }],
+    });
+    w.until_endpoints("chat-b", 1).await;
+    w.settle().await;
+
+    let client = || async {
+        let io = w.tunnel(w.vip(1)).await;
+        let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
+        let t = Task(tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        }));
+        (s, t)
+    };
+    let upgrade_req = |path: &str| {
+        get(path).header("connection", "keep-alive, Upgrade").header("upgrade", "websocket").body(empty()).unwrap()
+    };
+
+    // Routed by path to b, which switches protocols; then bytes cross both ways.
+    let (mut s, _t) = client().await;
+    let mut resp = s.send_request(upgrade_req("/ws/echo")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(resp.headers()["x-backend"], "b");
+    assert_eq!(resp.headers()["upgrade"], "websocket");
+    assert_eq!(resp.headers()["connection"], "upgrade");
+    let mut io = TokioIo::new(hyper::upgrade::on(&mut resp).await.expect("the client's connection is upgraded"));
+    for word in ["hello", "again"] {
+        io.write_all(word.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; 2 + word.len()];
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, format!("b:{word}").as_bytes());
+    }
+    // Closing our side ends the backend's echo, which closes its side.
+    io.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut rest)).await.unwrap().unwrap();
+    assert!(rest.is_empty());
+
+    // Accounted when the upgraded connection ended: code 101, the bytes that crossed it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let code = "response_code=\"101\"";
+    let sent_down = loop {
+        let m = w.metrics();
+        if let Some(v) = histogram_sum(&m, "istio_response_bytes", code) {
+            break v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no 101 accounted: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(sent_down, 14.0, "b:hello + b:again");
+    assert_eq!(histogram_sum(&w.metrics(), "istio_request_bytes", code), Some(10.0), "hello + again");
+
+    // L7 policy applies to the upgrade request.
+    let (mut s, _t) = client().await;
+    let denied = s.send_request(upgrade_req("/ws/admin")).await.unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    assert_eq!(denied.into_body().collect().await.unwrap().to_bytes(), "RBAC: access denied");
+
+    // An application that does not switch answers as usual and the connection stays HTTP.
+    let (mut s, _t) = client().await;
+    let plain: http::Response<Incoming> = s.send_request(upgrade_req("/plain")).await.unwrap();
+    assert_eq!(plain.status(), StatusCode::OK);
+    assert_eq!(plain.headers()["x-backend"], "a");
+    plain.into_body().collect().await.unwrap();
+    s.ready().await.unwrap();
+    let again = s.send_request(get("/after").body(empty()).unwrap()).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.headers()["x-path"], "/after");
 }

@@ -62,6 +62,8 @@ pub struct Attempt<'a> {
     pub version: Version,
     /// The original client.
     pub client: SocketAddr,
+    /// The request asks to switch protocols: it gets a connection of its own.
+    pub upgrade: bool,
 }
 
 /// Forwards with retries; `on_pick` sees each endpoint picked (for accounting).
@@ -93,7 +95,11 @@ pub async fn forward(mut a: Attempt<'_>, mut on_pick: impl FnMut(&Picked)) -> Re
         let dest = Dest { addr: picked.addr, identity: &w.identity, version: a.version, client: Some(a.client) };
         let retriable = a.retry.is_some() && attempt + 1 < attempts;
         let try_once = async {
-            let sender = a.proxy.upstreams.sender(dest).await?;
+            let sender = if a.upgrade {
+                a.proxy.upstreams.dedicated(dest).await?
+            } else {
+                a.proxy.upstreams.sender(dest).await?
+            };
             let body = match (a.replay, a.stream_body.take()) {
                 (Some(b), _) => b.replay(),
                 (None, Some(b)) => b,

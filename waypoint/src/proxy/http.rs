@@ -1,7 +1,8 @@
 //! The HTTP path for one request: normalize the path, authorize (L7 policy), match a route
 //! (none: the destination service itself), apply filters, pick a backend by weight and an
 //! endpoint by the backend policy, forward over HBONE with timeouts and retries, and
-//! account for it (metrics, access log) when the response body ends.
+//! account for it (metrics, access log) when the response body ends — or, for a protocol
+//! upgrade the application accepts, when the spliced connection ends ([`super::upgrade`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use super::balance::Picked;
 use super::body::{self, Buffered, Counted, OnEnd};
 use super::detect::Protocol;
 use super::upstream::{Dest, Version};
-use super::{Body, Destination, Downstream, Proxy, forward};
+use super::{Body, Destination, Downstream, Proxy, forward, upgrade};
 use crate::authz::{self, Decision, Facts, HttpFacts};
 use crate::normalize::normalize;
 use crate::state::Snapshot;
@@ -59,7 +60,9 @@ where
         async move { Ok::<_, Infallible>(handle(proxy, down, req, version).await) }
     });
     let r = match version {
-        Version::H1 => hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).await,
+        Version::H1 => {
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).with_upgrades().await
+        }
         Version::H2 => {
             hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), svc).await
         }
@@ -340,18 +343,31 @@ struct Target {
     host: String,
 }
 
-async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>, version: Version) -> Response<Body> {
+async fn handle(
+    proxy: Arc<Proxy>,
+    down: Arc<Downstream>,
+    mut req: Request<Incoming>,
+    version: Version,
+) -> Response<Body> {
     let start = Instant::now();
+    let upgrade = if version == Version::H1 { upgrade::requested(req.version(), req.headers()) } else { None };
+    let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let snapshot = proxy.inputs.state.load();
     let (mut parts, incoming) = req.into_parts();
     let mut account = Account::new(&proxy, &down, &snapshot, &parts, start);
     let req_body: Body = Counted::new(body::boxed(incoming), account.request_bytes.clone(), None).boxed_unsync_compat();
     let ctx = Ctx { snapshot: &snapshot, down: &down };
     let prepared = prepare(&proxy, &ctx, &mut parts, &mut account, version);
-    let (plan, endpoints, backend_host) = match prepared {
+    let (mut plan, endpoints, backend_host) = match prepared {
         Ok(p) => p,
         Err(local) => return drained(req_body, local.respond(account)),
     };
+    if let Some(proto) = &upgrade {
+        upgrade::keep(&mut parts.headers, proto.clone());
+        // Neither can be replayed on a connection that changes protocol.
+        plan.retry = None;
+        plan.mirrors.clear();
+    }
 
     // Bodies are buffered only when something may replay them.
     let replay_needed = plan.retry.is_some() || !plan.mirrors.is_empty();
@@ -384,10 +400,15 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
         deadline: plan.request_timeout.map(|t| start + t),
         version,
         client: down.client,
+        upgrade: upgrade.is_some(),
     };
     let outcome = forward::forward(attempt, |picked| account.picked(picked)).await;
     match outcome {
         Err(forward::Failure { status, text, flags }) => Local::Reply(status, text, flags).respond(account),
+        Ok(resp) if on_upgrade.is_some() && upgrade::switched(&resp) => {
+            let client = on_upgrade.expect("checked by the guard");
+            switch_protocols(resp, client, &plan.response_mods, account)
+        }
         Ok(resp) => {
             let (mut p, b) = resp.into_parts();
             strip_hop_by_hop(&mut p.headers);
@@ -401,6 +422,37 @@ async fn handle(proxy: Arc<Proxy>, down: Arc<Downstream>, req: Request<Incoming>
             account.attach(Response::from_parts(p, body::boxed(b)))
         }
     }
+}
+
+/// The application agreed to switch protocols: the client gets the 101, and the two
+/// upgraded connections are spliced in the background; the request is accounted when that
+/// ends.
+fn switch_protocols(
+    mut resp: Response<Incoming>,
+    client: hyper::upgrade::OnUpgrade,
+    response_mods: &[HeaderModifier],
+    mut account: Account,
+) -> Response<Body> {
+    let app = hyper::upgrade::on(&mut resp);
+    let (mut p, _) = resp.into_parts();
+    let proto = p.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut p.headers);
+    for m in response_mods {
+        m.apply(&mut p.headers);
+    }
+    if let Some(proto) = proto {
+        upgrade::keep(&mut p.headers, proto);
+    }
+    account.labels.response_code = p.status.as_u16();
+    tokio::spawn(async move {
+        let (crossed, err) = upgrade::splice(client, app).await;
+        if let Some(e) = err {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+        account.request_bytes.fetch_add(crossed.up, std::sync::atomic::Ordering::Relaxed);
+        Box::new(account).done(crossed.down, None);
+    });
+    Response::from_parts(p, body::full(""))
 }
 
 /// Everything decided before the body is touched: normalized target, authorization, route,

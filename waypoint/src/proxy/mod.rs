@@ -14,6 +14,7 @@ pub mod detect;
 pub mod forward;
 pub mod http;
 pub mod tcp;
+pub mod upgrade;
 pub mod upstream;
 
 use std::net::SocketAddr;

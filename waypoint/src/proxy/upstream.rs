@@ -1,7 +1,7 @@
 //! HTTP connections to endpoints, each carried by an HBONE stream (pooled HBONE connections
 //! keyed by identity, from `hbone::tunnel::pool`), kept for reuse per endpoint: one HTTP/2
 //! connection multiplexes every request to an endpoint; HTTP/1.1 connections are reused
-//! when idle.
+//! when idle, except the one a protocol upgrade (WebSocket) gets for itself.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -101,6 +101,8 @@ impl std::fmt::Debug for Upstreams {
 enum Conn {
     H1(http1::SendRequest<Body>),
     H2(http2::SendRequest<Body>),
+    /// Used for one request, never pooled (see [`Upstreams::dedicated`]).
+    H1Once(http1::SendRequest<Body>),
 }
 
 /// A connection ready for one request.
@@ -117,6 +119,7 @@ impl Sender<'_> {
         let addr = self.key.addr;
         match self.conn {
             Conn::H2(mut s) => s.send_request(req).await.map_err(|source| UpstreamError::Request { addr, source }),
+            Conn::H1Once(mut s) => s.send_request(req).await.map_err(|source| UpstreamError::Request { addr, source }),
             Conn::H1(mut s) => {
                 let r = s.send_request(req).await;
                 if r.is_ok() {
@@ -187,22 +190,34 @@ impl Upstreams {
                 };
                 match idle {
                     Some(s) => Conn::H1(s),
-                    None => {
-                        let io = self.tunnel(&d).await?;
-                        let (s, conn) = http1::handshake(TokioIo::new(io))
-                            .await
-                            .map_err(|source| UpstreamError::Handshake { addr: d.addr, source })?;
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
-                            }
-                        });
-                        Conn::H1(s)
-                    }
+                    None => Conn::H1(self.open_h1(&d, false).await?),
                 }
             }
         };
         Ok(Sender { owner: self, key, conn })
+    }
+
+    /// A new HTTP/1.1 connection for one request, never pooled and able to switch protocols:
+    /// a request that asks to upgrade (WebSocket) takes the connection over when the
+    /// application answers `101 Switching Protocols`.
+    pub async fn dedicated(&self, d: Dest<'_>) -> Result<Sender<'_>, UpstreamError> {
+        let key = Key { addr: d.addr, dst: d.identity.clone(), version: Version::H1 };
+        let s = self.open_h1(&d, true).await?;
+        Ok(Sender { owner: self, key, conn: Conn::H1Once(s) })
+    }
+
+    async fn open_h1(&self, d: &Dest<'_>, upgrades: bool) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let io = self.tunnel(d).await?;
+        let (s, conn) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr: d.addr, source })?;
+        tokio::spawn(async move {
+            let r = if upgrades { conn.with_upgrades().await } else { conn.await };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(s)
     }
 
     async fn tunnel(&self, d: &Dest<'_>) -> Result<hbone::tunnel::stream::H2Stream, UpstreamError> {

@@ -494,7 +494,7 @@ async fn http_server(l: TcpListener, name: String, b: Arc<Behaviour>) {
                         hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await;
                 }
                 _ => {
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades().await;
                 }
             }
         });
@@ -503,9 +503,40 @@ async fn http_server(l: TcpListener, name: String, b: Arc<Behaviour>) {
 
 type AppBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
 
-async fn app(req: Request<Incoming>, name: &str, b: &Behaviour, counter: &AtomicU64) -> Response<AppBody> {
+async fn app(mut req: Request<Incoming>, name: &str, b: &Behaviour, counter: &AtomicU64) -> Response<AppBody> {
     b.seen.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    // `/ws...` with `Upgrade: websocket` switches protocols, then echoes every byte, each
+    // chunk prefixed with the backend's name, until the client closes.
+    if path.starts_with("/ws") && req.headers().get("upgrade").is_some_and(|v| v == "websocket") {
+        let on = hyper::upgrade::on(&mut req);
+        let prefix = format!("{name}:");
+        tokio::spawn(async move {
+            let Ok(up) = on.await else { return };
+            let mut io = TokioIo::new(up);
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = match tokio::io::AsyncReadExt::read(&mut io, &mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let mut out = prefix.clone().into_bytes();
+                out.extend_from_slice(&buf[..n]);
+                if tokio::io::AsyncWriteExt::write_all(&mut io, &out).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("x-backend", name)
+            .header("x-path", path)
+            .body(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync())
+            .unwrap();
+    }
     let mut text = format!("{name} {} {path} {:?}\n", req.method(), req.version());
     for (k, v) in req.headers() {
         text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
