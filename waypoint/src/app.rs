@@ -86,8 +86,33 @@ pub struct Running {
     pub readiness_addr: SocketAddr,
     /// Readiness tracker.
     pub ready: Ready,
+    drain: ztunnel::drain::Drain,
+    /// Holds readiness down once the drain has started.
+    draining: Option<ztunnel::readiness::BlockReady>,
     _xds: crate::state::xds::XdsSource,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Begins the drain: readiness fails (`draining`), the HBONE listener closes, HBONE
+    /// connections get GOAWAY and the HTTP connections in them end once their requests in
+    /// flight are answered.
+    pub fn start_drain(&mut self) {
+        if self.draining.is_none() {
+            self.draining = Some(self.ready.register("draining"));
+            self.drain.start();
+        }
+    }
+
+    /// Drains (see [`start_drain`](Self::start_drain)) and waits up to `deadline` for what is
+    /// open to finish; returns how many connections and streams were still open (and are cut
+    /// when this is dropped).
+    pub async fn shutdown(mut self, deadline: Duration) -> usize {
+        self.start_drain();
+        let left = self.drain.wait(deadline).await;
+        tracing::info!(left, "drained");
+        left
+    }
 }
 
 impl Drop for Running {
@@ -231,7 +256,8 @@ pub async fn start(
     let (admin_l, admin_addr) = bind("admin", cfg.admin_addr).await?;
     let (metrics_l, metrics_addr) = bind("metrics", cfg.metrics_addr).await?;
     let (ready_l, readiness_addr) = bind("readiness", cfg.readiness_addr).await?;
-    let server = proxy.server();
+    let serving = proxy.clone();
+    let drain = proxy.drain.clone();
     let gate = ready.clone();
     let serve_task = tokio::spawn(async move {
         // Serve only when ready: a peer reaching us before we know routes or have a
@@ -240,9 +266,7 @@ pub async fn start(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tracing::info!(addr = %hbone_addr, "accepting HBONE");
-        if let Err(e) = server.serve(hbone_l).await {
-            tracing::error!(error = %e, "HBONE listener failed");
-        }
+        serving.serve(hbone_l).await;
     });
 
     let to_std = |l: tokio::net::TcpListener| l.into_std().expect("a bound listener converts");
@@ -310,6 +334,8 @@ pub async fn start(
         metrics_addr,
         readiness_addr,
         ready,
+        drain,
+        draining: None,
         _xds: xds,
         tasks: vec![cert_task, state_task, serve_task, admin_task],
     })

@@ -69,6 +69,10 @@ pub struct Config {
     /// (`benches l7 --quick`, same run: 0.126 against 0.156 CPU seconds per 1,000 requests).
     #[arg(long, env = "WAYPOINT_WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
+    /// On SIGTERM, how long requests and connections in flight may take to finish, in seconds
+    /// (readiness fails and new HBONE connections are refused at once).
+    #[arg(long, env = "WAYPOINT_DRAIN_SECONDS", default_value_t = 5)]
+    pub drain_seconds: u64,
 }
 
 /// A configuration that cannot work.
@@ -152,6 +156,11 @@ impl Config {
         }
     }
 
+    /// The drain deadline.
+    pub fn drain(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.drain_seconds)
+    }
+
     /// The waypoint's own identity, `spiffe://<td>/ns/<gateway ns>/sa/<sa>`.
     pub fn identity(&self) -> Result<hbone::Identity, ConfigError> {
         let (ns, _) = self.gateway_parts()?;
@@ -185,6 +194,7 @@ mod tests {
         assert_eq!(c.identity().unwrap().as_str(), "spiffe://cluster.local/ns/shop/sa/other");
         assert_eq!(c.hbone_addr.port(), 15008);
         assert_eq!(c.admin_addr.to_string(), "127.0.0.1:15000");
+        assert_eq!(c.drain(), std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The waypoint binary: parse config, start the runtimes, run until SIGTERM.
+//! The waypoint binary: parse config, start the runtimes, run until SIGTERM, drain.
 
 use anyhow::Context;
 use clap::Parser;
@@ -14,9 +14,13 @@ fn main() -> anyhow::Result<()> {
     let runtimes = ztunnel::runtimes::Runtimes::start(cfg.worker_threads)?;
     let admin = runtimes.admin();
     runtimes.run(async {
+        let drain = cfg.drain();
         let running = waypoint::app::start(cfg, admin, Some(log)).await?;
-        ztunnel::runtimes::terminated("stopping").await?;
-        drop(running);
+        ztunnel::runtimes::terminated("draining").await?;
+        let cut = running.shutdown(drain).await;
+        if cut > 0 {
+            tracing::warn!(cut, "connections still open at the drain deadline were closed");
+        }
         anyhow::Ok(())
     })
 }

@@ -143,7 +143,17 @@ async fn starts_from_ca_and_xds_and_reports_ready() {
     let e = pool.connect(&key, &target).await.unwrap_err();
     assert!(e.to_string().contains("400"), "TLS and identity succeeded, the destination is unknown: {e}");
 
-    drop(running);
+    // SIGTERM's path: readiness fails at once, the HBONE listener closes, and shutdown ends
+    // as soon as nothing is open (the pooled connection above gets GOAWAY and closes).
+    let mut running = running;
+    running.start_drain();
+    let (status, body) = http_get(running.readiness_addr, "/healthz/ready").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("draining"), "{body}");
+    let started = tokio::time::Instant::now();
+    let left = running.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(left, 0);
+    assert!(started.elapsed() < Duration::from_secs(5), "the drain waited for nothing: {:?}", started.elapsed());
     ca_task.abort();
     xds_task.abort();
 }

@@ -55,16 +55,33 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let version = if proto == Protocol::Http2 { Version::H2 } else { Version::H1 };
+    // When the drain starts, the connection ends gracefully: HTTP/1.1 closes once its request
+    // in flight (if any) is answered, HTTP/2 sends GOAWAY and lets its streams finish.
+    let drain = proxy.drain.started();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (proxy, down) = (proxy.clone(), down.clone());
         async move { Ok::<_, Infallible>(handle(proxy, down, req, version).await) }
     });
+    // The two connection types share `graceful_shutdown` by name only.
+    macro_rules! until_drained {
+        ($conn:expr) => {{
+            let mut conn = std::pin::pin!($conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = drain => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }};
+    }
+    let io = TokioIo::new(io);
     let r = match version {
         Version::H1 => {
-            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).with_upgrades().await
+            until_drained!(hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades())
         }
         Version::H2 => {
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), svc).await
+            until_drained!(hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc))
         }
     };
     if let Err(e) = r {
@@ -407,7 +424,10 @@ async fn handle(
         Err(forward::Failure { status, text, flags }) => Local::Reply(status, text, flags).respond(account),
         Ok(resp) if on_upgrade.is_some() && upgrade::switched(&resp) => {
             let client = on_upgrade.expect("checked by the guard");
-            switch_protocols(resp, client, &plan.response_mods, account)
+            // The spliced connection outlives this request's stream: it counts for the drain
+            // on its own.
+            let live = proxy.drain.track();
+            switch_protocols(resp, client, &plan.response_mods, account, live)
         }
         Ok(resp) => {
             let (mut p, b) = resp.into_parts();
@@ -432,6 +452,7 @@ fn switch_protocols(
     client: hyper::upgrade::OnUpgrade,
     response_mods: &[HeaderModifier],
     mut account: Account,
+    live: ztunnel::drain::ConnGuard,
 ) -> Response<Body> {
     let app = hyper::upgrade::on(&mut resp);
     let (mut p, _) = resp.into_parts();
@@ -451,6 +472,7 @@ fn switch_protocols(
         }
         account.request_bytes.fetch_add(crossed.up, std::sync::atomic::Ordering::Relaxed);
         Box::new(account).done(crossed.down, None);
+        drop(live);
     });
     Response::from_parts(p, body::full(""))
 }

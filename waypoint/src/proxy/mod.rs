@@ -28,6 +28,9 @@ use hbone::tunnel::server::{Handler, InboundConnect, Server};
 use hbone::{CertStore, Identity};
 use ztunnel::state::{Service, Workload};
 
+use tokio::net::TcpListener;
+use ztunnel::drain::Drain;
+
 use crate::state::SnapshotHandle;
 use crate::telemetry::Metrics;
 
@@ -74,6 +77,9 @@ pub struct Proxy {
     pub balancer: balance::Balancer,
     /// Upstream connections.
     pub upstreams: upstream::Upstreams,
+    /// Counts what is open (HBONE connections, tunnelled streams, upgraded connections) and
+    /// tells it when shutdown begins.
+    pub drain: Drain,
 }
 
 /// Where a CONNECT is going.
@@ -119,17 +125,56 @@ impl Proxy {
     pub fn new(inputs: Inputs) -> Arc<Proxy> {
         let pool = Pool::new(PoolConfig::default(), inputs.certs.clone(), inputs.connector.clone());
         let upstreams = upstream::Upstreams::new(pool, inputs.identity.clone(), inputs.hbone_port);
-        Arc::new(Proxy { inputs, balancer: balance::Balancer::default(), upstreams })
+        Arc::new(Proxy { inputs, balancer: balance::Balancer::default(), upstreams, drain: Drain::default() })
     }
 
-    /// The HBONE server presenting the waypoint's certificate.
+    /// The HBONE server presenting the waypoint's certificate; each tunnelled stream counts
+    /// as live for the drain.
     pub fn server(self: &Arc<Self>) -> Server<impl Handler> {
         let tls = hbone::tls::server_config(&self.inputs.certs, self.inputs.identity.clone());
         let me = self.clone();
         Server::new(tls, hbone::tunnel::H2Settings::default(), move |req: InboundConnect| {
             let me = me.clone();
-            async move { me.handle(req).await }
+            let live = me.drain.track();
+            async move {
+                me.handle(req).await;
+                drop(live);
+            }
         })
+    }
+
+    /// Accepts HBONE on `listener` until the drain starts, then closes it. Each connection
+    /// counts as live until it has closed, and gets GOAWAY when the drain starts, so the
+    /// peer opens its next streams elsewhere while the ones it has finish.
+    pub async fn serve(self: &Arc<Self>, listener: TcpListener) {
+        let server = self.server();
+        let mut stop = std::pin::pin!(self.drain.started());
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = &mut stop => {
+                    tracing::info!("draining: the HBONE listener is closed");
+                    return;
+                }
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HBONE accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let server = server.clone();
+            let live = self.drain.track();
+            let shutdown = self.drain.started();
+            tokio::spawn(async move {
+                if let Err(e) = server.serve_connection_until(tcp, peer, shutdown).await {
+                    tracing::debug!(%peer, error = %e, "HBONE connection refused or failed");
+                }
+                drop(live);
+            });
+        }
     }
 
     async fn handle(self: Arc<Self>, req: InboundConnect) {

@@ -137,10 +137,8 @@ impl World {
         let wl =
             TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, net[0], net[1], 1)), 0)).await.unwrap();
         let waypoint_addr = wl.local_addr().unwrap();
-        let server = proxy.server();
-        let t2 = Task(tokio::spawn(async move {
-            let _ = server.serve(wl).await;
-        }));
+        let serving = proxy.clone();
+        let t2 = Task(tokio::spawn(async move { serving.serve(wl).await }));
         let client_id = id("frontend", "web");
         let client_store = CertStore::new(ca.roots());
         client_store.insert(ca.issue(&client_id, DAY));
@@ -346,9 +344,17 @@ impl World {
 
     /// A tunnel from the client workload to the waypoint for `vip:80`.
     pub async fn tunnel(&self, vip: IpAddr) -> hbone::tunnel::stream::H2Stream {
+        self.try_tunnel(vip).await.unwrap()
+    }
+
+    /// Like [`tunnel`](Self::tunnel), for tests that expect it to fail.
+    pub async fn try_tunnel(
+        &self,
+        vip: IpAddr,
+    ) -> Result<hbone::tunnel::stream::H2Stream, hbone::tunnel::client::ConnectError> {
         let key = PoolKey { src: self.client_id.clone(), dst: self.waypoint_id.clone(), addr: self.waypoint_addr };
         let client = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 99, 0, 7)), 40000);
-        self.pool.connect(&key, &ConnectTarget::new(SocketAddr::new(vip, 80), Some(client))).await.unwrap()
+        self.pool.connect(&key, &ConnectTarget::new(SocketAddr::new(vip, 80), Some(client))).await
     }
 
     pub async fn h1(&self, vip: IpAddr) -> Client {
