@@ -8,7 +8,7 @@ use istiod_lite::source::dir::Loader;
 use istiod_lite::{MeshConfig, Object, Translator};
 use proto::istio::security::{Action, Authorization, Group, Match, Rules, Scope, StringMatch, string_match::MatchType};
 use proto::istio::workload::{
-    NetworkAddress, Port, PortList, Service, TunnelProtocol, Workload, WorkloadStatus, WorkloadType,
+    AppProtocol, NetworkAddress, Port, PortList, Service, TunnelProtocol, Workload, WorkloadStatus, WorkloadType,
 };
 use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use support::*;
@@ -125,7 +125,8 @@ fn samples_translate_to_the_expected_resources() {
             hostname: "catalog.shop.svc.cluster.local".into(),
             addresses: vec![NetworkAddress { network: String::new(), address: vec![10, 96, 0, 20].into() }],
             ports: vec![
-                Port { service_port: 80, target_port: 0, app_protocol: 0 },
+                // Port 80 is named `http`: declared HTTP/1.1 (Istio's explicit protocol selection).
+                Port { service_port: 80, target_port: 0, app_protocol: AppProtocol::Http11 as i32 },
                 Port { service_port: 9090, target_port: 9090, app_protocol: 0 },
             ],
             ..Default::default()

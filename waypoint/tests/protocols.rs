@@ -12,6 +12,7 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use proto::istio::workload as pbw;
 use proto::mesh::waypoint::v1 as pb;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -274,4 +275,42 @@ async fn websocket_upgrade_is_routed_authorized_and_spliced() {
     let again = s.send_request(get("/after").body(empty()).unwrap()).await.unwrap();
     assert_eq!(again.status(), StatusCode::OK);
     assert_eq!(again.headers()["x-path"], "/after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backends_declared_protocol_decides_the_http_version_upstream() {
+    let w = World::new([4, 4]).await;
+    let a = w.backend("a").await;
+    w.service_declaring("h2", 1, &[&a], pbw::AppProtocol::Http2);
+    w.service_declaring("h1", 2, &[&a], pbw::AppProtocol::Http11);
+    w.service_declaring("grpc", 3, &[&a], pbw::AppProtocol::Grpc);
+    w.service("auto", 4, &[&a]);
+    w.until_endpoints("auto", 1).await;
+    w.settle().await;
+    // The backend's echo starts with `<name> <method> <path> <version>`.
+    for (vip, client_h2, want) in [
+        (1, false, "HTTP/2.0"),
+        (1, true, "HTTP/2.0"),
+        (2, false, "HTTP/1.1"),
+        (2, true, "HTTP/1.1"),
+        (3, false, "HTTP/2.0"),
+        (4, false, "HTTP/1.1"),
+        (4, true, "HTTP/2.0"),
+    ] {
+        let mut c = if client_h2 { w.h2(w.vip(vip)).await } else { w.h1(w.vip(vip)).await };
+        for _ in 0..2 {
+            let req = get("/v?x=1").method("POST").header("x-probe", "p").body(full("payload")).unwrap();
+            let r = c.send(req).await.unwrap();
+            let first = r.body.lines().next().unwrap_or_default();
+            let case = format!("service {vip}, client HTTP/{}: {}", if client_h2 { 2 } else { 1 }, r.body);
+            assert_eq!(r.status, StatusCode::OK, "{case}");
+            assert_eq!(first, format!("a POST /v?x=1 {want}"), "{case}");
+            assert_eq!(r.seen_header("x-probe"), Some("p"), "{case}");
+            if want == "HTTP/1.1" {
+                assert_eq!(r.seen_header("host"), Some("svc.example"), "{case}");
+            } else {
+                assert_eq!(r.seen_header("host"), None, "HTTP/2 carries it as :authority: {case}");
+            }
+        }
+    }
 }

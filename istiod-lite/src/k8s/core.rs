@@ -144,6 +144,9 @@ pub struct ServicePort {
     /// `TCP` (default), `UDP`, `SCTP`.
     #[serde(default)]
     pub protocol: Option<String>,
+    /// The application protocol (`http`, `http2`, `grpc`, `kubernetes.io/h2c`, ...).
+    #[serde(default)]
+    pub app_protocol: Option<String>,
 }
 
 /// A Kubernetes `IntOrString`.

@@ -44,6 +44,7 @@ pub fn synthesize<L: std::borrow::Borrow<Located>>(objects: &[L]) -> Vec<Located
                     port,
                     target_port: Some(IntOrString::Int(port)),
                     protocol: Some("TCP".into()),
+                    app_protocol: None,
                 }],
                 selector: Some(Labels::from([(GATEWAY_NAME_LABEL.to_owned(), name.to_owned())])),
             },

@@ -2,11 +2,13 @@
 //!
 //! VIPs are `spec.clusterIPs` (the primary `spec.clusterIP` first; `None` for headless gives
 //! none). Ports carry the numeric `targetPort`, or 0 when it is a name: each workload's
-//! `services` entry resolves names against its own container ports, as Istio does.
+//! `services` entry resolves names against its own container ports, as Istio does. Each
+//! port's application protocol is Istio's explicit protocol selection: `appProtocol`, else
+//! the port name's `<protocol>[-<suffix>]` (see [`app_protocol`]).
 
 use std::net::IpAddr;
 
-use proto::istio::workload::{NetworkAddress, Port, Service};
+use proto::istio::workload::{AppProtocol, NetworkAddress, Port, Service};
 
 use super::MeshConfig;
 use super::waypoint::{self, For, ip_bytes};
@@ -31,6 +33,27 @@ pub fn vips(svc: &core::Service) -> Vec<IpAddr> {
     out
 }
 
+/// The protocol a service port declares: `appProtocol` when set (even to something unknown,
+/// which then declares nothing: it takes precedence), else the port name up to its first
+/// `-`. `http` is HTTP/1.1; `http2` and `kubernetes.io/h2c` HTTP/2; `grpc` and `grpc-web`
+/// gRPC; `tcp` and the protocols Istio proxies as TCP (`mongo`, `mysql`, `redis`) TCP;
+/// `https` and `tls` TLS. Case does not matter.
+pub fn app_protocol(p: &core::ServicePort) -> AppProtocol {
+    let declared = match (&p.app_protocol, &p.name) {
+        (Some(a), _) => a.as_str(),
+        (None, Some(n)) => n.split('-').next().unwrap_or_default(),
+        (None, None) => return AppProtocol::Unknown,
+    };
+    match declared.to_ascii_lowercase().as_str() {
+        "http" => AppProtocol::Http11,
+        "http2" | "kubernetes.io/h2c" => AppProtocol::Http2,
+        "grpc" | "grpc-web" => AppProtocol::Grpc,
+        "tcp" | "mongo" | "mysql" | "redis" => AppProtocol::Tcp,
+        "https" | "tls" => AppProtocol::Tls,
+        _ => AppProtocol::Unknown,
+    }
+}
+
 /// Translates a service; the second value is a warning (a dangling waypoint label).
 pub fn translate(cfg: &MeshConfig, model: &Model, svc: &core::Service) -> (Service, Option<String>) {
     let m = &svc.metadata;
@@ -51,7 +74,7 @@ pub fn translate(cfg: &MeshConfig, model: &Model, svc: &core::Service) -> (Servi
                 Some(IntOrString::Int(n)) => u32::from(*n),
                 Some(IntOrString::String(_)) => 0,
             },
-            app_protocol: 0,
+            app_protocol: app_protocol(p) as i32,
         })
         .collect();
     let service = Service {

@@ -485,6 +485,33 @@ fn canonical_names_and_controller() {
 }
 
 #[test]
+fn service_ports_declare_their_protocol_by_app_protocol_else_by_name() {
+    use proto::istio::workload::AppProtocol as P;
+    let svc = "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  clusterIP: 10.96.0.1\n  selector: {app: web}\n  ports:\n  - {name: http-web, port: 80}\n  - {name: GRPC, port: 81}\n  - {name: http2, port: 82}\n  - {name: web, port: 83, appProtocol: kubernetes.io/h2c}\n  - {name: http, port: 84, appProtocol: tcp}\n  - {name: tls-x, port: 85}\n  - {name: httpx, port: 86}\n  - {port: 87}\n  - {name: grpc, port: 88, appProtocol: example.com/custom}\n  - {name: grpc-web, port: 89}\n";
+    let m = model(&[NS, svc].concat());
+    let (s, _) = service::translate(&cfg(), &m, &m.services[&("shop".into(), "web".into())]);
+    let got: Vec<(u32, P)> = s.ports.iter().map(|p| (p.service_port, p.app_protocol())).collect();
+    assert_eq!(
+        got,
+        [
+            (80, P::Http11),
+            (81, P::Grpc),
+            (82, P::Http2),
+            (83, P::Http2),
+            // appProtocol wins over the name.
+            (84, P::Tcp),
+            (85, P::Tls),
+            // A prefix is a whole word before `-`.
+            (86, P::Unknown),
+            (87, P::Unknown),
+            // An appProtocol we do not know declares nothing, even over a known name.
+            (88, P::Unknown),
+            (89, P::Grpc),
+        ]
+    );
+}
+
+#[test]
 fn selectorless_services_take_endpoints_from_slices() {
     let yaml = [
         NS,

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
-use ztunnel::state::Endpoint;
+use ztunnel::state::{AppProtocol, Endpoint};
 
 use super::balance::Picked;
 use super::body::{self, Buffered, Counted, OnEnd};
@@ -281,6 +281,8 @@ struct Plan {
     /// Path and authority sent upstream (after URL rewrites).
     path: String,
     authority: String,
+    /// The HTTP version spoken to the backend ([`upstream_version`]).
+    upstream: Version,
 }
 
 /// Location for a redirect (Gateway API HTTPRequestRedirectFilter).
@@ -374,7 +376,7 @@ async fn handle(
     let mut account = Account::new(&proxy, &down, &snapshot, &parts, start);
     let req_body: Body = Counted::new(body::boxed(incoming), account.request_bytes.clone(), None).boxed_unsync_compat();
     let ctx = Ctx { snapshot: &snapshot, down: &down };
-    let prepared = prepare(&proxy, &ctx, &mut parts, &mut account, version);
+    let prepared = prepare(&proxy, &ctx, &mut parts, &mut account, version, upgrade.is_some());
     let (mut plan, endpoints, backend_host) = match prepared {
         Ok(p) => p,
         Err(local) => return drained(req_body, local.respond(account)),
@@ -400,7 +402,7 @@ async fn handle(
         if let Some(b) = &replay
             && rand::rng().random_range(0..100) < *percent
         {
-            spawn_mirror(&proxy, &ctx, m, &parts, b.clone(), version);
+            spawn_mirror(&proxy, &ctx, m, &parts, b.clone(), plan.upstream);
         }
     }
 
@@ -415,7 +417,7 @@ async fn handle(
         retry: plan.retry.as_ref(),
         backend_timeout: plan.backend_timeout,
         deadline: plan.request_timeout.map(|t| start + t),
-        version,
+        version: plan.upstream,
         client: down.client,
         upgrade: upgrade.is_some(),
     };
@@ -484,7 +486,8 @@ fn prepare(
     ctx: &Ctx<'_>,
     parts: &mut ::http::request::Parts,
     account: &mut Account,
-    version: Version,
+    downstream: Version,
+    upgrade: bool,
 ) -> Result<(Plan, Vec<Endpoint>, String), Local> {
     // Path normalization: policy, routing and the backend all see the normalized path.
     let path = match normalize(parts.uri.path()) {
@@ -505,8 +508,9 @@ fn prepare(
     let target = Target { path, query: parts.uri.query().map(str::to_owned), host: bare_host(&authority), authority };
 
     authorize(proxy, ctx, parts, &target, account)?;
-    let plan = route_plan(ctx, parts, &target, account)?;
-    upstream_head(parts, &plan, &target, account, version)?;
+    let mut plan = route_plan(ctx, parts, &target, account)?;
+    plan.upstream = upstream_version(ctx, &plan, downstream, upgrade);
+    upstream_head(parts, &plan, &target, account)?;
     let (endpoints, backend_host) = endpoints(ctx, &plan, account)?;
     Ok((plan, endpoints, backend_host))
 }
@@ -579,6 +583,7 @@ fn route_plan(
         backend_timeout: None,
         path: t.path.clone(),
         authority: t.authority.clone(),
+        upstream: Version::H1,
     };
     let Some(e) = entry else { return Ok(plan) };
     let rule = &e.rule;
@@ -628,15 +633,32 @@ fn route_plan(
     Ok(plan)
 }
 
+/// The HTTP version spoken to the backend: what its service port declares (Istio's explicit
+/// protocol selection: `http` is HTTP/1.1, `http2` and `grpc` HTTP/2), else what the client
+/// speaks. An upgrade always goes as HTTP/1.1, the only version it exists in.
+fn upstream_version(ctx: &Ctx<'_>, plan: &Plan, downstream: Version, upgrade: bool) -> Version {
+    if upgrade {
+        return Version::H1;
+    }
+    let declared =
+        plan.backend.as_ref().and_then(|(host, port)| ctx.snapshot.service_by_host(host)?.app_protocol(*port));
+    match declared {
+        Some(AppProtocol::Http11) => Version::H1,
+        Some(AppProtocol::Http2 | AppProtocol::Grpc) => Version::H2,
+        Some(AppProtocol::Tcp | AppProtocol::Tls) | None => downstream,
+    }
+}
+
 /// The head of the upstream request: hop-by-hop headers gone, trace context, rewritten
-/// target and `Host`, the version spoken to the application.
+/// target and `Host` (HTTP/1.1) or `:authority` (HTTP/2), the version spoken to the
+/// application.
 fn upstream_head(
     parts: &mut ::http::request::Parts,
     plan: &Plan,
     t: &Target,
     account: &mut Account,
-    version: Version,
 ) -> Result<(), Local> {
+    let version = plan.upstream;
     strip_hop_by_hop(&mut parts.headers);
     if let Ok(v) = HeaderValue::from_str(&account.trace.to_header()) {
         parts.headers.insert("traceparent", v);
@@ -654,10 +676,16 @@ fn upstream_head(
         return Err(Local::Reply(StatusCode::BAD_REQUEST, "bad request target\n", "-"));
     };
     parts.uri = uri;
-    if (version == Version::H1 || parts.headers.contains_key(header::HOST))
-        && let Ok(v) = HeaderValue::from_str(&plan.authority)
-    {
-        parts.headers.insert(header::HOST, v);
+    match version {
+        // A request from an HTTP/1.1 client converted to HTTP/2 carries its host in the URI.
+        Version::H2 => {
+            parts.headers.remove(header::HOST);
+        }
+        Version::H1 => {
+            if let Ok(v) = HeaderValue::from_str(&plan.authority) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
     }
     parts.version = match version {
         Version::H1 => ::http::Version::HTTP_11,

@@ -218,13 +218,19 @@ impl World {
     /// Publishes service `name` (`<name>.shop.svc.cluster.local`, VIP number `n`, port 80)
     /// backed by `backends`.
     pub fn service(&self, name: &str, n: u8, backends: &[&Arc<Backend>]) {
+        self.service_declaring(name, n, backends, pbw::AppProtocol::Unknown);
+    }
+
+    /// Like [`service`](Self::service), with port 80 declaring `protocol` (as `appProtocol`
+    /// or the port name would).
+    pub fn service_declaring(&self, name: &str, n: u8, backends: &[&Arc<Backend>], protocol: pbw::AppProtocol) {
         let hostname = host(name);
         let svc = pbw::Service {
             name: name.into(),
             namespace: "shop".into(),
             hostname: hostname.clone(),
             addresses: vec![pbw::NetworkAddress { network: String::new(), address: octets(self.vip(n)) }],
-            ports: vec![pbw::Port { service_port: 80, target_port: 0, ..Default::default() }],
+            ports: vec![pbw::Port { service_port: 80, target_port: 0, app_protocol: protocol as i32 }],
             ..Default::default()
         };
         self.xds.set(

@@ -21,7 +21,7 @@ use proto::istio::security as pbs;
 use proto::istio::workload as pbw;
 
 use super::policy::{Action, Cidr, CidrError, Group, Match, Policy, Rule, Scope, ServiceAccountMatch, StringMatch};
-use super::service::Service;
+use super::service::{AppProtocol, Service};
 use super::workload::{
     DEFAULT_HBONE_PORT, GatewayAddress, GatewayDestination, NetworkAddress, PortMap, TunnelProtocol, Workload,
     WorkloadType,
@@ -264,12 +264,34 @@ impl TryFrom<pbw::Service> for Service {
             })
             .collect::<Result<_, ConvertError>>()?;
         let mut ports = PortMap::new();
+        let mut app_protocols = BTreeMap::new();
         for (i, p) in s.ports.iter().enumerate() {
             let sp = port(&cx, format!("ports[{i}].servicePort"), p.service_port)?;
             ports.insert(sp, target_port(&cx, format!("ports[{i}].targetPort"), p.target_port)?);
+            // A value this build does not know is treated as undeclared, as UNKNOWN is.
+            let declared = match pbw::AppProtocol::try_from(p.app_protocol) {
+                Ok(pbw::AppProtocol::Http11) => Some(AppProtocol::Http11),
+                Ok(pbw::AppProtocol::Http2) => Some(AppProtocol::Http2),
+                Ok(pbw::AppProtocol::Grpc) => Some(AppProtocol::Grpc),
+                Ok(pbw::AppProtocol::Tcp) => Some(AppProtocol::Tcp),
+                Ok(pbw::AppProtocol::Tls) => Some(AppProtocol::Tls),
+                Ok(pbw::AppProtocol::Unknown) | Err(_) => None,
+            };
+            if let Some(d) = declared {
+                app_protocols.insert(sp, d);
+            }
         }
         let waypoint = s.waypoint.map(|g| gateway(&cx, "waypoint", g)).transpose()?;
-        Ok(Service { name, namespace, hostname, vips, ports, subject_alt_names: s.subject_alt_names, waypoint })
+        Ok(Service {
+            name,
+            namespace,
+            hostname,
+            vips,
+            ports,
+            app_protocols,
+            subject_alt_names: s.subject_alt_names,
+            waypoint,
+        })
     }
 }
 

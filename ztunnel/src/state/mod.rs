@@ -37,7 +37,7 @@ use serde::Serialize;
 pub use authorize::{ConnInfo, DryRunResult, PolicyRule, Reason, Verdict};
 pub use handle::StateHandle;
 pub use policy::{Action, Policy, Scope};
-pub use service::{Endpoint, Service};
+pub use service::{AppProtocol, Endpoint, Service};
 pub use waypoint_gate::{WaypointDenial, WaypointGate};
 pub use workload::{GatewayAddress, GatewayDestination, NetworkAddress, TunnelProtocol, Workload, WorkloadType};
 

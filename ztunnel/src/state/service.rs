@@ -1,6 +1,6 @@
 //! Services (a hostname with virtual IPs and ports) and the choice of an endpoint behind one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,13 +23,39 @@ pub struct Service {
     /// Service port -> target port. A target port of 0 means a named target port: each
     /// endpoint's own port map says which number it is.
     pub ports: PortMap,
+    /// Service port -> the application protocol declared for it (`appProtocol` or the port
+    /// name's prefix); ports without a declared protocol are absent.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub app_protocols: BTreeMap<u16, AppProtocol>,
     /// Identities the endpoints may present besides their own (e.g. for VMs or gateways).
     pub subject_alt_names: Vec<String>,
     /// Waypoint that traffic to this service must go through, if any.
     pub waypoint: Option<GatewayAddress>,
 }
 
+/// The application protocol of a service port, as declared (Istio's explicit protocol
+/// selection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AppProtocol {
+    /// HTTP/1.1.
+    Http11,
+    /// HTTP/2 (prior knowledge, `h2c`).
+    Http2,
+    /// gRPC (HTTP/2).
+    Grpc,
+    /// Opaque TCP.
+    Tcp,
+    /// TLS.
+    Tls,
+}
+
 impl Service {
+    /// The protocol declared for `service_port`, if any.
+    pub fn app_protocol(&self, service_port: u16) -> Option<AppProtocol> {
+        self.app_protocols.get(&service_port).copied()
+    }
+
     /// `namespace/hostname`, the key workloads use to name the services they back.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.hostname)

@@ -8,7 +8,9 @@ use proto::istio::workload as pbw;
 use super::support::ip;
 use crate::state::convert::{Address, ConvertError, Problem, ip_to_bytes, policy_fail_closed};
 use crate::state::policy::StringMatch;
-use crate::state::{Action, GatewayAddress, GatewayDestination, Policy, Scope, Service, TunnelProtocol, Workload};
+use crate::state::{
+    Action, AppProtocol, GatewayAddress, GatewayDestination, Policy, Scope, Service, TunnelProtocol, Workload,
+};
 
 fn pb_workload() -> pbw::Workload {
     pbw::Workload {
@@ -152,6 +154,23 @@ fn service_and_address_convert() {
     assert_eq!(s.vips[0].address, ip("10.96.0.10"));
     assert_eq!(s.ports.get(&9080), Some(&0));
     assert_eq!(s.waypoint.as_ref().unwrap().hbone_mtls_port, 15009);
+    assert_eq!(s.app_protocol(9080), None, "UNKNOWN is undeclared");
+
+    // Declared protocols are kept per service port; a value this build does not know counts
+    // as undeclared.
+    let mut declared = pb.clone();
+    declared.ports = vec![
+        pbw::Port { service_port: 80, target_port: 8080, app_protocol: pbw::AppProtocol::Http11 as i32 },
+        pbw::Port { service_port: 81, target_port: 8081, app_protocol: pbw::AppProtocol::Http2 as i32 },
+        pbw::Port { service_port: 82, target_port: 8082, app_protocol: pbw::AppProtocol::Grpc as i32 },
+        pbw::Port { service_port: 83, target_port: 8083, app_protocol: 99 },
+    ];
+    let s = Service::try_from(declared).unwrap();
+    assert_eq!(s.app_protocol(80), Some(AppProtocol::Http11));
+    assert_eq!(s.app_protocol(81), Some(AppProtocol::Http2));
+    assert_eq!(s.app_protocol(82), Some(AppProtocol::Grpc));
+    assert_eq!(s.app_protocol(83), None);
+    assert_eq!(s.ports.get(&83), Some(&8083));
 
     let mut bad = pb.clone();
     bad.addresses[0].address = vec![0; 5].into();

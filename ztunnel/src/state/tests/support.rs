@@ -46,6 +46,7 @@ pub fn service(ns: &str, name: &str, vip: &str, ports: &[(u16, u16)]) -> Service
         hostname: format!("{name}.{ns}.svc.cluster.local"),
         vips: vec![crate::state::NetworkAddress { network: String::new(), address: ip(vip) }],
         ports: ports.iter().copied().collect::<PortMap>(),
+        app_protocols: BTreeMap::new(),
         subject_alt_names: Vec::new(),
         waypoint: None,
     }
