@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::k8s::core::{EndpointSlice, Namespace, Pod, Service};
-use crate::k8s::gateway::{Gateway, Route};
+use crate::k8s::gateway::{Gateway, ReferenceGrant, Route};
 use crate::k8s::security::{AuthorizationPolicy, PeerAuthentication};
 
 /// The kinds the model holds.
@@ -28,6 +28,8 @@ pub enum Kind {
     HttpRoute,
     /// `gateway.networking.k8s.io` `GRPCRoute`.
     GrpcRoute,
+    /// `gateway.networking.k8s.io` `ReferenceGrant`.
+    ReferenceGrant,
 }
 
 impl Kind {
@@ -43,6 +45,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
         }
     }
 }
@@ -96,6 +99,8 @@ pub enum Object {
     HttpRoute(Route),
     /// A gRPC route.
     GrpcRoute(Route),
+    /// A reference grant.
+    ReferenceGrant(ReferenceGrant),
 }
 
 impl Object {
@@ -111,6 +116,7 @@ impl Object {
             Object::Gateway(o) => (Kind::Gateway, &o.metadata),
             Object::HttpRoute(o) => (Kind::HttpRoute, &o.metadata),
             Object::GrpcRoute(o) => (Kind::GrpcRoute, &o.metadata),
+            Object::ReferenceGrant(o) => (Kind::ReferenceGrant, &o.metadata),
         };
         ObjectKey::new(kind, m.namespace.clone(), m.name.clone())
     }
@@ -140,6 +146,8 @@ pub struct Model {
     pub http_routes: BTreeMap<NsName, Route>,
     /// gRPC routes.
     pub grpc_routes: BTreeMap<NsName, Route>,
+    /// Reference grants.
+    pub reference_grants: BTreeMap<NsName, ReferenceGrant>,
 }
 
 /// The entries of one namespace in a map keyed by [`NsName`].
@@ -177,6 +185,7 @@ impl Model {
             Object::Gateway(o) => put(&mut self.gateways, nn, o),
             Object::HttpRoute(o) => put(&mut self.http_routes, nn, o),
             Object::GrpcRoute(o) => put(&mut self.grpc_routes, nn, o),
+            Object::ReferenceGrant(o) => put(&mut self.reference_grants, nn, o),
         }
     }
 
@@ -193,6 +202,7 @@ impl Model {
             Kind::Gateway => self.gateways.remove(&nn).is_some(),
             Kind::HttpRoute => self.http_routes.remove(&nn).is_some(),
             Kind::GrpcRoute => self.grpc_routes.remove(&nn).is_some(),
+            Kind::ReferenceGrant => self.reference_grants.remove(&nn).is_some(),
         }
     }
 
@@ -211,6 +221,19 @@ impl Model {
         add(&mut out, Kind::Gateway, &self.gateways);
         add(&mut out, Kind::HttpRoute, &self.http_routes);
         add(&mut out, Kind::GrpcRoute, &self.grpc_routes);
+        add(&mut out, Kind::ReferenceGrant, &self.reference_grants);
         out
+    }
+
+    /// Whether a ReferenceGrant in `namespace` lets a `from_kind` (`HTTPRoute`, `GRPCRoute`)
+    /// in `from_namespace` send traffic to the Service `namespace/name`.
+    pub fn service_reference_permitted(
+        &self,
+        from_kind: &str,
+        from_namespace: &str,
+        namespace: &str,
+        name: &str,
+    ) -> bool {
+        in_namespace(&self.reference_grants, namespace).any(|(_, g)| g.permits_service(from_kind, from_namespace, name))
     }
 }

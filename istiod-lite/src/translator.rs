@@ -221,9 +221,23 @@ impl Translator {
         // Workloads already sent whose pods are gone are handled by their own Delete.
     }
 
-    /// The routes of `ns` (all with `None`). Routes resolve parents and backends only in their
-    /// own namespace (other namespaces are refused without a lookup), so a Service or
-    /// Namespace change touches only its namespace's routes.
+    /// The routes in other namespaces with a backend (or mirror) in `ns`: the ones a
+    /// ReferenceGrant in `ns` may let through. Found from the routes, not from the grants, so
+    /// a grant that was just deleted still finds the routes it used to let through.
+    fn routes_into(&self, ns: &str, out: &mut BTreeSet<Dirty>) {
+        for (grpc, map) in [(false, &self.model.http_routes), (true, &self.model.grpc_routes)] {
+            for (key, r) in map {
+                if key.0 != ns && r.spec.rules.iter().any(|rule| rule.refers_to_namespace(ns)) {
+                    out.insert(Dirty::Route(grpc, key.clone()));
+                }
+            }
+        }
+    }
+
+    /// The routes of `ns` (all with `None`). Routes resolve parents in their own namespace,
+    /// and backends elsewhere only through a ReferenceGrant there ([`Self::routes_into`]), so
+    /// a Service or Namespace change touches its namespace's routes and, when the namespace
+    /// grants references, the routes pointing into it.
     fn routes_in(&self, ns: Option<&str>, out: &mut BTreeSet<Dirty>) {
         for (grpc, map) in [(false, &self.model.http_routes), (true, &self.model.grpc_routes)] {
             let keys: Box<dyn Iterator<Item = &NsName>> = match ns {
@@ -248,6 +262,11 @@ impl Translator {
                 d.insert(Dirty::Backend(nn));
                 self.pods_in(Some(&key.namespace), &mut d);
                 self.routes_in(Some(&key.namespace), &mut d);
+                // Without a grant here, references from elsewhere are refused whatever the
+                // Service: no need to look at other namespaces' routes.
+                if in_namespace(&self.model.reference_grants, &key.namespace).next().is_some() {
+                    self.routes_into(&key.namespace, &mut d);
+                }
             }
             Kind::EndpointSlice => self.pods_in(Some(&key.namespace), &mut d),
             Kind::Namespace => {
@@ -284,6 +303,7 @@ impl Translator {
             Kind::GrpcRoute => {
                 d.insert(Dirty::Route(true, nn));
             }
+            Kind::ReferenceGrant => self.routes_into(&key.namespace, &mut d),
         }
         d
     }

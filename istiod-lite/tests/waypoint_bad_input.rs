@@ -186,7 +186,31 @@ fn cases() -> Vec<(&'static str, String, &'static str, Vec<&'static str>)> {
             "(AuthorizationPolicy shop/ap)",
             vec!["spec.targetRefs[0].kind: unsupported target networking.istio.io/ServiceEntry"],
         ),
+        (
+            "reference grant with nothing to grant",
+            grant("  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: web}]\n  to: []\n"),
+            "(ReferenceGrant shop/g)",
+            vec!["spec.to: 0 entries; 1 to 16 are allowed"],
+        ),
+        (
+            "reference grant without a from namespace",
+            grant("  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: \"\"}]\n  to: [{group: \"\", kind: Service}]\n"),
+            "(ReferenceGrant shop/g)",
+            vec!["spec.from[0].namespace: must not be empty"],
+        ),
+        (
+            "reference grant with an unknown field",
+            grant("  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: web, name: r}]\n  to: [{group: \"\", kind: Service}]\n"),
+            "(ReferenceGrant shop/g)",
+            vec!["unknown field `name`"],
+        ),
     ]
+}
+
+fn grant(spec: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata:\n  name: g\n  namespace: shop\nspec:\n{spec}"
+    )
 }
 
 #[test]

@@ -103,6 +103,72 @@ fn unresolved_references_show_in_status_and_resolve_when_the_service_appears() {
     assert_eq!(conditions(&t, Kind::HttpRoute, "extra")[1], ("ResolvedRefs".into(), true, "ResolvedRefs".into()));
 }
 
+const GRANT: &str = "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata:\n  name: from-bank\n  namespace: audit\nspec:\n";
+
+#[test]
+fn a_backend_in_another_namespace_needs_a_reference_grant_there() {
+    let mut t = loaded();
+    t.apply(Change::Upsert(object(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: recorder\n  namespace: audit\nspec:\n  clusterIP: 10.96.2.1\n  ports: [{port: 80}]\n",
+    )));
+    t.apply(Change::Upsert(object(&format!(
+        "{ROUTE}  parentRefs: [{{group: \"\", kind: Service, name: accounts}}]\n  rules:\n  \
+         - backendRefs: [{{name: recorder, namespace: audit, port: 80}}]\n"
+    ))));
+    let refused = |t: &Translator| {
+        assert_eq!(
+            conditions(t, Kind::HttpRoute, "extra")[1],
+            ("ResolvedRefs".into(), false, "RefNotPermitted".into())
+        );
+        assert_eq!(t.routes()["bank/HTTPRoute/extra"].rules[0].backends[0].hostname, "");
+    };
+    refused(&t);
+    assert!(
+        t.warnings()
+            .iter()
+            .any(|w| w.message.contains("no ReferenceGrant in audit lets a HTTPRoute from bank refer to it")),
+        "{:?}",
+        t.warnings()
+    );
+
+    // Grants for another kind, another namespace or another Service do not let it through.
+    for (from, to) in [
+        ("{group: gateway.networking.k8s.io, kind: GRPCRoute, namespace: bank}", "{group: \"\", kind: Service}"),
+        ("{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}", "{group: \"\", kind: Service}"),
+        (
+            "{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: bank}",
+            "{group: \"\", kind: Service, name: other}",
+        ),
+        ("{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: bank}", "{group: apps, kind: Service}"),
+    ] {
+        t.apply(Change::Upsert(object(&format!("{GRANT}  from: [{from}]\n  to: [{to}]\n"))));
+        refused(&t);
+    }
+
+    // The grant that names this route's kind and namespace and the Service.
+    let d = t.apply(Change::Upsert(object(&format!(
+        "{GRANT}  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: bank}}]\n  \
+         to: [{{group: \"\", kind: Service, name: recorder}}]\n"
+    ))));
+    assert_eq!(names(&d.of(WAYPOINT_ROUTE_TYPE_URL)), ["bank/HTTPRoute/extra"], "only the route pointing into audit");
+    assert_eq!(t.routes()["bank/HTTPRoute/extra"].rules[0].backends[0].hostname, "recorder.audit.svc.cluster.local");
+    assert_eq!(conditions(&t, Kind::HttpRoute, "extra")[1], ("ResolvedRefs".into(), true, "ResolvedRefs".into()));
+
+    // While granted, the route follows the Service: gone is BackendNotFound, back resolves.
+    let svc = ObjectKey::new(Kind::Service, "audit", "recorder");
+    t.apply(Change::Delete(svc));
+    assert_eq!(conditions(&t, Kind::HttpRoute, "extra")[1], ("ResolvedRefs".into(), false, "BackendNotFound".into()));
+    t.apply(Change::Upsert(object(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: recorder\n  namespace: audit\nspec:\n  clusterIP: 10.96.2.1\n  ports: [{port: 80}]\n",
+    )));
+    assert_eq!(conditions(&t, Kind::HttpRoute, "extra")[1], ("ResolvedRefs".into(), true, "ResolvedRefs".into()));
+
+    // Withdrawing the grant refuses the reference again.
+    let d = t.apply(Change::Delete(ObjectKey::new(Kind::ReferenceGrant, "audit", "from-bank")));
+    assert_eq!(names(&d.of(WAYPOINT_ROUTE_TYPE_URL)), ["bank/HTTPRoute/extra"]);
+    refused(&t);
+}
+
 #[test]
 fn annotations_drive_the_backend_policy() {
     let mut t = loaded();

@@ -1,5 +1,6 @@
 //! Gateway API kinds: `Gateway` (waypoints are those of class `istio-waypoint`), `HTTPRoute`
-//! and `GRPCRoute` (`gateway.networking.k8s.io/v1`).
+//! and `GRPCRoute` (`gateway.networking.k8s.io/v1`), and `ReferenceGrant` (`v1beta1`), which
+//! lets routes in other namespaces send traffic to a namespace's Services.
 //!
 //! Route specs reject every field they do not know: a route field we drop could be a header
 //! match or a filter the user relies on. One shape serves both route kinds (their rules share
@@ -442,3 +443,91 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     }
     (1..=4).contains(&parts).then_some(total)
 }
+
+/// `gateway.networking.k8s.io/v1beta1` `ReferenceGrant`: in its own namespace, lets the
+/// objects listed in `from` refer to the objects listed in `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReferenceGrant {
+    /// `apiVersion` (checked before this type is chosen).
+    #[serde(default)]
+    pub api_version: String,
+    /// `kind`.
+    #[serde(default)]
+    pub kind: String,
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Spec.
+    pub spec: ReferenceGrantSpec,
+}
+
+/// `ReferenceGrant.spec`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceGrantSpec {
+    /// Who may refer (at least one).
+    pub from: Vec<ReferenceGrantFrom>,
+    /// To what in this namespace (at least one).
+    pub to: Vec<ReferenceGrantTo>,
+}
+
+/// `ReferenceGrant.spec.from[]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceGrantFrom {
+    /// API group of the referring kind (`gateway.networking.k8s.io` for routes).
+    pub group: String,
+    /// The referring kind, e.g. `HTTPRoute`.
+    pub kind: String,
+    /// The namespace the referring objects live in.
+    pub namespace: String,
+}
+
+/// `ReferenceGrant.spec.to[]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceGrantTo {
+    /// API group of the referent (`""`, core, for a Service).
+    pub group: String,
+    /// The referent's kind, e.g. `Service`.
+    pub kind: String,
+    /// Only this object; absent: every object of the kind.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl ReferenceGrant {
+    /// Whether this grant lets a `from_kind` in `from_namespace` refer to the core Service
+    /// `name` in the grant's namespace.
+    pub fn permits_service(&self, from_kind: &str, from_namespace: &str, name: &str) -> bool {
+        let from = self
+            .spec
+            .from
+            .iter()
+            .any(|f| f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_namespace);
+        let to = self
+            .spec
+            .to
+            .iter()
+            .any(|t| t.group.is_empty() && t.kind == "Service" && t.name.as_deref().is_none_or(|n| n == name));
+        from && to
+    }
+}
+
+impl RouteRule {
+    /// Whether a backend or a mirror of this rule names `namespace` explicitly.
+    pub fn refers_to_namespace(&self, namespace: &str) -> bool {
+        let mirror = |f: &RouteFilter| {
+            f.request_mirror.as_ref().is_some_and(|m| m.backend_ref.namespace.as_deref() == Some(namespace))
+        };
+        self.filters.iter().any(mirror)
+            || self
+                .backend_refs
+                .iter()
+                .any(|b| b.namespace.as_deref() == Some(namespace) || b.filters.iter().any(mirror))
+    }
+}
+
+/// The Gateway API's group.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";

@@ -187,6 +187,7 @@ fn parse_document(doc: &str) -> Result<Option<Object>, DocError> {
         ("gateway.networking.k8s.io", "v1" | "v1beta1", "Gateway") => Kind::Gateway,
         ("gateway.networking.k8s.io", "v1" | "v1beta1", "HTTPRoute") => Kind::HttpRoute,
         ("gateway.networking.k8s.io", "v1" | "v1alpha2", "GRPCRoute") => Kind::GrpcRoute,
+        ("gateway.networking.k8s.io", "v1" | "v1beta1" | "v1alpha2", "ReferenceGrant") => Kind::ReferenceGrant,
         // Groups whose objects can carry policy or routing: never skip them quietly.
         ("security.istio.io" | "gateway.networking.k8s.io" | "networking.istio.io", _, _) => {
             return Err((
@@ -220,6 +221,7 @@ fn parse_document(doc: &str) -> Result<Option<Object>, DocError> {
         Kind::Gateway => Object::Gateway(de(doc).map_err(fail)?),
         Kind::HttpRoute => Object::HttpRoute(de(doc).map_err(fail)?),
         Kind::GrpcRoute => Object::GrpcRoute(de(doc).map_err(fail)?),
+        Kind::ReferenceGrant => Object::ReferenceGrant(de(doc).map_err(fail)?),
     };
     set_namespace(&mut object, namespace);
     validate::object(&object).map_err(fail)?;
@@ -236,6 +238,7 @@ fn set_namespace(o: &mut Object, ns: &str) {
         Object::PeerAuthentication(o) => &mut o.metadata,
         Object::Gateway(o) => &mut o.metadata,
         Object::HttpRoute(o) | Object::GrpcRoute(o) => &mut o.metadata,
+        Object::ReferenceGrant(o) => &mut o.metadata,
     };
     m.namespace = ns.to_owned();
 }

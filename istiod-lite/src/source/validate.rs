@@ -60,8 +60,37 @@ pub(super) fn object(o: &Object) -> Result<(), ObjectError> {
         Object::PeerAuthentication(p) => peer_authentication(p),
         Object::HttpRoute(r) => super::validate_route::route(r, false),
         Object::GrpcRoute(r) => super::validate_route::route(r, true),
+        Object::ReferenceGrant(g) => reference_grant(g),
         _ => Ok(()),
     }
+}
+
+/// The schema's rules: 1 to 16 entries each way, a kind and a namespace on every `from`, a
+/// kind on every `to`. An empty grant would grant nothing, and a silent no-op is what a
+/// user debugging a `RefNotPermitted` route cannot see.
+fn reference_grant(g: &crate::k8s::gateway::ReferenceGrant) -> Result<(), ObjectError> {
+    for (field, n) in [("spec.from", g.spec.from.len()), ("spec.to", g.spec.to.len())] {
+        if !(1..=16).contains(&n) {
+            return Err(invalid(field.into(), format!("{n} entries; 1 to 16 are allowed")));
+        }
+    }
+    for (i, f) in g.spec.from.iter().enumerate() {
+        if f.kind.is_empty() {
+            return Err(invalid(format!("spec.from[{i}].kind"), "must not be empty"));
+        }
+        if f.namespace.is_empty() {
+            return Err(invalid(format!("spec.from[{i}].namespace"), "must not be empty"));
+        }
+    }
+    for (i, t) in g.spec.to.iter().enumerate() {
+        if t.kind.is_empty() {
+            return Err(invalid(format!("spec.to[{i}].kind"), "must not be empty"));
+        }
+        if t.name.as_deref() == Some("") {
+            return Err(invalid(format!("spec.to[{i}].name"), "must not be empty when set"));
+        }
+    }
+    Ok(())
 }
 
 fn ip(field: String, s: &str) -> Result<(), ObjectError> {

@@ -7,10 +7,12 @@
 //!   a Service in another namespace (a "consumer" route) is `UnsupportedValue`. Parents that
 //!   are Gateways of another class belong to another controller and are skipped. A route with
 //!   no accepted parent sends nothing.
-//! - Backends: Services resolve to their FQDN. A reference that does not resolve (unknown
-//!   Service or port: `BackendNotFound`; another kind: `InvalidKind`; another namespace, as no
-//!   ReferenceGrant is read: `RefNotPermitted`) keeps its weight with an empty hostname, so the
-//!   waypoint answers 500 for its share of requests, as the Gateway API requires.
+//! - Backends: Services resolve to their FQDN. A Service in another namespace needs a
+//!   `ReferenceGrant` there whose `from` names this route's kind and namespace and whose `to`
+//!   names core `Service` (all of them, or this one by name). A reference that does not
+//!   resolve (unknown Service or port: `BackendNotFound`; another kind: `InvalidKind`; another
+//!   namespace without a grant: `RefNotPermitted`) keeps its weight with an empty hostname, so
+//!   the waypoint answers 500 for its share of requests, as the Gateway API requires.
 //! - Defaults as the API server applies them: path match `PathPrefix /`, header and query
 //!   matches `Exact`, weight 1, redirect status 302, mirror percent 100; `0s` timeouts mean
 //!   none; a retry without `attempts` tries twice more (Istio's default); backoff 25 ms.
@@ -99,6 +101,8 @@ struct Cx<'a> {
     cfg: &'a MeshConfig,
     model: &'a Model,
     ns: &'a str,
+    /// A `GRPCRoute` (else an `HTTPRoute`): the kind a ReferenceGrant must name.
+    grpc: bool,
     unresolved: Option<Unresolved>,
     warnings: Vec<String>,
 }
@@ -130,10 +134,14 @@ impl Cx<'_> {
             return String::new();
         }
         let ns = ns.unwrap_or(self.ns);
-        if ns != self.ns {
+        let kind = if self.grpc { "GRPCRoute" } else { "HTTPRoute" };
+        if ns != self.ns && !self.model.service_reference_permitted(kind, self.ns, ns, name) {
             self.unresolved(
                 "RefNotPermitted",
-                format!("{field}: Service {ns}/{name} is in another namespace (ReferenceGrant is not supported)"),
+                format!(
+                    "{field}: Service {ns}/{name} is in another namespace, and no ReferenceGrant in {ns} lets a {kind} from {} refer to it",
+                    self.ns
+                ),
             );
             return String::new();
         }
@@ -268,7 +276,7 @@ pub fn epoch_seconds(ts: &str) -> i64 {
 /// Translates one route; `grpc` for a `GRPCRoute`.
 pub fn translate(cfg: &MeshConfig, model: &Model, grpc: bool, r: &Route) -> Outcome {
     let ns = r.metadata.namespace.as_str();
-    let mut cx = Cx { cfg, model, ns, unresolved: None, warnings: Vec::new() };
+    let mut cx = Cx { cfg, model, ns, grpc, unresolved: None, warnings: Vec::new() };
     let rules = rules(&mut cx, grpc, r);
     let resolved = match cx.unresolved.take() {
         None => Condition { type_: "ResolvedRefs", status: true, reason: "ResolvedRefs", message: String::new() },

@@ -264,6 +264,7 @@ impl MockApi {
             ("/apis/gateway.networking.k8s.io/v1/gateways", "list/gateways.json"),
             ("/apis/gateway.networking.k8s.io/v1/httproutes", "list/httproutes.json"),
             ("/apis/gateway.networking.k8s.io/v1/grpcroutes", "list/grpcroutes.json"),
+            ("/apis/gateway.networking.k8s.io/v1beta1/referencegrants", "list/referencegrants.json"),
         ] {
             if !self.state.routes.lock().unwrap().contains_key(path) {
                 self.list(path, fixture);

@@ -28,6 +28,7 @@ fn has(model: &Model, key: &ObjectKey) -> bool {
         Kind::Gateway => model.gateways.contains_key(&nn),
         Kind::HttpRoute => model.http_routes.contains_key(&nn),
         Kind::GrpcRoute => model.grpc_routes.contains_key(&nn),
+        Kind::ReferenceGrant => model.reference_grants.contains_key(&nn),
     }
 }
 

@@ -15,8 +15,8 @@
 //!
 //! The identity it runs as needs `list` and `watch`, cluster-wide, on `namespaces`, `pods`,
 //! `services`, `endpointslices.discovery.k8s.io`, `authorizationpolicies` and
-//! `peerauthentications.security.istio.io`, and `gateways`, `httproutes` and `grpcroutes`
-//! `.gateway.networking.k8s.io`. A kind it may not read (403) is reported like any failing
+//! `peerauthentications.security.istio.io`, and `gateways`, `httproutes`, `grpcroutes` and
+//! `referencegrants` `.gateway.networking.k8s.io`. A kind it may not read (403) is reported like any failing
 //! watch and retried; the model is not complete until it can.
 
 mod apply;
@@ -70,7 +70,7 @@ impl Watched {
 
 /// Every kind watched, cluster-wide, at the version read (the API server converts stored
 /// objects of other versions, e.g. `v1beta1` policies, to it).
-pub const WATCHED: [Watched; 9] = [
+pub const WATCHED: [Watched; 10] = [
     Watched { kind: Kind::Namespace, group: "", version: "v1", plural: "namespaces" },
     Watched { kind: Kind::Pod, group: "", version: "v1", plural: "pods" },
     Watched { kind: Kind::Service, group: "", version: "v1", plural: "services" },
@@ -90,6 +90,12 @@ pub const WATCHED: [Watched; 9] = [
     Watched { kind: Kind::Gateway, group: "gateway.networking.k8s.io", version: "v1", plural: "gateways" },
     Watched { kind: Kind::HttpRoute, group: "gateway.networking.k8s.io", version: "v1", plural: "httproutes" },
     Watched { kind: Kind::GrpcRoute, group: "gateway.networking.k8s.io", version: "v1", plural: "grpcroutes" },
+    Watched {
+        kind: Kind::ReferenceGrant,
+        group: "gateway.networking.k8s.io",
+        version: "v1beta1",
+        plural: "referencegrants",
+    },
 ];
 
 /// An object from the API that cannot be applied.
