@@ -5,6 +5,10 @@
 mod support;
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
 
 use proto::mesh::waypoint::v1 as pb;
 use support::*;
@@ -102,13 +106,13 @@ async fn default_route_and_matches_over_h1_and_h2() {
     // of each version need one application connection per version.
     let c2 = w.h2(w.vip(2)).await;
     let c1 = w.h1(w.vip(2)).await;
-    let before = v2.behaviour.connections.load(std::sync::atomic::Ordering::Relaxed);
+    let before = v2.behaviour.connections.load(Ordering::Relaxed);
     for mut c in [c1, c2] {
         for _ in 0..20 {
             assert_eq!(c.get("/").await.backend(), "v2");
         }
     }
-    let opened = v2.behaviour.connections.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let opened = v2.behaviour.connections.load(Ordering::Relaxed) - before;
     assert!(opened <= 2, "{opened} connections for 40 requests");
 
     // Every request was accounted with Istio's labels.
@@ -118,6 +122,44 @@ async fn default_route_and_matches_over_h1_and_h2() {
     assert!(m.contains("source_principal=\"spiffe://cluster.local/ns/frontend/sa/web\""), "{m}");
     assert!(m.contains("destination_workload=\"v2\""), "{m}");
     assert!(m.contains("connection_security_policy=\"mutual_tls\""), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_too_large_to_buffer_is_mirrored_as_it_streams() {
+    let w = World::new([1, 4]).await;
+    let a = w.backend("a").await;
+    let m = w.backend("mirror").await;
+    w.service("svc", 1, &[&a]);
+    w.service("shadow", 2, &[&m]);
+    let mut mirror_rule = rule(vec![], vec![backend_ref("svc", 1)]);
+    let mirror = pb::RequestMirror { backend: Some(backend_ref("shadow", 1)), percent: 100 };
+    mirror_rule.filters = vec![pb::Filter { kind: Some(pb::filter::Kind::RequestMirror(mirror)) }];
+    w.route(&route("mirrored", "svc", vec![mirror_rule]));
+    w.until_endpoints("shadow", 1).await;
+    w.settle().await;
+
+    // Four times the replay buffer, in 16 KiB pieces, over both HTTP versions.
+    let size = 4 * waypoint::proxy::http::MAX_REPLAY_BODY;
+    for mut c in [w.h1(w.vip(1)).await, w.h2(w.vip(1)).await] {
+        let before = m.behaviour.uploaded.load(Ordering::Relaxed);
+        let (tx, body) = channel_body();
+        let send = tokio::spawn(async move {
+            for _ in 0..size / (16 * 1024) {
+                tx.send(Bytes::from(vec![b'u'; 16 * 1024])).await.unwrap();
+            }
+        });
+        let r = c.send(get("/upload").method("POST").body(body).unwrap()).await.unwrap();
+        send.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.backend(), "a");
+        assert_eq!(r.body.trim(), size.to_string(), "the backend got the whole body");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while m.behaviour.uploaded.load(Ordering::Relaxed) - before < size as u64 {
+            assert!(tokio::time::Instant::now() < deadline, "the mirror got the whole body too");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(m.behaviour.uploaded.load(Ordering::Relaxed) - before, size as u64);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,13 +260,13 @@ async fn filters_headers_rewrite_redirect_mirror() {
         assert_eq!(c.get("/nobackend").await.status, 500);
     }
 
-    let before = m.behaviour.seen.load(std::sync::atomic::Ordering::Relaxed);
+    let before = m.behaviour.seen.load(Ordering::Relaxed);
     let mut c = w.h1(w.vip(1)).await;
     let r = c.send(get("/mirror").method("POST").body(full("payload")).unwrap()).await.unwrap();
     assert_eq!(r.backend(), "a");
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while m.behaviour.seen.load(std::sync::atomic::Ordering::Relaxed) == before {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while m.behaviour.seen.load(Ordering::Relaxed) == before {
         assert!(tokio::time::Instant::now() < deadline, "the mirror got a copy");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

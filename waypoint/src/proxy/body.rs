@@ -1,5 +1,6 @@
-//! Body adapters: buffering a request body for replay (retries, mirrors), replaying it, and
-//! counting the bytes of a body with a hook that runs once when it ends or is dropped.
+//! Body adapters: buffering a request body for replay (retries, mirrors), replaying it,
+//! copying a body too large to buffer to mirrors as it streams ([`tee`]), and counting the
+//! bytes of a body with a hook that runs once when it ends or is dropped.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -126,6 +127,117 @@ impl HttpBody for Prefixed {
     }
 }
 
+/// Bytes a mirror may fall behind the request (while it connects, or when it is slower than
+/// the backend) before it is cut off; as much as Envoy buffers per request by default.
+pub const MIRROR_LAG: usize = 1024 * 1024;
+
+/// Streams `body` on, sending a copy of each frame to each of `mirrors` bodies as it passes.
+/// The request never waits for a mirror: one that falls [`MIRROR_LAG`] bytes behind is cut
+/// off, and its body fails, as does every mirror's if the request body fails or is dropped
+/// before its end. A mirror's body ends cleanly only when it got every frame.
+pub fn tee(body: Body, mirrors: usize) -> (Body, Vec<Body>) {
+    let mut txs = Vec::with_capacity(mirrors);
+    let mut rxs = Vec::with_capacity(mirrors);
+    for _ in 0..mirrors {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Arc::new(Lag::default());
+        txs.push(MirrorTx { tx, shared: shared.clone() });
+        rxs.push(MirrorBody { rx, shared }.boxed_unsync());
+    }
+    (Tee { inner: body, mirrors: txs }.boxed_unsync(), rxs)
+}
+
+/// What a mirror's two ends share.
+#[derive(Default)]
+struct Lag {
+    /// Data bytes sent and not yet taken by the mirror.
+    queued: std::sync::atomic::AtomicUsize,
+    /// Set, before the sender is dropped, once every frame was delivered.
+    complete: std::sync::atomic::AtomicBool,
+}
+
+struct MirrorTx {
+    tx: tokio::sync::mpsc::UnboundedSender<Frame<Bytes>>,
+    shared: Arc<Lag>,
+}
+
+impl MirrorTx {
+    /// Queues a copy; `false` when the mirror is gone or too far behind (then it is dropped).
+    fn send(&self, frame: Frame<Bytes>) -> bool {
+        let len = frame.data_ref().map_or(0, Bytes::len);
+        if self.shared.queued.fetch_add(len, Ordering::AcqRel) + len > MIRROR_LAG {
+            return false;
+        }
+        self.tx.send(frame).is_ok()
+    }
+}
+
+struct Tee {
+    inner: Body,
+    mirrors: Vec<MirrorTx>,
+}
+
+impl HttpBody for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let r = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &r {
+            Some(Ok(f)) => {
+                let copy = || match (f.data_ref(), f.trailers_ref()) {
+                    (Some(d), _) => Some(Frame::data(d.clone())),
+                    (None, Some(t)) => Some(Frame::trailers(t.clone())),
+                    (None, None) => None,
+                };
+                // A mirror too far behind, or one that gave up, is dropped; its body then fails
+                // for want of `complete`.
+                this.mirrors.retain(|m| copy().is_none_or(|c| m.send(c)));
+            }
+            None => {
+                for m in this.mirrors.drain(..) {
+                    m.shared.complete.store(true, Ordering::Release);
+                }
+            }
+            Some(Err(_)) => this.mirrors.clear(),
+        }
+        Poll::Ready(r)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+struct MirrorBody {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Frame<Bytes>>,
+    shared: Arc<Lag>,
+}
+
+impl HttpBody for MirrorBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match ready!(this.rx.poll_recv(cx)) {
+            Some(f) => {
+                this.shared.queued.fetch_sub(f.data_ref().map_or(0, Bytes::len), Ordering::AcqRel);
+                Poll::Ready(Some(Ok(f)))
+            }
+            None if this.shared.complete.load(Ordering::Acquire) => Poll::Ready(None),
+            None => Poll::Ready(Some(Err(
+                "the mirror fell behind the request, or the request body did not complete".into()
+            ))),
+        }
+    }
+}
+
 /// Runs once when a [`Counted`] body ends or is dropped, with the byte count and trailers.
 pub trait OnEnd: Send + 'static {
     /// The body is done (fully read, failed, or abandoned).
@@ -197,4 +309,58 @@ pub fn boxed(b: hyper::body::Incoming) -> Body {
 /// A complete body.
 pub fn full(b: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(n: usize, size: usize) -> Body {
+        let frames: VecDeque<Bytes> = (0..n).map(|_| Bytes::from(vec![b'x'; size])).collect();
+        Replay { data: frames, trailers: None }.boxed_unsync()
+    }
+
+    /// Reads a body to its end: the data bytes, or the error that ended it.
+    async fn read(mut b: Body) -> Result<usize, BoxError> {
+        let mut n = 0;
+        while let Some(f) = b.frame().await {
+            n += f?.data_ref().map_or(0, Bytes::len);
+        }
+        Ok(n)
+    }
+
+    #[tokio::test]
+    async fn every_mirror_gets_every_byte_when_it_keeps_up() {
+        // 2.5 MiB, more than a mirror may lag, read by a request that lets others run between
+        // frames (as a network does).
+        let (mut primary, mirrors) = tee(chunks(40, 64 * 1024), 2);
+        let copies: Vec<_> = mirrors.into_iter().map(|m| tokio::spawn(read(m))).collect();
+        let mut n = 0;
+        while let Some(f) = primary.frame().await {
+            n += f.unwrap().data_ref().map_or(0, Bytes::len);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(n, 40 * 64 * 1024);
+        for c in copies {
+            assert_eq!(c.await.unwrap().unwrap(), 40 * 64 * 1024);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mirror_too_far_behind_is_cut_off_and_the_request_is_not_held_up() {
+        // 40 x 64 KiB = 2.5 MiB while the mirror reads nothing.
+        let (primary, mut mirrors) = tee(chunks(40, 64 * 1024), 1);
+        assert_eq!(read(primary).await.unwrap(), 40 * 64 * 1024, "the request streamed in full");
+        let e = read(mirrors.remove(0)).await.unwrap_err();
+        assert!(e.to_string().contains("fell behind"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_request_body_that_stops_early_fails_its_mirrors() {
+        let (mut primary, mut mirrors) = tee(chunks(4, 1024), 1);
+        assert!(primary.frame().await.is_some());
+        drop(primary);
+        let e = read(mirrors.remove(0)).await.unwrap_err();
+        assert!(e.to_string().contains("did not complete"), "{e}");
+    }
 }

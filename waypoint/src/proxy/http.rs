@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use ztunnel::state::{AppProtocol, Endpoint};
 
 use super::balance::Picked;
-use super::body::{self, Buffered, Counted, OnEnd};
+use super::body::{self, Counted, OnEnd};
 use super::detect::Protocol;
 use super::upstream::{Dest, Version};
 use super::{Body, Destination, Downstream, Proxy, forward, upgrade};
@@ -390,7 +390,7 @@ async fn handle(
 
     // Bodies are buffered only when something may replay them.
     let replay_needed = plan.retry.is_some() || !plan.mirrors.is_empty();
-    let (replay, stream_body) = if replay_needed {
+    let (replay, mut stream_body) = if replay_needed {
         match body::buffer(req_body, MAX_REPLAY_BODY).await {
             Ok(b) => (Some(b), None),
             Err(b) => (None, Some(b)),
@@ -398,12 +398,27 @@ async fn handle(
     } else {
         (None, Some(req_body))
     };
-    for (m, percent) in &plan.mirrors {
-        if let Some(b) = &replay
-            && rand::rng().random_range(0..100) < *percent
-        {
-            spawn_mirror(&proxy, &ctx, m, &parts, b.clone(), plan.upstream);
+    let mirrors: Vec<&route::Backend> = plan
+        .mirrors
+        .iter()
+        .filter(|(_, percent)| rand::rng().random_range(0..100) < *percent)
+        .map(|(m, _)| m)
+        .collect();
+    match (&replay, stream_body.take()) {
+        (Some(b), _) => {
+            for m in mirrors {
+                spawn_mirror(&proxy, &ctx, m, &parts, b.replay(), plan.upstream);
+            }
         }
+        // Too large to buffer: the mirrors get the body as it streams to the backend.
+        (None, Some(streaming)) if !mirrors.is_empty() => {
+            let (primary, copies) = body::tee(streaming, mirrors.len());
+            for (m, copy) in mirrors.into_iter().zip(copies) {
+                spawn_mirror(&proxy, &ctx, m, &parts, copy, plan.upstream);
+            }
+            stream_body = Some(primary);
+        }
+        (None, streaming) => stream_body = streaming,
     }
 
     let attempt = forward::Attempt {
@@ -721,7 +736,7 @@ fn spawn_mirror(
     ctx: &Ctx<'_>,
     backend: &route::Backend,
     parts: &::http::request::Parts,
-    body: Buffered,
+    body: Body,
     version: Version,
 ) {
     let Some(svc) = ctx.snapshot.service_by_host(&backend.hostname.to_ascii_lowercase()) else {
@@ -741,7 +756,7 @@ fn spawn_mirror(
         let dest = Dest { addr: picked.addr, identity: &identity, version, client: Some(client) };
         let r = async {
             let s = proxy.upstreams.sender(dest).await?;
-            s.send(Request::from_parts(parts, body.replay())).await
+            s.send(Request::from_parts(parts, body)).await
         }
         .await;
         match r {

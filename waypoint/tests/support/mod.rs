@@ -60,6 +60,8 @@ pub struct Behaviour {
     pub seen: AtomicU64,
     /// TCP connections accepted by the application.
     pub connections: AtomicU64,
+    /// Body bytes of `/upload` requests read in full.
+    pub uploaded: AtomicU64,
 }
 
 pub struct Backend {
@@ -515,6 +517,10 @@ async fn http_server(l: TcpListener, name: String, b: Arc<Behaviour>) {
 
 type AppBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
 
+fn empty_app_body() -> AppBody {
+    Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync()
+}
+
 async fn app(mut req: Request<Incoming>, name: &str, b: &Behaviour, counter: &AtomicU64) -> Response<AppBody> {
     b.seen.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
@@ -546,12 +552,24 @@ async fn app(mut req: Request<Incoming>, name: &str, b: &Behaviour, counter: &At
             .header("upgrade", "websocket")
             .header("x-backend", name)
             .header("x-path", path)
-            .body(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync())
+            .body(empty_app_body())
             .unwrap();
     }
     let mut text = format!("{name} {} {path} {:?}\n", req.method(), req.version());
     for (k, v) in req.headers() {
         text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+    }
+    if path.starts_with("/upload") {
+        // Read to the end: a body cut short fails here and is not counted.
+        let Ok(body) = req.into_body().collect().await else {
+            return Response::builder().status(StatusCode::BAD_REQUEST).body(empty_app_body()).unwrap();
+        };
+        let n = body.to_bytes().len() as u64;
+        b.uploaded.fetch_add(n, Ordering::Relaxed);
+        return Response::builder()
+            .header("x-backend", name)
+            .body(Full::new(Bytes::from(format!("{n}\n"))).map_err(|never| match never {}).boxed_unsync())
+            .unwrap();
     }
     let mut status = StatusCode::OK;
     if b.fail.load(Ordering::Relaxed) {
