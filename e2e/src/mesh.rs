@@ -877,6 +877,13 @@ impl Mesh {
         self.old_ztunnels[n - 1].take().map(Process::stop)
     }
 
+    /// Stops waypoint `i` (in [`MeshSpec::waypoints`] order) as Kubernetes would: SIGTERM,
+    /// then SIGKILL if it is still running after a short grace period; returns how it ended.
+    /// The waypoints after it move down one place.
+    pub fn stop_waypoint(&mut self, i: usize) -> crate::Exited {
+        self.waypoints.remove(i).stop()
+    }
+
     /// The ztunnel log of node `n`.
     pub fn ztunnel_log(&self, n: usize) -> String {
         self.ztunnels[n - 1].as_ref().map(|p| p.log()).unwrap_or_default()

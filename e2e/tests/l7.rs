@@ -4,7 +4,8 @@
 //! mirroring, timeouts, retries only where a rule allows them, gRPC unary and bidirectional
 //! streaming routed by method), passive outlier ejection, and L7 policy (ALLOW/DENY/AUDIT by
 //! path, method, principal and header; a path DENY that normalization cannot dodge) apply
-//! there. Needs root and the mesh binaries, the `waypoint` one included
+//! there; and a waypoint stopped with SIGTERM answers the request in flight before it exits.
+//! Needs root and the mesh binaries, the `waypoint` one included
 //! (`cargo build -p ztunnel -p istiod-lite -p waypoint --bins`).
 
 use std::collections::BTreeMap;
@@ -476,6 +477,38 @@ fn timeouts_cut_slow_backends_and_retries_hide_flaky_ones() {
             assert_eq!(code, 200, "request {i}: a retried 503 is hidden: {body}\n{}", logs(&mesh));
         }
         assert_eq!(flaky.requests(), 40, "one failed try and one retry per request");
+        Ok(())
+    })
+}
+
+#[test]
+fn a_waypoint_stopped_with_sigterm_answers_the_request_in_flight_then_exits() {
+    e2e::sandboxed_with(Duration::from_secs(120), || -> Res {
+        let mut mesh = Mesh::start(spec("", ""))?;
+        let slow = Behaviour { delay: Duration::from_millis(1500), ..Behaviour::default() };
+        let slow = e2e::http::HttpServer::start_with(&mesh.pod("shop", "slow-1").netns, 8080, "slow-1", slow)?;
+        let client = mesh.pod("tools", "client").netns.clone();
+        let url = format!("http://{}/", vip(50));
+        let in_flight = std::thread::spawn(move || client.curl(&url, &["-w", "\n%{http_code}"], T));
+        let deadline = Instant::now() + T;
+        while slow.requests() == 0 {
+            assert!(Instant::now() < deadline, "the request never reached the backend");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+
+        let stopping = Instant::now();
+        let exited = mesh.stop_waypoint(0);
+        let took = stopping.elapsed();
+        let out = in_flight.join().expect("curl thread")?;
+        assert!(out.stdout.ends_with("\n200"), "answered in full: {}\n{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains("slow-1"), "{}", out.stdout);
+        // It exited by itself (the harness would have killed it after its 2 s grace), once the
+        // request was answered, with nothing left to cut.
+        let status = exited.status.ok_or("no exit status")?;
+        assert!(status.success(), "{status:?} after {took:?}:\n{}", exited.log);
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(exited.log.contains("draining: the HBONE listener is closed"), "{}", exited.log);
+        assert!(exited.log.contains("left=0"), "{}", exited.log);
         Ok(())
     })
 }
