@@ -183,6 +183,7 @@ pub async fn start(
             e,
             format!("{}.{}", cfg.service_account(), identity.namespace()),
             &admin_rt,
+            cfg.otlp_ca_file.as_deref(),
         )?),
         None => None,
     };

@@ -1,8 +1,11 @@
 //! OTLP/HTTP JSON trace export: one SERVER span per request the waypoint handled (its span id
 //! is the one sent upstream in `traceparent`, its parent the caller's), batched by a small task
-//! and POSTed to `<endpoint>/v1/traces`. Export is best effort: a full queue drops spans, a
-//! failed POST drops its batch; neither slows requests.
+//! and POSTed to `<endpoint>/v1/traces`, over `http://` or `https://` (TLS 1.2 or 1.3, the
+//! collector verified against `--otlp-ca-file` or else the system's CA bundle). Export is best
+//! effort: a full queue drops spans, a failed POST drops its batch; neither slows requests.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -19,12 +22,61 @@ const BATCH: usize = 512;
 /// How long a batch waits to fill.
 const LINGER: Duration = Duration::from_secs(1);
 
+/// Where the system's CA bundle is on the distributions images are built from (Debian and
+/// Alpine, Red Hat, others); the first that exists is used.
+const SYSTEM_BUNDLES: [&str; 3] =
+    ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+
 /// Why the exporter could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpError {
-    /// Only `http://host:port[/path]` is supported.
-    #[error("OTLP endpoint {0:?}: only http://host[:port][/path] is supported")]
+    /// Only `http[s]://host[:port][/path]` is supported.
+    #[error("OTLP endpoint {0:?}: only http[s]://host[:port][/path] is supported")]
     Endpoint(String),
+    /// The CA certificates for an `https://` collector could not be read.
+    #[error("OTLP CA certificates {path}: {reason}")]
+    Roots {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An `https://` collector, no `--otlp-ca-file`, and no system CA bundle.
+    #[error("an https:// OTLP endpoint needs --otlp-ca-file: no system CA bundle at {}", SYSTEM_BUNDLES.join(", "))]
+    NoRoots,
+}
+
+/// How batches reach the collector.
+#[derive(Clone)]
+enum Transport {
+    Plain,
+    Tls(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>),
+}
+
+/// The TLS client for an `https://` collector at `host`.
+fn tls(host: &str, ca_file: Option<&Path>) -> Result<Transport, OtlpError> {
+    let path = match ca_file {
+        Some(p) => p.to_path_buf(),
+        None => SYSTEM_BUNDLES.iter().map(PathBuf::from).find(|p| p.exists()).ok_or(OtlpError::NoRoots)?,
+    };
+    let bad = |reason: String| OtlpError::Roots { path: path.clone(), reason };
+    let pem = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+    let roots = hbone::TrustRoots::from_pem(&pem).map_err(|e| bad(e.to_string()))?;
+    let mut store = rustls::RootCertStore::empty();
+    // A system bundle may hold a certificate webpki cannot use; the others still count.
+    let (added, _) = store.add_parsable_certificates(roots.certificates().iter().cloned());
+    if added == 0 {
+        return Err(bad("no usable CA certificate".into()));
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(hbone::tls::provider().clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|_| OtlpError::Endpoint(format!("{host}: not a host name or IP address")))?;
+    Ok(Transport::Tls(tokio_rustls::TlsConnector::from(Arc::new(cfg)), name))
 }
 
 /// One finished span.
@@ -55,20 +107,30 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Starts the batching task on `rt`, posting to `endpoint`.
-    pub fn start(endpoint: &str, service_name: String, rt: &tokio::runtime::Handle) -> Result<Exporter, OtlpError> {
+    /// Starts the batching task on `rt`, posting to `endpoint`; an `https://` collector is
+    /// verified against the PEM certificates in `ca_file`, else the system's CA bundle.
+    pub fn start(
+        endpoint: &str,
+        service_name: String,
+        rt: &tokio::runtime::Handle,
+        ca_file: Option<&Path>,
+    ) -> Result<Exporter, OtlpError> {
         let uri: Uri = endpoint.parse().map_err(|_| OtlpError::Endpoint(endpoint.to_owned()))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(OtlpError::Endpoint(endpoint.to_owned()));
-        }
+        let Some(host) = uri.host() else { return Err(OtlpError::Endpoint(endpoint.to_owned())) };
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let transport = match uri.scheme_str() {
+            Some("http") => Transport::Plain,
+            Some("https") => tls(bare, ca_file)?,
+            _ => return Err(OtlpError::Endpoint(endpoint.to_owned())),
+        };
         let path = match uri.path().trim_end_matches('/') {
             p if p.ends_with("/v1/traces") => p.to_owned(),
             p => format!("{p}/v1/traces"),
         };
-        let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = bare.to_owned();
         let port = uri.port_u16().unwrap_or(4318);
         let (tx, rx) = mpsc::channel(QUEUE);
-        rt.spawn(run(rx, host, port, path, service_name));
+        rt.spawn(run(rx, Target { host, port, path, transport }, service_name));
         Ok(Exporter { tx })
     }
 
@@ -78,7 +140,15 @@ impl Exporter {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Span>, host: String, port: u16, path: String, service: String) {
+/// The collector.
+struct Target {
+    host: String,
+    port: u16,
+    path: String,
+    transport: Transport,
+}
+
+async fn run(mut rx: mpsc::Receiver<Span>, target: Target, service: String) {
     loop {
         let Some(first) = rx.recv().await else { return };
         let mut batch = vec![first];
@@ -90,15 +160,32 @@ async fn run(mut rx: mpsc::Receiver<Span>, host: String, port: u16, path: String
             }
         }
         let body = encode(&batch, &service).to_string();
-        if let Err(e) = post(&host, port, &path, body).await {
+        if let Err(e) = post(&target, body).await {
             tracing::debug!(error = %e, spans = batch.len(), "OTLP export failed; batch dropped");
         }
     }
 }
 
-async fn post(host: &str, port: u16, path: &str, body: String) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((host, port))).await??;
-    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+type PostError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn post(t: &Target, body: String) -> Result<(), PostError> {
+    let connect = tokio::net::TcpStream::connect((t.host.as_str(), t.port));
+    let tcp = tokio::time::timeout(Duration::from_secs(5), connect).await??;
+    match &t.transport {
+        Transport::Plain => send(TokioIo::new(tcp), t, body).await,
+        Transport::Tls(tls, name) => {
+            let stream = tokio::time::timeout(Duration::from_secs(5), tls.connect(name.clone(), tcp)).await??;
+            send(TokioIo::new(stream), t, body).await
+        }
+    }
+}
+
+async fn send<IO>(io: IO, t: &Target, body: String) -> Result<(), PostError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (host, port, path) = (t.host.as_str(), t.port, t.path.as_str());
+    let (mut s, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(conn);
     let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
     let req = http::Request::post(path)
@@ -177,11 +264,16 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_endpoints() {
+    fn http_and_https_endpoints_only_and_a_missing_ca_file_is_named() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        assert!(Exporter::start("https://collector:4318", "w".into(), rt.handle()).is_err());
-        assert!(Exporter::start("not a url", "w".into(), rt.handle()).is_err());
         let _guard = rt.enter();
-        assert!(Exporter::start("http://127.0.0.1:4318", "w".into(), rt.handle()).is_ok());
+        for bad in ["not a url", "grpc://collector:4317", "/v1/traces"] {
+            let e = Exporter::start(bad, "w".into(), rt.handle(), None).unwrap_err();
+            assert!(matches!(e, OtlpError::Endpoint(_)), "{bad}: {e}");
+        }
+        let missing = Path::new("/nonexistent/otlp-ca.pem");
+        let e = Exporter::start("https://collector:4318", "w".into(), rt.handle(), Some(missing)).unwrap_err();
+        assert!(e.to_string().starts_with("OTLP CA certificates /nonexistent/otlp-ca.pem:"), "{e}");
+        assert!(Exporter::start("http://127.0.0.1:4318", "w".into(), rt.handle(), None).is_ok());
     }
 }
