@@ -314,3 +314,59 @@ async fn the_backends_declared_protocol_decides_the_http_version_upstream() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_declared_tcp_is_forwarded_without_waiting_for_the_client_to_speak() {
+    // Detection would wait half a minute for a first byte: only a declared port skips it.
+    let w = World::with_detect_timeout([4, 5], Duration::from_secs(30)).await;
+    let host = w.backend("host").await;
+    // A server-first application (it greets before the client says anything) on that
+    // workload's address, standing in for its HTTP server.
+    let l = tokio::net::TcpListener::bind(SocketAddr::new(host.ip, 0)).await.unwrap();
+    let banner_port = l.local_addr().unwrap().port();
+    let _greeter = Task(tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                s.write_all(b"220 ready\r\n").await.unwrap();
+                let mut buf = [0u8; 64];
+                if let Ok(n) = s.read(&mut buf).await {
+                    let _ = s.write_all(&buf[..n]).await;
+                }
+            });
+        }
+    }));
+    // The same workload (its identity is its name's), its port now the greeter's.
+    let db = std::sync::Arc::new(Backend {
+        name: host.name.clone(),
+        ip: host.ip,
+        http_port: banner_port,
+        behaviour: std::sync::Arc::default(),
+    });
+    w.backends.lock().unwrap().insert(host.name.clone(), db.clone());
+    w.service_declaring("db", 1, &[&db], pbw::AppProtocol::Tcp);
+    w.service("db-undeclared", 2, &[&db]);
+    w.until_endpoints("db-undeclared", 1).await;
+    w.settle().await;
+
+    let mut t = w.tunnel(w.vip(1)).await;
+    let mut greeting = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(5), t.read_exact(&mut greeting))
+        .await
+        .expect("the greeting arrives while the client is silent")
+        .unwrap();
+    assert_eq!(&greeting, b"220 ready\r\n");
+    t.write_all(b"hello").await.unwrap();
+    let mut echo = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(5), t.read_exact(&mut echo)).await.unwrap().unwrap();
+    assert_eq!(&echo, b"hello");
+
+    // Undeclared, the same application waits for detection: nothing comes while the client
+    // is silent.
+    let mut t = w.tunnel(w.vip(2)).await;
+    let mut buf = [0u8; 11];
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), t.read_exact(&mut buf)).await.is_err(),
+        "undeclared ports are sniffed first"
+    );
+}

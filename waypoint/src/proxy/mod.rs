@@ -26,7 +26,7 @@ use bytes::Bytes;
 use hbone::tunnel::pool::{Connector, Pool, PoolConfig};
 use hbone::tunnel::server::{Handler, InboundConnect, Server};
 use hbone::{CertStore, Identity};
-use ztunnel::state::{Service, Workload};
+use ztunnel::state::{AppProtocol, Service, Workload};
 
 use tokio::net::TcpListener;
 use ztunnel::drain::Drain;
@@ -197,6 +197,14 @@ impl Proxy {
             dest,
         };
         let Ok(mut stream) = req.accept() else { return };
+        let down = Arc::new(down);
+        // A port declared opaque (`tcp`, `mysql`, ..., `tls`) is forwarded as TCP at once:
+        // sniffing would hold a server-first protocol for the whole detection timeout.
+        if let Destination::Service(s, port) = &down.dest
+            && matches!(s.app_protocol(*port), Some(AppProtocol::Tcp | AppProtocol::Tls))
+        {
+            return tcp::forward(self, down, stream).await;
+        }
         let (proto, seen) = match detect::detect(&mut stream, self.inputs.detect_timeout).await {
             Ok(x) => x,
             Err(e) => {
@@ -205,7 +213,6 @@ impl Proxy {
             }
         };
         let io = detect::Rewind::new(seen, stream);
-        let down = Arc::new(down);
         match proto {
             detect::Protocol::Http1 | detect::Protocol::Http2 => http::serve(self, down, io, proto).await,
             detect::Protocol::Tcp => tcp::forward(self, down, io).await,

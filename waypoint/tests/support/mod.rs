@@ -100,6 +100,20 @@ impl World {
 
     /// Like [`World::new`], exporting spans through `spans`.
     pub async fn with_spans(net: [u8; 2], spans: Option<waypoint::telemetry::otlp::Exporter>) -> Arc<World> {
+        World::with(net, spans, Duration::from_millis(200)).await
+    }
+
+    /// Like [`World::new`], with protocol detection waiting up to `detect_timeout` for a
+    /// client's first bytes.
+    pub async fn with_detect_timeout(net: [u8; 2], detect_timeout: Duration) -> Arc<World> {
+        World::with(net, None, detect_timeout).await
+    }
+
+    async fn with(
+        net: [u8; 2],
+        spans: Option<waypoint::telemetry::otlp::Exporter>,
+        detect_timeout: Duration,
+    ) -> Arc<World> {
         let ca = TestCa::new("mesh");
         let xds = ResourceStore::new();
         let xds_server = XdsServer::new(xds.clone());
@@ -133,7 +147,7 @@ impl World {
             metrics,
             connector: Some(connector),
             hbone_port: 15008,
-            detect_timeout: Duration::from_millis(200),
+            detect_timeout,
             spans,
         });
         let wl =
