@@ -370,3 +370,45 @@ async fn a_port_declared_tcp_is_forwarded_without_waiting_for_the_client_to_spea
         "undeclared ports are sniffed first"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_speaks_the_version_its_own_backend_declares() {
+    let w = World::new([4, 6]).await;
+    let a = w.backend("a").await;
+    let m = w.backend("m").await;
+    w.service_declaring("primary", 1, &[&a], pbw::AppProtocol::Http11);
+    w.service_declaring("shadow", 2, &[&m], pbw::AppProtocol::Grpc);
+    w.route(&pb::Route {
+        namespace: "shop".into(),
+        name: "primary".into(),
+        kind: pb::route::Kind::Http as i32,
+        parents: vec![pb::ParentService { hostname: host("primary"), port: 80 }],
+        rules: vec![pb::Rule {
+            backends: vec![pb::Backend { hostname: host("primary"), port: 80, weight: 1, filters: vec![] }],
+            filters: vec![pb::Filter {
+                kind: Some(pb::filter::Kind::RequestMirror(pb::RequestMirror {
+                    backend: Some(pb::Backend { hostname: host("shadow"), port: 80, weight: 1, filters: vec![] }),
+                    percent: 100,
+                })),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    w.until_endpoints("shadow", 1).await;
+    w.settle().await;
+
+    // An HTTP/2 client: the primary gets HTTP/1.1 as it declares, the mirror HTTP/2.
+    let mut c = w.h2(w.vip(1)).await;
+    let r =
+        c.send(get("/copied?q=1").method("POST").header("x-probe", "p").body(full("payload")).unwrap()).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.lines().next().unwrap(), "a POST /copied?q=1 HTTP/1.1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while m.behaviour.versions.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the mirror got a copy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(*m.behaviour.versions.lock().unwrap(), [http::Version::HTTP_2]);
+    assert_eq!(*a.behaviour.versions.lock().unwrap(), [http::Version::HTTP_11]);
+}

@@ -514,12 +514,7 @@ fn prepare(
         }
     };
     account.path.clone_from(&path);
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
-        .unwrap_or_default();
+    let authority = authority_of(parts);
     let target = Target { path, query: parts.uri.query().map(str::to_owned), host: bare_host(&authority), authority };
 
     authorize(proxy, ctx, parts, &target, account)?;
@@ -655,13 +650,10 @@ fn upstream_version(ctx: &Ctx<'_>, plan: &Plan, downstream: Version, upgrade: bo
     if upgrade {
         return Version::H1;
     }
-    let declared =
-        plan.backend.as_ref().and_then(|(host, port)| ctx.snapshot.service_by_host(host)?.app_protocol(*port));
-    match declared {
-        Some(AppProtocol::Http11) => Version::H1,
-        Some(AppProtocol::Http2 | AppProtocol::Grpc) => Version::H2,
-        Some(AppProtocol::Tcp | AppProtocol::Tls) | None => downstream,
-    }
+    plan.backend
+        .as_ref()
+        .and_then(|(host, port)| declared_version(ctx.snapshot.service_by_host(host)?, *port))
+        .unwrap_or(downstream)
 }
 
 /// The head of the upstream request: hop-by-hop headers gone, trace context, rewritten
@@ -683,13 +675,32 @@ fn upstream_head(
         None => plan.path.clone(),
     };
     account.path.clone_from(&plan.path);
+    if retarget(parts, version, &plan.authority, &pq) {
+        Ok(())
+    } else {
+        Err(Local::Reply(StatusCode::BAD_REQUEST, "bad request target\n", "-"))
+    }
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute form), else `Host`.
+fn authority_of(parts: &::http::request::Parts) -> String {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Puts the request's target, host and version in the form `version` wants: origin-form and
+/// `Host` for HTTP/1.1, an absolute URI (its authority is `:authority`) and no `Host` for
+/// HTTP/2. `false` if `authority` and `pq` make no URI.
+fn retarget(parts: &mut ::http::request::Parts, version: Version, authority: &str, pq: &str) -> bool {
     let uri = match version {
-        Version::H2 => Uri::builder().scheme("http").authority(plan.authority.as_str()).path_and_query(pq).build(),
+        Version::H2 => Uri::builder().scheme("http").authority(authority).path_and_query(pq).build(),
         Version::H1 => Uri::builder().path_and_query(pq).build(),
     };
-    let Ok(uri) = uri else {
-        return Err(Local::Reply(StatusCode::BAD_REQUEST, "bad request target\n", "-"));
-    };
+    let Ok(uri) = uri else { return false };
     parts.uri = uri;
     match version {
         // A request from an HTTP/1.1 client converted to HTTP/2 carries its host in the URI.
@@ -697,7 +708,7 @@ fn upstream_head(
             parts.headers.remove(header::HOST);
         }
         Version::H1 => {
-            if let Ok(v) = HeaderValue::from_str(&plan.authority) {
+            if let Ok(v) = HeaderValue::from_str(authority) {
                 parts.headers.insert(header::HOST, v);
             }
         }
@@ -706,7 +717,16 @@ fn upstream_head(
         Version::H1 => ::http::Version::HTTP_11,
         Version::H2 => ::http::Version::HTTP_2,
     };
-    Ok(())
+    true
+}
+
+/// The HTTP version a service port declares, if it declares one.
+fn declared_version(svc: &ztunnel::state::Service, port: u16) -> Option<Version> {
+    match svc.app_protocol(port)? {
+        AppProtocol::Http11 => Some(Version::H1),
+        AppProtocol::Http2 | AppProtocol::Grpc => Some(Version::H2),
+        AppProtocol::Tcp | AppProtocol::Tls => None,
+    }
 }
 
 /// The endpoints of the planned backend (the destination workload when not routed to a
@@ -750,6 +770,18 @@ fn spawn_mirror(
     let client = ctx.down.client;
     let mut parts = parts.clone();
     parts.extensions = ::http::Extensions::new();
+    // The copy goes in the version its own backend declares, like any request would.
+    let version = match declared_version(svc, backend.port) {
+        Some(v) if v != version => {
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+            let authority = authority_of(&parts);
+            if !retarget(&mut parts, v, &authority, &pq) {
+                return;
+            }
+            v
+        }
+        _ => version,
+    };
     tokio::spawn(async move {
         let Some(picked) = proxy.balancer.pick(&host, &endpoints, &policy, None, None) else { return };
         let identity = picked.endpoint.workload.identity.clone();

@@ -62,6 +62,8 @@ pub struct Behaviour {
     pub connections: AtomicU64,
     /// Body bytes of `/upload` requests read in full.
     pub uploaded: AtomicU64,
+    /// The HTTP version of every request seen, in order.
+    pub versions: Mutex<Vec<http::Version>>,
 }
 
 pub struct Backend {
@@ -537,6 +539,7 @@ fn empty_app_body() -> AppBody {
 
 async fn app(mut req: Request<Incoming>, name: &str, b: &Behaviour, counter: &AtomicU64) -> Response<AppBody> {
     b.seen.fetch_add(1, Ordering::Relaxed);
+    b.versions.lock().unwrap().push(req.version());
     let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
     // `/ws...` with `Upgrade: websocket` switches protocols, then echoes every byte, each
     // chunk prefixed with the backend's name, until the client closes.
