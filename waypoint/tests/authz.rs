@@ -6,23 +6,6 @@ mod support;
 use proto::mesh::waypoint::v1 as pb;
 use support::*;
 
-fn policy(name: &str, action: pb::l7_policy::Action, rules: Vec<pb::PolicyRule>) -> pb::L7Policy {
-    pb::L7Policy {
-        namespace: "shop".into(),
-        name: name.into(),
-        targets: vec![pb::Target { kind: Some(pb::target::Kind::Gateway(GATEWAY.into())) }],
-        action: action as i32,
-        rules,
-    }
-}
-
-fn to_paths(paths: &[&str]) -> pb::PolicyRule {
-    pb::PolicyRule {
-        to: vec![pb::Operation { paths: paths.iter().map(|s| (*s).into()).collect(), ..Default::default() }],
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_allow_audit_and_encodings() {
     let w = World::new([3, 1]).await;

@@ -110,16 +110,7 @@ async fn tcp_forwarded_and_garbage_contained() {
     assert!(text.starts_with("HTTP/1.1 400"), "the backend got the raw bytes: {text:?}");
 
     // L4 policy applies to TCP: a DENY on a path (L7 field) matches opaque TCP (fail closed).
-    w.policy(&pb::L7Policy {
-        namespace: "shop".into(),
-        name: "deny-path".into(),
-        targets: vec![pb::Target { kind: Some(pb::target::Kind::Gateway(GATEWAY.into())) }],
-        action: pb::l7_policy::Action::Deny as i32,
-        rules: vec![pb::PolicyRule {
-            to: vec![pb::Operation { paths: vec!["/secret".into()], ..Default::default() }],
-            ..Default::default()
-        }],
-    });
+    w.policy(&policy("deny-path", pb::l7_policy::Action::Deny, vec![to_paths(&["/secret"])]));
     w.settle().await;
     let mut t = w.tunnel(w.vip(1)).await;
     t.write_all(b"\x00\x01binary hello\r\n\r\n").await.unwrap();
@@ -177,39 +168,16 @@ async fn websocket_upgrade_is_routed_authorized_and_spliced() {
     let b = w.backend("b").await;
     w.service("chat", 1, &[&a]);
     w.service("chat-b", 2, &[&b]);
-    let prefix = |p: &str| pb::Match {
-        path: Some(pb::PathMatch { r#type: pb::MatchType::PathPrefix as i32, value: p.into() }),
-        ..Default::default()
-    };
-    w.route(&pb::Route {
-        namespace: "shop".into(),
-        name: "chat".into(),
-        kind: pb::route::Kind::Http as i32,
-        parents: vec![pb::ParentService { hostname: host("chat"), port: 80 }],
-        rules: vec![
-            pb::Rule {
-                matches: vec![prefix("/ws")],
-                backends: vec![pb::Backend { hostname: host("chat-b"), port: 80, weight: 1, filters: vec![] }],
-                ..Default::default()
-            },
-            pb::Rule {
-                matches: vec![prefix("/")],
-                backends: vec![pb::Backend { hostname: host("chat"), port: 80, weight: 1, filters: vec![] }],
-                ..Default::default()
-            },
+    let prefix = |p: &str| pb::Match { path: path(pb::MatchType::PathPrefix, p), ..Default::default() };
+    w.route(&route(
+        "chat",
+        "chat",
+        vec![
+            rule(vec![prefix("/ws")], vec![backend_ref("chat-b", 1)]),
+            rule(vec![prefix("/")], vec![backend_ref("chat", 1)]),
         ],
-        ..Default::default()
-    });
-    w.policy(&pb::L7Policy {
-        namespace: "shop".into(),
-        name: "deny-ws-admin".into(),
-        targets: vec![pb::Target { kind: Some(pb::target::Kind::Gateway(GATEWAY.into())) }],
-        action: pb::l7_policy::Action::Deny as i32,
-        rules: vec![pb::PolicyRule {
-            to: vec![pb::Operation { paths: vec!["/ws/admin".into()], ..Default::default() }],
-            ..Default::default()
-        }],
-    });
+    ));
+    w.policy(&policy("deny-ws-admin", pb::l7_policy::Action::Deny, vec![to_paths(&["/ws/admin"])]));
     w.until_endpoints("chat-b", 1).await;
     w.settle().await;
 
@@ -378,23 +346,9 @@ async fn a_mirror_speaks_the_version_its_own_backend_declares() {
     let m = w.backend("m").await;
     w.service_declaring("primary", 1, &[&a], pbw::AppProtocol::Http11);
     w.service_declaring("shadow", 2, &[&m], pbw::AppProtocol::Grpc);
-    w.route(&pb::Route {
-        namespace: "shop".into(),
-        name: "primary".into(),
-        kind: pb::route::Kind::Http as i32,
-        parents: vec![pb::ParentService { hostname: host("primary"), port: 80 }],
-        rules: vec![pb::Rule {
-            backends: vec![pb::Backend { hostname: host("primary"), port: 80, weight: 1, filters: vec![] }],
-            filters: vec![pb::Filter {
-                kind: Some(pb::filter::Kind::RequestMirror(pb::RequestMirror {
-                    backend: Some(pb::Backend { hostname: host("shadow"), port: 80, weight: 1, filters: vec![] }),
-                    percent: 100,
-                })),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
+    let mut copied = rule(vec![], vec![backend_ref("primary", 1)]);
+    copied.filters = vec![mirror_filter("shadow", 100)];
+    w.route(&route("primary", "primary", vec![copied]));
     w.until_endpoints("shadow", 1).await;
     w.settle().await;
 

@@ -13,29 +13,6 @@ use bytes::Bytes;
 use proto::mesh::waypoint::v1 as pb;
 use support::*;
 
-fn backend_ref(name: &str, weight: u32) -> pb::Backend {
-    pb::Backend { hostname: host(name), port: 80, weight, filters: vec![] }
-}
-
-fn rule(matches: Vec<pb::Match>, backends: Vec<pb::Backend>) -> pb::Rule {
-    pb::Rule { matches, backends, ..Default::default() }
-}
-
-fn path(t: pb::MatchType, v: &str) -> Option<pb::PathMatch> {
-    Some(pb::PathMatch { r#type: t as i32, value: v.into() })
-}
-
-fn route(name: &str, parent: &str, rules: Vec<pb::Rule>) -> pb::Route {
-    pb::Route {
-        namespace: "shop".into(),
-        name: name.into(),
-        kind: pb::route::Kind::Http as i32,
-        parents: vec![pb::ParentService { hostname: host(parent), port: 0 }],
-        rules,
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_route_and_matches_over_h1_and_h2() {
     let w = World::new([1, 1]).await;
@@ -132,8 +109,7 @@ async fn a_body_too_large_to_buffer_is_mirrored_as_it_streams() {
     w.service("svc", 1, &[&a]);
     w.service("shadow", 2, &[&m]);
     let mut mirror_rule = rule(vec![], vec![backend_ref("svc", 1)]);
-    let mirror = pb::RequestMirror { backend: Some(backend_ref("shadow", 1)), percent: 100 };
-    mirror_rule.filters = vec![pb::Filter { kind: Some(pb::filter::Kind::RequestMirror(mirror)) }];
+    mirror_rule.filters = vec![mirror_filter("shadow", 100)];
     w.route(&route("mirrored", "svc", vec![mirror_rule]));
     w.until_endpoints("shadow", 1).await;
     w.settle().await;

@@ -281,7 +281,7 @@ struct Plan {
     /// Path and authority sent upstream (after URL rewrites).
     path: String,
     authority: String,
-    /// The HTTP version spoken to the backend ([`upstream_version`]).
+    /// The HTTP version spoken to the backend (chosen in [`prepare`]).
     upstream: Version,
 }
 
@@ -519,9 +519,15 @@ fn prepare(
 
     authorize(proxy, ctx, parts, &target, account)?;
     let mut plan = route_plan(ctx, parts, &target, account)?;
-    plan.upstream = upstream_version(ctx, &plan, downstream, upgrade);
+    // The backend's service, looked up once for both its declared version and its endpoints.
+    let backend = plan.backend.as_ref().map(|(h, port)| (h.as_str(), *port, ctx.snapshot.service_by_host(h)));
+    // The version spoken to the backend: what its service port declares (Istio's explicit
+    // protocol selection), else what the client speaks. An upgrade always goes as HTTP/1.1,
+    // the only version it exists in.
+    let declared = backend.and_then(|(_, port, svc)| declared_version(svc?, port));
+    plan.upstream = if upgrade { Version::H1 } else { declared.unwrap_or(downstream) };
     upstream_head(parts, &plan, &target, account)?;
-    let (endpoints, backend_host) = endpoints(ctx, &plan, account)?;
+    let (endpoints, backend_host) = endpoints(ctx, backend, account)?;
     Ok((plan, endpoints, backend_host))
 }
 
@@ -643,19 +649,6 @@ fn route_plan(
     Ok(plan)
 }
 
-/// The HTTP version spoken to the backend: what its service port declares (Istio's explicit
-/// protocol selection: `http` is HTTP/1.1, `http2` and `grpc` HTTP/2), else what the client
-/// speaks. An upgrade always goes as HTTP/1.1, the only version it exists in.
-fn upstream_version(ctx: &Ctx<'_>, plan: &Plan, downstream: Version, upgrade: bool) -> Version {
-    if upgrade {
-        return Version::H1;
-    }
-    plan.backend
-        .as_ref()
-        .and_then(|(host, port)| declared_version(ctx.snapshot.service_by_host(host)?, *port))
-        .unwrap_or(downstream)
-}
-
 /// The head of the upstream request: hop-by-hop headers gone, trace context, rewritten
 /// target and `Host` (HTTP/1.1) or `:authority` (HTTP/2), the version spoken to the
 /// application.
@@ -731,17 +724,21 @@ fn declared_version(svc: &ztunnel::state::Service, port: u16) -> Option<Version>
 
 /// The endpoints of the planned backend (the destination workload when not routed to a
 /// service) and the backend's hostname (balancer and backend-policy key).
-fn endpoints(ctx: &Ctx<'_>, plan: &Plan, account: &mut Account) -> Result<(Vec<Endpoint>, String), Local> {
-    match &plan.backend {
-        Some((h, port)) => match ctx.snapshot.service_by_host(h) {
-            Some(s) => {
-                account.labels.destination_service.clone_from(&s.hostname);
-                account.labels.destination_service_name.clone_from(&s.name);
-                account.labels.destination_service_namespace.clone_from(&s.namespace);
-                Ok((ctx.snapshot.mesh.endpoints(s, *port), h.clone()))
-            }
-            None => Err(Local::Reply(StatusCode::INTERNAL_SERVER_ERROR, "unknown backend service\n", "NR")),
-        },
+/// `backend` is the plan's backend (hostname, port) with its service as looked up, `None`
+/// when the request is not routed to a service.
+fn endpoints(
+    ctx: &Ctx<'_>,
+    backend: Option<(&str, u16, Option<&Arc<ztunnel::state::Service>>)>,
+    account: &mut Account,
+) -> Result<(Vec<Endpoint>, String), Local> {
+    match backend {
+        Some((h, port, Some(s))) => {
+            account.labels.destination_service.clone_from(&s.hostname);
+            account.labels.destination_service_name.clone_from(&s.name);
+            account.labels.destination_service_namespace.clone_from(&s.namespace);
+            Ok((ctx.snapshot.mesh.endpoints(s, port), h.to_owned()))
+        }
+        Some((_, _, None)) => Err(Local::Reply(StatusCode::INTERNAL_SERVER_ERROR, "unknown backend service\n", "NR")),
         None => match &ctx.down.dest {
             Destination::Workload(w, port) => Ok((vec![Endpoint { workload: w.clone(), port: *port }], String::new())),
             Destination::Service(..) => Ok((Vec::new(), String::new())),

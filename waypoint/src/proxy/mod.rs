@@ -26,10 +26,9 @@ use bytes::Bytes;
 use hbone::tunnel::pool::{Connector, Pool, PoolConfig};
 use hbone::tunnel::server::{Handler, InboundConnect, Server};
 use hbone::{CertStore, Identity};
-use ztunnel::state::{AppProtocol, Service, Workload};
-
 use tokio::net::TcpListener;
 use ztunnel::drain::Drain;
+use ztunnel::state::{AppProtocol, Service, Workload};
 
 use crate::state::SnapshotHandle;
 use crate::telemetry::Metrics;

@@ -14,8 +14,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use ::http::header::{self, HeaderMap, HeaderValue};
@@ -66,11 +64,11 @@ pub async fn splice(client: OnUpgrade, app: OnUpgrade) -> (Crossed, Option<io::E
         (Ok(c), Ok(a)) => (c, a),
         (Err(e), _) | (_, Err(e)) => return (Crossed::default(), Some(io::Error::other(e))),
     };
-    let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut client = Tally { io: TokioIo::new(client), read: up.clone() };
-    let mut app = Tally { io: TokioIo::new(app), read: down.clone() };
+    let mut client = Tally { io: TokioIo::new(client), read: 0 };
+    let mut app = Tally { io: TokioIo::new(app), read: 0 };
+    // The tallies outlive the copy, so its counts are known even when it fails.
     let err = tokio::io::copy_bidirectional(&mut client, &mut app).await.err();
-    (Crossed { up: up.load(Ordering::Relaxed), down: down.load(Ordering::Relaxed) }, err)
+    (Crossed { up: client.read, down: app.read }, err)
 }
 
 /// Whether an upstream answer agrees to the upgrade.
@@ -81,15 +79,14 @@ pub fn switched<B>(resp: &Response<B>) -> bool {
 /// Counts what is read through it.
 struct Tally<T> {
     io: T,
-    read: Arc<AtomicU64>,
+    read: u64,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tally<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        self.read += (buf.filled().len() - before) as u64;
         r
     }
 }

@@ -408,6 +408,59 @@ pub fn host(name: &str) -> String {
     format!("{name}.shop.svc.cluster.local")
 }
 
+/// Backend `name` (its service in `shop`), port 80.
+pub fn backend_ref(name: &str, weight: u32) -> pb::Backend {
+    pb::Backend { hostname: host(name), port: 80, weight, filters: vec![] }
+}
+
+/// A rule sending `matches` to `backends`.
+pub fn rule(matches: Vec<pb::Match>, backends: Vec<pb::Backend>) -> pb::Rule {
+    pb::Rule { matches, backends, ..Default::default() }
+}
+
+/// A path match.
+pub fn path(t: pb::MatchType, v: &str) -> Option<pb::PathMatch> {
+    Some(pb::PathMatch { r#type: t as i32, value: v.into() })
+}
+
+/// An HTTPRoute `shop/<name>` attached to service `parent` (every port).
+pub fn route(name: &str, parent: &str, rules: Vec<pb::Rule>) -> pb::Route {
+    pb::Route {
+        namespace: "shop".into(),
+        name: name.into(),
+        kind: pb::route::Kind::Http as i32,
+        parents: vec![pb::ParentService { hostname: host(parent), port: 0 }],
+        rules,
+        ..Default::default()
+    }
+}
+
+/// A waypoint policy `shop/<name>` targeting the waypoint's Gateway.
+pub fn policy(name: &str, action: pb::l7_policy::Action, rules: Vec<pb::PolicyRule>) -> pb::L7Policy {
+    pb::L7Policy {
+        namespace: "shop".into(),
+        name: name.into(),
+        targets: vec![pb::Target { kind: Some(pb::target::Kind::Gateway(GATEWAY.into())) }],
+        action: action as i32,
+        rules,
+    }
+}
+
+/// A rule matching requests to any of `paths`.
+pub fn to_paths(paths: &[&str]) -> pb::PolicyRule {
+    pb::PolicyRule {
+        to: vec![pb::Operation { paths: paths.iter().map(|s| (*s).into()).collect(), ..Default::default() }],
+        ..Default::default()
+    }
+}
+
+/// A RequestMirror filter copying `percent` of requests to backend `name`.
+pub fn mirror_filter(name: &str, percent: u32) -> pb::Filter {
+    pb::Filter {
+        kind: Some(pb::filter::Kind::RequestMirror(pb::RequestMirror { backend: Some(backend_ref(name, 1)), percent })),
+    }
+}
+
 fn octets(ip: IpAddr) -> Bytes {
     match ip {
         IpAddr::V4(a) => Bytes::copy_from_slice(&a.octets()),
