@@ -380,6 +380,26 @@ impl Mesh {
         self.waypoints.get(self.waypoint_index(namespace, name)).map(|p| p.log()).unwrap_or_default()
     }
 
+    /// The log of waypoint `namespace/name` once `done` holds for it, or the last one read when
+    /// `timeout` passes first: the waypoint writes its access lines in batches
+    /// (`ztunnel::logging::FLUSH_INTERVAL`).
+    pub fn waypoint_log_when(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.waypoint_log(namespace, name);
+            if done(&log) || Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The Prometheus text of waypoint `namespace/name` (port 15020 on its pod).
     pub fn waypoint_metrics(&self, namespace: &str, name: &str) -> Result<String, MeshError> {
         let pod = self.waypoint_pod(namespace, name);

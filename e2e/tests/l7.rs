@@ -125,14 +125,15 @@ fn only_services_that_use_the_waypoint_go_through_it() {
         assert_eq!(through, 4, "the waypoint counted every request to reviews:\n{m}");
         assert!(m.contains("source_principal=\"spiffe://cluster.local/ns/tools/sa/client\""), "{m}");
         // One access line per request, naming the service and the answer.
-        let log = mesh.waypoint_log("shop", "waypoint");
-        let lines = log
-            .lines()
-            .filter(|l| {
-                l.contains("access") && l.contains("reviews.shop.svc.cluster.local") && l.contains("status=200")
-            })
-            .count();
-        assert_eq!(lines, 4, "one access line per request:\n{log}");
+        let lines = |log: &str| {
+            log.lines()
+                .filter(|l| {
+                    l.contains("access") && l.contains("reviews.shop.svc.cluster.local") && l.contains("status=200")
+                })
+                .count()
+        };
+        let log = mesh.waypoint_log_when("shop", "waypoint", Duration::from_secs(2), |l| lines(l) >= 4);
+        assert_eq!(lines(&log), 4, "one access line per request:\n{log}");
 
         let (code, body) = curl(&mesh, &format!("http://{}/", vip(30)), &[])?;
         assert_eq!((code, body.contains("hello from ratings")), (200, true), "{body}");
@@ -796,8 +797,9 @@ fn l7_allow_deny_and_audit_by_method_principal_and_header() {
         // AUDIT is logged, and it does not turn a DENY into an allow.
         let (code, _) = curl(&mesh, &format!("{reviews}reports/q2"), &["-X", "DELETE"])?;
         assert_eq!(code, 403);
-        let log = mesh.waypoint_log("shop", "waypoint");
-        assert!(log.contains("AUDIT policy matched") && log.contains("audit-reports"), "{log}");
+        let audited = |l: &str| l.contains("AUDIT policy matched") && l.contains("audit-reports");
+        let log = mesh.waypoint_log_when("shop", "waypoint", Duration::from_secs(2), audited);
+        assert!(audited(&log), "{log}");
         let m = mesh.waypoint_metrics("shop", "waypoint")?;
         assert!(
             requests_total(

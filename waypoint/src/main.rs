@@ -7,7 +7,8 @@ use waypoint::config::Config;
 fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
     cfg.validate().context("invalid configuration")?;
-    let log = ztunnel::logging::init(cfg.log_format, &cfg.log_level).context("log setup")?;
+    let log = ztunnel::logging::init(cfg.log_format, &cfg.log_level, ztunnel::logging::AccessWrites::Buffered)
+        .context("log setup")?;
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "starting");
 
     // xDS, CA and admin on their own thread, away from the data path.

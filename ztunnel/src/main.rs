@@ -7,7 +7,8 @@ use ztunnel::config::Config;
 fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
     cfg.validate().context("invalid configuration")?;
-    let log = ztunnel::logging::init(cfg.log_format, &cfg.log_level).context("log setup")?;
+    let log = ztunnel::logging::init(cfg.log_format, &cfg.log_level, ztunnel::logging::AccessWrites::Immediate)
+        .context("log setup")?;
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "starting");
 
     // Admin work on its own single thread, so it never competes with the data path.

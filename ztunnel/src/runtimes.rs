@@ -17,13 +17,14 @@ pub struct Runtimes {
 
 impl Runtimes {
     /// Tunes malloc for the proxy (before any other thread exists, see [`crate::malloc`]),
-    /// starts the admin thread, which also hands free memory back periodically, and builds the
-    /// data runtime with `workers` threads.
+    /// starts the admin thread, which also hands free memory back and writes buffered access
+    /// lines periodically, and builds the data runtime with `workers` threads.
     pub fn start(workers: usize) -> std::io::Result<Self> {
         crate::malloc::tune();
         let admin_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let admin = admin_rt.handle().clone();
         admin.spawn(crate::malloc::trim_periodically());
+        admin.spawn(crate::logging::flush_periodically());
         let (stop_admin, admin_stopped) = oneshot::channel::<()>();
         let admin_thread = std::thread::Builder::new().name("admin".into()).spawn(move || {
             admin_rt.block_on(async {
@@ -43,11 +44,13 @@ impl Runtimes {
         self.admin.clone()
     }
 
-    /// Runs `main` on the data runtime, then stops the admin thread and waits for it.
+    /// Runs `main` on the data runtime, then stops the admin thread and waits for it, and
+    /// writes out the buffered access lines.
     pub fn run<T>(self, main: impl Future<Output = T>) -> T {
         let result = self.data.block_on(main);
         let _ = self.stop_admin.send(());
         let _ = self.admin_thread.join();
+        crate::logging::flush();
         result
     }
 }
