@@ -38,8 +38,7 @@ async fn drain_finishes_what_is_in_flight_and_closes_the_rest() {
     let _conn = Task(tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     }));
-    let req = get("/ws").header("connection", "upgrade").header("upgrade", "websocket").body(empty()).unwrap();
-    let mut resp = s.send_request(req).await.unwrap();
+    let mut resp = s.send_request(websocket_get("/ws")).await.unwrap();
     assert_eq!(resp.status(), 101);
     let mut ws = hyper_util::rt::TokioIo::new(hyper::upgrade::on(&mut resp).await.unwrap());
     tokio::time::sleep(Duration::from_millis(300)).await;

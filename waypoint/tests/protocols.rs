@@ -11,11 +11,11 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use proto::istio::workload as pbw;
 use proto::mesh::waypoint::v1 as pb;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_routed_by_method_and_streamed() {
@@ -161,6 +161,21 @@ fn histogram_sum(metrics: &str, name: &str, needle: &str) -> Option<f64> {
         .reduce(|a, b| a + b)
 }
 
+/// Each word comes back from the upgraded backend `backend` prefixed with its name; closing
+/// our side ends its echo, which closes its side.
+async fn echoes_then_closes(mut io: impl AsyncRead + AsyncWrite + Unpin, backend: &str, words: &[&str]) {
+    for word in words {
+        io.write_all(word.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; backend.len() + 1 + word.len()];
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, format!("{backend}:{word}").as_bytes());
+    }
+    io.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut rest)).await.unwrap().unwrap();
+    assert!(rest.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_is_routed_authorized_and_spliced() {
     let w = World::new([4, 3]).await;
@@ -189,29 +204,17 @@ async fn websocket_upgrade_is_routed_authorized_and_spliced() {
         }));
         (s, t)
     };
-    let upgrade_req = |path: &str| {
-        get(path).header("connection", "keep-alive, Upgrade").header("upgrade", "websocket").body(empty()).unwrap()
-    };
 
     // Routed by path to b, which switches protocols; then bytes cross both ways.
     let (mut s, _t) = client().await;
-    let mut resp = s.send_request(upgrade_req("/ws/echo")).await.unwrap();
+    let mut resp = s.send_request(websocket_get("/ws/echo")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(resp.headers()["x-backend"], "b");
     assert_eq!(resp.headers()["upgrade"], "websocket");
     assert_eq!(resp.headers()["connection"], "upgrade");
-    let mut io = TokioIo::new(hyper::upgrade::on(&mut resp).await.expect("the client's connection is upgraded"));
-    for word in ["hello", "again"] {
-        io.write_all(word.as_bytes()).await.unwrap();
-        let mut back = vec![0u8; 2 + word.len()];
-        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut back)).await.unwrap().unwrap();
-        assert_eq!(back, format!("b:{word}").as_bytes());
-    }
-    // Closing our side ends the backend's echo, which closes its side.
-    io.shutdown().await.unwrap();
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut rest)).await.unwrap().unwrap();
-    assert!(rest.is_empty());
+    assert_eq!(resp.headers()["sec-websocket-accept"], WS_KEY, "the client's own key is answered");
+    let io = TokioIo::new(hyper::upgrade::on(&mut resp).await.expect("the client's connection is upgraded"));
+    echoes_then_closes(io, "b", &["hello", "again"]).await;
 
     // Accounted when the upgraded connection ended: code 101, the bytes that crossed it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -229,13 +232,13 @@ async fn websocket_upgrade_is_routed_authorized_and_spliced() {
 
     // L7 policy applies to the upgrade request.
     let (mut s, _t) = client().await;
-    let denied = s.send_request(upgrade_req("/ws/admin")).await.unwrap();
+    let denied = s.send_request(websocket_get("/ws/admin")).await.unwrap();
     assert_eq!(denied.status(), StatusCode::FORBIDDEN);
     assert_eq!(denied.into_body().collect().await.unwrap().to_bytes(), "RBAC: access denied");
 
     // An application that does not switch answers as usual and the connection stays HTTP.
     let (mut s, _t) = client().await;
-    let plain: http::Response<Incoming> = s.send_request(upgrade_req("/plain")).await.unwrap();
+    let plain: http::Response<Incoming> = s.send_request(websocket_get("/plain")).await.unwrap();
     assert_eq!(plain.status(), StatusCode::OK);
     assert_eq!(plain.headers()["x-backend"], "a");
     plain.into_body().collect().await.unwrap();
@@ -243,6 +246,63 @@ async fn websocket_upgrade_is_routed_authorized_and_spliced() {
     let again = s.send_request(get("/after").body(empty()).unwrap()).await.unwrap();
     assert_eq!(again.status(), StatusCode::OK);
     assert_eq!(again.headers()["x-path"], "/after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_extended_connect_reaches_an_http1_websocket_server() {
+    let w = World::new([4, 5]).await;
+    let a = w.backend("a").await;
+    w.service("chat", 1, &[&a]);
+    w.policy(&policy("deny-ws-admin", pb::l7_policy::Action::Deny, vec![to_paths(&["/ws/admin"])]));
+    w.until_endpoints("chat", 1).await;
+    w.settle().await;
+
+    let io = w.tunnel(w.vip(1)).await;
+    let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await.unwrap();
+    let _t = Task(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    // One exchange first, so the waypoint's SETTINGS (which allow extended CONNECT) are in.
+    let warm = s.send_request(get(&format!("http://{}/warm", host("chat"))).body(empty()).unwrap()).await.unwrap();
+    assert_eq!(warm.status(), StatusCode::OK);
+    let connect = |path: &str, proto: &'static str| {
+        let mut req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("http://{}{path}", host("chat")))
+            .header("sec-websocket-version", "13")
+            .body(empty())
+            .unwrap();
+        req.extensions_mut().insert(hyper::ext::Protocol::from_static(proto));
+        req
+    };
+
+    // RFC 8441: 200 to the CONNECT, then the stream carries the WebSocket bytes. The HTTP/1.1
+    // server got the handshake it insists on (it answers 400 otherwise), with a key the
+    // waypoint made, whose answer does not reach the HTTP/2 client.
+    let mut resp = s.send_request(connect("/ws/echo", "websocket")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-backend"], "a");
+    assert_eq!(resp.headers()["x-path"], "/ws/echo");
+    assert!(resp.headers().get("sec-websocket-accept").is_none(), "{:?}", resp.headers());
+    assert!(resp.headers().get("upgrade").is_none() && resp.headers().get("connection").is_none());
+    let ws = TokioIo::new(hyper::upgrade::on(&mut resp).await.expect("the stream is upgraded"));
+    echoes_then_closes(ws, "a", &["hello", "over h2"]).await;
+    assert_eq!(*a.behaviour.versions.lock().unwrap().last().unwrap(), http::Version::HTTP_11);
+
+    // The same policy as for HTTP/1.1 clients: the path is denied.
+    let denied = s.send_request(connect("/ws/admin", "websocket")).await.unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    assert_eq!(denied.into_body().collect().await.unwrap().to_bytes(), "RBAC: access denied");
+    // An application that answers without switching does not leave the client believing a
+    // tunnel is open.
+    let plain = s.send_request(connect("/plain", "websocket")).await.unwrap();
+    assert_eq!(plain.status(), StatusCode::BAD_GATEWAY);
+    // h2c cannot be an upgrade of the application's connection.
+    let h2c = s.send_request(connect("/ws/echo", "h2c")).await.unwrap();
+    assert_eq!(h2c.status(), StatusCode::BAD_REQUEST);
+    // And the connection still serves requests.
+    let after = s.send_request(get(&format!("http://{}/after", host("chat"))).body(empty()).unwrap()).await.unwrap();
+    assert_eq!(after.status(), StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

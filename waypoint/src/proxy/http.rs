@@ -81,7 +81,12 @@ where
             until_drained!(hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades())
         }
         Version::H2 => {
-            until_drained!(hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc))
+            // Extended CONNECT (RFC 8441) is how HTTP/2 clients open WebSockets.
+            until_drained!(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .enable_connect_protocol()
+                    .serve_connection(io, svc)
+            )
         }
     };
     if let Err(e) = r {
@@ -369,9 +374,24 @@ async fn handle(
     version: Version,
 ) -> Response<Body> {
     let start = Instant::now();
-    let upgrade = if version == Version::H1 { upgrade::requested(req.version(), req.headers()) } else { None };
-    let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let upgrade = match version {
+        Version::H1 => Ok(upgrade::requested(req.version(), req.headers())),
+        Version::H2 => upgrade::extended_connect(&mut req),
+    };
     let snapshot = proxy.inputs.state.load();
+    let (upgrade, on_upgrade) = match upgrade {
+        Ok(u) => {
+            let on = u.as_ref().map(|_| hyper::upgrade::on(&mut req));
+            (u, on)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "refusing extended CONNECT");
+            let (parts, incoming) = req.into_parts();
+            let account = Account::new(&proxy, &down, &snapshot, &parts, start);
+            let reply = Local::Reply(StatusCode::BAD_REQUEST, "unsupported :protocol\n", "-").respond(account);
+            return drained(body::boxed(incoming), reply);
+        }
+    };
     let (mut parts, incoming) = req.into_parts();
     let mut account = Account::new(&proxy, &down, &snapshot, &parts, start);
     let req_body: Body = Counted::new(body::boxed(incoming), account.request_bytes.clone(), None).boxed_unsync_compat();
@@ -444,7 +464,13 @@ async fn handle(
             // The spliced connection outlives this request's stream: it counts for the drain
             // on its own.
             let live = proxy.drain.track();
-            switch_protocols(resp, client, &plan.response_mods, account, live)
+            switch_protocols(resp, client, &plan.response_mods, account, live, version)
+        }
+        // An HTTP/2 client reads any 2xx to its CONNECT as an open tunnel: one the application
+        // did not open must not look like one.
+        Ok(resp) if version == Version::H2 && upgrade.is_some() && resp.status().is_success() => {
+            tracing::debug!(status = %resp.status(), "the application answered an upgrade without switching protocols");
+            Local::Reply(StatusCode::BAD_GATEWAY, "upstream did not switch protocols\n", "UPE").respond(account)
         }
         Ok(resp) => {
             let (mut p, b) = resp.into_parts();
@@ -461,15 +487,16 @@ async fn handle(
     }
 }
 
-/// The application agreed to switch protocols: the client gets the 101, and the two
-/// upgraded connections are spliced in the background; the request is accounted when that
-/// ends.
+/// The application agreed to switch protocols: the client gets the 101 (an HTTP/2 client's
+/// extended CONNECT a 200), and the upgraded connection and the client's stream are spliced in
+/// the background; the request is accounted when that ends.
 fn switch_protocols(
     mut resp: Response<Incoming>,
     client: hyper::upgrade::OnUpgrade,
     response_mods: &[HeaderModifier],
     mut account: Account,
     live: ztunnel::drain::ConnGuard,
+    downstream: Version,
 ) -> Response<Body> {
     let app = hyper::upgrade::on(&mut resp);
     let (mut p, _) = resp.into_parts();
@@ -478,8 +505,11 @@ fn switch_protocols(
     for m in response_mods {
         m.apply(&mut p.headers);
     }
-    if let Some(proto) = proto {
-        upgrade::keep(&mut p.headers, proto);
+    match (downstream, proto) {
+        // HTTP/2 has no connection-level headers: the stream itself is what was upgraded.
+        (Version::H2, _) => upgrade::to_h2_accept(&mut p),
+        (Version::H1, Some(proto)) => upgrade::keep(&mut p.headers, proto),
+        (Version::H1, None) => {}
     }
     account.labels.response_code = p.status.as_u16();
     tokio::spawn(async move {

@@ -11,13 +11,23 @@
 //!
 //! `h2c` is not an upgrade the waypoint passes on: it would switch the hop to the waypoint,
 //! not the application's connection, so it is dropped with the other hop-by-hop headers.
+//!
+//! HTTP/2 clients ask with an extended CONNECT (RFC 8441: method CONNECT, `:protocol`
+//! naming the protocol), which the waypoint allows by advertising
+//! `SETTINGS_ENABLE_CONNECT_PROTOCOL`. [`extended_connect`] turns it into the HTTP/1.1 form
+//! (GET with `Upgrade`) before anything looks at it, so routes and policies see one request
+//! whichever version the client speaks, and the application gets the handshake it knows.
+//! RFC 8441 leaves out WebSocket's `Sec-WebSocket-Key`; an HTTP/1.1 WebSocket server refuses
+//! a handshake without one, so the waypoint supplies a fresh key and drops the
+//! `Sec-WebSocket-Accept` that answers it. The client gets `200` instead of the `101`, and
+//! the stream carries the bytes.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use ::http::header::{self, HeaderMap, HeaderValue};
-use ::http::{Response, Version};
+use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ::http::{Method, Request, Response, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -39,6 +49,58 @@ pub fn requested(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
         return None;
     }
     Some(proto.clone())
+}
+
+/// `Sec-WebSocket-Key` (RFC 6455 §4.1), which RFC 8441 handshakes do not carry.
+const WS_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+/// `Sec-WebSocket-Version`; 13 is the only version RFC 6455 defines.
+const WS_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
+/// `Sec-WebSocket-Accept`, the server's answer to a key.
+const WS_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
+
+/// Why an HTTP/2 extended CONNECT cannot be carried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// `:protocol` is not a token an HTTP/1.1 `Upgrade` header can carry, or is `h2c`.
+    #[error("unsupported :protocol {0:?}")]
+    Protocol(String),
+}
+
+/// The protocol an HTTP/2 extended CONNECT (RFC 8441) asks for, with the request rewritten
+/// to the HTTP/1.1 upgrade it stands for: method GET, and for WebSocket a fresh
+/// `Sec-WebSocket-Key` (and version 13) unless the client sent them. `Ok(None)`: not an
+/// extended CONNECT, left as it is.
+pub fn extended_connect<B>(req: &mut Request<B>) -> Result<Option<HeaderValue>, ConnectError> {
+    if req.method() != Method::CONNECT {
+        return Ok(None);
+    }
+    let Some(proto) = req.extensions_mut().remove::<hyper::ext::Protocol>() else { return Ok(None) };
+    let name = proto.as_str();
+    let token = name.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+    if name.is_empty() || !token || name.eq_ignore_ascii_case("h2c") {
+        return Err(ConnectError::Protocol(name.to_owned()));
+    }
+    let value = HeaderValue::from_str(name).map_err(|_| ConnectError::Protocol(name.to_owned()))?;
+    *req.method_mut() = Method::GET;
+    if name.eq_ignore_ascii_case("websocket") {
+        let h = req.headers_mut();
+        if !h.contains_key(WS_KEY) {
+            let key: [u8; 16] = rand::random();
+            let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
+            h.insert(WS_KEY, HeaderValue::from_str(&encoded).expect("base64 is a valid header value"));
+        }
+        if !h.contains_key(WS_VERSION) {
+            h.insert(WS_VERSION, HeaderValue::from_static("13"));
+        }
+    }
+    Ok(Some(value))
+}
+
+/// The head of an application's `101` as an HTTP/2 client's extended CONNECT expects it:
+/// `200`, and no `Sec-WebSocket-Accept` (it answers the key the waypoint made up).
+pub fn to_h2_accept(head: &mut ::http::response::Parts) {
+    head.status = ::http::StatusCode::OK;
+    head.headers.remove(WS_ACCEPT);
 }
 
 /// Puts the upgrade back on a head whose hop-by-hop headers were stripped.
@@ -112,7 +174,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -138,6 +200,56 @@ mod tests {
     fn h2c_is_not_passed_on() {
         let h2c = headers(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "H2C")]);
         assert!(requested(Version::HTTP_11, &h2c).is_none());
+    }
+
+    fn extended(proto: Option<&str>, method: Method, extra: &[(&str, &str)]) -> Request<()> {
+        let mut req = Request::builder().method(method).uri("http://chat.svc/ws").body(()).unwrap();
+        *req.headers_mut() = headers(extra);
+        if let Some(p) = proto {
+            req.extensions_mut().insert(hyper::ext::Protocol::from(p));
+        }
+        req
+    }
+
+    #[test]
+    fn an_extended_connect_becomes_a_get_upgrade_with_a_key() {
+        let mut req = extended(Some("websocket"), Method::CONNECT, &[("sec-websocket-protocol", "chat")]);
+        assert_eq!(extended_connect(&mut req).unwrap().unwrap(), "websocket");
+        assert_eq!(req.method(), Method::GET);
+        let key = req.headers()[WS_KEY].to_str().unwrap();
+        let raw = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key).unwrap();
+        assert_eq!(raw.len(), 16, "RFC 6455: 16 random bytes, base64");
+        assert_eq!(req.headers()[WS_VERSION], "13");
+        assert_eq!(req.headers()["sec-websocket-protocol"], "chat");
+        // Each handshake gets its own key.
+        let mut other = extended(Some("websocket"), Method::CONNECT, &[]);
+        extended_connect(&mut other).unwrap();
+        assert_ne!(other.headers()[WS_KEY], req.headers()[WS_KEY]);
+    }
+
+    #[test]
+    fn a_key_the_client_sent_is_kept_and_other_protocols_get_none() {
+        let mut req =
+            extended(Some("websocket"), Method::CONNECT, &[("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")]);
+        extended_connect(&mut req).unwrap();
+        assert_eq!(req.headers()[WS_KEY], "dGhlIHNhbXBsZSBub25jZQ==");
+        let mut req = extended(Some("connect-udp"), Method::CONNECT, &[]);
+        assert_eq!(extended_connect(&mut req).unwrap().unwrap(), "connect-udp");
+        assert!(req.headers().get(WS_KEY).is_none());
+    }
+
+    #[test]
+    fn only_an_extended_connect_with_a_usable_protocol_is_converted() {
+        // Plain CONNECT, or a :protocol on another method: not an upgrade.
+        let mut plain = extended(None, Method::CONNECT, &[]);
+        assert_eq!(extended_connect(&mut plain), Ok(None));
+        assert_eq!(plain.method(), Method::CONNECT);
+        let mut get = extended(Some("websocket"), Method::GET, &[]);
+        assert_eq!(extended_connect(&mut get), Ok(None));
+        for bad in ["h2c", "H2C", "web socket", "a/b", ""] {
+            let mut req = extended(Some(bad), Method::CONNECT, &[]);
+            assert_eq!(extended_connect(&mut req), Err(ConnectError::Protocol(bad.to_owned())), "{bad:?}");
+        }
     }
 
     #[test]

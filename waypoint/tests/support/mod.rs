@@ -501,6 +501,20 @@ impl Answer {
     }
 }
 
+/// The key of [`websocket_get`] (RFC 6455's sample nonce).
+pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// An HTTP/1.1 WebSocket handshake for `path`, as a browser sends it.
+pub fn websocket_get(path: &str) -> Request<ReqBody> {
+    get(path)
+        .header("connection", "keep-alive, Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", WS_KEY)
+        .body(empty())
+        .unwrap()
+}
+
 pub fn get(uri: &str) -> http::request::Builder {
     Request::builder().uri(uri).header("host", "svc.example")
 }
@@ -597,6 +611,20 @@ async fn app(mut req: Request<Incoming>, name: &str, b: &Behaviour, counter: &At
     // `/ws...` with `Upgrade: websocket` switches protocols, then echoes every byte, each
     // chunk prefixed with the backend's name, until the client closes.
     if path.starts_with("/ws") && req.headers().get("upgrade").is_some_and(|v| v == "websocket") {
+        // The handshake a WebSocket server insists on (RFC 6455 §4.2.1): GET over HTTP/1.1,
+        // version 13, and a key of 16 bytes in base64.
+        let h = req.headers();
+        let key = h
+            .get("sec-websocket-key")
+            .and_then(|k| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, k.as_bytes()).ok());
+        let valid = req.method() == http::Method::GET
+            && req.version() == http::Version::HTTP_11
+            && h.get("sec-websocket-version").is_some_and(|v| v == "13")
+            && key.is_some_and(|k| k.len() == 16);
+        if !valid {
+            return Response::builder().status(StatusCode::BAD_REQUEST).body(empty_app_body()).unwrap();
+        }
+        let key = h["sec-websocket-key"].clone();
         let on = hyper::upgrade::on(&mut req);
         let prefix = format!("{name}:");
         tokio::spawn(async move {
@@ -620,6 +648,9 @@ async fn app(mut req: Request<Incoming>, name: &str, b: &Behaviour, counter: &At
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("connection", "upgrade")
             .header("upgrade", "websocket")
+            // Stands for the digest of the key RFC 6455 asks for: the client side here only
+            // needs to tell which key it answers.
+            .header("sec-websocket-accept", key)
             .header("x-backend", name)
             .header("x-path", path)
             .body(empty_app_body())
