@@ -12,8 +12,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use support::*;
 
-/// A collector: every POST body is sent to the channel, answered 200.
-async fn collector() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, String)>, Task) {
+/// A POST the collector got: path, `Authorization` header, body.
+type Posted = (String, Option<String>, String);
+
+/// A collector: every POST is sent to the channel, answered 200.
+async fn collector() -> (String, tokio::sync::mpsc::UnboundedReceiver<Posted>, Task) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -26,8 +29,9 @@ async fn collector() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, S
                     let tx = tx.clone();
                     async move {
                         let path = req.uri().path().to_owned();
+                        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
                         let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-                        let _ = tx.send((path, String::from_utf8_lossy(&body).into_owned()));
+                        let _ = tx.send((path, auth, String::from_utf8_lossy(&body).into_owned()));
                         Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
                     }
                 });
@@ -41,9 +45,10 @@ async fn collector() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_kept_span_new_and_exported() {
     let (url, mut rx, _collector) = collector().await;
-    let exporter =
-        waypoint::telemetry::otlp::Exporter::start(&url, "wp.shop".into(), &tokio::runtime::Handle::current(), None)
-            .unwrap();
+    // A collector that wants a token gets it, as OTEL_EXPORTER_OTLP_HEADERS writes it.
+    let headers = waypoint::telemetry::otlp::parse_headers(&["Authorization=Bearer%20t0ken".to_owned()]).unwrap();
+    let rt = tokio::runtime::Handle::current();
+    let exporter = waypoint::telemetry::otlp::Exporter::start(&url, "wp.shop".into(), &rt, None, headers).unwrap();
     let w = World::with_spans([5, 1], Some(exporter)).await;
     let a = w.backend("a").await;
     w.service("svc", 1, &[&a]);
@@ -56,9 +61,10 @@ async fn trace_kept_span_new_and_exported() {
     assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "trace id kept");
     assert_ne!(parts[2], "00f067aa0ba902b7", "new span id upstream");
 
-    let (path, body) =
+    let (path, auth, body) =
         tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("a batch is exported").unwrap();
     assert_eq!(path, "/v1/traces");
+    assert_eq!(auth.as_deref(), Some("Bearer t0ken"));
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let span = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
     assert_eq!(span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
@@ -131,7 +137,8 @@ async fn spans_go_to_an_https_collector_verified_against_the_ca_file() {
         error: false,
     };
 
-    let trusted = waypoint::telemetry::otlp::Exporter::start(&url, "wp.shop".into(), &rt, Some(&ca_file)).unwrap();
+    let trusted =
+        waypoint::telemetry::otlp::Exporter::start(&url, "wp.shop".into(), &rt, Some(&ca_file), vec![]).unwrap();
     trusted.record(span("GET over TLS"));
     let body = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("a batch over TLS").unwrap();
     assert!(body.contains("GET over TLS"), "{body}");
@@ -140,7 +147,8 @@ async fn spans_go_to_an_https_collector_verified_against_the_ca_file() {
     let (other_ca, _) = collector_tls();
     let other_file = dir.join("other.pem");
     std::fs::write(&other_file, other_ca).unwrap();
-    let untrusted = waypoint::telemetry::otlp::Exporter::start(&url, "wp.shop".into(), &rt, Some(&other_file)).unwrap();
+    let untrusted =
+        waypoint::telemetry::otlp::Exporter::start(&url, "wp.shop".into(), &rt, Some(&other_file), vec![]).unwrap();
     untrusted.record(span("must not arrive"));
     assert!(
         tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.is_err(),
@@ -150,7 +158,7 @@ async fn spans_go_to_an_https_collector_verified_against_the_ca_file() {
     // A CA file that is not PEM certificates is refused at start, naming the file.
     let junk = dir.join("junk.pem");
     std::fs::write(&junk, "not a certificate").unwrap();
-    let e = waypoint::telemetry::otlp::Exporter::start(&url, "wp.shop".into(), &rt, Some(&junk)).unwrap_err();
+    let e = waypoint::telemetry::otlp::Exporter::start(&url, "wp.shop".into(), &rt, Some(&junk), vec![]).unwrap_err();
     assert!(e.to_string().starts_with(&format!("OTLP CA certificates {}", junk.display())), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,8 +1,10 @@
 //! OTLP/HTTP JSON trace export: one SERVER span per request the waypoint handled (its span id
 //! is the one sent upstream in `traceparent`, its parent the caller's), batched by a small task
 //! and POSTed to `<endpoint>/v1/traces`, over `http://` or `https://` (TLS 1.2 or 1.3, the
-//! collector verified against `--otlp-ca-file` or else the system's CA bundle). Export is best
-//! effort: a full queue drops spans, a failed POST drops its batch; neither slows requests.
+//! collector verified against `--otlp-ca-file` or else the system's CA bundle), with the
+//! headers a collector may require (`--otlp-header` / `OTEL_EXPORTER_OTLP_HEADERS`, e.g. an
+//! `Authorization` token; never logged). Export is best effort: a full queue drops spans, a
+//! failed POST drops its batch; neither slows requests.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::Uri;
+use http::header::{HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -44,6 +47,65 @@ pub enum OtlpError {
     /// An `https://` collector, no `--otlp-ca-file`, and no system CA bundle.
     #[error("an https:// OTLP endpoint needs --otlp-ca-file: no system CA bundle at {}", SYSTEM_BUNDLES.join(", "))]
     NoRoots,
+}
+
+/// Extra request headers for the collector.
+pub type Headers = Vec<(HeaderName, HeaderValue)>;
+
+/// Why a collector header entry was refused. Names the header, never its value (a token).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// No `=` in the entry.
+    #[error("entry {0} is not name=value")]
+    Shape(usize),
+    /// Not an HTTP header name.
+    #[error("{0:?} is not a header name")]
+    Name(String),
+    /// A value that is not valid percent-encoding or not a valid header value.
+    #[error("the value of {0:?} is not a valid header value")]
+    Value(String),
+    /// A header the exporter sets itself.
+    #[error("{0:?} is set by the exporter")]
+    Reserved(String),
+}
+
+/// Parses `name=value` entries, OpenTelemetry's `OTEL_EXPORTER_OTLP_HEADERS` format (the
+/// entries of that comma-separated list; values percent-decoded). Empty entries are skipped.
+pub fn parse_headers(entries: &[String]) -> Result<Headers, HeaderError> {
+    let mut out = Headers::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if entry.trim().is_empty() {
+            continue;
+        }
+        let (name, value) = entry.split_once('=').ok_or(HeaderError::Shape(i + 1))?;
+        let name = name.trim();
+        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| HeaderError::Name(name.to_owned()))?;
+        if [http::header::HOST, http::header::CONTENT_TYPE, http::header::CONTENT_LENGTH].contains(&header) {
+            return Err(HeaderError::Reserved(name.to_owned()));
+        }
+        let decoded = percent_decode(value.trim()).ok_or_else(|| HeaderError::Value(name.to_owned()))?;
+        let mut value = HeaderValue::from_bytes(&decoded).map_err(|_| HeaderError::Value(name.to_owned()))?;
+        value.set_sensitive(true);
+        out.push((header, value));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 /// How batches reach the collector.
@@ -107,13 +169,15 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Starts the batching task on `rt`, posting to `endpoint`; an `https://` collector is
-    /// verified against the PEM certificates in `ca_file`, else the system's CA bundle.
+    /// Starts the batching task on `rt`, posting to `endpoint` with `headers`; an `https://`
+    /// collector is verified against the PEM certificates in `ca_file`, else the system's CA
+    /// bundle.
     pub fn start(
         endpoint: &str,
         service_name: String,
         rt: &tokio::runtime::Handle,
         ca_file: Option<&Path>,
+        headers: Headers,
     ) -> Result<Exporter, OtlpError> {
         let uri: Uri = endpoint.parse().map_err(|_| OtlpError::Endpoint(endpoint.to_owned()))?;
         let Some(host) = uri.host() else { return Err(OtlpError::Endpoint(endpoint.to_owned())) };
@@ -130,7 +194,7 @@ impl Exporter {
         let host = bare.to_owned();
         let port = uri.port_u16().unwrap_or(4318);
         let (tx, rx) = mpsc::channel(QUEUE);
-        rt.spawn(run(rx, Target { host, port, path, transport }, service_name));
+        rt.spawn(run(rx, Target { host, port, path, transport, headers }, service_name));
         Ok(Exporter { tx })
     }
 
@@ -146,6 +210,7 @@ struct Target {
     port: u16,
     path: String,
     transport: Transport,
+    headers: Headers,
 }
 
 async fn run(mut rx: mpsc::Receiver<Span>, target: Target, service: String) {
@@ -188,10 +253,13 @@ where
     let (mut s, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(conn);
     let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-    let req = http::Request::post(path)
+    let mut req = http::Request::post(path)
         .header(http::header::HOST, authority)
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))?;
+    for (name, value) in &t.headers {
+        req.headers_mut().append(name.clone(), value.clone());
+    }
     let resp = tokio::time::timeout(Duration::from_secs(10), s.send_request(req)).await??;
     let status = resp.status();
     let _ = resp.into_body().collect().await;
@@ -268,12 +336,36 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let _guard = rt.enter();
         for bad in ["not a url", "grpc://collector:4317", "/v1/traces"] {
-            let e = Exporter::start(bad, "w".into(), rt.handle(), None).unwrap_err();
+            let e = Exporter::start(bad, "w".into(), rt.handle(), None, vec![]).unwrap_err();
             assert!(matches!(e, OtlpError::Endpoint(_)), "{bad}: {e}");
         }
         let missing = Path::new("/nonexistent/otlp-ca.pem");
-        let e = Exporter::start("https://collector:4318", "w".into(), rt.handle(), Some(missing)).unwrap_err();
+        let e = Exporter::start("https://collector:4318", "w".into(), rt.handle(), Some(missing), vec![]).unwrap_err();
         assert!(e.to_string().starts_with("OTLP CA certificates /nonexistent/otlp-ca.pem:"), "{e}");
-        assert!(Exporter::start("http://127.0.0.1:4318", "w".into(), rt.handle(), None).is_ok());
+        assert!(Exporter::start("http://127.0.0.1:4318", "w".into(), rt.handle(), None, vec![]).is_ok());
+    }
+
+    #[test]
+    fn collector_headers_are_parsed_as_opentelemetry_writes_them() {
+        let entries = |e: &[&str]| e.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let h = parse_headers(&entries(&["Authorization=Bearer%20abc%3D", " x-tenant = blue ", ""])).unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].0, "authorization");
+        assert_eq!(h[0].1, "Bearer abc=");
+        assert!(h[0].1.is_sensitive(), "kept out of debug output");
+        assert_eq!(h[1], (HeaderName::from_static("x-tenant"), HeaderValue::from_static("blue")));
+        // A value may itself hold '='.
+        assert_eq!(parse_headers(&entries(&["k=a=b"])).unwrap()[0].1, "a=b");
+        for (bad, want) in [
+            ("novalue", HeaderError::Shape(1)),
+            ("bad name=x", HeaderError::Name("bad name".into())),
+            ("k=%zz", HeaderError::Value("k".into())),
+            ("k=%0a", HeaderError::Value("k".into())),
+            ("Host=x", HeaderError::Reserved("Host".into())),
+        ] {
+            assert_eq!(parse_headers(&entries(&[bad])), Err(want), "{bad}");
+        }
+        let e = parse_headers(&entries(&["Authorization=%zzsecret"])).unwrap_err().to_string();
+        assert!(!e.contains("secret"), "errors never show a value: {e}");
     }
 }
