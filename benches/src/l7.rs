@@ -8,7 +8,11 @@
 //!   client ztunnel → HBONE → waypoint (HTTP parsed, routed, policy-checked) → HBONE → server
 //!   ztunnel → `mesh/server`;
 //! - `l4`: `mesh/client` → the `server-l4` service VIP (same pod, no waypoint): plain ztunnel
-//!   HBONE, the second comparison (reported as `<metric>_no_waypoint`).
+//!   HBONE, the second comparison (reported as `<metric>_no_waypoint`);
+//! - with `--compare-waypoint <program>`, `mesh_b`: the same as `mesh` through a second waypoint
+//!   (`waypoint-b`, same node, its own service `server-wpb`) running that program, reported as
+//!   `<metric>_compared` (its CPU and RSS too). Two builds measured round by round in one run
+//!   differ by what the code does, not by what the shared machine did between two runs.
 //!
 //! Per round and path: `wrk` closed-loop over 10 keep-alive connections and `oha` open-loop
 //! at 1,000 req/s with coordinated-omission correction. During the waypoint path's open-loop
@@ -34,11 +38,15 @@ const SERVICE_PORT: u16 = 80;
 const DIRECT_NS: &str = "direct";
 const MESH_NS: &str = "mesh";
 const WAYPOINT: &str = "waypoint";
+const WAYPOINT_B: &str = "waypoint-b";
 /// VIPs of the service through the waypoint and of the one without.
 const VIP_WAYPOINT: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const VIP_L4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
+const VIP_WAYPOINT_B: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 22);
 /// Suffix of the metrics of the mesh-without-waypoint path.
 const NO_WAYPOINT: &str = "_no_waypoint";
+/// Suffix of the metrics of the second waypoint's path (`--compare-waypoint`).
+const COMPARED: &str = "_compared";
 
 /// How long and how often.
 #[derive(Debug, Clone)]
@@ -53,17 +61,19 @@ pub struct Settings {
     pub rate: u32,
     /// Connections of the HTTP load generators.
     pub connections: u32,
+    /// A second waypoint program, measured beside the mesh's in every round.
+    pub compare_waypoint: Option<PathBuf>,
 }
 
 impl Settings {
     /// The full run.
     pub fn full() -> Settings {
-        Settings { rounds: 5, run_secs: 10, open_loop_secs: 15, rate: 1000, connections: 10 }
+        Settings { rounds: 5, run_secs: 10, open_loop_secs: 15, rate: 1000, connections: 10, compare_waypoint: None }
     }
 
     /// `--quick`: fewer, shorter rounds (about 2 minutes).
     pub fn quick() -> Settings {
-        Settings { rounds: 3, run_secs: 3, open_loop_secs: 5, rate: 1000, connections: 10 }
+        Settings { rounds: 3, run_secs: 3, open_loop_secs: 5, rate: 1000, connections: 10, compare_waypoint: None }
     }
 }
 
@@ -73,9 +83,9 @@ enum Path3 {
     Baseline,
     Waypoint,
     L4,
+    /// Through the second waypoint (`--compare-waypoint`).
+    WaypointB,
 }
-
-const PATHS: [Path3; 3] = [Path3::Baseline, Path3::Waypoint, Path3::L4];
 
 impl Path3 {
     fn name(self) -> &'static str {
@@ -83,7 +93,17 @@ impl Path3 {
             Path3::Baseline => "baseline",
             Path3::Waypoint => "mesh",
             Path3::L4 => "l4",
+            Path3::WaypointB => "mesh_b",
         }
+    }
+
+    /// The paths measured: the three, and the second waypoint's when there is one.
+    fn all(compare: bool) -> Vec<Path3> {
+        let mut paths = vec![Path3::Baseline, Path3::Waypoint, Path3::L4];
+        if compare {
+            paths.push(Path3::WaypointB);
+        }
+        paths
     }
 }
 
@@ -110,7 +130,7 @@ fn push(samples: &mut Samples, path: Path3, metric: &str, v: f64) {
     samples.entry(format!("{}/{metric}", path.name())).or_default().push(v);
 }
 
-fn service(name: &str, vip: Ipv4Addr, waypoint: bool) -> ServiceSpec {
+fn service(name: &str, vip: Ipv4Addr, waypoint: Option<&str>) -> ServiceSpec {
     ServiceSpec {
         namespace: MESH_NS.into(),
         name: name.into(),
@@ -118,13 +138,20 @@ fn service(name: &str, vip: Ipv4Addr, waypoint: bool) -> ServiceSpec {
         port: SERVICE_PORT,
         target_port: HTTP_PORT,
         endpoints: vec![format!("{MESH_NS}/server")],
-        use_waypoint: waypoint.then(|| WAYPOINT.into()),
+        use_waypoint: waypoint.map(str::to_owned),
     }
 }
 
 /// Runs the scenario (inside the sandbox).
 pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Report> {
     let started = Instant::now();
+    let compare = settings.compare_waypoint.clone();
+    let mut services = vec![service("server-wp", VIP_WAYPOINT, Some(WAYPOINT)), service("server-l4", VIP_L4, None)];
+    let mut waypoints = vec![WaypointSpec::new(2, MESH_NS, WAYPOINT)];
+    if let Some(program) = &compare {
+        services.push(service("server-wpb", VIP_WAYPOINT_B, Some(WAYPOINT_B)));
+        waypoints.push(WaypointSpec { binary: Some(program.clone()), ..WaypointSpec::new(2, MESH_NS, WAYPOINT_B) });
+    }
     let spec = MeshSpec {
         nodes: 2,
         ambient_namespaces: vec![MESH_NS.into()],
@@ -134,15 +161,22 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
             PodSpec::new(1, MESH_NS, "client"),
             PodSpec::new(2, MESH_NS, "server"),
         ],
-        services: vec![service("server-wp", VIP_WAYPOINT, true), service("server-l4", VIP_L4, false)],
+        services,
         control_plane: true,
-        waypoints: vec![WaypointSpec::new(2, MESH_NS, WAYPOINT)],
+        waypoints,
         ..MeshSpec::default()
     };
     let mesh = Mesh::start(spec).context("starting the mesh")?;
     eprintln!("mesh with waypoint up in {:.1?}", started.elapsed());
-    let waypoint = procfs::find(&["waypoint", "--gateway", &format!("{MESH_NS}/{WAYPOINT}")])
-        .context("finding the waypoint process")?;
+    let waypoint =
+        procfs::find(&["--gateway", &format!("{MESH_NS}/{WAYPOINT}")]).context("finding the waypoint process")?;
+    let waypoint_b = match &compare {
+        Some(_) => Some(
+            procfs::find(&["--gateway", &format!("{MESH_NS}/{WAYPOINT_B}")])
+                .context("finding the second waypoint's process")?,
+        ),
+        None => None,
+    };
 
     let mut report = Report::new("l7", quick, settings.rounds);
     report.issue = 7;
@@ -159,13 +193,14 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
 
     let _servers = start_servers(&mesh)?;
     let client = |p: Path3| mesh.pod(if p == Path3::Baseline { DIRECT_NS } else { MESH_NS }, "client").clone();
-    let urls: Vec<(Path3, Pod, String)> = PATHS
-        .iter()
-        .map(|&p| {
+    let urls: Vec<(Path3, Pod, String)> = Path3::all(compare.is_some())
+        .into_iter()
+        .map(|p| {
             let target = match p {
                 Path3::Baseline => format!("{}:{HTTP_PORT}", mesh.pod(DIRECT_NS, "server").ip),
                 Path3::Waypoint => format!("{VIP_WAYPOINT}:{SERVICE_PORT}"),
                 Path3::L4 => format!("{VIP_L4}:{SERVICE_PORT}"),
+                Path3::WaypointB => format!("{VIP_WAYPOINT_B}:{SERVICE_PORT}"),
             };
             (p, client(p), format!("http://{target}/"))
         })
@@ -184,7 +219,11 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     for round in 0..settings.rounds {
         for (p, pod, url) in round_order(&urls, round).into_iter().map(|(p, pod, url)| (*p, pod, url)) {
             for open_loop in [false, true] {
-                let watched = (p == Path3::Waypoint && open_loop).then_some(waypoint);
+                let watched = match p {
+                    Path3::Waypoint if open_loop => Some(waypoint),
+                    Path3::WaypointB if open_loop => waypoint_b,
+                    _ => None,
+                };
                 match measure(settings, oha, pod, url, open_loop, watched) {
                     Ok(m) => {
                         if p == Path3::Waypoint {
@@ -226,9 +265,14 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
         ("latency_p99_ms", "ms"),
         ("latency_p99_9_ms", "ms"),
     ];
-    for via in [Path3::Waypoint, Path3::L4] {
+    let vias = Path3::all(compare.is_some()).into_iter().filter(|p| *p != Path3::Baseline);
+    for via in vias {
         for (metric, unit) in compared {
-            let key = if via == Path3::L4 { no_waypoint(metric) } else { metric.to_owned() };
+            let key = match via {
+                Path3::L4 => no_waypoint(metric),
+                Path3::WaypointB => format!("{metric}{COMPARED}"),
+                _ => metric.to_owned(),
+            };
             let base = samples.get(&format!("baseline/{metric}"));
             report.compare_samples(&key, unit, base, samples.get(&format!("{}/{metric}", via.name())))?;
         }
@@ -237,6 +281,15 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
         if let Some(m) = samples.get(&format!("mesh/{metric}")) {
             report.cost(metric, unit, Summary::of(m)?);
         }
+        if let Some(m) = samples.get(&format!("mesh_b/{metric}")) {
+            report.cost(&format!("{metric}{COMPARED}"), unit, Summary::of(m)?);
+        }
+    }
+    if let Some(program) = &compare {
+        report.notes.push(format!(
+            "*{COMPARED}: the same path through a second waypoint (service server-wpb, Gateway {MESH_NS}/{WAYPOINT_B} on node 2) running {}, measured in every round beside the mesh's; not a target",
+            program.display()
+        ));
     }
     report.notes.push(format!(
         "mesh = through the waypoint (client ztunnel → HBONE → waypoint → HBONE → server ztunnel); *{NO_WAYPOINT} = the same server pod through a service without waypoint (ztunnel L4 only); no mesh = a pod pair in a namespace that is not enrolled"
@@ -374,6 +427,16 @@ mod tests {
         assert_eq!(round_order(&[1, 2, 3], 2), vec![&3, &1, &2]);
         assert_eq!(round_order(&[1, 2, 3], 3), vec![&1, &2, &3]);
         assert!(round_order::<u8>(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn a_compared_waypoint_is_a_fourth_path() {
+        assert_eq!(Path3::all(false), vec![Path3::Baseline, Path3::Waypoint, Path3::L4]);
+        let four = Path3::all(true);
+        assert_eq!(four.last(), Some(&Path3::WaypointB));
+        assert_eq!(four.iter().map(|p| p.name()).collect::<Vec<_>>(), ["baseline", "mesh", "l4", "mesh_b"]);
+        // Rotated like the others, each takes every position.
+        assert_eq!(round_order(&four, 3), vec![&Path3::WaypointB, &Path3::Baseline, &Path3::Waypoint, &Path3::L4]);
     }
 
     #[test]

@@ -80,6 +80,10 @@ struct RunArgs {
     /// the baseline path where ztunnel's sockets would be, reported as `<metric>_relay_floor`.
     #[arg(long)]
     floor: bool,
+    /// `l7` only: also run this waypoint program, as a second waypoint measured in every round
+    /// beside the mesh's, reported as `<metric>_compared` (for A/B of two builds in one run).
+    #[arg(long)]
+    compare_waypoint: Option<PathBuf>,
 }
 
 const SANDBOX_NAME: &str = "benches";
@@ -129,7 +133,12 @@ fn main() -> anyhow::Result<()> {
         }
         "l7" => {
             let oha = oha.context("oha not found (the outer run installs it)")?;
-            let settings = if args.quick { l7::Settings::quick() } else { l7::Settings::full() };
+            let mut settings = if args.quick { l7::Settings::quick() } else { l7::Settings::full() };
+            if let Some(p) = &args.compare_waypoint {
+                let p = std::path::absolute(p).with_context(|| format!("--compare-waypoint {}", p.display()))?;
+                anyhow::ensure!(p.is_file(), "--compare-waypoint {}: not a file", p.display());
+                settings.compare_waypoint = Some(p);
+            }
             l7::run(&settings, &oha, args.quick)?
         }
         _ => {

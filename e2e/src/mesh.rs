@@ -112,12 +112,15 @@ pub struct WaypointSpec {
     pub name: String,
     /// `istio.io/waypoint-for`: `service`, `workload` or `all`.
     pub for_: String,
+    /// The program to run; default: the mesh's ([`bin`]`("waypoint")`). Lets a benchmark run
+    /// two builds side by side.
+    pub binary: Option<PathBuf>,
 }
 
 impl WaypointSpec {
     /// A waypoint for services.
     pub fn new(node: usize, namespace: &str, name: &str) -> Self {
-        WaypointSpec { node, namespace: namespace.into(), name: name.into(), for_: "service".into() }
+        WaypointSpec { node, namespace: namespace.into(), name: name.into(), for_: "service".into(), binary: None }
     }
 
     /// Name of its pod.
@@ -307,11 +310,13 @@ impl Mesh {
             mesh.alt_ports.push(false);
             mesh.start_ztunnel(n, &ztunnel)?;
         }
-        if !mesh.spec.waypoints.is_empty() {
-            let binary = bin("waypoint")?;
-            for i in 0..mesh.spec.waypoints.len() {
-                mesh.start_waypoint(i, &binary)?;
-            }
+        for i in 0..mesh.spec.waypoints.len() {
+            let binary = match &mesh.spec.waypoints[i].binary {
+                Some(b) if b.is_file() => b.clone(),
+                Some(b) => return Err(MeshError::MissingBinary(b.clone())),
+                None => bin("waypoint")?,
+            };
+            mesh.start_waypoint(i, &binary)?;
         }
         Ok(mesh)
     }
