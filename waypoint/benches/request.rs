@@ -14,29 +14,13 @@
 mod support;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use proto::mesh::waypoint::v1 as pb;
 use support::*;
 
 fn requests(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (_w, mut h1, mut h2) = rt.block_on(async {
         let w = World::new([9, 1]).await;
-        let a = w.backend("a").await;
-        let b = w.backend("b").await;
-        w.service("svc", 1, &[&a]);
-        w.service("svc-b", 2, &[&b]);
-        let prefix = |p: &str| pb::Match { path: path(pb::MatchType::PathPrefix, p), ..Default::default() };
-        w.route(&route(
-            "svc",
-            "svc",
-            vec![
-                rule(vec![prefix("/b")], vec![backend_ref("svc-b", 1)]),
-                rule(vec![prefix("/")], vec![backend_ref("svc", 1)]),
-            ],
-        ));
-        w.policy(&policy("deny-admin", pb::l7_policy::Action::Deny, vec![to_paths(&["/admin*"])]));
-        w.until_endpoints("svc", 1).await;
-        w.settle().await;
+        w.routed_pair("svc", "/b", &["/admin*"]).await;
         let (h1, h2) = (w.h1(w.vip(1)).await, w.h2(w.vip(1)).await);
         (w, h1, h2)
     });

@@ -184,8 +184,7 @@ pub async fn start(
             format!("{}.{}", cfg.service_account(), identity.namespace()),
             &admin_rt,
             cfg.otlp_ca_file.as_deref(),
-            crate::telemetry::otlp::parse_headers(&cfg.otlp_headers)
-                .map_err(|e| ConfigError::Invalid { flag: "--otlp-header", why: e.to_string() })?,
+            cfg.otlp_headers()?,
         )?),
         None => None,
     };

@@ -111,6 +111,12 @@ fn header_names<S: serde::Serializer>(entries: &[String], s: S) -> Result<S::Ok,
 }
 
 impl Config {
+    /// The OTLP collector headers, parsed.
+    pub fn otlp_headers(&self) -> Result<crate::telemetry::otlp::Headers, ConfigError> {
+        crate::telemetry::otlp::parse_headers(&self.otlp_headers)
+            .map_err(|e| ConfigError::Invalid { flag: "--otlp-header", why: e.to_string() })
+    }
+
     /// Checks everything that can be checked before starting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let (ns, name) = self.gateway_parts()?;
@@ -148,8 +154,7 @@ impl Config {
         {
             return Err(ConfigError::Invalid { flag: "--otlp-endpoint", why: format!("{o:?} is not a URL") });
         }
-        crate::telemetry::otlp::parse_headers(&self.otlp_headers)
-            .map_err(|e| ConfigError::Invalid { flag: "--otlp-header", why: e.to_string() })?;
+        self.otlp_headers()?;
         let _ = name;
         hbone::Identity::new(&self.trust_domain, ns, self.service_account())
             .map_err(|e| ConfigError::Invalid { flag: "--service-account", why: e.to_string() })?;

@@ -179,22 +179,7 @@ async fn echoes_then_closes(mut io: impl AsyncRead + AsyncWrite + Unpin, backend
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_is_routed_authorized_and_spliced() {
     let w = World::new([4, 3]).await;
-    let a = w.backend("a").await;
-    let b = w.backend("b").await;
-    w.service("chat", 1, &[&a]);
-    w.service("chat-b", 2, &[&b]);
-    let prefix = |p: &str| pb::Match { path: path(pb::MatchType::PathPrefix, p), ..Default::default() };
-    w.route(&route(
-        "chat",
-        "chat",
-        vec![
-            rule(vec![prefix("/ws")], vec![backend_ref("chat-b", 1)]),
-            rule(vec![prefix("/")], vec![backend_ref("chat", 1)]),
-        ],
-    ));
-    w.policy(&policy("deny-ws-admin", pb::l7_policy::Action::Deny, vec![to_paths(&["/ws/admin"])]));
-    w.until_endpoints("chat-b", 1).await;
-    w.settle().await;
+    w.routed_pair("chat", "/ws", &["/ws/admin"]).await;
 
     let client = || async {
         let io = w.tunnel(w.vip(1)).await;

@@ -14,14 +14,7 @@ fn dur(ms: u64) -> Option<prost_types::Duration> {
 }
 
 fn prefix_rule(p: &str, backend: &str) -> pb::Rule {
-    pb::Rule {
-        matches: vec![pb::Match {
-            path: Some(pb::PathMatch { r#type: pb::MatchType::PathPrefix as i32, value: p.into() }),
-            ..Default::default()
-        }],
-        backends: vec![pb::Backend { hostname: host(backend), port: 80, weight: 1, filters: vec![] }],
-        ..Default::default()
-    }
+    rule(vec![prefix(p)], vec![backend_ref(backend, 1)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,7 +172,6 @@ async fn filters_headers_rewrite_redirect_mirror() {
         add: add.iter().map(|(n, v)| pb::Header { name: (*n).into(), value: (*v).into() }).collect(),
         remove: remove.iter().map(|s| (*s).into()).collect(),
     };
-    let prefix = |p: &str| pb::Match { path: path(pb::MatchType::PathPrefix, p), ..Default::default() };
     let filter = |k: Kind| pb::Filter { kind: Some(k) };
     let mut headers_rule = rule(vec![prefix("/headers")], vec![backend_ref("svc", 1)]);
     headers_rule.filters = vec![

@@ -115,15 +115,10 @@ pub fn flush() {
     }
 }
 
-/// Flushes the buffered access lines every [`FLUSH_INTERVAL`], forever; spawn it on the admin
-/// runtime.
-pub async fn flush_periodically() {
-    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        flush();
-    }
+/// Whether this process buffers its access lines (then [`flush`] must run every
+/// [`FLUSH_INTERVAL`]; [`crate::runtimes::Runtimes::start`] sees to it).
+pub fn buffering() -> bool {
+    STDOUT_SINK.get().is_some_and(|s| s.buffer_access.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 static STDOUT_SINK: OnceLock<Sink<std::io::Stdout>> = OnceLock::new();

@@ -16,7 +16,8 @@
 //!   setting them also stops glibc from moving them, so a 1 MiB frame buffer comes from the
 //!   heap instead of a fresh `mmap` and frees do not hand pages back one buffer at a time;
 //!
-//! and every [`TRIM_INTERVAL`] [`trim_periodically`] returns whatever is free (`malloc_trim`),
+//! and every [`TRIM_INTERVAL`] [`trim`] (run from the admin thread, see
+//! [`crate::runtimes::Runtimes::start`]) returns whatever is free (`malloc_trim`),
 //! so memory a burst used is back with the system within about a second of the burst ending.
 //! Only glibc builds are tuned; elsewhere both are no-ops.
 #![allow(unsafe_code)]
@@ -49,19 +50,8 @@ pub fn tune() {
     }
 }
 
-/// Hands free heap memory back to the system every [`TRIM_INTERVAL`], forever; spawn it on
-/// the admin runtime. A trim walks the heap's free chunks under the arena lock: tens of
-/// microseconds for a proxy's heap, once a second.
-pub async fn trim_periodically() {
-    let mut tick = tokio::time::interval(TRIM_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        trim();
-    }
-}
-
-/// Returns the free memory of every arena to the system now.
+/// Returns the free memory of every arena to the system now. A trim walks the heap's free
+/// chunks under the arena lock: tens of microseconds for a proxy's heap, once a second.
 pub fn trim() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes the arena locks itself; it is safe from any thread at any time.

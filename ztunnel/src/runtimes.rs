@@ -18,13 +18,17 @@ pub struct Runtimes {
 impl Runtimes {
     /// Tunes malloc for the proxy (before any other thread exists, see [`crate::malloc`]),
     /// starts the admin thread, which also hands free memory back and writes buffered access
-    /// lines periodically, and builds the data runtime with `workers` threads.
+    /// lines periodically (call it after [`crate::logging::init`], which says whether there
+    /// are any), and builds the data runtime with `workers` threads.
     pub fn start(workers: usize) -> std::io::Result<Self> {
         crate::malloc::tune();
         let admin_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let admin = admin_rt.handle().clone();
-        admin.spawn(crate::malloc::trim_periodically());
-        admin.spawn(crate::logging::flush_periodically());
+        admin.spawn(every(crate::malloc::TRIM_INTERVAL, crate::malloc::trim));
+        // Only a process that batches its access lines has any to write out.
+        if crate::logging::buffering() {
+            admin.spawn(every(crate::logging::FLUSH_INTERVAL, crate::logging::flush));
+        }
         let (stop_admin, admin_stopped) = oneshot::channel::<()>();
         let admin_thread = std::thread::Builder::new().name("admin".into()).spawn(move || {
             admin_rt.block_on(async {
@@ -52,6 +56,16 @@ impl Runtimes {
         let _ = self.admin_thread.join();
         crate::logging::flush();
         result
+    }
+}
+
+/// Runs `f` every `period`, forever (a late tick is not made up for by a burst).
+async fn every(period: std::time::Duration, f: fn()) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        f();
     }
 }
 

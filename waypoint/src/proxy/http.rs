@@ -374,27 +374,23 @@ async fn handle(
     version: Version,
 ) -> Response<Body> {
     let start = Instant::now();
-    let upgrade = match version {
-        Version::H1 => Ok(upgrade::requested(req.version(), req.headers())),
-        Version::H2 => upgrade::extended_connect(&mut req),
+    let (upgrade, refused) = match version {
+        Version::H1 => (upgrade::requested(req.version(), req.headers()), None),
+        Version::H2 => match upgrade::extended_connect(&mut req) {
+            Ok(u) => (u, None),
+            Err(e) => (None, Some(e)),
+        },
     };
+    let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let snapshot = proxy.inputs.state.load();
-    let (upgrade, on_upgrade) = match upgrade {
-        Ok(u) => {
-            let on = u.as_ref().map(|_| hyper::upgrade::on(&mut req));
-            (u, on)
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "refusing extended CONNECT");
-            let (parts, incoming) = req.into_parts();
-            let account = Account::new(&proxy, &down, &snapshot, &parts, start);
-            let reply = Local::Reply(StatusCode::BAD_REQUEST, "unsupported :protocol\n", "-").respond(account);
-            return drained(body::boxed(incoming), reply);
-        }
-    };
     let (mut parts, incoming) = req.into_parts();
     let mut account = Account::new(&proxy, &down, &snapshot, &parts, start);
     let req_body: Body = Counted::new(body::boxed(incoming), account.request_bytes.clone(), None).boxed_unsync_compat();
+    if let Some(e) = refused {
+        tracing::debug!(error = %e, "refusing extended CONNECT");
+        let reply = Local::Reply(StatusCode::BAD_REQUEST, "unsupported :protocol\n", "-").respond(account);
+        return drained(req_body, reply);
+    }
     let ctx = Ctx { snapshot: &snapshot, down: &down };
     let prepared = prepare(&proxy, &ctx, &mut parts, &mut account, version, upgrade.is_some());
     let (mut plan, endpoints, backend_host) = match prepared {

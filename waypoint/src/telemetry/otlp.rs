@@ -97,8 +97,8 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let digit = |j: usize| b.get(j).copied().and_then(crate::normalize::hex);
+            out.push(digit(i + 1)? * 16 + digit(i + 2)?);
             i += 3;
         } else {
             out.push(b[i]);
@@ -360,6 +360,8 @@ mod tests {
             ("novalue", HeaderError::Shape(1)),
             ("bad name=x", HeaderError::Name("bad name".into())),
             ("k=%zz", HeaderError::Value("k".into())),
+            ("k=%+f", HeaderError::Value("k".into())),
+            ("k=%4", HeaderError::Value("k".into())),
             ("k=%0a", HeaderError::Value("k".into())),
             ("Host=x", HeaderError::Reserved("Host".into())),
         ] {

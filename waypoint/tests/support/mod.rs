@@ -399,6 +399,30 @@ impl World {
         Client::H2(s, t)
     }
 
+    /// Backends `a` and `b` behind services `name` (VIP 1) and `<name>-b` (VIP 2); a route on
+    /// `name` sends paths under `split` to `<name>-b` and the rest to `name`; a DENY policy
+    /// refuses `denied`. Returns the backends once the waypoint has all of it.
+    pub async fn routed_pair(&self, name: &str, split: &str, denied: &[&str]) -> (Arc<Backend>, Arc<Backend>) {
+        let a = self.backend("a").await;
+        let b = self.backend("b").await;
+        let other = format!("{name}-b");
+        self.service(name, 1, &[&a]);
+        self.service(&other, 2, &[&b]);
+        self.route(&route(
+            name,
+            name,
+            vec![
+                rule(vec![prefix(split)], vec![backend_ref(&other, 1)]),
+                rule(vec![prefix("/")], vec![backend_ref(name, 1)]),
+            ],
+        ));
+        self.policy(&policy("deny-paths", pb::l7_policy::Action::Deny, vec![to_paths(denied)]));
+        self.until_endpoints(name, 1).await;
+        self.until_endpoints(&other, 1).await;
+        self.settle().await;
+        (a, b)
+    }
+
     pub fn metrics(&self) -> String {
         ztunnel::metrics::encode(&self.registry)
     }
@@ -421,6 +445,11 @@ pub fn rule(matches: Vec<pb::Match>, backends: Vec<pb::Backend>) -> pb::Rule {
 /// A path match.
 pub fn path(t: pb::MatchType, v: &str) -> Option<pb::PathMatch> {
     Some(pb::PathMatch { r#type: t as i32, value: v.into() })
+}
+
+/// A path-prefix match.
+pub fn prefix(p: &str) -> pb::Match {
+    pb::Match { path: path(pb::MatchType::PathPrefix, p), ..Default::default() }
 }
 
 /// An HTTPRoute `shop/<name>` attached to service `parent` (every port).
