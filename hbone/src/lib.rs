@@ -7,9 +7,13 @@
 //!   identities against what the caller expects.
 //! - [`tunnel`]: HTTP/2 CONNECT client pool, server, and the byte pump between a tunnel stream
 //!   and a TCP socket.
+//! - `fuzzing` (feature `fuzzing`): properties of the parsers that read what peers send, for
+//!   the libFuzzer targets in `fuzz/` and the corpus-replaying tests.
 #![forbid(unsafe_code)]
 
 pub mod certs;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod identity;
 pub mod store;
 #[cfg(feature = "testing")]

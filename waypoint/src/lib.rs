@@ -8,6 +8,8 @@
 //! - [`authz`]: L7 authorization (pure functions), [`normalize`]: path normalization.
 //! - [`telemetry`]: Istio request metrics, access log, W3C trace context.
 //! - [`config`], [`app`]: flags and wiring (admin, readiness, metrics, CA, xDS).
+//! - `fuzzing` (feature `fuzzing`): properties of the parsers of client input, for the
+//!   libFuzzer targets in `fuzz/` and the corpus-replaying tests.
 //!
 //! See `ARCHITECTURE.md` for the runtime split and the port table.
 
@@ -16,6 +18,8 @@
 pub mod app;
 pub mod authz;
 pub mod config;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod normalize;
 pub mod proxy;
 pub mod state;

@@ -7,6 +7,8 @@
 //! - [`agent`]: the node agent: enrollment, in-pod redirection, the ZDS server.
 //! - [`cni`]: the CNI plugin that reports pod events to the agent.
 //! - [`control_plane_tls`]: TLS to istiod for xDS and the CA.
+//! - `fuzzing` (feature `fuzzing`): properties of the conversion of xDS resources, for the
+//!   libFuzzer target in `fuzz/` and the corpus-replaying test.
 //! - [`admin`], [`metrics`], [`readiness`], [`logging`], [`drain`], [`certs`], [`config`],
 //!   [`app`], [`runtimes`], [`malloc`]: the admin side and the wiring (the waypoint shares the
 //!   last two).
@@ -26,6 +28,8 @@ pub mod cni;
 pub mod config;
 pub mod control_plane_tls;
 pub mod drain;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod inpod;
 pub mod logging;
 pub mod malloc;

@@ -257,7 +257,7 @@ impl<H: Handler> Server<H> {
 }
 
 /// A CONNECT to `ip:port`, nothing else.
-fn validate(parts: &http::request::Parts) -> Result<SocketAddr, &'static str> {
+pub(crate) fn validate(parts: &http::request::Parts) -> Result<SocketAddr, &'static str> {
     if parts.method != Method::CONNECT {
         return Err("only CONNECT is served on the HBONE port");
     }
