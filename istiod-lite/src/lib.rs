@@ -12,6 +12,8 @@
 //! - [`translator`]: incremental translation: changes in, the resources they changed out, per
 //!   type URL, named as Istio names them (workload uid, `<ns>/<hostname>`, `<ns>/<name>`).
 //! - [`error`]: configuration errors and translation warnings.
+//! - `fuzzing` (feature `fuzzing`): properties of reading user YAML, for the libFuzzer target
+//!   in `fuzz/` and the corpus-replaying test.
 //! - [`explain`]: what `meshctl explain` answers, computed by the code the mesh runs.
 //! - [`deploy`]: Kubernetes mode: a Deployment, Service and ServiceAccount for every waypoint
 //!   Gateway, and the Gateway's status.
@@ -48,6 +50,8 @@ pub mod debug;
 pub mod deploy;
 pub mod error;
 pub mod explain;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod k8s;
 pub mod meshctl;
 pub mod model;

@@ -63,6 +63,12 @@ fn documents(text: &str) -> Vec<(usize, String)> {
     docs.into_iter().enumerate().filter(|(_, d)| !blank(d)).map(|(i, d)| (i + 1, d)).collect()
 }
 
+/// How many documents [`parse_file`] reads in `text`.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn document_count(text: &str) -> usize {
+    documents(text).len()
+}
+
 /// Parses one file's text.
 pub fn parse_file(file: &Path, text: &str) -> Parsed {
     let mut out = Parsed::default();

@@ -1,0 +1,96 @@
+//! Properties of reading what users apply (a file of Kubernetes YAML, as the directory source
+//! reads it and as `kubectl apply` would send it), checked on arbitrary bytes: the same check
+//! for the libFuzzer target in `fuzz/` and for the test below, which replays the committed
+//! corpus (`fuzz/corpus/config_file/`) and seeded mutations of it (see `hbone::fuzzing`).
+//! Feature `fuzzing` (or this crate's own tests).
+
+use std::path::Path;
+
+use crate::model::{Kind, Object};
+use crate::source::parse_file;
+use crate::translate::MeshConfig;
+use crate::translator::Translator;
+
+/// One file of YAML: every document is accounted for (an object, an error naming where it
+/// is, or a kind we skip); every rejected security object that could be named gets its
+/// fail-closed stand-in, and a stand-in `AuthorizationPolicy` selecting workloads reaches the
+/// xDS resources when no document gave that object validly (taking, as the directory source
+/// does, the first valid object or else the first stand-in of each name); and translating
+/// whatever was read never panics.
+pub fn config_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let parsed = parse_file(Path::new("fuzz.yaml"), text);
+    assert_eq!(
+        parsed.objects.len() + parsed.errors.len() + parsed.ignored.len(),
+        crate::source::document_count(text),
+        "every document is read, refused or skipped"
+    );
+    for e in &parsed.errors {
+        assert!(e.location.document >= 1, "{e}");
+        let Some(key) = &e.object else { continue };
+        if matches!(key.kind, Kind::AuthorizationPolicy | Kind::PeerAuthentication) {
+            assert!(
+                parsed.fail_closed.iter().any(|s| s.object.key() == *key),
+                "rejected {key:?} has no fail-closed stand-in: {e}"
+            );
+        }
+    }
+    // What the directory source hands on: the first valid object of each name, and for a
+    // name no document gave validly, its first stand-in.
+    let mut objects: Vec<Object> = Vec::new();
+    let mut enforced: Vec<Object> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for o in parsed.objects.into_iter().map(|l| l.object) {
+        if seen.insert(o.key()) {
+            objects.push(o);
+        }
+    }
+    for s in parsed.fail_closed.into_iter().map(|l| l.object) {
+        if seen.insert(s.key()) {
+            enforced.push(s.clone());
+            objects.push(s);
+        }
+    }
+    let mut translator = Translator::new(MeshConfig::default());
+    translator.replace_all(objects);
+    for s in &enforced {
+        if let Object::AuthorizationPolicy(p) = s
+            && p.spec.target_refs.is_empty()
+        {
+            let key = s.key();
+            let name = format!("{}/{}", key.namespace, key.name);
+            assert!(translator.authorizations().contains_key(&name), "stand-in {name} is not enforced");
+        }
+    }
+    for type_url in [proto::ADDRESS_TYPE_URL, proto::AUTHORIZATION_TYPE_URL] {
+        let _ = translator.snapshot(type_url);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hbone::fuzzing::replay;
+
+    #[test]
+    fn config_files() {
+        let tokens: &[&[u8]] = &[
+            b"\n---\n",
+            b"kind: AuthorizationPolicy\n",
+            b"apiVersion: security.istio.io/v1\n",
+            b"  action: DENY\n",
+            b"spec:\n",
+            b"metadata:\n  name: x\n  namespace: y\n",
+            b"  rules:\n  - to:\n    - operation:\n        ports: [\"8080\"]\n",
+            b": ",
+            b"- ",
+            b"  ",
+            b"{",
+            b"[",
+            b"&a ",
+            b"*a",
+            b"!!str ",
+        ];
+        replay("config_file", Vec::new(), tokens, 3_000, config_file);
+    }
+}
