@@ -49,6 +49,12 @@ pub fn leaf_certificate(data: &[u8]) {
     }
 }
 
+/// The identity a leaf certificate (DER) proves, read as the mesh's verifiers read it; for
+/// other crates' checks of certificates they issue.
+pub fn leaf_identity(der: &[u8]) -> Option<Identity> {
+    LeafInfo::parse(&CertificateDer::from(der)).ok().map(|l| l.identity)
+}
+
 /// An HBONE CONNECT's head: the first line is the `:authority`, the second the `forwarded`
 /// header. The target is an `ip:port` exactly when the authority is one, and a client address
 /// read from `forwarded` is one that writing it back and reading again gives unchanged.

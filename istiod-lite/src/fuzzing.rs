@@ -1,10 +1,17 @@
 //! Properties of reading what users apply (a file of Kubernetes YAML, as the directory source
-//! reads it and as `kubectl apply` would send it), checked on arbitrary bytes: the same check
-//! for the libFuzzer target in `fuzz/` and for the test below, which replays the committed
-//! corpus (`fuzz/corpus/config_file/`) and seeded mutations of it (see `hbone::fuzzing`).
-//! Feature `fuzzing` (or this crate's own tests).
+//! reads it and as `kubectl apply` would send it) and what the CA signs (a workload's CSR),
+//! checked on arbitrary bytes: the same checks for the libFuzzer targets in `fuzz/` and for
+//! the tests below, which replay the committed corpus (`fuzz/corpus/<target>/`) and seeded
+//! mutations of it (see `hbone::fuzzing`). Feature `fuzzing` (or this crate's own tests).
 
 use std::path::Path;
+use std::sync::OnceLock;
+
+use hbone::Identity;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::ca::signer::CaSigner;
 
 use crate::model::{Kind, Object};
 use crate::source::parse_file;
@@ -67,6 +74,29 @@ pub fn config_file(data: &[u8]) {
     }
 }
 
+/// The identity every `csr` input asks to be signed for (as if the caller's token proved it).
+pub const CSR_IDENTITY: &str = "spiffe://cluster.local/ns/shop/sa/web";
+
+/// A CSR in PEM, as a workload sends it to `CreateCertificate`: the CA signs it only when its
+/// SANs are none or exactly the authorized identity, and what it issues proves exactly that
+/// identity to the mesh's verifiers, whatever else the request asked for.
+pub fn csr(data: &[u8]) {
+    static CA: OnceLock<CaSigner> = OnceLock::new();
+    let ca = CA.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("istiod-lite-fuzz-ca-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        CaSigner::load_or_generate(&dir, "cluster.local").expect("a CA in a fresh directory")
+    });
+    let Ok(pem) = std::str::from_utf8(data) else { return };
+    let id: Identity = CSR_IDENTITY.parse().expect("a valid identity");
+    let Ok(chain) = ca.sign(pem, &id, None) else { return };
+    let asked = rcgen::CertificateSigningRequestParams::from_pem(pem).expect("a signed CSR parses");
+    let only_id = |san: &rcgen::SanType| matches!(san, rcgen::SanType::URI(u) if u.as_str() == CSR_IDENTITY);
+    assert!(asked.params.subject_alt_names.iter().all(only_id), "signed a CSR asking for more: {pem:?}");
+    let leaf = CertificateDer::from_pem_slice(chain[0].as_bytes()).expect("the CA issues PEM");
+    assert_eq!(hbone::fuzzing::leaf_identity(&leaf), Some(id), "issued for {pem:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +122,19 @@ mod tests {
             b"!!str ",
         ];
         replay("config_file", Vec::new(), tokens, 3_000, config_file);
+    }
+
+    #[test]
+    fn csrs() {
+        let tokens: &[&[u8]] = &[
+            b"\n",
+            b"-----BEGIN CERTIFICATE REQUEST-----\n",
+            b"-----END CERTIFICATE REQUEST-----\n",
+            b"A",
+            b"/",
+            b"+",
+            b"=",
+        ];
+        replay("csr", Vec::new(), tokens, 2_000, csr);
     }
 }
