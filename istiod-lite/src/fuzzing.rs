@@ -75,7 +75,7 @@ pub fn config_file(data: &[u8]) {
 }
 
 /// The identity every `csr` input asks to be signed for (as if the caller's token proved it).
-pub const CSR_IDENTITY: &str = "spiffe://cluster.local/ns/shop/sa/web";
+const CSR_IDENTITY: &str = "spiffe://cluster.local/ns/shop/sa/web";
 
 /// A CSR in PEM, as a workload sends it to `CreateCertificate`: the CA signs it only when its
 /// SANs are none or exactly the authorized identity, and what it issues proves exactly that
@@ -85,7 +85,10 @@ pub fn csr(data: &[u8]) {
     let ca = CA.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("istiod-lite-fuzz-ca-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        CaSigner::load_or_generate(&dir, "cluster.local").expect("a CA in a fresh directory")
+        let ca = CaSigner::load_or_generate(&dir, "cluster.local").expect("a CA in a fresh directory");
+        // The signer holds its root in memory; the files (a private key among them) go.
+        let _ = std::fs::remove_dir_all(&dir);
+        ca
     });
     let Ok(pem) = std::str::from_utf8(data) else { return };
     let id: Identity = CSR_IDENTITY.parse().expect("a valid identity");

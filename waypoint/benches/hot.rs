@@ -13,6 +13,10 @@
 // criterion's macros generate undocumented items.
 #![allow(missing_docs)]
 
+// The route and policy builders the integration tests use.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -21,6 +25,8 @@ use proto::mesh::waypoint::v1 as pb;
 use waypoint::authz::{self, Facts, HttpFacts, Policy};
 use waypoint::normalize::normalize;
 use waypoint::state::route::{self, CompiledRoute, Entry, RequestView};
+
+use support::{backend_ref, host, prefix, route as http_route, rule};
 
 fn normalization(c: &mut Criterion) {
     let mut g = c.benchmark_group("normalize");
@@ -31,48 +37,26 @@ fn normalization(c: &mut Criterion) {
     g.finish();
 }
 
-fn path_match(t: pb::MatchType, v: &str) -> Option<pb::PathMatch> {
-    Some(pb::PathMatch { r#type: t as i32, value: v.into() })
-}
-
 fn table() -> Vec<Entry> {
-    let backend =
-        pb::Backend { hostname: "reviews.shop.svc.cluster.local".into(), port: 80, weight: 1, filters: vec![] };
     let mut rules: Vec<pb::Rule> = (0..20)
         .map(|i| {
-            let mut matches = vec![pb::Match {
-                path: path_match(pb::MatchType::PathPrefix, &format!("/api/v{i}/")),
-                ..Default::default()
-            }];
+            let mut matches = vec![prefix(&format!("/api/v{i}/"))];
             if i % 2 == 0 {
                 matches.push(pb::Match {
-                    path: path_match(pb::MatchType::PathPrefix, &format!("/api/v{i}/")),
                     method: "POST".into(),
                     headers: vec![pb::HeaderMatch {
                         name: "x-canary".into(),
                         r#type: pb::MatchType::Exact as i32,
                         value: "yes".into(),
                     }],
-                    ..Default::default()
+                    ..prefix(&format!("/api/v{i}/"))
                 });
             }
-            pb::Rule { matches, backends: vec![backend.clone()], ..Default::default() }
+            rule(matches, vec![backend_ref("reviews", 1)])
         })
         .collect();
-    rules.push(pb::Rule {
-        matches: vec![pb::Match { path: path_match(pb::MatchType::PathPrefix, "/"), ..Default::default() }],
-        backends: vec![backend.clone()],
-        ..Default::default()
-    });
-    let compiled = CompiledRoute::try_from(pb::Route {
-        namespace: "shop".into(),
-        name: "reviews".into(),
-        kind: pb::route::Kind::Http as i32,
-        parents: vec![pb::ParentService { hostname: "reviews.shop.svc.cluster.local".into(), port: 0 }],
-        rules,
-        ..Default::default()
-    })
-    .unwrap();
+    rules.push(rule(vec![prefix("/")], vec![backend_ref("reviews", 1)]));
+    let compiled = CompiledRoute::try_from(http_route("reviews", "reviews", rules)).unwrap();
     let mut entries: Vec<Entry> = compiled.entries().collect();
     route::sort(&mut entries);
     entries
@@ -81,16 +65,12 @@ fn table() -> Vec<Entry> {
 fn routing(c: &mut Criterion) {
     let table = table();
     let headers = HeaderMap::new();
-    let view = |path| RequestView {
-        method: &Method::GET,
-        path,
-        query: None,
-        headers: &headers,
-        host: "reviews.shop.svc.cluster.local",
-    };
+    let reviews = host("reviews");
+    let view = |path| RequestView { method: &Method::GET, path, query: None, headers: &headers, host: &reviews };
     let (early, late) = (view("/api/v0/reviews/1"), view("/static/app.js"));
     let last = table.len() - 1;
     assert!(std::ptr::eq(route::find(&table, &late).unwrap(), &table[last]), "only the catch-all takes it");
+    assert!(!std::ptr::eq(route::find(&table, &early).unwrap(), &table[last]), "a prefix rule takes it");
     let mut g = c.benchmark_group("route");
     g.bench_function("a prefix rule matches", |b| b.iter(|| route::find(&table, black_box(&early))));
     g.bench_function("only the catch-all matches", |b| b.iter(|| route::find(&table, black_box(&late))));
@@ -98,14 +78,7 @@ fn routing(c: &mut Criterion) {
 }
 
 fn policy(name: &str, action: pb::l7_policy::Action, rule: pb::PolicyRule) -> Policy {
-    Policy::try_from(pb::L7Policy {
-        namespace: "shop".into(),
-        name: name.into(),
-        targets: vec![],
-        action: action as i32,
-        rules: vec![rule],
-    })
-    .unwrap()
+    Policy::try_from(support::policy(name, action, vec![rule])).unwrap()
 }
 
 fn policies() -> Vec<Policy> {

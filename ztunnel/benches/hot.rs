@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use hbone::Identity;
-use ztunnel::proxy::route::route;
+use ztunnel::proxy::route::{Route, route};
 use ztunnel::state::policy::{Group, Match, Rule, StringMatch};
 use ztunnel::state::{
     Action, ConnInfo, NetworkAddress, Policy, Scope, Service, State, StateConfig, TunnelProtocol, Workload,
@@ -116,6 +116,16 @@ fn snapshot() -> State {
 fn lookups(c: &mut Criterion) {
     let state = snapshot();
     let src = state.workload_by_ip(pod_ip(3, 4, 5)).unwrap().clone();
+    // The verdicts timed: a VIP resolves through its service to an endpoint's target port, a
+    // pod address to that pod.
+    let via_vip = route(&state, Some(&src), SocketAddr::new(vip(77, 7), 80), 15008);
+    assert!(matches!(via_vip, Route::Hbone { service: Some(_), target, .. } if target.port() == 8080), "{via_vip:?}");
+    let to_pod = route(&state, Some(&src), SocketAddr::new(pod_ip(77, 7, 7), 8080), 15008);
+    assert!(
+        matches!(&to_pod, Route::Hbone { workload, .. } if workload.addresses[0] == pod_ip(77, 7, 7)),
+        "{to_pod:?}"
+    );
+    assert!(state.workload_by_ip(pod_ip(42, 3, 9)).is_some());
     let mut g = c.benchmark_group("lookup");
     g.bench_function("outbound route to a service VIP", |b| {
         b.iter(|| route(&state, Some(&src), black_box(SocketAddr::new(vip(77, 7), 80)), 15008))
