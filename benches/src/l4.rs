@@ -24,6 +24,7 @@ use serde_json::json;
 
 use crate::parse;
 use crate::procfs;
+use crate::relay;
 use crate::report::{Against, Bound, Report, Target};
 use crate::stats::Summary;
 
@@ -34,6 +35,8 @@ const RELAY_IPERF_PORT: u16 = 15201;
 const RELAY_HTTP_PORT: u16 = 18080;
 /// Suffix of the floor's metrics, compared with the same baseline.
 const FLOOR: &str = "_relay_floor";
+/// ztunnel's runtime workers by default, so the floor's relays get as many.
+pub const ZTUNNEL_WORKERS: usize = 2;
 /// Namespaces: the baseline's pods are not enrolled, the mesh's are.
 const DIRECT_NS: &str = "direct";
 const MESH_NS: &str = "mesh";
@@ -77,16 +80,7 @@ impl Settings {
 
     /// `--quick`: fewer, shorter rounds (well under 5 minutes in all).
     pub fn quick() -> Settings {
-        Settings {
-            rounds: 3,
-            run_secs: 3,
-            open_loop_secs: 5,
-            rate: 1000,
-            connections: 10,
-            idle_pods: 100,
-            only: Vec::new(),
-            floor: false,
-        }
+        Settings { rounds: 3, run_secs: 3, open_loop_secs: 5, ..Settings::full() }
     }
 }
 
@@ -337,28 +331,21 @@ fn start_servers(mesh: &Mesh) -> anyhow::Result<Vec<Process>> {
 /// listener would take the application's connection) and server pod (on the pod's address,
 /// where ztunnel's inbound listener would be), in that order; and the side that uses them.
 fn start_relays(mesh: &Mesh) -> anyhow::Result<([Process; 2], Side)> {
-    let exe: PathBuf = std::env::current_exe().context("finding this program")?;
-    let exe = exe.to_string_lossy();
     let client = mesh.pod(DIRECT_NS, "client");
     let server = mesh.pod(DIRECT_NS, "server");
-    let map = |listen: SocketAddr, target: SocketAddr| format!("{listen}={target}");
+    let map = |listen, target| relay::Mapping { listen, target };
     let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
     let remote = |port| SocketAddr::from((server.ip, port));
-    let start = |pod: &Pod, maps: [String; 2]| -> anyhow::Result<Process> {
-        let p = pod.netns.spawn([exe.as_ref(), "relay", "--map", &maps[0], "--map", &maps[1]])?;
-        p.wait_for_log("relaying", Duration::from_secs(5))?;
-        Ok(p)
-    };
-    let server_relay = start(
+    let server_relay = relay::start_in(
         server,
-        [
-            map(SocketAddr::from((Ipv4Addr::UNSPECIFIED, RELAY_HTTP_PORT)), local(HTTP_PORT)),
-            map(SocketAddr::from((Ipv4Addr::UNSPECIFIED, RELAY_IPERF_PORT)), local(IPERF_PORT)),
-        ],
+        &[map(any(RELAY_HTTP_PORT), local(HTTP_PORT)), map(any(RELAY_IPERF_PORT), local(IPERF_PORT))],
+        ZTUNNEL_WORKERS,
     )?;
-    let client_relay = start(
+    let client_relay = relay::start_in(
         client,
-        [map(local(RELAY_HTTP_PORT), remote(RELAY_HTTP_PORT)), map(local(RELAY_IPERF_PORT), remote(RELAY_IPERF_PORT))],
+        &[map(local(RELAY_HTTP_PORT), remote(RELAY_HTTP_PORT)), map(local(RELAY_IPERF_PORT), remote(RELAY_IPERF_PORT))],
+        ZTUNNEL_WORKERS,
     )?;
     let side =
         Side { name: "relay", client: client.clone(), http: local(RELAY_HTTP_PORT), iperf: local(RELAY_IPERF_PORT) };

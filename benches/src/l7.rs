@@ -12,14 +12,21 @@
 //! - with `--compare-waypoint <program>`, `mesh_b`: the same as `mesh` through a second waypoint
 //!   (`waypoint-b`, same node, its own service `server-wpb`) running that program, reported as
 //!   `<metric>_compared` (its CPU and RSS too). Two builds measured round by round in one run
-//!   differ by what the code does, not by what the shared machine did between two runs.
+//!   differ by what the code does, not by what the shared machine did between two runs;
+//! - with `--floor`, `relay`: the baseline's pods plus a third unenrolled pod on node 2, with a
+//!   plain TCP relay (`benches relay`) wherever the waypoint path has a proxy: in the client
+//!   pod (the client ztunnel's outbound socket), in the third pod (the waypoint) and in the
+//!   server pod (the server ztunnel's inbound socket). The waypoint path's eight one-way hops
+//!   with nothing done in them, reported as `<metric>_relay_floor`; the middle relay's CPU as
+//!   `waypoint_cpu_s_per_1k_req_relay_floor`. Not a target: what any proxies in those places
+//!   cost at least on this machine.
 //!
 //! Per round and path: `wrk` closed-loop over 10 keep-alive connections and `oha` open-loop
 //! at 1,000 req/s with coordinated-omission correction. During the waypoint path's open-loop
 //! run the waypoint's CPU time and peak RSS (VmHWM, reset just before) are read from `/proc`.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -30,6 +37,7 @@ use serde_json::json;
 
 use crate::parse;
 use crate::procfs;
+use crate::relay;
 use crate::report::{Against, Bound, Report, Target};
 use crate::stats::Summary;
 
@@ -47,6 +55,13 @@ const VIP_WAYPOINT_B: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 22);
 const NO_WAYPOINT: &str = "_no_waypoint";
 /// Suffix of the metrics of the second waypoint's path (`--compare-waypoint`).
 const COMPARED: &str = "_compared";
+/// Suffix of the floor's metrics (`--floor`).
+const FLOOR: &str = "_relay_floor";
+/// The floor's pod in the waypoint's place, and the port every floor relay listens on.
+const RELAY_POD: &str = "relay";
+const RELAY_HTTP_PORT: u16 = 18080;
+/// The waypoint's runtime workers by default, so the relay in its place gets as many.
+const WAYPOINT_WORKERS: usize = 1;
 
 /// How long and how often.
 #[derive(Debug, Clone)]
@@ -63,17 +78,27 @@ pub struct Settings {
     pub connections: u32,
     /// A second waypoint program, measured beside the mesh's in every round.
     pub compare_waypoint: Option<PathBuf>,
+    /// Also measure the floor: plain TCP relays where the waypoint path has proxies.
+    pub floor: bool,
 }
 
 impl Settings {
     /// The full run.
     pub fn full() -> Settings {
-        Settings { rounds: 5, run_secs: 10, open_loop_secs: 15, rate: 1000, connections: 10, compare_waypoint: None }
+        Settings {
+            rounds: 5,
+            run_secs: 10,
+            open_loop_secs: 15,
+            rate: 1000,
+            connections: 10,
+            compare_waypoint: None,
+            floor: false,
+        }
     }
 
     /// `--quick`: fewer, shorter rounds (about 2 minutes).
     pub fn quick() -> Settings {
-        Settings { rounds: 3, run_secs: 3, open_loop_secs: 5, rate: 1000, connections: 10, compare_waypoint: None }
+        Settings { rounds: 3, run_secs: 3, open_loop_secs: 5, ..Settings::full() }
     }
 }
 
@@ -85,6 +110,8 @@ enum Path3 {
     L4,
     /// Through the second waypoint (`--compare-waypoint`).
     WaypointB,
+    /// Through three plain relays in the baseline's namespace (`--floor`).
+    Floor,
 }
 
 impl Path3 {
@@ -94,16 +121,31 @@ impl Path3 {
             Path3::Waypoint => "mesh",
             Path3::L4 => "l4",
             Path3::WaypointB => "mesh_b",
+            Path3::Floor => "relay",
         }
     }
 
-    /// The paths measured: the three, and the second waypoint's when there is one.
-    fn all(compare: bool) -> Vec<Path3> {
+    /// The paths measured: the three, the second waypoint's when there is one, the floor's
+    /// when asked for.
+    fn all(compare: bool, floor: bool) -> Vec<Path3> {
         let mut paths = vec![Path3::Baseline, Path3::Waypoint, Path3::L4];
         if compare {
             paths.push(Path3::WaypointB);
         }
+        if floor {
+            paths.push(Path3::Floor);
+        }
         paths
+    }
+
+    /// The suffix of this path's metrics in the report.
+    fn suffix(self) -> &'static str {
+        match self {
+            Path3::Baseline | Path3::Waypoint => "",
+            Path3::L4 => NO_WAYPOINT,
+            Path3::WaypointB => COMPARED,
+            Path3::Floor => FLOOR,
+        }
     }
 }
 
@@ -117,11 +159,6 @@ fn round_order<T>(items: &[T], round: usize) -> Vec<&T> {
 /// CPU seconds per 1,000 responses (at 1,000 req/s: vCPU); `None` without responses.
 pub fn cpu_s_per_1k(cpu: Duration, responses: u64) -> Option<f64> {
     (responses > 0).then(|| cpu.as_secs_f64() / (responses as f64 / 1000.0))
-}
-
-/// The metric key of `metric` on the mesh-without-waypoint path.
-fn no_waypoint(metric: &str) -> String {
-    format!("{metric}{NO_WAYPOINT}")
 }
 
 type Samples = BTreeMap<String, Vec<f64>>;
@@ -152,15 +189,20 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
         services.push(service("server-wpb", VIP_WAYPOINT_B, Some(WAYPOINT_B)));
         waypoints.push(WaypointSpec { binary: Some(program.clone()), ..WaypointSpec::new(2, MESH_NS, WAYPOINT_B) });
     }
+    let mut pods = vec![
+        PodSpec::new(1, DIRECT_NS, "client"),
+        PodSpec::new(2, DIRECT_NS, "server"),
+        PodSpec::new(1, MESH_NS, "client"),
+        PodSpec::new(2, MESH_NS, "server"),
+    ];
+    if settings.floor {
+        // On the waypoint's node, as the waypoint is.
+        pods.push(PodSpec::new(2, DIRECT_NS, RELAY_POD));
+    }
     let spec = MeshSpec {
         nodes: 2,
         ambient_namespaces: vec![MESH_NS.into()],
-        pods: vec![
-            PodSpec::new(1, DIRECT_NS, "client"),
-            PodSpec::new(2, DIRECT_NS, "server"),
-            PodSpec::new(1, MESH_NS, "client"),
-            PodSpec::new(2, MESH_NS, "server"),
-        ],
+        pods,
         services,
         control_plane: true,
         waypoints,
@@ -192,8 +234,14 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     .collect();
 
     let _servers = start_servers(&mesh)?;
-    let client = |p: Path3| mesh.pod(if p == Path3::Baseline { DIRECT_NS } else { MESH_NS }, "client").clone();
-    let urls: Vec<(Path3, Pod, String)> = Path3::all(compare.is_some())
+    let relays = if settings.floor { start_relays(&mesh)? } else { Vec::new() };
+    // The relay in the waypoint's place, whose CPU the floor reports.
+    let middle_relay = relays.get(1).map(Process::pid);
+    let client = |p: Path3| {
+        let unenrolled = matches!(p, Path3::Baseline | Path3::Floor);
+        mesh.pod(if unenrolled { DIRECT_NS } else { MESH_NS }, "client").clone()
+    };
+    let urls: Vec<(Path3, Pod, String)> = Path3::all(compare.is_some(), settings.floor)
         .into_iter()
         .map(|p| {
             let target = match p {
@@ -201,6 +249,7 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
                 Path3::Waypoint => format!("{VIP_WAYPOINT}:{SERVICE_PORT}"),
                 Path3::L4 => format!("{VIP_L4}:{SERVICE_PORT}"),
                 Path3::WaypointB => format!("{VIP_WAYPOINT_B}:{SERVICE_PORT}"),
+                Path3::Floor => format!("{}:{RELAY_HTTP_PORT}", Ipv4Addr::LOCALHOST),
             };
             (p, client(p), format!("http://{target}/"))
         })
@@ -208,27 +257,33 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     for (p, pod, url) in &urls {
         warm_up(pod, url).with_context(|| format!("{} warm-up request to {url}", p.name()))?;
     }
-    // The figures only mean something if the waypoint really is in the path.
-    let through_before = waypoint_requests(&mesh)?;
-    if through_before == 0 {
-        bail!("the waypoint counted no request after the warm-up: not in the path");
-    }
+    // The figures only mean something if each waypoint really is in its path.
+    let counted: Vec<(Path3, &str, &str, u64)> = [(Path3::Waypoint, WAYPOINT, "server-wp")]
+        .into_iter()
+        .chain(compare.as_ref().map(|_| (Path3::WaypointB, WAYPOINT_B, "server-wpb")))
+        .map(|(p, gateway, svc)| {
+            let before = waypoint_requests(&mesh, gateway, svc)?;
+            if before == 0 {
+                bail!("waypoint {MESH_NS}/{gateway} counted no request to {svc} after the warm-up: not in the path");
+            }
+            Ok((p, gateway, svc, before))
+        })
+        .collect::<anyhow::Result<_>>()?;
 
     let mut samples = Samples::new();
-    let mut waypoint_responses = 0u64;
+    let mut responses: BTreeMap<&str, u64> = BTreeMap::new();
     for round in 0..settings.rounds {
         for (p, pod, url) in round_order(&urls, round).into_iter().map(|(p, pod, url)| (*p, pod, url)) {
             for open_loop in [false, true] {
                 let watched = match p {
                     Path3::Waypoint if open_loop => Some(waypoint),
                     Path3::WaypointB if open_loop => waypoint_b,
+                    Path3::Floor if open_loop => middle_relay,
                     _ => None,
                 };
                 match measure(settings, oha, pod, url, open_loop, watched) {
                     Ok(m) => {
-                        if p == Path3::Waypoint {
-                            waypoint_responses += m.responses;
-                        }
+                        *responses.entry(p.name()).or_default() += m.responses;
                         for (metric, v) in m.values {
                             push(&mut samples, p, metric, v);
                         }
@@ -245,15 +300,20 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     }
     // A request is counted when its response ends; give the last ones a moment.
     std::thread::sleep(Duration::from_secs(1));
-    let counted = waypoint_requests(&mesh)?.saturating_sub(through_before);
-    report.notes.push(format!(
-        "the waypoint's istio_requests_total for server-wp grew by {counted} during the rounds; the load generators got {waypoint_responses} responses on that path"
-    ));
-    if counted < waypoint_responses / 2 {
-        bail!("the waypoint counted {counted} requests but the clients got {waypoint_responses} responses through it");
-    }
-    if counted < waypoint_responses {
-        report.notes.push(format!("WARNING: {} responses the waypoint did not count", waypoint_responses - counted));
+    for (p, gateway, svc, before) in counted {
+        let grew = waypoint_requests(&mesh, gateway, svc)?.saturating_sub(before);
+        let got = responses.get(p.name()).copied().unwrap_or(0);
+        report.notes.push(format!(
+            "waypoint {MESH_NS}/{gateway}'s istio_requests_total for {svc} grew by {grew} during the rounds; the load generators got {got} responses on that path"
+        ));
+        if grew < got / 2 {
+            bail!(
+                "waypoint {MESH_NS}/{gateway} counted {grew} requests but the clients got {got} responses through it"
+            );
+        }
+        if grew < got {
+            report.notes.push(format!("WARNING: {} responses waypoint {MESH_NS}/{gateway} did not count", got - grew));
+        }
     }
     let life = procfs::memory(waypoint)?;
     report.cost("waypoint_lifetime_peak_rss_mb", "MiB", Summary::of(&[procfs::mib(life.peak)])?);
@@ -265,25 +325,26 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
         ("latency_p99_ms", "ms"),
         ("latency_p99_9_ms", "ms"),
     ];
-    let vias = Path3::all(compare.is_some()).into_iter().filter(|p| *p != Path3::Baseline);
-    for via in vias {
+    let vias: Vec<Path3> =
+        Path3::all(compare.is_some(), settings.floor).into_iter().filter(|p| *p != Path3::Baseline).collect();
+    for via in &vias {
         for (metric, unit) in compared {
-            let key = match via {
-                Path3::L4 => no_waypoint(metric),
-                Path3::WaypointB => format!("{metric}{COMPARED}"),
-                _ => metric.to_owned(),
-            };
+            let key = format!("{metric}{}", via.suffix());
             let base = samples.get(&format!("baseline/{metric}"));
             report.compare_samples(&key, unit, base, samples.get(&format!("{}/{metric}", via.name())))?;
         }
     }
     for (metric, unit) in [("waypoint_cpu_s_per_1k_req", "CPU s"), ("waypoint_peak_rss_mb", "MiB")] {
-        if let Some(m) = samples.get(&format!("mesh/{metric}")) {
-            report.cost(metric, unit, Summary::of(m)?);
+        for via in &vias {
+            if let Some(m) = samples.get(&format!("{}/{metric}", via.name())) {
+                report.cost(&format!("{metric}{}", via.suffix()), unit, Summary::of(m)?);
+            }
         }
-        if let Some(m) = samples.get(&format!("mesh_b/{metric}")) {
-            report.cost(&format!("{metric}{COMPARED}"), unit, Summary::of(m)?);
-        }
+    }
+    if settings.floor {
+        report.notes.push(format!(
+            "*{FLOOR}: the floor, not a target — the baseline's pods plus a third unenrolled pod on node 2, with a plain TCP relay (`benches relay`: accept, connect, copy; no TLS, no HTTP, one upstream connection per client connection) in the client pod, the third pod and the server pod, where the waypoint path's proxies sit (client ztunnel, waypoint, server ztunnel): the same eight one-way hops with nothing done in them; waypoint_cpu_s_per_1k_req{FLOOR} is the middle relay's ({WAYPOINT_WORKERS} tokio worker, as the waypoint)"
+        ));
     }
     if let Some(program) = &compare {
         report.notes.push(format!(
@@ -303,6 +364,7 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     );
     report.targets = targets();
     report.settings.insert("elapsed_secs".into(), json!(started.elapsed().as_secs()));
+    drop(relays);
     drop(_servers);
     mesh.topo.teardown().context("tearing the topology down")?;
     Ok(report)
@@ -331,6 +393,29 @@ fn start_servers(mesh: &Mesh) -> anyhow::Result<Vec<Process>> {
     Ok(servers)
 }
 
+/// The floor's relays, in the order of the path: the baseline's client pod (on loopback,
+/// where the client ztunnel's outbound listener takes the application's connection), the
+/// relay pod on node 2 (where the waypoint listens) and the server pod (on the pod's address,
+/// where the server ztunnel's inbound listener is).
+fn start_relays(mesh: &Mesh) -> anyhow::Result<Vec<Process>> {
+    let pod = |name| mesh.pod(DIRECT_NS, name);
+    let map = |listen, target| relay::Mapping { listen, target };
+    let on = |ip: Ipv4Addr| SocketAddr::from((ip, RELAY_HTTP_PORT));
+    let server = relay::start_in(
+        pod("server"),
+        &[map(on(Ipv4Addr::UNSPECIFIED), SocketAddr::from((Ipv4Addr::LOCALHOST, HTTP_PORT)))],
+        crate::l4::ZTUNNEL_WORKERS,
+    )?;
+    let middle =
+        relay::start_in(pod(RELAY_POD), &[map(on(Ipv4Addr::UNSPECIFIED), on(pod("server").ip))], WAYPOINT_WORKERS)?;
+    let client = relay::start_in(
+        pod("client"),
+        &[map(on(Ipv4Addr::LOCALHOST), on(pod(RELAY_POD).ip))],
+        crate::l4::ZTUNNEL_WORKERS,
+    )?;
+    Ok(vec![client, middle, server])
+}
+
 /// A first successful request (the mesh paths set up their HBONE connections; a service's
 /// VIP may reach the client's ztunnel a moment after the mesh is up).
 fn warm_up(pod: &Pod, url: &str) -> anyhow::Result<()> {
@@ -344,10 +429,10 @@ fn warm_up(pod: &Pod, url: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Requests to `server-wp` the waypoint has counted (its `istio_requests_total`).
-fn waypoint_requests(mesh: &Mesh) -> anyhow::Result<u64> {
-    let metrics = mesh.waypoint_metrics(MESH_NS, WAYPOINT)?;
-    Ok(requests_total(&metrics, &format!("destination_service=\"server-wp.{MESH_NS}.svc.cluster.local\"")))
+/// Requests to service `svc` that waypoint `gateway` has counted (its `istio_requests_total`).
+fn waypoint_requests(mesh: &Mesh, gateway: &str, svc: &str) -> anyhow::Result<u64> {
+    let metrics = mesh.waypoint_metrics(MESH_NS, gateway)?;
+    Ok(requests_total(&metrics, &format!("destination_service=\"{svc}.{MESH_NS}.svc.cluster.local\"")))
 }
 
 /// Sum of the `istio_requests_total` samples whose labels contain `label`.
@@ -431,10 +516,13 @@ mod tests {
 
     #[test]
     fn a_compared_waypoint_is_a_fourth_path() {
-        assert_eq!(Path3::all(false), vec![Path3::Baseline, Path3::Waypoint, Path3::L4]);
-        let four = Path3::all(true);
+        assert_eq!(Path3::all(false, false), vec![Path3::Baseline, Path3::Waypoint, Path3::L4]);
+        let four = Path3::all(true, false);
         assert_eq!(four.last(), Some(&Path3::WaypointB));
         assert_eq!(four.iter().map(|p| p.name()).collect::<Vec<_>>(), ["baseline", "mesh", "l4", "mesh_b"]);
+        let five = Path3::all(true, true);
+        assert_eq!(five.last().map(|p| p.name()), Some("relay"));
+        assert_eq!(Path3::all(false, true).len(), 4);
         // Rotated like the others, each takes every position.
         assert_eq!(round_order(&four, 3), vec![&Path3::WaypointB, &Path3::Baseline, &Path3::Waypoint, &Path3::L4]);
     }
@@ -465,6 +553,7 @@ mod tests {
         assert_eq!((cpu.against, cpu.target), (Against::Mesh, 0.15));
         let rss = t.iter().find(|t| t.metric == "waypoint_peak_rss_mb").unwrap();
         assert_eq!((rss.against, rss.target), (Against::Mesh, 25.0));
-        assert_eq!(no_waypoint("latency_p99_ms"), "latency_p99_ms_no_waypoint");
+        assert_eq!(Path3::L4.suffix(), "_no_waypoint");
+        assert_eq!(Path3::Floor.suffix(), "_relay_floor");
     }
 }

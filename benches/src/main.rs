@@ -4,7 +4,7 @@
 //! mode); then it re-runs itself inside an `e2e` sandbox (private network, mount and pid
 //! namespaces), where the scenario builds its topology with `e2e`, measures the baseline and
 //! the mesh interleaved, and writes a JSON report and an SVG chart. `serve-http` is the
-//! HTTP server it starts inside server pods, `relay` the plain TCP relay of `l4 --floor`.
+//! HTTP server it starts inside server pods, `relay` the plain TCP relay of `--floor`.
 #![forbid(unsafe_code)]
 
 mod control_plane;
@@ -51,7 +51,7 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
-    /// A plain TCP relay (started by `l4 --floor` inside the baseline's pods).
+    /// A plain TCP relay (started by `--floor` inside the baseline's pods).
     #[command(hide = true)]
     Relay {
         /// `LISTEN=TARGET` socket addresses, repeatable.
@@ -76,8 +76,8 @@ struct RunArgs {
     /// closed-loop, open-loop, new-connections), e.g. to profile one of them.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// `l4` only: also measure the floor, a plain TCP relay (no TLS, no HTTP/2) in each pod of
-    /// the baseline path where ztunnel's sockets would be, reported as `<metric>_relay_floor`.
+    /// `l4` and `l7`: also measure the floor, a plain TCP relay (no TLS, no HTTP) in each place
+    /// of the baseline path where the mesh has a proxy, reported as `<metric>_relay_floor`.
     #[arg(long)]
     floor: bool,
     /// `l7` only: also run this waypoint program, as a second waypoint measured in every round
@@ -139,6 +139,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::ensure!(p.is_file(), "--compare-waypoint {}: not a file", p.display());
                 settings.compare_waypoint = Some(p);
             }
+            settings.floor = args.floor;
             l7::run(&settings, &oha, args.quick)?
         }
         _ => {

@@ -6,7 +6,12 @@
 //! does in them. Run as `benches relay --map LISTEN=TARGET ...`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use e2e::{Pod, Process};
 
 /// Copy buffer per direction: ztunnel's largest chunk, so bulk transfers are not held back by
 /// a smaller buffer than the mesh gets.
@@ -31,6 +36,19 @@ impl FromStr for Mapping {
         let addr = |what: &str, v: &str| v.parse::<SocketAddr>().map_err(|e| format!("--map {s:?}: {what} {v:?}: {e}"));
         Ok(Mapping { listen: addr("listen address", listen)?, target: addr("target", target)? })
     }
+}
+
+/// Starts this program's `relay` in `pod` with `maps` on `threads` workers and returns once it
+/// listens; the relay is killed when the returned process is dropped.
+pub fn start_in(pod: &Pod, maps: &[Mapping], threads: usize) -> anyhow::Result<Process> {
+    let exe: PathBuf = std::env::current_exe().context("finding this program")?;
+    let mut argv = vec![exe.to_string_lossy().into_owned(), "relay".into(), "--threads".into(), threads.to_string()];
+    for m in maps {
+        argv.extend(["--map".into(), format!("{}={}", m.listen, m.target)]);
+    }
+    let p = pod.netns.spawn(argv.iter().map(String::as_str))?;
+    p.wait_for_log("relaying", Duration::from_secs(5)).with_context(|| format!("relay in pod {}", pod.name))?;
+    Ok(p)
 }
 
 /// Relays every mapping until killed, on `threads` runtime workers.
