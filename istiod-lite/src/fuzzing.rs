@@ -4,8 +4,10 @@
 //! the tests below, which replay the committed corpus (`fuzz/corpus/<target>/`) and seeded
 //! mutations of it (see `hbone::fuzzing`). Feature `fuzzing` (or this crate's own tests).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hbone::Identity;
 use rustls_pki_types::CertificateDer;
@@ -13,17 +15,17 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::ca::signer::CaSigner;
 
-use crate::model::{Kind, Object};
+use crate::model::{Kind, Object, ObjectKey};
+use crate::source::dir::{Loader, Snapshot};
 use crate::source::parse_file;
 use crate::translate::MeshConfig;
 use crate::translator::Translator;
 
 /// One file of YAML: every document is accounted for (an object, an error naming where it
 /// is, or a kind we skip); every rejected security object that could be named gets its
-/// fail-closed stand-in, and a stand-in `AuthorizationPolicy` selecting workloads reaches the
-/// xDS resources when no document gave that object validly (taking, as the directory source
-/// does, the first valid object or else the first stand-in of each name); and translating
-/// whatever was read never panics.
+/// fail-closed stand-in; loaded by the directory source, a name no document gave validly is
+/// held as one of its stand-ins, and a stand-in `AuthorizationPolicy` selecting workloads
+/// reaches the xDS resources; and translating whatever was loaded never panics.
 pub fn config_file(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let parsed = parse_file(Path::new("fuzz.yaml"), text);
@@ -42,29 +44,21 @@ pub fn config_file(data: &[u8]) {
             );
         }
     }
-    // What the directory source hands on: the first valid object of each name, and for a
-    // name no document gave validly, its first stand-in.
-    let mut objects: Vec<Object> = Vec::new();
-    let mut enforced: Vec<Object> = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for o in parsed.objects.into_iter().map(|l| l.object) {
-        if seen.insert(o.key()) {
-            objects.push(o);
-        }
-    }
-    for s in parsed.fail_closed.into_iter().map(|l| l.object) {
-        if seen.insert(s.key()) {
-            enforced.push(s.clone());
-            objects.push(s);
-        }
-    }
+    // The same text through the directory source itself, not a copy of its rules.
+    let snapshot = load_as_directory(text);
+    let valid: BTreeSet<ObjectKey> = parsed.objects.iter().map(|o| o.object.key()).collect();
     let mut translator = Translator::new(MeshConfig::default());
-    translator.replace_all(objects);
-    for s in &enforced {
-        if let Object::AuthorizationPolicy(p) = s
+    translator.replace_all(snapshot.objects.iter().map(|o| o.object.clone()).collect());
+    for key in parsed.fail_closed.iter().map(|s| s.object.key()).filter(|k| !valid.contains(k)) {
+        let held = snapshot.objects.iter().find(|o| o.object.key() == key);
+        let held = held.unwrap_or_else(|| panic!("{key:?} was never valid and no stand-in is held"));
+        assert!(
+            parsed.fail_closed.iter().any(|s| s.object == held.object),
+            "{key:?} was never valid but is held as something other than its stand-in"
+        );
+        if let Object::AuthorizationPolicy(p) = &held.object
             && p.spec.target_refs.is_empty()
         {
-            let key = s.key();
             let name = format!("{}/{}", key.namespace, key.name);
             assert!(translator.authorizations().contains_key(&name), "stand-in {name} is not enforced");
         }
@@ -72,6 +66,20 @@ pub fn config_file(data: &[u8]) {
     for type_url in [proto::ADDRESS_TYPE_URL, proto::AUTHORIZATION_TYPE_URL] {
         let _ = translator.snapshot(type_url);
     }
+}
+
+/// `text` as the only file of a fresh directory, loaded by [`Loader`]; the directory is gone
+/// again when this returns.
+fn load_as_directory(text: &str) -> Snapshot {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("istiod-lite-fuzz-config-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating the scratch directory");
+    let loaded = std::fs::write(dir.join("fuzz.yaml"), text)
+        .map_err(|e| e.to_string())
+        .and_then(|()| Loader::new(&dir).load().map_err(|e| e.to_string()));
+    let _ = std::fs::remove_dir_all(&dir);
+    loaded.expect("loading the scratch directory")
 }
 
 /// The identity every `csr` input asks to be signed for (as if the caller's token proved it).
