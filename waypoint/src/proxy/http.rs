@@ -197,6 +197,19 @@ impl OnEnd for Account {
             self.labels.grpc_response_status = s.to_owned();
         }
         let elapsed = self.start.elapsed();
+        // hyper drops a body it has seen end before it flushes the bytes it wrote, so this
+        // hook runs ahead of the response's last bytes. Recording in a task of its own lets
+        // them go first; the task runs on this worker right after.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(async move { self.record(elapsed, bytes) })),
+            Err(_) => self.record(elapsed, bytes),
+        }
+    }
+}
+
+impl Account {
+    /// Records the finished request: its span, Istio's request metrics and the access line.
+    fn record(self: Box<Self>, elapsed: Duration, bytes: u64) {
         let millis = elapsed.as_secs_f64() * 1000.0;
         if let Some(x) = &self.spans {
             x.record(crate::telemetry::otlp::Span {
