@@ -22,6 +22,7 @@ use e2e::mesh::{Mesh, MeshSpec, PodSpec};
 use e2e::{Pod, Process};
 use serde_json::json;
 
+use crate::load::Load;
 use crate::parse;
 use crate::procfs;
 use crate::relay;
@@ -35,8 +36,6 @@ const RELAY_IPERF_PORT: u16 = 15201;
 const RELAY_HTTP_PORT: u16 = 18080;
 /// Suffix of the floor's metrics, compared with the same baseline.
 const FLOOR: &str = "_relay_floor";
-/// ztunnel's runtime workers by default, so the floor's relays get as many.
-pub const ZTUNNEL_WORKERS: usize = 2;
 /// Namespaces: the baseline's pods are not enrolled, the mesh's are.
 const DIRECT_NS: &str = "direct";
 const MESH_NS: &str = "mesh";
@@ -45,16 +44,8 @@ const IDLE_NS: &str = "idle";
 /// How long and how often.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Rounds per side.
-    pub rounds: usize,
-    /// Seconds of each throughput, closed-loop and new-connection run.
-    pub run_secs: u32,
-    /// Seconds of each open-loop run.
-    pub open_loop_secs: u32,
-    /// Open-loop rate, requests per second.
-    pub rate: u32,
-    /// Connections of the HTTP load generators.
-    pub connections: u32,
+    /// Rounds, run lengths and load.
+    pub load: Load,
     /// Idle pods enrolled to measure the per-pod memory cost.
     pub idle_pods: usize,
     /// Run only these measurements (all when empty).
@@ -66,21 +57,12 @@ pub struct Settings {
 impl Settings {
     /// The full run (`README.md`'s numbers).
     pub fn full() -> Settings {
-        Settings {
-            rounds: 5,
-            run_secs: 10,
-            open_loop_secs: 15,
-            rate: 1000,
-            connections: 10,
-            idle_pods: 100,
-            only: Vec::new(),
-            floor: false,
-        }
+        Settings { load: Load::full(), idle_pods: 100, only: Vec::new(), floor: false }
     }
 
     /// `--quick`: fewer, shorter rounds (well under 5 minutes in all).
     pub fn quick() -> Settings {
-        Settings { rounds: 3, run_secs: 3, open_loop_secs: 5, ..Settings::full() }
+        Settings { load: Load::quick(), ..Settings::full() }
     }
 }
 
@@ -154,18 +136,9 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     eprintln!("mesh up in {:.1?}", started.elapsed());
     let ztunnels = [ztunnel_pid(&mesh, 1)?, ztunnel_pid(&mesh, 2)?];
 
-    let mut report = Report::new("l4", quick, settings.rounds);
-    report.settings = [
-        ("run_secs", json!(settings.run_secs)),
-        ("open_loop_secs", json!(settings.open_loop_secs)),
-        ("open_loop_rate", json!(settings.rate)),
-        ("http_connections", json!(settings.connections)),
-        ("idle_pods", json!(settings.idle_pods)),
-        ("response_bytes", json!(crate::serve::BODY_BYTES)),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let mut report = Report::new("l4", quick, settings.load.rounds);
+    report.settings = settings.load.report_settings();
+    report.settings.insert("idle_pods".into(), json!(settings.idle_pods));
 
     // Per-pod memory first, on fresh ztunnels: after load, freed memory waiting in the
     // allocator would absorb the new pods and flatter the figure.
@@ -193,7 +166,7 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     }
 
     let mut samples = Samples::new();
-    for round in 0..settings.rounds {
+    for round in 0..settings.load.rounds {
         // Rotated every round, so slow drift of the machine hits every side alike.
         let mut order: Vec<&Side> = sides.iter().collect();
         order.rotate_left(round % sides.len());
@@ -210,7 +183,7 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
                 }
             }
         }
-        eprintln!("round {} of {} done at {:.0?}", round + 1, settings.rounds, started.elapsed());
+        eprintln!("round {} of {} done at {:.0?}", round + 1, settings.load.rounds, started.elapsed());
     }
     for (i, pid) in ztunnels.iter().enumerate() {
         let m = procfs::memory(*pid)?;
@@ -268,7 +241,7 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     }
     report.notes.push(format!(
         "ztunnel_cpu_s_per_1k_req: utime+stime delta of each ztunnel over the mesh's open-loop run ÷ (responses / 1000); at {} req/s this equals vCPU per 1,000 req/s",
-        settings.rate
+        settings.load.rate
     ));
     report.notes.push(
         "ztunnel_peak_rss_mb: VmHWM of each ztunnel over the open-loop run (reset through clear_refs just before)"
@@ -340,12 +313,12 @@ fn start_relays(mesh: &Mesh) -> anyhow::Result<([Process; 2], Side)> {
     let server_relay = relay::start_in(
         server,
         &[map(any(RELAY_HTTP_PORT), local(HTTP_PORT)), map(any(RELAY_IPERF_PORT), local(IPERF_PORT))],
-        ZTUNNEL_WORKERS,
+        relay::ZTUNNEL_WORKERS,
     )?;
     let client_relay = relay::start_in(
         client,
         &[map(local(RELAY_HTTP_PORT), remote(RELAY_HTTP_PORT)), map(local(RELAY_IPERF_PORT), remote(RELAY_IPERF_PORT))],
-        ZTUNNEL_WORKERS,
+        relay::ZTUNNEL_WORKERS,
     )?;
     let side =
         Side { name: "relay", client: client.clone(), http: local(RELAY_HTTP_PORT), iperf: local(RELAY_IPERF_PORT) };
@@ -396,9 +369,9 @@ fn measure(
 ) -> anyhow::Result<()> {
     let ns = &side.client.netns;
     let url = format!("http://{}/", side.http);
-    let secs = settings.run_secs.to_string();
-    let limit = Duration::from_secs(u64::from(settings.run_secs.max(settings.open_loop_secs)) + 30);
-    let conns = settings.connections.to_string();
+    let secs = settings.load.run_secs.to_string();
+    let limit = settings.load.run_limit();
+    let conns = settings.load.connections.to_string();
     match test {
         Test::OneStream | Test::EightStreams => {
             let streams = if test == Test::OneStream { "1" } else { "8" };
@@ -434,8 +407,8 @@ fn measure(
                 Some(p) => Some([procfs::cpu_time(p.pids[0])?, procfs::cpu_time(p.pids[1])?]),
                 None => None,
             };
-            let dur = format!("{}s", settings.open_loop_secs);
-            let rate = settings.rate.to_string();
+            let dur = format!("{}s", settings.load.open_loop_secs);
+            let rate = settings.load.rate.to_string();
             let oha = oha.to_string_lossy();
             let out = ns.exec(
                 [

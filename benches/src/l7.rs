@@ -35,6 +35,7 @@ use e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec, WaypointSpec};
 use e2e::{Pod, Process};
 use serde_json::json;
 
+use crate::load::Load;
 use crate::parse;
 use crate::procfs;
 use crate::relay;
@@ -60,22 +61,12 @@ const FLOOR: &str = "_relay_floor";
 /// The floor's pod in the waypoint's place, and the port every floor relay listens on.
 const RELAY_POD: &str = "relay";
 const RELAY_HTTP_PORT: u16 = 18080;
-/// The waypoint's runtime workers by default, so the relay in its place gets as many.
-const WAYPOINT_WORKERS: usize = 1;
 
 /// How long and how often.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Rounds per path.
-    pub rounds: usize,
-    /// Seconds of each closed-loop run.
-    pub run_secs: u32,
-    /// Seconds of each open-loop run.
-    pub open_loop_secs: u32,
-    /// Open-loop rate, requests per second.
-    pub rate: u32,
-    /// Connections of the HTTP load generators.
-    pub connections: u32,
+    /// Rounds, run lengths and load.
+    pub load: Load,
     /// A second waypoint program, measured beside the mesh's in every round.
     pub compare_waypoint: Option<PathBuf>,
     /// Also measure the floor: plain TCP relays where the waypoint path has proxies.
@@ -85,20 +76,12 @@ pub struct Settings {
 impl Settings {
     /// The full run.
     pub fn full() -> Settings {
-        Settings {
-            rounds: 5,
-            run_secs: 10,
-            open_loop_secs: 15,
-            rate: 1000,
-            connections: 10,
-            compare_waypoint: None,
-            floor: false,
-        }
+        Settings { load: Load::full(), compare_waypoint: None, floor: false }
     }
 
     /// `--quick`: fewer, shorter rounds (about 2 minutes).
     pub fn quick() -> Settings {
-        Settings { rounds: 3, run_secs: 3, open_loop_secs: 5, ..Settings::full() }
+        Settings { load: Load::quick(), ..Settings::full() }
     }
 }
 
@@ -220,23 +203,14 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
         None => None,
     };
 
-    let mut report = Report::new("l7", quick, settings.rounds);
+    let mut report = Report::new("l7", quick, settings.load.rounds);
     report.issue = 7;
-    report.settings = [
-        ("run_secs", json!(settings.run_secs)),
-        ("open_loop_secs", json!(settings.open_loop_secs)),
-        ("open_loop_rate", json!(settings.rate)),
-        ("http_connections", json!(settings.connections)),
-        ("response_bytes", json!(crate::serve::BODY_BYTES)),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    report.settings = settings.load.report_settings();
 
     let _servers = start_servers(&mesh)?;
-    let relays = if settings.floor { start_relays(&mesh)? } else { Vec::new() };
+    let relays = if settings.floor { Some(start_relays(&mesh)?) } else { None };
     // The relay in the waypoint's place, whose CPU the floor reports.
-    let middle_relay = relays.get(1).map(Process::pid);
+    let middle_relay = relays.as_ref().map(|r| r.middle.pid());
     let client = |p: Path3| {
         let unenrolled = matches!(p, Path3::Baseline | Path3::Floor);
         mesh.pod(if unenrolled { DIRECT_NS } else { MESH_NS }, "client").clone()
@@ -272,7 +246,7 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
 
     let mut samples = Samples::new();
     let mut responses: BTreeMap<&str, u64> = BTreeMap::new();
-    for round in 0..settings.rounds {
+    for round in 0..settings.load.rounds {
         for (p, pod, url) in round_order(&urls, round).into_iter().map(|(p, pod, url)| (*p, pod, url)) {
             for open_loop in [false, true] {
                 let watched = match p {
@@ -296,7 +270,7 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
                 }
             }
         }
-        eprintln!("round {} of {} done at {:.0?}", round + 1, settings.rounds, started.elapsed());
+        eprintln!("round {} of {} done at {:.0?}", round + 1, settings.load.rounds, started.elapsed());
     }
     // A request is counted when its response ends; give the last ones a moment.
     std::thread::sleep(Duration::from_secs(1));
@@ -343,7 +317,8 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     }
     if settings.floor {
         report.notes.push(format!(
-            "*{FLOOR}: the floor, not a target — the baseline's pods plus a third unenrolled pod on node 2, with a plain TCP relay (`benches relay`: accept, connect, copy; no TLS, no HTTP, one upstream connection per client connection) in the client pod, the third pod and the server pod, where the waypoint path's proxies sit (client ztunnel, waypoint, server ztunnel): the same eight one-way hops with nothing done in them; waypoint_cpu_s_per_1k_req{FLOOR} is the middle relay's ({WAYPOINT_WORKERS} tokio worker, as the waypoint)"
+            "*{FLOOR}: the floor, not a target — the baseline's pods plus a third unenrolled pod on node 2, with a plain TCP relay (`benches relay`: accept, connect, copy; no TLS, no HTTP, one upstream connection per client connection) in the client pod, the third pod and the server pod, where the waypoint path's proxies sit (client ztunnel, waypoint, server ztunnel): the same eight one-way hops with nothing done in them; waypoint_cpu_s_per_1k_req{FLOOR} is the middle relay's ({} tokio worker, as the waypoint)",
+            relay::WAYPOINT_WORKERS
         ));
     }
     if let Some(program) = &compare {
@@ -357,7 +332,7 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     ));
     report.notes.push(format!(
         "waypoint_cpu_s_per_1k_req: utime+stime delta of the waypoint over its open-loop run ÷ (responses / 1000); at {} req/s this equals vCPU per 1,000 req/s",
-        settings.rate
+        settings.load.rate
     ));
     report.notes.push(
         "waypoint_peak_rss_mb: the waypoint's VmHWM over its open-loop run (reset through clear_refs just before); waypoint_lifetime_peak_rss_mb: VmHWM at the end, closed-loop runs included".into(),
@@ -393,27 +368,34 @@ fn start_servers(mesh: &Mesh) -> anyhow::Result<Vec<Process>> {
     Ok(servers)
 }
 
-/// The floor's relays, in the order of the path: the baseline's client pod (on loopback,
-/// where the client ztunnel's outbound listener takes the application's connection), the
-/// relay pod on node 2 (where the waypoint listens) and the server pod (on the pod's address,
-/// where the server ztunnel's inbound listener is).
-fn start_relays(mesh: &Mesh) -> anyhow::Result<Vec<Process>> {
+/// The floor's relays, each killed when dropped.
+struct Relays {
+    /// In the baseline's client pod, on loopback (where the client ztunnel's outbound listener
+    /// takes the application's connection).
+    _client: Process,
+    /// In the relay pod on node 2 (where the waypoint listens).
+    middle: Process,
+    /// In the server pod, on the pod's address (where the server ztunnel's inbound listener is).
+    _server: Process,
+}
+
+fn start_relays(mesh: &Mesh) -> anyhow::Result<Relays> {
     let pod = |name| mesh.pod(DIRECT_NS, name);
     let map = |listen, target| relay::Mapping { listen, target };
     let on = |ip: Ipv4Addr| SocketAddr::from((ip, RELAY_HTTP_PORT));
     let server = relay::start_in(
         pod("server"),
         &[map(on(Ipv4Addr::UNSPECIFIED), SocketAddr::from((Ipv4Addr::LOCALHOST, HTTP_PORT)))],
-        crate::l4::ZTUNNEL_WORKERS,
+        relay::ZTUNNEL_WORKERS,
     )?;
-    let middle =
-        relay::start_in(pod(RELAY_POD), &[map(on(Ipv4Addr::UNSPECIFIED), on(pod("server").ip))], WAYPOINT_WORKERS)?;
-    let client = relay::start_in(
-        pod("client"),
-        &[map(on(Ipv4Addr::LOCALHOST), on(pod(RELAY_POD).ip))],
-        crate::l4::ZTUNNEL_WORKERS,
+    let middle = relay::start_in(
+        pod(RELAY_POD),
+        &[map(on(Ipv4Addr::UNSPECIFIED), on(pod("server").ip))],
+        relay::WAYPOINT_WORKERS,
     )?;
-    Ok(vec![client, middle, server])
+    let client =
+        relay::start_in(pod("client"), &[map(on(Ipv4Addr::LOCALHOST), on(pod(RELAY_POD).ip))], relay::ZTUNNEL_WORKERS)?;
+    Ok(Relays { _client: client, middle, _server: server })
 }
 
 /// A first successful request (the mesh paths set up their HBONE connections; a service's
@@ -461,10 +443,10 @@ fn measure(
     waypoint: Option<u32>,
 ) -> anyhow::Result<Measured> {
     let ns = &pod.netns;
-    let limit = Duration::from_secs(u64::from(settings.run_secs.max(settings.open_loop_secs)) + 30);
-    let conns = settings.connections.to_string();
+    let limit = settings.load.run_limit();
+    let conns = settings.load.connections.to_string();
     if !open_loop {
-        let dur = format!("{}s", settings.run_secs);
+        let dur = format!("{}s", settings.load.run_secs);
         let out = ns.exec(["wrk", "-t", "2", "-c", &conns, "-d", &dur, "--timeout", "5s", url], limit)?;
         if !out.success() {
             bail!("wrk failed: {}{}", out.stdout, out.stderr);
@@ -476,8 +458,8 @@ fn measure(
         procfs::reset_peak(pid)?;
     }
     let cpu_before = waypoint.map(procfs::cpu_time).transpose()?;
-    let dur = format!("{}s", settings.open_loop_secs);
-    let rate = settings.rate.to_string();
+    let dur = format!("{}s", settings.load.open_loop_secs);
+    let rate = settings.load.rate.to_string();
     let oha = oha.to_string_lossy();
     let argv =
         [oha.as_ref(), "-z", &dur, "-q", &rate, "-c", &conns, "--latency-correction", "--no-tui", "--output-format"];

@@ -11,6 +11,7 @@ mod control_plane;
 mod generate;
 mod l4;
 mod l7;
+mod load;
 mod meta;
 mod parse;
 mod prep;
@@ -58,7 +59,7 @@ enum Command {
         #[arg(long = "map", required = true)]
         maps: Vec<relay::Mapping>,
         /// Runtime worker threads (ztunnel's default).
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = relay::ZTUNNEL_WORKERS)]
         threads: usize,
     },
 }

@@ -13,6 +13,11 @@ use std::time::Duration;
 use anyhow::Context;
 use e2e::{Pod, Process};
 
+/// ztunnel's and the waypoint's runtime workers by default (their `--worker-threads`), so a
+/// relay in either's place gets as many.
+pub const ZTUNNEL_WORKERS: usize = 2;
+pub const WAYPOINT_WORKERS: usize = 1;
+
 /// Copy buffer per direction: ztunnel's largest chunk, so bulk transfers are not held back by
 /// a smaller buffer than the mesh gets.
 const COPY_BUFFER: usize = 256 * 1024;
