@@ -57,6 +57,7 @@
 pub mod capture;
 pub mod cni;
 mod error;
+pub mod grpc;
 pub mod h2c;
 pub mod http;
 pub mod mesh;
@@ -64,6 +65,7 @@ pub mod netns;
 pub mod pcap;
 pub mod process;
 pub mod sandbox;
+mod server_thread;
 mod tools;
 pub mod topology;
 

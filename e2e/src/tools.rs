@@ -54,6 +54,11 @@ impl Netns {
         crate::h2c::H2cServer::start(self, port, label)
     }
 
+    /// Starts the harness's gRPC `shop.Echo` server here (see [`crate::grpc::GrpcServer`]).
+    pub fn grpc_server(&self, port: u16, label: &str) -> Result<crate::grpc::GrpcServer, Error> {
+        crate::grpc::GrpcServer::start(self, port, label)
+    }
+
     /// Starts `iperf3 -s -p <port>` here and waits until it listens.
     pub fn iperf3_server(&self, port: u16) -> Result<Process, Error> {
         let port = port.to_string();

@@ -1,15 +1,16 @@
 //! The harness's test backends for waypoint scenarios, checked with real clients in pods: the
-//! h2c server answers HTTP/2 prior-knowledge and gRPC-shaped requests (curl, h2load), and the
+//! h2c server answers HTTP/2 prior-knowledge requests (curl, h2load), the gRPC service answers
+//! tonic's client (unary and bidirectional streaming), and the
 //! HTTP server's slow, flaky and echoing behaviours do what the scenarios rely on. Needs root.
 
 use std::time::{Duration, Instant};
 
 use e2e::http::{Behaviour, HttpServer};
-use e2e::{Error, Topology, sandboxed};
+use e2e::{Topology, sandboxed};
 
 #[test]
 fn h2c_and_behaviour_backends_answer_as_documented() {
-    sandboxed(|| -> Result<(), Error> {
+    sandboxed(|| -> Result<(), Box<dyn std::error::Error>> {
         let topo = Topology::builder().nodes(1).build()?;
         let n1 = topo.node(1);
         let server = topo.add_pod(n1, "shop", "server")?;
@@ -21,29 +22,22 @@ fn h2c_and_behaviour_backends_answer_as_documented() {
         let out = client.netns.curl(&url, &["--http2-prior-knowledge", "-sS", "-i"], t)?.ok()?;
         assert!(out.stdout.starts_with("HTTP/2 200"), "{}", out.stdout);
         assert!(out.stdout.contains("hello from grpc-1 (h2)\npath /shop.Echo/Say"), "{}", out.stdout);
-        let grpc = client
-            .netns
-            .curl(
-                &url,
-                &[
-                    "--http2-prior-knowledge",
-                    "-i",
-                    "-X",
-                    "POST",
-                    "-H",
-                    "content-type: application/grpc",
-                    "--data-binary",
-                    "x",
-                ],
-                t,
-            )?
-            .ok()?;
-        assert!(grpc.stdout.contains("content-type: application/grpc"), "{}", grpc.stdout);
-        assert!(grpc.stdout.contains("grpc-1 /shop.Echo/Say"), "{}", grpc.stdout);
-        assert!(grpc.stdout.contains("grpc-status: 0"), "trailers carry the status: {}", grpc.stdout);
+        // The real gRPC service, called pod to pod: unary, then a bidirectional stream whose
+        // replies come one by one.
+        let grpc = server.netns.grpc_server(9001, "grpc-1")?;
+        let addr = std::net::SocketAddr::new(server.ip.into(), grpc.port());
+        let said = e2e::grpc::say(&client.netns, addr, "hi", t)?;
+        assert_eq!(
+            (said.message.as_str(), said.served_by.as_str(), said.method.as_str()),
+            ("hi", "grpc-1", e2e::grpc::SAY)
+        );
+        let chat = e2e::grpc::chat(&client.netns, addr, &["a", "b", "c"], t)?;
+        let got: Vec<(&str, &str)> = chat.iter().map(|r| (r.message.as_str(), r.method.as_str())).collect();
+        assert_eq!(got, [("a", e2e::grpc::CHAT), ("b", e2e::grpc::CHAT), ("c", e2e::grpc::CHAT)]);
+        assert_eq!(grpc.calls(), 2);
         let load = client.netns.exec(["h2load", "-n", "50", "-c", "2", "-m", "5", &url], Duration::from_secs(20))?;
         assert!(load.stdout.contains("50 succeeded"), "{}\n{}", load.stdout, load.stderr);
-        assert_eq!(h2.requests(), 52);
+        assert_eq!(h2.requests(), 51);
 
         let flaky = HttpServer::start_with(
             &server.netns,

@@ -99,7 +99,7 @@ async fn outlier_ejection_moves_traffic_off_a_failing_endpoint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn least_request_and_consistent_hash() {
+async fn least_request_random_and_consistent_hash() {
     let w = World::new([2, 3]).await;
     let b1 = w.backend("b1").await;
     let b2 = w.backend("b2").await;
@@ -108,6 +108,36 @@ async fn least_request_and_consistent_hash() {
     w.until_endpoints("svc", 3).await;
     // Default: least request; all three get traffic.
     let mut c = w.h2(w.vip(1)).await;
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for _ in 0..60 {
+        *seen.entry(c.get("/").await.backend().to_owned()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // Least request avoids a busy endpoint: hold a slow request open on one of them, and no
+    // request while it is outstanding goes there (two distinct random picks, the idler wins).
+    let backends = [&b1, &b2, &b3];
+    let seen_before: Vec<u64> = backends.iter().map(|b| b.behaviour.seen.load(Ordering::Relaxed)).collect();
+    let mut slow_client = w.h2(w.vip(1)).await;
+    let slow = tokio::spawn(async move { slow_client.get("/slow").await.status });
+    let busy = loop {
+        let now: Vec<u64> = backends.iter().map(|b| b.behaviour.seen.load(Ordering::Relaxed)).collect();
+        if let Some(i) = (0..3).find(|&i| now[i] > seen_before[i]) {
+            break backends[i].name.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    for _ in 0..30 {
+        let r = c.get("/").await;
+        assert_ne!(r.backend(), busy, "least request sent a request to the endpoint that is busy");
+    }
+    assert_eq!(slow.await.unwrap(), 200);
+    // Random spreads requests over every endpoint (missing one in 60 tries: p < 1e-10).
+    w.backend_policy(&pb::BackendPolicy {
+        hostname: host("svc"),
+        load_balancer: pb::backend_policy::LoadBalancer::Random as i32,
+        ..Default::default()
+    });
+    w.settle().await;
     let mut seen: HashMap<String, u32> = HashMap::new();
     for _ in 0..60 {
         *seen.entry(c.get("/").await.backend().to_owned()).or_default() += 1;
@@ -167,4 +197,62 @@ async fn connect_failures_are_retried_only_with_a_retry() {
     }
     assert_eq!(failed, 5, "round robin sends every other request to the dead endpoint");
     assert!(w.metrics().contains("response_flags=\"UF\""));
+}
+
+/// `backendRequest` bounds each try, not the whole request: a try that outlives it ends as
+/// 504 and is retried when the route retries 504s, and only the codes a Retry names are
+/// retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_timeouts_and_retriable_codes() {
+    let w = World::new([2, 5]).await;
+    let a = w.backend("a").await;
+    w.service("svc", 1, &[&a]);
+    let per_try = |path: &str, retry: Option<pb::Retry>| {
+        let mut r = prefix_rule(path, "svc");
+        // The backend answers /slow after 2 s: well past each try, well within the request.
+        r.timeouts = Some(pb::Timeouts { request: dur(5000), backend_request: dur(200) });
+        r.retry = retry;
+        r
+    };
+    let retry = |codes: Vec<u32>| Some(pb::Retry { attempts: 2, codes, backoff: dur(5) });
+    let mut status_503_only = prefix_rule("/status/500/retry-503", "svc");
+    status_503_only.retry = retry(vec![503]);
+    let mut status_500 = prefix_rule("/status/500/retry-500", "svc");
+    status_500.retry = retry(vec![500]);
+    w.route(&pb::Route {
+        namespace: "shop".into(),
+        name: "r".into(),
+        parents: vec![pb::ParentService { hostname: host("svc"), port: 80 }],
+        rules: vec![
+            per_try("/slow/retried", retry(vec![504])),
+            per_try("/slow/once", None),
+            status_503_only,
+            status_500,
+        ],
+        ..Default::default()
+    });
+    w.until_endpoints("svc", 1).await;
+    w.settle().await;
+    let mut c = w.h1(w.vip(1)).await;
+    let seen = &a.behaviour.seen;
+    let (status, n, took) = tries(&mut c, seen, "/slow/retried").await;
+    assert_eq!((status, n), (504, 3), "each of the 3 tries timed out on its own");
+    assert!(took < Duration::from_millis(1900), "ended by the per-try limits, not the backend: {took:?}");
+    let (status, n, took) = tries(&mut c, seen, "/slow/once").await;
+    assert_eq!((status, n), (504, 1), "no Retry: the first try's timeout is the answer");
+    assert!(took < Duration::from_millis(1900), "{took:?}");
+
+    // A 500 is not retried by a Retry for 503 only; a Retry for 500 uses every attempt.
+    let (status, n, _) = tries(&mut c, seen, "/status/500/retry-503").await;
+    assert_eq!((status, n), (500, 1));
+    let (status, n, _) = tries(&mut c, seen, "/status/500/retry-500").await;
+    assert_eq!((status, n), (500, 3));
+}
+
+/// Sends GET `path`: its status, how many requests the backend saw meanwhile, and how long it took.
+async fn tries(c: &mut Client, seen: &std::sync::atomic::AtomicU64, path: &str) -> (u16, u64, Duration) {
+    let before = seen.load(Ordering::Relaxed);
+    let started = tokio::time::Instant::now();
+    let r = c.get(path).await;
+    (r.status.as_u16(), seen.load(Ordering::Relaxed) - before, started.elapsed())
 }

@@ -245,3 +245,49 @@ async fn filters_headers_rewrite_redirect_mirror() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Sum of the samples of `name` (a full series name such as `istio_request_bytes_sum`) whose
+/// labels contain `label`.
+fn series_sum(metrics: &str, name: &str, label: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The request metrics carry what the requests really were: body bytes both ways and one
+/// duration sample per request, under the labels of the service they went to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metrics_count_bodies_and_durations() {
+    let w = World::new([1, 5]).await;
+    let b = w.backend("sized").await;
+    w.service("sized", 1, &[&b]);
+    w.until_endpoints("sized", 1).await;
+    let mut c = w.h2(w.vip(1)).await;
+    let posted = c.send(get("/upload-size").method("POST").body(full(vec![b'x'; 1234])).unwrap()).await.unwrap();
+    let got = c.get("/plain").await;
+    assert_eq!((posted.status.as_u16(), got.status.as_u16()), (200, 200));
+    let response_bytes = (posted.body.len() + got.body.len()) as f64;
+
+    let label = "destination_service=\"sized.shop.svc.cluster.local\"";
+    let want = [
+        ("istio_requests_total", 2.0),
+        ("istio_request_bytes_sum", 1234.0),
+        ("istio_request_bytes_count", 2.0),
+        ("istio_response_bytes_sum", response_bytes),
+        ("istio_request_duration_milliseconds_count", 2.0),
+    ];
+    // A request is recorded just after its response ends: give it a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut m = w.metrics();
+    while want.iter().any(|(n, v)| series_sum(&m, n, label) != *v) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = w.metrics();
+    }
+    for (name, value) in want {
+        assert_eq!(series_sum(&m, name, label), value, "{name}:\n{m}");
+    }
+    // Durations are real: both requests were answered, so the sum is positive.
+    assert!(series_sum(&m, "istio_request_duration_milliseconds_sum", label) > 0.0, "{m}");
+}

@@ -581,3 +581,20 @@ fn a_missing_waypoint_is_a_warning() {
     assert_eq!(warnings.len(), 1);
     assert!(warnings[0].contains("Gateway shop/nowhere"), "{warnings:?}");
 }
+
+#[test]
+fn a_pod_label_sends_that_pod_to_a_workload_waypoint() {
+    let labelled = pod_yaml("a", "    istio.io/use-waypoint: wp\n", "", "");
+    let plain = pod_yaml("b", "", "", "");
+    let m = model(&[NS, &gateway("wp", Some("workload"), Some("10.96.5.6")), &labelled, &plain].concat());
+    let (a, warnings) = workload::translate(&cfg(), &m, pod(&m, "shop", "a")).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let wp = a.waypoint.expect("the labelled pod names its waypoint");
+    assert_eq!(wp.hbone_mtls_port, 15008);
+    assert_eq!(
+        wp.destination,
+        Some(Destination::Address(NetworkAddress { network: String::new(), address: vec![10, 96, 5, 6].into() }))
+    );
+    let (b, _) = workload::translate(&cfg(), &m, pod(&m, "shop", "b")).unwrap();
+    assert!(b.waypoint.is_none(), "only the labelled pod: the namespace has no waypoint");
+}
