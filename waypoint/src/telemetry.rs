@@ -4,48 +4,138 @@
 
 pub mod otlp;
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use hbone::Identity;
+use http::HeaderValue;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use ztunnel::state::{Service, Workload};
 
 /// Istio's request metric labels.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Default)]
+///
+/// Built for every request, so the strings are not copied into it: the source is the
+/// connection's verified identity (and the workload it matched), the destinations are the
+/// snapshot's own service and workload, all shared. Two label sets are the same series when
+/// the label values they encode are equal, whichever objects they came from (a new snapshot
+/// brings new objects for the same workload).
+#[derive(Clone, Debug, Default)]
 pub struct RequestLabels {
-    /// Always `waypoint`.
-    pub reporter: &'static str,
-    /// Source workload name.
-    pub source_workload: String,
-    /// Source workload namespace.
-    pub source_workload_namespace: String,
-    /// Source identity `spiffe://...`.
-    pub source_principal: String,
-    /// Destination workload name (`unknown` when no endpoint was reached).
-    pub destination_workload: String,
-    /// Destination workload namespace.
-    pub destination_workload_namespace: String,
-    /// Destination service FQDN.
-    pub destination_service: String,
-    /// Destination service name.
-    pub destination_service_name: String,
-    /// Destination service namespace.
-    pub destination_service_namespace: String,
-    /// Destination identity.
-    pub destination_principal: String,
+    /// The peer's verified identity; `None` only in tests.
+    pub source: Option<Identity>,
+    /// The workload at the client's address when it runs as `source`.
+    pub source_workload: Option<Arc<Workload>>,
+    /// The destination service (`unknown` while none is known).
+    pub service: Option<Arc<Service>>,
+    /// The endpoint a try went to (`unknown` while none was reached).
+    pub destination: Option<Arc<Workload>>,
     /// `http` or `grpc`.
     pub request_protocol: &'static str,
     /// HTTP status.
     pub response_code: u16,
-    /// gRPC status, `-` when not gRPC.
-    pub grpc_response_status: String,
-    /// Always `mutual_tls` (HBONE on both sides).
-    pub connection_security_policy: &'static str,
+    /// gRPC status from the response's headers or trailers; `-` when not gRPC.
+    pub grpc_response_status: Option<HeaderValue>,
     /// Envoy-style flags: `-`, `UF` (upstream connect failure), `UT` (timeout), `NR` (no
     /// route/backend), `UH` (no healthy endpoint), `UAEX`-like `RBAC` denial as `-` with 403.
     pub response_flags: &'static str,
+}
+
+/// Label names in the order they are written, `response_code` (a number) at [`CODE_AT`].
+const LABEL_NAMES: [&str; 14] = [
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_principal",
+    "request_protocol",
+    "grpc_response_status",
+    "connection_security_policy",
+    "response_flags",
+];
+/// Where `response_code` goes among [`LABEL_NAMES`].
+const CODE_AT: usize = 11;
+
+const UNKNOWN: &str = "unknown";
+
+/// A workload's name as Istio labels it: its controller's (Deployment, ...) when known.
+fn workload_name(w: &Workload) -> &str {
+    if w.workload_name.is_empty() { &w.name } else { &w.workload_name }
+}
+
+impl RequestLabels {
+    /// The source principal (`spiffe://...`), `unknown` without one.
+    pub fn source_principal(&self) -> &str {
+        self.source.as_ref().map_or(UNKNOWN, Identity::as_str)
+    }
+
+    /// The destination service's FQDN, `unknown` while none is known.
+    pub fn destination_service(&self) -> &str {
+        self.service.as_ref().map_or(UNKNOWN, |s| s.hostname.as_str())
+    }
+
+    /// The string label values, in [`LABEL_NAMES`]' order.
+    fn values(&self) -> [&str; 14] {
+        let src = self.source.as_ref();
+        let svc = self.service.as_deref();
+        let dst = self.destination.as_deref();
+        [
+            "waypoint",
+            match (&self.source_workload, src) {
+                (Some(w), _) => workload_name(w),
+                (None, Some(id)) => id.service_account(),
+                (None, None) => UNKNOWN,
+            },
+            src.map_or(UNKNOWN, Identity::namespace),
+            self.source_principal(),
+            dst.map_or(UNKNOWN, workload_name),
+            dst.map_or(UNKNOWN, Workload::namespace),
+            self.destination_service(),
+            svc.map_or(UNKNOWN, |s| s.name.as_str()),
+            svc.map_or(UNKNOWN, |s| s.namespace.as_str()),
+            dst.map_or(UNKNOWN, |w| w.identity.as_str()),
+            self.request_protocol,
+            self.grpc_response_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            // HBONE on both sides, always.
+            "mutual_tls",
+            self.response_flags,
+        ]
+    }
+}
+
+impl PartialEq for RequestLabels {
+    fn eq(&self, other: &Self) -> bool {
+        self.response_code == other.response_code && self.values() == other.values()
+    }
+}
+
+impl Eq for RequestLabels {}
+
+impl Hash for RequestLabels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.values().hash(state);
+        self.response_code.hash(state);
+    }
+}
+
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (i, (name, value)) in LABEL_NAMES.iter().zip(self.values()).enumerate() {
+            if i == CODE_AT {
+                ("response_code", self.response_code).encode(encoder.encode_label())?;
+            }
+            (*name, value).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
 }
 
 /// Labels of the denial counter.
@@ -143,9 +233,20 @@ impl TraceParent {
         format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags)
     }
 
+    /// The header value, formatted without an intermediate string (one per request).
+    pub fn header_value(&self) -> HeaderValue {
+        let mut buf = [0u8; 55];
+        let mut w = &mut buf[..];
+        let _ = std::io::Write::write_fmt(
+            &mut w,
+            format_args!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags),
+        );
+        HeaderValue::from_bytes(&buf).expect("hex digits and dashes are a valid header value")
+    }
+
     /// The context for the upstream request: the incoming trace with a new span id, or a new
     /// sampled trace.
-    pub fn child_of(incoming: Option<&http::HeaderValue>) -> TraceParent {
+    pub fn child_of(incoming: Option<&HeaderValue>) -> TraceParent {
         TraceParent::child_of_parsed(incoming.and_then(|v| v.to_str().ok()).and_then(TraceParent::parse))
     }
 
@@ -230,7 +331,7 @@ mod tests {
 
     #[test]
     fn traceparent_keeps_trace_new_span() {
-        let v = http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let v = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let c = TraceParent::child_of(Some(&v));
         assert_eq!(c.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_ne!(c.span_id, 0x00f067aa0ba902b7);
@@ -251,31 +352,125 @@ mod tests {
     }
 
     #[test]
+    fn trace_header_value_is_the_formatted_header() {
+        let t = TraceParent {
+            trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+            span_id: 0x00f0_67aa_0ba9_02b7,
+            flags: 1,
+        };
+        assert_eq!(t.header_value().to_str().unwrap(), t.to_header());
+        assert_eq!(t.to_header(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    }
+
+    fn workload(name: &str, workload_name: &str, ns: &str) -> Arc<Workload> {
+        Arc::new(Workload {
+            uid: format!("Kubernetes//Pod/{ns}/{name}"),
+            name: name.into(),
+            identity: Identity::new("cluster.local", ns, name).unwrap(),
+            addresses: Vec::new(),
+            node: "node-2".into(),
+            network: String::new(),
+            protocol: ztunnel::state::TunnelProtocol::Hbone,
+            canonical_name: workload_name.into(),
+            canonical_revision: "latest".into(),
+            workload_name: workload_name.into(),
+            workload_type: ztunnel::state::WorkloadType::Deployment,
+            cluster_id: "Kubernetes".into(),
+            waypoint: None,
+            services: Default::default(),
+            authorization_policies: Vec::new(),
+            healthy: true,
+        })
+    }
+
+    fn service() -> Arc<Service> {
+        Arc::new(Service {
+            name: "reviews".into(),
+            namespace: "shop".into(),
+            hostname: "reviews.shop.svc.cluster.local".into(),
+            vips: Vec::new(),
+            ports: Default::default(),
+            app_protocols: Default::default(),
+            subject_alt_names: Vec::new(),
+            waypoint: None,
+        })
+    }
+
+    #[test]
     fn metric_names_and_labels() {
         let mut r = Registry::default();
         let m = Metrics::register(&mut r);
         let l = RequestLabels {
-            reporter: "waypoint",
-            destination_service: "reviews.shop.svc.cluster.local".into(),
+            source: Some(Identity::new("cluster.local", "frontend", "web").unwrap()),
+            source_workload: Some(workload("web-5d8f", "web", "frontend")),
+            service: Some(service()),
+            destination: Some(workload("reviews-v2-77c9", "reviews-v2", "shop")),
+            request_protocol: "grpc",
             response_code: 200,
-            request_protocol: "http",
-            connection_security_policy: "mutual_tls",
+            grpc_response_status: Some(HeaderValue::from_static("0")),
             response_flags: "-",
-            grpc_response_status: "-".into(),
-            ..Default::default()
         };
         m.record(&l, 3.0, 10, 20);
         m.denied("shop/deny");
         let text = ztunnel::metrics::encode(&r);
+        // Istio's label set, in order, each value from the shared objects.
+        let labels = "reporter=\"waypoint\",source_workload=\"web\",source_workload_namespace=\"frontend\",\
+            source_principal=\"spiffe://cluster.local/ns/frontend/sa/web\",destination_workload=\"reviews-v2\",\
+            destination_workload_namespace=\"shop\",destination_service=\"reviews.shop.svc.cluster.local\",\
+            destination_service_name=\"reviews\",destination_service_namespace=\"shop\",\
+            destination_principal=\"spiffe://cluster.local/ns/shop/sa/reviews-v2-77c9\",request_protocol=\"grpc\",\
+            response_code=\"200\",grpc_response_status=\"0\",connection_security_policy=\"mutual_tls\",\
+            response_flags=\"-\"";
         for want in [
-            "istio_requests_total{reporter=\"waypoint\"",
-            "istio_request_duration_milliseconds_bucket{",
-            "istio_request_bytes_sum{",
-            "istio_response_bytes_count{",
-            "response_code=\"200\"",
-            "waypoint_authz_denied_total{policy=\"shop/deny\"} 1",
+            format!("istio_requests_total{{{labels}}} 1"),
+            format!("istio_request_duration_milliseconds_bucket{{le=\"5.0\",{labels}}} 1"),
+            format!("istio_request_bytes_sum{{{labels}}} 10"),
+            format!("istio_response_bytes_count{{{labels}}} 1"),
+            "waypoint_authz_denied_total{policy=\"shop/deny\"} 1".to_owned(),
         ] {
-            assert!(text.contains(want), "missing {want} in {text}");
+            assert!(text.contains(&want), "missing {want} in {text}");
         }
+    }
+
+    /// Labels from different objects with the same values are one series (a new snapshot
+    /// brings new objects for the same workload); any differing value is another.
+    #[test]
+    fn series_are_label_values_not_objects() {
+        let mut r = Registry::default();
+        let m = Metrics::register(&mut r);
+        let labels = |dest: Arc<Workload>, code: u16| RequestLabels {
+            source: Some(Identity::new("cluster.local", "frontend", "web").unwrap()),
+            source_workload: None,
+            service: Some(service()),
+            destination: Some(dest),
+            request_protocol: "http",
+            response_code: code,
+            grpc_response_status: None,
+            response_flags: "-",
+        };
+        m.record(&labels(workload("reviews-v1-1", "reviews-v1", "shop"), 200), 1.0, 0, 0);
+        m.record(&labels(workload("reviews-v1-1", "reviews-v1", "shop"), 200), 1.0, 0, 0);
+        m.record(&labels(workload("reviews-v1-1", "reviews-v1", "shop"), 503), 1.0, 0, 0);
+        m.record(&labels(workload("reviews-v1-2", "reviews-v1", "shop"), 200), 1.0, 0, 0);
+        let text = ztunnel::metrics::encode(&r);
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("istio_requests_total{")).collect();
+        assert_eq!(series.len(), 3, "{text}");
+        let count = |principal: &str, code: &str| {
+            series
+                .iter()
+                .find(|l| {
+                    l.contains(&format!("destination_principal=\"spiffe://cluster.local/ns/shop/sa/{principal}\""))
+                        && l.contains(&format!("response_code=\"{code}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .unwrap_or_else(|| panic!("no series for {principal} {code} in {text}"))
+                .to_owned()
+        };
+        assert_eq!(count("reviews-v1-1", "200"), "2");
+        assert_eq!(count("reviews-v1-1", "503"), "1");
+        assert_eq!(count("reviews-v1-2", "200"), "1");
+        // No source workload matched: the service account names it; not gRPC: `-`.
+        assert!(series[0].contains("source_workload=\"web\","), "{text}");
+        assert!(series[0].contains("grpc_response_status=\"-\""), "{text}");
     }
 }

@@ -40,8 +40,8 @@ impl Failure {
 pub struct Attempt<'a> {
     /// The data path.
     pub proxy: &'a Proxy,
-    /// The upstream request head.
-    pub parts: &'a Parts,
+    /// The upstream request head (copied for each try that may be followed by another).
+    pub parts: Parts,
     /// The buffered body, replayable.
     pub replay: Option<&'a Buffered>,
     /// The body when not buffered (sent at most once).
@@ -94,6 +94,12 @@ pub async fn forward(mut a: Attempt<'_>, mut on_pick: impl FnMut(&Picked)) -> Re
         let w = &picked.endpoint.workload;
         let dest = Dest { addr: picked.addr, identity: &w.identity, version: a.version, client: Some(a.client) };
         let retriable = a.retry.is_some() && attempt + 1 < attempts;
+        let mut head = if attempt + 1 < attempts {
+            a.parts.clone()
+        } else {
+            std::mem::replace(&mut a.parts, Request::new(()).into_parts().0)
+        };
+        head.extensions = ::http::Extensions::new();
         let try_once = async {
             let sender = if a.upgrade {
                 a.proxy.upstreams.dedicated(dest).await?
@@ -105,9 +111,7 @@ pub async fn forward(mut a: Attempt<'_>, mut on_pick: impl FnMut(&Picked)) -> Re
                 (None, Some(b)) => b,
                 (None, None) => body::full(""),
             };
-            let mut req = Request::from_parts(a.parts.clone(), body);
-            *req.extensions_mut() = ::http::Extensions::new();
-            sender.send(req).await
+            sender.send(Request::from_parts(head, body)).await
         };
         let per_try = async {
             match a.backend_timeout {

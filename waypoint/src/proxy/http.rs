@@ -4,6 +4,7 @@
 //! account for it (metrics, access log) when the response body ends — or, for a protocol
 //! upgrade the application accepts, when the spliced connection ends ([`super::upgrade`]).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -131,29 +132,19 @@ impl Account {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
-        let unknown = || "unknown".to_owned();
-        let mut labels = RequestLabels {
-            reporter: "waypoint",
-            source_workload: down.peer.service_account().to_owned(),
-            source_workload_namespace: down.peer.namespace().to_owned(),
-            source_principal: down.peer.to_string(),
-            destination_service: svc.map_or_else(unknown, |s| s.hostname.clone()),
-            destination_service_name: svc.map_or_else(unknown, |s| s.name.clone()),
-            destination_service_namespace: svc.map_or_else(unknown, |s| s.namespace.clone()),
-            destination_workload: unknown(),
-            destination_workload_namespace: unknown(),
-            destination_principal: unknown(),
+        // The client's workload names the source only when it runs as the verified peer.
+        let source_workload =
+            snapshot.mesh.workload_by_ip(down.client.ip()).filter(|w| w.identity == down.peer).cloned();
+        let labels = RequestLabels {
+            source: Some(down.peer.clone()),
+            source_workload,
+            service: svc.cloned(),
+            destination: None,
             request_protocol: if grpc { "grpc" } else { "http" },
             response_code: 0,
-            grpc_response_status: "-".into(),
-            connection_security_policy: "mutual_tls",
+            grpc_response_status: None,
             response_flags: "-",
         };
-        if let Some(w) = snapshot.mesh.workload_by_ip(down.client.ip())
-            && w.identity == down.peer
-        {
-            labels.source_workload = if w.workload_name.is_empty() { w.name.clone() } else { w.workload_name.clone() };
-        }
         let parent = parts.headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
         let trace = TraceParent::child_of_parsed(parent);
         Account {
@@ -176,12 +167,8 @@ impl Account {
 
     /// The labels of the endpoint a try was sent to.
     fn picked(&mut self, picked: &Picked) {
-        let w = &picked.endpoint.workload;
         self.upstream = Some(picked.addr);
-        self.labels.destination_workload =
-            if w.workload_name.is_empty() { w.name.clone() } else { w.workload_name.clone() };
-        self.labels.destination_workload_namespace = w.namespace().to_owned();
-        self.labels.destination_principal = w.identity.to_string();
+        self.labels.destination = Some(picked.endpoint.workload.clone());
     }
 
     /// A response body carrying this accounting: it is recorded when the body ends.
@@ -193,8 +180,8 @@ impl Account {
 
 impl OnEnd for Account {
     fn done(mut self: Box<Self>, bytes: u64, trailers: Option<&HeaderMap>) {
-        if let Some(s) = trailers.and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok()) {
-            self.labels.grpc_response_status = s.to_owned();
+        if let Some(s) = trailers.and_then(|t| t.get("grpc-status")) {
+            self.labels.grpc_response_status = Some(s.clone());
         }
         let elapsed = self.start.elapsed();
         // hyper drops a body it has seen end before it flushes the bytes it wrote, so this
@@ -216,7 +203,7 @@ impl Account {
                 trace_id: self.trace.trace_id,
                 span_id: self.trace.span_id,
                 parent: self.parent_span,
-                name: format!("{} {}", self.method, self.labels.destination_service),
+                name: format!("{} {}", self.method, self.labels.destination_service()),
                 start: self.started,
                 end: self.started + elapsed,
                 attributes: vec![
@@ -224,7 +211,7 @@ impl Account {
                     ("url.path", self.path.clone()),
                     ("http.response.status_code", self.labels.response_code.to_string()),
                     ("upstream", self.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string())),
-                    ("source.principal", self.labels.source_principal.clone()),
+                    ("source.principal", self.labels.source_principal().to_owned()),
                 ],
                 error: self.labels.response_code >= 500,
             });
@@ -232,7 +219,7 @@ impl Account {
         let req_bytes = self.request_bytes.load(std::sync::atomic::Ordering::Relaxed);
         self.metrics.record(&self.labels, millis, req_bytes, bytes);
         AccessLog {
-            src: &self.labels.source_principal,
+            src: self.labels.source_principal(),
             client: Some(self.client),
             method: self.method.as_str(),
             path: &self.path,
@@ -241,7 +228,7 @@ impl Account {
             policy: self.decision.as_ref().map_or("-", Decision::policy),
             allowed: self.decision.as_ref().is_none_or(|d| d.allowed),
             upstream: self.upstream,
-            service: &self.labels.destination_service,
+            service: self.labels.destination_service(),
             flags: self.labels.response_flags,
             millis,
             trace_id: self.trace.trace_id,
@@ -287,18 +274,18 @@ fn bare_host(authority: &str) -> String {
     h.to_ascii_lowercase()
 }
 
-/// Where a request goes after routing.
-struct Plan {
-    /// Backend service FQDN and port; `None` forwards to the destination workload.
-    backend: Option<(String, u16)>,
+/// Where a request goes after routing; it borrows from the snapshot and the downstream.
+struct Plan<'a> {
+    /// Backend service FQDN (lower case) and port; `None` forwards to the destination workload.
+    backend: Option<(Cow<'a, str>, u16)>,
     response_mods: Vec<HeaderModifier>,
     mirrors: Vec<(route::Backend, u32)>,
     retry: Option<Retry>,
     request_timeout: Option<Duration>,
     backend_timeout: Option<Duration>,
-    /// Path and authority sent upstream (after URL rewrites).
-    path: String,
-    authority: String,
+    /// Path and authority sent upstream when a URL rewrite changed them.
+    path: Option<String>,
+    authority: Option<String>,
     /// The HTTP version spoken to the backend (chosen in [`prepare`]).
     upstream: Version,
 }
@@ -371,8 +358,9 @@ impl Local {
 }
 
 /// The request's target as the client sent it, path normalized.
-struct Target {
-    path: String,
+struct Target<'u> {
+    /// Borrowed from the request's URI unless normalizing changed it.
+    path: Cow<'u, str>,
     query: Option<String>,
     /// Authority (or `Host`) as sent.
     authority: String,
@@ -452,7 +440,7 @@ async fn handle(
 
     let attempt = forward::Attempt {
         proxy: &proxy,
-        parts: &parts,
+        parts,
         replay: replay.as_ref(),
         stream_body,
         endpoints: &endpoints,
@@ -488,8 +476,8 @@ async fn handle(
                 m.apply(&mut p.headers);
             }
             account.labels.response_code = p.status.as_u16();
-            if let Some(s) = p.headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
-                account.labels.grpc_response_status = s.to_owned();
+            if let Some(s) = p.headers.get("grpc-status") {
+                account.labels.grpc_response_status = Some(s.clone());
             }
             account.attach(Response::from_parts(p, body::boxed(b)))
         }
@@ -535,35 +523,40 @@ fn switch_protocols(
 
 /// Everything decided before the body is touched: normalized target, authorization, route,
 /// filters, the upstream request head, and the endpoints. `Err`: answer locally.
-fn prepare(
+fn prepare<'a>(
     proxy: &Proxy,
-    ctx: &Ctx<'_>,
+    ctx: &Ctx<'a>,
     parts: &mut ::http::request::Parts,
     account: &mut Account,
     downstream: Version,
     upgrade: bool,
-) -> Result<(Plan, Vec<Endpoint>, String), Local> {
-    // Path normalization: policy, routing and the backend all see the normalized path.
-    let path = match normalize(parts.uri.path()) {
-        Ok(p) => p.into_owned(),
+) -> Result<(Plan<'a>, Vec<Endpoint>, Cow<'a, str>), Local> {
+    // Path normalization: policy, routing and the backend all see the normalized path. The
+    // URI is shared, not copied: the path can borrow from it while the head is rewritten.
+    let uri = parts.uri.clone();
+    let path = match normalize(uri.path()) {
+        Ok(p) => p,
         Err(e) => {
             tracing::debug!(path = parts.uri.path(), error = %e, "refusing request path");
             account.path = parts.uri.path().to_owned();
             return Err(Local::Reply(StatusCode::BAD_REQUEST, "bad request path\n", "-"));
         }
     };
-    account.path.clone_from(&path);
+    account.path = path.as_ref().to_owned();
     let authority = authority_of(parts);
     let target = Target { path, query: parts.uri.query().map(str::to_owned), host: bare_host(&authority), authority };
 
     authorize(proxy, ctx, parts, &target, account)?;
     let mut plan = route_plan(ctx, parts, &target, account)?;
     // The backend's service, looked up once for both its declared version and its endpoints.
-    let backend = plan.backend.as_ref().map(|(h, port)| (h.as_str(), *port, ctx.snapshot.service_by_host(h)));
+    let backend = plan.backend.take().map(|(host, port)| {
+        let service = ctx.snapshot.service_by_host(&host);
+        Backend { host, port, service }
+    });
     // The version spoken to the backend: what its service port declares (Istio's explicit
     // protocol selection), else what the client speaks. An upgrade always goes as HTTP/1.1,
     // the only version it exists in.
-    let declared = backend.and_then(|(_, port, svc)| declared_version(svc?, port));
+    let declared = backend.as_ref().and_then(|b| declared_version(b.service?, b.port));
     plan.upstream = if upgrade { Version::H1 } else { declared.unwrap_or(downstream) };
     upstream_head(parts, &plan, &target, account)?;
     let (endpoints, backend_host) = endpoints(ctx, backend, account)?;
@@ -575,7 +568,7 @@ fn authorize(
     proxy: &Proxy,
     ctx: &Ctx<'_>,
     parts: &::http::request::Parts,
-    t: &Target,
+    t: &Target<'_>,
     account: &mut Account,
 ) -> Result<(), Local> {
     let down = ctx.down;
@@ -594,7 +587,7 @@ fn authorize(
     let svc = down.dest.service().map(|s| s.hostname.as_str());
     let decision = authz::evaluate(ctx.snapshot.policies_for(svc), &facts);
     for a in &decision.audited {
-        tracing::info!(target: "access", audit_policy = %a, method = %parts.method, path = t.path, "AUDIT policy matched");
+        tracing::info!(target: "access", audit_policy = %a, method = %parts.method, path = &*t.path, "AUDIT policy matched");
     }
     let allowed = decision.allowed;
     if !allowed {
@@ -605,12 +598,12 @@ fn authorize(
 }
 
 /// Route lookup, backend by weight and the filters (request headers are modified in place).
-fn route_plan(
-    ctx: &Ctx<'_>,
+fn route_plan<'a>(
+    ctx: &Ctx<'a>,
     parts: &mut ::http::request::Parts,
-    t: &Target,
+    t: &Target<'_>,
     account: &mut Account,
-) -> Result<Plan, Local> {
+) -> Result<Plan<'a>, Local> {
     let down = ctx.down;
     let view = RequestView {
         method: &parts.method,
@@ -630,17 +623,20 @@ fn route_plan(
         Destination::Workload(..) => None,
     };
     let mut plan = Plan {
-        backend: down.dest.service().map(|s| (s.hostname.to_ascii_lowercase(), down.dest.port())),
+        backend: None,
         response_mods: Vec::new(),
         mirrors: Vec::new(),
         retry: None,
         request_timeout: None,
         backend_timeout: None,
-        path: t.path.clone(),
-        authority: t.authority.clone(),
+        path: None,
+        authority: None,
         upstream: Version::H1,
     };
-    let Some(e) = entry else { return Ok(plan) };
+    let Some(e) = entry else {
+        plan.backend = down.dest.service().map(|s| (lower(&s.hostname), down.dest.port()));
+        return Ok(plan);
+    };
     let rule = &e.rule;
     account.route = Some(rule.clone());
     plan.retry = rule.retry.clone();
@@ -672,17 +668,17 @@ fn route_plan(
             }
             Filter::Rewrite(r) => {
                 if let Some(h) = &r.hostname {
-                    plan.authority.clone_from(h);
+                    plan.authority = Some(h.clone());
                 }
                 if let Some(m) = &r.path {
-                    plan.path = m.apply(&t.path, e.matcher.prefix());
+                    plan.path = Some(m.apply(&t.path, e.matcher.prefix()));
                 }
             }
             Filter::Mirror { backend, percent } => plan.mirrors.push((backend.clone(), *percent)),
         }
     }
     match backend {
-        Some(b) => plan.backend = Some((b.hostname.to_ascii_lowercase(), b.port)),
+        Some(b) => plan.backend = Some((lower(&b.hostname), b.port)),
         None => return Err(Local::Reply(StatusCode::INTERNAL_SERVER_ERROR, "no backend\n", "NR")),
     }
     Ok(plan)
@@ -693,25 +689,51 @@ fn route_plan(
 /// application.
 fn upstream_head(
     parts: &mut ::http::request::Parts,
-    plan: &Plan,
-    t: &Target,
+    plan: &Plan<'_>,
+    t: &Target<'_>,
     account: &mut Account,
 ) -> Result<(), Local> {
     let version = plan.upstream;
     strip_hop_by_hop(&mut parts.headers);
-    if let Ok(v) = HeaderValue::from_str(&account.trace.to_header()) {
-        parts.headers.insert("traceparent", v);
+    parts.headers.insert("traceparent", account.trace.header_value());
+    if let Some(p) = &plan.path {
+        account.path.clone_from(p);
+    }
+    let path = plan.path.as_deref().unwrap_or(&t.path);
+    if plan.authority.is_none() && path == parts.uri.path() && already_in_form(parts, version) {
+        // The client's target, in the form the application's version wants: sent as it came.
+        return Ok(());
     }
     let pq = match &t.query {
-        Some(q) => format!("{}?{q}", plan.path),
-        None => plan.path.clone(),
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
     };
-    account.path.clone_from(&plan.path);
-    if retarget(parts, version, &plan.authority, &pq) {
+    let authority = plan.authority.as_deref().unwrap_or(&t.authority);
+    if retarget(parts, version, authority, &pq) {
         Ok(())
     } else {
         Err(Local::Reply(StatusCode::BAD_REQUEST, "bad request target\n", "-"))
     }
+}
+
+/// Whether the request's target is already what [`retarget`] would make of it: origin-form
+/// with `Host` for HTTP/1.1; an `http` absolute URI and no `Host` for HTTP/2.
+fn already_in_form(parts: &::http::request::Parts, version: Version) -> bool {
+    let hosts = parts.headers.get_all(header::HOST).iter().count();
+    match version {
+        Version::H1 => parts.version == ::http::Version::HTTP_11 && parts.uri.authority().is_none() && hosts == 1,
+        Version::H2 => {
+            parts.version == ::http::Version::HTTP_2
+                && parts.uri.scheme_str() == Some("http")
+                && parts.uri.authority().is_some()
+                && hosts == 0
+        }
+    }
+}
+
+/// `s` in lower case, borrowed when it already is (hostnames in the snapshot are).
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(s.to_ascii_lowercase()) } else { Cow::Borrowed(s) }
 }
 
 /// The request's authority: the URI's (HTTP/2, absolute form), else `Host`.
@@ -761,26 +783,35 @@ fn declared_version(svc: &ztunnel::state::Service, port: u16) -> Option<Version>
     }
 }
 
+/// The plan's backend service with its service as looked up.
+struct Backend<'a> {
+    /// FQDN, lower case: the balancer's and the backend policies' key.
+    host: Cow<'a, str>,
+    port: u16,
+    /// `None`: no such service.
+    service: Option<&'a Arc<ztunnel::state::Service>>,
+}
+
 /// The endpoints of the planned backend (the destination workload when not routed to a
-/// service) and the backend's hostname (balancer and backend-policy key).
-/// `backend` is the plan's backend (hostname, port) with its service as looked up, `None`
-/// when the request is not routed to a service.
-fn endpoints(
-    ctx: &Ctx<'_>,
-    backend: Option<(&str, u16, Option<&Arc<ztunnel::state::Service>>)>,
+/// service, `backend` being `None`) and the backend's hostname.
+fn endpoints<'a>(
+    ctx: &Ctx<'a>,
+    backend: Option<Backend<'a>>,
     account: &mut Account,
-) -> Result<(Vec<Endpoint>, String), Local> {
+) -> Result<(Vec<Endpoint>, Cow<'a, str>), Local> {
     match backend {
-        Some((h, port, Some(s))) => {
-            account.labels.destination_service.clone_from(&s.hostname);
-            account.labels.destination_service_name.clone_from(&s.name);
-            account.labels.destination_service_namespace.clone_from(&s.namespace);
-            Ok((ctx.snapshot.mesh.endpoints(s, port), h.to_owned()))
+        Some(Backend { host, port, service: Some(s) }) => {
+            account.labels.service = Some(s.clone());
+            Ok((ctx.snapshot.mesh.endpoints(s, port), host))
         }
-        Some((_, _, None)) => Err(Local::Reply(StatusCode::INTERNAL_SERVER_ERROR, "unknown backend service\n", "NR")),
+        Some(Backend { service: None, .. }) => {
+            Err(Local::Reply(StatusCode::INTERNAL_SERVER_ERROR, "unknown backend service\n", "NR"))
+        }
         None => match &ctx.down.dest {
-            Destination::Workload(w, port) => Ok((vec![Endpoint { workload: w.clone(), port: *port }], String::new())),
-            Destination::Service(..) => Ok((Vec::new(), String::new())),
+            Destination::Workload(w, port) => {
+                Ok((vec![Endpoint { workload: w.clone(), port: *port }], Cow::Borrowed("")))
+            }
+            Destination::Service(..) => Ok((Vec::new(), Cow::Borrowed(""))),
         },
     }
 }
@@ -847,5 +878,51 @@ where
 {
     fn boxed_unsync_compat(self) -> Body {
         http_body_util::BodyExt::boxed_unsync(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(version: ::http::Version, uri: &str, hosts: &[&str]) -> ::http::request::Parts {
+        let mut b = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    /// A head sent as it came must be exactly what `retarget` would have made of it, and
+    /// every head `retarget` would change must be rebuilt.
+    #[test]
+    fn a_head_already_in_form_is_what_retarget_makes() {
+        use ::http::Version as V;
+        let cases = [
+            (head(V::HTTP_11, "/a/b?x=1", &["shop.local:8080"]), Version::H1, true),
+            (head(V::HTTP_11, "/a/b", &["shop.local", "evil.local"]), Version::H1, false),
+            (head(V::HTTP_11, "/a/b", &[]), Version::H1, false),
+            (head(V::HTTP_11, "/a/b", &["shop.local"]), Version::H2, false),
+            (head(V::HTTP_2, "http://shop.local/a/b?x=1", &[]), Version::H2, true),
+            (head(V::HTTP_2, "https://shop.local/a/b", &[]), Version::H2, false),
+            (head(V::HTTP_2, "http://shop.local/a/b", &["shop.local"]), Version::H2, false),
+            (head(V::HTTP_2, "http://shop.local/a/b", &[]), Version::H1, false),
+        ];
+        for (parts, version, in_form) in cases {
+            let what = format!("{:?} {} {:?} -> {version:?}", parts.version, parts.uri, parts.headers);
+            assert_eq!(already_in_form(&parts, version), in_form, "{what}");
+            let mut rebuilt = head(parts.version, &parts.uri.to_string(), &[]);
+            rebuilt.headers = parts.headers.clone();
+            let pq = parts.uri.path_and_query().unwrap().as_str();
+            assert!(retarget(&mut rebuilt, version, &authority_of(&parts), pq), "{what}");
+            let same = rebuilt.uri == parts.uri
+                && rebuilt.version == parts.version
+                && rebuilt.headers.get_all(header::HOST).iter().eq(parts.headers.get_all(header::HOST).iter());
+            assert_eq!(
+                same, in_form,
+                "{what}: retarget made {:?} {} {:?}",
+                rebuilt.version, rebuilt.uri, rebuilt.headers
+            );
+        }
     }
 }
