@@ -66,11 +66,6 @@ const CODE_AT: usize = 11;
 
 const UNKNOWN: &str = "unknown";
 
-/// A workload's name as Istio labels it: its controller's (Deployment, ...) when known.
-fn workload_name(w: &Workload) -> &str {
-    if w.workload_name.is_empty() { &w.name } else { &w.workload_name }
-}
-
 impl RequestLabels {
     /// The source principal (`spiffe://...`), `unknown` without one.
     pub fn source_principal(&self) -> &str {
@@ -90,13 +85,13 @@ impl RequestLabels {
         [
             "waypoint",
             match (&self.source_workload, src) {
-                (Some(w), _) => workload_name(w),
+                (Some(w), _) => w.metric_name(),
                 (None, Some(id)) => id.service_account(),
                 (None, None) => UNKNOWN,
             },
             src.map_or(UNKNOWN, Identity::namespace),
             self.source_principal(),
-            dst.map_or(UNKNOWN, workload_name),
+            dst.map_or(UNKNOWN, Workload::metric_name),
             dst.map_or(UNKNOWN, Workload::namespace),
             self.destination_service(),
             svc.map_or(UNKNOWN, |s| s.name.as_str()),
@@ -228,20 +223,24 @@ impl TraceParent {
         (trace_id != 0 && span_id != 0).then_some(TraceParent { trace_id, span_id, flags })
     }
 
-    /// The header value.
+    /// The header value as text.
     pub fn to_header(&self) -> String {
-        format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags)
+        String::from_utf8_lossy(&self.header_bytes()).into_owned()
     }
 
     /// The header value, formatted without an intermediate string (one per request).
     pub fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.header_bytes()).expect("hex digits and dashes are a valid header value")
+    }
+
+    fn header_bytes(&self) -> [u8; 55] {
         let mut buf = [0u8; 55];
         let mut w = &mut buf[..];
         let _ = std::io::Write::write_fmt(
             &mut w,
             format_args!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags),
         );
-        HeaderValue::from_bytes(&buf).expect("hex digits and dashes are a valid header value")
+        buf
     }
 
     /// The context for the upstream request: the incoming trace with a new span id, or a new

@@ -26,8 +26,7 @@ fn or_unknown(s: &str) -> String {
 }
 
 fn workload_name(w: Option<&Workload>) -> String {
-    w.map(|w| if w.workload_name.is_empty() { w.name.as_str() } else { w.workload_name.as_str() })
-        .map_or_else(|| "unknown".to_owned(), or_unknown)
+    w.map(Workload::metric_name).map_or_else(|| "unknown".to_owned(), or_unknown)
 }
 
 impl Ends<'_> {

@@ -122,6 +122,12 @@ impl Workload {
         &self.identity
     }
 
+    /// The name Istio's metrics give the workload: its controller's (Deployment, ...) when
+    /// known, else its own.
+    pub fn metric_name(&self) -> &str {
+        if self.workload_name.is_empty() { &self.name } else { &self.workload_name }
+    }
+
     /// Kubernetes namespace of the workload.
     pub fn namespace(&self) -> &str {
         self.identity.namespace()
