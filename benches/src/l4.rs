@@ -236,7 +236,8 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     }
     if settings.floor {
         report.notes.push(format!(
-            "*{FLOOR} and relay_*: the floor, not a target — the baseline's pods with a plain TCP relay (`benches relay`: accept, connect, copy; no TLS, no HTTP/2, one upstream connection per client connection, 2 tokio workers) in each, where ztunnel's sockets sit on the mesh path; the same hops as the mesh with nothing done in them"
+            "*{FLOOR} and relay_*: the floor, not a target — the baseline's pods with a plain TCP relay (`benches relay`: accept, connect, copy; no TLS, no HTTP/2, one upstream connection per client connection, {} tokio worker(s), as ztunnel) in each, where ztunnel's sockets sit on the mesh path; the same hops as the mesh with nothing done in them",
+            relay::ztunnel_workers()
         ));
     }
     report.notes.push(format!(
@@ -313,12 +314,12 @@ fn start_relays(mesh: &Mesh) -> anyhow::Result<([Process; 2], Side)> {
     let server_relay = relay::start_in(
         server,
         &[map(any(RELAY_HTTP_PORT), local(HTTP_PORT)), map(any(RELAY_IPERF_PORT), local(IPERF_PORT))],
-        relay::ZTUNNEL_WORKERS,
+        relay::ztunnel_workers(),
     )?;
     let client_relay = relay::start_in(
         client,
         &[map(local(RELAY_HTTP_PORT), remote(RELAY_HTTP_PORT)), map(local(RELAY_IPERF_PORT), remote(RELAY_IPERF_PORT))],
-        relay::ZTUNNEL_WORKERS,
+        relay::ztunnel_workers(),
     )?;
     let side =
         Side { name: "relay", client: client.clone(), http: local(RELAY_HTTP_PORT), iperf: local(RELAY_IPERF_PORT) };

@@ -386,15 +386,18 @@ fn start_relays(mesh: &Mesh) -> anyhow::Result<Relays> {
     let server = relay::start_in(
         pod("server"),
         &[map(on(Ipv4Addr::UNSPECIFIED), SocketAddr::from((Ipv4Addr::LOCALHOST, HTTP_PORT)))],
-        relay::ZTUNNEL_WORKERS,
+        relay::ztunnel_workers(),
     )?;
     let middle = relay::start_in(
         pod(RELAY_POD),
         &[map(on(Ipv4Addr::UNSPECIFIED), on(pod("server").ip))],
         relay::WAYPOINT_WORKERS,
     )?;
-    let client =
-        relay::start_in(pod("client"), &[map(on(Ipv4Addr::LOCALHOST), on(pod(RELAY_POD).ip))], relay::ZTUNNEL_WORKERS)?;
+    let client = relay::start_in(
+        pod("client"),
+        &[map(on(Ipv4Addr::LOCALHOST), on(pod(RELAY_POD).ip))],
+        relay::ztunnel_workers(),
+    )?;
     Ok(Relays { _client: client, middle, _server: server })
 }
 

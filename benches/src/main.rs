@@ -58,8 +58,8 @@ enum Command {
         /// `LISTEN=TARGET` socket addresses, repeatable.
         #[arg(long = "map", required = true)]
         maps: Vec<relay::Mapping>,
-        /// Runtime worker threads (ztunnel's default).
-        #[arg(long, default_value_t = relay::ZTUNNEL_WORKERS)]
+        /// Runtime worker threads (ztunnel's on this machine).
+        #[arg(long, default_value_t = relay::ztunnel_workers())]
         threads: usize,
     },
 }

@@ -1,6 +1,6 @@
 //! The floor under any ztunnel: a plain TCP relay that does nothing but accept, connect and
 //! copy bytes (no TLS, no HTTP/2, no policy, one upstream connection per client connection,
-//! `TCP_NODELAY` both ways, 256 KiB buffers), on the same number of tokio workers as ztunnel. `l4 --floor`
+//! `TCP_NODELAY` both ways, 256 KiB buffers), on as many tokio workers as ztunnel. `l4 --floor`
 //! runs one in each pod of the baseline path, where ztunnel's sockets would sit, so the
 //! report shows what the hops themselves cost on this machine apart from anything the mesh
 //! does in them. Run as `benches relay --map LISTEN=TARGET ...`.
@@ -13,10 +13,19 @@ use std::time::Duration;
 use anyhow::Context;
 use e2e::{Pod, Process};
 
-/// ztunnel's and the waypoint's runtime workers by default (their `--worker-threads`), so a
-/// relay in either's place gets as many.
-pub const ZTUNNEL_WORKERS: usize = 2;
+/// The waypoint's runtime workers by default (its `--worker-threads`), so a relay in its place
+/// gets as many.
 pub const WAYPOINT_WORKERS: usize = 1;
+
+/// As many runtime workers as ztunnel starts with on this machine (its
+/// `ZTUNNEL_WORKER_THREADS` when set, which the harness's ztunnels inherit, else its default),
+/// so a relay in its place gets as many.
+pub fn ztunnel_workers() -> usize {
+    std::env::var("ZTUNNEL_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(ztunnel::config::default_worker_threads)
+}
 
 /// Copy buffer per direction: ztunnel's largest chunk, so bulk transfers are not held back by
 /// a smaller buffer than the mesh gets.
