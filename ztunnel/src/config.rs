@@ -177,7 +177,7 @@ pub fn default_worker_threads() -> usize {
 /// ztunnel shares its node with the pods whose traffic it carries, and a request crosses it
 /// when they are busy too. On a two-CPU node a second worker mostly wakes up to find the
 /// other one has the work: `benches l4 --quick`, one worker and two alternating in the same
-/// session (2026-12-05, 5 rounds each), closed loop 0.32 against 0.26 of direct, p99 0.59
+/// session (2026-12-05, 5 and 6 rounds), closed loop 0.32 against 0.26 of direct, p99 0.59
 /// against 0.69 ms, CPU per 1,000 requests 0.068 against 0.072 s (`benches/README.md`).
 pub fn workers_for(cpus: usize) -> usize {
     (cpus / 2).clamp(1, 2)
