@@ -106,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         let logs = prep::workspace_root().join("target/benches");
         let data_plane = scenario != "control-plane";
         let install = if data_plane { Some(prep::start_oha_install(&logs)?) } else { None };
+        prep::apt_tools(prep::MESH_PACKAGES)?;
         if scenario == "l4" {
             prep::apt_tools(&[("iperf3", "iperf3"), ("wrk", "wrk"), ("curl", "curl")])?;
         } else if data_plane {

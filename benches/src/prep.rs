@@ -1,6 +1,7 @@
-//! Getting ready outside the sandbox (which has no network): the load generators installed
-//! (`iperf3`, `wrk` from apt; `oha` from crates.io, started first because it compiles for a
-//! while) and the mesh's programs built in release mode beside this one.
+//! Getting ready outside the sandbox (which has no network): what the mesh runs on a node
+//! and the load generators installed (`iproute2`, `nftables`, the CNI plugins, `iperf3`, `wrk`
+//! from apt; `oha` from crates.io, started first because it compiles for a while) and the
+//! mesh's programs built in release mode beside this one.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,9 +21,21 @@ pub fn which(program: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(program)).find(|p| p.is_file())
 }
 
+/// What the mesh itself runs on a node, as (program, Debian package): namespaces, routes and
+/// addresses (`ip`), the redirection rules (`nft`), the CNI chain's plugins (a path: they are
+/// not on `PATH`).
+pub const MESH_PACKAGES: &[(&str, &str)] =
+    &[("ip", "iproute2"), ("nft", "nftables"), ("/usr/lib/cni/bridge", "containernetworking-plugins")];
+
+/// Whether `program` is there: a path as given, a bare name on `PATH`.
+fn present(program: &str) -> bool {
+    if program.contains('/') { Path::new(program).is_file() } else { which(program).is_some() }
+}
+
 /// Installs the Debian packages whose programs are missing.
 pub fn apt_tools(programs: &[(&str, &str)]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = programs.iter().filter(|(prog, _)| which(prog).is_none()).map(|(_, pkg)| *pkg).collect();
+    let mut missing: Vec<&str> = programs.iter().filter(|(prog, _)| !present(prog)).map(|(_, pkg)| *pkg).collect();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }

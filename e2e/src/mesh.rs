@@ -46,6 +46,14 @@ pub enum MeshError {
     /// Something did not happen in time.
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    /// A program of the mesh stopped while starting up; its log says why.
+    #[error("{program} exited while starting; log:\n{log}")]
+    Exited {
+        /// Which program (and on which node).
+        program: String,
+        /// Its stdout and stderr.
+        log: String,
+    },
     /// The spec asks for something the harness cannot set up.
     #[error("unsupported mesh spec: {0}")]
     Spec(&'static str),
@@ -291,7 +299,13 @@ impl Mesh {
                 "--state-dir",
                 &run.join("agent").to_string_lossy(),
             ])?;
-            wait_for(|| run.join("cni.sock").exists(), "node agent socket", Duration::from_secs(10))?;
+            // An agent that cannot start (no `nft`, no `ip`) exits at once: say so with its
+            // log rather than wait out the timeout and report only the missing socket.
+            let up = wait_for(|| run.join("cni.sock").exists() || !p.is_running(), "node agent socket", AGENT_START);
+            if !p.is_running() {
+                return Err(MeshError::Exited { program: format!("node{n} ztunnel-agent"), log: p.log() });
+            }
+            up.map_err(|e| MeshError::Timeout(format!("{e}; log:\n{}", p.log())))?;
             mesh.agents.push(p);
         }
         for spec in mesh.spec.pods.clone() {
@@ -935,6 +949,9 @@ impl Mesh {
         SocketAddr::new(IpAddr::V4(pod.ip), 15008)
     }
 }
+
+/// How long a node agent may take to open its CNI socket.
+const AGENT_START: Duration = Duration::from_secs(10);
 
 fn wait_for(mut f: impl FnMut() -> bool, what: &str, limit: Duration) -> Result<(), MeshError> {
     let deadline = Instant::now() + limit;

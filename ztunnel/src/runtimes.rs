@@ -1,4 +1,4 @@
-//! The two runtimes every proxy binary runs: a multi-threaded one for the data path and a
+//! The two runtimes every proxy binary runs: one for the data path (its workers) and a
 //! single admin thread (xDS, CA, admin, metrics) that never competes with it for workers.
 
 use std::future::Future;
@@ -35,11 +35,7 @@ impl Runtimes {
                 let _ = admin_stopped.await;
             })
         })?;
-        let data = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .thread_name("data")
-            .enable_all()
-            .build()?;
+        let data = data_runtime(workers)?;
         Ok(Self { data, admin, stop_admin, admin_thread })
     }
 
@@ -57,6 +53,17 @@ impl Runtimes {
         crate::logging::flush();
         result
     }
+}
+
+/// One worker runs on the thread that calls [`Runtimes::run`], with the current-thread
+/// scheduler: a task woken by its own I/O is polled next on the same thread, without the
+/// work-stealing queues and the cross-thread unparking a one-worker multi-threaded runtime
+/// still pays for on every wake-up. More workers get the multi-threaded scheduler.
+fn data_runtime(workers: usize) -> std::io::Result<Runtime> {
+    if workers == 1 {
+        return tokio::runtime::Builder::new_current_thread().enable_all().build();
+    }
+    tokio::runtime::Builder::new_multi_thread().worker_threads(workers).thread_name("data").enable_all().build()
 }
 
 /// Runs `f` every `period`, forever (a late tick is not made up for by a burst).
@@ -77,4 +84,17 @@ pub async fn terminated(then: &str) -> std::io::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: {then}"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    use super::data_runtime;
+
+    #[test]
+    fn one_worker_is_the_current_thread_scheduler_and_more_are_multi_threaded() {
+        assert_eq!(data_runtime(1).unwrap().handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        assert_eq!(data_runtime(2).unwrap().handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+    }
 }
