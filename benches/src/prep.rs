@@ -34,8 +34,7 @@ fn present(program: &str) -> bool {
 
 /// Installs the Debian packages whose programs are missing.
 pub fn apt_tools(programs: &[(&str, &str)]) -> anyhow::Result<()> {
-    let mut missing: Vec<&str> = programs.iter().filter(|(prog, _)| !present(prog)).map(|(_, pkg)| *pkg).collect();
-    missing.dedup();
+    let missing: Vec<&str> = programs.iter().filter(|(prog, _)| !present(prog)).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }
