@@ -1,9 +1,9 @@
 //! The floor under any ztunnel: a plain TCP relay that does nothing but accept, connect and
 //! copy bytes (no TLS, no HTTP/2, no policy, one upstream connection per client connection,
-//! `TCP_NODELAY` both ways, 256 KiB buffers), on as many tokio workers as ztunnel. `l4 --floor`
-//! runs one in each pod of the baseline path, where ztunnel's sockets would sit, so the
-//! report shows what the hops themselves cost on this machine apart from anything the mesh
-//! does in them. Run as `benches relay --map LISTEN=TARGET ...`.
+//! `TCP_NODELAY` both ways, 256 KiB buffers), on as many tokio workers as ztunnel and in a
+//! runtime of the same kind (`ztunnel::runtimes::data_runtime`). `l4 --floor` runs one in each
+//! pod of the baseline path, where ztunnel's sockets would sit, so the report shows what the
+//! hops themselves cost on this machine apart from anything the mesh does in them. Run as `benches relay --map LISTEN=TARGET ...`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,7 +21,7 @@ pub const WAYPOINT_WORKERS: usize = 1;
 /// `ZTUNNEL_WORKER_THREADS` when set, which the harness's ztunnels inherit, else its default),
 /// so a relay in its place gets as many.
 pub fn ztunnel_workers() -> usize {
-    std::env::var("ZTUNNEL_WORKER_THREADS")
+    std::env::var(ztunnel::config::WORKER_THREADS_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(ztunnel::config::default_worker_threads)
@@ -67,7 +67,7 @@ pub fn start_in(pod: &Pod, maps: &[Mapping], threads: usize) -> anyhow::Result<P
 
 /// Relays every mapping until killed, on `threads` runtime workers.
 pub fn relay(maps: &[Mapping], threads: usize) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?;
+    let rt = ztunnel::runtimes::data_runtime(threads.max(1))?;
     rt.block_on(async move {
         let mut listeners = Vec::with_capacity(maps.len());
         for m in maps {

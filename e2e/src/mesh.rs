@@ -169,6 +169,8 @@ pub struct MeshSpec {
     pub namespace_waypoints: Vec<(String, String)>,
     /// With `control_plane`: `HTTPRoute`/`GRPCRoute` documents.
     pub k8s_routes_yaml: String,
+    /// The node agent program to run; default: the mesh's ([`bin`]`("ztunnel-agent")`).
+    pub agent_binary: Option<PathBuf>,
 }
 
 /// A running mesh.
@@ -227,6 +229,15 @@ pub fn bin(name: &str) -> Result<PathBuf, MeshError> {
         .ok_or_else(|| MeshError::MissingBinary(dirs.last().cloned().unwrap_or_default().join(name)))
 }
 
+/// `custom` when given (it must exist), otherwise the mesh's program `name`.
+fn program(custom: Option<&PathBuf>, name: &str) -> Result<PathBuf, MeshError> {
+    match custom {
+        Some(path) if path.is_file() => Ok(path.clone()),
+        Some(path) => Err(MeshError::MissingBinary(path.clone())),
+        None => bin(name),
+    }
+}
+
 fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), MeshError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|source| MeshError::Io { path: parent.to_owned(), source })?;
@@ -250,7 +261,8 @@ impl Mesh {
             // A waypoint takes its configuration over xDS: there is no file mode for it.
             return Err(MeshError::Spec("waypoints need control_plane"));
         }
-        let (cni, agent, ztunnel) = (bin("ztunnel-cni")?, bin("ztunnel-agent")?, bin("ztunnel")?);
+        let agent = program(spec.agent_binary.as_ref(), "ztunnel-agent")?;
+        let (cni, ztunnel) = (bin("ztunnel-cni")?, bin("ztunnel")?);
         let topo = Topology::builder()
             .nodes(spec.nodes)
             .chain_plugin(ChainedPlugin::new(&cni, json!({"agentSocket": "/nonexistent"})))
@@ -325,11 +337,7 @@ impl Mesh {
             mesh.start_ztunnel(n, &ztunnel)?;
         }
         for i in 0..mesh.spec.waypoints.len() {
-            let binary = match &mesh.spec.waypoints[i].binary {
-                Some(b) if b.is_file() => b.clone(),
-                Some(b) => return Err(MeshError::MissingBinary(b.clone())),
-                None => bin("waypoint")?,
-            };
+            let binary = program(mesh.spec.waypoints[i].binary.as_ref(), "waypoint")?;
             mesh.start_waypoint(i, &binary)?;
         }
         Ok(mesh)

@@ -345,3 +345,39 @@ fn no_topology_outside_a_sandbox() {
     assert!(matches!(inventory(), Err(Error::NotSandboxed)));
     assert!(!Path::new("/run/e2e").join("no-topology-outside-a-sandbox").exists());
 }
+
+#[test]
+fn a_node_agent_that_exits_at_start_is_reported_with_its_log() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use e2e::mesh::{Mesh, MeshError, MeshSpec};
+
+    /// Removes the scratch directory however the test ends.
+    struct Scratch(std::path::PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    sandboxed(|| -> Result<(), Error> {
+        let dir = Scratch(std::env::temp_dir().join(format!("e2e-failing-agent-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).expect("scratch directory");
+        // What a real agent prints on a node without nftables, then its exit.
+        let agent = dir.0.join("ztunnel-agent");
+        std::fs::write(&agent, "#!/bin/sh\necho 'loading nftables rules: nft: not found' >&2\nexit 1\n")
+            .expect("agent script");
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+
+        let started = Mesh::start(MeshSpec { nodes: 1, agent_binary: Some(agent), ..MeshSpec::default() });
+        match started {
+            Err(MeshError::Exited { program, log }) => {
+                assert_eq!(program, "node1 ztunnel-agent");
+                assert!(log.contains("nft: not found"), "{log}");
+            }
+            Err(other) => panic!("expected the agent's exit, got: {other}"),
+            Ok(_) => panic!("the mesh started with an agent that exits"),
+        }
+        Ok(())
+    });
+}

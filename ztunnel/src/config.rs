@@ -78,7 +78,7 @@ pub struct Config {
     pub drain_seconds: u64,
     /// Threads of the data-plane runtime. By default one per two CPUs this process may use,
     /// at least one and at most two (see [`default_worker_threads`]).
-    #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = default_worker_threads())]
+    #[arg(long, env = WORKER_THREADS_ENV, default_value_t = default_worker_threads())]
     pub worker_threads: usize,
     /// Connect to local workloads from ztunnel's own address instead of the client's.
     #[arg(long, env = "ZTUNNEL_NO_TRANSPARENT")]
@@ -166,6 +166,9 @@ impl Config {
     }
 }
 
+/// The environment variable that sets [`Config::worker_threads`].
+pub const WORKER_THREADS_ENV: &str = "ZTUNNEL_WORKER_THREADS";
+
 /// The data-plane threads ztunnel starts with when none are configured: [`workers_for`] the
 /// CPUs this process may run on (affinity and cgroup quota included).
 pub fn default_worker_threads() -> usize {
@@ -198,7 +201,7 @@ mod tests {
         use clap::Parser;
         let base = ["ztunnel", "--node-name", "n1", "--state-file", "/s", "--cert-dir", "/c"];
         // The environment names the same setting; only without it is the default in play.
-        if std::env::var_os("ZTUNNEL_WORKER_THREADS").is_none() {
+        if std::env::var_os(WORKER_THREADS_ENV).is_none() {
             let default = Config::try_parse_from(base).expect("parses");
             assert_eq!(default.worker_threads, default_worker_threads());
         }
