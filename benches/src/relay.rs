@@ -3,7 +3,8 @@
 //! `TCP_NODELAY` both ways, 256 KiB buffers), on as many tokio workers as ztunnel and in a
 //! runtime of the same kind (`ztunnel::runtimes::data_runtime`). `l4 --floor` runs one in each
 //! pod of the baseline path, where ztunnel's sockets would sit, so the report shows what the
-//! hops themselves cost on this machine apart from anything the mesh does in them. Run as `benches relay --map LISTEN=TARGET ...`.
+//! hops themselves cost on this machine apart from anything the mesh does in them. Run as
+//! `benches relay --map LISTEN=TARGET ...`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
