@@ -65,6 +65,7 @@ pub mod netns;
 pub mod pcap;
 pub mod process;
 pub mod sandbox;
+pub mod scratch;
 mod server_thread;
 mod tools;
 pub mod topology;
@@ -78,5 +79,6 @@ pub use process::{Exited, Output, Process};
 pub use sandbox::{
     Inventory, RunningSandbox, SandboxOutcome, SandboxRun, inventory, run_program_sandboxed, sandboxed, sandboxed_with,
 };
+pub use scratch::Scratch;
 pub use tools::IperfReport;
 pub use topology::{Ipv4Cidr, Node, Pod, Topology, TopologyBuilder};

@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use e2e::Scratch;
 use istiod_lite::ObjectError;
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -37,23 +38,6 @@ const PENDING_PACKAGES: &[&str] = &["waypoint"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e is inside the workspace").to_owned()
-}
-
-/// A scratch directory removed on drop (also when the test panics).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("{test}-{}-{:08x}", std::process::id(), rand::random::<u32>()));
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -205,7 +189,7 @@ fn mutate(file: &Path, from: &str, to: &str) {
 #[test]
 fn broken_manifests_are_reported_by_object_and_field() {
     let scratch = Scratch::new("broken_manifests");
-    let dir = scratch.0.join("manifests");
+    let dir = scratch.path().join("manifests");
     copy_tree(&repo().join("manifests"), &dir);
     let install = dir.join("install.yaml");
     // A number as a string, an unknown field, a CRD that is not structural.
@@ -459,7 +443,7 @@ fn install_cni_chains_the_plugin_last_once_and_uninstalls() {
         "jq is needed (.ci/run installs it)"
     );
     let scratch = Scratch::new("install_cni");
-    let root = &scratch.0;
+    let root = scratch.path();
     std::fs::create_dir_all(root.join("net.d")).unwrap();
     std::fs::write(root.join("plugin"), "#!/bin/sh\necho plugin\n").unwrap();
     Command::new("chmod").arg("0755").arg(root.join("plugin")).status().unwrap();

@@ -352,19 +352,10 @@ fn a_node_agent_that_exits_at_start_is_reported_with_its_log() {
 
     use e2e::mesh::{Mesh, MeshError, MeshSpec};
 
-    /// Removes the scratch directory however the test ends.
-    struct Scratch(std::path::PathBuf);
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     sandboxed(|| -> Result<(), Error> {
-        let dir = Scratch(std::env::temp_dir().join(format!("e2e-failing-agent-{}", std::process::id())));
-        std::fs::create_dir_all(&dir.0).expect("scratch directory");
+        let dir = e2e::Scratch::new("failing-agent");
         // What a real agent prints on a node without nftables, then its exit.
-        let agent = dir.0.join("ztunnel-agent");
+        let agent = dir.path().join("ztunnel-agent");
         std::fs::write(&agent, "#!/bin/sh\necho 'loading nftables rules: nft: not found' >&2\nexit 1\n")
             .expect("agent script");
         std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");

@@ -55,10 +55,10 @@ impl Runtimes {
     }
 }
 
-/// One worker runs on the thread that calls [`Runtimes::run`], with the current-thread
-/// scheduler: a task woken by its own I/O is polled next on the same thread, without the
-/// work-stealing queues and the cross-thread unparking a one-worker multi-threaded runtime
-/// still pays for on every wake-up. More workers get the multi-threaded scheduler.
+/// One worker runs on the thread that blocks on the runtime ([`Runtimes::run`]), with the
+/// current-thread scheduler: a task woken by its own I/O is polled next on the same thread,
+/// without the work-stealing queues and the cross-thread unparking a one-worker multi-threaded
+/// runtime still pays for on every wake-up. More workers get the multi-threaded scheduler.
 pub fn data_runtime(workers: usize) -> std::io::Result<Runtime> {
     if workers == 1 {
         return tokio::runtime::Builder::new_current_thread().enable_all().build();
