@@ -11,10 +11,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use http::{HeaderValue, Method, Request};
+use http::HeaderValue;
 use rustls_pki_types::CertificateDer;
 
 use crate::certs::LeafInfo;
+use crate::http2::hpack::{Decoder, Encoder, Field, HpackError};
 use crate::identity::Identity;
 use crate::tunnel::headers::{forwarded_for, parse_forwarded_for};
 
@@ -67,12 +68,68 @@ pub fn connect_head(data: &[u8]) {
     {
         assert_eq!(parse_forwarded_for(&forwarded_for(addr)), Some(addr), "{value:?}");
     }
-    let Ok(authority) = std::str::from_utf8(authority) else { return };
-    let Ok(req) = Request::builder().method(Method::CONNECT).uri(authority).body(()) else { return };
-    let (parts, ()) = req.into_parts();
-    let verdict = crate::tunnel::server::validate(&parts);
-    let direct = parts.uri.authority().and_then(|a| a.as_str().parse::<SocketAddr>().ok());
-    assert_eq!(verdict.ok(), direct, "{authority:?}");
+    let head = crate::http2::RequestHead {
+        method: bytes::Bytes::from_static(b"CONNECT"),
+        authority: Some(bytes::Bytes::copy_from_slice(authority)),
+        scheme: None,
+        path: None,
+        protocol: None,
+        fields: http::HeaderMap::new(),
+    };
+    // An accepted target is a socket address that prints and parses back to itself, and
+    // nothing that could name a path, a host name or a second target is accepted.
+    if let Ok(addr) = crate::tunnel::server::validate(&head) {
+        assert_eq!(addr.to_string().parse::<SocketAddr>().ok(), Some(addr), "{authority:?}");
+        assert!(
+            !authority.iter().any(|c| b"/?#@, \t".contains(c) || c.is_ascii_alphabetic() && !c.is_ascii_hexdigit())
+        );
+    }
+}
+
+/// HPACK header blocks, as a peer's encoder sends them on one connection: the first byte sets
+/// the table size we advertise (times 16), the rest is a sequence of blocks, each after a byte
+/// giving its length. Decoding never panics and is deterministic; the list-size limit changes
+/// only whether a block's fields are returned, never the dynamic table (a decoder without the
+/// limit stays in step); and the fields of a block, encoded again, decode to themselves.
+pub fn hpack(data: &[u8]) {
+    let once = hpack_connection(data);
+    assert_eq!(once, hpack_connection(data), "decoding is deterministic");
+}
+
+/// The results of decoding the blocks of [`hpack`]'s input, up to the first compression error.
+fn hpack_connection(data: &[u8]) -> Vec<Result<Vec<Field>, HpackError>> {
+    const LIMIT: usize = 1024;
+    let Some((&size, mut rest)) = data.split_first() else { return Vec::new() };
+    let max_table_size = usize::from(size) * 16;
+    let (mut limited, mut unlimited) = (Decoder::new(max_table_size), Decoder::new(max_table_size));
+    let (mut encoder, mut again) = (Encoder::new(), Decoder::new(max_table_size));
+    let mut results = Vec::new();
+    while let Some((&len, tail)) = rest.split_first() {
+        let (block, tail) = tail.split_at(usize::from(len).min(tail.len()));
+        rest = tail;
+        let result = limited.decode(block, LIMIT);
+        let whole = unlimited.decode(block, usize::MAX);
+        let list_size = |fields: &[Field]| fields.iter().map(|f| f.name.len() + f.value.len() + 32).sum::<usize>();
+        match (&result, &whole) {
+            (Ok(fields), _) => {
+                assert_eq!(whole.as_ref(), Ok(fields), "the limit changed the fields");
+                assert!(list_size(fields) <= LIMIT);
+            }
+            (Err(e), Ok(fields)) if e.is_list_too_large() => assert!(list_size(fields) > LIMIT, "{e}"),
+            (Err(e), _) => assert_eq!(whole.as_ref().err(), Some(e), "the limit changed the error"),
+        }
+        if let Ok(fields) = &whole {
+            let mut out = Vec::new();
+            encoder.encode(fields.iter().map(|f| (&f.name[..], &f.value[..])), &mut out);
+            assert_eq!(again.decode(&out, usize::MAX).as_ref(), Ok(fields), "re-encoded as {out:02x?}");
+        }
+        let stop = result.as_ref().is_err_and(|e| !e.is_list_too_large());
+        results.push(result);
+        if stop {
+            break;
+        }
+    }
+    results
 }
 
 /// The committed corpus of a target (`fuzz/corpus/<target>/`, from the workspace root), in
@@ -189,6 +246,24 @@ mod tests {
     fn connect_heads() {
         let tokens: &[&[u8]] = &[b"for=", b"\"", b";", b",", b":", b"[", b"]", b"::1", b"10.0.0.1", b"\n"];
         replay("connect_head", Vec::new(), tokens, MUTATIONS, connect_head);
+    }
+
+    #[test]
+    fn hpack_blocks() {
+        let tokens: &[&[u8]] = &[
+            b"\x82",
+            b"\xbe",
+            b"\x40",
+            b"\x0f",
+            b"\x10",
+            b"\x20",
+            b"\x3f\xe1\x1f",
+            b"\x7f",
+            b"\xff\xff\xff\x0f",
+            b"\x8c",
+            b"\x03",
+        ];
+        replay("hpack", Vec::new(), tokens, MUTATIONS, hpack);
     }
 
     /// The mutator is deterministic and does change its seeds; a broken one would make the

@@ -14,6 +14,7 @@
 pub mod certs;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod http2;
 pub mod identity;
 pub mod store;
 #[cfg(feature = "testing")]

@@ -4,19 +4,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use h2::client::SendRequest;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{HeaderMap, StatusCode};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::http2::{self, Connection};
 use crate::identity::Identity;
 use crate::tls::PeerIdentityError;
 
 use super::H2Settings;
 use super::headers::{FORWARDED, forwarded_for};
-use super::stream::H2Stream;
 
 /// What to ask the far end to connect to.
 #[derive(Debug, Clone)]
@@ -71,7 +69,7 @@ pub enum ConnectError {
         addr: SocketAddr,
         /// The protocol error.
         #[source]
-        source: h2::Error,
+        source: http2::Error,
     },
     /// The peer answered the CONNECT with something other than 200.
     #[error("CONNECT {authority} via {addr} refused: {status} {reason}")]
@@ -108,9 +106,7 @@ impl ConnectError {
     /// same request may be retried on another connection.
     pub(crate) fn connection_failed(&self) -> bool {
         match self {
-            ConnectError::Http2 { source, .. } => {
-                source.is_go_away() || source.is_io() || source.reason() == Some(h2::Reason::REFUSED_STREAM)
-            }
+            ConnectError::Http2 { source, .. } => source.is_connection() || matches!(source, http2::Error::Refused(_)),
             _ => false,
         }
     }
@@ -124,57 +120,51 @@ pub(crate) async fn handshake(
     tls: Arc<rustls::ClientConfig>,
     settings: &H2Settings,
     on_close: impl FnOnce() + Send + 'static,
-) -> Result<SendRequest<Bytes>, ConnectError> {
+) -> Result<Connection, ConnectError> {
     let _ = tcp.set_nodelay(true);
     let tls = TlsConnector::from(tls)
         .connect(ServerName::IpAddress(addr.ip().into()), tcp)
         .await
         .map_err(|source| ConnectError::Tls { addr, source })?;
-    let (send, conn) = h2::client::Builder::new()
-        .initial_window_size(settings.stream_window)
-        .initial_connection_window_size(settings.connection_window)
-        .max_frame_size(settings.max_frame_size)
-        .max_send_buffer_size(settings.max_send_buffer)
-        .enable_push(false)
-        .handshake::<_, Bytes>(tls)
-        .await
-        .map_err(|source| ConnectError::Http2 { addr, source })?;
+    let (tcp, tls) = tls.into_inner();
+    let (conn, driver) =
+        Connection::client(tcp, tls, settings.limits()).map_err(|source| ConnectError::Tcp { addr, source })?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(peer = %addr, error = %e, "HBONE connection ended with an error");
-        }
+        let end = driver.await;
+        tracing::debug!(peer = %addr, reason = %end, "HBONE connection ended");
         on_close();
     });
-    Ok(send)
+    Ok(conn)
 }
 
-/// Sends one CONNECT on `send` and waits for the answer.
+/// Sends one CONNECT on `conn` and waits for the answer.
 pub(crate) async fn connect_stream(
-    send: &SendRequest<Bytes>,
+    conn: &Connection,
     addr: SocketAddr,
     target: &ConnectTarget,
-) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), ConnectError> {
-    let h2err = |source| ConnectError::Http2 { addr, source };
-    let mut req = Request::builder()
-        .method(Method::CONNECT)
-        .uri(target.authority.to_string())
-        .body(())
-        .expect("an ip:port is a valid authority");
-    *req.headers_mut() = target.headers.clone();
-    if let Some(client) = target.forwarded_for {
-        req.headers_mut().insert(FORWARDED, forwarded_for(client));
+) -> Result<http2::Stream, ConnectError> {
+    let authority = target.authority.to_string();
+    let forwarded = target.forwarded_for.map(forwarded_for);
+    let mut fields: Vec<(&[u8], &[u8])> = Vec::with_capacity(3 + target.headers.len());
+    fields.push((b":method", b"CONNECT"));
+    fields.push((b":authority", authority.as_bytes()));
+    for (name, value) in &target.headers {
+        if name.as_str() != FORWARDED || forwarded.is_none() {
+            fields.push((name.as_str().as_bytes(), value.as_bytes()));
+        }
     }
-    let mut send = send.clone().ready().await.map_err(h2err)?;
-    let (response, stream) = send.send_request(req, false).map_err(h2err)?;
-    let response = response.await.map_err(h2err)?;
-    let (parts, mut body) = response.into_parts();
-    if parts.status == StatusCode::OK {
-        return Ok((stream, body));
+    if let Some(f) = &forwarded {
+        fields.push((FORWARDED.as_bytes(), f.as_bytes()));
+    }
+    let (stream, head) = conn.request(&fields).await.map_err(|source| ConnectError::Http2 { addr, source })?;
+    if head.status == StatusCode::OK {
+        return Ok(stream);
     }
     // A refusal carries a short text reason in its body; read a bounded amount of it.
     let mut reason = Vec::new();
     let read = async {
-        while let Some(Ok(chunk)) = body.data().await {
+        while let Some(Ok(chunk)) = std::future::poll_fn(|cx| stream.poll_data(cx)).await {
+            stream.release(chunk.len());
             reason.extend_from_slice(&chunk[..chunk.len().min(1024 - reason.len())]);
             if reason.len() >= 1024 {
                 break;
@@ -185,15 +175,7 @@ pub(crate) async fn connect_stream(
     Err(ConnectError::Refused {
         addr,
         authority: target.authority,
-        status: parts.status,
+        status: head.status,
         reason: String::from_utf8_lossy(&reason).into_owned(),
     })
-}
-
-/// Wraps the halves of an accepted CONNECT as a stream.
-pub(crate) fn into_stream(
-    halves: (h2::SendStream<Bytes>, h2::RecvStream),
-    guard: Option<Arc<super::pool::StreamGuard>>,
-) -> H2Stream {
-    H2Stream::new(halves.0, halves.1, guard)
 }

@@ -4,26 +4,29 @@
 //! direction closes on its own: half-close); a TCP RST becomes RST_STREAM(CONNECT_ERROR) and an
 //! RST_STREAM becomes a TCP RST (RFC 9113 §8.5).
 //!
-//! Buffers: socket→tunnel reads go into one buffer per direction and each read's bytes are
-//! handed to h2 as a slice of it, so nothing is copied twice; once h2 has written the slices
-//! to TLS the same allocation is reused (fresh buffers for every read cost page faults in bulk
-//! transfers). The read size doubles while reads fill it (up to [`MAX_CHUNK`]) and halves when
-//! they do not. The buffer is let go whenever the socket has nothing to read, so an idle
-//! connection holds none. Reads go through tokio's `poll_read`, which treats a short read as
-//! "drained" and so saves the `EAGAIN` read per request that `try_read` would cost.
-//! Tunnel→socket writes use the received frames as they are.
+//! Buffers: socket→tunnel reads go into one buffer per direction, which TLS copies from as it
+//! encrypts, so the same buffer serves every read. The read size doubles while reads fill it
+//! (up to [`MAX_CHUNK`]) and halves when they do not. The buffer is let go whenever the socket
+//! has nothing to read, so an idle connection holds none. Reads go through tokio's
+//! `poll_read`, which treats a short read as "drained" and so saves the `EAGAIN` read per
+//! request that `try_read` would cost. Tunnel→socket: the connection's driver writes
+//! received bytes to the socket itself when nothing is queued ahead of them (see
+//! [`http2::Stream::attach_sink`]), so a response costs no wake-up of this task; what the
+//! socket cannot take at once queues, and this task writes it from the received frames as
+//! they are.
 
 use std::future::poll_fn;
 use std::io;
+use std::os::fd::AsFd;
 use std::task::Poll;
 
-use bytes::{Bytes, BytesMut};
-use h2::{Reason, RecvStream, SendStream};
+use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::ReadHalf;
 
 use super::stream::H2Stream;
+use crate::http2::{self, ErrorCode};
 
 /// Smallest read from the socket.
 pub const MIN_CHUNK: usize = 16 * 1024;
@@ -47,7 +50,7 @@ pub enum CopyError {
     Socket(#[source] io::Error),
     /// The tunnel stream was reset or its connection failed; the socket was reset in turn.
     #[error("tunnel failed: {0}")]
-    Tunnel(#[source] h2::Error),
+    Tunnel(#[source] http2::Error),
 }
 
 impl CopyError {
@@ -73,13 +76,13 @@ pub struct CopyOutcome {
 
 /// Copies both ways until both directions have closed, or either end fails.
 pub async fn copy_bidirectional(mut tcp: TcpStream, stream: H2Stream) -> CopyOutcome {
-    let H2Stream { mut send, mut recv, pending, .. } = stream;
+    let H2Stream { inner, pending, guard, .. } = stream;
     let mut to_tunnel = 0u64;
     let mut from_tunnel = 0u64;
     let result = {
         let (mut rd, wr) = tcp.split();
-        let up = socket_to_tunnel(&mut rd, &mut send, &mut to_tunnel);
-        let down = tunnel_to_socket(wr.as_ref(), &mut recv, pending, &mut from_tunnel);
+        let up = socket_to_tunnel(&mut rd, &inner, &mut to_tunnel);
+        let down = tunnel_to_socket(wr.as_ref(), &inner, pending, &mut from_tunnel);
         tokio::try_join!(up, down).map(|_| ())
     };
     match &result {
@@ -87,46 +90,36 @@ pub async fn copy_bidirectional(mut tcp: TcpStream, stream: H2Stream) -> CopyOut
             // Abort rather than close so the application sees the failure, not a clean EOF.
             let _ = tcp.set_zero_linger();
         }
-        Err(CopyError::Socket(_)) => send.send_reset(Reason::CONNECT_ERROR),
+        Err(CopyError::Socket(_)) => inner.reset(ErrorCode::CONNECT_ERROR),
         Ok(()) => {}
     }
+    from_tunnel += inner.sunk();
+    // The stream holds a duplicate of the socket's descriptor: closing it first makes the
+    // socket's own close the last, so a zero linger set above still sends the RST.
+    drop(inner);
+    drop(guard);
     CopyOutcome { to_tunnel, from_tunnel, result }
 }
 
-async fn socket_to_tunnel(
-    rd: &mut ReadHalf<'_>,
-    send: &mut SendStream<Bytes>,
-    count: &mut u64,
-) -> Result<(), CopyError> {
+async fn socket_to_tunnel(rd: &mut ReadHalf<'_>, stream: &http2::Stream, count: &mut u64) -> Result<(), CopyError> {
     let mut chunk = MIN_CHUNK;
-    let mut buf = BytesMut::new();
+    let mut buf: Vec<u8> = Vec::new();
     loop {
         // Flow control first: read from the socket only what the peer can take, so a slow
         // receiver slows the sender through TCP rather than filling our memory.
-        send.reserve_capacity(chunk);
-        // `poll_capacity` only reports increases: capacity left over from a read that found
-        // nothing must be used as it is.
-        let window = match send.capacity() {
-            0 => match poll_fn(|cx| send.poll_capacity(cx)).await {
-                Some(Ok(0)) => continue,
-                Some(Ok(n)) => n,
-                Some(Err(e)) => return Err(CopyError::Tunnel(e)),
-                None => return Err(CopyError::Tunnel(h2::Error::from(Reason::STREAM_CLOSED))),
-            },
-            n => n,
-        };
+        let window = poll_fn(|cx| stream.poll_capacity(cx)).await.map_err(CopyError::Tunnel)?;
         let ready = poll_fn(|cx| Poll::Ready(rd.as_ref().poll_read_ready(cx).map(|r| r.is_ok()))).await;
         if ready == Poll::Pending {
             // Nothing to read now: wait without holding a buffer.
-            buf = BytesMut::new();
+            buf = Vec::new();
             rd.readable().await.map_err(CopyError::Socket)?;
         }
         let want = chunk.min(window);
-        // Takes back the allocation once h2 has dropped every slice of it.
+        buf.clear();
         buf.reserve(want);
         let n = (&mut *rd).take(want as u64).read_buf(&mut buf).await.map_err(CopyError::Socket)?;
         if n == 0 {
-            send.send_data(Bytes::new(), true).map_err(CopyError::Tunnel)?;
+            stream.send(&[], true).map_err(CopyError::Tunnel)?;
             return Ok(());
         }
         *count += n as u64;
@@ -135,26 +128,35 @@ async fn socket_to_tunnel(
         } else if n < want / 4 && chunk > MIN_CHUNK {
             chunk /= 2;
         }
-        send.send_data(buf.split().freeze(), false).map_err(CopyError::Tunnel)?;
+        // Other streams may have used the connection's window while this one read.
+        let mut sent = stream.send(&buf[..n], false).map_err(CopyError::Tunnel)?;
+        while sent < n {
+            poll_fn(|cx| stream.poll_capacity(cx)).await.map_err(CopyError::Tunnel)?;
+            sent += stream.send(&buf[sent..n], false).map_err(CopyError::Tunnel)?;
+        }
     }
 }
 
 async fn tunnel_to_socket(
     tcp: &TcpStream,
-    recv: &mut RecvStream,
+    stream: &http2::Stream,
     pending: Bytes,
     count: &mut u64,
 ) -> Result<(), CopyError> {
     write_all(tcp, &pending).await?;
     *count += pending.len() as u64;
+    // Behind whatever was pending: from here the connection's driver may write directly.
+    if let Ok(fd) = tcp.as_fd().try_clone_to_owned() {
+        stream.attach_sink(std::net::TcpStream::from(fd));
+    }
     loop {
-        match recv.data().await {
+        match poll_fn(|cx| stream.poll_data(cx)).await {
             Some(Ok(data)) => {
                 write_all(tcp, &data).await?;
                 *count += data.len() as u64;
                 // Open the window only once the bytes are in the socket: the receiver's pace
                 // is what the sender sees.
-                let _ = recv.flow_control().release_capacity(data.len());
+                stream.release(data.len());
             }
             Some(Err(e)) => return Err(CopyError::Tunnel(e)),
             None => {

@@ -27,12 +27,27 @@ pub struct H2Settings {
     pub connection_window: u32,
     /// Largest DATA frame accepted.
     pub max_frame_size: u32,
-    /// Bytes h2 may queue per stream before a writer waits.
-    pub max_send_buffer: usize,
     /// Streams the server lets a client open at once on one connection.
     pub max_concurrent_streams: u32,
     /// Time allowed for TCP connect (client), TLS and the HTTP/2 preface (both ends).
     pub handshake_timeout: Duration,
+}
+
+/// Largest request or response head accepted (RFC 9113 §6.5.2 counting). A CONNECT's head is
+/// a few hundred bytes; this leaves room for tracing headers without letting a peer make us
+/// hold much.
+const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+
+impl H2Settings {
+    pub(crate) fn limits(&self) -> crate::http2::Limits {
+        crate::http2::Limits {
+            stream_window: self.stream_window,
+            connection_window: self.connection_window,
+            max_frame_size: self.max_frame_size,
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_header_list_size: MAX_HEADER_LIST_SIZE,
+        }
+    }
 }
 
 impl Default for H2Settings {
@@ -41,7 +56,6 @@ impl Default for H2Settings {
             stream_window: 4 * 1024 * 1024,
             connection_window: 16 * 1024 * 1024,
             max_frame_size: 1024 * 1024,
-            max_send_buffer: 1024 * 1024,
             max_concurrent_streams: 100,
             handshake_timeout: Duration::from_secs(5),
         }

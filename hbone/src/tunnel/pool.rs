@@ -14,17 +14,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
-use h2::client::SendRequest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::http2::Connection;
 use crate::identity::Identity;
 use crate::store::CertStore;
 use crate::tls::client_config;
 
 use super::H2Settings;
-use super::client::{ConnectError, ConnectTarget, connect_stream, handshake, into_stream};
+use super::client::{ConnectError, ConnectTarget, connect_stream, handshake};
 use super::stream::H2Stream;
 
 /// Which pooled connections a request may use.
@@ -80,11 +79,17 @@ struct Inner {
 
 struct Conn {
     id: u64,
-    send: SendRequest<Bytes>,
+    h2: Connection,
     active: AtomicUsize,
     /// Milliseconds since the pool's epoch when the last stream ended.
     idle_since: AtomicU64,
     closed: Arc<AtomicBool>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.h2.close();
+    }
 }
 
 /// Counts a stream against its connection for as long as the stream lives.
@@ -158,8 +163,8 @@ impl Pool {
 
     async fn open_on(&self, conn: &Arc<Conn>, key: &PoolKey, target: &ConnectTarget) -> Result<H2Stream, ConnectError> {
         let guard = Arc::new(StreamGuard { conn: conn.clone(), inner: Arc::downgrade(&self.inner) });
-        let halves = connect_stream(&conn.send, key.addr, target).await?;
-        Ok(into_stream(halves, Some(guard)))
+        let stream = connect_stream(&conn.h2, key.addr, target).await?;
+        Ok(H2Stream::new(stream, Some(guard)))
     }
 
     /// A connection with room for one more stream (already counted), opened after connection
@@ -201,13 +206,13 @@ impl Pool {
             let tcp = (inner.connector)(addr).await.map_err(|source| ConnectError::Tcp { addr, source })?;
             handshake(tcp, addr, tls, &inner.cfg.h2, on_close).await
         };
-        let send = tokio::time::timeout(inner.cfg.h2.handshake_timeout, setup)
+        let h2 = tokio::time::timeout(inner.cfg.h2.handshake_timeout, setup)
             .await
             .map_err(|_| ConnectError::HandshakeTimeout(addr))??;
         tracing::debug!(peer = %addr, src = %key.src, dst = %key.dst, "opened HBONE connection");
         Ok(Arc::new(Conn {
             id: inner.next_id.fetch_add(1, Ordering::Relaxed),
-            send,
+            h2,
             active: AtomicUsize::new(1),
             idle_since: AtomicU64::new(inner.now_ms()),
             closed,
@@ -242,7 +247,7 @@ impl Inner {
         let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         let max = self.cfg.max_streams_per_connection;
         conns.get(key)?.iter().find_map(|c| {
-            if c.id <= newer_than || c.closed.load(Ordering::Acquire) {
+            if c.id <= newer_than || c.closed.load(Ordering::Acquire) || !c.h2.is_ready() {
                 return None;
             }
             c.active
@@ -253,7 +258,7 @@ impl Inner {
     }
 
     /// Drops closed connections and those idle past the timeout. Dropping the last handle of
-    /// an idle connection makes h2 close it with GOAWAY.
+    /// an idle connection closes it with GOAWAY.
     fn sweep(&self) {
         let now = self.now_ms();
         let idle_ms = self.cfg.idle_timeout.as_millis() as u64;

@@ -6,13 +6,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use h2::RecvStream;
-use h2::server::SendResponse;
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use crate::http2::{self, Connection, RequestHead};
 use crate::identity::Identity;
 use crate::tls::{PeerIdentityError, peer_identity};
 
@@ -51,7 +49,7 @@ pub enum ServeError {
         peer: SocketAddr,
         /// The protocol error.
         #[source]
-        source: h2::Error,
+        source: http2::Error,
     },
 }
 
@@ -81,8 +79,7 @@ pub struct InboundConnect {
     peer_addr: SocketAddr,
     authority: SocketAddr,
     headers: HeaderMap,
-    recv: Option<RecvStream>,
-    respond: Option<SendResponse<Bytes>>,
+    stream: Option<http2::Stream>,
 }
 
 impl InboundConnect {
@@ -112,36 +109,34 @@ impl InboundConnect {
     }
 
     /// Answers 200 and returns the stream.
-    pub fn accept(mut self) -> Result<H2Stream, h2::Error> {
-        let mut respond = self.respond.take().expect("answered only once");
-        let recv = self.recv.take().expect("answered only once");
-        let send = respond.send_response(Response::new(()), false)?;
-        Ok(H2Stream::new(send, recv, None))
+    pub fn accept(mut self) -> Result<H2Stream, http2::Error> {
+        let stream = self.stream.take().expect("answered only once");
+        stream.respond(StatusCode::OK, &[], false)?;
+        Ok(H2Stream::new(stream, None))
     }
 
     /// Answers `status` with `reason` as the body.
     pub fn refuse(mut self, status: StatusCode, reason: &str) {
-        if let Some(respond) = self.respond.take() {
-            send_refusal(respond, status, reason);
+        if let Some(stream) = self.stream.take() {
+            send_refusal(stream, status, reason);
         }
     }
 }
 
 impl Drop for InboundConnect {
     fn drop(&mut self) {
-        if let Some(respond) = self.respond.take() {
-            send_refusal(respond, StatusCode::SERVICE_UNAVAILABLE, "request was not handled");
+        if let Some(stream) = self.stream.take() {
+            send_refusal(stream, StatusCode::SERVICE_UNAVAILABLE, "request was not handled");
         }
     }
 }
 
-fn send_refusal(mut respond: SendResponse<Bytes>, status: StatusCode, reason: &str) {
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    if let Ok(mut body) = respond.send_response(response, reason.is_empty())
-        && !reason.is_empty()
-    {
-        let _ = body.send_data(Bytes::copy_from_slice(reason.as_bytes()), true);
+fn send_refusal(stream: http2::Stream, status: StatusCode, reason: &str) {
+    let text: &[(&[u8], &[u8])] = &[(b"content-type", b"text/plain")];
+    let fields = if reason.is_empty() { &[][..] } else { text };
+    if stream.respond(status, fields, reason.is_empty()).is_ok() && !reason.is_empty() {
+        // A reason longer than the window is cut; it is for people, not for parsing.
+        let _ = stream.send(reason.as_bytes(), true);
     }
 }
 
@@ -205,20 +200,19 @@ impl<H: Handler> Server<H> {
         let setup = async {
             let tls = self.tls.accept(tcp).await.map_err(|source| ServeError::Tls { peer, source })?;
             let identity = peer_identity(tls.get_ref().1).map_err(|source| ServeError::Identity { peer, source })?;
-            let conn = h2::server::Builder::new()
-                .initial_window_size(self.settings.stream_window)
-                .initial_connection_window_size(self.settings.connection_window)
-                .max_frame_size(self.settings.max_frame_size)
-                .max_send_buffer_size(self.settings.max_send_buffer)
-                .max_concurrent_streams(self.settings.max_concurrent_streams)
-                .handshake::<_, Bytes>(tls)
-                .await
-                .map_err(|source| ServeError::Http2 { peer, source })?;
+            let (tcp, tls) = tls.into_inner();
+            let (conn, driver) = Connection::server(tcp, tls, self.settings.limits())
+                .map_err(|source| ServeError::Tls { peer, source })?;
+            tokio::spawn(driver);
+            // Closes the connection if the preface does not come in time.
+            let conn = CloseOnDrop(conn);
+            conn.0.settled().await.map_err(|source| ServeError::Http2 { peer, source })?;
             Ok((identity, conn))
         };
-        let (identity, mut conn) = tokio::time::timeout(self.settings.handshake_timeout, setup)
+        let (identity, conn) = tokio::time::timeout(self.settings.handshake_timeout, setup)
             .await
             .map_err(|_| ServeError::HandshakeTimeout(peer))??;
+        let conn = &conn.0;
         let mut shutdown = std::pin::pin!(shutdown);
         let mut going_away = false;
         loop {
@@ -226,18 +220,17 @@ impl<H: Handler> Server<H> {
                 next = conn.accept() => next,
                 () = &mut shutdown, if !going_away => {
                     going_away = true;
-                    conn.graceful_shutdown();
+                    conn.go_away();
                     continue;
                 }
             };
             let Some(next) = next else { break };
-            let (request, respond) = next.map_err(|source| ServeError::Http2 { peer, source })?;
-            let (parts, recv) = request.into_parts();
-            let authority = match validate(&parts) {
+            let (stream, head) = next.map_err(|source| ServeError::Http2 { peer, source })?;
+            let authority = match validate(&head) {
                 Ok(a) => a,
                 Err(reason) => {
                     tracing::debug!(%peer, %reason, "malformed CONNECT");
-                    send_refusal(respond, StatusCode::BAD_REQUEST, reason);
+                    send_refusal(stream, StatusCode::BAD_REQUEST, reason);
                     continue;
                 }
             };
@@ -245,9 +238,8 @@ impl<H: Handler> Server<H> {
                 peer_identity: identity.clone(),
                 peer_addr: peer,
                 authority,
-                headers: parts.headers,
-                recv: Some(recv),
-                respond: Some(respond),
+                headers: head.fields,
+                stream: Some(stream),
             };
             let handler = self.handler.clone();
             tokio::spawn(async move { handler.handle(request).await });
@@ -256,16 +248,26 @@ impl<H: Handler> Server<H> {
     }
 }
 
+/// Closes a server connection when its serving ends, however it ends. Serving ends normally
+/// only once the peer has gone or, after GOAWAY, its last stream has finished.
+struct CloseOnDrop(Connection);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// A CONNECT to `ip:port`, nothing else.
-pub(crate) fn validate(parts: &http::request::Parts) -> Result<SocketAddr, &'static str> {
-    if parts.method != Method::CONNECT {
+pub(crate) fn validate(head: &RequestHead) -> Result<SocketAddr, &'static str> {
+    if &head.method[..] != b"CONNECT" {
         return Err("only CONNECT is served on the HBONE port");
     }
-    if parts.extensions.get::<h2::ext::Protocol>().is_some() {
+    if head.protocol.is_some() {
         return Err("extended CONNECT is not supported");
     }
-    let authority = parts.uri.authority().ok_or("CONNECT without :authority")?;
-    authority.as_str().parse().map_err(|_| ":authority must be <ip>:<port>")
+    let authority = head.authority.as_deref().ok_or("CONNECT without :authority")?;
+    std::str::from_utf8(authority).ok().and_then(|a| a.parse().ok()).ok_or(":authority must be <ip>:<port>")
 }
 
 fn is_transient_accept_error(e: &io::Error) -> bool {
