@@ -5,6 +5,9 @@
 //!   ends of every handshake read.
 //! - [`tls`]: TLS 1.3 contexts whose verifiers check chains against the mesh roots and
 //!   identities against what the caller expects.
+//! - [`http2`]: HTTP/2 as the tunnel needs it, written for its data path: streams write
+//!   straight into TLS, and one driver per connection writes received bytes straight to the
+//!   socket they are for.
 //! - [`tunnel`]: HTTP/2 CONNECT client pool, server, and the byte pump between a tunnel stream
 //!   and a TCP socket.
 //! - `fuzzing` (feature `fuzzing`): properties of the parsers that read what peers send, for

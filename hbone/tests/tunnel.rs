@@ -403,3 +403,53 @@ async fn malformed_requests_get_400() {
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{method} {uri}");
     }
 }
+
+/// A draining server closes its connection as soon as the last stream ends, so the close
+/// lands right behind that stream's END_STREAM: the client must still see a clean end of every
+/// byte, not a reset (each round races the close against the final frames).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_ends_just_before_a_draining_server_closes_ends_cleanly() {
+    let mesh = Mesh::new();
+    let backend = echo_backend().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+    let handler = move |req: InboundConnect| {
+        let started_tx = started_tx.clone();
+        async move {
+            let _ = started_tx.send(());
+            let tcp = TcpStream::connect(req.authority()).await.unwrap();
+            let Ok(stream) = req.accept() else { return };
+            hbone::tunnel::copy::copy_bidirectional(tcp, stream).await;
+        }
+    };
+    let server = hbone::tunnel::server::Server::new(
+        hbone::tls::server_config(&mesh.server_store, mesh.server.clone()),
+        hbone::tunnel::H2Settings::default(),
+        handler,
+    );
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = listener.accept().await.unwrap();
+            let (server, mut drain) = (server.clone(), drain_rx.clone());
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = drain.wait_for(|d| *d).await;
+                };
+                let _ = server.serve_connection_until(tcp, peer, shutdown).await;
+            });
+        }
+    });
+    for round in 0..5 {
+        let _ = drain_tx.send(false);
+        let app = outbound(mesh.pool(), mesh.key(addr), backend).await;
+        let tcp = TcpStream::connect(app).await.unwrap();
+        let check = tokio::spawn(echo_check(tcp, 200_000 + round));
+        // Draining starts while the stream runs; the connection closes when it ends.
+        tokio::time::timeout(5 * SECOND, started.recv()).await.unwrap();
+        let _ = drain_tx.send(true);
+        let echoed = tokio::time::timeout(10 * SECOND, check).await.expect("stream ended").expect("clean end");
+        assert_eq!(echoed, 200_000 + round);
+    }
+}

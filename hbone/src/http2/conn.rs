@@ -38,6 +38,8 @@ pub struct Limits {
 
 /// Largest header block (all of HEADERS and its CONTINUATIONs) kept while it arrives.
 const MAX_BLOCK: usize = 256 * 1024;
+/// How long a closed connection keeps reading what the peer still sends (see `linger`).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// DATA frames one `send` writes at most.
 const MAX_FRAMES_PER_SEND: usize = 16;
 /// Driver wake-ups handled in a row before it lets other tasks run.
@@ -173,17 +175,27 @@ impl Slot {
         }
     }
 
+    /// Fails what has not finished: a direction that already ended keeps its clean end, so a
+    /// connection closing just after a stream's last frame does not turn it into an error.
     fn fail(&mut self, e: Error) {
-        if !matches!(self.end, Some(Err(_))) {
+        if self.end.is_none() {
             self.end = Some(Err(e.clone()));
         }
         if self.response.is_none() && !self.got_head {
             self.response = Some(Err(e.clone()));
         }
-        if !matches!(self.send_end, Some(Ok(()))) {
+        if self.send_end.is_none() {
             self.send_end = Some(Err(e));
         }
         self.wake();
+    }
+
+    /// A reset: bytes not yet delivered are dropped and receiving fails even if END_STREAM
+    /// came, so the reader sees the abort rather than a clean but short stream.
+    fn abort(&mut self, e: Error) {
+        self.queue.clear();
+        self.end = Some(Err(e.clone()));
+        self.fail(e);
     }
 
     /// Open or half-closed (RFC 9113 §5.1): counts against the concurrent stream limit.
@@ -302,7 +314,7 @@ impl State {
     fn reset(&mut self, id: u32, code: ErrorCode, local: Error) {
         frame::put_rst_stream(&mut self.out, id, code);
         if let Some(slot) = self.streams.get_mut(&id) {
-            slot.fail(local);
+            slot.abort(local);
         }
     }
 
@@ -817,7 +829,11 @@ async fn drive(shared: Arc<Shared>) -> Arc<ConnError> {
     let mut buf = BytesMut::new();
     let mut reads = 0usize;
     let result = loop {
-        if let Some(e) = lock(&shared).closed.clone() {
+        let closed = lock(&shared).closed.clone();
+        if let Some(e) = closed {
+            if matches!(*e, ConnError::Local) {
+                linger(&shared).await;
+            }
             break Err(e);
         }
         // First pass: what TLS already holds (bytes that came with the handshake).
@@ -877,6 +893,21 @@ async fn drive(shared: Arc<Shared>) -> Arc<ConnError> {
             st.close(e);
             let _ = shared.sock.get_ref().shutdown(std::net::Shutdown::Both);
             st.closed.clone().expect("just closed")
+        }
+    }
+}
+
+/// After this end closed: reads and drops what the peer still sends until it closes too (or
+/// a second passes). Closing a socket with unread bytes makes the kernel send a reset, which
+/// can destroy our last frames (GOAWAY, a stream's END_STREAM) before the peer reads them.
+async fn linger(shared: &Shared) {
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut scratch = [0u8; 4096];
+    loop {
+        let Ok(Ok(mut guard)) = tokio::time::timeout_at(deadline, shared.sock.readable()).await else { return };
+        match guard.try_io(|s| (&*s.get_ref()).read(&mut scratch)) {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(_)) | Err(_) => {}
         }
     }
 }
@@ -1066,8 +1097,7 @@ fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>, raw: &Bytes) -> Resul
                 } else {
                     let e =
                         if code == E::REFUSED_STREAM { Error::Refused("REFUSED_STREAM") } else { Error::Reset(code) };
-                    slot.fail(e);
-                    slot.queue.clear();
+                    slot.abort(e);
                 }
             }
         }
