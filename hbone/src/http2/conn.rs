@@ -38,6 +38,9 @@ pub struct Limits {
 
 /// Largest header block (all of HEADERS and its CONTINUATIONs) kept while it arrives.
 const MAX_BLOCK: usize = 256 * 1024;
+/// Streams reset by the peer while waiting to be served, at most, before the connection is
+/// closed with ENHANCE_YOUR_CALM.
+const MAX_RESET_BEFORE_ACCEPT: usize = 20;
 /// How long a closed connection keeps reading what the peer still sends (see `linger`).
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// DATA frames one `send` writes at most.
@@ -241,6 +244,9 @@ struct State {
     encoder: Encoder,
     /// Server: streams opened by the peer, not yet taken by `accept`.
     accepted: VecDeque<(u32, RequestHead)>,
+    /// Streams in `accepted` the peer already reset: a peer that opens and resets streams
+    /// faster than they are served makes work without holding a stream open ("rapid reset").
+    reset_before_accept: usize,
     accept_waker: Option<Waker>,
     goaway_sent: bool,
     goaway_received: Option<u32>,
@@ -451,6 +457,7 @@ impl Connection {
             decoder: Decoder::new(4096),
             encoder: Encoder::new(),
             accepted: VecDeque::new(),
+            reset_before_accept: 0,
             accept_waker: None,
             goaway_sent: false,
             goaway_received: None,
@@ -564,7 +571,13 @@ impl Connection {
     pub async fn accept(&self) -> Option<Result<(Stream, RequestHead), Error>> {
         std::future::poll_fn(|cx| {
             let mut st = lock(&self.shared);
-            if let Some((id, head)) = st.accepted.pop_front() {
+            while let Some((id, head)) = st.accepted.pop_front() {
+                if st.streams.get(&id).is_some_and(|s| matches!(s.end, Some(Err(_)))) {
+                    // Reset before anyone served it: nothing to hand out.
+                    st.streams.remove(&id);
+                    st.reset_before_accept = st.reset_before_accept.saturating_sub(1);
+                    continue;
+                }
                 return Poll::Ready(Some(Ok((Stream::new(self.shared.clone(), id), head))));
             }
             match &st.closed {
@@ -905,9 +918,8 @@ async fn linger(shared: &Shared) {
     let mut scratch = [0u8; 4096];
     loop {
         let Ok(Ok(mut guard)) = tokio::time::timeout_at(deadline, shared.sock.readable()).await else { return };
-        match guard.try_io(|s| (&*s.get_ref()).read(&mut scratch)) {
-            Ok(Ok(0) | Err(_)) => return,
-            Ok(Ok(_)) | Err(_) => {}
+        if let Ok(Ok(0) | Err(_)) = guard.try_io(|s| s.get_ref().read(&mut scratch)) {
+            return;
         }
     }
 }
@@ -1085,6 +1097,12 @@ fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>, raw: &Bytes) -> Resul
         Frame::RstStream { stream, code } => {
             if st.idle(shared.role, stream) {
                 return Err(conn(E::PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
+            }
+            if st.accepted.iter().any(|(id, _)| *id == stream) {
+                st.reset_before_accept += 1;
+                if st.reset_before_accept > MAX_RESET_BEFORE_ACCEPT {
+                    return Err(conn(E::ENHANCE_YOUR_CALM, "too many streams reset before they were served"));
+                }
             }
             if let Some(slot) = st.streams.get_mut(&stream) {
                 if code == E::NO_ERROR && matches!(slot.end, Some(Ok(()))) {
