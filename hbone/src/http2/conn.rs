@@ -195,10 +195,13 @@ impl Slot {
 
     /// A reset: bytes not yet delivered are dropped and receiving fails even if END_STREAM
     /// came, so the reader sees the abort rather than a clean but short stream.
-    fn abort(&mut self, e: Error) {
-        self.queue.clear();
+    /// Returns the dropped bytes, which the caller gives back to the connection's window.
+    #[must_use]
+    fn abort(&mut self, e: Error) -> u32 {
+        let dropped: usize = self.queue.drain(..).map(|b| b.len()).sum();
         self.end = Some(Err(e.clone()));
         self.fail(e);
+        dropped as u32
     }
 
     /// Open or half-closed (RFC 9113 §5.1): counts against the concurrent stream limit.
@@ -317,10 +320,11 @@ impl State {
         }
     }
 
-    fn reset(&mut self, id: u32, code: ErrorCode, local: Error) {
+    fn reset(&mut self, id: u32, code: ErrorCode, local: Error, limits: &Limits) {
         frame::put_rst_stream(&mut self.out, id, code);
         if let Some(slot) = self.streams.get_mut(&id) {
-            slot.abort(local);
+            let dropped = slot.abort(local);
+            self.release(0, dropped, limits);
         }
     }
 
@@ -804,7 +808,7 @@ impl Stream {
         if st.closed.is_some() || self.finished.swap(true, Ordering::Relaxed) {
             return;
         }
-        st.reset(self.id, code, Error::Reset(code));
+        st.reset(self.id, code, Error::Reset(code), &self.shared.limits);
         let _ = self.commit(&mut st);
     }
 }
@@ -820,8 +824,9 @@ impl Drop for Stream {
             let code = if answered { ErrorCode::NO_ERROR } else { ErrorCode::CANCEL };
             frame::put_rst_stream(&mut st.out, self.id, code);
         }
-        // Bytes the reader never took still count against the connection's window.
-        let unread: usize = slot.queue.iter().map(|b| b.len()).sum::<usize>() + slot.unreleased as usize;
+        // Bytes the reader never took still count against the connection's window (what it
+        // took and released already went to the connection's credit in `release`).
+        let unread: usize = slot.queue.iter().map(|b| b.len()).sum();
         if unread > 0 {
             st.release(0, unread as u32, &self.shared.limits);
         }
@@ -869,7 +874,9 @@ async fn drive(shared: Arc<Shared>) -> Arc<ConnError> {
                     guard.clear_ready();
                 }
             }
-            r = shared.sock.readable() => {
+            // While the peer does not read what we send, we do not read what it sends: every
+            // frame may call for an answer (PING, SETTINGS), and those must not pile up.
+            r = shared.sock.readable(), if !blocked => {
                 let mut guard = match r {
                     Ok(g) => g,
                     Err(e) => break Ok(ConnError::Io(e)),
@@ -992,6 +999,13 @@ fn apply(shared: &Shared, st: &mut State, buf: &mut BytesMut) -> Result<(), Fram
         }
         let raw = buf.split_to(total).freeze();
         let parsed = frame::parse(&head, &raw[frame::HEAD_LEN..]);
+        // A broken frame's own error comes first, so a bad first SETTINGS gets the code its
+        // bad value calls for.
+        if let Err(e) = parsed
+            && e.stream.is_none()
+        {
+            return Err(e);
+        }
         if !st.settings_received && !matches!(parsed, Ok(Frame::Settings { ack: false, .. })) {
             return Err(FrameError::connection(ErrorCode::PROTOCOL_ERROR, "first frame is not SETTINGS"));
         }
@@ -1003,7 +1017,7 @@ fn apply(shared: &Shared, st: &mut State, buf: &mut BytesMut) -> Result<(), Fram
         match parsed {
             Ok(f) => on_frame(shared, st, f, &raw)?,
             Err(e) => match e.stream {
-                Some(id) => st.reset(id, e.code, Error::Malformed(e.why)),
+                Some(id) => st.reset(id, e.code, Error::Malformed(e.why), &shared.limits),
                 None => return Err(e),
             },
         }
@@ -1032,12 +1046,17 @@ fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>, raw: &Bytes) -> Resul
             if slot.end.is_some() || !slot.got_head {
                 let why = if slot.got_head { "DATA after END_STREAM" } else { "DATA before the response head" };
                 let code = if slot.got_head { E::STREAM_CLOSED } else { E::PROTOCOL_ERROR };
-                st.reset(stream, code, Error::Malformed(why));
+                st.reset(stream, code, Error::Malformed(why), &shared.limits);
                 st.release(0, flow_len, &shared.limits);
                 return Ok(());
             }
             if flow_len as i64 > slot.recv_window {
-                st.reset(stream, E::FLOW_CONTROL_ERROR, Error::Malformed("DATA beyond the stream's window"));
+                st.reset(
+                    stream,
+                    E::FLOW_CONTROL_ERROR,
+                    Error::Malformed("DATA beyond the stream's window"),
+                    &shared.limits,
+                );
                 st.release(0, flow_len, &shared.limits);
                 return Ok(());
             }
@@ -1115,7 +1134,8 @@ fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>, raw: &Bytes) -> Resul
                 } else {
                     let e =
                         if code == E::REFUSED_STREAM { Error::Refused("REFUSED_STREAM") } else { Error::Reset(code) };
-                    slot.abort(e);
+                    let dropped = slot.abort(e);
+                    st.release(0, dropped, &shared.limits);
                 }
             }
         }
@@ -1192,7 +1212,12 @@ fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>, raw: &Bytes) -> Resul
             if let Some(slot) = st.streams.get_mut(&stream) {
                 slot.send_window += increment as i64;
                 if slot.send_window > frame::MAX_WINDOW as i64 {
-                    st.reset(stream, E::FLOW_CONTROL_ERROR, Error::Malformed("stream window above 2^31-1"));
+                    st.reset(
+                        stream,
+                        E::FLOW_CONTROL_ERROR,
+                        Error::Malformed("stream window above 2^31-1"),
+                        &shared.limits,
+                    );
                 } else if let Some(w) = slot.send_waker.take() {
                     w.wake();
                 }
@@ -1218,7 +1243,7 @@ fn on_head(shared: &Shared, st: &mut State, id: u32, end_stream: bool, block: &[
         if slot.got_head {
             // Trailers: they end the stream; their fields mean nothing to a tunnel.
             if !end_stream {
-                st.reset(id, E::PROTOCOL_ERROR, Error::Malformed("trailers without END_STREAM"));
+                st.reset(id, E::PROTOCOL_ERROR, Error::Malformed("trailers without END_STREAM"), &shared.limits);
             } else if slot.end.is_none() {
                 slot.end = Some(Ok(()));
                 slot.wake();
@@ -1228,10 +1253,15 @@ fn on_head(shared: &Shared, st: &mut State, id: u32, end_stream: bool, block: &[
         // Client: the response head.
         let head = fields.and_then(head::response);
         match head {
-            Err(why) => st.reset(id, E::PROTOCOL_ERROR, Error::Malformed(why)),
+            Err(why) => st.reset(id, E::PROTOCOL_ERROR, Error::Malformed(why), &shared.limits),
             Ok(h) if h.status.is_informational() => {
                 if end_stream {
-                    st.reset(id, E::PROTOCOL_ERROR, Error::Malformed("informational response with END_STREAM"));
+                    st.reset(
+                        id,
+                        E::PROTOCOL_ERROR,
+                        Error::Malformed("informational response with END_STREAM"),
+                        &shared.limits,
+                    );
                 }
             }
             Ok(h) => {
