@@ -96,6 +96,46 @@ pub fn hpack(data: &[u8]) {
     assert_eq!(once, hpack_connection(data), "decoding is deterministic");
 }
 
+/// HTTP/2 frames as a peer sends them, back to back: checking a frame never panics, a head
+/// reads back from its own encoding, and what passes holds the values RFC 9113 allows
+/// (windows and increments within 2^31-1, frame sizes within 2^14..2^24-1, DATA no longer than
+/// what counts against flow control, stream errors only on a stream).
+pub fn http2_frames(mut data: &[u8]) {
+    use crate::http2::frame::{self, Frame, HEAD_LEN, Head, MAX_FRAME_SIZE_LIMIT, MAX_WINDOW, setting};
+    while data.len() >= HEAD_LEN {
+        let head = Head::parse(data[..HEAD_LEN].try_into().expect("9 bytes"));
+        assert_eq!(Head::parse(&head.encode()), head);
+        let Some(payload) = data.get(HEAD_LEN..HEAD_LEN + head.len as usize) else { return };
+        match frame::parse(&head, payload) {
+            Ok(Frame::Data { data: d, flow_len, stream, .. }) => {
+                assert!(d.len() <= flow_len as usize && flow_len == head.len && stream != 0);
+            }
+            Ok(Frame::Settings { params, .. }) => {
+                for (id, value) in frame::settings_entries(params) {
+                    match id {
+                        setting::INITIAL_WINDOW_SIZE => assert!(value <= MAX_WINDOW),
+                        setting::MAX_FRAME_SIZE => assert!((16_384..=MAX_FRAME_SIZE_LIMIT).contains(&value)),
+                        setting::ENABLE_PUSH => assert!(value <= 1),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(Frame::WindowUpdate { increment, .. }) => assert!(increment != 0 && increment <= MAX_WINDOW),
+            Ok(Frame::Headers { block, .. } | Frame::Continuation { block, .. }) => {
+                assert!(block.len() <= payload.len());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if let Some(stream) = e.stream {
+                    assert!(stream == head.stream && stream != 0, "{e}");
+                }
+                assert!(!e.why.is_empty());
+            }
+        }
+        data = &data[HEAD_LEN + head.len as usize..];
+    }
+}
+
 /// The results of decoding the blocks of [`hpack`]'s input, up to the first compression error.
 fn hpack_connection(data: &[u8]) -> Vec<Result<Vec<Field>, HpackError>> {
     const LIMIT: usize = 1024;
@@ -246,6 +286,22 @@ mod tests {
     fn connect_heads() {
         let tokens: &[&[u8]] = &[b"for=", b"\"", b";", b",", b":", b"[", b"]", b"::1", b"10.0.0.1", b"\n"];
         replay("connect_head", Vec::new(), tokens, MUTATIONS, connect_head);
+    }
+
+    #[test]
+    fn http2_frame_sequences() {
+        let tokens: &[&[u8]] = &[
+            b"\x00\x00\x00",
+            b"\x00\x00\x06\x04\x00\x00\x00\x00\x00",
+            b"\x00\x00\x04\x08\x00\x00\x00\x00\x01",
+            b"\x08",
+            b"\x20",
+            b"\x7f\xff\xff\xff",
+            b"\x80\x00\x00\x00",
+            b"\x00\x04",
+            b"\x00\x05",
+        ];
+        replay("http2_frames", Vec::new(), tokens, MUTATIONS, http2_frames);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! - `conn`: a connection and its streams, flow control, settings, shutdown.
 
 mod conn;
-mod frame;
+pub(crate) mod frame;
 mod head;
 pub mod hpack;
 mod huffman;
