@@ -21,13 +21,18 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-/// An `h2` server on mesh TLS that echoes each CONNECT stream's bytes, or refuses CONNECTs to
-/// port 1 with 401 and a reason. Counts connections.
-async fn h2_echo_server(mesh: &Mesh, builder: h2::server::Builder) -> (SocketAddr, Arc<AtomicUsize>) {
+/// A loopback listener, the server identity's TLS acceptor, and a connection counter.
+async fn mesh_tls_listener(mesh: &Mesh) -> (TcpListener, SocketAddr, TlsAcceptor, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = TlsAcceptor::from(hbone::tls::server_config(&mesh.server_store, mesh.server.clone()));
-    let conns = Arc::new(AtomicUsize::new(0));
+    (listener, addr, acceptor, Arc::new(AtomicUsize::new(0)))
+}
+
+/// An `h2` server on mesh TLS that echoes each CONNECT stream's bytes, or refuses CONNECTs to
+/// port 1 with 401 and a reason. Counts connections.
+async fn h2_echo_server(mesh: &Mesh, builder: h2::server::Builder) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (listener, addr, acceptor, conns) = mesh_tls_listener(mesh).await;
     let counted = conns.clone();
     tokio::spawn(async move {
         loop {
@@ -108,10 +113,7 @@ async fn our_client_respects_the_h2_servers_stream_limit_and_reads_its_refusals(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_sees_an_h2_servers_goaway_and_moves_to_a_new_connection() {
     let mesh = Mesh::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = listener.local_addr().unwrap();
-    let acceptor = TlsAcceptor::from(hbone::tls::server_config(&mesh.server_store, mesh.server.clone()));
-    let conns = Arc::new(AtomicUsize::new(0));
+    let (listener, server, acceptor, conns) = mesh_tls_listener(&mesh).await;
     let counted = conns.clone();
     tokio::spawn(async move {
         loop {

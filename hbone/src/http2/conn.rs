@@ -99,16 +99,6 @@ impl Error {
     pub fn is_connection(&self) -> bool {
         matches!(self, Error::Connection(_))
     }
-
-    /// The code of a reset, either end's.
-    pub fn reset_code(&self) -> Option<ErrorCode> {
-        match self {
-            Error::Reset(c) => Some(*c),
-            Error::Malformed(_) => Some(ErrorCode::PROTOCOL_ERROR),
-            Error::Refused(_) => Some(ErrorCode::REFUSED_STREAM),
-            Error::Connection(_) => None,
-        }
-    }
 }
 
 /// Which end of the connection this is.
@@ -505,11 +495,6 @@ impl Connection {
             && st.goaway_received.is_none()
             && !st.goaway_sent
             && st.open_streams() < st.peer.max_concurrent as u64
-    }
-
-    /// True once the connection has ended.
-    pub fn is_closed(&self) -> bool {
-        lock(&self.shared).closed.is_some()
     }
 
     /// Client: opens a stream with the request head `fields` (lower-case names, pseudo-headers
