@@ -839,11 +839,12 @@ async fn drive(shared: Arc<Shared>) -> Arc<ConnError> {
             }
             break Err(e);
         }
-        // First pass: what TLS already holds (bytes that came with the handshake).
-        if let Err(e) = pump(&shared, &mut buf) {
-            break Ok(e);
-        }
-        let blocked = lock(&shared).out_blocked;
+        // What TLS holds: the last read's records, or, the first time, bytes that came with
+        // the handshake.
+        let blocked = match pump(&shared, &mut buf) {
+            Ok(blocked) => blocked,
+            Err(e) => break Ok(e),
+        };
         tokio::select! {
             biased;
             w = shared.sock.writable(), if blocked => {
@@ -916,8 +917,9 @@ async fn linger(shared: &Shared) {
     }
 }
 
-/// Decrypts what TLS has, applies every whole frame, and flushes what that produced.
-fn pump(shared: &Shared, buf: &mut BytesMut) -> Result<(), ConnError> {
+/// Decrypts what TLS has, applies every whole frame, and flushes what that produced. Returns
+/// whether output is held back by a full socket.
+fn pump(shared: &Shared, buf: &mut BytesMut) -> Result<bool, ConnError> {
     let mut st = lock(shared);
     let st = &mut *st;
     let io = st.tls.process_new_packets();
@@ -951,7 +953,7 @@ fn pump(shared: &Shared, buf: &mut BytesMut) -> Result<(), ConnError> {
     }
     st.write(shared.sock.get_ref(), &[])?;
     applied.map_err(ConnError::Protocol)?;
-    if eof { Err(ConnError::Eof) } else { Ok(()) }
+    if eof { Err(ConnError::Eof) } else { Ok(st.out_blocked) }
 }
 
 fn apply(shared: &Shared, st: &mut State, buf: &mut BytesMut) -> Result<(), FrameError> {
