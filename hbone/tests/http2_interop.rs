@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use hbone::http2::{Connection, Limits};
 use hbone::tunnel::client::{ConnectError, ConnectTarget};
 use hbone::tunnel::server::InboundConnect;
 use http::{Request, Response, StatusCode};
+use rustls_pki_types::ServerName;
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -156,10 +158,7 @@ async fn h2_client(mesh: &Mesh, server: SocketAddr, builder: h2::client::Builder
         vec![mesh.server.clone()],
     );
     let tcp = TcpStream::connect(server).await.unwrap();
-    let tls = TlsConnector::from(cfg)
-        .connect(rustls_pki_types::ServerName::IpAddress(server.ip().into()), tcp)
-        .await
-        .unwrap();
+    let tls = TlsConnector::from(cfg).connect(ServerName::IpAddress(server.ip().into()), tcp).await.unwrap();
     let (send, mut conn) = builder.handshake(tls).await.unwrap();
     // PING round trips while the connection runs: our server must answer them.
     let mut ping = conn.ping_pong().expect("ping handle");
@@ -299,4 +298,83 @@ async fn our_server_refuses_streams_past_its_limit_and_goes_away_gracefully() {
     drop(send);
     // The client hangs up: the server reports a clean end.
     server.next_outcome(10 * SECOND).await.unwrap();
+}
+
+/// A one-connection TCP relay to `server` that counts the TLS records the client sends.
+async fn record_counting_relay(server: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let records = Arc::new(AtomicUsize::new(0));
+    let counted = records.clone();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let upstream = TcpStream::connect(server).await.unwrap();
+        let (mut client_rd, mut client_wr) = client.into_split();
+        let (mut up_rd, mut up_wr) = upstream.into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut up_rd, &mut client_wr).await });
+        // Walks the record layer (a 5-byte head, the length in its last two bytes) across reads.
+        let (mut head, mut body_left, mut buf) = (Vec::new(), 0usize, vec![0u8; 64 * 1024]);
+        loop {
+            let n = client_rd.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            up_wr.write_all(&buf[..n]).await.unwrap();
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                if body_left > 0 {
+                    let k = body_left.min(rest.len());
+                    body_left -= k;
+                    rest = &rest[k..];
+                    continue;
+                }
+                let k = (5 - head.len()).min(rest.len());
+                head.extend_from_slice(&rest[..k]);
+                rest = &rest[k..];
+                if head.len() == 5 {
+                    body_left = u16::from_be_bytes([head[3], head[4]]) as usize;
+                    head.clear();
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    (addr, records)
+}
+
+// The default, current-thread runtime: the two sends below run in one poll, so the connection's
+// driver cannot run between them, as with streams woken by one event in ztunnel.
+#[tokio::test]
+async fn our_client_sends_the_small_writes_of_one_scheduler_pass_in_one_tls_record() {
+    let mesh = Mesh::new();
+    let (server, _) = h2_echo_server(&mesh, h2::server::Builder::new()).await;
+    let (relay, records) = record_counting_relay(server).await;
+    let cert = mesh.client_store.get(&mesh.client).unwrap();
+    let tls = hbone::tls::client_config(&mesh.client_store, cert, vec![mesh.server.clone()]);
+    let tcp = TcpStream::connect(relay).await.unwrap();
+    let tls = TlsConnector::from(tls).connect(ServerName::IpAddress(relay.ip().into()), tcp).await.unwrap();
+    let (tcp, tls) = tls.into_inner();
+    let limits = Limits {
+        stream_window: 1 << 20,
+        connection_window: 1 << 22,
+        max_frame_size: 1 << 14,
+        max_concurrent_streams: 100,
+        max_header_list_size: 1 << 16,
+    };
+    let (conn, driver) = Connection::client(tcp, tls, limits).unwrap();
+    tokio::spawn(driver);
+    let head: [(&[u8], &[u8]); 2] = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")];
+    let (a, _) = conn.request(&head).await.unwrap();
+    let (b, _) = conn.request(&head).await.unwrap();
+    // Let the SETTINGS exchange finish so nothing else is in flight.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = records.load(Ordering::SeqCst);
+    assert_eq!(a.send(b"first", false).unwrap(), 5);
+    assert_eq!(b.send(b"second", false).unwrap(), 6);
+    for (s, want) in [(&a, &b"first"[..]), (&b, &b"second"[..])] {
+        let got = tokio::time::timeout(5 * SECOND, std::future::poll_fn(|cx| s.poll_data(cx))).await.unwrap();
+        assert_eq!(&got.unwrap().unwrap()[..], want);
+    }
+    assert_eq!(records.load(Ordering::SeqCst) - before, 1, "both DATA frames in one record");
 }

@@ -2,9 +2,11 @@
 //!
 //! There is no connection task between a stream and the socket: a stream writes its frames
 //! straight into TLS under the connection's lock, so sending costs no task hand-off and no
-//! queue. One driver task per connection reads TLS, applies what arrives (flow control,
-//! settings, pings, new streams) and wakes the stream a frame is for. It also flushes TLS
-//! output that a full socket held back, so a writer never waits on the socket itself.
+//! queue. A small send is only staged, and the driver flushes it when it next runs: sends made
+//! by tasks that one event woke then leave in one TLS record (see [`COALESCE_MAX`]). One
+//! driver task per connection reads TLS, applies what arrives (flow control, settings, pings,
+//! new streams) and wakes the stream a frame is for. It also flushes TLS output that a full
+//! socket held back, so a writer never waits on the socket itself.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufRead, Read, Write};
@@ -47,6 +49,10 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 const MAX_FRAMES_PER_SEND: usize = 16;
 /// Driver wake-ups handled in a row before it lets other tasks run.
 const READS_PER_PASS: usize = 16;
+/// Staged output up to which a small send is left for the driver to flush. Streams woken by
+/// one event (requests arriving together on several connections) then share one TLS record
+/// and one system call, and the peer one read; a lone send costs a task poll more, no syscall.
+const COALESCE_MAX: usize = 16 * 1024;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +227,8 @@ struct State {
     out: Vec<u8>,
     /// A write hit a full socket: TLS holds records the driver must flush.
     out_blocked: bool,
+    /// `out` holds DATA staged by `Stream::send` and the driver has been asked to flush it.
+    flush_asked: bool,
     out_waiters: Vec<Waker>,
     streams: HashMap<u32, Slot>,
     next_local: u32,
@@ -264,6 +272,7 @@ impl State {
             let n = self.tls.writer().write_vectored(&bufs[..k])?;
             debug_assert_eq!(n, bufs[..k].iter().map(|b| b.len()).sum::<usize>());
             self.out.clear();
+            self.flush_asked = false;
         }
         self.flush(sock)
     }
@@ -432,6 +441,7 @@ impl Connection {
             tls,
             out,
             out_blocked: false,
+            flush_asked: false,
             out_waiters: Vec::new(),
             streams: HashMap::new(),
             next_local: if role == Role::Client { 1 } else { 2 },
@@ -720,6 +730,16 @@ impl Stream {
             slot.send_end = Some(Ok(()));
         }
         let data = &data[..n];
+        if !st.out_blocked && n <= max && st.out.len() + frame::HEAD_LEN + n <= COALESCE_MAX {
+            let flags = if end { flag::END_STREAM } else { 0 };
+            st.out.extend_from_slice(&Head { len: n as u32, kind: kind::DATA, flags, stream: self.id }.encode());
+            st.out.extend_from_slice(data);
+            if !st.flush_asked {
+                st.flush_asked = true;
+                self.shared.driver.notify_one();
+            }
+            return Ok(n);
+        }
         let count = n.div_ceil(max).max(1);
         let mut bufs: [&[u8]; 2 * MAX_FRAMES_PER_SEND] = [&[]; 2 * MAX_FRAMES_PER_SEND];
         for (i, h) in heads.iter_mut().enumerate().take(count) {
