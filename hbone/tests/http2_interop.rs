@@ -343,17 +343,12 @@ async fn record_counting_relay(server: SocketAddr) -> (SocketAddr, Arc<AtomicUsi
     (addr, records)
 }
 
-// The default, current-thread runtime: the two sends below run in one poll, so the connection's
-// driver cannot run between them, as with streams woken by one event in ztunnel.
-#[tokio::test]
-async fn our_client_sends_the_small_writes_of_one_scheduler_pass_in_one_tls_record() {
-    let mesh = Mesh::new();
-    let (server, _) = h2_echo_server(&mesh, h2::server::Builder::new()).await;
-    let (relay, records) = record_counting_relay(server).await;
+/// Our client's `Connection` to `server` on mesh TLS (through whatever listens at `addr`).
+async fn our_connection(mesh: &Mesh, addr: SocketAddr) -> Connection {
     let cert = mesh.client_store.get(&mesh.client).unwrap();
     let tls = hbone::tls::client_config(&mesh.client_store, cert, vec![mesh.server.clone()]);
-    let tcp = TcpStream::connect(relay).await.unwrap();
-    let tls = TlsConnector::from(tls).connect(ServerName::IpAddress(relay.ip().into()), tcp).await.unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = TlsConnector::from(tls).connect(ServerName::IpAddress(addr.ip().into()), tcp).await.unwrap();
     let (tcp, tls) = tls.into_inner();
     let limits = Limits {
         stream_window: 1 << 20,
@@ -364,9 +359,42 @@ async fn our_client_sends_the_small_writes_of_one_scheduler_pass_in_one_tls_reco
     };
     let (conn, driver) = Connection::client(tcp, tls, limits).unwrap();
     tokio::spawn(driver);
-    let head: [(&[u8], &[u8]); 2] = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")];
-    let (a, _) = conn.request(&head).await.unwrap();
-    let (b, _) = conn.request(&head).await.unwrap();
+    conn
+}
+
+const CONNECT_HEAD: [(&[u8], &[u8]); 2] = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")];
+
+#[tokio::test]
+async fn the_driver_delivers_a_streams_bytes_and_its_end_to_an_attached_socket_by_itself() {
+    use tokio::io::AsyncReadExt;
+    let mesh = Mesh::new();
+    let (server, _) = h2_echo_server(&mesh, h2::server::Builder::new()).await;
+    let conn = our_connection(&mesh, server).await;
+    let (stream, _) = conn.request(&CONNECT_HEAD).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut app = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (ours, _) = listener.accept().await.unwrap();
+    stream.attach_sink(ours.into_std().unwrap());
+    // The echo comes back with END_STREAM; nobody polls the stream, so only the driver can
+    // write the bytes and the FIN.
+    assert_eq!(stream.send(b"response", true).unwrap(), 8);
+    let mut got = Vec::new();
+    tokio::time::timeout(5 * SECOND, app.read_to_end(&mut got)).await.unwrap().unwrap();
+    assert_eq!(got, b"response");
+    assert!(stream.sink_shut());
+    assert_eq!(stream.sunk(), 8);
+}
+
+// The default, current-thread runtime: the two sends below run in one poll, so the connection's
+// driver cannot run between them, as with streams woken by one event in ztunnel.
+#[tokio::test]
+async fn our_client_sends_the_small_writes_of_one_scheduler_pass_in_one_tls_record() {
+    let mesh = Mesh::new();
+    let (server, _) = h2_echo_server(&mesh, h2::server::Builder::new()).await;
+    let (relay, records) = record_counting_relay(server).await;
+    let conn = our_connection(&mesh, relay).await;
+    let (a, _) = conn.request(&CONNECT_HEAD).await.unwrap();
+    let (b, _) = conn.request(&CONNECT_HEAD).await.unwrap();
     // Let the SETTINGS exchange finish so nothing else is in flight.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let before = records.load(Ordering::SeqCst);

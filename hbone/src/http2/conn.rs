@@ -153,6 +153,8 @@ struct Slot {
     sink_busy: bool,
     /// Bytes the driver wrote to the sink.
     sunk: u64,
+    /// The driver shut the sink's sending side at END_STREAM.
+    sink_shut: bool,
 }
 
 impl Slot {
@@ -171,6 +173,7 @@ impl Slot {
             sink: None,
             sink_busy: false,
             sunk: 0,
+            sink_shut: false,
         }
     }
 
@@ -792,6 +795,11 @@ impl Stream {
         }
     }
 
+    /// True when the driver shut the sink's sending side at END_STREAM itself.
+    pub fn sink_shut(&self) -> bool {
+        lock(&self.shared).streams.get(&self.id).is_some_and(|s| s.sink_shut)
+    }
+
     /// Bytes the driver wrote to the sink.
     pub fn sunk(&self) -> u64 {
         lock(&self.shared).streams.get(&self.id).map_or(0, |s| s.sunk)
@@ -1087,6 +1095,16 @@ fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>, raw: &Bytes) -> Resul
             }
             if end_stream {
                 slot.end = Some(Ok(()));
+                // The FIN follows the last bytes at once, as from the peer's own application:
+                // a client reading a response then finds the end with it instead of closing
+                // first, which would leave its own port in TIME_WAIT.
+                if let Some(sink) = &slot.sink
+                    && rest.is_empty()
+                    && slot.queue.is_empty()
+                    && !slot.sink_busy
+                {
+                    slot.sink_shut = sink.shutdown(std::net::Shutdown::Write).is_ok();
+                }
             }
             if (!rest.is_empty() || end_stream)
                 && let Some(w) = slot.recv_waker.take()

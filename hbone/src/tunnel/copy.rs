@@ -10,10 +10,10 @@
 //! has nothing to read, so an idle connection holds none. Reads go through tokio's
 //! `poll_read`, which treats a short read as "drained" and so saves the `EAGAIN` read per
 //! request that `try_read` would cost. Tunnel→socket: the connection's driver writes
-//! received bytes to the socket itself when nothing is queued ahead of them (see
-//! [`http2::Stream::attach_sink`]), so a response costs no wake-up of this task; what the
-//! socket cannot take at once queues, and this task writes it from the received frames as
-//! they are.
+//! received bytes, and the FIN at END_STREAM, to the socket itself when nothing is queued
+//! ahead of them (see [`http2::Stream::attach_sink`]), so a response costs no wake-up of this
+//! task and its end follows it at once; what the socket cannot take at once queues, and this
+//! task writes it from the received frames as they are.
 
 use std::future::poll_fn;
 use std::io;
@@ -160,7 +160,9 @@ async fn tunnel_to_socket(
             }
             Some(Err(e)) => return Err(CopyError::Tunnel(e)),
             None => {
-                socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write).map_err(CopyError::Socket)?;
+                if !stream.sink_shut() {
+                    socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write).map_err(CopyError::Socket)?;
+                }
                 return Ok(());
             }
         }
