@@ -608,6 +608,41 @@ async fn streams_beyond_the_limit_are_refused_until_one_closes() {
     p.echo(199, b"the others still run").await;
 }
 
+/// Opens `count` streams from `first` on and waits for all their 200s, then resets them all.
+async fn open_answered_and_reset(p: &mut Peer, first: u32, count: u32, target: SocketAddr) {
+    let ids: Vec<u32> = (0..count).map(|i| first + 2 * i).collect();
+    p.send(&ids.iter().flat_map(|&id| request(id, target)).collect::<Vec<_>>()).await.unwrap();
+    for _ in &ids {
+        let f = p.expect("responses", |f| matches!(f.kind, HEADERS | RST_STREAM)).await;
+        assert!(f.kind == HEADERS && is_200(&f.payload), "stream {} answered: {f:?}", f.stream);
+    }
+    p.send(&ids.iter().flat_map(|&id| rst(id, CANCEL)).collect::<Vec<_>>()).await.unwrap();
+}
+
+// A reset closes the stream for the peer, but the handler keeps its work until it lets go;
+// without a bound, a peer resetting each stream once answered keeps unbounded work in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_after_accept_count_while_their_handlers_hold_them() {
+    let mesh = Mesh::new();
+    let (handler, mut held) = holder();
+    let server = TestServer::start(&mesh.server_store, mesh.server.clone(), handler).await;
+    let mut p = Peer::start(&mesh, server.addr).await;
+    let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    // The limit is 100: two limits' worth of answered-then-reset streams fit, the peer
+    // believing each time that none is open.
+    open_answered_and_reset(&mut p, 1, 100, target).await;
+    open_answered_and_reset(&mut p, 201, 100, target).await;
+    p.send(&request(401, target)).await.unwrap();
+    p.expect_rst(401, REFUSED_STREAM).await;
+    p.ping(*b"still up").await;
+    // The handlers let go: room again.
+    for _ in 0..200 {
+        drop(tokio::time::timeout(WAIT, held.recv()).await.expect("every answered stream reached the handler"));
+    }
+    p.send(&request(403, target)).await.unwrap();
+    p.expect_200(403).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_reset_of_a_tunnel_resets_the_backend_connection() {
     let mesh = Mesh::new();

@@ -357,6 +357,30 @@ impl State {
         self.streams.values().filter(|s| s.is_open()).count() as u64
     }
 
+    /// Server: whether a new stream finds room. Open streams count against the advertised
+    /// limit; streams that ended in a reset still count while their handle is held, against a
+    /// second limit's worth of slack: a reset closes the stream for the peer (§5.1), but its
+    /// handler may still be connecting or writing, so a peer that resets each stream as soon as
+    /// it is answered could otherwise keep unbounded work in flight ("rapid reset" after
+    /// accept). A peer that cancels and reopens now and then stays within the slack.
+    fn room_for_peer_stream(&self, limit: u32) -> Result<(), &'static str> {
+        let (mut open, mut reset_held) = (0u64, 0u64);
+        for s in self.streams.values() {
+            if s.is_open() {
+                open += 1;
+            } else if matches!(s.end, Some(Err(_))) {
+                reset_held += 1;
+            }
+        }
+        if open >= u64::from(limit) {
+            Err("the concurrent stream limit is reached")
+        } else if open + reset_held >= 2 * u64::from(limit) {
+            Err("streams the peer reset are still being wound up")
+        } else {
+            Ok(())
+        }
+    }
+
     /// A stream id the peer could not have used yet.
     fn idle(&self, role: Role, id: u32) -> bool {
         let ours = (id % 2 == 1) == (role == Role::Client);
@@ -1311,7 +1335,8 @@ fn on_head(shared: &Shared, st: &mut State, id: u32, end_stream: bool, block: &[
         frame::put_rst_stream(&mut st.out, id, E::REFUSED_STREAM);
         return Ok(());
     }
-    if st.open_streams() >= shared.limits.max_concurrent_streams as u64 {
+    if let Err(why) = st.room_for_peer_stream(shared.limits.max_concurrent_streams) {
+        tracing::debug!(stream = id, why, "stream refused");
         frame::put_rst_stream(&mut st.out, id, E::REFUSED_STREAM);
         return Ok(());
     }
