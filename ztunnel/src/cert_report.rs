@@ -26,6 +26,14 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hash.hash(data).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A serial number as the integer it is, lowercase hex, as `openssl x509 -serial` prints it:
+/// DER puts a 0x00 before a first byte with its top bit set to keep the INTEGER positive, and
+/// that byte is not part of the number (nor of what the CA's logs show).
+fn serial_hex(der_integer: &[u8]) -> String {
+    let first = der_integer.iter().position(|&b| b != 0).unwrap_or(der_integer.len().saturating_sub(1));
+    der_integer[first..].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
 }
@@ -57,7 +65,7 @@ pub fn certs_json(store: &CertStore, now: SystemTime) -> Value {
         .map(|c| {
             let chain = &c.certified_key().cert;
             let leaf = chain.first().and_then(|d| X509Certificate::from_der(d).ok().map(|(_, x)| x));
-            let serial = leaf.as_ref().map(|l| l.raw_serial_as_string().replace(':', ""));
+            let serial = leaf.as_ref().map(|l| serial_hex(l.raw_serial()));
             // The root: the chain's top if it signed itself, else the trusted root that issued it.
             let root = chain.last().and_then(|top| {
                 let top_names = names(top)?;
@@ -87,4 +95,17 @@ pub fn certs_json(store: &CertStore, now: SystemTime) -> Value {
             .map(|(f, n)| json!({"fingerprintSha256": f, "subject": n.as_ref().map(|n| n.subject_text.clone())}))
             .collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serial_hex;
+
+    #[test]
+    fn serials_print_without_der_sign_padding() {
+        assert_eq!(serial_hex(&[0x00, 0x8f, 0x01]), "8f01");
+        assert_eq!(serial_hex(&[0x7f, 0x00]), "7f00");
+        assert_eq!(serial_hex(&[0x00]), "00");
+        assert_eq!(serial_hex(&[]), "");
+    }
 }
