@@ -15,6 +15,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use hbone::http2::Refusal;
 use hbone::tunnel::server::{Handler, InboundConnect};
 use hbone::tunnel::stream::H2Stream;
 use rustls_pki_types::ServerName;
@@ -596,6 +597,7 @@ async fn streams_beyond_the_limit_are_refused_until_one_closes() {
             }
             (RST_STREAM, 201) => {
                 assert_eq!(f.word(), REFUSED_STREAM, "the 101st stream is refused");
+                assert!(Refusal::ConcurrencyLimit.total() > 0, "the refusal is counted by its reason");
                 refused = true;
             }
             _ => panic!("unexpected {f:?}"),
@@ -632,8 +634,10 @@ async fn streams_reset_after_accept_count_while_their_handlers_hold_them() {
     // believing each time that none is open.
     open_answered_and_reset(&mut p, 1, 100, target).await;
     open_answered_and_reset(&mut p, 201, 100, target).await;
+    let counted = Refusal::ResetStreamsHeld.total();
     p.send(&request(401, target)).await.unwrap();
     p.expect_rst(401, REFUSED_STREAM).await;
+    assert!(Refusal::ResetStreamsHeld.total() > counted, "the refusal is counted by its reason");
     p.ping(*b"still up").await;
     // The handlers let go: room again.
     for _ in 0..200 {

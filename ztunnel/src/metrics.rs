@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use hbone::http2::Refusal;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
@@ -124,6 +126,7 @@ impl Metrics {
             m.received.clone(),
         );
         registry.register("ztunnel_connections_denied", "Connections refused, by reason", m.denied.clone());
+        register_hbone(registry);
         Arc::new(m)
     }
 
@@ -158,6 +161,36 @@ impl ConnMetrics {
         self.received.inc_by(received);
         self.sent.inc_by(sent);
         self.closed.inc();
+    }
+}
+
+/// Registers the HBONE server's process-wide counters (streams refused, by reason), read at
+/// scrape time; for every program that serves HBONE.
+pub fn register_hbone(registry: &mut Registry) {
+    registry.register_collector(Box::new(HboneCollector));
+}
+
+#[derive(Debug)]
+struct HboneCollector;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+impl Collector for HboneCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let c = ConstCounter::new(0u64);
+        let mut family = e.encode_descriptor(
+            "hbone_streams_refused",
+            "HBONE streams refused with REFUSED_STREAM, by reason",
+            None,
+            c.metric_type(),
+        )?;
+        for r in Refusal::ALL {
+            ConstCounter::new(r.total()).encode(family.encode_family(&ReasonLabel { reason: r.as_str() })?)?;
+        }
+        Ok(())
     }
 }
 
@@ -198,6 +231,8 @@ mod tests {
             "istio_tcp_received_bytes_total{",
             "istio_tcp_connections_closed_total{",
             "ztunnel_connections_denied_total{reporter=\"destination\",reason=\"policy\"} 1",
+            "hbone_streams_refused_total{reason=\"concurrency_limit\"} ",
+            "hbone_streams_refused_total{reason=\"reset_streams_held\"} ",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use super::frame::{self, ErrorCode, Frame, FrameError, Head, flag, kind, setting};
 use super::head::{self, RequestHead, ResponseHead};
 use super::hpack::{Decoder, Encoder};
+use super::refusals::Refusal;
 
 /// Limits this end advertises and enforces.
 #[derive(Debug, Clone)]
@@ -363,7 +364,7 @@ impl State {
     /// handler may still be connecting or writing, so a peer that resets each stream as soon as
     /// it is answered could otherwise keep unbounded work in flight ("rapid reset" after
     /// accept). A peer that cancels and reopens now and then stays within the slack.
-    fn room_for_peer_stream(&self, limit: u32) -> Result<(), &'static str> {
+    fn room_for_peer_stream(&self, limit: u32) -> Result<(), Refusal> {
         let (mut open, mut reset_held) = (0u64, 0u64);
         for s in self.streams.values() {
             if s.is_open() {
@@ -373,9 +374,9 @@ impl State {
             }
         }
         if open >= u64::from(limit) {
-            Err("the concurrent stream limit is reached")
+            Err(Refusal::ConcurrencyLimit)
         } else if open + reset_held >= 2 * u64::from(limit) {
-            Err("streams the peer reset are still being wound up")
+            Err(Refusal::ResetStreamsHeld)
         } else {
             Ok(())
         }
@@ -1336,7 +1337,8 @@ fn on_head(shared: &Shared, st: &mut State, id: u32, end_stream: bool, block: &[
         return Ok(());
     }
     if let Err(why) = st.room_for_peer_stream(shared.limits.max_concurrent_streams) {
-        tracing::debug!(stream = id, why, "stream refused");
+        why.count();
+        tracing::debug!(stream = id, why = why.as_str(), "stream refused");
         frame::put_rst_stream(&mut st.out, id, E::REFUSED_STREAM);
         return Ok(());
     }

@@ -6,13 +6,16 @@
 //!   a simple encoder that never indexes.
 //! - `head`: request and response heads out of decoded fields.
 //! - `conn`: a connection and its streams, flow control, settings, shutdown.
+//! - [`refusals`]: streams refused, by reason, for metrics.
 
 mod conn;
 pub(crate) mod frame;
 mod head;
 pub mod hpack;
 mod huffman;
+pub mod refusals;
 
 pub use conn::{ConnError, Connection, Error, Limits, Stream};
 pub use frame::{ErrorCode, FrameError};
 pub use head::{RequestHead, ResponseHead};
+pub use refusals::Refusal;
