@@ -241,7 +241,6 @@ pub async fn start(
     // Data path.
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    ztunnel::metrics::register_hbone(&mut registry);
     let registry = Arc::new(registry);
     let proxy = Proxy::new(Inputs {
         identity: identity.clone(),

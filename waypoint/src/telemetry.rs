@@ -174,6 +174,7 @@ impl Metrics {
         istio.register("request_bytes", "Request body sizes", m.request_bytes.clone());
         istio.register("response_bytes", "Response body sizes", m.response_bytes.clone());
         registry.register("waypoint_authz_denied", "Requests denied by L7 policy", m.denied.clone());
+        ztunnel::metrics::register_hbone(registry);
         Arc::new(m)
     }
 
@@ -426,6 +427,7 @@ mod tests {
             format!("istio_request_bytes_sum{{{labels}}} 10"),
             format!("istio_response_bytes_count{{{labels}}} 1"),
             "waypoint_authz_denied_total{policy=\"shop/deny\"} 1".to_owned(),
+            "hbone_streams_refused_total{reason=\"reset_streams_held\"} ".to_owned(),
         ] {
             assert!(text.contains(&want), "missing {want} in {text}");
         }

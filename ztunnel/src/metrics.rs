@@ -8,6 +8,7 @@ use std::sync::Arc;
 use hbone::http2::Refusal;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -180,12 +181,11 @@ struct ReasonLabel {
 
 impl Collector for HboneCollector {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let c = ConstCounter::new(0u64);
         let mut family = e.encode_descriptor(
             "hbone_streams_refused",
             "HBONE streams refused with REFUSED_STREAM, by reason",
             None,
-            c.metric_type(),
+            MetricType::Counter,
         )?;
         for r in Refusal::ALL {
             ConstCounter::new(r.total()).encode(family.encode_family(&ReasonLabel { reason: r.as_str() })?)?;

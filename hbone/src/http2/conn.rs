@@ -1124,7 +1124,6 @@ fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>, raw: &Bytes) -> Resul
                 // a client reading a response then finds the end with it instead of closing
                 // first, which would leave its own port in TIME_WAIT.
                 if let Some(sink) = &slot.sink
-                    && rest.is_empty()
                     && slot.queue.is_empty()
                     && !slot.sink_busy
                 {

@@ -26,7 +26,7 @@ impl Refusal {
     }
 
     fn counter(self) -> &'static AtomicU64 {
-        static COUNTS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+        static COUNTS: [AtomicU64; Refusal::ALL.len()] = [const { AtomicU64::new(0) }; Refusal::ALL.len()];
         &COUNTS[self as usize]
     }
 
