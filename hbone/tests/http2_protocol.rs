@@ -15,7 +15,8 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hbone::http2::Refusal;
+use hbone::http2::refusals::protocol_errors;
+use hbone::http2::{ErrorCode, Refusal};
 use hbone::tunnel::server::{Handler, InboundConnect};
 use hbone::tunnel::stream::H2Stream;
 use rustls_pki_types::ServerName;
@@ -144,6 +145,8 @@ struct Peer {
     buf: Vec<u8>,
     /// Sum of WINDOW_UPDATE increments on stream 0 read since the handshake.
     credit: u64,
+    /// The process's protocol-error counters, by code, before this peer connected.
+    errors_before: Vec<u64>,
 }
 
 impl Peer {
@@ -156,8 +159,9 @@ impl Peer {
         );
         let tcp = TcpStream::connect(addr).await.unwrap();
         let connect = TlsConnector::from(cfg).connect(ServerName::IpAddress(addr.ip().into()), tcp);
+        let errors_before = (0..16).map(|c| protocol_errors(ErrorCode(c))).collect();
         let tls = tokio::time::timeout(WAIT, connect).await.expect("TLS in time").unwrap();
-        Peer { tls, buf: Vec::new(), credit: 0 }
+        Peer { tls, buf: Vec::new(), credit: 0, errors_before }
     }
 
     /// TLS, preface and an empty SETTINGS, through the server's SETTINGS and its ACK of ours.
@@ -234,6 +238,8 @@ impl Peer {
         };
         assert_eq!(g.code, code, "GOAWAY code: {g:?}");
         assert!(!g.debug.is_empty(), "GOAWAY carries the reason");
+        let counted = protocol_errors(ErrorCode(code));
+        assert!(counted > self.errors_before[code as usize], "the close is counted under {}", ErrorCode(code));
         assert!(self.closed().await, "the connection closes after GOAWAY");
         g
     }

@@ -453,3 +453,26 @@ async fn a_stream_that_ends_just_before_a_draining_server_closes_ends_cleanly() 
         assert_eq!(echoed, 200_000 + round);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_bulk_tunnels_on_one_connection_deliver_every_byte_in_order() {
+    // Eight tunnels push 4 MiB each through one pooled connection and its shared window at
+    // once: a copy often reads more than the window has left by the time it sends (another
+    // stream took it meanwhile) and must keep the remainder until the window opens again.
+    let mesh = Mesh::new();
+    let (server, app_port, _seen) = topology(&mesh, echo_backend().await).await;
+    const LEN: u64 = 4 * 1024 * 1024;
+    let tunnels: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let tcp = TcpStream::connect(app_port).await.unwrap();
+                echo_check(tcp, LEN).await
+            })
+        })
+        .collect();
+    for t in tunnels {
+        let echoed = tokio::time::timeout(60 * SECOND, t).await.expect("in time").unwrap();
+        assert_eq!(echoed, LEN, "every byte came back, in order");
+    }
+    assert_eq!(server.accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "all on one connection");
+}

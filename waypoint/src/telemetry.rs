@@ -428,6 +428,7 @@ mod tests {
             format!("istio_response_bytes_count{{{labels}}} 1"),
             "waypoint_authz_denied_total{policy=\"shop/deny\"} 1".to_owned(),
             "hbone_streams_refused_total{reason=\"reset_streams_held\"} ".to_owned(),
+            "hbone_protocol_errors_total{code=\"ENHANCE_YOUR_CALM\"} ".to_owned(),
         ] {
             assert!(text.contains(&want), "missing {want} in {text}");
         }

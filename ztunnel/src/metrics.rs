@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use hbone::http2::Refusal;
+use hbone::http2::refusals::{PROTOCOL_ERROR_CODES, protocol_errors};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -179,6 +180,11 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
 impl Collector for HboneCollector {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let mut family = e.encode_descriptor(
@@ -189,6 +195,16 @@ impl Collector for HboneCollector {
         )?;
         for r in Refusal::ALL {
             ConstCounter::new(r.total()).encode(family.encode_family(&ReasonLabel { reason: r.as_str() })?)?;
+        }
+        let mut family = e.encode_descriptor(
+            "hbone_protocol_errors",
+            "HBONE connections closed because the peer broke HTTP/2, by the error code sent in GOAWAY (ENHANCE_YOUR_CALM: a flood)",
+            None,
+            MetricType::Counter,
+        )?;
+        for code in PROTOCOL_ERROR_CODES {
+            let label = CodeLabel { code: code.name().unwrap_or("unknown") };
+            ConstCounter::new(protocol_errors(code)).encode(family.encode_family(&label)?)?;
         }
         Ok(())
     }
@@ -233,6 +249,8 @@ mod tests {
             "ztunnel_connections_denied_total{reporter=\"destination\",reason=\"policy\"} 1",
             "hbone_streams_refused_total{reason=\"concurrency_limit\"} ",
             "hbone_streams_refused_total{reason=\"reset_streams_held\"} ",
+            "hbone_protocol_errors_total{code=\"ENHANCE_YOUR_CALM\"} ",
+            "hbone_protocol_errors_total{code=\"PROTOCOL_ERROR\"} ",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

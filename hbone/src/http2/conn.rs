@@ -23,6 +23,7 @@ use super::frame::{self, ErrorCode, Frame, FrameError, Head, flag, kind, setting
 use super::head::{self, RequestHead, ResponseHead};
 use super::hpack::{Decoder, Encoder};
 use super::refusals::Refusal;
+use super::stream_ids::StreamIds;
 
 /// Limits this end advertises and enforces.
 #[derive(Debug, Clone)]
@@ -48,6 +49,13 @@ const MAX_RESET_BEFORE_ACCEPT: usize = 20;
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// DATA frames one `send` writes at most.
 const MAX_FRAMES_PER_SEND: usize = 16;
+/// Answers staged while the peer does not read us, at most, before the driver stops reading
+/// the peer too. It keeps reading while its own output waits: two ends that each send more
+/// than the sockets between them hold (bulk both ways on streams whose windows add up past
+/// the socket buffers) would otherwise each wait for the other to read, forever. But every
+/// frame may call for an answer (PING, SETTINGS), and a peer that sends without reading
+/// must not make those pile up.
+const MAX_ANSWERS_WHILE_BLOCKED: usize = 64 * 1024;
 /// Driver wake-ups handled in a row before it lets other tasks run.
 const READS_PER_PASS: usize = 16;
 /// Staged output up to which a small send is left for the driver to flush. Streams woken by
@@ -231,10 +239,13 @@ struct State {
     out: Vec<u8>,
     /// A write hit a full socket: TLS holds records the driver must flush.
     out_blocked: bool,
+    /// Bytes of frames the driver staged in answer to what it read while `out_blocked`
+    /// (PING and SETTINGS acknowledgements, resets, GOAWAY); see [`MAX_ANSWERS_WHILE_BLOCKED`].
+    answers_while_blocked: usize,
     /// `out` holds DATA staged by `Stream::send` and the driver has been asked to flush it.
     flush_asked: bool,
     out_waiters: Vec<Waker>,
-    streams: HashMap<u32, Slot>,
+    streams: HashMap<u32, Slot, StreamIds>,
     next_local: u32,
     last_peer: u32,
     peer: Peer,
@@ -294,6 +305,7 @@ impl State {
         }
         if self.out_blocked {
             self.out_blocked = false;
+            self.answers_while_blocked = 0;
             for w in self.out_waiters.drain(..) {
                 w.wake();
             }
@@ -469,9 +481,10 @@ impl Connection {
             tls,
             out,
             out_blocked: false,
+            answers_while_blocked: 0,
             flush_asked: false,
             out_waiters: Vec::new(),
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             next_local: if role == Role::Client { 1 } else { 2 },
             last_peer: 0,
             peer: Peer {
@@ -894,8 +907,8 @@ async fn drive(shared: Arc<Shared>) -> Arc<ConnError> {
         }
         // What TLS holds: the last read's records, or, the first time, bytes that came with
         // the handshake.
-        let blocked = match pump(&shared, &mut buf) {
-            Ok(blocked) => blocked,
+        let Pumped { blocked, may_read } = match pump(&shared, &mut buf) {
+            Ok(p) => p,
             Err(e) => break Ok(e),
         };
         tokio::select! {
@@ -913,9 +926,7 @@ async fn drive(shared: Arc<Shared>) -> Arc<ConnError> {
                     guard.clear_ready();
                 }
             }
-            // While the peer does not read what we send, we do not read what it sends: every
-            // frame may call for an answer (PING, SETTINGS), and those must not pile up.
-            r = shared.sock.readable(), if !blocked => {
+            r = shared.sock.readable(), if may_read => {
                 let mut guard = match r {
                     Ok(g) => g,
                     Err(e) => break Ok(ConnError::Io(e)),
@@ -971,8 +982,8 @@ async fn linger(shared: &Shared) {
 }
 
 /// Decrypts what TLS has, applies every whole frame, and flushes what that produced. Returns
-/// whether output is held back by a full socket.
-fn pump(shared: &Shared, buf: &mut BytesMut) -> Result<bool, ConnError> {
+/// whether output is held back by a full socket, and whether to read more.
+fn pump(shared: &Shared, buf: &mut BytesMut) -> Result<Pumped, ConnError> {
     let mut st = lock(shared);
     let st = &mut *st;
     let io = st.tls.process_new_packets();
@@ -997,6 +1008,7 @@ fn pump(shared: &Shared, buf: &mut BytesMut) -> Result<bool, ConnError> {
     }
     let applied = apply(shared, st, buf);
     if let Err(e) = &applied {
+        super::refusals::count_protocol_error(e.code);
         frame::put_goaway(&mut st.out, st.last_peer, e.code, e.why.as_bytes());
     }
     if let Err(e) = &io {
@@ -1004,9 +1016,24 @@ fn pump(shared: &Shared, buf: &mut BytesMut) -> Result<bool, ConnError> {
         let _ = st.write(shared.sock.get_ref(), &[]);
         return Err(ConnError::Tls(e.clone()));
     }
+    if st.out_blocked {
+        st.answers_while_blocked += st.out.len();
+    }
     st.write(shared.sock.get_ref(), &[])?;
     applied.map_err(ConnError::Protocol)?;
-    if eof { Err(ConnError::Eof) } else { Ok(st.out_blocked) }
+    if eof {
+        return Err(ConnError::Eof);
+    }
+    let may_read = !st.out_blocked || st.answers_while_blocked < MAX_ANSWERS_WHILE_BLOCKED;
+    Ok(Pumped { blocked: st.out_blocked, may_read })
+}
+
+/// What the driver waits for after a [`pump`].
+struct Pumped {
+    /// TLS holds output the socket did not take: wait until it is writable.
+    blocked: bool,
+    /// Wait for the peer's bytes too (see [`MAX_ANSWERS_WHILE_BLOCKED`]).
+    may_read: bool,
 }
 
 fn apply(shared: &Shared, st: &mut State, buf: &mut BytesMut) -> Result<(), FrameError> {

@@ -104,7 +104,8 @@ impl ErrorCode {
     /// HTTP/1.1 is required.
     pub const HTTP_1_1_REQUIRED: ErrorCode = ErrorCode(0xd);
 
-    fn name(self) -> Option<&'static str> {
+    /// The name RFC 9113 gives the code, if it defines it.
+    pub fn name(self) -> Option<&'static str> {
         const NAMES: [&str; 14] = [
             "NO_ERROR",
             "PROTOCOL_ERROR",

@@ -6,7 +6,9 @@
 //!   a simple encoder that never indexes.
 //! - `head`: request and response heads out of decoded fields.
 //! - `conn`: a connection and its streams, flow control, settings, shutdown.
-//! - [`refusals`]: streams refused, by reason, for metrics.
+//! - [`refusals`]: streams refused, by reason, and connections closed for protocol errors, by
+//!   code, for metrics.
+//! - `stream_ids`: the hasher of the connection's stream map.
 
 mod conn;
 pub(crate) mod frame;
@@ -14,6 +16,7 @@ mod head;
 pub mod hpack;
 mod huffman;
 pub mod refusals;
+mod stream_ids;
 
 pub use conn::{ConnError, Connection, Error, Limits, Stream};
 pub use frame::{ErrorCode, FrameError};

@@ -4,24 +4,26 @@
 //! direction closes on its own: half-close); a TCP RST becomes RST_STREAM(CONNECT_ERROR) and an
 //! RST_STREAM becomes a TCP RST (RFC 9113 §8.5).
 //!
-//! Buffers: socket→tunnel reads go into one buffer per direction, which TLS copies from as it
-//! encrypts, so the same buffer serves every read. The read size doubles while reads fill it
-//! (up to [`MAX_CHUNK`]) and halves when they do not. The buffer is let go whenever the socket
-//! has nothing to read, so an idle connection holds none. Reads go through tokio's
-//! `poll_read`, which treats a short read as "drained" and so saves the `EAGAIN` read per
-//! request that `try_read` would cost. Tunnel→socket: the connection's driver writes
+//! Buffers: socket→tunnel reads go into one scratch buffer per thread, which TLS copies from
+//! as it encrypts in the same poll, so the same buffer serves every read of every copy and an
+//! idle connection holds none. The read size doubles while reads fill it (up to
+//! [`MAX_CHUNK`]) and halves when they do not. Reads go through tokio's `poll_read`, which
+//! treats a short read as "drained" and so saves the `EAGAIN` read per request that
+//! `try_read` would cost. Tunnel→socket: the connection's driver writes
 //! received bytes, and the FIN at END_STREAM, to the socket itself when nothing is queued
 //! ahead of them (see [`http2::Stream::attach_sink`]), so a response costs no wake-up of this
 //! task and its end follows it at once; what the socket cannot take at once queues, and this
 //! task writes it from the received frames as they are.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::AsFd;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::ReadHalf;
 
@@ -101,23 +103,25 @@ pub async fn copy_bidirectional(mut tcp: TcpStream, stream: H2Stream) -> CopyOut
     CopyOutcome { to_tunnel, from_tunnel, result }
 }
 
+thread_local! {
+    /// The read buffer of every copy on this thread. A read's bytes are handed to the stream
+    /// (which encrypts them into TLS's output) in the same poll, before the task can yield,
+    /// so one buffer serves them all: no allocation per request, and no buffer per
+    /// connection, busy or idle.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 async fn socket_to_tunnel(rd: &mut ReadHalf<'_>, stream: &http2::Stream, count: &mut u64) -> Result<(), CopyError> {
     let mut chunk = MIN_CHUNK;
-    let mut buf: Vec<u8> = Vec::new();
+    // Bytes read that the stream could not take at once (other streams used the window
+    // between our capacity check and the read): kept until it has room.
+    let mut rest: Vec<u8> = Vec::new();
     loop {
         // Flow control first: read from the socket only what the peer can take, so a slow
         // receiver slows the sender through TCP rather than filling our memory.
         let window = poll_fn(|cx| stream.poll_capacity(cx)).await.map_err(CopyError::Tunnel)?;
-        let ready = poll_fn(|cx| Poll::Ready(rd.as_ref().poll_read_ready(cx).map(|r| r.is_ok()))).await;
-        if ready == Poll::Pending {
-            // Nothing to read now: wait without holding a buffer.
-            buf = Vec::new();
-            rd.readable().await.map_err(CopyError::Socket)?;
-        }
         let want = chunk.min(window);
-        buf.clear();
-        buf.reserve(want);
-        let n = (&mut *rd).take(want as u64).read_buf(&mut buf).await.map_err(CopyError::Socket)?;
+        let n = poll_fn(|cx| read_and_send(rd, stream, want, &mut rest, cx)).await?;
         if n == 0 {
             stream.send(&[], true).map_err(CopyError::Tunnel)?;
             return Ok(());
@@ -128,13 +132,38 @@ async fn socket_to_tunnel(rd: &mut ReadHalf<'_>, stream: &http2::Stream, count: 
         } else if n < want / 4 && chunk > MIN_CHUNK {
             chunk /= 2;
         }
-        // Other streams may have used the connection's window while this one read.
-        let mut sent = stream.send(&buf[..n], false).map_err(CopyError::Tunnel)?;
-        while sent < n {
+        let mut sent = 0;
+        while sent < rest.len() {
             poll_fn(|cx| stream.poll_capacity(cx)).await.map_err(CopyError::Tunnel)?;
-            sent += stream.send(&buf[sent..n], false).map_err(CopyError::Tunnel)?;
+            sent += stream.send(&rest[sent..], false).map_err(CopyError::Tunnel)?;
         }
+        rest.clear();
     }
+}
+
+/// Reads up to `want` bytes into the thread's scratch buffer and sends them on the stream;
+/// what it does not take goes to `rest`. Ready with the bytes read (0 at EOF). Reads go
+/// through `poll_read`, which treats a short read as "drained", saving the `EAGAIN` read per
+/// request that `try_read` would cost.
+fn read_and_send(
+    rd: &mut ReadHalf<'_>,
+    stream: &http2::Stream,
+    want: usize,
+    rest: &mut Vec<u8>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<usize, CopyError>> {
+    SCRATCH.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.reserve(want);
+        let mut read = ReadBuf::uninit(&mut buf.spare_capacity_mut()[..want]);
+        ready!(Pin::new(&mut *rd).poll_read(cx, &mut read)).map_err(CopyError::Socket)?;
+        let data = read.filled();
+        if !data.is_empty() {
+            let sent = stream.send(data, false).map_err(CopyError::Tunnel)?;
+            rest.extend_from_slice(&data[sent..]);
+        }
+        Poll::Ready(Ok(data.len()))
+    })
 }
 
 async fn tunnel_to_socket(
