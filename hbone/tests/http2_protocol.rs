@@ -54,6 +54,7 @@ const MAX_FRAME_SIZE: u16 = 0x5;
 // Error codes (§7).
 const PROTOCOL_ERROR: u32 = 0x1;
 const FLOW_CONTROL_ERROR: u32 = 0x3;
+const STREAM_CLOSED: u32 = 0x5;
 const FRAME_SIZE_ERROR: u32 = 0x6;
 const REFUSED_STREAM: u32 = 0x7;
 const CANCEL: u32 = 0x8;
@@ -451,6 +452,21 @@ async fn data_on_an_idle_stream_is_a_protocol_error() {
     p.send(&frame(DATA, 0, 5, b"who?")).await.unwrap();
     p.expect_goaway(PROTOCOL_ERROR).await;
     outcome_names(&mut server, "idle").await;
+    still_serves(&mesh, server.addr, backend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_on_a_closed_stream_is_a_stream_closed_error() {
+    let mesh = Mesh::new();
+    let backend = echo_backend().await;
+    let mut server = forwarding_server(&mesh).await;
+    let mut p = Peer::start(&mesh, server.addr).await;
+    // Opening stream 3 closes stream 1, never used (RFC 9113 §5.1.1); HEADERS cannot open it now.
+    p.send(&request(3, backend)).await.unwrap();
+    p.expect_200(3).await;
+    p.send(&request(1, backend)).await.unwrap();
+    p.expect_goaway(STREAM_CLOSED).await;
+    outcome_names(&mut server, "closed stream").await;
     still_serves(&mesh, server.addr, backend).await;
 }
 
