@@ -20,10 +20,10 @@ impl Hasher for StreamIdHasher {
         self.0 = h ^ (h >> 29);
     }
 
-    /// Only `u32` keys use this hasher; other writes still hash every byte.
+    /// Only `u32` keys use this hasher; any other write still mixes in every byte.
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.write_u32(u32::from(b) ^ (self.0 as u32).rotate_left(8));
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         }
     }
 

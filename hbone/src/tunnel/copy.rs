@@ -132,12 +132,15 @@ async fn socket_to_tunnel(rd: &mut ReadHalf<'_>, stream: &http2::Stream, count: 
         } else if n < want / 4 && chunk > MIN_CHUNK {
             chunk /= 2;
         }
-        let mut sent = 0;
-        while sent < rest.len() {
-            poll_fn(|cx| stream.poll_capacity(cx)).await.map_err(CopyError::Tunnel)?;
-            sent += stream.send(&rest[sent..], false).map_err(CopyError::Tunnel)?;
+        if !rest.is_empty() {
+            let mut sent = 0;
+            while sent < rest.len() {
+                poll_fn(|cx| stream.poll_capacity(cx)).await.map_err(CopyError::Tunnel)?;
+                sent += stream.send(&rest[sent..], false).map_err(CopyError::Tunnel)?;
+            }
+            // Let it go: a remainder is rare, and a connection should not keep its size.
+            rest = Vec::new();
         }
-        rest.clear();
     }
 }
 
