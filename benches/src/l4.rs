@@ -25,6 +25,7 @@ use serde_json::json;
 use crate::load::Load;
 use crate::parse;
 use crate::procfs;
+use crate::profile;
 use crate::relay;
 use crate::report::{Against, Bound, Report, Target};
 use crate::stats::Summary;
@@ -52,12 +53,15 @@ pub struct Settings {
     pub only: Vec<Test>,
     /// Also measure the floor: a plain TCP relay in each pod of the baseline path.
     pub floor: bool,
+    /// Record both ztunnels with perf during the rounds; flame graphs are written next to
+    /// this path (the report's, without extension).
+    pub profile: Option<PathBuf>,
 }
 
 impl Settings {
     /// The full run (`README.md`'s numbers).
     pub fn full() -> Settings {
-        Settings { load: Load::full(), idle_pods: 100, only: Vec::new(), floor: false }
+        Settings { load: Load::full(), idle_pods: 100, only: Vec::new(), floor: false, profile: None }
     }
 
     /// `--quick`: fewer, shorter rounds (well under 5 minutes in all).
@@ -93,18 +97,27 @@ pub enum Test {
 }
 
 impl Test {
+    const NAMES: [(Test, &'static str); 5] = [
+        (Test::OneStream, "one-stream"),
+        (Test::EightStreams, "eight-streams"),
+        (Test::ClosedLoop, "closed-loop"),
+        (Test::OpenLoop, "open-loop"),
+        (Test::NewConnections, "new-connections"),
+    ];
+
     /// Parses a `--only` name.
     pub fn from_name(name: &str) -> anyhow::Result<Test> {
-        Ok(match name {
-            "one-stream" => Test::OneStream,
-            "eight-streams" => Test::EightStreams,
-            "closed-loop" => Test::ClosedLoop,
-            "open-loop" => Test::OpenLoop,
-            "new-connections" => Test::NewConnections,
-            other => bail!(
-                "--only: unknown measurement {other:?} (one-stream, eight-streams, closed-loop, open-loop, new-connections)"
+        match Self::NAMES.iter().find(|(_, n)| *n == name) {
+            Some((t, _)) => Ok(*t),
+            None => bail!(
+                "--only: unknown measurement {name:?} (one-stream, eight-streams, closed-loop, open-loop, new-connections)"
             ),
-        })
+        }
+    }
+
+    /// The name `--only` takes.
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(t, _)| *t == self).map_or("?", |(_, n)| n)
     }
 }
 
@@ -166,25 +179,36 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     }
 
     let mut samples = Samples::new();
-    for round in 0..settings.load.rounds {
-        // Rotated every round, so slow drift of the machine hits every side alike.
-        let mut order: Vec<&Side> = sides.iter().collect();
-        order.rotate_left(round % sides.len());
-        for test in TESTS.into_iter().filter(|t| settings.only.is_empty() || settings.only.contains(t)) {
-            for s in &order {
-                let proxies = match s.name {
-                    "mesh" => Some(Proxies { kind: "ztunnel", pids: &ztunnels }),
-                    "relay" => relay_pids.as_ref().map(|pids| Proxies { kind: "relay", pids }),
-                    _ => None,
-                };
-                if let Err(e) = measure(settings, oha, s, test, proxies, &mut samples) {
-                    eprintln!("round {round}, {}, {test:?}: {e:#}", s.name);
-                    report.notes.push(format!("round {round}, {}, {test:?} failed: {e:#}", s.name));
+    let tests: Vec<Test> =
+        TESTS.into_iter().filter(|t| settings.only.is_empty() || settings.only.contains(t)).collect();
+    let what = format!(
+        "the mesh's {} over {} rounds",
+        tests.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "),
+        settings.load.rounds
+    );
+    let profiled_ones = [(ztunnels[0], "ztunnel-node1"), (ztunnels[1], "ztunnel-node2")];
+    let ((), profiled) = profile::around(settings.profile.as_deref(), &profiled_ones, &what, || {
+        for round in 0..settings.load.rounds {
+            // Rotated every round, so slow drift of the machine hits every side alike.
+            let mut order: Vec<&Side> = sides.iter().collect();
+            order.rotate_left(round % sides.len());
+            for &test in &tests {
+                for s in &order {
+                    let proxies = match s.name {
+                        "mesh" => Some(Proxies { kind: "ztunnel", pids: &ztunnels }),
+                        "relay" => relay_pids.as_ref().map(|pids| Proxies { kind: "relay", pids }),
+                        _ => None,
+                    };
+                    if let Err(e) = measure(settings, oha, s, test, proxies, &mut samples) {
+                        eprintln!("round {round}, {}, {test:?}: {e:#}", s.name);
+                        report.notes.push(format!("round {round}, {}, {test:?} failed: {e:#}", s.name));
+                    }
                 }
             }
+            eprintln!("round {} of {} done at {:.0?}", round + 1, settings.load.rounds, started.elapsed());
         }
-        eprintln!("round {} of {} done at {:.0?}", round + 1, settings.load.rounds, started.elapsed());
-    }
+    })?;
+    report.notes.extend(profiled);
     for (i, pid) in ztunnels.iter().enumerate() {
         let m = procfs::memory(*pid)?;
         report.cost(

@@ -38,6 +38,7 @@ use serde_json::json;
 use crate::load::Load;
 use crate::parse;
 use crate::procfs;
+use crate::profile;
 use crate::relay;
 use crate::report::{Against, Bound, Report, Target};
 use crate::stats::Summary;
@@ -71,12 +72,15 @@ pub struct Settings {
     pub compare_waypoint: Option<PathBuf>,
     /// Also measure the floor: plain TCP relays where the waypoint path has proxies.
     pub floor: bool,
+    /// Record the waypoint(s) with perf during the rounds; flame graphs are written next to
+    /// this path (the report's, without extension).
+    pub profile: Option<PathBuf>,
 }
 
 impl Settings {
     /// The full run.
     pub fn full() -> Settings {
-        Settings { load: Load::full(), compare_waypoint: None, floor: false }
+        Settings { load: Load::full(), compare_waypoint: None, floor: false, profile: None }
     }
 
     /// `--quick`: fewer, shorter rounds (about 2 minutes).
@@ -246,32 +250,38 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
 
     let mut samples = Samples::new();
     let mut responses: BTreeMap<&str, u64> = BTreeMap::new();
-    for round in 0..settings.load.rounds {
-        for (p, pod, url) in round_order(&urls, round).into_iter().map(|(p, pod, url)| (*p, pod, url)) {
-            for open_loop in [false, true] {
-                let watched = match p {
-                    Path3::Waypoint if open_loop => Some(waypoint),
-                    Path3::WaypointB if open_loop => waypoint_b,
-                    Path3::Floor if open_loop => middle_relay,
-                    _ => None,
-                };
-                match measure(settings, oha, pod, url, open_loop, watched) {
-                    Ok(m) => {
-                        *responses.entry(p.name()).or_default() += m.responses;
-                        for (metric, v) in m.values {
-                            push(&mut samples, p, metric, v);
+    let mut profiled_ones = vec![(waypoint, "waypoint")];
+    profiled_ones.extend(waypoint_b.map(|pid| (pid, "waypoint-compared")));
+    let what = format!("closed and open loop over {} rounds", settings.load.rounds);
+    let ((), profiled) = profile::around(settings.profile.as_deref(), &profiled_ones, &what, || {
+        for round in 0..settings.load.rounds {
+            for (p, pod, url) in round_order(&urls, round).into_iter().map(|(p, pod, url)| (*p, pod, url)) {
+                for open_loop in [false, true] {
+                    let watched = match p {
+                        Path3::Waypoint if open_loop => Some(waypoint),
+                        Path3::WaypointB if open_loop => waypoint_b,
+                        Path3::Floor if open_loop => middle_relay,
+                        _ => None,
+                    };
+                    match measure(settings, oha, pod, url, open_loop, watched) {
+                        Ok(m) => {
+                            *responses.entry(p.name()).or_default() += m.responses;
+                            for (metric, v) in m.values {
+                                push(&mut samples, p, metric, v);
+                            }
                         }
-                    }
-                    Err(e) => {
-                        let test = if open_loop { "open loop" } else { "closed loop" };
-                        eprintln!("round {round}, {}, {test}: {e:#}", p.name());
-                        report.notes.push(format!("round {round}, {}, {test} failed: {e:#}", p.name()));
+                        Err(e) => {
+                            let test = if open_loop { "open loop" } else { "closed loop" };
+                            eprintln!("round {round}, {}, {test}: {e:#}", p.name());
+                            report.notes.push(format!("round {round}, {}, {test} failed: {e:#}", p.name()));
+                        }
                     }
                 }
             }
+            eprintln!("round {} of {} done at {:.0?}", round + 1, settings.load.rounds, started.elapsed());
         }
-        eprintln!("round {} of {} done at {:.0?}", round + 1, settings.load.rounds, started.elapsed());
-    }
+    })?;
+    report.notes.extend(profiled);
     // A request is counted when its response ends; give the last ones a moment.
     std::thread::sleep(Duration::from_secs(1));
     for (p, gateway, svc, before) in counted {

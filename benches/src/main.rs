@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod control_plane;
+mod flame;
 mod generate;
 mod l4;
 mod l7;
@@ -16,6 +17,7 @@ mod meta;
 mod parse;
 mod prep;
 mod procfs;
+mod profile;
 mod relay;
 mod report;
 mod serve;
@@ -81,6 +83,11 @@ struct RunArgs {
     /// of the baseline path where the mesh has a proxy, reported as `<metric>_relay_floor`.
     #[arg(long)]
     floor: bool,
+    /// `l4` and `l7`: record the proxies' call stacks with `perf` during the rounds (both
+    /// ztunnels in `l4`, the waypoint in `l7`) and write a flame graph of each beside the JSON
+    /// (`<json stem>-flame-<proxy>.svg` and `.folded`); perf's own cost skews that run's figures.
+    #[arg(long)]
+    profile: bool,
     /// `l7` only: also run this waypoint program, as a second waypoint measured in every round
     /// beside the mesh's, reported as `<metric>_compared` (for A/B of two builds in one run).
     #[arg(long)]
@@ -98,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         Command::L7(a) => ("l7", a),
         Command::ControlPlane(a) => ("control-plane", a),
     };
+    anyhow::ensure!(!args.profile || scenario != "control-plane", "--profile: only l4 and l7 record profiles");
     // The sandboxed copy of this program is pid 1 of its own pid namespace; the outer one
     // never is. Only the outer one has a network to install and build with.
     let inside = std::process::id() == 1;
@@ -107,6 +115,9 @@ fn main() -> anyhow::Result<()> {
         let data_plane = scenario != "control-plane";
         let install = if data_plane { Some(prep::start_oha_install(&logs)?) } else { None };
         prep::apt_tools(prep::MESH_PACKAGES)?;
+        if args.profile {
+            prep::apt_tools(&[("perf", "linux-perf")])?;
+        }
         if scenario == "l4" {
             prep::apt_tools(&[("iperf3", "iperf3"), ("wrk", "wrk"), ("curl", "curl")])?;
         } else if data_plane {
@@ -124,6 +135,14 @@ fn main() -> anyhow::Result<()> {
     }
     let oha = oha.or_else(|| prep::which("oha"));
 
+    let json_path = args.json.unwrap_or_else(|| {
+        let name = if args.quick { format!("{scenario}-quick.json") } else { format!("{scenario}.json") };
+        prep::workspace_root().join("benches/results").join(name)
+    });
+    if let Some(dir) = json_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+
     let meta = meta::collect();
     let report = match scenario {
         "l4" => {
@@ -131,6 +150,7 @@ fn main() -> anyhow::Result<()> {
             let mut settings = if args.quick { l4::Settings::quick() } else { l4::Settings::full() };
             settings.only = args.only.iter().map(|n| l4::Test::from_name(n)).collect::<Result<_, _>>()?;
             settings.floor = args.floor;
+            settings.profile = args.profile.then(|| json_path.with_extension(""));
             l4::run(&settings, &oha, args.quick)?
         }
         "l7" => {
@@ -142,6 +162,7 @@ fn main() -> anyhow::Result<()> {
                 settings.compare_waypoint = Some(p);
             }
             settings.floor = args.floor;
+            settings.profile = args.profile.then(|| json_path.with_extension(""));
             l7::run(&settings, &oha, args.quick)?
         }
         _ => {
@@ -149,13 +170,6 @@ fn main() -> anyhow::Result<()> {
             control_plane::run(&settings, args.quick)?
         }
     };
-    let json_path = args.json.unwrap_or_else(|| {
-        let name = if args.quick { format!("{scenario}-quick.json") } else { format!("{scenario}.json") };
-        prep::workspace_root().join("benches/results").join(name)
-    });
-    if let Some(dir) = json_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
     let doc = report.to_json(&meta);
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)? + "\n")
         .with_context(|| format!("writing {}", json_path.display()))?;
