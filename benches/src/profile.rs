@@ -118,6 +118,7 @@ impl Recording {
             ));
         }
         let _ = std::fs::remove_file(&self.data);
+        let _ = std::fs::remove_file(&self.log);
         Ok(notes)
     }
 }
