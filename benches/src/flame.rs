@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::svg::escape;
+
 /// Samples per call stack of one process, keyed by the stack, root first, frames joined by `;`.
 pub type Folded = BTreeMap<String, u64>;
 
@@ -202,10 +204,6 @@ const PAD: f64 = 10.0;
 const MIN_W: f64 = 0.3;
 /// About the width of one character at the labels' size.
 const CHAR_W: f64 = 6.6;
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
 
 /// The flame graph of `stacks`: roots at the bottom, each frame as wide as its share of the
 /// samples, callees above their callers; hovering a frame shows its name, samples and share.

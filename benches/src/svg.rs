@@ -12,7 +12,8 @@ const ROW: f64 = 30.0;
 const TOP: f64 = 50.0;
 const BAR_W: f64 = 330.0;
 
-fn escape(s: &str) -> String {
+/// `s` as SVG text or attribute content.
+pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
