@@ -109,9 +109,10 @@ impl Test {
     pub fn from_name(name: &str) -> anyhow::Result<Test> {
         match Self::NAMES.iter().find(|(_, n)| *n == name) {
             Some((t, _)) => Ok(*t),
-            None => bail!(
-                "--only: unknown measurement {name:?} (one-stream, eight-streams, closed-loop, open-loop, new-connections)"
-            ),
+            None => {
+                let known: Vec<&str> = Self::NAMES.iter().map(|(_, n)| *n).collect();
+                bail!("--only: unknown measurement {name:?} ({})", known.join(", "))
+            }
         }
     }
 
@@ -482,4 +483,18 @@ fn measure(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_measurement_is_named_as_only_takes_it() {
+        for t in TESTS {
+            assert_eq!(Test::from_name(t.name()).unwrap(), t);
+        }
+        let e = Test::from_name("closed_loop").unwrap_err().to_string();
+        assert!(e.contains("\"closed_loop\"") && e.contains("closed-loop, open-loop"), "{e}");
+    }
 }
