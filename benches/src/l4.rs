@@ -183,11 +183,15 @@ pub fn run(settings: &Settings, oha: &Path, quick: bool) -> anyhow::Result<Repor
     let tests: Vec<Test> =
         TESTS.into_iter().filter(|t| settings.only.is_empty() || settings.only.contains(t)).collect();
     let what = format!(
-        "the mesh's {} over {} rounds",
+        "{} over {} rounds",
         tests.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "),
         settings.load.rounds
     );
-    let profiled_ones = [(ztunnels[0], "ztunnel-node1"), (ztunnels[1], "ztunnel-node2")];
+    // With the floor, its relays too: the same load through proxies that only copy.
+    let mut profiled_ones = vec![(ztunnels[0], "ztunnel-node1"), (ztunnels[1], "ztunnel-node2")];
+    if let Some([r1, r2]) = relay_pids {
+        profiled_ones.extend([(r1, "relay-node1"), (r2, "relay-node2")]);
+    }
     let ((), profiled) = profile::around(settings.profile.as_deref(), &profiled_ones, &what, || {
         for round in 0..settings.load.rounds {
             // Rotated every round, so slow drift of the machine hits every side alike.

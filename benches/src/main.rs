@@ -84,7 +84,7 @@ struct RunArgs {
     #[arg(long)]
     floor: bool,
     /// `l4` and `l7`: record the proxies' call stacks with `perf` during the rounds (both
-    /// ztunnels in `l4`, the waypoint in `l7`) and write a flame graph of each beside the JSON
+    /// ztunnels in `l4`, and the relays with `--floor`; the waypoint in `l7`) and write a flame graph of each beside the JSON
     /// (`<json stem>-flame-<proxy>.svg` and `.folded`); perf's own cost skews that run's figures.
     #[arg(long)]
     profile: bool,
