@@ -243,43 +243,51 @@ pub fn svg(title: &str, subtitle: &str, stacks: &Folded) -> String {
         );
         legend += 14.0 + p.name().len() as f64 * 6.5 + 16.0;
     }
-    let scale = (WIDTH - 2.0 * PAD) / root.total.max(1) as f64;
-    let bottom = height - PAD - 20.0;
-    draw(&mut s, "all", &root, PAD, 0, bottom, scale, root.total);
+    let canvas =
+        Canvas { bottom: height - PAD - 20.0, scale: (WIDTH - 2.0 * PAD) / root.total.max(1) as f64, all: root.total };
+    canvas.draw(&mut s, "all", &root, PAD, 0);
     let _ = writeln!(s, "</svg>");
     s
 }
 
-#[allow(clippy::too_many_arguments)]
-fn draw(s: &mut String, name: &str, node: &Node, x: f64, level: usize, bottom: f64, scale: f64, all: u64) {
-    let w = node.total as f64 * scale;
-    if w < MIN_W {
-        return;
-    }
-    let y = bottom - ROW * (level + 1) as f64;
-    let share = 100.0 * node.total as f64 / all.max(1) as f64;
-    let fill = if level == 0 { "rgb(190,190,190)".to_string() } else { Part::of(name).colour(name) };
-    let _ = write!(
-        s,
-        r#"<g><title>{} ({} samples, {share:.2}%)</title><rect x="{x:.2}" y="{y}" width="{w:.2}" height="{}" fill="{fill}" rx="2"/>"#,
-        escape(name),
-        node.total,
-        ROW - 1.0
-    );
-    let fits = ((w - 6.0) / CHAR_W).floor() as usize;
-    if fits >= 3 {
-        let label: String = if name.chars().count() <= fits {
-            name.to_string()
-        } else {
-            name.chars().take(fits - 2).chain("..".chars()).collect()
-        };
-        let _ = write!(s, r#"<text x="{:.2}" y="{}">{}</text>"#, x + 3.0, y + ROW - 4.5, escape(&label));
-    }
-    let _ = writeln!(s, "</g>");
-    let mut cx = x;
-    for (child, c) in &node.children {
-        draw(s, child, c, cx, level + 1, bottom, scale, all);
-        cx += c.total as f64 * scale;
+/// Where frames go: the baseline of the bottom row, pixels per sample, and the samples in all.
+struct Canvas {
+    bottom: f64,
+    scale: f64,
+    all: u64,
+}
+
+impl Canvas {
+    fn draw(&self, s: &mut String, name: &str, node: &Node, x: f64, level: usize) {
+        let w = node.total as f64 * self.scale;
+        if w < MIN_W {
+            return;
+        }
+        let y = self.bottom - ROW * (level + 1) as f64;
+        let share = 100.0 * node.total as f64 / self.all.max(1) as f64;
+        let fill = if level == 0 { "rgb(190,190,190)".to_string() } else { Part::of(name).colour(name) };
+        let _ = write!(
+            s,
+            r#"<g><title>{} ({} samples, {share:.2}%)</title><rect x="{x:.2}" y="{y}" width="{w:.2}" height="{}" fill="{fill}" rx="2"/>"#,
+            escape(name),
+            node.total,
+            ROW - 1.0
+        );
+        let fits = ((w - 6.0) / CHAR_W).floor() as usize;
+        if fits >= 3 {
+            let label: String = if name.chars().count() <= fits {
+                name.to_string()
+            } else {
+                name.chars().take(fits - 2).chain("..".chars()).collect()
+            };
+            let _ = write!(s, r#"<text x="{:.2}" y="{}">{}</text>"#, x + 3.0, y + ROW - 4.5, escape(&label));
+        }
+        let _ = writeln!(s, "</g>");
+        let mut cx = x;
+        for (child, c) in &node.children {
+            self.draw(s, child, c, cx, level + 1);
+            cx += c.total as f64 * self.scale;
+        }
     }
 }
 

@@ -221,7 +221,7 @@ mod tests {
     }
 
     #[test]
-    fn a_process_main_thread_is_recorded() {
+    fn a_process_main_thread_counts_as_lasting() {
         let me = std::process::id();
         assert!(lasting_threads(me).unwrap().contains(&me));
         assert!(lasting_threads(u32::MAX).is_err(), "no such process");

@@ -160,7 +160,7 @@ impl Peer {
         );
         let tcp = TcpStream::connect(addr).await.unwrap();
         let connect = TlsConnector::from(cfg).connect(ServerName::IpAddress(addr.ip().into()), tcp);
-        let errors_before = (0..16).map(|c| protocol_errors(ErrorCode(c))).collect();
+        let errors_before = (0..ErrorCode::DEFINED as u32).map(|c| protocol_errors(ErrorCode(c))).collect();
         let tls = tokio::time::timeout(WAIT, connect).await.expect("TLS in time").unwrap();
         Peer { tls, buf: Vec::new(), credit: 0, errors_before }
     }

@@ -104,9 +104,12 @@ impl ErrorCode {
     /// HTTP/1.1 is required.
     pub const HTTP_1_1_REQUIRED: ErrorCode = ErrorCode(0xd);
 
+    /// How many codes RFC 9113 defines: they are `0..DEFINED`.
+    pub const DEFINED: usize = 14;
+
     /// The name RFC 9113 gives the code, if it defines it.
     pub fn name(self) -> Option<&'static str> {
-        const NAMES: [&str; 14] = [
+        const NAMES: [&str; ErrorCode::DEFINED] = [
             "NO_ERROR",
             "PROTOCOL_ERROR",
             "INTERNAL_ERROR",

@@ -55,11 +55,9 @@ pub const PROTOCOL_ERROR_CODES: [ErrorCode; 6] = [
     ErrorCode::ENHANCE_YOUR_CALM,
 ];
 
-/// One counter per error code RFC 9113 defines (codes are small integers from 0).
-const KNOWN_CODES: usize = 14;
-
+/// One counter per error code RFC 9113 defines.
 fn protocol_error_counter(code: ErrorCode) -> Option<&'static AtomicU64> {
-    static COUNTS: [AtomicU64; KNOWN_CODES] = [const { AtomicU64::new(0) }; KNOWN_CODES];
+    static COUNTS: [AtomicU64; ErrorCode::DEFINED] = [const { AtomicU64::new(0) }; ErrorCode::DEFINED];
     COUNTS.get(code.0 as usize)
 }
 
