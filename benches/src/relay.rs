@@ -68,7 +68,7 @@ pub fn start_in(pod: &Pod, maps: &[Mapping], threads: usize) -> anyhow::Result<P
 
 /// Relays every mapping until killed, on `threads` runtime workers.
 pub fn relay(maps: &[Mapping], threads: usize) -> std::io::Result<()> {
-    let rt = ztunnel::runtimes::data_runtime(threads.max(1))?;
+    let rt = ztunnel::runtimes::data_runtime(threads.max(1), &Default::default())?;
     rt.block_on(async move {
         let mut listeners = Vec::with_capacity(maps.len());
         for m in maps {

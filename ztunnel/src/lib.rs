@@ -14,8 +14,8 @@
 //!   last two).
 //!
 //! See `ARCHITECTURE.md` for the runtime split and the port table.
-// Only the socket module that receives descriptors over SCM_RIGHTS, and the malloc settings
-// (glibc's C interface), may use `unsafe`.
+// Only the socket module that receives descriptors over SCM_RIGHTS, the malloc settings
+// (glibc's C interface) and the scheduler slices (`sched_setattr`) may use `unsafe`.
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -38,5 +38,6 @@ pub mod netns;
 pub mod proxy;
 pub mod readiness;
 pub mod runtimes;
+pub mod slice;
 pub mod socket;
 pub mod state;

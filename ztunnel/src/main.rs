@@ -13,6 +13,9 @@ fn main() -> anyhow::Result<()> {
 
     // Admin work on its own single thread, so it never competes with the data path.
     let runtimes = ztunnel::runtimes::Runtimes::start(cfg.worker_threads)?;
+    if let Some(policy) = cfg.slice_policy() {
+        runtimes.adapt_slices(policy);
+    }
     let admin = runtimes.admin();
     runtimes.run(async {
         let drain = cfg.drain();

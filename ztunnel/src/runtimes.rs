@@ -7,12 +7,15 @@ use std::thread::JoinHandle;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::oneshot;
 
+use crate::slice::{DataThreads, SlicePolicy};
+
 /// The data-path runtime and the admin thread, stopped together by [`Runtimes::run`].
 pub struct Runtimes {
     data: Runtime,
     admin: Handle,
     stop_admin: oneshot::Sender<()>,
     admin_thread: JoinHandle<()>,
+    threads: DataThreads,
 }
 
 impl Runtimes {
@@ -35,8 +38,15 @@ impl Runtimes {
                 let _ = admin_stopped.await;
             })
         })?;
-        let data = data_runtime(workers)?;
-        Ok(Self { data, admin, stop_admin, admin_thread })
+        let threads = DataThreads::default();
+        let data = data_runtime(workers, &threads)?;
+        Ok(Self { data, admin, stop_admin, admin_thread, threads })
+    }
+
+    /// Gives the data threads short scheduler slices while the node is mostly idle (see
+    /// [`crate::slice`]), from the admin thread.
+    pub fn adapt_slices(&self, policy: SlicePolicy) {
+        self.admin.spawn(crate::slice::adapt(policy, self.threads.clone()));
     }
 
     /// The admin runtime's handle, for control-plane and admin tasks.
@@ -59,11 +69,19 @@ impl Runtimes {
 /// current-thread scheduler: a task woken by its own I/O is polled next on the same thread,
 /// without the work-stealing queues and the cross-thread unparking a one-worker multi-threaded
 /// runtime still pays for on every wake-up. More workers get the multi-threaded scheduler.
-pub fn data_runtime(workers: usize) -> std::io::Result<Runtime> {
+/// Each data thread is registered in `threads` (the calling thread itself for one worker).
+pub fn data_runtime(workers: usize, threads: &DataThreads) -> std::io::Result<Runtime> {
     if workers == 1 {
+        threads.register_current();
         return tokio::runtime::Builder::new_current_thread().enable_all().build();
     }
-    tokio::runtime::Builder::new_multi_thread().worker_threads(workers).thread_name("data").enable_all().build()
+    let threads = threads.clone();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("data")
+        .on_thread_start(move || threads.register_current())
+        .enable_all()
+        .build()
 }
 
 /// Runs `f` every `period`, forever (a late tick is not made up for by a burst).
@@ -91,10 +109,20 @@ mod tests {
     use tokio::runtime::RuntimeFlavor;
 
     use super::data_runtime;
+    use crate::slice::{DataThreads, current_tid};
 
     #[test]
     fn one_worker_is_the_current_thread_scheduler_and_more_are_multi_threaded() {
-        assert_eq!(data_runtime(1).unwrap().handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
-        assert_eq!(data_runtime(2).unwrap().handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        let threads = DataThreads::default();
+        assert_eq!(data_runtime(1, &threads).unwrap().handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        assert_eq!(threads.ids(), [current_tid().unwrap()], "the calling thread runs the one worker");
+        let threads = DataThreads::default();
+        let rt = data_runtime(2, &threads).unwrap();
+        assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        let workers: Vec<i32> =
+            (0..2).map(|_| rt.block_on(rt.spawn(async { current_tid().unwrap() })).unwrap()).collect();
+        for w in workers {
+            assert!(threads.ids().contains(&w), "worker {w} not registered in {:?}", threads.ids());
+        }
     }
 }
