@@ -12,6 +12,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 /// Which proxy of the connection reports it.
@@ -129,6 +130,7 @@ impl Metrics {
         );
         registry.register("ztunnel_connections_denied", "Connections refused, by reason", m.denied.clone());
         register_hbone(registry);
+        registry.register_collector(Box::new(SliceCollector));
         Arc::new(m)
     }
 
@@ -210,6 +212,30 @@ impl Collector for HboneCollector {
     }
 }
 
+/// The data threads' scheduler slice ([`crate::slice`]), read at scrape time.
+#[derive(Debug)]
+struct SliceCollector;
+
+impl Collector for SliceCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let (short, switches) = crate::slice::state();
+        let gauge = e.encode_descriptor(
+            "ztunnel_sched_short_slice",
+            "1 while the data threads hold the short scheduler slice (--sched-slice-us, node mostly idle), else 0",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(short as i64).encode(gauge)?;
+        let counter = e.encode_descriptor(
+            "ztunnel_sched_slice_switches",
+            "Times the data threads' scheduler slice was shortened or given back",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(switches).encode(counter)
+    }
+}
+
 /// The registry in Prometheus text format.
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();
@@ -251,6 +277,8 @@ mod tests {
             "hbone_streams_refused_total{reason=\"reset_streams_held\"} ",
             "hbone_protocol_errors_total{code=\"ENHANCE_YOUR_CALM\"} ",
             "hbone_protocol_errors_total{code=\"PROTOCOL_ERROR\"} ",
+            "# TYPE ztunnel_sched_short_slice gauge\nztunnel_sched_short_slice ",
+            "# TYPE ztunnel_sched_slice_switches counter\nztunnel_sched_slice_switches_total ",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

@@ -25,11 +25,23 @@
 #![allow(unsafe_code)]
 
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How often the node's load is looked at.
 pub const PERIOD: Duration = Duration::from_millis(250);
+
+/// Whether the data threads hold the short slice now, and how often it changed: the process
+/// has one data path, so one of each (read by the metrics, see [`state`]).
+static SHORT: AtomicBool = AtomicBool::new(false);
+static SWITCHES: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the data threads hold the short slice now, and how many times it was given or
+/// taken back so far.
+pub fn state() -> (bool, u64) {
+    (SHORT.load(Ordering::Relaxed), SWITCHES.load(Ordering::Relaxed))
+}
 
 /// When the data threads run with the short slice.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -225,6 +237,7 @@ pub async fn adapt(policy: SlicePolicy, threads: DataThreads) {
                         for tid in threads.ids() {
                             let _ = set_slice(tid, None);
                         }
+                        SHORT.store(false, Ordering::Relaxed);
                     }
                     return;
                 }
@@ -232,6 +245,8 @@ pub async fn adapt(policy: SlicePolicy, threads: DataThreads) {
         }
         tracing::debug!(busy = format!("{:.0}%", busy * 100.0), short = want, "data threads' scheduler slice");
         short = want;
+        SHORT.store(short, Ordering::Relaxed);
+        SWITCHES.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -344,6 +359,12 @@ mod tests {
             );
             tokio::time::sleep(PERIOD / 5).await;
         }
+        // The flag follows once every thread has it (the other tests do not run `adapt`).
+        while !state().0 {
+            assert!(tokio::time::Instant::now() < deadline, "the short slice is not reported");
+            tokio::time::sleep(PERIOD / 5).await;
+        }
+        assert!(state().1 >= 1);
         task.abort();
         stop.send(()).unwrap();
         worker.join().unwrap();
