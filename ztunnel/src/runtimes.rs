@@ -75,11 +75,13 @@ pub fn data_runtime(workers: usize, threads: &DataThreads) -> std::io::Result<Ru
         threads.register_current();
         return tokio::runtime::Builder::new_current_thread().enable_all().build();
     }
-    let threads = threads.clone();
+    // Blocking-pool threads start and stop here too; the stop keeps the list to live threads.
+    let (started, stopped) = (threads.clone(), threads.clone());
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("data")
-        .on_thread_start(move || threads.register_current())
+        .on_thread_start(move || started.register_current())
+        .on_thread_stop(move || stopped.unregister_current())
         .enable_all()
         .build()
 }
@@ -124,5 +126,9 @@ mod tests {
         for w in workers {
             assert!(threads.ids().contains(&w), "worker {w} not registered in {:?}", threads.ids());
         }
+        let blocking = rt.block_on(async { tokio::task::spawn_blocking(|| current_tid().unwrap()).await }).unwrap();
+        assert!(threads.ids().contains(&blocking));
+        drop(rt);
+        assert_eq!(threads.ids(), [] as [i32; 0], "stopped threads stay registered");
     }
 }

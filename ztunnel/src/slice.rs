@@ -92,6 +92,13 @@ impl DataThreads {
         }
     }
 
+    /// Forgets the calling thread (it is stopping).
+    pub fn unregister_current(&self) {
+        if let Ok(tid) = current_tid() {
+            self.forget(tid);
+        }
+    }
+
     /// The registered thread ids.
     pub fn ids(&self) -> Vec<i32> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
