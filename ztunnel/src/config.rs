@@ -82,7 +82,7 @@ pub struct Config {
     #[arg(long, env = WORKER_THREADS_ENV, default_value_t = default_worker_threads())]
     pub worker_threads: usize,
     /// Scheduler slice, in microseconds, the data threads ask for while the node's CPUs are
-    /// mostly idle, so their wake-ups preempt what runs (Linux 6.12+; see [`crate::slice`]),
+    /// mostly idle, so their wake-ups preempt what runs (Linux 6.12+; the `slice` module says more),
     /// between 100 and 100,000. Off (0) by default: it cuts the mesh's p50 at the cost of the
     /// tail of the apps ztunnel preempts.
     #[arg(long, env = "ZTUNNEL_SCHED_SLICE_US", default_value_t = 0)]
