@@ -211,6 +211,19 @@ impl CpuTimes {
     }
 }
 
+/// Sets every registered thread's slice, dropping threads that have exited (blocking-pool
+/// threads come and go); stops at the first other failure.
+fn give_all(threads: &DataThreads, slice: Option<Duration>) -> io::Result<()> {
+    for tid in threads.ids() {
+        match set_slice(tid, slice) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => threads.forget(tid),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Follows the node's load forever, giving `threads` the short slice while it is low.
 pub async fn adapt(policy: SlicePolicy, threads: DataThreads) {
     let mut last = match CpuTimes::read() {
@@ -232,23 +245,12 @@ pub async fn adapt(policy: SlicePolicy, threads: DataThreads) {
         if want == short {
             continue;
         }
-        let slice = want.then_some(policy.short);
-        for tid in threads.ids() {
-            match set_slice(tid, slice) {
-                Ok(()) => {}
-                // A blocking-pool thread that has exited.
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => threads.forget(tid),
-                Err(e) => {
-                    tracing::warn!(error = %e, tid, "cannot set the data threads' scheduler slice; leaving the default");
-                    if short {
-                        for tid in threads.ids() {
-                            let _ = set_slice(tid, None);
-                        }
-                        SHORT.store(false, Ordering::Relaxed);
-                    }
-                    return;
-                }
-            }
+        if let Err(e) = give_all(&threads, want.then_some(policy.short)) {
+            tracing::warn!(error = %e, "cannot set the data threads' scheduler slice; leaving the default");
+            // Threads set before the failure go back too.
+            let _ = give_all(&threads, None);
+            SHORT.store(false, Ordering::Relaxed);
+            return;
         }
         tracing::debug!(busy = format!("{:.0}%", busy * 100.0), short = want, "data threads' scheduler slice");
         short = want;
@@ -377,6 +379,35 @@ mod tests {
         worker.join().unwrap();
         // The exited thread is dropped from the list at the next change, not an error.
         assert_eq!(set_slice(tid, None).unwrap_err().raw_os_error(), Some(libc::ESRCH));
+    }
+
+    #[test]
+    fn giving_the_slice_drops_threads_that_exited_and_sets_the_others() {
+        let threads = DataThreads::default();
+        let gone = std::thread::spawn({
+            let threads = threads.clone();
+            move || {
+                threads.register_current();
+                current_tid().unwrap()
+            }
+        })
+        .join()
+        .unwrap();
+        let (tid, short, back) = std::thread::spawn(move || {
+            threads.register_current();
+            let tid = current_tid().unwrap();
+            give_all(&threads, Some(Duration::from_micros(300))).unwrap();
+            let short = kernel_slice_ns(tid);
+            assert_eq!(threads.ids(), [tid], "the exited thread {gone} is still listed");
+            give_all(&threads, None).unwrap();
+            (tid, short, kernel_slice_ns(tid))
+        })
+        .join()
+        .unwrap();
+        if let (Some(short), Some(back)) = (short, back) {
+            assert_eq!(short, 300_000, "thread {tid}");
+            assert_ne!(back, 300_000, "thread {tid} kept the short slice");
+        }
     }
 
     #[test]
