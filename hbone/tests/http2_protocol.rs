@@ -15,290 +15,12 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hbone::http2::refusals::protocol_errors;
-use hbone::http2::{ErrorCode, Refusal};
-use hbone::tunnel::server::{Handler, InboundConnect};
-use hbone::tunnel::stream::H2Stream;
-use rustls_pki_types::ServerName;
+use hbone::http2::Refusal;
+use support::raw_h2::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
-
-/// The longest wait for any one answer: a hang fails the test instead of blocking it.
-const WAIT: Duration = Duration::from_secs(5);
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const MIB: usize = 1 << 20;
-/// The largest frame payload every peer must accept; what the raw peer sends DATA in.
-const CHUNK: usize = 16_384;
-
-// Frame types (RFC 9113 §6).
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-const CONTINUATION: u8 = 0x9;
-// Flags.
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-// Settings.
-const MAX_CONCURRENT_STREAMS: u16 = 0x3;
-const INITIAL_WINDOW_SIZE: u16 = 0x4;
-const MAX_FRAME_SIZE: u16 = 0x5;
-// Error codes (§7).
-const PROTOCOL_ERROR: u32 = 0x1;
-const FLOW_CONTROL_ERROR: u32 = 0x3;
-const STREAM_CLOSED: u32 = 0x5;
-const FRAME_SIZE_ERROR: u32 = 0x6;
-const REFUSED_STREAM: u32 = 0x7;
-const CANCEL: u32 = 0x8;
-const COMPRESSION_ERROR: u32 = 0x9;
-const ENHANCE_YOUR_CALM: u32 = 0xb;
-
-/// One frame: 24-bit length, type, flags, 31-bit stream id, payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.extend_from_slice(&[kind, flags]);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-fn settings(params: &[(u16, u32)]) -> Vec<u8> {
-    let payload: Vec<u8> =
-        params.iter().flat_map(|(id, v)| [&id.to_be_bytes()[..], &v.to_be_bytes()].concat()).collect();
-    frame(SETTINGS, 0, 0, &payload)
-}
-
-fn rst(stream: u32, code: u32) -> Vec<u8> {
-    frame(RST_STREAM, 0, stream, &code.to_be_bytes())
-}
-
-/// DATA frames carrying `len` bytes on `stream`, at most [`CHUNK`] each.
-fn data(stream: u32, len: usize) -> Vec<u8> {
-    let chunk = [0x5a; CHUNK];
-    let mut out = Vec::with_capacity(len + len.div_ceil(CHUNK) * 9);
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(CHUNK);
-        out.extend(frame(DATA, 0, stream, &chunk[..n]));
-        left -= n;
-    }
-    out
-}
-
-/// HPACK literal without indexing, new name (RFC 7541 §6.2.2), short name and value.
-fn literal(name: &str, value: &str) -> Vec<u8> {
-    assert!(name.len() < 127 && value.len() < 127);
-    let mut b = vec![0x00, name.len() as u8];
-    b.extend_from_slice(name.as_bytes());
-    b.push(value.len() as u8);
-    b.extend_from_slice(value.as_bytes());
-    b
-}
-
-fn connect_block(authority: SocketAddr) -> Vec<u8> {
-    [literal(":method", "CONNECT"), literal(":authority", &authority.to_string())].concat()
-}
-
-/// HEADERS opening `stream` with a CONNECT to `authority`.
-fn request(stream: u32, authority: SocketAddr) -> Vec<u8> {
-    frame(HEADERS, END_HEADERS, stream, &connect_block(authority))
-}
-
-/// The block our server sends for a bare 200: static entry 8 (0x88), after a dynamic table
-/// size update to 0 (0x20) in the connection's first block.
-fn is_200(block: &[u8]) -> bool {
-    block.strip_prefix(&[0x20]).unwrap_or(block) == [0x88]
-}
-
-#[derive(Debug)]
-struct Frame {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
-}
-
-impl Frame {
-    /// The first four payload bytes (RST_STREAM's code, WINDOW_UPDATE's increment).
-    fn word(&self) -> u32 {
-        u32::from_be_bytes(self.payload[..4].try_into().unwrap()) & 0x7fff_ffff
-    }
-}
-
-#[derive(Debug)]
-struct GoAway {
-    last_stream: u32,
-    code: u32,
-    debug: String,
-}
-
-/// The raw client: TLS and bytes, nothing else.
-struct Peer {
-    tls: TlsStream<TcpStream>,
-    buf: Vec<u8>,
-    /// Sum of WINDOW_UPDATE increments on stream 0 read since the handshake.
-    credit: u64,
-    /// The process's protocol-error counters, by code, before this peer connected.
-    errors_before: Vec<u64>,
-}
-
-impl Peer {
-    /// Mesh TLS to `addr`, no HTTP/2 yet.
-    async fn tls(mesh: &Mesh, addr: SocketAddr) -> Peer {
-        let cfg = hbone::tls::client_config(
-            &mesh.client_store,
-            mesh.client_store.get(&mesh.client).unwrap(),
-            vec![mesh.server.clone()],
-        );
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let connect = TlsConnector::from(cfg).connect(ServerName::IpAddress(addr.ip().into()), tcp);
-        let errors_before = (0..ErrorCode::DEFINED as u32).map(|c| protocol_errors(ErrorCode(c))).collect();
-        let tls = tokio::time::timeout(WAIT, connect).await.expect("TLS in time").unwrap();
-        Peer { tls, buf: Vec::new(), credit: 0, errors_before }
-    }
-
-    /// TLS, preface and an empty SETTINGS, through the server's SETTINGS and its ACK of ours.
-    async fn start(mesh: &Mesh, addr: SocketAddr) -> Peer {
-        let mut p = Peer::tls(mesh, addr).await;
-        p.send(&[PREFACE, &settings(&[])[..]].concat()).await.unwrap();
-        let first = p.next().await.expect("server SETTINGS");
-        assert_eq!((first.kind, first.flags), (SETTINGS, 0), "the server's first frame is SETTINGS");
-        p.expect("SETTINGS ACK", |f| f.kind == SETTINGS && f.flags == ACK).await;
-        p.credit = 0;
-        p
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let write = async {
-            self.tls.write_all(bytes).await?;
-            self.tls.flush().await
-        };
-        tokio::time::timeout(6 * WAIT, write).await.expect("the server takes what we send")
-    }
-
-    /// The next frame; `None` once the connection ended (EOF or error). Panics after [`WAIT`].
-    async fn next(&mut self) -> Option<Frame> {
-        tokio::time::timeout(WAIT, self.read_frame()).await.expect("the server answered in time")
-    }
-
-    async fn read_frame(&mut self) -> Option<Frame> {
-        loop {
-            if self.buf.len() >= 9 {
-                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
-                if self.buf.len() >= 9 + len {
-                    let b = &self.buf;
-                    let f = Frame {
-                        kind: b[3],
-                        flags: b[4],
-                        stream: u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff,
-                        payload: b[9..9 + len].to_vec(),
-                    };
-                    self.buf.drain(..9 + len);
-                    if f.kind == WINDOW_UPDATE && f.stream == 0 {
-                        self.credit += u64::from(f.word());
-                    }
-                    return Some(f);
-                }
-            }
-            let mut chunk = vec![0u8; 64 * 1024];
-            match self.tls.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    /// Skips frames up to the first that `want` matches; panics if the connection ends first.
-    async fn expect(&mut self, what: &str, want: impl Fn(&Frame) -> bool) -> Frame {
-        loop {
-            match self.next().await {
-                Some(f) if want(&f) => return f,
-                Some(f) if f.kind == GOAWAY => panic!("GOAWAY while waiting for {what}: {:?}", goaway(&f)),
-                Some(_) => {}
-                None => panic!("connection closed while waiting for {what}"),
-            }
-        }
-    }
-
-    /// GOAWAY with `code` and a reason, after which the server closes the connection.
-    async fn expect_goaway(&mut self, code: u32) -> GoAway {
-        let g = loop {
-            match self.next().await {
-                Some(f) if f.kind == GOAWAY => break goaway(&f),
-                Some(_) => {}
-                None => panic!("connection closed without GOAWAY (wanted code {code})"),
-            }
-        };
-        assert_eq!(g.code, code, "GOAWAY code: {g:?}");
-        assert!(!g.debug.is_empty(), "GOAWAY carries the reason");
-        let counted = protocol_errors(ErrorCode(code));
-        assert!(counted > self.errors_before[code as usize], "the close is counted under {}", ErrorCode(code));
-        assert!(self.closed().await, "the connection closes after GOAWAY");
-        g
-    }
-
-    /// Reads to the end of the connection: true if it ended within [`WAIT`] of the last frame.
-    async fn closed(&mut self) -> bool {
-        loop {
-            match tokio::time::timeout(WAIT, self.read_frame()).await {
-                Ok(Some(_)) => {}
-                Ok(None) => return true,
-                Err(_) => return false,
-            }
-        }
-    }
-
-    /// The response head on `stream`, which must be a bare 200.
-    async fn expect_200(&mut self, stream: u32) {
-        let f = self.expect("response", |f| f.stream == stream && matches!(f.kind, HEADERS | RST_STREAM)).await;
-        assert_eq!(f.kind, HEADERS, "stream {stream} answered, not reset (code {})", f.word());
-        assert!(is_200(&f.payload), "stream {stream}: not a bare 200: {:02x?}", f.payload);
-    }
-
-    /// RST_STREAM on `stream`, with `code`.
-    async fn expect_rst(&mut self, stream: u32, code: u32) {
-        let f = self.expect("RST_STREAM", |f| f.stream == stream && matches!(f.kind, HEADERS | RST_STREAM)).await;
-        assert_eq!(f.kind, RST_STREAM, "stream {stream} reset, not answered");
-        assert_eq!(f.word(), code, "stream {stream}: RST_STREAM code");
-    }
-
-    /// Sends `bytes` on `stream` and reads them back (the stream goes to an echo backend).
-    async fn echo(&mut self, stream: u32, bytes: &[u8]) {
-        self.send(&frame(DATA, 0, stream, bytes)).await.unwrap();
-        let mut got = Vec::new();
-        while got.len() < bytes.len() {
-            let f = self.expect("echoed DATA", |f| f.stream == stream && matches!(f.kind, DATA | RST_STREAM)).await;
-            assert_eq!(f.kind, DATA, "stream {stream} reset while echoing");
-            got.extend_from_slice(&f.payload);
-        }
-        assert_eq!(got, bytes, "the echo on stream {stream}");
-    }
-
-    /// PING and its ACK: the connection is alive and its frames are read.
-    async fn ping(&mut self, opaque: [u8; 8]) {
-        self.send(&frame(PING, 0, 0, &opaque)).await.unwrap();
-        let ack = self.expect("PING ACK", |f| f.kind == PING && f.flags == ACK).await;
-        assert_eq!(ack.payload, opaque, "the PING ACK echoes the opaque data");
-    }
-}
-
-fn goaway(f: &Frame) -> GoAway {
-    let p = &f.payload;
-    assert!(p.len() >= 8, "GOAWAY payload of {} bytes", p.len());
-    GoAway {
-        last_stream: u32::from_be_bytes(p[..4].try_into().unwrap()) & 0x7fff_ffff,
-        code: u32::from_be_bytes(p[4..8].try_into().unwrap()),
-        debug: String::from_utf8_lossy(&p[8..]).into_owned(),
-    }
-}
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 /// The server reports the connection as failed, naming `what`.
 async fn outcome_names(server: &mut TestServer, what: &str) {
@@ -317,27 +39,6 @@ async fn still_serves(mesh: &Mesh, server: SocketAddr, backend: SocketAddr) {
 
 async fn forwarding_server(mesh: &Mesh) -> TestServer {
     TestServer::start(&mesh.server_store, mesh.server.clone(), forwarder(None)).await
-}
-
-/// A handler that answers 200 and hands each stream to the test unread, so what the peer sends
-/// stays buffered against the windows.
-fn holder() -> (impl Handler, mpsc::UnboundedReceiver<H2Stream>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let handler = move |req: InboundConnect| {
-        let tx = tx.clone();
-        async move {
-            if let Ok(s) = req.accept() {
-                let _ = tx.send(s);
-            }
-        }
-    };
-    (handler, rx)
-}
-
-/// A server whose handler answers 200 and hands each stream to the test (see [`holder`]).
-async fn holding_server(mesh: &Mesh) -> (TestServer, mpsc::UnboundedReceiver<H2Stream>) {
-    let (handler, held) = holder();
-    (TestServer::start(&mesh.server_store, mesh.server.clone(), handler).await, held)
 }
 
 /// This process's resident memory (Linux), for messages.
@@ -817,4 +518,133 @@ async fn ping_flood_from_a_peer_that_never_reads_is_bounded() {
         !all_taken,
         "the server took 48 MiB of PINGs from a peer that read none of the ACKs (process RSS {before} -> {after} MiB)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_after_end_stream_is_a_stream_closed_error() {
+    // RFC 9113 §5.1, half-closed (remote): only WINDOW_UPDATE, PRIORITY and RST_STREAM may
+    // follow END_STREAM; anything else is a stream error of type STREAM_CLOSED.
+    let mesh = Mesh::new();
+    let (server, mut held) = holding_server(&mesh).await;
+    let mut p = Peer::start(&mesh, server.addr).await;
+    let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    p.send(&request(1, target)).await.unwrap();
+    p.expect_200(1).await;
+    let _stream = tokio::time::timeout(WAIT, held.recv()).await.unwrap().unwrap();
+    let after_end = frame(HEADERS, END_STREAM | END_HEADERS, 1, &literal("x-after-end", "1"));
+    p.send(&[frame(DATA, END_STREAM, 1, b"last"), after_end].concat()).await.unwrap();
+    p.expect_rst(1, STREAM_CLOSED).await;
+    p.ping(*b"after-es").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_that_does_not_abort_a_waiting_stream_is_not_counted_as_a_rapid_reset() {
+    // RST_STREAM(NO_ERROR) after END_STREAM leaves the request readable, so the stream is still
+    // served: counted as reset before it was served, the count was never taken back, and the
+    // 21st such stream on a connection closed it with ENHANCE_YOUR_CALM.
+    let mesh = Mesh::new();
+    let (server, _held) = holding_server(&mesh).await;
+    let mut p = Peer::start(&mesh, server.addr).await;
+    let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    for i in 0..30u32 {
+        let id = 1 + 2 * i;
+        let opened = frame(HEADERS, END_STREAM | END_HEADERS, id, &connect_block(target));
+        p.send(&[opened, rst(id, NO_ERROR), rst(id, NO_ERROR)].concat()).await.unwrap();
+        // One at a time: served before the next opens. `ping` fails on a GOAWAY.
+        p.ping(*b"one more").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_error_on_an_idle_stream_is_a_connection_error() {
+    // RFC 9113 §5.1: on an idle stream only HEADERS and PRIORITY may come, and §6.4: no
+    // RST_STREAM for an idle stream. A WINDOW_UPDATE of 0 is otherwise a stream error.
+    let mesh = Mesh::new();
+    let backend = echo_backend().await;
+    let mut server = forwarding_server(&mesh).await;
+    let mut p = Peer::start(&mesh, server.addr).await;
+    p.send(&frame(WINDOW_UPDATE, 0, 5, &0u32.to_be_bytes())).await.unwrap();
+    p.expect_goaway(PROTOCOL_ERROR).await;
+    outcome_names(&mut server, "WINDOW_UPDATE").await;
+    still_serves(&mesh, server.addr, backend).await;
+}
+
+/// A backend that resets (RST) every connection shortly after it is accepted.
+async fn resetting_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                // Not at once: a reset that beats the tunnel's connect makes the connect fail.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = tcp.set_zero_linger();
+                drop(tcp);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_a_failed_tunnel_took_are_credited_to_the_connection() {
+    // RFC 9113 §6.9: the connection window must come back for every byte received and no
+    // longer held. A tunnel whose socket fails while its copy holds DATA it took (not yet
+    // released) used to drop it uncredited: 16 such streams took the whole 16 MiB window,
+    // and the connection stalled for every stream. The peer's initial window of 0 keeps the
+    // socket→tunnel half from reading, so the tunnel→socket half meets the backend's reset.
+    let mesh = Mesh::new();
+    let backend = resetting_backend().await;
+    let server = forwarding_server(&mesh).await;
+    let mut p = Peer::start(&mesh, server.addr).await;
+    p.send(&settings(&[(INITIAL_WINDOW_SIZE, 0)])).await.unwrap();
+    p.expect("SETTINGS ACK", |f| f.kind == SETTINGS && f.flags == ACK).await;
+    let chunk = vec![0x5a; MIB];
+    let mut sent = 0u64;
+    for i in 0..16u32 {
+        let id = 1 + 2 * i;
+        p.send(&request(id, backend)).await.unwrap();
+        p.expect_200(id).await;
+        // The backend's reset comes first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        p.send(&frame(DATA, 0, id, &chunk)).await.unwrap();
+        sent += chunk.len() as u64;
+        p.expect_rst(id, CONNECT_ERROR).await;
+    }
+    // Each stream's credit is announced once its handle is gone, which may follow its reset.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while p.credit < sent && tokio::time::Instant::now() < deadline {
+        let _ = tokio::time::timeout(Duration::from_millis(50), p.read_frame()).await;
+    }
+    // At most half the window (8 MiB) may be received and not yet announced.
+    let outstanding = sent - p.credit;
+    assert!(
+        outstanding < 8 * MIB as u64,
+        "{} MiB received on streams that are all gone were never credited back ({} credited of {sent})",
+        outstanding / MIB as u64,
+        p.credit
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_that_cross_our_reset_are_ignored() {
+    // RFC 9113 §5.1, closed: frames received after sending RST_STREAM are ignored, as the peer
+    // may have sent them first. Trailers crossing a handler's reset closed the connection.
+    let mesh = Mesh::new();
+    let (server, mut held) = holding_server(&mesh).await;
+    let mut p = Peer::start(&mesh, server.addr).await;
+    let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    p.send(&request(1, target)).await.unwrap();
+    p.expect_200(1).await;
+    let stream = tokio::time::timeout(WAIT, held.recv()).await.unwrap().unwrap();
+    drop(stream);
+    p.expect_rst(1, CANCEL).await;
+    let trailers = frame(HEADERS, END_STREAM | END_HEADERS, 1, &literal("x-trailer", "1"));
+    p.send(&[frame(DATA, 0, 1, b"late"), trailers].concat()).await.unwrap();
+    p.ping(*b"ignored?").await;
+    // And no answer of any kind for stream 1.
+    p.send(&request(3, target)).await.unwrap();
+    let f = p.expect("stream 3's answer", |f| f.stream != 0).await;
+    assert_eq!((f.kind, f.stream), (HEADERS, 3), "the first stream frame after the late ones: {f:?}");
 }

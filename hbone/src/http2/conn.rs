@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
@@ -62,6 +62,15 @@ const READS_PER_PASS: usize = 16;
 /// one event (requests arriving together on several connections) then share one TLS record
 /// and one system call, and the peer one read; a lone send costs a task poll more, no syscall.
 const COALESCE_MAX: usize = 16 * 1024;
+/// Capacity of the connection's read buffer kept while it holds nothing.
+const READ_BUFFER_KEPT: usize = 64 * 1024;
+/// Streams reset by this end that are remembered, so that a HEADERS frame the peer sent before
+/// it saw the reset (trailers, a response) is ignored rather than taken for a protocol error
+/// on a closed stream. Older ones fall back to that error, as RFC 9113 §5.1 allows.
+const RESETS_REMEMBERED: usize = 32;
+/// Received bytes queued for a stream are appended to its last queued buffer up to this size;
+/// a larger frame gets a buffer of its own size.
+const QUEUE_CHUNK: usize = 16 * 1024;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +150,11 @@ struct Peer {
 
 /// A stream as the connection sees it.
 struct Slot {
-    queue: VecDeque<Bytes>,
+    /// Received bytes not yet taken, copied out of the connection's read buffer (a slice of it
+    /// would keep the whole buffer alive: many tiny frames on a slow stream could then pin
+    /// far more memory than the window they count against). Small frames are appended to the
+    /// last entry while it has room, so the queue costs about what it holds.
+    queue: VecDeque<BytesMut>,
     /// How receiving ended: `Ok` at END_STREAM.
     end: Option<Result<(), Error>>,
     /// Client: the response head, once it came.
@@ -149,6 +162,10 @@ struct Slot {
     got_head: bool,
     recv_window: i64,
     unreleased: u32,
+    /// Bytes `poll_data` handed out that the reader has not released yet: a stream dropped
+    /// before it releases them (its socket failed mid-write) gives them back to the
+    /// connection's window, which would otherwise shrink for good.
+    taken: u32,
     recv_waker: Option<Waker>,
     send_window: i64,
     /// Why sending is over, if it is: `Ok` once END_STREAM went out.
@@ -175,6 +192,7 @@ impl Slot {
             got_head: false,
             recv_window: recv_window as i64,
             unreleased: 0,
+            taken: 0,
             recv_waker: None,
             send_window: send_window as i64,
             send_end: None,
@@ -210,6 +228,18 @@ impl Slot {
         self.end = Some(Err(e.clone()));
         self.fail(e);
         dropped as u32
+    }
+
+    /// Queues received bytes for the reader (see [`Slot::queue`]).
+    fn enqueue(&mut self, data: &[u8]) {
+        match self.queue.back_mut() {
+            Some(last) if last.len() + data.len() <= QUEUE_CHUNK => last.extend_from_slice(data),
+            _ => {
+                let mut b = BytesMut::with_capacity(data.len().max(QUEUE_CHUNK));
+                b.extend_from_slice(data);
+                self.queue.push_back(b);
+            }
+        }
     }
 
     /// Open or half-closed (RFC 9113 §5.1): counts against the concurrent stream limit.
@@ -258,6 +288,8 @@ struct State {
     partial: Option<Partial>,
     decoder: Decoder,
     encoder: Encoder,
+    /// Streams this end reset most recently, oldest first (see [`RESETS_REMEMBERED`]).
+    reset_sent: VecDeque<u32>,
     /// Server: streams opened by the peer, not yet taken by `accept`.
     accepted: VecDeque<(u32, RequestHead)>,
     /// Streams in `accepted` the peer already reset: a peer that opens and resets streams
@@ -335,8 +367,17 @@ impl State {
         }
     }
 
-    fn reset(&mut self, id: u32, code: ErrorCode, local: Error, limits: &Limits) {
+    /// Stages RST_STREAM and remembers the stream among those recently reset.
+    fn put_rst(&mut self, id: u32, code: ErrorCode) {
         frame::put_rst_stream(&mut self.out, id, code);
+        if self.reset_sent.len() == RESETS_REMEMBERED {
+            self.reset_sent.pop_front();
+        }
+        self.reset_sent.push_back(id);
+    }
+
+    fn reset(&mut self, id: u32, code: ErrorCode, local: Error, limits: &Limits) {
+        self.put_rst(id, code);
         if let Some(slot) = self.streams.get_mut(&id) {
             let dropped = slot.abort(local);
             self.release(0, dropped, limits);
@@ -501,6 +542,7 @@ impl Connection {
             partial: None,
             decoder: Decoder::new(4096),
             encoder: Encoder::new(),
+            reset_sent: VecDeque::new(),
             accepted: VecDeque::new(),
             reset_before_accept: 0,
             accept_waker: None,
@@ -809,7 +851,8 @@ impl Stream {
         let slot = st.streams.get_mut(&self.id).expect("slot");
         if let Some(b) = slot.queue.pop_front() {
             slot.sink_busy = slot.sink.is_some();
-            return Poll::Ready(Some(Ok(b)));
+            slot.taken += b.len() as u32;
+            return Poll::Ready(Some(Ok(b.freeze())));
         }
         slot.sink_busy = false;
         match &slot.end {
@@ -846,6 +889,9 @@ impl Stream {
     /// Opens the windows again by `n` consumed bytes.
     pub fn release(&self, n: usize) {
         let mut st = lock(&self.shared);
+        if let Some(slot) = st.streams.get_mut(&self.id) {
+            slot.taken = slot.taken.saturating_sub(n as u32);
+        }
         let before = st.out.len();
         st.release(self.id, n as u32, &self.shared.limits);
         if st.out.len() != before {
@@ -869,17 +915,26 @@ impl Drop for Stream {
         let mut st = lock(&self.shared);
         let Some(slot) = st.streams.remove(&self.id) else { return };
         let done = matches!(slot.end, Some(Ok(()))) && matches!(slot.send_end, Some(Ok(())));
-        if !done && !*self.finished.get_mut() && st.closed.is_none() && slot.end.as_ref().is_none_or(|e| e.is_ok()) {
+        // Both directions over (the peer finished sending and asked us to stop): closed for
+        // both ends, nothing to reset (RFC 9113 §5.4.2: no RST_STREAM for a RST_STREAM).
+        let peer_closed = matches!(slot.end, Some(Ok(()))) && slot.send_end.is_some();
+        if !done
+            && !peer_closed
+            && !*self.finished.get_mut()
+            && st.closed.is_none()
+            && slot.end.as_ref().is_none_or(|e| e.is_ok())
+        {
             // A server that has answered in full only asks the client to stop sending.
             let answered = self.shared.role == Role::Server && matches!(slot.send_end, Some(Ok(())));
             let code = if answered { ErrorCode::NO_ERROR } else { ErrorCode::CANCEL };
-            frame::put_rst_stream(&mut st.out, self.id, code);
+            st.put_rst(self.id, code);
         }
-        // Bytes the reader never took still count against the connection's window (what it
-        // took and released already went to the connection's credit in `release`).
+        // Bytes the reader never took, or took and never released, still count against the
+        // connection's window (what it released already went to the connection's credit).
         let unread: usize = slot.queue.iter().map(|b| b.len()).sum();
-        if unread > 0 {
-            st.release(0, unread as u32, &self.shared.limits);
+        let owed = unread as u32 + slot.taken;
+        if owed > 0 {
+            st.release(0, owed, &self.shared.limits);
         }
         if !st.out.is_empty() && st.closed.is_none() {
             let _ = self.commit(&mut st);
@@ -1007,6 +1062,10 @@ fn pump(shared: &Shared, buf: &mut BytesMut) -> Result<Pumped, ConnError> {
         }
     }
     let applied = apply(shared, st, buf);
+    if buf.is_empty() && buf.capacity() > READ_BUFFER_KEPT {
+        // A large frame grew it; an idle connection should not hold that.
+        *buf = BytesMut::new();
+    }
     if let Err(e) = &applied {
         super::refusals::count_protocol_error(e.code);
         frame::put_goaway(&mut st.out, st.last_peer, e.code, e.why.as_bytes());
@@ -1048,7 +1107,7 @@ fn apply(shared: &Shared, st: &mut State, buf: &mut BytesMut) -> Result<(), Fram
         if &buf[..frame::PREFACE.len()] != frame::PREFACE {
             return Err(FrameError::connection(ErrorCode::PROTOCOL_ERROR, "not the HTTP/2 client preface"));
         }
-        let _ = buf.split_to(frame::PREFACE.len());
+        buf.advance(frame::PREFACE.len());
         st.preface_pending = false;
     }
     while buf.len() >= frame::HEAD_LEN {
@@ -1064,8 +1123,7 @@ fn apply(shared: &Shared, st: &mut State, buf: &mut BytesMut) -> Result<(), Fram
             buf.reserve(total - buf.len());
             break;
         }
-        let raw = buf.split_to(total).freeze();
-        let parsed = frame::parse(&head, &raw[frame::HEAD_LEN..]);
+        let parsed = frame::parse(&head, &buf[frame::HEAD_LEN..total]);
         // A broken frame's own error comes first, so a bad first SETTINGS gets the code its
         // bad value calls for.
         if let Err(e) = parsed
@@ -1082,17 +1140,25 @@ fn apply(shared: &Shared, st: &mut State, buf: &mut BytesMut) -> Result<(), Fram
             return Err(FrameError::connection(ErrorCode::PROTOCOL_ERROR, "header block interrupted"));
         }
         match parsed {
-            Ok(f) => on_frame(shared, st, f, &raw)?,
+            Ok(f) => on_frame(shared, st, f)?,
+            // No stream error on a stream that was never opened (RFC 9113 §5.1, §6.4): the
+            // peer broke the connection's rules.
+            Err(e) if e.stream.is_some_and(|id| st.idle(shared.role, id)) => {
+                return Err(FrameError::connection(e.code, e.why));
+            }
             Err(e) => match e.stream {
                 Some(id) => st.reset(id, e.code, Error::Malformed(e.why), &shared.limits),
                 None => return Err(e),
             },
         }
+        // Applied frames keep nothing of the buffer (queued bytes are copies), so it is
+        // reused from its start once drained.
+        buf.advance(total);
     }
     Ok(())
 }
 
-fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>, raw: &Bytes) -> Result<(), FrameError> {
+fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>) -> Result<(), FrameError> {
     use ErrorCode as E;
     let conn = FrameError::connection;
     match f {
@@ -1110,6 +1176,11 @@ fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>, raw: &Bytes) -> Resul
                 st.release(0, flow_len, &shared.limits);
                 return Ok(());
             };
+            if matches!(slot.end, Some(Err(_))) {
+                // Reset: frames the peer sent before it learnt are ignored (RFC 9113 §5.1).
+                st.release(0, flow_len, &shared.limits);
+                return Ok(());
+            }
             if slot.end.is_some() || !slot.got_head {
                 let why = if slot.got_head { "DATA after END_STREAM" } else { "DATA before the response head" };
                 let code = if slot.got_head { E::STREAM_CLOSED } else { E::PROTOCOL_ERROR };
@@ -1143,7 +1214,7 @@ fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>, raw: &Bytes) -> Resul
             }
             let direct = (data.len() - rest.len()) as u32;
             if !rest.is_empty() {
-                slot.queue.push_back(raw.slice_ref(rest));
+                slot.enqueue(rest);
             }
             if end_stream {
                 slot.end = Some(Ok(()));
@@ -1193,25 +1264,25 @@ fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>, raw: &Bytes) -> Resul
             if st.idle(shared.role, stream) {
                 return Err(conn(E::PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
             }
-            if st.accepted.iter().any(|(id, _)| *id == stream) {
-                st.reset_before_accept += 1;
-                if st.reset_before_accept > MAX_RESET_BEFORE_ACCEPT {
-                    return Err(conn(E::ENHANCE_YOUR_CALM, "too many streams reset before they were served"));
+            let waiting = st.accepted.iter().any(|(id, _)| *id == stream);
+            let Some(slot) = st.streams.get_mut(&stream) else { return Ok(()) };
+            if code == E::NO_ERROR && matches!(slot.end, Some(Ok(()))) {
+                // A server done answering asks the client to stop sending: what arrived
+                // stays readable (and `accept` still hands out a stream that waits).
+                if slot.send_end.is_none() {
+                    slot.send_end = Some(Err(Error::Reset(code)));
                 }
-            }
-            if let Some(slot) = st.streams.get_mut(&stream) {
-                if code == E::NO_ERROR && matches!(slot.end, Some(Ok(()))) {
-                    // A server done answering asks the client to stop sending: what arrived
-                    // stays readable.
-                    if slot.send_end.is_none() {
-                        slot.send_end = Some(Err(Error::Reset(code)));
+                slot.wake();
+            } else if !matches!(slot.end, Some(Err(_))) {
+                let e = if code == E::REFUSED_STREAM { Error::Refused("REFUSED_STREAM") } else { Error::Reset(code) };
+                let dropped = slot.abort(e);
+                st.release(0, dropped, &shared.limits);
+                // Counted once per stream, and `accept` takes it off again as it skips it.
+                if waiting {
+                    st.reset_before_accept += 1;
+                    if st.reset_before_accept > MAX_RESET_BEFORE_ACCEPT {
+                        return Err(conn(E::ENHANCE_YOUR_CALM, "too many streams reset before they were served"));
                     }
-                    slot.wake();
-                } else {
-                    let e =
-                        if code == E::REFUSED_STREAM { Error::Refused("REFUSED_STREAM") } else { Error::Reset(code) };
-                    let dropped = slot.abort(e);
-                    st.release(0, dropped, &shared.limits);
                 }
             }
         }
@@ -1238,6 +1309,10 @@ fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>, raw: &Bytes) -> Resul
                         }
                     }
                     setting::MAX_FRAME_SIZE => st.peer.max_frame = value,
+                    // A server may not turn push on (RFC 9113 §6.5.2); we never push either way.
+                    setting::ENABLE_PUSH if shared.role == Role::Client && value != 0 => {
+                        return Err(conn(E::PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH from a server"));
+                    }
                     setting::MAX_CONCURRENT_STREAMS => st.peer.max_concurrent = value,
                     _ => {}
                 }
@@ -1318,11 +1393,21 @@ fn on_head(shared: &Shared, st: &mut State, id: u32, end_stream: bool, block: &[
     if let Some(slot) = st.streams.get_mut(&id) {
         if slot.got_head {
             // Trailers: they end the stream; their fields mean nothing to a tunnel.
-            if !end_stream {
-                st.reset(id, E::PROTOCOL_ERROR, Error::Malformed("trailers without END_STREAM"), &shared.limits);
-            } else if slot.end.is_none() {
-                slot.end = Some(Ok(()));
-                slot.wake();
+            match slot.end {
+                // Half-closed (remote): nothing more may come but WINDOW_UPDATE, PRIORITY or
+                // RST_STREAM (RFC 9113 §5.1).
+                Some(Ok(())) => {
+                    st.reset(id, E::STREAM_CLOSED, Error::Malformed("HEADERS after END_STREAM"), &shared.limits)
+                }
+                // Reset (by either end): what the peer sent before it learnt is ignored.
+                Some(Err(_)) => {}
+                None if !end_stream => {
+                    st.reset(id, E::PROTOCOL_ERROR, Error::Malformed("trailers without END_STREAM"), &shared.limits)
+                }
+                None => {
+                    slot.end = Some(Ok(()));
+                    slot.wake();
+                }
             }
             return Ok(());
         }
@@ -1351,6 +1436,14 @@ fn on_head(shared: &Shared, st: &mut State, id: u32, end_stream: bool, block: &[
         }
         return Ok(());
     }
+    // A stream this end reset (a dropped handle, a refusal): the frame may have crossed our
+    // RST_STREAM, and frames received after sending one are ignored (RFC 9113 §5.1). Its block
+    // was decoded above, so HPACK stays in step. A client never skips an id, so every earlier
+    // one of its own is a stream it let go of.
+    let ours_let_go = shared.role == Role::Client && id % 2 == 1 && id < st.next_local;
+    if ours_let_go || st.reset_sent.contains(&id) {
+        return Ok(());
+    }
     if shared.role == Role::Client || id.is_multiple_of(2) {
         return Err(conn(E::PROTOCOL_ERROR, "HEADERS on a stream the peer may not open"));
     }
@@ -1359,20 +1452,20 @@ fn on_head(shared: &Shared, st: &mut State, id: u32, end_stream: bool, block: &[
     }
     st.last_peer = id;
     if st.goaway_sent {
-        frame::put_rst_stream(&mut st.out, id, E::REFUSED_STREAM);
+        st.put_rst(id, E::REFUSED_STREAM);
         return Ok(());
     }
     if let Err(why) = st.room_for_peer_stream(shared.limits.max_concurrent_streams) {
         why.count();
         tracing::debug!(stream = id, why = why.as_str(), "stream refused");
-        frame::put_rst_stream(&mut st.out, id, E::REFUSED_STREAM);
+        st.put_rst(id, E::REFUSED_STREAM);
         return Ok(());
     }
     let head = match fields.and_then(head::request) {
         Ok(h) => h,
         Err(why) => {
             tracing::debug!(stream = id, %why, "malformed request head");
-            frame::put_rst_stream(&mut st.out, id, E::PROTOCOL_ERROR);
+            st.put_rst(id, E::PROTOCOL_ERROR);
             return Ok(());
         }
     };

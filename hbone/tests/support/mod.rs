@@ -1,6 +1,8 @@
 //! Loopback test topology: app → outbound pump → pool → HBONE server → handler → backend.
 #![allow(dead_code)]
 
+pub mod raw_h2;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
