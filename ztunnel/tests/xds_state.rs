@@ -2,9 +2,13 @@
 //! arrive converted, bad resources are refused without losing the good state, removals apply.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prost::Message;
+use proto::envoy::service::discovery::v3 as pbd;
 use proto::istio::security as pbs;
 use proto::istio::workload as pbw;
 use xds::{ResourceStore, XdsServer};
@@ -119,4 +123,141 @@ async fn state_follows_the_control_plane() {
     store.remove(proto::ADDRESS_TYPE_URL, "Kubernetes//Pod/shop/bad");
     store.remove(proto::AUTHORIZATION_TYPE_URL, "shop/deny-all");
     eventually(&handle, "the policy removal", |s| s.policy_by_key("shop/deny-all").is_none()).await;
+}
+
+/// An ADS server that answers the Address subscription at once (shop/db) and the Authorization
+/// one only when `release` is notified (with nothing: no policy), as an istiod still computing
+/// policies would.
+struct SlowPolicies {
+    address_acked: Arc<AtomicBool>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+type DeltaStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pbd::DeltaDiscoveryResponse, tonic::Status>> + Send>>;
+type SotwStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pbd::DiscoveryResponse, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pbd::aggregated_discovery_service_server::AggregatedDiscoveryService for SlowPolicies {
+    type StreamAggregatedResourcesStream = SotwStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        _request: tonic::Request<tonic::Streaming<pbd::DiscoveryRequest>>,
+    ) -> Result<tonic::Response<SotwStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("delta only"))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: tonic::Request<tonic::Streaming<pbd::DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<DeltaStream>, tonic::Status> {
+        let mut requests = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let acked = self.address_acked.clone();
+        let release = self.release.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(req)) = requests.message().await {
+                if req.type_url == proto::AUTHORIZATION_TYPE_URL && req.response_nonce.is_empty() {
+                    let (tx, release) = (tx.clone(), release.clone());
+                    tokio::spawn(async move {
+                        release.notified().await;
+                        let resp = pbd::DeltaDiscoveryResponse {
+                            type_url: proto::AUTHORIZATION_TYPE_URL.into(),
+                            nonce: "p1".into(),
+                            system_version_info: "1".into(),
+                            ..Default::default()
+                        };
+                        let _ = tx.send(Ok(resp)).await;
+                    });
+                }
+                if req.type_url != proto::ADDRESS_TYPE_URL {
+                    continue;
+                }
+                if req.response_nonce.is_empty() {
+                    let a = pbw::Address { r#type: Some(pbw::address::Type::Workload(pbw_db())) };
+                    let resp = pbd::DeltaDiscoveryResponse {
+                        type_url: proto::ADDRESS_TYPE_URL.into(),
+                        nonce: "a1".into(),
+                        system_version_info: "1".into(),
+                        resources: vec![pbd::Resource {
+                            name: DB_UID.into(),
+                            version: "1".into(),
+                            resource: Some(prost_types::Any {
+                                type_url: proto::ADDRESS_TYPE_URL.into(),
+                                value: a.encode_to_vec(),
+                            }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    };
+                    if tx.send(Ok(resp)).await.is_err() {
+                        return;
+                    }
+                } else if req.response_nonce == "a1" && req.error_detail.is_none() {
+                    acked.store(true, Ordering::SeqCst);
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+const DB_UID: &str = "Kubernetes//Pod/shop/db";
+
+fn pbw_db() -> pbw::Workload {
+    pbw::Workload {
+        uid: DB_UID.into(),
+        name: "db".into(),
+        namespace: "shop".into(),
+        service_account: "db".into(),
+        addresses: vec![vec![10, 0, 0, 5].into()],
+        node: "n1".into(),
+        tunnel_protocol: pbw::TunnelProtocol::Hbone as i32,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_are_not_served_before_policies_have_synced() {
+    // Served with no policies, a workload whose namespace-wide or mesh-wide DENY is still on its
+    // way would be open to everyone: nothing is published until both types have come once.
+    let address_acked = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let svc = pbd::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer::new(SlowPolicies {
+        address_acked: address_acked.clone(),
+        release: release.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let handle = StateHandle::default();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let _source = ztunnel::state::xds::start(endpoint, Default::default(), handle.clone(), StateConfig::default());
+    let versions = handle.subscribe();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !address_acked.load(Ordering::SeqCst) {
+        assert!(tokio::time::Instant::now() < deadline, "ztunnel never ACKed the Address push");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give the state fold time to run; then, for a while, nothing may let a connection in.
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        let s = handle.snapshot();
+        assert!(
+            s.workload_by_uid(DB_UID).is_none(),
+            "shop/db is in the state while no Authorization push has come (its policies unknown)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!versions.has_changed().unwrap(), "a state was published before the policies came");
+    // The (empty) Authorization push completes the first sync: shop/db is served.
+    release.notify_one();
+    eventually(&handle, "shop/db after both types came", |s| s.workload_by_uid(DB_UID).is_some()).await;
 }

@@ -94,12 +94,13 @@ pub enum PolicyAction {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
-    /// Sources; any may match.
+    /// Sources; any may match. Left out, any source matches; given empty, the policy is refused
+    /// (as by Istio: read as "one of no sources", it would match any).
     #[serde(default)]
-    pub from: Vec<From>,
-    /// Operations; any may match.
+    pub from: Option<Vec<From>>,
+    /// Operations; any may match. Left out, any operation matches; never given empty.
     #[serde(default)]
-    pub to: Vec<To>,
+    pub to: Option<Vec<To>>,
     /// Conditions; all must match.
     #[serde(default)]
     pub when: Vec<Condition>,
@@ -191,6 +192,52 @@ pub struct Operation {
     /// Negated paths: L7.
     #[serde(default)]
     pub not_paths: Vec<String>,
+}
+
+/// Annotation that makes an `AuthorizationPolicy` evaluated and reported but not enforced.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// A boolean annotation's value, spelled as Istio accepts it (Go's `strconv.ParseBool`).
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+impl AuthorizationPolicy {
+    /// Marked dry-run ([`DRY_RUN_ANNOTATION`]); a value that is not a boolean is refused when
+    /// the policy is read.
+    pub fn dry_run(&self) -> bool {
+        self.metadata.annotations.get(DRY_RUN_ANNOTATION).and_then(|v| parse_bool(v)).unwrap_or(false)
+    }
+}
+
+impl Rule {
+    /// `from`, empty when left out.
+    pub fn sources(&self) -> &[From] {
+        self.from.as_deref().unwrap_or_default()
+    }
+
+    /// `to`, empty when left out.
+    pub fn operations(&self) -> &[To] {
+        self.to.as_deref().unwrap_or_default()
+    }
+}
+
+impl Source {
+    /// No field set (or each set to an empty list).
+    pub fn is_empty(&self) -> bool {
+        *self == Source::default()
+    }
+}
+
+impl Operation {
+    /// No field set (or each set to an empty list).
+    pub fn is_empty(&self) -> bool {
+        *self == Operation::default()
+    }
 }
 
 /// `rules[].when[]`.

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use crate::error::ObjectError;
 use crate::k8s::core::{Pod, Service};
-use crate::k8s::security::{AuthorizationPolicy, PeerAuthentication, PolicyAction, StrOrNum};
+use crate::k8s::security::{self, AuthorizationPolicy, DRY_RUN_ANNOTATION, PeerAuthentication, PolicyAction, StrOrNum};
 use crate::model::Object;
 
 /// `a.b.c.d`, `a.b.c.d/n`, `x::y` or `x::y/n` → address and prefix length.
@@ -178,6 +178,14 @@ fn authorization_policy(p: &AuthorizationPolicy) -> Result<(), ObjectError> {
             ));
         }
     }
+    if let Some(v) = p.metadata.annotations.get(DRY_RUN_ANNOTATION)
+        && security::parse_bool(v).is_none()
+    {
+        return Err(invalid(
+            format!("metadata.annotations[{DRY_RUN_ANNOTATION}]"),
+            format!("{v:?} is not a boolean (true or false)"),
+        ));
+    }
     match (s.action, &s.provider) {
         (PolicyAction::Custom, None) => {
             return Err(invalid("spec.provider".into(), "required when action is CUSTOM"));
@@ -188,9 +196,21 @@ fn authorization_policy(p: &AuthorizationPolicy) -> Result<(), ObjectError> {
         _ => {}
     }
     for (r, rule) in s.rules.iter().enumerate() {
-        for (f, from) in rule.from.iter().enumerate() {
+        for (list, name) in [(rule.from.as_ref().map(Vec::len), "from"), (rule.to.as_ref().map(Vec::len), "to")] {
+            if list == Some(0) {
+                return Err(invalid(
+                    format!("spec.rules[{r}].{name}"),
+                    "must not be empty (leave it out to match any)",
+                ));
+            }
+        }
+        for (f, from) in rule.sources().iter().enumerate() {
             let base = format!("spec.rules[{r}].from[{f}].source");
             let src = &from.source;
+            // As Istio: a source with nothing in it would match any source.
+            if src.is_empty() {
+                return Err(invalid(base, "must not be empty (set at least one non-empty field)"));
+            }
             cidrs(&format!("{base}.ipBlocks"), &src.ip_blocks)?;
             cidrs(&format!("{base}.notIpBlocks"), &src.not_ip_blocks)?;
             cidrs(&format!("{base}.remoteIpBlocks"), &src.remote_ip_blocks)?;
@@ -206,8 +226,11 @@ fn authorization_policy(p: &AuthorizationPolicy) -> Result<(), ObjectError> {
                 non_empty(&format!("{base}.{name}"), v)?;
             }
         }
-        for (t, to) in rule.to.iter().enumerate() {
+        for (t, to) in rule.operations().iter().enumerate() {
             let base = format!("spec.rules[{r}].to[{t}].operation");
+            if to.operation.is_empty() {
+                return Err(invalid(base, "must not be empty (set at least one non-empty field)"));
+            }
             ports(&format!("{base}.ports"), &to.operation.ports)?;
             ports(&format!("{base}.notPorts"), &to.operation.not_ports)?;
         }

@@ -104,7 +104,8 @@ pub fn translate(cfg: &MeshConfig, p: &AuthorizationPolicy) -> Outcome {
         scope: scope as i32,
         action: action as i32,
         groups,
-        dry_run: false,
+        // ztunnel evaluates and reports it without enforcing it.
+        dry_run: p.dry_run(),
     });
     out
 }
@@ -118,7 +119,7 @@ fn rule_to_rules(ns: &str, rule: &Rule) -> (Vec<Rules>, Vec<String>) {
         }
     };
     let mut to = Vec::new();
-    for t in &rule.to {
+    for t in rule.operations() {
         let op = &t.operation;
         note(!op.hosts.is_empty(), "hosts");
         note(!op.not_hosts.is_empty(), "notHosts");
@@ -133,7 +134,7 @@ fn rule_to_rules(ns: &str, rule: &Rule) -> (Vec<Rules>, Vec<String>) {
         });
     }
     let mut from = Vec::new();
-    for f in &rule.from {
+    for f in rule.sources() {
         let s = &f.source;
         note(!s.request_principals.is_empty(), "requestPrincipals");
         note(!s.not_request_principals.is_empty(), "notRequestPrincipals");

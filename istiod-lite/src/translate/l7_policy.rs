@@ -46,6 +46,11 @@ pub fn translate(cfg: &MeshConfig, model: &Model, p: &AuthorizationPolicy) -> Ou
         return out;
     }
     let ns = p.metadata.namespace.as_str();
+    if p.dry_run() {
+        // Waypoints here have no shadow evaluation; enforcing it would change access.
+        out.warnings.push("dry-run (istio.io/dry-run): waypoints do not evaluate dry-run policies; not sent".into());
+        return out;
+    }
     let action = match p.spec.action {
         PolicyAction::Allow => pb::l7_policy::Action::Allow,
         PolicyAction::Deny => pb::l7_policy::Action::Deny,
@@ -155,7 +160,7 @@ fn policy_rule(cfg: &MeshConfig, ns: &str, rule: &Rule) -> (pb::PolicyRule, Vec<
         None => format!("{}/ns/{ns}/sa/{sa}", cfg.trust_domain),
     };
     let mut from = Vec::new();
-    for f in &rule.from {
+    for f in rule.sources() {
         let s = &f.source;
         note(!s.request_principals.is_empty(), "requestPrincipals");
         note(!s.not_request_principals.is_empty(), "notRequestPrincipals");
@@ -176,7 +181,7 @@ fn policy_rule(cfg: &MeshConfig, ns: &str, rule: &Rule) -> (pb::PolicyRule, Vec<
     }
     let ports = |v: &[StrOrNum]| v.iter().filter_map(parse_port).collect::<Vec<u32>>();
     let to = rule
-        .to
+        .operations()
         .iter()
         .map(|t| {
             let o = &t.operation;

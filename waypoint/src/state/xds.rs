@@ -8,7 +8,7 @@ use std::sync::Arc;
 use proto::envoy::config::core::v3::Node;
 use proto::istio::workload::Address as PbAddress;
 use proto::mesh::waypoint::v1 as pb;
-use xds::client::{Cache, Client, ClientHandle, Names, cache_handler};
+use xds::client::{Cache, Client, ClientHandle, Names, ResourceHandler, cache_handler};
 use ztunnel::state::convert::Address;
 use ztunnel::state::xds::XdsEndpoint;
 use ztunnel::state::{State as MeshState, StateConfig};
@@ -45,13 +45,7 @@ pub fn start(endpoint: XdsEndpoint, node: Node, handle: SnapshotHandle, gateway:
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_timeout(std::time::Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    let (addresses, address_handler) =
-        cache_handler(|_n: &str, a: PbAddress| Address::try_from(a).map_err(|e| e.to_string()));
-    let (routes, route_handler) =
-        cache_handler(|_n: &str, r: pb::Route| CompiledRoute::try_from(r).map_err(|e| e.to_string()));
-    let (policies, policy_handler) =
-        cache_handler(|_n: &str, p: pb::L7Policy| TargetedPolicy::try_from(p).map_err(|e| e.to_string()));
-    let (backends, backend_handler) = cache_handler(|_n: &str, b: pb::BackendPolicy| BackendPolicy::try_from(b));
+    let (caches, (address_handler, route_handler, policy_handler, backend_handler)) = caches();
     let client = Client::new(node)
         .subscribe(proto::ADDRESS_TYPE_URL, Names::Wildcard, address_handler)
         .subscribe(proto::WAYPOINT_ROUTE_TYPE_URL, Names::Wildcard, route_handler)
@@ -66,46 +60,103 @@ pub fn start(endpoint: XdsEndpoint, node: Node, handle: SnapshotHandle, gateway:
                 }
             }
         });
-    let caches = Caches { addresses, routes, policies, backends };
     let task = tokio::spawn(fold(caches, handle, gateway));
     XdsSource { client, task }
+}
+
+/// The four caches, and the handlers that convert each type into its cache.
+#[allow(clippy::type_complexity)]
+fn caches() -> (
+    Caches,
+    (
+        impl ResourceHandler<Message = PbAddress>,
+        impl ResourceHandler<Message = pb::Route>,
+        impl ResourceHandler<Message = pb::L7Policy>,
+        impl ResourceHandler<Message = pb::BackendPolicy>,
+    ),
+) {
+    let (addresses, a) = cache_handler(|_n: &str, a: PbAddress| Address::try_from(a).map_err(|e| e.to_string()));
+    let (routes, r) = cache_handler(|_n: &str, r: pb::Route| CompiledRoute::try_from(r).map_err(|e| e.to_string()));
+    let (policies, p) =
+        cache_handler(|_n: &str, p: pb::L7Policy| TargetedPolicy::try_from(p).map_err(|e| e.to_string()));
+    let (backends, b) = cache_handler(|_n: &str, b: pb::BackendPolicy| BackendPolicy::try_from(b));
+    (Caches { addresses, routes, policies, backends }, (a, r, p, b))
 }
 
 async fn fold(c: Caches, handle: SnapshotHandle, gateway: String) {
     let mut rx = [c.addresses.subscribe(), c.routes.subscribe(), c.policies.subscribe(), c.backends.subscribe()];
     loop {
-        {
-            let [a, b, p, d] = &mut rx;
-            tokio::select! {
-                r = a.changed() => if r.is_err() { return },
-                r = b.changed() => if r.is_err() { return },
-                r = p.changed() => if r.is_err() { return },
-                r = d.changed() => if r.is_err() { return },
-            }
+        // Nothing is served until every type has come once (the control plane answers each
+        // subscription, with nothing if it has nothing): routes known before their policies
+        // would be served as if no policy applied to them. Read before the first wait too:
+        // pushes applied before this task subscribed count.
+        let pushes = rx.each_mut().map(|r| *r.borrow_and_update());
+        if pushes.contains(&0) {
+            let [addresses, routes, policies, backends] = pushes.map(|n| n > 0);
+            tracing::info!(addresses, routes, policies, backends, "waiting for the first push of every xDS type");
+        } else {
+            publish(&c, &handle, &gateway);
         }
-        for r in &mut rx {
-            r.borrow_and_update();
+        let [a, b, p, d] = &mut rx;
+        tokio::select! {
+            r = a.changed() => if r.is_err() { return },
+            r = b.changed() => if r.is_err() { return },
+            r = p.changed() => if r.is_err() { return },
+            r = d.changed() => if r.is_err() { return },
         }
-        let mut workloads = Vec::new();
-        let mut services = Vec::new();
-        for a in c.addresses.snapshot().into_values() {
-            match Arc::unwrap_or_clone(a) {
-                Address::Workload(w) => workloads.push(w),
-                Address::Service(s) => services.push(s),
-            }
+    }
+}
+
+/// Builds a snapshot of the caches and stores it (or keeps the previous one if the addresses
+/// do not form a consistent state).
+fn publish(c: &Caches, handle: &SnapshotHandle, gateway: &str) {
+    let mut workloads = Vec::new();
+    let mut services = Vec::new();
+    for a in c.addresses.snapshot().into_values() {
+        match Arc::unwrap_or_clone(a) {
+            Address::Workload(w) => workloads.push(w),
+            Address::Service(s) => services.push(s),
         }
-        let mesh = match MeshState::new(StateConfig::default(), workloads, services, Vec::new()) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(error = %e, "addresses do not form a consistent state; keeping the previous snapshot");
-                continue;
-            }
-        };
-        let routes: Vec<_> = c.routes.snapshot().into_values().collect();
-        let policies: Vec<_> = c.policies.snapshot().into_values().collect();
-        let backends = c.backends.snapshot().into_iter().map(|(k, v)| (k, (*v).clone())).collect();
-        let counts = mesh.counts();
-        let version = handle.store(Snapshot::new(mesh, &routes, &policies, backends, &gateway));
-        tracing::info!(version, %counts, routes = routes.len(), policies = policies.len(), "waypoint state updated");
+    }
+    let mesh = match MeshState::new(StateConfig::default(), workloads, services, Vec::new()) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "addresses do not form a consistent state; keeping the previous snapshot");
+            return;
+        }
+    };
+    let routes: Vec<_> = c.routes.snapshot().into_values().collect();
+    let policies: Vec<_> = c.policies.snapshot().into_values().collect();
+    let backends = c.backends.snapshot().into_iter().map(|(k, v)| (k, (*v).clone())).collect();
+    let counts = mesh.counts();
+    let version = handle.store(Snapshot::new(mesh, &routes, &policies, backends, gateway));
+    tracing::info!(version, %counts, routes = routes.len(), policies = policies.len(), "waypoint state updated");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn nothing_is_served_until_every_type_has_come_once() {
+        let (caches, (mut a, mut r, mut p, mut b)) = caches();
+        let handle = SnapshotHandle::default();
+        let mut versions = handle.subscribe();
+        // Addresses came before the task started, routes and backends after; the policies are
+        // still on their way.
+        a.apply(vec![], vec![]).unwrap();
+        let task = tokio::spawn(fold(caches, handle.clone(), "shop/waypoint".into()));
+        tokio::task::yield_now().await;
+        r.apply(vec![], vec![]).unwrap();
+        b.apply(vec![], vec![]).unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(300), versions.changed()).await;
+        assert!(early.is_err(), "a snapshot was served before the L7 policies came");
+        // Their first push, even with nothing in it, completes the first sync.
+        p.apply(vec![], vec![]).unwrap();
+        let served = tokio::time::timeout(Duration::from_secs(5), versions.changed()).await;
+        assert!(matches!(served, Ok(Ok(()))), "no snapshot after every type came");
+        task.abort();
     }
 }

@@ -137,8 +137,13 @@ fn placement(p: &Policy, root_namespace: &str) -> Placement {
     match p.scope {
         Scope::Global => Placement::Global,
         Scope::WorkloadSelector => Placement::Selector,
-        Scope::Namespace | Scope::Unknown(_) if p.namespace == root_namespace => Placement::Global,
-        Scope::Namespace | Scope::Unknown(_) => Placement::Namespace,
+        // The control plane sends a root-namespace policy without a selector as GLOBAL; one it
+        // sends as NAMESPACE is for the workloads of that namespace only.
+        Scope::Namespace => Placement::Namespace,
+        // A scope this build does not know is taken at its widest, like the policy itself is
+        // taken fail-closed: one that can only deny.
+        Scope::Unknown(_) if p.namespace == root_namespace => Placement::Global,
+        Scope::Unknown(_) => Placement::Namespace,
     }
 }
 

@@ -82,27 +82,38 @@ pub fn start(endpoint: impl Into<XdsEndpoint>, node: Node, handle: StateHandle, 
     XdsSource { client, task }
 }
 
-/// Rebuilds the state each time a cache changes. Bursts coalesce: the watch channels keep only
-/// the latest revision.
+/// Rebuilds the state each time a cache changes, once both have had their first push (the
+/// control plane answers every subscription, with nothing if it has nothing): workloads known
+/// before their policies would be served as if no policy applied to them. Until then the state
+/// stays empty, in which no inbound connection finds its destination. Bursts coalesce: the
+/// watch channels keep only the latest revision.
 async fn fold(addresses: Cache<Address>, policies: Cache<Policy>, handle: StateHandle, config: StateConfig) {
     let mut a_rx = addresses.subscribe();
     let mut p_rx = policies.subscribe();
     loop {
+        // Read before the first wait too: pushes applied before this task subscribed count.
+        let pushes = (*a_rx.borrow_and_update(), *p_rx.borrow_and_update());
+        if pushes.0 == 0 || pushes.1 == 0 {
+            tracing::info!(
+                addresses = pushes.0 > 0,
+                authorization = pushes.1 > 0,
+                "waiting for the first push of both xDS types before serving any workload"
+            );
+        } else {
+            match build(&addresses, &policies, config.clone()) {
+                Ok(state) => {
+                    let counts = state.counts();
+                    let version = handle.store(state);
+                    tracing::info!(version, %counts, "state updated from xDS");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "xDS resources do not form a consistent state; keeping the previous one")
+                }
+            }
+        }
         tokio::select! {
             r = a_rx.changed() => if r.is_err() { return },
             r = p_rx.changed() => if r.is_err() { return },
-        }
-        a_rx.borrow_and_update();
-        p_rx.borrow_and_update();
-        match build(&addresses, &policies, config.clone()) {
-            Ok(state) => {
-                let counts = state.counts();
-                let version = handle.store(state);
-                tracing::info!(version, %counts, "state updated from xDS");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "xDS resources do not form a consistent state; keeping the previous one")
-            }
         }
     }
 }

@@ -496,8 +496,18 @@ fn scopes_select_the_right_workloads() {
     assert_eq!(denied(&s), [false, false, false], "baseline");
     let s = state(all.clone(), vec![noop(), deny_all("istio-system", "g", Scope::Global)]);
     assert_eq!(denied(&s), [true, true, true], "global");
+    // The control plane sends root-namespace policies without a selector as GLOBAL: one sent as
+    // NAMESPACE stays in its namespace (an ALLOW taken mesh-wide would widen access).
     let s = state(all.clone(), vec![noop(), deny_all("istio-system", "root-ns", Scope::Namespace)]);
-    assert_eq!(denied(&s), [true, true, true], "namespace-wide policy in the root namespace");
+    assert_eq!(denied(&s), [false, false, false], "namespace-wide policy in the root namespace");
+    let mut in_root = workload("m", "istio-system", "m", "10.0.0.5");
+    in_root.authorization_policies = vec![];
+    let s = state(vec![in_root.clone()], vec![deny_all("istio-system", "root-ns", Scope::Namespace)]);
+    assert!(!s.authorize(&conn(None, "1.1.1.1", &in_root, 80)).allowed, "it applies in its own namespace");
+    // A scope this build does not know is taken mesh-wide from the root namespace: the policy is
+    // unusable, so that can only deny.
+    let s = state(all.clone(), vec![noop(), deny_all("istio-system", "odd", Scope::Unknown(9))]);
+    assert_eq!(denied(&s), [true, true, true], "unknown scope in the root namespace");
     let s = state(all.clone(), vec![noop(), deny_all("default", "ns", Scope::Namespace)]);
     assert_eq!(denied(&s), [true, true, false], "namespace");
     let s = state(all.clone(), vec![deny_all("default", "only-b", Scope::WorkloadSelector)]);
@@ -508,11 +518,11 @@ fn scopes_select_the_right_workloads() {
     // A configured root namespace replaces istio-system.
     let config = StateConfig { root_namespace: "mesh-root".into(), ..Default::default() };
     let s =
-        State::new(config, all.clone(), vec![], vec![noop(), deny_all("mesh-root", "r", Scope::Namespace)]).unwrap();
+        State::new(config, all.clone(), vec![], vec![noop(), deny_all("mesh-root", "r", Scope::Unknown(9))]).unwrap();
     assert_eq!(denied(&s), [true, true, true], "custom root namespace");
     let config = StateConfig { root_namespace: "mesh-root".into(), ..Default::default() };
-    let s =
-        State::new(config, all.clone(), vec![], vec![noop(), deny_all("istio-system", "r", Scope::Namespace)]).unwrap();
+    let s = State::new(config, all.clone(), vec![], vec![noop(), deny_all("istio-system", "r", Scope::Unknown(9))])
+        .unwrap();
     assert_eq!(denied(&s), [false, false, false], "istio-system is an ordinary namespace then");
 
     // A selector policy applies once even if listed and evaluated: the count of ALLOWs says so.
