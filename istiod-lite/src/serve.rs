@@ -173,18 +173,30 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         None => Authenticator::NodeTokens(NodeTokens(cfg.tokens()?)),
     };
     let placement = Arc::new(ModelPlacement::new(translator.clone()));
+    let auth = Arc::new(auth);
+    // On the TLS port an xDS stream needs the same credential as the CA (Istio authenticates
+    // every stream there too): the mesh's workloads, addresses and policies are not for
+    // anyone who can reach the port. The plaintext port, when enabled, is as open as Istio's.
+    let xds_auth: xds::Authenticate = {
+        let (auth, placement) = (auth.clone(), placement.clone());
+        Arc::new(move |metadata| {
+            let token = crate::ca::bearer(metadata).map(str::to_owned);
+            let (auth, placement) = (auth.clone(), placement.clone());
+            Box::pin(async move { auth.authenticate(&token?, &*placement).await.map(|_| ()) })
+        })
+    };
     let ca = Arc::new(CountedCa::new(CaService::with_auth(signer, auth, placement), metrics));
     // One router per port over the same services, so both ports see one state.
-    let router = || {
+    let router = |ads: xds::AdsService| {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-            .add_service(xds.service())
+            .add_service(ads)
             .add_service(IstioCertificateServiceServer::from_arc(ca.clone()))
     };
 
     let (tls_listener, tls_addr) = bind(cfg.tls_addr).await?;
-    let served = router();
+    let served = router(xds.service_with_auth(xds_auth));
     let (server_config, mut ready) = (serving_cert.server_config(), loaded.clone());
     tasks.push(tokio::spawn(async move {
         // Bound now, so the port is ours; connections wait in the backlog until the model is.
@@ -199,7 +211,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
     let plaintext_addr = match cfg.plaintext_addr {
         Some(addr) => {
             let (listener, addr) = bind(addr).await?;
-            let served = router();
+            let served = router(xds.service());
             let mut ready = loaded.clone();
             tasks.push(tokio::spawn(async move {
                 if ready.wait_for(|l| *l).await.is_err() {

@@ -145,12 +145,20 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// An xDS client of Addresses; `accept` false NACKs every push.
+/// A file holding node-a's token, which istiod asks of xDS clients on its TLS port.
+fn token_file() -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("istiod-serve-xds-token-{}", std::process::id()));
+    std::fs::write(&path, TOKEN).unwrap();
+    path
+}
+
+/// An xDS client of Addresses, with node-a's token; `accept` false NACKs every push.
 fn xds_client(channel: Channel, node: &str, accept: bool) -> ClientHandle {
     let (_cache, handler) =
         cache_handler(move |_: &str, a: Address| if accept { Ok(a) } else { Err("refused by the test".to_owned()) });
     let node = proto::envoy::config::core::v3::Node { id: node.to_owned(), ..Default::default() };
     Client::new(node)
+        .bearer_token_file(token_file())
         .subscribe(proto::ADDRESS_TYPE_URL, Names::Wildcard, handler)
         .spawn_with(move || std::future::ready(Ok(channel.clone())))
 }

@@ -139,7 +139,7 @@ fn endpoint(
     } else {
         None
     };
-    Ok(XdsEndpoint { endpoint, tls })
+    Ok(XdsEndpoint { endpoint, tls, token_file: None })
 }
 
 fn xds_node(cfg: &Config) -> proto::envoy::config::core::v3::Node {
@@ -226,7 +226,11 @@ pub async fn start(
 
     // State.
     let state = SnapshotHandle::default();
-    let xds_ep = endpoint("--xds-address", &cfg.xds_address, cfg.alt_xds_hostname.as_deref(), &roots)?;
+    let mut xds_ep = endpoint("--xds-address", &cfg.xds_address, cfg.alt_xds_hostname.as_deref(), &roots)?;
+    // Over TLS istiod asks for the token it asks of CA callers; never sent in plaintext.
+    if xds_ep.tls.is_some() {
+        xds_ep.token_file = Some(cfg.ca_token_file.clone());
+    }
     let first_state = ready.register("first state from xDS");
     let mut changes = state.subscribe();
     let state_task = admin_rt.spawn(async move {

@@ -23,6 +23,7 @@ pub use client::{
     StreamError, Update, cache_handler,
 };
 pub use server::{
-    AdsService, ConnectionStatus, DEFAULT_PUSH_BUDGET, NackStatus, ServeError, ServerStats, TypeStatus, XdsServer,
+    AdsService, Authenticate, ConnectionStatus, DEFAULT_PUSH_BUDGET, NackStatus, ServeError, ServerStats, TypeStatus,
+    XdsServer,
 };
 pub use store::{ResourceStore, StoredResource};

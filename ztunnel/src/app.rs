@@ -102,7 +102,9 @@ pub async fn start(
             let roots = read_roots(&cfg).map_err(StartError::Xds)?;
             let endpoint = control_plane(addr, cfg.alt_xds_hostname.as_deref(), roots.as_ref())
                 .map_err(|e| StartError::Xds(format!("--xds-address {addr:?}: {e}")))?;
-            let endpoint = state::xds::XdsEndpoint { endpoint: endpoint.0, tls: endpoint.1 };
+            // Over TLS istiod asks for the node's token, as the CA does; never sent in plaintext.
+            let token_file = endpoint.1.as_ref().and(cfg.ca_token_file.clone());
+            let endpoint = state::xds::XdsEndpoint { endpoint: endpoint.0, tls: endpoint.1, token_file };
             let state = StateHandle::default();
             let first = ready.register("first state from xDS");
             let mut changes = state.subscribe();

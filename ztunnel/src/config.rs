@@ -37,7 +37,7 @@ pub struct Config {
     /// Name istiod's certificate may carry instead of the CA address's host.
     #[arg(long, env = "ALT_CA_HOSTNAME")]
     pub alt_ca_hostname: Option<String>,
-    /// File holding this node's bootstrap token for the CA.
+    /// File holding this node's token for the CA, also sent to istiod's xDS over `https://`.
     #[arg(long, env = "CA_TOKEN_FILE")]
     pub ca_token_file: Option<PathBuf>,
     /// The mesh root certificate(s), PEM, trusted before the CA has answered; also what
@@ -140,12 +140,19 @@ impl Config {
         }
         if let Some(a) = &self.xds_address
             && a.starts_with("https://")
-            && self.ca_root_file.is_none()
         {
-            return Err(ConfigError::Invalid {
-                flag: "--xds-address",
-                why: "an https:// address needs --ca-root-file to verify istiod".into(),
-            });
+            if self.ca_root_file.is_none() {
+                return Err(ConfigError::Invalid {
+                    flag: "--xds-address",
+                    why: "an https:// address needs --ca-root-file to verify istiod".into(),
+                });
+            }
+            if self.ca_token_file.is_none() {
+                return Err(ConfigError::Invalid {
+                    flag: "--xds-address",
+                    why: "an https:// address needs --ca-token-file: istiod authenticates xDS streams by it".into(),
+                });
+            }
         }
         if self.cert_dir.is_none() && self.ca_address.is_none() {
             return Err(ConfigError::Invalid { flag: "--cert-dir", why: "or --ca-address is required".into() });

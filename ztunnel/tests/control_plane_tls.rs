@@ -94,13 +94,33 @@ async fn ca_and_xds_over_verified_tls() {
     let text = error_chain(&ca.fetch(&catalog).await.unwrap_err());
     assert!(text.contains("UnknownIssuer"), "{text}");
 
-    // xDS over the same kind of connection: the sample's workloads arrive.
-    let handle = StateHandle::default();
-    let endpoint = XdsEndpoint {
-        endpoint: tonic::transport::Endpoint::from_shared(url.clone()).unwrap(),
-        tls: Some(Connector::new(&url, Some("istiod.istio-system.svc"), &roots).unwrap()),
+    // xDS over the same kind of connection needs the node's token, as the CA does: without
+    // one, or with a wrong one, the stream is refused and nothing of the mesh is sent.
+    let xds = |token: Option<&str>| {
+        let token_file = token.map(|t| {
+            let path = cfg.ca_dir.with_file_name(format!("xds-token-{}", t.len()));
+            std::fs::write(&path, t).unwrap();
+            path
+        });
+        let endpoint = XdsEndpoint {
+            endpoint: tonic::transport::Endpoint::from_shared(url.clone()).unwrap(),
+            tls: Some(Connector::new(&url, Some("istiod.istio-system.svc"), &roots).unwrap()),
+            token_file,
+        };
+        let handle = StateHandle::default();
+        (ztunnel::state::xds::start(endpoint, Default::default(), handle.clone(), StateConfig::default()), handle)
     };
-    let _source = ztunnel::state::xds::start(endpoint, Default::default(), handle.clone(), StateConfig::default());
+    for token in [None, Some("not-the-node-token-at-all")] {
+        let (source, handle) = xds(token);
+        let mut status = source.client.watch();
+        let refused = status
+            .wait_for(|s| s.last_error.as_deref().is_some_and(|e| e.contains("valid authentication credentials")));
+        let refused = tokio::time::timeout(Duration::from_secs(10), refused).await;
+        assert!(refused.is_ok(), "token {token:?}: the stream was not refused: {:?}", source.client.status());
+        assert_eq!(handle.snapshot().counts().workloads, 0, "token {token:?}: workloads were sent");
+    }
+    // With it: the sample's workloads arrive.
+    let (_source, handle) = xds(Some(TOKEN));
     let catalog_ip = IpAddr::V4(Ipv4Addr::new(10, 244, 1, 10));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while handle.snapshot().workload_by_ip(catalog_ip).is_none() {

@@ -5,6 +5,7 @@ pub mod service;
 pub mod signer;
 pub mod tokenreview;
 
+pub(crate) use service::bearer;
 pub use service::{Authenticator, CaService, IMPERSONATED_IDENTITY, KubeAuth, NodeTokens, Placement};
 pub use signer::{CaError, CaSigner};
 pub use tokenreview::{ReviewError, ServiceAccountToken, TokenReviewer};

@@ -83,40 +83,10 @@ pub enum Authenticator {
     Kube(Box<KubeAuth>),
 }
 
-/// Who is asking, once authenticated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Caller {
-    /// A node proxy: may have the identity of any pod on its node.
-    Node(String),
-    /// Any other workload: may have only its own identity.
-    Workload(Identity),
-}
-
-/// The CA service.
-pub struct CaService<P> {
-    signer: Arc<CaSigner>,
-    auth: Authenticator,
-    placement: Arc<P>,
-}
-
-impl<P: Placement> CaService<P> {
-    /// A CA signing with `signer` for callers holding `tokens`, checking pods with `placement`.
-    pub fn new(signer: Arc<CaSigner>, tokens: NodeTokens, placement: Arc<P>) -> Self {
-        Self::with_auth(signer, Authenticator::NodeTokens(tokens), placement)
-    }
-
-    /// A CA signing with `signer` for callers `auth` accepts, checking pods with `placement`.
-    pub fn with_auth(signer: Arc<CaSigner>, auth: Authenticator, placement: Arc<P>) -> Self {
-        CaService { signer, auth, placement }
-    }
-
-    /// The tonic service to mount.
-    pub fn into_server(self) -> IstioCertificateServiceServer<Self> {
-        IstioCertificateServiceServer::new(self)
-    }
-
-    async fn authenticate(&self, token: &str) -> Result<Caller, Status> {
-        match &self.auth {
+impl Authenticator {
+    /// Who holds `token`; `placement` finds the node of the pod a node proxy's token is bound to.
+    pub(crate) async fn authenticate<P: Placement>(&self, token: &str, placement: &P) -> Result<Caller, Status> {
+        match self {
             Authenticator::NodeTokens(tokens) => tokens
                 .node(token)
                 .map(|n| Caller::Node(n.to_owned()))
@@ -128,18 +98,18 @@ impl<P: Placement> CaService<P> {
                     ReviewError::Api(_) => Status::unauthenticated(format!("cannot authenticate the token: {e}")),
                     _ => Status::unauthenticated(e.to_string()),
                 })?;
-                self.kube_caller(kube, who)
+                Self::kube_caller(kube, who, placement)
             }
         }
     }
 
-    fn kube_caller(&self, kube: &KubeAuth, who: ServiceAccountToken) -> Result<Caller, Status> {
+    fn kube_caller<P: Placement>(kube: &KubeAuth, who: ServiceAccountToken, placement: &P) -> Result<Caller, Status> {
         if (who.namespace.as_str(), who.service_account.as_str())
             == (kube.node_proxy.0.as_str(), kube.node_proxy.1.as_str())
         {
             let node = match (&who.node_name, &who.pod_name) {
                 (Some(node), _) => node.clone(),
-                (None, Some(pod)) => self.placement.pod_node(&who.namespace, pod).ok_or_else(|| {
+                (None, Some(pod)) => placement.pod_node(&who.namespace, pod).ok_or_else(|| {
                     Status::permission_denied(format!(
                         "the token is bound to pod {}/{pod}, which is not (yet) known to run on any node",
                         who.namespace
@@ -158,15 +128,52 @@ impl<P: Placement> CaService<P> {
             Status::permission_denied(format!("service account {}/{}: {e}", who.namespace, who.service_account))
         })
     }
+}
+
+/// The bearer token of a request's metadata.
+pub(crate) fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str, Status> {
+    metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("no bearer token"))
+}
+
+/// Who is asking, once authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// A node proxy: may have the identity of any pod on its node.
+    Node(String),
+    /// Any other workload: may have only its own identity.
+    Workload(Identity),
+}
+
+/// The CA service.
+pub struct CaService<P> {
+    signer: Arc<CaSigner>,
+    auth: Arc<Authenticator>,
+    placement: Arc<P>,
+}
+
+impl<P: Placement> CaService<P> {
+    /// A CA signing with `signer` for callers holding `tokens`, checking pods with `placement`.
+    pub fn new(signer: Arc<CaSigner>, tokens: NodeTokens, placement: Arc<P>) -> Self {
+        Self::with_auth(signer, Authenticator::NodeTokens(tokens), placement)
+    }
+
+    /// A CA signing with `signer` for callers `auth` accepts, checking pods with `placement`.
+    pub fn with_auth(signer: Arc<CaSigner>, auth: impl Into<Arc<Authenticator>>, placement: Arc<P>) -> Self {
+        CaService { signer, auth: auth.into(), placement }
+    }
+
+    /// The tonic service to mount.
+    pub fn into_server(self) -> IstioCertificateServiceServer<Self> {
+        IstioCertificateServiceServer::new(self)
+    }
 
     async fn decide(&self, req: &Request<IstioCertificateRequest>) -> Result<(Identity, String), Status> {
-        let token = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("no bearer token"))?;
-        let caller = self.authenticate(token).await?;
+        let token = bearer(req.metadata())?;
+        let caller = self.auth.authenticate(token, &*self.placement).await?;
         let body = req.get_ref();
         let wanted =
             body.metadata.as_ref().and_then(|m| m.fields.get(IMPERSONATED_IDENTITY)).and_then(|v| match &v.kind {

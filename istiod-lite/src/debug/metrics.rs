@@ -117,6 +117,12 @@ impl Collector for XdsCollector {
         counter(&mut e, "istiod_lite_xds_acks", "Pushes acknowledged by proxies", s.acks)?;
         counter(&mut e, "istiod_lite_xds_nacks", "Pushes rejected by proxies", s.nacks)?;
         counter(&mut e, "istiod_lite_xds_streams", "xDS streams opened", s.streams)?;
+        counter(
+            &mut e,
+            "istiod_lite_xds_streams_refused",
+            "xDS streams refused: the caller did not authenticate",
+            s.streams_refused,
+        )?;
         gauge(&mut e, "istiod_lite_xds_connected_proxies", "Open xDS streams", self.xds.connection_count() as i64)?;
         let g = ConstGauge::<i64>::new(0);
         let mut family =

@@ -92,6 +92,14 @@ pub enum StreamError {
     /// The server ended the stream without an error.
     #[error("xDS server closed the stream")]
     Closed,
+    /// The bearer token could not be read (or is not a valid header value).
+    #[error("reading the xDS token {path}: {why}")]
+    Token {
+        /// The token file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        why: String,
+    },
 }
 
 /// What the client holds and has done, per type URL.
@@ -142,12 +150,37 @@ pub struct Client {
     node: Node,
     backoff: Backoff,
     subscriptions: Vec<Subscription>,
+    token_file: Option<std::path::PathBuf>,
 }
 
 impl Client {
     /// A client that identifies itself as `node` in each stream's first request.
     pub fn new(node: Node) -> Self {
-        Self { node, backoff: Backoff::default(), subscriptions: Vec::new() }
+        Self { node, backoff: Backoff::default(), subscriptions: Vec::new(), token_file: None }
+    }
+
+    /// Sends the token in `path` as `authorization: Bearer <token>` on every stream; the file
+    /// is read again for each, as projected tokens rotate. Only for TLS channels: the header
+    /// is a credential.
+    pub fn bearer_token_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.token_file = Some(path.into());
+        self
+    }
+
+    /// The opening request of a stream over `outbound`, with the bearer token if one is set.
+    fn opening(
+        &self,
+        outbound: ReceiverStream<DeltaDiscoveryRequest>,
+    ) -> Result<tonic::Request<ReceiverStream<DeltaDiscoveryRequest>>, StreamError> {
+        let mut request = tonic::Request::new(outbound);
+        if let Some(path) = &self.token_file {
+            let fail = |why: String| StreamError::Token { path: path.clone(), why };
+            let token = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+            let value =
+                format!("Bearer {}", token.trim()).parse().map_err(|_| fail("not a valid header value".into()))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
     }
 
     /// Replaces the reconnection backoff.
@@ -261,7 +294,11 @@ impl Client {
             // Cannot fail: the receiver is alive and the channel has room.
             let _ = requests.try_send(request);
         }
-        let open = client.delta_aggregated_resources(ReceiverStream::new(outbound));
+        let opening = match self.opening(ReceiverStream::new(outbound)) {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        let open = client.delta_aggregated_resources(opening);
         let mut responses = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(e)) => return StreamError::Rpc(e),

@@ -9,6 +9,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -30,15 +31,26 @@ use super::push::Push;
 const DELTA: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 const STATE_OF_THE_WORLD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 
+/// Decides whether a stream may open, from its request's metadata; an error is the status the
+/// stream ends with (UNAUTHENTICATED, PERMISSION_DENIED).
+pub type Authenticate = Arc<dyn Fn(&MetadataMap) -> BoxFuture<(), Status> + Send + Sync>;
+
 /// The ADS service of an [`XdsServer`], to mount on a tonic server (see [`XdsServer::service`]).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AdsService {
     server: XdsServer,
+    auth: Option<Authenticate>,
+}
+
+impl std::fmt::Debug for AdsService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdsService").field("server", &self.server).field("authenticated", &self.auth.is_some()).finish()
+    }
 }
 
 impl AdsService {
-    pub(super) fn new(server: XdsServer) -> AdsService {
-        AdsService { server }
+    pub(super) fn new(server: XdsServer, auth: Option<Authenticate>) -> AdsService {
+        AdsService { server, auth }
     }
 }
 
@@ -63,8 +75,17 @@ where
         match request.uri().path() {
             DELTA => {
                 let server = self.server.clone();
+                let auth = self.auth.clone();
                 Box::pin(async move {
                     let (parts, body) = request.into_parts();
+                    if let Some(auth) = auth
+                        && let Err(status) = auth(&MetadataMap::from_headers(parts.headers.clone())).await
+                    {
+                        let peer = Request::from_parts(MetadataMap::new(), parts.extensions, ()).remote_addr();
+                        tracing::warn!(?peer, code = ?status.code(), reason = status.message(), "xDS stream refused");
+                        server.count_refused();
+                        return Ok(status.into_http());
+                    }
                     let decoder = ProstCodec::<Push, DeltaDiscoveryRequest>::default().decoder();
                     let requests = Streaming::new_request(decoder, body, None, None);
                     // The peer address travels in the connection's extensions, where tonic's

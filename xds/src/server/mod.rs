@@ -22,7 +22,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::server::Connected;
 use tonic::{Status, Streaming};
 
-pub use ads::AdsService;
+pub use ads::{AdsService, Authenticate};
 pub use budget::DEFAULT_PUSH_BUDGET;
 use budget::PushBudget;
 use push::Push;
@@ -109,9 +109,20 @@ impl XdsServer {
         &self.shared.store
     }
 
-    /// The ADS service, to mount beside others on one tonic server.
+    /// The ADS service, to mount beside others on one tonic server. Any caller may open a
+    /// stream: for a port that is not otherwise protected, see [`XdsServer::service_with_auth`].
     pub fn service(&self) -> AdsService {
-        AdsService::new(self.clone())
+        AdsService::new(self.clone(), None)
+    }
+
+    /// The ADS service, opening a stream only once `auth` accepts its request's metadata (a
+    /// bearer token, say); a refused stream ends with `auth`'s status before anything is read.
+    pub fn service_with_auth(&self, auth: Authenticate) -> AdsService {
+        AdsService::new(self.clone(), Some(auth))
+    }
+
+    fn count_refused(&self) {
+        Counters::add(&self.shared.counters.streams_refused, 1);
     }
 
     /// Registers a new stream from `peer` and starts its task; the receiver carries its pushes.

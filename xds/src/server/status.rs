@@ -81,6 +81,8 @@ pub struct ServerStats {
     pub acks: u64,
     /// NACKs received for an outstanding push.
     pub nacks: u64,
+    /// Streams refused because their caller did not authenticate.
+    pub streams_refused: u64,
 }
 
 /// Lock-free counters behind [`ServerStats`].
@@ -92,6 +94,7 @@ pub(crate) struct Counters {
     pub(crate) removals_sent: AtomicU64,
     pub(crate) acks: AtomicU64,
     pub(crate) nacks: AtomicU64,
+    pub(crate) streams_refused: AtomicU64,
 }
 
 impl Counters {
@@ -103,6 +106,7 @@ impl Counters {
             removals_sent: self.removals_sent.load(Ordering::Relaxed),
             acks: self.acks.load(Ordering::Relaxed),
             nacks: self.nacks.load(Ordering::Relaxed),
+            streams_refused: self.streams_refused.load(Ordering::Relaxed),
         }
     }
 

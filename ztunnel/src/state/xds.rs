@@ -36,11 +36,14 @@ pub struct XdsEndpoint {
     pub endpoint: tonic::transport::Endpoint,
     /// TLS to istiod (`https://`); `None` for plaintext.
     pub tls: Option<crate::control_plane_tls::Connector>,
+    /// File of the bearer token sent on every stream (istiod authenticates xDS on its TLS
+    /// port); read again for each stream, as tokens rotate.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl From<tonic::transport::Endpoint> for XdsEndpoint {
     fn from(endpoint: tonic::transport::Endpoint) -> Self {
-        XdsEndpoint { endpoint, tls: None }
+        XdsEndpoint { endpoint, tls: None, token_file: None }
     }
 }
 
@@ -74,7 +77,11 @@ pub fn start(endpoint: impl Into<XdsEndpoint>, node: Node, handle: StateHandle, 
         cache_handler(|_name: &str, a: PbAddress| Address::try_from(a).map_err(|e| e.to_string()));
     let (policies, policy_handler) =
         cache_handler(|_name: &str, a: Authorization| convert::policy_fail_closed(a).map_err(|e| e.to_string()));
-    let client = Client::new(node)
+    let mut client = Client::new(node);
+    if let Some(path) = endpoint.token_file.clone() {
+        client = client.bearer_token_file(path);
+    }
+    let client = client
         .subscribe(proto::ADDRESS_TYPE_URL, Names::Wildcard, address_handler)
         .subscribe(proto::AUTHORIZATION_TYPE_URL, Names::Wildcard, policy_handler)
         .spawn_with(move || endpoint.clone().connect());
