@@ -254,4 +254,31 @@ mod tests {
         assert_eq!(bad.slice_policy(), None);
         assert!(e.starts_with("--sched-slice-us: 50 is outside"), "{e}");
     }
+
+    #[test]
+    fn https_xds_needs_the_root_to_verify_istiod_and_the_token_it_asks_for() {
+        use clap::Parser;
+        let dir = std::env::temp_dir().join(format!("ztunnel-config-xds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("root-cert.pem"), "").unwrap();
+        std::fs::write(dir.join("token"), "t").unwrap();
+        let (root, token, certs) = (dir.join("root-cert.pem"), dir.join("token"), dir.display().to_string());
+        let (root, token) = (root.to_str().unwrap(), token.to_str().unwrap());
+        let base = ["ztunnel", "--node-name", "n1", "--xds-address", "https://istiod:15012", "--cert-dir", &certs];
+        let check = |extra: &[&str]| {
+            Config::try_parse_from(base.iter().chain(extra).copied())
+                .expect("parses")
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        let (no_root, no_token, both) = (
+            check(&["--ca-token-file", token]),
+            check(&["--ca-root-file", root]),
+            check(&["--ca-root-file", root, "--ca-token-file", token]),
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(no_root.unwrap_err().contains("needs --ca-root-file"));
+        assert!(no_token.unwrap_err().contains("needs --ca-token-file"));
+        both.unwrap();
+    }
 }
