@@ -337,6 +337,10 @@ async fn monitoring_port_shows_pushes_nacks_proxies_and_errors() {
 
     let good = xds_client(channel.clone(), "ztunnel~node-a", true);
     let bad = xds_client(channel.clone(), "ztunnel~node-b", false);
+    // A stream without the token is refused, and counted.
+    let mut anonymous = proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient::new(channel.clone());
+    let refused = anonymous.delta_aggregated_resources(tokio_stream::iter(Vec::new())).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
     until("an ACK and a NACK", || {
         good.status().types[proto::ADDRESS_TYPE_URL].acks >= 1 && bad.status().types[proto::ADDRESS_TYPE_URL].nacks >= 1
     })
@@ -358,6 +362,7 @@ async fn monitoring_port_shows_pushes_nacks_proxies_and_errors() {
     assert!(sample(&text, "istiod_lite_xds_acks_total") >= 1.0, "{text}");
     assert!(sample(&text, "istiod_lite_xds_nacks_total") >= 1.0, "{text}");
     assert!(sample(&text, "istiod_lite_xds_streams_total") >= 2.0, "{text}");
+    assert_eq!(sample(&text, "istiod_lite_xds_streams_refused_total"), 1.0, "{text}");
     assert_eq!(sample(&text, "istiod_lite_config_errors"), 1.0);
     assert_eq!(sample(&text, "istiod_lite_certificates_issued_total"), 1.0);
     assert_eq!(sample(&text, "istiod_lite_certificates_refused_total{reason=\"PermissionDenied\"}"), 1.0);
