@@ -88,7 +88,6 @@ impl std::fmt::Debug for Inner {
 struct Current {
     key: Arc<CertifiedKey>,
     not_after: SystemTime,
-    serial: u64,
 }
 
 impl ServingCert {
@@ -99,14 +98,13 @@ impl ServingCert {
         for name in &spec.extra_names {
             san(name)?;
         }
-        let first = make(&signer, &root_der, &spec, 1)?;
+        let first = make(&signer, &root_der, &spec)?;
         Ok(ServingCert { inner: Arc::new(Inner { signer, root_der, spec, current: RwLock::new(first) }) })
     }
 
     /// Issues a fresh certificate and serves it from the next handshake on.
     pub fn renew(&self) -> Result<(), TlsError> {
-        let serial = self.read().serial + 1;
-        let next = make(&self.inner.signer, &self.inner.root_der, &self.inner.spec, serial)?;
+        let next = make(&self.inner.signer, &self.inner.root_der, &self.inner.spec)?;
         *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
     }
@@ -166,11 +164,12 @@ fn san(name: &str) -> Result<SanType, TlsError> {
     }
 }
 
+/// A fresh key and certificate; its serial number is drawn by the signer, like every other
+/// certificate of the mesh root ([`crate::ca::signer::random_serial`]).
 fn make(
     signer: &crate::ca::CaSigner,
     root: &CertificateDer<'static>,
     spec: &ServingCertSpec,
-    serial: u64,
 ) -> Result<Current, TlsError> {
     let err = |e: rcgen::Error| TlsError::Issue(e.to_string());
     let key = KeyPair::generate().map_err(err)?;
@@ -184,7 +183,6 @@ fn make(
     params.subject_alt_names.push(SanType::URI(spec.identity.as_str().try_into().map_err(err)?));
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.serial_number = Some(serial.into());
     let now = SystemTime::now();
     let not_after = now + spec.ttl;
     params.not_before = (now - Duration::from_secs(60)).into();
@@ -195,7 +193,7 @@ fn make(
         .load_private_key(PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| TlsError::Issue(e.to_owned()))?)
         .map_err(|e| TlsError::Issue(e.to_string()))?;
     let key = Arc::new(CertifiedKey::new(vec![leaf.der().clone(), root.clone()], signer));
-    Ok(Current { key, not_after, serial })
+    Ok(Current { key, not_after })
 }
 
 /// An accepted TLS connection, with the TCP peer for tonic (`Request::remote_addr`).

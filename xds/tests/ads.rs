@@ -366,3 +366,127 @@ async fn request_without_type_url_ends_only_that_stream() {
     let (client, _cache) = address_client(server.endpoint(), Names::Wildcard);
     client_until(&client, "synced", |s| s.types[ADDRESS].acks == 1).await;
 }
+
+/// A stream may keep at most 100,000 subscribed names per type (`MAX_NAMES` in
+/// xds/src/server/stream.rs): names accumulate over a stream's requests, each of which may carry
+/// 4 MiB of them, so without a bound one client could grow the server's memory at will. A
+/// request beyond it ends the stream with RESOURCE_EXHAUSTED naming the type and the limit, as
+/// for too many types; the server stays up for other streams.
+#[tokio::test]
+async fn subscribed_names_per_type_are_bounded_per_stream() {
+    const PER_REQUEST: usize = 60_000;
+    const REQUESTS: usize = 2;
+    let store = store_with(&[("default/a", [10, 0, 0, 1])]);
+    let server = RunningServer::any_port(store.clone()).await;
+    let names = |i: usize| (i * PER_REQUEST..(i + 1) * PER_REQUEST).map(|n| format!("x{n:07}")).collect::<Vec<_>>();
+    let mut first = subscribe(ADDRESS, &[]);
+    first.resource_names_subscribe = names(0);
+    let mut raw = RawStream::open(server.addr, first).await;
+    // Nothing of what was asked exists: the first push is empty, but comes.
+    let empty = raw.recv().await;
+    assert!(empty.resources.is_empty());
+    for i in 1..REQUESTS {
+        raw.send(DeltaDiscoveryRequest {
+            type_url: ADDRESS.to_owned(),
+            resource_names_subscribe: names(i),
+            ..Default::default()
+        })
+        .await;
+    }
+    // ACK the first push and ask for a name that exists: were the names above all kept, its
+    // push would come.
+    raw.send(DeltaDiscoveryRequest {
+        type_url: ADDRESS.to_owned(),
+        response_nonce: empty.nonce.clone(),
+        resource_names_subscribe: vec!["default/a".to_owned()],
+        ..Default::default()
+    })
+    .await;
+    match tokio::time::timeout(WAIT, raw.responses.message()).await.expect("an answer in time") {
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+            assert!(status.message().contains(ADDRESS) && status.message().contains("100000"), "{status:?}");
+        }
+        Ok(Some(push)) => panic!(
+            "{} resources pushed after the server kept {:?} subscribed names of one type on one stream",
+            push.resources.len(),
+            server.server.connections().iter().map(|c| c.types[ADDRESS].names.len()).max()
+        ),
+        Ok(None) => panic!("stream ended OK"),
+    }
+
+    let (client, _cache) = address_client(server.endpoint(), Names::Wildcard);
+    client_until(&client, "synced", |s| s.types[ADDRESS].acks == 1).await;
+}
+
+/// A raw gRPC codec: sends the given bytes as the message, returns responses' bytes.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+/// A request that does not decode as a DeltaDiscoveryRequest ends the stream with an error
+/// status saying so, never with OK (gRPC: OK is "not an error; returned on success"). The code
+/// is the one gRPC's status code table gives for "Error parsing request proto": INTERNAL.
+#[tokio::test]
+async fn undecodable_request_ends_the_stream_with_an_error_status() {
+    let store = store_with(&[("default/a", [10, 0, 0, 1])]);
+    let server = RunningServer::any_port(store.clone()).await;
+    let mut grpc = tonic::client::Grpc::new(server.endpoint().connect().await.expect("connect"));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    // Field 1 (node), length-delimited, claiming 100 bytes of which two follow.
+    tx.send(vec![0x0a, 0x64, 0xff, 0xff]).await.unwrap();
+    let answer = tokio::time::timeout(WAIT, async {
+        grpc.ready().await.map_err(|e| tonic::Status::unknown(e.to_string()))?;
+        let path = http::uri::PathAndQuery::from_static(
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+        );
+        let request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        grpc.streaming(request, path, Raw).await?.into_inner().message().await
+    })
+    .await
+    .expect("an answer in time");
+    match answer {
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+            assert!(status.message().contains("cannot read the request"), "{status:?}");
+        }
+        Ok(Some(bytes)) => panic!("a push in answer to garbage: {} bytes", bytes.len()),
+        Ok(None) => panic!("the stream ended with grpc-status OK after an undecodable request"),
+    }
+    drop(tx);
+
+    // The server is fine for everyone else.
+    let (client, _cache) = address_client(server.endpoint(), Names::Wildcard);
+    client_until(&client, "synced", |s| s.types[ADDRESS].acks == 1).await;
+}

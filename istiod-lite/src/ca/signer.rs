@@ -3,7 +3,8 @@
 //! The root is loaded from `<dir>/root-cert.pem` and `<dir>/root-key.pem`, or generated and
 //! written there (key mode 0600) on first start, so restarts keep the mesh's trust.
 //! Issued certificates carry exactly one URI SAN, the SPIFFE identity the caller was
-//! authorized for: whatever else the CSR asks for is ignored, never copied.
+//! authorized for: whatever else the CSR asks for is ignored, never copied. Every certificate
+//! the root signs gets a serial number of its own, drawn at random ([`CaSigner::sign_params`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -11,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use hbone::Identity;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 
 /// Why the CA could not start or sign.
@@ -70,6 +71,22 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
     move |source| CaError::Io { path: path.to_owned(), source }
 }
 
+/// A serial number for a certificate of the mesh CA: 128 random bits from the CSPRNG of the
+/// TLS provider (aws-lc-rs), top bit cleared. RFC 5280 §4.1.2.2 requires serials unique per CA,
+/// positive and at most 20 octets; random ones stay unique across restarts (the root persists
+/// in its directory, a counter would not) and cannot be predicted, as with Istio's CA
+/// (`genSerialNum`, 128 random bits). Cleared, the top bit keeps the DER INTEGER positive in
+/// 16 octets; two serials collide with probability about n²/2¹²⁸.
+pub(crate) fn random_serial() -> Result<SerialNumber, CaError> {
+    let mut bytes = [0u8; 16];
+    hbone::tls::provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|e| CaError::Sign(format!("drawing a serial number: {e:?}")))?;
+    bytes[0] &= 0x7f;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
 impl CaSigner {
     /// Loads the root from `dir`, or generates one there if neither file exists.
     pub fn load_or_generate(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
@@ -93,6 +110,7 @@ impl CaSigner {
             let now = SystemTime::now();
             params.not_before = (now - Duration::from_secs(3600)).into();
             params.not_after = (now + Duration::from_secs(10 * 365 * 86400)).into();
+            params.serial_number = Some(random_serial()?);
             let cert = params.self_signed(&key).map_err(|e| root(e.to_string()))?;
             write_private(&key_path, key.serialize_pem().as_bytes())?;
             std::fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
@@ -122,11 +140,14 @@ impl CaSigner {
 
     /// Signs a certificate described by `params` for `public_key` with the root (for
     /// istiod-lite's own serving certificate; workload certificates go through [`Self::sign`]).
+    /// The serial number is always a fresh random one (128 bits, see `random_serial`): any in
+    /// `params` is replaced.
     pub fn sign_params(
         &self,
-        params: CertificateParams,
+        mut params: CertificateParams,
         public_key: &impl rcgen::PublicKeyData,
     ) -> Result<rcgen::Certificate, CaError> {
+        params.serial_number = Some(random_serial()?);
         params.signed_by(public_key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))
     }
 
@@ -154,7 +175,7 @@ impl CaSigner {
         // A little slack for clocks that disagree across nodes.
         params.not_before = (now - Duration::from_secs(60)).into();
         params.not_after = (now + ttl).into();
-        let leaf = params.signed_by(&csr.public_key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
+        let leaf = self.sign_params(params, &csr.public_key)?;
         Ok(vec![leaf.pem(), self.root_pem.clone()])
     }
 }

@@ -28,6 +28,23 @@ pub(crate) const WILDCARD: &str = "*";
 /// keep state for arbitrarily many.
 const MAX_TYPES: usize = 64;
 
+/// Resource names one stream may subscribe to per type URL, and entries of
+/// `initial_resource_versions` it may declare per type URL: names accumulate
+/// over a stream's requests, so without a bound a client could make the
+/// server keep any number of them. Far above any real client: ztunnel and
+/// the waypoint subscribe by wildcard and name nothing, and on resume
+/// declare one version per resource of the type they hold, at most what the
+/// store has of it (a mesh's workloads and services, or its policies);
+/// clients naming resources one by one name fewer still. A request beyond it
+/// ends the stream with RESOURCE_EXHAUSTED, naming the type and the limit.
+pub(crate) const MAX_NAMES: usize = 100_000;
+
+/// Longest resource name a stream may subscribe to, in bytes: with
+/// [`MAX_NAMES`] this bounds what a stream's names can hold (a request may be
+/// 4 MiB, all of it one name). The server's names are a Kubernetes namespace
+/// and name or hostname with a short prefix, a few hundred bytes at most.
+pub(crate) const MAX_NAME_LEN: usize = 1024;
+
 /// A push sent and not yet answered.
 #[derive(Debug)]
 struct Pending {
@@ -272,26 +289,47 @@ impl StreamState {
         if first {
             // An empty first subscription is the legacy spelling of wildcard.
             state.wildcard = request.resource_names_subscribe.is_empty();
-            for name in request.resource_names_subscribe {
-                if name == WILDCARD {
-                    state.wildcard = true;
-                } else {
-                    state.names.insert(name);
+        }
+        for name in request.resource_names_subscribe {
+            if name == WILDCARD {
+                state.wildcard = true;
+            } else if !state.names.contains(&name) {
+                if name.len() > MAX_NAME_LEN {
+                    return Err(Status::invalid_argument(format!(
+                        "DeltaDiscoveryRequest.resource_names_subscribe of {:?}: a name of {} bytes \
+                         (at most {MAX_NAME_LEN})",
+                        request.type_url,
+                        name.len()
+                    )));
                 }
+                if state.names.len() >= MAX_NAMES {
+                    return Err(Status::resource_exhausted(format!(
+                        "DeltaDiscoveryRequest.resource_names_subscribe of {:?}: more than {MAX_NAMES} names \
+                         of one type on one stream",
+                        request.type_url
+                    )));
+                }
+                state.names.insert(name);
             }
+        }
+        if first {
+            // Only the first request of a type declares versions, so these
+            // cannot accumulate beyond one request; their number is bounded
+            // like the names'.
             for (name, version) in request.initial_resource_versions {
-                if state.subscribed(&name) {
-                    state.acked.insert(name.into(), version.into());
+                if !state.subscribed(&name) {
+                    continue;
                 }
+                if state.acked.len() >= MAX_NAMES {
+                    return Err(Status::resource_exhausted(format!(
+                        "DeltaDiscoveryRequest.initial_resource_versions of {:?}: more than {MAX_NAMES} \
+                         resources of one type on one stream",
+                        request.type_url
+                    )));
+                }
+                state.acked.insert(name.into(), version.into());
             }
         } else {
-            for name in request.resource_names_subscribe {
-                if name == WILDCARD {
-                    state.wildcard = true;
-                } else {
-                    state.names.insert(name);
-                }
-            }
             for name in request.resource_names_unsubscribe {
                 if name == WILDCARD {
                     state.wildcard = false;
@@ -458,7 +496,14 @@ pub(crate) async fn run(
                 }
                 Ok(None) => return,
                 Err(status) => {
-                    tracing::debug!(error = %status, "ADS stream ended");
+                    // tonic's decoder has chosen the code as gRPC's status code table
+                    // (doc/statuscodes.md) says: INTERNAL for a request that does not
+                    // parse ("Error parsing request proto"), OUT_OF_RANGE or
+                    // RESOURCE_EXHAUSTED for one above the size limit. The client is told
+                    // so, never OK; if it is gone (a reset), nobody reads this.
+                    tracing::debug!(error = %status, "ADS stream ended: cannot read the request");
+                    let status = Status::new(status.code(), format!("cannot read the request: {}", status.message()));
+                    let _ = responses.send(Err(status)).await;
                     return;
                 }
             },

@@ -5,7 +5,7 @@ use proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscovery
 use tonic::Code;
 
 use super::status::Counters;
-use super::stream::StreamState;
+use super::stream::{MAX_NAME_LEN, MAX_NAMES, StreamState};
 use crate::store::ResourceStore;
 
 const T: &str = "type.googleapis.com/test.T";
@@ -109,6 +109,63 @@ fn bad_requests_are_refused_with_the_field() {
     let err = state.handle_request(request(&[], &[]), &counters).unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.message().contains(T), "{}", err.message());
+}
+
+#[test]
+fn names_per_type_are_bounded_on_a_stream() {
+    let counters = Counters::default();
+    let many = |from: usize, n: usize| (from..from + n).map(|i| format!("n{i}")).collect::<Vec<_>>();
+
+    // Up to the limit over several requests; names already held do not count again.
+    let mut state = StreamState::new(1, None);
+    let mut r = request(&[], &[]);
+    r.resource_names_subscribe = many(0, MAX_NAMES / 2);
+    state.handle_request(r, &counters).unwrap();
+    let mut r = request(&[], &[]);
+    r.resource_names_subscribe = many(0, MAX_NAMES);
+    state.handle_request(r, &counters).unwrap();
+    state.handle_request(request(&["n0", "*"], &[]), &counters).unwrap();
+    // One more: refused, naming the type and the limit; nothing beyond it is kept.
+    let err = state.handle_request(request(&["one-more"], &[]), &counters).unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains(T) && err.message().contains(&MAX_NAMES.to_string()), "{}", err.message());
+    assert_eq!(state.status().types[T].names.len(), MAX_NAMES);
+    // Unsubscribing makes room again.
+    state.handle_request(request(&[], &["n0"]), &counters).unwrap();
+    state.handle_request(request(&["one-more"], &[]), &counters).unwrap();
+    // Another type has a limit of its own.
+    let mut other = request(&["a"], &[]);
+    other.type_url = "type.googleapis.com/test.Other".to_owned();
+    state.handle_request(other, &counters).unwrap();
+
+    // A name longer than any resource's: refused, saying how long.
+    let mut state = StreamState::new(2, None);
+    let long = "x".repeat(MAX_NAME_LEN + 1);
+    let err = state.handle_request(request(&[&long], &[]), &counters).unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains(&format!("{} bytes", MAX_NAME_LEN + 1)), "{}", err.message());
+    let mut state = StreamState::new(3, None);
+    state.handle_request(request(&[&"x".repeat(MAX_NAME_LEN)], &[]), &counters).unwrap();
+
+    // Resume versions: as many as the limit on a wildcard stream, not one more.
+    let versions = |n: usize| many(0, n).into_iter().map(|name| (name, "v0".to_owned())).collect();
+    let mut state = StreamState::new(4, None);
+    let mut r = request(&[], &[]);
+    r.initial_resource_versions = versions(MAX_NAMES);
+    state.handle_request(r, &counters).unwrap();
+    assert_eq!(state.status().types[T].acked.len(), MAX_NAMES);
+    let mut state = StreamState::new(5, None);
+    let mut r = request(&[], &[]);
+    r.initial_resource_versions = versions(MAX_NAMES + 1);
+    let err = state.handle_request(r, &counters).unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("initial_resource_versions") && err.message().contains(T), "{}", err.message());
+    // Versions of names not subscribed to are not kept, so do not count.
+    let mut state = StreamState::new(6, None);
+    let mut r = request(&["n0"], &[]);
+    r.initial_resource_versions = versions(MAX_NAMES + 1);
+    state.handle_request(r, &counters).unwrap();
+    assert_eq!(state.status().types[T].acked.len(), 1);
 }
 
 #[test]
