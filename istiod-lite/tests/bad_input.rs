@@ -74,6 +74,21 @@ fn cases() -> Vec<(&'static str, String, &'static str, Vec<&'static str>)> {
             "(AuthorizationPolicy shop/ap)",
             vec!["spec.rules[0].to[0].operation.notPorts[0]: \"70000\" is not a port"],
         ),
+        // Istio's CheckValidPathTemplate: `{**}` is the last operator, `{*}`/`{**}` are whole
+        // segments, no other braces; a template Envoy could not read must not become a
+        // literal that never matches (a DENY that denies nothing).
+        (
+            "path template operator after {**}",
+            ap("  action: DENY\n  rules:\n  - to:\n    - operation:\n        paths: [/a, \"/admin/{**}/{*}\"]\n"),
+            "(AuthorizationPolicy shop/ap)",
+            vec!["spec.rules[0].to[0].operation.paths[1]: invalid path template", "{**} is not the last operator"],
+        ),
+        (
+            "path template operator inside a segment",
+            ap("  rules:\n  - to:\n    - operation:\n        notPaths: [\"/files/{*}.txt\"]\n"),
+            "(AuthorizationPolicy shop/ap)",
+            vec!["spec.rules[0].to[0].operation.notPaths[0]: invalid path template", "\"{*}.txt\""],
+        ),
         (
             "bad ip block",
             ap("  action: DENY\n  rules:\n  - from:\n    - source:\n        ipBlocks: [10.0.0.0/33]\n"),

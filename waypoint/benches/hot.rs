@@ -127,6 +127,7 @@ fn authorization(c: &mut Criterion) {
         principal: Some("cluster.local/ns/frontend/sa/web"),
         namespace: Some("frontend"),
         source_ip: Some("10.0.0.7".parse().unwrap()),
+        destination_ip: Some("10.96.0.10".parse().unwrap()),
         port: 80,
         http: Some(HttpFacts { host: "reviews.shop.svc.cluster.local", method: "GET", path, headers }),
     };

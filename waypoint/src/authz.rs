@@ -10,10 +10,16 @@
 //!   `request.headers`) never match in an ALLOW rule and always match in a DENY rule: an
 //!   opaque connection cannot prove it is not the request a DENY targets (fail closed).
 //!
-//! Principals are compared without `spiffe://`; strings use Istio's wildcards (exact,
-//! `*`, `prefix*`, `*suffix`), hosts compare case-insensitively, paths also accept the
-//! `{*}` (one segment) and `{**}` (one or more segments) templates. Paths arrive normalized
-//! (see [`crate::normalize`]).
+//! Principals are compared without `spiffe://`; every string field (methods included) uses
+//! Istio's wildcards (exact, `*`, `prefix*`, `*suffix`), hosts compare case-insensitively,
+//! header values compare as the bytes sent, paths also accept the `{*}` (one non-empty
+//! segment) and `{**}` (zero or more segments) templates. Paths arrive normalized (see
+//! [`crate::normalize`]).
+//!
+//! A policy the waypoint cannot compile (a condition key it does not know, a bad address or
+//! template, an unknown action) is not dropped, which would open what it denies or, for the
+//! only ALLOW policy, everything: it becomes a fail-closed stand-in ([`Policy::stand_in`]):
+//! a DENY denies every request to its targets, an ALLOW matches nothing.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -62,11 +68,16 @@ impl Wild {
     }
 
     fn matches(&self, v: &str) -> bool {
+        self.matches_bytes(v.as_bytes())
+    }
+
+    /// The same on raw bytes (header values need not be UTF-8).
+    fn matches_bytes(&self, v: &[u8]) -> bool {
         match self {
             Wild::Any => true,
-            Wild::Exact(e) => v == e,
-            Wild::Prefix(p) => v.starts_with(p.as_str()),
-            Wild::Suffix(s) => v.ends_with(s.as_str()),
+            Wild::Exact(e) => v == e.as_bytes(),
+            Wild::Prefix(p) => v.starts_with(p.as_bytes()),
+            Wild::Suffix(s) => v.ends_with(s.as_bytes()),
         }
     }
 }
@@ -76,41 +87,81 @@ impl Wild {
 pub enum PathPattern {
     /// Exact, `*`, `prefix*`, `*suffix`.
     Wild(Wild),
-    /// Segments, each literal, `{*}` or `{**}`.
-    Template(Vec<String>),
+    /// A template (Envoy's URI template as Istio translates it): `head` segments, each
+    /// literal or `{*}` (one non-empty segment); with `glob`, a `{**}` (zero or more
+    /// segments: any text, `/` included) follows and then `tail`, literal segments.
+    Template {
+        /// Segments before `{**}` (all of them without one).
+        head: Vec<String>,
+        /// Whether `{**}` follows `head`.
+        glob: bool,
+        /// After `{**}`: `/` and the literal segments joined by `/` (empty when `{**}` ends it).
+        tail: String,
+    },
 }
 
+/// `{*}`: one path segment.
+const MATCH_ONE: &str = "{*}";
+/// `{**}`: zero or more path segments.
+const MATCH_ANY: &str = "{**}";
+
 impl PathPattern {
-    fn new(s: &str) -> PathPattern {
-        if s.contains("{*}") || s.contains("{**}") {
-            PathPattern::Template(s.split('/').map(str::to_owned).collect())
-        } else {
-            PathPattern::Wild(Wild::new(s, false))
+    /// A path is a template when it contains `{*}` or `{**}` (Istio's `ContainsPathTemplate`);
+    /// a template must pass Istio's `CheckValidPathTemplate`: `{*}` and `{**}` only as whole
+    /// segments, no other `{`, `}` (nor a bare `*`, which Envoy would read as an operator),
+    /// and no operator after `{**}`.
+    pub fn new(s: &str) -> Result<PathPattern, String> {
+        if !(s.contains(MATCH_ONE) || s.contains(MATCH_ANY)) {
+            return Ok(PathPattern::Wild(Wild::new(s, false)));
         }
+        let mut head = Vec::new();
+        let mut tail = Vec::new();
+        let mut glob = false;
+        for seg in s.split('/') {
+            match seg {
+                MATCH_ANY | MATCH_ONE if glob => {
+                    return Err(format!("invalid path template {s:?}: {{**}} is not the last operator"));
+                }
+                MATCH_ANY => glob = true,
+                MATCH_ONE => head.push(seg.to_owned()),
+                _ if seg.contains(['{', '}', '*']) => {
+                    return Err(format!(
+                        "invalid path template {s:?}: segment {seg:?} is not a literal, {{*}} or {{**}}"
+                    ));
+                }
+                _ if glob => tail.push(seg),
+                _ => head.push(seg.to_owned()),
+            }
+        }
+        let tail = if tail.is_empty() { String::new() } else { format!("/{}", tail.join("/")) };
+        Ok(PathPattern::Template { head, glob, tail })
     }
 
     fn matches(&self, path: &str) -> bool {
         match self {
             PathPattern::Wild(w) => w.matches(path),
-            PathPattern::Template(t) => {
-                let segs: Vec<&str> = path.split('/').collect();
-                template_match(t, &segs)
-            }
+            PathPattern::Template { head, glob, tail } => template_match(head, *glob, tail, path),
         }
     }
 }
 
-fn template_match(pat: &[String], segs: &[&str]) -> bool {
-    match pat.split_first() {
-        None => segs.is_empty(),
-        Some((p, rest)) if p == "{**}" => {
-            (1..=segs.len()).any(|n| segs[..n].iter().all(|s| !s.is_empty()) && template_match(rest, &segs[n..]))
-        }
-        Some((p, rest)) => match segs.split_first() {
-            Some((s, srest)) if (p == "{*}" && !s.is_empty()) || p == s => template_match(rest, srest),
-            _ => false,
-        },
+/// One pass over `path`: the `head` segments, then (with `glob`) anything that ends with
+/// `tail`, else the end of the path.
+fn template_match(head: &[String], glob: bool, tail: &str, path: &str) -> bool {
+    let segment = |p: &str, s: &str| if p == MATCH_ONE { !s.is_empty() } else { p == s };
+    if !glob {
+        let mut segs = path.split('/');
+        return head.iter().all(|p| segs.next().is_some_and(|s| segment(p, s))) && segs.next().is_none();
     }
+    // Each head segment is followed by `/`; what is left is `{**}` then `tail`.
+    let mut rest = path;
+    for p in head {
+        match rest.split_once('/') {
+            Some((s, r)) if segment(p, s) => rest = r,
+            _ => return false,
+        }
+    }
+    rest.ends_with(tail)
 }
 
 /// The `from` part of a rule.
@@ -131,8 +182,8 @@ pub struct Operation {
     not_hosts: Vec<Wild>,
     ports: Vec<u16>,
     not_ports: Vec<u16>,
-    methods: Vec<String>,
-    not_methods: Vec<String>,
+    methods: Vec<Wild>,
+    not_methods: Vec<Wild>,
     paths: Vec<PathPattern>,
     not_paths: Vec<PathPattern>,
 }
@@ -148,9 +199,16 @@ pub enum ConditionKey {
     SourceNamespace,
     /// `source.principal`.
     SourcePrincipal,
+    /// `destination.ip`: the CONNECT's target address (service VIP or workload IP).
+    DestinationIp,
     /// `destination.port`.
     DestinationPort,
 }
+
+/// The condition keys a waypoint evaluates, besides `request.headers[<name>]` (istiod-lite
+/// sends exactly these; `waypoint/tests/authz.rs` checks that the two lists agree).
+pub const WHEN_KEYS: [&str; 5] =
+    ["source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"];
 
 /// One `when` condition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -158,7 +216,7 @@ pub struct Condition {
     key: ConditionKey,
     values: Vec<Wild>,
     not_values: Vec<Wild>,
-    /// For `source.ip`.
+    /// For `source.ip` and `destination.ip`.
     cidrs: Vec<Cidr>,
     not_cidrs: Vec<Cidr>,
 }
@@ -181,6 +239,9 @@ pub struct Policy {
     pub action: Action,
     /// The rules (no rules: matches nothing).
     pub rules: Vec<Rule>,
+    /// Why the policy as sent could not be compiled; its rules are then the stand-in's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
 }
 
 /// A field of a policy that cannot be compiled.
@@ -210,10 +271,49 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
     Cidr::new(ip, len).map_err(|e| e.to_string())
 }
 
+/// Compiles `p`; a policy that cannot be compiled becomes its fail-closed stand-in
+/// ([`Policy::stand_in`]), logged with the reason: never an error, so a policy is never
+/// dropped (which would fail open).
 impl TryFrom<pb::L7Policy> for Policy {
     type Error = PolicyError;
 
     fn try_from(p: pb::L7Policy) -> Result<Policy, PolicyError> {
+        Ok(Policy::compile(&p).unwrap_or_else(|e| {
+            let stand_in = Policy::stand_in(&p, &e);
+            tracing::warn!(
+                policy = %stand_in.key,
+                action = ?stand_in.action,
+                error = %e,
+                "L7 policy cannot be compiled; enforcing a fail-closed stand-in (DENY: denies every request \
+                 to its targets; ALLOW: allows nothing)"
+            );
+            stand_in
+        }))
+    }
+}
+
+impl Policy {
+    /// What a policy that cannot be compiled is enforced as, failing closed: a DENY (or a
+    /// policy of an unknown action) denies every request to its targets, an ALLOW matches
+    /// nothing, an AUDIT audits every request.
+    pub fn stand_in(p: &pb::L7Policy, why: &PolicyError) -> Policy {
+        let action = match pb::l7_policy::Action::try_from(p.action) {
+            Ok(pb::l7_policy::Action::Allow) => Action::Allow,
+            Ok(pb::l7_policy::Action::Audit) => Action::Audit,
+            Ok(pb::l7_policy::Action::Deny) | Err(_) => Action::Deny,
+        };
+        // One empty rule matches every request; no rule matches none.
+        let rules = if action == Action::Allow { Vec::new() } else { vec![Rule::default()] };
+        Policy {
+            key: format!("{}/{}", p.namespace, p.name).into(),
+            action,
+            rules,
+            invalid: Some(format!("{}: {}", why.field, why.problem)),
+        }
+    }
+
+    /// Compiles `p` as written, or names the field that cannot be compiled.
+    pub fn compile(p: &pb::L7Policy) -> Result<Policy, PolicyError> {
         let key = format!("{}/{}", p.namespace, p.name);
         let err = |field: String, problem: String| PolicyError { policy: key.clone(), field, problem };
         let action = match pb::l7_policy::Action::try_from(p.action) {
@@ -240,6 +340,12 @@ impl TryFrom<pb::L7Policy> for Policy {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
+        let paths = |field: String, v: &[String]| {
+            v.iter()
+                .enumerate()
+                .map(|(i, s)| PathPattern::new(s).map_err(|e| err(format!("{field}[{i}]"), e)))
+                .collect::<Result<Vec<_>, _>>()
+        };
         let mut rules = Vec::with_capacity(p.rules.len());
         for (r, rule) in p.rules.iter().enumerate() {
             let mut from = Vec::new();
@@ -262,10 +368,10 @@ impl TryFrom<pb::L7Policy> for Policy {
                     not_hosts: wilds(&o.not_hosts, true),
                     ports: ports(format!("{f}.ports"), &o.ports)?,
                     not_ports: ports(format!("{f}.not_ports"), &o.not_ports)?,
-                    methods: o.methods.clone(),
-                    not_methods: o.not_methods.clone(),
-                    paths: o.paths.iter().map(|s| PathPattern::new(s)).collect(),
-                    not_paths: o.not_paths.iter().map(|s| PathPattern::new(s)).collect(),
+                    methods: wilds(&o.methods, false),
+                    not_methods: wilds(&o.not_methods, false),
+                    paths: paths(format!("{f}.paths"), &o.paths)?,
+                    not_paths: paths(format!("{f}.not_paths"), &o.not_paths)?,
                 });
             }
             let mut when = Vec::new();
@@ -275,6 +381,7 @@ impl TryFrom<pb::L7Policy> for Policy {
                     "source.ip" | "remote.ip" => ConditionKey::SourceIp,
                     "source.namespace" => ConditionKey::SourceNamespace,
                     "source.principal" => ConditionKey::SourcePrincipal,
+                    "destination.ip" => ConditionKey::DestinationIp,
                     "destination.port" => ConditionKey::DestinationPort,
                     k => match k.strip_prefix("request.headers[").and_then(|h| h.strip_suffix(']')) {
                         Some(h) if http::HeaderName::from_bytes(h.as_bytes()).is_ok() => {
@@ -283,7 +390,7 @@ impl TryFrom<pb::L7Policy> for Policy {
                         _ => return Err(err(format!("{f}.key"), format!("unsupported condition key {k:?}"))),
                     },
                 };
-                let (cidr_v, cidr_nv) = if key == ConditionKey::SourceIp {
+                let (cidr_v, cidr_nv) = if matches!(key, ConditionKey::SourceIp | ConditionKey::DestinationIp) {
                     (cidrs(format!("{f}.values"), &c.values)?, cidrs(format!("{f}.not_values"), &c.not_values)?)
                 } else {
                     (Vec::new(), Vec::new())
@@ -305,14 +412,14 @@ impl TryFrom<pb::L7Policy> for Policy {
             }
             rules.push(Rule { from, to, when });
         }
-        Ok(Policy { key: key.into(), action, rules })
+        Ok(Policy { key: key.into(), action, rules, invalid: None })
     }
 }
 
 /// The HTTP part of a request, absent for plain TCP.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpFacts<'a> {
-    /// Host (`:authority`), as sent.
+    /// Host (`:authority`), as sent and as forwarded.
     pub host: &'a str,
     /// Method.
     pub method: &'a str,
@@ -331,6 +438,8 @@ pub struct Facts<'a> {
     pub namespace: Option<&'a str>,
     /// The original client address.
     pub source_ip: Option<IpAddr>,
+    /// The address the client connected to: the CONNECT's target (service VIP or workload IP).
+    pub destination_ip: Option<IpAddr>,
     /// The destination (service) port.
     pub port: u16,
     /// HTTP facts; `None` on plain TCP.
@@ -459,8 +568,8 @@ fn operation_matches(o: &Operation, f: &Facts<'_>, action: Action) -> bool {
     let Some(h) = f.http else { return !needs_http || opaque(action) };
     any_of(&o.hosts, |w| host_matches(w, h.host))
         && none_of(&o.not_hosts, |w| host_matches(w, h.host))
-        && any_of(&o.methods, |m| m == h.method)
-        && none_of(&o.not_methods, |m| m == h.method)
+        && any_of(&o.methods, |m| m.matches(h.method))
+        && none_of(&o.not_methods, |m| m.matches(h.method))
         && any_of(&o.paths, |p| p.matches(h.path))
         && none_of(&o.not_paths, |p| p.matches(h.path))
 }
@@ -474,30 +583,30 @@ fn condition_matches(c: &Condition, f: &Facts<'_>, action: Action) -> bool {
     match &c.key {
         ConditionKey::Header(name) => {
             let Some(h) = f.http else { return opaque(action) };
-            // Several values of one header: Istio joins them with ','.
-            let joined;
-            let v = match h.headers.get_all(name.as_str()).iter().count() {
-                0 => None,
-                1 => h.headers.get(name.as_str()).and_then(|v| v.to_str().ok()),
-                _ => {
-                    joined = h
-                        .headers
-                        .get_all(name.as_str())
-                        .iter()
-                        .filter_map(|v| v.to_str().ok())
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    Some(joined.as_str())
-                }
-            };
-            if v.is_none() {
+            // The value as sent, bytes and all (a value that is not UTF-8 is still a value);
+            // several values of one header: Istio joins them with ','.
+            let mut values = h.headers.get_all(name.as_str()).iter();
+            let Some(first) = values.next() else {
                 // Absent header: matches only a rule made purely of not_values.
                 return c.values.is_empty();
-            }
-            strings(v)
+            };
+            let joined: std::borrow::Cow<'_, [u8]> = match values.next() {
+                None => first.as_bytes().into(),
+                Some(second) => {
+                    let mut all = first.as_bytes().to_vec();
+                    for v in std::iter::once(second).chain(values) {
+                        all.push(b',');
+                        all.extend_from_slice(v.as_bytes());
+                    }
+                    all.into()
+                }
+            };
+            let hit = |w: &Wild| !joined.is_empty() && w.matches_bytes(&joined);
+            any_of(&c.values, hit) && none_of(&c.not_values, hit)
         }
-        ConditionKey::SourceIp => {
-            let ip_in = |x: &Cidr| f.source_ip.is_some_and(|ip| x.contains(ip));
+        ConditionKey::SourceIp | ConditionKey::DestinationIp => {
+            let ip = if c.key == ConditionKey::SourceIp { f.source_ip } else { f.destination_ip };
+            let ip_in = |x: &Cidr| ip.is_some_and(|ip| x.contains(ip));
             any_of(&c.cidrs, ip_in) && none_of(&c.not_cidrs, ip_in)
         }
         ConditionKey::SourceNamespace => strings(f.namespace),

@@ -233,6 +233,44 @@ async fn websocket_upgrade_is_routed_authorized_and_spliced() {
     assert_eq!(again.headers()["x-path"], "/after");
 }
 
+/// `h2c` is not an upgrade the waypoint passes on (proxy/upgrade.rs): `Upgrade` is a list
+/// (RFC 9110 §7.8), and h2c anywhere in it must not reach the application, or an h2c-capable
+/// application switches the spliced connection to HTTP/2 and carries requests no policy sees
+/// (h2c smuggling). Only a 101 naming the protocol asked for is spliced; a 101 to another
+/// protocol is answered 502 and the client's connection stays HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_is_taken_out_of_an_upgrade_list_and_only_the_protocol_asked_for_is_spliced() {
+    let w = World::new([4, 7]).await;
+    let a = w.backend("a").await;
+    w.service("svc", 1, &[&a]);
+    w.until_endpoints("svc", 1).await;
+    let mut c = w.h1(w.vip(1)).await;
+    let req = get("/echo")
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "websocket, h2c")
+        .header("http2-settings", "AAMAAABkAAQAAP__")
+        .body(empty())
+        .unwrap();
+    let r = c.send(req).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.seen_header("upgrade"), Some("websocket"), "the application was offered: {:?}", r.body);
+    assert_eq!(r.seen_header("http2-settings"), None);
+
+    let io = w.tunnel(w.vip(1)).await;
+    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
+    let _t = Task(tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    }));
+    let mut switch_to_h2c = websocket_get("/ws/echo");
+    switch_to_h2c.headers_mut().insert("x-answer-upgrade", http::HeaderValue::from_static("h2c"));
+    let r = s.send_request(switch_to_h2c).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY, "a 101 to h2c for a websocket upgrade was spliced");
+    r.into_body().collect().await.unwrap();
+    s.ready().await.unwrap();
+    let again = s.send_request(get("/after").body(empty()).unwrap()).await.unwrap();
+    assert_eq!(again.headers()["x-path"], "/after", "the connection stays HTTP");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_over_http2_extended_connect_reaches_an_http1_websocket_server() {
     let w = World::new([4, 5]).await;

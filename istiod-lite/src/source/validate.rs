@@ -233,6 +233,11 @@ fn authorization_policy(p: &AuthorizationPolicy) -> Result<(), ObjectError> {
             }
             ports(&format!("{base}.ports"), &to.operation.ports)?;
             ports(&format!("{base}.notPorts"), &to.operation.not_ports)?;
+            for (name, v) in [("paths", &to.operation.paths), ("notPaths", &to.operation.not_paths)] {
+                for (k, path) in v.iter().enumerate() {
+                    check_path_template(path).map_err(|e| invalid(format!("{base}.{name}[{k}]"), e))?;
+                }
+            }
         }
         for (w, when) in rule.when.iter().enumerate() {
             let base = format!("spec.rules[{r}].when[{w}]");
@@ -254,6 +259,34 @@ fn authorization_policy(p: &AuthorizationPolicy) -> Result<(), ObjectError> {
                 }
                 _ => {}
             }
+        }
+    }
+    Ok(())
+}
+
+/// Istio's `CheckValidPathTemplate`: a path containing `{*}` or `{**}` is a template (Envoy's
+/// URI template); in it `{*}` and `{**}` stand only as whole segments, no other segment holds
+/// `{`, `}` (or a bare `*`, which Envoy would read as an operator), and no operator follows
+/// `{**}` (so there is at most one). A path without a template is a literal or an Istio
+/// wildcard and is not checked here.
+pub fn check_path_template(path: &str) -> Result<(), String> {
+    if !(path.contains("{*}") || path.contains("{**}")) {
+        return Ok(());
+    }
+    let mut any = false;
+    for seg in path.split('/') {
+        match seg {
+            "{*}" | "{**}" if any => {
+                return Err(format!("invalid path template {path:?}: {{**}} is not the last operator"));
+            }
+            "{**}" => any = true,
+            "{*}" => {}
+            _ if seg.contains(['{', '}', '*']) => {
+                return Err(format!(
+                    "invalid path template {path:?}: segment {seg:?} is not a literal, {{*}} or {{**}}"
+                ));
+            }
+            _ => {}
         }
     }
     Ok(())

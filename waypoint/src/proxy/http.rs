@@ -456,12 +456,19 @@ async fn handle(
     let outcome = forward::forward(attempt, |picked| account.picked(picked)).await;
     match outcome {
         Err(forward::Failure { status, text, flags }) => Local::Reply(status, text, flags).respond(account),
-        Ok(resp) if on_upgrade.is_some() && upgrade::switched(&resp) => {
+        Ok(resp) if on_upgrade.is_some() && upgrade.as_ref().is_some_and(|u| upgrade::switched(&resp, u)) => {
             let client = on_upgrade.expect("checked by the guard");
             // The spliced connection outlives this request's stream: it counts for the drain
             // on its own.
             let live = proxy.drain.track();
             switch_protocols(resp, client, &plan.response_mods, account, live, version)
+        }
+        // A 101 to a protocol nobody asked for (or to no upgrade at all) is not passed on: the
+        // client would take its connection for switched while the waypoint still reads HTTP.
+        Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            tracing::debug!(upgrade = ?resp.headers().get(header::UPGRADE), asked = ?upgrade, "the application switched to a protocol not asked for");
+            Local::Reply(StatusCode::BAD_GATEWAY, "upstream switched to a protocol not asked for\n", "UPE")
+                .respond(account)
         }
         // An HTTP/2 client reads any 2xx to its CONNECT as an open tunnel: one the application
         // did not open must not look like one.
@@ -531,6 +538,13 @@ fn prepare<'a>(
     downstream: Version,
     upgrade: bool,
 ) -> Result<(Plan<'a>, Vec<Endpoint>, Cow<'a, str>), Local> {
+    // Istio ("Authorization Policy Normalization"): a method not in upper case is refused with
+    // 400, so `delete` cannot pass a DENY on `DELETE` to an application that upper-cases it.
+    if parts.method.as_str().bytes().any(|b| !b.is_ascii_uppercase()) {
+        tracing::debug!(method = %parts.method, "refusing a method not in upper case");
+        account.path = parts.uri.path().to_owned();
+        return Err(Local::Reply(StatusCode::BAD_REQUEST, "bad request method\n", "-"));
+    }
     // Path normalization: policy, routing and the backend all see the normalized path. The
     // URI is shared, not copied: the path can borrow from it while the head is rewritten.
     let uri = parts.uri.clone();
@@ -543,7 +557,12 @@ fn prepare<'a>(
         }
     };
     account.path = path.as_ref().to_owned();
-    let authority = authority_of(parts);
+    // Policy sees the authority that is forwarded: one that is not a valid authority, or that
+    // carries userinfo (RFC 9110 §4.2.4, RFC 9113 §8.3.1), is refused.
+    let Some(authority) = checked_authority(parts) else {
+        tracing::debug!(uri = %parts.uri, host = ?parts.headers.get(header::HOST), "refusing request authority");
+        return Err(Local::Reply(StatusCode::BAD_REQUEST, "bad request authority\n", "-"));
+    };
     let target = Target { path, query: parts.uri.query().map(str::to_owned), host: bare_host(&authority), authority };
 
     authorize(proxy, ctx, parts, &target, account)?;
@@ -576,6 +595,7 @@ fn authorize(
         principal: down.peer.as_str().strip_prefix("spiffe://"),
         namespace: Some(down.peer.namespace()),
         source_ip: Some(down.client.ip()),
+        destination_ip: Some(down.target.ip()),
         port: down.dest.port(),
         http: Some(HttpFacts {
             host: &t.authority,
@@ -744,6 +764,21 @@ fn authority_of(parts: &::http::request::Parts) -> String {
         .map(|a| a.as_str().to_owned())
         .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
         .unwrap_or_default()
+}
+
+/// The request's authority as [`authority_of`] reads it, if it is one the waypoint forwards:
+/// `None` when `Host` is not a valid authority (bytes that are not ASCII, say), or when the
+/// authority carries userinfo, which a sender must not generate and `:authority` must not
+/// include (RFC 9110 §4.2.4, RFC 9113 §8.3.1): a host policy would compare `u@host` while the
+/// application reads `host`. No authority at all is `Some("")`, as before.
+fn checked_authority(parts: &::http::request::Parts) -> Option<String> {
+    let authority = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
+        (Some(a), _) => a.as_str().to_owned(),
+        (None, Some(h)) if h.is_empty() => String::new(),
+        (None, Some(h)) => ::http::uri::Authority::try_from(h.as_bytes()).ok()?.as_str().to_owned(),
+        (None, None) => String::new(),
+    };
+    (!authority.contains('@')).then_some(authority)
 }
 
 /// Puts the request's target, host and version in the form `version` wants: origin-form and

@@ -117,6 +117,8 @@ pub struct Downstream {
     pub client: SocketAddr,
     /// The destination.
     pub dest: Destination,
+    /// The CONNECT's target address (`destination.ip` and the port asked for).
+    pub target: SocketAddr,
 }
 
 impl Proxy {
@@ -194,6 +196,7 @@ impl Proxy {
             peer: req.peer_identity().clone(),
             client: req.forwarded_for().unwrap_or(req.peer_addr()),
             dest,
+            target: SocketAddr::new(ip, authority.port()),
         };
         let Ok(mut stream) = req.accept() else { return };
         let down = Arc::new(down);

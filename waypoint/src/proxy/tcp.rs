@@ -19,6 +19,7 @@ where
         principal,
         namespace: Some(down.peer.namespace()),
         source_ip: Some(down.client.ip()),
+        destination_ip: Some(down.target.ip()),
         port: down.dest.port(),
         http: None,
     };

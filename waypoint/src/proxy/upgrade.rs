@@ -9,8 +9,10 @@
 //! the bytes that crossed it. Any other answer is returned as a normal response and the
 //! client's connection stays HTTP.
 //!
-//! `h2c` is not an upgrade the waypoint passes on: it would switch the hop to the waypoint,
-//! not the application's connection, so it is dropped with the other hop-by-hop headers.
+//! `h2c` (HTTP/2 of any spelling) is not an upgrade the waypoint passes on: it would switch the
+//! application's connection to HTTP/2 whose requests no policy sees, so it is taken out of the
+//! `Upgrade` list (RFC 9110 §7.8: a list) and dropped with the other hop-by-hop headers. Only a
+//! `101` naming a protocol that was asked for is spliced; any other `101` is answered with 502.
 //!
 //! HTTP/2 clients ask with an extended CONNECT (RFC 8441: method CONNECT, `:protocol`
 //! naming the protocol), which the waypoint allows by advertising
@@ -32,8 +34,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The protocol an HTTP/1.1 request asks to switch its connection to: `Connection` lists
-/// `upgrade` and `Upgrade` names a protocol other than `h2c`.
+/// The protocols an HTTP/1.1 request asks to switch its connection to: `Connection` lists
+/// `upgrade` and `Upgrade` lists (RFC 9110 §7.8: a comma-separated list, possibly over several
+/// fields) protocols other than HTTP/2 ([`is_http2`]); those are left out, and what remains is
+/// returned as one list. `None` when nothing remains.
 pub fn requested(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
     if version != Version::HTTP_11 {
         return None;
@@ -44,11 +48,35 @@ pub fn requested(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    let proto = headers.get(header::UPGRADE)?;
-    if !listed || proto.is_empty() || proto.as_bytes().eq_ignore_ascii_case(b"h2c") {
+    if !listed {
         return None;
     }
-    Some(proto.clone())
+    let protocols = protocols(headers)?;
+    let kept: Vec<&str> = protocols.into_iter().filter(|p| !is_http2(p)).collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&kept.join(", ")).ok()
+}
+
+/// The protocols the `Upgrade` fields of `headers` list, in order; `None` if a field is not
+/// text (then nothing is upgraded) or there are none.
+fn protocols(headers: &HeaderMap) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    for v in headers.get_all(header::UPGRADE) {
+        out.extend(v.to_str().ok()?.split(',').map(str::trim).filter(|t| !t.is_empty()));
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Whether a protocol (`name[/version]`) is HTTP/2 (`h2c`, `h2`, `HTTP/2...`): an upgrade to
+/// it would switch the application's connection to a protocol whose requests the waypoint
+/// never sees (h2c smuggling).
+fn is_http2(protocol: &str) -> bool {
+    let (name, version) = protocol.split_once('/').unwrap_or((protocol, ""));
+    name.eq_ignore_ascii_case("h2c")
+        || name.eq_ignore_ascii_case("h2")
+        || (name.eq_ignore_ascii_case("http") && version.starts_with('2'))
 }
 
 /// `Sec-WebSocket-Key` (RFC 6455 §4.1), which RFC 8441 handshakes do not carry.
@@ -133,9 +161,17 @@ pub async fn splice(client: OnUpgrade, app: OnUpgrade) -> (Crossed, Option<io::E
     (Crossed { up: client.read, down: app.read }, err)
 }
 
-/// Whether an upstream answer agrees to the upgrade.
-pub fn switched<B>(resp: &Response<B>) -> bool {
-    resp.status() == ::http::StatusCode::SWITCHING_PROTOCOLS
+/// Whether an upstream answer agrees to the upgrade that was asked for: `101` whose `Upgrade`
+/// names only protocols in `asked` (the list sent upstream). A `101` to anything else is not
+/// spliced: the client would be joined to a protocol nobody asked the waypoint to pass on.
+pub fn switched<B>(resp: &Response<B>, asked: &HeaderValue) -> bool {
+    if resp.status() != ::http::StatusCode::SWITCHING_PROTOCOLS {
+        return false;
+    }
+    let Ok(asked) = asked.to_str() else { return false };
+    let asked: Vec<&str> = asked.split(',').map(str::trim).collect();
+    protocols(resp.headers())
+        .is_some_and(|chosen| chosen.iter().all(|c| !is_http2(c) && asked.iter().any(|a| a.eq_ignore_ascii_case(c))))
 }
 
 /// Counts what is read through it.
@@ -200,6 +236,40 @@ mod tests {
     fn h2c_is_not_passed_on() {
         let h2c = headers(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "H2C")]);
         assert!(requested(Version::HTTP_11, &h2c).is_none());
+        // `Upgrade` is a list (RFC 9110 §7.8), over one field or several: HTTP/2 is taken out
+        // of it wherever it stands.
+        for list in [&[("upgrade", "websocket, h2c")][..], &[("upgrade", "h2c"), ("upgrade", "websocket")]] {
+            let mut h = headers(&[("connection", "Upgrade, HTTP2-Settings")]);
+            for (k, v) in list {
+                h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            }
+            assert_eq!(requested(Version::HTTP_11, &h).unwrap(), "websocket", "{list:?}");
+        }
+        for only_http2 in ["h2c, H2", "HTTP/2.0", " , h2c ,"] {
+            let h = headers(&[("connection", "upgrade"), ("upgrade", only_http2)]);
+            assert!(requested(Version::HTTP_11, &h).is_none(), "{only_http2:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_101_to_a_protocol_asked_for_is_spliced() {
+        let answer = |status: u16, upgrade: &[&str]| {
+            let mut r = Response::builder().status(status);
+            for u in upgrade {
+                r = r.header(header::UPGRADE, *u);
+            }
+            r.body(()).unwrap()
+        };
+        let asked = HeaderValue::from_static("websocket, foo/2");
+        assert!(switched(&answer(101, &["websocket"]), &asked));
+        assert!(switched(&answer(101, &["WebSocket"]), &asked));
+        assert!(switched(&answer(101, &["foo/2"]), &asked));
+        assert!(!switched(&answer(200, &["websocket"]), &asked));
+        assert!(!switched(&answer(101, &[]), &asked));
+        assert!(!switched(&answer(101, &["h2c"]), &asked));
+        assert!(!switched(&answer(101, &["websocket", "h2c"]), &asked));
+        assert!(!switched(&answer(101, &["irc"]), &asked));
+        assert!(!switched(&answer(101, &["h2c"]), &HeaderValue::from_static("h2c")));
     }
 
     fn extended(proto: Option<&str>, method: Method, extra: &[(&str, &str)]) -> Request<()> {

@@ -638,7 +638,8 @@ async fn app(mut req: Request<Incoming>, name: &str, b: &Behaviour, counter: &At
     b.versions.lock().unwrap().push(req.version());
     let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
     // `/ws...` with `Upgrade: websocket` switches protocols, then echoes every byte, each
-    // chunk prefixed with the backend's name, until the client closes.
+    // chunk prefixed with the backend's name, until the client closes. `x-answer-upgrade`
+    // makes the 101 name that protocol instead (an application switching to something else).
     if path.starts_with("/ws") && req.headers().get("upgrade").is_some_and(|v| v == "websocket") {
         // The handshake a WebSocket server insists on (RFC 6455 §4.2.1): GET over HTTP/1.1,
         // version 13, and a key of 16 bytes in base64.
@@ -676,7 +677,10 @@ async fn app(mut req: Request<Incoming>, name: &str, b: &Behaviour, counter: &At
         return Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("connection", "upgrade")
-            .header("upgrade", "websocket")
+            .header(
+                "upgrade",
+                req.headers().get("x-answer-upgrade").cloned().unwrap_or_else(|| "websocket".parse().unwrap()),
+            )
             // Stands for the digest of the key RFC 6455 asks for: the client side here only
             // needs to tell which key it answers.
             .header("sec-websocket-accept", key)
