@@ -46,7 +46,11 @@ pub fn start(endpoint: XdsEndpoint, node: Node, handle: SnapshotHandle, gateway:
         .keep_alive_timeout(std::time::Duration::from_secs(10))
         .keep_alive_while_idle(true);
     let (caches, (address_handler, route_handler, policy_handler, backend_handler)) = caches();
-    let client = Client::new(node)
+    let mut client = Client::new(node);
+    if let Some(path) = endpoint.token_file.clone() {
+        client = client.bearer_token_file(path);
+    }
+    let client = client
         .subscribe(proto::ADDRESS_TYPE_URL, Names::Wildcard, address_handler)
         .subscribe(proto::WAYPOINT_ROUTE_TYPE_URL, Names::Wildcard, route_handler)
         .subscribe(proto::WAYPOINT_POLICY_TYPE_URL, Names::Wildcard, policy_handler)
