@@ -24,8 +24,9 @@ pub struct Netns {
     id: NetnsId,
 }
 
-/// Identity of a network namespace: equal ids mean the same namespace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Identity of a network namespace: equal ids mean the same namespace. Stored by the node
+/// agent in its pod records, to tell whether a recorded path still opens the same namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct NetnsId {
     /// Device of the nsfs filesystem.
     pub dev: u64,

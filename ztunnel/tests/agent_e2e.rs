@@ -2,7 +2,8 @@
 //! the agent decides from Kubernetes YAML, installs the redirection in the
 //! pod's namespace and hands the namespace to a ZDS client (`run_client`)
 //! that binds ztunnel's outbound listener in it; then CHECK, agent restart
-//! with re-adoption, and DEL. Needs root.
+//! with re-adoption, and DEL; and the namespaces the agent must never
+//! redirect (the node's own). Needs root.
 
 mod support;
 
@@ -291,4 +292,105 @@ async fn agent_survives_garbage_and_refuses_on_broken_enrollment() {
     assert!(msg.contains("cluster.yaml") && msg.contains("labels"), "{msg}");
     assert!(!redirect::installed(pod.netns()).unwrap());
     agent.shutdown().await;
+}
+
+/// An agent on the Files source of `dir/cluster` (holding [`CLUSTER`]) whose node namespace
+/// (`--host-netns`) is `node`.
+fn node_config(dir: &TempDir, node: &ScratchNetns, probe_snat: bool) -> AgentConfig {
+    std::fs::create_dir_all(dir.0.join("cluster")).unwrap();
+    std::fs::write(dir.0.join("cluster/pods.yaml"), CLUSTER).unwrap();
+    AgentConfig {
+        zds_socket: dir.0.join("ztunnel.sock"),
+        cni_socket: dir.0.join("cni.sock"),
+        enrollment: dir.0.join("cluster"),
+        state_dir: dir.0.join("state"),
+        capture_dns: false,
+        zds_timeout_ms: 1000,
+        enrollment_source: EnrollmentSource::Files,
+        node_name: None,
+        kubeconfig: None,
+        no_probe_snat: !probe_snat,
+        host_netns: Some(node.path().into()),
+    }
+}
+
+/// Rule: the agent never installs a pod redirection (all outbound TCP to 15001) or probe
+/// addresses in the node's own network namespace, e.g. for a CNI ADD whose CNI_NETNS is the
+/// node's. Istio never redirects a host-network pod (cni/pkg/util/podutil.go
+/// `PodRedirectionEnabled`). A scratch namespace stands in for the node (`--host-netns`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cni_add_with_the_node_netns_is_refused() {
+    let node = scratch("e2e-node");
+    let dir = TempDir::new("agent-node");
+    let config = node_config(&dir, &node, true);
+    let agent = Agent::start(config.clone()).await.unwrap();
+    let out = cni("ADD", "sandbox-node", &node.path(), "web", "uid-node", &config.cni_socket).await;
+    let installed = redirect::installed(node.netns()).unwrap();
+    let enrolled = agent.zds().pods().await;
+    // Undo whatever the agent did (the namespace goes with `node` anyway).
+    let _ = cni("DEL", "sandbox-node", &node.path(), "web", "uid-node", &config.cni_socket).await;
+    agent.shutdown().await;
+    assert!(!out.status.success(), "ADD of a pod whose netns is the node's is refused: {out:?}");
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(err["msg"].as_str().unwrap().contains("node's own"), "{err}");
+    assert!(!installed, "no pod redirection in the node's namespace");
+    assert!(enrolled.is_empty(), "nothing handed to ztunnel: {enrolled:?}");
+}
+
+/// Rule: a restarted agent re-adopts a recorded pod only in the namespace it was enrolled in.
+/// Records keep the path (`/proc/<pid>/ns/net` may since name another process's namespace) and
+/// the namespace id: a record whose path now opens another namespace is dropped, not adopted.
+/// Records written before ids were kept (no `netnsId`) still load; for them only the node's
+/// own namespace is refused (see `cni_add_with_the_node_netns_is_refused`), and an adopted one
+/// gets its id recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_adopts_records_only_in_their_own_netns() {
+    let node = scratch("e2e-rnode");
+    let kept = scratch("e2e-kept");
+    let moved_to = scratch("e2e-moved");
+    let dir = TempDir::new("agent-restore");
+    let config = node_config(&dir, &node, false);
+    let records = dir.0.join("state/pods");
+    std::fs::create_dir_all(&records).unwrap();
+    let record = |id: &str, path: String, netns_id: Option<NetnsId>| {
+        let mut r = serde_json::json!({
+            "containerId": id, "uid": format!("uid-{id}"), "netns": path,
+            "name": "web", "namespace": "mesh", "serviceAccount": "web-sa",
+        });
+        if let Some(n) = netns_id {
+            r["netnsId"] = serde_json::json!({"dev": n.dev, "ino": n.ino});
+        }
+        std::fs::write(records.join(format!("{id}.json")), r.to_string()).unwrap();
+    };
+    // Enrolled in `kept`'s namespace, but its path now opens another one.
+    record("moved", moved_to.path(), Some(kept.netns().id()));
+    // An old record (no id) whose path is the node's.
+    record("node", node.path(), None);
+    // An old record (no id) of a pod still there.
+    record("kept", kept.path(), None);
+
+    let agent = Agent::start(config.clone()).await.unwrap();
+    let enrolled = agent.zds().pods().await;
+    let moved_redirected = redirect::installed(moved_to.netns()).unwrap();
+    let node_redirected = redirect::installed(node.netns()).unwrap();
+    let kept_redirected = redirect::installed(kept.netns()).unwrap();
+    let mut left: Vec<String> =
+        std::fs::read_dir(&records).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    let pinned = std::fs::read(records.join("kept.json")).ok().and_then(|b| {
+        let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+        Some((v["netnsId"]["dev"].as_u64()?, v["netnsId"]["ino"].as_u64()?))
+    });
+    for (id, ns) in [("moved", &moved_to), ("node", &node), ("kept", &kept)] {
+        let _ = cni("DEL", id, &ns.path(), "web", &format!("uid-{id}"), &config.cni_socket).await;
+    }
+    agent.shutdown().await;
+
+    assert_eq!(enrolled, vec!["uid-kept".to_owned()]);
+    assert!(!moved_redirected, "a record whose path now opens another namespace is not adopted");
+    assert!(!node_redirected, "the node's namespace is never adopted");
+    assert!(kept_redirected, "an old record of a pod still there is adopted");
+    assert_eq!(left, vec!["kept.json".to_owned()], "dropped records are deleted");
+    let id = kept.netns().id();
+    assert_eq!(pinned, Some((id.dev, id.ino)), "the adopted old record now carries its namespace id");
 }

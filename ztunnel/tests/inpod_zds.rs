@@ -1,14 +1,16 @@
 //! ZDS end to end: the agent's server and ztunnel's client over a real unix
 //! seqpacket socket, with real namespace descriptors; plus a misbehaving
-//! agent to prove the client answers garbage with error acks. Needs root (for
-//! the scratch namespaces).
+//! agent to prove the client answers garbage with error acks; the seqpacket
+//! transport's descriptor handling; and what ztunnel's own pod handler
+//! (`Pods`) accepts as a pod's namespace. Needs root (for the scratch
+//! namespaces).
 
 mod support;
 
 use support::{Task, TempDir};
 
 use std::collections::HashSet;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ use ztunnel::agent::zds_server::{ZdsServer, ZdsServerError};
 use ztunnel::inpod::seqpacket::{SeqPacket, SeqPacketListener};
 use ztunnel::inpod::{PodHandler, run_client};
 use ztunnel::netns::{Netns, NetnsId, ScratchNetns};
+use ztunnel::proxy::pods::Pods;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -340,4 +343,100 @@ async fn a_ztunnel_that_stops_acking_is_dropped_alone() {
     // The other one carries on.
     assert!(server.del("uid-a").await);
     assert_eq!(next(&mut rx).await, Seen::Del("uid-a".into()));
+}
+
+/// How many of this process's descriptors refer to `path`.
+fn open_fds_to(path: &std::path::Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target == path)
+        .count()
+}
+
+/// Rule: every descriptor the kernel installs for a received message is owned by the
+/// receiver and closed with it, also when the message carried more than `recv`'s control
+/// buffer holds (8). unix(7): under MSG_CTRUNC the kernel closes only the excess and still
+/// installs the ones that fit; nix's `RecvMsg::cmsgs()` refuses truncated control data, so
+/// they must be walked by hand. Both ends of ZDS use this `recv`; the message is reported
+/// truncated (and refused by the ZDS client).
+#[tokio::test]
+async fn recv_owns_every_descriptor_of_a_message_with_too_many() {
+    let dir = TempDir::new("seqpacket-fds");
+    let marker = dir.0.join("marker");
+    std::fs::write(&marker, b"x").unwrap();
+    let marker = std::fs::canonicalize(&marker).unwrap();
+    let sock = dir.0.join("s.sock");
+    let listener = SeqPacketListener::bind(&sock).unwrap();
+    let (client, server) = tokio::join!(SeqPacket::connect(&sock), listener.accept());
+    let (client, server) = (client.unwrap(), server.unwrap());
+
+    let file = std::fs::File::open(&marker).unwrap();
+    let dups: Vec<OwnedFd> = (0..12).map(|_| file.try_clone().unwrap().into()).collect();
+    let raw: Vec<RawFd> = dups.iter().map(|f| f.as_raw_fd()).collect();
+    client.send_fds(b"hello", &raw).await.unwrap();
+    drop(dups);
+    // Only `file` refers to the marker now (the in-flight ones are in the socket).
+    let mut buf = [0u8; 64];
+    let msg = tokio::time::timeout(WAIT, server.recv(&mut buf)).await.expect("message in time").unwrap();
+    assert!(msg.truncated, "12 descriptors do not fit in the control buffer");
+    assert_eq!(msg.fds.len(), 8, "the descriptors that fit are handed over");
+    drop(msg);
+    assert_eq!(open_fds_to(&marker), 1, "every installed descriptor is closed with the message");
+}
+
+/// ztunnel's pod handler with loopback inputs (kernel-chosen ports); `host` is what it
+/// takes for its own network namespace.
+fn pods(host: Netns) -> Pods {
+    let ca = hbone::testing::TestCa::new("zds-pods");
+    let certs = hbone::CertStore::new(ca.roots());
+    let (inputs, _registry) = support::loopback_inputs(ztunnel::state::StateHandle::default(), certs);
+    Pods::new(inputs, "cluster.local".into(), "Kubernetes".into(), host, &ztunnel::readiness::Ready::default(), None)
+}
+
+/// Whether something accepts on 127.0.0.1:`port` inside `ns`.
+fn listening_in(ns: &Netns, port: u16) -> bool {
+    ns.run(move || std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), WAIT).is_ok()).unwrap()
+}
+
+/// Rule: a pod uid handed over again with a *different* network namespace (its sandbox was
+/// recreated while ztunnel was not connected, so the snapshot after the reconnect carries the
+/// new one) is served in the new namespace; the same namespace again is a no-op replay.
+/// Reference: Istio ztunnel, statemanager.rs `add_workload_inner` ("inodes are different, we
+/// have a new netns ... drain the old proxy and add this one").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readded_pod_with_a_new_netns_is_served_in_the_new_one() {
+    let old = scratch("pods-old");
+    let new = scratch("pods-new");
+    let pods = pods(Netns::current().unwrap());
+    let port = |pods: &Pods| pods.list().into_iter().find(|(uid, _)| uid == "uid-1").expect("pod is served").1;
+    let result = async {
+        pods.add("uid-1".into(), info("web"), old.netns().try_clone().unwrap()).await.unwrap();
+        let first = port(&pods);
+        assert!(listening_in(old.netns(), first.outbound.port()), "first add serves the old netns");
+        pods.add("uid-1".into(), info("web"), old.netns().try_clone().unwrap()).await.unwrap();
+        assert_eq!(port(&pods).outbound, first.outbound, "a replay with the same netns keeps the listeners");
+        pods.add("uid-1".into(), info("web"), new.netns().try_clone().unwrap()).await.unwrap();
+        listening_in(new.netns(), port(&pods).outbound.port())
+    }
+    .await;
+    pods.stop_all();
+    assert!(result, "after a re-add with a new netns the pod's listeners are in the new netns");
+}
+
+/// Rule: ztunnel never binds a pod's capture listeners (0.0.0.0:15001/15006/15008 in
+/// production) in its own network namespace: a pod there is on the host network, and Istio
+/// never redirects those (cni/pkg/util/podutil.go `PodRedirectionEnabled`: "we would be
+/// writing these rules into the host network namespace, effectively breaking the host").
+/// A scratch namespace stands in for ztunnel's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ztunnel_refuses_its_own_netns_as_a_pod() {
+    let host = scratch("pods-host");
+    let pods = pods(host.netns().try_clone().unwrap());
+    let result = pods.add("uid-host".into(), info("web"), host.netns().try_clone().unwrap()).await;
+    let served = pods.list();
+    pods.stop_all();
+    let err = result.expect_err("a pod netns equal to ztunnel's own is refused");
+    assert!(err.contains("ztunnel's own"), "{err}");
+    assert!(served.is_empty(), "nothing is served: {served:?}");
 }

@@ -45,7 +45,7 @@ use tokio::sync::Mutex;
 
 use crate::cni::{CniCommand, CniEvent, CniReply};
 use crate::inpod::seqpacket::SeqPacketListener;
-use crate::netns::Netns;
+use crate::netns::{Netns, NetnsId};
 use enroll::{Enrollment, Source};
 use redirect::RedirectConfig;
 use state::{PodRecord, StateDir};
@@ -171,6 +171,8 @@ pub struct Agent {
     zds: Arc<ZdsServer>,
     /// The host namespace, for the probe table; `None` when disabled.
     host: Option<Netns>,
+    /// The node's own network namespaces (the agent's and `--host-netns`): never a pod's.
+    node_netns: Vec<NetnsId>,
     /// The lock also serializes pod events and reconciliation.
     pods: Mutex<Pods>,
     /// The serving tasks, stopped by [`Agent::shutdown`].
@@ -196,7 +198,16 @@ impl Agent {
     /// Like [`Self::start`], with the enrollment source given (`config`'s
     /// source settings are ignored).
     pub async fn start_with(config: AgentConfig, source: Source) -> Result<Arc<Self>, AgentError> {
+        let mut node_netns = vec![Netns::current().map_err(AgentError::HostNetns)?.id()];
         let host = if config.no_probe_snat {
+            // Not needed for the probe table, but still the node's: never redirected.
+            match config.host_netns.as_deref().map(Netns::open) {
+                Some(Ok(host)) => node_netns.push(host.id()),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot open --host-netns; only the agent's own namespace is known as the node's")
+                }
+                None => {}
+            }
             None
         } else {
             let host = match &config.host_netns {
@@ -208,6 +219,7 @@ impl Agent {
             tokio::task::spawn_blocking(move || probe_snat::install(&for_rules))
                 .await
                 .map_err(|e| AgentError::HostNetns(std::io::Error::other(e)))??;
+            node_netns.push(host.id());
             Some(host)
         };
         let zds_listener = SeqPacketListener::bind(&config.zds_socket)
@@ -218,6 +230,7 @@ impl Agent {
             enrollment: source,
             state: StateDir::open(&config.state_dir)?,
             host,
+            node_netns,
             zds: ZdsServer::new(Duration::from_millis(config.zds_timeout_ms)),
             pods: Mutex::default(),
             tasks: std::sync::Mutex::default(),
@@ -284,8 +297,13 @@ impl Agent {
         for (id, facts) in joining {
             let mut record = pods.others.remove(&id).expect("listed above");
             record.service_account = facts.service_account;
-            match self.adopt(&record).await {
+            let adopted = match Netns::open(&record.netns) {
+                Ok(netns) => self.adopt(&record, netns).await,
+                Err(e) => Err(e.to_string()),
+            };
+            match adopted {
                 Ok((netns, ips)) => {
+                    record.netns_id = Some(netns.id());
                     if let Err(e) = self.state.save(&record) {
                         tracing::warn!(error = %e, "pod enrolled but not recorded");
                     }
@@ -335,24 +353,61 @@ impl Agent {
             }
         };
         let mut pods = self.pods.lock().await;
-        for record in records {
-            match self.adopt(&record).await {
+        for mut record in records {
+            let netns = match Netns::open(&record.netns) {
+                Ok(n) => n,
+                Err(reason) => {
+                    // The pod went away while no agent ran.
+                    tracing::info!(pod = %record.name, %reason, "forgetting recorded pod");
+                    let _ = self.state.remove(&record.container_id);
+                    continue;
+                }
+            };
+            // A path like /proc/<pid>/ns/net may now name another process's namespace:
+            // adopting it would redirect whoever that is (possibly the node itself).
+            if let Some(recorded) = record.netns_id.filter(|&r| r != netns.id()) {
+                tracing::warn!(
+                    pod = %record.name, namespace = %record.namespace, path = %record.netns,
+                    %recorded, now = %netns.id(),
+                    "recorded netns path now opens another namespace; forgetting the pod, not adopting it"
+                );
+                let _ = self.state.remove(&record.container_id);
+                continue;
+            }
+            match self.adopt(&record, netns).await {
                 Ok((netns, ips)) => {
+                    if record.netns_id.is_none() {
+                        // A record from before namespace ids were kept: pin it now.
+                        record.netns_id = Some(netns.id());
+                        if let Err(e) = self.state.save(&record) {
+                            tracing::warn!(error = %e, "could not update pod record");
+                        }
+                    }
                     tracing::info!(pod = %record.name, namespace = %record.namespace, "re-adopted recorded pod");
                     pods.enrolled.insert(record.container_id.clone(), Enrolled { record, netns, ips });
                 }
                 Err(reason) => {
-                    tracing::info!(pod = %record.name, %reason, "forgetting recorded pod");
+                    tracing::warn!(pod = %record.name, namespace = %record.namespace, %reason, "forgetting recorded pod");
                     let _ = self.state.remove(&record.container_id);
                 }
             }
         }
     }
 
-    /// Redirection, probe addresses and ZDS for one pod; returns the agent's
-    /// own handle and the pod's addresses.
-    async fn adopt(&self, record: &PodRecord) -> Result<(Netns, Vec<IpAddr>), String> {
-        let netns = Netns::open(&record.netns).map_err(|e| e.to_string())?;
+    /// Redirection, probe addresses and ZDS for one pod in `netns` (opened from
+    /// `record.netns`); returns the agent's own handle and the pod's addresses.
+    /// Refuses the node's own namespace: Istio never redirects a host-network
+    /// pod (cni/pkg/util/podutil.go, PodRedirectionEnabled), as the rules would
+    /// capture the node's own traffic. On failure nothing stays installed.
+    async fn adopt(&self, record: &PodRecord, netns: Netns) -> Result<(Netns, Vec<IpAddr>), String> {
+        if self.node_netns.contains(&netns.id()) {
+            return Err(format!(
+                "network namespace {} ({}) is the node's own (a host-network pod?); not redirecting it",
+                record.netns,
+                netns.id()
+            ));
+        }
+        let for_rules = netns.try_clone().map_err(|e| e.to_string())?;
         let ips = if self.host.is_some() {
             let for_ips = netns.try_clone().map_err(|e| e.to_string())?;
             let ips = tokio::task::spawn_blocking(move || probe_snat::pod_addresses(&for_ips))
@@ -364,19 +419,33 @@ impl Agent {
         } else {
             Vec::new()
         };
-        let for_rules = netns.try_clone().map_err(|e| e.to_string())?;
         let config = RedirectConfig { capture_dns: self.config.capture_dns };
-        tokio::task::spawn_blocking(move || redirect::install(&for_rules, &config))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("installing redirection: {e}"))?;
+        let installed = match tokio::task::spawn_blocking(move || redirect::install(&for_rules, &config)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("installing redirection: {e}")),
+            Err(e) => Err(format!("installing redirection: {e}")),
+        };
+        if let Err(e) = installed {
+            // A partly loaded table and the probe addresses go again, as for a refusal below:
+            // the pod is not enrolled, so no DEL will clean up after it.
+            remove_rules(&netns).await;
+            self.set_probe_ips(&ips, false).await;
+            return Err(e);
+        }
         let info = WorkloadInfo {
             name: record.name.clone(),
             namespace: record.namespace.clone(),
             service_account: record.service_account.clone(),
             windows_namespace: None,
         };
-        let for_zds = netns.try_clone().map_err(|e| e.to_string())?;
+        let for_zds = match netns.try_clone() {
+            Ok(n) => n,
+            Err(e) => {
+                remove_rules(&netns).await;
+                self.set_probe_ips(&ips, false).await;
+                return Err(e.to_string());
+            }
+        };
         if let Err(e) = self.zds.add(record.uid.clone(), Some(info), for_zds).await {
             remove_rules(&netns).await;
             self.set_probe_ips(&ips, false).await;
@@ -403,10 +472,11 @@ impl Agent {
             Ok(f) => f,
             Err(e) => return CniReply::refused(format!("cannot decide enrollment of {namespace}/{name}: {e}")),
         };
-        let record = PodRecord {
+        let mut record = PodRecord {
             uid: event.pod_uid.clone().or(facts.uid).unwrap_or_else(|| event.container_id.clone()),
             container_id: event.container_id.clone(),
             netns: event.netns.clone(),
+            netns_id: None,
             name,
             namespace,
             service_account: facts.service_account,
@@ -419,10 +489,15 @@ impl Agent {
             }
             return CniReply::ok(false);
         }
-        let (netns, ips) = match self.adopt(&record).await {
+        let adopted = match Netns::open(&record.netns) {
+            Ok(netns) => self.adopt(&record, netns).await,
+            Err(e) => Err(e.to_string()),
+        };
+        let (netns, ips) = match adopted {
             Ok(n) => n,
             Err(e) => return CniReply::refused(format!("pod {}/{}: {e}", record.namespace, record.name)),
         };
+        record.netns_id = Some(netns.id());
         if let Err(e) = self.state.save(&record) {
             tracing::warn!(error = %e, "pod enrolled but not recorded; an agent restart will not re-adopt it");
         }

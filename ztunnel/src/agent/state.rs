@@ -16,6 +16,12 @@ pub struct PodRecord {
     pub uid: String,
     /// Path of its network namespace.
     pub netns: String,
+    /// The namespace that path opened when the pod was enrolled (device and inode). A path
+    /// like `/proc/<pid>/ns/net` can name another namespace later (pid reuse), so a restored
+    /// record is adopted only if its path still opens this one. Absent in records written
+    /// before it existed: unknown, then only the check against the node's own namespace applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_id: Option<crate::netns::NetnsId>,
     /// Pod name.
     pub name: String,
     /// Pod namespace.

@@ -132,7 +132,10 @@ impl Session {
     ) -> Result<(), String> {
         use workload_request::Payload;
         if truncated {
-            return Err(format!("request larger than {MAX_MESSAGE} bytes"));
+            return Err(format!(
+                "request larger than {MAX_MESSAGE} bytes or with more file descriptors than accepted (got {})",
+                fds.len()
+            ));
         }
         let req = WorkloadRequest::decode(bytes).map_err(|e| format!("undecodable WorkloadRequest: {e}"))?;
         let payload = req.payload.ok_or("WorkloadRequest without payload")?;

@@ -10,7 +10,7 @@ use hbone::Identity;
 use proto::istio::workload::zds::WorkloadInfo;
 
 use crate::inpod::zds::PodHandler;
-use crate::netns::Netns;
+use crate::netns::{Netns, NetnsId};
 
 use super::netns_sockets::InPodSockets;
 use super::{PodAddrs, PodProxy, ProxyInputs};
@@ -21,11 +21,19 @@ pub struct Pods {
     trust_domain: String,
     cluster_id: String,
     host: Arc<Netns>,
-    running: Mutex<HashMap<String, (Identity, PodProxy)>>,
+    running: Mutex<HashMap<String, Running>>,
     /// Where certificates come from when not from files.
     ca: Option<crate::ca_client::CaClient>,
     /// Blocks readiness until the node agent's first snapshot has been applied.
     first_snapshot: Mutex<Option<crate::readiness::BlockReady>>,
+}
+
+/// One served pod.
+struct Running {
+    identity: Identity,
+    /// The network namespace its listeners are in.
+    netns: NetnsId,
+    proxy: PodProxy,
 }
 
 impl Pods {
@@ -53,14 +61,15 @@ impl Pods {
     /// UIDs and bound addresses of the pods served, for the admin dump.
     pub fn list(&self) -> Vec<(String, PodAddrs)> {
         let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut v: Vec<_> = running.iter().map(|(k, (_, p))| (k.clone(), p.addrs)).collect();
+        let mut v: Vec<_> = running.iter().map(|(k, r)| (k.clone(), r.proxy.addrs)).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
 
     /// Stops renewing `identity`'s certificate once no pod here runs as it.
     fn release(&self, identity: &Identity) {
-        let in_use = self.running.lock().unwrap_or_else(PoisonError::into_inner).values().any(|(i, _)| i == identity);
+        let in_use =
+            self.running.lock().unwrap_or_else(PoisonError::into_inner).values().any(|r| &r.identity == identity);
         if let (Some(ca), false) = (&self.ca, in_use) {
             ca.forget(identity);
         }
@@ -69,8 +78,8 @@ impl Pods {
     /// Stops accepting on every pod (graceful shutdown); open connections continue.
     pub fn stop_all(&self) {
         let drained: Vec<_> = self.running.lock().unwrap_or_else(PoisonError::into_inner).drain().collect();
-        for (_, (_, p)) in drained {
-            p.stop();
+        for (_, r) in drained {
+            r.proxy.stop();
         }
     }
 }
@@ -82,10 +91,34 @@ impl PodHandler for Pods {
         };
         let identity = Identity::new(&self.trust_domain, &info.namespace, &info.service_account)
             .map_err(|e| format!("pod {uid} ({}/{}): {e}", info.namespace, info.name))?;
-        if self.running.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&uid) {
-            // Replayed after a reconnect: the listeners are still there.
-            return Ok(());
+        let id = netns.id();
+        // Never bind capture listeners in ztunnel's own namespace: a pod there is on the
+        // host network, and Istio never redirects those (cni/pkg/util/podutil.go,
+        // PodRedirectionEnabled).
+        if id == self.host.id() {
+            return Err(format!(
+                "pod {uid} ({}/{}): its network namespace {id} is ztunnel's own (a host-network pod?); \
+                 refusing to bind pod listeners there",
+                info.namespace, info.name
+            ));
         }
+        let replaced = {
+            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            match running.get(&uid) {
+                // Replayed after a reconnect: the listeners are still there.
+                Some(r) if r.netns == id => return Ok(()),
+                // The sandbox was recreated while we were not told (e.g. across an agent
+                // restart): the old listeners sit in a dead namespace. As Istio's ztunnel
+                // (statemanager add_workload_inner), drop them and serve the new one.
+                Some(_) => running.remove(&uid),
+                None => None,
+            }
+        };
+        let replaced = replaced.map(|old| {
+            tracing::info!(%uid, old = %old.netns, new = %id, "pod has a new network namespace; replacing its listeners");
+            old.proxy.stop();
+            old.identity
+        });
         if let Some(ca) = &self.ca {
             // Fetched in the background: the pod's listeners come up now, and its tunnels
             // work as soon as the certificate arrives.
@@ -105,31 +138,41 @@ impl PodHandler for Pods {
         // The node agent's uid is the runtime's; the control plane names workloads
         // `<cluster>//Pod/<namespace>/<name>`, which is what the state is keyed by.
         let workload_uid = format!("{}//Pod/{}/{}", self.cluster_id, info.namespace, info.name);
-        let proxy = PodProxy::start(workload_uid, identity.clone(), sockets, self.inputs.clone())
-            .map_err(|e| format!("pod {uid}: binding listeners in its network namespace: {e}"))?;
+        let proxy = match PodProxy::start(workload_uid, identity.clone(), sockets, self.inputs.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(old) = replaced {
+                    self.release(&old);
+                }
+                return Err(format!("pod {uid}: binding listeners in its network namespace: {e}"));
+            }
+        };
         tracing::info!(%uid, pod = %format!("{}/{}", info.namespace, info.name), %identity, "serving pod");
-        self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(uid, (identity, proxy));
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(uid, Running { identity, netns: id, proxy });
+        if let Some(old) = replaced {
+            self.release(&old);
+        }
         Ok(())
     }
 
     async fn del(&self, uid: &str) {
         let removed = self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(uid);
-        if let Some((identity, p)) = removed {
-            p.stop();
-            self.release(&identity);
+        if let Some(r) = removed {
+            r.proxy.stop();
+            self.release(&r.identity);
             tracing::info!(%uid, "stopped serving pod");
         }
     }
 
     async fn snapshot_done(&self, uids: HashSet<String>) {
-        let stale: Vec<(Identity, PodProxy)> = {
+        let stale: Vec<Running> = {
             let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
             let gone: Vec<String> = running.keys().filter(|k| !uids.contains(*k)).cloned().collect();
             gone.iter().filter_map(|k| running.remove(k)).collect()
         };
-        for (identity, p) in stale {
-            p.stop();
-            self.release(&identity);
+        for r in stale {
+            r.proxy.stop();
+            self.release(&r.identity);
         }
         self.first_snapshot.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
