@@ -6,15 +6,12 @@ mod support;
 
 use std::time::Duration;
 
-use hbone::http2::{Connection, Limits};
-use rustls_pki_types::ServerName;
+use hbone::http2::Connection;
 use support::raw_h2::*;
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
-
-const CONNECT_HEAD: [(&[u8], &[u8]); 2] = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")];
 
 /// Our client `Connection` and the raw server it talks to: TLS both ways, the client's preface
 /// read, and the raw server's SETTINGS (`server_settings`) sent.
@@ -25,23 +22,7 @@ async fn client_and_raw_server(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = TlsAcceptor::from(hbone::tls::server_config(&mesh.server_store, mesh.server.clone()));
-    let cert = mesh.client_store.get(&mesh.client).unwrap();
-    let cfg = hbone::tls::client_config(&mesh.client_store, cert, vec![mesh.server.clone()]);
-    let client = async {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let tls = TlsConnector::from(cfg).connect(ServerName::IpAddress(addr.ip().into()), tcp).await.unwrap();
-        let (tcp, tls) = tls.into_inner();
-        let limits = Limits {
-            stream_window: 1 << 20,
-            connection_window: 1 << 22,
-            max_frame_size: 1 << 14,
-            max_concurrent_streams: 100,
-            max_header_list_size: 1 << 16,
-        };
-        let (conn, driver) = Connection::client(tcp, tls, limits).unwrap();
-        tokio::spawn(driver);
-        conn
-    };
+    let client = our_connection(mesh, addr);
     let server = async {
         let (tcp, _) = listener.accept().await.unwrap();
         acceptor.accept(tcp).await.unwrap()

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hbone::http2::{Connection, Limits};
 use hbone::tunnel::client::{ConnectError, ConnectTarget};
 use hbone::tunnel::server::InboundConnect;
 use http::{Request, Response, StatusCode};
 use rustls_pki_types::ServerName;
+use support::raw_h2::{CONNECT_HEAD, our_connection};
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -342,27 +342,6 @@ async fn record_counting_relay(server: SocketAddr) -> (SocketAddr, Arc<AtomicUsi
     });
     (addr, records)
 }
-
-/// Our client's `Connection` to `server` on mesh TLS (through whatever listens at `addr`).
-async fn our_connection(mesh: &Mesh, addr: SocketAddr) -> Connection {
-    let cert = mesh.client_store.get(&mesh.client).unwrap();
-    let tls = hbone::tls::client_config(&mesh.client_store, cert, vec![mesh.server.clone()]);
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = TlsConnector::from(tls).connect(ServerName::IpAddress(addr.ip().into()), tcp).await.unwrap();
-    let (tcp, tls) = tls.into_inner();
-    let limits = Limits {
-        stream_window: 1 << 20,
-        connection_window: 1 << 22,
-        max_frame_size: 1 << 14,
-        max_concurrent_streams: 100,
-        max_header_list_size: 1 << 16,
-    };
-    let (conn, driver) = Connection::client(tcp, tls, limits).unwrap();
-    tokio::spawn(driver);
-    conn
-}
-
-const CONNECT_HEAD: [(&[u8], &[u8]); 2] = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")];
 
 #[tokio::test]
 async fn the_driver_delivers_a_streams_bytes_and_its_end_to_an_attached_socket_by_itself() {

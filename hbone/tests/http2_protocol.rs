@@ -19,7 +19,7 @@ use hbone::http2::Refusal;
 use support::raw_h2::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 /// The server reports the connection as failed, naming `what`.
@@ -51,20 +51,30 @@ fn rss_mib() -> u64 {
     kib.unwrap_or(0) / 1024
 }
 
-/// A backend that reads everything to EOF, then closes.
-async fn discard_backend() -> SocketAddr {
+/// A backend on loopback that hands every connection it accepts to `serve`.
+async fn backend<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut sink = Vec::new();
-                let _ = tcp.read_to_end(&mut sink).await;
-            });
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(serve(tcp));
         }
     });
     addr
+}
+
+/// A backend that reads everything to EOF, then closes.
+async fn discard_backend() -> SocketAddr {
+    backend(|mut tcp| async move {
+        let mut sink = Vec::new();
+        let _ = tcp.read_to_end(&mut sink).await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,20 +581,12 @@ async fn a_stream_error_on_an_idle_stream_is_a_connection_error() {
 
 /// A backend that resets (RST) every connection shortly after it is accepted.
 async fn resetting_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                // Not at once: a reset that beats the tunnel's connect makes the connect fail.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                let _ = tcp.set_zero_linger();
-                drop(tcp);
-            });
-        }
-    });
-    addr
+    backend(|tcp| async move {
+        // Not at once: a reset that beats the tunnel's connect makes the connect fail.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = tcp.set_zero_linger();
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hbone::http2::ErrorCode;
 use hbone::http2::refusals::protocol_errors;
+use hbone::http2::{Connection, ErrorCode, Limits};
 use hbone::tunnel::server::{Handler, InboundConnect};
 use hbone::tunnel::stream::H2Stream;
 use rustls_pki_types::ServerName;
@@ -336,3 +336,25 @@ pub async fn holding_server(mesh: &Mesh) -> (TestServer, mpsc::UnboundedReceiver
     let (handler, held) = holder();
     (TestServer::start(&mesh.server_store, mesh.server.clone(), handler).await, held)
 }
+
+/// Our client's `Connection` to `server` on mesh TLS (through whatever listens at `addr`).
+pub async fn our_connection(mesh: &Mesh, addr: SocketAddr) -> Connection {
+    let cert = mesh.client_store.get(&mesh.client).unwrap();
+    let tls = hbone::tls::client_config(&mesh.client_store, cert, vec![mesh.server.clone()]);
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = TlsConnector::from(tls).connect(ServerName::IpAddress(addr.ip().into()), tcp).await.unwrap();
+    let (tcp, tls) = tls.into_inner();
+    let limits = Limits {
+        stream_window: 1 << 20,
+        connection_window: 1 << 22,
+        max_frame_size: 1 << 14,
+        max_concurrent_streams: 100,
+        max_header_list_size: 1 << 16,
+    };
+    let (conn, driver) = Connection::client(tcp, tls, limits).unwrap();
+    tokio::spawn(driver);
+    conn
+}
+
+/// A CONNECT request head for our client's `Connection::request`.
+pub const CONNECT_HEAD: [(&[u8], &[u8]); 2] = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")];
