@@ -16,6 +16,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hbone::http2::Refusal;
+use hbone::tunnel::H2Settings;
+use hbone::tunnel::server::Server;
 use support::raw_h2::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -649,4 +651,49 @@ async fn frames_that_cross_our_reset_are_ignored() {
     p.send(&request(3, target)).await.unwrap();
     let f = p.expect("stream 3's answer", |f| f.stream != 0).await;
     assert_eq!((f.kind, f.stream), (HEADERS, 3), "the first stream frame after the late ones: {f:?}");
+}
+
+/// An HBONE server forwarding to backends, with `settings` (`TestServer` has the defaults).
+async fn server_with(mesh: &Mesh, settings: H2Settings) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = hbone::tls::server_config(&mesh.server_store, mesh.server.clone());
+    let server = Server::new(tls, settings, forwarder(None));
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = listener.accept().await.unwrap();
+            let server = server.clone();
+            tokio::spawn(async move {
+                let _ = server.serve_connection(tcp, peer).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_pinged_then_dropped_and_an_answering_one_kept() {
+    // Nothing else bounds a connection after its handshake: a peer that vanished without a RST
+    // (or a flow a NAT dropped) held it and its streams forever. After `keepalive` of silence
+    // a PING asks; after as long again without a byte, the connection closes (Istio's ztunnel:
+    // PING every 10 s, 20 s to answer).
+    let mesh = Mesh::new();
+    let keepalive = Duration::from_millis(300);
+    let addr = server_with(&mesh, H2Settings { keepalive, ..H2Settings::default() }).await;
+    let mut silent = Peer::start(&mesh, addr).await;
+    let started = std::time::Instant::now();
+    let ping = silent.expect("a PING", |f| f.kind == PING && f.flags == 0).await;
+    assert!(started.elapsed() >= keepalive, "pinged after {:?}", started.elapsed());
+    assert_eq!(ping.stream, 0);
+    assert!(silent.closed().await, "the silent peer's connection is closed");
+    assert!(started.elapsed() < 10 * keepalive, "closed only after {:?}", started.elapsed());
+    // A peer that answers each PING stays connected well past two intervals.
+    let mut answering = Peer::start(&mesh, addr).await;
+    let until = std::time::Instant::now() + 6 * keepalive;
+    while std::time::Instant::now() < until {
+        let f = answering.expect("a PING", |f| f.kind == PING && f.flags == 0).await;
+        let payload: [u8; 8] = f.payload.try_into().unwrap();
+        answering.send(&frame(PING, ACK, 0, &payload)).await.unwrap();
+    }
+    answering.ping(*b"still up").await;
 }

@@ -476,3 +476,42 @@ async fn concurrent_bulk_tunnels_on_one_connection_deliver_every_byte_in_order()
     }
     assert_eq!(server.accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "all on one connection");
 }
+
+/// A raw HBONE server: TLS and SETTINGS, then it reads everything and answers nothing (a hung
+/// peer, or one gone without a RST behind a middlebox that still acknowledges).
+async fn silent_h2_server(mesh: &Mesh) -> SocketAddr {
+    use support::raw_h2::{Peer, settings};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(hbone::tls::server_config(&mesh.server_store, mesh.server.clone()));
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let mut p = Peer::over(tls);
+                let _ = p.send(&settings(&[])).await;
+                while p.read_more().await {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_the_peer_never_answers_fails_after_the_answer_timeout() {
+    // The handshake deadline covers TCP, TLS and the preface only: without a deadline on the
+    // answer, an application connection captured for a peer that went silent hung forever.
+    let mesh = Mesh::new();
+    let addr = silent_h2_server(&mesh).await;
+    let answer_timeout = Duration::from_millis(300);
+    let h2 = hbone::tunnel::H2Settings { answer_timeout, ..Default::default() };
+    let pool = Pool::new(PoolConfig { h2, ..PoolConfig::default() }, mesh.client_store.clone(), None);
+    let target = ConnectTarget::new("10.0.0.1:80".parse().unwrap(), None);
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), pool.connect(&mesh.key(addr), &target)).await;
+    let Err(e) = r.expect("the connect ends on its own") else { panic!("no answer is a failure") };
+    assert!(matches!(e, ConnectError::AnswerTimeout { .. }), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(2), "failed only after {:?}", started.elapsed());
+}

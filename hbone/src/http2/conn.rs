@@ -38,6 +38,11 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// SETTINGS_MAX_HEADER_LIST_SIZE.
     pub max_header_list_size: u32,
+    /// When nothing has come from the peer for this long, a PING asks; when nothing comes for
+    /// as long again, the peer is taken for gone and the connection closed (a peer that
+    /// vanished without a RST, a flow a NAT dropped, would otherwise hold it and its streams
+    /// forever).
+    pub keepalive: std::time::Duration,
 }
 
 /// Largest header block (all of HEADERS and its CONTINUATIONs) kept while it arrives.
@@ -95,6 +100,9 @@ pub enum ConnError {
     /// The peer closed the connection.
     #[error("closed by the peer")]
     Eof,
+    /// Nothing came from the peer for two keepalive intervals, a PING included.
+    #[error("peer silent for {0:?}, PING unanswered")]
+    Silent(std::time::Duration),
     /// This end closed it.
     #[error("closed")]
     Local,
@@ -135,6 +143,8 @@ enum Role {
 /// The socket and everything under the lock.
 struct Shared {
     sock: AsyncFd<StdTcp>,
+    /// Bytes read from the peer so far (see [`keep_alive`]).
+    heard: std::sync::atomic::AtomicU64,
     state: Mutex<State>,
     /// Wakes the driver: output held back, or the connection is closing.
     driver: Notify,
@@ -554,7 +564,8 @@ impl Connection {
         // the `AsyncFd` owns this socket until both are dropped together.
         #[allow(deprecated)]
         let sock = AsyncFd::new(tcp.into_std()?)?;
-        let shared = Arc::new(Shared { sock, state: Mutex::new(state), driver: Notify::new(), role, limits });
+        let heard = std::sync::atomic::AtomicU64::new(0);
+        let shared = Arc::new(Shared { sock, heard, state: Mutex::new(state), driver: Notify::new(), role, limits });
         {
             let mut st = lock(&shared);
             st.write(shared.sock.get_ref(), &[])?;
@@ -952,6 +963,7 @@ impl Drop for Stream {
 async fn drive(shared: Arc<Shared>) -> Arc<ConnError> {
     let mut buf = BytesMut::new();
     let mut reads = 0usize;
+    tokio::spawn(keep_alive(Arc::downgrade(&shared)));
     let result = loop {
         let closed = lock(&shared).closed.clone();
         if let Some(e) = closed {
@@ -988,7 +1000,11 @@ async fn drive(shared: Arc<Shared>) -> Arc<ConnError> {
                 };
                 let mut st = lock(&shared);
                 let mut rd = ShortRead { sock: shared.sock.get_ref(), short: false };
-                match st.tls.read_tls(&mut rd) {
+                let read = st.tls.read_tls(&mut rd);
+                if let Ok(n) = read {
+                    shared.heard.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                match read {
                     Ok(0) => {
                         drop(st);
                         // Frames that came just before the end still count.
@@ -1018,6 +1034,42 @@ async fn drive(shared: Arc<Shared>) -> Arc<ConnError> {
             st.close(e);
             let _ = shared.sock.get_ref().shutdown(std::net::Shutdown::Both);
             st.closed.clone().expect("just closed")
+        }
+    }
+}
+
+/// Watches a connection for a silent peer, beside its driver so the driver's loop pays nothing
+/// but a counter: after `keepalive` without a byte from the peer it sends a PING, and after as
+/// long again without one it closes the connection. Ends with the connection.
+async fn keep_alive(shared: std::sync::Weak<Shared>) {
+    let Some(every) = shared.upgrade().map(|s| s.limits.keepalive) else { return };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut heard_at_tick, mut pinged) = (0u64, false);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        let heard = shared.heard.load(Ordering::Relaxed);
+        let mut st = lock(&shared);
+        if st.closed.is_some() {
+            return;
+        }
+        if heard != heard_at_tick {
+            (heard_at_tick, pinged) = (heard, false);
+        } else if pinged {
+            tracing::debug!(silent = ?2 * every, "HTTP/2 peer silent, PING unanswered; closing");
+            st.close(ConnError::Silent(2 * every));
+            let _ = shared.sock.get_ref().shutdown(std::net::Shutdown::Both);
+            drop(st);
+            shared.driver.notify_one();
+            return;
+        } else {
+            pinged = true;
+            frame::put_ping(&mut st.out, *b"keepaliv");
+            if st.write(shared.sock.get_ref(), &[]).is_err() || st.out_blocked {
+                drop(st);
+                shared.driver.notify_one();
+            }
         }
     }
 }

@@ -397,6 +397,12 @@ pub fn put_rst_stream(dst: &mut Vec<u8>, stream: u32, code: ErrorCode) {
     dst.extend_from_slice(&code.0.to_be_bytes());
 }
 
+/// Appends a PING carrying `data`.
+pub fn put_ping(dst: &mut Vec<u8>, data: [u8; 8]) {
+    put_head(dst, 8, kind::PING, 0, 0);
+    dst.extend_from_slice(&data);
+}
+
 /// Appends a PING acknowledgement echoing `data`.
 pub fn put_ping_ack(dst: &mut Vec<u8>, data: [u8; 8]) {
     put_head(dst, 8, kind::PING, flag::ACK, 0);

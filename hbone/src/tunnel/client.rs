@@ -71,6 +71,14 @@ pub enum ConnectError {
         #[source]
         source: http2::Error,
     },
+    /// The peer did not answer the CONNECT in time (the stream was cancelled).
+    #[error("CONNECT via {addr} not answered within {after:?}")]
+    AnswerTimeout {
+        /// The peer.
+        addr: SocketAddr,
+        /// How long we waited.
+        after: std::time::Duration,
+    },
     /// The peer answered the CONNECT with something other than 200.
     #[error("CONNECT {authority} via {addr} refused: {status} {reason}")]
     Refused {
@@ -107,6 +115,9 @@ impl ConnectError {
     pub(crate) fn connection_failed(&self) -> bool {
         match self {
             ConnectError::Http2 { source, .. } => source.is_connection() || matches!(source, http2::Error::Refused(_)),
+            // A peer that connects to a destination answers 503 within its own timeout; one
+            // silent past ours is likely gone (no RST came): the next stream gets a new connection.
+            ConnectError::AnswerTimeout { .. } => true,
             _ => false,
         }
     }
@@ -137,11 +148,13 @@ pub(crate) async fn handshake(
     Ok(conn)
 }
 
-/// Sends one CONNECT on `conn` and waits for the answer.
+/// Sends one CONNECT on `conn` and waits for the answer, at most `answer_timeout` (dropping the
+/// request then cancels the stream).
 pub(crate) async fn connect_stream(
     conn: &Connection,
     addr: SocketAddr,
     target: &ConnectTarget,
+    answer_timeout: std::time::Duration,
 ) -> Result<http2::Stream, ConnectError> {
     let authority = target.authority.to_string();
     let forwarded = target.forwarded_for.map(forwarded_for);
@@ -156,7 +169,10 @@ pub(crate) async fn connect_stream(
     if let Some(f) = &forwarded {
         fields.push((FORWARDED.as_bytes(), f.as_bytes()));
     }
-    let (stream, head) = conn.request(&fields).await.map_err(|source| ConnectError::Http2 { addr, source })?;
+    let (stream, head) = tokio::time::timeout(answer_timeout, conn.request(&fields))
+        .await
+        .map_err(|_| ConnectError::AnswerTimeout { addr, after: answer_timeout })?
+        .map_err(|source| ConnectError::Http2 { addr, source })?;
     if head.status == StatusCode::OK {
         return Ok(stream);
     }

@@ -31,6 +31,13 @@ pub struct H2Settings {
     pub max_concurrent_streams: u32,
     /// Time allowed for TCP connect (client), TLS and the HTTP/2 preface (both ends).
     pub handshake_timeout: Duration,
+    /// Silence from the peer after which a PING asks whether it is still there; as long again
+    /// without a byte closes the connection (Istio's ztunnel: PING every 10 s, 20 s to answer).
+    pub keepalive: Duration,
+    /// Client: time allowed for the answer to a CONNECT. Longer than a peer's own connect to
+    /// the destination (ztunnel's is 10 s), so its 503 comes first; past it the peer itself
+    /// is taken for unresponsive.
+    pub answer_timeout: Duration,
 }
 
 /// Largest request or response head accepted (RFC 9113 §6.5.2 counting). A CONNECT's head is
@@ -46,6 +53,7 @@ impl H2Settings {
             max_frame_size: self.max_frame_size,
             max_concurrent_streams: self.max_concurrent_streams,
             max_header_list_size: MAX_HEADER_LIST_SIZE,
+            keepalive: self.keepalive,
         }
     }
 }
@@ -58,6 +66,8 @@ impl Default for H2Settings {
             max_frame_size: 1024 * 1024,
             max_concurrent_streams: 100,
             handshake_timeout: Duration::from_secs(5),
+            answer_timeout: Duration::from_secs(15),
+            keepalive: Duration::from_secs(10),
         }
     }
 }

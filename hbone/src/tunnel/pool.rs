@@ -163,7 +163,7 @@ impl Pool {
 
     async fn open_on(&self, conn: &Arc<Conn>, key: &PoolKey, target: &ConnectTarget) -> Result<H2Stream, ConnectError> {
         let guard = Arc::new(StreamGuard { conn: conn.clone(), inner: Arc::downgrade(&self.inner) });
-        let stream = connect_stream(&conn.h2, key.addr, target).await?;
+        let stream = connect_stream(&conn.h2, key.addr, target, self.inner.cfg.h2.answer_timeout).await?;
         Ok(H2Stream::new(stream, Some(guard)))
     }
 

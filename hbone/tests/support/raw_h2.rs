@@ -350,6 +350,7 @@ pub async fn our_connection(mesh: &Mesh, addr: SocketAddr) -> Connection {
         max_frame_size: 1 << 14,
         max_concurrent_streams: 100,
         max_header_list_size: 1 << 16,
+        keepalive: Duration::from_secs(10),
     };
     let (conn, driver) = Connection::client(tcp, tls, limits).unwrap();
     tokio::spawn(driver);

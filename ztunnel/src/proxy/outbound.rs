@@ -162,5 +162,6 @@ fn refusal_reason(e: &hbone::tunnel::client::ConnectError) -> &'static str {
         E::Tls { .. } => "tls_failed",
         E::Tcp { .. } | E::HandshakeTimeout(_) => "connect_failed",
         E::Http2 { .. } => "http2_failed",
+        E::AnswerTimeout { .. } => "connect_unanswered",
     }
 }
