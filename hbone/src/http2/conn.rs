@@ -1340,26 +1340,13 @@ fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>) -> Result<(), FrameEr
         }
         Frame::Settings { ack: true, .. } => {}
         Frame::Settings { ack: false, params } => {
+            // The frame is applied as a unit (RFC 9113 §6.5.3): of several INITIAL_WINDOW_SIZE
+            // entries only the last counts, so the walk over every stream's window happens once
+            // per frame, not once per entry (a 1 MiB frame of them held the lock for long).
+            let mut initial_window = None;
             for (id, value) in frame::settings_entries(params) {
                 match id {
-                    setting::INITIAL_WINDOW_SIZE => {
-                        let delta = value as i64 - st.peer.initial_window as i64;
-                        st.peer.initial_window = value;
-                        for slot in st.streams.values_mut() {
-                            slot.send_window += delta;
-                            if slot.send_window > frame::MAX_WINDOW as i64 {
-                                return Err(conn(
-                                    E::FLOW_CONTROL_ERROR,
-                                    "SETTINGS_INITIAL_WINDOW_SIZE overflows a window",
-                                ));
-                            }
-                            if delta > 0
-                                && let Some(w) = slot.send_waker.take()
-                            {
-                                w.wake();
-                            }
-                        }
-                    }
+                    setting::INITIAL_WINDOW_SIZE => initial_window = Some(value),
                     setting::MAX_FRAME_SIZE => st.peer.max_frame = value,
                     // A server may not turn push on (RFC 9113 §6.5.2); we never push either way.
                     setting::ENABLE_PUSH if shared.role == Role::Client && value != 0 => {
@@ -1367,6 +1354,21 @@ fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>) -> Result<(), FrameEr
                     }
                     setting::MAX_CONCURRENT_STREAMS => st.peer.max_concurrent = value,
                     _ => {}
+                }
+            }
+            if let Some(value) = initial_window {
+                let delta = value as i64 - st.peer.initial_window as i64;
+                st.peer.initial_window = value;
+                for slot in st.streams.values_mut() {
+                    slot.send_window += delta;
+                    if slot.send_window > frame::MAX_WINDOW as i64 {
+                        return Err(conn(E::FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE overflows a window"));
+                    }
+                    if delta > 0
+                        && let Some(w) = slot.send_waker.take()
+                    {
+                        w.wake();
+                    }
                 }
             }
             frame::put_settings_ack(&mut st.out);
