@@ -1031,11 +1031,16 @@ async fn drive(shared: Arc<Shared>) -> Arc<ConnError> {
     match result {
         Err(e) => e,
         Ok(e) => {
-            st.close(e);
-            let _ = shared.sock.get_ref().shutdown(std::net::Shutdown::Both);
+            end(&shared, &mut st, e);
             st.closed.clone().expect("just closed")
         }
     }
+}
+
+/// Fails the connection with `e` (every stream learns it) and shuts its socket.
+fn end(shared: &Shared, st: &mut State, e: ConnError) {
+    st.close(e);
+    let _ = shared.sock.get_ref().shutdown(std::net::Shutdown::Both);
 }
 
 /// Watches a connection for a silent peer, beside its driver so the driver's loop pays nothing
@@ -1058,8 +1063,7 @@ async fn keep_alive(shared: std::sync::Weak<Shared>) {
             (heard_at_tick, pinged) = (heard, false);
         } else if pinged {
             tracing::debug!(silent = ?2 * every, "HTTP/2 peer silent, PING unanswered; closing");
-            st.close(ConnError::Silent(2 * every));
-            let _ = shared.sock.get_ref().shutdown(std::net::Shutdown::Both);
+            end(&shared, &mut st, ConnError::Silent(2 * every));
             drop(st);
             shared.driver.notify_one();
             return;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use proto::envoy::config::core::v3::Node;
 use proto::istio::workload::Address as PbAddress;
 use proto::mesh::waypoint::v1 as pb;
-use xds::client::{Cache, Client, ClientHandle, Names, ResourceHandler, cache_handler};
+use xds::client::{Cache, ClientHandle, Names, ResourceHandler, cache_handler};
 use ztunnel::state::convert::Address;
 use ztunnel::state::xds::XdsEndpoint;
 use ztunnel::state::{State as MeshState, StateConfig};
@@ -46,11 +46,8 @@ pub fn start(endpoint: XdsEndpoint, node: Node, handle: SnapshotHandle, gateway:
         .keep_alive_timeout(std::time::Duration::from_secs(10))
         .keep_alive_while_idle(true);
     let (caches, (address_handler, route_handler, policy_handler, backend_handler)) = caches();
-    let mut client = Client::new(node);
-    if let Some(path) = endpoint.token_file.clone() {
-        client = client.bearer_token_file(path);
-    }
-    let client = client
+    let client = endpoint
+        .client(node)
         .subscribe(proto::ADDRESS_TYPE_URL, Names::Wildcard, address_handler)
         .subscribe(proto::WAYPOINT_ROUTE_TYPE_URL, Names::Wildcard, route_handler)
         .subscribe(proto::WAYPOINT_POLICY_TYPE_URL, Names::Wildcard, policy_handler)

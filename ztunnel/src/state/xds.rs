@@ -48,6 +48,15 @@ impl From<tonic::transport::Endpoint> for XdsEndpoint {
 }
 
 impl XdsEndpoint {
+    /// An xDS client identifying as `node` that sends this endpoint's token, if it has one.
+    pub fn client(&self, node: Node) -> Client {
+        let client = Client::new(node);
+        match &self.token_file {
+            Some(path) => client.bearer_token_file(path.clone()),
+            None => client,
+        }
+    }
+
     /// Opens a channel; a failure is logged with its whole cause (a certificate that names
     /// the wrong host must say so in the log, not only "transport error").
     async fn connect(self) -> Result<tonic::transport::Channel, tonic::transport::Error> {
@@ -77,11 +86,8 @@ pub fn start(endpoint: impl Into<XdsEndpoint>, node: Node, handle: StateHandle, 
         cache_handler(|_name: &str, a: PbAddress| Address::try_from(a).map_err(|e| e.to_string()));
     let (policies, policy_handler) =
         cache_handler(|_name: &str, a: Authorization| convert::policy_fail_closed(a).map_err(|e| e.to_string()));
-    let mut client = Client::new(node);
-    if let Some(path) = endpoint.token_file.clone() {
-        client = client.bearer_token_file(path);
-    }
-    let client = client
+    let client = endpoint
+        .client(node)
         .subscribe(proto::ADDRESS_TYPE_URL, Names::Wildcard, address_handler)
         .subscribe(proto::AUTHORIZATION_TYPE_URL, Names::Wildcard, policy_handler)
         .spawn_with(move || endpoint.clone().connect());
