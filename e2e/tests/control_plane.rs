@@ -2,6 +2,7 @@
 //! proxies take state over delta xDS and certificates from its CA. Needs root and the binaries
 //! (`cargo build -p ztunnel -p istiod-lite --bins`; `cargo test --workspace` builds them).
 
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,23 @@ fn mesh_runs_from_the_control_plane() {
         assert!(dump["certificates"].to_string().contains("spiffe://cluster.local/ns/shop/sa/web-2"), "{dump}");
         assert!(mesh.istiod_log().contains("certificate issued"), "{}", mesh.istiod_log());
 
+        // A connection client-1 holds open across the policy change below: an echo on 9090.
+        let echo = web2.netns.tcp_listener(std::net::SocketAddr::from((web2.ip, 9090)))?;
+        let echo_thread = std::thread::spawn(move || {
+            if let Ok((mut s, _)) = echo.accept() {
+                let mut r = s.try_clone().expect("clone");
+                let _ = std::io::copy(&mut r, &mut s);
+            }
+        });
+        let client1 = mesh.pod("tools", "client-1").clone();
+        let mut held =
+            client1.netns.tcp_connect(std::net::SocketAddr::from((web2.ip, 9090)), Duration::from_secs(5))?;
+        held.set_read_timeout(Some(Duration::from_secs(5)))?;
+        held.write_all(b"ping")?;
+        let mut b = [0u8; 4];
+        held.read_exact(&mut b)?;
+        assert_eq!(&b, b"ping", "the held connection echoes before the policy change");
+
         // Editing a policy file changes the verdict; measure until both ztunnels have it.
         let edited = Instant::now();
         mesh.set_k8s_policies(DENY_CLIENT_1)?;
@@ -82,6 +100,16 @@ fn mesh_runs_from_the_control_plane() {
         );
         assert!(converged < Duration::from_secs(1), "policy change took {converged:?}");
         assert!(mesh.get(("tools", "client-1"), &url2).is_err(), "client-1 is now denied");
+        // ...and the connection it held open was closed by web-2's ztunnel: reset, not ended.
+        let after = held.read(&mut b);
+        assert!(
+            matches!(&after, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{after:?}\n--- node2 ---\n{}",
+            mesh.ztunnel_log(2)
+        );
+        assert!(mesh.ztunnel_log(2).contains("closing a connection the new policy refuses"), "{}", mesh.ztunnel_log(2));
+        drop(held);
+        let _ = echo_thread.join();
         assert!(mesh.get(("tools", "client-2"), &url2)?.contains("hello"), "client-2 is not");
 
         // A (re)added pod becomes reachable through the mesh.

@@ -165,13 +165,7 @@ pub async fn start(
     let registry = Arc::new(registry);
     let drain = Drain::default();
     let proxy_cfg = ProxyConfig { transparent_inbound: !cfg.no_transparent, ..ProxyConfig::default() };
-    let inputs = ProxyInputs {
-        state: state.clone(),
-        certs: store.clone(),
-        metrics,
-        cfg: Arc::new(proxy_cfg),
-        drain: drain.clone(),
-    };
+    let inputs = ProxyInputs::new(state.clone(), store.clone(), metrics, Arc::new(proxy_cfg), drain.clone(), &admin_rt);
     let host = Netns::current().map_err(StartError::Netns)?;
     let pods = Arc::new(Pods::new(inputs, cfg.trust_domain.clone(), cfg.cluster_id.clone(), host, &ready, ca));
 

@@ -117,3 +117,39 @@ async fn a_tunnel_opened_before_the_pods_certificate_waits_for_it() {
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b)).await.unwrap().unwrap();
     assert_eq!(&b, b"ping");
 }
+
+/// Policy holds for a connection's whole life: a policy change that refuses an open tunnel
+/// closes it (reset, counted, logged), and one that still allows it leaves it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_the_new_policy_refuses_is_closed() {
+    let Loopback { handle, registry, backend, pool, key, _pod, .. } = loopback("127.0.0.1", true).await;
+    let ping = |mut s: hbone::tunnel::stream::H2Stream| async move {
+        s.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b)).await.unwrap().unwrap();
+        assert_eq!(&b, b"ping");
+        s
+    };
+    let s = ping(pool.connect(&key, &ConnectTarget::new(backend, None)).await.unwrap()).await;
+
+    // New states that still allow the source: the tunnel carries on.
+    handle.store(state("127.0.0.1"));
+    handle.store(state("127.0.0.1"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut s = ping(s).await;
+
+    // Now only 10.1.2.3 is allowed: the open tunnel is reset, not left running.
+    handle.store(state("10.1.2.3"));
+    let mut b = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await.expect("closed promptly");
+    assert!(read.is_err(), "the tunnel is reset, not ended cleanly: {read:?}");
+    let metrics = ztunnel::metrics::encode(&registry);
+    assert!(
+        metrics.contains("ztunnel_connections_denied_total{reporter=\"destination\",reason=\"policy_revoked\"} 1"),
+        "{metrics}"
+    );
+    // Counted as closed, with the bytes it moved before (two pings of 4 bytes each way).
+    let line = |name: &str| metrics.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_owned();
+    assert!(line("istio_tcp_connections_closed_total{").ends_with(" 1"), "{metrics}");
+    assert!(line("istio_tcp_received_bytes_total{").ends_with(" 8"), "{metrics}");
+}

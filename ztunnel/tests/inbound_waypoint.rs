@@ -43,11 +43,15 @@ enum Waypoint {
 /// `shop/web` at `web_ip`, the waypoint pod `shop/waypoint-0` (service account `waypoint`)
 /// behind Service `shop/waypoint`, and a client `tools/client`.
 fn state(web_ip: &str, waypoint: Waypoint) -> ztunnel::state::State {
+    file::parse(&state_yaml(web_ip, waypoint), StateConfig::default()).unwrap()
+}
+
+fn state_yaml(web_ip: &str, waypoint: Waypoint) -> String {
     let waypoint = match waypoint {
         Waypoint::None => String::new(),
         Waypoint::Host(h) => format!("  waypoint: {{hostname: {{namespace: shop, hostname: {h}}}}}\n"),
     };
-    let yaml = format!(
+    format!(
         r#"
 workloads:
 - name: web
@@ -72,8 +76,7 @@ services:
   addresses: ["10.96.79.9"]
   ports: [{{servicePort: 15008, targetPort: 15008}}]
 "#
-    );
-    file::parse(&yaml, StateConfig::default()).unwrap()
+    )
 }
 
 fn denied(metrics: &str, reporter: &str, reason: &str) -> u64 {
@@ -212,13 +215,14 @@ async fn plaintext_to_a_workload_behind_a_waypoint_is_reset() {
     certs.insert(ca.issue(&web, DAY));
     let handle = StateHandle::new(state(POD_IP, Waypoint::Host(WAYPOINT_HOST)));
     let mut registry = Registry::default();
-    let inputs = ProxyInputs {
-        state: handle.clone(),
+    let inputs = ProxyInputs::new(
+        handle.clone(),
         certs,
-        metrics: Metrics::register(&mut registry),
-        cfg: Arc::new(ProxyConfig { transparent_inbound: false, ..ProxyConfig::default() }),
-        drain: Default::default(),
-    };
+        Metrics::register(&mut registry),
+        Arc::new(ProxyConfig { transparent_inbound: false, ..ProxyConfig::default() }),
+        Default::default(),
+        &tokio::runtime::Handle::current(),
+    );
     let sockets = InPodSockets::new(Arc::new(w.pod.netns().try_clone().unwrap()), Arc::new(Netns::current().unwrap()));
     let _proxy = PodProxy::start("Kubernetes//Pod/shop/web".into(), web, sockets, inputs).unwrap();
     let (accepted, _app) = app(w.pod.netns());
@@ -240,4 +244,60 @@ async fn plaintext_to_a_workload_behind_a_waypoint_is_reset() {
     let got = tokio::task::spawn_blocking(move || outsider_echo(&outsider)).await.unwrap();
     assert_eq!(got.expect("delivered"), b"hello");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+/// Policy holds for a plaintext connection's whole life too: one open while the pod allowed
+/// it is reset once a new policy refuses it, and the application's end is closed as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_plaintext_the_new_policy_refuses_is_reset() {
+    let w = world("revoke-plain");
+    redirect::install(w.pod.netns(), &RedirectConfig::default()).unwrap();
+    let ca = TestCa::new("plaintext revoked");
+    let web = id("shop", "web");
+    let certs = CertStore::new(ca.roots());
+    certs.insert(ca.issue(&web, DAY));
+    let handle = StateHandle::new(state(POD_IP, Waypoint::None));
+    let mut registry = Registry::default();
+    let inputs = ProxyInputs::new(
+        handle.clone(),
+        certs,
+        Metrics::register(&mut registry),
+        Arc::new(ProxyConfig { transparent_inbound: false, ..ProxyConfig::default() }),
+        Default::default(),
+        &tokio::runtime::Handle::current(),
+    );
+    let sockets = InPodSockets::new(Arc::new(w.pod.netns().try_clone().unwrap()), Arc::new(Netns::current().unwrap()));
+    let _proxy = PodProxy::start("Kubernetes//Pod/shop/web".into(), web, sockets, inputs).unwrap();
+    let (accepted, _app) = app(w.pod.netns());
+
+    let dst: SocketAddr = format!("{POD_IP}:{APP_PORT}").parse().unwrap();
+    let mut s =
+        w.outsider.netns().run(move || TcpStream::connect_timeout(&dst, Duration::from_secs(3))).unwrap().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let echo = move |mut s: TcpStream| {
+        tokio::task::spawn_blocking(move || {
+            s.write_all(b"hello")?;
+            let mut b = [0u8; 5];
+            s.read_exact(&mut b)?;
+            assert_eq!(&b, b"hello");
+            Ok::<_, std::io::Error>(s)
+        })
+    };
+    s = echo(s).await.unwrap().expect("delivered while PERMISSIVE allows it");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    // Only 10.9.9.9 may connect now: the open connection is reset, not left running.
+    let only = "policies:\n- {name: only-from, namespace: shop, scope: NAMESPACE, action: ALLOW, groups: [{rules: [{matches: [{sourceIps: [10.9.9.9/32]}]}]}]}\n";
+    let yaml = state_yaml(POD_IP, Waypoint::None) + only;
+    handle.store(file::parse(&yaml, StateConfig::default()).unwrap());
+    let got = tokio::task::spawn_blocking(move || {
+        let mut b = [0u8; 5];
+        s.read(&mut b)
+    })
+    .await
+    .unwrap();
+    let e = got.expect_err("reset, not a clean end or a timeout");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    let m = ztunnel::metrics::encode(&registry);
+    assert_eq!(denied(&m, "destination", "policy_revoked"), 1, "{m}");
 }

@@ -139,13 +139,14 @@ async fn a_service_with_a_waypoint_is_tunnelled_to_the_waypoint() {
     certs.insert(ca.issue(&client, DAY));
     let handle = StateHandle::new(state(WAYPOINT_IP));
     let mut registry = Registry::default();
-    let inputs = ProxyInputs {
-        state: handle.clone(),
+    let inputs = ProxyInputs::new(
+        handle.clone(),
         certs,
-        metrics: Metrics::register(&mut registry),
-        cfg: Arc::new(ProxyConfig { transparent_inbound: false, ..ProxyConfig::default() }),
-        drain: Default::default(),
-    };
+        Metrics::register(&mut registry),
+        Arc::new(ProxyConfig { transparent_inbound: false, ..ProxyConfig::default() }),
+        Default::default(),
+        &tokio::runtime::Handle::current(),
+    );
     let sockets = InPodSockets::new(Arc::new(w.pod.netns().try_clone().unwrap()), Arc::new(Netns::current().unwrap()));
     let _proxy = PodProxy::start("Kubernetes//Pod/tools/client".into(), client.clone(), sockets, inputs).unwrap();
 

@@ -16,7 +16,7 @@
 //! task writes it from the received frames as they are.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::os::fd::AsFd;
 use std::pin::Pin;
@@ -53,14 +53,18 @@ pub enum CopyError {
     /// The tunnel stream was reset or its connection failed; the socket was reset in turn.
     #[error("tunnel failed: {0}")]
     Tunnel(#[source] http2::Error),
+    /// The caller stopped the copy (see [`copy_bidirectional_until`]); both ends were reset.
+    #[error("stopped")]
+    Stopped,
 }
 
 impl CopyError {
-    /// The end that failed first.
-    pub fn side(&self) -> Side {
+    /// The end that failed first; `None` when neither did and the copy was stopped.
+    pub fn side(&self) -> Option<Side> {
         match self {
-            CopyError::Socket(_) => Side::Socket,
-            CopyError::Tunnel(_) => Side::Tunnel,
+            CopyError::Socket(_) => Some(Side::Socket),
+            CopyError::Tunnel(_) => Some(Side::Tunnel),
+            CopyError::Stopped => None,
         }
     }
 }
@@ -77,7 +81,20 @@ pub struct CopyOutcome {
 }
 
 /// Copies both ways until both directions have closed, or either end fails.
-pub async fn copy_bidirectional(mut tcp: TcpStream, stream: H2Stream) -> CopyOutcome {
+pub async fn copy_bidirectional(tcp: TcpStream, stream: H2Stream) -> CopyOutcome {
+    copy_bidirectional_until(tcp, stream, std::future::pending()).await
+}
+
+/// As [`copy_bidirectional`], and ends early when `stop` completes: the socket is reset and
+/// the stream reset with CONNECT_ERROR, so each application sees its connection fail, not a
+/// clean end it could take for a complete response. The bytes moved until then are counted.
+/// `stop` is polled whenever the copy is, so it must be cheap to poll (a `oneshot::Receiver`
+/// is: one atomic load).
+pub async fn copy_bidirectional_until(
+    mut tcp: TcpStream,
+    stream: H2Stream,
+    stop: impl Future<Output = ()>,
+) -> CopyOutcome {
     let H2Stream { inner, pending, guard, .. } = stream;
     let mut to_tunnel = 0u64;
     let mut from_tunnel = 0u64;
@@ -85,7 +102,12 @@ pub async fn copy_bidirectional(mut tcp: TcpStream, stream: H2Stream) -> CopyOut
         let (mut rd, wr) = tcp.split();
         let up = socket_to_tunnel(&mut rd, &inner, &mut to_tunnel);
         let down = tunnel_to_socket(wr.as_ref(), &inner, pending, &mut from_tunnel);
-        tokio::try_join!(up, down).map(|_| ())
+        let both = async { tokio::try_join!(up, down).map(|_| ()) };
+        tokio::select! {
+            biased;
+            r = both => r,
+            () = stop => Err(CopyError::Stopped),
+        }
     };
     match &result {
         Err(CopyError::Tunnel(_)) => {
@@ -93,6 +115,10 @@ pub async fn copy_bidirectional(mut tcp: TcpStream, stream: H2Stream) -> CopyOut
             let _ = tcp.set_zero_linger();
         }
         Err(CopyError::Socket(_)) => inner.reset(ErrorCode::CONNECT_ERROR),
+        Err(CopyError::Stopped) => {
+            let _ = tcp.set_zero_linger();
+            inner.reset(ErrorCode::CONNECT_ERROR);
+        }
         Ok(()) => {}
     }
     from_tunnel += inner.sunk();

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use hbone::tunnel::copy::copy_bidirectional;
+use hbone::tunnel::copy::copy_bidirectional_until;
 use hbone::tunnel::server::{InboundConnect, Server};
 use http::StatusCode;
 use tokio::net::TcpListener;
@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use crate::metrics::{ConnMetrics, Reporter, SecurityPolicy};
 use crate::state::ConnInfo;
 
+use super::admitted::Decided;
 use super::telemetry::Ends;
 use super::{Pod, PodSockets};
 
@@ -122,14 +123,32 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
         dst_ip: authority.ip(),
         dst_port: authority.port(),
     });
+    let version = state.version();
     // Decided: the connection keeps only what it uses, not the whole snapshot.
     drop(state);
-    if !verdict.allowed {
-        metrics.denied(Reporter::Destination, "policy");
-        ends.log("inbound", Some(&verdict), 0, 0, started.elapsed(), None);
-        req.refuse(StatusCode::UNAUTHORIZED, &verdict.to_string());
-        return;
-    }
+    let admitted = match verdict.allowed {
+        true => pod.inputs.admitted().admit(
+            Decided {
+                src_identity: Some(&peer),
+                src_ip: client.ip(),
+                dst: &me,
+                dst_ip: authority.ip(),
+                dst_port: authority.port(),
+                version,
+            },
+            &pod.inputs.state,
+        ),
+        false => Err(verdict.clone()),
+    };
+    let (verdict, mut admission) = match admitted {
+        Ok(a) => (verdict, a),
+        Err(refused) => {
+            metrics.denied(Reporter::Destination, "policy");
+            ends.log("inbound", Some(&refused), 0, 0, started.elapsed(), None);
+            req.refuse(StatusCode::UNAUTHORIZED, &refused.to_string());
+            return;
+        }
+    };
     let source = (pod.inputs.cfg.transparent_inbound && !client.ip().is_loopback()).then_some(client.ip());
     let app = match pod.connect(authority, source).await {
         Ok(t) => t,
@@ -143,8 +162,17 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
     let Ok(stream) = req.accept() else { return };
     let conn = ConnMetrics::open(metrics, &ends.labels(Reporter::Destination, SecurityPolicy::MutualTls));
     // For the destination, "received" is what came from the tunnel (the client's bytes).
-    let outcome = copy_bidirectional(app, stream).await;
+    let mut revoked_by = None;
+    let revoked = async { revoked_by = Some(admission.revoked().await) };
+    let outcome = copy_bidirectional_until(app, stream, revoked).await;
     conn.close(outcome.from_tunnel, outcome.to_tunnel);
-    let err = outcome.result.as_ref().err().map(|e| e as &dyn std::fmt::Display);
+    let (verdict, err) = match revoked_by {
+        Some(by) => (by, Some(&REVOKED as &dyn std::fmt::Display)),
+        None => (verdict, outcome.result.as_ref().err().map(|e| e as &dyn std::fmt::Display)),
+    };
     ends.log("inbound", Some(&verdict), outcome.from_tunnel, outcome.to_tunnel, started.elapsed(), err);
 }
+
+/// The access log's error for a connection closed by a policy change (the verdict beside it
+/// names the policy).
+pub(crate) const REVOKED: &str = "closed: the policy now refuses this connection";

@@ -13,7 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::metrics::{ConnMetrics, Reporter, SecurityPolicy};
 use crate::state::ConnInfo;
 
-use super::outbound::{abort, copy_plain};
+use super::admitted::Decided;
+use super::inbound::REVOKED;
+use super::outbound::{abort, copy_plain_until};
 use super::sockets::original_dst;
 use super::telemetry::Ends;
 use super::{Pod, PodSockets};
@@ -73,14 +75,32 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: SocketAddr)
         dst_ip: dst.ip(),
         dst_port: dst.port(),
     });
+    let version = state.version();
     // Decided: the connection keeps only what it uses, not the whole snapshot.
     drop(state);
-    if !verdict.allowed {
-        metrics.denied(Reporter::Destination, "policy");
-        ends.log("inbound_plaintext", Some(&verdict), 0, 0, started.elapsed(), None);
-        abort(tcp);
-        return;
-    }
+    let admitted = match verdict.allowed {
+        true => pod.inputs.admitted().admit(
+            Decided {
+                src_identity: None,
+                src_ip: client.ip(),
+                dst: &me,
+                dst_ip: dst.ip(),
+                dst_port: dst.port(),
+                version,
+            },
+            &pod.inputs.state,
+        ),
+        false => Err(verdict.clone()),
+    };
+    let (verdict, mut admission) = match admitted {
+        Ok(a) => (verdict, a),
+        Err(refused) => {
+            metrics.denied(Reporter::Destination, "policy");
+            ends.log("inbound_plaintext", Some(&refused), 0, 0, started.elapsed(), None);
+            abort(tcp);
+            return;
+        }
+    };
     let source = pod.inputs.cfg.transparent_inbound.then_some(client.ip());
     let app = match pod.connect(dst, source).await {
         Ok(t) => t,
@@ -92,7 +112,13 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: SocketAddr)
         }
     };
     let conn = ConnMetrics::open(metrics, &ends.labels(Reporter::Destination, SecurityPolicy::None));
-    let (received, sent, err) = copy_plain(tcp, app).await;
+    let mut revoked_by = None;
+    let revoked = async { revoked_by = Some(admission.revoked().await) };
+    let (received, sent, err) = copy_plain_until(tcp, app, revoked).await;
     conn.close(received, sent);
-    ends.log("inbound_plaintext", Some(&verdict), received, sent, started.elapsed(), err.as_ref().map(|e| e as _));
+    let (verdict, err) = match revoked_by {
+        Some(by) => (by, Some(&REVOKED as &dyn std::fmt::Display)),
+        None => (verdict, err.as_ref().map(|e| e as &dyn std::fmt::Display)),
+    };
+    ends.log("inbound_plaintext", Some(&verdict), received, sent, started.elapsed(), err);
 }

@@ -4,10 +4,12 @@
 //! - [`inbound`] (15008): HBONE from other proxies, authorized, delivered to the pod.
 //! - [`inbound_plain`] (15006): plaintext from outside the mesh, authorized as such.
 //! - [`route`]: the outbound routing decision, free of I/O.
+//! - [`admitted`]: open inbound connections, closed when a policy change refuses them.
 //!
 //! Every pod gets its own listeners, bound inside its network namespace, and its own HBONE
 //! pool whose sockets are also created there (so tunnels leave from the pod's address).
 
+pub mod admitted;
 pub mod inbound;
 pub mod inbound_plain;
 pub mod netns_sockets;
@@ -72,7 +74,8 @@ impl Default for ProxyConfig {
     }
 }
 
-/// What every pod's proxy shares.
+/// What every pod's proxy shares. Made by [`ProxyInputs::new`], which also starts holding
+/// open connections to policy changes.
 #[derive(Clone)]
 pub struct ProxyInputs {
     /// Workloads, services, policies.
@@ -85,6 +88,32 @@ pub struct ProxyInputs {
     pub cfg: Arc<ProxyConfig>,
     /// Live connections, for graceful shutdown.
     pub drain: crate::drain::Drain,
+    /// Open inbound connections, for policy changes. Private so that no proxy runs without
+    /// the task that rechecks them.
+    admitted: admitted::Admitted,
+}
+
+impl ProxyInputs {
+    /// The inputs, and a task on `control` (the admin runtime in the binary, so that a recheck
+    /// of many connections never holds up a data thread) that closes open inbound connections
+    /// a new state's policy refuses; it ends when the last clone of these inputs is dropped.
+    pub fn new(
+        state: StateHandle,
+        certs: CertStore,
+        metrics: Arc<Metrics>,
+        cfg: Arc<ProxyConfig>,
+        drain: crate::drain::Drain,
+        control: &tokio::runtime::Handle,
+    ) -> ProxyInputs {
+        let admitted = admitted::Admitted::default();
+        control.spawn(admitted.watch(state.clone(), metrics.clone()));
+        ProxyInputs { state, certs, metrics, cfg, drain, admitted }
+    }
+
+    /// Open inbound connections held to policy.
+    pub fn admitted(&self) -> &admitted::Admitted {
+        &self.admitted
+    }
 }
 
 /// Where a pod's sockets are made. In a node, inside the pod's network namespace; in tests

@@ -1,6 +1,7 @@
 //! Outbound (15001): connections a pod makes, found by their original destination, carried
 //! over HBONE with the pod's identity or passed through when the destination is not meshed.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -137,14 +138,82 @@ async fn tunnel<'a, S: PodSockets>(
 }
 
 /// TCP to TCP, half-close carried both ways; returns bytes each way and the error, if any.
-pub(crate) async fn copy_plain(mut a: TcpStream, mut b: TcpStream) -> (u64, u64, Option<std::io::Error>) {
-    match tokio::io::copy_bidirectional(&mut a, &mut b).await {
-        Ok((ab, ba)) => (ab, ba, None),
-        Err(e) => {
+pub(crate) async fn copy_plain(a: TcpStream, b: TcpStream) -> (u64, u64, Option<std::io::Error>) {
+    copy_plain_until(a, b, std::future::pending()).await
+}
+
+/// As [`copy_plain`], and ends early when `stop` completes, resetting both sockets; the
+/// bytes counted then are those read from each side so far (some may not have been written
+/// on when the copy stopped).
+pub(crate) async fn copy_plain_until(
+    mut a: TcpStream,
+    mut b: TcpStream,
+    stop: impl Future<Output = ()>,
+) -> (u64, u64, Option<std::io::Error>) {
+    let mut ca = Counted { io: &mut a, read: 0 };
+    let mut cb = Counted { io: &mut b, read: 0 };
+    let copied = tokio::select! {
+        biased;
+        r = tokio::io::copy_bidirectional(&mut ca, &mut cb) => Some(r),
+        () = stop => None,
+    };
+    let (ab, ba) = (ca.read, cb.read);
+    match copied {
+        Some(Ok((ab, ba))) => (ab, ba, None),
+        Some(Err(e)) => {
             let _ = a.set_zero_linger();
             let _ = b.set_zero_linger();
-            (0, 0, Some(e))
+            (ab, ba, Some(e))
         }
+        None => {
+            let _ = a.set_zero_linger();
+            let _ = b.set_zero_linger();
+            (ab, ba, Some(std::io::Error::other("stopped")))
+        }
+    }
+}
+
+/// A socket that counts the bytes read from it, so a copy cut short still knows how much it
+/// moved.
+struct Counted<'a> {
+    io: &'a mut TcpStream,
+    read: u64,
+}
+
+impl tokio::io::AsyncRead for Counted<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut *self.io).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted<'_> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.io).poll_shutdown(cx)
     }
 }
 

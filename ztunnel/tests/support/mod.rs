@@ -48,12 +48,14 @@ pub fn loopback_inputs(
         hbone_port: 0,
         ..ztunnel::proxy::ProxyConfig::default()
     };
-    let inputs = ztunnel::proxy::ProxyInputs {
+    let metrics = ztunnel::metrics::Metrics::register(&mut registry);
+    let inputs = ztunnel::proxy::ProxyInputs::new(
         state,
         certs,
-        metrics: ztunnel::metrics::Metrics::register(&mut registry),
-        cfg: std::sync::Arc::new(cfg),
-        drain: Default::default(),
-    };
+        metrics,
+        std::sync::Arc::new(cfg),
+        Default::default(),
+        &tokio::runtime::Handle::current(),
+    );
     (inputs, registry)
 }
