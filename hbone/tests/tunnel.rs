@@ -515,3 +515,124 @@ async fn a_connect_the_peer_never_answers_fails_after_the_answer_timeout() {
     assert!(matches!(e, ConnectError::AnswerTimeout { .. }), "{e}");
     assert!(started.elapsed() < Duration::from_secs(2), "failed only after {:?}", started.elapsed());
 }
+
+/// A peer that accepts TCP and then says nothing (a node that died behind something still
+/// completing TCP handshakes, or a hung proxy): every TLS handshake with it runs into the
+/// handshake timeout. Returns its address and how many connections it has accepted.
+async fn mute_peer() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(tcp);
+        }
+    });
+    (addr, accepted)
+}
+
+fn pool_with_handshake_timeout(mesh: &Mesh, handshake_timeout: Duration) -> Pool {
+    let h2 = hbone::tunnel::H2Settings { handshake_timeout, ..Default::default() };
+    Pool::new(PoolConfig { h2, ..PoolConfig::default() }, mesh.client_store.clone(), None)
+}
+
+fn spawn_connect(pool: &Pool, key: &hbone::tunnel::pool::PoolKey) -> tokio::task::JoinHandle<ConnectError> {
+    let (pool, key) = (pool.clone(), key.clone());
+    tokio::spawn(async move {
+        let target = ConnectTarget::new("10.0.0.1:80".parse().unwrap(), None);
+        match pool.connect(&key, &target).await {
+            Ok(_) => panic!("a connect through a mute peer succeeded"),
+            Err(e) => e,
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_waiting_for_a_failing_open_share_its_failure() {
+    // Callers used to queue for the right to open, each then opening (and timing out) in
+    // turn: the fifth failed only after five handshake timeouts.
+    let mesh = Mesh::new();
+    let (addr, accepted) = mute_peer().await;
+    let timeout = SECOND;
+    let pool = pool_with_handshake_timeout(&mesh, timeout);
+    let key = mesh.key(addr);
+    let started = std::time::Instant::now();
+    let callers: Vec<_> = (0..5).map(|_| spawn_connect(&pool, &key)).collect();
+    for c in callers {
+        let e = tokio::time::timeout(10 * SECOND, c).await.expect("the connect ends on its own").unwrap();
+        assert!(matches!(e, ConnectError::HandshakeTimeout(a) if a == addr), "{e}");
+    }
+    let took = started.elapsed();
+    assert!(took < timeout * 5 / 2, "five callers failed after {took:?}, the timeout is {timeout:?}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "five callers, one open");
+
+    // A failure is not remembered: the next caller opens again.
+    let e = spawn_connect(&pool, &key).await.unwrap();
+    assert!(matches!(e, ConnectError::HandshakeTimeout(_)), "{e}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_open_is_taken_over_by_one_of_its_waiters() {
+    let mesh = Mesh::new();
+    let (addr, accepted) = mute_peer().await;
+    let timeout = SECOND;
+    let pool = pool_with_handshake_timeout(&mesh, timeout);
+    let key = mesh.key(addr);
+    let opener = spawn_connect(&pool, &key);
+    let deadline = std::time::Instant::now() + 5 * SECOND;
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the opener never connected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waiters: Vec<_> = (0..4).map(|_| spawn_connect(&pool, &key)).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The application behind the opener gives up: its connect future is dropped mid-open.
+    opener.abort();
+    let cancelled = std::time::Instant::now();
+    for w in waiters {
+        let e = tokio::time::timeout(10 * SECOND, w).await.expect("a waiter is not stranded").unwrap();
+        assert!(matches!(e, ConnectError::HandshakeTimeout(_)), "{e}");
+    }
+    let took = cancelled.elapsed();
+    assert!(took < timeout * 5 / 2, "four waiters failed {took:?} after the cancel, the timeout is {timeout:?}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2, "one waiter opened again for all four");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_refusal_reaches_every_caller_waiting_for_the_open() {
+    // The waiters get the opener's failure itself, not a description of it: the refused
+    // identity can still be dug out of each one.
+    let mesh = Mesh::new();
+    let impostor = id("backend", "impostor");
+    mesh.server_store.insert(mesh.ca.issue(&impostor, DAY));
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let server = TestServer::start(&mesh.server_store, impostor.clone(), forwarder(Some(tx))).await;
+    // A slow TCP connect keeps the open in flight until every caller has joined it.
+    let opens = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let connector: hbone::tunnel::pool::Connector = {
+        let opens = opens.clone();
+        std::sync::Arc::new(move |addr| {
+            opens.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                TcpStream::connect(addr).await
+            })
+        })
+    };
+    let pool = Pool::new(PoolConfig::default(), mesh.client_store.clone(), Some(connector));
+    let key = mesh.key(server.addr);
+    let callers: Vec<_> = (0..5).map(|_| spawn_connect(&pool, &key)).collect();
+    for c in callers {
+        let err = tokio::time::timeout(10 * SECOND, c).await.expect("the connect ends").unwrap();
+        match err.peer_identity_error() {
+            Some(PeerIdentityError::Mismatch { got, .. }) => assert_eq!(got, &impostor),
+            other => panic!("expected an identity mismatch, got {other:?} from {err}"),
+        }
+    }
+    assert_eq!(opens.load(std::sync::atomic::Ordering::SeqCst), 1, "five callers, one open");
+}

@@ -1,9 +1,12 @@
 //! Pooled HBONE connections, keyed by (source identity, destination identity, peer address).
 //!
 //! Many CONNECT streams share a connection, up to a limit, then a new connection opens.
-//! Opening is single-flight per key, so a burst of requests for a new destination makes one
-//! connection, not one per request. Connections idle past a timeout are closed. A request
-//! that fails because its pooled connection died is retried once on a fresh connection.
+//! Opening is single-flight per key: the callers that need a connection while one is being
+//! opened wait for that open and share its outcome, the new connection or the failure, so a
+//! burst of requests for a new destination makes one connection, and towards a dead peer
+//! fails after one handshake timeout, not one per request queued behind another. Connections
+//! idle past a timeout are closed. A request that fails because its pooled connection died
+//! is retried once on a fresh connection.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,6 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::http2::Connection;
@@ -72,10 +76,20 @@ struct Inner {
     epoch: Instant,
     next_id: AtomicU64,
     conns: Mutex<HashMap<PoolKey, Vec<Arc<Conn>>>>,
-    /// One opener at a time per key.
-    opening: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// The open in flight for each key, if any: an entry lives exactly as long as its
+    /// [`Opener`], which removes it when the open ends or is cancelled. Locked before `conns`
+    /// when both are.
+    opening: Mutex<HashMap<PoolKey, Attempt>>,
     sweeper_started: AtomicBool,
 }
+
+/// What the callers waiting for an open get: the connection (without a stream slot taken for
+/// them), or the opener's failure.
+type Outcome = Result<Arc<Conn>, Arc<ConnectError>>;
+
+/// An open in flight: `None` until it ends. The channel closes without an outcome if the
+/// opener is cancelled.
+type Attempt = watch::Receiver<Option<Outcome>>;
 
 struct Conn {
     id: u64,
@@ -86,10 +100,68 @@ struct Conn {
     closed: Arc<AtomicBool>,
 }
 
+impl Conn {
+    /// Takes a stream slot if fewer than `max` are taken.
+    fn acquire(&self, max: usize) -> bool {
+        self.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         self.h2.close();
     }
+}
+
+/// The caller opening a connection for a key. Dropping it, when the open ends or when the
+/// caller is cancelled mid-open, removes the key's `opening` entry and then hands the outcome,
+/// if there is one, to the waiters: after a cancel they find the channel closed and one of
+/// them opens anew, which the others wait for.
+struct Opener<'a> {
+    inner: &'a Inner,
+    key: &'a PoolKey,
+    tx: watch::Sender<Option<Outcome>>,
+    outcome: Option<Outcome>,
+}
+
+impl Opener<'_> {
+    /// Pools a new connection and records what the waiters get; returns `opened` to the opener.
+    fn finish(mut self, opened: Result<Arc<Conn>, ConnectError>) -> Result<Arc<Conn>, ConnectError> {
+        self.outcome = Some(match &opened {
+            Ok(conn) => {
+                // Pooled before the entry goes, so a caller that finds no open in flight finds
+                // this connection.
+                let mut conns = self.inner.conns.lock().unwrap_or_else(PoisonError::into_inner);
+                conns.entry(self.key.clone()).or_default().push(conn.clone());
+                Ok(conn.clone())
+            }
+            Err(e) => Err(Arc::new(copy_error(e))),
+        });
+        opened
+    }
+}
+
+impl Drop for Opener<'_> {
+    fn drop(&mut self) {
+        // The entry goes before the outcome is sent: a waiter that finds the new connection
+        // full and asks again must not find this finished open still in flight.
+        let mut opening = self.inner.opening.lock().unwrap_or_else(PoisonError::into_inner);
+        opening.remove(self.key);
+        drop(opening);
+        if let Some(outcome) = self.outcome.take() {
+            self.tx.send_replace(Some(outcome));
+        }
+    }
+}
+
+/// What a caller needing a new connection does next.
+enum Next<'a> {
+    /// Use this connection (a slot is taken).
+    Use(Arc<Conn>),
+    /// Open one, for itself and whoever comes while it opens.
+    Open(Opener<'a>),
+    /// Wait for the open in flight.
+    Wait(Attempt),
 }
 
 /// Counts a stream against its connection for as long as the stream lives.
@@ -168,22 +240,43 @@ impl Pool {
     }
 
     /// A connection with room for one more stream (already counted), opened after connection
-    /// `newer_than`: either one another task just opened, or a new one.
+    /// `newer_than`: one already pooled, the one the open in flight gets (its failure if it
+    /// fails), or a new one.
     async fn connection_newer_than(&self, key: &PoolKey, newer_than: u64) -> Result<Arc<Conn>, ConnectError> {
-        let lock = {
-            let mut opening = self.inner.opening.lock().unwrap_or_else(PoisonError::into_inner);
-            opening.entry(key.clone()).or_default().clone()
-        };
-        let _opening = lock.lock().await;
+        loop {
+            let mut attempt = match self.next_step(key, newer_than) {
+                Next::Use(conn) => return Ok(conn),
+                Next::Open(opener) => {
+                    let opened = self.open_connection(key).await;
+                    return opener.finish(opened);
+                }
+                Next::Wait(attempt) => attempt,
+            };
+            let outcome = attempt.wait_for(Option::is_some).await.map(|o| o.clone());
+            match outcome {
+                // The opener's own connection is used even if it has closed since, as the
+                // opener does: the request then fails rather than opening again and again.
+                Ok(Some(Ok(conn))) if conn.acquire(self.inner.cfg.max_streams_per_connection) => return Ok(conn),
+                // Filled by the other waiters: ask again.
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => return Err(copy_error(&e)),
+                // The opener was cancelled: ask again, and the first to ask opens.
+                Ok(None) | Err(_) => {}
+            }
+        }
+    }
+
+    fn next_step<'a>(&'a self, key: &'a PoolKey, newer_than: u64) -> Next<'a> {
+        let mut opening = self.inner.opening.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(conn) = self.inner.checkout(key, newer_than) {
-            return Ok(conn);
+            return Next::Use(conn);
         }
-        let opened = self.open_connection(key).await;
-        if let Ok(conn) = &opened {
-            let mut conns = self.inner.conns.lock().unwrap_or_else(PoisonError::into_inner);
-            conns.entry(key.clone()).or_default().push(conn.clone());
+        if let Some(attempt) = opening.get(key) {
+            return Next::Wait(attempt.clone());
         }
-        opened
+        let (tx, attempt) = watch::channel(None);
+        opening.insert(key.clone(), attempt);
+        Next::Open(Opener { inner: &self.inner, key, tx, outcome: None })
     }
 
     async fn open_connection(&self, key: &PoolKey) -> Result<Arc<Conn>, ConnectError> {
@@ -247,13 +340,8 @@ impl Inner {
         let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         let max = self.cfg.max_streams_per_connection;
         conns.get(key)?.iter().find_map(|c| {
-            if c.id <= newer_than || c.closed.load(Ordering::Acquire) || !c.h2.is_ready() {
-                return None;
-            }
-            c.active
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-                .ok()
-                .map(|_| c.clone())
+            let usable = c.id > newer_than && !c.closed.load(Ordering::Acquire) && c.h2.is_ready();
+            (usable && c.acquire(max)).then(|| c.clone())
         })
     }
 
@@ -274,9 +362,100 @@ impl Inner {
             });
             !list.is_empty()
         });
-        // Opening locks live as long as their key has connections or someone holds them, so
-        // a burst never sees two locks for one key.
-        let mut opening = self.opening.lock().unwrap_or_else(PoisonError::into_inner);
-        opening.retain(|key, lock| conns.contains_key(key) || Arc::strong_count(lock) > 1);
+        // `opening` needs no sweeping: its entries go with their openers.
+    }
+}
+
+/// A copy of `e` for a caller that waited for the open that failed with it: the same variant
+/// and text, and for TLS the same rustls error, so identity refusals can still be dug out.
+fn copy_error(e: &ConnectError) -> ConnectError {
+    match e {
+        ConnectError::NoCertificate(id) => ConnectError::NoCertificate(id.clone()),
+        ConnectError::Tcp { addr, source } => ConnectError::Tcp { addr: *addr, source: copy_io_error(source) },
+        ConnectError::Tls { addr, source } => ConnectError::Tls { addr: *addr, source: copy_io_error(source) },
+        ConnectError::HandshakeTimeout(addr) => ConnectError::HandshakeTimeout(*addr),
+        ConnectError::Http2 { addr, source } => ConnectError::Http2 { addr: *addr, source: source.clone() },
+        ConnectError::AnswerTimeout { addr, after } => ConnectError::AnswerTimeout { addr: *addr, after: *after },
+        ConnectError::Refused { addr, authority, status, reason } => {
+            ConnectError::Refused { addr: *addr, authority: *authority, status: *status, reason: reason.clone() }
+        }
+    }
+}
+
+/// `io::Error` is not `Clone`: this keeps the kind, an OS error's code, a rustls error, and
+/// otherwise the text.
+fn copy_io_error(e: &io::Error) -> io::Error {
+    if let Some(code) = e.raw_os_error() {
+        return io::Error::from_raw_os_error(code);
+    }
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(tls) => io::Error::new(e.kind(), tls.clone()),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{TestCa, id};
+
+    /// A pool whose opens wait for a source certificate that never comes: each fails with
+    /// `NoCertificate` after exactly the handshake timeout (the clock is paused).
+    fn pool_without_certificates(timeout: Duration) -> (Pool, PoolKey) {
+        let store = CertStore::new(TestCa::new("pool").roots());
+        let h2 = H2Settings { handshake_timeout: timeout, ..Default::default() };
+        let pool = Pool::new(PoolConfig { h2, ..PoolConfig::default() }, store, None);
+        let key =
+            PoolKey { src: id("shop", "web"), dst: id("shop", "db"), addr: SocketAddr::from(([127, 0, 0, 1], 1)) };
+        (pool, key)
+    }
+
+    fn spawn_connect(pool: &Pool, key: &PoolKey) -> tokio::task::JoinHandle<Result<H2Stream, ConnectError>> {
+        let (pool, key) = (pool.clone(), key.clone());
+        tokio::spawn(async move { pool.connect(&key, &ConnectTarget::new(key.addr, None)).await })
+    }
+
+    fn opening(pool: &Pool) -> usize {
+        pool.inner.opening.lock().unwrap().len()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_for_one_key_wait_for_one_open_and_get_its_failure() {
+        let timeout = Duration::from_secs(5);
+        let (pool, key) = pool_without_certificates(timeout);
+        let started = Instant::now();
+        let callers: Vec<_> = (0..3).map(|_| spawn_connect(&pool, &key)).collect();
+        for c in callers {
+            let e = c.await.unwrap().unwrap_err();
+            assert!(matches!(&e, ConnectError::NoCertificate(src) if *src == key.src), "{e}");
+        }
+        assert_eq!(started.elapsed(), timeout, "all three fail with the one open");
+        assert_eq!(opening(&pool), 0, "a finished open leaves nothing behind");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_opener_leaves_nothing_behind_and_a_waiter_opens_instead() {
+        let timeout = Duration::from_secs(5);
+        let (pool, key) = pool_without_certificates(timeout);
+        let opener = spawn_connect(&pool, &key);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let waiters: Vec<_> = (0..3).map(|_| spawn_connect(&pool, &key)).collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(opening(&pool), 1);
+        opener.abort();
+        assert!(opener.await.unwrap_err().is_cancelled());
+        let cancelled = Instant::now();
+        for w in waiters {
+            assert!(matches!(w.await.unwrap(), Err(ConnectError::NoCertificate(_))));
+        }
+        assert_eq!(cancelled.elapsed(), timeout, "one waiter took the open over for all three");
+        assert_eq!(opening(&pool), 0);
+
+        // An opener cancelled with nobody waiting leaves no entry either.
+        let lone = spawn_connect(&pool, &key);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        lone.abort();
+        assert!(lone.await.unwrap_err().is_cancelled());
+        assert_eq!(opening(&pool), 0);
     }
 }
