@@ -31,6 +31,7 @@ pub mod drain;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod inpod;
+pub mod log_budget;
 pub mod logging;
 pub mod malloc;
 pub mod metrics;

@@ -153,3 +153,25 @@ async fn an_open_tunnel_the_new_policy_refuses_is_closed() {
     assert!(line("istio_tcp_connections_closed_total{").ends_with(" 1"), "{metrics}");
     assert!(line("istio_tcp_received_bytes_total{").ends_with(" 8"), "{metrics}");
 }
+
+/// Garbage on the HBONE port is refused and counted by reason (the log takes at most a few
+/// lines a second of it, however many come: `log_budget`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_are_counted_by_reason() {
+    let Loopback { registry, _pod: pod, .. } = loopback("127.0.0.1", true).await;
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(pod.addrs.hbone).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.expect("closed");
+    }
+    let line = "ztunnel_connections_denied_total{reporter=\"destination\",reason=\"hbone_tls_failed\"} 3";
+    // The count follows the close by a moment (the serving task ends after the socket).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut metrics = ztunnel::metrics::encode(&registry);
+    while !metrics.contains(line) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = ztunnel::metrics::encode(&registry);
+    }
+    assert!(metrics.contains(line), "{metrics}");
+}

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hbone::tunnel::copy::copy_bidirectional_until;
-use hbone::tunnel::server::{InboundConnect, Server};
+use hbone::tunnel::server::{InboundConnect, ServeError, Server};
 use http::StatusCode;
 use tokio::net::TcpListener;
 
+use crate::log_budget::LogBudget;
 use crate::metrics::{ConnMetrics, Reporter, SecurityPolicy};
 use crate::state::ConnInfo;
 
@@ -55,10 +56,30 @@ pub(crate) async fn serve<S: PodSockets>(pod: Arc<Pod<S>>, listener: TcpListener
             let limit = pod.inputs.cfg.pool.h2.handshake_timeout;
             let _ = pod.inputs.certs.wait_for(&pod.identity, limit).await;
             if let Err(e) = server.serve_connection_until(tcp, peer, shutdown).await {
-                tracing::info!(error = %e, "HBONE connection refused or failed");
+                if let Some(reason) = refusal(&e) {
+                    pod.inputs.metrics.denied(Reporter::Destination, reason);
+                }
+                if let Some(skipped) = FAILED.admit() {
+                    tracing::info!(error = %e, skipped, "HBONE connection refused or failed");
+                }
             }
             drop(live);
         });
+    }
+}
+
+/// Lines for failed HBONE connections: any client can fail a handshake on purpose, as often
+/// as it connects.
+static FAILED: LogBudget = LogBudget::per_second(10);
+
+/// The reason a connection refused before its first stream is counted under (HTTP/2 failures
+/// after the handshake are in `hbone_protocol_errors_total`).
+fn refusal(e: &ServeError) -> Option<&'static str> {
+    match e {
+        ServeError::Tls { .. } => Some("hbone_tls_failed"),
+        ServeError::HandshakeTimeout(_) => Some("hbone_handshake_timeout"),
+        ServeError::Identity { .. } => Some("hbone_peer_identity"),
+        _ => None,
     }
 }
 
