@@ -48,6 +48,21 @@ fn cases() -> Vec<(&'static str, String, &'static str, Vec<&'static str>)> {
             vec!["spec.rules[0].matches[0].path.value: \"a/b\" must start with '/'"],
         ),
         (
+            "encoded slash in a path match",
+            rule("matches:\n    - path: {type: PathPrefix, value: /a%2Fb}"),
+            R,
+            vec!["spec.rules[0].matches[0].path.value: \"/a%2Fb\" is not a normalized path"],
+        ),
+        (
+            "fragment in a path match",
+            rule("matches:\n    - path: {type: Exact, value: \"/a#b\"}"),
+            R,
+            vec!["spec.rules[0].matches[0].path.value: \"/a#b\" contains '#'"],
+        ),
+        ("two wildcard labels", http_route("  hostnames: [\"*.*.example.com\"]\n"), R, vec!["spec.hostnames[0]: \"*.*.example.com\" is not a hostname"]),
+        ("an IP as hostname", http_route("  hostnames: [10.0.0.1]\n"), R, vec!["spec.hostnames[0]: \"10.0.0.1\" is not a hostname"]),
+        ("label ending in a dash", http_route("  hostnames: [a-.example.com]\n"), R, vec!["spec.hostnames[0]: \"a-.example.com\" is not a hostname"]),
+        (
             "bad path regex",
             rule("matches:\n    - path: {type: RegularExpression, value: \"/a(\"}"),
             R,

@@ -159,6 +159,32 @@ async fn weighted_split_90_10() {
     assert_eq!(counts.values().sum::<u32>(), 1000);
 }
 
+/// Gateway API: a backendRef that does not resolve (istiod-lite sends it with an empty
+/// hostname) answers 500 for the share of requests its weight gives it; the other backends of
+/// the rule keep serving theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolved_backend_answers_500_for_its_share() {
+    let w = World::new([1, 4]).await;
+    let a = w.backend("a").await;
+    let other = w.backend("other").await;
+    w.service("front", 1, &[&other]);
+    w.service("a", 2, &[&a]);
+    let unresolved = pb::Backend { hostname: String::new(), port: 0, weight: 1, filters: vec![] };
+    w.route(&route("split", "front", vec![rule(vec![], vec![unresolved, backend_ref("a", 1)])]));
+    w.until_endpoints("a", 1).await;
+    w.settle().await;
+    let mut c = w.h1(w.vip(1)).await;
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for _ in 0..200 {
+        let r = c.get("/").await;
+        let key = if r.status == 200 { r.backend().to_owned() } else { r.status.as_str().to_owned() };
+        *counts.entry(key).or_default() += 1;
+    }
+    let errors = counts.get("500").copied().unwrap_or(0);
+    assert!((60..=140).contains(&errors), "about half answered 500: {counts:?}");
+    assert_eq!(counts.get("a").copied().unwrap_or(0) + errors, 200, "the rest went to a: {counts:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_headers_rewrite_redirect_mirror() {
     let w = World::new([1, 3]).await;

@@ -31,10 +31,17 @@ pub(super) fn route(r: &Route, grpc: bool) -> Result<(), ObjectError> {
         }
     }
     for (i, h) in r.spec.hostnames.iter().enumerate() {
+        // RFC 1123 labels, at most one leading wildcard label, and no IP address. Upper case
+        // is tolerated (hostnames are compared in lower case).
+        let name = h.strip_prefix("*.").unwrap_or(h);
         let ok = !h.is_empty()
             && h.len() <= 253
-            && h.trim_start_matches("*.").split('.').all(|l| {
-                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-')
+            && name.parse::<std::net::IpAddr>().is_err()
+            && name.split('.').all(|l| {
+                (1..=63).contains(&l.len())
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
             });
         if !ok {
             return Err(invalid(format!("spec.hostnames[{i}]"), format!("{h:?} is not a hostname")));
@@ -79,9 +86,11 @@ fn rule(base: &str, rule: &RouteRule, grpc: bool) -> Result<(), ObjectError> {
         }
         let request = duration(&format!("{base}.timeouts.request"), t.request.as_deref())?;
         let backend = duration(&format!("{base}.timeouts.backendRequest"), t.backend_request.as_deref())?;
+        // As the API's rule has it: a zero request timeout (none) bounds nothing, and a zero
+        // backendRequest (none for each try) is not longer than any request timeout.
         if let (Some(r), Some(b)) = (request, backend)
             && !r.is_zero()
-            && (b > r || b.is_zero())
+            && b > r
         {
             return Err(invalid(format!("{base}.timeouts.backendRequest"), "must not be longer than timeouts.request"));
         }
@@ -132,11 +141,13 @@ fn value_matches(base: &str, what: &str, v: &[ValueMatch], header: bool) -> Resu
         if header && http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
             return Err(invalid(format!("{field}.name"), format!("{:?} is not a header name", h.name)));
         }
-        let key = if header { h.name.to_ascii_lowercase() } else { h.name.clone() };
-        if seen.contains(&key) {
+        // The same name twice is refused, as the API server refuses it (the list is keyed by
+        // name). Header names equal but for case are different keys to the API server, and
+        // the Gateway API says the first of them counts: translation keeps that one.
+        if seen.contains(&h.name) {
             return Err(invalid(format!("{field}.name"), format!("{:?} is matched twice", h.name)));
         }
-        seen.push(key);
+        seen.push(h.name.clone());
         if match_type(&format!("{field}.type"), h.type_.as_deref(), "Exact", &["Exact", "RegularExpression"])?
             == "RegularExpression"
         {
@@ -200,7 +211,14 @@ fn route_match(base: &str, m: &RouteMatch, grpc: bool) -> Result<(), ObjectError
             check_regex(&format!("{field}.value"), v)?;
         } else if !v.starts_with('/') {
             return Err(invalid(format!("{field}.value"), format!("{v:?} must start with '/'")));
-        } else if v.contains("//") || v.split('/').any(|seg| seg == "." || seg == "..") {
+        } else if let Some(c) = v.chars().find(|&c| !path_char(c)) {
+            return Err(invalid(format!("{field}.value"), format!("{v:?} contains {c:?}, which a path match may not")));
+        } else if v.contains("//")
+            || v.split('/').any(|seg| seg == "." || seg == "..")
+            || v.contains("%2f")
+            || v.contains("%2F")
+            || !percent_escapes_ok(v)
+        {
             return Err(invalid(format!("{field}.value"), format!("{v:?} is not a normalized path")));
         }
     }
@@ -215,6 +233,21 @@ fn route_match(base: &str, m: &RouteMatch, grpc: bool) -> Result<(), ObjectError
             Err(invalid(format!("{base}.method"), "an HTTPRoute method is a method name, e.g. GET"))
         }
     }
+}
+
+/// A character an `Exact` or `PathPrefix` value may hold (the Gateway API's pattern: RFC 3986
+/// `pchar` and `/`, with `%` starting an escape).
+fn path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-/._~!$&'()*+,;=:@%".contains(c)
+}
+
+/// Whether every `%` in `v` starts a two-hex-digit escape.
+fn percent_escapes_ok(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.iter().enumerate().all(|(i, &c)| {
+        c != b'%'
+            || (b.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
 }
 
 fn filters(base: &str, fs: &[RouteFilter], rule: &RouteRule, grpc: bool) -> Result<(), ObjectError> {
@@ -357,8 +390,12 @@ fn path_modifier(field: &str, p: &PathModifier, rule: &RouteRule) -> Result<(), 
             if p.replace_full_path.is_some() {
                 return Err(invalid(format!("{field}.replaceFullPath"), "not allowed when type is ReplacePrefixMatch"));
             }
-            if !p.replace_prefix_match.as_deref().is_some_and(|v| v.starts_with('/')) {
-                return Err(invalid(format!("{field}.replacePrefixMatch"), "required, and must start with '/'"));
+            // The empty string is allowed: it drops the matched prefix ("/foo/bar" -> "/bar").
+            if !p.replace_prefix_match.as_deref().is_some_and(|v| v.is_empty() || v.starts_with('/')) {
+                return Err(invalid(
+                    format!("{field}.replacePrefixMatch"),
+                    "required, and must be empty or start with '/'",
+                ));
             }
             let prefix_only = rule
                 .matches

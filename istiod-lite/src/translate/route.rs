@@ -12,7 +12,9 @@
 //!   names core `Service` (all of them, or this one by name). A reference that does not
 //!   resolve (unknown Service or port: `BackendNotFound`; another kind: `InvalidKind`; another
 //!   namespace without a grant: `RefNotPermitted`) keeps its weight with an empty hostname, so
-//!   the waypoint answers 500 for its share of requests, as the Gateway API requires.
+//!   the waypoint answers 500 for its share of requests, as the Gateway API requires; a mirror
+//!   whose backend does not resolve is left out (the API says it must not be configured).
+//!   Of header (or query) matches with equivalent names, only the first is sent.
 //! - Defaults as the API server applies them: path match `PathPrefix /`, header and query
 //!   matches `Exact`, weight 1, redirect status 302, mirror percent 100; `0s` timeouts mean
 //!   none; a retry without `attempts` tries twice more (Istio's default); backoff 25 ms.
@@ -210,6 +212,11 @@ impl Cx<'_> {
                     (None, None) => 100,
                 };
                 let backend = self.mirror_backend(&format!("{field}.requestMirror.backendRef"), &m.backend_ref);
+                // Gateway API: a mirror whose backend does not resolve is dropped (the
+                // ResolvedRefs failure is recorded), not configured.
+                if backend.hostname.is_empty() {
+                    return None;
+                }
                 K::RequestMirror(pb::RequestMirror { backend: Some(backend), percent })
             }
             _ => return None,
@@ -418,14 +425,22 @@ fn prefix_root() -> pb::PathMatch {
 }
 
 fn route_match(grpc: bool, m: &crate::k8s::gateway::RouteMatch) -> pb::Match {
+    // Of entries with equivalent names (header names compare without case), the first counts
+    // and the others are ignored, as the Gateway API says.
     let values = |v: &[crate::k8s::gateway::ValueMatch], lower: bool| -> Vec<pb::HeaderMatch> {
-        v.iter()
-            .map(|h| pb::HeaderMatch {
-                name: if lower { h.name.to_ascii_lowercase() } else { h.name.clone() },
+        let mut out: Vec<pb::HeaderMatch> = Vec::with_capacity(v.len());
+        for h in v {
+            let name = if lower { h.name.to_ascii_lowercase() } else { h.name.clone() };
+            if out.iter().any(|o| o.name == name) {
+                continue;
+            }
+            out.push(pb::HeaderMatch {
+                name,
                 r#type: match_type(h.type_.as_deref(), pb::MatchType::Exact) as i32,
                 value: h.value.clone(),
-            })
-            .collect()
+            });
+        }
+        out
     };
     let mut out = pb::Match { headers: values(&m.headers, true), ..Default::default() };
     if grpc {

@@ -153,6 +153,16 @@ impl Match {
             return false;
         }
         if let Some(g) = &self.grpc {
+            // A GRPCRoute match takes gRPC requests only (`content-type: application/grpc`,
+            // `+proto` and the like included): a plain HTTP request to `/a/b` is not one,
+            // whatever its path, and belongs to the HTTPRoutes of the same Service.
+            let grpc = r
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().get(..16).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc")));
+            if !grpc {
+                return false;
+            }
             let mut parts = r.path.strip_prefix('/').unwrap_or("").splitn(2, '/');
             let (svc, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             if svc.is_empty() || method.is_empty() || method.contains('/') {
@@ -378,15 +388,27 @@ pub struct Entry {
 impl Entry {
     /// Whether the request's host is accepted by the route.
     pub fn host_ok(&self, host: &str) -> bool {
-        self.hostnames.is_empty()
-            || self.hostnames.iter().any(|h| match h.strip_prefix("*.") {
-                Some(suffix) => {
-                    host.len() > suffix.len() + 1
-                        && host.ends_with(suffix)
-                        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-                }
-                None => h == host,
+        self.host_rank(host).is_some()
+    }
+
+    /// How specifically the route's hostnames match `host`, for Gateway API hostname
+    /// precedence: (characters of the matching non-wildcard hostname, characters of the
+    /// matching hostname), the best of the route's; `(0, 0)` for a route without hostnames;
+    /// `None` when the route does not take `host`.
+    pub fn host_rank(&self, host: &str) -> Option<(usize, usize)> {
+        if self.hostnames.is_empty() {
+            return Some((0, 0));
+        }
+        self.hostnames
+            .iter()
+            .filter_map(|h| match h.strip_prefix("*.") {
+                Some(suffix) => (host.len() > suffix.len() + 1
+                    && host.ends_with(suffix)
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.')
+                    .then_some((0, h.len())),
+                None => (h == host).then_some((h.len(), h.len())),
             })
+            .max()
     }
 
     /// Gateway API precedence: `Less` when `self` must be tried first.
@@ -427,9 +449,26 @@ pub fn sort(entries: &mut [Entry]) {
     entries.sort_by(Entry::precedence);
 }
 
-/// The first entry matching the request, if any.
+/// The entry that takes the request, if any: among the entries whose route takes the request's
+/// host, those of the routes with the most specific matching hostname (see
+/// [`Entry::host_rank`]) come first, as the Gateway API requires of routes with intersecting
+/// hostnames; within those, the first matching entry in precedence order.
+///
+/// The host rank depends on the request, so it cannot be part of the table's order; an entry
+/// whose rank cannot beat the best match so far is skipped before its matcher runs, so a table
+/// without hostnames costs what a first-match scan costs.
 pub fn find<'a>(table: &'a [Entry], r: &RequestView<'_>) -> Option<&'a Entry> {
-    table.iter().find(|e| e.host_ok(r.host) && e.matcher.matches(r))
+    let mut best: Option<((usize, usize), &'a Entry)> = None;
+    for e in table {
+        let Some(rank) = e.host_rank(r.host) else { continue };
+        if best.is_some_and(|(b, _)| rank <= b) {
+            continue;
+        }
+        if e.matcher.matches(r) {
+            best = Some((rank, e));
+        }
+    }
+    best.map(|(_, e)| e)
 }
 
 /// A compiled route resource: its parents and its entries (cloned into each parent's table).

@@ -81,7 +81,11 @@ impl Cx<'_> {
         use pb::path_modifier::Kind;
         match p.as_ref().and_then(|p| p.kind.as_ref()) {
             None => Ok(None),
-            Some(Kind::ReplaceFullPath(s)) | Some(Kind::ReplacePrefixMatch(s)) if !s.starts_with('/') => {
+            // Gateway API: an empty `replacePrefixMatch` is valid (it drops the matched prefix).
+            Some(Kind::ReplaceFullPath(s)) if !s.starts_with('/') => {
+                Err(self.err(field, format!("{s:?} does not start with '/'")))
+            }
+            Some(Kind::ReplacePrefixMatch(s)) if !s.is_empty() && !s.starts_with('/') => {
                 Err(self.err(field, format!("{s:?} does not start with '/'")))
             }
             Some(Kind::ReplaceFullPath(s)) => Ok(Some(PathModifier::Full(s.clone()))),
@@ -89,13 +93,14 @@ impl Cx<'_> {
         }
     }
 
+    /// An empty hostname is a reference istiod-lite could not resolve: it keeps its weight, and
+    /// the requests its share gets are answered 500 (a mirror to it sends nothing), as the
+    /// Gateway API requires; its port may then be 0.
     fn backend(&self, field: &str, b: &pb::Backend) -> Result<Backend, RouteError> {
-        if b.hostname.is_empty() {
-            return Err(self.err(format!("{field}.hostname"), "empty"));
-        }
+        let unresolved = b.hostname.is_empty();
         Ok(Backend {
             hostname: b.hostname.clone(),
-            port: self.port(format!("{field}.port"), b.port, false)?,
+            port: self.port(format!("{field}.port"), b.port, unresolved)?,
             weight: b.weight,
             filters: self.filters(&format!("{field}.filters"), &b.filters)?,
         })
@@ -249,12 +254,13 @@ impl TryFrom<pb::Route> for CompiledRoute {
                 matches.push(Match { path, headers, query, method, grpc: grpc_m });
             }
             if matches.is_empty() {
+                // HTTPRoute: a prefix match on `/`; GRPCRoute: every gRPC request (and only those).
                 matches.push(Match {
                     path: if grpc { None } else { Some(PathMatch::Prefix(String::new())) },
                     headers: Vec::new(),
                     query: Vec::new(),
                     method: None,
-                    grpc: None,
+                    grpc: grpc.then_some(GrpcMatch { service: None, method: None }),
                 });
             }
             let backends = rule

@@ -149,3 +149,182 @@ fn prefix_rewrites_per_gateway_api() {
     // A prefix match of "/" is stored as "".
     assert_eq!(PathModifier::Prefix("/api".into()).apply("/x", Some("")), "/api/x");
 }
+
+fn backend(host: &str, port: u32, weight: u32) -> pb::Backend {
+    pb::Backend { hostname: host.into(), port, weight, filters: vec![] }
+}
+
+fn grpc_view<'a>(headers: &'a HeaderMap, path: &'a str, host: &'a str) -> RequestView<'a> {
+    RequestView { method: &Method::POST, path, query: None, headers, host }
+}
+
+fn one_rule_route(name: &str, kind: pb::route::Kind, ts: i64, hostnames: &[&str], rule: pb::Rule) -> CompiledRoute {
+    CompiledRoute::try_from(pb::Route {
+        namespace: "ns".into(),
+        name: name.into(),
+        kind: kind as i32,
+        parents: vec![pb::ParentService { hostname: "svc.ns.svc.cluster.local".into(), port: 0 }],
+        hostnames: hostnames.iter().map(|h| (*h).to_owned()).collect(),
+        creation_timestamp: ts,
+        rules: vec![rule],
+    })
+    .unwrap()
+}
+
+fn pick_in(routes: &[CompiledRoute], v: &RequestView<'_>) -> String {
+    let mut entries: Vec<Entry> = routes.iter().flat_map(|r| r.entries()).collect();
+    sort(&mut entries);
+    find(&entries, v).map(|e| e.rule.id.clone()).unwrap_or_default()
+}
+
+/// Gateway API (HTTPRouteRule.backendRefs): an invalid backendRef gets 500 for its share of
+/// requests; istiod-lite sends it with an empty hostname. The route must still compile (a
+/// rejected route would drop every rule of it, or NACK the push).
+#[test]
+fn an_unresolved_backend_keeps_its_share_and_the_route_compiles() {
+    let mirror = pb::Filter {
+        kind: Some(pb::filter::Kind::RequestMirror(pb::RequestMirror {
+            backend: Some(backend("", 0, 1)),
+            percent: 100,
+        })),
+    };
+    let r = CompiledRoute::try_from(pb::Route {
+        namespace: "ns".into(),
+        name: "split".into(),
+        parents: vec![pb::ParentService { hostname: "svc.ns.svc.cluster.local".into(), port: 0 }],
+        rules: vec![pb::Rule {
+            filters: vec![mirror],
+            backends: vec![backend("", 0, 3), backend("b.ns.svc.cluster.local", 80, 1)],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .expect("a route with an unresolved backend compiles");
+    let rule = &r.rules[0].0;
+    assert_eq!(rule.backends.len(), 2);
+    assert_eq!(rule.backends[0].hostname, "", "the unresolved backend stays, to answer 500");
+    assert_eq!(rule.total_weight, 4, "it keeps its share");
+}
+
+/// GRPCRoute: "If no matches are specified, the implementation MUST match every gRPC request"
+/// — gRPC requests, not every request: an older GRPCRoute without matches must not take plain
+/// HTTP requests from an HTTPRoute on the same Service.
+#[test]
+fn a_grpc_route_takes_grpc_requests_only() {
+    let to = |b: &str| vec![backend(b, 80, 1)];
+    let grpc = one_rule_route(
+        "g",
+        pb::route::Kind::Grpc,
+        1,
+        &[],
+        pb::Rule { name: "all".into(), backends: to("g"), ..Default::default() },
+    );
+    let grpc_svc = one_rule_route(
+        "g2",
+        pb::route::Kind::Grpc,
+        1,
+        &[],
+        pb::Rule {
+            name: "svc".into(),
+            matches: vec![pb::Match {
+                grpc: Some(pb::GrpcMethodMatch {
+                    r#type: pb::MatchType::Exact as i32,
+                    service: "api".into(),
+                    method: String::new(),
+                }),
+                ..Default::default()
+            }],
+            backends: to("g"),
+            ..Default::default()
+        },
+    );
+    let http = one_rule_route(
+        "h",
+        pb::route::Kind::Http,
+        2,
+        &[],
+        pb::Rule {
+            name: "root".into(),
+            matches: vec![m_path(pb::MatchType::PathPrefix, "/")],
+            backends: to("h"),
+            ..Default::default()
+        },
+    );
+    let routes = [grpc, grpc_svc, http];
+    let plain = HeaderMap::new();
+    let mut grpc_ct = HeaderMap::new();
+    grpc_ct.insert("content-type", "application/grpc".parse().unwrap());
+    let get =
+        |path: &'static str| RequestView { method: &Method::GET, path, query: None, headers: &plain, host: "svc" };
+    assert_eq!(pick_in(&routes, &get("/index.html")), "ns/HTTPRoute/h#root");
+    assert_eq!(pick_in(&routes, &get("/api/users")), "ns/HTTPRoute/h#root", "a two-segment path is not gRPC");
+    assert_eq!(pick_in(&routes, &grpc_view(&grpc_ct, "/api/Get", "svc")), "ns/GRPCRoute/g2#svc");
+    assert_eq!(pick_in(&routes, &grpc_view(&grpc_ct, "/pkg.Svc/Get", "svc")), "ns/GRPCRoute/g#all");
+}
+
+/// HTTPRoute/GRPCRoute hostnames: across routes with intersecting hostnames, rules of the route
+/// with the longest matching non-wildcard hostname, then the longest matching hostname, come
+/// before any match precedence.
+#[test]
+fn the_most_specific_matching_hostname_wins_before_match_precedence() {
+    let rule = |name: &str, m: pb::Match| pb::Rule {
+        name: name.into(),
+        matches: vec![m],
+        backends: vec![backend("b", 80, 1)],
+        ..Default::default()
+    };
+    use pb::MatchType::*;
+    let routes = [
+        one_rule_route("any", pb::route::Kind::Http, 1, &[], rule("exact", m_path(Exact, "/foo/bar"))),
+        one_rule_route("wild", pb::route::Kind::Http, 2, &["*.example.com"], rule("long", m_path(PathPrefix, "/foo"))),
+        one_rule_route(
+            "deep-wild",
+            pb::route::Kind::Http,
+            3,
+            &["*.api.example.com"],
+            rule("root", m_path(PathPrefix, "/")),
+        ),
+        one_rule_route(
+            "precise",
+            pb::route::Kind::Http,
+            4,
+            &["api.example.com"],
+            rule("root", m_path(PathPrefix, "/")),
+        ),
+    ];
+    let none = HeaderMap::new();
+    let at =
+        |host: &'static str| RequestView { method: &Method::GET, path: "/foo/bar", query: None, headers: &none, host };
+    assert_eq!(pick_in(&routes, &at("api.example.com")), "ns/HTTPRoute/precise#root");
+    assert_eq!(pick_in(&routes, &at("v1.api.example.com")), "ns/HTTPRoute/deep-wild#root");
+    assert_eq!(pick_in(&routes, &at("www.example.com")), "ns/HTTPRoute/wild#long");
+    assert_eq!(pick_in(&routes, &at("other.test")), "ns/HTTPRoute/any#exact");
+}
+
+/// HTTPPathModifier: `replacePrefixMatch` may be the empty string ("/foo" prefix, "" →
+/// "/foo/bar" becomes "/bar", "/foo" becomes "/").
+#[test]
+fn an_empty_prefix_replacement_is_accepted_and_drops_the_prefix() {
+    let rewrite = pb::Filter {
+        kind: Some(pb::filter::Kind::UrlRewrite(pb::UrlRewrite {
+            hostname: String::new(),
+            path: Some(pb::PathModifier { kind: Some(pb::path_modifier::Kind::ReplacePrefixMatch(String::new())) }),
+        })),
+    };
+    let r = one_rule_route(
+        "rw",
+        pb::route::Kind::Http,
+        0,
+        &[],
+        pb::Rule {
+            matches: vec![m_path(pb::MatchType::PathPrefix, "/foo")],
+            filters: vec![rewrite],
+            backends: vec![backend("b", 80, 1)],
+            ..Default::default()
+        },
+    );
+    let Filter::Rewrite(Rewrite { path: Some(m), .. }) = &r.rules[0].0.filters[0] else { panic!("a rewrite") };
+    assert_eq!(m.apply("/foo/bar", Some("/foo")), "/bar");
+    assert_eq!(m.apply("/foo/", Some("/foo")), "/");
+    assert_eq!(m.apply("/foo", Some("/foo")), "/");
+}
