@@ -231,6 +231,9 @@ pub async fn start(
     if xds_ep.tls.is_some() {
         xds_ep.token_file = Some(cfg.ca_token_file.clone());
     }
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let registry = Arc::new(registry);
     let first_state = ready.register("first state from xDS");
     let mut changes = state.subscribe();
     let state_task = admin_rt.spawn(async move {
@@ -239,13 +242,10 @@ pub async fn start(
     });
     let xds = {
         let _on_admin = admin_rt.enter();
-        crate::state::xds::start(xds_ep, xds_node(&cfg), state.clone(), cfg.gateway.clone())
+        crate::state::xds::start(xds_ep, xds_node(&cfg), state.clone(), cfg.gateway.clone(), metrics.clone())
     };
 
     // Data path.
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let registry = Arc::new(registry);
     let proxy = Proxy::new(Inputs {
         identity: identity.clone(),
         certs: store.clone(),

@@ -19,7 +19,9 @@
 //! A policy the waypoint cannot compile (a condition key it does not know, a bad address or
 //! template, an unknown action) is not dropped, which would open what it denies or, for the
 //! only ALLOW policy, everything: it becomes a fail-closed stand-in ([`Policy::stand_in`]):
-//! a DENY denies every request to its targets, an ALLOW matches nothing.
+//! a DENY denies every request to its targets, an ALLOW matches nothing. A policy with a
+//! target the waypoint cannot resolve is placed failing closed on every request
+//! ([`Policy::unresolved_target`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -239,7 +241,8 @@ pub struct Policy {
     pub action: Action,
     /// The rules (no rules: matches nothing).
     pub rules: Vec<Rule>,
-    /// Why the policy as sent could not be compiled; its rules are then the stand-in's.
+    /// Why the policy is not enforced as sent: it could not be compiled (its rules are then
+    /// the stand-in's), or a target could not be resolved ([`Policy::unresolved_target`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invalid: Option<String>,
 }
@@ -309,6 +312,28 @@ impl Policy {
             action,
             rules,
             invalid: Some(format!("{}: {}", why.field, why.problem)),
+        }
+    }
+
+    /// What is enforced on every request through the waypoint in place of this policy for a
+    /// target it cannot resolve (a target without a kind: one a newer control plane knows,
+    /// say). That target may be this waypoint's Gateway or any service, so the policy must
+    /// fail closed wherever it may have applied. A DENY (or AUDIT) keeps its rules: applied
+    /// to every request they deny (audit) all they were meant to and more, and denying every
+    /// request instead would take down every service for one policy. An ALLOW matches
+    /// nothing: its rules applied everywhere would let through requests that the ALLOW
+    /// policies of other services refuse, while an ALLOW in place only makes a request need
+    /// a match from some ALLOW policy.
+    pub fn unresolved_target(&self, why: &PolicyError) -> Policy {
+        let why = format!("{}: {}", why.field, why.problem);
+        Policy {
+            key: self.key.clone(),
+            action: self.action,
+            rules: if self.action == Action::Allow { Vec::new() } else { self.rules.clone() },
+            invalid: Some(match &self.invalid {
+                Some(first) => format!("{first}; {why}"),
+                None => why,
+            }),
         }
     }
 

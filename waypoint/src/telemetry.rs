@@ -12,6 +12,7 @@ use http::HeaderValue;
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use ztunnel::state::{Service, Workload};
@@ -148,6 +149,7 @@ pub struct Metrics {
     request_bytes: Family<RequestLabels, Histogram>,
     response_bytes: Family<RequestLabels, Histogram>,
     denied: Family<DenyLabels, Counter>,
+    policies_stand_in: Gauge,
 }
 
 fn duration_histogram() -> Histogram {
@@ -167,6 +169,7 @@ impl Metrics {
             request_bytes: Family::new_with_constructor(bytes_histogram),
             response_bytes: Family::new_with_constructor(bytes_histogram),
             denied: Family::default(),
+            policies_stand_in: Gauge::default(),
         };
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register("requests", "Requests handled", m.requests.clone());
@@ -174,6 +177,12 @@ impl Metrics {
         istio.register("request_bytes", "Request body sizes", m.request_bytes.clone());
         istio.register("response_bytes", "Response body sizes", m.response_bytes.clone());
         registry.register("waypoint_authz_denied", "Requests denied by L7 policy", m.denied.clone());
+        registry.register(
+            "waypoint_policies_stand_in",
+            "L7 policies enforced in a fail-closed form instead of as sent (they cannot be compiled, or a target \
+             cannot be resolved)",
+            m.policies_stand_in.clone(),
+        );
         ztunnel::metrics::register_hbone(registry);
         Arc::new(m)
     }
@@ -184,6 +193,11 @@ impl Metrics {
         self.duration.get_or_create(labels).observe(millis);
         self.request_bytes.get_or_create(labels).observe(request_bytes as f64);
         self.response_bytes.get_or_create(labels).observe(response_bytes as f64);
+    }
+
+    /// Sets how many policies of the state just published run as fail-closed stand-ins.
+    pub fn policies_stand_in(&self, n: usize) {
+        self.policies_stand_in.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Counts a denial by `policy`.

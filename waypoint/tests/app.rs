@@ -121,8 +121,10 @@ async fn starts_from_ca_and_xds_and_reports_ready() {
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert!(dump["waypoint"]["routes"]["svc.shop.svc.cluster.local:80"].is_array(), "{dump:#}");
     assert_eq!(dump["certificates"][0]["identity"], "spiffe://cluster.local/ns/shop/sa/wp");
-    let (status, _) = http_get(running.metrics_addr, "/metrics").await;
+    let (status, metrics) = http_get(running.metrics_addr, "/metrics").await;
     assert_eq!(status, 200);
+    // Published with the state: no policy runs as a fail-closed stand-in.
+    assert!(metrics.lines().any(|l| l == "waypoint_policies_stand_in 0"), "{metrics}");
 
     // A mesh client reaches the HBONE listener, which proves the waypoint's identity; an
     // unknown destination is refused with 400.

@@ -338,3 +338,63 @@ async fn userinfo_in_the_authority_is_refused() {
     let req = Request::builder().uri("http://u@admin.example/x").body(empty()).unwrap();
     assert_eq!(s.send_request(req).await.unwrap().status(), StatusCode::BAD_REQUEST);
 }
+
+/// The value of the unlabelled gauge `name` in a Prometheus text exposition.
+fn gauge(metrics: &str, name: &str) -> Option<i64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// How many policies run as fail-closed stand-ins is on the metrics endpoint, and follows
+/// every published state: a stand-in denies (or fails to allow) what its policy never meant
+/// to, so an operator must be able to see and alert on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_running_as_stand_ins_are_counted() {
+    let w = one_service([3, 11]).await;
+    w.policy(&policy("p", Action::Deny, vec![to_paths(&["/admin"])]));
+    w.settle().await;
+    assert_eq!(gauge(&w.metrics(), "waypoint_policies_stand_in"), Some(0), "{}", w.metrics());
+    let bad_key = when_rule(vec![when("request.auth.claims[iss]", &["x"], &[])]);
+    w.policy(&policy("p", Action::Deny, vec![bad_key]));
+    w.settle().await;
+    assert_eq!(gauge(&w.metrics(), "waypoint_policies_stand_in"), Some(1), "{}", w.metrics());
+    w.policy(&policy("p", Action::Deny, vec![to_paths(&["/admin"])]));
+    w.settle().await;
+    assert_eq!(gauge(&w.metrics(), "waypoint_policies_stand_in"), Some(0), "{}", w.metrics());
+}
+
+/// A policy with a target of no kind (one this waypoint does not know, sent by a newer
+/// control plane, say) is not NACKed: a NACK keeps the previous state, so every other policy
+/// of the push (here a new DENY) would never apply. It is placed failing closed instead: it
+/// may have targeted anything, so an ALLOW allows nothing anywhere, and a DENY denies what it
+/// names everywhere; its target-less part opens nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_without_a_kind_fails_closed_and_the_rest_of_the_push_applies() {
+    let allow_some = policy("allow-some", Action::Allow, vec![to_paths(&["/public", "/admin", "/secret"])]);
+    let w = one_service_with([3, 12], allow_some).await;
+    let mut c = w.h1(w.vip(1)).await;
+    assert_eq!(c.get("/admin").await.status, 200);
+    assert_eq!(c.get("/private").await.status, 403);
+
+    let deny_admin = policy("deny-admin", Action::Deny, vec![to_paths(&["/admin"])]);
+    let kindless = pb::Target { kind: None };
+    let mut allow_all = policy("allow-all", Action::Allow, vec![pb::PolicyRule::default()]);
+    allow_all.targets = vec![kindless.clone()];
+    let mut deny_secret = policy("deny-secret", Action::Deny, vec![to_paths(&["/secret"])]);
+    deny_secret.targets = vec![pb::Target { kind: Some(pb::target::Kind::Service(host("other"))) }, kindless];
+    let url = proto::WAYPOINT_POLICY_TYPE_URL;
+    w.xds.update(
+        url,
+        [deny_admin, allow_all, deny_secret].map(|p| (format!("{}/{}", p.namespace, p.name), any(url, &p))),
+        [],
+    );
+    w.settle().await;
+    let nacked = w.xds_server.connections().iter().any(|c| c.types.get(url).is_some_and(|t| t.last_nack.is_some()));
+    assert!(!nacked, "the push is applied, not NACKed");
+
+    let mut c = w.h1(w.vip(1)).await;
+    assert_eq!(c.get("/admin").await.status, 403, "the other policies of the push apply");
+    assert_eq!(c.get("/private").await.status, 403, "an ALLOW with a target of no kind allows nothing");
+    assert_eq!(c.get("/secret").await.status, 403, "a DENY with a target of no kind denies what it names");
+    assert_eq!(c.get("/public").await.status, 200, "and nothing else");
+    assert_eq!(gauge(&w.metrics(), "waypoint_policies_stand_in"), Some(2), "{}", w.metrics());
+}

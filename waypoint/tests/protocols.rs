@@ -449,3 +449,41 @@ async fn a_mirror_speaks_the_version_its_own_backend_declares() {
     assert_eq!(*m.behaviour.versions.lock().unwrap(), [http::Version::HTTP_2]);
     assert_eq!(*a.behaviour.versions.lock().unwrap(), [http::Version::HTTP_11]);
 }
+
+/// The authority policy checks is the one forwarded, to the primary and to a mirror alike,
+/// whatever version each speaks: a `Host` set by a RequestHeaderModifier does not replace it
+/// (a URLRewrite hostname is the way to change it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_and_its_mirror_get_the_authority_policy_checked() {
+    let w = World::new([4, 8]).await;
+    let a = w.backend("a").await;
+    let m = w.backend("m").await;
+    w.service_declaring("primary", 1, &[&a], pbw::AppProtocol::Http11);
+    w.service_declaring("shadow", 2, &[&m], pbw::AppProtocol::Http2);
+    let set_host = pb::HeaderModifier {
+        set: vec![pb::Header { name: "host".into(), value: "filtered.example".into() }],
+        ..Default::default()
+    };
+    let mut copied = rule(vec![], vec![backend_ref("primary", 1)]);
+    copied.filters = vec![
+        pb::Filter { kind: Some(pb::filter::Kind::RequestHeaderModifier(set_host)) },
+        mirror_filter("shadow", 100),
+    ];
+    w.route(&route("primary", "primary", vec![copied]));
+    w.until_endpoints("shadow", 1).await;
+    w.settle().await;
+
+    // HTTP/1.1 in, HTTP/1.1 to the primary (its head could go as it came), HTTP/2 to the mirror.
+    let mut c = w.h1(w.vip(1)).await;
+    let r = c.send(get("/copied").method("POST").body(full("payload")).unwrap()).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while m.behaviour.authorities.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the mirror got a copy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(*a.behaviour.versions.lock().unwrap(), [http::Version::HTTP_11]);
+    assert_eq!(*m.behaviour.versions.lock().unwrap(), [http::Version::HTTP_2]);
+    assert_eq!(*a.behaviour.authorities.lock().unwrap(), ["svc.example"], "primary");
+    assert_eq!(*m.behaviour.authorities.lock().unwrap(), ["svc.example"], "mirror");
+}

@@ -262,6 +262,24 @@ fn a_policy_that_cannot_be_compiled_becomes_a_fail_closed_stand_in() {
     assert!(allowed(&[audit], &Req::default()), "AUDIT never changes the decision");
 }
 
+/// A policy with a target the waypoint cannot resolve is enforced on every request failing
+/// closed: a DENY denies what its rules name (and nothing else), an ALLOW matches nothing;
+/// the reason is kept, after the compile error of a stand-in.
+#[test]
+fn a_policy_with_an_unresolved_target_fails_closed_everywhere() {
+    let why =
+        PolicyError { policy: "ns/p".into(), field: "targets[1]".into(), problem: "target without a kind".into() };
+    let deny = pol("p", D, vec![op(|o| o.paths = vec!["/admin".into()])]).unresolved_target(&why);
+    assert!(!allowed(std::slice::from_ref(&deny), &Req { path: "/admin", ..Req::default() }));
+    assert!(allowed(std::slice::from_ref(&deny), &Req { path: "/public", ..Req::default() }));
+    assert_eq!(deny.invalid.as_deref(), Some("targets[1]: target without a kind"));
+    let allow = pol("p", A, vec![pb::PolicyRule::default()]).unresolved_target(&why);
+    assert_eq!(decide(&[allow], &Req::default()).reason, Reason::NoAllowMatched);
+    let bad_key = pol("p", D, vec![when("request.auth.claims[iss]", &["x"], &[])]).unresolved_target(&why);
+    assert!(!allowed(std::slice::from_ref(&bad_key), &Req::default()), "a stand-in stays one");
+    assert!(bad_key.invalid.as_deref().unwrap().ends_with("; targets[1]: target without a kind"), "{bad_key:?}");
+}
+
 #[test]
 fn methods_and_header_values_take_wildcards_and_bytes() {
     let p = pol("d", D, vec![op(|o| o.methods = vec!["P*".into(), "*ETE".into()])]);

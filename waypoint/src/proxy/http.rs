@@ -283,8 +283,11 @@ struct Plan<'a> {
     retry: Option<Retry>,
     request_timeout: Option<Duration>,
     backend_timeout: Option<Duration>,
-    /// Path and authority sent upstream when a URL rewrite changed them.
+    /// Path sent upstream when a URL rewrite changed it.
     path: Option<String>,
+    /// The authority sent upstream and to mirrors: a URL rewrite's hostname (set while
+    /// routing), else the client's as policy checked it (set by [`prepare`]). One value for
+    /// both, so a mirror never carries a host the primary request did not.
     authority: Option<String>,
     /// The HTTP version spoken to the backend (chosen in [`prepare`]).
     upstream: Version,
@@ -421,17 +424,18 @@ async fn handle(
         .filter(|(_, percent)| rand::rng().random_range(0..100) < *percent)
         .map(|(m, _)| m)
         .collect();
+    let authority = plan.authority.as_deref().unwrap_or_default();
     match (&replay, stream_body.take()) {
         (Some(b), _) => {
             for m in mirrors {
-                spawn_mirror(&proxy, &ctx, m, &parts, b.replay(), plan.upstream);
+                spawn_mirror(&proxy, &ctx, m, &parts, authority, b.replay(), plan.upstream);
             }
         }
         // Too large to buffer: the mirrors get the body as it streams to the backend.
         (None, Some(streaming)) if !mirrors.is_empty() => {
             let (primary, copies) = body::tee(streaming, mirrors.len());
             for (m, copy) in mirrors.into_iter().zip(copies) {
-                spawn_mirror(&proxy, &ctx, m, &parts, copy, plan.upstream);
+                spawn_mirror(&proxy, &ctx, m, &parts, authority, copy, plan.upstream);
             }
             stream_body = Some(primary);
         }
@@ -567,6 +571,8 @@ fn prepare<'a>(
 
     authorize(proxy, ctx, parts, &target, account)?;
     let mut plan = route_plan(ctx, parts, &target, account)?;
+    let Target { path, query, authority, .. } = target;
+    plan.authority.get_or_insert(authority);
     // The backend's service, looked up once for both its declared version and its endpoints.
     let backend = plan.backend.take().map(|(host, port)| {
         let service = ctx.snapshot.service_by_host(&host);
@@ -577,7 +583,7 @@ fn prepare<'a>(
     // the only version it exists in.
     let declared = backend.as_ref().and_then(|b| declared_version(b.service?, b.port));
     plan.upstream = if upgrade { Version::H1 } else { declared.unwrap_or(downstream) };
-    upstream_head(parts, &plan, &target, account)?;
+    upstream_head(parts, &plan, &path, query.as_deref(), account)?;
     let (endpoints, backend_host) = endpoints(ctx, backend, account)?;
     Ok((plan, endpoints, backend_host))
 }
@@ -710,7 +716,8 @@ fn route_plan<'a>(
 fn upstream_head(
     parts: &mut ::http::request::Parts,
     plan: &Plan<'_>,
-    t: &Target<'_>,
+    path: &str,
+    query: Option<&str>,
     account: &mut Account,
 ) -> Result<(), Local> {
     let version = plan.upstream;
@@ -719,16 +726,16 @@ fn upstream_head(
     if let Some(p) = &plan.path {
         account.path.clone_from(p);
     }
-    let path = plan.path.as_deref().unwrap_or(&t.path);
-    if plan.authority.is_none() && path == parts.uri.path() && already_in_form(parts, version) {
+    let path = plan.path.as_deref().unwrap_or(path);
+    let authority = plan.authority.as_deref().unwrap_or_default();
+    if path == parts.uri.path() && already_in_form(parts, version, authority) {
         // The client's target, in the form the application's version wants: sent as it came.
         return Ok(());
     }
-    let pq = match &t.query {
+    let pq = match query {
         Some(q) => format!("{path}?{q}"),
         None => path.to_owned(),
     };
-    let authority = plan.authority.as_deref().unwrap_or(&t.authority);
     if retarget(parts, version, authority, &pq) {
         Ok(())
     } else {
@@ -736,17 +743,24 @@ fn upstream_head(
     }
 }
 
-/// Whether the request's target is already what [`retarget`] would make of it: origin-form
-/// with `Host` for HTTP/1.1; an `http` absolute URI and no `Host` for HTTP/2.
-fn already_in_form(parts: &::http::request::Parts, version: Version) -> bool {
-    let hosts = parts.headers.get_all(header::HOST).iter().count();
+/// Whether the request's target is already what [`retarget`] would make of it with
+/// `authority`: origin-form with that `Host` for HTTP/1.1; an `http` absolute URI with that
+/// authority and no `Host` for HTTP/2. The `Host` is compared because a RequestHeaderModifier
+/// may have set it after policy checked the authority.
+fn already_in_form(parts: &::http::request::Parts, version: Version, authority: &str) -> bool {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
     match version {
-        Version::H1 => parts.version == ::http::Version::HTTP_11 && parts.uri.authority().is_none() && hosts == 1,
+        Version::H1 => {
+            parts.version == ::http::Version::HTTP_11
+                && parts.uri.authority().is_none()
+                && hosts.next().is_some_and(|h| h.as_bytes() == authority.as_bytes())
+                && hosts.next().is_none()
+        }
         Version::H2 => {
             parts.version == ::http::Version::HTTP_2
                 && parts.uri.scheme_str() == Some("http")
-                && parts.uri.authority().is_some()
-                && hosts == 0
+                && parts.uri.authority().is_some_and(|a| a.as_str() == authority)
+                && hosts.next().is_none()
         }
     }
 }
@@ -756,21 +770,11 @@ fn lower(s: &str) -> Cow<'_, str> {
     if s.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(s.to_ascii_lowercase()) } else { Cow::Borrowed(s) }
 }
 
-/// The request's authority: the URI's (HTTP/2, absolute form), else `Host`.
-fn authority_of(parts: &::http::request::Parts) -> String {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
-        .unwrap_or_default()
-}
-
-/// The request's authority as [`authority_of`] reads it, if it is one the waypoint forwards:
-/// `None` when `Host` is not a valid authority (bytes that are not ASCII, say), or when the
-/// authority carries userinfo, which a sender must not generate and `:authority` must not
-/// include (RFC 9110 §4.2.4, RFC 9113 §8.3.1): a host policy would compare `u@host` while the
-/// application reads `host`. No authority at all is `Some("")`, as before.
+/// The request's authority, the URI's (HTTP/2, absolute form) else `Host`, if it is one the
+/// waypoint forwards: `None` when `Host` is not a valid authority (bytes that are not ASCII,
+/// say), or when the authority carries userinfo, which a sender must not generate and
+/// `:authority` must not include (RFC 9110 §4.2.4, RFC 9113 §8.3.1): a host policy would
+/// compare `u@host` while the application reads `host`. No authority at all is `Some("")`.
 fn checked_authority(parts: &::http::request::Parts) -> Option<String> {
     let authority = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
         (Some(a), _) => a.as_str().to_owned(),
@@ -783,25 +787,25 @@ fn checked_authority(parts: &::http::request::Parts) -> Option<String> {
 
 /// Puts the request's target, host and version in the form `version` wants: origin-form and
 /// `Host` for HTTP/1.1, an absolute URI (its authority is `:authority`) and no `Host` for
-/// HTTP/2. `false` if `authority` and `pq` make no URI.
+/// HTTP/2. `false` if `authority` and `pq` make no URI, or `authority` no `Host`: a request
+/// left with the `Host` it had would go with an authority other than the one mirrored.
 fn retarget(parts: &mut ::http::request::Parts, version: Version, authority: &str, pq: &str) -> bool {
     let uri = match version {
         Version::H2 => Uri::builder().scheme("http").authority(authority).path_and_query(pq).build(),
         Version::H1 => Uri::builder().path_and_query(pq).build(),
     };
     let Ok(uri) = uri else { return false };
-    parts.uri = uri;
     match version {
         // A request from an HTTP/1.1 client converted to HTTP/2 carries its host in the URI.
         Version::H2 => {
             parts.headers.remove(header::HOST);
         }
         Version::H1 => {
-            if let Ok(v) = HeaderValue::from_str(authority) {
-                parts.headers.insert(header::HOST, v);
-            }
+            let Ok(v) = HeaderValue::from_str(authority) else { return false };
+            parts.headers.insert(header::HOST, v);
         }
     }
+    parts.uri = uri;
     parts.version = match version {
         Version::H1 => ::http::Version::HTTP_11,
         Version::H2 => ::http::Version::HTTP_2,
@@ -851,13 +855,15 @@ fn endpoints<'a>(
     }
 }
 
-/// Sends a copy of the request to an endpoint of the mirror backend; the answer is read and
-/// dropped, failures only logged.
+/// Sends a copy of the request (its head as forwarded, `authority` the one it is forwarded
+/// with) to an endpoint of the mirror backend; the answer is read and dropped, failures only
+/// logged.
 fn spawn_mirror(
     proxy: &Arc<Proxy>,
     ctx: &Ctx<'_>,
     backend: &route::Backend,
     parts: &::http::request::Parts,
+    authority: &str,
     body: Body,
     version: Version,
 ) {
@@ -876,8 +882,7 @@ fn spawn_mirror(
     let version = match declared_version(svc, backend.port) {
         Some(v) if v != version => {
             let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-            let authority = authority_of(&parts);
-            if !retarget(&mut parts, v, &authority, &pq) {
+            if !retarget(&mut parts, v, authority, &pq) {
                 return;
             }
             v
@@ -945,11 +950,12 @@ mod tests {
         ];
         for (parts, version, in_form) in cases {
             let what = format!("{:?} {} {:?} -> {version:?}", parts.version, parts.uri, parts.headers);
-            assert_eq!(already_in_form(&parts, version), in_form, "{what}");
+            let authority = checked_authority(&parts).unwrap();
+            assert_eq!(already_in_form(&parts, version, &authority), in_form, "{what}");
             let mut rebuilt = head(parts.version, &parts.uri.to_string(), &[]);
             rebuilt.headers = parts.headers.clone();
             let pq = parts.uri.path_and_query().unwrap().as_str();
-            assert!(retarget(&mut rebuilt, version, &authority_of(&parts), pq), "{what}");
+            assert!(retarget(&mut rebuilt, version, &authority, pq), "{what}");
             let same = rebuilt.uri == parts.uri
                 && rebuilt.version == parts.version
                 && rebuilt.headers.get_all(header::HOST).iter().eq(parts.headers.get_all(header::HOST).iter());
@@ -959,5 +965,9 @@ mod tests {
                 rebuilt.version, rebuilt.uri, rebuilt.headers
             );
         }
+        // A head carrying an authority other than the one to forward (a `Host` a header filter
+        // set, say) is rebuilt.
+        assert!(!already_in_form(&head(V::HTTP_11, "/a", &["filtered.local"]), Version::H1, "shop.local"));
+        assert!(!already_in_form(&head(V::HTTP_2, "http://filtered.local/a", &[]), Version::H2, "shop.local"));
     }
 }

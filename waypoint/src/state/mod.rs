@@ -99,6 +99,10 @@ fn ser_policy_map<S: serde::Serializer>(m: &HashMap<String, Vec<Arc<Policy>>>, s
     sorted.serialize(s)
 }
 
+fn ser_opt_arc<T: Serialize, S: serde::Serializer>(v: &Option<Arc<T>>, s: S) -> Result<S::Ok, S::Error> {
+    v.as_deref().serialize(s)
+}
+
 fn ser_header_name<S: serde::Serializer>(h: &Option<http::HeaderName>, s: S) -> Result<S::Ok, S::Error> {
     h.as_ref().map(|h| h.as_str()).serialize(s)
 }
@@ -113,28 +117,49 @@ pub struct TargetedPolicy {
     pub gateways: Vec<String>,
     /// Target service FQDNs.
     pub services: Vec<String>,
+    /// Enforced on every request through the waypoint, because a target could not be
+    /// resolved ([`Policy::unresolved_target`]).
+    #[serde(serialize_with = "ser_opt_arc", skip_serializing_if = "Option::is_none")]
+    pub everywhere: Option<Arc<Policy>>,
 }
 
+/// Compiles the policy and resolves its targets; never an error. A target without a kind is
+/// not NACKed with the push: a NACK keeps the previous policies, so every other policy of the
+/// push would be dropped with it (a new DENY never applied) and this one would fail open. The
+/// policy is placed failing closed on every request instead, since that target may be any.
 impl TryFrom<pb::L7Policy> for TargetedPolicy {
     type Error = crate::authz::PolicyError;
 
     fn try_from(p: pb::L7Policy) -> Result<Self, Self::Error> {
         let mut gateways = Vec::new();
         let mut services = Vec::new();
+        let mut unresolved = None;
         for (i, t) in p.targets.iter().enumerate() {
             match &t.kind {
                 Some(pb::target::Kind::Gateway(g)) => gateways.push(g.clone()),
                 Some(pb::target::Kind::Service(s)) => services.push(s.to_ascii_lowercase()),
                 None => {
-                    return Err(crate::authz::PolicyError {
-                        policy: format!("{}/{}", p.namespace, p.name),
-                        field: format!("targets[{i}]"),
-                        problem: "target without a kind".into(),
-                    });
+                    unresolved.get_or_insert(i);
                 }
             }
         }
-        Ok(TargetedPolicy { policy: Arc::new(Policy::try_from(p)?), gateways, services })
+        let policy = Arc::new(Policy::try_from(p)?);
+        let everywhere = unresolved.map(|i| {
+            let why = crate::authz::PolicyError {
+                policy: policy.key.to_string(),
+                field: format!("targets[{i}]"),
+                problem: "target without a kind".into(),
+            };
+            tracing::warn!(
+                policy = %policy.key,
+                action = ?policy.action,
+                error = %why,
+                "L7 policy has a target the waypoint cannot resolve; enforcing it fail-closed on every request \
+                 (DENY: its rules deny everywhere; ALLOW: allows nothing)"
+            );
+            Arc::new(policy.unresolved_target(&why))
+        });
+        Ok(TargetedPolicy { policy, gateways, services, everywhere })
     }
 }
 
@@ -158,6 +183,9 @@ pub struct Snapshot {
     /// Services by FQDN.
     #[serde(skip)]
     services_by_host: HashMap<String, Arc<Service>>,
+    /// Policies applying here that are not enforced as sent (see [`Policy::invalid`]).
+    #[serde(skip)]
+    policies_stand_in: usize,
 }
 
 fn ser_routes<S: serde::Serializer>(r: &HashMap<String, HashMap<u16, RouteTable>>, s: S) -> Result<S::Ok, S::Error> {
@@ -202,12 +230,21 @@ impl Snapshot {
         }
         let mut gateway_policies = Vec::new();
         let mut service_policies: HashMap<String, Vec<Arc<Policy>>> = HashMap::new();
+        let mut policies_stand_in = 0;
         for p in policies {
-            if p.gateways.iter().any(|g| g == gateway) {
+            let here = p.gateways.iter().any(|g| g == gateway);
+            if here {
                 gateway_policies.push(p.policy.clone());
             }
             for s in &p.services {
                 service_policies.entry(s.clone()).or_default().push(p.policy.clone());
+            }
+            if let Some(e) = &p.everywhere {
+                gateway_policies.push(e.clone());
+            }
+            let applies = here || !p.services.is_empty() || p.everywhere.is_some();
+            if applies && (p.policy.invalid.is_some() || p.everywhere.is_some()) {
+                policies_stand_in += 1;
             }
         }
         Snapshot {
@@ -217,7 +254,14 @@ impl Snapshot {
             service_policies,
             backends: backends.into_iter().map(|(h, b)| (h.to_ascii_lowercase(), b)).collect(),
             services_by_host,
+            policies_stand_in,
         }
+    }
+
+    /// How many of the policies applying here are not enforced as sent but in a fail-closed
+    /// form: ones that cannot be compiled, or with a target that cannot be resolved.
+    pub fn policies_stand_in(&self) -> usize {
+        self.policies_stand_in
     }
 
     /// The route table for a service port (falling back to the every-port table).

@@ -1,7 +1,8 @@
 //! The waypoint's xDS subscriptions: `istio.workload.Address` and the three
 //! `mesh.waypoint.v1` types, each converted (and compiled) on arrival so that anything the
-//! waypoint cannot use is NACKed with a message naming the resource and field; every change
-//! folds the four caches into a new [`Snapshot`].
+//! waypoint cannot use is NACKed with a message naming the resource and field, except an L7
+//! policy, which fails closed instead ([`TargetedPolicy`]); every change folds the four caches
+//! into a new [`Snapshot`].
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use ztunnel::state::{State as MeshState, StateConfig};
 
 use super::route::CompiledRoute;
 use super::{BackendPolicy, Snapshot, SnapshotHandle, TargetedPolicy};
+use crate::telemetry::Metrics;
 
 /// A running xDS source; dropping it stops the client and the folding task.
 pub struct XdsSource {
@@ -36,9 +38,16 @@ struct Caches {
     backends: Cache<BackendPolicy>,
 }
 
-/// Subscribes at `endpoint` as `node` and keeps `handle` current. `gateway` is this
-/// waypoint's `namespace/name`. Must be called inside a tokio runtime.
-pub fn start(endpoint: XdsEndpoint, node: Node, handle: SnapshotHandle, gateway: String) -> XdsSource {
+/// Subscribes at `endpoint` as `node` and keeps `handle` current, and the state's gauges in
+/// `metrics`. `gateway` is this waypoint's `namespace/name`. Must be called inside a tokio
+/// runtime.
+pub fn start(
+    endpoint: XdsEndpoint,
+    node: Node,
+    handle: SnapshotHandle,
+    gateway: String,
+    metrics: Arc<Metrics>,
+) -> XdsSource {
     let mut endpoint = endpoint;
     endpoint.endpoint = endpoint
         .endpoint
@@ -61,7 +70,7 @@ pub fn start(endpoint: XdsEndpoint, node: Node, handle: SnapshotHandle, gateway:
                 }
             }
         });
-    let task = tokio::spawn(fold(caches, handle, gateway));
+    let task = tokio::spawn(fold(caches, handle, gateway, metrics));
     XdsSource { client, task }
 }
 
@@ -84,7 +93,7 @@ fn caches() -> (
     (Caches { addresses, routes, policies, backends }, (a, r, p, b))
 }
 
-async fn fold(c: Caches, handle: SnapshotHandle, gateway: String) {
+async fn fold(c: Caches, handle: SnapshotHandle, gateway: String, metrics: Arc<Metrics>) {
     let mut rx = [c.addresses.subscribe(), c.routes.subscribe(), c.policies.subscribe(), c.backends.subscribe()];
     loop {
         // Nothing is served until every type has come once (the control plane answers each
@@ -96,7 +105,7 @@ async fn fold(c: Caches, handle: SnapshotHandle, gateway: String) {
             let [addresses, routes, policies, backends] = pushes.map(|n| n > 0);
             tracing::info!(addresses, routes, policies, backends, "waiting for the first push of every xDS type");
         } else {
-            publish(&c, &handle, &gateway);
+            publish(&c, &handle, &gateway, &metrics);
         }
         let [a, b, p, d] = &mut rx;
         tokio::select! {
@@ -110,7 +119,7 @@ async fn fold(c: Caches, handle: SnapshotHandle, gateway: String) {
 
 /// Builds a snapshot of the caches and stores it (or keeps the previous one if the addresses
 /// do not form a consistent state).
-fn publish(c: &Caches, handle: &SnapshotHandle, gateway: &str) {
+fn publish(c: &Caches, handle: &SnapshotHandle, gateway: &str, metrics: &Metrics) {
     let mut workloads = Vec::new();
     let mut services = Vec::new();
     for a in c.addresses.snapshot().into_values() {
@@ -130,8 +139,18 @@ fn publish(c: &Caches, handle: &SnapshotHandle, gateway: &str) {
     let policies: Vec<_> = c.policies.snapshot().into_values().collect();
     let backends = c.backends.snapshot().into_iter().map(|(k, v)| (k, (*v).clone())).collect();
     let counts = mesh.counts();
-    let version = handle.store(Snapshot::new(mesh, &routes, &policies, backends, gateway));
-    tracing::info!(version, %counts, routes = routes.len(), policies = policies.len(), "waypoint state updated");
+    let snapshot = Snapshot::new(mesh, &routes, &policies, backends, gateway);
+    let stand_ins = snapshot.policies_stand_in();
+    let version = handle.store(snapshot);
+    metrics.policies_stand_in(stand_ins);
+    tracing::info!(
+        version,
+        %counts,
+        routes = routes.len(),
+        policies = policies.len(),
+        policies_stand_in = stand_ins,
+        "waypoint state updated"
+    );
 }
 
 #[cfg(test)]
@@ -148,7 +167,8 @@ mod tests {
         // Addresses came before the task started, routes and backends after; the policies are
         // still on their way.
         a.apply(vec![], vec![]).unwrap();
-        let task = tokio::spawn(fold(caches, handle.clone(), "shop/waypoint".into()));
+        let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
+        let task = tokio::spawn(fold(caches, handle.clone(), "shop/waypoint".into(), metrics));
         tokio::task::yield_now().await;
         r.apply(vec![], vec![]).unwrap();
         b.apply(vec![], vec![]).unwrap();

@@ -64,6 +64,8 @@ pub struct Behaviour {
     pub uploaded: AtomicU64,
     /// The HTTP version of every request seen, in order.
     pub versions: Mutex<Vec<http::Version>>,
+    /// The authority of every request seen (`:authority` or `Host`), in order.
+    pub authorities: Mutex<Vec<String>>,
 }
 
 pub struct Backend {
@@ -126,8 +128,16 @@ impl World {
             let _ = s.serve(l, std::future::pending()).await;
         }));
         let state = SnapshotHandle::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::register(&mut registry);
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{xds_addr}")).unwrap();
-        let source = waypoint::state::xds::start(endpoint.into(), Default::default(), state.clone(), GATEWAY.into());
+        let source = waypoint::state::xds::start(
+            endpoint.into(),
+            Default::default(),
+            state.clone(),
+            GATEWAY.into(),
+            metrics.clone(),
+        );
 
         let waypoint_id = id("shop", "wp");
         let certs = CertStore::new(ca.roots());
@@ -140,8 +150,6 @@ impl World {
             let port = m.lock().unwrap().get(&addr.ip()).copied().unwrap_or(addr.port());
             Box::pin(tokio::net::TcpStream::connect(SocketAddr::new(addr.ip(), port)))
         });
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = Metrics::register(&mut registry);
         let proxy = Proxy::new(Inputs {
             identity: waypoint_id.clone(),
             certs,
@@ -636,6 +644,8 @@ fn empty_app_body() -> AppBody {
 async fn app(mut req: Request<Incoming>, name: &str, b: &Behaviour, counter: &AtomicU64) -> Response<AppBody> {
     b.seen.fetch_add(1, Ordering::Relaxed);
     b.versions.lock().unwrap().push(req.version());
+    let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get("host")?.to_str().ok());
+    b.authorities.lock().unwrap().push(authority.unwrap_or_default().to_owned());
     let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
     // `/ws...` with `Upgrade: websocket` switches protocols, then echoes every byte, each
     // chunk prefixed with the backend's name, until the client closes. `x-answer-upgrade`
