@@ -43,6 +43,12 @@ async fn grpc_routed_by_method_and_streamed() {
                 backends: vec![pb::Backend { hostname: host("greeter-b"), port: 80, weight: 1, filters: vec![] }],
                 ..Default::default()
             },
+            // A backend istiod-lite could not resolve (empty hostname).
+            pb::Rule {
+                matches: vec![grpc("helloworld.Greeter", "Broken")],
+                backends: vec![pb::Backend { hostname: String::new(), port: 0, weight: 1, filters: vec![] }],
+                ..Default::default()
+            },
             pb::Rule {
                 matches: vec![grpc("helloworld.Greeter", "")],
                 backends: vec![pb::Backend { hostname: host("greeter"), port: 80, weight: 1, filters: vec![] }],
@@ -85,12 +91,20 @@ async fn grpc_routed_by_method_and_streamed() {
     let rest = resp.collect().await.unwrap();
     assert_eq!(rest.trailers().unwrap().get("grpc-status").unwrap(), "0");
 
-    // A non-gRPC path on a GRPCRoute service matches nothing.
-    let r = s.send_request(call("/not-grpc", full(""))).await.unwrap();
-    assert_eq!(r.status(), 404);
+    // The waypoint's own answers to gRPC calls are gRPC statuses (trailers-only), not HTTP
+    // errors a client would read as UNKNOWN: a path no GRPCRoute matches is UNIMPLEMENTED, a
+    // rule whose backend is invalid UNAVAILABLE (Gateway API).
+    for (path, code) in [("/not-grpc", "12"), ("/helloworld.Greeter/Broken", "14")] {
+        let r = s.send_request(call(path, full(""))).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers().get("content-type").unwrap(), "application/grpc", "{path}");
+        assert_eq!(r.headers().get("grpc-status").unwrap(), code, "{path}");
+        assert!(r.headers().contains_key("grpc-message"), "{path}");
+    }
     let m = w.metrics();
     assert!(m.contains("request_protocol=\"grpc\""), "{m}");
     assert!(m.contains("grpc_response_status=\"0\""), "{m}");
+    assert!(m.contains("grpc_response_status=\"14\""), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

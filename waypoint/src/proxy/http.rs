@@ -244,6 +244,31 @@ fn local(status: StatusCode, text: &'static str) -> Response<Body> {
     r
 }
 
+/// A local answer to a gRPC call, as gRPC clients read one: HTTP 200, trailers-only, the
+/// status in `grpc-status` and the text in `grpc-message`. The code follows gRPC's mapping of
+/// HTTP statuses, except that our 500s (no usable backend) are UNAVAILABLE, as the Gateway API
+/// asks of a GRPCRoute whose backends are all invalid; with an HTTP status instead, a client
+/// would read that as UNKNOWN.
+fn grpc_local(status: StatusCode, text: &'static str) -> (Response<Body>, HeaderValue) {
+    let code: &'static str = match status.as_u16() {
+        400 => "13",
+        401 => "16",
+        403 => "7",
+        404 => "12",
+        429 | 500 | 502 | 503 | 504 => "14",
+        _ => "2",
+    };
+    let code = HeaderValue::from_static(code);
+    let mut r = Response::new(body::full(""));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", code.clone());
+    // Our texts are plain ASCII, so the percent-encoding gRPC asks for changes nothing but
+    // the trailing newline, which goes.
+    h.insert("grpc-message", HeaderValue::from_static(text.trim_end()));
+    (r, code)
+}
+
 /// Connection-specific headers never forwarded (RFC 9110 7.6.1).
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     let listed: Vec<HeaderName> = h
@@ -345,7 +370,13 @@ impl Local {
         let resp = match self {
             Local::Reply(status, text, flags) => {
                 account.labels.response_flags = flags;
-                local(status, text)
+                if account.labels.request_protocol == "grpc" {
+                    let (resp, code) = grpc_local(status, text);
+                    account.labels.grpc_response_status = Some(code);
+                    resp
+                } else {
+                    local(status, text)
+                }
             }
             Local::Redirect(status, loc) => {
                 let mut resp = local(status, "");
