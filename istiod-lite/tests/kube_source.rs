@@ -358,3 +358,58 @@ async fn istiod_lite_with_source_kube_reads_the_cluster_through_a_kubeconfig() {
     let authz: Vec<String> = running.translator.lock().unwrap().authorizations().keys().cloned().collect();
     assert_eq!(authz, dir_translator().authorizations().keys().cloned().collect::<Vec<_>>());
 }
+
+/// Every kind synced except `kind`, which is failing.
+fn all_but(s: &KubeStatus, kind: Kind) -> bool {
+    s.failing.contains_key(&kind) && WATCHED.iter().all(|w| w.kind == kind || s.synced.contains(&w.kind))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_built_in_kind_not_found_is_a_failure_not_a_missing_crd() {
+    // Pods answer 404: no CRD is missing, the server is not an API server we can use (a
+    // wrong path prefix, a proxy). Serving without pods would be serving an empty mesh.
+    let mock = MockApi::start().await;
+    mock.respond(PODS, StatusCode::NOT_FOUND, "status/not-found.json").cluster();
+    let mut src = Source::start(&mock);
+    let status = src.wait("all but pods synced, pods failing", |s| all_but(s, Kind::Pod)).await;
+    assert!(!status.ready(), "ready without pods: {status:#?}");
+    let KubeError::Watch { kind: "Pod", .. } = &*status.failing[&Kind::Pod] else {
+        panic!("not a failing watch: {:#?}", status.failing[&Kind::Pod])
+    };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_it_may_not_read_is_reported_once_and_keeps_the_model_incomplete() {
+    let mock = MockApi::start().await;
+    mock.respond(POLICIES, StatusCode::FORBIDDEN, "status/forbidden-authorizationpolicies.json").cluster();
+    let mut src = Source::start(&mock);
+    src.wait("all but policies synced", |s| all_but(s, Kind::AuthorizationPolicy)).await;
+    mock.wait_seen("policies retried", WAIT, |seen| {
+        seen.iter().filter(|s| s.path == POLICIES && !s.is_watch()).count() >= 3
+    })
+    .await;
+    let status = src.status.borrow().clone();
+    // Workloads without their policies would fail open: the model is not complete.
+    assert!(!status.ready(), "{status:#?}");
+    assert_eq!(status.reports, 1, "{status:#?}");
+    let report = status.failing[&Kind::AuthorizationPolicy].to_string();
+    assert!(
+        report.starts_with("watching AuthorizationPolicy: ") && report.contains("cannot list resource"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_whose_connection_goes_silent_times_out() {
+    let dir = TempDir::new("kube-timeout");
+    let kubeconfig = dir.write(
+        "kubeconfig",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:1\n\
+         contexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n\
+         current-context: c\nusers:\n- name: u\n  user: {}\n",
+    );
+    let config = kube_source::config(Some(&kubeconfig)).await.unwrap();
+    // A list on a dead connection must fail (and be retried), not hang its kind for ever.
+    assert_eq!(config.read_timeout, Some(kube_source::READ_TIMEOUT));
+    assert!(kube_source::READ_TIMEOUT > Duration::from_secs(290), "would cut quiet watches");
+}

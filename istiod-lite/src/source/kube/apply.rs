@@ -156,3 +156,90 @@ pub(super) fn update_rejected(set: &mut BTreeMap<ObjectKey, Arc<RejectedObject>>
         set.insert(r.object.clone(), r.clone());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::source::kube::WATCHED;
+
+    fn policies() -> &'static Watched {
+        WATCHED.iter().find(|w| w.kind == Kind::AuthorizationPolicy).unwrap()
+    }
+
+    fn policy(name: &str, action: &str) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": "shop", "resourceVersion": "1"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": action, "rules": [{}]}
+        }))
+        .unwrap()
+    }
+
+    fn apply(model: &mut Model, out: &Outcome) {
+        for c in &out.changes {
+            match c {
+                Change::Upsert(o) => {
+                    model.upsert(o.clone());
+                }
+                Change::Delete(k) => {
+                    model.remove(k);
+                }
+            }
+        }
+    }
+
+    fn names(model: &Model) -> Vec<String> {
+        model.keys().into_iter().map(|k| k.name).collect()
+    }
+
+    #[test]
+    fn a_relist_replaces_the_kind_even_after_an_aborted_list() {
+        let w = policies();
+        let mut model = Model::default();
+        let mut state = KindState::default();
+        state.init();
+        state.init_apply(w, &policy("allow-old", "ALLOW"));
+        state.init_apply(w, &policy("deny-a", "DENY"));
+        let out = state.init_done(w, &model);
+        apply(&mut model, &out);
+        assert_eq!(names(&model), ["allow-old", "deny-a"]);
+
+        // Disconnected: `allow-old` deleted, `deny-b` added. A first re-list fails after one
+        // page (its objects must not count), the next one completes.
+        state.init();
+        state.init_apply(w, &policy("allow-old", "ALLOW"));
+        state.init();
+        state.init_apply(w, &policy("deny-a", "DENY"));
+        state.init_apply(w, &policy("deny-b", "DENY"));
+        let out = state.init_done(w, &model);
+        apply(&mut model, &out);
+        assert_eq!(names(&model), ["deny-a", "deny-b"], "a stale ALLOW or a lost DENY");
+        assert!(out.clear_kind && out.rejected.is_empty());
+    }
+
+    #[test]
+    fn a_policy_that_turns_bad_keeps_its_last_good_version_as_in_the_directory_source() {
+        let w = policies();
+        let mut model = Model::default();
+        let mut state = KindState::default();
+        let good = policy("deny-a", "DENY");
+        let out = state.apply(convert(w, &good), None, &model);
+        apply(&mut model, &out);
+        let mut bad = policy("deny-a", "DENY");
+        bad.data["spec"]["rules"] = json!([{"from": [{"source": {"principal": ["x"]}}]}]);
+        let out = state.apply(convert(w, &bad), Some("2".into()), &model);
+        apply(&mut model, &out);
+        assert_eq!(out.rejected.len(), 1, "reported");
+        assert!(out.rejected[0].to_string().contains("spec.rules[0].from[0].source"), "{}", out.rejected[0]);
+        let kept = &model.authorization_policies[&("shop".to_owned(), "deny-a".to_owned())];
+        assert!(kept.spec.rules[0].from.is_none(), "the good version stays: {kept:?}");
+        // And through a re-list.
+        state.init();
+        state.init_apply(w, &bad);
+        let out = state.init_done(w, &model);
+        apply(&mut model, &out);
+        assert_eq!((names(&model), out.rejected.len()), (vec!["deny-a".to_owned()], 1));
+    }
+}

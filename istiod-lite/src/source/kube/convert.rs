@@ -28,10 +28,24 @@ pub(super) fn key_of(w: &Watched, obj: &DynamicObject) -> ObjectKey {
     ObjectKey::new(w.kind, ns, obj.metadata.name.clone().unwrap_or_default())
 }
 
+/// The annotation in which `kubectl apply` keeps a copy of the whole object.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what the model never reads but would keep: `kubectl apply`'s copy of the object (an
+/// annotation, kept with the others). `managedFields` and the rest of what the model has no
+/// field for are not kept anyway; dropped here, they are not rendered and parsed either.
+fn drop_unread(map: &mut serde_json::Map<String, serde_json::Value>) {
+    let Some(meta) = map.get_mut("metadata").and_then(|m| m.as_object_mut()) else { return };
+    meta.remove("managedFields");
+    if let Some(annotations) = meta.get_mut("annotations").and_then(|a| a.as_object_mut()) {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
 /// Converts one object of kind `w`.
 ///
 /// Items of a list response carry no `apiVersion`/`kind` for built-in kinds: both are filled in
-/// from `w`. The object is rendered as indented JSON (a YAML document) and parsed by the
+/// from `w`. What the model does not read is dropped first ([`drop_unread`]). The object is rendered as indented JSON (a YAML document) and parsed by the
 /// directory source's parser, so a schema error's line and column count in that rendering.
 pub(super) fn convert(w: &Watched, obj: &DynamicObject) -> Result<Object, Rejected> {
     let reject = |error| Rejected { key: key_of(w, obj), error, stand_in: None };
@@ -49,6 +63,7 @@ pub(super) fn convert(w: &Watched, obj: &DynamicObject) -> Result<Object, Reject
             reason: format!("{:?} in a watch of {api_version}", listed_as.unwrap_or_default()),
         }));
     }
+    drop_unread(map);
     map.insert("apiVersion".into(), api_version.clone().into());
     map.insert("kind".into(), w.kind.as_str().into());
     let text = serde_json::to_string_pretty(&v)
@@ -88,6 +103,25 @@ mod tests {
         }));
         let Ok(Object::Pod(p)) = convert(watched(Kind::Pod), &o) else { panic!("not a pod") };
         assert_eq!((p.metadata.namespace.as_str(), p.spec.node_name.as_str()), ("shop", "node-a"));
+    }
+
+    #[test]
+    fn what_only_kubectl_reads_is_not_kept() {
+        // `kubectl apply` keeps a copy of the whole object in an annotation: held for every
+        // object, it would double the model's memory for nothing.
+        let o = dynamic(json!({
+            "metadata": {
+                "name": "catalog", "namespace": "shop", "resourceVersion": "7",
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"apiVersion\":\"v1\",\"kind\":\"Service\"}",
+                    "keep": "me"
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]
+            },
+            "spec": {"selector": {"app": "catalog"}, "ports": [{"port": 80}]}
+        }));
+        let Ok(Object::Service(s)) = convert(watched(Kind::Service), &o) else { panic!("not a service") };
+        assert_eq!(s.metadata.annotations.keys().collect::<Vec<_>>(), ["keep"]);
     }
 
     #[test]

@@ -11,7 +11,12 @@
 //!   the directory source (module `apply`).
 //! - A kind the server does not serve (404: the Gateway API or Istio CRDs not installed) is
 //!   reported once; its watch keeps retrying with backoff, so installing the CRDs later works,
-//!   and every other kind works meanwhile.
+//!   and every other kind works meanwhile. Without the CRD no such object can exist, so the
+//!   model is complete without it ([`KubeStatus::ready`]). A built-in kind (Namespace, Pod,
+//!   Service, EndpointSlice) answering 404 is a failing watch instead: the model is never
+//!   complete without it.
+//! - A failing list or watch (403, 5xx, timeouts) is reported when its problem starts or
+//!   changes, and retried after a pause that grows from 0.8 s to 30 s while it keeps failing.
 //!
 //! The identity it runs as needs `list` and `watch`, cluster-wide, on `namespaces`, `pods`,
 //! `services`, `endpointslices.discovery.k8s.io`, `authorizationpolicies` and
@@ -27,9 +32,9 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::utils::Backoff as _;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::{mpsc, watch};
 
@@ -54,6 +59,12 @@ impl Watched {
     /// `group/version`, or `version` for the core group.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() { self.version.to_owned() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    /// Whether the kind comes from a CRD (Istio's or the Gateway API's), which a cluster may
+    /// not have installed; the built-in kinds are always served.
+    pub fn from_crd(&self) -> bool {
+        !matches!(self.group, "" | "discovery.k8s.io")
     }
 
     /// The resource as kube-rs addresses it.
@@ -163,7 +174,22 @@ pub enum KubeError {
 /// Builds a client from a kubeconfig file, or, without one, from the in-cluster service
 /// account or the default kubeconfig (`$KUBECONFIG`, `~/.kube/config`).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, KubeError> {
-    let config = match kubeconfig {
+    let config = config(kubeconfig).await?;
+    kube::Client::try_from(config).map_err(|source| KubeError::Client { source })
+}
+
+/// How long a request may wait for its next bytes before the connection counts as dead.
+/// Longer than the 290 s after which the API server ends a watch, so a quiet watch is not cut.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(295);
+
+/// The client's configuration, as [`client`] reads it, with [`READ_TIMEOUT`].
+///
+/// kube leaves reads without a timeout; its watcher times out an idle watch stream, but not a
+/// list or the start of a watch. A connection that dies silently (an API server node lost,
+/// a dropped NAT entry) in the middle of a list then hung that kind for ever, its old objects
+/// in force and no error reported. The client is used only for short requests and watches.
+pub async fn config(kubeconfig: Option<&Path>) -> Result<kube::Config, KubeError> {
+    let mut config = match kubeconfig {
         Some(path) => {
             let bad = |source| KubeError::Kubeconfig { path: path.to_owned(), source };
             let kc = kube::config::Kubeconfig::read_from(path).map_err(bad)?;
@@ -171,7 +197,8 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, KubeError
         }
         None => kube::Config::infer().await.map_err(|source| KubeError::Infer { source })?,
     };
-    kube::Client::try_from(config).map_err(|source| KubeError::Client { source })
+    config.read_timeout.get_or_insert(READ_TIMEOUT);
+    Ok(config)
 }
 
 /// What the source has done so far.
@@ -291,7 +318,9 @@ impl Source {
             tracing::debug!(kind = w.kind.as_str(), "watch expired; re-listing");
             return;
         }
-        let error = if is_not_found(&e) {
+        // A built-in kind is never missing: its 404 means the server is not an API server we
+        // can use (a wrong path prefix, a proxy), and an empty mesh must not pass for complete.
+        let error = if is_not_found(&e) && w.from_crd() {
             KubeError::NotInstalled { api_version: w.api_version(), kind: w.kind.as_str() }
         } else {
             KubeError::Watch { kind: w.kind.as_str(), source: e }
@@ -314,6 +343,34 @@ impl Source {
     }
 }
 
+/// A kind's watcher events with a pause after each error: kube's default backoff (0.8 s,
+/// doubling to 30 s, with jitter), reset only by an event the server sent.
+///
+/// Not kube's `default_backoff()`: it resets on every `Ok` item, and a watcher whose list
+/// failed begins its next attempt with [`Event::Init`], before asking the server; the pause
+/// never grew past its first step, so a missing RBAC rule or an API server in trouble was
+/// asked about once a second per kind, for ever.
+fn backed_off<K: Send + 'static>(
+    events: impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static {
+    let start = (Box::pin(events), watcher::DefaultBackoff::default(), None);
+    futures::stream::unfold(start, |(mut events, mut backoff, pause)| async move {
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+        let event = events.next().await?;
+        let pause = match &event {
+            Err(_) => backoff.next(),
+            Ok(Event::Init) => None,
+            Ok(_) => {
+                backoff.reset();
+                None
+            }
+        };
+        Some((event, (events, backoff, pause)))
+    })
+}
+
 /// Watches every kind in [`WATCHED`] through `client`, applies each event to `translator`,
 /// and sends every non-empty delta. Returns the status receiver, the delta receiver and the
 /// future to spawn (it runs until dropped or until the delta receiver is dropped).
@@ -325,8 +382,7 @@ pub fn watch(
     let (delta_tx, delta_rx) = mpsc::unbounded_channel();
     let streams = WATCHED.iter().map(|w| {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &w.api_resource());
-        // Backoff between failed attempts keeps a missing CRD from turning into a busy loop.
-        watcher::watcher(api, watcher::Config::default()).default_backoff().map(move |e| (w, e)).boxed()
+        backed_off(watcher::watcher(api, watcher::Config::default())).map(move |e| (w, e)).boxed()
     });
     let mut events = futures::stream::select_all(streams);
     let mut source = Source { translator, status: status_tx, deltas: delta_tx, kinds: BTreeMap::new() };
@@ -338,4 +394,57 @@ pub fn watch(
         }
     };
     (status_rx, delta_rx, fut)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// What a kind's watcher yields while its list keeps failing (a missing RBAC rule, an API
+    /// server that is down): each attempt starts with `Init`, before the server is asked.
+    fn failing_lists(attempts: usize) -> impl Stream<Item = Result<Event<()>, watcher::Error>> + Send + 'static {
+        futures::stream::iter((0..attempts).flat_map(|_| [Ok(Event::Init), Err(watcher::Error::NoResourceVersion)]))
+    }
+
+    /// The (virtual) times at which the errors of `events` come out of [`backed_off`].
+    async fn error_times(
+        events: impl Stream<Item = Result<Event<()>, watcher::Error>> + Send + 'static,
+    ) -> Vec<Duration> {
+        let start = tokio::time::Instant::now();
+        let mut out = Vec::new();
+        let mut s = std::pin::pin!(backed_off(events));
+        while let Some(e) = s.next().await {
+            if e.is_err() {
+                out.push(start.elapsed());
+            }
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_lists_are_retried_with_growing_pauses() {
+        let at = error_times(failing_lists(6)).await;
+        let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        // 0.8 s doubling (each with up to as much again of jitter), to 30 s at most.
+        for (i, gap) in gaps.iter().enumerate() {
+            let least = Duration::from_millis(800) * 2u32.pow(i as u32);
+            assert!(*gap >= least, "pause {i} after a failed list: {gap:?} < {least:?}; all: {gaps:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_from_the_server_resets_the_pauses() {
+        let events = failing_lists(3).chain(futures::stream::iter([Ok(Event::Init), Ok(Event::InitDone)])).chain(
+            futures::stream::iter([
+                Err(watcher::Error::NoResourceVersion),
+                Ok(Event::Init),
+                Err(watcher::Error::NoResourceVersion),
+            ]),
+        );
+        let at = error_times(events).await;
+        let gap = at[4] - at[3];
+        assert!(gap < Duration::from_millis(1600), "not reset after a good list: {gap:?}");
+    }
 }
