@@ -394,6 +394,8 @@ mod tests {
             services: Default::default(),
             authorization_policies: Vec::new(),
             healthy: true,
+            locality: Default::default(),
+            capacity: 1,
         })
     }
 
@@ -407,6 +409,7 @@ mod tests {
             app_protocols: Default::default(),
             subject_alt_names: Vec::new(),
             waypoint: None,
+            load_balancing: Default::default(),
         })
     }
 

@@ -60,6 +60,8 @@ fn workload(ns: u32, svc: u32, ep: u32) -> Workload {
         services: BTreeMap::from([(format!("ns-{ns}/{hostname}"), BTreeMap::from([(80, 8080)]))]),
         authorization_policies: Vec::new(),
         healthy: true,
+        locality: Default::default(),
+        capacity: 1,
     }
 }
 
@@ -73,6 +75,7 @@ fn service(ns: u32, svc: u32) -> Service {
         app_protocols: BTreeMap::new(),
         subject_alt_names: Vec::new(),
         waypoint: None,
+        load_balancing: Default::default(),
     }
 }
 

@@ -5,11 +5,16 @@
 //! is refused, because going direct would skip the waypoint's L7 policy. The two exceptions
 //! keep traffic from looping: the waypoint's own connections, and connections to the waypoint's
 //! own pods.
+//!
+//! A service's endpoint is chosen by [`State::pick_endpoint_for`] (declared port, health, this
+//! proxy's network, locality preferences against the source, capacity) and dialled on its
+//! address of the family the client used. An IPv4-mapped destination (`::ffff:a.b.c.d`) is
+//! routed, and addressed, as its IPv4 address.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::state::{GatewayAddress, GatewayDestination, Service, State, TunnelProtocol, Workload};
+use crate::state::{GatewayAddress, GatewayDestination, LoadBalancingMode, Service, State, TunnelProtocol, Workload};
 
 /// The outbound decision for one connection.
 #[derive(Debug)]
@@ -67,6 +72,9 @@ pub enum Route {
 /// Routes a connection to `dst` (the original destination) leaving a local pod, `src` (the
 /// source workload, when known; used so a waypoint's own traffic is never sent back to it).
 pub fn route(state: &State, src: Option<&Workload>, dst: SocketAddr, hbone_port: u16) -> Route {
+    // One spelling per address: what the destination checks (policy, its own workload) and what
+    // the access log shows must not depend on how the client wrote an IPv4 address.
+    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
     if let Some(service) = state.service_by_vip(dst.ip()) {
         if let Some(gw) = &service.waypoint {
             let destination = || format!("{}/{}", service.namespace, service.name);
@@ -76,11 +84,14 @@ pub fn route(state: &State, src: Option<&Workload>, dst: SocketAddr, hbone_port:
                 Err(r) => return r,
             }
         }
-        let Some(ep) = state.pick_endpoint(service, dst.port()) else {
+        if service.load_balancing.mode == LoadBalancingMode::Passthrough {
+            // The control plane asks for no endpoint choice: the address the client dialled.
+            return Route::Passthrough { dst, workload: None, service: Some(service.clone()) };
+        }
+        let Some(ep) = state.pick_endpoint_for(src, service, dst.port()) else {
             return Route::NoEndpoint { service: service.clone() };
         };
-        let ip = ep.workload.addresses.first().copied().unwrap_or(dst.ip());
-        let target = SocketAddr::new(ip, ep.port);
+        let target = SocketAddr::new(address_like(&ep.workload, dst.ip()), ep.port);
         if let (None, Some(gw)) = (&service.waypoint, &ep.workload.waypoint) {
             // Reached through a service without a waypoint, to a workload with one: the
             // workload's waypoint still sees the connection, addressed to the pod.
@@ -138,7 +149,7 @@ fn via_waypoint(
             Some(w) => (w.clone(), gw.hbone_mtls_port),
             // The address may be the waypoint Service's VIP rather than a pod's.
             None => match state.service_by_vip(a.address) {
-                Some(svc) => match state.pick_endpoint(svc, gw.hbone_mtls_port) {
+                Some(svc) => match state.pick_endpoint_for(src, svc, gw.hbone_mtls_port) {
                     Some(ep) => (ep.workload, ep.port),
                     None => return Err(unavailable("waypoint service has no healthy endpoint")),
                 },
@@ -149,7 +160,7 @@ fn via_waypoint(
             let Some(svc) = state.service_by_host(namespace, hostname) else {
                 return Err(unavailable("waypoint service is not known"));
             };
-            match state.pick_endpoint(svc, gw.hbone_mtls_port) {
+            match state.pick_endpoint_for(src, svc, gw.hbone_mtls_port) {
                 Some(ep) => (ep.workload, ep.port),
                 None => return Err(unavailable("waypoint service has no healthy endpoint")),
             }
@@ -161,10 +172,10 @@ fn via_waypoint(
     if !waypoint.healthy {
         return Err(unavailable("waypoint pod is not ready"));
     }
-    let Some(&ip) = waypoint.addresses.first() else {
+    if waypoint.addresses.is_empty() {
         return Err(unavailable("waypoint pod has no address"));
-    };
-    let peer = SocketAddr::new(ip, port);
+    }
+    let peer = SocketAddr::new(address_like(&waypoint, target.ip()), port);
     Ok(Some(Route::Waypoint { waypoint, service: service.cloned(), workload: workload.cloned(), target, peer }))
 }
 
@@ -200,6 +211,14 @@ fn describe(gw: &GatewayAddress) -> String {
         GatewayDestination::Address(a) => format!("{}:{}", a.address, gw.hbone_mtls_port),
         GatewayDestination::Hostname { namespace, hostname } => format!("{namespace}/{hostname}"),
     }
+}
+
+/// The address of `w` (which has at least one) to dial for a connection addressed to `like`:
+/// the first of the same family (Istio prefers the family of the original request, so a client
+/// that dialled an IPv6 VIP reaches a dual-stack pod over IPv6), else the first.
+fn address_like(w: &Workload, like: IpAddr) -> IpAddr {
+    let first = w.addresses.first().copied().unwrap_or(like);
+    w.addresses.iter().copied().find(|a| a.is_ipv6() == like.is_ipv6()).unwrap_or(first)
 }
 
 fn to_workload(workload: Arc<Workload>, service: Option<Arc<Service>>, target: SocketAddr, hbone_port: u16) -> Route {

@@ -9,9 +9,13 @@
 //! defect inside the policy yields a [`Policy`] marked unusable, which denies everything if it is
 //! a DENY and matches nothing if it is an ALLOW, so a policy we cannot read never widens access.
 //!
-//! Fields this proxy does not act on (`hostname`, `networkGateway`, `locality`, `capacity`,
-//! `loadBalancing`, extensions) are ignored; fields whose meaning it would get wrong
-//! (`LEGACY_ISTIO_MTLS`, an application tunnel) are errors.
+//! Fields this proxy does not act on (`hostname`, `networkGateway`, `ipFamilies`,
+//! `loadBalancing.dnsConnectStrategy`, extensions) are ignored; fields whose meaning it would
+//! get wrong (`LEGACY_ISTIO_MTLS`, an application tunnel) are errors. `loadBalancing` fails
+//! closed: a mode this build does not know is taken as STRICT and a scope it does not know is
+//! one no endpoint shares, so a locality requirement is never widened (no endpoint rather than
+//! one in another zone). Workloads on another network are kept but never chosen as endpoints
+//! (no network gateway support; see [`super::service`]).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -21,10 +25,10 @@ use proto::istio::security as pbs;
 use proto::istio::workload as pbw;
 
 use super::policy::{Action, Cidr, CidrError, Group, Match, Policy, Rule, Scope, ServiceAccountMatch, StringMatch};
-use super::service::{AppProtocol, Service};
+use super::service::{AppProtocol, LoadBalancing, LoadBalancingMode, LocalityScope, Service};
 use super::workload::{
-    DEFAULT_HBONE_PORT, GatewayAddress, GatewayDestination, NetworkAddress, PortMap, TunnelProtocol, Workload,
-    WorkloadType,
+    DEFAULT_CAPACITY, DEFAULT_HBONE_PORT, GatewayAddress, GatewayDestination, Locality, NetworkAddress, PortMap,
+    TunnelProtocol, Workload, WorkloadType,
 };
 
 /// Service account assumed when a workload names none, as Kubernetes does.
@@ -225,6 +229,8 @@ impl TryFrom<pbw::Workload> for Workload {
         for (i, r) in w.authorization_policies.iter().enumerate() {
             reference(&cx, format!("authorizationPolicies[{i}]"), r)?;
         }
+        let locality =
+            w.locality.map(|l| Locality { region: l.region, zone: l.zone, subzone: l.subzone }).unwrap_or_default();
         Ok(Workload {
             uid,
             name,
@@ -242,6 +248,8 @@ impl TryFrom<pbw::Workload> for Workload {
             services,
             authorization_policies: w.authorization_policies,
             healthy,
+            locality,
+            capacity: w.capacity.unwrap_or(DEFAULT_CAPACITY),
         })
     }
 }
@@ -282,6 +290,7 @@ impl TryFrom<pbw::Service> for Service {
             }
         }
         let waypoint = s.waypoint.map(|g| gateway(&cx, "waypoint", g)).transpose()?;
+        let load_balancing = s.load_balancing.map(load_balancing).unwrap_or_default();
         Ok(Service {
             name,
             namespace,
@@ -291,8 +300,37 @@ impl TryFrom<pbw::Service> for Service {
             app_protocols,
             subject_alt_names: s.subject_alt_names,
             waypoint,
+            load_balancing,
         })
     }
+}
+
+/// A service's load balancing, failing closed on values this build does not know (see the
+/// module docs): they can only narrow the endpoints, never widen them.
+fn load_balancing(lb: pbw::LoadBalancing) -> LoadBalancing {
+    use pbw::load_balancing::{HealthPolicy, Mode, Scope as PbScope};
+    let mode = match Mode::try_from(lb.mode) {
+        Ok(Mode::UnspecifiedMode) => LoadBalancingMode::Standard,
+        Ok(Mode::Failover) => LoadBalancingMode::Failover,
+        Ok(Mode::Passthrough) => LoadBalancingMode::Passthrough,
+        Ok(Mode::Strict) | Err(_) => LoadBalancingMode::Strict,
+    };
+    let routing_preference = lb
+        .routing_preference
+        .iter()
+        .map(|&v| match PbScope::try_from(v) {
+            Ok(PbScope::Region) => LocalityScope::Region,
+            Ok(PbScope::Zone) => LocalityScope::Zone,
+            Ok(PbScope::Subzone) => LocalityScope::Subzone,
+            Ok(PbScope::Node) => LocalityScope::Node,
+            Ok(PbScope::Cluster) => LocalityScope::Cluster,
+            Ok(PbScope::Network) => LocalityScope::Network,
+            Ok(PbScope::UnspecifiedScope) | Err(_) => LocalityScope::Unknown(v),
+        })
+        .collect();
+    // An unknown health policy keeps the default: healthy endpoints only.
+    let allow_unhealthy = HealthPolicy::try_from(lb.health_policy) == Ok(HealthPolicy::AllowAll);
+    LoadBalancing { mode, routing_preference, allow_unhealthy }
 }
 
 /// One workload-discovery resource: a workload or a service.

@@ -37,9 +37,11 @@ use serde::Serialize;
 pub use authorize::{ConnInfo, DryRunResult, PolicyRule, Reason, Verdict};
 pub use handle::StateHandle;
 pub use policy::{Action, Policy, Scope};
-pub use service::{AppProtocol, Endpoint, Service};
+pub use service::{AppProtocol, Endpoint, LoadBalancing, LoadBalancingMode, LocalityScope, Service};
 pub use waypoint_gate::{WaypointDenial, WaypointGate};
-pub use workload::{GatewayAddress, GatewayDestination, NetworkAddress, TunnelProtocol, Workload, WorkloadType};
+pub use workload::{
+    GatewayAddress, GatewayDestination, Locality, NetworkAddress, TunnelProtocol, Workload, WorkloadType,
+};
 
 use service::EndpointIndex;
 
@@ -221,7 +223,7 @@ impl State {
             }
         }
         s.services = services.into_iter().map(|(_, svc)| svc).collect();
-        s.endpoints = EndpointIndex::build(workloads.iter());
+        s.endpoints = EndpointIndex::build(workloads.iter(), &s.config.network);
         s.waypoint_gates = waypoint_gate::build(&s, &workloads);
 
         let mut policies: Vec<(String, Arc<Policy>)> = policies.into_iter().map(|p| (p.key(), Arc::new(p))).collect();
@@ -321,14 +323,25 @@ impl State {
         self.policies.iter()
     }
 
-    /// A healthy endpoint of `svc` for a connection to `service_port` (see
-    /// [`service`] for the port rules); round robin over the service's healthy endpoints.
+    /// An endpoint of `svc` for a connection to `service_port` from an unknown client: as
+    /// [`State::pick_endpoint_for`] without a source, so a service whose load balancing is
+    /// STRICT has none.
     pub fn pick_endpoint(&self, svc: &Service, service_port: u16) -> Option<Endpoint> {
-        self.endpoints.pick(svc, service_port)
+        self.endpoints.pick(svc, service_port, None)
     }
 
-    /// Every healthy endpoint of `svc` for `service_port`, in uid order (for proxies that balance
-    /// by their own policy, like the waypoint).
+    /// An endpoint of `svc` for a connection from `src` to `service_port`: healthy (unless the
+    /// service allows otherwise), on this proxy's network, with the service's locality
+    /// preferences applied against `src`, weighted round robin by capacity. `None` when the
+    /// service does not declare the port or no endpoint qualifies (see [`service`]).
+    pub fn pick_endpoint_for(&self, src: Option<&Workload>, svc: &Service, service_port: u16) -> Option<Endpoint> {
+        self.endpoints.pick(svc, service_port, src)
+    }
+
+    /// Every usable endpoint of `svc` for `service_port` (healthy unless the service allows
+    /// otherwise, on this proxy's network, the port declared and resolved), in uid order,
+    /// whatever the client's locality (for proxies that balance by their own policy, like the
+    /// waypoint).
     pub fn endpoints(&self, svc: &Service, service_port: u16) -> Vec<Endpoint> {
         self.endpoints.all(svc, service_port)
     }

@@ -31,6 +31,81 @@ pub struct Service {
     pub subject_alt_names: Vec<String>,
     /// Waypoint that traffic to this service must go through, if any.
     pub waypoint: Option<GatewayAddress>,
+    /// How an endpoint is chosen (locality, health); the default when the control plane sets
+    /// nothing.
+    #[serde(skip_serializing_if = "LoadBalancing::is_default")]
+    pub load_balancing: LoadBalancing,
+}
+
+/// Endpoint choice for a service (Istio's `Service.load_balancing`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancing {
+    /// How `routing_preference` is applied.
+    pub mode: LoadBalancingMode,
+    /// Locality scopes, most important first: an endpoint's rank is how many of them, in order,
+    /// it shares with the client before the first it does not.
+    pub routing_preference: Vec<LocalityScope>,
+    /// Whether unhealthy endpoints may be chosen too (`health_policy: ALLOW_ALL`, e.g. for
+    /// `publishNotReadyAddresses`).
+    pub allow_unhealthy: bool,
+}
+
+impl LoadBalancing {
+    fn is_default(&self) -> bool {
+        *self == LoadBalancing::default()
+    }
+}
+
+/// How a service's routing preferences are applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LoadBalancingMode {
+    /// Preferences are ignored: every endpoint is eligible.
+    #[default]
+    Standard,
+    /// Only endpoints sharing every preferred scope with the client; none other, ever (e.g.
+    /// `internalTrafficPolicy: Local` is STRICT on NODE).
+    Strict,
+    /// The endpoints of the highest rank present, falling back scope by scope.
+    Failover,
+    /// No endpoint is chosen: the connection goes to the address the client dialled.
+    Passthrough,
+}
+
+/// A locality dimension an endpoint can share with the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LocalityScope {
+    /// Same region.
+    Region,
+    /// Same zone.
+    Zone,
+    /// Same subzone.
+    Subzone,
+    /// Same node.
+    Node,
+    /// Same cluster.
+    Cluster,
+    /// Same network.
+    Network,
+    /// A scope this build does not know (or UNSPECIFIED): never shared, so STRICT on it has no
+    /// endpoint rather than ignoring the requirement.
+    Unknown(i32),
+}
+
+impl LocalityScope {
+    fn shared(self, src: &Workload, ep: &Workload) -> bool {
+        match self {
+            LocalityScope::Region => src.locality.region == ep.locality.region,
+            LocalityScope::Zone => src.locality.zone == ep.locality.zone,
+            LocalityScope::Subzone => src.locality.subzone == ep.locality.subzone,
+            LocalityScope::Node => src.node == ep.node,
+            LocalityScope::Cluster => src.cluster_id == ep.cluster_id,
+            LocalityScope::Network => src.network == ep.network,
+            LocalityScope::Unknown(_) => false,
+        }
+    }
 }
 
 /// The application protocol of a service port, as declared (Istio's explicit protocol
@@ -71,34 +146,45 @@ pub struct Endpoint {
     pub port: u16,
 }
 
-/// The healthy backends of one service.
+/// The backends of one service reachable from this proxy.
 #[derive(Debug)]
 struct EndpointSet {
     /// `namespace/hostname`, kept so lookups into each workload's port maps need no formatting.
     key: String,
-    /// Healthy workloads with at least one address, sorted by uid so snapshots are reproducible.
+    /// Workloads with an address on this proxy's network, healthy or not (a service may allow
+    /// unhealthy ones), sorted by uid so the rotation order is reproducible.
     workloads: Vec<Arc<Workload>>,
-    /// Round-robin cursor; per snapshot, so a new snapshot restarts the rotation.
+    /// Round-robin cursor. Each snapshot starts it at a random place: snapshots are rebuilt on
+    /// every change in the mesh, and starting each at the first endpoint would send the first
+    /// connections of every snapshot to the same one.
     next: AtomicUsize,
 }
 
-/// Healthy endpoints per service, keyed namespace -> hostname so a lookup from a [`Service`]
-/// borrows its two strings instead of formatting a key.
+/// Endpoints per service, keyed namespace -> hostname so a lookup from a [`Service`] borrows its
+/// two strings instead of formatting a key.
 #[derive(Debug, Default)]
 pub(super) struct EndpointIndex {
     by_namespace: HashMap<String, HashMap<String, EndpointSet>>,
 }
 
 impl EndpointIndex {
-    /// Indexes every healthy, addressable workload under each service it lists.
-    pub(super) fn build<'a>(workloads: impl Iterator<Item = &'a Arc<Workload>>) -> Self {
+    /// Indexes every workload with an address on `network` under each service it lists.
+    ///
+    /// Workloads on other networks are left out: reaching them takes their network's gateway
+    /// (double HBONE), which this proxy does not implement, and dialling their addresses on the
+    /// local network would reach whatever holds them here.
+    pub(super) fn build<'a>(workloads: impl Iterator<Item = &'a Arc<Workload>>, network: &str) -> Self {
         let mut by_namespace: HashMap<String, HashMap<String, EndpointSet>> = HashMap::new();
-        for w in workloads.filter(|w| w.healthy && !w.addresses.is_empty()) {
+        for w in workloads.filter(|w| w.network == network && !w.addresses.is_empty()) {
             for key in w.services.keys() {
                 // Keys were validated as `namespace/hostname` at conversion; skip anything else.
                 let Some((ns, host)) = key.split_once('/') else { continue };
                 let set = by_namespace.entry(ns.to_owned()).or_default().entry(host.to_owned()).or_insert_with(|| {
-                    EndpointSet { key: key.clone(), workloads: Vec::new(), next: AtomicUsize::new(0) }
+                    EndpointSet {
+                        key: key.clone(),
+                        workloads: Vec::new(),
+                        next: AtomicUsize::new(rand::random::<u32>() as usize),
+                    }
                 });
                 set.workloads.push(w.clone());
             }
@@ -111,54 +197,91 @@ impl EndpointIndex {
 
     /// Number of healthy endpoints of a service.
     pub(super) fn count(&self, svc: &Service) -> usize {
-        self.set(svc).map_or(0, |s| s.workloads.len())
+        self.set(svc).map_or(0, |s| s.workloads.iter().filter(|w| w.healthy).count())
     }
 
     fn set(&self, svc: &Service) -> Option<&EndpointSet> {
         self.by_namespace.get(svc.namespace.as_str())?.get(svc.hostname.as_str())
     }
 
-    /// Every healthy endpoint of `svc` whose target port for `service_port` resolves.
+    /// Every usable endpoint of `svc` for `service_port` (healthy unless the service allows
+    /// otherwise, target port resolved), whatever the client's locality.
     pub(super) fn all(&self, svc: &Service, service_port: u16) -> Vec<Endpoint> {
         let Some(set) = self.set(svc) else { return Vec::new() };
-        set.workloads
-            .iter()
-            .filter_map(|w| {
-                target_port(w, &set.key, svc, service_port).map(|port| Endpoint { workload: w.clone(), port })
-            })
-            .collect()
+        set.workloads.iter().filter_map(|w| usable(w, &set.key, svc, service_port)).collect()
     }
 
-    /// Picks a healthy endpoint of `svc` for `service_port`, rotating round robin.
+    /// Picks an endpoint of `svc` for a connection from `src` to `service_port`.
     ///
-    /// Round robin (an atomic cursor per service) rather than random: it spreads evenly even over
-    /// few connections, costs one relaxed atomic add, and makes tests deterministic. Endpoints
-    /// whose target port cannot be resolved are skipped, so the scan is at most one lap.
-    pub(super) fn pick(&self, svc: &Service, service_port: u16) -> Option<Endpoint> {
+    /// Eligible: usable (see [`EndpointIndex::all`]), with a capacity above 0, and, when the
+    /// service has routing preferences, of the best rank present (FAILOVER) or sharing every
+    /// preferred scope with `src` (STRICT; nothing when `src` is unknown). Among those, weighted
+    /// round robin by capacity over the uid order: one relaxed atomic add and a scan, an even
+    /// spread even over few connections, and exact shares in tests (each lap of the cursor gives
+    /// every endpoint its capacity in picks). Rank is Istio's: the number of preferred scopes,
+    /// in order, shared before the first that is not.
+    pub(super) fn pick(&self, svc: &Service, service_port: u16, src: Option<&Workload>) -> Option<Endpoint> {
         let set = self.set(svc)?;
-        let n = set.workloads.len();
-        if n == 0 {
+        let lb = &svc.load_balancing;
+        let prefs = &lb.routing_preference;
+        let ranked = matches!(lb.mode, LoadBalancingMode::Strict | LoadBalancingMode::Failover) && !prefs.is_empty();
+        let rank = |w: &Workload| match src {
+            Some(src) => prefs.iter().take_while(|scope| scope.shared(src, w)).count(),
+            None => 0,
+        };
+        // Borrowed, not cloned: one pick scans the set up to twice, and only the chosen
+        // workload's reference count is touched.
+        let eligible = || {
+            set.workloads
+                .iter()
+                .filter(|w| w.capacity > 0)
+                .filter_map(|w| Some((w, port_for(w, &set.key, svc, service_port)?)))
+        };
+        let want = match lb.mode {
+            _ if !ranked => None,
+            LoadBalancingMode::Strict => Some(prefs.len()),
+            _ => Some(eligible().map(|(w, _)| rank(w)).max()?),
+        };
+        let candidates = || eligible().filter(|(w, _)| want.is_none_or(|r| rank(w) == r));
+        let total: u64 = candidates().map(|(w, _)| u64::from(w.capacity)).sum();
+        if total == 0 {
             return None;
         }
-        let start = set.next.fetch_add(1, Ordering::Relaxed);
-        (0..n).find_map(|i| {
-            let w = &set.workloads[(start + i) % n];
-            target_port(w, &set.key, svc, service_port).map(|port| Endpoint { workload: w.clone(), port })
-        })
+        let mut k = set.next.fetch_add(1, Ordering::Relaxed) as u64 % total;
+        let (w, port) = candidates().find(|(w, _)| {
+            let c = u64::from(w.capacity);
+            if k < c {
+                return true;
+            }
+            k -= c;
+            false
+        })?;
+        Some(Endpoint { workload: w.clone(), port })
     }
 }
 
+/// The port `w` serves `service_port` of `svc` on, when it may serve it: healthy (or the service
+/// allows unhealthy endpoints), and with a target port.
+fn port_for(w: &Workload, key: &str, svc: &Service, service_port: u16) -> Option<u16> {
+    if !w.healthy && !svc.load_balancing.allow_unhealthy {
+        return None;
+    }
+    target_port(w, key, svc, service_port)
+}
+
+/// `w` as an endpoint of `svc` for `service_port`, when it may serve it (see [`port_for`]).
+fn usable(w: &Arc<Workload>, key: &str, svc: &Service, service_port: u16) -> Option<Endpoint> {
+    port_for(w, key, svc, service_port).map(|port| Endpoint { workload: w.clone(), port })
+}
+
 /// The port to use on `w` for `service_port` of `svc`: the workload's own mapping for that
-/// service, else the service's target port, else the service port itself when the service does
-/// not declare the port. `None` when the service declares a named target port (0) that the
-/// workload does not resolve.
+/// service, else the service's target port. `None` when the service does not declare the port
+/// (as in Istio: a port the Service does not list is not routed, even if an endpoint maps it), or
+/// declares a named target port (0) that the workload does not resolve.
 fn target_port(w: &Workload, key: &str, svc: &Service, service_port: u16) -> Option<u16> {
+    let declared = *svc.ports.get(&service_port)?;
     if let Some(&p) = w.services.get(key).and_then(|m| m.get(&service_port)).filter(|&&p| p != 0) {
         return Some(p);
     }
-    match svc.ports.get(&service_port) {
-        Some(0) => None,
-        Some(&p) => Some(p),
-        None => Some(service_port),
-    }
+    (declared != 0).then_some(declared)
 }

@@ -72,6 +72,20 @@ pub struct GatewayAddress {
     pub hbone_mtls_port: u16,
 }
 
+/// Where a workload runs (its node's topology labels); an empty part is unknown.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Locality {
+    /// Region (`topology.kubernetes.io/region`).
+    pub region: String,
+    /// Zone within the region (`topology.kubernetes.io/zone`).
+    pub zone: String,
+    /// Subzone within the zone (`topology.istio.io/subzone`).
+    pub subzone: String,
+}
+
+/// Capacity of a workload whose control plane sets none.
+pub const DEFAULT_CAPACITY: u32 = 1;
+
 /// Default HBONE port of a gateway when its address leaves it unset.
 pub const DEFAULT_HBONE_PORT: u16 = 15008;
 
@@ -114,6 +128,11 @@ pub struct Workload {
     pub authorization_policies: Vec<String>,
     /// Whether the workload is ready to receive traffic.
     pub healthy: bool,
+    /// Where the workload runs, for locality-aware endpoint choice.
+    pub locality: Locality,
+    /// Relative share of its services' connections ([`DEFAULT_CAPACITY`] unless set); 0 takes
+    /// none.
+    pub capacity: u32,
 }
 
 impl Workload {
@@ -146,7 +165,7 @@ impl Workload {
 
 impl Serialize for Workload {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Workload", 19)?;
+        let mut st = s.serialize_struct("Workload", 21)?;
         st.serialize_field("uid", &self.uid)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("namespace", self.namespace())?;
@@ -166,6 +185,8 @@ impl Serialize for Workload {
         st.serialize_field("services", &self.services)?;
         st.serialize_field("authorizationPolicies", &self.authorization_policies)?;
         st.serialize_field("healthy", &self.healthy)?;
+        st.serialize_field("locality", &self.locality)?;
+        st.serialize_field("capacity", &self.capacity)?;
         st.end()
     }
 }

@@ -199,3 +199,127 @@ services:
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_service_port_the_service_does_not_declare_is_refused() {
+    let s = state("", "", "HEALTHY");
+    match route(&s, None, addr("10.96.0.5:7000"), 15008) {
+        Route::NoEndpoint { service } => assert_eq!(service.name, "web"),
+        other => panic!("undeclared service port went {other:?}"),
+    }
+}
+
+/// `web` is dual-stack behind a dual-stack service; `far` backs `remote` from another network.
+const DUAL_STACK: &str = r#"
+workloads:
+- name: web
+  namespace: shop
+  addresses: ["10.0.0.5", "fd00::5"]
+  protocol: HBONE
+  services: {"shop/web.shop.svc.cluster.local": {80: 8080}}
+- name: far
+  namespace: shop
+  addresses: ["10.0.0.8"]
+  network: west
+  protocol: HBONE
+  services: {"shop/remote.shop.svc.cluster.local": {80: 8080}}
+services:
+- name: web
+  namespace: shop
+  hostname: web.shop.svc.cluster.local
+  addresses: ["10.96.0.5", "fd00:96::5"]
+  ports: [{servicePort: 80, targetPort: 8080}]
+- name: remote
+  namespace: shop
+  hostname: remote.shop.svc.cluster.local
+  addresses: ["10.96.0.8"]
+  ports: [{servicePort: 80, targetPort: 8080}]
+"#;
+
+#[test]
+fn a_dual_stack_endpoint_is_dialled_in_the_family_the_client_used() {
+    let s = file::parse(DUAL_STACK, StateConfig::default()).unwrap();
+    for (dst, target, peer) in
+        [("[fd00:96::5]:80", "[fd00::5]:8080", "[fd00::5]:15008"), ("10.96.0.5:80", "10.0.0.5:8080", "10.0.0.5:15008")]
+    {
+        match route(&s, None, addr(dst), 15008) {
+            Route::Hbone { target: t, peer: p, .. } => assert_eq!((t, p), (addr(target), addr(peer)), "{dst}"),
+            other => panic!("{dst}: {other:?}"),
+        }
+    }
+    // Dialled by pod address, the address dialled is the one used.
+    match route(&s, None, addr("[fd00::5]:9000"), 15008) {
+        Route::Hbone { target, peer, .. } => {
+            assert_eq!((target, peer), (addr("[fd00::5]:9000"), addr("[fd00::5]:15008")))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn ipv4_mapped_destinations_route_as_their_ipv4_address() {
+    let s = state("", "", "HEALTHY");
+    // The same decision and the same addresses as for the IPv4 form: the peer and :authority
+    // the destination checks policy against are never the mapped spelling.
+    match route(&s, None, addr("[::ffff:10.0.0.5]:9000"), 15008) {
+        Route::Hbone { workload, target, peer, .. } => {
+            assert_eq!(workload.name, "web");
+            assert_eq!((target, peer), (addr("10.0.0.5:9000"), addr("10.0.0.5:15008")));
+        }
+        other => panic!("{other:?}"),
+    }
+    match route(&s, None, addr("[::ffff:10.96.0.5]:80"), 15008) {
+        Route::Hbone { target, .. } => assert_eq!(target, addr("10.0.0.5:8080")),
+        other => panic!("{other:?}"),
+    }
+    let s = state("", BY_HOSTNAME, "HEALTHY");
+    match route(&s, None, addr("[::ffff:10.0.0.7]:5432"), 15008) {
+        Route::Waypoint { target, .. } => assert_eq!(target, addr("10.0.0.7:5432")),
+        other => panic!("{other:?}"),
+    }
+    match route(&s, None, addr("[::ffff:192.0.2.1]:443"), 15008) {
+        Route::Passthrough { dst, workload: None, .. } => assert_eq!(dst, addr("192.0.2.1:443")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_service_whose_only_endpoint_is_on_another_network_is_refused_not_dialled() {
+    let s = file::parse(DUAL_STACK, StateConfig::default()).unwrap();
+    match route(&s, None, addr("10.96.0.8:80"), 15008) {
+        Route::NoEndpoint { service } => assert_eq!(service.name, "remote"),
+        other => panic!("dialled a workload on another network directly: {other:?}"),
+    }
+}
+
+#[test]
+fn strict_locality_is_applied_against_the_source_and_passthrough_mode_keeps_the_vip() {
+    use crate::state::{LoadBalancing, LocalityScope};
+    let base = state("", "", "HEALTHY");
+    let mut web = (**base.workload_by_ip("10.0.0.5".parse().unwrap()).unwrap()).clone();
+    web.node = "node-b".into();
+    let mut svc = (**base.service_by_vip("10.96.0.5".parse().unwrap()).unwrap()).clone();
+    svc.load_balancing = LoadBalancing {
+        mode: LoadBalancingMode::Strict,
+        routing_preference: vec![LocalityScope::Node],
+        allow_unhealthy: false,
+    };
+    let mut src = (**base.workload_by_ip("10.0.0.7".parse().unwrap()).unwrap()).clone();
+    src.node = "node-a".into();
+    let s = State::new(StateConfig::default(), vec![web.clone(), src.clone()], vec![svc.clone()], vec![]).unwrap();
+    assert!(
+        matches!(route(&s, Some(&src), addr("10.96.0.5:80"), 15008), Route::NoEndpoint { .. }),
+        "STRICT node: the only endpoint is on another node"
+    );
+    src.node = "node-b".into();
+    assert!(matches!(route(&s, Some(&src), addr("10.96.0.5:80"), 15008), Route::Hbone { .. }));
+
+    svc.load_balancing.mode = LoadBalancingMode::Passthrough;
+    let s = State::new(StateConfig::default(), vec![web], vec![svc], vec![]).unwrap();
+    match route(&s, Some(&src), addr("10.96.0.5:80"), 15008) {
+        Route::Passthrough { dst, workload: None, service: Some(svc) } => {
+            assert_eq!((dst, svc.name.as_str()), (addr("10.96.0.5:80"), "web"));
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -80,7 +80,6 @@ fn endpoints_are_healthy_backends_with_mapped_ports() {
     let plain = backend("plain", "10.0.0.5", &[]);
     let s = State::new(StateConfig::default(), vec![plain], vec![svc.clone()], vec![]).unwrap();
     assert_eq!(s.pick_endpoint(&svc, 80).unwrap().port, 8080);
-    assert_eq!(s.pick_endpoint(&svc, 7000).unwrap().port, 7000);
     assert!(s.pick_endpoint(&svc, 90).is_none(), "a named port the workload does not resolve");
 
     // No healthy endpoint: nothing.
@@ -113,6 +112,73 @@ fn picking_spreads_over_all_endpoints() {
     let s = State::new(StateConfig::default(), backends, vec![svc.clone()], vec![]).unwrap();
     let ports: Vec<u16> = (0..4).map(|_| s.pick_endpoint(&svc, 90).unwrap().port).collect();
     assert!(ports.contains(&9001) && ports.contains(&9003), "{ports:?}");
+}
+
+#[test]
+fn a_port_the_service_does_not_declare_has_no_endpoint() {
+    // Istio: a service port the Service does not list is not routed (no upstream), even when an
+    // endpoint's own port map names it; connecting to the same port on a pod would reach a port
+    // the service never exposed.
+    let svc = service("default", "reviews", "10.96.0.10", &[(80, 8080)]);
+    let s = State::new(
+        StateConfig::default(),
+        vec![backend("plain", "10.0.0.5", &[]), backend("mapped", "10.0.0.6", &[(7000, 7001)])],
+        vec![svc.clone()],
+        vec![],
+    )
+    .unwrap();
+    for _ in 0..4 {
+        assert_eq!(s.pick_endpoint(&svc, 7000), None);
+    }
+    assert!(s.endpoints(&svc, 7000).is_empty());
+    assert_eq!(s.endpoints(&svc, 80).len(), 2);
+}
+
+#[test]
+fn endpoints_on_another_network_are_never_picked() {
+    // Reaching them needs the network's gateway (not implemented): never dial them directly.
+    let svc = service("default", "reviews", "10.96.0.10", &[(80, 8080)]);
+    let mut far = backend("far", "10.0.0.9", &[]);
+    far.network = "west".into();
+    let s = State::new(StateConfig::default(), vec![far.clone()], vec![svc.clone()], vec![]).unwrap();
+    assert_eq!(s.pick_endpoint(&svc, 80), None);
+    assert!(s.endpoints(&svc, 80).is_empty());
+    assert_eq!(s.endpoint_count(&svc), 0);
+
+    // On the proxy's own network it is local.
+    let config = StateConfig { network: "west".into(), ..Default::default() };
+    let s = State::new(config, vec![far], vec![svc.clone()], vec![]).unwrap();
+    assert_eq!(s.pick_endpoint(&svc, 80).unwrap().workload.uid, "far");
+}
+
+#[test]
+fn round_robin_stays_even_when_an_endpoint_cannot_serve_the_port() {
+    let svc = service("default", "reviews", "10.96.0.10", &[(90, 0)]);
+    let backends = vec![
+        backend("r1", "10.0.0.1", &[(90, 9001)]),
+        backend("r2", "10.0.0.2", &[]),
+        backend("r3", "10.0.0.3", &[(90, 9003)]),
+    ];
+    let s = State::new(StateConfig::default(), backends, vec![svc.clone()], vec![]).unwrap();
+    let mut seen: HashMap<u16, usize> = HashMap::new();
+    for _ in 0..300 {
+        *seen.entry(s.pick_endpoint(&svc, 90).unwrap().port).or_default() += 1;
+    }
+    assert_eq!(seen, HashMap::from([(9001, 150), (9003, 150)]));
+}
+
+#[test]
+fn a_new_snapshot_does_not_restart_the_rotation_at_the_same_endpoint() {
+    // Snapshots are rebuilt on every change anywhere in the mesh; if each one started at the
+    // lowest uid, a busy mesh would send most connections to that one endpoint.
+    let svc = service("default", "reviews", "10.96.0.10", &[(80, 8080)]);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..60 {
+        let backends = (1..=3).map(|i| backend(&format!("r{i}"), &format!("10.0.0.{i}"), &[])).collect();
+        let s = State::new(StateConfig::default(), backends, vec![svc.clone()], vec![]).unwrap();
+        *seen.entry(s.pick_endpoint(&svc, 80).unwrap().workload.uid.clone()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "first picks of 60 snapshots: {seen:?}");
 }
 
 #[tokio::test]

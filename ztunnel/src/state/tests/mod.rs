@@ -2,6 +2,7 @@
 //! conversion, the YAML file and its watcher.
 
 mod authz;
+mod balance;
 mod convert;
 mod file;
 mod lookup;

@@ -36,6 +36,8 @@ pub fn workload(name: &str, ns: &str, sa: &str, addr: &str) -> Workload {
         services: BTreeMap::new(),
         authorization_policies: Vec::new(),
         healthy: true,
+        locality: Default::default(),
+        capacity: 1,
     }
 }
 
@@ -49,6 +51,7 @@ pub fn service(ns: &str, name: &str, vip: &str, ports: &[(u16, u16)]) -> Service
         app_protocols: BTreeMap::new(),
         subject_alt_names: Vec::new(),
         waypoint: None,
+        load_balancing: Default::default(),
     }
 }
 
