@@ -152,6 +152,42 @@ async fn waypoint_token_gets_its_own_identity_only() {
     refused(ask(&ca, "waypoint", None, CATALOG).await, Code::PermissionDenied, "authorized for");
 }
 
+/// The placement answers for a namespace and service account; the trust domain is the CA's to
+/// hold (the `Pods` here, like any `Placement`, does not look at it).
+#[tokio::test]
+async fn ztunnel_token_gets_no_identity_of_another_trust_domain() {
+    let mock = MockApi::start().await;
+    mock.token_review("ztunnel-a", StatusCode::CREATED, "tokenreview/ztunnel-node-a.json");
+    let dir = TempDir::new("ca-kube-trust-domain");
+    let ca = ca(&dir, mock.client());
+    let elsewhere = "spiffe://evil.example/ns/shop/sa/catalog";
+    refused(ask(&ca, "ztunnel-a", Some(elsewhere), elsewhere).await, Code::PermissionDenied, "trust domain");
+    // Nor with the mesh's identity named in the metadata and the other one in the CSR.
+    refused(ask(&ca, "ztunnel-a", Some(CATALOG), elsewhere).await, Code::PermissionDenied, "authorized for");
+}
+
+/// Positive reviews are cached for a while, but not without bound: past
+/// `MAX_CACHED_REVIEWS` live entries the oldest goes, and is reviewed again when next seen.
+#[tokio::test]
+async fn the_review_cache_is_bounded() {
+    use istiod_lite::ca::tokenreview::MAX_CACHED_REVIEWS;
+    let mock = MockApi::start().await;
+    let tokens: Vec<String> = (0..=MAX_CACHED_REVIEWS).map(|i| format!("waypoint-{i}")).collect();
+    for t in &tokens {
+        mock.token_review(t, StatusCode::CREATED, "tokenreview/waypoint.json");
+    }
+    let reviewer = TokenReviewer::new(mock.client(), DEFAULT_AUDIENCE, DEFAULT_CACHE_TTL);
+    for t in &tokens {
+        reviewer.review(t).await.unwrap();
+    }
+    assert_eq!(mock.review_requests().len(), tokens.len());
+    // The newest is still cached; the first was evicted to make room.
+    reviewer.review(tokens.last().unwrap()).await.unwrap();
+    assert_eq!(mock.review_requests().len(), tokens.len(), "the newest review was not cached");
+    reviewer.review(&tokens[0]).await.unwrap();
+    assert_eq!(mock.review_requests().len(), tokens.len() + 1, "the cache kept more than its bound");
+}
+
 #[tokio::test]
 async fn bad_tokens_wrong_audiences_and_api_errors_are_unauthenticated() {
     let mock = MockApi::start().await;

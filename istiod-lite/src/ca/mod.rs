@@ -1,6 +1,7 @@
 //! The mesh CA: a persisted root ([`signer`]), the Istio CA service ([`service`]) and, in
 //! Kubernetes mode, TokenReview of its callers ([`tokenreview`]).
 
+mod der;
 pub mod service;
 pub mod signer;
 pub mod tokenreview;

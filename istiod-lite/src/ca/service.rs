@@ -12,7 +12,10 @@
 //!
 //! A node proxy asks on behalf of its pods, naming the identity in the request metadata's
 //! `ImpersonatedIdentity` (as Istio's ztunnel does); the identity is granted only if a pod with
-//! that service account runs on the caller's node. Every refusal says why, and is logged.
+//! that service account runs on the caller's node. Only identities of the signer's trust domain
+//! are ever granted, whatever the placement answers. Every refusal says why in its status, and
+//! is one log line naming the caller (its node or service account, or its address when the
+//! token is not known) and the reason; tokens are never logged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -148,6 +151,15 @@ pub(crate) enum Caller {
     Workload(Identity),
 }
 
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Node(node) => write!(f, "node proxy of node {node}"),
+            Caller::Workload(id) => write!(f, "{id}"),
+        }
+    }
+}
+
 /// The CA service.
 pub struct CaService<P> {
     signer: Arc<CaSigner>,
@@ -171,26 +183,25 @@ impl<P: Placement> CaService<P> {
         IstioCertificateServiceServer::new(self)
     }
 
-    async fn decide(&self, req: &Request<IstioCertificateRequest>) -> Result<(Identity, String), Status> {
-        let token = bearer(req.metadata())?;
-        let caller = self.auth.authenticate(token, &*self.placement).await?;
-        let body = req.get_ref();
+    /// The identity `caller` may have for `body`.
+    fn authorize(&self, caller: &Caller, body: &IstioCertificateRequest) -> Result<Identity, Status> {
         let wanted =
             body.metadata.as_ref().and_then(|m| m.fields.get(IMPERSONATED_IDENTITY)).and_then(|v| match &v.kind {
                 Some(prost_types::value::Kind::StringValue(s)) => Some(s.as_str()),
                 _ => None,
             });
-        match caller {
+        let identity = match caller {
             Caller::Node(node) => {
                 let wanted = wanted
                     .ok_or_else(|| Status::invalid_argument(format!("metadata.{IMPERSONATED_IDENTITY} is required")))?;
                 let identity: Identity = wanted
                     .parse()
                     .map_err(|e| Status::invalid_argument(format!("metadata.{IMPERSONATED_IDENTITY}: {e}")))?;
-                if !self.placement.runs_on(&identity, &node) {
+                self.check_trust_domain(&identity)?;
+                if !self.placement.runs_on(&identity, node) {
                     return Err(Status::permission_denied(format!("no pod running as {identity} is on node {node}")));
                 }
-                Ok((identity, node))
+                identity
             }
             Caller::Workload(own) => {
                 if let Some(w) = wanted
@@ -198,10 +209,26 @@ impl<P: Placement> CaService<P> {
                 {
                     return Err(Status::permission_denied(format!("{own} may only have its own identity, not {w}")));
                 }
-                Ok((own, "-".to_owned()))
+                own.clone()
             }
-        }
+        };
+        self.check_trust_domain(&identity)?;
+        Ok(identity)
     }
+
+    fn check_trust_domain(&self, identity: &Identity) -> Result<(), Status> {
+        let ours = self.signer.trust_domain();
+        if identity.trust_domain() != ours {
+            return Err(Status::permission_denied(format!("{identity} is not of the mesh's trust domain {ours}")));
+        }
+        Ok(())
+    }
+}
+
+/// Logs a refusal: who asked, from where, and why (the status's message, which never holds
+/// the token).
+fn refused(peer: &str, caller: &dyn std::fmt::Display, status: &Status) {
+    tracing::warn!(%peer, %caller, code = ?status.code(), reason = status.message(), "certificate refused");
 }
 
 #[tonic::async_trait]
@@ -210,20 +237,27 @@ impl<P: Placement> IstioCertificateService for CaService<P> {
         &self,
         req: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let (identity, node) = self.decide(&req).await.inspect_err(|s| {
-            tracing::warn!(code = ?s.code(), reason = s.message(), "certificate refused");
-        })?;
+        let peer = req.remote_addr().map_or_else(|| "-".to_owned(), |a| a.to_string());
+        let caller = match bearer(req.metadata()) {
+            Ok(token) => self.auth.authenticate(token, &*self.placement).await,
+            Err(s) => Err(s),
+        }
+        .inspect_err(|s| refused(&peer, &"unauthenticated caller", s))?;
+        let identity = self.authorize(&caller, req.get_ref()).inspect_err(|s| refused(&peer, &caller, s))?;
         let body = req.into_inner();
         let ttl = (body.validity_duration > 0).then(|| Duration::from_secs(body.validity_duration as u64));
         let chain = self.signer.sign(&body.csr, &identity, ttl).map_err(|e| {
-            tracing::warn!(%identity, %node, error = %e, "certificate refused");
-            match e {
+            let status = match e {
                 CaError::Csr(_) => Status::invalid_argument(e.to_string()),
-                CaError::IdentityMismatch { .. } => Status::permission_denied(e.to_string()),
-                _ => Status::internal(e.to_string()),
-            }
+                CaError::IdentityMismatch { .. } | CaError::TrustDomain { .. } => {
+                    Status::permission_denied(e.to_string())
+                }
+                CaError::Io { .. } | CaError::Root { .. } | CaError::Sign(_) => Status::internal(e.to_string()),
+            };
+            refused(&peer, &caller, &status);
+            status
         })?;
-        tracing::info!(%identity, %node, "certificate issued");
+        tracing::info!(%peer, %caller, %identity, "certificate issued");
         // The root also travels as the chain's last entry, where older clients look for it.
         Ok(Response::new(IstioCertificateResponse { cert_chain: chain, root_cert: None }))
     }

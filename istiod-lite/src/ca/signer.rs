@@ -3,17 +3,38 @@
 //! The root is loaded from `<dir>/root-cert.pem` and `<dir>/root-key.pem`, or generated and
 //! written there (key mode 0600) on first start, so restarts keep the mesh's trust.
 //! Issued certificates carry exactly one URI SAN, the SPIFFE identity the caller was
-//! authorized for: whatever else the CSR asks for is ignored, never copied. Every certificate
-//! the root signs gets a serial number of its own, drawn at random ([`CaSigner::sign_params`]).
+//! authorized for, in the signer's trust domain: a CSR naming anything else is refused, and
+//! nothing else it asks (subject, CA, key usages) is copied. The leaf has an empty subject and a
+//! critical SAN, CA:FALSE, and lives `ttl` (capped) but never past the root; its notBefore is a
+//! minute back for skewed clocks. Every certificate the root signs gets a serial number of its
+//! own, drawn at random ([`CaSigner::sign_params`]).
+//!
+//! What a CSR must be: one PEM `CERTIFICATE REQUEST` block of at most [`MAX_CSR_PEM`] bytes,
+//! holding exactly one request whose signature verifies with its own key (proof of
+//! possession), that key being ECDSA P-256 signed with SHA-256, ECDSA P-384 signed with
+//! SHA-384, RSA of 2048 to 8192 bits (PKCS #1 v1.5 with SHA-256/384/512), or Ed25519. The
+//! certificate certifies the key as the CSR's own SubjectPublicKeyInfo describes it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use hbone::Identity;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    SignatureAlgorithm, SubjectPublicKeyInfo,
 };
+use rustls_pki_types::pem::{PemObject, SectionKind};
+
+use super::der;
+
+/// The largest CSR accepted, in PEM bytes. An RSA-8192 request with a SAN is about 1.5 KiB.
+pub const MAX_CSR_PEM: usize = 16 * 1024;
+/// How far back a leaf's notBefore is set, for clocks that disagree across nodes.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// The keys a CSR may carry, as every refusal of another lists them.
+const ACCEPTED_KEYS: &str =
+    "ECDSA P-256 with SHA-256, ECDSA P-384 with SHA-384, RSA of 2048 to 8192 bits (PKCS #1 v1.5), Ed25519";
 
 /// Why the CA could not start or sign.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +67,14 @@ pub enum CaError {
         /// What the caller may have.
         authorized: Identity,
     },
+    /// The identity is not of the mesh's trust domain.
+    #[error("{identity} is not of this CA's trust domain {trust_domain}")]
+    TrustDomain {
+        /// What was to be signed.
+        identity: Identity,
+        /// The CA's trust domain.
+        trust_domain: String,
+    },
     /// Signing failed.
     #[error("signing: {0}")]
     Sign(String),
@@ -55,6 +84,9 @@ pub enum CaError {
 pub struct CaSigner {
     issuer: Issuer<'static, KeyPair>,
     root_pem: String,
+    /// When the root expires: no leaf outlives it.
+    root_not_after: SystemTime,
+    trust_domain: String,
     /// Longest validity handed out, whatever is asked.
     pub max_ttl: Duration,
     /// Validity when the request does not say.
@@ -63,7 +95,10 @@ pub struct CaSigner {
 
 impl std::fmt::Debug for CaSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CaSigner").field("max_ttl", &self.max_ttl).finish_non_exhaustive()
+        f.debug_struct("CaSigner")
+            .field("trust_domain", &self.trust_domain)
+            .field("max_ttl", &self.max_ttl)
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,12 +152,23 @@ impl CaSigner {
             tracing::info!(dir = %dir.display(), "generated a new mesh root");
             (Issuer::new(params, key), cert.pem())
         };
+        let root_not_after = rustls_pki_types::CertificateDer::from_pem_slice(root_pem.as_bytes())
+            .ok()
+            .and_then(|der| der::not_after(&der))
+            .ok_or_else(|| root("root-cert.pem: no readable notAfter".into()))?;
         Ok(CaSigner {
             issuer,
             root_pem,
+            root_not_after,
+            trust_domain: trust_domain.to_owned(),
             max_ttl: Duration::from_secs(7 * 86400),
             default_ttl: Duration::from_secs(86400),
         })
+    }
+
+    /// The trust domain this CA signs for.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
     }
 
     /// The root certificate, PEM.
@@ -145,7 +191,7 @@ impl CaSigner {
     pub fn sign_params(
         &self,
         mut params: CertificateParams,
-        public_key: &impl rcgen::PublicKeyData,
+        public_key: &impl PublicKeyData,
     ) -> Result<rcgen::Certificate, CaError> {
         params.serial_number = Some(random_serial()?);
         params.signed_by(public_key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))
@@ -153,7 +199,10 @@ impl CaSigner {
 
     /// Signs `csr_pem` for `identity` for `ttl` (capped); returns the chain, leaf first, in PEM.
     pub fn sign(&self, csr_pem: &str, identity: &Identity, ttl: Option<Duration>) -> Result<Vec<String>, CaError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::Csr(e.to_string()))?;
+        if identity.trust_domain() != self.trust_domain {
+            return Err(CaError::TrustDomain { identity: identity.clone(), trust_domain: self.trust_domain.clone() });
+        }
+        let (csr, key) = parse_csr(csr_pem)?;
         // A CSR may name no SAN (the CA decides) or exactly this identity; anything else is
         // a caller asking for what it was not authorized for.
         for san in &csr.params.subject_alt_names {
@@ -167,17 +216,102 @@ impl CaSigner {
         }
         let ttl = ttl.unwrap_or(self.default_ttl).min(self.max_ttl);
         let mut params = CertificateParams::default();
+        // The SPIFFE ID is the name: an empty subject, which makes rcgen mark the SAN critical
+        // (RFC 5280 §4.2.1.6), as in Istio's workload certificates.
+        params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names =
             vec![SanType::URI(identity.as_str().try_into().map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?)];
+        params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let now = SystemTime::now();
-        // A little slack for clocks that disagree across nodes.
-        params.not_before = (now - Duration::from_secs(60)).into();
-        params.not_after = (now + ttl).into();
-        let leaf = self.sign_params(params, &csr.public_key)?;
+        params.not_before = (now - CLOCK_SKEW).into();
+        params.not_after = (now + ttl).min(self.root_not_after).into();
+        let leaf = self.sign_params(params, &key)?;
         Ok(vec![leaf.pem(), self.root_pem.clone()])
     }
+}
+
+/// Reads a CSR (see the module's doc for what is accepted): its requested parameters, and its
+/// key as its SubjectPublicKeyInfo says (rcgen's own answer names the key after the CSR's
+/// signature algorithm, which for ECDSA need not be the key's curve).
+fn parse_csr(pem: &str) -> Result<(CertificateSigningRequestParams, SubjectPublicKeyInfo), CaError> {
+    let bad = |why: String| CaError::Csr(why);
+    if pem.len() > MAX_CSR_PEM {
+        return Err(bad(format!("too large: {} bytes, at most {MAX_CSR_PEM}", pem.len())));
+    }
+    let blocks = pem.matches("-----BEGIN ").count();
+    if blocks != 1 {
+        return Err(bad(format!("expected one PEM block, found {blocks}")));
+    }
+    let der = match <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes()).next() {
+        Some(Ok((SectionKind::Csr, der))) => der,
+        Some(Ok((kind, _))) => return Err(bad(format!("expected a CERTIFICATE REQUEST block, found {kind:?}"))),
+        Some(Err(e)) => return Err(bad(format!("PEM: {e}"))),
+        None => return Err(bad("expected one PEM block labelled CERTIFICATE REQUEST".into())),
+    };
+    let spki = der::csr_spki(&der).map_err(|e| match e {
+        der::CsrShape::Trailing => bad("trailing bytes after the request in its PEM block".into()),
+        der::CsrShape::Malformed => bad("not a PKCS #10 certification request".into()),
+    })?;
+    // The key first: a refused key gets its own reason, not a failed signature check.
+    let key = SubjectPublicKeyInfo::from_der(spki)
+        .map_err(|_| bad(format!("unsupported public key; accepted: {ACCEPTED_KEYS}")))?;
+    let key_alg = key.algorithm();
+    if is_rsa(key_alg) {
+        let bits = der::rsa_modulus_bits(key.der_bytes()).ok_or_else(|| bad("unreadable RSA public key".into()))?;
+        if !(2048..=8192).contains(&bits) {
+            return Err(bad(format!("RSA key of {bits} bits; accepted: {ACCEPTED_KEYS}")));
+        }
+    } else if ![&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519].contains(&key_alg)
+    {
+        return Err(bad(format!("unsupported public key; accepted: {ACCEPTED_KEYS}")));
+    }
+    let csr = CertificateSigningRequestParams::from_der(&der.as_slice().into()).map_err(|e| match e {
+        rcgen::Error::InvalidCertificationRequestSignature => {
+            bad("its signature does not verify with its own key (no proof of possession)".into())
+        }
+        rcgen::Error::UnsupportedSignatureAlgorithm => {
+            bad(format!("unsupported signature algorithm; accepted: {ACCEPTED_KEYS}"))
+        }
+        e => bad(e.to_string()),
+    })?;
+    // rcgen names the signature algorithm; an ECDSA one must hash as the key's curve asks.
+    let sig_alg = csr.public_key.algorithm();
+    if !is_rsa(key_alg) && sig_alg != key_alg {
+        return Err(bad(format!(
+            "a {} key signed with {}; accepted: {ACCEPTED_KEYS}",
+            key_name(key_alg),
+            hash_name(sig_alg)
+        )));
+    }
+    Ok((csr, key))
+}
+
+fn is_rsa(alg: &SignatureAlgorithm) -> bool {
+    [&rcgen::PKCS_RSA_SHA256, &rcgen::PKCS_RSA_SHA384, &rcgen::PKCS_RSA_SHA512].contains(&alg)
+}
+
+fn key_name(alg: &SignatureAlgorithm) -> &'static str {
+    if alg == &rcgen::PKCS_ECDSA_P256_SHA256 {
+        "ECDSA P-256"
+    } else if alg == &rcgen::PKCS_ECDSA_P384_SHA384 {
+        "ECDSA P-384"
+    } else if alg == &rcgen::PKCS_ED25519 {
+        "Ed25519"
+    } else {
+        "RSA"
+    }
+}
+
+fn hash_name(alg: &SignatureAlgorithm) -> &'static str {
+    // rcgen's names end with the hash (`PKCS_ECDSA_P521_SHA384`); its `Debug` is all it says.
+    let name = format!("{alg:?}");
+    ["SHA256", "SHA384", "SHA512"]
+        .into_iter()
+        .zip(["SHA-256", "SHA-384", "SHA-512"])
+        .find_map(|(suffix, hash)| name.ends_with(suffix).then_some(hash))
+        .unwrap_or("another algorithm")
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), CaError> {
@@ -188,73 +322,4 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), CaError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("istiod-ca-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
-
-    fn csr(san: Option<&str>) -> (String, KeyPair) {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        if let Some(s) = san {
-            p.subject_alt_names = vec![SanType::URI(s.try_into().unwrap())];
-        }
-        (p.serialize_request(&key).unwrap().pem().unwrap(), key)
-    }
-
-    #[test]
-    fn signs_for_the_authorized_identity_only() {
-        let dir = tmpdir("sign");
-        let ca = CaSigner::load_or_generate(&dir, "cluster.local").unwrap();
-        let id = Identity::new("cluster.local", "shop", "web").unwrap();
-        let (req, key) = csr(Some(id.as_str()));
-        let chain = ca.sign(&req, &id, Some(Duration::from_secs(3600))).unwrap();
-        // The result is a usable workload certificate for that identity, chaining to the root.
-        let cert = hbone::WorkloadCert::from_pem(chain.join("").as_bytes(), key.serialize_pem().as_bytes()).unwrap();
-        assert_eq!(cert.identity(), &id);
-        let left = cert.remaining(SystemTime::now());
-        assert!(left > Duration::from_secs(3500) && left <= Duration::from_secs(3600), "{left:?}");
-        assert!(hbone::TrustRoots::from_pem(ca.root_pem().as_bytes()).is_ok());
-
-        // No SAN in the CSR: the CA decides.
-        let (req, _) = csr(None);
-        assert!(ca.sign(&req, &id, None).is_ok());
-
-        // Another identity in the CSR: refused, naming both.
-        let (req, _) = csr(Some("spiffe://cluster.local/ns/shop/sa/admin"));
-        let e = ca.sign(&req, &id, None).unwrap_err().to_string();
-        assert!(e.contains("sa/admin") && e.contains("sa/web"), "{e}");
-
-        // Garbage: refused.
-        assert!(matches!(
-            ca.sign("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", &id, None),
-            Err(CaError::Csr(_))
-        ));
-
-        // TTL is capped.
-        let (req, key) = csr(None);
-        let chain = ca.sign(&req, &id, Some(Duration::from_secs(365 * 86400))).unwrap();
-        let cert = hbone::WorkloadCert::from_pem(chain.join("").as_bytes(), key.serialize_pem().as_bytes()).unwrap();
-        assert!(cert.remaining(SystemTime::now()) <= ca.max_ttl);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn root_persists_across_restarts() {
-        let dir = tmpdir("persist");
-        let first = CaSigner::load_or_generate(&dir, "cluster.local").unwrap();
-        let second = CaSigner::load_or_generate(&dir, "cluster.local").unwrap();
-        assert_eq!(first.root_pem(), second.root_pem());
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join("root-key.pem")).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        std::fs::write(dir.join("root-key.pem"), "not a key").unwrap();
-        let e = CaSigner::load_or_generate(&dir, "cluster.local").unwrap_err().to_string();
-        assert!(e.contains("root-key.pem"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

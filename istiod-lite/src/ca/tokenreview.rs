@@ -4,8 +4,10 @@
 //!
 //! A review answers who the token belongs to (`system:serviceaccount:<ns>:<sa>`) and, for
 //! pod-bound tokens, which pod (and, from Kubernetes 1.30, which node) it was issued for.
-//! Positive answers are cached briefly, keyed by the token's SHA-256, so a burst of CSRs
-//! costs one API call; refusals are never cached, so a fixed token works at once.
+//! Positive answers are cached briefly, keyed by the token's SHA-256 (the token itself is
+//! neither kept nor logged), so a burst of CSRs costs one API call; at most
+//! [`MAX_CACHED_REVIEWS`] are kept, the oldest going first. Refusals are never cached, so a
+//! fixed token works at once.
 //!
 //! istiod-lite's service account needs `create` on `tokenreviews.authentication.k8s.io`
 //! (cluster scope, as `system:auth-delegator` grants); without it every review is refused
@@ -29,8 +31,8 @@ pub const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 /// Bound-token extra naming the pod's node (Kubernetes ≥ 1.30).
 pub const EXTRA_NODE_NAME: &str = "authentication.kubernetes.io/node-name";
 
-/// Above this many cached reviews, expired ones are swept on insert.
-const CACHE_SWEEP_AT: usize = 1024;
+/// The most positive reviews cached: when full, expired ones are swept, then the oldest goes.
+pub const MAX_CACHED_REVIEWS: usize = 1024;
 
 /// Who an authenticated token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,8 +116,13 @@ impl TokenReviewer {
         let answer = self.api.create(&PostParams::default(), &review).await.map_err(ReviewError::Api)?;
         let who = self.judge(answer)?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_SWEEP_AT {
+        if cache.len() >= MAX_CACHED_REVIEWS && !cache.contains_key(&key) {
             cache.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
+            if cache.len() >= MAX_CACHED_REVIEWS
+                && let Some(oldest) = cache.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| *k)
+            {
+                cache.remove(&oldest);
+            }
         }
         cache.insert(key, (now, who.clone()));
         Ok(who)
