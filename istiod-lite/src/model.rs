@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::k8s::core::{EndpointSlice, Namespace, Pod, Service};
+use crate::k8s::core::{EndpointSlice, Namespace, Node, Pod, Service};
 use crate::k8s::gateway::{Gateway, ReferenceGrant, Route};
 use crate::k8s::security::{AuthorizationPolicy, PeerAuthentication};
 
@@ -12,6 +12,8 @@ use crate::k8s::security::{AuthorizationPolicy, PeerAuthentication};
 pub enum Kind {
     /// `v1/Namespace` (cluster-scoped: its key's namespace is empty).
     Namespace,
+    /// `v1/Node` (cluster-scoped, like a namespace).
+    Node,
     /// `v1/Pod`.
     Pod,
     /// `v1/Service`.
@@ -37,6 +39,7 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
             Kind::Pod => "Pod",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
@@ -50,7 +53,7 @@ impl Kind {
     }
 }
 
-/// Which object: kind, namespace (empty for namespaces) and name.
+/// Which object: kind, namespace (empty for namespaces and nodes) and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
     /// The kind.
@@ -83,6 +86,8 @@ impl fmt::Display for ObjectKey {
 pub enum Object {
     /// A namespace.
     Namespace(Namespace),
+    /// A node.
+    Node(Node),
     /// A pod.
     Pod(Pod),
     /// A service.
@@ -108,6 +113,7 @@ impl Object {
     pub fn key(&self) -> ObjectKey {
         let (kind, m) = match self {
             Object::Namespace(o) => (Kind::Namespace, &o.metadata),
+            Object::Node(o) => (Kind::Node, &o.metadata),
             Object::Pod(o) => (Kind::Pod, &o.metadata),
             Object::Service(o) => (Kind::Service, &o.metadata),
             Object::EndpointSlice(o) => (Kind::EndpointSlice, &o.metadata),
@@ -130,6 +136,8 @@ pub type NsName = (String, String);
 pub struct Model {
     /// Namespaces by name.
     pub namespaces: BTreeMap<String, Namespace>,
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, Node>,
     /// Pods.
     pub pods: BTreeMap<NsName, Pod>,
     /// Services.
@@ -177,6 +185,13 @@ impl Model {
                 self.namespaces.insert(nn.1, o);
                 true
             }
+            Object::Node(o) => {
+                if self.nodes.get(&nn.1) == Some(&o) {
+                    return false;
+                }
+                self.nodes.insert(nn.1, o);
+                true
+            }
             Object::Pod(o) => put(&mut self.pods, nn, o),
             Object::Service(o) => put(&mut self.services, nn, o),
             Object::EndpointSlice(o) => put(&mut self.endpoint_slices, nn, o),
@@ -194,6 +209,7 @@ impl Model {
         let nn = (key.namespace.clone(), key.name.clone());
         match key.kind {
             Kind::Namespace => self.namespaces.remove(&key.name).is_some(),
+            Kind::Node => self.nodes.remove(&key.name).is_some(),
             Kind::Pod => self.pods.remove(&nn).is_some(),
             Kind::Service => self.services.remove(&nn).is_some(),
             Kind::EndpointSlice => self.endpoint_slices.remove(&nn).is_some(),
@@ -210,6 +226,7 @@ impl Model {
     pub fn keys(&self) -> Vec<ObjectKey> {
         let mut out: Vec<ObjectKey> =
             self.namespaces.keys().map(|n| ObjectKey::new(Kind::Namespace, "", n.clone())).collect();
+        out.extend(self.nodes.keys().map(|n| ObjectKey::new(Kind::Node, "", n.clone())));
         fn add<T>(out: &mut Vec<ObjectKey>, kind: Kind, m: &BTreeMap<NsName, T>) {
             out.extend(m.keys().map(|(ns, n)| ObjectKey::new(kind, ns.clone(), n.clone())));
         }

@@ -2,7 +2,8 @@
 //! that depend on it, and returns what changed per type URL, for the xDS server to push.
 //!
 //! Dependencies: a pod → its workload; a service → itself and the workloads of its namespace
-//! (their `services` maps); an EndpointSlice → the workloads of its namespace; a namespace →
+//! (their `services` maps); an EndpointSlice → the workloads of its namespace; a node → the
+//! workloads of the pods on it (their locality); a namespace →
 //! its workloads and services; an AuthorizationPolicy → itself and the workloads it may select
 //! (its namespace, or all for the root namespace); a PeerAuthentication → the converted policies
 //! and workloads of its namespace (all for the root namespace) and the static STRICT policy;
@@ -269,6 +270,14 @@ impl Translator {
                 }
             }
             Kind::EndpointSlice => self.pods_in(Some(&key.namespace), &mut d),
+            // Found by the pods' `nodeName`, so a deleted node still finds them.
+            Kind::Node => d.extend(
+                self.model
+                    .pods
+                    .iter()
+                    .filter(|(_, p)| p.spec.node_name == key.name)
+                    .map(|(k, _)| Dirty::Pod(k.clone())),
+            ),
             Kind::Namespace => {
                 self.pods_in(Some(&key.name), &mut d);
                 self.routes_in(Some(&key.name), &mut d);
@@ -372,9 +381,7 @@ impl Translator {
                         .get(&(ns.clone(), name.clone()))
                         .map(|s| service::translate(&cfg, &self.model, s));
                     let (s, ws) = match out {
-                        Some((s, w)) => {
-                            (Some(Address { r#type: Some(address::Type::Service(s)) }), w.into_iter().collect())
-                        }
+                        Some((s, ws)) => (Some(Address { r#type: Some(address::Type::Service(s)) }), ws),
                         None => (None, Vec::new()),
                     };
                     self.set_warnings(key, ws);

@@ -285,7 +285,7 @@ async fn missing_gateway_api_is_reported_once_per_kind_and_the_rest_works() {
     );
 
     // And the other kinds keep working.
-    watches_open(&mock, 7).await;
+    watches_open(&mock, 8).await;
     src.drain();
     mock.push_watch(PODS, "watch/pods-bookmark-then-catalog-not-ready.jsonl");
     let d = src.next_delta().await;

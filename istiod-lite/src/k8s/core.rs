@@ -1,4 +1,4 @@
-//! Core Kubernetes kinds: `Namespace`, `Pod`, `Service`, `EndpointSlice` (fields we use only).
+//! Core Kubernetes kinds: `Namespace`, `Node`, `Pod`, `Service`, `EndpointSlice` (fields we use only).
 
 use serde::Deserialize;
 
@@ -8,6 +8,15 @@ use super::ObjectMeta;
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Namespace {
     /// Metadata; the labels enroll the namespace and pick its waypoint.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+}
+
+/// `v1/Node` (cluster-scoped): its topology labels give the locality of the pods on it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Node {
+    /// Metadata; labels `topology.kubernetes.io/region`, `topology.kubernetes.io/zone` and
+    /// `topology.istio.io/subzone` place the node.
     #[serde(default)]
     pub metadata: ObjectMeta,
 }
@@ -126,6 +135,16 @@ pub struct ServiceSpec {
     /// Pods selected as endpoints; absent means endpoints come from EndpointSlices.
     #[serde(default)]
     pub selector: Option<super::Labels>,
+    /// `Cluster` (default) or `Local`: in-cluster traffic stays on the client's node.
+    #[serde(default)]
+    pub internal_traffic_policy: Option<String>,
+    /// `PreferClose` (an alias of `PreferSameZone`), `PreferSameZone`, `PreferSameNode`:
+    /// prefer nearby endpoints, spilling over to farther ones.
+    #[serde(default)]
+    pub traffic_distribution: Option<String>,
+    /// Endpoints are used whether ready or not.
+    #[serde(default)]
+    pub publish_not_ready_addresses: bool,
 }
 
 /// `Service.spec.ports[]`.

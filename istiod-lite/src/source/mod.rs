@@ -185,6 +185,7 @@ fn parse_document(doc: &str) -> Result<Option<Object>, DocError> {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let kind = match (group, version, kind_str) {
         ("", "v1", "Namespace") => Kind::Namespace,
+        ("", "v1", "Node") => Kind::Node,
         ("", "v1", "Pod") => Kind::Pod,
         ("", "v1", "Service") => Kind::Service,
         ("discovery.k8s.io", "v1", "EndpointSlice") => Kind::EndpointSlice,
@@ -206,7 +207,7 @@ fn parse_document(doc: &str) -> Result<Option<Object>, DocError> {
     let meta = v.get("metadata");
     let name = meta.and_then(|m| str_at(m, "name")).unwrap_or("");
     let namespace = match kind {
-        Kind::Namespace => "",
+        Kind::Namespace | Kind::Node => "",
         _ => meta.and_then(|m| str_at(m, "namespace")).unwrap_or("default"),
     };
     let key = ObjectKey::new(kind, namespace, name);
@@ -219,6 +220,7 @@ fn parse_document(doc: &str) -> Result<Option<Object>, DocError> {
     }
     let mut object = match kind {
         Kind::Namespace => Object::Namespace(de(doc).map_err(fail)?),
+        Kind::Node => Object::Node(de(doc).map_err(fail)?),
         Kind::Pod => Object::Pod(de(doc).map_err(fail)?),
         Kind::Service => Object::Service(de(doc).map_err(fail)?),
         Kind::EndpointSlice => Object::EndpointSlice(de(doc).map_err(fail)?),
@@ -236,7 +238,7 @@ fn parse_document(doc: &str) -> Result<Option<Object>, DocError> {
 
 fn set_namespace(o: &mut Object, ns: &str) {
     let m = match o {
-        Object::Namespace(_) => return,
+        Object::Namespace(_) | Object::Node(_) => return,
         Object::Pod(o) => &mut o.metadata,
         Object::Service(o) => &mut o.metadata,
         Object::EndpointSlice(o) => &mut o.metadata,

@@ -47,6 +47,7 @@ pub fn synthesize<L: std::borrow::Borrow<Located>>(objects: &[L]) -> Vec<Located
                     app_protocol: None,
                 }],
                 selector: Some(Labels::from([(GATEWAY_NAME_LABEL.to_owned(), name.to_owned())])),
+                ..Default::default()
             },
         };
         out.push(Located { location: o.location.clone(), object: Object::Service(svc) });

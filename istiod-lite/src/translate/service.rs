@@ -4,11 +4,14 @@
 //! none). Ports carry the numeric `targetPort`, or 0 when it is a name: each workload's
 //! `services` entry resolves names against its own container ports, as Istio does. Each
 //! port's application protocol is Istio's explicit protocol selection: `appProtocol`, else
-//! the port name's `<protocol>[-<suffix>]` (see [`app_protocol`]).
+//! the port name's `<protocol>[-<suffix>]` (see [`app_protocol`]). Load balancing is Istio's
+//! reading of `internalTrafficPolicy`, `trafficDistribution` and `publishNotReadyAddresses`
+//! (see [`load_balancing`]).
 
 use std::net::IpAddr;
 
-use proto::istio::workload::{AppProtocol, NetworkAddress, Port, Service};
+use proto::istio::workload::load_balancing::{HealthPolicy, Mode, Scope};
+use proto::istio::workload::{AppProtocol, LoadBalancing, NetworkAddress, Port, Service};
 
 use super::MeshConfig;
 use super::waypoint::{self, For, ip_bytes};
@@ -54,14 +57,112 @@ pub fn app_protocol(p: &core::ServicePort) -> AppProtocol {
     }
 }
 
-/// Translates a service; the second value is a warning (a dangling waypoint label).
-pub fn translate(cfg: &MeshConfig, model: &Model, svc: &core::Service) -> (Service, Option<String>) {
+/// Istio's annotation for a traffic distribution, read where `spec.trafficDistribution` is
+/// absent (or a value Istio does not know).
+pub const TRAFFIC_DISTRIBUTION_ANNOTATION: &str = "networking.istio.io/traffic-distribution";
+
+/// A preference for nearby endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Distribution {
+    /// `PreferSameZone`, or `PreferClose`, its older name.
+    SameZone,
+    /// `PreferSameNode`.
+    SameNode,
+}
+
+fn distribution(value: &str, case_insensitive: bool) -> Option<Distribution> {
+    let is = |known: &str| if case_insensitive { value.eq_ignore_ascii_case(known) } else { value == known };
+    if is("PreferClose") || is("PreferSameZone") {
+        Some(Distribution::SameZone)
+    } else if is("PreferSameNode") {
+        Some(Distribution::SameNode)
+    } else {
+        None
+    }
+}
+
+/// `Service.load_balancing` as Istio computes it, and a warning for each value ignored.
+///
+/// - `internalTrafficPolicy: Local`: only endpoints on the client's node (STRICT, NODE).
+/// - Otherwise `trafficDistribution` (exact values), else Istio's annotation
+///   [`TRAFFIC_DISTRIBUTION_ANNOTATION`] (any case): `PreferClose` and `PreferSameZone` fail
+///   over NETWORK, REGION, ZONE; `PreferSameNode` over NETWORK, REGION, ZONE, SUBZONE, NODE.
+///   A field value Istio does not know leaves the annotation to decide, as in Istio.
+/// - `publishNotReadyAddresses: true` adds the ALLOW_ALL health policy: unready endpoints
+///   (workloads sent UNHEALTHY) are used too.
+///
+/// Unknown values are ignored, never a reason to drop the Service: the API server accepts
+/// only known ones, and a newer API server may know more.
+pub fn load_balancing(svc: &core::Service) -> (Option<LoadBalancing>, Vec<String>) {
+    let spec = &svc.spec;
+    let mut warnings = Vec::new();
+    let mut lb = match spec.internal_traffic_policy.as_deref() {
+        Some("Local") => Some(LoadBalancing {
+            routing_preference: vec![Scope::Node as i32],
+            mode: Mode::Strict as i32,
+            ..Default::default()
+        }),
+        Some(other) => {
+            if other != "Cluster" {
+                warnings.push(format!(
+                    "spec.internalTrafficPolicy: unknown value {other:?} (known: Cluster, Local); ignored"
+                ));
+            }
+            None
+        }
+        None => None,
+    };
+    let from_field = spec.traffic_distribution.as_deref().and_then(|v| {
+        let d = distribution(v, false);
+        if d.is_none() {
+            warnings.push(format!(
+                "spec.trafficDistribution: unknown value {v:?} (known: PreferClose, PreferSameZone, PreferSameNode); ignored"
+            ));
+        }
+        d
+    });
+    let chosen = from_field.or_else(|| {
+        let v = svc.metadata.annotations.get(TRAFFIC_DISTRIBUTION_ANNOTATION).filter(|v| !v.is_empty())?;
+        let d = distribution(v, true);
+        if d.is_none() {
+            warnings.push(format!(
+                "metadata.annotations[{TRAFFIC_DISTRIBUTION_ANNOTATION}]: unknown value {v:?} (known: PreferClose, PreferSameZone, PreferSameNode); ignored"
+            ));
+        }
+        d
+    });
+    if lb.is_none()
+        && let Some(d) = chosen
+    {
+        let scopes: &[Scope] = match d {
+            Distribution::SameZone => &[Scope::Network, Scope::Region, Scope::Zone],
+            Distribution::SameNode => &[Scope::Network, Scope::Region, Scope::Zone, Scope::Subzone, Scope::Node],
+        };
+        lb = Some(LoadBalancing {
+            routing_preference: scopes.iter().map(|s| *s as i32).collect(),
+            mode: Mode::Failover as i32,
+            ..Default::default()
+        });
+    }
+    if spec.publish_not_ready_addresses {
+        lb.get_or_insert_with(LoadBalancing::default).health_policy = HealthPolicy::AllowAll as i32;
+    }
+    (lb, warnings)
+}
+
+/// Translates a service; the second value lists warnings (a dangling waypoint label, a
+/// load-balancing setting ignored).
+pub fn translate(cfg: &MeshConfig, model: &Model, svc: &core::Service) -> (Service, Vec<String>) {
     let m = &svc.metadata;
     // A Service named like the waypoint it would use is that waypoint's own: never itself.
     let own = Some(m.name.as_str());
-    let (waypoint, warning) = match waypoint::resolve(cfg, model, &m.namespace, &m.labels, For::Service, own) {
-        Ok(w) => (w, None),
-        Err(w) => (None, Some(w)),
+    let mut warnings = Vec::new();
+    let waypoint = match waypoint::resolve(cfg, model, &m.namespace, &m.labels, For::Service, own) {
+        Ok(w) => w,
+        Err(w) => {
+            warnings.push(w);
+            None
+        }
     };
     let ports = svc
         .spec
@@ -77,6 +178,8 @@ pub fn translate(cfg: &MeshConfig, model: &Model, svc: &core::Service) -> (Servi
             app_protocol: app_protocol(p) as i32,
         })
         .collect();
+    let (load_balancing, lb_warnings) = load_balancing(svc);
+    warnings.extend(lb_warnings);
     let service = Service {
         name: m.name.clone(),
         namespace: m.namespace.clone(),
@@ -87,7 +190,8 @@ pub fn translate(cfg: &MeshConfig, model: &Model, svc: &core::Service) -> (Servi
             .collect(),
         ports,
         waypoint,
+        load_balancing,
         ..Default::default()
     };
-    (service, warning)
+    (service, warnings)
 }

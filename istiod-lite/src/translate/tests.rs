@@ -547,7 +547,7 @@ fn namespace_waypoint_applies_to_services_and_to_workloads_only_when_it_takes_th
     let svc = "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  clusterIP: 10.96.0.1\n  selector: {app: web}\n  ports: [{port: 80}]\n";
     let m = model(&[ns.as_str(), svc, &gateway("wp", None, None), &pod_yaml("a", "", "", "")].concat());
     let (s, warn) = service::translate(&cfg(), &m, &m.services[&("shop".into(), "web".into())]);
-    assert!(warn.is_none());
+    assert!(warn.is_empty());
     let wp = s.waypoint.unwrap();
     assert_eq!(wp.hbone_mtls_port, 15008);
     assert_eq!(

@@ -4,11 +4,13 @@
 //! enrolled or not (as in Istio): enrollment only sets `tunnel_protocol` to HBONE. Endpoints
 //! of a Service come from its selector matching the pod's labels; a Service without a selector
 //! takes its endpoints from EndpointSlices whose endpoints reference the pod (`targetRef`).
+//! The locality is the topology labels of the pod's Node, as Istio reads them; a pod whose
+//! Node is unknown (or unlabelled) has none. Istio sends no capacity for pods.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use proto::istio::workload::{Port, PortList, TunnelProtocol, Workload, WorkloadStatus, WorkloadType};
+use proto::istio::workload::{Locality, Port, PortList, TunnelProtocol, Workload, WorkloadStatus, WorkloadType};
 
 use super::waypoint::{self, For, ip_bytes};
 use super::{DATAPLANE_MODE_LABEL, MeshConfig, authz, peer_authn};
@@ -22,6 +24,12 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 /// Label on a waypoint's own pods.
 const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+/// Node label: the region.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+/// Node label: the zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Node label (Istio's): the subzone.
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
 
 /// Whether the pod is a workload at all.
 pub fn is_workload(pod: &Pod) -> bool {
@@ -82,6 +90,14 @@ pub fn workload_name_and_type(pod: &Pod) -> (String, WorkloadType) {
         }
     }
     (pod.metadata.name.clone(), WorkloadType::Pod)
+}
+
+/// The locality of the pod's node; `None` when the node is unknown or has no topology label.
+pub fn locality(model: &Model, pod: &Pod) -> Option<Locality> {
+    let labels = &model.nodes.get(&pod.spec.node_name)?.metadata.labels;
+    let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    let l = Locality { region: get(REGION_LABEL), zone: get(ZONE_LABEL), subzone: get(SUBZONE_LABEL) };
+    (l != Locality::default()).then_some(l)
 }
 
 fn ready(pod: &Pod) -> bool {
@@ -194,6 +210,7 @@ pub fn translate(cfg: &MeshConfig, model: &Model, pod: &Pod) -> Option<(Workload
         authorization_policies,
         status: status as i32,
         cluster_id: cfg.cluster_id.clone(),
+        locality: locality(model, pod),
         ..Default::default()
     };
     Some((workload, warnings))

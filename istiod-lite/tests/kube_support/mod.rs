@@ -256,6 +256,7 @@ impl MockApi {
     pub fn cluster(&self) -> &Self {
         for (path, fixture) in [
             ("/api/v1/namespaces", "list/namespaces.json"),
+            ("/api/v1/nodes", "list/nodes.json"),
             ("/api/v1/pods", "list/pods.json"),
             ("/api/v1/services", "list/services.json"),
             ("/apis/discovery.k8s.io/v1/endpointslices", "list/endpointslices.json"),

@@ -20,6 +20,7 @@ fn has(model: &Model, key: &ObjectKey) -> bool {
     let nn = (key.namespace.clone(), key.name.clone());
     match key.kind {
         Kind::Namespace => model.namespaces.contains_key(&key.name),
+        Kind::Node => model.nodes.contains_key(&key.name),
         Kind::Pod => model.pods.contains_key(&nn),
         Kind::Service => model.services.contains_key(&nn),
         Kind::EndpointSlice => model.endpoint_slices.contains_key(&nn),

@@ -22,7 +22,7 @@ pub(super) struct Rejected {
 /// The key of an object as the API names it, without parsing it.
 pub(super) fn key_of(w: &Watched, obj: &DynamicObject) -> ObjectKey {
     let ns = match w.kind {
-        Kind::Namespace => String::new(),
+        Kind::Namespace | Kind::Node => String::new(),
         _ => obj.metadata.namespace.clone().unwrap_or_default(),
     };
     ObjectKey::new(w.kind, ns, obj.metadata.name.clone().unwrap_or_default())

@@ -12,13 +12,13 @@
 //! - A kind the server does not serve (404: the Gateway API or Istio CRDs not installed) is
 //!   reported once; its watch keeps retrying with backoff, so installing the CRDs later works,
 //!   and every other kind works meanwhile. Without the CRD no such object can exist, so the
-//!   model is complete without it ([`KubeStatus::ready`]). A built-in kind (Namespace, Pod,
-//!   Service, EndpointSlice) answering 404 is a failing watch instead: the model is never
+//!   model is complete without it ([`KubeStatus::ready`]). A built-in kind (Namespace, Node,
+//!   Pod, Service, EndpointSlice) answering 404 is a failing watch instead: the model is never
 //!   complete without it.
 //! - A failing list or watch (403, 5xx, timeouts) is reported when its problem starts or
 //!   changes, and retried after a pause that grows from 0.8 s to 30 s while it keeps failing.
 //!
-//! The identity it runs as needs `list` and `watch`, cluster-wide, on `namespaces`, `pods`,
+//! The identity it runs as needs `list` and `watch`, cluster-wide, on `namespaces`, `nodes`, `pods`,
 //! `services`, `endpointslices.discovery.k8s.io`, `authorizationpolicies` and
 //! `peerauthentications.security.istio.io`, and `gateways`, `httproutes`, `grpcroutes` and
 //! `referencegrants` `.gateway.networking.k8s.io`. A kind it may not read (403) is reported like any failing
@@ -81,8 +81,9 @@ impl Watched {
 
 /// Every kind watched, cluster-wide, at the version read (the API server converts stored
 /// objects of other versions, e.g. `v1beta1` policies, to it).
-pub const WATCHED: [Watched; 10] = [
+pub const WATCHED: [Watched; 11] = [
     Watched { kind: Kind::Namespace, group: "", version: "v1", plural: "namespaces" },
+    Watched { kind: Kind::Node, group: "", version: "v1", plural: "nodes" },
     Watched { kind: Kind::Pod, group: "", version: "v1", plural: "pods" },
     Watched { kind: Kind::Service, group: "", version: "v1", plural: "services" },
     Watched { kind: Kind::EndpointSlice, group: "discovery.k8s.io", version: "v1", plural: "endpointslices" },
