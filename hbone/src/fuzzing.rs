@@ -1,4 +1,5 @@
-//! Properties of the parsers that read what a peer sends, checked on arbitrary bytes.
+//! Properties of the parsers that read what a peer sends, and of the HTTP/2 connection that
+//! applies it ([`http2_connection`]), checked on arbitrary bytes.
 //!
 //! Each check panics when its property fails. Two drivers call the same checks: the libFuzzer
 //! targets in the repository's `fuzz/` directory (coverage-guided, run offline with a nightly
@@ -18,6 +19,9 @@ use crate::certs::LeafInfo;
 use crate::http2::hpack::{Decoder, Encoder, Field, HpackError};
 use crate::identity::Identity;
 use crate::tunnel::headers::{forwarded_for, parse_forwarded_for};
+
+mod connection;
+pub use connection::http2_connection;
 
 /// SPIFFE IDs (a peer certificate's URI SAN, xDS): an accepted ID is the input itself, its
 /// parts are its path segments and only what the SPIFFE spec allows (no empty or dot

@@ -653,6 +653,33 @@ async fn frames_that_cross_our_reset_are_ignored() {
     assert_eq!((f.kind, f.stream), (HEADERS, 3), "the first stream frame after the late ones: {f:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_errors_on_a_stream_we_reset_or_refused_get_no_second_reset() {
+    // RFC 9113 §5.1, closed: frames on a stream after our RST_STREAM are ignored, broken ones
+    // too, and the peer may take a RST_STREAM on a closed stream for a connection error. A
+    // PRIORITY of the wrong size or a WINDOW_UPDATE of 0 there drew a second RST_STREAM
+    // (found by the http2_connection fuzz target).
+    let mesh = Mesh::new();
+    let (server, mut held) = holding_server(&mesh).await;
+    let mut p = Peer::start(&mesh, server.addr).await;
+    let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    p.send(&request(1, target)).await.unwrap();
+    p.expect_200(1).await;
+    let stream = tokio::time::timeout(WAIT, held.recv()).await.unwrap().unwrap();
+    drop(stream);
+    p.expect_rst(1, CANCEL).await;
+    let with_path = [connect_block(target), literal(":path", "/")].concat();
+    p.send(&frame(HEADERS, END_HEADERS, 3, &with_path)).await.unwrap();
+    p.expect_rst(3, PROTOCOL_ERROR).await;
+    for stream in [1, 3] {
+        p.send(&frame(PRIORITY, 0, stream, b"")).await.unwrap();
+        p.send(&frame(WINDOW_UPDATE, 0, stream, &0u32.to_be_bytes())).await.unwrap();
+    }
+    p.send(&request(5, target)).await.unwrap();
+    let f = p.expect("a stream's frame", |f| f.stream != 0).await;
+    assert_eq!((f.kind, f.stream), (HEADERS, 5), "the first stream frame after the broken ones: {f:?}");
+}
+
 /// An HBONE server forwarding to backends, with `settings` (`TestServer` has the defaults).
 async fn server_with(mesh: &Mesh, settings: H2Settings) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

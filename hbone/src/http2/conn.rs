@@ -9,7 +9,7 @@
 //! socket held back, so a writer never waits on the socket itself.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream as StdTcp;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -23,6 +23,7 @@ use super::frame::{self, ErrorCode, Frame, FrameError, Head, flag, kind, setting
 use super::head::{self, RequestHead, ResponseHead};
 use super::hpack::{Decoder, Encoder};
 use super::refusals::Refusal;
+use super::session::Session;
 use super::stream_ids::StreamIds;
 
 /// Limits this end advertises and enforces.
@@ -274,7 +275,7 @@ struct Partial {
 }
 
 struct State {
-    tls: rustls::Connection,
+    tls: Session,
     /// Frames staged for TLS (control frames; DATA payloads go in from the caller's buffer).
     out: Vec<u8>,
     /// A write hit a full socket: TLS holds records the driver must flush.
@@ -307,6 +308,8 @@ struct State {
     reset_before_accept: usize,
     accept_waker: Option<Waker>,
     goaway_sent: bool,
+    /// The last stream our GOAWAY named, once one went out (see [`State::put_goaway`]).
+    goaway_last: Option<u32>,
     goaway_received: Option<u32>,
     closed: Option<Arc<ConnError>>,
 }
@@ -326,7 +329,7 @@ impl State {
                 k += 1;
             }
             // The buffer limit is off, so TLS takes everything given (records are queued).
-            let n = self.tls.writer().write_vectored(&bufs[..k])?;
+            let n = self.tls.write_plaintext(&bufs[..k])?;
             debug_assert_eq!(n, bufs[..k].iter().map(|b| b.len()).sum::<usize>());
             self.out.clear();
             self.flush_asked = false;
@@ -375,6 +378,16 @@ impl State {
                 slot.unreleased = 0;
             }
         }
+    }
+
+    /// Stages GOAWAY naming the last stream the peer opened, or what an earlier GOAWAY named
+    /// if that is lower: the value never rises (RFC 9113 §6.8), as the peer may already have
+    /// retried the streams past it elsewhere (streams opened after a graceful GOAWAY are
+    /// refused, yet still raise `last_peer`).
+    fn put_goaway(&mut self, code: ErrorCode, debug: &[u8]) {
+        let last = self.goaway_last.unwrap_or(self.last_peer);
+        self.goaway_last = Some(last);
+        frame::put_goaway(&mut self.out, last, code, debug);
     }
 
     /// Stages RST_STREAM and remembers the stream among those recently reset.
@@ -445,6 +458,14 @@ impl State {
         }
     }
 
+    /// A stream that is over for this end: let go of (its handle dropped, or refused) or reset
+    /// by either end. A stream error on it is ignored rather than answered with another
+    /// RST_STREAM: frames on a closed stream after a RST_STREAM are ignored (RFC 9113 §5.1),
+    /// and the peer may take a frame on a closed stream for a connection error.
+    fn gone(&self, id: u32) -> bool {
+        self.streams.get(&id).is_none_or(|s| matches!(s.end, Some(Err(_))))
+    }
+
     /// A stream id the peer could not have used yet.
     fn idle(&self, role: Role, id: u32) -> bool {
         let ours = (id % 2 == 1) == (role == Role::Client);
@@ -492,7 +513,7 @@ impl Connection {
         tls: rustls::ClientConnection,
         limits: Limits,
     ) -> io::Result<(Connection, impl Future<Output = Arc<ConnError>> + Send + 'static)> {
-        Self::start(tcp, tls.into(), limits, Role::Client)
+        Self::start(tcp, Session::tls(tls.into()), limits, Role::Client)
     }
 
     /// The server end; see [`Connection::client`].
@@ -501,16 +522,15 @@ impl Connection {
         tls: rustls::ServerConnection,
         limits: Limits,
     ) -> io::Result<(Connection, impl Future<Output = Arc<ConnError>> + Send + 'static)> {
-        Self::start(tcp, tls.into(), limits, Role::Server)
+        Self::start(tcp, Session::tls(tls.into()), limits, Role::Server)
     }
 
     fn start(
         tcp: tokio::net::TcpStream,
-        mut tls: rustls::Connection,
+        tls: Session,
         limits: Limits,
         role: Role,
     ) -> io::Result<(Connection, impl Future<Output = Arc<ConnError>> + Send + 'static)> {
-        tls.set_buffer_limit(None);
         let mut out = Vec::with_capacity(128);
         if role == Role::Client {
             out.extend_from_slice(frame::PREFACE);
@@ -557,6 +577,7 @@ impl Connection {
             reset_before_accept: 0,
             accept_waker: None,
             goaway_sent: false,
+            goaway_last: None,
             goaway_received: None,
             closed: None,
         };
@@ -694,8 +715,7 @@ impl Connection {
             return;
         }
         st.goaway_sent = true;
-        let last = st.last_peer;
-        frame::put_goaway(&mut st.out, last, ErrorCode::NO_ERROR, b"");
+        st.put_goaway(ErrorCode::NO_ERROR, b"");
         let _ = st.write(self.shared.sock.get_ref(), &[]);
         st.wake_all();
         drop(st);
@@ -710,8 +730,7 @@ impl Connection {
         }
         if !st.goaway_sent {
             st.goaway_sent = true;
-            let last = st.last_peer;
-            frame::put_goaway(&mut st.out, last, ErrorCode::NO_ERROR, b"");
+            st.put_goaway(ErrorCode::NO_ERROR, b"");
         }
         st.tls.send_close_notify();
         let _ = st.write(self.shared.sock.get_ref(), &[]);
@@ -719,6 +738,46 @@ impl Connection {
         let _ = self.shared.sock.get_ref().shutdown(std::net::Shutdown::Write);
         drop(st);
         self.shared.driver.notify_one();
+    }
+}
+
+/// What a connection holds on its peer's account, for the fuzz target's bounds.
+#[cfg(any(test, feature = "fuzzing"))]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Held {
+    /// Received bytes queued for streams, or handed out and not yet released, in all.
+    pub queued: usize,
+    /// The most of those on one stream.
+    pub queued_max: usize,
+    /// Frames staged for the socket, and bytes the session holds for it.
+    pub staged: usize,
+    /// A header block still arriving.
+    pub partial: usize,
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl Connection {
+    /// A connection without TLS, for the fuzz target: `tcp` (any stream socket) carries the
+    /// frames as they are. Otherwise as [`Connection::server`] or [`Connection::client`].
+    pub(crate) fn plain(
+        tcp: tokio::net::TcpStream,
+        limits: Limits,
+        server: bool,
+    ) -> io::Result<(Connection, impl Future<Output = Arc<ConnError>> + Send + 'static)> {
+        let role = if server { Role::Server } else { Role::Client };
+        Self::start(tcp, Session::Plain(Default::default()), limits, role)
+    }
+
+    pub(crate) fn held(&self) -> Held {
+        let st = lock(&self.shared);
+        let per_stream = st.streams.values().map(|s| s.queue.iter().map(|b| b.len()).sum::<usize>() + s.taken as usize);
+        let (queued, queued_max) = per_stream.fold((0, 0), |(sum, max), n| (sum + n, max.max(n)));
+        Held {
+            queued,
+            queued_max,
+            staged: st.out.len() + st.tls.staged(),
+            partial: st.partial.as_ref().map_or(0, |p| p.block.len()),
+        }
     }
 }
 
@@ -1100,7 +1159,7 @@ fn pump(shared: &Shared, buf: &mut BytesMut) -> Result<Pumped, ConnError> {
     let io = st.tls.process_new_packets();
     let mut eof = false;
     loop {
-        match st.tls.reader().fill_buf() {
+        match st.tls.fill_buf() {
             Ok([]) => {
                 eof = true;
                 break;
@@ -1108,7 +1167,7 @@ fn pump(shared: &Shared, buf: &mut BytesMut) -> Result<Pumped, ConnError> {
             Ok(chunk) => {
                 let n = chunk.len();
                 buf.extend_from_slice(chunk);
-                st.tls.reader().consume(n);
+                st.tls.consume(n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(_) => {
@@ -1124,7 +1183,7 @@ fn pump(shared: &Shared, buf: &mut BytesMut) -> Result<Pumped, ConnError> {
     }
     if let Err(e) = &applied {
         super::refusals::count_protocol_error(e.code);
-        frame::put_goaway(&mut st.out, st.last_peer, e.code, e.why.as_bytes());
+        st.put_goaway(e.code, e.why.as_bytes());
     }
     if let Err(e) = &io {
         // An alert rustls queued for the peer goes out with whatever else is staged.
@@ -1203,6 +1262,7 @@ fn apply(shared: &Shared, st: &mut State, buf: &mut BytesMut) -> Result<(), Fram
                 return Err(FrameError::connection(e.code, e.why));
             }
             Err(e) => match e.stream {
+                Some(id) if st.gone(id) => {}
                 Some(id) => st.reset(id, e.code, Error::Malformed(e.why), &shared.limits),
                 None => return Err(e),
             },
@@ -1418,7 +1478,9 @@ fn on_frame(shared: &Shared, st: &mut State, f: Frame<'_>) -> Result<(), FrameEr
             if st.idle(shared.role, stream) {
                 return Err(conn(E::PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream"));
             }
-            if let Some(slot) = st.streams.get_mut(&stream) {
+            if let Some(slot) = st.streams.get_mut(&stream)
+                && !matches!(slot.end, Some(Err(_)))
+            {
                 slot.send_window += increment as i64;
                 if slot.send_window > frame::MAX_WINDOW as i64 {
                     st.reset(
@@ -1449,16 +1511,17 @@ fn on_head(shared: &Shared, st: &mut State, id: u32, end_stream: bool, block: &[
         }
     };
     if let Some(slot) = st.streams.get_mut(&id) {
+        if matches!(slot.end, Some(Err(_))) {
+            // Reset (by either end): what the peer sent before it learnt is ignored, a
+            // response head as well as trailers (a second RST_STREAM is not an answer).
+            return Ok(());
+        }
         if slot.got_head {
             // Trailers: they end the stream; their fields mean nothing to a tunnel.
             match slot.end {
                 // Half-closed (remote): nothing more may come but WINDOW_UPDATE, PRIORITY or
                 // RST_STREAM (RFC 9113 §5.1).
-                Some(Ok(())) => {
-                    st.reset(id, E::STREAM_CLOSED, Error::Malformed("HEADERS after END_STREAM"), &shared.limits)
-                }
-                // Reset (by either end): what the peer sent before it learnt is ignored.
-                Some(Err(_)) => {}
+                Some(_) => st.reset(id, E::STREAM_CLOSED, Error::Malformed("HEADERS after END_STREAM"), &shared.limits),
                 None if !end_stream => {
                     st.reset(id, E::PROTOCOL_ERROR, Error::Malformed("trailers without END_STREAM"), &shared.limits)
                 }

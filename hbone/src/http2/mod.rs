@@ -8,6 +8,7 @@
 //! - `conn`: a connection and its streams, flow control, settings, shutdown.
 //! - [`refusals`]: streams refused, by reason, and connections closed for protocol errors, by
 //!   code, for metrics.
+//! - `session`: what frames go through to the socket: TLS (or, for the fuzz target, nothing).
 //! - `stream_ids`: the hasher of the connection's stream map.
 
 mod conn;
@@ -16,8 +17,11 @@ mod head;
 pub mod hpack;
 mod huffman;
 pub mod refusals;
+mod session;
 mod stream_ids;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use conn::Held;
 pub use conn::{ConnError, Connection, Error, Limits, Stream};
 pub use frame::{ErrorCode, FrameError};
 pub use head::{RequestHead, ResponseHead};

@@ -131,7 +131,7 @@ impl Drop for InboundConnect {
     }
 }
 
-fn send_refusal(stream: http2::Stream, status: StatusCode, reason: &str) {
+pub(crate) fn send_refusal(stream: http2::Stream, status: StatusCode, reason: &str) {
     let text: &[(&[u8], &[u8])] = &[(b"content-type", b"text/plain")];
     let fields = if reason.is_empty() { &[][..] } else { text };
     if stream.respond(status, fields, reason.is_empty()).is_ok() && !reason.is_empty() {

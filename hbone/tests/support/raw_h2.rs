@@ -28,6 +28,7 @@ pub const CHUNK: usize = 16_384;
 // Frame types (RFC 9113 §6).
 pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
+pub const PRIORITY: u8 = 0x2;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
 pub const PING: u8 = 0x6;
