@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use hbone::tunnel::client::{ConnectError, ConnectTarget};
 use hbone::tunnel::pool::{Pool, PoolConfig};
-use hbone::tunnel::server::InboundConnect;
+use hbone::tunnel::server::{HandshakeLimit, InboundConnect, ServeError};
 use hbone::{CertStore, tls::PeerIdentityError};
 use http::StatusCode;
 use rand::{Rng, SeedableRng};
@@ -635,4 +635,44 @@ async fn an_identity_refusal_reaches_every_caller_waiting_for_the_open() {
         }
     }
     assert_eq!(opens.load(std::sync::atomic::Ordering::SeqCst), 1, "five callers, one open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_the_handshake_limit_is_refused_as_overload() {
+    // Two servers under one limit, as a node's pods are: a client of one that says nothing
+    // holds the only turn, and the other server refuses a handshake until it is given back.
+    let mesh = Mesh::new();
+    let backend = echo_backend().await;
+    let limit = HandshakeLimit::new(1);
+    let start = || {
+        let h2 = hbone::tunnel::H2Settings::default();
+        TestServer::start_with(&mesh.server_store, mesh.server.clone(), h2, Some(limit.clone()), forwarder(None))
+    };
+    let (mut first, mut second) = (start().await, start().await);
+    let silent = TcpStream::connect(first.addr).await.unwrap();
+    wait_until("the silent connection takes the turn", || limit.available() == 0).await;
+    let app_port = outbound(mesh.pool(), mesh.key(second.addr), backend).await;
+    let mut refused = TcpStream::connect(app_port).await.unwrap();
+    let _ = refused.write_all(b"hello").await;
+    let mut back = Vec::new();
+    let read = tokio::time::timeout(5 * SECOND, refused.read_to_end(&mut back)).await.expect("the app is let go");
+    assert!(read.is_err() || back.is_empty(), "a tunnel through the refused handshake carried bytes: {back:?}");
+    let e = second.next_outcome(5 * SECOND).await.unwrap_err();
+    assert!(matches!(e, ServeError::Overloaded(_)), "{e}");
+    assert!(e.to_string().contains("too many handshakes in progress"), "{e}");
+
+    drop(silent);
+    assert!(matches!(first.next_outcome(5 * SECOND).await.unwrap_err(), ServeError::Tls { .. }));
+    assert_eq!(limit.available(), 1, "the turn is given back when the handshake ends");
+    let served = TcpStream::connect(app_port).await.unwrap();
+    assert_eq!(echo_check(served, 1000).await, 1000, "served once the turn is free");
+    assert_eq!(limit.available(), 1, "the turn is given back once the handshake is done");
+}
+
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + 5 * SECOND;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "{what}: not within 5 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -164,7 +164,11 @@ pub async fn start(
     let metrics = Metrics::register(&mut registry);
     let registry = Arc::new(registry);
     let drain = Drain::default();
-    let proxy_cfg = ProxyConfig { transparent_inbound: !cfg.no_transparent, ..ProxyConfig::default() };
+    let proxy_cfg = ProxyConfig {
+        transparent_inbound: !cfg.no_transparent,
+        max_inbound_handshakes: cfg.max_inbound_handshakes,
+        ..ProxyConfig::default()
+    };
     let inputs = ProxyInputs::new(state.clone(), store.clone(), metrics, Arc::new(proxy_cfg), drain.clone(), &admin_rt);
     let host = Netns::current().map_err(StartError::Netns)?;
     let pods = Arc::new(Pods::new(inputs, cfg.trust_domain.clone(), cfg.cluster_id.clone(), host, &ready, ca));

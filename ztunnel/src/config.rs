@@ -90,6 +90,11 @@ pub struct Config {
     /// Connect to local workloads from ztunnel's own address instead of the client's.
     #[arg(long, env = "ZTUNNEL_NO_TRANSPARENT")]
     pub no_transparent: bool,
+    /// Inbound HBONE handshakes (TLS and the HTTP/2 preface) run at once across all pods, between
+    /// 1 and 65,536; more wait for a turn within their handshake deadline. Anyone who can reach
+    /// port 15008 can start a handshake, and each costs a signature and its TLS state.
+    #[arg(long, env = "ZTUNNEL_MAX_INBOUND_HANDSHAKES", default_value_t = 256)]
+    pub max_inbound_handshakes: usize,
 }
 
 /// A configuration that cannot work.
@@ -116,6 +121,12 @@ pub enum ConfigError {
 impl Config {
     /// Checks what can be checked before starting anything.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=65_536).contains(&self.max_inbound_handshakes) {
+            return Err(ConfigError::Invalid {
+                flag: "--max-inbound-handshakes",
+                why: format!("{} is not between 1 and 65536", self.max_inbound_handshakes),
+            });
+        }
         match (&self.state_file, &self.xds_address) {
             (Some(f), _) if !f.exists() => return Err(ConfigError::Missing { flag: "--state-file", path: f.clone() }),
             (None, None) => {
@@ -253,6 +264,20 @@ mod tests {
         ok.unwrap();
         assert_eq!(bad.slice_policy(), None);
         assert!(e.starts_with("--sched-slice-us: 50 is outside"), "{e}");
+    }
+
+    #[test]
+    fn inbound_handshakes_are_limited_to_a_sane_range() {
+        use clap::Parser;
+        let base = ["ztunnel", "--node-name", "n1", "--state-file", "/s", "--cert-dir", "/c"];
+        if std::env::var_os("ZTUNNEL_MAX_INBOUND_HANDSHAKES").is_none() {
+            assert_eq!(Config::try_parse_from(base).expect("parses").max_inbound_handshakes, 256);
+        }
+        for bad in ["0", "65537"] {
+            let cfg = Config::try_parse_from(base.iter().copied().chain(["--max-inbound-handshakes", bad])).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert_eq!(e, format!("--max-inbound-handshakes: {bad} is not between 1 and 65536"));
+        }
     }
 
     #[test]

@@ -154,6 +154,51 @@ async fn an_open_tunnel_the_new_policy_refuses_is_closed() {
     assert!(line("istio_tcp_received_bytes_total{").ends_with(" 8"), "{metrics}");
 }
 
+/// Handshakes past `--max-inbound-handshakes` are refused at once and counted; the turn a
+/// client that says nothing holds is given back when it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_past_the_limit_are_refused_and_counted() {
+    let ca = TestCa::new("loopback");
+    let (web, client) = (id("shop", "web"), id("tools", "client"));
+    let certs = CertStore::new(ca.roots());
+    certs.insert(ca.issue(&web, DAY));
+    certs.insert(ca.issue(&client, DAY));
+    let handle = StateHandle::new(state("127.0.0.1"));
+    let (inputs, registry) = support::loopback_inputs_with(handle, certs.clone(), |cfg| cfg.max_inbound_handshakes = 1);
+    let pod = PodProxy::start("Kubernetes//Pod/shop/web".into(), web.clone(), HostSockets, inputs).unwrap();
+    let backend = echo_backend().await;
+    let pool = Pool::new(PoolConfig::default(), certs.clone(), None);
+    let key = PoolKey { src: client, dst: web, addr: pod.addrs.hbone };
+    let target = ConnectTarget::new(backend, None);
+
+    let silent = tokio::net::TcpStream::connect(pod.addrs.hbone).await.unwrap();
+    let line = "ztunnel_connections_denied_total{reporter=\"destination\",reason=\"hbone_handshake_overload\"} ";
+    // The silent client may not hold the turn yet when the first tunnel comes: try until one
+    // is refused for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no handshake was refused for overload");
+        let refused = pool.connect(&key, &target).await;
+        assert!(refused.is_err(), "a tunnel opened while the only turn was held");
+        if ztunnel::metrics::encode(&registry).contains(&format!("{line}1")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(silent);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut opened = pool.connect(&key, &target).await;
+    while opened.is_err() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        opened = pool.connect(&key, &target).await;
+    }
+    let mut tunnel = opened.expect("a tunnel once the turn is free");
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    tunnel.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"ping");
+}
+
 /// Garbage on the HBONE port is refused and counted by reason (the log takes at most a few
 /// lines a second of it, however many come: `log_budget`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::http2::{self, Connection, RequestHead};
@@ -33,6 +34,9 @@ pub enum ServeError {
     /// TLS and the HTTP/2 preface did not finish in time.
     #[error("handshake from {0} timed out")]
     HandshakeTimeout(SocketAddr),
+    /// The handshake was not started: as many as [`HandshakeLimit`] allows were in progress.
+    #[error("handshake from {0} refused: too many handshakes in progress")]
+    Overloaded(SocketAddr),
     /// The verified certificate carries no usable identity.
     #[error("peer {peer}: {source}")]
     Identity {
@@ -140,23 +144,57 @@ pub(crate) fn send_refusal(stream: http2::Stream, status: StatusCode, reason: &s
     }
 }
 
+/// How many handshakes (TLS and the HTTP/2 preface) run at once, across every server given
+/// the same limit. A handshake is the costly part of a connection (a signature, and the TLS
+/// state held until it ends), and anyone who can reach the port can start one without a
+/// certificate: past the limit, a new connection is closed at once, unread, and counted, so a
+/// flood costs no more than the limit and says so. (Queueing instead would not help a real
+/// client: under a flood, each waiter gets its turn only as those ahead time out, just
+/// before its own deadline.) Clones share the limit.
+#[derive(Debug, Clone)]
+pub struct HandshakeLimit(Arc<Semaphore>);
+
+impl HandshakeLimit {
+    /// At most `max` handshakes at once (at least one).
+    pub fn new(max: usize) -> Self {
+        HandshakeLimit(Arc::new(Semaphore::new(max.max(1))))
+    }
+
+    /// Handshakes that could start now.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
 /// An HBONE server: a TLS context and a handler.
 pub struct Server<H> {
     tls: TlsAcceptor,
     settings: H2Settings,
     handler: Arc<H>,
+    handshakes: Option<HandshakeLimit>,
 }
 
 impl<H> Clone for Server<H> {
     fn clone(&self) -> Self {
-        Server { tls: self.tls.clone(), settings: self.settings.clone(), handler: self.handler.clone() }
+        Server {
+            tls: self.tls.clone(),
+            settings: self.settings.clone(),
+            handler: self.handler.clone(),
+            handshakes: self.handshakes.clone(),
+        }
     }
 }
 
 impl<H: Handler> Server<H> {
     /// A server presenting the certificate `tls` resolves (see [`crate::tls::server_config`]).
     pub fn new(tls: Arc<rustls::ServerConfig>, settings: H2Settings, handler: H) -> Self {
-        Server { tls: TlsAcceptor::from(tls), settings, handler: Arc::new(handler) }
+        Server { tls: TlsAcceptor::from(tls), settings, handler: Arc::new(handler), handshakes: None }
+    }
+
+    /// Handshakes run under `limit` (unlimited otherwise).
+    pub fn limit_handshakes(mut self, limit: HandshakeLimit) -> Self {
+        self.handshakes = Some(limit);
+        self
     }
 
     /// Accepts connections forever, each on its own task. Only a failing listener ends it.
@@ -197,6 +235,11 @@ impl<H: Handler> Server<H> {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
         let _ = tcp.set_nodelay(true);
+        // Held until the handshake ends, however it ends.
+        let turn = match &self.handshakes {
+            Some(limit) => Some(limit.0.try_acquire().map_err(|_| ServeError::Overloaded(peer))?),
+            None => None,
+        };
         let setup = async {
             let tls = self.tls.accept(tcp).await.map_err(|source| ServeError::Tls { peer, source })?;
             let identity = peer_identity(tls.get_ref().1).map_err(|source| ServeError::Identity { peer, source })?;
@@ -212,6 +255,7 @@ impl<H: Handler> Server<H> {
         let (identity, conn) = tokio::time::timeout(self.settings.handshake_timeout, setup)
             .await
             .map_err(|_| ServeError::HandshakeTimeout(peer))??;
+        drop(turn);
         let conn = &conn.0;
         let mut shutdown = std::pin::pin!(shutdown);
         let mut going_away = false;

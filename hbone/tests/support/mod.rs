@@ -10,7 +10,7 @@ use std::time::Duration;
 
 pub use hbone::testing::*;
 use hbone::tunnel::H2Settings;
-use hbone::tunnel::server::{Handler, ServeError, Server};
+use hbone::tunnel::server::{Handler, HandshakeLimit, ServeError, Server};
 use hbone::{CertStore, Identity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,9 +28,23 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(store: &CertStore, identity: Identity, handler: impl Handler) -> Self {
+        Self::start_with(store, identity, H2Settings::default(), None, handler).await
+    }
+
+    /// With `settings`, and handshakes under `limit` if given.
+    pub async fn start_with(
+        store: &CertStore,
+        identity: Identity,
+        settings: H2Settings,
+        limit: Option<HandshakeLimit>,
+        handler: impl Handler,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = Server::new(hbone::tls::server_config(store, identity), H2Settings::default(), handler);
+        let mut server = Server::new(hbone::tls::server_config(store, identity), settings, handler);
+        if let Some(limit) = limit {
+            server = server.limit_handshakes(limit);
+        }
         let accepted = Arc::new(AtomicUsize::new(0));
         let conns = Arc::new(Mutex::new(Vec::new()));
         let (tx, outcomes) = mpsc::unbounded_channel();

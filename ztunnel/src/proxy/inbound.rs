@@ -31,7 +31,8 @@ pub(crate) async fn serve<S: PodSockets>(pod: Arc<Pod<S>>, listener: TcpListener
             handle(&pod, req).await;
             drop(live);
         }
-    });
+    })
+    .limit_handshakes(pod.inputs.handshakes.clone());
     // Each connection is counted by the drain as well as each stream: when shutdown starts
     // it sends GOAWAY, and the process stays until the client has moved on (or the drain
     // deadline), so no stream the client sent before it saw the GOAWAY is cut.
@@ -79,6 +80,7 @@ fn refusal(e: &ServeError) -> Option<&'static str> {
         ServeError::Tls { .. } => Some("hbone_tls_failed"),
         ServeError::HandshakeTimeout(_) => Some("hbone_handshake_timeout"),
         ServeError::Identity { .. } => Some("hbone_peer_identity"),
+        ServeError::Overloaded(_) => Some("hbone_handshake_overload"),
         _ => None,
     }
 }

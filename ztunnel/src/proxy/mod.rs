@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hbone::tunnel::pool::{Connector, Pool, PoolConfig};
+use hbone::tunnel::server::HandshakeLimit;
 use hbone::{CertStore, Identity};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -50,6 +51,8 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// HBONE pool and HTTP/2 tuning.
     pub pool: PoolConfig,
+    /// Inbound HBONE handshakes at once, all pods together (see [`HandshakeLimit`]).
+    pub max_inbound_handshakes: usize,
 }
 
 impl ProxyConfig {
@@ -70,6 +73,7 @@ impl Default for ProxyConfig {
             hbone_port: hbone::tunnel::HBONE_PORT,
             connect_timeout: Duration::from_secs(10),
             pool: PoolConfig::default(),
+            max_inbound_handshakes: 256,
         }
     }
 }
@@ -91,6 +95,8 @@ pub struct ProxyInputs {
     /// Open inbound connections, for policy changes. Private so that no proxy runs without
     /// the task that rechecks them.
     admitted: admitted::Admitted,
+    /// Turns for inbound handshakes, shared by every pod's HBONE server.
+    pub(crate) handshakes: HandshakeLimit,
 }
 
 impl ProxyInputs {
@@ -107,7 +113,8 @@ impl ProxyInputs {
     ) -> ProxyInputs {
         let admitted = admitted::Admitted::default();
         control.spawn(admitted.watch(state.clone(), metrics.clone()));
-        ProxyInputs { state, certs, metrics, cfg, drain, admitted }
+        let handshakes = HandshakeLimit::new(cfg.max_inbound_handshakes);
+        ProxyInputs { state, certs, metrics, cfg, drain, admitted, handshakes }
     }
 
     /// Open inbound connections held to policy.

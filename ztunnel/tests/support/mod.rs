@@ -39,8 +39,17 @@ pub fn loopback_inputs(
     state: ztunnel::state::StateHandle,
     certs: hbone::CertStore,
 ) -> (ztunnel::proxy::ProxyInputs, prometheus_client::registry::Registry) {
+    loopback_inputs_with(state, certs, |_| {})
+}
+
+/// [`loopback_inputs`] with `tweak` applied to the configuration.
+pub fn loopback_inputs_with(
+    state: ztunnel::state::StateHandle,
+    certs: hbone::CertStore,
+    tweak: impl FnOnce(&mut ztunnel::proxy::ProxyConfig),
+) -> (ztunnel::proxy::ProxyInputs, prometheus_client::registry::Registry) {
     let mut registry = prometheus_client::registry::Registry::default();
-    let cfg = ztunnel::proxy::ProxyConfig {
+    let mut cfg = ztunnel::proxy::ProxyConfig {
         mark: None,
         transparent_inbound: false,
         outbound_port: 0,
@@ -48,6 +57,7 @@ pub fn loopback_inputs(
         hbone_port: 0,
         ..ztunnel::proxy::ProxyConfig::default()
     };
+    tweak(&mut cfg);
     let metrics = ztunnel::metrics::Metrics::register(&mut registry);
     let inputs = ztunnel::proxy::ProxyInputs::new(
         state,
