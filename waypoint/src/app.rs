@@ -242,7 +242,14 @@ pub async fn start(
     });
     let xds = {
         let _on_admin = admin_rt.enter();
-        crate::state::xds::start(xds_ep, xds_node(&cfg), state.clone(), cfg.gateway.clone(), metrics.clone())
+        let own = crate::state::Own {
+            gateway: cfg.gateway.clone(),
+            identity: Some(identity.clone()),
+            node: cfg.node_name.clone(),
+            ip: cfg.instance_ip,
+            network: cfg.network.clone(),
+        };
+        crate::state::xds::start(xds_ep, xds_node(&cfg), state.clone(), own, metrics.clone())
     };
 
     // Data path.

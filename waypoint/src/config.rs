@@ -25,6 +25,15 @@ pub struct Config {
     /// The node the waypoint pod runs on (CA metadata, logs).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
+    /// The waypoint pod's own IP (`status.podIP`): how it finds its own workload in the mesh
+    /// state, whose locality its endpoint choice prefers. Unset: the workload with the
+    /// waypoint's identity on `--node-name`.
+    #[arg(long, env = "INSTANCE_IP")]
+    pub instance_ip: Option<std::net::IpAddr>,
+    /// The network the waypoint is on (empty: the default network); endpoints on any other
+    /// network are never dialled.
+    #[arg(long, env = "NETWORK", default_value = "")]
+    pub network: String,
     /// The control plane's delta xDS endpoint, `http://` or `https://`.
     #[arg(long, env = "XDS_ADDRESS")]
     pub xds_address: String,

@@ -141,6 +141,15 @@ pub struct DenyLabels {
     pub policy: String,
 }
 
+/// Labels of the no-endpoint counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NoEndpointLabels {
+    /// The service's hostname.
+    pub service: String,
+    /// Why: `port_not_declared`, `strict_locality`, `strict_source_unknown`, `no_usable_endpoint`.
+    pub reason: String,
+}
+
 /// The waypoint's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -149,6 +158,7 @@ pub struct Metrics {
     request_bytes: Family<RequestLabels, Histogram>,
     response_bytes: Family<RequestLabels, Histogram>,
     denied: Family<DenyLabels, Counter>,
+    no_endpoint: Family<NoEndpointLabels, Counter>,
     policies_stand_in: Gauge,
 }
 
@@ -169,6 +179,7 @@ impl Metrics {
             request_bytes: Family::new_with_constructor(bytes_histogram),
             response_bytes: Family::new_with_constructor(bytes_histogram),
             denied: Family::default(),
+            no_endpoint: Family::default(),
             policies_stand_in: Gauge::default(),
         };
         let istio = registry.sub_registry_with_prefix("istio");
@@ -177,6 +188,12 @@ impl Metrics {
         istio.register("request_bytes", "Request body sizes", m.request_bytes.clone());
         istio.register("response_bytes", "Response body sizes", m.response_bytes.clone());
         registry.register("waypoint_authz_denied", "Requests denied by L7 policy", m.denied.clone());
+        registry.register(
+            "waypoint_no_endpoint",
+            "Requests and connections answered 503 (or closed) because their service had no endpoint to use, by \
+             reason",
+            m.no_endpoint.clone(),
+        );
         registry.register(
             "waypoint_policies_stand_in",
             "L7 policies enforced in a fail-closed form instead of as sent (they cannot be compiled, or a target \
@@ -198,6 +215,13 @@ impl Metrics {
     /// Sets how many policies of the state just published run as fail-closed stand-ins.
     pub fn policies_stand_in(&self, n: usize) {
         self.policies_stand_in.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a request or connection for `service` that found no endpoint, and why.
+    pub fn no_endpoint(&self, service: &str, reason: &str) {
+        self.no_endpoint
+            .get_or_create(&NoEndpointLabels { service: service.to_owned(), reason: reason.to_owned() })
+            .inc();
     }
 
     /// Counts a denial by `policy`.

@@ -6,6 +6,13 @@
 //! Outlier detection: `consecutive_errors` 5xx answers or connect failures in a row eject an
 //! endpoint for `ejection × 2^(previous ejections)`; the last endpoint not ejected is never
 //! ejected, and when every endpoint is ejected all are used again.
+//!
+//! Before any of that, the service's own load balancing (Istio's `Service.load_balancing`)
+//! decides which endpoints may be used, with the waypoint's own workload as the source: the
+//! endpoint list comes from [`MeshState::endpoints_for`] (declared port, health policy, this
+//! network, capacity, STRICT locality), and FAILOVER is applied here as priority levels (Envoy's,
+//! as Istio configures its waypoints): the policy picks among the endpoints of the best rank
+//! that has one not ejected, so ejecting the last close endpoint fails over to the next rank.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -15,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use rand::Rng;
 use tokio::time::Instant;
-use ztunnel::state::Endpoint;
+use ztunnel::state::{Endpoint, LoadBalancing, LoadBalancingMode, Service, State as MeshState, Workload};
 
 use crate::state::{BackendPolicy, LoadBalancer};
 
@@ -59,6 +66,65 @@ pub struct Picked {
     pub guard: InFlight,
 }
 
+/// The locality preference of one pick: the service's load balancing and the source (the
+/// waypoint's own workload, when the state has it). Borrowed from the snapshot: nothing is
+/// cloned per request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Prefer<'a> {
+    /// FAILOVER preferences to rank endpoints by; `None`: every endpoint alike.
+    failover: Option<&'a LoadBalancing>,
+    src: Option<&'a Workload>,
+}
+
+impl<'a> Prefer<'a> {
+    /// No preference (an endpoint addressed directly, a service without FAILOVER).
+    pub fn none() -> Prefer<'a> {
+        Prefer::default()
+    }
+
+    /// The preference of `svc` for connections from `src`. Only FAILOVER ranks here: STRICT is
+    /// already applied to the endpoint list ([`endpoints`]), and PASSTHROUGH (connect to the
+    /// address dialled) has nothing to mean for a waypoint, which always reaches an endpoint
+    /// over HBONE: it balances over all of them, like STANDARD.
+    pub fn of(svc: &'a Service, src: Option<&'a Workload>) -> Prefer<'a> {
+        let lb = &svc.load_balancing;
+        let failover = (lb.mode == LoadBalancingMode::Failover && lb.ranked()).then_some(lb);
+        Prefer { failover, src }
+    }
+
+    /// The priority of `ep`: higher is closer (0 for all without FAILOVER or without a source).
+    fn rank(&self, ep: &Workload) -> usize {
+        self.failover.map_or(0, |lb| lb.rank(self.src, ep))
+    }
+}
+
+/// The endpoints of `svc` for `port` that a request from `src` (the waypoint's own workload)
+/// may use: see [`MeshState::endpoints_for`].
+pub fn endpoints(mesh: &MeshState, src: Option<&Workload>, svc: &Service, port: u16) -> Vec<Endpoint> {
+    mesh.endpoints_for(src, svc, port)
+}
+
+/// Why `svc` has no endpoint for `port` from `src` (only asked once none was found): a metric
+/// label and a log line's words.
+pub fn no_endpoint_reason(
+    mesh: &MeshState,
+    src: Option<&Workload>,
+    svc: &Service,
+    port: u16,
+) -> (&'static str, &'static str) {
+    if !svc.ports.contains_key(&port) {
+        return ("port_not_declared", "the service does not declare the port");
+    }
+    let lb = &svc.load_balancing;
+    if lb.mode == LoadBalancingMode::Strict && lb.ranked() && !mesh.endpoints(svc, port).is_empty() {
+        return match src {
+            None => ("strict_source_unknown", "STRICT load balancing, and the waypoint's own workload is not known"),
+            Some(_) => ("strict_locality", "STRICT load balancing, and no endpoint shares the waypoint's locality"),
+        };
+    }
+    ("no_usable_endpoint", "no endpoint is ready on this network and serves the port")
+}
+
 /// Endpoint selection and outlier state shared by all requests.
 #[derive(Debug)]
 pub struct Balancer {
@@ -96,30 +162,41 @@ impl Balancer {
     }
 
     /// Picks an endpoint of `service` among `endpoints`, avoiding `avoid` (a previous try)
-    /// when there is another choice.
+    /// when there is another choice. With a FAILOVER `prefer`, only endpoints of the best rank
+    /// that has any not ejected are considered (when every endpoint is ejected, those of the
+    /// best rank present).
     pub fn pick(
         &self,
         service: &str,
         endpoints: &[Endpoint],
         policy: &BackendPolicy,
+        prefer: Prefer<'_>,
         hash_value: Option<&[u8]>,
         avoid: Option<SocketAddr>,
     ) -> Option<Picked> {
         let now = self.now_ms();
-        let all: Vec<(&Endpoint, SocketAddr, Arc<EndpointStats>)> =
-            endpoints.iter().filter_map(|e| endpoint_addr(e).map(|a| (e, a, self.stats(a)))).collect();
-        if all.is_empty() {
-            return None;
-        }
-        let mut healthy: Vec<&(&Endpoint, SocketAddr, Arc<EndpointStats>)> =
-            all.iter().filter(|(_, _, s)| !self.ejected(s, now)).collect();
-        if healthy.is_empty() {
-            healthy = all.iter().collect();
-        }
+        type Entry<'e> = (&'e Endpoint, SocketAddr, Arc<EndpointStats>, usize, bool);
+        let all: Vec<Entry<'_>> = endpoints
+            .iter()
+            .filter_map(|e| {
+                let a = endpoint_addr(e)?;
+                let stats = self.stats(a);
+                let ejected = self.ejected(&stats, now);
+                Some((e, a, stats, prefer.rank(&e.workload), ejected))
+            })
+            .collect();
+        // The best priority level with an endpoint not ejected; else, all ejected, the best
+        // present (and its endpoints used again).
+        let live = all.iter().filter(|x| !x.4).map(|x| x.3).max();
+        let (rank, take_ejected) = match live {
+            Some(r) => (r, false),
+            None => (all.iter().map(|x| x.3).max()?, true),
+        };
+        let mut healthy: Vec<&Entry<'_>> = all.iter().filter(|x| x.3 == rank && (take_ejected || !x.4)).collect();
         if healthy.len() > 1
             && let Some(avoid) = avoid
         {
-            healthy.retain(|(_, a, _)| *a != avoid);
+            healthy.retain(|x| x.1 != avoid);
         }
         let n = healthy.len();
         let i = match policy.load_balancer {
@@ -149,7 +226,7 @@ impl Balancer {
                 None => rand::rng().random_range(0..n),
             },
         };
-        let (e, addr, stats) = healthy[i];
+        let (e, addr, stats, ..) = healthy[i];
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(Picked { endpoint: (*e).clone(), addr: *addr, stats: stats.clone(), guard: InFlight(stats.clone()) })
     }
@@ -180,5 +257,229 @@ impl Balancer {
         s.ejected_until.store(now + millis, Ordering::Relaxed);
         s.consecutive_failures.store(0, Ordering::Relaxed);
         tracing::warn!(endpoint = %picked.addr, ejection_ms = millis, failures = n, "endpoint ejected");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use ztunnel::state::{Locality, LocalityScope, NetworkAddress, StateConfig, TunnelProtocol, WorkloadType};
+
+    use super::*;
+    use crate::state::LoadBalancer;
+
+    const KEY: &str = "shop/api.shop.svc.cluster.local";
+
+    fn workload(name: &str, ip: &str, node: &str, zone: &str) -> Workload {
+        Workload {
+            uid: name.into(),
+            name: name.into(),
+            identity: hbone::Identity::new("cluster.local", "shop", name).unwrap(),
+            addresses: vec![ip.parse().unwrap()],
+            node: node.into(),
+            network: String::new(),
+            protocol: TunnelProtocol::Hbone,
+            canonical_name: name.into(),
+            canonical_revision: "latest".into(),
+            workload_name: name.into(),
+            workload_type: WorkloadType::Deployment,
+            cluster_id: "Kubernetes".into(),
+            waypoint: None,
+            services: BTreeMap::from([(KEY.to_owned(), BTreeMap::from([(80, 8080)]))]),
+            authorization_policies: Vec::new(),
+            healthy: true,
+            locality: Locality { region: "r1".into(), zone: zone.into(), subzone: String::new() },
+            capacity: 1,
+        }
+    }
+
+    /// The waypoint itself: not an endpoint of the service.
+    fn waypoint(node: &str, zone: &str) -> Workload {
+        let mut w = workload("waypoint", "10.0.0.100", node, zone);
+        w.services.clear();
+        w
+    }
+
+    fn service(mode: LoadBalancingMode, prefs: &[LocalityScope]) -> Service {
+        Service {
+            name: "api".into(),
+            namespace: "shop".into(),
+            hostname: "api.shop.svc.cluster.local".into(),
+            vips: vec![NetworkAddress { network: String::new(), address: "10.96.0.1".parse().unwrap() }],
+            ports: BTreeMap::from([(80, 8080)]),
+            app_protocols: BTreeMap::new(),
+            subject_alt_names: Vec::new(),
+            waypoint: None,
+            load_balancing: LoadBalancing { mode, routing_preference: prefs.to_vec(), allow_unhealthy: false },
+        }
+    }
+
+    fn mesh(workloads: Vec<Workload>, svc: &Service) -> MeshState {
+        MeshState::new(StateConfig::default(), workloads, vec![svc.clone()], Vec::new()).unwrap()
+    }
+
+    fn policy(lb: LoadBalancer) -> BackendPolicy {
+        BackendPolicy { load_balancer: lb, consecutive_errors: 1, ..BackendPolicy::default() }
+    }
+
+    /// Which endpoints (by name) `n` picks reach.
+    fn picks(
+        b: &Balancer,
+        eps: &[Endpoint],
+        p: &BackendPolicy,
+        prefer: Prefer<'_>,
+        n: usize,
+    ) -> HashMap<String, usize> {
+        let mut seen = HashMap::new();
+        for _ in 0..n {
+            let picked = b.pick("api", eps, p, prefer, None, None).unwrap();
+            *seen.entry(picked.endpoint.workload.name.clone()).or_default() += 1;
+        }
+        seen
+    }
+
+    fn eject(b: &Balancer, eps: &[Endpoint], p: &BackendPolicy, name: &str) {
+        let e = eps.iter().find(|e| e.workload.name == name).unwrap();
+        let addr = endpoint_addr(e).unwrap();
+        let stats = b.stats(addr);
+        let picked = Picked { endpoint: e.clone(), addr, stats: stats.clone(), guard: InFlight(stats.clone()) };
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        b.outcome(&picked, true, p, eps);
+        assert!(b.ejected(&stats, b.now_ms()), "{name} ejected");
+    }
+
+    fn names(eps: &[Endpoint]) -> Vec<&str> {
+        eps.iter().map(|e| e.workload.name.as_str()).collect()
+    }
+
+    #[test]
+    fn failover_uses_the_best_rank_with_an_endpoint_not_ejected() {
+        let svc = service(LoadBalancingMode::Failover, &[LocalityScope::Region, LocalityScope::Zone]);
+        let here = waypoint("node-a", "z1");
+        let mut far = workload("far", "10.0.0.4", "node-d", "z9");
+        far.locality.region = "r2".into();
+        let m = mesh(
+            vec![
+                workload("near-1", "10.0.0.1", "node-a", "z1"),
+                workload("near-2", "10.0.0.2", "node-b", "z1"),
+                workload("region", "10.0.0.3", "node-c", "z2"),
+                far,
+                here.clone(),
+            ],
+            &svc,
+        );
+        let src = Some(&here);
+        let eps = endpoints(&m, src, &svc, 80);
+        assert_eq!(names(&eps), ["far", "near-1", "near-2", "region"], "FAILOVER filters nothing out");
+        let prefer = Prefer::of(&svc, src);
+        for lb in [LoadBalancer::LeastRequest, LoadBalancer::RoundRobin, LoadBalancer::Random] {
+            let b = Balancer::default();
+            let p = policy(lb);
+            let seen = picks(&b, &eps, &p, prefer, 40);
+            assert_eq!(seen.keys().len(), 2, "{lb:?}: {seen:?}");
+            assert!(seen.contains_key("near-1") && seen.contains_key("near-2"), "{lb:?}: {seen:?}");
+
+            // The zone's endpoints ejected: the region's, then the farthest.
+            eject(&b, &eps, &p, "near-1");
+            assert_eq!(picks(&b, &eps, &p, prefer, 10), HashMap::from([("near-2".into(), 10)]), "{lb:?}");
+            eject(&b, &eps, &p, "near-2");
+            assert_eq!(picks(&b, &eps, &p, prefer, 10), HashMap::from([("region".into(), 10)]), "{lb:?}");
+            eject(&b, &eps, &p, "region");
+            assert_eq!(picks(&b, &eps, &p, prefer, 10), HashMap::from([("far".into(), 10)]), "{lb:?}");
+        }
+
+        // Every endpoint ejected (as after a restart of all): the best rank is used again, not
+        // the whole list.
+        let b = Balancer::default();
+        for e in &eps {
+            b.stats(endpoint_addr(e).unwrap()).ejected_until.store(u64::MAX, Ordering::Relaxed);
+        }
+        let seen = picks(&b, &eps, &policy(LoadBalancer::RoundRobin), prefer, 10);
+        assert_eq!(seen, HashMap::from([("near-1".into(), 5), ("near-2".into(), 5)]));
+
+        // Without its own workload the waypoint prefers nothing: every locality alike.
+        let eps = endpoints(&m, None, &svc, 80);
+        let seen = picks(&Balancer::default(), &eps, &policy(LoadBalancer::RoundRobin), Prefer::of(&svc, None), 40);
+        assert_eq!(seen.len(), 4, "{seen:?}");
+    }
+
+    #[test]
+    fn failover_keeps_consistent_hashing_within_the_best_rank() {
+        let svc = service(LoadBalancingMode::Failover, &[LocalityScope::Zone]);
+        let here = waypoint("node-a", "z1");
+        let m = mesh(
+            vec![
+                workload("near-1", "10.0.0.1", "node-a", "z1"),
+                workload("near-2", "10.0.0.2", "node-b", "z1"),
+                workload("far", "10.0.0.3", "node-c", "z2"),
+            ],
+            &svc,
+        );
+        let eps = endpoints(&m, Some(&here), &svc, 80);
+        let p = BackendPolicy {
+            load_balancer: LoadBalancer::ConsistentHash,
+            hash_header: Some(http::HeaderName::from_static("x-user")),
+            ..BackendPolicy::default()
+        };
+        let b = Balancer::default();
+        for user in 0..50 {
+            let key = format!("user-{user}");
+            let one = b.pick("api", &eps, &p, Prefer::of(&svc, Some(&here)), Some(key.as_bytes()), None).unwrap();
+            let two = b.pick("api", &eps, &p, Prefer::of(&svc, Some(&here)), Some(key.as_bytes()), None).unwrap();
+            assert_eq!(one.addr, two.addr, "{key} sticks");
+            assert_ne!(one.endpoint.workload.name, "far", "{key}");
+        }
+    }
+
+    #[test]
+    fn strict_admits_only_what_shares_every_scope_and_says_why_not() {
+        let svc = service(LoadBalancingMode::Strict, &[LocalityScope::Node]);
+        let here = waypoint("node-a", "z1");
+        let m = mesh(
+            vec![workload("local", "10.0.0.1", "node-a", "z1"), workload("other", "10.0.0.2", "node-b", "z1")],
+            &svc,
+        );
+        let eps = endpoints(&m, Some(&here), &svc, 80);
+        assert_eq!(names(&eps), ["local"]);
+        let seen = picks(&Balancer::default(), &eps, &policy(LoadBalancer::Random), Prefer::of(&svc, Some(&here)), 20);
+        assert_eq!(seen, HashMap::from([("local".into(), 20)]));
+
+        let elsewhere = waypoint("node-z", "z1");
+        assert!(endpoints(&m, Some(&elsewhere), &svc, 80).is_empty());
+        assert_eq!(no_endpoint_reason(&m, Some(&elsewhere), &svc, 80).0, "strict_locality");
+        assert!(endpoints(&m, None, &svc, 80).is_empty(), "the waypoint's own workload unknown: fail closed");
+        assert_eq!(no_endpoint_reason(&m, None, &svc, 80).0, "strict_source_unknown");
+        assert!(endpoints(&m, Some(&here), &svc, 81).is_empty());
+        assert_eq!(no_endpoint_reason(&m, Some(&here), &svc, 81).0, "port_not_declared");
+    }
+
+    #[test]
+    fn other_networks_unready_endpoints_and_modes_without_preference() {
+        let mut remote = workload("remote", "10.0.0.3", "node-a", "z1");
+        remote.network = "west".into();
+        let mut sick = workload("sick", "10.0.0.2", "node-a", "z1");
+        sick.healthy = false;
+        let all =
+            vec![workload("b", "10.0.0.1", "node-b", "z2"), workload("c", "10.0.0.4", "node-a", "z1"), sick, remote];
+        let here = waypoint("node-a", "z1");
+        // STANDARD ignores preferences; PASSTHROUGH (dial the address the client dialled) cannot
+        // mean anything to a waypoint, which balances over the endpoints as for STANDARD.
+        for mode in [LoadBalancingMode::Standard, LoadBalancingMode::Passthrough] {
+            let mut svc = service(mode, &[LocalityScope::Node]);
+            let m = mesh(all.clone(), &svc);
+            let eps = endpoints(&m, Some(&here), &svc, 80);
+            assert_eq!(names(&eps), ["b", "c"], "{mode:?}: never another network, never unready");
+            let seen =
+                picks(&Balancer::default(), &eps, &policy(LoadBalancer::RoundRobin), Prefer::of(&svc, Some(&here)), 10);
+            assert_eq!(seen, HashMap::from([("b".into(), 5), ("c".into(), 5)]), "{mode:?}");
+            svc.load_balancing.allow_unhealthy = true;
+            let m = mesh(all.clone(), &svc);
+            assert_eq!(names(&endpoints(&m, Some(&here), &svc, 80)), ["b", "c", "sick"], "{mode:?}: ALLOW_ALL");
+        }
+        let svc = service(LoadBalancingMode::Standard, &[]);
+        let m = mesh(all[2..].to_vec(), &svc);
+        assert!(endpoints(&m, Some(&here), &svc, 80).is_empty());
+        assert_eq!(no_endpoint_reason(&m, Some(&here), &svc, 80).0, "no_usable_endpoint");
     }
 }

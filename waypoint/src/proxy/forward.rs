@@ -12,7 +12,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use ztunnel::state::Endpoint;
 
-use super::balance::Picked;
+use super::balance::{Picked, Prefer};
 use super::body::{self, Buffered};
 use super::upstream::{Dest, UpstreamError, Version};
 use super::{Body, Proxy};
@@ -52,6 +52,8 @@ pub struct Attempt<'a> {
     pub backend_host: &'a str,
     /// The backend policy.
     pub policy: &'a BackendPolicy,
+    /// The backend service's locality preference (FAILOVER priority levels).
+    pub prefer: Prefer<'a>,
     /// Retries, if the rule has them.
     pub retry: Option<&'a Retry>,
     /// Per-try timeout.
@@ -84,7 +86,8 @@ pub async fn forward(mut a: Attempt<'_>, mut on_pick: impl FnMut(&Picked)) -> Re
             }
             tokio::time::sleep(wait).await;
         }
-        let Some(picked) = a.proxy.balancer.pick(a.backend_host, a.endpoints, a.policy, hash_value.as_deref(), last)
+        let Some(picked) =
+            a.proxy.balancer.pick(a.backend_host, a.endpoints, a.policy, a.prefer, hash_value.as_deref(), last)
         else {
             outcome = Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n", "UH"));
             break;

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use ztunnel::state::{AppProtocol, Endpoint};
 
-use super::balance::Picked;
+use super::balance::{self, Picked, Prefer};
 use super::body::{self, Counted, OnEnd};
 use super::detect::Protocol;
 use super::upstream::{Dest, Version};
@@ -428,7 +428,7 @@ async fn handle(
     }
     let ctx = Ctx { snapshot: &snapshot, down: &down };
     let prepared = prepare(&proxy, &ctx, &mut parts, &mut account, version, upgrade.is_some());
-    let (mut plan, endpoints, backend_host) = match prepared {
+    let (mut plan, (endpoints, backend_host, prefer)) = match prepared {
         Ok(p) => p,
         Err(local) => return drained(req_body, local.respond(account)),
     };
@@ -481,6 +481,7 @@ async fn handle(
         endpoints: &endpoints,
         backend_host: &backend_host,
         policy: snapshot.backend_policy(&backend_host),
+        prefer,
         retry: plan.retry.as_ref(),
         backend_timeout: plan.backend_timeout,
         deadline: plan.request_timeout.map(|t| start + t),
@@ -572,7 +573,7 @@ fn prepare<'a>(
     account: &mut Account,
     downstream: Version,
     upgrade: bool,
-) -> Result<(Plan<'a>, Vec<Endpoint>, Cow<'a, str>), Local> {
+) -> Result<(Plan<'a>, Endpoints<'a>), Local> {
     // Istio ("Authorization Policy Normalization"): a method not in upper case is refused with
     // 400, so `delete` cannot pass a DENY on `DELETE` to an application that upper-cases it.
     if parts.method.as_str().bytes().any(|b| !b.is_ascii_uppercase()) {
@@ -615,8 +616,8 @@ fn prepare<'a>(
     let declared = backend.as_ref().and_then(|b| declared_version(b.service?, b.port));
     plan.upstream = if upgrade { Version::H1 } else { declared.unwrap_or(downstream) };
     upstream_head(parts, &plan, &path, query.as_deref(), account)?;
-    let (endpoints, backend_host) = endpoints(ctx, backend, account)?;
-    Ok((plan, endpoints, backend_host))
+    let endpoints = endpoints(ctx, backend, account)?;
+    Ok((plan, endpoints))
 }
 
 /// L7 authorization; a denial is counted per policy.
@@ -863,28 +864,36 @@ struct Backend<'a> {
 }
 
 /// The endpoints of the planned backend (the destination workload when not routed to a
-/// service, `backend` being `None`) and the backend's hostname.
-fn endpoints<'a>(
-    ctx: &Ctx<'a>,
-    backend: Option<Backend<'a>>,
-    account: &mut Account,
-) -> Result<(Vec<Endpoint>, Cow<'a, str>), Local> {
+/// service, `backend` being `None`), the backend's hostname and its locality preference. A
+/// service with no endpoint to use is answered 503 here, counted and logged with the reason.
+fn endpoints<'a>(ctx: &Ctx<'a>, backend: Option<Backend<'a>>, account: &mut Account) -> Result<Endpoints<'a>, Local> {
     match backend {
         Some(Backend { host, port, service: Some(s) }) => {
             account.labels.service = Some(s.clone());
-            Ok((ctx.snapshot.mesh.endpoints(s, port), host))
+            let (mesh, src) = (&ctx.snapshot.mesh, ctx.snapshot.source());
+            let endpoints = balance::endpoints(mesh, src, s, port);
+            if endpoints.is_empty() {
+                let (reason, why) = balance::no_endpoint_reason(mesh, src, s, port);
+                account.metrics.no_endpoint(&s.hostname, reason);
+                tracing::info!(service = s.hostname, port, reason = why, "no endpoint for the request");
+                return Err(Local::Reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n", "UH"));
+            }
+            Ok((endpoints, host, Prefer::of(s, src)))
         }
         Some(Backend { service: None, .. }) => {
             Err(Local::Reply(StatusCode::INTERNAL_SERVER_ERROR, "unknown backend service\n", "NR"))
         }
         None => match &ctx.down.dest {
             Destination::Workload(w, port) => {
-                Ok((vec![Endpoint { workload: w.clone(), port: *port }], Cow::Borrowed("")))
+                Ok((vec![Endpoint { workload: w.clone(), port: *port }], Cow::Borrowed(""), Prefer::none()))
             }
-            Destination::Service(..) => Ok((Vec::new(), Cow::Borrowed(""))),
+            Destination::Service(..) => Ok((Vec::new(), Cow::Borrowed(""), Prefer::none())),
         },
     }
 }
+
+/// A backend's endpoints, hostname and locality preference.
+type Endpoints<'a> = (Vec<Endpoint>, Cow<'a, str>, Prefer<'a>);
 
 /// Sends a copy of the request (its head as forwarded, `authority` the one it is forwarded
 /// with) to an endpoint of the mirror backend; the answer is read and dropped, failures only
@@ -902,10 +911,15 @@ fn spawn_mirror(
         tracing::debug!(backend = backend.hostname, "mirror backend unknown");
         return;
     };
-    let endpoints = ctx.snapshot.mesh.endpoints(svc, backend.port);
-    let policy = ctx.snapshot.backend_policy(&svc.hostname).clone();
+    // Picked now, while the snapshot (the source, the service's preferences) is at hand.
+    let src = ctx.snapshot.source();
+    let endpoints = balance::endpoints(&ctx.snapshot.mesh, src, svc, backend.port);
+    let policy = ctx.snapshot.backend_policy(&svc.hostname);
+    let Some(picked) = proxy.balancer.pick(&svc.hostname, &endpoints, policy, Prefer::of(svc, src), None, None) else {
+        tracing::debug!(backend = backend.hostname, "mirror backend has no endpoint");
+        return;
+    };
     let proxy = proxy.clone();
-    let host = svc.hostname.clone();
     let client = ctx.down.client;
     let mut parts = parts.clone();
     parts.extensions = ::http::Extensions::new();
@@ -921,7 +935,6 @@ fn spawn_mirror(
         _ => version,
     };
     tokio::spawn(async move {
-        let Some(picked) = proxy.balancer.pick(&host, &endpoints, &policy, None, None) else { return };
         let identity = picked.endpoint.workload.identity.clone();
         let dest = Dest { addr: picked.addr, identity: &identity, version, client: Some(client) };
         let r = async {

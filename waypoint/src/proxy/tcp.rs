@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::balance::{self, Prefer};
 use super::{Destination, Downstream, Proxy};
 use crate::authz::{Facts, evaluate};
 
@@ -30,14 +31,24 @@ where
         tracing::info!(target: "access", src_identity = %down.peer, policy = decision.policy(), "TCP connection denied");
         return;
     }
-    let (endpoints, policy_host) = match &down.dest {
-        Destination::Service(s, port) => (snapshot.mesh.endpoints(s, *port), s.hostname.clone()),
+    let src = snapshot.source();
+    let (endpoints, policy_host, prefer) = match &down.dest {
+        Destination::Service(s, port) => {
+            let endpoints = balance::endpoints(&snapshot.mesh, src, s, *port);
+            if endpoints.is_empty() {
+                let (reason, why) = balance::no_endpoint_reason(&snapshot.mesh, src, s, *port);
+                proxy.inputs.metrics.no_endpoint(&s.hostname, reason);
+                tracing::info!(target: "access", src_identity = %down.peer, service = s.hostname, port, reason = why, "TCP: no endpoint");
+                return;
+            }
+            (endpoints, s.hostname.clone(), Prefer::of(s, src))
+        }
         Destination::Workload(w, port) => {
-            (vec![ztunnel::state::Endpoint { workload: w.clone(), port: *port }], String::new())
+            (vec![ztunnel::state::Endpoint { workload: w.clone(), port: *port }], String::new(), Prefer::none())
         }
     };
     let policy = snapshot.backend_policy(&policy_host).clone();
-    let Some(picked) = proxy.balancer.pick(&policy_host, &endpoints, &policy, None, None) else {
+    let Some(picked) = proxy.balancer.pick(&policy_host, &endpoints, &policy, prefer, None, None) else {
         tracing::info!(target: "access", src_identity = %down.peer, service = policy_host, "TCP: no endpoint");
         return;
     };

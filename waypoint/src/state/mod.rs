@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use proto::mesh::waypoint::v1 as pb;
 use serde::Serialize;
 use tokio::sync::watch;
-use ztunnel::state::{Service, State as MeshState};
+use ztunnel::state::{Service, State as MeshState, Workload};
 
 use crate::authz::Policy;
 use route::{CompiledRoute, Entry, RouteTable};
@@ -163,6 +163,46 @@ impl TryFrom<pb::L7Policy> for TargetedPolicy {
     }
 }
 
+/// Who this waypoint is, for finding its own workload in the mesh state: the source whose
+/// locality a service's load balancing (STRICT, FAILOVER) is applied against.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Own {
+    /// This waypoint's Gateway, `namespace/name`.
+    pub gateway: String,
+    /// The waypoint's identity.
+    pub identity: Option<hbone::Identity>,
+    /// The node the waypoint runs on.
+    pub node: String,
+    /// The waypoint pod's IP, when configured.
+    pub ip: Option<IpAddr>,
+    /// The network the waypoint is on (empty: the default one).
+    pub network: String,
+}
+
+impl Own {
+    /// Only the Gateway known (tests): the waypoint's own workload is never found, so locality
+    /// preferences see an unknown source.
+    pub fn gateway(gateway: impl Into<String>) -> Own {
+        Own { gateway: gateway.into(), ..Own::default() }
+    }
+
+    /// The waypoint's own workload in `mesh`: the one at its IP when that runs as its identity,
+    /// else one running as its identity on its node (replicas on one node share its locality).
+    /// `None` when neither is there: the waypoint then prefers nothing (FAILOVER treats every
+    /// locality alike, STRICT admits no endpoint).
+    pub fn find(&self, mesh: &MeshState) -> Option<Arc<Workload>> {
+        let id = self.identity.as_ref()?;
+        if let Some(w) = self.ip.and_then(|ip| mesh.workload_by_ip(ip)).filter(|w| w.identity == *id) {
+            return Some(w.clone());
+        }
+        if self.node.is_empty() {
+            return None;
+        }
+        let network = &mesh.config().network;
+        mesh.workloads().find(|w| w.identity == *id && w.node == self.node && w.network == *network).cloned()
+    }
+}
+
 /// One immutable view, indexed for the request path.
 #[derive(Debug, Default, Serialize)]
 pub struct Snapshot {
@@ -186,6 +226,13 @@ pub struct Snapshot {
     /// Policies applying here that are not enforced as sent (see [`Policy::invalid`]).
     #[serde(skip)]
     policies_stand_in: usize,
+    /// The waypoint's own workload (see [`Own::find`]), found once per snapshot.
+    #[serde(rename = "sourceWorkload", serialize_with = "ser_source")]
+    source: Option<Arc<Workload>>,
+}
+
+fn ser_source<S: serde::Serializer>(w: &Option<Arc<Workload>>, s: S) -> Result<S::Ok, S::Error> {
+    w.as_ref().map(|w| w.uid.as_str()).serialize(s)
 }
 
 fn ser_routes<S: serde::Serializer>(r: &HashMap<String, HashMap<u16, RouteTable>>, s: S) -> Result<S::Ok, S::Error> {
@@ -197,14 +244,17 @@ fn ser_routes<S: serde::Serializer>(r: &HashMap<String, HashMap<u16, RouteTable>
 static DEFAULT_BACKEND: std::sync::LazyLock<BackendPolicy> = std::sync::LazyLock::new(BackendPolicy::default);
 
 impl Snapshot {
-    /// Indexes everything; `gateway` is this waypoint's `namespace/name`.
+    /// Indexes everything; `own` says who this waypoint is (its Gateway, and how to find its
+    /// own workload).
     pub fn new(
         mesh: MeshState,
         routes: &[Arc<CompiledRoute>],
         policies: &[Arc<TargetedPolicy>],
         backends: Vec<(String, BackendPolicy)>,
-        gateway: &str,
+        own: &Own,
     ) -> Snapshot {
+        let gateway = own.gateway.as_str();
+        let source = own.find(&mesh);
         let services_by_host: HashMap<String, Arc<Service>> =
             mesh.services().map(|s| (s.hostname.to_ascii_lowercase(), s.clone())).collect();
         let mut tables: HashMap<(String, u16), Vec<Entry>> = HashMap::new();
@@ -255,7 +305,14 @@ impl Snapshot {
             backends: backends.into_iter().map(|(h, b)| (h.to_ascii_lowercase(), b)).collect(),
             services_by_host,
             policies_stand_in,
+            source,
         }
+    }
+
+    /// The waypoint's own workload, when the mesh state has it: the source of its connections
+    /// for a service's locality preferences.
+    pub fn source(&self) -> Option<&Workload> {
+        self.source.as_deref()
     }
 
     /// How many of the policies applying here are not enforced as sent but in a fail-closed
@@ -338,5 +395,79 @@ impl SnapshotHandle {
     /// Wakes on every new snapshot.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ztunnel::state::{StateConfig, TunnelProtocol, WorkloadType};
+
+    use super::*;
+
+    fn workload(uid: &str, sa: &str, ip: &str, node: &str) -> Workload {
+        Workload {
+            uid: uid.into(),
+            name: uid.into(),
+            identity: hbone::Identity::new("cluster.local", "shop", sa).unwrap(),
+            addresses: vec![ip.parse().unwrap()],
+            node: node.into(),
+            network: String::new(),
+            protocol: TunnelProtocol::Hbone,
+            canonical_name: sa.into(),
+            canonical_revision: "latest".into(),
+            workload_name: sa.into(),
+            workload_type: WorkloadType::Deployment,
+            cluster_id: "Kubernetes".into(),
+            waypoint: None,
+            services: BTreeMap::new(),
+            authorization_policies: Vec::new(),
+            healthy: true,
+            locality: Default::default(),
+            capacity: 1,
+        }
+    }
+
+    fn own(ip: Option<&str>, node: &str) -> Own {
+        Own {
+            gateway: "shop/wp".into(),
+            identity: Some(hbone::Identity::new("cluster.local", "shop", "wp").unwrap()),
+            node: node.into(),
+            ip: ip.map(|i| i.parse().unwrap()),
+            network: String::new(),
+        }
+    }
+
+    fn found(o: &Own, mesh: &MeshState) -> Option<String> {
+        o.find(mesh).map(|w| w.uid.clone())
+    }
+
+    #[test]
+    fn the_waypoint_finds_its_own_workload_by_ip_else_by_identity_on_its_node() {
+        let mesh = MeshState::new(
+            StateConfig::default(),
+            vec![
+                workload("wp-1", "wp", "10.0.0.1", "node-a"),
+                workload("wp-2", "wp", "10.0.0.2", "node-b"),
+                workload("app", "app", "10.0.0.3", "node-a"),
+            ],
+            Vec::new(),
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(found(&own(Some("10.0.0.2"), "node-a"), &mesh).as_deref(), Some("wp-2"), "the IP decides");
+        assert_eq!(found(&own(None, "node-b"), &mesh).as_deref(), Some("wp-2"));
+        assert_eq!(found(&own(None, "node-a"), &mesh).as_deref(), Some("wp-1"));
+        // Another identity at the IP is not the waypoint: its node decides.
+        assert_eq!(found(&own(Some("10.0.0.3"), "node-a"), &mesh).as_deref(), Some("wp-1"));
+        assert_eq!(found(&own(Some("10.0.0.9"), "node-c"), &mesh), None);
+        assert_eq!(found(&own(None, "node-c"), &mesh), None);
+        assert_eq!(found(&Own::gateway("shop/wp"), &mesh), None, "no identity: no source");
+
+        let snap = Snapshot::new(mesh, &[], &[], Vec::new(), &own(None, "node-b"));
+        assert_eq!(snap.source().map(|w| w.uid.as_str()), Some("wp-2"));
+        let dump = serde_json::to_value(&snap).unwrap();
+        assert_eq!(dump["sourceWorkload"], "wp-2");
     }
 }

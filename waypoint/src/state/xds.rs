@@ -15,7 +15,7 @@ use ztunnel::state::xds::XdsEndpoint;
 use ztunnel::state::{State as MeshState, StateConfig};
 
 use super::route::CompiledRoute;
-use super::{BackendPolicy, Snapshot, SnapshotHandle, TargetedPolicy};
+use super::{BackendPolicy, Own, Snapshot, SnapshotHandle, TargetedPolicy};
 use crate::telemetry::Metrics;
 
 /// A running xDS source; dropping it stops the client and the folding task.
@@ -39,15 +39,9 @@ struct Caches {
 }
 
 /// Subscribes at `endpoint` as `node` and keeps `handle` current, and the state's gauges in
-/// `metrics`. `gateway` is this waypoint's `namespace/name`. Must be called inside a tokio
-/// runtime.
-pub fn start(
-    endpoint: XdsEndpoint,
-    node: Node,
-    handle: SnapshotHandle,
-    gateway: String,
-    metrics: Arc<Metrics>,
-) -> XdsSource {
+/// `metrics`. `own` says who this waypoint is (its Gateway, how to find its own workload, its
+/// network). Must be called inside a tokio runtime.
+pub fn start(endpoint: XdsEndpoint, node: Node, handle: SnapshotHandle, own: Own, metrics: Arc<Metrics>) -> XdsSource {
     let mut endpoint = endpoint;
     endpoint.endpoint = endpoint
         .endpoint
@@ -70,7 +64,7 @@ pub fn start(
                 }
             }
         });
-    let task = tokio::spawn(fold(caches, handle, gateway, metrics));
+    let task = tokio::spawn(fold(caches, handle, own, metrics));
     XdsSource { client, task }
 }
 
@@ -93,7 +87,7 @@ fn caches() -> (
     (Caches { addresses, routes, policies, backends }, (a, r, p, b))
 }
 
-async fn fold(c: Caches, handle: SnapshotHandle, gateway: String, metrics: Arc<Metrics>) {
+async fn fold(c: Caches, handle: SnapshotHandle, own: Own, metrics: Arc<Metrics>) {
     let mut rx = [c.addresses.subscribe(), c.routes.subscribe(), c.policies.subscribe(), c.backends.subscribe()];
     loop {
         // Nothing is served until every type has come once (the control plane answers each
@@ -105,7 +99,7 @@ async fn fold(c: Caches, handle: SnapshotHandle, gateway: String, metrics: Arc<M
             let [addresses, routes, policies, backends] = pushes.map(|n| n > 0);
             tracing::info!(addresses, routes, policies, backends, "waiting for the first push of every xDS type");
         } else {
-            publish(&c, &handle, &gateway, &metrics);
+            publish(&c, &handle, &own, &metrics);
         }
         let [a, b, p, d] = &mut rx;
         tokio::select! {
@@ -119,7 +113,7 @@ async fn fold(c: Caches, handle: SnapshotHandle, gateway: String, metrics: Arc<M
 
 /// Builds a snapshot of the caches and stores it (or keeps the previous one if the addresses
 /// do not form a consistent state).
-fn publish(c: &Caches, handle: &SnapshotHandle, gateway: &str, metrics: &Metrics) {
+fn publish(c: &Caches, handle: &SnapshotHandle, own: &Own, metrics: &Metrics) {
     let mut workloads = Vec::new();
     let mut services = Vec::new();
     for a in c.addresses.snapshot().into_values() {
@@ -128,7 +122,8 @@ fn publish(c: &Caches, handle: &SnapshotHandle, gateway: &str, metrics: &Metrics
             Address::Service(s) => services.push(s),
         }
     }
-    let mesh = match MeshState::new(StateConfig::default(), workloads, services, Vec::new()) {
+    let config = StateConfig { network: own.network.clone(), ..StateConfig::default() };
+    let mesh = match MeshState::new(config, workloads, services, Vec::new()) {
         Ok(m) => m,
         Err(e) => {
             tracing::error!(error = %e, "addresses do not form a consistent state; keeping the previous snapshot");
@@ -139,8 +134,10 @@ fn publish(c: &Caches, handle: &SnapshotHandle, gateway: &str, metrics: &Metrics
     let policies: Vec<_> = c.policies.snapshot().into_values().collect();
     let backends = c.backends.snapshot().into_iter().map(|(k, v)| (k, (*v).clone())).collect();
     let counts = mesh.counts();
-    let snapshot = Snapshot::new(mesh, &routes, &policies, backends, gateway);
+    let snapshot = Snapshot::new(mesh, &routes, &policies, backends, own);
     let stand_ins = snapshot.policies_stand_in();
+    // Without its own workload the waypoint prefers no locality: worth seeing in every update.
+    let source = snapshot.source().map(|w| w.uid.clone());
     let version = handle.store(snapshot);
     metrics.policies_stand_in(stand_ins);
     tracing::info!(
@@ -149,6 +146,7 @@ fn publish(c: &Caches, handle: &SnapshotHandle, gateway: &str, metrics: &Metrics
         routes = routes.len(),
         policies = policies.len(),
         policies_stand_in = stand_ins,
+        source_workload = source.as_deref().unwrap_or("-"),
         "waypoint state updated"
     );
 }
@@ -168,7 +166,7 @@ mod tests {
         // still on their way.
         a.apply(vec![], vec![]).unwrap();
         let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
-        let task = tokio::spawn(fold(caches, handle.clone(), "shop/waypoint".into(), metrics));
+        let task = tokio::spawn(fold(caches, handle.clone(), Own::gateway("shop/waypoint"), metrics));
         tokio::task::yield_now().await;
         r.apply(vec![], vec![]).unwrap();
         b.apply(vec![], vec![]).unwrap();

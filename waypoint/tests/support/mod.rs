@@ -34,6 +34,32 @@ use xds::{ResourceStore, XdsServer};
 
 pub const GATEWAY: &str = "shop/wp";
 
+/// The node the waypoint says it runs on.
+pub const WAYPOINT_NODE: &str = "node-wp";
+
+/// Where a workload runs (region `r1`).
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub node: String,
+    pub zone: String,
+    pub network: String,
+}
+
+impl Placement {
+    pub fn new(node: &str, zone: &str) -> Placement {
+        Placement { node: node.into(), zone: zone.into(), network: String::new() }
+    }
+
+    pub fn on_network(mut self, network: &str) -> Placement {
+        self.network = network.into();
+        self
+    }
+
+    fn locality(&self) -> Option<pbw::Locality> {
+        Some(pbw::Locality { region: "r1".into(), zone: self.zone.clone(), subzone: String::new() })
+    }
+}
+
 /// Aborts a task on drop.
 pub struct Task(pub tokio::task::JoinHandle<()>);
 
@@ -89,6 +115,7 @@ pub struct World {
     map: Arc<Mutex<HashMap<IpAddr, u16>>>,
     pub backends: Mutex<HashMap<String, Arc<Backend>>>,
     services: Mutex<HashMap<String, (Vec<String>, u8)>>,
+    placements: Mutex<HashMap<String, Placement>>,
     client_store: CertStore,
     pub client_id: Identity,
     pool: Pool,
@@ -131,15 +158,19 @@ impl World {
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Metrics::register(&mut registry);
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{xds_addr}")).unwrap();
-        let source = waypoint::state::xds::start(
-            endpoint.into(),
-            Default::default(),
-            state.clone(),
-            GATEWAY.into(),
-            metrics.clone(),
-        );
-
         let waypoint_id = id("shop", "wp");
+        // The waypoint knows itself as a pod would: its identity, its node and its IP (its own
+        // workload is in the mesh state only once a test publishes it: [`World::waypoint_at`]).
+        let own = waypoint::state::Own {
+            gateway: GATEWAY.into(),
+            identity: Some(waypoint_id.clone()),
+            node: WAYPOINT_NODE.into(),
+            ip: Some(IpAddr::V4(Ipv4Addr::new(127, net[0], net[1], 1))),
+            network: String::new(),
+        };
+        let source =
+            waypoint::state::xds::start(endpoint.into(), Default::default(), state.clone(), own, metrics.clone());
+
         let certs = CertStore::new(ca.roots());
         certs.insert(ca.issue(&waypoint_id, DAY));
         let map: Arc<Mutex<HashMap<IpAddr, u16>>> = Arc::default();
@@ -183,6 +214,7 @@ impl World {
             map,
             backends: Mutex::default(),
             services: Mutex::default(),
+            placements: Mutex::default(),
             client_store,
             client_id,
             pool,
@@ -250,6 +282,22 @@ impl World {
     /// Like [`service`](Self::service), with port 80 declaring `protocol` (as `appProtocol`
     /// or the port name would).
     pub fn service_declaring(&self, name: &str, n: u8, backends: &[&Arc<Backend>], protocol: pbw::AppProtocol) {
+        self.publish_service(name, n, backends, protocol, None);
+    }
+
+    /// Like [`service`](Self::service), with Istio's `load_balancing`.
+    pub fn service_balanced(&self, name: &str, n: u8, backends: &[&Arc<Backend>], lb: pbw::LoadBalancing) {
+        self.publish_service(name, n, backends, pbw::AppProtocol::Unknown, Some(lb));
+    }
+
+    fn publish_service(
+        &self,
+        name: &str,
+        n: u8,
+        backends: &[&Arc<Backend>],
+        protocol: pbw::AppProtocol,
+        load_balancing: Option<pbw::LoadBalancing>,
+    ) {
         let hostname = host(name);
         let svc = pbw::Service {
             name: name.into(),
@@ -257,6 +305,7 @@ impl World {
             hostname: hostname.clone(),
             addresses: vec![pbw::NetworkAddress { network: String::new(), address: octets(self.vip(n)) }],
             ports: vec![pbw::Port { service_port: 80, target_port: 0, app_protocol: protocol as i32 }],
+            load_balancing,
             ..Default::default()
         };
         self.xds.set(
@@ -268,8 +317,37 @@ impl World {
         self.publish_workloads();
     }
 
+    /// Places backend `name` (default: `node1`, no zone, the default network) and republishes.
+    pub fn place(&self, name: &str, p: Placement) {
+        self.placements.lock().unwrap().insert(name.to_owned(), p);
+        self.publish_workloads();
+    }
+
+    /// Publishes the waypoint's own workload (its identity, at its IP), placed at `p`.
+    pub fn waypoint_at(&self, p: &Placement) {
+        let w = pbw::Workload {
+            uid: "Kubernetes//Pod/shop/wp-0".into(),
+            name: "wp-0".into(),
+            namespace: "shop".into(),
+            service_account: "wp".into(),
+            workload_name: "wp".into(),
+            addresses: vec![octets(self.ip(1))],
+            node: p.node.clone(),
+            network: p.network.clone(),
+            locality: p.locality(),
+            tunnel_protocol: pbw::TunnelProtocol::Hbone as i32,
+            ..Default::default()
+        };
+        self.xds.set(
+            proto::ADDRESS_TYPE_URL,
+            &w.uid.clone(),
+            any(proto::ADDRESS_TYPE_URL, &pbw::Address { r#type: Some(pbw::address::Type::Workload(w)) }),
+        );
+    }
+
     fn publish_workloads(&self) {
         let services = self.services.lock().unwrap();
+        let placements = self.placements.lock().unwrap();
         for b in self.backends.lock().unwrap().values() {
             let mut map = HashMap::new();
             for (h, (names, _)) in services.iter() {
@@ -297,6 +375,12 @@ impl World {
                 tunnel_protocol: pbw::TunnelProtocol::Hbone as i32,
                 services: map,
                 ..Default::default()
+            };
+            let w = match placements.get(&b.name) {
+                Some(p) => {
+                    pbw::Workload { node: p.node.clone(), network: p.network.clone(), locality: p.locality(), ..w }
+                }
+                None => w,
             };
             self.xds.set(
                 proto::ADDRESS_TYPE_URL,
@@ -384,9 +468,27 @@ impl World {
         &self,
         vip: IpAddr,
     ) -> Result<hbone::tunnel::stream::H2Stream, hbone::tunnel::client::ConnectError> {
+        self.try_tunnel_to(SocketAddr::new(vip, 80)).await
+    }
+
+    /// A tunnel from the client workload to the waypoint for `target`.
+    pub async fn try_tunnel_to(
+        &self,
+        target: SocketAddr,
+    ) -> Result<hbone::tunnel::stream::H2Stream, hbone::tunnel::client::ConnectError> {
         let key = PoolKey { src: self.client_id.clone(), dst: self.waypoint_id.clone(), addr: self.waypoint_addr };
         let client = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 99, 0, 7)), 40000);
-        self.pool.connect(&key, &ConnectTarget::new(SocketAddr::new(vip, 80), Some(client))).await
+        self.pool.connect(&key, &ConnectTarget::new(target, Some(client))).await
+    }
+
+    /// An HTTP/1.1 client through a tunnel for `target`.
+    pub async fn h1_to(&self, target: SocketAddr) -> Client {
+        let io = self.try_tunnel_to(target).await.unwrap();
+        let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
+        let t = Task(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        Client::H1(s, t)
     }
 
     pub async fn h1(&self, vip: IpAddr) -> Client {

@@ -346,6 +346,15 @@ impl State {
         self.endpoints.all(svc, service_port)
     }
 
+    /// The endpoints of `svc` for `service_port` that a client `src` may be sent to (for proxies
+    /// that balance by their own policy, like the waypoint): usable as for
+    /// [`State::endpoints`], with a capacity above 0, and, when the service's load balancing is
+    /// STRICT, sharing every preferred scope with `src` (none when `src` is unknown). In uid
+    /// order; FAILOVER's preference is for the caller to apply with [`LoadBalancing::rank`].
+    pub fn endpoints_for(&self, src: Option<&Workload>, svc: &Service, service_port: u16) -> Vec<Endpoint> {
+        self.endpoints.admitted(svc, service_port, src)
+    }
+
     /// Number of healthy endpoints of `svc`.
     pub fn endpoint_count(&self, svc: &Service) -> usize {
         self.endpoints.count(svc)

@@ -55,6 +55,31 @@ impl LoadBalancing {
     fn is_default(&self) -> bool {
         *self == LoadBalancing::default()
     }
+
+    /// Whether the routing preferences decide anything: STRICT or FAILOVER with at least one
+    /// scope.
+    pub fn ranked(&self) -> bool {
+        matches!(self.mode, LoadBalancingMode::Strict | LoadBalancingMode::Failover)
+            && !self.routing_preference.is_empty()
+    }
+
+    /// Istio's rank of endpoint `ep` for a client `src`: how many preferred scopes, in order, the
+    /// two share before the first they do not. 0 for an unknown client (it shares nothing
+    /// anyone can tell), and whatever the mode.
+    pub fn rank(&self, src: Option<&Workload>, ep: &Workload) -> usize {
+        match src {
+            Some(src) => self.routing_preference.iter().take_while(|scope| scope.shared(src, ep)).count(),
+            None => 0,
+        }
+    }
+
+    /// Whether `ep` may serve `src` at all under these preferences: under STRICT only an endpoint
+    /// sharing every preferred scope with a known client (fail closed); otherwise any.
+    pub fn admits(&self, src: Option<&Workload>, ep: &Workload) -> bool {
+        self.mode != LoadBalancingMode::Strict
+            || !self.ranked()
+            || (src.is_some() && self.rank(src, ep) == self.routing_preference.len())
+    }
 }
 
 /// How a service's routing preferences are applied.
@@ -95,7 +120,9 @@ pub enum LocalityScope {
 }
 
 impl LocalityScope {
-    fn shared(self, src: &Workload, ep: &Workload) -> bool {
+    /// Whether `src` and `ep` are in the same place for this scope (an unknown scope is never
+    /// shared).
+    pub fn shared(self, src: &Workload, ep: &Workload) -> bool {
         match self {
             LocalityScope::Region => src.locality.region == ep.locality.region,
             LocalityScope::Zone => src.locality.zone == ep.locality.zone,
@@ -211,6 +238,20 @@ impl EndpointIndex {
         set.workloads.iter().filter_map(|w| usable(w, &set.key, svc, service_port)).collect()
     }
 
+    /// Every usable endpoint of `svc` for `service_port` that `src` may reach under the service's
+    /// preferences ([`LoadBalancing::admits`]: STRICT keeps only those sharing every preferred
+    /// scope), with a capacity above 0, in uid order. FAILOVER's ranking is left to the caller
+    /// ([`LoadBalancing::rank`]), which may know more about the endpoints (e.g. which it ejected).
+    pub(super) fn admitted(&self, svc: &Service, service_port: u16, src: Option<&Workload>) -> Vec<Endpoint> {
+        let Some(set) = self.set(svc) else { return Vec::new() };
+        let lb = &svc.load_balancing;
+        set.workloads
+            .iter()
+            .filter(|w| w.capacity > 0 && lb.admits(src, w))
+            .filter_map(|w| usable(w, &set.key, svc, service_port))
+            .collect()
+    }
+
     /// Picks an endpoint of `svc` for a connection from `src` to `service_port`.
     ///
     /// Eligible: usable (see [`EndpointIndex::all`]), with a capacity above 0, and, when the
@@ -224,11 +265,8 @@ impl EndpointIndex {
         let set = self.set(svc)?;
         let lb = &svc.load_balancing;
         let prefs = &lb.routing_preference;
-        let ranked = matches!(lb.mode, LoadBalancingMode::Strict | LoadBalancingMode::Failover) && !prefs.is_empty();
-        let rank = |w: &Workload| match src {
-            Some(src) => prefs.iter().take_while(|scope| scope.shared(src, w)).count(),
-            None => 0,
-        };
+        let ranked = lb.ranked();
+        let rank = |w: &Workload| lb.rank(src, w);
         // Borrowed, not cloned: one pick scans the set up to twice, and only the chosen
         // workload's reference count is touched.
         let eligible = || {

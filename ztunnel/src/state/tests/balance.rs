@@ -226,3 +226,66 @@ fn locality_and_capacity_convert() {
     let got = Workload::try_from(w).unwrap();
     assert_eq!((got.capacity, got.locality), (0, Locality::default()));
 }
+
+/// The uids of `State::endpoints_for`, in order.
+fn admitted(s: &State, src: Option<&Workload>, svc: &Service, port: u16) -> Vec<String> {
+    s.endpoints_for(src, svc, port).into_iter().map(|e| e.workload.uid.clone()).collect()
+}
+
+#[test]
+fn endpoints_for_a_balancing_proxy_follow_the_same_rules_as_a_pick() {
+    let here = client("node-a", "z1");
+    let mut drained = backend("drained", "10.0.0.3", "node-a", "z1");
+    drained.capacity = 0;
+    let mut elsewhere = backend("elsewhere", "10.0.0.4", "node-a", "z1");
+    elsewhere.network = "other".into();
+    let all = vec![
+        backend("local", "10.0.0.1", "node-a", "z1"),
+        backend("remote", "10.0.0.2", "node-b", "z2"),
+        drained,
+        elsewhere,
+    ];
+
+    // STRICT keeps the client's node only, and nothing for an unknown client.
+    let strict = reviews(LoadBalancingMode::Strict, &[LocalityScope::Node]);
+    let s = State::new(StateConfig::default(), all.clone(), vec![strict.clone()], vec![]).unwrap();
+    assert_eq!(admitted(&s, Some(&here), &strict, 80), ["local"]);
+    assert!(admitted(&s, None, &strict, 80).is_empty(), "fail closed");
+    assert!(admitted(&s, Some(&here), &strict, 81).is_empty(), "an undeclared port has no endpoint");
+
+    // FAILOVER and STANDARD keep every usable endpoint (the caller ranks them): never one on
+    // another network or without capacity.
+    for mode in [LoadBalancingMode::Failover, LoadBalancingMode::Standard] {
+        let svc = reviews(mode, &[LocalityScope::Zone]);
+        let s = State::new(StateConfig::default(), all.clone(), vec![svc.clone()], vec![]).unwrap();
+        assert_eq!(admitted(&s, Some(&here), &svc, 80), ["local", "remote"], "{mode:?}");
+        assert_eq!(admitted(&s, None, &svc, 80), ["local", "remote"], "{mode:?}");
+    }
+}
+
+#[test]
+fn rank_counts_the_scopes_shared_in_order() {
+    let lb = |mode, prefs: &[LocalityScope]| LoadBalancing {
+        mode,
+        routing_preference: prefs.to_vec(),
+        allow_unhealthy: false,
+    };
+    let here = client("node-a", "z1");
+    let same_zone = backend("b", "10.0.0.2", "node-b", "z1");
+    let mut other_region = backend("c", "10.0.0.3", "node-a", "z1");
+    other_region.locality.region = "r2".into();
+    let f = lb(LoadBalancingMode::Failover, &[LocalityScope::Region, LocalityScope::Zone, LocalityScope::Node]);
+    assert!(f.ranked());
+    assert_eq!(f.rank(Some(&here), &here), 3);
+    assert_eq!(f.rank(Some(&here), &same_zone), 2);
+    assert_eq!(f.rank(Some(&here), &other_region), 0, "the first scope not shared ends the count");
+    assert_eq!(f.rank(None, &same_zone), 0);
+    assert!(f.admits(None, &same_zone), "FAILOVER admits everything");
+
+    let s = lb(LoadBalancingMode::Strict, &[LocalityScope::Zone, LocalityScope::Unknown(99)]);
+    assert!(!s.admits(Some(&here), &same_zone), "an unknown scope is never shared");
+    assert!(!lb(LoadBalancingMode::Strict, &[LocalityScope::Node]).admits(None, &here));
+    assert!(!lb(LoadBalancingMode::Strict, &[]).ranked());
+    assert!(lb(LoadBalancingMode::Strict, &[]).admits(None, &here), "no preference: nothing to require");
+    assert!(!lb(LoadBalancingMode::Passthrough, &[LocalityScope::Node]).ranked());
+}
