@@ -9,7 +9,10 @@
 //!
 //! The cost is per connection, not per byte: one entry in a map (one lock, no allocation
 //! beyond the map's own growth and a oneshot channel), and the copy polls the channel's
-//! receiver, one atomic load.
+//! receiver, one atomic load. The map is split in [`SHARDS`] shards, each under its own lock,
+//! and a recheck takes one shard at a time: a new connection registering while a push is
+//! being checked against thousands of open ones waits for one shard's decisions at most,
+//! not for all of them.
 //!
 //! What is checked again is the authorization decision alone. A destination workload missing
 //! from the new state is left alone (the pod's own removal ends its proxy), and so is a
@@ -34,10 +37,19 @@ pub struct Admitted {
     inner: Arc<Inner>,
 }
 
+/// Shards of the registry (see the module's documentation).
+const SHARDS: usize = 16;
+
 #[derive(Debug, Default)]
 struct Inner {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, Entry>>,
+    open: [Mutex<HashMap<u64, Entry>>; SHARDS],
+}
+
+impl Inner {
+    fn shard(&self, id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.open[id as usize % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// What the decision was made on, kept to make it again.
@@ -104,7 +116,7 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         if let Some(inner) = self.registry.upgrade() {
-            inner.open.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+            inner.shard(self.id).remove(&self.id);
         }
     }
 }
@@ -126,9 +138,9 @@ impl Admitted {
             revoke: tx,
         };
         let admission = Admission { id, registry: Arc::downgrade(&self.inner), revoked: rx };
-        let mut open = self.inner.open.lock().unwrap_or_else(PoisonError::into_inner);
-        // Checked under the lock that a recheck takes too: either the recheck of a newer
-        // state sees this entry, or this sees the newer state.
+        let mut open = self.inner.shard(id);
+        // Checked under the lock that a recheck takes too for this shard: either the recheck
+        // of a newer state sees this entry, or this sees the newer state.
         let current = state.load();
         if current.version() != d.version
             && let Some(v) = entry.decide(&current)
@@ -143,7 +155,7 @@ impl Admitted {
 
     /// Connections registered and not yet closed.
     pub fn len(&self) -> usize {
-        self.inner.open.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.inner.open.iter().map(|m| m.lock().unwrap_or_else(PoisonError::into_inner).len()).sum()
     }
 
     /// Whether no connection is registered.
@@ -154,14 +166,16 @@ impl Admitted {
     /// Decides every registered connection again on `state` and revokes those it refuses;
     /// returns how many were revoked.
     pub fn recheck(&self, state: &State, metrics: &Metrics) -> usize {
-        // The decisions are made under the lock: they are pure and short (a few policies per
-        // workload), and admitting in between would need the version check above anyway.
-        let mut open = self.inner.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let refused: Vec<(u64, Verdict)> =
-            open.iter().filter_map(|(id, e)| e.decide(state).filter(|v| !v.allowed).map(|v| (*id, v))).collect();
-        let revoked: Vec<(Entry, Verdict)> =
-            refused.into_iter().filter_map(|(id, v)| open.remove(&id).map(|e| (e, v))).collect();
-        drop(open);
+        let mut revoked: Vec<(Entry, Verdict)> = Vec::new();
+        for shard in &self.inner.open {
+            // A shard's decisions are made under its lock: they are pure and short (a few
+            // policies per workload), and admitting in between would need the version check
+            // in `admit` anyway.
+            let mut open = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let refused: Vec<(u64, Verdict)> =
+                open.iter().filter_map(|(id, e)| e.decide(state).filter(|v| !v.allowed).map(|v| (*id, v))).collect();
+            revoked.extend(refused.into_iter().filter_map(|(id, v)| open.remove(&id).map(|e| (e, v))));
+        }
         for (e, v) in &revoked {
             metrics.denied(Reporter::Destination, "policy_revoked");
             tracing::info!(
@@ -235,6 +249,32 @@ mod tests {
         assert_eq!(admitted.len(), 1);
         drop(a);
         assert!(admitted.is_empty(), "leaving the registry is dropping the admission");
+    }
+
+    #[tokio::test]
+    async fn a_recheck_reaches_every_shard() {
+        let handle = StateHandle::new(state("10.0.0.1"));
+        let web = handle.load().workloads().next().unwrap().clone();
+        let admitted = Admitted::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        // Three connections per shard, alternately from the allowed source and another.
+        let mut held: Vec<(bool, Admission)> = (0..3 * SHARDS)
+            .map(|i| {
+                let src = if i % 2 == 0 { "10.0.0.1" } else { "10.0.0.7" };
+                (i % 2 == 0, admitted.admit(decided(src, &web, 0), &handle).unwrap())
+            })
+            .collect();
+        assert_eq!(admitted.len(), 3 * SHARDS);
+        assert_eq!(admitted.recheck(&state("10.0.0.1"), &metrics), 3 * SHARDS / 2);
+        assert_eq!(admitted.len(), 3 * SHARDS / 2);
+        for (allowed, a) in &mut held {
+            let r =
+                tokio::time::timeout(std::time::Duration::from_millis(if *allowed { 1 } else { 1000 }), a.revoked());
+            assert_eq!(r.await.is_ok(), !*allowed, "revoked exactly when refused");
+        }
+        drop(held);
+        assert!(admitted.is_empty(), "every shard let go of its connections");
     }
 
     #[tokio::test]
