@@ -28,9 +28,11 @@
 //!
 //! # Decisions
 //!
-//! - Every pod with an IP, not on the host network and not finished, is a workload (as in
-//!   Istio); `istio.io/dataplane-mode=ambient` on the pod or its namespace sets HBONE, `none`
-//!   on the pod opts out. Health is the `Ready` condition: a pod without it is UNHEALTHY.
+//! - Every pod with an IP that has not finished (`Succeeded`/`Failed`) is a workload, as in
+//!   istiod; `istio.io/dataplane-mode=ambient` on the pod or its namespace sets HBONE, `none`
+//!   on the pod opts out. Health is the `Ready` condition, and a pod being deleted
+//!   (`deletionTimestamp`) is UNHEALTHY whatever it says. A host-network pod is a workload
+//!   with `network_mode: HOST_NETWORK`, never HBONE. See [`translate::workload`].
 //! - A Service's endpoints are the pods its selector matches (as Istio builds workloads); a
 //!   Service without a selector takes them from EndpointSlices whose endpoints name the pod in
 //!   `targetRef`. Named target ports resolve per pod; a pod without the name leaves the port out.

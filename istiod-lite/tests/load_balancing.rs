@@ -1,6 +1,7 @@
 //! Locality-aware load balancing as Istio's istiod sends it over WDS: `Service.load_balancing`
 //! from `internalTrafficPolicy`, `trafficDistribution` (and Istio's annotation) and
-//! `publishNotReadyAddresses`; `Workload.locality` from the topology labels of the pod's Node,
+//! `publishNotReadyAddresses`, the annotation inherited from the Service's Namespace where the
+//! Service has none; `Workload.locality` from the topology labels of the pod's Node,
 //! read from a directory and from the Kubernetes API.
 
 mod kube_support;
@@ -227,6 +228,117 @@ fn unknown_values_are_ignored_with_a_warning_naming_the_service_and_the_field() 
     assert!(w.contains("networking.istio.io/traffic-distribution") && w.contains("Anywhere"), "{w}");
     let w = one("falls-back");
     assert!(w.contains("spec.trafficDistribution"), "{w}");
+}
+
+// ---- Inherited from the Namespace (istio/istio#58701) ----
+
+/// Namespace `shop` with Istio's traffic-distribution annotation set to `value`.
+fn annotated_ns(value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  annotations:\n    networking.istio.io/traffic-distribution: {value}\n---\n"
+    )
+}
+
+#[test]
+fn a_service_without_a_setting_inherits_its_namespaces_annotation() {
+    let a = |v: &str| format!("    networking.istio.io/traffic-distribution: {v}\n");
+    let t = translator(
+        &[
+            annotated_ns("PreferSameNode").as_str(),
+            &svc("plain", "", ""),
+            // Precedence: field, then the Service's annotation, then the Namespace's.
+            &svc("own-annotation", &a("PreferClose"), ""),
+            &svc("own-field", "", "  trafficDistribution: PreferSameZone\n"),
+            &svc("node-local", "", "  internalTrafficPolicy: Local\n"),
+            &svc("all", "", "  publishNotReadyAddresses: true\n"),
+            // The Service's own value, unknown to Istio, is still its own: not the Namespace's.
+            &svc("own-unknown", &a("Anywhere"), ""),
+        ]
+        .concat(),
+    );
+    assert_eq!(lb(&t, "plain"), same_node());
+    assert_eq!(lb(&t, "own-annotation"), same_zone());
+    assert_eq!(lb(&t, "own-field"), same_zone());
+    assert_eq!(lb(&t, "node-local"), node_local());
+    let allow_all = HealthPolicy::AllowAll as i32;
+    assert_eq!(lb(&t, "all"), same_node().map(|l| LoadBalancing { health_policy: allow_all, ..l }));
+    assert_eq!(lb(&t, "own-unknown"), None);
+    assert_eq!(warnings_of(&t, "own-unknown").len(), 1);
+    assert!(warnings_of(&t, "plain").is_empty());
+}
+
+#[test]
+fn an_unknown_namespace_value_is_ignored_with_a_warning_naming_the_namespace() {
+    let t = translator(&[annotated_ns("Sideways").as_str(), &svc("plain", "", "")].concat());
+    assert_eq!(lb(&t, "plain"), None);
+    let ws = warnings_of(&t, "plain");
+    assert_eq!(ws.len(), 1, "{ws:?}");
+    assert!(ws[0].contains("Namespace shop") && ws[0].contains("Sideways"), "{}", ws[0]);
+}
+
+#[test]
+fn annotating_the_namespace_updates_the_services_that_inherit_it() {
+    let mut t = translator(
+        &[NS, &svc("plain", "", ""), &svc("own", "    networking.istio.io/traffic-distribution: PreferSameNode\n", "")]
+            .concat(),
+    );
+    assert_eq!(lb(&t, "plain"), None);
+    let parsed = parse_file(Path::new("ns.yaml"), &annotated_ns("PreferSameZone"));
+    let ns = parsed.objects.into_iter().next().unwrap().object;
+    let d = t.apply(Change::Upsert(ns)).of(ADDRESS_TYPE_URL);
+    let names: Vec<&str> = d.upserts.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["shop/plain.shop.svc.cluster.local"], "only the inheriting Service changes");
+    assert_eq!(decode_service(&d.upserts[0].1).load_balancing, same_zone());
+
+    // The annotation removed: back to no preference.
+    let parsed = parse_file(Path::new("ns.yaml"), NS);
+    let d = t.apply(Change::Upsert(parsed.objects.into_iter().next().unwrap().object)).of(ADDRESS_TYPE_URL);
+    assert_eq!(d.upserts.len(), 1, "{d:#?}");
+    assert_eq!(decode_service(&d.upserts[0].1).load_balancing, None);
+}
+
+#[test]
+fn a_directory_namespace_annotation_reaches_its_services() {
+    let dir = TempDir::new("ns-traffic-distribution");
+    std::fs::write(dir.path().join("app.yaml"), [annotated_ns("PreferClose").as_str(), &svc("plain", "", "")].concat())
+        .unwrap();
+    let snap = Loader::new(dir.path().to_owned()).load().unwrap();
+    assert!(snap.errors.is_empty() && snap.ignored.is_empty(), "{:?} {:?}", snap.errors, snap.ignored);
+    let mut t = Translator::new(MeshConfig::default());
+    t.replace_all(snap.objects.into_iter().map(|o| o.object).collect::<Vec<Object>>());
+    assert_eq!(lb(&t, "plain"), same_zone());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_annotated_through_the_api_sets_its_services_load_balancing() {
+    const WAIT: Duration = Duration::from_secs(15);
+    const CATALOG: &str = "shop/catalog.shop.svc.cluster.local";
+    let mock = MockApi::start().await;
+    mock.cluster();
+    let translator = Arc::new(Mutex::new(Translator::new(MeshConfig::default())));
+    let (mut status, mut deltas, fut) = kube_source::watch(mock.client(), translator.clone());
+    let task = tokio::spawn(fut);
+    let ready = tokio::time::timeout(WAIT, status.wait_for(|s| s.ready())).await.map(|r| r.is_ok());
+    assert!(matches!(ready, Ok(true)), "not ready: {:#?}", *status.borrow());
+    let lb_of = |key: &str| match &translator.lock().unwrap().addresses()[key].r#type {
+        Some(address::Type::Service(s)) => s.load_balancing.clone(),
+        other => panic!("not a service: {other:?}"),
+    };
+    assert_eq!(lb_of(CATALOG), None);
+
+    mock.wait_seen("every watch open", WAIT, |seen| seen.iter().filter(|s| s.is_watch()).count() >= WATCHED.len())
+        .await;
+    while deltas.try_recv().is_ok() {}
+    mock.push_watch("/api/v1/namespaces", "watch/namespace-shop-prefer-same-zone.jsonl");
+    let d = loop {
+        let d = tokio::time::timeout(WAIT, deltas.recv()).await.expect("a delta in time").unwrap().of(ADDRESS_TYPE_URL);
+        if d.upserts.iter().any(|(n, _)| n == CATALOG) {
+            break d;
+        }
+    };
+    let up = d.upserts.iter().find(|(n, _)| n == CATALOG).unwrap();
+    assert_eq!(decode_service(&up.1).load_balancing, same_zone());
+    task.abort();
 }
 
 // ---- Workload locality ----

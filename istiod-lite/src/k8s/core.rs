@@ -45,7 +45,8 @@ pub struct PodSpec {
     /// Service account; Kubernetes' default is `default`.
     #[serde(default)]
     pub service_account_name: Option<String>,
-    /// Pods on the host network are not workloads of the mesh.
+    /// A pod on the host network shares its node's IP: it is a workload (a Service may
+    /// select it) sent with `network_mode: HOST_NETWORK`, never captured, so never HBONE.
     #[serde(default)]
     pub host_network: bool,
     /// Containers, for their named ports.
@@ -86,7 +87,7 @@ pub struct PodStatus {
     /// All IPs (dual stack).
     #[serde(default, rename = "podIPs")]
     pub pod_ips: Vec<PodIp>,
-    /// Conditions; `Ready` decides the workload's health.
+    /// Conditions; `Ready` (with no `deletionTimestamp`) decides the workload's health.
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }

@@ -40,6 +40,10 @@ pub struct ObjectMeta {
     /// `metadata.ownerReferences`.
     #[serde(default)]
     pub owner_references: Vec<OwnerReference>,
+    /// `metadata.deletionTimestamp` (RFC 3339): set once the object is being deleted. A pod
+    /// keeps running (and serving) through its grace period; its workload is UNHEALTHY.
+    #[serde(default)]
+    pub deletion_timestamp: Option<String>,
 }
 
 /// `metadata.ownerReferences[]`.

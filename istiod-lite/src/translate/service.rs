@@ -5,8 +5,8 @@
 //! `services` entry resolves names against its own container ports, as Istio does. Each
 //! port's application protocol is Istio's explicit protocol selection: `appProtocol`, else
 //! the port name's `<protocol>[-<suffix>]` (see [`app_protocol`]). Load balancing is Istio's
-//! reading of `internalTrafficPolicy`, `trafficDistribution` and `publishNotReadyAddresses`
-//! (see [`load_balancing`]).
+//! reading of `internalTrafficPolicy`, `trafficDistribution` (or Istio's annotation, on the
+//! Service, else on its Namespace) and `publishNotReadyAddresses` (see [`load_balancing`]).
 
 use std::net::IpAddr;
 
@@ -58,7 +58,7 @@ pub fn app_protocol(p: &core::ServicePort) -> AppProtocol {
 }
 
 /// Istio's annotation for a traffic distribution, read where `spec.trafficDistribution` is
-/// absent (or a value Istio does not know).
+/// absent (or a value Istio does not know): on the Service, else on its Namespace.
 pub const TRAFFIC_DISTRIBUTION_ANNOTATION: &str = "networking.istio.io/traffic-distribution";
 
 /// A preference for nearby endpoints.
@@ -88,12 +88,18 @@ fn distribution(value: &str, case_insensitive: bool) -> Option<Distribution> {
 ///   [`TRAFFIC_DISTRIBUTION_ANNOTATION`] (any case): `PreferClose` and `PreferSameZone` fail
 ///   over NETWORK, REGION, ZONE; `PreferSameNode` over NETWORK, REGION, ZONE, SUBZONE, NODE.
 ///   A field value Istio does not know leaves the annotation to decide, as in Istio.
+/// - A Service without the annotation (or with it empty) inherits its Namespace's, as Istio
+///   does since istio/istio#58701 (merged February 2026; documented on istio.io under
+///   "Traffic Distribution": `spec.trafficDistribution` > Service annotation > Namespace
+///   annotation > none). A Service annotation with a value Istio does not know is still the
+///   Service's own setting: warned, ignored, and the Namespace's is not read in its place
+///   (istiod reads the Namespace's only for a Service without one).
 /// - `publishNotReadyAddresses: true` adds the ALLOW_ALL health policy: unready endpoints
 ///   (workloads sent UNHEALTHY) are used too.
 ///
 /// Unknown values are ignored, never a reason to drop the Service: the API server accepts
 /// only known ones, and a newer API server may know more.
-pub fn load_balancing(svc: &core::Service) -> (Option<LoadBalancing>, Vec<String>) {
+pub fn load_balancing(svc: &core::Service, ns: Option<&core::Namespace>) -> (Option<LoadBalancing>, Vec<String>) {
     let spec = &svc.spec;
     let mut warnings = Vec::new();
     let mut lb = match spec.internal_traffic_policy.as_deref() {
@@ -122,11 +128,20 @@ pub fn load_balancing(svc: &core::Service) -> (Option<LoadBalancing>, Vec<String
         d
     });
     let chosen = from_field.or_else(|| {
-        let v = svc.metadata.annotations.get(TRAFFIC_DISTRIBUTION_ANNOTATION).filter(|v| !v.is_empty())?;
-        let d = distribution(v, true);
+        let annotation = |meta: &crate::k8s::ObjectMeta| {
+            meta.annotations.get(TRAFFIC_DISTRIBUTION_ANNOTATION).filter(|v| !v.is_empty()).cloned()
+        };
+        let (v, whose) = match annotation(&svc.metadata) {
+            Some(v) => (v, String::new()),
+            None => {
+                let ns = ns?;
+                (annotation(&ns.metadata)?, format!("Namespace {} ", ns.metadata.name))
+            }
+        };
+        let d = distribution(&v, true);
         if d.is_none() {
             warnings.push(format!(
-                "metadata.annotations[{TRAFFIC_DISTRIBUTION_ANNOTATION}]: unknown value {v:?} (known: PreferClose, PreferSameZone, PreferSameNode); ignored"
+                "{whose}metadata.annotations[{TRAFFIC_DISTRIBUTION_ANNOTATION}]: unknown value {v:?} (known: PreferClose, PreferSameZone, PreferSameNode); ignored"
             ));
         }
         d
@@ -178,7 +193,7 @@ pub fn translate(cfg: &MeshConfig, model: &Model, svc: &core::Service) -> (Servi
             app_protocol: app_protocol(p) as i32,
         })
         .collect();
-    let (load_balancing, lb_warnings) = load_balancing(svc);
+    let (load_balancing, lb_warnings) = load_balancing(svc, model.namespaces.get(&m.namespace));
     warnings.extend(lb_warnings);
     let service = Service {
         name: m.name.clone(),

@@ -7,7 +7,9 @@ use proto::istio::security::{
 };
 use proto::istio::security::{StringMatch, string_match::MatchType};
 use proto::istio::workload::gateway_address::Destination;
-use proto::istio::workload::{NamespacedHostname, NetworkAddress, Port, TunnelProtocol, WorkloadStatus, WorkloadType};
+use proto::istio::workload::{
+    NamespacedHostname, NetworkAddress, NetworkMode, Port, TunnelProtocol, WorkloadStatus, WorkloadType,
+};
 
 use super::*;
 use crate::k8s::core::Pod;
@@ -462,10 +464,57 @@ fn enrollment_status_and_addresses() {
     assert_eq!(w.status, WorkloadStatus::Unhealthy as i32, "no Ready condition");
 
     let done = pod_yaml("done", "", "", "  phase: Succeeded\n");
-    let host = pod_yaml("host", "", "  hostNetwork: true\n", "");
-    let m = model(&[NS, &done, &host].concat());
+    let failed = pod_yaml("failed", "", "", "  phase: Failed\n");
+    let m = model(&[NS, &done, &failed].concat());
     assert!(workload::translate(&cfg(), &m, pod(&m, "shop", "done")).is_none());
-    assert!(workload::translate(&cfg(), &m, pod(&m, "shop", "host")).is_none());
+    assert!(workload::translate(&cfg(), &m, pod(&m, "shop", "failed")).is_none());
+}
+
+#[test]
+fn a_host_network_pod_is_a_workload_sent_as_such_and_never_hbone() {
+    // istiod (istio#52191) builds host-network pods as workloads with HOST_NETWORK, so that
+    // Services selecting them reach them; ztunnel does not look workloads up by that shared
+    // address. Istio's CNI never captures them: no HBONE, whatever the labels say.
+    let host = pod_yaml("host", "    istio.io/dataplane-mode: ambient\n", "  hostNetwork: true\n", "");
+    let m = model(&[NS, &host].concat());
+    let (w, _) = workload::translate(&cfg(), &m, pod(&m, "shop", "host")).expect("a workload");
+    assert_eq!(w.network_mode, NetworkMode::HostNetwork as i32);
+    assert_eq!(w.tunnel_protocol, TunnelProtocol::None as i32);
+    assert!(!workload::enrolled(&m, pod(&m, "shop", "host")));
+}
+
+#[test]
+fn health_is_ready_and_not_being_deleted() {
+    let ready = "  conditions:\n  - {type: Ready, status: \"True\"}\n";
+    let deleting = pod_yaml("deleting", "", "", ready)
+        .replace("  namespace: shop\n", "  namespace: shop\n  deletionTimestamp: \"2026-11-03T11:20:00Z\"\n");
+    // The kubelet folds container readiness into `Ready`; istiod reads `Ready` only, so a
+    // container status saying otherwise does not count (nor does `ContainersReady`, which
+    // ignores readiness gates).
+    let ready_containers_not = pod_yaml(
+        "gated",
+        "",
+        "",
+        "  conditions:\n  - {type: ContainersReady, status: \"False\"}\n  - {type: Ready, status: \"True\"}\n  containerStatuses:\n  - {name: c, ready: false}\n",
+    );
+    let not_ready = pod_yaml("starting", "", "", "  conditions:\n  - {type: Ready, status: \"False\"}\n");
+    let m = model(&[NS, &deleting, &ready_containers_not, &not_ready].concat());
+    let status = |name| workload::translate(&cfg(), &m, pod(&m, "shop", name)).unwrap().0.status;
+    assert_eq!(status("deleting"), WorkloadStatus::Unhealthy as i32);
+    assert_eq!(status("gated"), WorkloadStatus::Healthy as i32);
+    assert_eq!(status("starting"), WorkloadStatus::Unhealthy as i32);
+}
+
+#[test]
+fn addresses_are_pod_ips_else_pod_ip_and_without_one_no_workload() {
+    // As istiod's getPodIPs: `podIPs` when listed (it holds `podIP` first), else `podIP`.
+    let listed =
+        pod_yaml("listed", "", "", "  podIPs:\n  - ip: 10.0.0.6\n").replace("podIP: 10.0.0.5", "podIP: 10.0.0.6");
+    let no_ip = pod_yaml("no-ip", "", "", "").replace("  podIP: 10.0.0.5\n", "  phase: Pending\n");
+    let m = model(&[NS, &listed, &no_ip].concat());
+    let (w, _) = workload::translate(&cfg(), &m, pod(&m, "shop", "listed")).unwrap();
+    assert_eq!(w.addresses, vec![bytes::Bytes::from(vec![10, 0, 0, 6])]);
+    assert!(workload::translate(&cfg(), &m, pod(&m, "shop", "no-ip")).is_none());
 }
 
 #[test]

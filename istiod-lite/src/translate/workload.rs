@@ -1,16 +1,43 @@
 //! `v1/Pod` → `istio.workload.Workload`.
 //!
-//! Every pod with an IP that is not on the host network and has not finished is a workload,
-//! enrolled or not (as in Istio): enrollment only sets `tunnel_protocol` to HBONE. Endpoints
-//! of a Service come from its selector matching the pod's labels; a Service without a selector
-//! takes its endpoints from EndpointSlices whose endpoints reference the pod (`targetRef`).
-//! The locality is the topology labels of the pod's Node, as Istio reads them; a pod whose
-//! Node is unknown (or unlabelled) has none. Istio sends no capacity for pods.
+//! Every pod with an IP that has not finished is a workload, enrolled or not (as in Istio):
+//! enrollment only sets `tunnel_protocol` to HBONE. Endpoints of a Service come from its
+//! selector matching the pod's labels; a Service without a selector takes its endpoints from
+//! EndpointSlices whose endpoints reference the pod (`targetRef`). The locality is the topology
+//! labels of the pod's Node, as Istio reads them; a pod whose Node is unknown (or unlabelled)
+//! has none. Istio sends no capacity for pods.
+//!
+//! # Pod lifecycle, as istiod's `podWorkloadBuilder` (pilot/pkg/serviceregistry/kube/controller/ambient/workloads.go)
+//!
+//! - **Finished** (`status.phase` `Succeeded` or `Failed`): not a workload (istiod's
+//!   `kubeutil.CheckPodTerminal`). Its IP is free for another pod, and a finished pod never
+//!   serves again. Every other phase is a workload, `Pending` included: a pod with an IP whose
+//!   init containers still run is one (istio/istio#48854), as are `Unknown` (the node stopped
+//!   reporting; the pod may still serve) and an unset phase (a directory's hand-written pod).
+//! - **No IP yet**: not a workload (nothing to address). The IPs are `status.podIPs`, else
+//!   `status.podIP`, as istiod's `getPodIPs` reads them; one that does not parse drops the pod,
+//!   as in istiod (our sources reject such a pod first, so this does not happen here).
+//! - **Being deleted** (`metadata.deletionTimestamp` set): still a workload, UNHEALTHY, whatever
+//!   its `Ready` condition (istiod: `!IsPodReady(p) || p.DeletionTimestamp != nil`, after
+//!   Kubernetes' EndpointSlice rule that a terminating endpoint is not ready). It stays known
+//!   (its identity, its in-flight connections, `publishNotReadyAddresses` services) but new
+//!   connections through a Service go elsewhere: no rollout 503s.
+//! - **Not ready**: UNHEALTHY. Health is the pod's `Ready` condition only, as istiod's
+//!   `IsPodReady` (`Ready` is `True`); container statuses are not read: kubelet already folds
+//!   container readiness (and readiness gates) into `Ready`, and `ContainersReady` or
+//!   `containerStatuses[].ready` would ignore readiness gates.
+//! - **Host network** (`spec.hostNetwork`): a workload, sent with `network_mode: HOST_NETWORK`
+//!   (istio/istio#52191, istio/ztunnel#1216): a Service may select it and must reach it, but its
+//!   address is the node's, shared, so ztunnel must not look workloads up by it. It is never
+//!   HBONE, whatever its labels: Istio's CNI cannot capture a host-network pod (redirection
+//!   rules would go into the host's namespace), so it is never enrolled.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use proto::istio::workload::{Locality, Port, PortList, TunnelProtocol, Workload, WorkloadStatus, WorkloadType};
+use proto::istio::workload::{
+    Locality, NetworkMode, Port, PortList, TunnelProtocol, Workload, WorkloadStatus, WorkloadType,
+};
 
 use super::waypoint::{self, For, ip_bytes};
 use super::{DATAPLANE_MODE_LABEL, MeshConfig, authz, peer_authn};
@@ -31,27 +58,44 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Node label (Istio's): the subzone.
 pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
 
-/// Whether the pod is a workload at all.
+/// Whether the pod has finished (`Succeeded` or `Failed`): istiod's `CheckPodTerminal`.
+pub fn finished(pod: &Pod) -> bool {
+    matches!(pod.status.phase.as_deref(), Some("Succeeded" | "Failed"))
+}
+
+/// Whether the pod is a workload at all: not finished, and with an address (see the module
+/// docs). Host-network pods are workloads.
 pub fn is_workload(pod: &Pod) -> bool {
-    let done = matches!(pod.status.phase.as_deref(), Some("Succeeded" | "Failed"));
-    !done && !pod.spec.host_network && !addresses(pod).is_empty()
+    !finished(pod) && addresses(pod).is_some_and(|a| !a.is_empty())
 }
 
-/// `status.podIPs`, else `status.podIP`, without duplicates.
-pub fn addresses(pod: &Pod) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    for a in pod.status.pod_ip.iter().chain(pod.status.pod_ips.iter().map(|p| &p.ip)) {
-        if let Ok(ip) = a.parse::<IpAddr>()
-            && !out.contains(&ip)
-        {
-            out.push(ip);
-        }
-    }
-    out
+/// The pod's addresses as istiod reads them: `status.podIPs`, else `status.podIP`; `None` if
+/// one does not parse (istiod then drops the pod).
+pub fn addresses(pod: &Pod) -> Option<Vec<IpAddr>> {
+    let listed: Vec<&str> = if pod.status.pod_ips.is_empty() {
+        pod.status.pod_ip.iter().map(String::as_str).filter(|a| !a.is_empty()).collect()
+    } else {
+        pod.status.pod_ips.iter().map(|p| p.ip.as_str()).collect()
+    };
+    listed.into_iter().map(|a| a.parse::<IpAddr>().ok()).collect()
 }
 
-/// Whether the pod's traffic is captured: its own label, else its namespace's.
+/// Whether the pod is being deleted: `metadata.deletionTimestamp` is set.
+pub fn terminating(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.as_deref().is_some_and(|t| !t.is_empty())
+}
+
+/// The workload's health: HEALTHY when `Ready` is `True` and the pod is not being deleted.
+pub fn status(pod: &Pod) -> WorkloadStatus {
+    if ready(pod) && !terminating(pod) { WorkloadStatus::Healthy } else { WorkloadStatus::Unhealthy }
+}
+
+/// Whether the pod's traffic is captured: its own label, else its namespace's; never on
+/// the host network (Istio's CNI cannot capture it).
 pub fn enrolled(model: &Model, pod: &Pod) -> bool {
+    if pod.spec.host_network {
+        return false;
+    }
     match pod.metadata.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
         Some("ambient") => true,
         Some(_) => false,
@@ -100,8 +144,9 @@ pub fn locality(model: &Model, pod: &Pod) -> Option<Locality> {
     (l != Locality::default()).then_some(l)
 }
 
+/// istiod's `IsPodReady`: the first `Ready` condition is `True`.
 fn ready(pod: &Pod) -> bool {
-    pod.status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+    pod.status.conditions.iter().find(|c| c.type_ == "Ready").is_some_and(|c| c.status == "True")
 }
 
 fn named_port(pod: &Pod, name: &str) -> Option<u32> {
@@ -163,9 +208,10 @@ fn slice_port_list(model: &Model, pod: &Pod, svc: &Service) -> Option<PortList> 
 
 /// Translates a pod; `None` if it is not a workload. The second value lists warnings.
 pub fn translate(cfg: &MeshConfig, model: &Model, pod: &Pod) -> Option<(Workload, Vec<String>)> {
-    if !is_workload(pod) {
+    if finished(pod) {
         return None;
     }
+    let addresses = addresses(pod).filter(|a| !a.is_empty())?;
     let m = &pod.metadata;
     let mut warnings = Vec::new();
     let mut services = HashMap::new();
@@ -191,12 +237,12 @@ pub fn translate(cfg: &MeshConfig, model: &Model, pod: &Pod) -> Option<(Workload
     let (workload_name, workload_type) = workload_name_and_type(pod);
     let (canonical_name, canonical_revision) = canonical(pod, &workload_name);
     let tunnel = if enrolled(model, pod) { TunnelProtocol::Hbone } else { TunnelProtocol::None };
-    let status = if ready(pod) { WorkloadStatus::Healthy } else { WorkloadStatus::Unhealthy };
+    let network_mode = if pod.spec.host_network { NetworkMode::HostNetwork } else { NetworkMode::Standard };
     let workload = Workload {
         uid: cfg.pod_uid(&m.namespace, &m.name),
         name: m.name.clone(),
         namespace: m.namespace.clone(),
-        addresses: addresses(pod).into_iter().map(|ip| ip_bytes(ip).into()).collect(),
+        addresses: addresses.into_iter().map(|ip| ip_bytes(ip).into()).collect(),
         tunnel_protocol: tunnel as i32,
         trust_domain: if cfg.trust_domain == "cluster.local" { String::new() } else { cfg.trust_domain.clone() },
         service_account: pod.spec.service_account_name.clone().unwrap_or_else(|| "default".into()),
@@ -208,7 +254,8 @@ pub fn translate(cfg: &MeshConfig, model: &Model, pod: &Pod) -> Option<(Workload
         workload_name,
         services,
         authorization_policies,
-        status: status as i32,
+        status: status(pod) as i32,
+        network_mode: network_mode as i32,
         cluster_id: cfg.cluster_id.clone(),
         locality: locality(model, pod),
         ..Default::default()
