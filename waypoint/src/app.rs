@@ -262,6 +262,7 @@ pub async fn start(
         hbone_port: hbone::tunnel::HBONE_PORT,
         detect_timeout: Duration::from_millis(500),
         spans,
+        max_inbound_handshakes: cfg.max_inbound_handshakes,
     });
     let bind =
         |what, addr| async move { admin::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source }) };

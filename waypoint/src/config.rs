@@ -55,6 +55,11 @@ pub struct Config {
     /// HBONE listener.
     #[arg(long, env = "WAYPOINT_HBONE_ADDR", default_value = "[::]:15008")]
     pub hbone_addr: SocketAddr,
+    /// HBONE handshakes (TLS and the HTTP/2 preface) run at once, between 1 and 65,536; a
+    /// connection past them is closed at once and counted. Anyone who can reach the HBONE port
+    /// can start a handshake, and each costs a signature and its TLS state.
+    #[arg(long, env = "WAYPOINT_MAX_INBOUND_HANDSHAKES", default_value_t = 256)]
+    pub max_inbound_handshakes: usize,
     /// Prometheus metrics endpoint.
     #[arg(long, env = "WAYPOINT_METRICS_ADDR", default_value = "0.0.0.0:15020")]
     pub metrics_addr: SocketAddr,
@@ -152,6 +157,12 @@ impl Config {
         if self.worker_threads == 0 {
             return Err(ConfigError::Invalid { flag: "--worker-threads", why: "must be at least 1".into() });
         }
+        if !(1..=65_536).contains(&self.max_inbound_handshakes) {
+            return Err(ConfigError::Invalid {
+                flag: "--max-inbound-handshakes",
+                why: format!("{} is not between 1 and 65536", self.max_inbound_handshakes),
+            });
+        }
         if !self.admin_addr.ip().is_loopback() {
             return Err(ConfigError::Invalid {
                 flag: "--admin-addr",
@@ -247,6 +258,8 @@ mod tests {
             (vec!["--gateway", "a/b", "--admin-addr", "0.0.0.0:15000"], "--admin-addr"),
             (vec!["--gateway", "a/b", "--ca-address", "grpc://x"], "--ca-address"),
             (vec!["--gateway", "a/b", "--worker-threads", "0"], "--worker-threads"),
+            (vec!["--gateway", "a/b", "--max-inbound-handshakes", "0"], "--max-inbound-handshakes"),
+            (vec!["--gateway", "a/b", "--max-inbound-handshakes", "65537"], "--max-inbound-handshakes"),
             (vec!["--gateway", "a/b", "--otlp-ca-file", "/nonexistent/ca.pem"], "--otlp-ca-file"),
             (vec!["--gateway", "a/b", "--otlp-header", "novalue"], "--otlp-header"),
         ] {

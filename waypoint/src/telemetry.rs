@@ -150,9 +150,18 @@ pub struct NoEndpointLabels {
     pub reason: String,
 }
 
+/// Labels of the refused-handshake counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `hbone_tls_failed`, `hbone_handshake_timeout`, `hbone_peer_identity` or
+    /// `hbone_handshake_overload`, as ztunnel counts them.
+    pub reason: &'static str,
+}
+
 /// The waypoint's metrics.
 #[derive(Debug)]
 pub struct Metrics {
+    handshakes_refused: Family<HandshakeLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RequestLabels, Histogram>,
     request_bytes: Family<RequestLabels, Histogram>,
@@ -181,6 +190,7 @@ impl Metrics {
             denied: Family::default(),
             no_endpoint: Family::default(),
             policies_stand_in: Gauge::default(),
+            handshakes_refused: Family::default(),
         };
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register("requests", "Requests handled", m.requests.clone());
@@ -199,6 +209,11 @@ impl Metrics {
             "L7 policies enforced in a fail-closed form instead of as sent (they cannot be compiled, or a target \
              cannot be resolved)",
             m.policies_stand_in.clone(),
+        );
+        registry.register(
+            "waypoint_hbone_handshakes_refused",
+            "HBONE connections refused before their first stream, by reason",
+            m.handshakes_refused.clone(),
         );
         ztunnel::metrics::register_hbone(registry);
         Arc::new(m)
@@ -222,6 +237,11 @@ impl Metrics {
         self.no_endpoint
             .get_or_create(&NoEndpointLabels { service: service.to_owned(), reason: reason.to_owned() })
             .inc();
+    }
+
+    /// Counts an HBONE connection refused before its first stream, and why.
+    pub fn handshake_refused(&self, reason: &'static str) {
+        self.handshakes_refused.get_or_create(&HandshakeLabels { reason }).inc();
     }
 
     /// Counts a denial by `policy`.

@@ -256,3 +256,49 @@ async fn tries(c: &mut Client, seen: &std::sync::atomic::AtomicU64, path: &str) 
     let r = c.get(path).await;
     (r.status.as_u16(), seen.load(Ordering::Relaxed) - before, started.elapsed())
 }
+
+/// The HBONE port refuses a handshake past `--max-inbound-handshakes` at once, and counts
+/// refused handshakes by reason, garbage as well as overload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_are_counted_and_past_the_limit_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::with_handshake_limit([9, 1], 1).await;
+    let a = w.backend("a").await;
+    w.service("svc", 1, &[&a]);
+    w.until_endpoints("svc", 1).await;
+    let counted = |reason: &str, n: usize| {
+        let line = format!("waypoint_hbone_handshakes_refused_total{{reason=\"{reason}\"}} {n}");
+        move |m: &str| m.contains(&line)
+    };
+    let until = |what: &str, ok: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = w.metrics();
+            if ok(&m) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}:\n{m}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    let mut garbage = tokio::net::TcpStream::connect(w.waypoint_addr).await.unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), garbage.read_to_end(&mut rest)).await.expect("closed");
+    until("plaintext on the HBONE port is counted", &counted("hbone_tls_failed", 1));
+
+    // A client that says nothing holds the only turn: a tunnel cannot open until it goes.
+    // (An opened tunnel's connection would be pooled and reused, so the first try must be
+    // the refused one: the waypoint is given time to accept the silent client first.)
+    let silent = tokio::net::TcpStream::connect(w.waypoint_addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.try_tunnel(w.vip(1)).await.is_err(), "a tunnel opened while the only turn was held");
+    until("the refusal is counted", &counted("hbone_handshake_overload", 1));
+    drop(silent);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while w.try_tunnel(w.vip(1)).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "no tunnel once the turn was free");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -171,18 +171,15 @@ async fn handshakes_past_the_limit_are_refused_and_counted() {
     let key = PoolKey { src: client, dst: web, addr: pod.addrs.hbone };
     let target = ConnectTarget::new(backend, None);
 
+    // (An opened tunnel's connection would be pooled and reused, so the first try must be
+    // the refused one: the proxy is given time to accept the silent client first.)
     let silent = tokio::net::TcpStream::connect(pod.addrs.hbone).await.unwrap();
-    let line = "ztunnel_connections_denied_total{reporter=\"destination\",reason=\"hbone_handshake_overload\"} ";
-    // The silent client may not hold the turn yet when the first tunnel comes: try until one
-    // is refused for it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(pool.connect(&key, &target).await.is_err(), "a tunnel opened while the only turn was held");
+    let line = "ztunnel_connections_denied_total{reporter=\"destination\",reason=\"hbone_handshake_overload\"} 1";
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        assert!(std::time::Instant::now() < deadline, "no handshake was refused for overload");
-        let refused = pool.connect(&key, &target).await;
-        assert!(refused.is_err(), "a tunnel opened while the only turn was held");
-        if ztunnel::metrics::encode(&registry).contains(&format!("{line}1")) {
-            break;
-        }
+    while !ztunnel::metrics::encode(&registry).contains(line) {
+        assert!(std::time::Instant::now() < deadline, "the refusal is not counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(silent);

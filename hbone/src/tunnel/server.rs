@@ -57,6 +57,21 @@ pub enum ServeError {
     },
 }
 
+impl ServeError {
+    /// The reason a connection refused before its first stream is counted under, as both
+    /// proxies name it in their metrics; `None` for HTTP/2 failures after the handshake
+    /// (counted by code in `hbone_protocol_errors_total`).
+    pub fn refusal_reason(&self) -> Option<&'static str> {
+        match self {
+            ServeError::Tls { .. } => Some("hbone_tls_failed"),
+            ServeError::HandshakeTimeout(_) => Some("hbone_handshake_timeout"),
+            ServeError::Identity { .. } => Some("hbone_peer_identity"),
+            ServeError::Overloaded(_) => Some("hbone_handshake_overload"),
+            ServeError::Http2 { .. } => None,
+        }
+    }
+}
+
 /// Decides what to do with each CONNECT stream. Runs on its own task per stream.
 pub trait Handler: Send + Sync + 'static {
     /// Handles one request: accept it (and move bytes) or refuse it.

@@ -24,10 +24,11 @@ use std::time::Duration;
 use ::http::StatusCode;
 use bytes::Bytes;
 use hbone::tunnel::pool::{Connector, Pool, PoolConfig};
-use hbone::tunnel::server::{Handler, InboundConnect, Server};
+use hbone::tunnel::server::{Handler, HandshakeLimit, InboundConnect, Server};
 use hbone::{CertStore, Identity};
 use tokio::net::TcpListener;
 use ztunnel::drain::Drain;
+use ztunnel::log_budget::LogBudget;
 use ztunnel::state::{AppProtocol, Service, Workload};
 
 use crate::state::SnapshotHandle;
@@ -59,6 +60,8 @@ pub struct Inputs {
     pub spans: Option<crate::telemetry::otlp::Exporter>,
     /// How long protocol detection waits for a first byte before deciding TCP.
     pub detect_timeout: Duration,
+    /// Inbound HBONE handshakes at once (see [`HandshakeLimit`]).
+    pub max_inbound_handshakes: usize,
 }
 
 impl std::fmt::Debug for Inputs {
@@ -79,7 +82,12 @@ pub struct Proxy {
     /// Counts what is open (HBONE connections, tunnelled streams, upgraded connections) and
     /// tells it when shutdown begins.
     pub drain: Drain,
+    /// Turns for inbound handshakes, shared by every server [`Proxy::server`] makes.
+    handshakes: HandshakeLimit,
 }
+
+/// Lines for refused HBONE connections, at most this many a second.
+static REFUSED: LogBudget = LogBudget::per_second(10);
 
 /// Where a CONNECT is going.
 #[derive(Clone, Debug)]
@@ -126,7 +134,14 @@ impl Proxy {
     pub fn new(inputs: Inputs) -> Arc<Proxy> {
         let pool = Pool::new(PoolConfig::default(), inputs.certs.clone(), inputs.connector.clone());
         let upstreams = upstream::Upstreams::new(pool, inputs.identity.clone(), inputs.hbone_port);
-        Arc::new(Proxy { inputs, balancer: balance::Balancer::default(), upstreams, drain: Drain::default() })
+        let handshakes = HandshakeLimit::new(inputs.max_inbound_handshakes);
+        Arc::new(Proxy {
+            inputs,
+            balancer: balance::Balancer::default(),
+            upstreams,
+            drain: Drain::default(),
+            handshakes,
+        })
     }
 
     /// The HBONE server presenting the waypoint's certificate; each tunnelled stream counts
@@ -142,6 +157,7 @@ impl Proxy {
                 drop(live);
             }
         })
+        .limit_handshakes(self.handshakes.clone())
     }
 
     /// Accepts HBONE on `listener` until the drain starts, then closes it. Each connection
@@ -167,11 +183,18 @@ impl Proxy {
                 }
             };
             let server = server.clone();
+            let metrics = self.inputs.metrics.clone();
             let live = self.drain.track();
             let shutdown = self.drain.started();
             tokio::spawn(async move {
                 if let Err(e) = server.serve_connection_until(tcp, peer, shutdown).await {
-                    tracing::debug!(%peer, error = %e, "HBONE connection refused or failed");
+                    if let Some(reason) = e.refusal_reason() {
+                        metrics.handshake_refused(reason);
+                    }
+                    // Any client can fail a handshake on purpose, as often as it connects.
+                    if let Some(skipped) = REFUSED.admit() {
+                        tracing::info!(%peer, error = %e, skipped, "HBONE connection refused or failed");
+                    }
                 }
                 drop(live);
             });

@@ -131,19 +131,25 @@ impl World {
 
     /// Like [`World::new`], exporting spans through `spans`.
     pub async fn with_spans(net: [u8; 2], spans: Option<waypoint::telemetry::otlp::Exporter>) -> Arc<World> {
-        World::with(net, spans, Duration::from_millis(200)).await
+        World::with(net, spans, Duration::from_millis(200), 256).await
+    }
+
+    /// Like [`World::new`], with at most `max` HBONE handshakes at once.
+    pub async fn with_handshake_limit(net: [u8; 2], max: usize) -> Arc<World> {
+        World::with(net, None, Duration::from_millis(200), max).await
     }
 
     /// Like [`World::new`], with protocol detection waiting up to `detect_timeout` for a
     /// client's first bytes.
     pub async fn with_detect_timeout(net: [u8; 2], detect_timeout: Duration) -> Arc<World> {
-        World::with(net, None, detect_timeout).await
+        World::with(net, None, detect_timeout, 256).await
     }
 
     async fn with(
         net: [u8; 2],
         spans: Option<waypoint::telemetry::otlp::Exporter>,
         detect_timeout: Duration,
+        max_inbound_handshakes: usize,
     ) -> Arc<World> {
         let ca = TestCa::new("mesh");
         let xds = ResourceStore::new();
@@ -190,6 +196,7 @@ impl World {
             hbone_port: 15008,
             detect_timeout,
             spans,
+            max_inbound_handshakes,
         });
         let wl =
             TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, net[0], net[1], 1)), 0)).await.unwrap();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hbone::tunnel::copy::copy_bidirectional_until;
-use hbone::tunnel::server::{InboundConnect, ServeError, Server};
+use hbone::tunnel::server::{InboundConnect, Server};
 use http::StatusCode;
 use tokio::net::TcpListener;
 
@@ -57,7 +57,7 @@ pub(crate) async fn serve<S: PodSockets>(pod: Arc<Pod<S>>, listener: TcpListener
             let limit = pod.inputs.cfg.pool.h2.handshake_timeout;
             let _ = pod.inputs.certs.wait_for(&pod.identity, limit).await;
             if let Err(e) = server.serve_connection_until(tcp, peer, shutdown).await {
-                if let Some(reason) = refusal(&e) {
+                if let Some(reason) = e.refusal_reason() {
                     pod.inputs.metrics.denied(Reporter::Destination, reason);
                 }
                 if let Some(skipped) = FAILED.admit() {
@@ -72,18 +72,6 @@ pub(crate) async fn serve<S: PodSockets>(pod: Arc<Pod<S>>, listener: TcpListener
 /// Lines for failed HBONE connections: any client can fail a handshake on purpose, as often
 /// as it connects.
 static FAILED: LogBudget = LogBudget::per_second(10);
-
-/// The reason a connection refused before its first stream is counted under (HTTP/2 failures
-/// after the handshake are in `hbone_protocol_errors_total`).
-fn refusal(e: &ServeError) -> Option<&'static str> {
-    match e {
-        ServeError::Tls { .. } => Some("hbone_tls_failed"),
-        ServeError::HandshakeTimeout(_) => Some("hbone_handshake_timeout"),
-        ServeError::Identity { .. } => Some("hbone_peer_identity"),
-        ServeError::Overloaded(_) => Some("hbone_handshake_overload"),
-        _ => None,
-    }
-}
 
 async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
     let started = Instant::now();
