@@ -9,7 +9,8 @@
 //!
 //! With the control plane, a [`WaypointSpec`] adds a waypoint: a `Gateway` of class
 //! `istio-waypoint` in the config directory, an opted-out pod on its node, and `waypoint`
-//! running in that pod's namespace with its identity from the CA (the node's bootstrap token).
+//! running in that pod's namespace with its identity from the CA (the node's bootstrap token)
+//! and its pod IP as `INSTANCE_IP`.
 //! Services and namespaces opt in with `istio.io/use-waypoint` ([`ServiceSpec::use_waypoint`],
 //! [`MeshSpec::namespace_waypoints`]); routes go in [`MeshSpec::k8s_routes_yaml`].
 //!
@@ -377,7 +378,13 @@ impl Mesh {
             "--log-format".into(),
             if self.spec.log_format.is_empty() { "text".into() } else { self.spec.log_format.clone() },
         ];
-        let p = pod.netns.spawn(argv.iter().map(String::as_str))?;
+        // Its pod IP, by which it finds its own workload (the source of locality-aware endpoint
+        // choice), as the Deployment istiod-lite writes gives it (`status.podIP`): in the
+        // environment rather than as `--instance-ip`, so that a build from before the flag
+        // (`WaypointSpec::binary`, compared by the benchmarks) still starts.
+        let mut cmd = pod.netns.command(argv.iter().map(String::as_str));
+        cmd.env("INSTANCE_IP", pod.ip.to_string());
+        let p = pod.netns.spawn_command(cmd)?;
         self.waypoints.push(p);
         let url = format!("http://{}:15021/healthz/ready", pod.ip);
         let ready = wait_for(

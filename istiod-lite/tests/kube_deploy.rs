@@ -31,6 +31,14 @@ fn check_writes(writes: &[Seen]) {
     assert_eq!(dep["kind"], "Deployment");
     assert_eq!(dep["metadata"]["ownerReferences"][0]["uid"], "9b3d5f7a-1c2e-4a4b-8f6c-8d0f2a4b6d01");
     assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["image"], "ghcr.io/example/waypoint:1");
+    let env = &dep["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "INSTANCE_IP" && e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"),
+        "the waypoint finds its own workload by its pod IP: {env}"
+    );
     let status = body(3);
     assert_eq!(status["status"]["addresses"][0]["value"], "10.96.0.50", "the address is the Service's cluster IP");
     assert_eq!(status["status"]["conditions"][1]["type"], "Programmed");

@@ -12,6 +12,12 @@
 //!   `spiffe://<td>/ns/<ns>/sa/<name>`), opted out of capture, with the contract's flags; its
 //!   CA token is a projected service-account token with audience `istio-ca`, the mesh root
 //!   comes from the `istio-ca-root-cert` ConfigMap (as Istio distributes it).
+//! - It learns its node (`NODE_NAME`, `spec.nodeName`) and its own pod IP (`INSTANCE_IP`,
+//!   `status.podIP`, as Istio's waypoint template sets it) from the downward API: by that IP
+//!   it finds its own workload, the source of locality-aware endpoint choice. `NETWORK` is
+//!   not set: istiod-lite has no network setting of its own (Istio sets `ISTIO_META_NETWORK`
+//!   from the Gateway's `topology.istio.io/network` label or `global.network`), so the
+//!   waypoint stays on the default network, like every workload istiod-lite translates.
 //!
 //! The identity istiod-lite runs as needs, besides what the source reads: `patch` (apply) on
 //! `serviceaccounts`, `services`, `deployments.apps`, and `patch` on `gateways/status`.
@@ -129,7 +135,10 @@ pub fn manifests(cfg: &DeployConfig, gw: &GatewayRef) -> Manifests {
                         "name": "waypoint",
                         "image": cfg.image,
                         "args": args,
-                        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+                        "env": [
+                            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                            {"name": "INSTANCE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                        ],
                         "ports": [
                             {"name": "mesh", "containerPort": 15008, "protocol": "TCP"},
                             {"name": "metrics", "containerPort": 15020, "protocol": "TCP"},

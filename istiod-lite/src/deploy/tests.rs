@@ -47,6 +47,22 @@ fn manifests_follow_the_contract() {
 }
 
 #[test]
+fn the_waypoint_learns_its_node_and_pod_ip_from_the_downward_api() {
+    let cfg = DeployConfig::new("ghcr.io/example/waypoint:1", "istio-system", "cluster.local");
+    let m = manifests(&cfg, &gw());
+    let env = m.deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+    let field = |name: &str| {
+        let e = env.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("no env {name} in {env:?}"));
+        e["valueFrom"]["fieldRef"]["fieldPath"].as_str().map(str::to_owned)
+    };
+    assert_eq!(field("NODE_NAME").as_deref(), Some("spec.nodeName"));
+    // Its own workload, the source of locality-aware endpoint choice, is found by this IP.
+    assert_eq!(field("INSTANCE_IP").as_deref(), Some("status.podIP"));
+    // istiod-lite has no network setting: the waypoint stays on the default network.
+    assert!(env.iter().all(|e| e["name"] != "NETWORK"), "{env:?}");
+}
+
+#[test]
 fn status_reports_the_address_once_there_is_one() {
     let s = gateway_status(&gw(), Some("10.96.5.5"), "2026-01-01T00:00:00Z");
     let conds = s["status"]["conditions"].as_array().unwrap();
