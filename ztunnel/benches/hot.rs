@@ -22,8 +22,8 @@ use hbone::Identity;
 use ztunnel::proxy::route::{Route, route};
 use ztunnel::state::policy::{Group, Match, Rule, StringMatch};
 use ztunnel::state::{
-    Action, ConnInfo, NetworkAddress, Policy, Scope, Service, State, StateConfig, TunnelProtocol, Workload,
-    WorkloadType,
+    Action, ConnInfo, NetworkAddress, NetworkMode, Policy, Scope, Service, State, StateConfig, TunnelProtocol,
+    Workload, WorkloadType,
 };
 
 const NAMESPACES: u32 = 100;
@@ -52,6 +52,7 @@ fn workload(ns: u32, svc: u32, ep: u32) -> Workload {
         addresses: vec![pod_ip(ns, svc, ep)],
         node: format!("node-{}", ep % 4),
         network: String::new(),
+        network_mode: NetworkMode::Standard,
         protocol: TunnelProtocol::Hbone,
         canonical_name: format!("app-{svc}"),
         canonical_revision: "v1".into(),

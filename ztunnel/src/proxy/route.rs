@@ -10,6 +10,16 @@
 //! proxy's network, locality preferences against the source, capacity) and dialled on its
 //! address of the family the client used. An IPv4-mapped destination (`::ffff:a.b.c.d`) is
 //! routed, and addressed, as its IPv4 address.
+//!
+//! Host-network workloads (`networkMode: HOST_NETWORK`) share their node's address, so, as in
+//! Istio (istio/ztunnel#1216):
+//! - a connection to that address is not to a mesh workload: it is never looked up as one
+//!   ([`State::workload_by_ip`] does not know them) and goes out as plain passthrough with no
+//!   destination workload, never through any pod's waypoint;
+//! - as a Service's endpoint one is dialled at the node's address and the target port, as plain
+//!   TCP (they are never HBONE: such a pod cannot be captured, and conversion refuses HBONE for
+//!   one), with the pod as the destination workload. The Service's waypoint applies as for any
+//!   service; the pod's own waypoint does not (see [`route`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -92,7 +102,13 @@ pub fn route(state: &State, src: Option<&Workload>, dst: SocketAddr, hbone_port:
             return Route::NoEndpoint { service: service.clone() };
         };
         let target = SocketAddr::new(address_like(&ep.workload, dst.ip()), ep.port);
-        if let (None, Some(gw)) = (&service.waypoint, &ep.workload.waypoint) {
+        // A host-network endpoint's own waypoint is not used: a workload's waypoint is for
+        // traffic addressed to the workload, and a host-network pod has no address of its own
+        // (the hop would carry the node's address as `:authority`, which the waypoint cannot
+        // attribute to the pod any more than we can). Pod-addressed traffic to it never goes
+        // to that waypoint either (below), and no ztunnel sits in front of it to refuse
+        // connections that skipped the waypoint, so honouring it here would protect nothing.
+        if let (None, Some(gw), false) = (&service.waypoint, &ep.workload.waypoint, ep.workload.host_network()) {
             // Reached through a service without a waypoint, to a workload with one: the
             // workload's waypoint still sees the connection, addressed to the pod.
             let destination = || format!("{}/{}", ep.workload.namespace(), ep.workload.name);
@@ -104,6 +120,9 @@ pub fn route(state: &State, src: Option<&Workload>, dst: SocketAddr, hbone_port:
         }
         return to_workload(ep.workload, Some(service.clone()), target, hbone_port);
     }
+    // A node's address (that of its host-network pods) finds nothing here: passthrough, as for
+    // any destination outside the mesh, rather than an arbitrary pod on that node and its
+    // waypoint.
     match state.workload_by_ip(dst.ip()) {
         Some(w) => {
             if let Some(gw) = &w.waypoint {
@@ -221,6 +240,8 @@ fn address_like(w: &Workload, like: IpAddr) -> IpAddr {
     w.addresses.iter().copied().find(|a| a.is_ipv6() == like.is_ipv6()).unwrap_or(first)
 }
 
+/// The route to a chosen workload: HBONE when it is in the mesh, else plain TCP (host-network
+/// workloads always: conversion never lets one be HBONE).
 fn to_workload(workload: Arc<Workload>, service: Option<Arc<Service>>, target: SocketAddr, hbone_port: u16) -> Route {
     if workload.protocol == TunnelProtocol::Hbone {
         let peer = SocketAddr::new(target.ip(), hbone_port);

@@ -11,11 +11,11 @@
 //!
 //! Fields this proxy does not act on (`hostname`, `networkGateway`, `ipFamilies`,
 //! `loadBalancing.dnsConnectStrategy`, extensions) are ignored; fields whose meaning it would
-//! get wrong (`LEGACY_ISTIO_MTLS`, an application tunnel) are errors. `loadBalancing` fails
-//! closed: a mode this build does not know is taken as STRICT and a scope it does not know is
-//! one no endpoint shares, so a locality requirement is never widened (no endpoint rather than
-//! one in another zone). Workloads on another network are kept but never chosen as endpoints
-//! (no network gateway support; see [`super::service`]).
+//! get wrong (`LEGACY_ISTIO_MTLS`, an application tunnel, HBONE on the host network) are
+//! errors. `loadBalancing` fails closed: a mode this build does not know is taken as STRICT and
+//! a scope it does not know is one no endpoint shares, so a locality requirement is never
+//! widened (no endpoint rather than one in another zone). Workloads on another network are kept
+//! but never chosen as endpoints (no network gateway support; see [`super::service`]).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -27,8 +27,8 @@ use proto::istio::workload as pbw;
 use super::policy::{Action, Cidr, CidrError, Group, Match, Policy, Rule, Scope, ServiceAccountMatch, StringMatch};
 use super::service::{AppProtocol, LoadBalancing, LoadBalancingMode, LocalityScope, Service};
 use super::workload::{
-    DEFAULT_CAPACITY, DEFAULT_HBONE_PORT, GatewayAddress, GatewayDestination, Locality, NetworkAddress, PortMap,
-    TunnelProtocol, Workload, WorkloadType,
+    DEFAULT_CAPACITY, DEFAULT_HBONE_PORT, GatewayAddress, GatewayDestination, Locality, NetworkAddress, NetworkMode,
+    PortMap, TunnelProtocol, Workload, WorkloadType,
 };
 
 /// Service account assumed when a workload names none, as Kubernetes does.
@@ -194,6 +194,18 @@ impl TryFrom<pbw::Workload> for Workload {
             }
             Err(_) => return Err(cx.err("tunnelProtocol", Problem::UnknownEnum(w.tunnel_protocol))),
         };
+        let network_mode = match pbw::NetworkMode::try_from(w.network_mode) {
+            Ok(pbw::NetworkMode::Standard) => NetworkMode::Standard,
+            Ok(pbw::NetworkMode::HostNetwork) => NetworkMode::HostNetwork,
+            Err(_) => return Err(cx.err("networkMode", Problem::UnknownEnum(w.network_mode))),
+        };
+        // Istio never sends this (a host-network pod cannot be captured, istio#51711), and no
+        // proxy could honour it: the tunnel would go to the node's own 15008, where no ztunnel
+        // serves (pod listeners are never bound in the node's namespace), and sending plain TCP
+        // instead would quietly drop the mTLS the control plane asked for.
+        if network_mode == NetworkMode::HostNetwork && protocol == TunnelProtocol::Hbone {
+            return Err(cx.err("tunnelProtocol", Problem::Unsupported("HBONE for a host-network workload")));
+        }
         let workload_type = match pbw::WorkloadType::try_from(w.workload_type) {
             Ok(pbw::WorkloadType::Deployment) => WorkloadType::Deployment,
             Ok(pbw::WorkloadType::Cronjob) => WorkloadType::Cronjob,
@@ -238,6 +250,7 @@ impl TryFrom<pbw::Workload> for Workload {
             addresses,
             node: w.node,
             network: w.network,
+            network_mode,
             protocol,
             canonical_name: w.canonical_name,
             canonical_revision: w.canonical_revision,

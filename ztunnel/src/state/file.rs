@@ -19,6 +19,7 @@
 //!   addresses: ["10.0.1.2"]
 //!   node: node-a
 //!   network: ""
+//!   networkMode: STANDARD           # STANDARD (default) | HOST_NETWORK (address is the node's)
 //!   protocol: HBONE                 # HBONE | NONE (default); alias tunnelProtocol
 //!   workloadType: DEPLOYMENT        # DEPLOYMENT (default) | CRONJOB | POD | JOB
 //!   canonicalName: productpage      # also canonicalRevision, workloadName, clusterId

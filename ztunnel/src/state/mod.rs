@@ -40,7 +40,7 @@ pub use policy::{Action, Policy, Scope};
 pub use service::{AppProtocol, Endpoint, LoadBalancing, LoadBalancingMode, LocalityScope, Service};
 pub use waypoint_gate::{WaypointDenial, WaypointGate};
 pub use workload::{
-    GatewayAddress, GatewayDestination, Locality, NetworkAddress, TunnelProtocol, Workload, WorkloadType,
+    GatewayAddress, GatewayDestination, Locality, NetworkAddress, NetworkMode, TunnelProtocol, Workload, WorkloadType,
 };
 
 use service::EndpointIndex;
@@ -104,6 +104,8 @@ pub struct State {
     /// Sorted by uid (dumps are stable).
     workloads: Vec<Arc<Workload>>,
     workload_by_uid: HashMap<String, Arc<Workload>>,
+    /// Workloads on this proxy's network by address; host-network workloads are left out (their
+    /// address is their node's, see [`NetworkMode::HostNetwork`]).
     workload_by_ip: HashMap<IpAddr, Arc<Workload>>,
     /// Sorted by `namespace/hostname`.
     services: Vec<Arc<Service>>,
@@ -170,7 +172,8 @@ impl State {
     ///
     /// Duplicate uids or keys are errors; two workloads (or services) on one address are not
     /// (that happens transiently while a pod IP is reused): the lower uid (key) wins and a warning
-    /// is kept in [`State::warnings`].
+    /// is kept in [`State::warnings`]. Host-network workloads are not indexed by address at all
+    /// (so never warned about): they share their node's.
     pub fn new(
         config: StateConfig,
         workloads: Vec<Workload>,
@@ -185,7 +188,12 @@ impl State {
             if s.workload_by_uid.insert(w.uid.clone(), w.clone()).is_some() {
                 return Err(StateError::DuplicateWorkload(w.uid.clone()));
             }
-            if w.network != s.config.network {
+            // As Istio's ztunnel (istio/ztunnel#1216): a host-network pod's address is its node's,
+            // shared with the node and every other host-network pod there, so a connection to or
+            // from it cannot be told apart from one to or from any of them. Indexing it would
+            // pin the node's address on an arbitrary pod (wrong telemetry, the wrong pod's
+            // waypoint, a warning per extra pod); it stays reachable by uid and as an endpoint.
+            if w.network != s.config.network || w.host_network() {
                 continue;
             }
             for ip in &w.addresses {
@@ -270,7 +278,9 @@ impl State {
         &self.warnings
     }
 
-    /// The workload with this address on the local network.
+    /// The workload with this address on the local network. Never a host-network workload: a
+    /// node's address names no workload (as in Istio), so traffic to it is not a mesh
+    /// workload's and traffic from it has no known source workload.
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
         self.workload_by_ip.get(&ip.to_canonical())
     }

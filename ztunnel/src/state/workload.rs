@@ -24,6 +24,20 @@ pub enum TunnelProtocol {
     Hbone,
 }
 
+/// How a workload's addresses are to be read (Istio's `NetworkMode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NetworkMode {
+    /// The addresses are the workload's own: an address identifies it on its network.
+    #[default]
+    Standard,
+    /// A host-network pod: its address is its node's, shared with the node itself and every other
+    /// host-network pod there, so it identifies nothing and is never used to look the workload up
+    /// (istio/istio#52191, istio/ztunnel#1216). Such a pod is never captured, so never HBONE; it
+    /// is reached as a Service's endpoint (node address, target port, plain TCP) or by uid.
+    HostNetwork,
+}
+
 /// What kind of controller owns a workload (for telemetry labels).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -108,6 +122,8 @@ pub struct Workload {
     pub node: String,
     /// Network the addresses belong to; empty for the default network.
     pub network: String,
+    /// Whether the addresses are the workload's own or its node's (host network).
+    pub network_mode: NetworkMode,
     /// How traffic reaches the workload.
     pub protocol: TunnelProtocol,
     /// Canonical service name (`service.istio.io/canonical-name`), for telemetry.
@@ -147,6 +163,12 @@ impl Workload {
         if self.workload_name.is_empty() { &self.name } else { &self.workload_name }
     }
 
+    /// Whether the workload is a host-network pod, whose addresses are its node's (see
+    /// [`NetworkMode::HostNetwork`]).
+    pub fn host_network(&self) -> bool {
+        self.network_mode == NetworkMode::HostNetwork
+    }
+
     /// Kubernetes namespace of the workload.
     pub fn namespace(&self) -> &str {
         self.identity.namespace()
@@ -165,7 +187,7 @@ impl Workload {
 
 impl Serialize for Workload {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Workload", 21)?;
+        let mut st = s.serialize_struct("Workload", 22)?;
         st.serialize_field("uid", &self.uid)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("namespace", self.namespace())?;
@@ -175,6 +197,7 @@ impl Serialize for Workload {
         st.serialize_field("addresses", &self.addresses)?;
         st.serialize_field("node", &self.node)?;
         st.serialize_field("network", &self.network)?;
+        st.serialize_field("networkMode", &self.network_mode)?;
         st.serialize_field("protocol", &self.protocol)?;
         st.serialize_field("canonicalName", &self.canonical_name)?;
         st.serialize_field("canonicalRevision", &self.canonical_revision)?;

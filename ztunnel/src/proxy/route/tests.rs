@@ -323,3 +323,88 @@ fn strict_locality_is_applied_against_the_source_and_passthrough_mode_keeps_the_
         other => panic!("{other:?}"),
     }
 }
+
+/// Istio's ztunnel host-network case: two host-network pods on node 10.1.0.1, `agent` behind
+/// service `agent` (10.96.0.30:80 -> 8080) and put behind waypoint `wp` by a use-waypoint
+/// label, `other` not behind any service; `agent-wp` the same with a service waypoint.
+const HOST_NETWORK: &str = r#"
+workloads:
+- name: agent
+  namespace: shop
+  addresses: ["10.1.0.1"]
+  networkMode: HOST_NETWORK
+  services: {"shop/agent.shop.svc.cluster.local": {80: 8080}}
+  waypoint: {hostname: {namespace: shop, hostname: wp.shop.svc.cluster.local}}
+- name: other
+  namespace: shop
+  addresses: ["10.1.0.1"]
+  networkMode: HOST_NETWORK
+  waypoint: {hostname: {namespace: shop, hostname: wp.shop.svc.cluster.local}}
+- name: wp
+  namespace: shop
+  serviceAccount: wp
+  addresses: ["10.0.9.9"]
+  services: {"shop/wp.shop.svc.cluster.local": {15008: 15008}}
+services:
+- name: agent
+  namespace: shop
+  hostname: agent.shop.svc.cluster.local
+  addresses: ["10.96.0.30"]
+  ports: [{servicePort: 80, targetPort: 8080}]
+- name: agent-wp
+  namespace: shop
+  hostname: agent-wp.shop.svc.cluster.local
+  addresses: ["10.96.0.31"]
+  ports: [{servicePort: 80, targetPort: 8080}]
+  waypoint: {hostname: {namespace: shop, hostname: wp.shop.svc.cluster.local}}
+- name: wp
+  namespace: shop
+  hostname: wp.shop.svc.cluster.local
+  addresses: ["10.96.0.99"]
+  ports: [{servicePort: 15008, targetPort: 15008}]
+"#;
+
+#[test]
+fn a_service_reaches_a_host_network_endpoint_at_the_node_address_over_plain_tcp() {
+    let s = file::parse(HOST_NETWORK, StateConfig::default()).unwrap();
+    match route(&s, None, addr("10.96.0.30:80"), 15008) {
+        Route::Passthrough { dst, workload: Some(w), service: Some(svc) } => {
+            assert_eq!(dst, addr("10.1.0.1:8080"), "node address, target port");
+            assert_eq!(w.name, "agent", "the endpoint chosen, not another pod on its node");
+            assert_eq!(svc.name, "agent");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_node_address_is_not_a_mesh_workload_and_goes_direct() {
+    // istio/ztunnel#1216: dialling the node's address is passthrough with no destination
+    // workload, not an arbitrary host-network pod there (nor that pod's waypoint).
+    let s = file::parse(HOST_NETWORK, StateConfig::default()).unwrap();
+    for (dst, expect) in [
+        ("10.1.0.1:8080", "10.1.0.1:8080"),
+        ("10.1.0.1:22", "10.1.0.1:22"),
+        ("[::ffff:10.1.0.1]:8080", "10.1.0.1:8080"),
+    ] {
+        match route(&s, None, addr(dst), 15008) {
+            Route::Passthrough { dst: d, workload: None, service: None } => assert_eq!(d, addr(expect), "{dst}"),
+            other => panic!("{dst}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_host_network_endpoints_own_waypoint_is_not_used_but_its_services_is() {
+    let s = file::parse(HOST_NETWORK, StateConfig::default()).unwrap();
+    // The pod's waypoint would see the node's address as :authority, which names no workload.
+    assert!(matches!(route(&s, None, addr("10.96.0.30:80"), 15008), Route::Passthrough { workload: Some(_), .. }));
+    // A service's waypoint applies whatever its endpoints are.
+    match route(&s, None, addr("10.96.0.31:80"), 15008) {
+        Route::Waypoint { waypoint, target, .. } => {
+            assert_eq!(waypoint.name, "wp");
+            assert_eq!(target, addr("10.96.0.31:80"));
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -34,6 +34,15 @@ pub(super) enum ProtocolYaml {
 }
 
 #[derive(Deserialize, Clone, Copy, Default)]
+pub(super) enum NetworkModeYaml {
+    #[default]
+    #[serde(rename = "STANDARD")]
+    Standard,
+    #[serde(rename = "HOST_NETWORK")]
+    HostNetwork,
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
 pub(super) enum WorkloadTypeYaml {
     #[default]
     #[serde(rename = "DEPLOYMENT")]
@@ -72,6 +81,8 @@ pub(super) struct WorkloadYaml {
     pub node: String,
     #[serde(default)]
     pub network: String,
+    #[serde(default)]
+    pub network_mode: NetworkModeYaml,
     #[serde(default, alias = "tunnelProtocol")]
     pub protocol: ProtocolYaml,
     #[serde(default)]
@@ -434,6 +445,10 @@ impl WorkloadYaml {
                 StatusYaml::Unhealthy => pbw::WorkloadStatus::Unhealthy,
             } as i32,
             cluster_id: self.cluster_id,
+            network_mode: match self.network_mode {
+                NetworkModeYaml::Standard => pbw::NetworkMode::Standard,
+                NetworkModeYaml::HostNetwork => pbw::NetworkMode::HostNetwork,
+            } as i32,
             ..Default::default()
         }
     }

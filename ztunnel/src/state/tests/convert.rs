@@ -9,7 +9,8 @@ use super::support::ip;
 use crate::state::convert::{Address, ConvertError, Problem, ip_to_bytes, policy_fail_closed};
 use crate::state::policy::StringMatch;
 use crate::state::{
-    Action, AppProtocol, GatewayAddress, GatewayDestination, Policy, Scope, Service, TunnelProtocol, Workload,
+    Action, AppProtocol, GatewayAddress, GatewayDestination, NetworkMode, Policy, Scope, Service, TunnelProtocol,
+    Workload,
 };
 
 fn pb_workload() -> pbw::Workload {
@@ -85,6 +86,21 @@ fn workload_converts_with_defaults() {
 }
 
 #[test]
+fn network_mode_converts() {
+    let w = Workload::try_from(pb_workload()).unwrap();
+    assert_eq!(w.network_mode, NetworkMode::Standard, "unset is STANDARD");
+    assert!(!w.host_network());
+    let mut pb = pb_workload();
+    pb.network_mode = pbw::NetworkMode::HostNetwork as i32;
+    pb.tunnel_protocol = pbw::TunnelProtocol::None as i32;
+    let w = Workload::try_from(pb).unwrap();
+    assert_eq!(w.network_mode, NetworkMode::HostNetwork);
+    assert!(w.host_network());
+    assert_eq!(w.protocol, TunnelProtocol::None);
+    assert_eq!(w.addresses, [ip("10.0.1.2"), ip("fd00::2")], "the addresses are kept as sent");
+}
+
+#[test]
 fn workload_errors_name_object_and_field() {
     let cases: Vec<(ConvertError, &str, &str)> = vec![
         (workload_err(|w| w.addresses[1] = vec![1, 2, 3].into()), "addresses[1]", "address has 3 bytes"),
@@ -98,6 +114,12 @@ fn workload_errors_name_object_and_field() {
         (workload_err(|w| w.tunnel_protocol = 7), "tunnelProtocol", "unknown enum value 7"),
         (workload_err(|w| w.tunnel_protocol = 2), "tunnelProtocol", "LEGACY_ISTIO_MTLS is not supported"),
         (workload_err(|w| w.status = 5), "status", "unknown enum value 5"),
+        (workload_err(|w| w.network_mode = 9), "networkMode", "unknown enum value 9"),
+        (
+            workload_err(|w| w.network_mode = pbw::NetworkMode::HostNetwork as i32),
+            "tunnelProtocol",
+            "HBONE for a host-network workload is not supported",
+        ),
         (
             workload_err(|w| {
                 w.services.values_mut().next().unwrap().ports[0].service_port = 70000;

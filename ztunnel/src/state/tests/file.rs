@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use super::support::{id, ip};
 use crate::state::file::{self, DocError, FileError, WatchStatus};
-use crate::state::{Action, ConnInfo, Reason, Scope, State, StateConfig, StateHandle, TunnelProtocol};
+use crate::state::{Action, ConnInfo, NetworkMode, Reason, Scope, State, StateConfig, StateHandle, TunnelProtocol};
 
 /// The example from the module docs, kept in step with it.
 const EXAMPLE: &str = r#"
@@ -147,6 +147,47 @@ fn bad_files_say_which_item_and_field() {
     assert!(matches!(parse("workloads: [\n"), Err(DocError::Syntax { .. })));
     assert_eq!(parse("").unwrap().counts().workloads, 0);
     assert_eq!(parse("# nothing yet\n").unwrap().counts().workloads, 0);
+}
+
+#[test]
+fn host_network_workloads_from_the_file() {
+    // Two host-network pods of one node share its address: no conflict, neither is found by
+    // it, and the one behind a service is still its endpoint.
+    let text = r#"
+workloads:
+- name: node-exporter-abc
+  namespace: monitoring
+  addresses: ["10.1.0.1"]
+  networkMode: HOST_NETWORK
+  services: {"monitoring/exporter.monitoring.svc.cluster.local": {9100: 9100}}
+- name: kube-proxy-abc
+  namespace: kube-system
+  addresses: ["10.1.0.1"]
+  networkMode: HOST_NETWORK
+- name: web
+  namespace: default
+  addresses: ["10.0.0.2"]
+  networkMode: STANDARD
+services:
+- name: exporter
+  namespace: monitoring
+  hostname: exporter.monitoring.svc.cluster.local
+  addresses: ["10.96.0.20"]
+  ports: [{servicePort: 9100, targetPort: 9100}]
+"#;
+    let s = parse(text).unwrap();
+    assert!(s.warnings().is_empty(), "{:?}", s.warnings());
+    assert!(s.workload_by_ip(ip("10.1.0.1")).is_none());
+    let exporter = s.workload_by_uid("Kubernetes//Pod/monitoring/node-exporter-abc").unwrap();
+    assert_eq!(exporter.network_mode, NetworkMode::HostNetwork);
+    assert!(!s.workload_by_ip(ip("10.0.0.2")).unwrap().host_network());
+    let svc = s.service_by_vip(ip("10.96.0.20")).unwrap();
+    assert_eq!(s.pick_endpoint(svc, 9100).unwrap().workload.uid, exporter.uid);
+
+    let e = err("workloads:\n- {name: a, namespace: default, networkMode: HOST}\n");
+    assert!(e.starts_with("workloads[0] (default/a): networkMode: unknown variant `HOST`"), "{e}");
+    let e = err("workloads:\n- {name: a, namespace: default, networkMode: HOST_NETWORK, protocol: HBONE}\n");
+    assert!(e.contains("field `tunnelProtocol`: HBONE for a host-network workload is not supported"), "{e}");
 }
 
 /// A directory under the system temp dir, removed on drop (also when the test panics).

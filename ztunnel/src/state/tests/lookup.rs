@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::support::*;
-use crate::state::{State, StateConfig, StateError, StateHandle, Workload};
+use crate::state::{NetworkMode, State, StateConfig, StateError, StateHandle, TunnelProtocol, Workload};
 
 const SVC_KEY: &str = "default/reviews.default.svc.cluster.local";
 
@@ -221,4 +221,56 @@ fn dump_is_json_with_every_object() {
     assert_eq!(v["policies"][0]["action"], "ALLOW");
     assert_eq!(v["policies"][0]["unusable"], serde_json::Value::Null);
     assert_eq!(v["config"]["rootNamespace"], "istio-system");
+}
+
+/// Two host-network pods on node 10.1.0.1 (its address is theirs), one of them behind
+/// `default/reviews`, and an ordinary pod.
+fn host_network_state() -> (State, crate::state::Service) {
+    let svc = service("default", "reviews", "10.96.0.10", &[(80, 8080)]);
+    let mut agent = backend("agent", "10.1.0.1", &[]);
+    agent.network_mode = NetworkMode::HostNetwork;
+    agent.protocol = TunnelProtocol::None;
+    let mut exporter = workload("exporter", "monitoring", "exporter", "10.1.0.1");
+    exporter.network_mode = NetworkMode::HostNetwork;
+    exporter.protocol = TunnelProtocol::None;
+    let pod = workload("pod", "default", "pod", "10.0.0.2");
+    let s = State::new(StateConfig::default(), vec![exporter, agent, pod], vec![svc.clone()], vec![]).unwrap();
+    (s, svc)
+}
+
+#[test]
+fn host_network_workloads_are_not_found_by_their_nodes_address() {
+    // istio/ztunnel#1216: the node's address is shared by the node and all its host-network
+    // pods; looking it up would name an arbitrary one of them.
+    let (s, _) = host_network_state();
+    assert!(s.workload_by_ip(ip("10.1.0.1")).is_none());
+    assert!(s.workload_by_ip(ip("::ffff:10.1.0.1")).is_none());
+    assert!(s.warnings().is_empty(), "sharing the node's address is not a conflict: {:?}", s.warnings());
+    // Still known by uid, and still in the snapshot.
+    assert!(s.workload_by_uid("agent").unwrap().host_network());
+    assert!(s.workload_by_uid("exporter").unwrap().host_network());
+    assert!(!s.workload_by_uid("pod").unwrap().host_network());
+    assert_eq!(s.counts().workloads, 3);
+    assert_eq!(s.workload_by_ip(ip("10.0.0.2")).unwrap().uid, "pod", "ordinary pods are unaffected");
+}
+
+#[test]
+fn host_network_workloads_remain_service_endpoints_at_the_nodes_address() {
+    let (s, svc) = host_network_state();
+    assert_eq!(s.endpoint_count(&svc), 1);
+    for _ in 0..3 {
+        let ep = s.pick_endpoint(&svc, 80).unwrap();
+        assert_eq!((ep.workload.uid.as_str(), ep.workload.addresses[0], ep.port), ("agent", ip("10.1.0.1"), 8080));
+    }
+    assert_eq!(s.endpoints(&svc, 80).len(), 1);
+}
+
+#[test]
+fn dump_shows_the_network_mode() {
+    let (s, _) = host_network_state();
+    let v = serde_json::to_value(&s).unwrap();
+    let mode =
+        |uid: &str| v["workloads"].as_array().unwrap().iter().find(|w| w["uid"] == uid).unwrap()["networkMode"].clone();
+    assert_eq!(mode("agent"), "HOST_NETWORK");
+    assert_eq!(mode("pod"), "STANDARD");
 }

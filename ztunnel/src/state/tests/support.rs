@@ -7,7 +7,7 @@ use hbone::Identity;
 
 use crate::state::policy::{Group, Match, Rule};
 use crate::state::workload::PortMap;
-use crate::state::{Action, ConnInfo, Policy, Scope, Service, TunnelProtocol, Workload, WorkloadType};
+use crate::state::{Action, ConnInfo, NetworkMode, Policy, Scope, Service, TunnelProtocol, Workload, WorkloadType};
 
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -26,6 +26,7 @@ pub fn workload(name: &str, ns: &str, sa: &str, addr: &str) -> Workload {
         addresses: vec![ip(addr)],
         node: "node-a".to_owned(),
         network: String::new(),
+        network_mode: NetworkMode::Standard,
         protocol: TunnelProtocol::Hbone,
         canonical_name: name.to_owned(),
         canonical_revision: "v1".to_owned(),
