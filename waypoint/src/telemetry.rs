@@ -428,6 +428,7 @@ mod tests {
             addresses: Vec::new(),
             node: "node-2".into(),
             network: String::new(),
+            network_mode: ztunnel::state::NetworkMode::Standard,
             protocol: ztunnel::state::TunnelProtocol::Hbone,
             canonical_name: workload_name.into(),
             canonical_revision: "latest".into(),

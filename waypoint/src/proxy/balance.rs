@@ -279,6 +279,7 @@ mod tests {
             addresses: vec![ip.parse().unwrap()],
             node: node.into(),
             network: String::new(),
+            network_mode: ztunnel::state::NetworkMode::Standard,
             protocol: TunnelProtocol::Hbone,
             canonical_name: name.into(),
             canonical_revision: "latest".into(),
