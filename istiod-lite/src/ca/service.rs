@@ -12,7 +12,8 @@
 //!
 //! A node proxy asks on behalf of its pods, naming the identity in the request metadata's
 //! `ImpersonatedIdentity` (as Istio's ztunnel does); the identity is granted only if a pod with
-//! that service account runs on the caller's node. Only identities of the signer's trust domain
+//! that service account is scheduled on the caller's node, whatever its phase or IP, until it
+//! is deleted, as istiod's node authorizer decides (see [`Placement`]). Only identities of the signer's trust domain
 //! are ever granted, whatever the placement answers. Every refusal says why in its status, and
 //! is one log line naming the caller (its node or service account, or its address when the
 //! token is not known) and the reason; tokens are never logged.
@@ -35,8 +36,34 @@ use super::tokenreview::{ReviewError, ServiceAccountToken, TokenReviewer};
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 
 /// Where pods run, as far as the CA must know.
+///
+/// [`Placement::runs_on`] is the question of istiod's node authorizer, and implementations
+/// (`crate::placement::ModelPlacement`) answer it as istiod does. istiod
+/// (istio/istio `security/pkg/server/ca/node_auth.go`, `ClusterNodeAuthorizer`, and before it
+/// `NodeAuthorizer` since istio/istio#41379) indexes every pod its informer holds by
+/// `(namespace/spec.serviceAccountName, spec.nodeName)`, skipping only pods with an empty
+/// `nodeName` or service account, and `authenticateImpersonation` grants an identity when that
+/// lookup finds at least one pod. It reads neither `status` nor `deletionTimestamp`. So:
+///
+/// - **Scheduled is what counts.** Only `spec.nodeName` places a pod. A pod not yet scheduled
+///   is on no node, so no node proxy may have its identity (and [`CaService`] refuses a node
+///   proxy whose node name is empty before asking, lest it match such pods).
+/// - **No IP yet: granted.** ztunnel hears of a new pod from the CNI plugin while its sandbox
+///   is set up and fetches its certificate at once, typically before the kubelet has written
+///   `status.podIP` to the API; istiod's index does not look at the status, so neither do we.
+/// - **Being deleted: granted until it is gone.** A pod with `deletionTimestamp` keeps running
+///   through its grace period, and its node proxy keeps serving and draining it with its
+///   certificate (and may have to renew it); istiod's index drops a pod only on its delete event.
+/// - **Finished (`Succeeded`/`Failed`): granted until deleted**, because istiod does not look
+///   at the phase either. Nothing runs in such a pod and it is no workload (see
+///   `crate::translate::workload`), so ztunnel has no reason to ask; refusing would be stricter
+///   than istiod, which we do not choose silently.
+/// - **Service account:** istiod skips a pod without `serviceAccountName`; the API server's
+///   ServiceAccount admission sets `default` on every pod, so that never happens in Kubernetes
+///   mode, and in a directory such a pod runs as `default` (as its workload says), so it is
+///   counted as `default`.
 pub trait Placement: Send + Sync + 'static {
-    /// Whether a pod running as `identity` is scheduled on `node`.
+    /// Whether a pod running as `identity` is scheduled on `node` (see the trait's rules).
     fn runs_on(&self, identity: &Identity, node: &str) -> bool;
 
     /// The node of pod `namespace/name`, if known (for tokens that name their pod but not its
@@ -198,6 +225,15 @@ impl<P: Placement> CaService<P> {
                     .parse()
                     .map_err(|e| Status::invalid_argument(format!("metadata.{IMPERSONATED_IDENTITY}: {e}")))?;
                 self.check_trust_domain(&identity)?;
+                // A pod not yet scheduled has an empty `spec.nodeName`; istiod never indexes it
+                // (node_auth.go: `if len(pod.Spec.NodeName) == 0 { return nil }`), so no node
+                // proxy may have its identity. A node proxy with an empty node name (a
+                // bootstrap token file with an empty key) would otherwise match exactly those.
+                if node.is_empty() {
+                    return Err(Status::permission_denied(format!(
+                        "the node proxy has no node name, so no pod is on its node to run as {identity}"
+                    )));
+                }
                 if !self.placement.runs_on(&identity, node) {
                     return Err(Status::permission_denied(format!("no pod running as {identity} is on node {node}")));
                 }
