@@ -93,3 +93,134 @@ fn an_unresolvable_mirror_is_left_out_and_the_route_stays() {
     let resolved = status[0].conditions.iter().find(|c| c.type_ == "ResolvedRefs").unwrap();
     assert!(!resolved.status && resolved.reason == "BackendNotFound", "{resolved:?}");
 }
+
+/// The first load error of `route`, which must be refused with nothing of it translated.
+fn refused(test: &str, route: &str) -> String {
+    let dir = TempDir::new(test);
+    dir.write("r.yaml", &format!("{BASE}---\n{route}"));
+    let snap = Loader::new(dir.path()).load().unwrap();
+    assert_eq!(snap.errors.len(), 1, "{test}: {:?}", snap.errors);
+    let mut t = Translator::new(MeshConfig::default());
+    t.replace_all(snap.objects.into_iter().map(|o| o.object).collect::<Vec<Object>>());
+    assert!(!t.routes().contains_key("shop/HTTPRoute/r"), "{test}: a refused route is not translated");
+    snap.errors[0].to_string()
+}
+
+fn redirect(spec: &str) -> String {
+    http_route(&format!("filters:\n    - type: RequestRedirect\n      requestRedirect: {spec}"))
+}
+
+/// HTTPRequestRedirectFilter.statusCode: `Enum=301;302;303;307;308` (301 and 302 Core, the
+/// others Extended); each is sent to the waypoint as written, 302 when absent.
+#[test]
+fn every_redirect_status_of_the_api_enum_is_accepted_as_written() {
+    use pb::filter::Kind;
+    for (spec, want) in [
+        ("{hostname: a.example}", 302),
+        ("{statusCode: 301}", 301),
+        ("{statusCode: 302}", 302),
+        ("{statusCode: 303}", 303),
+        ("{statusCode: 307}", 307),
+        ("{statusCode: 308}", 308),
+    ] {
+        let t = translate("route-spec-redirect-codes", &redirect(spec));
+        match &the_rule(&t).filters[0].kind {
+            Some(Kind::RequestRedirect(r)) => assert_eq!(r.status_code, want, "{spec}"),
+            other => panic!("{spec}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_redirect_status_outside_the_api_enum_is_refused_naming_the_field() {
+    for code in [300, 304, 305, 306, 309, 200] {
+        let msg = refused("route-spec-redirect-bad-code", &redirect(&format!("{{statusCode: {code}}}")));
+        assert!(msg.contains("(HTTPRoute shop/r)"), "{msg}");
+        assert!(
+            msg.contains(&format!(
+                "spec.rules[0].filters[0].requestRedirect.statusCode: unsupported value {code} (supported: 301, 302, 303, 307, 308)"
+            )),
+            "{msg}"
+        );
+    }
+}
+
+fn header_modifier(member: &str, body: &str) -> String {
+    let type_ = if member == "requestHeaderModifier" { "RequestHeaderModifier" } else { "ResponseHeaderModifier" };
+    http_route(&format!(
+        "filters:\n    - type: {type_}\n      {member}:\n        {body}\n    backendRefs: [{{name: web, port: 80}}]"
+    ))
+}
+
+/// HTTPHeaderFilter: "Only one action for a given header name is permitted. Filters specifying
+/// multiple actions of the same or different type for any one header name are invalid", and
+/// header names are case-insensitive.
+#[test]
+fn a_header_name_twice_in_one_modifier_is_refused_whatever_its_case() {
+    let cases = [
+        ("set: [{name: X-A, value: \"1\"}, {name: x-a, value: \"2\"}]", "set[1].name", "set[0].name"),
+        ("add: [{name: x-a, value: \"1\"}, {name: X-A, value: \"2\"}]", "add[1].name", "add[0].name"),
+        ("remove: [x-a, X-a]", "remove[1]", "remove[0]"),
+        ("set: [{name: x-a, value: \"1\"}]\n        add: [{name: X-A, value: \"2\"}]", "add[0].name", "set[0].name"),
+        ("add: [{name: X-B, value: \"1\"}]\n        remove: [x-b]", "remove[0]", "add[0].name"),
+    ];
+    for member in ["requestHeaderModifier", "responseHeaderModifier"] {
+        for (body, field, first) in cases {
+            let msg = refused("route-spec-dup-headers", &header_modifier(member, body));
+            let base = format!("spec.rules[0].filters[0].{member}");
+            assert!(msg.contains("(HTTPRoute shop/r)"), "{msg}");
+            assert!(msg.contains(&format!("{base}.{field}: header ")), "{body}: {msg}");
+            assert!(msg.contains(&format!("already appears at {base}.{first}")), "{body}: {msg}");
+        }
+    }
+    // Distinct names, in any case, are fine, and are sent in lower case.
+    let t = translate(
+        "route-spec-distinct-headers",
+        &header_modifier(
+            "requestHeaderModifier",
+            "set: [{name: X-A, value: \"1\"}]\n        add: [{name: X-B, value: \"2\"}]\n        remove: [X-C]",
+        ),
+    );
+    match &the_rule(&t).filters[0].kind {
+        Some(pb::filter::Kind::RequestHeaderModifier(m)) => {
+            assert_eq!((m.set[0].name.as_str(), m.add[0].name.as_str(), m.remove[0].as_str()), ("x-a", "x-b", "x-c"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// HTTPRequestRedirectFilter.hostname and HTTPURLRewriteFilter.hostname are `PreciseHostname`s:
+/// RFC 1123 names, numeric IP addresses excluded (so no wildcard and no port either).
+#[test]
+fn redirect_and_rewrite_hostnames_must_be_precise_hostnames() {
+    let rewrite = |h: &str| {
+        http_route(&format!(
+            "filters:\n    - type: URLRewrite\n      urlRewrite: {{hostname: \"{h}\"}}\n    backendRefs: [{{name: web, port: 80}}]"
+        ))
+    };
+    for bad in ["*.example.com", "example.com:8080", "10.0.0.1", "::1", "a_b.example", "-a.example", "a..b", ""] {
+        for (route, field) in [
+            (rewrite(bad), "spec.rules[0].filters[0].urlRewrite.hostname"),
+            (redirect(&format!("{{hostname: \"{bad}\"}}")), "spec.rules[0].filters[0].requestRedirect.hostname"),
+        ] {
+            let msg = refused("route-spec-bad-hostname", &route);
+            assert!(msg.contains("(HTTPRoute shop/r)"), "{msg}");
+            assert!(msg.contains(&format!("{field}: {bad:?} is not a precise hostname")), "{bad}: {msg}");
+        }
+    }
+    let long = format!("{}.example", "a".repeat(64));
+    assert!(refused("route-spec-long-label", &rewrite(&long)).contains("is not a precise hostname"));
+    // Good names pass, sent in lower case.
+    for (route, good) in [(rewrite("Rewritten.Example.com"), "rewritten.example.com"), (rewrite("svc-1"), "svc-1")] {
+        let t = translate("route-spec-good-hostname", &route);
+        match &the_rule(&t).filters[0].kind {
+            Some(pb::filter::Kind::UrlRewrite(u)) => assert_eq!(u.hostname, good),
+            other => panic!("{other:?}"),
+        }
+    }
+    let t = translate("route-spec-good-redirect-host", &redirect("{hostname: Other.Example}"));
+    match &the_rule(&t).filters[0].kind {
+        Some(pb::filter::Kind::RequestRedirect(r)) => assert_eq!(r.hostname, "other.example"),
+        other => panic!("{other:?}"),
+    }
+}

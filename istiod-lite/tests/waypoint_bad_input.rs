@@ -95,9 +95,9 @@ fn cases() -> Vec<(&'static str, String, &'static str, Vec<&'static str>)> {
         ),
         (
             "redirect status",
-            rule("filters:\n    - type: RequestRedirect\n      requestRedirect: {statusCode: 307}"),
+            rule("filters:\n    - type: RequestRedirect\n      requestRedirect: {statusCode: 304}"),
             R,
-            vec!["spec.rules[0].filters[0].requestRedirect.statusCode: unsupported value 307"],
+            vec!["spec.rules[0].filters[0].requestRedirect.statusCode: unsupported value 304"],
         ),
         (
             "redirect with backends",

@@ -317,3 +317,55 @@ async fn request_metrics_count_bodies_and_durations() {
     // Durations are real: both requests were answered, so the sum is positive.
     assert!(series_sum(&m, "istio_request_duration_milliseconds_sum", label) > 0.0, "{m}");
 }
+
+/// Gateway API HTTPRequestRedirectFilter.statusCode: 303, 307 and 308 (Extended) are answered
+/// as configured, with the `Location` the filter makes, for a POST with a body too: 307 and 308
+/// keep the method and body only if the client gets that very code. A mirror named in mixed
+/// case still reaches its service (hostnames are made lower case once, when compiled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_codes_303_307_308_and_a_mixed_case_mirror() {
+    let w = World::new([1, 6]).await;
+    let a = w.backend("a").await;
+    let m = w.backend("mirror").await;
+    w.service("svc", 1, &[&a]);
+    w.service("shadow", 2, &[&m]);
+    use pb::filter::Kind;
+    let redirect = |p: &str, code: u32| {
+        let mut r = rule(vec![prefix(p)], vec![]);
+        r.filters = vec![pb::Filter {
+            kind: Some(Kind::RequestRedirect(pb::RequestRedirect {
+                hostname: "elsewhere.example".into(),
+                status_code: code,
+                ..Default::default()
+            })),
+        }];
+        r
+    };
+    let mut mirror_rule = rule(vec![prefix("/mirror")], vec![backend_ref("svc", 1)]);
+    let mut shadow = backend_ref("shadow", 1);
+    shadow.hostname = shadow.hostname.to_ascii_uppercase();
+    mirror_rule.filters =
+        vec![pb::Filter { kind: Some(Kind::RequestMirror(pb::RequestMirror { backend: Some(shadow), percent: 100 })) }];
+    let rules = vec![redirect("/see", 303), redirect("/temp", 307), redirect("/perm", 308), mirror_rule];
+    w.route(&route("codes", "svc", rules));
+    w.until_endpoints("shadow", 1).await;
+    w.settle().await;
+
+    for mut c in [w.h1(w.vip(1)).await, w.h2(w.vip(1)).await] {
+        for (p, code) in [("/see", 303), ("/temp", 307), ("/perm", 308)] {
+            let r = c.send(get(&format!("{p}/x?q=1")).method("POST").body(full("payload")).unwrap()).await.unwrap();
+            assert_eq!(r.status, code, "{p}");
+            assert_eq!(r.headers.get("location").unwrap(), &format!("http://elsewhere.example{p}/x?q=1"), "{p}");
+        }
+    }
+
+    let before = m.behaviour.seen.load(Ordering::Relaxed);
+    let mut c = w.h1(w.vip(1)).await;
+    let r = c.send(get("/mirror").method("POST").body(full("payload")).unwrap()).await.unwrap();
+    assert_eq!(r.backend(), "a");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while m.behaviour.seen.load(Ordering::Relaxed) == before {
+        assert!(tokio::time::Instant::now() < deadline, "the mirror got a copy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

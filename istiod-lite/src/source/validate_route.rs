@@ -11,6 +11,9 @@ use crate::k8s::gateway::{
 /// HTTP methods an `HTTPRouteMatch` may name (the API's enum).
 const HTTP_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
+/// `HTTPRequestRedirectFilter.statusCode` values (the API's enum).
+pub const REDIRECT_CODES: [u32; 5] = [301, 302, 303, 307, 308];
+
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ObjectError {
     ObjectError::Invalid { field: field.into(), reason: reason.into() }
 }
@@ -18,6 +21,30 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ObjectError {
 /// Compiles `value` as a whole-value regular expression.
 pub fn check_regex(field: &str, value: &str) -> Result<(), ObjectError> {
     regex::Regex::new(value).map(|_| ()).map_err(|e| invalid(field, format!("not a valid regular expression: {e}")))
+}
+
+/// Whether `h` is a Gateway API `PreciseHostname`: an RFC 1123 DNS name of 1 to 253
+/// characters (labels of 1 to 63 letters, digits and inner `-`), not an IP address, so no
+/// wildcard and no port. Upper case is tolerated (hostnames are compared and sent in lower case).
+pub fn precise_hostname(h: &str) -> bool {
+    (1..=253).contains(&h.len())
+        && h.parse::<std::net::IpAddr>().is_err()
+        && h.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+fn hostname_field(field: String, h: Option<&str>) -> Result<(), ObjectError> {
+    match h {
+        Some(h) if !precise_hostname(h) => Err(invalid(
+            field,
+            format!("{h:?} is not a precise hostname (an RFC 1123 DNS name: no wildcard, port or IP address)"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Validates one route; `grpc` for a `GRPCRoute`.
@@ -31,19 +58,9 @@ pub(super) fn route(r: &Route, grpc: bool) -> Result<(), ObjectError> {
         }
     }
     for (i, h) in r.spec.hostnames.iter().enumerate() {
-        // RFC 1123 labels, at most one leading wildcard label, and no IP address. Upper case
-        // is tolerated (hostnames are compared in lower case).
+        // At most one leading wildcard label.
         let name = h.strip_prefix("*.").unwrap_or(h);
-        let ok = !h.is_empty()
-            && h.len() <= 253
-            && name.parse::<std::net::IpAddr>().is_err()
-            && name.split('.').all(|l| {
-                (1..=63).contains(&l.len())
-                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-            });
-        if !ok {
+        if h.len() > 253 || !precise_hostname(name) {
             return Err(invalid(format!("spec.hostnames[{i}]"), format!("{h:?} is not a hostname")));
         }
     }
@@ -300,6 +317,21 @@ fn filter(field: &str, f: &RouteFilter, rule: &RouteRule, grpc: bool) -> Result<
     {
         let Some(m) = m else { continue };
         let base = format!("{field}.{member}");
+        // HTTPHeaderFilter: "Only one action for a given header name is permitted", and names
+        // compare without case: a name may appear once across set, add and remove.
+        let mut seen: Vec<(String, String)> = Vec::new();
+        let mut once = |name: &str, at: String| match seen.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            Some((_, first)) => Err(invalid(
+                at,
+                format!(
+                    "header {name:?} already appears at {first} (header names compare without case; one action per header name)"
+                ),
+            )),
+            None => {
+                seen.push((name.to_owned(), at));
+                Ok(())
+            }
+        };
         for (what, hs) in [("set", &m.set), ("add", &m.add)] {
             for (i, h) in hs.iter().enumerate() {
                 if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
@@ -311,12 +343,14 @@ fn filter(field: &str, f: &RouteFilter, rule: &RouteRule, grpc: bool) -> Result<
                 if http::HeaderValue::from_str(&h.value).is_err() {
                     return Err(invalid(format!("{base}.{what}[{i}].value"), "not a valid header value"));
                 }
+                once(&h.name, format!("{base}.{what}[{i}].name"))?;
             }
         }
         for (i, n) in m.remove.iter().enumerate() {
             if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
                 return Err(invalid(format!("{base}.remove[{i}]"), format!("{n:?} is not a header name")));
             }
+            once(n, format!("{base}.remove[{i}]"))?;
         }
     }
     if let Some(r) = &f.request_redirect {
@@ -327,12 +361,16 @@ fn filter(field: &str, f: &RouteFilter, rule: &RouteRule, grpc: bool) -> Result<
         {
             return Err(invalid(format!("{base}.scheme"), format!("unsupported value {s:?} (supported: http, https)")));
         }
+        // The API's enum (v1.2+): 301 and 302 are Core, 303, 307 and 308 Extended.
         if let Some(c) = r.status_code
-            && c != 301
-            && c != 302
+            && !REDIRECT_CODES.contains(&c)
         {
-            return Err(invalid(format!("{base}.statusCode"), format!("unsupported value {c} (supported: 301, 302)")));
+            return Err(invalid(
+                format!("{base}.statusCode"),
+                format!("unsupported value {c} (supported: 301, 302, 303, 307, 308)"),
+            ));
         }
+        hostname_field(format!("{base}.hostname"), r.hostname.as_deref())?;
         if r.port == Some(0) {
             return Err(invalid(format!("{base}.port"), "must be 1-65535"));
         }
@@ -340,8 +378,11 @@ fn filter(field: &str, f: &RouteFilter, rule: &RouteRule, grpc: bool) -> Result<
             path_modifier(&format!("{base}.path"), p, rule)?;
         }
     }
-    if let Some(p) = f.url_rewrite.as_ref().and_then(|u| u.path.as_ref()) {
-        path_modifier(&format!("{field}.urlRewrite.path"), p, rule)?;
+    if let Some(u) = &f.url_rewrite {
+        hostname_field(format!("{field}.urlRewrite.hostname"), u.hostname.as_deref())?;
+        if let Some(p) = &u.path {
+            path_modifier(&format!("{field}.urlRewrite.path"), p, rule)?;
+        }
     }
     if let Some(m) = &f.request_mirror {
         let base = format!("{field}.requestMirror");

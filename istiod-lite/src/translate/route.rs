@@ -19,7 +19,15 @@
 //!   matches `Exact`, weight 1, redirect status 302, mirror percent 100; `0s` timeouts mean
 //!   none; a retry without `attempts` tries twice more (Istio's default); backoff 25 ms.
 //!
-//! Input was validated when read ([`crate::source`]): values here are known to be good.
+//! - Filters: header names and redirect / rewrite hostnames are sent in lower case; a redirect's
+//!   `statusCode` is any of the API's enum (301, 302, 303, 307, 308).
+//!
+//! Input was validated when read ([`crate::source`]): values here are known to be good. A route
+//! the API refuses (an unknown redirect `statusCode`, a header name given twice in one header
+//! modifier, case aside, across `set`/`add`/`remove`, a redirect or rewrite `hostname` that is not
+//! a `PreciseHostname`) is rejected whole there, naming the object and field, as the API server
+//! would refuse it at `kubectl apply`: it is reported as a rejected object and never reaches
+//! translation.
 
 use std::fmt;
 
@@ -188,7 +196,7 @@ impl Cx<'_> {
                 let r = f.request_redirect.as_ref()?;
                 K::RequestRedirect(pb::RequestRedirect {
                     scheme: r.scheme.clone().unwrap_or_default(),
-                    hostname: r.hostname.clone().unwrap_or_default(),
+                    hostname: r.hostname.as_deref().unwrap_or_default().to_ascii_lowercase(),
                     path: r.path.as_ref().map(path_modifier),
                     port: u32::from(r.port.unwrap_or(0)),
                     status_code: r.status_code.unwrap_or(302),
@@ -197,7 +205,7 @@ impl Cx<'_> {
             "URLRewrite" => {
                 let u = f.url_rewrite.as_ref()?;
                 K::UrlRewrite(pb::UrlRewrite {
-                    hostname: u.hostname.clone().unwrap_or_default(),
+                    hostname: u.hostname.as_deref().unwrap_or_default().to_ascii_lowercase(),
                     path: u.path.as_ref().map(path_modifier),
                 })
             }

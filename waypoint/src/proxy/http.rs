@@ -304,7 +304,8 @@ struct Plan<'a> {
     /// Backend service FQDN (lower case) and port; `None` forwards to the destination workload.
     backend: Option<(Cow<'a, str>, u16)>,
     response_mods: Vec<HeaderModifier>,
-    mirrors: Vec<(route::Backend, u32)>,
+    /// Mirror backends (borrowed from the snapshot's rule) and their percent.
+    mirrors: Vec<(&'a route::Backend, u32)>,
     retry: Option<Retry>,
     request_timeout: Option<Duration>,
     backend_timeout: Option<Duration>,
@@ -453,7 +454,7 @@ async fn handle(
         .mirrors
         .iter()
         .filter(|(_, percent)| rand::rng().random_range(0..100) < *percent)
-        .map(|(m, _)| m)
+        .map(|&(m, _)| m)
         .collect();
     let authority = plan.authority.as_deref().unwrap_or_default();
     match (&replay, stream_body.take()) {
@@ -732,7 +733,7 @@ fn route_plan<'a>(
                     plan.path = Some(m.apply(&t.path, e.matcher.prefix()));
                 }
             }
-            Filter::Mirror { backend, percent } => plan.mirrors.push((backend.clone(), *percent)),
+            Filter::Mirror { backend, percent } => plan.mirrors.push((backend, *percent)),
         }
     }
     match backend {
@@ -907,7 +908,8 @@ fn spawn_mirror(
     body: Body,
     version: Version,
 ) {
-    let Some(svc) = ctx.snapshot.service_by_host(&backend.hostname.to_ascii_lowercase()) else {
+    // The hostname was made lower case when the route was compiled.
+    let Some(svc) = ctx.snapshot.service_by_host(&backend.hostname) else {
         tracing::debug!(backend = backend.hostname, "mirror backend unknown");
         return;
     };

@@ -284,7 +284,7 @@ pub struct Redirect {
     pub path: Option<PathModifier>,
     /// New port.
     pub port: Option<u16>,
-    /// 301 or 302.
+    /// 301, 302, 303, 307 or 308 (Gateway API's enum), sent as is.
     #[serde(serialize_with = "ser_status")]
     pub status: StatusCode,
 }
@@ -325,7 +325,7 @@ pub enum Filter {
 /// A backend reference.
 #[derive(Clone, Debug, Serialize)]
 pub struct Backend {
-    /// Service FQDN.
+    /// Service FQDN, lower case (made so when compiled).
     pub hostname: String,
     /// Service port.
     pub port: u16,

@@ -65,7 +65,7 @@ impl Cx<'_> {
                 })
                 .collect::<Result<Vec<_>, RouteError>>()
         };
-        Ok(HeaderModifier {
+        let m = HeaderModifier {
             set: pairs("set", &h.set)?,
             add: pairs("add", &h.add)?,
             remove: h
@@ -74,7 +74,24 @@ impl Cx<'_> {
                 .enumerate()
                 .map(|(i, n)| self.header_name(format!("{field}.remove[{i}]"), n))
                 .collect::<Result<_, _>>()?,
-        })
+        };
+        // Gateway API HTTPHeaderFilter: one action per header name (names compared without
+        // case, as `HeaderName` holds them lower case). istiod-lite refuses such a route; one
+        // that arrives anyway is refused here rather than applied in some order.
+        let named = (m.set.iter().enumerate().map(|(i, (n, _))| (n, "set", i, ".name")))
+            .chain(m.add.iter().enumerate().map(|(i, (n, _))| (n, "add", i, ".name")))
+            .chain(m.remove.iter().enumerate().map(|(i, n)| (n, "remove", i, "")));
+        let mut seen: Vec<&HeaderName> = Vec::new();
+        for (n, what, i, suffix) in named {
+            if seen.contains(&n) {
+                return Err(self.err(
+                    format!("{field}.{what}[{i}]{suffix}"),
+                    format!("header {:?} is modified more than once", n.as_str()),
+                ));
+            }
+            seen.push(n);
+        }
+        Ok(m)
     }
 
     fn path_mod(&self, field: String, p: &Option<pb::PathModifier>) -> Result<Option<PathModifier>, RouteError> {
@@ -99,7 +116,9 @@ impl Cx<'_> {
     fn backend(&self, field: &str, b: &pb::Backend) -> Result<Backend, RouteError> {
         let unresolved = b.hostname.is_empty();
         Ok(Backend {
-            hostname: b.hostname.clone(),
+            // Lower case once here: the snapshot's services are keyed so, and the request path
+            // (backends and mirrors) looks them up without converting.
+            hostname: b.hostname.to_ascii_lowercase(),
             port: self.port(format!("{field}.port"), b.port, unresolved)?,
             weight: b.weight,
             filters: self.filters(&format!("{field}.filters"), &b.filters)?,
@@ -121,10 +140,21 @@ impl Cx<'_> {
                         hostname: Some(r.hostname.clone()).filter(|s| !s.is_empty()),
                         path: self.path_mod(format!("{field}.path"), &r.path)?,
                         port: Some(self.port(format!("{field}.port"), r.port, true)?).filter(|&p| p != 0),
+                        // Gateway API HTTPRequestRedirectFilter.statusCode: 301, 302 (default),
+                        // 303, 307, 308. 307 and 308 tell the client to repeat the method and
+                        // body (RFC 9110 §15.4.8, §15.4.9): the code is sent as is.
                         status: match r.status_code {
                             0 | 302 => StatusCode::FOUND,
                             301 => StatusCode::MOVED_PERMANENTLY,
-                            c => return Err(self.err(format!("{field}.status_code"), format!("{c} is not 301 or 302"))),
+                            303 => StatusCode::SEE_OTHER,
+                            307 => StatusCode::TEMPORARY_REDIRECT,
+                            308 => StatusCode::PERMANENT_REDIRECT,
+                            c => {
+                                return Err(self.err(
+                                    format!("{field}.status_code"),
+                                    format!("{c} is not 301, 302, 303, 307 or 308"),
+                                ));
+                            }
                         },
                     }),
                     Some(Kind::UrlRewrite(r)) => Filter::Rewrite(Rewrite {

@@ -328,3 +328,83 @@ fn an_empty_prefix_replacement_is_accepted_and_drops_the_prefix() {
     assert_eq!(m.apply("/foo/", Some("/foo")), "/");
     assert_eq!(m.apply("/foo", Some("/foo")), "/");
 }
+
+fn filtered(filter: pb::filter::Kind) -> Result<CompiledRoute, String> {
+    CompiledRoute::try_from(pb::Route {
+        namespace: "ns".into(),
+        name: "f".into(),
+        parents: vec![pb::ParentService { hostname: "svc.ns.svc.cluster.local".into(), port: 0 }],
+        rules: vec![pb::Rule {
+            filters: vec![pb::Filter { kind: Some(filter) }],
+            backends: vec![backend("b.ns.svc.cluster.local", 80, 1)],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// Gateway API HTTPRequestRedirectFilter.statusCode: `Enum=301;302;303;307;308`, 302 by
+/// default; each is answered as configured (307 and 308 make the client repeat the method and
+/// body, which only holds if the code is not turned into another).
+#[test]
+fn every_redirect_status_of_the_gateway_api_compiles_as_sent() {
+    let redirect =
+        |code: u32| pb::filter::Kind::RequestRedirect(pb::RequestRedirect { status_code: code, ..Default::default() });
+    for (code, want) in [(0, 302), (301, 301), (302, 302), (303, 303), (307, 307), (308, 308)] {
+        let r = filtered(redirect(code)).unwrap();
+        let Filter::Redirect(rd) = &r.rules[0].0.filters[0] else { panic!("a redirect") };
+        assert_eq!(rd.status.as_u16(), want, "{code}");
+    }
+    for code in [200, 300, 304, 305, 309] {
+        let e = filtered(redirect(code)).unwrap_err();
+        assert!(e.contains("ns/HTTPRoute/f") && e.contains("rules[0].filters[0].status_code"), "{code}: {e}");
+    }
+}
+
+/// Gateway API HTTPHeaderFilter: one action per header name, names compared without case. A
+/// route that modifies a header twice is refused naming the second occurrence.
+#[test]
+fn a_header_modified_twice_is_refused_whatever_its_case() {
+    let h = |n: &str| pb::Header { name: n.into(), value: "v".into() };
+    let cases = [
+        (pb::HeaderModifier { set: vec![h("X-A"), h("x-a")], ..Default::default() }, "set[1].name"),
+        (pb::HeaderModifier { add: vec![h("x-a"), h("X-A")], ..Default::default() }, "add[1].name"),
+        (pb::HeaderModifier { remove: vec!["x-a".into(), "X-a".into()], ..Default::default() }, "remove[1]"),
+        (pb::HeaderModifier { set: vec![h("x-a")], add: vec![h("X-A")], ..Default::default() }, "add[0].name"),
+        (pb::HeaderModifier { add: vec![h("x-a")], remove: vec!["X-A".into()], ..Default::default() }, "remove[0]"),
+    ];
+    for (m, field) in cases {
+        for kind in
+            [pb::filter::Kind::RequestHeaderModifier(m.clone()), pb::filter::Kind::ResponseHeaderModifier(m.clone())]
+        {
+            let e = filtered(kind).unwrap_err();
+            assert!(e.contains(&format!("rules[0].filters[0].{field}")), "{m:?}: {e}");
+            assert!(e.contains("\"x-a\" is modified more than once"), "{e}");
+        }
+    }
+    let distinct = pb::HeaderModifier { set: vec![h("x-a")], add: vec![h("x-b")], remove: vec!["x-c".into()] };
+    filtered(pb::filter::Kind::RequestHeaderModifier(distinct)).unwrap();
+}
+
+/// Backend and mirror hostnames are lower case once compiled, so the request path can look
+/// their services up as they are (no conversion per request).
+#[test]
+fn backend_and_mirror_hostnames_are_lower_case_once_compiled() {
+    let mirror = pb::filter::Kind::RequestMirror(pb::RequestMirror {
+        backend: Some(backend("Shadow.NS.svc.cluster.local", 80, 1)),
+        percent: 100,
+    });
+    let mut r = filtered(mirror).unwrap();
+    let Filter::Mirror { backend: m, .. } = &r.rules[0].0.filters[0] else { panic!("a mirror") };
+    assert_eq!(m.hostname, "shadow.ns.svc.cluster.local");
+    r = CompiledRoute::try_from(pb::Route {
+        namespace: "ns".into(),
+        name: "b".into(),
+        parents: vec![pb::ParentService { hostname: "svc.ns.svc.cluster.local".into(), port: 0 }],
+        rules: vec![pb::Rule { backends: vec![backend("B.NS.svc.Cluster.Local", 80, 1)], ..Default::default() }],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(r.rules[0].0.backends[0].hostname, "b.ns.svc.cluster.local");
+}
