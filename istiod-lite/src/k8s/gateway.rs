@@ -283,7 +283,7 @@ pub struct RequestRedirect {
     /// Port of the `Location`.
     #[serde(default)]
     pub port: Option<u16>,
-    /// 301 or 302 (default).
+    /// 301, 302 (the default), 303, 307 or 308.
     #[serde(default)]
     pub status_code: Option<u32>,
 }
