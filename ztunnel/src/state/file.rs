@@ -28,6 +28,8 @@
 //!   authorizationPolicies: [default/productpage-viewer]
 //!   waypoint: {hostname: {namespace: default, hostname: waypoint.default.svc.cluster.local}, hboneMtlsPort: 15008}
 //!   status: HEALTHY                 # HEALTHY (default) | UNHEALTHY
+//!   locality: {region: us-east1, zone: us-east1-b, subzone: ""}   # each part optional, "" = unknown
+//!   capacity: 2                     # relative share of connections; absent: 1; 0: never chosen
 //! services:
 //! - name: productpage
 //!   namespace: default
@@ -36,6 +38,10 @@
 //!   ports: [{servicePort: 9080, targetPort: 9080}]   # targetPort 0: named, per workload
 //!   subjectAltNames: []
 //!   waypoint: {address: "10.0.9.9"}  # a bare IP or {network, address}; hboneMtlsPort 15008 if unset
+//!   loadBalancing:                  # absent: any endpoint, healthy ones only
+//!     mode: FAILOVER                # UNSPECIFIED_MODE (default: preferences unused) | STRICT | FAILOVER | PASSTHROUGH
+//!     routingPreference: [NETWORK, REGION, ZONE, SUBZONE]   # also NODE, CLUSTER; most important first
+//!     healthPolicy: ONLY_HEALTHY    # ONLY_HEALTHY (default) | ALLOW_ALL
 //! policies:
 //! - name: productpage-viewer
 //!   namespace: default
@@ -51,6 +57,13 @@
 //!         destinationPorts: [9080]              # also notDestinationPorts
 //!         serviceAccounts: [{namespace: default, serviceAccount: bookinfo}]  # also notServiceAccounts
 //! ```
+//!
+//! Enum values are the proto's names, and an unknown one is an error naming the item and field
+//! (where xDS fails closed instead: an unknown `loadBalancing` mode is taken as STRICT, an
+//! unknown scope is one no endpoint shares; UNSPECIFIED_SCOPE, which would mean that, is refused
+//! in the file). `loadBalancing` is applied against the connection's source workload, as
+//! [`State::pick_endpoint_for`] describes: STRICT keeps only endpoints sharing every preferred
+//! scope with it, FAILOVER the best rank present, PASSTHROUGH dials the service address itself.
 //!
 //! The file is all or nothing: any error rejects the whole file, and the watcher keeps serving
 //! the last good state.

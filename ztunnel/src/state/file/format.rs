@@ -42,6 +42,18 @@ pub(super) enum NetworkModeYaml {
     HostNetwork,
 }
 
+/// Where a workload runs; an absent part is unknown (empty), as in the proto.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LocalityYaml {
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    zone: String,
+    #[serde(default)]
+    subzone: String,
+}
+
 #[derive(Deserialize, Clone, Copy, Default)]
 pub(super) enum WorkloadTypeYaml {
     #[default]
@@ -103,6 +115,11 @@ pub(super) struct WorkloadYaml {
     pub authorization_policies: Vec<String>,
     #[serde(default)]
     pub status: StatusYaml,
+    #[serde(default)]
+    pub locality: Option<LocalityYaml>,
+    /// Absent: the proto's unset wrapper, i.e. the default capacity; 0 takes no connections.
+    #[serde(default)]
+    pub capacity: Option<u32>,
 }
 
 /// An address, written either as a bare IP (default network) or `{network, address}`.
@@ -219,6 +236,97 @@ pub(super) struct ServiceYaml {
     pub subject_alt_names: Vec<String>,
     #[serde(default)]
     pub waypoint: Option<GatewayYaml>,
+    #[serde(default)]
+    pub load_balancing: Option<LoadBalancingYaml>,
+}
+
+/// `LoadBalancing.Mode`, by its proto names. Unlike xDS (where an unknown mode is taken as
+/// STRICT), an unknown name in the file is an error.
+#[derive(Deserialize, Clone, Copy, Default)]
+pub(super) enum LoadBalancingModeYaml {
+    #[default]
+    #[serde(rename = "UNSPECIFIED_MODE")]
+    Unspecified,
+    #[serde(rename = "STRICT")]
+    Strict,
+    #[serde(rename = "FAILOVER")]
+    Failover,
+    #[serde(rename = "PASSTHROUGH")]
+    Passthrough,
+}
+
+/// `LoadBalancing.Scope`, by its proto names. UNSPECIFIED_SCOPE is not accepted: it is a scope
+/// no endpoint shares (see [`crate::state::LocalityScope::Unknown`]), never what a file means.
+#[derive(Deserialize, Clone, Copy)]
+pub(super) enum LocalityScopeYaml {
+    #[serde(rename = "REGION")]
+    Region,
+    #[serde(rename = "ZONE")]
+    Zone,
+    #[serde(rename = "SUBZONE")]
+    Subzone,
+    #[serde(rename = "NODE")]
+    Node,
+    #[serde(rename = "CLUSTER")]
+    Cluster,
+    #[serde(rename = "NETWORK")]
+    Network,
+}
+
+/// `LoadBalancing.HealthPolicy`, by its proto names.
+#[derive(Deserialize, Clone, Copy, Default)]
+pub(super) enum HealthPolicyYaml {
+    #[default]
+    #[serde(rename = "ONLY_HEALTHY")]
+    OnlyHealthy,
+    #[serde(rename = "ALLOW_ALL")]
+    AllowAll,
+}
+
+/// A service's `loadBalancing`; every field optional, defaulting to the proto's zero value.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct LoadBalancingYaml {
+    #[serde(default)]
+    mode: LoadBalancingModeYaml,
+    #[serde(default)]
+    routing_preference: Vec<LocalityScopeYaml>,
+    #[serde(default)]
+    health_policy: HealthPolicyYaml,
+}
+
+impl LoadBalancingYaml {
+    fn into_proto(self) -> pbw::LoadBalancing {
+        use pbw::load_balancing::{HealthPolicy, Mode, Scope};
+        pbw::LoadBalancing {
+            routing_preference: self
+                .routing_preference
+                .into_iter()
+                .map(|s| {
+                    let scope = match s {
+                        LocalityScopeYaml::Region => Scope::Region,
+                        LocalityScopeYaml::Zone => Scope::Zone,
+                        LocalityScopeYaml::Subzone => Scope::Subzone,
+                        LocalityScopeYaml::Node => Scope::Node,
+                        LocalityScopeYaml::Cluster => Scope::Cluster,
+                        LocalityScopeYaml::Network => Scope::Network,
+                    };
+                    scope as i32
+                })
+                .collect(),
+            mode: match self.mode {
+                LoadBalancingModeYaml::Unspecified => Mode::UnspecifiedMode,
+                LoadBalancingModeYaml::Strict => Mode::Strict,
+                LoadBalancingModeYaml::Failover => Mode::Failover,
+                LoadBalancingModeYaml::Passthrough => Mode::Passthrough,
+            } as i32,
+            health_policy: match self.health_policy {
+                HealthPolicyYaml::OnlyHealthy => HealthPolicy::OnlyHealthy,
+                HealthPolicyYaml::AllowAll => HealthPolicy::AllowAll,
+            } as i32,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -449,6 +557,8 @@ impl WorkloadYaml {
                 NetworkModeYaml::Standard => pbw::NetworkMode::Standard,
                 NetworkModeYaml::HostNetwork => pbw::NetworkMode::HostNetwork,
             } as i32,
+            locality: self.locality.map(|l| pbw::Locality { region: l.region, zone: l.zone, subzone: l.subzone }),
+            capacity: self.capacity,
             ..Default::default()
         }
     }
@@ -469,6 +579,7 @@ impl ServiceYaml {
                 .collect(),
             subject_alt_names: self.subject_alt_names,
             waypoint: self.waypoint.map(|g| g.0),
+            load_balancing: self.load_balancing.map(LoadBalancingYaml::into_proto),
             ..Default::default()
         }
     }
