@@ -143,15 +143,22 @@ async fn an_open_tunnel_the_new_policy_refuses_is_closed() {
     let mut b = [0u8; 16];
     let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await.expect("closed promptly");
     assert!(read.is_err(), "the tunnel is reset, not ended cleanly: {read:?}");
-    let metrics = ztunnel::metrics::encode(&registry);
+    let mut metrics = ztunnel::metrics::encode(&registry);
     assert!(
         metrics.contains("ztunnel_connections_denied_total{reporter=\"destination\",reason=\"policy_revoked\"} 1"),
         "{metrics}"
     );
-    // Counted as closed, with the bytes it moved before (two pings of 4 bytes each way).
-    let line = |name: &str| metrics.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_owned();
-    assert!(line("istio_tcp_connections_closed_total{").ends_with(" 1"), "{metrics}");
-    assert!(line("istio_tcp_received_bytes_total{").ends_with(" 8"), "{metrics}");
+    // Counted as closed, with the bytes it moved before (two pings of 4 bytes each way). The
+    // count follows the reset by a moment: the serving task ends after the client sees it.
+    let line = |m: &str, name: &str| m.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !line(&metrics, "istio_tcp_connections_closed_total{").ends_with(" 1") && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = ztunnel::metrics::encode(&registry);
+    }
+    assert!(line(&metrics, "istio_tcp_connections_closed_total{").ends_with(" 1"), "{metrics}");
+    assert!(line(&metrics, "istio_tcp_received_bytes_total{").ends_with(" 8"), "{metrics}");
 }
 
 /// Handshakes past `--max-inbound-handshakes` are refused at once and counted; the turn a
