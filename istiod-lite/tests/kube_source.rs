@@ -5,77 +5,24 @@ mod kube_support;
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::StatusCode;
 use istiod_lite::source::dir::Loader;
 use istiod_lite::source::kube::{self as kube_source, KubeError, KubeStatus, WATCHED};
 use istiod_lite::{Delta, Kind, MeshConfig, Object, ObjectKey, Translator};
-use kube_support::{MockApi, fixtures};
+use kube_support::{MockApi, Source, WAIT, fixtures};
 use proto::istio::security::Action;
 use proto::istio::workload::{TunnelProtocol, WorkloadStatus};
 use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use support::*;
-use tokio::sync::{mpsc, watch};
 
-const WAIT: Duration = Duration::from_secs(15);
 const PODS: &str = "/api/v1/pods";
 const POLICIES: &str = "/apis/security.istio.io/v1/authorizationpolicies";
 const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
 const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
 const CATALOG_K2X9P: &str = "Kubernetes//Pod/shop/catalog-7d4b9c6f5-k2x9p";
-
-/// The source running against a mock; stops when dropped.
-struct Source {
-    translator: Arc<Mutex<Translator>>,
-    status: watch::Receiver<KubeStatus>,
-    deltas: mpsc::UnboundedReceiver<Delta>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Source {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Source {
-    fn start(mock: &MockApi) -> Source {
-        let translator = Arc::new(Mutex::new(Translator::new(MeshConfig::default())));
-        let (status, deltas, fut) = kube_source::watch(mock.client(), translator.clone());
-        Source { translator, status, deltas, task: tokio::spawn(fut) }
-    }
-
-    async fn wait(&mut self, what: &str, pred: impl Fn(&KubeStatus) -> bool) -> KubeStatus {
-        let got = match tokio::time::timeout(WAIT, self.status.wait_for(|s| pred(s))).await {
-            Ok(Ok(s)) => Some(s.clone()),
-            _ => None,
-        };
-        got.unwrap_or_else(|| panic!("timed out waiting for {what}; status: {:#?}", *self.status.borrow()))
-    }
-
-    async fn ready(&mut self) -> KubeStatus {
-        self.wait("every kind synced or not installed", KubeStatus::ready).await
-    }
-
-    /// Every delta queued now.
-    fn drain(&mut self) -> Vec<Delta> {
-        std::iter::from_fn(|| self.deltas.try_recv().ok()).collect()
-    }
-
-    async fn next_delta(&mut self) -> Delta {
-        tokio::time::timeout(WAIT, self.deltas.recv()).await.expect("a delta in time").expect("source running")
-    }
-
-    /// Asserts no delta comes within a short while (for events that must change nothing).
-    async fn no_delta(&mut self) {
-        if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(300), self.deltas.recv()).await {
-            panic!("unexpected delta: {d:#?}");
-        }
-    }
-}
 
 /// Waits until every kind that lists has its watch open (events pushed after that reach it).
 async fn watches_open(mock: &MockApi, n: usize) {

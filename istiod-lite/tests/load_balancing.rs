@@ -8,14 +8,11 @@ mod kube_support;
 mod support;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use istiod_lite::source::dir::Loader;
-use istiod_lite::source::kube::{self as kube_source, WATCHED};
 use istiod_lite::source::parse_file;
 use istiod_lite::{Change, Kind, MeshConfig, Object, ObjectKey, Translator};
-use kube_support::MockApi;
+use kube_support::{MockApi, Source};
 use proto::ADDRESS_TYPE_URL;
 use proto::istio::workload::load_balancing::{HealthPolicy, Mode, Scope};
 use proto::istio::workload::{LoadBalancing, Locality, Service, Workload, WorkloadStatus, address};
@@ -311,34 +308,25 @@ fn a_directory_namespace_annotation_reaches_its_services() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_annotated_through_the_api_sets_its_services_load_balancing() {
-    const WAIT: Duration = Duration::from_secs(15);
     const CATALOG: &str = "shop/catalog.shop.svc.cluster.local";
     let mock = MockApi::start().await;
     mock.cluster();
-    let translator = Arc::new(Mutex::new(Translator::new(MeshConfig::default())));
-    let (mut status, mut deltas, fut) = kube_source::watch(mock.client(), translator.clone());
-    let task = tokio::spawn(fut);
-    let ready = tokio::time::timeout(WAIT, status.wait_for(|s| s.ready())).await.map(|r| r.is_ok());
-    assert!(matches!(ready, Ok(true)), "not ready: {:#?}", *status.borrow());
-    let lb_of = |key: &str| match &translator.lock().unwrap().addresses()[key].r#type {
+    let mut src = Source::synced(&mock).await;
+    let lb_of = |key: &str| match &src.translator.lock().unwrap().addresses()[key].r#type {
         Some(address::Type::Service(s)) => s.load_balancing.clone(),
         other => panic!("not a service: {other:?}"),
     };
     assert_eq!(lb_of(CATALOG), None);
 
-    mock.wait_seen("every watch open", WAIT, |seen| seen.iter().filter(|s| s.is_watch()).count() >= WATCHED.len())
-        .await;
-    while deltas.try_recv().is_ok() {}
     mock.push_watch("/api/v1/namespaces", "watch/namespace-shop-prefer-same-zone.jsonl");
     let d = loop {
-        let d = tokio::time::timeout(WAIT, deltas.recv()).await.expect("a delta in time").unwrap().of(ADDRESS_TYPE_URL);
+        let d = src.next_delta().await.of(ADDRESS_TYPE_URL);
         if d.upserts.iter().any(|(n, _)| n == CATALOG) {
             break d;
         }
     };
     let up = d.upserts.iter().find(|(n, _)| n == CATALOG).unwrap();
     assert_eq!(decode_service(&up.1).load_balancing, same_zone());
-    task.abort();
 }
 
 // ---- Workload locality ----
@@ -415,29 +403,22 @@ fn a_node_change_updates_only_the_workloads_on_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_watched_from_the_api_give_locality_and_follow_relabelling() {
-    const WAIT: Duration = Duration::from_secs(15);
     const CATALOG_K2X9P: &str = "Kubernetes//Pod/shop/catalog-7d4b9c6f5-k2x9p";
     let mock = MockApi::start().await;
     mock.list("/api/v1/nodes", "list/nodes-zoned.json").cluster();
-    let translator = Arc::new(Mutex::new(Translator::new(MeshConfig::default())));
-    let (mut status, mut deltas, fut) = kube_source::watch(mock.client(), translator.clone());
-    let task = tokio::spawn(fut);
-    let ready = tokio::time::timeout(WAIT, status.wait_for(|s| s.ready())).await.map(|r| r.map(|s| s.clone()));
-    let Ok(Ok(ready)) = ready else { panic!("not ready: {:#?}", *status.borrow()) };
+    let mut src = Source::synced(&mock).await;
+    let ready = src.status.borrow().clone();
     assert!(ready.synced.contains(&Kind::Node), "{ready:#?}");
 
-    let locality_of = |uid: &str| match &translator.lock().unwrap().addresses()[uid].r#type {
+    let locality_of = |uid: &str| match &src.translator.lock().unwrap().addresses()[uid].r#type {
         Some(address::Type::Workload(w)) => (w.node.clone(), w.locality.clone()),
         other => panic!("not a workload: {other:?}"),
     };
     assert_eq!(locality_of(CATALOG_K2X9P), ("node-a".to_owned(), locality("europe-west4", "europe-west4-a", "rack-1")));
 
     // node-a moves to another zone (and loses its subzone): its workloads, and only they, change.
-    mock.wait_seen("every watch open", WAIT, |seen| seen.iter().filter(|s| s.is_watch()).count() >= WATCHED.len())
-        .await;
-    while deltas.try_recv().is_ok() {}
     mock.push_watch("/api/v1/nodes", "watch/node-a-relabelled.jsonl");
-    let d = tokio::time::timeout(WAIT, deltas.recv()).await.expect("a delta in time").unwrap().of(ADDRESS_TYPE_URL);
+    let d = src.next_delta().await.of(ADDRESS_TYPE_URL);
     assert!(d.removals.is_empty() && !d.upserts.is_empty(), "{d:#?}");
     assert!(d.upserts.iter().any(|(n, _)| n == CATALOG_K2X9P), "{d:#?}");
     for (name, any) in &d.upserts {
@@ -448,5 +429,4 @@ async fn nodes_watched_from_the_api_give_locality_and_follow_relabelling() {
             "{name}"
         );
     }
-    task.abort();
 }

@@ -8,17 +8,14 @@
 mod kube_support;
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use istiod_lite::source::dir::Loader;
-use istiod_lite::source::kube::{self as kube_source, KubeStatus, WATCHED};
-use istiod_lite::{Delta, MeshConfig, Object, Translator};
-use kube_support::MockApi;
+use istiod_lite::{MeshConfig, Object, Translator};
+use kube_support::{MockApi, Source, WAIT};
 use proto::ADDRESS_TYPE_URL;
 use proto::istio::workload::{NetworkMode, TunnelProtocol, Workload, WorkloadStatus, address};
 use support::*;
-use tokio::sync::{mpsc, watch};
 
 const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    istio.io/dataplane-mode: ambient\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{port: 80}]\n";
 
@@ -138,53 +135,10 @@ fn a_host_network_pod_is_a_workload_on_the_host_network_never_hbone() {
 
 // ---- From the Kubernetes API ----
 
-const WAIT: Duration = Duration::from_secs(15);
 const PODS: &str = "/api/v1/pods";
 
-/// The source running against the fixtures' cluster, every watch open; stops when dropped.
-struct Source {
-    translator: Arc<Mutex<Translator>>,
-    _status: watch::Receiver<KubeStatus>,
-    deltas: mpsc::UnboundedReceiver<Delta>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Source {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Source {
-    async fn start(mock: &MockApi) -> Source {
-        mock.cluster();
-        let translator = Arc::new(Mutex::new(Translator::new(MeshConfig::default())));
-        let (mut status, deltas, fut) = kube_source::watch(mock.client(), translator.clone());
-        let task = tokio::spawn(fut);
-        let ready = tokio::time::timeout(WAIT, status.wait_for(KubeStatus::ready)).await.map(|r| r.is_ok());
-        assert!(matches!(ready, Ok(true)), "not ready: {:#?}", *status.borrow());
-        mock.wait_seen("every watch open", WAIT, |seen| seen.iter().filter(|s| s.is_watch()).count() >= WATCHED.len())
-            .await;
-        let mut s = Source { translator, _status: status, deltas, task };
-        while s.deltas.try_recv().is_ok() {}
-        s
-    }
-
-    /// The next delta that changes addresses.
-    async fn next_delta(&mut self) -> Delta {
-        loop {
-            let d =
-                tokio::time::timeout(WAIT, self.deltas.recv()).await.expect("a delta in time").expect("source running");
-            let a = d.of(ADDRESS_TYPE_URL);
-            if !a.upserts.is_empty() || !a.removals.is_empty() {
-                return d;
-            }
-        }
-    }
-
-    fn workload(&self, ns: &str, pod: &str) -> Option<Workload> {
-        workload(&self.translator.lock().unwrap(), ns, pod)
-    }
+fn workload_of(src: &Source, ns: &str, pod: &str) -> Option<Workload> {
+    workload(&src.translator.lock().unwrap(), ns, pod)
 }
 
 const CATALOG_K2X9P: &str = "Kubernetes//Pod/shop/catalog-7d4b9c6f5-k2x9p";
@@ -193,13 +147,14 @@ const CATALOG_Q7M4W: &str = "Kubernetes//Pod/shop/catalog-7d4b9c6f5-q7m4w";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_deleted_from_the_api_turns_unhealthy_at_once() {
     let mock = MockApi::start().await;
-    let mut src = Source::start(&mock).await;
-    assert_eq!(src.workload("shop", "catalog-7d4b9c6f5-k2x9p").unwrap().status, WorkloadStatus::Healthy as i32);
+    mock.cluster();
+    let mut src = Source::synced(&mock).await;
+    assert_eq!(workload_of(&src, "shop", "catalog-7d4b9c6f5-k2x9p").unwrap().status, WorkloadStatus::Healthy as i32);
 
     // `kubectl delete pod`: the API server sets deletionTimestamp; the kubelet has not yet
     // touched the status (still Running and Ready).
     mock.push_watch(PODS, "watch/pods-catalog-terminating.jsonl");
-    let d = src.next_delta().await.of(ADDRESS_TYPE_URL);
+    let d = src.next_address_delta().await.of(ADDRESS_TYPE_URL);
     assert!(d.removals.is_empty(), "{d:#?}");
     assert_eq!(d.upserts.len(), 1, "{d:#?}");
     assert_eq!(d.upserts[0].0, CATALOG_K2X9P);
@@ -211,21 +166,23 @@ async fn a_pod_deleted_from_the_api_turns_unhealthy_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evicted_pod_from_the_api_is_removed_though_it_keeps_its_ip() {
     let mock = MockApi::start().await;
-    let mut src = Source::start(&mock).await;
-    assert!(src.workload("shop", "catalog-7d4b9c6f5-q7m4w").is_some());
+    mock.cluster();
+    let mut src = Source::synced(&mock).await;
+    assert!(workload_of(&src, "shop", "catalog-7d4b9c6f5-q7m4w").is_some());
 
     // Evicted by the kubelet: phase Failed; the object (and its podIP) stays until deleted.
     mock.push_watch(PODS, "watch/pods-catalog-evicted.jsonl");
-    let d = src.next_delta().await.of(ADDRESS_TYPE_URL);
+    let d = src.next_address_delta().await.of(ADDRESS_TYPE_URL);
     assert_eq!(d.removals, [CATALOG_Q7M4W], "{d:#?}");
     assert!(d.upserts.is_empty(), "{d:#?}");
-    assert_eq!(src.workload("shop", "catalog-7d4b9c6f5-q7m4w"), None);
+    assert_eq!(workload_of(&src, "shop", "catalog-7d4b9c6f5-q7m4w"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_pod_from_the_api_is_a_workload_once_it_has_an_ip_unhealthy_while_initializing() {
     let mock = MockApi::start().await;
-    let mut src = Source::start(&mock).await;
+    mock.cluster();
+    let mut src = Source::synced(&mock).await;
 
     // Scheduled, no IP yet: nothing to send (the model has it; no workload).
     mock.push_watch(PODS, "watch/pods-catalog-scheduled.jsonl");
@@ -235,11 +192,11 @@ async fn a_new_pod_from_the_api_is_a_workload_once_it_has_an_ip_unhealthy_while_
         assert!(tokio::time::Instant::now() < until, "the scheduled pod never reached the model");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(src.workload("shop", "catalog-7d4b9c6f5-r5n8x"), None);
+    assert_eq!(workload_of(&src, "shop", "catalog-7d4b9c6f5-r5n8x"), None);
 
     // Pending with an IP, its init container running: a workload, not ready (istio#48854).
     mock.push_watch(PODS, "watch/pods-catalog-initializing.jsonl");
-    let d = src.next_delta().await.of(ADDRESS_TYPE_URL);
+    let d = src.next_address_delta().await.of(ADDRESS_TYPE_URL);
     let up: Vec<&str> = d.upserts.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(up, ["Kubernetes//Pod/shop/catalog-7d4b9c6f5-r5n8x"], "{d:#?}");
     let w = decode_workload(&d.upserts[0].1);
@@ -250,11 +207,12 @@ async fn a_new_pod_from_the_api_is_a_workload_once_it_has_an_ip_unhealthy_while_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_network_pod_from_the_api_is_sent_on_the_host_network_never_hbone() {
     let mock = MockApi::start().await;
-    let mut src = Source::start(&mock).await;
+    mock.cluster();
+    let mut src = Source::synced(&mock).await;
 
     // A DaemonSet's host-network pod in `tools`, an ambient namespace, on node-a's own IP.
     mock.push_watch(PODS, "watch/pods-node-exporter-host-network.jsonl");
-    let d = src.next_delta().await.of(ADDRESS_TYPE_URL);
+    let d = src.next_address_delta().await.of(ADDRESS_TYPE_URL);
     assert_eq!(d.upserts.len(), 1, "{d:#?}");
     assert_eq!(d.upserts[0].0, "Kubernetes//Pod/tools/node-exporter-x7k2p");
     let w = decode_workload(&d.upserts[0].1);

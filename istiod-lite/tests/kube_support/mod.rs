@@ -333,3 +333,87 @@ impl MockApi {
         self.seen().into_iter().filter(|s| s.path == path && s.method == "GET" && !s.is_watch()).collect()
     }
 }
+
+/// How long a test waits for the source.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// istiod-lite's Kubernetes source running against a mock, from a fresh translator; stops
+/// when dropped.
+pub struct Source {
+    pub translator: Arc<Mutex<istiod_lite::Translator>>,
+    pub status: tokio::sync::watch::Receiver<istiod_lite::source::kube::KubeStatus>,
+    pub deltas: mpsc::UnboundedReceiver<istiod_lite::Delta>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Source {
+    /// Started, not waited for.
+    pub fn start(mock: &MockApi) -> Source {
+        let translator = Arc::new(Mutex::new(istiod_lite::Translator::new(istiod_lite::MeshConfig::default())));
+        let (status, deltas, fut) = istiod_lite::source::kube::watch(mock.client(), translator.clone());
+        Source { translator, status, deltas, task: tokio::spawn(fut) }
+    }
+
+    /// Started, every kind synced and every watch open (so events pushed now reach it), and
+    /// the deltas so far dropped.
+    pub async fn synced(mock: &MockApi) -> Source {
+        let mut s = Source::start(mock);
+        s.ready().await;
+        let n = istiod_lite::source::kube::WATCHED.len();
+        mock.wait_seen("every watch open", WAIT, |seen| seen.iter().filter(|s| s.is_watch()).count() >= n).await;
+        s.drain();
+        s
+    }
+
+    /// The status once `pred` holds; fails the test after [`WAIT`].
+    pub async fn wait(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&istiod_lite::source::kube::KubeStatus) -> bool,
+    ) -> istiod_lite::source::kube::KubeStatus {
+        let got = match tokio::time::timeout(WAIT, self.status.wait_for(|s| pred(s))).await {
+            Ok(Ok(s)) => Some(s.clone()),
+            _ => None,
+        };
+        got.unwrap_or_else(|| panic!("timed out waiting for {what}; status: {:#?}", *self.status.borrow()))
+    }
+
+    /// The status once every kind is synced or not installed.
+    pub async fn ready(&mut self) -> istiod_lite::source::kube::KubeStatus {
+        self.wait("every kind synced or not installed", istiod_lite::source::kube::KubeStatus::ready).await
+    }
+
+    /// Every delta queued now.
+    pub fn drain(&mut self) -> Vec<istiod_lite::Delta> {
+        std::iter::from_fn(|| self.deltas.try_recv().ok()).collect()
+    }
+
+    /// The next delta; fails the test after [`WAIT`].
+    pub async fn next_delta(&mut self) -> istiod_lite::Delta {
+        tokio::time::timeout(WAIT, self.deltas.recv()).await.expect("a delta in time").expect("source running")
+    }
+
+    /// The next delta that changes addresses.
+    pub async fn next_address_delta(&mut self) -> istiod_lite::Delta {
+        loop {
+            let d = self.next_delta().await;
+            let a = d.of(proto::ADDRESS_TYPE_URL);
+            if !a.upserts.is_empty() || !a.removals.is_empty() {
+                return d;
+            }
+        }
+    }
+
+    /// Asserts no delta comes within a short while (for events that must change nothing).
+    pub async fn no_delta(&mut self) {
+        if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(300), self.deltas.recv()).await {
+            panic!("unexpected delta: {d:#?}");
+        }
+    }
+}
