@@ -636,14 +636,7 @@ async fn frames_that_cross_our_reset_are_ignored() {
     // RFC 9113 §5.1, closed: frames received after sending RST_STREAM are ignored, as the peer
     // may have sent them first. Trailers crossing a handler's reset closed the connection.
     let mesh = Mesh::new();
-    let (server, mut held) = holding_server(&mesh).await;
-    let mut p = Peer::start(&mesh, server.addr).await;
-    let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    p.send(&request(1, target)).await.unwrap();
-    p.expect_200(1).await;
-    let stream = tokio::time::timeout(WAIT, held.recv()).await.unwrap().unwrap();
-    drop(stream);
-    p.expect_rst(1, CANCEL).await;
+    let (_server, mut p, target) = stream_1_answered_then_reset(&mesh).await;
     let trailers = frame(HEADERS, END_STREAM | END_HEADERS, 1, &literal("x-trailer", "1"));
     p.send(&[frame(DATA, 0, 1, b"late"), trailers].concat()).await.unwrap();
     p.ping(*b"ignored?").await;
@@ -660,14 +653,7 @@ async fn stream_errors_on_a_stream_we_reset_or_refused_get_no_second_reset() {
     // PRIORITY of the wrong size or a WINDOW_UPDATE of 0 there drew a second RST_STREAM
     // (found by the http2_connection fuzz target).
     let mesh = Mesh::new();
-    let (server, mut held) = holding_server(&mesh).await;
-    let mut p = Peer::start(&mesh, server.addr).await;
-    let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    p.send(&request(1, target)).await.unwrap();
-    p.expect_200(1).await;
-    let stream = tokio::time::timeout(WAIT, held.recv()).await.unwrap().unwrap();
-    drop(stream);
-    p.expect_rst(1, CANCEL).await;
+    let (_server, mut p, target) = stream_1_answered_then_reset(&mesh).await;
     let with_path = [connect_block(target), literal(":path", "/")].concat();
     p.send(&frame(HEADERS, END_HEADERS, 3, &with_path)).await.unwrap();
     p.expect_rst(3, PROTOCOL_ERROR).await;
@@ -678,6 +664,20 @@ async fn stream_errors_on_a_stream_we_reset_or_refused_get_no_second_reset() {
     p.send(&request(5, target)).await.unwrap();
     let f = p.expect("a stream's frame", |f| f.stream != 0).await;
     assert_eq!((f.kind, f.stream), (HEADERS, 5), "the first stream frame after the broken ones: {f:?}");
+}
+
+/// A peer whose stream 1 the server answered (200) and then reset (CANCEL: its handler let
+/// go of it); the server is held while the first value is.
+async fn stream_1_answered_then_reset(mesh: &Mesh) -> (TestServer, Peer, SocketAddr) {
+    let (server, mut held) = holding_server(mesh).await;
+    let mut p = Peer::start(mesh, server.addr).await;
+    let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    p.send(&request(1, target)).await.unwrap();
+    p.expect_200(1).await;
+    let stream = tokio::time::timeout(WAIT, held.recv()).await.unwrap().unwrap();
+    drop(stream);
+    p.expect_rst(1, CANCEL).await;
+    (server, p, target)
 }
 
 /// An HBONE server forwarding to backends, with `settings` (`TestServer` has the defaults).
