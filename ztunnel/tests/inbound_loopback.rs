@@ -161,8 +161,9 @@ async fn an_open_tunnel_the_new_policy_refuses_is_closed() {
     assert!(line(&metrics, "istio_tcp_received_bytes_total{").ends_with(" 8"), "{metrics}");
 }
 
-/// Handshakes past `--max-inbound-handshakes` are refused at once and counted; the turn a
-/// client that says nothing holds is given back when it goes.
+/// Handshakes past `--max-inbound-handshakes` are refused at once and counted, while clients
+/// already connected carry on; the turn a client that says nothing holds is given back when
+/// it goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_past_the_limit_are_refused_and_counted() {
     let ca = TestCa::new("loopback");
@@ -174,15 +175,31 @@ async fn handshakes_past_the_limit_are_refused_and_counted() {
     let (inputs, registry) = support::loopback_inputs_with(handle, certs.clone(), |cfg| cfg.max_inbound_handshakes = 1);
     let pod = PodProxy::start("Kubernetes//Pod/shop/web".into(), web.clone(), HostSockets, inputs).unwrap();
     let backend = echo_backend().await;
-    let pool = Pool::new(PoolConfig::default(), certs.clone(), None);
     let key = PoolKey { src: client, dst: web, addr: pod.addrs.hbone };
     let target = ConnectTarget::new(backend, None);
+    let echo = |mut s: hbone::tunnel::stream::H2Stream| async move {
+        s.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(&got, b"ping");
+        s
+    };
+    // A client already connected before the flood.
+    let established = Pool::new(PoolConfig::default(), certs.clone(), None);
+    let open = echo(established.connect(&key, &target).await.unwrap()).await;
 
-    // (An opened tunnel's connection would be pooled and reused, so the first try must be
-    // the refused one: the proxy is given time to accept the silent client first.)
+    // (An opened tunnel's connection would be pooled and reused, so the first try of a new
+    // client must be the refused one: the proxy is given time to accept the silent one first.)
+    let pool = Pool::new(PoolConfig::default(), certs.clone(), None);
     let silent = tokio::net::TcpStream::connect(pod.addrs.hbone).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(pool.connect(&key, &target).await.is_err(), "a tunnel opened while the only turn was held");
+    // What was already connected is untouched: its open tunnel carries on and its connection
+    // takes new streams (no handshake).
+    let open = echo(open).await;
+    let _another =
+        echo(established.connect(&key, &target).await.expect("a stream on the established connection")).await;
+    drop(open);
     let line = "ztunnel_connections_denied_total{reporter=\"destination\",reason=\"hbone_handshake_overload\"} 1";
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !ztunnel::metrics::encode(&registry).contains(line) {
@@ -196,11 +213,7 @@ async fn handshakes_past_the_limit_are_refused_and_counted() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         opened = pool.connect(&key, &target).await;
     }
-    let mut tunnel = opened.expect("a tunnel once the turn is free");
-    tunnel.write_all(b"ping").await.unwrap();
-    let mut got = [0u8; 4];
-    tunnel.read_exact(&mut got).await.unwrap();
-    assert_eq!(&got, b"ping");
+    echo(opened.expect("a tunnel once the turn is free")).await;
 }
 
 /// Garbage on the HBONE port is refused and counted by reason (the log takes at most a few
