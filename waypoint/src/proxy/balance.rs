@@ -83,7 +83,7 @@ impl<'a> Prefer<'a> {
     }
 
     /// The preference of `svc` for connections from `src`. Only FAILOVER ranks here: STRICT is
-    /// already applied to the endpoint list ([`endpoints`]), and PASSTHROUGH (connect to the
+    /// already applied to the endpoint list ([`MeshState::endpoints_for`]), and PASSTHROUGH (connect to the
     /// address dialled) has nothing to mean for a waypoint, which always reaches an endpoint
     /// over HBONE: it balances over all of them, like STANDARD.
     pub fn of(svc: &'a Service, src: Option<&'a Workload>) -> Prefer<'a> {
@@ -96,12 +96,6 @@ impl<'a> Prefer<'a> {
     fn rank(&self, ep: &Workload) -> usize {
         self.failover.map_or(0, |lb| lb.rank(self.src, ep))
     }
-}
-
-/// The endpoints of `svc` for `port` that a request from `src` (the waypoint's own workload)
-/// may use: see [`MeshState::endpoints_for`].
-pub fn endpoints(mesh: &MeshState, src: Option<&Workload>, svc: &Service, port: u16) -> Vec<Endpoint> {
-    mesh.endpoints_for(src, svc, port)
 }
 
 /// Why `svc` has no endpoint for `port` from `src` (only asked once none was found): a metric
@@ -371,7 +365,7 @@ mod tests {
             &svc,
         );
         let src = Some(&here);
-        let eps = endpoints(&m, src, &svc, 80);
+        let eps = m.endpoints_for(src, &svc, 80);
         assert_eq!(names(&eps), ["far", "near-1", "near-2", "region"], "FAILOVER filters nothing out");
         let prefer = Prefer::of(&svc, src);
         for lb in [LoadBalancer::LeastRequest, LoadBalancer::RoundRobin, LoadBalancer::Random] {
@@ -400,7 +394,7 @@ mod tests {
         assert_eq!(seen, HashMap::from([("near-1".into(), 5), ("near-2".into(), 5)]));
 
         // Without its own workload the waypoint prefers nothing: every locality alike.
-        let eps = endpoints(&m, None, &svc, 80);
+        let eps = m.endpoints_for(None, &svc, 80);
         let seen = picks(&Balancer::default(), &eps, &policy(LoadBalancer::RoundRobin), Prefer::of(&svc, None), 40);
         assert_eq!(seen.len(), 4, "{seen:?}");
     }
@@ -417,7 +411,7 @@ mod tests {
             ],
             &svc,
         );
-        let eps = endpoints(&m, Some(&here), &svc, 80);
+        let eps = m.endpoints_for(Some(&here), &svc, 80);
         let p = BackendPolicy {
             load_balancer: LoadBalancer::ConsistentHash,
             hash_header: Some(http::HeaderName::from_static("x-user")),
@@ -441,17 +435,17 @@ mod tests {
             vec![workload("local", "10.0.0.1", "node-a", "z1"), workload("other", "10.0.0.2", "node-b", "z1")],
             &svc,
         );
-        let eps = endpoints(&m, Some(&here), &svc, 80);
+        let eps = m.endpoints_for(Some(&here), &svc, 80);
         assert_eq!(names(&eps), ["local"]);
         let seen = picks(&Balancer::default(), &eps, &policy(LoadBalancer::Random), Prefer::of(&svc, Some(&here)), 20);
         assert_eq!(seen, HashMap::from([("local".into(), 20)]));
 
         let elsewhere = waypoint("node-z", "z1");
-        assert!(endpoints(&m, Some(&elsewhere), &svc, 80).is_empty());
+        assert!(m.endpoints_for(Some(&elsewhere), &svc, 80).is_empty());
         assert_eq!(no_endpoint_reason(&m, Some(&elsewhere), &svc, 80).0, "strict_locality");
-        assert!(endpoints(&m, None, &svc, 80).is_empty(), "the waypoint's own workload unknown: fail closed");
+        assert!(m.endpoints_for(None, &svc, 80).is_empty(), "the waypoint's own workload unknown: fail closed");
         assert_eq!(no_endpoint_reason(&m, None, &svc, 80).0, "strict_source_unknown");
-        assert!(endpoints(&m, Some(&here), &svc, 81).is_empty());
+        assert!(m.endpoints_for(Some(&here), &svc, 81).is_empty());
         assert_eq!(no_endpoint_reason(&m, Some(&here), &svc, 81).0, "port_not_declared");
     }
 
@@ -469,18 +463,18 @@ mod tests {
         for mode in [LoadBalancingMode::Standard, LoadBalancingMode::Passthrough] {
             let mut svc = service(mode, &[LocalityScope::Node]);
             let m = mesh(all.clone(), &svc);
-            let eps = endpoints(&m, Some(&here), &svc, 80);
+            let eps = m.endpoints_for(Some(&here), &svc, 80);
             assert_eq!(names(&eps), ["b", "c"], "{mode:?}: never another network, never unready");
             let seen =
                 picks(&Balancer::default(), &eps, &policy(LoadBalancer::RoundRobin), Prefer::of(&svc, Some(&here)), 10);
             assert_eq!(seen, HashMap::from([("b".into(), 5), ("c".into(), 5)]), "{mode:?}");
             svc.load_balancing.allow_unhealthy = true;
             let m = mesh(all.clone(), &svc);
-            assert_eq!(names(&endpoints(&m, Some(&here), &svc, 80)), ["b", "c", "sick"], "{mode:?}: ALLOW_ALL");
+            assert_eq!(names(&m.endpoints_for(Some(&here), &svc, 80)), ["b", "c", "sick"], "{mode:?}: ALLOW_ALL");
         }
         let svc = service(LoadBalancingMode::Standard, &[]);
         let m = mesh(all[2..].to_vec(), &svc);
-        assert!(endpoints(&m, Some(&here), &svc, 80).is_empty());
+        assert!(m.endpoints_for(Some(&here), &svc, 80).is_empty());
         assert_eq!(no_endpoint_reason(&m, Some(&here), &svc, 80).0, "no_usable_endpoint");
     }
 }

@@ -872,7 +872,7 @@ fn endpoints<'a>(ctx: &Ctx<'a>, backend: Option<Backend<'a>>, account: &mut Acco
         Some(Backend { host, port, service: Some(s) }) => {
             account.labels.service = Some(s.clone());
             let (mesh, src) = (&ctx.snapshot.mesh, ctx.snapshot.source());
-            let endpoints = balance::endpoints(mesh, src, s, port);
+            let endpoints = mesh.endpoints_for(src, s, port);
             if endpoints.is_empty() {
                 let (reason, why) = balance::no_endpoint_reason(mesh, src, s, port);
                 account.metrics.no_endpoint(&s.hostname, reason);
@@ -915,7 +915,7 @@ fn spawn_mirror(
     };
     // Picked now, while the snapshot (the source, the service's preferences) is at hand.
     let src = ctx.snapshot.source();
-    let endpoints = balance::endpoints(&ctx.snapshot.mesh, src, svc, backend.port);
+    let endpoints = ctx.snapshot.mesh.endpoints_for(src, svc, backend.port);
     let policy = ctx.snapshot.backend_policy(&svc.hostname);
     let Some(picked) = proxy.balancer.pick(&svc.hostname, &endpoints, policy, Prefer::of(svc, src), None, None) else {
         tracing::debug!(backend = backend.hostname, "mirror backend has no endpoint");

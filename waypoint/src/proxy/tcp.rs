@@ -34,7 +34,7 @@ where
     let src = snapshot.source();
     let (endpoints, policy_host, prefer) = match &down.dest {
         Destination::Service(s, port) => {
-            let endpoints = balance::endpoints(&snapshot.mesh, src, s, *port);
+            let endpoints = snapshot.mesh.endpoints_for(src, s, *port);
             if endpoints.is_empty() {
                 let (reason, why) = balance::no_endpoint_reason(&snapshot.mesh, src, s, *port);
                 proxy.inputs.metrics.no_endpoint(&s.hostname, reason);

@@ -264,21 +264,19 @@ impl EndpointIndex {
     pub(super) fn pick(&self, svc: &Service, service_port: u16, src: Option<&Workload>) -> Option<Endpoint> {
         let set = self.set(svc)?;
         let lb = &svc.load_balancing;
-        let prefs = &lb.routing_preference;
-        let ranked = lb.ranked();
         let rank = |w: &Workload| lb.rank(src, w);
         // Borrowed, not cloned: one pick scans the set up to twice, and only the chosen
-        // workload's reference count is touched.
+        // workload's reference count is touched. STRICT is the same filter the waypoint's
+        // endpoint list uses ([`LoadBalancing::admits`]).
         let eligible = || {
             set.workloads
                 .iter()
-                .filter(|w| w.capacity > 0)
+                .filter(|w| w.capacity > 0 && lb.admits(src, w))
                 .filter_map(|w| Some((w, port_for(w, &set.key, svc, service_port)?)))
         };
         let want = match lb.mode {
-            _ if !ranked => None,
-            LoadBalancingMode::Strict => Some(prefs.len()),
-            _ => Some(eligible().map(|(w, _)| rank(w)).max()?),
+            LoadBalancingMode::Failover if lb.ranked() => Some(eligible().map(|(w, _)| rank(w)).max()?),
+            _ => None,
         };
         let candidates = || eligible().filter(|(w, _)| want.is_none_or(|r| rank(w) == r));
         let total: u64 = candidates().map(|(w, _)| u64::from(w.capacity)).sum();
