@@ -170,7 +170,7 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
                 trust_domain: cfg.trust_domain.clone(),
             }))
         }
-        None => Authenticator::NodeTokens(NodeTokens(cfg.tokens()?)),
+        None => Authenticator::NodeTokens(NodeTokens::from(cfg.tokens()?)),
     };
     let placement = Arc::new(ModelPlacement::new(translator.clone()));
     let auth = Arc::new(auth);

@@ -13,7 +13,7 @@ use tonic::{Code, Request};
 
 fn service(dir: &std::path::Path) -> CaService<impl istiod_lite::ca::Placement> {
     let signer = Arc::new(CaSigner::load_or_generate(dir, "cluster.local").unwrap());
-    let tokens = NodeTokens(HashMap::from([("token-of-node-a-0123456789".to_owned(), "node-a".to_owned())]));
+    let tokens = NodeTokens::from(HashMap::from([("token-of-node-a-0123456789".to_owned(), "node-a".to_owned())]));
     let placement =
         |id: &Identity, node: &str| node == "node-a" && id.as_str() == "spiffe://cluster.local/ns/shop/sa/web";
     CaService::new(signer, tokens, Arc::new(placement))
@@ -131,7 +131,7 @@ async fn workload_certificates_have_unique_serials() {
     let _ = std::fs::remove_dir_all(&dir);
     let signer = Arc::new(CaSigner::load_or_generate(&dir, "cluster.local").unwrap());
     let token = "token-of-node-a-0123456789";
-    let tokens = NodeTokens(HashMap::from([(token.to_owned(), "node-a".to_owned())]));
+    let tokens = NodeTokens::from(HashMap::from([(token.to_owned(), "node-a".to_owned())]));
     let web = "spiffe://cluster.local/ns/shop/sa/web";
     let api = "spiffe://cluster.local/ns/shop/sa/api";
     let placement = move |id: &Identity, node: &str| node == "node-a" && (id.as_str() == web || id.as_str() == api);

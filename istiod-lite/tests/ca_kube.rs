@@ -14,7 +14,10 @@ use std::time::Duration;
 use hbone::Identity;
 use hyper::StatusCode;
 use istiod_lite::ca::tokenreview::{DEFAULT_AUDIENCE, DEFAULT_CACHE_TTL};
-use istiod_lite::ca::{Authenticator, CaService, CaSigner, IMPERSONATED_IDENTITY, KubeAuth, Placement, TokenReviewer};
+use istiod_lite::ca::{
+    Authenticator, CaService, CaSigner, IMPERSONATED_IDENTITY, KubeAuth, PlacedPod, Placement, REFUSAL_REASON, Refusal,
+    TokenReviewer,
+};
 use kube_support::{MockApi, TOKEN_REVIEWS};
 use proto::istio::v1::auth::IstioCertificateRequest;
 use proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
@@ -27,38 +30,53 @@ const CATALOG: &str = "spiffe://cluster.local/ns/shop/sa/catalog";
 const DEBUG: &str = "spiffe://cluster.local/ns/tools/sa/default";
 const WAYPOINT: &str = "spiffe://cluster.local/ns/shop/sa/waypoint";
 
-/// Pods by `(namespace, name)`: service account and node.
-struct Pods(HashMap<(&'static str, &'static str), (&'static str, &'static str)>);
+/// A pod: `(namespace, name)`, then service account, node and uid.
+type PodEntry = ((&'static str, &'static str), (&'static str, &'static str, &'static str));
+
+/// Pods by `(namespace, name)`: service account, node and uid.
+struct Pods(HashMap<(&'static str, &'static str), (&'static str, &'static str, &'static str)>);
 
 impl Placement for Pods {
     fn runs_on(&self, identity: &Identity, node: &str) -> bool {
         self.0
             .iter()
-            .any(|((ns, _), (sa, n))| *ns == identity.namespace() && *sa == identity.service_account() && *n == node)
+            .any(|((ns, _), (sa, n, _))| *ns == identity.namespace() && *sa == identity.service_account() && *n == node)
     }
 
-    fn pod_node(&self, namespace: &str, name: &str) -> Option<String> {
-        self.0.iter().find(|((ns, n), _)| *ns == namespace && *n == name).map(|(_, (_, node))| node.to_string())
+    fn pod(&self, namespace: &str, name: &str) -> Option<PlacedPod> {
+        self.0.get(&(namespace, name)).map(|(sa, node, uid)| PlacedPod {
+            uid: Some(uid.to_string()),
+            service_account: sa.to_string(),
+            node: node.to_string(),
+        })
     }
 }
 
+/// The uids of the ztunnel pods the recorded tokens are bound to.
+const ZTUNNEL_A_UID: &str = "0e9d8c7b-6a5f-4e3d-2c1b-0a9f8e7d6c5b";
+const ZTUNNEL_B_UID: &str = "1f0e9d8c-7b6a-4f5e-3d2c-1b0a9f8e7d6c";
+
 fn pods() -> Pods {
     Pods(HashMap::from([
-        (("shop", "catalog-1"), ("catalog", "node-a")),
-        (("tools", "debug"), ("default", "node-b")),
-        (("istio-system", "ztunnel-x7k2p"), ("ztunnel", "node-a")),
-        (("istio-system", "ztunnel-m4q8r"), ("ztunnel", "node-b")),
+        (("shop", "catalog-1"), ("catalog", "node-a", "5e1f0a2b-0000-4000-8000-00000000c001")),
+        (("tools", "debug"), ("default", "node-b", "5e1f0a2b-0000-4000-8000-00000000d001")),
+        (("istio-system", "ztunnel-x7k2p"), ("ztunnel", "node-a", ZTUNNEL_A_UID)),
+        (("istio-system", "ztunnel-m4q8r"), ("ztunnel", "node-b", ZTUNNEL_B_UID)),
     ]))
 }
 
 fn ca(dir: &TempDir, client: kube::Client) -> CaService<Pods> {
+    ca_with(dir, client, pods())
+}
+
+fn ca_with(dir: &TempDir, client: kube::Client, pods: Pods) -> CaService<Pods> {
     let signer = Arc::new(CaSigner::load_or_generate(&dir.path().join("ca"), "cluster.local").unwrap());
     let auth = Authenticator::Kube(Box::new(KubeAuth {
         reviewer: TokenReviewer::new(client, DEFAULT_AUDIENCE, DEFAULT_CACHE_TTL),
         node_proxy: ("istio-system".into(), "ztunnel".into()),
         trust_domain: "cluster.local".into(),
     }));
-    CaService::with_auth(signer, auth, Arc::new(pods()))
+    CaService::with_auth(signer, auth, Arc::new(pods))
 }
 
 /// A CSR for `san` and its key, PEM.
@@ -96,10 +114,16 @@ async fn ask(ca: &CaService<Pods>, token: &str, impersonate: Option<&str>, san: 
     r.map(|r| issued_identity(&r.into_inner().cert_chain, &key))
 }
 
-fn refused(r: Result<String, tonic::Status>, code: Code, says: &str) {
+fn refused(r: Result<String, tonic::Status>, code: Code, says: &str) -> tonic::Status {
     let s = r.expect_err("must be refused");
     assert_eq!(s.code(), code, "{s:?}");
     assert!(s.message().contains(says), "message {:?} should say {says:?}", s.message());
+    s
+}
+
+/// The refusal's reason, as the caller and the metrics see it.
+fn reason(s: &tonic::Status) -> &str {
+    Refusal::of(s).unwrap_or_else(|| panic!("no {REFUSAL_REASON} in {s:?}"))
 }
 
 #[tokio::test]
@@ -135,7 +159,54 @@ async fn ztunnel_token_without_node_extra_finds_its_node_through_its_pod() {
     assert_eq!(ask(&ca, "ztunnel-b", Some(DEBUG), DEBUG).await.unwrap(), DEBUG);
     refused(ask(&ca, "ztunnel-b", Some(CATALOG), CATALOG).await, Code::PermissionDenied, "on node node-b");
     // A token of the node proxies' account not bound to any pod names no node.
-    refused(ask(&ca, "ztunnel-unbound", Some(CATALOG), CATALOG).await, Code::PermissionDenied, "bound to a pod");
+    let s =
+        refused(ask(&ca, "ztunnel-unbound", Some(CATALOG), CATALOG).await, Code::PermissionDenied, "bound to a pod");
+    assert_eq!(reason(&s), "token_not_bound_to_pod");
+}
+
+/// As istiod's node authorizer: the node proxy's token must be of the very pod it names (a pod
+/// created again under the same name has a new uid; a token of the old one speaks for no node),
+/// that pod must be known and run as the token's account, and the node is the pod's — here even
+/// when the token names a node itself, which must then agree.
+#[tokio::test]
+async fn a_node_proxy_token_counts_only_for_the_very_pod_it_was_issued_for() {
+    let mock = MockApi::start().await;
+    mock.token_review("ztunnel-a", StatusCode::CREATED, "tokenreview/ztunnel-node-a.json");
+    let dir = TempDir::new("ca-kube-caller-pod");
+    let with = |pods: &[PodEntry]| {
+        ca_with(
+            &dir,
+            mock.client(),
+            Pods(pods.iter().copied().chain([(("shop", "catalog-1"), ("catalog", "node-a", "c1"))]).collect()),
+        )
+    };
+    let key = ("istio-system", "ztunnel-x7k2p");
+    for (pods, code_says, why) in [
+        (vec![], ("caller_pod_unknown", "not (yet) known"), "the pod is not known"),
+        (
+            vec![(key, ("ztunnel", "node-a", "9f9f9f9f-0000-4000-8000-000000000000"))],
+            ("caller_pod_mismatch", "created again"),
+            "replaced",
+        ),
+        (
+            vec![(key, ("other", "node-a", ZTUNNEL_A_UID))],
+            ("caller_pod_mismatch", "service account other"),
+            "another account",
+        ),
+        (
+            vec![(key, ("ztunnel", "node-b", ZTUNNEL_A_UID))],
+            ("caller_pod_mismatch", "node node-a, istiod-lite knows it on node node-b"),
+            "another node",
+        ),
+        (vec![(key, ("ztunnel", "", ZTUNNEL_A_UID))], ("caller_node_unknown", "not scheduled"), "unscheduled"),
+    ] {
+        let ca = with(&pods);
+        let s = refused(ask(&ca, "ztunnel-a", Some(CATALOG), CATALOG).await, Code::PermissionDenied, code_says.1);
+        assert_eq!(reason(&s), code_says.0, "{why}: {s:?}");
+    }
+    // The same token, its pod as the API server has it: granted.
+    let ca = with(&[(key, ("ztunnel", "node-a", ZTUNNEL_A_UID))]);
+    assert_eq!(ask(&ca, "ztunnel-a", Some(CATALOG), CATALOG).await.unwrap(), CATALOG);
 }
 
 #[tokio::test]
@@ -147,9 +218,15 @@ async fn waypoint_token_gets_its_own_identity_only() {
     assert_eq!(ask(&ca, "waypoint", None, WAYPOINT).await.unwrap(), WAYPOINT);
     assert_eq!(ask(&ca, "waypoint", Some(WAYPOINT), WAYPOINT).await.unwrap(), WAYPOINT);
     // Not the identity of a pod on its node, nor any other.
-    refused(ask(&ca, "waypoint", Some(CATALOG), CATALOG).await, Code::PermissionDenied, "only have its own identity");
+    let s = refused(
+        ask(&ca, "waypoint", Some(CATALOG), CATALOG).await,
+        Code::PermissionDenied,
+        "only have its own identity",
+    );
+    assert_eq!(reason(&s), "not_own_identity");
     // Nor another identity smuggled into the CSR.
-    refused(ask(&ca, "waypoint", None, CATALOG).await, Code::PermissionDenied, "authorized for");
+    let s = refused(ask(&ca, "waypoint", None, CATALOG).await, Code::PermissionDenied, "authorized for");
+    assert_eq!(reason(&s), "csr_identity_mismatch");
 }
 
 /// The placement answers for a namespace and service account; the trust domain is the CA's to
@@ -161,7 +238,8 @@ async fn ztunnel_token_gets_no_identity_of_another_trust_domain() {
     let dir = TempDir::new("ca-kube-trust-domain");
     let ca = ca(&dir, mock.client());
     let elsewhere = "spiffe://evil.example/ns/shop/sa/catalog";
-    refused(ask(&ca, "ztunnel-a", Some(elsewhere), elsewhere).await, Code::PermissionDenied, "trust domain");
+    let s = refused(ask(&ca, "ztunnel-a", Some(elsewhere), elsewhere).await, Code::PermissionDenied, "trust domain");
+    assert_eq!(reason(&s), "foreign_trust_domain");
     // Nor with the mesh's identity named in the metadata and the other one in the CSR.
     refused(ask(&ca, "ztunnel-a", Some(CATALOG), elsewhere).await, Code::PermissionDenied, "authorized for");
 }
@@ -197,7 +275,8 @@ async fn bad_tokens_wrong_audiences_and_api_errors_are_unauthenticated() {
         .token_review("forbidden", StatusCode::FORBIDDEN, "status/forbidden-tokenreviews.json");
     let dir = TempDir::new("ca-kube-refusals");
     let ca = ca(&dir, mock.client());
-    refused(ask(&ca, "garbage", Some(CATALOG), CATALOG).await, Code::Unauthenticated, "invalid bearer token");
+    let s = refused(ask(&ca, "garbage", Some(CATALOG), CATALOG).await, Code::Unauthenticated, "invalid bearer token");
+    assert_eq!(reason(&s), "token_rejected");
     refused(
         ask(&ca, "for-the-api-server", Some(CATALOG), CATALOG).await,
         Code::Unauthenticated,
@@ -213,11 +292,17 @@ async fn bad_tokens_wrong_audiences_and_api_errors_are_unauthenticated() {
         r.metadata_mut().remove("authorization");
         ca.create_certificate(r).await
     };
-    assert_eq!(no_token.unwrap_err().code(), Code::Unauthenticated);
+    let no_token = no_token.unwrap_err();
+    assert_eq!((no_token.code(), reason(&no_token)), (Code::Unauthenticated, "no_token"));
 
     // The API server gone: refused, saying the token could not be checked.
     drop(mock);
-    refused(ask(&ca, "garbage", Some(CATALOG), CATALOG).await, Code::Unauthenticated, "cannot authenticate the token");
+    let s = refused(
+        ask(&ca, "garbage", Some(CATALOG), CATALOG).await,
+        Code::Unauthenticated,
+        "cannot authenticate the token",
+    );
+    assert_eq!(reason(&s), "token_review_failed");
 }
 
 fn kubeconfig(dir: &TempDir, mock: &MockApi) -> std::path::PathBuf {
@@ -238,7 +323,8 @@ async fn istiod_lite_in_kube_mode_serves_the_ca_by_tokenreview_once_the_model_is
     let mock = MockApi::start().await;
     // The first pod list fails: the model stays incomplete until the source's retry.
     mock.respond("/api/v1/pods", StatusCode::INTERNAL_SERVER_ERROR, "status/internal-error.json");
-    mock.list("/api/v1/pods", "list/pods.json");
+    // The catalog pod on node-a, and the ztunnel pod there the token is bound to.
+    mock.list("/api/v1/pods", "list/pods-catalog-and-ztunnel.json");
     mock.cluster();
     mock.token_review("ztunnel-a", StatusCode::CREATED, "tokenreview/ztunnel-node-a.json");
     mock.token_review("garbage", StatusCode::CREATED, "tokenreview/not-authenticated.json");
@@ -276,10 +362,13 @@ async fn istiod_lite_in_kube_mode_serves_the_ca_by_tokenreview_once_the_model_is
     assert_eq!(refused.code(), Code::Unauthenticated);
     assert!(mock.seen().iter().any(|s| s.path == TOKEN_REVIEWS));
 
-    // 15014 counts the refusal by its reason.
+    // The reason travels to the caller, and 15014 counts the refusal by it.
+    assert_eq!(Refusal::of(&refused), Some("token_rejected"));
     let metrics = http_get(running.monitoring_addr, "/metrics").await;
     assert!(
-        metrics.lines().any(|l| l == "istiod_lite_certificates_refused_total{reason=\"Unauthenticated\"} 1"),
+        metrics.lines().any(
+            |l| l == "istiod_lite_certificates_refused_total{reason=\"token_rejected\",code=\"Unauthenticated\"} 1"
+        ),
         "{metrics}"
     );
     assert!(metrics.lines().any(|l| l == "istiod_lite_certificates_issued_total 1"), "{metrics}");

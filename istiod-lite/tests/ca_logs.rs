@@ -14,7 +14,7 @@ use tonic::Request;
 // The CA of tests/ca.rs: node-a's token, and shop/web running on node-a.
 fn service(dir: &std::path::Path) -> CaService<impl istiod_lite::ca::Placement> {
     let signer = Arc::new(CaSigner::load_or_generate(dir, "cluster.local").unwrap());
-    let tokens = NodeTokens(HashMap::from([("token-of-node-a-0123456789".to_owned(), "node-a".to_owned())]));
+    let tokens = NodeTokens::from(HashMap::from([("token-of-node-a-0123456789".to_owned(), "node-a".to_owned())]));
     let placement =
         |id: &Identity, node: &str| node == "node-a" && id.as_str() == "spiffe://cluster.local/ns/shop/sa/web";
     CaService::new(signer, tokens, Arc::new(placement))

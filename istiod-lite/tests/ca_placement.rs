@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use hbone::Identity;
-use istiod_lite::ca::{CaService, CaSigner, IMPERSONATED_IDENTITY, NodeTokens, Placement};
+use istiod_lite::ca::{CaService, CaSigner, IMPERSONATED_IDENTITY, NodeTokens, Placement, Refusal};
 use istiod_lite::placement::ModelPlacement;
 use istiod_lite::source::dir::Loader;
 use istiod_lite::{Change, Kind, MeshConfig, Object, ObjectKey, Translator};
@@ -50,6 +50,10 @@ fn pods() -> String {
         pod("remote-1", "remote", false, "  nodeName: node-b\n", RUNNING),
         // No serviceAccountName: runs as `default`.
         "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: plain-1\n  namespace: shop\nspec:\n  nodeName: node-a\nstatus:\n  phase: Running\n  podIP: 10.244.1.7\n".to_owned(),
+        // Namespaces next to `shop` in the model's order, with an account of the same name: an
+        // identity of one namespace is never granted for a pod of another.
+        "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: near-1\n  namespace: sho\nspec:\n  serviceAccountName: near\n  nodeName: node-a\n".to_owned(),
+        "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: near-1\n  namespace: shop-b\n  uid: 7f1d0c2e-1111-4222-8333-944455566677\nspec:\n  serviceAccountName: near\n  nodeName: node-a\n".to_owned(),
     ]
     .concat()
 }
@@ -107,13 +111,29 @@ fn an_unscheduled_pod_is_on_no_node() {
     for node in ["node-a", "node-b"] {
         assert!(!placement.runs_on(&id("queued"), node), "shop/queued-1 has no nodeName, it is not on {node}");
     }
-    assert_eq!(placement.pod_node("shop", "queued-1"), None);
-    assert_eq!(placement.pod_node("shop", "fresh-1").as_deref(), Some("node-a"), "scheduled without an IP");
+    let node = |name: &str| placement.pod("shop", name).map(|p| p.node);
+    assert_eq!(node("queued-1").as_deref(), Some(""), "known, but on no node");
+    assert_eq!(node("fresh-1").as_deref(), Some("node-a"), "scheduled without an IP");
+    assert_eq!(node("gone-1"), None);
+}
+
+#[test]
+fn a_pod_is_placed_by_its_own_namespace_only_and_known_by_its_uid() {
+    let dir = TempDir::new("ca-placement-namespaces");
+    let placement = ModelPlacement::new(translator(&dir));
+    assert!(!placement.runs_on(&id("near"), "node-a"), "pods in sho and shop-b do not run as shop/near");
+    for ns in ["sho", "shop-b"] {
+        assert!(placement.runs_on(&Identity::new("cluster.local", ns, "near").unwrap(), "node-a"), "{ns}/near");
+    }
+    let pod = placement.pod("shop-b", "near-1").unwrap();
+    assert_eq!(pod.uid.as_deref(), Some("7f1d0c2e-1111-4222-8333-944455566677"));
+    assert_eq!((pod.service_account.as_str(), pod.node.as_str()), ("near", "node-a"));
+    assert_eq!(placement.pod("shop", "plain-1").unwrap().service_account, "default");
 }
 
 fn ca(dir: &TempDir) -> CaService<ModelPlacement> {
     let signer = Arc::new(CaSigner::load_or_generate(&dir.path().join("ca"), "cluster.local").unwrap());
-    let tokens = NodeTokens(HashMap::from([
+    let tokens = NodeTokens::from(HashMap::from([
         (NODE_A_TOKEN.to_owned(), "node-a".to_owned()),
         // A bootstrap token file with an empty node name (`"": <token>`).
         (NO_NODE_TOKEN.to_owned(), String::new()),
@@ -150,6 +170,7 @@ async fn the_ca_signs_for_new_leaving_and_finished_pods_of_the_callers_node() {
     let status = ca.create_certificate(request(NODE_A_TOKEN, &id("queued"))).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("node-a"), "{status:?}");
+    assert_eq!(Refusal::of(&status), Some("not_on_node"), "{status:?}");
 }
 
 #[tokio::test]
@@ -160,5 +181,6 @@ async fn a_node_proxy_without_a_node_name_gets_no_unscheduled_pods_identity() {
         let status = ca.create_certificate(request(NO_NODE_TOKEN, &id(sa))).await.unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied, "{sa}: {status:?}");
         assert!(status.message().contains("no node name"), "{sa}: {status:?}");
+        assert_eq!(Refusal::of(&status), Some("caller_node_unknown"), "{sa}: {status:?}");
     }
 }

@@ -365,7 +365,10 @@ async fn monitoring_port_shows_pushes_nacks_proxies_and_errors() {
     assert_eq!(sample(&text, "istiod_lite_xds_streams_refused_total"), 1.0, "{text}");
     assert_eq!(sample(&text, "istiod_lite_config_errors"), 1.0);
     assert_eq!(sample(&text, "istiod_lite_certificates_issued_total"), 1.0);
-    assert_eq!(sample(&text, "istiod_lite_certificates_refused_total{reason=\"PermissionDenied\"}"), 1.0);
+    assert_eq!(
+        sample(&text, "istiod_lite_certificates_refused_total{reason=\"not_on_node\",code=\"PermissionDenied\"}"),
+        1.0
+    );
     let served = sample(&text, &format!("istiod_lite_xds_resources{{type_url=\"{}\"}}", proto::ADDRESS_TYPE_URL));
     assert_eq!(served as usize, running.translator.lock().unwrap().addresses().len());
     assert!(sample(&text, "istiod_lite_config_changes_total") >= 2.0, "{text}");

@@ -39,7 +39,7 @@ async fn starts_from_ca_and_xds_and_reports_ready() {
 
     // CA: shop/wp and frontend/web run on node1.
     let signer = Arc::new(CaSigner::load_or_generate(&dir.join("ca"), "cluster.local").unwrap());
-    let tokens = NodeTokens(HashMap::from([("node1-token".to_owned(), "node1".to_owned())]));
+    let tokens = NodeTokens::from(HashMap::from([("node1-token".to_owned(), "node1".to_owned())]));
     let placement = |id: &Identity, node: &str| {
         node == "node1" && matches!((id.namespace(), id.service_account()), ("shop", "wp") | ("frontend", "web"))
     };

@@ -11,7 +11,7 @@ use ztunnel::ca_client::{CaClient, CaClientError};
 
 async fn start_ca(dir: &std::path::Path) -> (String, Arc<CaSigner>) {
     let signer = Arc::new(CaSigner::load_or_generate(dir, "cluster.local").unwrap());
-    let tokens = NodeTokens(HashMap::from([
+    let tokens = NodeTokens::from(HashMap::from([
         ("node1-token".to_owned(), "node1".to_owned()),
         ("node1-rotated-token".to_owned(), "node1".to_owned()),
     ]));

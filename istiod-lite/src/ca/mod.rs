@@ -7,6 +7,9 @@ pub mod signer;
 pub mod tokenreview;
 
 pub(crate) use service::bearer;
-pub use service::{Authenticator, CaService, IMPERSONATED_IDENTITY, KubeAuth, NodeTokens, Placement};
+pub use service::{
+    Authenticator, CaService, IMPERSONATED_IDENTITY, KubeAuth, NodeTokens, PlacedPod, Placement, REFUSAL_REASON,
+    Refusal,
+};
 pub use signer::{CaError, CaSigner};
 pub use tokenreview::{ReviewError, ServiceAccountToken, TokenReviewer};

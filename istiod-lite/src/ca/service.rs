@@ -7,16 +7,18 @@
 //!   is a node proxy.
 //! - Kubernetes mode: a TokenReview of the caller's projected service-account token (see
 //!   [`super::tokenreview`]). The node proxies' service account (`istio-system/ztunnel` by
-//!   default) is a node proxy for the node of the pod its token is bound to; any other service
+//!   default) is a node proxy for the node of the pod its token is bound to, once that pod is
+//!   known with the token's uid and service account (as istiod checks); any other service
 //!   account (a waypoint, say) may only have its own identity.
 //!
 //! A node proxy asks on behalf of its pods, naming the identity in the request metadata's
 //! `ImpersonatedIdentity` (as Istio's ztunnel does); the identity is granted only if a pod with
 //! that service account is scheduled on the caller's node, whatever its phase or IP, until it
-//! is deleted, as istiod's node authorizer decides (see [`Placement`]). Only identities of the signer's trust domain
-//! are ever granted, whatever the placement answers. Every refusal says why in its status, and
-//! is one log line naming the caller (its node or service account, or its address when the
-//! token is not known) and the reason; tokens are never logged.
+//! is deleted, as istiod's node authorizer decides (see [`Placement`]). Only identities of the
+//! signer's trust domain are ever granted, whatever the placement answers. Every refusal says
+//! why in its status, with a [`Refusal`] label in its metadata (the caller sees it, the metrics
+//! count by it), and is one log line naming the caller (its node or service account, or its
+//! address when the token is not known) and the reason; tokens are never logged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,10 +32,126 @@ use proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
 use tonic::{Request, Response, Status};
 
 use super::signer::{CaError, CaSigner};
-use super::tokenreview::{ReviewError, ServiceAccountToken, TokenReviewer};
+use super::tokenreview::{ReviewError, ServiceAccountToken, TokenReviewer, sha256};
 
 /// The metadata key naming the identity a node proxy asks for.
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+
+/// The key of a refusal's gRPC metadata (trailers) carrying its [`Refusal::label`], for the
+/// caller's logs and for the CA's metrics (`crate::debug::metrics::CountedCa`).
+pub const REFUSAL_REASON: &str = "refusal-reason";
+
+/// Why a certificate request was refused. The gRPC code says only what kind of failure it
+/// is; an operator looking at `istiod_lite_certificates_refused_total{reason}` needs to tell a
+/// node proxy that is not yet known from a pod that is not on its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// No `authorization: Bearer` token.
+    NoToken,
+    /// A bootstrap token that belongs to no node (file mode).
+    UnknownToken,
+    /// The API server did not authenticate the token for the CA's audience, or it is not a
+    /// service account's.
+    TokenRejected,
+    /// The TokenReview could not be made (API server unreachable, istiod-lite not allowed).
+    TokenReviewFailed,
+    /// A node proxy's token bound to no pod, so naming no node.
+    TokenNotBoundToPod,
+    /// The pod a node proxy's token is bound to is not (yet) known.
+    CallerPodUnknown,
+    /// That pod is known, but the token was issued for another pod of the same name, another
+    /// service account, or another node.
+    CallerPodMismatch,
+    /// The node proxy's pod, or its bootstrap token, names no node.
+    CallerNodeUnknown,
+    /// A node proxy named no identity, or one that does not parse.
+    BadImpersonatedIdentity,
+    /// The identity is not of the mesh's trust domain.
+    ForeignTrustDomain,
+    /// No pod running as the identity is on the node proxy's node.
+    NotOnNode,
+    /// A workload other than a node proxy asked for an identity not its own.
+    NotOwnIdentity,
+    /// The CSR does not parse or its signature does not verify.
+    BadCsr,
+    /// The CSR names another identity than the one granted.
+    CsrIdentityMismatch,
+    /// The CA could not sign.
+    Internal,
+}
+
+impl Refusal {
+    /// Every reason.
+    pub const ALL: [Refusal; 15] = [
+        Refusal::NoToken,
+        Refusal::UnknownToken,
+        Refusal::TokenRejected,
+        Refusal::TokenReviewFailed,
+        Refusal::TokenNotBoundToPod,
+        Refusal::CallerPodUnknown,
+        Refusal::CallerPodMismatch,
+        Refusal::CallerNodeUnknown,
+        Refusal::BadImpersonatedIdentity,
+        Refusal::ForeignTrustDomain,
+        Refusal::NotOnNode,
+        Refusal::NotOwnIdentity,
+        Refusal::BadCsr,
+        Refusal::CsrIdentityMismatch,
+        Refusal::Internal,
+    ];
+
+    /// The metric label and log field.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::NoToken => "no_token",
+            Refusal::UnknownToken => "unknown_token",
+            Refusal::TokenRejected => "token_rejected",
+            Refusal::TokenReviewFailed => "token_review_failed",
+            Refusal::TokenNotBoundToPod => "token_not_bound_to_pod",
+            Refusal::CallerPodUnknown => "caller_pod_unknown",
+            Refusal::CallerPodMismatch => "caller_pod_mismatch",
+            Refusal::CallerNodeUnknown => "caller_node_unknown",
+            Refusal::BadImpersonatedIdentity => "bad_impersonated_identity",
+            Refusal::ForeignTrustDomain => "foreign_trust_domain",
+            Refusal::NotOnNode => "not_on_node",
+            Refusal::NotOwnIdentity => "not_own_identity",
+            Refusal::BadCsr => "bad_csr",
+            Refusal::CsrIdentityMismatch => "csr_identity_mismatch",
+            Refusal::Internal => "internal",
+        }
+    }
+
+    fn code(self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Refusal::NoToken | Refusal::UnknownToken | Refusal::TokenRejected | Refusal::TokenReviewFailed => {
+                Code::Unauthenticated
+            }
+            Refusal::BadImpersonatedIdentity | Refusal::BadCsr => Code::InvalidArgument,
+            Refusal::Internal => Code::Internal,
+            Refusal::TokenNotBoundToPod
+            | Refusal::CallerPodUnknown
+            | Refusal::CallerPodMismatch
+            | Refusal::CallerNodeUnknown
+            | Refusal::ForeignTrustDomain
+            | Refusal::NotOnNode
+            | Refusal::NotOwnIdentity
+            | Refusal::CsrIdentityMismatch => Code::PermissionDenied,
+        }
+    }
+
+    /// The status refusing a request for this reason, saying `why`.
+    pub fn status(self, why: impl Into<String>) -> Status {
+        let mut meta = tonic::metadata::MetadataMap::new();
+        meta.insert(REFUSAL_REASON, tonic::metadata::MetadataValue::from_static(self.label()));
+        Status::with_metadata(self.code(), why, meta)
+    }
+
+    /// The reason a status from [`Refusal::status`] carries.
+    pub fn of(status: &Status) -> Option<&str> {
+        status.metadata().get(REFUSAL_REASON).and_then(|v| v.to_str().ok())
+    }
+}
 
 /// Where pods run, as far as the CA must know.
 ///
@@ -66,11 +184,22 @@ pub trait Placement: Send + Sync + 'static {
     /// Whether a pod running as `identity` is scheduled on `node` (see the trait's rules).
     fn runs_on(&self, identity: &Identity, node: &str) -> bool;
 
-    /// The node of pod `namespace/name`, if known (for tokens that name their pod but not its
-    /// node). Unknown by default.
-    fn pod_node(&self, _namespace: &str, _name: &str) -> Option<String> {
+    /// Pod `namespace/name` as the CA must know it, if known: the node proxy a token is bound
+    /// to is looked up here. Unknown by default.
+    fn pod(&self, _namespace: &str, _name: &str) -> Option<PlacedPod> {
         None
     }
+}
+
+/// A pod as the CA knows it: which pod exactly, who it runs as and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedPod {
+    /// `metadata.uid`: a pod deleted and created again under the same name has a new one.
+    pub uid: Option<String>,
+    /// `spec.serviceAccountName` (`default` when unset).
+    pub service_account: String,
+    /// `spec.nodeName`, empty while unscheduled.
+    pub node: String,
 }
 
 impl<F> Placement for F
@@ -83,13 +212,47 @@ where
 }
 
 /// Bootstrap tokens: token → node name.
-#[derive(Debug, Clone, Default)]
-pub struct NodeTokens(pub HashMap<String, String>);
+///
+/// Kept by the tokens' SHA-256, not the tokens: a lookup's timing (hashing, comparing within a
+/// bucket) depends on the digest of what the caller sent, which tells them nothing about the
+/// tokens that exist, where comparing the tokens themselves would leak their prefixes.
+#[derive(Clone, Default)]
+pub struct NodeTokens(HashMap<[u8; 32], String>);
 
 impl NodeTokens {
     /// The node a bearer token belongs to.
     pub fn node(&self, token: &str) -> Option<&str> {
-        self.0.get(token).map(String::as_str)
+        self.0.get(&sha256(token.as_bytes())).map(String::as_str)
+    }
+
+    /// How many tokens there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<T: AsRef<str>, N: Into<String>> FromIterator<(T, N)> for NodeTokens {
+    fn from_iter<I: IntoIterator<Item = (T, N)>>(tokens: I) -> Self {
+        NodeTokens(tokens.into_iter().map(|(t, n)| (sha256(t.as_ref().as_bytes()), n.into())).collect())
+    }
+}
+
+impl From<HashMap<String, String>> for NodeTokens {
+    fn from(tokens: HashMap<String, String>) -> Self {
+        tokens.into_iter().collect()
+    }
+}
+
+// Never print the digests either: they are as good as the tokens to whoever can brute-force
+// a short one.
+impl std::fmt::Debug for NodeTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTokens").field("nodes", &self.0.values().collect::<Vec<_>>()).finish()
     }
 }
 
@@ -120,13 +283,15 @@ impl Authenticator {
             Authenticator::NodeTokens(tokens) => tokens
                 .node(token)
                 .map(|n| Caller::Node(n.to_owned()))
-                .ok_or_else(|| Status::unauthenticated("unknown token")),
+                .ok_or_else(|| Refusal::UnknownToken.status("unknown token")),
             Authenticator::Kube(kube) => {
                 let who = kube.reviewer.review(token).await.map_err(|e| match e {
                     // The API server being unreachable is not the caller's fault, but it is
                     // still no proof of who they are.
-                    ReviewError::Api(_) => Status::unauthenticated(format!("cannot authenticate the token: {e}")),
-                    _ => Status::unauthenticated(e.to_string()),
+                    ReviewError::Api(_) => {
+                        Refusal::TokenReviewFailed.status(format!("cannot authenticate the token: {e}"))
+                    }
+                    _ => Refusal::TokenRejected.status(e.to_string()),
                 })?;
                 Self::kube_caller(kube, who, placement)
             }
@@ -137,26 +302,57 @@ impl Authenticator {
         if (who.namespace.as_str(), who.service_account.as_str())
             == (kube.node_proxy.0.as_str(), kube.node_proxy.1.as_str())
         {
-            let node = match (&who.node_name, &who.pod_name) {
-                (Some(node), _) => node.clone(),
-                (None, Some(pod)) => placement.pod_node(&who.namespace, pod).ok_or_else(|| {
-                    Status::permission_denied(format!(
-                        "the token is bound to pod {}/{pod}, which is not (yet) known to run on any node",
-                        who.namespace
-                    ))
-                })?,
-                (None, None) => {
-                    return Err(Status::permission_denied(format!(
-                        "a token of {}/{} must be bound to a pod (a projected token) to name its node",
-                        who.namespace, who.service_account
-                    )));
-                }
-            };
-            return Ok(Caller::Node(node));
+            return Self::node_proxy(&who, placement).map(Caller::Node);
         }
         Identity::new(&kube.trust_domain, &who.namespace, &who.service_account).map(Caller::Workload).map_err(|e| {
-            Status::permission_denied(format!("service account {}/{}: {e}", who.namespace, who.service_account))
+            Refusal::TokenRejected.status(format!("service account {}/{}: {e}", who.namespace, who.service_account))
         })
+    }
+
+    /// The node of the node proxy holding `who`, as istiod's node authorizer finds it: from
+    /// the pod the token is bound to, which must be that very pod (a pod deleted and created
+    /// again under the same name has another uid, and a token of the old one must not speak
+    /// for the new one's node), running as the token's service account. Kubernetes 1.30+
+    /// also names the node in the token; a pod never moves, so a different node there means
+    /// our view of the pod is not the API server's, and nothing is granted on it.
+    fn node_proxy<P: Placement>(who: &ServiceAccountToken, placement: &P) -> Result<String, Status> {
+        let ns = &who.namespace;
+        let Some(name) = &who.pod_name else {
+            return Err(Refusal::TokenNotBoundToPod.status(format!(
+                "a token of {ns}/{} must be bound to a pod (a projected token) to name its node",
+                who.service_account
+            )));
+        };
+        let pod = placement.pod(ns, name).ok_or_else(|| {
+            Refusal::CallerPodUnknown
+                .status(format!("the token is bound to pod {ns}/{name}, which is not (yet) known to istiod-lite"))
+        })?;
+        if pod.uid.is_none() || pod.uid != who.pod_uid {
+            return Err(Refusal::CallerPodMismatch.status(format!(
+                "the token was issued for pod {ns}/{name} with uid {}, but the pod of that name has uid {} \
+                 (it was deleted and created again)",
+                who.pod_uid.as_deref().unwrap_or("(none)"),
+                pod.uid.as_deref().unwrap_or("(none)")
+            )));
+        }
+        if pod.service_account != who.service_account {
+            return Err(Refusal::CallerPodMismatch.status(format!(
+                "pod {ns}/{name} runs as service account {}, not {} as its token says",
+                pod.service_account, who.service_account
+            )));
+        }
+        if pod.node.is_empty() {
+            return Err(Refusal::CallerNodeUnknown.status(format!("pod {ns}/{name} is not scheduled on any node")));
+        }
+        if let Some(claimed) = &who.node_name
+            && *claimed != pod.node
+        {
+            return Err(Refusal::CallerPodMismatch.status(format!(
+                "the token says pod {ns}/{name} is on node {claimed}, istiod-lite knows it on node {}",
+                pod.node
+            )));
+        }
+        Ok(pod.node)
     }
 }
 
@@ -166,7 +362,7 @@ pub(crate) fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str, St
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| Status::unauthenticated("no bearer token"))
+        .ok_or_else(|| Refusal::NoToken.status("no bearer token"))
 }
 
 /// Who is asking, once authenticated.
@@ -219,23 +415,24 @@ impl<P: Placement> CaService<P> {
             });
         let identity = match caller {
             Caller::Node(node) => {
-                let wanted = wanted
-                    .ok_or_else(|| Status::invalid_argument(format!("metadata.{IMPERSONATED_IDENTITY} is required")))?;
-                let identity: Identity = wanted
-                    .parse()
-                    .map_err(|e| Status::invalid_argument(format!("metadata.{IMPERSONATED_IDENTITY}: {e}")))?;
+                let wanted = wanted.ok_or_else(|| {
+                    Refusal::BadImpersonatedIdentity.status(format!("metadata.{IMPERSONATED_IDENTITY} is required"))
+                })?;
+                let identity: Identity = wanted.parse().map_err(|e| {
+                    Refusal::BadImpersonatedIdentity.status(format!("metadata.{IMPERSONATED_IDENTITY}: {e}"))
+                })?;
                 self.check_trust_domain(&identity)?;
                 // A pod not yet scheduled has an empty `spec.nodeName`; istiod never indexes it
                 // (node_auth.go: `if len(pod.Spec.NodeName) == 0 { return nil }`), so no node
                 // proxy may have its identity. A node proxy with an empty node name (a
                 // bootstrap token file with an empty key) would otherwise match exactly those.
                 if node.is_empty() {
-                    return Err(Status::permission_denied(format!(
+                    return Err(Refusal::CallerNodeUnknown.status(format!(
                         "the node proxy has no node name, so no pod is on its node to run as {identity}"
                     )));
                 }
                 if !self.placement.runs_on(&identity, node) {
-                    return Err(Status::permission_denied(format!("no pod running as {identity} is on node {node}")));
+                    return Err(Refusal::NotOnNode.status(format!("no pod running as {identity} is on node {node}")));
                 }
                 identity
             }
@@ -243,7 +440,9 @@ impl<P: Placement> CaService<P> {
                 if let Some(w) = wanted
                     && w != own.as_str()
                 {
-                    return Err(Status::permission_denied(format!("{own} may only have its own identity, not {w}")));
+                    return Err(
+                        Refusal::NotOwnIdentity.status(format!("{own} may only have its own identity, not {w}"))
+                    );
                 }
                 own.clone()
             }
@@ -255,7 +454,9 @@ impl<P: Placement> CaService<P> {
     fn check_trust_domain(&self, identity: &Identity) -> Result<(), Status> {
         let ours = self.signer.trust_domain();
         if identity.trust_domain() != ours {
-            return Err(Status::permission_denied(format!("{identity} is not of the mesh's trust domain {ours}")));
+            return Err(
+                Refusal::ForeignTrustDomain.status(format!("{identity} is not of the mesh's trust domain {ours}"))
+            );
         }
         Ok(())
     }
@@ -264,7 +465,14 @@ impl<P: Placement> CaService<P> {
 /// Logs a refusal: who asked, from where, and why (the status's message, which never holds
 /// the token).
 fn refused(peer: &str, caller: &dyn std::fmt::Display, status: &Status) {
-    tracing::warn!(%peer, %caller, code = ?status.code(), reason = status.message(), "certificate refused");
+    tracing::warn!(
+        %peer,
+        %caller,
+        code = ?status.code(),
+        refusal = Refusal::of(status).unwrap_or("-"),
+        reason = status.message(),
+        "certificate refused"
+    );
 }
 
 #[tonic::async_trait]
@@ -283,18 +491,49 @@ impl<P: Placement> IstioCertificateService for CaService<P> {
         let body = req.into_inner();
         let ttl = (body.validity_duration > 0).then(|| Duration::from_secs(body.validity_duration as u64));
         let chain = self.signer.sign(&body.csr, &identity, ttl).map_err(|e| {
-            let status = match e {
-                CaError::Csr(_) => Status::invalid_argument(e.to_string()),
-                CaError::IdentityMismatch { .. } | CaError::TrustDomain { .. } => {
-                    Status::permission_denied(e.to_string())
-                }
-                CaError::Io { .. } | CaError::Root { .. } | CaError::Sign(_) => Status::internal(e.to_string()),
+            let reason = match e {
+                CaError::Csr(_) => Refusal::BadCsr,
+                CaError::IdentityMismatch { .. } => Refusal::CsrIdentityMismatch,
+                CaError::TrustDomain { .. } => Refusal::ForeignTrustDomain,
+                CaError::Io { .. } | CaError::Root { .. } | CaError::Sign(_) => Refusal::Internal,
             };
+            let status = reason.status(e.to_string());
             refused(&peer, &caller, &status);
             status
         })?;
         tracing::info!(%peer, %caller, %identity, "certificate issued");
         // The root also travels as the chain's last entry, where older clients look for it.
         Ok(Response::new(IstioCertificateResponse { cert_chain: chain, root_cert: None }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_tokens_are_found_by_digest_and_never_printed() {
+        let tokens: NodeTokens =
+            [("token-of-node-a-0123456789", "node-a"), ("token-of-node-b-9876543210", "node-b")].into_iter().collect();
+        assert_eq!(tokens.node("token-of-node-a-0123456789"), Some("node-a"));
+        assert_eq!(tokens.node("token-of-node-b-9876543210"), Some("node-b"));
+        for other in ["", "token-of-node-a-012345678", "token-of-node-a-0123456789 ", "TOKEN-OF-NODE-A-0123456789"] {
+            assert_eq!(tokens.node(other), None, "{other:?}");
+        }
+        let shown = format!("{tokens:?}");
+        assert!(shown.contains("node-a") && !shown.contains("0123456789"), "{shown}");
+        assert_eq!(tokens.len(), 2);
+    }
+
+    #[test]
+    fn every_refusal_has_its_own_label_its_status_carries() {
+        let labels: std::collections::HashSet<_> = Refusal::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), Refusal::ALL.len(), "labels must tell reasons apart");
+        for r in Refusal::ALL {
+            let s = r.status("why");
+            assert_eq!(Refusal::of(&s), Some(r.label()));
+            assert_eq!((s.code(), s.message()), (r.code(), "why"));
+        }
+        assert_eq!(Refusal::of(&Status::internal("from elsewhere")), None);
     }
 }

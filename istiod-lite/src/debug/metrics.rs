@@ -18,7 +18,7 @@
 //! | `istiod_lite_config_changes_total` | counter | configuration changes that changed resources |
 //! | `istiod_lite_proxy_convergence_seconds` | histogram | change → each connected proxy's ACK (push latency) |
 //! | `istiod_lite_certificates_issued_total` | counter | CSRs signed |
-//! | `istiod_lite_certificates_refused_total{reason}` | counter | CSRs refused, by gRPC code |
+//! | `istiod_lite_certificates_refused_total{reason,code}` | counter | CSRs refused, by why (`crate::ca::Refusal`) and gRPC code |
 
 use std::sync::Arc;
 
@@ -37,11 +37,14 @@ use xds::XdsServer;
 
 use crate::source::dir::WatchStatus;
 
-/// Label of a CA refusal.
+/// Labels of a CA refusal.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
+    /// Why, e.g. `not_on_node` ([`crate::ca::Refusal::label`]); `other` for a status that
+    /// does not say.
+    pub reason: &'static str,
     /// The gRPC code's name, e.g. `PermissionDenied`.
-    pub reason: String,
+    pub code: String,
 }
 
 /// Metrics recorded as events happen.
@@ -78,7 +81,7 @@ impl Metrics {
         p.register("certificates_issued", "Workload certificates signed", m.certificates_issued.clone());
         p.register(
             "certificates_refused",
-            "Certificate requests refused, by gRPC code",
+            "Certificate requests refused, by reason and gRPC code",
             m.certificates_refused.clone(),
         );
         registry.register_collector(Box::new(XdsCollector { xds, status }));
@@ -177,9 +180,14 @@ impl<S: IstioCertificateService> IstioCertificateService for CountedCa<S> {
                 self.metrics.certificates_issued.inc();
             }
             Err(s) => {
+                // Labels from a fixed set: the reason is matched back to its static label, so a
+                // status from elsewhere cannot grow the family.
+                let reason = crate::ca::Refusal::of(s)
+                    .and_then(|r| crate::ca::Refusal::ALL.iter().map(|r| r.label()).find(|l| *l == r))
+                    .unwrap_or("other");
                 self.metrics
                     .certificates_refused
-                    .get_or_create(&RefusalLabels { reason: format!("{:?}", s.code()) })
+                    .get_or_create(&RefusalLabels { reason, code: format!("{:?}", s.code()) })
                     .inc();
             }
         }

@@ -44,6 +44,10 @@ pub struct ObjectMeta {
     /// keeps running (and serving) through its grace period; its workload is UNHEALTHY.
     #[serde(default)]
     pub deletion_timestamp: Option<String>,
+    /// `metadata.uid`: tells a pod from an earlier one of the same name (the CA checks that a
+    /// node proxy's token is of the pod it names).
+    #[serde(default)]
+    pub uid: Option<String>,
 }
 
 /// `metadata.ownerReferences[]`.
