@@ -6,6 +6,11 @@
 //! schema): on a route that is also attached to another controller's Gateway, that
 //! controller's entry is rewritten on its next reconcile. Routes written by no one else (mesh
 //! routes to Services) are the common case.
+//!
+//! Each apply carries the conditions that hold now and nothing else: a condition that no
+//! longer holds (`PartiallyInvalid` once the dropped rules are fixed, which the Gateway API
+//! says must then not be set at all) is left out, and server-side apply removes what this field
+//! manager applied before and no longer applies.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +25,18 @@ use crate::translator::Translator;
 
 /// `controllerName` of our entries (Istio's, so tooling that looks for it finds them).
 pub const CONTROLLER_NAME: &str = "istio.io/gateway-controller";
+
+/// The longest condition message the API server takes (`metav1.Condition`); a longer one would
+/// get the whole status refused. A list of dropped rules with long regexes can get there.
+const MESSAGE_MAX: usize = 32_768;
+
+fn bounded(message: &str) -> &str {
+    let mut end = message.len().min(MESSAGE_MAX);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
 
 /// The server-side apply body of a route's status.
 pub fn status_body(route: &ObjectKey, parents: &[ParentStatus], generation: i64, now: &str) -> Value {
@@ -38,7 +55,7 @@ pub fn status_body(route: &ObjectKey, parents: &[ParentStatus], generation: i64,
                         "type": c.type_,
                         "status": if c.status { "True" } else { "False" },
                         "reason": c.reason,
-                        "message": c.message,
+                        "message": bounded(&c.message),
                         "observedGeneration": generation,
                         "lastTransitionTime": now,
                     })

@@ -76,3 +76,29 @@ fn status_reports_the_address_once_there_is_one() {
     assert_eq!(s["status"]["conditions"][1]["status"], "False");
     assert!(s["status"]["addresses"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn a_route_condition_message_is_cut_to_what_the_api_server_takes() {
+    use crate::model::{Kind, ObjectKey};
+    use crate::translate::route::{Condition, ParentStatus};
+    let long = "é".repeat(20_000);
+    let parent = ParentStatus {
+        parent_ref: "Service shop/web".into(),
+        group: String::new(),
+        kind: "Service".into(),
+        namespace: "shop".into(),
+        name: "web".into(),
+        port: None,
+        conditions: vec![Condition {
+            type_: "PartiallyInvalid",
+            status: true,
+            reason: "UnsupportedValue",
+            message: format!("Dropped Rule(s) {long}"),
+        }],
+    };
+    let key = ObjectKey::new(Kind::HttpRoute, "shop", "r");
+    let body = route_status::status_body(&key, &[parent], 1, "2026-01-01T00:00:00Z");
+    let message = body["status"]["parents"][0]["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.starts_with("Dropped Rule(s) é"));
+    assert!(message.len() <= 32_768 && message.len() > 32_000, "{}", message.len());
+}

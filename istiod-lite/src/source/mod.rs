@@ -17,7 +17,7 @@ use crate::error::{ConfigError, Location, ObjectError};
 use crate::model::{Kind, Object, ObjectKey};
 
 pub use validate::{L4_WHEN_KEYS, parse_cidr, parse_port};
-pub use validate_route::check_regex;
+pub use validate_route::{InvalidRule, check_regex, invalid_rules};
 
 /// A parsed object and where it came from.
 #[derive(Clone, Debug)]

@@ -1,6 +1,7 @@
 //! Checks on values the schema cannot express (addresses, ports, condition keys, field
 //! combinations), so a bad object is rejected whole with the field named, as Istio's
-//! validating webhook would reject it at `kubectl apply`.
+//! validating webhook would reject it at `kubectl apply`. Routes are the exception: an invalid
+//! rule beside valid ones is dropped, not the route ([`super::validate_route`]).
 
 use std::net::IpAddr;
 

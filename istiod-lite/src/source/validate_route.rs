@@ -1,7 +1,13 @@
 //! Checks on `HTTPRoute` and `GRPCRoute` values the schema cannot express (match types, regexes,
-//! filter combinations, durations), so a bad route is rejected whole with the field named, as
-//! the Gateway API's CRD validation would reject it at `kubectl apply`. Route translation relies
-//! on what is checked here.
+//! filter combinations, durations), with the field named.
+//!
+//! Problems outside the rules (`parentRefs`, `hostnames`) refuse the route whole, as the Gateway
+//! API's CRD validation would refuse it at `kubectl apply`. A problem inside one rule (its
+//! matches, filters, backendRefs, timeouts, retry) makes only that rule invalid: the Gateway API
+//! lets an implementation drop such a rule and serve the others (`PartiallyInvalid`, "Dropped
+//! Rule"), which is what route translation does with [`invalid_rules`]. A route whose every rule
+//! is invalid has nothing left to serve and is refused whole. Route translation relies on what
+//! is checked here.
 
 use crate::error::ObjectError;
 use crate::k8s::gateway::{
@@ -47,7 +53,29 @@ fn hostname_field(field: String, h: Option<&str>) -> Result<(), ObjectError> {
     }
 }
 
-/// Validates one route; `grpc` for a `GRPCRoute`.
+/// A rule of a route that cannot be served, and the first problem found in it.
+#[derive(Debug)]
+pub struct InvalidRule {
+    /// Its index in `spec.rules`.
+    pub index: usize,
+    /// What is wrong; the field path starts with `spec.rules[<index>]`.
+    pub error: ObjectError,
+}
+
+/// The rules of `r` that are invalid, in order; `grpc` for a `GRPCRoute`.
+pub fn invalid_rules(r: &Route, grpc: bool) -> Vec<InvalidRule> {
+    r.spec
+        .rules
+        .iter()
+        .enumerate()
+        .filter_map(|(index, rule)| {
+            self::rule(&format!("spec.rules[{index}]"), rule, grpc).err().map(|error| InvalidRule { index, error })
+        })
+        .collect()
+}
+
+/// Validates one route; `grpc` for a `GRPCRoute`. Invalid rules pass while another rule is
+/// valid (translation drops them); when none is, the first rule's problem refuses the route.
 pub(super) fn route(r: &Route, grpc: bool) -> Result<(), ObjectError> {
     for (i, p) in r.spec.parent_refs.iter().enumerate() {
         if p.name.is_empty() {
@@ -64,8 +92,11 @@ pub(super) fn route(r: &Route, grpc: bool) -> Result<(), ObjectError> {
             return Err(invalid(format!("spec.hostnames[{i}]"), format!("{h:?} is not a hostname")));
         }
     }
-    for (i, rule) in r.spec.rules.iter().enumerate() {
-        self::rule(&format!("spec.rules[{i}]"), rule, grpc)?;
+    let invalid = invalid_rules(r, grpc);
+    if invalid.len() == r.spec.rules.len()
+        && let Some(first) = invalid.into_iter().next()
+    {
+        return Err(first.error);
     }
     Ok(())
 }

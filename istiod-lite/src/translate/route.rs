@@ -22,12 +22,22 @@
 //! - Filters: header names and redirect / rewrite hostnames are sent in lower case; a redirect's
 //!   `statusCode` is any of the API's enum (301, 302, 303, 307, 308).
 //!
-//! Input was validated when read ([`crate::source`]): values here are known to be good. A route
-//! the API refuses (an unknown redirect `statusCode`, a header name given twice in one header
-//! modifier, case aside, across `set`/`add`/`remove`, a redirect or rewrite `hostname` that is not
-//! a `PreciseHostname`) is rejected whole there, naming the object and field, as the API server
-//! would refuse it at `kubectl apply`: it is reported as a rejected object and never reaches
-//! translation.
+//! - Invalid rules (an unknown redirect `statusCode`, a header name given twice in one header
+//!   modifier, case aside, across `set`/`add`/`remove`, a redirect or rewrite `hostname` that is
+//!   not a `PreciseHostname`, an unsupported filter, ...; see [`crate::source::invalid_rules`])
+//!   are dropped, as the Gateway API's "Dropped Rule" way of `PartiallyInvalid` has it: the
+//!   route's other rules are sent and served, each accepted parent gets `PartiallyInvalid` True
+//!   (reason `UnsupportedValue`, message `Dropped Rule(s) spec.rules[i]: <field>: <why>; ...`)
+//!   beside `Accepted` True, and each dropped rule is a translation warning naming the field.
+//!   The waypoint never sees a dropped rule, so it has nothing to refuse. A fully valid route
+//!   has no `PartiallyInvalid` condition at all (the API forbids `False`), so the condition goes
+//!   away when the route is fixed.
+//!
+//! Input was otherwise validated when read ([`crate::source`]). A route with a problem outside
+//! its rules (`parentRefs`, `hostnames`), or whose every rule is invalid, is rejected whole
+//! there, naming the object and field, as the API server would refuse it at `kubectl apply`: it
+//! is reported as a rejected object and never reaches translation. (Should one reach it anyway,
+//! every parent is refused with `UnsupportedValue` and nothing is sent.)
 
 use std::fmt;
 
@@ -40,6 +50,7 @@ use crate::k8s::gateway::{
     BackendObjectRef, MethodMatch, ParentReference, PathModifier, Route, RouteFilter, parse_duration,
 };
 use crate::model::Model;
+use crate::source::{InvalidRule, invalid_rules};
 
 /// `<namespace>/<HTTPRoute|GRPCRoute>/<name>`, the resource name.
 pub fn resource_name(namespace: &str, grpc: bool, name: &str) -> String {
@@ -49,7 +60,7 @@ pub fn resource_name(namespace: &str, grpc: bool, name: &str) -> String {
 /// One status condition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Condition {
-    /// `Accepted` or `ResolvedRefs`.
+    /// `Accepted`, `ResolvedRefs` or `PartiallyInvalid`.
     #[serde(rename = "type")]
     pub type_: &'static str,
     /// `True` / `False`.
@@ -76,7 +87,7 @@ pub struct ParentStatus {
     pub name: String,
     /// `parentRef.port`.
     pub port: Option<u16>,
-    /// `Accepted` then `ResolvedRefs`.
+    /// `Accepted`, `ResolvedRefs`, then `PartiallyInvalid` when rules were dropped.
     pub conditions: Vec<Condition>,
 }
 
@@ -97,7 +108,7 @@ pub struct Outcome {
     pub route: Option<pb::Route>,
     /// `status.parents`.
     pub parents: Vec<ParentStatus>,
-    /// Problems worth a warning (unresolved references, parents without a waypoint).
+    /// Problems worth a warning (unresolved references, parents without a waypoint, dropped rules).
     pub warnings: Vec<String>,
 }
 
@@ -288,11 +299,39 @@ pub fn epoch_seconds(ts: &str) -> i64 {
     parse().unwrap_or(0)
 }
 
+/// `spec.rules[i]: <field within the rule>: <why>`, the form the `PartiallyInvalid` message
+/// lists dropped rules in.
+fn dropped_rule(d: &InvalidRule) -> String {
+    let rule = format!("spec.rules[{}]", d.index);
+    let full = d.error.to_string();
+    match full.strip_prefix(&rule).and_then(|rest| rest.strip_prefix('.')) {
+        Some(within) => format!("{rule}: {within}"),
+        None => format!("{rule}: {full}"),
+    }
+}
+
 /// Translates one route; `grpc` for a `GRPCRoute`.
 pub fn translate(cfg: &MeshConfig, model: &Model, grpc: bool, r: &Route) -> Outcome {
     let ns = r.metadata.namespace.as_str();
     let mut cx = Cx { cfg, model, ns, grpc, unresolved: None, warnings: Vec::new() };
-    let rules = rules(&mut cx, grpc, r);
+    let dropped = invalid_rules(r, grpc);
+    let every_rule_dropped = !dropped.is_empty() && dropped.len() == r.spec.rules.len();
+    let dropped_list = dropped.iter().map(dropped_rule).collect::<Vec<_>>().join("; ");
+    // Accepted with nothing to serve would hide the problem: such a route is refused instead
+    // (the source refuses it first; this keeps translation right on its own).
+    let refused_for_rules = every_rule_dropped.then(|| format!("every rule is invalid: {dropped_list}"));
+    let partially_invalid = (!dropped.is_empty() && !every_rule_dropped).then(|| Condition {
+        type_: "PartiallyInvalid",
+        status: true,
+        reason: "UnsupportedValue",
+        message: format!("Dropped Rule(s) {dropped_list}"),
+    });
+    if !every_rule_dropped {
+        for d in &dropped {
+            cx.warnings.push(format!("Dropped Rule spec.rules[{}] (the other rules are served): {}", d.index, d.error));
+        }
+    }
+    let rules = rules(&mut cx, grpc, r, &dropped);
     let resolved = match cx.unresolved.take() {
         None => Condition { type_: "ResolvedRefs", status: true, reason: "ResolvedRefs", message: String::new() },
         Some(u) => Condition { type_: "ResolvedRefs", status: false, reason: u.reason, message: u.message },
@@ -349,11 +388,20 @@ pub fn translate(cfg: &MeshConfig, model: &Model, grpc: bool, r: &Route) -> Outc
             },
             _ => refused("InvalidKind", format!("spec.parentRefs[{i}]: {group}/{kind} cannot be a route parent")),
         };
-        let accepted_cond = match verdict {
-            None => Condition { type_: "Accepted", status: true, reason: "Accepted", message: String::new() },
+        let verdict = match (verdict, &refused_for_rules) {
+            (None, Some(message)) => refused("UnsupportedValue", message.clone()),
+            (verdict, _) => verdict,
+        };
+        let conditions = match verdict {
+            None => {
+                let accepted =
+                    Condition { type_: "Accepted", status: true, reason: "Accepted", message: String::new() };
+                // Only beside Accepted True: the API forbids it on a route that is not accepted.
+                [Some(accepted), Some(resolved.clone()), partially_invalid.clone()].into_iter().flatten().collect()
+            }
             Some((reason, message)) => {
                 cx.warnings.push(message.clone());
-                Condition { type_: "Accepted", status: false, reason, message }
+                vec![Condition { type_: "Accepted", status: false, reason, message }, resolved.clone()]
             }
         };
         parents.push(ParentStatus {
@@ -363,10 +411,10 @@ pub fn translate(cfg: &MeshConfig, model: &Model, grpc: bool, r: &Route) -> Outc
             namespace: pns.to_owned(),
             name: p.name.clone(),
             port: p.port,
-            conditions: vec![accepted_cond, resolved.clone()],
+            conditions,
         });
     }
-    let route = (!accepted.is_empty()).then(|| pb::Route {
+    let route = (!accepted.is_empty() && refused_for_rules.is_none()).then(|| pb::Route {
         namespace: ns.to_owned(),
         name: r.metadata.name.clone(),
         kind: if grpc { pb::route::Kind::Grpc } else { pb::route::Kind::Http } as i32,
@@ -378,11 +426,16 @@ pub fn translate(cfg: &MeshConfig, model: &Model, grpc: bool, r: &Route) -> Outc
     Outcome { route, parents, warnings: cx.warnings }
 }
 
-fn rules(cx: &mut Cx<'_>, grpc: bool, r: &Route) -> Vec<pb::Rule> {
+/// The rules to send: all but the `dropped` ones, whose backends are not resolved either (they
+/// say nothing about `ResolvedRefs` of what is served).
+fn rules(cx: &mut Cx<'_>, grpc: bool, r: &Route, dropped: &[InvalidRule]) -> Vec<pb::Rule> {
     let default_rule = [crate::k8s::gateway::RouteRule::default()];
     let written = if r.spec.rules.is_empty() { &default_rule[..] } else { &r.spec.rules[..] };
     let mut out = Vec::new();
     for (i, rule) in written.iter().enumerate() {
+        if dropped.iter().any(|d| d.index == i) {
+            continue;
+        }
         let base = format!("spec.rules[{i}]");
         let mut matches: Vec<pb::Match> = rule.matches.iter().map(|m| route_match(grpc, m)).collect();
         if matches.is_empty() && !grpc {
