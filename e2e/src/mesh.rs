@@ -13,6 +13,9 @@
 //! and its pod IP as `INSTANCE_IP`.
 //! Services and namespaces opt in with `istio.io/use-waypoint` ([`ServiceSpec::use_waypoint`],
 //! [`MeshSpec::namespace_waypoints`]); routes go in [`MeshSpec::k8s_routes_yaml`].
+//! For locality, nodes can carry a region and zone ([`MeshSpec::node_localities`]), Services
+//! more of their `spec` ([`MeshSpec::service_spec_yaml`]), and a pod can stop being ready at
+//! run time ([`Mesh::set_pod_ready`]).
 //!
 //! The binaries come from the build directory (`target/<profile>/`), or from `MESH_BIN_DIR`.
 
@@ -172,6 +175,15 @@ pub struct MeshSpec {
     pub k8s_routes_yaml: String,
     /// The node agent program to run; default: the mesh's ([`bin`]`("ztunnel-agent")`).
     pub agent_binary: Option<PathBuf>,
+    /// With `control_plane`: (region, zone) of node `n` at index `n - 1`, written as `Node`
+    /// objects with the `topology.kubernetes.io` labels from which istiod-lite derives each
+    /// workload's locality. Empty: no `Node` objects (no workload has a locality).
+    pub node_localities: Vec<(String, String)>,
+    /// With `control_plane`: more of a Service's `spec` than [`ServiceSpec`] holds, as
+    /// (`namespace/name`, YAML lines indented for `spec`), e.g.
+    /// `  trafficDistribution: PreferClose\n`. Kept apart from [`ServiceSpec`] so that the specs
+    /// written as struct literals elsewhere stay valid.
+    pub service_spec_yaml: Vec<(String, String)>,
 }
 
 /// A running mesh.
@@ -193,6 +205,8 @@ pub struct Mesh {
     istiod: Option<Process>,
     /// Waypoint processes, in [`MeshSpec::waypoints`] order.
     waypoints: Vec<Process>,
+    /// `namespace/name` of the pods whose `Ready` condition is `False` ([`Mesh::set_pod_ready`]).
+    unready: Vec<String>,
 }
 
 /// Local ports of one ztunnel instance. Two instances run side by side on a node during a
@@ -282,6 +296,7 @@ impl Mesh {
             alt_ports: Vec::new(),
             istiod: None,
             waypoints: Vec::new(),
+            unready: Vec::new(),
         };
         // A waypoint's pod is a pod like any other, opted out of capture.
         for w in mesh.spec.waypoints.clone() {
@@ -493,9 +508,10 @@ impl Mesh {
             {
                 let _ = writeln!(labels, "    backs-{}: \"true\"", s.name);
             }
+            let ready = if self.unready.contains(&format!("{}/{}", p.namespace, p.name)) { "False" } else { "True" };
             let status = match self.pods.get(i) {
                 Some(pod) => format!(
-                    "status:\n  podIP: {ip}\n  podIPs: [{{ip: {ip}}}]\n  conditions: [{{type: Ready, status: \"True\"}}]\n",
+                    "status:\n  podIP: {ip}\n  podIPs: [{{ip: {ip}}}]\n  conditions: [{{type: Ready, status: \"{ready}\"}}]\n",
                     ip = pod.ip
                 ),
                 None => String::new(),
@@ -515,10 +531,20 @@ impl Mesh {
                 Some(wp) => format!("  labels:\n    istio.io/use-waypoint: {wp}\n"),
                 None => String::new(),
             };
+            let key = format!("{}/{}", s.namespace, s.name);
+            let extra: String =
+                self.spec.service_spec_yaml.iter().filter(|(k, _)| *k == key).map(|(_, y)| y.as_str()).collect();
             let _ = write!(
                 y,
-                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\n{labels}spec:\n  clusterIP: {}\n  selector:\n    backs-{}: \"true\"\n  ports:\n  - port: {}\n    targetPort: {}\n",
+                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\n{labels}spec:\n  clusterIP: {}\n  selector:\n    backs-{}: \"true\"\n  ports:\n  - port: {}\n    targetPort: {}\n{extra}",
                 s.name, s.namespace, s.vip, s.name, s.port, s.target_port
+            );
+        }
+        for (n, (region, zone)) in self.spec.node_localities.iter().enumerate() {
+            let _ = write!(
+                y,
+                "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: node{}\n  labels:\n    topology.kubernetes.io/region: {region}\n    topology.kubernetes.io/zone: {zone}\n",
+                n + 1
             );
         }
         for w in &self.spec.waypoints {
@@ -848,6 +874,23 @@ impl Mesh {
             self.write_state()?
         }
         Ok(&self.pods[i])
+    }
+
+    /// Sets pod `namespace/name`'s `Ready` condition in the cluster's YAML, as its kubelet would
+    /// when a readiness probe starts failing (or passes again); the pod and its programs keep
+    /// running. Services stop (or resume) choosing it once the proxies have the new config.
+    pub fn set_pod_ready(&mut self, namespace: &str, name: &str, ready: bool) -> Result<(), MeshError> {
+        if !self.spec.control_plane {
+            return Err(MeshError::Spec("pod readiness needs control_plane"));
+        }
+        // A pod the spec does not have is a mistake in the test: fail as loudly as the others.
+        self.pod_index(namespace, name);
+        let key = format!("{namespace}/{name}");
+        self.unready.retain(|k| *k != key);
+        if !ready {
+            self.unready.push(key);
+        }
+        self.write_k8s()
     }
 
     /// Adds a pod to the running mesh, as a runtime would: the cluster learns of it first (so
