@@ -103,6 +103,8 @@ fn each_dropped_rule_is_named_and_its_backends_are_not_resolved() {
     let t = load("partially-invalid-many", &http_route(&[BAD_HEADERS, GOOD_RULE, BAD_REDIRECT]));
     let route = &t.routes()["shop/HTTPRoute/r"];
     assert_eq!(route.rules.iter().map(paths).collect::<Vec<_>>(), [["/good"]]);
+    // Sent first, it still says it is spec.rules[1], which names it in the waypoint's logs.
+    assert_eq!(route.rules[0].index, Some(1));
     let cs = conditions(&t, &key());
     let partial = condition(&cs, "PartiallyInvalid").unwrap();
     assert_eq!(

@@ -476,7 +476,16 @@ fn rules(cx: &mut Cx<'_>, grpc: bool, r: &Route, dropped: &[InvalidRule]) -> Vec
                 duration(rt.backoff.as_deref()).unwrap_or(prost_types::Duration { seconds: 0, nanos: 25_000_000 }),
             ),
         });
-        out.push(pb::Rule { name: rule.name.clone().unwrap_or_default(), matches, filters, backends, timeouts, retry });
+        out.push(pb::Rule {
+            name: rule.name.clone().unwrap_or_default(),
+            matches,
+            filters,
+            backends,
+            timeouts,
+            retry,
+            // Its place in spec.rules, which names it while an invalid rule before it is dropped.
+            index: u32::try_from(i).ok(),
+        });
     }
     out
 }

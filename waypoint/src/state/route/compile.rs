@@ -316,7 +316,11 @@ impl TryFrom<pb::Route> for CompiledRoute {
                 })
             });
             let timeouts = rule.timeouts.unwrap_or_default();
-            let id = if rule.name.is_empty() { format!("{name}#{ri}") } else { format!("{name}#{}", rule.name) };
+            let id = if rule.name.is_empty() {
+                format!("{name}#{}", rule.index.map_or(ri, |i| i as usize))
+            } else {
+                format!("{name}#{}", rule.name)
+            };
             rules.push((
                 Arc::new(Rule {
                     route: route.clone(),

@@ -408,3 +408,33 @@ fn backend_and_mirror_hostnames_are_lower_case_once_compiled() {
     .unwrap();
     assert_eq!(r.rules[0].0.backends[0].hostname, "b.ns.svc.cluster.local");
 }
+
+/// An unnamed rule is named by its place in spec.rules, which istiod-lite sends when it has
+/// dropped an invalid rule before it; without it, the place in the list received.
+#[test]
+fn an_unnamed_rule_is_named_by_its_place_in_spec_rules() {
+    let unnamed = |index: Option<u32>, prefix: &str| pb::Rule {
+        matches: vec![m_path(pb::MatchType::PathPrefix, prefix)],
+        backends: vec![backend("b.ns.svc.cluster.local", 80, 1)],
+        index,
+        ..Default::default()
+    };
+    let r = CompiledRoute::try_from(pb::Route {
+        namespace: "ns".into(),
+        name: "r".into(),
+        parents: vec![pb::ParentService { hostname: "svc.ns.svc.cluster.local".into(), port: 0 }],
+        rules: vec![unnamed(Some(1), "/a"), unnamed(Some(3), "/b"), unnamed(None, "/c")],
+        ..Default::default()
+    })
+    .unwrap();
+    let at = |path: &str| {
+        let headers = HeaderMap::new();
+        pick_in(
+            std::slice::from_ref(&r),
+            &RequestView { method: &Method::GET, path, query: None, headers: &headers, host: "svc" },
+        )
+    };
+    assert_eq!(at("/a"), "ns/HTTPRoute/r#1");
+    assert_eq!(at("/b"), "ns/HTTPRoute/r#3");
+    assert_eq!(at("/c"), "ns/HTTPRoute/r#2", "no index: its place in the list");
+}
