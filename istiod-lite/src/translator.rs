@@ -8,7 +8,8 @@
 //! (its namespace, or all for the root namespace); a PeerAuthentication → the converted policies
 //! and workloads of its namespace (all for the root namespace) and the static STRICT policy;
 //! a Gateway → every workload and service (waypoint labels may point across namespaces), every
-//! route and every waypoint policy. For waypoints: a route → itself; a Service → its backend
+//! route and every waypoint policy. For waypoints: a route → itself (a GRPCRoute also → the
+//! HTTPRoutes of its namespace, whose Service ports it may take); a Service → its backend
 //! policy and its namespace's routes (parents and backends resolve against Services of the
 //! route's namespace only); a namespace → its routes (whether their parents use a waypoint);
 //! an AuthorizationPolicy → its L7 policy.
@@ -311,6 +312,11 @@ impl Translator {
             }
             Kind::GrpcRoute => {
                 d.insert(Dirty::Route(true, nn));
+                // A GRPCRoute takes the Service ports it binds from the HTTPRoutes of its
+                // namespace (route types conflict only on Services of the routes' namespace).
+                d.extend(
+                    in_namespace(&self.model.http_routes, &key.namespace).map(|(k, _)| Dirty::Route(false, k.clone())),
+                );
             }
             Kind::ReferenceGrant => self.routes_into(&key.namespace, &mut d),
         }

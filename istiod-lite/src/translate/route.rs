@@ -7,6 +7,10 @@
 //!   a Service in another namespace (a "consumer" route) is `UnsupportedValue`. Parents that
 //!   are Gateways of another class belong to another controller and are skipped. A route with
 //!   no accepted parent sends nothing.
+//! - Route types: one type is applied per Service port, GRPCRoute before HTTPRoute (the Gateway
+//!   API's mesh binding). An HTTPRoute parent that binds a port of a Service that an accepted
+//!   GRPCRoute binds too is refused, `Conflicted`, naming the GRPCRoutes (also a translation
+//!   warning of the HTTPRoute); a parent without a port binds every port (`grpc_routes_taking`).
 //! - Backends: Services resolve to their FQDN. A Service in another namespace needs a
 //!   `ReferenceGrant` there whose `from` names this route's kind and namespace and whose `to`
 //!   names core `Service` (all of them, or this one by name). A reference that does not
@@ -46,10 +50,11 @@ use serde::Serialize;
 
 use super::MeshConfig;
 use super::waypoint::{For, resolve};
+use crate::k8s::core::Service;
 use crate::k8s::gateway::{
     BackendObjectRef, MethodMatch, ParentReference, PathModifier, Route, RouteFilter, parse_duration,
 };
-use crate::model::Model;
+use crate::model::{Model, in_namespace};
 use crate::source::{InvalidRule, invalid_rules};
 
 /// `<namespace>/<HTTPRoute|GRPCRoute>/<name>`, the resource name.
@@ -310,6 +315,110 @@ fn dropped_rule(d: &InvalidRule) -> String {
     }
 }
 
+/// What one `parentRef` of a route names, before the route's own problems count.
+enum Parent<'m> {
+    /// A Service of the route's namespace, with the port asked for when there is one.
+    Service { svc: &'m Service, port: Option<u16> },
+    /// Not a parent this route can have: reason and message of `Accepted` False.
+    Refused(&'static str, String),
+    /// A Gateway of another class: another controller's parent, whose status is not ours.
+    Foreign,
+}
+
+/// Resolves `spec.parentRefs[i]` of a route in namespace `ns`.
+fn parent<'m>(model: &'m Model, ns: &str, i: usize, p: &ParentReference) -> Parent<'m> {
+    let group = p.group.as_deref().unwrap_or("gateway.networking.k8s.io");
+    let kind = p.kind.as_deref().unwrap_or("Gateway");
+    let pns = p.namespace.as_deref().unwrap_or(ns);
+    let refused = Parent::Refused;
+    match (group, kind) {
+        ("" | "core", "Service") if pns != ns => refused(
+            "UnsupportedValue",
+            format!(
+                "spec.parentRefs[{i}]: routes for Services of another namespace (consumer routes) are not supported"
+            ),
+        ),
+        ("" | "core", "Service") => match model.services.get(&(pns.to_owned(), p.name.clone())) {
+            None => refused("NoMatchingParent", format!("spec.parentRefs[{i}]: Service {pns}/{} not found", p.name)),
+            Some(svc) if p.port.is_some_and(|port| !svc.spec.ports.iter().any(|sp| sp.port == port)) => refused(
+                "NoMatchingParent",
+                format!("spec.parentRefs[{i}]: Service {pns}/{} has no port {}", p.name, p.port.unwrap_or(0)),
+            ),
+            Some(svc) => Parent::Service { svc, port: p.port },
+        },
+        ("gateway.networking.k8s.io", "Gateway") => match model.gateways.get(&(pns.to_owned(), p.name.clone())) {
+            Some(gw) if gw.spec.gateway_class_name == super::WAYPOINT_CLASS => refused(
+                "NotAllowedByListeners",
+                format!(
+                    "spec.parentRefs[{i}]: routes attach to the Services that use waypoint {pns}/{}, not to the waypoint Gateway",
+                    p.name
+                ),
+            ),
+            Some(_) => Parent::Foreign,
+            None => refused("NoMatchingParent", format!("spec.parentRefs[{i}]: Gateway {pns}/{} not found", p.name)),
+        },
+        _ => refused("InvalidKind", format!("spec.parentRefs[{i}]: {group}/{kind} cannot be a route parent")),
+    }
+}
+
+/// The GRPCRoutes of namespace `ns` that bind Service `service` where an HTTPRoute's
+/// `parentRef` with `port` binds it, described for the HTTPRoute's status (empty if none).
+///
+/// The Gateway API's mesh binding applies one route type per Service port: GRPCRoute before
+/// HTTPRoute (then TLSRoute and TCPRoute, which we do not serve). The loser is not applied
+/// there and its parent says `Accepted` False, reason `Conflicted`, naming the winners.
+///
+/// Ports follow what the waypoint does with a route's parents: a `parentRef` with a `port`
+/// binds that port (it must be one of the Service's, or the parent is `NoMatchingParent` and
+/// binds nothing); one without (sent as port 0) binds every port, as the waypoint files its
+/// rules under each port the Service declares and under its every-port fallback. So two
+/// bindings of one Service meet when either has no port or both have the same one.
+///
+/// Only accepted GRPCRoute parents take a port: a GRPCRoute parent refused for its own reason
+/// (unknown Service or port, another namespace) or a GRPCRoute refused whole (every rule
+/// invalid) takes none. Parents are Services of the route's own namespace, so only the
+/// GRPCRoutes of `ns` can conflict with an HTTPRoute of `ns`.
+///
+/// A port-less HTTPRoute parent loses whole even when the GRPCRoutes take only some of the
+/// Service's ports: status is per `parentRef`, and a parent served on the other ports while
+/// reported as not accepted (or reported accepted while its rules are left out on some port)
+/// would mislead whoever reads it. Naming a port in the HTTPRoute's `parentRef` serves it there.
+fn grpc_routes_taking(model: &Model, ns: &str, service: &str, port: Option<u16>) -> Vec<String> {
+    let mut out = Vec::new();
+    for ((_, name), g) in in_namespace(&model.grpc_routes, ns) {
+        let mut ports: Vec<Option<u16>> = g
+            .spec
+            .parent_refs
+            .iter()
+            .enumerate()
+            .filter_map(|(j, gp)| match parent(model, ns, j, gp) {
+                Parent::Service { svc, port: gport }
+                    if svc.metadata.name == service && (port.is_none() || gport.is_none() || port == gport) =>
+                {
+                    Some(port.or(gport))
+                }
+                _ => None,
+            })
+            .collect();
+        // Checked last: it compiles the route's regexes.
+        if ports.is_empty() || (!g.spec.rules.is_empty() && invalid_rules(g, true).len() == g.spec.rules.len()) {
+            continue;
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        let route = format!("GRPCRoute {ns}/{name} also binds");
+        out.push(match ports[..] {
+            [None, ..] => format!("{route} every port of Service {ns}/{service}"),
+            [Some(p)] => format!("{route} Service {ns}/{service} port {p}"),
+            _ => {
+                let list: Vec<String> = ports.iter().flatten().map(u16::to_string).collect();
+                format!("{route} Service {ns}/{service} ports {}", list.join(", "))
+            }
+        });
+    }
+    out
+}
+
 /// Translates one route; `grpc` for a `GRPCRoute`.
 pub fn translate(cfg: &MeshConfig, model: &Model, grpc: bool, r: &Route) -> Outcome {
     let ns = r.metadata.namespace.as_str();
@@ -342,54 +451,31 @@ pub fn translate(cfg: &MeshConfig, model: &Model, grpc: bool, r: &Route) -> Outc
         let group = p.group.as_deref().unwrap_or("gateway.networking.k8s.io");
         let kind = p.kind.as_deref().unwrap_or("Gateway");
         let pns = p.namespace.as_deref().unwrap_or(ns);
-        let refused = |reason: &'static str, message: String| Some((reason, message));
-        let verdict: Option<(&'static str, String)> = match (group, kind) {
-            ("" | "core", "Service") if pns != ns => refused(
-                "UnsupportedValue",
-                format!(
-                    "spec.parentRefs[{i}]: routes for Services of another namespace (consumer routes) are not supported"
-                ),
-            ),
-            ("" | "core", "Service") => match model.services.get(&(pns.to_owned(), p.name.clone())) {
-                None => {
-                    refused("NoMatchingParent", format!("spec.parentRefs[{i}]: Service {pns}/{} not found", p.name))
-                }
-                Some(svc) if p.port.is_some_and(|port| !svc.spec.ports.iter().any(|sp| sp.port == port)) => refused(
-                    "NoMatchingParent",
-                    format!("spec.parentRefs[{i}]: Service {pns}/{} has no port {}", p.name, p.port.unwrap_or(0)),
-                ),
-                Some(svc) => {
-                    if !matches!(resolve(cfg, model, pns, &svc.metadata.labels, For::Service, None), Ok(Some(_))) {
+        let verdict: Option<(&'static str, String)> = match parent(model, ns, i, p) {
+            Parent::Foreign => continue,
+            Parent::Refused(reason, message) => Some((reason, message)),
+            Parent::Service { svc, port } => match (!grpc).then(|| grpc_routes_taking(model, ns, &p.name, port)) {
+                Some(taken) if !taken.is_empty() => Some((
+                    "Conflicted",
+                    format!("spec.parentRefs[{i}]: {}; GRPCRoute takes precedence over HTTPRoute", taken.join(", ")),
+                )),
+                _ => {
+                    if !matches!(resolve(cfg, model, ns, &svc.metadata.labels, For::Service, None), Ok(Some(_))) {
                         cx.warnings.push(format!(
-                            "spec.parentRefs[{i}]: Service {pns}/{} does not use a waypoint; the route has no effect until it does",
+                            "spec.parentRefs[{i}]: Service {ns}/{} does not use a waypoint; the route has no effect until it does",
                             p.name
                         ));
                     }
                     accepted.push(pb::ParentService {
-                        hostname: cfg.hostname(pns, &p.name),
-                        port: u32::from(p.port.unwrap_or(0)),
+                        hostname: cfg.hostname(ns, &p.name),
+                        port: u32::from(port.unwrap_or(0)),
                     });
                     None
                 }
             },
-            ("gateway.networking.k8s.io", "Gateway") => match model.gateways.get(&(pns.to_owned(), p.name.clone())) {
-                Some(gw) if gw.spec.gateway_class_name == super::WAYPOINT_CLASS => refused(
-                    "NotAllowedByListeners",
-                    format!(
-                        "spec.parentRefs[{i}]: routes attach to the Services that use waypoint {pns}/{}, not to the waypoint Gateway",
-                        p.name
-                    ),
-                ),
-                // Another controller's Gateway: its status is not ours to write.
-                Some(_) => continue,
-                None => {
-                    refused("NoMatchingParent", format!("spec.parentRefs[{i}]: Gateway {pns}/{} not found", p.name))
-                }
-            },
-            _ => refused("InvalidKind", format!("spec.parentRefs[{i}]: {group}/{kind} cannot be a route parent")),
         };
         let verdict = match (verdict, &refused_for_rules) {
-            (None, Some(message)) => refused("UnsupportedValue", message.clone()),
+            (None, Some(message)) => Some(("UnsupportedValue", message.clone())),
             (verdict, _) => verdict,
         };
         let conditions = match verdict {
