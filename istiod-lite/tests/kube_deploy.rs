@@ -101,7 +101,7 @@ async fn route_status_is_written_once_per_change() {
     let t = Arc::new(Mutex::new(t));
     let mock = MockApi::start().await;
     let mut written = BTreeMap::new();
-    assert_eq!(sync(&mock.client(), &t, &mut written).await, 2);
+    assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut written).await, 2);
     let writes = mock.writes();
     let paths: Vec<&str> = writes.iter().map(|w| w.path.as_str()).collect();
     assert_eq!(
@@ -121,6 +121,6 @@ async fn route_status_is_written_once_per_change() {
     assert_eq!(parent["conditions"][0]["status"], "True");
     assert_eq!(parent["conditions"][1]["reason"], "ResolvedRefs");
     // Nothing changed: nothing written.
-    assert_eq!(sync(&mock.client(), &t, &mut written).await, 0);
+    assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut written).await, 0);
     assert_eq!(mock.writes().len(), 2);
 }

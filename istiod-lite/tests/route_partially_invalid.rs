@@ -204,7 +204,7 @@ async fn kubernetes_status_is_written_with_partially_invalid_then_without_it() {
     let t = Arc::new(Mutex::new(load("partially-invalid-kube", &http_route(&[GOOD_RULE, BAD_REDIRECT]))));
     let mock = MockApi::start().await;
     let mut written = BTreeMap::new();
-    assert_eq!(sync(&mock.client(), &t, &mut written).await, 1);
+    assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut written).await, 1);
     let body = mock.writes()[0].body.clone().unwrap();
     let conds = body["status"]["parents"][0]["conditions"].as_array().unwrap().clone();
     let get = |cs: &[serde_json::Value], type_: &str| cs.iter().find(|c| c["type"] == type_).cloned();
@@ -218,7 +218,7 @@ async fn kubernetes_status_is_written_with_partially_invalid_then_without_it() {
 
     let fixed = http_route(&[GOOD_RULE, &BAD_REDIRECT.replace("305", "308")]).replace("generation: 4", "generation: 5");
     t.lock().unwrap().apply(Change::Upsert(unvalidated(&fixed)));
-    assert_eq!(sync(&mock.client(), &t, &mut written).await, 1, "the status changed: written again");
+    assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut written).await, 1, "the status changed: written again");
     let body = mock.writes()[1].body.clone().unwrap();
     let conds = body["status"]["parents"][0]["conditions"].as_array().unwrap().clone();
     assert!(get(&conds, "PartiallyInvalid").is_none(), "{conds:?}");

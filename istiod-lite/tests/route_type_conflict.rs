@@ -279,7 +279,7 @@ async fn kubernetes_status_says_conflicted_then_accepted_once_the_grpc_route_is_
     let t = Arc::new(Mutex::new(t));
     let mock = MockApi::start().await;
     let mut written = BTreeMap::new();
-    assert_eq!(sync(&mock.client(), &t, &mut written).await, 2);
+    assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut written).await, 2);
     let http_status = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/orders-http/status";
     let last_http_status = || {
         let writes = mock.writes();
@@ -298,7 +298,7 @@ async fn kubernetes_status_says_conflicted_then_accepted_once_the_grpc_route_is_
     assert!(a["message"].as_str().unwrap().contains("GRPCRoute shop/orders-grpc"), "{a}");
 
     t.lock().unwrap().apply(Change::Delete(grpc_key("orders-grpc")));
-    assert_eq!(sync(&mock.client(), &t, &mut written).await, 1, "the HTTPRoute's status changed");
+    assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut written).await, 1, "the HTTPRoute's status changed");
     let a = last_http_status()["conditions"][0].clone();
     assert_eq!((a["status"].as_str(), a["reason"].as_str()), (Some("True"), Some("Accepted")));
 }

@@ -2,6 +2,14 @@
 //! it) written back to each `HTTPRoute` / `GRPCRoute` with a server-side apply of the status
 //! subresource, whenever it changes.
 //!
+//! A route the source rejected whole (a bad `hostnames` or `parentRefs` entry, every rule
+//! invalid, a field we do not know) is not in the model, but its status is written all the
+//! same, from what the source could read of it ([`RefusedRoute`]): each of its parents says
+//! `Accepted` False with the problem ([`route::refused`]), so `kubectl get` shows why it is not
+//! served. Once the route is valid its translated status replaces that. A route whose
+//! `parentRefs` cannot be read at all gets nothing: there is no parent to write for; the
+//! source's report (log, `/debug/errors`) is then the only word of it.
+//!
 //! The apply replaces `status.parents` as a whole (the list is atomic in the Gateway API
 //! schema): on a route that is also attached to another controller's Gateway, that
 //! controller's entry is rewritten on its next reconcile. Routes written by no one else (mesh
@@ -17,10 +25,12 @@ use std::sync::{Arc, Mutex};
 
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use super::FIELD_MANAGER;
 use crate::model::{Kind, ObjectKey};
-use crate::translate::route::ParentStatus;
+use crate::source::kube::{KubeStatus, RefusedRoute, RejectedObject};
+use crate::translate::route::{self, ParentStatus};
 use crate::translator::Translator;
 
 /// `controllerName` of our entries (Istio's, so tooling that looks for it finds them).
@@ -80,17 +90,23 @@ fn plural(kind: Kind) -> Option<&'static str> {
     }
 }
 
-/// Writes the status of every route whose status differs from `written` (what this writer
-/// last wrote), and records what it wrote. A failed write is logged and retried next time.
+/// What was written of each route: its parents and the generation they describe.
+pub type Written = BTreeMap<ObjectKey, (Vec<ParentStatus>, i64)>;
+
+/// Writes the status of every route, translated or `rejected` by the source, whose status
+/// differs from `written` (what this writer last wrote, with the generation it described), and
+/// records what it wrote. A failed write is logged and retried next time.
 pub async fn sync(
     client: &kube::Client,
     translator: &Arc<Mutex<Translator>>,
-    written: &mut BTreeMap<ObjectKey, Vec<ParentStatus>>,
+    rejected: &BTreeMap<ObjectKey, Arc<RejectedObject>>,
+    written: &mut Written,
 ) -> usize {
-    let current: BTreeMap<ObjectKey, (Vec<ParentStatus>, i64)> = {
+    let current: Written = {
         let t = translator.lock().unwrap_or_else(|p| p.into_inner());
         let model = t.model();
-        t.route_status()
+        let mut current: Written = t
+            .route_status()
             .iter()
             .map(|(k, parents)| {
                 let nn = (k.namespace.clone(), k.name.clone());
@@ -99,17 +115,27 @@ pub async fn sync(
                 let generation = route.and_then(|r| r.metadata.generation).unwrap_or(0);
                 (k.clone(), (parents.clone(), generation))
             })
-            .collect()
+            .collect();
+        for (key, r) in rejected {
+            let Some(RefusedRoute { generation, parent_refs }) = &r.route else { continue };
+            // In the model too: a valid version came after the rejection this set still holds.
+            if !current.contains_key(key) {
+                let parents = route::refused(model, &key.namespace, parent_refs, &r.error.to_string());
+                current.insert(key.clone(), (parents, *generation));
+            }
+        }
+        current
     };
     written.retain(|k, _| current.contains_key(k));
     let now =
         k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).unwrap_or_default().to_string();
     let mut n = 0;
-    for (key, (parents, generation)) in current {
+    for (key, status) in current {
         let Some(plural) = plural(key.kind) else { continue };
-        if parents.is_empty() || written.get(&key) == Some(&parents) {
+        if status.0.is_empty() || written.get(&key) == Some(&status) {
             continue;
         }
+        let (parents, generation) = &status;
         let ar = ApiResource {
             group: "gateway.networking.k8s.io".into(),
             version: "v1".into(),
@@ -118,10 +144,10 @@ pub async fn sync(
             plural: plural.into(),
         };
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &key.namespace, &ar);
-        let body = status_body(&key, &parents, generation, &now);
+        let body = status_body(&key, parents, *generation, &now);
         match api.patch_status(&key.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
             Ok(_) => {
-                written.insert(key, parents);
+                written.insert(key, status);
                 n += 1;
             }
             Err(e) => {
@@ -134,16 +160,16 @@ pub async fn sync(
 
 /// Writes route status after every change the source reports on `changes`, until the sender
 /// is gone.
-pub async fn writer<T>(
+pub async fn writer(
     client: kube::Client,
     translator: Arc<Mutex<Translator>>,
-    mut changes: tokio::sync::watch::Receiver<T>,
+    mut changes: watch::Receiver<KubeStatus>,
 ) {
     let mut written = BTreeMap::new();
     while changes.changed().await.is_ok() {
         // Changes come in bursts (a list is many events): let a burst settle into one pass.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        changes.mark_unchanged();
-        sync(&client, &translator, &mut written).await;
+        let rejected = changes.borrow_and_update().rejected.clone();
+        sync(&client, &translator, &rejected, &mut written).await;
     }
 }

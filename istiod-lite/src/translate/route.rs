@@ -40,7 +40,8 @@
 //! Input was otherwise validated when read ([`crate::source`]). A route with a problem outside
 //! its rules (`parentRefs`, `hostnames`), or whose every rule is invalid, is rejected whole
 //! there, naming the object and field, as the API server would refuse it at `kubectl apply`: it
-//! is reported as a rejected object and never reaches translation. (Should one reach it anyway,
+//! is reported as a rejected object and never reaches translation; in Kubernetes mode its
+//! parents still get a status saying why ([`refused`]). (Should one reach translation anyway,
 //! every parent is refused with `UnsupportedValue` and nothing is sent.)
 
 use std::fmt;
@@ -419,6 +420,42 @@ fn grpc_routes_taking(model: &Model, ns: &str, service: &str, port: Option<u16>)
     out
 }
 
+/// The status of `p`, a parent of a route in namespace `ns`, with its defaults applied.
+fn parent_status(ns: &str, p: &ParentReference, conditions: Vec<Condition>) -> ParentStatus {
+    ParentStatus {
+        parent_ref: describe_parent(ns, p),
+        group: p.group.as_deref().unwrap_or("gateway.networking.k8s.io").to_owned(),
+        kind: p.kind.as_deref().unwrap_or("Gateway").to_owned(),
+        namespace: p.namespace.as_deref().unwrap_or(ns).to_owned(),
+        name: p.name.clone(),
+        port: p.port,
+        conditions,
+    }
+}
+
+/// `status.parents` of a route of namespace `ns` refused whole before translation (in
+/// Kubernetes mode, by the source: a problem outside its rules, every rule invalid, a field we
+/// do not know), `why` naming the field: nothing of it is served.
+///
+/// Parents resolve as for a translated route: another controller's Gateway is skipped, a
+/// parent refused for its own reason (unknown Service, another namespace, ...) keeps that
+/// reason, and every other parent says `Accepted` False with reason `UnsupportedValue` and
+/// `why` (the reason the Gateway API gives for a value an implementation does not take; the
+/// others are about Gateway listeners, which mesh parents do not have). There is no
+/// `ResolvedRefs`: the rules were not read, so nothing can be said of their references.
+pub fn refused(model: &Model, ns: &str, parent_refs: &[ParentReference], why: &str) -> Vec<ParentStatus> {
+    let mut out = Vec::new();
+    for (i, p) in parent_refs.iter().enumerate() {
+        let (reason, message) = match parent(model, ns, i, p) {
+            Parent::Foreign => continue,
+            Parent::Refused(reason, message) => (reason, message),
+            Parent::Service { .. } => ("UnsupportedValue", format!("the route is invalid and not served: {why}")),
+        };
+        out.push(parent_status(ns, p, vec![Condition { type_: "Accepted", status: false, reason, message }]));
+    }
+    out
+}
+
 /// Translates one route; `grpc` for a `GRPCRoute`.
 pub fn translate(cfg: &MeshConfig, model: &Model, grpc: bool, r: &Route) -> Outcome {
     let ns = r.metadata.namespace.as_str();
@@ -448,9 +485,6 @@ pub fn translate(cfg: &MeshConfig, model: &Model, grpc: bool, r: &Route) -> Outc
     let mut parents = Vec::new();
     let mut accepted = Vec::new();
     for (i, p) in r.spec.parent_refs.iter().enumerate() {
-        let group = p.group.as_deref().unwrap_or("gateway.networking.k8s.io");
-        let kind = p.kind.as_deref().unwrap_or("Gateway");
-        let pns = p.namespace.as_deref().unwrap_or(ns);
         let verdict: Option<(&'static str, String)> = match parent(model, ns, i, p) {
             Parent::Foreign => continue,
             Parent::Refused(reason, message) => Some((reason, message)),
@@ -490,15 +524,7 @@ pub fn translate(cfg: &MeshConfig, model: &Model, grpc: bool, r: &Route) -> Outc
                 vec![Condition { type_: "Accepted", status: false, reason, message }, resolved.clone()]
             }
         };
-        parents.push(ParentStatus {
-            parent_ref: describe_parent(ns, p),
-            group: group.to_owned(),
-            kind: kind.to_owned(),
-            namespace: pns.to_owned(),
-            name: p.name.clone(),
-            port: p.port,
-            conditions,
-        });
+        parents.push(parent_status(ns, p, conditions));
     }
     let route = (!accepted.is_empty() && refused_for_rules.is_none()).then(|| pb::Route {
         namespace: ns.to_owned(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use kube::api::DynamicObject;
 
-use super::convert::{Rejected, convert, key_of};
+use super::convert::{Rejected, Remains, convert, key_of};
 use super::{RejectedObject, Watched};
 use crate::model::{Kind, Model, Object, ObjectKey};
 use crate::translator::Change;
@@ -58,14 +58,19 @@ pub(super) struct Outcome {
 
 /// Splits a rejection into its report and the change it makes.
 fn rejected(model: &Model, r: Rejected, resource_version: Option<String>) -> (Arc<RejectedObject>, Option<Change>) {
-    let Rejected { key, error, stand_in } = r;
+    let Rejected { key, error, remains } = r;
+    let (stand_in, route) = match remains.map(|r| *r) {
+        Some(Remains::StandIn(o)) => (Some(o), None),
+        Some(Remains::Route(route)) => (None, Some(route)),
+        None => (None, None),
+    };
     let change = on_rejected(model, &key, stand_in);
-    (Arc::new(RejectedObject { object: key, resource_version, error }), change)
+    (Arc::new(RejectedObject { object: key, resource_version, error, route }), change)
 }
 
 /// The change a rejected object makes: keep what the model has of a security object, or
 /// put in its stand-in; drop anything else.
-fn on_rejected(model: &Model, key: &ObjectKey, stand_in: Option<Box<Object>>) -> Option<Change> {
+fn on_rejected(model: &Model, key: &ObjectKey, stand_in: Option<Object>) -> Option<Change> {
     if !is_security(key.kind) {
         return has(model, key).then(|| Change::Delete(key.clone()));
     }
@@ -74,7 +79,7 @@ fn on_rejected(model: &Model, key: &ObjectKey, stand_in: Option<Box<Object>>) ->
         return None;
     }
     tracing::warn!(object = %key, "invalid and never valid; enforcing its fail-closed stand-in");
-    stand_in.map(|o| Change::Upsert(*o))
+    stand_in.map(Change::Upsert)
 }
 
 impl KindState {

@@ -3,7 +3,7 @@
 
 use kube::api::DynamicObject;
 
-use super::Watched;
+use super::{RefusedRoute, Watched};
 use crate::error::ObjectError;
 use crate::model::{Kind, Object, ObjectKey};
 
@@ -14,9 +14,33 @@ pub(super) struct Rejected {
     pub key: ObjectKey,
     /// What is wrong.
     pub error: ObjectError,
-    /// The fail-closed stand-in of a rejected security object ([`crate::source::fail_closed`]).
-    /// Boxed: rejections are rare and `Object` is large.
-    pub stand_in: Option<Box<Object>>,
+    /// What the source keeps of it. Boxed: rejections are rare and `Object` is large.
+    pub remains: Option<Box<Remains>>,
+}
+
+/// What the source keeps of a rejected object.
+// Always boxed in `Rejected`, so the smaller variant wastes nothing that boxing it would save.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(super) enum Remains {
+    /// Of a security object: its fail-closed stand-in ([`crate::source::fail_closed`]).
+    StandIn(Object),
+    /// Of a route: what its status needs ([`refused_route`]).
+    Route(RefusedRoute),
+}
+
+/// What the status of a rejected route needs: its generation and `spec.parentRefs`, read on
+/// their own so that a problem elsewhere in the object (an unknown field in a rule, a bad
+/// hostname) does not hide them. `None` when `spec.parentRefs` itself cannot be read: there is
+/// then no parent to write a status for. (Through the API this is rare: the Gateway API's CRD
+/// schema already holds `parentRefs` to its shape.)
+fn refused_route(v: &serde_json::Value) -> Option<RefusedRoute> {
+    let parent_refs = match v.pointer("/spec/parentRefs") {
+        Some(refs) => serde_json::from_value(refs.clone()).ok()?,
+        None => Vec::new(),
+    };
+    let generation = v.pointer("/metadata/generation").and_then(serde_json::Value::as_i64).unwrap_or(0);
+    Some(RefusedRoute { generation, parent_refs })
 }
 
 /// The key of an object as the API names it, without parsing it.
@@ -48,7 +72,7 @@ fn drop_unread(map: &mut serde_json::Map<String, serde_json::Value>) {
 /// from `w`. What the model does not read is dropped first ([`drop_unread`]). The object is rendered as indented JSON (a YAML document) and parsed by the
 /// directory source's parser, so a schema error's line and column count in that rendering.
 pub(super) fn convert(w: &Watched, obj: &DynamicObject) -> Result<Object, Rejected> {
-    let reject = |error| Rejected { key: key_of(w, obj), error, stand_in: None };
+    let reject = |error| Rejected { key: key_of(w, obj), error, remains: None };
     let mut v = serde_json::to_value(obj)
         .map_err(|e| reject(ObjectError::Invalid { field: "(object)".into(), reason: e.to_string() }))?;
     let Some(map) = v.as_object_mut() else {
@@ -73,8 +97,13 @@ pub(super) fn convert(w: &Watched, obj: &DynamicObject) -> Result<Object, Reject
         Ok(_) => Err(reject(ObjectError::UnsupportedKind { api_version, kind: w.kind.as_str().into() })),
         Err((key, error)) => {
             let key = key.unwrap_or_else(|| key_of(w, obj));
-            let stand_in = super::super::fail_closed(&key, &text).map(Box::new);
-            Err(Rejected { key, error, stand_in })
+            let is_route = matches!(key.kind, Kind::HttpRoute | Kind::GrpcRoute) && !key.name.is_empty();
+            let remains = match super::super::fail_closed(&key, &text) {
+                Some(stand_in) => Some(Remains::StandIn(stand_in)),
+                None if is_route => refused_route(&v).map(Remains::Route),
+                None => None,
+            };
+            Err(Rejected { key, error, remains: remains.map(Box::new) })
         }
     }
 }
@@ -136,6 +165,25 @@ mod tests {
     }
 
     #[test]
+    fn a_rejected_route_keeps_what_its_status_needs_when_it_can_be_read() {
+        let route = |parent_refs: serde_json::Value| {
+            dynamic(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": "r", "namespace": "shop", "generation": 7},
+                "spec": {"parentRefs": parent_refs, "hostnames": ["bad..host"]}
+            }))
+        };
+        let r = convert(watched(Kind::HttpRoute), &route(json!([{"group": "", "kind": "Service", "name": "web"}])))
+            .unwrap_err();
+        assert!(r.error.to_string().starts_with("spec.hostnames[0]: "), "{}", r.error);
+        let Some(Remains::Route(refused)) = r.remains.as_deref() else { panic!("parents not read") };
+        assert_eq!((refused.generation, refused.parent_refs[0].name.as_str()), (7, "web"));
+        // Nothing to write a status for.
+        let r = convert(watched(Kind::HttpRoute), &route(json!("web"))).unwrap_err();
+        assert!(r.remains.is_none() && r.error.to_string().starts_with("spec.parentRefs"), "{}", r.error);
+    }
+
+    #[test]
     fn unknown_security_field_is_rejected_by_path_with_a_fail_closed_stand_in() {
         let o = dynamic(json!({
             "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
@@ -145,7 +193,9 @@ mod tests {
         let r = convert(watched(Kind::AuthorizationPolicy), &o).unwrap_err();
         let msg = r.error.to_string();
         assert!(msg.contains("spec.rules[0].from[0].source") && msg.contains("unknown field `principal`"), "{msg}");
-        let Some(Object::AuthorizationPolicy(stand_in)) = r.stand_in.as_deref() else { panic!("no stand-in") };
+        let Some(Remains::StandIn(Object::AuthorizationPolicy(stand_in))) = r.remains.as_deref() else {
+            panic!("no stand-in")
+        };
         assert_eq!(stand_in.spec.action, crate::k8s::security::PolicyAction::Deny);
         assert_eq!(stand_in.spec.selector.as_ref().unwrap().match_labels["app"], "web");
     }

@@ -8,7 +8,8 @@
 //!   that kind in the model: objects deleted while we were not watching disappear.
 //! - A bad object is reported ([`RejectedObject`]: kind, namespace, name, field) and the rest
 //!   apply; security objects keep their last good version or are enforced fail-closed, as in
-//!   the directory source (module `apply`).
+//!   the directory source (module `apply`). A bad route leaves the model, but keeps its
+//!   `parentRefs` ([`RefusedRoute`]) so that its status can say why it is not served.
 //! - A kind the server does not serve (404: the Gateway API or Istio CRDs not installed) is
 //!   reported once; its watch keeps retrying with backoff, so installing the CRDs later works,
 //!   and every other kind works meanwhile. Without the CRD no such object can exist, so the
@@ -39,6 +40,7 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{ObjectError, Warning};
+use crate::k8s::gateway::ParentReference;
 use crate::model::{Kind, ObjectKey};
 use crate::translator::{Delta, Translator};
 
@@ -121,6 +123,19 @@ pub struct RejectedObject {
     /// What is wrong (the field is named in it).
     #[source]
     pub error: ObjectError,
+    /// Of a rejected `HTTPRoute` / `GRPCRoute`: what its status needs, when that much of it
+    /// can be read.
+    pub route: Option<RefusedRoute>,
+}
+
+/// What the status of a route refused whole needs (see [`crate::deploy::route_status`]), read
+/// from the object whatever else is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedRoute {
+    /// `metadata.generation`, for `observedGeneration`.
+    pub generation: i64,
+    /// `spec.parentRefs`.
+    pub parent_refs: Vec<ParentReference>,
 }
 
 fn rv_suffix(rv: &Option<String>) -> String {
