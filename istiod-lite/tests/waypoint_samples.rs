@@ -59,6 +59,7 @@ fn expected_http_route() -> Route {
                 backends: vec![backend("accounts-v2", 80, 1, vec![])],
                 timeouts: None,
                 retry: None,
+                index: Some(0),
             },
             Rule {
                 name: "old-paths".into(),
@@ -75,6 +76,7 @@ fn expected_http_route() -> Route {
                 backends: vec![],
                 timeouts: None,
                 retry: None,
+                index: Some(1),
             },
             Rule {
                 name: "split".into(),
@@ -97,6 +99,7 @@ fn expected_http_route() -> Route {
                 ],
                 timeouts: Some(Timeouts { request: ms(10_000), backend_request: ms(2_000) }),
                 retry: Some(Retry { attempts: 3, codes: vec![503], backoff: ms(100) }),
+                index: Some(2),
             },
         ],
         creation_timestamp: 1_767_323_045,
@@ -129,6 +132,7 @@ fn expected_grpc_route() -> Route {
             backends: vec![backend("ledger", 9000, 1, vec![])],
             timeouts: None,
             retry: None,
+            index: Some(0),
         }],
         creation_timestamp: 0,
     }
