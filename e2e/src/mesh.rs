@@ -184,6 +184,11 @@ pub struct MeshSpec {
     /// `  trafficDistribution: PreferClose\n`. Kept apart from [`ServiceSpec`] so that the specs
     /// written as struct literals elsewhere stay valid.
     pub service_spec_yaml: Vec<(String, String)>,
+    /// Node agents capture enrolled pods' DNS (`--capture-dns`) for ztunnel's DNS proxy.
+    pub capture_dns: bool,
+    /// ztunnel's upstream resolvers (`--dns-upstream`); empty: its default, the sandbox's
+    /// `/etc/resolv.conf`.
+    pub dns_upstreams: Vec<SocketAddr>,
 }
 
 /// A running mesh.
@@ -316,17 +321,22 @@ impl Mesh {
             mesh.point_cni_at_agent(n)?;
             let node = mesh.topo.node(n);
             let run = mesh.node_dir(n);
-            let p = node.netns.spawn([
-                agent.to_string_lossy().as_ref(),
-                "--zds-socket",
-                &run.join("zds.sock").to_string_lossy(),
-                "--cni-socket",
-                &run.join("cni.sock").to_string_lossy(),
-                "--enrollment",
-                &mesh.enrollment_path().to_string_lossy(),
-                "--state-dir",
-                &run.join("agent").to_string_lossy(),
-            ])?;
+            let dns: &[&str] = if mesh.spec.capture_dns { &["--capture-dns"] } else { &[] };
+            let p = node.netns.spawn(
+                [
+                    agent.to_string_lossy().as_ref(),
+                    "--zds-socket",
+                    &run.join("zds.sock").to_string_lossy(),
+                    "--cni-socket",
+                    &run.join("cni.sock").to_string_lossy(),
+                    "--enrollment",
+                    &mesh.enrollment_path().to_string_lossy(),
+                    "--state-dir",
+                    &run.join("agent").to_string_lossy(),
+                ]
+                .into_iter()
+                .chain(dns.iter().copied()),
+            )?;
             // An agent that cannot start (no `nft`, no `ip`) exits at once: say so with its
             // log rather than wait out the timeout and report only the missing socket.
             let up = wait_for(|| run.join("cni.sock").exists() || !p.is_running(), "node agent socket", AGENT_START);
@@ -800,6 +810,11 @@ impl Mesh {
             argv.push(self.dir.join("state.yaml").to_string_lossy().into_owned());
             argv.push("--cert-dir".into());
             argv.push(run.join("certs").to_string_lossy().into_owned());
+        }
+        if !self.spec.dns_upstreams.is_empty() {
+            let list: Vec<String> = self.spec.dns_upstreams.iter().map(SocketAddr::to_string).collect();
+            argv.push("--dns-upstream".into());
+            argv.push(list.join(","));
         }
         let p = node.netns.spawn(argv.iter().map(String::as_str).chain([
             "--zds-socket",

@@ -260,6 +260,46 @@ fn enter(test: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Inside the sandbox only: every process of the sandbox reads `contents` at `path` (an
+/// `/etc` file such as `resolv.conf`, which `ip netns exec` leaves shared), by a bind mount in
+/// the sandbox's private mount namespace; the host's file is not touched, and the mount goes
+/// with the sandbox. A `path` that is a symbolic link into the private `/run` (systemd-resolved's
+/// `resolv.conf`) has no target here: the target is written instead.
+pub fn replace_file(path: &Path, contents: &str) -> Result<(), Error> {
+    if !is_sandboxed() {
+        return Err(Error::NotSandboxed);
+    }
+    fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+        move |source| Error::Io { action, path: path.to_owned(), source }
+    }
+    let target = match std::fs::canonicalize(path) {
+        Ok(t) => t,
+        Err(_) => {
+            let link = std::fs::read_link(path).map_err(io("resolve", path))?;
+            let link = if link.is_absolute() { link } else { path.parent().unwrap_or(Path::new("/")).join(link) };
+            if !link.starts_with("/run") {
+                return Err(Error::Io {
+                    action: "replace (a dangling link outside the private /run)",
+                    path: path.to_owned(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                });
+            }
+            if let Some(dir) = link.parent() {
+                std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+            }
+            return std::fs::write(&link, contents).map_err(io("write", &link));
+        }
+    };
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let source = Path::new(SANDBOX_TMP).join(format!("replaced-{name}"));
+    std::fs::write(&source, contents).map_err(io("write", &source))?;
+    mount(Some(&source), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| Error::Io {
+        action: "bind-mount over",
+        path: target.clone(),
+        source: e.into(),
+    })
+}
+
 fn ns_inode(kind: &str) -> std::io::Result<u64> {
     std::fs::metadata(format!("/proc/self/ns/{kind}")).map(|m| m.ino())
 }

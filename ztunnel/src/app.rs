@@ -164,9 +164,18 @@ pub async fn start(
     let metrics = Metrics::register(&mut registry);
     let registry = Arc::new(registry);
     let drain = Drain::default();
+    let dns = cfg.dns(std::fs::read_to_string("/etc/resolv.conf").ok().as_deref());
+    match &dns {
+        Some(d) if d.upstreams.is_empty() => tracing::warn!(
+            "DNS proxy: no upstream resolver (--dns-upstream, /etc/resolv.conf); only mesh service names resolve"
+        ),
+        Some(d) => tracing::info!(upstreams = ?d.upstreams, "DNS proxy on the pods' port {}", d.port),
+        None => tracing::info!("DNS proxy off (--no-dns-proxy)"),
+    }
     let proxy_cfg = ProxyConfig {
         transparent_inbound: !cfg.no_transparent,
         max_inbound_handshakes: cfg.max_inbound_handshakes,
+        dns,
         ..ProxyConfig::default()
     };
     let inputs = ProxyInputs::new(state.clone(), store.clone(), metrics, Arc::new(proxy_cfg), drain.clone(), &admin_rt);
@@ -232,7 +241,7 @@ fn admin_routes(cfg: &Config, state: StateHandle, certs: CertStore, pods: Arc<Po
             let pods: Vec<_> = pods
                 .list()
                 .into_iter()
-                .map(|(uid, a)| json!({"uid": uid, "outbound": a.outbound, "inboundPlaintext": a.inbound_plain, "hbone": a.hbone}))
+                .map(|(uid, a)| json!({"uid": uid, "outbound": a.outbound, "inboundPlaintext": a.inbound_plain, "hbone": a.hbone, "dns": a.dns}))
                 .collect();
             let state = state.load();
             Reply::json(&json!({

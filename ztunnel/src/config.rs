@@ -95,6 +95,22 @@ pub struct Config {
     /// port 15008 can start a handshake, and each costs a signature and its TLS state.
     #[arg(long, env = "ZTUNNEL_MAX_INBOUND_HANDSHAKES", default_value_t = 256)]
     pub max_inbound_handshakes: usize,
+    /// Serve no DNS on the pods' port 15053. Only for nodes whose agent does not capture DNS
+    /// (`--capture-dns`): with the capture on, the pods would be left without DNS.
+    #[arg(long, env = "ZTUNNEL_NO_DNS_PROXY")]
+    pub no_dns_proxy: bool,
+    /// Resolvers for the names the mesh does not answer, `ip` or `ip:port`, comma-separated; by
+    /// default the `nameserver`s of ztunnel's own `/etc/resolv.conf`.
+    #[arg(long, env = "ZTUNNEL_DNS_UPSTREAMS", value_delimiter = ',', value_parser = parse_upstream)]
+    pub dns_upstream: Vec<SocketAddr>,
+}
+
+/// A resolver address: `ip:port`, `[ipv6]:port`, or a bare address on port 53.
+fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("{s:?} is not an address or address:port"))
 }
 
 /// A configuration that cannot work.
@@ -190,6 +206,20 @@ impl Config {
     /// When the data threads get a short scheduler slice, if ever.
     pub fn slice_policy(&self) -> Option<SlicePolicy> {
         crate::slice::policy_for_micros(self.sched_slice_us).ok().flatten()
+    }
+
+    /// The DNS proxy's settings: `None` with `--no-dns-proxy`; upstreams from `--dns-upstream`,
+    /// else from `resolv_conf` (the text of ztunnel's `/etc/resolv.conf`, if readable).
+    pub fn dns(&self, resolv_conf: Option<&str>) -> Option<crate::dns::DnsConfig> {
+        if self.no_dns_proxy {
+            return None;
+        }
+        let upstreams = if self.dns_upstream.is_empty() {
+            resolv_conf.map(crate::dns::resolv_conf_nameservers).unwrap_or_default()
+        } else {
+            self.dns_upstream.clone()
+        };
+        Some(crate::dns::DnsConfig { upstreams, ..crate::dns::DnsConfig::default() })
     }
 
     /// The drain deadline.

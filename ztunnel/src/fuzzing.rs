@@ -1,5 +1,6 @@
 //! Properties of the conversion of what the control plane sends (xDS `Address` and
-//! `Authorization` resources) into ztunnel's state, checked on arbitrary bytes: the same checks
+//! `Authorization` resources) into ztunnel's state, and of the DNS proxy's reading of what pods
+//! send, checked on arbitrary bytes: the same checks
 //! for the libFuzzer target in `fuzz/` and for the test below, which replays the committed
 //! corpus (`fuzz/corpus/xds_resource/`) and seeded mutations of it (see `hbone::fuzzing`).
 //! Feature `fuzzing` (or this crate's own tests).
@@ -38,10 +39,67 @@ pub fn xds_resource(data: &[u8]) {
     }
 }
 
+/// A message a pod sent to the DNS proxy (the bytes of one UDP datagram). Reading it never
+/// panics; a query read from it names a hostname-shaped name of at most 253 characters, and the
+/// answers built for it keep to the size limit, read back with its id, the addresses of the asked family in order, and the truncation
+/// bit exactly when some did not fit. A FORMERR is built for any non-response with a header.
+pub fn dns_message(data: &[u8]) {
+    use std::net::IpAddr;
+
+    use crate::dns::message::{self, Query, Rcode, TYPE_A, TYPE_AAAA};
+
+    let fe = message::format_error(data);
+    if let Some(fe) = &fe {
+        let a = message::read_answer(fe).expect("a FORMERR reads back");
+        assert_eq!((Some(a.id), a.rcode), (message::id(data), Rcode::FormErr as u8));
+    }
+    let _ = message::read_answer(data);
+    let Ok(q) = Query::parse(data) else { return };
+    assert!(fe.is_some(), "a query gets a FORMERR when it must");
+    if let Some(name) = &q.name {
+        assert!(name.len() <= 253, "{name}");
+        assert!(!name.starts_with('.') && !name.ends_with('.') && !name.contains(".."), "{name:?}");
+        assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_*.".contains(&b)), "{name:?}");
+    }
+    // Addresses of both families, as many as a byte of the input says.
+    let n = usize::from(data.last().copied().unwrap_or(0) % 64);
+    let addrs: Vec<IpAddr> = (0..n)
+        .map(|i| {
+            if i % 3 == 0 {
+                IpAddr::from([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i as u8])
+            } else {
+                IpAddr::from([10, 0, 0, i as u8])
+            }
+        })
+        .collect();
+    let wanted: Vec<IpAddr> = addrs
+        .iter()
+        .copied()
+        .filter(|a| (q.qtype == TYPE_A && a.is_ipv4()) || (q.qtype == TYPE_AAAA && a.is_ipv6()))
+        .collect();
+    for limit in [message::CLASSIC_UDP_MAX, q.udp_limit(), usize::from(u16::MAX)] {
+        let bytes = q.answer(&addrs, 30, limit);
+        // Header and question alone (at most 12 + 255 + 4 bytes) always fit the smallest limit.
+        assert!(bytes.len() <= limit, "{} > {limit}", bytes.len());
+        let a = message::read_answer(&bytes).expect("our answer reads back");
+        assert_eq!((a.id, a.rcode, a.authoritative), (q.id, 0, true));
+        assert_eq!(a.addrs, wanted[..a.addrs.len()], "the addresses of the asked family, in order");
+        assert_eq!(a.truncated, a.addrs.len() < wanted.len(), "truncated exactly when some did not fit");
+    }
+    let sf = message::read_answer(&q.error(Rcode::ServFail)).expect("a SERVFAIL reads back");
+    assert_eq!((sf.id, sf.rcode, sf.addrs.len()), (q.id, Rcode::ServFail as u8, 0));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use hbone::fuzzing::replay;
+
+    #[test]
+    fn dns_messages() {
+        let tokens: &[&[u8]] = &[b"\x00", b"\xc0\x0c", b"\x00\x01", b"\x00\x1c", b"\x00\x29", b"\x3f", b"\x81\x80"];
+        replay("dns_message", Vec::new(), tokens, 20_000, dns_message);
+    }
 
     #[test]
     fn xds_resources() {

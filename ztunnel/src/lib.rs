@@ -27,6 +27,7 @@ pub mod certs;
 pub mod cni;
 pub mod config;
 pub mod control_plane_tls;
+pub mod dns;
 pub mod drain;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

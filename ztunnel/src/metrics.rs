@@ -105,6 +105,8 @@ pub struct Metrics {
     received: Family<TcpLabels, Counter>,
     /// Connections refused, by reason (policy, no route, ...): the "why" behind denials.
     denied: Family<DenyLabels, Counter>,
+    /// The pods' DNS proxy ([`crate::dns`]).
+    pub dns: crate::dns::DnsMetrics,
 }
 
 /// Labels of refused connections.
@@ -119,7 +121,7 @@ pub struct DenyLabels {
 impl Metrics {
     /// Registers the families in `registry` and returns them.
     pub fn register(registry: &mut Registry) -> Arc<Self> {
-        let m = Metrics::default();
+        let m = Metrics { dns: crate::dns::DnsMetrics::register(registry), ..Metrics::default() };
         registry.register("istio_tcp_connections_opened", "Total TCP connections opened", m.opened.clone());
         registry.register("istio_tcp_connections_closed", "Total TCP connections closed", m.closed.clone());
         registry.register("istio_tcp_sent_bytes", "Bytes sent during response (destination to source)", m.sent.clone());

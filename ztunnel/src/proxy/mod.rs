@@ -53,13 +53,18 @@ pub struct ProxyConfig {
     pub pool: PoolConfig,
     /// Inbound HBONE handshakes at once, all pods together (see [`HandshakeLimit`]).
     pub max_inbound_handshakes: usize,
+    /// The pods' DNS proxy; `None` binds no DNS port.
+    pub dns: Option<crate::dns::DnsConfig>,
 }
 
 impl ProxyConfig {
     /// Whether `port` is one of ztunnel's own pod ports. Such a destination would make
     /// ztunnel connect to itself, over and over: it is refused wherever it appears.
     pub fn is_own_port(&self, port: u16) -> bool {
-        port == self.outbound_port || port == self.inbound_plain_port || port == self.hbone_port
+        port == self.outbound_port
+            || port == self.inbound_plain_port
+            || port == self.hbone_port
+            || self.dns.as_ref().is_some_and(|d| d.port == port)
     }
 }
 
@@ -74,6 +79,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(10),
             pool: PoolConfig::default(),
             max_inbound_handshakes: 256,
+            dns: None,
         }
     }
 }
@@ -97,6 +103,8 @@ pub struct ProxyInputs {
     admitted: admitted::Admitted,
     /// Turns for inbound handshakes, shared by every pod's HBONE server.
     pub(crate) handshakes: HandshakeLimit,
+    /// What every pod's DNS proxy shares, if DNS is served.
+    pub(crate) dns: Option<Arc<crate::dns::Dns>>,
 }
 
 impl ProxyInputs {
@@ -114,7 +122,8 @@ impl ProxyInputs {
         let admitted = admitted::Admitted::default();
         control.spawn(admitted.watch(state.clone(), metrics.clone()));
         let handshakes = HandshakeLimit::new(cfg.max_inbound_handshakes);
-        ProxyInputs { state, certs, metrics, cfg, drain, admitted, handshakes }
+        let dns = cfg.dns.clone().map(|d| Arc::new(crate::dns::Dns::new(d)));
+        ProxyInputs { state, certs, metrics, cfg, drain, admitted, handshakes, dns }
     }
 
     /// Open inbound connections held to policy.
@@ -183,11 +192,14 @@ pub struct PodAddrs {
     pub inbound_plain: SocketAddr,
     /// HBONE.
     pub hbone: SocketAddr,
+    /// DNS over UDP (IPv4 loopback) and TCP, on one port; `None` when DNS is not served.
+    pub dns: Option<SocketAddr>,
 }
 
 impl PodProxy {
     /// Binds the pod's three listeners inside it (all addresses; SO_REUSEPORT so a new
-    /// ztunnel can bind beside an old one) and starts serving as `identity`.
+    /// ztunnel can bind beside an old one), and its DNS sockets if DNS is served, and starts
+    /// serving as `identity`.
     pub fn start<S: PodSockets>(uid: String, identity: Identity, sockets: S, inputs: ProxyInputs) -> io::Result<Self> {
         let cfg = inputs.cfg.clone();
         let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -196,10 +208,23 @@ impl PodProxy {
             ports.iter().map(|p| sockets::reuseport_listener(SocketAddr::new(any, *p))).collect()
         })??;
         let mut listeners = bound.into_iter().map(TcpListener::from_std).collect::<io::Result<Vec<_>>>()?;
+        // A pod whose DNS sockets cannot be bound (its loopback interface down, say) is still
+        // served: its connections matter more than DNS, which the warning says is missing.
+        let dns = match (&inputs.dns, &cfg.dns) {
+            (Some(shared), Some(d)) => match crate::dns::bind(&sockets, d.port) {
+                Ok(bound) => Some((shared.clone(), bound)),
+                Err(e) => {
+                    tracing::warn!(pod = %uid, error = %e, "cannot bind the pod's DNS port; its captured DNS goes unanswered");
+                    None
+                }
+            },
+            _ => None,
+        };
         let addrs = PodAddrs {
             outbound: listeners[0].local_addr()?,
             inbound_plain: listeners[1].local_addr()?,
             hbone: listeners[2].local_addr()?,
+            dns: dns.as_ref().map(|(_, (_, tcp))| tcp.local_addr()).transpose()?,
         };
         let (hbone_listener, plain_listener, outbound_listener) = (
             listeners.pop().expect("three listeners"),
@@ -211,6 +236,19 @@ impl PodProxy {
         let mut tasks = JoinSet::new();
         tasks.spawn(outbound::serve(pod.clone(), outbound_listener));
         tasks.spawn(inbound_plain::serve(pod.clone(), plain_listener));
+        if let Some((shared, (udp, tcp))) = dns {
+            for socket in udp {
+                tasks.spawn(crate::dns::serve_udp(
+                    pod.clone(),
+                    shared.clone(),
+                    tokio::net::UdpSocket::from_std(socket)?,
+                ));
+            }
+            let tcp = TcpListener::from_std(tcp)?;
+            tasks.spawn(accept_loop(pod.clone(), tcp, "dns", move |pod, tcp, _| {
+                crate::dns::serve_tcp(pod, shared.clone(), tcp)
+            }));
+        }
         tasks.spawn(inbound::serve(pod, hbone_listener));
         Ok(PodProxy { tasks, addrs })
     }

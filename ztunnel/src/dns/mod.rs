@@ -1,0 +1,333 @@
+//! The DNS proxy on each pod's port 15053, where the node agent's `--capture-dns` sends the
+//! pod's DNS (UDP and TCP port 53).
+//!
+//! A query for the hostname of a service the mesh knows (`reviews.shop.svc.cluster.local`), of
+//! type A or AAAA, is answered here with the service's virtual IPs on this network, so a pod
+//! resolves mesh services (also those no cluster DNS serves, such as Istio ServiceEntry hosts)
+//! with no round trip. Everything else is relayed, bytes unchanged, to the upstream resolvers
+//! (`--dns-upstream`, by default the `nameserver`s of ztunnel's own `/etc/resolv.conf`, as
+//! Istio's ztunnel does) from ztunnel's own network namespace, and the upstream's answer is
+//! relayed back. No upstream answering is SERVFAIL, never silence, so the pod's resolver moves
+//! on at once.
+//!
+//! Clients search their domains in turn (`reviews.shop.svc.cluster.local` is what a pod in `shop`
+//! asks first for `reviews`), so names are matched exactly, with no search of our own. A name
+//! in several namespaces (Istio ServiceEntry hosts may be) is answered with the asking pod's
+//! namespace's service, else the first namespace's in order.
+//!
+//! UDP answers leave from the loopback address the redirection delivered the query to, so
+//! conntrack turns their source back into the resolver the pod asked; a socket on the wildcard
+//! address would answer from the pod's own address, which the pod's resolver drops.
+
+pub mod message;
+mod upstream;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::proxy::{Pod, PodSockets};
+use crate::state::State;
+use message::{CLASS_IN, Query, Rcode, TYPE_A, TYPE_AAAA};
+
+/// The pod port of the DNS proxy (Istio's).
+pub const DNS_PORT: u16 = 15053;
+/// TTL of the answers for mesh services: short, as a service's addresses may change.
+pub const ANSWER_TTL: u32 = 30;
+/// Upstream queries in flight at once, all pods together; past it a query gets SERVFAIL, so a
+/// pod that floods cannot hold every socket ztunnel may open.
+pub const MAX_IN_FLIGHT: usize = 512;
+/// How long a TCP client may stay silent between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// DNS proxy settings, part of [`crate::proxy::ProxyConfig`].
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// The pod port (0 in loopback tests: any free port).
+    pub port: u16,
+    /// Resolvers for what the mesh does not answer, tried in order.
+    pub upstreams: Vec<SocketAddr>,
+    /// How long each upstream has to answer.
+    pub upstream_timeout: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig { port: DNS_PORT, upstreams: Vec::new(), upstream_timeout: Duration::from_secs(2) }
+    }
+}
+
+/// The `nameserver` addresses of a `resolv.conf`, on port 53.
+pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| {
+            let addr = rest.split_whitespace().next()?;
+            // A link-local IPv6 server may carry a zone (`fe80::1%eth0`), which a SocketAddr
+            // cannot hold without its interface index; such servers are left out.
+            addr.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
+        })
+        .collect()
+}
+
+/// Labels of the DNS metrics: the asking pod.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    /// The pod's workload name, `unknown` until the control plane has named it.
+    pub source_workload: String,
+    /// The pod's namespace.
+    pub source_workload_namespace: String,
+}
+
+/// Istio's DNS metric names.
+#[derive(Debug, Default)]
+pub struct DnsMetrics {
+    requests: Family<DnsLabels, Counter>,
+    upstream_requests: Family<DnsLabels, Counter>,
+    upstream_failures: Family<DnsLabels, Counter>,
+    upstream_duration: Option<Histogram>,
+}
+
+impl DnsMetrics {
+    /// Registers the families in `registry`.
+    pub fn register(registry: &mut Registry) -> DnsMetrics {
+        // 1 ms .. ~4 s.
+        let duration = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 13));
+        let m = DnsMetrics { upstream_duration: Some(duration), ..DnsMetrics::default() };
+        registry.register("istio_dns_requests", "DNS queries received from pods", m.requests.clone());
+        registry.register(
+            "istio_dns_upstream_requests",
+            "DNS queries relayed to an upstream resolver",
+            m.upstream_requests.clone(),
+        );
+        registry.register(
+            "istio_dns_upstream_failures",
+            "Relayed DNS queries no upstream resolver answered",
+            m.upstream_failures.clone(),
+        );
+        if let Some(h) = &m.upstream_duration {
+            registry.register(
+                "istio_dns_upstream_request_duration_seconds",
+                "Time upstream resolvers took to answer",
+                h.clone(),
+            );
+        }
+        m
+    }
+}
+
+/// What every pod's DNS proxy shares: settings, the bound on upstream queries, metrics.
+#[derive(Debug)]
+pub struct Dns {
+    cfg: DnsConfig,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl Dns {
+    /// The shared part of the proxy.
+    pub fn new(cfg: DnsConfig) -> Dns {
+        Dns { cfg, in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)) }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DnsConfig {
+        &self.cfg
+    }
+}
+
+/// How a query was carried: an answer over UDP must fit the client's limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// The mesh's answer to a name: the addresses of the service of that hostname on this network,
+/// the asking pod's namespace first. `None` when no service has the name, or it has no address
+/// here (a headless service: the upstream knows its pods).
+pub fn service_addresses(state: &State, name: &str, pod_namespace: &str) -> Option<Vec<IpAddr>> {
+    let network = &state.config().network;
+    let svc = state
+        .service_by_host(pod_namespace, name)
+        .or_else(|| state.services().filter(|s| s.hostname == name).min_by(|a, b| a.namespace.cmp(&b.namespace)))?;
+    let addrs: Vec<IpAddr> = svc.vips.iter().filter(|v| &v.network == network).map(|v| v.address).collect();
+    (!addrs.is_empty()).then_some(addrs)
+}
+
+impl<S: PodSockets> Pod<S> {
+    fn dns_labels(&self) -> DnsLabels {
+        let state = self.inputs.state.load();
+        let w = state.workload_by_uid(&self.uid);
+        DnsLabels {
+            source_workload: w.map_or_else(|| "unknown".to_owned(), |w| w.workload_name.clone()),
+            source_workload_namespace: self.identity.namespace().to_owned(),
+        }
+    }
+
+    /// The answer to `msg`, or `None` when there is nothing to answer (a response, or bytes
+    /// that are not even a header: a resolver would drop them too).
+    async fn dns_answer(&self, dns: &Dns, msg: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let id = message::id(msg)?;
+        let metrics = &self.inputs.metrics.dns;
+        let labels = self.dns_labels();
+        metrics.requests.get_or_create(&labels).inc();
+        let query = match Query::parse(msg) {
+            Ok(q) => q,
+            // Not ours to judge (several questions, a compressed name, another opcode): the
+            // upstream resolver answers as it would have without us. A response is dropped.
+            Err(message::ParseError::NotAQuery) if msg.get(2).is_some_and(|f| f & 0x80 != 0) => return None,
+            Err(e) => {
+                tracing::debug!(pod = %self.uid, id, error = %e, "DNS message relayed unread");
+                return self.dns_relay(dns, msg, transport, &labels).await.or_else(|| message::format_error(msg));
+            }
+        };
+        if query.qclass == CLASS_IN
+            && matches!(query.qtype, TYPE_A | TYPE_AAAA)
+            && let Some(name) = &query.name
+        {
+            let state = self.inputs.state.load();
+            if let Some(addrs) = service_addresses(&state, name, self.identity.namespace()) {
+                let limit = if transport == Transport::Tcp { usize::from(u16::MAX) } else { query.udp_limit() };
+                return Some(query.answer(&addrs, ANSWER_TTL, limit));
+            }
+        }
+        Some(self.dns_relay(dns, msg, transport, &labels).await.unwrap_or_else(|| query.error(Rcode::ServFail)))
+    }
+
+    /// `msg` relayed upstream; `None` when no upstream answered (counted, logged at debug: a
+    /// pod asking for names that do not resolve is not ztunnel's trouble).
+    async fn dns_relay(&self, dns: &Dns, msg: &[u8], transport: Transport, labels: &DnsLabels) -> Option<Vec<u8>> {
+        let metrics = &self.inputs.metrics.dns;
+        metrics.upstream_requests.get_or_create(labels).inc();
+        let started = std::time::Instant::now();
+        let answer = match dns.in_flight.clone().try_acquire_owned() {
+            Ok(_permit) => match transport {
+                Transport::Udp => upstream::udp(&dns.cfg, msg).await,
+                Transport::Tcp => upstream::tcp(&dns.cfg, msg).await,
+            },
+            Err(_) => Err(upstream::UpstreamError::Busy),
+        };
+        match answer {
+            Ok(a) => {
+                if let Some(h) = &metrics.upstream_duration {
+                    h.observe(started.elapsed().as_secs_f64());
+                }
+                Some(a)
+            }
+            Err(e) => {
+                metrics.upstream_failures.get_or_create(labels).inc();
+                tracing::debug!(pod = %self.uid, error = %e, "DNS query not answered upstream");
+                None
+            }
+        }
+    }
+}
+
+/// Binds the pod's DNS sockets (inside the pod): UDP on the loopback addresses the
+/// redirection delivers to, TCP on all addresses like the other pod listeners. IPv6 is bound
+/// where the pod has it.
+pub(crate) fn bind<S: PodSockets>(
+    sockets: &S,
+    port: u16,
+) -> io::Result<(Vec<std::net::UdpSocket>, std::net::TcpListener)> {
+    sockets.run(move || -> io::Result<_> {
+        let v4 = reuseport_udp(SocketAddr::from(([127, 0, 0, 1], port)))?;
+        // Port 0 (tests): the TCP listener and the IPv6 socket take the port UDP got.
+        let port = v4.local_addr()?.port();
+        let mut udp = vec![v4];
+        match reuseport_udp(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))) {
+            Ok(v6) => udp.push(v6),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT)) => {}
+            Err(e) => return Err(e),
+        }
+        let tcp = crate::proxy::sockets::reuseport_listener(SocketAddr::from(([0, 0, 0, 0], port)))?;
+        Ok((udp, tcp))
+    })?
+}
+
+fn reuseport_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Serves a pod's DNS over UDP until the task is dropped; each query is answered on its own
+/// task, so a slow upstream holds up no other query.
+pub(crate) async fn serve_udp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, socket: UdpSocket) {
+    let socket = Arc::new(socket);
+    // The largest UDP message (EDNS allows up to 64 KiB); what does not fit is cut, and such a
+    // query is then unreadable and relayed as it is.
+    let mut buf = vec![0u8; usize::from(u16::MAX)];
+    loop {
+        let (n, client) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(pod = %pod.uid, error = %e, "DNS receive failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let msg = buf[..n].to_vec();
+        let (pod, dns, socket) = (pod.clone(), dns.clone(), socket.clone());
+        tokio::spawn(async move {
+            if let Some(answer) = pod.dns_answer(&dns, &msg, Transport::Udp).await
+                && let Err(e) = socket.send_to(&answer, client).await
+            {
+                tracing::debug!(pod = %pod.uid, %client, error = %e, "DNS answer not sent");
+            }
+        });
+    }
+}
+
+/// Serves one DNS-over-TCP connection: length-prefixed queries, answered in order, until the
+/// client closes or stays silent for [`TCP_IDLE`].
+pub(crate) async fn serve_tcp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, mut tcp: TcpStream) {
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(TCP_IDLE, tcp.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if !matches!(tokio::time::timeout(TCP_IDLE, tcp.read_exact(&mut msg)).await, Ok(Ok(_))) {
+            return;
+        }
+        let Some(answer) = pod.dns_answer(&dns, &msg, Transport::Tcp).await else { return };
+        let Ok(len) = u16::try_from(answer.len()) else { return };
+        let mut out = Vec::with_capacity(2 + answer.len());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&answer);
+        if tcp.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nameservers_are_read_from_resolv_conf() {
+        let text = "# generated\nsearch shop.svc.cluster.local svc.cluster.local\nnameserver 10.96.0.10\n\
+                    nameserver  fd00::a \noptions ndots:5\nnameserver fe80::1%eth0\nnameserver bogus\n";
+        assert_eq!(
+            resolv_conf_nameservers(text),
+            vec!["10.96.0.10:53".parse::<SocketAddr>().unwrap(), "[fd00::a]:53".parse().unwrap()]
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! The pods' DNS proxy on loopback, with real UDP and TCP sockets: mesh service names answered
+//! from the state, everything else relayed to an upstream resolver (a small one of the test's
+//! own) and its answer relayed back, SERVFAIL when no upstream answers, garbage dropped.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hbone::CertStore;
+use hbone::testing::{TestCa, id};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use ztunnel::dns::DnsConfig;
+use ztunnel::dns::message::{Answer, Query, TYPE_A, TYPE_AAAA, build_query, read_answer};
+use ztunnel::proxy::{HostSockets, PodProxy};
+use ztunnel::state::{StateConfig, StateHandle, file};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// `reviews` with a v4 and a v6 address; `api.example.com` (a ServiceEntry host) in two
+/// namespaces; `db`, headless (no address: its pods are the upstream's to tell).
+const STATE: &str = r#"
+workloads:
+- name: web
+  namespace: shop
+  uid: Kubernetes//Pod/shop/web-1
+  workloadName: web
+  serviceAccount: web
+  addresses: ["10.244.1.5"]
+  protocol: HBONE
+services:
+- name: reviews
+  namespace: shop
+  hostname: reviews.shop.svc.cluster.local
+  addresses: ["10.96.0.5", {network: "", address: "fd00::5"}]
+  ports: [{servicePort: 9080, targetPort: 9080}]
+- name: api
+  namespace: aaa
+  hostname: api.example.com
+  addresses: ["240.240.0.1"]
+  ports: [{servicePort: 443, targetPort: 443}]
+- name: api
+  namespace: shop
+  hostname: api.example.com
+  addresses: ["240.240.0.2"]
+  ports: [{servicePort: 443, targetPort: 443}]
+- name: db
+  namespace: shop
+  hostname: db.shop.svc.cluster.local
+  addresses: []
+  ports: [{servicePort: 5432, targetPort: 5432}]
+"#;
+
+/// The upstream's answer to everything.
+const UPSTREAM_ADDR: [u8; 4] = [192, 0, 2, 1];
+
+/// A resolver answering every query (UDP and TCP on one port) with [`UPSTREAM_ADDR`] and
+/// counting them.
+async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    let tcp = TcpListener::bind(addr).await.unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let answer = |q: &[u8]| {
+        let query = Query::parse(q).expect("the proxy relays the query as the pod sent it");
+        query.answer(&[IpAddr::from(UPSTREAM_ADDR)], 60, 512)
+    };
+    let n = seen.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((len, from)) = udp.recv_from(&mut buf).await {
+            n.fetch_add(1, Ordering::SeqCst);
+            let _ = udp.send_to(&answer(&buf[..len]), from).await;
+        }
+    });
+    let n = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = tcp.accept().await {
+            n.fetch_add(1, Ordering::SeqCst);
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).await.unwrap();
+            let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            s.read_exact(&mut q).await.unwrap();
+            let a = answer(&q);
+            s.write_all(&(a.len() as u16).to_be_bytes()).await.unwrap();
+            s.write_all(&a).await.unwrap();
+        }
+    });
+    (addr, seen)
+}
+
+struct Pod {
+    proxy: PodProxy,
+    registry: prometheus_client::registry::Registry,
+}
+
+fn pod(upstreams: Vec<SocketAddr>) -> Pod {
+    let state = file::parse(STATE, StateConfig::default()).unwrap();
+    let certs = CertStore::new(TestCa::new("dns").roots());
+    let (inputs, registry) = support::loopback_inputs_with(StateHandle::new(state), certs, |cfg| {
+        cfg.dns = Some(DnsConfig { port: 0, upstreams, upstream_timeout: Duration::from_millis(300) });
+    });
+    let proxy = PodProxy::start("Kubernetes//Pod/shop/web-1".into(), id("shop", "web"), HostSockets, inputs).unwrap();
+    Pod { proxy, registry }
+}
+
+impl Pod {
+    fn udp_addr(&self) -> SocketAddr {
+        // UDP listens on the loopback address the redirection delivers to, TCP on all.
+        SocketAddr::from(([127, 0, 0, 1], self.proxy.addrs.dns.unwrap().port()))
+    }
+
+    async fn udp(&self, q: &[u8]) -> Option<Vec<u8>> {
+        self.udp_within(q, Duration::from_secs(2)).await
+    }
+
+    /// The answer to `q`, if one comes within `wait`.
+    async fn udp_within(&self, q: &[u8], wait: Duration) -> Option<Vec<u8>> {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.connect(self.udp_addr()).await.unwrap();
+        s.send(q).await.unwrap();
+        let mut buf = vec![0u8; 65535];
+        let n = tokio::time::timeout(wait, s.recv(&mut buf)).await.ok()?.unwrap();
+        buf.truncate(n);
+        Some(buf)
+    }
+
+    async fn ask(&self, id: u16, name: &str, qtype: u16) -> Answer {
+        let a = read_answer(&self.udp(&build_query(id, name, qtype, None)).await.expect("an answer")).unwrap();
+        assert_eq!(a.id, id);
+        a
+    }
+
+    async fn tcp(&self, q: &[u8]) -> Answer {
+        let mut s =
+            TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], self.proxy.addrs.dns.unwrap().port()))).await.unwrap();
+        s.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+        s.write_all(q).await.unwrap();
+        let mut len = [0u8; 2];
+        tokio::time::timeout(WAIT, s.read_exact(&mut len)).await.unwrap().unwrap();
+        let mut a = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut a).await.unwrap();
+        read_answer(&a).unwrap()
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = ztunnel::metrics::encode(&self.registry);
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains("source_workload=\"web\",source_workload_namespace=\"shop\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+fn ips(a: &[&str]) -> Vec<IpAddr> {
+    a.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn mesh_services_are_answered_here_and_other_names_upstream() {
+    let (up, seen) = upstream().await;
+    let pod = pod(vec![up]);
+
+    let a = pod.ask(1, "reviews.shop.svc.cluster.local.", TYPE_A).await;
+    assert_eq!((a.rcode, a.authoritative, a.addrs.clone()), (0, true, ips(&["10.96.0.5"])), "{a:?}");
+    let aaaa = pod.ask(2, "REVIEWS.shop.svc.cluster.local", TYPE_AAAA).await;
+    assert_eq!(aaaa.addrs, ips(&["fd00::5"]), "names compare without case");
+    // A name in two namespaces: the asking pod's namespace's service.
+    assert_eq!(pod.ask(3, "api.example.com", TYPE_A).await.addrs, ips(&["240.240.0.2"]));
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "mesh names never go upstream");
+
+    // Not a mesh service, a headless one, and a type the mesh does not answer: upstream's.
+    for (i, (name, qtype)) in
+        [("www.example.org", TYPE_A), ("db.shop.svc.cluster.local", TYPE_A), ("reviews.shop.svc.cluster.local", 16)]
+            .into_iter()
+            .enumerate()
+    {
+        let q = build_query(10 + i as u16, name, qtype, None);
+        let a = read_answer(&pod.udp(&q).await.expect("relayed answer")).unwrap();
+        assert_eq!(a.id, 10 + i as u16);
+        if qtype == TYPE_A {
+            assert_eq!(a.addrs, vec![IpAddr::from(UPSTREAM_ADDR)], "{name}");
+        }
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+
+    // Over TCP: answered here, and relayed over TCP.
+    assert_eq!(
+        pod.tcp(&build_query(20, "reviews.shop.svc.cluster.local", TYPE_A, None)).await.addrs,
+        ips(&["10.96.0.5"])
+    );
+    assert_eq!(
+        pod.tcp(&build_query(21, "www.example.org", TYPE_A, None)).await.addrs,
+        vec![IpAddr::from(UPSTREAM_ADDR)]
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 4);
+
+    assert_eq!(pod.metric("istio_dns_requests_total"), 8.0);
+    assert_eq!(pod.metric("istio_dns_upstream_requests_total"), 4.0);
+    assert_eq!(pod.metric("istio_dns_upstream_failures_total"), 0.0);
+}
+
+#[tokio::test]
+async fn no_upstream_answering_is_servfail_and_garbage_is_dropped() {
+    // A port nobody answers on: the query times out there, then SERVFAIL.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let pod = pod(vec![silent.local_addr().unwrap()]);
+    let started = std::time::Instant::now();
+    let a = pod.ask(7, "www.example.org", TYPE_A).await;
+    assert_eq!((a.rcode, a.addrs.len()), (2, 0), "SERVFAIL: {a:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "the upstream's deadline, not the client's");
+    assert_eq!(pod.metric("istio_dns_upstream_failures_total"), 1.0);
+    // Mesh names still resolve without any upstream.
+    assert_eq!(pod.ask(8, "reviews.shop.svc.cluster.local", TYPE_A).await.addrs, ips(&["10.96.0.5"]));
+
+    // Bytes that are not even a header get no answer, and break nothing.
+    let quiet = Duration::from_millis(300);
+    assert_eq!(pod.udp_within(b"\x01\x02\x03", quiet).await, None);
+    // A response sent to the proxy is not answered (no reflection).
+    let mut response = build_query(9, "reviews.shop.svc.cluster.local", TYPE_A, None);
+    response[2] |= 0x80;
+    assert_eq!(pod.udp_within(&response, quiet).await, None);
+    assert_eq!(pod.ask(10, "reviews.shop.svc.cluster.local", TYPE_A).await.addrs, ips(&["10.96.0.5"]));
+}
