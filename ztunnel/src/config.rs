@@ -336,4 +336,28 @@ mod tests {
         assert!(no_token.unwrap_err().contains("needs --ca-token-file"));
         both.unwrap();
     }
+
+    #[test]
+    fn dns_upstreams_come_from_the_flag_else_from_resolv_conf() {
+        use clap::Parser;
+        let base = ["ztunnel", "--node-name", "n1", "--state-file", "/s", "--cert-dir", "/c"];
+        let resolv = "search svc.cluster.local\nnameserver 10.96.0.10\n";
+        if std::env::var_os("ZTUNNEL_DNS_UPSTREAMS").is_none() && std::env::var_os("ZTUNNEL_NO_DNS_PROXY").is_none() {
+            let default = Config::try_parse_from(base).expect("parses");
+            let dns = default.dns(Some(resolv)).expect("on by default");
+            assert_eq!(dns.upstreams, vec!["10.96.0.10:53".parse::<SocketAddr>().unwrap()]);
+            assert_eq!(dns.port, crate::dns::DNS_PORT);
+            assert!(default.dns(None).unwrap().upstreams.is_empty(), "no resolv.conf: no upstream");
+        }
+        let set = Config::try_parse_from(base.iter().copied().chain(["--dns-upstream", "10.0.0.2, [fd00::2]:5353"]))
+            .expect("parses");
+        assert_eq!(
+            set.dns(Some(resolv)).unwrap().upstreams,
+            vec!["10.0.0.2:53".parse::<SocketAddr>().unwrap(), "[fd00::2]:5353".parse().unwrap()]
+        );
+        let off = Config::try_parse_from(base.iter().copied().chain(["--no-dns-proxy"])).expect("parses");
+        assert!(off.dns(Some(resolv)).is_none());
+        let bad = Config::try_parse_from(base.iter().copied().chain(["--dns-upstream", "kube-dns"])).unwrap_err();
+        assert!(bad.to_string().contains("\"kube-dns\" is not an address or address:port"), "{bad}");
+    }
 }
