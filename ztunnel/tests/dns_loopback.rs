@@ -223,5 +223,10 @@ async fn no_upstream_answering_is_servfail_and_garbage_is_dropped() {
     let mut response = build_query(9, "reviews.shop.svc.cluster.local", TYPE_A, None);
     response[2] |= 0x80;
     assert_eq!(pod.udp_within(&response, quiet).await, None);
+    // A datagram over the proxy's 4 KiB: FORMERR, not a cut query acted on.
+    let mut big = build_query(11, "reviews.shop.svc.cluster.local", TYPE_A, None);
+    big.resize(5000, 0);
+    let a = read_answer(&pod.udp(&big).await.expect("an answer")).unwrap();
+    assert_eq!((a.id, a.rcode), (11, 1), "{a:?}");
     assert_eq!(pod.ask(10, "reviews.shop.svc.cluster.local", TYPE_A).await.addrs, ips(&["10.96.0.5"]));
 }

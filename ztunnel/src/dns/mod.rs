@@ -46,6 +46,9 @@ pub const ANSWER_TTL: u32 = 30;
 /// Upstream queries in flight at once, all pods together; past it a query gets SERVFAIL, so a
 /// pod that floods cannot hold every socket ztunnel may open.
 pub const MAX_IN_FLIGHT: usize = 512;
+/// The largest UDP query read: a stub resolver's queries are a few hundred bytes (a name of at
+/// most 255, EDNS options); a datagram this long or longer is answered FORMERR.
+const MAX_QUERY: usize = 4096;
 /// How long a TCP client may stay silent between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
@@ -269,22 +272,33 @@ fn reuseport_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 /// task, so a slow upstream holds up no other query.
 pub(crate) async fn serve_udp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, socket: UdpSocket) {
     let socket = Arc::new(socket);
-    // The largest UDP message (EDNS allows up to 64 KiB); what does not fit is cut, and such a
-    // query is then unreadable and relayed as it is.
-    let mut buf = vec![0u8; usize::from(u16::MAX)];
     loop {
-        let (n, client) = match socket.recv_from(&mut buf).await {
+        // The buffer is made once a datagram is there: an idle pod (most of them) holds none.
+        if let Err(e) = socket.readable().await {
+            tracing::warn!(pod = %pod.uid, error = %e, "DNS socket failed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let mut msg = vec![0u8; MAX_QUERY];
+        let (n, client) = match socket.try_recv_from(&mut msg) {
             Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 tracing::warn!(pod = %pod.uid, error = %e, "DNS receive failed");
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
         };
-        let msg = buf[..n].to_vec();
+        msg.truncate(n);
         let (pod, dns, socket) = (pod.clone(), dns.clone(), socket.clone());
         tokio::spawn(async move {
-            if let Some(answer) = pod.dns_answer(&dns, &msg, Transport::Udp).await
+            // A datagram that filled the buffer may have been cut: not a query to act on.
+            let answer = if n == MAX_QUERY {
+                message::format_error(&msg)
+            } else {
+                pod.dns_answer(&dns, &msg, Transport::Udp).await
+            };
+            if let Some(answer) = answer
                 && let Err(e) = socket.send_to(&answer, client).await
             {
                 tracing::debug!(pod = %pod.uid, %client, error = %e, "DNS answer not sent");
