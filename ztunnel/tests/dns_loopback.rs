@@ -109,7 +109,7 @@ fn pod(upstreams: Vec<SocketAddr>) -> Pod {
 
 impl Pod {
     fn udp_addr(&self) -> SocketAddr {
-        // UDP listens on the loopback address the redirection delivers to, TCP on all.
+        // UDP and TCP listen on the loopback address the redirection delivers to.
         SocketAddr::from(([127, 0, 0, 1], self.proxy.addrs.dns.unwrap().port()))
     }
 

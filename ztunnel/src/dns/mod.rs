@@ -15,9 +15,10 @@
 //! in several namespaces (Istio ServiceEntry hosts may be) is answered with the asking pod's
 //! namespace's service, else the first namespace's in order.
 //!
-//! UDP answers leave from the loopback address the redirection delivered the query to, so
-//! conntrack turns their source back into the resolver the pod asked; a socket on the wildcard
-//! address would answer from the pod's own address, which the pod's resolver drops.
+//! The sockets are bound to the loopback addresses the redirection delivers to, and nowhere
+//! else. UDP answers so leave from the address the query was delivered to, and conntrack turns
+//! their source back into the resolver the pod asked; a socket on the wildcard address would
+//! answer from the pod's own address, which the pod's resolver drops.
 
 pub mod message;
 mod upstream;
@@ -235,25 +236,34 @@ impl<S: PodSockets> Pod<S> {
     }
 }
 
-/// Binds the pod's DNS sockets (inside the pod): UDP on the loopback addresses the
-/// redirection delivers to, TCP on all addresses like the other pod listeners. IPv6 is bound
-/// where the pod has it.
-pub(crate) fn bind<S: PodSockets>(
-    sockets: &S,
-    port: u16,
-) -> io::Result<(Vec<std::net::UdpSocket>, std::net::TcpListener)> {
+/// A pod's DNS sockets.
+pub(crate) struct Bound {
+    /// UDP, on 127.0.0.1 (and ::1 where the pod has IPv6).
+    pub udp: Vec<std::net::UdpSocket>,
+    /// TCP, on the same addresses.
+    pub tcp: Vec<std::net::TcpListener>,
+}
+
+/// Binds the pod's DNS sockets (inside the pod) on the loopback addresses the redirection
+/// delivers to, and nowhere else: the proxy is for the pod's own resolver, not a resolver (nor
+/// a relay to the node's upstream) for whoever can reach the pod. IPv6 is bound where the pod
+/// has it.
+pub(crate) fn bind<S: PodSockets>(sockets: &S, port: u16) -> io::Result<Bound> {
     sockets.run(move || -> io::Result<_> {
         let v4 = reuseport_udp(SocketAddr::from(([127, 0, 0, 1], port)))?;
-        // Port 0 (tests): the TCP listener and the IPv6 socket take the port UDP got.
+        // Port 0 (tests): the other sockets take the port UDP got.
         let port = v4.local_addr()?.port();
-        let mut udp = vec![v4];
-        match reuseport_udp(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))) {
-            Ok(v6) => udp.push(v6),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT)) => {}
+        let tcp = vec![crate::proxy::sockets::reuseport_listener(SocketAddr::from(([127, 0, 0, 1], port)))?];
+        let mut bound = Bound { udp: vec![v4], tcp };
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+        let no_ipv6 = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT));
+        match reuseport_udp(v6) {
+            Ok(s) => bound.udp.push(s),
+            Err(e) if no_ipv6(&e) => return Ok(bound),
             Err(e) => return Err(e),
         }
-        let tcp = crate::proxy::sockets::reuseport_listener(SocketAddr::from(([0, 0, 0, 0], port)))?;
-        Ok((udp, tcp))
+        bound.tcp.push(crate::proxy::sockets::reuseport_listener(v6)?);
+        Ok(bound)
     })?
 }
 

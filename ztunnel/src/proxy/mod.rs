@@ -192,7 +192,7 @@ pub struct PodAddrs {
     pub inbound_plain: SocketAddr,
     /// HBONE.
     pub hbone: SocketAddr,
-    /// DNS over UDP (IPv4 loopback) and TCP, on one port; `None` when DNS is not served.
+    /// DNS over UDP and TCP, on the IPv4 loopback address (and ::1); `None` when DNS is not served.
     pub dns: Option<SocketAddr>,
 }
 
@@ -224,7 +224,7 @@ impl PodProxy {
             outbound: listeners[0].local_addr()?,
             inbound_plain: listeners[1].local_addr()?,
             hbone: listeners[2].local_addr()?,
-            dns: dns.as_ref().map(|(_, (_, tcp))| tcp.local_addr()).transpose()?,
+            dns: dns.as_ref().map(|(_, bound)| bound.tcp[0].local_addr()).transpose()?,
         };
         let (hbone_listener, plain_listener, outbound_listener) = (
             listeners.pop().expect("three listeners"),
@@ -236,18 +236,17 @@ impl PodProxy {
         let mut tasks = JoinSet::new();
         tasks.spawn(outbound::serve(pod.clone(), outbound_listener));
         tasks.spawn(inbound_plain::serve(pod.clone(), plain_listener));
-        if let Some((shared, (udp, tcp))) = dns {
-            for socket in udp {
-                tasks.spawn(crate::dns::serve_udp(
-                    pod.clone(),
-                    shared.clone(),
-                    tokio::net::UdpSocket::from_std(socket)?,
-                ));
+        if let Some((shared, bound)) = dns {
+            for socket in bound.udp {
+                let socket = tokio::net::UdpSocket::from_std(socket)?;
+                tasks.spawn(crate::dns::serve_udp(pod.clone(), shared.clone(), socket));
             }
-            let tcp = TcpListener::from_std(tcp)?;
-            tasks.spawn(accept_loop(pod.clone(), tcp, "dns", move |pod, tcp, _| {
-                crate::dns::serve_tcp(pod, shared.clone(), tcp)
-            }));
+            for tcp in bound.tcp {
+                let shared = shared.clone();
+                tasks.spawn(accept_loop(pod.clone(), TcpListener::from_std(tcp)?, "dns", move |pod, tcp, _| {
+                    crate::dns::serve_tcp(pod, shared.clone(), tcp)
+                }));
+            }
         }
         tasks.spawn(inbound::serve(pod, hbone_listener));
         Ok(PodProxy { tasks, addrs })
