@@ -91,8 +91,9 @@ pub struct Config {
     #[arg(long, env = "ZTUNNEL_NO_TRANSPARENT")]
     pub no_transparent: bool,
     /// Inbound HBONE handshakes (TLS and the HTTP/2 preface) run at once across all pods, between
-    /// 1 and 65,536; more wait for a turn within their handshake deadline. Anyone who can reach
-    /// port 15008 can start a handshake, and each costs a signature and its TLS state.
+    /// 1 and 65,536; a connection past them is closed at once and counted
+    /// (`hbone_handshake_overload`). Anyone who can reach port 15008 can start a handshake, and
+    /// each costs a signature and its TLS state.
     #[arg(long, env = "ZTUNNEL_MAX_INBOUND_HANDSHAKES", default_value_t = 256)]
     pub max_inbound_handshakes: usize,
     /// Serve no DNS on the pods' port 15053. Only for nodes whose agent does not capture DNS
