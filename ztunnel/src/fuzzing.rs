@@ -85,6 +85,7 @@ pub fn dns_message(data: &[u8]) {
         assert_eq!((a.id, a.rcode, a.authoritative), (q.id, 0, true));
         assert_eq!(a.addrs, wanted[..a.addrs.len()], "the addresses of the asked family, in order");
         assert_eq!(a.truncated, a.addrs.len() < wanted.len(), "truncated exactly when some did not fit");
+        assert_eq!(a.edns_udp_size, q.edns_udp_size.map(|_| message::OPT_UDP_SIZE), "OPT back exactly for EDNS");
     }
     let sf = message::read_answer(&q.error(Rcode::ServFail)).expect("a SERVFAIL reads back");
     assert_eq!((sf.id, sf.rcode, sf.addrs.len()), (q.id, Rcode::ServFail as u8, 0));

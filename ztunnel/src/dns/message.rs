@@ -20,6 +20,11 @@ pub const TYPE_A: u16 = 1;
 pub const TYPE_AAAA: u16 = 28;
 /// Record type OPT (EDNS, RFC 6891).
 const TYPE_OPT: u16 = 41;
+/// Bytes of our OPT record: root name, type, class (UDP size), TTL (flags), empty data.
+const OPT_LEN: usize = 1 + 2 + 2 + 4 + 2;
+/// The UDP payload size our OPT record advertises: the size DNS flag day 2020 settled on, which
+/// fits any path's MTU without fragments.
+pub const OPT_UDP_SIZE: u16 = 1232;
 /// Class IN.
 pub const CLASS_IN: u16 = 1;
 
@@ -125,6 +130,8 @@ impl<'a> Query<'a> {
     /// client asks again over TCP.
     pub fn answer(&self, addrs: &[IpAddr], ttl: u32, limit: usize) -> Vec<u8> {
         let mut out = self.header(FLAG_AA, Rcode::NoError);
+        // An EDNS query gets an OPT record back (RFC 6891 §7), after the answers: keep room.
+        let limit = limit.saturating_sub(if self.edns_udp_size.is_some() { OPT_LEN } else { 0 });
         let mut count: u16 = 0;
         for addr in addrs {
             let rdata: &[u8] = match addr {
@@ -147,12 +154,28 @@ impl<'a> Query<'a> {
             count += 1;
         }
         out[6..8].copy_from_slice(&count.to_be_bytes());
+        self.opt(&mut out);
         out
     }
 
     /// An answer with no records and `rcode` (e.g. SERVFAIL when no upstream answered).
     pub fn error(&self, rcode: Rcode) -> Vec<u8> {
-        self.header(0, rcode)
+        let mut out = self.header(0, rcode);
+        self.opt(&mut out);
+        out
+    }
+
+    /// Appends our OPT record if the query had one: version 0, no flags or options, the UDP
+    /// size we take ([`OPT_UDP_SIZE`]).
+    fn opt(&self, out: &mut Vec<u8>) {
+        if self.edns_udp_size.is_none() {
+            return;
+        }
+        out.push(0);
+        out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+        out.extend_from_slice(&OPT_UDP_SIZE.to_be_bytes());
+        out.extend_from_slice(&[0; 6]);
+        out[10..12].copy_from_slice(&1u16.to_be_bytes());
     }
 
     /// Header and question of an answer.
@@ -265,6 +288,8 @@ pub struct Answer {
     pub truncated: bool,
     /// The addresses of A and AAAA records in the answer section.
     pub addrs: Vec<IpAddr>,
+    /// The UDP size of an OPT record in the additional section, if there is one.
+    pub edns_udp_size: Option<u16>,
 }
 
 /// Reads an answer's A and AAAA records; names in the answer may be compressed.
@@ -292,12 +317,16 @@ pub fn read_answer(msg: &[u8]) -> Option<Answer> {
         }
         at += 10 + len;
     }
+    let ns = u16_at(msg, 8)?;
+    let ar = u16_at(msg, 10)?;
+    let edns_udp_size = if ns == 0 && ar == 1 { opt_udp_size(msg, at) } else { None };
     Some(Answer {
         id: u16_at(msg, 0)?,
         rcode: (flags & 0x000F) as u8,
         authoritative: flags & FLAG_AA != 0,
         truncated: flags & FLAG_TC != 0,
         addrs,
+        edns_udp_size,
     })
 }
 
@@ -324,12 +353,25 @@ mod tests {
         assert_eq!((query.id, query.qtype, query.qclass, query.udp_limit()), (0x1234, TYPE_A, CLASS_IN, 512));
         let addrs: Vec<IpAddr> = vec!["10.96.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
         let a = read_answer(&query.answer(&addrs, 30, 512)).unwrap();
-        assert_eq!(a, Answer { id: 0x1234, rcode: 0, authoritative: true, truncated: false, addrs: vec![addrs[0]] });
+        assert_eq!(
+            a,
+            Answer {
+                id: 0x1234,
+                rcode: 0,
+                authoritative: true,
+                truncated: false,
+                addrs: vec![addrs[0]],
+                edns_udp_size: None
+            }
+        );
 
         let q6 = build_query(7, "reviews.shop.svc.cluster.local", TYPE_AAAA, Some(1232));
         let query6 = Query::parse(&q6).unwrap();
         assert_eq!(query6.udp_limit(), 1232);
-        assert_eq!(read_answer(&query6.answer(&addrs, 30, 1232)).unwrap().addrs, vec![addrs[1]]);
+        let a6 = read_answer(&query6.answer(&addrs, 30, 1232)).unwrap();
+        assert_eq!(a6.addrs, vec![addrs[1]]);
+        assert_eq!(a6.edns_udp_size, Some(OPT_UDP_SIZE), "an EDNS query gets an OPT record back");
+        assert_eq!(read_answer(&query6.error(Rcode::ServFail)).unwrap().edns_udp_size, Some(OPT_UDP_SIZE));
         // The name exists but has no record of this family: NOERROR, no answer (NODATA).
         let none = read_answer(&query6.answer(&addrs[..1], 30, 512)).unwrap();
         assert_eq!((none.rcode, none.addrs.len()), (0, 0));
