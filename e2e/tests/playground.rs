@@ -1,6 +1,7 @@
 //! The playground's one-round mode, as a user runs it: it must show mTLS identities, an allowed
 //! and two denied flows naming the deciding policies, an L7 GET allowed and an L7 DELETE denied
-//! by the waypoint, and exit 0 only if every verdict was the expected one. Needs root and the binaries (`cargo test --workspace` builds them).
+//! by the waypoint, service names resolved by ztunnel's DNS proxy, and exit 0 only if every
+//! verdict was the expected one. Needs root and the binaries (`cargo test --workspace` builds them).
 
 use std::process::Command;
 
@@ -17,6 +18,8 @@ fn playground_once_shows_identities_and_verdicts() {
         "denied by policy istio-system/istio_converted_static_strict",
         "L7 GET allowed by policy shop/orders-readers",
         "L7 DELETE denied (403, policy no-allow-match)",
+        // The pods' nameserver does not exist: ztunnel's DNS proxy answers the service names.
+        "DNS  tools/curl: catalog.shop.svc.cluster.local. → 10.96.0.20 (answered by ztunnel's DNS proxy",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }

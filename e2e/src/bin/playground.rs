@@ -13,6 +13,11 @@
 //! traffic goes through waypoint `shop/waypoint` (started as a process like the ztunnels), and
 //! an L7 policy that waypoint enforces (tools/curl may only GET); the table shows a GET allowed
 //! and a DELETE denied there, as the waypoint's access log records them.
+//!
+//! DNS: the node agents capture the pods' DNS, and every pod's resolver is pointed at a cluster
+//! DNS address where nothing answers (the sandbox's own `/etc/resolv.conf`), so the catalog flow's
+//! `curl` by service name resolves only because ztunnel's DNS proxy answers it; the summary says
+//! which address each name got and how many queries ztunnel answered.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -23,6 +28,10 @@ use serde_json::Value;
 use serde_yaml::Value as Yaml;
 
 const CATALOG_VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 20));
+/// The catalog service's name, fully qualified (the trailing dot: no search list to walk).
+const CATALOG_HOST: &str = "catalog.shop.svc.cluster.local.";
+/// The pods' nameserver: a cluster DNS address where nothing answers.
+const NAMESERVER: &str = "10.96.0.53";
 
 struct Flow {
     what: &'static str,
@@ -160,6 +169,7 @@ fn spec(policies: String, l7: &L7Sample) -> MeshSpec {
         control_plane: true,
         k8s_policies_yaml: policies + &l7.policies,
         log_format: "json".into(),
+        capture_dns: true,
         ..MeshSpec::default()
     }
 }
@@ -201,6 +211,11 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     });
     let l7 = l7_sample(&l7_file)?;
     println!("starting a two-node mesh from {root} and {l7_file} ...");
+    // Inside the sandbox only (a bind mount in its private mount namespace).
+    e2e::sandbox::replace_file(
+        std::path::Path::new("/etc/resolv.conf"),
+        &format!("nameserver {NAMESERVER}\noptions timeout:1 attempts:1\n"),
+    )?;
     let mesh = Mesh::start(spec(policies, &l7))?;
     let orders = mesh.pod(&l7.service.namespace, &format!("{}-1", l7.service.name)).clone();
     let c1 = mesh.pod("shop", "catalog-1").clone();
@@ -219,7 +234,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         Flow {
             what: "curl → catalog service",
             from: ("tools", "curl"),
-            url: format!("http://{CATALOG_VIP}/"),
+            url: format!("http://{CATALOG_HOST}/"),
             explain_as: "shop/catalog:80",
             expect_allowed: true,
             l7_method: None,
@@ -299,6 +314,9 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         );
     }
     println!();
+    let l7_host = format!("{}.{}.svc.cluster.local.", l7.service.name, l7.service.namespace);
+    all_ok &= dns_summary(&mesh, &[(CATALOG_HOST.to_owned(), CATALOG_VIP), (l7_host, l7.service.vip)])?;
+    println!();
     if once {
         return Ok(all_ok);
     }
@@ -325,6 +343,33 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     wait_for_interrupt();
     println!("stopping; removing everything");
     Ok(all_ok)
+}
+
+/// What the pods' resolver got for each service name, from ztunnel's DNS proxy (the pods'
+/// nameserver does not exist), and how many queries node 1's ztunnel answered; false when a name
+/// did not resolve to its service's address.
+fn dns_summary(mesh: &Mesh, names: &[(String, IpAddr)]) -> Result<bool, Box<dyn std::error::Error>> {
+    let curl = mesh.pod("tools", "curl");
+    let mut ok = true;
+    for (host, vip) in names {
+        let out = curl.netns.exec(["getent", "ahostsv4", host], Duration::from_secs(5))?;
+        let got: Option<IpAddr> = out.stdout.lines().next().and_then(|l| l.split_whitespace().next()?.parse().ok());
+        let right = got == Some(*vip);
+        ok &= right;
+        println!(
+            "DNS  tools/curl: {host} → {} (answered by ztunnel's DNS proxy; the pods' nameserver {NAMESERVER} does not exist){}",
+            got.map_or_else(|| "no answer".to_owned(), |a| a.to_string()),
+            if right { "" } else { "  UNEXPECTED" }
+        );
+    }
+    let m = mesh.metrics(1)?;
+    let answered: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("istio_dns_requests_total") && l.contains("source_workload=\"curl\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    println!("DNS  node 1's ztunnel: {answered} queries from tools/curl (istio_dns_requests_total)");
+    Ok(ok)
 }
 
 #[allow(clippy::too_many_arguments)]
