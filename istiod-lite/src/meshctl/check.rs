@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use super::fetch;
 
-/// The ports ztunnel listens on: outbound, inbound plaintext, HBONE, metrics, readiness.
-pub const ZTUNNEL_PORTS: [u16; 5] = [15001, 15006, 15008, 15020, 15021];
+/// The ports ztunnel listens on: outbound, inbound plaintext, HBONE, DNS, metrics, readiness.
+pub const ZTUNNEL_PORTS: [u16; 6] = [15001, 15006, 15008, 15053, 15020, 15021];
 /// The `type` of our CNI plugin in a configuration list.
 pub const CNI_PLUGIN_TYPE: &str = "ztunnel-cni";
 
