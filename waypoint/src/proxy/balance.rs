@@ -10,9 +10,12 @@
 //! Before any of that, the service's own load balancing (Istio's `Service.load_balancing`)
 //! decides which endpoints may be used, with the waypoint's own workload as the source: the
 //! endpoint list comes from [`MeshState::endpoints_for`] (declared port, health policy, this
-//! network, capacity, STRICT locality), and FAILOVER is applied here as priority levels (Envoy's,
-//! as Istio configures its waypoints): the policy picks among the endpoints of the best rank
-//! that has one not ejected, so ejecting the last close endpoint fails over to the next rank.
+//! network, capacity, STRICT locality), and FAILOVER is applied here as priority levels, with
+//! the load each level takes computed as Envoy does for Istio's waypoints ([`level_loads`]): a
+//! level whose endpoints are all available takes everything; as its endpoints are ejected,
+//! traffic spills to the next level gradually (a level keeps 1.4 × the share of its endpoints that
+//! are available), not all at once when the last one goes. The policy then picks among the chosen
+//! level's available endpoints.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -179,10 +182,10 @@ impl Balancer {
                 Some((e, a, stats, prefer.rank(&e.workload), ejected))
             })
             .collect();
-        // The best priority level with an endpoint not ejected; else, all ejected, the best
-        // present (and its endpoints used again).
-        let live = all.iter().filter(|x| !x.4).map(|x| x.3).max();
-        let (rank, take_ejected) = match live {
+        // The priority level to use: chosen by the levels' loads, by the hash of the request
+        // when there is one (so a key keeps its level as it keeps its endpoint); all ejected,
+        // the best level present, its endpoints used again.
+        let (rank, take_ejected) = match choose_level(&all, |x| (x.3, x.4), hash_value) {
             Some(r) => (r, false),
             None => (all.iter().map(|x| x.3).max()?, true),
         };
@@ -252,6 +255,90 @@ impl Balancer {
         s.consecutive_failures.store(0, Ordering::Relaxed);
         tracing::warn!(endpoint = %picked.addr, ejection_ms = millis, failures = n, "endpoint ejected");
     }
+}
+
+/// Envoy's overprovisioning factor, as a percentage: a level keeps all of its load while at least
+/// 1/1.4 (71%) of its endpoints are available.
+const OVERPROVISIONING_PERCENT: u64 = 140;
+
+/// The share of requests (in hundredths, summing to 100) each priority level takes, given each
+/// level's endpoints and how many of them are available, best level first. Envoy's priority
+/// load: a level's health is its available share × 1.4, at most 100; the best level takes its
+/// health, the next takes its own health of what is left, and so on; when the levels' health
+/// adds up to less than 100, each level takes its health in proportion instead. `None` when no
+/// endpoint is available at all.
+pub fn level_loads(levels: &[(usize, usize)]) -> Option<Vec<u64>> {
+    let health: Vec<u64> = levels
+        .iter()
+        .map(
+            |&(total, available)| {
+                if total == 0 { 0 } else { (OVERPROVISIONING_PERCENT * available as u64 / total as u64).min(100) }
+            },
+        )
+        .collect();
+    let sum: u64 = health.iter().sum();
+    if sum == 0 {
+        return None;
+    }
+    if sum < 100 {
+        // Largest remainder, so the shares add up to exactly 100.
+        let mut loads: Vec<u64> = health.iter().map(|h| h * 100 / sum).collect();
+        let short = 100 - loads.iter().sum::<u64>();
+        if let Some(best) = loads.iter_mut().zip(&health).filter(|(_, h)| **h > 0).map(|(l, _)| l).next() {
+            *best += short;
+        }
+        return Some(loads);
+    }
+    let mut left = 100;
+    Some(
+        health
+            .iter()
+            .map(|&h| {
+                let take = h.min(left);
+                left -= take;
+                take
+            })
+            .collect(),
+    )
+}
+
+/// The rank of the priority level a request goes to, among `entries` described by `level_of`
+/// as (rank, ejected); `None` when every endpoint is ejected. One level (no FAILOVER, or every
+/// endpoint alike) is chosen without counting.
+fn choose_level<T>(entries: &[T], level_of: impl Fn(&T) -> (usize, bool), hash: Option<&[u8]>) -> Option<usize> {
+    let first = entries.first().map(|e| level_of(e).0)?;
+    if entries.iter().all(|e| level_of(e).0 == first) {
+        return entries.iter().any(|e| !level_of(e).1).then_some(first);
+    }
+    // (rank, total, available), best rank first.
+    let mut levels: Vec<(usize, usize, usize)> = Vec::new();
+    for e in entries {
+        let (rank, ejected) = level_of(e);
+        match levels.iter_mut().find(|l| l.0 == rank) {
+            Some(l) => {
+                l.1 += 1;
+                l.2 += usize::from(!ejected);
+            }
+            None => levels.push((rank, 1, usize::from(!ejected))),
+        }
+    }
+    levels.sort_by_key(|l| std::cmp::Reverse(l.0));
+    let loads = level_loads(&levels.iter().map(|l| (l.1, l.2)).collect::<Vec<_>>())?;
+    let mut point = match hash {
+        Some(v) => {
+            let mut h = std::hash::DefaultHasher::new();
+            v.hash(&mut h);
+            h.finish() % 100
+        }
+        None => rand::rng().random_range(0..100),
+    };
+    for (level, load) in levels.iter().zip(loads) {
+        if point < load {
+            return Some(level.0);
+        }
+        point -= load;
+    }
+    levels.iter().find(|l| l.2 > 0).map(|l| l.0)
 }
 
 #[cfg(test)]
@@ -375,9 +462,14 @@ mod tests {
             assert_eq!(seen.keys().len(), 2, "{lb:?}: {seen:?}");
             assert!(seen.contains_key("near-1") && seen.contains_key("near-2"), "{lb:?}: {seen:?}");
 
-            // The zone's endpoints ejected: the region's, then the farthest.
+            // Half the zone ejected: the zone keeps 1.4 × 50% = 70% of the requests, 30% spill
+            // to the region (Envoy's overprovisioning, as in Istio's waypoints), none further.
             eject(&b, &eps, &p, "near-1");
-            assert_eq!(picks(&b, &eps, &p, prefer, 10), HashMap::from([("near-2".into(), 10)]), "{lb:?}");
+            let seen = picks(&b, &eps, &p, prefer, 2000);
+            let (zone, region) = (seen.get("near-2").copied().unwrap_or(0), seen.get("region").copied().unwrap_or(0));
+            assert_eq!(zone + region, 2000, "{lb:?}: {seen:?}");
+            assert!((1250..=1550).contains(&zone) && (450..=750).contains(&region), "{lb:?}: {seen:?}");
+            // The whole zone ejected: the region's, then the farthest.
             eject(&b, &eps, &p, "near-2");
             assert_eq!(picks(&b, &eps, &p, prefer, 10), HashMap::from([("region".into(), 10)]), "{lb:?}");
             eject(&b, &eps, &p, "region");
@@ -397,6 +489,21 @@ mod tests {
         let eps = m.endpoints_for(None, &svc, 80);
         let seen = picks(&Balancer::default(), &eps, &policy(LoadBalancer::RoundRobin), Prefer::of(&svc, None), 40);
         assert_eq!(seen.len(), 4, "{seen:?}");
+    }
+
+    #[test]
+    fn level_loads_spill_as_envoys_priority_load() {
+        // (endpoints, available) per level, best first.
+        assert_eq!(level_loads(&[(2, 2), (1, 1)]), Some(vec![100, 0]), "a whole level takes everything");
+        assert_eq!(level_loads(&[(2, 1), (1, 1)]), Some(vec![70, 30]), "half a level: 1.4 × 50%");
+        assert_eq!(level_loads(&[(3, 2), (2, 1), (1, 1)]), Some(vec![93, 7, 0]), "the spill stops where it is taken");
+        assert_eq!(level_loads(&[(4, 3), (1, 1)]), Some(vec![100, 0]), "75% available × 1.4 is over 100%");
+        assert_eq!(level_loads(&[(2, 0), (1, 1), (1, 1)]), Some(vec![0, 100, 0]), "an empty level takes nothing");
+        // Below 100% together: each in proportion to its health, adding up to 100.
+        assert_eq!(level_loads(&[(2, 1), (5, 0)]), Some(vec![100, 0]));
+        assert_eq!(level_loads(&[(4, 1), (4, 1)]), Some(vec![50, 50]));
+        assert_eq!(level_loads(&[(3, 1), (7, 1)]), Some(vec![70, 30]), "46 and 20 of 66, in whole percents");
+        assert_eq!(level_loads(&[(2, 0), (1, 0)]), None);
     }
 
     #[test]
