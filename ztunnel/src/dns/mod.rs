@@ -160,8 +160,18 @@ enum Transport {
 /// here (a headless service: the upstream knows its pods).
 pub fn service_addresses(state: &State, name: &str, pod_namespace: &str) -> Option<Vec<IpAddr>> {
     let network = &state.config().network;
+    // A Kubernetes service's name says its namespace (`<service>.<namespace>.svc.<domain>`):
+    // one lookup. Other names (Istio ServiceEntry hosts) may be in any namespace: a scan.
+    let named_namespace = {
+        let mut labels = name.splitn(4, '.');
+        match (labels.next(), labels.next(), labels.next()) {
+            (Some(_), Some(ns), Some("svc")) => Some(ns),
+            _ => None,
+        }
+    };
     let svc = state
         .service_by_host(pod_namespace, name)
+        .or_else(|| named_namespace.and_then(|ns| state.service_by_host(ns, name)))
         .or_else(|| state.services().filter(|s| s.hostname == name).min_by(|a, b| a.namespace.cmp(&b.namespace)))?;
     let addrs: Vec<IpAddr> = svc.vips.iter().filter(|v| &v.network == network).map(|v| v.address).collect();
     (!addrs.is_empty()).then_some(addrs)
