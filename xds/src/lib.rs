@@ -20,7 +20,7 @@ pub mod store;
 
 pub use client::{
     Backoff, Cache, CacheHandler, Client, ClientHandle, ClientStatus, ClientTypeStatus, Names, ResourceHandler,
-    StreamError, Update, cache_handler,
+    StreamError, Update, cache_handler, cache_handler_per_resource,
 };
 pub use server::{
     AdsService, Authenticate, ConnectionStatus, DEFAULT_PUSH_BUDGET, NackStatus, ServeError, ServerStats, TypeStatus,

@@ -1,5 +1,6 @@
 //! ztunnel's state from a real delta xDS server on loopback: workloads, services and policies
-//! arrive converted, bad resources are refused without losing the good state, removals apply.
+//! arrive converted, bad resources are refused by name without holding back the others (and
+//! are unknown, so denied, until fixed), removals apply.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
@@ -99,8 +100,7 @@ async fn state_follows_the_control_plane() {
     eventually(&handle, "the second workload", |s| s.workload_by_ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))).is_some())
         .await;
 
-    // A malformed workload (a 3-byte address) is refused; the good state stays.
-    let version = handle.version();
+    // A malformed workload (a 3-byte address) is refused, by name; the good state stays.
     store.set(proto::ADDRESS_TYPE_URL, "Kubernetes//Pod/shop/bad", any(proto::ADDRESS_TYPE_URL, &three_byte_address()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -116,8 +116,30 @@ async fn state_follows_the_control_plane() {
         assert!(tokio::time::Instant::now() < deadline, "the bad workload is NACKed naming the field");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(handle.version(), version, "a refused update does not change the state");
+    assert!(handle.snapshot().workload_by_uid("Kubernetes//Pod/shop/bad").is_none(), "refused, so unknown");
     assert!(handle.snapshot().workload_by_ip(ip1).is_some());
+
+    // While the bad one is still served (and so sent again with every push of its type), other
+    // changes still apply: a new pod is known, and an update that breaks a known workload
+    // removes it (unknown: its inbound is refused) instead of keeping its old version.
+    let ip3 = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3));
+    store.set(
+        proto::ADDRESS_TYPE_URL,
+        "Kubernetes//Pod/shop/web-3",
+        any(proto::ADDRESS_TYPE_URL, &workload("web-3", [10, 0, 0, 3])),
+    );
+    eventually(&handle, "a new workload beside a refused one", |s| s.workload_by_ip(ip3).is_some()).await;
+    let mut broken = three_byte_address();
+    if let Some(pbw::address::Type::Workload(w)) = &mut broken.r#type {
+        w.uid = "Kubernetes//Pod/shop/web-2".into();
+        w.name = "web-2".into();
+    }
+    store.set(proto::ADDRESS_TYPE_URL, "Kubernetes//Pod/shop/web-2", any(proto::ADDRESS_TYPE_URL, &broken));
+    eventually(&handle, "the broken workload removed", |s| {
+        s.workload_by_ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))).is_none()
+    })
+    .await;
+    assert!(handle.snapshot().workload_by_ip(ip1).is_some() && handle.snapshot().workload_by_ip(ip3).is_some());
 
     // Removal of the policy reaches the state.
     store.remove(proto::ADDRESS_TYPE_URL, "Kubernetes//Pod/shop/bad");

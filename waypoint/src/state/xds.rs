@@ -9,7 +9,7 @@ use std::sync::Arc;
 use proto::envoy::config::core::v3::Node;
 use proto::istio::workload::Address as PbAddress;
 use proto::mesh::waypoint::v1 as pb;
-use xds::client::{Cache, ClientHandle, Names, ResourceHandler, cache_handler};
+use xds::client::{Cache, ClientHandle, Names, ResourceHandler, cache_handler, cache_handler_per_resource};
 use ztunnel::state::convert::Address;
 use ztunnel::state::xds::XdsEndpoint;
 use ztunnel::state::{State as MeshState, StateConfig};
@@ -79,7 +79,12 @@ fn caches() -> (
         impl ResourceHandler<Message = pb::BackendPolicy>,
     ),
 ) {
-    let (addresses, a) = cache_handler(|_n: &str, a: PbAddress| Address::try_from(a).map_err(|e| e.to_string()));
+    // Addresses apply resource by resource, as in ztunnel (`ztunnel::state::xds`): a workload or
+    // service that does not convert is removed and NACKed by name, and must not hold back every
+    // later change of the type. Routes and policies stay all or nothing: a policy removed for
+    // being unreadable would deny no more.
+    let (addresses, a) =
+        cache_handler_per_resource(|_n: &str, a: PbAddress| Address::try_from(a).map_err(|e| e.to_string()));
     let (routes, r) = cache_handler(|_n: &str, r: pb::Route| CompiledRoute::try_from(r).map_err(|e| e.to_string()));
     let (policies, p) =
         cache_handler(|_n: &str, p: pb::L7Policy| TargetedPolicy::try_from(p).map_err(|e| e.to_string()));

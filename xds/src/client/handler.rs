@@ -20,14 +20,21 @@ pub struct Update<M> {
 
 /// Receives the decoded resources of one type URL.
 ///
-/// `apply` is all or nothing: when it returns `Err`, the client NACKs the
-/// push with that message and the handler must have kept its previous state.
+/// By default `apply` is all or nothing: when it returns `Err`, the client NACKs the push with
+/// that message and the handler must have kept its previous state. A handler that is
+/// [`per_resource`](Self::per_resource) applies what it can instead and NACKs naming the rest;
+/// a resource that cannot even be decoded then reaches it as a removal.
 pub trait ResourceHandler: Send + 'static {
     /// The message every resource of the type decodes to.
     type Message: prost::Message + Default;
 
     /// Applies one push: `updates` to add or replace, `removals` to drop.
     fn apply(&mut self, updates: Vec<Update<Self::Message>>, removals: Vec<String>) -> Result<(), String>;
+
+    /// Whether one bad resource leaves the rest of its push applied (see the trait's docs).
+    fn per_resource(&self) -> bool {
+        false
+    }
 }
 
 /// A handler with its message type erased, so one client holds many types.
@@ -36,23 +43,35 @@ pub(crate) trait ErasedHandler: Send {
 }
 
 impl<H: ResourceHandler> ErasedHandler for H {
-    fn apply_raw(&mut self, type_url: &str, resources: Vec<Resource>, removals: Vec<String>) -> Result<(), String> {
+    fn apply_raw(&mut self, type_url: &str, resources: Vec<Resource>, mut removals: Vec<String>) -> Result<(), String> {
         let mut updates = Vec::with_capacity(resources.len());
+        let mut undecoded = Vec::new();
         for resource in resources {
-            let Some(body) = resource.resource else {
-                return Err(format!("resource {:?}: no body", resource.name));
+            let decoded = match &resource.resource {
+                None => Err("no body".to_owned()),
+                Some(body) if body.type_url != type_url => {
+                    Err(format!("body type {:?}, expected {type_url:?}", body.type_url))
+                }
+                Some(body) => <H::Message as prost::Message>::decode(body.value.as_slice()).map_err(|e| e.to_string()),
             };
-            if body.type_url != type_url {
-                return Err(format!(
-                    "resource {:?}: body type {:?}, expected {type_url:?}",
-                    resource.name, body.type_url
-                ));
+            match decoded {
+                Ok(m) => updates.push(Update { name: resource.name, version: resource.version, resource: m }),
+                Err(why) if self.per_resource() => {
+                    undecoded.push(format!("resource {:?}: {why}", resource.name));
+                    removals.push(resource.name);
+                }
+                Err(why) => return Err(format!("resource {:?}: {why}", resource.name)),
             }
-            let decoded = <H::Message as prost::Message>::decode(body.value.as_slice())
-                .map_err(|e| format!("resource {:?}: {e}", resource.name))?;
-            updates.push(Update { name: resource.name, version: resource.version, resource: decoded });
         }
-        self.apply(updates, removals)
+        let applied = self.apply(updates, removals);
+        if undecoded.is_empty() {
+            return applied;
+        }
+        let undecoded = undecoded.join("; ");
+        Err(match applied {
+            Ok(()) => undecoded,
+            Err(e) => format!("{e}; {undecoded}"),
+        })
     }
 }
 
@@ -108,10 +127,13 @@ impl<V> Cache<V> {
 
 /// A [`ResourceHandler`] that converts each message with `convert` and keeps
 /// the results in a [`Cache`]. If any resource of a push fails to convert,
-/// nothing of that push is applied.
+/// nothing of that push is applied; unless the handler is per resource
+/// ([`cache_handler_per_resource`]): then the others are applied, and the
+/// resources that fail are removed from the cache and named in the NACK.
 pub struct CacheHandler<M, V, F> {
     cache: Cache<V>,
     convert: F,
+    per_resource: bool,
     _message: std::marker::PhantomData<fn() -> M>,
 }
 
@@ -121,7 +143,23 @@ where
     F: FnMut(&str, M) -> Result<V, String>,
 {
     let cache = Cache::default();
-    let handler = CacheHandler { cache: cache.clone(), convert, _message: std::marker::PhantomData };
+    let handler =
+        CacheHandler { cache: cache.clone(), convert, per_resource: false, _message: std::marker::PhantomData };
+    (cache, handler)
+}
+
+/// [`cache_handler`] whose pushes apply resource by resource: a resource that does not decode or
+/// convert is removed (whatever version of it the cache held goes too) and named in the NACK,
+/// and the rest of its push is applied. For types where absence is the safe reading of a
+/// resource that cannot be understood, and where one such resource must not hold back every
+/// later change: the server sends a NACKed resource again with the next push of its type, so
+/// with all-or-nothing one bad resource would block the type until it is fixed.
+pub fn cache_handler_per_resource<M, V, F>(convert: F) -> (Cache<V>, CacheHandler<M, V, F>)
+where
+    F: FnMut(&str, M) -> Result<V, String>,
+{
+    let (cache, mut handler) = cache_handler(convert);
+    handler.per_resource = true;
     (cache, handler)
 }
 
@@ -133,14 +171,24 @@ where
 {
     type Message = M;
 
-    fn apply(&mut self, updates: Vec<Update<M>>, removals: Vec<String>) -> Result<(), String> {
-        // Convert everything before touching the cache, so a bad resource
-        // leaves the last good state in place.
+    fn per_resource(&self) -> bool {
+        self.per_resource
+    }
+
+    fn apply(&mut self, updates: Vec<Update<M>>, mut removals: Vec<String>) -> Result<(), String> {
+        // Convert everything before touching the cache, so that (all or nothing) a bad
+        // resource leaves the last good state in place.
         let mut converted = Vec::with_capacity(updates.len());
+        let mut refused = Vec::new();
         for update in updates {
-            let value = (self.convert)(&update.name, update.resource)
-                .map_err(|e| format!("resource {:?}: {e}", update.name))?;
-            converted.push((update.name, Arc::new(value)));
+            match (self.convert)(&update.name, update.resource) {
+                Ok(value) => converted.push((update.name, Arc::new(value))),
+                Err(e) if self.per_resource => {
+                    refused.push(format!("resource {:?}: {e}", update.name));
+                    removals.push(update.name);
+                }
+                Err(e) => return Err(format!("resource {:?}: {e}", update.name)),
+            }
         }
         {
             let mut entries = self.cache.entries.write().unwrap_or_else(|p| p.into_inner());
@@ -150,6 +198,59 @@ where
             entries.extend(converted);
         }
         self.cache.generation.send_modify(|g| *g += 1);
-        Ok(())
+        if refused.is_empty() { Ok(()) } else { Err(refused.join("; ")) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use prost_types::{Any, Duration};
+
+    use super::*;
+
+    const TYPE: &str = "type.googleapis.com/google.protobuf.Duration";
+
+    fn resource(name: &str, seconds: i64) -> Resource {
+        let body = Any { type_url: TYPE.into(), value: Duration { seconds, nanos: 0 }.encode_to_vec() };
+        Resource { name: name.into(), version: format!("v{seconds}"), resource: Some(body), ..Default::default() }
+    }
+
+    /// Negative durations do not convert.
+    fn convert(_: &str, d: Duration) -> Result<i64, String> {
+        if d.seconds < 0 { Err(format!("{} is negative", d.seconds)) } else { Ok(d.seconds) }
+    }
+
+    fn held(cache: &Cache<i64>) -> Vec<(String, i64)> {
+        cache.snapshot().into_iter().map(|(k, v)| (k, *v)).collect()
+    }
+
+    #[test]
+    fn all_or_nothing_keeps_the_previous_state_on_a_bad_resource() {
+        let (cache, mut h) = cache_handler(convert);
+        h.apply_raw(TYPE, vec![resource("a", 1), resource("b", 2)], vec![]).unwrap();
+        let err = h.apply_raw(TYPE, vec![resource("a", 10), resource("b", -1)], vec![]).unwrap_err();
+        assert_eq!(err, "resource \"b\": -1 is negative");
+        assert_eq!(held(&cache), [("a".into(), 1), ("b".into(), 2)], "nothing of the push applied");
+    }
+
+    #[test]
+    fn per_resource_applies_the_rest_and_removes_what_it_cannot_read() {
+        let (cache, mut h) = cache_handler_per_resource(convert);
+        h.apply_raw(TYPE, vec![resource("a", 1), resource("b", 2), resource("c", 3)], vec![]).unwrap();
+        let generation = *cache.subscribe().borrow();
+        let mut garbled = resource("c", 30);
+        garbled.resource.as_mut().unwrap().value = vec![0xff, 0xff];
+        let mut no_body = resource("d", 4);
+        no_body.resource = None;
+        let err = h.apply_raw(TYPE, vec![resource("a", 10), resource("b", -1), garbled, no_body], vec![]).unwrap_err();
+        assert!(err.contains("resource \"b\": -1 is negative"), "{err}");
+        assert!(err.contains("resource \"c\": ") && err.contains("resource \"d\": no body"), "{err}");
+        // The good update applied; the bad ones gone, also the versions held before.
+        assert_eq!(held(&cache), [("a".into(), 10)]);
+        assert_eq!(*cache.subscribe().borrow(), generation + 1, "the push counts as applied");
+        // A push with nothing wrong is acknowledged again.
+        h.apply_raw(TYPE, vec![resource("b", 5)], vec!["a".into()]).unwrap();
+        assert_eq!(held(&cache), [("b".into(), 5)]);
     }
 }

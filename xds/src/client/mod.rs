@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use handler::ErasedHandler;
-pub use handler::{Cache, CacheHandler, ResourceHandler, Update, cache_handler};
+pub use handler::{Cache, CacheHandler, ResourceHandler, Update, cache_handler, cache_handler_per_resource};
 
 /// HTTP/2 ping interval on the client's connections.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);

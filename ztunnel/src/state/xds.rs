@@ -2,16 +2,17 @@
 //! `Authorization` types, converted (and validated) on arrival, folded into a new [`State`]
 //! whenever either cache changes.
 //!
-//! A resource that does not convert is NACKed by the xDS client with the conversion error and
-//! the previous state stays; policies convert fail-closed ([`convert::policy_fail_closed`]), so
-//! a defective policy is kept as one that can only deny.
+//! An `Address` (workload or service) that does not convert is NACKed by name and removed, and
+//! the rest of its push applies; an `Authorization` push with a resource that does not convert is
+//! NACKed whole and the previous state stays. Policies convert fail-closed
+//! ([`convert::policy_fail_closed`]), so a defective policy is kept as one that can only deny.
 
 use std::sync::Arc;
 
 use proto::envoy::config::core::v3::Node;
 use proto::istio::security::Authorization;
 use proto::istio::workload::Address as PbAddress;
-use xds::client::{Cache, Client, ClientHandle, Names, cache_handler};
+use xds::client::{Cache, Client, ClientHandle, Names, cache_handler, cache_handler_per_resource};
 
 use super::convert::{self, Address};
 use super::{Policy, State, StateConfig, StateHandle};
@@ -82,8 +83,14 @@ pub fn start(endpoint: impl Into<XdsEndpoint>, node: Node, handle: StateHandle, 
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_timeout(std::time::Duration::from_secs(10))
         .keep_alive_while_idle(true);
+    // Addresses apply resource by resource: a workload or service that does not convert is
+    // removed (unknown, so denied inbound: fail closed) and NACKed by name, and the rest of the
+    // push applies. All or nothing, one bad resource would hold back every later change of the
+    // type (the server sends a NACKed resource again with each push): new pods unserved,
+    // deleted ones still routed to. Policies stay all or nothing: one that cannot be made even
+    // a fail-closed stand-in must not leave as if it had never denied.
     let (addresses, address_handler) =
-        cache_handler(|_name: &str, a: PbAddress| Address::try_from(a).map_err(|e| e.to_string()));
+        cache_handler_per_resource(|_name: &str, a: PbAddress| Address::try_from(a).map_err(|e| e.to_string()));
     let (policies, policy_handler) =
         cache_handler(|_name: &str, a: Authorization| convert::policy_fail_closed(a).map_err(|e| e.to_string()));
     let client = endpoint
