@@ -1036,3 +1036,13 @@ fn wait_for(mut f: impl FnMut() -> bool, what: &str, limit: Duration) -> Result<
     }
     Ok(())
 }
+
+/// The sum of the samples of metric `name` (a prefix of the sample line, e.g. `istio_requests_total`
+/// or `istio_requests_total{`) in a Prometheus text page whose lines contain all of `labels`
+/// (each `key="value"`).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

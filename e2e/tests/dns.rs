@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec};
+use e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec, metric_sum};
 use ztunnel::dns::message::Query;
 
 type Res = Result<(), Box<dyn std::error::Error>>;
@@ -123,12 +123,7 @@ fn enrolled_pods_resolve_mesh_services_through_ztunnel_and_the_rest_upstream() {
             // ztunnel on node 1 counted client-1's queries, and what it relayed.
             let m = mesh.metrics(1)?;
             let client = "source_workload=\"client-1\",source_workload_namespace=\"tools\"";
-            let sum = |name: &str| -> f64 {
-                m.lines()
-                    .filter(|l| l.starts_with(name) && l.contains(client))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum()
-            };
+            let sum = |name: &str| metric_sum(&m, name, &[client]);
             assert!(sum("istio_dns_requests_total") >= 4.0, "{m}");
             assert!(sum("istio_dns_upstream_requests_total") >= 1.0, "{m}");
             assert_eq!(sum("istio_dns_upstream_failures_total"), 0.0, "{m}");

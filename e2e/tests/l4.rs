@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec};
+use e2e::mesh::{Mesh, MeshSpec, PodSpec, ServiceSpec, metric_sum};
 use e2e::topology::WIRE_BRIDGE;
 
 type Res = Result<(), Box<dyn std::error::Error>>;
@@ -47,14 +47,6 @@ fn spec(policies: &str) -> MeshSpec {
 
 fn url(ip: impl std::fmt::Display, port: u16) -> String {
     format!("http://{ip}:{port}/")
-}
-
-/// `curl` from `pod` to `url`: the body, or the failure.
-fn metric_sum(text: &str, name: &str, must_contain: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && must_contain.iter().all(|m| l.contains(m)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]

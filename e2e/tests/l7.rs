@@ -83,11 +83,7 @@ fn curl_from(mesh: &Mesh, pod: &str, url: &str, extra: &[&str]) -> Result<(u16, 
 
 /// Sum of `istio_requests_total` samples whose labels contain all of `labels`.
 fn requests_total(metrics: &str, labels: &[&str]) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("istio_requests_total{") && labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    e2e::mesh::metric_sum(metrics, "istio_requests_total{", labels) as u64
 }
 
 fn logs(mesh: &Mesh) -> String {

@@ -119,10 +119,7 @@ fn until_answer(mesh: &Mesh, vip: IpAddr, want: &str) -> Result<Duration, String
 
 /// Sum of the samples of metric `name` whose labels contain all of `labels`.
 fn metric_sum(text: &str, name: &str, labels: &[&str]) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    e2e::mesh::metric_sum(text, name, labels) as u64
 }
 
 fn logs(mesh: &Mesh) -> String {

@@ -363,11 +363,7 @@ fn dns_summary(mesh: &Mesh, names: &[(String, IpAddr)]) -> Result<bool, Box<dyn 
         );
     }
     let m = mesh.metrics(1)?;
-    let answered: f64 = m
-        .lines()
-        .filter(|l| l.starts_with("istio_dns_requests_total") && l.contains("source_workload=\"curl\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let answered = e2e::mesh::metric_sum(&m, "istio_dns_requests_total", &["source_workload=\"curl\""]);
     println!("DNS  node 1's ztunnel: {answered} queries from tools/curl (istio_dns_requests_total)");
     Ok(ok)
 }
