@@ -369,3 +369,33 @@ async fn redirect_codes_303_307_308_and_a_mixed_case_mirror() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A route the waypoint cannot compile is refused by name and removed, and does not hold back the
+/// routes that come after it: the server sends it again with every later push of routes, which
+/// all-or-nothing would refuse whole, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_does_not_compile_does_not_hold_back_the_next() {
+    let w = World::new([1, 9]).await;
+    let (a, b) = (w.backend("a").await, w.backend("b").await);
+    w.service("svc-a", 1, &[&a]);
+    w.service("svc-b", 2, &[&b]);
+    w.until_endpoints("svc-b", 1).await;
+    let bad = pb::Match { path: path(pb::MatchType::RegularExpression, "/(unclosed"), ..Default::default() };
+    w.route(&route("broken", "svc-a", vec![rule(vec![bad], vec![backend_ref("svc-a", 1)])]));
+    let url = proto::WAYPOINT_ROUTE_TYPE_URL;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !w.xds_server.connections().iter().any(|c| {
+        c.types.get(url).and_then(|t| t.last_nack.as_ref()).is_some_and(|n| n.message.contains("shop/HTTPRoute/broken"))
+    }) {
+        assert!(tokio::time::Instant::now() < deadline, "the broken route is NACKed by name");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A good route after it applies: svc-a's /to-b goes to svc-b.
+    w.route(&route("good", "svc-a", vec![rule(vec![prefix("/to-b")], vec![backend_ref("svc-b", 1)])]));
+    w.until("the good route", |s| s.routes(&host("svc-a"), 80).is_some() || s.routes(&host("svc-a"), 0).is_some())
+        .await;
+    let mut c = w.h1(w.vip(1)).await;
+    assert_eq!(c.get("/to-b/x").await.backend(), "b");
+    // Routes attached, none matching: 404 (Gateway API), not the service's default route.
+    assert_eq!(c.get("/other").await.status, 404);
+}

@@ -1,8 +1,9 @@
 //! The waypoint's xDS subscriptions: `istio.workload.Address` and the three
 //! `mesh.waypoint.v1` types, each converted (and compiled) on arrival so that anything the
-//! waypoint cannot use is NACKed with a message naming the resource and field, except an L7
-//! policy, which fails closed instead ([`TargetedPolicy`]); every change folds the four caches
-//! into a new [`Snapshot`].
+//! waypoint cannot use is NACKed with a message naming the resource and field (and, but for L7
+//! policies, removed while the rest of the push applies), except an L7 policy, which fails
+//! closed instead ([`TargetedPolicy`]); every change folds the four caches into a new
+//! [`Snapshot`].
 
 use std::sync::Arc;
 
@@ -79,16 +80,20 @@ fn caches() -> (
         impl ResourceHandler<Message = pb::BackendPolicy>,
     ),
 ) {
-    // Addresses apply resource by resource, as in ztunnel (`ztunnel::state::xds`): a workload or
-    // service that does not convert is removed and NACKed by name, and must not hold back every
-    // later change of the type. Routes and policies stay all or nothing: a policy removed for
-    // being unreadable would deny no more.
+    // Addresses, routes and backend policies apply resource by resource, as ztunnel's addresses
+    // (`ztunnel::state::xds`): one that does not convert is removed and NACKed by name, and must
+    // not hold back every later change of its type (the server sends a NACKed resource again
+    // with each push). A route or backend policy gone changes routing, never who may do what.
+    // L7 policies stay all or nothing: one removed for being unreadable would deny no more
+    // (they convert to fail-closed stand-ins rather than fail, so only an undecodable push is
+    // NACKed, and whole).
     let (addresses, a) =
         cache_handler_per_resource(|_n: &str, a: PbAddress| Address::try_from(a).map_err(|e| e.to_string()));
-    let (routes, r) = cache_handler(|_n: &str, r: pb::Route| CompiledRoute::try_from(r).map_err(|e| e.to_string()));
+    let (routes, r) =
+        cache_handler_per_resource(|_n: &str, r: pb::Route| CompiledRoute::try_from(r).map_err(|e| e.to_string()));
     let (policies, p) =
         cache_handler(|_n: &str, p: pb::L7Policy| TargetedPolicy::try_from(p).map_err(|e| e.to_string()));
-    let (backends, b) = cache_handler(|_n: &str, b: pb::BackendPolicy| BackendPolicy::try_from(b));
+    let (backends, b) = cache_handler_per_resource(|_n: &str, b: pb::BackendPolicy| BackendPolicy::try_from(b));
     (Caches { addresses, routes, policies, backends }, (a, r, p, b))
 }
 
