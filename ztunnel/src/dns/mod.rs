@@ -260,32 +260,58 @@ pub(crate) struct Bound {
 /// has it.
 pub(crate) fn bind<S: PodSockets>(sockets: &S, port: u16) -> io::Result<Bound> {
     sockets.run(move || -> io::Result<_> {
-        let v4 = reuseport_udp(SocketAddr::from(([127, 0, 0, 1], port)))?;
-        // Port 0 (tests): the other sockets take the port UDP got.
-        let port = v4.local_addr()?.port();
-        let tcp = vec![crate::proxy::sockets::reuseport_listener(SocketAddr::from(([127, 0, 0, 1], port)))?];
-        let mut bound = Bound { udp: vec![v4], tcp };
-        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
-        let no_ipv6 = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT));
-        match reuseport_udp(v6) {
-            Ok(s) => bound.udp.push(s),
-            Err(e) if no_ipv6(&e) => return Ok(bound),
-            Err(e) => return Err(e),
+        // Port 0 (tests): the other sockets take the port UDP got, which another socket of the
+        // host may hold for TCP or IPv6; then another port is tried. A pod's fixed port is
+        // tried once.
+        let attempts = if port == 0 { 32 } else { 1 };
+        let mut last = None;
+        for _ in 0..attempts {
+            match bind_all(port) {
+                Err(e) if port == 0 && e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+                other => return other,
+            }
         }
-        bound.tcp.push(crate::proxy::sockets::reuseport_listener(v6)?);
-        Ok(bound)
+        Err(last.unwrap_or_else(|| io::ErrorKind::AddrInUse.into()))
     })?
 }
 
-fn reuseport_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+fn bind_all(port: u16) -> io::Result<Bound> {
+    // SO_REUSEPORT on the pod's fixed port, so that a new ztunnel binds beside the old one; not
+    // on a port picked for a test, which must not join another test's group of the same port.
+    let reuse = port != 0;
+    let v4 = udp_socket(SocketAddr::from(([127, 0, 0, 1], port)), reuse)?;
+    let port = v4.local_addr()?.port();
+    let tcp = vec![tcp_listener(SocketAddr::from(([127, 0, 0, 1], port)), reuse)?];
+    let mut bound = Bound { udp: vec![v4], tcp };
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    let no_ipv6 = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT));
+    match udp_socket(v6, reuse) {
+        Ok(s) => bound.udp.push(s),
+        Err(e) if no_ipv6(&e) => return Ok(bound),
+        Err(e) => return Err(e),
+    }
+    bound.tcp.push(tcp_listener(v6, reuse)?);
+    Ok(bound)
+}
+
+fn udp_socket(addr: SocketAddr, reuse: bool) -> io::Result<std::net::UdpSocket> {
     let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    s.set_reuse_port(true)?;
+    s.set_reuse_port(reuse)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(s.into())
+}
+
+fn tcp_listener(addr: SocketAddr, reuse: bool) -> io::Result<std::net::TcpListener> {
+    if reuse {
+        return crate::proxy::sockets::reuseport_listener(addr);
+    }
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
 }
 
 /// Serves a pod's DNS over UDP until the task is dropped; each query is answered on its own
