@@ -261,12 +261,17 @@ async fn filters_headers_rewrite_redirect_mirror() {
         assert_eq!(c.get("/nobackend").await.status, 500);
     }
 
-    let before = m.behaviour.seen.load(Ordering::Relaxed);
+    assert_mirrored(&w, &m).await;
+}
+
+/// A POST to `/mirror` of service 1 is answered by backend `a`, and `mirror` gets a copy within 5 s.
+async fn assert_mirrored(w: &World, mirror: &Backend) {
+    let before = mirror.behaviour.seen.load(Ordering::Relaxed);
     let mut c = w.h1(w.vip(1)).await;
     let r = c.send(get("/mirror").method("POST").body(full("payload")).unwrap()).await.unwrap();
     assert_eq!(r.backend(), "a");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while m.behaviour.seen.load(Ordering::Relaxed) == before {
+    while mirror.behaviour.seen.load(Ordering::Relaxed) == before {
         assert!(tokio::time::Instant::now() < deadline, "the mirror got a copy");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -359,15 +364,7 @@ async fn redirect_codes_303_307_308_and_a_mixed_case_mirror() {
         }
     }
 
-    let before = m.behaviour.seen.load(Ordering::Relaxed);
-    let mut c = w.h1(w.vip(1)).await;
-    let r = c.send(get("/mirror").method("POST").body(full("payload")).unwrap()).await.unwrap();
-    assert_eq!(r.backend(), "a");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while m.behaviour.seen.load(Ordering::Relaxed) == before {
-        assert!(tokio::time::Instant::now() < deadline, "the mirror got a copy");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert_mirrored(&w, &m).await;
 }
 
 /// A route the waypoint cannot compile is refused by name and removed, and does not hold back the

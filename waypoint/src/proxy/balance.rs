@@ -185,7 +185,7 @@ impl Balancer {
         // The priority level to use: chosen by the levels' loads, by the hash of the request
         // when there is one (so a key keeps its level as it keeps its endpoint); all ejected,
         // the best level present, its endpoints used again.
-        let (rank, take_ejected) = match choose_level(&all, |x| (x.3, x.4), hash_value) {
+        let (rank, take_ejected) = match choose_level(all.iter().map(|x| (x.3, x.4)), hash_value) {
             Some(r) => (r, false),
             None => (all.iter().map(|x| x.3).max()?, true),
         };
@@ -302,18 +302,17 @@ pub fn level_loads(levels: &[(usize, usize)]) -> Option<Vec<u64>> {
     )
 }
 
-/// The rank of the priority level a request goes to, among `entries` described by `level_of`
-/// as (rank, ejected); `None` when every endpoint is ejected. One level (no FAILOVER, or every
-/// endpoint alike) is chosen without counting.
-fn choose_level<T>(entries: &[T], level_of: impl Fn(&T) -> (usize, bool), hash: Option<&[u8]>) -> Option<usize> {
-    let first = entries.first().map(|e| level_of(e).0)?;
-    if entries.iter().all(|e| level_of(e).0 == first) {
-        return entries.iter().any(|e| !level_of(e).1).then_some(first);
+/// The rank of the priority level a request goes to, given each endpoint's (rank, ejected);
+/// `None` when every endpoint is ejected. One level (no FAILOVER, or every endpoint alike) is
+/// chosen without counting.
+fn choose_level(endpoints: impl Iterator<Item = (usize, bool)> + Clone, hash: Option<&[u8]>) -> Option<usize> {
+    let first = endpoints.clone().next()?.0;
+    if endpoints.clone().all(|(rank, _)| rank == first) {
+        return endpoints.clone().any(|(_, ejected)| !ejected).then_some(first);
     }
     // (rank, total, available), best rank first.
     let mut levels: Vec<(usize, usize, usize)> = Vec::new();
-    for e in entries {
-        let (rank, ejected) = level_of(e);
+    for (rank, ejected) in endpoints {
         match levels.iter_mut().find(|l| l.0 == rank) {
             Some(l) => {
                 l.1 += 1;

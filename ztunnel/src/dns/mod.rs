@@ -93,20 +93,32 @@ pub struct DnsLabels {
 }
 
 /// Istio's DNS metric names.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DnsMetrics {
     requests: Family<DnsLabels, Counter>,
     upstream_requests: Family<DnsLabels, Counter>,
     upstream_failures: Family<DnsLabels, Counter>,
-    upstream_duration: Option<Histogram>,
+    upstream_duration: Histogram,
+}
+
+impl Default for DnsMetrics {
+    fn default() -> Self {
+        DnsMetrics {
+            requests: Family::default(),
+            upstream_requests: Family::default(),
+            upstream_failures: Family::default(),
+            // 1 ms .. ~4 s.
+            upstream_duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.001, 2.0, 13,
+            )),
+        }
+    }
 }
 
 impl DnsMetrics {
     /// Registers the families in `registry`.
     pub fn register(registry: &mut Registry) -> DnsMetrics {
-        // 1 ms .. ~4 s.
-        let duration = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 13));
-        let m = DnsMetrics { upstream_duration: Some(duration), ..DnsMetrics::default() };
+        let m = DnsMetrics::default();
         registry.register("istio_dns_requests", "DNS queries received from pods", m.requests.clone());
         registry.register(
             "istio_dns_upstream_requests",
@@ -118,13 +130,11 @@ impl DnsMetrics {
             "Relayed DNS queries no upstream resolver answered",
             m.upstream_failures.clone(),
         );
-        if let Some(h) = &m.upstream_duration {
-            registry.register(
-                "istio_dns_upstream_request_duration_seconds",
-                "Time upstream resolvers took to answer",
-                h.clone(),
-            );
-        }
+        registry.register(
+            "istio_dns_upstream_request_duration_seconds",
+            "Time upstream resolvers took to answer",
+            m.upstream_duration.clone(),
+        );
         m
     }
 }
@@ -232,9 +242,7 @@ impl<S: PodSockets> Pod<S> {
         };
         match answer {
             Ok(a) => {
-                if let Some(h) = &metrics.upstream_duration {
-                    h.observe(started.elapsed().as_secs_f64());
-                }
+                metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
                 Some(a)
             }
             Err(e) => {
