@@ -147,9 +147,15 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// A file holding node-a's token, which istiod asks of xDS clients on its TLS port.
 fn token_file() -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("istiod-serve-xds-token-{}", std::process::id()));
-    std::fs::write(&path, TOKEN).unwrap();
-    path
+    // Written once: writing it again for each client truncates it while another client's stream
+    // may be reading it, and that stream would then be refused for an empty token.
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("istiod-serve-xds-token-{}", std::process::id()));
+        std::fs::write(&path, TOKEN).unwrap();
+        path
+    })
+    .clone()
 }
 
 /// An xDS client of Addresses, with node-a's token; `accept` false NACKs every push.
