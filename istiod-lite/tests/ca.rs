@@ -121,6 +121,44 @@ async fn grants_and_refusals() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `validity_duration` is the caller's to choose within bounds: none (zero or negative) is the
+/// default lifetime, as in Istio, and more than the longest is the longest, never an overflow.
+#[tokio::test]
+async fn requested_validity_is_bounded() {
+    let dir = std::env::temp_dir().join(format!("istiod-ca-validity-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let signer = Arc::new(CaSigner::load_or_generate(&dir, "cluster.local").unwrap());
+    let (default_ttl, max_ttl) = (signer.default_ttl, signer.max_ttl);
+    let token = "token-of-node-a-0123456789";
+    let tokens = NodeTokens::from(HashMap::from([(token.to_owned(), "node-a".to_owned())]));
+    let web = "spiffe://cluster.local/ns/shop/sa/web";
+    let placement = move |id: &Identity, node: &str| node == "node-a" && id.as_str() == web;
+    let ca = CaService::new(signer, tokens, Arc::new(placement));
+    let over = max_ttl.as_secs() as i64 + 1;
+    for (asked, lives) in [
+        (600, Duration::from_secs(600)),
+        (0, default_ttl),
+        (-1, default_ttl),
+        (i64::MIN, default_ttl),
+        (over, max_ttl),
+        (i64::MAX, max_ttl),
+    ] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut req = request(Some(token), Some(web), csr_with(&key, web));
+        req.get_mut().validity_duration = asked;
+        let chain = ca.create_certificate(req).await.unwrap_or_else(|s| panic!("{asked}: {s:?}")).into_inner();
+        let cert = hbone::WorkloadCert::from_pem(chain.cert_chain.join("").as_bytes(), key.serialize_pem().as_bytes())
+            .unwrap();
+        let left = cert.remaining(std::time::SystemTime::now());
+        // A minute of slack for the time the test takes, far less than any two lifetimes differ.
+        assert!(
+            left <= lives && left + Duration::from_secs(60) > lives,
+            "{asked} s asked: lives {left:?}, not {lives:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// RFC 5280 §4.1.2.2: the serial number "MUST be unique for each certificate issued by a given
 /// CA". Workload certificates get random serials (as with Istio's CA, 128 random bits), so two
 /// certificates differ in serial even when they certify the same key, and nobody can predict

@@ -69,7 +69,7 @@ fn ca(dir: &TempDir, client: kube::Client) -> CaService<Pods> {
     ca_with(dir, client, pods())
 }
 
-fn ca_with(dir: &TempDir, client: kube::Client, pods: Pods) -> CaService<Pods> {
+fn ca_with<P: Placement>(dir: &TempDir, client: kube::Client, pods: P) -> CaService<P> {
     let signer = Arc::new(CaSigner::load_or_generate(&dir.path().join("ca"), "cluster.local").unwrap());
     let auth = Authenticator::Kube(Box::new(KubeAuth {
         reviewer: TokenReviewer::new(client, DEFAULT_AUDIENCE, DEFAULT_CACHE_TTL),
@@ -108,7 +108,12 @@ fn issued_identity(chain: &[String], key: &str) -> String {
     hbone::WorkloadCert::from_pem(chain.join("").as_bytes(), key.as_bytes()).unwrap().identity().to_string()
 }
 
-async fn ask(ca: &CaService<Pods>, token: &str, impersonate: Option<&str>, san: &str) -> Result<String, tonic::Status> {
+async fn ask<P: Placement>(
+    ca: &CaService<P>,
+    token: &str,
+    impersonate: Option<&str>,
+    san: &str,
+) -> Result<String, tonic::Status> {
     let (req, key) = request(token, impersonate, san);
     let r = tokio::time::timeout(WAIT, ca.create_certificate(req)).await.unwrap();
     r.map(|r| issued_identity(&r.into_inner().cert_chain, &key))
@@ -207,6 +212,52 @@ async fn a_node_proxy_token_counts_only_for_the_very_pod_it_was_issued_for() {
     // The same token, its pod as the API server has it: granted.
     let ca = with(&[(key, ("ztunnel", "node-a", ZTUNNEL_A_UID))]);
     assert_eq!(ask(&ca, "ztunnel-a", Some(CATALOG), CATALOG).await.unwrap(), CATALOG);
+}
+
+/// Pods that change under a running CA, as the model does under `ModelPlacement`.
+#[derive(Clone)]
+struct LivePods(Arc<std::sync::Mutex<Pods>>);
+
+impl Placement for LivePods {
+    fn runs_on(&self, identity: &Identity, node: &str) -> bool {
+        self.0.lock().unwrap().runs_on(identity, node)
+    }
+
+    fn pod(&self, namespace: &str, name: &str) -> Option<PlacedPod> {
+        self.0.lock().unwrap().pod(namespace, name)
+    }
+}
+
+/// The review of a token is cached for a minute, but what it says about the pod is checked
+/// against the pods as they are at each request: a token of a ztunnel pod that was deleted, or
+/// deleted and created again under its name, speaks for no node from the cache either.
+#[tokio::test]
+async fn a_cached_review_speaks_for_no_replaced_or_deleted_pod() {
+    let mock = MockApi::start().await;
+    mock.token_review("ztunnel-a", StatusCode::CREATED, "tokenreview/ztunnel-node-a.json");
+    let dir = TempDir::new("ca-kube-cached-review");
+    let live = LivePods(Arc::new(std::sync::Mutex::new(pods())));
+    let ca = ca_with(&dir, mock.client(), live.clone());
+    let ztunnel = ("istio-system", "ztunnel-x7k2p");
+    let set = |pod: Option<(&'static str, &'static str, &'static str)>| {
+        let mut pods = live.0.lock().unwrap();
+        match pod {
+            Some(p) => pods.0.insert(ztunnel, p),
+            None => pods.0.remove(&ztunnel),
+        };
+    };
+
+    assert_eq!(ask(&ca, "ztunnel-a", Some(CATALOG), CATALOG).await.unwrap(), CATALOG);
+    set(Some(("ztunnel", "node-a", "9f9f9f9f-0000-4000-8000-000000000000")));
+    let s = refused(ask(&ca, "ztunnel-a", Some(CATALOG), CATALOG).await, Code::PermissionDenied, "created again");
+    assert_eq!(reason(&s), "caller_pod_mismatch");
+    set(None);
+    let s = refused(ask(&ca, "ztunnel-a", Some(CATALOG), CATALOG).await, Code::PermissionDenied, "not (yet) known");
+    assert_eq!(reason(&s), "caller_pod_unknown");
+    // The pod as the token was issued for it again: granted, from the same cached review.
+    set(Some(("ztunnel", "node-a", ZTUNNEL_A_UID)));
+    assert_eq!(ask(&ca, "ztunnel-a", Some(CATALOG), CATALOG).await.unwrap(), CATALOG);
+    assert_eq!(mock.review_requests().len(), 1, "the refusals must have come from the cached review");
 }
 
 #[tokio::test]
