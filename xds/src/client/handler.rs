@@ -18,12 +18,29 @@ pub struct Update<M> {
     pub resource: M,
 }
 
+/// A resource a per-resource handler did not apply, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Resource name.
+    pub name: String,
+    /// Why it was not applied.
+    pub why: String,
+}
+
+impl Rejected {
+    /// `resource "<name>": <why>`, as a NACK names it.
+    pub(crate) fn describe(&self) -> String {
+        format!("resource {:?}: {}", self.name, self.why)
+    }
+}
+
 /// Receives the decoded resources of one type URL.
 ///
-/// By default `apply` is all or nothing: when it returns `Err`, the client NACKs the push with
-/// that message and the handler must have kept its previous state. A handler that is
-/// [`per_resource`](Self::per_resource) applies what it can instead and NACKs naming the rest;
-/// a resource that cannot even be decoded then reaches it as a removal.
+/// By default a push is all or nothing ([`apply`](Self::apply)): when it returns `Err`, the
+/// client NACKs the push with that message and the handler must have kept its previous state.
+/// A handler that is [`per_resource`](Self::per_resource) applies what it can instead
+/// ([`apply_each`](Self::apply_each)) and the client NACKs naming the rest; a resource that
+/// cannot even be decoded then reaches it as a removal.
 pub trait ResourceHandler: Send + 'static {
     /// The message every resource of the type decodes to.
     type Message: prost::Message + Default;
@@ -35,15 +52,55 @@ pub trait ResourceHandler: Send + 'static {
     fn per_resource(&self) -> bool {
         false
     }
+
+    /// Applies one push resource by resource; the client calls it instead of
+    /// [`apply`](Self::apply) for a [`per_resource`](Self::per_resource) handler. Returns the
+    /// resources not applied, each of which must be gone from the handler's state (any version
+    /// it held before too): the client records the rest of the push as held, and a resumed
+    /// stream declares exactly that to the server. `Err` is all or nothing, as from `apply`.
+    ///
+    /// The default is `apply`, all or nothing.
+    fn apply_each(
+        &mut self,
+        updates: Vec<Update<Self::Message>>,
+        removals: Vec<String>,
+    ) -> Result<Vec<Rejected>, String> {
+        self.apply(updates, removals).map(|()| Vec::new())
+    }
+}
+
+/// Why a push was not applied, or not all of it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Refusal {
+    /// Nothing of the push was applied.
+    Push(String),
+    /// Everything else in the push was applied; these were not, and are not held.
+    Resources(Vec<Rejected>),
+}
+
+impl Refusal {
+    /// The NACK's message.
+    pub(crate) fn message(&self) -> String {
+        match self {
+            Refusal::Push(message) => message.clone(),
+            Refusal::Resources(rejected) => rejected.iter().map(Rejected::describe).collect::<Vec<_>>().join("; "),
+        }
+    }
 }
 
 /// A handler with its message type erased, so one client holds many types.
 pub(crate) trait ErasedHandler: Send {
-    fn apply_raw(&mut self, type_url: &str, resources: Vec<Resource>, removals: Vec<String>) -> Result<(), String>;
+    fn apply_raw(&mut self, type_url: &str, resources: Vec<Resource>, removals: Vec<String>) -> Result<(), Refusal>;
 }
 
 impl<H: ResourceHandler> ErasedHandler for H {
-    fn apply_raw(&mut self, type_url: &str, resources: Vec<Resource>, mut removals: Vec<String>) -> Result<(), String> {
+    fn apply_raw(
+        &mut self,
+        type_url: &str,
+        resources: Vec<Resource>,
+        mut removals: Vec<String>,
+    ) -> Result<(), Refusal> {
+        let per_resource = self.per_resource();
         let mut updates = Vec::with_capacity(resources.len());
         let mut undecoded = Vec::new();
         for resource in resources {
@@ -56,22 +113,27 @@ impl<H: ResourceHandler> ErasedHandler for H {
             };
             match decoded {
                 Ok(m) => updates.push(Update { name: resource.name, version: resource.version, resource: m }),
-                Err(why) if self.per_resource() => {
-                    undecoded.push(format!("resource {:?}: {why}", resource.name));
-                    removals.push(resource.name);
+                Err(why) if per_resource => {
+                    removals.push(resource.name.clone());
+                    undecoded.push(Rejected { name: resource.name, why });
                 }
-                Err(why) => return Err(format!("resource {:?}: {why}", resource.name)),
+                Err(why) => return Err(Refusal::Push(Rejected { name: resource.name, why }.describe())),
             }
         }
-        let applied = self.apply(updates, removals);
-        if undecoded.is_empty() {
-            return applied;
+        if !per_resource {
+            return self.apply(updates, removals).map_err(Refusal::Push);
         }
-        let undecoded = undecoded.join("; ");
-        Err(match applied {
-            Ok(()) => undecoded,
-            Err(e) => format!("{e}; {undecoded}"),
-        })
+        match self.apply_each(updates, removals) {
+            Ok(mut rejected) => {
+                rejected.append(&mut undecoded);
+                if rejected.is_empty() { Ok(()) } else { Err(Refusal::Resources(rejected)) }
+            }
+            Err(e) if undecoded.is_empty() => Err(Refusal::Push(e)),
+            Err(e) => {
+                let undecoded = Refusal::Resources(undecoded).message();
+                Err(Refusal::Push(format!("{e}; {undecoded}")))
+            }
+        }
     }
 }
 
@@ -175,19 +237,26 @@ where
         self.per_resource
     }
 
-    fn apply(&mut self, updates: Vec<Update<M>>, mut removals: Vec<String>) -> Result<(), String> {
+    fn apply(&mut self, updates: Vec<Update<M>>, removals: Vec<String>) -> Result<(), String> {
+        match self.apply_each(updates, removals)? {
+            rejected if rejected.is_empty() => Ok(()),
+            rejected => Err(Refusal::Resources(rejected).message()),
+        }
+    }
+
+    fn apply_each(&mut self, updates: Vec<Update<M>>, mut removals: Vec<String>) -> Result<Vec<Rejected>, String> {
         // Convert everything before touching the cache, so that (all or nothing) a bad
         // resource leaves the last good state in place.
         let mut converted = Vec::with_capacity(updates.len());
-        let mut refused = Vec::new();
+        let mut rejected = Vec::new();
         for update in updates {
             match (self.convert)(&update.name, update.resource) {
                 Ok(value) => converted.push((update.name, Arc::new(value))),
-                Err(e) if self.per_resource => {
-                    refused.push(format!("resource {:?}: {e}", update.name));
-                    removals.push(update.name);
+                Err(why) if self.per_resource => {
+                    removals.push(update.name.clone());
+                    rejected.push(Rejected { name: update.name, why });
                 }
-                Err(e) => return Err(format!("resource {:?}: {e}", update.name)),
+                Err(why) => return Err(Rejected { name: update.name, why }.describe()),
             }
         }
         {
@@ -198,7 +267,7 @@ where
             entries.extend(converted);
         }
         self.cache.generation.send_modify(|g| *g += 1);
-        if refused.is_empty() { Ok(()) } else { Err(refused.join("; ")) }
+        Ok(rejected)
     }
 }
 
@@ -230,7 +299,7 @@ mod tests {
         let (cache, mut h) = cache_handler(convert);
         h.apply_raw(TYPE, vec![resource("a", 1), resource("b", 2)], vec![]).unwrap();
         let err = h.apply_raw(TYPE, vec![resource("a", 10), resource("b", -1)], vec![]).unwrap_err();
-        assert_eq!(err, "resource \"b\": -1 is negative");
+        assert_eq!(err, Refusal::Push("resource \"b\": -1 is negative".into()));
         assert_eq!(held(&cache), [("a".into(), 1), ("b".into(), 2)], "nothing of the push applied");
     }
 
@@ -244,8 +313,12 @@ mod tests {
         let mut no_body = resource("d", 4);
         no_body.resource = None;
         let err = h.apply_raw(TYPE, vec![resource("a", 10), resource("b", -1), garbled, no_body], vec![]).unwrap_err();
-        assert!(err.contains("resource \"b\": -1 is negative"), "{err}");
-        assert!(err.contains("resource \"c\": ") && err.contains("resource \"d\": no body"), "{err}");
+        let Refusal::Resources(rejected) = &err else { panic!("refused whole: {err:?}") };
+        let names: Vec<_> = rejected.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["b", "c", "d"], "every resource not applied, by name");
+        let message = err.message();
+        assert!(message.contains("resource \"b\": -1 is negative"), "{message}");
+        assert!(message.contains("resource \"c\": ") && message.contains("resource \"d\": no body"), "{message}");
         // The good update applied; the bad ones gone, also the versions held before.
         assert_eq!(held(&cache), [("a".into(), 10)]);
         assert_eq!(*cache.subscribe().borrow(), generation + 1, "the push counts as applied");

@@ -19,8 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use handler::ErasedHandler;
-pub use handler::{Cache, CacheHandler, ResourceHandler, Update, cache_handler, cache_handler_per_resource};
+pub use handler::{Cache, CacheHandler, Rejected, ResourceHandler, Update, cache_handler, cache_handler_per_resource};
+use handler::{ErasedHandler, Refusal};
 
 /// HTTP/2 ping interval on the client's connections.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -121,7 +121,7 @@ pub struct ClientTypeStatus {
     /// A push has been answered (the state is as complete as the server's
     /// first answer made it).
     pub synced: bool,
-    /// Versions of the resources applied, by name.
+    /// Versions of the resources held, by name: what a resumed stream declares.
     pub versions: BTreeMap<String, String>,
     /// `initial_resource_versions` sent on the last stream.
     pub resumed_with: usize,
@@ -133,7 +133,7 @@ pub struct ClientTypeStatus {
     pub removals_received: u64,
     /// Pushes accepted.
     pub acks: u64,
-    /// Pushes rejected.
+    /// Pushes rejected, whole or (per-resource handlers) in part.
     pub nacks: u64,
     /// Message of the last rejection.
     pub last_nack: Option<String>,
@@ -336,29 +336,42 @@ impl Client {
         let received = (resources.len() as u64, removed_resources.len() as u64);
         let result = match self.subscriptions.iter_mut().find(|s| s.type_url == type_url) {
             Some(sub) => sub.handler.apply_raw(&type_url, resources, removed_resources.clone()),
-            None => Err(format!("not subscribed to {type_url:?}")),
+            None => Err(Refusal::Push(format!("not subscribed to {type_url:?}"))),
         };
+        let message = result.as_ref().err().map(Refusal::message);
         status.send_modify(|s| {
             let t = s.types.entry(type_url.clone()).or_default();
             t.pushes += 1;
             t.resources_received += received.0;
             t.removals_received += received.1;
             t.synced = true;
-            match &result {
-                Ok(()) => {
-                    t.acks += 1;
-                    for name in &removed_resources {
-                        t.versions.remove(name);
-                    }
-                    t.versions.extend(applied);
-                }
-                Err(message) => {
+            // The versions are what the handler holds, so that a resumed stream declares
+            // exactly that: after a push applied in part, the rest of it is held and the
+            // rejected resources are not (at any version).
+            let rejected = match &result {
+                Ok(()) => &[][..],
+                Err(Refusal::Resources(rejected)) => rejected.as_slice(),
+                Err(Refusal::Push(_)) => {
                     t.nacks += 1;
-                    t.last_nack = Some(message.clone());
+                    t.last_nack = message.clone();
+                    return;
                 }
+            };
+            for name in &removed_resources {
+                t.versions.remove(name);
+            }
+            t.versions.extend(applied);
+            for r in rejected {
+                t.versions.remove(&r.name);
+            }
+            if rejected.is_empty() {
+                t.acks += 1;
+            } else {
+                t.nacks += 1;
+                t.last_nack = message.clone();
             }
         });
-        let error_detail = result.err().map(|message| {
+        let error_detail = message.map(|message| {
             tracing::warn!(%type_url, %nonce, error = %message, "rejecting xDS push");
             RpcStatus { code: INVALID_ARGUMENT, message, details: Vec::new() }
         });
@@ -409,7 +422,67 @@ impl Drop for ClientHandle {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+    use prost_types::Any;
+    use proto::envoy::service::discovery::v3::Resource;
+
     use super::*;
+
+    const TYPE: &str = "type.googleapis.com/google.protobuf.Duration";
+
+    fn resource(name: &str, seconds: i64) -> Resource {
+        let body = Any { type_url: TYPE.into(), value: prost_types::Duration { seconds, nanos: 0 }.encode_to_vec() };
+        Resource { name: name.into(), version: format!("v{seconds}"), resource: Some(body), ..Default::default() }
+    }
+
+    fn push(nonce: &str, resources: Vec<Resource>, removed: &[&str]) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            type_url: TYPE.into(),
+            nonce: nonce.into(),
+            resources,
+            removed_resources: removed.iter().map(|n| (*n).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Negative durations do not convert.
+    fn convert(_: &str, d: prost_types::Duration) -> Result<i64, String> {
+        if d.seconds < 0 { Err(format!("{} is negative", d.seconds)) } else { Ok(d.seconds) }
+    }
+
+    fn versions(status: &watch::Sender<ClientStatus>) -> Vec<(String, String)> {
+        status.borrow().types[TYPE].versions.clone().into_iter().collect()
+    }
+
+    #[test]
+    fn a_push_applied_in_part_is_nacked_and_recorded_as_applied_in_part() {
+        let (cache, handler) = cache_handler_per_resource(convert);
+        let mut client = Client::new(Node::default()).subscribe(TYPE, Names::Wildcard, handler);
+        let (status, _) = watch::channel(ClientStatus::default());
+        let ack = client.handle(push("1", vec![resource("a", 1), resource("b", 2), resource("c", 3)], &[]), &status);
+        assert_eq!((ack.response_nonce.as_str(), ack.error_detail), ("1", None));
+
+        // a replaced by a version that does not convert, d new, c removed.
+        let nack = client.handle(push("2", vec![resource("a", -1), resource("d", 4)], &["c"]), &status);
+        assert_eq!(nack.response_nonce, "2", "the NACK answers the push it rejects");
+        let detail = nack.error_detail.expect("a NACK");
+        assert!(detail.message.contains("resource \"a\": -1 is negative"), "{}", detail.message);
+        let held: Vec<_> = cache.snapshot().into_iter().map(|(n, v)| (n, *v)).collect();
+        assert_eq!(held, [("b".into(), 2), ("d".into(), 4)]);
+        // What a resumed stream declares: what is held. Not a's old version (a rollback to it
+        // would never be sent again), and d (else its removal would never be sent).
+        assert_eq!(versions(&status), [("b".into(), "v2".into()), ("d".into(), "v4".into())]);
+        let counts = status.borrow().types.get(TYPE).map(|t| (t.acks, t.nacks));
+        assert_eq!(counts, Some((1, 1)));
+
+        // A later good version of the rejected name applies and is acknowledged.
+        let ack = client.handle(push("3", vec![resource("a", 5)], &[]), &status);
+        assert_eq!(ack.error_detail, None);
+        assert_eq!(
+            versions(&status),
+            [("a".into(), "v5".into()), ("b".into(), "v2".into()), ("d".into(), "v4".into())]
+        );
+    }
 
     #[test]
     fn backoff_doubles_to_max_with_bounded_jitter() {
