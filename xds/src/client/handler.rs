@@ -30,8 +30,35 @@ pub struct Rejected {
 impl Rejected {
     /// `resource "<name>": <why>`, as a NACK names it.
     pub(crate) fn describe(&self) -> String {
-        format!("resource {:?}: {}", self.name, self.why)
+        format!("resource {:?}: {}", clip(&self.name, MAX_QUOTED), clip(&self.why, MAX_QUOTED))
     }
+}
+
+/// Longest NACK message (`error_detail.message`), in bytes. The server reads requests of at
+/// most 4 MiB (gRPC's default) and ends a stream whose request it cannot read; a message with a
+/// reason for each of thousands of rejected resources would end every stream it is sent on, and
+/// each new stream would be sent the same push again. The message is also logged on both sides
+/// and shown by `meshctl proxy-status`; the client's status has every rejected name in full
+/// ([`ClientTypeStatus::rejected`](super::ClientTypeStatus::rejected)).
+pub(crate) const MAX_NACK_MESSAGE: usize = 4096;
+
+/// Longest name or reason quoted for one resource, in bytes, so that one long reason (a
+/// regex error quotes the whole pattern) leaves room for the other resources to be named.
+pub(crate) const MAX_QUOTED: usize = 256;
+
+/// Room kept at the end of a NACK message for `; and <count> more`.
+const TAIL_ROOM: usize = 32;
+
+/// `text` cut to at most `max` bytes, at a character boundary, marked with `…` where cut.
+pub(crate) fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
 }
 
 /// Receives the decoded resources of one type URL.
@@ -79,12 +106,45 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
-    /// The NACK's message.
+    /// The NACK's message, at most [`MAX_NACK_MESSAGE`] bytes: rejected resources with why in
+    /// the first half, then the names of the rest while there is room, then how many more.
     pub(crate) fn message(&self) -> String {
-        match self {
-            Refusal::Push(message) => message.clone(),
-            Refusal::Resources(rejected) => rejected.iter().map(Rejected::describe).collect::<Vec<_>>().join("; "),
+        let rejected = match self {
+            Refusal::Push(message) => return clip(message, MAX_NACK_MESSAGE).into_owned(),
+            Refusal::Resources(rejected) => rejected,
+        };
+        let room = MAX_NACK_MESSAGE - TAIL_ROOM;
+        let mut out = String::new();
+        if rejected.len() > 1 {
+            out = format!("{} resources rejected: ", rejected.len());
         }
+        let mut described = 0;
+        for r in rejected {
+            let entry = r.describe();
+            let separator = if described == 0 { "" } else { "; " };
+            // Half the room at most, so that a push rejecting many is still mostly named.
+            if out.len() + separator.len() + entry.len() > room / 2 {
+                break;
+            }
+            out.push_str(separator);
+            out.push_str(&entry);
+            described += 1;
+        }
+        let mut named = described;
+        for r in &rejected[described..] {
+            let entry = format!("{:?}", clip(&r.name, MAX_QUOTED));
+            let separator = if named == described { "; also " } else { ", " };
+            if out.len() + separator.len() + entry.len() > room {
+                break;
+            }
+            out.push_str(separator);
+            out.push_str(&entry);
+            named += 1;
+        }
+        if named < rejected.len() {
+            out.push_str(&format!("; and {} more", rejected.len() - named));
+        }
+        out
     }
 }
 

@@ -137,6 +137,9 @@ pub struct ClientTypeStatus {
     pub nacks: u64,
     /// Message of the last rejection.
     pub last_nack: Option<String>,
+    /// Resources a per-resource handler did not apply, and so does not hold, by name, with why
+    /// (cut short if long). A name leaves once a version of it is applied or it is removed.
+    pub rejected: BTreeMap<String, String>,
 }
 
 struct Subscription {
@@ -359,10 +362,15 @@ impl Client {
             };
             for name in &removed_resources {
                 t.versions.remove(name);
+                t.rejected.remove(name);
             }
-            t.versions.extend(applied);
+            for (name, version) in applied {
+                t.rejected.remove(&name);
+                t.versions.insert(name, version);
+            }
             for r in rejected {
                 t.versions.remove(&r.name);
+                t.rejected.insert(r.name.clone(), handler::clip(&r.why, handler::MAX_QUOTED).into_owned());
             }
             if rejected.is_empty() {
                 t.acks += 1;
@@ -371,10 +379,23 @@ impl Client {
                 t.last_nack = message.clone();
             }
         });
-        let error_detail = message.map(|message| {
-            tracing::warn!(%type_url, %nonce, error = %message, "rejecting xDS push");
-            RpcStatus { code: INVALID_ARGUMENT, message, details: Vec::new() }
-        });
+        match &result {
+            Ok(()) => {}
+            Err(Refusal::Push(_)) => {
+                tracing::warn!(%type_url, %nonce, error = %message.as_deref().unwrap_or(""), "rejecting xDS push");
+            }
+            Err(Refusal::Resources(rejected)) => {
+                let error = message.as_deref().unwrap_or("");
+                let count = rejected.len();
+                tracing::warn!(%type_url, %nonce, rejected = count, %error, "rejecting xDS resources; the rest applies");
+                // Every one by name, which the bounded message may not have room for.
+                for r in rejected {
+                    let error = handler::clip(&r.why, handler::MAX_QUOTED);
+                    tracing::debug!(%type_url, %nonce, resource = %r.name, %error, "rejected xDS resource");
+                }
+            }
+        }
+        let error_detail = message.map(|message| RpcStatus { code: INVALID_ARGUMENT, message, details: Vec::new() });
         DeltaDiscoveryRequest { type_url, response_nonce: nonce, error_detail, ..Default::default() }
     }
 }
@@ -482,6 +503,69 @@ mod tests {
             versions(&status),
             [("a".into(), "v5".into()), ("b".into(), "v2".into()), ("d".into(), "v4".into())]
         );
+    }
+
+    /// A handler refusing every negative duration with a reason of `why_len` bytes.
+    fn long_reasons(why_len: usize) -> impl ResourceHandler<Message = prost_types::Duration> {
+        let convert = move |_: &str, d: prost_types::Duration| {
+            if d.seconds < 0 { Err(format!("negative {}", "x".repeat(why_len))) } else { Ok(d.seconds) }
+        };
+        cache_handler_per_resource(convert).1
+    }
+
+    #[test]
+    fn a_nack_names_the_rejected_resources_within_a_bounded_message() {
+        let mut client = Client::new(Node::default()).subscribe(TYPE, Names::Wildcard, long_reasons(100_000));
+        let (status, _) = watch::channel(ClientStatus::default());
+        let bad: Vec<_> = (0..5_000).map(|i| resource(&format!("ns/workload-{i:04}"), -1)).collect();
+        let nack = client.handle(push("1", bad, &[]), &status);
+        let message = nack.error_detail.expect("a NACK").message;
+        assert!(message.len() <= handler::MAX_NACK_MESSAGE, "{} bytes", message.len());
+        assert!(
+            message.starts_with("5000 resources rejected: resource \"ns/workload-0000\": negative xxx"),
+            "{message}"
+        );
+        // Reasons are cut short so that more resources are named; then names alone; then a count.
+        assert!(message.contains("; resource \"ns/workload-0001\": negative"), "{message}");
+        assert!(message.contains("; also \"ns/workload-"), "{message}");
+        let named = message.matches("\"ns/workload-").count();
+        assert!(named > 50, "{named} named: {message}");
+        assert!(message.ends_with(&format!("; and {} more", 5_000 - named)), "{message}");
+        assert_eq!(status.borrow().types[TYPE].last_nack.as_deref(), Some(message.as_str()));
+
+        // A push refused whole (all or nothing) is bounded too.
+        let mut client = Client::new(Node::default()).subscribe(
+            TYPE,
+            Names::Wildcard,
+            cache_handler(
+                |_: &str, d: prost_types::Duration| {
+                    if d.seconds < 0 { Err("y".repeat(100_000)) } else { Ok(d.seconds) }
+                },
+            )
+            .1,
+        );
+        let nack = client.handle(push("1", vec![resource("a", -1)], &[]), &status);
+        assert!(nack.error_detail.expect("a NACK").message.len() <= handler::MAX_NACK_MESSAGE);
+    }
+
+    #[test]
+    fn the_status_names_every_rejected_resource_until_it_applies_or_goes() {
+        let mut client = Client::new(Node::default()).subscribe(TYPE, Names::Wildcard, long_reasons(10));
+        let (status, _) = watch::channel(ClientStatus::default());
+        let mut push_1: Vec<_> = (0..1_000).map(|i| resource(&format!("bad-{i:04}"), -1)).collect();
+        push_1.push(resource("good", 1));
+        client.handle(push("1", push_1, &[]), &status);
+        let rejected = status.borrow().types[TYPE].rejected.clone();
+        assert_eq!(rejected.len(), 1_000);
+        assert_eq!(rejected["bad-0999"], format!("negative {}", "x".repeat(10)));
+        // One fixed, one removed: both leave the list; a push with nothing wrong is acknowledged
+        // although others are still rejected.
+        let ack = client.handle(push("2", vec![resource("bad-0000", 2)], &["bad-0001"]), &status);
+        assert_eq!(ack.error_detail, None);
+        let t = status.borrow().types[TYPE].clone();
+        assert_eq!(t.rejected.len(), 998);
+        assert!(!t.rejected.contains_key("bad-0000") && !t.rejected.contains_key("bad-0001"));
+        assert_eq!(t.versions.keys().collect::<Vec<_>>(), ["bad-0000", "good"]);
     }
 
     #[test]
