@@ -395,4 +395,11 @@ async fn a_route_that_does_not_compile_does_not_hold_back_the_next() {
     assert_eq!(c.get("/to-b/x").await.backend(), "b");
     // Routes attached, none matching: 404 (Gateway API), not the service's default route.
     assert_eq!(c.get("/other").await.status, 404);
+
+    // The good route broken in turn is removed, not kept in its last good form: svc-a is left
+    // with no route, so its own backends serve every path again.
+    let bad = pb::Match { path: path(pb::MatchType::RegularExpression, "/(unclosed"), ..Default::default() };
+    w.route(&route("good", "svc-a", vec![rule(vec![bad], vec![backend_ref("svc-b", 1)])]));
+    w.until("the broken route removed", |s| s.routes(&host("svc-a"), 80).is_none()).await;
+    assert_eq!(c.get("/to-b/x").await.backend(), "a");
 }

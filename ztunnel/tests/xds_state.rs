@@ -140,6 +140,14 @@ async fn state_follows_the_control_plane() {
     })
     .await;
     assert!(handle.snapshot().workload_by_ip(ip1).is_some() && handle.snapshot().workload_by_ip(ip3).is_some());
+    // A later good version of it applies, in a push still carrying (and NACKing) the bad one.
+    let ip22 = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 22));
+    store.set(
+        proto::ADDRESS_TYPE_URL,
+        "Kubernetes//Pod/shop/web-2",
+        any(proto::ADDRESS_TYPE_URL, &workload("web-2", [10, 0, 0, 22])),
+    );
+    eventually(&handle, "the fixed workload", |s| s.workload_by_ip(ip22).is_some()).await;
 
     // Removal of the policy reaches the state.
     store.remove(proto::ADDRESS_TYPE_URL, "Kubernetes//Pod/shop/bad");
