@@ -60,33 +60,53 @@ const UPSTREAM_ADDR: [u8; 4] = [192, 0, 2, 1];
 /// A resolver answering every query (UDP and TCP on one port) with [`UPSTREAM_ADDR`] and
 /// counting them.
 async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    upstream_with(|q| {
+        let query = Query::parse(q).expect("the proxy relays the query as the pod sent it");
+        Some(query.answer(&[IpAddr::from(UPSTREAM_ADDR)], 60, 512))
+    })
+    .await
+}
+
+/// A resolver (UDP and TCP on one port) answering each message with what `reply` makes of it
+/// (`None`: silence; over TCP, the connection closed), and counting the messages.
+async fn upstream_with(
+    reply: impl Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync + 'static,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let reply = Arc::new(reply);
     let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = udp.local_addr().unwrap();
     let tcp = TcpListener::bind(addr).await.unwrap();
     let seen = Arc::new(AtomicUsize::new(0));
-    let answer = |q: &[u8]| {
-        let query = Query::parse(q).expect("the proxy relays the query as the pod sent it");
-        query.answer(&[IpAddr::from(UPSTREAM_ADDR)], 60, 512)
-    };
-    let n = seen.clone();
+    let (n, r) = (seen.clone(), reply.clone());
     tokio::spawn(async move {
         let mut buf = [0u8; 1500];
         while let Ok((len, from)) = udp.recv_from(&mut buf).await {
             n.fetch_add(1, Ordering::SeqCst);
-            let _ = udp.send_to(&answer(&buf[..len]), from).await;
+            if let Some(a) = r(&buf[..len]) {
+                let _ = udp.send_to(&a, from).await;
+            }
         }
     });
     let n = seen.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = tcp.accept().await {
-            n.fetch_add(1, Ordering::SeqCst);
-            let mut len = [0u8; 2];
-            s.read_exact(&mut len).await.unwrap();
-            let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
-            s.read_exact(&mut q).await.unwrap();
-            let a = answer(&q);
-            s.write_all(&(a.len() as u16).to_be_bytes()).await.unwrap();
-            s.write_all(&a).await.unwrap();
+            let (n, r) = (n.clone(), reply.clone());
+            tokio::spawn(async move {
+                let mut len = [0u8; 2];
+                while s.read_exact(&mut len).await.is_ok() {
+                    let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if s.read_exact(&mut q).await.is_err() {
+                        return;
+                    }
+                    n.fetch_add(1, Ordering::SeqCst);
+                    let Some(a) = r(&q) else { return };
+                    let mut out = (a.len() as u16).to_be_bytes().to_vec();
+                    out.extend_from_slice(&a);
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
         }
     });
     (addr, seen)
@@ -229,4 +249,18 @@ async fn no_upstream_answering_is_servfail_and_garbage_is_dropped() {
     let a = read_answer(&pod.udp(&big).await.expect("an answer")).unwrap();
     assert_eq!((a.id, a.rcode), (11, 1), "{a:?}");
     assert_eq!(pod.ask(10, "reviews.shop.svc.cluster.local", TYPE_A).await.addrs, ips(&["10.96.0.5"]));
+}
+
+#[tokio::test]
+async fn what_is_not_a_query_never_reaches_the_upstream() {
+    let (up, seen) = upstream_with(|_| None).await;
+    let pod = pod(vec![up]);
+    let quiet = Duration::from_millis(500);
+    // Shorter than a header, with and without the response bit: not a message a resolver
+    // answers, nor one to have ztunnel send on to the upstream.
+    for bytes in [&b"\x01\x02\x03"[..], b"\x01\x02\x01\x00\x00\x01", b"\x01\x02\x81\x80\x00\x01\x00\x00\x00\x00\x00"] {
+        assert_eq!(pod.udp_within(bytes, quiet).await, None, "{bytes:?}");
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "nothing relayed");
+    assert_eq!(pod.metric("istio_dns_upstream_requests_total"), 0.0);
 }

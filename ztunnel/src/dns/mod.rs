@@ -200,6 +200,11 @@ impl<S: PodSockets> Pod<S> {
     /// The answer to `msg`, or `None` when there is nothing to answer (a response, or bytes
     /// that are not even a header: a resolver would drop them too).
     async fn dns_answer(&self, dns: &Dns, msg: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        // Checked before anything is relayed: ztunnel must not carry a pod's stray bytes or its
+        // responses to the upstream, which would answer them (FORMERR) as if ztunnel had asked.
+        if msg.len() < message::HEADER_LEN || msg[2] & 0x80 != 0 {
+            return None;
+        }
         let id = message::id(msg)?;
         let metrics = &self.inputs.metrics.dns;
         let labels = self.dns_labels();
@@ -207,8 +212,7 @@ impl<S: PodSockets> Pod<S> {
         let query = match Query::parse(msg) {
             Ok(q) => q,
             // Not ours to judge (several questions, a compressed name, another opcode): the
-            // upstream resolver answers as it would have without us. A response is dropped.
-            Err(message::ParseError::NotAQuery) if msg.get(2).is_some_and(|f| f & 0x80 != 0) => return None,
+            // upstream resolver answers as it would have without us.
             Err(e) => {
                 tracing::debug!(pod = %self.uid, id, error = %e, "DNS message relayed unread");
                 return self.dns_relay(dns, msg, transport, &labels).await.or_else(|| message::format_error(msg));
