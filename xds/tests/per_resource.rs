@@ -70,15 +70,11 @@ async fn a_resumed_stream_declares_what_a_partly_rejected_push_left() {
     assert_eq!(status.types[ADDRESS].versions, expected);
 }
 
-/// The same without a new stream: after a NACK our server counts the client as holding what it
-/// held before the push, which a per-resource client does not; so a rollback of the dropped
-/// resource (same content, same version) and the removal of one applied beside it are never
-/// sent on that stream. Only a resumed stream (above) catches up. A fix belongs in the server
-/// (`xds/src/server/stream.rs`: after a NACK, a name of the rejected push is held at an unknown
-/// version: resent even at the acknowledged version, and its removal sent even if never
-/// acknowledged).
+/// The same without a new stream: after a NACK the server cannot tell which names of the
+/// rejected push the client kept, so a rollback of the dropped resource (same content, same
+/// version as acknowledged before) and the removal of one applied beside it (never
+/// acknowledged) are still sent on that stream.
 #[tokio::test]
-#[ignore = "xds server: a NACKed push's names are still counted as held at their acknowledged versions"]
 async fn a_rollback_and_a_removal_after_a_partly_rejected_push_reach_the_client_on_the_same_stream() {
     let store = ResourceStore::new();
     store.set(ADDRESS, "default/a", workload("default/a", [10, 0, 0, 1]));

@@ -152,7 +152,7 @@ impl TypeState {
                     }
                     None => {}
                 }
-                for name in self.acked.keys() {
+                for name in self.acked.keys().chain(self.nacked.keys().filter(|n| !self.acked.contains_key(*n))) {
                     if !entries.is_some_and(|e| e.resources.contains_key(&**name)) {
                         diff.absent(name);
                     }
@@ -189,7 +189,13 @@ struct Diff<'a> {
 impl Diff<'_> {
     /// `name` is subscribed and stored as `stored`.
     fn present(&mut self, name: &Arc<str>, stored: &StoredResource) {
-        if self.state.acked.get(name) == Some(&stored.version) {
+        // A name of the rejected push may be held at another version than the acknowledged
+        // one: a client that applies resource by resource drops the one it rejected and
+        // applies the others. So it is sent again even at the acknowledged version (a
+        // rollback of the rejected resource); to a client that kept everything, a resource it
+        // holds arrives once more, which changes nothing.
+        let uncertain = self.state.nacked.contains_key(name);
+        if !uncertain && self.state.acked.get(name) == Some(&stored.version) {
             return;
         }
         self.news |= self.state.nacked.get(name) != Some(&Some(stored.version.clone()));
@@ -197,9 +203,10 @@ impl Diff<'_> {
         self.sent.push((name.clone(), stored.version.clone()));
     }
 
-    /// `name` is not in the store: a removal is owed if the client holds it.
+    /// `name` is not in the store: a removal is owed if the client holds it, or may hold it
+    /// (sent in the rejected push: a client that applies resource by resource kept it).
     fn absent(&mut self, name: &Arc<str>) {
-        if !self.state.acked.contains_key(name) {
+        if !self.state.acked.contains_key(name) && !matches!(self.state.nacked.get(name), Some(Some(_))) {
             return;
         }
         self.news |= self.state.nacked.get(name) != Some(&None);
