@@ -14,7 +14,7 @@ use hbone::testing::{TestCa, id};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use ztunnel::dns::DnsConfig;
-use ztunnel::dns::message::{Answer, Query, TYPE_A, TYPE_AAAA, build_query, read_answer};
+use ztunnel::dns::message::{Answer, HEADER_LEN, OPT_UDP_SIZE, Query, TYPE_A, TYPE_AAAA, build_query, read_answer};
 use ztunnel::proxy::{HostSockets, PodProxy};
 use ztunnel::state::{StateConfig, StateHandle, file};
 
@@ -263,4 +263,31 @@ async fn what_is_not_a_query_never_reaches_the_upstream() {
     }
     assert_eq!(seen.load(Ordering::SeqCst), 0, "nothing relayed");
     assert_eq!(pod.metric("istio_dns_upstream_requests_total"), 0.0);
+}
+
+#[tokio::test]
+async fn a_relayed_answer_too_long_for_the_client_is_truncated_over_udp() {
+    // An upstream that pays no heed to the client's limit: 100 addresses (1.6 KB) whatever it
+    // was asked. A resolver drops a datagram over the size it asked for, as the kernel may a
+    // 1.6 KB one into its 512-byte buffer: it must get a TC answer and ask again over TCP.
+    let many: Vec<IpAddr> = (0..100u8).map(|i| IpAddr::from([192, 0, 2, i])).collect();
+    let m = many.clone();
+    let (up, _) = upstream_with(move |q| Some(Query::parse(q).unwrap().answer(&m, 60, 65535))).await;
+    let pod = pod(vec![up]);
+    for (id, edns, limit) in [(40, None, 512), (41, Some(1232), 1232), (42, Some(100), 512)] {
+        let q = build_query(id, "Big.Example.ORG", TYPE_A, edns);
+        let bytes = pod.udp(&q).await.expect("an answer");
+        assert!(bytes.len() <= limit, "{} > {limit}", bytes.len());
+        let a = read_answer(&bytes).unwrap();
+        assert_eq!((a.id, a.rcode, a.truncated), (id, 0, true), "{a:?}");
+        assert_eq!(a.edns_udp_size, edns.map(|_| OPT_UDP_SIZE), "an EDNS query's answer has our OPT");
+        let question = HEADER_LEN..q.len() - if edns.is_some() { 11 } else { 0 };
+        assert_eq!(&bytes[question.clone()], &q[question], "the question as asked, case and all");
+    }
+    // Within the client's limit: as the upstream said.
+    let a = read_answer(&pod.udp(&build_query(43, "big.example.org", TYPE_A, Some(4096))).await.unwrap()).unwrap();
+    assert_eq!((a.truncated, a.addrs.clone()), (false, many.clone()));
+    // Over TCP, all of it.
+    let a = pod.tcp(&build_query(44, "big.example.org", TYPE_A, None)).await;
+    assert_eq!((a.truncated, a.addrs), (false, many));
 }

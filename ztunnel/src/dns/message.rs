@@ -158,6 +158,19 @@ impl<'a> Query<'a> {
         out
     }
 
+    /// The upstream's answer `upstream` (its header at least), too long for the client's UDP
+    /// limit, as its header with the truncation bit, the question as asked and our OPT record
+    /// if the query had one: the client asks again over TCP (RFC 1035 §4.2.1, RFC 2181 §9).
+    /// The question is kept because resolvers (glibc) drop an answer whose question is not
+    /// theirs; the upstream's flags and rcode are kept because they are the upstream's word.
+    pub fn truncated(&self, upstream: &[u8]) -> Vec<u8> {
+        let flags = u16_at(upstream, 2).unwrap_or(FLAG_RA) | FLAG_QR | FLAG_TC;
+        let mut out = self.header(0, Rcode::NoError);
+        out[2..4].copy_from_slice(&flags.to_be_bytes());
+        self.opt(&mut out);
+        out
+    }
+
     /// An answer with no records and `rcode` (e.g. SERVFAIL when no upstream answered).
     pub fn error(&self, rcode: Rcode) -> Vec<u8> {
         let mut out = self.header(0, rcode);
@@ -414,6 +427,20 @@ mod tests {
         let fe = read_answer(&format_error(&two).unwrap()).unwrap();
         assert_eq!((fe.id, fe.rcode), (1, 1));
         assert_eq!(format_error(&resp), None, "never answer a response");
+    }
+
+    #[test]
+    fn a_truncated_relayed_answer_keeps_the_upstreams_header_and_our_question() {
+        let q = build_query(5, "Www.Example.org", TYPE_A, Some(1232));
+        let query = Query::parse(&q).unwrap();
+        let mut upstream = query.answer(&[IpAddr::from([192, 0, 2, 1])], 60, 512);
+        upstream[3] |= 3; // NXDOMAIN, as the upstream said it
+        let bytes = query.truncated(&upstream[..HEADER_LEN]);
+        let a = read_answer(&bytes).unwrap();
+        assert_eq!((a.id, a.rcode, a.truncated, a.authoritative), (5, 3, true, true));
+        assert_eq!((a.addrs.len(), a.edns_udp_size), (0, Some(OPT_UDP_SIZE)));
+        assert_eq!(&bytes[HEADER_LEN..q.len() - OPT_LEN], &q[HEADER_LEN..q.len() - OPT_LEN]);
+        assert_eq!(u16_at(&bytes, 4), Some(1), "one question");
     }
 
     #[test]

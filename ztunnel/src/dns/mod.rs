@@ -215,31 +215,46 @@ impl<S: PodSockets> Pod<S> {
             // upstream resolver answers as it would have without us.
             Err(e) => {
                 tracing::debug!(pod = %self.uid, id, error = %e, "DNS message relayed unread");
-                return self.dns_relay(dns, msg, transport, &labels).await.or_else(|| message::format_error(msg));
+                // Its limit unread, the answer goes back as the upstream sent it.
+                let max = usize::from(u16::MAX);
+                return self.dns_relay(dns, msg, transport, max, &labels).await.or_else(|| message::format_error(msg));
             }
         };
+        let limit = if transport == Transport::Tcp { usize::from(u16::MAX) } else { query.udp_limit() };
         if query.qclass == CLASS_IN
             && matches!(query.qtype, TYPE_A | TYPE_AAAA)
             && let Some(name) = &query.name
         {
             let state = self.inputs.state.load();
             if let Some(addrs) = service_addresses(&state, name, self.identity.namespace()) {
-                let limit = if transport == Transport::Tcp { usize::from(u16::MAX) } else { query.udp_limit() };
                 return Some(query.answer(&addrs, ANSWER_TTL, limit));
             }
         }
-        Some(self.dns_relay(dns, msg, transport, &labels).await.unwrap_or_else(|| query.error(Rcode::ServFail)))
+        match self.dns_relay(dns, msg, transport, limit, &labels).await {
+            // An upstream that answers past the size the query asked for (or, without EDNS, past
+            // 512 bytes) would have the client drop the datagram and wait for its timeout.
+            Some(answer) if answer.len() > limit => Some(query.truncated(&answer)),
+            Some(answer) => Some(answer),
+            None => Some(query.error(Rcode::ServFail)),
+        }
     }
 
     /// `msg` relayed upstream; `None` when no upstream answered (counted, logged at debug: a
     /// pod asking for names that do not resolve is not ztunnel's trouble).
-    async fn dns_relay(&self, dns: &Dns, msg: &[u8], transport: Transport, labels: &DnsLabels) -> Option<Vec<u8>> {
+    async fn dns_relay(
+        &self,
+        dns: &Dns,
+        msg: &[u8],
+        transport: Transport,
+        limit: usize,
+        labels: &DnsLabels,
+    ) -> Option<Vec<u8>> {
         let metrics = &self.inputs.metrics.dns;
         metrics.upstream_requests.get_or_create(labels).inc();
         let started = std::time::Instant::now();
         let answer = match dns.in_flight.clone().try_acquire_owned() {
             Ok(_permit) => match transport {
-                Transport::Udp => upstream::udp(&dns.cfg, msg).await,
+                Transport::Udp => upstream::udp(&dns.cfg, msg, limit).await,
                 Transport::Tcp => upstream::tcp(&dns.cfg, msg).await,
             },
             Err(_) => Err(upstream::UpstreamError::Busy),

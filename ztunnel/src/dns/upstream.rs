@@ -32,9 +32,10 @@ pub enum UpstreamError {
     },
 }
 
-/// Asks each upstream over UDP until one answers.
-pub(super) async fn udp(cfg: &DnsConfig, msg: &[u8]) -> Result<Vec<u8>, UpstreamError> {
-    each(cfg, |up| udp_once(up, msg)).await
+/// Asks each upstream over UDP until one answers. An answer longer than `max` (the client's
+/// limit) is returned cut to `max + 1` bytes: its header says what the client is told.
+pub(super) async fn udp(cfg: &DnsConfig, msg: &[u8], max: usize) -> Result<Vec<u8>, UpstreamError> {
+    each(cfg, |up| udp_once(up, msg, max)).await
 }
 
 /// Asks each upstream over TCP until one answers.
@@ -60,14 +61,16 @@ where
     Err(last)
 }
 
-async fn udp_once(up: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+async fn udp_once(up: SocketAddr, msg: &[u8], max: usize) -> std::io::Result<Vec<u8>> {
     let any: SocketAddr =
         if up.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
     let socket = UdpSocket::bind(any).await?;
     socket.connect(up).await?;
     socket.send(msg).await?;
     let id = message::id(msg);
-    let mut buf = vec![0u8; usize::from(u16::MAX)];
+    // One byte more than the client takes tells a longer answer from one that fits; the rest of
+    // a longer datagram is of no use, so no query holds 64 KiB for it.
+    let mut buf = vec![0u8; max.min(usize::from(u16::MAX)) + 1];
     loop {
         let n = socket.recv(&mut buf).await?;
         // Another id: a late answer to nothing we asked on this socket, or a forgery; wait on.
