@@ -149,7 +149,31 @@ async fn state_follows_the_control_plane() {
     );
     eventually(&handle, "the fixed workload", |s| s.workload_by_ip(ip22).is_some()).await;
 
+    // A second resource for web-1's uid under another name is refused alone, naming both
+    // names; a state with two workloads of one uid cannot be built, so taken in, it would hold
+    // back every later change of either type (a new policy, here).
+    store.set(
+        proto::ADDRESS_TYPE_URL,
+        "Kubernetes//Pod/shop/web-1-copy",
+        any(proto::ADDRESS_TYPE_URL, &workload("web-1", [10, 0, 0, 9])),
+    );
+    store.set(
+        proto::AUTHORIZATION_TYPE_URL,
+        "shop/deny-more",
+        any(proto::AUTHORIZATION_TYPE_URL, &deny_all("deny-more")),
+    );
+    eventually(&handle, "a policy beside a misnamed workload", |s| s.policy_by_key("shop/deny-more").is_some()).await;
+    assert!(handle.snapshot().workload_by_ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9))).is_none());
+    assert!(handle.snapshot().workload_by_ip(ip1).is_some());
+    let nack = server.connections().iter().find_map(|c| c.types.get(proto::ADDRESS_TYPE_URL)?.last_nack.clone());
+    assert!(
+        nack.as_ref()
+            .is_some_and(|n| n.message.contains("web-1-copy") && n.message.contains("not the resource's name")),
+        "{nack:?}"
+    );
+
     // Removal of the policy reaches the state.
+    store.remove(proto::ADDRESS_TYPE_URL, "Kubernetes//Pod/shop/web-1-copy");
     store.remove(proto::ADDRESS_TYPE_URL, "Kubernetes//Pod/shop/bad");
     store.remove(proto::AUTHORIZATION_TYPE_URL, "shop/deny-all");
     eventually(&handle, "the policy removal", |s| s.policy_by_key("shop/deny-all").is_none()).await;

@@ -88,7 +88,7 @@ fn caches() -> (
     // (they convert to fail-closed stand-ins rather than fail, so only an undecodable push is
     // NACKed, and whole).
     let (addresses, a) =
-        cache_handler_per_resource(|_n: &str, a: PbAddress| Address::try_from(a).map_err(|e| e.to_string()));
+        cache_handler_per_resource(|n: &str, a: PbAddress| Address::from_resource(n, a).map_err(|e| e.to_string()));
     let (routes, r) =
         cache_handler_per_resource(|_n: &str, r: pb::Route| CompiledRoute::try_from(r).map_err(|e| e.to_string()));
     let (policies, p) =

@@ -74,6 +74,11 @@ pub enum Problem {
     /// A reference that should be `namespace/name`.
     #[error("{0:?} is not of the form namespace/name")]
     Reference(String),
+    /// An `Address` resource named other than Istio names it.
+    #[error(
+        "{0:?} is not the resource's name (a workload's resource is named by its uid, a service's by namespace/hostname)"
+    )]
+    ResourceName(String),
 }
 
 /// Builds errors for one object.
@@ -364,6 +369,31 @@ impl TryFrom<pbw::Address> for Address {
             Some(pbw::address::Type::Service(s)) => Ok(Address::Service(s.try_into()?)),
             None => Err(Ctx("address".to_owned()).err("type", Problem::Missing)),
         }
+    }
+}
+
+impl Address {
+    /// The name Istio gives this address's xDS resource: a workload's uid, a service's
+    /// `namespace/hostname`.
+    pub fn resource_name(&self) -> String {
+        match self {
+            Address::Workload(w) => w.uid.clone(),
+            Address::Service(s) => format!("{}/{}", s.namespace, s.hostname),
+        }
+    }
+
+    /// Converts the resource named `name`, which must be the name Istio gives it: proxies
+    /// keep addresses by resource name and the state by uid and hostname, so two resources
+    /// for one workload (a rename the control plane sent as an upsert without the removal)
+    /// would make the whole state ambiguous, where a wrongly named one is refused alone.
+    pub fn from_resource(name: &str, a: pbw::Address) -> Result<Address, ConvertError> {
+        let address = Address::try_from(a)?;
+        let key = address.resource_name();
+        if key != name {
+            let field = if matches!(address, Address::Workload(_)) { "uid" } else { "namespace/hostname" };
+            return Err(Ctx(format!("address resource {name:?}")).err(field, Problem::ResourceName(key)));
+        }
+        Ok(address)
     }
 }
 

@@ -2,7 +2,8 @@
 //! `Authorization` types, converted (and validated) on arrival, folded into a new [`State`]
 //! whenever either cache changes.
 //!
-//! An `Address` (workload or service) that does not convert is NACKed by name and removed, and
+//! An `Address` (workload or service) that does not convert, or is not named as Istio names it
+//! (a workload by its uid, a service by `namespace/hostname`), is NACKed by name and removed, and
 //! the rest of its push applies; an `Authorization` push with a resource that does not convert is
 //! NACKed whole and the previous state stays. Policies convert fail-closed
 //! ([`convert::policy_fail_closed`]), so a defective policy is kept as one that can only deny.
@@ -89,8 +90,9 @@ pub fn start(endpoint: impl Into<XdsEndpoint>, node: Node, handle: StateHandle, 
     // type (the server sends a NACKed resource again with each push): new pods unserved,
     // deleted ones still routed to. Policies stay all or nothing: one that cannot be made even
     // a fail-closed stand-in must not leave as if it had never denied.
-    let (addresses, address_handler) =
-        cache_handler_per_resource(|_name: &str, a: PbAddress| Address::try_from(a).map_err(|e| e.to_string()));
+    let (addresses, address_handler) = cache_handler_per_resource(|name: &str, a: PbAddress| {
+        Address::from_resource(name, a).map_err(|e| e.to_string())
+    });
     let (policies, policy_handler) =
         cache_handler(|_name: &str, a: Authorization| convert::policy_fail_closed(a).map_err(|e| e.to_string()));
     let client = endpoint

@@ -208,12 +208,25 @@ fn service_and_address_convert() {
     bad.ports[0].service_port = 0;
     assert_eq!(Service::try_from(bad).unwrap_err().field, "ports[0].servicePort");
 
-    let a = Address::try_from(pbw::Address { r#type: Some(pbw::address::Type::Service(pb)) }).unwrap();
+    let a = Address::try_from(pbw::Address { r#type: Some(pbw::address::Type::Service(pb.clone())) }).unwrap();
     assert!(matches!(a, Address::Service(s) if s.name == "reviews"));
     let a = Address::try_from(pbw::Address { r#type: Some(pbw::address::Type::Workload(pb_workload())) }).unwrap();
     assert!(matches!(a, Address::Workload(w) if w.name == "productpage-v1"));
     let err = Address::try_from(pbw::Address { r#type: None }).unwrap_err();
     assert_eq!((err.field.as_str(), err.problem), ("type", Problem::Missing));
+
+    // As a resource, named as Istio names it, or refused naming both names.
+    let svc = || pbw::Address { r#type: Some(pbw::address::Type::Service(pb.clone())) };
+    let wl = || pbw::Address { r#type: Some(pbw::address::Type::Workload(pb_workload())) };
+    let uid = pb_workload().uid;
+    assert!(Address::from_resource("default/reviews.default.svc.cluster.local", svc()).is_ok());
+    assert!(Address::from_resource(&uid, wl()).is_ok());
+    let err = Address::from_resource("default/reviews", svc()).unwrap_err();
+    assert_eq!(err.field, "namespace/hostname");
+    assert_eq!(err.problem, Problem::ResourceName("default/reviews.default.svc.cluster.local".into()));
+    let err = Address::from_resource("Kubernetes//Pod/default/old-name", wl()).unwrap_err();
+    assert!(err.to_string().starts_with("address resource \"Kubernetes//Pod/default/old-name\": field `uid`"), "{err}");
+    assert_eq!((err.field.as_str(), err.problem), ("uid", Problem::ResourceName(uid)));
 }
 
 fn pb_policy(m: pbs::Match) -> pbs::Authorization {
