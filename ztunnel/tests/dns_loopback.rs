@@ -114,17 +114,32 @@ async fn upstream_with(
 
 struct Pod {
     proxy: PodProxy,
-    registry: prometheus_client::registry::Registry,
+    registry: Arc<prometheus_client::registry::Registry>,
 }
 
 fn pod(upstreams: Vec<SocketAddr>) -> Pod {
+    pods(upstreams, Duration::from_millis(300), 1).pop().unwrap()
+}
+
+/// `n` pods of one ztunnel (the first is `web`, the others unknown to the control plane).
+fn pods(upstreams: Vec<SocketAddr>, upstream_timeout: Duration, n: usize) -> Vec<Pod> {
     let state = file::parse(STATE, StateConfig::default()).unwrap();
     let certs = CertStore::new(TestCa::new("dns").roots());
     let (inputs, registry) = support::loopback_inputs_with(StateHandle::new(state), certs, |cfg| {
-        cfg.dns = Some(DnsConfig { port: 0, upstreams, upstream_timeout: Duration::from_millis(300) });
+        cfg.dns = Some(DnsConfig { port: 0, upstreams, upstream_timeout });
     });
-    let proxy = PodProxy::start("Kubernetes//Pod/shop/web-1".into(), id("shop", "web"), HostSockets, inputs).unwrap();
-    Pod { proxy, registry }
+    let registry = Arc::new(registry);
+    (0..n)
+        .map(|i| {
+            let uid = if i == 0 {
+                "Kubernetes//Pod/shop/web-1".to_owned()
+            } else {
+                format!("Kubernetes//Pod/shop/other-{i}")
+            };
+            let proxy = PodProxy::start(uid, id("shop", "web"), HostSockets, inputs.clone()).unwrap();
+            Pod { proxy, registry: registry.clone() }
+        })
+        .collect()
 }
 
 impl Pod {
@@ -290,4 +305,29 @@ async fn a_relayed_answer_too_long_for_the_client_is_truncated_over_udp() {
     // Over TCP, all of it.
     let a = pod.tcp(&build_query(44, "big.example.org", TYPE_A, None)).await;
     assert_eq!((a.truncated, a.addrs), (false, many));
+}
+
+#[tokio::test]
+async fn a_pod_flooding_the_upstream_leaves_other_pods_their_share() {
+    // Names under slow.example.org never get an answer: each query of them holds its slot for
+    // the whole upstream timeout.
+    let (up, _) = upstream_with(|q| {
+        let query = Query::parse(q).ok()?;
+        let slow = query.name.as_deref()?.ends_with("slow.example.org");
+        (!slow).then(|| query.answer(&[IpAddr::from(UPSTREAM_ADDR)], 60, 512))
+    })
+    .await;
+    let mut pods = pods(vec![up], Duration::from_secs(3), 2);
+    let (other, flooder) = (pods.pop().unwrap(), pods.pop().unwrap());
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..1000u16 {
+        let q = build_query(i, &format!("n{i}.slow.example.org"), TYPE_A, None);
+        s.send_to(&q, flooder.udp_addr()).await.unwrap();
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let a = other.ask(1, "www.example.org", TYPE_A).await;
+    assert_eq!((a.rcode, a.addrs), (0, vec![IpAddr::from(UPSTREAM_ADDR)]), "another pod's query is relayed");
 }

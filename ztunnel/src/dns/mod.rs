@@ -23,9 +23,10 @@
 pub mod message;
 mod upstream;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -35,6 +36,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 
 use crate::proxy::{Pod, PodSockets};
 use crate::state::State;
@@ -47,6 +49,13 @@ pub const ANSWER_TTL: u32 = 30;
 /// Upstream queries in flight at once, all pods together; past it a query gets SERVFAIL, so a
 /// pod that floods cannot hold every socket ztunnel may open.
 pub const MAX_IN_FLIGHT: usize = 512;
+/// Queries of one pod being answered at once, UDP and TCP together. Past it the pod's UDP
+/// socket is not read until one is answered (the excess waits in the pod's own socket buffer,
+/// and what overflows it the kernel drops), and its TCP queries wait their turn: a pod that
+/// floods can take no more than this of [`MAX_IN_FLIGHT`], nor have ztunnel make a task and a
+/// buffer for every datagram it sends. Answering the excess SERVFAIL instead would still be
+/// work for each datagram of a flood.
+pub const MAX_POD_IN_FLIGHT: usize = 64;
 /// The largest UDP query read: a stub resolver's queries are a few hundred bytes (a name of at
 /// most 255, EDNS options); a datagram this long or longer is answered FORMERR.
 const MAX_QUERY: usize = 4096;
@@ -143,13 +152,29 @@ impl DnsMetrics {
 #[derive(Debug)]
 pub struct Dns {
     cfg: DnsConfig,
-    in_flight: Arc<tokio::sync::Semaphore>,
+    in_flight: Arc<Semaphore>,
+    /// Each pod's turns ([`MAX_POD_IN_FLIGHT`]) by pod uid, held by the pod's serving tasks and
+    /// gone with the last of them.
+    pods: Mutex<HashMap<String, Weak<Semaphore>>>,
 }
 
 impl Dns {
     /// The shared part of the proxy.
     pub fn new(cfg: DnsConfig) -> Dns {
-        Dns { cfg, in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)) }
+        Dns { cfg, in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), pods: Mutex::default() }
+    }
+
+    /// The turns of the pod `uid`, shared by its UDP sockets and TCP connections.
+    fn pod_turns(&self, uid: &str) -> Arc<Semaphore> {
+        let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(turns) = pods.get(uid).and_then(Weak::upgrade) {
+            return turns;
+        }
+        // A new pod (or one served again): those no longer served go now.
+        pods.retain(|_, w| w.strong_count() > 0);
+        let turns = Arc::new(Semaphore::new(MAX_POD_IN_FLIGHT));
+        pods.insert(uid.to_owned(), Arc::downgrade(&turns));
+        turns
     }
 
     /// The settings.
@@ -342,10 +367,12 @@ fn tcp_listener(addr: SocketAddr, reuse: bool) -> io::Result<std::net::TcpListen
 }
 
 /// Serves a pod's DNS over UDP until the task is dropped; each query is answered on its own
-/// task, so a slow upstream holds up no other query.
+/// task, so a slow upstream holds up no other query, [`MAX_POD_IN_FLIGHT`] at most.
 pub(crate) async fn serve_udp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, socket: UdpSocket) {
     let socket = Arc::new(socket);
+    let turns = dns.pod_turns(&pod.uid);
     loop {
+        let Ok(turn) = turns.clone().acquire_owned().await else { return };
         // The buffer is made once a datagram is there: an idle pod (most of them) holds none.
         if let Err(e) = socket.readable().await {
             tracing::warn!(pod = %pod.uid, error = %e, "DNS socket failed");
@@ -365,6 +392,7 @@ pub(crate) async fn serve_udp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, so
         msg.truncate(n);
         let (pod, dns, socket) = (pod.clone(), dns.clone(), socket.clone());
         tokio::spawn(async move {
+            let _turn = turn;
             // A datagram that filled the buffer may have been cut: not a query to act on.
             let answer = if n == MAX_QUERY {
                 message::format_error(&msg)
@@ -383,6 +411,7 @@ pub(crate) async fn serve_udp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, so
 /// Serves one DNS-over-TCP connection: length-prefixed queries, answered in order, until the
 /// client closes or stays silent for [`TCP_IDLE`].
 pub(crate) async fn serve_tcp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, mut tcp: TcpStream) {
+    let turns = dns.pod_turns(&pod.uid);
     loop {
         let mut len = [0u8; 2];
         match tokio::time::timeout(TCP_IDLE, tcp.read_exact(&mut len)).await {
@@ -393,7 +422,9 @@ pub(crate) async fn serve_tcp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, mu
         if !matches!(tokio::time::timeout(TCP_IDLE, tcp.read_exact(&mut msg)).await, Ok(Ok(_))) {
             return;
         }
+        let Ok(turn) = turns.acquire().await else { return };
         let Some(answer) = pod.dns_answer(&dns, &msg, Transport::Tcp).await else { return };
+        drop(turn);
         let Ok(len) = u16::try_from(answer.len()) else { return };
         let mut out = Vec::with_capacity(2 + answer.len());
         out.extend_from_slice(&len.to_be_bytes());
@@ -407,6 +438,16 @@ pub(crate) async fn serve_tcp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, mu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pods_turns_are_shared_while_served_and_forgotten_after() {
+        let dns = Dns::new(DnsConfig::default());
+        let a = dns.pod_turns("a");
+        assert!(Arc::ptr_eq(&a, &dns.pod_turns("a")), "the pod's sockets and connections share them");
+        drop(a);
+        let _b = dns.pod_turns("b");
+        assert_eq!(dns.pods.lock().unwrap().keys().collect::<Vec<_>>(), ["b"], "a pod no longer served is no entry");
+    }
 
     #[test]
     fn nameservers_are_read_from_resolv_conf() {
