@@ -117,16 +117,31 @@ struct Pod {
     registry: Arc<prometheus_client::registry::Registry>,
 }
 
+/// Addresses of `many.shop.svc.cluster.local`: its answer over TCP is 64 KiB.
+const MANY: usize = 4000;
+
 fn pod(upstreams: Vec<SocketAddr>) -> Pod {
     pods(upstreams, Duration::from_millis(300), 1).pop().unwrap()
 }
 
 /// `n` pods of one ztunnel (the first is `web`, the others unknown to the control plane).
 fn pods(upstreams: Vec<SocketAddr>, upstream_timeout: Duration, n: usize) -> Vec<Pod> {
-    let state = file::parse(STATE, StateConfig::default()).unwrap();
+    pods_with(n, |cfg| *cfg = DnsConfig { port: 0, upstreams, upstream_timeout, ..DnsConfig::default() })
+}
+
+fn pods_with(n: usize, dns: impl FnOnce(&mut DnsConfig)) -> Vec<Pod> {
+    let many: Vec<String> = (0..MANY).map(|i| format!("\"10.100.{}.{}\"", i / 256, i % 256)).collect();
+    let state = format!(
+        "{STATE}- name: many\n  namespace: shop\n  hostname: many.shop.svc.cluster.local\n  addresses: [{}]\n  \
+         ports: [{{servicePort: 80, targetPort: 80}}]\n",
+        many.join(", ")
+    );
+    let state = file::parse(&state, StateConfig::default()).unwrap();
     let certs = CertStore::new(TestCa::new("dns").roots());
     let (inputs, registry) = support::loopback_inputs_with(StateHandle::new(state), certs, |cfg| {
-        cfg.dns = Some(DnsConfig { port: 0, upstreams, upstream_timeout });
+        let mut d = DnsConfig { port: 0, ..DnsConfig::default() };
+        dns(&mut d);
+        cfg.dns = Some(d);
     });
     let registry = Arc::new(registry);
     (0..n)
@@ -170,8 +185,7 @@ impl Pod {
     }
 
     async fn tcp(&self, q: &[u8]) -> Answer {
-        let mut s =
-            TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], self.proxy.addrs.dns.unwrap().port()))).await.unwrap();
+        let mut s = self.connect().await;
         s.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
         s.write_all(q).await.unwrap();
         let mut len = [0u8; 2];
@@ -179,6 +193,10 @@ impl Pod {
         let mut a = vec![0u8; usize::from(u16::from_be_bytes(len))];
         s.read_exact(&mut a).await.unwrap();
         read_answer(&a).unwrap()
+    }
+
+    async fn connect(&self) -> TcpStream {
+        TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], self.proxy.addrs.dns.unwrap().port()))).await.unwrap()
     }
 
     fn metric(&self, name: &str) -> f64 {
@@ -330,4 +348,40 @@ async fn a_pod_flooding_the_upstream_leaves_other_pods_their_share() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let a = other.ask(1, "www.example.org", TYPE_A).await;
     assert_eq!((a.rcode, a.addrs), (0, vec![IpAddr::from(UPSTREAM_ADDR)]), "another pod's query is relayed");
+}
+
+/// `q` as a DNS-over-TCP frame.
+fn frame(q: &[u8]) -> Vec<u8> {
+    let mut f = (q.len() as u16).to_be_bytes().to_vec();
+    f.extend_from_slice(q);
+    f
+}
+
+/// The next DNS-over-TCP message on `s`, `None` at its end (or when none comes within [`WAIT`]).
+async fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    tokio::time::timeout(WAIT, s.read_exact(&mut len)).await.ok()?.ok()?;
+    let mut m = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    tokio::time::timeout(WAIT, s.read_exact(&mut m)).await.ok()?.ok()?;
+    Some(m)
+}
+
+#[tokio::test]
+async fn a_tcp_client_that_reads_no_answer_is_let_go_after_the_idle_timeout() {
+    let idle = Duration::from_millis(300);
+    let pod = pods_with(1, |d| d.tcp_idle = idle).pop().unwrap();
+    // Queries for 64 KiB answers, more than the sockets' buffers hold, and no answer read: the
+    // proxy's writes block. A connection held so would be held for good (and ztunnel's drain
+    // would wait on it).
+    let sent = 400;
+    let mut s = pod.connect().await;
+    let q = frame(&build_query(1, "many.shop.svc.cluster.local", TYPE_A, None));
+    s.write_all(&q.repeat(sent)).await.unwrap();
+    tokio::time::sleep(idle * 5).await;
+    let mut got = 0;
+    while let Some(m) = read_frame(&mut s).await {
+        assert_eq!(read_answer(&m).unwrap().addrs.len(), MANY);
+        got += 1;
+    }
+    assert!(got < sent, "the proxy gave up on the connection ({got} answers of {sent})");
 }

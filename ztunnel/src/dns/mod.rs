@@ -59,8 +59,9 @@ pub const MAX_POD_IN_FLIGHT: usize = 64;
 /// The largest UDP query read: a stub resolver's queries are a few hundred bytes (a name of at
 /// most 255, EDNS options); a datagram this long or longer is answered FORMERR.
 const MAX_QUERY: usize = 4096;
-/// How long a TCP client may stay silent between queries.
-const TCP_IDLE: Duration = Duration::from_secs(10);
+/// How long a TCP client may stay silent between queries, or take to read an answer
+/// (RFC 7766 §6.2.3: a few seconds; glibc's and Go's resolvers ask at once once connected).
+pub const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// DNS proxy settings, part of [`crate::proxy::ProxyConfig`].
 #[derive(Debug, Clone)]
@@ -71,11 +72,18 @@ pub struct DnsConfig {
     pub upstreams: Vec<SocketAddr>,
     /// How long each upstream has to answer.
     pub upstream_timeout: Duration,
+    /// How long a TCP client may stay silent between queries, or take to read an answer.
+    pub tcp_idle: Duration,
 }
 
 impl Default for DnsConfig {
     fn default() -> Self {
-        DnsConfig { port: DNS_PORT, upstreams: Vec::new(), upstream_timeout: Duration::from_secs(2) }
+        DnsConfig {
+            port: DNS_PORT,
+            upstreams: Vec::new(),
+            upstream_timeout: Duration::from_secs(2),
+            tcp_idle: TCP_IDLE,
+        }
     }
 }
 
@@ -409,17 +417,17 @@ pub(crate) async fn serve_udp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, so
 }
 
 /// Serves one DNS-over-TCP connection: length-prefixed queries, answered in order, until the
-/// client closes or stays silent for [`TCP_IDLE`].
+/// client closes, stays silent or reads no answer for [`DnsConfig::tcp_idle`].
 pub(crate) async fn serve_tcp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, mut tcp: TcpStream) {
     let turns = dns.pod_turns(&pod.uid);
     loop {
         let mut len = [0u8; 2];
-        match tokio::time::timeout(TCP_IDLE, tcp.read_exact(&mut len)).await {
+        match tokio::time::timeout(dns.cfg.tcp_idle, tcp.read_exact(&mut len)).await {
             Ok(Ok(_)) => {}
             _ => return,
         }
         let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        if !matches!(tokio::time::timeout(TCP_IDLE, tcp.read_exact(&mut msg)).await, Ok(Ok(_))) {
+        if !matches!(tokio::time::timeout(dns.cfg.tcp_idle, tcp.read_exact(&mut msg)).await, Ok(Ok(_))) {
             return;
         }
         let Ok(turn) = turns.acquire().await else { return };
@@ -429,7 +437,9 @@ pub(crate) async fn serve_tcp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, mu
         let mut out = Vec::with_capacity(2 + answer.len());
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&answer);
-        if tcp.write_all(&out).await.is_err() {
+        // A client that asks and reads nothing would otherwise hold the connection (and the
+        // drain, which waits on it) for good once the socket buffers are full.
+        if !matches!(tokio::time::timeout(dns.cfg.tcp_idle, tcp.write_all(&out)).await, Ok(Ok(()))) {
             return;
         }
     }
