@@ -34,7 +34,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
@@ -416,20 +416,25 @@ pub(crate) async fn serve_udp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, so
     }
 }
 
+/// The next message of a DNS-over-TCP stream (its 2-byte length, then the message); `None` at
+/// the stream's end, or when the client takes longer than `idle` for either part.
+async fn read_message<R: AsyncRead + Unpin>(r: &mut R, idle: Duration) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    tokio::time::timeout(idle, r.read_exact(&mut len)).await.ok()?.ok()?;
+    let len = u16::from_be_bytes(len);
+    // The buffer grows with what arrives, not with what the length says: a pod's connections,
+    // each announcing 64 KiB and sending nothing more, would otherwise cost ztunnel 64 KiB each.
+    let mut msg = Vec::new();
+    let n = tokio::time::timeout(idle, r.take(u64::from(len)).read_to_end(&mut msg)).await.ok()?.ok()?;
+    (n == usize::from(len)).then_some(msg)
+}
+
 /// Serves one DNS-over-TCP connection: length-prefixed queries, answered in order, until the
 /// client closes, stays silent or reads no answer for [`DnsConfig::tcp_idle`].
 pub(crate) async fn serve_tcp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, mut tcp: TcpStream) {
     let turns = dns.pod_turns(&pod.uid);
     loop {
-        let mut len = [0u8; 2];
-        match tokio::time::timeout(dns.cfg.tcp_idle, tcp.read_exact(&mut len)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
-        }
-        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        if !matches!(tokio::time::timeout(dns.cfg.tcp_idle, tcp.read_exact(&mut msg)).await, Ok(Ok(_))) {
-            return;
-        }
+        let Some(msg) = read_message(&mut tcp, dns.cfg.tcp_idle).await else { return };
         let Ok(turn) = turns.acquire().await else { return };
         let Some(answer) = pod.dns_answer(&dns, &msg, Transport::Tcp).await else { return };
         drop(turn);
@@ -457,6 +462,38 @@ mod tests {
         drop(a);
         let _b = dns.pod_turns("b");
         assert_eq!(dns.pods.lock().unwrap().keys().collect::<Vec<_>>(), ["b"], "a pod no longer served is no entry");
+    }
+
+    /// A client that announces a 64 KiB message, sends 3 bytes of it and stalls; it counts
+    /// the bytes the proxy readies for it at most.
+    struct Stalling {
+        sent: &'static [u8],
+        offered: usize,
+    }
+
+    impl AsyncRead for Stalling {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            self.offered = self.offered.max(buf.remaining());
+            if self.sent.is_empty() {
+                return std::task::Poll::Pending;
+            }
+            let n = buf.remaining().min(self.sent.len());
+            buf.put_slice(&self.sent[..n]);
+            self.sent = &self.sent[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tcp_message_is_given_memory_as_it_arrives_not_as_announced() {
+        let mut client = Stalling { sent: b"\xff\xff\x00\x01\x02", offered: 0 };
+        assert_eq!(read_message(&mut client, Duration::from_millis(50)).await, None, "the idle timeout ends it");
+        // Else each connection of a pod is 64 KiB of ztunnel's memory for a 2-byte write.
+        assert!(client.offered < 4096, "{} bytes readied for 3 sent", client.offered);
     }
 
     #[test]
