@@ -385,3 +385,72 @@ async fn a_tcp_client_that_reads_no_answer_is_let_go_after_the_idle_timeout() {
     }
     assert!(got < sent, "the proxy gave up on the connection ({got} answers of {sent})");
 }
+
+#[tokio::test]
+async fn tcp_queries_pipelined_on_one_connection_are_answered_in_order() {
+    let (up, seen) = upstream().await;
+    let pod = pods_with(1, |d| {
+        d.upstreams = vec![up];
+        d.tcp_idle = Duration::from_millis(300);
+    })
+    .pop()
+    .unwrap();
+    // glibc's use-vc sends A and AAAA back to back on one connection; relayed and local answers
+    // interleaved, each answer in the order asked (RFC 7766 §6.2.1.1).
+    let mut s = pod.connect().await;
+    let asked = [
+        (1, "www.example.org", TYPE_A),
+        (2, "reviews.shop.svc.cluster.local", TYPE_A),
+        (3, "www.example.org", TYPE_AAAA),
+        (4, "reviews.shop.svc.cluster.local", TYPE_AAAA),
+    ];
+    let all: Vec<u8> = asked.iter().flat_map(|(id, name, t)| frame(&build_query(*id, name, *t, None))).collect();
+    s.write_all(&all).await.unwrap();
+    for (id, _, _) in asked {
+        let a = read_answer(&read_frame(&mut s).await.expect("an answer")).unwrap();
+        assert_eq!((a.id, a.rcode), (id, 0), "{a:?}");
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+    // A zero-length message is no query: the connection ends, at once.
+    let started = std::time::Instant::now();
+    s.write_all(&[0, 0]).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, None);
+    assert!(started.elapsed() < Duration::from_millis(250), "{:?}", started.elapsed());
+
+    // A client that sends a length and no message, or half a length, is let go after the idle
+    // timeout.
+    for stall in [&[0u8, 64][..], &[0u8]] {
+        let mut s = pod.connect().await;
+        s.write_all(stall).await.unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(read_frame(&mut s).await, None);
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+}
+
+#[tokio::test]
+async fn a_local_answer_echoes_id_question_and_recursion_desired() {
+    let (up, seen) = upstream().await;
+    let pod = pod(vec![up]);
+    // Resolvers that randomize the case of the name (0x20) compare the question byte for byte.
+    let mut q = build_query(0xbeef, "ReViEwS.sHoP.svc.Cluster.Local", TYPE_A, None);
+    q[2] &= !0x01; // RD clear
+    let bytes = pod.udp(&q).await.unwrap();
+    assert_eq!(&bytes[..2], &q[..2], "id");
+    assert_eq!(bytes[2] & 0x87, 0x84, "QR, AA, no TC, RD as asked (clear)");
+    assert_eq!(&bytes[4..6], &[0, 1], "one question");
+    assert_eq!(&bytes[HEADER_LEN..q.len()], &q[HEADER_LEN..], "the question as asked");
+    assert_eq!(read_answer(&bytes).unwrap().addrs, ips(&["10.96.0.5"]));
+
+    // AAAA of a name with IPv4 addresses only: the name exists, NOERROR with no answer
+    // (NODATA), never NXDOMAIN, which would have the client give up on its A answer too.
+    let a = pod.ask(2, "api.example.com", TYPE_AAAA).await;
+    assert_eq!((a.rcode, a.authoritative, a.addrs.len()), (0, true, 0), "{a:?}");
+
+    // Class ANY (or any class but IN) is the upstream's to answer: our records are class IN.
+    let mut any = build_query(3, "reviews.shop.svc.cluster.local", TYPE_A, None);
+    let class = any.len() - 2;
+    any[class..].copy_from_slice(&255u16.to_be_bytes());
+    assert!(pod.udp(&any).await.is_some());
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "relayed");
+}
