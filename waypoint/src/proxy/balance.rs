@@ -159,9 +159,9 @@ impl Balancer {
     }
 
     /// Picks an endpoint of `service` among `endpoints`, avoiding `avoid` (a previous try)
-    /// when there is another choice. With a FAILOVER `prefer`, only endpoints of the best rank
-    /// that has any not ejected are considered (when every endpoint is ejected, those of the
-    /// best rank present).
+    /// when there is another choice. With a FAILOVER `prefer`, only the available endpoints of
+    /// one rank are considered, the rank chosen by the ranks' loads ([`level_loads`]); when
+    /// every endpoint is ejected, all those of the best rank present.
     pub fn pick(
         &self,
         service: &str,
@@ -278,7 +278,11 @@ pub fn level_loads(levels: &[(usize, usize)]) -> Option<Vec<u64>> {
         .collect();
     let sum: u64 = health.iter().sum();
     if sum == 0 {
-        return None;
+        // A level can have an available endpoint and still a health of 0 in whole percents (1
+        // of 150 available, × 1.4: 0.93%): with no load anywhere, the caller would fall back to
+        // ejected endpoints while this one is up. The best such level takes everything instead.
+        let first = levels.iter().position(|&(_, available)| available > 0)?;
+        return Some((0..levels.len()).map(|i| if i == first { 100 } else { 0 }).collect());
     }
     if sum < 100 {
         // Largest remainder, so the shares add up to exactly 100.
@@ -503,6 +507,19 @@ mod tests {
         assert_eq!(level_loads(&[(4, 1), (4, 1)]), Some(vec![50, 50]));
         assert_eq!(level_loads(&[(3, 1), (7, 1)]), Some(vec![70, 30]), "46 and 20 of 66, in whole percents");
         assert_eq!(level_loads(&[(2, 0), (1, 0)]), None);
+    }
+
+    #[test]
+    fn a_level_whose_health_rounds_to_zero_still_takes_the_load_over_ejected_endpoints() {
+        // 1 of 150 available: 140 × 1 / 150 is 0 in whole percents, yet an endpoint is there.
+        assert_eq!(level_loads(&[(150, 1), (2, 0)]), Some(vec![100, 0]));
+        assert_eq!(level_loads(&[(2, 0), (150, 1), (300, 2)]), Some(vec![0, 100, 0]), "the best one available");
+        // Through choose_level: the zone's one available endpoint, never the ejected ones.
+        let zone = std::iter::once((1, false)).chain(std::iter::repeat_n((1, true), 149));
+        let endpoints: Vec<(usize, bool)> = zone.chain([(0, true), (0, true)]).collect();
+        for hash in [None, Some(&b"user-1"[..])] {
+            assert_eq!(choose_level(endpoints.iter().copied(), hash), Some(1), "{hash:?}");
+        }
     }
 
     #[test]
