@@ -195,8 +195,12 @@ impl Pod {
         read_answer(&a).unwrap()
     }
 
+    fn tcp_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.proxy.addrs.dns.unwrap().port()))
+    }
+
     async fn connect(&self) -> TcpStream {
-        TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], self.proxy.addrs.dns.unwrap().port()))).await.unwrap()
+        TcpStream::connect(self.tcp_addr()).await.unwrap()
     }
 
     fn metric(&self, name: &str) -> f64 {
@@ -374,7 +378,10 @@ async fn a_tcp_client_that_reads_no_answer_is_let_go_after_the_idle_timeout() {
     // proxy's writes block. A connection held so would be held for good (and ztunnel's drain
     // would wait on it).
     let sent = 400;
-    let mut s = pod.connect().await;
+    // A small receive buffer, so that the test does not rest on the host's buffer sizes.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(pod.tcp_addr()).await.unwrap();
     let q = frame(&build_query(1, "many.shop.svc.cluster.local", TYPE_A, None));
     s.write_all(&q.repeat(sent)).await.unwrap();
     tokio::time::sleep(idle * 5).await;
