@@ -224,3 +224,41 @@ fn redirect_and_rewrite_hostnames_must_be_precise_hostnames() {
         other => panic!("{other:?}"),
     }
 }
+
+/// GEP-1426 (route types on a Service port): GRPCRoute before HTTPRoute whatever their ages and
+/// names. The oldest-then-alphabetical rule is the GRPCRoute spec's for Gateway listeners; on a
+/// Service it would let an older HTTPRoute take the port.
+#[test]
+fn on_a_service_port_the_grpc_route_wins_even_over_an_older_http_route() {
+    let route = |kind: &str, name: &str, created: &str, rule: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: {kind}\nmetadata:\n  name: {name}\n  namespace: shop\n  \
+             creationTimestamp: \"{created}\"\nspec:\n  parentRefs:\n  - {{group: \"\", kind: Service, name: web, port: 80}}\n  \
+             rules:\n  - {rule}\n"
+        )
+    };
+    let t = translate(
+        "route-spec-type-precedence",
+        &format!(
+            "{}---\n{}",
+            route("HTTPRoute", "a-http", "2020-01-01T00:00:00Z", "backendRefs: [{name: web, port: 80}]"),
+            route(
+                "GRPCRoute",
+                "z-grpc",
+                "2026-01-01T00:00:00Z",
+                "matches: [{method: {service: shop.Web}}]\n    backendRefs: [{name: web, port: 80}]"
+            ),
+        ),
+    );
+    assert_eq!(t.routes().keys().collect::<Vec<_>>(), ["shop/GRPCRoute/z-grpc"]);
+    let http = &t.route_status()[&ObjectKey::new(Kind::HttpRoute, "shop", "a-http")][0];
+    let accepted = http.conditions.iter().find(|c| c.type_ == "Accepted").unwrap();
+    assert_eq!((accepted.status, accepted.reason), (false, "Conflicted"), "{accepted:?}");
+    assert!(accepted.message.contains("GRPCRoute shop/z-grpc"), "{}", accepted.message);
+    assert!(
+        !http.conditions.iter().any(|c| c.type_ == "PartiallyInvalid"),
+        "a parent that does not accept the route: {http:?}"
+    );
+    let grpc = &t.route_status()[&ObjectKey::new(Kind::GrpcRoute, "shop", "z-grpc")][0];
+    assert!(grpc.conditions.iter().any(|c| c.type_ == "Accepted" && c.status), "{grpc:?}");
+}
