@@ -21,7 +21,8 @@ use ztunnel::state::{StateConfig, StateHandle, file};
 const WAIT: Duration = Duration::from_secs(5);
 
 /// `reviews` with a v4 and a v6 address; `api.example.com` (a ServiceEntry host) in two
-/// namespaces; `db`, headless (no address: its pods are the upstream's to tell).
+/// namespaces; `Legacy.Example.COM.`, a host as a user may spell it; `db`, headless (no
+/// address: its pods are the upstream's to tell).
 const STATE: &str = r#"
 workloads:
 - name: web
@@ -46,6 +47,11 @@ services:
   namespace: shop
   hostname: api.example.com
   addresses: ["240.240.0.2"]
+  ports: [{servicePort: 443, targetPort: 443}]
+- name: legacy
+  namespace: shop
+  hostname: Legacy.Example.COM.
+  addresses: ["240.240.0.9"]
   ports: [{servicePort: 443, targetPort: 443}]
 - name: db
   namespace: shop
@@ -448,6 +454,12 @@ async fn a_local_answer_echoes_id_question_and_recursion_desired() {
     assert_eq!(&bytes[4..6], &[0, 1], "one question");
     assert_eq!(&bytes[HEADER_LEN..q.len()], &q[HEADER_LEN..], "the question as asked");
     assert_eq!(read_answer(&bytes).unwrap().addrs, ips(&["10.96.0.5"]));
+
+    // A host spelled with capitals and a trailing dot is the same DNS name (RFC 4343).
+    for (id, name) in [(4, "legacy.example.com"), (5, "LEGACY.example.com.")] {
+        let a = pod.ask(id, name, TYPE_A).await;
+        assert_eq!((a.authoritative, a.addrs), (true, ips(&["240.240.0.9"])), "{name}");
+    }
 
     // AAAA of a name with IPv4 addresses only: the name exists, NOERROR with no answer
     // (NODATA), never NXDOMAIN, which would have the client give up on its A answer too.

@@ -212,10 +212,18 @@ pub fn service_addresses(state: &State, name: &str, pod_namespace: &str) -> Opti
             _ => None,
         }
     };
+    // The scan compares as DNS does (RFC 4343: without case; a trailing dot is the same name):
+    // a ServiceEntry host comes as its author spelled it, and `name` is in lower case.
+    let same = |host: &str| host.strip_suffix('.').unwrap_or(host).eq_ignore_ascii_case(name);
     let svc = state
         .service_by_host(pod_namespace, name)
         .or_else(|| named_namespace.and_then(|ns| state.service_by_host(ns, name)))
-        .or_else(|| state.services().filter(|s| s.hostname == name).min_by(|a, b| a.namespace.cmp(&b.namespace)))?;
+        .or_else(|| {
+            state
+                .services()
+                .filter(|s| same(&s.hostname))
+                .min_by_key(|s| (s.namespace != pod_namespace, s.namespace.as_str()))
+        })?;
     let addrs: Vec<IpAddr> = svc.vips.iter().filter(|v| &v.network == network).map(|v| v.address).collect();
     (!addrs.is_empty()).then_some(addrs)
 }
