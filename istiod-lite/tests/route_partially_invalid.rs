@@ -187,7 +187,7 @@ fn the_condition_and_the_warning_go_away_when_the_route_is_fixed() {
     let cs = conditions(&t, &key());
     assert!(condition(&cs, "PartiallyInvalid").is_none(), "{cs:?}");
     assert!(t.warnings().is_empty(), "{:?}", t.warnings());
-    let body = status_body(&key(), &t.route_status()[&key()], 5, "2026-01-01T00:00:00Z");
+    let body = status_body(&key(), &t.route_status()[&key()], 5, &Default::default(), "2026-01-01T00:00:00Z");
     let types: Vec<&str> = body["status"]["parents"][0]["conditions"]
         .as_array()
         .unwrap()

@@ -19,6 +19,11 @@
 //! longer holds (`PartiallyInvalid` once the dropped rules are fixed, which the Gateway API
 //! says must then not be set at all) is left out, and server-side apply removes what this field
 //! manager applied before and no longer applies.
+//!
+//! A condition's `lastTransitionTime` is when its status last changed, as `metav1.Condition`
+//! defines it, not when it was last written: a new generation, reason or message rewrites the
+//! condition but keeps its time while the status stays. The times are this writer's memory, so
+//! after a restart they start again at the first write.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -48,8 +53,35 @@ fn bounded(message: &str) -> &str {
     &message[..end]
 }
 
-/// The server-side apply body of a route's status.
-pub fn status_body(route: &ObjectKey, parents: &[ParentStatus], generation: i64, now: &str) -> Value {
+/// When each condition took its status: (parent as written, condition type) → (status, time).
+pub type Transitions = BTreeMap<(String, &'static str), (bool, String)>;
+
+/// The transition times of `parents`' conditions: kept from `before` where a condition has the
+/// same status as then, else `now`.
+pub fn transitions(parents: &[ParentStatus], before: Option<&Transitions>, now: &str) -> Transitions {
+    parents
+        .iter()
+        .flat_map(|p| p.conditions.iter().map(move |c| (p, c)))
+        .map(|(p, c)| {
+            let key = (p.parent_ref.clone(), c.type_);
+            let time = match before.and_then(|b| b.get(&key)) {
+                Some((status, time)) if *status == c.status => time.clone(),
+                _ => now.to_owned(),
+            };
+            (key, (c.status, time))
+        })
+        .collect()
+}
+
+/// The server-side apply body of a route's status, each condition with its time from `times`
+/// (`now` for one it lacks).
+pub fn status_body(
+    route: &ObjectKey,
+    parents: &[ParentStatus],
+    generation: i64,
+    times: &Transitions,
+    now: &str,
+) -> Value {
     let parents: Vec<Value> = parents
         .iter()
         .map(|p| {
@@ -61,13 +93,14 @@ pub fn status_body(route: &ObjectKey, parents: &[ParentStatus], generation: i64,
                 .conditions
                 .iter()
                 .map(|c| {
+                    let time = times.get(&(p.parent_ref.clone(), c.type_)).map_or(now, |(_, t)| t.as_str());
                     json!({
                         "type": c.type_,
                         "status": if c.status { "True" } else { "False" },
                         "reason": c.reason,
                         "message": bounded(&c.message),
                         "observedGeneration": generation,
-                        "lastTransitionTime": now,
+                        "lastTransitionTime": time,
                     })
                 })
                 .collect();
@@ -90,8 +123,9 @@ fn plural(kind: Kind) -> Option<&'static str> {
     }
 }
 
-/// What was written of each route: its parents and the generation they describe.
-pub type Written = BTreeMap<ObjectKey, (Vec<ParentStatus>, i64)>;
+/// What was written of each route: its parents and the generation they describe, and when
+/// each condition took its status.
+pub type Written = BTreeMap<ObjectKey, ((Vec<ParentStatus>, i64), Transitions)>;
 
 /// Writes the status of every route, translated or `rejected` by the source, whose status
 /// differs from `written` (what this writer last wrote, with the generation it described), and
@@ -102,10 +136,10 @@ pub async fn sync(
     rejected: &BTreeMap<ObjectKey, Arc<RejectedObject>>,
     written: &mut Written,
 ) -> usize {
-    let current: Written = {
+    let current: BTreeMap<ObjectKey, (Vec<ParentStatus>, i64)> = {
         let t = translator.lock().unwrap_or_else(|p| p.into_inner());
         let model = t.model();
-        let mut current: Written = t
+        let mut current: BTreeMap<_, _> = t
             .route_status()
             .iter()
             .map(|(k, parents)| {
@@ -132,10 +166,12 @@ pub async fn sync(
     let mut n = 0;
     for (key, status) in current {
         let Some(plural) = plural(key.kind) else { continue };
-        if status.0.is_empty() || written.get(&key) == Some(&status) {
+        let before = written.get(&key);
+        if status.0.is_empty() || before.is_some_and(|(s, _)| *s == status) {
             continue;
         }
         let (parents, generation) = &status;
+        let times = transitions(parents, before.map(|(_, t)| t), &now);
         let ar = ApiResource {
             group: "gateway.networking.k8s.io".into(),
             version: "v1".into(),
@@ -144,10 +180,10 @@ pub async fn sync(
             plural: plural.into(),
         };
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &key.namespace, &ar);
-        let body = status_body(&key, parents, *generation, &now);
+        let body = status_body(&key, parents, *generation, &times, &now);
         match api.patch_status(&key.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
             Ok(_) => {
-                written.insert(key, status);
+                written.insert(key, (status, times));
                 n += 1;
             }
             Err(e) => {

@@ -97,8 +97,43 @@ fn a_route_condition_message_is_cut_to_what_the_api_server_takes() {
         }],
     };
     let key = ObjectKey::new(Kind::HttpRoute, "shop", "r");
-    let body = route_status::status_body(&key, &[parent], 1, "2026-01-01T00:00:00Z");
+    let body = route_status::status_body(&key, &[parent], 1, &Default::default(), "2026-01-01T00:00:00Z");
     let message = body["status"]["parents"][0]["conditions"][0]["message"].as_str().unwrap();
     assert!(message.starts_with("Dropped Rule(s) é"));
     assert!(message.len() <= 32_768 && message.len() > 32_000, "{}", message.len());
+}
+
+#[test]
+fn a_route_condition_keeps_its_transition_time_while_its_status_stays() {
+    use crate::model::{Kind, ObjectKey};
+    use crate::translate::route::{Condition, ParentStatus};
+    let cond = |type_, status, message: &str| Condition { type_, status, reason: "Any", message: message.into() };
+    let parent = |conditions| ParentStatus {
+        parent_ref: "Service shop/web".into(),
+        group: String::new(),
+        kind: "Service".into(),
+        namespace: "shop".into(),
+        name: "web".into(),
+        port: None,
+        conditions,
+    };
+    let (t0, t1) = ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z");
+    let first = [parent(vec![cond("Accepted", true, "a"), cond("ResolvedRefs", true, "r")])];
+    let before = route_status::transitions(&first, None, t0);
+    // A new message keeps Accepted's time; ResolvedRefs turned False and PartiallyInvalid is
+    // new: both take the time of this write.
+    let next = [parent(vec![
+        cond("Accepted", true, "a, edited"),
+        cond("ResolvedRefs", false, "r"),
+        cond("PartiallyInvalid", true, "p"),
+    ])];
+    let times = route_status::transitions(&next, Some(&before), t1);
+    let body = route_status::status_body(&ObjectKey::new(Kind::HttpRoute, "shop", "r"), &next, 2, &times, t1);
+    let written: Vec<(&str, &str)> = body["status"]["parents"][0]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["type"].as_str().unwrap(), c["lastTransitionTime"].as_str().unwrap()))
+        .collect();
+    assert_eq!(written, [("Accepted", t0), ("ResolvedRefs", t1), ("PartiallyInvalid", t1)]);
 }
