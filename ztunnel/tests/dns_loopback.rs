@@ -473,3 +473,27 @@ async fn a_local_answer_echoes_id_question_and_recursion_desired() {
     assert!(pod.udp(&any).await.is_some());
     assert_eq!(seen.load(Ordering::SeqCst), 1, "relayed");
 }
+
+#[tokio::test]
+async fn another_type_of_a_mesh_name_the_upstream_does_not_know_is_nodata_not_nxdomain() {
+    // The upstream knows no ServiceEntry host: NXDOMAIN for everything.
+    let (up, seen) = upstream_with(|q| {
+        let mut a = Query::parse(q).ok()?.answer(&[], 60, 512);
+        a[3] |= 3;
+        Some(a)
+    })
+    .await;
+    let pod = pod(vec![up]);
+    // NXDOMAIN says the name has no record of any type (RFC 2308 §5, RFC 8020): a cache in the
+    // pod may answer the name's A query NXDOMAIN from it. The mesh answers A for these names,
+    // so another type (HTTPS, TXT, MX) is NODATA.
+    for (id, name, qtype) in [(1, "api.example.com", 65), (2, "Legacy.example.com", 16)] {
+        let a = read_answer(&pod.udp(&build_query(id, name, qtype, None)).await.unwrap()).unwrap();
+        assert_eq!((a.id, a.rcode, a.addrs.len()), (id, 0, 0), "{name}: {a:?}");
+    }
+    // Asked upstream first all the same: its answer, if it has one, is the one to give.
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+    // A name the mesh does not know: the upstream's NXDOMAIN.
+    let a = read_answer(&pod.udp(&build_query(3, "www.example.org", 16, None)).await.unwrap()).unwrap();
+    assert_eq!((a.id, a.rcode), (3, 3));
+}

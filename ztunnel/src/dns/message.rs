@@ -46,6 +46,17 @@ pub enum Rcode {
     ServFail = 2,
 }
 
+/// The response code NXDOMAIN: the name does not exist, with no record of any type.
+pub const NXDOMAIN: u8 = 3;
+
+/// The response code (its header's 4 bits) of `msg`, if it has a header.
+pub fn rcode(msg: &[u8]) -> Option<u8> {
+    if msg.len() < HEADER_LEN {
+        return None;
+    }
+    Some(msg[3] & 0x0F)
+}
+
 /// Why a message is not a query the proxy can read (it is then relayed upstream as it is, or,
 /// when not even its header can be read, dropped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

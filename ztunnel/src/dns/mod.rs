@@ -262,16 +262,23 @@ impl<S: PodSockets> Pod<S> {
             }
         };
         let limit = if transport == Transport::Tcp { usize::from(u16::MAX) } else { query.udp_limit() };
-        if query.qclass == CLASS_IN
-            && matches!(query.qtype, TYPE_A | TYPE_AAAA)
-            && let Some(name) = &query.name
+        let mesh = |query: &Query<'_>| {
+            let name = query.name.as_deref().filter(|_| query.qclass == CLASS_IN)?;
+            service_addresses(&self.inputs.state.load(), name, self.identity.namespace())
+        };
+        if matches!(query.qtype, TYPE_A | TYPE_AAAA)
+            && let Some(addrs) = mesh(&query)
         {
-            let state = self.inputs.state.load();
-            if let Some(addrs) = service_addresses(&state, name, self.identity.namespace()) {
-                return Some(query.answer(&addrs, ANSWER_TTL, limit));
-            }
+            return Some(query.answer(&addrs, ANSWER_TTL, limit));
         }
         match self.dns_relay(dns, msg, transport, limit, &labels).await {
+            // Other types of a mesh name are the upstream's to answer (a Kubernetes service's
+            // SRV), but an upstream that does not know the name (a ServiceEntry host) says
+            // NXDOMAIN: no record of any type, which a cache in the pod may then answer the
+            // name's A query with (RFC 2308 §5, RFC 8020). The name exists: NODATA.
+            Some(answer) if message::rcode(&answer) == Some(message::NXDOMAIN) && mesh(&query).is_some() => {
+                Some(query.answer(&[], ANSWER_TTL, limit))
+            }
             // An upstream that answers past the size the query asked for (or, without EDNS, past
             // 512 bytes) would have the client drop the datagram and wait for its timeout.
             Some(answer) if answer.len() > limit => Some(query.truncated(&answer)),
