@@ -55,7 +55,7 @@ async fn a_waypoint_gateway_gets_its_objects_and_status() {
         uid: "9b3d5f7a-1c2e-4a4b-8f6c-8d0f2a4b6d01".into(),
         generation: 1,
     };
-    let ip = reconcile(&mock.client(), &cfg(), &gw).await.unwrap();
+    let ip = reconcile(&mock.client(), &cfg(), &gw, None).await.unwrap();
     assert_eq!(ip.as_deref(), Some("10.96.0.50"));
     check_writes(&mock.writes());
 }
@@ -77,7 +77,7 @@ async fn a_refused_apply_is_an_error_naming_the_object() {
     let mock = MockApi::start().await;
     mock.on_write_status(SA, hyper::StatusCode::NOT_FOUND, "status/not-found.json");
     let gw = GatewayRef { namespace: "shop".into(), name: "waypoint".into(), uid: "u".into(), generation: 1 };
-    match reconcile(&mock.client(), &cfg(), &gw).await {
+    match reconcile(&mock.client(), &cfg(), &gw, None).await {
         Err(e) => assert!(e.to_string().starts_with("applying ServiceAccount shop/waypoint"), "{e}"),
         Ok(ip) => panic!("succeeded: {ip:?}"),
     }

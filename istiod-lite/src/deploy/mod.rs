@@ -199,16 +199,26 @@ pub fn manifests(cfg: &DeployConfig, gw: &GatewayRef) -> Manifests {
 }
 
 /// The Gateway status istiod-lite writes: `Accepted` and `Programmed` (with the address when
-/// the Service has one), as a server-side apply body.
-pub fn gateway_status(gw: &GatewayRef, cluster_ip: Option<&str>, now: &str) -> Value {
+/// the Service has one), as a server-side apply body. `previous` is the Gateway's
+/// `status.conditions` as read: a condition whose status it already had keeps its
+/// `lastTransitionTime` (when the status last changed, as `metav1.Condition` defines it), which
+/// also makes a reconcile that changes nothing write the same body, so our own write does not
+/// come back as a change that is written again with a new time.
+pub fn gateway_status(gw: &GatewayRef, cluster_ip: Option<&str>, previous: Option<&Value>, now: &str) -> Value {
     let condition = |type_: &str, ok: bool, reason: &str, message: &str| {
+        let status = if ok { "True" } else { "False" };
+        let since = previous
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_ && c["status"] == status))
+            .and_then(|c| c["lastTransitionTime"].as_str())
+            .unwrap_or(now);
         json!({
             "type": type_,
-            "status": if ok { "True" } else { "False" },
+            "status": status,
             "reason": reason,
             "message": message,
             "observedGeneration": gw.generation,
-            "lastTransitionTime": now,
+            "lastTransitionTime": since,
         })
     };
     let programmed = match cluster_ip {

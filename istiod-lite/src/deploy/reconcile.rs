@@ -66,11 +66,13 @@ async fn apply(
     })
 }
 
-/// Applies the waypoint of `gw` and writes its status; returns the Service's cluster IP.
+/// Applies the waypoint of `gw` and writes its status (`previous`: its `status.conditions` as
+/// read, whose transition times are kept); returns the Service's cluster IP.
 pub async fn reconcile(
     client: &kube::Client,
     cfg: &DeployConfig,
     gw: &GatewayRef,
+    previous: Option<&Value>,
 ) -> Result<Option<String>, DeployError> {
     let m = manifests(cfg, gw);
     apply(client, gw, "ServiceAccount", resource("", "v1", "ServiceAccount", "serviceaccounts"), &m.service_account)
@@ -81,7 +83,7 @@ pub async fn reconcile(
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &gw.namespace, &gateways());
     let now =
         k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).unwrap_or_default().to_string();
-    let status = gateway_status(gw, ip.as_deref(), &now);
+    let status = gateway_status(gw, ip.as_deref(), previous, &now);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     api.patch_status(&gw.name, &params, &Patch::Apply(&status)).await.map_err(|source| DeployError::Status {
         namespace: gw.namespace.clone(),
@@ -120,7 +122,7 @@ pub async fn controller(client: kube::Client, cfg: DeployConfig) {
             }
         };
         let Some(gw) = waypoint_gateway(&o) else { continue };
-        match reconcile(&client, &cfg, &gw).await {
+        match reconcile(&client, &cfg, &gw, o.data.get("status").and_then(|s| s.get("conditions"))).await {
             Ok(ip) => {
                 tracing::info!(gateway = %format!("{}/{}", gw.namespace, gw.name), address = ?ip, "waypoint applied")
             }

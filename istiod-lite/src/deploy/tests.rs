@@ -64,7 +64,7 @@ fn the_waypoint_learns_its_node_and_pod_ip_from_the_downward_api() {
 
 #[test]
 fn status_reports_the_address_once_there_is_one() {
-    let s = gateway_status(&gw(), Some("10.96.5.5"), "2026-01-01T00:00:00Z");
+    let s = gateway_status(&gw(), Some("10.96.5.5"), None, "2026-01-01T00:00:00Z");
     let conds = s["status"]["conditions"].as_array().unwrap();
     assert_eq!(
         conds.iter().map(|c| (c["type"].as_str().unwrap(), c["status"].as_str().unwrap())).collect::<Vec<_>>(),
@@ -72,9 +72,23 @@ fn status_reports_the_address_once_there_is_one() {
     );
     assert_eq!(conds[0]["observedGeneration"], 3);
     assert_eq!(s["status"]["addresses"][0]["value"], "10.96.5.5");
-    let s = gateway_status(&gw(), None, "2026-01-01T00:00:00Z");
+    let s = gateway_status(&gw(), None, None, "2026-01-01T00:00:00Z");
     assert_eq!(s["status"]["conditions"][1]["status"], "False");
     assert!(s["status"]["addresses"].as_array().unwrap().is_empty());
+
+    // Written again a day later: Accepted stayed True and keeps its time; Programmed turned
+    // True and takes the new one.
+    let later = gateway_status(&gw(), Some("10.96.5.5"), Some(&s["status"]["conditions"]), "2026-01-02T00:00:00Z");
+    let times: Vec<&str> = later["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["lastTransitionTime"].as_str().unwrap())
+        .collect();
+    assert_eq!(times, ["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"]);
+    // Nothing changed: the same body, so the write is no change to watch.
+    let again = gateway_status(&gw(), Some("10.96.5.5"), Some(&later["status"]["conditions"]), "2026-01-03T00:00:00Z");
+    assert_eq!(again, later);
 }
 
 #[test]
