@@ -19,10 +19,16 @@ fn held(cache: &xds::Cache<CachedWorkload>) -> Vec<String> {
     cache.snapshot().into_keys().collect()
 }
 
-/// Brings the store and the client to: `default/a` rejected (a good version of it dropped),
-/// `default/c` new and applied beside it in the same NACKed push.
-async fn reject_a_and_apply_c(store: &ResourceStore, client: &ClientHandle, cache: &xds::Cache<CachedWorkload>) {
-    client_until(client, "first push acked", |s| s.types[ADDRESS].acks == 1).await;
+/// A server holding `default/a` and `default/b` and a client of it, brought to: `default/a`
+/// rejected (a good version of it dropped), `default/c` new and applied beside it in the same
+/// NACKed push.
+async fn reject_a_and_apply_c() -> (ResourceStore, RunningServer, ClientHandle, xds::Cache<CachedWorkload>) {
+    let store = ResourceStore::new();
+    store.set(ADDRESS, "default/a", workload("default/a", [10, 0, 0, 1]));
+    store.set(ADDRESS, "default/b", workload("default/b", [10, 0, 0, 2]));
+    let server = RunningServer::any_port(store.clone()).await;
+    let (client, cache) = per_resource_client(&server);
+    client_until(&client, "first push acked", |s| s.types[ADDRESS].acks == 1).await;
     store.update(
         ADDRESS,
         [
@@ -32,9 +38,10 @@ async fn reject_a_and_apply_c(store: &ResourceStore, client: &ClientHandle, cach
         ],
         [],
     );
-    let status = client_until(client, "the NACK", |s| s.types[ADDRESS].nacks == 1).await;
+    let status = client_until(&client, "the NACK", |s| s.types[ADDRESS].nacks == 1).await;
     assert!(status.types[ADDRESS].last_nack.as_ref().unwrap().contains("\"default/a\""));
-    assert_eq!(held(cache), ["default/b", "default/c"], "a dropped, c applied");
+    assert_eq!(held(&cache), ["default/b", "default/c"], "a dropped, c applied");
+    (store, server, client, cache)
 }
 
 /// A push applied in part is recorded as applied in part: the versions a resumed stream declares
@@ -44,12 +51,7 @@ async fn reject_a_and_apply_c(store: &ResourceStore, client: &ClientHandle, cach
 /// sent: a deleted workload kept for good.
 #[tokio::test]
 async fn a_resumed_stream_declares_what_a_partly_rejected_push_left() {
-    let store = ResourceStore::new();
-    store.set(ADDRESS, "default/a", workload("default/a", [10, 0, 0, 1]));
-    store.set(ADDRESS, "default/b", workload("default/b", [10, 0, 0, 2]));
-    let server = RunningServer::any_port(store.clone()).await;
-    let (client, cache) = per_resource_client(&server);
-    reject_a_and_apply_c(&store, &client, &cache).await;
+    let (store, server, client, cache) = reject_a_and_apply_c().await;
     let status = client.status();
     let versions: Vec<_> = status.types[ADDRESS].versions.keys().cloned().collect();
     assert_eq!(versions, ["default/b", "default/c"], "the versions are what the cache holds");
@@ -76,12 +78,7 @@ async fn a_resumed_stream_declares_what_a_partly_rejected_push_left() {
 /// acknowledged) are still sent on that stream.
 #[tokio::test]
 async fn a_rollback_and_a_removal_after_a_partly_rejected_push_reach_the_client_on_the_same_stream() {
-    let store = ResourceStore::new();
-    store.set(ADDRESS, "default/a", workload("default/a", [10, 0, 0, 1]));
-    store.set(ADDRESS, "default/b", workload("default/b", [10, 0, 0, 2]));
-    let server = RunningServer::any_port(store.clone()).await;
-    let (client, cache) = per_resource_client(&server);
-    reject_a_and_apply_c(&store, &client, &cache).await;
+    let (store, _server, client, cache) = reject_a_and_apply_c().await;
 
     store.update(ADDRESS, [("default/a".to_owned(), workload("default/a", [10, 0, 0, 1]))], ["default/c".to_owned()]);
     until("a back and c gone on the same stream", || held(&cache) == ["default/a", "default/b"]).await;

@@ -91,25 +91,30 @@ fn status_reports_the_address_once_there_is_one() {
     assert_eq!(again, later);
 }
 
-#[test]
-fn a_route_condition_message_is_cut_to_what_the_api_server_takes() {
-    use crate::model::{Kind, ObjectKey};
-    use crate::translate::route::{Condition, ParentStatus};
-    let long = "é".repeat(20_000);
-    let parent = ParentStatus {
+/// A route's status for its parent Service `shop/web`.
+fn web_parent(conditions: Vec<crate::translate::route::Condition>) -> crate::translate::route::ParentStatus {
+    crate::translate::route::ParentStatus {
         parent_ref: "Service shop/web".into(),
         group: String::new(),
         kind: "Service".into(),
         namespace: "shop".into(),
         name: "web".into(),
         port: None,
-        conditions: vec![Condition {
-            type_: "PartiallyInvalid",
-            status: true,
-            reason: "UnsupportedValue",
-            message: format!("Dropped Rule(s) {long}"),
-        }],
-    };
+        conditions,
+    }
+}
+
+#[test]
+fn a_route_condition_message_is_cut_to_what_the_api_server_takes() {
+    use crate::model::{Kind, ObjectKey};
+    use crate::translate::route::Condition;
+    let long = "é".repeat(20_000);
+    let parent = web_parent(vec![Condition {
+        type_: "PartiallyInvalid",
+        status: true,
+        reason: "UnsupportedValue",
+        message: format!("Dropped Rule(s) {long}"),
+    }]);
     let key = ObjectKey::new(Kind::HttpRoute, "shop", "r");
     let body = route_status::status_body(&key, &[parent], 1, &Default::default(), "2026-01-01T00:00:00Z");
     let message = body["status"]["parents"][0]["conditions"][0]["message"].as_str().unwrap();
@@ -120,17 +125,9 @@ fn a_route_condition_message_is_cut_to_what_the_api_server_takes() {
 #[test]
 fn a_route_condition_keeps_its_transition_time_while_its_status_stays() {
     use crate::model::{Kind, ObjectKey};
-    use crate::translate::route::{Condition, ParentStatus};
+    use crate::translate::route::Condition;
     let cond = |type_, status, message: &str| Condition { type_, status, reason: "Any", message: message.into() };
-    let parent = |conditions| ParentStatus {
-        parent_ref: "Service shop/web".into(),
-        group: String::new(),
-        kind: "Service".into(),
-        namespace: "shop".into(),
-        name: "web".into(),
-        port: None,
-        conditions,
-    };
+    let parent = web_parent;
     let (t0, t1) = ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z");
     let first = [parent(vec![cond("Accepted", true, "a"), cond("ResolvedRefs", true, "r")])];
     let before = route_status::transitions(&first, None, t0);
