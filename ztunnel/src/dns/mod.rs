@@ -7,13 +7,17 @@
 //! with no round trip. Everything else is relayed, bytes unchanged, to the upstream resolvers
 //! (`--dns-upstream`, by default the `nameserver`s of ztunnel's own `/etc/resolv.conf`, as
 //! Istio's ztunnel does) from ztunnel's own network namespace, and the upstream's answer is
-//! relayed back. No upstream answering is SERVFAIL, never silence, so the pod's resolver moves
-//! on at once.
+//! relayed back, with two exceptions: over UDP, one longer than the client takes is cut to a
+//! TC answer, so the client asks again over TCP; and the upstream's NXDOMAIN for a name the
+//! mesh answers A for (another type of a ServiceEntry host) is NODATA. No upstream answering
+//! is SERVFAIL, never silence, so the pod's resolver moves on at once. A pod has at most
+//! [`MAX_POD_IN_FLIGHT`] queries answered at once, so that one flooding cannot take the
+//! upstream slots of all.
 //!
 //! Clients search their domains in turn (`reviews.shop.svc.cluster.local` is what a pod in `shop`
-//! asks first for `reviews`), so names are matched exactly, with no search of our own. A name
-//! in several namespaces (Istio ServiceEntry hosts may be) is answered with the asking pod's
-//! namespace's service, else the first namespace's in order.
+//! asks first for `reviews`), so names are matched exactly (without case, RFC 4343), with no
+//! search of our own. A name in several namespaces (Istio ServiceEntry hosts may be) is
+//! answered with the asking pod's namespace's service, else the first namespace's in order.
 //!
 //! The sockets are bound to the loopback addresses the redirection delivers to, and nowhere
 //! else. UDP answers so leave from the address the query was delivered to, and conntrack turns
