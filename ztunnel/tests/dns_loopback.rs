@@ -404,7 +404,7 @@ async fn tcp_queries_pipelined_on_one_connection_are_answered_in_order() {
     let (up, seen) = upstream().await;
     let pod = pods_with(1, |d| {
         d.upstreams = vec![up];
-        d.tcp_idle = Duration::from_millis(300);
+        d.tcp_idle = Duration::from_secs(1);
     })
     .pop()
     .unwrap();
@@ -428,7 +428,7 @@ async fn tcp_queries_pipelined_on_one_connection_are_answered_in_order() {
     let started = std::time::Instant::now();
     s.write_all(&[0, 0]).await.unwrap();
     assert_eq!(read_frame(&mut s).await, None);
-    assert!(started.elapsed() < Duration::from_millis(250), "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_millis(600), "{:?}", started.elapsed());
 
     // A client that sends a length and no message, or half a length, is let go after the idle
     // timeout.
@@ -437,7 +437,7 @@ async fn tcp_queries_pipelined_on_one_connection_are_answered_in_order() {
         s.write_all(stall).await.unwrap();
         let started = std::time::Instant::now();
         assert_eq!(read_frame(&mut s).await, None);
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     }
 }
 
