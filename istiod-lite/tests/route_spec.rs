@@ -262,3 +262,48 @@ fn on_a_service_port_the_grpc_route_wins_even_over_an_older_http_route() {
     let grpc = &t.route_status()[&ObjectKey::new(Kind::GrpcRoute, "shop", "z-grpc")][0];
     assert!(grpc.conditions.iter().any(|c| c.type_ == "Accepted" && c.status), "{grpc:?}");
 }
+
+/// A Service parent's `sectionName` is a port name (Gateway API `ParentReference`): the route
+/// binds that port only, a name the Service lacks (or a `port` that is not that port's) is
+/// `NoMatchingParent`, and the status names the parent as written.
+#[test]
+fn a_service_parent_section_is_the_port_of_that_name() {
+    let route = |name: &str, parent: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: {name}\n  namespace: shop\n\
+             spec:\n  parentRefs:\n  - {{group: \"\", kind: Service, name: two, {parent}}}\n  rules:\n  - backendRefs: [{{name: web, port: 80}}]\n"
+        )
+    };
+    let two = "apiVersion: v1\nkind: Service\nmetadata:\n  name: two\n  namespace: shop\nspec:\n  ports:\n  \
+               - {name: http, port: 80}\n  - {name: admin, port: 9000}\n";
+    let t = translate(
+        "route-spec-section-name",
+        &[
+            two,
+            &route("admin", "sectionName: admin"),
+            &route("nope", "sectionName: metrics"),
+            &route("mismatch", "sectionName: admin, port: 80"),
+        ]
+        .join("---\n"),
+    );
+    let admin = &t.routes()["shop/HTTPRoute/admin"];
+    assert_eq!(admin.parents.iter().map(|p| p.port).collect::<Vec<_>>(), [9000], "{admin:?}");
+    for (name, says) in [("nope", "no port named \"metrics\""), ("mismatch", "no port named \"admin\" with number 80")]
+    {
+        assert!(!t.routes().contains_key(&format!("shop/HTTPRoute/{name}")), "{name}");
+        let status = &t.route_status()[&ObjectKey::new(Kind::HttpRoute, "shop", name)][0];
+        let accepted = status.conditions.iter().find(|c| c.type_ == "Accepted").unwrap();
+        assert_eq!((accepted.status, accepted.reason), (false, "NoMatchingParent"), "{name}: {accepted:?}");
+        assert!(accepted.message.contains(says), "{name}: {}", accepted.message);
+    }
+    let status = &t.route_status()[&ObjectKey::new(Kind::HttpRoute, "shop", "admin")][0];
+    assert_eq!(status.section_name.as_deref(), Some("admin"));
+    let body = istiod_lite::deploy::route_status::status_body(
+        &ObjectKey::new(Kind::HttpRoute, "shop", "admin"),
+        std::slice::from_ref(status),
+        1,
+        &Default::default(),
+        "2026-01-01T00:00:00Z",
+    );
+    assert_eq!(body["status"]["parents"][0]["parentRef"]["sectionName"], "admin");
+}

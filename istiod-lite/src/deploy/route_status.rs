@@ -89,6 +89,9 @@ pub fn status_body(
             if let Some(port) = p.port {
                 parent_ref["port"] = json!(port);
             }
+            if let Some(section) = &p.section_name {
+                parent_ref["sectionName"] = json!(section);
+            }
             let conditions: Vec<Value> = p
                 .conditions
                 .iter()

@@ -100,6 +100,7 @@ fn web_parent(conditions: Vec<crate::translate::route::Condition>) -> crate::tra
         namespace: "shop".into(),
         name: "web".into(),
         port: None,
+        section_name: None,
         conditions,
     }
 }

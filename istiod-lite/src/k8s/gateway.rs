@@ -117,7 +117,8 @@ pub struct ParentReference {
     /// Port of the Service (absent: every port).
     #[serde(default)]
     pub port: Option<u16>,
-    /// Listener name (Gateways only).
+    /// A Gateway's listener name; a Service's port name (as the Gateway API defines
+    /// `sectionName` for a Service parent).
     #[serde(default)]
     pub section_name: Option<String>,
 }

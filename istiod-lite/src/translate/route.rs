@@ -93,6 +93,8 @@ pub struct ParentStatus {
     pub name: String,
     /// `parentRef.port`.
     pub port: Option<u16>,
+    /// `parentRef.sectionName`.
+    pub section_name: Option<String>,
     /// `Accepted`, `ResolvedRefs`, then `PartiallyInvalid` when rules were dropped.
     pub conditions: Vec<Condition>,
 }
@@ -277,10 +279,14 @@ fn duration(s: Option<&str>) -> Option<prost_types::Duration> {
 fn describe_parent(route_ns: &str, p: &ParentReference) -> String {
     let kind = p.kind.as_deref().unwrap_or("Gateway");
     let ns = p.namespace.as_deref().unwrap_or(route_ns);
-    match p.port {
+    let mut out = match p.port {
         Some(port) => format!("{kind} {ns}/{}:{port}", p.name),
         None => format!("{kind} {ns}/{}", p.name),
+    };
+    if let Some(section) = &p.section_name {
+        out.push_str(&format!(" (sectionName {section})"));
     }
+    out
 }
 
 /// Seconds since the epoch of an RFC 3339 UTC timestamp (`2024-05-01T10:00:00Z`), 0 if unreadable.
@@ -345,7 +351,27 @@ fn parent<'m>(model: &'m Model, ns: &str, i: usize, p: &ParentReference) -> Pare
                 "NoMatchingParent",
                 format!("spec.parentRefs[{i}]: Service {pns}/{} has no port {}", p.name, p.port.unwrap_or(0)),
             ),
-            Some(svc) => Parent::Service { svc, port: p.port },
+            // A Service's section is a port, by name; with `port` too, both must fit one port.
+            // Ignored, it would bind every port of the Service: more than the route asked for.
+            Some(svc) => match &p.section_name {
+                None => Parent::Service { svc, port: p.port },
+                Some(section) => match svc
+                    .spec
+                    .ports
+                    .iter()
+                    .find(|sp| sp.name.as_deref() == Some(section) && p.port.is_none_or(|port| port == sp.port))
+                {
+                    Some(sp) => Parent::Service { svc, port: Some(sp.port) },
+                    None => refused(
+                        "NoMatchingParent",
+                        format!(
+                            "spec.parentRefs[{i}].sectionName: Service {pns}/{} has no port named {section:?}{}",
+                            p.name,
+                            p.port.map(|port| format!(" with number {port}")).unwrap_or_default()
+                        ),
+                    ),
+                },
+            },
         },
         ("gateway.networking.k8s.io", "Gateway") => match model.gateways.get(&(pns.to_owned(), p.name.clone())) {
             Some(gw) if gw.spec.gateway_class_name == super::WAYPOINT_CLASS => refused(
@@ -429,6 +455,7 @@ fn parent_status(ns: &str, p: &ParentReference, conditions: Vec<Condition>) -> P
         namespace: p.namespace.as_deref().unwrap_or(ns).to_owned(),
         name: p.name.clone(),
         port: p.port,
+        section_name: p.section_name.clone(),
         conditions,
     }
 }
