@@ -54,6 +54,19 @@ fn three_byte_address() -> pbw::Address {
     a
 }
 
+/// Waits until the last NACK of `type_url` on some stream of `server` says every one of `says`.
+async fn nacked(server: &XdsServer, type_url: &str, says: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let nack = server.connections().iter().find_map(|c| c.types.get(type_url)?.last_nack.clone());
+        if nack.as_ref().is_some_and(|n| says.iter().all(|s| n.message.contains(s))) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no NACK of {type_url} saying {says:?}; last {nack:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn eventually(handle: &StateHandle, what: &str, ok: impl Fn(&ztunnel::state::State) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !ok(&handle.snapshot()) {
@@ -102,20 +115,7 @@ async fn state_follows_the_control_plane() {
 
     // A malformed workload (a 3-byte address) is refused, by name; the good state stays.
     store.set(proto::ADDRESS_TYPE_URL, "Kubernetes//Pod/shop/bad", any(proto::ADDRESS_TYPE_URL, &three_byte_address()));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let nacked = server.connections().iter().any(|c| {
-            c.types
-                .get(proto::ADDRESS_TYPE_URL)
-                .and_then(|t| t.last_nack.as_ref())
-                .is_some_and(|n| n.message.contains("addresses"))
-        });
-        if nacked {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the bad workload is NACKed naming the field");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    nacked(&server, proto::ADDRESS_TYPE_URL, &["addresses"]).await;
     assert!(handle.snapshot().workload_by_uid("Kubernetes//Pod/shop/bad").is_none(), "refused, so unknown");
     assert!(handle.snapshot().workload_by_ip(ip1).is_some());
 
@@ -165,12 +165,25 @@ async fn state_follows_the_control_plane() {
     eventually(&handle, "a policy beside a misnamed workload", |s| s.policy_by_key("shop/deny-more").is_some()).await;
     assert!(handle.snapshot().workload_by_ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9))).is_none());
     assert!(handle.snapshot().workload_by_ip(ip1).is_some());
-    let nack = server.connections().iter().find_map(|c| c.types.get(proto::ADDRESS_TYPE_URL)?.last_nack.clone());
-    assert!(
-        nack.as_ref()
-            .is_some_and(|n| n.message.contains("web-1-copy") && n.message.contains("not the resource's name")),
-        "{nack:?}"
+    nacked(&server, proto::ADDRESS_TYPE_URL, &["web-1-copy", "not the resource's name"]).await;
+
+    // Likewise a second resource for policy shop/deny-all: its push is refused (all or
+    // nothing: the previous policies stay), and workloads keep following.
+    store.set(
+        proto::AUTHORIZATION_TYPE_URL,
+        "shop/deny-all-copy",
+        any(proto::AUTHORIZATION_TYPE_URL, &deny_all("deny-all")),
     );
+    nacked(&server, proto::AUTHORIZATION_TYPE_URL, &["deny-all-copy", "not the resource's name"]).await;
+    let ip4 = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 4));
+    store.set(
+        proto::ADDRESS_TYPE_URL,
+        "Kubernetes//Pod/shop/web-4",
+        any(proto::ADDRESS_TYPE_URL, &workload("web-4", [10, 0, 0, 4])),
+    );
+    eventually(&handle, "a workload beside a misnamed policy", |s| s.workload_by_ip(ip4).is_some()).await;
+    assert!(handle.snapshot().policy_by_key("shop/deny-more").is_some());
+    store.remove(proto::AUTHORIZATION_TYPE_URL, "shop/deny-all-copy");
 
     // Removal of the policy reaches the state.
     store.remove(proto::ADDRESS_TYPE_URL, "Kubernetes//Pod/shop/web-1-copy");

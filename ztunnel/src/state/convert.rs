@@ -74,9 +74,10 @@ pub enum Problem {
     /// A reference that should be `namespace/name`.
     #[error("{0:?} is not of the form namespace/name")]
     Reference(String),
-    /// An `Address` resource named other than Istio names it.
+    /// An xDS resource named other than Istio names it.
     #[error(
-        "{0:?} is not the resource's name (a workload's resource is named by its uid, a service's by namespace/hostname)"
+        "{0:?} is not the resource's name (a workload's resource is named by its uid, a service's by \
+         namespace/hostname, a policy's by namespace/name)"
     )]
     ResourceName(String),
 }
@@ -529,4 +530,16 @@ impl TryFrom<pbs::Authorization> for Policy {
 /// Errs only when the policy cannot even be named (no name or namespace).
 pub fn policy_fail_closed(a: pbs::Authorization) -> Result<Policy, ConvertError> {
     convert_policy(a).map(|(p, _)| p)
+}
+
+/// [`policy_fail_closed`] of the resource named `name`, which must be the name Istio gives it
+/// (`namespace/name`): two resources for one policy would make the state unbuildable and hold
+/// back every change of workloads too, where a wrongly named one is refused with its push.
+pub fn policy_resource(name: &str, a: pbs::Authorization) -> Result<Policy, ConvertError> {
+    let policy = policy_fail_closed(a)?;
+    let key = format!("{}/{}", policy.namespace, policy.name);
+    if key != name {
+        return Err(Ctx(format!("authorization resource {name:?}")).err("namespace/name", Problem::ResourceName(key)));
+    }
+    Ok(policy)
 }

@@ -4,9 +4,10 @@
 //!
 //! An `Address` (workload or service) that does not convert, or is not named as Istio names it
 //! (a workload by its uid, a service by `namespace/hostname`), is NACKed by name and removed, and
-//! the rest of its push applies; an `Authorization` push with a resource that does not convert is
-//! NACKed whole and the previous state stays. Policies convert fail-closed
-//! ([`convert::policy_fail_closed`]), so a defective policy is kept as one that can only deny.
+//! the rest of its push applies; an `Authorization` push with a resource that does not convert,
+//! or is not named `namespace/name`, is NACKed whole and the previous policies stay. Policies
+//! convert fail-closed ([`convert::policy_fail_closed`]), so a defective policy is kept as one
+//! that can only deny.
 
 use std::sync::Arc;
 
@@ -94,7 +95,7 @@ pub fn start(endpoint: impl Into<XdsEndpoint>, node: Node, handle: StateHandle, 
         Address::from_resource(name, a).map_err(|e| e.to_string())
     });
     let (policies, policy_handler) =
-        cache_handler(|_name: &str, a: Authorization| convert::policy_fail_closed(a).map_err(|e| e.to_string()));
+        cache_handler(|name: &str, a: Authorization| convert::policy_resource(name, a).map_err(|e| e.to_string()));
     let client = endpoint
         .client(node)
         .subscribe(proto::ADDRESS_TYPE_URL, Names::Wildcard, address_handler)
