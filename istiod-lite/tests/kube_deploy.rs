@@ -123,4 +123,21 @@ async fn route_status_is_written_once_per_change() {
     // Nothing changed: nothing written.
     assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut written).await, 0);
     assert_eq!(mock.writes().len(), 2);
+
+    // The route loses its parents: our entries go (an empty list), not left saying Accepted.
+    let orphan = snap_route(&t, "bank", "accounts");
+    t.lock().unwrap().apply(istiod_lite::Change::Upsert(orphan));
+    assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut written).await, 1);
+    let writes = mock.writes();
+    assert!(writes[2].path.ends_with("/httproutes/accounts/status"), "{}", writes[2].path);
+    assert_eq!(writes[2].body.as_ref().unwrap()["status"]["parents"], serde_json::json!([]));
+    // Written once: no parents stays no write.
+    assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut written).await, 0);
+}
+
+/// HTTPRoute `ns/name` of the translator's model, with no `parentRefs`.
+fn snap_route(t: &std::sync::Mutex<istiod_lite::Translator>, ns: &str, name: &str) -> istiod_lite::Object {
+    let mut route = t.lock().unwrap().model().http_routes[&(ns.to_owned(), name.to_owned())].clone();
+    route.spec.parent_refs.clear();
+    istiod_lite::Object::HttpRoute(route)
 }

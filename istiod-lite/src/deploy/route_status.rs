@@ -170,7 +170,10 @@ pub async fn sync(
     for (key, status) in current {
         let Some(plural) = plural(key.kind) else { continue };
         let before = written.get(&key);
-        if status.0.is_empty() || before.is_some_and(|(s, _)| *s == status) {
+        // A route with no parent of ours gets nothing, unless it had some: then an empty
+        // list takes away our entries, which would otherwise go on saying Accepted.
+        let had_parents = before.is_some_and(|(s, _)| !s.0.is_empty());
+        if (status.0.is_empty() && !had_parents) || before.is_some_and(|(s, _)| *s == status) {
             continue;
         }
         let (parents, generation) = &status;
