@@ -79,9 +79,18 @@ async fn upstream_with(
     reply: impl Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync + 'static,
 ) -> (SocketAddr, Arc<AtomicUsize>) {
     let reply = Arc::new(reply);
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(addr).await.unwrap();
+    // The TCP listener takes the port UDP got, which another test's TCP socket may hold: then
+    // another port is tried.
+    let mut attempts = 0;
+    let (udp, addr, tcp) = loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => break (udp, addr, tcp),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts < 32 => attempts += 1,
+            Err(e) => panic!("binding the test upstream's TCP port {addr}: {e}"),
+        }
+    };
     let seen = Arc::new(AtomicUsize::new(0));
     let (n, r) = (seen.clone(), reply.clone());
     tokio::spawn(async move {
