@@ -389,13 +389,18 @@ impl Address {
     /// would make the whole state ambiguous, where a wrongly named one is refused alone.
     pub fn from_resource(name: &str, a: pbw::Address) -> Result<Address, ConvertError> {
         let address = Address::try_from(a)?;
-        let key = address.resource_name();
-        if key != name {
-            let field = if matches!(address, Address::Workload(_)) { "uid" } else { "namespace/hostname" };
-            return Err(Ctx(format!("address resource {name:?}")).err(field, Problem::ResourceName(key)));
-        }
+        let field = if matches!(address, Address::Workload(_)) { "uid" } else { "namespace/hostname" };
+        named_as(name, "address", field, address.resource_name())?;
         Ok(address)
     }
+}
+
+/// Checks that the resource named `name` carries that name as its `key` (made of `field`).
+fn named_as(name: &str, kind: &str, field: &str, key: String) -> Result<(), ConvertError> {
+    if key == name {
+        return Ok(());
+    }
+    Err(Ctx(format!("{kind} resource {name:?}")).err(field, Problem::ResourceName(key)))
 }
 
 fn string_matches(cx: &Ctx, field: &str, list: Vec<pbs::StringMatch>) -> Result<Vec<StringMatch>, ConvertError> {
@@ -537,9 +542,6 @@ pub fn policy_fail_closed(a: pbs::Authorization) -> Result<Policy, ConvertError>
 /// back every change of workloads too, where a wrongly named one is refused with its push.
 pub fn policy_resource(name: &str, a: pbs::Authorization) -> Result<Policy, ConvertError> {
     let policy = policy_fail_closed(a)?;
-    let key = format!("{}/{}", policy.namespace, policy.name);
-    if key != name {
-        return Err(Ctx(format!("authorization resource {name:?}")).err("namespace/name", Problem::ResourceName(key)));
-    }
+    named_as(name, "authorization", "namespace/name", format!("{}/{}", policy.namespace, policy.name))?;
     Ok(policy)
 }
