@@ -394,3 +394,125 @@ async fn restart_adopts_records_only_in_their_own_netns() {
     let id = kept.netns().id();
     assert_eq!(pinned, Some((id.dev, id.ino)), "the adopted old record now carries its namespace id");
 }
+
+/// Pods of namespace `mesh` (enrolled by [`CLUSTER`]'s namespace label) with and without the
+/// annotation `ambient.istio.io/dns-capture`.
+const DNS_PODS: &str = r#"
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: quiet
+  namespace: mesh
+  annotations:
+    ambient.istio.io/dns-capture: "false"
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: chatty
+  namespace: mesh
+  annotations:
+    ambient.istio.io/dns-capture: "true"
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: odd
+  namespace: mesh
+  annotations:
+    ambient.istio.io/dns-capture: "sometimes"
+"#;
+
+/// Whether the redirection in `ns` sends DNS (port 53) to ztunnel's DNS port.
+fn dns_redirected(ns: &Netns) -> bool {
+    let out = ns
+        .run(|| std::process::Command::new("nft").args(["list", "table", "inet", redirect::TABLE]).output())
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "no redirection: {}", String::from_utf8_lossy(&out.stderr));
+    let rules = String::from_utf8_lossy(&out.stdout);
+    let udp = rules.contains(&format!("udp dport 53 redirect to :{}", redirect::DNS_PORT));
+    let tcp = rules.contains(&format!("tcp dport 53 redirect to :{}", redirect::DNS_PORT));
+    assert_eq!(udp, tcp, "UDP and TCP DNS go together: {rules}");
+    udp
+}
+
+/// Rule: DNS capture is on unless turned off (`--capture-dns false`), as Istio ≥ 1.25; a pod's
+/// annotation `ambient.istio.io/dns-capture: "true"|"false"` overrides that for the pod, any
+/// other value is ignored (the global setting applies). The decision is made at enrollment and
+/// recorded: a restarted agent re-installs the same rules whatever its own setting, and a record
+/// from before the decision was kept gets the global setting at restore time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_capture_is_on_by_default_and_the_pod_annotation_overrides_it() {
+    use ztunnel::cni::{CniCommand, CniEvent};
+    let dir = TempDir::new("agent-dns");
+    std::fs::create_dir_all(dir.0.join("cluster")).unwrap();
+    std::fs::write(dir.0.join("cluster/pods.yaml"), format!("{CLUSTER}{DNS_PODS}")).unwrap();
+    let mut config = AgentConfig {
+        zds_socket: dir.0.join("ztunnel.sock"),
+        cni_socket: dir.0.join("cni.sock"),
+        enrollment: dir.0.join("cluster"),
+        state_dir: dir.0.join("state"),
+        capture_dns: true,
+        zds_timeout_ms: 1000,
+        enrollment_source: EnrollmentSource::Files,
+        node_name: None,
+        kubeconfig: None,
+        no_probe_snat: true,
+        host_netns: None,
+    };
+    let add = |container: &str, ns: &ScratchNetns, pod: &str| CniEvent {
+        command: CniCommand::Add,
+        container_id: container.into(),
+        netns: ns.path(),
+        ifname: "eth0".into(),
+        pod_namespace: Some("mesh".into()),
+        pod_name: Some(pod.into()),
+        pod_uid: None,
+    };
+    let record = |container: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.0.join(format!("state/pods/{container}.json"))).unwrap()).unwrap()
+    };
+
+    // Global on.
+    let agent = Agent::start(config.clone()).await.unwrap();
+    let pods: Vec<(&str, ScratchNetns)> =
+        ["web", "quiet", "chatty", "odd"].into_iter().map(|p| (p, scratch(&format!("dns-{p}")))).collect();
+    for (pod, ns) in &pods {
+        let reply = agent.handle(add(&format!("c-{pod}"), ns, pod)).await;
+        assert!(reply.ok && reply.enrolled, "{pod}: {reply:?}");
+    }
+    let dns = |pod: &str| dns_redirected(pods.iter().find(|(p, _)| *p == pod).unwrap().1.netns());
+    assert!(dns("web"), "no annotation: the global setting (on)");
+    assert!(!dns("quiet"), "\"false\" turns it off for the pod");
+    assert!(dns("chatty"));
+    assert!(dns("odd"), "a value that is neither true nor false is ignored");
+    assert_eq!(record("c-web")["captureDns"], true);
+    assert_eq!(record("c-quiet")["captureDns"], false);
+    agent.shutdown().await;
+    drop(agent);
+
+    // An old record (no DNS decision) of a pod enrolled by an older agent.
+    let old = scratch("dns-old");
+    let old_record = serde_json::json!({
+        "containerId": "c-old", "uid": "uid-old", "netns": old.path(),
+        "name": "web", "namespace": "mesh", "serviceAccount": "web-sa",
+    });
+    std::fs::write(dir.0.join("state/pods/c-old.json"), old_record.to_string()).unwrap();
+
+    // Global off: the restored pods keep their rules; new pods follow the new setting.
+    config.capture_dns = false;
+    let agent = Agent::start(config.clone()).await.unwrap();
+    assert!(dns("web") && !dns("quiet") && dns("chatty") && dns("odd"), "restored pods keep their decision");
+    assert!(!dns_redirected(old.netns()), "an old record gets the global setting at restore time");
+    assert_eq!(record("c-old")["captureDns"], false, "and keeps it from then on");
+    let (late, late_chatty) = (scratch("dns-late"), scratch("dns-late-chatty"));
+    for (c, ns, pod) in [("c-late", &late, "web"), ("c-late-chatty", &late_chatty, "chatty")] {
+        let reply = agent.handle(add(c, ns, pod)).await;
+        assert!(reply.ok && reply.enrolled, "{pod}: {reply:?}");
+    }
+    assert!(!dns_redirected(late.netns()), "no annotation: the global setting (off)");
+    assert!(dns_redirected(late_chatty.netns()), "\"true\" turns it on for the pod");
+    agent.shutdown().await;
+}

@@ -12,7 +12,7 @@ use support::fake_api::FakeApi;
 use std::time::Duration;
 
 use serde_json::json;
-use ztunnel::agent::enroll::PodFacts;
+use ztunnel::agent::enroll::{DnsCapture, PodFacts};
 use ztunnel::agent::kube_enroll::{KubeEnrollError, KubeEnrollment};
 use ztunnel::agent::redirect;
 use ztunnel::agent::{Agent, AgentConfig, EnrollmentSource};
@@ -48,7 +48,12 @@ async fn decides_from_watches_and_fetches_what_is_missing() {
         .await;
     assert_eq!(
         kube.cached("mesh", "web"),
-        Some(PodFacts { enrolled: true, service_account: "web-sa".into(), uid: Some("uid-mesh-web".into()) })
+        Some(PodFacts {
+            enrolled: true,
+            service_account: "web-sa".into(),
+            uid: Some("uid-mesh-web".into()),
+            dns_capture: DnsCapture::Unset
+        })
     );
     assert!(!kube.cached("mesh", "legacy").unwrap().enrolled);
     assert!(kube.cached("plain", "lone").unwrap().enrolled);
@@ -75,7 +80,15 @@ async fn decides_from_watches_and_fetches_what_is_missing() {
     api.pod("mesh", "late", "node-a", json!({}), "late-sa");
     assert_eq!(kube.cached("mesh", "late"), None);
     let late = kube.pod("mesh", "late").await.unwrap();
-    assert_eq!(late, PodFacts { enrolled: true, service_account: "late-sa".into(), uid: Some("uid-mesh-late".into()) });
+    assert_eq!(
+        late,
+        PodFacts {
+            enrolled: true,
+            service_account: "late-sa".into(),
+            uid: Some("uid-mesh-late".into()),
+            dns_capture: DnsCapture::Unset
+        }
+    );
     assert!(api.seen().iter().any(|s| s.starts_with("/api/v1/namespaces/mesh/pods/late?")), "{:?}", api.seen());
 
     // What the API does not know refuses the decision, naming the object.

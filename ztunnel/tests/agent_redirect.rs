@@ -175,13 +175,16 @@ fn transparent_inbound_replies_come_back_to_ztunnel() {
 }
 
 #[test]
-fn dns_capture_is_opt_in() {
+fn dns_is_captured_only_when_the_config_says_so() {
     let w = world("redir-dns");
     redirect::install(w.pod.netns(), &RedirectConfig::default()).unwrap();
     let dns = listen(&w.pod, addr("0.0.0.0", redirect::DNS_PORT));
     let out = listen(&w.pod, addr("0.0.0.0", redirect::OUTBOUND_PORT));
     let _c = connect(&w.pod, addr(PEER_IP, 53), None, None).unwrap();
-    assert!(accepted(&out).is_some(), "without the option TCP DNS is plain outbound");
+    assert!(
+        accepted(&out).is_some(),
+        "with capture_dns false (the agent's per-pod decision) TCP DNS is plain outbound"
+    );
     assert!(idle(&dns));
 
     redirect::install(w.pod.netns(), &RedirectConfig { capture_dns: true }).unwrap();

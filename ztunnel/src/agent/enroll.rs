@@ -10,6 +10,9 @@
 //! read afresh for every decision, so edits apply to the next pod without a
 //! restart. A source that cannot be read or parsed refuses the decision (the
 //! pod does not start) rather than guessing.
+//!
+//! Both sources also report the pod's annotation `ambient.istio.io/dns-capture`
+//! ([`DnsCapture`]), which overrides the agent's global `--capture-dns` for that pod.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +25,51 @@ use super::kube_enroll::{KubeEnrollError, KubeEnrollment};
 
 /// The enrollment label.
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+
+/// The pod annotation that overrides the global DNS capture setting for one pod (Istio ≥ 1.25).
+pub const DNS_CAPTURE_ANNOTATION: &str = "ambient.istio.io/dns-capture";
+
+/// A boolean as Go's `strconv.ParseBool` reads it (`1`, `t`, `T`, `TRUE`, `true`, `True` and
+/// the `0` / `f` / `false` equivalents; nothing else, no surrounding spaces). Istio reads its
+/// boolean annotations and environment this way, so the same values mean the same here.
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// A pod's own DNS capture setting, from its annotation [`DNS_CAPTURE_ANNOTATION`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum DnsCapture {
+    /// No annotation: the global setting applies.
+    #[default]
+    Unset,
+    /// `true` or `false` (as [`parse_bool`] reads it): wins over the global setting.
+    Set(bool),
+    /// Any other value (kept for the warning): ignored, the global setting applies, as in
+    /// Istio. Failing open is fine here: DNS capture is a convenience, not a security control.
+    Invalid(String),
+}
+
+impl DnsCapture {
+    /// Reads the annotation from a pod's annotations (`None`: none known).
+    pub fn of(annotations: Option<&BTreeMap<String, String>>) -> Self {
+        match annotations.and_then(|a| a.get(DNS_CAPTURE_ANNOTATION)) {
+            None => DnsCapture::Unset,
+            Some(v) => parse_bool(v).map_or_else(|| DnsCapture::Invalid(v.clone()), DnsCapture::Set),
+        }
+    }
+
+    /// Whether the pod's DNS is captured, given the agent's global setting.
+    pub fn capture(&self, global: bool) -> bool {
+        match self {
+            DnsCapture::Set(v) => *v,
+            DnsCapture::Unset | DnsCapture::Invalid(_) => global,
+        }
+    }
+}
 
 /// The rule, given the labels of the pod's namespace and of the pod (`None`: not known, which
 /// counts as no labels): the pod's label `ambient` enrolls and `none` opts out; otherwise the
@@ -118,6 +166,8 @@ pub struct PodFacts {
     pub service_account: String,
     /// `metadata.uid`, if the document has one.
     pub uid: Option<String>,
+    /// The pod's annotation `ambient.istio.io/dns-capture`.
+    pub dns_capture: DnsCapture,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +181,8 @@ struct Meta {
     uid: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,6 +233,7 @@ impl Enrollment {
                 .and_then(|(_, s)| s.service_account_name.clone())
                 .unwrap_or_else(|| "default".to_owned()),
             uid: pod.and_then(|(m, _)| m.uid.clone()),
+            dns_capture: DnsCapture::of(pod.map(|(m, _)| &m.annotations)),
         })
     }
 
@@ -299,12 +352,75 @@ spec: {ports: [{port: 80}]}
     fn namespace_and_pod_labels_decide() {
         let (_d, e) = source(CLUSTER);
         let web = e.pod("mesh", "web").unwrap();
-        assert_eq!(web, PodFacts { enrolled: true, service_account: "web-sa".into(), uid: Some("1234-abcd".into()) });
+        assert_eq!(
+            web,
+            PodFacts {
+                enrolled: true,
+                service_account: "web-sa".into(),
+                uid: Some("1234-abcd".into()),
+                dns_capture: DnsCapture::Unset
+            }
+        );
         assert!(!e.pod("mesh", "opted-out").unwrap().enrolled);
         assert!(e.pod("mesh", "not-listed").unwrap().enrolled);
         assert!(e.pod("plain", "lone").unwrap().enrolled);
         assert!(!e.pod("plain", "other").unwrap().enrolled);
         assert!(!e.pod("nowhere", "x").unwrap().enrolled);
+    }
+
+    #[test]
+    fn dns_capture_annotation_read_from_the_pod() {
+        let pod = |name: &str, annotations: &str| {
+            format!("---\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: mesh\n  annotations: {annotations}\n")
+        };
+        let text = [
+            CLUSTER.to_owned(),
+            pod("off", r#"{ambient.istio.io/dns-capture: "false"}"#),
+            pod("on", r#"{ambient.istio.io/dns-capture: "True"}"#),
+            pod("odd", r#"{ambient.istio.io/dns-capture: "disabled"}"#),
+            pod("other", r#"{example.com/x: "false"}"#),
+        ]
+        .concat();
+        let (_d, e) = source(&text);
+        assert_eq!(e.pod("mesh", "off").unwrap().dns_capture, DnsCapture::Set(false));
+        assert_eq!(e.pod("mesh", "on").unwrap().dns_capture, DnsCapture::Set(true));
+        assert_eq!(e.pod("mesh", "odd").unwrap().dns_capture, DnsCapture::Invalid("disabled".into()));
+        assert_eq!(e.pod("mesh", "other").unwrap().dns_capture, DnsCapture::Unset);
+        assert_eq!(e.pod("mesh", "web").unwrap().dns_capture, DnsCapture::Unset);
+        assert_eq!(e.pod("mesh", "not-listed").unwrap().dns_capture, DnsCapture::Unset);
+        // The YAML reader takes an unquoted boolean as its text (Kubernetes would refuse it).
+        let (_d, e) = source(&pod("bare", "{ambient.istio.io/dns-capture: false}"));
+        assert_eq!(e.pod("mesh", "bare").unwrap().dns_capture, DnsCapture::Set(false));
+        // Annotations of the wrong shape name the field, as labels do.
+        let (_d, e) = source(&pod("list", "[ambient.istio.io/dns-capture]"));
+        let err = e.pod("mesh", "list").unwrap_err().to_string();
+        assert!(err.contains("annotations"), "{err}");
+    }
+
+    #[test]
+    fn dns_capture_annotation_overrides_the_global_setting() {
+        let annotated = |v: Option<&str>| {
+            let mut a = BTreeMap::new();
+            if let Some(v) = v {
+                a.insert(DNS_CAPTURE_ANNOTATION.to_owned(), v.to_owned());
+            }
+            DnsCapture::of(Some(&a))
+        };
+        for global in [true, false] {
+            assert_eq!(annotated(None).capture(global), global, "unset follows the global {global}");
+            assert_eq!(DnsCapture::of(None).capture(global), global);
+            for on in ["true", "True", "TRUE", "t", "T", "1"] {
+                assert!(annotated(Some(on)).capture(global), "{on:?} under global {global}");
+            }
+            for off in ["false", "False", "FALSE", "f", "F", "0"] {
+                assert!(!annotated(Some(off)).capture(global), "{off:?} under global {global}");
+            }
+            // Anything else is ignored (with a warning from the agent): the global applies.
+            for garbage in ["", "yes", "no", "off", "tRuE", " true", "false ", "2"] {
+                assert_eq!(annotated(Some(garbage)), DnsCapture::Invalid(garbage.into()));
+                assert_eq!(annotated(Some(garbage)).capture(global), global, "{garbage:?} under global {global}");
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!   the namespace watch has not listed it: the decision is never a guess from missing data.
 //!   A pod or namespace the API does not know, or an API that cannot be reached, refuses the
 //!   decision (kubelet retries the sandbox), as an unreadable file source does.
-//! - Every change of a namespace's or pod's labels bumps [`KubeEnrollment::changes`]; the
+//! - A pod's annotation `ambient.istio.io/dns-capture` is read with its labels
+//!   ([`super::enroll::DnsCapture`]); the agent applies it when it enrolls the pod.
+//! - Every change of a namespace's or pod's labels (or that annotation) bumps [`KubeEnrollment::changes`]; the
 //!   agent then re-decides for the pods it knows from [`KubeEnrollment::cached`] and enrolls or
 //!   unenrolls running pods.
 //! - Watches restart with backoff on errors; each re-list replaces what was cached of its kind,
@@ -25,7 +27,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 
-use super::enroll::{PodFacts, decide};
+use super::enroll::{DnsCapture, PodFacts, decide};
 
 type Labels = BTreeMap<String, String>;
 
@@ -59,6 +61,7 @@ struct PodMeta {
     uid: Option<String>,
     labels: Labels,
     service_account: Option<String>,
+    dns_capture: DnsCapture,
 }
 
 impl PodMeta {
@@ -67,6 +70,7 @@ impl PodMeta {
             uid: pod.metadata.uid.clone(),
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             service_account: pod.spec.as_ref().and_then(|s| s.service_account_name.clone()),
+            dns_capture: DnsCapture::of(pod.metadata.annotations.as_ref()),
         }
     }
 }
@@ -110,6 +114,7 @@ fn facts(ns_labels: Option<&Labels>, pod: &PodMeta) -> PodFacts {
         enrolled: decide(ns_labels, Some(&pod.labels)),
         service_account: pod.service_account.clone().unwrap_or_else(|| "default".to_owned()),
         uid: pod.uid.clone(),
+        dns_capture: pod.dns_capture.clone(),
     }
 }
 
@@ -273,5 +278,32 @@ async fn watch_kind<K>(
         if bump {
             changed.send_modify(|n| *n += 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(annotations: Option<serde_json::Value>) -> Pod {
+        let mut meta = serde_json::json!({"name": "p", "namespace": "mesh", "uid": "u"});
+        if let Some(a) = annotations {
+            meta["annotations"] = a;
+        }
+        serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta})).unwrap()
+    }
+
+    #[test]
+    fn dns_capture_annotation_read_from_the_watched_pod() {
+        let ns: Labels = [("istio.io/dataplane-mode".to_owned(), "ambient".to_owned())].into();
+        let of = |p: &Pod| facts(Some(&ns), &PodMeta::of(p)).dns_capture;
+        assert_eq!(of(&pod(None)), DnsCapture::Unset);
+        assert_eq!(of(&pod(Some(serde_json::json!({"other": "x"})))), DnsCapture::Unset);
+        let annotated = |v: &str| pod(Some(serde_json::json!({"ambient.istio.io/dns-capture": v})));
+        assert_eq!(of(&annotated("false")), DnsCapture::Set(false));
+        assert_eq!(of(&annotated("true")), DnsCapture::Set(true));
+        assert_eq!(of(&annotated("nope")), DnsCapture::Invalid("nope".into()));
+        // An annotation change is a change of what the watch caches.
+        assert_ne!(PodMeta::of(&annotated("false")), PodMeta::of(&annotated("true")));
     }
 }

@@ -22,6 +22,14 @@
 //! this agent started and that were not enrolled then are not known to it (their
 //! network namespace is not recorded) and stay as they are until recreated.
 //!
+//! DNS capture (UDP and TCP port 53 to ztunnel's DNS proxy on 15053) is on by default, as
+//! in Istio since 1.25 (`--capture-dns false` turns it off). A pod's annotation
+//! `ambient.istio.io/dns-capture` (`true` or `false`, read as Go's `strconv.ParseBool` reads
+//! it, as Istio does) overrides that for the pod; any other value is ignored with a warning.
+//! The decision is made when the pod is enrolled and recorded with it: changing the
+//! annotation (or the global setting) on a running pod changes nothing until the pod is
+//! enrolled again (recreated, or unenrolled and re-enrolled by a label change), as in Istio.
+//!
 //! Unless disabled, the agent also keeps a table on the host ([`probe_snat`])
 //! that gives the node's own connections to enrolled pods (kubelet's probes) the
 //! link-local source the pods' redirection lets through; it is removed on exit.
@@ -46,7 +54,7 @@ use tokio::sync::Mutex;
 use crate::cni::{CniCommand, CniEvent, CniReply};
 use crate::inpod::seqpacket::SeqPacketListener;
 use crate::netns::{Netns, NetnsId};
-use enroll::{Enrollment, Source};
+use enroll::{DNS_CAPTURE_ANNOTATION, DnsCapture, Enrollment, Source};
 use redirect::RedirectConfig;
 use state::{PodRecord, StateDir};
 use zds_server::ZdsServer;
@@ -88,12 +96,29 @@ pub struct AgentConfig {
     /// Directory where enrolled pods are recorded across agent restarts.
     #[arg(long, env = "AGENT_STATE_DIR", default_value = "/var/run/ztunnel/agent")]
     pub state_dir: PathBuf,
-    /// Also redirect pods' DNS to ztunnel's port 15053.
-    #[arg(long, env = "CAPTURE_DNS", default_value_t = false)]
+    /// Redirect enrolled pods' DNS (UDP and TCP port 53) to ztunnel's DNS proxy on 15053:
+    /// `true` (the default, as Istio's `AMBIENT_DNS_CAPTURE` since 1.25) or `false`; a bare
+    /// `--capture-dns` means `true`. A pod's annotation `ambient.istio.io/dns-capture`
+    /// (`"true"` / `"false"`) overrides it for that pod, at enrollment.
+    #[arg(
+        long,
+        env = "CAPTURE_DNS",
+        value_name = "true|false",
+        default_value = "true",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = parse_flag_bool,
+    )]
     pub capture_dns: bool,
     /// How long to wait for ztunnel's hello and each ack, in milliseconds.
     #[arg(long, env = "ZDS_TIMEOUT_MS", default_value_t = 5000)]
     pub zds_timeout_ms: u64,
+}
+
+/// A boolean flag's value, read as [`enroll::parse_bool`] reads the DNS annotation.
+fn parse_flag_bool(value: &str) -> Result<bool, String> {
+    enroll::parse_bool(value).ok_or_else(|| format!("expected true or false (or 1 / 0), got {value:?}"))
 }
 
 /// Where enrollment is decided.
@@ -296,6 +321,7 @@ impl Agent {
             .collect();
         for (id, facts) in joining {
             let mut record = pods.others.remove(&id).expect("listed above");
+            record.capture_dns = Some(self.capture_dns(&facts.dns_capture, &record.namespace, &record.name));
             record.service_account = facts.service_account;
             let adopted = match Netns::open(&record.netns) {
                 Ok(netns) => self.adopt(&record, netns).await,
@@ -307,7 +333,10 @@ impl Agent {
                     if let Err(e) = self.state.save(&record) {
                         tracing::warn!(error = %e, "pod enrolled but not recorded");
                     }
-                    tracing::info!(pod = %record.name, namespace = %record.namespace, "running pod enrolled");
+                    tracing::info!(
+                        pod = %record.name, namespace = %record.namespace, capture_dns = ?record.capture_dns,
+                        "running pod enrolled"
+                    );
                     pods.enrolled.insert(id, Enrolled { record, netns, ips });
                 }
                 Err(e) => {
@@ -317,6 +346,19 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Whether a pod being enrolled gets DNS capture: its annotation if that is `true` or
+    /// `false`, else the global setting (with a warning for a value that is neither).
+    fn capture_dns(&self, annotation: &DnsCapture, namespace: &str, name: &str) -> bool {
+        let global = self.config.capture_dns;
+        if let DnsCapture::Invalid(value) = annotation {
+            tracing::warn!(
+                pod = %name, %namespace, annotation = DNS_CAPTURE_ANNOTATION, %value, global,
+                "pod annotation is neither true nor false; ignored, the global --capture-dns applies"
+            );
+        }
+        annotation.capture(global)
     }
 
     /// Undoes [`Self::adopt`] and forgets the record.
@@ -374,10 +416,13 @@ impl Agent {
                 let _ = self.state.remove(&record.container_id);
                 continue;
             }
+            // A record from before the DNS decision was kept: the global setting now applies.
+            let unpinned = record.netns_id.is_none() || record.capture_dns.is_none();
+            record.capture_dns.get_or_insert(self.config.capture_dns);
             match self.adopt(&record, netns).await {
                 Ok((netns, ips)) => {
-                    if record.netns_id.is_none() {
-                        // A record from before namespace ids were kept: pin it now.
+                    if unpinned {
+                        // A record from before namespace ids (or DNS decisions) were kept: pin it now.
                         record.netns_id = Some(netns.id());
                         if let Err(e) = self.state.save(&record) {
                             tracing::warn!(error = %e, "could not update pod record");
@@ -419,7 +464,7 @@ impl Agent {
         } else {
             Vec::new()
         };
-        let config = RedirectConfig { capture_dns: self.config.capture_dns };
+        let config = RedirectConfig { capture_dns: record.capture_dns.unwrap_or(self.config.capture_dns) };
         let installed = match tokio::task::spawn_blocking(move || redirect::install(&for_rules, &config)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("installing redirection: {e}")),
@@ -480,6 +525,8 @@ impl Agent {
             name,
             namespace,
             service_account: facts.service_account,
+            // Decided below for an enrolled pod, at enrollment for the others.
+            capture_dns: None,
         };
         let mut pods = self.pods.lock().await;
         if !facts.enrolled {
@@ -489,6 +536,7 @@ impl Agent {
             }
             return CniReply::ok(false);
         }
+        record.capture_dns = Some(self.capture_dns(&facts.dns_capture, &record.namespace, &record.name));
         let adopted = match Netns::open(&record.netns) {
             Ok(netns) => self.adopt(&record, netns).await,
             Err(e) => Err(e.to_string()),
@@ -501,7 +549,10 @@ impl Agent {
         if let Err(e) = self.state.save(&record) {
             tracing::warn!(error = %e, "pod enrolled but not recorded; an agent restart will not re-adopt it");
         }
-        tracing::info!(pod = %record.name, namespace = %record.namespace, uid = %record.uid, "pod enrolled");
+        tracing::info!(
+            pod = %record.name, namespace = %record.namespace, uid = %record.uid, capture_dns = ?record.capture_dns,
+            "pod enrolled"
+        );
         pods.enrolled.insert(record.container_id.clone(), Enrolled { record, netns, ips });
         CniReply::ok(true)
     }
@@ -569,4 +620,41 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Clien
         None => kube::Config::infer().await.map_err(AgentError::KubeInfer)?,
     };
     kube::Client::try_from(config).map_err(AgentError::KubeClient)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::AgentConfig;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentConfig,
+    }
+
+    fn capture_dns(args: &[&str]) -> Result<bool, String> {
+        Cli::try_parse_from(std::iter::once("agent").chain(args.iter().copied()))
+            .map(|c| c.agent.capture_dns)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn capture_dns_flag_is_on_by_default_and_can_be_turned_off() {
+        // (CAPTURE_DNS is not set for the test runs; clap would read it.)
+        assert_eq!(capture_dns(&[]), Ok(true));
+        assert_eq!(capture_dns(&["--capture-dns", "false"]), Ok(false));
+        assert_eq!(capture_dns(&["--capture-dns=false"]), Ok(false));
+        assert_eq!(capture_dns(&["--capture-dns", "0"]), Ok(false));
+        assert_eq!(capture_dns(&["--capture-dns", "true"]), Ok(true));
+        // The old bare form still means on, also before another flag.
+        assert_eq!(capture_dns(&["--capture-dns"]), Ok(true));
+        assert_eq!(capture_dns(&["--capture-dns", "--no-probe-snat"]), Ok(true));
+        let err = capture_dns(&["--capture-dns", "maybe"]).unwrap_err();
+        assert!(
+            err.contains("--capture-dns") && err.contains("expected true or false") && err.contains("maybe"),
+            "{err}"
+        );
+    }
 }

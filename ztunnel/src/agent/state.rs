@@ -28,6 +28,12 @@ pub struct PodRecord {
     pub namespace: String,
     /// Service account.
     pub service_account: String,
+    /// Whether the pod's DNS is redirected to ztunnel: the decision made at enrollment (the
+    /// global `--capture-dns` or the pod's `ambient.istio.io/dns-capture` annotation), so a
+    /// restarted agent re-installs the same rules. Absent in records written before it
+    /// existed: the agent then uses its global setting at restore time (and records that).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_dns: Option<bool>,
 }
 
 /// Errors reading or writing the state directory.
@@ -110,5 +116,57 @@ impl StateDir {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir() -> (Dir, StateDir) {
+        let root = std::env::temp_dir().join(format!("agent-state-{}-{}", std::process::id(), rand::random::<u32>()));
+        let state = StateDir::open(&root).unwrap();
+        (Dir(root), state)
+    }
+
+    fn record(capture_dns: Option<bool>) -> PodRecord {
+        PodRecord {
+            container_id: "c1".into(),
+            uid: "u1".into(),
+            netns: "/var/run/netns/p1".into(),
+            netns_id: None,
+            name: "web".into(),
+            namespace: "mesh".into(),
+            service_account: "web-sa".into(),
+            capture_dns,
+        }
+    }
+
+    #[test]
+    fn dns_decision_round_trips() {
+        let (_d, state) = dir();
+        for v in [Some(false), Some(true)] {
+            state.save(&record(v)).unwrap();
+            assert_eq!(state.load().unwrap(), vec![record(v)]);
+        }
+    }
+
+    #[test]
+    fn record_without_dns_decision_still_loads() {
+        // As written by an agent from before the per-pod decision was recorded.
+        let (_d, state) = dir();
+        let old = r#"{"containerId": "c1", "uid": "u1", "netns": "/var/run/netns/p1",
+            "name": "web", "namespace": "mesh", "serviceAccount": "web-sa"}"#;
+        std::fs::write(state.file("c1"), old).unwrap();
+        assert_eq!(state.load().unwrap(), vec![record(None)]);
+        let saved = serde_json::to_string(&record(None)).unwrap();
+        assert!(!saved.contains("captureDns"), "{saved}");
     }
 }
