@@ -141,3 +141,72 @@ fn snap_route(t: &std::sync::Mutex<istiod_lite::Translator>, ns: &str, name: &st
     route.spec.parent_refs.clear();
     istiod_lite::Object::HttpRoute(route)
 }
+
+/// After a restart the writer has no memory of what it wrote: it starts from the routes'
+/// status as read. A status already as it would be written is not written again, a condition
+/// whose status stays keeps the time it had, and a route that lost its parents while we were
+/// away still has our old entries taken away.
+#[tokio::test]
+async fn route_status_after_a_restart_starts_from_the_status_read() {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use istiod_lite::deploy::route_status::sync;
+    use istiod_lite::source::dir::Loader;
+    use istiod_lite::{Change, MeshConfig, Object, Translator};
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/waypoint-samples");
+    let snap = Loader::new(dir).load().unwrap();
+    let mut t = Translator::new(MeshConfig::default());
+    t.replace_all(snap.objects.into_iter().map(|o| o.object).collect());
+    let t = Arc::new(Mutex::new(t));
+    let mock = MockApi::start().await;
+    assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut BTreeMap::new()).await, 2);
+    let first = mock.writes()[0].body.clone().unwrap();
+    assert!(mock.writes()[0].path.ends_with("/httproutes/accounts/status"));
+    let with_status = |status: serde_json::Value, keep_parents: bool| {
+        let Object::HttpRoute(mut route) = snap_route(&t, "bank", "accounts") else { unreachable!() };
+        if keep_parents {
+            route.spec.parent_refs =
+                t.lock().unwrap().model().http_routes[&("bank".into(), "accounts".into())].spec.parent_refs.clone();
+        }
+        route.status = Some(serde_yaml::to_value(&status).unwrap());
+        t.lock().unwrap().apply(Change::Upsert(Object::HttpRoute(route)));
+    };
+
+    // The status we wrote came back on the object; a new writer finds it as it would write it.
+    with_status(first["status"].clone(), true);
+    let restarted = mock.writes().len();
+    let mut written = BTreeMap::new();
+    assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut written).await, 1, "only the other route");
+    assert!(mock.writes()[restarted..].iter().all(|w| !w.path.contains("/httproutes/accounts/")));
+    // Remembered now: still nothing for it on the next pass.
+    assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut written).await, 0);
+
+    // Another generation on the object, with an old time: written again for the generation,
+    // each condition keeping the time it had.
+    let mut old = first["status"].clone();
+    for c in old["parents"][0]["conditions"].as_array_mut().unwrap() {
+        c["observedGeneration"] = serde_json::json!(99);
+        c["lastTransitionTime"] = serde_json::json!("2020-01-01T00:00:00Z");
+    }
+    with_status(old, true);
+    let before = mock.writes().len();
+    assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut BTreeMap::new()).await, 2);
+    let writes = mock.writes();
+    let accounts = writes[before..].iter().find(|w| w.path.ends_with("/httproutes/accounts/status")).unwrap();
+    let conditions = accounts.body.as_ref().unwrap()["status"]["parents"][0]["conditions"].clone();
+    for c in conditions.as_array().unwrap() {
+        assert_eq!(c["lastTransitionTime"], "2020-01-01T00:00:00Z", "{c}");
+        assert_ne!(c["observedGeneration"], 99, "{c}");
+    }
+
+    // The route lost its parents while no writer ran: our entries on it are taken away.
+    with_status(first["status"].clone(), false);
+    let before = mock.writes().len();
+    sync(&mock.client(), &t, &BTreeMap::new(), &mut BTreeMap::new()).await;
+    let writes = mock.writes();
+    let accounts = writes[before..].iter().find(|w| w.path.ends_with("/httproutes/accounts/status"));
+    let accounts = accounts.expect("our stale entries are taken away");
+    assert_eq!(accounts.body.as_ref().unwrap()["status"]["parents"], serde_json::json!([]));
+}

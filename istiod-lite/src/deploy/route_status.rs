@@ -22,8 +22,11 @@
 //!
 //! A condition's `lastTransitionTime` is when its status last changed, as `metav1.Condition`
 //! defines it, not when it was last written: a new generation, reason or message rewrites the
-//! condition but keeps its time while the status stays. The times are this writer's memory, so
-//! after a restart they start again at the first write.
+//! condition but keeps its time while the status stays. The times are this writer's memory,
+//! and a route it has not written since it started takes them from its entries in the route's
+//! status as read ([`read_transitions`]); if that status is already what would be written,
+//! nothing is written. So a restart neither resets the times nor rewrites every route, and a
+//! route that lost its parents while istiod-lite was away still has our old entries taken away.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -73,6 +76,47 @@ pub fn transitions(parents: &[ParentStatus], before: Option<&Transitions>, now: 
         .collect()
 }
 
+/// `parentRef` of an entry, as written.
+fn parent_ref_json(p: &ParentStatus) -> Value {
+    let mut parent_ref = json!({"group": p.group, "kind": p.kind, "namespace": p.namespace, "name": p.name});
+    if let Some(port) = p.port {
+        parent_ref["port"] = json!(port);
+    }
+    if let Some(section) = &p.section_name {
+        parent_ref["sectionName"] = json!(section);
+    }
+    parent_ref
+}
+
+/// Our entries (by `controllerName`) of a route's `status.parents` as read.
+fn ours(previous: &Value) -> impl Iterator<Item = &Value> {
+    previous.as_array().into_iter().flatten().filter(|e| e["controllerName"] == CONTROLLER_NAME)
+}
+
+/// The transition times that our entries in `previous` (a route's `status.parents` as read)
+/// give `parents`' conditions: those whose entry for the same `parentRef` has a condition of
+/// the same type and status. A time that is not a string is not taken.
+pub fn read_transitions(parents: &[ParentStatus], previous: &Value) -> Transitions {
+    let mut times = Transitions::new();
+    for p in parents {
+        let parent_ref = parent_ref_json(p);
+        let Some(entry) = ours(previous).find(|e| e["parentRef"] == parent_ref) else { continue };
+        for c in &p.conditions {
+            let status = if c.status { "True" } else { "False" };
+            let time = entry["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|old| old["type"] == c.type_ && old["status"] == status)
+                .and_then(|old| old["lastTransitionTime"].as_str());
+            if let Some(time) = time {
+                times.insert((p.parent_ref.clone(), c.type_), (c.status, time.to_owned()));
+            }
+        }
+    }
+    times
+}
+
 /// The server-side apply body of a route's status, each condition with its time from `times`
 /// (`now` for one it lacks).
 pub fn status_body(
@@ -85,13 +129,7 @@ pub fn status_body(
     let parents: Vec<Value> = parents
         .iter()
         .map(|p| {
-            let mut parent_ref = json!({"group": p.group, "kind": p.kind, "namespace": p.namespace, "name": p.name});
-            if let Some(port) = p.port {
-                parent_ref["port"] = json!(port);
-            }
-            if let Some(section) = &p.section_name {
-                parent_ref["sectionName"] = json!(section);
-            }
+            let parent_ref = parent_ref_json(p);
             let conditions: Vec<Value> = p
                 .conditions
                 .iter()
@@ -139,7 +177,9 @@ pub async fn sync(
     rejected: &BTreeMap<ObjectKey, Arc<RejectedObject>>,
     written: &mut Written,
 ) -> usize {
-    let current: BTreeMap<ObjectKey, (Vec<ParentStatus>, i64)> = {
+    // Each route's status now, and for a route not written since the start, its
+    // `status.parents` as read.
+    let current: BTreeMap<ObjectKey, ((Vec<ParentStatus>, i64), Option<Value>)> = {
         let t = translator.lock().unwrap_or_else(|p| p.into_inner());
         let model = t.model();
         let mut current: BTreeMap<_, _> = t
@@ -150,15 +190,24 @@ pub async fn sync(
                 let route =
                     if k.kind == Kind::GrpcRoute { model.grpc_routes.get(&nn) } else { model.http_routes.get(&nn) };
                 let generation = route.and_then(|r| r.metadata.generation).unwrap_or(0);
-                (k.clone(), (parents.clone(), generation))
+                let previous = if written.contains_key(k) {
+                    None
+                } else {
+                    route
+                        .and_then(|r| r.status.as_ref())
+                        .and_then(|s| serde_json::to_value(s).ok())
+                        .and_then(|mut s| s.get_mut("parents").map(Value::take))
+                };
+                (k.clone(), ((parents.clone(), generation), previous))
             })
             .collect();
         for (key, r) in rejected {
-            let Some(RefusedRoute { generation, parent_refs }) = &r.route else { continue };
+            let Some(RefusedRoute { generation, parent_refs, status_parents }) = &r.route else { continue };
             // In the model too: a valid version came after the rejection this set still holds.
             if !current.contains_key(key) {
                 let parents = route::refused(model, &key.namespace, parent_refs, &r.error.to_string());
-                current.insert(key.clone(), (parents, *generation));
+                let previous = if written.contains_key(key) { None } else { status_parents.clone() };
+                current.insert(key.clone(), ((parents, *generation), previous));
             }
         }
         current
@@ -167,17 +216,25 @@ pub async fn sync(
     let now =
         k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).unwrap_or_default().to_string();
     let mut n = 0;
-    for (key, status) in current {
+    for (key, (status, previous)) in current {
         let Some(plural) = plural(key.kind) else { continue };
         let before = written.get(&key);
         // A route with no parent of ours gets nothing, unless it had some: then an empty
         // list takes away our entries, which would otherwise go on saying Accepted.
-        let had_parents = before.is_some_and(|(s, _)| !s.0.is_empty());
+        let had_parents =
+            before.is_some_and(|(s, _)| !s.0.is_empty()) || previous.as_ref().is_some_and(|p| ours(p).next().is_some());
         if (status.0.is_empty() && !had_parents) || before.is_some_and(|(s, _)| *s == status) {
             continue;
         }
         let (parents, generation) = &status;
-        let times = transitions(parents, before.map(|(_, t)| t), &now);
+        let read = previous.as_ref().map(|p| read_transitions(parents, p));
+        let times = transitions(parents, before.map(|(_, t)| t).or(read.as_ref()), &now);
+        let body = status_body(&key, parents, *generation, &times, &now);
+        if previous.is_some_and(|p| p == body["status"]["parents"]) {
+            // Already so on the object (written before a restart): nothing to write.
+            written.insert(key, (status, times));
+            continue;
+        }
         let ar = ApiResource {
             group: "gateway.networking.k8s.io".into(),
             version: "v1".into(),
@@ -186,7 +243,6 @@ pub async fn sync(
             plural: plural.into(),
         };
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &key.namespace, &ar);
-        let body = status_body(&key, parents, *generation, &times, &now);
         match api.patch_status(&key.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
             Ok(_) => {
                 written.insert(key, (status, times));

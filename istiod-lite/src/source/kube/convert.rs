@@ -40,7 +40,8 @@ fn refused_route(v: &serde_json::Value) -> Option<RefusedRoute> {
         None => Vec::new(),
     };
     let generation = v.pointer("/metadata/generation").and_then(serde_json::Value::as_i64).unwrap_or(0);
-    Some(RefusedRoute { generation, parent_refs })
+    let status_parents = v.pointer("/status/parents").cloned();
+    Some(RefusedRoute { generation, parent_refs, status_parents })
 }
 
 /// The key of an object as the API names it, without parsing it.
@@ -170,7 +171,8 @@ mod tests {
             dynamic(json!({
                 "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
                 "metadata": {"name": "r", "namespace": "shop", "generation": 7},
-                "spec": {"parentRefs": parent_refs, "hostnames": ["bad..host"]}
+                "spec": {"parentRefs": parent_refs, "hostnames": ["bad..host"]},
+                "status": {"parents": [{"controllerName": "istio.io/gateway-controller", "conditions": []}]}
             }))
         };
         let r = convert(watched(Kind::HttpRoute), &route(json!([{"group": "", "kind": "Service", "name": "web"}])))
@@ -178,6 +180,9 @@ mod tests {
         assert!(r.error.to_string().starts_with("spec.hostnames[0]: "), "{}", r.error);
         let Some(Remains::Route(refused)) = r.remains.as_deref() else { panic!("parents not read") };
         assert_eq!((refused.generation, refused.parent_refs[0].name.as_str()), (7, "web"));
+        // The status as read, where our entries' transition times are kept across restarts.
+        let status = refused.status_parents.as_ref().expect("status.parents read");
+        assert_eq!(status[0]["controllerName"], "istio.io/gateway-controller");
         // Nothing to write a status for.
         let r = convert(watched(Kind::HttpRoute), &route(json!("web"))).unwrap_err();
         assert!(r.remains.is_none() && r.error.to_string().starts_with("spec.parentRefs"), "{}", r.error);

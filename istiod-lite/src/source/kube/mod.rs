@@ -136,6 +136,8 @@ pub struct RefusedRoute {
     pub generation: i64,
     /// `spec.parentRefs`.
     pub parent_refs: Vec<ParentReference>,
+    /// `status.parents` as read, where the transition times of our entries are kept.
+    pub status_parents: Option<serde_json::Value>,
 }
 
 fn rv_suffix(rv: &Option<String>) -> String {
