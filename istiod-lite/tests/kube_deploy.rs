@@ -210,3 +210,32 @@ async fn route_status_after_a_restart_starts_from_the_status_read() {
     let accounts = accounts.expect("our stale entries are taken away");
     assert_eq!(accounts.body.as_ref().unwrap()["status"]["parents"], serde_json::json!([]));
 }
+
+/// The writer waits for every kind to be synced: a partial model (routes listed before their
+/// Services) would write statuses that flip back a moment later.
+#[tokio::test]
+async fn route_status_waits_for_every_kind_to_be_synced() {
+    use std::sync::{Arc, Mutex};
+
+    use istiod_lite::deploy::route_status::writer;
+    use istiod_lite::source::dir::Loader;
+    use istiod_lite::source::kube::{KubeStatus, WATCHED};
+    use istiod_lite::{MeshConfig, Translator};
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/waypoint-samples");
+    let snap = Loader::new(dir).load().unwrap();
+    let mut t = Translator::new(MeshConfig::default());
+    t.replace_all(snap.objects.into_iter().map(|o| o.object).collect());
+    let mock = MockApi::start().await;
+    let (tx, rx) = tokio::sync::watch::channel(KubeStatus::default());
+    let task = tokio::spawn(writer(mock.client(), Arc::new(Mutex::new(t)), rx));
+    // All kinds but one synced: nothing is written.
+    tx.send_modify(|s| s.synced.extend(WATCHED[1..].iter().map(|w| w.kind)));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(mock.writes().is_empty(), "{:#?}", mock.writes());
+    tx.send_modify(|s| {
+        s.synced.insert(WATCHED[0].kind);
+    });
+    mock.wait_seen("both route statuses", Duration::from_secs(10), |seen| seen.len() >= 2).await;
+    task.abort();
+}

@@ -257,7 +257,9 @@ pub async fn sync(
 }
 
 /// Writes route status after every change the source reports on `changes`, until the sender
-/// is gone.
+/// is gone; nothing before every kind is synced ([`KubeStatus::ready`]). Until then the model
+/// is partial: a route listed before its parent Service would be written `Accepted` False
+/// (`NoMatchingParent`), and then True again a moment later, at every start.
 pub async fn writer(
     client: kube::Client,
     translator: Arc<Mutex<Translator>>,
@@ -267,7 +269,13 @@ pub async fn writer(
     while changes.changed().await.is_ok() {
         // Changes come in bursts (a list is many events): let a burst settle into one pass.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let rejected = changes.borrow_and_update().rejected.clone();
+        let rejected = {
+            let status = changes.borrow_and_update();
+            if !status.ready() {
+                continue;
+            }
+            status.rejected.clone()
+        };
         sync(&client, &translator, &rejected, &mut written).await;
     }
 }
