@@ -14,7 +14,9 @@ use hbone::testing::{TestCa, id};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use ztunnel::dns::DnsConfig;
-use ztunnel::dns::message::{Answer, HEADER_LEN, OPT_UDP_SIZE, Query, TYPE_A, TYPE_AAAA, build_query, read_answer};
+use ztunnel::dns::message::{
+    Answer, HEADER_LEN, OPT_UDP_SIZE, Query, TYPE_A, TYPE_AAAA, build_query, build_query_edns, read_answer,
+};
 use ztunnel::proxy::{HostSockets, PodProxy};
 use ztunnel::state::{StateConfig, StateHandle, file};
 
@@ -505,4 +507,22 @@ async fn another_type_of_a_mesh_name_the_upstream_does_not_know_is_nodata_not_nx
     // A name the mesh does not know: the upstream's NXDOMAIN.
     let a = read_answer(&pod.udp(&build_query(3, "www.example.org", 16, None)).await.unwrap()).unwrap();
     assert_eq!((a.id, a.rcode), (3, 3));
+}
+
+#[tokio::test]
+async fn a_query_of_an_edns_version_above_0_is_badvers_and_not_relayed() {
+    let (up, seen) = upstream().await;
+    let pod = pod(vec![up]);
+    // A mesh name and another: neither answered nor relayed (RFC 6891 §6.1.3).
+    for (id, name) in [(1, "reviews.shop.svc.cluster.local"), (2, "www.example.org")] {
+        let q = build_query_edns(id, name, TYPE_A, Some(1232), 1);
+        for a in [read_answer(&pod.udp(&q).await.expect("an answer")).unwrap(), pod.tcp(&q).await] {
+            assert_eq!((a.id, a.rcode, a.extended_rcode), (id, 0, 16), "BADVERS: {a:?}");
+            assert_eq!((a.edns_version, a.addrs.len()), (Some(0), 0), "{a:?}");
+        }
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "nothing relayed");
+    // Version 0: answered.
+    let a = read_answer(&pod.udp(&build_query_edns(3, "www.example.org", TYPE_A, Some(1232), 0)).await.unwrap());
+    assert_eq!(a.map(|a| (a.id, a.extended_rcode, a.addrs)), Some((3, 0, vec![IpAddr::from(UPSTREAM_ADDR)])));
 }

@@ -46,6 +46,10 @@ pub enum Rcode {
     ServFail = 2,
 }
 
+/// The extended response code BADVERS (RFC 6891 §6.1.3): the query's EDNS version is one we do
+/// not speak. Its upper 8 bits go in the OPT record's TTL, its lower 4 (0) in the header.
+pub const BADVERS: u16 = 16;
+
 /// The response code NXDOMAIN: the name does not exist, with no record of any type.
 pub const NXDOMAIN: u8 = 3;
 
@@ -94,6 +98,9 @@ pub struct Query<'a> {
     question: &'a [u8],
     /// The UDP payload size the client's EDNS OPT record advertises, if it sent one.
     pub edns_udp_size: Option<u16>,
+    /// The EDNS version of the client's OPT record, if it sent one: we speak 0 only, and answer
+    /// a higher one with [`Query::bad_version`].
+    pub edns_version: Option<u8>,
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -126,8 +133,17 @@ impl<'a> Query<'a> {
         let qclass = u16_at(msg, end + 2).ok_or(ParseError::Truncated)?;
         let question = &msg[HEADER_LEN..end + 4];
         // A query carries its OPT record alone in the additional section.
-        let edns_udp_size = if an == 0 && ns == 0 && ar == 1 { opt_udp_size(msg, end + 4) } else { None };
-        Ok(Query { id, recursion_desired: flags & FLAG_RD != 0, name, qtype, qclass, question, edns_udp_size })
+        let opt = if an == 0 && ns == 0 && ar == 1 { read_opt(msg, end + 4) } else { None };
+        Ok(Query {
+            id,
+            recursion_desired: flags & FLAG_RD != 0,
+            name,
+            qtype,
+            qclass,
+            question,
+            edns_udp_size: opt.map(|o| o.udp_size),
+            edns_version: opt.map(|o| o.version),
+        })
     }
 
     /// The largest UDP answer the client takes.
@@ -189,17 +205,25 @@ impl<'a> Query<'a> {
         out
     }
 
-    /// Appends our OPT record if the query had one: version 0, no flags or options, the UDP
-    /// size we take ([`OPT_UDP_SIZE`]).
+    /// Whether the query's EDNS version is one we do not speak (above 0), to be answered with
+    /// [`Query::bad_version`] rather than read further or relayed.
+    pub fn unsupported_edns_version(&self) -> bool {
+        self.edns_version.is_some_and(|v| v > 0)
+    }
+
+    /// The answer to a query of an EDNS version above 0 (RFC 6891 §6.1.3): BADVERS, no records,
+    /// our OPT record saying the version we speak (0), so the client may ask again with it.
+    pub fn bad_version(&self) -> Vec<u8> {
+        let mut out = self.header(0, Rcode::NoError);
+        push_opt(&mut out, (BADVERS >> 4) as u8);
+        out
+    }
+
+    /// Appends our OPT record if the query had one.
     fn opt(&self, out: &mut Vec<u8>) {
-        if self.edns_udp_size.is_none() {
-            return;
+        if self.edns_udp_size.is_some() {
+            push_opt(out, 0);
         }
-        out.push(0);
-        out.extend_from_slice(&TYPE_OPT.to_be_bytes());
-        out.extend_from_slice(&OPT_UDP_SIZE.to_be_bytes());
-        out.extend_from_slice(&[0; 6]);
-        out[10..12].copy_from_slice(&1u16.to_be_bytes());
     }
 
     /// Header and question of an answer.
@@ -214,6 +238,18 @@ impl<'a> Query<'a> {
         out.extend_from_slice(self.question);
         out
     }
+}
+
+/// Appends our OPT record to `out` (header and sections before it) and counts it in ARCOUNT:
+/// version 0, no flags or options, the UDP size we take ([`OPT_UDP_SIZE`]), and the upper 8 bits
+/// of an extended response code (0 for the codes of the header alone).
+fn push_opt(out: &mut Vec<u8>, extended_rcode: u8) {
+    out.push(0);
+    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    out.extend_from_slice(&OPT_UDP_SIZE.to_be_bytes());
+    // TTL: extended RCODE, VERSION, DO and Z; then RDLENGTH.
+    out.extend_from_slice(&[extended_rcode, 0, 0, 0, 0, 0]);
+    out[10..12].copy_from_slice(&1u16.to_be_bytes());
 }
 
 /// A FORMERR for a message whose header could be read but not its question.
@@ -267,16 +303,33 @@ fn read_name(msg: &[u8], mut at: usize) -> Result<(Option<String>, usize), Parse
     Ok((plain.then_some(name), at))
 }
 
-/// The UDP payload size of an OPT record at `at` (root name, type 41, class = the size).
-fn opt_udp_size(msg: &[u8], at: usize) -> Option<u16> {
+/// What the proxy reads of an OPT record.
+#[derive(Clone, Copy, Debug)]
+struct Opt {
+    /// The CLASS field: the sender's UDP payload size.
+    udp_size: u16,
+    /// The upper 8 bits of the extended RCODE (the TTL's first byte).
+    extended_rcode: u8,
+    /// The EDNS version (the TTL's second byte).
+    version: u8,
+}
+
+/// The OPT record at `at` (root name, type 41, class = the UDP size, TTL = extended RCODE,
+/// version and flags), if there is one.
+fn read_opt(msg: &[u8], at: usize) -> Option<Opt> {
     if *msg.get(at)? != 0 || u16_at(msg, at + 1)? != TYPE_OPT {
         return None;
     }
-    u16_at(msg, at + 3)
+    Some(Opt { udp_size: u16_at(msg, at + 3)?, extended_rcode: *msg.get(at + 5)?, version: *msg.get(at + 6)? })
 }
 
 /// Builds a query (tests, fuzzing and the e2e client use it).
 pub fn build_query(id: u16, name: &str, qtype: u16, edns_udp_size: Option<u16>) -> Vec<u8> {
+    build_query_edns(id, name, qtype, edns_udp_size, 0)
+}
+
+/// Builds a query whose OPT record (if `edns_udp_size` is given) says EDNS version `version`.
+pub fn build_query_edns(id: u16, name: &str, qtype: u16, edns_udp_size: Option<u16>, version: u8) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + name.len() + 16);
     out.extend_from_slice(&id.to_be_bytes());
     out.extend_from_slice(&FLAG_RD.to_be_bytes());
@@ -294,7 +347,7 @@ pub fn build_query(id: u16, name: &str, qtype: u16, edns_udp_size: Option<u16>) 
         out.push(0);
         out.extend_from_slice(&TYPE_OPT.to_be_bytes());
         out.extend_from_slice(&size.to_be_bytes());
-        out.extend_from_slice(&[0; 6]);
+        out.extend_from_slice(&[0, version, 0, 0, 0, 0]);
     }
     out
 }
@@ -304,8 +357,11 @@ pub fn build_query(id: u16, name: &str, qtype: u16, edns_udp_size: Option<u16>) 
 pub struct Answer {
     /// The message id.
     pub id: u16,
-    /// The response code.
+    /// The response code of the header (its lower 4 bits, when the OPT record extends it).
     pub rcode: u8,
+    /// The response code with the upper 8 bits an OPT record adds (RFC 6891 §6.1.3); the
+    /// header's alone without one.
+    pub extended_rcode: u16,
     /// Authoritative.
     pub authoritative: bool,
     /// Truncated.
@@ -314,6 +370,8 @@ pub struct Answer {
     pub addrs: Vec<IpAddr>,
     /// The UDP size of an OPT record in the additional section, if there is one.
     pub edns_udp_size: Option<u16>,
+    /// The EDNS version of that OPT record.
+    pub edns_version: Option<u8>,
 }
 
 /// Reads an answer's A and AAAA records; names in the answer may be compressed.
@@ -343,14 +401,17 @@ pub fn read_answer(msg: &[u8]) -> Option<Answer> {
     }
     let ns = u16_at(msg, 8)?;
     let ar = u16_at(msg, 10)?;
-    let edns_udp_size = if ns == 0 && ar == 1 { opt_udp_size(msg, at) } else { None };
+    let opt = if ns == 0 && ar == 1 { read_opt(msg, at) } else { None };
+    let rcode = (flags & 0x000F) as u8;
     Some(Answer {
         id: u16_at(msg, 0)?,
-        rcode: (flags & 0x000F) as u8,
+        rcode,
+        extended_rcode: u16::from(opt.map_or(0, |o| o.extended_rcode)) << 4 | u16::from(rcode),
         authoritative: flags & FLAG_AA != 0,
         truncated: flags & FLAG_TC != 0,
         addrs,
-        edns_udp_size,
+        edns_udp_size: opt.map(|o| o.udp_size),
+        edns_version: opt.map(|o| o.version),
     })
 }
 
@@ -382,10 +443,12 @@ mod tests {
             Answer {
                 id: 0x1234,
                 rcode: 0,
+                extended_rcode: 0,
                 authoritative: true,
                 truncated: false,
                 addrs: vec![addrs[0]],
-                edns_udp_size: None
+                edns_udp_size: None,
+                edns_version: None,
             }
         );
 
@@ -452,6 +515,30 @@ mod tests {
         assert_eq!((a.addrs.len(), a.edns_udp_size), (0, Some(OPT_UDP_SIZE)));
         assert_eq!(&bytes[HEADER_LEN..q.len() - OPT_LEN], &q[HEADER_LEN..q.len() - OPT_LEN]);
         assert_eq!(u16_at(&bytes, 4), Some(1), "one question");
+    }
+
+    #[test]
+    fn a_query_of_an_edns_version_above_0_is_badvers_with_our_opt_at_version_0() {
+        let q = build_query_edns(0x4242, "reviews.shop.svc.cluster.local", TYPE_A, Some(4096), 1);
+        let query = Query::parse(&q).unwrap();
+        assert_eq!((query.edns_version, query.unsupported_edns_version()), (Some(1), true));
+        let bytes = query.bad_version();
+        let a = read_answer(&bytes).unwrap();
+        // RFC 6891 §6.1.3: 16 is 0 in the header and 1 in the OPT TTL's upper 8 bits.
+        assert_eq!((a.id, a.rcode, a.extended_rcode), (0x4242, 0, BADVERS), "{a:?}");
+        assert_eq!((a.edns_version, a.edns_udp_size), (Some(0), Some(OPT_UDP_SIZE)), "our OPT, at version 0");
+        assert_eq!((a.addrs.len(), a.authoritative, a.truncated), (0, false, false));
+        assert_eq!(&bytes[HEADER_LEN..q.len() - OPT_LEN], &q[HEADER_LEN..q.len() - OPT_LEN], "the question");
+        assert_eq!(&bytes[q.len() - OPT_LEN + 5..q.len() - OPT_LEN + 7], &[1, 0], "TTL: extended RCODE 1, VERSION 0");
+
+        // Version 0, and no OPT at all, are ours: read on, answered with plain codes.
+        let (q0, q_plain) = (build_query(1, "a.b", TYPE_A, Some(1232)), build_query(1, "a.b", TYPE_A, None));
+        let v0 = Query::parse(&q0).unwrap();
+        assert_eq!((v0.edns_version, v0.unsupported_edns_version()), (Some(0), false));
+        let plain = Query::parse(&q_plain).unwrap();
+        assert_eq!((plain.edns_version, plain.unsupported_edns_version()), (None, false));
+        let sf = read_answer(&v0.error(Rcode::ServFail)).unwrap();
+        assert_eq!((sf.rcode, sf.extended_rcode, sf.edns_version), (2, 2, Some(0)));
     }
 
     #[test]

@@ -265,6 +265,12 @@ impl<S: PodSockets> Pod<S> {
                 return self.dns_relay(dns, msg, transport, max, &labels).await.or_else(|| message::format_error(msg));
             }
         };
+        // RFC 6891 §6.1.3: a version we do not speak is BADVERS, neither answered nor relayed
+        // (the upstream might speak it, and the client would then take an answer ztunnel's OPT
+        // handling never saw).
+        if query.unsupported_edns_version() {
+            return Some(query.bad_version());
+        }
         let limit = if transport == Transport::Tcp { usize::from(u16::MAX) } else { query.udp_limit() };
         let mesh = |query: &Query<'_>| {
             let name = query.name.as_deref().filter(|_| query.qclass == CLASS_IN)?;
