@@ -13,10 +13,10 @@ use hbone::CertStore;
 use hbone::testing::{TestCa, id};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use ztunnel::dns::DnsConfig;
 use ztunnel::dns::message::{
     Answer, HEADER_LEN, OPT_UDP_SIZE, Query, TYPE_A, TYPE_AAAA, build_query, build_query_edns, read_answer,
 };
+use ztunnel::dns::{DnsConfig, MAX_POD_TCP_CONNECTIONS};
 use ztunnel::proxy::{HostSockets, PodProxy};
 use ztunnel::state::{StateConfig, StateHandle, file};
 
@@ -525,4 +525,48 @@ async fn a_query_of_an_edns_version_above_0_is_badvers_and_not_relayed() {
     // Version 0: answered.
     let a = read_answer(&pod.udp(&build_query_edns(3, "www.example.org", TYPE_A, Some(1232), 0)).await.unwrap());
     assert_eq!(a.map(|a| (a.id, a.extended_rcode, a.addrs)), Some((3, 0, vec![IpAddr::from(UPSTREAM_ADDR)])));
+}
+
+#[tokio::test]
+async fn a_pods_tcp_connections_past_the_limit_are_closed_and_other_pods_get_through() {
+    let mut pods = pods(Vec::new(), Duration::from_millis(300), 2);
+    let (other, pod) = (pods.pop().unwrap(), pods.pop().unwrap());
+    let q = frame(&build_query(1, "reviews.shop.svc.cluster.local", TYPE_A, None));
+    let answered = |m: Option<Vec<u8>>| m.and_then(|m| read_answer(&m)).is_some_and(|a| a.addrs == ips(&["10.96.0.5"]));
+    // Each connection answered once, so the proxy holds it before the next is opened.
+    let mut open = Vec::new();
+    for _ in 0..MAX_POD_TCP_CONNECTIONS {
+        let mut s = pod.connect().await;
+        s.write_all(&q).await.unwrap();
+        assert!(answered(read_frame(&mut s).await), "connection {}", open.len());
+        open.push(s);
+    }
+    let mut extra = pod.connect().await;
+    let started = std::time::Instant::now();
+    // The query may or may not be taken by the kernel before the proxy closes the connection.
+    let _ = extra.write_all(&q).await;
+    assert_eq!(read_frame(&mut extra).await, None, "closed, unanswered");
+    assert!(started.elapsed() < Duration::from_secs(2), "closed at once, not let idle: {:?}", started.elapsed());
+    let line = "ztunnel_connections_denied_total{reporter=\"source\",reason=\"dns_tcp_connections\"} 1";
+    assert!(ztunnel::metrics::encode(&pod.registry).contains(line), "counted");
+    // Those open still answer, and another pod of the node has its own connections.
+    for s in &mut open {
+        s.write_all(&q).await.unwrap();
+        assert!(answered(read_frame(s).await));
+    }
+    let mut s = other.connect().await;
+    s.write_all(&q).await.unwrap();
+    assert!(answered(read_frame(&mut s).await), "another pod is served");
+    // A connection closed makes room for one.
+    drop(open.pop());
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut s = pod.connect().await;
+        s.write_all(&q).await.unwrap();
+        if answered(read_frame(&mut s).await) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no room made by a closed connection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

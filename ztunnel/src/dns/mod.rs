@@ -42,6 +42,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
+use crate::log_budget::LogBudget;
+use crate::metrics::Reporter;
 use crate::proxy::{Pod, PodSockets};
 use crate::state::State;
 use message::{CLASS_IN, Query, Rcode, TYPE_A, TYPE_AAAA};
@@ -60,6 +62,13 @@ pub const MAX_IN_FLIGHT: usize = 512;
 /// buffer for every datagram it sends. Answering the excess SERVFAIL instead would still be
 /// work for each datagram of a flood.
 pub const MAX_POD_IN_FLIGHT: usize = 64;
+/// TCP connections of one pod open at once, over all its DNS listeners; past it a new one is
+/// closed at once, unread (counted as `ztunnel_connections_denied_total{reason="dns_tcp_connections"}`).
+/// A resolver opens a connection for a query or a few (glibc's `use-vc`, Go's resolver after a
+/// truncated answer) and closes it, so a pod has a few at a time. Each connection costs a task,
+/// a socket and the message it is reading (up to 64 KiB); and more connections than the pod's
+/// [`MAX_POD_IN_FLIGHT`] turns could only wait for one, so that is the bound.
+pub const MAX_POD_TCP_CONNECTIONS: usize = MAX_POD_IN_FLIGHT;
 /// The largest UDP query read: a stub resolver's queries are a few hundred bytes (a name of at
 /// most 255, EDNS options); a datagram this long or longer is answered FORMERR.
 const MAX_QUERY: usize = 4096;
@@ -165,9 +174,18 @@ impl DnsMetrics {
 pub struct Dns {
     cfg: DnsConfig,
     in_flight: Arc<Semaphore>,
-    /// Each pod's turns ([`MAX_POD_IN_FLIGHT`]) by pod uid, held by the pod's serving tasks and
-    /// gone with the last of them.
-    pods: Mutex<HashMap<String, Weak<Semaphore>>>,
+    /// Each pod's limits by pod uid, held by the pod's serving tasks and gone with the last of
+    /// them.
+    pods: Mutex<HashMap<String, Weak<PodLimits>>>,
+}
+
+/// What one pod may hold of the proxy, shared by its UDP sockets and TCP connections.
+#[derive(Debug)]
+struct PodLimits {
+    /// Queries being answered ([`MAX_POD_IN_FLIGHT`]).
+    turns: Arc<Semaphore>,
+    /// Open TCP connections ([`MAX_POD_TCP_CONNECTIONS`]).
+    connections: Arc<Semaphore>,
 }
 
 impl Dns {
@@ -176,17 +194,20 @@ impl Dns {
         Dns { cfg, in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), pods: Mutex::default() }
     }
 
-    /// The turns of the pod `uid`, shared by its UDP sockets and TCP connections.
-    fn pod_turns(&self, uid: &str) -> Arc<Semaphore> {
+    /// The limits of the pod `uid`, shared by its UDP sockets and TCP connections.
+    fn pod_limits(&self, uid: &str) -> Arc<PodLimits> {
         let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(turns) = pods.get(uid).and_then(Weak::upgrade) {
-            return turns;
+        if let Some(limits) = pods.get(uid).and_then(Weak::upgrade) {
+            return limits;
         }
         // A new pod (or one served again): those no longer served go now.
         pods.retain(|_, w| w.strong_count() > 0);
-        let turns = Arc::new(Semaphore::new(MAX_POD_IN_FLIGHT));
-        pods.insert(uid.to_owned(), Arc::downgrade(&turns));
-        turns
+        let limits = Arc::new(PodLimits {
+            turns: Arc::new(Semaphore::new(MAX_POD_IN_FLIGHT)),
+            connections: Arc::new(Semaphore::new(MAX_POD_TCP_CONNECTIONS)),
+        });
+        pods.insert(uid.to_owned(), Arc::downgrade(&limits));
+        limits
     }
 
     /// The settings.
@@ -247,7 +268,7 @@ impl<S: PodSockets> Pod<S> {
     async fn dns_answer(&self, dns: &Dns, msg: &[u8], transport: Transport) -> Option<Vec<u8>> {
         // Checked before anything is relayed: ztunnel must not carry a pod's stray bytes or its
         // responses to the upstream, which would answer them (FORMERR) as if ztunnel had asked.
-        if msg.len() < message::HEADER_LEN || msg[2] & 0x80 != 0 {
+        if !answerable(msg) {
             return None;
         }
         let id = message::id(msg)?;
@@ -331,6 +352,11 @@ impl<S: PodSockets> Pod<S> {
     }
 }
 
+/// Whether `msg` is a message to answer: a header at least, and not a response.
+fn answerable(msg: &[u8]) -> bool {
+    msg.len() >= message::HEADER_LEN && msg[2] & 0x80 == 0
+}
+
 /// A pod's DNS sockets.
 pub(crate) struct Bound {
     /// UDP, on 127.0.0.1 (and ::1 where the pod has IPv6).
@@ -403,9 +429,9 @@ fn tcp_listener(addr: SocketAddr, reuse: bool) -> io::Result<std::net::TcpListen
 /// task, so a slow upstream holds up no other query, [`MAX_POD_IN_FLIGHT`] at most.
 pub(crate) async fn serve_udp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, socket: UdpSocket) {
     let socket = Arc::new(socket);
-    let turns = dns.pod_turns(&pod.uid);
+    let limits = dns.pod_limits(&pod.uid);
     loop {
-        let Ok(turn) = turns.clone().acquire_owned().await else { return };
+        let Ok(turn) = limits.turns.clone().acquire_owned().await else { return };
         // The buffer is made once a datagram is there: an idle pod (most of them) holds none.
         if let Err(e) = socket.readable().await {
             tracing::warn!(pod = %pod.uid, error = %e, "DNS socket failed");
@@ -455,12 +481,27 @@ async fn read_message<R: AsyncRead + Unpin>(r: &mut R, idle: Duration) -> Option
 }
 
 /// Serves one DNS-over-TCP connection: length-prefixed queries, answered in order, until the
-/// client closes, stays silent or reads no answer for [`DnsConfig::tcp_idle`].
+/// client closes, stays silent or reads no answer for [`DnsConfig::tcp_idle`]; closed at once
+/// when the pod has [`MAX_POD_TCP_CONNECTIONS`] open already.
 pub(crate) async fn serve_tcp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, mut tcp: TcpStream) {
-    let turns = dns.pod_turns(&pod.uid);
+    /// A pod opening connections in a loop would otherwise have ztunnel write a line for each.
+    static REFUSED_LOG: LogBudget = LogBudget::per_second(10);
+    let limits = dns.pod_limits(&pod.uid);
+    let Ok(_connection) = limits.connections.clone().try_acquire_owned() else {
+        pod.inputs.metrics.denied(Reporter::Source, "dns_tcp_connections");
+        if let Some(skipped) = REFUSED_LOG.admit() {
+            tracing::warn!(
+                pod = %pod.uid,
+                limit = MAX_POD_TCP_CONNECTIONS,
+                skipped,
+                "DNS TCP connection closed: the pod has as many open as it may"
+            );
+        }
+        return;
+    };
     loop {
         let Some(msg) = read_message(&mut tcp, dns.cfg.tcp_idle).await else { return };
-        let Ok(turn) = turns.acquire().await else { return };
+        let Ok(turn) = limits.turns.acquire().await else { return };
         let Some(answer) = pod.dns_answer(&dns, &msg, Transport::Tcp).await else { return };
         drop(turn);
         let Ok(len) = u16::try_from(answer.len()) else { return };
@@ -480,12 +521,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_pods_turns_are_shared_while_served_and_forgotten_after() {
+    fn a_pods_limits_are_shared_while_served_and_forgotten_after() {
         let dns = Dns::new(DnsConfig::default());
-        let a = dns.pod_turns("a");
-        assert!(Arc::ptr_eq(&a, &dns.pod_turns("a")), "the pod's sockets and connections share them");
+        let a = dns.pod_limits("a");
+        assert!(Arc::ptr_eq(&a, &dns.pod_limits("a")), "the pod's sockets and connections share them");
         drop(a);
-        let _b = dns.pod_turns("b");
+        let _b = dns.pod_limits("b");
         assert_eq!(dns.pods.lock().unwrap().keys().collect::<Vec<_>>(), ["b"], "a pod no longer served is no entry");
     }
 
