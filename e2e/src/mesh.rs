@@ -78,9 +78,20 @@ pub struct PodSpec {
     pub opt_out: bool,
     /// Its `app` label (what policies' selectors match); the pod's name when empty.
     pub app: String,
+    /// Its annotation `ambient.istio.io/dns-capture` (`"true"` / `"false"`), which overrides the
+    /// node agents' `--capture-dns` for it; `None`: no annotation.
+    pub dns_capture: Option<bool>,
 }
 
 impl PodSpec {
+    /// Its `metadata.annotations` lines (indented for `metadata`), or nothing.
+    fn annotations_yaml(&self) -> String {
+        match self.dns_capture {
+            Some(v) => format!("  annotations:\n    ambient.istio.io/dns-capture: \"{v}\"\n"),
+            None => String::new(),
+        }
+    }
+
     /// A pod on `node` in `namespace`, running as service account `name`.
     pub fn new(node: usize, namespace: &str, name: &str) -> Self {
         PodSpec {
@@ -90,6 +101,7 @@ impl PodSpec {
             service_account: name.into(),
             opt_out: false,
             app: String::new(),
+            dns_capture: None,
         }
     }
 }
@@ -184,7 +196,8 @@ pub struct MeshSpec {
     /// `  trafficDistribution: PreferClose\n`. Kept apart from [`ServiceSpec`] so that the specs
     /// written as struct literals elsewhere stay valid.
     pub service_spec_yaml: Vec<(String, String)>,
-    /// Node agents capture enrolled pods' DNS (`--capture-dns`) for ztunnel's DNS proxy.
+    /// Node agents capture enrolled pods' DNS for ztunnel's DNS proxy (`--capture-dns true`);
+    /// `false` passes `--capture-dns false`, since the agent's own default is on.
     pub capture_dns: bool,
     /// ztunnel's upstream resolvers (`--dns-upstream`); empty: its default, the sandbox's
     /// `/etc/resolv.conf`.
@@ -321,7 +334,9 @@ impl Mesh {
             mesh.point_cni_at_agent(n)?;
             let node = mesh.topo.node(n);
             let run = mesh.node_dir(n);
-            let dns: &[&str] = if mesh.spec.capture_dns { &["--capture-dns"] } else { &[] };
+            // Always explicit: the agent captures DNS by default, and topologies without a DNS
+            // proxy must not have it.
+            let dns: &[&str] = &["--capture-dns", if mesh.spec.capture_dns { "true" } else { "false" }];
             let p = node.netns.spawn(
                 [
                     agent.to_string_lossy().as_ref(),
@@ -518,6 +533,7 @@ impl Mesh {
             {
                 let _ = writeln!(labels, "    backs-{}: \"true\"", s.name);
             }
+            let annotations = p.annotations_yaml();
             let ready = if self.unready.contains(&format!("{}/{}", p.namespace, p.name)) { "False" } else { "True" };
             let status = match self.pods.get(i) {
                 Some(pod) => format!(
@@ -528,7 +544,7 @@ impl Mesh {
             };
             let _ = write!(
                 y,
-                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: \"{}\"\n  labels:\n{labels}spec:\n  nodeName: node{}\n  serviceAccountName: {}\n  containers: [{{name: app, image: app}}]\n{status}",
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: \"{}\"\n{annotations}  labels:\n{labels}spec:\n  nodeName: node{}\n  serviceAccountName: {}\n  containers: [{{name: app, image: app}}]\n{status}",
                 p.name,
                 p.namespace,
                 pod_uid(&p.namespace, &p.name),
@@ -691,9 +707,10 @@ impl Mesh {
         self.namespaces_yaml(&mut y);
         for p in &self.spec.pods {
             let labels = if p.opt_out { "  labels:\n    istio.io/dataplane-mode: none\n" } else { "" };
+            let annotations = p.annotations_yaml();
             let _ = write!(
                 y,
-                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: \"{}\"\n{labels}spec:\n  serviceAccountName: {}\n",
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: \"{}\"\n{annotations}{labels}spec:\n  serviceAccountName: {}\n",
                 p.name,
                 p.namespace,
                 pod_uid(&p.namespace, &p.name),

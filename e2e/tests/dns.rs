@@ -3,8 +3,9 @@
 //! configured with. Mesh service names resolve to their VIPs with no DNS server for them
 //! anywhere, and `curl` by name goes through the mesh; other names are relayed to the upstream
 //! resolver (a small one of the test's own on node 1); a pod that is not enrolled is not
-//! captured and gets no answer from the nameserver that does not exist. The same holds over
-//! TCP (glibc's `use-vc`), relayed upstream over TCP. Needs root and the mesh binaries
+//! captured and gets no answer from the nameserver that does not exist, nor does an enrolled
+//! pod annotated `ambient.istio.io/dns-capture: "false"` (its TCP is still captured). The same
+//! holds over TCP (glibc's `use-vc`), relayed upstream over TCP. Needs root and the mesh binaries
 //! (`cargo build -p ztunnel --bins`).
 
 use std::io::{Read, Write};
@@ -35,6 +36,7 @@ fn spec() -> MeshSpec {
             PodSpec::new(2, "shop", "web-1"),
             PodSpec::new(1, "tools", "client-1"),
             PodSpec::new(1, "legacy", "outsider"),
+            PodSpec { dns_capture: Some(false), ..PodSpec::new(1, "tools", "quiet-1") },
         ],
         services: vec![ServiceSpec {
             namespace: "shop".into(),
@@ -164,6 +166,15 @@ fn enrolled_pods_resolve_mesh_services_through_ztunnel_and_the_rest_upstream() {
             // Not enrolled, not captured: its query goes to NAMESERVER, where nothing answers.
             let outsider = resolve(&mesh, ("legacy", "outsider"), "web.shop.svc.cluster.local");
             assert!(outsider.is_err(), "an outsider's DNS must not be answered by the mesh: {outsider:?}");
+            // Enrolled, but its annotation turns DNS capture off: the same, while its TCP still
+            // goes through the mesh.
+            let quiet = resolve(&mesh, ("tools", "quiet-1"), "web.shop.svc.cluster.local");
+            assert!(
+                quiet.is_err(),
+                "a pod annotated dns-capture \"false\" must not be answered by the mesh: {quiet:?}"
+            );
+            let body = mesh.get(("tools", "quiet-1"), &format!("http://{VIP}/"))?;
+            assert!(body.contains("hello from shop/web-1"), "{body}");
 
             // Over TCP: glibc connects to NAMESERVER:53, which only the DNS capture turns into
             // ztunnel's 15053 (the general TCP capture would take it to a nameserver that does
