@@ -80,7 +80,15 @@ async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 async fn upstream_with(
     reply: impl Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync + 'static,
 ) -> (SocketAddr, Arc<AtomicUsize>) {
-    let reply = Arc::new(reply);
+    upstream_delayed(reply, |_| Duration::ZERO).await
+}
+
+/// As [`upstream_with`], each answer sent `delay` of its query later.
+async fn upstream_delayed(
+    reply: impl Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync + 'static,
+    delay: impl Fn(&[u8]) -> Duration + Send + Sync + 'static,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let reply = Arc::new(move |q: &[u8]| Some((reply(q)?, delay(q))));
     // The TCP listener takes the port UDP got, which another test's TCP socket may hold: then
     // another port is tried.
     let mut attempts = 0;
@@ -97,10 +105,15 @@ async fn upstream_with(
     let (n, r) = (seen.clone(), reply.clone());
     tokio::spawn(async move {
         let mut buf = [0u8; 1500];
+        let udp = Arc::new(udp);
         while let Ok((len, from)) = udp.recv_from(&mut buf).await {
             n.fetch_add(1, Ordering::SeqCst);
-            if let Some(a) = r(&buf[..len]) {
-                let _ = udp.send_to(&a, from).await;
+            if let Some((a, delay)) = r(&buf[..len]) {
+                let udp = udp.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = udp.send_to(&a, from).await;
+                });
             }
         }
     });
@@ -116,7 +129,8 @@ async fn upstream_with(
                         return;
                     }
                     n.fetch_add(1, Ordering::SeqCst);
-                    let Some(a) = r(&q) else { return };
+                    let Some((a, delay)) = r(&q) else { return };
+                    tokio::time::sleep(delay).await;
                     let mut out = (a.len() as u16).to_be_bytes().to_vec();
                     out.extend_from_slice(&a);
                     if s.write_all(&out).await.is_err() {
@@ -411,7 +425,7 @@ async fn a_tcp_client_that_reads_no_answer_is_let_go_after_the_idle_timeout() {
 }
 
 #[tokio::test]
-async fn tcp_queries_pipelined_on_one_connection_are_answered_in_order() {
+async fn tcp_queries_pipelined_on_one_connection_are_all_answered() {
     let (up, seen) = upstream().await;
     let pod = pods_with(1, |d| {
         d.upstreams = vec![up];
@@ -420,7 +434,7 @@ async fn tcp_queries_pipelined_on_one_connection_are_answered_in_order() {
     .pop()
     .unwrap();
     // glibc's use-vc sends A and AAAA back to back on one connection; relayed and local answers
-    // interleaved, each answer in the order asked (RFC 7766 §6.2.1.1).
+    // interleaved, each answered once, in whatever order they are ready (RFC 7766 §6.2.1.1).
     let mut s = pod.connect().await;
     let asked = [
         (1, "www.example.org", TYPE_A),
@@ -430,10 +444,14 @@ async fn tcp_queries_pipelined_on_one_connection_are_answered_in_order() {
     ];
     let all: Vec<u8> = asked.iter().flat_map(|(id, name, t)| frame(&build_query(*id, name, *t, None))).collect();
     s.write_all(&all).await.unwrap();
-    for (id, _, _) in asked {
+    let mut answered = Vec::new();
+    for _ in asked {
         let a = read_answer(&read_frame(&mut s).await.expect("an answer")).unwrap();
-        assert_eq!((a.id, a.rcode), (id, 0), "{a:?}");
+        assert_eq!(a.rcode, 0, "{a:?}");
+        answered.push(a.id);
     }
+    answered.sort();
+    assert_eq!(answered, asked.map(|(id, _, _)| id));
     assert_eq!(seen.load(Ordering::SeqCst), 2);
     // A zero-length message is no query: the connection ends, at once.
     let started = std::time::Instant::now();
@@ -507,6 +525,36 @@ async fn another_type_of_a_mesh_name_the_upstream_does_not_know_is_nodata_not_nx
     // A name the mesh does not know: the upstream's NXDOMAIN.
     let a = read_answer(&pod.udp(&build_query(3, "www.example.org", 16, None)).await.unwrap()).unwrap();
     assert_eq!((a.id, a.rcode), (3, 3));
+}
+
+#[tokio::test]
+async fn a_slow_relayed_query_holds_back_no_local_answer_on_the_same_tcp_connection() {
+    let slow = Duration::from_millis(800);
+    let (up, seen) = upstream_delayed(
+        |q| Some(Query::parse(q).ok()?.answer(&[IpAddr::from(UPSTREAM_ADDR)], 60, 512)),
+        move |_| slow,
+    )
+    .await;
+    let pod = pods(vec![up], Duration::from_secs(3), 1).pop().unwrap();
+    let mut s = pod.connect().await;
+    // The relayed query first, the mesh name right behind it.
+    let mut both = frame(&build_query(1, "www.example.org", TYPE_A, None));
+    both.extend(frame(&build_query(2, "reviews.shop.svc.cluster.local", TYPE_A, None)));
+    let started = std::time::Instant::now();
+    s.write_all(&both).await.unwrap();
+    let first = read_answer(&read_frame(&mut s).await.expect("an answer")).unwrap();
+    assert_eq!((first.id, first.addrs), (2, ips(&["10.96.0.5"])), "the mesh answer, first");
+    assert!(started.elapsed() < slow, "not held behind the upstream: {:?}", started.elapsed());
+    let second = read_answer(&read_frame(&mut s).await.expect("an answer")).unwrap();
+    assert_eq!((second.id, second.addrs), (1, vec![IpAddr::from(UPSTREAM_ADDR)]));
+    assert!(started.elapsed() >= slow);
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    // Closing its side after asking still gets the client the answers under way.
+    let mut s = pod.connect().await;
+    s.write_all(&frame(&build_query(3, "www.example.org", TYPE_AAAA, None))).await.unwrap();
+    s.shutdown().await.unwrap();
+    assert_eq!(read_answer(&read_frame(&mut s).await.expect("an answer")).unwrap().id, 3);
+    assert_eq!(read_frame(&mut s).await, None);
 }
 
 #[tokio::test]

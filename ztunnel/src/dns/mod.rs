@@ -12,7 +12,9 @@
 //! mesh answers A for (another type of a ServiceEntry host) is NODATA. No upstream answering
 //! is SERVFAIL, never silence, so the pod's resolver moves on at once. A pod has at most
 //! [`MAX_POD_IN_FLIGHT`] queries answered at once, so that one flooding cannot take the
-//! upstream slots of all.
+//! upstream slots of all, and at most [`MAX_POD_TCP_CONNECTIONS`] TCP connections open. Queries
+//! pipelined on one TCP connection are answered concurrently, each as soon as it is ready
+//! (RFC 7766 §6.2.1.1), and a query of an EDNS version above 0 is answered BADVERS (RFC 6891).
 //!
 //! Clients search their domains in turn (`reviews.shop.svc.cluster.local` is what a pod in `shop`
 //! asks first for `reviews`), so names are matched exactly (without case, RFC 4343), with no
@@ -39,8 +41,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::log_budget::LogBudget;
 use crate::metrics::Reporter;
@@ -182,7 +186,8 @@ pub struct Dns {
 /// What one pod may hold of the proxy, shared by its UDP sockets and TCP connections.
 #[derive(Debug)]
 struct PodLimits {
-    /// Queries being answered ([`MAX_POD_IN_FLIGHT`]).
+    /// Queries being answered ([`MAX_POD_IN_FLIGHT`]); over TCP a turn is held until the
+    /// answer is written, so it bounds the answers a connection has ztunnel hold too.
     turns: Arc<Semaphore>,
     /// Open TCP connections ([`MAX_POD_TCP_CONNECTIONS`]).
     connections: Arc<Semaphore>,
@@ -480,10 +485,16 @@ async fn read_message<R: AsyncRead + Unpin>(r: &mut R, idle: Duration) -> Option
     (n == usize::from(len)).then_some(msg)
 }
 
-/// Serves one DNS-over-TCP connection: length-prefixed queries, answered in order, until the
-/// client closes, stays silent or reads no answer for [`DnsConfig::tcp_idle`]; closed at once
-/// when the pod has [`MAX_POD_TCP_CONNECTIONS`] open already.
-pub(crate) async fn serve_tcp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, mut tcp: TcpStream) {
+/// Serves one DNS-over-TCP connection until the client closes it, stays silent or reads no
+/// answer for [`DnsConfig::tcp_idle`], or the pod has [`MAX_POD_TCP_CONNECTIONS`] open already.
+///
+/// Pipelined queries are answered concurrently, each as soon as it is ready (RFC 7766
+/// §6.2.1.1): a query relayed to a slow upstream holds back no other, and the answers may go out
+/// in another order than asked (the message id pairs them). Each query takes one of the pod's
+/// turns ([`MAX_POD_IN_FLIGHT`]) before it is read further, and gives it back once its answer is
+/// written, so a client that asks and does not read has ztunnel hold no more answers than that.
+/// When the client stops asking, the answers under way are still sent.
+pub(crate) async fn serve_tcp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, tcp: TcpStream) {
     /// A pod opening connections in a loop would otherwise have ztunnel write a line for each.
     static REFUSED_LOG: LogBudget = LogBudget::per_second(10);
     let limits = dns.pod_limits(&pod.uid);
@@ -499,20 +510,68 @@ pub(crate) async fn serve_tcp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, mu
         }
         return;
     };
+    let idle = dns.cfg.tcp_idle;
+    let (mut reader, writer) = tcp.into_split();
+    let out = Arc::new(TcpAnswers { writer: tokio::sync::Mutex::new(writer), failed: Notify::new() });
+    let mut answering = JoinSet::new();
     loop {
-        let Some(msg) = read_message(&mut tcp, dns.cfg.tcp_idle).await else { return };
-        let Ok(turn) = limits.turns.acquire().await else { return };
-        let Some(answer) = pod.dns_answer(&dns, &msg, Transport::Tcp).await else { return };
-        drop(turn);
-        let Ok(len) = u16::try_from(answer.len()) else { return };
-        let mut out = Vec::with_capacity(2 + answer.len());
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&answer);
-        // A client that asks and reads nothing would otherwise hold the connection (and the
-        // drain, which waits on it) for good once the socket buffers are full.
-        if !matches!(tokio::time::timeout(dns.cfg.tcp_idle, tcp.write_all(&out)).await, Ok(Ok(()))) {
-            return;
+        let next = async {
+            let msg = read_message(&mut reader, idle).await?;
+            // Stray bytes or a response: not a query to answer, nor a client to go on reading.
+            if !answerable(&msg) {
+                return None;
+            }
+            let turn = limits.turns.clone().acquire_owned().await.ok()?;
+            Some((msg, turn))
+        };
+        let (msg, turn) = tokio::select! {
+            next = next => match next {
+                Some(next) => next,
+                None => break,
+            },
+            () = out.failed.notified() => return,
+        };
+        let (pod, dns, out) = (pod.clone(), dns.clone(), out.clone());
+        answering.spawn(async move {
+            let sent = match pod.dns_answer(&dns, &msg, Transport::Tcp).await {
+                Some(answer) => out.send(&answer, idle).await,
+                None => false,
+            };
+            drop(turn);
+            if !sent {
+                out.failed.notify_one();
+            }
+        });
+        while answering.try_join_next().is_some() {}
+    }
+    // Returning drops (aborts) what is left: once one answer could not be written, the others
+    // will not be either.
+    loop {
+        tokio::select! {
+            done = answering.join_next() => if done.is_none() { return },
+            () = out.failed.notified() => return,
         }
+    }
+}
+
+/// The sending side of a DNS-over-TCP connection, shared by the tasks answering its queries.
+struct TcpAnswers {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// Notified when an answer could not be written (the connection is then closed).
+    failed: Notify,
+}
+
+impl TcpAnswers {
+    /// Writes `answer` with its length; `false` if it cannot be, or the client takes longer than
+    /// `idle` to read it: a client that asks and reads nothing would otherwise hold the
+    /// connection (and the drain, which waits on it) for good once the socket buffers are full.
+    async fn send(&self, answer: &[u8], idle: Duration) -> bool {
+        let Ok(len) = u16::try_from(answer.len()) else { return false };
+        let mut frame = Vec::with_capacity(2 + answer.len());
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(answer);
+        let mut writer = self.writer.lock().await;
+        matches!(tokio::time::timeout(idle, writer.write_all(&frame)).await, Ok(Ok(())))
     }
 }
 
