@@ -284,8 +284,22 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
         h.remove(n);
     }
-    if h.get(header::TE).is_some_and(|v| v != "trailers") {
+    // TE is connection-specific too, but its `trailers` says the client takes trailers (gRPC
+    // needs it), and it is the one value HTTP/2 allows (RFC 9113 §8.2.2). It is kept as just
+    // that, whatever else the client listed and in however many fields: an HTTP/2 backend
+    // refuses a request carrying any other value, and the HTTP/2 client checks the first
+    // field only.
+    if h.contains_key(header::TE) {
+        let trailers = h
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("trailers"));
         h.remove(header::TE);
+        if trailers {
+            h.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
 }
 
