@@ -28,3 +28,31 @@ async fn te_other_than_trailers_never_reaches_http2_in_any_field() {
         assert!(seen.iter().all(|v| *v == "trailers"), "TE {tes:?}: the backend saw {seen:?}");
     }
 }
+
+/// A mirror's answer is read and dropped, never kept: one that goes on and on (a stream of
+/// events, a large download) is read up to a bound and then let go, rather than held in memory
+/// as it grows, for as long as the mirror keeps sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_answer_is_not_read_without_end() {
+    let w = World::new([11, 2]).await;
+    let a = w.backend("a").await;
+    let m = w.backend("m").await;
+    w.service("svc", 1, &[&a]);
+    w.service("shadow", 2, &[&m]);
+    let mut mirrored = rule(vec![], vec![backend_ref("svc", 1)]);
+    mirrored.filters = vec![mirror_filter("shadow", 100)];
+    w.route(&route("mirrored", "svc", vec![mirrored]));
+    w.until_endpoints("shadow", 1).await;
+    w.settle().await;
+
+    // The client reads the primary's answer only as far as its head.
+    let Client::H1(mut s, _t) = w.h1(w.vip(1)).await else { unreachable!() };
+    let r = s.send_request(get("/endless").body(empty()).unwrap()).await.unwrap();
+    assert_eq!(r.headers()["x-backend"], "a");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while m.behaviour.abandoned.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the waypoint still reads the mirror's endless answer");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(r);
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -234,6 +234,23 @@ impl HttpBody for MirrorBody {
             None => Poll::Ready(Some(Err(
                 "the mirror fell behind the request, or the request body did not complete".into()
             ))),
+        }
+    }
+}
+
+/// How much of a mirror's answer is read (and dropped) before the rest is let go.
+pub const MIRROR_ANSWER_READ: usize = MIRROR_LAG;
+
+/// Reads `body` and drops what it reads, until its end or until more than `limit` data
+/// bytes have gone by; then the body is dropped (a connection that still had more to send
+/// is closed or its stream reset). Nothing read is kept: memory stays at one frame however
+/// long the body, and an answer that never ends does not keep its reader alive forever.
+pub async fn discard<B: HttpBody + Unpin>(mut body: B, limit: usize) {
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen = seen.saturating_add(frame.data_ref().map_or(0, |d| d.remaining()));
+        if seen > limit {
+            return;
         }
     }
 }

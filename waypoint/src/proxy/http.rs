@@ -959,9 +959,8 @@ fn spawn_mirror(
         }
         .await;
         match r {
-            Ok(resp) => {
-                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-            }
+            // Read off and dropped, never kept (the answer may be endless).
+            Ok(resp) => body::discard(resp.into_body(), body::MIRROR_ANSWER_READ).await,
             Err(e) => tracing::debug!(error = %e, "mirror request failed"),
         }
     });

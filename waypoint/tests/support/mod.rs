@@ -92,6 +92,8 @@ pub struct Behaviour {
     pub versions: Mutex<Vec<http::Version>>,
     /// The authority of every request seen (`:authority` or `Host`), in order.
     pub authorities: Mutex<Vec<String>>,
+    /// `/endless` responses whose reader went away.
+    pub abandoned: Arc<AtomicU64>,
 }
 
 pub struct Backend {
@@ -823,6 +825,17 @@ async fn app(mut req: Request<Incoming>, name: &str, b: &Behaviour, counter: &At
             .header("x-backend", name)
             .body(Full::new(Bytes::from(format!("{n}\n"))).map_err(|never| match never {}).boxed_unsync())
             .unwrap();
+    }
+    if path.starts_with("/endless") {
+        // 64 KiB pieces until whoever reads the response stops; counted in `abandoned`.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(1);
+        let abandoned = b.abandoned.clone();
+        tokio::spawn(async move {
+            while tx.send(Ok(Frame::data(Bytes::from(vec![b'x'; 64 * 1024])))).await.is_ok() {}
+            abandoned.fetch_add(1, Ordering::Relaxed);
+        });
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        return Response::builder().header("x-backend", name).body(StreamBody::new(stream).boxed_unsync()).unwrap();
     }
     let mut status = StatusCode::OK;
     if b.fail.load(Ordering::Relaxed) {
