@@ -164,9 +164,11 @@ fn plural(kind: Kind) -> Option<&'static str> {
     }
 }
 
-/// What was written of each route: its parents and the generation they describe, and when
-/// each condition took its status.
-pub type Written = BTreeMap<ObjectKey, ((Vec<ParentStatus>, i64), Transitions)>;
+/// A route's parents' status and the generation it describes.
+pub type RouteStatus = (Vec<ParentStatus>, i64);
+
+/// What was written of each route: its status, and when each condition took its status.
+pub type Written = BTreeMap<ObjectKey, (RouteStatus, Transitions)>;
 
 /// Writes the status of every route, translated or `rejected` by the source, whose status
 /// differs from `written` (what this writer last wrote, with the generation it described), and
@@ -179,7 +181,7 @@ pub async fn sync(
 ) -> usize {
     // Each route's status now, and for a route not written since the start, its
     // `status.parents` as read.
-    let current: BTreeMap<ObjectKey, ((Vec<ParentStatus>, i64), Option<Value>)> = {
+    let current: BTreeMap<ObjectKey, (RouteStatus, Option<Value>)> = {
         let t = translator.lock().unwrap_or_else(|p| p.into_inner());
         let model = t.model();
         let mut current: BTreeMap<_, _> = t
