@@ -75,6 +75,15 @@ async fn decides_from_watches_and_fetches_what_is_missing() {
     assert!(kube.pod("plain", "lone").await.unwrap().enrolled);
     assert_eq!(api.seen().len(), gets_before, "a cached pod needs no request");
 
+    // The DNS capture annotation arrives by watch too, and is announced.
+    changes.borrow_and_update();
+    api.annotate_pod("mesh", "web", json!({"ambient.istio.io/dns-capture": "false"}));
+    tokio::time::timeout(WAIT, changes.changed()).await.expect("annotation change announced").unwrap();
+    eventually("the annotation", || {
+        kube.cached("mesh", "web").is_some_and(|p| p.dns_capture == DnsCapture::Set(false))
+    })
+    .await;
+
     // A pod the watch has not delivered when its ADD comes: fetched, not guessed.
     api.stall_pod_watch();
     api.pod("mesh", "late", "node-a", json!({}), "late-sa");

@@ -188,6 +188,14 @@ impl FakeApi {
         self.put(Kind::Pod, namespace, name, obj);
     }
 
+    /// Replaces the annotations of a pod made by [`FakeApi::pod`] (a MODIFIED event).
+    pub fn annotate_pod(&self, namespace: &str, name: &str, annotations: Value) {
+        let key = (Kind::Pod, namespace.to_owned(), name.to_owned());
+        let mut obj = self.state.lock().unwrap().objects[&key].clone();
+        obj["metadata"]["annotations"] = annotations;
+        self.put(Kind::Pod, namespace, name, obj);
+    }
+
     /// Stops delivering pod watch events (the list still answers).
     pub fn stall_pod_watch(&self) {
         self.state.lock().unwrap().stalled.push(Kind::Pod);
