@@ -250,8 +250,10 @@ impl Balancer {
             return;
         }
         let times = s.ejections.fetch_add(1, Ordering::Relaxed).min(10);
-        let millis = policy.ejection.as_millis() as u64 * (1u64 << times);
-        s.ejected_until.store(now + millis, Ordering::Relaxed);
+        // The ejection time is the control plane's: saturate rather than overflow.
+        let base = u64::try_from(policy.ejection.as_millis()).unwrap_or(u64::MAX);
+        let millis = base.saturating_mul(1u64 << times);
+        s.ejected_until.store(now.saturating_add(millis), Ordering::Relaxed);
         s.consecutive_failures.store(0, Ordering::Relaxed);
         tracing::warn!(endpoint = %picked.addr, ejection_ms = millis, failures = n, "endpoint ejected");
     }
@@ -599,5 +601,23 @@ mod tests {
         let m = mesh(all[2..].to_vec(), &svc);
         assert!(m.endpoints_for(Some(&here), &svc, 80).is_empty());
         assert_eq!(no_endpoint_reason(&m, Some(&here), &svc, 80).0, "no_usable_endpoint");
+    }
+
+    /// The ejection time comes from the control plane: however long it is, and however often
+    /// an endpoint is ejected (the time doubles each time), the arithmetic saturates (the
+    /// endpoint stays out) instead of overflowing on the request's path.
+    #[test]
+    fn a_very_long_ejection_saturates() {
+        let svc = service(LoadBalancingMode::Standard, &[]);
+        let m = mesh(vec![workload("a", "10.0.0.1", "n", "z"), workload("b", "10.0.0.2", "n", "z")], &svc);
+        let eps = m.endpoints_for(None, &svc, 80);
+        for ejection in [std::time::Duration::MAX, std::time::Duration::from_secs(1 << 50)] {
+            let b = Balancer::default();
+            let p = BackendPolicy { ejection, ..policy(LoadBalancer::RoundRobin) };
+            for _ in 0..12 {
+                eject(&b, &eps, &p, "a");
+            }
+            assert_eq!(picks(&b, &eps, &p, Prefer::none(), 4), HashMap::from([("b".into(), 4)]), "{ejection:?}");
+        }
     }
 }
