@@ -146,6 +146,7 @@ async fn upstream_delayed(
 struct Pod {
     proxy: PodProxy,
     registry: Arc<prometheus_client::registry::Registry>,
+    state: StateHandle,
 }
 
 /// Addresses of `many.shop.svc.cluster.local`: its answer over TCP is 64 KiB.
@@ -167,9 +168,9 @@ fn pods_with(n: usize, dns: impl FnOnce(&mut DnsConfig)) -> Vec<Pod> {
          ports: [{{servicePort: 80, targetPort: 80}}]\n",
         many.join(", ")
     );
-    let state = file::parse(&state, StateConfig::default()).unwrap();
+    let state = StateHandle::new(file::parse(&state, StateConfig::default()).unwrap());
     let certs = CertStore::new(TestCa::new("dns").roots());
-    let (inputs, registry) = support::loopback_inputs_with(StateHandle::new(state), certs, |cfg| {
+    let (inputs, registry) = support::loopback_inputs_with(state.clone(), certs, |cfg| {
         let mut d = DnsConfig { port: 0, ..DnsConfig::default() };
         dns(&mut d);
         cfg.dns = Some(d);
@@ -183,7 +184,7 @@ fn pods_with(n: usize, dns: impl FnOnce(&mut DnsConfig)) -> Vec<Pod> {
                 format!("Kubernetes//Pod/shop/other-{i}")
             };
             let proxy = PodProxy::start(uid, id("shop", "web"), HostSockets, inputs.clone()).unwrap();
-            Pod { proxy, registry: registry.clone() }
+            Pod { proxy, registry: registry.clone(), state: state.clone() }
         })
         .collect()
 }
@@ -617,4 +618,20 @@ async fn a_pods_tcp_connections_past_the_limit_are_closed_and_other_pods_get_thr
         assert!(std::time::Instant::now() < deadline, "no room made by a closed connection");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_host_the_control_plane_adds_is_answered_from_then_on() {
+    let (up, seen) = upstream().await;
+    let pod = pod(vec![up]);
+    assert_eq!(pod.ask(1, "fresh.example.com", TYPE_A).await.addrs, vec![IpAddr::from(UPSTREAM_ADDR)]);
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "not a mesh name yet: relayed");
+    let more = format!(
+        "{STATE}- name: fresh\n  namespace: other\n  hostname: Fresh.Example.com.\n  addresses: [\"240.240.0.7\"]\n  \
+         ports: [{{servicePort: 443, targetPort: 443}}]\n"
+    );
+    pod.state.store(file::parse(&more, StateConfig::default()).unwrap());
+    let a = pod.ask(2, "FRESH.example.com", TYPE_A).await;
+    assert_eq!((a.authoritative, a.addrs), (true, ips(&["240.240.0.7"])), "the new snapshot's hosts");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
 }

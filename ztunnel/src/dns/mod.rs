@@ -26,6 +26,7 @@
 //! their source back into the resolver the pod asked; a socket on the wildcard address would
 //! answer from the pod's own address, which the pod's resolver drops.
 
+mod hosts;
 pub mod message;
 mod upstream;
 
@@ -49,7 +50,6 @@ use tokio::task::JoinSet;
 use crate::log_budget::LogBudget;
 use crate::metrics::Reporter;
 use crate::proxy::{Pod, PodSockets};
-use crate::state::State;
 use message::{CLASS_IN, Query, Rcode, TYPE_A, TYPE_AAAA};
 
 /// The pod port of the DNS proxy (Istio's).
@@ -181,6 +181,8 @@ pub struct Dns {
     /// Each pod's limits by pod uid, held by the pod's serving tasks and gone with the last of
     /// them.
     pods: Mutex<HashMap<String, Weak<PodLimits>>>,
+    /// The mesh's hostnames, indexed for the latest snapshot a query met.
+    hosts: hosts::Hosts,
 }
 
 /// What one pod may hold of the proxy, shared by its UDP sockets and TCP connections.
@@ -196,7 +198,12 @@ struct PodLimits {
 impl Dns {
     /// The shared part of the proxy.
     pub fn new(cfg: DnsConfig) -> Dns {
-        Dns { cfg, in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), pods: Mutex::default() }
+        Dns {
+            cfg,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            pods: Mutex::default(),
+            hosts: hosts::Hosts::default(),
+        }
     }
 
     /// The limits of the pod `uid`, shared by its UDP sockets and TCP connections.
@@ -226,36 +233,6 @@ impl Dns {
 enum Transport {
     Udp,
     Tcp,
-}
-
-/// The mesh's answer to a name: the addresses of the service of that hostname on this network,
-/// the asking pod's namespace first. `None` when no service has the name, or it has no address
-/// here (a headless service: the upstream knows its pods).
-pub fn service_addresses(state: &State, name: &str, pod_namespace: &str) -> Option<Vec<IpAddr>> {
-    let network = &state.config().network;
-    // A Kubernetes service's name says its namespace (`<service>.<namespace>.svc.<domain>`):
-    // one lookup. Other names (Istio ServiceEntry hosts) may be in any namespace: a scan.
-    let named_namespace = {
-        let mut labels = name.splitn(4, '.');
-        match (labels.next(), labels.next(), labels.next()) {
-            (Some(_), Some(ns), Some("svc")) => Some(ns),
-            _ => None,
-        }
-    };
-    // The scan compares as DNS does (RFC 4343: without case; a trailing dot is the same name):
-    // a ServiceEntry host comes as its author spelled it, and `name` is in lower case.
-    let same = |host: &str| host.strip_suffix('.').unwrap_or(host).eq_ignore_ascii_case(name);
-    let svc = state
-        .service_by_host(pod_namespace, name)
-        .or_else(|| named_namespace.and_then(|ns| state.service_by_host(ns, name)))
-        .or_else(|| {
-            state
-                .services()
-                .filter(|s| same(&s.hostname))
-                .min_by_key(|s| (s.namespace != pod_namespace, s.namespace.as_str()))
-        })?;
-    let addrs: Vec<IpAddr> = svc.vips.iter().filter(|v| &v.network == network).map(|v| v.address).collect();
-    (!addrs.is_empty()).then_some(addrs)
 }
 
 impl<S: PodSockets> Pod<S> {
@@ -300,7 +277,8 @@ impl<S: PodSockets> Pod<S> {
         let limit = if transport == Transport::Tcp { usize::from(u16::MAX) } else { query.udp_limit() };
         let mesh = |query: &Query<'_>| {
             let name = query.name.as_deref().filter(|_| query.qclass == CLASS_IN)?;
-            service_addresses(&self.inputs.state.load(), name, self.identity.namespace())
+            let state = self.inputs.state.load();
+            hosts::service_addresses(&state, &dns.hosts.of(&state), name, self.identity.namespace())
         };
         if matches!(query.qtype, TYPE_A | TYPE_AAAA)
             && let Some(addrs) = mesh(&query)
