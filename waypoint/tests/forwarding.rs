@@ -4,6 +4,7 @@
 mod support;
 
 use proto::istio::workload as pbw;
+use proto::mesh::waypoint::v1 as pb;
 use support::*;
 
 /// `TE` is connection-specific (RFC 9110 §10.1.4); only `trailers` may cross into HTTP/2
@@ -55,4 +56,33 @@ async fn a_mirror_answer_is_not_read_without_end() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     drop(r);
+}
+
+/// Timeouts, backoffs and retry counts come from the control plane as they are: the largest a
+/// push can carry must not overflow on the request's path (a panic there ends the client's
+/// whole connection). A timeout too long to reach is no timeout; a backoff too long to wait
+/// within the request's timeout ends the request at that timeout, as a shorter one would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_timeouts_and_retries_a_push_can_carry() {
+    let w = World::new([11, 3]).await;
+    let a = w.backend("a").await;
+    w.service("svc", 1, &[&a]);
+    let forever = Some(prost_types::Duration { seconds: i64::MAX, nanos: 999_999_999 });
+    let mut long_timeout = rule(vec![prefix("/long-timeout")], vec![backend_ref("svc", 1)]);
+    long_timeout.timeouts = Some(pb::Timeouts { request: forever, backend_request: forever });
+    let mut many_retries = rule(vec![prefix("/many-retries")], vec![backend_ref("svc", 1)]);
+    many_retries.retry = Some(pb::Retry { attempts: u32::MAX, codes: vec![], backoff: None });
+    let mut long_backoff = rule(vec![prefix("/status")], vec![backend_ref("svc", 1)]);
+    long_backoff.retry = Some(pb::Retry { attempts: 1, codes: vec![503], backoff: forever });
+    long_backoff.timeouts =
+        Some(pb::Timeouts { request: Some(prost_types::Duration { seconds: 2, nanos: 0 }), backend_request: None });
+    w.route(&route("svc", "svc", vec![long_timeout, many_retries, long_backoff]));
+    w.until_endpoints("svc", 1).await;
+    w.settle().await;
+
+    let mut c = w.h2(w.vip(1)).await;
+    for (path, status) in [("/long-timeout", 200), ("/many-retries", 200), ("/status/503", 504)] {
+        let r = c.send(get(path).body(empty()).unwrap()).await;
+        assert_eq!(r.map(|r| r.status.as_u16()).map_err(|e| e.to_string()), Ok(status), "{path}");
+    }
 }

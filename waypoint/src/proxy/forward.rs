@@ -71,7 +71,7 @@ pub struct Attempt<'a> {
 /// Forwards with retries; `on_pick` sees each endpoint picked (for accounting).
 pub async fn forward(mut a: Attempt<'_>, mut on_pick: impl FnMut(&Picked)) -> Result<Response<Incoming>, Failure> {
     let hash_value = a.policy.hash_header.as_ref().and_then(|h| a.parts.headers.get(h)).map(|v| v.as_bytes().to_vec());
-    let attempts = 1 + a.retry.map_or(0, |r| r.attempts);
+    let attempts = a.retry.map_or(0, |r| r.attempts).saturating_add(1);
     let mut last: Option<SocketAddr> = None;
     let mut outcome: Result<Response<Incoming>, Failure> =
         Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n", "UH"));
@@ -80,7 +80,8 @@ pub async fn forward(mut a: Attempt<'_>, mut on_pick: impl FnMut(&Picked)) -> Re
             let base = a.retry.map_or(Duration::from_millis(25), |r| r.backoff);
             let exp = base.saturating_mul(1 << (attempt - 1).min(10));
             let wait = exp.mul_f64(rand::rng().random_range(0.5..1.0));
-            if a.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+            // A wait beyond the clock's range is past any deadline.
+            if a.deadline.is_some_and(|d| Instant::now().checked_add(wait).is_none_or(|t| t >= d)) {
                 outcome = Err(Failure::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n", "UT"));
                 break;
             }

@@ -499,7 +499,8 @@ async fn handle(
         prefer,
         retry: plan.retry.as_ref(),
         backend_timeout: plan.backend_timeout,
-        deadline: plan.request_timeout.map(|t| start + t),
+        // A timeout beyond the clock's range (the control plane's number) is none.
+        deadline: plan.request_timeout.and_then(|t| start.checked_add(t)),
         version: plan.upstream,
         client: down.client,
         upgrade: upgrade.is_some(),
