@@ -8,6 +8,8 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use proto::mesh::waypoint::v1 as pb;
 use regex::Regex;
 
+use crate::normalize::normalize;
+
 use super::{
     Backend, CompiledRoute, Filter, GrpcMatch, HeaderModifier, Match, PathMatch, PathModifier, Redirect, Retry,
     Rewrite, RouteError, Rule, StrMatch,
@@ -26,6 +28,12 @@ impl Cx<'_> {
         // Whole-value semantics: anchor the user's expression.
         Regex::new(&format!("^(?:{re})$"))
             .map_err(|e| self.err(field, format!("invalid regular expression {re:?}: {e}")))
+    }
+
+    /// A path value as requests are matched: normalized as their paths are (`/%7Euser` is
+    /// `/~user`, `%c3` is `%C3`), or it could never match one.
+    fn normalized(&self, field: String, v: &str) -> Result<String, RouteError> {
+        normalize(v).map(|p| p.into_owned()).map_err(|e| self.err(field, format!("{v:?}: {e}")))
     }
 
     fn str_match(&self, field: String, t: i32, v: &str) -> Result<StrMatch, RouteError> {
@@ -221,10 +229,12 @@ impl TryFrom<pb::Route> for CompiledRoute {
                 let path = match &m.path {
                     None => None,
                     Some(p) => Some(match pb::MatchType::try_from(p.r#type) {
-                        Ok(pb::MatchType::Exact) if p.value.starts_with('/') => PathMatch::Exact(p.value.clone()),
-                        Ok(pb::MatchType::PathPrefix) if p.value.starts_with('/') => {
-                            PathMatch::Prefix(p.value.trim_end_matches('/').to_owned())
+                        Ok(pb::MatchType::Exact) if p.value.starts_with('/') => {
+                            PathMatch::Exact(cx.normalized(format!("{mf}.path.value"), &p.value)?)
                         }
+                        Ok(pb::MatchType::PathPrefix) if p.value.starts_with('/') => PathMatch::Prefix(
+                            cx.normalized(format!("{mf}.path.value"), &p.value)?.trim_end_matches('/').to_owned(),
+                        ),
                         Ok(pb::MatchType::RegularExpression) => {
                             PathMatch::Regex(cx.regex(format!("{mf}.path.value"), &p.value)?)
                         }

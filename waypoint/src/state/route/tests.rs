@@ -438,3 +438,38 @@ fn an_unnamed_rule_is_named_by_its_place_in_spec_rules() {
     assert_eq!(at("/b"), "ns/HTTPRoute/r#3");
     assert_eq!(at("/c"), "ns/HTTPRoute/r#2", "no index: its place in the list");
 }
+
+/// Requests are matched by their normalized path (`crate::normalize`: unreserved characters
+/// decoded, other escapes in upper-case hex, `%5C` a slash): a path value written with
+/// escapes (the Gateway API allows them) is normalized alike when compiled, or it could
+/// never match. The prefix's replacement then cuts what the normalized prefix covers.
+#[test]
+fn path_values_are_normalized_like_request_paths() {
+    use pb::MatchType::*;
+    let routes = vec![route(
+        "r",
+        0,
+        vec![
+            ("tilde", vec![m_path(Exact, "/%7Euser")]),
+            ("cafe", vec![m_path(PathPrefix, "/caf%c3%a9/")]),
+            ("back", vec![m_path(PathPrefix, "/a%5Cb")]),
+        ],
+    )];
+    let none = HeaderMap::new();
+    let get = |raw: &str| {
+        let path = crate::normalize::normalize(raw).unwrap();
+        pick(&routes, &Method::GET, &path, &none, None)
+    };
+    for raw in ["/~user", "/%7Euser", "/%7euser"] {
+        assert_eq!(get(raw), "ns/HTTPRoute/r#tilde", "{raw}");
+    }
+    for raw in ["/caf%C3%A9", "/caf%c3%a9/menu", "/caf%C3%A9/menu"] {
+        assert_eq!(get(raw), "ns/HTTPRoute/r#cafe", "{raw}");
+    }
+    assert_eq!(get("/caf%C3%A9x"), "", "still element-wise");
+    assert_eq!(get("/a/b/c"), "ns/HTTPRoute/r#back");
+    let entries: Vec<Entry> = routes.iter().flat_map(|r| r.entries()).collect();
+    let cafe = entries.iter().find(|e| e.rule.id.ends_with("#cafe")).unwrap();
+    let path = crate::normalize::normalize("/caf%c3%a9/menu").unwrap();
+    assert_eq!(PathModifier::Prefix("/x".into()).apply(&path, cafe.matcher.prefix()), "/x/menu");
+}
