@@ -355,7 +355,13 @@ fn location(
         (None, None) => port,
     };
     let path_out = r.path.as_ref().map_or_else(|| path.to_owned(), |m| m.apply(path, prefix));
-    let mut loc = format!("{scheme_out}://{host_out}");
+    // An IPv6 literal (the request's host, which `bare_host` took out of its brackets) goes
+    // back into them, or its colons would read as a port (RFC 3986 §3.2.2).
+    let mut loc = if host_out.contains(':') {
+        format!("{scheme_out}://[{host_out}]")
+    } else {
+        format!("{scheme_out}://{host_out}")
+    };
     if port_out != well_known(scheme_out) {
         loc.push_str(&format!(":{port_out}"));
     }
@@ -984,6 +990,33 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Location of a redirect (Gateway API HTTPRequestRedirectFilter): the scheme's
+    /// well-known port left out, the service port otherwise; an IPv6 host in brackets.
+    #[test]
+    fn redirect_locations() {
+        let redirect = |scheme: Option<&str>, hostname: Option<&str>, port: Option<u16>| Redirect {
+            scheme: scheme.map(str::to_owned),
+            hostname: hostname.map(str::to_owned),
+            path: None,
+            port,
+            status: StatusCode::FOUND,
+        };
+        let cases = [
+            (redirect(None, None, None), "svc.local", 80, "http://svc.local/a?q=1"),
+            (redirect(None, None, None), "svc.local", 8080, "http://svc.local:8080/a?q=1"),
+            (redirect(Some("https"), None, None), "svc.local", 8080, "https://svc.local/a?q=1"),
+            (redirect(Some("https"), None, Some(8443)), "svc.local", 80, "https://svc.local:8443/a?q=1"),
+            (redirect(None, Some("other.local"), Some(80)), "svc.local", 8080, "http://other.local/a?q=1"),
+            (redirect(None, None, None), &bare_host("[FD00::1]:8080"), 8080, "http://[fd00::1]:8080/a?q=1"),
+            (redirect(Some("https"), None, None), "fd00::1", 80, "https://[fd00::1]/a?q=1"),
+        ];
+        for (r, host, port, want) in cases {
+            let loc = location(&r, "http", host, port, "/a", None, Some("q=1"));
+            assert_eq!(loc, want, "{r:?} {host} {port}");
+            assert!(loc.parse::<Uri>().is_ok_and(|u| u.host().is_some()), "{loc}");
+        }
+    }
 
     fn head(version: ::http::Version, uri: &str, hosts: &[&str]) -> ::http::request::Parts {
         let mut b = Request::builder().version(version).uri(uri);
