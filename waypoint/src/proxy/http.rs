@@ -127,11 +127,7 @@ impl Account {
         start: Instant,
     ) -> Self {
         let svc = down.dest.service();
-        let grpc = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
+        let grpc = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| route::is_grpc(v.as_bytes()));
         // The client's workload names the source only when it runs as the verified peer.
         let source_workload =
             snapshot.mesh.workload_by_ip(down.client.ip()).filter(|w| w.identity == down.peer).cloned();

@@ -156,11 +156,7 @@ impl Match {
             // A GRPCRoute match takes gRPC requests only (`content-type: application/grpc`,
             // `+proto` and the like included): a plain HTTP request to `/a/b` is not one,
             // whatever its path, and belongs to the HTTPRoutes of the same Service.
-            let grpc = r
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().get(..16).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc")));
-            if !grpc {
+            if !r.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| is_grpc(v.as_bytes())) {
                 return false;
             }
             let mut parts = r.path.strip_prefix('/').unwrap_or("").splitn(2, '/');
@@ -195,6 +191,15 @@ impl Match {
             _ => None,
         }
     }
+}
+
+/// Whether a `content-type` is gRPC's: `application/grpc`, alone or followed by `+<format>`
+/// or parameters, in any case (as Envoy tells gRPC). `application/grpc-web` and the like are
+/// other protocols.
+pub fn is_grpc(content_type: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    content_type.get(..GRPC.len()).is_some_and(|p| p.eq_ignore_ascii_case(GRPC))
+        && matches!(content_type.get(GRPC.len()), None | Some(b'+' | b';' | b' ' | b'\t'))
 }
 
 /// The first value of query parameter `name`.

@@ -260,6 +260,19 @@ fn a_grpc_route_takes_grpc_requests_only() {
     assert_eq!(pick_in(&routes, &get("/api/users")), "ns/HTTPRoute/h#root", "a two-segment path is not gRPC");
     assert_eq!(pick_in(&routes, &grpc_view(&grpc_ct, "/api/Get", "svc")), "ns/GRPCRoute/g2#svc");
     assert_eq!(pick_in(&routes, &grpc_view(&grpc_ct, "/pkg.Svc/Get", "svc")), "ns/GRPCRoute/g#all");
+    // gRPC is `application/grpc`, alone or with `+format` or parameters, in any case;
+    // `application/grpc-web` (a protocol of its own, over HTTP/1.1 too) and the like are not.
+    for (ct, want) in [
+        ("application/grpc+proto", "ns/GRPCRoute/g#all"),
+        ("Application/GRPC;charset=utf-8", "ns/GRPCRoute/g#all"),
+        ("application/grpc-web", "ns/HTTPRoute/h#root"),
+        ("application/grpc-web+proto", "ns/HTTPRoute/h#root"),
+        ("application/grpcx", "ns/HTTPRoute/h#root"),
+    ] {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", ct.parse().unwrap());
+        assert_eq!(pick_in(&routes, &grpc_view(&h, "/pkg.Svc/Get", "svc")), want, "{ct}");
+    }
 }
 
 /// HTTPRoute/GRPCRoute hostnames: across routes with intersecting hostnames, rules of the route
