@@ -86,3 +86,30 @@ async fn the_longest_timeouts_and_retries_a_push_can_carry() {
         assert_eq!(r.map(|r| r.status.as_u16()).map_err(|e| e.to_string()), Ok(status), "{path}");
     }
 }
+
+/// RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1
+/// request message that lacks a Host header field and to any request message that contains
+/// more than one Host header field line". HTTP/1.0 needs none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http11_request_needs_exactly_one_host() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::new([11, 4]).await;
+    let a = w.backend("a").await;
+    w.service("svc", 1, &[&a]);
+    w.until_endpoints("svc", 1).await;
+    for (raw, status) in [
+        ("GET /x HTTP/1.1\r\n\r\n", "400"),
+        ("GET /x HTTP/1.1\r\nHost: svc.example\r\nHost: admin.example\r\n\r\n", "400"),
+        ("GET http://svc.example/x HTTP/1.1\r\n\r\n", "400"),
+        ("GET /x HTTP/1.1\r\nHost: svc.example\r\n\r\n", "200"),
+        ("GET /x HTTP/1.0\r\n\r\n", "200"),
+    ] {
+        let mut t = w.tunnel(w.vip(1)).await;
+        t.write_all(raw.as_bytes()).await.unwrap();
+        let mut got = vec![0u8; 12];
+        tokio::time::timeout(std::time::Duration::from_secs(5), t.read_exact(&mut got)).await.unwrap().unwrap();
+        let got = String::from_utf8_lossy(&got).into_owned();
+        assert_eq!(&got[9..], status, "{raw:?}: {got}");
+    }
+    assert_eq!(a.behaviour.seen.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
