@@ -113,3 +113,41 @@ async fn an_http11_request_needs_exactly_one_host() {
     }
     assert_eq!(a.behaviour.seen.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
+
+/// Gateway API HTTPRouteTimeouts: `backendRequest` "covers the time from when the request
+/// first starts being sent from the gateway to when the full response has been received from
+/// the backend", and `request` the whole exchange: a backend that sends its head and then
+/// stalls is cut off at the timeout, not waited for without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_that_stalls_is_cut_off_at_the_timeout() {
+    use http_body_util::BodyExt;
+    let w = World::new([11, 5]).await;
+    let a = w.backend("a").await;
+    w.service("svc", 1, &[&a]);
+    let ms = |n: i32| Some(prost_types::Duration { seconds: 0, nanos: n * 1_000_000 });
+    let mut whole = rule(vec![prefix("/stall/request")], vec![backend_ref("svc", 1)]);
+    whole.timeouts = Some(pb::Timeouts { request: ms(400), backend_request: None });
+    let mut per_try = rule(vec![prefix("/stall/backend")], vec![backend_ref("svc", 1)]);
+    per_try.timeouts = Some(pb::Timeouts { request: None, backend_request: ms(400) });
+    w.route(&route("svc", "svc", vec![whole, per_try]));
+    w.until_endpoints("svc", 1).await;
+    w.settle().await;
+
+    for (n, path) in ["/stall/request", "/stall/backend"].into_iter().enumerate() {
+        let Client::H2(mut s, _t) = w.h2(w.vip(1)).await else { unreachable!() };
+        let uri = format!("http://svc.example{path}");
+        let r = s.send_request(http::Request::get(uri).body(empty()).unwrap()).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}: the head came in time");
+        let mut body = r.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "first");
+        let rest = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame()).await;
+        let rest = rest.unwrap_or_else(|_| panic!("{path}: the stalled body was not cut off"));
+        assert!(rest.is_some_and(|f| f.is_err()), "{path}: the body fails rather than ends cleanly");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while a.behaviour.abandoned.load(std::sync::atomic::Ordering::Relaxed) <= n as u64 {
+            assert!(tokio::time::Instant::now() < deadline, "{path}: the backend's stream was let go");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! bytes of a body with a hook that runs once when it ends or is dropped.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -235,6 +236,42 @@ impl HttpBody for MirrorBody {
                 "the mirror fell behind the request, or the request body did not complete".into()
             ))),
         }
+    }
+}
+
+/// Passes `body` on until `deadline`; a body not done by then fails (its reader resets the
+/// stream or closes the connection) and is dropped, which lets the upstream go too.
+pub fn until(body: Body, deadline: tokio::time::Instant) -> Body {
+    Deadline { inner: Some(body), sleep: Box::pin(tokio::time::sleep_until(deadline)) }.boxed_unsync()
+}
+
+struct Deadline {
+    /// `None` once the deadline passed.
+    inner: Option<Body>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl HttpBody for Deadline {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(inner) = &mut this.inner else { return Poll::Ready(None) };
+        if let Poll::Ready(r) = Pin::new(inner).poll_frame(cx) {
+            return Poll::Ready(r);
+        }
+        ready!(this.sleep.as_mut().poll(cx));
+        this.inner = None;
+        Poll::Ready(Some(Err("response timeout: the body did not end before the route's timeout".into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or_else(SizeHint::default, |b| b.size_hint())
     }
 }
 

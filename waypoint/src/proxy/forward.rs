@@ -68,12 +68,16 @@ pub struct Attempt<'a> {
     pub upgrade: bool,
 }
 
+/// A response from the backend, and when its body must have ended: the request's deadline or
+/// the try's (`backendRequest` covers the response until it is complete), the sooner.
+pub type Forwarded = (Response<Incoming>, Option<Instant>);
+
 /// Forwards with retries; `on_pick` sees each endpoint picked (for accounting).
-pub async fn forward(mut a: Attempt<'_>, mut on_pick: impl FnMut(&Picked)) -> Result<Response<Incoming>, Failure> {
+pub async fn forward(mut a: Attempt<'_>, mut on_pick: impl FnMut(&Picked)) -> Result<Forwarded, Failure> {
     let hash_value = a.policy.hash_header.as_ref().and_then(|h| a.parts.headers.get(h)).map(|v| v.as_bytes().to_vec());
     let attempts = a.retry.map_or(0, |r| r.attempts).saturating_add(1);
     let mut last: Option<SocketAddr> = None;
-    let mut outcome: Result<Response<Incoming>, Failure> =
+    let mut outcome: Result<Forwarded, Failure> =
         Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n", "UH"));
     for attempt in 0..attempts {
         if attempt > 0 {
@@ -117,6 +121,12 @@ pub async fn forward(mut a: Attempt<'_>, mut on_pick: impl FnMut(&Picked)) -> Re
             };
             sender.send(Request::from_parts(head, body)).await
         };
+        // When this try's response must be complete; beyond the clock's range, never.
+        let try_deadline = a.backend_timeout.and_then(|t| Instant::now().checked_add(t));
+        let body_deadline = match (a.deadline, try_deadline) {
+            (Some(d), Some(t)) => Some(d.min(t)),
+            (d, t) => d.or(t),
+        };
         let per_try = async {
             match a.backend_timeout {
                 Some(t) => tokio::time::timeout(t, try_once).await.ok(),
@@ -151,10 +161,10 @@ pub async fn forward(mut a: Attempt<'_>, mut on_pick: impl FnMut(&Picked)) -> Re
                 let retry_code = a.retry.is_some_and(|r| r.codes.contains(&code));
                 if retriable && retry_code && a.replay.is_some() {
                     tracing::debug!(attempt, code, endpoint = %picked.addr, "retrying");
-                    outcome = Ok(resp);
+                    outcome = Ok((resp, body_deadline));
                     continue;
                 }
-                outcome = Ok(resp);
+                outcome = Ok((resp, body_deadline));
                 break;
             }
             Some(Err(e)) => {

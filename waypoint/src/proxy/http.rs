@@ -510,7 +510,7 @@ async fn handle(
     let outcome = forward::forward(attempt, |picked| account.picked(picked)).await;
     match outcome {
         Err(forward::Failure { status, text, flags }) => Local::Reply(status, text, flags).respond(account),
-        Ok(resp) if on_upgrade.is_some() && upgrade.as_ref().is_some_and(|u| upgrade::switched(&resp, u)) => {
+        Ok((resp, _)) if on_upgrade.is_some() && upgrade.as_ref().is_some_and(|u| upgrade::switched(&resp, u)) => {
             let client = on_upgrade.expect("checked by the guard");
             // The spliced connection outlives this request's stream: it counts for the drain
             // on its own.
@@ -519,18 +519,18 @@ async fn handle(
         }
         // A 101 to a protocol nobody asked for (or to no upgrade at all) is not passed on: the
         // client would take its connection for switched while the waypoint still reads HTTP.
-        Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+        Ok((resp, _)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             tracing::debug!(upgrade = ?resp.headers().get(header::UPGRADE), asked = ?upgrade, "the application switched to a protocol not asked for");
             Local::Reply(StatusCode::BAD_GATEWAY, "upstream switched to a protocol not asked for\n", "UPE")
                 .respond(account)
         }
         // An HTTP/2 client reads any 2xx to its CONNECT as an open tunnel: one the application
         // did not open must not look like one.
-        Ok(resp) if version == Version::H2 && upgrade.is_some() && resp.status().is_success() => {
+        Ok((resp, _)) if version == Version::H2 && upgrade.is_some() && resp.status().is_success() => {
             tracing::debug!(status = %resp.status(), "the application answered an upgrade without switching protocols");
             Local::Reply(StatusCode::BAD_GATEWAY, "upstream did not switch protocols\n", "UPE").respond(account)
         }
-        Ok(resp) => {
+        Ok((resp, body_deadline)) => {
             let (mut p, b) = resp.into_parts();
             strip_hop_by_hop(&mut p.headers);
             for m in &plan.response_mods {
@@ -540,7 +540,13 @@ async fn handle(
             if let Some(s) = p.headers.get("grpc-status") {
                 account.labels.grpc_response_status = Some(s.clone());
             }
-            account.attach(Response::from_parts(p, body::boxed(b)))
+            // The route's timeouts cover the response until its body is complete (Gateway API
+            // HTTPRouteTimeouts), not only until its head.
+            let b = match body_deadline {
+                Some(d) => body::until(body::boxed(b), d),
+                None => body::boxed(b),
+            };
+            account.attach(Response::from_parts(p, b))
         }
     }
 }

@@ -837,6 +837,19 @@ async fn app(mut req: Request<Incoming>, name: &str, b: &Behaviour, counter: &At
         let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
         return Response::builder().header("x-backend", name).body(StreamBody::new(stream).boxed_unsync()).unwrap();
     }
+    if path.starts_with("/stall") {
+        // Its head and one piece of its body, then nothing until whoever reads it stops
+        // (counted in `abandoned`).
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(1);
+        let abandoned = b.abandoned.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await;
+            tx.closed().await;
+            abandoned.fetch_add(1, Ordering::Relaxed);
+        });
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        return Response::builder().header("x-backend", name).body(StreamBody::new(stream).boxed_unsync()).unwrap();
+    }
     let mut status = StatusCode::OK;
     if b.fail.load(Ordering::Relaxed) {
         status = StatusCode::INTERNAL_SERVER_ERROR;
