@@ -14,7 +14,8 @@
 //! Istio's wildcards (exact, `*`, `prefix*`, `*suffix`), hosts compare case-insensitively,
 //! header values compare as the bytes sent, paths also accept the `{*}` (one non-empty
 //! segment) and `{**}` (zero or more segments) templates. Paths arrive normalized (see
-//! [`crate::normalize`]).
+//! [`crate::normalize`]), and a policy's paths are normalized the same way when compiled
+//! (Istio compares them as written, so there a `DENY` on `/%7Eadmin/*` never matches).
 //!
 //! A policy the waypoint cannot compile (a condition key it does not know, a bad address or
 //! template, an unknown action) is not dropped, which would open what it denies or, for the
@@ -112,7 +113,14 @@ impl PathPattern {
     /// a template must pass Istio's `CheckValidPathTemplate`: `{*}` and `{**}` only as whole
     /// segments, no other `{`, `}` (nor a bare `*`, which Envoy would read as an operator),
     /// and no operator after `{**}`.
+    ///
+    /// A pattern's path text (an exact path, a prefix, a template: whatever starts with `/`) is
+    /// normalized as request paths are ([`crate::normalize`]), or it could never match one: a
+    /// `DENY` on `/%7Eadmin/*` would let `/~admin/x` through. A suffix (`*.js`) is left as
+    /// written. Text that cannot be normalized (a malformed escape) is an error, so the
+    /// policy fails closed.
     pub fn new(s: &str) -> Result<PathPattern, String> {
+        let s = &*Self::normalized(s)?;
         if !(s.contains(MATCH_ONE) || s.contains(MATCH_ANY)) {
             return Ok(PathPattern::Wild(Wild::new(s, false)));
         }
@@ -137,6 +145,22 @@ impl PathPattern {
         }
         let tail = if tail.is_empty() { String::new() } else { format!("/{}", tail.join("/")) };
         Ok(PathPattern::Template { head, glob, tail })
+    }
+
+    /// `s` with its path text normalized: a prefix keeps its `*`.
+    fn normalized(s: &str) -> Result<std::borrow::Cow<'_, str>, String> {
+        if !s.starts_with('/') {
+            return Ok(s.into());
+        }
+        let (path, star) = match s.strip_suffix('*').filter(|p| !p.ends_with("{*") && !p.ends_with("{**")) {
+            Some(p) => (p, "*"),
+            None => (s, ""),
+        };
+        match crate::normalize::normalize(path) {
+            Ok(std::borrow::Cow::Borrowed(_)) => Ok(s.into()),
+            Ok(n) => Ok(format!("{n}{star}").into()),
+            Err(e) => Err(format!("path {s:?} cannot be normalized as request paths are: {e}")),
+        }
     }
 
     fn matches(&self, path: &str) -> bool {

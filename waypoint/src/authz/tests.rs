@@ -198,6 +198,47 @@ fn path_templates() {
     }
 }
 
+/// Requests are matched by their normalized path, so a policy's paths are normalized too: a
+/// DENY written with escapes, doubled slashes or dot segments still denies what it names.
+#[test]
+fn policy_paths_are_normalized_as_request_paths_are() {
+    let p = pol(
+        "d",
+        D,
+        vec![op(|o| {
+            o.paths = vec![
+                "/%7Eadmin/*".into(),
+                "/a//b".into(),
+                "/x/./y/../z".into(),
+                "/t/%7e/{*}".into(),
+                "/caf%c3%a9".into(),
+            ]
+        })],
+    );
+    for (path, denied) in [
+        ("/~admin/x", true),
+        ("/a/b", true),
+        ("/x/z", true),
+        ("/t/~/q", true),
+        ("/caf%C3%A9", true),
+        ("/~adminx", false),
+        ("/a//b", false),
+    ] {
+        assert_eq!(!allowed(std::slice::from_ref(&p), &Req { path, ..Req::default() }), denied, "{path}");
+    }
+    // A malformed escape cannot be normalized: the field is named and the policy fails closed.
+    let l7 = pb::L7Policy {
+        namespace: "ns".into(),
+        name: "d".into(),
+        targets: vec![],
+        action: D as i32,
+        rules: vec![op(|o| o.paths = vec!["/ok".into(), "/bad%zz*".into()])],
+    };
+    let e = Policy::compile(&l7).unwrap_err();
+    assert_eq!(e.field, "rules[0].to[0].paths[1]", "{e}");
+    assert!(!allowed(&[Policy::try_from(l7).unwrap()], &Req { path: "/elsewhere", ..Req::default() }));
+}
+
 /// One pass over the path: a 64 KB path against `{**}` costs microseconds, not a second.
 #[test]
 fn path_templates_match_in_linear_time() {
