@@ -91,14 +91,8 @@ async fn route_status_is_written_once_per_change() {
     use std::sync::{Arc, Mutex};
 
     use istiod_lite::deploy::route_status::sync;
-    use istiod_lite::source::dir::Loader;
-    use istiod_lite::{MeshConfig, Translator};
 
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/waypoint-samples");
-    let snap = Loader::new(dir).load().unwrap();
-    let mut t = Translator::new(MeshConfig::default());
-    t.replace_all(snap.objects.into_iter().map(|o| o.object).collect());
-    let t = Arc::new(Mutex::new(t));
+    let t = Arc::new(Mutex::new(sample_translator()));
     let mock = MockApi::start().await;
     let mut written = BTreeMap::new();
     assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut written).await, 2);
@@ -135,6 +129,15 @@ async fn route_status_is_written_once_per_change() {
     assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut written).await, 0);
 }
 
+/// A translator holding `manifests/waypoint-samples` (two routes: `bank/accounts`, `bank/ledger`).
+fn sample_translator() -> istiod_lite::Translator {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/waypoint-samples");
+    let snap = istiod_lite::source::dir::Loader::new(dir).load().unwrap();
+    let mut t = istiod_lite::Translator::new(istiod_lite::MeshConfig::default());
+    t.replace_all(snap.objects.into_iter().map(|o| o.object).collect());
+    t
+}
+
 /// HTTPRoute `ns/name` of the translator's model, with no `parentRefs`.
 fn snap_route(t: &std::sync::Mutex<istiod_lite::Translator>, ns: &str, name: &str) -> istiod_lite::Object {
     let mut route = t.lock().unwrap().model().http_routes[&(ns.to_owned(), name.to_owned())].clone();
@@ -152,14 +155,9 @@ async fn route_status_after_a_restart_starts_from_the_status_read() {
     use std::sync::{Arc, Mutex};
 
     use istiod_lite::deploy::route_status::sync;
-    use istiod_lite::source::dir::Loader;
-    use istiod_lite::{Change, MeshConfig, Object, Translator};
+    use istiod_lite::{Change, Object};
 
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/waypoint-samples");
-    let snap = Loader::new(dir).load().unwrap();
-    let mut t = Translator::new(MeshConfig::default());
-    t.replace_all(snap.objects.into_iter().map(|o| o.object).collect());
-    let t = Arc::new(Mutex::new(t));
+    let t = Arc::new(Mutex::new(sample_translator()));
     let mock = MockApi::start().await;
     assert_eq!(sync(&mock.client(), &t, &BTreeMap::new(), &mut BTreeMap::new()).await, 2);
     let first = mock.writes()[0].body.clone().unwrap();
@@ -220,12 +218,8 @@ async fn route_status_waits_for_every_kind_to_be_synced() {
     use istiod_lite::deploy::route_status::writer;
     use istiod_lite::source::dir::Loader;
     use istiod_lite::source::kube::{KubeStatus, WATCHED};
-    use istiod_lite::{MeshConfig, Translator};
 
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/waypoint-samples");
-    let snap = Loader::new(dir).load().unwrap();
-    let mut t = Translator::new(MeshConfig::default());
-    t.replace_all(snap.objects.into_iter().map(|o| o.object).collect());
+    let t = sample_translator();
     let mock = MockApi::start().await;
     let (tx, rx) = tokio::sync::watch::channel(KubeStatus::default());
     let task = tokio::spawn(writer(mock.client(), Arc::new(Mutex::new(t)), rx));

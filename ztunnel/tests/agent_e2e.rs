@@ -167,19 +167,7 @@ async fn cni_add_enrolls_pod_and_hands_it_to_ztunnel() {
     let dir = TempDir(std::env::temp_dir().join(format!("agent-e2e-{}-{}", std::process::id(), rand::random::<u32>())));
     std::fs::create_dir_all(dir.0.join("cluster")).unwrap();
     std::fs::File::create(dir.0.join("cluster/pods.yaml")).unwrap().write_all(CLUSTER.as_bytes()).unwrap();
-    let config = AgentConfig {
-        zds_socket: dir.0.join("ztunnel.sock"),
-        cni_socket: dir.0.join("cni.sock"),
-        enrollment: dir.0.join("cluster"),
-        state_dir: dir.0.join("state"),
-        capture_dns: false,
-        zds_timeout_ms: 5000,
-        enrollment_source: EnrollmentSource::Files,
-        node_name: None,
-        kubeconfig: None,
-        no_probe_snat: true,
-        host_netns: None,
-    };
+    let config = AgentConfig { zds_timeout_ms: 5000, ..files_config(&dir) };
     let agent = Agent::start(config.clone()).await.unwrap();
 
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -249,19 +237,7 @@ async fn agent_survives_garbage_and_refuses_on_broken_enrollment() {
     std::fs::create_dir_all(&dir.0).unwrap();
     let enrollment = dir.0.join("cluster.yaml");
     std::fs::write(&enrollment, "kind: Namespace\nmetadata:\n  name: mesh\n  labels: [not, a, map]\n").unwrap();
-    let config = AgentConfig {
-        zds_socket: dir.0.join("ztunnel.sock"),
-        cni_socket: dir.0.join("cni.sock"),
-        enrollment,
-        state_dir: dir.0.join("state"),
-        capture_dns: false,
-        zds_timeout_ms: 1000,
-        enrollment_source: EnrollmentSource::Files,
-        node_name: None,
-        kubeconfig: None,
-        no_probe_snat: true,
-        host_netns: None,
-    };
+    let config = AgentConfig { enrollment, ..files_config(&dir) };
     let agent = Agent::start(config.clone()).await.unwrap();
     let sock = config.cni_socket.clone();
     let exchange = move |bytes: Vec<u8>| {
@@ -299,6 +275,12 @@ async fn agent_survives_garbage_and_refuses_on_broken_enrollment() {
 fn node_config(dir: &TempDir, node: &ScratchNetns, probe_snat: bool) -> AgentConfig {
     std::fs::create_dir_all(dir.0.join("cluster")).unwrap();
     std::fs::write(dir.0.join("cluster/pods.yaml"), CLUSTER).unwrap();
+    AgentConfig { no_probe_snat: !probe_snat, host_netns: Some(node.path().into()), ..files_config(dir) }
+}
+
+/// An agent of the file source with its sockets, enrollment YAML (`cluster/`) and state under
+/// `dir`: no DNS capture, no probe table, a 1 s ZDS timeout.
+fn files_config(dir: &TempDir) -> AgentConfig {
     AgentConfig {
         zds_socket: dir.0.join("ztunnel.sock"),
         cni_socket: dir.0.join("cni.sock"),
@@ -309,8 +291,8 @@ fn node_config(dir: &TempDir, node: &ScratchNetns, probe_snat: bool) -> AgentCon
         enrollment_source: EnrollmentSource::Files,
         node_name: None,
         kubeconfig: None,
-        no_probe_snat: !probe_snat,
-        host_netns: Some(node.path().into()),
+        no_probe_snat: true,
+        host_netns: None,
     }
 }
 
@@ -449,19 +431,7 @@ async fn dns_capture_is_on_by_default_and_the_pod_annotation_overrides_it() {
     let dir = TempDir::new("agent-dns");
     std::fs::create_dir_all(dir.0.join("cluster")).unwrap();
     std::fs::write(dir.0.join("cluster/pods.yaml"), format!("{CLUSTER}{DNS_PODS}")).unwrap();
-    let mut config = AgentConfig {
-        zds_socket: dir.0.join("ztunnel.sock"),
-        cni_socket: dir.0.join("cni.sock"),
-        enrollment: dir.0.join("cluster"),
-        state_dir: dir.0.join("state"),
-        capture_dns: true,
-        zds_timeout_ms: 1000,
-        enrollment_source: EnrollmentSource::Files,
-        node_name: None,
-        kubeconfig: None,
-        no_probe_snat: true,
-        host_netns: None,
-    };
+    let mut config = AgentConfig { capture_dns: true, ..files_config(&dir) };
     let add = |container: &str, ns: &ScratchNetns, pod: &str| CniEvent {
         command: CniCommand::Add,
         container_id: container.into(),
