@@ -216,7 +216,6 @@ async fn route_status_waits_for_every_kind_to_be_synced() {
     use std::sync::{Arc, Mutex};
 
     use istiod_lite::deploy::route_status::writer;
-    use istiod_lite::source::dir::Loader;
     use istiod_lite::source::kube::{KubeStatus, WATCHED};
 
     let t = sample_translator();
