@@ -152,6 +152,33 @@ fn header_modifier(member: &str, body: &str) -> String {
     ))
 }
 
+/// A header that frames the message or belongs to one connection is the proxy's to write for
+/// each hop: a filter that sets, adds or removes one is refused naming the field (a
+/// `content-length` set by a filter cut bodies short).
+#[test]
+fn a_header_modifier_on_a_framing_header_is_refused_naming_the_field() {
+    let cases = [
+        ("set: [{name: Content-Length, value: \"1\"}]", "set[0].name", "Content-Length"),
+        (
+            "add: [{name: x-ok, value: \"1\"}, {name: transfer-encoding, value: chunked}]",
+            "add[1].name",
+            "transfer-encoding",
+        ),
+        ("remove: [Connection]", "remove[0]", "Connection"),
+        ("set: [{name: upgrade, value: websocket}]", "set[0].name", "upgrade"),
+    ];
+    for member in ["requestHeaderModifier", "responseHeaderModifier"] {
+        for (body, field, name) in cases {
+            let msg = refused("route-spec-framing-headers", &header_modifier(member, body));
+            assert!(msg.contains("(HTTPRoute shop/r)"), "{msg}");
+            assert!(
+                msg.contains(&format!("spec.rules[0].filters[0].{member}.{field}: {name:?} frames the message")),
+                "{body}: {msg}"
+            );
+        }
+    }
+}
+
 /// HTTPHeaderFilter: "Only one action for a given header name is permitted. Filters specifying
 /// multiple actions of the same or different type for any one header name are invalid", and
 /// header names are case-insensitive.

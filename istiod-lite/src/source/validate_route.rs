@@ -179,6 +179,23 @@ fn match_type<'a>(field: &str, t: Option<&'a str>, default: &'a str, allowed: &[
     }
 }
 
+/// Headers that frame the message or belong to one connection (RFC 9110 §7.6.1, RFC 9112
+/// §6): the proxy writes them itself for each hop. A filter that set one would cut or stall
+/// the body (a `content-length` shorter than the body truncates it), so it is refused rather
+/// than applied.
+const FRAMING_HEADERS: [&str; 8] =
+    ["connection", "content-length", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
+fn framing(name: &str, field: String) -> Result<(), ObjectError> {
+    if FRAMING_HEADERS.iter().any(|f| f.eq_ignore_ascii_case(name)) {
+        return Err(invalid(
+            field,
+            format!("{name:?} frames the message or belongs to one connection; the proxy sets it for each hop"),
+        ));
+    }
+    Ok(())
+}
+
 fn value_matches(base: &str, what: &str, v: &[ValueMatch], header: bool) -> Result<(), ObjectError> {
     let mut seen: Vec<String> = Vec::new();
     for (k, h) in v.iter().enumerate() {
@@ -374,6 +391,7 @@ fn filter(field: &str, f: &RouteFilter, rule: &RouteRule, grpc: bool) -> Result<
                 if http::HeaderValue::from_str(&h.value).is_err() {
                     return Err(invalid(format!("{base}.{what}[{i}].value"), "not a valid header value"));
                 }
+                framing(&h.name, format!("{base}.{what}[{i}].name"))?;
                 once(&h.name, format!("{base}.{what}[{i}].name"))?;
             }
         }
@@ -381,6 +399,7 @@ fn filter(field: &str, f: &RouteFilter, rule: &RouteRule, grpc: bool) -> Result<
             if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
                 return Err(invalid(format!("{base}.remove[{i}]"), format!("{n:?} is not a header name")));
             }
+            framing(n, format!("{base}.remove[{i}]"))?;
             once(n, format!("{base}.remove[{i}]"))?;
         }
     }

@@ -400,6 +400,25 @@ fn a_header_modified_twice_is_refused_whatever_its_case() {
     filtered(pb::filter::Kind::RequestHeaderModifier(distinct)).unwrap();
 }
 
+/// A filter may not touch a header the proxy writes for each hop (framing, connection).
+#[test]
+fn a_framing_header_in_a_modifier_is_refused() {
+    let h = |n: &str| pb::Header { name: n.into(), value: "1".into() };
+    let cases = [
+        (pb::HeaderModifier { set: vec![h("x-ok"), h("Content-Length")], ..Default::default() }, "set[1].name"),
+        (pb::HeaderModifier { add: vec![h("transfer-encoding")], ..Default::default() }, "add[0].name"),
+        (pb::HeaderModifier { remove: vec!["Connection".into()], ..Default::default() }, "remove[0]"),
+    ];
+    for (m, field) in cases {
+        for kind in
+            [pb::filter::Kind::RequestHeaderModifier(m.clone()), pb::filter::Kind::ResponseHeaderModifier(m.clone())]
+        {
+            let e = filtered(kind).unwrap_err();
+            assert!(e.contains(&format!("rules[0].filters[0].{field}")) && e.contains("frames the message"), "{e}");
+        }
+    }
+}
+
 /// Backend and mirror hostnames are lower case once compiled, so the request path can look
 /// their services up as they are (no conversion per request).
 #[test]
