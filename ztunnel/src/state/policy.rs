@@ -76,7 +76,9 @@ impl StringMatch {
     }
 }
 
-/// An IP prefix. Host bits are cleared on construction, so `10.1.2.3/8` means `10.0.0.0/8`.
+/// An IP prefix. Host bits are cleared on construction, so `10.1.2.3/8` means `10.0.0.0/8`, and a
+/// prefix inside the IPv4-mapped range (`::ffff:0:0/96`) is kept as the IPv4 prefix it names
+/// (`::ffff:10.0.0.0/104` is `10.0.0.0/8`), since peers are compared in their IPv4 form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Cidr {
     addr: IpAddr,
@@ -103,6 +105,14 @@ impl Cidr {
             return Err(CidrError { addr, len, max });
         }
         let len = len as u8;
+        // Mapped: compare as IPv4 (see `contains`), or no peer could ever be inside it.
+        let (addr, len) = match addr {
+            IpAddr::V6(a) if len >= 96 => match a.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), len - 96),
+                None => (addr, len),
+            },
+            _ => (addr, len),
+        };
         let addr = match addr {
             IpAddr::V4(a) => IpAddr::V4((u32::from(a) & mask32(len)).into()),
             IpAddr::V6(a) => IpAddr::V6((u128::from(a) & mask128(len)).into()),

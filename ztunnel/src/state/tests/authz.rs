@@ -671,3 +671,55 @@ fn a_selected_policy_that_is_missing_denies() {
         ))
     );
 }
+
+#[test]
+fn v4_mapped_policy_addresses_name_the_v4_peers() {
+    // Peers are compared in their IPv4 form (a dual-stack socket reports an IPv4 peer as
+    // `::ffff:a.b.c.d`), so a policy that names IPv4 addresses in that mapped form must be read
+    // the same way: otherwise `ipBlocks: ["::ffff:10.0.0.0/104"]` in a DENY never matches, not
+    // even a peer reported as `::ffff:10.1.2.3` (it fails open).
+    let d = dst();
+    let cases = [
+        ("::ffff:10.0.0.0/104", "10.1.2.3", true),
+        ("::ffff:10.0.0.0/104", "::ffff:10.1.2.3", true),
+        ("::ffff:10.0.0.0/104", "11.0.0.1", false),
+        ("::ffff:10.1.2.3/128", "10.1.2.3", true),
+        ("::ffff:10.1.2.3/128", "10.1.2.4", false),
+        ("::ffff:0.0.0.0/96", "203.0.113.9", true),
+        // Not inside the mapped range: all of IPv6 is not IPv4, as in Istio.
+        ("::/0", "10.1.2.3", false),
+        ("::/0", "fd00::1", true),
+    ];
+    for (net, peer, denied) in cases {
+        let deny = |m: Match| policy("default", "deny", Scope::Namespace, Action::Deny, vec![group(vec![m])]);
+        let s = state(vec![d.clone()], vec![deny(Match { source_ips: vec![cidr(net)], ..Default::default() })]);
+        let v = s.authorize(&conn(None, peer, &d, 80));
+        assert_eq!(!v.allowed, denied, "ipBlocks {net}, peer {peer}: {v}");
+        let s = state(vec![d.clone()], vec![deny(Match { not_source_ips: vec![cidr(net)], ..Default::default() })]);
+        let v = s.authorize(&conn(None, peer, &d, 80));
+        assert_eq!(!v.allowed, !denied, "notIpBlocks {net}, peer {peer}: {v}");
+    }
+    // Destination addresses likewise (the destination is 10.0.0.2).
+    let s = state(
+        vec![d.clone()],
+        vec![policy(
+            "default",
+            "deny",
+            Scope::Namespace,
+            Action::Deny,
+            vec![group(vec![Match { destination_ips: vec![cidr("::ffff:10.0.0.2/128")], ..Default::default() }])],
+        )],
+    );
+    assert!(!s.authorize(&conn(None, "1.1.1.1", &d, 80)).allowed);
+    // As the control plane sends it (16 address bytes), and as dumps show it.
+    let mapped = pbs::Match {
+        source_ips: vec![pbs::Address {
+            address: crate::state::convert::ip_to_bytes(ip("::ffff:10.0.0.0")).into(),
+            length: 104,
+        }],
+        ..Default::default()
+    };
+    let p = policy_fail_closed(authz("default", "p", pbs::Scope::Namespace, pbs::Action::Deny, mapped)).unwrap();
+    assert_eq!(p.unusable, None);
+    assert_eq!(p.groups[0].rules[0].matches[0].source_ips[0].to_string(), "10.0.0.0/8");
+}
