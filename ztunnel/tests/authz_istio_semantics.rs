@@ -212,7 +212,12 @@ fn empty_rules_and_rule_combination() {
     assert!(!allowed(&mesh(&policy("shop", "  action: ALLOW\n")), &id("shop", "app")));
     assert!(!allowed(&mesh(&policy("shop", "  {}\n")), &id("shop", "app")), "spec: {{}} is allow-nothing");
     assert!(allowed(&mesh(&policy("shop", "  action: ALLOW\n  rules:\n  - {}\n")), &id("shop", "app")));
+    assert!(!allowed(&mesh(&policy("shop", "  action: ALLOW\n  rules: []\n")), &id("shop", "app")));
+    // An ALLOW whose only rule needs HTTP allows nothing (Istio: ztunnel denies the connection).
+    let get_only = "  action: ALLOW\n  rules:\n  - to:\n    - operation:\n        methods: [\"GET\"]\n";
+    assert!(!allowed(&mesh(&policy("shop", get_only)), &id("shop", "app")));
     // DENY without rules denies nothing; with `- {}` everything.
+    assert!(allowed(&mesh(&policy("shop", "  action: DENY\n  rules: []\n")), &id("shop", "app")));
     assert!(allowed(&mesh(&policy("shop", "  action: DENY\n")), &id("shop", "app")));
     assert!(!allowed(&mesh(&policy("shop", "  action: DENY\n  rules:\n  - {}\n")), &id("shop", "app")));
 

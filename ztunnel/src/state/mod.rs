@@ -117,7 +117,8 @@ pub struct State {
     /// Sorted by `namespace/name`.
     policies: Vec<Arc<Policy>>,
     policy_by_key: HashMap<String, Arc<Policy>>,
-    /// Policies for every workload: GLOBAL scope and the root namespace's namespace-wide ones.
+    /// Policies for every workload: GLOBAL scope, and an unknown scope from the root namespace
+    /// (a NAMESPACE policy of the root namespace applies to that namespace only).
     global_policies: Vec<Arc<Policy>>,
     /// Namespace-wide policies outside the root namespace, by namespace.
     namespace_policies: HashMap<String, Vec<Arc<Policy>>>,

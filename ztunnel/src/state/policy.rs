@@ -5,7 +5,15 @@
 //! of its rules match; a rule when ANY of its matches matches; a match when every non-empty field
 //! holds (values of one field are alternatives) and no non-empty `not_*` field holds. Identity
 //! fields (namespaces, principals, service accounts) compare against the source's mesh identity;
-//! a plaintext connection has none, so positive identity fields fail and negated ones pass.
+//! a plaintext connection has none, so positive identity fields fail and negated ones pass (as
+//! Istio documents: ISTIO-SECURITY-2021-004; a DENY on `notPrincipals: ["*"]` refuses plaintext).
+//!
+//! A match with no field at all holds for every connection. That is what the control plane sends
+//! for the part of a DENY rule that only ztunnel cannot check (HTTP attributes, `remote.ip`,
+//! `connection.sni`), so such a DENY applies without it: more restrictive, never less. (Istio's
+//! ztunnel skips empty matches, which makes such a DENY match nothing; its istiod documents the
+//! restrictive reading, which is the one kept here.) IPv4-mapped prefixes are read as IPv4 (see
+//! [`Cidr`]).
 
 use std::fmt;
 use std::net::IpAddr;
