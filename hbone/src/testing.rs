@@ -11,6 +11,9 @@ use rcgen::{
 
 use std::net::SocketAddr;
 
+/// The certificate builder [`TestCa::issue_pem_with`] hands to its caller.
+pub use rcgen;
+
 use http::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -72,14 +75,26 @@ impl TestCa {
 
     /// PEM chain and key for `id`, as a CA would hand them out.
     pub fn issue_pem(&self, id: &Identity, not_before: SystemTime, not_after: SystemTime) -> (String, String) {
+        self.issue_pem_with(id.as_str(), |params| {
+            params.not_before = not_before.into();
+            params.not_after = not_after.into();
+        })
+    }
+
+    /// PEM chain and key for a leaf whose one URI SAN is `uri` (not necessarily a valid
+    /// identity), valid from an hour ago for a day, with the profile of a workload certificate
+    /// (digitalSignature, serverAuth + clientAuth, not a CA) as `edit` leaves it. For tests of
+    /// what verifiers make of certificates a mesh CA would not issue.
+    pub fn issue_pem_with(&self, uri: &str, edit: impl FnOnce(&mut CertificateParams)) -> (String, String) {
         let key = KeyPair::generate().expect("key generation");
         let mut params = CertificateParams::default();
-        params.subject_alt_names =
-            vec![SanType::URI(id.as_str().try_into().expect("identities are valid IA5 strings"))];
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().expect("a valid IA5 string"))];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.not_before = not_before.into();
-        params.not_after = not_after.into();
+        let now = SystemTime::now();
+        params.not_before = (now - Duration::from_secs(3600)).into();
+        params.not_after = (now + DAY).into();
+        edit(&mut params);
         let cert = params.signed_by(&key, &self.issuer).expect("signing");
         (cert.pem(), key.serialize_pem())
     }

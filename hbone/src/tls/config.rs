@@ -39,7 +39,7 @@ pub fn server_config(store: &CertStore, identity: Identity) -> Arc<ServerConfig>
     let mut cfg = ServerConfig::builder_with_provider(provider().clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("the mesh provider supports TLS 1.3")
-        .with_client_cert_verifier(Arc::new(ClientVerifier { store: store.clone() }))
+        .with_client_cert_verifier(Arc::new(ClientVerifier::new(store.clone(), identity.clone())))
         .with_cert_resolver(Arc::new(StoreServerCert { store: store.clone(), identity }));
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});

@@ -25,3 +25,6 @@ pub fn provider() -> &'static Arc<CryptoProvider> {
         Arc::new(p)
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -31,6 +31,15 @@ pub enum PeerIdentityError {
     /// The certificate chains to a mesh root but carries no usable SPIFFE identity.
     #[error("peer certificate carries no usable identity: {0}")]
     NoIdentity(String),
+    /// The client proved an identity of another trust domain than the server's own. Trust
+    /// domains are not aliased: sharing a root does not make two trust domains one.
+    #[error("peer identity {got} is not in the local trust domain {}", local.trust_domain())]
+    ForeignTrustDomain {
+        /// What the certificate says.
+        got: Identity,
+        /// The server's own identity, whose trust domain the peer's must be.
+        local: Identity,
+    },
 }
 
 /// A printable list of acceptable identities.
@@ -166,10 +175,19 @@ impl ServerCertVerifier for ServerVerifier {
 }
 
 /// Server side: a client certificate is mandatory and must chain to a mesh root and carry a
-/// SPIFFE identity; which identities may do what is policy's business, not TLS's.
+/// SPIFFE identity in the server's own trust domain; which identities may do what is policy's
+/// business, not TLS's.
 #[derive(Debug)]
 pub(crate) struct ClientVerifier {
-    pub(crate) store: CertStore,
+    store: CertStore,
+    /// The server's own identity: a client must be in its trust domain.
+    local: Identity,
+}
+
+impl ClientVerifier {
+    pub(crate) fn new(store: CertStore, local: Identity) -> Self {
+        ClientVerifier { store, local }
+    }
 }
 
 impl ClientCertVerifier for ClientVerifier {
@@ -183,7 +201,10 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        verify_chain(&self.store, end_entity, intermediates, now, webpki::KeyUsage::client_auth())?;
+        let got = verify_chain(&self.store, end_entity, intermediates, now, webpki::KeyUsage::client_auth())?;
+        if got.trust_domain() != self.local.trust_domain() {
+            return Err(other(PeerIdentityError::ForeignTrustDomain { got, local: self.local.clone() }));
+        }
         Ok(ClientCertVerified::assertion())
     }
 

@@ -1,0 +1,234 @@
+//! What the mesh verifiers make of peer certificates, one property at a time: each case is a
+//! certificate a mesh CA would not issue (or a valid one used where it does not belong), and
+//! each must be refused with a reason that says why.
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{CertificateError, Error};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use super::verify::{ClientVerifier, PeerIdentityError, ServerVerifier};
+use crate::certs::TrustRoots;
+use crate::identity::Identity;
+use crate::store::CertStore;
+use crate::testing::{DAY, TestCa, id};
+
+fn chain(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<_, _>>().unwrap()
+}
+
+/// The server side's verdict on a client certificate, for a server whose identity is `local`.
+fn as_client(store: &CertStore, local: &Identity, pem: &str) -> Result<(), Error> {
+    let chain = chain(pem);
+    ClientVerifier::new(store.clone(), local.clone())
+        .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+        .map(|_| ())
+}
+
+/// The client side's verdict on a server certificate, expecting `expected`.
+fn as_server(store: &CertStore, expected: &Identity, pem: &str) -> Result<(), Error> {
+    let chain = chain(pem);
+    let verifier = ServerVerifier { store: store.clone(), expected: vec![expected.clone()] };
+    let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    verifier.verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now()).map(|_| ())
+}
+
+fn identity_error(e: &Error) -> Option<&PeerIdentityError> {
+    match e {
+        Error::InvalidCertificate(CertificateError::Other(o)) => o.0.downcast_ref(),
+        _ => None,
+    }
+}
+
+struct Setup {
+    ca: TestCa,
+    store: CertStore,
+    server: Identity,
+    client: Identity,
+}
+
+fn setup() -> Setup {
+    let ca = TestCa::new("verify");
+    let store = CertStore::new(ca.roots());
+    Setup { ca, store, server: id("backend", "server"), client: id("default", "client") }
+}
+
+impl Setup {
+    fn leaf(&self, uri: &str, edit: impl FnOnce(&mut CertificateParams)) -> String {
+        self.ca.issue_pem_with(uri, edit).0
+    }
+}
+
+#[test]
+fn a_workload_certificate_is_accepted_both_ways() {
+    let s = setup();
+    let client = s.leaf(s.client.as_str(), |_| {});
+    as_client(&s.store, &s.server, &client).unwrap();
+    let server = s.leaf(s.server.as_str(), |_| {});
+    as_server(&s.store, &s.server, &server).unwrap();
+    // Other SAN types beside the one URI are allowed (X.509-SVID §2); the URI is the identity.
+    let with_dns =
+        s.leaf(s.client.as_str(), |p| p.subject_alt_names.push(SanType::DnsName("client".try_into().unwrap())));
+    as_client(&s.store, &s.server, &with_dns).unwrap();
+    // No extendedKeyUsage at all is allowed: it is only checked when present.
+    let no_eku = s.leaf(s.client.as_str(), |p| p.extended_key_usages.clear());
+    as_client(&s.store, &s.server, &no_eku).unwrap();
+}
+
+#[test]
+fn identities_that_are_not_one_valid_spiffe_uri_are_refused() {
+    let s = setup();
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "no SAN, identity only in the CN",
+            s.leaf("spiffe://unused/ns/a/sa/b", |p| {
+                p.subject_alt_names.clear();
+                p.distinguished_name.push(rcgen::DnType::CommonName, s.client.as_str());
+            }),
+        ),
+        (
+            "a DNS SAN only",
+            s.leaf("spiffe://unused/ns/a/sa/b", |p| {
+                p.subject_alt_names = vec![SanType::DnsName("default.client".try_into().unwrap())];
+            }),
+        ),
+        (
+            "two URI SANs",
+            s.leaf(s.client.as_str(), |p| {
+                p.subject_alt_names
+                    .push(SanType::URI("spiffe://cluster.local/ns/kube-system/sa/admin".try_into().unwrap()));
+            }),
+        ),
+        ("an extra path segment", s.leaf("spiffe://cluster.local/ns/a/sa/b/extra", |_| {})),
+        ("a query", s.leaf("spiffe://cluster.local/ns/a/sa/b?x", |_| {})),
+        ("a fragment", s.leaf("spiffe://cluster.local/ns/a/sa/b#x", |_| {})),
+        ("a port", s.leaf("spiffe://cluster.local:443/ns/a/sa/b", |_| {})),
+        ("userinfo", s.leaf("spiffe://u@cluster.local/ns/a/sa/b", |_| {})),
+        ("a dot-dot segment", s.leaf("spiffe://cluster.local/ns/../sa/b", |_| {})),
+        ("an empty segment", s.leaf("spiffe://cluster.local/ns//sa/b", |_| {})),
+        ("another scheme", s.leaf("https://cluster.local/ns/a/sa/b", |_| {})),
+    ];
+    for (what, pem) in &cases {
+        for (side, verdict) in
+            [("server", as_client(&s.store, &s.server, pem)), ("client", as_server(&s.store, &s.server, pem))]
+        {
+            let err = verdict.expect_err(what);
+            assert!(
+                matches!(identity_error(&err), Some(PeerIdentityError::NoIdentity(_))),
+                "{side} side, {what}: refused for the wrong reason: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_leaf_that_is_a_ca_is_refused() {
+    let s = setup();
+    let pem = s.leaf(s.client.as_str(), |p| {
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign];
+    });
+    for err in [as_client(&s.store, &s.server, &pem).unwrap_err(), as_server(&s.store, &s.client, &pem).unwrap_err()] {
+        assert!(err.to_string().contains("CaUsedAsEndEntity"), "{err}");
+    }
+}
+
+#[test]
+fn extended_key_usage_must_allow_the_side_the_certificate_is_used_on() {
+    let s = setup();
+    let server_only = s.leaf(s.client.as_str(), |p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]);
+    let err = as_client(&s.store, &s.server, &server_only).unwrap_err();
+    assert!(matches!(err, Error::InvalidCertificate(CertificateError::InvalidPurpose)), "{err}");
+    let client_only = s.leaf(s.server.as_str(), |p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth]);
+    let err = as_server(&s.store, &s.server, &client_only).unwrap_err();
+    assert!(matches!(err, Error::InvalidCertificate(CertificateError::InvalidPurpose)), "{err}");
+}
+
+#[test]
+fn validity_is_checked_against_the_clock() {
+    let s = setup();
+    let now = SystemTime::now();
+    let expired = s.leaf(s.client.as_str(), |p| {
+        p.not_before = (now - 2 * DAY).into();
+        p.not_after = (now - Duration::from_secs(60)).into();
+    });
+    let future = s.leaf(s.client.as_str(), |p| {
+        p.not_before = (now + Duration::from_secs(3600)).into();
+        p.not_after = (now + DAY).into();
+    });
+    let err = as_client(&s.store, &s.server, &expired).unwrap_err();
+    assert!(matches!(err, Error::InvalidCertificate(CertificateError::Expired)), "{err}");
+    let err = as_client(&s.store, &s.server, &future).unwrap_err();
+    assert!(matches!(err, Error::InvalidCertificate(CertificateError::NotValidYet)), "{err}");
+    let err = as_server(&s.store, &s.client, &expired).unwrap_err();
+    assert!(matches!(err, Error::InvalidCertificate(CertificateError::Expired)), "{err}");
+}
+
+#[test]
+fn the_client_refuses_a_valid_certificate_of_another_identity() {
+    let s = setup();
+    let other = s.leaf(id("backend", "other").as_str(), |_| {});
+    let err = as_server(&s.store, &s.server, &other).unwrap_err();
+    assert!(matches!(identity_error(&err), Some(PeerIdentityError::Mismatch { .. })), "{err}");
+    // Same namespace and service account in another trust domain is another identity.
+    let foreign_td = s.leaf(Identity::new("other.domain", "backend", "server").unwrap().as_str(), |_| {});
+    let err = as_server(&s.store, &s.server, &foreign_td).unwrap_err();
+    assert!(matches!(identity_error(&err), Some(PeerIdentityError::Mismatch { .. })), "{err}");
+}
+
+#[test]
+fn the_server_refuses_a_client_of_another_trust_domain_signed_by_the_same_root() {
+    let s = setup();
+    let foreign = Identity::new("other.domain", "default", "client").unwrap();
+    let pem = s.leaf(foreign.as_str(), |_| {});
+    let err = as_client(&s.store, &s.server, &pem).unwrap_err();
+    assert!(
+        matches!(identity_error(&err), Some(PeerIdentityError::ForeignTrustDomain { .. })),
+        "refused for the wrong reason: {err}"
+    );
+    assert!(err.to_string().contains("other.domain"), "{err}");
+    // A server in that trust domain takes it.
+    let local = Identity::new("other.domain", "backend", "server").unwrap();
+    as_client(&s.store, &local, &pem).unwrap();
+}
+
+#[test]
+fn a_chain_to_another_root_is_refused_until_that_root_is_trusted() {
+    let s = setup();
+    let next = TestCa::new("next root");
+    let pem = next.issue_pem_with(s.client.as_str(), |_| {}).0;
+    let err = as_client(&s.store, &s.server, &pem).unwrap_err();
+    assert!(matches!(err, Error::InvalidCertificate(CertificateError::UnknownIssuer)), "{err}");
+    // Root rotation: with both roots, both old and new leaves verify.
+    s.store.set_roots(s.ca.roots().merged(&next.roots()));
+    as_client(&s.store, &s.server, &pem).unwrap();
+    as_client(&s.store, &s.server, &s.leaf(s.client.as_str(), |_| {})).unwrap();
+    // Old root removed: its leaves are refused by new handshakes.
+    s.store.set_roots(next.roots());
+    let err = as_client(&s.store, &s.server, &s.leaf(s.client.as_str(), |_| {})).unwrap_err();
+    assert!(matches!(err, Error::InvalidCertificate(CertificateError::UnknownIssuer)), "{err}");
+    let _: &TrustRoots = &s.store.roots();
+}
+
+#[test]
+fn bytes_that_are_not_a_certificate_are_refused_without_panicking() {
+    let s = setup();
+    let good = chain(&s.leaf(s.client.as_str(), |_| {})).remove(0);
+    let verifier = ClientVerifier::new(s.store.clone(), s.server.clone());
+    let mut inputs: Vec<Vec<u8>> = vec![vec![], vec![0x30], vec![0x30, 0x80], vec![0xff; 64]];
+    // Every truncation and a flipped byte at many offsets of a real certificate.
+    for cut in (0..good.len()).step_by(7) {
+        inputs.push(good[..cut].to_vec());
+        let mut flipped = good.to_vec();
+        flipped[cut] ^= 0x41;
+        inputs.push(flipped);
+    }
+    for der in inputs {
+        let der = CertificateDer::from(der);
+        assert!(verifier.verify_client_cert(&der, &[], UnixTime::now()).is_err());
+    }
+}
