@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::identity::{Identity, IdentityError};
 use crate::tls::provider;
@@ -34,6 +35,9 @@ pub enum CertError {
     /// The URI SAN is not a valid mesh identity.
     #[error("certificate URI SAN: {0}")]
     Identity(#[from] IdentityError),
+    /// The certificate is not shaped like a leaf X.509-SVID (spec §4.3, §5.2): what is wrong.
+    #[error("certificate is not a leaf SVID: {0}")]
+    NotLeafSvid(&'static str),
     /// A trust root cannot be used as a trust anchor.
     #[error("trust root rejected: {0}")]
     Anchor(String),
@@ -107,8 +111,20 @@ pub(crate) struct LeafInfo {
 impl LeafInfo {
     /// Parses a leaf certificate and extracts its one SPIFFE URI SAN and validity.
     pub(crate) fn parse(der: &CertificateDer<'_>) -> Result<Self, CertError> {
-        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::Parse(e.to_string()))?;
+        Self::from_cert(&cert)
+    }
+
+    /// Like [`parse`](Self::parse), for a peer's leaf: also refuses a certificate that is not a
+    /// leaf SVID by its key usage and basic constraints (X.509-SVID §4.3, §5.2), so a signing
+    /// certificate or one whose key may not sign handshakes never authenticates a peer.
+    pub(crate) fn parse_peer(der: &CertificateDer<'_>) -> Result<Self, CertError> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::Parse(e.to_string()))?;
+        check_leaf_svid(&cert)?;
+        Self::from_cert(&cert)
+    }
+
+    fn from_cert(cert: &X509Certificate<'_>) -> Result<Self, CertError> {
         let mut uris = Vec::new();
         if let Some(san) = cert.subject_alternative_name().map_err(|e| CertError::Parse(e.to_string()))? {
             uris.extend(san.value.general_names.iter().filter_map(|n| match n {
@@ -129,6 +145,23 @@ impl LeafInfo {
             not_after: to_time(cert.validity().not_after),
         })
     }
+}
+
+/// Key usage and basic constraints of a leaf SVID: keyUsage present with digitalSignature and
+/// without keyCertSign or cRLSign, and not a CA.
+fn check_leaf_svid(cert: &X509Certificate<'_>) -> Result<(), CertError> {
+    let parse = |e: x509_parser::error::X509Error| CertError::Parse(e.to_string());
+    let usage = cert.key_usage().map_err(parse)?.ok_or(CertError::NotLeafSvid("no keyUsage extension"))?.value;
+    if !usage.digital_signature() {
+        return Err(CertError::NotLeafSvid("keyUsage lacks digitalSignature"));
+    }
+    if usage.key_cert_sign() || usage.crl_sign() {
+        return Err(CertError::NotLeafSvid("keyUsage allows keyCertSign or cRLSign"));
+    }
+    if cert.basic_constraints().map_err(parse)?.is_some_and(|bc| bc.value.ca) {
+        return Err(CertError::NotLeafSvid("basicConstraints cA is true"));
+    }
+    Ok(())
 }
 
 /// The set of CA certificates the mesh trusts. Holding several lets old and new roots overlap

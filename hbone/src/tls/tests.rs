@@ -138,6 +138,30 @@ fn a_leaf_that_is_a_ca_is_refused() {
 }
 
 #[test]
+fn a_leaf_whose_key_usage_is_not_a_leaf_svids_is_refused() {
+    let s = setup();
+    let cases: Vec<(&str, Vec<KeyUsagePurpose>)> = vec![
+        ("no keyUsage extension", vec![]),
+        ("keyUsage without digitalSignature", vec![KeyUsagePurpose::KeyEncipherment]),
+        ("keyCertSign on a leaf", vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign]),
+        ("cRLSign on a leaf", vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign]),
+    ];
+    for (what, usages) in cases {
+        let client = s.leaf(s.client.as_str(), |p| p.key_usages = usages.clone());
+        let server = s.leaf(s.server.as_str(), |p| p.key_usages = usages);
+        for (side, verdict) in
+            [("server", as_client(&s.store, &s.server, &client)), ("client", as_server(&s.store, &s.server, &server))]
+        {
+            let err = verdict.expect_err(what);
+            assert!(
+                matches!(identity_error(&err), Some(PeerIdentityError::NotLeafSvid(_))),
+                "{side} side, {what}: refused for the wrong reason: {err}"
+            );
+        }
+    }
+}
+
+#[test]
 fn extended_key_usage_must_allow_the_side_the_certificate_is_used_on() {
     let s = setup();
     let server_only = s.leaf(s.client.as_str(), |p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]);

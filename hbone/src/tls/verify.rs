@@ -11,7 +11,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::certs::LeafInfo;
+use crate::certs::{CertError, LeafInfo};
 use crate::identity::Identity;
 use crate::store::CertStore;
 
@@ -31,6 +31,10 @@ pub enum PeerIdentityError {
     /// The certificate chains to a mesh root but carries no usable SPIFFE identity.
     #[error("peer certificate carries no usable identity: {0}")]
     NoIdentity(String),
+    /// The certificate chains to a mesh root but is not a leaf SVID (X.509-SVID §4.3, §5.2):
+    /// its key usage does not allow signing handshakes, or allows signing certificates.
+    #[error("peer certificate is not a leaf SVID: {0}")]
+    NotLeafSvid(&'static str),
     /// The client proved an identity of another trust domain than the server's own. Trust
     /// domains are not aliased: sharing a root does not make two trust domains one.
     #[error("peer identity {got} is not in the local trust domain {}", local.trust_domain())]
@@ -97,7 +101,11 @@ fn verify_chain(
         None,
     )
     .map_err(map_webpki)?;
-    LeafInfo::parse(end_entity).map(|l| l.identity).map_err(|e| other(PeerIdentityError::NoIdentity(e.to_string())))
+    match LeafInfo::parse_peer(end_entity) {
+        Ok(leaf) => Ok(leaf.identity),
+        Err(CertError::NotLeafSvid(why)) => Err(other(PeerIdentityError::NotLeafSvid(why))),
+        Err(e) => Err(other(PeerIdentityError::NoIdentity(e.to_string()))),
+    }
 }
 
 /// Returns the verified identity of the peer of an established mesh TLS session.
