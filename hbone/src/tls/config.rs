@@ -1,6 +1,7 @@
 //! Building rustls contexts for mesh TLS.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -14,8 +15,8 @@ use crate::store::CertStore;
 use super::verify::{ClientVerifier, ServerVerifier};
 use super::{ALPN_H2, provider};
 
-/// A client context that presents `cert` and accepts a server only if it chains to the store's
-/// roots and proves one of `expected`.
+/// A client context that presents `cert` (not once it has expired: the handshake then fails)
+/// and accepts a server only if it chains to the store's roots and proves one of `expected`.
 ///
 /// Built per new connection: the expected identity belongs to the destination, and pooling
 /// makes new connections rare next to new streams.
@@ -25,7 +26,7 @@ pub fn client_config(store: &CertStore, cert: Arc<WorkloadCert>, expected: Vec<I
         .expect("the mesh provider supports TLS 1.3")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ServerVerifier { store: store.clone(), expected }))
-        .with_client_cert_resolver(Arc::new(FixedClientCert(cert.certified_key().clone())));
+        .with_client_cert_resolver(Arc::new(FixedClientCert(cert)));
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
     cfg.enable_sni = false;
     // Mesh peers are verified afresh on every connection; resumption would skip that.
@@ -34,7 +35,8 @@ pub fn client_config(store: &CertStore, cert: Arc<WorkloadCert>, expected: Vec<I
 }
 
 /// A server context that presents the store's current certificate for `identity` (looked up at
-/// every handshake, so rotation needs no rebuild) and requires a mesh client certificate.
+/// every handshake, so rotation needs no rebuild; refused once expired) and requires a mesh
+/// client certificate of the same trust domain.
 pub fn server_config(store: &CertStore, identity: Identity) -> Arc<ServerConfig> {
     let mut cfg = ServerConfig::builder_with_provider(provider().clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -47,12 +49,27 @@ pub fn server_config(store: &CertStore, identity: Identity) -> Arc<ServerConfig>
     Arc::new(cfg)
 }
 
+/// Whether our own `cert` may be presented now. An expired certificate is not: its key may
+/// already be retired, and a peer with a slow clock would still take it. The handshake then
+/// fails here, with this log naming why, instead of at the peer.
+fn presentable(cert: &WorkloadCert) -> bool {
+    let expired = cert.not_after() < SystemTime::now();
+    if expired {
+        tracing::warn!(
+            identity = %cert.identity(),
+            not_after = ?cert.not_after(),
+            "own certificate has expired; not presenting it, handshake refused"
+        );
+    }
+    !expired
+}
+
 #[derive(Debug)]
-struct FixedClientCert(Arc<CertifiedKey>);
+struct FixedClientCert(Arc<WorkloadCert>);
 
 impl ResolvesClientCert for FixedClientCert {
     fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
+        presentable(&self.0).then(|| self.0.certified_key().clone())
     }
 
     fn has_certs(&self) -> bool {
@@ -72,6 +89,6 @@ impl ResolvesServerCert for StoreServerCert {
         if cert.is_none() {
             tracing::warn!(identity = %self.identity, "no certificate for local identity; refusing handshake");
         }
-        cert.map(|c| c.certified_key().clone())
+        cert.filter(|c| presentable(c)).map(|c| c.certified_key().clone())
     }
 }

@@ -256,3 +256,71 @@ fn bytes_that_are_not_a_certificate_are_refused_without_panicking() {
         assert!(verifier.verify_client_cert(&der, &[], UnixTime::now()).is_err());
     }
 }
+
+/// A handshake over an in-memory pipe between a client presenting `client_cert` and a server
+/// presenting what `server_store` holds for `server`; both sides' results.
+async fn handshake(
+    client_store: &CertStore,
+    client_cert: std::sync::Arc<crate::certs::WorkloadCert>,
+    server_store: &CertStore,
+    server: &Identity,
+) -> (Result<(), std::io::Error>, Result<(), std::io::Error>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let client_cfg = super::client_config(client_store, client_cert, vec![server.clone()]);
+    let server_cfg = super::server_config(server_store, server.clone());
+    let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let client = async {
+        // In TLS 1.3 the server judges the client's certificate after the client is done:
+        // read until the server's verdict arrives (an alert) or it closes.
+        let mut tls = tokio_rustls::TlsConnector::from(client_cfg).connect(name, c).await?;
+        let mut buf = [0u8; 1];
+        tls.read(&mut buf).await.map(|_| ())
+    };
+    let server = async {
+        let mut tls = tokio_rustls::TlsAcceptor::from(server_cfg).accept(s).await?;
+        tls.write_all(b"x").await?;
+        tls.flush().await
+    };
+    tokio::join!(client, server)
+}
+
+fn rustls_error(e: &std::io::Error) -> Option<&Error> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<Error>())
+}
+
+#[tokio::test]
+async fn an_expired_own_certificate_is_not_presented() {
+    let s = setup();
+    let now = SystemTime::now();
+    let client_cert = std::sync::Arc::new(s.ca.issue(&s.client, DAY));
+    s.store.insert(s.ca.issue(&s.server, DAY));
+    let (client, server) = handshake(&s.store, client_cert.clone(), &s.store, &s.server).await;
+    client.unwrap();
+    server.unwrap();
+
+    // The server's own certificate has expired: it refuses to answer rather than present it.
+    let expired_store = CertStore::new(s.ca.roots());
+    expired_store.insert(s.ca.issue_between(&s.server, now - 2 * DAY, now - Duration::from_secs(1)));
+    let (client, server) = handshake(&s.store, client_cert, &expired_store, &s.server).await;
+    let server = server.unwrap_err();
+    assert!(
+        matches!(rustls_error(&server), Some(Error::General(_))),
+        "the server refuses for want of a usable certificate: {server:?}"
+    );
+    let client = client.unwrap_err();
+    assert!(
+        !matches!(rustls_error(&client), Some(Error::InvalidCertificate(_))),
+        "the client was never shown the expired certificate: {client:?}"
+    );
+
+    // The client's own certificate has expired: it presents none, and the server refuses.
+    let expired_client =
+        std::sync::Arc::new(s.ca.issue_between(&s.client, now - 2 * DAY, now - Duration::from_secs(1)));
+    let (_, server) = handshake(&s.store, expired_client, &s.store, &s.server).await;
+    let server = server.unwrap_err();
+    assert!(
+        matches!(rustls_error(&server), Some(Error::NoCertificatesPresented)),
+        "the server was shown no certificate: {server:?}"
+    );
+}
