@@ -1,8 +1,16 @@
 //! Programs run by the harness: one-shot commands bounded in time, and background processes
 //! held by guards that kill them on drop (and that the topology kills at teardown).
+//!
+//! Every program runs in a process group of its own. When it ends, is stopped or killed, or
+//! runs out of time, whatever it started and left behind in its group is killed too (a shell's
+//! background jobs would otherwise keep a pod's namespace, and a one-shot's output pipe, open),
+//! and reaped if it was orphaned to this process (the sandbox's pid 1 inherits orphans).
+//! The program itself is reaped only after that, so its pid, which names the group, cannot be
+//! reused by an unrelated process in between.
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, Weak};
@@ -10,12 +18,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 
 use crate::Error;
 
 /// How long a stopped process gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long the killed members of a program's process group get to die and be reaped.
+const GROUP_GRACE: Duration = Duration::from_secs(2);
 
 /// What a finished one-shot command printed, and how it exited.
 #[derive(Debug, Clone)]
@@ -79,6 +90,8 @@ pub(crate) fn run_bounded(cmd: Command, stdin: Option<&[u8]>, timeout: Duration)
 pub(crate) struct Supervised {
     command: String,
     child: Child,
+    /// Set once the child is reaped (after its process group was emptied).
+    status: Option<ExitStatus>,
     writer: Option<thread::JoinHandle<()>>,
     out: Option<thread::JoinHandle<Vec<u8>>>,
     err: Option<thread::JoinHandle<Vec<u8>>>,
@@ -90,7 +103,8 @@ impl Supervised {
         let command = display(&cmd);
         cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .process_group(0);
         let mut child = cmd.spawn().map_err(|source| Error::Spawn { command: command.clone(), source })?;
         let input = stdin.map(<[u8]>::to_vec);
         let writer = child.stdin.take().map(|mut pipe| {
@@ -101,7 +115,7 @@ impl Supervised {
         });
         let out = child.stdout.take().map(drain);
         let err = child.stderr.take().map(drain);
-        Ok(Supervised { command, child, writer, out, err })
+        Ok(Supervised { command, child, status: None, writer, out, err })
     }
 
     /// Process id.
@@ -110,13 +124,22 @@ impl Supervised {
     }
 
     /// Waits for the child to exit, up to `deadline`; `None` if it is still running then.
+    /// Once it exited, what it left in its process group is killed and it is reaped.
     pub(crate) fn wait_until(&mut self, deadline: Instant) -> Result<Option<ExitStatus>, Error> {
         let mut pause = Duration::from_millis(1);
         loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Ok(Some(status)),
-                Ok(None) if Instant::now() >= deadline => return Ok(None),
-                Ok(None) => {
+            if self.status.is_some() {
+                return Ok(self.status);
+            }
+            match has_exited(self.child.id()) {
+                Ok(true) => {
+                    self.status = Some(
+                        reap(&mut self.child)
+                            .map_err(|source| Error::Spawn { command: self.command.clone(), source })?,
+                    );
+                }
+                Ok(false) if Instant::now() >= deadline => return Ok(None),
+                Ok(false) => {
                     thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
                     pause = (pause * 2).min(Duration::from_millis(20));
                 }
@@ -125,10 +148,12 @@ impl Supervised {
         }
     }
 
-    /// SIGKILLs the child and reaps it.
+    /// SIGKILLs the child and its process group and reaps it.
     pub(crate) fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            self.status = reap(&mut self.child).ok();
+        }
     }
 
     /// Collects the command line and output; call after the child has exited or been killed.
@@ -144,10 +169,66 @@ impl Supervised {
 
 impl Drop for Supervised {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.kill();
-        }
+        self.kill();
     }
+}
+
+/// Whether child `pid` has exited. It is left unreaped, so its pid, and with it the process
+/// group it names, stays ours until [`reap`].
+fn has_exited(pid: u32) -> std::io::Result<bool> {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(Pid::from_raw(pid as i32)), flags) {
+        Ok(WaitStatus::StillAlive) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Kills what is left in `child`'s process group, then reaps `child` (which must not have been
+/// reaped yet: its pid names the group). Call once `child` has exited or been killed.
+fn reap(child: &mut Child) -> std::io::Result<ExitStatus> {
+    kill_group(child.id());
+    child.wait()
+}
+
+/// SIGKILLs every process in group `pgid` (led by a child of ours, not yet reaped) and reaps
+/// the members orphaned to this process, until only the leader is left or [`GROUP_GRACE`]
+/// has passed. Members are never this process's own children: those each lead a group.
+fn kill_group(pgid: u32) {
+    let me = std::process::id();
+    let deadline = Instant::now() + GROUP_GRACE;
+    loop {
+        if kill(Pid::from_raw(-(pgid as i32)), Signal::SIGKILL).is_err() {
+            return;
+        }
+        let others: Vec<(u32, u32)> = group_members(pgid).into_iter().filter(|(pid, _)| *pid != pgid).collect();
+        if others.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        for (pid, ppid) in others {
+            if ppid == me {
+                let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
+            }
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Pid and parent pid of every process in group `pgid`, zombies included.
+fn group_members(pgid: u32) -> Vec<(u32, u32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
+            let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().skip(1);
+            let ppid = fields.next()?.parse().ok()?;
+            let pgrp: u32 = fields.next()?.parse().ok()?;
+            (pgrp == pgid).then_some((pid, ppid))
+        })
+        .collect()
 }
 
 fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
@@ -218,7 +299,7 @@ impl Process {
         let command = display(&cmd);
         let file = File::create(&log).map_err(|source| Error::Io { action: "create", path: log.clone(), source })?;
         let file2 = file.try_clone().map_err(|source| Error::Io { action: "open", path: log.clone(), source })?;
-        cmd.stdin(Stdio::null()).stdout(file).stderr(file2);
+        cmd.stdin(Stdio::null()).stdout(file).stderr(file2).process_group(0);
         let child = cmd.spawn().map_err(|source| Error::Spawn { command: command.clone(), source })?;
         let inner = Arc::new(ProcInner {
             command,
@@ -252,18 +333,17 @@ impl Process {
         read_lossy(&self.inner.log)
     }
 
-    /// Whether it is still running.
+    /// Whether it is still running. Once it has exited, what it left in its process group is
+    /// killed.
     pub fn is_running(&self) -> bool {
         let mut child = self.inner.child.lock().unwrap_or_else(|e| e.into_inner());
-        match child.as_mut().map(Child::try_wait) {
-            Some(Ok(None)) => true,
-            Some(Ok(Some(status))) => {
-                *self.inner.status.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
-                *child = None;
-                false
-            }
-            _ => false,
+        let Some(c) = child.as_mut() else { return false };
+        if let Ok(false) = has_exited(self.inner.pid) {
+            return true;
         }
+        *self.inner.status.lock().unwrap_or_else(|e| e.into_inner()) = reap(c).ok();
+        *child = None;
+        false
     }
 
     /// Waits until its output contains `needle` (a readiness line), failing early if it exits.
@@ -298,29 +378,24 @@ impl Process {
 }
 
 impl ProcInner {
+    /// Sends `first` to the program and, unless it is SIGKILL, gives it [`STOP_GRACE`] to exit;
+    /// then SIGKILLs it and everything left in its process group, and reaps it.
     fn terminate(&self, first: Signal) {
         let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
-        let pid = Pid::from_raw(self.pid as i32);
-        let mut status = None;
-        if let Ok(None) = child.try_wait() {
-            let _ = kill(pid, first);
+        let running = || matches!(has_exited(self.pid), Ok(false));
+        if running() {
+            let _ = kill(Pid::from_raw(self.pid as i32), first);
             if first != Signal::SIGKILL {
                 let deadline = Instant::now() + STOP_GRACE;
-                while Instant::now() < deadline {
-                    if let Ok(Some(s)) = child.try_wait() {
-                        status = Some(s);
-                        break;
-                    }
+                while running() && Instant::now() < deadline {
                     thread::sleep(Duration::from_millis(10));
                 }
             }
         }
-        if status.is_none() {
-            let _ = child.kill();
-            status = child.wait().ok();
-        }
+        let _ = child.kill();
+        let status = reap(&mut child).ok();
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }
 }
@@ -346,3 +421,6 @@ impl std::fmt::Debug for Process {
 pub(crate) fn read_lossy(path: &Path) -> String {
     std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;
