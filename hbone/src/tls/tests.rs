@@ -324,3 +324,22 @@ async fn an_expired_own_certificate_is_not_presented() {
         "the server was shown no certificate: {server:?}"
     );
 }
+
+#[test]
+fn a_second_subject_alt_name_extension_is_refused() {
+    let s = setup();
+    // GeneralNames ::= SEQUENCE { uniformResourceIdentifier [6] IA5String }
+    let uri = b"spiffe://cluster.local/ns/kube-system/sa/admin";
+    let mut der = vec![0x30, uri.len() as u8 + 2, 0x86, uri.len() as u8];
+    der.extend_from_slice(uri);
+    let san_oid = [2, 5, 29, 17];
+    let pem = s.leaf(s.client.as_str(), |p| {
+        p.custom_extensions.push(rcgen::CustomExtension::from_oid_content(&san_oid, der.clone()))
+    });
+    let server_pem = s
+        .leaf(s.server.as_str(), |p| p.custom_extensions.push(rcgen::CustomExtension::from_oid_content(&san_oid, der)));
+    let err = as_client(&s.store, &s.server, &pem).unwrap_err();
+    assert!(matches!(err, Error::InvalidCertificate(_)), "{err}");
+    let err = as_server(&s.store, &s.server, &server_pem).unwrap_err();
+    assert!(matches!(err, Error::InvalidCertificate(_)), "{err}");
+}
