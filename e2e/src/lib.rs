@@ -5,7 +5,7 @@
 //!
 //! Every test that builds a topology wraps its body in [`sandboxed`]. The test re-runs itself
 //! (same binary, `--exact <its name>`) in a child process under `unshare --net --mount --pid`
-//! with private tmpfs mounts on `/run` and `/tmp`; the child is pid 1 of its own pid
+//! with a private tmpfs on `/run` (and `TMPDIR` inside it); the child is pid 1 of its own pid
 //! namespace. Everything the harness creates lives in that child: named namespaces
 //! (`/run/netns`), CNI configuration and `host-local` IPAM state, logs, pcap files, and every
 //! process it starts. When the child ends,
@@ -16,8 +16,9 @@
 //! The child checks that it really is in fresh namespaces before doing anything, and
 //! [`Topology`] refuses to build outside a sandbox ([`Error::NotSandboxed`]).
 //!
-//! Drop guards still clean up on the normal path: dropping a [`Topology`] stops every process
-//! and server started in it, runs CNI DEL for every pod, and deletes every namespace; a test
+//! Drop guards still clean up on the normal path, and when a test panics: dropping a
+//! [`Topology`] stops every process (and what it started: each runs in a process group of its
+//! own) and server started in it, runs CNI DEL for every pod, and deletes every namespace; a test
 //! can then assert with [`inventory`] that nothing is left.
 //!
 //! # The topology
@@ -40,8 +41,10 @@
 //! # Limits
 //!
 //! IPv4 only (IPv6 is switched off in every namespace to keep captures free of its chatter).
-//! The sandbox's pid 1 is the test process, which reaps only its own children: a program that
-//! orphans grandchildren leaves zombies until the sandbox ends (and [`inventory`] lists them).
+//! The sandbox's pid 1 is the test process, which reaps its own children and, when it stops a
+//! program, what that program left in its process group; a program that puts its children in
+//! a group or session of their own (a daemon) leaves them running, and holding their network
+//! namespace, until the sandbox ends ([`inventory`] lists them).
 //! Inside the sandbox `/run` is empty, so nothing there from the host (DNS stub sockets, ...)
 //! is reachable; tests use addresses, not names.
 //!

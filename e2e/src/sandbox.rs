@@ -5,7 +5,9 @@
 //! `setpriv --pdeathsig KILL -- unshare --net --mount --pid --fork --kill-child --mount-proc
 //! --propagation private -- <test binary> <test> --exact --include-ignored --nocapture --test-threads=1`.
 //! The child, pid 1 of its pid namespace, mounts a tmpfs on `/run` (so `/run/netns`, IPAM state
-//! and logs are private) and on `/tmp`, brings its loopback up and runs the test body. The kill chain:
+//! and logs are private), brings its loopback up and runs the test body. `/tmp` stays the
+//! host's (the build may live there); `TMPDIR` points into the private `/run` instead, so only
+//! a program that writes to `/tmp` by name leaves files on the host. The kill chain:
 //! the test thread dies → `setpriv`'s death signal kills `unshare` → `--kill-child` kills pid 1
 //! → the kernel kills every process in the pid namespace → the private mount namespace and
 //! every named network namespace in it (and so every veth and bridge) are freed.
