@@ -184,8 +184,7 @@ impl TopologyBuilder {
             });
         }
         let base = self.name.or_else(sandbox::current_test_name).unwrap_or_else(|| "topology".into());
-        let id = format!("{}-{:04x}", short_name(&base), rand::random::<u16>());
-        let state_dir = Path::new(STATE_ROOT).join(&id);
+        let (id, state_dir) = claim_id(&short_name(&base))?;
         mkdir(&state_dir.join("logs"))?;
         let mut topo = Topology {
             ctx: Arc::new(Context::new(id, state_dir)),
@@ -481,6 +480,21 @@ fn dns_label(what: &'static str, name: &str) -> Result<(), Error> {
     Err(Error::InvalidName { what, name: name.into(), reason })
 }
 
+/// A topology id (`<base>-<random>`) no other topology of this sandbox has, with its state
+/// directory, created here: two topologies of one test must not share namespace names or files.
+fn claim_id(base: &str) -> Result<(String, PathBuf), Error> {
+    mkdir(Path::new(STATE_ROOT))?;
+    loop {
+        let id = format!("{base}-{:04x}", rand::random::<u16>());
+        let dir = Path::new(STATE_ROOT).join(&id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok((id, dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(source) => return Err(Error::Io { action: "create", path: dir, source }),
+        }
+    }
+}
+
 fn mkdir(path: &Path) -> Result<(), Error> {
     std::fs::create_dir_all(path).map_err(|source| Error::Io { action: "create", path: path.into(), source })
 }
@@ -503,6 +517,28 @@ mod tests {
         assert_eq!(short_name("topology::Cross_Node_HTTP"), "cross-node-http");
         assert_eq!(short_name("a::very_long_test_name_that_goes_on_and_on"), "very-long-test-name-that");
         assert_eq!(short_name("::"), "topology");
+    }
+
+    #[test]
+    fn topologies_of_one_sandbox_never_share_an_id() {
+        sandbox::sandboxed(|| -> Result<(), Error> {
+            // Every id but one taken: the next topology gets that one.
+            let taken = 0..=u16::MAX - 1;
+            for n in taken.clone() {
+                mkdir(&Path::new(STATE_ROOT).join(format!("same-{n:04x}")))?;
+            }
+            let topo = Topology::builder().name("same").nodes(1).build()?;
+            assert_eq!(topo.id(), format!("same-{:04x}", u16::MAX));
+            for n in taken {
+                std::fs::remove_dir(Path::new(STATE_ROOT).join(format!("same-{n:04x}"))).expect("remove");
+            }
+            let other = Topology::builder().name("same").nodes(1).build()?;
+            assert_ne!(other.id(), topo.id());
+            other.teardown()?;
+            topo.teardown()?;
+            assert!(sandbox::inventory()?.is_clean());
+            Ok(())
+        });
     }
 
     #[test]
