@@ -444,8 +444,11 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        // Runs while a failing test unwinds: a panic here (eprintln! panics when stderr fails)
+        // would abort the test without its message.
+        use std::io::Write as _;
         for e in self.shutdown() {
-            eprintln!("e2e: teardown of {}: {e}", self.ctx.id);
+            let _ = writeln!(std::io::stderr(), "e2e: teardown of {}: {e}", self.ctx.id);
         }
     }
 }
