@@ -152,6 +152,10 @@ impl SandboxRun {
     }
 
     /// Starts the child and returns at once; [`RunningSandbox::wait`] collects it.
+    ///
+    /// The sandbox's death signal is tied to the calling *thread* (`PR_SET_PDEATHSIG` fires
+    /// when the thread that started it ends), so the sandbox is killed when this thread ends,
+    /// even if the [`RunningSandbox`] was moved to another: keep it on the test's own thread.
     pub fn spawn(self) -> Result<RunningSandbox, Error> {
         let fail = |reason: String| Error::Sandbox { test: self.test.clone(), reason };
         let exe = std::env::current_exe().map_err(|e| fail(format!("cannot find the test binary: {e}")))?;
