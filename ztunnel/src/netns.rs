@@ -123,6 +123,11 @@ impl fmt::Debug for Netns {
 
 /// A named namespace made with `ip netns add`, deleted when dropped. For test
 /// harnesses and local playgrounds that play the container runtime.
+///
+/// A process killed outright (SIGKILL, a second Ctrl-C) runs no `Drop`, and its named
+/// namespaces would stay in `/var/run/netns` for good. So each one is recorded in
+/// [`SCRATCH_REGISTRY`] with the pid that made it, and every `create` first deletes those whose
+/// maker is gone. Only namespaces recorded there are ever swept: a runtime's own are not ours.
 #[derive(Debug)]
 pub struct ScratchNetns {
     name: String,
@@ -132,7 +137,12 @@ pub struct ScratchNetns {
 impl ScratchNetns {
     /// Creates `/var/run/netns/<name>` with its loopback up.
     pub fn create(name: &str) -> io::Result<Self> {
+        sweep_scratch(Path::new(SCRATCH_REGISTRY));
         run_cmd(Command::new("ip").args(["netns", "add", name]))?;
+        // Recorded before anything else can fail, so a kill from here on is swept next time;
+        // a registry that cannot be written costs only that.
+        let _ = std::fs::create_dir_all(SCRATCH_REGISTRY)
+            .and_then(|()| std::fs::write(Path::new(SCRATCH_REGISTRY).join(name), std::process::id().to_string()));
         let path = format!("/var/run/netns/{name}");
         let netns = match Netns::open(&path) {
             Ok(n) => n,
@@ -173,6 +183,31 @@ impl Drop for ScratchNetns {
         if let Err(e) = run_cmd(Command::new("ip").args(["netns", "del", &self.name])) {
             tracing::warn!(netns = %self.name, error = %e, "could not delete scratch netns");
         }
+        let _ = std::fs::remove_file(Path::new(SCRATCH_REGISTRY).join(&self.name));
+    }
+}
+
+/// Where [`ScratchNetns`] records each namespace it makes (file name: the namespace; content:
+/// the pid of the process that made it). Under `/run`, so a reboot empties it with the namespaces.
+pub const SCRATCH_REGISTRY: &str = "/run/ztunnel-scratch-netns";
+
+/// Deletes the recorded namespaces of processes that no longer exist, and their records.
+fn sweep_scratch(registry: &Path) {
+    let Ok(entries) = std::fs::read_dir(registry) else { return };
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        let Some(pid) = std::fs::read_to_string(entry.path()).ok().and_then(|p| p.trim().parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        // Already gone is fine; anything else leaves the record for the next sweep.
+        let gone = !Path::new("/var/run/netns").join(&name).exists()
+            || run_cmd(Command::new("ip").args(["netns", "del", &name])).is_ok();
+        if gone {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -199,6 +234,36 @@ mod tests {
 
     fn unique(name: &str) -> String {
         format!("{name}-{}-{}", std::process::id(), rand::random::<u16>())
+    }
+
+    /// A namespace left by a process that was killed outright is deleted by the next
+    /// `create`; one whose maker lives is left alone, as is one nobody recorded.
+    #[test]
+    fn the_next_create_sweeps_what_a_killed_process_left() {
+        let mut child = Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let (left, alive, unrecorded) = (unique("sweep-left"), unique("sweep-alive"), unique("sweep-unrec"));
+        for n in [&left, &alive, &unrecorded] {
+            run_cmd(Command::new("ip").args(["netns", "add", n])).unwrap();
+        }
+        let registry = Path::new(SCRATCH_REGISTRY);
+        std::fs::create_dir_all(registry).unwrap();
+        std::fs::write(registry.join(&left), dead.to_string()).unwrap();
+        std::fs::write(registry.join(&alive), std::process::id().to_string()).unwrap();
+        let fresh = ScratchNetns::create(&unique("sweep-fresh")).unwrap();
+        let exists = |n: &str| Path::new("/var/run/netns").join(n).exists();
+        let (left_gone, alive_kept, unrecorded_kept) = (!exists(&left), exists(&alive), exists(&unrecorded));
+        for n in [&alive, &unrecorded, &left] {
+            let _ = run_cmd(Command::new("ip").args(["netns", "del", n]));
+            let _ = std::fs::remove_file(registry.join(n));
+        }
+        assert!(left_gone && !registry.join(&left).exists(), "the dead process's namespace is swept");
+        assert!(alive_kept && unrecorded_kept, "a live process's and an unrecorded namespace stay");
+        assert!(registry.join(fresh.name()).exists(), "the new one is recorded");
+        let name = fresh.name().to_owned();
+        drop(fresh);
+        assert!(!registry.join(&name).exists() && !exists(&name), "dropping deletes it and its record");
     }
 
     #[test]
