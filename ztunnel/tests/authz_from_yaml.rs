@@ -2,70 +2,15 @@
 //! into ztunnel's state and its verdicts: what Istio documents about dry-run policies and empty
 //! rule parts holds end to end (in memory, as the directory source and xDS would carry it).
 
+mod yaml_mesh;
+
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
 
 use hbone::Identity;
-use istiod_lite::translate::{authz, workload};
-use istiod_lite::{MeshConfig, Model};
-use ztunnel::state::convert::policy_fail_closed;
-use ztunnel::state::{ConnInfo, Policy, State, StateConfig, Verdict, Workload};
+use yaml_mesh::{DB, DB_UID, id, mesh};
+use ztunnel::state::{ConnInfo, State, Verdict};
 
-struct Mesh {
-    state: State,
-    errors: Vec<String>,
-}
-
-/// Parses Kubernetes YAML with istiod-lite, enforces fail-closed stand-ins of rejected security
-/// objects (as `source::dir` does for objects never seen valid), translates pods and policies,
-/// and converts the result exactly as ztunnel's xDS source does.
-fn mesh(yaml: &str) -> Mesh {
-    let parsed = istiod_lite::source::parse_file(Path::new("policies.yaml"), yaml);
-    let errors = parsed.errors.iter().map(|e| e.to_string()).collect();
-    let mut model = Model::default();
-    for o in parsed.objects.into_iter().chain(parsed.fail_closed) {
-        model.upsert(o.object);
-    }
-    let cfg = MeshConfig::default();
-    let workloads: Vec<Workload> = model
-        .pods
-        .values()
-        .filter_map(|p| workload::translate(&cfg, &model, p))
-        .map(|(w, _)| Workload::try_from(w).expect("workload converts"))
-        .collect();
-    let policies: Vec<Policy> = model
-        .authorization_policies
-        .values()
-        .filter_map(|p| authz::translate(&cfg, p).authorization)
-        .map(|a| policy_fail_closed(a).expect("policy converts"))
-        .collect();
-    let state = State::new(StateConfig::default(), workloads, vec![], policies).expect("state builds");
-    Mesh { state, errors }
-}
-
-const SHOP_DB: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: shop
-  labels:
-    istio.io/dataplane-mode: ambient
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: db
-  namespace: shop
-  labels:
-    app: db
-spec:
-  nodeName: n1
-  serviceAccountName: db
-status:
-  podIP: 10.0.0.5
-  conditions:
-  - {type: Ready, status: "True"}
----
+const ALLOW_APP: &str = r#"
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata:
@@ -81,12 +26,6 @@ spec:
     - source:
         principals: ["cluster.local/ns/shop/sa/app"]
 "#;
-
-const DB_UID: &str = "Kubernetes//Pod/shop/db";
-
-fn id(ns: &str, sa: &str) -> Identity {
-    Identity::new("cluster.local", ns, sa).unwrap()
-}
 
 /// The verdict on an HBONE connection from `src` to shop/db:5432.
 fn verdict(s: &State, src: &Identity) -> Verdict {
@@ -105,7 +44,7 @@ fn verdict(s: &State, src: &Identity) -> Verdict {
 fn with_policy(annotations: &str, rules: &str) -> String {
     let annotations = if annotations.is_empty() { String::new() } else { format!("  annotations:\n{annotations}") };
     format!(
-        "{SHOP_DB}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: try-monitoring\n  namespace: shop\n{annotations}spec:\n  selector:\n    matchLabels:\n      app: db\n  action: ALLOW\n  rules:\n{rules}"
+        "{DB}---\n{ALLOW_APP}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: try-monitoring\n  namespace: shop\n{annotations}spec:\n  selector:\n    matchLabels:\n      app: db\n  action: ALLOW\n  rules:\n{rules}"
     )
 }
 

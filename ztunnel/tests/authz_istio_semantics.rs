@@ -4,64 +4,17 @@
 //! and a DENY rule match regardless of it; CUSTOM fails closed; AUDIT and `targetRefs` policies
 //! never change ztunnel's decision; scopes and plaintext follow Istio.
 
+mod yaml_mesh;
+
 use std::net::IpAddr;
-use std::path::Path;
 
 use hbone::Identity;
-use istiod_lite::translate::{authz, workload};
-use istiod_lite::{MeshConfig, Model};
-use ztunnel::state::convert::policy_fail_closed;
-use ztunnel::state::{ConnInfo, Policy, State, StateConfig, Verdict, Workload};
-
-/// shop/db (10.0.0.5, label app=db), in an ambient namespace.
-const DB: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: shop
-  labels:
-    istio.io/dataplane-mode: ambient
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: db
-  namespace: shop
-  labels:
-    app: db
-spec:
-  nodeName: n1
-  serviceAccountName: db
-status:
-  podIP: 10.0.0.5
-  conditions:
-  - {type: Ready, status: "True"}
-"#;
-
-const DB_UID: &str = "Kubernetes//Pod/shop/db";
+use yaml_mesh::{DB, DB_UID, id};
+use ztunnel::state::{ConnInfo, State, Verdict};
 
 /// The state istiod-lite gives ztunnel for shop/db plus `policies` (YAML documents).
 fn mesh(policies: &str) -> State {
-    let yaml = format!("{DB}---\n{policies}");
-    let parsed = istiod_lite::source::parse_file(Path::new("policies.yaml"), &yaml);
-    let mut model = Model::default();
-    for o in parsed.objects.into_iter().chain(parsed.fail_closed) {
-        model.upsert(o.object);
-    }
-    let cfg = MeshConfig::default();
-    let workloads: Vec<Workload> = model
-        .pods
-        .values()
-        .filter_map(|p| workload::translate(&cfg, &model, p))
-        .map(|(w, _)| Workload::try_from(w).expect("workload converts"))
-        .collect();
-    let policies: Vec<Policy> = model
-        .authorization_policies
-        .values()
-        .filter_map(|p| authz::translate(&cfg, p).authorization)
-        .map(|a| policy_fail_closed(a).expect("policy converts"))
-        .collect();
-    State::new(StateConfig::default(), workloads, vec![], policies).expect("state builds")
+    yaml_mesh::mesh(&format!("{DB}---\n{policies}")).state
 }
 
 /// A policy `p` in `ns` with this spec (YAML lines indented by two).
@@ -69,10 +22,6 @@ fn policy(ns: &str, spec: &str) -> String {
     format!(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: {ns}\nspec:\n{spec}"
     )
-}
-
-fn id(ns: &str, sa: &str) -> Identity {
-    Identity::new("cluster.local", ns, sa).unwrap()
 }
 
 /// The verdict on a connection to shop/db:5432 from `src` (plaintext when `None`) at `src_ip`.
