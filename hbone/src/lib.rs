@@ -19,6 +19,7 @@ pub mod certs;
 pub mod fuzzing;
 pub mod http2;
 pub mod identity;
+pub mod log_budget;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -32,7 +32,8 @@ pub mod drain;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod inpod;
-pub mod log_budget;
+// Lives in hbone, whose handshakes need it too; the path stays for ztunnel's and the waypoint's uses.
+pub use hbone::log_budget;
 pub mod logging;
 pub mod malloc;
 pub mod metrics;

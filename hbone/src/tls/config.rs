@@ -10,6 +10,7 @@ use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 
 use crate::certs::WorkloadCert;
 use crate::identity::Identity;
+use crate::log_budget::LogBudget;
 use crate::store::CertStore;
 
 use super::verify::{ClientVerifier, ServerVerifier};
@@ -54,15 +55,20 @@ pub fn server_config(store: &CertStore, identity: Identity) -> Arc<ServerConfig>
 /// fails here, with this log naming why, instead of at the peer.
 fn presentable(cert: &WorkloadCert) -> bool {
     let expired = cert.not_after() < SystemTime::now();
-    if expired {
+    if expired && let Some(skipped) = NO_CERT_LOG.admit() {
         tracing::warn!(
             identity = %cert.identity(),
             not_after = ?cert.not_after(),
+            skipped,
             "own certificate has expired; not presenting it, handshake refused"
         );
     }
     !expired
 }
+
+/// Lines a second about handshakes refused for want of a usable own certificate: each peer
+/// connection can cause one, so the log keeps examples and cannot be flooded.
+static NO_CERT_LOG: LogBudget = LogBudget::per_second(5);
 
 #[derive(Debug)]
 struct FixedClientCert(Arc<WorkloadCert>);
@@ -86,8 +92,10 @@ struct StoreServerCert {
 impl ResolvesServerCert for StoreServerCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let cert = self.store.get(&self.identity);
-        if cert.is_none() {
-            tracing::warn!(identity = %self.identity, "no certificate for local identity; refusing handshake");
+        if cert.is_none()
+            && let Some(skipped) = NO_CERT_LOG.admit()
+        {
+            tracing::warn!(identity = %self.identity, skipped, "no certificate for local identity; refusing handshake");
         }
         cert.filter(|c| presentable(c)).map(|c| c.certified_key().clone())
     }
