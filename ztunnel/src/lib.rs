@@ -44,3 +44,5 @@ pub mod runtimes;
 pub mod slice;
 pub mod socket;
 pub mod state;
+#[cfg(test)]
+mod test_dir;

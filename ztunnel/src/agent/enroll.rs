@@ -281,29 +281,14 @@ impl Enrollment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_dir::TempDir;
 
-    fn source(text: &str) -> (tempdir::Dir, Enrollment) {
-        let dir = tempdir::Dir::new();
+    fn source(text: &str) -> (TempDir, Enrollment) {
+        let dir = TempDir::new("enroll");
         std::fs::write(dir.0.join("cluster.yaml"), text).unwrap();
         std::fs::write(dir.0.join("ignored.txt"), "not: [yaml").unwrap();
         let e = Enrollment::new(&dir.0);
         (dir, e)
-    }
-
-    mod tempdir {
-        pub struct Dir(pub std::path::PathBuf);
-        impl Dir {
-            pub fn new() -> Self {
-                let p = std::env::temp_dir().join(format!("enroll-{}-{}", std::process::id(), rand::random::<u32>()));
-                std::fs::create_dir_all(&p).unwrap();
-                Self(p)
-            }
-        }
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
     }
 
     const CLUSTER: &str = "

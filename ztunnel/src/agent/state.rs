@@ -123,17 +123,12 @@ impl StateDir {
 mod tests {
     use super::*;
 
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TempDir;
 
-    fn dir() -> (Dir, StateDir) {
-        let root = std::env::temp_dir().join(format!("agent-state-{}-{}", std::process::id(), rand::random::<u32>()));
-        let state = StateDir::open(&root).unwrap();
-        (Dir(root), state)
+    fn dir() -> (TempDir, StateDir) {
+        let root = TempDir::new("agent-state");
+        let state = StateDir::open(&root.0).unwrap();
+        (root, state)
     }
 
     fn record(capture_dns: Option<bool>) -> PodRecord {

@@ -1,6 +1,5 @@
 //! The YAML state file and its watcher.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -11,6 +10,7 @@ use crate::state::{
     Action, ConnInfo, LoadBalancing, LoadBalancingMode, Locality, LocalityScope, NetworkMode, Reason, Scope, State,
     StateConfig, StateHandle, TunnelProtocol,
 };
+use crate::test_dir::TempDir;
 
 /// The example from the module docs, kept in step with it.
 const EXAMPLE: &str = r#"
@@ -391,24 +391,6 @@ services:
     assert_eq!(count(&s, 8), [("big".to_owned(), 6), ("small".to_owned(), 2)]);
     let s = parse(&text("ALLOW_ALL")).unwrap();
     assert_eq!(count(&s, 10), [("big".to_owned(), 6), ("sick".to_owned(), 2), ("small".to_owned(), 2)]);
-}
-
-/// A directory under the system temp dir, removed on drop (also when the test panics).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let p = std::env::temp_dir().join(format!("{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Waits (at most 10 s) until the watcher's status satisfies `f`.
