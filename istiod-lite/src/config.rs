@@ -43,6 +43,14 @@ pub struct Config {
     /// Validity of the serving certificate in seconds; it is renewed at half of it.
     #[arg(long, env = "TLS_CERT_TTL_SECONDS", default_value_t = 86400)]
     pub tls_cert_ttl_seconds: u64,
+    /// Longest workload certificate the CA issues, in seconds; a CSR asking for more is refused
+    /// (`InvalidArgument`, reason `ttl_too_long`). Istio's `MAX_WORKLOAD_CERT_TTL`, 90 days.
+    #[arg(long, env = "MAX_WORKLOAD_CERT_TTL_SECONDS", default_value_t = crate::ca::DEFAULT_MAX_TTL.as_secs())]
+    pub max_workload_cert_ttl_seconds: u64,
+    /// Workload certificate lifetime when a CSR names none, in seconds. Istio's
+    /// `DEFAULT_WORKLOAD_CERT_TTL`, 24 hours.
+    #[arg(long, env = "DEFAULT_WORKLOAD_CERT_TTL_SECONDS", default_value_t = crate::ca::DEFAULT_TTL.as_secs())]
+    pub default_workload_cert_ttl_seconds: u64,
     /// Plaintext xDS and CA, off unless given (local use only, e.g. `127.0.0.1:15010`).
     #[arg(long, env = "PLAINTEXT_ADDR")]
     pub plaintext_addr: Option<SocketAddr>,
@@ -123,6 +131,23 @@ impl Config {
         }
         if self.tls_cert_ttl_seconds < 10 {
             return Err(ConfigError::Invalid { flag: "--tls-cert-ttl-seconds", why: "must be at least 10".into() });
+        }
+        // Below a minute a certificate would expire before ztunnel's rotation (at half its life,
+        // with retries) could replace it.
+        if self.default_workload_cert_ttl_seconds < 60 {
+            return Err(ConfigError::Invalid {
+                flag: "--default-workload-cert-ttl-seconds",
+                why: "must be at least 60".into(),
+            });
+        }
+        if self.max_workload_cert_ttl_seconds < self.default_workload_cert_ttl_seconds {
+            return Err(ConfigError::Invalid {
+                flag: "--max-workload-cert-ttl-seconds",
+                why: format!(
+                    "{} is less than --default-workload-cert-ttl-seconds {}: a CSR naming no lifetime would be refused",
+                    self.max_workload_cert_ttl_seconds, self.default_workload_cert_ttl_seconds
+                ),
+            });
         }
         if self.source == Source::Kube {
             self.node_proxy_account()?;

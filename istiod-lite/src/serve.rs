@@ -143,7 +143,10 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
         }
     }));
 
-    let signer = Arc::new(CaSigner::load_or_generate(&cfg.ca_dir, &cfg.trust_domain)?);
+    let mut signer = CaSigner::load_or_generate(&cfg.ca_dir, &cfg.trust_domain)?;
+    signer.max_ttl = std::time::Duration::from_secs(cfg.max_workload_cert_ttl_seconds);
+    signer.default_ttl = std::time::Duration::from_secs(cfg.default_workload_cert_ttl_seconds);
+    let signer = Arc::new(signer);
     let identity = hbone::Identity::new(&cfg.trust_domain, &cfg.root_namespace, "istiod")
         .map_err(|e| crate::tls::TlsError::Issue(format!("istiod's identity: {e}")))?;
     let serving_cert = crate::tls::ServingCert::issue(

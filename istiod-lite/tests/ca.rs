@@ -122,26 +122,28 @@ async fn grants_and_refusals() {
 }
 
 /// `validity_duration` is the caller's to choose within bounds: none (zero or negative) is the
-/// default lifetime, as in Istio, and more than the longest is the longest, never an overflow.
+/// default lifetime, as in Istio, up to the longest is granted as asked, and more than the
+/// longest is refused naming the field (Istio's CA refuses too), never shortened in silence
+/// and never an overflow.
 #[tokio::test]
 async fn requested_validity_is_bounded() {
     let dir = std::env::temp_dir().join(format!("istiod-ca-validity-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let signer = Arc::new(CaSigner::load_or_generate(&dir, "cluster.local").unwrap());
     let (default_ttl, max_ttl) = (signer.default_ttl, signer.max_ttl);
+    assert_eq!(max_ttl, Duration::from_secs(90 * 86400), "Istio's MAX_WORKLOAD_CERT_TTL");
     let token = "token-of-node-a-0123456789";
     let tokens = NodeTokens::from(HashMap::from([(token.to_owned(), "node-a".to_owned())]));
     let web = "spiffe://cluster.local/ns/shop/sa/web";
     let placement = move |id: &Identity, node: &str| node == "node-a" && id.as_str() == web;
     let ca = CaService::new(signer, tokens, Arc::new(placement));
-    let over = max_ttl.as_secs() as i64 + 1;
+    let longest = max_ttl.as_secs() as i64;
     for (asked, lives) in [
         (600, Duration::from_secs(600)),
         (0, default_ttl),
         (-1, default_ttl),
         (i64::MIN, default_ttl),
-        (over, max_ttl),
-        (i64::MAX, max_ttl),
+        (longest, max_ttl),
     ] {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut req = request(Some(token), Some(web), csr_with(&key, web));
@@ -155,6 +157,18 @@ async fn requested_validity_is_bounded() {
             left <= lives && left + Duration::from_secs(60) > lives,
             "{asked} s asked: lives {left:?}, not {lives:?}"
         );
+    }
+    for asked in [longest + 1, i64::MAX] {
+        let mut req = request(Some(token), Some(web), csr(web));
+        req.get_mut().validity_duration = asked;
+        let status = ca.create_certificate(req).await.expect_err("longer than the longest");
+        assert_eq!(status.code(), Code::InvalidArgument, "{asked}: {status:?}");
+        assert!(
+            status.message().contains("validity_duration") && status.message().contains(&format!("{longest} s")),
+            "{asked}: {:?} names the field and the bound",
+            status.message()
+        );
+        assert_eq!(istiod_lite::ca::Refusal::of(&status), Some("ttl_too_long"));
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -435,3 +435,37 @@ async fn monitoring_port_shows_pushes_nacks_proxies_and_errors() {
 fn extra_pod() -> String {
     "apiVersion: v1\nkind: Pod\nmetadata:\n  name: extra\n  namespace: shop\nspec:\n  nodeName: node-a\n  serviceAccountName: catalog\n  containers:\n  - name: c\n    image: x\nstatus:\n  podIP: 10.244.1.77\n  phase: Running\n".to_owned()
 }
+
+/// The CA's lifetime bounds come from the flags: a request for longer than
+/// `--max-workload-cert-ttl-seconds` is refused naming the field and the flag, one within it is
+/// granted; bounds that would refuse a request naming no lifetime do not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_certificate_lifetimes_are_bounded_by_the_flags() {
+    let (_dir, cfg) =
+        setup("serve-ttl", &["--max-workload-cert-ttl-seconds", "1800", "--default-workload-cert-ttl-seconds", "900"]);
+    cfg.validate().unwrap();
+    let running = start(&cfg).await;
+    let root = root_pem(&cfg);
+    let ch = tls_channel(running.tls_addr, TlsConnector::new(&root, "istiod.istio-system.svc")).await.unwrap();
+    let status = ask_ca(ch, TOKEN, "spiffe://cluster.local/ns/shop/sa/catalog").await.expect_err("3600 s > 1800 s");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    for says in ["validity_duration", "3600 s", "1800 s", "--max-workload-cert-ttl-seconds"] {
+        assert!(status.message().contains(says), "{:?} should say {says:?}", status.message());
+    }
+
+    let (_dir, cfg) = setup(
+        "serve-ttl-ok",
+        &["--max-workload-cert-ttl-seconds", "3600", "--default-workload-cert-ttl-seconds", "900"],
+    );
+    let running = start(&cfg).await;
+    let ch =
+        tls_channel(running.tls_addr, TlsConnector::new(&root_pem(&cfg), "istiod.istio-system.svc")).await.unwrap();
+    ask_ca(ch, TOKEN, "spiffe://cluster.local/ns/shop/sa/catalog").await.expect("3600 s within 3600 s");
+
+    let (_dir, cfg) = setup("serve-ttl-bad", &["--max-workload-cert-ttl-seconds", "600"]);
+    let e = cfg.validate().expect_err("the default (86400 s) over the longest").to_string();
+    assert!(e.contains("--max-workload-cert-ttl-seconds") && e.contains("86400"), "{e}");
+    let (_dir, cfg) = setup("serve-ttl-short", &["--default-workload-cert-ttl-seconds", "5"]);
+    let e = cfg.validate().expect_err("a default shorter than a minute").to_string();
+    assert!(e.contains("--default-workload-cert-ttl-seconds"), "{e}");
+}

@@ -11,5 +11,5 @@ pub use service::{
     Authenticator, CaService, IMPERSONATED_IDENTITY, KubeAuth, NodeTokens, PlacedPod, Placement, REFUSAL_REASON,
     Refusal,
 };
-pub use signer::{CaError, CaSigner};
+pub use signer::{CaError, CaSigner, DEFAULT_MAX_TTL, DEFAULT_TTL};
 pub use tokenreview::{ReviewError, ServiceAccountToken, TokenReviewer};

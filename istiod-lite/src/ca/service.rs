@@ -76,13 +76,15 @@ pub enum Refusal {
     BadCsr,
     /// The CSR names another identity than the one granted.
     CsrIdentityMismatch,
+    /// `validity_duration` is longer than the CA's longest lifetime.
+    TtlTooLong,
     /// The CA could not sign.
     Internal,
 }
 
 impl Refusal {
     /// Every reason.
-    pub const ALL: [Refusal; 15] = [
+    pub const ALL: [Refusal; 16] = [
         Refusal::NoToken,
         Refusal::UnknownToken,
         Refusal::TokenRejected,
@@ -97,6 +99,7 @@ impl Refusal {
         Refusal::NotOwnIdentity,
         Refusal::BadCsr,
         Refusal::CsrIdentityMismatch,
+        Refusal::TtlTooLong,
         Refusal::Internal,
     ];
 
@@ -117,6 +120,7 @@ impl Refusal {
             Refusal::NotOwnIdentity => "not_own_identity",
             Refusal::BadCsr => "bad_csr",
             Refusal::CsrIdentityMismatch => "csr_identity_mismatch",
+            Refusal::TtlTooLong => "ttl_too_long",
             Refusal::Internal => "internal",
         }
     }
@@ -127,7 +131,7 @@ impl Refusal {
             Refusal::NoToken | Refusal::UnknownToken | Refusal::TokenRejected | Refusal::TokenReviewFailed => {
                 Code::Unauthenticated
             }
-            Refusal::BadImpersonatedIdentity | Refusal::BadCsr => Code::InvalidArgument,
+            Refusal::BadImpersonatedIdentity | Refusal::BadCsr | Refusal::TtlTooLong => Code::InvalidArgument,
             Refusal::Internal => Code::Internal,
             Refusal::TokenNotBoundToPod
             | Refusal::CallerPodUnknown
@@ -495,6 +499,7 @@ impl<P: Placement> IstioCertificateService for CaService<P> {
                 CaError::Csr(_) => Refusal::BadCsr,
                 CaError::IdentityMismatch { .. } => Refusal::CsrIdentityMismatch,
                 CaError::TrustDomain { .. } => Refusal::ForeignTrustDomain,
+                CaError::TtlTooLong { .. } => Refusal::TtlTooLong,
                 CaError::Io { .. } | CaError::Root { .. } | CaError::Sign(_) => Refusal::Internal,
             };
             let status = reason.status(e.to_string());

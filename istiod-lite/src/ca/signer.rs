@@ -5,7 +5,8 @@
 //! Issued certificates carry exactly one URI SAN, the SPIFFE identity the caller was
 //! authorized for, in the signer's trust domain: a CSR naming anything else is refused, and
 //! nothing else it asks (subject, CA, key usages) is copied. The leaf has an empty subject and a
-//! critical SAN, CA:FALSE, and lives `ttl` (capped) but never past the root; its notBefore is a
+//! critical SAN, CA:FALSE, and lives the `ttl` asked (at most `max_ttl`: a longer one is refused,
+//! as Istio's CA does) but never past the root; its notBefore is a
 //! minute back for skewed clocks. Every certificate the root signs gets a serial number of its
 //! own, drawn at random ([`CaSigner::sign_params`]).
 //!
@@ -30,6 +31,10 @@ use super::der;
 
 /// The largest CSR accepted, in PEM bytes. An RSA-8192 request with a SAN is about 1.5 KiB.
 pub const MAX_CSR_PEM: usize = 16 * 1024;
+/// Longest workload certificate lifetime by default: Istio's `MAX_WORKLOAD_CERT_TTL` (90 days).
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(90 * 86400);
+/// Workload certificate lifetime when the request names none: Istio's `DEFAULT_WORKLOAD_CERT_TTL`.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(86400);
 /// How far back a leaf's notBefore is set, for clocks that disagree across nodes.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// The keys a CSR may carry, as every refusal of another lists them.
@@ -75,6 +80,16 @@ pub enum CaError {
         /// The CA's trust domain.
         trust_domain: String,
     },
+    /// The requested validity is longer than this CA hands out.
+    #[error(
+        "validity_duration: {requested} s asked, but this CA issues for at most {max} s (--max-workload-cert-ttl-seconds)"
+    )]
+    TtlTooLong {
+        /// What was asked, seconds.
+        requested: u64,
+        /// The longest this CA signs for, seconds.
+        max: u64,
+    },
     /// Signing failed.
     #[error("signing: {0}")]
     Sign(String),
@@ -87,7 +102,7 @@ pub struct CaSigner {
     /// When the root expires: no leaf outlives it.
     root_not_after: SystemTime,
     trust_domain: String,
-    /// Longest validity handed out, whatever is asked.
+    /// Longest validity handed out; a request for more is refused.
     pub max_ttl: Duration,
     /// Validity when the request does not say.
     pub default_ttl: Duration,
@@ -161,8 +176,8 @@ impl CaSigner {
             root_pem,
             root_not_after,
             trust_domain: trust_domain.to_owned(),
-            max_ttl: Duration::from_secs(7 * 86400),
-            default_ttl: Duration::from_secs(86400),
+            max_ttl: DEFAULT_MAX_TTL,
+            default_ttl: DEFAULT_TTL,
         })
     }
 
@@ -197,7 +212,10 @@ impl CaSigner {
         params.signed_by(public_key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))
     }
 
-    /// Signs `csr_pem` for `identity` for `ttl` (capped); returns the chain, leaf first, in PEM.
+    /// Signs `csr_pem` for `identity` for `ttl` (the default when `None`); returns the chain,
+    /// leaf first, in PEM. A `ttl` over `max_ttl` is refused rather than shortened: as with
+    /// Istio's CA, a caller that asked for a lifetime must not find out at rotation time that it
+    /// got a shorter one.
     pub fn sign(&self, csr_pem: &str, identity: &Identity, ttl: Option<Duration>) -> Result<Vec<String>, CaError> {
         if identity.trust_domain() != self.trust_domain {
             return Err(CaError::TrustDomain { identity: identity.clone(), trust_domain: self.trust_domain.clone() });
@@ -214,7 +232,10 @@ impl CaSigner {
                 return Err(CaError::IdentityMismatch { requested, authorized: identity.clone() });
             }
         }
-        let ttl = ttl.unwrap_or(self.default_ttl).min(self.max_ttl);
+        let ttl = ttl.unwrap_or(self.default_ttl);
+        if ttl > self.max_ttl {
+            return Err(CaError::TtlTooLong { requested: ttl.as_secs(), max: self.max_ttl.as_secs() });
+        }
         let mut params = CertificateParams::default();
         // The SPIFFE ID is the name: an empty subject, which makes rcgen mark the SAN critical
         // (RFC 5280 §4.2.1.6), as in Istio's workload certificates.

@@ -48,11 +48,13 @@ fn signs_for_the_authorized_identity_only() {
         Err(CaError::Csr(_))
     ));
 
-    // TTL is capped.
+    // Up to the longest lifetime is granted; longer is refused, not shortened.
     let (req, key) = csr(None);
-    let chain = ca.sign(&req, &id, Some(Duration::from_secs(365 * 86400))).unwrap();
+    let chain = ca.sign(&req, &id, Some(ca.max_ttl)).unwrap();
     let cert = hbone::WorkloadCert::from_pem(chain.join("").as_bytes(), key.serialize_pem().as_bytes()).unwrap();
     assert!(cert.remaining(SystemTime::now()) <= ca.max_ttl);
+    let e = ca.sign(&req, &id, Some(ca.max_ttl + Duration::from_secs(1))).unwrap_err();
+    assert!(matches!(e, CaError::TtlTooLong { requested, max } if requested == max + 1), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
