@@ -5,7 +5,8 @@
 //!   the HTTP path (route → filters → authorization → backend → endpoint → upstream) and the
 //!   TCP fallback.
 //! - [`state`]: the snapshot from xDS: services, workloads, compiled routes, policies.
-//! - [`authz`]: L7 authorization (pure functions), [`normalize`]: path normalization.
+//! - [`authz`]: L7 authorization (pure functions), [`normalize`]: path normalization,
+//!   [`headers`]: the hop-by-hop and framing fields.
 //! - [`telemetry`]: Istio request metrics, access log, W3C trace context.
 //! - [`config`], [`app`]: flags and wiring (admin, readiness, metrics, CA, xDS).
 //! - `fuzzing` (feature `fuzzing`): properties of the parsers of client input, for the
@@ -20,6 +21,7 @@ pub mod authz;
 pub mod config;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod headers;
 pub mod normalize;
 pub mod proxy;
 pub mod state;

@@ -26,6 +26,7 @@ use super::detect::Protocol;
 use super::upstream::{Dest, Version};
 use super::{Body, Destination, Downstream, Proxy, forward, upgrade};
 use crate::authz::{self, Decision, Facts, HttpFacts};
+use crate::headers::HOP_BY_HOP;
 use crate::normalize::normalize;
 use crate::state::Snapshot;
 use crate::state::route::{self, Filter, HeaderModifier, Redirect, RequestView, Retry};
@@ -277,25 +278,22 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in listed {
         h.remove(n);
     }
-    for n in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
-        h.remove(n);
-    }
     // TE is connection-specific too, but its `trailers` says the client takes trailers (gRPC
     // needs it), and it is the one value HTTP/2 allows (RFC 9113 §8.2.2). It is kept as just
     // that, whatever else the client listed and in however many fields: an HTTP/2 backend
     // refuses a request carrying any other value, and the HTTP/2 client checks the first
-    // field only.
-    if h.contains_key(header::TE) {
-        let trailers = h
-            .get_all(header::TE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("trailers"));
-        h.remove(header::TE);
-        if trailers {
-            h.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
+    // field only. Read after the fields `Connection` lists are gone: a TE it names goes whole.
+    let trailers = h
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("trailers"));
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+    if trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -1025,6 +1023,51 @@ mod tests {
             let loc = location(&r, "http", host, port, "/a", None, Some("q=1"));
             assert_eq!(loc, want, "{r:?} {host} {port}");
             assert!(loc.parse::<Uri>().is_ok_and(|u| u.host().is_some()), "{loc}");
+        }
+    }
+
+    fn fields(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v))).collect()
+    }
+
+    /// What crosses a hop: the connection-specific fields go (those `Connection` names too),
+    /// `TE` comes back as `trailers` alone when the client listed it; framing fields the proxy
+    /// keeps (`content-length`, `trailer`) and everything else stay.
+    #[test]
+    fn only_connection_specific_fields_are_stripped() {
+        let mut h = fields(&[
+            ("connection", "keep-alive, x-private"),
+            ("connection", "upgrade"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-private", "1"),
+            ("te", "gzip;q=0.5"),
+            ("te", "Trailers"),
+            ("content-length", "3"),
+            ("trailer", "grpc-status"),
+            ("host", "shop.local"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<(&str, &str)> = h.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                ("content-length", "3"),
+                ("host", "shop.local"),
+                ("te", "trailers"),
+                ("trailer", "grpc-status"),
+                ("x-kept", "1")
+            ]
+        );
+        // A `TE` the `Connection` field names goes whole; one without `trailers` goes too.
+        for te in [&[("connection", "te"), ("te", "trailers")][..], &[("te", "gzip")]] {
+            let mut h = fields(te);
+            strip_hop_by_hop(&mut h);
+            assert!(h.is_empty(), "{te:?} left {h:?}");
         }
     }
 

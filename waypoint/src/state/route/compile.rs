@@ -19,11 +19,6 @@ struct Cx<'a> {
     route: &'a str,
 }
 
-/// Headers that frame the message or belong to one connection (RFC 9110 §7.6.1, RFC 9112 §6),
-/// in lower case as `HeaderName` holds them.
-const FRAMING_HEADERS: [&str; 8] =
-    ["connection", "content-length", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
-
 impl Cx<'_> {
     fn err(&self, field: impl Into<String>, problem: impl Into<String>) -> RouteError {
         RouteError { route: self.route.to_owned(), field: field.into(), problem: problem.into() }
@@ -98,7 +93,7 @@ impl Cx<'_> {
         for (n, what, i, suffix) in named {
             // The proxy writes these for each hop; a filter's `content-length` would cut the
             // body short. istiod-lite refuses them too.
-            if FRAMING_HEADERS.contains(&n.as_str()) {
+            if crate::headers::is_connection_or_framing(n) {
                 return Err(self.err(
                     format!("{field}.{what}[{i}]{suffix}"),
                     format!("header {:?} frames the message or belongs to one connection", n.as_str()),

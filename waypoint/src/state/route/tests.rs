@@ -417,6 +417,25 @@ fn a_framing_header_in_a_modifier_is_refused() {
             assert!(e.contains(&format!("rules[0].filters[0].{field}")) && e.contains("frames the message"), "{e}");
         }
     }
+    let set =
+        |n: &str| pb::filter::Kind::RequestHeaderModifier(pb::HeaderModifier { set: vec![h(n)], ..Default::default() });
+    for n in [
+        "connection",
+        "content-length",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        let e = filtered(set(&n.to_ascii_uppercase())).unwrap_err();
+        assert!(e.contains("frames the message"), "{n}: {e}");
+    }
+    // Names that only look like one of them are the filter's to set.
+    for n in ["x-connection", "trailers", "content-type", "host"] {
+        filtered(set(n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+    }
 }
 
 /// Backend and mirror hostnames are lower case once compiled, so the request path can look
