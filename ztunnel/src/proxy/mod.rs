@@ -197,9 +197,9 @@ pub struct PodAddrs {
 }
 
 impl PodProxy {
-    /// Binds the pod's three listeners inside it (all addresses; SO_REUSEPORT so a new
-    /// ztunnel can bind beside an old one), and its DNS sockets if DNS is served, and starts
-    /// serving as `identity`.
+    /// Binds the pod's three listeners inside it (all addresses, IPv4 and, where the pod has
+    /// it, IPv6; SO_REUSEPORT so a new ztunnel can bind beside an old one), and its DNS sockets
+    /// if DNS is served, and starts serving as `identity`.
     pub fn start<S: PodSockets>(uid: String, identity: Identity, sockets: S, inputs: ProxyInputs) -> io::Result<Self> {
         let cfg = inputs.cfg.clone();
         let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -208,6 +208,19 @@ impl PodProxy {
             ports.iter().map(|p| sockets::reuseport_listener(SocketAddr::new(any, *p))).collect()
         })??;
         let mut listeners = bound.into_iter().map(TcpListener::from_std).collect::<io::Result<Vec<_>>>()?;
+        // The redirection (an `inet` table) sends IPv6 to the same ports: without a listener
+        // there, every IPv6 connection of the pod would be refused. Bound on the ports the IPv4
+        // listeners got (the same, but for tests' port 0).
+        let v6_ports =
+            [listeners[0].local_addr()?.port(), listeners[1].local_addr()?.port(), listeners[2].local_addr()?.port()];
+        let v6 = match sockets.run(move || bind_v6(v6_ports))? {
+            Ok(v6) => v6.into_iter().map(TcpListener::from_std).collect::<io::Result<Vec<_>>>()?,
+            Err(e) if no_ipv6(&e) => {
+                tracing::debug!(pod = %uid, error = %e, "no IPv6 in the pod; IPv4 listeners only");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
         // A pod whose DNS sockets cannot be bound (its loopback interface down, say) is still
         // served: its connections matter more than DNS, which the warning says is missing.
         let dns = match (&inputs.dns, &cfg.dns) {
@@ -248,6 +261,12 @@ impl PodProxy {
                 }));
             }
         }
+        let mut v6 = v6.into_iter();
+        if let (Some(outbound), Some(plain), Some(hbone)) = (v6.next(), v6.next(), v6.next()) {
+            tasks.spawn(outbound::serve(pod.clone(), outbound));
+            tasks.spawn(inbound_plain::serve(pod.clone(), plain));
+            tasks.spawn(inbound::serve(pod.clone(), hbone));
+        }
         tasks.spawn(inbound::serve(pod, hbone_listener));
         Ok(PodProxy { tasks, addrs })
     }
@@ -256,6 +275,18 @@ impl PodProxy {
     pub fn stop(mut self) {
         self.tasks.abort_all();
     }
+}
+
+/// The pod's listeners on `[::]` (IPv6 only: IPv4 has its own), outbound, plaintext, HBONE.
+fn bind_v6(ports: [u16; 3]) -> io::Result<Vec<std::net::TcpListener>> {
+    let any = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+    ports.iter().map(|p| sockets::reuseport_listener(SocketAddr::new(any, *p))).collect()
+}
+
+/// Whether `e` says the namespace has no IPv6 (the kernel's is off, or the pod's interfaces
+/// have it disabled), rather than that something is wrong.
+fn no_ipv6(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL))
 }
 
 /// Accepts plain TCP connections on a pod listener until the task is dropped, handling each

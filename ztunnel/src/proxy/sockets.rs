@@ -32,9 +32,13 @@ pub fn bind_transparent(s: &TcpSocket, source: IpAddr) -> io::Result<()> {
 }
 
 /// A listening socket with SO_REUSEPORT, so a new ztunnel can bind beside the old one during
-/// a rolling restart and no connection is refused.
+/// a rolling restart and no connection is refused; an IPv6 one takes IPv6 only.
 pub fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        // IPv4 has its own listener on the same port; a dual-stack one would clash with it.
+        s.set_only_v6(true)?;
+    }
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;

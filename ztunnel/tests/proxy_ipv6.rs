@@ -1,0 +1,159 @@
+//! IPv6 through a pod's listeners. The in-pod redirection is an `inet` table, so a pod's IPv6
+//! connections arrive on the same ports as its IPv4 ones and must find a listener there.
+//!
+//! - On loopback (no namespaces): a tunnel to the pod's HBONE port over `::1`, to a workload
+//!   at `::1`, is served, bytes flow both ways and each side's FIN reaches the other.
+//! - In namespaces (root): an application in a pod with ztunnel's redirection dials an IPv6
+//!   address outside the mesh; ztunnel finds the original destination (`IP6T_SO_ORIGINAL_DST`)
+//!   and passes the connection through.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone::CertStore;
+use hbone::testing::{DAY, TestCa, id};
+use hbone::tunnel::client::ConnectTarget;
+use hbone::tunnel::pool::{Pool, PoolConfig, PoolKey};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ztunnel::agent::redirect::{self, RedirectConfig};
+use ztunnel::metrics::Metrics;
+use ztunnel::netns::{Netns, ScratchNetns};
+use ztunnel::proxy::netns_sockets::InPodSockets;
+use ztunnel::proxy::{HostSockets, PodProxy, ProxyConfig, ProxyInputs};
+use ztunnel::state::{StateConfig, StateHandle, file};
+
+/// Echoes each connection on `listener` until the peer's FIN, then sends its own.
+fn echo_on(listener: std::net::TcpListener) -> support::Task {
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    support::Task(tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    }))
+}
+
+fn line<'a>(metrics: &'a str, name: &str) -> &'a str {
+    metrics.lines().find(|l| l.starts_with(name)).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hbone_over_ipv6_reaches_the_pod() {
+    let yaml =
+        "workloads:\n- {name: web, namespace: shop, serviceAccount: web, addresses: [\"::1\"], protocol: HBONE}\n";
+    let handle = StateHandle::new(file::parse(yaml, StateConfig::default()).unwrap());
+    let ca = TestCa::new("ipv6");
+    let (web, client) = (id("shop", "web"), id("tools", "client"));
+    let certs = CertStore::new(ca.roots());
+    certs.insert(ca.issue(&web, DAY));
+    certs.insert(ca.issue(&client, DAY));
+    let (inputs, registry) = support::loopback_inputs(handle, certs.clone());
+    let pod = PodProxy::start("Kubernetes//Pod/shop/web".into(), web.clone(), HostSockets, inputs).unwrap();
+    let backend_listener = std::net::TcpListener::bind("[::1]:0").unwrap();
+    let backend = backend_listener.local_addr().unwrap();
+    let _backend = echo_on(backend_listener);
+
+    let pool = Pool::new(PoolConfig::default(), certs, None);
+    let hbone_v6 = SocketAddr::new("::1".parse().unwrap(), pod.addrs.hbone.port());
+    let key = PoolKey { src: client, dst: web, addr: hbone_v6 };
+    let mut s = tokio::time::timeout(Duration::from_secs(10), pool.connect(&key, &ConnectTarget::new(backend, None)))
+        .await
+        .expect("answered")
+        .expect("the pod's HBONE port takes IPv6");
+    s.write_all(b"over six").await.unwrap();
+    // Our FIN reaches the workload, whose own FIN comes back after the echo.
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.unwrap().unwrap();
+    assert_eq!(got, b"over six");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut metrics = ztunnel::metrics::encode(&registry);
+    while !line(&metrics, "istio_tcp_connections_closed_total{").ends_with(" 1") && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = ztunnel::metrics::encode(&registry);
+    }
+    let closed = line(&metrics, "istio_tcp_connections_closed_total{");
+    assert!(closed.contains("destination_workload=\"web\"") && closed.ends_with(" 1"), "{metrics}");
+    assert!(line(&metrics, "istio_tcp_received_bytes_total{").ends_with(" 8"), "{metrics}");
+    assert!(line(&metrics, "istio_tcp_sent_bytes_total{").ends_with(" 8"), "{metrics}");
+}
+
+const POD_IP: &str = "fd77:1::2";
+const OUTSIDE_IP: &str = "fd77:1::1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_ipv6_is_captured_and_passed_through() {
+    let suffix = format!("{}-{}", std::process::id(), rand::random::<u16>());
+    let pod = ScratchNetns::create(&format!("v6-pod-{suffix}")).unwrap();
+    let outside = ScratchNetns::create(&format!("v6-out-{suffix}")).unwrap();
+    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", outside.name()]).unwrap();
+    // nodad: usable at once, not after duplicate address detection.
+    pod.ip(&["-6", "addr", "add", &format!("{POD_IP}/64"), "dev", "eth0", "nodad"]).unwrap();
+    pod.ip(&["link", "set", "eth0", "up"]).unwrap();
+    pod.ip(&["link", "set", "lo", "up"]).unwrap();
+    outside.ip(&["-6", "addr", "add", &format!("{OUTSIDE_IP}/64"), "dev", "eth0", "nodad"]).unwrap();
+    outside.ip(&["link", "set", "eth0", "up"]).unwrap();
+    redirect::install(pod.netns(), &RedirectConfig::default()).unwrap();
+
+    // A server outside the mesh (not in the state): passthrough.
+    let dst: SocketAddr = format!("[{OUTSIDE_IP}]:8080").parse().unwrap();
+    let listener = outside.netns().run(move || std::net::TcpListener::bind(dst)).unwrap().unwrap();
+    let _server = echo_on(listener);
+
+    let yaml = format!(
+        "workloads:\n- {{name: client, namespace: tools, serviceAccount: client, addresses: [\"{POD_IP}\"], protocol: HBONE}}\n"
+    );
+    let handle = StateHandle::new(file::parse(&yaml, StateConfig::default()).unwrap());
+    let ca = TestCa::new("ipv6");
+    let client = id("tools", "client");
+    let certs = CertStore::new(ca.roots());
+    certs.insert(ca.issue(&client, DAY));
+    let mut registry = Registry::default();
+    let inputs = ProxyInputs::new(
+        handle,
+        certs,
+        Metrics::register(&mut registry),
+        Arc::new(ProxyConfig { transparent_inbound: false, ..ProxyConfig::default() }),
+        Default::default(),
+        &tokio::runtime::Handle::current(),
+    );
+    let sockets = InPodSockets::new(Arc::new(pod.netns().try_clone().unwrap()), Arc::new(Netns::current().unwrap()));
+    let _proxy = PodProxy::start("Kubernetes//Pod/tools/client".into(), client, sockets, inputs).unwrap();
+
+    let app = pod.netns().try_clone().unwrap();
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut s = app.run(move || std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(3))).unwrap()?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"v6 outbound")?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).map(|_| got)
+    })
+    .await
+    .unwrap()
+    .expect("the application's IPv6 connection is served");
+    assert_eq!(echoed, b"v6 outbound");
+
+    // It went through ztunnel, to the address the application dialled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut metrics = ztunnel::metrics::encode(&registry);
+    while !line(&metrics, "istio_tcp_connections_closed_total{").ends_with(" 1") && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = ztunnel::metrics::encode(&registry);
+    }
+    let closed = line(&metrics, "istio_tcp_connections_closed_total{");
+    assert!(closed.contains("reporter=\"source\"") && closed.ends_with(" 1"), "{metrics}");
+    assert!(line(&metrics, "istio_tcp_received_bytes_total{").ends_with(" 11"), "{metrics}");
+}
