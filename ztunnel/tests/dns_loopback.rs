@@ -635,3 +635,44 @@ async fn a_host_the_control_plane_adds_is_answered_from_then_on() {
     assert_eq!((a.authoritative, a.addrs), (true, ips(&["240.240.0.7"])), "the new snapshot's hosts");
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_tcp_connection_waiting_on_a_slow_upstream_is_not_idle() {
+    let idle = Duration::from_millis(300);
+    let slow = idle * 3;
+    let (up, seen) = upstream_delayed(
+        |q| Some(Query::parse(q).ok()?.answer(&[IpAddr::from(UPSTREAM_ADDR)], 60, 512)),
+        move |_| slow,
+    )
+    .await;
+    let pod = pods_with(1, |d| {
+        d.upstreams = vec![up];
+        d.upstream_timeout = Duration::from_secs(3);
+        d.tcp_idle = idle;
+    })
+    .pop()
+    .unwrap();
+    // The client asks and has nothing more to send while the upstream takes three idle
+    // timeouts: a query is outstanding, so the connection is not idle (RFC 7766 §6.2.3).
+    let mut s = pod.connect().await;
+    s.write_all(&frame(&build_query(1, "www.example.org", TYPE_A, None))).await.unwrap();
+    // Past the idle timeout, with the first still outstanding, it asks again on the same
+    // connection: a mesh name, answered at once.
+    tokio::time::sleep(idle * 2).await;
+    s.write_all(&frame(&build_query(2, "reviews.shop.svc.cluster.local", TYPE_A, None))).await.unwrap();
+    let a = read_answer(&read_frame(&mut s).await.expect("the second query read and answered")).unwrap();
+    assert_eq!((a.id, a.addrs), (2, ips(&["10.96.0.5"])));
+    let a = read_answer(&read_frame(&mut s).await.expect("the slow answer")).unwrap();
+    assert_eq!((a.id, a.addrs), (1, vec![IpAddr::from(UPSTREAM_ADDR)]));
+    // The idle timeout counts from the last answer: a query sent right after it is read.
+    tokio::time::sleep(idle / 3).await;
+    s.write_all(&frame(&build_query(3, "reviews.shop.svc.cluster.local", TYPE_AAAA, None))).await.unwrap();
+    let a = read_answer(&read_frame(&mut s).await.expect("the connection still open")).unwrap();
+    assert_eq!((a.id, a.addrs), (3, ips(&["fd00::5"])));
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    // With nothing outstanding, an idle connection is closed after the idle timeout.
+    let started = std::time::Instant::now();
+    assert_eq!(read_frame(&mut s).await, None, "closed");
+    let waited = started.elapsed();
+    assert!(waited >= idle - Duration::from_millis(50) && waited < idle * 4, "closed after {waited:?}");
+}

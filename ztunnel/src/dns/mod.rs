@@ -33,6 +33,7 @@ mod upstream;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -76,8 +77,9 @@ pub const MAX_POD_TCP_CONNECTIONS: usize = MAX_POD_IN_FLIGHT;
 /// The largest UDP query read: a stub resolver's queries are a few hundred bytes (a name of at
 /// most 255, EDNS options); a datagram this long or longer is answered FORMERR.
 const MAX_QUERY: usize = 4096;
-/// How long a TCP client may stay silent between queries, or take to read an answer
-/// (RFC 7766 §6.2.3: a few seconds; glibc's and Go's resolvers ask at once once connected).
+/// How long a TCP connection may stay idle, silent with no query of it outstanding (RFC 7766
+/// §6.2.3: a few seconds; glibc's and Go's resolvers ask at once once connected), or take to
+/// send a message it has begun or to read an answer.
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// DNS proxy settings, part of [`crate::proxy::ProxyConfig`].
@@ -89,7 +91,8 @@ pub struct DnsConfig {
     pub upstreams: Vec<SocketAddr>,
     /// How long each upstream has to answer.
     pub upstream_timeout: Duration,
-    /// How long a TCP client may stay silent between queries, or take to read an answer.
+    /// How long a TCP connection may stay silent with no query of it outstanding, or take to
+    /// send a message it has begun or to read an answer.
     pub tcp_idle: Duration,
 }
 
@@ -451,10 +454,12 @@ pub(crate) async fn serve_udp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, so
 }
 
 /// The next message of a DNS-over-TCP stream (its 2-byte length, then the message); `None` at
-/// the stream's end, or when the client takes longer than `idle` for either part.
+/// the stream's end, or when the client takes longer than `idle` to send the message after its
+/// length. How long the length may take is the caller's to bound: a connection waiting on its
+/// own outstanding queries is not idle.
 async fn read_message<R: AsyncRead + Unpin>(r: &mut R, idle: Duration) -> Option<Vec<u8>> {
     let mut len = [0u8; 2];
-    tokio::time::timeout(idle, r.read_exact(&mut len)).await.ok()?.ok()?;
+    r.read_exact(&mut len).await.ok()?;
     let len = u16::from_be_bytes(len);
     // The buffer grows with what arrives, not with what the length says: a pod's connections,
     // each announcing 64 KiB and sending nothing more, would otherwise cost ztunnel 64 KiB each.
@@ -463,8 +468,18 @@ async fn read_message<R: AsyncRead + Unpin>(r: &mut R, idle: Duration) -> Option
     (n == usize::from(len)).then_some(msg)
 }
 
-/// Serves one DNS-over-TCP connection until the client closes it, stays silent or reads no
-/// answer for [`DnsConfig::tcp_idle`], or the pod has [`MAX_POD_TCP_CONNECTIONS`] open already.
+/// Serves one DNS-over-TCP connection until the client closes it, stays silent for
+/// [`DnsConfig::tcp_idle`] with none of its queries outstanding, reads no answer for as long, or
+/// the pod has [`MAX_POD_TCP_CONNECTIONS`] open already.
+///
+/// The idle timeout counts only while no query of the connection is outstanding (RFC 7766
+/// §6.2.3): a client that asked and waits on a slow upstream, with nothing more to send, may
+/// still ask again once that timeout has passed, and has the whole timeout for its next query
+/// after the last answer. This holds a connection no longer than its queries do: each is
+/// answered, or given up on, within the upstream deadline ([`DnsConfig::upstream_timeout`] for
+/// each upstream, 2 s by default) plus the time its answer may take to be read (the idle
+/// timeout), so a client keeps a connection only by asking, as it could by asking every few
+/// seconds anyway.
 ///
 /// Pipelined queries are answered concurrently, each as soon as it is ready (RFC 7766
 /// §6.2.1.1): a query relayed to a slow upstream holds back no other, and the answers may go out
@@ -490,11 +505,19 @@ pub(crate) async fn serve_tcp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, tc
     };
     let idle = dns.cfg.tcp_idle;
     let (mut reader, writer) = tcp.into_split();
-    let out = Arc::new(TcpAnswers { writer: tokio::sync::Mutex::new(writer), failed: Notify::new() });
+    let out = Arc::new(TcpAnswers {
+        writer: tokio::sync::Mutex::new(writer),
+        failed: Notify::new(),
+        outstanding: AtomicUsize::new(0),
+        settled: Notify::new(),
+    });
     let mut answering = JoinSet::new();
     loop {
         let next = async {
-            let msg = read_message(&mut reader, idle).await?;
+            let msg = tokio::select! {
+                msg = read_message(&mut reader, idle) => msg?,
+                () = out.idle_for(idle) => return None,
+            };
             // Stray bytes or a response: not a query to answer, nor a client to go on reading.
             if !answerable(&msg) {
                 return None;
@@ -509,12 +532,15 @@ pub(crate) async fn serve_tcp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, tc
             },
             () = out.failed.notified() => return,
         };
+        let outstanding = Outstanding::begin(&out);
         let (pod, dns, out) = (pod.clone(), dns.clone(), out.clone());
         answering.spawn(async move {
             let sent = match pod.dns_answer(&dns, &msg, Transport::Tcp).await {
                 Some(answer) => out.send(&answer, idle).await,
                 None => false,
             };
+            // The idle timeout counts from the last answer written.
+            drop(outstanding);
             drop(turn);
             if !sent {
                 out.failed.notify_one();
@@ -537,9 +563,44 @@ struct TcpAnswers {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     /// Notified when an answer could not be written (the connection is then closed).
     failed: Notify,
+    /// Queries read and not yet answered: while there are any, the connection is not idle.
+    outstanding: AtomicUsize,
+    /// Notified when the last outstanding query is answered.
+    settled: Notify,
+}
+
+/// One query of a connection outstanding, until dropped (also when its task fails, so that a
+/// connection is never left counting a query nobody answers).
+struct Outstanding(Arc<TcpAnswers>);
+
+impl Outstanding {
+    fn begin(out: &Arc<TcpAnswers>) -> Outstanding {
+        out.outstanding.fetch_add(1, Ordering::AcqRel);
+        Outstanding(out.clone())
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        if self.0.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // A permit is kept if the reader is not waiting yet, so the wake-up is never lost.
+            self.0.settled.notify_one();
+        }
+    }
 }
 
 impl TcpAnswers {
+    /// Returns once the connection has been idle for `idle`: no query outstanding all that
+    /// time. Only the reader adds queries, and not while it waits here, so once none is
+    /// outstanding none can be until this returns.
+    async fn idle_for(&self, idle: Duration) {
+        while self.outstanding.load(Ordering::Acquire) > 0 {
+            // A permit left from an earlier settling only has this look again.
+            self.settled.notified().await;
+        }
+        tokio::time::sleep(idle).await;
+    }
+
     /// Writes `answer` with its length; `false` if it cannot be, or the client takes longer than
     /// `idle` to read it: a client that asks and reads nothing would otherwise hold the
     /// connection (and the drain, which waits on it) for good once the socket buffers are full.
