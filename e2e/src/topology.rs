@@ -4,7 +4,7 @@
 //! ```text
 //!  <id>-wire:   wire0 (bridge) ── node1 ── node2 ...            (veth ends, no addresses)
 //!  <id>-node1:  eth0 172.31.0.1/24, cni0 10.244.1.1/24, routes to the other pod CIDRs
-//!  <id>-<ns>-<pod>: lo, eth0 10.244.1.x/24 via the CNI bridge plugin, default via 10.244.1.1
+//!  <id>-<ns>.<pod>: lo, eth0 10.244.1.x/24 via the CNI bridge plugin, default via 10.244.1.1
 //! ```
 
 use std::fmt;
@@ -264,7 +264,9 @@ impl Topology {
         if pods.iter().any(|a| a.namespace == namespace && a.name == name) {
             return Err(Error::DuplicatePod { namespace: namespace.into(), name: name.into() });
         }
-        let netns = Netns::create(format!("{}-{namespace}-{name}", self.ctx.id), self.ctx.clone())?;
+        // A `.` between namespace and name: both are DNS labels, which have none, so `a-b/c` and
+        // `a/b-c` get different namespaces (with `-` both were `<id>-a-b-c`).
+        let netns = Netns::create(format!("{}-{namespace}.{name}", self.ctx.id), self.ctx.clone())?;
         pods.push(Attached {
             netns,
             namespace: namespace.into(),

@@ -372,3 +372,20 @@ fn a_node_agent_that_exits_at_start_is_reported_with_its_log() {
         Ok(())
     });
 }
+
+#[test]
+fn pods_whose_names_join_alike_get_namespaces_of_their_own() {
+    sandboxed(|| -> Result<(), Error> {
+        let topo = Topology::builder().nodes(1).build()?;
+        let first = topo.add_pod(topo.node(1), "a-b", "c")?;
+        let second = topo.add_pod(topo.node(1), "a", "b-c")?;
+        assert_ne!(first.netns.name(), second.netns.name());
+        assert_ne!(first.ip, second.ip);
+        let _srv = second.netns.http_server(HTTP_PORT, "a/b-c")?;
+        let body = first.netns.http_get(&url(second.ip, "/"))?;
+        assert!(body.contains("hello from a/b-c"), "{body}");
+        topo.remove_pod(&first)?;
+        assert_eq!(topo.pods().len(), 1, "removing a-b/c left a/b-c");
+        topo.teardown()
+    });
+}
