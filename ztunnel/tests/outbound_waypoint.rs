@@ -52,11 +52,16 @@ fn state(waypoint_addr: &str) -> ztunnel::state::State {
     let yaml = format!(
         r#"
 workloads:
-- name: client
+- name: client-7d9f-x2x4
   namespace: tools
   serviceAccount: client
   addresses: ["{POD_IP}"]
   protocol: HBONE
+  uid: Kubernetes//Pod/tools/client
+  workloadName: client
+  canonicalName: client-app
+  canonicalRevision: v2
+  clusterId: east
 - name: web
   namespace: shop
   serviceAccount: web
@@ -85,6 +90,8 @@ struct Seen {
     peer: Identity,
     authority: SocketAddr,
     forwarded_for: Option<SocketAddr>,
+    baggage: Option<String>,
+    traceparent: Option<String>,
 }
 
 /// HBONE on WAYPOINT_IP:15008 in the peer namespace as `waypoint`: records each CONNECT, then
@@ -105,6 +112,8 @@ fn stand_in_waypoint(peer: &Netns, ca: &TestCa, waypoint: &Identity) -> mpsc::Un
                 peer: req.peer_identity().clone(),
                 authority: req.authority(),
                 forwarded_for: req.forwarded_for(),
+                baggage: req.headers().get("baggage").map(|v| v.to_str().unwrap().to_owned()),
+                traceparent: req.headers().get("traceparent").map(|v| v.to_str().unwrap().to_owned()),
             });
             let Ok(mut stream) = req.accept() else { return };
             let mut buf = [0u8; 64];
@@ -162,6 +171,26 @@ async fn a_service_with_a_waypoint_is_tunnelled_to_the_waypoint() {
     assert_eq!(got.authority, format!("{VIP}:80").parse().unwrap(), "authority is the service VIP:port");
     assert_eq!(got.forwarded_for, Some(local), "forwarded carries the original client");
     assert_eq!(got.peer, client, "the tunnel carries the pod's identity");
+    assert_eq!(
+        got.baggage.as_deref(),
+        Some(
+            "k8s.cluster.name=east,k8s.namespace.name=tools,k8s.deployment.name=client,service.name=client-app,service.version=v2"
+        ),
+        "baggage describes the source workload"
+    );
+    let trace = got.traceparent.expect("a traceparent is sent");
+    let parts: Vec<&str> = trace.split('-').collect();
+    assert!(
+        parts.len() == 4
+            && parts[0] == "00"
+            && parts[1].len() == 32
+            && parts[2].len() == 16
+            && parts[3].len() == 2
+            && parts[1..].iter().all(|p| p.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+            && parts[1] != "0".repeat(32)
+            && parts[2] != "0".repeat(16),
+        "a W3C traceparent (version 00): {trace}"
+    );
     let echoed = tokio::task::spawn_blocking(move || {
         app.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         app.write_all(b"through the waypoint").unwrap();

@@ -10,7 +10,10 @@ use hbone::tunnel::copy::copy_bidirectional;
 use hbone::tunnel::pool::PoolKey;
 use tokio::net::{TcpListener, TcpStream};
 
+use http::{HeaderName, HeaderValue};
+
 use crate::metrics::{ConnMetrics, Reporter, SecurityPolicy};
+use crate::state::{Workload, WorkloadType};
 
 use super::route::{Route, route};
 use super::sockets::original_dst;
@@ -121,7 +124,12 @@ async fn tunnel<'a, S: PodSockets>(
     let metrics = &pod.inputs.metrics;
     ends.dst_identity = Some(dst_identity);
     let key = PoolKey { src: pod.identity.clone(), dst: dst_identity.clone(), addr: peer };
-    let stream = match pod.pool.connect(&key, &ConnectTarget::new(target, Some(client))).await {
+    let mut request = ConnectTarget::new(target, Some(client));
+    if let Some(baggage) = ends.src.and_then(baggage) {
+        request.headers.insert(BAGGAGE, baggage);
+    }
+    request.headers.insert(TRACEPARENT, traceparent());
+    let stream = match pod.pool.connect(&key, &request).await {
         Ok(s) => s,
         Err(e) => {
             metrics.denied(Reporter::Source, refusal_reason(&e));
@@ -135,6 +143,38 @@ async fn tunnel<'a, S: PodSockets>(
     conn.close(outcome.to_tunnel, outcome.from_tunnel);
     let err = outcome.result.as_ref().err().map(|e| e as &dyn std::fmt::Display);
     ends.log(direction, None, outcome.to_tunnel, outcome.from_tunnel, started.elapsed(), err);
+}
+
+const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The source workload as W3C `baggage`, in the keys Istio's ztunnel sends: the far end (a
+/// waypoint, or the destination's proxy) learns from it who the client is beyond its identity,
+/// for its telemetry. `None` when a field cannot be a header value (never, for names that
+/// Kubernetes accepts).
+fn baggage(src: &Workload) -> Option<HeaderValue> {
+    let kind = match src.workload_type {
+        WorkloadType::Deployment => "deployment",
+        WorkloadType::Cronjob => "cronjob",
+        WorkloadType::Pod => "pod",
+        WorkloadType::Job => "job",
+    };
+    let value = format!(
+        "k8s.cluster.name={},k8s.namespace.name={},k8s.{kind}.name={},service.name={},service.version={}",
+        src.cluster_id,
+        src.namespace(),
+        src.metric_name(),
+        src.canonical_name,
+        src.canonical_revision,
+    );
+    HeaderValue::try_from(value).ok()
+}
+
+/// A W3C `traceparent` starting a trace for this connection (not sampled: ztunnel records no
+/// spans), so that what the far end traces hangs off one trace per connection.
+fn traceparent() -> HeaderValue {
+    let (trace, span) = (rand::random::<u128>().max(1), rand::random::<u64>().max(1));
+    HeaderValue::try_from(format!("00-{trace:032x}-{span:016x}-00")).expect("hex digits are header text")
 }
 
 /// TCP to TCP, half-close carried both ways; returns bytes each way and the error, if any.
