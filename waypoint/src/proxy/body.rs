@@ -239,8 +239,15 @@ impl HttpBody for MirrorBody {
     }
 }
 
-/// Passes `body` on until `deadline`; a body not done by then fails (its reader resets the
-/// stream or closes the connection) and is dropped, which lets the upstream go too.
+/// The error of a body [`until`] cut off at its deadline: [`Counted`] tells its hook, so the
+/// request is accounted as timed out (`UT`) rather than by the status its head carried.
+#[derive(Debug, thiserror::Error)]
+#[error("response timeout: the body did not end before the route's timeout")]
+pub struct BodyTimedOut;
+
+/// Passes `body` on until `deadline`; a body not done by then fails with [`BodyTimedOut`] (its
+/// reader resets the stream or closes the connection) and is dropped, which lets the upstream
+/// go too.
 pub fn until(body: Body, deadline: tokio::time::Instant) -> Body {
     Deadline { inner: Some(body), sleep: Box::pin(tokio::time::sleep_until(deadline)) }.boxed_unsync()
 }
@@ -263,7 +270,7 @@ impl HttpBody for Deadline {
         }
         ready!(this.sleep.as_mut().poll(cx));
         this.inner = None;
-        Poll::Ready(Some(Err("response timeout: the body did not end before the route's timeout".into())))
+        Poll::Ready(Some(Err(Box::new(BodyTimedOut))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -296,6 +303,9 @@ pub async fn discard<B: HttpBody + Unpin>(mut body: B, limit: usize) {
 pub trait OnEnd: Send + 'static {
     /// The body is done (fully read, failed, or abandoned).
     fn done(self: Box<Self>, bytes: u64, trailers: Option<&HeaderMap>);
+
+    /// The body failed with [`BodyTimedOut`]; [`OnEnd::done`] follows.
+    fn timed_out(&mut self) {}
 }
 
 /// Counts data bytes (into a shared counter) and calls a hook at the end.
@@ -341,7 +351,11 @@ impl HttpBody for Counted {
                 }
             }
             None => this.finish(None),
-            Some(Err(_)) => {}
+            Some(Err(e)) => {
+                if let (Some(h), true) = (&mut this.hook, e.is::<BodyTimedOut>()) {
+                    h.timed_out();
+                }
+            }
         }
         Poll::Ready(r)
     }

@@ -176,6 +176,13 @@ impl Account {
 }
 
 impl OnEnd for Account {
+    /// A response cut off by the route's timeout after its head went out keeps that head's
+    /// status (it is what the client got) and is flagged `UT`, as Envoy flags it: without the
+    /// flag, a 200 whose body never completed reads as a success in logs and metrics.
+    fn timed_out(&mut self) {
+        self.labels.response_flags = "UT";
+    }
+
     fn done(mut self: Box<Self>, bytes: u64, trailers: Option<&HeaderMap>) {
         if let Some(s) = trailers.and_then(|t| t.get("grpc-status")) {
             self.labels.grpc_response_status = Some(s.clone());
