@@ -58,8 +58,8 @@ pub struct ProxyConfig {
 }
 
 impl ProxyConfig {
-    /// Whether `port` is one of ztunnel's own pod ports. Such a destination would make
-    /// ztunnel connect to itself, over and over: it is refused wherever it appears.
+    /// Whether `port` is one of ztunnel's own pod ports. Such a port on the pod itself would
+    /// make ztunnel connect to itself, over and over: it is refused there.
     pub fn is_own_port(&self, port: u16) -> bool {
         port == self.outbound_port
             || port == self.inbound_plain_port

@@ -37,8 +37,12 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: std::net::S
             return;
         }
     };
-    if pod.inputs.cfg.is_own_port(dst.port()) {
-        // Not redirected (a direct connection to the capture port) or aimed at ztunnel itself.
+    // Aimed at ztunnel itself: the application dialled a ztunnel port of its own pod, which
+    // is not redirected (loopback, or the pod's own address over lo), so the original
+    // destination is the listener itself. Serving it would connect to ourselves, over and over.
+    // The same port elsewhere (a server outside the mesh on 15008, say) is an ordinary
+    // destination, as in Istio; a peer proxy refuses a tunnel to its own ports itself.
+    if pod.inputs.cfg.is_own_port(dst.port()) && tcp.local_addr().map_or(true, |local| local == dst) {
         metrics.denied(Reporter::Source, "destination_is_ztunnel");
         tracing::info!(pod = %pod.uid, %client, %dst, "refusing connection addressed to a ztunnel port");
         abort(tcp);

@@ -1,0 +1,104 @@
+//! ztunnel's own ports (15001, 15006, 15008, 15053) as an application's destination, in a pod
+//! namespace with ztunnel's redirection and listeners, wired by a veth to a namespace outside
+//! the mesh. On the pod itself they are ztunnel: refused, or ztunnel would connect to itself
+//! forever. On another host they are ordinary ports of someone else's server and pass through,
+//! as in Istio. Needs root.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone::CertStore;
+use hbone::testing::{DAY, TestCa, id};
+use prometheus_client::registry::Registry;
+use tokio::io::AsyncWriteExt;
+use ztunnel::agent::redirect::{self, RedirectConfig};
+use ztunnel::metrics::Metrics;
+use ztunnel::netns::{Netns, ScratchNetns};
+use ztunnel::proxy::netns_sockets::InPodSockets;
+use ztunnel::proxy::{PodProxy, ProxyConfig, ProxyInputs};
+use ztunnel::state::{StateConfig, StateHandle, file};
+
+const POD_IP: &str = "10.78.1.2";
+const OUTSIDE_IP: &str = "10.78.1.1";
+
+/// Dials `dst` from inside `pod`, writes, half-closes and reads what comes back.
+fn exchange(pod: &Netns, dst: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let mut s = pod.run(move || TcpStream::connect_timeout(&dst, Duration::from_secs(3))).unwrap()?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"hello")?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).map(|_| got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ztunnel_ports_are_refused_on_the_pod_and_passed_through_elsewhere() {
+    let suffix = format!("{}-{}", std::process::id(), rand::random::<u16>());
+    let pod = ScratchNetns::create(&format!("own-pod-{suffix}")).unwrap();
+    let outside = ScratchNetns::create(&format!("own-out-{suffix}")).unwrap();
+    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", outside.name()]).unwrap();
+    pod.ip(&["addr", "add", &format!("{POD_IP}/24"), "dev", "eth0"]).unwrap();
+    pod.ip(&["link", "set", "eth0", "up"]).unwrap();
+    pod.ip(&["link", "set", "lo", "up"]).unwrap();
+    outside.ip(&["addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"]).unwrap();
+    outside.ip(&["link", "set", "eth0", "up"]).unwrap();
+    redirect::install(pod.netns(), &RedirectConfig::default()).unwrap();
+
+    // A server outside the mesh that happens to listen on 15008: it echoes.
+    let elsewhere: SocketAddr = format!("{OUTSIDE_IP}:15008").parse().unwrap();
+    let listener = outside.netns().run(move || std::net::TcpListener::bind(elsewhere)).unwrap().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let _server = support::Task(tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    }));
+
+    let yaml = format!(
+        "workloads:\n- {{name: client, namespace: tools, serviceAccount: client, addresses: [\"{POD_IP}\"], protocol: HBONE}}\n"
+    );
+    let handle = StateHandle::new(file::parse(&yaml, StateConfig::default()).unwrap());
+    let ca = TestCa::new("own ports");
+    let client = id("tools", "client");
+    let certs = CertStore::new(ca.roots());
+    certs.insert(ca.issue(&client, DAY));
+    let mut registry = Registry::default();
+    let inputs = ProxyInputs::new(
+        handle,
+        certs,
+        Metrics::register(&mut registry),
+        Arc::new(ProxyConfig { transparent_inbound: false, ..ProxyConfig::default() }),
+        Default::default(),
+        &tokio::runtime::Handle::current(),
+    );
+    let sockets = InPodSockets::new(Arc::new(pod.netns().try_clone().unwrap()), Arc::new(Netns::current().unwrap()));
+    let _proxy = PodProxy::start("Kubernetes//Pod/tools/client".into(), client, sockets, inputs).unwrap();
+
+    let app = pod.netns().try_clone().unwrap();
+    let echoed = tokio::task::spawn_blocking(move || exchange(&app, elsewhere)).await.unwrap();
+    assert_eq!(echoed.expect("a server elsewhere on port 15008 is reachable"), b"hello");
+
+    // The pod's own outbound capture port, by its address and by loopback: refused.
+    for own in [format!("{POD_IP}:15001"), "127.0.0.1:15001".to_owned()] {
+        let own: SocketAddr = own.parse().unwrap();
+        let app = pod.netns().try_clone().unwrap();
+        let r = tokio::task::spawn_blocking(move || exchange(&app, own)).await.unwrap();
+        assert!(!matches!(&r, Ok(b) if !b.is_empty()), "{own}: nothing may come back: {r:?}");
+    }
+    let metrics = ztunnel::metrics::encode(&registry);
+    assert!(
+        metrics.contains("ztunnel_connections_denied_total{reporter=\"source\",reason=\"destination_is_ztunnel\"} 2"),
+        "{metrics}"
+    );
+    let opened = metrics.lines().find(|l| l.starts_with("istio_tcp_connections_opened_total{")).unwrap_or_default();
+    assert!(opened.ends_with(" 1"), "only the connection elsewhere was served: {metrics}");
+}
