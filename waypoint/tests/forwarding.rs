@@ -151,3 +151,51 @@ async fn a_response_body_that_stalls_is_cut_off_at_the_timeout() {
         }
     }
 }
+
+/// The asterisk-form (RFC 9112 §3.2.4, RFC 9113 §8.3.1) is for a server-wide `OPTIONS` only:
+/// any other method with it is malformed (400). `OPTIONS *` is answered 404 by the waypoint,
+/// as Envoy answers it in Istio's waypoints, whether or not the service has routes, and goes
+/// to no backend: no route can match a target that is not a path, and the service's pods are
+/// not "the server" the client asks about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_asterisk_form_is_options_only_and_answered_404() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::new([11, 6]).await;
+    let a = w.backend("a").await;
+    let b = w.backend("b").await;
+    w.service("plain", 1, &[&a]);
+    w.service("routed", 2, &[&b]);
+    // A rule with no match takes every path ("/" prefix).
+    w.route(&route("routed", "routed", vec![rule(vec![], vec![backend_ref("routed", 2)])]));
+    w.until_endpoints("plain", 1).await;
+    w.until_endpoints("routed", 1).await;
+    w.settle().await;
+
+    for vip in [w.vip(1), w.vip(2)] {
+        for (raw, status) in [
+            ("OPTIONS * HTTP/1.1\r\nHost: svc.example\r\n\r\n", "404"),
+            ("OPTIONS * HTTP/1.0\r\n\r\n", "404"),
+            ("GET * HTTP/1.1\r\nHost: svc.example\r\n\r\n", "400"),
+            ("POST * HTTP/1.1\r\nHost: svc.example\r\nContent-Length: 0\r\n\r\n", "400"),
+            ("OPTIONS /x HTTP/1.1\r\nHost: svc.example\r\n\r\n", "200"),
+        ] {
+            let mut t = w.tunnel(vip).await;
+            t.write_all(raw.as_bytes()).await.unwrap();
+            let mut got = vec![0u8; 12];
+            tokio::time::timeout(std::time::Duration::from_secs(5), t.read_exact(&mut got)).await.unwrap().unwrap();
+            let got = String::from_utf8_lossy(&got).into_owned();
+            assert_eq!(&got[9..], status, "{vip} {raw:?}: {got}");
+        }
+        // HTTP/2 carries it as `:path: *`.
+        let Client::H2(mut s, _t) = w.h2(vip).await else { unreachable!() };
+        for (method, status) in [("OPTIONS", 404), ("GET", 400)] {
+            let uri = http::Uri::builder().scheme("http").authority("svc.example").path_and_query("*").build().unwrap();
+            let r =
+                s.send_request(http::Request::builder().method(method).uri(uri).body(empty()).unwrap()).await.unwrap();
+            assert_eq!(r.status(), status, "{vip} HTTP/2 {method} *");
+        }
+    }
+    assert_eq!(a.behaviour.seen.load(Relaxed), 1, "only OPTIONS /x reached the plain service");
+    assert_eq!(b.behaviour.seen.load(Relaxed), 1, "only OPTIONS /x reached the routed service");
+}

@@ -610,6 +610,23 @@ fn prepare<'a>(
         account.path = parts.uri.path().to_owned();
         return Err(Local::Reply(StatusCode::BAD_REQUEST, "bad request method\n", "-"));
     }
+    // The asterisk-form target (`OPTIONS * HTTP/1.1`, `:path: *`) asks about the server as a
+    // whole, and only OPTIONS may use it (RFC 9112 §3.2.4, RFC 9113 §8.3.1); any other method
+    // with it is malformed. `OPTIONS *` itself is answered 404 here, before policy and routing,
+    // as Envoy answers it in Istio's waypoints, so a workload moving between the two sees the
+    // same answer. Forwarding it was the alternative, and it does not fit: no route can match
+    // a target that is not a path (a `/` prefix would have to pretend it is one), and one pod
+    // picked behind the service is not "the server" the client asks about; the waypoint
+    // answering 200 with an `Allow` would claim methods it cannot know the application takes.
+    if parts.uri.path() == "*" {
+        account.path = "*".to_owned();
+        return Err(if parts.method == ::http::Method::OPTIONS {
+            Local::Reply(StatusCode::NOT_FOUND, "OPTIONS * is not forwarded\n", "-")
+        } else {
+            tracing::debug!(method = %parts.method, "refusing the asterisk-form target on a method other than OPTIONS");
+            Local::Reply(StatusCode::BAD_REQUEST, "bad request target\n", "-")
+        });
+    }
     // Path normalization: policy, routing and the backend all see the normalized path. The
     // URI is shared, not copied: the path can borrow from it while the head is rewritten.
     let uri = parts.uri.clone();
