@@ -95,9 +95,41 @@ impl WorkloadCert {
         self.not_after.duration_since(now).unwrap_or_default()
     }
 
+    /// Whether this certificate, as our own, may still be presented at `now`. An expired one
+    /// may not: its key may already be retired, and a peer with a slow clock would still take
+    /// it. Both ends of the handshake and the pool (before it dials) ask this, so they agree.
+    pub fn check_unexpired(&self, now: SystemTime) -> Result<(), OwnCertExpired> {
+        if self.not_after < now {
+            return Err(OwnCertExpired { identity: self.identity.clone(), not_after: self.not_after });
+        }
+        Ok(())
+    }
+
     /// The chain and signing key in the form rustls presents.
     pub fn certified_key(&self) -> &Arc<CertifiedKey> {
         &self.key
+    }
+}
+
+/// Our own certificate's validity has ended: it is not presented.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("own certificate for {identity} expired at {}", show_time(*.not_after))]
+pub struct OwnCertExpired {
+    /// Whose certificate.
+    pub identity: Identity,
+    /// When its validity ended.
+    pub not_after: SystemTime,
+}
+
+/// A certificate time as X.509 tools print it (UTC), for errors and logs.
+pub(crate) fn show_time(t: SystemTime) -> String {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    };
+    match x509_parser::time::ASN1Time::from_timestamp(secs) {
+        Ok(t) => t.to_string(),
+        Err(_) => format!("{secs} s after the Unix epoch"),
     }
 }
 

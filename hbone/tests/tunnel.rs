@@ -5,7 +5,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use hbone::tunnel::client::{ConnectError, ConnectTarget};
+use hbone::tunnel::client::{ConnectError, ConnectTarget, NoUsableCert};
 use hbone::tunnel::pool::{Pool, PoolConfig};
 use hbone::tunnel::server::{HandshakeLimit, InboundConnect, ServeError};
 use hbone::{CertStore, tls::PeerIdentityError};
@@ -174,8 +174,10 @@ async fn server_refuses_client_certificate_from_foreign_ca() {
     assert!(text.contains("UnknownIssuer"), "server names the reason: {text}");
 }
 
-/// A node does not present its own expired certificate (hbone::tls refuses the handshake
-/// instead); that peers refuse an expired certificate presented anyway is in `tls_refusals.rs`.
+/// A node does not present its own expired certificate: the pool fails the tunnel before
+/// dialing, naming the identity and the expiry, and a server does not answer with one
+/// (hbone::tls refuses the handshake). That peers refuse an expired certificate presented
+/// anyway is in `tls_refusals.rs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_own_certificates_are_not_presented_on_either_end() {
     let mesh = Mesh::new();
@@ -183,16 +185,24 @@ async fn expired_own_certificates_are_not_presented_on_either_end() {
     let long_ago = now - 2 * DAY;
     let yesterday = now - DAY;
 
-    // Expired client certificate: the client presents none and the server refuses.
+    // Expired client certificate: the pool refuses locally; the server never sees a connection.
     let client_store = CertStore::new(mesh.ca.roots());
     client_store.insert(mesh.ca.issue_between(&mesh.client, long_ago, yesterday));
     let (tx, _seen) = mpsc::unbounded_channel();
-    let mut server = TestServer::start(&mesh.server_store, mesh.server.clone(), forwarder(Some(tx))).await;
+    let server = TestServer::start(&mesh.server_store, mesh.server.clone(), forwarder(Some(tx))).await;
     let pool = Pool::new(PoolConfig::default(), client_store, None);
     let target = ConnectTarget::new(echo_backend().await, None);
-    assert!(pool.connect(&mesh.key(server.addr), &target).await.is_err());
-    let text = server.next_outcome(5 * SECOND).await.unwrap_err().to_string();
-    assert!(text.contains("peer sent no certificates"), "server names the refusal: {text}");
+    let err = pool.connect(&mesh.key(server.addr), &target).await.unwrap_err();
+    // Were the refusal the server's, it would have accepted the connection first.
+    assert_eq!(server.accepted.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing reached the server");
+    match &err {
+        ConnectError::NoCertificate(NoUsableCert::Expired(e)) => {
+            assert_eq!(e.identity, mesh.client);
+            assert!(e.not_after <= yesterday && e.not_after > yesterday - SECOND, "{e}");
+        }
+        other => panic!("expected a local refusal for the expired certificate, got {other:?}"),
+    }
+    assert!(err.to_string().contains(mesh.client.as_str()), "{err}");
 
     // Expired server certificate: the server does not answer with it; the client is refused.
     let server_store = CertStore::new(mesh.ca.roots());

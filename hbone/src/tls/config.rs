@@ -50,20 +50,23 @@ pub fn server_config(store: &CertStore, identity: Identity) -> Arc<ServerConfig>
     Arc::new(cfg)
 }
 
-/// Whether our own `cert` may be presented now. An expired certificate is not: its key may
-/// already be retired, and a peer with a slow clock would still take it. The handshake then
-/// fails here, with this log naming why, instead of at the peer.
+/// Whether our own `cert` may be presented now (see [`WorkloadCert::check_unexpired`]). When
+/// not, the handshake fails here, with this log naming why, instead of at the peer.
 fn presentable(cert: &WorkloadCert) -> bool {
-    let expired = cert.not_after() < SystemTime::now();
-    if expired && let Some(skipped) = NO_CERT_LOG.admit() {
-        tracing::warn!(
-            identity = %cert.identity(),
-            not_after = ?cert.not_after(),
-            skipped,
-            "own certificate has expired; not presenting it, handshake refused"
-        );
+    match cert.check_unexpired(SystemTime::now()) {
+        Ok(()) => true,
+        Err(expired) => {
+            if let Some(skipped) = NO_CERT_LOG.admit() {
+                tracing::warn!(
+                    identity = %expired.identity,
+                    not_after = %crate::certs::show_time(expired.not_after),
+                    skipped,
+                    "own certificate has expired; not presenting it, handshake refused"
+                );
+            }
+            false
+        }
     }
-    !expired
 }
 
 /// Lines a second about handshakes refused for want of a usable own certificate: each peer

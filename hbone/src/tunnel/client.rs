@@ -9,6 +9,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::certs::OwnCertExpired;
 use crate::http2::{self, Connection};
 use crate::identity::Identity;
 use crate::tls::PeerIdentityError;
@@ -35,12 +36,34 @@ impl ConnectTarget {
     }
 }
 
+/// Why the identity a tunnel should be opened as has no certificate to present. Found before
+/// dialing: nothing reaches the peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoUsableCert {
+    /// The store has none for it (none was issued in time).
+    #[error("no certificate for source identity {0}")]
+    Missing(Identity),
+    /// The store's has expired (renewal failed for longer than its life left).
+    #[error(transparent)]
+    Expired(OwnCertExpired),
+}
+
+impl NoUsableCert {
+    /// The source identity.
+    pub fn identity(&self) -> &Identity {
+        match self {
+            NoUsableCert::Missing(id) => id,
+            NoUsableCert::Expired(e) => &e.identity,
+        }
+    }
+}
+
 /// Why a tunnel could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// There is no certificate for the identity the tunnel should be opened as.
-    #[error("no certificate for source identity {0}")]
-    NoCertificate(Identity),
+    /// There is no usable certificate for the identity the tunnel should be opened as.
+    #[error(transparent)]
+    NoCertificate(NoUsableCert),
     /// The TCP connection to the peer failed.
     #[error("TCP connect to {addr}: {source}")]
     Tcp {

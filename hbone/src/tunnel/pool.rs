@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -27,7 +27,7 @@ use crate::store::CertStore;
 use crate::tls::client_config;
 
 use super::H2Settings;
-use super::client::{ConnectError, ConnectTarget, connect_stream, handshake};
+use super::client::{ConnectError, ConnectTarget, NoUsableCert, connect_stream, handshake};
 use super::stream::H2Stream;
 
 /// Which pooled connections a request may use.
@@ -287,7 +287,10 @@ impl Pool {
             .store
             .wait_for(&key.src, inner.cfg.h2.handshake_timeout)
             .await
-            .ok_or_else(|| ConnectError::NoCertificate(key.src.clone()))?;
+            .ok_or_else(|| ConnectError::NoCertificate(NoUsableCert::Missing(key.src.clone())))?;
+        // The handshake would not present it either (tls::client_config); failing here tells
+        // the caller why, and no peer sees a connection that could only be refused.
+        cert.check_unexpired(SystemTime::now()).map_err(|e| ConnectError::NoCertificate(NoUsableCert::Expired(e)))?;
         let tls = client_config(&inner.store, cert, vec![key.dst.clone()]);
         let closed = Arc::new(AtomicBool::new(false));
         let on_close = {
@@ -370,7 +373,7 @@ impl Inner {
 /// and text, and for TLS the same rustls error, so identity refusals can still be dug out.
 fn copy_error(e: &ConnectError) -> ConnectError {
     match e {
-        ConnectError::NoCertificate(id) => ConnectError::NoCertificate(id.clone()),
+        ConnectError::NoCertificate(why) => ConnectError::NoCertificate(why.clone()),
         ConnectError::Tcp { addr, source } => ConnectError::Tcp { addr: *addr, source: copy_io_error(source) },
         ConnectError::Tls { addr, source } => ConnectError::Tls { addr: *addr, source: copy_io_error(source) },
         ConnectError::HandshakeTimeout(addr) => ConnectError::HandshakeTimeout(*addr),
@@ -415,6 +418,39 @@ mod tests {
         tokio::spawn(async move { pool.connect(&key, &ConnectTarget::new(key.addr, None)).await })
     }
 
+    #[tokio::test]
+    async fn an_expired_own_certificate_fails_the_open_before_dialing() {
+        let ca = TestCa::new("pool");
+        let store = CertStore::new(ca.roots());
+        let web = id("shop", "web");
+        let now = SystemTime::now();
+        let not_after = now - Duration::from_secs(60);
+        store.insert(ca.issue_between(&web, now - Duration::from_secs(86400), not_after));
+        let dials = Arc::new(AtomicUsize::new(0));
+        let connector: Connector = {
+            let dials = dials.clone();
+            Arc::new(move |addr| {
+                dials.fetch_add(1, Ordering::SeqCst);
+                Box::pin(TcpStream::connect(addr))
+            })
+        };
+        let pool = Pool::new(PoolConfig::default(), store, Some(connector));
+        let key = PoolKey { src: web.clone(), dst: id("shop", "db"), addr: SocketAddr::from(([127, 0, 0, 1], 1)) };
+        let callers: Vec<_> = (0..2).map(|_| spawn_connect(&pool, &key)).collect();
+        for c in callers {
+            let e = c.await.unwrap().unwrap_err();
+            let ConnectError::NoCertificate(NoUsableCert::Expired(expired)) = &e else {
+                panic!("expected an expired own certificate, got {e:?}");
+            };
+            assert_eq!(expired.identity, web);
+            // Certificates carry whole seconds.
+            assert!(expired.not_after <= not_after && not_after - Duration::from_secs(1) <= expired.not_after);
+            assert!(e.to_string().contains(web.as_str()) && e.to_string().contains("expired"), "{e}");
+        }
+        assert_eq!(dials.load(Ordering::SeqCst), 0, "nothing was dialed");
+        assert_eq!(pool.connection_count(), 0);
+    }
+
     fn opening(pool: &Pool) -> usize {
         pool.inner.opening.lock().unwrap().len()
     }
@@ -427,7 +463,7 @@ mod tests {
         let callers: Vec<_> = (0..3).map(|_| spawn_connect(&pool, &key)).collect();
         for c in callers {
             let e = c.await.unwrap().unwrap_err();
-            assert!(matches!(&e, ConnectError::NoCertificate(src) if *src == key.src), "{e}");
+            assert!(matches!(&e, ConnectError::NoCertificate(NoUsableCert::Missing(src)) if *src == key.src), "{e}");
         }
         assert_eq!(started.elapsed(), timeout, "all three fail with the one open");
         assert_eq!(opening(&pool), 0, "a finished open leaves nothing behind");
