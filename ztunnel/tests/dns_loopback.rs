@@ -386,6 +386,43 @@ async fn a_pod_flooding_the_upstream_leaves_other_pods_their_share() {
     assert_eq!((a.rcode, a.addrs), (0, vec![IpAddr::from(UPSTREAM_ADDR)]), "another pod's query is relayed");
 }
 
+#[tokio::test]
+async fn flooding_pods_leave_a_quiet_pod_room_upstream() {
+    // As in the test above: names under slow.example.org are never answered.
+    let (up, _) = upstream_with(|q| {
+        let query = Query::parse(q).ok()?;
+        let slow = query.name.as_deref()?.ends_with("slow.example.org");
+        (!slow).then(|| query.answer(&[IpAddr::from(UPSTREAM_ADDR)], 60, 512))
+    })
+    .await;
+    // Ten flooders with 64 turns each would hold 640 upstream queries, past the node's 512.
+    let mut pods = pods(vec![up], Duration::from_secs(3), 11);
+    let flooders = pods.split_off(1);
+    let quiet = pods.pop().unwrap();
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..100u16 {
+        for (p, flooder) in flooders.iter().enumerate() {
+            let q = build_query(i, &format!("n{i}.p{p}.slow.example.org"), TYPE_A, None);
+            s.send_to(&q, flooder.udp_addr()).await.unwrap();
+        }
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = quiet.ask(1, "www.example.org", TYPE_A).await;
+    assert_eq!((a.rcode, a.addrs), (0, vec![IpAddr::from(UPSTREAM_ADDR)]), "the quiet pod's query is relayed");
+    // What the flooders were refused was answered, not dropped, and counted.
+    let mut buf = [0u8; 512];
+    let (n, _) = tokio::time::timeout(WAIT, s.recv_from(&mut buf)).await.expect("a refusal answered").unwrap();
+    assert_eq!(read_answer(&buf[..n]).unwrap().rcode, 2, "SERVFAIL");
+    let refused = ztunnel::metrics::encode(&quiet.registry)
+        .lines()
+        .find(|l| l.starts_with("ztunnel_connections_denied_total{reporter=\"source\",reason=\"dns_upstream_share\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(refused.is_some_and(|n| n > 0.0), "counted: {refused:?}");
+}
+
 /// `q` as a DNS-over-TCP frame.
 fn frame(q: &[u8]) -> Vec<u8> {
     let mut f = (q.len() as u16).to_be_bytes().to_vec();

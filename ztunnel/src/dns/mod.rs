@@ -11,8 +11,10 @@
 //! TC answer, so the client asks again over TCP; and the upstream's NXDOMAIN for a name the
 //! mesh answers A for (another type of a ServiceEntry host) is NODATA. No upstream answering
 //! is SERVFAIL, never silence, so the pod's resolver moves on at once. A pod has at most
-//! [`MAX_POD_IN_FLIGHT`] queries answered at once, so that one flooding cannot take the
-//! upstream slots of all, and at most [`MAX_POD_TCP_CONNECTIONS`] TCP connections open. Queries
+//! [`MAX_POD_IN_FLIGHT`] queries answered at once, and at most [`MAX_POD_TCP_CONNECTIONS`] TCP
+//! connections open; the last [`RESERVED_IN_FLIGHT`] of the node's upstream slots go only to
+//! pods relaying fewer than [`POD_RESERVED_IN_FLIGHT`] queries, so that pods flooding cannot
+//! take the slots of all (a query refused one is SERVFAIL, counted with why). Queries
 //! pipelined on one TCP connection are answered concurrently, each as soon as it is ready
 //! (RFC 7766 §6.2.1.1), and a query of an EDNS version above 0 is answered BADVERS (RFC 6891).
 //!
@@ -60,6 +62,21 @@ pub const ANSWER_TTL: u32 = 30;
 /// Upstream queries in flight at once, all pods together; past it a query gets SERVFAIL, so a
 /// pod that floods cannot hold every socket ztunnel may open.
 pub const MAX_IN_FLIGHT: usize = 512;
+/// The last of the [`MAX_IN_FLIGHT`] slots, which only a pod relaying fewer than
+/// [`POD_RESERVED_IN_FLIGHT`] queries may take; past its share a query is SERVFAIL (counted as
+/// `ztunnel_connections_denied_total{reason="dns_upstream_share"}`).
+///
+/// Each pod's [`MAX_POD_IN_FLIGHT`] turns alone let 8 pods hold all 512 (8 × 64), and every
+/// other pod's relayed query was SERVFAIL until theirs timed out. Now the slots a pod holds past
+/// its first 2 were each taken while more than 256 were free, so together they are at most 256
+/// (4 flooding pods' 64); with the first 2 of each pod, at most `256 + 2 n` are held when `n`
+/// pods relay. A pod's query so finds a slot while fewer than 128 other pods relay at once,
+/// more than a node runs (Kubernetes' default is 110 pods), whatever the others ask and in
+/// whatever order. 2 is the A and AAAA a resolver asks together; a pod alone still has its
+/// 64 turns' worth of the open 256.
+pub const RESERVED_IN_FLIGHT: usize = MAX_IN_FLIGHT / 2;
+/// Relayed queries of a pod that may take one of the [`RESERVED_IN_FLIGHT`] slots.
+pub const POD_RESERVED_IN_FLIGHT: usize = 2;
 /// Queries of one pod being answered at once, UDP and TCP together. Past it the pod's UDP
 /// socket is not read until one is answered (the excess waits in the pod's own socket buffer,
 /// and what overflows it the kernel drops), and its TCP queries wait their turn: a pod that
@@ -180,7 +197,8 @@ impl DnsMetrics {
 #[derive(Debug)]
 pub struct Dns {
     cfg: DnsConfig,
-    in_flight: Arc<Semaphore>,
+    /// Upstream queries in flight, all pods together ([`MAX_IN_FLIGHT`]).
+    relaying: AtomicUsize,
     /// Each pod's limits by pod uid, held by the pod's serving tasks and gone with the last of
     /// them.
     pods: Mutex<HashMap<String, Weak<PodLimits>>>,
@@ -196,17 +214,45 @@ struct PodLimits {
     turns: Arc<Semaphore>,
     /// Open TCP connections ([`MAX_POD_TCP_CONNECTIONS`]).
     connections: Arc<Semaphore>,
+    /// Upstream slots the pod holds, and those it is asking for, of [`Dns::relaying`].
+    relaying: AtomicUsize,
+}
+
+/// Why a relayed query got no upstream slot, as counted in `ztunnel_connections_denied_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NoSlot {
+    /// All [`MAX_IN_FLIGHT`] are held.
+    Full,
+    /// Only [`RESERVED_IN_FLIGHT`] are left, and the pod holds its share of them already.
+    Share,
+}
+
+impl NoSlot {
+    fn reason(self) -> &'static str {
+        match self {
+            NoSlot::Full => "dns_upstream_slots",
+            NoSlot::Share => "dns_upstream_share",
+        }
+    }
+}
+
+/// One upstream slot held by a pod's query, given back when dropped.
+struct UpstreamSlot<'a> {
+    dns: &'a Dns,
+    pod: &'a PodLimits,
+}
+
+impl Drop for UpstreamSlot<'_> {
+    fn drop(&mut self) {
+        self.dns.relaying.fetch_sub(1, Ordering::AcqRel);
+        self.pod.relaying.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Dns {
     /// The shared part of the proxy.
     pub fn new(cfg: DnsConfig) -> Dns {
-        Dns {
-            cfg,
-            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            pods: Mutex::default(),
-            hosts: hosts::Hosts::default(),
-        }
+        Dns { cfg, relaying: AtomicUsize::new(0), pods: Mutex::default(), hosts: hosts::Hosts::default() }
     }
 
     /// The limits of the pod `uid`, shared by its UDP sockets and TCP connections.
@@ -220,9 +266,29 @@ impl Dns {
         let limits = Arc::new(PodLimits {
             turns: Arc::new(Semaphore::new(MAX_POD_IN_FLIGHT)),
             connections: Arc::new(Semaphore::new(MAX_POD_TCP_CONNECTIONS)),
+            relaying: AtomicUsize::new(0),
         });
         pods.insert(uid.to_owned(), Arc::downgrade(&limits));
         limits
+    }
+
+    /// One of the [`MAX_IN_FLIGHT`] upstream slots for a query of `pod`, unless all are held, or
+    /// only the [`RESERVED_IN_FLIGHT`] are left and `pod` holds [`POD_RESERVED_IN_FLIGHT`].
+    fn upstream_slot<'a>(&'a self, pod: &'a PodLimits) -> Result<UpstreamSlot<'a>, NoSlot> {
+        // Counted before the slot is taken, so that the pod's queries asking at the same time
+        // each see the others, and no two take the pod's last reserved one.
+        let held = pod.relaying.fetch_add(1, Ordering::AcqRel);
+        let taken = self.relaying.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            let free = MAX_IN_FLIGHT.saturating_sub(used);
+            (free > RESERVED_IN_FLIGHT || (free > 0 && held < POD_RESERVED_IN_FLIGHT)).then_some(used + 1)
+        });
+        match taken {
+            Ok(_) => Ok(UpstreamSlot { dns: self, pod }),
+            Err(used) => {
+                pod.relaying.fetch_sub(1, Ordering::AcqRel);
+                Err(if used >= MAX_IN_FLIGHT { NoSlot::Full } else { NoSlot::Share })
+            }
+        }
     }
 
     /// The settings.
@@ -250,7 +316,7 @@ impl<S: PodSockets> Pod<S> {
 
     /// The answer to `msg`, or `None` when there is nothing to answer (a response, or bytes
     /// that are not even a header: a resolver would drop them too).
-    async fn dns_answer(&self, dns: &Dns, msg: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    async fn dns_answer(&self, dns: &Dns, limits: &PodLimits, msg: &[u8], transport: Transport) -> Option<Vec<u8>> {
         // Checked before anything is relayed: ztunnel must not carry a pod's stray bytes or its
         // responses to the upstream, which would answer them (FORMERR) as if ztunnel had asked.
         if !answerable(msg) {
@@ -268,7 +334,10 @@ impl<S: PodSockets> Pod<S> {
                 tracing::debug!(pod = %self.uid, id, error = %e, "DNS message relayed unread");
                 // Its limit unread, the answer goes back as the upstream sent it.
                 let max = usize::from(u16::MAX);
-                return self.dns_relay(dns, msg, transport, max, &labels).await.or_else(|| message::format_error(msg));
+                return self
+                    .dns_relay(dns, limits, msg, transport, max, &labels)
+                    .await
+                    .or_else(|| message::format_error(msg));
             }
         };
         // RFC 6891 §6.1.3: a version we do not speak is BADVERS, neither answered nor relayed
@@ -288,7 +357,7 @@ impl<S: PodSockets> Pod<S> {
         {
             return Some(query.answer(&addrs, ANSWER_TTL, limit));
         }
-        match self.dns_relay(dns, msg, transport, limit, &labels).await {
+        match self.dns_relay(dns, limits, msg, transport, limit, &labels).await {
             // Other types of a mesh name are the upstream's to answer (a Kubernetes service's
             // SRV), but an upstream that does not know the name (a ServiceEntry host) says
             // NXDOMAIN: no record of any type, which a cache in the pod may then answer the
@@ -305,10 +374,13 @@ impl<S: PodSockets> Pod<S> {
     }
 
     /// `msg` relayed upstream; `None` when no upstream answered (counted, logged at debug: a
-    /// pod asking for names that do not resolve is not ztunnel's trouble).
+    /// pod asking for names that do not resolve is not ztunnel's trouble) or it got no upstream
+    /// slot (counted with the reason, logged as a warning: the node's or the pod's share of
+    /// upstream queries is used up).
     async fn dns_relay(
         &self,
         dns: &Dns,
+        limits: &PodLimits,
         msg: &[u8],
         transport: Transport,
         limit: usize,
@@ -317,12 +389,26 @@ impl<S: PodSockets> Pod<S> {
         let metrics = &self.inputs.metrics.dns;
         metrics.upstream_requests.get_or_create(labels).inc();
         let started = std::time::Instant::now();
-        let answer = match dns.in_flight.clone().try_acquire_owned() {
-            Ok(_permit) => match transport {
+        let answer = match dns.upstream_slot(limits) {
+            Ok(_slot) => match transport {
                 Transport::Udp => upstream::udp(&dns.cfg, msg, limit).await,
                 Transport::Tcp => upstream::tcp(&dns.cfg, msg).await,
             },
-            Err(_) => Err(upstream::UpstreamError::Busy),
+            Err(why) => {
+                /// A flood is refused a slot for each query: a line each would be a flood too.
+                static NO_SLOT_LOG: LogBudget = LogBudget::per_second(10);
+                self.inputs.metrics.denied(Reporter::Source, why.reason());
+                if let Some(skipped) = NO_SLOT_LOG.admit() {
+                    tracing::warn!(
+                        pod = %self.uid,
+                        reason = why.reason(),
+                        in_flight = limits.relaying.load(Ordering::Relaxed),
+                        skipped,
+                        "DNS query not relayed (SERVFAIL): no upstream slot for the pod"
+                    );
+                }
+                Err(upstream::UpstreamError::Busy)
+            }
         };
         match answer {
             Ok(a) => {
@@ -435,14 +521,14 @@ pub(crate) async fn serve_udp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, so
             }
         };
         msg.truncate(n);
-        let (pod, dns, socket) = (pod.clone(), dns.clone(), socket.clone());
+        let (pod, dns, socket, limits) = (pod.clone(), dns.clone(), socket.clone(), limits.clone());
         tokio::spawn(async move {
             let _turn = turn;
             // A datagram that filled the buffer may have been cut: not a query to act on.
             let answer = if n == MAX_QUERY {
                 message::format_error(&msg)
             } else {
-                pod.dns_answer(&dns, &msg, Transport::Udp).await
+                pod.dns_answer(&dns, &limits, &msg, Transport::Udp).await
             };
             if let Some(answer) = answer
                 && let Err(e) = socket.send_to(&answer, client).await
@@ -533,9 +619,9 @@ pub(crate) async fn serve_tcp<S: PodSockets>(pod: Arc<Pod<S>>, dns: Arc<Dns>, tc
             () = out.failed.notified() => return,
         };
         let outstanding = Outstanding::begin(&out);
-        let (pod, dns, out) = (pod.clone(), dns.clone(), out.clone());
+        let (pod, dns, out, limits) = (pod.clone(), dns.clone(), out.clone(), limits.clone());
         answering.spawn(async move {
-            let sent = match pod.dns_answer(&dns, &msg, Transport::Tcp).await {
+            let sent = match pod.dns_answer(&dns, &limits, &msg, Transport::Tcp).await {
                 Some(answer) => out.send(&answer, idle).await,
                 None => false,
             };
@@ -626,6 +712,34 @@ mod tests {
         drop(a);
         let _b = dns.pod_limits("b");
         assert_eq!(dns.pods.lock().unwrap().keys().collect::<Vec<_>>(), ["b"], "a pod no longer served is no entry");
+    }
+
+    #[test]
+    fn pods_taking_all_the_upstream_slots_they_may_leave_one_for_another() {
+        let dns = Dns::new(DnsConfig::default());
+        // 127 pods in turn, each taking as many slots as it is given, up to its turns: the
+        // first 4 take the open 256, each other one 2 of the reserved.
+        let pods: Vec<_> = (0..127).map(|i| dns.pod_limits(&i.to_string())).collect();
+        let mut held = Vec::new();
+        for pod in &pods {
+            while held.iter().filter(|s: &&UpstreamSlot<'_>| std::ptr::eq(s.pod, &**pod)).count() < MAX_POD_IN_FLIGHT {
+                match dns.upstream_slot(pod) {
+                    Ok(slot) => held.push(slot),
+                    Err(why) => {
+                        assert_eq!(why, NoSlot::Share);
+                        break;
+                    }
+                }
+            }
+        }
+        assert_eq!(held.len(), RESERVED_IN_FLIGHT + 123 * POD_RESERVED_IN_FLIGHT);
+        let quiet = dns.pod_limits("quiet");
+        let slot = dns.upstream_slot(&quiet);
+        assert!(slot.is_ok(), "the 128th pod gets a slot");
+        drop(slot);
+        drop(held);
+        assert_eq!(dns.relaying.load(Ordering::SeqCst), 0, "every slot given back");
+        assert!(pods.iter().all(|p| p.relaying.load(Ordering::SeqCst) == 0));
     }
 
     /// A client that announces a 64 KiB message, sends 3 bytes of it and stalls; it counts
