@@ -459,6 +459,19 @@ pub fn sort(entries: &mut [Entry]) {
 /// [`Entry::host_rank`]) come first, as the Gateway API requires of routes with intersecting
 /// hostnames; within those, the first matching entry in precedence order.
 ///
+/// A request that no rule of the most specific routes matches falls through to the rules of
+/// less specific ones (a wildcard, then routes without hostnames); it is 404 only when no rule
+/// of any route taking its host matches. This is a decision, not Envoy's virtual-host model (a
+/// request sees only the most specific virtual host's routes, else 404), because:
+/// - the HTTPRoute `hostnames` doc gives "precedence" to the rules of the most specific route,
+///   an order among the routes that take the host, and says nothing of hiding the others;
+/// - these routes have a Service as parent (GAMMA). There, Istio's waypoints ignore `hostnames`
+///   altogether, so no request meets a 404 for a more specific route existing, and the
+///   direction GAMMA is taking (gateway-api#2885, Linkerd's behaviour) is `hostnames` as a
+///   match on the authority, under which a route's other rules are tried like any non-match;
+/// - a route for one host added beside a catch-all route would otherwise cut that host off
+///   from every path the new route does not list, which adding a route should not do.
+///
 /// The host rank depends on the request, so it cannot be part of the table's order; an entry
 /// whose rank cannot beat the best match so far is skipped before its matcher runs, so a table
 /// without hostnames costs what a first-match scan costs.

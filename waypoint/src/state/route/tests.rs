@@ -314,6 +314,52 @@ fn the_most_specific_matching_hostname_wins_before_match_precedence() {
     assert_eq!(pick_in(&routes, &at("other.test")), "ns/HTTPRoute/any#exact");
 }
 
+/// A request that no rule of the most specific matching route takes goes on to the rules of
+/// the less specific ones (see [`find`] for why), down to a route without hostnames; one that no
+/// rule of any route taking its host matches is not routed (404), and a route whose hostnames
+/// do not take the host is never used, however well its rules match.
+#[test]
+fn a_request_no_rule_of_the_most_specific_hostname_takes_falls_through_to_less_specific() {
+    let rule = |name: &str, m: pb::Match| pb::Rule {
+        name: name.into(),
+        matches: vec![m],
+        backends: vec![backend("b", 80, 1)],
+        ..Default::default()
+    };
+    use pb::MatchType::*;
+    let routes = [
+        one_rule_route("any", pb::route::Kind::Http, 1, &[], rule("docs", m_path(PathPrefix, "/docs"))),
+        one_rule_route("wild", pb::route::Kind::Http, 2, &["*.example.com"], rule("v1", m_path(PathPrefix, "/v1"))),
+        one_rule_route(
+            "precise",
+            pb::route::Kind::Http,
+            3,
+            &["api.example.com"],
+            rule("v2", m_path(PathPrefix, "/v2")),
+        ),
+        one_rule_route("other", pb::route::Kind::Http, 4, &["other.test"], rule("all", m_path(PathPrefix, "/"))),
+    ];
+    let none = HeaderMap::new();
+    let at = |host: &'static str, path: &'static str| RequestView {
+        method: &Method::GET,
+        path,
+        query: None,
+        headers: &none,
+        host,
+    };
+    // The most specific route's own rule first...
+    assert_eq!(pick_in(&routes, &at("api.example.com", "/v2/x")), "ns/HTTPRoute/precise#v2");
+    // ...then, for what it does not take, the wildcard's, then the route without hostnames.
+    assert_eq!(pick_in(&routes, &at("api.example.com", "/v1/x")), "ns/HTTPRoute/wild#v1");
+    assert_eq!(pick_in(&routes, &at("api.example.com", "/docs")), "ns/HTTPRoute/any#docs");
+    assert_eq!(pick_in(&routes, &at("www.example.com", "/docs")), "ns/HTTPRoute/any#docs");
+    // Nothing taking the host matches: no route (404), even though `other` takes every path.
+    assert_eq!(pick_in(&routes, &at("api.example.com", "/elsewhere")), "");
+    // A route whose hostnames do not take the host is never used, however well it matches.
+    assert_eq!(pick_in(&routes, &at("www.example.com", "/v2/x")), "");
+    assert_eq!(pick_in(&routes, &at("other.test", "/v1/x")), "ns/HTTPRoute/other#all");
+}
+
 /// HTTPPathModifier: `replacePrefixMatch` may be the empty string ("/foo" prefix, "" →
 /// "/foo/bar" becomes "/bar", "/foo" becomes "/").
 #[test]
