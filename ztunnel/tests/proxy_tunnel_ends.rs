@@ -1,9 +1,10 @@
-//! How a connection ends, end to end through two pods' ztunnels (client pod → its outbound
-//! capture → HBONE → the server pod's 15008 → the server application), both pods enrolled with
-//! the real redirection and wired by a veth. Each end's FIN reaches the other and the answer
+//! How a connection ends, end to end through ztunnel, two pods wired by a veth with the real
+//! redirection in those enrolled: both (client pod → its outbound capture → HBONE → the server
+//! pod's 15008 → the server application), the client only (passed through to a server outside
+//! the mesh), the server only (a client outside the mesh on its plaintext capture). Each end's FIN reaches the other and the answer
 //! sent after the client's FIN still arrives; a reset on either end resets the other (an
 //! error, never a clean end it could take for a complete answer); a destination port nobody
-//! listens on resets the client, counted on both sides. Needs root.
+//! listens on resets the client, counted by the side that refused. Needs root.
 
 mod support;
 
@@ -98,14 +99,39 @@ fn server_app(ns: &Netns) -> (Vec<support::Task>, mpsc::UnboundedReceiver<End>) 
     (tasks, rx)
 }
 
-fn state() -> ztunnel::state::State {
-    let yaml = format!(
-        r#"
-workloads:
-- {{name: client, namespace: tools, serviceAccount: client, addresses: ["{CLIENT_IP}"], protocol: HBONE}}
-- {{name: server, namespace: shop, serviceAccount: server, addresses: ["{SERVER_IP}"], protocol: HBONE}}
-"#
-    );
+/// Which of the two pods are enrolled (captured, in the state, served by ztunnel).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mesh {
+    /// Both: HBONE between them.
+    Both,
+    /// Only the client: its outbound is passed through to a server outside the mesh.
+    ClientOnly,
+    /// Only the server: the client outside the mesh reaches its inbound plaintext capture.
+    ServerOnly,
+}
+
+impl Mesh {
+    fn client(self) -> bool {
+        self != Mesh::ServerOnly
+    }
+
+    fn server(self) -> bool {
+        self != Mesh::ClientOnly
+    }
+}
+
+fn state(mesh: Mesh) -> ztunnel::state::State {
+    let mut yaml = String::from("workloads:\n");
+    if mesh.client() {
+        yaml += &format!(
+            "- {{name: client, namespace: tools, serviceAccount: client, addresses: [\"{CLIENT_IP}\"], protocol: HBONE}}\n"
+        );
+    }
+    if mesh.server() {
+        yaml += &format!(
+            "- {{name: server, namespace: shop, serviceAccount: server, addresses: [\"{SERVER_IP}\"], protocol: HBONE}}\n"
+        );
+    }
     file::parse(&yaml, StateConfig::default()).unwrap()
 }
 
@@ -128,6 +154,20 @@ fn count(metrics: &str, prefix: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fin_and_reset_cross_the_tunnel_both_ways() {
+    ends(Mesh::Both).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fin_and_reset_cross_passthrough_both_ways() {
+    ends(Mesh::ClientOnly).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fin_and_reset_cross_inbound_plaintext_both_ways() {
+    ends(Mesh::ServerOnly).await;
+}
+
+async fn ends(mesh: Mesh) {
     let suffix = format!("{}-{}", std::process::id(), rand::random::<u16>());
     let client_ns = ScratchNetns::create(&format!("ends-c-{suffix}")).unwrap();
     let server_ns = ScratchNetns::create(&format!("ends-s-{suffix}")).unwrap();
@@ -136,7 +176,12 @@ async fn fin_and_reset_cross_the_tunnel_both_ways() {
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]).unwrap();
         ns.ip(&["link", "set", "eth0", "up"]).unwrap();
         ns.ip(&["link", "set", "lo", "up"]).unwrap();
-        redirect::install(ns.netns(), &RedirectConfig::default()).unwrap();
+    }
+    if mesh.client() {
+        redirect::install(client_ns.netns(), &RedirectConfig::default()).unwrap();
+    }
+    if mesh.server() {
+        redirect::install(server_ns.netns(), &RedirectConfig::default()).unwrap();
     }
     let (_apps, mut ends) = server_app(server_ns.netns());
 
@@ -147,7 +192,7 @@ async fn fin_and_reset_cross_the_tunnel_both_ways() {
     certs.insert(ca.issue(&server, DAY));
     let mut registry = Registry::default();
     let inputs = ProxyInputs::new(
-        StateHandle::new(state()),
+        StateHandle::new(state(mesh)),
         certs,
         Metrics::register(&mut registry),
         Arc::new(ProxyConfig { transparent_inbound: false, ..ProxyConfig::default() }),
@@ -156,10 +201,12 @@ async fn fin_and_reset_cross_the_tunnel_both_ways() {
     );
     let host = Arc::new(Netns::current().unwrap());
     let sockets = |ns: &ScratchNetns| InPodSockets::new(Arc::new(ns.netns().try_clone().unwrap()), host.clone());
-    let _client_pod =
-        PodProxy::start("Kubernetes//Pod/tools/client".into(), client, sockets(&client_ns), inputs.clone()).unwrap();
-    let _server_pod =
-        PodProxy::start("Kubernetes//Pod/shop/server".into(), server, sockets(&server_ns), inputs).unwrap();
+    let _client_pod = mesh.client().then(|| {
+        PodProxy::start("Kubernetes//Pod/tools/client".into(), client, sockets(&client_ns), inputs.clone()).unwrap()
+    });
+    let _server_pod = mesh
+        .server()
+        .then(|| PodProxy::start("Kubernetes//Pod/shop/server".into(), server, sockets(&server_ns), inputs).unwrap());
     let cns = client_ns.netns();
 
     // The client's FIN reaches the server, whose answer still comes back, then its own FIN.
@@ -206,35 +253,44 @@ async fn fin_and_reset_cross_the_tunnel_both_ways() {
 
     // Nobody listens on the port: the server's ztunnel answers 503 and the client is reset.
     let refused = in_ns(cns, || {
-        let mut s = dial(CLOSED);
+        // The reset can come before the connect has returned (everything here is local and
+        // fast): then the connect reports it.
+        let dst: SocketAddr = format!("{SERVER_IP}:{CLOSED}").parse().unwrap();
+        let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut got = Vec::new();
         s.read_to_end(&mut got).map(|_| got)
     })
     .await;
     assert_eq!(refused.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset), "a refused destination resets");
     let metrics = ztunnel::metrics::encode(&registry);
-    assert!(
-        metrics
-            .contains("ztunnel_connections_denied_total{reporter=\"destination\",reason=\"workload_unreachable\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("ztunnel_connections_denied_total{reporter=\"source\",reason=\"refused_by_destination\"} 1"),
-        "{metrics}"
-    );
-    // Four connections were carried, counted once opened by each side.
+    let refusals: &[&str] = match mesh {
+        Mesh::Both => &[
+            "{reporter=\"destination\",reason=\"workload_unreachable\"} 1",
+            "{reporter=\"source\",reason=\"refused_by_destination\"} 1",
+        ],
+        Mesh::ClientOnly => &["{reporter=\"source\",reason=\"passthrough_connect_failed\"} 1"],
+        Mesh::ServerOnly => &["{reporter=\"destination\",reason=\"workload_unreachable\"} 1"],
+    };
+    for refusal in refusals {
+        assert!(metrics.contains(&format!("ztunnel_connections_denied_total{refusal}")), "{refusal}: {metrics}");
+    }
+    // Four connections were carried, counted once opened by each side that serves one.
+    let sides = [("source", mesh.client()), ("destination", mesh.server())];
+    let carried = 4 * sides.iter().filter(|(_, served)| *served).count() as u64;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut metrics = metrics;
-    while count(&metrics, "istio_tcp_connections_closed_total{") < 8 && std::time::Instant::now() < deadline {
+    while count(&metrics, "istio_tcp_connections_closed_total{") < carried && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
         metrics = ztunnel::metrics::encode(&registry);
     }
-    assert_eq!(count(&metrics, "istio_tcp_connections_opened_total{reporter=\"source\""), 4, "{metrics}");
-    assert_eq!(count(&metrics, "istio_tcp_connections_opened_total{reporter=\"destination\""), 4, "{metrics}");
-    assert_eq!(count(&metrics, "istio_tcp_connections_closed_total{"), 8, "{metrics}");
-    // Client to server: "question", "x", "x", "bye"; back: the answer, 22 bytes.
-    assert_eq!(count(&metrics, "istio_tcp_received_bytes_total{reporter=\"source\""), 13, "{metrics}");
-    assert_eq!(count(&metrics, "istio_tcp_received_bytes_total{reporter=\"destination\""), 13, "{metrics}");
-    assert_eq!(count(&metrics, "istio_tcp_sent_bytes_total{reporter=\"source\""), 22, "{metrics}");
-    assert_eq!(count(&metrics, "istio_tcp_sent_bytes_total{reporter=\"destination\""), 22, "{metrics}");
+    assert_eq!(count(&metrics, "istio_tcp_connections_closed_total{"), carried, "{metrics}");
+    for (reporter, served) in sides {
+        let n = |family: &str| count(&metrics, &format!("{family}{{reporter=\"{reporter}\""));
+        let want = |v: u64| if served { v } else { 0 };
+        assert_eq!(n("istio_tcp_connections_opened_total"), want(4), "{reporter}: {metrics}");
+        // Client to server: "question", "x", "x", "bye"; back: the answer, 22 bytes.
+        assert_eq!(n("istio_tcp_received_bytes_total"), want(13), "{reporter}: {metrics}");
+        assert_eq!(n("istio_tcp_sent_bytes_total"), want(22), "{reporter}: {metrics}");
+    }
 }
