@@ -107,6 +107,15 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
         dst_identity: Some(&dst_identity),
         service: None,
     };
+    // Port 0 is no destination: connecting there fails, which would read as the workload
+    // being unreachable (503) when it is the request that is malformed.
+    if authority.port() == 0 {
+        metrics.denied(Reporter::Destination, "bad_authority");
+        let why = format!(":authority {authority} has port 0, which names no destination");
+        ends.log("inbound", None, 0, 0, started.elapsed(), Some(&why));
+        req.refuse(StatusCode::BAD_REQUEST, &why);
+        return;
+    }
     if pod.inputs.cfg.is_own_port(authority.port()) {
         metrics.denied(Reporter::Destination, "destination_is_ztunnel");
         req.refuse(StatusCode::BAD_REQUEST, "the destination port is one of ztunnel's own");
