@@ -10,9 +10,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use hbone::store::InsertError;
 use hbone::{CertStore, Identity, TrustRoots, WorkloadCert};
 use proto::istio::v1::auth::IstioCertificateRequest;
 use proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
@@ -57,6 +59,57 @@ pub enum CaClientError {
         /// Why.
         why: String,
     },
+    /// The CA's certificate is not one peers would take as the identity's (another SPIFFE ID,
+    /// not a leaf SVID, a key not ours, outside its validity): the store kept the previous one.
+    #[error("CA answer not installed: {0}")]
+    NotInstalled(#[source] InsertError),
+}
+
+impl CaClientError {
+    /// The `reason` label this failure is counted under (see [`fetch_failures`]).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CaClientError::Csr { .. } => "csr",
+            CaClientError::Refused { .. } => "ca_refused",
+            CaClientError::Token { .. } => "token",
+            CaClientError::BadAnswer { .. } => "bad_answer",
+            CaClientError::NotInstalled(e) => e.reason(),
+        }
+    }
+}
+
+/// Every reason a certificate fetch fails for: ours, then the store's refusals
+/// ([`InsertError::REASONS`]).
+pub const FETCH_FAILURE_REASONS: [&str; 11] = [
+    "csr",
+    "ca_refused",
+    "token",
+    "bad_answer",
+    "malformed",
+    "key_mismatch",
+    "bad_spiffe_id",
+    "not_leaf_svid",
+    "wrong_identity",
+    "not_yet_valid",
+    "expired",
+];
+
+/// Fetches failed since the process started, per reason of [`FETCH_FAILURE_REASONS`].
+/// Process-wide: a scrape wants one total, whichever client asked.
+static FETCH_FAILURES: [AtomicU64; FETCH_FAILURE_REASONS.len()] =
+    [const { AtomicU64::new(0) }; FETCH_FAILURE_REASONS.len()];
+
+fn count_failure(reason: &'static str) {
+    // A reason missing from the list is a bug the unit tests catch; it is not worth a panic.
+    if let Some(i) = FETCH_FAILURE_REASONS.iter().position(|r| *r == reason) {
+        FETCH_FAILURES[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Certificate fetches that failed since the process started, by reason, every reason listed
+/// (zero included), for the metrics and admin endpoints.
+pub fn fetch_failures() -> impl Iterator<Item = (&'static str, u64)> {
+    FETCH_FAILURE_REASONS.iter().zip(&FETCH_FAILURES).map(|(r, c)| (*r, c.load(Ordering::Relaxed)))
 }
 
 /// Where the bearer token comes from.
@@ -123,8 +176,26 @@ impl CaClient {
         CaClient { token: Token::File(token_file.to_owned()), ..Self::new(channel, "", store, ttl) }
     }
 
-    /// One CSR round trip for `identity`; installs and returns the certificate.
+    /// One CSR round trip for `identity`; installs and returns the certificate. A failure is
+    /// counted by reason ([`fetch_failures`]); the identity keeps its previous certificate.
     pub async fn fetch(&self, identity: &Identity) -> Result<Arc<WorkloadCert>, CaClientError> {
+        let fetched = self.fetch_once(identity).await;
+        if let Err(e) = &fetched {
+            count_failure(e.reason());
+            if let CaClientError::NotInstalled(refused) = e {
+                tracing::warn!(
+                    %identity,
+                    reason = refused.reason(),
+                    error = %refused,
+                    previous_kept = self.store.get(identity).is_some(),
+                    "CA answered with a certificate peers would refuse; not installed"
+                );
+            }
+        }
+        fetched
+    }
+
+    async fn fetch_once(&self, identity: &Identity) -> Result<Arc<WorkloadCert>, CaClientError> {
         let csr_err = |why: String| CaClientError::Csr { identity: identity.clone(), why };
         let key = rcgen::KeyPair::generate().map_err(|e| csr_err(e.to_string()))?;
         let mut params = rcgen::CertificateParams::default();
@@ -160,18 +231,18 @@ impl CaClient {
         let bad = |why: String| CaClientError::BadAnswer { identity: identity.clone(), why };
         let root = chain.last().ok_or_else(|| bad("empty chain".into()))?;
         let roots = TrustRoots::from_pem(root.as_bytes()).map_err(|e| bad(format!("root: {e}")))?;
-        let cert = WorkloadCert::from_pem(chain.concat().as_bytes(), key.serialize_pem().as_bytes())
-            .map_err(|e| bad(e.to_string()))?;
-        if cert.identity() != identity {
-            return Err(bad(format!("certificate is for {}", cert.identity())));
-        }
+        // The store checks the certificate as peers will; a refused answer changes nothing,
+        // not even the roots.
+        self.store
+            .insert_pem(identity, chain.concat().as_bytes(), key.serialize_pem().as_bytes())
+            .map_err(CaClientError::NotInstalled)?;
         // Trust the root that signed it in addition to those already trusted (rotation overlap).
+        // After the certificate: presenting it does not depend on our roots.
         let current = self.store.roots();
         if !roots.certificates().iter().all(|r| current.certificates().contains(r)) {
             self.store.set_roots(current.merged(&roots));
             tracing::info!(roots = current.certificates().len() + 1, "trusting a new mesh root");
         }
-        self.store.insert(cert);
         Ok(self.store.get(identity).expect("just inserted"))
     }
 
@@ -214,7 +285,7 @@ impl CaClient {
                 }
                 Err(e) => {
                     // Keep the current certificate; try again soon, more slowly each time.
-                    tracing::warn!(%identity, error = %e, "renewal failed; retrying");
+                    tracing::warn!(%identity, reason = e.reason(), error = %e, "renewal failed; retrying");
                     tokio::time::sleep(retry).await;
                     retry = (retry * 2).min(Duration::from_secs(30));
                 }
@@ -228,4 +299,166 @@ impl CaClient {
 /// 10% as jitter so that the pods of a node do not all ask at once.
 fn renew_after(cert: &WorkloadCert, now: SystemTime) -> Duration {
     cert.remaining(now).mul_f64(0.5 + rand::rng().random_range(0.0..0.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::istio::v1::auth::IstioCertificateResponse;
+    use proto::istio::v1::auth::istio_certificate_service_server::{
+        IstioCertificateService, IstioCertificateServiceServer,
+    };
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    };
+    use rustls_pki_types::CertificateSigningRequestDer;
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::prelude::{FromDer, X509CertificationRequest};
+
+    /// The public key a CSR asks a certificate for (ECDSA P-256, as the client generates).
+    struct CsrKey(Vec<u8>);
+
+    impl rcgen::PublicKeyData for CsrKey {
+        fn der_bytes(&self) -> &[u8] {
+            &self.0
+        }
+
+        fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+            &rcgen::PKCS_ECDSA_P256_SHA256
+        }
+    }
+
+    /// What the fake CA signs for the CSR's key.
+    #[derive(Clone, Copy, Debug)]
+    enum Answer {
+        /// A workload certificate for the identity asked for.
+        Workload,
+        /// A workload certificate for another identity.
+        OtherIdentity,
+        /// A certificate for the identity that may sign certificates (a misconfigured CA).
+        SigningCertificate,
+    }
+
+    struct FakeCa {
+        issuer: Issuer<'static, KeyPair>,
+        root_pem: String,
+        answer: Mutex<Answer>,
+    }
+
+    impl FakeCa {
+        fn new() -> Self {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::default();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let root_pem = params.self_signed(&key).unwrap().pem();
+            FakeCa { issuer: Issuer::new(params, key), root_pem, answer: Mutex::new(Answer::Workload) }
+        }
+    }
+
+    #[tonic::async_trait]
+    impl IstioCertificateService for FakeCa {
+        async fn create_certificate(
+            &self,
+            req: tonic::Request<IstioCertificateRequest>,
+        ) -> Result<tonic::Response<IstioCertificateResponse>, tonic::Status> {
+            let req = req.into_inner();
+            let der = CertificateSigningRequestDer::from_pem_slice(req.csr.as_bytes()).unwrap();
+            let (_, csr) = X509CertificationRequest::from_der(der.as_ref()).unwrap();
+            let key = CsrKey(csr.certification_request_info.subject_pki.subject_public_key.data.to_vec());
+            let asked = match csr.requested_extensions().into_iter().flatten().find_map(|e| match e {
+                x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) => {
+                    san.general_names.iter().find_map(|n| match n {
+                        x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            }) {
+                Some(uri) => uri,
+                None => return Err(tonic::Status::invalid_argument("no URI SAN")),
+            };
+            let answer = *self.answer.lock().unwrap();
+            let mut params = CertificateParams::default();
+            let uri = match answer {
+                Answer::OtherIdentity => "spiffe://cluster.local/ns/shop/sa/other".to_owned(),
+                Answer::Workload | Answer::SigningCertificate => asked,
+            };
+            params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into().unwrap())];
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            if let Answer::SigningCertificate = answer {
+                params.key_usages.push(KeyUsagePurpose::KeyCertSign);
+            }
+            let now = SystemTime::now();
+            params.not_before = (now - Duration::from_secs(60)).into();
+            params.not_after = (now + Duration::from_secs(3600)).into();
+            let leaf = params.signed_by(&key, &self.issuer).unwrap();
+            Ok(tonic::Response::new(IstioCertificateResponse {
+                cert_chain: vec![leaf.pem(), self.root_pem.clone()],
+                root_cert: None,
+            }))
+        }
+    }
+
+    fn failures(reason: &str) -> u64 {
+        fetch_failures().find(|(r, _)| *r == reason).map(|(_, n)| n).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_answer_peers_would_refuse_is_not_installed_and_is_counted_by_reason() {
+        let ca = Arc::new(FakeCa::new());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(IstioCertificateServiceServer::from_arc(ca.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let store = CertStore::new(TrustRoots::from_pem(ca.root_pem.as_bytes()).unwrap());
+        let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect_lazy();
+        let client = CaClient::new(channel, "token", store.clone(), Duration::from_secs(3600));
+        let web = Identity::new("cluster.local", "shop", "web").unwrap();
+        let other = Identity::new("cluster.local", "shop", "other").unwrap();
+        let installed = client.fetch(&web).await.unwrap();
+
+        for (answer, reason, names) in [
+            (Answer::OtherIdentity, "wrong_identity", other.as_str()),
+            (Answer::SigningCertificate, "not_leaf_svid", "keyCertSign"),
+        ] {
+            *ca.answer.lock().unwrap() = answer;
+            // Process-wide counters: other tests may count too, never less.
+            let before = failures(reason);
+            let err = client.fetch(&web).await.expect_err(reason);
+            let CaClientError::NotInstalled(refused) = &err else { panic!("{answer:?}: {err:?}") };
+            assert_eq!(refused.identity, web);
+            assert_eq!(err.reason(), reason);
+            assert!(err.to_string().contains(web.as_str()) && err.to_string().contains(names), "{err}");
+            assert!(failures(reason) > before, "{reason} counted");
+            assert!(Arc::ptr_eq(&store.get(&web).unwrap(), &installed), "{answer:?}: the previous one stays");
+        }
+        assert!(store.get(&other).is_none());
+    }
+
+    #[test]
+    fn every_failure_reason_is_listed() {
+        for reason in InsertError::REASONS {
+            assert!(FETCH_FAILURE_REASONS.contains(&reason), "{reason}");
+        }
+        let id = Identity::new("cluster.local", "shop", "web").unwrap();
+        let ours = [
+            CaClientError::Csr { identity: id.clone(), why: String::new() },
+            CaClientError::Refused { identity: id.clone(), status: tonic::Status::internal("") },
+            CaClientError::Token {
+                identity: id.clone(),
+                path: PathBuf::new(),
+                source: std::io::ErrorKind::NotFound.into(),
+            },
+            CaClientError::BadAnswer { identity: id, why: String::new() },
+        ];
+        for e in ours {
+            assert!(FETCH_FAILURE_REASONS.contains(&e.reason()), "{e}");
+        }
+        assert_eq!(fetch_failures().count(), FETCH_FAILURE_REASONS.len());
+    }
 }

@@ -1,6 +1,7 @@
 //! What ztunnel's admin `/certs` lists: each workload certificate it holds (identity, serial,
-//! validity, time left, the fingerprint of the root it chains to) and the roots it trusts.
-//! Never private keys: only the public certificates are read.
+//! validity, time left, the fingerprint of the root it chains to), the roots it trusts, and
+//! the certificate fetches that failed since start, by reason (a CA answer the store refused
+//! among them). Never private keys: only the public certificates are read.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -88,8 +89,11 @@ pub fn certs_json(store: &CertStore, now: SystemTime) -> Value {
             })
         })
         .collect();
+    let failures: serde_json::Map<String, Value> =
+        crate::ca_client::fetch_failures().map(|(reason, n)| (reason.to_owned(), json!(n))).collect();
     json!({
         "certificates": certificates,
+        "fetchFailures": failures,
         "roots": roots
             .iter()
             .map(|(f, n)| json!({"fingerprintSha256": f, "subject": n.as_ref().map(|n| n.subject_text.clone())}))
@@ -99,7 +103,16 @@ pub fn certs_json(store: &CertStore, now: SystemTime) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::serial_hex;
+    use super::*;
+
+    #[test]
+    fn fetch_failures_are_listed_by_reason() {
+        let store = CertStore::new(hbone::testing::TestCa::new("report").roots());
+        let doc = certs_json(&store, SystemTime::now());
+        for reason in crate::ca_client::FETCH_FAILURE_REASONS {
+            assert!(doc["fetchFailures"][reason].is_u64(), "{reason}: {doc}");
+        }
+    }
 
     #[test]
     fn serials_print_without_der_sign_padding() {
