@@ -220,17 +220,28 @@ impl CaClient {
             .parse()
             .map_err(|_| csr_err("bootstrap token is not valid header text".into()))?;
         req.metadata_mut().insert("authorization", bearer);
-        let chain = self
+        let answer = self
             .client
             .clone()
             .create_certificate(req)
             .await
             .map_err(|status| CaClientError::Refused { identity: identity.clone(), status })?
-            .into_inner()
-            .cert_chain;
+            .into_inner();
         let bad = |why: String| CaClientError::BadAnswer { identity: identity.clone(), why };
-        let root = chain.last().ok_or_else(|| bad("empty chain".into()))?;
-        let roots = TrustRoots::from_pem(root.as_bytes()).map_err(|e| bad(format!("root: {e}")))?;
+        let chain = answer.cert_chain;
+        if chain.is_empty() {
+            return Err(bad("empty cert_chain".into()));
+        }
+        // Istio's two forms: with `root_cert`, `cert_chain` is the leaf and its intermediates
+        // and `root_cert` the whole bundle of roots; without it, the chain's last entry holds
+        // the roots. Reading the last entry in the first form would trust an intermediate, or
+        // our own leaf, as a root, and not the root that signed the chain.
+        let roots = match &answer.root_cert {
+            Some(r) if r.ca_cert.is_empty() => return Err(bad("root_cert holds no certificate".into())),
+            Some(r) => TrustRoots::from_pem(r.ca_cert.concat().as_bytes()).map_err(|e| bad(format!("root_cert: {e}"))),
+            None => TrustRoots::from_pem(chain[chain.len() - 1].as_bytes())
+                .map_err(|e| bad(format!("cert_chain's last entry (the roots): {e}"))),
+        }?;
         // The store checks the certificate as peers will; a refused answer changes nothing,
         // not even the roots.
         self.store
@@ -240,8 +251,9 @@ impl CaClient {
         // After the certificate: presenting it does not depend on our roots.
         let current = self.store.roots();
         if !roots.certificates().iter().all(|r| current.certificates().contains(r)) {
-            self.store.set_roots(current.merged(&roots));
-            tracing::info!(roots = current.certificates().len() + 1, "trusting a new mesh root");
+            let merged = current.merged(&roots);
+            tracing::info!(roots = merged.certificates().len(), "trusting a new mesh root");
+            self.store.set_roots(merged);
         }
         Ok(self.store.get(identity).expect("just inserted"))
     }
@@ -337,6 +349,9 @@ mod tests {
         OtherIdentity,
         /// A certificate for the identity that may sign certificates (a misconfigured CA).
         SigningCertificate,
+        /// A workload certificate alone in `cert_chain`, the roots (ours and another) in
+        /// `root_cert`: Istio's newer form.
+        RootsInField,
     }
 
     struct FakeCa {
@@ -382,7 +397,7 @@ mod tests {
             let mut params = CertificateParams::default();
             let uri = match answer {
                 Answer::OtherIdentity => "spiffe://cluster.local/ns/shop/sa/other".to_owned(),
-                Answer::Workload | Answer::SigningCertificate => asked,
+                Answer::Workload | Answer::SigningCertificate | Answer::RootsInField => asked,
             };
             params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into().unwrap())];
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
@@ -394,20 +409,30 @@ mod tests {
             params.not_before = (now - Duration::from_secs(60)).into();
             params.not_after = (now + Duration::from_secs(3600)).into();
             let leaf = params.signed_by(&key, &self.issuer).unwrap();
-            Ok(tonic::Response::new(IstioCertificateResponse {
-                cert_chain: vec![leaf.pem(), self.root_pem.clone()],
-                root_cert: None,
-            }))
+            let (cert_chain, root_cert) = match answer {
+                Answer::RootsInField => (
+                    vec![leaf.pem()],
+                    Some(proto::istio::v1::auth::Roots { ca_cert: vec![self.root_pem.clone(), other_root_pem()] }),
+                ),
+                _ => (vec![leaf.pem(), self.root_pem.clone()], None),
+            };
+            Ok(tonic::Response::new(IstioCertificateResponse { cert_chain, root_cert }))
         }
     }
 
-    fn failures(reason: &str) -> u64 {
-        fetch_failures().find(|(r, _)| *r == reason).map(|(_, n)| n).unwrap()
+    /// A second root, as a CA's bundle carries during a root rotation.
+    fn other_root_pem() -> String {
+        static PEM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        PEM.get_or_init(|| {
+            let mut params = CertificateParams::default();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.self_signed(&KeyPair::generate().unwrap()).unwrap().pem()
+        })
+        .clone()
     }
 
-    #[tokio::test]
-    async fn an_answer_peers_would_refuse_is_not_installed_and_is_counted_by_reason() {
-        let ca = Arc::new(FakeCa::new());
+    /// A fake CA serving on loopback, and a client of it with a store trusting its root.
+    async fn serve(ca: &Arc<FakeCa>) -> (CaClient, CertStore) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(
@@ -417,7 +442,35 @@ mod tests {
         );
         let store = CertStore::new(TrustRoots::from_pem(ca.root_pem.as_bytes()).unwrap());
         let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect_lazy();
-        let client = CaClient::new(channel, "token", store.clone(), Duration::from_secs(3600));
+        (CaClient::new(channel, "token", store.clone(), Duration::from_secs(3600)), store)
+    }
+
+    /// Istio's newer answer puts the roots in `root_cert` and only the leaf (and intermediates)
+    /// in `cert_chain`: the roots trusted are that bundle, never the chain's last entry (here
+    /// our own leaf).
+    #[tokio::test]
+    async fn roots_in_the_root_cert_field_are_the_ones_trusted() {
+        let ca = Arc::new(FakeCa::new());
+        *ca.answer.lock().unwrap() = Answer::RootsInField;
+        let (client, store) = serve(&ca).await;
+        let web = Identity::new("cluster.local", "shop", "web").unwrap();
+        let cert = client.fetch(&web).await.unwrap();
+        let der = |pem: &str| rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let roots = store.roots();
+        assert_eq!(roots.certificates().len(), 2, "the CA's root and the other root of its bundle");
+        assert!(roots.certificates().contains(&der(&ca.root_pem)));
+        assert!(roots.certificates().contains(&der(&other_root_pem())));
+        assert!(!roots.certificates().contains(&cert.certified_key().cert[0]), "our own leaf is no root");
+    }
+
+    fn failures(reason: &str) -> u64 {
+        fetch_failures().find(|(r, _)| *r == reason).map(|(_, n)| n).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_answer_peers_would_refuse_is_not_installed_and_is_counted_by_reason() {
+        let ca = Arc::new(FakeCa::new());
+        let (client, store) = serve(&ca).await;
         let web = Identity::new("cluster.local", "shop", "web").unwrap();
         let other = Identity::new("cluster.local", "shop", "other").unwrap();
         let installed = client.fetch(&web).await.unwrap();
