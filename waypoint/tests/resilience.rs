@@ -196,7 +196,8 @@ async fn connect_failures_are_retried_only_with_a_retry() {
         }
     }
     assert_eq!(failed, 5, "round robin sends every other request to the dead endpoint");
-    assert!(w.metrics().contains("response_flags=\"UF\""));
+    let m = w.metrics_once(|m| m.contains("response_flags=\"UF\"")).await;
+    assert!(m.contains("response_flags=\"UF\""), "{m}");
 }
 
 /// `backendRequest` bounds each try, not the whole request: a try that outlives it ends as

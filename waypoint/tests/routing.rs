@@ -93,12 +93,17 @@ async fn default_route_and_matches_over_h1_and_h2() {
     assert!(opened <= 2, "{opened} connections for 40 requests");
 
     // Every request was accounted with Istio's labels.
-    let m = w.metrics();
-    assert!(m.contains("istio_requests_total{reporter=\"waypoint\""), "{m}");
-    assert!(m.contains("destination_service=\"reviews-v3.shop.svc.cluster.local\""), "{m}");
-    assert!(m.contains("source_principal=\"spiffe://cluster.local/ns/frontend/sa/web\""), "{m}");
-    assert!(m.contains("destination_workload=\"v2\""), "{m}");
-    assert!(m.contains("connection_security_policy=\"mutual_tls\""), "{m}");
+    let want = [
+        "istio_requests_total{reporter=\"waypoint\"",
+        "destination_service=\"reviews-v3.shop.svc.cluster.local\"",
+        "source_principal=\"spiffe://cluster.local/ns/frontend/sa/web\"",
+        "destination_workload=\"v2\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    let m = w.metrics_once(|m| want.iter().all(|s| m.contains(s))).await;
+    for s in want {
+        assert!(m.contains(s), "{s}: {m}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

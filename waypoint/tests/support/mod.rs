@@ -545,6 +545,18 @@ impl World {
     pub fn metrics(&self) -> String {
         ztunnel::metrics::encode(&self.registry)
     }
+
+    /// The metrics once `ok` holds of them, or as they are after 5 s: a request is recorded
+    /// just after its response ends, in a task of its own, so the last one may not be yet.
+    pub async fn metrics_once(&self, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut m = self.metrics();
+        while !ok(&m) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            m = self.metrics();
+        }
+        m
+    }
 }
 
 pub fn host(name: &str) -> String {
