@@ -99,7 +99,7 @@ pub const FETCH_FAILURE_REASONS: [&str; 11] = [
 static FETCH_FAILURES: [AtomicU64; FETCH_FAILURE_REASONS.len()] =
     [const { AtomicU64::new(0) }; FETCH_FAILURE_REASONS.len()];
 
-fn count_failure(reason: &'static str) {
+pub(crate) fn count_failure(reason: &'static str) {
     // A reason missing from the list is a bug the unit tests catch; it is not worth a panic.
     if let Some(i) = FETCH_FAILURE_REASONS.iter().position(|r| *r == reason) {
         FETCH_FAILURES[i].fetch_add(1, Ordering::Relaxed);

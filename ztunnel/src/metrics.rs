@@ -133,6 +133,7 @@ impl Metrics {
         registry.register("ztunnel_connections_denied", "Connections refused, by reason", m.denied.clone());
         register_hbone(registry);
         registry.register_collector(Box::new(SliceCollector));
+        registry.register_collector(Box::new(CertFetchCollector));
         Arc::new(m)
     }
 
@@ -167,6 +168,27 @@ impl ConnMetrics {
         self.received.inc_by(received);
         self.sent.inc_by(sent);
         self.closed.inc();
+    }
+}
+
+/// The CA client's process-wide fetch failures by reason ([`crate::ca_client::fetch_failures`]),
+/// read at scrape time: a node whose pods cannot get certificates says so, and why, before
+/// their connections fail.
+#[derive(Debug)]
+struct CertFetchCollector;
+
+impl Collector for CertFetchCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut family = e.encode_descriptor(
+            "ztunnel_certificate_fetch_failures",
+            "Workload certificate requests that failed, by reason (the CA refused, a bad or refused answer, no token, ...)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in crate::ca_client::fetch_failures() {
+            ConstCounter::new(n).encode(family.encode_family(&ReasonLabel { reason })?)?;
+        }
+        Ok(())
     }
 }
 
@@ -267,6 +289,7 @@ mod tests {
         let conn = ConnMetrics::open(&metrics, &labels);
         conn.close(100, 2000);
         metrics.denied(Reporter::Destination, "policy");
+        crate::ca_client::count_failure("ca_refused");
         let text = encode(&registry);
         for want in [
             "istio_tcp_connections_opened_total{reporter=\"destination\",source_workload=\"sleep\"",
@@ -281,6 +304,8 @@ mod tests {
             "hbone_protocol_errors_total{code=\"PROTOCOL_ERROR\"} ",
             "# TYPE ztunnel_sched_short_slice gauge\nztunnel_sched_short_slice ",
             "# TYPE ztunnel_sched_slice_switches counter\nztunnel_sched_slice_switches_total ",
+            "ztunnel_certificate_fetch_failures_total{reason=\"bad_answer\"} ",
+            "ztunnel_certificate_fetch_failures_total{reason=\"wrong_identity\"} ",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
@@ -288,5 +313,10 @@ mod tests {
         assert!(received.ends_with(" 100"), "{received}");
         let sent = text.lines().find(|l| l.starts_with("istio_tcp_sent_bytes_total{")).unwrap();
         assert!(sent.ends_with(" 2000"), "{sent}");
+        // Process-wide: other tests may count too, so at least the one counted here.
+        let refused =
+            text.lines().find(|l| l.starts_with("ztunnel_certificate_fetch_failures_total{reason=\"ca_refused\"} "));
+        let n: u64 = refused.and_then(|l| l.rsplit(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+        assert!(n >= 1, "{refused:?}");
     }
 }
