@@ -71,14 +71,27 @@ pub enum OwnCertProblem {
     },
 }
 
-/// `cert` as `requested`'s own at `now`: the leaf is checked by the verifier's own parse, so a
-/// certificate stored here is one peers take.
-fn check_own(requested: &Identity, cert: &WorkloadCert, now: SystemTime) -> Result<(), OwnCertProblem> {
+/// `cert` as `requested`'s own whenever it is valid: its leaf, checked by the verifier's own
+/// parse, carries exactly `requested` and is a leaf SVID. Returns the leaf as parsed.
+/// For material loaded ahead of time (a certificate directory), where validity is checked when
+/// the certificate is presented rather than when it is read.
+pub fn check_own_leaf(requested: &Identity, cert: &WorkloadCert) -> Result<(), OwnCertProblem> {
+    own_leaf(requested, cert).map(drop)
+}
+
+fn own_leaf(requested: &Identity, cert: &WorkloadCert) -> Result<LeafInfo, OwnCertProblem> {
     let leaf = cert.certified_key().cert.first().ok_or(OwnCertProblem::Unusable(CertError::NoCertificate))?;
     let leaf = LeafInfo::parse_peer(leaf).map_err(OwnCertProblem::Unusable)?;
     if leaf.identity != *requested {
         return Err(OwnCertProblem::WrongIdentity { found: leaf.identity });
     }
+    Ok(leaf)
+}
+
+/// `cert` as `requested`'s own at `now`: [`check_own_leaf`], and valid at `now`, so a
+/// certificate stored here is one peers take.
+fn check_own(requested: &Identity, cert: &WorkloadCert, now: SystemTime) -> Result<(), OwnCertProblem> {
+    let leaf = own_leaf(requested, cert)?;
     if now < leaf.not_before {
         return Err(OwnCertProblem::NotYetValid { not_before: leaf.not_before });
     }

@@ -38,6 +38,15 @@ pub enum CertDirError {
         #[source]
         source: CertError,
     },
+    /// The certificate is not one peers would take as its identity's (not a leaf SVID, ...).
+    #[error("{path}: {source}")]
+    NotOwn {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: hbone::store::OwnCertProblem,
+    },
     /// The certificate in `<ns>/<sa>/` is for another identity.
     #[error("{path}: certificate is for {found}, but its directory says {expected}")]
     WrongIdentity {
@@ -101,6 +110,12 @@ fn read_one(dir: &Path, td: &str, ns: &str, sa: &str) -> Result<WorkloadCert, Ce
     if cert.identity().as_str() != expected {
         return Err(CertDirError::WrongIdentity { path: chain_path, expected, found: cert.identity().clone() });
     }
+    // The rules peers check a leaf against, so that a bad file is named here and not only in
+    // the peers' logs as an alert. Validity is not among them: a file that has expired is not
+    // presented (the TLS resolvers check), and one stale directory must not block reloading
+    // the others.
+    hbone::store::check_own_leaf(cert.identity(), &cert)
+        .map_err(|source| CertDirError::NotOwn { path: chain_path, source })?;
     Ok(cert)
 }
 
@@ -200,6 +215,20 @@ mod tests {
         assert!(errors[0].to_string().contains("spiffe://cluster.local/ns/default/sa/other"));
         // Nothing changed in the store.
         assert!(store.get(&id("backend", "httpbin")).is_some());
+
+        // A certificate that may sign others is no leaf SVID: refused, naming the file and why.
+        let signer = tmp.join("default").join("signer");
+        std::fs::create_dir_all(&signer).unwrap();
+        let (chain, key) = ca.issue_pem_with("spiffe://cluster.local/ns/default/sa/signer", |p| {
+            p.key_usages.push(rcgen::KeyUsagePurpose::KeyCertSign);
+        });
+        std::fs::write(signer.join("cert-chain.pem"), chain).unwrap();
+        std::fs::write(signer.join("key.pem"), key).unwrap();
+        let errors = load_into(&store, &tmp, "cluster.local").unwrap_err();
+        let e = errors.iter().map(ToString::to_string).find(|e| e.contains("default/signer")).unwrap();
+        assert!(e.contains("keyCertSign"), "{e}");
+        assert!(store.get(&id("default", "signer")).is_none());
+        std::fs::remove_dir_all(&signer).unwrap();
 
         // Removing a workload's files removes its certificate on the next load.
         std::fs::remove_dir_all(&wrong).unwrap();
