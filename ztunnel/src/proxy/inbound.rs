@@ -179,7 +179,16 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
             return;
         }
     };
-    let Ok(stream) = req.accept() else { return };
+    let stream = match req.accept() {
+        Ok(s) => s,
+        Err(e) => {
+            // The client went away while we connected (it cancelled, or its connection ended):
+            // reset the workload's side, which would otherwise see a complete, empty exchange.
+            super::outbound::abort(app);
+            ends.log("inbound", Some(&verdict), 0, 0, started.elapsed(), Some(&e));
+            return;
+        }
+    };
     let conn = ConnMetrics::open(metrics, &ends.labels(Reporter::Destination, SecurityPolicy::MutualTls));
     // For the destination, "received" is what came from the tunnel (the client's bytes).
     let mut revoked_by = None;
