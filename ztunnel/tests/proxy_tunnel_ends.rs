@@ -128,8 +128,14 @@ fn state(mesh: Mesh) -> ztunnel::state::State {
         );
     }
     if mesh.server() {
+        // Behind a service whose ports lead to the application's (addressed by pod IP here:
+        // the destination's telemetry still names the service).
         yaml += &format!(
-            "- {{name: server, namespace: shop, serviceAccount: server, addresses: [\"{SERVER_IP}\"], protocol: HBONE}}\n"
+            "- {{name: server, namespace: shop, serviceAccount: server, addresses: [\"{SERVER_IP}\"], protocol: HBONE,\n   \
+             services: {{\"shop/server.shop.svc.cluster.local\": {{80: {ANSWER_AFTER_FIN}, 81: {RESETS}, 82: {REPORTS_END}}}}}}}\n\
+             services:\n\
+             - {{name: server, namespace: shop, hostname: server.shop.svc.cluster.local, addresses: [\"10.96.81.2\"],\n   \
+             ports: [{{servicePort: 80, targetPort: {ANSWER_AFTER_FIN}}}, {{servicePort: 81, targetPort: {RESETS}}}, {{servicePort: 82, targetPort: {REPORTS_END}}}]}}\n"
         );
     }
     file::parse(&yaml, StateConfig::default()).unwrap()
@@ -292,5 +298,22 @@ async fn ends(mesh: Mesh) {
         // Client to server: "question", "x", "x", "bye"; back: the answer, 22 bytes.
         assert_eq!(n("istio_tcp_received_bytes_total"), want(13), "{reporter}: {metrics}");
         assert_eq!(n("istio_tcp_sent_bytes_total"), want(22), "{reporter}: {metrics}");
+    }
+    // The destination names the service its ports belong to; the source, which dialled the pod's
+    // address, does not.
+    let opened = |reporter: &str| {
+        let prefix = format!("istio_tcp_connections_opened_total{{reporter=\"{reporter}\"");
+        metrics.lines().filter(|l| l.starts_with(&prefix)).map(str::to_owned).collect::<Vec<_>>()
+    };
+    for line in opened("destination") {
+        assert!(line.contains("destination_service=\"server.shop.svc.cluster.local\""), "{line}");
+        assert!(
+            line.contains("destination_service_name=\"server\",")
+                || line.contains("destination_service_name=\"server\"}"),
+            "{line}"
+        );
+    }
+    for line in opened("source") {
+        assert!(line.contains("destination_service=\"unknown\""), "{line}");
     }
 }

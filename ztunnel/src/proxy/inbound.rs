@@ -16,7 +16,7 @@ use crate::metrics::{ConnMetrics, Reporter, SecurityPolicy};
 use crate::state::ConnInfo;
 
 use super::admitted::Decided;
-use super::telemetry::Ends;
+use super::telemetry::{Ends, inbound_service};
 use super::{Pod, PodSockets};
 
 /// Serves HBONE for the pod until the task is dropped.
@@ -98,6 +98,7 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
         req.refuse(StatusCode::SERVICE_UNAVAILABLE, "destination workload unknown to its proxy");
         return;
     };
+    let service = inbound_service(&state, &me, authority.port()).cloned();
     let ends = Ends {
         src_addr: Some(client),
         src: src.as_deref(),
@@ -105,7 +106,7 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
         dst_addr: Some(authority),
         dst: Some(&me),
         dst_identity: Some(&dst_identity),
-        service: None,
+        service: service.as_deref(),
     };
     // Port 0 is no destination: connecting there fails, which would read as the workload
     // being unreachable (503) when it is the request that is malformed.

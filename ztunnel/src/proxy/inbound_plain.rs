@@ -17,7 +17,7 @@ use super::admitted::Decided;
 use super::inbound::REVOKED;
 use super::outbound::{abort, copy_plain_until};
 use super::sockets::original_dst;
-use super::telemetry::Ends;
+use super::telemetry::{Ends, inbound_service};
 use super::{Pod, PodSockets};
 
 /// Accepts the pod's captured plaintext inbound connections until the task is dropped.
@@ -51,6 +51,7 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: SocketAddr)
         abort(tcp);
         return;
     };
+    let service = inbound_service(&state, &me, dst.port()).cloned();
     let ends = Ends {
         src_addr: Some(client),
         src: src.as_deref(),
@@ -58,7 +59,7 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: SocketAddr)
         dst_addr: Some(dst),
         dst: Some(&me),
         dst_identity: Some(&pod.identity),
-        service: None,
+        service: service.as_deref(),
     };
     // Plaintext has no identity, so it is never the waypoint: a workload behind one refuses it,
     // also from clients outside the mesh (see `state::waypoint_gate`).

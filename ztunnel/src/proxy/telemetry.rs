@@ -6,8 +6,24 @@ use std::time::Duration;
 
 use hbone::Identity;
 
+use std::sync::Arc;
+
 use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
-use crate::state::{Service, Workload};
+use crate::state::{Service, State, Workload};
+
+/// The service an inbound connection to `port` of `w` most likely came through, for the
+/// destination's telemetry: the tunnel names only the pod's address, so, as Istio's ztunnel
+/// does, the first of the workload's services that sends one of its ports to `port` (the
+/// workload's own mapping of a named target port first).
+pub(crate) fn inbound_service<'s>(state: &'s State, w: &Workload, port: u16) -> Option<&'s Arc<Service>> {
+    w.services.iter().find_map(|(key, own)| {
+        let svc = state.service_by_key(key)?;
+        let serves = svc.ports.iter().any(|(service_port, declared)| {
+            own.get(service_port).copied().filter(|&p| p != 0).unwrap_or(*declared) == port
+        });
+        serves.then_some(svc)
+    })
+}
 
 /// The two ends of a connection as far as they are known.
 #[derive(Debug, Default)]
