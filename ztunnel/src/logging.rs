@@ -180,7 +180,7 @@ impl<W: Write> Sink<W> {
     }
 }
 
-/// One formatted line on its way to a [`Sink`].
+/// One formatted line on its way to a `Sink`.
 pub struct SinkWriter<'a, W> {
     sink: &'a Sink<W>,
     buffered: bool,

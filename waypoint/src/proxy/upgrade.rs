@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The protocols an HTTP/1.1 request asks to switch its connection to: `Connection` lists
 /// `upgrade` and `Upgrade` lists (RFC 9110 §7.8: a comma-separated list, possibly over several
-/// fields) protocols other than HTTP/2 ([`is_http2`]); those are left out, and what remains is
+/// fields) protocols other than HTTP/2 (`is_http2`); those are left out, and what remains is
 /// returned as one list. `None` when nothing remains.
 pub fn requested(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
     if version != Version::HTTP_11 {

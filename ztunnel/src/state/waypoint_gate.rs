@@ -6,7 +6,7 @@
 //! HBONE CONNECT straight to the destination's 15008, would otherwise skip the waypoint's L7
 //! policy. So the destination admits only the waypoint's own mTLS-verified identity.
 //!
-//! Each snapshot resolves every workload's waypoint once ([`build`]), deduplicated per
+//! Each snapshot resolves every workload's waypoint once (`build`), deduplicated per
 //! `GatewayAddress`, so the connection path does one map lookup and a few identity comparisons,
 //! with no allocation.
 //!
