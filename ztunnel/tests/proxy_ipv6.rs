@@ -5,7 +5,8 @@
 //!   at `::1`, is served, bytes flow both ways and each side's FIN reaches the other.
 //! - In namespaces (root): an application in a pod with ztunnel's redirection dials an IPv6
 //!   address outside the mesh; ztunnel finds the original destination (`IP6T_SO_ORIGINAL_DST`)
-//!   and passes the connection through.
+//!   and passes the connection through; a client outside the mesh reaches the pod over IPv6
+//!   through its plaintext capture.
 
 mod support;
 
@@ -156,4 +157,68 @@ async fn outbound_ipv6_is_captured_and_passed_through() {
     let closed = line(&metrics, "istio_tcp_connections_closed_total{");
     assert!(closed.contains("reporter=\"source\"") && closed.ends_with(" 1"), "{metrics}");
     assert!(line(&metrics, "istio_tcp_received_bytes_total{").ends_with(" 11"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_plaintext_over_ipv6_reaches_the_pod() {
+    let suffix = format!("{}-{}", std::process::id(), rand::random::<u16>());
+    let pod = ScratchNetns::create(&format!("v6in-pod-{suffix}")).unwrap();
+    let outside = ScratchNetns::create(&format!("v6in-out-{suffix}")).unwrap();
+    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", outside.name()]).unwrap();
+    pod.ip(&["-6", "addr", "add", &format!("{POD_IP}/64"), "dev", "eth0", "nodad"]).unwrap();
+    pod.ip(&["link", "set", "eth0", "up"]).unwrap();
+    pod.ip(&["link", "set", "lo", "up"]).unwrap();
+    outside.ip(&["-6", "addr", "add", &format!("{OUTSIDE_IP}/64"), "dev", "eth0", "nodad"]).unwrap();
+    outside.ip(&["link", "set", "eth0", "up"]).unwrap();
+    redirect::install(pod.netns(), &RedirectConfig::default()).unwrap();
+
+    // The pod's application.
+    let app: SocketAddr = format!("[{POD_IP}]:8080").parse().unwrap();
+    let listener = pod.netns().run(move || std::net::TcpListener::bind(app)).unwrap().unwrap();
+    let _app = echo_on(listener);
+
+    let yaml = format!(
+        "workloads:\n- {{name: web, namespace: shop, serviceAccount: web, addresses: [\"{POD_IP}\"], protocol: HBONE}}\n"
+    );
+    let handle = StateHandle::new(file::parse(&yaml, StateConfig::default()).unwrap());
+    let ca = TestCa::new("ipv6");
+    let web = id("shop", "web");
+    let certs = CertStore::new(ca.roots());
+    certs.insert(ca.issue(&web, DAY));
+    let mut registry = Registry::default();
+    let inputs = ProxyInputs::new(
+        handle,
+        certs,
+        Metrics::register(&mut registry),
+        Arc::new(ProxyConfig { transparent_inbound: false, ..ProxyConfig::default() }),
+        Default::default(),
+        &tokio::runtime::Handle::current(),
+    );
+    let sockets = InPodSockets::new(Arc::new(pod.netns().try_clone().unwrap()), Arc::new(Netns::current().unwrap()));
+    let _proxy = PodProxy::start("Kubernetes//Pod/shop/web".into(), web, sockets, inputs).unwrap();
+
+    // A client outside the mesh: its connection is captured by the pod's plaintext port.
+    let client = outside.netns().try_clone().unwrap();
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut s = client.run(move || std::net::TcpStream::connect_timeout(&app, Duration::from_secs(3))).unwrap()?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"v6 inbound")?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).map(|_| got)
+    })
+    .await
+    .unwrap()
+    .expect("the client's IPv6 connection is served");
+    assert_eq!(echoed, b"v6 inbound");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut metrics = ztunnel::metrics::encode(&registry);
+    while !line(&metrics, "istio_tcp_connections_closed_total{").ends_with(" 1") && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = ztunnel::metrics::encode(&registry);
+    }
+    let closed = line(&metrics, "istio_tcp_connections_closed_total{");
+    assert!(closed.contains("reporter=\"destination\"") && closed.ends_with(" 1"), "{metrics}");
 }
