@@ -490,3 +490,55 @@ async fn undecodable_request_ends_the_stream_with_an_error_status() {
     let (client, _cache) = address_client(server.endpoint(), Names::Wildcard);
     client_until(&client, "synced", |s| s.types[ADDRESS].acks == 1).await;
 }
+
+/// The delta protocol's answers to subscription changes (Envoy's xDS protocol, "Incremental
+/// xDS"): a name that does not exist is answered with its removal, a name subscribed again is
+/// sent again although the server thinks the client holds it, and a name unsubscribed while the
+/// wildcard still covers it is sent again so the client knows to keep it.
+#[tokio::test]
+async fn every_subscription_change_is_answered() {
+    let store = store_with(&[("default/a", [10, 0, 0, 1]), ("default/b", [10, 0, 0, 2])]);
+    let server = RunningServer::any_port(store.clone()).await;
+    let mut raw = RawStream::open(server.addr, subscribe(ADDRESS, &["default/a", "default/missing"])).await;
+    let first = raw.recv().await;
+    assert_eq!(names(&first), ["default/a"]);
+    assert_eq!(first.removed_resources, ["default/missing"], "a requested name that does not exist");
+    raw.ack(&first).await;
+    raw.quiet().await;
+
+    let request = |subscribe: &[&str], unsubscribe: &[&str]| DeltaDiscoveryRequest {
+        type_url: ADDRESS.to_owned(),
+        resource_names_subscribe: subscribe.iter().map(|n| (*n).to_owned()).collect(),
+        resource_names_unsubscribe: unsubscribe.iter().map(|n| (*n).to_owned()).collect(),
+        ..Default::default()
+    };
+    // Subscribing again to a name held at the latest version: sent again.
+    raw.send(request(&["default/a"], &[])).await;
+    let again = raw.recv().await;
+    assert_eq!((names(&again), again.removed_resources.len()), (vec!["default/a".to_owned()], 0));
+    raw.ack(&again).await;
+
+    // A name that does not exist, asked for later: its removal.
+    raw.send(request(&["default/nothing"], &[])).await;
+    let missing = raw.recv().await;
+    assert!(missing.resources.is_empty());
+    assert_eq!(missing.removed_resources, ["default/nothing"]);
+    raw.ack(&missing).await;
+    raw.quiet().await;
+
+    // Wildcard beside the name a: b arrives. Then unsubscribing a, which the wildcard still
+    // covers: a is sent again, so the client keeps it.
+    raw.send(request(&["*"], &[])).await;
+    let wildcard = raw.recv().await;
+    assert_eq!(names(&wildcard), ["default/b"]);
+    raw.ack(&wildcard).await;
+    raw.quiet().await;
+    raw.send(request(&[], &["default/a"])).await;
+    let kept = raw.recv().await;
+    assert_eq!((names(&kept), kept.removed_resources.len()), (vec!["default/a".to_owned()], 0));
+    raw.ack(&kept).await;
+    raw.quiet().await;
+    // Unsubscribing a name it does not hold, without wildcard, needs no answer.
+    raw.send(request(&[], &["*", "default/nothing"])).await;
+    raw.quiet().await;
+}

@@ -68,6 +68,13 @@ struct TypeState {
     /// unless something else in the type changes.
     nacked: HashMap<Arc<str>, Option<Arc<str>>>,
     pending: Option<Pending>,
+    /// Names the next push must answer, with the resource or its removal, whatever the
+    /// client is thought to hold: those it subscribed to (it may have dropped a resource
+    /// while staying subscribed, and one that does not exist is answered with a removal so
+    /// that it need not wait for a timeout), and those it unsubscribed from while the
+    /// wildcard still covers them (it cannot know whether to keep them). A subset of the
+    /// subscribed names, or of those just unsubscribed, so bounded like them.
+    asked: BTreeSet<String>,
     /// The first push for a type is sent even when empty, so the client
     /// knows it is in sync.
     first_sent: bool,
@@ -157,6 +164,13 @@ impl TypeState {
                         diff.absent(name);
                     }
                 }
+                for name in &self.asked {
+                    let name = name.as_str();
+                    let seen = self.acked.contains_key(name) || self.nacked.contains_key(name);
+                    if !seen && !entries.is_some_and(|e| e.resources.contains_key(name)) {
+                        diff.absent(&Arc::from(name));
+                    }
+                }
             }
         }
         let Diff { resources, sent, removals, news, .. } = diff;
@@ -187,6 +201,11 @@ struct Diff<'a> {
 }
 
 impl Diff<'_> {
+    /// Whether the client asked about `name` since the last push.
+    fn asked(&self, name: &str) -> bool {
+        !self.state.asked.is_empty() && self.state.asked.contains(name)
+    }
+
     /// `name` is subscribed and stored as `stored`.
     fn present(&mut self, name: &Arc<str>, stored: &StoredResource) {
         // A name of the rejected push may be held at another version than the acknowledged
@@ -194,11 +213,12 @@ impl Diff<'_> {
         // applies the others. So it is sent again even at the acknowledged version (a
         // rollback of the rejected resource); to a client that kept everything, a resource it
         // holds arrives once more, which changes nothing.
-        let uncertain = self.state.nacked.contains_key(name);
+        let asked = self.asked(name);
+        let uncertain = asked || self.state.nacked.contains_key(name);
         if !uncertain && self.state.acked.get(name) == Some(&stored.version) {
             return;
         }
-        self.news |= self.state.nacked.get(name) != Some(&Some(stored.version.clone()));
+        self.news |= asked || self.state.nacked.get(name) != Some(&Some(stored.version.clone()));
         self.resources.push(stored.encoded.clone());
         self.sent.push((name.clone(), stored.version.clone()));
     }
@@ -206,10 +226,11 @@ impl Diff<'_> {
     /// `name` is not in the store: a removal is owed if the client holds it, or may hold it
     /// (sent in the rejected push: a client that applies resource by resource kept it).
     fn absent(&mut self, name: &Arc<str>) {
-        if !self.state.acked.contains_key(name) && !matches!(self.state.nacked.get(name), Some(Some(_))) {
+        let asked = self.asked(name);
+        if !asked && !self.state.acked.contains_key(name) && !matches!(self.state.nacked.get(name), Some(Some(_))) {
             return;
         }
-        self.news |= self.state.nacked.get(name) != Some(&None);
+        self.news |= asked || self.state.nacked.get(name) != Some(&None);
         self.removals.push(name.clone());
     }
 }
@@ -300,7 +321,9 @@ impl StreamState {
         for name in request.resource_names_subscribe {
             if name == WILDCARD {
                 state.wildcard = true;
-            } else if !state.names.contains(&name) {
+            } else if state.names.contains(&name) {
+                state.asked.insert(name);
+            } else {
                 if name.len() > MAX_NAME_LEN {
                     return Err(Status::invalid_argument(format!(
                         "DeltaDiscoveryRequest.resource_names_subscribe of {:?}: a name of {} bytes \
@@ -316,7 +339,8 @@ impl StreamState {
                         request.type_url
                     )));
                 }
-                state.names.insert(name);
+                state.names.insert(name.clone());
+                state.asked.insert(name);
             }
         }
         if first {
@@ -336,20 +360,26 @@ impl StreamState {
                 }
                 state.acked.insert(name.into(), version.into());
             }
+            // What the client declares holding is not sent again unless it changed.
+            let TypeState { asked, acked, .. } = state;
+            asked.retain(|n| !acked.contains_key(n.as_str()));
         } else {
             for name in request.resource_names_unsubscribe {
                 if name == WILDCARD {
                     state.wildcard = false;
+                } else if state.names.remove(&name) && state.wildcard {
+                    state.asked.insert(name);
                 } else {
-                    state.names.remove(&name);
+                    state.asked.remove(&name);
                 }
             }
             // The client drops what it unsubscribed from by itself; no
             // removal is owed for it.
-            let TypeState { acked, nacked, wildcard, names, .. } = state;
-            let keep = |n: &Arc<str>| *wildcard || names.contains(&**n);
+            let TypeState { acked, nacked, asked, wildcard, names, .. } = state;
+            let keep = |n: &str| *wildcard || names.contains(n);
             acked.retain(|n, _| keep(n));
             nacked.retain(|n, _| keep(n));
+            asked.retain(|n| keep(n));
         }
         if request.response_nonce.is_empty() {
             return Ok(());
@@ -429,6 +459,8 @@ impl StreamState {
                 state.clean_at = Some(revision);
                 continue;
             };
+            // Every name asked about is in this push, as a resource or a removal.
+            state.asked.clear();
             self.next_nonce += 1;
             let nonce = format!("{}-{}", self.id, self.next_nonce);
             state.first_sent = true;
