@@ -29,6 +29,12 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the server may take to answer a stream's opening.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Largest push the client reads. A delta server sends a type's first sync as one message:
+/// 10,000 pods' `Workload`s already exceed tonic's default of 4 MiB, and a stream that cannot
+/// read its first push fails and is sent the same push again on every reconnect. Istio's
+/// ztunnel reads pushes of up to 200 MiB, so istiod sizes nothing below that.
+const MAX_PUSH: usize = 256 << 20;
+
 /// `google.rpc.Code.INVALID_ARGUMENT`, the code of every NACK we send.
 const INVALID_ARGUMENT: i32 = 3;
 
@@ -263,7 +269,7 @@ impl Client {
         status: &watch::Sender<ClientStatus>,
         progressed: &mut bool,
     ) -> StreamError {
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_PUSH);
         // One request per type is the most ever queued: the first
         // subscriptions, then at most one answer per push received.
         let (requests, outbound) = mpsc::channel(self.subscriptions.len() + 1);
