@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use proto::envoy::config::core::v3::Node;
 use proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use proto::google::rpc::Status as RpcStatus;
 use rand::Rng;
 use serde::Serialize;
@@ -344,6 +344,7 @@ impl Client {
         let applied: Vec<(String, String)> = resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
         let received = (resources.len() as u64, removed_resources.len() as u64);
         let result = match self.subscriptions.iter_mut().find(|s| s.type_url == type_url) {
+            Some(_) if let Some(why) = malformed(&resources, &removed_resources) => Err(Refusal::Push(why)),
             Some(sub) => sub.handler.apply_raw(&type_url, resources, removed_resources.clone()),
             None => Err(Refusal::Push(format!("not subscribed to {type_url:?}"))),
         };
@@ -404,6 +405,29 @@ impl Client {
         let error_detail = message.map(|message| RpcStatus { code: INVALID_ARGUMENT, message, details: Vec::new() });
         DeltaDiscoveryRequest { type_url, response_nonce: nonce, error_detail, ..Default::default() }
     }
+}
+
+/// Why a push cannot be applied at all, whatever the handler: a resource without a name, a
+/// name carried twice, or a name both updated and removed. The delta protocol makes each an
+/// error of the server's, which clients NACK; applying it would keep whichever copy came last
+/// while the server believes the client holds the other, or a resource nobody can name.
+fn malformed(resources: &[Resource], removed: &[String]) -> Option<String> {
+    let mut names = std::collections::HashSet::with_capacity(resources.len());
+    for r in resources {
+        if r.name.is_empty() {
+            return Some(format!(
+                "a resource of version {:?} has no name",
+                handler::clip(&r.version, handler::MAX_QUOTED)
+            ));
+        }
+        if !names.insert(r.name.as_str()) {
+            return Some(format!("resource {:?} is in the push twice", handler::clip(&r.name, handler::MAX_QUOTED)));
+        }
+    }
+    // The same removal twice (in removed_resources and removed_resource_names, say) is harmless.
+    removed.iter().find(|n| names.contains(n.as_str())).map(|n| {
+        format!("resource {:?} is both updated and removed in the push", handler::clip(n, handler::MAX_QUOTED))
+    })
 }
 
 /// Renders an error with its sources, for a status line.
