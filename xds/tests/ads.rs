@@ -589,3 +589,23 @@ async fn a_first_sync_of_ten_thousand_pods_reaches_the_client() {
     assert_eq!(status.last_error, None);
     assert_eq!(cache.len(), 10_000);
 }
+
+/// A client resuming with every resource of a large mesh declares them all in its first
+/// request: 50,000 pods are more than 4 MiB of `initial_resource_versions` (tonic's default
+/// limit for a request), well within the names a stream may declare. The server reads it and,
+/// nothing having changed, sends nothing again.
+#[tokio::test]
+async fn a_resume_declaring_fifty_thousand_resources_is_read() {
+    let store = ResourceStore::new();
+    store.update(ADDRESS, (0..50_000).map(pod), []);
+    let server = RunningServer::any_port(store.clone()).await;
+    let mut first = subscribe(ADDRESS, &[]);
+    first.initial_resource_versions = store.versions(ADDRESS).into_iter().map(|(n, v)| (n, v.to_string())).collect();
+    let size = prost::Message::encoded_len(&first);
+    assert!(size > 4 << 20, "the request is {size} bytes, within the default limit");
+    let mut raw = RawStream::open(server.addr, first).await;
+    let answer = raw.recv().await;
+    assert_eq!((answer.resources.len(), answer.removed_resources.len()), (0, 0));
+    let acked = server.server.connections()[0].types[ADDRESS].acked.len();
+    assert_eq!(acked, 50_000);
+}

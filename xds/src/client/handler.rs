@@ -34,8 +34,8 @@ impl Rejected {
     }
 }
 
-/// Longest NACK message (`error_detail.message`), in bytes. The server reads requests of at
-/// most 4 MiB (gRPC's default) and ends a stream whose request it cannot read; a message with a
+/// Longest NACK message (`error_detail.message`), in bytes. A server reads requests up to a
+/// limit (gRPC's default is 4 MiB) and ends a stream whose request it cannot read; a message with a
 /// reason for each of thousands of rejected resources would end every stream it is sent on, and
 /// each new stream would be sent the same push again. The message is also logged on both sides
 /// and shown by `meshctl proxy-status`; the client's status has every rejected name in full

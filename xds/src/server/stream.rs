@@ -41,7 +41,7 @@ pub(crate) const MAX_NAMES: usize = 100_000;
 
 /// Longest resource name a stream may subscribe to, in bytes: with
 /// [`MAX_NAMES`] this bounds what a stream's names can hold (a request may be
-/// 4 MiB, all of it one name). The server's names are a Kubernetes namespace
+/// 16 MiB, all of it one name). The server's names are a Kubernetes namespace
 /// and name or hostname with a short prefix, a few hundred bytes at most.
 pub(crate) const MAX_NAME_LEN: usize = 1024;
 
