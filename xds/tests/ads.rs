@@ -609,3 +609,21 @@ async fn a_resume_declaring_fifty_thousand_resources_is_read() {
     let acked = server.server.connections()[0].types[ADDRESS].acked.len();
     assert_eq!(acked, 50_000);
 }
+
+/// A server whose address drops connection attempts (here a listener whose accept queue is
+/// full, so the kernel ignores further SYNs) does not hold the client for the kernel's SYN
+/// retries: the attempt gives up after 5 s and the client tries again.
+#[tokio::test]
+async fn a_connection_attempt_never_answered_gives_up() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _fills_the_queue = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // No connect timeout of the endpoint's own.
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let (client, _cache) = address_client(endpoint, Names::Wildcard);
+    let status = client_until(&client, "a failed attempt", |s| s.last_error.is_some()).await;
+    let error = status.last_error.unwrap();
+    assert!(error.contains("connecting to the xDS server took longer than 5s"), "{error}");
+}

@@ -26,6 +26,11 @@ use handler::{ErasedHandler, Refusal};
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is dropped.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one attempt to reach the server may take. Without a bound, a server whose address
+/// drops connection attempts (its node gone, a firewall) holds the client in one attempt for
+/// the kernel's SYN retries, about two minutes on Linux, whatever the backoff says. Envoy's
+/// documented ADS bootstrap allows 5 s.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the server may take to answer a stream's opening.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -89,6 +94,9 @@ pub enum StreamError {
     /// The server could not be reached.
     #[error("connecting to the xDS server failed")]
     Connect(#[source] tonic::transport::Error),
+    /// The server could not be reached in time.
+    #[error("connecting to the xDS server took longer than {0:?}")]
+    ConnectTimeout(Duration),
     /// The server refused or ended the stream with an error.
     #[error("xDS stream failed: {0}")]
     Rpc(#[source] tonic::Status),
@@ -207,7 +215,8 @@ impl Client {
     /// Starts the client on the current tokio runtime, connecting to
     /// `endpoint` in plaintext and reconnecting whenever the stream ends.
     /// HTTP/2 keepalive pings are turned on (every 30 s, 10 s to answer) so a
-    /// server that vanished without closing the connection is noticed.
+    /// server that vanished without closing the connection is noticed. Each
+    /// attempt to connect is given 5 s.
     pub fn spawn(self, endpoint: Endpoint) -> ClientHandle {
         let endpoint = endpoint
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -221,7 +230,8 @@ impl Client {
 
     /// Starts the client on the current tokio runtime, opening each stream on
     /// a channel from `connect` (for example
-    /// `endpoint.connect_with_connector(tls_connector)` for TLS).
+    /// `endpoint.connect_with_connector(tls_connector)` for TLS). Each attempt
+    /// is given 5 s, then counts as failed.
     pub fn spawn_with<C, F>(self, connect: C) -> ClientHandle
     where
         C: FnMut() -> F + Send + 'static,
@@ -244,9 +254,10 @@ impl Client {
         let mut delay = self.backoff.initial;
         loop {
             let mut progressed = false;
-            let error = match connect().await {
-                Ok(channel) => self.stream_once(channel, &status, &mut progressed).await,
-                Err(e) => StreamError::Connect(e),
+            let error = match tokio::time::timeout(CONNECT_TIMEOUT, connect()).await {
+                Ok(Ok(channel)) => self.stream_once(channel, &status, &mut progressed).await,
+                Ok(Err(e)) => StreamError::Connect(e),
+                Err(_) => StreamError::ConnectTimeout(CONNECT_TIMEOUT),
             };
             tracing::warn!(error = %error, "xDS stream ended; reconnecting");
             status.send_modify(|s| {
