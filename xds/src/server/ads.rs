@@ -15,28 +15,19 @@ use std::task::{Context, Poll, ready};
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Frame;
 use prost::Message;
-use proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::codec::Codec;
 use tonic::codegen::{BoxFuture, Service, StdError, http};
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
-use tonic::{Request, Status, Streaming};
-use tonic_prost::ProstCodec;
+use tonic::{Request, Status};
 
 use super::XdsServer;
 use super::push::Push;
+use super::requests::Requests;
 
 const DELTA: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 const STATE_OF_THE_WORLD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
-
-/// Largest request a stream reads. A client resuming declares every resource it holds in one
-/// request (`initial_resource_versions`): with tonic's default of 4 MiB, a client holding
-/// 50,000 pods could not resume at all, each new stream ending on the same request, although a
-/// stream may declare up to [`MAX_NAMES`](super::stream::MAX_NAMES) per type. This covers that
-/// many at about 160 bytes each (a pod's uid and our 32-character version take under 100).
-pub(crate) const MAX_REQUEST: usize = 16 << 20;
 
 /// Decides whether a stream may open, from its request's metadata; an error is the status the
 /// stream ends with (UNAUTHENTICATED, PERMISSION_DENIED).
@@ -93,8 +84,7 @@ where
                         server.count_refused();
                         return Ok(status.into_http());
                     }
-                    let decoder = ProstCodec::<Push, DeltaDiscoveryRequest>::default().decoder();
-                    let requests = Streaming::new_request(decoder, body, None, Some(MAX_REQUEST));
+                    let requests = Requests::new(body);
                     // The peer address travels in the connection's extensions, where tonic's
                     // `Request` knows how to find it (plain TCP or TLS).
                     let peer = Request::from_parts(MetadataMap::new(), parts.extensions, ()).remote_addr();

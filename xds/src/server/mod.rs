@@ -4,6 +4,7 @@
 mod ads;
 mod budget;
 pub(crate) mod push;
+mod requests;
 mod status;
 mod stream;
 #[cfg(test)]
@@ -15,17 +16,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::Status;
 use tonic::transport::server::Connected;
-use tonic::{Status, Streaming};
 
 pub use ads::{AdsService, Authenticate};
 pub use budget::DEFAULT_PUSH_BUDGET;
 use budget::PushBudget;
 use push::Push;
+use requests::Requests;
 use status::Counters;
 pub use status::{ConnectionStatus, NackStatus, ServerStats, TypeStatus};
 use stream::StreamState;
@@ -129,7 +130,7 @@ impl XdsServer {
     fn open_stream(
         &self,
         peer: Option<std::net::SocketAddr>,
-        requests: Streaming<DeltaDiscoveryRequest>,
+        requests: Requests,
     ) -> ReceiverStream<Result<Push, Status>> {
         let shared = &self.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);

@@ -14,10 +14,11 @@ use prost::Message;
 use proto::envoy::config::core::v3::Node;
 use proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::sync::{mpsc, watch};
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::budget::{Held, PushBudget};
 use super::push::Push;
+use super::requests::Requests;
 use super::status::{ConnectionStatus, Counters, NackStatus, TypeStatus};
 use crate::store::{ResourceStore, StoreState, StoredResource, TypeEntries};
 
@@ -491,7 +492,7 @@ pub(crate) async fn run(
     store: ResourceStore,
     counters: Arc<Counters>,
     budget: PushBudget,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
+    mut requests: Requests,
     responses: mpsc::Sender<Result<Push, Status>>,
     mut disconnect: watch::Receiver<u64>,
 ) {
@@ -535,10 +536,10 @@ pub(crate) async fn run(
                 }
                 Ok(None) => return,
                 Err(status) => {
-                    // tonic's decoder has chosen the code as gRPC's status code table
+                    // The reader has chosen the code as gRPC's status code table
                     // (doc/statuscodes.md) says: INTERNAL for a request that does not
-                    // parse ("Error parsing request proto"), OUT_OF_RANGE or
-                    // RESOURCE_EXHAUSTED for one above the size limit. The client is told
+                    // parse ("Error parsing request proto"), OUT_OF_RANGE for one above
+                    // the size limit. The client is told
                     // so, never OK; if it is gone (a reset), nobody reads this.
                     tracing::debug!(error = %status, "ADS stream ended: cannot read the request");
                     let status = Status::new(status.code(), format!("cannot read the request: {}", status.message()));
