@@ -297,6 +297,13 @@ impl StreamState {
         if request.type_url.is_empty() {
             return Err(Status::invalid_argument("DeltaDiscoveryRequest.type_url is empty"));
         }
+        // Type URLs are keys of the stream's state, kept for its life.
+        if request.type_url.len() > MAX_NAME_LEN {
+            return Err(Status::invalid_argument(format!(
+                "DeltaDiscoveryRequest.type_url of {} bytes (at most {MAX_NAME_LEN})",
+                request.type_url.len()
+            )));
+        }
         let stream_id = self.id;
         let first = !self.types.contains_key(&request.type_url);
         if first && self.types.len() >= MAX_TYPES {
@@ -351,6 +358,16 @@ impl StreamState {
             for (name, version) in request.initial_resource_versions {
                 if !state.subscribed(&name) {
                     continue;
+                }
+                // Kept for the stream's life like subscribed names, so bounded like them.
+                if name.len() > MAX_NAME_LEN || version.len() > MAX_NAME_LEN {
+                    return Err(Status::invalid_argument(format!(
+                        "DeltaDiscoveryRequest.initial_resource_versions of {:?}: a name of {} bytes with a \
+                         version of {} (at most {MAX_NAME_LEN} each)",
+                        request.type_url,
+                        name.len(),
+                        version.len()
+                    )));
                 }
                 if state.acked.len() >= MAX_NAMES {
                     return Err(Status::resource_exhausted(format!(

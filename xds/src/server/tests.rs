@@ -109,6 +109,25 @@ fn bad_requests_are_refused_with_the_field() {
     let err = state.handle_request(request(&[], &[]), &counters).unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.message().contains(T), "{}", err.message());
+
+    // What a stream keeps for its life is bounded in length: type URLs, and the names and
+    // versions declared on resume, like subscribed names.
+    let mut state = StreamState::new(1, None);
+    let mut r = request(&[], &[]);
+    r.type_url = format!("type.googleapis.com/{}", "t".repeat(MAX_NAME_LEN));
+    let err = state.handle_request(r, &counters).unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("DeltaDiscoveryRequest.type_url of 1044 bytes"), "{}", err.message());
+    for (name, version) in
+        [("n".repeat(MAX_NAME_LEN + 1), "v".to_owned()), ("n".to_owned(), "v".repeat(MAX_NAME_LEN + 1))]
+    {
+        let mut state = StreamState::new(1, None);
+        let mut r = request(&[], &[]);
+        r.initial_resource_versions = [(name, version)].into();
+        let err = state.handle_request(r, &counters).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().starts_with("DeltaDiscoveryRequest.initial_resource_versions of"), "{}", err.message());
+    }
 }
 
 #[test]
