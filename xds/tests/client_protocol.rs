@@ -76,6 +76,33 @@ fn push(nonce: &str, resources: &[(&str, [u8; 4])], removed: &[&str]) -> DeltaDi
     }
 }
 
+/// Starts a scripted server with `pushes`; its answers arrive on the receiver.
+async fn scripted(
+    pushes: Vec<DeltaDiscoveryResponse>,
+) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<DeltaDiscoveryRequest>) {
+    let (answers, answered) = mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = AggregatedDiscoveryServiceServer::new(Scripted { pushes, answers });
+    tokio::spawn(tonic::transport::Server::builder().serve_with_incoming(service, TcpListenerStream::new(listener)));
+    (addr, answered)
+}
+
+/// A client subscribed by name ignores the resources of a push it did not ask for (Envoy's xDS
+/// protocol: "the client will silently ignore any supplied resources that were not explicitly
+/// requested"), applies the rest and ACKs.
+#[tokio::test]
+async fn resources_not_asked_for_are_ignored() {
+    let pushes = vec![push("1", &[("default/a", [10, 0, 0, 1]), ("default/b", [10, 0, 0, 2])], &[])];
+    let (addr, mut answered) = scripted(pushes).await;
+    let (client, cache) = address_client(endpoint(addr), Names::explicit(["default/a"]));
+    let answer = tokio::time::timeout(WAIT, answered.recv()).await.expect("an answer in time").unwrap();
+    assert_eq!((answer.response_nonce.as_str(), answer.error_detail), ("1", None));
+    assert_eq!(cache.snapshot().into_keys().collect::<Vec<_>>(), ["default/a"]);
+    let versions = client.status().types[ADDRESS].versions.clone();
+    assert_eq!(versions.into_keys().collect::<Vec<_>>(), ["default/a"], "declared on resume: only what is held");
+}
+
 /// A push carrying a name twice, a resource without a name, or a name both updated and removed
 /// is NACKed whole (Envoy's xDS protocol: a server must not send a name twice, and clients NACK
 /// it), and the handler keeps its state; a sound push after them applies.
@@ -88,13 +115,7 @@ async fn malformed_pushes_are_nacked_whole() {
         push("4", &[("default/c", [10, 0, 0, 5])], &["default/c"]),
         push("5", &[("default/d", [10, 0, 0, 6])], &["default/a"]),
     ];
-    let (answers, mut answered) = mpsc::unbounded_channel();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = AggregatedDiscoveryServiceServer::new(Scripted { pushes, answers });
-    let _server = tokio::spawn(
-        tonic::transport::Server::builder().serve_with_incoming(service, TcpListenerStream::new(listener)),
-    );
+    let (addr, mut answered) = scripted(pushes).await;
     let (client, cache) = address_client(endpoint(addr), Names::Wildcard);
 
     let mut verdicts = Vec::new();

@@ -349,15 +349,27 @@ impl Client {
         status: &watch::Sender<ClientStatus>,
     ) -> DeltaDiscoveryRequest {
         let DeltaDiscoveryResponse {
-            resources, type_url, nonce, mut removed_resources, removed_resource_names, ..
+            mut resources,
+            type_url,
+            nonce,
+            mut removed_resources,
+            removed_resource_names,
+            ..
         } = response;
         removed_resources.extend(removed_resource_names.into_iter().map(|r| r.name));
-        let applied: Vec<(String, String)> = resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
         let received = (resources.len() as u64, removed_resources.len() as u64);
-        let result = match self.subscriptions.iter_mut().find(|s| s.type_url == type_url) {
-            Some(_) if let Some(why) = malformed(&resources, &removed_resources) => Err(Refusal::Push(why)),
-            Some(sub) => sub.handler.apply_raw(&type_url, resources, removed_resources.clone()),
-            None => Err(Refusal::Push(format!("not subscribed to {type_url:?}"))),
+        let subscription = self.subscriptions.iter_mut().find(|s| s.type_url == type_url);
+        let broken = malformed(&resources, &removed_resources);
+        if let Some(Subscription { names: Names::Explicit(names), .. }) = &subscription {
+            // The delta protocol: a client ignores resources it did not ask for. Applied, they
+            // would sit in the cache as if asked for, and be declared on every resume.
+            resources.retain(|r| names.contains(&r.name));
+        }
+        let applied: Vec<(String, String)> = resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
+        let result = match (subscription, broken) {
+            (Some(sub), None) => sub.handler.apply_raw(&type_url, resources, removed_resources.clone()),
+            (Some(_), Some(why)) => Err(Refusal::Push(why)),
+            (None, _) => Err(Refusal::Push(format!("not subscribed to {type_url:?}"))),
         };
         let message = result.as_ref().err().map(Refusal::message);
         status.send_modify(|s| {
