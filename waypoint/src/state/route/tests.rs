@@ -275,17 +275,16 @@ fn a_grpc_route_takes_grpc_requests_only() {
     }
 }
 
+/// A rule named `name` with the one match `m`, to backend `b:80`.
+fn rule(name: &str, m: pb::Match) -> pb::Rule {
+    pb::Rule { name: name.into(), matches: vec![m], backends: vec![backend("b", 80, 1)], ..Default::default() }
+}
+
 /// HTTPRoute/GRPCRoute hostnames: across routes with intersecting hostnames, rules of the route
 /// with the longest matching non-wildcard hostname, then the longest matching hostname, come
 /// before any match precedence.
 #[test]
 fn the_most_specific_matching_hostname_wins_before_match_precedence() {
-    let rule = |name: &str, m: pb::Match| pb::Rule {
-        name: name.into(),
-        matches: vec![m],
-        backends: vec![backend("b", 80, 1)],
-        ..Default::default()
-    };
     use pb::MatchType::*;
     let routes = [
         one_rule_route("any", pb::route::Kind::Http, 1, &[], rule("exact", m_path(Exact, "/foo/bar"))),
@@ -320,12 +319,6 @@ fn the_most_specific_matching_hostname_wins_before_match_precedence() {
 /// do not take the host is never used, however well its rules match.
 #[test]
 fn a_request_no_rule_of_the_most_specific_hostname_takes_falls_through_to_less_specific() {
-    let rule = |name: &str, m: pb::Match| pb::Rule {
-        name: name.into(),
-        matches: vec![m],
-        backends: vec![backend("b", 80, 1)],
-        ..Default::default()
-    };
     use pb::MatchType::*;
     let routes = [
         one_rule_route("any", pb::route::Kind::Http, 1, &[], rule("docs", m_path(PathPrefix, "/docs"))),
