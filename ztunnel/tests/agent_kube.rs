@@ -231,3 +231,117 @@ async fn api_source_needs_a_node_and_a_usable_kubeconfig() {
     let err = Agent::start(config).await.err().expect("broken kubeconfig");
     assert!(err.to_string().contains(&dir.0.join("kubeconfig").display().to_string()), "{err}");
 }
+
+/// A TCP relay to `upstream` that holds back any client bytes containing `needle` until `gate`
+/// is closed (from then on nothing is held), and notifies `held` when it starts holding them.
+async fn gated_relay(
+    upstream: std::net::SocketAddr,
+    needle: &'static [u8],
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+    held: std::sync::Arc<tokio::sync::Notify>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else { return };
+            let (gate, held) = (gate.clone(), held.clone());
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if buf[..n].windows(needle.len()).any(|w| w == needle) {
+                        held.notify_one();
+                        // Never granted a permit: closing it is what lets everything through.
+                        let _ = gate.acquire().await;
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_does_not_enroll_a_pod_deleted_while_its_add_is_deciding() {
+    use std::sync::Arc;
+    use ztunnel::agent::enroll::Source;
+
+    let api = FakeApi::start().await;
+    cluster(&api);
+    let upstream: std::net::SocketAddr = api
+        .kubeconfig()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: http://").map(str::to_owned))
+        .expect("server in kubeconfig")
+        .parse()
+        .unwrap();
+    let (gate, held) = (Arc::new(tokio::sync::Semaphore::new(0)), Arc::new(tokio::sync::Notify::new()));
+    let (relay, relay_task) =
+        gated_relay(upstream, b"/api/v1/namespaces/mesh/pods/slow", gate.clone(), held.clone()).await;
+    let client = kube::Client::try_from(kube::Config::new(format!("http://{relay}").parse().unwrap())).unwrap();
+    let kube = KubeEnrollment::start(client, "node-a");
+    eventually("the first lists", || kube.cached("mesh", "web").is_some()).await;
+    // A pod the watch has not delivered: its ADD has to GET it, and the relay holds that GET.
+    api.stall_pod_watch();
+    api.pod("mesh", "slow", "node-a", json!({}), "slow-sa");
+
+    let dir = TempDir::new("agent-kube-race");
+    let config = AgentConfig {
+        zds_socket: dir.0.join("ztunnel.sock"),
+        cni_socket: dir.0.join("cni.sock"),
+        enrollment: dir.0.join("unused"),
+        state_dir: dir.0.join("state"),
+        capture_dns: false,
+        zds_timeout_ms: 1000,
+        enrollment_source: EnrollmentSource::Kube,
+        node_name: Some("node-a".into()),
+        kubeconfig: None,
+        no_probe_snat: true,
+        host_netns: None,
+    };
+    let agent = Agent::start_with(config, Source::Kube(kube)).await.unwrap();
+    let pod = scratch("kube-race");
+
+    let add = {
+        let agent = agent.clone();
+        let ev = event(CniCommand::Add, "c-slow", &pod, "mesh", "slow");
+        tokio::spawn(async move { agent.handle(ev).await })
+    };
+    tokio::time::timeout(WAIT, held.notified()).await.expect("the ADD's GET reached the relay");
+    // The runtime gives up on the sandbox while the ADD is still deciding.
+    let del = tokio::time::timeout(WAIT, agent.handle(event(CniCommand::Del, "c-slow", &pod, "mesh", "slow")))
+        .await
+        .expect("DEL answered");
+    assert!(del.ok, "{del:?}");
+    gate.close();
+    let add = tokio::time::timeout(WAIT, add).await.expect("ADD answered").unwrap();
+    assert!(!add.ok && add.error.as_deref().unwrap_or("").contains("deleted"), "{add:?}");
+    assert!(!installed(pod.netns()), "a deleted pod got redirection rules");
+    assert!(agent.zds().pods().await.is_empty(), "a deleted pod was handed to ztunnel");
+    let records = std::fs::read_dir(dir.0.join("state/pods")).unwrap().count();
+    assert_eq!(records, 0, "a deleted pod was recorded");
+
+    // An ADD of the same container after that (a retried sandbox) is decided normally.
+    let again = tokio::time::timeout(WAIT, agent.handle(event(CniCommand::Add, "c-slow", &pod, "mesh", "slow")))
+        .await
+        .expect("second ADD answered");
+    assert!(again.ok && again.enrolled, "{again:?}");
+    assert!(agent.handle(event(CniCommand::Del, "c-slow", &pod, "mesh", "slow")).await.ok);
+    assert!(!installed(pod.netns()));
+    agent.shutdown().await;
+    relay_task.abort();
+}

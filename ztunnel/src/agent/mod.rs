@@ -9,7 +9,10 @@
 //! removed again, if a connected ztunnel refuses the pod. With no ztunnel
 //! connected, ADD succeeds: the pod's traffic is captured (and refused,
 //! nothing listens yet) until ztunnel connects and receives it in its
-//! snapshot. DEL undoes all of it.
+//! snapshot. DEL undoes all of it. A DEL that arrives while an ADD of the same
+//! container is still deciding enrollment (an API lookup outlived the plugin's
+//! timeout, and the runtime tore the sandbox down) makes that ADD give up
+//! without installing anything: nothing would ever remove it otherwise.
 //!
 //! During a ztunnel upgrade two ztunnels are connected at once and both get
 //! every pod; the old one leaves when it drains.
@@ -186,6 +189,35 @@ struct Pods {
     /// Pods seen at ADD but not enrolled, kept so that a later label change can
     /// enroll them (not persisted).
     others: HashMap<String, PodRecord>,
+    /// ADDs deciding enrollment outside the lock (an API GET can take a while), by container
+    /// id, with the ticket of the latest. A DEL meanwhile removes the entry: the runtime has
+    /// given up on that sandbox (its ADD timed out or the pod was deleted), so the ADD must
+    /// not go on to enroll it, or the agent would keep its namespace, rules and ztunnel
+    /// listeners with no DEL left to come.
+    adding: HashMap<String, u64>,
+    next_ticket: u64,
+}
+
+impl Pods {
+    /// Registers an ADD of `container_id` about to decide outside the lock.
+    fn start_adding(&mut self, container_id: &str) -> u64 {
+        self.next_ticket += 1;
+        self.adding.insert(container_id.to_owned(), self.next_ticket);
+        self.next_ticket
+    }
+
+    /// Ends the ADD holding `ticket`; `false` if a DEL of the container came meanwhile.
+    fn finish_adding(&mut self, container_id: &str, ticket: u64) -> bool {
+        match self.adding.get(container_id) {
+            None => false,
+            Some(&t) if t == ticket => {
+                self.adding.remove(container_id);
+                true
+            }
+            // A later ADD of the same container is still deciding; it ends the entry.
+            Some(_) => true,
+        }
+    }
 }
 
 /// The running agent.
@@ -513,7 +545,20 @@ impl Agent {
             // Not a Kubernetes pod: nothing to decide on.
             return CniReply::ok(false);
         };
-        let facts = match self.enrollment.pod(&namespace, &name).await {
+        let ticket = self.pods.lock().await.start_adding(&event.container_id);
+        let decided = self.enrollment.pod(&namespace, &name).await;
+        let mut pods = self.pods.lock().await;
+        if !pods.finish_adding(&event.container_id, ticket) {
+            tracing::info!(
+                pod = %name, %namespace, container = %event.container_id,
+                "pod deleted (CNI DEL) while its enrollment was being decided; not enrolling it"
+            );
+            return CniReply::refused(format!(
+                "pod {namespace}/{name} (container {}) was deleted while its enrollment was being decided",
+                event.container_id
+            ));
+        }
+        let facts = match decided {
             Ok(f) => f,
             Err(e) => return CniReply::refused(format!("cannot decide enrollment of {namespace}/{name}: {e}")),
         };
@@ -528,7 +573,6 @@ impl Agent {
             // Decided below for an enrolled pod, at enrollment for the others.
             capture_dns: None,
         };
-        let mut pods = self.pods.lock().await;
         if !facts.enrolled {
             // Kept only where a later label change can enroll it.
             if self.enrollment.changes().is_some() {
@@ -560,6 +604,7 @@ impl Agent {
     async fn del(&self, event: CniEvent) -> CniReply {
         let mut pods = self.pods.lock().await;
         pods.others.remove(&event.container_id);
+        pods.adding.remove(&event.container_id);
         let Some(pod) = pods.enrolled.remove(&event.container_id) else {
             return CniReply::ok(false);
         };
