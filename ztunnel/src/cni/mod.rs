@@ -8,7 +8,8 @@
 //! `excludeNamespaces` (default `kube-system`) never consult the agent, so the
 //! node's own infrastructure can start while the agent is down. DEL succeeds
 //! when the agent is away: the agent drops pods whose namespace is gone when it
-//! restarts.
+//! restarts. It speaks CNI 0.3.0 to 1.1.0; 1.1's GC and STATUS always succeed (STATUS does
+//! not depend on the agent: a failing STATUS marks the whole node's network not ready).
 
 pub mod event;
 pub mod plugin;

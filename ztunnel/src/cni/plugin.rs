@@ -12,7 +12,10 @@ use serde_json::{Value, json};
 use super::event::{CniCommand, CniEvent, CniReply, read_line, write_line};
 
 /// CNI versions this plugin speaks.
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+/// A chained plugin runs at its chain's version: a `1.1.0` configuration list (or one whose
+/// `cniVersions` lets the runtime negotiate it) would otherwise fail every pod's ADD, and its
+/// STATUS would report the node's network not ready.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 /// Where the agent listens for plugin events unless `agentSocket` says otherwise.
 pub const DEFAULT_AGENT_SOCKET: &str = "/var/run/ztunnel/cni.sock";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -216,6 +219,13 @@ fn run_with(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
             }
             CniCommand::Check
         }
+        // CNI 1.1's verbs. GC: this plugin holds no per-attachment resources of its own (the
+        // agent drops pods at their DEL, or at restart when their namespace is gone). STATUS
+        // succeeds whether the agent is up or not: a failing STATUS makes the runtime report
+        // the whole node's network not ready, while pods outside the mesh could still start,
+        // and an enrolled pod's ADD already fails closed while the agent is away.
+        "GC" | "STATUS" if conf.cni_version == "1.1.0" => return Ok(Value::Null),
+        "GC" | "STATUS" => return Err(CniError::IncompatibleVersion { version: conf.cni_version.clone() }),
         "" => return Err(CniError::MissingEnv { name: "CNI_COMMAND", command: "any command".into() }),
         other => {
             return Err(CniError::InvalidEnv { name: "CNI_COMMAND", reason: format!("unknown command {other:?}") });
@@ -333,6 +343,23 @@ mod tests {
         assert_eq!(run(&bad_args, br#"{"cniVersion":"1.0.0"}"#).unwrap_err().0.code(), 4);
         assert_eq!(run(&env("FROB"), br#"{"cniVersion":"1.0.0"}"#).unwrap_err().0.code(), 4);
         assert_eq!(run(&env("CHECK"), br#"{"cniVersion":"0.3.1"}"#).unwrap_err().0.code(), 1);
+    }
+
+    #[test]
+    fn cni_1_1_chains_pass_through_and_gc_status_succeed() {
+        let conf = br#"{"cniVersion":"1.1.0","name":"n","type":"ztunnel-cni","agentSocket":"/nonexistent/sock",
+            "prevResult":{"cniVersion":"1.1.0","ips":[{"address":"10.0.0.5/24"}]}}"#;
+        let out = run(&env("ADD"), conf).unwrap();
+        assert_eq!(out["ips"][0]["address"], "10.0.0.5/24");
+        // GC and STATUS come without a container; with the agent away they still succeed.
+        let bare = CniEnv { command: "GC".into(), ..CniEnv::default() };
+        let gc = br#"{"cniVersion":"1.1.0","name":"n","type":"ztunnel-cni","agentSocket":"/nonexistent/sock",
+            "cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]}"#;
+        assert_eq!(run(&bare, gc).unwrap(), Value::Null);
+        let status = CniEnv { command: "STATUS".into(), ..CniEnv::default() };
+        assert_eq!(run(&status, br#"{"cniVersion":"1.1.0","agentSocket":"/nonexistent/sock"}"#).unwrap(), Value::Null);
+        // Not verbs of the older versions.
+        assert_eq!(run(&status, br#"{"cniVersion":"1.0.0"}"#).unwrap_err().0.code(), 1);
     }
 
     #[test]
