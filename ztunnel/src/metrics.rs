@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hbone::http2::Refusal;
 use hbone::http2::refusals::{PROTOCOL_ERROR_CODES, protocol_errors};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -53,8 +53,10 @@ impl SecurityPolicy {
     }
 }
 
-/// Istio's TCP metric labels.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Default)]
+/// Istio's TCP metric labels. `source_app`/`source_version` and `destination_app`/
+/// `destination_version` are written from the canonical service and revision when encoded, as
+/// Istio's ztunnel fills them, so each connection's label set holds them once.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, Default)]
 pub struct TcpLabels {
     /// `source` or `destination` ([`Reporter::as_str`]).
     pub reporter: &'static str,
@@ -94,6 +96,37 @@ pub struct TcpLabels {
     pub response_flags: &'static str,
     /// How the connection was secured ([`SecurityPolicy::as_str`]).
     pub connection_security_policy: &'static str,
+}
+
+impl EncodeLabelSet for TcpLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        [
+            ("reporter", self.reporter),
+            ("source_workload", &self.source_workload),
+            ("source_canonical_service", &self.source_canonical_service),
+            ("source_canonical_revision", &self.source_canonical_revision),
+            ("source_workload_namespace", &self.source_workload_namespace),
+            ("source_principal", &self.source_principal),
+            ("source_app", &self.source_canonical_service),
+            ("source_version", &self.source_canonical_revision),
+            ("source_cluster", &self.source_cluster),
+            ("destination_service", &self.destination_service),
+            ("destination_service_namespace", &self.destination_service_namespace),
+            ("destination_service_name", &self.destination_service_name),
+            ("destination_workload", &self.destination_workload),
+            ("destination_canonical_service", &self.destination_canonical_service),
+            ("destination_canonical_revision", &self.destination_canonical_revision),
+            ("destination_workload_namespace", &self.destination_workload_namespace),
+            ("destination_principal", &self.destination_principal),
+            ("destination_app", &self.destination_canonical_service),
+            ("destination_version", &self.destination_canonical_revision),
+            ("destination_cluster", &self.destination_cluster),
+            ("request_protocol", self.request_protocol),
+            ("response_flags", self.response_flags),
+            ("connection_security_policy", self.connection_security_policy),
+        ]
+        .encode(encoder)
+    }
 }
 
 /// ztunnel's metric families.
@@ -280,7 +313,11 @@ mod tests {
             source_workload: "sleep".into(),
             source_workload_namespace: "default".into(),
             source_principal: "spiffe://cluster.local/ns/default/sa/sleep".into(),
+            source_canonical_service: "sleep".into(),
+            source_canonical_revision: "v1".into(),
             destination_workload: "httpbin".into(),
+            destination_canonical_service: "httpbin".into(),
+            destination_canonical_revision: "latest".into(),
             request_protocol: "tcp",
             response_flags: "-",
             connection_security_policy: SecurityPolicy::MutualTls.as_str(),
@@ -295,6 +332,9 @@ mod tests {
             "istio_tcp_connections_opened_total{reporter=\"destination\",source_workload=\"sleep\"",
             "connection_security_policy=\"mutual_tls\"} 1",
             "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
+            // As Istio's ztunnel: app and version are the canonical service and revision.
+            "source_app=\"sleep\",source_version=\"v1\",source_cluster=",
+            "destination_app=\"httpbin\",destination_version=\"latest\",destination_cluster=",
             "istio_tcp_received_bytes_total{",
             "istio_tcp_connections_closed_total{",
             "ztunnel_connections_denied_total{reporter=\"destination\",reason=\"policy\"} 1",
