@@ -299,3 +299,25 @@ fn queued_connections_move_to_the_new_listener_when_the_old_closes() {
         assert_eq!(b[0], i as u8);
     }
 }
+
+/// Istio's in-pod rules leave the pod's traffic to its own address alone (it goes over `lo`,
+/// like loopback), and touch no UDP but DNS.
+#[test]
+fn own_address_and_non_dns_udp_are_not_captured() {
+    let w = world("redir-self");
+    redirect::install(w.pod.netns(), &RedirectConfig { capture_dns: true }).unwrap();
+    let capture = listen(&w.pod, addr("0.0.0.0", redirect::OUTBOUND_PORT));
+    let inbound = listen(&w.pod, addr("0.0.0.0", redirect::INBOUND_PORT));
+    let app = listen(&w.pod, addr(POD_IP, 8080));
+    let _c = connect(&w.pod, addr(POD_IP, 8080), None, None).unwrap();
+    assert!(accepted(&app).is_some(), "the pod's connection to its own address reaches the app");
+    assert!(idle(&capture) && idle(&inbound));
+
+    let peer_udp = w.peer.netns().run(|| std::net::UdpSocket::bind(addr(PEER_IP, 5000))).unwrap().unwrap();
+    peer_udp.set_read_timeout(Some(WAIT)).unwrap();
+    let pod_udp = w.pod.netns().run(|| std::net::UdpSocket::bind(addr(POD_IP, 0))).unwrap().unwrap();
+    pod_udp.send_to(b"hi", addr(PEER_IP, 5000)).unwrap();
+    let mut buf = [0u8; 8];
+    let (n, from) = peer_udp.recv_from(&mut buf).expect("non-DNS UDP goes straight out");
+    assert_eq!((&buf[..n], from.ip()), (&b"hi"[..], pod_udp.local_addr().unwrap().ip()));
+}
