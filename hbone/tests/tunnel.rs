@@ -407,12 +407,20 @@ async fn malformed_requests_get_400() {
         .unwrap();
     let (send, conn) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(conn);
-    for (method, uri) in [("CONNECT", "backend.example:80"), ("GET", "http://10.0.0.1:80/")] {
+    use hbone::tunnel::server::MalformedConnect;
+    for (method, uri, reason) in [
+        ("CONNECT", "backend.example:80", MalformedConnect::BadAuthority),
+        ("CONNECT", "[fe80::1%2]:80", MalformedConnect::BadAuthority),
+        ("GET", "http://10.0.0.1:80/", MalformedConnect::NotConnect),
+    ] {
+        // Process-wide counters: other tests may count too, never less.
+        let before = reason.total();
         let req = http::Request::builder().method(method).uri(uri).body(()).unwrap();
         let mut send = send.clone().ready().await.unwrap();
         let (resp, _) = send.send_request(req, true).unwrap();
         let resp = resp.await.unwrap();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{method} {uri}");
+        assert!(reason.total() > before, "{method} {uri}: counted as {}", reason.as_str());
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use hbone::http2::Refusal;
 use hbone::http2::refusals::{PROTOCOL_ERROR_CODES, protocol_errors};
+use hbone::tunnel::server::MalformedConnect;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder};
 use prometheus_client::metrics::MetricType;
@@ -265,6 +266,15 @@ impl Collector for HboneCollector {
             let label = CodeLabel { code: code.name().unwrap_or("unknown") };
             ConstCounter::new(protocol_errors(code)).encode(family.encode_family(&label)?)?;
         }
+        let mut family = e.encode_descriptor(
+            "hbone_connects_malformed",
+            "Requests on the HBONE port answered 400 before any policy: not CONNECT, extended CONNECT, no or a bad :authority",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in MalformedConnect::ALL {
+            ConstCounter::new(r.total()).encode(family.encode_family(&ReasonLabel { reason: r.as_str() })?)?;
+        }
         Ok(())
     }
 }
@@ -342,6 +352,8 @@ mod tests {
             "hbone_streams_refused_total{reason=\"reset_streams_held\"} ",
             "hbone_protocol_errors_total{code=\"ENHANCE_YOUR_CALM\"} ",
             "hbone_protocol_errors_total{code=\"PROTOCOL_ERROR\"} ",
+            "hbone_connects_malformed_total{reason=\"bad_authority\"} ",
+            "hbone_connects_malformed_total{reason=\"not_connect\"} ",
             "# TYPE ztunnel_sched_short_slice gauge\nztunnel_sched_short_slice ",
             "# TYPE ztunnel_sched_slice_switches counter\nztunnel_sched_slice_switches_total ",
             "ztunnel_certificate_fetch_failures_total{reason=\"bad_answer\"} ",

@@ -227,7 +227,7 @@ async fn streams(conn: Connection, setup: Setup, budget: Budget) {
             match validate(&head) {
                 Ok(_) => tasks.spawn(budget.count(serve(stream, behaviour, budget.clone()))),
                 Err(reason) => {
-                    send_refusal(stream, StatusCode::BAD_REQUEST, reason);
+                    send_refusal(stream, StatusCode::BAD_REQUEST, reason.message());
                     continue;
                 }
             };

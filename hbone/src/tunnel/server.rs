@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderMap, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
@@ -288,8 +289,9 @@ impl<H: Handler> Server<H> {
             let authority = match validate(&head) {
                 Ok(a) => a,
                 Err(reason) => {
-                    tracing::debug!(%peer, %reason, "malformed CONNECT");
-                    send_refusal(stream, StatusCode::BAD_REQUEST, reason);
+                    reason.counter().fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, reason = reason.as_str(), "malformed CONNECT");
+                    send_refusal(stream, StatusCode::BAD_REQUEST, reason.message());
                     continue;
                 }
             };
@@ -317,16 +319,78 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// A CONNECT to `ip:port`, nothing else.
-pub(crate) fn validate(head: &RequestHead) -> Result<SocketAddr, &'static str> {
+/// Why a request on the HBONE port was answered 400 before any handler saw it. Counted
+/// process-wide ([`MalformedConnect::total`]) for the metrics endpoints of the programs that
+/// embed the server: a peer with a mesh identity sending such requests is broken or probing,
+/// and neither shows anywhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MalformedConnect {
+    /// A method other than CONNECT.
+    NotConnect,
+    /// Extended CONNECT (`:protocol`, RFC 8441).
+    Extended,
+    /// No `:authority`.
+    NoAuthority,
+    /// An `:authority` that is not `<ip>:<port>`, or names an IPv6 zone.
+    BadAuthority,
+}
+
+impl MalformedConnect {
+    /// Every reason, for exporters that list each one even at zero.
+    pub const ALL: [MalformedConnect; 4] = [
+        MalformedConnect::NotConnect,
+        MalformedConnect::Extended,
+        MalformedConnect::NoAuthority,
+        MalformedConnect::BadAuthority,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MalformedConnect::NotConnect => "not_connect",
+            MalformedConnect::Extended => "extended_connect",
+            MalformedConnect::NoAuthority => "no_authority",
+            MalformedConnect::BadAuthority => "bad_authority",
+        }
+    }
+
+    /// What the 400 says.
+    pub fn message(self) -> &'static str {
+        match self {
+            MalformedConnect::NotConnect => "only CONNECT is served on the HBONE port",
+            MalformedConnect::Extended => "extended CONNECT is not supported",
+            MalformedConnect::NoAuthority => "CONNECT without :authority",
+            MalformedConnect::BadAuthority => ":authority must be <ip>:<port>",
+        }
+    }
+
+    fn counter(self) -> &'static AtomicU64 {
+        static COUNTS: [AtomicU64; MalformedConnect::ALL.len()] =
+            [const { AtomicU64::new(0) }; MalformedConnect::ALL.len()];
+        &COUNTS[self as usize]
+    }
+
+    /// Requests answered 400 for this reason since the process started.
+    pub fn total(self) -> u64 {
+        self.counter().load(Ordering::Relaxed)
+    }
+}
+
+/// A CONNECT to `ip:port`, nothing else. An IPv6 zone (`[fe80::1%2]:80`) names an interface
+/// of the sender's host, which means nothing here, so it is refused too.
+pub(crate) fn validate(head: &RequestHead) -> Result<SocketAddr, MalformedConnect> {
     if &head.method[..] != b"CONNECT" {
-        return Err("only CONNECT is served on the HBONE port");
+        return Err(MalformedConnect::NotConnect);
     }
     if head.protocol.is_some() {
-        return Err("extended CONNECT is not supported");
+        return Err(MalformedConnect::Extended);
     }
-    let authority = head.authority.as_deref().ok_or("CONNECT without :authority")?;
-    std::str::from_utf8(authority).ok().and_then(|a| a.parse().ok()).ok_or(":authority must be <ip>:<port>")
+    let authority = head.authority.as_deref().ok_or(MalformedConnect::NoAuthority)?;
+    match std::str::from_utf8(authority).ok().and_then(|a| a.parse::<SocketAddr>().ok()) {
+        Some(SocketAddr::V6(a)) if a.scope_id() != 0 => Err(MalformedConnect::BadAuthority),
+        Some(a) => Ok(a),
+        None => Err(MalformedConnect::BadAuthority),
+    }
 }
 
 fn is_transient_accept_error(e: &io::Error) -> bool {
