@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use ztunnel::cni::{CniEnv, run};
 
 fn main() -> ExitCode {
-    let env = CniEnv::from_vars(std::env::vars());
+    let env = CniEnv::from_vars(std::env::vars_os());
     let mut stdin = Vec::new();
     // CNI has no stdin for VERSION sometimes; an unreadable stdin is just empty.
     let _ = std::io::stdin().read_to_end(&mut stdin);

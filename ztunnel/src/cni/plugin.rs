@@ -37,23 +37,33 @@ pub struct CniEnv {
     pub args: String,
     /// `CNI_PATH`.
     pub path: String,
+    /// The first `CNI_*` variable whose value is not UTF-8, if any: refused by [`run`] as an
+    /// invalid environment (code 4) rather than read in part.
+    pub not_utf8: Option<&'static str>,
 }
 
 impl CniEnv {
-    /// Picks the CNI variables out of an environment.
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+    /// Picks the CNI variables out of an environment (`std::env::vars_os()`: a runtime may
+    /// hand us bytes that are not UTF-8, in our variables or in others, and `vars()` panics on
+    /// those instead of letting us answer with the error JSON the runtime reads).
+    pub fn from_vars(vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> Self {
         let mut env = Self::default();
         for (k, v) in vars {
-            let slot = match k.as_str() {
-                "CNI_COMMAND" => &mut env.command,
-                "CNI_CONTAINERID" => &mut env.container_id,
-                "CNI_NETNS" => &mut env.netns,
-                "CNI_IFNAME" => &mut env.ifname,
-                "CNI_ARGS" => &mut env.args,
-                "CNI_PATH" => &mut env.path,
+            let (name, slot) = match k.to_str() {
+                Some("CNI_COMMAND") => ("CNI_COMMAND", &mut env.command),
+                Some("CNI_CONTAINERID") => ("CNI_CONTAINERID", &mut env.container_id),
+                Some("CNI_NETNS") => ("CNI_NETNS", &mut env.netns),
+                Some("CNI_IFNAME") => ("CNI_IFNAME", &mut env.ifname),
+                Some("CNI_ARGS") => ("CNI_ARGS", &mut env.args),
+                Some("CNI_PATH") => ("CNI_PATH", &mut env.path),
                 _ => continue,
             };
-            *slot = v;
+            match v.into_string() {
+                Ok(v) => *slot = v,
+                Err(_) => {
+                    env.not_utf8.get_or_insert(name);
+                }
+            }
         }
         env
     }
@@ -210,6 +220,9 @@ fn run_with(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
         return Err(CniError::IncompatibleVersion { version: conf.cni_version.clone() });
     }
+    if let Some(name) = env.not_utf8 {
+        return Err(CniError::InvalidEnv { name, reason: "the value is not UTF-8".into() });
+    }
     let command = match env.command.as_str() {
         "ADD" => CniCommand::Add,
         "DEL" => CniCommand::Del,
@@ -312,7 +325,29 @@ mod tests {
             ifname: "eth0".into(),
             args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=p".into(),
             path: "/opt/cni/bin".into(),
+            not_utf8: None,
         }
+    }
+
+    /// A runtime's bytes that are not UTF-8 get the CNI error for an invalid environment,
+    /// naming the variable, not a panic without an answer; in other variables they are ignored.
+    #[test]
+    fn a_cni_variable_that_is_not_utf8_is_an_invalid_environment() {
+        use std::os::unix::ffi::OsStringExt;
+        let os = |s: &[u8]| std::ffi::OsString::from_vec(s.to_vec());
+        let vars = [
+            (os(b"CNI_COMMAND"), os(b"ADD")),
+            (os(b"CNI_CONTAINERID"), os(b"c1")),
+            (os(b"CNI_NETNS"), os(b"/var/run/netns/x")),
+            (os(b"CNI_IFNAME"), os(b"eth0")),
+            (os(b"CNI_ARGS"), os(b"K8S_POD_NAME=\xff")),
+            (os(b"UNRELATED"), os(b"\xfe")),
+        ];
+        let env = CniEnv::from_vars(vars);
+        let (e, _) = run(&env, br#"{"cniVersion":"1.0.0","name":"k8s","type":"ztunnel-cni"}"#).unwrap_err();
+        assert!(matches!(e, CniError::InvalidEnv { name: "CNI_ARGS", .. }), "{e}");
+        assert_eq!(e.code(), 4);
+        assert!(e.to_string().contains("CNI_ARGS"), "{e}");
     }
 
     #[test]
