@@ -222,3 +222,42 @@ async fn inbound_plaintext_over_ipv6_reaches_the_pod() {
     let closed = line(&metrics, "istio_tcp_connections_closed_total{");
     assert!(closed.contains("reporter=\"destination\"") && closed.ends_with(" 1"), "{metrics}");
 }
+
+/// IPv6 listeners where they serve: a pod namespace with IPv6 switched off (`disable_ipv6` on
+/// `all`, as an IPv4-only runtime may leave it; `[::]` can still be bound there) gets none,
+/// one with IPv6 gets its three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_without_ipv6_gets_no_ipv6_listeners() {
+    /// Listening TCP sockets in the calling thread's network namespace (`thread-self`: a thread
+    /// that entered a namespace sees it there, the process's `self` does not).
+    fn v6_listeners() -> usize {
+        let table = std::fs::read_to_string("/proc/thread-self/net/tcp6").unwrap();
+        table.lines().skip(1).filter(|l| l.split_whitespace().nth(3) == Some("0A")).count()
+    }
+    let suffix = format!("{}-{}", std::process::id(), rand::random::<u16>());
+    for (name, ipv6, want) in [("v6off", false, 0), ("v6on", true, 3)] {
+        let pod = ScratchNetns::create(&format!("{name}-{suffix}")).unwrap();
+        pod.ip(&["link", "set", "lo", "up"]).unwrap();
+        if !ipv6 {
+            pod.netns().run(|| std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")).unwrap().unwrap();
+        }
+        let yaml = "workloads:\n- {name: web, namespace: shop, serviceAccount: web, addresses: [\"10.9.0.2\"], protocol: HBONE}\n";
+        let handle = StateHandle::new(file::parse(yaml, StateConfig::default()).unwrap());
+        let ca = TestCa::new("ipv6");
+        let web = id("shop", "web");
+        let certs = CertStore::new(ca.roots());
+        certs.insert(ca.issue(&web, DAY));
+        let inputs = ProxyInputs::new(
+            handle,
+            certs,
+            Metrics::register(&mut Registry::default()),
+            Arc::new(ProxyConfig { transparent_inbound: false, ..ProxyConfig::default() }),
+            Default::default(),
+            &tokio::runtime::Handle::current(),
+        );
+        let sockets =
+            InPodSockets::new(Arc::new(pod.netns().try_clone().unwrap()), Arc::new(Netns::current().unwrap()));
+        let _proxy = PodProxy::start("Kubernetes//Pod/shop/web".into(), web, sockets, inputs).unwrap();
+        assert_eq!(pod.netns().run(v6_listeners).unwrap(), want, "{name}");
+    }
+}

@@ -279,6 +279,12 @@ impl PodProxy {
 
 /// The pod's listeners on `[::]` (IPv6 only: IPv4 has its own), outbound, plaintext, HBONE.
 fn bind_v6(ports: [u16; 3]) -> io::Result<Vec<std::net::TcpListener>> {
+    // `[::]` can still be bound where IPv6 is switched off (`disable_ipv6` on `all`, read here
+    // in the pod's namespace, since /proc/sys/net answers for the reader's): three listeners
+    // and their tasks would be held for every such pod for nothing.
+    if std::fs::read("/proc/sys/net/ipv6/conf/all/disable_ipv6").is_ok_and(|v| v.starts_with(b"1")) {
+        return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
+    }
     let any = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
     ports.iter().map(|p| sockets::reuseport_listener(SocketAddr::new(any, *p))).collect()
 }
