@@ -12,36 +12,17 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hbone::CertStore;
 use hbone::testing::{DAY, TestCa, id};
 use hbone::tunnel::client::ConnectTarget;
 use hbone::tunnel::pool::{Pool, PoolConfig, PoolKey};
-use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ztunnel::agent::redirect::{self, RedirectConfig};
-use ztunnel::metrics::Metrics;
-use ztunnel::netns::{Netns, ScratchNetns};
-use ztunnel::proxy::netns_sockets::InPodSockets;
-use ztunnel::proxy::{HostSockets, PodProxy, ProxyConfig, ProxyInputs};
+use ztunnel::netns::ScratchNetns;
+use ztunnel::proxy::{HostSockets, PodProxy};
 use ztunnel::state::{StateConfig, StateHandle, file};
-
-/// Echoes each connection on `listener` until the peer's FIN, then sends its own.
-fn echo_on(listener: std::net::TcpListener) -> support::Task {
-    listener.set_nonblocking(true).unwrap();
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    support::Task(tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tcp.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    }))
-}
 
 fn line<'a>(metrics: &'a str, name: &str) -> &'a str {
     metrics.lines().find(|l| l.starts_with(name)).unwrap_or_default()
@@ -61,7 +42,7 @@ async fn hbone_over_ipv6_reaches_the_pod() {
     let pod = PodProxy::start("Kubernetes//Pod/shop/web".into(), web.clone(), HostSockets, inputs).unwrap();
     let backend_listener = std::net::TcpListener::bind("[::1]:0").unwrap();
     let backend = backend_listener.local_addr().unwrap();
-    let _backend = echo_on(backend_listener);
+    let _backend = support::echo_on(backend_listener);
 
     let pool = Pool::new(PoolConfig::default(), certs, None);
     let hbone_v6 = SocketAddr::new("::1".parse().unwrap(), pod.addrs.hbone.port());
@@ -93,11 +74,11 @@ async fn hbone_over_ipv6_reaches_the_pod() {
 const POD_IP: &str = "fd77:1::2";
 const OUTSIDE_IP: &str = "fd77:1::1";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outbound_ipv6_is_captured_and_passed_through() {
-    let suffix = format!("{}-{}", std::process::id(), rand::random::<u16>());
-    let pod = ScratchNetns::create(&format!("v6-pod-{suffix}")).unwrap();
-    let outside = ScratchNetns::create(&format!("v6-out-{suffix}")).unwrap();
+/// A pod namespace (`POD_IP`, ztunnel's redirection installed) joined by a veth pair to one
+/// outside the mesh (`OUTSIDE_IP`), IPv6 only.
+fn v6_pair(name: &str) -> (ScratchNetns, ScratchNetns) {
+    let pod = ScratchNetns::create(&format!("{name}-pod")).unwrap();
+    let outside = ScratchNetns::create(&format!("{name}-out")).unwrap();
     pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", outside.name()]).unwrap();
     // nodad: usable at once, not after duplicate address detection.
     pod.ip(&["-6", "addr", "add", &format!("{POD_IP}/64"), "dev", "eth0", "nodad"]).unwrap();
@@ -106,31 +87,20 @@ async fn outbound_ipv6_is_captured_and_passed_through() {
     outside.ip(&["-6", "addr", "add", &format!("{OUTSIDE_IP}/64"), "dev", "eth0", "nodad"]).unwrap();
     outside.ip(&["link", "set", "eth0", "up"]).unwrap();
     redirect::install(pod.netns(), &RedirectConfig::default()).unwrap();
+    (pod, outside)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_ipv6_is_captured_and_passed_through() {
+    let suffix = format!("{}-{}", std::process::id(), rand::random::<u16>());
+    let (pod, outside) = v6_pair(&format!("v6-{suffix}"));
 
     // A server outside the mesh (not in the state): passthrough.
     let dst: SocketAddr = format!("[{OUTSIDE_IP}]:8080").parse().unwrap();
     let listener = outside.netns().run(move || std::net::TcpListener::bind(dst)).unwrap().unwrap();
-    let _server = echo_on(listener);
+    let _server = support::echo_on(listener);
 
-    let yaml = format!(
-        "workloads:\n- {{name: client, namespace: tools, serviceAccount: client, addresses: [\"{POD_IP}\"], protocol: HBONE}}\n"
-    );
-    let handle = StateHandle::new(file::parse(&yaml, StateConfig::default()).unwrap());
-    let ca = TestCa::new("ipv6");
-    let client = id("tools", "client");
-    let certs = CertStore::new(ca.roots());
-    certs.insert(ca.issue(&client, DAY));
-    let mut registry = Registry::default();
-    let inputs = ProxyInputs::new(
-        handle,
-        certs,
-        Metrics::register(&mut registry),
-        Arc::new(ProxyConfig { transparent_inbound: false, ..ProxyConfig::default() }),
-        Default::default(),
-        &tokio::runtime::Handle::current(),
-    );
-    let sockets = InPodSockets::new(Arc::new(pod.netns().try_clone().unwrap()), Arc::new(Netns::current().unwrap()));
-    let _proxy = PodProxy::start("Kubernetes//Pod/tools/client".into(), client, sockets, inputs).unwrap();
+    let (_proxy, registry) = support::start_in_pod(&pod, "tools", "client", POD_IP);
 
     let app = pod.netns().try_clone().unwrap();
     let echoed = tokio::task::spawn_blocking(move || {
@@ -162,40 +132,14 @@ async fn outbound_ipv6_is_captured_and_passed_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_plaintext_over_ipv6_reaches_the_pod() {
     let suffix = format!("{}-{}", std::process::id(), rand::random::<u16>());
-    let pod = ScratchNetns::create(&format!("v6in-pod-{suffix}")).unwrap();
-    let outside = ScratchNetns::create(&format!("v6in-out-{suffix}")).unwrap();
-    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", outside.name()]).unwrap();
-    pod.ip(&["-6", "addr", "add", &format!("{POD_IP}/64"), "dev", "eth0", "nodad"]).unwrap();
-    pod.ip(&["link", "set", "eth0", "up"]).unwrap();
-    pod.ip(&["link", "set", "lo", "up"]).unwrap();
-    outside.ip(&["-6", "addr", "add", &format!("{OUTSIDE_IP}/64"), "dev", "eth0", "nodad"]).unwrap();
-    outside.ip(&["link", "set", "eth0", "up"]).unwrap();
-    redirect::install(pod.netns(), &RedirectConfig::default()).unwrap();
+    let (pod, outside) = v6_pair(&format!("v6in-{suffix}"));
 
     // The pod's application.
     let app: SocketAddr = format!("[{POD_IP}]:8080").parse().unwrap();
     let listener = pod.netns().run(move || std::net::TcpListener::bind(app)).unwrap().unwrap();
-    let _app = echo_on(listener);
+    let _app = support::echo_on(listener);
 
-    let yaml = format!(
-        "workloads:\n- {{name: web, namespace: shop, serviceAccount: web, addresses: [\"{POD_IP}\"], protocol: HBONE}}\n"
-    );
-    let handle = StateHandle::new(file::parse(&yaml, StateConfig::default()).unwrap());
-    let ca = TestCa::new("ipv6");
-    let web = id("shop", "web");
-    let certs = CertStore::new(ca.roots());
-    certs.insert(ca.issue(&web, DAY));
-    let mut registry = Registry::default();
-    let inputs = ProxyInputs::new(
-        handle,
-        certs,
-        Metrics::register(&mut registry),
-        Arc::new(ProxyConfig { transparent_inbound: false, ..ProxyConfig::default() }),
-        Default::default(),
-        &tokio::runtime::Handle::current(),
-    );
-    let sockets = InPodSockets::new(Arc::new(pod.netns().try_clone().unwrap()), Arc::new(Netns::current().unwrap()));
-    let _proxy = PodProxy::start("Kubernetes//Pod/shop/web".into(), web, sockets, inputs).unwrap();
+    let (_proxy, registry) = support::start_in_pod(&pod, "shop", "web", POD_IP);
 
     // A client outside the mesh: its connection is captured by the pod's plaintext port.
     let client = outside.netns().try_clone().unwrap();
@@ -241,23 +185,7 @@ async fn a_pod_without_ipv6_gets_no_ipv6_listeners() {
         if !ipv6 {
             pod.netns().run(|| std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")).unwrap().unwrap();
         }
-        let yaml = "workloads:\n- {name: web, namespace: shop, serviceAccount: web, addresses: [\"10.9.0.2\"], protocol: HBONE}\n";
-        let handle = StateHandle::new(file::parse(yaml, StateConfig::default()).unwrap());
-        let ca = TestCa::new("ipv6");
-        let web = id("shop", "web");
-        let certs = CertStore::new(ca.roots());
-        certs.insert(ca.issue(&web, DAY));
-        let inputs = ProxyInputs::new(
-            handle,
-            certs,
-            Metrics::register(&mut Registry::default()),
-            Arc::new(ProxyConfig { transparent_inbound: false, ..ProxyConfig::default() }),
-            Default::default(),
-            &tokio::runtime::Handle::current(),
-        );
-        let sockets =
-            InPodSockets::new(Arc::new(pod.netns().try_clone().unwrap()), Arc::new(Netns::current().unwrap()));
-        let _proxy = PodProxy::start("Kubernetes//Pod/shop/web".into(), web, sockets, inputs).unwrap();
+        let _proxy = support::start_in_pod(&pod, "shop", "web", "10.9.0.2");
         assert_eq!(pod.netns().run(v6_listeners).unwrap(), want, "{name}");
     }
 }

@@ -8,19 +8,10 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::Duration;
 
-use hbone::CertStore;
-use hbone::testing::{DAY, TestCa, id};
-use prometheus_client::registry::Registry;
-use tokio::io::AsyncWriteExt;
 use ztunnel::agent::redirect::{self, RedirectConfig};
-use ztunnel::metrics::Metrics;
 use ztunnel::netns::{Netns, ScratchNetns};
-use ztunnel::proxy::netns_sockets::InPodSockets;
-use ztunnel::proxy::{PodProxy, ProxyConfig, ProxyInputs};
-use ztunnel::state::{StateConfig, StateHandle, file};
 
 const POD_IP: &str = "10.78.1.2";
 const OUTSIDE_IP: &str = "10.78.1.1";
@@ -51,37 +42,9 @@ async fn ztunnel_ports_are_refused_on_the_pod_and_passed_through_elsewhere() {
     // A server outside the mesh that happens to listen on 15008: it echoes.
     let elsewhere: SocketAddr = format!("{OUTSIDE_IP}:15008").parse().unwrap();
     let listener = outside.netns().run(move || std::net::TcpListener::bind(elsewhere)).unwrap().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    let _server = support::Task(tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tcp.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    }));
+    let _server = support::echo_on(listener);
 
-    let yaml = format!(
-        "workloads:\n- {{name: client, namespace: tools, serviceAccount: client, addresses: [\"{POD_IP}\"], protocol: HBONE}}\n"
-    );
-    let handle = StateHandle::new(file::parse(&yaml, StateConfig::default()).unwrap());
-    let ca = TestCa::new("own ports");
-    let client = id("tools", "client");
-    let certs = CertStore::new(ca.roots());
-    certs.insert(ca.issue(&client, DAY));
-    let mut registry = Registry::default();
-    let inputs = ProxyInputs::new(
-        handle,
-        certs,
-        Metrics::register(&mut registry),
-        Arc::new(ProxyConfig { transparent_inbound: false, ..ProxyConfig::default() }),
-        Default::default(),
-        &tokio::runtime::Handle::current(),
-    );
-    let sockets = InPodSockets::new(Arc::new(pod.netns().try_clone().unwrap()), Arc::new(Netns::current().unwrap()));
-    let _proxy = PodProxy::start("Kubernetes//Pod/tools/client".into(), client, sockets, inputs).unwrap();
+    let (_proxy, registry) = support::start_in_pod(&pod, "tools", "client", POD_IP);
 
     let app = pod.netns().try_clone().unwrap();
     let echoed = tokio::task::spawn_blocking(move || exchange(&app, elsewhere)).await.unwrap();

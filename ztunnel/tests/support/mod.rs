@@ -69,3 +69,54 @@ pub fn loopback_inputs_with(
     );
     (inputs, registry)
 }
+
+/// Echoes each connection on `listener` until the peer's FIN, then sends its own.
+pub fn echo_on(listener: std::net::TcpListener) -> Task {
+    use tokio::io::AsyncWriteExt;
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    Task(tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    }))
+}
+
+/// The proxy of one enrolled pod, workload `<namespace>/<sa>` (service account `sa`) at `ip`,
+/// started in `pod`'s namespace on the real ports (inbound not transparent), with a
+/// certificate from a CA of its own; the registry holds its metrics.
+pub fn start_in_pod(
+    pod: &ztunnel::netns::ScratchNetns,
+    namespace: &str,
+    sa: &str,
+    ip: &str,
+) -> (ztunnel::proxy::PodProxy, prometheus_client::registry::Registry) {
+    use std::sync::Arc;
+    let yaml = format!(
+        "workloads:\n- {{name: {sa}, namespace: {namespace}, serviceAccount: {sa}, addresses: [\"{ip}\"], protocol: HBONE}}\n"
+    );
+    let state = ztunnel::state::file::parse(&yaml, ztunnel::state::StateConfig::default()).unwrap();
+    let ca = hbone::testing::TestCa::new("pod");
+    let identity = hbone::testing::id(namespace, sa);
+    let certs = hbone::CertStore::new(ca.roots());
+    certs.insert(ca.issue(&identity, hbone::testing::DAY));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let inputs = ztunnel::proxy::ProxyInputs::new(
+        ztunnel::state::StateHandle::new(state),
+        certs,
+        ztunnel::metrics::Metrics::register(&mut registry),
+        Arc::new(ztunnel::proxy::ProxyConfig { transparent_inbound: false, ..Default::default() }),
+        Default::default(),
+        &tokio::runtime::Handle::current(),
+    );
+    let sockets = ztunnel::proxy::netns_sockets::InPodSockets::new(
+        Arc::new(pod.netns().try_clone().unwrap()),
+        Arc::new(ztunnel::netns::Netns::current().unwrap()),
+    );
+    let uid = format!("Kubernetes//Pod/{namespace}/{sa}");
+    (ztunnel::proxy::PodProxy::start(uid, identity, sockets, inputs).unwrap(), registry)
+}
