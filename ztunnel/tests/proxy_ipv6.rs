@@ -10,7 +10,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -58,13 +57,7 @@ async fn hbone_over_ipv6_reaches_the_pod() {
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.unwrap().unwrap();
     assert_eq!(got, b"over six");
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut metrics = ztunnel::metrics::encode(&registry);
-    while !line(&metrics, "istio_tcp_connections_closed_total{").ends_with(" 1") && std::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        metrics = ztunnel::metrics::encode(&registry);
-    }
+    let metrics = support::metrics_once(&registry, "istio_tcp_connections_closed_total{", "1").await;
     let closed = line(&metrics, "istio_tcp_connections_closed_total{");
     assert!(closed.contains("destination_workload=\"web\"") && closed.ends_with(" 1"), "{metrics}");
     assert!(line(&metrics, "istio_tcp_received_bytes_total{").ends_with(" 8"), "{metrics}");
@@ -103,27 +96,14 @@ async fn outbound_ipv6_is_captured_and_passed_through() {
     let (_proxy, registry) = support::start_in_pod(&pod, "tools", "client", POD_IP);
 
     let app = pod.netns().try_clone().unwrap();
-    let echoed = tokio::task::spawn_blocking(move || {
-        let mut s = app.run(move || std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(3))).unwrap()?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"v6 outbound")?;
-        s.shutdown(std::net::Shutdown::Write)?;
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).map(|_| got)
-    })
-    .await
-    .unwrap()
-    .expect("the application's IPv6 connection is served");
+    let echoed = tokio::task::spawn_blocking(move || support::exchange(&app, dst, b"v6 outbound"))
+        .await
+        .unwrap()
+        .expect("the application's IPv6 connection is served");
     assert_eq!(echoed, b"v6 outbound");
 
     // It went through ztunnel, to the address the application dialled.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut metrics = ztunnel::metrics::encode(&registry);
-    while !line(&metrics, "istio_tcp_connections_closed_total{").ends_with(" 1") && std::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        metrics = ztunnel::metrics::encode(&registry);
-    }
+    let metrics = support::metrics_once(&registry, "istio_tcp_connections_closed_total{", "1").await;
     let closed = line(&metrics, "istio_tcp_connections_closed_total{");
     assert!(closed.contains("reporter=\"source\"") && closed.ends_with(" 1"), "{metrics}");
     assert!(line(&metrics, "istio_tcp_received_bytes_total{").ends_with(" 11"), "{metrics}");
@@ -143,26 +123,13 @@ async fn inbound_plaintext_over_ipv6_reaches_the_pod() {
 
     // A client outside the mesh: its connection is captured by the pod's plaintext port.
     let client = outside.netns().try_clone().unwrap();
-    let echoed = tokio::task::spawn_blocking(move || {
-        let mut s = client.run(move || std::net::TcpStream::connect_timeout(&app, Duration::from_secs(3))).unwrap()?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"v6 inbound")?;
-        s.shutdown(std::net::Shutdown::Write)?;
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).map(|_| got)
-    })
-    .await
-    .unwrap()
-    .expect("the client's IPv6 connection is served");
+    let echoed = tokio::task::spawn_blocking(move || support::exchange(&client, app, b"v6 inbound"))
+        .await
+        .unwrap()
+        .expect("the client's IPv6 connection is served");
     assert_eq!(echoed, b"v6 inbound");
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut metrics = ztunnel::metrics::encode(&registry);
-    while !line(&metrics, "istio_tcp_connections_closed_total{").ends_with(" 1") && std::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        metrics = ztunnel::metrics::encode(&registry);
-    }
+    let metrics = support::metrics_once(&registry, "istio_tcp_connections_closed_total{", "1").await;
     let closed = line(&metrics, "istio_tcp_connections_closed_total{");
     assert!(closed.contains("reporter=\"destination\"") && closed.ends_with(" 1"), "{metrics}");
 }

@@ -6,25 +6,13 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::SocketAddr;
 
 use ztunnel::agent::redirect::{self, RedirectConfig};
-use ztunnel::netns::{Netns, ScratchNetns};
+use ztunnel::netns::ScratchNetns;
 
 const POD_IP: &str = "10.78.1.2";
 const OUTSIDE_IP: &str = "10.78.1.1";
-
-/// Dials `dst` from inside `pod`, writes, half-closes and reads what comes back.
-fn exchange(pod: &Netns, dst: SocketAddr) -> std::io::Result<Vec<u8>> {
-    let mut s = pod.run(move || TcpStream::connect_timeout(&dst, Duration::from_secs(3))).unwrap()?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"hello")?;
-    s.shutdown(std::net::Shutdown::Write)?;
-    let mut got = Vec::new();
-    s.read_to_end(&mut got).map(|_| got)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ztunnel_ports_are_refused_on_the_pod_and_passed_through_elsewhere() {
@@ -47,14 +35,14 @@ async fn ztunnel_ports_are_refused_on_the_pod_and_passed_through_elsewhere() {
     let (_proxy, registry) = support::start_in_pod(&pod, "tools", "client", POD_IP);
 
     let app = pod.netns().try_clone().unwrap();
-    let echoed = tokio::task::spawn_blocking(move || exchange(&app, elsewhere)).await.unwrap();
+    let echoed = tokio::task::spawn_blocking(move || support::exchange(&app, elsewhere, b"hello")).await.unwrap();
     assert_eq!(echoed.expect("a server elsewhere on port 15008 is reachable"), b"hello");
 
     // The pod's own outbound capture port, by its address and by loopback: refused.
     for own in [format!("{POD_IP}:15001"), "127.0.0.1:15001".to_owned()] {
         let own: SocketAddr = own.parse().unwrap();
         let app = pod.netns().try_clone().unwrap();
-        let r = tokio::task::spawn_blocking(move || exchange(&app, own)).await.unwrap();
+        let r = tokio::task::spawn_blocking(move || support::exchange(&app, own, b"hello")).await.unwrap();
         assert!(!matches!(&r, Ok(b) if !b.is_empty()), "{own}: nothing may come back: {r:?}");
     }
     let metrics = ztunnel::metrics::encode(&registry);

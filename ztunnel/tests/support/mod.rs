@@ -120,3 +120,30 @@ pub fn start_in_pod(
     let uid = format!("Kubernetes//Pod/{namespace}/{sa}");
     (ztunnel::proxy::PodProxy::start(uid, identity, sockets, inputs).unwrap(), registry)
 }
+
+/// Dials `dst` from inside `ns`, writes `payload`, half-closes and reads what comes back.
+pub fn exchange(ns: &ztunnel::netns::Netns, dst: std::net::SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let mut s = ns.run(move || std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(3))).unwrap()?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(payload)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).map(|_| got)
+}
+
+/// The registry's text once the first `line_prefix` line ends in ` <value>`, or after 5 s
+/// (the caller's assertions then say what was there).
+pub async fn metrics_once(registry: &prometheus_client::registry::Registry, line_prefix: &str, value: &str) -> String {
+    let suffix = format!(" {value}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = ztunnel::metrics::encode(registry);
+        let done = text.lines().find(|l| l.starts_with(line_prefix)).is_some_and(|l| l.ends_with(&suffix));
+        if done || std::time::Instant::now() >= deadline {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
