@@ -150,20 +150,7 @@ async fn agent_enrolls_and_unenrolls_running_pods_on_label_changes() {
     cluster(&api);
     let dir = TempDir::new("agent-kube");
     std::fs::write(dir.0.join("kubeconfig"), api.kubeconfig()).unwrap();
-    let config = AgentConfig {
-        zds_socket: dir.0.join("ztunnel.sock"),
-        cni_socket: dir.0.join("cni.sock"),
-        enrollment: dir.0.join("unused"),
-        state_dir: dir.0.join("state"),
-        capture_dns: false,
-        zds_timeout_ms: 1000,
-        enrollment_source: EnrollmentSource::Kube,
-        node_name: Some("node-a".into()),
-        kubeconfig: Some(dir.0.join("kubeconfig")),
-        // The test's own namespace is the host's: leave its rules alone.
-        no_probe_snat: true,
-        host_netns: None,
-    };
+    let config = kube_config(&dir, Some("node-a"));
     let agent = Agent::start(config).await.unwrap();
     let web = scratch("kube-web");
     let other = scratch("kube-other");
@@ -208,10 +195,10 @@ async fn agent_enrolls_and_unenrolls_running_pods_on_label_changes() {
     agent.shutdown().await;
 }
 
-#[tokio::test]
-async fn api_source_needs_a_node_and_a_usable_kubeconfig() {
-    let dir = TempDir::new("agent-kube-config");
-    let mut config = AgentConfig {
+/// An agent on the API source, its files in `dir` (kubeconfig at `dir/kubeconfig`), on node
+/// `node`, leaving the host's probe rules alone (the test's own namespace is the host's).
+fn kube_config(dir: &TempDir, node: Option<&str>) -> AgentConfig {
+    AgentConfig {
         zds_socket: dir.0.join("ztunnel.sock"),
         cni_socket: dir.0.join("cni.sock"),
         enrollment: dir.0.join("unused"),
@@ -219,11 +206,17 @@ async fn api_source_needs_a_node_and_a_usable_kubeconfig() {
         capture_dns: false,
         zds_timeout_ms: 1000,
         enrollment_source: EnrollmentSource::Kube,
-        node_name: None,
+        node_name: node.map(str::to_owned),
         kubeconfig: Some(dir.0.join("kubeconfig")),
         no_probe_snat: true,
         host_netns: None,
-    };
+    }
+}
+
+#[tokio::test]
+async fn api_source_needs_a_node_and_a_usable_kubeconfig() {
+    let dir = TempDir::new("agent-kube-config");
+    let mut config = kube_config(&dir, None);
     let err = Agent::start(config.clone()).await.err().expect("no node name");
     assert!(err.to_string().contains("--node-name"), "{err}");
     config.node_name = Some("node-a".into());
@@ -300,19 +293,8 @@ async fn agent_does_not_enroll_a_pod_deleted_while_its_add_is_deciding() {
     api.pod("mesh", "slow", "node-a", json!({}), "slow-sa");
 
     let dir = TempDir::new("agent-kube-race");
-    let config = AgentConfig {
-        zds_socket: dir.0.join("ztunnel.sock"),
-        cni_socket: dir.0.join("cni.sock"),
-        enrollment: dir.0.join("unused"),
-        state_dir: dir.0.join("state"),
-        capture_dns: false,
-        zds_timeout_ms: 1000,
-        enrollment_source: EnrollmentSource::Kube,
-        node_name: Some("node-a".into()),
-        kubeconfig: None,
-        no_probe_snat: true,
-        host_netns: None,
-    };
+    let mut config = kube_config(&dir, Some("node-a"));
+    config.kubeconfig = None;
     let agent = Agent::start_with(config, Source::Kube(kube)).await.unwrap();
     let pod = scratch("kube-race");
 
