@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod grpc;
 pub mod server;
 pub mod store;
 

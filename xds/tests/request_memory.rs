@@ -1,11 +1,11 @@
 //! What a stream keeps of its requests, counted by the allocator: a large request (a client
 //! resuming declares everything it holds) must not stay allocated for the stream's life.
 
+#[path = "support/counting.rs"]
+mod counting;
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -16,35 +16,6 @@ use proto::google::rpc::Status as RpcStatus;
 use support::*;
 use tonic::codegen::Service;
 use xds::ResourceStore;
-
-/// Counts the bytes allocated and not yet freed.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is passed on to the system allocator unchanged; only a counter is added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: the caller's contract is the system allocator's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 /// A request body of one gRPC message, then open (and silent) until dropped: the client keeps
 /// no copy of what it sent.
@@ -84,7 +55,7 @@ async fn a_large_request_is_not_kept_for_the_life_of_its_stream() {
     let mut channel = server.endpoint().connect().await.unwrap();
     let path = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
     let mut streams = Vec::new();
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting::live();
     for _ in 0..8 {
         let request = http::Request::post(path)
             .header("content-type", "application/grpc")
@@ -101,7 +72,7 @@ async fn a_large_request_is_not_kept_for_the_life_of_its_stream() {
         streams.push(body);
     }
     until("eight streams", || server.server.connection_count() == 8).await;
-    let kept = LIVE.load(Ordering::Relaxed) - before;
+    let kept = counting::live() - before;
     assert!(kept < 8 << 20, "8 streams keep {} KiB after one 3 MiB request each", kept >> 10);
     drop(streams);
 }

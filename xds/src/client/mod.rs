@@ -2,6 +2,7 @@
 //! a handler per type, ACKs or NACKs each push, and reconnects with backoff,
 //! resuming from the versions it already holds.
 
+mod call;
 mod handler;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,14 +10,12 @@ use std::future::Future;
 use std::time::Duration;
 
 use proto::envoy::config::core::v3::Node;
-use proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use proto::google::rpc::Status as RpcStatus;
 use rand::Rng;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 pub use handler::{Cache, CacheHandler, Rejected, ResourceHandler, Update, cache_handler, cache_handler_per_resource};
@@ -33,12 +32,6 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the server may take to answer a stream's opening.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Largest push the client reads. A delta server sends a type's first sync as one message:
-/// 10,000 pods' `Workload`s already exceed tonic's default of 4 MiB, and a stream that cannot
-/// read its first push fails and is sent the same push again on every reconnect. Istio's
-/// ztunnel reads pushes of up to 200 MiB, so istiod sizes nothing below that.
-const MAX_PUSH: usize = 256 << 20;
 
 /// `google.rpc.Code.INVALID_ARGUMENT`, the code of every NACK we send.
 const INVALID_ARGUMENT: i32 = 3;
@@ -184,20 +177,13 @@ impl Client {
         self
     }
 
-    /// The opening request of a stream over `outbound`, with the bearer token if one is set.
-    fn opening(
-        &self,
-        outbound: ReceiverStream<DeltaDiscoveryRequest>,
-    ) -> Result<tonic::Request<ReceiverStream<DeltaDiscoveryRequest>>, StreamError> {
-        let mut request = tonic::Request::new(outbound);
-        if let Some(path) = &self.token_file {
-            let fail = |why: String| StreamError::Token { path: path.clone(), why };
-            let token = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-            let value =
-                format!("Bearer {}", token.trim()).parse().map_err(|_| fail("not a valid header value".into()))?;
-            request.metadata_mut().insert("authorization", value);
-        }
-        Ok(request)
+    /// The `authorization` header of a stream's opening, if a token is set.
+    fn authorization(&self) -> Result<Option<http::HeaderValue>, StreamError> {
+        let Some(path) = &self.token_file else { return Ok(None) };
+        let fail = |why: String| StreamError::Token { path: path.clone(), why };
+        let token = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| fail("not a valid header value".into()))?;
+        Ok(Some(value))
     }
 
     /// Replaces the reconnection backoff.
@@ -276,11 +262,10 @@ impl Client {
     /// answered, which resets the backoff.
     async fn stream_once(
         &mut self,
-        channel: Channel,
+        mut channel: Channel,
         status: &watch::Sender<ClientStatus>,
         progressed: &mut bool,
     ) -> StreamError {
-        let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_PUSH);
         // One request per type is the most ever queued: the first
         // subscriptions, then at most one answer per push received.
         let (requests, outbound) = mpsc::channel(self.subscriptions.len() + 1);
@@ -314,13 +299,13 @@ impl Client {
             // Cannot fail: the receiver is alive and the channel has room.
             let _ = requests.try_send(request);
         }
-        let opening = match self.opening(ReceiverStream::new(outbound)) {
-            Ok(r) => r,
+        let authorization = match self.authorization() {
+            Ok(value) => value,
             Err(e) => return e,
         };
-        let open = client.delta_aggregated_resources(opening);
+        let open = call::open(&mut channel, authorization, outbound);
         let mut responses = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
-            Ok(Ok(response)) => response.into_inner(),
+            Ok(Ok(pushes)) => pushes,
             Ok(Err(e)) => return StreamError::Rpc(e),
             Err(_) => return StreamError::OpenTimeout(OPEN_TIMEOUT),
         };

@@ -2,19 +2,18 @@
 //! than generated: the generated one would make every push a `DeltaDiscoveryResponse` owning
 //! its resources, while [`Push`] sends the store's encoded bytes (see [`super::push`]).
 //!
-//! Responses are framed here too ([`PushBody`]): tonic's encoder writes every message of a
-//! stream into one buffer that it keeps for the stream's life at the size of the largest
-//! message, so 50 proxies that each had a 3 MB first sync would pin 50 × 4 MiB for good. Here
-//! each push gets a buffer of its own, freed once h2 has written it.
+//! Responses are framed here too ([`PushBody`], with [`crate::grpc::frame`]): tonic's encoder
+//! writes every message of a stream into one buffer that it keeps for the stream's life at the
+//! size of the largest message, so 50 proxies that each had a 3 MB first sync would pin
+//! 50 × 4 MiB for good. Here each push gets a buffer of its own, freed once h2 has written it.
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::Frame;
-use prost::Message;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::{BoxFuture, Service, StdError, http};
@@ -124,7 +123,7 @@ impl http_body::Body for PushBody {
             return Poll::Ready(None);
         }
         let status = match ready!(Pin::new(&mut self.pushes).poll_next(cx)) {
-            Some(Ok(push)) => match grpc_message(&push) {
+            Some(Ok(push)) => match crate::grpc::frame(&push) {
                 Some(message) => return Poll::Ready(Some(Ok(Frame::data(message)))),
                 None => Status::resource_exhausted("xDS push larger than a gRPC message can be"),
             },
@@ -147,22 +146,12 @@ impl http_body::Body for PushBody {
     }
 }
 
-/// A push framed as a gRPC message: the uncompressed flag, the length, then the bytes; `None`
-/// if it is too long for the 32-bit length.
-fn grpc_message(push: &Push) -> Option<Bytes> {
-    let len = push.encoded_len();
-    let mut buf = BytesMut::with_capacity(5 + len);
-    buf.put_u8(0);
-    buf.put_u32(u32::try_from(len).ok()?);
-    push.encode_raw(&mut buf);
-    Some(buf.freeze())
-}
-
 #[cfg(test)]
 mod tests {
     use std::future::poll_fn;
 
     use http_body::Body;
+    use prost::Message;
     use proto::envoy::service::discovery::v3::DeltaDiscoveryResponse;
     use tokio::sync::mpsc;
 
