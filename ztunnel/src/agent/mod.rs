@@ -35,7 +35,19 @@
 //!
 //! Unless disabled, the agent also keeps a table on the host ([`probe_snat`])
 //! that gives the node's own connections to enrolled pods (kubelet's probes) the
-//! link-local source the pods' redirection lets through; it is removed on exit.
+//! link-local source the pods' redirection lets through.
+//!
+//! Restart and uninstall: stopping the agent ([`Agent::shutdown`], on SIGTERM or
+//! SIGINT) leaves the pods' redirection and records *and* the host probe table in
+//! place, so kubelet's probes of enrolled pods keep bypassing capture (and are not
+//! refused under `STRICT`) while no agent runs, as across an upgrade, a crash loop or
+//! a rollout; Istio's node agent likewise keeps its host rules across restarts. The
+//! next agent takes the table over in one nft transaction, without duplicating its
+//! rules, and once it has re-adopted the recorded pods sets the table's addresses to
+//! theirs. Only an explicit uninstall removes the table: [`Agent::uninstall`] for a
+//! running agent, [`uninstall_host`] (`ztunnel-agent --uninstall`) when none runs,
+//! once ztunnel leaves the node for good. An agent started with `--no-probe-snat`
+//! removes a table an earlier one left, as nothing would keep its addresses current.
 
 pub mod cni_server;
 pub mod enroll;
@@ -88,12 +100,13 @@ pub struct AgentConfig {
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// Do not install the host table that gives the node's connections to
-    /// enrolled pods (kubelet's probes) the link-local probe source.
+    /// enrolled pods (kubelet's probes) the link-local probe source. A table
+    /// an earlier agent kept (it outlives restarts) is removed at start.
     #[arg(long, env = "NO_PROBE_SNAT", default_value_t = false)]
     pub no_probe_snat: bool,
     /// The node's network namespace, where the probe table goes (e.g.
     /// `/host/proc/1/ns/net` when the agent's pod is not on the host
-    /// network); default: the agent's own.
+    /// network), and where `--uninstall` removes it; default: the agent's own.
     #[arg(long, env = "HOST_NETNS")]
     pub host_netns: Option<PathBuf>,
     /// Directory where enrolled pods are recorded across agent restarts.
@@ -169,6 +182,9 @@ pub enum AgentError {
     /// The host's probe table could not be installed.
     #[error("host probe rules (disable with --no-probe-snat): {0}")]
     ProbeSnat(#[from] probe_snat::ProbeSnatError),
+    /// Uninstalling: the host's probe table could not be removed.
+    #[error("removing the host probe table: {0}")]
+    Uninstall(#[source] probe_snat::ProbeSnatError),
     /// The agent's own network namespace cannot be opened.
     #[error("opening the host network namespace: {0}")]
     HostNetns(#[source] std::io::Error),
@@ -257,25 +273,30 @@ impl Agent {
     pub async fn start_with(config: AgentConfig, source: Source) -> Result<Arc<Self>, AgentError> {
         let mut node_netns = vec![Netns::current().map_err(AgentError::HostNetns)?.id()];
         let host = if config.no_probe_snat {
-            // Not needed for the probe table, but still the node's: never redirected.
-            match config.host_netns.as_deref().map(Netns::open) {
-                Some(Ok(host)) => node_netns.push(host.id()),
-                Some(Err(e)) => {
+            match open_host(&config) {
+                Ok(host) => {
+                    // Not needed for the probe table, but still the node's: never redirected.
+                    node_netns.push(host.id());
+                    // A table an earlier agent kept would go on rewriting probes to addresses
+                    // nobody keeps current.
+                    if let Err(e) = on_host(&host, probe_snat::remove).await {
+                        tracing::warn!(error = %e, "cannot remove the host probe table an earlier agent left");
+                    }
+                }
+                Err(e) => {
                     tracing::warn!(error = %e, "cannot open --host-netns; only the agent's own namespace is known as the node's")
                 }
-                None => {}
             }
             None
         } else {
-            let host = match &config.host_netns {
-                Some(path) => Netns::open(path),
-                None => Netns::current(),
+            let host = open_host(&config).map_err(AgentError::HostNetns)?;
+            if let probe_snat::Installed::Replaced { reason } = on_host(&host, probe_snat::install).await? {
+                tracing::warn!(
+                    error = %reason,
+                    "replaced the host probe table an earlier agent left, as it could not be taken over; \
+                     probes of enrolled pods are captured until the pods are re-adopted"
+                );
             }
-            .map_err(AgentError::HostNetns)?;
-            let for_rules = host.try_clone().map_err(AgentError::HostNetns)?;
-            tokio::task::spawn_blocking(move || probe_snat::install(&for_rules))
-                .await
-                .map_err(|e| AgentError::HostNetns(std::io::Error::other(e)))??;
             node_netns.push(host.id());
             Some(host)
         };
@@ -312,20 +333,25 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Stops listening and drops the ztunnel connection, and removes the host
-    /// probe table. Pods keep their redirection and records, for the next
-    /// agent to re-adopt.
+    /// Stops listening and drops the ztunnel connection: a restart, not an
+    /// uninstall. Pods keep their redirection and records, and the host keeps
+    /// its probe table (kubelet's probes keep working meanwhile), for the next
+    /// agent to take over.
     pub async fn shutdown(&self) {
         for task in self.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
         self.zds.disconnect().await;
-        if let Some(host) = self.host.as_ref().and_then(|h| h.try_clone().ok()) {
-            match tokio::task::spawn_blocking(move || probe_snat::remove(&host)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "removing host probe rules"),
-                Err(e) => tracing::warn!(error = %e, "removing host probe rules"),
-            }
+    }
+
+    /// Stops as [`Self::shutdown`] does and removes the host probe table: for
+    /// ztunnel leaving the node, not for a restart. Pods keep their redirection
+    /// and records (their DEL or recreation removes the redirection).
+    pub async fn uninstall(&self) -> Result<(), AgentError> {
+        self.shutdown().await;
+        match &self.host {
+            Some(host) => on_host(host, probe_snat::remove).await.map_err(AgentError::Uninstall),
+            None => Ok(()),
         }
     }
 
@@ -404,12 +430,10 @@ impl Agent {
     }
 
     async fn set_probe_ips(&self, ips: &[IpAddr], add: bool) {
-        let Some(host) = self.host.as_ref().and_then(|h| h.try_clone().ok()) else { return };
+        let Some(host) = &self.host else { return };
         let ips = ips.to_vec();
-        match tokio::task::spawn_blocking(move || probe_snat::set_pod(&host, &ips, add)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "host probe addresses"),
-            Err(e) => tracing::warn!(error = %e, "host probe addresses"),
+        if let Err(e) = on_host(host, move |h| probe_snat::set_pod(h, &ips, add)).await {
+            tracing::warn!(error = %e, "host probe addresses");
         }
     }
 
@@ -467,6 +491,15 @@ impl Agent {
                     tracing::warn!(pod = %record.name, namespace = %record.namespace, %reason, "forgetting recorded pod");
                     let _ = self.state.remove(&record.container_id);
                 }
+            }
+        }
+        // The table taken over still holds the addresses of pods that went while no agent
+        // ran (and whose addresses another pod may now have). Before the sockets serve,
+        // nothing else changes the sets.
+        if let Some(host) = &self.host {
+            let ips: Vec<IpAddr> = pods.enrolled.values().flat_map(|p| p.ips.iter().copied()).collect();
+            if let Err(e) = on_host(host, move |h| probe_snat::set_pods(h, &ips)).await {
+                tracing::warn!(error = %e, "host probe addresses of the re-adopted pods");
             }
         }
     }
@@ -652,6 +685,34 @@ async fn remove_rules(netns: &Netns) {
         Ok(Err(e)) => tracing::warn!(error = %e, "removing redirection"),
         Err(e) => tracing::warn!(error = %e, "removing redirection"),
     }
+}
+
+/// Removes what the agent keeps on the node across restarts (the host probe table, in
+/// `--host-netns` or else the caller's namespace) without starting an agent, as
+/// `ztunnel-agent --uninstall` does once ztunnel leaves the node; `--no-probe-snat` does
+/// not matter. Nothing there is fine. An agent started afterwards installs the table again.
+pub async fn uninstall_host(config: &AgentConfig) -> Result<(), AgentError> {
+    let host = open_host(config).map_err(AgentError::HostNetns)?;
+    on_host(&host, probe_snat::remove).await.map_err(AgentError::Uninstall)
+}
+
+/// The node's network namespace: `--host-netns`, else the agent's own.
+fn open_host(config: &AgentConfig) -> std::io::Result<Netns> {
+    match &config.host_netns {
+        Some(path) => Netns::open(path),
+        None => Netns::current(),
+    }
+}
+
+/// Runs a change of the host's rules off the runtime (nft is a child process).
+async fn on_host<T: Send + 'static>(
+    host: &Netns,
+    change: impl FnOnce(&Netns) -> Result<T, probe_snat::ProbeSnatError> + Send + 'static,
+) -> Result<T, probe_snat::ProbeSnatError> {
+    let host = host.try_clone().map_err(probe_snat::ProbeSnatError::Enter)?;
+    tokio::task::spawn_blocking(move || change(&host))
+        .await
+        .map_err(|e| probe_snat::ProbeSnatError::Enter(std::io::Error::other(e)))?
 }
 
 /// A client from a kubeconfig file, or else in-cluster / default kubeconfig.

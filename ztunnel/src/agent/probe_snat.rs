@@ -8,8 +8,14 @@
 //! Only host-originated packets (their source is an address of the host: `fib saddr type
 //! local`) to enrolled pods' addresses (the sets, filled as pods enroll) are rewritten; traffic
 //! the node forwards for others keeps its source. Everything lives in our own table
-//! `inet ztunnel-host`, created at agent start and deleted at agent exit; nothing else in the
-//! host's rules is touched.
+//! `inet ztunnel-host`; nothing else in the host's rules is touched.
+//!
+//! The table outlives the agent: probes must keep working while the agent restarts (upgrade,
+//! crash, rollout), as the pods keep their redirection then too. A starting agent [`install`]s
+//! it over whatever an earlier one left, in one nft transaction (the packet path sees the old
+//! table or the new one, never none), keeping the sets' addresses; once it has re-adopted its
+//! pods it sets the addresses to theirs with [`set_pods`], again in one transaction. Only an
+//! explicit uninstall [`remove`]s the table.
 
 use std::net::IpAddr;
 use std::process::Command;
@@ -37,33 +43,88 @@ pub enum ProbeSnatError {
     },
 }
 
-/// The table: replaced as a whole (its sets start empty).
-pub fn ruleset() -> String {
+/// The chain's rules: the probe source for host-originated packets to enrolled pods.
+fn rules() -> String {
     format!(
-        "table inet {HOST_TABLE}
-delete table inet {HOST_TABLE}
-table inet {HOST_TABLE} {{
-\tset pods-v4 {{ type ipv4_addr; }}
-\tset pods-v6 {{ type ipv6_addr; }}
-\tchain postrouting {{
-\t\ttype nat hook postrouting priority srcnat; policy accept;
-\t\tip daddr @pods-v4 fib saddr type local snat ip to {PROBE_SOURCE_V4}
-\t\tip6 daddr @pods-v6 fib saddr type local snat ip6 to {PROBE_SOURCE_V6}
-\t}}
-}}
+        "add rule inet {HOST_TABLE} postrouting ip daddr @pods-v4 fib saddr type local snat ip to {PROBE_SOURCE_V4}
+add rule inet {HOST_TABLE} postrouting ip6 daddr @pods-v6 fib saddr type local snat ip6 to {PROBE_SOURCE_V6}
 "
     )
 }
 
-/// Installs the table in `host` (replacing an earlier one, with empty sets).
-pub fn install(host: &Netns) -> Result<(), ProbeSnatError> {
-    let script = ruleset();
-    host.run(move || nft_script(&script))
-        .map_err(ProbeSnatError::Enter)?
-        .map_err(|source| ProbeSnatError::Nft { step: "loading the host probe rules", source })
+/// The table, created or taken over with the sets' addresses: declaring what already exists
+/// changes nothing in nft, and the chain is emptied and refilled in the same transaction, so
+/// installing again leaves one copy of the rules.
+pub fn adopt_ruleset() -> String {
+    format!(
+        "table inet {HOST_TABLE} {{
+\tset pods-v4 {{ type ipv4_addr; }}
+\tset pods-v6 {{ type ipv6_addr; }}
+\tchain postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+}}
+flush chain inet {HOST_TABLE} postrouting
+{}",
+        rules()
+    )
 }
 
-/// Deletes the table from `host`; a missing table is fine.
+/// The table, replaced as a whole (its sets start empty), for an earlier one of another shape.
+pub fn replace_ruleset() -> String {
+    format!(
+        "table inet {HOST_TABLE}
+delete table inet {HOST_TABLE}
+{}",
+        adopt_ruleset()
+    )
+}
+
+/// How [`install`] put the table in place.
+#[derive(Debug)]
+pub enum Installed {
+    /// Created, or taken over from an earlier agent with the addresses in its sets.
+    Adopted,
+    /// The earlier table could not be taken over (another shape, e.g. from another version)
+    /// and was replaced with empty sets.
+    Replaced {
+        /// Why taking it over failed.
+        reason: ProbeSnatError,
+    },
+}
+
+/// Installs the table in `host`, taking over one an earlier agent left (see the module doc).
+/// Each attempt is one nft transaction: the table is never missing in between.
+pub fn install(host: &Netns) -> Result<Installed, ProbeSnatError> {
+    let load = |script: String, step| {
+        host.run(move || nft_script(&script))
+            .map_err(ProbeSnatError::Enter)?
+            .map_err(|source| ProbeSnatError::Nft { step, source })
+    };
+    match load(adopt_ruleset(), "taking over the host probe rules") {
+        Ok(()) => Ok(Installed::Adopted),
+        Err(e @ ProbeSnatError::Enter(_)) => Err(e),
+        Err(reason) => {
+            load(replace_ruleset(), "loading the host probe rules")?;
+            Ok(Installed::Replaced { reason })
+        }
+    }
+}
+
+/// Makes `ips` the enrolled pods' addresses in `host`'s table, dropping any other (pods that
+/// went while no agent ran), in one transaction: addresses kept are never missing meanwhile.
+pub fn set_pods(host: &Netns, ips: &[IpAddr]) -> Result<(), ProbeSnatError> {
+    let mut script = format!("flush set inet {HOST_TABLE} pods-v4\nflush set inet {HOST_TABLE} pods-v6\n");
+    for (set, v4) in [("pods-v4", true), ("pods-v6", false)] {
+        let family: Vec<String> = ips.iter().filter(|ip| ip.is_ipv4() == v4).map(IpAddr::to_string).collect();
+        if !family.is_empty() {
+            script.push_str(&format!("add element inet {HOST_TABLE} {set} {{ {} }}\n", family.join(", ")));
+        }
+    }
+    host.run(move || nft_script(&script))
+        .map_err(ProbeSnatError::Enter)?
+        .map_err(|source| ProbeSnatError::Nft { step: "replacing the enrolled pod addresses", source })
+}
+
+/// Deletes the table from `host` (uninstall); a missing table is fine.
 pub fn remove(host: &Netns) -> Result<(), ProbeSnatError> {
     let out = host
         .run(|| Command::new("nft").args(["delete", "table", "inet", HOST_TABLE]).output())

@@ -1,14 +1,21 @@
 //! The node agent: enrolls pods reported by the CNI plugin and hands them to
-//! ztunnel over ZDS.
+//! ztunnel over ZDS. Stopping it (SIGTERM, SIGINT) is a restart: pods keep their
+//! redirection and the node keeps the probe table. `--uninstall` removes the latter.
 
 use clap::Parser;
-use ztunnel::agent::{Agent, AgentConfig};
+use ztunnel::agent::{Agent, AgentConfig, uninstall_host};
 
 #[derive(Parser)]
 #[command(about = "ztunnel node agent")]
 struct Cli {
     #[command(flatten)]
     agent: AgentConfig,
+    /// Do not run the agent: remove what it keeps on the node across restarts (the
+    /// host probe table, in --host-netns) and exit. For ztunnel leaving the node for
+    /// good, after the agent has stopped; a normal stop keeps the table so that
+    /// kubelet's probes of enrolled pods keep working while the agent restarts.
+    #[arg(long)]
+    uninstall: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -20,6 +27,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    if cli.uninstall {
+        uninstall_host(&cli.agent).await?;
+        tracing::info!("host probe table removed (or was not there)");
+        return Ok(());
+    }
     let agent = Agent::start(cli.agent).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -27,6 +39,6 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     agent.shutdown().await;
-    tracing::info!("shutting down; pods keep their redirection and ztunnel keeps serving them");
+    tracing::info!("shutting down; pods keep their redirection and the node its probe table, for the next agent");
     Ok(())
 }
