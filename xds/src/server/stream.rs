@@ -323,7 +323,10 @@ impl StreamState {
             state.synced = None;
         }
         if first {
-            // An empty first subscription is the legacy spelling of wildcard.
+            // The legacy wildcard: a type whose first request subscribes to nothing by name is
+            // treated as subscribed to "*" (the xDS protocol, "How the client specifies what
+            // resources to return"), whatever it unsubscribes from; unsubscribing from "*"
+            // below, in the same request, then ends it as it would end an explicit "*".
             state.wildcard = request.resource_names_subscribe.is_empty();
         }
         for name in request.resource_names_subscribe {
@@ -351,6 +354,22 @@ impl StreamState {
                 state.asked.insert(name);
             }
         }
+        for name in request.resource_names_unsubscribe {
+            if name == WILDCARD {
+                state.wildcard = false;
+            } else if state.names.remove(&name) && state.wildcard {
+                state.asked.insert(name);
+            } else {
+                state.asked.remove(&name);
+            }
+        }
+        // The client drops what it unsubscribed from by itself; no
+        // removal is owed for it.
+        let TypeState { acked, nacked, asked, wildcard, names, .. } = state;
+        let keep = |n: &str| *wildcard || names.contains(n);
+        acked.retain(|n, _| keep(n));
+        nacked.retain(|n, _| keep(n));
+        asked.retain(|n| keep(n));
         if first {
             // Only the first request of a type declares versions, so these
             // cannot accumulate beyond one request; their number is bounded
@@ -381,23 +400,6 @@ impl StreamState {
             // What the client declares holding is not sent again unless it changed.
             let TypeState { asked, acked, .. } = state;
             asked.retain(|n| !acked.contains_key(n.as_str()));
-        } else {
-            for name in request.resource_names_unsubscribe {
-                if name == WILDCARD {
-                    state.wildcard = false;
-                } else if state.names.remove(&name) && state.wildcard {
-                    state.asked.insert(name);
-                } else {
-                    state.asked.remove(&name);
-                }
-            }
-            // The client drops what it unsubscribed from by itself; no
-            // removal is owed for it.
-            let TypeState { acked, nacked, asked, wildcard, names, .. } = state;
-            let keep = |n: &str| *wildcard || names.contains(n);
-            acked.retain(|n, _| keep(n));
-            nacked.retain(|n, _| keep(n));
-            asked.retain(|n| keep(n));
         }
         if request.response_nonce.is_empty() {
             return Ok(());

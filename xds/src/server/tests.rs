@@ -74,6 +74,37 @@ fn explicit_star_is_wildcard_and_unsubscribing_it_keeps_explicit_names() {
     assert_eq!(pushes[0].1, ["b"]);
 }
 
+/// The xDS protocol's legacy wildcard: a type's first request that subscribes to nothing by
+/// name is a subscription to "*", whatever else it unsubscribes from; unsubscribing from "*" in
+/// that same request ends it, as it ends an explicit "*".
+#[test]
+fn a_first_request_that_unsubscribes_from_star_subscribes_to_nothing() {
+    let store = store();
+    let counters = Counters::default();
+    let mut state = StreamState::new(1, None);
+    state.handle_request(request(&[], &["*"]), &counters).unwrap();
+    assert!(!state.status().types[T].wildcard);
+    let pushes = push(&mut state, &store);
+    assert_eq!(pushes.len(), 1, "the request is answered");
+    assert!(pushes[0].0.is_empty() && pushes[0].1.is_empty(), "{pushes:?}");
+    state.handle_request(ack(&pushes[0].2), &counters).unwrap();
+    store.set(T, "d", body(b"d"));
+    assert!(push(&mut state, &store).is_empty(), "nothing of the type is sent");
+    // Names subscribed later come, and only they.
+    state.handle_request(request(&["b"], &[]), &counters).unwrap();
+    assert_eq!(push(&mut state, &store)[0].0, ["b"]);
+
+    // Unsubscribing from a name only, the first request is still the legacy wildcard.
+    let mut state = StreamState::new(2, None);
+    state.handle_request(request(&[], &["a"]), &counters).unwrap();
+    assert!(state.status().types[T].wildcard);
+    assert_eq!(push(&mut state, &store)[0].0, ["a", "b", "c", "d"]);
+    // And a name both subscribed and unsubscribed in a first request is not subscribed.
+    let mut state = StreamState::new(3, None);
+    state.handle_request(request(&["a", "b"], &["a"]), &counters).unwrap();
+    assert_eq!(push(&mut state, &store)[0].0, ["b"]);
+}
+
 #[test]
 fn resume_versions_only_count_for_subscribed_names_and_owe_removals() {
     let store = store();
