@@ -1,7 +1,7 @@
 //! Istio's standard TCP metrics, with Istio's names and labels, so existing dashboards work.
 //!
-//! Labels are computed once per connection ([`ConnMetrics::open`]); the per-connection
-//! counters are cloned handles, so closing a connection touches no map.
+//! Labels are computed once per connection ([`Opened::new`]); a carried connection's counters
+//! are cloned handles ([`Opened::carried`]), so closing it touches no map.
 
 use std::sync::Arc;
 
@@ -54,6 +54,31 @@ impl SecurityPolicy {
     }
 }
 
+/// Why a connection went no further, as Istio's ztunnel writes it in `response_flags` (the
+/// Envoy-style label): on the closing count of a connection that was counted opened and then
+/// refused by policy or never reached its upstream.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ResponseFlags {
+    /// Carried (however it ended afterwards): `-`.
+    None,
+    /// Refused by authorization policy (or by the destination's waypoint-only rule): `DENY`.
+    Deny,
+    /// The connection to the upstream (the workload, the passthrough destination, the HBONE
+    /// tunnel) failed: `CONNECT`.
+    Connect,
+}
+
+impl ResponseFlags {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseFlags::None => "-",
+            ResponseFlags::Deny => "DENY",
+            ResponseFlags::Connect => "CONNECT",
+        }
+    }
+}
+
 /// Istio's TCP metric labels. `source_app`/`source_version` and `destination_app`/
 /// `destination_version` are written from the canonical service and revision when encoded, as
 /// Istio's ztunnel fills them, so each connection's label set holds them once.
@@ -93,7 +118,7 @@ pub struct TcpLabels {
     pub destination_cluster: String,
     /// Always `tcp` here.
     pub request_protocol: &'static str,
-    /// Envoy-style response flags; `-` when none.
+    /// [`ResponseFlags::as_str`]; `-` but on the closing count of a refused or failed connection.
     pub response_flags: &'static str,
     /// How the connection was secured ([`SecurityPolicy::as_str`]).
     pub connection_security_policy: &'static str,
@@ -177,7 +202,53 @@ impl Metrics {
     }
 }
 
-/// A connection's counters, resolved once when it opens.
+/// A connection counted as opened while it is still being decided on. As in Istio's ztunnel, a
+/// connection is counted opened once its ends are known, before policy and the upstream
+/// connect; one that goes no further is counted closed with the reason ([`Opened::refused`]),
+/// one that goes on gets its counters ([`Opened::carried`]). Dropped undecided (the client
+/// went away, the task was cancelled), it is counted closed with no flag, so that opened and
+/// closed always balance.
+#[derive(Debug)]
+pub struct Opened<'m> {
+    metrics: &'m Metrics,
+    labels: TcpLabels,
+    decided: bool,
+}
+
+impl<'m> Opened<'m> {
+    /// Counts the connection as opened (its flags are those of `labels`, `-`).
+    pub fn new(metrics: &'m Metrics, labels: TcpLabels) -> Self {
+        metrics.opened.get_or_create(&labels).inc();
+        Opened { metrics, labels, decided: false }
+    }
+
+    /// Counts the connection as closed, never carried, because of `flags`.
+    pub fn refused(mut self, flags: ResponseFlags) {
+        self.decided = true;
+        self.labels.response_flags = flags.as_str();
+        self.metrics.closed.get_or_create(&self.labels).inc();
+    }
+
+    /// The connection goes on: its counters, resolved now; the labels are not kept.
+    pub fn carried(mut self) -> ConnMetrics {
+        self.decided = true;
+        ConnMetrics {
+            closed: self.metrics.closed.get_or_create_owned(&self.labels),
+            sent: self.metrics.sent.get_or_create_owned(&self.labels),
+            received: self.metrics.received.get_or_create_owned(&self.labels),
+        }
+    }
+}
+
+impl Drop for Opened<'_> {
+    fn drop(&mut self) {
+        if !self.decided {
+            self.metrics.closed.get_or_create(&self.labels).inc();
+        }
+    }
+}
+
+/// A carried connection's counters, resolved once ([`Opened::carried`]).
 #[derive(Debug, Clone)]
 pub struct ConnMetrics {
     closed: Counter,
@@ -186,16 +257,6 @@ pub struct ConnMetrics {
 }
 
 impl ConnMetrics {
-    /// Counts the connection as opened and resolves its other counters.
-    pub fn open(metrics: &Metrics, labels: &TcpLabels) -> Self {
-        metrics.opened.get_or_create(labels).inc();
-        ConnMetrics {
-            closed: metrics.closed.get_or_create_owned(labels),
-            sent: metrics.sent.get_or_create_owned(labels),
-            received: metrics.received.get_or_create_owned(labels),
-        }
-    }
-
     /// Counts the connection as closed with the bytes it moved: `received` from the source,
     /// `sent` back to it.
     pub fn close(self, received: u64, sent: u64) {
@@ -333,7 +394,7 @@ mod tests {
             connection_security_policy: SecurityPolicy::MutualTls.as_str(),
             ..Default::default()
         };
-        let conn = ConnMetrics::open(&metrics, &labels);
+        let conn = Opened::new(&metrics, labels.clone()).carried();
         conn.close(100, 2000);
         metrics.denied(Reporter::Destination, "policy");
         crate::ca_client::count_failure("ca_refused");
@@ -370,5 +431,39 @@ mod tests {
             text.lines().find(|l| l.starts_with("ztunnel_certificate_fetch_failures_total{reason=\"ca_refused\"} "));
         let n: u64 = refused.and_then(|l| l.rsplit(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
         assert!(n >= 1, "{refused:?}");
+    }
+
+    /// As Istio's ztunnel: opened without a flag, closed with the reason it went no further;
+    /// opened and closed balance also when the connection is dropped undecided.
+    #[test]
+    fn a_refused_connection_is_opened_without_flags_and_closed_with_its_reason() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let labels = |workload: &str| TcpLabels {
+            reporter: Reporter::Destination.as_str(),
+            destination_workload: workload.into(),
+            response_flags: ResponseFlags::None.as_str(),
+            ..Default::default()
+        };
+        Opened::new(&metrics, labels("denied")).refused(ResponseFlags::Deny);
+        Opened::new(&metrics, labels("unreachable")).refused(ResponseFlags::Connect);
+        drop(Opened::new(&metrics, labels("gone")));
+        let text = encode(&registry);
+        let value = |family: &str, workload: &str, flags: &str| {
+            // `flags` empty: any.
+            let w = format!("destination_workload=\"{workload}\"");
+            let f = if flags.is_empty() { String::new() } else { format!("response_flags=\"{flags}\"") };
+            text.lines()
+                .filter(|l| l.starts_with(family) && l.contains(&w) && l.contains(&f))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        };
+        for (workload, flags) in [("denied", "DENY"), ("unreachable", "CONNECT"), ("gone", "-")] {
+            assert_eq!(value("istio_tcp_connections_opened_total{", workload, ""), 1, "{workload}: {text}");
+            assert_eq!(value("istio_tcp_connections_opened_total{", workload, "-"), 1, "{workload}: {text}");
+            assert_eq!(value("istio_tcp_connections_closed_total{", workload, ""), 1, "{workload}: {text}");
+            assert_eq!(value("istio_tcp_connections_closed_total{", workload, flags), 1, "{workload}: {text}");
+        }
+        assert!(!text.contains("istio_tcp_received_bytes_total{"), "no bytes for connections never carried: {text}");
     }
 }

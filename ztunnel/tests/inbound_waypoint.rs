@@ -136,14 +136,19 @@ async fn hbone_to_a_workload_behind_a_waypoint_must_come_from_the_waypoint() {
     assert_eq!(denied(&m, "destination", "bypassed_waypoint"), 1, "{m}");
     assert_eq!(denied(&m, "destination", "waypoint_unresolved"), 1, "{m}");
     assert_eq!(denied(&m, "destination", "policy"), 0, "{m}");
-    let opened_by = |who: &Identity| {
+    // Each was refused once (closed `DENY`) and accepted once; both counted opened (no flag).
+    let counted_by = |who: &Identity, family: &str, flags: &str, n: &str| {
         m.lines().any(|l| {
-            l.starts_with("istio_tcp_connections_opened_total{")
+            l.starts_with(family)
                 && l.contains(&format!("source_principal=\"{who}\""))
-                && l.ends_with(" 1")
+                && l.contains(&format!("response_flags=\"{flags}\""))
+                && l.ends_with(n)
         })
     };
-    assert!(opened_by(&waypoint) && opened_by(&client), "one accepted connection each:\n{m}");
+    for who in [&waypoint, &client] {
+        assert!(counted_by(who, "istio_tcp_connections_opened_total{", "-", " 2"), "{who}:\n{m}");
+        assert!(counted_by(who, "istio_tcp_connections_closed_total{", "DENY", " 1"), "{who}:\n{m}");
+    }
 }
 
 const POD_IP: &str = "10.79.1.2";

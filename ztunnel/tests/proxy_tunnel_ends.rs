@@ -4,7 +4,8 @@
 //! the mesh), the server only (a client outside the mesh on its plaintext capture). Each end's FIN reaches the other and the answer
 //! sent after the client's FIN still arrives; a reset on either end resets the other (an
 //! error, never a clean end it could take for a complete answer); a destination port nobody
-//! listens on resets the client, counted by the side that refused. Needs root.
+//! listens on resets the client, counted by the side that refused (closed `CONNECT` by each
+//! side that serves the connection). Needs root.
 
 mod support;
 
@@ -158,6 +159,13 @@ fn count(metrics: &str, prefix: &str) -> u64 {
     metrics.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
 }
 
+/// [`count`] of the lines whose `response_flags` is `flags`.
+fn count_flagged(metrics: &str, prefix: &str, flags: &str) -> u64 {
+    let flags = format!("response_flags=\"{flags}\"");
+    let lines = metrics.lines().filter(|l| l.contains(&flags)).collect::<Vec<_>>().join("\n");
+    count(&lines, prefix)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fin_and_reset_cross_the_tunnel_both_ways() {
     ends(Mesh::Both).await;
@@ -281,29 +289,36 @@ async fn ends(mesh: Mesh) {
     for refusal in refusals {
         assert!(metrics.contains(&format!("ztunnel_connections_denied_total{refusal}")), "{refusal}: {metrics}");
     }
-    // Four connections were carried, counted once opened by each side that serves one.
+    // Four connections were carried (closed without response flags) and one refused, each
+    // counted once opened by each side that serves one; the refused one is closed `CONNECT`.
     let sides = [("source", mesh.client()), ("destination", mesh.server())];
-    let carried = 4 * sides.iter().filter(|(_, served)| *served).count() as u64;
+    let served = sides.iter().filter(|(_, served)| *served).count() as u64;
+    let carried = |m: &str| count_flagged(m, "istio_tcp_connections_closed_total{", "-");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut metrics = metrics;
-    while count(&metrics, "istio_tcp_connections_closed_total{") < carried && std::time::Instant::now() < deadline {
+    while carried(&metrics) < 4 * served && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
         metrics = ztunnel::metrics::encode(&registry);
     }
-    assert_eq!(count(&metrics, "istio_tcp_connections_closed_total{"), carried, "{metrics}");
+    assert_eq!(carried(&metrics), 4 * served, "{metrics}");
+    assert_eq!(count_flagged(&metrics, "istio_tcp_connections_closed_total{", "CONNECT"), served, "{metrics}");
     for (reporter, served) in sides {
         let n = |family: &str| count(&metrics, &format!("{family}{{reporter=\"{reporter}\""));
         let want = |v: u64| if served { v } else { 0 };
-        assert_eq!(n("istio_tcp_connections_opened_total"), want(4), "{reporter}: {metrics}");
+        assert_eq!(n("istio_tcp_connections_opened_total"), want(5), "{reporter}: {metrics}");
         // Client to server: "question", "x", "x", "bye"; back: the answer, 22 bytes.
         assert_eq!(n("istio_tcp_received_bytes_total"), want(13), "{reporter}: {metrics}");
         assert_eq!(n("istio_tcp_sent_bytes_total"), want(22), "{reporter}: {metrics}");
     }
-    // The destination names the service its ports belong to; the source, which dialled the pod's
-    // address, does not.
+    // The destination names the service its ports belong to (for the carried connections: the
+    // refused one's port is no service's); the source, which dialled the pod's address, does not.
     let opened = |reporter: &str| {
-        let prefix = format!("istio_tcp_connections_opened_total{{reporter=\"{reporter}\"");
-        metrics.lines().filter(|l| l.starts_with(&prefix)).map(str::to_owned).collect::<Vec<_>>()
+        let prefix = format!("istio_tcp_connections_closed_total{{reporter=\"{reporter}\"");
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&prefix) && l.contains("response_flags=\"-\""))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
     };
     for line in opened("destination") {
         assert!(line.contains("destination_service=\"server.shop.svc.cluster.local\""), "{line}");

@@ -12,7 +12,7 @@ use http::StatusCode;
 use tokio::net::TcpListener;
 
 use crate::log_budget::LogBudget;
-use crate::metrics::{ConnMetrics, Reporter, SecurityPolicy};
+use crate::metrics::{Opened, Reporter, ResponseFlags, SecurityPolicy};
 use crate::state::ConnInfo;
 
 use super::admitted::Decided;
@@ -113,7 +113,7 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
     if authority.port() == 0 {
         metrics.denied(Reporter::Destination, "bad_authority");
         let why = format!(":authority {authority} has port 0, which names no destination");
-        ends.log("inbound", None, 0, 0, started.elapsed(), Some(&why));
+        ends.log("inbound", ResponseFlags::None, None, 0, 0, started.elapsed(), Some(&why));
         req.refuse(StatusCode::BAD_REQUEST, &why);
         return;
     }
@@ -125,15 +125,20 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
     if !me.addresses.contains(&authority.ip()) {
         metrics.denied(Reporter::Destination, "wrong_destination");
         let why = format!("{authority} is not an address of {}/{}", me.namespace(), me.name);
-        ends.log("inbound", None, 0, 0, started.elapsed(), Some(&why));
+        ends.log("inbound", ResponseFlags::None, None, 0, 0, started.elapsed(), Some(&why));
         req.refuse(StatusCode::BAD_REQUEST, &why);
         return;
     }
+    // A request for a destination that is this pod: counted opened from here on, as Istio's
+    // ztunnel does (the malformed ones above are refused before it counts them), and closed
+    // with the reason if it goes no further.
+    let opened = Opened::new(metrics, ends.labels(Reporter::Destination, SecurityPolicy::MutualTls));
     // Before policy: a workload behind a waypoint is reached only through it (see
     // `state::waypoint_gate` for who counts as the waypoint, and why).
     if let Some(Err(denial)) = state.waypoint_gate(&me).map(|g| g.admit(Some(&peer))) {
         metrics.denied(Reporter::Destination, denial.reason());
-        ends.log("inbound", Some(&denial), 0, 0, started.elapsed(), None);
+        opened.refused(ResponseFlags::Deny);
+        ends.log("inbound", ResponseFlags::Deny, Some(&denial), 0, 0, started.elapsed(), None);
         req.refuse(denial.status(), &denial.to_string());
         return;
     }
@@ -165,7 +170,8 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
         Ok(a) => (verdict, a),
         Err(refused) => {
             metrics.denied(Reporter::Destination, "policy");
-            ends.log("inbound", Some(&refused), 0, 0, started.elapsed(), None);
+            opened.refused(ResponseFlags::Deny);
+            ends.log("inbound", ResponseFlags::Deny, Some(&refused), 0, 0, started.elapsed(), None);
             req.refuse(StatusCode::UNAUTHORIZED, &refused.to_string());
             return;
         }
@@ -175,7 +181,8 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
         Ok(t) => t,
         Err(e) => {
             metrics.denied(Reporter::Destination, "workload_unreachable");
-            ends.log("inbound", Some(&verdict), 0, 0, started.elapsed(), Some(&e));
+            opened.refused(ResponseFlags::Connect);
+            ends.log("inbound", ResponseFlags::Connect, Some(&verdict), 0, 0, started.elapsed(), Some(&e));
             req.refuse(StatusCode::SERVICE_UNAVAILABLE, &format!("connect to {authority}: {e}"));
             return;
         }
@@ -185,12 +192,13 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
         Err(e) => {
             // The client went away while we connected (it cancelled, or its connection ended):
             // reset the workload's side, which would otherwise see a complete, empty exchange.
+            // Counted closed with no flag (`opened` is dropped): it was neither refused nor failed.
             super::outbound::abort(app);
-            ends.log("inbound", Some(&verdict), 0, 0, started.elapsed(), Some(&e));
+            ends.log("inbound", ResponseFlags::None, Some(&verdict), 0, 0, started.elapsed(), Some(&e));
             return;
         }
     };
-    let conn = ConnMetrics::open(metrics, &ends.labels(Reporter::Destination, SecurityPolicy::MutualTls));
+    let conn = opened.carried();
     // For the destination, "received" is what came from the tunnel (the client's bytes).
     let mut revoked_by = None;
     let revoked = async { revoked_by = Some(admission.revoked().await) };
@@ -200,7 +208,15 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, req: InboundConnect) {
         Some(by) => (by, Some(&REVOKED as &dyn std::fmt::Display)),
         None => (verdict, outcome.result.as_ref().err().map(|e| e as &dyn std::fmt::Display)),
     };
-    ends.log("inbound", Some(&verdict), outcome.from_tunnel, outcome.to_tunnel, started.elapsed(), err);
+    ends.log(
+        "inbound",
+        ResponseFlags::None,
+        Some(&verdict),
+        outcome.from_tunnel,
+        outcome.to_tunnel,
+        started.elapsed(),
+        err,
+    );
 }
 
 /// The access log's error for a connection closed by a policy change (the verdict beside it

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::metrics::{ConnMetrics, Reporter, SecurityPolicy};
+use crate::metrics::{Opened, Reporter, ResponseFlags, SecurityPolicy};
 use crate::state::ConnInfo;
 
 use super::admitted::Decided;
@@ -61,11 +61,15 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: SocketAddr)
         dst_identity: Some(&pod.identity),
         service: service.as_deref(),
     };
+    // Counted opened from here on, and closed with the reason if it goes no further (see
+    // `inbound`).
+    let opened = Opened::new(metrics, ends.labels(Reporter::Destination, SecurityPolicy::None));
     // Plaintext has no identity, so it is never the waypoint: a workload behind one refuses it,
     // also from clients outside the mesh (see `state::waypoint_gate`).
     if let Some(Err(denial)) = state.waypoint_gate(&me).map(|g| g.admit(None)) {
         metrics.denied(Reporter::Destination, denial.reason());
-        ends.log("inbound_plaintext", Some(&denial), 0, 0, started.elapsed(), None);
+        opened.refused(ResponseFlags::Deny);
+        ends.log("inbound_plaintext", ResponseFlags::Deny, Some(&denial), 0, 0, started.elapsed(), None);
         abort(tcp);
         return;
     }
@@ -97,7 +101,8 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: SocketAddr)
         Ok(a) => (verdict, a),
         Err(refused) => {
             metrics.denied(Reporter::Destination, "policy");
-            ends.log("inbound_plaintext", Some(&refused), 0, 0, started.elapsed(), None);
+            opened.refused(ResponseFlags::Deny);
+            ends.log("inbound_plaintext", ResponseFlags::Deny, Some(&refused), 0, 0, started.elapsed(), None);
             abort(tcp);
             return;
         }
@@ -107,12 +112,13 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: SocketAddr)
         Ok(t) => t,
         Err(e) => {
             metrics.denied(Reporter::Destination, "workload_unreachable");
-            ends.log("inbound_plaintext", Some(&verdict), 0, 0, started.elapsed(), Some(&e));
+            opened.refused(ResponseFlags::Connect);
+            ends.log("inbound_plaintext", ResponseFlags::Connect, Some(&verdict), 0, 0, started.elapsed(), Some(&e));
             abort(tcp);
             return;
         }
     };
-    let conn = ConnMetrics::open(metrics, &ends.labels(Reporter::Destination, SecurityPolicy::None));
+    let conn = opened.carried();
     let mut revoked_by = None;
     let revoked = async { revoked_by = Some(admission.revoked().await) };
     let (received, sent, err) = copy_plain_until(tcp, app, revoked).await;
@@ -121,5 +127,5 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: SocketAddr)
         Some(by) => (by, Some(&REVOKED as &dyn std::fmt::Display)),
         None => (verdict, err.as_ref().map(|e| e as &dyn std::fmt::Display)),
     };
-    ends.log("inbound_plaintext", Some(&verdict), received, sent, started.elapsed(), err);
+    ends.log("inbound_plaintext", ResponseFlags::None, Some(&verdict), received, sent, started.elapsed(), err);
 }

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use http::{HeaderName, HeaderValue};
 
-use crate::metrics::{ConnMetrics, Reporter, SecurityPolicy};
+use crate::metrics::{Opened, Reporter, ResponseFlags, SecurityPolicy};
 use crate::state::{Workload, WorkloadType};
 
 use super::route::{Route, route};
@@ -81,31 +81,43 @@ async fn handle<S: PodSockets>(pod: &Pod<S>, tcp: TcpStream, client: std::net::S
             ends.dst = workload.as_deref();
             ends.service = service.as_deref();
             ends.dst_addr = Some(dst);
+            // Counted opened before the connect, as Istio's ztunnel does; a failed connect is
+            // counted closed with `CONNECT`.
+            let opened = Opened::new(metrics, ends.labels(Reporter::Source, SecurityPolicy::None));
             let upstream = match pod.connect(dst, None).await {
                 Ok(u) => u,
                 Err(e) => {
                     metrics.denied(Reporter::Source, "passthrough_connect_failed");
-                    ends.log("passthrough", None, 0, 0, started.elapsed(), Some(&e));
+                    opened.refused(ResponseFlags::Connect);
+                    ends.log("passthrough", ResponseFlags::Connect, None, 0, 0, started.elapsed(), Some(&e));
                     abort(tcp);
                     return;
                 }
             };
-            let conn = ConnMetrics::open(metrics, &ends.labels(Reporter::Source, SecurityPolicy::None));
+            let conn = opened.carried();
             let (sent, received, err) = copy_plain(tcp, upstream).await;
             conn.close(sent, received);
-            ends.log("passthrough", None, sent, received, started.elapsed(), err.as_ref().map(|e| e as _));
+            ends.log(
+                "passthrough",
+                ResponseFlags::None,
+                None,
+                sent,
+                received,
+                started.elapsed(),
+                err.as_ref().map(|e| e as _),
+            );
         }
         Route::WaypointUnavailable { destination, waypoint, why } => {
             metrics.denied(Reporter::Source, "waypoint_unavailable");
             let why = format!("{destination} must be reached through waypoint {waypoint}, which is unusable: {why}");
-            ends.log("outbound", None, 0, 0, started.elapsed(), Some(&why));
+            ends.log("outbound", ResponseFlags::None, None, 0, 0, started.elapsed(), Some(&why));
             abort(tcp);
         }
         Route::NoEndpoint { service } => {
             metrics.denied(Reporter::Source, "no_healthy_endpoint");
             ends.service = Some(&service);
             let why = format!("service {} has no healthy endpoint for port {}", service.hostname, dst.port());
-            ends.log("outbound", None, 0, 0, started.elapsed(), Some(&why));
+            ends.log("outbound", ResponseFlags::None, None, 0, 0, started.elapsed(), Some(&why));
             abort(tcp);
         }
     }
@@ -133,20 +145,25 @@ async fn tunnel<'a, S: PodSockets>(
         request.headers.insert(BAGGAGE, baggage);
     }
     request.headers.insert(TRACEPARENT, traceparent());
+    // Counted opened before the tunnel is asked for; a tunnel that cannot be had (whatever the
+    // cause, the peer's refusal included: the peer reports its own reason) is counted closed
+    // with `CONNECT`, the cause being in `ztunnel_connections_denied_total` and the log.
+    let opened = Opened::new(metrics, ends.labels(Reporter::Source, SecurityPolicy::MutualTls));
     let stream = match pod.pool.connect(&key, &request).await {
         Ok(s) => s,
         Err(e) => {
             metrics.denied(Reporter::Source, refusal_reason(&e));
-            ends.log(direction, None, 0, 0, started.elapsed(), Some(&e));
+            opened.refused(ResponseFlags::Connect);
+            ends.log(direction, ResponseFlags::Connect, None, 0, 0, started.elapsed(), Some(&e));
             abort(tcp);
             return;
         }
     };
-    let conn = ConnMetrics::open(metrics, &ends.labels(Reporter::Source, SecurityPolicy::MutualTls));
+    let conn = opened.carried();
     let outcome = copy_bidirectional(tcp, stream).await;
     conn.close(outcome.to_tunnel, outcome.from_tunnel);
     let err = outcome.result.as_ref().err().map(|e| e as &dyn std::fmt::Display);
-    ends.log(direction, None, outcome.to_tunnel, outcome.from_tunnel, started.elapsed(), err);
+    ends.log(direction, ResponseFlags::None, None, outcome.to_tunnel, outcome.from_tunnel, started.elapsed(), err);
 }
 
 const BAGGAGE: HeaderName = HeaderName::from_static("baggage");

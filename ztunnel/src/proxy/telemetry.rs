@@ -8,7 +8,7 @@ use hbone::Identity;
 
 use std::sync::Arc;
 
-use crate::metrics::{Reporter, SecurityPolicy, TcpLabels};
+use crate::metrics::{Reporter, ResponseFlags, SecurityPolicy, TcpLabels};
 use crate::state::{Service, State, Workload};
 
 /// The service an inbound connection to `port` of `w` most likely came through, for the
@@ -46,7 +46,8 @@ fn workload_name(w: Option<&Workload>) -> String {
 }
 
 impl Ends<'_> {
-    /// Istio's labels for this connection.
+    /// Istio's labels for this connection, without response flags (`-`): those are set on the
+    /// closing count of a connection refused or failed ([`crate::metrics::Opened::refused`]).
     pub(crate) fn labels(&self, reporter: Reporter, security: SecurityPolicy) -> TcpLabels {
         let ns = |w: Option<&Workload>| w.map_or_else(|| "unknown".to_owned(), |w| or_unknown(w.namespace()));
         let canon = |w: Option<&Workload>| w.map_or_else(|| "unknown".to_owned(), |w| or_unknown(&w.canonical_name));
@@ -73,15 +74,18 @@ impl Ends<'_> {
             destination_service_name: self.service.map_or_else(|| "unknown".to_owned(), |s| or_unknown(&s.name)),
             destination_cluster: cluster(self.dst),
             request_protocol: "tcp",
-            response_flags: "-",
+            response_flags: ResponseFlags::None.as_str(),
             connection_security_policy: security.as_str(),
         }
     }
 
-    /// One access-log line: who, to whom, what was decided, what moved, how it ended.
+    /// One access-log line: who, to whom, what was decided, what moved, how it ended;
+    /// `response_flags` as in the metrics (`-`, `DENY`, `CONNECT`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn log(
         &self,
         direction: &'static str,
+        flags: ResponseFlags,
         verdict: Option<&dyn Display>,
         bytes_in: u64,
         bytes_out: u64,
@@ -101,6 +105,7 @@ impl Ends<'_> {
             dst.identity = self.dst_identity.map(tracing::field::display),
             dst.service = self.service.map(|s| s.hostname.as_str()),
             verdict = verdict.map(tracing::field::display),
+            response_flags = flags.as_str(),
             bytes_sent = bytes_out,
             bytes_recv = bytes_in,
             duration_ms = duration.as_millis() as u64,
