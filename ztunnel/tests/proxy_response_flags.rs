@@ -170,6 +170,8 @@ async fn a_carried_tunnel_has_no_flags() {
 
 const CLIENT_IP: &str = "10.82.1.1";
 const SERVER_IP: &str = "10.82.1.2";
+/// Also on the server pod's interface, but not an address of its workload.
+const OTHER_IP: &str = "10.82.1.3";
 
 /// Plaintext from a client outside the mesh to the enrolled `shop/web` (its inbound capture,
 /// 15006): refused by policy, then, allowed, to a port nobody listens on. Both are reset, and
@@ -185,9 +187,11 @@ async fn plaintext_policy_refuses_is_closed_with_deny_and_an_unreachable_port_wi
         ns.ip(&["link", "set", "eth0", "up"]).unwrap();
         ns.ip(&["link", "set", "lo", "up"]).unwrap();
     }
+    server_ns.ip(&["addr", "add", &format!("{OTHER_IP}/24"), "dev", "eth0"]).unwrap();
     redirect::install(server_ns.netns(), &RedirectConfig::default()).unwrap();
     let app: SocketAddr = format!("{SERVER_IP}:8080").parse().unwrap();
-    let _echo = support::echo_on(server_ns.netns().run(move || std::net::TcpListener::bind(app)).unwrap().unwrap());
+    let _echo =
+        support::echo_on(server_ns.netns().run(|| std::net::TcpListener::bind("0.0.0.0:8080")).unwrap().unwrap());
 
     let ca = TestCa::new("response flags");
     let web = id("shop", "web");
@@ -237,4 +241,14 @@ async fn plaintext_policy_refuses_is_closed_with_deny_and_an_unreachable_port_wi
     assert_eq!(sum(&m, CLOSED, &with(&plaintext_ends, ("response_flags", "-"))), 1, "the carried one: {m}");
     assert_eq!(sum(&m, OPENED, &with(&plaintext_ends, ("response_flags", "-"))), 3, "{m}");
     assert_eq!(sum(&m, CLOSED, &[]), 3, "{m}");
+
+    // An address of the pod's interface that is not the workload's is captured like any other,
+    // but never relayed: ztunnel would connect to it from inside the pod, as the pod.
+    let other: SocketAddr = format!("{OTHER_IP}:8080").parse().unwrap();
+    let refused = dial(other).await.unwrap();
+    assert!(refused.is_err(), "not the workload's address: {refused:?}");
+    let line = "ztunnel_connections_denied_total{reporter=\"destination\",reason=\"wrong_destination\"}";
+    let m = support::metrics_once(&registry, line, "1").await;
+    assert!(m.contains(&format!("{line} 1")), "{m}");
+    assert_eq!(sum(&m, OPENED, &[]), 3, "not counted in Istio's families: {m}");
 }
