@@ -14,6 +14,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::Frame;
+use tokio::sync::watch;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::{BoxFuture, Service, StdError, http};
@@ -37,6 +38,8 @@ pub type Authenticate = Arc<dyn Fn(&MetadataMap) -> BoxFuture<(), Status> + Send
 pub struct AdsService {
     server: XdsServer,
     auth: Option<Authenticate>,
+    /// Set once the `serve` this service is mounted by shuts down.
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 impl std::fmt::Debug for AdsService {
@@ -47,7 +50,12 @@ impl std::fmt::Debug for AdsService {
 
 impl AdsService {
     pub(super) fn new(server: XdsServer, auth: Option<Authenticate>) -> AdsService {
-        AdsService { server, auth }
+        AdsService { server, auth, shutdown: None }
+    }
+
+    /// Ends every stream this service has opened, and any it opens, once `shutdown` is set.
+    pub(super) fn shutting_down_with(self, shutdown: watch::Receiver<bool>) -> AdsService {
+        AdsService { shutdown: Some(shutdown), ..self }
     }
 }
 
@@ -73,6 +81,7 @@ where
             DELTA => {
                 let server = self.server.clone();
                 let auth = self.auth.clone();
+                let shutdown = self.shutdown.clone();
                 Box::pin(async move {
                     let (parts, body) = request.into_parts();
                     if let Some(auth) = auth
@@ -87,7 +96,7 @@ where
                     // The peer address travels in the connection's extensions, where tonic's
                     // `Request` knows how to find it (plain TCP or TLS).
                     let peer = Request::from_parts(MetadataMap::new(), parts.extensions, ()).remote_addr();
-                    let body = PushBody { pushes: server.open_stream(peer, requests), done: false };
+                    let body = PushBody { pushes: server.open_stream(peer, requests, shutdown), done: false };
                     let mut response = http::Response::new(tonic::body::Body::new(body));
                     response
                         .headers_mut()

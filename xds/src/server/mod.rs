@@ -29,7 +29,7 @@ use push::Push;
 use requests::Requests;
 use status::Counters;
 pub use status::{ConnectionStatus, NackStatus, ServerStats, TypeStatus};
-use stream::StreamState;
+use stream::{Ending, StreamState};
 
 use crate::store::ResourceStore;
 
@@ -127,12 +127,22 @@ impl XdsServer {
     }
 
     /// Registers a new stream from `peer` and starts its task; the receiver carries its pushes.
+    /// The stream ends once `shutdown` (of the `serve` it came through) says so; one opening
+    /// after that ends at once.
     fn open_stream(
         &self,
         peer: Option<std::net::SocketAddr>,
         requests: Requests,
+        shutdown: Option<watch::Receiver<bool>>,
     ) -> ReceiverStream<Result<Push, Status>> {
         let shared = &self.shared;
+        // Subscribed before the check, so a disconnect_all from now on reaches the stream.
+        let ending = Ending::new(shared.disconnect.subscribe(), shutdown);
+        if ending.shutting_down() {
+            let (tx, rx) = mpsc::channel(1);
+            let _ = tx.try_send(Err(Status::unavailable("xDS server is shutting down")));
+            return ReceiverStream::new(rx);
+        }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(Mutex::new(StreamState::new(id, peer)));
         shared.streams.lock().unwrap_or_else(|p| p.into_inner()).insert(id, state.clone());
@@ -141,17 +151,16 @@ impl XdsServer {
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let store = shared.store.clone();
         let counters = shared.counters.clone();
-        let disconnect = shared.disconnect.subscribe();
         let budget = shared.budget.clone();
         tokio::spawn(async move {
             let _registration = registration;
-            stream::run(state, store, counters, budget, requests, tx, disconnect).await;
+            stream::run(state, store, counters, budget, requests, tx, ending).await;
         });
         ReceiverStream::new(rx)
     }
 
     /// Serves plaintext HTTP/2 on `listener` until `shutdown` completes, then
-    /// closes every stream and waits for connections to finish.
+    /// closes every stream it serves and waits for connections to finish.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         self.serve_incoming(TcpListenerStream::new(listener), shutdown).await
     }
@@ -168,18 +177,20 @@ impl XdsServer {
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
         IE: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let this = self.clone();
-        let signal = async move {
+        // Streams never end on their own; without this the graceful shutdown below would wait
+        // forever. Not a disconnect_all: a stream can still open after one, its HEADERS already
+        // on their way when the shutdown begins (HTTP/2 accepts streams until the client has
+        // seen the GOAWAY), and would be left open; this stays set for any that comes.
+        let (closing, closed) = watch::channel(false);
+        let signal = async {
             shutdown.await;
-            // Streams never end on their own; without this the graceful
-            // shutdown below would wait forever.
-            this.disconnect_all();
+            closing.send_replace(true);
         };
         tonic::transport::Server::builder()
             // Pings find clients that vanished without closing the connection.
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-            .serve_with_incoming_shutdown(self.service(), incoming, signal)
+            .serve_with_incoming_shutdown(self.service().shutting_down_with(closed), incoming, signal)
             .await
             .map_err(ServeError::Transport)
     }

@@ -513,7 +513,7 @@ pub(crate) async fn run(
     budget: PushBudget,
     mut requests: Requests,
     responses: mpsc::Sender<Result<Push, Status>>,
-    mut disconnect: watch::Receiver<u64>,
+    mut ending: Ending,
 ) {
     let mut revisions = store.subscribe();
     let mut held = Held::default();
@@ -571,7 +571,7 @@ pub(crate) async fn run(
                     return;
                 }
             }
-            _ = disconnect.changed() => {
+            () = ending.wait() => {
                 let _ = responses
                     .send(Err(Status::unavailable("xDS server closed the stream")))
                     .await;
@@ -581,6 +581,40 @@ pub(crate) async fn run(
             () = tokio::time::sleep_until(lapse.unwrap_or_else(tokio::time::Instant::now)), if lapse.is_some() => {
                 held.lapse(tokio::time::Instant::now());
             }
+        }
+    }
+}
+
+/// What ends a stream from the server's side: [`XdsServer::disconnect_all`](super::XdsServer::disconnect_all),
+/// or the shutdown of the `serve` it came through.
+pub(crate) struct Ending {
+    disconnect: watch::Receiver<u64>,
+    shutdown: Option<watch::Receiver<bool>>,
+}
+
+impl Ending {
+    pub(crate) fn new(disconnect: watch::Receiver<u64>, shutdown: Option<watch::Receiver<bool>>) -> Ending {
+        Ending { disconnect, shutdown }
+    }
+
+    /// Whether the stream's `serve` has begun to shut down (or is gone).
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.shutdown.as_ref().is_some_and(|s| *s.borrow() || s.has_changed().is_err())
+    }
+
+    /// Completes once the stream is to end.
+    async fn wait(&mut self) {
+        let Ending { disconnect, shutdown } = self;
+        let shutdown = async {
+            match shutdown {
+                // An error: the `serve` is gone, its streams with it.
+                Some(shutdown) => drop(shutdown.wait_for(|closing| *closing).await),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = disconnect.changed() => {}
+            () = shutdown => {}
         }
     }
 }
