@@ -116,7 +116,9 @@ impl<M: Message + Default> Messages<M> {
             )));
         }
         if self.buf.len() < HEADER + len {
-            self.buf.reserve(HEADER + len - self.buf.len());
+            // Nothing reserved for the rest: the length is only the peer's word, and five bytes
+            // declaring the bound must not make a stream hold the bound. The buffer grows as
+            // the bytes come, by doubling, so a real large message costs a few copies.
             return Ok(None);
         }
         let message = M::decode(&self.buf[HEADER..HEADER + len])
@@ -224,6 +226,23 @@ mod tests {
         let garbage = vec![0, 0, 0, 0, 2, 0x0a, 0x64];
         let s = status(vec![garbage]).await;
         assert!(s.message().contains("Error parsing request proto"), "{s:?}");
+    }
+
+    /// A declared length is not allocated before the bytes come: memory follows what the peer
+    /// sent. (Before, a header alone declaring the bound reserved the bound.)
+    #[test]
+    fn a_declared_length_is_not_allocated_ahead_of_the_bytes() {
+        let mut m = messages(Vec::new());
+        m.buf.put_slice(&[0, 0x00, 0x10, 0x00, 0x00]);
+        assert!(m.decode().unwrap().is_none());
+        assert!(m.capacity() <= 2 * KEPT, "{} bytes held for a 5-byte header", m.capacity());
+        // As the message arrives, the buffer grows with it, at most twice what came.
+        let body = vec![b'x'; 300_000];
+        for chunk in body.chunks(16_384) {
+            m.buf.put_slice(chunk);
+            assert!(m.decode().unwrap().is_none());
+            assert!(m.capacity() <= 2 * m.buf.len() + KEPT, "{} held for {}", m.capacity(), m.buf.len());
+        }
     }
 
     #[tokio::test]
