@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use prost::Message;
 use proto::istio::workload::zds::{
-    AddWorkload, KeepWorkload, SnapshotSent, WorkloadInfo, WorkloadRequest, WorkloadResponse, ZdsHello,
+    AddWorkload, DelWorkload, KeepWorkload, SnapshotSent, WorkloadInfo, WorkloadRequest, WorkloadResponse, ZdsHello,
     workload_request, workload_response,
 };
 use tokio::sync::mpsc;
@@ -191,47 +191,170 @@ fn add(uid: &str) -> Vec<u8> {
     .encode_to_vec()
 }
 
+fn request(payload: workload_request::Payload) -> Vec<u8> {
+    WorkloadRequest { payload: Some(payload) }.encode_to_vec()
+}
+
+/// Accepts ztunnel's next connection and reads its hello.
+async fn accept_hello(listener: &SeqPacketListener) -> SeqPacket {
+    let conn = tokio::time::timeout(WAIT, listener.accept()).await.expect("ztunnel connects in time").unwrap();
+    let mut buf = [0u8; 64];
+    let hello = tokio::time::timeout(WAIT, conn.recv(&mut buf)).await.expect("hello in time").unwrap();
+    assert_eq!(ZdsHello::decode(&buf[..hello.len]).unwrap().version, 1);
+    conn
+}
+
+/// ztunnel has closed `conn`: the next receive is the end of the stream.
+async fn closed_by_ztunnel(conn: &SeqPacket, after: &str) {
+    let mut buf = [0u8; 64];
+    let got = tokio::time::timeout(WAIT, conn.recv(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("ztunnel keeps the connection open after {after}"))
+        .unwrap();
+    assert_eq!(got.len, 0, "ztunnel closes the connection after {after}");
+}
+
+/// How many of this process's descriptors refer to the same namespace as `ns`.
+fn open_fds_to_netns(ns: &Netns) -> usize {
+    let target = std::fs::read_link(format!("/proc/self/fd/{}", ns.as_fd().as_raw_fd())).unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| *t == target)
+        .count()
+}
+
+/// Rule: a well-formed request that names a pod ztunnel cannot serve (its "namespace" is not
+/// one, its uid is empty) is acked with the reason in `error`, and the session carries on.
 #[tokio::test]
-async fn client_acks_garbage_with_errors_and_keeps_going() {
-    let dir = TempDir::new("zds-garbage");
+async fn client_refuses_a_pod_it_cannot_serve_and_carries_on() {
+    let dir = TempDir::new("zds-refuse");
     let path = dir.0.join("ztunnel.sock");
     let listener = SeqPacketListener::bind(&path).unwrap();
     let (handler, mut rx) = recorder();
     let _client = Task(tokio::spawn(run_client(path.clone(), handler)));
-    let conn = tokio::time::timeout(WAIT, listener.accept()).await.unwrap().unwrap();
-    let mut buf = [0u8; 64];
-    let hello = conn.recv(&mut buf).await.unwrap();
-    assert_eq!(ZdsHello::decode(&buf[..hello.len]).unwrap().version, 1);
+    let conn = accept_hello(&listener).await;
 
-    let pod = scratch("zds-garbage");
+    let pod = scratch("zds-refuse");
     let netfd = pod.netns().as_fd().as_raw_fd();
     let devnull = std::fs::File::open("/dev/null").unwrap();
-
-    assert!(ask(&conn, b"\xff\xff\xff\xff garbage", &[]).await.contains("undecodable"));
-    assert!(ask(&conn, &add("p1"), &[]).await.contains("expected exactly 1"));
-    assert!(ask(&conn, &add("p1"), &[netfd, netfd]).await.contains("2 file descriptors"));
     assert!(ask(&conn, &add("p1"), &[devnull.as_raw_fd()]).await.contains("not a network namespace"));
     assert!(ask(&conn, &add(""), &[netfd]).await.contains("uid is empty"));
-    let big = add(&"x".repeat(20_000));
-    assert!(ask(&conn, &big, &[netfd]).await.contains("larger than"));
-    let snap =
-        WorkloadRequest { payload: Some(workload_request::Payload::SnapshotSent(SnapshotSent {})) }.encode_to_vec();
-    let del_with_fd = WorkloadRequest {
-        payload: Some(workload_request::Payload::Del(proto::istio::workload::zds::DelWorkload { uid: "p1".into() })),
-    }
-    .encode_to_vec();
-    assert!(ask(&conn, &del_with_fd, &[netfd]).await.contains("unexpected file descriptor"));
 
-    // After all that, the session still works.
+    // Same connection: the session still works.
     assert_eq!(ask(&conn, &add("p1"), &[netfd]).await, "");
     assert_eq!(next(&mut rx).await, Seen::Add("p1".into(), "p1".into(), pod.netns().id(), pod.netns().id()));
-    let keep = WorkloadRequest { payload: Some(workload_request::Payload::Keep(KeepWorkload { uid: "p0".into() })) }
-        .encode_to_vec();
+    let keep = request(workload_request::Payload::Keep(KeepWorkload { uid: "p0".into() }));
     assert_eq!(ask(&conn, &keep, &[]).await, "");
-    assert_eq!(ask(&conn, &snap, &[]).await, "");
+    assert_eq!(ask(&conn, &request(workload_request::Payload::SnapshotSent(SnapshotSent {})), &[]).await, "");
     assert_eq!(next(&mut rx).await, Seen::Snapshot(HashSet::from(["p0".to_owned(), "p1".to_owned()])));
-    assert!(ask(&conn, &keep, &[]).await.contains("after SnapshotSent"));
-    assert!(ask(&conn, &snap, &[]).await.contains("second SnapshotSent"));
+}
+
+/// Rule: a request ztunnel cannot read (garbage, cut short, the wrong number of descriptors)
+/// is acked with the reason, then ztunnel drops the connection and reconnects, so that the
+/// agent's next snapshot puts both in step (a lost DelWorkload would otherwise leave its pod
+/// served for good); as Istio's ztunnel. Pods are kept meanwhile (no handler call), and every
+/// descriptor that came with a refused request is closed.
+#[tokio::test]
+async fn client_reconnects_after_an_unreadable_request() {
+    let dir = TempDir::new("zds-unreadable");
+    let path = dir.0.join("ztunnel.sock");
+    let listener = SeqPacketListener::bind(&path).unwrap();
+    let (handler, mut rx) = recorder();
+    let _client = Task(tokio::spawn(run_client(path.clone(), handler)));
+    let pod = scratch("zds-unreadable");
+    let netfd = pod.netns().as_fd().as_raw_fd();
+    let held = open_fds_to_netns(pod.netns());
+
+    let big = add(&"x".repeat(20_000));
+    let del = request(workload_request::Payload::Del(DelWorkload { uid: "p1".into() }));
+    let cases: [(&str, Vec<u8>, Vec<RawFd>, &str); 5] = [
+        ("garbage", b"\xff\xff\xff\xff garbage".to_vec(), vec![], "undecodable"),
+        ("an oversized add", big, vec![netfd], "larger than"),
+        ("an add without a namespace", add("p1"), vec![], "expected exactly 1"),
+        ("an add with two", add("p1"), vec![netfd, netfd], "2 file descriptors"),
+        ("a delete with a descriptor", del, vec![netfd], "unexpected file descriptor"),
+    ];
+    for (what, bytes, fds, want) in cases {
+        let conn = accept_hello(&listener).await;
+        let error = ask(&conn, &bytes, &fds).await;
+        assert!(error.contains(want), "{what}: ack error {error:?} lacks {want:?}");
+        closed_by_ztunnel(&conn, what).await;
+    }
+    assert_eq!(open_fds_to_netns(pod.netns()), held, "every received descriptor was closed");
+
+    // The last reconnect is a working session.
+    let conn = accept_hello(&listener).await;
+    assert_eq!(ask(&conn, &add("p1"), &[netfd]).await, "");
+    assert_eq!(next(&mut rx).await, Seen::Add("p1".into(), "p1".into(), pod.netns().id(), pod.netns().id()));
+    assert!(rx.try_recv().is_err(), "no pod was dropped or added by the refused requests");
+}
+
+/// Rule: KeepWorkload or a second SnapshotSent after the snapshot break the protocol: acked
+/// with the reason, then the connection is dropped and made again (a new snapshot follows).
+#[tokio::test]
+async fn client_reconnects_after_a_request_out_of_protocol() {
+    let dir = TempDir::new("zds-order");
+    let path = dir.0.join("ztunnel.sock");
+    let listener = SeqPacketListener::bind(&path).unwrap();
+    let (handler, mut rx) = recorder();
+    let _client = Task(tokio::spawn(run_client(path.clone(), handler)));
+    let snap = request(workload_request::Payload::SnapshotSent(SnapshotSent {}));
+    let keep = request(workload_request::Payload::Keep(KeepWorkload { uid: "p0".into() }));
+    for (what, bytes, want) in [
+        ("a keep after the snapshot", keep, "after SnapshotSent"),
+        ("a second snapshot", snap.clone(), "second SnapshotSent"),
+    ] {
+        let conn = accept_hello(&listener).await;
+        assert_eq!(ask(&conn, &snap, &[]).await, "");
+        assert_eq!(next(&mut rx).await, Seen::Snapshot(HashSet::new()));
+        let error = ask(&conn, &bytes, &[]).await;
+        assert!(error.contains(want), "{what}: ack error {error:?} lacks {want:?}");
+        closed_by_ztunnel(&conn, what).await;
+    }
+    accept_hello(&listener).await;
+}
+
+/// Rule: the reconnect backoff starts over only after a session that got its snapshot; an
+/// agent that accepts and then sends garbage every time is not reconnected to ten times a
+/// second (100 ms, 200 ms, 400 ms, 800 ms ... up to 5 s).
+#[tokio::test]
+async fn a_misbehaving_agent_gets_a_growing_backoff() {
+    let dir = TempDir::new("zds-backoff");
+    let path = dir.0.join("ztunnel.sock");
+    let listener = SeqPacketListener::bind(&path).unwrap();
+    let (handler, _rx) = recorder();
+    let _client = Task(tokio::spawn(run_client(path.clone(), handler)));
+    let started = std::time::Instant::now();
+    let mut connections = 0;
+    while let Ok(Ok(conn)) =
+        tokio::time::timeout_at((started + Duration::from_millis(1600)).into(), listener.accept()).await
+    {
+        connections += 1;
+        let mut buf = [0u8; 64];
+        conn.recv(&mut buf).await.unwrap();
+        assert!(ask(&conn, b"\xff garbage", &[]).await.contains("undecodable"));
+    }
+    // 0, +0.1, +0.3, +0.7, +1.5 s: five; with a fixed 100 ms pause, about fifteen.
+    assert!((2..=5).contains(&connections), "{connections} connections in 1.6 s");
+}
+
+/// Rule: a pod the agent replays after a reconnect counts as named in the snapshot even when
+/// ztunnel cannot (re)start it then: SnapshotSent must not tear down what still serves it.
+/// Istio's ztunnel records the uid for the snapshot before starting the proxy.
+#[tokio::test]
+async fn a_replayed_pod_that_fails_to_start_is_in_the_snapshot() {
+    let dir = TempDir::new("zds-replay-refused");
+    let path = dir.0.join("ztunnel.sock");
+    let listener = SeqPacketListener::bind(&path).unwrap();
+    let (handler, mut rx) = recorder();
+    handler.refuse.lock().unwrap().insert("p1".into());
+    let _client = Task(tokio::spawn(run_client(path.clone(), handler)));
+    let conn = accept_hello(&listener).await;
+    let pod = scratch("zds-replay-refused");
+    assert!(ask(&conn, &add("p1"), &[pod.netns().as_fd().as_raw_fd()]).await.contains("no room"));
+    assert_eq!(ask(&conn, &request(workload_request::Payload::SnapshotSent(SnapshotSent {})), &[]).await, "");
+    assert_eq!(next(&mut rx).await, Seen::Snapshot(HashSet::from(["p1".to_owned()])));
 }
 
 async fn wait_connections(server: &ZdsServer, want: usize) {

@@ -2,9 +2,17 @@
 //! each `WorkloadRequest` into a call on a [`PodHandler`] and acknowledge it.
 //!
 //! The agent sends one request at a time and waits for our ack, so requests
-//! are handled strictly in order. A request we cannot make sense of (garbage,
-//! oversize, missing or extra descriptors) is answered with an error ack and
-//! the connection carries on: the agent decides what to do about it.
+//! are handled strictly in order, and every one is acked (an error in the
+//! ack's `error` field when refused). Two kinds of refusal:
+//! - a well-formed request we cannot carry out (that pod's namespace is not
+//!   one, the handler refuses it): the agent learns that one add failed and
+//!   the session carries on;
+//! - a request we cannot read or that breaks the protocol (garbage, oversize,
+//!   missing or extra descriptors, `KeepWorkload` or a second `SnapshotSent`
+//!   after the snapshot): we cannot know what the agent meant, and a lost
+//!   `DelWorkload` would leave a pod served forever. After the error ack the
+//!   connection is dropped; the reconnect's snapshot puts both sides back in
+//!   step, as Istio's ztunnel does. Pods keep being served meanwhile.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -64,22 +72,49 @@ pub enum ZdsClientError {
     /// The agent closed the connection.
     #[error("node agent closed the ZDS connection")]
     Closed,
+    /// The agent sent a request we could not read or that broke the protocol;
+    /// it was answered with this error and the connection dropped.
+    #[error("node agent sent an unusable request ({0}); reconnecting for a fresh snapshot")]
+    Protocol(String),
+}
+
+/// Why one request was refused (the text goes back in the ack).
+#[derive(Debug)]
+enum Refusal {
+    /// Well-formed, but this pod cannot be served; the session carries on.
+    Request(String),
+    /// Unreadable or out of protocol; the session ends after the ack.
+    Protocol(String),
+}
+
+impl From<String> for Refusal {
+    fn from(e: String) -> Self {
+        Refusal::Request(e)
+    }
 }
 
 /// Keeps a ZDS session with the agent at `path` for as long as the returned
 /// future is polled: reconnects with exponential backoff (100 ms to 5 s) when
-/// the agent is away or the connection breaks.
+/// the agent is away or the connection breaks. The backoff starts over only
+/// after a session that got its snapshot and did not end in a protocol error,
+/// so an agent that accepts and then misbehaves is not reconnected to ten
+/// times a second.
 pub async fn run_client<H: PodHandler>(path: impl AsRef<Path>, handler: Arc<H>) {
     let path = path.as_ref();
     let mut backoff = BACKOFF_MIN;
     loop {
         let mut session = Session::default();
         let result = session.run(path, &*handler).await;
-        if session.hello_sent {
+        if session.snapshot_done && !matches!(result, Err(ZdsClientError::Protocol(_))) {
             backoff = BACKOFF_MIN;
         }
         match result {
-            Err(e @ ZdsClientError::Connect { .. }) => tracing::debug!(error = %e, "node agent not reachable yet"),
+            // Quiet while the agent starts; once retries are at their slowest, say so
+            // (every 5 s) so a missing agent is visible at the default level.
+            Err(e @ ZdsClientError::Connect { .. }) if backoff < BACKOFF_MAX => {
+                tracing::debug!(error = %e, "node agent not reachable yet")
+            }
+            Err(e @ ZdsClientError::Connect { .. }) => tracing::warn!(error = %e, "node agent not reachable"),
             Err(e) => tracing::warn!(error = %e, "ZDS connection lost; reconnecting"),
             Ok(()) => {}
         }
@@ -91,7 +126,6 @@ pub async fn run_client<H: PodHandler>(path: impl AsRef<Path>, handler: Arc<H>) 
 /// State of one connection.
 #[derive(Default)]
 struct Session {
-    hello_sent: bool,
     snapshot_done: bool,
     seen: HashSet<String>,
 }
@@ -103,7 +137,6 @@ impl Session {
             .map_err(|source| ZdsClientError::Connect { path: path.display().to_string(), source })?;
         let hello = ZdsHello { version: Version::V1 as i32 };
         conn.send(&hello.encode_to_vec(), None).await?;
-        self.hello_sent = true;
         tracing::info!(path = %path.display(), "connected to node agent");
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
@@ -111,15 +144,23 @@ impl Session {
             if msg.len == 0 && !msg.truncated {
                 return Err(ZdsClientError::Closed);
             }
-            let error = match self.handle(&buf[..msg.len], msg.truncated, msg.fds, handler).await {
-                Ok(()) => String::new(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "rejected ZDS request");
+            // `handle` owns the descriptors: each one not handed to the handler
+            // is closed on return, whatever the outcome.
+            let refusal = self.handle(&buf[..msg.len], msg.truncated, msg.fds, handler).await.err();
+            let error = match &refusal {
+                None => "",
+                Some(Refusal::Request(e)) => {
+                    tracing::warn!(error = %e, "refused ZDS request");
                     e
                 }
+                Some(Refusal::Protocol(e)) => e,
             };
-            let ack = WorkloadResponse { payload: Some(workload_response::Payload::Ack(Ack { error })) };
+            let ack =
+                WorkloadResponse { payload: Some(workload_response::Payload::Ack(Ack { error: error.to_owned() })) };
             conn.send(&ack.encode_to_vec(), None).await?;
+            if let Some(Refusal::Protocol(e)) = refusal {
+                return Err(ZdsClientError::Protocol(e));
+            }
         }
     }
 
@@ -129,43 +170,49 @@ impl Session {
         truncated: bool,
         mut fds: Vec<std::os::fd::OwnedFd>,
         handler: &H,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         use workload_request::Payload;
+        let protocol = Refusal::Protocol;
         if truncated {
-            return Err(format!(
+            // The kernel discarded the rest of the message (or descriptors
+            // beyond the control buffer); what is left cannot be trusted.
+            return Err(protocol(format!(
                 "request larger than {MAX_MESSAGE} bytes or with more file descriptors than accepted (got {})",
                 fds.len()
-            ));
+            )));
         }
-        let req = WorkloadRequest::decode(bytes).map_err(|e| format!("undecodable WorkloadRequest: {e}"))?;
-        let payload = req.payload.ok_or("WorkloadRequest without payload")?;
+        let req = WorkloadRequest::decode(bytes).map_err(|e| protocol(format!("undecodable WorkloadRequest: {e}")))?;
+        let payload = req.payload.ok_or_else(|| protocol("WorkloadRequest without payload".into()))?;
         if !matches!(payload, Payload::Add(_)) && !fds.is_empty() {
-            return Err("unexpected file descriptor on a request other than add".into());
+            return Err(protocol("unexpected file descriptor on a request other than add".into()));
         }
         match payload {
             Payload::Add(add) => {
-                if add.uid.is_empty() {
-                    return Err("AddWorkload.uid is empty".into());
-                }
                 if fds.len() != 1 {
-                    return Err(format!(
+                    return Err(protocol(format!(
                         "AddWorkload for {} carries {} file descriptors, expected exactly 1 (the netns)",
                         add.uid,
                         fds.len()
-                    ));
+                    )));
                 }
-                let netns = Netns::from_fd(fds.pop().unwrap())
+                if add.uid.is_empty() {
+                    return Err("AddWorkload.uid is empty".to_owned().into());
+                }
+                // Named in the replay even if it cannot be (re)started now: the
+                // agent still has the pod, so what already serves it must not be
+                // torn down at SnapshotSent (Istio's ztunnel records it first too).
+                if !self.snapshot_done {
+                    self.seen.insert(add.uid.clone());
+                }
+                let netns = Netns::from_fd(fds.pop().expect("one descriptor, checked above"))
                     .map_err(|e| format!("AddWorkload for {}: bad netns descriptor: {e}", add.uid))?;
                 tracing::info!(uid = %add.uid, netns = %netns.id(), "pod added");
-                handler.add(add.uid.clone(), add.workload_info, netns).await?;
-                if !self.snapshot_done {
-                    self.seen.insert(add.uid);
-                }
+                handler.add(add.uid, add.workload_info, netns).await?;
                 Ok(())
             }
             Payload::Keep(keep) => {
                 if self.snapshot_done {
-                    return Err(format!("KeepWorkload for {} after SnapshotSent", keep.uid));
+                    return Err(protocol(format!("KeepWorkload for {} after SnapshotSent", keep.uid)));
                 }
                 self.seen.insert(keep.uid);
                 Ok(())
@@ -178,7 +225,7 @@ impl Session {
             }
             Payload::SnapshotSent(_) => {
                 if self.snapshot_done {
-                    return Err("second SnapshotSent on one connection".into());
+                    return Err(protocol("second SnapshotSent on one connection".into()));
                 }
                 self.snapshot_done = true;
                 tracing::info!(pods = self.seen.len(), "snapshot from node agent complete");
