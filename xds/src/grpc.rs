@@ -132,7 +132,7 @@ impl<M: Message + Default> Messages<M> {
     }
 
     /// Bytes the reader holds allocated between messages.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn capacity(&self) -> usize {
         self.buf.capacity()
     }

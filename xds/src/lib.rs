@@ -21,6 +21,9 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+/// Properties of the gRPC reader on arbitrary bytes (feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod grpc;
 pub mod server;
 pub mod store;
