@@ -6,31 +6,18 @@
 
 use std::collections::VecDeque;
 use std::future::Future as _;
-use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use http_body::{Body, Frame};
+use http_body::Frame;
 use prost::Message;
 use proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use tonic::{Code, Status};
+use tonic::Code;
 
-use crate::grpc::Messages;
+use crate::grpc::{Frames, Messages};
 
 /// The bound the check reads under: small, so that arbitrary lengths cross it.
 const MAX: usize = 4096;
-
-/// A body whose frames are all there at once.
-struct Ready(VecDeque<Bytes>);
-
-impl Body for Ready {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-}
 
 /// The first byte sets how the rest is cut into the body's chunks (sizes 1 to 64, in turn);
 /// the rest is the body. The reader gives exactly the messages the bytes frame, in order, and
@@ -44,11 +31,11 @@ pub fn grpc_messages(data: &[u8]) {
     let (mut at, mut size) = (0, step);
     while at < body.len() {
         let end = (at + size).min(body.len());
-        chunks.push_back(Bytes::copy_from_slice(&body[at..end]));
+        chunks.push_back(Frame::data(Bytes::copy_from_slice(&body[at..end])));
         at = end;
         size = size % 64 + 1;
     }
-    let mut reader = Messages::<DeltaDiscoveryRequest>::new(Ready(chunks), MAX, "request");
+    let mut reader = Messages::<DeltaDiscoveryRequest>::new(Frames(chunks), MAX, "request");
     let mut cx = Context::from_waker(Waker::noop());
     let mut rest = body;
     loop {

@@ -158,26 +158,27 @@ where
     }
 }
 
+/// A body of the given frames, all there at once, then its end: what tests and the fuzzing
+/// property read messages from.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) struct Frames(pub(crate) std::collections::VecDeque<Frame<Bytes>>);
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
-
     use proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
     use tonic::Code;
 
     use super::*;
-
-    /// A body of the given frames, then its end.
-    struct Frames(VecDeque<Frame<Bytes>>);
-
-    impl Body for Frames {
-        type Data = Bytes;
-        type Error = Status;
-
-        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-            Poll::Ready(self.0.pop_front().map(Ok))
-        }
-    }
 
     fn framed(type_url: &str) -> Vec<u8> {
         frame(&DeltaDiscoveryRequest { type_url: type_url.into(), ..Default::default() }).unwrap().to_vec()

@@ -128,23 +128,10 @@ impl Body for Outbound {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
-
     use proto::envoy::service::discovery::v3::Resource;
 
     use super::*;
-
-    /// A body of the given frames, then its end.
-    struct Frames(VecDeque<Frame<Bytes>>);
-
-    impl Body for Frames {
-        type Data = Bytes;
-        type Error = Status;
-
-        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-            Poll::Ready(self.0.pop_front().map(Ok))
-        }
-    }
+    use crate::grpc::Frames;
 
     fn push(nonce: &str, bytes: usize) -> Frame<Bytes> {
         let resource = Resource { name: "a".into(), version: "x".repeat(bytes), ..Default::default() };
