@@ -38,34 +38,53 @@ pub struct RequestLabels {
     pub request_protocol: &'static str,
     /// HTTP status.
     pub response_code: u16,
-    /// gRPC status from the response's headers or trailers; `-` when not gRPC.
+    /// gRPC status from the response's headers or trailers (see
+    /// [`grpc_response_status`](Self::grpc_response_status) for the label).
     pub grpc_response_status: Option<HeaderValue>,
     /// Envoy-style flags: `-`, `UF` (upstream connect failure), `UT` (timeout), `NR` (no
     /// route/backend), `UH` (no healthy endpoint), `UAEX`-like `RBAC` denial as `-` with 403.
     pub response_flags: &'static str,
 }
 
-/// Label names in the order they are written, `response_code` (a number) at [`CODE_AT`].
-const LABEL_NAMES: [&str; 14] = [
+/// Label names in the order Istio's waypoint (Envoy's `istio.stats`, reporter `waypoint`)
+/// writes them, `response_code` (a number) at [`CODE_AT`].
+const LABEL_NAMES: [&str; 24] = [
     "reporter",
     "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
     "source_workload_namespace",
     "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
     "destination_workload",
     "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
     "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
     "destination_service_name",
     "destination_service_namespace",
-    "destination_principal",
+    "destination_cluster",
     "request_protocol",
     "grpc_response_status",
-    "connection_security_policy",
     "response_flags",
+    "connection_security_policy",
 ];
 /// Where `response_code` goes among [`LABEL_NAMES`].
-const CODE_AT: usize = 11;
+const CODE_AT: usize = 21;
 
 const UNKNOWN: &str = "unknown";
+/// Istio's value for a source canonical revision it does not know.
+const LATEST: &str = "latest";
+
+/// `s`, or `default` when empty (Istio's fallbacks never leave a label empty).
+fn or<'a>(s: &'a str, default: &'static str) -> &'a str {
+    if s.is_empty() { default } else { s }
+}
 
 impl RequestLabels {
     /// The source principal (`spiffe://...`), `unknown` without one.
@@ -78,31 +97,69 @@ impl RequestLabels {
         self.service.as_ref().map_or(UNKNOWN, |s| s.hostname.as_str())
     }
 
-    /// The string label values, in [`LABEL_NAMES`]' order.
-    fn values(&self) -> [&str; 14] {
+    /// The `grpc_response_status` label, as Envoy's Istio stats write it: empty for a request
+    /// that is not gRPC (Prometheus stores no label then); for gRPC the `grpc-status` of the
+    /// trailers or headers, else the one gRPC maps the HTTP status to (Envoy's
+    /// `Grpc::Common::getGrpcStatus`: a 503 without `grpc-status` is `14`), empty when no
+    /// response came at all.
+    pub fn grpc_response_status(&self) -> &str {
+        if self.request_protocol != "grpc" {
+            return "";
+        }
+        if let Some(v) = self.grpc_response_status.as_ref().and_then(|v| v.to_str().ok()) {
+            return v;
+        }
+        // https://github.com/grpc/grpc/blob/master/doc/http-grpc-status-mapping.md
+        match self.response_code {
+            0 => "",
+            400 => "13",
+            401 => "16",
+            403 => "7",
+            404 => "12",
+            429 | 502 | 503 | 504 => "14",
+            _ => "2",
+        }
+    }
+
+    /// The string label values, in [`LABEL_NAMES`]' order. The workload fallbacks are those
+    /// of Istio's waypoint: `unknown`, but `latest` for a source's canonical revision; app and
+    /// version are the canonical service and revision, as Istio derives them for ambient
+    /// workloads.
+    fn values(&self) -> [&str; 24] {
         let src = self.source.as_ref();
+        let src_w = self.source_workload.as_deref();
         let svc = self.service.as_deref();
         let dst = self.destination.as_deref();
         [
             "waypoint",
-            match (&self.source_workload, src) {
+            match (src_w, src) {
                 (Some(w), _) => w.metric_name(),
                 (None, Some(id)) => id.service_account(),
                 (None, None) => UNKNOWN,
             },
+            src_w.map_or(UNKNOWN, |w| or(&w.canonical_name, UNKNOWN)),
+            src_w.map_or(LATEST, |w| or(&w.canonical_revision, LATEST)),
             src.map_or(UNKNOWN, Identity::namespace),
             self.source_principal(),
+            src_w.map_or(UNKNOWN, |w| or(&w.canonical_name, UNKNOWN)),
+            src_w.map_or(UNKNOWN, |w| or(&w.canonical_revision, UNKNOWN)),
+            src_w.map_or(UNKNOWN, |w| or(&w.cluster_id, UNKNOWN)),
             dst.map_or(UNKNOWN, Workload::metric_name),
             dst.map_or(UNKNOWN, Workload::namespace),
+            dst.map_or(UNKNOWN, |w| w.identity.as_str()),
+            dst.map_or(UNKNOWN, |w| or(&w.canonical_name, UNKNOWN)),
+            dst.map_or(UNKNOWN, |w| or(&w.canonical_revision, UNKNOWN)),
             self.destination_service(),
+            dst.map_or(UNKNOWN, |w| or(&w.canonical_name, UNKNOWN)),
+            dst.map_or(UNKNOWN, |w| or(&w.canonical_revision, UNKNOWN)),
             svc.map_or(UNKNOWN, |s| s.name.as_str()),
             svc.map_or(UNKNOWN, |s| s.namespace.as_str()),
-            dst.map_or(UNKNOWN, |w| w.identity.as_str()),
+            dst.map_or(UNKNOWN, |w| or(&w.cluster_id, UNKNOWN)),
             self.request_protocol,
-            self.grpc_response_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            self.grpc_response_status(),
+            self.response_flags,
             // HBONE on both sides, always.
             "mutual_tls",
-            self.response_flags,
         ]
     }
 }
@@ -171,12 +228,16 @@ pub struct Metrics {
     policies_stand_in: Gauge,
 }
 
-fn duration_histogram() -> Histogram {
-    Histogram::new([0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0])
-}
+/// Envoy's default histogram bounds, which Istio's proxies use for all three request
+/// histograms (milliseconds for the duration, bytes for the sizes): dashboards' quantiles and
+/// SLO queries (`le="30000"`, ...) read these buckets.
+const ENVOY_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
+];
 
-fn bytes_histogram() -> Histogram {
-    Histogram::new([1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0])
+fn envoy_histogram() -> Histogram {
+    Histogram::new(ENVOY_BUCKETS)
 }
 
 impl Metrics {
@@ -184,9 +245,9 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Arc<Metrics> {
         let m = Metrics {
             requests: Family::default(),
-            duration: Family::new_with_constructor(duration_histogram),
-            request_bytes: Family::new_with_constructor(bytes_histogram),
-            response_bytes: Family::new_with_constructor(bytes_histogram),
+            duration: Family::new_with_constructor(envoy_histogram),
+            request_bytes: Family::new_with_constructor(envoy_histogram),
+            response_bytes: Family::new_with_constructor(envoy_histogram),
             denied: Family::default(),
             no_endpoint: Family::default(),
             policies_stand_in: Gauge::default(),
@@ -280,6 +341,14 @@ impl TraceParent {
         let span_id = u64::from_str_radix(s, 16).ok()?;
         let flags = u8::from_str_radix(f, 16).ok()?;
         (trace_id != 0 && span_id != 0).then_some(TraceParent { trace_id, span_id, flags })
+    }
+
+    /// Whether the caller records this trace (flag `01`). Only sampled requests are exported:
+    /// OpenTelemetry's default parent-based sampler and Envoy's tracer (Istio's waypoint) follow
+    /// the caller's decision, so an application sampling 1% gets 1% of the waypoint's spans,
+    /// each with a recorded parent, not every request's.
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
     }
 
     /// The header value as text.
@@ -475,14 +544,19 @@ mod tests {
         m.record(&l, 3.0, 10, 20);
         m.denied("shop/deny");
         let text = ztunnel::metrics::encode(&r);
-        // Istio's label set, in order, each value from the shared objects.
-        let labels = "reporter=\"waypoint\",source_workload=\"web\",source_workload_namespace=\"frontend\",\
-            source_principal=\"spiffe://cluster.local/ns/frontend/sa/web\",destination_workload=\"reviews-v2\",\
-            destination_workload_namespace=\"shop\",destination_service=\"reviews.shop.svc.cluster.local\",\
-            destination_service_name=\"reviews\",destination_service_namespace=\"shop\",\
-            destination_principal=\"spiffe://cluster.local/ns/shop/sa/reviews-v2-77c9\",request_protocol=\"grpc\",\
-            response_code=\"200\",grpc_response_status=\"0\",connection_security_policy=\"mutual_tls\",\
-            response_flags=\"-\"";
+        // Istio's waypoint label set, in its order, each value from the shared objects.
+        let labels = "reporter=\"waypoint\",source_workload=\"web\",source_canonical_service=\"web\",\
+            source_canonical_revision=\"latest\",source_workload_namespace=\"frontend\",\
+            source_principal=\"spiffe://cluster.local/ns/frontend/sa/web\",source_app=\"web\",\
+            source_version=\"latest\",source_cluster=\"Kubernetes\",destination_workload=\"reviews-v2\",\
+            destination_workload_namespace=\"shop\",\
+            destination_principal=\"spiffe://cluster.local/ns/shop/sa/reviews-v2-77c9\",\
+            destination_app=\"reviews-v2\",destination_version=\"latest\",\
+            destination_service=\"reviews.shop.svc.cluster.local\",destination_canonical_service=\"reviews-v2\",\
+            destination_canonical_revision=\"latest\",destination_service_name=\"reviews\",\
+            destination_service_namespace=\"shop\",destination_cluster=\"Kubernetes\",request_protocol=\"grpc\",\
+            response_code=\"200\",grpc_response_status=\"0\",response_flags=\"-\",\
+            connection_security_policy=\"mutual_tls\"";
         for want in [
             format!("istio_requests_total{{{labels}}} 1"),
             format!("istio_request_duration_milliseconds_bucket{{le=\"5.0\",{labels}}} 1"),
@@ -533,8 +607,100 @@ mod tests {
         assert_eq!(count("reviews-v1-1", "200"), "2");
         assert_eq!(count("reviews-v1-1", "503"), "1");
         assert_eq!(count("reviews-v1-2", "200"), "1");
-        // No source workload matched: the service account names it; not gRPC: `-`.
+        // No source workload matched: the service account names it; not gRPC: empty.
         assert!(series[0].contains("source_workload=\"web\","), "{text}");
-        assert!(series[0].contains("grpc_response_status=\"-\""), "{text}");
+        assert!(series[0].contains("grpc_response_status=\"\""), "{text}");
+    }
+
+    fn sample(labels: &RequestLabels) -> String {
+        let mut r = Registry::default();
+        let m = Metrics::register(&mut r);
+        m.record(labels, 45_000.0, 20_000, 3);
+        ztunnel::metrics::encode(&r)
+    }
+
+    /// Rule: without a source workload or an endpoint, Istio's waypoint writes `unknown`
+    /// (`latest` for the source's canonical revision), never an empty value; the app, version
+    /// and cluster labels are there too, so Kiali's graph and Istio's dashboards find them.
+    #[test]
+    fn unknown_peers_get_istios_fallbacks() {
+        let text = sample(&RequestLabels {
+            source: Some(Identity::new("cluster.local", "frontend", "web").unwrap()),
+            service: Some(service()),
+            request_protocol: "http",
+            response_code: 503,
+            response_flags: "UH",
+            ..Default::default()
+        });
+        let line = text.lines().find(|l| l.starts_with("istio_requests_total{")).expect(&text);
+        for want in [
+            "source_canonical_service=\"unknown\"",
+            "source_canonical_revision=\"latest\"",
+            "source_app=\"unknown\"",
+            "source_version=\"unknown\"",
+            "source_cluster=\"unknown\"",
+            "destination_workload=\"unknown\"",
+            "destination_app=\"unknown\"",
+            "destination_version=\"unknown\"",
+            "destination_canonical_service=\"unknown\"",
+            "destination_canonical_revision=\"unknown\"",
+            "destination_cluster=\"unknown\"",
+            "destination_service_name=\"reviews\"",
+        ] {
+            assert!(line.contains(want), "missing {want} in {line}");
+        }
+        let names: Vec<&str> = line
+            .trim_start_matches("istio_requests_total{")
+            .split("\",")
+            .map(|kv| kv.split('=').next().unwrap())
+            .collect();
+        assert_eq!(names.len(), 25, "Istio's 25 labels: {names:?}");
+    }
+
+    /// Rule: for gRPC, a response without `grpc-status` is labelled with the status gRPC maps
+    /// its HTTP status to, as Envoy does (a 503 is UNAVAILABLE, 14), so gRPC error-rate queries
+    /// count it; no response at all is empty; a status sent wins.
+    #[test]
+    fn grpc_status_is_inferred_from_the_http_status_when_absent() {
+        let grpc = |code: u16, sent: Option<&'static str>| RequestLabels {
+            request_protocol: "grpc",
+            response_code: code,
+            grpc_response_status: sent.map(HeaderValue::from_static),
+            ..Default::default()
+        };
+        for (code, want) in [(503, "14"), (502, "14"), (404, "12"), (403, "7"), (401, "16"), (200, "2"), (0, "")] {
+            assert_eq!(grpc(code, None).grpc_response_status(), want, "HTTP {code}");
+        }
+        assert_eq!(grpc(200, Some("5")).grpc_response_status(), "5");
+        let http = RequestLabels { request_protocol: "http", response_code: 503, ..Default::default() };
+        assert_eq!(http.grpc_response_status(), "");
+    }
+
+    /// Rule: the three request histograms have Envoy's default buckets (as Istio's proxies):
+    /// a 45 s request and a 20 kB body land in buckets of their own, not in `+Inf`.
+    #[test]
+    fn histograms_have_envoys_buckets() {
+        let text = sample(&RequestLabels { request_protocol: "http", response_code: 200, ..Default::default() });
+        let les = |metric: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{metric}_bucket{{")))
+                .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next().map(str::to_owned))
+                .collect()
+        };
+        let want: Vec<String> = ENVOY_BUCKETS.iter().map(|b| format!("{b:?}")).chain(["+Inf".to_owned()]).collect();
+        for metric in ["istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes"] {
+            assert_eq!(les(metric), want, "{metric}");
+        }
+        assert!(text.contains("istio_request_duration_milliseconds_bucket{le=\"60000.0\""), "{text}");
+        let bucket = |metric: &str, le: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{metric}_bucket{{le=\"{le}\"")))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(bucket("istio_request_duration_milliseconds", "10000.0").as_deref(), Some("0"));
+        assert_eq!(bucket("istio_request_duration_milliseconds", "60000.0").as_deref(), Some("1"));
+        assert_eq!(bucket("istio_request_bytes", "10000.0").as_deref(), Some("0"));
+        assert_eq!(bucket("istio_request_bytes", "30000.0").as_deref(), Some("1"));
     }
 }

@@ -202,7 +202,7 @@ impl Account {
     /// Records the finished request: its span, Istio's request metrics and the access line.
     fn record(self: Box<Self>, elapsed: Duration, bytes: u64) {
         let millis = elapsed.as_secs_f64() * 1000.0;
-        if let Some(x) = &self.spans {
+        if let Some(x) = self.spans.as_ref().filter(|_| self.trace.sampled()) {
             x.record(crate::telemetry::otlp::Span {
                 trace_id: self.trace.trace_id,
                 span_id: self.trace.span_id,
