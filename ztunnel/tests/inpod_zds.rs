@@ -508,6 +508,30 @@ async fn recv_owns_every_descriptor_of_a_message_with_too_many() {
     assert_eq!(open_fds_to(&marker), 1, "every installed descriptor is closed with the message");
 }
 
+/// Rule: connecting to an agent that does not accept (its listen backlog full: wedged, or
+/// starting) returns at once with `WouldBlock` instead of parking a thread in a blocking
+/// `connect(2)` until the agent accepts; the client then retries on its backoff, and a
+/// shutdown is never held up by a stuck connect.
+#[tokio::test]
+async fn connect_to_a_full_backlog_returns_at_once() {
+    let dir = TempDir::new("seqpacket-backlog");
+    let sock = dir.0.join("s.sock");
+    let _listener = SeqPacketListener::bind(&sock).unwrap();
+    let mut connected = Vec::new();
+    let mut would_block = 0;
+    for i in 0..40 {
+        let attempt = tokio::time::timeout(Duration::from_secs(2), SeqPacket::connect(&sock)).await;
+        match attempt.unwrap_or_else(|_| panic!("connect {i} blocked on the full backlog")) {
+            Ok(c) => connected.push(c),
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+                would_block += 1;
+            }
+        }
+    }
+    assert!(!connected.is_empty() && would_block > 0, "{} connected, {would_block} refused", connected.len());
+}
+
 /// ztunnel's pod handler with loopback inputs (kernel-chosen ports); `host` is what it
 /// takes for its own network namespace.
 fn pods(host: Netns) -> Pods {

@@ -62,18 +62,15 @@ fn new_socket() -> io::Result<Socket> {
 }
 
 impl SeqPacket {
-    /// Connects to a listening socket at `path`.
+    /// Connects to a listening socket at `path`. Never waits for the listener
+    /// to accept: a unix connect completes at once, or, when the listener's
+    /// backlog is full (it is not accepting), fails with `WouldBlock` rather
+    /// than parking a thread until it does; callers retry on their backoff.
     pub async fn connect(path: &Path) -> io::Result<Self> {
         let addr = SockAddr::unix(path)?;
-        // A unix connect completes at once unless the backlog is full, so a
-        // blocking connect before switching to non-blocking mode is fine.
-        let sock = tokio::task::spawn_blocking(move || {
-            let sock = new_socket()?;
-            sock.connect(&addr)?;
-            Ok::<_, io::Error>(sock)
-        })
-        .await
-        .map_err(io::Error::other)??;
+        let sock = new_socket()?;
+        sock.set_nonblocking(true)?;
+        sock.connect(&addr)?;
         Self::from_socket(sock)
     }
 
