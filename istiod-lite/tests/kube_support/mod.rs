@@ -7,7 +7,7 @@
 //! the recorded review of their token.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -65,6 +65,8 @@ struct Route {
     /// Recorded list responses, served in order; the last one repeats.
     lists: VecDeque<(StatusCode, Bytes)>,
     watch: WatchFeed,
+    /// Resource versions too old to watch from: such a watch request is answered 410 Gone.
+    expired: HashSet<String>,
 }
 
 /// Where TokenReviews are posted.
@@ -141,6 +143,7 @@ fn handle(state: &State, req: &http::request::Parts, body: Bytes) -> Response<Bo
     }
     let watch = seen.is_watch();
     let path = seen.path.clone();
+    let seen_rv = seen.query.get("resourceVersion").cloned();
     state.seen.lock().unwrap().push(seen);
     state.changed.notify_waiters();
     let mut routes = state.routes.lock().unwrap();
@@ -148,6 +151,9 @@ fn handle(state: &State, req: &http::request::Parts, body: Bytes) -> Response<Bo
         return json(StatusCode::NOT_FOUND, read("status/not-found.json"));
     };
     if watch {
+        if seen_rv.as_ref().is_some_and(|rv| route.expired.contains(rv)) {
+            return json(StatusCode::GONE, read("status/gone.json"));
+        }
         if route.lists.front().is_some_and(|(s, _)| !s.is_success()) {
             let (s, b) = route.lists.front().cloned().unwrap();
             return json(s, b);
@@ -176,7 +182,12 @@ fn handle(state: &State, req: &http::request::Parts, body: Bytes) -> Response<Bo
 impl MockApi {
     /// Starts the server on an ephemeral loopback port.
     pub async fn start() -> MockApi {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        MockApi::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts the server on `addr` (the address of one dropped before: the API server back).
+    pub async fn start_on(addr: SocketAddr) -> MockApi {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
         let st = state.clone();
@@ -211,6 +222,11 @@ impl MockApi {
             }
         });
         MockApi { addr, state, task }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The server's URL.
@@ -291,6 +307,18 @@ impl MockApi {
                 feed.pending.push(line);
             }
         }
+    }
+
+    /// Ends the open watch of `path` (as the API server does after its timeout, or as a
+    /// connection reset does); lines pushed later wait for the next watch.
+    pub fn end_watch(&self, path: &str) {
+        self.state.routes.lock().unwrap().entry(path.to_owned()).or_default().watch.live = None;
+    }
+
+    /// Answers watches of `path` from `resource_version` with HTTP 410 Gone, as an API server
+    /// does once that version has left its history.
+    pub fn expire(&self, path: &str, resource_version: &str) {
+        self.state.routes.lock().unwrap().entry(path.to_owned()).or_default().expired.insert(resource_version.into());
     }
 
     /// Answers TokenReviews of `token` with the recorded `fixture` (status `status`).

@@ -259,8 +259,21 @@ fn is_not_found(e: &watcher::Error) -> bool {
     }
 }
 
+/// Whether the server no longer has the resource version a watch asked for (410 Gone), in
+/// an event of an open watch or as the answer to the watch request itself.
 fn is_expired(e: &watcher::Error) -> bool {
-    matches!(e, watcher::Error::WatchError(s) if s.code == 410)
+    matches!(e, watcher::Error::WatchError(s) if s.code == 410) || is_expired_request(e)
+}
+
+/// Whether a watch request itself was answered 410 Gone. kube reads the answer's body as the
+/// watch's first line whatever its HTTP status, so this comes as a failed watch.
+fn is_expired_request(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchStartFailed(kube::Error::Api(s)) | watcher::Error::WatchFailed(kube::Error::Api(s)) => {
+            s.code == 410
+        }
+        _ => false,
+    }
 }
 
 /// The per-kind state and the shared outputs of the event loop.
@@ -389,6 +402,31 @@ fn backed_off<K: Send + 'static>(
     })
 }
 
+/// A kind's watcher events, from a new watcher (which starts with a list) whenever the
+/// server answers a watch request 410 Gone.
+///
+/// kube's watcher re-lists after a 410 in an event of an open watch, but when the watch
+/// request itself is answered 410 (what the Kubernetes API documents for a resource version
+/// that has left the server's history, and what client-go re-lists on), it asks again from the
+/// same version, for ever: the kind froze, objects deleted meanwhile still served and new ones
+/// never seen.
+fn relisting<K, S>(
+    mut start: impl FnMut() -> S + Send + 'static,
+) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Send + 'static,
+    S: Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
+{
+    let events = Box::pin(start());
+    futures::stream::unfold((events, start), |(mut events, mut start)| async move {
+        let event = events.next().await?;
+        if matches!(&event, Err(e) if is_expired_request(e)) {
+            events = Box::pin(start());
+        }
+        Some((event, (events, start)))
+    })
+}
+
 /// Watches every kind in [`WATCHED`] through `client`, applies each event to `translator`,
 /// and sends every non-empty delta. Returns the status receiver, the delta receiver and the
 /// future to spawn (it runs until dropped or until the delta receiver is dropped).
@@ -398,12 +436,13 @@ pub fn watch(
 ) -> (watch::Receiver<KubeStatus>, mpsc::UnboundedReceiver<Delta>, impl Future<Output = ()> + Send + 'static) {
     let (status_tx, status_rx) = watch::channel(KubeStatus::default());
     let (delta_tx, delta_rx) = mpsc::unbounded_channel();
+    let mut source = Source { translator, status: status_tx, deltas: delta_tx, kinds: BTreeMap::new() };
     let streams = WATCHED.iter().map(|w| {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &w.api_resource());
-        backed_off(watcher::watcher(api, watcher::Config::default())).map(move |e| (w, e)).boxed()
+        let events = relisting(move || watcher::watcher(api.clone(), watcher::Config::default()));
+        backed_off(events).map(move |e| (w, e)).boxed()
     });
     let mut events = futures::stream::select_all(streams);
-    let mut source = Source { translator, status: status_tx, deltas: delta_tx, kinds: BTreeMap::new() };
     let fut = async move {
         while let Some((w, event)) = events.next().await {
             if !source.handle(w, event) {
