@@ -2,7 +2,7 @@
 //! first when forwarding ([`crate::proxy`]) and a route's header modifier may touch none of
 //! them ([`crate::state::route`]). One list, so the two never drift apart.
 
-use http::HeaderName;
+use http::{HeaderMap, HeaderName, header};
 
 /// Connection-specific fields (RFC 9110 §7.6.1), never forwarded as they came, in lower case
 /// as `HeaderName` holds them. `te` is among them, but its `trailers` is re-sent on its own
@@ -22,9 +22,50 @@ pub fn is_connection_or_framing(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&n) || FRAMING.contains(&n)
 }
 
+/// Whether the request's `Transfer-Encoding` fields, if any, list `chunked` and nothing else.
+///
+/// The HTTP/1.1 server takes a request whose last coding is `chunked` and undoes only that one;
+/// the field is hop-by-hop and goes, so any coding before it (`gzip, chunked`, or `chunked`
+/// twice over one field or several) would reach the application as plain body bytes it reads
+/// otherwise than the client meant them. Such a request is refused (RFC 9112 §6.1: 501 for a
+/// transfer coding the server does not understand).
+pub fn chunked_alone(h: &HeaderMap) -> bool {
+    let mut codings = 0usize;
+    for v in h.get_all(header::TRANSFER_ENCODING) {
+        let Ok(v) = v.to_str() else { return false };
+        for c in v.split(',') {
+            codings += 1;
+            if codings > 1 || !c.trim().eq_ignore_ascii_case("chunked") {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_lone_chunked_coding_is_taken() {
+        let map = |fields: &[&'static str]| -> HeaderMap {
+            fields.iter().map(|v| (header::TRANSFER_ENCODING, http::HeaderValue::from_static(v))).collect()
+        };
+        assert!(chunked_alone(&HeaderMap::new()));
+        for ok in [&["chunked"][..], &["Chunked"], &[" chunked "]] {
+            assert!(chunked_alone(&map(ok)), "{ok:?}");
+        }
+        for bad in [
+            &["gzip, chunked"][..],
+            &["chunked, chunked"],
+            &["chunked", "chunked"],
+            &["gzip", "chunked"],
+            &[", chunked"],
+        ] {
+            assert!(!chunked_alone(&map(bad)), "{bad:?}");
+        }
+    }
 
     /// `HeaderName` holds names in lower case; a list entry in any other case would never be
     /// compared equal, and the field would pass unnoticed.

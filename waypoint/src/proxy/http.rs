@@ -448,6 +448,16 @@ async fn handle(
         let reply = Local::Reply(StatusCode::BAD_REQUEST, "unsupported :protocol\n", "-").respond(account);
         return drained(req_body, reply);
     }
+    // A transfer coding the HTTP/1.1 server did not undo (see `chunked_alone`) is refused,
+    // and the connection closes after the answer: its body is not read for another request.
+    if version == Version::H1 && !crate::headers::chunked_alone(&parts.headers) {
+        tracing::debug!(te = ?parts.headers.get(header::TRANSFER_ENCODING), "refusing a transfer coding");
+        account.path = parts.uri.path().to_owned();
+        let mut reply =
+            Local::Reply(StatusCode::NOT_IMPLEMENTED, "unsupported transfer coding\n", "-").respond(account);
+        reply.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return reply;
+    }
     let ctx = Ctx { snapshot: &snapshot, down: &down };
     let prepared = prepare(&proxy, &ctx, &mut parts, &mut account, version, upgrade.is_some());
     let (mut plan, (endpoints, backend_host, prefer)) = match prepared {

@@ -1,0 +1,140 @@
+//! How the waypoint reads the framing of HTTP/1.1 requests sent as raw bytes (RFC 9112 §6),
+//! CONNECT, and the authority policy judges: a request the waypoint reads one way must never
+//! reach the application in a form it reads another way (request smuggling, policy bypass).
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What came back for raw request bytes: the text, and whether the waypoint closed.
+struct Raw {
+    text: String,
+    closed: bool,
+}
+
+impl Raw {
+    fn status(&self) -> u16 {
+        self.text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+
+    /// Answers in the text (pipelined requests get one each).
+    fn answers(&self) -> usize {
+        self.text.matches("HTTP/1.1 ").count()
+    }
+}
+
+/// Sends `bytes` on a fresh tunnel to service VIP 1 and reads until the waypoint closes, or
+/// goes quiet once it has answered.
+async fn raw(w: &World, bytes: &[u8]) -> Raw {
+    let mut io = w.tunnel(w.vip(1)).await;
+    io.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let closed = loop {
+        let quiet = if out.is_empty() { Duration::from_secs(5) } else { Duration::from_millis(500) };
+        let until = deadline.min(tokio::time::Instant::now() + quiet);
+        match tokio::time::timeout_at(until, io.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    Raw { text: String::from_utf8_lossy(&out).into_owned(), closed }
+}
+
+/// A service `svc` (VIP 1) on one echoing backend.
+async fn one_service(net: [u8; 2]) -> (std::sync::Arc<World>, std::sync::Arc<Backend>) {
+    let w = World::new(net).await;
+    let a = w.backend("a").await;
+    w.service("svc", 1, &[&a]);
+    w.until_endpoints("svc", 1).await;
+    (w, a)
+}
+
+/// RFC 9112 §6.1: a transfer coding the waypoint does not undo is refused with 501, and the
+/// connection closes. The HTTP/1.1 server takes any list that ends in `chunked` and undoes only
+/// that; `Transfer-Encoding` is hop-by-hop, so `gzip, chunked` (or `chunked` twice) would reach
+/// the application as bytes it reads otherwise than the client framed them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coding_other_than_chunked_alone_is_refused() {
+    let (w, a) = one_service([21, 1]).await;
+    let body = "3\r\nabc\r\n0\r\n\r\n";
+    for te in [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: chunked, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        let r = raw(&w, format!("POST /x HTTP/1.1\r\nHost: svc\r\n{te}\r\n{body}").as_bytes()).await;
+        assert_eq!(r.status(), 501, "{te:?}: {}", r.text);
+        assert!(r.closed, "{te:?}: the connection stays open: {}", r.text);
+    }
+    assert_eq!(a.behaviour.seen.load(Ordering::Relaxed), 0, "a refused request reached the application");
+    // `chunked` alone, in any case, is read and re-framed for the application.
+    let r =
+        raw(&w, format!("POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: Chunked\r\n\r\n{body}").as_bytes()).await;
+    assert_eq!(r.status(), 200, "{}", r.text);
+    assert!(r.text.contains("body-bytes: 3"), "{}", r.text);
+}
+
+/// RFC 9112 §6.3: with both `Content-Length` and `Transfer-Encoding`, the chunked framing wins,
+/// the length goes (the application never sees both) and the connection closes after the
+/// answer, so whatever the length would have framed differently is never read as a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_chunked_is_read_as_chunked_and_the_connection_closes() {
+    let (w, a) = one_service([21, 2]).await;
+    for (first, second) in
+        [("Content-Length: 5", "Transfer-Encoding: chunked"), ("Transfer-Encoding: chunked", "Content-Length: 5")]
+    {
+        let r = raw(
+            &w,
+            format!(
+                "POST /x HTTP/1.1\r\nHost: svc\r\n{first}\r\n{second}\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+                 GET /smuggled HTTP/1.1\r\nHost: svc\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "{}", r.text);
+        assert!(r.text.contains("body-bytes: 3"), "{}", r.text);
+        assert!(!r.text.to_ascii_lowercase().contains("content-length: 5"), "the length was forwarded: {}", r.text);
+        assert_eq!(r.answers(), 1, "{}", r.text);
+        assert!(r.closed, "the connection stays open after an ambiguous framing");
+    }
+    assert_eq!(a.behaviour.seen.load(Ordering::Relaxed), 2, "the pipelined request was read");
+}
+
+/// Framing the waypoint cannot read one way only is refused with 400 before anything is
+/// forwarded: differing lengths, a length that is not digits, a `Transfer-Encoding` whose last
+/// coding is not `chunked` (or only looks like it), one on HTTP/1.0, whitespace before a colon,
+/// an obs-fold continuation line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_is_refused() {
+    let (w, a) = one_service([21, 3]).await;
+    let chunks = "3\r\nabc\r\n0\r\n\r\n";
+    let cases = [
+        "POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_owned(),
+        "POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: 3, 4\r\n\r\nabcd".to_owned(),
+        "POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: +3\r\n\r\nabc".to_owned(),
+        "POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: 0x3\r\n\r\nabc".to_owned(),
+        format!("POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked, identity\r\n\r\n{chunks}"),
+        format!("POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: xchunked\r\n\r\n{chunks}"),
+        format!(
+            "POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n{chunks}"
+        ),
+        format!("POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding : chunked\r\n\r\n{chunks}"),
+        "POST /x HTTP/1.1\r\nHost: svc\r\nX: a\r\n Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc"
+            .to_owned(),
+        format!("POST /x HTTP/1.0\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}"),
+    ];
+    for c in &cases {
+        let r = raw(&w, c.as_bytes()).await;
+        assert_eq!(r.status(), 400, "{c:?}: {}", r.text);
+    }
+    assert_eq!(a.behaviour.seen.load(Ordering::Relaxed), 0, "a refused request reached the application");
+}
