@@ -138,3 +138,29 @@ async fn ambiguous_framing_is_refused() {
     }
     assert_eq!(a.behaviour.seen.load(Ordering::Relaxed), 0, "a refused request reached the application");
 }
+
+/// A chunked body that turns out malformed once its head was forwarded (a chunk size past 64
+/// bits, a bare LF ending a chunk line, a chunk extension with a newline) is the client's error:
+/// 400, not a 503 that blames the endpoint (and counts against it for outlier ejection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_is_the_clients_error() {
+    let (w, a) = one_service([21, 4]).await;
+    for chunks in [
+        "fffffffffffffffff1\r\nabc\r\n0\r\n\r\n",
+        "3\nabc\n0\n\n",
+        "3;a=b\nc\r\nabc\r\n0\r\n\r\n",
+        "3\r\nabcd\r\n0\r\n\r\n",
+    ] {
+        let r =
+            raw(&w, format!("POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}").as_bytes())
+                .await;
+        assert_eq!(r.status(), 400, "{chunks:?}: {}", r.text);
+    }
+    // Chunk extensions are allowed, and dropped when the body is re-framed.
+    let r =
+        raw(&w, b"POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=\"v\"\r\nabc\r\n0\r\n\r\n")
+            .await;
+    assert_eq!(r.status(), 200, "{}", r.text);
+    assert!(r.text.contains("body-bytes: 3"), "{}", r.text);
+    assert!(a.behaviour.seen.load(Ordering::Relaxed) >= 1);
+}

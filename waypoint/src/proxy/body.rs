@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
@@ -154,7 +154,7 @@ struct Lag {
     /// Data bytes sent and not yet taken by the mirror.
     queued: std::sync::atomic::AtomicUsize,
     /// Set, before the sender is dropped, once every frame was delivered.
-    complete: std::sync::atomic::AtomicBool,
+    complete: AtomicBool,
 }
 
 struct MirrorTx {
@@ -308,22 +308,49 @@ pub trait OnEnd: Send + 'static {
     fn timed_out(&mut self) {}
 }
 
-/// Counts data bytes (into a shared counter) and calls a hook at the end.
+/// What a [`Counted`] body saw, shared with whoever needs to know: its data bytes, and
+/// whether it failed. A request body that failed tells forwarding that an upstream error was
+/// the client's doing (a malformed chunk, a body shorter than its length, a reset), not the
+/// endpoint's.
+#[derive(Debug, Default)]
+pub struct Tally {
+    bytes: AtomicU64,
+    failed: AtomicBool,
+}
+
+impl Tally {
+    /// Data bytes so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` more bytes (for bytes that crossed outside the body, an upgraded connection).
+    pub fn add(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Whether the body ended with an error.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+}
+
+/// Counts data bytes (into a shared [`Tally`]) and calls a hook at the end.
 pub struct Counted {
     inner: Body,
-    bytes: Arc<AtomicU64>,
+    tally: Arc<Tally>,
     hook: Option<Box<dyn OnEnd>>,
 }
 
 impl Counted {
     /// Wraps `inner`.
-    pub fn new(inner: Body, bytes: Arc<AtomicU64>, hook: Option<Box<dyn OnEnd>>) -> Self {
-        Counted { inner, bytes, hook }
+    pub fn new(inner: Body, tally: Arc<Tally>, hook: Option<Box<dyn OnEnd>>) -> Self {
+        Counted { inner, tally, hook }
     }
 
     fn finish(&mut self, trailers: Option<&HeaderMap>) {
         if let Some(h) = self.hook.take() {
-            h.done(self.bytes.load(Ordering::Relaxed), trailers);
+            h.done(self.tally.bytes(), trailers);
         }
     }
 }
@@ -344,7 +371,7 @@ impl HttpBody for Counted {
         match &r {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
-                    this.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    this.tally.add(d.len() as u64);
                 } else if let Some(t) = f.trailers_ref() {
                     let t = t.clone();
                     this.finish(Some(&t));
@@ -352,6 +379,7 @@ impl HttpBody for Counted {
             }
             None => this.finish(None),
             Some(Err(e)) => {
+                this.tally.failed.store(true, Ordering::Release);
                 if let (Some(h), true) = (&mut this.hook, e.is::<BodyTimedOut>()) {
                     h.timed_out();
                 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use ztunnel::state::Endpoint;
 
 use super::balance::{Picked, Prefer};
-use super::body::{self, Buffered};
+use super::body::{self, Buffered, Tally};
 use super::upstream::{Dest, UpstreamError, Version};
 use super::{Body, Proxy};
 use crate::state::BackendPolicy;
@@ -66,6 +66,9 @@ pub struct Attempt<'a> {
     pub client: SocketAddr,
     /// The request asks to switch protocols: it gets a connection of its own.
     pub upgrade: bool,
+    /// What the client's body did: a request that failed because it failed is the client's
+    /// error, answered 400, and no mark against the endpoint.
+    pub client_body: &'a Tally,
 }
 
 /// A response from the backend, and when its body must have ended: the request's deadline or
@@ -165,6 +168,13 @@ pub async fn forward(mut a: Attempt<'_>, mut on_pick: impl FnMut(&Picked)) -> Re
                     continue;
                 }
                 outcome = Ok((resp, body_deadline));
+                break;
+            }
+            Some(Err(e)) if a.client_body.failed() => {
+                // Counting it against the endpoint would let any client get healthy endpoints
+                // ejected with malformed bodies; and no retry can send the body it lacks.
+                tracing::debug!(error = %e, "the client's request body failed");
+                outcome = Err(Failure::new(StatusCode::BAD_REQUEST, "bad request body\n", "DPE"));
                 break;
             }
             Some(Err(e)) => {

@@ -8,7 +8,6 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -21,7 +20,7 @@ use tokio::time::Instant;
 use ztunnel::state::{AppProtocol, Endpoint};
 
 use super::balance::{self, Picked, Prefer};
-use super::body::{self, Counted, OnEnd};
+use super::body::{self, Counted, OnEnd, Tally};
 use super::detect::Protocol;
 use super::upstream::{Dest, Version};
 use super::{Body, Destination, Downstream, Proxy, forward, upgrade};
@@ -101,7 +100,8 @@ struct Account {
     metrics: Arc<Metrics>,
     labels: RequestLabels,
     start: Instant,
-    request_bytes: Arc<AtomicU64>,
+    /// The request body's bytes, and whether it failed.
+    request_body: Arc<Tally>,
     client: SocketAddr,
     method: ::http::Method,
     path: String,
@@ -148,7 +148,7 @@ impl Account {
             metrics: proxy.inputs.metrics.clone(),
             labels,
             start,
-            request_bytes: Arc::new(AtomicU64::new(0)),
+            request_body: Arc::default(),
             client: down.client,
             method: parts.method.clone(),
             path: String::new(),
@@ -220,7 +220,7 @@ impl Account {
                 error: self.labels.response_code >= 500,
             });
         }
-        let req_bytes = self.request_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let req_bytes = self.request_body.bytes();
         self.metrics.record(&self.labels, millis, req_bytes, bytes);
         AccessLog {
             src: self.labels.source_principal(),
@@ -442,7 +442,7 @@ async fn handle(
     let snapshot = proxy.inputs.state.load();
     let (mut parts, incoming) = req.into_parts();
     let mut account = Account::new(&proxy, &down, &snapshot, &parts, start);
-    let req_body: Body = Counted::new(body::boxed(incoming), account.request_bytes.clone(), None).boxed_unsync_compat();
+    let req_body: Body = Counted::new(body::boxed(incoming), account.request_body.clone(), None).boxed_unsync_compat();
     if let Some(e) = refused {
         tracing::debug!(error = %e, "refusing extended CONNECT");
         let reply = Local::Reply(StatusCode::BAD_REQUEST, "unsupported :protocol\n", "-").respond(account);
@@ -505,6 +505,7 @@ async fn handle(
         (None, streaming) => stream_body = streaming,
     }
 
+    let client_body = account.request_body.clone();
     let attempt = forward::Attempt {
         proxy: &proxy,
         parts,
@@ -521,6 +522,7 @@ async fn handle(
         version: plan.upstream,
         client: down.client,
         upgrade: upgrade.is_some(),
+        client_body: &client_body,
     };
     let outcome = forward::forward(attempt, |picked| account.picked(picked)).await;
     match outcome {
@@ -596,7 +598,7 @@ fn switch_protocols(
         if let Some(e) = err {
             tracing::debug!(error = %e, "upgraded connection ended with an error");
         }
-        account.request_bytes.fetch_add(crossed.up, std::sync::atomic::Ordering::Relaxed);
+        account.request_body.add(crossed.up);
         Box::new(account).done(crossed.down, None);
         drop(live);
     });
