@@ -7,6 +7,7 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use http::{Method, Request};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -163,4 +164,21 @@ async fn a_malformed_chunked_body_is_the_clients_error() {
     assert_eq!(r.status(), 200, "{}", r.text);
     assert!(r.text.contains("body-bytes: 3"), "{}", r.text);
     assert!(a.behaviour.seen.load(Ordering::Relaxed) >= 1);
+}
+
+/// A plain CONNECT (HTTP/1.1 in either target form, HTTP/2 without `:protocol`) asks for a
+/// tunnel whose bytes no L7 policy would see: it is refused with 501 and never forwarded, so
+/// the application is not asked to open one either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_connect_is_refused_and_not_forwarded() {
+    let (w, a) = one_service([21, 5]).await;
+    for req in ["CONNECT /x HTTP/1.1\r\nHost: svc\r\n\r\n", "CONNECT svc:80 HTTP/1.1\r\nHost: svc:80\r\n\r\n"] {
+        let r = raw(&w, req.as_bytes()).await;
+        assert_eq!(r.status(), 501, "{req:?}: {}", r.text);
+    }
+    let Client::H2(mut s, _t) = w.h2(w.vip(1)).await else { unreachable!() };
+    let req = Request::builder().method(Method::CONNECT).uri("svc.example:80").body(empty()).unwrap();
+    let r = s.send_request(req).await.unwrap();
+    assert_eq!(r.status(), 501);
+    assert_eq!(a.behaviour.seen.load(Ordering::Relaxed), 0, "a CONNECT reached the application");
 }

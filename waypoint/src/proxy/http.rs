@@ -622,6 +622,14 @@ fn prepare<'a>(
         account.path = parts.uri.path().to_owned();
         return Err(Local::Reply(StatusCode::BAD_REQUEST, "bad request method\n", "-"));
     }
+    // A CONNECT still here (extended CONNECT became an upgrade above) asks for a tunnel to its
+    // target: the waypoint opens none, since its bytes would pass no L7 policy, and forwards
+    // none, so the application is not asked to open one on the client's behalf either.
+    if parts.method == ::http::Method::CONNECT {
+        tracing::debug!(uri = %parts.uri, "refusing CONNECT");
+        account.path = parts.uri.path().to_owned();
+        return Err(Local::Reply(StatusCode::NOT_IMPLEMENTED, "CONNECT is not supported\n", "-"));
+    }
     // The asterisk-form target (`OPTIONS * HTTP/1.1`, `:path: *`) asks about the server as a
     // whole, and only OPTIONS may use it (RFC 9112 §3.2.4, RFC 9113 §8.3.1); any other method
     // with it is malformed. `OPTIONS *` itself is answered 404 here, before policy and routing,
