@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{Method, Request};
+use proto::mesh::waypoint::v1 as pb;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -181,4 +182,38 @@ async fn a_plain_connect_is_refused_and_not_forwarded() {
     let r = s.send_request(req).await.unwrap();
     assert_eq!(r.status(), 501);
     assert_eq!(a.behaviour.seen.load(Ordering::Relaxed), 0, "a CONNECT reached the application");
+}
+
+/// The host a `request.headers[host]` condition judges is the one the application gets: for
+/// a target that carries its authority (HTTP/1.1 absolute form, HTTP/2 `:authority`) that
+/// authority, not a `Host` field that says otherwise (RFC 9112 §3.2.2, RFC 9113 §8.3.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_reads_the_host_that_is_forwarded() {
+    let (w, a) = one_service([21, 6]).await;
+    let deny = pb::PolicyRule {
+        when: vec![pb::Condition {
+            key: "request.headers[host]".into(),
+            values: vec!["admin.example".into()],
+            not_values: vec![],
+        }],
+        ..Default::default()
+    };
+    w.policy(&policy("deny-admin-host", pb::l7_policy::Action::Deny, vec![deny]));
+    w.settle().await;
+
+    let r = raw(&w, b"GET /x HTTP/1.1\r\nHost: admin.example\r\n\r\n").await;
+    assert_eq!(r.status(), 403, "{}", r.text);
+    let r = raw(&w, b"GET http://admin.example/x HTTP/1.1\r\nHost: svc\r\n\r\n").await;
+    assert_eq!(r.status(), 403, "absolute form: {}", r.text);
+    let r = raw(&w, b"GET http://svc/x HTTP/1.1\r\nHost: admin.example\r\n\r\n").await;
+    assert_eq!(r.status(), 200, "{}", r.text);
+    assert!(r.text.contains("\r\n\r\na GET /x HTTP/1.1\nhost: svc\n"), "{}", r.text);
+
+    let Client::H2(mut s, _t) = w.h2(w.vip(1)).await else { unreachable!() };
+    let req = Request::builder().uri("http://admin.example/x").header("host", "svc").body(empty()).unwrap();
+    assert_eq!(s.send_request(req).await.unwrap().status(), 403, ":authority over Host");
+    let req = Request::builder().uri("http://svc/x").header("host", "admin.example").body(empty()).unwrap();
+    let r = s.send_request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(a.behaviour.authorities.lock().unwrap().last().map(String::as_str), Some("svc"));
 }

@@ -665,6 +665,20 @@ fn prepare<'a>(
         tracing::debug!(uri = %parts.uri, host = ?parts.headers.get(header::HOST), "refusing request authority");
         return Err(Local::Reply(StatusCode::BAD_REQUEST, "bad request authority\n", "-"));
     };
+    // A target that carries its authority (HTTP/2's `:authority`, HTTP/1.1's absolute form)
+    // names the host, whatever `Host` says, and that authority is what is forwarded (RFC 9112
+    // §3.2.2, RFC 9113 §8.3.1). A `Host` that differs is replaced before policy reads headers:
+    // a `request.headers[host]` condition would otherwise judge a host the application never
+    // sees.
+    if parts.uri.authority().is_some()
+        && !parts.headers.get_all(header::HOST).iter().all(|h| h.as_bytes() == authority.as_bytes())
+    {
+        let Ok(v) = HeaderValue::from_str(&authority) else {
+            return Err(Local::Reply(StatusCode::BAD_REQUEST, "bad request authority\n", "-"));
+        };
+        tracing::debug!(host = ?parts.headers.get(header::HOST), %authority, "Host replaced by the target's authority");
+        parts.headers.insert(header::HOST, v);
+    }
     let target = Target { path, query: parts.uri.query().map(str::to_owned), host: bare_host(&authority), authority };
 
     authorize(proxy, ctx, parts, &target, account)?;
