@@ -9,7 +9,10 @@
 //! removed again, if a connected ztunnel refuses the pod. With no ztunnel
 //! connected, ADD succeeds: the pod's traffic is captured (and refused,
 //! nothing listens yet) until ztunnel connects and receives it in its
-//! snapshot. DEL undoes all of it. A DEL that arrives while an ADD of the same
+//! snapshot. DEL undoes all of it, for the sandbox it names (`CNI_CONTAINERID`) only:
+//! a pod's replacement sandbox has the same uid on ZDS and may have the old one's
+//! address, and the old sandbox's DEL can come after the new one's ADD, so what another
+//! enrolled sandbox still uses stays. A DEL that arrives while an ADD of the same
 //! container is still deciding enrollment (an API lookup outlived the plugin's
 //! timeout, and the runtime tore the sandbox down) makes that ADD give up
 //! without installing anything: nothing would ever remove it otherwise.
@@ -368,7 +371,7 @@ impl Agent {
             .collect();
         for id in leaving {
             let pod = pods.enrolled.remove(&id).expect("listed above");
-            self.unenroll(&pod).await;
+            self.unenroll(&pod, &pods).await;
             tracing::info!(pod = %pod.record.name, namespace = %pod.record.namespace, "pod no longer enrolled");
             pods.others.insert(id, pod.record);
         }
@@ -419,11 +422,22 @@ impl Agent {
         annotation.capture(global)
     }
 
-    /// Undoes [`Self::adopt`] and forgets the record.
-    async fn unenroll(&self, pod: &Enrolled) {
-        self.zds.del(&pod.record.uid).await;
-        remove_rules(&pod.netns).await;
-        self.set_probe_ips(&pod.ips, false).await;
+    /// Undoes [`Self::adopt`] for `pod`, already out of `rest`, and forgets its record, but
+    /// leaves what another enrolled sandbox still uses: a pod's new sandbox takes over its uid
+    /// on ZDS (a late DEL of the old one must not drop it), and an address the old one had
+    /// may already be the new one's.
+    async fn unenroll(&self, pod: &Enrolled, rest: &Pods) {
+        let netns = pod.netns.id();
+        let in_netns: Vec<&Enrolled> = rest.enrolled.values().filter(|p| p.netns.id() == netns).collect();
+        if !in_netns.iter().any(|p| p.record.uid == pod.record.uid) {
+            self.zds.del_in(&pod.record.uid, netns).await;
+        }
+        if in_netns.is_empty() {
+            remove_rules(&pod.netns).await;
+        }
+        let ips: Vec<IpAddr> =
+            pod.ips.iter().copied().filter(|ip| !rest.enrolled.values().any(|p| p.ips.contains(ip))).collect();
+        self.set_probe_ips(&ips, false).await;
         if let Err(e) = self.state.remove(&pod.record.container_id) {
             tracing::warn!(error = %e, "could not delete pod record");
         }
@@ -641,7 +655,7 @@ impl Agent {
         let Some(pod) = pods.enrolled.remove(&event.container_id) else {
             return CniReply::ok(false);
         };
-        self.unenroll(&pod).await;
+        self.unenroll(&pod, &pods).await;
         tracing::info!(pod = %pod.record.name, namespace = %pod.record.namespace, "pod removed");
         CniReply::ok(true)
     }

@@ -23,7 +23,7 @@ use proto::istio::workload::zds::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::inpod::seqpacket::{SeqPacket, SeqPacketListener};
-use crate::netns::Netns;
+use crate::netns::{Netns, NetnsId};
 
 /// Errors telling a pod to ztunnel.
 #[derive(Debug, thiserror::Error)]
@@ -291,8 +291,26 @@ impl ZdsServer {
     /// Removes a pod and tells every connected ztunnel. Returns whether the
     /// pod was known.
     pub async fn del(&self, uid: &str) -> bool {
+        // Told even when unknown here: a ztunnel may still hold it from an earlier agent.
+        self.del_where(uid, None).await
+    }
+
+    /// Removes pod `uid` only while it is the one in `netns`, and then tells every connected
+    /// ztunnel; returns whether it was. A pod's new sandbox takes over its uid (ztunnel serves
+    /// pods by uid), so the old sandbox's late removal must leave the new one alone.
+    pub async fn del_in(&self, uid: &str, netns: NetnsId) -> bool {
+        self.del_where(uid, Some(netns)).await
+    }
+
+    /// Removes `uid` (only if it is in `netns`, when given) and tells every ztunnel.
+    async fn del_where(&self, uid: &str, netns: Option<NetnsId>) -> bool {
         let (known, waits) = {
             let mut inner = self.lock();
+            if let Some(netns) = netns
+                && inner.pods.get(uid).is_none_or(|p| p.netns.id() != netns)
+            {
+                return false;
+            }
             let known = inner.pods.remove(uid).is_some();
             (known, inner.broadcast(&del_request(uid), None))
         };

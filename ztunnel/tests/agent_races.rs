@@ -1,0 +1,276 @@
+//! Races between a pod's CNI events at the node agent, each driven by the real `ztunnel-cni`
+//! binary through the agent's socket, with a stand-in ztunnel on ZDS and real namespaces:
+//! - a late DEL of an old sandbox must not undo a newer sandbox of the same pod.
+//!
+//! Needs root.
+
+mod support;
+
+use support::{Task, TempDir};
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::istio::workload::zds::WorkloadInfo;
+use serde_json::json;
+use tokio::sync::mpsc;
+use ztunnel::agent::redirect;
+use ztunnel::agent::{Agent, AgentConfig, EnrollmentSource};
+use ztunnel::inpod::{PodHandler, run_client};
+use ztunnel::netns::{Netns, NetnsId, ScratchNetns};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Add { uid: String, netns: NetnsId },
+    Del(String),
+    Snapshot(HashSet<String>),
+}
+
+/// Plays ztunnel: records what the agent tells it.
+struct FakeZtunnel(mpsc::UnboundedSender<Seen>);
+
+impl PodHandler for FakeZtunnel {
+    async fn add(&self, uid: String, _: Option<WorkloadInfo>, netns: Netns) -> Result<(), String> {
+        self.0.send(Seen::Add { uid, netns: netns.id() }).unwrap();
+        Ok(())
+    }
+
+    async fn del(&self, uid: &str) {
+        self.0.send(Seen::Del(uid.to_owned())).unwrap();
+    }
+
+    async fn snapshot_done(&self, uids: HashSet<String>) {
+        self.0.send(Seen::Snapshot(uids)).unwrap();
+    }
+}
+
+/// Connects a [`FakeZtunnel`] to the agent's ZDS socket and waits for its (empty) snapshot.
+async fn ztunnel(config: &AgentConfig) -> (Task, mpsc::UnboundedReceiver<Seen>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let task = Task(tokio::spawn(run_client(config.zds_socket.clone(), Arc::new(FakeZtunnel(tx)))));
+    assert_eq!(next(&mut rx).await, Seen::Snapshot(HashSet::new()));
+    (task, rx)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(WAIT, rx.recv()).await.expect("ztunnel hears in time").unwrap()
+}
+
+/// What ztunnel heard beyond what the test consumed. The agent answers a CNI event only
+/// once every connected ztunnel has acked its ZDS change, so after the plugin returns
+/// there is nothing in flight.
+fn unheard(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Vec<Seen> {
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+/// A CNI pod event.
+struct Pod<'a> {
+    container: &'a str,
+    netns: String,
+    namespace: &'a str,
+    name: &'a str,
+    uid: &'a str,
+}
+
+/// Runs `ztunnel-cni` for `command` as a runtime would, reporting to the agent at `socket`.
+async fn cni(command: &str, pod: &Pod<'_>, socket: &Path) -> Output {
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "pods", "type": "ztunnel-cni", "agentSocket": socket,
+        "agentTimeoutSeconds": 20,
+        "prevResult": {"cniVersion": "1.0.0", "ips": []}
+    });
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ztunnel-cni"))
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", pod.container)
+        .env("CNI_NETNS", &pod.netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env(
+            "CNI_ARGS",
+            format!("K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}", pod.namespace, pod.name, pod.uid),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, conf.to_string().as_bytes()).await.unwrap();
+    drop(stdin);
+    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.expect("plugin finishes").unwrap()
+}
+
+/// The plugin succeeded.
+fn ok(out: &Output) -> bool {
+    out.status.success()
+}
+
+fn scratch(test: &str) -> ScratchNetns {
+    ScratchNetns::create(&format!("{test}-{}-{}", std::process::id(), rand::random::<u16>())).unwrap()
+}
+
+fn installed(ns: &ScratchNetns) -> bool {
+    redirect::installed(ns.netns()).unwrap()
+}
+
+/// Pod records the agent keeps in its state directory.
+fn records(config: &AgentConfig) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(config.state_dir.join("pods"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// An agent on the file source `dir/cluster/pods.yaml` (written from `yaml`), with its sockets
+/// and state under `dir`, leaving the host's probe rules alone.
+fn files_config(dir: &TempDir, yaml: &str) -> AgentConfig {
+    std::fs::create_dir_all(dir.0.join("cluster")).unwrap();
+    std::fs::write(dir.0.join("cluster/pods.yaml"), yaml).unwrap();
+    AgentConfig {
+        zds_socket: dir.0.join("ztunnel.sock"),
+        cni_socket: dir.0.join("cni.sock"),
+        enrollment: dir.0.join("cluster"),
+        state_dir: dir.0.join("state"),
+        capture_dns: false,
+        zds_timeout_ms: 2000,
+        enrollment_source: EnrollmentSource::Files,
+        node_name: None,
+        kubeconfig: None,
+        no_probe_snat: true,
+        host_netns: None,
+    }
+}
+
+/// Namespace `mesh` labelled `mesh_label` (none if empty), with pods `web` and `api`, `web`
+/// labelled `web_label` (none if empty).
+fn cluster(mesh_label: &str, web_label: &str) -> String {
+    let labels = |v: &str| if v.is_empty() { "{}".to_owned() } else { format!("{{istio.io/dataplane-mode: {v}}}") };
+    format!(
+        "kind: Namespace\nmetadata: {{name: mesh, labels: {}}}\n---\n\
+         kind: Pod\nmetadata: {{name: web, namespace: mesh, labels: {}}}\nspec: {{serviceAccountName: web-sa}}\n---\n\
+         kind: Pod\nmetadata: {{name: api, namespace: mesh}}\nspec: {{serviceAccountName: api-sa}}\n",
+        labels(mesh_label),
+        labels(web_label)
+    )
+}
+
+/// Rule: a CNI DEL undoes only the sandbox it names (CNI keys an attachment by its container
+/// id). When a pod's sandbox is replaced (same pod uid, new container id and netns), the old
+/// sandbox's DEL can come after the new one's ADD: it must leave the new sandbox redirected and
+/// known to ztunnel, which serves a pod by its uid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_del_of_an_old_sandbox_keeps_the_new_one_enrolled() {
+    let dir = TempDir::new("races-del");
+    let config = files_config(&dir, &cluster("ambient", ""));
+    let agent = Agent::start(config.clone()).await.unwrap();
+    let (_client, mut rx) = ztunnel(&config).await;
+    let (old_ns, new_ns) = (scratch("races-old"), scratch("races-new"));
+    let sandbox = |container, ns: &ScratchNetns| Pod {
+        container,
+        netns: ns.path(),
+        namespace: "mesh",
+        name: "web",
+        uid: "uid-web",
+    };
+    let (old, new) = (sandbox("sandbox-old", &old_ns), sandbox("sandbox-new", &new_ns));
+
+    let out = cni("ADD", &old, &config.cni_socket).await;
+    assert!(ok(&out), "{out:?}");
+    assert_eq!(next(&mut rx).await, Seen::Add { uid: "uid-web".into(), netns: old_ns.netns().id() });
+    let out = cni("ADD", &new, &config.cni_socket).await;
+    assert!(ok(&out), "{out:?}");
+    assert_eq!(next(&mut rx).await, Seen::Add { uid: "uid-web".into(), netns: new_ns.netns().id() });
+
+    // The old sandbox's DEL, late; runtimes may send it without a netns once the sandbox is gone.
+    let out = cni("DEL", &Pod { netns: String::new(), ..old }, &config.cni_socket).await;
+    assert!(ok(&out), "{out:?}");
+    assert_eq!(unheard(&mut rx), vec![], "ztunnel was told to drop the pod its new sandbox still is");
+    assert!(agent.zds().contains("uid-web").await, "the new sandbox is gone from the ZDS snapshot");
+    assert!(installed(&new_ns), "the new sandbox lost its redirection");
+    assert!(!installed(&old_ns), "the old sandbox keeps its redirection");
+    assert_eq!(records(&config), vec!["sandbox-new.json".to_owned()]);
+
+    // The new sandbox's own DEL removes the pod.
+    let out = cni("DEL", &new, &config.cni_socket).await;
+    assert!(ok(&out), "{out:?}");
+    assert_eq!(next(&mut rx).await, Seen::Del("uid-web".into()));
+    assert!(!installed(&new_ns));
+    assert!(agent.zds().pods().await.is_empty());
+    assert!(records(&config).is_empty());
+    agent.shutdown().await;
+}
+
+/// Gives `pod` the address `ip` on an interface of its own (a veth pair with both ends in it:
+/// no dummy driver everywhere).
+fn address(pod: &ScratchNetns, ip: &str) {
+    pod.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]).unwrap();
+    pod.ip(&["addr", "add", &format!("{ip}/24"), "dev", "d0"]).unwrap();
+    pod.ip(&["link", "set", "d1", "up"]).unwrap();
+    pod.ip(&["link", "set", "d0", "up"]).unwrap();
+}
+
+/// The IPv4 addresses in the host probe table of `node`.
+fn probe_addresses(node: &ScratchNetns) -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", node.name(), "nft", "-j", "list", "set", "inet"])
+        .args([ztunnel::agent::probe_snat::HOST_TABLE, "pods-v4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let set: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    set["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["set"]["elem"].as_array())
+        .flatten()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Rule: as above for the host probe table: when the address of a pod's old sandbox is already
+/// its new sandbox's, the old sandbox's late DEL leaves it in the table (kubelet's probes of the
+/// new sandbox must keep bypassing capture).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_del_of_an_old_sandbox_keeps_the_new_ones_probe_address() {
+    let node = scratch("races-node");
+    let dir = TempDir::new("races-probe");
+    let config = AgentConfig {
+        no_probe_snat: false,
+        host_netns: Some(node.path().into()),
+        ..files_config(&dir, &cluster("ambient", ""))
+    };
+    let agent = Agent::start(config.clone()).await.unwrap();
+    let (old_ns, new_ns) = (scratch("races-pold"), scratch("races-pnew"));
+    address(&old_ns, "10.78.1.2");
+    address(&new_ns, "10.78.1.2");
+    let sandbox = |container, ns: &ScratchNetns| Pod {
+        container,
+        netns: ns.path(),
+        namespace: "mesh",
+        name: "web",
+        uid: "uid-web",
+    };
+    let (old, new) = (sandbox("sandbox-old", &old_ns), sandbox("sandbox-new", &new_ns));
+    for pod in [&old, &new] {
+        let out = cni("ADD", pod, &config.cni_socket).await;
+        assert!(ok(&out), "{out:?}");
+    }
+    assert_eq!(probe_addresses(&node), vec!["10.78.1.2".to_owned()]);
+    let out = cni("DEL", &old, &config.cni_socket).await;
+    assert!(ok(&out), "{out:?}");
+    assert_eq!(probe_addresses(&node), vec!["10.78.1.2".to_owned()], "the new sandbox's probe address went");
+    let out = cni("DEL", &new, &config.cni_socket).await;
+    assert!(ok(&out), "{out:?}");
+    assert!(probe_addresses(&node).is_empty());
+    agent.uninstall().await.unwrap();
+}
