@@ -214,6 +214,10 @@ struct Target {
 }
 
 async fn run(mut rx: mpsc::Receiver<Span>, target: Target, service: String) {
+    // Whether the last POST failed: the first failure is a warning (an unreachable or
+    // refusing collector is otherwise invisible at the default level), the ones after it
+    // debug lines, and the recovery is told once.
+    let mut failing = false;
     loop {
         let Some(first) = rx.recv().await else { return };
         let mut batch = vec![first];
@@ -225,8 +229,20 @@ async fn run(mut rx: mpsc::Receiver<Span>, target: Target, service: String) {
             }
         }
         let body = encode(&batch, &service).to_string();
-        if let Err(e) = post(&target, body).await {
-            tracing::debug!(error = %e, spans = batch.len(), "OTLP export failed; batch dropped");
+        match post(&target, body).await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(collector = %target.host, "OTLP export works again");
+            }
+            Ok(()) => {}
+            Err(e) if failing => tracing::debug!(error = %e, spans = batch.len(), "OTLP export failed; batch dropped"),
+            Err(e) => {
+                failing = true;
+                tracing::warn!(
+                    collector = %target.host, port = target.port, error = %e, spans = batch.len(),
+                    "OTLP export failed; spans are dropped until the collector takes them again"
+                );
+            }
         }
     }
 }
