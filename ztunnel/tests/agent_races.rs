@@ -1,6 +1,7 @@
 //! Races between a pod's CNI events at the node agent, each driven by the real `ztunnel-cni`
 //! binary through the agent's socket, with a stand-in ztunnel on ZDS and real namespaces:
-//! - a late DEL of an old sandbox must not undo a newer sandbox of the same pod.
+//! - a late DEL of an old sandbox must not undo a newer sandbox of the same pod;
+//! - a repeated ADD of a pod that has since opted out of the mesh unenrolls it.
 //!
 //! Needs root.
 
@@ -273,4 +274,63 @@ async fn late_del_of_an_old_sandbox_keeps_the_new_ones_probe_address() {
     assert!(ok(&out), "{out:?}");
     assert!(probe_addresses(&node).is_empty());
     agent.uninstall().await.unwrap();
+}
+
+/// Rule: an ADD decides afresh, also for a sandbox the agent already enrolled: when the pod has
+/// left the mesh since (its own label `none`, or its namespace's label removed), the repeated
+/// ADD removes its redirection and tells ztunnel to let it go; when it is back, the next ADD
+/// enrolls it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_add_after_opting_out_unenrolls_the_pod() {
+    let dir = TempDir::new("races-readd");
+    let config = files_config(&dir, &cluster("ambient", ""));
+    let yaml = config.enrollment.join("pods.yaml");
+    let agent = Agent::start(config.clone()).await.unwrap();
+    let (_client, mut rx) = ztunnel(&config).await;
+    let (web_ns, api_ns) = (scratch("races-web"), scratch("races-api"));
+    let web = Pod { container: "sandbox-web", netns: web_ns.path(), namespace: "mesh", name: "web", uid: "uid-web" };
+    let api = Pod { container: "sandbox-api", netns: api_ns.path(), namespace: "mesh", name: "api", uid: "uid-api" };
+    for (pod, ns) in [(&web, &web_ns), (&api, &api_ns)] {
+        let out = cni("ADD", pod, &config.cni_socket).await;
+        assert!(ok(&out), "{out:?}");
+        assert_eq!(next(&mut rx).await, Seen::Add { uid: pod.uid.into(), netns: ns.netns().id() });
+        assert!(installed(ns));
+    }
+
+    // The pod opts out, then its ADD comes again.
+    std::fs::write(&yaml, cluster("ambient", "none")).unwrap();
+    let out = cni("ADD", &web, &config.cni_socket).await;
+    assert!(ok(&out), "{out:?}");
+    assert_eq!(unheard(&mut rx), vec![Seen::Del("uid-web".into())], "ztunnel keeps serving an opted-out pod");
+    assert!(!installed(&web_ns), "an opted-out pod keeps its redirection");
+    assert!(!agent.zds().contains("uid-web").await);
+    assert_eq!(records(&config), vec!["sandbox-api.json".to_owned()]);
+
+    // The namespace leaves the mesh.
+    std::fs::write(&yaml, cluster("", "")).unwrap();
+    let out = cni("ADD", &api, &config.cni_socket).await;
+    assert!(ok(&out), "{out:?}");
+    assert_eq!(unheard(&mut rx), vec![Seen::Del("uid-api".into())], "ztunnel keeps serving a pod out of the mesh");
+    assert!(!installed(&api_ns), "a pod out of the mesh keeps its redirection");
+    assert!(records(&config).is_empty());
+
+    // Back in the mesh: the next ADD enrolls it again.
+    std::fs::write(&yaml, cluster("ambient", "")).unwrap();
+    let out = cni("ADD", &web, &config.cni_socket).await;
+    assert!(ok(&out), "{out:?}");
+    assert_eq!(next(&mut rx).await, Seen::Add { uid: "uid-web".into(), netns: web_ns.netns().id() });
+    assert!(installed(&web_ns));
+    // A repeated ADD of a pod still enrolled keeps it enrolled.
+    let out = cni("ADD", &web, &config.cni_socket).await;
+    assert!(ok(&out), "{out:?}");
+    assert!(installed(&web_ns));
+    assert!(agent.zds().contains("uid-web").await);
+    assert!(!unheard(&mut rx).contains(&Seen::Del("uid-web".into())), "a still enrolled pod was dropped");
+    assert_eq!(records(&config), vec!["sandbox-web.json".to_owned()]);
+
+    let out = cni("DEL", &web, &config.cni_socket).await;
+    assert!(ok(&out), "{out:?}");
+    assert!(!installed(&web_ns));
+    assert!(agent.zds().pods().await.is_empty());
+    agent.shutdown().await;
 }

@@ -15,7 +15,10 @@
 //! enrolled sandbox still uses stays. A DEL that arrives while an ADD of the same
 //! container is still deciding enrollment (an API lookup outlived the plugin's
 //! timeout, and the runtime tore the sandbox down) makes that ADD give up
-//! without installing anything: nothing would ever remove it otherwise.
+//! without installing anything: nothing would ever remove it otherwise. A
+//! repeated ADD of a sandbox decides again: a pod that has left the mesh since
+//! (its own label `none`, or its namespace's label gone) loses its redirection
+//! and ztunnel lets it go; one still enrolled is installed again in place.
 //!
 //! During a ztunnel upgrade two ztunnels are connected at once and both get
 //! every pod; the old one leaves when it drains.
@@ -607,6 +610,7 @@ impl Agent {
         }
         let facts = match decided {
             Ok(f) => f,
+            // A sandbox an earlier ADD enrolled stays as it is: nothing was decided.
             Err(e) => return CniReply::refused(format!("cannot decide enrollment of {namespace}/{name}: {e}")),
         };
         let mut record = PodRecord {
@@ -620,22 +624,64 @@ impl Agent {
             // Decided below for an enrolled pod, at enrollment for the others.
             capture_dns: None,
         };
+        // A repeated ADD of a sandbox (the runtime retries it, or runs it again) decides
+        // afresh: the pod may have left the mesh since the ADD that enrolled it.
+        let previous = pods.enrolled.remove(&record.container_id);
+        pods.others.remove(&record.container_id);
         if !facts.enrolled {
+            if let Some(previous) = previous {
+                self.unenroll(&previous, &pods).await;
+                tracing::info!(
+                    pod = %record.name, namespace = %record.namespace, container = %record.container_id,
+                    "pod no longer enrolled (repeated CNI ADD)"
+                );
+            }
             // Kept only where a later label change can enroll it.
             if self.enrollment.changes().is_some() {
                 pods.others.insert(record.container_id.clone(), record);
             }
             return CniReply::ok(false);
         }
-        record.capture_dns = Some(self.capture_dns(&facts.dns_capture, &record.namespace, &record.name));
-        let adopted = match Netns::open(&record.netns) {
+        let opened = Netns::open(&record.netns).map_err(|e| e.to_string());
+        let previous = match previous {
+            // Still the same sandbox: installed again in place, as enrolled (its DNS decision
+            // included), so ztunnel keeps serving it throughout.
+            Some(p) if p.record.uid == record.uid && opened.as_ref().is_ok_and(|n| n.id() == p.netns.id()) => {
+                record.capture_dns = p.record.capture_dns;
+                Some(p)
+            }
+            Some(p) => {
+                self.unenroll(&p, &pods).await;
+                None
+            }
+            None => None,
+        };
+        if record.capture_dns.is_none() {
+            record.capture_dns = Some(self.capture_dns(&facts.dns_capture, &record.namespace, &record.name));
+        }
+        let adopted = match opened {
             Ok(netns) => self.adopt(&record, netns).await,
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         };
         let (netns, ips) = match adopted {
             Ok(n) => n,
-            Err(e) => return CniReply::refused(format!("pod {}/{}: {e}", record.namespace, record.name)),
+            Err(e) => {
+                if let Some(p) = &previous {
+                    // The failed install took the rules; the rest of the earlier enrollment goes too.
+                    self.unenroll(p, &pods).await;
+                }
+                return CniReply::refused(format!("pod {}/{}: {e}", record.namespace, record.name));
+            }
         };
+        if let Some(p) = &previous {
+            let gone: Vec<IpAddr> = p
+                .ips
+                .iter()
+                .copied()
+                .filter(|ip| !ips.contains(ip) && !pods.enrolled.values().any(|o| o.ips.contains(ip)))
+                .collect();
+            self.set_probe_ips(&gone, false).await;
+        }
         record.netns_id = Some(netns.id());
         if let Err(e) = self.state.save(&record) {
             tracing::warn!(error = %e, "pod enrolled but not recorded; an agent restart will not re-adopt it");
