@@ -508,6 +508,39 @@ async fn recv_owns_every_descriptor_of_a_message_with_too_many() {
     assert_eq!(open_fds_to(&marker), 1, "every installed descriptor is closed with the message");
 }
 
+/// Rule: when the agent restarts, ztunnel keeps serving its pods (no handler call while the
+/// agent is away), reconnects promptly once the agent is back (the backoff
+/// starts over after a session that got its snapshot), and only the new snapshot decides.
+#[tokio::test]
+async fn an_agent_restart_keeps_the_pods_until_the_next_snapshot() {
+    let dir = TempDir::new("zds-restart");
+    let path = dir.0.join("ztunnel.sock");
+    let (handler, mut rx) = recorder();
+    let _client = Task(tokio::spawn(run_client(path.clone(), handler)));
+    let pod = scratch("zds-restart");
+    let netfd = pod.netns().as_fd().as_raw_fd();
+    let snap = request(workload_request::Payload::SnapshotSent(SnapshotSent {}));
+    {
+        let listener = SeqPacketListener::bind(&path).unwrap();
+        let conn = accept_hello(&listener).await;
+        assert_eq!(ask(&conn, &add("p1"), &[netfd]).await, "");
+        assert_eq!(ask(&conn, &snap, &[]).await, "");
+        assert_eq!(next(&mut rx).await, Seen::Add("p1".into(), "p1".into(), pod.netns().id(), pod.netns().id()));
+        assert_eq!(next(&mut rx).await, Seen::Snapshot(HashSet::from(["p1".to_owned()])));
+    }
+    // The agent is gone for a while: nothing happens to the pods.
+    std::fs::remove_file(&path).unwrap();
+    quiet(&mut rx).await;
+    let listener = SeqPacketListener::bind(&path).unwrap();
+    let back = std::time::Instant::now();
+    let conn = accept_hello(&listener).await;
+    assert!(back.elapsed() < Duration::from_millis(2500), "reconnected after {:?}", back.elapsed());
+    let keep = request(workload_request::Payload::Keep(KeepWorkload { uid: "p1".into() }));
+    assert_eq!(ask(&conn, &keep, &[]).await, "");
+    assert_eq!(ask(&conn, &snap, &[]).await, "");
+    assert_eq!(next(&mut rx).await, Seen::Snapshot(HashSet::from(["p1".to_owned()])));
+}
+
 /// Rule: connecting to an agent that does not accept (its listen backlog full: wedged, or
 /// starting) returns at once with `WouldBlock` instead of parking a thread in a blocking
 /// `connect(2)` until the agent accepts; the client then retries on its backoff, and a
