@@ -217,3 +217,38 @@ async fn policy_reads_the_host_that_is_forwarded() {
     assert_eq!(r.status(), 200);
     assert_eq!(a.behaviour.authorities.lock().unwrap().last().map(String::as_str), Some("svc"));
 }
+
+/// More than one `Host` is refused whatever the version (RFC 9112 §3.2 asks it of HTTP/1.1):
+/// the authority forwarded is the first, while a `request.headers[host]` condition reads them
+/// all joined, so a DENY on the first would let it through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_one_host_is_refused_in_any_version() {
+    let (w, a) = one_service([21, 7]).await;
+    let deny = pb::PolicyRule {
+        when: vec![pb::Condition {
+            key: "request.headers[host]".into(),
+            values: vec!["admin.example".into()],
+            not_values: vec![],
+        }],
+        ..Default::default()
+    };
+    w.policy(&policy("deny-admin-host", pb::l7_policy::Action::Deny, vec![deny]));
+    w.settle().await;
+    for version in ["1.0", "1.1"] {
+        let req = format!("GET /x HTTP/{version}\r\nHost: admin.example\r\nHost: svc\r\n\r\n");
+        let r = raw(&w, req.as_bytes()).await;
+        assert_eq!(r.status(), 400, "HTTP/{version}: {}", r.text);
+    }
+    let Client::H2(mut s, _t) = w.h2(w.vip(1)).await else { unreachable!() };
+    let req = Request::builder()
+        .uri("http://svc/x")
+        .header("host", "svc")
+        .header("host", "admin.example")
+        .body(empty())
+        .unwrap();
+    assert_eq!(s.send_request(req).await.unwrap().status(), 400);
+    // One is fine, and HTTP/1.0 may send none.
+    assert_eq!(raw(&w, b"GET /x HTTP/1.0\r\nHost: svc\r\n\r\n").await.status(), 200);
+    assert_eq!(raw(&w, b"GET /x HTTP/1.0\r\n\r\n").await.status(), 200);
+    assert_eq!(a.behaviour.seen.load(Ordering::Relaxed), 2);
+}

@@ -661,7 +661,7 @@ fn prepare<'a>(
     account.path = path.as_ref().to_owned();
     // Policy sees the authority that is forwarded: one that is not a valid authority, or that
     // carries userinfo (RFC 9110 §4.2.4, RFC 9113 §8.3.1), is refused.
-    let Some(authority) = checked_authority(parts).filter(|_| one_host_if_http11(parts)) else {
+    let Some(authority) = checked_authority(parts).filter(|_| host_fields_ok(parts)) else {
         tracing::debug!(uri = %parts.uri, host = ?parts.headers.get(header::HOST), "refusing request authority");
         return Err(Local::Reply(StatusCode::BAD_REQUEST, "bad request authority\n", "-"));
     };
@@ -899,10 +899,12 @@ fn checked_authority(parts: &::http::request::Parts) -> Option<String> {
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without a `Host` field, or with more than one, is
 /// answered 400 (whatever the form of its target); HTTP/1.0 needs none, and HTTP/2 carries
-/// `:authority` instead.
-fn one_host_if_http11(parts: &::http::request::Parts) -> bool {
+/// `:authority` instead. More than one is refused in any version: the authority is taken from
+/// the first, while a `request.headers[host]` condition would read them all joined.
+fn host_fields_ok(parts: &::http::request::Parts) -> bool {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
-    parts.version != ::http::Version::HTTP_11 || (hosts.next().is_some() && hosts.next().is_none())
+    let first = hosts.next();
+    hosts.next().is_none() && (first.is_some() || parts.version != ::http::Version::HTTP_11)
 }
 
 /// Puts the request's target, host and version in the form `version` wants: origin-form and
