@@ -1,12 +1,15 @@
 //! Races between a pod's CNI events at the node agent, each driven by the real `ztunnel-cni`
 //! binary through the agent's socket, with a stand-in ztunnel on ZDS and real namespaces:
 //! - a late DEL of an old sandbox must not undo a newer sandbox of the same pod;
-//! - a repeated ADD of a pod that has since opted out of the mesh unenrolls it.
+//! - a repeated ADD of a pod that has since opted out of the mesh unenrolls it;
+//! - a CHECK waiting on the Kubernetes API must not hold up other pods' events, and a DEL
+//!   meanwhile is noticed.
 //!
 //! Needs root.
 
 mod support;
 
+use support::fake_api::FakeApi;
 use support::{Task, TempDir};
 
 use std::collections::HashSet;
@@ -18,6 +21,8 @@ use std::time::Duration;
 use proto::istio::workload::zds::WorkloadInfo;
 use serde_json::json;
 use tokio::sync::mpsc;
+use ztunnel::agent::enroll::Source;
+use ztunnel::agent::kube_enroll::KubeEnrollment;
 use ztunnel::agent::redirect;
 use ztunnel::agent::{Agent, AgentConfig, EnrollmentSource};
 use ztunnel::inpod::{PodHandler, run_client};
@@ -111,6 +116,13 @@ async fn cni(command: &str, pod: &Pod<'_>, socket: &Path) -> Output {
 /// The plugin succeeded.
 fn ok(out: &Output) -> bool {
     out.status.success()
+}
+
+/// The `msg` of the CNI error object the plugin printed.
+fn cni_error(out: &Output) -> String {
+    let err: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no CNI error object ({e}): {out:?}"));
+    err["msg"].as_str().unwrap_or_default().to_owned()
 }
 
 fn scratch(test: &str) -> ScratchNetns {
@@ -331,6 +343,128 @@ async fn repeated_add_after_opting_out_unenrolls_the_pod() {
     let out = cni("DEL", &web, &config.cni_socket).await;
     assert!(ok(&out), "{out:?}");
     assert!(!installed(&web_ns));
+    assert!(agent.zds().pods().await.is_empty());
+    agent.shutdown().await;
+}
+
+/// A TCP relay to `upstream` that holds back any client bytes containing `needle` until `gate`
+/// is closed (from then on nothing is held), and notifies `held` when it starts holding them.
+async fn gated_relay(
+    upstream: std::net::SocketAddr,
+    needle: &'static [u8],
+    gate: Arc<tokio::sync::Semaphore>,
+    held: Arc<tokio::sync::Notify>,
+) -> (std::net::SocketAddr, Task) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else { return };
+            let (gate, held) = (gate.clone(), held.clone());
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if buf[..n].windows(needle.len()).any(|w| w == needle) {
+                        held.notify_one();
+                        // Never granted a permit: closing it is what lets everything through.
+                        let _ = gate.acquire().await;
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, Task(task))
+}
+
+/// Rule: a CHECK of a sandbox the agent did not enroll asks the enrollment source, which may
+/// have to GET the pod from the Kubernetes API; meanwhile every other pod's ADD and DEL on the
+/// node goes on. A DEL of the checked sandbox during that lookup makes the CHECK fail, saying
+/// so, rather than answer for a sandbox that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_waiting_on_the_api_does_not_hold_up_other_pods() {
+    let api = FakeApi::start().await;
+    api.namespace("mesh", json!({"istio.io/dataplane-mode": "ambient"}));
+    api.pod("mesh", "web", "node-a", json!({}), "web-sa");
+    let upstream: std::net::SocketAddr = api
+        .kubeconfig()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: http://").map(str::to_owned))
+        .expect("server in kubeconfig")
+        .parse()
+        .unwrap();
+    let (gate, held) = (Arc::new(tokio::sync::Semaphore::new(0)), Arc::new(tokio::sync::Notify::new()));
+    let (relay, _relay) = gated_relay(upstream, b"/api/v1/namespaces/mesh/pods/slow", gate.clone(), held.clone()).await;
+    let client = kube::Client::try_from(kube::Config::new(format!("http://{relay}").parse().unwrap())).unwrap();
+    let kube = KubeEnrollment::start(client, "node-a");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while kube.cached("mesh", "web").is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for the first lists");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A pod the watch has not delivered: deciding for it takes a GET, which the relay holds.
+    api.stall_pod_watch();
+    api.pod("mesh", "slow", "node-a", json!({}), "slow-sa");
+
+    let dir = TempDir::new("races-check");
+    let config = AgentConfig {
+        enrollment_source: EnrollmentSource::Kube,
+        node_name: Some("node-a".into()),
+        ..files_config(&dir, "")
+    };
+    let agent = Agent::start_with(config.clone(), Source::Kube(kube)).await.unwrap();
+    let (slow_ns, web_ns) = (scratch("races-slow"), scratch("races-cweb"));
+    let slow =
+        Pod { container: "sandbox-slow", netns: slow_ns.path(), namespace: "mesh", name: "slow", uid: "uid-slow" };
+    let web = Pod { container: "sandbox-web", netns: web_ns.path(), namespace: "mesh", name: "web", uid: "uid-web" };
+
+    let check = {
+        let (socket, slow) = (config.cni_socket.clone(), Pod { netns: slow.netns.clone(), ..slow });
+        tokio::spawn(async move { cni("CHECK", &slow, &socket).await })
+    };
+    tokio::time::timeout(WAIT, held.notified()).await.expect("the CHECK's GET reached the relay");
+
+    // Another pod's ADD and DEL go on while the GET is held.
+    let add = tokio::time::timeout(WAIT, cni("ADD", &web, &config.cni_socket)).await;
+    let del = match &add {
+        Ok(_) => tokio::time::timeout(WAIT, cni("DEL", &web, &config.cni_socket)).await.ok(),
+        Err(_) => None,
+    };
+    // The checked sandbox goes away meanwhile.
+    let slow_del = match &del {
+        Some(_) => tokio::time::timeout(WAIT, cni("DEL", &slow, &config.cni_socket)).await.ok(),
+        None => None,
+    };
+    gate.close();
+    let add = add.expect("another pod's ADD waited for the CHECK's API lookup");
+    assert!(ok(&add), "{add:?}");
+    let del = del.expect("another pod's DEL waited for the CHECK's API lookup");
+    assert!(ok(&del), "{del:?}");
+    assert!(!installed(&web_ns));
+    let slow_del = slow_del.expect("the checked pod's DEL waited for the CHECK's API lookup");
+    assert!(ok(&slow_del), "{slow_del:?}");
+    let check = tokio::time::timeout(WAIT * 2, check).await.expect("CHECK answered").unwrap();
+    assert!(!ok(&check), "{check:?}");
+    let msg = cni_error(&check);
+    assert!(msg.contains("mesh/slow") && msg.contains("deleted"), "{msg}");
+
+    // Without a DEL, a CHECK of an enrolled pod that was never set up fails closed.
+    let out = cni("CHECK", &slow, &config.cni_socket).await;
+    assert!(!ok(&out));
+    assert!(cni_error(&out).contains("never set up"), "{out:?}");
     assert!(agent.zds().pods().await.is_empty());
     agent.shutdown().await;
 }

@@ -18,7 +18,9 @@
 //! without installing anything: nothing would ever remove it otherwise. A
 //! repeated ADD of a sandbox decides again: a pod that has left the mesh since
 //! (its own label `none`, or its namespace's label gone) loses its redirection
-//! and ztunnel lets it go; one still enrolled is installed again in place.
+//! and ztunnel lets it go; one still enrolled is installed again in place. CHECK
+//! looks enrollment up, like ADD, without holding up other pods' events, and fails
+//! if the sandbox is deleted meanwhile.
 //!
 //! During a ztunnel upgrade two ztunnels are connected at once and both get
 //! every pod; the old one leaves when it drains.
@@ -211,34 +213,32 @@ struct Pods {
     /// Pods seen at ADD but not enrolled, kept so that a later label change can
     /// enroll them (not persisted).
     others: HashMap<String, PodRecord>,
-    /// ADDs deciding enrollment outside the lock (an API GET can take a while), by container
-    /// id, with the ticket of the latest. A DEL meanwhile removes the entry: the runtime has
-    /// given up on that sandbox (its ADD timed out or the pod was deleted), so the ADD must
-    /// not go on to enroll it, or the agent would keep its namespace, rules and ztunnel
-    /// listeners with no DEL left to come.
-    adding: HashMap<String, u64>,
+    /// ADDs and CHECKs looking enrollment up outside the lock (an API GET can take a while),
+    /// by container id, each with its own ticket. A DEL meanwhile removes the container's
+    /// entry: the runtime has given up on that sandbox (its ADD timed out or the pod was
+    /// deleted), so an ADD must not go on to enroll it, or the agent would keep its namespace,
+    /// rules and ztunnel listeners with no DEL left to come; nor may a CHECK vouch for it.
+    deciding: HashMap<String, Vec<u64>>,
     next_ticket: u64,
 }
 
 impl Pods {
-    /// Registers an ADD of `container_id` about to decide outside the lock.
-    fn start_adding(&mut self, container_id: &str) -> u64 {
+    /// Registers a lookup for `container_id` about to be made outside the lock.
+    fn start_deciding(&mut self, container_id: &str) -> u64 {
         self.next_ticket += 1;
-        self.adding.insert(container_id.to_owned(), self.next_ticket);
+        self.deciding.entry(container_id.to_owned()).or_default().push(self.next_ticket);
         self.next_ticket
     }
 
-    /// Ends the ADD holding `ticket`; `false` if a DEL of the container came meanwhile.
-    fn finish_adding(&mut self, container_id: &str, ticket: u64) -> bool {
-        match self.adding.get(container_id) {
-            None => false,
-            Some(&t) if t == ticket => {
-                self.adding.remove(container_id);
-                true
-            }
-            // A later ADD of the same container is still deciding; it ends the entry.
-            Some(_) => true,
+    /// Ends the lookup holding `ticket`; `false` if a DEL of the container came meanwhile.
+    fn finish_deciding(&mut self, container_id: &str, ticket: u64) -> bool {
+        let Some(tickets) = self.deciding.get_mut(container_id) else { return false };
+        let Some(at) = tickets.iter().position(|&t| t == ticket) else { return false };
+        tickets.swap_remove(at);
+        if tickets.is_empty() {
+            self.deciding.remove(container_id);
         }
+        true
     }
 }
 
@@ -595,10 +595,10 @@ impl Agent {
             // Not a Kubernetes pod: nothing to decide on.
             return CniReply::ok(false);
         };
-        let ticket = self.pods.lock().await.start_adding(&event.container_id);
+        let ticket = self.pods.lock().await.start_deciding(&event.container_id);
         let decided = self.enrollment.pod(&namespace, &name).await;
         let mut pods = self.pods.lock().await;
-        if !pods.finish_adding(&event.container_id, ticket) {
+        if !pods.finish_deciding(&event.container_id, ticket) {
             tracing::info!(
                 pod = %name, %namespace, container = %event.container_id,
                 "pod deleted (CNI DEL) while its enrollment was being decided; not enrolling it"
@@ -697,7 +697,7 @@ impl Agent {
     async fn del(&self, event: CniEvent) -> CniReply {
         let mut pods = self.pods.lock().await;
         pods.others.remove(&event.container_id);
-        pods.adding.remove(&event.container_id);
+        pods.deciding.remove(&event.container_id);
         let Some(pod) = pods.enrolled.remove(&event.container_id) else {
             return CniReply::ok(false);
         };
@@ -706,29 +706,60 @@ impl Agent {
         CniReply::ok(true)
     }
 
+    /// Checks an enrolled sandbox's rules, or else that the pod is not to be enrolled. The
+    /// lock is not held across the enrollment lookup (an API GET would hold up every pod event
+    /// on the node) nor across reading the rules.
     async fn check(&self, event: CniEvent) -> CniReply {
-        let pods = self.pods.lock().await;
-        let Some(pod) = pods.enrolled.get(&event.container_id) else {
-            let enrolled = match (&event.pod_namespace, &event.pod_name) {
-                (Some(ns), Some(name)) => self.enrollment.pod(ns, name).await.map(|f| f.enrolled),
-                _ => Ok(false),
-            };
-            return match enrolled {
-                Ok(false) => CniReply::ok(false),
-                Ok(true) => CniReply::refused("pod is enrolled but was never set up"),
-                Err(e) => CniReply::refused(e.to_string()),
-            };
+        let container = &event.container_id;
+        let enrolled = |pods: &Pods| pods.enrolled.get(container).map(|p| p.netns.try_clone());
+        let ticket = {
+            let mut pods = self.pods.lock().await;
+            if let Some(netns) = enrolled(&pods) {
+                drop(pods);
+                return check_rules(netns).await;
+            }
+            pods.start_deciding(container)
         };
-        let netns = match pod.netns.try_clone() {
-            Ok(n) => n,
-            Err(e) => return CniReply::refused(e.to_string()),
+        let decided = match (&event.pod_namespace, &event.pod_name) {
+            (Some(ns), Some(name)) => self.enrollment.pod(ns, name).await.map(|f| f.enrolled),
+            _ => Ok(false),
         };
-        match tokio::task::spawn_blocking(move || redirect::installed(&netns)).await {
-            Ok(Ok(true)) => CniReply::ok(true),
-            Ok(Ok(false)) => CniReply::refused("redirection rules are missing from the pod"),
-            Ok(Err(e)) => CniReply::refused(e.to_string()),
-            Err(e) => CniReply::refused(e.to_string()),
+        let pod =
+            format!("{}/{}", event.pod_namespace.as_deref().unwrap_or("-"), event.pod_name.as_deref().unwrap_or("-"));
+        {
+            let mut pods = self.pods.lock().await;
+            if !pods.finish_deciding(container, ticket) {
+                return CniReply::refused(format!(
+                    "pod {pod} (container {container}) was deleted while its enrollment was being checked"
+                ));
+            }
+            // Its ADD may have finished meanwhile.
+            if let Some(netns) = enrolled(&pods) {
+                drop(pods);
+                return check_rules(netns).await;
+            }
         }
+        match decided {
+            Ok(false) => CniReply::ok(false),
+            Ok(true) => {
+                CniReply::refused(format!("pod {pod} (container {container}) is enrolled but was never set up"))
+            }
+            Err(e) => CniReply::refused(format!("cannot decide enrollment of {pod}: {e}")),
+        }
+    }
+}
+
+/// CHECK of an enrolled sandbox: its redirection is in place.
+async fn check_rules(netns: std::io::Result<Netns>) -> CniReply {
+    let netns = match netns {
+        Ok(n) => n,
+        Err(e) => return CniReply::refused(e.to_string()),
+    };
+    match tokio::task::spawn_blocking(move || redirect::installed(&netns)).await {
+        Ok(Ok(true)) => CniReply::ok(true),
+        Ok(Ok(false)) => CniReply::refused("redirection rules are missing from the pod"),
+        Ok(Err(e)) => CniReply::refused(e.to_string()),
+        Err(e) => CniReply::refused(e.to_string()),
     }
 }
 
