@@ -225,49 +225,6 @@ async fn api_source_needs_a_node_and_a_usable_kubeconfig() {
     assert!(err.to_string().contains(&dir.0.join("kubeconfig").display().to_string()), "{err}");
 }
 
-/// A TCP relay to `upstream` that holds back any client bytes containing `needle` until `gate`
-/// is closed (from then on nothing is held), and notifies `held` when it starts holding them.
-async fn gated_relay(
-    upstream: std::net::SocketAddr,
-    needle: &'static [u8],
-    gate: std::sync::Arc<tokio::sync::Semaphore>,
-    held: std::sync::Arc<tokio::sync::Notify>,
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((client, _)) = listener.accept().await else { return };
-            let (gate, held) = (gate.clone(), held.clone());
-            tokio::spawn(async move {
-                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
-                });
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = match cr.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    if buf[..n].windows(needle.len()).any(|w| w == needle) {
-                        held.notify_one();
-                        // Never granted a permit: closing it is what lets everything through.
-                        let _ = gate.acquire().await;
-                    }
-                    if sw.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_does_not_enroll_a_pod_deleted_while_its_add_is_deciding() {
     use std::sync::Arc;
@@ -284,7 +241,7 @@ async fn agent_does_not_enroll_a_pod_deleted_while_its_add_is_deciding() {
         .unwrap();
     let (gate, held) = (Arc::new(tokio::sync::Semaphore::new(0)), Arc::new(tokio::sync::Notify::new()));
     let (relay, relay_task) =
-        gated_relay(upstream, b"/api/v1/namespaces/mesh/pods/slow", gate.clone(), held.clone()).await;
+        support::gated_relay(upstream, b"/api/v1/namespaces/mesh/pods/slow", gate.clone(), held.clone()).await;
     let client = kube::Client::try_from(kube::Config::new(format!("http://{relay}").parse().unwrap())).unwrap();
     let kube = KubeEnrollment::start(client, "node-a");
     eventually("the first lists", || kube.cached("mesh", "web").is_some()).await;
@@ -325,5 +282,5 @@ async fn agent_does_not_enroll_a_pod_deleted_while_its_add_is_deciding() {
     assert!(agent.handle(event(CniCommand::Del, "c-slow", &pod, "mesh", "slow")).await.ok);
     assert!(!installed(pod.netns()));
     agent.shutdown().await;
-    relay_task.abort();
+    drop(relay_task);
 }

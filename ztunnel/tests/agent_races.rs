@@ -347,49 +347,6 @@ async fn repeated_add_after_opting_out_unenrolls_the_pod() {
     agent.shutdown().await;
 }
 
-/// A TCP relay to `upstream` that holds back any client bytes containing `needle` until `gate`
-/// is closed (from then on nothing is held), and notifies `held` when it starts holding them.
-async fn gated_relay(
-    upstream: std::net::SocketAddr,
-    needle: &'static [u8],
-    gate: Arc<tokio::sync::Semaphore>,
-    held: Arc<tokio::sync::Notify>,
-) -> (std::net::SocketAddr, Task) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((client, _)) = listener.accept().await else { return };
-            let (gate, held) = (gate.clone(), held.clone());
-            tokio::spawn(async move {
-                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
-                });
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = match cr.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    if buf[..n].windows(needle.len()).any(|w| w == needle) {
-                        held.notify_one();
-                        // Never granted a permit: closing it is what lets everything through.
-                        let _ = gate.acquire().await;
-                    }
-                    if sw.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, Task(task))
-}
-
 /// Rule: a CHECK of a sandbox the agent did not enroll asks the enrollment source, which may
 /// have to GET the pod from the Kubernetes API; meanwhile every other pod's ADD and DEL on the
 /// node goes on. A DEL of the checked sandbox during that lookup makes the CHECK fail, saying
@@ -407,7 +364,8 @@ async fn check_waiting_on_the_api_does_not_hold_up_other_pods() {
         .parse()
         .unwrap();
     let (gate, held) = (Arc::new(tokio::sync::Semaphore::new(0)), Arc::new(tokio::sync::Notify::new()));
-    let (relay, _relay) = gated_relay(upstream, b"/api/v1/namespaces/mesh/pods/slow", gate.clone(), held.clone()).await;
+    let (relay, _relay) =
+        support::gated_relay(upstream, b"/api/v1/namespaces/mesh/pods/slow", gate.clone(), held.clone()).await;
     let client = kube::Client::try_from(kube::Config::new(format!("http://{relay}").parse().unwrap())).unwrap();
     let kube = KubeEnrollment::start(client, "node-a");
     let deadline = tokio::time::Instant::now() + WAIT;

@@ -147,3 +147,46 @@ pub async fn metrics_once(registry: &prometheus_client::registry::Registry, line
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A TCP relay to `upstream` that holds back any client bytes containing `needle` until `gate`
+/// is closed (from then on nothing is held), and notifies `held` when it starts holding them.
+pub async fn gated_relay(
+    upstream: std::net::SocketAddr,
+    needle: &'static [u8],
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+    held: std::sync::Arc<tokio::sync::Notify>,
+) -> (std::net::SocketAddr, Task) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else { return };
+            let (gate, held) = (gate.clone(), held.clone());
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if buf[..n].windows(needle.len()).any(|w| w == needle) {
+                        held.notify_one();
+                        // Never granted a permit: closing it is what lets everything through.
+                        let _ = gate.acquire().await;
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, Task(task))
+}
