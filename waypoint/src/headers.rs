@@ -43,9 +43,31 @@ pub fn chunked_alone(h: &HeaderMap) -> bool {
     true
 }
 
+/// Whether a field value starts or ends with whitespace (SP or HTAB), which makes an HTTP/2
+/// request malformed (RFC 9113 §8.2.1). The HTTP/1.1 parser trims such whitespace; HTTP/2
+/// carries it as sent, so policy would compare ` admin` where an HTTP/1.1 application (or one
+/// that trims) reads `admin`.
+pub fn has_padded_value(h: &HeaderMap) -> bool {
+    let ws = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+    h.values().any(|v| ws(v.as_bytes().first()) || ws(v.as_bytes().last()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padded_values_are_found() {
+        let map = |v: &'static str| -> HeaderMap {
+            [(HeaderName::from_static("x-a"), http::HeaderValue::from_static(v))].into_iter().collect()
+        };
+        for padded in [" a", "a ", "\ta", "a\t", " "] {
+            assert!(has_padded_value(&map(padded)), "{padded:?}");
+        }
+        for fine in ["a", "a b", "a\tb", ""] {
+            assert!(!has_padded_value(&map(fine)), "{fine:?}");
+        }
+    }
 
     #[test]
     fn only_a_lone_chunked_coding_is_taken() {

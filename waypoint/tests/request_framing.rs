@@ -252,3 +252,33 @@ async fn more_than_one_host_is_refused_in_any_version() {
     assert_eq!(raw(&w, b"GET /x HTTP/1.0\r\n\r\n").await.status(), 200);
     assert_eq!(a.behaviour.seen.load(Ordering::Relaxed), 2);
 }
+
+/// RFC 9113 §8.2.1: an HTTP/2 field value that starts or ends with whitespace is malformed.
+/// HTTP/1.1 parsers trim it, so a request carrying `x-user: " admin"` would pass a DENY on
+/// `admin` (policy compares the bytes sent) and reach an HTTP/1.1 application as `admin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_field_value_padded_with_whitespace_is_refused() {
+    let (w, a) = one_service([21, 8]).await;
+    let deny = pb::PolicyRule {
+        when: vec![pb::Condition {
+            key: "request.headers[x-user]".into(),
+            values: vec!["admin".into()],
+            not_values: vec![],
+        }],
+        ..Default::default()
+    };
+    w.policy(&policy("deny-admin", pb::l7_policy::Action::Deny, vec![deny]));
+    w.settle().await;
+    let Client::H2(mut s, _t) = w.h2(w.vip(1)).await else { unreachable!() };
+    let mut status = |v: &'static str| {
+        let req = Request::builder().uri("http://svc/x").header("x-user", v).body(empty()).unwrap();
+        let sent = s.send_request(req);
+        async move { sent.await.unwrap().status() }
+    };
+    for padded in [" admin", "admin ", "\tadmin", "admin\t", " admin "] {
+        assert_eq!(status(padded).await, 400, "{padded:?}");
+    }
+    assert_eq!(status("admin").await, 403);
+    assert_eq!(status("ad min").await, 200, "whitespace inside a value is fine");
+    assert_eq!(a.behaviour.seen.load(Ordering::Relaxed), 1);
+}

@@ -458,6 +458,14 @@ async fn handle(
         reply.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return reply;
     }
+    // Malformed in HTTP/2, and read differently by policy and an application that trims (see
+    // `has_padded_value`).
+    if version == Version::H2 && crate::headers::has_padded_value(&parts.headers) {
+        tracing::debug!("refusing an HTTP/2 field value with leading or trailing whitespace");
+        account.path = parts.uri.path().to_owned();
+        let reply = Local::Reply(StatusCode::BAD_REQUEST, "malformed header field\n", "-").respond(account);
+        return drained(req_body, reply);
+    }
     let ctx = Ctx { snapshot: &snapshot, down: &down };
     let prepared = prepare(&proxy, &ctx, &mut parts, &mut account, version, upgrade.is_some());
     let (mut plan, (endpoints, backend_host, prefer)) = match prepared {
