@@ -6,7 +6,10 @@
 mod kube_support;
 mod support;
 
+use std::time::Duration;
+
 use istiod_lite::Delta;
+use istiod_lite::source::kube::WATCHED;
 use kube_support::{MockApi, Source, WAIT};
 use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 
@@ -64,4 +67,51 @@ async fn a_watch_that_ends_resumes_where_it_was_and_misses_no_deletion() {
     let watches = mock.watches(POLICIES);
     assert_eq!((watches.len(), mock.lists(POLICIES).len()), (2, 1), "resumed without a list");
     assert_eq!(watches[1].query.get("resourceVersion").map(String::as_str), Some("48213"));
+}
+
+/// Nothing the proxies are sent may shrink while the API server is away.
+fn assert_nothing_removed(deltas: &[Delta]) {
+    for d in deltas {
+        for ty in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL] {
+            assert!(d.of(ty).removals.is_empty(), "removed while the API server was away: {d:#?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_that_goes_away_leaves_the_model_in_force_and_is_read_again_on_return() {
+    let mock = MockApi::start().await;
+    mock.cluster();
+    let mut src = Source::synced(&mock).await;
+    let (addresses, authorizations) = {
+        let t = src.translator.lock().unwrap();
+        (t.addresses().clone(), t.authorizations().clone())
+    };
+
+    // Gone: every open watch breaks and every new connection is closed.
+    mock.set_down(true);
+    src.wait("every kind failing", |s| s.failing.len() == WATCHED.len()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_nothing_removed(&src.drain());
+    {
+        let t = src.translator.lock().unwrap();
+        assert_eq!((t.addresses(), t.authorizations()), (&addresses, &authorizations), "the last model stays");
+    }
+    let reports = src.status.borrow().reports;
+    assert_eq!(reports, WATCHED.len() as u64, "one report per kind");
+
+    // Back, with its history compacted past our resource version, and curl deleted meanwhile.
+    mock.replace_list(PODS, "list/pods-after-curl-deleted.json");
+    mock.expire(PODS, "48213");
+    mock.set_down(false);
+    let d = src.next_address_delta().await;
+    assert_eq!(names(&d, ADDRESS_TYPE_URL), (vec![], vec![CURL.to_owned()]));
+    // Every watch back, those with nothing new as well: no kind is left failing.
+    let status = src.wait("every kind recovered", |s| s.failing.is_empty()).await;
+    assert_eq!(status.reports, reports, "{status:#?}");
+
+    // So a second outage is reported as the first was, not taken for the same problem.
+    mock.set_down(true);
+    let status = src.wait("every kind failing again", |s| s.failing.len() == WATCHED.len()).await;
+    assert_eq!(status.reports, 2 * reports, "{status:#?}");
 }

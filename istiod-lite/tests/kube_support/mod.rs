@@ -83,6 +83,9 @@ struct State {
     review_requests: Mutex<Vec<serde_json::Value>>,
     seen: Mutex<Vec<Seen>>,
     changed: Notify,
+    /// While true, connections are closed as soon as they are accepted (and open ones at once):
+    /// the API server unreachable, its port kept so that no other test takes it.
+    down: tokio::sync::watch::Sender<bool>,
 }
 
 /// The running mock; stops when dropped.
@@ -144,9 +147,11 @@ fn handle(state: &State, req: &http::request::Parts, body: Bytes) -> Response<Bo
     let watch = seen.is_watch();
     let path = seen.path.clone();
     let seen_rv = seen.query.get("resourceVersion").cloned();
+    // Seen under the routes lock: a test that saw a watch request and then pushes to or ends
+    // that watch waits for it to be registered.
+    let mut routes = state.routes.lock().unwrap();
     state.seen.lock().unwrap().push(seen);
     state.changed.notify_waiters();
-    let mut routes = state.routes.lock().unwrap();
     let Some(route) = routes.get_mut(&path) else {
         return json(StatusCode::NOT_FOUND, read("status/not-found.json"));
     };
@@ -182,12 +187,7 @@ fn handle(state: &State, req: &http::request::Parts, body: Bytes) -> Response<Bo
 impl MockApi {
     /// Starts the server on an ephemeral loopback port.
     pub async fn start() -> MockApi {
-        MockApi::start_on("127.0.0.1:0".parse().unwrap()).await
-    }
-
-    /// Starts the server on `addr` (the address of one dropped before: the API server back).
-    pub async fn start_on(addr: SocketAddr) -> MockApi {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
         let st = state.clone();
@@ -195,6 +195,10 @@ impl MockApi {
             let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
+                if *st.down.borrow() {
+                    continue;
+                }
+                let mut down = st.down.subscribe();
                 let st = st.clone();
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -216,17 +220,15 @@ impl MockApi {
                             Ok::<_, Infallible>(handle(&st, &parts, body))
                         }
                     });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = down.wait_for(|down| *down) => {}
+                    }
                 });
             }
         });
         MockApi { addr, state, task }
-    }
-
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// The server's URL.
@@ -307,6 +309,18 @@ impl MockApi {
                 feed.pending.push(line);
             }
         }
+    }
+
+    /// Takes the API server away (every connection closed, new ones closed at once) or
+    /// brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.state.down.send_replace(down);
+    }
+
+    /// Replaces the recorded list responses of `path` with `fixture`.
+    pub fn replace_list(&self, path: &str, fixture: &str) -> &Self {
+        self.state.routes.lock().unwrap().entry(path.to_owned()).or_default().lists.clear();
+        self.list(path, fixture)
     }
 
     /// Ends the open watch of `path` (as the API server does after its timeout, or as a

@@ -17,7 +17,11 @@
 //!   Pod, Service, EndpointSlice) answering 404 is a failing watch instead: the model is never
 //!   complete without it.
 //! - A failing list or watch (403, 5xx, timeouts) is reported when its problem starts or
-//!   changes, and retried after a pause that grows from 0.8 s to 30 s while it keeps failing.
+//!   changes, and retried after a pause that grows from 0.8 s to 30 s while it keeps failing;
+//!   the model meanwhile stays as it was. Its recovery is logged when the server opens its
+//!   watch again (module `opened`), so that its next failure is reported anew.
+//! - A watch whose resource version the server no longer has (410 Gone) is started over with a
+//!   list, which replaces the kind.
 //!
 //! The identity it runs as needs `list` and `watch`, cluster-wide, on `namespaces`, `nodes`, `pods`,
 //! `services`, `endpointslices.discovery.k8s.io`, `authorizationpolicies` and
@@ -27,6 +31,7 @@
 
 mod apply;
 mod convert;
+mod opened;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -67,6 +72,15 @@ impl Watched {
     /// not have installed; the built-in kinds are always served.
     pub fn from_crd(&self) -> bool {
         !matches!(self.group, "" | "discovery.k8s.io")
+    }
+
+    /// The path of the cluster-wide collection (`/api/v1/pods`, `/apis/<group>/<version>/<plural>`).
+    pub fn path(&self) -> String {
+        if self.group.is_empty() {
+            format!("/api/{}/{}", self.version, self.plural)
+        } else {
+            format!("/apis/{}/{}/{}", self.group, self.version, self.plural)
+        }
     }
 
     /// The resource as kube-rs addresses it.
@@ -342,6 +356,17 @@ impl Source {
         open
     }
 
+    /// The server opened a watch of `w`: whatever failed before works again.
+    fn opened(&mut self, w: &Watched) {
+        self.status.send_if_modified(|s| {
+            let recovered = s.failing.remove(&w.kind).is_some();
+            if recovered {
+                tracing::info!(kind = w.kind.as_str(), "watch recovered");
+            }
+            recovered
+        });
+    }
+
     fn failed(&mut self, w: &Watched, e: watcher::Error) {
         if is_expired(&e) {
             // The server dropped our resource version: the watcher re-lists, and the list
@@ -437,16 +462,30 @@ pub fn watch(
     let (status_tx, status_rx) = watch::channel(KubeStatus::default());
     let (delta_tx, delta_rx) = mpsc::unbounded_channel();
     let mut source = Source { translator, status: status_tx, deltas: delta_tx, kinds: BTreeMap::new() };
-    let streams = WATCHED.iter().map(|w| {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &w.api_resource());
-        let events = relisting(move || watcher::watcher(api.clone(), watcher::Config::default()));
-        backed_off(events).map(move |e| (w, e)).boxed()
-    });
-    let mut events = futures::stream::select_all(streams);
     let fut = async move {
-        while let Some((w, event)) = events.next().await {
-            if !source.handle(w, event) {
-                return;
+        let (opened_tx, mut opened) = mpsc::unbounded_channel();
+        let client = opened::observed(client, opened_tx);
+        let streams = WATCHED.iter().map(|w| {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &w.api_resource());
+            let events = relisting(move || watcher::watcher(api.clone(), watcher::Config::default()));
+            backed_off(events).map(move |e| (w, e)).boxed()
+        });
+        let mut events = futures::stream::select_all(streams);
+        loop {
+            tokio::select! {
+                Some((w, event)) = events.next() => {
+                    // A watch is told opened while its stream is polled, before the stream
+                    // yields what follows: an error of that watch must not be taken first
+                    // (its opening would then clear it, and its next retry report it again).
+                    while let Ok(opened) = opened.try_recv() {
+                        source.opened(opened);
+                    }
+                    if !source.handle(w, event) {
+                        return;
+                    }
+                }
+                Some(w) = opened.recv() => source.opened(w),
+                else => return,
             }
         }
     };
