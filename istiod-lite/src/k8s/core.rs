@@ -189,11 +189,11 @@ pub struct EndpointSlice {
     /// `IPv4`, `IPv6` or `FQDN`.
     #[serde(default)]
     pub address_type: String,
-    /// Endpoints.
-    #[serde(default)]
+    /// Endpoints (`null` when there are none).
+    #[serde(default, deserialize_with = "super::null_as_empty")]
     pub endpoints: Vec<Endpoint>,
-    /// Ports of every endpoint.
-    #[serde(default)]
+    /// Ports of every endpoint (`null` when there are none).
+    #[serde(default, deserialize_with = "super::null_as_empty")]
     pub ports: Vec<EndpointPort>,
 }
 

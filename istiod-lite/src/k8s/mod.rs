@@ -70,6 +70,17 @@ pub struct WorkloadSelector {
     pub match_labels: Labels,
 }
 
+/// A list that may come as `null`, read as empty. The API server writes a Go nil slice of a
+/// field without `omitempty` as `null`: the `endpoints` and `ports` of the EndpointSlice of a
+/// Service with no pods.
+pub(crate) fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
 /// Whether every label of `selector` is on `labels`.
 pub fn selects(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
