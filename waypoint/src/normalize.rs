@@ -12,9 +12,11 @@
 //! 3. Runs of slashes merge into one.
 //! 4. `.` and `..` segments are resolved (RFC 3986 5.2.4); `..` never climbs above the root.
 //!
-//! Paths stay case-sensitive (as in Istio). A malformed escape (`%zz`, a truncated `%4`), an
-//! encoded NUL, a raw control character or a path not starting with `/` is refused: the caller
-//! answers 400 (fail closed rather than guess what the backend would make of it).
+//! Paths stay case-sensitive (as in Istio). A malformed escape (`%zz`, a truncated `%4`), a
+//! control character raw or encoded (`%00`-`%1F`, `%7F`), or a path not starting with `/` is
+//! refused: the caller answers 400 (fail closed rather than guess what the backend would make
+//! of it: an application that trims the path it decodes reads `/admin%0A` as `/admin`, which
+//! a policy on `/admin` never saw).
 
 /// Why a path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,7 +27,7 @@ pub enum PathError {
     /// A `%` not followed by two hex digits.
     #[error("malformed percent-escape at byte {0}")]
     BadEscape(usize),
-    /// `%00` or a raw control byte.
+    /// A control byte, raw or percent-encoded.
     #[error("control character in path at byte {0}")]
     Control(usize),
 }
@@ -65,7 +67,7 @@ pub fn normalize(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
                 return Err(PathError::BadEscape(i));
             };
             let v = h * 16 + l;
-            if v == 0 {
+            if v < 0x20 || v == 0x7f {
                 return Err(PathError::Control(i));
             }
             if unreserved(v) {
@@ -192,5 +194,10 @@ mod tests {
         assert_eq!(normalize("/a%4"), Err(PathError::BadEscape(2)));
         assert_eq!(normalize("/a%00"), Err(PathError::Control(2)));
         assert_eq!(normalize("/a\x01"), Err(PathError::Control(2)));
+        for encoded in ["/admin%0a", "/admin%0D", "/a%09b", "/a%1f", "/a%7F", "/a%7f/b"] {
+            assert!(matches!(normalize(encoded), Err(PathError::Control(_))), "{encoded}");
+        }
+        // Encoded bytes above the controls stay escaped.
+        assert_eq!(n("/a%20b%7e%80"), "/a%20b~%80");
     }
 }

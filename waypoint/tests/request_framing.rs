@@ -282,3 +282,22 @@ async fn an_http2_field_value_padded_with_whitespace_is_refused() {
     assert_eq!(status("ad min").await, 200, "whitespace inside a value is fine");
     assert_eq!(a.behaviour.seen.load(Ordering::Relaxed), 1);
 }
+
+/// A percent-encoded control character in the path is refused as a raw one is: an application
+/// that trims the path it decodes (as some routers do) would read `/admin%0A` as `/admin`,
+/// which a DENY on `/admin` never saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoded_control_character_in_the_path_is_refused() {
+    let (w, a) = one_service([21, 9]).await;
+    w.policy(&policy("deny-admin", pb::l7_policy::Action::Deny, vec![to_paths(&["/admin"])]));
+    w.settle().await;
+    for client in [w.h1(w.vip(1)).await, w.h2(w.vip(1)).await] {
+        let mut c = client;
+        for path in ["/admin%0A", "/admin%0d", "/admin%09", "/admin%20%00", "/admin%7F", "/a%1b/b"] {
+            assert_eq!(c.get(path).await.status, 400, "{path}");
+        }
+        assert_eq!(c.get("/admin").await.status, 403);
+        assert_eq!(c.get("/admin%20").await.status, 200, "an encoded space is not a control character");
+    }
+    assert_eq!(a.behaviour.seen.load(Ordering::Relaxed), 2);
+}
