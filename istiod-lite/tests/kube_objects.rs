@@ -63,3 +63,19 @@ async fn a_peer_authentication_with_an_unknown_field_is_named_enforced_strict_an
     let d = src.next_address_delta().await;
     assert_eq!(d.of(ADDRESS_TYPE_URL).upserts[0].0, CATALOG_K2X9P);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_nodes_and_slices_are_kept_without_what_nothing_reads() {
+    // Annotations of pods, nodes and EndpointSlices are read by nothing (those of Services
+    // and Namespaces are); with managedFields they are most of a pod's metadata.
+    let mock = MockApi::start().await;
+    mock.cluster();
+    let src = Source::synced(&mock).await;
+    let t = src.translator.lock().unwrap();
+    let m = t.model();
+    let pod = &m.pods[&nn("shop", "catalog-7d4b9c6f5-k2x9p")];
+    assert!(pod.metadata.annotations.is_empty(), "{:?}", pod.metadata.annotations);
+    assert_eq!(pod.metadata.labels["app"], "catalog", "labels are read");
+    assert!(m.nodes["node-a"].metadata.annotations.is_empty());
+    assert!(m.endpoint_slices[&nn("shop", "catalog-x8k2q")].metadata.annotations.is_empty());
+}

@@ -57,12 +57,17 @@ pub(super) fn key_of(w: &Watched, obj: &DynamicObject) -> ObjectKey {
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Drops what the model never reads but would keep: `kubectl apply`'s copy of the object (an
-/// annotation, kept with the others). `managedFields` and the rest of what the model has no
-/// field for are not kept anyway; dropped here, they are not rendered and parsed either.
-fn drop_unread(map: &mut serde_json::Map<String, serde_json::Value>) {
+/// annotation, kept with the others), and all the annotations of the kinds whose annotations
+/// nothing reads (pods, the most numerous, carry those of every tool on the node: CNI
+/// network status, sidecar and scrape settings). `managedFields` and the rest of what the
+/// model has no field for are not kept anyway; dropped here, they are not rendered and parsed
+/// either.
+fn drop_unread(kind: Kind, map: &mut serde_json::Map<String, serde_json::Value>) {
     let Some(meta) = map.get_mut("metadata").and_then(|m| m.as_object_mut()) else { return };
     meta.remove("managedFields");
-    if let Some(annotations) = meta.get_mut("annotations").and_then(|a| a.as_object_mut()) {
+    if matches!(kind, Kind::Pod | Kind::Node | Kind::EndpointSlice) {
+        meta.remove("annotations");
+    } else if let Some(annotations) = meta.get_mut("annotations").and_then(|a| a.as_object_mut()) {
         annotations.remove(LAST_APPLIED);
     }
 }
@@ -88,7 +93,7 @@ pub(super) fn convert(w: &Watched, obj: &DynamicObject) -> Result<Object, Reject
             reason: format!("{:?} in a watch of {api_version}", listed_as.unwrap_or_default()),
         }));
     }
-    drop_unread(map);
+    drop_unread(w.kind, map);
     map.insert("apiVersion".into(), api_version.clone().into());
     map.insert("kind".into(), w.kind.as_str().into());
     let text = serde_json::to_string_pretty(&v)
