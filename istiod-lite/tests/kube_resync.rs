@@ -115,3 +115,23 @@ async fn an_api_server_that_goes_away_leaves_the_model_in_force_and_is_read_agai
     let status = src.wait("every kind failing again", |s| s.failing.len() == WATCHED.len()).await;
     assert_eq!(status.reports, 2 * reports, "{status:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_unreachable_at_start_is_reported_once_per_kind_and_nothing_is_ready_until_it_answers() {
+    let mock = MockApi::start().await;
+    mock.cluster();
+    mock.set_down(true);
+    let mut src = Source::start(&mock);
+    let status = src.wait("every kind failing", |s| s.failing.len() == WATCHED.len()).await;
+    assert!(!status.ready() && status.synced.is_empty(), "{status:#?}");
+    // Retried with backoff, and reported no more.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = src.status.borrow().clone();
+    assert_eq!(status.reports, WATCHED.len() as u64, "{status:#?}");
+    assert!(src.drain().is_empty(), "a delta before the first list: an empty mesh");
+
+    mock.set_down(false);
+    let status = src.ready().await;
+    assert!(status.failing.is_empty() && status.synced.len() == WATCHED.len(), "{status:#?}");
+    assert!(src.translator.lock().unwrap().addresses().contains_key("Kubernetes//Pod/shop/catalog-7d4b9c6f5-k2x9p"));
+}
