@@ -52,9 +52,49 @@ pub fn has_padded_value(h: &HeaderMap) -> bool {
     h.values().any(|v| ws(v.as_bytes().first()) || ws(v.as_bytes().last()))
 }
 
+/// Joins the `cookie` fields of an HTTP/2 request into one, with `"; "` between them.
+///
+/// HTTP/2 clients send each cookie in a field of its own (RFC 9113 §8.2.3), and the fields
+/// must be joined so before the request goes to HTTP/1.1, where a request has one `Cookie`
+/// (RFC 6265 §5.4) and an application reading only the first would lose the others. Joined
+/// for every HTTP/2 request, before policy and routing, so that a `request.headers[cookie]`
+/// condition reads the value the application gets whatever its version. Only a request with
+/// several fields is touched (and allocates).
+pub fn join_cookies(h: &mut HeaderMap) {
+    let mut fields = h.get_all(header::COOKIE).iter();
+    if fields.next().is_none() || fields.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in h.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Made of valid values and "; ", so a valid value.
+    if let Ok(v) = http::HeaderValue::from_bytes(&joined) {
+        h.insert(header::COOKIE, v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut h = HeaderMap::new();
+        for c in ["a=1", "b=2", "c=3"] {
+            h.append(header::COOKIE, http::HeaderValue::from_static(c));
+        }
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2; c=3"]);
+        let mut one = HeaderMap::new();
+        one.insert(header::COOKIE, http::HeaderValue::from_static("a=1"));
+        join_cookies(&mut one);
+        assert_eq!(one[header::COOKIE], "a=1");
+    }
 
     #[test]
     fn padded_values_are_found() {

@@ -301,3 +301,41 @@ async fn an_encoded_control_character_in_the_path_is_refused() {
     }
     assert_eq!(a.behaviour.seen.load(Ordering::Relaxed), 2);
 }
+
+/// RFC 9113 §8.2.3: the cookies an HTTP/2 client sends in fields of their own are joined with
+/// `"; "` into the one `Cookie` an HTTP/1.1 application reads (one reading only the first
+/// field lost the rest), and policy reads that same value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cookie_fields_reach_http1_as_one() {
+    let w = World::new([21, 10]).await;
+    let a = w.backend("a").await;
+    w.service_declaring("svc", 1, &[&a], proto::istio::workload::AppProtocol::Http11);
+    w.until_endpoints("svc", 1).await;
+    let deny = pb::PolicyRule {
+        when: vec![pb::Condition {
+            key: "request.headers[cookie]".into(),
+            values: vec!["*; role=admin".into()],
+            not_values: vec![],
+        }],
+        ..Default::default()
+    };
+    w.policy(&policy("deny-admin-cookie", pb::l7_policy::Action::Deny, vec![deny]));
+    w.settle().await;
+    let Client::H2(mut s, _t) = w.h2(w.vip(1)).await else { unreachable!() };
+    let req =
+        Request::builder().uri("http://svc/x").header("cookie", "a=1").header("cookie", "b=2").body(empty()).unwrap();
+    let r = s.send_request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("HTTP/1.1"), "{body}");
+    let cookies: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("cookie: ")).collect();
+    assert_eq!(cookies, ["a=1; b=2"], "{body}");
+    let req = Request::builder()
+        .uri("http://svc/x")
+        .header("cookie", "a=1")
+        .header("cookie", "role=admin")
+        .body(empty())
+        .unwrap();
+    assert_eq!(s.send_request(req).await.unwrap().status(), 403);
+}

@@ -466,6 +466,9 @@ async fn handle(
         let reply = Local::Reply(StatusCode::BAD_REQUEST, "malformed header field\n", "-").respond(account);
         return drained(req_body, reply);
     }
+    if version == Version::H2 {
+        crate::headers::join_cookies(&mut parts.headers);
+    }
     let ctx = Ctx { snapshot: &snapshot, down: &down };
     let prepared = prepare(&proxy, &ctx, &mut parts, &mut account, version, upgrade.is_some());
     let (mut plan, (endpoints, backend_host, prefer)) = match prepared {
