@@ -339,3 +339,15 @@ async fn http2_cookie_fields_reach_http1_as_one() {
         .unwrap();
     assert_eq!(s.send_request(req).await.unwrap().status(), 403);
 }
+
+/// An HTTP/1.1 answer under a transfer coding besides chunked (`gzip, chunked`) is not passed
+/// on as if it had none: only chunked is undone and `Transfer-Encoding` is hop-by-hop, so the
+/// client would read the still-encoded bytes as the content. It is answered 502 instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_under_a_transfer_coding_besides_chunked_is_not_passed_on() {
+    let (w, _a) = one_service([21, 11]).await;
+    let mut c = w.h1(w.vip(1)).await;
+    let r = c.get("/te-gzip").await;
+    assert_eq!(r.status, 502, "{:?} {}", r.headers, r.body);
+    assert_eq!(c.get("/x").await.status, 200, "a plain answer passes");
+}

@@ -558,6 +558,12 @@ async fn handle(
             tracing::debug!(status = %resp.status(), "the application answered an upgrade without switching protocols");
             Local::Reply(StatusCode::BAD_GATEWAY, "upstream did not switch protocols\n", "UPE").respond(account)
         }
+        // The HTTP/1.1 client undid chunked only, and `Transfer-Encoding` goes with the other
+        // hop-by-hop fields: the client would read the still-encoded bytes as the content.
+        Ok((resp, _)) if plan.upstream == Version::H1 && !crate::headers::chunked_alone(resp.headers()) => {
+            tracing::debug!(te = ?resp.headers().get(header::TRANSFER_ENCODING), "the application answered with a transfer coding not supported");
+            Local::Reply(StatusCode::BAD_GATEWAY, "upstream transfer coding not supported\n", "UPE").respond(account)
+        }
         Ok((resp, body_deadline)) => {
             let (mut p, b) = resp.into_parts();
             strip_hop_by_hop(&mut p.headers);

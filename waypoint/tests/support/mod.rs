@@ -849,6 +849,14 @@ async fn app(mut req: Request<Incoming>, name: &str, b: &Behaviour, counter: &At
         let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
         return Response::builder().header("x-backend", name).body(StreamBody::new(stream).boxed_unsync()).unwrap();
     }
+    if path.starts_with("/te-gzip") {
+        // A body under a transfer coding besides chunked (the server adds chunked after it).
+        return Response::builder()
+            .header("x-backend", name)
+            .header("transfer-encoding", "gzip")
+            .body(Full::new(Bytes::from_static(b"abc")).map_err(|never| match never {}).boxed_unsync())
+            .unwrap();
+    }
     if path.starts_with("/stall") {
         // Its head and one piece of its body, then nothing until whoever reads it stops
         // (counted in `abandoned`).
