@@ -351,3 +351,29 @@ async fn an_answer_under_a_transfer_coding_besides_chunked_is_not_passed_on() {
     assert_eq!(r.status, 502, "{:?} {}", r.headers, r.body);
     assert_eq!(c.get("/x").await.status, 200, "a plain answer passes");
 }
+
+/// On a port declared HTTP, bytes that protocol detection does not take for HTTP are read as
+/// HTTP/1.1 all the same and refused there, as Istio's waypoint reads a declared port: they
+/// used to go to the application unparsed (a lower-case method, which an application may take,
+/// a request line with two spaces), past routes and L7 policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_declared_http_never_falls_back_to_tcp() {
+    let w = World::new([21, 12]).await;
+    let a = w.backend("a").await;
+    w.service_declaring("svc", 1, &[&a], proto::istio::workload::AppProtocol::Http11);
+    w.until_endpoints("svc", 1).await;
+    for req in ["get /x HTTP/1.1\r\nHost: svc\r\n\r\n", "GET /x  HTTP/1.1\r\nHost: svc\r\n\r\n"] {
+        let r = raw(&w, req.as_bytes()).await;
+        assert_eq!(r.status(), 400, "{req:?}: {}", r.text);
+    }
+    assert_eq!(a.behaviour.connections.load(Ordering::Relaxed), 0, "the application was reached");
+    // A client slow to send its first request is still served as HTTP.
+    let mut io = w.tunnel(w.vip(1)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    io.write_all(b"GET /x HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut out)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("traceparent: "), "not parsed by the waypoint: {text}");
+}

@@ -230,6 +230,12 @@ impl Proxy {
         {
             return tcp::forward(self, down, stream).await;
         }
+        // A port declared HTTP (`http`, `http2`, `grpc`) carries HTTP, as Istio reads it: bytes
+        // that do not look like it (a request line an application's lenient parser would still
+        // take, a client slow to send) are read as HTTP/1.1 and refused there, never passed to
+        // the application unparsed, past routes and L7 policy.
+        let declared_http = matches!(&down.dest, Destination::Service(s, port)
+            if matches!(s.app_protocol(*port), Some(AppProtocol::Http11 | AppProtocol::Http2 | AppProtocol::Grpc)));
         let (proto, seen) = match detect::detect(&mut stream, self.inputs.detect_timeout).await {
             Ok(x) => x,
             Err(e) => {
@@ -240,6 +246,7 @@ impl Proxy {
         let io = detect::Rewind::new(seen, stream);
         match proto {
             detect::Protocol::Http1 | detect::Protocol::Http2 => http::serve(self, down, io, proto).await,
+            detect::Protocol::Tcp if declared_http => http::serve(self, down, io, detect::Protocol::Http1).await,
             detect::Protocol::Tcp => tcp::forward(self, down, io).await,
         }
     }
