@@ -377,3 +377,26 @@ async fn a_port_declared_http_never_falls_back_to_tcp() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("traceparent: "), "not parsed by the waypoint: {text}");
 }
+
+/// An HTTP/2 client slow to send its preface on a port declared `http2` is still read as
+/// HTTP/2: detection giving up on a declared port waits longer rather than guessing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_http2_preface_on_a_declared_port_is_read_as_http2() {
+    let w = World::new([21, 13]).await;
+    let a = w.backend("a").await;
+    w.service_declaring("svc", 1, &[&a], proto::istio::workload::AppProtocol::Http2);
+    w.until_endpoints("svc", 1).await;
+    let io = w.tunnel(w.vip(1)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (mut s, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(io))
+            .await
+            .unwrap();
+    let _conn = Task(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let req = Request::builder().uri("http://svc/x").body(empty()).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.send_request(req)).await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-backend"], "a");
+}

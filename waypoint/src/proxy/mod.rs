@@ -86,6 +86,10 @@ pub struct Proxy {
     handshakes: HandshakeLimit,
 }
 
+/// How long a stream to a port declared HTTP may wait for its first bytes once detection has
+/// given up, before it is read as HTTP/1.1.
+const DECLARED_HTTP_FIRST_BYTES: Duration = Duration::from_secs(60);
+
 /// Lines for refused HBONE connections, at most this many a second.
 static REFUSED: LogBudget = LogBudget::per_second(10);
 
@@ -246,7 +250,20 @@ impl Proxy {
         let io = detect::Rewind::new(seen, stream);
         match proto {
             detect::Protocol::Http1 | detect::Protocol::Http2 => http::serve(self, down, io, proto).await,
-            detect::Protocol::Tcp if declared_http => http::serve(self, down, io, detect::Protocol::Http1).await,
+            detect::Protocol::Tcp if declared_http => {
+                // Detection gave up, on bytes that are not HTTP or on a client slow to send:
+                // waiting longer lets a late HTTP/2 preface still be read as one.
+                let mut io = io;
+                let (proto, seen) = match detect::detect(&mut io, DECLARED_HTTP_FIRST_BYTES).await {
+                    Ok((detect::Protocol::Http2, seen)) => (detect::Protocol::Http2, seen),
+                    Ok((_, seen)) => (detect::Protocol::Http1, seen),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "tunnel closed during protocol detection");
+                        return;
+                    }
+                };
+                http::serve(self, down, detect::Rewind::new(seen, io), proto).await
+            }
             detect::Protocol::Tcp => tcp::forward(self, down, io).await,
         }
     }
