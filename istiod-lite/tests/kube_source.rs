@@ -198,13 +198,8 @@ async fn malformed_policy_is_reported_the_rest_applies_and_a_fix_replaces_its_st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_gateway_api_is_reported_once_per_kind_and_the_rest_works() {
     let mock = MockApi::start().await;
-    // Not installed for two attempts, then installed; the routes never are.
-    mock.respond(GATEWAYS, StatusCode::NOT_FOUND, "status/not-found.json")
-        .respond(GATEWAYS, StatusCode::NOT_FOUND, "status/not-found.json")
-        .list(GATEWAYS, "list/gateways.json")
-        .respond(HTTP_ROUTES, StatusCode::NOT_FOUND, "status/not-found.json")
-        .respond(GRPC_ROUTES, StatusCode::NOT_FOUND, "status/not-found.json")
-        .cluster();
+    // Not installed at first, then installed; the routes never are.
+    mock.not_installed(GATEWAYS).not_installed(HTTP_ROUTES).not_installed(GRPC_ROUTES).cluster();
     let mut src = Source::start(&mock);
     let status = src.ready().await;
     for k in [Kind::Namespace, Kind::Pod, Kind::Service, Kind::EndpointSlice, Kind::AuthorizationPolicy] {
@@ -214,16 +209,16 @@ async fn missing_gateway_api_is_reported_once_per_kind_and_the_rest_works() {
         |s: &KubeStatus, k: Kind| matches!(s.failing.get(&k).map(|e| &**e), Some(KubeError::NotInstalled { .. }));
     assert!(not_installed(&status, Kind::HttpRoute) && not_installed(&status, Kind::GrpcRoute), "{status:#?}");
     assert!(src.translator.lock().unwrap().addresses().contains_key(CATALOG_K2X9P));
+    assert!(mock.lists(HTTP_ROUTES).is_empty(), "listed what discovery says is not served");
 
     // Retries do not repeat the report; the Gateway CRD appearing is picked up.
+    let group = "/apis/gateway.networking.k8s.io";
+    mock.wait_seen("discovery asked again", WAIT, |seen| seen.iter().filter(|s| s.path == group).count() >= 8).await;
+    mock.install(GATEWAYS);
     let status = src.wait("Gateway synced once installed", |s| s.synced.contains(&Kind::Gateway)).await;
     assert!(!status.failing.contains_key(&Kind::Gateway));
     assert!(src.translator.lock().unwrap().model().gateways.contains_key(&("shop".to_owned(), "waypoint".to_owned())));
-    mock.wait_seen("HTTPRoute retried", WAIT, |seen| {
-        seen.iter().filter(|s| s.path == HTTP_ROUTES && !s.is_watch()).count() >= 3
-    })
-    .await;
-    assert_eq!(mock.lists(GATEWAYS).len(), 3);
+    assert_eq!(mock.lists(GATEWAYS).len(), 1);
     let status = src.status.borrow().clone();
     assert_eq!(status.reports, 3, "{status:#?}");
     assert_eq!(

@@ -4,7 +4,9 @@
 //! event lines the test pushes; writes (PATCH, POST, PUT) get their recorded response, or
 //! their own body back (as a server-side apply of a new object would). Every request is
 //! logged, with its method and body, for assertions. TokenReview POSTs are answered by
-//! the recorded review of their token.
+//! the recorded review of their token. Discovery (`/apis/<group>`, `/apis/<group>/<version>`)
+//! is answered from the collections that have recorded responses, but those a test says are
+//! not installed ([`MockApi::not_installed`]).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -82,6 +84,8 @@ struct State {
     /// TokenReview request bodies received.
     review_requests: Mutex<Vec<serde_json::Value>>,
     seen: Mutex<Vec<Seen>>,
+    /// Collections whose CRD is not installed: absent from discovery, their requests 404.
+    not_installed: Mutex<HashSet<String>>,
     changed: Notify,
     /// While true, connections are closed as soon as they are accepted (and open ones at once):
     /// the API server unreachable, its port kept so that no other test takes it.
@@ -152,8 +156,15 @@ fn handle(state: &State, req: &http::request::Parts, body: Bytes) -> Response<Bo
     let mut routes = state.routes.lock().unwrap();
     state.seen.lock().unwrap().push(seen);
     state.changed.notify_waiters();
-    let Some(route) = routes.get_mut(&path) else {
-        return json(StatusCode::NOT_FOUND, read("status/not-found.json"));
+    let not_installed = state.not_installed.lock().unwrap().clone();
+    if !routes.contains_key(&path)
+        && let Some(answer) = discovery(&routes, &not_installed, &path)
+    {
+        return answer;
+    }
+    let route = match routes.get_mut(&path) {
+        Some(route) if !not_installed.contains(&path) => route,
+        _ => return json(StatusCode::NOT_FOUND, read("status/not-found.json")),
     };
     if watch {
         if seen_rv.as_ref().is_some_and(|rv| route.expired.contains(rv)) {
@@ -182,6 +193,66 @@ fn handle(state: &State, req: &http::request::Parts, body: Bytes) -> Response<Bo
         route.lists.front().cloned().unwrap_or((StatusCode::NOT_FOUND, read("status/not-found.json")))
     };
     json(status, body)
+}
+
+/// Kubernetes' order of versions: GA before beta before alpha, higher numbers first.
+fn version_priority(v: &str) -> (u8, u32, u32) {
+    let rest = v.strip_prefix('v').unwrap_or(v);
+    let digits = |s: &str| s.chars().take_while(char::is_ascii_digit).collect::<String>();
+    let major = digits(rest);
+    let tail = &rest[major.len()..];
+    let (level, minor) = match tail {
+        "" => (3, String::new()),
+        t if t.starts_with("beta") => (2, digits(&t[4..])),
+        t if t.starts_with("alpha") => (1, digits(&t[5..])),
+        _ => (0, String::new()),
+    };
+    (level, major.parse().unwrap_or(0), minor.parse().unwrap_or(0))
+}
+
+/// The discovery answer of `path` (`/apis/<group>` or `/apis/<group>/<version>`) from the
+/// collections served; `None` for any other path.
+fn discovery(routes: &HashMap<String, Route>, not_installed: &HashSet<String>, path: &str) -> Option<Response<Body>> {
+    let parts: Vec<&str> = path.strip_prefix("/apis/")?.split('/').collect();
+    if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    // (version, plural) of each collection of the group served.
+    let served: Vec<(&str, &str)> = routes
+        .iter()
+        .filter(|(p, r)| !r.lists.is_empty() && !not_installed.contains(*p))
+        .filter_map(|(p, _)| {
+            let c: Vec<&str> = p.strip_prefix("/apis/")?.split('/').collect();
+            (c.len() == 3 && c[0] == parts[0]).then(|| (c[1], c[2]))
+        })
+        .collect();
+    let not_found = || json(StatusCode::NOT_FOUND, read("status/not-found.json"));
+    if let [group, version] = parts[..] {
+        let resources: Vec<serde_json::Value> = served
+            .iter()
+            .filter(|(v, _)| *v == version)
+            .map(|(_, plural)| {
+                serde_json::json!({"name": plural, "singularName": "", "namespaced": true, "kind": "", "verbs": ["list", "watch"]})
+            })
+            .collect();
+        if resources.is_empty() {
+            return Some(not_found());
+        }
+        let list = serde_json::json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{group}/{version}"), "resources": resources});
+        return Some(json(StatusCode::OK, Bytes::from(list.to_string())));
+    }
+    let group = parts[0];
+    let mut versions: Vec<&str> = served.iter().map(|(v, _)| *v).collect();
+    versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
+    versions.dedup();
+    let Some(preferred) = versions.first() else { return Some(not_found()) };
+    let entry = |v: &str| serde_json::json!({"groupVersion": format!("{group}/{v}"), "version": v});
+    let answer = serde_json::json!({
+        "kind": "APIGroup", "apiVersion": "v1", "name": group,
+        "versions": versions.iter().map(|v| entry(v)).collect::<Vec<_>>(),
+        "preferredVersion": entry(preferred),
+    });
+    Some(json(StatusCode::OK, Bytes::from(answer.to_string())))
 }
 
 impl MockApi {
@@ -309,6 +380,19 @@ impl MockApi {
                 feed.pending.push(line);
             }
         }
+    }
+
+    /// Takes the collection of `path` (`/apis/<group>/<version>/<plural>`) out of discovery,
+    /// its requests answered 404, as when its CRD is not installed or not at that version.
+    pub fn not_installed(&self, path: &str) -> &Self {
+        self.state.not_installed.lock().unwrap().insert(path.to_owned());
+        self
+    }
+
+    /// Installs the collection of `path` again (see [`MockApi::not_installed`]).
+    pub fn install(&self, path: &str) -> &Self {
+        self.state.not_installed.lock().unwrap().remove(path);
+        self
     }
 
     /// Takes the API server away (every connection closed, new ones closed at once) or

@@ -84,15 +84,19 @@ pub(super) fn convert(w: &Watched, obj: &DynamicObject) -> Result<Object, Reject
     let Some(map) = v.as_object_mut() else {
         return Err(reject(ObjectError::Invalid { field: "(object)".into(), reason: "not a JSON object".into() }));
     };
-    let api_version = w.api_version();
     let listed_as = map.get("apiVersion").and_then(|a| a.as_str()).filter(|a| !a.is_empty()).map(str::to_owned);
-    if listed_as.as_deref().is_some_and(|a| a != api_version) {
-        // The API server converts to the version asked for; anything else is not this kind.
-        return Err(reject(ObjectError::Invalid {
-            field: "apiVersion".into(),
-            reason: format!("{:?} in a watch of {api_version}", listed_as.unwrap_or_default()),
-        }));
-    }
+    // The API server converts to the version watched, one of those we read (built-in kinds'
+    // list items say none); anything else is not this kind.
+    let api_version = match listed_as {
+        None => w.api_version(),
+        Some(a) if w.versions.iter().any(|v| w.api_version_at(v) == a) => a,
+        Some(a) => {
+            return Err(reject(ObjectError::Invalid {
+                field: "apiVersion".into(),
+                reason: format!("{a:?} in a watch of {}", w.api_version()),
+            }));
+        }
+    };
     drop_unread(w.kind, map);
     map.insert("apiVersion".into(), api_version.clone().into());
     map.insert("kind".into(), w.kind.as_str().into());
@@ -160,12 +164,15 @@ mod tests {
     }
 
     #[test]
-    fn another_version_than_the_one_watched_is_rejected() {
-        let o = dynamic(json!({
-            "apiVersion": "security.istio.io/v1beta1", "kind": "AuthorizationPolicy",
-            "metadata": {"name": "p", "namespace": "shop"}, "spec": {}
-        }));
-        let r = convert(watched(Kind::AuthorizationPolicy), &o).unwrap_err();
+    fn a_version_we_do_not_read_is_rejected_one_we_read_is_not() {
+        let at = |api_version: &str| {
+            dynamic(json!({
+                "apiVersion": api_version, "kind": "AuthorizationPolicy",
+                "metadata": {"name": "p", "namespace": "shop"}, "spec": {}
+            }))
+        };
+        assert!(convert(watched(Kind::AuthorizationPolicy), &at("security.istio.io/v1beta1")).is_ok());
+        let r = convert(watched(Kind::AuthorizationPolicy), &at("security.istio.io/v1alpha1")).unwrap_err();
         assert_eq!(r.key, ObjectKey::new(Kind::AuthorizationPolicy, "shop", "p"));
         assert!(r.error.to_string().starts_with("apiVersion: "), "{}", r.error);
     }

@@ -10,12 +10,18 @@
 //!   apply; security objects keep their last good version or are enforced fail-closed, as in
 //!   the directory source (module `apply`). A bad route leaves the model, but keeps its
 //!   `parentRefs` ([`RefusedRoute`]) so that its status can say why it is not served.
-//! - A kind the server does not serve (404: the Gateway API or Istio CRDs not installed) is
-//!   reported once; its watch keeps retrying with backoff, so installing the CRDs later works,
-//!   and every other kind works meanwhile. Without the CRD no such object can exist, so the
-//!   model is complete without it ([`KubeStatus::ready`]). A built-in kind (Namespace, Node,
-//!   Pod, Service, EndpointSlice) answering 404 is a failing watch instead: the model is never
-//!   complete without it.
+//! - A CRD kind is watched at the version the server serves it at, the first of those we read
+//!   ([`Watched::versions`]), as discovery (`/apis/<group>`) says (module `discovery`). A kind
+//!   discovery does not find (the Gateway API or Istio CRDs not installed) is reported once;
+//!   discovery is asked again with backoff, so installing the CRDs later works, and every
+//!   other kind works meanwhile. Without the CRD no such object can exist, so the model is
+//!   complete without it ([`KubeStatus::ready`]). A kind served only at versions we do not
+//!   read is an error; a policy kind then keeps the model incomplete (serving without its
+//!   policies would turn every DENY off).
+//! - A 404 on a list or watch is never "not installed": of a built-in kind (Namespace, Node,
+//!   Pod, Service, EndpointSlice) the server is not one we can use, of a CRD kind discovery
+//!   found, one still starting (or a CRD changing: discovery is asked again). It is a failing
+//!   watch, and the model is not complete without the kind.
 //! - A failing list or watch (403, 5xx, timeouts) is reported when its problem starts or
 //!   changes, and retried after a pause that grows from 0.8 s to 30 s while it keeps failing;
 //!   the model meanwhile stays as it was. Its recovery is logged when the server opens its
@@ -31,6 +37,7 @@
 
 mod apply;
 mod convert;
+mod discovery;
 mod opened;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +45,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::utils::Backoff as _;
@@ -56,16 +64,29 @@ pub struct Watched {
     pub kind: Kind,
     /// API group (empty for core).
     pub group: &'static str,
-    /// Version.
+    /// The version we prefer (the only one of a built-in kind).
     pub version: &'static str,
+    /// Every version we read, preferred first: at each the schema of the fields we read is
+    /// the same (the directory source's parser accepts each).
+    pub versions: &'static [&'static str],
     /// Resource (plural) name in URLs.
     pub plural: &'static str,
 }
 
 impl Watched {
-    /// `group/version`, or `version` for the core group.
+    /// `group/version` of the preferred version, or `version` for the core group.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.to_owned() } else { format!("{}/{}", self.group, self.version) }
+        self.api_version_at(self.version)
+    }
+
+    /// `group/version`, or `version` for the core group.
+    pub fn api_version_at(&self, version: &str) -> String {
+        if self.group.is_empty() { version.to_owned() } else { format!("{}/{version}", self.group) }
+    }
+
+    /// Whether a policy kind: serving without it would serve no policy at all.
+    pub fn security(&self) -> bool {
+        matches!(self.kind, Kind::AuthorizationPolicy | Kind::PeerAuthentication)
     }
 
     /// Whether the kind comes from a CRD (Istio's or the Gateway API's), which a cluster may
@@ -74,54 +95,97 @@ impl Watched {
         !matches!(self.group, "" | "discovery.k8s.io")
     }
 
-    /// The path of the cluster-wide collection (`/api/v1/pods`, `/apis/<group>/<version>/<plural>`).
+    /// The path of the cluster-wide collection at the preferred version (`/api/v1/pods`,
+    /// `/apis/<group>/<version>/<plural>`).
     pub fn path(&self) -> String {
+        self.path_at(self.version)
+    }
+
+    /// The path of the cluster-wide collection at `version`.
+    pub fn path_at(&self, version: &str) -> String {
         if self.group.is_empty() {
-            format!("/api/{}/{}", self.version, self.plural)
+            format!("/api/{version}/{}", self.plural)
         } else {
-            format!("/apis/{}/{}/{}", self.group, self.version, self.plural)
+            format!("/apis/{}/{version}/{}", self.group, self.plural)
         }
     }
 
-    /// The resource as kube-rs addresses it.
-    pub fn api_resource(&self) -> ApiResource {
+    /// The resource at `version` as kube-rs addresses it.
+    pub fn api_resource(&self, version: &str) -> ApiResource {
         ApiResource {
             group: self.group.to_owned(),
-            version: self.version.to_owned(),
-            api_version: self.api_version(),
+            version: version.to_owned(),
+            api_version: self.api_version_at(version),
             kind: self.kind.as_str().to_owned(),
             plural: self.plural.to_owned(),
         }
     }
 }
 
-/// Every kind watched, cluster-wide, at the version read (the API server converts stored
-/// objects of other versions, e.g. `v1beta1` policies, to it).
+const V1: &[&str] = &["v1"];
+/// Istio serves its security kinds at `v1` (Istio 1.22 on) and `v1beta1`, one schema.
+const ISTIO: &[&str] = &["v1", "v1beta1"];
+/// Gateway and HTTPRoute: `v1` (Gateway API 1.0 on), `v1beta1` (0.5 on).
+const GATEWAY_API: &[&str] = &["v1", "v1beta1"];
+/// GRPCRoute: `v1` (1.1 on), `v1alpha2` before.
+const GRPC_ROUTE: &[&str] = &["v1", "v1alpha2"];
+const REFERENCE_GRANT: &[&str] = &["v1beta1", "v1", "v1alpha2"];
+
+/// Every kind watched, cluster-wide. A CRD kind is watched at the first of its versions the
+/// server serves it at (module `discovery`); the API server converts stored objects of other
+/// versions to it.
 pub const WATCHED: [Watched; 11] = [
-    Watched { kind: Kind::Namespace, group: "", version: "v1", plural: "namespaces" },
-    Watched { kind: Kind::Node, group: "", version: "v1", plural: "nodes" },
-    Watched { kind: Kind::Pod, group: "", version: "v1", plural: "pods" },
-    Watched { kind: Kind::Service, group: "", version: "v1", plural: "services" },
-    Watched { kind: Kind::EndpointSlice, group: "discovery.k8s.io", version: "v1", plural: "endpointslices" },
+    Watched { kind: Kind::Namespace, group: "", version: "v1", versions: V1, plural: "namespaces" },
+    Watched { kind: Kind::Node, group: "", version: "v1", versions: V1, plural: "nodes" },
+    Watched { kind: Kind::Pod, group: "", version: "v1", versions: V1, plural: "pods" },
+    Watched { kind: Kind::Service, group: "", version: "v1", versions: V1, plural: "services" },
+    Watched {
+        kind: Kind::EndpointSlice,
+        group: "discovery.k8s.io",
+        version: "v1",
+        versions: V1,
+        plural: "endpointslices",
+    },
     Watched {
         kind: Kind::AuthorizationPolicy,
         group: "security.istio.io",
         version: "v1",
+        versions: ISTIO,
         plural: "authorizationpolicies",
     },
     Watched {
         kind: Kind::PeerAuthentication,
         group: "security.istio.io",
         version: "v1",
+        versions: ISTIO,
         plural: "peerauthentications",
     },
-    Watched { kind: Kind::Gateway, group: "gateway.networking.k8s.io", version: "v1", plural: "gateways" },
-    Watched { kind: Kind::HttpRoute, group: "gateway.networking.k8s.io", version: "v1", plural: "httproutes" },
-    Watched { kind: Kind::GrpcRoute, group: "gateway.networking.k8s.io", version: "v1", plural: "grpcroutes" },
+    Watched {
+        kind: Kind::Gateway,
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        versions: GATEWAY_API,
+        plural: "gateways",
+    },
+    Watched {
+        kind: Kind::HttpRoute,
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        versions: GATEWAY_API,
+        plural: "httproutes",
+    },
+    Watched {
+        kind: Kind::GrpcRoute,
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        versions: GRPC_ROUTE,
+        plural: "grpcroutes",
+    },
     Watched {
         kind: Kind::ReferenceGrant,
         group: "gateway.networking.k8s.io",
         version: "v1beta1",
+        versions: REFERENCE_GRANT,
         plural: "referencegrants",
     },
 ];
@@ -184,13 +248,43 @@ pub enum KubeError {
         #[source]
         source: kube::Error,
     },
-    /// The server does not serve this kind (its CRD is not installed); retried with backoff.
+    /// Discovery says the server does not serve this kind (its CRD is not installed); asked
+    /// again with backoff.
     #[error("{api_version} {kind} is not served by the API server (CRD not installed?); watching for it")]
     NotInstalled {
-        /// The `apiVersion` asked for.
+        /// The preferred `apiVersion`.
         api_version: String,
         /// The kind.
         kind: &'static str,
+    },
+    /// The server serves the kind's group, but the kind at no version we read; asked again
+    /// with backoff. Of a policy kind, the model is not complete meanwhile.
+    #[error(
+        "{kind}: the API server serves {group} only at {served:?}, and {kind} at none of the versions istiod-lite reads ({readable:?}){}",
+        if *security { "; not serving without policies" } else { "" }
+    )]
+    Unreadable {
+        /// The group.
+        group: &'static str,
+        /// The kind.
+        kind: &'static str,
+        /// The versions the server serves the group at.
+        served: Vec<String>,
+        /// The versions we read.
+        readable: &'static [&'static str],
+        /// Whether a policy kind (which keeps the source not ready).
+        security: bool,
+    },
+    /// The server's discovery of the kind's group failed; asked again with backoff.
+    #[error("discovering {group} for {kind}: {source}")]
+    Discovery {
+        /// The group.
+        group: &'static str,
+        /// The kind.
+        kind: &'static str,
+        /// Why.
+        #[source]
+        source: kube::Error,
     },
     /// A list or watch of one kind failed; retried with backoff, the last model stays.
     #[error("watching {kind}: {source}")]
@@ -238,6 +332,8 @@ pub async fn config(kubeconfig: Option<&Path>) -> Result<kube::Config, KubeError
 pub struct KubeStatus {
     /// Kinds whose list has been applied at least once.
     pub synced: BTreeSet<Kind>,
+    /// The version each CRD kind is watched at, once discovery found it.
+    pub versions: BTreeMap<Kind, &'static str>,
     /// The current problem of each kind whose list or watch is failing (cleared by its next
     /// good event).
     pub failing: BTreeMap<Kind, Arc<KubeError>>,
@@ -253,12 +349,16 @@ pub struct KubeStatus {
 }
 
 impl KubeStatus {
-    /// Whether every kind is either synced or not installed: the model is as complete as the
-    /// cluster allows.
+    /// Whether every kind is either synced or not installed (or, but for a policy kind, not
+    /// readable): the model is as complete as the cluster allows.
     pub fn ready(&self) -> bool {
         WATCHED.iter().all(|w| {
             self.synced.contains(&w.kind)
-                || matches!(self.failing.get(&w.kind).map(|e| &**e), Some(KubeError::NotInstalled { .. }))
+                || match self.failing.get(&w.kind).map(|e| &**e) {
+                    Some(KubeError::NotInstalled { .. }) => true,
+                    Some(KubeError::Unreadable { security, .. }) => !security,
+                    _ => false,
+                }
         })
     }
 }
@@ -299,6 +399,31 @@ struct Source {
 }
 
 impl Source {
+    /// Handles one update of `w`; returns false once nobody takes deltas any more.
+    fn update(&mut self, w: &Watched, update: Update) -> bool {
+        match update {
+            Update::Found(version) => {
+                self.status.send_if_modified(|s| {
+                    let mut changed = s.versions.insert(w.kind, version) != Some(version);
+                    // Found, the kind is no longer absent or unreadable: the model is not
+                    // complete until its list is applied. A failing watch stays, so that a 404
+                    // on every list after discovery found the kind is reported once.
+                    if s.failing.get(&w.kind).is_some_and(|e| !matches!(**e, KubeError::Watch { .. })) {
+                        s.failing.remove(&w.kind);
+                        changed = true;
+                    }
+                    changed
+                });
+                true
+            }
+            Update::Missing(error) => {
+                self.report(w, error);
+                true
+            }
+            Update::Event(event) => self.handle(w, event),
+        }
+    }
+
     /// Handles one event; returns false once nobody takes deltas any more.
     fn handle(&mut self, w: &Watched, event: Result<Event<DynamicObject>, watcher::Error>) -> bool {
         let event = match event {
@@ -374,13 +499,14 @@ impl Source {
             tracing::debug!(kind = w.kind.as_str(), "watch expired; re-listing");
             return;
         }
-        // A built-in kind is never missing: its 404 means the server is not an API server we
-        // can use (a wrong path prefix, a proxy), and an empty mesh must not pass for complete.
-        let error = if is_not_found(&e) && w.from_crd() {
-            KubeError::NotInstalled { api_version: w.api_version(), kind: w.kind.as_str() }
-        } else {
-            KubeError::Watch { kind: w.kind.as_str(), source: e }
-        };
+        // A 404 is never "not installed": that is for discovery to say (the stream asks it
+        // again). Of a built-in kind it means the server is not an API server we can use (a
+        // wrong path prefix, a proxy); of a CRD kind discovery found, an API server still
+        // starting. Either way an empty kind must not pass for complete.
+        self.report(w, KubeError::Watch { kind: w.kind.as_str(), source: e });
+    }
+
+    fn report(&mut self, w: &Watched, error: KubeError) {
         self.status.send_modify(|s| {
             // Report a problem when it starts or changes kind, not on every retry.
             let same = s
@@ -397,6 +523,95 @@ impl Source {
             s.failing.insert(w.kind, Arc::new(error));
         });
     }
+}
+
+/// What a kind's stream yields.
+// Events are the common item and as large as before; boxing them would allocate per event
+// for the sake of the rare small variants.
+#[allow(clippy::large_enum_variant)]
+enum Update {
+    /// Discovery found the kind at this version: its watch starts there.
+    Found(&'static str),
+    /// Discovery did not find the kind at a version we read, or failed.
+    Missing(KubeError),
+    /// An event of the kind's watch.
+    Event(Result<Event<DynamicObject>, watcher::Error>),
+}
+
+type Events = BoxStream<'static, Result<Event<DynamicObject>, watcher::Error>>;
+
+/// The events of `w` watched at `version`.
+fn events_at(client: &kube::Client, w: &Watched, version: &str) -> Events {
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &w.api_resource(version));
+    backed_off(relisting(move || watcher::watcher(api.clone(), watcher::Config::default()))).boxed()
+}
+
+/// A CRD kind's stream: discovery (asked again with backoff until it finds the kind), then
+/// the watch at the version found, until a 404 sends it back to discovery (the version no
+/// longer served, or the server not done starting). A built-in kind is always watched at its
+/// one version.
+fn updates(client: kube::Client, w: &'static Watched) -> BoxStream<'static, Update> {
+    if !w.from_crd() {
+        return events_at(&client, w, w.version).map(Update::Event).boxed();
+    }
+    enum Phase {
+        Discover(Option<std::time::Duration>),
+        Watch(Events),
+    }
+    let start = (client, Phase::Discover(None), watcher::DefaultBackoff::default());
+    futures::stream::unfold(start, move |(client, phase, mut backoff)| async move {
+        let events = match phase {
+            Phase::Watch(events) => events,
+            Phase::Discover(pause) => {
+                if let Some(pause) = pause {
+                    tokio::time::sleep(pause).await;
+                }
+                let kind = w.kind.as_str();
+                let missing = match discovery::discover(&client, w).await {
+                    Ok(discovery::Found::At(version)) => {
+                        let api_version = w.api_version_at(version);
+                        if version == w.version {
+                            tracing::info!(kind, api_version, "watching");
+                        } else {
+                            tracing::warn!(
+                                kind,
+                                api_version,
+                                preferred = %w.api_version(),
+                                "preferred version not served; watching an older one with the same schema"
+                            );
+                        }
+                        let events = events_at(&client, w, version);
+                        return Some((Update::Found(version), (client, Phase::Watch(events), backoff)));
+                    }
+                    Ok(discovery::Found::Absent) => KubeError::NotInstalled { api_version: w.api_version(), kind },
+                    Ok(discovery::Found::Unreadable { served }) => KubeError::Unreadable {
+                        group: w.group,
+                        kind,
+                        served,
+                        readable: w.versions,
+                        security: w.security(),
+                    },
+                    Err(source) => KubeError::Discovery { group: w.group, kind, source },
+                };
+                let pause = backoff.next();
+                return Some((Update::Missing(missing), (client, Phase::Discover(pause), backoff)));
+            }
+        };
+        let mut events = events;
+        let event = events.next().await?;
+        let next = match &event {
+            // The version watched no longer served (a CRD removed or changed), or a server not
+            // done starting: discovery says which.
+            Err(e) if is_not_found(e) => Phase::Discover(backoff.next()),
+            Ok(Event::Init) | Err(_) => Phase::Watch(events),
+            Ok(_) => {
+                backoff.reset();
+                Phase::Watch(events)
+            }
+        };
+        Some((Update::Event(event), (client, next, backoff)))
+    })
+    .boxed()
 }
 
 /// A kind's watcher events with a pause after each error: kube's default backoff (0.8 s,
@@ -465,22 +680,18 @@ pub fn watch(
     let fut = async move {
         let (opened_tx, mut opened) = mpsc::unbounded_channel();
         let client = opened::observed(client, opened_tx);
-        let streams = WATCHED.iter().map(|w| {
-            let api: Api<DynamicObject> = Api::all_with(client.clone(), &w.api_resource());
-            let events = relisting(move || watcher::watcher(api.clone(), watcher::Config::default()));
-            backed_off(events).map(move |e| (w, e)).boxed()
-        });
+        let streams = WATCHED.iter().map(|w| updates(client.clone(), w).map(move |u| (w, u)));
         let mut events = futures::stream::select_all(streams);
         loop {
             tokio::select! {
-                Some((w, event)) = events.next() => {
+                Some((w, update)) = events.next() => {
                     // A watch is told opened while its stream is polled, before the stream
                     // yields what follows: an error of that watch must not be taken first
                     // (its opening would then clear it, and its next retry report it again).
                     while let Ok(opened) = opened.try_recv() {
                         source.opened(opened);
                     }
-                    if !source.handle(w, event) {
+                    if !source.update(w, update) {
                         return;
                     }
                 }

@@ -57,7 +57,7 @@ impl tonic::codegen::Service<http::Request<Body>> for Observed {
 /// The kind a request watches, if it is a watch of one of ours (kube's `watch=true`).
 fn watched(uri: &http::Uri) -> Option<&'static Watched> {
     uri.query()?.split('&').find(|kv| *kv == "watch=true" || *kv == "watch=1")?;
-    WATCHED.iter().find(|w| w.path() == uri.path())
+    WATCHED.iter().find(|w| w.versions.iter().any(|v| w.path_at(v) == uri.path()))
 }
 
 #[cfg(test)]
@@ -72,6 +72,10 @@ mod tests {
         assert_eq!(
             kind("/apis/gateway.networking.k8s.io/v1beta1/referencegrants?watch=true"),
             Some(Kind::ReferenceGrant)
+        );
+        assert_eq!(
+            kind("/apis/security.istio.io/v1beta1/authorizationpolicies?watch=true"),
+            Some(Kind::AuthorizationPolicy)
         );
         assert_eq!(kind("/api/v1/pods?limit=500"), None);
         assert_eq!(kind("/api/v1/pods?watch=false"), None);
