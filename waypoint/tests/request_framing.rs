@@ -184,20 +184,21 @@ async fn a_plain_connect_is_refused_and_not_forwarded() {
     assert_eq!(a.behaviour.seen.load(Ordering::Relaxed), 0, "a CONNECT reached the application");
 }
 
+/// A rule matching requests whose `key` (a `request.headers[...]` condition) is `value`.
+fn when(key: &str, value: &str) -> pb::PolicyRule {
+    pb::PolicyRule {
+        when: vec![pb::Condition { key: key.into(), values: vec![value.into()], not_values: vec![] }],
+        ..Default::default()
+    }
+}
+
 /// The host a `request.headers[host]` condition judges is the one the application gets: for
 /// a target that carries its authority (HTTP/1.1 absolute form, HTTP/2 `:authority`) that
 /// authority, not a `Host` field that says otherwise (RFC 9112 §3.2.2, RFC 9113 §8.3.1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_reads_the_host_that_is_forwarded() {
     let (w, a) = one_service([21, 6]).await;
-    let deny = pb::PolicyRule {
-        when: vec![pb::Condition {
-            key: "request.headers[host]".into(),
-            values: vec!["admin.example".into()],
-            not_values: vec![],
-        }],
-        ..Default::default()
-    };
+    let deny = when("request.headers[host]", "admin.example");
     w.policy(&policy("deny-admin-host", pb::l7_policy::Action::Deny, vec![deny]));
     w.settle().await;
 
@@ -224,14 +225,7 @@ async fn policy_reads_the_host_that_is_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_than_one_host_is_refused_in_any_version() {
     let (w, a) = one_service([21, 7]).await;
-    let deny = pb::PolicyRule {
-        when: vec![pb::Condition {
-            key: "request.headers[host]".into(),
-            values: vec!["admin.example".into()],
-            not_values: vec![],
-        }],
-        ..Default::default()
-    };
+    let deny = when("request.headers[host]", "admin.example");
     w.policy(&policy("deny-admin-host", pb::l7_policy::Action::Deny, vec![deny]));
     w.settle().await;
     for version in ["1.0", "1.1"] {
@@ -259,14 +253,7 @@ async fn more_than_one_host_is_refused_in_any_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_field_value_padded_with_whitespace_is_refused() {
     let (w, a) = one_service([21, 8]).await;
-    let deny = pb::PolicyRule {
-        when: vec![pb::Condition {
-            key: "request.headers[x-user]".into(),
-            values: vec!["admin".into()],
-            not_values: vec![],
-        }],
-        ..Default::default()
-    };
+    let deny = when("request.headers[x-user]", "admin");
     w.policy(&policy("deny-admin", pb::l7_policy::Action::Deny, vec![deny]));
     w.settle().await;
     let Client::H2(mut s, _t) = w.h2(w.vip(1)).await else { unreachable!() };
@@ -311,14 +298,7 @@ async fn http2_cookie_fields_reach_http1_as_one() {
     let a = w.backend("a").await;
     w.service_declaring("svc", 1, &[&a], proto::istio::workload::AppProtocol::Http11);
     w.until_endpoints("svc", 1).await;
-    let deny = pb::PolicyRule {
-        when: vec![pb::Condition {
-            key: "request.headers[cookie]".into(),
-            values: vec!["*; role=admin".into()],
-            not_values: vec![],
-        }],
-        ..Default::default()
-    };
+    let deny = when("request.headers[cookie]", "*; role=admin");
     w.policy(&policy("deny-admin-cookie", pb::l7_policy::Action::Deny, vec![deny]));
     w.settle().await;
     let Client::H2(mut s, _t) = w.h2(w.vip(1)).await else { unreachable!() };
