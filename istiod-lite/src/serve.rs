@@ -298,6 +298,9 @@ fn start_source(
                                         },
                                     })
                                 })
+                                // A failing watch (a kind it may not read, a policy kind at no
+                                // version it reads) shows and counts where errors do.
+                                .chain(k.failures().map(Arc::new))
                                 .collect(),
                             failure: None,
                             warnings: k.warnings.clone(),

@@ -1,6 +1,6 @@
 //! Which version of each CRD kind the Kubernetes source reads, from the API server's
 //! discovery, and what it does when a policy kind is served at no version it reads, or answers
-//! 404 while discovery says it is served.
+//! 404 while discovery says it is served; and where a failing watch is shown.
 
 mod kube_support;
 mod support;
@@ -11,6 +11,7 @@ use istiod_lite::source::kube::{KubeError, KubeStatus, WATCHED};
 use istiod_lite::{Kind, MeshConfig, Object, Translator};
 use kube_support::{MockApi, Source, WAIT};
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const POLICIES: &str = "/apis/security.istio.io/v1/authorizationpolicies";
 const PEER_AUTHENTICATIONS: &str = "/apis/security.istio.io/v1/peerauthentications";
@@ -86,6 +87,7 @@ async fn policies_served_at_no_version_read_keep_the_source_not_ready_and_are_re
     assert_eq!(status.reports, 2, "{status:#?}");
     let report = status.failing[&Kind::AuthorizationPolicy].to_string();
     assert!(report.contains("security.istio.io") && report.contains("\"v2alpha1\""), "{report}");
+    assert_eq!(status.failures().count(), 2);
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     assert!(!src.status.borrow().ready());
     assert_eq!(src.status.borrow().reports, 2, "reported once, not on every retry");
@@ -120,4 +122,66 @@ async fn a_policy_list_not_found_while_discovery_serves_it_is_a_failure_not_a_mi
     let status = src.ready().await;
     assert!(status.failing.is_empty() && status.synced.contains(&Kind::AuthorizationPolicy), "{status:#?}");
     assert_eq!(authorizations(&src), expected_authorizations());
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: istiod\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out)).await.unwrap().unwrap();
+    out.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_watch_shows_in_debug_errors_and_metrics() {
+    use clap::Parser;
+    let mock = MockApi::start().await;
+    mock.respond(POLICIES, StatusCode::FORBIDDEN, "status/forbidden-authorizationpolicies.json").cluster();
+    let dir = TempDir::new("kube-discovery-errors");
+    let kubeconfig = dir.write(
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: {}\n\
+             contexts:\n- name: mock\n  context:\n    cluster: mock\n    user: mock\n\
+             current-context: mock\nusers:\n- name: mock\n  user: {{}}\n",
+            mock.url()
+        ),
+    );
+    std::fs::create_dir(dir.path().join("ca")).unwrap();
+    let cfg = istiod_lite::config::Config::try_parse_from([
+        "istiod-lite".as_ref(),
+        "--source".as_ref(),
+        "kube".as_ref(),
+        "--kubeconfig".as_ref(),
+        kubeconfig.as_os_str(),
+        "--ca-dir".as_ref(),
+        dir.path().join("ca").as_os_str(),
+        "--tls-addr".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--monitoring-addr".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ])
+    .unwrap();
+    let running = istiod_lite::serve::start(&cfg).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let errors = loop {
+        let body: serde_json::Value =
+            serde_json::from_str(&http_get(running.monitoring_addr, "/debug/errors").await).unwrap();
+        let errors: Vec<String> =
+            body["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_owned()).collect();
+        if !errors.is_empty() {
+            break errors;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no error shown: {body:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("kubernetes:AuthorizationPolicy")
+            && errors[0].contains("watching AuthorizationPolicy")
+            && errors[0].contains("cannot list resource"),
+        "{errors:#?}"
+    );
+    let metrics = http_get(running.monitoring_addr, "/metrics").await;
+    assert!(metrics.lines().any(|l| l == "istiod_lite_config_errors 1"), "{metrics}");
 }

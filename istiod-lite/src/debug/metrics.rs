@@ -13,7 +13,7 @@
 //! | `istiod_lite_xds_streams_total` | counter | xDS streams opened |
 //! | `istiod_lite_xds_connected_proxies` | gauge | open xDS streams |
 //! | `istiod_lite_xds_resources{type_url}` | gauge | resources in the served store |
-//! | `istiod_lite_config_errors` | gauge | bad objects in the last load |
+//! | `istiod_lite_config_errors` | gauge | bad objects in the last load, and failing Kubernetes watches |
 //! | `istiod_lite_translation_warnings` | gauge | translation warnings now |
 //! | `istiod_lite_config_changes_total` | counter | configuration changes that changed resources |
 //! | `istiod_lite_proxy_convergence_seconds` | histogram | change → each connected proxy's ACK (push latency) |

@@ -5,7 +5,7 @@
 //! | `/metrics` (`/stats/prometheus`) | Prometheus text |
 //! | `/debug/connections` | connected proxies: node, peer, per type the subscriptions, the versions each acknowledged, pending nonce, last NACK; xDS totals; and `served`: per type URL, name → version served now |
 //! | `/debug/config` | the current model (count and `namespace/name`s per kind) and the served resources (count and names per type URL) |
-//! | `/debug/errors` | the last load's config errors and directory failure, and current translation warnings |
+//! | `/debug/errors` | the last load's config errors (with the Kubernetes source, also each failing watch as `kubernetes:<Kind>`) and directory failure, and current translation warnings |
 
 pub mod convergence;
 pub mod metrics;

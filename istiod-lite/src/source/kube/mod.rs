@@ -361,6 +361,19 @@ impl KubeStatus {
                 }
         })
     }
+
+    /// Each failing kind's problem as a config error of `kubernetes:<Kind>`, where the
+    /// directory source's errors are shown and counted (`/debug/errors`, metrics). A kind not
+    /// installed is no error.
+    pub fn failures(&self) -> impl Iterator<Item = crate::error::ConfigError> + '_ {
+        self.failing.iter().filter(|(_, e)| !matches!(***e, KubeError::NotInstalled { .. })).map(|(kind, e)| {
+            crate::error::ConfigError {
+                location: crate::error::Location { file: format!("kubernetes:{}", kind.as_str()).into(), document: 0 },
+                object: None,
+                error: ObjectError::Invalid { field: String::new(), reason: e.to_string() },
+            }
+        })
+    }
 }
 
 fn is_not_found(e: &watcher::Error) -> bool {
