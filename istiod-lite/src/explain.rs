@@ -180,16 +180,23 @@ pub fn explain(
             Some(Ok(w)) => (Some(w.identity().clone()), w.addresses.first().copied().unwrap_or(src_ip)),
             _ => (src_identity.clone(), src_ip),
         };
-        let v = state.authorize(&ConnInfo {
-            src_identity: peer_identity.as_ref(),
-            src_ip: peer_ip,
-            dst_workload: &dst,
-            dst_ip: dst_addr.ip(),
-            dst_port: dst_addr.port(),
-        });
-        let policy = v.decided_by.as_ref().map(|r| format!("{}/{}", r.namespace(), r.name()));
-        let rule = v.decided_by.as_ref().and_then(|r| r.group);
-        (v.allowed, v.to_string(), policy, rule)
+        // As the destination's ztunnel: a workload behind a waypoint admits only that
+        // waypoint, before any policy (a plaintext client, or one routed around it, is refused
+        // whatever the policies say).
+        if let Some(Err(denial)) = state.waypoint_gate(&dst).map(|g| g.admit(peer_identity.as_ref())) {
+            (false, format!("denied: {denial}"), None, None)
+        } else {
+            let v = state.authorize(&ConnInfo {
+                src_identity: peer_identity.as_ref(),
+                src_ip: peer_ip,
+                dst_workload: &dst,
+                dst_ip: dst_addr.ip(),
+                dst_port: dst_addr.port(),
+            });
+            let policy = v.decided_by.as_ref().map(|r| format!("{}/{}", r.namespace(), r.name()));
+            let rule = v.decided_by.as_ref().and_then(|r| r.group);
+            (v.allowed, v.to_string(), policy, rule)
+        }
     } else {
         (true, "allowed: destination is not in the mesh; no policy applies".to_owned(), None, None)
     };
