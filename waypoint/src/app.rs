@@ -179,13 +179,21 @@ pub async fn start(
         .trim()
         .to_owned();
     let spans = match &cfg.otlp_endpoint {
-        Some(e) => Some(crate::telemetry::otlp::Exporter::start(
-            e,
-            format!("{}.{}", cfg.service_account(), identity.namespace()),
-            &admin_rt,
-            cfg.otlp_ca_file.as_deref(),
-            cfg.otlp_headers()?,
-        )?),
+        Some(e) => Some(
+            crate::telemetry::otlp::Exporter::start(
+                e,
+                format!("{}.{}", cfg.service_account(), identity.namespace()),
+                &admin_rt,
+                cfg.otlp_ca_file.as_deref(),
+                cfg.otlp_headers()?,
+            )?
+            .with_site(crate::telemetry::span_tags::Site {
+                node_id: xds_node(&cfg).id,
+                mesh_id: cfg.trust_domain.clone(),
+                cluster_id: cfg.cluster_id.clone(),
+                namespace: identity.namespace().to_owned(),
+            }),
+        ),
         None => None,
     };
 

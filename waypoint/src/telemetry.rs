@@ -3,6 +3,7 @@
 //! policy, W3C trace context propagation, and OTLP span export ([`otlp`]).
 
 pub mod otlp;
+pub mod span_tags;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;

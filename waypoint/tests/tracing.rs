@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use proto::mesh::waypoint::v1 as pb;
 use support::*;
 
 /// A POST the collector got: path, `Authorization` header, body.
@@ -70,7 +71,7 @@ async fn trace_kept_span_new_and_exported() {
     assert_eq!(span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(span["spanId"], parts[2], "the exported span is the one sent upstream");
     assert_eq!(span["parentSpanId"], "00f067aa0ba902b7");
-    assert!(span["name"].as_str().unwrap().starts_with("GET svc.shop.svc.cluster.local"), "{span}");
+    assert_eq!(span["name"], "svc.shop.svc.cluster.local:80/*", "{span}");
 }
 
 /// A CA, and a TLS server config for 127.0.0.1 with a certificate it signed: (CA PEM, config).
@@ -161,4 +162,204 @@ async fn spans_go_to_an_https_collector_verified_against_the_ca_file() {
     let e = waypoint::telemetry::otlp::Exporter::start(&url, "wp.shop".into(), &rt, Some(&junk), vec![]).unwrap_err();
     assert!(e.to_string().starts_with(&format!("OTLP CA certificates {}", junk.display())), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The spans of the next batches, until `n` have come (10 s at most).
+async fn spans(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Posted>, n: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let (_, _, body) =
+            tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("spans are exported").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        out.extend(v["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().unwrap().iter().cloned());
+    }
+    out
+}
+
+/// A span's attributes by name; every value must be a string, as Envoy writes tags.
+fn attributes(span: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    span["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (a["key"].as_str().unwrap().to_owned(), a["value"]["stringValue"].as_str().expect("a string").to_owned())
+        })
+        .collect()
+}
+
+/// An exporter to a fresh collector, with the waypoint's own tags as `app` sets them.
+async fn exporter() -> (waypoint::telemetry::otlp::Exporter, tokio::sync::mpsc::UnboundedReceiver<Posted>, Task) {
+    let (url, rx, task) = collector().await;
+    let site = waypoint::telemetry::span_tags::Site {
+        node_id: "waypoint~shop/wp~node-1".into(),
+        mesh_id: "cluster.local".into(),
+        cluster_id: "Kubernetes".into(),
+        namespace: "shop".into(),
+    };
+    let rt = tokio::runtime::Handle::current();
+    let x =
+        waypoint::telemetry::otlp::Exporter::start(&url, "wp.shop".into(), &rt, None, vec![]).unwrap().with_site(site);
+    (x, rx, task)
+}
+
+const SAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The tags every span here carries the same way: the waypoint's own (its workload is not in
+/// the test's mesh state, so Istio's fallbacks for canonical service and revision, no zone).
+fn expected(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    let common = [
+        ("component", "proxy"),
+        ("downstream_cluster", "-"),
+        ("node_id", "waypoint~shop/wp~node-1"),
+        ("zone", ""),
+        ("istio.canonical_service", "unknown"),
+        ("istio.canonical_revision", "latest"),
+        ("istio.mesh_id", "cluster.local"),
+        ("istio.namespace", "shop"),
+        ("istio.cluster_id", "Kubernetes"),
+    ];
+    common.iter().chain(pairs).map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// Takes `peer.address` out (the client's address, whatever the test's tunnel gave it),
+/// checking it is a bare IP as Envoy writes it.
+fn take_peer(a: &mut std::collections::BTreeMap<String, String>) {
+    let peer = a.remove("peer.address").expect("peer.address");
+    assert!(peer.parse::<std::net::IpAddr>().is_ok(), "peer.address {peer:?} is an IP without port");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_span_carries_envoys_and_istios_tags() {
+    let (x, mut rx, _collector) = exporter().await;
+    let w = World::with_spans([22, 1], Some(x)).await;
+    let a = w.backend("a").await;
+    w.service("svc", 1, &[&a]);
+    w.until_endpoints("svc", 1).await;
+    let mut c = w.h1(w.vip(1)).await;
+    let req = get("/traced/./x?q=1")
+        .method("POST")
+        .header("traceparent", SAMPLED)
+        .header("user-agent", "test-agent/1")
+        .header("x-request-id", "req-1")
+        .body(full("hello"))
+        .unwrap();
+    let r = c.send(req).await.unwrap();
+    assert_eq!(r.status, 200);
+    let span = spans(&mut rx, 1).await.remove(0);
+    assert_eq!(span["name"], "svc.shop.svc.cluster.local:80/*", "Istio's operation for the default route");
+    assert_eq!(span["kind"], 2, "SERVER");
+    assert_eq!(span["status"]["code"], 0);
+    let mut got = attributes(&span);
+    take_peer(&mut got);
+    let size = r.body.len().to_string();
+    let want = expected(&[
+        ("guid:x-request-id", "req-1"),
+        ("http.url", "http://svc.example/traced/x?q=1"),
+        ("http.method", "POST"),
+        ("user_agent", "test-agent/1"),
+        ("http.protocol", "HTTP/1.1"),
+        ("request_size", "5"),
+        ("response_size", &size),
+        ("upstream_cluster", "inbound-vip|80|http|svc.shop.svc.cluster.local"),
+        ("upstream_cluster.name", "inbound-vip|80|http|svc.shop.svc.cluster.local"),
+        ("http.status_code", "200"),
+        ("response_flags", "-"),
+    ]);
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_span_names_the_routed_method_and_carries_grpc_tags() {
+    let (x, mut rx, _collector) = exporter().await;
+    let w = World::with_spans([22, 2], Some(x)).await;
+    let a = w.backend("a").await;
+    w.service("greeter", 1, &[&a]);
+    w.route(&pb::Route {
+        namespace: "shop".into(),
+        name: "greeter".into(),
+        kind: pb::route::Kind::Grpc as i32,
+        parents: vec![pb::ParentService { hostname: host("greeter"), port: 80 }],
+        rules: vec![pb::Rule {
+            matches: vec![pb::Match {
+                grpc: Some(pb::GrpcMethodMatch {
+                    r#type: pb::MatchType::Exact as i32,
+                    service: "helloworld.Greeter".into(),
+                    method: "SayHello".into(),
+                }),
+                ..Default::default()
+            }],
+            backends: vec![backend_ref("greeter", 1)],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    w.until_endpoints("greeter", 1).await;
+    w.settle().await;
+    let Client::H2(mut s, _t) = w.h2(w.vip(1)).await else { unreachable!() };
+    let call = http::Request::post("http://greeter/helloworld.Greeter/SayHello")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "5S")
+        .header("traceparent", SAMPLED)
+        .body(full("unary"))
+        .unwrap();
+    let r = s.send_request(call).await.unwrap();
+    let body = r.into_body().collect().await.unwrap();
+    assert_eq!(body.trailers().unwrap().get("grpc-status").unwrap(), "0");
+    let size = body.to_bytes().len().to_string();
+    let span = spans(&mut rx, 1).await.remove(0);
+    assert_eq!(span["name"], "greeter.shop.svc.cluster.local:80/helloworld.Greeter/SayHello");
+    assert_eq!(span["kind"], 2);
+    let mut got = attributes(&span);
+    take_peer(&mut got);
+    let want = expected(&[
+        ("http.url", "http://greeter/helloworld.Greeter/SayHello"),
+        ("http.method", "POST"),
+        ("user_agent", "-"),
+        ("http.protocol", "HTTP/2"),
+        ("grpc.path", "/helloworld.Greeter/SayHello"),
+        ("grpc.authority", "greeter"),
+        ("grpc.content_type", "application/grpc"),
+        ("grpc.timeout", "5S"),
+        ("grpc.status_code", "0"),
+        ("request_size", "5"),
+        ("response_size", &size),
+        ("upstream_cluster", "inbound-vip|80|http|greeter.shop.svc.cluster.local"),
+        ("upstream_cluster.name", "inbound-vip|80|http|greeter.shop.svc.cluster.local"),
+        ("http.status_code", "200"),
+        ("response_flags", "-"),
+    ]);
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_span_is_an_error_with_its_flags() {
+    let (x, mut rx, _collector) = exporter().await;
+    let w = World::with_spans([22, 3], Some(x)).await;
+    w.service("gone", 1, &[]);
+    w.until("service gone", |s| s.service_by_host(&host("gone")).is_some()).await;
+    let mut c = w.h1(w.vip(1)).await;
+    let r = c.send(get("/x").header("traceparent", SAMPLED).body(empty()).unwrap()).await.unwrap();
+    assert_eq!(r.status, 503);
+    let span = spans(&mut rx, 1).await.remove(0);
+    assert_eq!(span["name"], "gone.shop.svc.cluster.local:80/*");
+    assert_eq!(span["status"]["code"], 2, "an error status");
+    let mut got = attributes(&span);
+    take_peer(&mut got);
+    let size = r.body.len().to_string();
+    let want = expected(&[
+        ("http.url", "http://svc.example/x"),
+        ("http.method", "GET"),
+        ("user_agent", "-"),
+        ("http.protocol", "HTTP/1.1"),
+        ("request_size", "0"),
+        ("response_size", &size),
+        ("upstream_cluster", "inbound-vip|80|http|gone.shop.svc.cluster.local"),
+        ("upstream_cluster.name", "inbound-vip|80|http|gone.shop.svc.cluster.local"),
+        ("http.status_code", "503"),
+        ("response_flags", "UH"),
+        ("error", "true"),
+    ]);
+    assert_eq!(got, want);
 }

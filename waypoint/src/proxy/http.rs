@@ -29,6 +29,7 @@ use crate::headers::HOP_BY_HOP;
 use crate::normalize::normalize;
 use crate::state::Snapshot;
 use crate::state::route::{self, Filter, HeaderModifier, Redirect, RequestView, Retry};
+use crate::telemetry::span_tags::{self, RequestTags as SpanTags};
 use crate::telemetry::{AccessLog, Metrics, RequestLabels, TraceParent};
 
 /// Request bodies up to this size are buffered when a retry or mirror may replay them.
@@ -115,6 +116,9 @@ struct Account {
     parent_span: Option<u64>,
     started: std::time::SystemTime,
     spans: Option<crate::telemetry::otlp::Exporter>,
+    /// The span's request side: only for a sampled request with an exporter, so an
+    /// unsampled one costs nothing more.
+    span: Option<Box<SpanTags>>,
 }
 
 impl Account {
@@ -144,6 +148,11 @@ impl Account {
         };
         let parent = parts.headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
         let trace = TraceParent::child_of_parsed(parent);
+        let spans = proxy.inputs.spans.as_ref().filter(|_| trace.sampled()).cloned();
+        let span = spans.as_ref().map(|_| {
+            let dest = svc.map(|s| (s.hostname.as_str(), down.dest.port()));
+            Box::new(SpanTags::capture(parts, down.client.ip(), snapshot.source(), dest))
+        });
         Account {
             metrics: proxy.inputs.metrics.clone(),
             labels,
@@ -158,7 +167,8 @@ impl Account {
             trace,
             parent_span: parent.map(|p| p.span_id),
             started: std::time::SystemTime::now(),
-            spans: proxy.inputs.spans.clone(),
+            spans,
+            span,
         }
     }
 
@@ -187,6 +197,9 @@ impl OnEnd for Account {
         if let Some(s) = trailers.and_then(|t| t.get("grpc-status")) {
             self.labels.grpc_response_status = Some(s.clone());
         }
+        if let (Some(span), Some(m)) = (self.span.as_deref_mut(), trailers.and_then(|t| t.get("grpc-message"))) {
+            span.grpc_message(m);
+        }
         let elapsed = self.start.elapsed();
         // hyper drops a body it has seen end before it flushes the bytes it wrote, so this
         // hook runs ahead of the response's last bytes. Recording in a task of its own lets
@@ -202,25 +215,27 @@ impl Account {
     /// Records the finished request: its span, Istio's request metrics and the access line.
     fn record(self: Box<Self>, elapsed: Duration, bytes: u64) {
         let millis = elapsed.as_secs_f64() * 1000.0;
-        if let Some(x) = self.spans.as_ref().filter(|_| self.trace.sampled()) {
+        let req_bytes = self.request_body.bytes();
+        if let (Some(x), Some(tags)) = (&self.spans, &self.span) {
+            let outcome = span_tags::Outcome {
+                status: self.labels.response_code,
+                flags: self.labels.response_flags,
+                request_size: req_bytes,
+                response_size: bytes,
+                grpc_status: self.labels.grpc_response_status.as_ref(),
+            };
+            let (attributes, error) = span_tags::attributes(tags, &outcome, x.site());
             x.record(crate::telemetry::otlp::Span {
                 trace_id: self.trace.trace_id,
                 span_id: self.trace.span_id,
                 parent: self.parent_span,
-                name: format!("{} {}", self.method, self.labels.destination_service()),
+                name: tags.operation().to_owned(),
                 start: self.started,
                 end: self.started + elapsed,
-                attributes: vec![
-                    ("http.request.method", self.method.to_string()),
-                    ("url.path", self.path.clone()),
-                    ("http.response.status_code", self.labels.response_code.to_string()),
-                    ("upstream", self.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string())),
-                    ("source.principal", self.labels.source_principal().to_owned()),
-                ],
-                error: self.labels.response_code >= 500,
+                attributes,
+                error,
             });
         }
-        let req_bytes = self.request_body.bytes();
         self.metrics.record(&self.labels, millis, req_bytes, bytes);
         AccessLog {
             src: self.labels.source_principal(),
@@ -394,6 +409,9 @@ impl Local {
                 account.labels.response_flags = flags;
                 if account.labels.request_protocol == "grpc" {
                     let (resp, code) = grpc_local(status, text);
+                    if let (Some(span), Some(m)) = (account.span.as_deref_mut(), resp.headers().get("grpc-message")) {
+                        span.grpc_message(m);
+                    }
                     account.labels.grpc_response_status = Some(code);
                     resp
                 } else {
@@ -676,6 +694,9 @@ fn prepare<'a>(
         }
     };
     account.path = path.as_ref().to_owned();
+    if let Some(span) = account.span.as_deref_mut() {
+        span.normalized(&path, parts.uri.query());
+    }
     // Policy sees the authority that is forwarded: one that is not a valid authority, or that
     // carries userinfo (RFC 9110 §4.2.4, RFC 9113 §8.3.1), is refused.
     let Some(authority) = checked_authority(parts).filter(|_| host_fields_ok(parts)) else {
@@ -794,6 +815,9 @@ fn route_plan<'a>(
     };
     let rule = &e.rule;
     account.route = Some(rule.clone());
+    if let Some(span) = account.span.as_deref_mut() {
+        span.routed(rule, &e.matcher, down.dest.port());
+    }
     plan.retry = rule.retry.clone();
     plan.request_timeout = rule.request_timeout;
     plan.backend_timeout = rule.backend_timeout;
@@ -857,6 +881,9 @@ fn upstream_head(
     }
     let path = plan.path.as_deref().unwrap_or(path);
     let authority = plan.authority.as_deref().unwrap_or_default();
+    if let (Some(span), Some(a)) = (account.span.as_deref_mut(), plan.authority.as_deref()) {
+        span.rewritten_authority(a);
+    }
     if path == parts.uri.path() && already_in_form(parts, version, authority) {
         // The client's target, in the form the application's version wants: sent as it came.
         return Ok(());
@@ -977,6 +1004,9 @@ fn endpoints<'a>(ctx: &Ctx<'a>, backend: Option<Backend<'a>>, account: &mut Acco
     match backend {
         Some(Backend { host, port, service: Some(s) }) => {
             account.labels.service = Some(s.clone());
+            if let Some(span) = account.span.as_deref_mut() {
+                span.backend(&s.hostname, port);
+            }
             let (mesh, src) = (&ctx.snapshot.mesh, ctx.snapshot.source());
             let endpoints = mesh.endpoints_for(src, s, port);
             if endpoints.is_empty() {

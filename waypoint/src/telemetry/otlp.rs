@@ -150,13 +150,13 @@ pub struct Span {
     pub span_id: u64,
     /// The caller's span, if the request carried one.
     pub parent: Option<u64>,
-    /// Span name, e.g. `GET reviews.shop.svc.cluster.local`.
+    /// Span name: the route's operation, e.g. `reviews.shop.svc.cluster.local:9080/*`.
     pub name: String,
     /// Start.
     pub start: SystemTime,
     /// End.
     pub end: SystemTime,
-    /// String attributes.
+    /// String attributes (see [`super::span_tags`]).
     pub attributes: Vec<(&'static str, String)>,
     /// Server error (5xx).
     pub error: bool,
@@ -166,6 +166,7 @@ pub struct Span {
 #[derive(Clone, Debug)]
 pub struct Exporter {
     tx: mpsc::Sender<Span>,
+    site: Arc<super::span_tags::Site>,
 }
 
 impl Exporter {
@@ -195,7 +196,20 @@ impl Exporter {
         let port = uri.port_u16().unwrap_or(4318);
         let (tx, rx) = mpsc::channel(QUEUE);
         rt.spawn(run(rx, Target { host, port, path, transport, headers }, service_name));
-        Ok(Exporter { tx })
+        Ok(Exporter { tx, site: Arc::default() })
+    }
+
+    /// The waypoint's own tags (node id, mesh, cluster, namespace) for every span; Istio's
+    /// fallbacks until set.
+    #[must_use]
+    pub fn with_site(mut self, site: super::span_tags::Site) -> Exporter {
+        self.site = Arc::new(site);
+        self
+    }
+
+    /// The waypoint's own tags.
+    pub fn site(&self) -> &super::span_tags::Site {
+        &self.site
     }
 
     /// Queues a span (dropped if the queue is full).
