@@ -1,6 +1,9 @@
 //! `meshctl explain`: the path a connection would take and the verdict it would get, computed
 //! by the same code the mesh runs: the model is translated as for xDS, converted as ztunnel
-//! converts it, routed as ztunnel routes, and authorized by ztunnel's evaluator.
+//! converts it, routed as ztunnel routes, and admitted as the destination's ztunnel admits
+//! (its waypoint gate, then its evaluator). A waypoint's own policies are named, not evaluated:
+//! they may decide on the request, which a connection does not have.
+//! `tests/explain_differential.rs` holds explain to what the proxies do.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +11,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use ztunnel::proxy::route::{Route, route};
 use ztunnel::state::convert::{self, Address};
-use ztunnel::state::{ConnInfo, State, StateConfig, TunnelProtocol, Workload};
+use ztunnel::state::{ConnInfo, GatewayAddress, GatewayDestination, State, StateConfig, TunnelProtocol, Workload};
 
 use crate::translator::Translator;
 
@@ -63,7 +66,8 @@ pub struct Explanation {
     pub waypoint: Option<String>,
     /// Whether the bytes travel inside mutual TLS.
     pub mtls: bool,
-    /// Whether the connection would be allowed.
+    /// Whether ztunnel would allow the connection. Through a waypoint, the waypoint's own
+    /// policies ([`Explanation::waypoint_policies`]) come first and may still refuse it.
     pub allowed: bool,
     /// The verdict as the proxy logs it.
     pub verdict: String,
@@ -71,6 +75,43 @@ pub struct Explanation {
     pub policy: Option<String>,
     /// Index of the deciding rule in it.
     pub rule: Option<usize>,
+    /// `namespace/name` of the policies the waypoint applies to this connection (targeting
+    /// the waypoint, or the service addressed), sorted. They are not evaluated here: they
+    /// may decide on the request (method, path, headers), which a connection does not have.
+    pub waypoint_policies: Vec<String>,
+}
+
+/// The policies the waypoint applies to traffic it handles for `service` (FQDN, when the
+/// connection is addressed to one) as the Gateway `gateway` (`namespace/name`).
+fn waypoint_policies(t: &Translator, gateway: Option<&str>, service: Option<&str>) -> Vec<String> {
+    use proto::mesh::waypoint::v1::target::Kind;
+    let mut out: Vec<String> = t
+        .l7_policies()
+        .values()
+        .filter(|p| {
+            p.targets.iter().any(|target| match &target.kind {
+                Some(Kind::Gateway(g)) => Some(g.as_str()) == gateway,
+                Some(Kind::Service(h)) => Some(h.as_str()) == service,
+                None => false,
+            })
+        })
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The Gateway (`namespace/name`) a waypoint address names: its Service is the Gateway's.
+fn gateway_of(state: &State, w: &GatewayAddress) -> Option<String> {
+    match &w.destination {
+        GatewayDestination::Hostname { namespace, hostname } => {
+            state.service_by_host(namespace, hostname).map(|s| format!("{}/{}", s.namespace, s.name))
+        }
+        GatewayDestination::Address(a) => {
+            // A waypoint named by address: the Service with that VIP.
+            state.service_by_vip(a.address).map(|s| format!("{}/{}", s.namespace, s.name))
+        }
+    }
 }
 
 /// Builds ztunnel's view of the mesh from the translator's current resources.
@@ -153,9 +194,21 @@ pub fn explain(
             .and_then(|s| s.vips.first().map(|v| SocketAddr::new(v.address, port.unwrap_or(dst_addr.port())))),
         None => Some(dst_addr),
     };
+    let mut l7 = Vec::new();
     let via = match dialed.filter(|_| src_in_mesh) {
         Some(d) => match route(&state, Some(&src), d, 15008) {
-            Route::Waypoint { waypoint, .. } => Some(Ok(waypoint)),
+            Route::Waypoint { waypoint, service: svc, workload, .. } => {
+                // The waypoint the destination names: the service's when it was addressed,
+                // else the workload's (as the source's ztunnel chose it).
+                let named = match (&svc, &workload) {
+                    (Some(s), _) => s.waypoint.as_ref(),
+                    (None, Some(w)) => w.waypoint.as_ref(),
+                    (None, None) => None,
+                };
+                let gateway = named.and_then(|g| gateway_of(&state, g));
+                l7 = waypoint_policies(t, gateway.as_deref(), svc.as_ref().map(|s| s.hostname.as_str()));
+                Some(Ok(waypoint))
+            }
             Route::WaypointUnavailable { waypoint, why, .. } => {
                 Some(Err(format!("waypoint {waypoint} is unusable: {why}")))
             }
@@ -200,6 +253,14 @@ pub fn explain(
     } else {
         (true, "allowed: destination is not in the mesh; no policy applies".to_owned(), None, None)
     };
+    let verdict = match (allowed, l7.is_empty()) {
+        (true, false) => format!(
+            "{verdict}; the waypoint first applies {} (not evaluated here: {} may decide on the request)",
+            l7.join(", "),
+            if l7.len() == 1 { "it" } else { "they" }
+        ),
+        _ => verdict,
+    };
     let mtls = path.starts_with("hbone");
     Ok(Explanation {
         source: source.to_owned(),
@@ -216,5 +277,6 @@ pub fn explain(
         verdict,
         policy,
         rule,
+        waypoint_policies: l7,
     })
 }

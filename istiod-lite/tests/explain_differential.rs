@@ -74,6 +74,7 @@ const PODS: [Pod; 7] = [
 ];
 const WAYPOINT: usize = 6;
 const SERVICE: &str = "a/svc";
+const WSERVICE: &str = "w/wsvc";
 const SERVICE_PORT: u16 = 80;
 const SERVICE_TARGET: u16 = 8080;
 
@@ -113,12 +114,15 @@ fn mesh_yaml() -> String {
         )
         .unwrap();
     }
-    writeln!(
-        y,
-        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc\n  namespace: a\nspec:\n  clusterIP: 10.96.0.1\n  \
-         selector: {{app: x}}\n  ports:\n  - {{name: tcp, port: {SERVICE_PORT}, targetPort: {SERVICE_TARGET}}}"
-    )
-    .unwrap();
+    for (ns, name, vip) in [("a", "svc", "10.96.0.1"), ("w", "wsvc", "10.96.0.2")] {
+        writeln!(
+            y,
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  clusterIP: \
+             {vip}\n  selector: {{app: x}}\n  ports:\n  - {{name: tcp, port: {SERVICE_PORT}, targetPort: \
+             {SERVICE_TARGET}}}"
+        )
+        .unwrap();
+    }
     y
 }
 
@@ -141,6 +145,9 @@ struct Source {
     ip_blocks: Vec<&'static str>,
     not_ip_blocks: Vec<&'static str>,
     remote_ip_blocks: Vec<&'static str>,
+    not_remote_ip_blocks: Vec<&'static str>,
+    service_accounts: Vec<&'static str>,
+    not_service_accounts: Vec<&'static str>,
 }
 
 #[derive(Debug, Default)]
@@ -150,6 +157,9 @@ struct Operation {
     methods: Vec<&'static str>,
     paths: Vec<&'static str>,
     hosts: Vec<&'static str>,
+    not_methods: Vec<&'static str>,
+    not_paths: Vec<&'static str>,
+    not_hosts: Vec<&'static str>,
 }
 
 #[derive(Debug)]
@@ -166,10 +176,19 @@ struct ARule {
     when: Vec<When>,
 }
 
+/// What a waypoint policy targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Waypoint,
+    WService,
+}
+
 #[derive(Debug)]
 struct Authz {
     name: String,
     ns: &'static str,
+    /// `targetRefs`: enforced by the waypoint, not ztunnel.
+    target: Option<Target>,
     selector: Option<&'static str>,
     action: Act,
     dry_run: bool,
@@ -204,6 +223,8 @@ const PRINCIPALS: [&str; 6] = [
 const NAMESPACES: [&str; 5] = ["a", "b", "w", "*", "out"];
 const BLOCKS: [&str; 6] = ["10.1.0.0/16", "10.1.0.1", "10.2.0.2/32", "10.3.0.9", "10.9.0.0/16", "10.0.0.0/8"];
 const PORTS: [u16; 3] = [8080, 9090, 7000];
+/// `name` is in the policy's namespace.
+const ACCOUNTS: [&str; 4] = ["sx", "b/default", "a/sy", "w/waypoint"];
 
 fn some<T: Copy>(r: &mut Rng, pool: &[T]) -> Vec<T> {
     let mut v = vec![*r.pick(pool)];
@@ -216,14 +237,17 @@ fn some<T: Copy>(r: &mut Rng, pool: &[T]) -> Vec<T> {
 fn gen_source(r: &mut Rng) -> Source {
     let mut s = Source::default();
     for _ in 0..1 + r.below(2) {
-        match r.below(7) {
-            0 => s.principals = some(r, &PRINCIPALS),
-            1 => s.not_principals = some(r, &PRINCIPALS),
-            2 => s.namespaces = some(r, &NAMESPACES),
-            3 => s.not_namespaces = some(r, &NAMESPACES),
-            4 => s.ip_blocks = some(r, &BLOCKS),
-            5 => s.not_ip_blocks = some(r, &BLOCKS),
-            _ => s.remote_ip_blocks = some(r, &BLOCKS),
+        match r.below(11) {
+            0 | 1 => s.principals = some(r, &PRINCIPALS),
+            2 => s.not_principals = some(r, &PRINCIPALS),
+            3 => s.namespaces = some(r, &NAMESPACES),
+            4 => s.not_namespaces = some(r, &NAMESPACES),
+            5 => s.ip_blocks = some(r, &BLOCKS),
+            6 => s.not_ip_blocks = some(r, &BLOCKS),
+            7 => s.remote_ip_blocks = some(r, &BLOCKS),
+            8 => s.not_remote_ip_blocks = some(r, &BLOCKS),
+            9 => s.service_accounts = some(r, &ACCOUNTS),
+            _ => s.not_service_accounts = some(r, &ACCOUNTS),
         }
     }
     s
@@ -232,20 +256,24 @@ fn gen_source(r: &mut Rng) -> Source {
 fn gen_operation(r: &mut Rng) -> Operation {
     let mut o = Operation::default();
     for _ in 0..1 + r.below(2) {
-        match r.below(6) {
+        match r.below(9) {
             0 | 1 => o.ports = some(r, &PORTS),
             2 => o.not_ports = some(r, &PORTS),
             3 => o.methods = vec!["GET"],
             4 => o.paths = vec!["/admin/*"],
-            _ => o.hosts = vec!["h.example"],
+            5 => o.hosts = vec!["h.example"],
+            6 => o.not_methods = vec!["POST"],
+            7 => o.not_paths = vec!["/public/*"],
+            _ => o.not_hosts = vec!["*.internal"],
         }
     }
     o
 }
 
 fn gen_when(r: &mut Rng) -> When {
-    let (key, values): (&str, Vec<&str>) = match r.below(5) {
+    let (key, values): (&str, Vec<&str>) = match r.below(6) {
         0 => ("request.headers[x-user]", vec!["u"]),
+        5 => ("destination.ip", vec![*r.pick(&["10.1.0.0/16", "10.2.0.1", "10.96.0.1"])]),
         1 => ("source.ip", some(r, &BLOCKS)),
         2 => ("destination.port", vec![*r.pick(&["8080", "9090"])]),
         3 => ("source.namespace", some(r, &NAMESPACES)),
@@ -281,9 +309,16 @@ fn gen_authz(r: &mut Rng, i: usize) -> Authz {
         0 => None,
         n => Some((0..1 + n % 2).map(|_| gen_rule(r)).collect()),
     };
+    if r.chance(1, 4) {
+        // For the waypoint of namespace w (CUSTOM is refused there).
+        let action = if action == Act::Custom { Act::Deny } else { action };
+        let target = Some(*r.pick(&[Target::Waypoint, Target::WService]));
+        return Authz { name: format!("ap{i}"), ns: "w", target, selector: None, action, dry_run: false, rules };
+    }
     Authz {
         name: format!("ap{i}"),
         ns: POLICY_NS[r.below(POLICY_NS.len())],
+        target: None,
         selector: r.chance(1, 2).then(|| *r.pick(&["x", "y"])),
         action,
         dry_run: r.chance(1, 6),
@@ -323,6 +358,13 @@ fn render_authz(p: &Authz) -> String {
     if let Some(app) = p.selector {
         writeln!(y, "  selector: {{matchLabels: {{app: {app}}}}}").unwrap();
     }
+    match p.target {
+        Some(Target::Waypoint) => {
+            y.push_str("  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]\n")
+        }
+        Some(Target::WService) => y.push_str("  targetRefs: [{group: \"\", kind: Service, name: wsvc}]\n"),
+        None => {}
+    }
     let action = match p.action {
         Act::Allow => "ALLOW",
         Act::Deny => "DENY",
@@ -350,6 +392,9 @@ fn render_authz(p: &Authz) -> String {
                     ("ipBlocks", &s.ip_blocks),
                     ("notIpBlocks", &s.not_ip_blocks),
                     ("remoteIpBlocks", &s.remote_ip_blocks),
+                    ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+                    ("serviceAccounts", &s.service_accounts),
+                    ("notServiceAccounts", &s.not_service_accounts),
                 ] {
                     if !v.is_empty() {
                         f.push(format!("{k}: {}", list(v)));
@@ -367,7 +412,14 @@ fn render_authz(p: &Authz) -> String {
                         f.push(format!("{k}: {}", list(v)));
                     }
                 }
-                for (k, v) in [("methods", &o.methods), ("paths", &o.paths), ("hosts", &o.hosts)] {
+                for (k, v) in [
+                    ("methods", &o.methods),
+                    ("paths", &o.paths),
+                    ("hosts", &o.hosts),
+                    ("notMethods", &o.not_methods),
+                    ("notPaths", &o.not_paths),
+                    ("notHosts", &o.not_hosts),
+                ] {
                     if !v.is_empty() {
                         f.push(format!("{k}: {}", list(v)));
                     }
@@ -464,13 +516,17 @@ fn ip_any(list: &[&str], ip: IpAddr) -> bool {
 }
 
 fn rule_uses_l7(rule: &ARule) -> bool {
-    let from = rule.from.iter().flatten().any(|s| !s.remote_ip_blocks.is_empty());
-    let to = rule.to.iter().flatten().any(|o| !(o.methods.is_empty() && o.paths.is_empty() && o.hosts.is_empty()));
+    let from =
+        rule.from.iter().flatten().any(|s| !(s.remote_ip_blocks.is_empty() && s.not_remote_ip_blocks.is_empty()));
+    let to = rule.to.iter().flatten().any(|o| {
+        let l7 = [&o.methods, &o.paths, &o.hosts, &o.not_methods, &o.not_paths, &o.not_hosts];
+        l7.iter().any(|v| !v.is_empty())
+    });
     from || to || rule.when.iter().any(|w| w.key.starts_with("request."))
 }
 
 /// Whether the L4 part of `rule` matches; L7 parts hold (ztunnel's reading in a DENY).
-fn rule_matches_l4(rule: &ARule, peer: &Peer<'_>, port: u16) -> bool {
+fn rule_matches_l4(policy_ns: &str, rule: &ARule, peer: &Peer<'_>, dst_ip: IpAddr, port: u16) -> bool {
     let principal = peer.id.map(|(ns, sa)| format!("cluster.local/ns/{ns}/sa/{sa}"));
     let principal = principal.as_deref();
     let ns = peer.id.map(|(ns, _)| ns);
@@ -482,6 +538,8 @@ fn rule_matches_l4(rule: &ARule, peer: &Peer<'_>, port: u16) -> bool {
                 && none(&s.not_namespaces, ns, wild)
                 && ip_any(&s.ip_blocks, peer.ip)
                 && !s.not_ip_blocks.iter().any(|b| in_block(b, peer.ip))
+                && (s.service_accounts.is_empty() || s.service_accounts.iter().any(|a| account(policy_ns, a, peer)))
+                && !s.not_service_accounts.iter().any(|a| account(policy_ns, a, peer))
         })
     });
     let to = rule.to.as_ref().is_none_or(|to| {
@@ -491,6 +549,7 @@ fn rule_matches_l4(rule: &ARule, peer: &Peer<'_>, port: u16) -> bool {
         let port_s = port.to_string();
         let hit = match w.key {
             "source.ip" => w.values.iter().any(|b| in_block(b, peer.ip)),
+            "destination.ip" => w.values.iter().any(|b| in_block(b, dst_ip)),
             "destination.port" => w.values.iter().any(|v| wild(v, &port_s)),
             "source.namespace" => ns.is_some_and(|n| w.values.iter().any(|v| wild(v, n))),
             "source.principal" => principal.is_some_and(|p| w.values.iter().any(|v| wild(v, p))),
@@ -499,6 +558,13 @@ fn rule_matches_l4(rule: &ARule, peer: &Peer<'_>, port: u16) -> bool {
         hit != w.not
     });
     from && to && when
+}
+
+/// `serviceAccounts` entry `a` (`name` in the policy's namespace, or `namespace/name`) names
+/// the peer's identity.
+fn account(policy_ns: &str, a: &str, peer: &Peer<'_>) -> bool {
+    let (ns, sa) = a.split_once('/').unwrap_or((policy_ns, a));
+    peer.id == Some((ns, sa))
 }
 
 fn applies(p_ns: &str, selector: Option<&str>, dst: &Pod) -> bool {
@@ -520,11 +586,11 @@ fn effective_mode(pas: &[PeerAuthn], dst: &Pod, port: u16) -> Mode {
 }
 
 /// Istio's verdict at the destination's ztunnel.
-fn istio_allows(aps: &[Authz], pas: &[PeerAuthn], dst: &Pod, peer: &Peer<'_>, port: u16) -> bool {
+fn istio_allows(aps: &[Authz], pas: &[PeerAuthn], dst: &Pod, peer: &Peer<'_>, dst_ip: IpAddr, port: u16) -> bool {
     if peer.id.is_none() && effective_mode(pas, dst, port) == Mode::Strict {
         return false;
     }
-    let enforced = aps.iter().filter(|p| !p.dry_run && applies(p.ns, p.selector, dst));
+    let enforced = aps.iter().filter(|p| p.target.is_none() && !p.dry_run && applies(p.ns, p.selector, dst));
     let mut allows = 0;
     let mut allowed = false;
     for p in enforced {
@@ -532,13 +598,13 @@ fn istio_allows(aps: &[Authz], pas: &[PeerAuthn], dst: &Pod, peer: &Peer<'_>, po
         match p.action {
             Act::Audit => {}
             Act::Deny | Act::Custom => {
-                if rules.iter().any(|r| rule_matches_l4(r, peer, port)) {
+                if rules.iter().any(|r| rule_matches_l4(p.ns, r, peer, dst_ip, port)) {
                     return false;
                 }
             }
             Act::Allow => {
                 allows += 1;
-                allowed |= rules.iter().any(|r| !rule_uses_l7(r) && rule_matches_l4(r, peer, port));
+                allowed |= rules.iter().any(|r| !rule_uses_l7(r) && rule_matches_l4(p.ns, r, peer, dst_ip, port));
             }
         }
     }
@@ -559,7 +625,7 @@ fn istio_verdict(aps: &[Authz], pas: &[PeerAuthn], src: &Pod, dst: &Pod, port: u
     } else {
         Peer { id: in_mesh(src).then_some((src.ns, src.sa)), ip: src.ip.parse().unwrap() }
     };
-    istio_allows(aps, pas, dst, &peer, port)
+    istio_allows(aps, pas, dst, &peer, dst.ip.parse().unwrap(), port)
 }
 
 // ---- Enforcement: the proxies' own code on what they would be sent. ----
@@ -595,15 +661,68 @@ fn admits(state: &State, peer: Option<&hbone::Identity>, src_ip: IpAddr, dst: &W
         .allowed
 }
 
-fn enforced(state: &State, src: &Pod, dialed: SocketAddr) -> bool {
+/// What the waypoint does with a connection it handles: the policies it applies (sorted), and
+/// its decision for the connection as opaque TCP and for one HTTP request on it.
+#[derive(Debug)]
+struct AtWaypoint {
+    policies: Vec<String>,
+    tcp: bool,
+    request: bool,
+}
+
+/// The waypoint of namespace w (Gateway `w/waypoint`), with the waypoint's own compilation,
+/// placement rule (its Gateway, or the service addressed) and evaluation.
+fn at_waypoint(t: &Translator, src: &Workload, service: Option<&str>, target: SocketAddr) -> AtWaypoint {
+    use proto::mesh::waypoint::v1::target::Kind;
+    use waypoint::authz::{Facts, HttpFacts, Policy, evaluate};
+    let mut applied: Vec<(String, Policy)> = t
+        .l7_policies()
+        .values()
+        .filter(|p| {
+            p.targets.iter().any(|tg| match &tg.kind {
+                Some(Kind::Gateway(g)) => g == "w/waypoint",
+                Some(Kind::Service(h)) => Some(h.as_str()) == service,
+                None => false,
+            })
+        })
+        .map(|p| {
+            (format!("{}/{}", p.namespace, p.name), Policy::compile(p).unwrap_or_else(|e| Policy::stand_in(p, &e)))
+        })
+        .collect();
+    applied.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-user", http::HeaderValue::from_static("u"));
+    let request = HttpFacts { host: "h.example", method: "GET", path: "/admin/x", headers: &headers };
+    let facts = |http| Facts {
+        principal: Some(ztunnel::state::policy::principal(src.identity())),
+        namespace: Some(src.namespace()),
+        source_ip: Some(src.addresses[0]),
+        destination_ip: Some(target.ip()),
+        port: target.port(),
+        http,
+    };
+    let decide = |http| evaluate(applied.iter().map(|(_, p)| p), &facts(http)).allowed;
+    AtWaypoint {
+        tcp: decide(None),
+        request: decide(Some(request)),
+        policies: applied.into_iter().map(|(k, _)| k).collect(),
+    }
+}
+
+/// Whether the destination's ztunnel admits the connection, and what the waypoint did with it
+/// first, if it went through one.
+fn enforced(t: &Translator, state: &State, src: &Pod, dialed: SocketAddr) -> (bool, Option<AtWaypoint>) {
     let src_w = state.workloads().find(|w| w.namespace() == src.ns && w.name == src.name).unwrap();
     let src_ip = src_w.addresses[0];
     if src_w.protocol == TunnelProtocol::Hbone {
         match route(state, Some(src_w), dialed, 15008) {
-            Route::Hbone { workload, target, .. } => admits(state, Some(src_w.identity()), src_ip, &workload, target),
+            Route::Hbone { workload, target, .. } => {
+                (admits(state, Some(src_w.identity()), src_ip, &workload, target), None)
+            }
             // The waypoint (no policy of its own here) forwards to the workload under its
             // own identity.
             Route::Waypoint { waypoint, workload, service, target, .. } => {
+                let l7 = at_waypoint(t, src_w, service.as_ref().map(|s| s.hostname.as_str()), target);
                 let (dst, target) = match (workload, service) {
                     (Some(w), _) => (w, target),
                     (None, Some(s)) => {
@@ -613,10 +732,10 @@ fn enforced(state: &State, src: &Pod, dialed: SocketAddr) -> bool {
                     }
                     (None, None) => panic!("a waypoint route to nothing"),
                 };
-                admits(state, Some(waypoint.identity()), waypoint.addresses[0], &dst, target)
+                (admits(state, Some(waypoint.identity()), waypoint.addresses[0], &dst, target), Some(l7))
             }
-            Route::Passthrough { .. } => true,
-            _ => false,
+            Route::Passthrough { .. } => (true, None),
+            _ => (false, None),
         }
     } else {
         // Not captured at the source: plaintext (a service address translated to an endpoint
@@ -630,8 +749,8 @@ fn enforced(state: &State, src: &Pod, dialed: SocketAddr) -> bool {
             None => dialed,
         };
         match state.workload_by_ip(dialed.ip()) {
-            Some(dst) if dst.protocol == TunnelProtocol::Hbone => admits(state, None, src_ip, dst, dialed),
-            _ => true,
+            Some(dst) if dst.protocol == TunnelProtocol::Hbone => (admits(state, None, src_ip, dst, dialed), None),
+            _ => (true, None),
         }
     }
 }
@@ -648,6 +767,7 @@ fn explain_agrees_with_enforcement_and_istio_semantics() {
     let mut cases = 0usize;
     let mut failures: Vec<String> = Vec::new();
     let mut outcomes = BTreeMap::<(bool, bool), usize>::new();
+    let mut waypoint_outcomes = BTreeMap::<(bool, bool), usize>::new();
     for scenario in 0..200 {
         let aps: Vec<Authz> = (0..1 + rng.below(4)).map(|i| gen_authz(&mut rng, i)).collect();
         let pas: Vec<PeerAuthn> = (0..rng.below(3)).map(|i| gen_peer_authn(&mut rng, i)).collect();
@@ -681,10 +801,39 @@ fn explain_agrees_with_enforcement_and_istio_semantics() {
             // The service: one endpoint, a/x-0, on the target port.
             let vip = SocketAddr::new("10.96.0.1".parse().unwrap(), SERVICE_PORT);
             asks.push((SERVICE.to_owned(), Some(SERVICE_PORT), vip, &PODS[0], SERVICE_TARGET));
+            // The service behind the waypoint: one endpoint, w/x-0.
+            let vip = SocketAddr::new("10.96.0.2".parse().unwrap(), SERVICE_PORT);
+            asks.push((WSERVICE.to_owned(), Some(SERVICE_PORT), vip, &PODS[4], SERVICE_TARGET));
             for (dst_key, port, dialed, dst, dst_port) in asks {
                 cases += 1;
                 let e = explain(&t, &pod_key(src), &dst_key, port).unwrap();
-                let real = enforced(&state, src, dialed);
+                let (real, l7) = enforced(&t, &state, src, dialed);
+                if let Some(l7) = &l7 {
+                    *waypoint_outcomes.entry((l7.tcp, l7.request)).or_default() += 1;
+                    // Explain does not evaluate the waypoint's policies (they may decide on
+                    // the request), but must name every one that applies, and no other; an
+                    // "allowed" must say they come first.
+                    let named = e.allowed && !l7.policies.is_empty() && !e.verdict.contains("not evaluated here");
+                    if e.waypoint_policies != l7.policies || named {
+                        failures.push(format!(
+                            "scenario {scenario}: {} -> {dst_key}:{} explain names waypoint policies {:?} ({}), the \
+                             waypoint applies {:?} (TCP allowed {}, request allowed {})\n{policies_yaml}",
+                            pod_key(src),
+                            port.unwrap(),
+                            e.waypoint_policies,
+                            e.verdict,
+                            l7.policies,
+                            l7.tcp,
+                            l7.request
+                        ));
+                    }
+                } else if !e.waypoint_policies.is_empty() {
+                    failures.push(format!(
+                        "scenario {scenario}: {} -> {dst_key}: explain names waypoint policies {:?} without a waypoint",
+                        pod_key(src),
+                        e.waypoint_policies
+                    ));
+                }
                 let istio = istio_verdict(&aps, &pas, src, dst, dst_port);
                 *outcomes.entry((real, istio)).or_default() += 1;
                 if e.allowed != real || real != istio {
@@ -699,7 +848,14 @@ fn explain_agrees_with_enforcement_and_istio_semantics() {
             }
         }
     }
-    eprintln!("{cases} cases, outcomes (enforced, Istio) {outcomes:?}, {:?}", started.elapsed());
+    eprintln!(
+        "{cases} cases, outcomes (enforced, Istio) {outcomes:?}, at the waypoint (TCP, request) \
+         {waypoint_outcomes:?}, {:?}",
+        started.elapsed()
+    );
+    // The waypoint must be seen refusing, or naming its policies proves little.
+    let waypoint_denied: usize = waypoint_outcomes.iter().filter(|((tcp, req), _)| !tcp || !req).map(|(_, n)| n).sum();
+    assert!(waypoint_denied > 100, "waypoint outcomes {waypoint_outcomes:?}");
     assert!(cases >= 3000, "only {cases} cases");
     // The generator must reach both verdicts plenty, or the comparison proves little.
     let allowed = outcomes.get(&(true, true)).copied().unwrap_or(0);
