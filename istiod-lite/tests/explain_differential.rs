@@ -11,12 +11,14 @@
 //! - enforcement's: the translated resources converted as ztunnel's xDS client converts them,
 //!   routed by ztunnel's router, then admitted as the destination's ztunnel admits (waypoint
 //!   gate, then `State::authorize`), following `proxy/inbound.rs` and `inbound_plain.rs`;
-//! - Istio's documented semantics, computed here from the objects themselves (with the two
-//!   deviations istiod-lite documents: CUSTOM is enforced as a DENY of its rules, and a
-//!   workload behind a waypoint admits only that waypoint).
+//! - Istio's documented semantics, computed here from the objects themselves (with the
+//!   deviations istiod-lite documents: CUSTOM is enforced as a DENY of its rules, a workload
+//!   behind a waypoint admits only that waypoint, `remoteIpBlocks` are not checked).
 //!
-//! The policies here have no `targetRefs`: the waypoint has no policy of its own, so what
-//! the connection meets at L7 is "allowed" and only L4 decides.
+//! Policies with `targetRefs` go to the waypoint of namespace w. Explain does not evaluate
+//! them (they may decide on the request) but must name exactly those the waypoint applies;
+//! the waypoint's own evaluation (its compilation of the translated `L7Policy`, as opaque TCP
+//! and for two requests) must agree with Istio's semantics.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -313,7 +315,8 @@ fn gen_authz(r: &mut Rng, i: usize) -> Authz {
         // For the waypoint of namespace w (CUSTOM is refused there).
         let action = if action == Act::Custom { Act::Deny } else { action };
         let target = Some(*r.pick(&[Target::Waypoint, Target::WService]));
-        return Authz { name: format!("ap{i}"), ns: "w", target, selector: None, action, dry_run: false, rules };
+        let dry_run = r.chance(1, 8);
+        return Authz { name: format!("ap{i}"), ns: "w", target, selector: None, action, dry_run, rules };
     }
     Authz {
         name: format!("ap{i}"),
@@ -526,7 +529,63 @@ fn rule_uses_l7(rule: &ARule) -> bool {
 }
 
 /// Whether the L4 part of `rule` matches; L7 parts hold (ztunnel's reading in a DENY).
-fn rule_matches_l4(policy_ns: &str, rule: &ARule, peer: &Peer<'_>, dst_ip: IpAddr, port: u16) -> bool {
+/// An HTTP request on the connection.
+#[derive(Debug)]
+struct Req {
+    host: &'static str,
+    method: &'static str,
+    path: &'static str,
+    /// The `x-user` header.
+    user: Option<&'static str>,
+}
+
+/// Two requests: one that every positive L7 value of the generator matches, one that every
+/// negated one does.
+const REQUESTS: [Req; 2] = [
+    Req { host: "h.example", method: "GET", path: "/admin/x", user: Some("u") },
+    Req { host: "api.internal", method: "POST", path: "/public/a", user: None },
+];
+
+/// What the evaluator knows of the HTTP layer.
+#[derive(Clone, Copy)]
+enum L7<'a> {
+    /// ztunnel: nothing; the caller has already left out ALLOW rules using L7 fields, and in
+    /// a DENY they hold.
+    Ztunnel,
+    /// A waypoint on opaque TCP: an L7 field never matches in an ALLOW and always in a DENY.
+    Tcp(Act),
+    /// A waypoint with a request.
+    Request(&'a Req),
+}
+
+impl L7<'_> {
+    /// The value of an L7 field: `field` on the request, or what it counts as without one.
+    fn field(self, field: impl Fn(&Req) -> bool) -> bool {
+        match self {
+            L7::Ztunnel => true,
+            L7::Tcp(action) => action != Act::Allow,
+            L7::Request(r) => field(r),
+        }
+    }
+}
+
+fn operation_l7(o: &Operation, l7: L7<'_>) -> bool {
+    let l7_fields = [&o.methods, &o.paths, &o.hosts, &o.not_methods, &o.not_paths, &o.not_hosts];
+    if l7_fields.iter().all(|v| v.is_empty()) {
+        return true;
+    }
+    l7.field(|r| {
+        let host = |h: &&str| wild(&h.to_ascii_lowercase(), &r.host.to_ascii_lowercase());
+        (o.hosts.is_empty() || o.hosts.iter().any(host))
+            && !o.not_hosts.iter().any(host)
+            && (o.methods.is_empty() || o.methods.iter().any(|m| wild(m, r.method)))
+            && !o.not_methods.iter().any(|m| wild(m, r.method))
+            && (o.paths.is_empty() || o.paths.iter().any(|p| wild(p, r.path)))
+            && !o.not_paths.iter().any(|p| wild(p, r.path))
+    })
+}
+
+fn rule_matches(policy_ns: &str, rule: &ARule, peer: &Peer<'_>, dst_ip: IpAddr, port: u16, l7: L7<'_>) -> bool {
     let principal = peer.id.map(|(ns, sa)| format!("cluster.local/ns/{ns}/sa/{sa}"));
     let principal = principal.as_deref();
     let ns = peer.id.map(|(ns, _)| ns);
@@ -543,7 +602,9 @@ fn rule_matches_l4(policy_ns: &str, rule: &ARule, peer: &Peer<'_>, dst_ip: IpAdd
         })
     });
     let to = rule.to.as_ref().is_none_or(|to| {
-        to.iter().any(|o| (o.ports.is_empty() || o.ports.contains(&port)) && !o.not_ports.contains(&port))
+        to.iter().any(|o| {
+            (o.ports.is_empty() || o.ports.contains(&port)) && !o.not_ports.contains(&port) && operation_l7(o, l7)
+        })
     });
     let when = rule.when.iter().all(|w| {
         let port_s = port.to_string();
@@ -553,7 +614,10 @@ fn rule_matches_l4(policy_ns: &str, rule: &ARule, peer: &Peer<'_>, dst_ip: IpAdd
             "destination.port" => w.values.iter().any(|v| wild(v, &port_s)),
             "source.namespace" => ns.is_some_and(|n| w.values.iter().any(|v| wild(v, n))),
             "source.principal" => principal.is_some_and(|p| w.values.iter().any(|v| wild(v, p))),
-            _ => return true,
+            "request.headers[x-user]" => {
+                return l7.field(|r| r.user.is_some_and(|u| w.values.iter().any(|v| wild(v, u))) != w.not);
+            }
+            _ => unreachable!("{}", w.key),
         };
         hit != w.not
     });
@@ -598,13 +662,56 @@ fn istio_allows(aps: &[Authz], pas: &[PeerAuthn], dst: &Pod, peer: &Peer<'_>, ds
         match p.action {
             Act::Audit => {}
             Act::Deny | Act::Custom => {
-                if rules.iter().any(|r| rule_matches_l4(p.ns, r, peer, dst_ip, port)) {
+                if rules.iter().any(|r| rule_matches(p.ns, r, peer, dst_ip, port, L7::Ztunnel)) {
                     return false;
                 }
             }
             Act::Allow => {
                 allows += 1;
-                allowed |= rules.iter().any(|r| !rule_uses_l7(r) && rule_matches_l4(p.ns, r, peer, dst_ip, port));
+                allowed |=
+                    rules.iter().any(|r| !rule_uses_l7(r) && rule_matches(p.ns, r, peer, dst_ip, port, L7::Ztunnel));
+            }
+        }
+    }
+    allows == 0 || allowed
+}
+
+/// Istio's verdict at the waypoint of namespace w, for a connection from `src` (in the mesh)
+/// addressed to `dst_ip` (the service's VIP when `to_service`), as TCP or with `req`. As
+/// istiod-lite documents: `remoteIpBlocks` cannot be checked there either, so an ALLOW rule
+/// using them matches nothing and in a DENY they hold.
+fn istio_waypoint(aps: &[Authz], src: &Pod, to_service: bool, dst_ip: IpAddr, port: u16, req: Option<&Req>) -> bool {
+    let peer = Peer { id: Some((src.ns, src.sa)), ip: src.ip.parse().unwrap() };
+    let applied = aps.iter().filter(|p| {
+        !p.dry_run
+            && match p.target {
+                Some(Target::Waypoint) => true,
+                Some(Target::WService) => to_service,
+                None => false,
+            }
+    });
+    let uses_remote = |r: &ARule| {
+        r.from.iter().flatten().any(|s| !(s.remote_ip_blocks.is_empty() && s.not_remote_ip_blocks.is_empty()))
+    };
+    let mut allows = 0;
+    let mut allowed = false;
+    for p in applied {
+        let l7 = match req {
+            Some(r) => L7::Request(r),
+            None => L7::Tcp(p.action),
+        };
+        let hit = |r: &ARule| rule_matches(p.ns, r, &peer, dst_ip, port, l7);
+        let rules = p.rules.as_deref().unwrap_or_default();
+        match p.action {
+            Act::Audit => {}
+            Act::Deny | Act::Custom => {
+                if rules.iter().any(hit) {
+                    return false;
+                }
+            }
+            Act::Allow => {
+                allows += 1;
+                allowed |= rules.iter().any(|r| !uses_remote(r) && hit(r));
             }
         }
     }
@@ -667,7 +774,7 @@ fn admits(state: &State, peer: Option<&hbone::Identity>, src_ip: IpAddr, dst: &W
 struct AtWaypoint {
     policies: Vec<String>,
     tcp: bool,
-    request: bool,
+    requests: [bool; 2],
 }
 
 /// The waypoint of namespace w (Gateway `w/waypoint`), with the waypoint's own compilation,
@@ -690,9 +797,19 @@ fn at_waypoint(t: &Translator, src: &Workload, service: Option<&str>, target: So
         })
         .collect();
     applied.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut headers = http::HeaderMap::new();
-    headers.insert("x-user", http::HeaderValue::from_static("u"));
-    let request = HttpFacts { host: "h.example", method: "GET", path: "/admin/x", headers: &headers };
+    let headers = REQUESTS.map(|r| {
+        let mut h = http::HeaderMap::new();
+        if let Some(u) = r.user {
+            h.insert("x-user", http::HeaderValue::from_static(u));
+        }
+        h
+    });
+    let request = |i: usize| HttpFacts {
+        host: REQUESTS[i].host,
+        method: REQUESTS[i].method,
+        path: REQUESTS[i].path,
+        headers: &headers[i],
+    };
     let facts = |http| Facts {
         principal: Some(ztunnel::state::policy::principal(src.identity())),
         namespace: Some(src.namespace()),
@@ -704,7 +821,7 @@ fn at_waypoint(t: &Translator, src: &Workload, service: Option<&str>, target: So
     let decide = |http| evaluate(applied.iter().map(|(_, p)| p), &facts(http)).allowed;
     AtWaypoint {
         tcp: decide(None),
-        request: decide(Some(request)),
+        requests: [decide(Some(request(0))), decide(Some(request(1)))],
         policies: applied.into_iter().map(|(k, _)| k).collect(),
     }
 }
@@ -755,6 +872,18 @@ fn enforced(t: &Translator, state: &State, src: &Pod, dialed: SocketAddr) -> (bo
     }
 }
 
+/// The translator with the objects of `yaml`, which must all be valid.
+fn translator(yaml: &str, what: &str) -> Translator {
+    let parsed = parse_file(Path::new("scenario.yaml"), yaml);
+    assert!(parsed.errors.is_empty(), "{what}: {:?}\n{yaml}", parsed.errors);
+    // As the file loader does: the waypoint's Service a controller would create.
+    let mut objects = parsed.objects;
+    objects.extend(istiod_lite::source::waypoint_service::synthesize(&objects));
+    let mut t = Translator::new(MeshConfig::default());
+    t.replace_all(objects.into_iter().map(|l| l.object).collect());
+    t
+}
+
 fn pod_key(p: &Pod) -> String {
     format!("{}/{}", p.ns, p.name)
 }
@@ -767,7 +896,7 @@ fn explain_agrees_with_enforcement_and_istio_semantics() {
     let mut cases = 0usize;
     let mut failures: Vec<String> = Vec::new();
     let mut outcomes = BTreeMap::<(bool, bool), usize>::new();
-    let mut waypoint_outcomes = BTreeMap::<(bool, bool), usize>::new();
+    let mut waypoint_outcomes = BTreeMap::<(bool, [bool; 2]), usize>::new();
     for scenario in 0..200 {
         let aps: Vec<Authz> = (0..1 + rng.below(4)).map(|i| gen_authz(&mut rng, i)).collect();
         let pas: Vec<PeerAuthn> = (0..rng.below(3)).map(|i| gen_peer_authn(&mut rng, i)).collect();
@@ -780,13 +909,7 @@ fn explain_agrees_with_enforcement_and_istio_semantics() {
             policies_yaml.push_str(&render_peer_authn(p));
         }
         yaml.push_str(&policies_yaml);
-        let parsed = parse_file(Path::new("scenario.yaml"), &yaml);
-        assert!(parsed.errors.is_empty(), "scenario {scenario}: {:?}\n{policies_yaml}", parsed.errors);
-        // As the file loader does: the waypoint's Service a controller would create.
-        let mut objects = parsed.objects;
-        objects.extend(istiod_lite::source::waypoint_service::synthesize(&objects));
-        let mut t = Translator::new(MeshConfig::default());
-        t.replace_all(objects.into_iter().map(|l| l.object).collect());
+        let t = translator(&yaml, &format!("scenario {scenario}"));
         let state = ztunnel_state(&t);
 
         let sources = PODS.iter().filter(|p| p.name != "waypoint-0");
@@ -809,7 +932,20 @@ fn explain_agrees_with_enforcement_and_istio_semantics() {
                 let e = explain(&t, &pod_key(src), &dst_key, port).unwrap();
                 let (real, l7) = enforced(&t, &state, src, dialed);
                 if let Some(l7) = &l7 {
-                    *waypoint_outcomes.entry((l7.tcp, l7.request)).or_default() += 1;
+                    *waypoint_outcomes.entry((l7.tcp, l7.requests)).or_default() += 1;
+                    // The waypoint's own verdicts against Istio's semantics.
+                    let to_service = dst_key == WSERVICE;
+                    let at = |req| istio_waypoint(&aps, src, to_service, dialed.ip(), dialed.port(), req);
+                    let istio = (at(None), [at(Some(&REQUESTS[0])), at(Some(&REQUESTS[1]))]);
+                    if (l7.tcp, l7.requests) != istio {
+                        failures.push(format!(
+                            "scenario {scenario}: {} -> {dst_key}:{} at the waypoint (TCP, requests) {:?}, Istio \
+                             {istio:?}\n{policies_yaml}",
+                            pod_key(src),
+                            port.unwrap(),
+                            (l7.tcp, l7.requests)
+                        ));
+                    }
                     // Explain does not evaluate the waypoint's policies (they may decide on
                     // the request), but must name every one that applies, and no other; an
                     // "allowed" must say they come first.
@@ -817,14 +953,14 @@ fn explain_agrees_with_enforcement_and_istio_semantics() {
                     if e.waypoint_policies != l7.policies || named {
                         failures.push(format!(
                             "scenario {scenario}: {} -> {dst_key}:{} explain names waypoint policies {:?} ({}), the \
-                             waypoint applies {:?} (TCP allowed {}, request allowed {})\n{policies_yaml}",
+                             waypoint applies {:?} (TCP allowed {}, requests allowed {:?})\n{policies_yaml}",
                             pod_key(src),
                             port.unwrap(),
                             e.waypoint_policies,
                             e.verdict,
                             l7.policies,
                             l7.tcp,
-                            l7.request
+                            l7.requests
                         ));
                     }
                 } else if !e.waypoint_policies.is_empty() {
@@ -854,7 +990,8 @@ fn explain_agrees_with_enforcement_and_istio_semantics() {
         started.elapsed()
     );
     // The waypoint must be seen refusing, or naming its policies proves little.
-    let waypoint_denied: usize = waypoint_outcomes.iter().filter(|((tcp, req), _)| !tcp || !req).map(|(_, n)| n).sum();
+    let waypoint_denied: usize =
+        waypoint_outcomes.iter().filter(|((tcp, req), _)| !tcp || req.contains(&false)).map(|(_, n)| n).sum();
     assert!(waypoint_denied > 100, "waypoint outcomes {waypoint_outcomes:?}");
     assert!(cases >= 3000, "only {cases} cases");
     // The generator must reach both verdicts plenty, or the comparison proves little.
@@ -868,4 +1005,36 @@ fn explain_agrees_with_enforcement_and_istio_semantics() {
         failures.iter().take(5).cloned().collect::<Vec<_>>().join("\n")
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
+}
+
+/// Istio ANDs the fields of a source; a waypoint had `serviceAccounts` ORed with `principals`,
+/// so an ALLOW asking for both let either through.
+#[test]
+fn waypoint_source_requires_both_principals_and_service_accounts() {
+    let policies = [
+        // No peer is both `sx` and `a/sy`: allows nothing.
+        "{principals: [\"*/sa/sx\"], serviceAccounts: [\"a/sy\"]}",
+        // Only a/sy is both.
+        "{principals: [\"cluster.local/ns/a/*\"], serviceAccounts: [\"a/sy\", \"b/default\"]}",
+    ];
+    let mut expected = Vec::new();
+    for (source, allowed) in policies.iter().zip([[false, false], [false, true]]) {
+        let yaml = format!(
+            "{}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: \
+             w\nspec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}}]\n  action: \
+             ALLOW\n  rules:\n  - from:\n    - source: {source}\n",
+            mesh_yaml()
+        );
+        let t = translator(&yaml, source);
+        let state = ztunnel_state(&t);
+        let target = SocketAddr::new(PODS[4].ip.parse().unwrap(), 8080);
+        let got = [&PODS[0], &PODS[1]].map(|p| {
+            let w = state.workloads().find(|w| w.namespace() == p.ns && w.name == p.name).unwrap();
+            at_waypoint(&t, w, None, target).tcp
+        });
+        expected.push((source, got, allowed));
+    }
+    for (source, got, want) in expected {
+        assert_eq!(got, want, "a/x-0 (sx), a/y-0 (sy) through the waypoint with ALLOW from {source}");
+    }
 }

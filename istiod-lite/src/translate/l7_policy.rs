@@ -10,7 +10,8 @@
 //!   AUDIT) policy those fields are left out and the rest of the rule applies (it denies more).
 //!   Both produce a warning.
 //! - `serviceAccounts` become principals (`<trust domain>/ns/<ns>/sa/<sa>`, the namespace
-//!   defaulting to the policy's).
+//!   defaulting to the policy's); in a source that also has `principals`, only the service
+//!   accounts those patterns match (the fields of a source are ANDed).
 //! - CUSTOM is refused when the policy is read ([`crate::source`]): an external authorizer is
 //!   not something a waypoint here can call.
 
@@ -76,7 +77,10 @@ pub fn translate(cfg: &MeshConfig, model: &Model, p: &AuthorizationPolicy) -> Ou
     let mut rules = Vec::new();
     for rule in &p.spec.rules {
         let (r, found) = policy_rule(cfg, ns, rule);
-        if action != pb::l7_policy::Action::Allow || found.is_empty() {
+        // A rule no peer can match is left out: it matches nothing either way.
+        if let Some(r) = r
+            && (action != pb::l7_policy::Action::Allow || found.is_empty())
+        {
             rules.push(r);
         }
         for f in found {
@@ -147,8 +151,22 @@ fn strs(v: &[StrOrNum]) -> Vec<String> {
     v.iter().map(StrOrNum::as_string).collect()
 }
 
-/// One rule, and the fields in it no waypoint evaluates (already left out of the result).
-fn policy_rule(cfg: &MeshConfig, ns: &str, rule: &Rule) -> (pb::PolicyRule, Vec<String>) {
+/// Istio's wildcard match of a principal pattern (`*`, `*suffix`, `prefix*`, exact).
+fn principal_matches(pattern: &str, v: &str) -> bool {
+    if pattern == "*" {
+        !v.is_empty()
+    } else if let Some(suffix) = pattern.strip_prefix('*') {
+        v.ends_with(suffix)
+    } else if let Some(prefix) = pattern.strip_suffix('*') {
+        v.starts_with(prefix)
+    } else {
+        v == pattern
+    }
+}
+
+/// One rule, and the fields in it no waypoint evaluates (already left out of the result);
+/// `None` when no peer can match the rule.
+fn policy_rule(cfg: &MeshConfig, ns: &str, rule: &Rule) -> (Option<pb::PolicyRule>, Vec<String>) {
     let mut found = Vec::new();
     let mut note = |cond: bool, name: &str| {
         if cond {
@@ -160,14 +178,32 @@ fn policy_rule(cfg: &MeshConfig, ns: &str, rule: &Rule) -> (pb::PolicyRule, Vec<
         None => format!("{}/ns/{ns}/sa/{sa}", cfg.trust_domain),
     };
     let mut from = Vec::new();
-    for f in rule.sources() {
+    let sources = rule.sources();
+    for f in sources {
         let s = &f.source;
         note(!s.request_principals.is_empty(), "requestPrincipals");
         note(!s.not_request_principals.is_empty(), "notRequestPrincipals");
         note(!s.remote_ip_blocks.is_empty(), "remoteIpBlocks");
         note(!s.not_remote_ip_blocks.is_empty(), "notRemoteIpBlocks");
-        let mut principals = s.principals.clone();
-        principals.extend(s.service_accounts.iter().map(principal));
+        // The fields of a source are ANDed, and `serviceAccounts` names principals: with both
+        // set, the peer must be one of the service accounts that some principal pattern
+        // matches. Listing both in `principals` would OR them, and widen an ALLOW.
+        let principals = match (s.principals.is_empty(), s.service_accounts.is_empty()) {
+            (_, true) => s.principals.clone(),
+            (true, false) => s.service_accounts.iter().map(principal).collect(),
+            (false, false) => {
+                let both: Vec<String> = s
+                    .service_accounts
+                    .iter()
+                    .map(principal)
+                    .filter(|sa| s.principals.iter().any(|p| principal_matches(p, sa)))
+                    .collect();
+                if both.is_empty() {
+                    continue; // this source matches no peer
+                }
+                both
+            }
+        };
         let mut not_principals = s.not_principals.clone();
         not_principals.extend(s.not_service_accounts.iter().map(principal));
         from.push(pb::Source {
@@ -214,5 +250,9 @@ fn policy_rule(cfg: &MeshConfig, ns: &str, rule: &Rule) -> (pb::PolicyRule, Vec<
         };
         when.push(pb::Condition { key, values: strs(&c.values), not_values: strs(&c.not_values) });
     }
-    (pb::PolicyRule { from, to, when }, found)
+    // Every source of a non-empty `from` matches no peer: neither does the rule.
+    if from.is_empty() && !sources.is_empty() {
+        return (None, found);
+    }
+    (Some(pb::PolicyRule { from, to, when }), found)
 }
