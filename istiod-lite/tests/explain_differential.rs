@@ -275,7 +275,7 @@ fn gen_operation(r: &mut Rng) -> Operation {
 fn gen_when(r: &mut Rng) -> When {
     let (key, values): (&str, Vec<&str>) = match r.below(6) {
         0 => ("request.headers[x-user]", vec!["u"]),
-        5 => ("destination.ip", vec![*r.pick(&["10.1.0.0/16", "10.2.0.1", "10.96.0.1"])]),
+        5 => ("destination.ip", vec![*r.pick(&["10.1.0.0/16", "10.2.0.1", "10.96.0.1", "10.96.0.2", "10.3.0.1"])]),
         1 => ("source.ip", some(r, &BLOCKS)),
         2 => ("destination.port", vec![*r.pick(&["8080", "9090"])]),
         3 => ("source.namespace", some(r, &NAMESPACES)),
@@ -897,7 +897,7 @@ fn explain_agrees_with_enforcement_and_istio_semantics() {
     let mut failures: Vec<String> = Vec::new();
     let mut outcomes = BTreeMap::<(bool, bool), usize>::new();
     let mut waypoint_outcomes = BTreeMap::<(bool, [bool; 2]), usize>::new();
-    for scenario in 0..200 {
+    for scenario in 0..300 {
         let aps: Vec<Authz> = (0..1 + rng.below(4)).map(|i| gen_authz(&mut rng, i)).collect();
         let pas: Vec<PeerAuthn> = (0..rng.below(3)).map(|i| gen_peer_authn(&mut rng, i)).collect();
         let mut yaml = mesh.clone();
