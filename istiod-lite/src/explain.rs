@@ -170,8 +170,10 @@ pub fn explain(
                     *svc.ports.keys().next().ok_or(ExplainError::NoPort { service: destination.into(), port: 0 })?
                 }
             };
+            // As the source's ztunnel picks: the service's locality rules apply against the
+            // source (a STRICT service has no endpoint for an unknown client).
             let ep = state
-                .pick_endpoint(&svc, service_port)
+                .pick_endpoint_for(Some(&src), &svc, service_port)
                 .ok_or_else(|| ExplainError::NoPort { service: destination.to_owned(), port: service_port })?;
             let ip = *ep.workload.addresses.first().ok_or_else(|| ExplainError::NoAddress(destination.to_owned()))?;
             (ep.workload, SocketAddr::new(ip, ep.port), Some(svc.hostname.clone()))

@@ -116,11 +116,16 @@ fn mesh_yaml() -> String {
         )
         .unwrap();
     }
-    for (ns, name, vip) in [("a", "svc", "10.96.0.1"), ("w", "wsvc", "10.96.0.2")] {
+    // a/local: node-local endpoints only (STRICT load balancing), a/y-0 on every source's node.
+    for (ns, name, vip, app, extra) in [
+        ("a", "svc", "10.96.0.1", "x", ""),
+        ("w", "wsvc", "10.96.0.2", "x", ""),
+        ("a", "local", "10.96.0.3", "y", "\n  internalTrafficPolicy: Local"),
+    ] {
         writeln!(
             y,
             "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  clusterIP: \
-             {vip}\n  selector: {{app: x}}\n  ports:\n  - {{name: tcp, port: {SERVICE_PORT}, targetPort: \
+             {vip}{extra}\n  selector: {{app: {app}}}\n  ports:\n  - {{name: tcp, port: {SERVICE_PORT}, targetPort: \
              {SERVICE_TARGET}}}"
         )
         .unwrap();
@@ -860,7 +865,8 @@ fn enforced(t: &Translator, state: &State, src: &Pod, dialed: SocketAddr) -> (bo
         // mesh.
         let dialed = match state.service_by_vip(dialed.ip()) {
             Some(s) => {
-                let ep = state.pick_endpoint(s, dialed.port()).unwrap();
+                // Node-local endpoints for a node-local service, as kube-proxy picks.
+                let ep = state.pick_endpoint_for(Some(src_w), s, dialed.port()).unwrap();
                 SocketAddr::new(ep.workload.addresses[0], ep.port)
             }
             None => dialed,
@@ -927,6 +933,8 @@ fn explain_agrees_with_enforcement_and_istio_semantics() {
             // The service behind the waypoint: one endpoint, w/x-0.
             let vip = SocketAddr::new("10.96.0.2".parse().unwrap(), SERVICE_PORT);
             asks.push((WSERVICE.to_owned(), Some(SERVICE_PORT), vip, &PODS[4], SERVICE_TARGET));
+            let vip = SocketAddr::new("10.96.0.3".parse().unwrap(), SERVICE_PORT);
+            asks.push(("a/local".to_owned(), Some(SERVICE_PORT), vip, &PODS[1], SERVICE_TARGET));
             for (dst_key, port, dialed, dst, dst_port) in asks {
                 cases += 1;
                 let e = explain(&t, &pod_key(src), &dst_key, port).unwrap();
