@@ -151,10 +151,13 @@ pub fn explain(
     let state = state_of(t)?;
     let src = pod(&state, source).ok_or_else(|| ExplainError::NoSource(source.to_owned()))?.clone();
     let src_in_mesh = src.protocol == TunnelProtocol::Hbone;
-    let (dst, dst_addr, service) = match pod(&state, destination) {
+    // `dialed`: the address the application dials (the service VIP on the service port, or
+    // the pod), which the source's ztunnel routes.
+    let (dst, dst_addr, service, dialed) = match pod(&state, destination) {
         Some(w) => {
             let ip = *w.addresses.first().ok_or_else(|| ExplainError::NoAddress(destination.to_owned()))?;
-            (w.clone(), SocketAddr::new(ip, port.unwrap_or(80)), None)
+            let addr = SocketAddr::new(ip, port.unwrap_or(80));
+            (w.clone(), addr, None, Some(addr))
         }
         None => {
             let (ns, name) =
@@ -176,7 +179,8 @@ pub fn explain(
                 .pick_endpoint_for(Some(&src), &svc, service_port)
                 .ok_or_else(|| ExplainError::NoPort { service: destination.to_owned(), port: service_port })?;
             let ip = *ep.workload.addresses.first().ok_or_else(|| ExplainError::NoAddress(destination.to_owned()))?;
-            (ep.workload, SocketAddr::new(ip, ep.port), Some(svc.hostname.clone()))
+            let vip = svc.vips.first().map(|v| SocketAddr::new(v.address, service_port));
+            (ep.workload, SocketAddr::new(ip, ep.port), Some(svc.hostname.clone()), vip)
         }
     };
     let dst_in_mesh = dst.protocol == TunnelProtocol::Hbone;
@@ -187,15 +191,7 @@ pub fn explain(
         (_, false) => "passthrough",
     }
     .to_owned();
-    // What the source's ztunnel does with the address the application dials (the service VIP,
-    // or the pod): only captured sources go through ztunnel's routing, waypoints included.
-    let dialed = match &service {
-        Some(_) => state
-            .services()
-            .find(|s| Some(&s.hostname) == service.as_ref())
-            .and_then(|s| s.vips.first().map(|v| SocketAddr::new(v.address, port.unwrap_or(dst_addr.port())))),
-        None => Some(dst_addr),
-    };
+    // Only captured sources go through ztunnel's routing, waypoints included.
     let mut l7 = Vec::new();
     let via = match dialed.filter(|_| src_in_mesh) {
         Some(d) => match route(&state, Some(&src), d, 15008) {

@@ -117,14 +117,17 @@ fn mesh_yaml() -> String {
         .unwrap();
     }
     // a/local: node-local endpoints only (STRICT load balancing), a/y-0 on every source's node.
+    // w/direct: a service of w that opts out of the waypoint; its pod still has it.
     for (ns, name, vip, app, extra) in [
         ("a", "svc", "10.96.0.1", "x", ""),
         ("w", "wsvc", "10.96.0.2", "x", ""),
         ("a", "local", "10.96.0.3", "y", "\n  internalTrafficPolicy: Local"),
+        ("w", "direct", "10.96.0.4", "x", ""),
     ] {
+        let labels = if name == "direct" { "\n  labels: {istio.io/use-waypoint: none}" } else { "" };
         writeln!(
             y,
-            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  clusterIP: \
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}{labels}\nspec:\n  clusterIP: \
              {vip}{extra}\n  selector: {{app: {app}}}\n  ports:\n  - {{name: tcp, port: {SERVICE_PORT}, targetPort: \
              {SERVICE_TARGET}}}"
         )
@@ -933,6 +936,11 @@ fn explain_agrees_with_enforcement_and_istio_semantics() {
             // The service behind the waypoint: one endpoint, w/x-0.
             let vip = SocketAddr::new("10.96.0.2".parse().unwrap(), SERVICE_PORT);
             asks.push((WSERVICE.to_owned(), Some(SERVICE_PORT), vip, &PODS[4], SERVICE_TARGET));
+            // No port asked: the service's (first) port.
+            asks.push((WSERVICE.to_owned(), None, vip, &PODS[4], SERVICE_TARGET));
+            let vip = SocketAddr::new("10.96.0.4".parse().unwrap(), SERVICE_PORT);
+            asks.push(("w/direct".to_owned(), Some(SERVICE_PORT), vip, &PODS[4], SERVICE_TARGET));
+            asks.push(("w/direct".to_owned(), None, vip, &PODS[4], SERVICE_TARGET));
             let vip = SocketAddr::new("10.96.0.3".parse().unwrap(), SERVICE_PORT);
             asks.push(("a/local".to_owned(), Some(SERVICE_PORT), vip, &PODS[1], SERVICE_TARGET));
             for (dst_key, port, dialed, dst, dst_port) in asks {
@@ -943,14 +951,20 @@ fn explain_agrees_with_enforcement_and_istio_semantics() {
                     *waypoint_outcomes.entry((l7.tcp, l7.requests)).or_default() += 1;
                     // The waypoint's own verdicts against Istio's semantics.
                     let to_service = dst_key == WSERVICE;
-                    let at = |req| istio_waypoint(&aps, src, to_service, dialed.ip(), dialed.port(), req);
+                    // Through a service without a waypoint, the workload's waypoint sees the
+                    // connection addressed to the pod.
+                    let (wp_ip, wp_port) = match dst_key.as_str() {
+                        "w/direct" => (dst.ip.parse().unwrap(), dst_port),
+                        _ => (dialed.ip(), dialed.port()),
+                    };
+                    let at = |req| istio_waypoint(&aps, src, to_service, wp_ip, wp_port, req);
                     let istio = (at(None), [at(Some(&REQUESTS[0])), at(Some(&REQUESTS[1]))]);
                     if (l7.tcp, l7.requests) != istio {
                         failures.push(format!(
                             "scenario {scenario}: {} -> {dst_key}:{} at the waypoint (TCP, requests) {:?}, Istio \
                              {istio:?}\n{policies_yaml}",
                             pod_key(src),
-                            port.unwrap(),
+                            port.unwrap_or(0),
                             (l7.tcp, l7.requests)
                         ));
                     }
@@ -963,7 +977,7 @@ fn explain_agrees_with_enforcement_and_istio_semantics() {
                             "scenario {scenario}: {} -> {dst_key}:{} explain names waypoint policies {:?} ({}), the \
                              waypoint applies {:?} (TCP allowed {}, requests allowed {:?})\n{policies_yaml}",
                             pod_key(src),
-                            port.unwrap(),
+                            port.unwrap_or(0),
                             e.waypoint_policies,
                             e.verdict,
                             l7.policies,
@@ -984,7 +998,7 @@ fn explain_agrees_with_enforcement_and_istio_semantics() {
                     failures.push(format!(
                         "scenario {scenario}: {} -> {dst_key}:{} explain {} ({}), enforcement {real}, Istio {istio}\n{policies_yaml}",
                         pod_key(src),
-                        port.unwrap(),
+                        port.unwrap_or(0),
                         e.allowed,
                         e.verdict
                     ));
