@@ -227,22 +227,11 @@ async fn api_source_needs_a_node_and_a_usable_kubeconfig() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_does_not_enroll_a_pod_deleted_while_its_add_is_deciding() {
-    use std::sync::Arc;
     use ztunnel::agent::enroll::Source;
 
     let api = FakeApi::start().await;
     cluster(&api);
-    let upstream: std::net::SocketAddr = api
-        .kubeconfig()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: http://").map(str::to_owned))
-        .expect("server in kubeconfig")
-        .parse()
-        .unwrap();
-    let (gate, held) = (Arc::new(tokio::sync::Semaphore::new(0)), Arc::new(tokio::sync::Notify::new()));
-    let (relay, relay_task) =
-        support::gated_relay(upstream, b"/api/v1/namespaces/mesh/pods/slow", gate.clone(), held.clone()).await;
-    let client = kube::Client::try_from(kube::Config::new(format!("http://{relay}").parse().unwrap())).unwrap();
+    let (client, gate, held, relay_task) = support::gated_api(&api, b"/api/v1/namespaces/mesh/pods/slow").await;
     let kube = KubeEnrollment::start(client, "node-a");
     eventually("the first lists", || kube.cached("mesh", "web").is_some()).await;
     // A pod the watch has not delivered: its ADD has to GET it, and the relay holds that GET.

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ztunnel::agent::redirect::{self, RedirectConfig};
-use ztunnel::agent::{Agent, AgentConfig, EnrollmentSource, probe_snat};
+use ztunnel::agent::{Agent, AgentConfig, probe_snat};
 use ztunnel::cni::{CniCommand, CniEvent};
 use ztunnel::netns::ScratchNetns;
 
@@ -183,20 +183,11 @@ metadata:
 /// An agent on the Files source (enrolling `mesh/web`) with sockets and state under `dir`,
 /// whose node namespace (`--host-netns`) is `node`.
 fn agent_config(dir: &TempDir, node: &ScratchNetns, probe_snat: bool) -> AgentConfig {
-    std::fs::create_dir_all(dir.0.join("cluster")).unwrap();
-    std::fs::write(dir.0.join("cluster/pods.yaml"), CLUSTER).unwrap();
     AgentConfig {
-        zds_socket: dir.0.join("ztunnel.sock"),
-        cni_socket: dir.0.join("cni.sock"),
-        enrollment: dir.0.join("cluster"),
-        state_dir: dir.0.join("state"),
-        capture_dns: false,
         zds_timeout_ms: 1000,
-        enrollment_source: EnrollmentSource::Files,
-        node_name: None,
-        kubeconfig: None,
         no_probe_snat: !probe_snat,
         host_netns: Some(node.path().into()),
+        ..support::files_agent(dir, CLUSTER)
     }
 }
 

@@ -143,26 +143,6 @@ fn records(config: &AgentConfig) -> Vec<String> {
     names
 }
 
-/// An agent on the file source `dir/cluster/pods.yaml` (written from `yaml`), with its sockets
-/// and state under `dir`, leaving the host's probe rules alone.
-fn files_config(dir: &TempDir, yaml: &str) -> AgentConfig {
-    std::fs::create_dir_all(dir.0.join("cluster")).unwrap();
-    std::fs::write(dir.0.join("cluster/pods.yaml"), yaml).unwrap();
-    AgentConfig {
-        zds_socket: dir.0.join("ztunnel.sock"),
-        cni_socket: dir.0.join("cni.sock"),
-        enrollment: dir.0.join("cluster"),
-        state_dir: dir.0.join("state"),
-        capture_dns: false,
-        zds_timeout_ms: 2000,
-        enrollment_source: EnrollmentSource::Files,
-        node_name: None,
-        kubeconfig: None,
-        no_probe_snat: true,
-        host_netns: None,
-    }
-}
-
 /// Namespace `mesh` labelled `mesh_label` (none if empty), with pods `web` and `api`, `web`
 /// labelled `web_label` (none if empty).
 fn cluster(mesh_label: &str, web_label: &str) -> String {
@@ -183,7 +163,7 @@ fn cluster(mesh_label: &str, web_label: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_del_of_an_old_sandbox_keeps_the_new_one_enrolled() {
     let dir = TempDir::new("races-del");
-    let config = files_config(&dir, &cluster("ambient", ""));
+    let config = support::files_agent(&dir, &cluster("ambient", ""));
     let agent = Agent::start(config.clone()).await.unwrap();
     let (_client, mut rx) = ztunnel(&config).await;
     let (old_ns, new_ns) = (scratch("races-old"), scratch("races-new"));
@@ -260,7 +240,7 @@ async fn late_del_of_an_old_sandbox_keeps_the_new_ones_probe_address() {
     let config = AgentConfig {
         no_probe_snat: false,
         host_netns: Some(node.path().into()),
-        ..files_config(&dir, &cluster("ambient", ""))
+        ..support::files_agent(&dir, &cluster("ambient", ""))
     };
     let agent = Agent::start(config.clone()).await.unwrap();
     let (old_ns, new_ns) = (scratch("races-pold"), scratch("races-pnew"));
@@ -295,7 +275,7 @@ async fn late_del_of_an_old_sandbox_keeps_the_new_ones_probe_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_add_after_opting_out_unenrolls_the_pod() {
     let dir = TempDir::new("races-readd");
-    let config = files_config(&dir, &cluster("ambient", ""));
+    let config = support::files_agent(&dir, &cluster("ambient", ""));
     let yaml = config.enrollment.join("pods.yaml");
     let agent = Agent::start(config.clone()).await.unwrap();
     let (_client, mut rx) = ztunnel(&config).await;
@@ -356,17 +336,7 @@ async fn check_waiting_on_the_api_does_not_hold_up_other_pods() {
     let api = FakeApi::start().await;
     api.namespace("mesh", json!({"istio.io/dataplane-mode": "ambient"}));
     api.pod("mesh", "web", "node-a", json!({}), "web-sa");
-    let upstream: std::net::SocketAddr = api
-        .kubeconfig()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: http://").map(str::to_owned))
-        .expect("server in kubeconfig")
-        .parse()
-        .unwrap();
-    let (gate, held) = (Arc::new(tokio::sync::Semaphore::new(0)), Arc::new(tokio::sync::Notify::new()));
-    let (relay, _relay) =
-        support::gated_relay(upstream, b"/api/v1/namespaces/mesh/pods/slow", gate.clone(), held.clone()).await;
-    let client = kube::Client::try_from(kube::Config::new(format!("http://{relay}").parse().unwrap())).unwrap();
+    let (client, gate, held, _relay) = support::gated_api(&api, b"/api/v1/namespaces/mesh/pods/slow").await;
     let kube = KubeEnrollment::start(client, "node-a");
     let deadline = tokio::time::Instant::now() + WAIT;
     while kube.cached("mesh", "web").is_none() {
@@ -381,7 +351,7 @@ async fn check_waiting_on_the_api_does_not_hold_up_other_pods() {
     let config = AgentConfig {
         enrollment_source: EnrollmentSource::Kube,
         node_name: Some("node-a".into()),
-        ..files_config(&dir, "")
+        ..support::files_agent(&dir, "")
     };
     let agent = Agent::start_with(config.clone(), Source::Kube(kube)).await.unwrap();
     let (slow_ns, web_ns) = (scratch("races-slow"), scratch("races-cweb"));

@@ -190,3 +190,44 @@ pub async fn gated_relay(
     });
     (addr, Task(task))
 }
+
+/// A Kubernetes client for `api` whose requests pass a [`gated_relay`] holding back those
+/// containing `needle`: the client, the gate (close it to let everything through), the
+/// notification that a request is held, and the relay's task.
+pub async fn gated_api(
+    api: &fake_api::FakeApi,
+    needle: &'static [u8],
+) -> (kube::Client, std::sync::Arc<tokio::sync::Semaphore>, std::sync::Arc<tokio::sync::Notify>, Task) {
+    let upstream: std::net::SocketAddr = api
+        .kubeconfig()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: http://").map(str::to_owned))
+        .expect("server in kubeconfig")
+        .parse()
+        .unwrap();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let held = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (relay, task) = gated_relay(upstream, needle, gate.clone(), held.clone()).await;
+    let client = kube::Client::try_from(kube::Config::new(format!("http://{relay}").parse().unwrap())).unwrap();
+    (client, gate, held, task)
+}
+
+/// An agent on the file source `dir/cluster/pods.yaml` (written from `yaml`), with its sockets
+/// and state under `dir`, leaving the host's probe rules alone.
+pub fn files_agent(dir: &TempDir, yaml: &str) -> ztunnel::agent::AgentConfig {
+    std::fs::create_dir_all(dir.0.join("cluster")).unwrap();
+    std::fs::write(dir.0.join("cluster/pods.yaml"), yaml).unwrap();
+    ztunnel::agent::AgentConfig {
+        zds_socket: dir.0.join("ztunnel.sock"),
+        cni_socket: dir.0.join("cni.sock"),
+        enrollment: dir.0.join("cluster"),
+        state_dir: dir.0.join("state"),
+        capture_dns: false,
+        zds_timeout_ms: 2000,
+        enrollment_source: ztunnel::agent::EnrollmentSource::Files,
+        node_name: None,
+        kubeconfig: None,
+        no_probe_snat: true,
+        host_netns: None,
+    }
+}
