@@ -357,15 +357,7 @@ async fn bad_tokens_wrong_audiences_and_api_errors_are_unauthenticated() {
 }
 
 fn kubeconfig(dir: &TempDir, mock: &MockApi) -> std::path::PathBuf {
-    dir.write(
-        "kubeconfig",
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: {}\n\
-             contexts:\n- name: mock\n  context:\n    cluster: mock\n    user: mock\n\
-             current-context: mock\nusers:\n- name: mock\n  user: {{}}\n",
-            mock.url()
-        ),
-    )
+    dir.write("kubeconfig", &mock.kubeconfig())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,15 +138,7 @@ async fn a_failing_watch_shows_in_debug_errors_and_metrics() {
     let mock = MockApi::start().await;
     mock.respond(POLICIES, StatusCode::FORBIDDEN, "status/forbidden-authorizationpolicies.json").cluster();
     let dir = TempDir::new("kube-discovery-errors");
-    let kubeconfig = dir.write(
-        "kubeconfig",
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: {}\n\
-             contexts:\n- name: mock\n  context:\n    cluster: mock\n    user: mock\n\
-             current-context: mock\nusers:\n- name: mock\n  user: {{}}\n",
-            mock.url()
-        ),
-    );
+    let kubeconfig = dir.write("kubeconfig", &mock.kubeconfig());
     std::fs::create_dir(dir.path().join("ca")).unwrap();
     let cfg = istiod_lite::config::Config::try_parse_from([
         "istiod-lite".as_ref(),

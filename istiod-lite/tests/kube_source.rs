@@ -265,15 +265,7 @@ async fn istiod_lite_with_source_kube_reads_the_cluster_through_a_kubeconfig() {
     let mock = MockApi::start().await;
     mock.cluster();
     let dir = TempDir::new("kube-serve");
-    let kubeconfig = dir.write(
-        "kubeconfig",
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: {}\n\
-             contexts:\n- name: mock\n  context:\n    cluster: mock\n    user: mock\n\
-             current-context: mock\nusers:\n- name: mock\n  user: {{}}\n",
-            mock.url()
-        ),
-    );
+    let kubeconfig = dir.write("kubeconfig", &mock.kubeconfig());
     let tokens = dir.write("tokens.yaml", "node-a: 0123456789abcdef0123\n");
     std::fs::create_dir(dir.path().join("ca")).unwrap();
     let cfg = istiod_lite::config::Config::try_parse_from([

@@ -307,6 +307,16 @@ impl MockApi {
         format!("http://{}", self.addr)
     }
 
+    /// A kubeconfig naming this server, with no credentials.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: {}\n\
+             contexts:\n- name: mock\n  context:\n    cluster: mock\n    user: mock\n\
+             current-context: mock\nusers:\n- name: mock\n  user: {{}}\n",
+            self.url()
+        )
+    }
+
     /// A client of this server, as a kubeconfig naming `http://127.0.0.1:<port>` would give.
     pub fn client(&self) -> kube::Client {
         let config = kube::Config::new(self.url().parse().unwrap());
